@@ -1,0 +1,292 @@
+"""The topology file as a typed model.
+
+Layer: model (the lowest). Pure data: no I/O, no processes, no network. Everything haplane runs or
+reasons about is derived from one `Topology`.
+
+Shape (Kubernetes-style, camelCase, unknown fields refused)::
+
+    apiVersion: haplane.dev/v1alpha1
+    kind: Topology
+    metadata: {name: two-regions}
+    spec:
+      defaults: {host: 127.0.0.1, etcd: {...}}
+      sites:                      # regions and witness sites; a site without `region` is a witness
+        - name: eu-west
+          zones: [a, b, c]
+          region: {etcd: {members: [...]}, apiServers: [...], balancers: [...]}
+      global:
+        controlEtcd: {members: [{name, site, zone?}]}
+        gates: [{name, site}]
+        failover: {mode: ActivePassive, priority: [eu-west, eu-central]}
+        replication: [{from: eu-west, to: eu-central}]
+
+Schema checks (types, unknown fields, ranges) live here; cross-field HA rules live in `rules.py`
+so that a schema-valid file with HA errors can still be analysed and drawn.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "haplane.dev/v1alpha1"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_QUOTA_BYTES = 2 * 1024**3  # etcd's own default backend quota
+GLOBAL_SCOPE = "global"  # the scope of components that belong to no region
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+Name = Annotated[str, Field(pattern=_DNS_LABEL, max_length=63)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+_DURATION = re.compile(r"^(\d+)(s|m|h)$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+class EtcdSettings(_Model):
+    """Tuning of one etcd cluster. Unset fields fall back to `spec.defaults.etcd`, then to etcd's."""
+
+    heartbeat_interval_ms: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Raft heartbeat interval (etcd --heartbeat-interval). Default 100."
+    )
+    election_timeout_ms: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Raft election timeout (etcd --election-timeout); etcd requires at least "
+        "5 x the heartbeat interval and at most 50000. Default 1000.",
+    )
+    auto_compaction_retention: Annotated[str, Field(pattern=_DURATION.pattern)] | None = Field(
+        None,
+        description="Periodic auto-compaction window, e.g. 5m or 1h (bounds history: older "
+        "resourceVersions become 410 Expired). Default 5m.",
+    )
+    quota_backend_bytes: Annotated[int, Field(ge=1024**2)] | None = Field(
+        None, description="Backend size quota; beyond it etcd raises NOSPACE. Default 2 GiB."
+    )
+    unsafe_no_fsync: bool | None = Field(
+        None, description="Skip fsync (tests and demos only: a host crash can lose data)."
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedEtcdSettings:
+    heartbeat_interval_ms: int
+    election_timeout_ms: int
+    auto_compaction_retention: str
+    quota_backend_bytes: int
+    unsafe_no_fsync: bool
+
+
+class Placement(_Model):
+    """Where a process runs: `host` defaults to `spec.defaults.host`."""
+
+    host: str | None = None
+
+
+class EtcdMember(Placement):
+    name: Name
+    zone: Name = Field(description="Zone of the member's site (its failure domain).")
+    client_port: Port | None = None
+    peer_port: Port | None = None
+
+
+class ControlEtcdMember(Placement):
+    name: Name
+    site: Name = Field(description="Site holding this member of the global control etcd.")
+    zone: Name | None = Field(None, description="Zone within the site; default its first zone.")
+    client_port: Port | None = None
+    peer_port: Port | None = None
+
+
+class RegionalEtcd(EtcdSettings):
+    members: list[EtcdMember] = Field(min_length=1)
+
+
+class ControlEtcd(EtcdSettings):
+    members: list[ControlEtcdMember] = Field(min_length=1)
+
+
+class ApiServer(Placement):
+    name: Name
+    zone: Name
+    port: Port | None = None
+
+
+class Balancer(Placement):
+    name: Name
+    zone: Name
+    port: Port | None = None
+
+
+class Region(_Model):
+    etcd: RegionalEtcd
+    api_servers: list[ApiServer] = Field(default_factory=list)
+    balancers: list[Balancer] = Field(default_factory=list)
+
+
+class Site(_Model):
+    name: Name
+    zones: list[Name] = Field(min_length=1, description="Failure domains within the site.")
+    region: Region | None = Field(
+        None, description="The site's regional control plane; a site without one is a witness."
+    )
+
+
+class Gate(Placement):
+    name: Name
+    site: Name = Field(description="Site of this gate instance; it is also a health vantage point.")
+    port: Port | None = Field(
+        None, description="Gate instances on one host share one port (SO_REUSEPORT)."
+    )
+
+
+class Failover(_Model):
+    mode: Literal["ActivePassive"] = "ActivePassive"
+    priority: list[Name] | None = Field(
+        None,
+        description="Regions in order of preference; default: the order of sites in the file.",
+    )
+
+
+class Replication(_Model):
+    from_: Name = Field(alias="from")
+    to: Name
+    mode: Literal["Async"] = "Async"
+
+
+class Global(_Model):
+    control_etcd: ControlEtcd
+    gates: list[Gate] = Field(min_length=1)
+    failover: Failover = Field(default_factory=Failover)
+    replication: list[Replication] = Field(default_factory=list)
+
+
+class Defaults(_Model):
+    host: str = DEFAULT_HOST
+    etcd: EtcdSettings = Field(default_factory=EtcdSettings)
+
+
+class Spec(_Model):
+    defaults: Defaults = Field(default_factory=Defaults)
+    sites: list[Site] = Field(min_length=1)
+    global_: Global = Field(alias="global")
+
+
+class Metadata(_Model):
+    name: Name
+
+
+class Topology(_Model):
+    api_version: Literal["haplane.dev/v1alpha1"]
+    kind: Literal["Topology"]
+    metadata: Metadata
+    spec: Spec
+
+    # ---- derived views (pure) -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def site(self, name: str) -> Site | None:
+        return next((s for s in self.spec.sites if s.name == name), None)
+
+    def regions(self) -> list[tuple[Site, Region]]:
+        return [(s, s.region) for s in self.spec.sites if s.region is not None]
+
+    def region_priority(self) -> list[str]:
+        explicit = self.spec.global_.failover.priority
+        return list(explicit) if explicit else [s.name for s, _ in self.regions()]
+
+    def etcd_settings(self, cluster: EtcdSettings) -> ResolvedEtcdSettings:
+        d = self.spec.defaults.etcd
+
+        def pick(field: str, fallback: object) -> object:
+            own = getattr(cluster, field)
+            if own is not None:
+                return own
+            default = getattr(d, field)
+            return default if default is not None else fallback
+
+        return ResolvedEtcdSettings(
+            heartbeat_interval_ms=int(str(pick("heartbeat_interval_ms", 100))),
+            election_timeout_ms=int(str(pick("election_timeout_ms", 1000))),
+            auto_compaction_retention=str(pick("auto_compaction_retention", "5m")),
+            quota_backend_bytes=int(str(pick("quota_backend_bytes", DEFAULT_QUOTA_BYTES))),
+            unsafe_no_fsync=bool(pick("unsafe_no_fsync", False)),
+        )
+
+    def host_of(self, placed: Placement) -> str:
+        return placed.host or self.spec.defaults.host
+
+    def etcd_clusters(self) -> Iterator[EtcdClusterView]:
+        """Every etcd cluster: one per region, then the global control etcd."""
+        for site, region in self.regions():
+            yield EtcdClusterView(
+                scope=site.name,
+                settings=self.etcd_settings(region.etcd),
+                members=[
+                    EtcdMemberView(
+                        scope=site.name,
+                        name=m.name,
+                        site=site.name,
+                        zone=m.zone,
+                        host=self.host_of(m),
+                        client_port=m.client_port,
+                        peer_port=m.peer_port,
+                    )
+                    for m in region.etcd.members
+                ],
+            )
+        control = self.spec.global_.control_etcd
+        members = []
+        for m in control.members:
+            site_obj = self.site(m.site)
+            zone = m.zone or (site_obj.zones[0] if site_obj else "")
+            members.append(
+                EtcdMemberView(
+                    scope=GLOBAL_SCOPE,
+                    name=m.name,
+                    site=m.site,
+                    zone=zone,
+                    host=self.host_of(m),
+                    client_port=m.client_port,
+                    peer_port=m.peer_port,
+                )
+            )
+        yield EtcdClusterView(scope=GLOBAL_SCOPE, settings=self.etcd_settings(control), members=members)
+
+
+@dataclass(frozen=True)
+class EtcdMemberView:
+    """A member with its placement resolved; `qualified_name` is how every tool names it."""
+
+    scope: str  # region name, or "global"
+    name: str
+    site: str
+    zone: str
+    host: str
+    client_port: int | None
+    peer_port: int | None
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.scope}/{self.name}"
+
+
+@dataclass(frozen=True)
+class EtcdClusterView:
+    scope: str
+    settings: ResolvedEtcdSettings
+    members: list[EtcdMemberView]
+
+    @property
+    def name(self) -> str:
+        return f"{self.scope}/etcd"
