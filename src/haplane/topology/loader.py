@@ -57,7 +57,9 @@ def load_file(path: str | Path) -> Topology:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise TopologyError(str(p), [SchemaProblem("", None, f"cannot read: {exc.strerror}")]) from exc
+        raise TopologyError(
+            str(p), [SchemaProblem("", None, f"cannot read: {exc.strerror}")]
+        ) from exc
     return load_text(text, source=str(p))
 
 
@@ -80,7 +82,11 @@ def load_text(text: str, source: str = "<text>") -> Topology:
     if not isinstance(data, dict):
         raise TopologyError(
             source,
-            [SchemaProblem("", 1, f"expected a mapping with apiVersion: {API_VERSION}, kind: Topology")],
+            [
+                SchemaProblem(
+                    "", 1, f"expected a mapping with apiVersion: {API_VERSION}, kind: Topology"
+                )
+            ],
         )
     try:
         return Topology.model_validate(data)
@@ -127,10 +133,13 @@ def _line_of(node: yaml.Node | None, loc: tuple[str | int, ...]) -> int | None:
                     line = key.start_mark.line + 1
                     child = value
                     break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(node.value):
-                child = node.value[part]
-                line = child.start_mark.line + 1
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            child = node.value[part]
+            line = child.start_mark.line + 1
         if child is None:
             break
         node = child

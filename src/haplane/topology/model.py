@@ -52,7 +52,7 @@ class _Model(BaseModel):
 
 
 class EtcdSettings(_Model):
-    """Tuning of one etcd cluster. Unset fields fall back to `spec.defaults.etcd`, then to etcd's."""
+    """Tuning of one etcd cluster. Unset fields fall back to `spec.defaults.etcd`, then etcd's."""
 
     heartbeat_interval_ms: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Raft heartbeat interval (etcd --heartbeat-interval). Default 100."
@@ -261,7 +261,9 @@ class Topology(_Model):
                     peer_port=m.peer_port,
                 )
             )
-        yield EtcdClusterView(scope=GLOBAL_SCOPE, settings=self.etcd_settings(control), members=members)
+        yield EtcdClusterView(
+            scope=GLOBAL_SCOPE, settings=self.etcd_settings(control), members=members
+        )
 
 
 @dataclass(frozen=True)

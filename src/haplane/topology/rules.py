@@ -10,10 +10,11 @@ Every finding names its rule id, severity, the field path (as in the file) and t
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from .model import GLOBAL_SCOPE, EtcdClusterView, Topology
+from .model import GLOBAL_SCOPE, ApiServer, Balancer, EtcdClusterView, Topology
 
 Severity = Literal["error", "warning"]
 
@@ -92,17 +93,24 @@ def _names(topo: Topology) -> list[Finding]:
         for name, n in Counter(names).items():
             if n > 1:
                 out.append(
-                    _err("duplicate-name", path, f"{what} {name!r} is defined {n} times",
-                         f"give each {what} a distinct name")
+                    _err(
+                        "duplicate-name",
+                        path,
+                        f"{what} {name!r} is defined {n} times",
+                        f"give each {what} a distinct name",
+                    )
                 )
 
     dupes([s.name for s in topo.spec.sites], "spec.sites", "site")
     for i, site in enumerate(topo.spec.sites):
         if site.name == GLOBAL_SCOPE:
             out.append(
-                _err("duplicate-name", f"spec.sites[{i}].name",
-                     f"site name {GLOBAL_SCOPE!r} is reserved for global components",
-                     "rename the site")
+                _err(
+                    "duplicate-name",
+                    f"spec.sites[{i}].name",
+                    f"site name {GLOBAL_SCOPE!r} is reserved for global components",
+                    "rename the site",
+                )
             )
         dupes(site.zones, f"spec.sites[{i}].zones", "zone")
         if site.region is not None:
@@ -115,8 +123,11 @@ def _names(topo: Topology) -> list[Finding]:
                 f"component of region {site.name}:",
             )
     g = topo.spec.global_
-    dupes([m.name for m in g.control_etcd.members] + [x.name for x in g.gates], "spec.global",
-          "global component")
+    dupes(
+        [m.name for m in g.control_etcd.members] + [x.name for x in g.gates],
+        "spec.global",
+        "global component",
+    )
     return out
 
 
@@ -135,26 +146,46 @@ def _references(topo: Topology) -> list[Finding]:
             for j, zone in enumerate(zones):
                 if zone not in site.zones:
                     out.append(
-                        _err("unknown-reference", f"spec.sites[{i}].region.{field}[{j}].zone",
-                             f"zone {zone!r} is not a zone of site {site.name!r}",
-                             f"use one of: {', '.join(site.zones)}")
+                        _err(
+                            "unknown-reference",
+                            f"spec.sites[{i}].region.{field}[{j}].zone",
+                            f"zone {zone!r} is not a zone of site {site.name!r}",
+                            f"use one of: {', '.join(site.zones)}",
+                        )
                     )
     site_names = [s.name for s in topo.spec.sites]
     g = topo.spec.global_
     for j, m in enumerate(g.control_etcd.members):
         path = f"spec.global.controlEtcd.members[{j}]"
-        site = topo.site(m.site)
-        if site is None:
-            out.append(_err("unknown-reference", f"{path}.site", f"no site named {m.site!r}",
-                            f"use one of: {', '.join(site_names)}"))
-        elif m.zone is not None and m.zone not in site.zones:
-            out.append(_err("unknown-reference", f"{path}.zone",
-                            f"zone {m.zone!r} is not a zone of site {site.name!r}",
-                            f"use one of: {', '.join(site.zones)}"))
+        msite = topo.site(m.site)
+        if msite is None:
+            out.append(
+                _err(
+                    "unknown-reference",
+                    f"{path}.site",
+                    f"no site named {m.site!r}",
+                    f"use one of: {', '.join(site_names)}",
+                )
+            )
+        elif m.zone is not None and m.zone not in msite.zones:
+            out.append(
+                _err(
+                    "unknown-reference",
+                    f"{path}.zone",
+                    f"zone {m.zone!r} is not a zone of site {msite.name!r}",
+                    f"use one of: {', '.join(msite.zones)}",
+                )
+            )
     for j, gate in enumerate(g.gates):
         if topo.site(gate.site) is None:
-            out.append(_err("unknown-reference", f"spec.global.gates[{j}].site",
-                            f"no site named {gate.site!r}", f"use one of: {', '.join(site_names)}"))
+            out.append(
+                _err(
+                    "unknown-reference",
+                    f"spec.global.gates[{j}].site",
+                    f"no site named {gate.site!r}",
+                    f"use one of: {', '.join(site_names)}",
+                )
+            )
     return out
 
 
@@ -165,15 +196,25 @@ def _quorum(n: int) -> int:
 def _member_count(cluster: EtcdClusterView, path: str) -> list[Finding]:
     n = len(cluster.members)
     if n < 3:
-        return [_err("etcd-member-count", path,
-                     f"{cluster.name} has {n} member(s): it cannot lose a single one",
-                     "use 3 members (tolerates 1 failure) or 5 (tolerates 2)")]
+        return [
+            _err(
+                "etcd-member-count",
+                path,
+                f"{cluster.name} has {n} member(s): it cannot lose a single one",
+                "use 3 members (tolerates 1 failure) or 5 (tolerates 2)",
+            )
+        ]
     if n % 2 == 0:
         tolerated = (n - 1) // 2
-        return [_err("etcd-member-count", path,
-                     f"{cluster.name} has {n} members: {n} members tolerate no more failures than "
-                     f"{n - 1} ({tolerated}), and more members fail more often",
-                     f"use {n - 1} or {n + 1} members")]
+        return [
+            _err(
+                "etcd-member-count",
+                path,
+                f"{cluster.name} has {n} members: {n} members tolerate no more failures than "
+                f"{n - 1} ({tolerated}), and more members fail more often",
+                f"use {n - 1} or {n + 1} members",
+            )
+        ]
     return []
 
 
@@ -181,16 +222,25 @@ def _timing(topo: Topology, cluster: EtcdClusterView, path: str) -> list[Finding
     s = cluster.settings
     out: list[Finding] = []
     if s.election_timeout_ms < ETCD_MIN_ELECTION_TO_HEARTBEAT * s.heartbeat_interval_ms:
-        out.append(_err("etcd-timing", f"{path}.electionTimeoutMs",
-                        f"{cluster.name}: election timeout {s.election_timeout_ms} ms is less than "
-                        f"5 x the heartbeat interval {s.heartbeat_interval_ms} ms; etcd refuses it",
-                        f"set electionTimeoutMs >= {5 * s.heartbeat_interval_ms} "
-                        "(10 x heartbeat is usual)"))
+        out.append(
+            _err(
+                "etcd-timing",
+                f"{path}.electionTimeoutMs",
+                f"{cluster.name}: election timeout {s.election_timeout_ms} ms is less than "
+                f"5 x the heartbeat interval {s.heartbeat_interval_ms} ms; etcd refuses it",
+                f"set electionTimeoutMs >= {5 * s.heartbeat_interval_ms} (10 x heartbeat is usual)",
+            )
+        )
     if s.election_timeout_ms > ETCD_MAX_ELECTION_MS:
-        out.append(_err("etcd-timing", f"{path}.electionTimeoutMs",
-                        f"{cluster.name}: election timeout {s.election_timeout_ms} ms exceeds "
-                        f"etcd's limit of {ETCD_MAX_ELECTION_MS} ms",
-                        f"set electionTimeoutMs <= {ETCD_MAX_ELECTION_MS}"))
+        out.append(
+            _err(
+                "etcd-timing",
+                f"{path}.electionTimeoutMs",
+                f"{cluster.name}: election timeout {s.election_timeout_ms} ms exceeds "
+                f"etcd's limit of {ETCD_MAX_ELECTION_MS} ms",
+                f"set electionTimeoutMs <= {ETCD_MAX_ELECTION_MS}",
+            )
+        )
     return out
 
 
@@ -207,11 +257,16 @@ def _regional_etcd(topo: Topology) -> list[Finding]:
         n = len(cluster.members)
         for zone, k in Counter(m.zone for m in cluster.members).items():
             if n > 1 and k >= _quorum(n):
-                out.append(_err("etcd-zone-majority", f"{path}.members",
-                                f"zone {zone!r} holds {k} of {n} members of {cluster.name}: "
-                                "losing that zone loses quorum",
-                                f"spread members so that no zone holds {_quorum(n)} or more "
-                                "(one member per zone)"))
+                out.append(
+                    _err(
+                        "etcd-zone-majority",
+                        f"{path}.members",
+                        f"zone {zone!r} holds {k} of {n} members of {cluster.name}: "
+                        "losing that zone loses quorum",
+                        f"spread members so that no zone holds {_quorum(n)} or more "
+                        "(one member per zone)",
+                    )
+                )
     return out
 
 
@@ -222,27 +277,42 @@ def _control_etcd(topo: Topology) -> list[Finding]:
     sites = Counter(m.site for m in control.members)
     n = len(control.members)
     if len(sites) < 3:
-        out.append(_err("control-etcd-sites", f"{path}.members",
-                        f"the global control etcd spans {len(sites)} site(s): when the site "
-                        "holding its majority fails, no region can be failed over",
-                        "place one member on each of 3 sites, one of them a witness site"))
+        out.append(
+            _err(
+                "control-etcd-sites",
+                f"{path}.members",
+                f"the global control etcd spans {len(sites)} site(s): when the site "
+                "holding its majority fails, no region can be failed over",
+                "place one member on each of 3 sites, one of them a witness site",
+            )
+        )
     else:
         for site, k in sites.items():
             if k >= _quorum(n):
-                out.append(_err("control-etcd-sites", f"{path}.members",
-                                f"site {site!r} holds {k} of {n} members of the global control "
-                                "etcd: losing that site stops failover",
-                                "spread the members so that no site holds a majority"))
+                out.append(
+                    _err(
+                        "control-etcd-sites",
+                        f"{path}.members",
+                        f"site {site!r} holds {k} of {n} members of the global control "
+                        "etcd: losing that site stops failover",
+                        "spread the members so that no site holds a majority",
+                    )
+                )
     return out
 
 
 def _gates(topo: Topology) -> list[Finding]:
     sites = {g.site for g in topo.spec.global_.gates}
     if len(sites) < 3:
-        return [_err("gate-vantage-sites", "spec.global.gates",
-                     f"gate instances are on {len(sites)} site(s): with fewer than 3 vantage "
-                     "sites, a one-sided network cut cannot be told from a region failure",
-                     "place a gate instance on each of 3 or more sites, including the witness")]
+        return [
+            _err(
+                "gate-vantage-sites",
+                "spec.global.gates",
+                f"gate instances are on {len(sites)} site(s): with fewer than 3 vantage "
+                "sites, a one-sided network cut cannot be told from a region failure",
+                "place a gate instance on each of 3 or more sites, including the witness",
+            )
+        ]
     return []
 
 
@@ -254,19 +324,35 @@ def _region_components(topo: Topology) -> list[Finding]:
         path = f"spec.sites[{i}].region"
         n_api = len(site.region.api_servers)
         if n_api < 2:
-            out.append(_err("api-replicas", f"{path}.apiServers",
-                            f"region {site.name!r} has {n_api} API server replica(s): one failure "
-                            "stops its control plane",
-                            "run 2 or more replicas, in different zones"))
+            out.append(
+                _err(
+                    "api-replicas",
+                    f"{path}.apiServers",
+                    f"region {site.name!r} has {n_api} API server replica(s): one failure "
+                    "stops its control plane",
+                    "run 2 or more replicas, in different zones",
+                )
+            )
         n_lb = len(site.region.balancers)
         if n_lb == 0:
-            out.append(_err("balancer-count", f"{path}.balancers",
-                            f"region {site.name!r} has no balancer: clients cannot reach it",
-                            "add 2 balancers in different zones"))
+            out.append(
+                _err(
+                    "balancer-count",
+                    f"{path}.balancers",
+                    f"region {site.name!r} has no balancer: clients cannot reach it",
+                    "add 2 balancers in different zones",
+                )
+            )
         elif n_lb == 1:
-            out.append(_warn("balancer-count", f"{path}.balancers",
-                             f"region {site.name!r} has a single balancer: a single point of "
-                             "failure for the region", "add a second balancer in another zone"))
+            out.append(
+                _warn(
+                    "balancer-count",
+                    f"{path}.balancers",
+                    f"region {site.name!r} has a single balancer: a single point of "
+                    "failure for the region",
+                    "add a second balancer in another zone",
+                )
+            )
     return out
 
 
@@ -274,25 +360,47 @@ def _failover(topo: Topology) -> list[Finding]:
     regions = [s.name for s, _ in topo.regions()]
     out: list[Finding] = []
     if len(regions) < 2:
-        out.append(_warn("region-count", "spec.sites",
-                         f"{len(regions)} region(s): a region failure cannot be failed over",
-                         "add a second region (a site with a `region` block)"))
+        out.append(
+            _warn(
+                "region-count",
+                "spec.sites",
+                f"{len(regions)} region(s): a region failure cannot be failed over",
+                "add a second region (a site with a `region` block)",
+            )
+        )
     prio = topo.spec.global_.failover.priority
     if prio is not None:
         path = "spec.global.failover.priority"
         for name in prio:
             if name not in regions:
-                out.append(_err("failover-priority", path, f"{name!r} is not a region",
-                                f"use region names: {', '.join(regions)}"))
+                out.append(
+                    _err(
+                        "failover-priority",
+                        path,
+                        f"{name!r} is not a region",
+                        f"use region names: {', '.join(regions)}",
+                    )
+                )
         for name, k in Counter(prio).items():
             if k > 1:
-                out.append(_err("failover-priority", path, f"{name!r} is listed {k} times",
-                                "list each region once"))
+                out.append(
+                    _err(
+                        "failover-priority",
+                        path,
+                        f"{name!r} is listed {k} times",
+                        "list each region once",
+                    )
+                )
         missing = [r for r in regions if r not in prio]
         if missing:
-            out.append(_err("failover-priority", path,
-                            f"regions missing from the priority list: {', '.join(missing)}",
-                            "list every region, most preferred first"))
+            out.append(
+                _err(
+                    "failover-priority",
+                    path,
+                    f"regions missing from the priority list: {', '.join(missing)}",
+                    "list every region, most preferred first",
+                )
+            )
     return out
 
 
@@ -304,14 +412,32 @@ def _replication(topo: Topology) -> list[Finding]:
         path = f"spec.global.replication[{j}]"
         for field, name in (("from", pair.from_), ("to", pair.to)):
             if name not in regions:
-                out.append(_err("replication-pair", f"{path}.{field}", f"{name!r} is not a region",
-                                f"use one of: {', '.join(sorted(regions))}"))
+                out.append(
+                    _err(
+                        "replication-pair",
+                        f"{path}.{field}",
+                        f"{name!r} is not a region",
+                        f"use one of: {', '.join(sorted(regions))}",
+                    )
+                )
         if pair.from_ == pair.to:
-            out.append(_err("replication-pair", path, "a region cannot replicate to itself",
-                            "name two different regions"))
+            out.append(
+                _err(
+                    "replication-pair",
+                    path,
+                    "a region cannot replicate to itself",
+                    "name two different regions",
+                )
+            )
         if (pair.from_, pair.to) in seen:
-            out.append(_err("replication-pair", path,
-                            f"{pair.from_} -> {pair.to} is listed twice", "remove the duplicate"))
+            out.append(
+                _err(
+                    "replication-pair",
+                    path,
+                    f"{pair.from_} -> {pair.to} is listed twice",
+                    "remove the duplicate",
+                )
+            )
         seen.add((pair.from_, pair.to))
     return out
 
@@ -328,9 +454,14 @@ def _ports(topo: Topology) -> list[Finding]:
             for field, port in (("clientPort", m.client_port), ("peerPort", m.peer_port)):
                 if port is not None:
                     owners[(topo.host_of(m), port)].append(
-                        ("etcd", f"{base}.etcd.members[{j}].{field}"))
-        for field, placed in (("apiServers", r.api_servers), ("balancers", r.balancers)):
-            for j, c in enumerate(placed):
+                        ("etcd", f"{base}.etcd.members[{j}].{field}")
+                    )
+        placed: list[tuple[str, Sequence[ApiServer | Balancer]]] = [
+            ("apiServers", r.api_servers),
+            ("balancers", r.balancers),
+        ]
+        for field, components in placed:
+            for j, c in enumerate(components):
                 if c.port is not None:
                     owners[(topo.host_of(c), c.port)].append((field, f"{base}.{field}[{j}].port"))
     g = topo.spec.global_
@@ -338,7 +469,8 @@ def _ports(topo: Topology) -> list[Finding]:
         for field, port in (("clientPort", cm.client_port), ("peerPort", cm.peer_port)):
             if port is not None:
                 owners[(topo.host_of(cm), port)].append(
-                    ("etcd", f"spec.global.controlEtcd.members[{j}].{field}"))
+                    ("etcd", f"spec.global.controlEtcd.members[{j}].{field}")
+                )
     for j, gate in enumerate(g.gates):
         if gate.port is not None:
             owners[(topo.host_of(gate), gate.port)].append(("gate", f"spec.global.gates[{j}].port"))
@@ -348,9 +480,12 @@ def _ports(topo: Topology) -> list[Finding]:
         if len(users) < 2 or all(kind == "gate" for kind, _ in users):
             continue
         paths = [p for _, p in users]
-        out.append(_err("port-conflict", paths[1],
-                        f"port {port} on {host} is used by {len(users)} components: "
-                        + ", ".join(paths),
-                        "give each component its own port, or leave ports out to have them "
-                        "assigned"))
+        out.append(
+            _err(
+                "port-conflict",
+                paths[1],
+                f"port {port} on {host} is used by {len(users)} components: " + ", ".join(paths),
+                "give each component its own port, or leave ports out to have them assigned",
+            )
+        )
     return out

@@ -1,0 +1,1 @@
+"""Layer: run (cli). The `haplane` command line."""

@@ -1,0 +1,352 @@
+"""The `haplane` command (typer + rich). Data goes to stdout, progress and errors to stderr.
+
+Layer: run (cli). May use every layer; holds no logic of its own beyond parsing and rendering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from haplane import __version__
+from haplane.local import runner
+from haplane.local.control import ControlClient, ControlError
+from haplane.local.process import FAULT_ACTIONS
+from haplane.local.state_dir import ENV_STATE_DIR, StateDir, default_state_dir
+from haplane.local.status import NothingRunning, StatusReport, gather_status
+from haplane.local.supervisor import Supervisor, configure_logging
+from haplane.store import EtcdBinaryError
+from haplane.topology import (
+    Finding,
+    Topology,
+    TopologyError,
+    example_names,
+    example_text,
+    has_errors,
+    json_schema,
+    load_text,
+    validate,
+)
+
+app = typer.Typer(
+    name="haplane",
+    help="Run a highly available, multi-region control plane on real etcd, and measure it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# Piped output keeps whole rows (rich would squeeze tables to 80 columns).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False)
+
+StateDirOpt = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help=f"Where data, ports and logs live (env {ENV_STATE_DIR})."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ExampleOpt = Annotated[
+    str | None, typer.Option("--example", help="Use a packaged example, e.g. two-regions.")
+]
+
+
+def _state(path: Path | None) -> StateDir:
+    return StateDir(path or default_state_dir())
+
+
+def _read_source(file: Path | None, example: str | None) -> tuple[str, str]:
+    if (file is None) == (example is None):
+        err.print(
+            "error: give a topology FILE or --example NAME "
+            f"(examples: {', '.join(example_names())})"
+        )
+        raise typer.Exit(2)
+    if example is not None:
+        return example_text(example), f"example {example!r}"
+    assert file is not None
+    try:
+        return file.read_text(encoding="utf-8"), str(file)
+    except OSError as exc:
+        raise TopologyError(str(file), []) from exc
+
+
+def _load(file: Path | None, example: str | None) -> tuple[Topology, str]:
+    """Load or exit 2, naming the line and field."""
+    try:
+        text, source = _read_source(file, example)
+        return load_text(text, source), text
+    except TopologyError as exc:
+        cause = exc.__cause__
+        err.print(
+            f"error: {exc.source}: the file does not match the topology schema"
+            if exc.problems
+            else f"error: cannot read {exc.source}: {cause}"
+        )
+        for p in exc.problems:
+            err.print(f"  {p}")
+        raise typer.Exit(2) from None
+
+
+def _findings_table(findings: list[Finding]) -> Table:
+    table = Table(show_lines=False)
+    for col in ("SEVERITY", "RULE", "FIELD", "PROBLEM", "FIX"):
+        table.add_column(col, overflow="fold")
+    for f in findings:
+        sev = "[red]error[/]" if f.severity == "error" else "[yellow]warning[/]"
+        table.add_row(sev, f.rule, f.path, f.message, f.fix)
+    return table
+
+
+@app.command("validate")
+def validate_cmd(
+    file: Annotated[Path | None, typer.Argument(help="Topology file (YAML).")] = None,
+    example: ExampleOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a topology file against the HA rules. Exit 0: no errors, 1: errors, 2: unreadable."""
+    topology, _ = _load(file, example)
+    findings = validate(topology)
+    errors = sum(f.severity == "error" for f in findings)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "topology": topology.name,
+                    "valid": errors == 0,
+                    "errors": errors,
+                    "warnings": len(findings) - errors,
+                    "findings": [f.as_dict() for f in findings],
+                }
+            )
+        )
+    elif findings:
+        out.print(_findings_table(findings))
+        out.print(f"{errors} error(s), {len(findings) - errors} warning(s)")
+    else:
+        out.print(f"{topology.name}: no findings")
+    raise typer.Exit(1 if errors else 0)
+
+
+@app.command("schema")
+def schema_cmd() -> None:
+    """Print the topology file's JSON Schema (for editors)."""
+    out.print_json(json.dumps(json_schema()))
+
+
+@app.command("up")
+def up_cmd(
+    file: Annotated[Path | None, typer.Argument(help="Topology file (YAML).")] = None,
+    example: ExampleOpt = None,
+    detach: Annotated[bool, typer.Option("-d", "--detach", help="Return once healthy.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start despite HA errors.")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Wipe data, ports and logs first.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for health.")] = 90.0,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Start a topology on this machine and supervise it (Ctrl-C or `haplane down` stops it)."""
+    topology, text = _load(file, example)
+    findings = validate(topology)
+    if has_errors(findings):
+        err.print(_findings_table([f for f in findings if f.severity == "error"]))
+        if not force:
+            err.print("error: the topology has HA errors; fix them or pass --force")
+            raise typer.Exit(1)
+        err.print("warning: starting despite HA errors (--force)")
+    state = _state(state_dir)
+    try:
+        runner.prepare_state(state, topology, text, fresh)
+    except runner.AlreadyRunning as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    if detach:
+        child = runner.start_detached(state)
+        try:
+            snap = asyncio.run(runner.wait_healthy(state, child, timeout, _progress))
+        except (RuntimeError, TimeoutError) as exc:
+            err.print(f"error: {exc}")
+            runner.down(state)
+            raise typer.Exit(1) from None
+        err.print(
+            f"{topology.name} is up in {snap.get('startedInSeconds', 0):.1f}s; "
+            f"supervisor pid {child.pid}; state dir {state.root}"
+        )
+        _print_status(asyncio.run(gather_status(state)))
+        return
+    try:
+        supervisor = Supervisor(topology, state, progress=_progress)
+    except EtcdBinaryError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    configure_logging_to_file(state)
+    code = asyncio.run(runner.serve(supervisor, on_healthy=lambda: _live_status(state)))
+    if code:
+        err.print(f"error: {supervisor.error}")
+    raise typer.Exit(code)
+
+
+def configure_logging_to_file(state: StateDir) -> None:
+    """In the foreground the terminal shows the live view; JSON logs go to the state dir."""
+    import logging
+
+    configure_logging()
+    log = logging.getLogger("haplane.supervisor")
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    handler = logging.FileHandler(state.supervisor_log)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+
+
+async def _live_status(state: StateDir) -> None:
+    with Live(console=out, refresh_per_second=2, transient=False) as live:
+        while True:
+            report = await gather_status(state)
+            live.update(_status_table(report))
+            await asyncio.sleep(1.0)
+
+
+def _progress(message: str) -> None:
+    err.print(f"[dim]{message}[/]")
+
+
+@app.command("down")
+def down_cmd(state_dir: StateDirOpt = None) -> None:
+    """Stop the supervisor and every process it started; leaves data in place."""
+    state = _state(state_dir)
+    killed = runner.down(state)
+    if killed:
+        err.print(f"stopped leftover processes: {', '.join(killed)}")
+    err.print(f"down ({state.root})")
+
+
+@app.command("status")
+def status_cmd(state_dir: StateDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Each component: process state, and for etcd: member id, leader, term, revision, db size."""
+    state = _state(state_dir)
+    try:
+        report = asyncio.run(gather_status(state))
+    except NothingRunning as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    else:
+        _print_status(report)
+    raise typer.Exit(0 if report.healthy else 3)
+
+
+def _print_status(report: StatusReport) -> None:
+    out.print(_status_table(report))
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n //= 1024
+    return str(n)
+
+
+def _short(error: str | None) -> str:
+    """The table shows a word; `status --json` keeps the whole message."""
+    if not error:
+        return "unhealthy"
+    if "answered within" in error or "unavailable" in error:
+        return "unreachable"
+    return error[:40]
+
+
+def _status_table(report: StatusReport) -> Table:
+    table = Table(
+        title=f"{report.topology} - supervisor {report.supervisor} - "
+        f"etcd {report.etcd_version or '?'}"
+    )
+    for col in (
+        "COMPONENT",
+        "STATE",
+        "PID",
+        "RESTARTS",
+        "MEMBER",
+        "LEADER",
+        "TERM",
+        "REVISION",
+        "DB / QUOTA",
+        "ALARMS",
+        "HEALTH",
+    ):
+        table.add_column(col)
+    for c in report.clusters:
+        quorum = "[green]quorum[/]" if c.quorum else "[red]NO QUORUM[/]"
+        table.add_row(f"[bold]{c.name}[/]", "", "", "", "", c.leader or "-", "", "", "", "", quorum)
+        for m in c.members:
+            table.add_row(
+                f"  {m.name}",
+                m.state,
+                str(m.pid or "-"),
+                str(m.restarts),
+                m.member_id or "-",
+                "*" if m.is_leader else "",
+                str(m.raft_term or "-"),
+                str(m.revision or "-"),
+                f"{_size(m.db_size)} / {_size(m.quota)}",
+                ",".join(m.alarms) or "-",
+                "[green]healthy[/]" if m.healthy else f"[red]{_short(m.error)}[/]",
+            )
+    return table
+
+
+@app.command("fault")
+def fault_cmd(
+    action: Annotated[str, typer.Argument(help="kill | term | pause | resume | restart")],
+    name: Annotated[str, typer.Argument(help="Component as `haplane status` names it.")],
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Inject a fault: kill (SIGKILL), term (SIGTERM), pause/resume (SIGSTOP/CONT), restart.
+
+    kill and term stay down (the supervisor does not restart them) until `restart`."""
+    if action not in FAULT_ACTIONS:
+        err.print(f"error: unknown action {action!r}; use one of {', '.join(FAULT_ACTIONS)}")
+        raise typer.Exit(2)
+    state = _state(state_dir)
+    try:
+        snap: dict[str, Any] = asyncio.run(ControlClient(state.socket).fault(action, name))
+    except ControlError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    out.print(f"{snap['name']}: {snap['state']} (pid {snap['pid'] or '-'})")
+
+
+@app.command("version")
+def version_cmd() -> None:
+    """Print haplane's version and the etcd binary it would run."""
+    from haplane.store import find_etcd
+
+    out.print(f"haplane {__version__}")
+    try:
+        b = find_etcd()
+        out.print(f"etcd {b.version_text} ({b.path}, from {b.source})")
+        if b.warning:
+            err.print(f"warning: {b.warning}")
+    except EtcdBinaryError as exc:
+        err.print(f"etcd: {exc}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]

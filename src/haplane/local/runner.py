@@ -1,0 +1,189 @@
+"""Running a supervisor in the foreground or detached, and bringing everything down again.
+
+Layer: run (local). The foreground supervisor lives in the `haplane up` process; the detached one
+(`up -d`) is `python -m haplane.local.daemon` in its own session. Either way it records its pid
+and start time in the state dir, serves the control socket, and on SIGINT/SIGTERM or a shutdown
+request stops every process it started. `down` asks it to stop, and then removes any process its
+records still name (a SIGKILLed supervisor's children already died with it through PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from haplane.topology import Topology
+
+from . import pidfile
+from .control import ControlClient, ControlServer, SupervisorUnreachable
+from .state_dir import StateDir
+from .supervisor import Supervisor, configure_logging
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def supervisor_record(state: StateDir) -> pidfile.PidRecord | None:
+    rec = pidfile.read(state.supervisor_record)
+    return rec if rec is not None and rec.alive() else None
+
+
+def prepare_state(state: StateDir, topology: Topology, source_text: str, fresh: bool) -> None:
+    """Refuse a state dir in use or holding another topology; record the file for later tools."""
+    if supervisor_record(state) is not None:
+        raise AlreadyRunning(
+            f"a supervisor is already running for {state.root}; `haplane down` first"
+        )
+    if state.topology_file.exists() and not fresh:
+        previous = yaml.safe_load(state.topology_file.read_text()) or {}
+        name = (previous.get("metadata") or {}).get("name")
+        if name and name != topology.name:
+            raise AlreadyRunning(
+                f"{state.root} holds the data of topology {name!r}, not {topology.name!r}: "
+                "use --fresh to wipe it, or another --state-dir"
+            )
+    if fresh:
+        state.wipe()
+    state.ensure()
+    state.topology_file.write_text(source_text)
+
+
+async def serve(
+    supervisor: Supervisor,
+    *,
+    on_healthy: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> int:
+    """Start, serve the control socket, and stop on a signal or a shutdown request.
+
+    Returns the exit code: 0 after an orderly stop, 1 when start-up failed."""
+    state = supervisor.state
+    state.ensure()
+    pidfile.write(state.supervisor_record, pidfile.record_for("supervisor", os.getpid()))
+    control = ControlServer(supervisor, state.socket)
+    await control.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, control.shutdown_requested.set)
+    try:
+        start = asyncio.create_task(supervisor.start())
+        stop_wait = asyncio.create_task(control.shutdown_requested.wait())
+        done, _ = await asyncio.wait({start, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if start not in done:  # asked to stop while starting
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await start
+            await supervisor.stop()
+            return 0
+        if start.exception() is not None:
+            stop_wait.cancel()
+            return 1
+        extra = asyncio.create_task(on_healthy()) if on_healthy else None
+        await stop_wait
+        if extra is not None:
+            extra.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await extra
+        await supervisor.stop()
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await control.close()
+        state.supervisor_record.unlink(missing_ok=True)
+
+
+def start_detached(state: StateDir) -> subprocess.Popen[bytes]:
+    """Start `python -m haplane.local.daemon` in its own session, logging to the state dir."""
+    state.ensure()
+    log = open(state.supervisor_log, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "haplane.local.daemon", "--state-dir", str(state.root)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        log.close()
+
+
+async def wait_healthy(
+    state: StateDir,
+    child: subprocess.Popen[bytes],
+    timeout: float,
+    progress: Callable[[str], None],
+) -> dict[str, object]:
+    client = ControlClient(state.socket, timeout=2.0)
+    deadline = time.monotonic() + timeout
+    last_phase = ""
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(
+                f"supervisor exited with code {child.returncode}; its log ({state.supervisor_log}):"
+                f"\n{_tail_text(state.supervisor_log)}"
+            )
+        with contextlib.suppress(SupervisorUnreachable):
+            snap = await client.snapshot()
+            phase = str(snap.get("phase"))
+            if phase != last_phase:
+                progress(f"supervisor: {phase}")
+                last_phase = phase
+            if phase == "healthy":
+                return snap
+            if phase == "failed":
+                raise RuntimeError(f"start-up failed: {snap.get('error')}")
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"not healthy within {timeout:.0f}s; see {state.supervisor_log}")
+
+
+def down(state: StateDir, timeout: float = 30.0) -> list[str]:
+    """Stop the supervisor and everything it started. Returns what had to be killed by record."""
+    rec = supervisor_record(state)
+    if rec is not None:
+        with contextlib.suppress(Exception):
+            asyncio.run(ControlClient(state.socket, timeout=5.0).shutdown())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and rec.alive():
+            time.sleep(0.05)
+        if rec.alive():
+            pidfile.terminate([rec], grace=5.0)
+    leftovers = [r for r in map(pidfile.read, sorted(state.run_dir.glob("*.json"))) if r]
+    killed = pidfile.terminate(leftovers)
+    for path in state.run_dir.glob("*.json"):
+        path.unlink(missing_ok=True)
+    state.socket.unlink(missing_ok=True)
+    state.supervisor_record.unlink(missing_ok=True)
+    return killed
+
+
+def _tail_text(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run_daemon(state: StateDir) -> int:
+    """Entry of the detached supervisor."""
+    from haplane.topology import load_file
+
+    configure_logging()
+    topology = load_file(state.topology_file)
+    return asyncio.run(serve(Supervisor(topology, state, progress=_print_progress)))
+
+
+def _print_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,79 @@
+"""The state dir: where one running topology keeps its data, ports, logs and pid files.
+
+Layer: run (local). Layout::
+
+    topology.yaml        the file `haplane up` was given (status, fault, down read it from here)
+    ports.json           ports assigned to components whose port the file left out
+    supervisor.json      the supervisor's pid record
+    supervisor.sock      the supervisor's control socket (HTTP over a unix socket)
+    supervisor.log       its log when detached (`up -d`)
+    run/<scope>_<name>.json   pid records of supervised processes
+    data/<scope>/<name>/      etcd data dirs (kept across restarts; `--fresh` wipes them)
+    logs/<scope>/<name>.log   each process's output
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_STATE_DIR = "HAPLANE_STATE_DIR"
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get(ENV_STATE_DIR)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "haplane"
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    @property
+    def topology_file(self) -> Path:
+        return self.root / "topology.yaml"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.root / "ports.json"
+
+    @property
+    def supervisor_record(self) -> Path:
+        return self.root / "supervisor.json"
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "supervisor.sock"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.root / "supervisor.log"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def pid_file(self, component: str) -> Path:
+        return self.run_dir / (component.replace("/", "_") + ".json")
+
+    def data_dir(self, component: str) -> Path:
+        return self.root / "data" / component
+
+    def log_file(self, component: str) -> Path:
+        return self.root / "logs" / f"{component}.log"
+
+    def ensure(self) -> None:
+        for d in (self.root, self.run_dir, self.root / "data", self.root / "logs"):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def wipe(self) -> None:
+        """`--fresh`: forget data, ports and logs (only call with nothing running)."""
+        for d in (self.root / "data", self.root / "logs", self.run_dir):
+            shutil.rmtree(d, ignore_errors=True)
+        for f in (self.ports_file, self.supervisor_log):
+            f.unlink(missing_ok=True)

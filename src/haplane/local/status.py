@@ -1,0 +1,155 @@
+"""`haplane status`: what runs, and what etcd itself says about each member.
+
+Layer: run (local). Reads the state dir, asks the supervisor over its socket, and asks each etcd
+member directly (so status works even when the supervisor is gone).
+
+"Healthy" for a cluster means a real quorum answered a linearizable read within 1 s; for a member,
+that it answered, sees a leader, has no alarm, and its cluster has quorum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from haplane.store import EtcdClient, EtcdError, MemberStatus
+from haplane.topology import Topology, load_file
+
+from . import pidfile
+from .control import ControlClient, ControlError
+from .ports import PortRegistry
+from .state_dir import StateDir
+from .supervisor import ClusterPlan, resolve_addresses
+
+
+@dataclass
+class MemberReport:
+    name: str
+    kind: str
+    endpoint: str
+    state: str
+    pid: int | None
+    restarts: int
+    member_id: str | None = None
+    is_leader: bool = False
+    raft_term: int | None = None
+    revision: int | None = None
+    db_size: int | None = None
+    quota: int | None = None
+    alarms: list[str] = field(default_factory=list)
+    healthy: bool = False
+    error: str | None = None
+
+
+@dataclass
+class ClusterReport:
+    name: str
+    quorum: bool
+    leader: str | None
+    members: list[MemberReport]
+    error: str | None = None
+
+
+@dataclass
+class StatusReport:
+    topology: str
+    state_dir: str
+    supervisor: str  # healthy, starting, ..., or "not running"
+    etcd_version: str | None
+    clusters: list[ClusterReport]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.quorum for c in self.clusters) and all(
+            m.healthy for c in self.clusters for m in c.members
+        )
+
+
+class NothingRunning(Exception):
+    pass
+
+
+async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
+    if not state.topology_file.exists():
+        raise NothingRunning(f"no topology has been started in {state.root} (`haplane up` first)")
+    topology = load_file(state.topology_file)
+    processes: dict[str, dict[str, Any]] = {}
+    phase = "not running"
+    version = None
+    try:
+        snap = await ControlClient(state.socket, timeout=3.0).snapshot()
+        phase = str(snap["phase"])
+        version = snap["etcd"]["version"]
+        processes = {c["name"]: c for c in snap["components"]}
+    except ControlError:
+        # No supervisor: report processes from their pid records.
+        for path in state.run_dir.glob("*.json"):
+            rec = pidfile.read(path)
+            if rec is not None and rec.alive():
+                processes[rec.name] = {
+                    "state": "running (unsupervised)",
+                    "pid": rec.pid,
+                    "restarts": 0,
+                }
+    plans = resolve_addresses(topology, PortRegistry(state.ports_file))
+    clusters = await asyncio.gather(
+        *(_cluster_report(topology, plan, processes, timeout) for plan in plans)
+    )
+    return StatusReport(topology.name, str(state.root), phase, version, list(clusters))
+
+
+async def _cluster_report(
+    topology: Topology, plan: ClusterPlan, processes: dict[str, dict[str, Any]], timeout: float
+) -> ClusterReport:
+    endpoints = {name: a.client_endpoint for name, a in plan.addresses.items()}
+    async with EtcdClient(list(endpoints.values()), timeout=timeout) as client:
+        quorum_error: str | None = None
+        try:
+            await client.range(b"/haplane/health", timeout=timeout)
+            quorum = True
+        except EtcdError as exc:
+            quorum, quorum_error = False, str(exc)
+        alarms: dict[int, list[str]] = {}
+        if quorum:
+            try:
+                for a in await client.alarms(timeout=timeout):
+                    alarms.setdefault(a.member_id, []).append(a.alarm)
+            except EtcdError:
+                pass
+        statuses = await asyncio.gather(
+            *(client.status(ep, timeout=timeout) for ep in endpoints.values()),
+            return_exceptions=True,
+        )
+    members = []
+    leader_name = None
+    for (name, ep), st in zip(endpoints.items(), statuses, strict=True):
+        proc = processes.get(name, {})
+        report = MemberReport(
+            name=name,
+            kind="etcd",
+            endpoint=ep,
+            state=str(proc.get("state", "not running")),
+            pid=proc.get("pid"),
+            restarts=int(proc.get("restarts") or 0),
+            quota=plan.view.settings.quota_backend_bytes,
+        )
+        if isinstance(st, MemberStatus):
+            report.member_id = f"{st.member_id:x}"
+            report.is_leader = st.is_leader
+            report.raft_term = st.raft_term
+            report.revision = st.revision
+            report.db_size = st.db_size
+            report.alarms = alarms.get(st.member_id, [])
+            report.healthy = quorum and st.leader != 0 and not report.alarms
+            if st.is_leader:
+                leader_name = name
+            if st.leader == 0:
+                report.error = "no leader"
+        else:
+            report.error = str(st) if isinstance(st, EtcdError) else repr(st)
+        members.append(report)
+    return ClusterReport(plan.view.name, quorum, leader_name, members, quorum_error)

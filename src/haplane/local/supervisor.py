@@ -1,0 +1,296 @@
+"""The supervisor: starts a topology's processes on this machine and keeps them running.
+
+Layer: run (local). Owns the processes it spawns, the state dir, and its control socket.
+
+Start-up: every etcd cluster (each region's and the global control etcd) starts concurrently; a
+cluster is up when a linearizable read answers (a real quorum) and every member sees a leader.
+A member of a *fresh* cluster that loses the race for a free port ("address already in use") makes
+that cluster start again on newly assigned ports (its data dirs are empty, so nothing is lost);
+a member with data never changes ports, because etcd remembers its peer URLs.
+
+After start-up each process is supervised (see `process.py`): restarted with backoff when it exits
+on its own, left down when stopped on purpose by a fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from haplane.store import (
+    EtcdBinary,
+    EtcdClient,
+    EtcdError,
+    MemberAddress,
+    find_etcd,
+    member_command,
+)
+from haplane.topology import EtcdClusterView, Topology
+
+from .ports import PortRegistry
+from .process import FaultAction, ManagedProcess, ProcessSpec
+from .state_dir import StateDir
+
+log = logging.getLogger("haplane.supervisor")
+
+START_ATTEMPTS = 3
+_BIND_CONFLICT = "address already in use"
+
+
+class SupervisorError(Exception):
+    pass
+
+
+class UnknownComponent(SupervisorError):
+    pass
+
+
+@dataclass
+class ClusterPlan:
+    view: EtcdClusterView
+    addresses: dict[str, MemberAddress]
+
+
+def port_key(qualified_name: str, which: str) -> str:
+    return f"{qualified_name}#{which}"
+
+
+def resolve_addresses(topology: Topology, ports: PortRegistry) -> list[ClusterPlan]:
+    """Every etcd cluster with the addresses of its members (assigning ports the file left out)."""
+    plans = []
+    for cluster in topology.etcd_clusters():
+        addresses = {
+            m.qualified_name: MemberAddress(
+                host=m.host,
+                client_port=ports.resolve(
+                    port_key(m.qualified_name, "client"), m.host, m.client_port
+                ),
+                peer_port=ports.resolve(port_key(m.qualified_name, "peer"), m.host, m.peer_port),
+            )
+            for m in cluster.members
+        }
+        plans.append(ClusterPlan(cluster, addresses))
+    return plans
+
+
+def emit(event: str, fields: dict[str, Any]) -> None:
+    """A JSON log line: timestamp, level, component, message."""
+    log.info(
+        json.dumps(
+            {
+                "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+                + f".{int(time.time() * 1000) % 1000:03d}Z",
+                "level": "info",
+                "component": fields.get("component", "supervisor"),
+                "msg": event,
+                **{k: v for k, v in fields.items() if k != "component"},
+            }
+        )
+    )
+
+
+class Supervisor:
+    def __init__(
+        self,
+        topology: Topology,
+        state: StateDir,
+        *,
+        binary: EtcdBinary | None = None,
+        progress: Callable[[str], None] | None = None,
+    ):
+        self.topology = topology
+        self.state = state
+        self.binary = binary or find_etcd()
+        self.progress = progress or (lambda msg: None)
+        self.phase = "new"  # new -> starting -> healthy -> stopping -> stopped | failed
+        self.error: str | None = None
+        self.processes: dict[str, ManagedProcess] = {}
+        self.clusters: list[ClusterPlan] = []
+        self.started_in: float | None = None
+
+    # ---- start ---------------------------------------------------------------------------
+
+    async def start(self, timeout: float = 60.0) -> None:
+        t0 = time.monotonic()
+        self.phase = "starting"
+        self.state.ensure()
+        if self.binary.warning:
+            self.progress(f"warning: {self.binary.warning}")
+            emit("etcd-binary-warning", {"warning": self.binary.warning})
+        self.progress(f"etcd {self.binary.version_text} ({self.binary.path})")
+        ports = PortRegistry(self.state.ports_file)
+        self.clusters = resolve_addresses(self.topology, ports)
+        try:
+            await asyncio.gather(*(self._start_cluster(c, ports, timeout) for c in self.clusters))
+        except BaseException as exc:
+            self.phase = "failed"
+            self.error = str(exc)
+            await self._stop_all()
+            raise
+        for proc in self.processes.values():
+            proc.supervise()
+        self.started_in = time.monotonic() - t0
+        self.phase = "healthy"
+        self.progress(f"healthy in {self.started_in:.1f}s")
+        emit("healthy", {"seconds": round(self.started_in, 3)})
+
+    def _member_process(self, plan: ClusterPlan, qualified: str) -> ManagedProcess:
+        member = next(m for m in plan.view.members if m.qualified_name == qualified)
+        spec = ProcessSpec(
+            name=qualified,
+            kind="etcd",
+            argv=member_command(
+                self.binary,
+                self.topology.name,
+                plan.view,
+                member,
+                plan.addresses,
+                self.state.data_dir(qualified),
+            ),
+            log_path=self.state.log_file(qualified),
+            pid_path=self.state.pid_file(qualified),
+        )
+        return ManagedProcess(spec, on_event=emit)
+
+    async def _start_cluster(self, plan: ClusterPlan, ports: PortRegistry, timeout: float) -> None:
+        name = plan.view.name
+        for attempt in range(1, START_ATTEMPTS + 1):
+            fresh = not any(
+                (self.state.data_dir(m.qualified_name) / "member").exists()
+                for m in plan.view.members
+            )
+            self.progress(
+                f"{name}: starting {len(plan.view.members)} members"
+                + (" (new cluster)" if fresh else "")
+            )
+            procs = [self._member_process(plan, m.qualified_name) for m in plan.view.members]
+            for p in procs:
+                self.processes[p.spec.name] = p
+                await p.spawn()
+            exited = await self._await_cluster(plan, procs, timeout)
+            if not exited:
+                self.progress(f"{name}: quorum answered")
+                return
+            conflicts = [p for p in exited if _BIND_CONFLICT in _tail(p.spec.log_path)]
+            if fresh and conflicts and attempt < START_ATTEMPTS:
+                self.progress(f"{name}: lost a race for a port; retrying on new ports")
+                for p in procs:
+                    await p.stop(grace=2.0)
+                for m in plan.view.members:
+                    shutil.rmtree(self.state.data_dir(m.qualified_name), ignore_errors=True)
+                    if m.client_port is None:
+                        ports.reassign(port_key(m.qualified_name, "client"), m.host)
+                    if m.peer_port is None:
+                        ports.reassign(port_key(m.qualified_name, "peer"), m.host)
+                plan.addresses = {
+                    m.qualified_name: MemberAddress(
+                        m.host,
+                        ports.resolve(port_key(m.qualified_name, "client"), m.host, m.client_port),
+                        ports.resolve(port_key(m.qualified_name, "peer"), m.host, m.peer_port),
+                    )
+                    for m in plan.view.members
+                }
+                continue
+            details = (
+                "; ".join(
+                    f"{p.spec.name} exited with code {p.exit_code} (log {p.spec.log_path}): "
+                    f"{_tail(p.spec.log_path, 300)}"
+                    for p in exited
+                )
+                or f"no quorum within {timeout:.0f}s"
+            )
+            raise SupervisorError(f"{name} did not start: {details}")
+
+    async def _await_cluster(
+        self, plan: ClusterPlan, procs: list[ManagedProcess], timeout: float
+    ) -> list[ManagedProcess]:
+        """Wait for quorum. Returns the members that exited meanwhile ([] = healthy)."""
+        endpoints = [a.client_endpoint for a in plan.addresses.values()]
+        deadline = time.monotonic() + timeout
+        async with EtcdClient(endpoints, timeout=0.5) as client:
+            while time.monotonic() < deadline:
+                exited = [
+                    p for p in procs if p._proc is not None and p._proc.returncode is not None
+                ]
+                if exited:
+                    for p in exited:
+                        p.exit_code = p._proc.returncode if p._proc else None
+                        p.state = "exited"
+                        p.spec.pid_path.unlink(missing_ok=True)
+                    return exited
+                if await cluster_ready(client, endpoints):
+                    return []
+                await asyncio.sleep(0.1)
+        return [p for p in procs if p._proc is not None and p._proc.returncode is not None]
+
+    # ---- run and stop --------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        self.phase = "stopping"
+        self.progress("stopping")
+        await self._stop_all()
+        self.phase = "stopped"
+        emit("stopped", {})
+
+    async def _stop_all(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.processes.values()))
+
+    async def fault(self, action: FaultAction, name: str) -> dict[str, Any]:
+        proc = self.processes.get(name)
+        if proc is None:
+            raise UnknownComponent(
+                f"no component named {name!r}; known: {', '.join(sorted(self.processes))}"
+            )
+        await proc.fault(action)
+        return proc.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "topology": self.topology.name,
+            "phase": self.phase,
+            "error": self.error,
+            "startedInSeconds": self.started_in,
+            "etcd": {
+                "version": self.binary.version_text,
+                "path": str(self.binary.path),
+                "warning": self.binary.warning,
+            },
+            "components": [p.snapshot() for p in self.processes.values()],
+        }
+
+
+async def cluster_ready(client: EtcdClient, endpoints: list[str]) -> bool:
+    """A real quorum answered a linearizable read, and every member sees a leader."""
+    try:
+        await client.range(b"/haplane/health", timeout=0.5)
+        statuses = await asyncio.gather(
+            *(client.status(ep, timeout=0.5) for ep in endpoints), return_exceptions=True
+        )
+    except EtcdError:
+        return False
+    return all(not isinstance(s, BaseException) and s.leader != 0 for s in statuses)
+
+
+def _tail(path: Any, limit: int = 4000) -> str:
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - limit))
+        return f.read().decode("utf-8", "replace")
+    return ""
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False

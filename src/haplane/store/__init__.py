@@ -1,0 +1,39 @@
+"""Layer: store. etcd: which binary to run, the command line of each member, the async client.
+
+May use the model layer (`haplane.topology`); knows nothing of processes, HTTP or the CLI.
+"""
+
+from .errors import (
+    EtcdCompacted,
+    EtcdError,
+    EtcdNoQuorum,
+    EtcdOutcomeUnknown,
+    EtcdRejected,
+    EtcdUnavailable,
+)
+from .etcd_binary import EtcdBinary, EtcdBinaryError, find_etcd
+from .etcd_client import Alarm, EtcdClient, KeyValue, KVHash, Member, MemberStatus, prefix_end
+from .etcd_member import MemberAddress, cluster_token, etcd_member_name, member_command
+
+__all__ = [
+    "Alarm",
+    "EtcdBinary",
+    "EtcdBinaryError",
+    "EtcdClient",
+    "EtcdCompacted",
+    "EtcdError",
+    "EtcdNoQuorum",
+    "EtcdOutcomeUnknown",
+    "EtcdRejected",
+    "EtcdUnavailable",
+    "KVHash",
+    "KeyValue",
+    "Member",
+    "MemberAddress",
+    "MemberStatus",
+    "cluster_token",
+    "etcd_member_name",
+    "find_etcd",
+    "member_command",
+    "prefix_end",
+]

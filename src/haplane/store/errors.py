@@ -1,0 +1,43 @@
+"""The store layer's exceptions. Every gRPC error is translated into one of these at the client.
+
+EtcdError
+ ├── EtcdUnavailable        the request certainly did not take effect (never sent, refused
+ │    │                     before proposal, or a read): safe to retry or to report as failed
+ │    └── EtcdNoQuorum      no member reached a leader: the cluster has lost quorum
+ ├── EtcdOutcomeUnknown     a write was sent and no answer came (deadline, connection lost):
+ │                          it may have been applied; never retry it blindly
+ ├── EtcdCompacted          the requested revision was compacted away
+ └── EtcdRejected           etcd refused the request (too large, no space, bad request)
+"""
+
+from __future__ import annotations
+
+
+class EtcdError(Exception):
+    """Base of every error from the etcd client."""
+
+
+class EtcdUnavailable(EtcdError):
+    """The request did not take effect: no member could serve it."""
+
+
+class EtcdNoQuorum(EtcdUnavailable):
+    """Members answered but none has a leader: the cluster has no quorum."""
+
+
+class EtcdOutcomeUnknown(EtcdError):
+    """A write reached a member but its outcome is unknown; it may have been applied."""
+
+
+class EtcdCompacted(EtcdError):
+    def __init__(self, message: str, compact_revision: int):
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+class EtcdRejected(EtcdError):
+    """etcd answered with a definite refusal (e.g. request too large, NOSPACE alarm)."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code

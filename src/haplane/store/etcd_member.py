@@ -1,0 +1,83 @@
+"""The command line of one etcd member, derived from the topology. Pure: starts nothing.
+
+Layer: store. The `local` layer runs these commands as supervised processes; a multi-host runner
+would run the same commands elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from haplane.topology import EtcdClusterView, EtcdMemberView
+
+from .etcd_binary import EtcdBinary
+
+
+@dataclass(frozen=True)
+class MemberAddress:
+    """Resolved listen addresses of a member (ports assigned when the file left them out)."""
+
+    host: str
+    client_port: int
+    peer_port: int
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
+    @property
+    def client_endpoint(self) -> str:
+        return f"{self.host}:{self.client_port}"
+
+
+def etcd_member_name(member: EtcdMemberView) -> str:
+    """etcd's own --name: unique in the cluster and stable (it is stored in the data dir)."""
+    return f"{member.scope}-{member.name}"
+
+
+def cluster_token(topology_name: str, cluster: EtcdClusterView) -> str:
+    """Members of different clusters with the same peer URLs must never join each other."""
+    return f"haplane-{topology_name}-{cluster.scope}"
+
+
+def member_command(
+    binary: EtcdBinary,
+    topology_name: str,
+    cluster: EtcdClusterView,
+    member: EtcdMemberView,
+    addresses: dict[str, MemberAddress],
+    data_dir: Path,
+) -> list[str]:
+    """`addresses` maps each member's qualified name to its resolved address."""
+    own = addresses[member.qualified_name]
+    s = cluster.settings
+    initial = ",".join(
+        f"{etcd_member_name(m)}={addresses[m.qualified_name].peer_url}" for m in cluster.members
+    )
+    cmd = [
+        str(binary.path),
+        "--name", etcd_member_name(member),
+        "--data-dir", str(data_dir),
+        "--listen-client-urls", own.client_url,
+        "--advertise-client-urls", own.client_url,
+        "--listen-peer-urls", own.peer_url,
+        "--initial-advertise-peer-urls", own.peer_url,
+        "--initial-cluster", initial,
+        "--initial-cluster-token", cluster_token(topology_name, cluster),
+        # Ignored by etcd once the data dir holds a WAL: restarts rejoin with what it remembers.
+        "--initial-cluster-state", "new",
+        "--heartbeat-interval", str(s.heartbeat_interval_ms),
+        "--election-timeout", str(s.election_timeout_ms),
+        "--auto-compaction-mode", "periodic",
+        "--auto-compaction-retention", s.auto_compaction_retention,
+        "--quota-backend-bytes", str(s.quota_backend_bytes),
+        *binary.version_flags(),
+    ]  # fmt: skip
+    if s.unsafe_no_fsync:
+        cmd.append("--unsafe-no-fsync")
+    return cmd
