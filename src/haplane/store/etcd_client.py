@@ -211,19 +211,22 @@ class EtcdClient:
                 if isinstance(translated, EtcdNoQuorum):
                     tried_no_leader.add(ep)  # refused before proposal: try another member
                     continue
-                if isinstance(translated, EtcdUnavailable):
+                if isinstance(translated, EtcdUnavailable | EtcdOutcomeUnknown):
                     # The request was on the wire on a READY channel: we cannot prove it was not
                     # received, so its outcome is unknown.
                     raise EtcdOutcomeUnknown(
-                        f"write sent to etcd member {ep} got no answer ({exc.details()}); "
+                        f"write sent to etcd member {ep} got no answer ({exc.code().name}: "
+                        f"{exc.details()}); "
                         "it may or may not have been applied"
                     ) from exc
                 raise translated from exc
             self._prefer(ep)
             return result
-        if tried_no_leader and len(tried_no_leader) == len(self.endpoints):
+        if tried_no_leader:
+            unreachable = len(self.endpoints) - len(tried_no_leader)
             raise EtcdNoQuorum(
-                "no etcd member has a leader: the cluster has lost quorum; "
+                f"{len(tried_no_leader)} etcd member(s) answered without a leader and "
+                f"{unreachable} were unreachable: the cluster has lost quorum; "
                 "the write was not applied"
             )
         raise EtcdUnavailable(

@@ -1,0 +1,128 @@
+"""A real 3-member etcd cluster through haplane's client: quorum, leader loss, quorum loss, restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from haplane.store import (
+    EtcdClient,
+    EtcdNoQuorum,
+    EtcdOutcomeUnknown,
+    EtcdUnavailable,
+)
+from tests.support.etcd_cluster import EtcdCluster
+
+
+async def test_quorum_write_and_read_everywhere(etcd_cluster: EtcdCluster, key_prefix: bytes):
+    async with etcd_cluster.client() as c:
+        rev = await c.put(key_prefix + b"a", b"1")
+        assert rev > 0
+        for name in etcd_cluster.names:  # each member serves the linearizable read itself
+            kv = await c.get(key_prefix + b"a", endpoint=etcd_cluster.endpoint(name))
+            assert kv is not None and kv.value == b"1" and kv.mod_revision == rev
+        await c.put(key_prefix + b"b", b"2")
+        kvs, _ = await c.range(key_prefix, prefix=True)
+        assert [kv.key for kv in kvs] == [key_prefix + b"a", key_prefix + b"b"]
+        assert await c.delete(key_prefix + b"a") == 1
+        assert await c.get(key_prefix + b"a") is None
+
+
+async def test_status_members_and_alarms(etcd_cluster: EtcdCluster):
+    async with etcd_cluster.client() as c:
+        statuses = [await c.status(ep) for ep in etcd_cluster.endpoints]
+        leaders = {s.leader for s in statuses}
+        assert len(leaders) == 1 and 0 not in leaders
+        assert sum(s.is_leader for s in statuses) == 1
+        assert len({s.raft_term for s in statuses}) == 1
+        members = await c.members()
+        assert sorted(m.name for m in members) == ["test-etcd-1", "test-etcd-2", "test-etcd-3"]
+        assert await c.alarms() == []
+
+
+async def test_kill_leader_elects_new_leader_and_writes_continue(
+    disposable_cluster: EtcdCluster,
+):
+    cluster = disposable_cluster
+    old = await cluster.leader()
+    async with cluster.client() as c:
+        await c.put(b"/k", b"before")
+        await cluster.processes[old].fault("kill")
+        # Writes keep being attempted; each either succeeds or fails cleanly until a leader is
+        # elected, then they succeed.
+        succeeded_after_kill = 0
+        for _ in range(200):
+            try:
+                await c.put(b"/k", b"after")
+                succeeded_after_kill += 1
+                if succeeded_after_kill >= 5:
+                    break
+            except (EtcdUnavailable, EtcdOutcomeUnknown):
+                await asyncio.sleep(0.02)
+        assert succeeded_after_kill >= 5
+        new = await cluster.leader()
+        assert new != old
+        kv = await c.get(b"/k")
+        assert kv is not None and kv.value == b"after"
+
+
+async def test_losing_quorum_fails_writes_and_linearizable_reads_clearly(
+    disposable_cluster: EtcdCluster,
+):
+    cluster = disposable_cluster
+    async with cluster.client() as c:
+        await c.put(b"/q", b"kept")
+    survivor, *doomed = cluster.names
+    for name in doomed:
+        await cluster.processes[name].fault("kill")
+    await asyncio.sleep(0.6)  # > election timeout: the survivor notices it has no leader
+
+    async with cluster.client() as c:
+        with pytest.raises(EtcdNoQuorum, match="lost quorum"):
+            await c.put(b"/q", b"lost")
+        with pytest.raises(EtcdUnavailable):
+            await c.get(b"/q")  # linearizable: needs quorum
+        kv = await c.get(b"/q", serializable=True)  # the survivor's local state
+        assert kv is not None and kv.value == b"kept"
+
+    # Restart both: data intact, members agree on revision and hash.
+    for name in doomed:
+        await cluster.processes[name].fault("restart")
+    await cluster.wait_ready()
+    async with cluster.client() as c:
+        kv = await c.get(b"/q")
+        assert kv is not None and kv.value == b"kept"
+        await c.put(b"/q2", b"x")
+        statuses = [await c.status(ep) for ep in cluster.endpoints]
+        revision = min(s.revision for s in statuses)
+        hashes = [await c.hash_kv(ep, revision) for ep in cluster.endpoints]
+        assert len({h.hash for h in hashes}) == 1, hashes
+        assert len({s.revision for s in statuses}) == 1
+
+
+async def test_write_with_no_member_reachable_is_known_not_sent(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with EtcdClient([f"127.0.0.1:{port}"], timeout=0.3) as c:
+        with pytest.raises(EtcdUnavailable, match="not sent"):
+            await c.put(b"/x", b"1")
+
+
+async def test_write_sent_to_a_hung_cluster_has_unknown_outcome(
+    disposable_cluster: EtcdCluster,
+):
+    cluster = disposable_cluster
+    async with cluster.client(timeout=0.3) as c:
+        await c.put(b"/warm", b"1")  # channels connected
+        for name in cluster.names:
+            await cluster.processes[name].fault("pause")
+        try:
+            with pytest.raises(EtcdOutcomeUnknown, match="may or may not"):
+                await c.put(b"/h", b"1")
+        finally:
+            for name in cluster.names:
+                await cluster.processes[name].fault("resume")

@@ -1,0 +1,287 @@
+"""The topology file: schema errors with lines and fields, every HA rule on good and bad files,
+and `haplane validate` / `schema` exit codes."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from haplane.cli.main import app
+from haplane.topology import (
+    RULES,
+    Topology,
+    TopologyError,
+    load_example,
+    load_text,
+    validate,
+)
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def good() -> dict[str, Any]:
+    return yaml.safe_load(
+        (Path(__file__).parent.parent / "examples" / "two-regions.yaml").read_text()
+    )
+
+
+def build(data: dict[str, Any]) -> Topology:
+    return load_text(yaml.safe_dump(data))
+
+
+def rules_hit(data: dict[str, Any]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for f in validate(build(data)):
+        out.setdefault(f.rule, []).append(f.severity)
+    return out
+
+
+def region(data: dict[str, Any], i: int = 0) -> dict[str, Any]:
+    return data["spec"]["sites"][i]["region"]
+
+
+def test_the_example_is_clean(good):
+    assert validate(build(good)) == []
+    assert load_example("two-regions").name == "two-regions"
+
+
+# ---- one bad file per rule ---------------------------------------------------------------
+
+
+def _even_members(d):
+    region(d)["etcd"]["members"].append({"name": "etcd-4", "zone": "a"})
+
+
+def _two_members(d):
+    region(d)["etcd"]["members"].pop()
+
+
+def _zone_majority(d):
+    for m in region(d)["etcd"]["members"][:2]:
+        m["zone"] = "a"
+
+
+def _control_two_sites(d):
+    d["spec"]["global"]["controlEtcd"]["members"][2]["site"] = "eu-west"
+
+
+def _gates_two_sites(d):
+    d["spec"]["global"]["gates"].pop()
+
+
+def _one_api(d):
+    region(d)["apiServers"].pop()
+
+
+def _no_balancer(d):
+    region(d)["balancers"] = []
+
+
+def _one_balancer(d):
+    region(d)["balancers"].pop()
+
+
+def _duplicate_name(d):
+    region(d)["apiServers"][1]["name"] = "api-1"
+
+
+def _duplicate_site(d):
+    d["spec"]["sites"][1]["name"] = "eu-west"
+
+
+def _port_conflict(d):
+    region(d)["etcd"]["members"][0]["clientPort"] = 23790
+    region(d, 1)["apiServers"][0]["port"] = 23790
+
+
+def _timing_ratio(d):
+    region(d)["etcd"]["heartbeatIntervalMs"] = 200
+    region(d)["etcd"]["electionTimeoutMs"] = 500
+
+
+def _timing_max(d):
+    d["spec"]["defaults"]["etcd"]["electionTimeoutMs"] = 60_000
+
+
+def _unknown_zone(d):
+    region(d)["apiServers"][0]["zone"] = "q"
+
+
+def _unknown_gate_site(d):
+    d["spec"]["global"]["gates"][0]["site"] = "mars"
+
+
+def _one_region(d):
+    d["spec"]["sites"][1].pop("region")
+    d["spec"]["global"]["failover"]["priority"] = ["eu-west"]
+    d["spec"]["global"]["replication"] = []
+
+
+def _priority_incomplete(d):
+    d["spec"]["global"]["failover"]["priority"] = ["eu-west"]
+
+
+def _replication_self(d):
+    d["spec"]["global"]["replication"] = [{"from": "eu-west", "to": "eu-west"}]
+
+
+BAD = {
+    "etcd-member-count (even)": (_even_members, "etcd-member-count", "error"),
+    "etcd-member-count (<3)": (_two_members, "etcd-member-count", "error"),
+    "etcd-zone-majority": (_zone_majority, "etcd-zone-majority", "error"),
+    "control-etcd-sites": (_control_two_sites, "control-etcd-sites", "error"),
+    "gate-vantage-sites": (_gates_two_sites, "gate-vantage-sites", "error"),
+    "api-replicas": (_one_api, "api-replicas", "error"),
+    "balancer-count (none)": (_no_balancer, "balancer-count", "error"),
+    "balancer-count (one)": (_one_balancer, "balancer-count", "warning"),
+    "duplicate-name (component)": (_duplicate_name, "duplicate-name", "error"),
+    "duplicate-name (site)": (_duplicate_site, "duplicate-name", "error"),
+    "port-conflict": (_port_conflict, "port-conflict", "error"),
+    "etcd-timing (ratio)": (_timing_ratio, "etcd-timing", "error"),
+    "etcd-timing (max)": (_timing_max, "etcd-timing", "error"),
+    "unknown-reference (zone)": (_unknown_zone, "unknown-reference", "error"),
+    "unknown-reference (site)": (_unknown_gate_site, "unknown-reference", "error"),
+    "region-count": (_one_region, "region-count", "warning"),
+    "failover-priority": (_priority_incomplete, "failover-priority", "error"),
+    "replication-pair": (_replication_self, "replication-pair", "error"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_each_rule_fires_on_its_bad_file(good, case):
+    mutate, rule, severity = BAD[case]
+    data = copy.deepcopy(good)
+    mutate(data)
+    hit = rules_hit(data)
+    assert severity in hit.get(rule, []), hit
+    findings = [f for f in validate(build(data)) if f.rule == rule]
+    for f in findings:
+        assert f.path.startswith("spec"), f
+        assert f.fix and f.message
+
+
+def test_every_rule_has_a_bad_file():
+    assert {rule for _, rule, _ in BAD.values()} == set(RULES)
+
+
+def test_even_member_message_explains(good):
+    _even_members(good)
+    (f,) = [f for f in validate(build(good)) if f.rule == "etcd-member-count"]
+    assert "4 members tolerate no more failures than 3" in f.message
+    assert "use 3 or 5" in f.fix
+    assert f.path == "spec.sites[0].region.etcd.members"
+
+
+def test_gates_sharing_a_port_on_one_host_are_fine(good):
+    for g in good["spec"]["global"]["gates"]:
+        g["port"] = 26443
+    assert "port-conflict" not in rules_hit(good)
+    region(good)["apiServers"][0]["port"] = 26443  # but not with anything else
+    assert "port-conflict" in rules_hit(good)
+
+
+def test_same_port_on_different_hosts_is_fine(good):
+    region(good)["apiServers"][0].update(port=6443, host="10.0.0.1")
+    region(good)["apiServers"][1].update(port=6443, host="10.0.0.2")
+    assert "port-conflict" not in rules_hit(good)
+
+
+def test_five_members_over_three_zones_are_fine(good):
+    region(good)["etcd"]["members"] += [
+        {"name": "etcd-4", "zone": "a"},
+        {"name": "etcd-5", "zone": "b"},
+    ]
+    assert rules_hit(good) == {}
+
+
+# ---- schema errors -----------------------------------------------------------------------
+
+
+def test_unknown_field_names_line_and_path(good):
+    text = yaml.safe_dump(good, sort_keys=False).replace("zones:", "zonez:", 1)
+    with pytest.raises(TopologyError) as ei:
+        load_text(text)
+    problems = {p.path: p for p in ei.value.problems}
+    assert "spec.sites[0].zonez" in problems
+    p = problems["spec.sites[0].zonez"]
+    assert "unknown field" in p.message
+    assert p.line == text.splitlines().index("    zonez:") + 1
+
+
+def test_wrong_type_and_missing_field():
+    text = (
+        "apiVersion: haplane.dev/v1alpha1\nkind: Topology\nmetadata: {name: x}\n"
+        "spec:\n  sites:\n    - name: a\n      zones: [a]\n      region:\n"
+        "        etcd: {members: [{name: e1, zone: a, clientPort: nope}]}\n"
+    )
+    with pytest.raises(TopologyError) as ei:
+        load_text(text)
+    paths = {p.path for p in ei.value.problems}
+    assert "spec.sites[0].region.etcd.members[0].clientPort" in paths
+    assert "spec.global" in paths
+    lines = {p.path: p.line for p in ei.value.problems}
+    assert lines["spec.sites[0].region.etcd.members[0].clientPort"] == 9
+
+
+def test_malformed_yaml_names_the_line():
+    with pytest.raises(TopologyError) as ei:
+        load_text("apiVersion: x\nkind: [unclosed\nmetadata: {}\n")
+    assert ei.value.problems[0].line is not None
+    assert "malformed YAML" in ei.value.problems[0].message
+
+
+def test_wrong_api_version():
+    with pytest.raises(TopologyError) as ei:
+        load_text("apiVersion: v1\nkind: Topology\nmetadata: {name: x}\nspec: {}\n")
+    assert any(p.path == "apiVersion" for p in ei.value.problems)
+
+
+# ---- the CLI: exit codes, table and --json ------------------------------------------------
+
+
+def test_validate_exit_codes(tmp_path, good):
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(yaml.safe_dump(good))
+    r = runner.invoke(app, ["validate", str(ok)])
+    assert r.exit_code == 0, r.output
+
+    warn = copy.deepcopy(good)
+    _one_balancer(warn)
+    (tmp_path / "warn.yaml").write_text(yaml.safe_dump(warn))
+    r = runner.invoke(app, ["validate", str(tmp_path / "warn.yaml")])
+    assert r.exit_code == 0 and "balancer-count" in r.output
+
+    bad = copy.deepcopy(good)
+    _even_members(bad)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    r = runner.invoke(app, ["validate", str(tmp_path / "bad.yaml"), "--json"])
+    assert r.exit_code == 1
+    doc = json.loads(r.stdout)
+    assert doc["valid"] is False and doc["errors"] == 1
+    assert doc["findings"][0]["rule"] == "etcd-member-count"
+    assert set(doc["findings"][0]) == {"rule", "severity", "path", "message", "fix"}
+
+    (tmp_path / "broken.yaml").write_text("spec: [\n")
+    r = runner.invoke(app, ["validate", str(tmp_path / "broken.yaml")])
+    assert r.exit_code == 2 and "line" in r.stderr
+
+    r = runner.invoke(app, ["validate", str(tmp_path / "missing.yaml")])
+    assert r.exit_code == 2 and "cannot read" in r.stderr
+
+    r = runner.invoke(app, ["validate", "--example", "two-regions"])
+    assert r.exit_code == 0
+
+
+def test_schema_is_json_schema():
+    r = runner.invoke(app, ["schema"])
+    assert r.exit_code == 0
+    schema = json.loads(r.stdout)
+    assert schema["title"] == "haplane Topology"
+    assert "apiVersion" in schema["properties"]
