@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.support.etcd_cluster import EtcdCluster
+from haplane.local.etcd_cluster import EtcdCluster
 
 
 @pytest_asyncio.fixture(scope="session")

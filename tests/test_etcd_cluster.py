@@ -1,4 +1,5 @@
-"""A real 3-member etcd cluster through haplane's client: quorum, leader loss, quorum loss, restart."""
+"""A real 3-member etcd cluster through haplane's client: quorum, leader loss, quorum loss,
+restart."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import asyncio
 
 import pytest
 
+from haplane.local.etcd_cluster import EtcdCluster
 from haplane.store import (
     EtcdClient,
     EtcdNoQuorum,
     EtcdOutcomeUnknown,
     EtcdUnavailable,
 )
-from tests.support.etcd_cluster import EtcdCluster
 
 
 async def test_quorum_write_and_read_everywhere(etcd_cluster: EtcdCluster, key_prefix: bytes):
@@ -73,7 +74,7 @@ async def test_losing_quorum_fails_writes_and_linearizable_reads_clearly(
     cluster = disposable_cluster
     async with cluster.client() as c:
         await c.put(b"/q", b"kept")
-    survivor, *doomed = cluster.names
+    _survivor, *doomed = cluster.names
     for name in doomed:
         await cluster.processes[name].fault("kill")
     await asyncio.sleep(0.6)  # > election timeout: the survivor notices it has no leader

@@ -45,7 +45,7 @@ app = typer.Typer(
 )
 # Piped output keeps whole rows (rich would squeeze tables to 80 columns).
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 StateDirOpt = Annotated[
     Path | None,

@@ -1,7 +1,8 @@
-"""A real etcd cluster for tests: N members on free loopback ports, data in a temp dir.
+"""One real etcd cluster on this machine, outside any topology: N members on free loopback ports.
 
-Built from the same pieces `haplane up` uses (member command line, supervised process, port
-registry, quorum check), so the tests exercise them too.
+Layer: run (local). For test fixtures and benchmarks: built from the same pieces `haplane up`
+uses (member command line, supervised process, port registry, quorum check), so they are
+exercised too. Election timing defaults to the fast 25/250 ms that suits one cluster alone.
 """
 
 from __future__ import annotations
@@ -9,11 +10,19 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from haplane.local.ports import PortRegistry
-from haplane.local.process import ManagedProcess, ProcessSpec
-from haplane.local.supervisor import cluster_ready
-from haplane.store import EtcdBinary, EtcdClient, MemberAddress, find_etcd, member_command
+from haplane.store import (
+    EtcdBinary,
+    EtcdClient,
+    EtcdError,
+    MemberAddress,
+    find_etcd,
+    member_command,
+)
 from haplane.topology import EtcdClusterView, EtcdMemberView, ResolvedEtcdSettings
+
+from .ports import PortRegistry
+from .process import ManagedProcess, ProcessSpec
+from .supervisor import cluster_ready
 
 
 class EtcdCluster:
@@ -26,6 +35,7 @@ class EtcdCluster:
         election_ms: int = 250,
         binary: EtcdBinary | None = None,
         scope: str = "test",
+        unsafe_no_fsync: bool = True,
     ):
         self.root = root
         self.binary = binary or find_etcd()
@@ -34,7 +44,7 @@ class EtcdCluster:
             election_timeout_ms=election_ms,
             auto_compaction_retention="1h",
             quota_backend_bytes=2 * 1024**3,
-            unsafe_no_fsync=True,
+            unsafe_no_fsync=unsafe_no_fsync,
         )
         members = [
             EtcdMemberView(scope, f"etcd-{i}", "site", f"z{i}", "127.0.0.1", None, None)
@@ -56,7 +66,11 @@ class EtcdCluster:
                     name=m.qualified_name,
                     kind="etcd",
                     argv=member_command(
-                        self.binary, "tests", self.view, m, self.addresses,
+                        self.binary,
+                        "tests",
+                        self.view,
+                        m,
+                        self.addresses,
                         root / "data" / m.name,
                     ),
                     log_path=root / "logs" / f"{m.name}.log",
@@ -102,7 +116,7 @@ class EtcdCluster:
             for name in self.names:
                 try:
                     st = await c.status(self.endpoint(name))
-                except Exception:
+                except EtcdError:
                     continue
                 if st.is_leader:
                     return name

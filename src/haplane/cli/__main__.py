@@ -1,0 +1,3 @@
+from haplane.cli.main import main
+
+main()

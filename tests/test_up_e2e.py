@@ -1,0 +1,231 @@
+"""`haplane up -d` on the two-regions example as real processes: status, faults, supervision,
+`down`, and a SIGKILLed supervisor taking its children with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from haplane.local import pidfile
+from haplane.local.state_dir import StateDir
+
+pytestmark = pytest.mark.slow
+
+
+def haplane(
+    state: Path, *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "haplane.cli", *args, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"haplane {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def status(state: Path) -> dict[str, Any]:
+    r = haplane(state, "status", "--json", check=False)
+    assert r.returncode in (0, 3), r.stderr
+    return json.loads(r.stdout)
+
+
+def members(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for c in doc["clusters"] for m in c["members"]}
+
+
+def processes_under(state: Path) -> list[psutil.Process]:
+    """Every live process whose command line mentions the state dir (our etcds, supervisor)."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if p.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if any(str(state) in part for part in (p.info["cmdline"] or [])):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture
+def state(tmp_path: Path):
+    root = tmp_path / "state"
+    yield root
+    haplane(root, "down", check=False)
+    leftovers = processes_under(root)
+    for p in leftovers:  # only processes that name our own temp state dir
+        p.kill()
+    assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def test_up_status_faults_down(state: Path):
+    r = haplane(state, "up", "-d", "--example", "two-regions")
+    assert "is up" in r.stderr
+    doc = status(state)
+    assert doc["supervisor"] == "healthy"
+    assert [c["name"] for c in doc["clusters"]] == [
+        "eu-west/etcd",
+        "eu-central/etcd",
+        "global/etcd",
+    ]
+    for c in doc["clusters"]:
+        assert c["quorum"] and c["leader"]
+        assert sum(m["is_leader"] for m in c["members"]) == 1
+    for m in members(doc).values():
+        assert m["healthy"] and m["pid"] and m["member_id"] and m["raft_term"] >= 1
+        assert m["quota"] == 2 * 1024**3 and m["db_size"] > 0 and m["alarms"] == []
+
+    # kill: stays down; its cluster keeps quorum
+    victim = "eu-west/etcd-1"
+    old_pid = members(doc)[victim]["pid"]
+    r = haplane(state, "fault", "kill", victim)
+    assert "killed" in r.stdout
+    assert (
+        not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == psutil.STATUS_ZOMBIE
+    )
+    time.sleep(2.0)  # longer than the first restart backoff
+    doc = status(state)
+    m = members(doc)[victim]
+    assert m["state"] == "killed" and m["pid"] is None and not m["healthy"]
+    assert next(c for c in doc["clusters"] if c["name"] == "eu-west/etcd")["quorum"]
+
+    # restart: back, healthy, same member id (its data dir was reused)
+    haplane(state, "fault", "restart", victim)
+    doc = wait_for(lambda: (d := status(state)) and members(d)[victim]["healthy"] and d)
+    assert members(doc)[victim]["pid"] != old_pid
+
+    # pause / resume
+    haplane(state, "fault", "pause", "global/control-2")
+    pid = members(status(state))["global/control-2"]["pid"]
+    assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    haplane(state, "fault", "resume", "global/control-2")
+    assert psutil.Process(pid).status() != psutil.STATUS_STOPPED
+
+    # unknown names and actions are clear errors
+    r = haplane(state, "fault", "kill", "eu-west/etcd-9", check=False)
+    assert r.returncode == 1 and "no component named" in r.stderr
+    r = haplane(state, "fault", "explode", victim, check=False)
+    assert r.returncode == 2
+
+    # a process that dies on its own (not through haplane) is restarted by the supervisor
+    other = "eu-central/etcd-2"
+    pid = members(status(state))[other]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    doc = wait_for(
+        lambda: (
+            (d := status(state))
+            and members(d)[other]["healthy"]
+            # the snapshot (pid) is read before etcd is asked (healthy): insist on a new pid
+            and members(d)[other]["pid"] not in (None, pid)
+            and d
+        )
+    )
+    assert members(doc)[other]["restarts"] == 1
+
+    # a second `up` on the same state dir is refused while running
+    r = haplane(state, "up", "-d", "--example", "two-regions", check=False)
+    assert r.returncode == 1 and "already running" in r.stderr
+
+    haplane(state, "down")
+    assert processes_under(state) == []
+    assert not StateDir(state).socket.exists()
+
+
+def test_data_and_ports_survive_down_and_up(state: Path):
+    import asyncio
+
+    from haplane.store import EtcdClient
+
+    haplane(state, "up", "-d", "--example", "two-regions")
+    ports_before = json.loads((state / "ports.json").read_text())
+
+    def region_endpoints() -> list[str]:
+        return [
+            e
+            for n, m in members(status(state)).items()
+            if n.startswith("eu-west/")
+            for e in [m["endpoint"]]
+        ]
+
+    endpoints = region_endpoints()
+
+    async def put() -> None:
+        async with EtcdClient(endpoints) as c:
+            await c.put(b"/survives", b"yes")
+
+    async def get() -> bytes | None:
+        async with EtcdClient(endpoints, timeout=2.0) as c:
+            kv = await c.get(b"/survives")
+            return kv.value if kv else None
+
+    asyncio.run(put())
+    haplane(state, "down")
+    haplane(state, "up", "-d", "--example", "two-regions")
+    assert json.loads((state / "ports.json").read_text()) == ports_before
+    assert asyncio.run(get()) == b"yes"
+    haplane(state, "down")
+    # --fresh wipes data (and the ports assigned with it)
+    haplane(state, "up", "-d", "--fresh", "--example", "two-regions")
+    endpoints = region_endpoints()
+    assert asyncio.run(get()) is None
+
+
+def test_sigkill_of_the_supervisor_takes_every_child_with_it(state: Path):
+    haplane(state, "up", "-d", "--example", "two-regions")
+    sup = pidfile.read(StateDir(state).supervisor_record)
+    assert sup is not None and sup.alive()
+    children = [m["pid"] for m in members(status(state)).values()]
+    assert len(children) == 9
+    os.kill(sup.pid, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            not any(
+                psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                for p in children
+            )
+        ),
+        timeout=10,
+    )
+    doc = status(state)
+    assert doc["supervisor"] == "not running"
+    assert not any(c["quorum"] for c in doc["clusters"])
+    haplane(state, "down")
+    assert processes_under(state) == []
+    # and it can come back up on the same state dir
+    haplane(state, "up", "-d", "--example", "two-regions")
+    assert status(state)["supervisor"] == "healthy"
+
+
+def test_up_refuses_a_file_with_errors_unless_forced(state: Path, tmp_path: Path):
+    text = (Path(__file__).parent.parent / "examples" / "two-regions.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    # the witness loses its gate: fewer than 3 vantage sites
+    bad.write_text(text.replace("      - {name: gate-witness, site: witness}\n", ""))
+    r = haplane(state, "up", "-d", str(bad), check=False)
+    assert r.returncode == 1 and "gate-vantage-sites" in r.stderr
+    assert processes_under(state) == []
+    r = haplane(state, "up", "-d", "--force", str(bad))
+    assert "despite HA errors" in r.stderr
+    assert status(state)["supervisor"] == "healthy"
