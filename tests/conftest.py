@@ -1,16 +1,18 @@
 """Shared fixtures: one real 3-member etcd cluster for the whole session (a fresh key prefix per
-test), and a disposable one for tests that kill members."""
+test), a disposable one for tests that kill members, and whole topologies started from a file."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from haplane.local.etcd_cluster import EtcdCluster
+from tests.topology_helpers import haplane, processes_under, status
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -38,3 +40,28 @@ async def disposable_cluster(tmp_path: Path) -> AsyncIterator[EtcdCluster]:
         yield cluster
     finally:
         await cluster.stop()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    """A state dir for a whole topology; at the end `haplane down` runs and nothing may be left."""
+    root = tmp_path / "state"
+    yield root
+    haplane(root, "down", check=False)
+    leftovers = processes_under(root)
+    for p in leftovers:  # only processes naming our own temp state dir
+        p.kill()
+    assert not leftovers, f"processes left behind: {leftovers}"
+
+
+@pytest.fixture
+def start_topology(state: Path) -> Callable[..., dict[str, Any]]:
+    """Start a whole topology from a file (or `example=NAME`) with `haplane up -d`; returns its
+    `status --json`. Stopped at the end of the test by the `state` fixture."""
+
+    def start(file: Path | None = None, *, example: str | None = None) -> dict[str, Any]:
+        source = ["--example", example] if example else [str(file)]
+        haplane(state, "up", "-d", *source)
+        return status(state)
+
+    return start

@@ -10,80 +10,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from haplane.local import pidfile
 from haplane.local.state_dir import StateDir
+from tests.topology_helpers import haplane, members, processes_under, status, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-def haplane(
-    state: Path, *args: str, check: bool = True, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        [sys.executable, "-m", "haplane.cli", *args, "--state-dir", str(state)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"haplane {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def status(state: Path) -> dict[str, Any]:
-    r = haplane(state, "status", "--json", check=False)
-    assert r.returncode in (0, 3), r.stderr
-    return json.loads(r.stdout)
-
-
-def members(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {m["name"]: m for c in doc["clusters"] for m in c["members"]}
-
-
-def processes_under(state: Path) -> list[psutil.Process]:
-    """Every live process whose command line mentions the state dir (our etcds, supervisor)."""
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if p.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if any(str(state) in part for part in (p.info["cmdline"] or [])):
-                found.append(p)
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
-@pytest.fixture
-def state(tmp_path: Path):
-    root = tmp_path / "state"
-    yield root
-    haplane(root, "down", check=False)
-    leftovers = processes_under(root)
-    for p in leftovers:  # only processes that name our own temp state dir
-        p.kill()
-    assert not leftovers, f"processes left behind: {leftovers}"
-
-
-def test_up_status_faults_down(state: Path):
-    r = haplane(state, "up", "-d", "--example", "two-regions")
-    assert "is up" in r.stderr
-    doc = status(state)
+def test_up_status_faults_down(state: Path, start_topology):
+    doc = start_topology(example="two-regions")
     assert doc["supervisor"] == "healthy"
     assert [c["name"] for c in doc["clusters"]] == [
         "eu-west/etcd",
@@ -229,3 +168,60 @@ def test_up_refuses_a_file_with_errors_unless_forced(state: Path, tmp_path: Path
     r = haplane(state, "up", "-d", "--force", str(bad))
     assert "despite HA errors" in r.stderr
     assert status(state)["supervisor"] == "healthy"
+
+
+def test_a_port_lost_to_another_process_is_reassigned_for_a_new_cluster(state: Path):
+    import socket
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        state.mkdir(parents=True)
+        # As if the port had been assigned and then taken before etcd could bind it.
+        (state / "ports.json").write_text(json.dumps({"eu-west/etcd-2#peer": taken}))
+        r = haplane(state, "up", "-d", "--example", "two-regions")
+        assert (
+            "retrying on new ports" in r.stderr
+            or "retrying on new ports" in (state / "supervisor.log").read_text()
+        )
+        ports = json.loads((state / "ports.json").read_text())
+        assert ports["eu-west/etcd-2#peer"] != taken
+        assert status(state)["supervisor"] == "healthy"
+
+
+def test_foreground_up_shows_live_status_and_stops_on_ctrl_c(state: Path):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "haplane.cli",
+            "up",
+            "--example",
+            "two-regions",
+            "--state-dir",
+            str(state),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: (state / "topology.yaml").exists() and status(state)["supervisor"] == "healthy",
+            timeout=60,
+        )
+        children = [m["pid"] for m in members(status(state)).values()]
+        time.sleep(1.5)  # let the live view draw at least once
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "eu-west/etcd-1" in out and "quorum" in out
+    assert not any(
+        psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        for p in children
+    )
+    assert processes_under(state) == []

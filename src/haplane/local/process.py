@@ -16,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import psutil
 
 from . import pidfile
 
@@ -36,14 +38,25 @@ BACKOFF_MAX = 10.0
 STABLE_AFTER = 10.0
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    def preexec() -> None:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
+_SETPRIV = shutil.which("setpriv")  # util-linux, Essential on Debian
 
-    return preexec
+
+def _die_with_parent(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """The command (and preexec hook) that makes a child get SIGKILL when we die.
+
+    Preferred: `setpriv --pdeathsig KILL -- argv`, which sets PR_SET_PDEATHSIG in C and execs.
+    Running Python between fork and exec (preexec_fn) is unsafe once gRPC threads exist: a child
+    crashed with SIGSEGV there (found by the port-race test). The fallback hook therefore only
+    calls a prctl resolved beforehand, in the parent."""
+    if _SETPRIV is not None:
+        return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    sigkill = int(signal.SIGKILL)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigkill)
+
+    return argv, preexec
 
 
 @dataclass
@@ -93,17 +106,20 @@ class ManagedProcess:
         """Start the process once (no monitoring; see `supervise`)."""
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.state = "starting"
+        argv, preexec = _die_with_parent(self.spec.argv)
         with open(self.spec.log_path, "ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
-                *self.spec.argv,
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 env=self.spec.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=preexec,
             )
-        pidfile.write(self.spec.pid_path, pidfile.record_for(self.spec.name, self._proc.pid))
+        # A child that already exited (e.g. its port was taken) has nothing to record.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            pidfile.write(self.spec.pid_path, pidfile.record_for(self.spec.name, self._proc.pid))
         self.started_at = time.monotonic()
         self.exit_code = None
         self.state = "running"

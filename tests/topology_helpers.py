@@ -1,0 +1,60 @@
+"""Helpers for tests that start whole topologies through the real `haplane` command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+def haplane(
+    state: Path, *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "haplane.cli", *args, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"haplane {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def status(state: Path) -> dict[str, Any]:
+    r = haplane(state, "status", "--json", check=False)
+    assert r.returncode in (0, 3), r.stderr
+    return json.loads(r.stdout)
+
+
+def members(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for c in doc["clusters"] for m in c["members"]}
+
+
+def processes_under(state: Path) -> list[psutil.Process]:
+    """Every live process whose command line mentions the state dir (our etcds, supervisor)."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if p.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if any(str(state) in part for part in (p.info["cmdline"] or [])):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
