@@ -127,3 +127,109 @@ async def test_write_sent_to_a_hung_cluster_has_unknown_outcome(
         finally:
             for name in cluster.names:
                 await cluster.processes[name].fault("resume")
+
+
+async def test_txn_create_if_absent_and_compare_and_swap(etcd_cluster: EtcdCluster, key_prefix):
+    from haplane.store import Compare, Op
+
+    key = key_prefix + b"obj"
+    async with etcd_cluster.client() as c:
+        created = await c.txn(
+            [Compare(key, "mod", "=", 0)], [Op("put", key, b"v1")], [Op("get", key)]
+        )
+        assert created.succeeded
+        again = await c.txn(
+            [Compare(key, "mod", "=", 0)], [Op("put", key, b"v2")], [Op("get", key)]
+        )
+        assert not again.succeeded and again.results[0][0].value == b"v1"
+        current = again.results[0][0]
+        swapped = await c.txn(
+            [Compare(key, "mod", "=", current.mod_revision)],
+            [Op("put", key, b"v3")],
+            [Op("get", key)],
+        )
+        assert swapped.succeeded
+        stale = await c.txn(
+            [Compare(key, "mod", "=", current.mod_revision)],
+            [Op("put", key, b"v4")],
+            [Op("get", key)],
+        )
+        assert not stale.succeeded and stale.results[0][0].value == b"v3"
+        deleted = await c.txn(
+            [Compare(key, "mod", "=", stale.results[0][0].mod_revision)],
+            [Op("delete", key)],
+            [Op("get", key)],
+        )
+        assert deleted.succeeded and deleted.results[0][0].value == b"v3"
+
+
+async def test_watch_sees_puts_and_deletes_in_order(etcd_cluster: EtcdCluster, key_prefix):
+    async with etcd_cluster.client() as c:
+        start = await c.put(key_prefix + b"a", b"1")
+        await c.put(key_prefix + b"b", b"2")
+        await c.delete(key_prefix + b"a")
+        seen = []
+        async for batch in c.watch(key_prefix, prefix=True, start_revision=start):
+            seen += [(e.type, e.kv.key, e.kv.value) for e in batch.events]
+            if len(seen) >= 3:
+                break
+        assert seen == [
+            ("PUT", key_prefix + b"a", b"1"),
+            ("PUT", key_prefix + b"b", b"2"),
+            ("DELETE", key_prefix + b"a", b""),
+        ]
+
+
+async def test_watch_from_a_compacted_revision_raises(disposable_cluster: EtcdCluster):
+    from haplane.store import EtcdCompacted
+
+    async with disposable_cluster.client() as c:
+        first = await c.put(b"/w", b"1")
+        last = await c.put(b"/w", b"2")
+        await c.compact(last)
+        with pytest.raises(EtcdCompacted):
+            async for _ in c.watch(b"/w", start_revision=first):
+                pass
+
+
+async def test_watch_resumes_on_another_member_without_loss_or_duplicates(
+    disposable_cluster: EtcdCluster,
+):
+    cluster = disposable_cluster
+    async with cluster.client(timeout=0.5) as c, cluster.client(timeout=0.5) as writer:
+        start = await writer.put(b"/r/0", b"0")
+        received: list[bytes] = []
+
+        acked: list[bytes] = [b"/r/0"]
+        done_writing = asyncio.Event()
+
+        async def consume() -> None:
+            async for batch in c.watch(b"/r/", prefix=True, start_revision=start):
+                received.extend(e.kv.key for e in batch.events)
+                if done_writing.is_set() and set(acked) <= set(received):
+                    return
+
+        task = asyncio.create_task(consume())
+        for i in range(1, 40):
+            if i == 15:  # kill whichever member the watch (and writes) prefer
+                await cluster.processes[cluster.names[0]].fault("kill")
+            while True:
+                try:
+                    await writer.put(f"/r/{i}".encode(), b"x")
+                    acked.append(f"/r/{i}".encode())
+                    break
+                except (EtcdUnavailable, EtcdOutcomeUnknown):
+                    await asyncio.sleep(0.05)  # an unknown outcome retried may write twice
+        await writer.put(b"/r/end", b"")
+        acked.append(b"/r/end")
+        done_writing.set()
+        await asyncio.wait_for(task, timeout=20)
+        # What the resumed watch delivered is exactly etcd's history, read afresh.
+        history: list[bytes] = []
+        kvs, _ = await writer.range(b"/r/", prefix=True)
+        async for batch in writer.watch(b"/r/", prefix=True, start_revision=start):
+            history.extend(e.kv.key for e in batch.events)
+            if len(history) >= len(received):
+                break
+        assert received == history
+        assert set(acked) <= set(received) and {kv.key for kv in kvs} == set(acked)

@@ -12,11 +12,25 @@ from .errors import (
     EtcdUnavailable,
 )
 from .etcd_binary import EtcdBinary, EtcdBinaryError, find_etcd
-from .etcd_client import Alarm, EtcdClient, KeyValue, KVHash, Member, MemberStatus, prefix_end
+from .etcd_client import (
+    Alarm,
+    Compare,
+    EtcdClient,
+    KeyValue,
+    KVHash,
+    Member,
+    MemberStatus,
+    Op,
+    TxnResult,
+    WatchBatch,
+    WatchEvent,
+    prefix_end,
+)
 from .etcd_member import MemberAddress, cluster_token, etcd_member_name, member_command
 
 __all__ = [
     "Alarm",
+    "Compare",
     "EtcdBinary",
     "EtcdBinaryError",
     "EtcdClient",
@@ -31,6 +45,10 @@ __all__ = [
     "Member",
     "MemberAddress",
     "MemberStatus",
+    "Op",
+    "TxnResult",
+    "WatchBatch",
+    "WatchEvent",
     "cluster_token",
     "etcd_member_name",
     "find_etcd",

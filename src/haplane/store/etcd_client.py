@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -60,6 +60,50 @@ class KeyValue:
     mod_revision: int
     version: int
     lease: int
+
+
+@dataclass(frozen=True)
+class Compare:
+    """One txn guard on a key: `target` of MOD/CREATE/VERSION compared with `value`."""
+
+    key: bytes
+    target: str  # "mod", "create", "version", "value"
+    op: str  # "=", "!=", "<", ">"
+    value: int | bytes
+
+
+@dataclass(frozen=True)
+class Op:
+    """One txn operation: put(value), delete, or get."""
+
+    kind: str  # "put", "delete", "get"
+    key: bytes
+    value: bytes = b""
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    # per op of the branch that ran: the KeyValues a get returned, the prev_kv a delete removed
+    results: list[list[KeyValue]]
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str  # "PUT" or "DELETE"
+    kv: KeyValue  # for DELETE: key and mod_revision (of the delete) only
+    prev_kv: KeyValue | None
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """What one watch response carried: events (possibly none: a progress notification) and the
+    store revision the member had reached."""
+
+    events: list[WatchEvent]
+    revision: int
 
 
 @dataclass(frozen=True)
@@ -323,6 +367,145 @@ class EtcdClient:
 
         return await self._read(call, timeout, [endpoint] if endpoint else None)
 
+    # ---- transactions --------------------------------------------------------------------
+
+    async def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+        *,
+        timeout: float | None = None,
+    ) -> TxnResult:
+        """One atomic etcd transaction. A txn with only `get` ops is a read; otherwise a write
+        (see the retry rule in the module docstring)."""
+        req = rpc_pb2.TxnRequest(
+            compare=[_compare(c) for c in compare],
+            success=[_request_op(o) for o in success],
+            failure=[_request_op(o) for o in failure],
+        )
+
+        async def call(ch: grpc.aio.Channel, t: float) -> TxnResult:
+            r = await rpc_pb2_grpc.KVStub(ch).Txn(req, timeout=t, metadata=_HAS_LEADER)
+            results: list[list[KeyValue]] = []
+            for resp in r.responses:
+                which = resp.WhichOneof("response")
+                if which == "response_range":
+                    results.append([_kv(kv) for kv in resp.response_range.kvs])
+                elif which == "response_delete_range":
+                    results.append([_kv(kv) for kv in resp.response_delete_range.prev_kvs])
+                else:
+                    results.append([])
+            return TxnResult(bool(r.succeeded), int(r.header.revision), results)
+
+        read_only = all(o.kind == "get" for o in (*success, *failure))
+        return await (self._read(call, timeout) if read_only else self._write(call, timeout))
+
+    async def cluster_id(self, *, timeout: float | None = None) -> int:
+        async def call(ch: grpc.aio.Channel, t: float) -> int:
+            r = await rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=t)
+            return int(r.header.cluster_id)
+
+        return await self._read(call, timeout)
+
+    # ---- watch ---------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        key: bytes,
+        *,
+        prefix: bool = False,
+        start_revision: int = 0,
+        progress_notify: bool = True,
+        connect_timeout: float | None = None,
+    ) -> AsyncIterator[WatchBatch]:
+        """Watch a key or prefix from `start_revision` (0: from now), forever.
+
+        When the member serving the watch fails or loses its leader, the watch resumes on
+        another member from the revision after the last one delivered, so no event is lost or
+        repeated. A start revision that was compacted raises `EtcdCompacted` (relist, then watch
+        from the list's revision). If no member accepts the watch within `connect_timeout`
+        (default: the client timeout x 4), raises `EtcdUnavailable`."""
+        range_end = prefix_end(key) if prefix else b""
+        next_rev = start_revision
+        budget = connect_timeout or self.timeout * 4
+        failed_since: float | None = None
+        while True:
+            for ep in self._order():
+                try:
+                    async for batch in self._watch_once(
+                        ep, key, range_end, next_rev, progress_notify
+                    ):
+                        failed_since = None
+                        if batch.events:
+                            next_rev = batch.events[-1].kv.mod_revision + 1
+                        elif next_rev == 0:
+                            next_rev = batch.revision + 1
+                        yield batch
+                except grpc.aio.AioRpcError as exc:
+                    translated = _translate(exc, ep)
+                    if isinstance(translated, EtcdCompacted):
+                        raise translated from exc
+                now = time.monotonic()
+                failed_since = failed_since or now
+                if now - failed_since > budget:
+                    raise EtcdUnavailable(
+                        f"no etcd member would serve a watch for {budget:.1f}s "
+                        f"({', '.join(self.endpoints)})"
+                    )
+                await asyncio.sleep(0.05)
+
+    async def _watch_once(
+        self,
+        endpoint: str,
+        key: bytes,
+        range_end: bytes,
+        start_revision: int,
+        progress_notify: bool,
+    ) -> AsyncIterator[WatchBatch]:
+        create = rpc_pb2.WatchRequest(
+            create_request=rpc_pb2.WatchCreateRequest(
+                key=key,
+                range_end=range_end,
+                start_revision=start_revision,
+                progress_notify=progress_notify,
+                prev_kv=True,
+            )
+        )
+        stop = asyncio.Event()
+
+        async def requests() -> AsyncIterator[Any]:
+            yield create
+            await stop.wait()  # keep the request side open for the life of the watch
+
+        call = rpc_pb2_grpc.WatchStub(self._channel(endpoint)).Watch(
+            requests(), metadata=_HAS_LEADER
+        )
+        try:
+            async for resp in call:
+                if resp.canceled:
+                    if resp.compact_revision:
+                        raise EtcdCompacted(
+                            f"watch from revision {start_revision} on {endpoint}: compacted up "
+                            f"to {resp.compact_revision}",
+                            compact_revision=int(resp.compact_revision),
+                        )
+                    return  # e.g. the member lost its leader: resume elsewhere
+                if resp.created and not resp.events:
+                    continue
+                events = [
+                    WatchEvent(
+                        type="PUT" if ev.type == 0 else "DELETE",
+                        kv=_kv(ev.kv),
+                        prev_kv=_kv(ev.prev_kv) if ev.HasField("prev_kv") else None,
+                    )
+                    for ev in resp.events
+                ]
+                yield WatchBatch(events, int(resp.header.revision))
+        finally:
+            stop.set()
+            call.cancel()
+
     # ---- maintenance and cluster ---------------------------------------------------------
 
     async def status(self, endpoint: str, *, timeout: float | None = None) -> MemberStatus:
@@ -388,6 +571,41 @@ class EtcdClient:
         await self._write(call, timeout)
 
 
+_COMPARE_TARGET = {"mod": "MOD", "create": "CREATE", "version": "VERSION", "value": "VALUE"}
+_COMPARE_RESULT = {"=": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
+
+
+def _compare(c: Compare) -> Any:
+    target = _COMPARE_TARGET[c.target]
+    fields: dict[str, Any] = {
+        "key": c.key,
+        "target": rpc_pb2.Compare.CompareTarget.Value(target),
+        "result": rpc_pb2.Compare.CompareResult.Value(_COMPARE_RESULT[c.op]),
+    }
+    field = {
+        "mod": "mod_revision",
+        "create": "create_revision",
+        "version": "version",
+        "value": "value",
+    }[c.target]
+    fields[field] = c.value
+    return rpc_pb2.Compare(**fields)
+
+
+def _request_op(o: Op) -> Any:
+    if o.kind == "put":
+        return rpc_pb2.RequestOp(
+            request_put=rpc_pb2.PutRequest(key=o.key, value=o.value, lease=o.lease)
+        )
+    if o.kind == "delete":
+        return rpc_pb2.RequestOp(
+            request_delete_range=rpc_pb2.DeleteRangeRequest(key=o.key, prev_kv=True)
+        )
+    if o.kind == "get":
+        return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=o.key))
+    raise ValueError(f"unknown txn op {o.kind!r}")
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The range end that selects every key starting with `prefix` (etcd's convention)."""
     b = bytearray(prefix)
@@ -411,4 +629,6 @@ def _translate(exc: grpc.aio.AioRpcError, endpoint: str) -> EtcdError:
         return EtcdOutcomeUnknown(f"{where} did not answer before the deadline")
     if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
         return EtcdCompacted(f"{where}: {details}", compact_revision=0)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and "too large" in details:
+        return EtcdRejected(f"{where}: {details}", "RequestTooLarge")
     return EtcdRejected(f"{where} refused the request: {details}", code.name)
