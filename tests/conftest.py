@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from haplane.local.etcd_cluster import EtcdCluster
+from tests.api_helpers import ApiReplica
 from tests.topology_helpers import haplane, processes_under, status
 
 
@@ -65,3 +66,27 @@ def start_topology(state: Path) -> Callable[..., dict[str, Any]]:
         return status(state)
 
     return start
+
+
+@pytest_asyncio.fixture(scope="session")
+async def api_replicas(
+    etcd_cluster: EtcdCluster, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[list[ApiReplica]]:
+    """Two API server replica processes on the shared etcd cluster (region "test")."""
+    root = tmp_path_factory.mktemp("api")
+    replicas = [ApiReplica(root, f"api-{i}", etcd_cluster.endpoints) for i in (1, 2)]
+    try:
+        for r in replicas:
+            await r.start()
+        yield replicas
+    finally:
+        for r in replicas:
+            await r.stop()
+
+
+@pytest.fixture
+def namespace(api_replicas: list[ApiReplica]) -> Iterator[str]:
+    """A fresh namespace per test: tests share the API servers and their etcd."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    api_replicas[0].request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    yield name

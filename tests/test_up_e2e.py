@@ -62,6 +62,30 @@ def test_up_status_faults_down(state: Path, start_topology):
     haplane(state, "fault", "resume", "global/control-2")
     assert psutil.Process(pid).status() != psutil.STATUS_STOPPED
 
+    # API replicas: ready, reachable with the written kubeconfig, and faultable by name
+    replicas = {r["name"]: r for r in status(state)["replicas"]}
+    assert sorted(replicas) == [
+        "eu-central/api-1",
+        "eu-central/api-2",
+        "eu-west/api-1",
+        "eu-west/api-2",
+    ]
+    assert all(r["ready"] and r["pid"] for r in replicas.values())
+    kubeconfig = state / "kubeconfig"
+    haplane(state, "kubeconfig", "-o", str(kubeconfig))
+    r = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), "get", "ns", "default"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and "default" in r.stdout, r.stderr
+    haplane(state, "fault", "kill", "eu-west/api-1")
+    time.sleep(1.0)
+    assert not {x["name"]: x for x in status(state)["replicas"]}["eu-west/api-1"]["ready"]
+    haplane(state, "fault", "restart", "eu-west/api-1")
+    wait_for(lambda: {x["name"]: x for x in status(state)["replicas"]}["eu-west/api-1"]["ready"])
+
     # unknown names and actions are clear errors
     r = haplane(state, "fault", "kill", "eu-west/etcd-9", check=False)
     assert r.returncode == 1 and "no component named" in r.stderr
@@ -135,8 +159,9 @@ def test_sigkill_of_the_supervisor_takes_every_child_with_it(state: Path):
     haplane(state, "up", "-d", "--example", "two-regions")
     sup = pidfile.read(StateDir(state).supervisor_record)
     assert sup is not None and sup.alive()
-    children = [m["pid"] for m in members(status(state)).values()]
-    assert len(children) == 9
+    doc = status(state)
+    children = [m["pid"] for m in members(doc).values()] + [r["pid"] for r in doc["replicas"]]
+    assert len(children) == 9 + 4 and all(children)
     os.kill(sup.pid, signal.SIGKILL)
     wait_for(
         lambda: (

@@ -37,15 +37,17 @@ def members(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def processes_under(state: Path) -> list[psutil.Process]:
-    """Every live process whose command line mentions the state dir (our etcds, supervisor)."""
+    """Every live process of this state dir: named in its command line or its environment."""
     found = []
     for p in psutil.process_iter(["cmdline", "status"]):
         try:
             if p.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            if any(str(state) in part for part in (p.info["cmdline"] or [])):
+            if any(str(state) in part for part in (p.info["cmdline"] or [])) or (
+                p.environ().get("HAPLANE_STATE_DIR") == str(state)
+            ):
                 found.append(p)
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
 

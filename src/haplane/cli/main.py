@@ -286,6 +286,21 @@ def _status_table(report: StatusReport) -> Table:
         "HEALTH",
     ):
         table.add_column(col)
+    for r in report.replicas:
+        health = "[green]ready[/]" if r.ready else f"[red]{r.detail}[/]"
+        table.add_row(
+            f"  {r.name}",
+            r.state,
+            str(r.pid or "-"),
+            str(r.restarts),
+            r.url,
+            "",
+            "",
+            "",
+            "",
+            "",
+            health,
+        )
     for c in report.clusters:
         quorum = "[green]quorum[/]" if c.quorum else "[red]NO QUORUM[/]"
         table.add_row(f"[bold]{c.name}[/]", "", "", "", "", c.leader or "-", "", "", "", "", quorum)
@@ -325,6 +340,75 @@ def fault_cmd(
         err.print(f"error: {exc}")
         raise typer.Exit(1) from None
     out.print(f"{snap['name']}: {snap['state']} (pid {snap['pid'] or '-'})")
+
+
+@app.command("kubeconfig")
+def kubeconfig_cmd(
+    replica: Annotated[
+        str | None,
+        typer.Option(
+            "--replica",
+            help="API replica, e.g. eu-west/api-1 (default: the first "
+            "replica of the preferred region).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")
+    ] = None,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """A kubeconfig for kubectl and Kubernetes clients, pointing at one API server replica.
+
+    (Balancer and gate addresses come with the balancer issue.)"""
+    import yaml
+
+    from haplane.local.ports import PortRegistry
+    from haplane.local.supervisor import resolve_addresses, resolve_replicas
+    from haplane.topology import load_file
+
+    state = _state(state_dir)
+    if not state.topology_file.exists():
+        err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
+        raise typer.Exit(1)
+    topology = load_file(state.topology_file)
+    ports = PortRegistry(state.ports_file)
+    replicas = resolve_replicas(topology, ports, resolve_addresses(topology, ports))
+    if not replicas:
+        err.print("error: the topology has no API server replicas")
+        raise typer.Exit(1)
+    if replica is None:
+        preferred = topology.region_priority()[0]
+        chosen = next((r for r in replicas if r.region == preferred), replicas[0])
+    else:
+        found = [r for r in replicas if r.qualified_name == replica]
+        if not found:
+            err.print(
+                f"error: no API replica {replica!r}; known: "
+                f"{', '.join(r.qualified_name for r in replicas)}"
+            )
+            raise typer.Exit(1)
+        chosen = found[0]
+    name = f"{topology.name}-{chosen.region}-{chosen.name}"
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": chosen.url}}],
+        "users": [{"name": "haplane-anonymous", "user": {}}],
+        "contexts": [
+            {
+                "name": name,
+                "context": {"cluster": name, "user": "haplane-anonymous", "namespace": "default"},
+            }
+        ],
+        "current-context": name,
+        "preferences": {},
+    }
+    text = yaml.safe_dump(doc, sort_keys=False)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {output} (server {chosen.url})")
 
 
 @app.command("version")

@@ -10,8 +10,11 @@ that it answered, sees a leader, has no alarm, and its cluster has quorum.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import aiohttp
 
 from haplane.store import EtcdClient, EtcdError, MemberStatus
 from haplane.topology import Topology, load_file
@@ -20,7 +23,7 @@ from . import pidfile
 from .control import ControlClient, ControlError
 from .ports import PortRegistry
 from .state_dir import StateDir
-from .supervisor import ClusterPlan, resolve_addresses
+from .supervisor import ClusterPlan, ReplicaPlan, resolve_addresses, resolve_replicas
 
 
 @dataclass
@@ -52,20 +55,35 @@ class ClusterReport:
 
 
 @dataclass
+class ReplicaReport:
+    name: str
+    kind: str
+    url: str
+    state: str
+    pid: int | None
+    restarts: int
+    ready: bool
+    detail: str
+
+
+@dataclass
 class StatusReport:
     topology: str
     state_dir: str
     supervisor: str  # healthy, starting, ..., or "not running"
     etcd_version: str | None
     clusters: list[ClusterReport]
+    replicas: list[ReplicaReport] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def healthy(self) -> bool:
-        return all(c.quorum for c in self.clusters) and all(
-            m.healthy for c in self.clusters for m in c.members
+        return (
+            all(c.quorum for c in self.clusters)
+            and all(m.healthy for c in self.clusters for m in c.members)
+            and all(r.ready for r in self.replicas)
         )
 
 
@@ -95,11 +113,40 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
                     "pid": rec.pid,
                     "restarts": 0,
                 }
-    plans = resolve_addresses(topology, PortRegistry(state.ports_file))
+    ports = PortRegistry(state.ports_file)
+    plans = resolve_addresses(topology, ports)
     clusters = await asyncio.gather(
         *(_cluster_report(topology, plan, processes, timeout) for plan in plans)
     )
-    return StatusReport(topology.name, str(state.root), phase, version, list(clusters))
+    replicas = await asyncio.gather(
+        *(_replica_report(r, processes, timeout) for r in resolve_replicas(topology, ports, plans))
+    )
+    return StatusReport(
+        topology.name, str(state.root), phase, version, list(clusters), list(replicas)
+    )
+
+
+async def _replica_report(
+    plan: ReplicaPlan, processes: dict[str, dict[str, Any]], timeout: float
+) -> ReplicaReport:
+    proc = processes.get(plan.qualified_name, {})
+    ready, detail = False, "unreachable"
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout + 0.5)) as s,
+            s.get(f"{plan.url}/readyz") as resp,
+        ):
+            ready, detail = resp.status == 200, (await resp.text()).strip()[:80]
+    return ReplicaReport(
+        name=plan.qualified_name,
+        kind="api",
+        url=plan.url,
+        state=str(proc.get("state", "not running")),
+        pid=proc.get("pid"),
+        restarts=int(proc.get("restarts") or 0),
+        ready=ready,
+        detail=detail,
+    )
 
 
 async def _cluster_report(

@@ -18,12 +18,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import aiohttp
 
 from haplane.store import (
     EtcdBinary,
@@ -37,7 +40,7 @@ from haplane.topology import EtcdClusterView, Topology
 
 from .ports import PortRegistry
 from .process import FaultAction, ManagedProcess, ProcessSpec
-from .state_dir import StateDir
+from .state_dir import ENV_STATE_DIR, StateDir
 
 log = logging.getLogger("haplane.supervisor")
 
@@ -57,6 +60,39 @@ class UnknownComponent(SupervisorError):
 class ClusterPlan:
     view: EtcdClusterView
     addresses: dict[str, MemberAddress]
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """One API server replica: its region, name, address and its region's etcd."""
+
+    region: str
+    name: str
+    host: str
+    port: int
+    etcd_endpoints: tuple[str, ...]
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.region}/{self.name}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def resolve_replicas(
+    topology: Topology, ports: PortRegistry, clusters: list[ClusterPlan]
+) -> list[ReplicaPlan]:
+    etcd_of = {c.view.scope: c for c in clusters}
+    plans = []
+    for site, region in topology.regions():
+        endpoints = tuple(a.client_endpoint for a in etcd_of[site.name].addresses.values())
+        for api in region.api_servers:
+            host = topology.host_of(api)
+            port = ports.resolve(f"{site.name}/{api.name}#http", host, api.port)
+            plans.append(ReplicaPlan(site.name, api.name, host, port, endpoints))
+    return plans
 
 
 def port_key(qualified_name: str, which: str) -> str:
@@ -114,6 +150,7 @@ class Supervisor:
         self.error: str | None = None
         self.processes: dict[str, ManagedProcess] = {}
         self.clusters: list[ClusterPlan] = []
+        self.replicas: list[ReplicaPlan] = []
         self.started_in: float | None = None
 
     # ---- start ---------------------------------------------------------------------------
@@ -130,6 +167,8 @@ class Supervisor:
         self.clusters = resolve_addresses(self.topology, ports)
         try:
             await asyncio.gather(*(self._start_cluster(c, ports, timeout) for c in self.clusters))
+            self.replicas = resolve_replicas(self.topology, ports, self.clusters)
+            await asyncio.gather(*(self._start_replica(r, timeout) for r in self.replicas))
         except BaseException as exc:
             self.phase = "failed"
             self.error = str(exc)
@@ -141,6 +180,10 @@ class Supervisor:
         self.phase = "healthy"
         self.progress(f"healthy in {self.started_in:.1f}s")
         emit("healthy", {"seconds": round(self.started_in, 3)})
+
+    def _child_env(self) -> dict[str, str]:
+        """Children carry their state dir: operators (and tests) can tell whose they are."""
+        return {**os.environ, ENV_STATE_DIR: str(self.state.root)}
 
     def _member_process(self, plan: ClusterPlan, qualified: str) -> ManagedProcess:
         member = next(m for m in plan.view.members if m.qualified_name == qualified)
@@ -157,6 +200,7 @@ class Supervisor:
             ),
             log_path=self.state.log_file(qualified),
             pid_path=self.state.pid_file(qualified),
+            env=self._child_env(),
         )
         return ManagedProcess(spec, on_event=emit)
 
@@ -208,6 +252,46 @@ class Supervisor:
                 or f"no quorum within {timeout:.0f}s"
             )
             raise SupervisorError(f"{name} did not start: {details}")
+
+    async def _start_replica(self, plan: ReplicaPlan, timeout: float) -> None:
+        spec = ProcessSpec(
+            name=plan.qualified_name,
+            kind="api",
+            argv=[
+                sys.executable,
+                "-m",
+                "haplane.api",
+                "--region",
+                plan.region,
+                "--replica",
+                plan.name,
+                "--listen",
+                f"{plan.host}:{plan.port}",
+                "--etcd",
+                ",".join(plan.etcd_endpoints),
+            ],
+            log_path=self.state.log_file(plan.qualified_name),
+            pid_path=self.state.pid_file(plan.qualified_name),
+            env=self._child_env(),
+        )
+        proc = ManagedProcess(spec, on_event=emit)
+        self.processes[plan.qualified_name] = proc
+        await proc.spawn()
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5)) as session:
+            while time.monotonic() < deadline:
+                if proc._proc is not None and proc._proc.returncode is not None:
+                    raise SupervisorError(
+                        f"{plan.qualified_name} exited with code {proc._proc.returncode}: "
+                        f"{_tail(spec.log_path, 600)}"
+                    )
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(f"{plan.url}/readyz") as resp:
+                        if resp.status == 200:
+                            self.progress(f"{plan.qualified_name}: ready at {plan.url}")
+                            return
+                await asyncio.sleep(0.1)
+        raise SupervisorError(f"{plan.qualified_name} not ready within {timeout:.0f}s")
 
     async def _await_cluster(
         self, plan: ClusterPlan, procs: list[ManagedProcess], timeout: float

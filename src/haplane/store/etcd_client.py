@@ -506,6 +506,24 @@ class EtcdClient:
             stop.set()
             call.cancel()
 
+    async def range_page(
+        self,
+        key: bytes,
+        range_end: bytes,
+        *,
+        revision: int = 0,
+        limit: int = 0,
+        timeout: float | None = None,
+    ) -> tuple[list[KeyValue], int, int]:
+        """A linearizable page of a range: (kvs, revision read at, total keys in the range)."""
+        req = rpc_pb2.RangeRequest(key=key, range_end=range_end, revision=revision, limit=limit)
+
+        async def call(ch: grpc.aio.Channel, t: float) -> tuple[list[KeyValue], int, int]:
+            resp = await rpc_pb2_grpc.KVStub(ch).Range(req, timeout=t, metadata=_HAS_LEADER)
+            return [_kv(kv) for kv in resp.kvs], int(resp.header.revision), int(resp.count)
+
+        return await self._read(call, timeout)
+
     # ---- maintenance and cluster ---------------------------------------------------------
 
     async def status(self, endpoint: str, *, timeout: float | None = None) -> MemberStatus:

@@ -1,0 +1,61 @@
+"""`python -m haplane.api`: one API server replica process.
+
+Layer: api. SIGTERM drains (see `ApiServer.drain_and_stop`); SIGINT does the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from .server import ApiServer, ReplicaConfig
+
+
+def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
+    ap = argparse.ArgumentParser(prog="haplane-apiserver")
+    ap.add_argument("--region", required=True)
+    ap.add_argument("--replica", required=True)
+    ap.add_argument("--listen", required=True, help="host:port")
+    ap.add_argument("--etcd", required=True, help="comma-separated host:port of etcd members")
+    ap.add_argument(
+        "--drain-delay",
+        type=float,
+        default=1.0,
+        help="seconds /readyz fails before the listener closes on SIGTERM",
+    )
+    args = ap.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    return ReplicaConfig(
+        region=args.region,
+        replica=args.replica,
+        host=host,
+        port=int(port),
+        etcd_endpoints=args.etcd.split(","),
+        drain_delay=args.drain_delay,
+    )
+
+
+async def serve(config: ReplicaConfig) -> None:
+    server = ApiServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    await server.drain_and_stop()
+
+
+def main() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("haplane.api").addHandler(handler)
+    logging.getLogger("haplane.api").setLevel(logging.INFO)
+    asyncio.run(serve(parse_args()))
+
+
+if __name__ == "__main__":
+    main()

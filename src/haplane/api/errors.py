@@ -1,0 +1,136 @@
+"""Kubernetes `Status` errors: every failure of the API becomes one of these at the boundary.
+
+Layer: api. Pure data.
+
+    StatusError(code, reason, message)      -> a `Status` object with that HTTP code
+      bad_request 400 BadRequest, not_found 404 NotFound, already_exists 409 AlreadyExists,
+      conflict 409 Conflict, gone 410 Expired, invalid 422 Invalid (with causes),
+      too_large 413 RequestEntityTooLarge, unsupported_media 415 UnsupportedMediaType,
+      method_not_allowed 405 MethodNotAllowed, timeout 504 Timeout (outcome unknown),
+      unavailable 503 ServiceUnavailable, internal 500 InternalError
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class StatusError(Exception):
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+    ):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = details
+
+    def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+def _details(kind: str | None, name: str | None, group: str | None) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    if name:
+        d["name"] = name
+    if group:
+        d["group"] = group
+    if kind:
+        d["kind"] = kind
+    return d
+
+
+def bad_request(message: str) -> StatusError:
+    return StatusError(400, "BadRequest", message)
+
+
+def not_found(resource: str, name: str, group: str = "") -> StatusError:
+    qualified = f"{resource}.{group}" if group else resource
+    return StatusError(
+        404,
+        "NotFound",
+        f'{qualified} "{name}" not found',
+        details=_details(resource, name, group),
+    )
+
+
+def no_such_resource(path: str) -> StatusError:
+    return StatusError(
+        404, "NotFound", f"the server could not find the requested resource ({path})"
+    )
+
+
+def already_exists(resource: str, name: str, group: str = "") -> StatusError:
+    qualified = f"{resource}.{group}" if group else resource
+    return StatusError(
+        409,
+        "AlreadyExists",
+        f'{qualified} "{name}" already exists',
+        details=_details(resource, name, group),
+    )
+
+
+def conflict(resource: str, name: str, why: str, group: str = "") -> StatusError:
+    qualified = f"{resource}.{group}" if group else resource
+    return StatusError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {qualified} "{name}": {why}',
+        details=_details(resource, name, group),
+    )
+
+
+def gone(message: str) -> StatusError:
+    return StatusError(410, "Expired", message)
+
+
+def invalid(kind: str, name: str, causes: Sequence[dict[str, Any]], group: str = "") -> StatusError:
+    summary = ", ".join(f"{c.get('field', '')}: {c.get('message', '')}" for c in causes)
+    details = _details(kind, name, group)
+    details["causes"] = list(causes)
+    return StatusError(422, "Invalid", f'{kind} "{name}" is invalid: {summary}', details=details)
+
+
+def unprocessable(message: str) -> StatusError:
+    return StatusError(422, "Invalid", message)
+
+
+def too_large(message: str) -> StatusError:
+    return StatusError(413, "RequestEntityTooLarge", message)
+
+
+def unsupported_media(message: str) -> StatusError:
+    return StatusError(415, "UnsupportedMediaType", message)
+
+
+def method_not_allowed(message: str) -> StatusError:
+    return StatusError(405, "MethodNotAllowed", message)
+
+
+def timeout(message: str) -> StatusError:
+    return StatusError(504, "Timeout", message)
+
+
+def unavailable(message: str) -> StatusError:
+    return StatusError(503, "ServiceUnavailable", message)
+
+
+def internal(message: str) -> StatusError:
+    return StatusError(500, "InternalError", message)

@@ -1,0 +1,565 @@
+"""The generic store: create, get, list, update, patch, delete and watch for every resource type.
+
+Layer: api. Uses a `Storage` (etcd, or a cache wrapping it) and each kind's `Strategy`; speaks
+in objects and `StatusError`s, not HTTP.
+
+What it guarantees (as kube-apiserver's generic registry):
+- create is one txn on `mod_revision == 0` (409 AlreadyExists); metadata.uid,
+  creationTimestamp and generation are set here; generateName is resolved (retried on a clash);
+- update/patch read, transform and write in one guarded txn; a stale explicit resourceVersion or
+  a failed uid precondition is 409 Conflict, a version from another region/epoch too;
+- namespaced objects need their namespace to exist (404), as in Kubernetes;
+- dryRun=All runs every step but the write;
+- a storage outcome that may or may not have happened is 504 Timeout, never reported as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from . import errors, storage
+from .errors import StatusError
+from .resource_version import VersionContext, parse, revision_for_read
+from .resources import ResourceType
+from .selectors import FieldSelector, LabelSelector
+from .storage import Obj, Storage
+from .validation import FieldError, generate_name, object_meta_errors
+
+NAMESPACE_KEY = "/registry/namespaces/"
+GENERATE_NAME_ATTEMPTS = 5
+BOOKMARK_INTERVAL = 5.0  # seconds between watch bookmarks when a client asks for them
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class ListOptions:
+    label_selector: LabelSelector
+    field_selector: FieldSelector
+    limit: int = 0
+    continue_token: str | None = None
+    resource_version: str | None = None
+    resource_version_match: str | None = None  # None/NotOlderThan, or Exact
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK, ERROR
+    object: Obj
+
+
+def _causes(errs: list[FieldError]) -> list[dict[str, Any]]:
+    return [e.cause() for e in errs]
+
+
+class GenericStore:
+    def __init__(self, rtype: ResourceType, store: Storage):
+        self.t = rtype
+        self.storage = store
+
+    @property
+    def versions(self) -> VersionContext:
+        return self.storage.versions
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _not_found(self, name: str) -> StatusError:
+        return errors.not_found(self.t.plural, name, self.t.group)
+
+    def _translate(self, exc: storage.StorageError, name: str) -> StatusError:
+        if isinstance(exc, storage.KeyNotFound):
+            return self._not_found(name)
+        if isinstance(exc, storage.KeyExists):
+            return errors.already_exists(self.t.plural, name, self.t.group)
+        if isinstance(exc, storage.Conflict):
+            return errors.conflict(self.t.plural, name, str(exc), self.t.group)
+        if isinstance(exc, storage.Expired):
+            return errors.gone(f"too old resource version: {exc}")
+        if isinstance(exc, storage.TooLarge):
+            return errors.too_large(f"request entity too large: {exc}")
+        if isinstance(exc, storage.OutcomeUnknown):
+            return errors.timeout(
+                f"the write of {self.t.qualified} {name!r} timed out in etcd and may or may not "
+                f"have been applied; read it back before retrying ({exc})"
+            )
+        return errors.unavailable(f"etcd unavailable: {exc}")
+
+    def _key(self, namespace: str | None, name: str) -> str:
+        return self.t.key(namespace if self.t.namespaced else None, name)
+
+    def _stamp(self, obj: Obj) -> Obj:
+        obj["apiVersion"] = self.t.group_version
+        obj["kind"] = self.t.kind
+        return obj
+
+    async def _require_namespace(self, namespace: str | None) -> None:
+        if not self.t.namespaced:
+            return
+        if not namespace:
+            raise errors.bad_request("a namespaced object needs a namespace")
+        try:
+            await self.storage.get(NAMESPACE_KEY + namespace)
+        except storage.KeyNotFound:
+            raise errors.not_found("namespaces", namespace) from None
+        except storage.StorageError as exc:
+            raise self._translate(exc, namespace) from exc
+
+    def _check_body(self, obj: Any, namespace: str | None, name: str | None) -> Obj:
+        if not isinstance(obj, dict):
+            raise errors.bad_request("the request body must be a JSON or YAML object")
+        api_version, kind = obj.get("apiVersion"), obj.get("kind")
+        if api_version is not None and api_version != self.t.group_version:
+            raise errors.bad_request(
+                f"the API version in the data ({api_version}) does not match the expected API "
+                f"version ({self.t.group_version})"
+            )
+        if kind is not None and kind != self.t.kind:
+            raise errors.bad_request(
+                f"the kind in the data ({kind}) does not match the expected kind ({self.t.kind})"
+            )
+        meta = obj.get("metadata")
+        if meta is None:
+            meta = obj["metadata"] = {}
+        if not isinstance(meta, dict):
+            raise errors.bad_request("metadata must be an object")
+        if self.t.namespaced:
+            body_ns = meta.get("namespace")
+            if body_ns not in (None, "", namespace):
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on "
+                    "the request"
+                )
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        if name is not None and meta.get("name") not in (None, name):
+            raise errors.bad_request(
+                "the name of the object does not match the name on the URL "
+                f"({meta.get('name')!r} != {name!r})"
+            )
+        if name is not None:
+            meta["name"] = name
+        return obj
+
+    def _validate(self, obj: Obj, old: Obj | None) -> None:
+        errs = object_meta_errors(
+            obj.get("metadata", {}), namespaced=self.t.namespaced, name_rule=self.t.name_rule
+        )
+        errs += (
+            self.t.strategy.validate(obj)
+            if old is None
+            else self.t.strategy.validate_update(obj, old)
+        )
+        if errs:
+            name = str(
+                obj.get("metadata", {}).get("name")
+                or obj.get("metadata", {}).get("generateName")
+                or ""
+            )
+            raise errors.invalid(self.t.kind, name, _causes(errs), self.t.group)
+
+    # ---- create --------------------------------------------------------------------------
+
+    async def create(self, namespace: str | None, body: Any, *, dry_run: bool = False) -> Obj:
+        obj = self._stamp(self._check_body(copy.deepcopy(body), namespace, None))
+        meta = obj["metadata"]
+        if meta.get("resourceVersion"):
+            raise errors.bad_request("resourceVersion should not be set on objects to be created")
+        for f in (
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ):
+            meta.pop(f, None)
+        generated = not meta.get("name") and bool(meta.get("generateName"))
+        if generated:
+            meta["name"] = generate_name(str(meta["generateName"]))
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339()
+        meta["generation"] = 1
+        self.t.strategy.prepare_for_create(obj)
+        self._validate(obj, None)
+        await self._require_namespace(namespace)
+        for attempt in range(GENERATE_NAME_ATTEMPTS):
+            name = str(meta["name"])
+            key = self._key(namespace, name)
+            try:
+                if dry_run:
+                    try:
+                        await self.storage.get(key)
+                    except storage.KeyNotFound:
+                        return obj
+                    raise storage.KeyExists(key, {})
+                return await self.storage.create(key, obj)
+            except storage.KeyExists as exc:
+                if generated and attempt + 1 < GENERATE_NAME_ATTEMPTS:
+                    meta["name"] = generate_name(str(meta["generateName"]))
+                    continue
+                raise self._translate(exc, name) from exc
+            except storage.StorageError as exc:
+                raise self._translate(exc, name) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---- read ----------------------------------------------------------------------------
+
+    async def get(self, namespace: str | None, name: str) -> Obj:
+        try:
+            return self._stamp(await self.storage.get(self._key(namespace, name)))
+        except storage.StorageError as exc:
+            raise self._translate(exc, name) from exc
+
+    async def list(self, namespace: str | None, opts: ListOptions) -> Obj:
+        """resourceVersion unset, "0" or N (not older than N): the latest state, read through
+        quorum (never older than anything this region issued); resourceVersionMatch=Exact: the
+        state at N (410 once compacted); a continue token: the state its first page saw."""
+        revision = revision_for_read(self.versions, opts.resource_version)
+        if opts.resource_version_match not in (None, "", "NotOlderThan", "Exact"):
+            raise errors.bad_request(
+                f"unsupported resourceVersionMatch {opts.resource_version_match!r}"
+            )
+        if opts.resource_version_match == "Exact" and revision is None:
+            raise errors.bad_request("resourceVersionMatch=Exact needs a resourceVersion")
+        if opts.resource_version_match != "Exact":
+            revision = None
+        start_after = None
+        prefix = self.t.key_prefix(namespace)
+        if opts.continue_token:
+            start_after, revision = self._decode_continue(opts.continue_token, prefix)
+        name = opts.field_selector.value_of("metadata.name")
+        items: list[Obj] = []
+        try:
+            if name is not None and (namespace or not self.t.namespaced):
+                # a single key: no need to range over everything
+                try:
+                    obj = await self.storage.get(self.t.key(namespace, name))
+                    items = [obj]
+                except storage.KeyNotFound:
+                    items = []
+                result_rev = await self.storage.current_revision()
+                more_key, remaining = None, 0
+            else:
+                filtered = not (opts.label_selector.empty() and opts.field_selector.empty())
+                # With a selector, keep reading pages until `limit` matches (or the end).
+                more_key, remaining = None, 0
+                result_rev = revision or 0
+                cursor = start_after
+                while True:
+                    page = await self.storage.list(
+                        prefix,
+                        revision=result_rev or None,
+                        start_after=cursor,
+                        limit=opts.limit,
+                    )
+                    result_rev = page.revision
+                    for obj in page.items:
+                        if self._matches(obj, opts):
+                            items.append(obj)
+                    cursor = page.last_key
+                    if cursor is None or not opts.limit or len(items) >= opts.limit:
+                        more_key, remaining = cursor, page.remaining
+                        break
+                if filtered:
+                    remaining = 0  # unknown after filtering; Kubernetes omits it too
+        except storage.Expired as exc:
+            raise errors.gone(
+                "The provided continue parameter is too old to display a consistent list "
+                "result. You can start a new list without the continue parameter."
+                if opts.continue_token
+                else f"too old resource version: {exc}"
+            ) from exc
+        except storage.StorageError as exc:
+            raise self._translate(exc, "") from exc
+        items = [self._stamp(i) for i in items if self._matches(i, opts)]
+        meta: Obj = {"resourceVersion": self.versions.encode(result_rev)}
+        if more_key is not None:
+            meta["continue"] = self._encode_continue(more_key, result_rev)
+            if remaining:
+                meta["remainingItemCount"] = remaining
+        return {
+            "kind": self.t.list_kind,
+            "apiVersion": self.t.group_version,
+            "metadata": meta,
+            "items": items,
+        }
+
+    def _matches(self, obj: Obj, opts: ListOptions) -> bool:
+        meta = obj.get("metadata", {})
+        if not opts.label_selector.matches(meta.get("labels") or {}):
+            return False
+        fields = {"metadata.name": str(meta.get("name", ""))}
+        if self.t.namespaced:
+            fields["metadata.namespace"] = str(meta.get("namespace", ""))
+        return opts.field_selector.matches(fields)
+
+    def _encode_continue(self, last_key: str, revision: int) -> str:
+        raw = json.dumps(
+            {
+                "v": "haplane/1",
+                "rv": revision,
+                "start": last_key,
+                "region": self.versions.region_tag,
+                "epoch": self.versions.epoch,
+            }
+        )
+        return base64.urlsafe_b64encode(raw.encode()).decode()
+
+    def _decode_continue(self, token: str, prefix: str) -> tuple[str, int]:
+        try:
+            data = json.loads(base64.urlsafe_b64decode(token.encode()))
+            start, rev = str(data["start"]), int(data["rv"])
+            region, epoch = data["region"], int(data["epoch"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise errors.bad_request(f"invalid continue token: {exc}") from exc
+        if region != self.versions.region_tag or epoch != self.versions.epoch:
+            raise errors.gone(
+                "the continue token was issued by another region or epoch; start a new list"
+            )
+        if not start.startswith(prefix):
+            raise errors.bad_request("the continue token does not belong to this list")
+        return start, rev
+
+    # ---- update and patch ----------------------------------------------------------------
+
+    async def update(
+        self, namespace: str | None, name: str, body: Any, *, dry_run: bool = False
+    ) -> Obj:
+        new_body = self._stamp(self._check_body(copy.deepcopy(body), namespace, name))
+        return await self._update(
+            namespace, name, lambda current: new_body, dry_run=dry_run, precondition_from_body=True
+        )
+
+    async def patch(
+        self,
+        namespace: str | None,
+        name: str,
+        apply_patch: Callable[[Obj], Obj],
+        *,
+        dry_run: bool = False,
+    ) -> Obj:
+        def patched(current: Obj) -> Obj:
+            result = apply_patch(copy.deepcopy(current))
+            return self._stamp(self._check_body(result, namespace, name))
+
+        return await self._update(
+            namespace, name, patched, dry_run=dry_run, precondition_from_body=True
+        )
+
+    async def _update(
+        self,
+        namespace: str | None,
+        name: str,
+        make_new: Callable[[Obj], Obj],
+        *,
+        dry_run: bool,
+        precondition_from_body: bool,
+    ) -> Obj:
+        key = self._key(namespace, name)
+        preview: list[Obj] = []
+
+        async def update(current: Obj) -> Obj | None:
+            new = make_new(current)
+            meta = new["metadata"]
+            rv = meta.get("resourceVersion")
+            if precondition_from_body and rv and rv != current["metadata"]["resourceVersion"]:
+                parsed = parse(self.versions, str(rv))
+                reason = (
+                    (
+                        "the object has been modified; please apply your changes to the "
+                        "latest version and try again"
+                    )
+                    if parsed.ours
+                    else (f"resourceVersion {rv} was issued by another region or failover epoch")
+                )
+                raise errors.conflict(self.t.plural, name, reason, self.t.group)
+            uid = meta.get("uid")
+            if uid and uid != current["metadata"].get("uid"):
+                raise errors.conflict(
+                    self.t.plural,
+                    name,
+                    f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                    f"{current['metadata'].get('uid')}",
+                    self.t.group,
+                )
+            old_meta = current["metadata"]
+            for f in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
+                if f in old_meta:
+                    meta[f] = old_meta[f]
+                else:
+                    meta.pop(f, None)
+            meta.pop("resourceVersion", None)
+            self.t.strategy.prepare_for_update(new, current)
+            if self.t.strategy.spec_changed(new, current):
+                meta["generation"] = int(old_meta.get("generation") or 1) + 1
+            self._validate(new, current)
+            if dry_run:
+                preview.append(new)
+                return None
+            return new
+
+        try:
+            result = await self.storage.guaranteed_update(key, update)
+        except storage.StorageError as exc:
+            raise self._translate(exc, name) from exc
+        if dry_run and preview:
+            preview[-1]["metadata"]["resourceVersion"] = result["metadata"]["resourceVersion"]
+            return preview[-1]
+        return self._stamp(result)
+
+    # ---- delete --------------------------------------------------------------------------
+
+    async def delete(
+        self,
+        namespace: str | None,
+        name: str,
+        *,
+        precondition_uid: str | None = None,
+        precondition_rv: str | None = None,
+        dry_run: bool = False,
+    ) -> Obj:
+        def check(current: Obj) -> None:
+            meta = current["metadata"]
+            if precondition_uid and precondition_uid != meta.get("uid"):
+                raise errors.conflict(
+                    self.t.plural,
+                    name,
+                    f"Precondition failed: UID in precondition: {precondition_uid}, UID in "
+                    f"object meta: {meta.get('uid')}",
+                    self.t.group,
+                )
+            if precondition_rv and precondition_rv != meta.get("resourceVersion"):
+                raise errors.conflict(
+                    self.t.plural,
+                    name,
+                    f"Precondition failed: ResourceVersion in precondition: {precondition_rv}, "
+                    f"ResourceVersion in object meta: {meta.get('resourceVersion')}",
+                    self.t.group,
+                )
+
+        key = self._key(namespace, name)
+        try:
+            if dry_run:
+                current = await self.storage.get(key)
+                check(current)
+                deleted = current
+            else:
+                deleted = await self.storage.delete(key, check)
+        except storage.StorageError as exc:
+            raise self._translate(exc, name) from exc
+        return self._stamp(deleted)
+
+    async def delete_collection(
+        self, namespace: str | None, opts: ListOptions, *, dry_run: bool = False
+    ) -> Obj:
+        listed = await self.list(namespace, ListOptions(opts.label_selector, opts.field_selector))
+        deleted = []
+        for item in listed["items"]:
+            meta = item["metadata"]
+            try:
+                deleted.append(
+                    await self.delete(meta.get("namespace"), meta["name"], dry_run=dry_run)
+                )
+            except StatusError as exc:
+                if exc.code != 404:  # deleted meanwhile by someone else: fine
+                    raise
+        listed["items"] = deleted
+        return listed
+
+    # ---- watch ---------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        namespace: str | None,
+        opts: ListOptions,
+        *,
+        bookmarks: bool = False,
+        timeout_seconds: float | None = None,
+    ) -> AsyncIterator[WatchEvent]:
+        """Unset or "0" resourceVersion: ADDED for the current state, then changes; N: the
+        changes after N. A too-old N ends the stream with an ERROR event carrying 410."""
+        deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
+        try:
+            revision = revision_for_read(self.versions, opts.resource_version)
+        except StatusError as exc:
+            yield WatchEvent("ERROR", exc.status())
+            return
+        last_rev = revision or 0
+        if revision is None:
+            listed = await self.list(
+                namespace, ListOptions(opts.label_selector, opts.field_selector)
+            )
+            for item in listed["items"]:
+                yield WatchEvent("ADDED", item)
+            last_rev = parse(self.versions, listed["metadata"]["resourceVersion"]).revision
+        events = self.storage.watch(self.t.key_prefix(namespace), revision=last_rev)
+        next_event: asyncio.Task[storage.StorageEvent] | None = None
+        last_bookmark = time.monotonic()
+        try:
+            while True:
+                wait = BOOKMARK_INTERVAL if bookmarks else None
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    wait = min(wait, left) if wait is not None else left
+                if next_event is None:
+                    next_event = asyncio.ensure_future(anext(events))
+                done, _ = await asyncio.wait({next_event}, timeout=wait)
+                if not done:
+                    if bookmarks and time.monotonic() - last_bookmark >= BOOKMARK_INTERVAL:
+                        last_bookmark = time.monotonic()
+                        yield WatchEvent("BOOKMARK", self._bookmark(last_rev))
+                    continue
+                task, next_event = next_event, None
+                try:
+                    ev = task.result()
+                except StopAsyncIteration:
+                    return
+                last_rev = max(last_rev, ev.revision)
+                if ev.type == "BOOKMARK":
+                    continue
+                translated = self._translate_event(ev, opts)
+                if translated is not None:
+                    yield translated
+        except storage.Expired as exc:
+            yield WatchEvent("ERROR", errors.gone(f"too old resource version: {exc}").status())
+        except storage.StorageError as exc:
+            yield WatchEvent("ERROR", self._translate(exc, "").status())
+        finally:
+            if next_event is not None:
+                next_event.cancel()
+            await events.aclose()  # type: ignore[attr-defined]
+
+    def _bookmark(self, revision: int) -> Obj:
+        return {
+            "kind": self.t.kind,
+            "apiVersion": self.t.group_version,
+            "metadata": {"resourceVersion": self.versions.encode(revision)},
+        }
+
+    def _translate_event(self, ev: storage.StorageEvent, opts: ListOptions) -> WatchEvent | None:
+        """Selectors turn a change into ADDED/DELETED when the object enters/leaves the set."""
+        assert ev.object is not None
+        now_matches = self._matches(ev.object, opts)
+        if ev.type == "DELETED":
+            return WatchEvent("DELETED", self._stamp(ev.object)) if now_matches else None
+        before = ev.prev_object is not None and self._matches(ev.prev_object, opts)
+        if ev.type == "ADDED" or not before:
+            return WatchEvent("ADDED", self._stamp(ev.object)) if now_matches else None
+        if now_matches:
+            return WatchEvent("MODIFIED", self._stamp(ev.object))
+        gone = self._stamp(ev.object)
+        return WatchEvent("DELETED", gone)

@@ -1,0 +1,657 @@
+"""The HTTP face of one API server replica: Kubernetes REST paths, discovery, OpenAPI, health,
+metrics, and draining on SIGTERM. Served by aiohttp.
+
+Layer: api. Uses the generic store for resources and the etcd client for health only.
+
+Request path (the filter chain, in order): response headers and metrics -> Status errors ->
+authentication -> authorization -> (handler) admission -> storage. Authentication and
+authorization pass everything for now (security is a later issue: bind to loopback until then);
+each is one function so the real ones replace them without touching handlers.
+
+Wire conventions clients rely on (FIELD-NOTES): every JSON response has
+`Content-Type: application/json` exactly; lists always carry `items`; objects always carry
+`apiVersion` and `kind`; watches are newline-delimited JSON events, flushed per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from haplane import __version__
+from haplane.store import EtcdClient, EtcdError
+
+from . import errors
+from .errors import StatusError
+from .generic_store import GenericStore, ListOptions
+from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
+from .resource_version import VersionContext
+from .resources import Registry, ResourceType
+from .selectors import SelectorError, parse_field_selector, parse_label_selector
+from .storage import MAX_VALUE_BYTES, EtcdStorage
+
+log = logging.getLogger("haplane.api")
+
+JSON = "application/json"
+KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+haplane"}
+MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's limit; etcd's is checked per object
+READY_TIMEOUT = 1.0
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Admission = Callable[[str, ResourceType, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class ReplicaConfig:
+    region: str
+    replica: str
+    host: str
+    port: int
+    etcd_endpoints: list[str]
+    drain_delay: float = 1.0  # /readyz fails this long before the listener closes
+    etcd_timeout: float = 2.0
+    admission: list[Admission] = field(default_factory=list)
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=json.dumps(body).encode(), status=status, content_type=JSON, headers=headers
+    )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "apiserver_request_total",
+            "API requests",
+            ["verb", "resource", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "apiserver_request_duration_seconds",
+            "API request latency",
+            ["verb", "resource"],
+            registry=self.registry,
+        )
+        self.watches = Gauge(
+            "apiserver_watches", "open watches", ["resource"], registry=self.registry
+        )
+        self.etcd_latency = Histogram(
+            "etcd_request_duration_seconds",
+            "etcd call latency",
+            ["operation"],
+            registry=self.registry,
+        )
+
+
+@dataclass
+class _Target:
+    rtype: ResourceType
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+    watch_path: bool
+
+
+class ApiServer:
+    def __init__(self, config: ReplicaConfig, registry: Registry | None = None):
+        self.config = config
+        self.registry = registry or Registry()
+        self.metrics = Metrics()
+        self.client = EtcdClient(config.etcd_endpoints, timeout=config.etcd_timeout)
+        self.versions: VersionContext | None = None
+        self.stores: dict[tuple[str, str, str], GenericStore] = {}
+        self.draining = False
+        self._watch_stop = asyncio.Event()
+        self._inflight = 0
+        self._runner: web.AppRunner | None = None
+        self._ready_cache: tuple[float, bool] = (0.0, False)
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cluster_id = await self.client.cluster_id(timeout=10.0)
+        self.versions = VersionContext.for_cluster(cluster_id, epoch=0)
+        store = EtcdStorage(self.client, self.versions)
+        for t in self.registry.all():
+            self.stores[(t.group, t.version, t.plural)] = GenericStore(t, store)
+        await self._ensure_system_namespaces()
+        app = web.Application(
+            client_max_size=MAX_BODY_BYTES,
+            middlewares=[
+                self._headers_and_metrics,
+                self._status_errors,
+                self._authenticate,
+                self._authorize,
+            ],
+        )
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=10.0
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        log.info(
+            json.dumps(
+                {
+                    "msg": "serving",
+                    "component": self.name,
+                    "address": f"{self.config.host}:{self.config.port}",
+                }
+            )
+        )
+
+    async def _ensure_system_namespaces(self) -> None:
+        """Kubernetes always has these; every replica makes sure (create-if-absent is a txn)."""
+        namespaces = self.stores[("", "v1", "namespaces")]
+        for ns in SYSTEM_NAMESPACES:
+            try:
+                await namespaces.create(None, {"metadata": {"name": ns}})
+            except StatusError as exc:
+                if exc.code != 409:
+                    raise
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.region}/{self.config.replica}"
+
+    async def drain_and_stop(self) -> None:
+        """SIGTERM: fail /readyz for `drain_delay` (balancers take us out), close keep-alive
+        connections, end watches cleanly, let in-flight requests finish, then stop."""
+        self.draining = True
+        log.info(json.dumps({"msg": "draining", "component": self.name}))
+        await asyncio.sleep(self.config.drain_delay)
+        self._watch_stop.set()
+        # cleanup() stops accepting, then waits (shutdown_timeout) for in-flight requests.
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.client.close()
+        log.info(json.dumps({"msg": "stopped", "component": self.name}))
+
+    # ---- middlewares (the filter chain) -------------------------------------------------
+
+    @web.middleware
+    async def _headers_and_metrics(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        t0 = time.monotonic()
+        self._inflight += 1
+        try:
+            response = await handler(request)
+        finally:
+            self._inflight -= 1
+        verb = request.get("verb", request.method.lower())
+        resource = request.get("resource", "")
+        self.metrics.requests.labels(verb, resource, str(response.status)).inc()
+        self.metrics.latency.labels(verb, resource).observe(time.monotonic() - t0)
+        return response
+
+    def _stamp_headers(self, response: web.StreamResponse) -> None:
+        response.headers["X-Haplane-Region"] = self.config.region
+        response.headers["X-Haplane-Replica"] = self.config.replica
+        response.headers["X-Haplane-Epoch"] = str(self.versions.epoch if self.versions else 0)
+        if self.draining:
+            response.headers["Connection"] = "close"  # clients reconnect through the balancer
+
+    @web.middleware
+    async def _status_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except StatusError as exc:
+            response = json_response(exc.status(), exc.code)
+        except web.HTTPRequestEntityTooLarge:
+            response = json_response(
+                errors.too_large(f"the request body exceeds {MAX_BODY_BYTES} bytes").status(), 413
+            )
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # a bug: answer 500 as a Status and log it loudly
+            log.exception("unhandled error serving %s %s", request.method, request.path)
+            err = errors.internal(f"internal error: {type(exc).__name__}: {exc}")
+            response = json_response(err.status(), 500)
+        if not response.prepared:
+            self._stamp_headers(response)
+        return response
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Pass-through until the security issue: every caller is the anonymous user.
+        request["user"] = {"username": "system:anonymous", "groups": ["system:unauthenticated"]}
+        return await handler(request)
+
+    @web.middleware
+    async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Pass-through until RBAC arrives: everything is allowed.
+        return await handler(request)
+
+    # ---- dispatch ------------------------------------------------------------------------
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/") or "/"
+        parts = [p for p in path.split("/") if p]
+        if path in ("/livez", "/healthz"):
+            return web.Response(text="ok")
+        if path == "/readyz":
+            return await self._readyz()
+        if path == "/metrics":
+            return web.Response(
+                body=generate_latest(self.metrics.registry),
+                headers={"Content-Type": "text/plain; version=0.0.4"},
+            )
+        if path == "/version":
+            return json_response(
+                {**KUBE_VERSION, "platform": "linux/amd64", "haplaneVersion": __version__}
+            )
+        if parts[:1] == ["openapi"]:
+            return self._openapi(request, parts)
+        if request.method == "GET":
+            if path == "/api":
+                return json_response(
+                    {
+                        "kind": "APIVersions",
+                        "versions": ["v1"],
+                        "serverAddressByClientCIDRs": [
+                            {
+                                "clientCIDR": "0.0.0.0/0",
+                                "serverAddress": f"{self.config.host}:{self.config.port}",
+                            }
+                        ],
+                    }
+                )
+            if path == "/apis":
+                return json_response(
+                    {
+                        "kind": "APIGroupList",
+                        "apiVersion": "v1",
+                        "groups": [self._group(g, vs) for g, vs in self.registry.groups().items()],
+                    }
+                )
+            if parts[0] == "apis" and len(parts) == 2:
+                versions = self.registry.groups().get(parts[1])
+                if versions is None:
+                    raise errors.no_such_resource(path)
+                return json_response({"apiVersion": "v1", **self._group(parts[1], versions)})
+            if path == "/api/v1":
+                return json_response(self._resource_list("", "v1"))
+            if parts[0] == "apis" and len(parts) == 3:
+                if not self.registry.in_group_version(parts[1], parts[2]):
+                    raise errors.no_such_resource(path)
+                return json_response(self._resource_list(parts[1], parts[2]))
+        if parts[:2] == ["api", "v1"]:
+            return await self._resource(request, "", "v1", parts[2:])
+        if parts[:1] == ["apis"] and len(parts) >= 3:
+            return await self._resource(request, parts[1], parts[2], parts[3:])
+        raise errors.no_such_resource(path)
+
+    async def _readyz(self) -> web.Response:
+        if self.draining:
+            return web.Response(status=503, text="draining: shutting down")
+        t, ok = self._ready_cache
+        if time.monotonic() - t > 0.1:
+            try:
+                t0 = time.monotonic()
+                await self.client.range(b"/registry/health", timeout=READY_TIMEOUT)
+                self.metrics.etcd_latency.labels("readyz").observe(time.monotonic() - t0)
+                ok = True
+            except EtcdError:
+                ok = False
+            self._ready_cache = (time.monotonic(), ok)
+        if not ok:
+            return web.Response(status=503, text="etcd: no linearizable answer within 1s")
+        return web.Response(text="ok")
+
+    def _group(self, group: str, versions: list[str]) -> dict[str, Any]:
+        gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"kind": "APIGroup", "name": group, "versions": gvs, "preferredVersion": gvs[0]}
+
+    def _resource_list(self, group: str, version: str) -> dict[str, Any]:
+        resources: list[dict[str, Any]] = []
+        for t in self.registry.in_group_version(group, version):
+            entry: dict[str, Any] = {
+                "name": t.plural,
+                "singularName": t.singular,
+                "namespaced": t.namespaced,
+                "kind": t.kind,
+                "verbs": list(t.verbs),
+            }
+            if t.short_names:
+                entry["shortNames"] = list(t.short_names)
+            if t.categories:
+                entry["categories"] = list(t.categories)
+            resources.append(entry)
+            if t.kind == "Namespace":
+                for sub in ("status", "finalize"):
+                    resources.append(
+                        {
+                            "name": f"namespaces/{sub}",
+                            "singularName": "",
+                            "namespaced": False,
+                            "kind": "Namespace",
+                            "verbs": ["get", "patch", "update"] if sub == "status" else ["update"],
+                        }
+                    )
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": resources,
+        }
+
+    def _openapi(self, request: web.Request, parts: list[str]) -> web.Response:
+        # kubectl fetches /openapi/v2 as protobuf for client-side validation: an empty document
+        # (no schemas) lets validation pass. /openapi/v3 lists no paths, so kubectl does not
+        # expect server-side field validation. Real schemas come with the API depth issue.
+        if parts[1:2] == ["v2"]:
+            if "protobuf" in request.headers.get("Accept", ""):
+                return web.Response(
+                    body=b"",
+                    headers={
+                        "Content-Type": "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+                    },
+                )
+            return json_response(
+                {
+                    "swagger": "2.0",
+                    "info": {"title": "haplane", "version": __version__},
+                    "paths": {},
+                    "definitions": {},
+                }
+            )
+        if parts[1:2] == ["v3"]:
+            return json_response({"paths": {}})
+        raise errors.no_such_resource(request.path)
+
+    # ---- resources -----------------------------------------------------------------------
+
+    def _target(self, group: str, version: str, rest: list[str], path: str) -> _Target:
+        watch_path = bool(rest) and rest[0] == "watch"
+        if watch_path:
+            rest = rest[1:]
+        if not rest:
+            raise errors.no_such_resource(path)
+        namespace = None
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            t = self.registry.get(group, version, rest[2])
+            if t is not None and t.namespaced:
+                namespace, rest = rest[1], rest[2:]
+        t = self.registry.get(group, version, rest[0])
+        if t is None or len(rest) > 3:
+            raise errors.no_such_resource(path)
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        if sub is not None and not (t.kind == "Namespace" and sub in ("status", "finalize")):
+            raise errors.no_such_resource(path)
+        if t.namespaced and namespace is None and name is not None:
+            raise errors.no_such_resource(path)
+        return _Target(t, namespace, name, sub, watch_path)
+
+    async def _resource(
+        self, request: web.Request, group: str, version: str, rest: list[str]
+    ) -> web.StreamResponse:
+        target = self._target(group, version, rest, request.path)
+        t = target.rtype
+        store = self.stores[(t.group, t.version, t.plural)]
+        request["resource"] = t.plural
+        q = request.query
+        dry_run = _dry_run(q)
+        m = request.method
+        watch = target.watch_path or q.get("watch") in ("true", "1")
+        if m == "GET" and watch:
+            request["verb"] = "watch"
+            return await self._watch(request, store, target)
+        if m == "GET" and target.name is None:
+            request["verb"] = "list"
+            return json_response(await store.list(target.namespace, self._list_options(q, t)))
+        if m == "GET":
+            request["verb"] = "get"
+            return json_response(await store.get(target.namespace, target.name or ""))
+        if m == "POST" and target.name is None:
+            request["verb"] = "create"
+            body = await _body(request)
+            await self._admit("create", t, body)
+            return json_response(await store.create(target.namespace, body, dry_run=dry_run), 201)
+        if m == "PUT" and target.name is not None:
+            request["verb"] = "update"
+            body = await _body(request)
+            await self._admit("update", t, body)
+            return json_response(
+                await store.update(target.namespace, target.name, body, dry_run=dry_run)
+            )
+        if m == "PATCH" and target.name is not None:
+            request["verb"] = "patch"
+            return json_response(await self._patch(request, store, target, dry_run))
+        if m == "DELETE" and target.name is not None:
+            request["verb"] = "delete"
+            body = await _body(request, optional=True) or {}
+            pre = body.get("preconditions") or {}
+            deleted = await store.delete(
+                target.namespace,
+                target.name,
+                precondition_uid=pre.get("uid"),
+                precondition_rv=pre.get("resourceVersion"),
+                dry_run=dry_run or "All" in (body.get("dryRun") or []),
+            )
+            meta = deleted["metadata"]
+            return json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {
+                        "name": meta.get("name"),
+                        "group": t.group,
+                        "kind": t.plural,
+                        "uid": meta.get("uid"),
+                    },
+                }
+            )
+        if m == "DELETE":
+            request["verb"] = "deletecollection"
+            return json_response(
+                await store.delete_collection(
+                    target.namespace, self._list_options(q, t), dry_run=dry_run
+                )
+            )
+        raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
+
+    async def _admit(self, operation: str, t: ResourceType, obj: dict[str, Any]) -> None:
+        for admit in self.config.admission:
+            await admit(operation, t, obj)
+
+    def _list_options(self, q: Any, t: ResourceType) -> ListOptions:
+        supported = {"metadata.name"} | ({"metadata.namespace"} if t.namespaced else set())
+        try:
+            labels = parse_label_selector(q.get("labelSelector"))
+            fields = parse_field_selector(q.get("fieldSelector"), supported)
+        except SelectorError as exc:
+            raise errors.bad_request(str(exc)) from exc
+        try:
+            limit = int(q.get("limit") or 0)
+        except ValueError as exc:
+            raise errors.bad_request(f"invalid limit {q.get('limit')!r}") from exc
+        if limit < 0:
+            raise errors.bad_request("limit must not be negative")
+        if q.get("sendInitialEvents") in ("true", "1"):
+            raise errors.StatusError(
+                422,
+                "Invalid",
+                "sendInitialEvents is not supported yet by this server (coming with the watch "
+                "cache); watch without it",
+            )
+        return ListOptions(
+            labels,
+            fields,
+            limit,
+            q.get("continue") or None,
+            q.get("resourceVersion") or None,
+            q.get("resourceVersionMatch") or None,
+        )
+
+    async def _patch(
+        self, request: web.Request, store: GenericStore, target: _Target, dry_run: bool
+    ) -> dict[str, Any]:
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+        raw = await _raw(request)
+        try:
+            patch = json.loads(raw) if raw else None
+        except ValueError as exc:
+            raise errors.bad_request(f"the patch is not valid JSON: {exc}") from exc
+        t = target.rtype
+        schema = t.patch_schema
+        if ctype == "application/merge-patch+json":
+
+            def apply(obj: dict[str, Any]) -> dict[str, Any]:
+                result = apply_merge_patch(obj, patch)
+                if not isinstance(result, dict):
+                    raise errors.bad_request("a merge patch must be a JSON object")
+                return result
+        elif ctype == "application/json-patch+json":
+
+            def apply(obj: dict[str, Any]) -> dict[str, Any]:
+                result = apply_json_patch(obj, patch)
+                if not isinstance(result, dict):
+                    raise errors.unprocessable("the JSON patch replaced the whole object")
+                return result
+        elif ctype == "application/strategic-merge-patch+json" and schema is not None:
+
+            def apply(obj: dict[str, Any]) -> dict[str, Any]:
+                return apply_strategic_merge_patch(obj, patch, schema)
+        else:
+            raise errors.unsupported_media(
+                f"the body of the request was in an unknown format - accepted media types "
+                f"include: application/json-patch+json, application/merge-patch+json"
+                f"{', application/strategic-merge-patch+json' if schema else ''} "
+                f"(got {ctype!r})"
+            )
+
+        def guarded(obj: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return apply(obj)
+            except PatchError as exc:
+                raise errors.StatusError(
+                    exc.code, "BadRequest" if exc.code == 400 else "Invalid", exc.message
+                ) from exc
+
+        return await store.patch(target.namespace, target.name or "", guarded, dry_run=dry_run)
+
+    async def _watch(
+        self, request: web.Request, store: GenericStore, target: _Target
+    ) -> web.StreamResponse:
+        q = request.query
+        opts = self._list_options(q, target.rtype)
+        if target.name is not None:  # /watch/.../NAME: a field selector on the name
+            opts = ListOptions(
+                parse_label_selector(q.get("labelSelector")),
+                parse_field_selector(
+                    ",".join(
+                        filter(None, [q.get("fieldSelector"), f"metadata.name={target.name}"])
+                    ),
+                    {"metadata.name", "metadata.namespace"},
+                ),
+                0,
+                None,
+                q.get("resourceVersion") or None,
+            )
+        timeout = None
+        if q.get("timeoutSeconds"):
+            try:
+                timeout = float(q["timeoutSeconds"])
+            except ValueError as exc:
+                raise errors.bad_request("invalid timeoutSeconds") from exc
+        response = web.StreamResponse(headers={"Content-Type": JSON})
+        response.enable_chunked_encoding()
+        self._stamp_headers(response)
+        await response.prepare(request)
+        gauge = self.metrics.watches.labels(target.rtype.plural)
+        gauge.inc()
+        events = store.watch(
+            target.namespace,
+            opts,
+            bookmarks=q.get("allowWatchBookmarks") in ("true", "1"),
+            timeout_seconds=timeout,
+        )
+        stop = asyncio.ensure_future(self._watch_stop.wait())
+        try:
+            while True:
+                nxt = asyncio.ensure_future(anext(events))
+                done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
+                    break  # draining: end the stream cleanly, the client re-watches elsewhere
+                try:
+                    ev = nxt.result()
+                except StopAsyncIteration:
+                    break
+                await response.write(
+                    json.dumps({"type": ev.type, "object": ev.object}).encode() + b"\n"
+                )
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            stop.cancel()
+            gauge.dec()
+            await events.aclose()  # type: ignore[attr-defined]
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
+
+
+def _dry_run(q: Any) -> bool:
+    values = q.getall("dryRun", [])
+    for v in values:
+        if v != "All":
+            raise errors.bad_request(f"unsupported dryRun value {v!r}: only All is supported")
+    return bool(values)
+
+
+async def _raw(request: web.Request) -> bytes:
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise errors.too_large(f"the request body of {length} bytes exceeds {MAX_BODY_BYTES}")
+    data = await request.read()
+    if len(data) > MAX_VALUE_BYTES:
+        raise errors.too_large(
+            f"the request body of {len(data)} bytes exceeds etcd's limit ({MAX_VALUE_BYTES})"
+        )
+    return data
+
+
+async def _body(request: web.Request, optional: bool = False) -> Any:
+    raw = await _raw(request)
+    if not raw.strip():
+        if optional:
+            return None
+        raise errors.bad_request("the request needs a body")
+    ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip()
+    try:
+        if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
+            body = yaml.safe_load(raw)
+        elif ctype in (JSON, ""):
+            body = json.loads(raw)
+        else:
+            raise errors.unsupported_media(
+                f"unsupported media type {ctype!r}: send application/json or application/yaml"
+            )
+    except (ValueError, yaml.YAMLError) as exc:
+        raise errors.bad_request(f"the request body is not valid {ctype}: {exc}") from exc
+    if not isinstance(body, dict):
+        raise errors.bad_request("the request body must be an object")
+    return body

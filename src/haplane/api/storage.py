@@ -1,0 +1,313 @@
+"""The storage interface under the API server, and its etcd implementation.
+
+Layer: api. Talks to etcd only through `haplane.store.EtcdClient`.
+
+Like k8s.io/apiserver's storage.Interface, it is narrow on purpose: a caching implementation
+(the watch cache of a later issue) wraps it behind the same methods. Objects are JSON documents
+(dicts); the storage sets `metadata.resourceVersion` from the etcd revision (see
+`resource_version.py`) and never stores it.
+
+Method contracts (revisions are etcd revisions):
+- create: one txn guarded by `mod_revision == 0`; KeyExists if present.
+- get: a linearizable read; KeyNotFound if absent.
+- list: a linearizable range read at `revision` (None: latest), keys after `start_after`,
+  at most `limit` (0: all); Expired if `revision` was compacted.
+- guaranteed_update: read, apply `update`, write in a txn guarded by the read revision; a lost
+  compare re-reads and re-applies (never visible to the caller) unless the caller pinned
+  `expected_revision`, which then fails with Conflict. An unchanged object is not written.
+- delete: txn guarded by the read revision, after `precondition` accepted the current object.
+- watch: events after `revision` (None: from now) under a prefix; Expired if compacted.
+Every etcd outcome maps to: Unavailable (certainly not applied), OutcomeUnknown (maybe applied).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from haplane.store import (
+    Compare,
+    EtcdClient,
+    EtcdCompacted,
+    EtcdError,
+    EtcdOutcomeUnknown,
+    EtcdRejected,
+    KeyValue,
+    Op,
+    prefix_end,
+)
+
+from .resource_version import VersionContext
+
+Obj = dict[str, Any]
+# etcd's default --max-request-bytes is 1.5 MiB; leave room for the key and txn framing.
+MAX_VALUE_BYTES = 1536 * 1024 - 4096
+
+
+class StorageError(Exception):
+    pass
+
+
+class KeyNotFound(StorageError):
+    pass
+
+
+class KeyExists(StorageError):
+    def __init__(self, message: str, existing: Obj):
+        super().__init__(message)
+        self.existing = existing
+
+
+class Conflict(StorageError):
+    pass
+
+
+class Expired(StorageError):
+    pass
+
+
+class TooLarge(StorageError):
+    pass
+
+
+class Unavailable(StorageError):
+    """The request certainly did not take effect."""
+
+
+class OutcomeUnknown(StorageError):
+    """A write may or may not have been applied."""
+
+
+class Transformer(Protocol):
+    """Where encryption at rest plugs in: bytes to etcd and back, per key."""
+
+    def to_storage(self, data: bytes, key: bytes) -> bytes: ...
+    def from_storage(self, data: bytes, key: bytes) -> bytes: ...
+
+
+class IdentityTransformer:
+    def to_storage(self, data: bytes, key: bytes) -> bytes:
+        return data
+
+    def from_storage(self, data: bytes, key: bytes) -> bytes:
+        return data
+
+
+@dataclass(frozen=True)
+class ListResult:
+    items: list[Obj]
+    revision: int  # the store revision the list was read at
+    last_key: str | None  # set when more items remain after the ones returned
+    remaining: int  # how many items remain after `last_key` (0 when none)
+
+
+@dataclass(frozen=True)
+class StorageEvent:
+    type: str  # ADDED, MODIFIED, DELETED, or BOOKMARK (object None, revision only)
+    object: Obj | None
+    revision: int
+    prev_object: Obj | None = None
+
+
+class Storage(Protocol):
+    versions: VersionContext
+
+    async def create(self, key: str, obj: Obj) -> Obj: ...
+    async def get(self, key: str) -> Obj: ...
+    async def list(
+        self,
+        prefix: str,
+        *,
+        revision: int | None = None,
+        start_after: str | None = None,
+        limit: int = 0,
+    ) -> ListResult: ...
+    async def guaranteed_update(
+        self,
+        key: str,
+        update: Callable[[Obj], Awaitable[Obj | None]],
+        *,
+        expected_revision: int | None = None,
+    ) -> Obj: ...
+    async def delete(self, key: str, precondition: Callable[[Obj], None] | None = None) -> Obj: ...
+    def watch(self, prefix: str, *, revision: int | None) -> AsyncIterator[StorageEvent]: ...
+    async def current_revision(self) -> int: ...
+
+
+class EtcdStorage:
+    def __init__(
+        self,
+        client: EtcdClient,
+        versions: VersionContext,
+        transformer: Transformer | None = None,
+    ):
+        self.client = client
+        self.versions = versions
+        self.transformer: Transformer = transformer or IdentityTransformer()
+
+    # ---- codec ---------------------------------------------------------------------------
+
+    def _encode(self, key: str, obj: Obj) -> tuple[bytes, bytes]:
+        """(plain JSON, bytes for etcd)."""
+        meta = obj.get("metadata") or {}
+        stored = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
+        plain = json.dumps(stored, separators=(",", ":"), sort_keys=True).encode()
+        data = self.transformer.to_storage(plain, key.encode())
+        if len(data) > MAX_VALUE_BYTES:
+            raise TooLarge(f"object is {len(data)} bytes; etcd accepts at most {MAX_VALUE_BYTES}")
+        return plain, data
+
+    def _with_version(self, plain: bytes, revision: int) -> Obj:
+        out: Obj = json.loads(plain)
+        out["metadata"]["resourceVersion"] = self.versions.encode(revision)
+        return out
+
+    def _decode(self, kv: KeyValue, revision: int | None = None) -> Obj:
+        obj: Obj = json.loads(self.transformer.from_storage(kv.value, kv.key))
+        obj.setdefault("metadata", {})["resourceVersion"] = self.versions.encode(
+            revision if revision is not None else kv.mod_revision
+        )
+        return obj
+
+    # ---- operations ----------------------------------------------------------------------
+
+    async def create(self, key: str, obj: Obj) -> Obj:
+        k = key.encode()
+        plain, data = self._encode(key, obj)
+        r = await _call(
+            self.client.txn([Compare(k, "mod", "=", 0)], [Op("put", k, data)], [Op("get", k)])
+        )
+        if not r.succeeded:
+            raise KeyExists(f"{key} exists", self._decode(r.results[0][0]))
+        return self._with_version(plain, r.revision)
+
+    async def get(self, key: str) -> Obj:
+        kv = await _call(self.client.get(key.encode()))
+        if kv is None:
+            raise KeyNotFound(key)
+        return self._decode(kv)
+
+    async def list(
+        self,
+        prefix: str,
+        *,
+        revision: int | None = None,
+        start_after: str | None = None,
+        limit: int = 0,
+    ) -> ListResult:
+        p = prefix.encode()
+        start = (start_after.encode() + b"\0") if start_after else p
+        kvs, read_rev, count = await _call(
+            self.client.range_page(start, prefix_end(p), revision=revision or 0, limit=limit)
+        )
+        more = bool(limit) and count > len(kvs)
+        return ListResult(
+            items=[self._decode(kv) for kv in kvs],
+            revision=revision or read_rev,
+            last_key=kvs[-1].key.decode() if more and kvs else None,
+            remaining=count - len(kvs) if more else 0,
+        )
+
+    async def guaranteed_update(
+        self,
+        key: str,
+        update: Callable[[Obj], Awaitable[Obj | None]],
+        *,
+        expected_revision: int | None = None,
+    ) -> Obj:
+        k = key.encode()
+        kv = await _call(self.client.get(k))
+        while True:
+            if kv is None:
+                raise KeyNotFound(key)
+            if expected_revision is not None and kv.mod_revision != expected_revision:
+                raise Conflict(
+                    "the object has been modified; please apply your changes to "
+                    "the latest version and try again"
+                )
+            current = self._decode(kv)
+            new = await update(current)
+            if new is None:
+                return current
+            plain, data = self._encode(key, new)
+            if plain == self.transformer.from_storage(kv.value, k):
+                return current  # no change: no write, no new revision (as Kubernetes)
+            r = await _call(
+                self.client.txn(
+                    [Compare(k, "mod", "=", kv.mod_revision)],
+                    [Op("put", k, data)],
+                    [Op("get", k)],
+                )
+            )
+            if r.succeeded:
+                return self._with_version(plain, r.revision)
+            kv = r.results[0][0] if r.results[0] else None  # lost the race: retry on fresh state
+
+    async def delete(self, key: str, precondition: Callable[[Obj], None] | None = None) -> Obj:
+        k = key.encode()
+        kv = await _call(self.client.get(k))
+        while True:
+            if kv is None:
+                raise KeyNotFound(key)
+            current = self._decode(kv)
+            if precondition is not None:
+                precondition(current)
+            r = await _call(
+                self.client.txn(
+                    [Compare(k, "mod", "=", kv.mod_revision)], [Op("delete", k)], [Op("get", k)]
+                )
+            )
+            if r.succeeded:
+                return self._decode(kv, revision=r.revision)
+            kv = r.results[0][0] if r.results[0] else None
+
+    async def watch(self, prefix: str, *, revision: int | None) -> AsyncIterator[StorageEvent]:
+        """Events strictly after `revision` (None: from now on)."""
+        start = (revision + 1) if revision is not None else 0
+        try:
+            async for batch in self.client.watch(
+                prefix.encode(), prefix=True, start_revision=start
+            ):
+                if not batch.events:
+                    yield StorageEvent("BOOKMARK", None, batch.revision)
+                for ev in batch.events:
+                    if ev.type == "PUT":
+                        kind = (
+                            "ADDED" if ev.kv.create_revision == ev.kv.mod_revision else "MODIFIED"
+                        )
+                        prev = self._decode(ev.prev_kv) if ev.prev_kv else None
+                        yield StorageEvent(kind, self._decode(ev.kv), ev.kv.mod_revision, prev)
+                    else:
+                        if ev.prev_kv is None:
+                            continue  # nothing to show (prev_kv compacted away)
+                        gone = self._decode(ev.prev_kv, revision=ev.kv.mod_revision)
+                        yield StorageEvent("DELETED", gone, ev.kv.mod_revision, gone)
+        except EtcdCompacted as exc:
+            raise Expired(str(exc)) from exc
+        except EtcdError as exc:
+            raise Unavailable(str(exc)) from exc
+
+    async def current_revision(self) -> int:
+        _, rev = await _call(self.client.range(b"/registry/", prefix_end(b"/registry/"), limit=1))
+        return rev
+
+
+T = TypeVar("T")
+
+
+async def _call(aw: Awaitable[T]) -> T:
+    """Translate store errors into storage errors."""
+    try:
+        return await aw
+    except EtcdOutcomeUnknown as exc:
+        raise OutcomeUnknown(str(exc)) from exc
+    except EtcdCompacted as exc:
+        raise Expired(str(exc)) from exc
+    except EtcdRejected as exc:
+        if exc.code == "RequestTooLarge":
+            raise TooLarge(str(exc)) from exc
+        raise Unavailable(str(exc)) from exc
+    except EtcdError as exc:
+        raise Unavailable(str(exc)) from exc

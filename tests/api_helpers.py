@@ -1,0 +1,113 @@
+"""API server replica processes for tests, and small raw-HTTP and kubeconfig helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from haplane.local.process import ManagedProcess, ProcessSpec
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ApiReplica:
+    def __init__(
+        self, root: Path, name: str, etcd: list[str], region: str = "test", drain_delay: float = 1.0
+    ):
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = ManagedProcess(
+            ProcessSpec(
+                name=f"{region}/{name}",
+                kind="api",
+                argv=[
+                    sys.executable,
+                    "-m",
+                    "haplane.api",
+                    "--region",
+                    region,
+                    "--replica",
+                    name,
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--etcd",
+                    ",".join(etcd),
+                    "--drain-delay",
+                    str(drain_delay),
+                ],
+                log_path=root / f"{name}.log",
+                pid_path=root / f"{name}.pid.json",
+            )
+        )
+        self.root = root
+
+    async def start(self, timeout: float = 30.0) -> None:
+        await self.process.spawn()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if self.process.pid is None:
+                raise RuntimeError(
+                    f"{self.name} exited: {(self.root / f'{self.name}.log').read_text()[-2000:]}"
+                )
+            try:
+                status, _, _ = await asyncio.to_thread(self.request, "GET", "/readyz", None, 1.0)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready")
+
+    async def stop(self) -> None:
+        await self.process.stop()
+
+    def kubeconfig(self, path: Path) -> Path:
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "t", "cluster": {"server": self.url}}],
+                    "users": [{"name": "u", "user": {}}],
+                    "contexts": [{"name": "t", "context": {"cluster": "t", "user": "u"}}],
+                    "current-context": "t",
+                }
+            )
+        )
+        return path
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 10.0,
+        content_type: str = "application/json",
+        raw: bytes | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        """Raw HTTP: (status, headers, decoded JSON or text)."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, headers, payload = resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            status, headers, payload = exc.code, dict(exc.headers), exc.read()
+        try:
+            return status, headers, json.loads(payload)
+        except ValueError:
+            return status, headers, payload.decode(errors="replace")

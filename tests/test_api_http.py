@@ -1,0 +1,364 @@
+"""The API server over raw HTTP, on real replica processes and a real etcd: discovery, verbs,
+selectors, paging, patches, preconditions, dry runs, resourceVersion rules, and bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+
+import pytest
+
+from tests.api_helpers import ApiReplica
+
+
+@pytest.fixture
+def api(api_replicas: list[ApiReplica]) -> ApiReplica:
+    return api_replicas[0]
+
+
+def cm(name: str, labels: dict[str, str] | None = None, **data: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": labels or {}},
+        "data": data,
+    }
+
+
+def test_discovery(api: ApiReplica):
+    status, headers, body = api.request("GET", "/api/v1")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    by_name = {r["name"]: r for r in body["resources"]}
+    assert by_name["configmaps"]["shortNames"] == ["cm"]
+    assert by_name["configmaps"]["singularName"] == "configmap"
+    assert by_name["configmaps"]["namespaced"] is True
+    assert "watch" in by_name["configmaps"]["verbs"]
+    assert by_name["namespaces"]["namespaced"] is False
+    assert "namespaces/status" in by_name
+    _, _, groups = api.request("GET", "/apis")
+    assert [g["name"] for g in groups["groups"]] == ["coordination.k8s.io"]
+    _, _, group = api.request("GET", "/apis/coordination.k8s.io")
+    assert group["preferredVersion"]["groupVersion"] == "coordination.k8s.io/v1"
+    _, _, leases = api.request("GET", "/apis/coordination.k8s.io/v1")
+    assert [r["name"] for r in leases["resources"]] == ["leases"]
+    status, _, version = api.request("GET", "/version")
+    assert status == 200 and version["major"] == "1"
+    assert api.request("GET", "/api")[2]["versions"] == ["v1"]
+    assert api.request("GET", "/openapi/v3")[0] == 200
+    assert api.request("GET", "/openapi/v2")[0] == 200
+
+
+def test_headers_name_region_and_replica(api: ApiReplica):
+    _, headers, _ = api.request("GET", "/api/v1/namespaces/default")
+    assert headers["X-Haplane-Region"] == "test"
+    assert headers["X-Haplane-Replica"] == "api-1"
+    assert headers["X-Haplane-Epoch"] == "0"
+
+
+def test_create_get_update_delete_with_metadata(api: ApiReplica, namespace: str):
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    status, _, created = api.request("POST", base, cm("a", {"app": "x"}, k="v"))
+    assert status == 201
+    meta = created["metadata"]
+    assert created["kind"] == "ConfigMap" and created["apiVersion"] == "v1"
+    assert meta["uid"] and meta["creationTimestamp"] and meta["generation"] == 1
+    assert meta["namespace"] == namespace and meta["resourceVersion"]
+    status, _, again = api.request("POST", base, cm("a"))
+    assert status == 409 and again["reason"] == "AlreadyExists" and again["kind"] == "Status"
+
+    got = api.request("GET", f"{base}/a")[2]
+    assert got == created
+    got["data"]["k"] = "v2"
+    status, _, updated = api.request("PUT", f"{base}/a", got)
+    assert status == 200 and updated["metadata"]["generation"] == 2
+    assert updated["metadata"]["uid"] == meta["uid"]
+    assert updated["metadata"]["creationTimestamp"] == meta["creationTimestamp"]
+    # a stale resourceVersion is a conflict
+    status, _, conflict = api.request("PUT", f"{base}/a", got)
+    assert status == 409 and conflict["reason"] == "Conflict"
+    # labels-only change does not bump generation
+    updated["metadata"]["labels"]["more"] = "yes"
+    status, _, relabelled = api.request("PUT", f"{base}/a", updated)
+    assert status == 200 and relabelled["metadata"]["generation"] == 2
+
+    status, _, deleted = api.request("DELETE", f"{base}/a")
+    assert status == 200 and deleted["status"] == "Success"
+    assert api.request("GET", f"{base}/a")[0] == 404
+
+
+def test_generate_name_and_owner_references(api: ApiReplica, namespace: str):
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "1234"}
+    body = {
+        "metadata": {"generateName": "gen-", "ownerReferences": [owner], "annotations": {"a": "b"}}
+    }
+    status, _, created = api.request("POST", base, body)
+    assert status == 201
+    assert created["metadata"]["name"].startswith("gen-")
+    assert len(created["metadata"]["name"]) == len("gen-") + 5
+    assert created["metadata"]["ownerReferences"] == [owner]
+    assert created["metadata"]["annotations"] == {"a": "b"}
+
+
+def test_missing_namespace_is_not_found(api: ApiReplica):
+    status, _, body = api.request("POST", "/api/v1/namespaces/nope-x/configmaps", cm("a"))
+    assert status == 404 and body["reason"] == "NotFound" and "nope-x" in body["message"]
+
+
+def test_list_with_selectors_and_paging(api: ApiReplica, namespace: str):
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    for i in range(5):
+        labels = {"tier": "web" if i % 2 == 0 else "db", "idx": str(i)}
+        if i == 4:
+            labels.pop("tier")
+        api.request("POST", base, cm(f"c{i}", labels))
+
+    def names(query: str) -> list[str]:
+        status, _, body = api.request("GET", f"{base}?{query}")
+        assert status == 200, body
+        assert body["kind"] == "ConfigMapList" and "items" in body
+        return [i["metadata"]["name"] for i in body["items"]]
+
+    assert names("labelSelector=tier%3Dweb") == ["c0", "c2"]
+    assert names("labelSelector=tier%3D%3Dweb") == ["c0", "c2"]
+    assert names("labelSelector=tier!%3Dweb") == ["c1", "c3", "c4"]
+    assert names("labelSelector=tier%20in%20(db,web),idx%20notin%20(0)") == ["c1", "c2", "c3"]
+    assert names("labelSelector=tier") == ["c0", "c1", "c2", "c3"]
+    assert names("labelSelector=!tier") == ["c4"]
+    assert names("fieldSelector=metadata.name%3Dc3") == ["c3"]
+    assert names("fieldSelector=metadata.name!%3Dc3") == ["c0", "c1", "c2", "c4"]
+    assert names(f"fieldSelector=metadata.namespace%3D{namespace}") == [f"c{i}" for i in range(5)]
+    assert api.request("GET", f"{base}?labelSelector=a%20in%20(")[0] == 400
+    assert api.request("GET", f"{base}?fieldSelector=spec.x%3D1")[0] == 400
+
+    # limit / continue
+    seen, token, pages = [], "", 0
+    while True:
+        q = "limit=2" + (f"&continue={token}" if token else "")
+        body = api.request("GET", f"{base}?{q}")[2]
+        seen += [i["metadata"]["name"] for i in body["items"]]
+        pages += 1
+        token = body["metadata"].get("continue", "")
+        if not token:
+            break
+        assert body["metadata"]["remainingItemCount"] == 5 - len(seen)
+    assert seen == [f"c{i}" for i in range(5)] and pages == 3
+    assert api.request("GET", f"{base}?limit=2&continue=garbage")[0] == 400
+
+    # all namespaces
+    status, _, everything = api.request("GET", "/api/v1/configmaps?labelSelector=idx%3D3")
+    assert status == 200
+    assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in everything["items"]] == [
+        (namespace, "c3")
+    ]
+
+
+def test_patches(api: ApiReplica, namespace: str):
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    api.request(
+        "POST",
+        base,
+        {
+            "metadata": {
+                "name": "p",
+                "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "a", "uid": "u1"}],
+            },
+            "data": {"a": "1"},
+        },
+    )
+
+    def patch(ctype: str, body) -> tuple[int, dict]:
+        status, _, out = api.request("PATCH", f"{base}/p", body, content_type=ctype)
+        return status, out
+
+    status, out = patch("application/merge-patch+json", {"data": {"b": "2", "a": None}})
+    assert status == 200 and out["data"] == {"b": "2"}
+    status, out = patch(
+        "application/json-patch+json",
+        [
+            {"op": "test", "path": "/data/b", "value": "2"},
+            {"op": "add", "path": "/data/c", "value": "3"},
+        ],
+    )
+    assert status == 200 and out["data"] == {"b": "2", "c": "3"}
+    status, out = patch(
+        "application/json-patch+json", [{"op": "test", "path": "/data/b", "value": "nope"}]
+    )
+    assert status == 422 and out["kind"] == "Status"
+    assert api.request("GET", f"{base}/p")[2]["data"] == {"b": "2", "c": "3"}  # unchanged
+    status, out = patch(
+        "application/strategic-merge-patch+json",
+        {
+            "metadata": {
+                "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "b", "uid": "u2"}]
+            }
+        },
+    )
+    assert status == 200
+    assert [o["uid"] for o in out["metadata"]["ownerReferences"]] == ["u1", "u2"]
+    status, out = patch("application/apply-patch+yaml", {"data": {}})
+    assert status == 415 and out["reason"] == "UnsupportedMediaType"
+    status, out = patch("text/plain", {"data": {}})
+    assert status == 415
+    status, out = patch("application/merge-patch+json", {"metadata": {"name": "other"}})
+    assert status == 400
+
+
+def test_delete_preconditions_dry_run_and_collection(api: ApiReplica, namespace: str):
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    created = api.request("POST", base, cm("d", {"x": "1"}))[2]
+    status, _, body = api.request("DELETE", f"{base}/d", {"preconditions": {"uid": "wrong"}})
+    assert status == 409
+    status, _, body = api.request("DELETE", f"{base}/d?dryRun=All")
+    assert status == 200 and api.request("GET", f"{base}/d")[0] == 200
+    status, _, body = api.request(
+        "DELETE",
+        f"{base}/d",
+        {
+            "preconditions": {
+                "uid": created["metadata"]["uid"],
+                "resourceVersion": created["metadata"]["resourceVersion"],
+            }
+        },
+    )
+    assert status == 200
+    # dry-run create and update write nothing
+    status, _, body = api.request("POST", f"{base}?dryRun=All", cm("dry"))
+    assert status == 201 and api.request("GET", f"{base}/dry")[0] == 404
+    for n in ("e1", "e2", "f1"):
+        api.request("POST", base, cm(n, {"grp": n[0]}))
+    status, _, body = api.request("DELETE", f"{base}?labelSelector=grp%3De")
+    assert status == 200 and sorted(i["metadata"]["name"] for i in body["items"]) == ["e1", "e2"]
+    left = api.request("GET", base)[2]["items"]
+    assert [i["metadata"]["name"] for i in left] == ["f1"]
+
+
+def test_secrets_string_data_and_validation(api: ApiReplica, namespace: str):
+    base = f"/api/v1/namespaces/{namespace}/secrets"
+    status, _, s = api.request(
+        "POST", base, {"metadata": {"name": "s"}, "stringData": {"pw": "hunter2"}}
+    )
+    assert status == 201 and s["data"] == {"pw": "aHVudGVyMg=="} and "stringData" not in s
+    assert s["type"] == "Opaque"
+    status, _, body = api.request(
+        "POST", base, {"metadata": {"name": "bad"}, "data": {"k": "not base64!"}}
+    )
+    assert status == 422 and body["reason"] == "Invalid"
+
+
+def test_bad_input_is_a_clear_status(api: ApiReplica, namespace: str):
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    status, headers, body = api.request("POST", base, raw=b"{not json")
+    assert (
+        status == 400 and body["kind"] == "Status" and headers["Content-Type"] == "application/json"
+    )
+    status, _, body = api.request(
+        "POST", base, {"apiVersion": "v2", "kind": "ConfigMap", "metadata": {"name": "x"}}
+    )
+    assert status == 400
+    status, _, body = api.request("POST", base, {"kind": "Secret", "metadata": {"name": "x"}})
+    assert status == 400
+    status, _, body = api.request("POST", base, cm("Not_A_Name"))
+    assert status == 422 and body["reason"] == "Invalid"
+    assert body["details"]["causes"][0]["field"] == "metadata.name"
+    status, _, body = api.request("POST", base, cm("big", big="x" * (2 * 1024 * 1024)))
+    assert status == 413 and body["reason"] == "RequestEntityTooLarge"
+    assert api.request("GET", f"/api/v1/namespaces/{namespace}/widgets")[0] == 404
+    assert api.request("GET", "/apis/nope.example.com/v1")[0] == 404
+    status, _, body = api.request(
+        "POST", base, raw=b"metadata: {name: y}\n", content_type="application/yaml"
+    )
+    assert status == 201 and body["metadata"]["name"] == "y"
+    assert api.request("GET", f"{base}/x")[0] == 404  # nothing half-written
+
+
+def test_resource_versions_from_elsewhere(api: ApiReplica, namespace: str):
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    created = api.request("POST", base, cm("rv"))[2]
+    rev, tag, epoch = created["metadata"]["resourceVersion"].split(".")
+    foreign = f"{rev}.{'0' * 8 if tag != '0' * 8 else '1' * 8}.{epoch}"
+    older_epoch = f"{rev}.{tag}.{int(epoch) + 7}"
+    for bad in (foreign, older_epoch):
+        body = dict(created, metadata={**created["metadata"], "resourceVersion": bad})
+        status, _, out = api.request("PUT", f"{base}/rv", body)
+        assert status == 409, out
+        status, _, out = api.request("GET", f"{base}?resourceVersion={bad}")
+        assert status == 410 and out["reason"] == "Expired"
+    assert api.request("GET", f"{base}?resourceVersion=garbage")[0] == 400
+
+
+def test_watch_events_and_too_old(api: ApiReplica, namespace: str):
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    first = api.request("POST", base, cm("w1"))[2]
+    events: list[dict] = []
+
+    def reader() -> None:
+        rv = first["metadata"]["resourceVersion"]
+        url = f"{api.url}{base}?watch=true&resourceVersion={rv}&timeoutSeconds=5"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.headers["Content-Type"] == "application/json"
+            for line in resp:
+                events.append(json.loads(line))
+                if len(events) == 3:
+                    return
+
+    t = threading.Thread(target=reader)
+    t.start()
+    import time
+
+    time.sleep(0.5)
+    api.request("POST", base, cm("w2"))
+    got = api.request("GET", f"{base}/w2")[2]
+    got["data"] = {"x": "1"}
+    api.request("PUT", f"{base}/w2", got)
+    api.request("DELETE", f"{base}/w2")
+    t.join(timeout=10)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "w2"),
+        ("MODIFIED", "w2"),
+        ("DELETED", "w2"),
+    ]
+    assert all(e["object"]["kind"] == "ConfigMap" for e in events)
+
+    status, _, _ = api.request("GET", f"{base}?watch=true&sendInitialEvents=true")
+    assert 400 <= status < 500
+
+
+async def test_compaction_expires_old_versions_and_continue_tokens(
+    api: ApiReplica, namespace: str, etcd_cluster
+):
+    import asyncio
+
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    old = (await asyncio.to_thread(api.request, "POST", base, cm("old")))[2]
+    for n in ("p1", "p2", "p3"):
+        await asyncio.to_thread(api.request, "POST", base, cm(n))
+    page = (await asyncio.to_thread(api.request, "GET", f"{base}?limit=2"))[2]
+    token = page["metadata"]["continue"]
+    latest = (await asyncio.to_thread(api.request, "POST", base, cm("new")))[2]
+    async with etcd_cluster.client() as c:
+        await c.compact(int(latest["metadata"]["resourceVersion"].split(".")[0]))
+
+    def watch_first_line() -> dict:
+        url = f"{api.url}{base}?watch=true&resourceVersion={old['metadata']['resourceVersion']}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.readline())
+
+    line = await asyncio.to_thread(watch_first_line)
+    assert line["type"] == "ERROR" and line["object"]["code"] == 410
+    status, _, body = await asyncio.to_thread(
+        api.request, "GET", f"{base}?limit=2&continue={token}"
+    )
+    assert status == 410 and body["reason"] == "Expired"
+    old_rv = old["metadata"]["resourceVersion"]
+    # "not older than" an old version: the latest state is fine
+    status, _, body = await asyncio.to_thread(
+        api.request, "GET", f"{base}?resourceVersion={old_rv}"
+    )
+    assert status == 200 and len(body["items"]) == 5
+    # exactly at a compacted version: gone
+    status, _, body = await asyncio.to_thread(
+        api.request, "GET", f"{base}?resourceVersion={old_rv}&resourceVersionMatch=Exact"
+    )
+    assert status == 410
