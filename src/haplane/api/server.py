@@ -361,7 +361,7 @@ class ApiServer:
                 return web.Response(
                     body=b"",
                     headers={
-                        "Content-Type": "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+                        "Content-Type": "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
                     },
                 )
             return json_response(
