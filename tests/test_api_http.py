@@ -363,3 +363,39 @@ async def test_compaction_expires_old_versions_and_continue_tokens(
         api.request, "GET", f"{base}?resourceVersion={old_rv}&resourceVersionMatch=Exact"
     )
     assert status == 410
+
+
+def test_watch_with_selector_sees_objects_enter_and_leave(api: ApiReplica, namespace: str):
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    start = api.request("POST", base, cm("sel", {"tier": "db"}))[2]
+    events: list[tuple[str, str]] = []
+
+    def reader() -> None:
+        rv = start["metadata"]["resourceVersion"]
+        url = (
+            f"{api.url}{base}?watch=true&labelSelector=tier%3Dweb&resourceVersion={rv}"
+            "&allowWatchBookmarks=true&timeoutSeconds=12"
+        )
+        with urllib.request.urlopen(url, timeout=20) as resp:
+            for line in resp:
+                ev = json.loads(line)
+                events.append((ev["type"], ev["object"]["metadata"].get("name", "")))
+                if ev["type"] == "BOOKMARK":
+                    assert ev["object"]["metadata"]["resourceVersion"]
+                    return
+
+    t = threading.Thread(target=reader)
+    t.start()
+    import time
+
+    time.sleep(0.5)
+    obj = api.request("GET", f"{base}/sel")[2]
+    obj["metadata"]["labels"] = {"tier": "web"}  # enters the selection
+    obj = api.request("PUT", f"{base}/sel", obj)[2]
+    obj["data"] = {"x": "1"}  # changes within it
+    obj = api.request("PUT", f"{base}/sel", obj)[2]
+    obj["metadata"]["labels"] = {"tier": "db"}  # leaves it
+    api.request("PUT", f"{base}/sel", obj)
+    api.request("POST", base, cm("other", {"tier": "db"}))  # never in it
+    t.join(timeout=20)
+    assert events == [("ADDED", "sel"), ("MODIFIED", "sel"), ("DELETED", "sel"), ("BOOKMARK", "")]

@@ -57,6 +57,7 @@ def test_metrics_count_requests(api_replicas, namespace):
     assert float(line.rsplit(" ", 1)[1]) >= 3
     assert "apiserver_request_duration_seconds_bucket" in text
     assert "apiserver_watches" in text
+    assert 'etcd_request_duration_seconds_count{operation="list"}' in text
 
 
 async def test_sigterm_drains_then_exits(etcd_cluster, tmp_path):

@@ -126,7 +126,11 @@ class ApiServer:
     async def start(self) -> None:
         cluster_id = await self.client.cluster_id(timeout=10.0)
         self.versions = VersionContext.for_cluster(cluster_id, epoch=0)
-        store = EtcdStorage(self.client, self.versions)
+        store = EtcdStorage(
+            self.client,
+            self.versions,
+            observe=lambda op, seconds: self.metrics.etcd_latency.labels(op).observe(seconds),
+        )
         for t in self.registry.all():
             self.stores[(t.group, t.version, t.plural)] = GenericStore(t, store)
         await self._ensure_system_namespaces()

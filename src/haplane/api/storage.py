@@ -23,6 +23,7 @@ Every etcd outcome maps to: Unavailable (certainly not applied), OutcomeUnknown 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -142,10 +143,16 @@ class EtcdStorage:
         client: EtcdClient,
         versions: VersionContext,
         transformer: Transformer | None = None,
+        observe: Callable[[str, float], None] | None = None,
     ):
         self.client = client
         self.versions = versions
         self.transformer: Transformer = transformer or IdentityTransformer()
+        self.observe = observe
+
+    def _observer(self, operation: str) -> Callable[[float], None] | None:
+        observe = self.observe
+        return None if observe is None else (lambda seconds: observe(operation, seconds))
 
     # ---- codec ---------------------------------------------------------------------------
 
@@ -177,14 +184,15 @@ class EtcdStorage:
         k = key.encode()
         plain, data = self._encode(key, obj)
         r = await _call(
-            self.client.txn([Compare(k, "mod", "=", 0)], [Op("put", k, data)], [Op("get", k)])
+            self.client.txn([Compare(k, "mod", "=", 0)], [Op("put", k, data)], [Op("get", k)]),
+            self._observer("create"),
         )
         if not r.succeeded:
             raise KeyExists(f"{key} exists", self._decode(r.results[0][0]))
         return self._with_version(plain, r.revision)
 
     async def get(self, key: str) -> Obj:
-        kv = await _call(self.client.get(key.encode()))
+        kv = await _call(self.client.get(key.encode()), self._observer("get"))
         if kv is None:
             raise KeyNotFound(key)
         return self._decode(kv)
@@ -200,7 +208,8 @@ class EtcdStorage:
         p = prefix.encode()
         start = (start_after.encode() + b"\0") if start_after else p
         kvs, read_rev, count = await _call(
-            self.client.range_page(start, prefix_end(p), revision=revision or 0, limit=limit)
+            self.client.range_page(start, prefix_end(p), revision=revision or 0, limit=limit),
+            self._observer("list"),
         )
         more = bool(limit) and count > len(kvs)
         return ListResult(
@@ -218,7 +227,7 @@ class EtcdStorage:
         expected_revision: int | None = None,
     ) -> Obj:
         k = key.encode()
-        kv = await _call(self.client.get(k))
+        kv = await _call(self.client.get(k), self._observer("get"))
         while True:
             if kv is None:
                 raise KeyNotFound(key)
@@ -239,7 +248,8 @@ class EtcdStorage:
                     [Compare(k, "mod", "=", kv.mod_revision)],
                     [Op("put", k, data)],
                     [Op("get", k)],
-                )
+                ),
+                self._observer("update"),
             )
             if r.succeeded:
                 return self._with_version(plain, r.revision)
@@ -247,7 +257,7 @@ class EtcdStorage:
 
     async def delete(self, key: str, precondition: Callable[[Obj], None] | None = None) -> Obj:
         k = key.encode()
-        kv = await _call(self.client.get(k))
+        kv = await _call(self.client.get(k), self._observer("get"))
         while True:
             if kv is None:
                 raise KeyNotFound(key)
@@ -257,7 +267,8 @@ class EtcdStorage:
             r = await _call(
                 self.client.txn(
                     [Compare(k, "mod", "=", kv.mod_revision)], [Op("delete", k)], [Op("get", k)]
-                )
+                ),
+                self._observer("delete"),
             )
             if r.succeeded:
                 return self._decode(kv, revision=r.revision)
@@ -290,15 +301,19 @@ class EtcdStorage:
             raise Unavailable(str(exc)) from exc
 
     async def current_revision(self) -> int:
-        _, rev = await _call(self.client.range(b"/registry/", prefix_end(b"/registry/"), limit=1))
+        _, rev = await _call(
+            self.client.range(b"/registry/", prefix_end(b"/registry/"), limit=1),
+            self._observer("get"),
+        )
         return rev
 
 
 T = TypeVar("T")
 
 
-async def _call(aw: Awaitable[T]) -> T:
-    """Translate store errors into storage errors."""
+async def _call(aw: Awaitable[T], observe: Callable[[float], None] | None = None) -> T:
+    """Translate store errors into storage errors; report the call's latency to `observe`."""
+    t0 = time.monotonic()
     try:
         return await aw
     except EtcdOutcomeUnknown as exc:
@@ -311,3 +326,6 @@ async def _call(aw: Awaitable[T]) -> T:
         raise Unavailable(str(exc)) from exc
     except EtcdError as exc:
         raise Unavailable(str(exc)) from exc
+    finally:
+        if observe is not None:
+            observe(time.monotonic() - t0)
