@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import json
 import time
@@ -86,6 +87,8 @@ class GenericStore:
             return errors.conflict(self.t.plural, name, str(exc), self.t.group)
         if isinstance(exc, storage.Expired):
             return errors.gone(f"too old resource version: {exc}")
+        if isinstance(exc, storage.Invalid):
+            return errors.bad_request(str(exc))
         if isinstance(exc, storage.TooLarge):
             return errors.too_large(f"request entity too large: {exc}")
         if isinstance(exc, storage.OutcomeUnknown):
@@ -244,12 +247,10 @@ class GenericStore:
         try:
             if name is not None and (namespace or not self.t.namespaced):
                 # a single key: no need to range over everything
-                try:
-                    obj = await self.storage.get(self.t.key(namespace, name))
-                    items = [obj]
-                except storage.KeyNotFound:
-                    items = []
-                result_rev = await self.storage.current_revision()
+                found, result_rev = await self.storage.get_at(
+                    self.t.key(namespace, name), revision=revision
+                )
+                items = [found] if found is not None else []
                 more_key, remaining = None, 0
             else:
                 filtered = not (opts.label_selector.empty() and opts.field_selector.empty())
@@ -321,6 +322,8 @@ class GenericStore:
         try:
             data = json.loads(base64.urlsafe_b64decode(token.encode()))
             start, rev = str(data["start"]), int(data["rv"])
+            if not 0 < rev < 2**63:
+                raise ValueError("revision out of range")
             region, epoch = data["region"], int(data["epoch"])
         except (ValueError, KeyError, TypeError) as exc:
             raise errors.bad_request(f"invalid continue token: {exc}") from exc
@@ -339,7 +342,11 @@ class GenericStore:
     ) -> Obj:
         new_body = self._stamp(self._check_body(copy.deepcopy(body), namespace, name))
         return await self._update(
-            namespace, name, lambda current: new_body, dry_run=dry_run, precondition_from_body=True
+            namespace,
+            name,
+            lambda current: copy.deepcopy(new_body),
+            dry_run=dry_run,
+            precondition_from_body=True,
         )
 
     async def patch(
@@ -358,6 +365,43 @@ class GenericStore:
             namespace, name, patched, dry_run=dry_run, precondition_from_body=True
         )
 
+    async def update_subresource(
+        self,
+        namespace: str | None,
+        name: str,
+        subresource: str,
+        make_new: Callable[[Obj], Obj],
+        *,
+        dry_run: bool = False,
+    ) -> Obj:
+        """`status` changes only .status; `finalize` only .spec.finalizers (namespaces)."""
+
+        def only_subresource(current: Obj) -> Obj:
+            desired = make_new(copy.deepcopy(current))
+            if not isinstance(desired, dict):
+                raise errors.bad_request("the request body must be an object")
+            result = copy.deepcopy(current)
+            if subresource == "status":
+                result["status"] = desired.get("status") or {}
+            else:
+                spec = desired.get("spec") if isinstance(desired.get("spec"), dict) else {}
+                result.setdefault("spec", {})["finalizers"] = (spec or {}).get("finalizers", [])
+            meta = desired.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            for f in ("resourceVersion", "uid"):  # preconditions, as on the main resource
+                if meta.get(f):
+                    result["metadata"][f] = meta[f]
+            return result
+
+        return await self._update(
+            namespace,
+            name,
+            only_subresource,
+            dry_run=dry_run,
+            precondition_from_body=True,
+            prepare=False,
+        )
+
     async def _update(
         self,
         namespace: str | None,
@@ -366,6 +410,7 @@ class GenericStore:
         *,
         dry_run: bool,
         precondition_from_body: bool,
+        prepare: bool = True,
     ) -> Obj:
         key = self._key(namespace, name)
         preview: list[Obj] = []
@@ -401,7 +446,8 @@ class GenericStore:
                 else:
                     meta.pop(f, None)
             meta.pop("resourceVersion", None)
-            self.t.strategy.prepare_for_update(new, current)
+            if prepare:
+                self.t.strategy.prepare_for_update(new, current)
             if self.t.strategy.spec_changed(new, current):
                 meta["generation"] = int(old_meta.get("generation") or 1) + 1
             self._validate(new, current)
@@ -541,6 +587,8 @@ class GenericStore:
         finally:
             if next_event is not None:
                 next_event.cancel()
+                with contextlib.suppress(BaseException):
+                    await next_event  # the generator must be idle before it can be closed
             await events.aclose()  # type: ignore[attr-defined]
 
     def _bookmark(self, revision: int) -> Obj:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import errors
 
+_INT64_MAX = 2**63 - 1  # etcd revisions are int64
 _FORMAT = re.compile(r"^(\d+)\.([0-9a-f]{8})\.(\d+)$")
 
 
@@ -44,6 +45,8 @@ def parse(ctx: VersionContext, text: str) -> ParsedVersion:
     if m is None:
         raise errors.bad_request(f"invalid resourceVersion {text!r}: not issued by this server")
     revision, tag, epoch = int(m.group(1)), m.group(2), int(m.group(3))
+    if revision > _INT64_MAX:
+        raise errors.bad_request(f"invalid resourceVersion {text!r}: out of range")
     return ParsedVersion(revision, ours=(tag == ctx.region_tag and epoch == ctx.epoch))
 
 

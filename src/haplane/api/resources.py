@@ -50,21 +50,40 @@ class Strategy:
 
 
 class NamespaceStrategy(Strategy):
+    # Runs before validation: leave malformed input alone for `validate` to report.
     def prepare_for_create(self, obj: Obj) -> None:
-        spec = obj.setdefault("spec", {}) or {}
-        obj["spec"] = spec
-        spec.setdefault("finalizers", ["kubernetes"])
+        spec = obj.get("spec") or {}
+        if isinstance(spec, dict):
+            spec.setdefault("finalizers", ["kubernetes"])
+            obj["spec"] = spec
         obj["status"] = {"phase": "Active"}
-        labels = obj["metadata"].setdefault("labels", {}) or {}
-        obj["metadata"]["labels"] = labels
-        labels["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
+        self._name_label(obj)
 
     def prepare_for_update(self, new: Obj, old: Obj) -> None:
         new["status"] = old.get("status", {"phase": "Active"})
         new["spec"] = old.get("spec", {})  # finalizers change only through /finalize
-        labels = new["metadata"].setdefault("labels", {}) or {}
-        new["metadata"]["labels"] = labels
-        labels["kubernetes.io/metadata.name"] = new["metadata"]["name"]
+        self._name_label(new)
+
+    @staticmethod
+    def _name_label(obj: Obj) -> None:
+        meta = obj["metadata"]
+        labels = meta.get("labels") or {}
+        if isinstance(labels, dict) and isinstance(meta.get("name"), str):
+            labels["kubernetes.io/metadata.name"] = meta["name"]
+            meta["labels"] = labels
+
+    def validate(self, obj: Obj) -> list[FieldError]:
+        spec = obj.get("spec")
+        if not isinstance(spec, dict):
+            return [FieldError("spec", "FieldValueInvalid", "must be an object", None)]
+        finalizers = spec.get("finalizers", [])
+        if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
+            return [
+                FieldError(
+                    "spec.finalizers", "FieldValueInvalid", "must be a list of strings", None
+                )
+            ]
+        return []
 
 
 def _data_key_errors(obj: Obj, fields: Iterable[str]) -> list[FieldError]:
@@ -157,9 +176,12 @@ class SecretStrategy(Strategy):
     @staticmethod
     def _fold_string_data(obj: Obj) -> None:
         """`stringData` is write-only: it is merged into `data`, as Kubernetes does."""
-        string_data = obj.pop("stringData", None)
-        if isinstance(string_data, dict):
-            data = obj.get("data") or {}
+        if obj.get("stringData", {}) is None:
+            obj.pop("stringData")
+        string_data = obj.get("stringData")
+        data = obj.get("data") or {}
+        if isinstance(string_data, dict) and isinstance(data, dict):
+            obj.pop("stringData")
             for k, v in string_data.items():
                 if isinstance(v, str):
                     data[k] = base64.b64encode(v.encode()).decode()
@@ -167,6 +189,15 @@ class SecretStrategy(Strategy):
 
     def validate(self, obj: Obj) -> list[FieldError]:
         errs = _data_key_errors(obj, ("data",)) + _base64_errors(obj, "data")
+        if "stringData" in obj:  # left in place only when it could not be folded into data
+            errs.append(
+                FieldError(
+                    "stringData",
+                    "FieldValueInvalid",
+                    "must be a map of strings beside a map `data`",
+                    None,
+                )
+            )
         if not isinstance(obj.get("type"), str):
             errs.append(FieldError("type", "FieldValueInvalid", "must be a string", None))
         return errs

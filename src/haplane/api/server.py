@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -285,14 +286,14 @@ class ApiServer:
                         "groups": [self._group(g, vs) for g, vs in self.registry.groups().items()],
                     }
                 )
-            if parts[0] == "apis" and len(parts) == 2:
+            if parts[:1] == ["apis"] and len(parts) == 2:
                 versions = self.registry.groups().get(parts[1])
                 if versions is None:
                     raise errors.no_such_resource(path)
                 return json_response({"apiVersion": "v1", **self._group(parts[1], versions)})
             if path == "/api/v1":
                 return json_response(self._resource_list("", "v1"))
-            if parts[0] == "apis" and len(parts) == 3:
+            if parts[:1] == ["apis"] and len(parts) == 3:
                 if not self.registry.in_group_version(parts[1], parts[2]):
                     raise errors.no_such_resource(path)
                 return json_response(self._resource_list(parts[1], parts[2]))
@@ -415,6 +416,8 @@ class ApiServer:
         dry_run = _dry_run(q)
         m = request.method
         watch = target.watch_path or q.get("watch") in ("true", "1")
+        if target.subresource is not None:
+            return await self._subresource(request, store, target, dry_run)
         if m == "GET" and watch:
             request["verb"] = "watch"
             return await self._watch(request, store, target)
@@ -441,14 +444,13 @@ class ApiServer:
             return json_response(await self._patch(request, store, target, dry_run))
         if m == "DELETE" and target.name is not None:
             request["verb"] = "delete"
-            body = await _body(request, optional=True) or {}
-            pre = body.get("preconditions") or {}
+            options = _delete_options(await _body(request, optional=True) or {})
             deleted = await store.delete(
                 target.namespace,
                 target.name,
-                precondition_uid=pre.get("uid"),
-                precondition_rv=pre.get("resourceVersion"),
-                dry_run=dry_run or "All" in (body.get("dryRun") or []),
+                precondition_uid=options.get("uid"),
+                precondition_rv=options.get("resourceVersion"),
+                dry_run=dry_run or options.get("dryRun") == "All",
             )
             meta = deleted["metadata"]
             return json_response(
@@ -474,6 +476,28 @@ class ApiServer:
             )
         raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
 
+    async def _subresource(
+        self, request: web.Request, store: GenericStore, target: _Target, dry_run: bool
+    ) -> web.Response:
+        """namespaces/{name}/status (get, update, patch) and /finalize (update)."""
+        sub, m, name = target.subresource or "", request.method, target.name or ""
+        request["verb"] = {"GET": "get", "PUT": "update", "PATCH": "patch"}.get(m, m.lower())
+        if m == "GET" and sub == "status":
+            return json_response(await store.get(target.namespace, name))
+        if m == "PUT":
+            body = await _body(request)
+            return json_response(
+                await store.update_subresource(
+                    target.namespace, name, sub, lambda current: body, dry_run=dry_run
+                )
+            )
+        if m == "PATCH" and sub == "status":
+            apply = await self._patch_function(request, target)
+            return json_response(
+                await store.update_subresource(target.namespace, name, sub, apply, dry_run=dry_run)
+            )
+        raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
+
     async def _admit(self, operation: str, t: ResourceType, obj: dict[str, Any]) -> None:
         for admit in self.config.admission:
             await admit(operation, t, obj)
@@ -485,12 +509,7 @@ class ApiServer:
             fields = parse_field_selector(q.get("fieldSelector"), supported)
         except SelectorError as exc:
             raise errors.bad_request(str(exc)) from exc
-        try:
-            limit = int(q.get("limit") or 0)
-        except ValueError as exc:
-            raise errors.bad_request(f"invalid limit {q.get('limit')!r}") from exc
-        if limit < 0:
-            raise errors.bad_request("limit must not be negative")
+        limit = _bounded_int(q.get("limit") or "0", "limit")
         if q.get("sendInitialEvents") in ("true", "1"):
             raise errors.StatusError(
                 422,
@@ -510,10 +529,17 @@ class ApiServer:
     async def _patch(
         self, request: web.Request, store: GenericStore, target: _Target, dry_run: bool
     ) -> dict[str, Any]:
+        guarded = await self._patch_function(request, target)
+        return await store.patch(target.namespace, target.name or "", guarded, dry_run=dry_run)
+
+    async def _patch_function(
+        self, request: web.Request, target: _Target
+    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """The request's patch as a function of the current object (errors become Statuses)."""
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
         raw = await _raw(request)
         try:
-            patch = json.loads(raw) if raw else None
+            patch = json.loads(raw, parse_constant=_reject_constant) if raw else None
         except ValueError as exc:
             raise errors.bad_request(f"the patch is not valid JSON: {exc}") from exc
         t = target.rtype
@@ -552,7 +578,7 @@ class ApiServer:
                     exc.code, "BadRequest" if exc.code == 400 else "Invalid", exc.message
                 ) from exc
 
-        return await store.patch(target.namespace, target.name or "", guarded, dry_run=dry_run)
+        return guarded
 
     async def _watch(
         self, request: web.Request, store: GenericStore, target: _Target
@@ -574,10 +600,7 @@ class ApiServer:
             )
         timeout = None
         if q.get("timeoutSeconds"):
-            try:
-                timeout = float(q["timeoutSeconds"])
-            except ValueError as exc:
-                raise errors.bad_request("invalid timeoutSeconds") from exc
+            timeout = float(_bounded_int(q["timeoutSeconds"], "timeoutSeconds"))
         response = web.StreamResponse(headers={"Content-Type": JSON})
         response.enable_chunked_encoding()
         self._stamp_headers(response)
@@ -591,17 +614,25 @@ class ApiServer:
             timeout_seconds=timeout,
         )
         stop = asyncio.ensure_future(self._watch_stop.wait())
+        nxt: asyncio.Future[Any] | None = None
         try:
             while True:
-                nxt = asyncio.ensure_future(anext(events))
-                done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await nxt
+                if nxt is None:
+                    nxt = asyncio.ensure_future(anext(events))
+                # Wake up now and then: aiohttp does not cancel a handler whose client left, and
+                # a quiet watch would otherwise hold its etcd watch forever.
+                done, _ = await asyncio.wait(
+                    {nxt, stop}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                )
+                if request.transport is None or request.transport.is_closing():
+                    break  # the client went away
+                if stop in done:
                     break  # draining: end the stream cleanly, the client re-watches elsewhere
+                if nxt not in done:
+                    continue
+                task, nxt = nxt, None
                 try:
-                    ev = nxt.result()
+                    ev = task.result()
                 except StopAsyncIteration:
                     break
                 await response.write(
@@ -609,13 +640,93 @@ class ApiServer:
                 )
         except (ConnectionResetError, asyncio.CancelledError):
             pass
+        except StatusError as exc:  # e.g. the initial list failed: say so inside the stream
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(
+                    json.dumps({"type": "ERROR", "object": exc.status()}).encode() + b"\n"
+                )
+        except Exception as exc:  # a bug: the stream is open, so report it as an ERROR event
+            log.exception("watch on %s failed", request.path)
+            status = errors.internal(f"watch failed: {type(exc).__name__}: {exc}").status()
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(
+                    json.dumps({"type": "ERROR", "object": status}).encode() + b"\n"
+                )
         finally:
             stop.cancel()
             gauge.dec()
+            if nxt is not None:
+                nxt.cancel()
+                with contextlib.suppress(BaseException):
+                    await nxt  # the generator must be idle before it can be closed
             await events.aclose()  # type: ignore[attr-defined]
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
+
+
+def _delete_options(body: dict[str, Any]) -> dict[str, str]:
+    """The parts of DeleteOptions we honour, type-checked (400 on nonsense)."""
+    pre = body.get("preconditions") or {}
+    dry = body.get("dryRun") or []
+    if not isinstance(pre, dict) or not isinstance(dry, list):
+        raise errors.bad_request("DeleteOptions: preconditions must be an object, dryRun a list")
+    out: dict[str, str] = {}
+    for f in ("uid", "resourceVersion"):
+        v = pre.get(f)
+        if v is not None:
+            if not isinstance(v, str):
+                raise errors.bad_request(f"DeleteOptions: preconditions.{f} must be a string")
+            out[f] = v
+    if dry:
+        if dry != ["All"]:
+            raise errors.bad_request("DeleteOptions: dryRun supports only [All]")
+        out["dryRun"] = "All"
+    return out
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _bounded_int(text: str, what: str) -> int:
+    """A non-negative integer that fits etcd's int64 fields, or 400."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise errors.bad_request(f"invalid {what} {text!r}: not an integer") from exc
+    if not 0 <= value <= _INT64_MAX:
+        raise errors.bad_request(f"invalid {what} {text!r}: out of range")
+    return value
+
+
+class _JsonishLoader(yaml.SafeLoader):
+    """YAML that maps onto JSON: no aliases (an alias bomb would expand on the event loop) and
+    no timestamps or sets (not JSON types)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("YAML aliases are not accepted")
+        return super().compose_node(parent, index)
+
+
+_JsonishLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _dry_run(q: Any) -> bool:
@@ -647,15 +758,18 @@ async def _body(request: web.Request, optional: bool = False) -> Any:
     ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip()
     try:
         if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
-            body = yaml.safe_load(raw)
+            body = yaml.load(raw, Loader=_JsonishLoader)  # a SafeLoader subclass
+            json.dumps(body)  # sets, dates and other non-JSON YAML types end here
         elif ctype in (JSON, ""):
-            body = json.loads(raw)
+            body = json.loads(raw, parse_constant=_reject_constant)
         else:
             raise errors.unsupported_media(
                 f"unsupported media type {ctype!r}: send application/json or application/yaml"
             )
-    except (ValueError, yaml.YAMLError) as exc:
+    except (ValueError, TypeError, yaml.YAMLError) as exc:
         raise errors.bad_request(f"the request body is not valid {ctype}: {exc}") from exc
+    if not _finite(body):
+        raise errors.bad_request("the request body holds a number too large for JSON")
     if not isinstance(body, dict):
         raise errors.bad_request("the request body must be an object")
     return body

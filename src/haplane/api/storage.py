@@ -73,6 +73,10 @@ class TooLarge(StorageError):
     pass
 
 
+class Invalid(StorageError):
+    """The object cannot be stored as JSON."""
+
+
 class Unavailable(StorageError):
     """The request certainly did not take effect."""
 
@@ -117,6 +121,7 @@ class Storage(Protocol):
 
     async def create(self, key: str, obj: Obj) -> Obj: ...
     async def get(self, key: str) -> Obj: ...
+    async def get_at(self, key: str, *, revision: int | None = None) -> tuple[Obj | None, int]: ...
     async def list(
         self,
         prefix: str,
@@ -160,7 +165,12 @@ class EtcdStorage:
         """(plain JSON, bytes for etcd)."""
         meta = obj.get("metadata") or {}
         stored = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
-        plain = json.dumps(stored, separators=(",", ":"), sort_keys=True).encode()
+        try:
+            plain = json.dumps(
+                stored, separators=(",", ":"), sort_keys=True, allow_nan=False
+            ).encode()
+        except ValueError as exc:  # NaN or Infinity: not JSON, and Go clients would choke
+            raise Invalid(f"the object holds a number that JSON cannot carry: {exc}") from exc
         data = self.transformer.to_storage(plain, key.encode())
         if len(data) > MAX_VALUE_BYTES:
             raise TooLarge(f"object is {len(data)} bytes; etcd accepts at most {MAX_VALUE_BYTES}")
@@ -196,6 +206,13 @@ class EtcdStorage:
         if kv is None:
             raise KeyNotFound(key)
         return self._decode(kv)
+
+    async def get_at(self, key: str, *, revision: int | None = None) -> tuple[Obj | None, int]:
+        """One key and the store revision of the same read (None: absent)."""
+        kvs, read_rev = await _call(
+            self.client.range(key.encode(), revision=revision or 0), self._observer("get")
+        )
+        return (self._decode(kvs[0]) if kvs else None), revision or read_rev
 
     async def list(
         self,
@@ -292,7 +309,9 @@ class EtcdStorage:
                         yield StorageEvent(kind, self._decode(ev.kv), ev.kv.mod_revision, prev)
                     else:
                         if ev.prev_kv is None:
-                            continue  # nothing to show (prev_kv compacted away)
+                            # the deleted object's last state was compacted away: the client
+                            # must relist rather than keep a ghost
+                            raise Expired(f"deleted object {ev.kv.key!r} no longer in history")
                         gone = self._decode(ev.prev_kv, revision=ev.kv.mod_revision)
                         yield StorageEvent("DELETED", gone, ev.kv.mod_revision, gone)
         except EtcdCompacted as exc:

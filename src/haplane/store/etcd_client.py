@@ -439,8 +439,8 @@ class EtcdClient:
                         failed_since = None
                         if batch.events:
                             next_rev = batch.events[-1].kv.mod_revision + 1
-                        elif next_rev == 0:
-                            next_rev = batch.revision + 1
+                        else:  # progress: everything up to batch.revision was delivered
+                            next_rev = max(next_rev, batch.revision + 1)
                         yield batch
                 except grpc.aio.AioRpcError as exc:
                     translated = _translate(exc, ep)
