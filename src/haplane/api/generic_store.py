@@ -55,6 +55,12 @@ class ListOptions:
 
 
 @dataclass(frozen=True)
+class DeleteResult:
+    object: Obj
+    deleted: bool  # False: marked for deletion, waiting for finalizers
+
+
+@dataclass(frozen=True)
 class WatchEvent:
     type: str  # ADDED, MODIFIED, DELETED, BOOKMARK, ERROR
     object: Obj
@@ -112,11 +118,19 @@ class GenericStore:
         if not namespace:
             raise errors.bad_request("a namespaced object needs a namespace")
         try:
-            await self.storage.get(NAMESPACE_KEY + namespace)
+            ns = await self.storage.get(NAMESPACE_KEY + namespace)
         except storage.KeyNotFound:
             raise errors.not_found("namespaces", namespace) from None
         except storage.StorageError as exc:
             raise self._translate(exc, namespace) from exc
+        if ns.get("metadata", {}).get("deletionTimestamp"):
+            raise errors.StatusError(
+                403,
+                "Forbidden",
+                f"unable to create new content in namespace {namespace} because it is being "
+                "terminated",
+                details={"name": namespace, "kind": "namespaces"},
+            )
 
     def _check_body(self, obj: Any, namespace: str | None, name: str | None) -> Obj:
         if not isinstance(obj, dict):
@@ -415,7 +429,7 @@ class GenericStore:
         key = self._key(namespace, name)
         preview: list[Obj] = []
 
-        async def update(current: Obj) -> Obj | None:
+        async def update(current: Obj) -> storage.UpdateResult:
             new = make_new(current)
             meta = new["metadata"]
             rv = meta.get("resourceVersion")
@@ -454,6 +468,8 @@ class GenericStore:
             if dry_run:
                 preview.append(new)
                 return None
+            if meta.get("deletionTimestamp") and self._finalized(new):
+                return storage.DELETE_OBJECT  # the last finalizer is gone: now it goes
             return new
 
         try:
@@ -467,6 +483,9 @@ class GenericStore:
 
     # ---- delete --------------------------------------------------------------------------
 
+    def _finalized(self, obj: Obj) -> bool:
+        return not obj["metadata"].get("finalizers") and not self.t.strategy.pending_finalizers(obj)
+
     async def delete(
         self,
         namespace: str | None,
@@ -475,7 +494,11 @@ class GenericStore:
         precondition_uid: str | None = None,
         precondition_rv: str | None = None,
         dry_run: bool = False,
-    ) -> Obj:
+        propagation: str | None = None,
+    ) -> DeleteResult:
+        """Delete now, or (finalizers pending, or Foreground/Orphan propagation) mark the object
+        with deletionTimestamp; it goes when its last finalizer is removed."""
+
         def check(current: Obj) -> None:
             meta = current["metadata"]
             if precondition_uid and precondition_uid != meta.get("uid"):
@@ -495,17 +518,41 @@ class GenericStore:
                     self.t.group,
                 )
 
-        key = self._key(namespace, name)
+        if propagation not in (None, "Background", "Foreground", "Orphan"):
+            raise errors.bad_request(
+                f"unsupported propagationPolicy {propagation!r}: use Background, Foreground "
+                "or Orphan"
+            )
+        outcome: list[bool] = [False]  # whether the last attempt deleted (vs marked)
+
+        async def decide(current: Obj) -> storage.UpdateResult:
+            check(current)
+            marked = copy.deepcopy(current)
+            meta = marked["metadata"]
+            finalizers = list(meta.get("finalizers") or [])
+            # Foreground and Orphan are carried out by the garbage collector via finalizers.
+            extra = {"Foreground": "foregroundDeletion", "Orphan": "orphan"}.get(propagation or "")
+            if extra and extra not in finalizers:
+                finalizers.append(extra)
+            if not finalizers and not self.t.strategy.pending_finalizers(current):
+                outcome[0] = True
+                return None if dry_run else storage.DELETE_OBJECT
+            outcome[0] = False
+            if finalizers:
+                meta["finalizers"] = finalizers
+            if not meta.get("deletionTimestamp"):
+                meta["deletionTimestamp"] = now_rfc3339()
+                meta["deletionGracePeriodSeconds"] = 0
+                self.t.strategy.prepare_for_delete(marked)
+            if dry_run or marked == current:
+                return None
+            return marked
+
         try:
-            if dry_run:
-                current = await self.storage.get(key)
-                check(current)
-                deleted = current
-            else:
-                deleted = await self.storage.delete(key, check)
+            result = await self.storage.guaranteed_update(self._key(namespace, name), decide)
         except storage.StorageError as exc:
             raise self._translate(exc, name) from exc
-        return self._stamp(deleted)
+        return DeleteResult(self._stamp(result), deleted=outcome[0])
 
     async def delete_collection(
         self, namespace: str | None, opts: ListOptions, *, dry_run: bool = False
@@ -515,9 +562,8 @@ class GenericStore:
         for item in listed["items"]:
             meta = item["metadata"]
             try:
-                deleted.append(
-                    await self.delete(meta.get("namespace"), meta["name"], dry_run=dry_run)
-                )
+                result = await self.delete(meta.get("namespace"), meta["name"], dry_run=dry_run)
+                deleted.append(result.object)
             except StatusError as exc:
                 if exc.code != 404:  # deleted meanwhile by someone else: fine
                     raise

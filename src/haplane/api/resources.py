@@ -44,6 +44,13 @@ class Strategy:
     def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
         return self.validate(new)
 
+    def pending_finalizers(self, obj: Obj) -> bool:
+        """Whether deletion must wait (beyond metadata.finalizers, which the store checks)."""
+        return False
+
+    def prepare_for_delete(self, obj: Obj) -> None:
+        """Mark an object whose deletion waits for finalizers (mutates `obj`)."""
+
     def spec_changed(self, new: Obj, old: Obj) -> bool:
         keys = (set(new) | set(old)) - self.non_spec_fields
         return any(new.get(k) != old.get(k) for k in keys)
@@ -63,6 +70,13 @@ class NamespaceStrategy(Strategy):
         new["status"] = old.get("status", {"phase": "Active"})
         new["spec"] = old.get("spec", {})  # finalizers change only through /finalize
         self._name_label(new)
+
+    def pending_finalizers(self, obj: Obj) -> bool:
+        spec = obj.get("spec")
+        return isinstance(spec, dict) and bool(spec.get("finalizers"))
+
+    def prepare_for_delete(self, obj: Obj) -> None:
+        obj["status"] = {**(obj.get("status") or {}), "phase": "Terminating"}
 
     @staticmethod
     def _name_label(obj: Obj) -> None:

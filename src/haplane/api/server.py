@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from haplane import __version__
 from haplane.store import EtcdClient, EtcdError
 
 from . import errors
+from .controllers import Controllers, LeaderElector
 from .errors import StatusError
 from .generic_store import GenericStore, ListOptions
 from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
@@ -62,6 +64,7 @@ class ReplicaConfig:
     etcd_endpoints: list[str]
     drain_delay: float = 1.0  # /readyz fails this long before the listener closes
     etcd_timeout: float = 2.0
+    lease_duration: float = 3.0  # controllers move to another replica this soon after a death
     admission: list[Admission] = field(default_factory=list)
 
 
@@ -121,6 +124,9 @@ class ApiServer:
         self._inflight = 0
         self._runner: web.AppRunner | None = None
         self._ready_cache: tuple[float, bool] = (0.0, False)
+        self.controllers: Controllers | None = None
+        self.elector: LeaderElector | None = None
+        self._elector_task: asyncio.Task[None] | None = None
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -135,6 +141,15 @@ class ApiServer:
         for t in self.registry.all():
             self.stores[(t.group, t.version, t.plural)] = GenericStore(t, store)
         await self._ensure_system_namespaces()
+        self.controllers = Controllers(self.stores.values())
+        self.elector = LeaderElector(
+            self.stores[("coordination.k8s.io", "v1", "leases")],
+            identity=f"{self.name}_{uuid.uuid4().hex[:8]}",
+            lease_duration=self.config.lease_duration,
+        )
+        self._elector_task = asyncio.create_task(
+            self.elector.run(self.controllers.leading), name="leader election"
+        )
         app = web.Application(
             client_max_size=MAX_BODY_BYTES,
             middlewares=[
@@ -182,6 +197,14 @@ class ApiServer:
         log.info(json.dumps({"msg": "draining", "component": self.name}))
         await asyncio.sleep(self.config.drain_delay)
         self._watch_stop.set()
+        if self._elector_task is not None:
+            self._elector_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._elector_task
+        if self.controllers is not None:
+            await self.controllers.stop()
+        if self.elector is not None:
+            await self.elector.release()
         # cleanup() stops accepting, then waits (shutdown_timeout) for in-flight requests.
         if self._runner is not None:
             await self._runner.cleanup()
@@ -445,14 +468,17 @@ class ApiServer:
         if m == "DELETE" and target.name is not None:
             request["verb"] = "delete"
             options = _delete_options(await _body(request, optional=True) or {})
-            deleted = await store.delete(
+            result = await store.delete(
                 target.namespace,
                 target.name,
                 precondition_uid=options.get("uid"),
                 precondition_rv=options.get("resourceVersion"),
                 dry_run=dry_run or options.get("dryRun") == "All",
+                propagation=q.get("propagationPolicy") or options.get("propagationPolicy"),
             )
-            meta = deleted["metadata"]
+            if not result.deleted:  # waiting for finalizers: the object, as Kubernetes answers
+                return json_response(result.object)
+            meta = result.object["metadata"]
             return json_response(
                 {
                     "kind": "Status",
@@ -672,6 +698,13 @@ def _delete_options(body: dict[str, Any]) -> dict[str, str]:
     if not isinstance(pre, dict) or not isinstance(dry, list):
         raise errors.bad_request("DeleteOptions: preconditions must be an object, dryRun a list")
     out: dict[str, str] = {}
+    policy = body.get("propagationPolicy")
+    if policy is not None:
+        if not isinstance(policy, str):
+            raise errors.bad_request("DeleteOptions: propagationPolicy must be a string")
+        out["propagationPolicy"] = policy
+    if body.get("orphanDependents") is True:
+        out["propagationPolicy"] = "Orphan"
     for f in ("uid", "resourceVersion"):
         v = pre.get(f)
         if v is not None:

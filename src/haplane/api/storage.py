@@ -14,7 +14,8 @@ Method contracts (revisions are etcd revisions):
   at most `limit` (0: all); Expired if `revision` was compacted.
 - guaranteed_update: read, apply `update`, write in a txn guarded by the read revision; a lost
   compare re-reads and re-applies (never visible to the caller) unless the caller pinned
-  `expected_revision`, which then fails with Conflict. An unchanged object is not written.
+  `expected_revision`, which then fails with Conflict. An unchanged object is not written;
+  `DELETE_OBJECT` from `update` deletes it under the same guard (finalizers done).
 - delete: txn guarded by the read revision, after `precondition` accepted the current object.
 - watch: events after `revision` (None: from now) under a prefix; Expired if compacted.
 Every etcd outcome maps to: Unavailable (certainly not applied), OutcomeUnknown (maybe applied).
@@ -100,6 +101,17 @@ class IdentityTransformer:
         return data
 
 
+class _DeleteObject:
+    """Returned by a `guaranteed_update` callback: delete the object (guarded like a write)."""
+
+    def __repr__(self) -> str:
+        return "DELETE_OBJECT"
+
+
+DELETE_OBJECT = _DeleteObject()
+UpdateResult = Obj | None | _DeleteObject
+
+
 @dataclass(frozen=True)
 class ListResult:
     items: list[Obj]
@@ -133,7 +145,7 @@ class Storage(Protocol):
     async def guaranteed_update(
         self,
         key: str,
-        update: Callable[[Obj], Awaitable[Obj | None]],
+        update: Callable[[Obj], Awaitable[UpdateResult]],
         *,
         expected_revision: int | None = None,
     ) -> Obj: ...
@@ -239,7 +251,7 @@ class EtcdStorage:
     async def guaranteed_update(
         self,
         key: str,
-        update: Callable[[Obj], Awaitable[Obj | None]],
+        update: Callable[[Obj], Awaitable[UpdateResult]],
         *,
         expected_revision: int | None = None,
     ) -> Obj:
@@ -257,6 +269,19 @@ class EtcdStorage:
             new = await update(current)
             if new is None:
                 return current
+            if isinstance(new, _DeleteObject):
+                r = await _call(
+                    self.client.txn(
+                        [Compare(k, "mod", "=", kv.mod_revision)],
+                        [Op("delete", k)],
+                        [Op("get", k)],
+                    ),
+                    self._observer("delete"),
+                )
+                if r.succeeded:
+                    return self._decode(kv, revision=r.revision)
+                kv = r.results[0][0] if r.results[0] else None
+                continue
             plain, data = self._encode(key, new)
             if plain == self.transformer.from_storage(kv.value, k):
                 return current  # no change: no write, no new revision (as Kubernetes)

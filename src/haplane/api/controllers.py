@@ -1,0 +1,281 @@
+"""Lifecycle controllers that run inside the API replicas, one replica active at a time.
+
+Layer: api. Uses the generic stores in-process (no HTTP) and a coordination.k8s.io Lease.
+
+- `LeaderElector`: client-go's algorithm on a Lease (`kube-system/haplane-controllers`): take it
+  when it is free or when its record has not changed for `lease_duration` seconds of *our own*
+  monotonic clock (so clock skew between replicas cannot hand it over early), renew every
+  `renew_interval`; every write is a compare-and-swap on resourceVersion.
+- `NamespaceController`: a namespace marked for deletion (phase Terminating) loses all its
+  contents, then its `kubernetes` finalizer, and then it goes.
+- `GarbageCollector`: ownerReferences. Background: a dependent whose owners are all gone is
+  deleted (dangling references next to a live owner are removed). Foreground: an owner marked
+  with `foregroundDeletion` goes once its dependents are gone. Orphan: an owner marked with
+  `orphan` goes after its dependents lost their reference to it.
+
+Both controllers rescan every `interval` seconds rather than keeping a dependency graph: simple
+and correct at the sizes one region's control plane holds here; the watch cache (a later step)
+makes a scan cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import StatusError
+from .generic_store import GenericStore, ListOptions
+from .selectors import parse_field_selector, parse_label_selector
+
+log = logging.getLogger("haplane.api")
+
+LEASE_NAMESPACE = "kube-system"
+LEASE_NAME = "haplane-controllers"
+Obj = dict[str, Any]
+
+
+def _micro_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _all() -> ListOptions:
+    return ListOptions(parse_label_selector(None), parse_field_selector(None, ()))
+
+
+class LeaderElector:
+    def __init__(
+        self,
+        leases: GenericStore,
+        identity: str,
+        *,
+        lease_duration: float = 3.0,
+        renew_interval: float = 1.0,
+    ):
+        self.leases = leases
+        self.identity = identity
+        self.lease_duration = lease_duration
+        self.renew_interval = renew_interval
+        self.is_leader = False
+        self._observed: tuple[str, float] | None = None  # (record, monotonic time seen)
+
+    async def run(self, on_change: Callable[[bool], None]) -> None:
+        while True:
+            try:
+                leading = await self._try_acquire_or_renew()
+            except StatusError as exc:
+                log.info(json.dumps({"msg": "lease error", "error": exc.message}))
+                leading = False
+            if leading != self.is_leader:
+                self.is_leader = leading
+                log.info(
+                    json.dumps(
+                        {"msg": "leader" if leading else "follower", "component": self.identity}
+                    )
+                )
+                on_change(leading)
+            await asyncio.sleep(self.renew_interval)
+
+    async def release(self) -> None:
+        """On a clean shutdown, hand the lease over at once instead of letting it expire."""
+        if not self.is_leader:
+            return
+        with contextlib.suppress(StatusError):
+            lease = await self.leases.get(LEASE_NAMESPACE, LEASE_NAME)
+            if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+                lease["spec"]["holderIdentity"] = ""
+                await self.leases.update(LEASE_NAMESPACE, LEASE_NAME, lease)
+        self.is_leader = False
+
+    async def _try_acquire_or_renew(self) -> bool:
+        now = _micro_now()
+        spec = {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": max(1, round(self.lease_duration)),
+            "renewTime": now,
+        }
+        try:
+            lease = await self.leases.get(LEASE_NAMESPACE, LEASE_NAME)
+        except StatusError as exc:
+            if exc.code != 404:
+                raise
+            await self.leases.create(
+                LEASE_NAMESPACE,
+                {
+                    "metadata": {"name": LEASE_NAME},
+                    "spec": {**spec, "acquireTime": now, "leaseTransitions": 0},
+                },
+            )
+            return True
+        current = lease.get("spec") or {}
+        record = json.dumps(current, sort_keys=True)
+        if self._observed is None or self._observed[0] != record:
+            self._observed = (record, time.monotonic())
+        holder = current.get("holderIdentity")
+        expired = time.monotonic() - self._observed[1] > self.lease_duration
+        if holder not in (None, "", self.identity) and not expired:
+            return False
+        new = copy.deepcopy(lease)
+        new_spec = {**current, **spec}
+        if holder != self.identity:
+            new_spec["acquireTime"] = now
+            new_spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + 1
+        new["spec"] = new_spec
+        try:  # resourceVersion in the body: a compare-and-swap
+            await self.leases.update(LEASE_NAMESPACE, LEASE_NAME, new)
+        except StatusError as exc:
+            if exc.code == 409:
+                return False  # someone else renewed or took it first
+            raise
+        return True
+
+
+class Controllers:
+    """Runs the namespace controller and the garbage collector while this replica leads."""
+
+    def __init__(self, stores: Iterable[GenericStore], interval: float = 0.5):
+        self.stores = list(stores)
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def leading(self, leader: bool) -> None:
+        if leader and self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="controllers")
+        elif not leader and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except StatusError as exc:  # etcd trouble: try again next round
+                log.info(json.dumps({"msg": "controllers: retrying", "error": exc.message}))
+            except Exception:  # a bug: log it loudly, keep the loop alive
+                log.exception("controllers: unexpected error")
+            await asyncio.sleep(self.interval)
+
+    async def reconcile_once(self) -> None:
+        listed: list[tuple[GenericStore, Obj]] = []
+        for store in self.stores:
+            for item in (await store.list(None, _all()))["items"]:
+                listed.append((store, item))
+        await self._namespaces(listed)
+        await self._garbage(listed)
+
+    # ---- namespaces ----------------------------------------------------------------------
+
+    async def _namespaces(self, listed: list[tuple[GenericStore, Obj]]) -> None:
+        terminating = {
+            obj["metadata"]["name"]: (store, obj)
+            for store, obj in listed
+            if store.t.kind == "Namespace" and obj["metadata"].get("deletionTimestamp")
+        }
+        for ns, (ns_store, ns_obj) in terminating.items():
+            contents = [
+                (s, o) for s, o in listed if s.t.namespaced and o["metadata"].get("namespace") == ns
+            ]
+            for store, obj in contents:
+                if not obj["metadata"].get("deletionTimestamp"):
+                    await _ignore_gone(store.delete(ns, obj["metadata"]["name"]))
+            if contents:
+                continue  # again next round, until the namespace is empty
+            finalizers = (ns_obj.get("spec") or {}).get("finalizers") or []
+            if "kubernetes" in finalizers:
+                body = copy.deepcopy(ns_obj)
+                body["spec"]["finalizers"] = [f for f in finalizers if f != "kubernetes"]
+                await _ignore_gone(
+                    ns_store.update_subresource(None, ns, "finalize", _constant(body))
+                )
+
+    # ---- garbage collection --------------------------------------------------------------
+
+    async def _garbage(self, listed: list[tuple[GenericStore, Obj]]) -> None:
+        by_uid = {o["metadata"].get("uid"): (s, o) for s, o in listed}
+        dependents: dict[str, list[tuple[GenericStore, Obj]]] = {}
+        for store, obj in listed:
+            for ref in obj["metadata"].get("ownerReferences") or []:
+                dependents.setdefault(ref.get("uid"), []).append((store, obj))
+        for store, obj in listed:
+            meta = obj["metadata"]
+            refs = meta.get("ownerReferences") or []
+            if refs and not meta.get("deletionTimestamp"):
+                live = [r for r in refs if r.get("uid") in by_uid]
+                if not live:
+                    await _ignore_gone(store.delete(meta.get("namespace"), meta["name"]))
+                elif len(live) < len(refs):
+                    await self._set_owner_refs(store, obj, live)
+            finalizers = meta.get("finalizers") or []
+            if not meta.get("deletionTimestamp"):
+                continue
+            mine = dependents.get(meta.get("uid"), [])
+            if "foregroundDeletion" in finalizers:
+                pending = [(s, o) for s, o in mine if o["metadata"].get("uid") in by_uid]
+                for s, o in pending:
+                    if not o["metadata"].get("deletionTimestamp"):
+                        await _ignore_gone(
+                            s.delete(
+                                o["metadata"].get("namespace"),
+                                o["metadata"]["name"],
+                                propagation="Foreground",
+                            )
+                        )
+                if not pending:
+                    await self._drop_finalizer(store, obj, "foregroundDeletion")
+            if "orphan" in finalizers:
+                for s, o in mine:
+                    kept = [
+                        r
+                        for r in o["metadata"].get("ownerReferences") or []
+                        if r.get("uid") != meta.get("uid")
+                    ]
+                    await self._set_owner_refs(s, o, kept)
+                await self._drop_finalizer(store, obj, "orphan")
+
+    async def _set_owner_refs(self, store: GenericStore, obj: Obj, refs: list[Obj]) -> None:
+        def change(current: Obj) -> Obj:
+            current["metadata"]["ownerReferences"] = refs
+            if not refs:
+                current["metadata"].pop("ownerReferences")
+            current["metadata"].pop("resourceVersion", None)
+            return current
+
+        meta = obj["metadata"]
+        await _ignore_gone(store.patch(meta.get("namespace"), meta["name"], change))
+
+    async def _drop_finalizer(self, store: GenericStore, obj: Obj, finalizer: str) -> None:
+        def change(current: Obj) -> Obj:
+            current["metadata"]["finalizers"] = [
+                f for f in current["metadata"].get("finalizers") or [] if f != finalizer
+            ]
+            current["metadata"].pop("resourceVersion", None)
+            return current
+
+        meta = obj["metadata"]
+        await _ignore_gone(store.patch(meta.get("namespace"), meta["name"], change))
+
+
+def _constant(body: Obj) -> Callable[[Obj], Obj]:
+    return lambda _current: body
+
+
+async def _ignore_gone(aw: Any) -> None:
+    """Someone else (a client, another round) got there first: fine."""
+    try:
+        await aw
+    except StatusError as exc:
+        if exc.code not in (404, 409):
+            raise
