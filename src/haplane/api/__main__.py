@@ -26,6 +26,11 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         default=1.0,
         help="seconds /readyz fails before the listener closes on SIGTERM",
     )
+    ap.add_argument(
+        "--no-watch-cache",
+        action="store_true",
+        help="serve every read and watch from etcd (for comparisons)",
+    )
     args = ap.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     return ReplicaConfig(
@@ -35,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         port=int(port),
         etcd_endpoints=args.etcd.split(","),
         drain_delay=args.drain_delay,
+        watch_cache=not args.no_watch_cache,
     )
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from .crds import CLEANUP_FINALIZER
 from .errors import StatusError
 from .generic_store import GenericStore, ListOptions
 from .selectors import parse_field_selector, parse_label_selector
@@ -139,8 +140,8 @@ class LeaderElector:
 class Controllers:
     """Runs the namespace controller and the garbage collector while this replica leads."""
 
-    def __init__(self, stores: Iterable[GenericStore], interval: float = 0.5):
-        self.stores = list(stores)
+    def __init__(self, stores: Callable[[], Iterable[GenericStore]], interval: float = 0.5):
+        self.stores = stores  # a function: custom resources come and go
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -170,11 +171,18 @@ class Controllers:
 
     async def reconcile_once(self) -> None:
         listed: list[tuple[GenericStore, Obj]] = []
-        for store in self.stores:
+        prefixes: set[str] = set()
+        stores = list(self.stores())
+        for store in stores:
+            prefix = store.t.key_prefix()
+            if prefix in prefixes:
+                continue  # another served version of the same custom resources
+            prefixes.add(prefix)
             for item in (await store.list(None, _all()))["items"]:
                 listed.append((store, item))
         await self._namespaces(listed)
         await self._garbage(listed)
+        await self._crd_cleanup(listed, stores)
 
     # ---- namespaces ----------------------------------------------------------------------
 
@@ -200,6 +208,36 @@ class Controllers:
                 await _ignore_gone(
                     ns_store.update_subresource(None, ns, "finalize", _constant(body))
                 )
+
+    # ---- custom resource definitions -----------------------------------------------------
+
+    async def _crd_cleanup(
+        self, listed: list[tuple[GenericStore, Obj]], stores: list[GenericStore]
+    ) -> None:
+        """A deleted CRD takes its objects with it, then its cleanup finalizer goes."""
+        for store, crd in listed:
+            meta = crd["metadata"]
+            if store.t.kind != "CustomResourceDefinition" or not meta.get("deletionTimestamp"):
+                continue
+            if CLEANUP_FINALIZER not in (meta.get("finalizers") or []):
+                continue
+            spec = crd.get("spec") or {}
+            plural = (spec.get("names") or {}).get("plural")
+            served = [
+                s
+                for s in stores
+                if s.t.custom and s.t.group == spec.get("group") and s.t.plural == plural
+            ]
+            remaining = 0
+            if served:
+                items = (await served[0].list(None, _all()))["items"]
+                remaining = len(items)
+                for item in items:
+                    m = item["metadata"]
+                    if not m.get("deletionTimestamp"):
+                        await _ignore_gone(served[0].delete(m.get("namespace"), m["name"]))
+            if not remaining:
+                await self._drop_finalizer(store, crd, CLEANUP_FINALIZER)
 
     # ---- garbage collection --------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import copy
 import json
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import errors, storage
+from .crds import set_path
 from .errors import StatusError
 from .resource_version import VersionContext, parse, revision_for_read
 from .resources import ResourceType
@@ -64,6 +66,11 @@ class DeleteResult:
 class WatchEvent:
     type: str  # ADDED, MODIFIED, DELETED, BOOKMARK, ERROR
     object: Obj
+
+
+def obj_key(t: ResourceType, obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    return t.key(meta.get("namespace") if t.namespaced else None, str(meta.get("name")))
 
 
 def _causes(errs: list[FieldError]) -> list[dict[str, Any]]:
@@ -233,11 +240,33 @@ class GenericStore:
 
     # ---- read ----------------------------------------------------------------------------
 
-    async def get(self, namespace: str | None, name: str) -> Obj:
+    async def get(
+        self, namespace: str | None, name: str, resource_version: str | None = None
+    ) -> Obj:
+        """resourceVersion "0" (or an N the watch cache has reached): from the cache; else a
+        linearizable read from etcd."""
+        revision = revision_for_read(self.versions, resource_version)
+        cached = self._cached(self.t.key_prefix(namespace), resource_version, revision)
+        if cached is not None:
+            key = self._key(namespace, name)
+            for obj in cached.items:
+                if obj_key(self.t, obj) == key:
+                    return self._stamp(obj)
+            raise self._not_found(name)
         try:
             return self._stamp(await self.storage.get(self._key(namespace, name)))
         except storage.StorageError as exc:
             raise self._translate(exc, name) from exc
+
+    def _cached(
+        self, prefix: str, resource_version: str | None, revision: int | None
+    ) -> storage.ListResult | None:
+        """A cached snapshot for reads that allow one (rv "0", or "not older than" N)."""
+        cached_list = getattr(self.storage, "cached_list", None)
+        if cached_list is None or not resource_version:
+            return None
+        result: storage.ListResult | None = cached_list(prefix, revision or 0)
+        return result
 
     async def list(self, namespace: str | None, opts: ListOptions) -> Obj:
         """resourceVersion unset, "0" or N (not older than N): the latest state, read through
@@ -250,6 +279,13 @@ class GenericStore:
             )
         if opts.resource_version_match == "Exact" and revision is None:
             raise errors.bad_request("resourceVersionMatch=Exact needs a resourceVersion")
+        if opts.resource_version_match != "Exact" and not opts.continue_token:
+            cached = self._cached(self.t.key_prefix(namespace), opts.resource_version, revision)
+            if cached is not None:  # the whole matching set; `limit` does not apply here
+                return self._list_body(
+                    [self._stamp(i) for i in cached.items if self._matches(i, opts)],
+                    {"resourceVersion": self.versions.encode(cached.revision)},
+                )
         if opts.resource_version_match != "Exact":
             revision = None
         start_after = None
@@ -304,6 +340,9 @@ class GenericStore:
             meta["continue"] = self._encode_continue(more_key, result_rev)
             if remaining:
                 meta["remainingItemCount"] = remaining
+        return self._list_body(items, meta)
+
+    def _list_body(self, items: builtins.list[Obj], meta: Obj) -> Obj:
         return {
             "kind": self.t.list_kind,
             "apiVersion": self.t.group_version,
@@ -388,7 +427,8 @@ class GenericStore:
         *,
         dry_run: bool = False,
     ) -> Obj:
-        """`status` changes only .status; `finalize` only .spec.finalizers (namespaces)."""
+        """`status` changes only .status; `scale` only the replicas field its CRD names;
+        `finalize` only .spec.finalizers (namespaces)."""
 
         def only_subresource(current: Obj) -> Obj:
             desired = make_new(copy.deepcopy(current))
@@ -397,6 +437,23 @@ class GenericStore:
             result = copy.deepcopy(current)
             if subresource == "status":
                 result["status"] = desired.get("status") or {}
+            elif subresource == "scale":
+                replicas = (desired.get("spec") or {}).get("replicas")
+                if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+                    raise errors.invalid(
+                        "Scale",
+                        name,
+                        [
+                            {
+                                "reason": "FieldValueInvalid",
+                                "field": "spec.replicas",
+                                "message": "must be a non-negative integer",
+                            }
+                        ],
+                        "autoscaling",
+                    )
+                assert self.t.scale_paths is not None
+                set_path(result, self.t.scale_paths[0], replicas)
             else:
                 spec = desired.get("spec") if isinstance(desired.get("spec"), dict) else {}
                 result.setdefault("spec", {})["finalizers"] = (spec or {}).get("finalizers", [])
@@ -579,9 +636,12 @@ class GenericStore:
         *,
         bookmarks: bool = False,
         timeout_seconds: float | None = None,
+        send_initial_events: bool = False,
     ) -> AsyncIterator[WatchEvent]:
         """Unset or "0" resourceVersion: ADDED for the current state, then changes; N: the
-        changes after N. A too-old N ends the stream with an ERROR event carrying 410."""
+        changes after N. A too-old N ends the stream with an ERROR event carrying 410.
+        `send_initial_events` (streaming list): ADDED for the state not older than N (or the
+        current one), then a BOOKMARK annotated `k8s.io/initial-events-end`, then changes."""
         deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
         try:
             revision = revision_for_read(self.versions, opts.resource_version)
@@ -589,13 +649,20 @@ class GenericStore:
             yield WatchEvent("ERROR", exc.status())
             return
         last_rev = revision or 0
-        if revision is None:
+        if revision is None or send_initial_events:
             listed = await self.list(
-                namespace, ListOptions(opts.label_selector, opts.field_selector)
+                namespace,
+                ListOptions(
+                    opts.label_selector, opts.field_selector, resource_version=opts.resource_version
+                ),
             )
             for item in listed["items"]:
                 yield WatchEvent("ADDED", item)
             last_rev = parse(self.versions, listed["metadata"]["resourceVersion"]).revision
+            if send_initial_events:
+                end = self._bookmark(last_rev)
+                end["metadata"]["annotations"] = {"k8s.io/initial-events-end": "true"}
+                yield WatchEvent("BOOKMARK", end)
         events = self.storage.watch(self.t.key_prefix(namespace), revision=last_rev)
         next_event: asyncio.Task[storage.StorageEvent] | None = None
         last_bookmark = time.monotonic()

@@ -256,6 +256,11 @@ class ResourceType:
     strategy: Strategy = field(default_factory=Strategy)
     patch_schema: PatchSchema | None = None  # None: strategic merge patch unsupported (415)
     verbs: tuple[str, ...] = ALL_VERBS
+    subresources: tuple[str, ...] = ()  # e.g. ("status", "scale")
+    storage_prefix: str | None = None  # overrides the derived /registry/... prefix
+    custom: bool = False  # served from a CustomResourceDefinition
+    printer_columns: tuple[dict[str, Any], ...] = ()  # CRD additionalPrinterColumns
+    scale_paths: tuple[str, str, str] | None = None  # spec, status replicas; label selector
 
     @property
     def group_version(self) -> str:
@@ -270,17 +275,11 @@ class ResourceType:
         """`configmaps` or `leases.coordination.k8s.io`, as in Kubernetes' error messages."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
-    @property
-    def _builtin(self) -> bool:
-        return self.patch_schema is not None
-
     def key_prefix(self, namespace: str | None = None) -> str:
         """kube-apiserver's layout: built-ins under /registry/<resource>/, custom resources
-        under /registry/<group>/<resource>/."""
-        base = (
-            f"/registry/{self.plural}/"
-            if self._builtin or not self.group
-            else (f"/registry/{self.group}/{self.plural}/")
+        under /registry/<group>/<resource>/ (every served version shares the prefix)."""
+        base = self.storage_prefix or (
+            f"/registry/{self.group}/{self.plural}/" if self.custom else f"/registry/{self.plural}/"
         )
         return f"{base}{namespace}/" if self.namespaced and namespace else base
 
@@ -317,6 +316,12 @@ class Registry:
 
     def add(self, t: ResourceType) -> None:
         self._types[(t.group, t.version, t.plural)] = t
+
+    def remove(self, group: str, version: str, plural: str) -> None:
+        self._types.pop((group, version, plural), None)
+
+    def custom(self) -> list[ResourceType]:
+        return [t for t in self._types.values() if t.custom]
 
     def get(self, group: str, version: str, plural: str) -> ResourceType | None:
         return self._types.get((group, version, plural))

@@ -35,13 +35,15 @@ from haplane.store import EtcdClient, EtcdError
 
 from . import errors
 from .controllers import Controllers, LeaderElector
+from .crds import CRD_TYPE, resource_types_for, to_scale
 from .errors import StatusError
 from .generic_store import GenericStore, ListOptions
 from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
 from .resource_version import VersionContext
-from .resources import Registry, ResourceType
+from .resources import BUILTIN, Registry, ResourceType
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .storage import MAX_VALUE_BYTES, EtcdStorage
+from .watch_cache import CachedStorage, Cacher
 
 log = logging.getLogger("haplane.api")
 
@@ -65,6 +67,7 @@ class ReplicaConfig:
     drain_delay: float = 1.0  # /readyz fails this long before the listener closes
     etcd_timeout: float = 2.0
     lease_duration: float = 3.0  # controllers move to another replica this soon after a death
+    watch_cache: bool = True
     admission: list[Admission] = field(default_factory=list)
 
 
@@ -114,7 +117,7 @@ class _Target:
 class ApiServer:
     def __init__(self, config: ReplicaConfig, registry: Registry | None = None):
         self.config = config
-        self.registry = registry or Registry()
+        self.registry = registry or Registry([*BUILTIN, CRD_TYPE])
         self.metrics = Metrics()
         self.client = EtcdClient(config.etcd_endpoints, timeout=config.etcd_timeout)
         self.versions: VersionContext | None = None
@@ -125,6 +128,10 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self.controllers: Controllers | None = None
+        self._crd_types: dict[str, list[tuple[str, str, str]]] = {}
+        self._crd_task: asyncio.Task[None] | None = None
+        self._storage: EtcdStorage | None = None
+        self._cachers: dict[str, Cacher] = {}
         self.elector: LeaderElector | None = None
         self._elector_task: asyncio.Task[None] | None = None
 
@@ -138,10 +145,13 @@ class ApiServer:
             self.versions,
             observe=lambda op, seconds: self.metrics.etcd_latency.labels(op).observe(seconds),
         )
+        self._storage = store
         for t in self.registry.all():
-            self.stores[(t.group, t.version, t.plural)] = GenericStore(t, store)
+            self.stores[(t.group, t.version, t.plural)] = self._make_store(t)
         await self._ensure_system_namespaces()
-        self.controllers = Controllers(self.stores.values())
+        crd_rv = await self._sync_all_crds()
+        self._crd_task = asyncio.create_task(self._watch_crds(crd_rv), name="crd sync")
+        self.controllers = Controllers(lambda: list(self.stores.values()))
         self.elector = LeaderElector(
             self.stores[("coordination.k8s.io", "v1", "leases")],
             identity=f"{self.name}_{uuid.uuid4().hex[:8]}",
@@ -176,6 +186,78 @@ class ApiServer:
             )
         )
 
+    # ---- custom resources ----------------------------------------------------------------
+
+    def _crd_store(self) -> GenericStore:
+        return self.stores[(CRD_TYPE.group, CRD_TYPE.version, CRD_TYPE.plural)]
+
+    def _register_crd(self, crd: dict[str, Any]) -> None:
+        name = crd["metadata"]["name"]
+        self._unregister_crd(name)
+        keys = []
+        for t in resource_types_for(crd):
+            self.registry.add(t)
+            key = (t.group, t.version, t.plural)
+            self.stores[key] = self._make_store(t)
+            keys.append(key)
+        self._crd_types[name] = keys
+
+    def _unregister_crd(self, name: str) -> None:
+        for key in self._crd_types.pop(name, []):
+            self.registry.remove(*key)
+            gone = self.stores.pop(key, None)
+            if gone is not None:
+                self._release_cacher(gone.t.key_prefix())
+
+    def _make_store(self, t: ResourceType) -> GenericStore:
+        """A generic store on etcd, behind this replica's watch cache for the resource."""
+        assert self._storage is not None, "start() sets the storage first"
+        if not self.config.watch_cache:
+            return GenericStore(t, self._storage)
+        prefix = t.key_prefix()
+        cacher = self._cachers.get(prefix)
+        if cacher is None:
+            cacher = self._cachers[prefix] = Cacher(self._storage, prefix)
+            cacher.start()
+        return GenericStore(t, CachedStorage(self._storage, cacher))
+
+    def _release_cacher(self, prefix: str) -> None:
+        if any(s.t.key_prefix() == prefix for s in self.stores.values()):
+            return  # another served version still uses it
+        cacher = self._cachers.pop(prefix, None)
+        if cacher is not None:
+            asyncio.get_running_loop().create_task(cacher.stop())
+
+    async def _sync_all_crds(self) -> str:
+        listed = await self._crd_store().list(None, _everything())
+        for name in list(self._crd_types):
+            self._unregister_crd(name)
+        for crd in listed["items"]:
+            self._register_crd(crd)
+        return str(listed["metadata"]["resourceVersion"])
+
+    async def _watch_crds(self, resource_version: str) -> None:
+        """Serve what any replica's CRDs define: follow them in etcd."""
+        rv = resource_version
+        while True:
+            try:
+                opts = ListOptions(*_everything_selectors(), resource_version=rv)
+                async for ev in self._crd_store().watch(None, opts):
+                    if ev.type == "ERROR":
+                        raise StatusError(410, "Expired", "crd watch expired")
+                    if ev.type in ("ADDED", "MODIFIED"):
+                        self._register_crd(ev.object)
+                    elif ev.type == "DELETED":
+                        self._unregister_crd(ev.object["metadata"]["name"])
+                    rv = ev.object["metadata"].get("resourceVersion", rv)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # etcd trouble or compaction: relist, then watch again
+                log.info(json.dumps({"msg": "crd sync: relisting", "error": str(exc)}))
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    rv = await self._sync_all_crds()
+
     async def _ensure_system_namespaces(self) -> None:
         """Kubernetes always has these; every replica makes sure (create-if-absent is a txn)."""
         namespaces = self.stores[("", "v1", "namespaces")]
@@ -197,6 +279,10 @@ class ApiServer:
         log.info(json.dumps({"msg": "draining", "component": self.name}))
         await asyncio.sleep(self.config.drain_delay)
         self._watch_stop.set()
+        if self._crd_task is not None:
+            self._crd_task.cancel()
+        for cacher in list(self._cachers.values()):
+            await cacher.stop()
         if self._elector_task is not None:
             self._elector_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -362,17 +448,17 @@ class ApiServer:
             if t.categories:
                 entry["categories"] = list(t.categories)
             resources.append(entry)
-            if t.kind == "Namespace":
-                for sub in ("status", "finalize"):
-                    resources.append(
-                        {
-                            "name": f"namespaces/{sub}",
-                            "singularName": "",
-                            "namespaced": False,
-                            "kind": "Namespace",
-                            "verbs": ["get", "patch", "update"] if sub == "status" else ["update"],
-                        }
-                    )
+            for sub in _subresources(t):
+                entry = {
+                    "name": f"{t.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": t.namespaced,
+                    "kind": t.kind,
+                    "verbs": ["update"] if sub == "finalize" else ["get", "patch", "update"],
+                }
+                if sub == "scale":
+                    entry.update(kind="Scale", group="autoscaling", version="v1")
+                resources.append(entry)
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
@@ -422,7 +508,7 @@ class ApiServer:
             raise errors.no_such_resource(path)
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
-        if sub is not None and not (t.kind == "Namespace" and sub in ("status", "finalize")):
+        if sub is not None and sub not in _subresources(t):
             raise errors.no_such_resource(path)
         if t.namespaced and namespace is None and name is not None:
             raise errors.no_such_resource(path)
@@ -444,12 +530,16 @@ class ApiServer:
         if m == "GET" and watch:
             request["verb"] = "watch"
             return await self._watch(request, store, target)
+        if q.get("sendInitialEvents") in ("true", "1") and not (m == "GET" and watch):
+            raise errors.unprocessable("sendInitialEvents is only for watch requests")
         if m == "GET" and target.name is None:
             request["verb"] = "list"
             return json_response(await store.list(target.namespace, self._list_options(q, t)))
         if m == "GET":
             request["verb"] = "get"
-            return json_response(await store.get(target.namespace, target.name or ""))
+            return json_response(
+                await store.get(target.namespace, target.name or "", q.get("resourceVersion"))
+            )
         if m == "POST" and target.name is None:
             request["verb"] = "create"
             body = await _body(request)
@@ -508,19 +598,31 @@ class ApiServer:
         """namespaces/{name}/status (get, update, patch) and /finalize (update)."""
         sub, m, name = target.subresource or "", request.method, target.name or ""
         request["verb"] = {"GET": "get", "PUT": "update", "PATCH": "patch"}.get(m, m.lower())
-        if m == "GET" and sub == "status":
-            return json_response(await store.get(target.namespace, name))
+        scale = target.rtype.scale_paths if sub == "scale" else None
+        view = (lambda obj: to_scale(obj, scale)) if scale else (lambda obj: obj)
+        if m == "GET" and sub in ("status", "scale"):
+            return json_response(view(await store.get(target.namespace, name)))
         if m == "PUT":
             body = await _body(request)
             return json_response(
-                await store.update_subresource(
-                    target.namespace, name, sub, lambda current: body, dry_run=dry_run
+                view(
+                    await store.update_subresource(
+                        target.namespace, name, sub, lambda current: body, dry_run=dry_run
+                    )
                 )
             )
-        if m == "PATCH" and sub == "status":
+        if m == "PATCH" and sub in ("status", "scale"):
             apply = await self._patch_function(request, target)
+
+            def patched(current: dict[str, Any]) -> dict[str, Any]:
+                return apply(view(current))  # a scale patch applies to the Scale view
+
             return json_response(
-                await store.update_subresource(target.namespace, name, sub, apply, dry_run=dry_run)
+                view(
+                    await store.update_subresource(
+                        target.namespace, name, sub, patched, dry_run=dry_run
+                    )
+                )
             )
         raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
 
@@ -536,13 +638,6 @@ class ApiServer:
         except SelectorError as exc:
             raise errors.bad_request(str(exc)) from exc
         limit = _bounded_int(q.get("limit") or "0", "limit")
-        if q.get("sendInitialEvents") in ("true", "1"):
-            raise errors.StatusError(
-                422,
-                "Invalid",
-                "sendInitialEvents is not supported yet by this server (coming with the watch "
-                "cache); watch without it",
-            )
         return ListOptions(
             labels,
             fields,
@@ -624,6 +719,15 @@ class ApiServer:
                 None,
                 q.get("resourceVersion") or None,
             )
+        send_initial = q.get("sendInitialEvents") in ("true", "1")
+        if send_initial and (
+            q.get("resourceVersionMatch") != "NotOlderThan"
+            or q.get("allowWatchBookmarks") not in ("true", "1")
+        ):
+            raise errors.unprocessable(
+                "sendInitialEvents requires resourceVersionMatch=NotOlderThan and "
+                "allowWatchBookmarks=true"
+            )
         timeout = None
         if q.get("timeoutSeconds"):
             timeout = float(_bounded_int(q["timeoutSeconds"], "timeoutSeconds"))
@@ -638,6 +742,7 @@ class ApiServer:
             opts,
             bookmarks=q.get("allowWatchBookmarks") in ("true", "1"),
             timeout_seconds=timeout,
+            send_initial_events=send_initial,
         )
         stop = asyncio.ensure_future(self._watch_stop.wait())
         nxt: asyncio.Future[Any] | None = None
@@ -760,6 +865,18 @@ def _finite(value: Any) -> bool:
     if isinstance(value, list):
         return all(_finite(v) for v in value)
     return True
+
+
+def _everything_selectors() -> tuple[Any, Any]:
+    return parse_label_selector(None), parse_field_selector(None, ())
+
+
+def _everything() -> ListOptions:
+    return ListOptions(*_everything_selectors())
+
+
+def _subresources(t: ResourceType) -> tuple[str, ...]:
+    return ("status", "finalize") if t.kind == "Namespace" and not t.group else t.subresources
 
 
 def _dry_run(q: Any) -> bool:

@@ -126,6 +126,7 @@ class StorageEvent:
     object: Obj | None
     revision: int
     prev_object: Obj | None = None
+    key: str = ""  # the etcd key (empty for BOOKMARK)
 
 
 class Storage(Protocol):
@@ -331,14 +332,22 @@ class EtcdStorage:
                             "ADDED" if ev.kv.create_revision == ev.kv.mod_revision else "MODIFIED"
                         )
                         prev = self._decode(ev.prev_kv) if ev.prev_kv else None
-                        yield StorageEvent(kind, self._decode(ev.kv), ev.kv.mod_revision, prev)
+                        yield StorageEvent(
+                            kind,
+                            self._decode(ev.kv),
+                            ev.kv.mod_revision,
+                            prev,
+                            key=ev.kv.key.decode(),
+                        )
                     else:
                         if ev.prev_kv is None:
                             # the deleted object's last state was compacted away: the client
                             # must relist rather than keep a ghost
                             raise Expired(f"deleted object {ev.kv.key!r} no longer in history")
                         gone = self._decode(ev.prev_kv, revision=ev.kv.mod_revision)
-                        yield StorageEvent("DELETED", gone, ev.kv.mod_revision, gone)
+                        yield StorageEvent(
+                            "DELETED", gone, ev.kv.mod_revision, gone, key=ev.kv.key.decode()
+                        )
         except EtcdCompacted as exc:
             raise Expired(str(exc)) from exc
         except EtcdError as exc:

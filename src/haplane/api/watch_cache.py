@@ -1,0 +1,241 @@
+"""The watch cache: one etcd watch per resource per replica feeds an in-memory copy and a window
+of recent events, from which client watches and cached reads are served.
+
+Layer: api. Wraps `EtcdStorage` behind the same `Storage` interface (k8s.io/apiserver's Cacher
+does the same).
+
+What it serves, and what it does not:
+- watches: from the event window; a version older than the window is 410 Expired (the client
+  relists); many client watches cost one etcd watch;
+- lists and gets with resourceVersion "0", or "not older than N" when the cache has reached N:
+  from memory (`limit` is ignored there, as kube-apiserver did for cached lists);
+- reads without a resourceVersion stay linearizable: they go to etcd as quorum reads. Proving
+  the cache fresh through etcd progress notifications is unsafe on the etcd versions here
+  (etcd#15220, fixed only in 3.4.25 / 3.5.8), so "not older than N" for an N the cache has not
+  seen goes to etcd too instead of waiting;
+- until the first list completes, and after etcd failures, everything falls back to etcd.
+The etcd watch resumes on another member from the last revision (see `EtcdClient.watch`); only
+compaction forces a relist, which also ends the client watches (with 410) that the window can no
+longer serve consistently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from . import storage
+from .storage import EtcdStorage, ListResult, Obj, StorageEvent
+
+log = logging.getLogger("haplane.api")
+
+HISTORY_EVENTS = 5000  # the event window, per resource
+WATCHER_QUEUE = 20000  # a client watch further behind than this is ended (it relists)
+
+
+class _Expired:
+    """Put on a watcher's queue: the cache relisted or the watcher fell too far behind."""
+
+
+_EXPIRED = _Expired()
+
+
+class Cacher:
+    def __init__(self, inner: EtcdStorage, prefix: str, history: int = HISTORY_EVENTS):
+        self.inner = inner
+        self.prefix = prefix
+        self.objects: dict[str, Obj] = {}
+        self.revision = 0
+        self.oldest = 0  # the window holds every event with revision > oldest
+        self.ready = False
+        self._history: deque[StorageEvent] = deque(maxlen=history)
+        self._watchers: set[asyncio.Queue[StorageEvent | _Expired]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.relists = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"watch cache {self.prefix}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._expire_watchers()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                listed = await self.inner.list(self.prefix)
+                self.objects = {_key(self.prefix, o): o for o in listed.items}
+                self.revision = self.oldest = listed.revision
+                self._history.clear()
+                self._expire_watchers()  # they cannot be resumed across a relist
+                self.ready = True
+                self.relists += 1
+                async for ev in self.inner.watch(self.prefix, revision=self.revision):
+                    self._apply(ev)
+            except asyncio.CancelledError:
+                raise
+            except storage.StorageError as exc:  # compaction or etcd trouble: relist
+                self.ready = False
+                log.info(
+                    json.dumps(
+                        {"msg": "watch cache relisting", "prefix": self.prefix, "error": str(exc)}
+                    )
+                )
+                await asyncio.sleep(0.2)
+            except Exception:  # a bug: keep the cache alive, but not trusted
+                self.ready = False
+                log.exception("watch cache %s failed", self.prefix)
+                await asyncio.sleep(1.0)
+
+    def _apply(self, ev: StorageEvent) -> None:
+        if ev.type != "BOOKMARK":
+            assert ev.object is not None
+            key = ev.key or _key(self.prefix, ev.object)
+            if ev.type == "DELETED":
+                self.objects.pop(key, None)
+            else:
+                self.objects[key] = ev.object
+            if len(self._history) == self._history.maxlen and self._history:
+                self.oldest = self._history[0].revision
+            self._history.append(ev)
+        self.revision = max(self.revision, ev.revision)
+        for q in list(self._watchers):
+            try:
+                q.put_nowait(ev)
+            except asyncio.QueueFull:
+                self._watchers.discard(q)
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.put_nowait(_EXPIRED)
+
+    def _expire_watchers(self) -> None:
+        for q in self._watchers:
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(_EXPIRED)
+        self._watchers.clear()
+
+    # ---- serving -------------------------------------------------------------------------
+
+    def snapshot(self, sub_prefix: str) -> tuple[list[Obj], int]:
+        keys = sorted(k for k in self.objects if k.startswith(sub_prefix))
+        return [self.objects[k] for k in keys], self.revision
+
+    async def watch(self, sub_prefix: str, revision: int | None) -> AsyncIterator[StorageEvent]:
+        start = self.revision if revision is None else revision
+        if start < self.oldest:
+            raise storage.Expired(
+                f"revision {start} is older than this replica's watch cache window "
+                f"(from {self.oldest + 1})"
+            )
+        q: asyncio.Queue[StorageEvent | _Expired] = asyncio.Queue(maxsize=WATCHER_QUEUE)
+        # No await between the snapshot of the window and the registration: nothing is missed.
+        revisions = [e.revision for e in self._history]
+        replay = list(self._history)[bisect.bisect_right(revisions, start) :]
+        self._watchers.add(q)
+        try:
+            last = start
+            for ev in replay:
+                if (ev.key or "").startswith(sub_prefix):
+                    yield ev
+                last = ev.revision
+            while True:
+                item = await q.get()
+                if isinstance(item, _Expired):
+                    raise storage.Expired("the watch cache relisted or this watch fell behind")
+                if item.revision <= last and item.type != "BOOKMARK":
+                    continue
+                if item.type == "BOOKMARK" or (item.key or "").startswith(sub_prefix):
+                    yield item
+                last = max(last, item.revision)
+        finally:
+            self._watchers.discard(q)
+
+
+def _key(prefix: str, obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{prefix}{ns}/{meta.get('name')}" if ns else f"{prefix}{meta.get('name')}"
+
+
+class CachedStorage:
+    """`Storage` for one resource type: writes and linearizable reads go to etcd; watches and
+    cached reads come from its `Cacher`."""
+
+    def __init__(self, inner: EtcdStorage, cacher: Cacher):
+        self.inner = inner
+        self.cacher = cacher
+        self.versions = inner.versions
+
+    # writes and linearizable reads: etcd
+    async def create(self, key: str, obj: Obj) -> Obj:
+        return await self.inner.create(key, obj)
+
+    async def get(self, key: str) -> Obj:
+        return await self.inner.get(key)
+
+    async def get_at(self, key: str, *, revision: int | None = None) -> tuple[Obj | None, int]:
+        return await self.inner.get_at(key, revision=revision)
+
+    async def list(
+        self,
+        prefix: str,
+        *,
+        revision: int | None = None,
+        start_after: str | None = None,
+        limit: int = 0,
+    ) -> ListResult:
+        return await self.inner.list(
+            prefix, revision=revision, start_after=start_after, limit=limit
+        )
+
+    async def guaranteed_update(
+        self,
+        key: str,
+        update: Callable[[Obj], Awaitable[storage.UpdateResult]],
+        *,
+        expected_revision: int | None = None,
+    ) -> Obj:
+        return await self.inner.guaranteed_update(key, update, expected_revision=expected_revision)
+
+    async def delete(self, key: str, precondition: Callable[[Obj], None] | None = None) -> Obj:
+        return await self.inner.delete(key, precondition)
+
+    async def current_revision(self) -> int:
+        return await self.inner.current_revision()
+
+    # the cache
+    def cached_list(self, prefix: str, min_revision: int) -> ListResult | None:
+        """From memory, if the cache is ready and at least at `min_revision`; else None."""
+        if not self.cacher.ready or self.cacher.revision < min_revision:
+            return None
+        items, revision = self.cacher.snapshot(prefix)
+        return ListResult(
+            items=[dict(i) for i in items], revision=revision, last_key=None, remaining=0
+        )
+
+    def watch(self, prefix: str, *, revision: int | None) -> AsyncIterator[StorageEvent]:
+        if not self.cacher.ready:
+            return self.inner.watch(prefix, revision=revision)
+        return self.cacher.watch(prefix, revision)
+
+
+def cache_stats(cachers: dict[str, Cacher]) -> dict[str, Any]:
+    return {
+        p: {
+            "ready": c.ready,
+            "objects": len(c.objects),
+            "revision": c.revision,
+            "relists": c.relists,
+        }
+        for p, c in cachers.items()
+    }

@@ -1,0 +1,266 @@
+"""CustomResourceDefinitions on real replicas: discovery, versions, pruning, defaults,
+validation, status and scale subresources, patches, CEL refusal, and deletion."""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+
+import pytest
+
+from tests.api_helpers import ApiReplica
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout}s")
+
+
+def crd(group: str, plural: str = "widgets", kind: str = "Widget") -> dict:
+    schema = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["color"],
+                "properties": {
+                    "color": {"type": "string", "enum": ["red", "blue"]},
+                    "replicas": {"type": "integer", "minimum": 0, "default": 1},
+                    "size": {"type": "string", "pattern": "^[0-9]+(Mi|Gi)$"},
+                    "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                },
+            },
+            "status": {
+                "type": "object",
+                "properties": {"replicas": {"type": "integer"}, "phase": {"type": "string"}},
+            },
+        },
+    }
+    version = {
+        "served": True,
+        "schema": {"openAPIV3Schema": schema},
+        "subresources": {
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas",
+            },
+        },
+        "additionalPrinterColumns": [
+            {"name": "Color", "type": "string", "jsonPath": ".spec.color"}
+        ],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {
+                "plural": plural,
+                "singular": kind.lower(),
+                "kind": kind,
+                "shortNames": ["wd"],
+            },
+            "versions": [
+                {**copy.deepcopy(version), "name": "v1beta1", "storage": False},
+                {**copy.deepcopy(version), "name": "v1", "storage": True},
+            ],
+        },
+    }
+
+
+@pytest.fixture
+def widgets(api_replicas) -> str:
+    """A CRD of a fresh group; returns the group."""
+    group = f"w{uuid.uuid4().hex[:8]}.example.com"
+    status, _, body = api_replicas[0].request(
+        "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd(group)
+    )
+    assert status == 201, body
+    for r in api_replicas:  # both replicas serve it (they follow CRDs in etcd)
+        wait_until(lambda r=r: r.request("GET", f"/apis/{group}/v1")[0] == 200)
+    return group
+
+
+def test_crd_is_established_and_discoverable(api_replicas, widgets):
+    api = api_replicas[1]
+    status, _, got = api.request(
+        "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.{widgets}"
+    )
+    assert status == 200
+    conditions = {c["type"]: c["status"] for c in got["status"]["conditions"]}
+    assert conditions["Established"] == "True" and conditions["NamesAccepted"] == "True"
+    assert got["status"]["acceptedNames"]["kind"] == "Widget"
+    assert got["status"]["storedVersions"] == ["v1"]
+    group = api.request("GET", f"/apis/{widgets}")[2]
+    assert group["preferredVersion"]["version"] == "v1"
+    assert [v["version"] for v in group["versions"]] == ["v1", "v1beta1"]
+    resources = {r["name"]: r for r in api.request("GET", f"/apis/{widgets}/v1")[2]["resources"]}
+    assert resources["widgets"]["shortNames"] == ["wd"]
+    assert resources["widgets"]["namespaced"] is True
+    assert resources["widgets/scale"]["kind"] == "Scale"
+    assert "widgets/status" in resources
+    assert widgets in [g["name"] for g in api.request("GET", "/apis")[2]["groups"]]
+
+
+def test_custom_resources_prune_default_validate(api_replicas, widgets, namespace):
+    a, b = api_replicas
+    base = f"/apis/{widgets}/v1/namespaces/{namespace}/widgets"
+    body = {
+        "apiVersion": f"{widgets}/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w1"},
+        "spec": {"color": "red", "unknown": 1, "extra": {"anything": {"goes": True}}},
+    }
+    status, _, w = a.request("POST", base, body)
+    assert status == 201, w
+    assert "unknown" not in w["spec"]  # pruned
+    assert w["spec"]["extra"] == {"anything": {"goes": True}}  # preserved
+    assert w["spec"]["replicas"] == 1  # defaulted
+    assert b.request("GET", f"{base}/w1")[2]["spec"] == w["spec"]  # the other replica too
+
+    for bad, field in [
+        ({"color": "green"}, "spec.color"),
+        ({"color": "red", "replicas": -1}, "spec.replicas"),
+        ({"color": "red", "replicas": "two"}, "spec.replicas"),
+        ({"color": "red", "size": "big"}, "spec.size"),
+        ({}, "spec.color"),
+    ]:
+        status, _, out = a.request("POST", base, {**body, "metadata": {"name": "bad"}, "spec": bad})
+        assert status == 422, (bad, out)
+        assert field in [c["field"] for c in out["details"]["causes"]], out
+    assert a.request("GET", f"{base}/bad")[0] == 404
+
+    # the same object through the other served version
+    status, _, old = a.request("GET", f"/apis/{widgets}/v1beta1/namespaces/{namespace}/widgets/w1")
+    assert status == 200 and old["apiVersion"] == f"{widgets}/v1beta1"
+
+
+def test_status_and_scale_subresources(api_replicas, widgets, namespace):
+    api = api_replicas[0]
+    base = f"/apis/{widgets}/v1/namespaces/{namespace}/widgets"
+    w = api.request(
+        "POST",
+        base,
+        {
+            "metadata": {"name": "s"},
+            "spec": {"color": "blue", "replicas": 2},
+            "status": {"phase": "ignored on create"},
+        },
+    )[2]
+    assert "status" not in w
+    w["status"] = {"phase": "Running", "replicas": 2}
+    w["spec"]["replicas"] = 5
+    status, _, out = api.request("PUT", f"{base}/s/status", w)
+    assert status == 200 and out["status"]["phase"] == "Running"
+    assert out["spec"]["replicas"] == 2  # /status changes only status
+    out["status"] = {"phase": "Hacked"}
+    out["spec"]["color"] = "red"
+    status, _, main = api.request("PUT", f"{base}/s", out)
+    assert status == 200 and main["status"]["phase"] == "Running"  # main ignores status
+    assert main["spec"]["color"] == "red"
+
+    status, _, scale = api.request("GET", f"{base}/s/scale")
+    assert status == 200 and scale["kind"] == "Scale"
+    assert scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
+    scale["spec"]["replicas"] = 7
+    status, _, scaled = api.request("PUT", f"{base}/s/scale", scale)
+    assert status == 200 and scaled["spec"]["replicas"] == 7
+    assert api.request("GET", f"{base}/s")[2]["spec"]["replicas"] == 7
+    status, _, scaled = api.request(
+        "PATCH",
+        f"{base}/s/scale",
+        {"spec": {"replicas": 3}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200 and scaled["spec"]["replicas"] == 3
+
+
+def test_patches_on_custom_resources(api_replicas, widgets, namespace):
+    api = api_replicas[0]
+    base = f"/apis/{widgets}/v1/namespaces/{namespace}/widgets"
+    api.request("POST", base, {"metadata": {"name": "p"}, "spec": {"color": "blue"}})
+    status, _, out = api.request(
+        "PATCH",
+        f"{base}/p",
+        {"spec": {"color": "red"}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200 and out["spec"]["color"] == "red"
+    status, _, out = api.request(
+        "PATCH",
+        f"{base}/p",
+        [{"op": "replace", "path": "/spec/replicas", "value": 4}],
+        content_type="application/json-patch+json",
+    )
+    assert status == 200 and out["spec"]["replicas"] == 4
+    status, _, out = api.request(
+        "PATCH",
+        f"{base}/p",
+        {"spec": {"color": "red"}},
+        content_type="application/strategic-merge-patch+json",
+    )
+    assert status == 415
+    status, _, out = api.request(
+        "PATCH",
+        f"{base}/p",
+        {"spec": {"color": "green"}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 422
+
+
+def test_crd_with_cel_rules_is_refused(api_replicas):
+    group = f"c{uuid.uuid4().hex[:8]}.example.com"
+    body = crd(group)
+    body["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "x-kubernetes-validations"
+    ] = [{"rule": "self.replicas < 10"}]
+    status, _, out = api_replicas[0].request(
+        "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body
+    )
+    assert status == 422 and "CEL" in out["message"]
+
+
+def test_bad_crds_are_refused(api_replicas):
+    group = f"b{uuid.uuid4().hex[:8]}.example.com"
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    wrong_name = crd(group)
+    wrong_name["metadata"]["name"] = "nope.example.com"
+    two_storage = crd(group)
+    two_storage["spec"]["versions"][0]["storage"] = True
+    no_schema = crd(group)
+    del no_schema["spec"]["versions"][1]["schema"]
+    for body in (wrong_name, two_storage, no_schema):
+        status, _, out = api_replicas[0].request("POST", path, body)
+        assert status == 422, out
+
+
+def test_deleting_a_crd_deletes_its_objects(api_replicas, widgets, namespace):
+    api: ApiReplica = api_replicas[0]
+    base = f"/apis/{widgets}/v1/namespaces/{namespace}/widgets"
+    for n in ("d1", "d2"):
+        assert (
+            api.request("POST", base, {"metadata": {"name": n}, "spec": {"color": "red"}})[0] == 201
+        )
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.{widgets}"
+    assert api.request("DELETE", path)[0] == 200
+    wait_until(lambda: api.request("GET", path)[0] == 404)
+    wait_until(lambda: api.request("GET", f"/apis/{widgets}/v1")[0] == 404)
+    # recreated, it starts empty: the objects really went
+    assert (
+        api.request(
+            "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd(widgets)
+        )[0]
+        == 201
+    )
+    wait_until(lambda: api.request("GET", base)[0] == 200)
+    assert api.request("GET", base)[2]["items"] == []
