@@ -20,6 +20,7 @@ import base64
 import builtins
 import contextlib
 import copy
+import functools
 import json
 import time
 import uuid
@@ -29,8 +30,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import errors, storage
+from . import server_side_apply as ssa
 from .crds import set_path
 from .errors import StatusError
+from .patch import OBJECT_META_STRATEGIES, PatchError
 from .resource_version import VersionContext, parse, revision_for_read
 from .resources import ResourceType
 from .selectors import FieldSelector, LabelSelector
@@ -66,6 +69,10 @@ class DeleteResult:
 class WatchEvent:
     type: str  # ADDED, MODIFIED, DELETED, BOOKMARK, ERROR
     object: Obj
+
+
+def ssa_meta_schema() -> dict[str, Any]:
+    return dict(OBJECT_META_STRATEGIES)
 
 
 def obj_key(t: ResourceType, obj: Obj) -> str:
@@ -176,6 +183,30 @@ class GenericStore:
             meta["name"] = name
         return obj
 
+    @functools.cached_property
+    def list_types(self) -> dict[str, ssa.ListType]:
+        """How server-side apply merges this kind's lists."""
+        if self.t.patch_schema is not None:
+            return ssa.list_types_from_patch_schema(self.t.patch_schema)
+        schema = getattr(self.t.strategy, "schema", None)
+        if isinstance(schema, dict):
+            return ssa.list_types_from_openapi(schema)
+        return ssa.list_types_from_patch_schema(ssa_meta_schema())
+
+    def _record_owner(self, old: Obj | None, new: Obj, manager: str) -> None:
+        entries = ssa.update_managed_fields(
+            old,
+            new,
+            manager=manager,
+            api_version=self.t.group_version,
+            list_types=self.list_types,
+            now=now_rfc3339(),
+        )
+        if entries:
+            new["metadata"]["managedFields"] = entries
+        else:
+            new["metadata"].pop("managedFields", None)
+
     def _validate(self, obj: Obj, old: Obj | None) -> None:
         errs = object_meta_errors(
             obj.get("metadata", {}), namespaced=self.t.namespaced, name_rule=self.t.name_rule
@@ -195,7 +226,17 @@ class GenericStore:
 
     # ---- create --------------------------------------------------------------------------
 
-    async def create(self, namespace: str | None, body: Any, *, dry_run: bool = False) -> Obj:
+    async def create(
+        self,
+        namespace: str | None,
+        body: Any,
+        *,
+        dry_run: bool = False,
+        manager: str | None = None,
+        managed_fields: builtins.list[Obj] | None = None,
+    ) -> Obj:
+        """`manager` records field ownership (an Update entry); `managed_fields` instead sets
+        them as computed by server-side apply."""
         obj = self._stamp(self._check_body(copy.deepcopy(body), namespace, None))
         meta = obj["metadata"]
         if meta.get("resourceVersion"):
@@ -217,6 +258,10 @@ class GenericStore:
         meta["generation"] = 1
         self.t.strategy.prepare_for_create(obj)
         self._validate(obj, None)
+        if managed_fields is not None:
+            meta["managedFields"] = managed_fields
+        elif manager:
+            self._record_owner(None, obj, manager)
         await self._require_namespace(namespace)
         for attempt in range(GENERATE_NAME_ATTEMPTS):
             name = str(meta["name"])
@@ -391,7 +436,13 @@ class GenericStore:
     # ---- update and patch ----------------------------------------------------------------
 
     async def update(
-        self, namespace: str | None, name: str, body: Any, *, dry_run: bool = False
+        self,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        dry_run: bool = False,
+        manager: str | None = None,
     ) -> Obj:
         new_body = self._stamp(self._check_body(copy.deepcopy(body), namespace, name))
         return await self._update(
@@ -400,7 +451,78 @@ class GenericStore:
             lambda current: copy.deepcopy(new_body),
             dry_run=dry_run,
             precondition_from_body=True,
+            manager=manager,
         )
+
+    async def apply(
+        self,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        manager: str,
+        force: bool,
+        dry_run: bool = False,
+    ) -> tuple[Obj, bool]:
+        """Server-side apply: create when absent, else merge with field ownership (409 on a
+        conflict with another manager unless `force`). Returns (object, created)."""
+        applied = self._check_body(copy.deepcopy(body), namespace, name)
+        applied.setdefault("apiVersion", self.t.group_version)
+        applied.setdefault("kind", self.t.kind)
+
+        def merge(live: Obj | None) -> Obj:
+            try:
+                return ssa.apply(
+                    live,
+                    applied,
+                    manager=manager,
+                    api_version=self.t.group_version,
+                    force=force,
+                    list_types=self.list_types,
+                    now=now_rfc3339(),
+                )
+            except ssa.ApplyConflict as exc:
+                raise errors.StatusError(
+                    409,
+                    "Conflict",
+                    exc.message,
+                    details={
+                        "name": name,
+                        "kind": self.t.plural,
+                        "group": self.t.group,
+                        "causes": exc.causes,
+                    },
+                ) from exc
+            except PatchError as exc:
+                raise errors.StatusError(
+                    exc.code, "BadRequest" if exc.code == 400 else "Invalid", exc.message
+                ) from exc
+
+        for _ in range(3):  # a create racing with another creator turns into an update
+            try:
+                await self.get(namespace, name)
+            except StatusError as exc:
+                if exc.code != 404:
+                    raise
+                created = merge(None)
+                managed = created["metadata"].pop("managedFields", [])
+                try:
+                    return await self.create(
+                        namespace, created, dry_run=dry_run, managed_fields=managed
+                    ), True
+                except StatusError as exc2:
+                    if exc2.code != 409 or exc2.reason != "AlreadyExists":
+                        raise
+                    continue
+            return await self._update(
+                namespace,
+                name,
+                merge,
+                dry_run=dry_run,
+                precondition_from_body=False,
+                keep_managed_fields=True,
+            ), False
+        raise errors.conflict(self.t.plural, name, "apply raced with creation", self.t.group)
 
     async def patch(
         self,
@@ -409,13 +531,19 @@ class GenericStore:
         apply_patch: Callable[[Obj], Obj],
         *,
         dry_run: bool = False,
+        manager: str | None = None,
     ) -> Obj:
         def patched(current: Obj) -> Obj:
             result = apply_patch(copy.deepcopy(current))
             return self._stamp(self._check_body(result, namespace, name))
 
         return await self._update(
-            namespace, name, patched, dry_run=dry_run, precondition_from_body=True
+            namespace,
+            name,
+            patched,
+            dry_run=dry_run,
+            precondition_from_body=True,
+            manager=manager,
         )
 
     async def update_subresource(
@@ -482,6 +610,8 @@ class GenericStore:
         dry_run: bool,
         precondition_from_body: bool,
         prepare: bool = True,
+        manager: str | None = None,
+        keep_managed_fields: bool = False,
     ) -> Obj:
         key = self._key(namespace, name)
         preview: list[Obj] = []
@@ -522,6 +652,14 @@ class GenericStore:
             if self.t.strategy.spec_changed(new, current):
                 meta["generation"] = int(old_meta.get("generation") or 1) + 1
             self._validate(new, current)
+            if manager and not keep_managed_fields:
+                self._record_owner(current, new, manager)
+            elif (
+                not keep_managed_fields
+                and "managedFields" not in meta
+                and current["metadata"].get("managedFields")
+            ):  # a write without a manager keeps the ownership record as it was
+                meta["managedFields"] = current["metadata"]["managedFields"]
             if dry_run:
                 preview.append(new)
                 return None

@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from haplane import __version__
 from haplane.store import EtcdClient, EtcdError
 
-from . import errors
+from . import errors, tables
 from .controllers import Controllers, LeaderElector
 from .crds import CRD_TYPE, resource_types_for, to_scale
 from .errors import StatusError
@@ -534,27 +534,38 @@ class ApiServer:
             raise errors.unprocessable("sendInitialEvents is only for watch requests")
         if m == "GET" and target.name is None:
             request["verb"] = "list"
-            return json_response(await store.list(target.namespace, self._list_options(q, t)))
+            listed = await store.list(target.namespace, self._list_options(q, t))
+            return json_response(self._maybe_table(request, t, listed["items"], listed))
         if m == "GET":
             request["verb"] = "get"
-            return json_response(
-                await store.get(target.namespace, target.name or "", q.get("resourceVersion"))
-            )
+            got = await store.get(target.namespace, target.name or "", q.get("resourceVersion"))
+            table = self._maybe_table(request, t, [got], got)
+            return json_response(table)
         if m == "POST" and target.name is None:
             request["verb"] = "create"
             body = await _body(request)
             await self._admit("create", t, body)
-            return json_response(await store.create(target.namespace, body, dry_run=dry_run), 201)
+            created = await store.create(
+                target.namespace, body, dry_run=dry_run, manager=_field_manager(request)
+            )
+            return json_response(created, 201)
         if m == "PUT" and target.name is not None:
             request["verb"] = "update"
             body = await _body(request)
             await self._admit("update", t, body)
             return json_response(
-                await store.update(target.namespace, target.name, body, dry_run=dry_run)
+                await store.update(
+                    target.namespace,
+                    target.name,
+                    body,
+                    dry_run=dry_run,
+                    manager=_field_manager(request),
+                )
             )
         if m == "PATCH" and target.name is not None:
             request["verb"] = "patch"
-            return json_response(await self._patch(request, store, target, dry_run))
+            patched = await self._patch(request, store, target, dry_run)
+            return json_response(patched, request.get("status_code", 200))
         if m == "DELETE" and target.name is not None:
             request["verb"] = "delete"
             options = _delete_options(await _body(request, optional=True) or {})
@@ -626,6 +637,34 @@ class ApiServer:
             )
         raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
 
+    def _maybe_table(
+        self,
+        request: web.Request,
+        t: ResourceType,
+        objects: list[dict[str, Any]],
+        plain: dict[str, Any],
+    ) -> dict[str, Any]:
+        """`kubectl get` asks for a Table (Accept: ...;as=Table;g=meta.k8s.io); others get the
+        plain object or list."""
+        version = tables.table_request(request.headers.get("Accept"))
+        if version is None:
+            return plain
+        meta = (
+            plain.get("metadata", {})
+            if plain.get("kind", "").endswith("List")
+            else {"resourceVersion": plain.get("metadata", {}).get("resourceVersion")}
+        )
+        try:
+            return tables.to_table(
+                objects,
+                _columns(t),
+                list_meta=meta,
+                include_object=_include_object(request.query),
+                version=version,
+            )
+        except ValueError as exc:
+            raise errors.bad_request(str(exc)) from exc
+
     async def _admit(self, operation: str, t: ResourceType, obj: dict[str, Any]) -> None:
         for admit in self.config.admission:
             await admit(operation, t, obj)
@@ -650,8 +689,34 @@ class ApiServer:
     async def _patch(
         self, request: web.Request, store: GenericStore, target: _Target, dry_run: bool
     ) -> dict[str, Any]:
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+        if ctype == "application/apply-patch+yaml":
+            manager = request.query.get("fieldManager")
+            if not manager:
+                raise errors.unprocessable(
+                    'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
+                    "is required for apply patch"
+                )
+            force = request.query.get("force") in ("true", "1")
+            body = await _body(request, content_type="application/yaml")
+            obj, created = await store.apply(
+                target.namespace,
+                target.name or "",
+                body,
+                manager=manager[:128],
+                force=force,
+                dry_run=dry_run,
+            )
+            request["status_code"] = 201 if created else 200
+            return obj
         guarded = await self._patch_function(request, target)
-        return await store.patch(target.namespace, target.name or "", guarded, dry_run=dry_run)
+        return await store.patch(
+            target.namespace,
+            target.name or "",
+            guarded,
+            dry_run=dry_run,
+            manager=_field_manager(request),
+        )
 
     async def _patch_function(
         self, request: web.Request, target: _Target
@@ -731,6 +796,10 @@ class ApiServer:
         timeout = None
         if q.get("timeoutSeconds"):
             timeout = float(_bounded_int(q["timeoutSeconds"], "timeoutSeconds"))
+        table_version = tables.table_request(request.headers.get("Accept"))
+        include = _include_object(q)
+        columns = _columns(target.rtype)
+        sent_headers = False
         response = web.StreamResponse(headers={"Content-Type": JSON})
         response.enable_chunked_encoding()
         self._stamp_headers(response)
@@ -766,9 +835,17 @@ class ApiServer:
                     ev = task.result()
                 except StopAsyncIteration:
                     break
-                await response.write(
-                    json.dumps({"type": ev.type, "object": ev.object}).encode() + b"\n"
-                )
+                obj = ev.object
+                if table_version and ev.type in ("ADDED", "MODIFIED", "DELETED"):
+                    obj = tables.table_for_watch_event(
+                        obj,
+                        columns,
+                        include_object=include,
+                        version=table_version,
+                        no_headers=sent_headers,
+                    )
+                    sent_headers = True
+                await response.write(json.dumps({"type": ev.type, "object": obj}).encode() + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         except StatusError as exc:  # e.g. the initial list failed: say so inside the stream
@@ -875,6 +952,27 @@ def _everything() -> ListOptions:
     return ListOptions(*_everything_selectors())
 
 
+def _field_manager(request: web.Request) -> str:
+    """The `fieldManager` parameter, else (as Kubernetes) the User-Agent up to its first '/'."""
+    manager = request.query.get("fieldManager")
+    if not manager:
+        manager = request.headers.get("User-Agent", "unknown").split("/")[0] or "unknown"
+    return manager[:128]
+
+
+def _columns(t: ResourceType) -> list[tables.Column]:
+    return (
+        tables.crd_columns(list(t.printer_columns)) if t.custom else tables.builtin_columns(t.kind)
+    )
+
+
+def _include_object(q: Any) -> str:
+    value = q.get("includeObject") or "Metadata"
+    if value not in ("None", "Metadata", "Object"):
+        raise errors.bad_request(f"invalid includeObject {value!r}: None, Metadata or Object")
+    return str(value)
+
+
 def _subresources(t: ResourceType) -> tuple[str, ...]:
     return ("status", "finalize") if t.kind == "Namespace" and not t.group else t.subresources
 
@@ -899,13 +997,15 @@ async def _raw(request: web.Request) -> bytes:
     return data
 
 
-async def _body(request: web.Request, optional: bool = False) -> Any:
+async def _body(
+    request: web.Request, optional: bool = False, content_type: str | None = None
+) -> Any:
     raw = await _raw(request)
     if not raw.strip():
         if optional:
             return None
         raise errors.bad_request("the request needs a body")
-    ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip()
+    ctype = content_type or request.headers.get("Content-Type", JSON).split(";")[0].strip()
     try:
         if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
             body = yaml.load(raw, Loader=_JsonishLoader)  # a SafeLoader subclass
