@@ -264,3 +264,69 @@ def test_deleting_a_crd_deletes_its_objects(api_replicas, widgets, namespace):
     )
     wait_until(lambda: api.request("GET", base)[0] == 200)
     assert api.request("GET", base)[2]["items"] == []
+
+
+def test_python_client_custom_objects_and_kubectl(api_replicas, widgets, namespace, tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+    from kubernetes.client.rest import ApiException
+
+    api = api_replicas[0]
+    cfg = k8s.Configuration()
+    k8s_config.load_kube_config(str(api.kubeconfig(tmp_path / "kc")), client_configuration=cfg)
+    custom = k8s.CustomObjectsApi(k8s.ApiClient(cfg))
+    body = {
+        "apiVersion": f"{widgets}/v1",
+        "kind": "Widget",
+        "metadata": {"name": "py"},
+        "spec": {"color": "blue", "junk": True},
+    }
+    created = custom.create_namespaced_custom_object(widgets, "v1", namespace, "widgets", body)
+    assert created["spec"] == {"color": "blue", "replicas": 1}
+    with pytest.raises(ApiException) as ei:
+        custom.create_namespaced_custom_object(
+            widgets,
+            "v1",
+            namespace,
+            "widgets",
+            {**body, "metadata": {"name": "bad"}, "spec": {"color": "pink"}},
+        )
+    assert ei.value.status == 422 and "spec.color" in ei.value.body
+    listed = custom.list_namespaced_custom_object(widgets, "v1", namespace, "widgets")
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["py"]
+    status = custom.patch_namespaced_custom_object_status(
+        widgets, "v1", namespace, "widgets", "py", {"status": {"phase": "Ready"}}
+    )
+    assert status["status"] == {"phase": "Ready"}
+    # server-side apply through the Python client
+    applied = custom.patch_namespaced_custom_object(
+        widgets,
+        "v1",
+        namespace,
+        "widgets",
+        "py",
+        {
+            "apiVersion": f"{widgets}/v1",
+            "kind": "Widget",
+            "metadata": {"name": "py"},
+            "spec": {"color": "red"},
+        },
+        field_manager="py-apply",
+        _content_type="application/apply-patch+yaml",
+    )
+    assert applied["spec"]["color"] == "red"
+
+    kubectl = Path("/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
+    if kubectl.exists():
+        r = subprocess.run(
+            [str(kubectl), "--kubeconfig", str(tmp_path / "kc"), "-n", namespace, "get", "wd"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        header, row = r.stdout.splitlines()[:2]
+        assert header.split() == ["NAME", "COLOR"] and row.split() == ["py", "red"]

@@ -233,3 +233,33 @@ async def test_watch_resumes_on_another_member_without_loss_or_duplicates(
                 break
         assert received == history
         assert set(acked) <= set(received) and {kv.key for kv in kvs} == set(acked)
+
+
+async def test_watch_on_a_hung_member_moves_to_another(disposable_cluster: EtcdCluster):
+    """SIGSTOP keeps the TCP connection open: only keepalive can tell the watch it is dead."""
+    cluster = disposable_cluster
+    async with cluster.client(timeout=0.5) as c, cluster.client(timeout=0.5) as writer:
+        start = await writer.put(b"/hang/0", b"0")
+        received: list[bytes] = []
+
+        async def consume() -> None:
+            async for batch in c.watch(b"/hang/", prefix=True, start_revision=start):
+                received.extend(e.kv.key for e in batch.events)
+                if b"/hang/after" in received:
+                    return
+
+        task = asyncio.create_task(consume())  # a new client watches on its first endpoint
+        await asyncio.sleep(0.5)
+        assert received == [b"/hang/0"]
+        await cluster.processes[cluster.names[0]].fault("pause")
+        try:
+            while True:
+                try:
+                    await writer.put(b"/hang/after", b"x")
+                    break
+                except (EtcdUnavailable, EtcdOutcomeUnknown):
+                    await asyncio.sleep(0.1)
+            await asyncio.wait_for(task, timeout=30)  # keepalive: 6 s + 3 s, then resume
+        finally:
+            await cluster.processes[cluster.names[0]].fault("resume")
+        assert received[-1] == b"/hang/after"

@@ -123,4 +123,4 @@ class EtcdCluster:
         raise RuntimeError("no leader")
 
     async def stop(self) -> None:
-        await asyncio.gather(*(p.stop() for p in self.processes.values()))
+        await asyncio.gather(*(p.stop(grace=2.0) for p in self.processes.values()))

@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -47,8 +48,21 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.enable_retries", 0),
+    # A member that hangs (SIGSTOP, a silent partition) keeps its TCP connection open: without
+    # keepalive a watch on it would wait forever. etcd answers pings more often than every 5 s,
+    # or pings without a call in flight, with GOAWAY "too_many_pings"
+    # (--grpc-keepalive-min-time): ping every 6 s during calls, give up after 3 s of silence.
+    ("grpc.keepalive_time_ms", 6000),
+    ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    # a watch sends no data after its create request: let pings go out anyway
+    ("grpc.http2.min_time_between_pings_ms", 6000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 6000),
 ]
 _HAS_LEADER = (("hasleader", "true"),)
+WATCH_PROGRESS_EVERY = 2.0  # seconds between liveness checks of a quiet watch stream
+WATCH_ANSWER_WITHIN = 3.0
 _NO_LEADER = "etcdserver: no leader"
 
 
@@ -184,6 +198,10 @@ class EtcdClient:
     def _prefer(self, endpoint: str) -> None:
         self._preferred = self.endpoints.index(endpoint)
 
+    def _demote(self, endpoint: str) -> None:
+        if self.endpoints[self._preferred] == endpoint:
+            self._preferred = (self._preferred + 1) % len(self.endpoints)
+
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
         for ch in channels:
@@ -257,7 +275,9 @@ class EtcdClient:
                     continue
                 if isinstance(translated, EtcdUnavailable | EtcdOutcomeUnknown):
                     # The request was on the wire on a READY channel: we cannot prove it was not
-                    # received, so its outcome is unknown.
+                    # received, so its outcome is unknown. The member may hang with its
+                    # connection open (SIGSTOP, a silent cut): try another one next time.
+                    self._demote(ep)
                     raise EtcdOutcomeUnknown(
                         f"write sent to etcd member {ep} got no answer ({exc.code().name}: "
                         f"{exc.details()}); "
@@ -437,10 +457,14 @@ class EtcdClient:
                         ep, key, range_end, next_rev, progress_notify
                     ):
                         failed_since = None
+                        # Resume only after delivered events, never from a progress
+                        # notification's revision: etcd < 3.4.25/3.5.8 can send one ahead of
+                        # events still queued on the stream (etcd#15220), and resuming from it
+                        # would lose them.
                         if batch.events:
                             next_rev = batch.events[-1].kv.mod_revision + 1
-                        else:  # progress: everything up to batch.revision was delivered
-                            next_rev = max(next_rev, batch.revision + 1)
+                        elif next_rev == 0:
+                            next_rev = batch.revision + 1
                         yield batch
                 except grpc.aio.AioRpcError as exc:
                     translated = _translate(exc, ep)
@@ -473,16 +497,32 @@ class EtcdClient:
             )
         )
         stop = asyncio.Event()
+        progress = rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest())
 
         async def requests() -> AsyncIterator[Any]:
             yield create
-            await stop.wait()  # keep the request side open for the life of the watch
+            # Liveness: a member that hangs with its connection open never ends the stream.
+            # Ask for progress now and then; no answer in time moves the watch elsewhere. The
+            # answers only prove the member alive: their revision is never resumed from.
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), WATCH_PROGRESS_EVERY)
+                if not stop.is_set():
+                    yield progress
 
         call = rpc_pb2_grpc.WatchStub(self._channel(endpoint)).Watch(
             requests(), metadata=_HAS_LEADER
         )
         try:
-            async for resp in call:
+            while True:
+                try:
+                    resp = await asyncio.wait_for(
+                        call.read(), WATCH_PROGRESS_EVERY + WATCH_ANSWER_WITHIN
+                    )
+                except TimeoutError:
+                    return  # hung member: resume on another one
+                if resp is grpc.aio.EOF:
+                    return
                 if resp.canceled:
                     if resp.compact_revision:
                         raise EtcdCompacted(
