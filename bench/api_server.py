@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import statistics
 import sys
 import tempfile
 import time
@@ -33,9 +32,10 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from haplane.local.etcd_cluster import EtcdCluster  # noqa: E402
-from haplane.store import Compare, EtcdClient, Op  # noqa: E402
-from tests.api_helpers import ApiReplica  # noqa: E402
+from tests.api_helpers import ApiReplica
+
+from haplane.local.etcd_cluster import EtcdCluster
+from haplane.store import Compare, EtcdClient, Op
 
 PAYLOAD = "x" * 1000
 
@@ -43,8 +43,7 @@ PAYLOAD = "x" * 1000
 # ---- load workers (separate processes) ---------------------------------------------------
 
 
-def _worker(kind: str, target: str, seconds: float, concurrency: int, wid: int,
-            out: Any) -> None:
+def _worker(kind: str, target: str, seconds: float, concurrency: int, wid: int, out: Any) -> None:
     async def run() -> list[float]:
         latencies: list[float] = []
         deadline = time.monotonic() + seconds
@@ -59,21 +58,26 @@ def _worker(kind: str, target: str, seconds: float, concurrency: int, wid: int,
                 if kind == "etcd-create":
                     assert client is not None
                     key = f"/bench/raw/{n}".encode()
-                    await client.txn([Compare(key, "mod", "=", 0)],
-                                     [Op("put", key, json.dumps({"data": PAYLOAD}).encode())],
-                                     [Op("get", key)])
+                    await client.txn(
+                        [Compare(key, "mod", "=", 0)],
+                        [Op("put", key, json.dumps({"data": PAYLOAD}).encode())],
+                        [Op("get", key)],
+                    )
                 else:
                     assert session is not None
                     if kind == "create":
                         url = f"{target}/api/v1/namespaces/bench/configmaps"
-                        async with session.post(url, json={"metadata": {"name": n},
-                                                           "data": {"p": PAYLOAD}}) as r:
+                        async with session.post(
+                            url, json={"metadata": {"name": n}, "data": {"p": PAYLOAD}}
+                        ) as r:
                             await r.read()
                             assert r.status == 201, r.status
                     else:
-                        url = (f"{target}/api/v1/namespaces/list100/configmaps/c0?resourceVersion=0"
-                               if kind == "get" else
-                               f"{target}/api/v1/namespaces/list100/configmaps?resourceVersion=0")
+                        url = (
+                            f"{target}/api/v1/namespaces/list100/configmaps/c0?resourceVersion=0"
+                            if kind == "get"
+                            else f"{target}/api/v1/namespaces/list100/configmaps?resourceVersion=0"
+                        )
                         async with session.get(url) as r:
                             await r.read()
                             assert r.status == 200, r.status
@@ -91,13 +95,16 @@ def _worker(kind: str, target: str, seconds: float, concurrency: int, wid: int,
     out.put(asyncio.run(run()))
 
 
-def load(kind: str, target: str, seconds: float, workers: int, concurrency: int,
-         server_pid: int | None) -> dict[str, float]:
+def load(
+    kind: str, target: str, seconds: float, workers: int, concurrency: int, server_pid: int | None
+) -> dict[str, float]:
     q: Any = mp.Queue()
     cpu0 = _cpu(server_pid)
     t0 = time.monotonic()
-    procs = [mp.Process(target=_worker, args=(kind, target, seconds, concurrency, i, q))
-             for i in range(workers)]
+    procs = [
+        mp.Process(target=_worker, args=(kind, target, seconds, concurrency, i, q))
+        for i in range(workers)
+    ]
     for p in procs:
         p.start()
     lat: list[float] = []
@@ -109,8 +116,14 @@ def load(kind: str, target: str, seconds: float, workers: int, concurrency: int,
     cpu = _cpu(server_pid) - cpu0
     lat.sort()
     n = len(lat)
-    return {"rps": n / seconds, "p50_ms": lat[n // 2] * 1000, "p99_ms": lat[int(n * 0.99)] * 1000,
-            "cpu_us": (cpu / n * 1e6) if server_pid else float("nan"), "n": n, "wall": wall}
+    return {
+        "rps": n / seconds,
+        "p50_ms": lat[n // 2] * 1000,
+        "p99_ms": lat[int(n * 0.99)] * 1000,
+        "cpu_us": (cpu / n * 1e6) if server_pid else float("nan"),
+        "n": n,
+        "wall": wall,
+    }
 
 
 def _cpu(pid: int | None) -> float:
@@ -153,12 +166,17 @@ def _watchers(target: str, count: int, seconds: float, out: Any) -> None:
 
 def fanout(replica: ApiReplica, watchers: int, seconds: float, procs_n: int) -> dict[str, float]:
     replica.request("POST", "/api/v1/namespaces", {"metadata": {"name": "fanout"}})
-    replica.request("POST", "/api/v1/namespaces/fanout/configmaps",
-                    {"metadata": {"name": "tick"}, "data": {"t": "0"}})
+    replica.request(
+        "POST",
+        "/api/v1/namespaces/fanout/configmaps",
+        {"metadata": {"name": "tick"}, "data": {"t": "0"}},
+    )
     q: Any = mp.Queue()
     per = watchers // procs_n
-    procs = [mp.Process(target=_watchers, args=(replica.url, per, seconds + 2, q))
-             for _ in range(procs_n)]
+    procs = [
+        mp.Process(target=_watchers, args=(replica.url, per, seconds + 2, q))
+        for _ in range(procs_n)
+    ]
     for p in procs:
         p.start()
     time.sleep(2.0)  # let the watches connect
@@ -167,9 +185,12 @@ def fanout(replica: ApiReplica, watchers: int, seconds: float, procs_n: int) -> 
     writes = 0
     t_end = time.monotonic() + seconds
     while time.monotonic() < t_end:
-        replica.request("PATCH", "/api/v1/namespaces/fanout/configmaps/tick",
-                        {"data": {"t": repr(time.time())}},
-                        content_type="application/merge-patch+json")
+        replica.request(
+            "PATCH",
+            "/api/v1/namespaces/fanout/configmaps/tick",
+            {"data": {"t": repr(time.time())}},
+            content_type="application/merge-patch+json",
+        )
         writes += 1
         time.sleep(0.1)
     cpu = _cpu(pid) - cpu0
@@ -180,11 +201,15 @@ def fanout(replica: ApiReplica, watchers: int, seconds: float, procs_n: int) -> 
         p.join()
     delays.sort()
     n = len(delays)
-    return {"watchers": per * procs_n, "writes": writes, "deliveries": n,
-            "expected": writes * per * procs_n,
-            "p50_ms": delays[n // 2] * 1000 if n else float("nan"),
-            "p99_ms": delays[int(n * 0.99)] * 1000 if n else float("nan"),
-            "cpu_percent": cpu / seconds * 100}
+    return {
+        "watchers": per * procs_n,
+        "writes": writes,
+        "deliveries": n,
+        "expected": writes * per * procs_n,
+        "p50_ms": delays[n // 2] * 1000 if n else float("nan"),
+        "p99_ms": delays[int(n * 0.99)] * 1000 if n else float("nan"),
+        "cpu_percent": cpu / seconds * 100,
+    }
 
 
 # ---- main --------------------------------------------------------------------------------
@@ -215,36 +240,51 @@ def main() -> None:
             for ns in ("bench", "list100"):
                 cached.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
             for i in range(100):
-                cached.request("POST", "/api/v1/namespaces/list100/configmaps",
-                               {"metadata": {"name": f"c{i}"}, "data": {"p": PAYLOAD}})
+                cached.request(
+                    "POST",
+                    "/api/v1/namespaces/list100/configmaps",
+                    {"metadata": {"name": f"c{i}"}, "data": {"p": PAYLOAD}},
+                )
             time.sleep(1.0)
             w, c, s = args.workers, args.concurrency, args.seconds
-            print(f"{w} worker processes x {c} in flight, {s:.0f}s per case, 2 vCPUs shared by "
-                  "etcd, replicas and load")
+            print(
+                f"{w} worker processes x {c} in flight, {s:.0f}s per case, 2 vCPUs shared by "
+                "etcd, replicas and load"
+            )
             rows = {
-                "etcd txn create (raw)": load("etcd-create", ",".join(cluster.endpoints), s, w, c,
-                                              None),
+                "etcd txn create (raw)": load(
+                    "etcd-create", ",".join(cluster.endpoints), s, w, c, None
+                ),
                 "API create": load("create", cached.url, s, w, c, cached.process.pid),
                 "get rv=0, cache on": load("get", cached.url, s, w, c, cached.process.pid),
                 "get rv=0, cache off": load("get", uncached.url, s, w, c, uncached.process.pid),
                 "list 100 rv=0, cache on": load("list", cached.url, s, w, c, cached.process.pid),
-                "list 100 rv=0, cache off": load("list", uncached.url, s, w, c,
-                                                 uncached.process.pid),
+                "list 100 rv=0, cache off": load(
+                    "list", uncached.url, s, w, c, uncached.process.pid
+                ),
             }
             print(f"{'case':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}")
             for name, r in rows.items():
-                print(f"{name:<28}{r['rps']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-                      f"{r['cpu_us']:>12.0f}")
-            print(f"creates: API / raw etcd = "
-                  f"{rows['API create']['rps'] / rows['etcd txn create (raw)']['rps']:.2f}x")
+                print(
+                    f"{name:<28}{r['rps']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+                    f"{r['cpu_us']:>12.0f}"
+                )
+            print(
+                f"creates: API / raw etcd = "
+                f"{rows['API create']['rps'] / rows['etcd txn create (raw)']['rps']:.2f}x"
+            )
             for what in ("get", "list 100"):
                 on, off = rows[f"{what} rv=0, cache on"], rows[f"{what} rv=0, cache off"]
-                print(f"{what}: cache on / off = {on['rps'] / off['rps']:.2f}x throughput, "
-                      f"{off['cpu_us'] / on['cpu_us']:.2f}x less server CPU per request")
+                print(
+                    f"{what}: cache on / off = {on['rps'] / off['rps']:.2f}x throughput, "
+                    f"{off['cpu_us'] / on['cpu_us']:.2f}x less server CPU per request"
+                )
             f = fanout(cached, args.watchers, 10.0, 4)
-            print(f"watch fan-out: {f['watchers']} watchers, {f['writes']} writes at 10/s -> "
-                  f"{f['deliveries']}/{f['expected']} deliveries, p50 {f['p50_ms']:.0f} ms, "
-                  f"p99 {f['p99_ms']:.0f} ms, replica CPU {f['cpu_percent']:.0f}% of a core")
+            print(
+                f"watch fan-out: {f['watchers']} watchers, {f['writes']} writes at 10/s -> "
+                f"{f['deliveries']}/{f['expected']} deliveries, p50 {f['p50_ms']:.0f} ms, "
+                f"p99 {f['p99_ms']:.0f} ms, replica CPU {f['cpu_percent']:.0f}% of a core"
+            )
         finally:
             loop.run_until_complete(cached.stop())
             loop.run_until_complete(uncached.stop())
