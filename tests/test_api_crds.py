@@ -301,7 +301,25 @@ def test_python_client_custom_objects_and_kubectl(api_replicas, widgets, namespa
         widgets, "v1", namespace, "widgets", "py", {"status": {"phase": "Ready"}}
     )
     assert status["status"] == {"phase": "Ready"}
-    # server-side apply through the Python client
+    # server-side apply through the Python client: the create made the client's User-Agent
+    # ("OpenAPI-Generator") own spec.color, so a new color conflicts unless forced
+    with pytest.raises(ApiException) as ei:
+        custom.patch_namespaced_custom_object(
+            widgets,
+            "v1",
+            namespace,
+            "widgets",
+            "py",
+            {
+                "apiVersion": f"{widgets}/v1",
+                "kind": "Widget",
+                "metadata": {"name": "py"},
+                "spec": {"color": "red"},
+            },
+            field_manager="py-apply",
+            _content_type="application/apply-patch+yaml",
+        )
+    assert ei.value.status == 409 and "OpenAPI-Generator" in ei.value.body
     applied = custom.patch_namespaced_custom_object(
         widgets,
         "v1",
@@ -315,6 +333,7 @@ def test_python_client_custom_objects_and_kubectl(api_replicas, widgets, namespa
             "spec": {"color": "red"},
         },
         field_manager="py-apply",
+        force=True,
         _content_type="application/apply-patch+yaml",
     )
     assert applied["spec"]["color"] == "red"
