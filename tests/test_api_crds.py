@@ -341,11 +341,20 @@ def test_python_client_custom_objects_and_kubectl(api_replicas, widgets, namespa
     kubectl = Path("/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
     if kubectl.exists():
         r = subprocess.run(
-            [str(kubectl), "--kubeconfig", str(tmp_path / "kc"), "-n", namespace, "get", "wd"],
+            [
+                str(kubectl),
+                "--kubeconfig",
+                str(tmp_path / "kc"),
+                "-n",
+                namespace,
+                "get",
+                f"widgets.{widgets}",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert r.returncode == 0, r.stderr
+        assert len(r.stdout.splitlines()) >= 2, (r.stdout, r.stderr)
         header, row = r.stdout.splitlines()[:2]
         assert header.split() == ["NAME", "COLOR"] and row.split() == ["py", "red"]

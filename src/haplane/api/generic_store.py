@@ -69,15 +69,23 @@ class DeleteResult:
 class WatchEvent:
     type: str  # ADDED, MODIFIED, DELETED, BOOKMARK, ERROR
     object: Obj
+    source: storage.StorageEvent | None = None  # shared by all watchers of the change
+
+    def encoded(self) -> bytes:
+        """The event as a JSON line; one encoding per change and version, whatever the number
+        of watchers (the fan-out cost that dominates many watches)."""
+        if self.source is None:
+            return json.dumps({"type": self.type, "object": self.object}).encode() + b"\n"
+        key = (self.type, self.object.get("apiVersion"))
+        line = self.source.memo.get(key)
+        if line is None:
+            line = json.dumps({"type": self.type, "object": self.object}).encode() + b"\n"
+            self.source.memo[key] = line
+        return line
 
 
 def ssa_meta_schema() -> dict[str, Any]:
     return dict(OBJECT_META_STRATEGIES)
-
-
-def obj_key(t: ResourceType, obj: Obj) -> str:
-    meta = obj.get("metadata") or {}
-    return t.key(meta.get("namespace") if t.namespaced else None, str(meta.get("name")))
 
 
 def _causes(errs: list[FieldError]) -> list[dict[str, Any]]:
@@ -125,6 +133,11 @@ class GenericStore:
         obj["apiVersion"] = self.t.group_version
         obj["kind"] = self.t.kind
         return obj
+
+    def _stamped(self, shared: Obj) -> Obj:
+        """A stamped shallow copy: cached objects and watch events are shared by every reader
+        (and several served versions), so they are never stamped in place."""
+        return {**shared, "apiVersion": self.t.group_version, "kind": self.t.kind}
 
     async def _require_namespace(self, namespace: str | None) -> None:
         if not self.t.namespaced:
@@ -291,13 +304,13 @@ class GenericStore:
         """resourceVersion "0" (or an N the watch cache has reached): from the cache; else a
         linearizable read from etcd."""
         revision = revision_for_read(self.versions, resource_version)
-        cached = self._cached(self.t.key_prefix(namespace), resource_version, revision)
-        if cached is not None:
-            key = self._key(namespace, name)
-            for obj in cached.items:
-                if obj_key(self.t, obj) == key:
-                    return self._stamp(obj)
-            raise self._not_found(name)
+        cached_get = getattr(self.storage, "cached_get", None)
+        if cached_get is not None and resource_version:
+            found, usable = cached_get(self._key(namespace, name), revision or 0)
+            if usable:
+                if found is None:
+                    raise self._not_found(name)
+                return self._stamped(found)
         try:
             return self._stamp(await self.storage.get(self._key(namespace, name)))
         except storage.StorageError as exc:
@@ -328,7 +341,7 @@ class GenericStore:
             cached = self._cached(self.t.key_prefix(namespace), opts.resource_version, revision)
             if cached is not None:  # the whole matching set; `limit` does not apply here
                 return self._list_body(
-                    [self._stamp(i) for i in cached.items if self._matches(i, opts)],
+                    [self._stamped(i) for i in cached.items if self._matches(i, opts)],
                     {"resourceVersion": self.versions.encode(cached.revision)},
                 )
         if opts.resource_version_match != "Exact":
@@ -854,11 +867,11 @@ class GenericStore:
         assert ev.object is not None
         now_matches = self._matches(ev.object, opts)
         if ev.type == "DELETED":
-            return WatchEvent("DELETED", self._stamp(ev.object)) if now_matches else None
+            return WatchEvent("DELETED", self._stamped(ev.object), ev) if now_matches else None
         before = ev.prev_object is not None and self._matches(ev.prev_object, opts)
         if ev.type == "ADDED" or not before:
-            return WatchEvent("ADDED", self._stamp(ev.object)) if now_matches else None
+            return WatchEvent("ADDED", self._stamped(ev.object), ev) if now_matches else None
         if now_matches:
-            return WatchEvent("MODIFIED", self._stamp(ev.object))
-        gone = self._stamp(ev.object)
+            return WatchEvent("MODIFIED", self._stamped(ev.object), ev)
+        gone = self._stamped(ev.object)
         return WatchEvent("DELETED", gone)

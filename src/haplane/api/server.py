@@ -835,8 +835,11 @@ class ApiServer:
                     ev = task.result()
                 except StopAsyncIteration:
                     break
+                if not table_version or ev.type not in ("ADDED", "MODIFIED", "DELETED"):
+                    await response.write(ev.encoded())
+                    continue
                 obj = ev.object
-                if table_version and ev.type in ("ADDED", "MODIFIED", "DELETED"):
+                if table_version:
                     obj = tables.table_for_watch_event(
                         obj,
                         columns,

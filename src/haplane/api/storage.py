@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from haplane.store import (
@@ -127,6 +127,7 @@ class StorageEvent:
     revision: int
     prev_object: Obj | None = None
     key: str = ""  # the etcd key (empty for BOOKMARK)
+    memo: dict[Any, bytes] = field(default_factory=dict, compare=False)  # encodings, shared
 
 
 class Storage(Protocol):

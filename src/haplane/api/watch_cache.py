@@ -214,14 +214,18 @@ class CachedStorage:
         return await self.inner.current_revision()
 
     # the cache
+    def cached_get(self, key: str, min_revision: int) -> tuple[Obj | None, bool]:
+        """(object or None, usable): usable when the cache is ready and at `min_revision`."""
+        if not self.cacher.ready or self.cacher.revision < min_revision:
+            return None, False
+        return self.cacher.objects.get(key), True
+
     def cached_list(self, prefix: str, min_revision: int) -> ListResult | None:
         """From memory, if the cache is ready and at least at `min_revision`; else None."""
         if not self.cacher.ready or self.cacher.revision < min_revision:
             return None
         items, revision = self.cacher.snapshot(prefix)
-        return ListResult(
-            items=[dict(i) for i in items], revision=revision, last_key=None, remaining=0
-        )
+        return ListResult(items=items, revision=revision, last_key=None, remaining=0)
 
     def watch(self, prefix: str, *, revision: int | None) -> AsyncIterator[StorageEvent]:
         if not self.cacher.ready:
