@@ -4,22 +4,12 @@ validation, status and scale subresources, patches, CEL refusal, and deletion.""
 from __future__ import annotations
 
 import copy
-import time
 import uuid
 
 import pytest
 
 from tests.api_helpers import ApiReplica
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout}s")
+from tests.topology_helpers import wait_for as wait_until
 
 
 def crd(group: str, plural: str = "widgets", kind: str = "Widget") -> dict:

@@ -11,16 +11,7 @@ import urllib.request
 
 from haplane.local.etcd_cluster import EtcdCluster
 from tests.api_helpers import ApiReplica
-
-
-def wait_until(predicate, timeout: float = 15.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout}s")
+from tests.topology_helpers import wait_for as wait_until
 
 
 def test_finalizers_hold_deletion_until_removed(api_replicas, namespace):
