@@ -12,8 +12,11 @@ Layer: api. Pure data.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 
 class StatusError(Exception):
@@ -55,6 +58,16 @@ def _details(kind: str | None, name: str | None, group: str | None) -> dict[str,
     if kind:
         d["kind"] = kind
     return d
+
+
+def dumps(body: Any) -> bytes:
+    """JSON for responses: orjson (measured 17-21x faster than the standard library, see
+    bench/json_codecs.py); the standard library for what orjson refuses (integers beyond 64
+    bits), so a valid object always serialises."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode()
 
 
 def bad_request(message: str) -> StatusError:

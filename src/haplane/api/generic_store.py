@@ -75,11 +75,11 @@ class WatchEvent:
         """The event as a JSON line; one encoding per change and version, whatever the number
         of watchers (the fan-out cost that dominates many watches)."""
         if self.source is None:
-            return json.dumps({"type": self.type, "object": self.object}).encode() + b"\n"
+            return errors.dumps({"type": self.type, "object": self.object}) + b"\n"
         key = (self.type, self.object.get("apiVersion"))
         line = self.source.memo.get(key)
         if line is None:
-            line = json.dumps({"type": self.type, "object": self.object}).encode() + b"\n"
+            line = errors.dumps({"type": self.type, "object": self.object}) + b"\n"
             self.source.memo[key] = line
         return line
 

@@ -74,9 +74,7 @@ class ReplicaConfig:
 def json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.Response(
-        body=json.dumps(body).encode(), status=status, content_type=JSON, headers=headers
-    )
+    return web.Response(body=errors.dumps(body), status=status, content_type=JSON, headers=headers)
 
 
 class Metrics:

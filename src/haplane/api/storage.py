@@ -29,6 +29,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import orjson
+
 from haplane.store import (
     Compare,
     EtcdClient,
@@ -196,7 +198,7 @@ class EtcdStorage:
         return out
 
     def _decode(self, kv: KeyValue, revision: int | None = None) -> Obj:
-        obj: Obj = json.loads(self.transformer.from_storage(kv.value, kv.key))
+        obj: Obj = orjson.loads(self.transformer.from_storage(kv.value, kv.key))
         obj.setdefault("metadata", {})["resourceVersion"] = self.versions.encode(
             revision if revision is not None else kv.mod_revision
         )
