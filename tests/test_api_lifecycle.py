@@ -148,3 +148,31 @@ async def test_controllers_move_to_another_replica_when_the_leader_dies(tmp_path
         for r in replicas:
             await r.stop()
         await cluster.stop()
+
+
+def test_collector_owner_rules(api_replicas, namespace):
+    """An owner of a kind nobody serves is never presumed gone; an owner in another namespace
+    counts as absent (as in Kubernetes)."""
+    api = api_replicas[0]
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    unknown = {
+        "apiVersion": "nowhere.example.com/v1",
+        "kind": "Ghost",
+        "name": "g",
+        "uid": "00000000-0000-0000-0000-000000000001",
+    }
+    api.request("POST", base, {"metadata": {"name": "kept", "ownerReferences": [unknown]}})
+    other_ns = f"{namespace}-o"
+    api.request("POST", "/api/v1/namespaces", {"metadata": {"name": other_ns}})
+    owner = api.request(
+        "POST", f"/api/v1/namespaces/{other_ns}/configmaps", {"metadata": {"name": "owner"}}
+    )[2]
+    elsewhere = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "owner",
+        "uid": owner["metadata"]["uid"],
+    }
+    api.request("POST", base, {"metadata": {"name": "stray", "ownerReferences": [elsewhere]}})
+    wait_until(lambda: api.request("GET", f"{base}/stray")[0] == 404)
+    assert api.request("GET", f"{base}/kept")[0] == 200

@@ -202,3 +202,30 @@ def test_streaming_list_sends_initial_events_then_a_bookmark(api_replicas, names
     assert events[3]["object"]["metadata"]["name"] == "s3"
     status, _, _ = api.request("GET", f"{base}?watch=true&sendInitialEvents=true")
     assert status == 422
+
+
+async def test_a_watcher_that_falls_behind_is_ended_with_410(etcd_cluster, monkeypatch):
+    from haplane.api import watch_cache
+
+    monkeypatch.setattr(watch_cache, "WATCHER_QUEUE", 3)
+    storage, client = await _storage(etcd_cluster)
+    prefix = f"/registry/slow-{uuid.uuid4().hex[:6]}/"
+    cacher = Cacher(storage, prefix)
+    cacher.start()
+    try:
+        await _wait(lambda: cacher.ready)
+        stream = cacher.watch(prefix, cacher.revision)
+        first = asyncio.ensure_future(anext(stream))  # registered, then not reading
+        await asyncio.sleep(0.1)
+        for i in range(8):
+            await storage.create(f"{prefix}ns/o{i}", _obj(f"o{i}"))
+        await _wait(lambda: len(cacher.objects) == 8)
+        got = [(await first).object["metadata"]["name"]]
+        with pytest.raises(Expired):
+            while True:
+                got.append((await anext(stream)).object["metadata"]["name"])
+        # the pending read took o0, three more were queued, then 410 (not a silent hang)
+        assert got == ["o0", "o1", "o2", "o3"]
+    finally:
+        await cacher.stop()
+        await client.close()

@@ -251,9 +251,13 @@ class Controllers:
             meta = obj["metadata"]
             refs = meta.get("ownerReferences") or []
             if refs and not meta.get("deletionTimestamp"):
-                live = [r for r in refs if r.get("uid") in by_uid]
+                live = [r for r in refs if not await self._owner_absent(r, meta, by_uid)]
                 if not live:
-                    await _ignore_gone(store.delete(meta.get("namespace"), meta["name"]))
+                    await _ignore_gone(
+                        store.delete(
+                            meta.get("namespace"), meta["name"], precondition_uid=meta.get("uid")
+                        )
+                    )
                 elif len(live) < len(refs):
                     await self._set_owner_refs(store, obj, live)
             finalizers = meta.get("finalizers") or []
@@ -282,6 +286,36 @@ class Controllers:
                     ]
                     await self._set_owner_refs(s, o, kept)
                 await self._drop_finalizer(store, obj, "orphan")
+
+    async def _owner_absent(
+        self, ref: Obj, dependent_meta: Obj, by_uid: dict[Any, tuple[GenericStore, Obj]]
+    ) -> bool:
+        """Whether an owner is certainly gone. The scan's lists are taken one after another, so
+        a missing uid is only a hint: confirm with a quorum read of the owner itself, where the
+        dependent's namespace says it must live (an owner elsewhere counts as absent, as in
+        Kubernetes). An owner of a kind this replica does not serve is never presumed gone."""
+        namespace = dependent_meta.get("namespace")
+        seen = by_uid.get(ref.get("uid"))
+        if seen is not None:
+            owner_store, owner = seen
+            if not owner_store.t.namespaced or owner["metadata"].get("namespace") == namespace:
+                return False
+        group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
+        stores = [
+            s
+            for s in self.stores()
+            if s.t.group == group and s.t.version == version and s.t.kind == ref.get("kind")
+        ]
+        if not stores:
+            return False
+        owner_store = stores[0]
+        try:
+            owner = await owner_store.get(
+                namespace if owner_store.t.namespaced else None, str(ref.get("name"))
+            )
+        except StatusError as exc:
+            return exc.code == 404
+        return bool(owner["metadata"].get("uid") != ref.get("uid"))
 
     async def _set_owner_refs(self, store: GenericStore, obj: Obj, refs: list[Obj]) -> None:
         def change(current: Obj) -> Obj:

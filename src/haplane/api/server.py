@@ -190,8 +190,13 @@ class ApiServer:
         return self.stores[(CRD_TYPE.group, CRD_TYPE.version, CRD_TYPE.plural)]
 
     def _register_crd(self, crd: dict[str, Any]) -> None:
+        """(Re)serve a CRD's versions. Its watch cache survives an update (same key prefix):
+        restarting it on every CRD change would end every watch on the custom resources."""
         name = crd["metadata"]["name"]
-        self._unregister_crd(name)
+        old = {key: self.stores.get(key) for key in self._crd_types.pop(name, [])}
+        for key in old:
+            self.registry.remove(*key)
+            self.stores.pop(key, None)
         keys = []
         for t in resource_types_for(crd):
             self.registry.add(t)
@@ -199,6 +204,9 @@ class ApiServer:
             self.stores[key] = self._make_store(t)
             keys.append(key)
         self._crd_types[name] = keys
+        for store in old.values():
+            if store is not None:
+                self._release_cacher(store.t.key_prefix())
 
     def _unregister_crd(self, name: str) -> None:
         for key in self._crd_types.pop(name, []):

@@ -328,7 +328,9 @@ class EtcdStorage:
                 prefix.encode(), prefix=True, start_revision=start
             ):
                 if not batch.events:
-                    yield StorageEvent("BOOKMARK", None, batch.revision)
+                    # A progress answer proves the member alive; its revision can run ahead of
+                    # events still queued (etcd#15220), so it is not passed on as a bookmark.
+                    continue
                 for ev in batch.events:
                     if ev.type == "PUT":
                         kind = (

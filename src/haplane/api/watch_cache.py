@@ -58,12 +58,15 @@ class Cacher:
         self._watchers: set[asyncio.Queue[StorageEvent | _Expired]] = set()
         self._task: asyncio.Task[None] | None = None
         self.relists = 0
+        self.stopped = False
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"watch cache {self.prefix}")
 
     async def stop(self) -> None:
+        self.ready = False  # readers fall back to etcd from now on
+        self.stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -111,12 +114,11 @@ class Cacher:
             self._history.append(ev)
         self.revision = max(self.revision, ev.revision)
         for q in list(self._watchers):
-            try:
-                q.put_nowait(ev)
-            except asyncio.QueueFull:
+            if q.qsize() >= WATCHER_QUEUE:  # too far behind: end it with 410, it relists
                 self._watchers.discard(q)
-                with contextlib.suppress(asyncio.QueueFull):
-                    q.put_nowait(_EXPIRED)
+                q.put_nowait(_EXPIRED)
+            else:
+                q.put_nowait(ev)
 
     def _expire_watchers(self) -> None:
         for q in self._watchers:
@@ -132,12 +134,15 @@ class Cacher:
 
     async def watch(self, sub_prefix: str, revision: int | None) -> AsyncIterator[StorageEvent]:
         start = self.revision if revision is None else revision
+        if self.stopped:
+            raise storage.Expired("this watch cache was replaced; watch again")
         if start < self.oldest:
             raise storage.Expired(
                 f"revision {start} is older than this replica's watch cache window "
                 f"(from {self.oldest + 1})"
             )
-        q: asyncio.Queue[StorageEvent | _Expired] = asyncio.Queue(maxsize=WATCHER_QUEUE)
+        # one slot more than the limit, so the _EXPIRED marker always fits
+        q: asyncio.Queue[StorageEvent | _Expired] = asyncio.Queue(maxsize=WATCHER_QUEUE + 1)
         # No await between the snapshot of the window and the registration: nothing is missed.
         revisions = [e.revision for e in self._history]
         replay = list(self._history)[bisect.bisect_right(revisions, start) :]
