@@ -16,7 +16,6 @@ Method contracts (revisions are etcd revisions):
   compare re-reads and re-applies (never visible to the caller) unless the caller pinned
   `expected_revision`, which then fails with Conflict. An unchanged object is not written;
   `DELETE_OBJECT` from `update` deletes it under the same guard (finalizers done).
-- delete: txn guarded by the read revision, after `precondition` accepted the current object.
 - watch: events after `revision` (None: from now) under a prefix; Expired if compacted.
 Every etcd outcome maps to: Unavailable (certainly not applied), OutcomeUnknown (maybe applied).
 """
@@ -153,7 +152,6 @@ class Storage(Protocol):
         *,
         expected_revision: int | None = None,
     ) -> Obj: ...
-    async def delete(self, key: str, precondition: Callable[[Obj], None] | None = None) -> Obj: ...
     def watch(self, prefix: str, *, revision: int | None) -> AsyncIterator[StorageEvent]: ...
     async def current_revision(self) -> int: ...
 
@@ -300,25 +298,6 @@ class EtcdStorage:
             if r.succeeded:
                 return self._with_version(plain, r.revision)
             kv = r.results[0][0] if r.results[0] else None  # lost the race: retry on fresh state
-
-    async def delete(self, key: str, precondition: Callable[[Obj], None] | None = None) -> Obj:
-        k = key.encode()
-        kv = await _call(self.client.get(k), self._observer("get"))
-        while True:
-            if kv is None:
-                raise KeyNotFound(key)
-            current = self._decode(kv)
-            if precondition is not None:
-                precondition(current)
-            r = await _call(
-                self.client.txn(
-                    [Compare(k, "mod", "=", kv.mod_revision)], [Op("delete", k)], [Op("get", k)]
-                ),
-                self._observer("delete"),
-            )
-            if r.succeeded:
-                return self._decode(kv, revision=r.revision)
-            kv = r.results[0][0] if r.results[0] else None
 
     async def watch(self, prefix: str, *, revision: int | None) -> AsyncIterator[StorageEvent]:
         """Events strictly after `revision` (None: from now on)."""

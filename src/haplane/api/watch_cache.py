@@ -212,9 +212,6 @@ class CachedStorage:
     ) -> Obj:
         return await self.inner.guaranteed_update(key, update, expected_revision=expected_revision)
 
-    async def delete(self, key: str, precondition: Callable[[Obj], None] | None = None) -> Obj:
-        return await self.inner.delete(key, precondition)
-
     async def current_revision(self) -> int:
         return await self.inner.current_revision()
 

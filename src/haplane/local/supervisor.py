@@ -99,22 +99,21 @@ def port_key(qualified_name: str, which: str) -> str:
     return f"{qualified_name}#{which}"
 
 
+def member_addresses(cluster: EtcdClusterView, ports: PortRegistry) -> dict[str, MemberAddress]:
+    """Each member's address, assigning (and persisting) the ports the file left out."""
+    return {
+        m.qualified_name: MemberAddress(
+            host=m.host,
+            client_port=ports.resolve(port_key(m.qualified_name, "client"), m.host, m.client_port),
+            peer_port=ports.resolve(port_key(m.qualified_name, "peer"), m.host, m.peer_port),
+        )
+        for m in cluster.members
+    }
+
+
 def resolve_addresses(topology: Topology, ports: PortRegistry) -> list[ClusterPlan]:
-    """Every etcd cluster with the addresses of its members (assigning ports the file left out)."""
-    plans = []
-    for cluster in topology.etcd_clusters():
-        addresses = {
-            m.qualified_name: MemberAddress(
-                host=m.host,
-                client_port=ports.resolve(
-                    port_key(m.qualified_name, "client"), m.host, m.client_port
-                ),
-                peer_port=ports.resolve(port_key(m.qualified_name, "peer"), m.host, m.peer_port),
-            )
-            for m in cluster.members
-        }
-        plans.append(ClusterPlan(cluster, addresses))
-    return plans
+    """Every etcd cluster with the addresses of its members."""
+    return [ClusterPlan(c, member_addresses(c, ports)) for c in topology.etcd_clusters()]
 
 
 def emit(event: str, fields: dict[str, Any]) -> None:
@@ -234,14 +233,7 @@ class Supervisor:
                         ports.reassign(port_key(m.qualified_name, "client"), m.host)
                     if m.peer_port is None:
                         ports.reassign(port_key(m.qualified_name, "peer"), m.host)
-                plan.addresses = {
-                    m.qualified_name: MemberAddress(
-                        m.host,
-                        ports.resolve(port_key(m.qualified_name, "client"), m.host, m.client_port),
-                        ports.resolve(port_key(m.qualified_name, "peer"), m.host, m.peer_port),
-                    )
-                    for m in plan.view.members
-                }
+                plan.addresses = member_addresses(plan.view, ports)
                 continue
             details = (
                 "; ".join(
