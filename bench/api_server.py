@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +30,7 @@ from typing import Any
 import aiohttp
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.api_helpers import ApiReplica
-
+from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
 from haplane.store import Compare, EtcdClient, Op
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
-from tests.api_helpers import ApiReplica
 from tests.topology_helpers import haplane, processes_under, status
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.api_helpers import ApiReplica
+from haplane.local.api_replica import ApiReplica
 
 KUBECTL = Path("/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
 

@@ -17,8 +17,8 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.rest import ApiException
 
+from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
-from tests.api_helpers import ApiReplica
 
 KUBECTL_DIR = Path("/usr/lib/google-cloud-sdk/bin")
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.api_helpers import ApiReplica
+from haplane.local.api_replica import ApiReplica
 from tests.topology_helpers import wait_for as wait_until
 
 

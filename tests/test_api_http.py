@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.api_helpers import ApiReplica
+from haplane.local.api_replica import ApiReplica
 
 
 @pytest.fixture

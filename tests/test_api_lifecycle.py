@@ -9,8 +9,8 @@ import threading
 import time
 import urllib.request
 
+from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
-from tests.api_helpers import ApiReplica
 from tests.topology_helpers import wait_for as wait_until
 
 

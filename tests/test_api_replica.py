@@ -8,8 +8,8 @@ import signal
 import time
 import urllib.request
 
+from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
-from tests.api_helpers import ApiReplica
 
 
 async def test_readyz_fails_without_quorum_and_recovers(tmp_path):

@@ -1,4 +1,9 @@
-"""API server replica processes for tests, and small raw-HTTP and kubeconfig helpers."""
+"""One API server replica as a process, for tests and benchmarks (the supervisor runs the replicas
+of a topology itself), with small raw-HTTP and kubeconfig helpers.
+
+Layer: run (`haplane.local`). Starts `python -m haplane.api` through `ManagedProcess`; talks to it
+only over HTTP.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from haplane.local.process import ManagedProcess, ProcessSpec
+from .process import ManagedProcess, ProcessSpec
 
 
 def free_port() -> int:
