@@ -256,6 +256,71 @@ def test_deleting_a_crd_deletes_its_objects(api_replicas, widgets, namespace):
     assert api.request("GET", base)[2]["items"] == []
 
 
+def test_creates_are_refused_while_a_crd_terminates(api_replicas, widgets, namespace):
+    api: ApiReplica = api_replicas[0]
+    base = f"/apis/{widgets}/v1/namespaces/{namespace}/widgets"
+    held = {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}
+    assert api.request("POST", base, {**held, "spec": {"color": "red"}})[0] == 201
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.{widgets}"
+    assert api.request("DELETE", path)[0] == 200
+    # the held object keeps the CRD terminating; every replica then refuses creates with 405
+    for r in api_replicas:
+        wait_until(
+            lambda r=r: (
+                r.request("POST", base, {"metadata": {"name": "new"}, "spec": {"color": "red"}})[0]
+                == 405
+            )
+        )
+    status, _, body = api.request(
+        "POST", base, {"metadata": {"name": "new"}, "spec": {"color": "red"}}
+    )
+    assert status == 405
+    assert body["reason"] == "MethodNotAllowed" and "terminating" in body["message"]
+    # reads and updates still work; releasing the finalizer lets the CRD go
+    assert api.request("GET", f"{base}/held")[0] == 200
+    patch = [{"op": "remove", "path": "/metadata/finalizers"}]
+    assert api.request("PATCH", f"{base}/held", patch, content_type="application/json-patch+json")[
+        0
+    ] in (200, 404)
+    wait_until(lambda: api.request("GET", path)[0] == 404)
+
+
+def test_a_crd_with_no_served_version_still_deletes_its_objects(
+    api_replicas, widgets, namespace, etcd_cluster
+):
+    api: ApiReplica = api_replicas[0]
+    base = f"/apis/{widgets}/v1/namespaces/{namespace}/widgets"
+    assert (
+        api.request("POST", base, {"metadata": {"name": "u1"}, "spec": {"color": "red"}})[0] == 201
+    )
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.{widgets}"
+    current = api.request("GET", path)[2]
+    for v in current["spec"]["versions"]:
+        v["served"] = False
+    assert api.request("PUT", path, current)[0] == 200
+    wait_until(lambda: api.request("GET", f"/apis/{widgets}/v1")[0] == 404)
+    assert api.request("DELETE", path)[0] == 200
+    wait_until(lambda: api.request("GET", path)[0] == 404)
+    # no object of it is left in etcd
+    assert _etcd_keys(etcd_cluster, f"/registry/{widgets}/widgets/") == []
+
+
+def _etcd_keys(cluster, prefix: str) -> list[bytes]:
+    import asyncio
+
+    from haplane.store import EtcdClient
+
+    async def read() -> list[bytes]:
+        client = EtcdClient(cluster.endpoints)
+        try:
+            kvs, _ = await client.range(prefix.encode(), prefix=True)
+            return [kv.key for kv in kvs]
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
 def test_python_client_custom_objects_and_kubectl(api_replicas, widgets, namespace, tmp_path):
     import subprocess
     from pathlib import Path

@@ -11,6 +11,8 @@ import logging
 import signal
 import sys
 
+import uvloop
+
 from .server import ApiServer, ReplicaConfig
 
 
@@ -60,7 +62,7 @@ def main() -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("haplane.api").addHandler(handler)
     logging.getLogger("haplane.api").setLevel(logging.INFO)
-    asyncio.run(serve(parse_args()))
+    uvloop.run(serve(parse_args()))
 
 
 if __name__ == "__main__":

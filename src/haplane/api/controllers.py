@@ -14,8 +14,10 @@ Layer: api. Uses the generic stores in-process (no HTTP) and a coordination.k8s.
   `orphan` goes after its dependents lost their reference to it.
 
 Both controllers rescan every `interval` seconds rather than keeping a dependency graph: simple
-and correct at the sizes one region's control plane holds here; the watch cache (a later step)
-makes a scan cheap.
+and correct at the sizes one region's control plane holds here. A scan reads this replica's watch
+cache (no etcd traffic) and is skipped when no cached resource changed since the last complete
+round; a step that cannot be undone (dropping a namespace's or a CRD's cleanup finalizer, deleting
+a dependent) is first confirmed with quorum reads, because the cache lags etcd by milliseconds.
 """
 
 from __future__ import annotations
@@ -46,8 +48,13 @@ def _micro_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _all() -> ListOptions:
-    return ListOptions(parse_label_selector(None), parse_field_selector(None, ()))
+def _all(cached: bool = False) -> ListOptions:
+    """Everything; from the watch cache when `cached` (resourceVersion "0"), else a quorum read."""
+    return ListOptions(
+        parse_label_selector(None),
+        parse_field_selector(None, ()),
+        resource_version="0" if cached else None,
+    )
 
 
 class LeaderElector:
@@ -140,10 +147,20 @@ class LeaderElector:
 class Controllers:
     """Runs the namespace controller and the garbage collector while this replica leads."""
 
-    def __init__(self, stores: Callable[[], Iterable[GenericStore]], interval: float = 0.5):
+    def __init__(
+        self,
+        stores: Callable[[], Iterable[GenericStore]],
+        interval: float = 0.5,
+        storage_store: Callable[[Obj], GenericStore | None] | None = None,
+    ):
+        """`storage_store(crd)`: a store for a CRD's objects even when none of its versions is
+        served (its objects must still go when it is deleted)."""
         self.stores = stores  # a function: custom resources come and go
         self.interval = interval
+        self.storage_store = storage_store
         self._task: asyncio.Task[None] | None = None
+        self._last_scan: tuple[tuple[str, str], ...] | None = None
+        self._pending = False  # this round waits on something: scan again even if unchanged
 
     def leading(self, leader: bool) -> None:
         if leader and self._task is None:
@@ -169,24 +186,34 @@ class Controllers:
                 log.exception("controllers: unexpected error")
             await asyncio.sleep(self.interval)
 
-    async def reconcile_once(self) -> None:
+    async def reconcile_once(self, *, force: bool = False) -> None:
         listed: list[tuple[GenericStore, Obj]] = []
         prefixes: set[str] = set()
+        scan: list[tuple[str, str]] = []
         stores = list(self.stores())
         for store in stores:
             prefix = store.t.key_prefix()
             if prefix in prefixes:
                 continue  # another served version of the same custom resources
             prefixes.add(prefix)
-            for item in (await store.list(None, _all()))["items"]:
+            got = await store.list(None, _all(cached=True))
+            scan.append((prefix, str(got["metadata"].get("resourceVersion"))))
+            for item in got["items"]:
                 listed.append((store, item))
-        await self._namespaces(listed)
+        signature = tuple(scan)
+        if signature == self._last_scan and not force:
+            return  # nothing changed since a round that completed
+        self._pending = False
+        await self._namespaces(listed, stores)
         await self._garbage(listed)
         await self._crd_cleanup(listed, stores)
+        self._last_scan = None if self._pending else signature
 
     # ---- namespaces ----------------------------------------------------------------------
 
-    async def _namespaces(self, listed: list[tuple[GenericStore, Obj]]) -> None:
+    async def _namespaces(
+        self, listed: list[tuple[GenericStore, Obj]], stores: list[GenericStore]
+    ) -> None:
         terminating = {
             obj["metadata"]["name"]: (store, obj)
             for store, obj in listed
@@ -199,8 +226,9 @@ class Controllers:
             for store, obj in contents:
                 if not obj["metadata"].get("deletionTimestamp"):
                     await _ignore_gone(store.delete(ns, obj["metadata"]["name"]))
-            if contents:
-                continue  # again next round, until the namespace is empty
+            if contents or await self._namespace_has_contents(ns, stores):
+                self._pending = True  # again next round, until the namespace is empty
+                continue
             finalizers = (ns_obj.get("spec") or {}).get("finalizers") or []
             if "kubernetes" in finalizers:
                 body = copy.deepcopy(ns_obj)
@@ -208,6 +236,21 @@ class Controllers:
                 await _ignore_gone(
                     ns_store.update_subresource(None, ns, "finalize", _constant(body))
                 )
+
+    async def _namespace_has_contents(self, namespace: str, stores: list[GenericStore]) -> bool:
+        """A quorum read per namespaced resource: the cached scan may not have seen a create of
+        the last milliseconds."""
+        seen: set[str] = set()
+        for store in stores:
+            prefix = store.t.key_prefix()
+            if not store.t.namespaced or prefix in seen:
+                continue
+            seen.add(prefix)
+            opts = _all()
+            opts = ListOptions(opts.label_selector, opts.field_selector, limit=1)
+            if (await store.list(namespace, opts))["items"]:
+                return True
+        return False
 
     # ---- custom resource definitions -----------------------------------------------------
 
@@ -228,15 +271,20 @@ class Controllers:
                 for s in stores
                 if s.t.custom and s.t.group == spec.get("group") and s.t.plural == plural
             ]
-            remaining = 0
-            if served:
-                items = (await served[0].list(None, _all()))["items"]
-                remaining = len(items)
-                for item in items:
-                    m = item["metadata"]
-                    if not m.get("deletionTimestamp"):
-                        await _ignore_gone(served[0].delete(m.get("namespace"), m["name"]))
-            if not remaining:
+            store_of_objects = served[0] if served else None
+            if store_of_objects is None and self.storage_store is not None:
+                store_of_objects = self.storage_store(crd)  # no version served: still clean up
+            if store_of_objects is None:
+                continue  # cannot see its objects: keep the finalizer rather than orphan them
+            items = (await store_of_objects.list(None, _all()))["items"]
+            remaining = len(items)
+            for item in items:
+                m = item["metadata"]
+                if not m.get("deletionTimestamp"):
+                    await _ignore_gone(store_of_objects.delete(m.get("namespace"), m["name"]))
+            if remaining:
+                self._pending = True  # again next round, until they are gone
+            else:
                 await self._drop_finalizer(store, crd, CLEANUP_FINALIZER)
 
     # ---- garbage collection --------------------------------------------------------------

@@ -251,13 +251,18 @@ class CustomResourceStrategy(Strategy):
         return validate_against_schema(obj, self.schema)
 
 
-def resource_types_for(crd: Obj) -> list[ResourceType]:
-    """One ResourceType per served version, in Kubernetes' version priority order."""
+def resource_types_for(crd: Obj, *, served_only: bool = True) -> list[ResourceType]:
+    """One ResourceType per served version (every version: `served_only=False`), in
+    Kubernetes' version priority order."""
     spec = crd.get("spec") or {}
     names = _names(crd)
     group = str(spec.get("group"))
     out = []
-    versions = [v for v in spec.get("versions") or [] if isinstance(v, dict) and v.get("served")]
+    versions = [
+        v
+        for v in spec.get("versions") or []
+        if isinstance(v, dict) and (v.get("served") or not served_only)
+    ]
     for v in sorted(versions, key=lambda v: version_priority(str(v.get("name")))):
         subresources = v.get("subresources") or {}
         has_status = "status" in subresources

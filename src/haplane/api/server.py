@@ -37,10 +37,10 @@ from . import errors, tables
 from .controllers import Controllers, LeaderElector
 from .crds import CRD_TYPE, resource_types_for, to_scale
 from .errors import StatusError
-from .generic_store import GenericStore, ListOptions
+from .generic_store import NAMESPACE_KEY, GenericStore, ListOptions
 from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
 from .resource_version import VersionContext
-from .resources import BUILTIN, Registry, ResourceType
+from .resources import BUILTIN, Obj, Registry, ResourceType
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .storage import MAX_VALUE_BYTES, EtcdStorage
 from .watch_cache import CachedStorage, Cacher
@@ -127,6 +127,7 @@ class ApiServer:
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self.controllers: Controllers | None = None
         self._crd_types: dict[str, list[tuple[str, str, str]]] = {}
+        self._terminating_crds: set[str] = set()
         self._crd_task: asyncio.Task[None] | None = None
         self._storage: EtcdStorage | None = None
         self._cachers: dict[str, Cacher] = {}
@@ -149,7 +150,9 @@ class ApiServer:
         await self._ensure_system_namespaces()
         crd_rv = await self._sync_all_crds()
         self._crd_task = asyncio.create_task(self._watch_crds(crd_rv), name="crd sync")
-        self.controllers = Controllers(lambda: list(self.stores.values()))
+        self.controllers = Controllers(
+            lambda: list(self.stores.values()), storage_store=self._unserved_crd_store
+        )
         self.elector = LeaderElector(
             self.stores[("coordination.k8s.io", "v1", "leases")],
             identity=f"{self.name}_{uuid.uuid4().hex[:8]}",
@@ -204,11 +207,16 @@ class ApiServer:
             self.stores[key] = self._make_store(t)
             keys.append(key)
         self._crd_types[name] = keys
+        if crd["metadata"].get("deletionTimestamp"):
+            self._terminating_crds.add(name)
+        else:
+            self._terminating_crds.discard(name)
         for store in old.values():
             if store is not None:
                 self._release_cacher(store.t.key_prefix())
 
     def _unregister_crd(self, name: str) -> None:
+        self._terminating_crds.discard(name)
         for key in self._crd_types.pop(name, []):
             self.registry.remove(*key)
             gone = self.stores.pop(key, None)
@@ -225,7 +233,20 @@ class ApiServer:
         if cacher is None:
             cacher = self._cachers[prefix] = Cacher(self._storage, prefix)
             cacher.start()
-        return GenericStore(t, CachedStorage(self._storage, cacher))
+        return GenericStore(t, CachedStorage(self._storage, cacher), self._cached_namespace)
+
+    def _cached_namespace(self, name: str) -> tuple[Obj | None, bool]:
+        cacher = self._cachers.get(NAMESPACE_KEY)
+        if cacher is None or not cacher.ready:
+            return None, False
+        return cacher.objects.get(NAMESPACE_KEY + name), True
+
+    def _unserved_crd_store(self, crd: Obj) -> GenericStore | None:
+        """A store straight on etcd for the objects of a CRD none of whose versions is served."""
+        types = resource_types_for(crd, served_only=False)
+        if not types or self._storage is None:
+            return None
+        return GenericStore(types[0], self._storage)
 
     def _release_cacher(self, prefix: str) -> None:
         if any(s.t.key_prefix() == prefix for s in self.stores.values()):
@@ -549,6 +570,13 @@ class ApiServer:
             return json_response(table)
         if m == "POST" and target.name is None:
             request["verb"] = "create"
+            if t.custom and t.qualified in self._terminating_crds:
+                raise errors.StatusError(
+                    405,
+                    "MethodNotAllowed",
+                    f"create not allowed while custom resource definition {t.qualified} is "
+                    "terminating",
+                )
             body = await _body(request)
             await self._admit("create", t, body)
             created = await store.create(
