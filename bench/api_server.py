@@ -229,6 +229,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--watchers", type=int, default=1000)
+    ap.add_argument("--only", choices=("all", "requests", "fanout"), default="all")
     args = ap.parse_args()
     loop = asyncio.new_event_loop()
     with tempfile.TemporaryDirectory(prefix="haplane-bench-") as tmp:
@@ -244,48 +245,51 @@ def main() -> None:
                 )
             time.sleep(1.0)
             w, c, s = args.workers, args.concurrency, args.seconds
-            print(
-                f"{w} worker processes x {c} in flight, {s:.0f}s per case, 2 vCPUs shared by "
-                "etcd, replicas and load"
-            )
-            rows = {
-                "etcd txn create (raw)": load(
-                    "etcd-create", ",".join(cluster.endpoints), s, w, c, None
-                ),
-                "API create": load("create", cached.url, s, w, c, cached.process.pid),
-                "get rv=0, cache on": load("get", cached.url, s, w, c, cached.process.pid),
-                "get rv=0, cache off": load("get", uncached.url, s, w, c, uncached.process.pid),
-                "list 100 rv=0, cache on": load("list", cached.url, s, w, c, cached.process.pid),
-                "list 100 rv=0, cache off": load(
-                    "list", uncached.url, s, w, c, uncached.process.pid
-                ),
-            }
-            print(f"{'case':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}")
-            for name, r in rows.items():
+            if args.only != "fanout":
+                requests(cluster, cached, uncached, w, c, s)
+            if args.only != "requests":
+                f = fanout(cached, args.watchers, 10.0, 4)
                 print(
-                    f"{name:<28}{r['rps']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-                    f"{r['cpu_us']:>12.0f}"
+                    f"watch fan-out: {f['watchers']} watchers, {f['writes']} writes at 10/s -> "
+                    f"{f['deliveries']}/{f['expected']} deliveries, p50 {f['p50_ms']:.0f} ms, "
+                    f"p99 {f['p99_ms']:.0f} ms, replica CPU {f['cpu_percent']:.0f}% of a core"
                 )
-            print(
-                f"creates: API / raw etcd = "
-                f"{rows['API create']['rps'] / rows['etcd txn create (raw)']['rps']:.2f}x"
-            )
-            for what in ("get", "list 100"):
-                on, off = rows[f"{what} rv=0, cache on"], rows[f"{what} rv=0, cache off"]
-                print(
-                    f"{what}: cache on / off = {on['rps'] / off['rps']:.2f}x throughput, "
-                    f"{off['cpu_us'] / on['cpu_us']:.2f}x less server CPU per request"
-                )
-            f = fanout(cached, args.watchers, 10.0, 4)
-            print(
-                f"watch fan-out: {f['watchers']} watchers, {f['writes']} writes at 10/s -> "
-                f"{f['deliveries']}/{f['expected']} deliveries, p50 {f['p50_ms']:.0f} ms, "
-                f"p99 {f['p99_ms']:.0f} ms, replica CPU {f['cpu_percent']:.0f}% of a core"
-            )
         finally:
             loop.run_until_complete(cached.stop())
             loop.run_until_complete(uncached.stop())
             loop.run_until_complete(cluster.stop())
+
+
+def requests(
+    cluster: EtcdCluster, cached: ApiReplica, uncached: ApiReplica, w: int, c: int, s: float
+) -> None:
+    print(
+        f"{w} worker processes x {c} in flight, {s:.0f}s per case, 2 vCPUs shared by "
+        "etcd, replicas and load"
+    )
+    rows = {
+        "etcd txn create (raw)": load("etcd-create", ",".join(cluster.endpoints), s, w, c, None),
+        "API create": load("create", cached.url, s, w, c, cached.process.pid),
+        "get rv=0, cache on": load("get", cached.url, s, w, c, cached.process.pid),
+        "get rv=0, cache off": load("get", uncached.url, s, w, c, uncached.process.pid),
+        "list 100 rv=0, cache on": load("list", cached.url, s, w, c, cached.process.pid),
+        "list 100 rv=0, cache off": load("list", uncached.url, s, w, c, uncached.process.pid),
+    }
+    print(f"{'case':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}")
+    for name, r in rows.items():
+        print(
+            f"{name:<28}{r['rps']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['cpu_us']:>12.0f}"
+        )
+    print(
+        f"creates: API / raw etcd = "
+        f"{rows['API create']['rps'] / rows['etcd txn create (raw)']['rps']:.2f}x"
+    )
+    for what in ("get", "list 100"):
+        on, off = rows[f"{what} rv=0, cache on"], rows[f"{what} rv=0, cache off"]
+        print(
+            f"{what}: cache on / off = {on['rps'] / off['rps']:.2f}x throughput, "
+            f"{off['cpu_us'] / on['cpu_us']:.2f}x less server CPU per request"
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from haplane.api.resource_version import VersionContext
-from haplane.api.storage import EtcdStorage, Expired
+from haplane.api.storage import DELETE_OBJECT, EtcdStorage, Expired
 from haplane.api.watch_cache import Cacher
 from haplane.local.etcd_cluster import EtcdCluster
 
@@ -229,3 +229,32 @@ async def test_a_watcher_that_falls_behind_is_ended_with_410(etcd_cluster, monke
     finally:
         await cacher.stop()
         await client.close()
+
+
+async def test_snapshots_of_one_namespace_follow_creates_and_deletes(etcd_cluster):
+    storage, client = await _storage(etcd_cluster)
+    prefix = f"/registry/bucket-{uuid.uuid4().hex[:6]}/"
+    for ns, name in (("a", "x"), ("ab", "y"), ("a", "z"), ("b", "w")):
+        await storage.create(f"{prefix}{ns}/{name}", _in(ns, name))
+    cacher = Cacher(storage, prefix)
+    cacher.start()
+    try:
+        await _wait(lambda: cacher.ready)
+
+        def names(sub: str) -> list[str]:
+            return [o["metadata"]["name"] for o in cacher.snapshot(prefix + sub)[0]]
+
+        assert names("a/") == ["x", "z"]  # not the objects of namespace "ab"
+        assert names("") == ["x", "z", "y", "w"]  # sorted by key: a/x a/z ab/y b/w
+        await storage.create(f"{prefix}a/m", _in("a", "m"))
+        key = f"{prefix}a/x"
+        await storage.guaranteed_update(key, lambda cur: _async(DELETE_OBJECT))
+        await _wait(lambda: names("a/") == ["m", "z"])
+        assert names("missing/") == []
+    finally:
+        await cacher.stop()
+        await client.close()
+
+
+def _in(namespace: str, name: str) -> dict:
+    return {"metadata": {"name": name, "namespace": namespace}}

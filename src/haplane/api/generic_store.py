@@ -15,10 +15,8 @@ What it guarantees (as kube-apiserver's generic registry):
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import builtins
-import contextlib
 import copy
 import functools
 import json
@@ -43,6 +41,7 @@ from .validation import FieldError, generate_name, object_meta_errors
 NAMESPACE_KEY = "/registry/namespaces/"
 GENERATE_NAME_ATTEMPTS = 5
 BOOKMARK_INTERVAL = 5.0  # seconds between watch bookmarks when a client asks for them
+TICK = 1.0  # a silent watch wakes its reader this often
 
 
 def now_rfc3339() -> str:
@@ -82,6 +81,9 @@ class WatchEvent:
             line = errors.dumps({"type": self.type, "object": self.object}) + b"\n"
             self.source.memo[key] = line
         return line
+
+
+TICK_EVENT = WatchEvent("TICK", {})  # internal: "nothing happened", for the server's checks
 
 
 def ssa_meta_schema() -> dict[str, Any]:
@@ -806,11 +808,13 @@ class GenericStore:
         bookmarks: bool = False,
         timeout_seconds: float | None = None,
         send_initial_events: bool = False,
+        ticks: bool = False,
     ) -> AsyncIterator[WatchEvent]:
         """Unset or "0" resourceVersion: ADDED for the current state, then changes; N: the
         changes after N. A too-old N ends the stream with an ERROR event carrying 410.
         `send_initial_events` (streaming list): ADDED for the state not older than N (or the
-        current one), then a BOOKMARK annotated `k8s.io/initial-events-end`, then changes."""
+        current one), then a BOOKMARK annotated `k8s.io/initial-events-end`, then changes.
+        `ticks`: also yield `TICK_EVENT` (never sent to clients) when the stream is silent."""
         deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
         try:
             revision = revision_for_read(self.versions, opts.resource_version)
@@ -832,45 +836,32 @@ class GenericStore:
                 end = self._bookmark(last_rev)
                 end["metadata"]["annotations"] = {"k8s.io/initial-events-end": "true"}
                 yield WatchEvent("BOOKMARK", end)
-        events = self.storage.watch(self.t.key_prefix(namespace), revision=last_rev)
-        next_event: asyncio.Task[storage.StorageEvent] | None = None
+        # The storage watch wakes us after TICK seconds of silence (a BOOKMARK at the last
+        # revision): enough to send bookmarks, end at timeoutSeconds and let the server notice a
+        # client that left, without a task and a wait per event per watcher (the fan-out cost).
+        tick = min(TICK, timeout_seconds) if timeout_seconds else TICK
+        events = self.storage.watch(self.t.key_prefix(namespace), revision=last_rev, tick=tick)
         last_bookmark = time.monotonic()
         try:
-            while True:
-                wait = BOOKMARK_INTERVAL if bookmarks else None
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return
-                    wait = min(wait, left) if wait is not None else left
-                if next_event is None:
-                    next_event = asyncio.ensure_future(anext(events))
-                done, _ = await asyncio.wait({next_event}, timeout=wait)
-                if not done:
-                    if bookmarks and time.monotonic() - last_bookmark >= BOOKMARK_INTERVAL:
-                        last_bookmark = time.monotonic()
-                        yield WatchEvent("BOOKMARK", self._bookmark(last_rev))
-                    continue
-                task, next_event = next_event, None
-                try:
-                    ev = task.result()
-                except StopAsyncIteration:
+            async for ev in events:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
                     return
                 last_rev = max(last_rev, ev.revision)
-                if ev.type == "BOOKMARK":
-                    continue
-                translated = self._translate_event(ev, opts)
-                if translated is not None:
-                    yield translated
+                if ev.type != "BOOKMARK":
+                    translated = self._translate_event(ev, opts)
+                    if translated is not None:
+                        yield translated
+                if bookmarks and now - last_bookmark >= BOOKMARK_INTERVAL:
+                    last_bookmark = now
+                    yield WatchEvent("BOOKMARK", self._bookmark(last_rev))
+                elif ticks and ev.type == "BOOKMARK":
+                    yield TICK_EVENT
         except storage.Expired as exc:
             yield WatchEvent("ERROR", errors.gone(f"too old resource version: {exc}").status())
         except storage.StorageError as exc:
             yield WatchEvent("ERROR", self._translate(exc, "").status())
         finally:
-            if next_event is not None:
-                next_event.cancel()
-                with contextlib.suppress(BaseException):
-                    await next_event  # the generator must be idle before it can be closed
             await events.aclose()  # type: ignore[attr-defined]
 
     def _bookmark(self, revision: int) -> Obj:

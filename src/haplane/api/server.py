@@ -846,42 +846,30 @@ class ApiServer:
             bookmarks=q.get("allowWatchBookmarks") in ("true", "1"),
             timeout_seconds=timeout,
             send_initial_events=send_initial,
+            ticks=True,
         )
-        stop = asyncio.ensure_future(self._watch_stop.wait())
-        nxt: asyncio.Future[Any] | None = None
         try:
-            while True:
-                if nxt is None:
-                    nxt = asyncio.ensure_future(anext(events))
-                # Wake up now and then: aiohttp does not cancel a handler whose client left, and
-                # a quiet watch would otherwise hold its etcd watch forever.
-                done, _ = await asyncio.wait(
-                    {nxt, stop}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
-                )
+            async for ev in events:
+                # Checked at every event and, on a silent stream, every tick (about a second):
+                # aiohttp does not cancel a handler whose client left, and a quiet watch would
+                # otherwise hold its etcd watch forever.
                 if request.transport is None or request.transport.is_closing():
                     break  # the client went away
-                if stop in done:
+                if self._watch_stop.is_set():
                     break  # draining: end the stream cleanly, the client re-watches elsewhere
-                if nxt not in done:
+                if ev.type == "TICK":
                     continue
-                task, nxt = nxt, None
-                try:
-                    ev = task.result()
-                except StopAsyncIteration:
-                    break
                 if not table_version or ev.type not in ("ADDED", "MODIFIED", "DELETED"):
                     await response.write(ev.encoded())
                     continue
-                obj = ev.object
-                if table_version:
-                    obj = tables.table_for_watch_event(
-                        obj,
-                        columns,
-                        include_object=include,
-                        version=table_version,
-                        no_headers=sent_headers,
-                    )
-                    sent_headers = True
+                obj = tables.table_for_watch_event(
+                    ev.object,
+                    columns,
+                    include_object=include,
+                    version=table_version,
+                    no_headers=sent_headers,
+                )
+                sent_headers = True
                 await response.write(json.dumps({"type": ev.type, "object": obj}).encode() + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
@@ -898,12 +886,7 @@ class ApiServer:
                     json.dumps({"type": "ERROR", "object": status}).encode() + b"\n"
                 )
         finally:
-            stop.cancel()
             gauge.dec()
-            if nxt is not None:
-                nxt.cancel()
-                with contextlib.suppress(BaseException):
-                    await nxt  # the generator must be idle before it can be closed
             await events.aclose()  # type: ignore[attr-defined]
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()

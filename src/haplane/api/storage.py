@@ -22,6 +22,8 @@ Every etcd outcome maps to: Unavailable (certainly not applied), OutcomeUnknown 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -152,8 +154,54 @@ class Storage(Protocol):
         *,
         expected_revision: int | None = None,
     ) -> Obj: ...
-    def watch(self, prefix: str, *, revision: int | None) -> AsyncIterator[StorageEvent]: ...
+    def watch(
+        self, prefix: str, *, revision: int | None, tick: float | None = None
+    ) -> AsyncIterator[StorageEvent]: ...
     async def current_revision(self) -> int: ...
+
+
+def tick_event(revision: int) -> StorageEvent:
+    """What a watch yields after `tick` seconds of silence: a BOOKMARK at the last revision it
+    delivered (true by construction), so its reader can look at the clock and its client."""
+    return StorageEvent("BOOKMARK", None, revision)
+
+
+async def with_ticks(
+    events: AsyncIterator[StorageEvent], tick: float
+) -> AsyncIterator[StorageEvent]:
+    """`events`, plus `tick_event` after every `tick` seconds of silence. One pump task per
+    watch: a timeout on `anext` itself would close the generator it cancels."""
+    q: asyncio.Queue[StorageEvent | BaseException | None] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for ev in events:
+                await q.put(ev)
+            await q.put(None)
+        except Exception as exc:  # handed to the reader, which raises it
+            await q.put(exc)
+
+    task = asyncio.create_task(pump())
+    last = 0
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(tick):
+                    item = await q.get()
+            except TimeoutError:
+                yield tick_event(last)
+                continue
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            last = max(last, item.revision)
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 class EtcdStorage:
@@ -299,8 +347,14 @@ class EtcdStorage:
                 return self._with_version(plain, r.revision)
             kv = r.results[0][0] if r.results[0] else None  # lost the race: retry on fresh state
 
-    async def watch(self, prefix: str, *, revision: int | None) -> AsyncIterator[StorageEvent]:
-        """Events strictly after `revision` (None: from now on)."""
+    def watch(
+        self, prefix: str, *, revision: int | None, tick: float | None = None
+    ) -> AsyncIterator[StorageEvent]:
+        """Events strictly after `revision` (None: from now on); `tick`: see `with_ticks`."""
+        events = self._watch(prefix, revision)
+        return with_ticks(events, tick) if tick else events
+
+    async def _watch(self, prefix: str, revision: int | None) -> AsyncIterator[StorageEvent]:
         start = (revision + 1) if revision is not None else 0
         try:
             async for batch in self.client.watch(

@@ -51,6 +51,7 @@ class Cacher:
         self.inner = inner
         self.prefix = prefix
         self.objects: dict[str, Obj] = {}
+        self._buckets: dict[str, dict[str, Obj]] = {}  # first key segment (namespace) -> objects
         self.revision = 0
         self.oldest = 0  # the window holds every event with revision > oldest
         self.ready = False
@@ -78,7 +79,10 @@ class Cacher:
         while True:
             try:
                 listed = await self.inner.list(self.prefix)
-                self.objects = {_key(self.prefix, o): o for o in listed.items}
+                self.objects = {}
+                self._buckets = {}
+                for o in listed.items:
+                    self._put(_key(self.prefix, o), o)
                 self.revision = self.oldest = listed.revision
                 self._history.clear()
                 self._expire_watchers()  # they cannot be resumed across a relist
@@ -107,8 +111,11 @@ class Cacher:
             key = ev.key or _key(self.prefix, ev.object)
             if ev.type == "DELETED":
                 self.objects.pop(key, None)
+                bucket = self._buckets.get(self._bucket_of(key))
+                if bucket is not None:
+                    bucket.pop(key, None)
             else:
-                self.objects[key] = ev.object
+                self._put(key, ev.object)
             if len(self._history) == self._history.maxlen and self._history:
                 self.oldest = self._history[0].revision
             self._history.append(ev)
@@ -128,11 +135,29 @@ class Cacher:
 
     # ---- serving -------------------------------------------------------------------------
 
-    def snapshot(self, sub_prefix: str) -> tuple[list[Obj], int]:
-        keys = sorted(k for k in self.objects if k.startswith(sub_prefix))
-        return [self.objects[k] for k in keys], self.revision
+    def _bucket_of(self, key: str) -> str:
+        return key[len(self.prefix) :].partition("/")[0]
 
-    async def watch(self, sub_prefix: str, revision: int | None) -> AsyncIterator[StorageEvent]:
+    def _put(self, key: str, obj: Obj) -> None:
+        self.objects[key] = obj
+        self._buckets.setdefault(self._bucket_of(key), {})[key] = obj
+
+    def snapshot(self, sub_prefix: str) -> tuple[list[Obj], int]:
+        """Sorted by key. A namespace's objects come from its bucket: listing one namespace
+        costs its size, not the size of the whole resource."""
+        rest = sub_prefix[len(self.prefix) :]
+        if sub_prefix.startswith(self.prefix) and rest.endswith("/") and rest.count("/") == 1:
+            source = self._buckets.get(rest[:-1], {})
+        else:
+            source = self.objects
+        keys = sorted(k for k in source if k.startswith(sub_prefix))
+        return [source[k] for k in keys], self.revision
+
+    async def watch(
+        self, sub_prefix: str, revision: int | None, tick: float | None = None
+    ) -> AsyncIterator[StorageEvent]:
+        """Changes under `sub_prefix` after `revision`; `tick`: a `tick_event` after that many
+        seconds of silence (a timeout on this watcher's own queue: no task per event)."""
         start = self.revision if revision is None else revision
         if self.stopped:
             raise storage.Expired("this watch cache was replaced; watch again")
@@ -154,7 +179,15 @@ class Cacher:
                     yield ev
                 last = ev.revision
             while True:
-                item = await q.get()
+                if tick is None:
+                    item = await q.get()
+                else:
+                    try:
+                        async with asyncio.timeout(tick):
+                            item = await q.get()
+                    except TimeoutError:
+                        yield storage.tick_event(last)
+                        continue
                 if isinstance(item, _Expired):
                     raise storage.Expired("the watch cache relisted or this watch fell behind")
                 if item.revision <= last and item.type != "BOOKMARK":
@@ -229,10 +262,12 @@ class CachedStorage:
         items, revision = self.cacher.snapshot(prefix)
         return ListResult(items=items, revision=revision, last_key=None, remaining=0)
 
-    def watch(self, prefix: str, *, revision: int | None) -> AsyncIterator[StorageEvent]:
+    def watch(
+        self, prefix: str, *, revision: int | None, tick: float | None = None
+    ) -> AsyncIterator[StorageEvent]:
         if not self.cacher.ready:
-            return self.inner.watch(prefix, revision=revision)
-        return self.cacher.watch(prefix, revision)
+            return self.inner.watch(prefix, revision=revision, tick=tick)
+        return self.cacher.watch(prefix, revision, tick)
 
 
 def cache_stats(cachers: dict[str, Cacher]) -> dict[str, Any]:
