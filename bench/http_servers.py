@@ -4,9 +4,10 @@ Layer: api (transport only: no haplane code runs; the apps below are bare handle
 identical bytes, so the figures are what each server + framework costs around a handler).
 
 Servers, each its own subprocess with one worker process (an API replica is one process):
-- aiohttp.web as haplane runs it (`python -m haplane.api`: `asyncio.run`, the default event
+- aiohttp.web as haplane ran it when this was measured (`asyncio.run`, the default event
   loop, one catch-all route, `AppRunner(access_log=None, handle_signals=False)`, `TCPSite`),
-  and the same app under uvloop;
+  and the same app under uvloop (as `python -m haplane.api` runs now, for its etcd client and
+  watch fan-out);
 - uvicorn `--loop uvloop --http httptools` with a raw ASGI app (no framework);
 - granian `--workers 1 --runtime-threads 1 --loop uvloop` (its defaults: one Rust runtime
   thread and one Python thread per worker, plus a supervisor process), ASGI and RSGI interfaces.
