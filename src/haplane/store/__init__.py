@@ -27,8 +27,10 @@ from .etcd_client import (
     prefix_end,
 )
 from .etcd_member import MemberAddress, cluster_token, etcd_member_name, member_command
+from .global_state import ActiveRegion, GlobalState, StaleEpoch
 
 __all__ = [
+    "ActiveRegion",
     "Alarm",
     "Compare",
     "EtcdBinary",
@@ -40,12 +42,14 @@ __all__ = [
     "EtcdOutcomeUnknown",
     "EtcdRejected",
     "EtcdUnavailable",
+    "GlobalState",
     "KVHash",
     "KeyValue",
     "Member",
     "MemberAddress",
     "MemberStatus",
     "Op",
+    "StaleEpoch",
     "TxnResult",
     "WatchBatch",
     "WatchEvent",

@@ -1,0 +1,161 @@
+"""The global control state: which region is active, under which epoch, and how it got there.
+
+Layer: store. Lives in the global control etcd; used by the gate (to route), the CLI (`haplane
+failover --to`, `haplane status`) and, later, the failover controller and the fencing of API
+replicas. Knows nothing of HTTP or processes.
+
+Keys (under `prefix`, default `/haplane/global/`):
+- `active`: `{"region", "epoch", "since", "by", "reason", "from"}` as JSON;
+- `history/<epoch, 12 digits>`: the same record, one per epoch, never rewritten.
+
+Every change is one etcd transaction guarded by the mod revision of `active` as it was read, so
+two writers that both saw epoch N cannot both write epoch N + 1: the loser gets `StaleEpoch`
+with the winner's record. The first record is created only if `active` is absent (epoch 1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .errors import EtcdError
+from .etcd_client import Compare, EtcdClient, KeyValue, Op, prefix_end
+
+DEFAULT_PREFIX = b"/haplane/global/"
+
+
+class StaleEpoch(Exception):
+    """The active region changed since it was read; `current` is what etcd holds now."""
+
+    def __init__(self, message: str, current: ActiveRegion | None):
+        super().__init__(message)
+        self.current = current
+
+
+@dataclass(frozen=True)
+class ActiveRegion:
+    region: str
+    epoch: int
+    since: str  # RFC 3339, UTC
+    by: str  # who or what made the change: "haplane up", "operator:alice", "controller:gate-1"
+    reason: str
+    previous: str | None = None  # the region active before
+    revision: int = 0  # etcd mod revision of the record (0: not read from etcd)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "region": self.region,
+                "epoch": self.epoch,
+                "since": self.since,
+                "by": self.by,
+                "reason": self.reason,
+                "from": self.previous,
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_kv(cls, kv: KeyValue) -> ActiveRegion:
+        try:
+            d = json.loads(kv.value)
+            return cls(
+                region=str(d["region"]),
+                epoch=int(d["epoch"]),
+                since=str(d.get("since", "")),
+                by=str(d.get("by", "")),
+                reason=str(d.get("reason", "")),
+                previous=d.get("from"),
+                revision=kv.mod_revision,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EtcdError(f"malformed global state at {kv.key!r}: {exc}") from exc
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "region": self.region,
+            "epoch": self.epoch,
+            "since": self.since,
+            "by": self.by,
+            "reason": self.reason,
+            "from": self.previous,
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class GlobalState:
+    def __init__(self, client: EtcdClient, prefix: bytes = DEFAULT_PREFIX):
+        self.client = client
+        self.active_key = prefix + b"active"
+        self.history_prefix = prefix + b"history/"
+
+    def _history_key(self, epoch: int) -> bytes:
+        return self.history_prefix + f"{epoch:012d}".encode()
+
+    async def read(self) -> ActiveRegion | None:
+        """A linearizable read: None when nothing was ever written."""
+        kv = await self.client.get(self.active_key)
+        return ActiveRegion.from_kv(kv) if kv is not None else None
+
+    async def initialize(self, region: str, *, by: str, reason: str) -> tuple[ActiveRegion, bool]:
+        """Write epoch 1 for `region` if no active region was ever recorded; (record, created).
+        An existing record is never changed here (a restart must not undo a failover)."""
+        record = ActiveRegion(region, 1, _now(), by, reason)
+        r = await self.client.txn(
+            [Compare(self.active_key, "mod", "=", 0)],
+            [
+                Op("put", self.active_key, record.to_json()),
+                Op("put", self._history_key(1), record.to_json()),
+            ],
+            [Op("get", self.active_key)],
+        )
+        if r.succeeded:
+            return ActiveRegion(**{**record.__dict__, "revision": r.revision}), True
+        return ActiveRegion.from_kv(r.results[0][0]), False
+
+    async def switch(self, to: str, *, expected_epoch: int, by: str, reason: str) -> ActiveRegion:
+        """Make `to` active under epoch `expected_epoch + 1`, only if the epoch is still
+        `expected_epoch`; otherwise `StaleEpoch` (nothing written)."""
+        current = await self.read()
+        if current is None:
+            raise StaleEpoch("no active region is recorded yet (is the topology up?)", None)
+        if current.epoch != expected_epoch:
+            raise StaleEpoch(
+                f"the epoch is {current.epoch}, not {expected_epoch}: "
+                f"{current.region} became active at {current.since} ({current.reason})",
+                current,
+            )
+        record = ActiveRegion(to, expected_epoch + 1, _now(), by, reason, previous=current.region)
+        r = await self.client.txn(
+            [Compare(self.active_key, "mod", "=", current.revision)],
+            [
+                Op("put", self.active_key, record.to_json()),
+                Op("put", self._history_key(record.epoch), record.to_json()),
+            ],
+            [Op("get", self.active_key)],
+        )
+        if not r.succeeded:
+            now = ActiveRegion.from_kv(r.results[0][0]) if r.results[0] else None
+            raise StaleEpoch(
+                f"another change won: the epoch is now {now.epoch if now else '?'}", now
+            )
+        return ActiveRegion(**{**record.__dict__, "revision": r.revision})
+
+    async def history(self, limit: int = 20) -> list[ActiveRegion]:
+        """The most recent `limit` changes, oldest first."""
+        kvs, _ = await self.client.range(self.history_prefix, prefix_end(self.history_prefix))
+        return [ActiveRegion.from_kv(kv) for kv in kvs[-limit:]] if limit else []
+
+    async def watch(self) -> AsyncIterator[ActiveRegion | None]:
+        """The current record (linearizable), then every change, for as long as the caller
+        iterates; resumes across etcd member failures (the client's watch does)."""
+        kvs, revision = await self.client.range(self.active_key)
+        yield ActiveRegion.from_kv(kvs[0]) if kvs else None
+        async for batch in self.client.watch(self.active_key, start_revision=revision + 1):
+            for ev in batch.events:
+                yield ActiveRegion.from_kv(ev.kv) if ev.type == "PUT" else None

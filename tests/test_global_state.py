@@ -1,0 +1,77 @@
+"""The global control state on a real etcd: first write only if absent, epoch-guarded switches
+(one winner among concurrent ones), history, and a watch that sees every change."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from haplane.store import GlobalState, StaleEpoch
+
+
+@pytest.fixture
+async def state(etcd_cluster, key_prefix):
+    client = etcd_cluster.client(timeout=2.0)
+    try:
+        yield GlobalState(client, prefix=key_prefix)
+    finally:
+        await client.close()
+
+
+async def test_initialize_writes_epoch_one_only_once(state):
+    assert await state.read() is None
+    first, created = await state.initialize("eu-west", by="haplane up", reason="first start")
+    assert created and (first.region, first.epoch) == ("eu-west", 1)
+    again, created = await state.initialize("eu-central", by="haplane up", reason="restart")
+    assert not created and (again.region, again.epoch) == ("eu-west", 1)
+    assert (await state.read()).region == "eu-west"
+
+
+async def test_switch_raises_the_epoch_and_refuses_a_stale_one(state):
+    await state.initialize("eu-west", by="t", reason="t")
+    moved = await state.switch("eu-central", expected_epoch=1, by="operator", reason="drill")
+    assert (moved.region, moved.epoch, moved.previous) == ("eu-central", 2, "eu-west")
+    with pytest.raises(StaleEpoch) as info:
+        await state.switch("eu-west", expected_epoch=1, by="operator", reason="late")
+    assert info.value.current is not None and info.value.current.epoch == 2
+    history = await state.history()
+    assert [(h.region, h.epoch) for h in history] == [("eu-west", 1), ("eu-central", 2)]
+    assert history[-1].by == "operator" and history[-1].reason == "drill"
+
+
+async def test_switch_before_any_record_is_refused(state):
+    with pytest.raises(StaleEpoch):
+        await state.switch("eu-west", expected_epoch=0, by="t", reason="t")
+    assert await state.read() is None
+
+
+async def test_concurrent_switches_from_one_epoch_have_one_winner(state):
+    await state.initialize("a", by="t", reason="t")
+    results = await asyncio.gather(
+        *(state.switch(r, expected_epoch=1, by=r, reason="race") for r in ("b", "c", "b", "c")),
+        return_exceptions=True,
+    )
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    assert len(winners) == 1 and all(isinstance(r, StaleEpoch) for r in results if r not in winners)
+    final = await state.read()
+    assert final.epoch == 2 and final.region == winners[0].region
+    assert len(await state.history()) == 2
+
+
+async def test_watch_sees_the_current_record_then_each_change(state):
+    await state.initialize("a", by="t", reason="t")
+    seen = []
+
+    async def follow():
+        async for record in state.watch():
+            seen.append((record.region, record.epoch))
+            if len(seen) == 3:
+                return
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.2)
+    await state.switch("b", expected_epoch=1, by="t", reason="t")
+    await state.switch("a", expected_epoch=2, by="t", reason="t")
+    await asyncio.wait_for(task, 10)
+    assert seen == [("a", 1), ("b", 2), ("a", 3)]
