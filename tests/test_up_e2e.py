@@ -116,13 +116,35 @@ def test_up_status_faults_down(state: Path, start_topology):
     assert not StateDir(state).socket.exists()
 
 
-def test_data_and_ports_survive_down_and_up(state: Path):
+def test_data_ports_and_the_active_region_survive_down_and_up(state: Path):
     import asyncio
 
     from haplane.store import EtcdClient
 
     haplane(state, "up", "-d", "--example", "two-regions")
     ports_before = json.loads((state / "ports.json").read_text())
+    # first start: the region of highest priority, epoch 1
+    active = status(state)["global_state"]["active"]
+    assert (active["region"], active["epoch"], active["by"]) == ("eu-west", 1, "haplane up")
+    # a planned switch raises the epoch and records who and why
+    r = haplane(state, "failover", "--to", "eu-central", "--reason", "drill")
+    assert "eu-west (epoch 1) -> eu-central (epoch 2)" in r.stdout
+    g = status(state)["global_state"]
+    assert (g["active"]["region"], g["active"]["epoch"]) == ("eu-central", 2)
+    assert g["active"]["reason"] == "drill" and g["active"]["by"].startswith("operator")
+    assert [(h["region"], h["epoch"]) for h in g["history"]] == [
+        ("eu-west", 1),
+        ("eu-central", 2),
+    ]
+    # refusals: a stale epoch, a name that is no region, the region already active
+    for args, says in (
+        (["--to", "eu-west", "--expected-epoch", "1"], "the epoch is 2, not 1"),
+        (["--to", "witness"], "not a region"),
+        (["--to", "eu-central"], "already the active region"),
+    ):
+        r = haplane(state, "failover", *args, check=False)
+        assert r.returncode == 1 and says in r.stderr, r.stderr
+    assert status(state)["global_state"]["active"]["epoch"] == 2
 
     def region_endpoints() -> list[str]:
         return [
@@ -148,6 +170,9 @@ def test_data_and_ports_survive_down_and_up(state: Path):
     haplane(state, "up", "-d", "--example", "two-regions")
     assert json.loads((state / "ports.json").read_text()) == ports_before
     assert asyncio.run(get()) == b"yes"
+    # a restart keeps the region a failover made active
+    active = status(state)["global_state"]["active"]
+    assert (active["region"], active["epoch"]) == ("eu-central", 2)
     haplane(state, "down")
     # --fresh wipes data (and the ports assigned with it)
     haplane(state, "up", "-d", "--fresh", "--example", "two-regions")

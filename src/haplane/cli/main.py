@@ -17,13 +17,13 @@ from rich.live import Live
 from rich.table import Table
 
 from haplane import __version__
-from haplane.local import runner
+from haplane.local import global_control, runner
 from haplane.local.control import ControlClient, ControlError
 from haplane.local.process import FAULT_ACTIONS
 from haplane.local.state_dir import ENV_STATE_DIR, StateDir, default_state_dir
 from haplane.local.status import NothingRunning, StatusReport, gather_status
 from haplane.local.supervisor import Supervisor, configure_logging
-from haplane.store import EtcdBinaryError
+from haplane.store import EtcdBinaryError, EtcdError
 from haplane.topology import (
     Finding,
     Topology,
@@ -32,6 +32,7 @@ from haplane.topology import (
     example_text,
     has_errors,
     json_schema,
+    load_file,
     load_text,
     validate,
 )
@@ -245,6 +246,17 @@ def status_cmd(state_dir: StateDirOpt = None, as_json: JsonOpt = False) -> None:
 
 
 def _print_status(report: StatusReport) -> None:
+    g = report.global_state
+    if g is not None and g.error:
+        out.print(f"[red]active region unknown[/]: {g.error}")
+    elif g is not None and g.active:
+        a = g.active
+        out.print(
+            f"active region: [bold]{a['region']}[/] (epoch {a['epoch']}, since {a['since']}, "
+            f"by {a['by']}: {a['reason']})"
+        )
+        for h in g.history[:-1][-3:]:
+            out.print(f"  before: {h['region']} (epoch {h['epoch']}, {h['since']}, {h['by']})")
     out.print(_status_table(report))
 
 
@@ -342,6 +354,49 @@ def fault_cmd(
     out.print(f"{snap['name']}: {snap['state']} (pid {snap['pid'] or '-'})")
 
 
+@app.command("failover")
+def failover_cmd(
+    to: Annotated[str, typer.Option("--to", help="The region to make active.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Recorded in the history with your name.")
+    ] = "planned switchover",
+    expected_epoch: Annotated[
+        int | None,
+        typer.Option(
+            "--expected-epoch",
+            help="Refuse if the epoch is no longer this one (default: the current one).",
+        ),
+    ] = None,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Make REGION the active region: one etcd transaction that compares the epoch and raises it
+    by one. Gates move new connections there and close the old ones."""
+    state = _state(state_dir)
+    if not state.topology_file.exists():
+        err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
+        raise typer.Exit(1)
+    topology = load_file(state.topology_file)
+
+    async def run() -> tuple[Any, Any]:
+        async with global_control.control_client(topology, state) as client:
+            return await global_control.switch(
+                client, topology, to, reason=reason, expected_epoch=expected_epoch
+            )
+
+    try:
+        before, after = asyncio.run(run())
+    except global_control.FailoverError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    except EtcdError as exc:
+        err.print(f"error: the global control etcd did not answer: {exc}")
+        raise typer.Exit(1) from None
+    out.print(
+        f"active region: {before.region} (epoch {before.epoch}) -> "
+        f"[bold]{after.region}[/] (epoch {after.epoch})"
+    )
+
+
 @app.command("kubeconfig")
 def kubeconfig_cmd(
     replica: Annotated[
@@ -364,7 +419,6 @@ def kubeconfig_cmd(
 
     from haplane.local.ports import PortRegistry
     from haplane.local.supervisor import resolve_addresses, resolve_replicas
-    from haplane.topology import load_file
 
     state = _state(state_dir)
     if not state.topology_file.exists():

@@ -16,8 +16,9 @@ from typing import Any
 
 import aiohttp
 
-from haplane.store import EtcdClient, EtcdError, MemberStatus
+from haplane.store import EtcdClient, EtcdError, GlobalState, MemberStatus
 from haplane.topology import Topology, load_file
+from haplane.topology.model import GLOBAL_SCOPE
 
 from . import pidfile
 from .control import ControlClient, ControlError
@@ -67,6 +68,15 @@ class ReplicaReport:
 
 
 @dataclass
+class GlobalReport:
+    """The active region and its epoch, and the most recent changes (oldest first)."""
+
+    active: dict[str, Any] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
 class StatusReport:
     topology: str
     state_dir: str
@@ -74,6 +84,7 @@ class StatusReport:
     etcd_version: str | None
     clusters: list[ClusterReport]
     replicas: list[ReplicaReport] = field(default_factory=list)
+    global_state: GlobalReport | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,9 +132,31 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
     replicas = await asyncio.gather(
         *(_replica_report(r, processes, timeout) for r in resolve_replicas(topology, ports, plans))
     )
+    global_state = await _global_report(topology, plans, timeout)
     return StatusReport(
-        topology.name, str(state.root), phase, version, list(clusters), list(replicas)
+        topology.name,
+        str(state.root),
+        phase,
+        version,
+        list(clusters),
+        list(replicas),
+        global_state,
     )
+
+
+async def _global_report(
+    topology: Topology, plans: list[ClusterPlan], timeout: float, history: int = 5
+) -> GlobalReport:
+    plan = next(p for p in plans if p.view.scope == GLOBAL_SCOPE)
+    endpoints = [a.client_endpoint for a in plan.addresses.values()]
+    try:
+        async with EtcdClient(endpoints, timeout=timeout) as client:
+            state = GlobalState(client)
+            active = await state.read()
+            changes = await state.history(history)
+    except EtcdError as exc:
+        return GlobalReport(None, [], f"global control etcd: {exc}")
+    return GlobalReport(active.as_dict() if active else None, [c.as_dict() for c in changes], None)
 
 
 async def _replica_report(

@@ -32,11 +32,13 @@ from haplane.store import (
     EtcdBinary,
     EtcdClient,
     EtcdError,
+    GlobalState,
     MemberAddress,
     find_etcd,
     member_command,
 )
 from haplane.topology import EtcdClusterView, Topology
+from haplane.topology.model import GLOBAL_SCOPE
 
 from .ports import PortRegistry
 from .process import FaultAction, ManagedProcess, ProcessSpec
@@ -166,6 +168,7 @@ class Supervisor:
         self.clusters = resolve_addresses(self.topology, ports)
         try:
             await asyncio.gather(*(self._start_cluster(c, ports, timeout) for c in self.clusters))
+            await self._record_first_active_region()
             self.replicas = resolve_replicas(self.topology, ports, self.clusters)
             await asyncio.gather(*(self._start_replica(r, timeout) for r in self.replicas))
         except BaseException as exc:
@@ -244,6 +247,22 @@ class Supervisor:
                 or f"no quorum within {timeout:.0f}s"
             )
             raise SupervisorError(f"{name} did not start: {details}")
+
+    async def _record_first_active_region(self) -> None:
+        """The first start names the region of highest priority active under epoch 1; a record
+        that exists (a restart after a failover) is kept."""
+        plan = next(c for c in self.clusters if c.view.scope == GLOBAL_SCOPE)
+        endpoints = [a.client_endpoint for a in plan.addresses.values()]
+        first = self.topology.region_priority()[0]
+        async with EtcdClient(endpoints, timeout=2.0) as client:
+            record, created = await GlobalState(client).initialize(
+                first, by="haplane up", reason="first start: the region of highest priority"
+            )
+        self.progress(
+            f"active region: {record.region} (epoch {record.epoch}"
+            + (", recorded now)" if created else ", as recorded)")
+        )
+        emit("active-region", {**record.as_dict(), "created": created})
 
     async def _start_replica(self, plan: ReplicaPlan, timeout: float) -> None:
         spec = ProcessSpec(

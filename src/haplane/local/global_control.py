@@ -1,0 +1,68 @@
+"""The global control state of a running topology: the first active region at `haplane up`, a
+planned switch with `haplane failover --to`, and what `haplane status` shows.
+
+Layer: run (`haplane.local`). Finds the global control etcd from the topology and the state
+directory's port registry; the records themselves are `haplane.store.GlobalState`.
+"""
+
+from __future__ import annotations
+
+import getpass
+
+from haplane.store import ActiveRegion, EtcdClient, GlobalState, StaleEpoch
+from haplane.topology import Topology
+from haplane.topology.model import GLOBAL_SCOPE
+
+from .ports import PortRegistry
+from .state_dir import StateDir
+from .supervisor import member_addresses
+
+
+class FailoverError(Exception):
+    """A switch that was refused or could not be made; the message says why and what to do."""
+
+
+def control_endpoints(topology: Topology, ports: PortRegistry) -> list[str]:
+    view = next(c for c in topology.etcd_clusters() if c.scope == GLOBAL_SCOPE)
+    return [a.client_endpoint for a in member_addresses(view, ports).values()]
+
+
+def control_client(topology: Topology, state: StateDir, timeout: float = 2.0) -> EtcdClient:
+    return EtcdClient(control_endpoints(topology, PortRegistry(state.ports_file)), timeout=timeout)
+
+
+def operator() -> str:
+    try:
+        return f"operator:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "operator"
+
+
+async def switch(
+    client: EtcdClient,
+    topology: Topology,
+    to: str,
+    *,
+    reason: str,
+    expected_epoch: int | None = None,
+    by: str | None = None,
+) -> tuple[ActiveRegion, ActiveRegion]:
+    """A planned switch to region `to`: (before, after). `expected_epoch` guards against a
+    change made since the operator looked (default: the epoch read just now)."""
+    regions = [s.name for s, _ in topology.regions()]
+    if to not in regions:
+        raise FailoverError(
+            f"{to!r} is not a region of topology {topology.name}; regions: {', '.join(regions)}"
+        )
+    state = GlobalState(client)
+    before = await state.read()
+    if before is None:
+        raise FailoverError("no active region is recorded: is the topology up (`haplane up`)?")
+    if before.region == to:
+        raise FailoverError(f"{to} is already the active region (epoch {before.epoch})")
+    epoch = before.epoch if expected_epoch is None else expected_epoch
+    try:
+        after = await state.switch(to, expected_epoch=epoch, by=by or operator(), reason=reason)
+    except StaleEpoch as exc:
+        raise FailoverError(f"refused: {exc}; look again with `haplane status`") from exc
+    return before, after
