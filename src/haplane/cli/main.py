@@ -397,6 +397,68 @@ def failover_cmd(
     )
 
 
+export_app = typer.Typer(help="Write configurations for other tools from a topology.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("haproxy")
+def export_haproxy_cmd(
+    file: Annotated[
+        Path | None, typer.Argument(help="Topology file (default: the one that is up).")
+    ] = None,
+    example: ExampleOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")
+    ] = None,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """The HAProxy configuration equivalent to the balancers and gates (same ports and checks).
+
+    Ports the file leaves out come from the state dir (assigned now if new, as `up` would). The
+    gate section points at the region active in the global control etcd if it answers, else at
+    the region of highest priority; export again after a failover."""
+    from haplane.local import gate_plans
+    from haplane.local.haproxy_export import haproxy_config
+    from haplane.local.ports import PortRegistry
+    from haplane.local.supervisor import resolve_addresses, resolve_replicas
+
+    state = _state(state_dir)
+    if file is None and example is None:
+        if not state.topology_file.exists():
+            err.print(f"error: no topology in {state.root}; name a file or --example")
+            raise typer.Exit(2)
+        topology = load_file(state.topology_file)
+    else:
+        topology, _ = _load(file, example)
+    state.ensure()
+    ports = PortRegistry(state.ports_file)
+    clusters = resolve_addresses(topology, ports)
+    replicas = resolve_replicas(topology, ports, clusters)
+    balancers = gate_plans.resolve_balancers(topology, ports, clusters, replicas)
+    gates = gate_plans.resolve_gates(topology, ports, clusters, balancers)
+
+    async def active() -> str | None:
+        from haplane.store import GlobalState
+
+        try:
+            async with global_control.control_client(topology, state, timeout=1.0) as client:
+                record = await GlobalState(client).read()
+        except EtcdError:
+            return None
+        return record.region if record else None
+
+    region = asyncio.run(active())
+    if region is None:
+        region = topology.region_priority()[0]
+        err.print(f"note: the global control etcd did not answer; gates point at {region}")
+    text = haproxy_config(topology.name, balancers, gates, region)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {output}")
+
+
 @app.command("kubeconfig")
 def kubeconfig_cmd(
     replica: Annotated[

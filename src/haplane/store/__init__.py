@@ -27,9 +27,11 @@ from .etcd_client import (
     prefix_end,
 )
 from .etcd_member import MemberAddress, cluster_token, etcd_member_name, member_command
+from .global_state import DEFAULT_PREFIX as DEFAULT_GLOBAL_PREFIX
 from .global_state import ActiveRegion, GlobalState, StaleEpoch
 
 __all__ = [
+    "DEFAULT_GLOBAL_PREFIX",
     "ActiveRegion",
     "Alarm",
     "Compare",

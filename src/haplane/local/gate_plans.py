@@ -1,0 +1,191 @@
+"""Where the regional balancers and the global gate instances of a topology listen, what they
+forward to, and the config file each `python -m haplane.gate` process is started with.
+
+Layer: run (`haplane.local`). Pure: from the topology, the port registry and the resolved etcd
+clusters and API replicas; the supervisor writes the configs and starts the processes.
+
+Ports the file leaves out are assigned once and persisted like every other port. Gate
+instances on one host share one client port (SO_REUSEPORT: a kubeconfig names one address, and
+a client keeps working when one instance dies); each has its own admin port (metrics, status).
+A balancer's admin port also serves its region's aggregate health, which the gates probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from haplane.store import DEFAULT_GLOBAL_PREFIX
+from haplane.topology import Topology
+from haplane.topology.model import GLOBAL_SCOPE
+
+from .ports import PortRegistry
+from .supervisor import ClusterPlan, ReplicaPlan, port_key
+
+# Fast health defaults (the issue's 200 ms / 2 / 2): a dead replica leaves rotation in ~0.4 s.
+CHECK_INTERVAL = 0.2
+CHECK_FALL = 2
+CHECK_RISE = 2
+REGION_HEALTH_PATH = "/healthz/region"
+
+
+@dataclass(frozen=True)
+class BalancerPlan:
+    region: str
+    name: str
+    zone: str
+    host: str
+    port: int
+    admin_port: int
+    replicas: tuple[ReplicaPlan, ...]
+    etcd_endpoints: tuple[str, ...]
+    mode: str = "l4"
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.region}/{self.name}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin_port}"
+
+
+@dataclass(frozen=True)
+class GatePlan:
+    name: str
+    site: str
+    host: str
+    port: int
+    admin_port: int
+    regions: dict[str, tuple[BalancerPlan, ...]] = field(default_factory=dict)
+    control_endpoints: tuple[str, ...] = ()
+    mode: str = "l4"
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{GLOBAL_SCOPE}/{self.name}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin_port}"
+
+
+def resolve_balancers(
+    topology: Topology,
+    ports: PortRegistry,
+    clusters: list[ClusterPlan],
+    replicas: list[ReplicaPlan],
+) -> list[BalancerPlan]:
+    etcd_of = {c.view.scope: c for c in clusters}
+    plans = []
+    for site, region in topology.regions():
+        mine = tuple(r for r in replicas if r.region == site.name)
+        endpoints = tuple(a.client_endpoint for a in etcd_of[site.name].addresses.values())
+        for lb in region.balancers:
+            host = topology.host_of(lb)
+            q = f"{site.name}/{lb.name}"
+            plans.append(
+                BalancerPlan(
+                    region=site.name,
+                    name=lb.name,
+                    zone=lb.zone,
+                    host=host,
+                    port=ports.resolve(port_key(q, "listen"), host, lb.port),
+                    admin_port=ports.resolve(port_key(q, "admin"), host, None),
+                    replicas=mine,
+                    etcd_endpoints=endpoints,
+                )
+            )
+    return plans
+
+
+def resolve_gates(
+    topology: Topology,
+    ports: PortRegistry,
+    clusters: list[ClusterPlan],
+    balancers: list[BalancerPlan],
+) -> list[GatePlan]:
+    control = next(c for c in clusters if c.view.scope == GLOBAL_SCOPE)
+    control_endpoints = tuple(a.client_endpoint for a in control.addresses.values())
+    regions = {
+        site.name: tuple(b for b in balancers if b.region == site.name)
+        for site, _ in topology.regions()
+    }
+    plans = []
+    for gate in topology.spec.global_.gates:
+        host = topology.host_of(gate)
+        shared = ports.resolve(port_key(f"{GLOBAL_SCOPE}/gates@{host}", "listen"), host, None)
+        plans.append(
+            GatePlan(
+                name=gate.name,
+                site=gate.site,
+                host=host,
+                port=gate.port if gate.port is not None else shared,
+                admin_port=ports.resolve(
+                    port_key(f"{GLOBAL_SCOPE}/{gate.name}", "admin"), host, None
+                ),
+                regions=regions,
+                control_endpoints=control_endpoints,
+            )
+        )
+    return plans
+
+
+def _check(path: str) -> dict[str, Any]:
+    return {"path": path, "interval": CHECK_INTERVAL, "fall": CHECK_FALL, "rise": CHECK_RISE}
+
+
+def balancer_config(plan: BalancerPlan) -> dict[str, Any]:
+    """A regional balancer: the region's API replicas, checked on `/readyz`."""
+    return {
+        "name": plan.qualified_name,
+        "listeners": [
+            {"host": plan.host, "port": plan.port, "mode": plan.mode, "reuse_port": False}
+        ],
+        "pools": {
+            plan.region: {
+                "upstreams": [
+                    {"name": r.name, "host": r.host, "port": r.port} for r in plan.replicas
+                ],
+                "check": _check("/readyz"),
+            }
+        },
+        "active_pool": plan.region,
+        "admin": {"host": plan.host, "port": plan.admin_port},
+        "region": {"name": plan.region, "etcd": list(plan.etcd_endpoints)},
+    }
+
+
+def gate_config(plan: GatePlan) -> dict[str, Any]:
+    """A gate instance: one pool per region (its balancers, checked on their aggregate
+    health), the active one named by the global control etcd."""
+    return {
+        "name": plan.qualified_name,
+        "listeners": [
+            {"host": plan.host, "port": plan.port, "mode": plan.mode, "reuse_port": True}
+        ],
+        "pools": {
+            region: {
+                "upstreams": [
+                    {"name": b.name, "host": b.host, "port": b.port, "check_port": b.admin_port}
+                    for b in lbs
+                ],
+                "check": _check(REGION_HEALTH_PATH),
+            }
+            for region, lbs in plan.regions.items()
+        },
+        "active_pool": None,  # until the global control etcd says which region is active
+        "admin": {"host": plan.host, "port": plan.admin_port},
+        "follow": {
+            "etcd": list(plan.control_endpoints),
+            "prefix": DEFAULT_GLOBAL_PREFIX.decode(),
+        },
+    }

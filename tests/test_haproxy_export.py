@@ -1,0 +1,43 @@
+"""`haplane export haproxy`: HAProxy accepts the file (`haproxy -c`), every balancer fronts its
+region's replicas with the same checks, and gates point at the active region only."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from haplane.local.ports import PortRegistry
+from tests.topology_helpers import haplane
+
+
+def test_export_haproxy_is_valid_and_mirrors_the_topology(tmp_path: Path):
+    state = tmp_path / "state"
+    out = tmp_path / "haproxy.cfg"
+    r = haplane(state, "export", "haproxy", "--example", "two-regions", "-o", str(out))
+    assert "gates point at eu-west" in r.stderr  # nothing is up: the highest priority region
+    text = out.read_text()
+    check = subprocess.run(["haproxy", "-c", "-f", str(out)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    ports = PortRegistry(state / "ports.json")
+    # four balancers, each in front of its own region's two replicas, checked on /readyz
+    frontends = re.findall(r"^frontend (\S+)", text, re.M)
+    assert sorted(f for f in frontends if "_lb-" in f) == [
+        "eu-central_lb-1",
+        "eu-central_lb-2",
+        "eu-west_lb-1",
+        "eu-west_lb-2",
+    ]
+    west_api1 = ports.resolve("eu-west/api-1#http", "127.0.0.1", None)
+    assert f"server api-1 127.0.0.1:{west_api1} check inter 200 fall 2 rise 2" in text
+    # the three gates share one address: one frontend, to eu-west's balancers only
+    gate_sections = text.split("# gate ")[1:]
+    assert len(re.findall(r"^frontend global_gate", text, re.M)) == 1
+    gate_backend = next(s for s in gate_sections if "backend" in s)
+    assert "eu-west_lb-1" in gate_backend and "eu-central" not in gate_backend
+    assert "option httpchk GET /healthz/region" in gate_backend
+    # the same ports as `haplane up` would use: exporting twice changes nothing
+    again = tmp_path / "again.cfg"
+    haplane(state, "export", "haproxy", "--example", "two-regions", "-o", str(again))
+    assert again.read_text() == text
