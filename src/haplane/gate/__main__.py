@@ -1,0 +1,118 @@
+"""`python -m haplane.gate --config FILE.json`: one forwarding engine process (on uvloop).
+
+Layer: gate. Reads the config file, opens the listeners and the admin listener it names, logs
+JSON lines on stderr. SIGTERM or SIGINT: stop accepting, let connections finish for
+`shutdown_grace` seconds, abort the rest, exit 0. Exit 2: invalid config (the message names the
+field); exit 1: a listener could not be opened.
+
+The config file (JSON; unknown keys are errors; defaults shown):
+
+    {
+      "name": "gate",                         # the "component" of every log line
+      "listeners": [                          # at least one
+        {"name": "l4-6443",                   # default "<mode>-<port>"; unique
+         "host": "127.0.0.1", "port": 6443,   # port 0 = any free port
+         "mode": "l4",                        # "l4" (TCP relay) or "l7" (HTTP/1.1 proxy)
+         "reuse_port": false,                 # SO_REUSEPORT: several processes, one port
+         "backlog": 1024}
+      ],
+      "pools": {                              # pool name -> pool
+        "eu-west": {
+          "upstreams": [                      # names unique within the pool
+            {"name": "api-1", "host": "127.0.0.1", "port": 7001,
+             "check_port": null}              # where the check goes; default: port
+          ],
+          "check": {"path": "/readyz", "interval": 0.2, "timeout": null,   # null = interval
+                    "fall": 2, "rise": 2, "host_header": null}
+        }
+      },
+      "active_pool": "eu-west",               # null: refuse every client until activated
+      "admin": {"host": "127.0.0.1", "port": 9100},   # null: no admin listener
+      "timeouts": {"connect": 1.0, "client_header": 10.0, "client_idle": 60.0,
+                   "response_header": 60.0, "response_idle": 60.0, "upstream_idle": 10.0,
+                   "tcp_idle": null, "linger": 5.0},       # seconds; see settings.Timeouts
+      "retries": 2,                           # L7: re-sends of an idempotent request
+      "shutdown_grace": 10.0
+    }
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import uvloop
+
+from .admin import AdminServer
+from .config import ConfigError, GateConfig, load_config
+from .events import GateEvent, emit
+from .forwarder import Forwarder
+
+
+async def serve(config: GateConfig) -> int:
+    forwarder = Forwarder(
+        name=config.name, timeouts=config.timeouts.to_timeouts(), retries=config.retries
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await asyncio.gather(
+        *(
+            forwarder.set_pool(
+                name, [u.to_address() for u in pool.upstreams], pool.check.to_health_check()
+            )
+            for name, pool in config.pools.items()
+        )
+    )
+    if config.active_pool is not None:
+        forwarder.activate(config.active_pool, reason="config")
+    admin: AdminServer | None = None
+    try:
+        for listener in config.listeners:
+            await forwarder.start_listener(listener.to_spec())
+        if config.admin is not None:
+            admin = AdminServer(forwarder, config.admin.host, config.admin.port)
+            port = await admin.start()
+            emit(
+                GateEvent("listener_started", reason=f"admin {config.admin.host}:{port}"),
+                config.name,
+            )
+    except OSError as exc:
+        emit(GateEvent("stopped", level="error", reason=f"cannot listen: {exc}"), config.name)
+        await forwarder.stop(grace=0)
+        if admin is not None:
+            await admin.stop()
+        return 1
+    emit(GateEvent("started", pool=config.active_pool), config.name)
+    await stop.wait()
+    await forwarder.stop(grace=config.shutdown_grace)
+    if admin is not None:
+        await admin.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m haplane.gate", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, type=Path, help="the JSON config file")
+    args = ap.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"haplane gate: config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("haplane.gate")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    sys.exit(uvloop.run(serve(config)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The admin HTTP listener of a forwarding engine (aiohttp).
+
+Layer: gate. Serves one `Forwarder` on its own socket; the data path never goes through here.
+
+- GET /metrics: Prometheus text format (the engine's own registry);
+- GET /status: `Forwarder.status()` as JSON;
+- POST /pool: `{"pool": NAME, "upstreams": [{name, host, port, check_port?}]?, "check": {...}?,
+  "activate": bool}`: replace a pool's upstreams (and check) and/or make it the active pool;
+  answers the new status. Errors are Kubernetes `Status` bodies;
+- GET /livez: 200 while the process serves; GET /readyz: 200 when the active pool has an UP
+  upstream and the engine is not stopping, else 503 (with the reason).
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from .config import PoolUpdate, describe_errors
+from .forwarder import Forwarder
+from .k8s_status import status_body
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(code: int, message: str) -> web.Response:
+    return web.Response(
+        body=status_body(code, message), status=code, content_type="application/json"
+    )
+
+
+class AdminServer:
+    def __init__(self, forwarder: Forwarder, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.forwarder = forwarder
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
+        app.router.add_post("/pool", self._pool)
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        if self.port == 0:
+            self.port = int(self._runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.forwarder.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return _json(self.forwarder.status())
+
+    async def _livez(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        fw = self.forwarder
+        pool = fw.active_pool
+        if fw.stopping:
+            return _error(503, "stopping")
+        if pool is None:
+            return _error(503, "no active pool")
+        if not pool.has_up():
+            return _error(503, f"no UP upstream in the active pool {pool.name}")
+        return _json({"status": "ready", "active_pool": pool.name})
+
+    async def _pool(self, request: web.Request) -> web.Response:
+        try:
+            update = PoolUpdate.model_validate_json(await request.read())
+        except ValidationError as exc:
+            return _error(400, describe_errors(exc))
+        fw = self.forwarder
+        if update.upstreams is not None:
+            check = update.check.to_health_check() if update.check is not None else None
+            try:
+                await fw.set_pool(update.pool, [u.to_address() for u in update.upstreams], check)
+            except ValueError as exc:
+                return _error(400, str(exc))
+        elif update.check is not None:
+            return _error(400, "check: only together with upstreams")
+        if update.activate:
+            if update.pool not in fw.pools:
+                return _error(404, f"pool: no pool named {update.pool!r}")
+            fw.activate(update.pool, reason="admin API")
+        return _json(fw.status())

@@ -1,0 +1,166 @@
+"""The gate process's JSON config: pydantic models, loading, and conversion to engine settings.
+
+Layer: gate. Reads the one file it is given. Field names are the JSON keys (snake_case); the
+schema is documented in `haplane.gate.__main__`. Every validation error names its field path,
+e.g. `pools.eu-west.upstreams.0.port: Input should be less than or equal to 65535`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from .settings import HealthCheck, ListenerSpec, Timeouts, UpstreamAddress
+
+Port = int
+_STRICT = ConfigDict(extra="forbid")
+
+
+class ConfigError(ValueError):
+    """The config file is unreadable or invalid; the message names the field."""
+
+
+class UpstreamConfig(BaseModel):
+    model_config = _STRICT
+    name: str = Field(min_length=1)
+    host: str = Field(min_length=1)
+    port: Port = Field(ge=1, le=65535)
+    check_port: Port | None = Field(default=None, ge=1, le=65535)
+
+    def to_address(self) -> UpstreamAddress:
+        return UpstreamAddress(self.name, self.host, self.port, self.check_port)
+
+
+class CheckConfig(BaseModel):
+    model_config = _STRICT
+    path: str = Field(default="/readyz", pattern=r"^/\S*$")
+    interval: float = Field(default=0.2, gt=0)
+    timeout: float | None = Field(default=None, gt=0)
+    fall: int = Field(default=2, ge=1)
+    rise: int = Field(default=2, ge=1)
+    host_header: str | None = None
+
+    def to_health_check(self) -> HealthCheck:
+        return HealthCheck(
+            self.path, self.interval, self.timeout, self.fall, self.rise, self.host_header
+        )
+
+
+class PoolConfig(BaseModel):
+    model_config = _STRICT
+    upstreams: list[UpstreamConfig]
+    check: CheckConfig = CheckConfig()
+
+    @field_validator("upstreams")
+    @classmethod
+    def _unique_names(cls, value: list[UpstreamConfig]) -> list[UpstreamConfig]:
+        names = [u.name for u in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"upstream names must be unique in a pool; repeated: {dupes}")
+        return value
+
+
+class ListenerConfig(BaseModel):
+    model_config = _STRICT
+    name: str | None = None
+    host: str = "127.0.0.1"
+    port: Port = Field(ge=0, le=65535)
+    mode: Literal["l4", "l7"] = "l4"
+    reuse_port: bool = False
+    backlog: int = Field(default=1024, ge=1)
+
+    def to_spec(self) -> ListenerSpec:
+        name = self.name or f"{self.mode}-{self.port}"
+        return ListenerSpec(name, self.host, self.port, self.mode, self.reuse_port, self.backlog)
+
+
+class AdminConfig(BaseModel):
+    model_config = _STRICT
+    host: str = "127.0.0.1"
+    port: Port = Field(ge=0, le=65535)
+
+
+class TimeoutsConfig(BaseModel):
+    model_config = _STRICT
+    connect: float = Field(default=1.0, gt=0)
+    client_header: float = Field(default=10.0, gt=0)
+    client_idle: float = Field(default=60.0, gt=0)
+    response_header: float = Field(default=60.0, gt=0)
+    response_idle: float = Field(default=60.0, gt=0)
+    upstream_idle: float = Field(default=10.0, gt=0)
+    tcp_idle: float | None = Field(default=None, gt=0)
+    linger: float = Field(default=5.0, gt=0)
+
+    def to_timeouts(self) -> Timeouts:
+        return Timeouts(**self.model_dump())
+
+
+class GateConfig(BaseModel):
+    model_config = _STRICT
+    name: str = "gate"
+    listeners: list[ListenerConfig] = Field(min_length=1)
+    pools: dict[str, PoolConfig]
+    active_pool: str | None = None
+    admin: AdminConfig | None = None
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    retries: int = Field(default=2, ge=0)
+    shutdown_grace: float = Field(default=10.0, ge=0)
+
+    @field_validator("active_pool")
+    @classmethod
+    def _known_pool(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pools = info.data.get("pools")
+        if value is not None and pools is not None and value not in pools:
+            raise ValueError(f"no pool named {value!r} (pools: {', '.join(sorted(pools)) or '-'})")
+        return value
+
+    @field_validator("listeners")
+    @classmethod
+    def _unique_listener_names(cls, value: list[ListenerConfig]) -> list[ListenerConfig]:
+        names = [lst.to_spec().name for lst in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"listener names must be unique: {names}")
+        return value
+
+
+class PoolUpdate(BaseModel):
+    """Body of the admin API's POST /pool: replace a pool's upstreams and/or activate it."""
+
+    model_config = _STRICT
+    pool: str = Field(min_length=1)
+    upstreams: list[UpstreamConfig] | None = None
+    check: CheckConfig | None = None
+    activate: bool = False
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any) -> GateConfig:
+    try:
+        return GateConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from exc
+
+
+def load_config(path: Path) -> GateConfig:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from exc
+    return parse_config(data)
