@@ -258,6 +258,51 @@ def _print_status(report: StatusReport) -> None:
         for h in g.history[:-1][-3:]:
             out.print(f"  before: {h['region']} (epoch {h['epoch']}, {h['since']}, {h['by']})")
     out.print(_status_table(report))
+    if report.edges:
+        out.print(_edge_table(report))
+
+
+_STATE_COLOR = {"up": "green", "draining": "yellow", "down": "red"}
+
+
+def _edge_table(report: StatusReport) -> Table:
+    table = Table(title="balancers and gates")
+    for col in (
+        "COMPONENT",
+        "STATE",
+        "PID",
+        "RESTARTS",
+        "ADDRESS",
+        "FORWARDS TO",
+        "UPSTREAMS",
+        "CONNS NOW/TOTAL",
+        "HEALTH",
+    ):
+        table.add_column(col)
+    for e in report.edges:
+        target = e.active_pool or "-"
+        if e.kind == "gate":
+            target = f"{target} (epoch {e.epoch})" if e.epoch is not None else target
+        upstreams = " ".join(
+            f"[{_STATE_COLOR.get(str(u['state']), 'white')}]{u['name']}[/]"
+            for u in e.upstreams
+            if u["pool"] == e.active_pool
+        )
+        health = "[green]ready[/]" if e.ready else f"[red]{e.error or 'not ready'}[/]"
+        if e.region_health is not None and not e.region_health.get("healthy"):
+            health += " [red]region: " + "; ".join(e.region_health.get("reasons") or []) + "[/]"
+        table.add_row(
+            e.name,
+            e.state,
+            str(e.pid or "-"),
+            str(e.restarts),
+            e.url,
+            target,
+            upstreams or "-",
+            f"{e.connections_active}/{e.connections_total}",
+            health,
+        )
+    return table
 
 
 def _size(n: int | None) -> str:
@@ -419,8 +464,8 @@ def export_haproxy_cmd(
     the region of highest priority; export again after a failover."""
     from haplane.local import gate_plans
     from haplane.local.haproxy_export import haproxy_config
+    from haplane.local.plans import resolve_addresses, resolve_replicas
     from haplane.local.ports import PortRegistry
-    from haplane.local.supervisor import resolve_addresses, resolve_replicas
 
     state = _state(state_dir)
     if file is None and example is None:
@@ -463,39 +508,38 @@ def export_haproxy_cmd(
 def kubeconfig_cmd(
     replica: Annotated[
         str | None,
-        typer.Option(
-            "--replica",
-            help="API replica, e.g. eu-west/api-1 (default: the first "
-            "replica of the preferred region).",
-        ),
+        typer.Option("--replica", help="Straight to one API replica, e.g. eu-west/api-1."),
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option("--region", help="Through this region's first balancer, bypassing the gate."),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")
     ] = None,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """A kubeconfig for kubectl and Kubernetes clients, pointing at one API server replica.
-
-    (Balancer and gate addresses come with the balancer issue.)"""
+    """A kubeconfig for kubectl and Kubernetes clients. By default it points at the global gate
+    (the address its instances on this host share), which forwards to the active region."""
     import yaml
 
+    from haplane.local.gate_plans import resolve_balancers, resolve_gates
+    from haplane.local.plans import resolve_addresses, resolve_replicas
     from haplane.local.ports import PortRegistry
-    from haplane.local.supervisor import resolve_addresses, resolve_replicas
 
     state = _state(state_dir)
     if not state.topology_file.exists():
         err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
         raise typer.Exit(1)
+    if replica and region:
+        err.print("error: --replica and --region exclude each other")
+        raise typer.Exit(2)
     topology = load_file(state.topology_file)
     ports = PortRegistry(state.ports_file)
-    replicas = resolve_replicas(topology, ports, resolve_addresses(topology, ports))
-    if not replicas:
-        err.print("error: the topology has no API server replicas")
-        raise typer.Exit(1)
-    if replica is None:
-        preferred = topology.region_priority()[0]
-        chosen = next((r for r in replicas if r.region == preferred), replicas[0])
-    else:
+    clusters = resolve_addresses(topology, ports)
+    replicas = resolve_replicas(topology, ports, clusters)
+    balancers = resolve_balancers(topology, ports, clusters, replicas)
+    if replica is not None:
         found = [r for r in replicas if r.qualified_name == replica]
         if not found:
             err.print(
@@ -503,12 +547,21 @@ def kubeconfig_cmd(
                 f"{', '.join(r.qualified_name for r in replicas)}"
             )
             raise typer.Exit(1)
-        chosen = found[0]
-    name = f"{topology.name}-{chosen.region}-{chosen.name}"
+        name, server = f"{topology.name}-{found[0].region}-{found[0].name}", found[0].url
+    elif region is not None:
+        lbs = [b for b in balancers if b.region == region]
+        if not lbs:
+            known = sorted({b.region for b in balancers})
+            err.print(f"error: no balancer in region {region!r}; regions: {', '.join(known)}")
+            raise typer.Exit(1)
+        name, server = f"{topology.name}-{region}", lbs[0].url
+    else:
+        gates = resolve_gates(topology, ports, clusters, balancers)
+        name, server = topology.name, gates[0].url
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": name, "cluster": {"server": chosen.url}}],
+        "clusters": [{"name": name, "cluster": {"server": server}}],
         "users": [{"name": "haplane-anonymous", "user": {}}],
         "contexts": [
             {
@@ -524,7 +577,7 @@ def kubeconfig_cmd(
         sys.stdout.write(text)
     else:
         output.write_text(text)
-        err.print(f"wrote {output} (server {chosen.url})")
+        err.print(f"wrote {output} (server {server})")
 
 
 @app.command("version")

@@ -32,7 +32,13 @@ The config file (JSON; unknown keys are errors; defaults shown):
                    "response_header": 60.0, "response_idle": 60.0, "upstream_idle": 10.0,
                    "tcp_idle": null, "linger": 5.0},       # seconds; see settings.Timeouts
       "retries": 2,                           # L7: re-sends of an idempotent request
-      "shutdown_grace": 10.0
+      "shutdown_grace": 10.0,
+      "region": null,                         # a regional balancer: {"name": POOL, "etcd":
+                                              #   [endpoints], "probe_interval": 0.5} adds
+                                              #   /healthz/region on the admin listener
+      "follow": null                          # a gate: {"etcd": [global control endpoints],
+                                              #   "prefix": "/haplane/global/"} activates the
+                                              #   pool named by the active region
     }
 """
 
@@ -51,6 +57,7 @@ from .admin import AdminServer
 from .config import ConfigError, GateConfig, load_config
 from .events import GateEvent, emit
 from .forwarder import Forwarder
+from .roles import ActiveRegionFollower, RegionHealth
 
 
 async def serve(config: GateConfig) -> int:
@@ -71,12 +78,25 @@ async def serve(config: GateConfig) -> int:
     )
     if config.active_pool is not None:
         forwarder.activate(config.active_pool, reason="config")
+    region = follower = None
+    if config.region is not None:
+        region = RegionHealth(
+            forwarder, config.region.name, config.region.etcd, config.region.probe_interval
+        )
+        region.start()
+    if config.follow is not None:
+        follower = ActiveRegionFollower(
+            forwarder, config.follow.etcd, config.follow.prefix.encode()
+        )
+        follower.start()
     admin: AdminServer | None = None
     try:
         for listener in config.listeners:
             await forwarder.start_listener(listener.to_spec())
         if config.admin is not None:
-            admin = AdminServer(forwarder, config.admin.host, config.admin.port)
+            admin = AdminServer(
+                forwarder, config.admin.host, config.admin.port, region=region, follower=follower
+            )
             port = await admin.start()
             emit(
                 GateEvent("listener_started", reason=f"admin {config.admin.host}:{port}"),
@@ -84,12 +104,18 @@ async def serve(config: GateConfig) -> int:
             )
     except OSError as exc:
         emit(GateEvent("stopped", level="error", reason=f"cannot listen: {exc}"), config.name)
+        for role in (region, follower):
+            if role is not None:
+                await role.stop()
         await forwarder.stop(grace=0)
         if admin is not None:
             await admin.stop()
         return 1
     emit(GateEvent("started", pool=config.active_pool), config.name)
     await stop.wait()
+    for role in (region, follower):
+        if role is not None:
+            await role.stop()
     await forwarder.stop(grace=config.shutdown_grace)
     if admin is not None:
         await admin.stop()

@@ -8,7 +8,10 @@ Layer: gate. Serves one `Forwarder` on its own socket; the data path never goes 
   "activate": bool}`: replace a pool's upstreams (and check) and/or make it the active pool;
   answers the new status. Errors are Kubernetes `Status` bodies;
 - GET /livez: 200 while the process serves; GET /readyz: 200 when the active pool has an UP
-  upstream and the engine is not stopping, else 503 (with the reason).
+  upstream and the engine is not stopping, else 503 (with the reason);
+- GET /healthz/region (balancers): the region's aggregate health (`roles.RegionHealth`), 200
+  or 503 with the detail; 404 on an engine that is no regional balancer.
+GET /status adds `region` (balancers) and `follow` (gates: active region, epoch) when present.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pydantic import ValidationError
 from .config import PoolUpdate, describe_errors
 from .forwarder import Forwarder
 from .k8s_status import status_body
+from .roles import ActiveRegionFollower, RegionHealth
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -34,10 +38,20 @@ def _error(code: int, message: str) -> web.Response:
 
 
 class AdminServer:
-    def __init__(self, forwarder: Forwarder, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        region: RegionHealth | None = None,
+        follower: ActiveRegionFollower | None = None,
+    ) -> None:
         self.forwarder = forwarder
         self.host = host
         self.port = port
+        self.region = region
+        self.follower = follower
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
@@ -47,6 +61,7 @@ class AdminServer:
         app.router.add_post("/pool", self._pool)
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/healthz/region", self._region)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
@@ -65,7 +80,18 @@ class AdminServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _status(self, request: web.Request) -> web.Response:
-        return _json(self.forwarder.status())
+        status = self.forwarder.status()
+        if self.region is not None:
+            status["region"] = self.region.report()
+        if self.follower is not None:
+            status["follow"] = self.follower.report()
+        return _json(status)
+
+    async def _region(self, request: web.Request) -> web.Response:
+        if self.region is None:
+            return _error(404, "this engine is no regional balancer")
+        report = self.region.report()
+        return _json(report, 200 if report["healthy"] and not self.forwarder.stopping else 503)
 
     async def _livez(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})

@@ -99,6 +99,23 @@ class TimeoutsConfig(BaseModel):
         return Timeouts(**self.model_dump())
 
 
+class RegionConfig(BaseModel):
+    """A regional balancer: its region's pool and etcd, for `/healthz/region`."""
+
+    model_config = _STRICT
+    name: str = Field(min_length=1)
+    etcd: list[str] = Field(min_length=1)
+    probe_interval: float = Field(default=0.5, gt=0)
+
+
+class FollowConfig(BaseModel):
+    """A gate instance: activate the pool named by the active region in the global etcd."""
+
+    model_config = _STRICT
+    etcd: list[str] = Field(min_length=1)
+    prefix: str = "/haplane/global/"
+
+
 class GateConfig(BaseModel):
     model_config = _STRICT
     name: str = "gate"
@@ -109,6 +126,16 @@ class GateConfig(BaseModel):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     retries: int = Field(default=2, ge=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
+    region: RegionConfig | None = None
+    follow: FollowConfig | None = None
+
+    @field_validator("region")
+    @classmethod
+    def _region_is_a_pool(cls, value: RegionConfig | None, info: ValidationInfo) -> Any:
+        pools = info.data.get("pools")
+        if value is not None and pools is not None and value.name not in pools:
+            raise ValueError(f"name: no pool named {value.name!r} holds this region's replicas")
+        return value
 
     @field_validator("active_pool")
     @classmethod

@@ -413,6 +413,10 @@ class Forwarder:
         task.add_done_callback(done)
         return task
 
+    def emit(self, event: GateEvent) -> None:
+        """Log and publish an event of a role around the engine (region health, following)."""
+        self._emit(event)
+
     def _emit(self, event: GateEvent) -> None:
         emit(event, self.name)
         for callback in self._subscribers:

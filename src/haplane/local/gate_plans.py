@@ -19,8 +19,8 @@ from haplane.store import DEFAULT_GLOBAL_PREFIX
 from haplane.topology import Topology
 from haplane.topology.model import GLOBAL_SCOPE
 
+from .plans import ClusterPlan, ReplicaPlan, port_key
 from .ports import PortRegistry
-from .supervisor import ClusterPlan, ReplicaPlan, port_key
 
 # Fast health defaults (the 200 ms / 2 / 2): a dead replica leaves rotation in ~0.4 s.
 CHECK_INTERVAL = 0.2

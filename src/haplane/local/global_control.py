@@ -13,9 +13,9 @@ from haplane.store import ActiveRegion, EtcdClient, GlobalState, StaleEpoch
 from haplane.topology import Topology
 from haplane.topology.model import GLOBAL_SCOPE
 
+from .plans import member_addresses
 from .ports import PortRegistry
 from .state_dir import StateDir
-from .supervisor import member_addresses
 
 
 class FailoverError(Exception):

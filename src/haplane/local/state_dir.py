@@ -64,6 +64,10 @@ class StateDir:
     def data_dir(self, component: str) -> Path:
         return self.root / "data" / component
 
+    def config_file(self, component: str) -> Path:
+        """The config a balancer or gate process is started with (written by the supervisor)."""
+        return self.root / "config" / (component.replace("/", "_") + ".json")
+
     def log_file(self, component: str) -> Path:
         return self.root / "logs" / f"{component}.log"
 

@@ -22,9 +22,10 @@ from haplane.topology.model import GLOBAL_SCOPE
 
 from . import pidfile
 from .control import ControlClient, ControlError
+from .gate_plans import resolve_balancers, resolve_gates
+from .plans import ClusterPlan, ReplicaPlan, resolve_addresses, resolve_replicas
 from .ports import PortRegistry
 from .state_dir import StateDir
-from .supervisor import ClusterPlan, ReplicaPlan, resolve_addresses, resolve_replicas
 
 
 @dataclass
@@ -68,6 +69,29 @@ class ReplicaReport:
 
 
 @dataclass
+class EdgeReport:
+    """A regional balancer or a gate instance: its process, readiness, and what its admin
+    listener says about its upstreams (state, connections) and, for a gate, the region it
+    forwards to."""
+
+    name: str
+    kind: str  # balancer | gate
+    url: str
+    admin_url: str
+    state: str
+    pid: int | None
+    restarts: int
+    ready: bool
+    active_pool: str | None = None
+    epoch: int | None = None
+    upstreams: list[dict[str, Any]] = field(default_factory=list)
+    connections_active: int = 0
+    connections_total: int = 0
+    region_health: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
 class GlobalReport:
     """The active region and its epoch, and the most recent changes (oldest first)."""
 
@@ -85,6 +109,7 @@ class StatusReport:
     clusters: list[ClusterReport]
     replicas: list[ReplicaReport] = field(default_factory=list)
     global_state: GlobalReport | None = None
+    edges: list[EdgeReport] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +120,7 @@ class StatusReport:
             all(c.quorum for c in self.clusters)
             and all(m.healthy for c in self.clusters for m in c.members)
             and all(r.ready for r in self.replicas)
+            and all(e.ready for e in self.edges)
         )
 
 
@@ -133,6 +159,16 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
         *(_replica_report(r, processes, timeout) for r in resolve_replicas(topology, ports, plans))
     )
     global_state = await _global_report(topology, plans, timeout)
+    replica_plans = resolve_replicas(topology, ports, plans)
+    balancers = resolve_balancers(topology, ports, plans, replica_plans)
+    gates = resolve_gates(topology, ports, plans, balancers)
+    edges = await asyncio.gather(
+        *(
+            _edge_report(e.qualified_name, kind, e.url, e.admin_url, processes, timeout)
+            for kind, group in (("balancer", balancers), ("gate", gates))
+            for e in group
+        )
+    )
     return StatusReport(
         topology.name,
         str(state.root),
@@ -141,7 +177,60 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
         list(clusters),
         list(replicas),
         global_state,
+        list(edges),
     )
+
+
+async def _edge_report(
+    name: str,
+    kind: str,
+    url: str,
+    admin_url: str,
+    processes: dict[str, dict[str, Any]],
+    timeout: float,
+) -> EdgeReport:
+    proc = processes.get(name, {})
+    report = EdgeReport(
+        name=name,
+        kind=kind,
+        url=url,
+        admin_url=admin_url,
+        state=str(proc.get("state", "not running")),
+        pid=proc.get("pid"),
+        restarts=int(proc.get("restarts") or 0),
+        ready=False,
+    )
+    try:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout + 0.5)
+        ) as session:
+            async with session.get(f"{admin_url}/readyz") as resp:
+                report.ready = resp.status == 200
+            async with session.get(f"{admin_url}/status") as resp:
+                doc = await resp.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        report.error = f"admin listener: {exc or type(exc).__name__}"
+        return report
+    report.active_pool = doc.get("active_pool")
+    report.epoch = (doc.get("follow") or {}).get("epoch")
+    report.region_health = doc.get("region")
+    listeners = doc.get("listeners") or []
+    report.connections_active = sum(int(x.get("connections_active") or 0) for x in listeners)
+    report.connections_total = sum(int(x.get("connections_total") or 0) for x in listeners)
+    for pool_name, pool in (doc.get("pools") or {}).items():
+        for u in pool.get("upstreams") or []:
+            report.upstreams.append(
+                {
+                    "pool": pool_name,
+                    "name": u.get("name"),
+                    "state": u.get("state"),
+                    "active": u.get("active"),
+                    "connections_total": u.get("connections_total"),
+                    "last_check_latency_ms": u.get("last_check_latency_ms"),
+                    "last_check": u.get("last_check"),
+                }
+            )
+    return report
 
 
 async def _global_report(

@@ -23,7 +23,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -33,13 +32,28 @@ from haplane.store import (
     EtcdClient,
     EtcdError,
     GlobalState,
-    MemberAddress,
     find_etcd,
     member_command,
 )
-from haplane.topology import EtcdClusterView, Topology
+from haplane.topology import Topology
 from haplane.topology.model import GLOBAL_SCOPE
 
+from .gate_plans import (
+    BalancerPlan,
+    GatePlan,
+    balancer_config,
+    gate_config,
+    resolve_balancers,
+    resolve_gates,
+)
+from .plans import (
+    ClusterPlan,
+    ReplicaPlan,
+    member_addresses,
+    port_key,
+    resolve_addresses,
+    resolve_replicas,
+)
 from .ports import PortRegistry
 from .process import FaultAction, ManagedProcess, ProcessSpec
 from .state_dir import ENV_STATE_DIR, StateDir
@@ -56,66 +70,6 @@ class SupervisorError(Exception):
 
 class UnknownComponent(SupervisorError):
     pass
-
-
-@dataclass
-class ClusterPlan:
-    view: EtcdClusterView
-    addresses: dict[str, MemberAddress]
-
-
-@dataclass(frozen=True)
-class ReplicaPlan:
-    """One API server replica: its region, name, address and its region's etcd."""
-
-    region: str
-    name: str
-    host: str
-    port: int
-    etcd_endpoints: tuple[str, ...]
-
-    @property
-    def qualified_name(self) -> str:
-        return f"{self.region}/{self.name}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-
-def resolve_replicas(
-    topology: Topology, ports: PortRegistry, clusters: list[ClusterPlan]
-) -> list[ReplicaPlan]:
-    etcd_of = {c.view.scope: c for c in clusters}
-    plans = []
-    for site, region in topology.regions():
-        endpoints = tuple(a.client_endpoint for a in etcd_of[site.name].addresses.values())
-        for api in region.api_servers:
-            host = topology.host_of(api)
-            port = ports.resolve(f"{site.name}/{api.name}#http", host, api.port)
-            plans.append(ReplicaPlan(site.name, api.name, host, port, endpoints))
-    return plans
-
-
-def port_key(qualified_name: str, which: str) -> str:
-    return f"{qualified_name}#{which}"
-
-
-def member_addresses(cluster: EtcdClusterView, ports: PortRegistry) -> dict[str, MemberAddress]:
-    """Each member's address, assigning (and persisting) the ports the file left out."""
-    return {
-        m.qualified_name: MemberAddress(
-            host=m.host,
-            client_port=ports.resolve(port_key(m.qualified_name, "client"), m.host, m.client_port),
-            peer_port=ports.resolve(port_key(m.qualified_name, "peer"), m.host, m.peer_port),
-        )
-        for m in cluster.members
-    }
-
-
-def resolve_addresses(topology: Topology, ports: PortRegistry) -> list[ClusterPlan]:
-    """Every etcd cluster with the addresses of its members."""
-    return [ClusterPlan(c, member_addresses(c, ports)) for c in topology.etcd_clusters()]
 
 
 def emit(event: str, fields: dict[str, Any]) -> None:
@@ -152,6 +106,8 @@ class Supervisor:
         self.processes: dict[str, ManagedProcess] = {}
         self.clusters: list[ClusterPlan] = []
         self.replicas: list[ReplicaPlan] = []
+        self.balancers: list[BalancerPlan] = []
+        self.gates: list[GatePlan] = []
         self.started_in: float | None = None
 
     # ---- start ---------------------------------------------------------------------------
@@ -171,6 +127,20 @@ class Supervisor:
             await self._record_first_active_region()
             self.replicas = resolve_replicas(self.topology, ports, self.clusters)
             await asyncio.gather(*(self._start_replica(r, timeout) for r in self.replicas))
+            self.balancers = resolve_balancers(self.topology, ports, self.clusters, self.replicas)
+            await asyncio.gather(
+                *(
+                    self._start_engine(b.qualified_name, "balancer", balancer_config(b), timeout)
+                    for b in self.balancers
+                )
+            )
+            self.gates = resolve_gates(self.topology, ports, self.clusters, self.balancers)
+            await asyncio.gather(
+                *(
+                    self._start_engine(g.qualified_name, "gate", gate_config(g), timeout)
+                    for g in self.gates
+                )
+            )
         except BaseException as exc:
             self.phase = "failed"
             self.error = str(exc)
@@ -288,21 +258,51 @@ class Supervisor:
         proc = ManagedProcess(spec, on_event=emit)
         self.processes[plan.qualified_name] = proc
         await proc.spawn()
+        await self._await_ready(proc, f"{plan.url}/readyz", timeout)
+        self.progress(f"{plan.qualified_name}: ready at {plan.url}")
+
+    async def _start_engine(
+        self, name: str, kind: str, config: dict[str, Any], timeout: float
+    ) -> None:
+        """A regional balancer or a gate instance: `python -m haplane.gate` with its config
+        written to the state dir; ready once its admin `/readyz` answers 200 (its active pool
+        has a healthy upstream)."""
+        path = self.state.config_file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config, indent=2))
+        os.replace(tmp, path)
+        spec = ProcessSpec(
+            name=name,
+            kind=kind,
+            argv=[sys.executable, "-m", "haplane.gate", "--config", str(path)],
+            log_path=self.state.log_file(name),
+            pid_path=self.state.pid_file(name),
+            env=self._child_env(),
+        )
+        proc = ManagedProcess(spec, on_event=emit)
+        self.processes[name] = proc
+        await proc.spawn()
+        admin = config["admin"]
+        url = f"http://{admin['host']}:{admin['port']}/readyz"
+        await self._await_ready(proc, url, timeout)
+        self.progress(f"{name}: ready")
+
+    async def _await_ready(self, proc: ManagedProcess, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5)) as session:
             while time.monotonic() < deadline:
                 if proc._proc is not None and proc._proc.returncode is not None:
                     raise SupervisorError(
-                        f"{plan.qualified_name} exited with code {proc._proc.returncode}: "
-                        f"{_tail(spec.log_path, 600)}"
+                        f"{proc.spec.name} exited with code {proc._proc.returncode}: "
+                        f"{_tail(proc.spec.log_path, 600)}"
                     )
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(f"{plan.url}/readyz") as resp:
+                    async with session.get(url) as resp:
                         if resp.status == 200:
-                            self.progress(f"{plan.qualified_name}: ready at {plan.url}")
                             return
                 await asyncio.sleep(0.1)
-        raise SupervisorError(f"{plan.qualified_name} not ready within {timeout:.0f}s")
+        raise SupervisorError(f"{proc.spec.name} not ready within {timeout:.0f}s ({url})")
 
     async def _await_cluster(
         self, plan: ClusterPlan, procs: list[ManagedProcess], timeout: float

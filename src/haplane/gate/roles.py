@@ -1,0 +1,199 @@
+"""What makes a forwarding engine a regional balancer or a gate instance.
+
+Layer: gate. Uses a `Forwarder` in-process and etcd through `haplane.store`.
+
+- `RegionHealth` (balancers): the region's aggregate health for the gates, served on the admin
+  listener at `/healthz/region`: how many API replicas are ready (from this balancer's own
+  checks) and whether the region's etcd answers a linearizable read (probed here every
+  `interval`). 200 when at least one replica is UP and etcd has quorum; 503 otherwise, with the
+  detail as JSON. Replicas already refuse `/readyz` without quorum, so etcd's verdict here is for
+  operators and for the gate's reason, not a second vote.
+- `ActiveRegionFollower` (gates): follows the active region in the global control etcd and
+  activates the pool of that name, which aborts the connections of the previous one. A gate
+  never picks a region itself: when the global control etcd is unreachable it keeps routing to
+  the last region it was told (the region-failover issue adds fencing for that case), and
+  without any record it refuses clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from haplane.store import EtcdClient, EtcdError, GlobalState
+
+from .events import GateEvent
+from .forwarder import Forwarder
+from .health import UpstreamState
+
+log = logging.getLogger("haplane.gate")
+
+PROBE_KEY = b"/haplane/health/probe"  # read, never written: a linearizable read needs quorum
+
+
+class RegionHealth:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        region: str,
+        etcd_endpoints: list[str],
+        interval: float = 0.5,
+        timeout: float = 1.0,
+    ) -> None:
+        self.forwarder = forwarder
+        self.region = region
+        self.endpoints = etcd_endpoints
+        self.interval = interval
+        self.timeout = timeout
+        self.etcd_quorum: bool | None = None  # None: not probed yet
+        self.etcd_error: str | None = None
+        self.etcd_latency: float | None = None
+        self.etcd_checked_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._probe_loop(), name="region etcd probe")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _probe_loop(self) -> None:
+        async with EtcdClient(self.endpoints, timeout=self.timeout) as client:
+            while True:
+                t0 = time.monotonic()
+                try:
+                    await client.get(PROBE_KEY)
+                    quorum, error = True, None
+                except EtcdError as exc:
+                    quorum, error = False, str(exc)
+                self.etcd_latency = time.monotonic() - t0
+                self.etcd_checked_at = time.time()
+                if quorum != self.etcd_quorum:
+                    self.forwarder.emit(
+                        GateEvent(
+                            "region_etcd",
+                            level="info" if quorum else "warning",
+                            pool=self.region,
+                            from_state=_quorum_word(self.etcd_quorum),
+                            to_state=_quorum_word(quorum),
+                            reason=error or "a linearizable read answered",
+                        )
+                    )
+                self.etcd_quorum, self.etcd_error = quorum, error
+                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - t0)))
+
+    def report(self) -> dict[str, Any]:
+        pool = self.forwarder.pools.get(self.region)
+        upstreams = list(pool.upstreams.values()) if pool is not None else []
+        ready = [u.name for u in upstreams if u.state is UpstreamState.UP]
+        reasons = []
+        if not ready:
+            reasons.append("no API replica is ready")
+        if self.etcd_quorum is False:
+            reasons.append(f"etcd has no quorum: {self.etcd_error}")
+        elif self.etcd_quorum is None:
+            reasons.append("etcd not probed yet")
+        return {
+            "region": self.region,
+            "healthy": not reasons,
+            "reasons": reasons,
+            "replicas_ready": len(ready),
+            "replicas": len(upstreams),
+            "replicas_detail": {u.name: u.state.value for u in upstreams},
+            "etcd_quorum": self.etcd_quorum,
+            "etcd_latency_ms": round(self.etcd_latency * 1000, 1)
+            if self.etcd_latency is not None
+            else None,
+            "etcd_error": self.etcd_error,
+        }
+
+
+def _quorum_word(quorum: bool | None) -> str:
+    return {True: "quorum", False: "no-quorum", None: "unknown"}[quorum]
+
+
+class ActiveRegionFollower:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        etcd_endpoints: list[str],
+        prefix: bytes,
+        retry: float = 0.5,
+        timeout: float = 1.0,
+    ) -> None:
+        self.forwarder = forwarder
+        self.endpoints = etcd_endpoints
+        self.prefix = prefix
+        self.retry = retry
+        self.timeout = timeout
+        self.region: str | None = None
+        self.epoch: int | None = None
+        self.connected = False
+        self.error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="follow active region")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        async with EtcdClient(self.endpoints, timeout=self.timeout) as client:
+            state = GlobalState(client, prefix=self.prefix)
+            while True:
+                try:
+                    async for record in state.watch():
+                        self.connected, self.error = True, None
+                        if record is None:
+                            continue  # nothing recorded yet: keep refusing clients
+                        self._apply(record.region, record.epoch)
+                except EtcdError as exc:
+                    # Keep routing where we were told: choosing on our own is split brain.
+                    if self.connected or self.error is None:
+                        log.warning(
+                            json.dumps(
+                                {
+                                    "component": self.forwarder.name,
+                                    "event": "global_state_unreachable",
+                                    "reason": str(exc),
+                                    "keeping": self.region,
+                                }
+                            )
+                        )
+                    self.connected, self.error = False, str(exc)
+                    await asyncio.sleep(self.retry)
+
+    def _apply(self, region: str, epoch: int) -> None:
+        if (region, epoch) == (self.region, self.epoch):
+            return
+        if region not in self.forwarder.pools:
+            self.forwarder.emit(
+                GateEvent(
+                    "active_region_unknown",
+                    level="error",
+                    pool=region,
+                    reason=f"epoch {epoch} names a region this gate has no pool for",
+                )
+            )
+            return
+        self.region, self.epoch = region, epoch
+        self.forwarder.activate(region, reason=f"global state: epoch {epoch}")
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "active_region": self.region,
+            "epoch": self.epoch,
+            "global_state_connected": self.connected,
+            "error": self.error,
+        }
