@@ -1,6 +1,6 @@
 """Benchmark: haplane's forwarding engine (L4 and L7) against HAProxy 2.6, side by side.
 
-Throughput. The backend is HAProxy itself answering a fixed JSON body from a frontend
+Throughput. The backend is first HAProxy itself answering a fixed JSON body from a frontend
 (`http-request return`, its own process, nbthread 1): a Python backend would be the bottleneck and
 hide the proxies' differences. wrk (-t2 -c64, keep-alive) runs against: the backend directly,
 HAProxy `mode tcp`, HAProxy `mode http` (each its own process, nbthread 1, no checks), haplane L4
@@ -9,6 +9,7 @@ backend every 200 ms). Cases are interleaved round by round; reported are median
 req/s, p99 latency, and the proxy's CPU per request (psutil: the proxy process's user+system time
 over the run / requests). Ratios are medians of per-round ratios (neighbours in time share the
 machine's noise): haplane L4 / HAProxy tcp (goal >= 0.8) and haplane L7 / HAProxy http (>= 0.5).
+Then the same cases in front of a real API replica (3-member etcd, cached GET of a namespace).
 
 Detection. Two Python backends (tests/gate/backend.py) behind: haplane L4 with checks every
 200 ms, fall 2, rise 2; HAProxy tcp with default checks (`check`: inter 2s fall 3 rise 2); HAProxy
@@ -48,6 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from haplane.local.api_replica import ApiReplica
+from haplane.local.etcd_cluster import EtcdCluster
 
 REPO = Path(__file__).resolve().parent.parent
 BACKEND_SCRIPT = REPO / "tests" / "gate" / "backend.py"
@@ -214,10 +218,10 @@ def haplane_state(admin_port: int, upstream: str) -> str:
 WRK_RE = re.compile(r"(\d+) requests in ([\d.]+)s")
 
 
-def run_wrk(port: int, seconds: float, proxy: Proc | None) -> dict[str, float]:
+def run_wrk(port: int, seconds: float, proxy: Proc | None, path: str = "/") -> dict[str, float]:
     cpu0 = proxy.cpu() if proxy else 0.0
     out = subprocess.run(
-        ["wrk", "-t2", "-c64", f"-d{seconds:g}s", "--latency", f"http://127.0.0.1:{port}/"],
+        ["wrk", "-t2", "-c64", f"-d{seconds:g}s", "--latency", f"http://127.0.0.1:{port}{path}"],
         capture_output=True,
         text=True,
         check=True,
@@ -240,22 +244,39 @@ def run_wrk(port: int, seconds: float, proxy: Proc | None) -> dict[str, float]:
     }
 
 
-def throughput(root: Path, seconds: float, rounds: int) -> None:
+def throughput(root: Path, seconds: float, rounds: int, api: bool = False) -> None:
+    """Against HAProxy's static answer, or (`api`) an API replica on a 3-member etcd serving a
+    cached GET of a namespace (resourceVersion=0), the request a watch-heavy client repeats."""
     backend_port = free_port()
     ports = {k: free_port() for k in ("tcp", "http", "l4", "l7")}
-    backend = haproxy_static(root, backend_port)
-    procs: dict[str, Proc | None] = {"direct (HAProxy static backend)": None}
-    started: list[Proc] = [backend]
+    loop = asyncio.new_event_loop()
+    cluster: EtcdCluster | None = None
+    replica: ApiReplica | None = None
+    path, direct = "/", "direct (HAProxy static backend)"
+    if api:
+        cluster = EtcdCluster(root / "etcd", heartbeat_ms=50, election_ms=500)
+        loop.run_until_complete(cluster.start())
+        replica = ApiReplica(root, "api", cluster.endpoints, region="bench")
+        loop.run_until_complete(replica.start())
+        backend_port = replica.port
+        path, direct = "/api/v1/namespaces/default?resourceVersion=0", "direct (API replica)"
+        started: list[Proc] = []
+    else:
+        backend = haproxy_static(root, backend_port)
+        started = [backend]
+    procs: dict[str, Proc | None] = {direct: None}
     try:
-        wait_port(backend_port, backend)
+        if not api:
+            wait_port(backend_port, backend)
         server = [("s1", backend_port)]
         tcp = haproxy_proxy(root, "haproxy-tcp", ports["tcp"], "tcp", server)[0]
         http = haproxy_proxy(root, "haproxy-http", ports["http"], "http", server)[0]
-        l4 = haplane_gate(root, "haplane-l4", ports["l4"], "l4", server, free_port())
-        l7 = haplane_gate(root, "haplane-l7", ports["l7"], "l7", server, free_port())
+        check = {"path": "/readyz" if api else "/", "interval": 0.2, "fall": 2, "rise": 2}
+        l4 = haplane_gate(root, "haplane-l4", ports["l4"], "l4", server, free_port(), check)
+        l7 = haplane_gate(root, "haplane-l7", ports["l7"], "l7", server, free_port(), check)
         started += [tcp, http, l4, l7]
         cases = {
-            "direct (HAProxy static backend)": (backend_port, None),
+            direct: (backend_port, None),
             "HAProxy mode tcp": (ports["tcp"], tcp),
             "HAProxy mode http": (ports["http"], http),
             "haplane L4": (ports["l4"], l4),
@@ -267,15 +288,15 @@ def throughput(root: Path, seconds: float, rounds: int) -> None:
                 procs[str(port)] = proc
         time.sleep(1.0)  # haplane: first health checks done
         for port, proc in cases.values():  # warm-up
-            run_wrk(port, 1, proc)
+            run_wrk(port, 1, proc, path)
         results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
         for r in range(rounds):
             for name, (port, proc) in cases.items():
-                results[name].append(run_wrk(port, seconds, proc))
+                results[name].append(run_wrk(port, seconds, proc, path))
             print(f"  round {r + 1}/{rounds} done", file=sys.stderr)
         print(
-            f"\nThroughput: wrk -t2 -c64 {seconds:g}s x {rounds} interleaved rounds "
-            "(medians); all on 2 shared vCPUs"
+            f"\nThroughput to {direct.removeprefix('direct ')}: wrk -t2 -c64 GET {path} "
+            f"{seconds:g}s x {rounds} interleaved rounds (medians); all on 2 shared vCPUs"
         )
         print(f"{'case':<34}{'req/s':>10}{'p99 ms':>9}{'proxy CPU us/req':>18}{'non-2xx':>9}")
         for name, rows in results.items():
@@ -304,6 +325,11 @@ def throughput(root: Path, seconds: float, rounds: int) -> None:
     finally:
         for p in started:
             p.stop()
+        if replica is not None:
+            loop.run_until_complete(replica.stop())
+        if cluster is not None:
+            loop.run_until_complete(cluster.stop())
+        loop.close()
 
 
 # ---- detection -------------------------------------------------------------------------------
@@ -440,6 +466,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--detect-runs", type=int, default=5)
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-api", action="store_true", help="skip the API replica backend")
     ap.add_argument("--skip-detection", action="store_true")
     args = ap.parse_args()
     version = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
@@ -447,6 +474,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="haplane-bench-proxy-") as tmp:
         if not args.skip_throughput:
             throughput(Path(tmp), args.seconds, args.rounds)
+            if not args.skip_api:
+                throughput(Path(tmp), args.seconds, args.rounds, api=True)
         if not args.skip_detection:
             asyncio.run(detection(Path(tmp), args.detect_runs))
 
