@@ -128,6 +128,17 @@ def test_kubectl(api_replicas, namespace, tmp_path, kubectl: Path):
     assert json.loads(out)["data"] == {"a": "2", "b": "3"}
     assert "name: kc" in run("get", "configmap", "kc", "-o", "yaml").stdout
     assert "kc" in run("get", "cm").stdout
+    # typed creates are sent as protobuf (application/vnd.kubernetes.protobuf)
+    run("create", "configmap", "typed", "--from-literal=k=v")
+    assert json.loads(run("get", "cm", "typed", "-o", "json").stdout)["data"] == {"k": "v"}
+    run("create", "secret", "generic", "typed", "--from-literal=password=s3cret")
+    secret = json.loads(run("get", "secret", "typed", "-o", "json").stdout)
+    assert secret["data"] == {"password": "czNjcmV0"} and secret["type"] == "Opaque"
+    run("create", "serviceaccount", "typed")
+    ns = f"{namespace}-typed"
+    run("create", "namespace", ns)
+    assert json.loads(run("get", "ns", ns, "-o", "json").stdout)["status"]["phase"] == "Active"
+    run("delete", "namespace", ns)
     run("label", "cm", "kc", "tier=web")
     assert "kc" in run("get", "cm", "-l", "tier=web").stdout
 

@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from haplane import __version__
 from haplane.store import EtcdClient, EtcdError
 
-from . import errors, tables
+from . import errors, protobuf, tables
 from .controllers import Controllers, LeaderElector
 from .crds import CRD_TYPE, resource_types_for, to_scale
 from .errors import StatusError
@@ -1026,6 +1026,14 @@ async def _body(
             return None
         raise errors.bad_request("the request needs a body")
     ctype = content_type or request.headers.get("Content-Type", JSON).split(";")[0].strip()
+    if ctype == protobuf.PROTOBUF:
+        # kubectl sends typed creates (`kubectl create configmap ...`) as protobuf
+        try:
+            return protobuf.decode(raw)
+        except protobuf.UnsupportedKind as exc:
+            raise errors.unsupported_media(str(exc)) from exc
+        except protobuf.ProtobufError as exc:
+            raise errors.bad_request(f"the request body is not valid {ctype}: {exc}") from exc
     try:
         if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
             body = yaml.load(raw, Loader=_JsonishLoader)  # a SafeLoader subclass
