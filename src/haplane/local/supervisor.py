@@ -126,20 +126,20 @@ class Supervisor:
             await asyncio.gather(*(self._start_cluster(c, ports, timeout) for c in self.clusters))
             await self._record_first_active_region()
             self.replicas = resolve_replicas(self.topology, ports, self.clusters)
-            await asyncio.gather(*(self._start_replica(r, timeout) for r in self.replicas))
             self.balancers = resolve_balancers(self.topology, ports, self.clusters, self.replicas)
+            self.gates = resolve_gates(self.topology, ports, self.clusters, self.balancers)
+            # All at once: a balancer is ready when a replica behind it is, a gate when a
+            # balancer of the active region is; starting them together overlaps their start-up.
             await asyncio.gather(
+                *(self._start_replica(r, timeout) for r in self.replicas),
                 *(
                     self._start_engine(b.qualified_name, "balancer", balancer_config(b), timeout)
                     for b in self.balancers
-                )
-            )
-            self.gates = resolve_gates(self.topology, ports, self.clusters, self.balancers)
-            await asyncio.gather(
+                ),
                 *(
                     self._start_engine(g.qualified_name, "gate", gate_config(g), timeout)
                     for g in self.gates
-                )
+                ),
             )
         except BaseException as exc:
             self.phase = "failed"
