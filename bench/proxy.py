@@ -9,7 +9,8 @@ backend every 200 ms). Cases are interleaved round by round; reported are median
 req/s, p99 latency, and the proxy's CPU per request (psutil: the proxy process's user+system time
 over the run / requests). Ratios are medians of per-round ratios (neighbours in time share the
 machine's noise): haplane L4 / HAProxy tcp (goal >= 0.8) and haplane L7 / HAProxy http (>= 0.5).
-Then the same cases in front of a real API replica (3-member etcd, cached GET of a namespace).
+Then the same cases in front of a real API replica (3-member etcd, cached GET of a namespace);
+there HAProxy `mode tcp` runs the configuration `haplane export haproxy` writes for a balancer.
 
 Detection. Two Python backends (tests/gate/backend.py) behind: haplane L4 with checks every
 200 ms, fall 2, rise 2; HAProxy tcp with default checks (`check`: inter 2s fall 3 rise 2); HAProxy
@@ -52,6 +53,9 @@ import psutil
 
 from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
+from haplane.local.gate_plans import BalancerPlan
+from haplane.local.haproxy_export import haproxy_config
+from haplane.local.plans import ReplicaPlan
 
 REPO = Path(__file__).resolve().parent.parent
 BACKEND_SCRIPT = REPO / "tests" / "gate" / "backend.py"
@@ -122,6 +126,16 @@ def haproxy(root: Path, name: str, body: str, stats: bool = False) -> tuple[Proc
     cfg = root / f"{name}.cfg"
     cfg.write_text(HAPROXY_GLOBAL.format(stats=stats_line) + body)
     return Proc(["haproxy", "-db", "-f", str(cfg)], root / f"{name}.log"), sock
+
+
+def haproxy_exported(root: Path, port: int, replica_port: int) -> Proc:
+    """HAProxy from `haplane export haproxy`'s generator: one regional balancer (mode tcp,
+    /readyz checks at haplane's settings) in front of the API replica."""
+    replica = ReplicaPlan("bench", "api", "127.0.0.1", replica_port, ())
+    plan = BalancerPlan("bench", "lb", "a", "127.0.0.1", port, free_port(), (replica,), ())
+    cfg = root / "haproxy-exported.cfg"
+    cfg.write_text(haproxy_config("bench", [plan], [], None))
+    return Proc(["haproxy", "-db", "-f", str(cfg)], root / "haproxy-exported.log")
 
 
 def haproxy_static(root: Path, port: int) -> Proc:
@@ -269,7 +283,11 @@ def throughput(root: Path, seconds: float, rounds: int, api: bool = False) -> No
         if not api:
             wait_port(backend_port, backend)
         server = [("s1", backend_port)]
-        tcp = haproxy_proxy(root, "haproxy-tcp", ports["tcp"], "tcp", server)[0]
+        tcp = (
+            haproxy_exported(root, ports["tcp"], backend_port)
+            if api
+            else haproxy_proxy(root, "haproxy-tcp", ports["tcp"], "tcp", server)[0]
+        )
         http = haproxy_proxy(root, "haproxy-http", ports["http"], "http", server)[0]
         check = {"path": "/readyz" if api else "/", "interval": 0.2, "fall": 2, "rise": 2}
         l4 = haplane_gate(root, "haplane-l4", ports["l4"], "l4", server, free_port(), check)

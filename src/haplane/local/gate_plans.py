@@ -22,8 +22,11 @@ from haplane.topology.model import GLOBAL_SCOPE
 from .plans import ClusterPlan, ReplicaPlan, port_key
 from .ports import PortRegistry
 
-# Fast health defaults (the 200 ms / 2 / 2): a dead replica leaves rotation in ~0.4 s.
+# Fast health defaults (200 ms / fall 2 / rise 2): a dead replica leaves rotation at its first
+# refused connect or within ~0.4 s of checks. A check may take up to 1 s: a busy replica's
+# /readyz (a quorum read) can exceed the interval without the replica being unhealthy.
 CHECK_INTERVAL = 0.2
+CHECK_TIMEOUT = 1.0
 CHECK_FALL = 2
 CHECK_RISE = 2
 REGION_HEALTH_PATH = "/healthz/region"
@@ -140,7 +143,13 @@ def resolve_gates(
 
 
 def _check(path: str) -> dict[str, Any]:
-    return {"path": path, "interval": CHECK_INTERVAL, "fall": CHECK_FALL, "rise": CHECK_RISE}
+    return {
+        "path": path,
+        "interval": CHECK_INTERVAL,
+        "timeout": CHECK_TIMEOUT,
+        "fall": CHECK_FALL,
+        "rise": CHECK_RISE,
+    }
 
 
 def balancer_config(plan: BalancerPlan) -> dict[str, Any]:
