@@ -468,6 +468,67 @@ def test_a_client_that_leaves_a_quiet_watch_frees_it(api: ApiReplica, namespace:
     assert open_watches() == before
 
 
+def test_quiet_watches_on_a_busy_resource_still_time_out_and_notice_a_client_leaving(
+    api: ApiReplica, namespace: str, api_replicas: list[ApiReplica]
+):
+    """Changes in another namespace (and ones a selector filters out) stream past these
+    watches; timeoutSeconds must still end one, and a departed client must still be noticed."""
+    import socket
+    import threading
+    import time
+
+    busy = f"{namespace}-busy"
+    assert api.request("POST", "/api/v1/namespaces", {"metadata": {"name": busy}})[0] == 201
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            api.request("POST", f"/api/v1/namespaces/{busy}/configmaps", cm(f"c{i}"))
+            api.request(
+                "POST", f"/api/v1/namespaces/{namespace}/configmaps", cm(f"f{i}", {"x": "y"})
+            )
+
+    writer = threading.Thread(target=churn)
+    writer.start()
+    try:
+        for query in ("", "&labelSelector=x%3Dz"):  # other namespace; filtered by a selector
+            t0 = time.monotonic()
+            url = (
+                f"{api.url}/api/v1/namespaces/{namespace}/configmaps?watch=true"
+                f"&resourceVersion=0&timeoutSeconds=2{query}"
+            )
+            with urllib.request.urlopen(url, timeout=15) as resp:
+                body = resp.read()
+            assert time.monotonic() - t0 < 5, query
+            if query:
+                assert body == b""
+        sock = socket.create_connection(("127.0.0.1", api.port))
+        sock.sendall(
+            f"GET /api/v1/namespaces/{namespace}/configmaps?watch=true&resourceVersion=0"
+            f"&labelSelector=x%3Dz HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        )
+        time.sleep(0.5)
+        metric = 'apiserver_watches{resource="configmaps"}'
+
+        def open_watches() -> float:
+            text = api.request("GET", "/metrics")[2]
+            return sum(
+                float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(metric)
+            )
+
+        before = open_watches()
+        sock.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and open_watches() != before - 1:
+            time.sleep(0.2)
+        assert open_watches() == before - 1
+    finally:
+        stop.set()
+        writer.join(10)
+
+
 def test_namespace_status_subresource(api: ApiReplica, namespace: str):
     path = f"/api/v1/namespaces/{namespace}"
     ns = api.request("GET", f"{path}/status")[2]

@@ -75,3 +75,13 @@ async def test_watch_sees_the_current_record_then_each_change(state):
     await state.switch("a", expected_epoch=2, by="t", reason="t")
     await asyncio.wait_for(task, 10)
     assert seen == [("a", 1), ("b", 2), ("a", 3)]
+
+
+async def test_a_deleted_record_never_sends_the_epoch_back(state):
+    await state.initialize("a", by="t", reason="first")
+    await state.switch("b", expected_epoch=1, by="t", reason="t")
+    await state.client.delete(state.active_key)  # e.g. an operator's etcdctl del
+    record, created = await state.initialize("a", by="t", reason="again")
+    assert created and record.epoch == 3
+    history = await state.history()
+    assert [(h.epoch, h.reason) for h in history] == [(1, "first"), (2, "t"), (3, "again")]

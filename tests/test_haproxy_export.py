@@ -14,8 +14,15 @@ from tests.topology_helpers import haplane
 def test_export_haproxy_is_valid_and_mirrors_the_topology(tmp_path: Path):
     state = tmp_path / "state"
     out = tmp_path / "haproxy.cfg"
-    r = haplane(state, "export", "haproxy", "--example", "two-regions", "-o", str(out))
-    assert "gates point at eu-west" in r.stderr  # nothing is up: the highest priority region
+    # nothing is up: the active region is unknown, so it must be named
+    r = haplane(state, "export", "haproxy", "--example", "two-regions", "-o", str(out), check=False)
+    assert r.returncode == 1 and "--region" in r.stderr and not out.exists()
+    r = haplane(
+        state, "export", "haproxy", "--example", "two-regions", "--region", "x", check=False
+    )
+    assert r.returncode == 2
+    export = ["export", "haproxy", "--example", "two-regions", "--region", "eu-west"]
+    haplane(state, *export, "-o", str(out))
     text = out.read_text()
     check = subprocess.run(["haproxy", "-c", "-f", str(out)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -39,5 +46,5 @@ def test_export_haproxy_is_valid_and_mirrors_the_topology(tmp_path: Path):
     assert "option httpchk GET /healthz/region" in gate_backend
     # the same ports as `haplane up` would use: exporting twice changes nothing
     again = tmp_path / "again.cfg"
-    haplane(state, "export", "haproxy", "--example", "two-regions", "-o", str(again))
+    haplane(state, *export, "-o", str(again))
     assert again.read_text() == text

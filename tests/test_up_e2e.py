@@ -185,8 +185,12 @@ def test_sigkill_of_the_supervisor_takes_every_child_with_it(state: Path):
     sup = pidfile.read(StateDir(state).supervisor_record)
     assert sup is not None and sup.alive()
     doc = status(state)
-    children = [m["pid"] for m in members(doc).values()] + [r["pid"] for r in doc["replicas"]]
-    assert len(children) == 9 + 4 and all(children)
+    children = (
+        [m["pid"] for m in members(doc).values()]
+        + [r["pid"] for r in doc["replicas"]]
+        + [e["pid"] for e in doc["edges"]]
+    )
+    assert len(children) == 9 + 4 + 4 + 3 and all(children)  # etcd, API, balancers, gates
     os.kill(sup.pid, signal.SIGKILL)
     wait_for(
         lambda: (

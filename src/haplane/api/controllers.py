@@ -39,6 +39,9 @@ from .selectors import parse_field_selector, parse_label_selector
 
 log = logging.getLogger("haplane.api")
 
+# However quiet the caches, a full round at least this often: a step that failed without
+# saying so (a swallowed conflict) is retried within this bound.
+FULL_ROUND_EVERY = 10.0
 LEASE_NAMESPACE = "kube-system"
 LEASE_NAME = "haplane-controllers"
 Obj = dict[str, Any]
@@ -161,6 +164,7 @@ class Controllers:
         self._task: asyncio.Task[None] | None = None
         self._last_scan: tuple[tuple[str, str], ...] | None = None
         self._pending = False  # this round waits on something: scan again even if unchanged
+        self._last_full_round = 0.0
 
     def leading(self, leader: bool) -> None:
         if leader and self._task is None:
@@ -201,8 +205,13 @@ class Controllers:
             for item in got["items"]:
                 listed.append((store, item))
         signature = tuple(scan)
-        if signature == self._last_scan and not force:
+        if (
+            signature == self._last_scan
+            and not force
+            and time.monotonic() - self._last_full_round < FULL_ROUND_EVERY
+        ):
             return  # nothing changed since a round that completed
+        self._last_full_round = time.monotonic()
         self._pending = False
         await self._namespaces(listed, stores)
         await self._garbage(listed)
@@ -323,8 +332,10 @@ class Controllers:
                                 propagation="Foreground",
                             )
                         )
-                if not pending:
+                if not pending and not await self._has_dependents(store, obj):
                     await self._drop_finalizer(store, obj, "foregroundDeletion")
+                else:
+                    self._pending = True
             if "orphan" in finalizers:
                 for s, o in mine:
                     kept = [
@@ -333,7 +344,28 @@ class Controllers:
                         if r.get("uid") != meta.get("uid")
                     ]
                     await self._set_owner_refs(s, o, kept)
-                await self._drop_finalizer(store, obj, "orphan")
+                if not await self._has_dependents(store, obj):
+                    await self._drop_finalizer(store, obj, "orphan")
+                else:
+                    self._pending = True
+
+    async def _has_dependents(self, owner_store: GenericStore, owner: Obj) -> bool:
+        """A quorum read of everything that could name `owner`: the cached scan may have missed
+        a dependent created a moment ago, which would then be deleted instead of orphaned (or
+        outlive its foreground-deleted owner). Only runs while an owner waits on a finalizer."""
+        uid = owner["metadata"].get("uid")
+        namespace = owner["metadata"].get("namespace")
+        seen: set[str] = set()
+        for store in list(self.stores()):
+            prefix = store.t.key_prefix()
+            if prefix in seen or (owner_store.t.namespaced and not store.t.namespaced):
+                continue
+            seen.add(prefix)
+            listed = await store.list(namespace if owner_store.t.namespaced else None, _all())
+            for item in listed["items"]:
+                if any(r.get("uid") == uid for r in item["metadata"].get("ownerReferences") or []):
+                    return True
+        return False
 
     async def _owner_absent(
         self, ref: Obj, dependent_meta: Obj, by_uid: dict[Any, tuple[GenericStore, Obj]]
@@ -362,6 +394,8 @@ class Controllers:
                 namespace if owner_store.t.namespaced else None, str(ref.get("name"))
             )
         except StatusError as exc:
+            if exc.code != 404:
+                self._pending = True  # could not tell: look again next round
             return exc.code == 404
         return bool(owner["metadata"].get("uid") != ref.get("uid"))
 

@@ -841,22 +841,29 @@ class GenericStore:
         # client that left, without a task and a wait per event per watcher (the fan-out cost).
         tick = min(TICK, timeout_seconds) if timeout_seconds else TICK
         events = self.storage.watch(self.t.key_prefix(namespace), revision=last_rev, tick=tick)
-        last_bookmark = time.monotonic()
+        last_bookmark = last_yield = time.monotonic()
         try:
             async for ev in events:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     return
                 last_rev = max(last_rev, ev.revision)
+                yielded = False
                 if ev.type != "BOOKMARK":
                     translated = self._translate_event(ev, opts)
                     if translated is not None:
                         yield translated
+                        yielded = True
                 if bookmarks and now - last_bookmark >= BOOKMARK_INTERVAL:
                     last_bookmark = now
                     yield WatchEvent("BOOKMARK", self._bookmark(last_rev))
-                elif ticks and ev.type == "BOOKMARK":
+                    yielded = True
+                elif ticks and not yielded and (ev.type == "BOOKMARK" or now - last_yield >= tick):
+                    # also when changes stream past that the selectors filter out
                     yield TICK_EVENT
+                    yielded = True
+                if yielded:
+                    last_yield = time.monotonic()
         except storage.Expired as exc:
             yield WatchEvent("ERROR", errors.gone(f"too old resource version: {exc}").status())
         except storage.StorageError as exc:

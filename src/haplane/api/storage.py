@@ -23,7 +23,6 @@ Every etcd outcome maps to: Unavailable (certainly not applied), OutcomeUnknown 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -178,7 +177,9 @@ async def with_ticks(
             async for ev in events:
                 await q.put(ev)
             await q.put(None)
-        except Exception as exc:  # handed to the reader, which raises it
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the reader, which raises it
             await q.put(exc)
 
     task = asyncio.create_task(pump())
@@ -199,8 +200,8 @@ async def with_ticks(
             yield item
     finally:
         task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+        # wait() does not raise the task's own CancelledError, and leaves one aimed at us alone
+        await asyncio.wait({task})
         await events.aclose()  # type: ignore[attr-defined]
 
 

@@ -111,9 +111,12 @@ class Cacher:
             key = ev.key or _key(self.prefix, ev.object)
             if ev.type == "DELETED":
                 self.objects.pop(key, None)
-                bucket = self._buckets.get(self._bucket_of(key))
+                name = self._bucket_of(key)
+                bucket = self._buckets.get(name)
                 if bucket is not None:
                     bucket.pop(key, None)
+                    if not bucket:
+                        del self._buckets[name]
             else:
                 self._put(key, ev.object)
             if len(self._history) == self._history.maxlen and self._history:
@@ -157,7 +160,8 @@ class Cacher:
         self, sub_prefix: str, revision: int | None, tick: float | None = None
     ) -> AsyncIterator[StorageEvent]:
         """Changes under `sub_prefix` after `revision`; `tick`: a `tick_event` after that many
-        seconds of silence (a timeout on this watcher's own queue: no task per event)."""
+        seconds without yielding (a timeout on this watcher's own queue: no task per event).
+        Events of other namespaces do not count: a quiet watch on a busy resource still ticks."""
         start = self.revision if revision is None else revision
         if self.stopped:
             raise storage.Expired("this watch cache was replaced; watch again")
@@ -178,15 +182,21 @@ class Cacher:
                 if (ev.key or "").startswith(sub_prefix):
                     yield ev
                 last = ev.revision
+            loop = asyncio.get_running_loop()
+            yielded_at = loop.time()
             while True:
                 if tick is None:
                     item = await q.get()
                 else:
+                    wake = yielded_at + tick
                     try:
-                        async with asyncio.timeout(tick):
+                        if loop.time() >= wake:
+                            raise TimeoutError
+                        async with asyncio.timeout_at(wake):
                             item = await q.get()
                     except TimeoutError:
                         yield storage.tick_event(last)
+                        yielded_at = loop.time()
                         continue
                 if isinstance(item, _Expired):
                     raise storage.Expired("the watch cache relisted or this watch fell behind")
@@ -194,6 +204,7 @@ class Cacher:
                     continue
                 if item.type == "BOOKMARK" or (item.key or "").startswith(sub_prefix):
                     yield item
+                    yielded_at = loop.time()
                 last = max(last, item.revision)
         finally:
             self._watchers.discard(q)

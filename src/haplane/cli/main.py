@@ -23,7 +23,7 @@ from haplane.local.process import FAULT_ACTIONS
 from haplane.local.state_dir import ENV_STATE_DIR, StateDir, default_state_dir
 from haplane.local.status import NothingRunning, StatusReport, gather_status
 from haplane.local.supervisor import Supervisor, configure_logging
-from haplane.store import EtcdBinaryError, EtcdError
+from haplane.store import EtcdBinaryError, EtcdError, EtcdOutcomeUnknown
 from haplane.topology import (
     Finding,
     Topology,
@@ -433,6 +433,12 @@ def failover_cmd(
     except global_control.FailoverError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(1) from None
+    except EtcdOutcomeUnknown as exc:
+        err.print(
+            f"error: the switch was sent but its outcome is unknown ({exc}); "
+            "`haplane status` shows the active region and epoch"
+        )
+        raise typer.Exit(1) from None
     except EtcdError as exc:
         err.print(f"error: the global control etcd did not answer: {exc}")
         raise typer.Exit(1) from None
@@ -455,13 +461,22 @@ def export_haproxy_cmd(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")
     ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            "--region",
+            help="Point the gates at this region (needed when the global control etcd does "
+            "not answer).",
+        ),
+    ] = None,
     state_dir: StateDirOpt = None,
 ) -> None:
     """The HAProxy configuration equivalent to the balancers and gates (same ports and checks).
 
     Ports the file leaves out come from the state dir (assigned now if new, as `up` would). The
-    gate section points at the region active in the global control etcd if it answers, else at
-    the region of highest priority; export again after a failover."""
+    gate section points at the region active in the global control etcd; when it does not
+    answer, name the region with --region (guessing could route to a demoted region). Export
+    again after a failover."""
     from haplane.local import gate_plans
     from haplane.local.haproxy_export import haproxy_config
     from haplane.local.plans import resolve_addresses, resolve_replicas
@@ -492,11 +507,18 @@ def export_haproxy_cmd(
             return None
         return record.region if record else None
 
-    region = asyncio.run(active())
-    if region is None:
-        region = topology.region_priority()[0]
-        err.print(f"note: the global control etcd did not answer; gates point at {region}")
-    text = haproxy_config(topology.name, balancers, gates, region)
+    regions = [site.name for site, _ in topology.regions()]
+    if region is not None and region not in regions:
+        err.print(f"error: {region!r} is not a region; regions: {', '.join(regions)}")
+        raise typer.Exit(2)
+    target = region or asyncio.run(active())
+    if target is None:
+        err.print(
+            "error: the global control etcd did not answer (is the topology up?), so the active "
+            f"region is unknown; name it with --region ({', '.join(regions)})"
+        )
+        raise typer.Exit(1)
+    text = haproxy_config(topology.name, balancers, gates, target)
     if output is None:
         sys.stdout.write(text)
     else:

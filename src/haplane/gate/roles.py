@@ -11,8 +11,9 @@ Layer: gate. Uses a `Forwarder` in-process and etcd through `haplane.store`.
 - `ActiveRegionFollower` (gates): follows the active region in the global control etcd and
   activates the pool of that name, which aborts the connections of the previous one. A gate
   never picks a region itself: when the global control etcd is unreachable it keeps routing to
-  the last region it was told (the region-failover issue adds fencing for that case), and
-  without any record it refuses clients.
+  the last region it was told (the region-failover issue adds fencing for that case); without
+  a record, or when the record names a region it has no pool for, it refuses clients; a record
+  with an older epoch than one already seen is ignored.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class RegionHealth:
                     quorum, error = True, None
                 except EtcdError as exc:
                     quorum, error = False, str(exc)
+                except Exception as exc:  # a bug or a gRPC surprise: unhealthy, keep probing
+                    log.exception("region etcd probe failed")
+                    quorum, error = False, f"probe failed: {exc!r}"
                 self.etcd_latency = time.monotonic() - t0
                 self.etcd_checked_at = time.time()
                 if quorum != self.etcd_quorum:
@@ -156,10 +160,13 @@ class ActiveRegionFollower:
                     async for record in state.watch():
                         self.connected, self.error = True, None
                         if record is None:
-                            continue  # nothing recorded yet: keep refusing clients
+                            self._refuse("no active region is recorded")
+                            continue
                         self._apply(record.region, record.epoch)
-                except EtcdError as exc:
+                except Exception as exc:  # etcd trouble (or a bug, logged below): retry
                     # Keep routing where we were told: choosing on our own is split brain.
+                    if not isinstance(exc, EtcdError):
+                        log.exception("following the active region failed")
                     if self.connected or self.error is None:
                         log.warning(
                             json.dumps(
@@ -177,18 +184,28 @@ class ActiveRegionFollower:
     def _apply(self, region: str, epoch: int) -> None:
         if (region, epoch) == (self.region, self.epoch):
             return
-        if region not in self.forwarder.pools:
+        if self.epoch is not None and epoch < self.epoch:
             self.forwarder.emit(
                 GateEvent(
-                    "active_region_unknown",
-                    level="error",
+                    "stale_epoch_ignored",
+                    level="warning",
                     pool=region,
-                    reason=f"epoch {epoch} names a region this gate has no pool for",
+                    reason=f"epoch {epoch} is older than {self.epoch}",
                 )
             )
             return
         self.region, self.epoch = region, epoch
+        if region not in self.forwarder.pools:
+            # The authority moved away from our region to one we cannot reach: refuse rather
+            # than keep serving a region that is no longer active.
+            self._refuse(f"epoch {epoch} names region {region}, for which this gate has no pool")
+            return
         self.forwarder.activate(region, reason=f"global state: epoch {epoch}")
+
+    def _refuse(self, why: str) -> None:
+        if self.forwarder.active_pool is not None:
+            self.forwarder.emit(GateEvent("refusing_clients", level="error", reason=why))
+        self.forwarder.activate(None, reason=why)
 
     def report(self) -> dict[str, Any]:
         return {

@@ -103,19 +103,28 @@ class GlobalState:
         return ActiveRegion.from_kv(kv) if kv is not None else None
 
     async def initialize(self, region: str, *, by: str, reason: str) -> tuple[ActiveRegion, bool]:
-        """Write epoch 1 for `region` if no active region was ever recorded; (record, created).
-        An existing record is never changed here (a restart must not undo a failover)."""
-        record = ActiveRegion(region, 1, _now(), by, reason)
+        """Record `region` as active if no active region is recorded; (record, created). An
+        existing record is never changed here (a restart must not undo a failover). The epoch
+        is 1, or one past the last in the history if the record was deleted: epochs never go
+        back and history entries are never rewritten."""
+        history = await self.history(1)
+        epoch = history[-1].epoch + 1 if history else 1
+        record = ActiveRegion(region, epoch, _now(), by, reason)
         r = await self.client.txn(
-            [Compare(self.active_key, "mod", "=", 0)],
+            [
+                Compare(self.active_key, "mod", "=", 0),
+                Compare(self._history_key(epoch), "create", "=", 0),
+            ],
             [
                 Op("put", self.active_key, record.to_json()),
-                Op("put", self._history_key(1), record.to_json()),
+                Op("put", self._history_key(epoch), record.to_json()),
             ],
             [Op("get", self.active_key)],
         )
         if r.succeeded:
             return ActiveRegion(**{**record.__dict__, "revision": r.revision}), True
+        if not r.results[0]:
+            raise StaleEpoch(f"epoch {epoch} was recorded meanwhile; try again", None)
         return ActiveRegion.from_kv(r.results[0][0]), False
 
     async def switch(self, to: str, *, expected_epoch: int, by: str, reason: str) -> ActiveRegion:
@@ -132,7 +141,10 @@ class GlobalState:
             )
         record = ActiveRegion(to, expected_epoch + 1, _now(), by, reason, previous=current.region)
         r = await self.client.txn(
-            [Compare(self.active_key, "mod", "=", current.revision)],
+            [
+                Compare(self.active_key, "mod", "=", current.revision),
+                Compare(self._history_key(record.epoch), "create", "=", 0),
+            ],
             [
                 Op("put", self.active_key, record.to_json()),
                 Op("put", self._history_key(record.epoch), record.to_json()),
