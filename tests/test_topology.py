@@ -101,6 +101,11 @@ def _port_conflict(d):
     region(d, 1)["apiServers"][0]["port"] = 23790
 
 
+def _gate_ports_differ(d):
+    d["spec"]["global"]["gates"][0]["port"] = 7443
+    d["spec"]["global"]["gates"][1]["port"] = 8443
+
+
 def _timing_ratio(d):
     region(d)["etcd"]["heartbeatIntervalMs"] = 200
     region(d)["etcd"]["electionTimeoutMs"] = 500
@@ -144,6 +149,7 @@ BAD = {
     "duplicate-name (component)": (_duplicate_name, "duplicate-name", "error"),
     "duplicate-name (site)": (_duplicate_site, "duplicate-name", "error"),
     "port-conflict": (_port_conflict, "port-conflict", "error"),
+    "gate-shared-port": (_gate_ports_differ, "gate-shared-port", "error"),
     "etcd-timing (ratio)": (_timing_ratio, "etcd-timing", "error"),
     "etcd-timing (max)": (_timing_max, "etcd-timing", "error"),
     "unknown-reference (zone)": (_unknown_zone, "unknown-reference", "error"),

@@ -28,6 +28,7 @@ RULES: dict[str, str] = {
     "control-etcd-sites": "the global control etcd needs members on 3 or more sites, no site "
     "holding a majority (a witness site breaks ties between two regions)",
     "gate-vantage-sites": "gate instances (health vantage points) on 3 or more sites",
+    "gate-shared-port": "gate instances on one host share one port (clients know one address)",
     "api-replicas": "each region needs 2 or more API server replicas",
     "balancer-count": "each region needs balancers; 2 or more avoid a single point of failure",
     "duplicate-name": "names are unique within their scope",
@@ -60,6 +61,7 @@ def validate(topo: Topology) -> list[Finding]:
         _regional_etcd,
         _control_etcd,
         _gates,
+        _gate_ports,
         _region_components,
         _failover,
         _replication,
@@ -314,6 +316,29 @@ def _gates(topo: Topology) -> list[Finding]:
             )
         ]
     return []
+
+
+def _gate_ports(topo: Topology) -> list[Finding]:
+    """Instances on one host must agree: all leave the port out, or all name the same one."""
+    by_host: dict[str, list[tuple[int, int | None]]] = defaultdict(list)
+    for j, gate in enumerate(topo.spec.global_.gates):
+        by_host[topo.host_of(gate)].append((j, gate.port))
+    out: list[Finding] = []
+    for host, gates in by_host.items():
+        ports = {port for _, port in gates}
+        if len(ports) > 1:
+            j = next(j for j, port in gates if port != gates[0][1])
+            out.append(
+                _err(
+                    "gate-shared-port",
+                    f"spec.global.gates[{j}].port",
+                    f"gate instances on {host} would listen on different ports "
+                    f"({', '.join(str(p) if p else 'assigned' for p in sorted(ports, key=str))}):"
+                    " a client that knows one address loses the gate when that instance dies",
+                    "give every gate instance on this host the same port, or leave all out",
+                )
+            )
+    return out
 
 
 def _region_components(topo: Topology) -> list[Finding]:
