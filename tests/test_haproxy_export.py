@@ -7,6 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from haplane.local.ports import PortRegistry
 from tests.topology_helpers import haplane
 
@@ -26,6 +28,18 @@ def test_export_haproxy_is_valid_and_mirrors_the_topology(tmp_path: Path):
     text = out.read_text()
     check = subprocess.run(["haproxy", "-c", "-f", str(out)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+    # and it really starts and keeps running (`-c` does not try the file limits, for one;
+    # with nothing behind it, HAProxy reports every server down, which is fine here)
+    proc = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.5)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=10)[0].decode()
+    assert "Proxy eu-west_lb-1 started" in output or "eu-west_lb-1" in output, output
 
     ports = PortRegistry(state / "ports.json")
     # four balancers, each in front of its own region's two replicas, checked on /readyz

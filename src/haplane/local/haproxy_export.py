@@ -54,7 +54,7 @@ def haproxy_config(
         "# written by `haplane export haproxy`; check it with `haproxy -c -f FILE`",
         "global",
         "    nbthread 1",
-        "    maxconn 20000",
+        "    maxconn 4096   # raise with the host's file limit (HAProxy needs ~2 fds per conn)",
         "",
         "defaults",
         "    mode tcp",
