@@ -49,3 +49,25 @@ async def test_a_stale_update_still_conflicts_after_an_internal_retry(etcd_clust
             await racing.update(ns, "race", dict(created, data={"x": "mine"}))
         assert ei.value.code == 409
         assert (await plain.get(ns, "race"))["data"] == {"x": "other"}
+
+
+async def test_a_create_checked_against_a_stale_cached_namespace_is_refused(etcd_cluster):
+    """The cached namespace may lag etcd (a stalled watch): the create's transaction compares
+    the namespace's revision, so a namespace terminating or deleted meanwhile is noticed."""
+    client = etcd_cluster.client(timeout=2.0)
+    try:
+        storage = EtcdStorage(client, VersionContext.for_cluster(await client.cluster_id()))
+        namespaces = GenericStore(TYPES["namespaces"], storage)
+        ns = f"stale-{uuid.uuid4().hex[:8]}"
+        stale = await namespaces.create(None, {"metadata": {"name": ns}})
+        cache = {"ns": stale}
+        store = GenericStore(TYPES["configmaps"], storage, lambda name: (cache["ns"], True))
+        assert (await store.create(ns, {"metadata": {"name": "fresh"}}))["metadata"]["uid"]
+        await namespaces.delete(None, ns)  # marks it Terminating (its finalizer holds it)
+        with pytest.raises(StatusError) as info:
+            await store.create(ns, {"metadata": {"name": "late"}})
+        assert info.value.code == 403 and "terminated" in info.value.message
+        with pytest.raises(StatusError):
+            await store.get(ns, "late")
+    finally:
+        await client.close()

@@ -149,20 +149,29 @@ class GenericStore:
         (and several served versions), so they are never stamped in place."""
         return {**shared, "apiVersion": self.t.group_version, "kind": self.t.kind}
 
-    async def _require_namespace(self, namespace: str | None) -> None:
+    async def _require_namespace(
+        self, namespace: str | None, *, quorum: bool = False
+    ) -> tuple[str, int] | None:
+        """Refuses a missing or terminating namespace. Returns a guard (key, mod revision) for
+        the create's transaction when the namespace came from the cache."""
         if not self.t.namespaced:
-            return
+            return None
         if not namespace:
             raise errors.bad_request("a namespaced object needs a namespace")
         # As Kubernetes' NamespaceLifecycle admission does with its informer: a namespace the
         # watch cache holds is trusted (it saves one etcd round trip per create, ~15% of a
         # create's CPU); one the cache lacks (created a moment ago, or a cache not ready) is
-        # looked up with a quorum read. The cache lags etcd by milliseconds: a create can land
-        # in a namespace that has just begun terminating, and the namespace controller then
-        # removes it before the namespace goes (it confirms emptiness with a quorum read).
+        # looked up with a quorum read. The cache may lag (a stalled watch): so the create's
+        # transaction also compares the namespace's mod revision with the cached one, and a
+        # namespace changed meanwhile (marked for deletion, or deleted) means a quorum read
+        # and another try.
+        guard = None
         cached, usable = self.namespaces(namespace) if self.namespaces else (None, False)
-        if usable and cached is not None:
+        if usable and cached is not None and not quorum:
             ns = cached
+            rv = (cached.get("metadata") or {}).get("resourceVersion")
+            if rv:
+                guard = (NAMESPACE_KEY + namespace, parse(self.versions, str(rv)).revision)
         else:
             try:
                 ns = await self.storage.get(NAMESPACE_KEY + namespace)
@@ -178,6 +187,7 @@ class GenericStore:
                 "terminated",
                 details={"name": namespace, "kind": "namespaces"},
             )
+        return guard
 
     def _check_body(self, obj: Any, namespace: str | None, name: str | None) -> Obj:
         if not isinstance(obj, dict):
@@ -295,7 +305,7 @@ class GenericStore:
             meta["managedFields"] = managed_fields
         elif manager:
             self._record_owner(None, obj, manager)
-        await self._require_namespace(namespace)
+        guard = await self._require_namespace(namespace)
         for attempt in range(GENERATE_NAME_ATTEMPTS):
             name = str(meta["name"])
             key = self._key(namespace, name)
@@ -306,7 +316,12 @@ class GenericStore:
                     except storage.KeyNotFound:
                         return obj
                     raise storage.KeyExists(key, {})
-                return await self.storage.create(key, obj)
+                try:
+                    return await self.storage.create(key, obj, guard=guard)
+                except storage.GuardChanged:
+                    # the cached namespace was stale: decide on a quorum read, unguarded
+                    guard = await self._require_namespace(namespace, quorum=True)
+                    return await self.storage.create(key, obj, guard=guard)
             except storage.KeyExists as exc:
                 if generated and attempt + 1 < GENERATE_NAME_ATTEMPTS:
                     meta["name"] = generate_name(str(meta["generateName"]))

@@ -58,6 +58,10 @@ class KeyNotFound(StorageError):
     pass
 
 
+class GuardChanged(StorageError):
+    """A create's guard key (e.g. its namespace) changed since it was read: nothing written."""
+
+
 class KeyExists(StorageError):
     def __init__(self, message: str, existing: Obj):
         super().__init__(message)
@@ -135,7 +139,7 @@ class StorageEvent:
 class Storage(Protocol):
     versions: VersionContext
 
-    async def create(self, key: str, obj: Obj) -> Obj: ...
+    async def create(self, key: str, obj: Obj, *, guard: tuple[str, int] | None = None) -> Obj: ...
     async def get(self, key: str) -> Obj: ...
     async def get_at(self, key: str, *, revision: int | None = None) -> tuple[Obj | None, int]: ...
     async def list(
@@ -253,14 +257,21 @@ class EtcdStorage:
 
     # ---- operations ----------------------------------------------------------------------
 
-    async def create(self, key: str, obj: Obj) -> Obj:
+    async def create(self, key: str, obj: Obj, *, guard: tuple[str, int] | None = None) -> Obj:
+        """Create-if-absent; `guard` (key, mod revision): only if that key is still unchanged
+        (`GuardChanged` otherwise), in the same transaction."""
         k = key.encode()
         plain, data = self._encode(key, obj)
+        compares = [Compare(k, "mod", "=", 0)]
+        if guard is not None:
+            compares.append(Compare(guard[0].encode(), "mod", "=", guard[1]))
         r = await _call(
-            self.client.txn([Compare(k, "mod", "=", 0)], [Op("put", k, data)], [Op("get", k)]),
+            self.client.txn(compares, [Op("put", k, data)], [Op("get", k)]),
             self._observer("create"),
         )
         if not r.succeeded:
+            if not r.results[0]:
+                raise GuardChanged(f"{guard[0] if guard else '?'} changed since it was read")
             raise KeyExists(f"{key} exists", self._decode(r.results[0][0]))
         return self._with_version(plain, r.revision)
 

@@ -226,8 +226,8 @@ class CachedStorage:
         self.versions = inner.versions
 
     # writes and linearizable reads: etcd
-    async def create(self, key: str, obj: Obj) -> Obj:
-        return await self.inner.create(key, obj)
+    async def create(self, key: str, obj: Obj, *, guard: tuple[str, int] | None = None) -> Obj:
+        return await self.inner.create(key, obj, guard=guard)
 
     async def get(self, key: str) -> Obj:
         return await self.inner.get(key)
