@@ -557,7 +557,7 @@ def kubeconfig_cmd(
         err.print("error: --replica and --region exclude each other")
         raise typer.Exit(2)
     topology = load_file(state.topology_file)
-    ports = PortRegistry(state.ports_file)
+    ports = PortRegistry(state.ports_file, read_only=True)
     clusters = resolve_addresses(topology, ports)
     replicas = resolve_replicas(topology, ports, clusters)
     balancers = resolve_balancers(topology, ports, clusters, replicas)

@@ -15,8 +15,11 @@ from pathlib import Path
 
 
 class PortRegistry:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, read_only: bool = False):
+        """`read_only` (status, kubeconfig): never writes the file, so a command that only
+        looks cannot save a stale copy over ports `up` is assigning at the same moment."""
         self.path = path
+        self.read_only = read_only
         self._ports: dict[str, int] = {}
         if path.exists():
             self._ports = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
@@ -36,6 +39,8 @@ class PortRegistry:
         return self._ports[key]
 
     def save(self) -> None:
+        if self.read_only:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._ports, indent=2, sort_keys=True))

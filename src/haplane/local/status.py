@@ -150,7 +150,7 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
                     "pid": rec.pid,
                     "restarts": 0,
                 }
-    ports = PortRegistry(state.ports_file)
+    ports = PortRegistry(state.ports_file, read_only=True)
     plans = resolve_addresses(topology, ports)
     clusters = await asyncio.gather(
         *(_cluster_report(topology, plan, processes, timeout) for plan in plans)
