@@ -135,6 +135,62 @@ def validate_cmd(
     raise typer.Exit(1 if errors else 0)
 
 
+ANALYSE_LIMIT = 2_000_000  # failure sets evaluated in a few seconds here (bench/analyse.py)
+
+
+@app.command("analyse")
+def analyse_cmd(
+    file: Annotated[Path | None, typer.Argument(help="Topology file (YAML).")] = None,
+    example: ExampleOpt = None,
+    max_failures: Annotated[
+        int, typer.Option("--max-failures", "-k", min=1, help="Simultaneous failures, up to.")
+    ] = 2,
+    sample_n: Annotated[
+        int | None,
+        typer.Option("--sample", min=1, help="Evaluate N random sets of k failures instead."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for --sample.")] = 0,
+    wide: Annotated[
+        bool, typer.Option("--all", help="Also list the failure groups nothing notices.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Which failures the topology survives, decided from the model alone: every set of up to
+    k simultaneous failures (components, zones, sites, network cuts), grouped by outcome.
+
+    Runs on any schema-valid file, including ones `validate` finds errors in."""
+    from haplane.topology import failures
+    from haplane.topology.analyse_report import TABLE_COLUMNS, report_json, table_rows
+
+    topology, _ = _load(file, example)
+    sets = None
+    if sample_n is not None:
+        sets = failures.sample(topology, max_failures, sample_n, seed)
+    else:
+        count = failures.count_failure_sets(topology, max_failures)
+        if count > ANALYSE_LIMIT:
+            err.print(
+                f"error: up to {max_failures} simultaneous failures make {count:,} failure sets "
+                f"(more than {ANALYSE_LIMIT:,}); lower --max-failures, or evaluate a random "
+                f"sample: --sample 100000"
+            )
+            raise typer.Exit(2)
+    analysis = failures.analyse(topology, max_failures, sets)
+    if as_json:
+        out.print_json(json.dumps(report_json(analysis)))
+        return
+    out.print(analysis.summary())
+    err.print(f"[dim]{analysis.counting}[/]")
+    rows = table_rows(analysis, include_unaffected=wide)
+    if rows:
+        table = Table()
+        for col in TABLE_COLUMNS:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*(row[c] for c in TABLE_COLUMNS))
+        out.print(table)
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the topology file's JSON Schema (for editors)."""

@@ -1,0 +1,53 @@
+"""`haplane analyse` through the real command: summary, JSON, the refusal of a huge enumeration
+(with the sampling it suggests), and a topology that validate rejects still analysed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "haplane.cli", "analyse", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_analyse_example_in_the_seeds_terms_and_as_json():
+    r = run("--example", "two-regions")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("survives every single failure (42 sets)")
+    assert "double failures stop writes" in r.stdout and "unordered combinations" in r.stderr
+    doc = json.loads(run("--example", "two-regions", "--json").stdout)
+    assert doc["singleFailures"] == 42 and doc["evaluatedSets"] == 42 + 861
+    assert doc["bySize"]["1"].get("stops-writes", 0) == 0
+    lost = {tuple(g["outcome"]["lostQuorum"]) for g in doc["groups"] if g["size"] == 2}
+    assert ("global/etcd",) in lost
+
+
+def test_a_huge_enumeration_is_refused_with_a_way_out():
+    r = run("--example", "two-regions", "--max-failures", "8")
+    assert r.returncode == 2 and "--sample" in r.stderr and "failure sets" in r.stderr
+    r = run("--example", "two-regions", "--max-failures", "8", "--sample", "200", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["sampled"] is True and doc["evaluatedSets"] == 200
+
+
+def test_a_file_with_ha_errors_is_still_analysed(tmp_path: Path):
+    from haplane.topology import example_text
+
+    text = example_text("two-regions").replace(
+        "            - {name: etcd-3, zone: c}\n", "", 1
+    )  # eu-west etcd: 2 members, an error for validate
+    path = tmp_path / "two-members.yaml"
+    path.write_text(text)
+    r = run(str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    singles = [g for g in doc["groups"] if g["size"] == 1 and "eu-west/etcd" in str(g)]
+    assert any("eu-west/etcd" in g["outcome"]["lostQuorum"] for g in singles)
