@@ -51,3 +51,17 @@ def test_a_file_with_ha_errors_is_still_analysed(tmp_path: Path):
     doc = json.loads(r.stdout)
     singles = [g for g in doc["groups"] if g["size"] == 1 and "eu-west/etcd" in str(g)]
     assert any("eu-west/etcd" in g["outcome"]["lostQuorum"] for g in singles)
+
+
+def test_availability_estimate_and_rate_overrides():
+    doc = json.loads(run("--example", "two-regions", "--availability", "--json").stdout)
+    est = doc["availability"]
+    assert 0.999 < est["availability"] < 1 and est["downtimeMinutesPerYear"] > 0
+    assert est["contributors"] and est["method"].startswith("exact")
+    # control etcd members that never fail: less downtime
+    better = json.loads(
+        run("--example", "two-regions", "--rate", "control etcd member=inf/1", "--json").stdout
+    )["availability"]
+    assert better["downtimeMinutesPerYear"] < est["downtimeMinutesPerYear"]
+    r = run("--example", "two-regions", "--rate", "teapot=1/1")
+    assert r.returncode == 2 and "KIND=MTBF/MTTR" in r.stderr

@@ -153,16 +153,40 @@ def analyse_cmd(
     wide: Annotated[
         bool, typer.Option("--all", help="Also list the failure groups nothing notices.")
     ] = False,
+    availability: Annotated[
+        bool,
+        typer.Option(
+            "--availability", help="Also estimate write availability and downtime per year."
+        ),
+    ] = False,
+    rate: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rate",
+            help='Override a failure rate: "KIND=MTBF/MTTR" in hours, e.g. "etcd member=8760/1" '
+            "(kinds: see --json's rates).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Which failures the topology survives, decided from the model alone: every set of up to
     k simultaneous failures (components, zones, sites, network cuts), grouped by outcome.
 
     Runs on any schema-valid file, including ones `validate` finds errors in."""
+    from haplane.topology import availability as avail
     from haplane.topology import failures
     from haplane.topology.analyse_report import TABLE_COLUMNS, report_json, table_rows
 
     topology, _ = _load(file, example)
+    rates = avail.Rates()
+    for spec in rate or []:
+        kind, _, value = spec.partition("=")
+        mtbf, _, mttr = value.partition("/")
+        try:
+            rates = rates.with_overrides({kind.strip(): avail.Rate(float(mtbf), float(mttr))})
+        except (KeyError, ValueError) as exc:
+            err.print(f'error: --rate {spec!r}: {exc}; write "KIND=MTBF/MTTR" in hours')
+            raise typer.Exit(2) from None
     sets = None
     if sample_n is not None:
         sets = failures.sample(topology, max_failures, sample_n, seed)
@@ -176,10 +200,22 @@ def analyse_cmd(
             )
             raise typer.Exit(2)
     analysis = failures.analyse(topology, max_failures, sets)
+    estimate = avail.estimate(topology, rates) if availability or rate else None
     if as_json:
-        out.print_json(json.dumps(report_json(analysis)))
+        doc = report_json(analysis)
+        if estimate is not None:
+            doc["availability"] = estimate.to_dict()
+        out.print_json(json.dumps(doc))
         return
     out.print(analysis.summary())
+    if estimate is not None:
+        low, high = estimate.interval
+        out.print(
+            f"write availability {estimate.availability:.7f} ({estimate.method}, "
+            f"{low:.9f}..{high:.9f}): {estimate.downtime_minutes_per_year:.2f} minutes of write "
+            "downtime a year expected, mostly from: "
+            + "; ".join(f"{c.label} ({c.share:.0%})" for c in estimate.contributors[:3])
+        )
     err.print(f"[dim]{analysis.counting}[/]")
     rows = table_rows(analysis, include_unaffected=wide)
     if rows:
