@@ -227,6 +227,54 @@ def analyse_cmd(
         out.print(table)
 
 
+@app.command("diagram")
+def diagram_cmd(
+    file: Annotated[Path | None, typer.Argument(help="Topology file (YAML).")] = None,
+    example: ExampleOpt = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="svg, png (Graphviz) or mermaid.")
+    ] = "svg",
+    fail: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail",
+            help='Shade what this failure takes down (as `analyse` names it: "eu-west/etcd-1", '
+            '"zone eu-west/a", "site witness", "cut A<->B", ...). Repeatable.',
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Draw the topology: sites, zones, etcd members, API replicas, balancers, gates, the
+    witness, replication; with --fail, what a failure set takes down."""
+    from haplane.topology import diagram
+
+    topology, _ = _load(file, example)
+    if fmt not in ("svg", "png", "mermaid"):
+        err.print(f"error: --format {fmt!r}: use svg, png or mermaid")
+        raise typer.Exit(2)
+    try:
+        if fmt == "mermaid":
+            data = diagram.to_mermaid(topology, fail or ()).encode()
+        else:
+            data = diagram.render(topology, fmt, fail or ())  # type: ignore[arg-type]
+    except ValueError as exc:
+        err.print(f"error: --fail: {exc}")
+        raise typer.Exit(2) from None
+    except diagram.DiagramError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    if output is None:
+        if fmt == "png" and sys.stdout.isatty():
+            err.print("error: PNG is binary: write it with -o FILE")
+            raise typer.Exit(2)
+        sys.stdout.buffer.write(data)
+    else:
+        output.write_bytes(data)
+        err.print(f"wrote {output}")
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the topology file's JSON Schema (for editors)."""

@@ -1,0 +1,130 @@
+"""Topology diagrams: DOT/SVG/PNG through Graphviz, Mermaid, and failures marked DOWN."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from haplane.topology import load_example
+from haplane.topology.diagram import DiagramError, components, render, to_dot, to_mermaid
+
+TOPOLOGY = load_example("two-regions")
+ALL = {c.qualified_name for c in components(TOPOLOGY)}
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot not installed")
+
+
+def down_nodes(dot: str) -> set[str]:
+    return set(re.findall(r'^\s*"([^"]+)" \[label="[^"]*\\nDOWN"', dot, re.MULTILINE))
+
+
+def test_components_of_the_example() -> None:
+    assert len(ALL) == 20
+    assert {"eu-west/etcd-1", "eu-central/lb-2", "global/control-3", "global/gate-witness"} <= ALL
+
+
+@needs_dot
+def test_svg_is_xml_naming_every_component() -> None:
+    root = ET.fromstring(render(TOPOLOGY, "svg"))
+    texts = {t.strip() for t in root.itertext() if t.strip()}
+    for name in ALL:
+        assert name in texts, name  # the node's <title>
+        assert name.split("/", 1)[1] in texts, name  # its label
+    for label in ("region eu-west", "region eu-central", "witness site", "async replication"):
+        assert label in texts
+
+
+@needs_dot
+def test_png_magic() -> None:
+    assert render(TOPOLOGY, "png").startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_no_failure_marks_nothing_down() -> None:
+    dot = to_dot(TOPOLOGY)
+    assert down_nodes(dot) == set()
+    assert "NO QUORUM" not in dot
+
+
+def test_failed_components_marked_down() -> None:
+    dot = to_dot(TOPOLOGY, failed=["eu-west/etcd-1", "zone eu-central/a"])
+    # gates and zoneless control members count as in their site's first zone
+    assert down_nodes(dot) == {
+        "eu-west/etcd-1",
+        "eu-central/etcd-1",
+        "eu-central/api-1",
+        "eu-central/lb-1",
+        "global/control-2",
+        "global/gate-eu-central",
+    }
+    assert dot.count("DOWN") == 6
+
+
+def test_site_failure_and_lost_quorum() -> None:
+    dot = to_dot(TOPOLOGY, failed=["site eu-west", "global/control-3"])
+    assert down_nodes(dot) == {n for n in ALL if n.startswith("eu-west/")} | {
+        "global/control-1",
+        "global/control-3",
+        "global/gate-eu-west",
+    }
+    assert "eu-west etcd\\nNO QUORUM" in dot
+    assert "global control etcd\\nNO QUORUM" in dot
+
+
+def test_cut_shades_nothing_but_draws_a_red_dashed_link() -> None:
+    dot = to_dot(TOPOLOGY, failed=["cut eu-west<->witness"])
+    assert down_nodes(dot) == set()
+    cut_edges = [line for line in dot.splitlines() if 'label="cut"' in line]
+    assert len(cut_edges) == 1
+    assert "style=dashed" in cut_edges[0] and "#d00000" in cut_edges[0]
+    isolated = to_dot(TOPOLOGY, failed=["isolate witness"])
+    assert sum('label="cut"' in line for line in isolated.splitlines()) == 2
+
+
+def test_active_region_solid_others_dashed() -> None:
+    dot = to_dot(TOPOLOGY)
+    assert '"global/gate-witness" -> "eu-west/lb-1" [style=solid];' in dot
+    assert '"global/gate-witness" -> "eu-central/lb-1" [style=dashed];' in dot
+
+
+def test_unknown_failure_raises_value_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown failure 'eu-west/etcd-9'.*zone eu-west/a"):
+        to_dot(TOPOLOGY, failed=["eu-west/etcd-9"])
+    with pytest.raises(ValueError):
+        to_mermaid(TOPOLOGY, failed=["nonsense"])
+
+
+def test_mermaid_names_every_component() -> None:
+    text = to_mermaid(TOPOLOGY)
+    assert text.startswith("flowchart")
+    for c in components(TOPOLOGY):
+        assert re.search(rf'\b\S*"{re.escape(c.name)}"', text), c.qualified_name
+        node_id = "n_" + c.qualified_name.replace("-", "_").replace("/", "__")
+        assert node_id in text
+    assert 'subgraph site_0["region eu-west"]' in text
+    assert '["witness site"]' in text
+    assert "async replication" in text
+    assert "class " not in text
+
+
+def test_mermaid_marks_failed_components() -> None:
+    text = to_mermaid(TOPOLOGY, failed=["eu-west/etcd-1", "cut eu-west->witness"])
+    assert "classDef down" in text
+    assert re.search(r"^  class n_eu_west__etcd_1 down$", text, re.MULTILINE)
+    assert '"etcd-1 DOWN"' in text
+    assert "linkStyle" in text and "one-way cut" in text
+    lost = to_mermaid(TOPOLOGY, failed=["site eu-west"])
+    assert "class n_etcd___cluster___eu_west noquorum" in lost
+
+
+def test_dot_missing_raises_diagram_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DiagramError, match="Graphviz's dot is not installed: apt-get install"):
+        render(TOPOLOGY, "png")
+
+
+def test_unsupported_format() -> None:
+    with pytest.raises(ValueError, match="unsupported format"):
+        render(TOPOLOGY, "pdf")  # type: ignore[arg-type]
