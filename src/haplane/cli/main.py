@@ -275,6 +275,37 @@ def diagram_cmd(
         err.print(f"wrote {output}")
 
 
+@app.command("docs")
+def docs_cmd(
+    file: Annotated[Path | None, typer.Argument(help="Topology file (YAML).")] = None,
+    example: ExampleOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the Markdown here.")
+    ] = None,
+    html_out: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write a standalone HTML page (diagram as SVG inline)."),
+    ] = None,
+    max_failures: Annotated[
+        int, typer.Option("--max-failures", "-k", min=1, help="For the failure table.")
+    ] = 2,
+) -> None:
+    """One document for the topology: inventory, validation findings, failure tolerance,
+    availability estimate, diagram, and a DR runbook derived from the file."""
+    from haplane.topology import docs
+
+    topology, _ = _load(file, example)
+    text = docs.markdown(topology, max_failures=max_failures)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {output}")
+    if html_out is not None:
+        html_out.write_text(docs.html(topology, max_failures=max_failures, diagram_svg=True))
+        err.print(f"wrote {html_out}")
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the topology file's JSON Schema (for editors)."""
