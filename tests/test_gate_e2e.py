@@ -352,3 +352,33 @@ def test_failover_moves_new_connections_and_closes_old_ones(topo):
     finally:
         conn.close()
         haplane(state, "failover", "--to", "eu-west", "--reason", "back")
+
+
+def test_validate_live_reports_drift_between_file_and_running_topology(topo, tmp_path):
+    state = topo["state"]
+    r = haplane(state, "validate", "--live", "--json")
+    assert json.loads(r.stdout)["findings"] == []  # the running file against itself
+    from haplane.topology import example_text
+
+    text = example_text("two-regions")
+    text = text.replace("- {name: api-2, zone: b}", "- {name: api-2, zone: c}", 1)
+    text = text.replace("- {name: etcd-3, zone: c}", "- {name: etcd-3, zone: c, clientPort: 1}", 1)
+    text = text.replace(
+        "          - {name: lb-2, zone: b}\n",
+        "          - {name: lb-2, zone: b}\n          - {name: lb-3, zone: c}\n",
+        1,
+    )
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(text)
+    haplane(state, "fault", "kill", "eu-central/api-1")
+    try:
+        r = haplane(state, "validate", "--live", str(changed), "--json", check=False)
+        assert r.returncode == 1, r.stderr
+        found = {(f["rule"], f["path"]) for f in json.loads(r.stdout)["findings"]}
+        assert ("live-placement", "eu-west/api-2") in found
+        assert ("live-port", "eu-west/etcd-3") in found
+        assert ("live-missing-member", "eu-west/lb-3") in found
+        assert ("live-unreachable", "eu-central/api-1") in found
+    finally:
+        haplane(state, "fault", "restart", "eu-central/api-1")
+        wait_for(lambda: upstream_state(state, "eu-central/lb-1", "api-1") == "up", 30)

@@ -110,10 +110,32 @@ def validate_cmd(
     file: Annotated[Path | None, typer.Argument(help="Topology file (YAML).")] = None,
     example: ExampleOpt = None,
     as_json: JsonOpt = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Compare with what runs (members, placement, ports, versions, reachability); "
+            "default file: the one that is up.",
+        ),
+    ] = False,
+    state_dir: StateDirOpt = None,
 ) -> None:
     """Check a topology file against the HA rules. Exit 0: no errors, 1: errors, 2: unreadable."""
-    topology, _ = _load(file, example)
-    findings = validate(topology)
+    if live:
+        from haplane.local import live_drift
+
+        state = _state(state_dir)
+        if file is None and example is None and state.topology_file.exists():
+            file = state.topology_file
+        topology, _ = _load(file, example)
+        try:
+            findings = validate(topology) + asyncio.run(live_drift.live_findings(topology, state))
+        except live_drift.NotRunning as exc:
+            err.print(f"error: {exc}")
+            raise typer.Exit(2) from None
+    else:
+        topology, _ = _load(file, example)
+        findings = validate(topology)
     errors = sum(f.severity == "error" for f in findings)
     if as_json:
         out.print_json(
