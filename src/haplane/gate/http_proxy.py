@@ -42,11 +42,12 @@ import httptools
 from .balancing import Pool, Routing, Upstream
 from .health import UpstreamState
 from .k8s_status import status_response
+from .listening import open_server
 from .settings import ListenerSpec
 from .tcp_relay import close_with_linger, describe_connect_error
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 log = logging.getLogger("haplane.gate")
 
@@ -988,16 +989,7 @@ class HttpListener:
 
     async def start(self) -> int:
         self.loop = asyncio.get_running_loop()
-        factory: Callable[[], HttpClient] = lambda: HttpClient(self)  # noqa: E731
-        self._server = await self.loop.create_server(
-            factory,
-            self.spec.host,
-            self.spec.port,
-            reuse_address=True,
-            reuse_port=self.spec.reuse_port or None,
-            backlog=self.spec.backlog,
-        )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._server, self.port = await open_server(self.spec, lambda: HttpClient(self))
         return self.port
 
     def stop_accepting(self) -> None:

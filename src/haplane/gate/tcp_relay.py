@@ -29,6 +29,7 @@ from typing import cast
 
 from .balancing import Pool, Routing, Upstream
 from .health import UpstreamState
+from .listening import open_server
 from .settings import ListenerSpec
 
 log = logging.getLogger("haplane.gate")
@@ -267,16 +268,7 @@ class TcpListener:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: TcpRelay(self),
-            self.spec.host,
-            self.spec.port,
-            reuse_address=True,
-            reuse_port=self.spec.reuse_port or None,
-            backlog=self.spec.backlog,
-        )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._server, self.port = await open_server(self.spec, lambda: TcpRelay(self))
         return self.port
 
     def stop_accepting(self) -> None:
