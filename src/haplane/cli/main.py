@@ -672,7 +672,6 @@ def export_haproxy_cmd(
     again after a failover."""
     from haplane.local import gate_plans
     from haplane.local.haproxy_export import haproxy_config
-    from haplane.local.plans import resolve_addresses, resolve_replicas
     from haplane.local.ports import PortRegistry
 
     state = _state(state_dir)
@@ -684,11 +683,7 @@ def export_haproxy_cmd(
     else:
         topology, _ = _load(file, example)
     state.ensure()
-    ports = PortRegistry(state.ports_file)
-    clusters = resolve_addresses(topology, ports)
-    replicas = resolve_replicas(topology, ports, clusters)
-    balancers = gate_plans.resolve_balancers(topology, ports, clusters, replicas)
-    gates = gate_plans.resolve_gates(topology, ports, clusters, balancers)
+    plan = gate_plans.resolve_all(topology, PortRegistry(state.ports_file))
 
     async def active() -> str | None:
         from haplane.store import GlobalState
@@ -711,7 +706,7 @@ def export_haproxy_cmd(
             f"region is unknown; name it with --region ({', '.join(regions)})"
         )
         raise typer.Exit(1)
-    text = haproxy_config(topology.name, balancers, gates, target)
+    text = haproxy_config(topology.name, plan.balancers, plan.gates, target)
     if output is None:
         sys.stdout.write(text)
     else:
@@ -738,8 +733,7 @@ def kubeconfig_cmd(
     (the address its instances on this host share), which forwards to the active region."""
     import yaml
 
-    from haplane.local.gate_plans import resolve_balancers, resolve_gates
-    from haplane.local.plans import resolve_addresses, resolve_replicas
+    from haplane.local.gate_plans import resolve_all
     from haplane.local.ports import PortRegistry
 
     state = _state(state_dir)
@@ -750,10 +744,8 @@ def kubeconfig_cmd(
         err.print("error: --replica and --region exclude each other")
         raise typer.Exit(2)
     topology = load_file(state.topology_file)
-    ports = PortRegistry(state.ports_file, read_only=True)
-    clusters = resolve_addresses(topology, ports)
-    replicas = resolve_replicas(topology, ports, clusters)
-    balancers = resolve_balancers(topology, ports, clusters, replicas)
+    plan = resolve_all(topology, PortRegistry(state.ports_file, read_only=True))
+    replicas, balancers = plan.replicas, plan.balancers
     if replica is not None:
         found = [r for r in replicas if r.qualified_name == replica]
         if not found:
@@ -771,8 +763,7 @@ def kubeconfig_cmd(
             raise typer.Exit(1)
         name, server = f"{topology.name}-{region}", lbs[0].url
     else:
-        gates = resolve_gates(topology, ports, clusters, balancers)
-        name, server = topology.name, gates[0].url
+        name, server = topology.name, plan.gates[0].url
     doc = {
         "apiVersion": "v1",
         "kind": "Config",

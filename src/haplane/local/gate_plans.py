@@ -19,7 +19,14 @@ from haplane.store import DEFAULT_GLOBAL_PREFIX
 from haplane.topology import Topology
 from haplane.topology.model import GLOBAL_SCOPE
 
-from .plans import ClusterPlan, ReplicaPlan, port_key
+from .plans import (
+    ClusterPlan,
+    ReplicaPlan,
+    global_plan,
+    port_key,
+    resolve_addresses,
+    resolve_replicas,
+)
 from .ports import PortRegistry
 
 # Fast health defaults (200 ms / fall 2 / rise 2): a dead replica leaves rotation at its first
@@ -91,7 +98,7 @@ def resolve_balancers(
     plans = []
     for site, region in topology.regions():
         mine = tuple(r for r in replicas if r.region == site.name)
-        endpoints = tuple(a.client_endpoint for a in etcd_of[site.name].addresses.values())
+        endpoints = tuple(etcd_of[site.name].endpoints)
         for lb in region.balancers:
             host = topology.host_of(lb)
             q = f"{site.name}/{lb.name}"
@@ -116,8 +123,7 @@ def resolve_gates(
     clusters: list[ClusterPlan],
     balancers: list[BalancerPlan],
 ) -> list[GatePlan]:
-    control = next(c for c in clusters if c.view.scope == GLOBAL_SCOPE)
-    control_endpoints = tuple(a.client_endpoint for a in control.addresses.values())
+    control_endpoints = tuple(global_plan(clusters).endpoints)
     regions = {
         site.name: tuple(b for b in balancers if b.region == site.name)
         for site, _ in topology.regions()
@@ -140,6 +146,25 @@ def resolve_gates(
             )
         )
     return plans
+
+
+@dataclass(frozen=True)
+class TopologyPlan:
+    """Where everything of a topology listens: etcd clusters, API replicas, balancers, gates."""
+
+    clusters: list[ClusterPlan]
+    replicas: list[ReplicaPlan]
+    balancers: list[BalancerPlan]
+    gates: list[GatePlan]
+
+
+def resolve_all(topology: Topology, ports: PortRegistry) -> TopologyPlan:
+    clusters = resolve_addresses(topology, ports)
+    replicas = resolve_replicas(topology, ports, clusters)
+    balancers = resolve_balancers(topology, ports, clusters, replicas)
+    return TopologyPlan(
+        clusters, replicas, balancers, resolve_gates(topology, ports, clusters, balancers)
+    )
 
 
 def _check(path: str) -> dict[str, Any]:

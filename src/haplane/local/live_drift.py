@@ -27,8 +27,7 @@ import aiohttp
 from haplane.store import EtcdClient, EtcdError, etcd_member_name
 from haplane.topology import Finding, Topology, load_file
 
-from .gate_plans import resolve_balancers, resolve_gates
-from .plans import resolve_addresses, resolve_replicas
+from .gate_plans import resolve_all
 from .ports import PortRegistry
 from .state_dir import StateDir
 
@@ -81,7 +80,8 @@ async def live_findings(
             )
 
     # etcd: each cluster's own member list and statuses, at the running addresses
-    running_clusters = {c.view.scope: c for c in resolve_addresses(running, ports)}
+    plan = resolve_all(running, ports)
+    running_clusters = {c.view.scope: c for c in plan.clusters}
     for cluster in file_topology.etcd_clusters():
         live = running_clusters.get(cluster.scope)
         if live is None:
@@ -95,7 +95,7 @@ async def live_findings(
                 )
             )
             continue
-        endpoints = [a.client_endpoint for a in live.addresses.values()]
+        endpoints = live.endpoints
         try:
             async with EtcdClient(endpoints, timeout=timeout) as client:
                 members = await client.members()
@@ -172,13 +172,9 @@ async def live_findings(
             )
 
     # API replicas, balancers, gates: do they answer where they should?
-    plans = resolve_addresses(running, ports)
-    replicas = resolve_replicas(running, ports, plans)
-    balancers = resolve_balancers(running, ports, plans, replicas)
-    gates = resolve_gates(running, ports, plans, balancers)
-    targets = [(r.qualified_name, f"{r.url}/livez") for r in replicas]
-    targets += [(b.qualified_name, f"{b.admin_url}/livez") for b in balancers]
-    targets += [(g.qualified_name, f"{g.admin_url}/livez") for g in gates]
+    targets = [(r.qualified_name, f"{r.url}/livez") for r in plan.replicas]
+    targets += [(b.qualified_name, f"{b.admin_url}/livez") for b in plan.balancers]
+    targets += [(g.qualified_name, f"{g.admin_url}/livez") for g in plan.gates]
     file_names = set(_placements(file_topology))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout + 1)) as s:
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from haplane.store import MemberAddress
 from haplane.topology import EtcdClusterView, Topology
+from haplane.topology.model import GLOBAL_SCOPE
 
 from .ports import PortRegistry
 
@@ -19,6 +20,15 @@ from .ports import PortRegistry
 class ClusterPlan:
     view: EtcdClusterView
     addresses: dict[str, MemberAddress]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [a.client_endpoint for a in self.addresses.values()]
+
+
+def global_plan(clusters: list[ClusterPlan]) -> ClusterPlan:
+    """The global control etcd among a topology's clusters."""
+    return next(c for c in clusters if c.view.scope == GLOBAL_SCOPE)
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ def resolve_replicas(
     etcd_of = {c.view.scope: c for c in clusters}
     plans = []
     for site, region in topology.regions():
-        endpoints = tuple(a.client_endpoint for a in etcd_of[site.name].addresses.values())
+        endpoints = tuple(etcd_of[site.name].endpoints)
         for api in region.api_servers:
             host = topology.host_of(api)
             port = ports.resolve(f"{site.name}/{api.name}#http", host, api.port)

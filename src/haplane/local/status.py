@@ -18,12 +18,11 @@ import aiohttp
 
 from haplane.store import EtcdClient, EtcdError, GlobalState, MemberStatus
 from haplane.topology import Topology, load_file
-from haplane.topology.model import GLOBAL_SCOPE
 
 from . import pidfile
 from .control import ControlClient, ControlError
-from .gate_plans import resolve_balancers, resolve_gates
-from .plans import ClusterPlan, ReplicaPlan, resolve_addresses, resolve_replicas
+from .gate_plans import resolve_all
+from .plans import ClusterPlan, ReplicaPlan, global_plan
 from .ports import PortRegistry
 from .state_dir import StateDir
 
@@ -150,22 +149,18 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
                     "pid": rec.pid,
                     "restarts": 0,
                 }
-    ports = PortRegistry(state.ports_file, read_only=True)
-    plans = resolve_addresses(topology, ports)
+    plan = resolve_all(topology, PortRegistry(state.ports_file, read_only=True))
     clusters = await asyncio.gather(
-        *(_cluster_report(topology, plan, processes, timeout) for plan in plans)
+        *(_cluster_report(topology, c, processes, timeout) for c in plan.clusters)
     )
     replicas = await asyncio.gather(
-        *(_replica_report(r, processes, timeout) for r in resolve_replicas(topology, ports, plans))
+        *(_replica_report(r, processes, timeout) for r in plan.replicas)
     )
-    global_state = await _global_report(topology, plans, timeout)
-    replica_plans = resolve_replicas(topology, ports, plans)
-    balancers = resolve_balancers(topology, ports, plans, replica_plans)
-    gates = resolve_gates(topology, ports, plans, balancers)
+    global_state = await _global_report(plan.clusters, timeout)
     edges = await asyncio.gather(
         *(
             _edge_report(e.qualified_name, kind, e.url, e.admin_url, processes, timeout)
-            for kind, group in (("balancer", balancers), ("gate", gates))
+            for kind, group in (("balancer", plan.balancers), ("gate", plan.gates))
             for e in group
         )
     )
@@ -234,12 +229,10 @@ async def _edge_report(
 
 
 async def _global_report(
-    topology: Topology, plans: list[ClusterPlan], timeout: float, history: int = 5
+    plans: list[ClusterPlan], timeout: float, history: int = 5
 ) -> GlobalReport:
-    plan = next(p for p in plans if p.view.scope == GLOBAL_SCOPE)
-    endpoints = [a.client_endpoint for a in plan.addresses.values()]
     try:
-        async with EtcdClient(endpoints, timeout=timeout) as client:
+        async with EtcdClient(global_plan(plans).endpoints, timeout=timeout) as client:
             state = GlobalState(client)
             active = await state.read()
             changes = await state.history(history)

@@ -36,7 +36,6 @@ from haplane.store import (
     member_command,
 )
 from haplane.topology import Topology
-from haplane.topology.model import GLOBAL_SCOPE
 
 from .gate_plans import (
     BalancerPlan,
@@ -49,6 +48,7 @@ from .gate_plans import (
 from .plans import (
     ClusterPlan,
     ReplicaPlan,
+    global_plan,
     member_addresses,
     port_key,
     resolve_addresses,
@@ -221,8 +221,7 @@ class Supervisor:
     async def _record_first_active_region(self) -> None:
         """The first start names the region of highest priority active under epoch 1; a record
         that exists (a restart after a failover) is kept."""
-        plan = next(c for c in self.clusters if c.view.scope == GLOBAL_SCOPE)
-        endpoints = [a.client_endpoint for a in plan.addresses.values()]
+        endpoints = global_plan(self.clusters).endpoints
         first = self.topology.region_priority()[0]
         async with EtcdClient(endpoints, timeout=2.0) as client:
             record, created = await GlobalState(client).initialize(
@@ -308,7 +307,7 @@ class Supervisor:
         self, plan: ClusterPlan, procs: list[ManagedProcess], timeout: float
     ) -> list[ManagedProcess]:
         """Wait for quorum. Returns the members that exited meanwhile ([] = healthy)."""
-        endpoints = [a.client_endpoint for a in plan.addresses.values()]
+        endpoints = plan.endpoints
         deadline = time.monotonic() + timeout
         async with EtcdClient(endpoints, timeout=0.5) as client:
             while time.monotonic() < deadline:
