@@ -60,6 +60,14 @@ def _all(cached: bool = False) -> ListOptions:
     )
 
 
+def _one_per_prefix(stores: Iterable[GenericStore]) -> list[GenericStore]:
+    """One store per etcd prefix: the served versions of one custom resource share theirs."""
+    seen: dict[str, GenericStore] = {}
+    for store in stores:
+        seen.setdefault(store.t.key_prefix(), store)
+    return list(seen.values())
+
+
 class LeaderElector:
     def __init__(
         self,
@@ -192,16 +200,11 @@ class Controllers:
 
     async def reconcile_once(self, *, force: bool = False) -> None:
         listed: list[tuple[GenericStore, Obj]] = []
-        prefixes: set[str] = set()
         scan: list[tuple[str, str]] = []
         stores = list(self.stores())
-        for store in stores:
-            prefix = store.t.key_prefix()
-            if prefix in prefixes:
-                continue  # another served version of the same custom resources
-            prefixes.add(prefix)
+        for store in _one_per_prefix(stores):
             got = await store.list(None, _all(cached=True))
-            scan.append((prefix, str(got["metadata"].get("resourceVersion"))))
+            scan.append((store.t.key_prefix(), str(got["metadata"].get("resourceVersion"))))
             for item in got["items"]:
                 listed.append((store, item))
         signature = tuple(scan)
@@ -249,12 +252,9 @@ class Controllers:
     async def _namespace_has_contents(self, namespace: str, stores: list[GenericStore]) -> bool:
         """A quorum read per namespaced resource: the cached scan may not have seen a create of
         the last milliseconds."""
-        seen: set[str] = set()
-        for store in stores:
-            prefix = store.t.key_prefix()
-            if not store.t.namespaced or prefix in seen:
+        for store in _one_per_prefix(stores):
+            if not store.t.namespaced:
                 continue
-            seen.add(prefix)
             opts = _all()
             opts = ListOptions(opts.label_selector, opts.field_selector, limit=1)
             if (await store.list(namespace, opts))["items"]:
@@ -355,12 +355,9 @@ class Controllers:
         outlive its foreground-deleted owner). Only runs while an owner waits on a finalizer."""
         uid = owner["metadata"].get("uid")
         namespace = owner["metadata"].get("namespace")
-        seen: set[str] = set()
-        for store in list(self.stores()):
-            prefix = store.t.key_prefix()
-            if prefix in seen or (owner_store.t.namespaced and not store.t.namespaced):
+        for store in _one_per_prefix(list(self.stores())):
+            if owner_store.t.namespaced and not store.t.namespaced:
                 continue
-            seen.add(prefix)
             listed = await store.list(namespace if owner_store.t.namespaced else None, _all())
             for item in listed["items"]:
                 if any(r.get("uid") == uid for r in item["metadata"].get("ownerReferences") or []):

@@ -39,8 +39,24 @@ CHECK_RISE = 2
 REGION_HEALTH_PATH = "/healthz/region"
 
 
+class _Listening:
+    """The client and admin addresses of a forwarding-engine process."""
+
+    host: str
+    port: int
+    admin_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin_port}"
+
+
 @dataclass(frozen=True)
-class BalancerPlan:
+class BalancerPlan(_Listening):
     region: str
     name: str
     zone: str
@@ -55,17 +71,9 @@ class BalancerPlan:
     def qualified_name(self) -> str:
         return f"{self.region}/{self.name}"
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://{self.host}:{self.admin_port}"
-
 
 @dataclass(frozen=True)
-class GatePlan:
+class GatePlan(_Listening):
     name: str
     site: str
     host: str
@@ -78,14 +86,6 @@ class GatePlan:
     @property
     def qualified_name(self) -> str:
         return f"{GLOBAL_SCOPE}/{self.name}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://{self.host}:{self.admin_port}"
 
 
 def resolve_balancers(

@@ -157,24 +157,29 @@ class Supervisor:
         """Children carry their state dir: operators (and tests) can tell whose they are."""
         return {**os.environ, ENV_STATE_DIR: str(self.state.root)}
 
-    def _member_process(self, plan: ClusterPlan, qualified: str) -> ManagedProcess:
-        member = next(m for m in plan.view.members if m.qualified_name == qualified)
+    def _process(self, name: str, kind: str, argv: list[str]) -> ManagedProcess:
+        """A component's process: its log and pid record in the state dir, our env."""
         spec = ProcessSpec(
-            name=qualified,
-            kind="etcd",
-            argv=member_command(
-                self.binary,
-                self.topology.name,
-                plan.view,
-                member,
-                plan.addresses,
-                self.state.data_dir(qualified),
-            ),
-            log_path=self.state.log_file(qualified),
-            pid_path=self.state.pid_file(qualified),
+            name=name,
+            kind=kind,
+            argv=argv,
+            log_path=self.state.log_file(name),
+            pid_path=self.state.pid_file(name),
             env=self._child_env(),
         )
         return ManagedProcess(spec, on_event=emit)
+
+    def _member_process(self, plan: ClusterPlan, qualified: str) -> ManagedProcess:
+        member = next(m for m in plan.view.members if m.qualified_name == qualified)
+        argv = member_command(
+            self.binary,
+            self.topology.name,
+            plan.view,
+            member,
+            plan.addresses,
+            self.state.data_dir(qualified),
+        )
+        return self._process(qualified, "etcd", argv)
 
     async def _start_cluster(self, plan: ClusterPlan, ports: PortRegistry, timeout: float) -> None:
         name = plan.view.name
@@ -234,10 +239,10 @@ class Supervisor:
         emit("active-region", {**record.as_dict(), "created": created})
 
     async def _start_replica(self, plan: ReplicaPlan, timeout: float) -> None:
-        spec = ProcessSpec(
-            name=plan.qualified_name,
-            kind="api",
-            argv=[
+        proc = self._process(
+            plan.qualified_name,
+            "api",
+            [
                 sys.executable,
                 "-m",
                 "haplane.api",
@@ -250,11 +255,7 @@ class Supervisor:
                 "--etcd",
                 ",".join(plan.etcd_endpoints),
             ],
-            log_path=self.state.log_file(plan.qualified_name),
-            pid_path=self.state.pid_file(plan.qualified_name),
-            env=self._child_env(),
         )
-        proc = ManagedProcess(spec, on_event=emit)
         self.processes[plan.qualified_name] = proc
         await proc.spawn()
         await self._await_ready(proc, f"{plan.url}/readyz", timeout)
@@ -271,15 +272,9 @@ class Supervisor:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(config, indent=2))
         os.replace(tmp, path)
-        spec = ProcessSpec(
-            name=name,
-            kind=kind,
-            argv=[sys.executable, "-m", "haplane.gate", "--config", str(path)],
-            log_path=self.state.log_file(name),
-            pid_path=self.state.pid_file(name),
-            env=self._child_env(),
+        proc = self._process(
+            name, kind, [sys.executable, "-m", "haplane.gate", "--config", str(path)]
         )
-        proc = ManagedProcess(spec, on_event=emit)
         self.processes[name] = proc
         await proc.spawn()
         admin = config["admin"]
