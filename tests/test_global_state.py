@@ -85,3 +85,25 @@ async def test_a_deleted_record_never_sends_the_epoch_back(state):
     assert created and record.epoch == 3
     history = await state.history()
     assert [(h.epoch, h.reason) for h in history] == [(1, "first"), (2, "t"), (3, "again")]
+
+
+async def test_a_switch_is_fenced_until_unfenced_in_its_own_epoch(state):
+    first, _ = await state.initialize("a", by="t", reason="t", grant_ms=800, margin_ms=200)
+    assert first.writable and first.unfenced is not None  # nobody held an earlier grant
+    moved = await state.switch("b", expected_epoch=1, by="t", reason="t")
+    assert not moved.writable and (moved.grant_ms, moved.margin_ms) == (800, 200)
+    assert moved.fence_wait == pytest.approx(1.0)
+    with pytest.raises(StaleEpoch):
+        await state.unfence(1)  # an old epoch can never be unfenced
+    done = await state.unfence(2)
+    assert done.writable and done.unfenced and (await state.read()).writable
+    assert (await state.unfence(2)).epoch == 2  # idempotent
+    history = await state.history()
+    assert not history[-1].writable  # history keeps the epoch as it began
+
+
+async def test_a_record_recreated_after_deletion_starts_fenced(state):
+    await state.initialize("a", by="t", reason="t")
+    await state.client.delete(state.active_key)
+    again, created = await state.initialize("a", by="t", reason="t")
+    assert created and again.epoch == 2 and not again.writable  # an epoch-1 grant may be live

@@ -33,6 +33,15 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         action="store_true",
         help="serve every read and watch from etcd (for comparisons)",
     )
+    ap.add_argument(
+        "--global-etcd",
+        default="",
+        help="comma-separated host:port of the global control etcd: writes are then fenced by "
+        "the global state (no flag: always writable under epoch 0)",
+    )
+    ap.add_argument(
+        "--write-log", default=None, help="append one JSON line per acknowledged write here"
+    )
     args = ap.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     return ReplicaConfig(
@@ -43,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         etcd_endpoints=args.etcd.split(","),
         drain_delay=args.drain_delay,
         watch_cache=not args.no_watch_cache,
+        global_endpoints=[e for e in args.global_etcd.split(",") if e],
+        write_log=args.write_log,
     )
 
 

@@ -129,6 +129,8 @@ class GenericStore:
             return errors.bad_request(str(exc))
         if isinstance(exc, storage.TooLarge):
             return errors.too_large(f"request entity too large: {exc}")
+        if isinstance(exc, storage.WriteFenced):
+            return errors.unavailable(f"writes are fenced here: {exc}")
         if isinstance(exc, storage.OutcomeUnknown):
             return errors.timeout(
                 f"the write of {self.t.qualified} {name!r} timed out in etcd and may or may not "

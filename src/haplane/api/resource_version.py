@@ -20,8 +20,11 @@ _INT64_MAX = 2**63 - 1  # etcd revisions are int64
 _FORMAT = re.compile(r"^(\d+)\.([0-9a-f]{8})\.(\d+)$")
 
 
-@dataclass(frozen=True)
+@dataclass
 class VersionContext:
+    """Shared by the replica's stores; `epoch` changes when the global epoch does (the replica
+    then restarts its watch caches so that nothing keeps handing out old-epoch versions)."""
+
     region_tag: str  # 8 hex digits of the region's etcd cluster id
     epoch: int = 0
 

@@ -37,6 +37,7 @@ from . import errors, protobuf, tables
 from .controllers import Controllers, LeaderElector
 from .crds import CRD_TYPE, resource_types_for, to_scale
 from .errors import StatusError
+from .fencing import WriteFence
 from .generic_store import NAMESPACE_KEY, GenericStore, ListOptions
 from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
 from .resource_version import VersionContext
@@ -69,6 +70,13 @@ class ReplicaConfig:
     lease_duration: float = 3.0  # controllers move to another replica this soon after a death
     watch_cache: bool = True
     admission: list[Admission] = field(default_factory=list)
+    # The global control etcd: writes are fenced by the global state (haplane.api.fencing).
+    # Empty: a bare replica, always writable under epoch 0 (tests, benchmarks).
+    global_endpoints: list[str] = field(default_factory=list)
+    fence_poll: float = 0.1
+    # JSON lines, one per acknowledged write (region, epoch, key, revision, sent, acked): the
+    # servers' own record that drills check for writes of two epochs interleaving.
+    write_log: str | None = None
 
 
 def json_response(
@@ -133,21 +141,43 @@ class ApiServer:
         self._cachers: dict[str, Cacher] = {}
         self.elector: LeaderElector | None = None
         self._elector_task: asyncio.Task[None] | None = None
+        self._global_client = (
+            EtcdClient(config.global_endpoints, timeout=0.5) if config.global_endpoints else None
+        )
+        self.fence = WriteFence(
+            config.region,
+            self._global_client,
+            poll=config.fence_poll,
+            on_epoch=self._epoch_changed,
+            on_permitted=self._became_writable,
+        )
+        self._write_log = open(config.write_log, "a", buffering=1) if config.write_log else None  # noqa: SIM115
+        self._background: set[asyncio.Task[None]] = set()
 
     # ---- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         cluster_id = await self.client.cluster_id(timeout=10.0)
         self.versions = VersionContext.for_cluster(cluster_id, epoch=0)
+        self.fence.start()
+        if self.fence.enabled:
+            # the first answer sets the epoch before anything is cached or handed out
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self.fence.first_read.wait()
+            self.versions.epoch = self.fence.epoch
         store = EtcdStorage(
             self.client,
             self.versions,
             observe=lambda op, seconds: self.metrics.etcd_latency.labels(op).observe(seconds),
+            fence=self.fence if self.fence.enabled else None,
+            journal=self._journal if self._write_log is not None else None,
         )
         self._storage = store
         for t in self.registry.all():
             self.stores[(t.group, t.version, t.plural)] = self._make_store(t)
-        await self._ensure_system_namespaces()
+        if self.fence.permitted():
+            await self._ensure_system_namespaces()
         crd_rv = await self._sync_all_crds()
         self._crd_task = asyncio.create_task(self._watch_crds(crd_rv), name="crd sync")
         self.controllers = Controllers(
@@ -285,6 +315,50 @@ class ApiServer:
                 with contextlib.suppress(Exception):
                     rv = await self._sync_all_crds()
 
+    # ---- fencing ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _epoch_changed(self, epoch: int) -> None:
+        """A new global epoch: versions from now on carry it, and the watch caches relist so
+        that no cached object or open watch keeps handing out versions of the old epoch."""
+        if self.versions is None or self.versions.epoch == epoch:
+            return
+        self.versions.epoch = epoch
+        for cacher in list(self._cachers.values()):
+            self._spawn(cacher.restart(), f"relist {cacher.prefix}")
+
+    def _became_writable(self) -> None:
+        if self._storage is not None:
+            self._spawn(self._ensure_system_namespaces_quietly(), "system namespaces")
+
+    async def _ensure_system_namespaces_quietly(self) -> None:
+        try:
+            await self._ensure_system_namespaces()
+        except StatusError as exc:
+            log.info(json.dumps({"msg": "system namespaces not ensured", "error": exc.message}))
+
+    def _journal(self, key: str, revision: int, epoch: int, sent: float, acked: float) -> None:
+        assert self._write_log is not None
+        self._write_log.write(
+            json.dumps(
+                {
+                    "region": self.config.region,
+                    "replica": self.config.replica,
+                    "epoch": epoch,
+                    "key": key,
+                    "revision": revision,
+                    "sent": sent,
+                    "acked": acked,
+                }
+            )
+            + "\n"
+        )
+
     async def _ensure_system_namespaces(self) -> None:
         """Kubernetes always has these; every replica makes sure (create-if-absent is a txn)."""
         namespaces = self.stores[("", "v1", "namespaces")]
@@ -321,7 +395,14 @@ class ApiServer:
         # cleanup() stops accepting, then waits (shutdown_timeout) for in-flight requests.
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.fence.stop()
+        for task in list(self._background):
+            task.cancel()
         await self.client.close()
+        if self._global_client is not None:
+            await self._global_client.close()
+        if self._write_log is not None:
+            self._write_log.close()
         log.info(json.dumps({"msg": "stopped", "component": self.name}))
 
     # ---- middlewares (the filter chain) -------------------------------------------------
@@ -389,6 +470,8 @@ class ApiServer:
             return web.Response(text="ok")
         if path == "/readyz":
             return await self._readyz()
+        if path == "/fencez":  # this replica's write permission (haplane.api.fencing)
+            return json_response(self.fence.status())
         if path == "/metrics":
             return web.Response(
                 body=generate_latest(self.metrics.registry),

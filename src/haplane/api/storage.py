@@ -40,9 +40,11 @@ from haplane.store import (
     EtcdRejected,
     KeyValue,
     Op,
+    TxnResult,
     prefix_end,
 )
 
+from .fencing import Fenced, WriteFence
 from .resource_version import VersionContext
 
 Obj = dict[str, Any]
@@ -90,6 +92,19 @@ class Unavailable(StorageError):
 
 class OutcomeUnknown(StorageError):
     """A write may or may not have been applied."""
+
+
+class WriteFenced(Unavailable):
+    """This replica's region may not write now (see `haplane.api.fencing`)."""
+
+    def __init__(self, message: str, active: str | None):
+        super().__init__(message)
+        self.active = active
+
+
+# (key, etcd revision, epoch it was permitted under, wall time the txn was sent, wall time etcd
+# acknowledged it)
+WriteJournal = Callable[[str, int, int, float, float], None]
 
 
 class Transformer(Protocol):
@@ -216,11 +231,34 @@ class EtcdStorage:
         versions: VersionContext,
         transformer: Transformer | None = None,
         observe: Callable[[str, float], None] | None = None,
+        fence: WriteFence | None = None,
+        journal: WriteJournal | None = None,
     ):
         self.client = client
         self.versions = versions
         self.transformer: Transformer = transformer or IdentityTransformer()
         self.observe = observe
+        self.fence = fence
+        self.journal = journal
+
+    async def _write(
+        self, key: str, compares: list[Compare], success: list[Op], failure: list[Op], op: str
+    ) -> TxnResult:
+        """Every write goes through here: refused unless this region may write, and given an
+        etcd deadline that ends before that permission does; acknowledged ones are journaled."""
+        timeout = self.client.timeout
+        if self.fence is not None:
+            try:
+                timeout = min(timeout, self.fence.remaining())
+            except Fenced as exc:
+                raise WriteFenced(str(exc), exc.active) from None
+        epoch, sent = self.versions.epoch, time.time()
+        r = await _call(
+            self.client.txn(compares, success, failure, timeout=timeout), self._observer(op)
+        )
+        if r.succeeded and self.journal is not None:
+            self.journal(key, r.revision, epoch, sent, time.time())
+        return r
 
     def _observer(self, operation: str) -> Callable[[float], None] | None:
         observe = self.observe
@@ -265,10 +303,7 @@ class EtcdStorage:
         compares = [Compare(k, "mod", "=", 0)]
         if guard is not None:
             compares.append(Compare(guard[0].encode(), "mod", "=", guard[1]))
-        r = await _call(
-            self.client.txn(compares, [Op("put", k, data)], [Op("get", k)]),
-            self._observer("create"),
-        )
+        r = await self._write(key, compares, [Op("put", k, data)], [Op("get", k)], "create")
         if not r.succeeded:
             if not r.results[0]:
                 raise GuardChanged(f"{guard[0] if guard else '?'} changed since it was read")
@@ -332,13 +367,12 @@ class EtcdStorage:
             if new is None:
                 return current
             if isinstance(new, _DeleteObject):
-                r = await _call(
-                    self.client.txn(
-                        [Compare(k, "mod", "=", kv.mod_revision)],
-                        [Op("delete", k)],
-                        [Op("get", k)],
-                    ),
-                    self._observer("delete"),
+                r = await self._write(
+                    key,
+                    [Compare(k, "mod", "=", kv.mod_revision)],
+                    [Op("delete", k)],
+                    [Op("get", k)],
+                    "delete",
                 )
                 if r.succeeded:
                     return self._decode(kv, revision=r.revision)
@@ -347,13 +381,12 @@ class EtcdStorage:
             plain, data = self._encode(key, new)
             if plain == self.transformer.from_storage(kv.value, k):
                 return current  # no change: no write, no new revision (as Kubernetes)
-            r = await _call(
-                self.client.txn(
-                    [Compare(k, "mod", "=", kv.mod_revision)],
-                    [Op("put", k, data)],
-                    [Op("get", k)],
-                ),
-                self._observer("update"),
+            r = await self._write(
+                key,
+                [Compare(k, "mod", "=", kv.mod_revision)],
+                [Op("put", k, data)],
+                [Op("get", k)],
+                "update",
             )
             if r.succeeded:
                 return self._with_version(plain, r.revision)

@@ -75,6 +75,13 @@ class Cacher:
             self._task = None
         self._expire_watchers()
 
+    async def restart(self) -> None:
+        """Relist from etcd and end every watcher (they re-watch): after an epoch change, so
+        that cached objects carry versions of the new epoch."""
+        await self.stop()
+        self.stopped = False
+        self.start()
+
     async def _run(self) -> None:
         while True:
             try:

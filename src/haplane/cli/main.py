@@ -607,8 +607,10 @@ def failover_cmd(
     ] = None,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """Make REGION the active region: one etcd transaction that compares the epoch and raises it
-    by one. Gates move new connections there and close the old ones."""
+    """Make REGION the active region with a fenced switchover: one etcd transaction compares the
+    epoch and raises it by one (the old region stops renewing its write permission), then,
+    after the grant plus the safety margin, a second one lets REGION write. Gates move new
+    connections there and close the old ones."""
     state = _state(state_dir)
     if not state.topology_file.exists():
         err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
@@ -637,7 +639,8 @@ def failover_cmd(
         raise typer.Exit(1) from None
     out.print(
         f"active region: {before.region} (epoch {before.epoch}) -> "
-        f"[bold]{after.region}[/] (epoch {after.epoch})"
+        f"[bold]{after.region}[/] (epoch {after.epoch}); writable after a fence wait of "
+        f"{after.fence_wait:.2f}s"
     )
 
 

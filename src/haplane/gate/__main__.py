@@ -36,9 +36,12 @@ The config file (JSON; unknown keys are errors; defaults shown):
       "region": null,                         # a regional balancer: {"name": POOL, "etcd":
                                               #   [endpoints], "probe_interval": 0.5} adds
                                               #   /healthz/region on the admin listener
-      "follow": null                          # a gate: {"etcd": [global control endpoints],
+      "follow": null,                         # a gate: {"etcd": [global control endpoints],
                                               #   "prefix": "/haplane/global/"} activates the
                                               #   pool named by the active region
+      "controller": null                      # a gate's failover controller: {"gate", "etcd",
+                                              #   "vantage_points", "priority", "down_after",
+                                              #   ...}: see config.ControllerConfig
     }
 """
 
@@ -55,7 +58,9 @@ import uvloop
 
 from .admin import AdminServer
 from .config import ConfigError, GateConfig, load_config
+from .controller import ControllerSettings, FailoverController
 from .events import GateEvent, emit
+from .failover import Settings
 from .forwarder import Forwarder
 from .roles import ActiveRegionFollower, RegionHealth
 
@@ -89,13 +94,44 @@ async def serve(config: GateConfig) -> int:
             forwarder, config.follow.etcd, config.follow.prefix.encode()
         )
         follower.start()
+    controller = None
+    if config.controller is not None:
+        c = config.controller
+        controller = FailoverController(
+            forwarder,
+            ControllerSettings(
+                gate=c.gate,
+                etcd=c.etcd,
+                prefix=c.prefix,
+                decision=Settings(
+                    vantage_points=tuple(c.vantage_points),
+                    priority=tuple(c.priority),
+                    down_after=c.down_after,
+                    stale_after=c.stale_after,
+                    min_interval=c.min_interval,
+                    failback=c.failback,
+                    failback_after=c.failback_after,
+                    automatic=c.automatic,
+                ),
+                report_interval=c.report_interval,
+                tick=c.tick,
+                lease_ttl=c.lease_ttl,
+            ),
+        )
+        controller.start()
+    roles = [r for r in (region, follower, controller) if r is not None]
     admin: AdminServer | None = None
     try:
         for listener in config.listeners:
             await forwarder.start_listener(listener.to_spec())
         if config.admin is not None:
             admin = AdminServer(
-                forwarder, config.admin.host, config.admin.port, region=region, follower=follower
+                forwarder,
+                config.admin.host,
+                config.admin.port,
+                region=region,
+                follower=follower,
+                controller=controller,
             )
             port = await admin.start()
             emit(
@@ -104,18 +140,16 @@ async def serve(config: GateConfig) -> int:
             )
     except OSError as exc:
         emit(GateEvent("stopped", level="error", reason=f"cannot listen: {exc}"), config.name)
-        for role in (region, follower):
-            if role is not None:
-                await role.stop()
+        for role in roles:
+            await role.stop()
         await forwarder.stop(grace=0)
         if admin is not None:
             await admin.stop()
         return 1
     emit(GateEvent("started", pool=config.active_pool), config.name)
     await stop.wait()
-    for role in (region, follower):
-        if role is not None:
-            await role.stop()
+    for role in roles:
+        await role.stop()
     await forwarder.stop(grace=config.shutdown_grace)
     if admin is not None:
         await admin.stop()

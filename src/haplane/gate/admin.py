@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from .config import PoolUpdate, describe_errors
+from .controller import FailoverController
 from .forwarder import Forwarder
 from .k8s_status import status_body
 from .roles import ActiveRegionFollower, RegionHealth
@@ -46,12 +47,14 @@ class AdminServer:
         *,
         region: RegionHealth | None = None,
         follower: ActiveRegionFollower | None = None,
+        controller: FailoverController | None = None,
     ) -> None:
         self.forwarder = forwarder
         self.host = host
         self.port = port
         self.region = region
         self.follower = follower
+        self.controller = controller
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
@@ -85,6 +88,8 @@ class AdminServer:
             status["region"] = self.region.report()
         if self.follower is not None:
             status["follow"] = self.follower.report()
+        if self.controller is not None:
+            status["controller"] = self.controller.report()
         return _json(status)
 
     async def _region(self, request: web.Request) -> web.Response:

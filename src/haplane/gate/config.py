@@ -116,6 +116,35 @@ class FollowConfig(BaseModel):
     prefix: str = "/haplane/global/"
 
 
+class ControllerConfig(BaseModel):
+    """A gate instance's failover controller (haplane.gate.controller): it reports this gate's
+    view of every region and, when it leads, fails over by `haplane.gate.failover.decide`."""
+
+    model_config = _STRICT
+    gate: str = Field(min_length=1)
+    etcd: list[str] = Field(min_length=1)
+    prefix: str = "/haplane/global/"
+    vantage_points: list[str] = Field(min_length=1)
+    priority: list[str] = Field(min_length=1)
+    automatic: bool = True
+    down_after: float = Field(default=0.6, ge=0)
+    stale_after: float = Field(default=1.0, gt=0)
+    min_interval: float = Field(default=10.0, ge=0)
+    failback: bool = False
+    failback_after: float = Field(default=60.0, ge=0)
+    report_interval: float = Field(default=0.2, gt=0)
+    tick: float = Field(default=0.1, gt=0)
+    lease_ttl: int = Field(default=1, ge=1)
+
+    @field_validator("vantage_points")
+    @classmethod
+    def _gate_is_a_vantage_point(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        gate = info.data.get("gate")
+        if gate is not None and gate not in value:
+            raise ValueError(f"the gate {gate!r} must be one of the vantage points")
+        return value
+
+
 class GateConfig(BaseModel):
     model_config = _STRICT
     name: str = "gate"
@@ -128,6 +157,7 @@ class GateConfig(BaseModel):
     shutdown_grace: float = Field(default=10.0, ge=0)
     region: RegionConfig | None = None
     follow: FollowConfig | None = None
+    controller: ControllerConfig | None = None
 
     @field_validator("region")
     @classmethod

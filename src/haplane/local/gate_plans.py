@@ -100,7 +100,7 @@ def resolve_balancers(
         mine = tuple(r for r in replicas if r.region == site.name)
         endpoints = tuple(etcd_of[site.name].endpoints)
         for lb in region.balancers:
-            host = topology.host_of(lb)
+            host = topology.host_of(lb, site.name)
             q = f"{site.name}/{lb.name}"
             plans.append(
                 BalancerPlan(
@@ -198,7 +198,7 @@ def balancer_config(plan: BalancerPlan) -> dict[str, Any]:
     }
 
 
-def gate_config(plan: GatePlan) -> dict[str, Any]:
+def gate_config(plan: GatePlan, topology: Topology | None = None) -> dict[str, Any]:
     """A gate instance: one pool per region (its balancers, checked on their aggregate
     health), the active one named by the global control etcd."""
     return {
@@ -222,4 +222,22 @@ def gate_config(plan: GatePlan) -> dict[str, Any]:
             "etcd": list(plan.control_endpoints),
             "prefix": DEFAULT_GLOBAL_PREFIX.decode(),
         },
+        "controller": controller_config(plan, topology) if topology is not None else None,
+    }
+
+
+def controller_config(plan: GatePlan, topology: Topology) -> dict[str, Any]:
+    """The failover controller beside a gate: every gate instance is a vantage point."""
+    f = topology.spec.global_.failover
+    return {
+        "gate": plan.name,
+        "etcd": list(plan.control_endpoints),
+        "prefix": DEFAULT_GLOBAL_PREFIX.decode(),
+        "vantage_points": [g.name for g in topology.spec.global_.gates],
+        "priority": topology.region_priority(),
+        "automatic": f.automatic,
+        "down_after": f.down_after_ms / 1000,
+        "min_interval": f.min_interval_ms / 1000,
+        "failback": f.failback,
+        "failback_after": f.failback_after_ms / 1000,
     }

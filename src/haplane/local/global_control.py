@@ -7,7 +7,9 @@ directory's port registry; the records themselves are `haplane.store.GlobalState
 
 from __future__ import annotations
 
+import asyncio
 import getpass
+import time
 
 from haplane.store import ActiveRegion, EtcdClient, GlobalState, StaleEpoch
 from haplane.topology import Topology
@@ -46,9 +48,19 @@ async def switch(
     reason: str,
     expected_epoch: int | None = None,
     by: str | None = None,
+    unfence: bool = True,
 ) -> tuple[ActiveRegion, ActiveRegion]:
-    """A planned switch to region `to`: (before, after). `expected_epoch` guards against a
-    change made since the operator looked (default: the epoch read just now)."""
+    """A fenced, planned switchover to region `to`: (before, after).
+
+    1. one transaction commits epoch + 1 naming `to`, not yet writable: from that moment no
+       replica of the old region renews its write permission (it fences at its next read, or
+       when its grant runs out if it cannot read);
+    2. wait `grant + margin` (`ActiveRegion.fence_wait`): every old grant has run out;
+    3. one transaction makes the new epoch writable (`unfence=False` leaves this to the failover
+       controller, which does it after the same wait counted from when it saw the epoch).
+
+    `expected_epoch` guards against a change made since the operator looked (default: the
+    epoch read just now)."""
     regions = [s.name for s, _ in topology.regions()]
     if to not in regions:
         raise FailoverError(
@@ -65,4 +77,20 @@ async def switch(
         after = await state.switch(to, expected_epoch=epoch, by=by or operator(), reason=reason)
     except StaleEpoch as exc:
         raise FailoverError(f"refused: {exc}; look again with `haplane status`") from exc
+    if unfence:
+        after = await unfence_after_wait(state, after, time.monotonic())
     return before, after
+
+
+async def unfence_after_wait(
+    state: GlobalState, record: ActiveRegion, committed: float
+) -> ActiveRegion:
+    """Unfence `record`'s epoch once `fence_wait` has passed since `committed` (monotonic)."""
+    await asyncio.sleep(max(0.0, committed + record.fence_wait - time.monotonic()))
+    try:
+        return await state.unfence(record.epoch)
+    except StaleEpoch as exc:
+        raise FailoverError(
+            f"epoch {record.epoch} was committed but another change followed before it was "
+            f"unfenced: {exc}"
+        ) from exc

@@ -46,7 +46,7 @@ def _placements(topology: Topology) -> dict[str, tuple[str, str, str]]:
     for site, region in topology.regions():
         for group in (region.etcd.members, region.api_servers, region.balancers):
             for c in group:
-                out[f"{site.name}/{c.name}"] = (site.name, c.zone, topology.host_of(c))
+                out[f"{site.name}/{c.name}"] = (site.name, c.zone, topology.host_of(c, site.name))
     for m in topology.spec.global_.control_etcd.members:
         out[f"global/{m.name}"] = (m.site, m.zone or "", topology.host_of(m))
     for g in topology.spec.global_.gates:

@@ -58,7 +58,7 @@ def resolve_replicas(
     for site, region in topology.regions():
         endpoints = tuple(etcd_of[site.name].endpoints)
         for api in region.api_servers:
-            host = topology.host_of(api)
+            host = topology.host_of(api, site.name)
             port = ports.resolve(f"{site.name}/{api.name}#http", host, api.port)
             plans.append(ReplicaPlan(site.name, api.name, host, port, endpoints))
     return plans

@@ -71,6 +71,10 @@ class StateDir:
     def log_file(self, component: str) -> Path:
         return self.root / "logs" / f"{component}.log"
 
+    def write_log(self, replica: str) -> Path:
+        """An API replica's journal of acknowledged writes (JSON lines), checked by drills."""
+        return self.root / "logs" / (replica.replace("/", "_") + ".writes.jsonl")
+
     def ensure(self) -> None:
         for d in (self.root, self.run_dir, self.root / "data", self.root / "logs"):
             d.mkdir(parents=True, exist_ok=True)

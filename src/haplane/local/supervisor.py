@@ -137,7 +137,9 @@ class Supervisor:
                     for b in self.balancers
                 ),
                 *(
-                    self._start_engine(g.qualified_name, "gate", gate_config(g), timeout)
+                    self._start_engine(
+                        g.qualified_name, "gate", gate_config(g, self.topology), timeout
+                    )
                     for g in self.gates
                 ),
             )
@@ -228,9 +230,14 @@ class Supervisor:
         that exists (a restart after a failover) is kept."""
         endpoints = global_plan(self.clusters).endpoints
         first = self.topology.region_priority()[0]
+        failover = self.topology.spec.global_.failover
         async with EtcdClient(endpoints, timeout=2.0) as client:
             record, created = await GlobalState(client).initialize(
-                first, by="haplane up", reason="first start: the region of highest priority"
+                first,
+                by="haplane up",
+                reason="first start: the region of highest priority",
+                grant_ms=failover.grant_ms,
+                margin_ms=failover.safety_margin_ms,
             )
         self.progress(
             f"active region: {record.region} (epoch {record.epoch}"
@@ -254,6 +261,10 @@ class Supervisor:
                 f"{plan.host}:{plan.port}",
                 "--etcd",
                 ",".join(plan.etcd_endpoints),
+                "--global-etcd",
+                ",".join(global_plan(self.clusters).endpoints),
+                "--write-log",
+                str(self.state.write_log(plan.qualified_name)),
             ],
         )
         self.processes[plan.qualified_name] = proc

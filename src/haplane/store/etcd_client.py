@@ -438,6 +438,49 @@ class EtcdClient:
 
         return await self._read(call, timeout)
 
+    # ---- leases --------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl: int, *, timeout: float | None = None) -> int:
+        """A new lease of `ttl` whole seconds (etcd raises it to its minimum, 1.5 x the
+        election timeout); returns its id. Keys put with it vanish when it expires."""
+        req = rpc_pb2.LeaseGrantRequest(TTL=ttl)
+
+        async def call(ch: grpc.aio.Channel, t: float) -> int:
+            r = await rpc_pb2_grpc.LeaseStub(ch).LeaseGrant(req, timeout=t, metadata=_HAS_LEADER)
+            return int(r.ID)
+
+        return await self._write(call, timeout)
+
+    async def lease_keepalive(self, lease: int, *, timeout: float | None = None) -> int:
+        """Renew a lease once; returns its TTL now (0: it had expired). Renewing is idempotent,
+        so it is retried on another member like a read."""
+
+        async def call(ch: grpc.aio.Channel, t: float) -> int:
+            stream = rpc_pb2_grpc.LeaseStub(ch).LeaseKeepAlive(timeout=t, metadata=_HAS_LEADER)
+            try:
+                await stream.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease))
+                r = await stream.read()
+            finally:
+                stream.cancel()
+            if r is grpc.aio.EOF:
+                raise EtcdUnavailable(f"lease keepalive stream on {ch} ended without an answer")
+            return int(r.TTL)
+
+        return await self._read(call, timeout)
+
+    async def lease_revoke(self, lease: int, *, timeout: float | None = None) -> None:
+        """End a lease now, deleting its keys (an expired or unknown lease is not an error)."""
+        req = rpc_pb2.LeaseRevokeRequest(ID=lease)
+
+        async def call(ch: grpc.aio.Channel, t: float) -> None:
+            try:
+                await rpc_pb2_grpc.LeaseStub(ch).LeaseRevoke(req, timeout=t, metadata=_HAS_LEADER)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+
+        await self._write(call, timeout)
+
     # ---- watch ---------------------------------------------------------------------------
 
     async def watch(

@@ -5,8 +5,15 @@ failover --to`, `haplane status`) and, later, the failover controller and the fe
 replicas. Knows nothing of HTTP or processes.
 
 Keys (under `prefix`, default `/haplane/global/`):
-- `active`: `{"region", "epoch", "since", "by", "reason", "from"}` as JSON;
-- `history/<epoch, 12 digits>`: the same record, one per epoch, never rewritten.
+- `active`: `{"region", "epoch", "since", "by", "reason", "from", "writable", "grantMs",
+  "marginMs", "unfenced"}` as JSON;
+- `history/<epoch, 12 digits>`: the record as the epoch began, one per epoch, never rewritten.
+
+Fencing (see `haplane.api.fencing`): the record grants the active region write permission for
+`grantMs` after each successful linearizable read of it, minus `marginMs`. A newly promoted
+region's record starts with `writable: false`; whoever committed the epoch (the failover
+controller or `haplane failover`) sets it true with `unfence` only `grantMs + marginMs` after the
+commit, when no replica of the old region can still hold permission.
 
 Every change is one etcd transaction guarded by the mod revision of `active` as it was read, so
 two writers that both saw epoch N cannot both write epoch N + 1: the loser gets `StaleEpoch`
@@ -17,13 +24,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from .errors import EtcdError
 from .etcd_client import Compare, EtcdClient, KeyValue, Op, prefix_end
 
 DEFAULT_PREFIX = b"/haplane/global/"
+DEFAULT_GRANT_MS = 1000
+DEFAULT_MARGIN_MS = 250
 
 
 class StaleEpoch(Exception):
@@ -43,19 +52,18 @@ class ActiveRegion:
     reason: str
     previous: str | None = None  # the region active before
     revision: int = 0  # etcd mod revision of the record (0: not read from etcd)
+    writable: bool = True  # false from a switch until the old region's grant has run out
+    grant_ms: int = DEFAULT_GRANT_MS  # T: how long a successful read grants write permission
+    margin_ms: int = DEFAULT_MARGIN_MS  # taken off T by replicas, added to T before unfencing
+    unfenced: str | None = None  # when writes were allowed in this epoch (RFC 3339)
+
+    @property
+    def fence_wait(self) -> float:
+        """Seconds from committing a new epoch until its region may be unfenced."""
+        return (self.grant_ms + self.margin_ms) / 1000
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "region": self.region,
-                "epoch": self.epoch,
-                "since": self.since,
-                "by": self.by,
-                "reason": self.reason,
-                "from": self.previous,
-            },
-            sort_keys=True,
-        ).encode()
+        return json.dumps(self.as_dict(), sort_keys=True).encode()
 
     @classmethod
     def from_kv(cls, kv: KeyValue) -> ActiveRegion:
@@ -69,6 +77,10 @@ class ActiveRegion:
                 reason=str(d.get("reason", "")),
                 previous=d.get("from"),
                 revision=kv.mod_revision,
+                writable=bool(d.get("writable", True)),
+                grant_ms=int(d.get("grantMs", DEFAULT_GRANT_MS)),
+                margin_ms=int(d.get("marginMs", DEFAULT_MARGIN_MS)),
+                unfenced=d.get("unfenced"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise EtcdError(f"malformed global state at {kv.key!r}: {exc}") from exc
@@ -81,6 +93,10 @@ class ActiveRegion:
             "by": self.by,
             "reason": self.reason,
             "from": self.previous,
+            "writable": self.writable,
+            "grantMs": self.grant_ms,
+            "marginMs": self.margin_ms,
+            "unfenced": self.unfenced,
         }
 
 
@@ -102,14 +118,34 @@ class GlobalState:
         kv = await self.client.get(self.active_key)
         return ActiveRegion.from_kv(kv) if kv is not None else None
 
-    async def initialize(self, region: str, *, by: str, reason: str) -> tuple[ActiveRegion, bool]:
+    async def initialize(
+        self,
+        region: str,
+        *,
+        by: str,
+        reason: str,
+        grant_ms: int = DEFAULT_GRANT_MS,
+        margin_ms: int = DEFAULT_MARGIN_MS,
+    ) -> tuple[ActiveRegion, bool]:
         """Record `region` as active if no active region is recorded; (record, created). An
         existing record is never changed here (a restart must not undo a failover). The epoch
         is 1, or one past the last in the history if the record was deleted: epochs never go
-        back and history entries are never rewritten."""
+        back and history entries are never rewritten. Writable at once when it is the first
+        epoch; after a deleted record, only after the fence wait (an old grant may be live)."""
         history = await self.history(1)
         epoch = history[-1].epoch + 1 if history else 1
-        record = ActiveRegion(region, epoch, _now(), by, reason)
+        now = _now()
+        record = ActiveRegion(
+            region,
+            epoch,
+            now,
+            by,
+            reason,
+            writable=not history,
+            grant_ms=grant_ms,
+            margin_ms=margin_ms,
+            unfenced=None if history else now,
+        )
         r = await self.client.txn(
             [
                 Compare(self.active_key, "mod", "=", 0),
@@ -122,14 +158,25 @@ class GlobalState:
             [Op("get", self.active_key)],
         )
         if r.succeeded:
-            return ActiveRegion(**{**record.__dict__, "revision": r.revision}), True
+            return replace(record, revision=r.revision), True
         if not r.results[0]:
             raise StaleEpoch(f"epoch {epoch} was recorded meanwhile; try again", None)
         return ActiveRegion.from_kv(r.results[0][0]), False
 
-    async def switch(self, to: str, *, expected_epoch: int, by: str, reason: str) -> ActiveRegion:
-        """Make `to` active under epoch `expected_epoch + 1`, only if the epoch is still
-        `expected_epoch`; otherwise `StaleEpoch` (nothing written)."""
+    async def switch(
+        self,
+        to: str,
+        *,
+        expected_epoch: int,
+        by: str,
+        reason: str,
+        grant_ms: int | None = None,
+        margin_ms: int | None = None,
+    ) -> ActiveRegion:
+        """Make `to` active under epoch `expected_epoch + 1`, fenced (`writable: false`), only
+        if the epoch is still `expected_epoch`; otherwise `StaleEpoch` (nothing written). The
+        caller unfences it with `unfence` after `fence_wait` seconds. The grant settings carry
+        over from the current record unless given."""
         current = await self.read()
         if current is None:
             raise StaleEpoch("no active region is recorded yet (is the topology up?)", None)
@@ -139,7 +186,17 @@ class GlobalState:
                 f"{current.region} became active at {current.since} ({current.reason})",
                 current,
             )
-        record = ActiveRegion(to, expected_epoch + 1, _now(), by, reason, previous=current.region)
+        record = ActiveRegion(
+            to,
+            expected_epoch + 1,
+            _now(),
+            by,
+            reason,
+            previous=current.region,
+            writable=False,
+            grant_ms=current.grant_ms if grant_ms is None else grant_ms,
+            margin_ms=current.margin_ms if margin_ms is None else margin_ms,
+        )
         r = await self.client.txn(
             [
                 Compare(self.active_key, "mod", "=", current.revision),
@@ -156,7 +213,32 @@ class GlobalState:
             raise StaleEpoch(
                 f"another change won: the epoch is now {now.epoch if now else '?'}", now
             )
-        return ActiveRegion(**{**record.__dict__, "revision": r.revision})
+        return replace(record, revision=r.revision)
+
+    async def unfence(self, epoch: int) -> ActiveRegion:
+        """Allow writes in `epoch`: only if it is still the current epoch (`StaleEpoch`
+        otherwise). The caller must have waited `fence_wait` since the epoch was committed.
+        Idempotent: an already writable record is returned as it is."""
+        current = await self.read()
+        if current is None or current.epoch != epoch:
+            raise StaleEpoch(
+                f"epoch {epoch} is no longer current (now {current.epoch if current else None})",
+                current,
+            )
+        if current.writable:
+            return current
+        record = replace(current, writable=True, unfenced=_now(), revision=0)
+        r = await self.client.txn(
+            [Compare(self.active_key, "mod", "=", current.revision)],
+            [Op("put", self.active_key, record.to_json())],
+            [Op("get", self.active_key)],
+        )
+        if not r.succeeded:
+            now = ActiveRegion.from_kv(r.results[0][0]) if r.results[0] else None
+            if now is not None and now.epoch == epoch and now.writable:
+                return now
+            raise StaleEpoch(f"the record changed while unfencing epoch {epoch}", now)
+        return replace(record, revision=r.revision)
 
     async def history(self, limit: int = 20) -> list[ActiveRegion]:
         """The most recent `limit` changes, oldest first."""

@@ -158,9 +158,13 @@ def _inventory(topology: Topology) -> list[str]:
             "",
         ]
         rows: list[list[object]] = []
-        rows += [["etcd member", m.name, m.zone, topology.host_of(m)] for m in r.etcd.members]
-        rows += [["API replica", a.name, a.zone, topology.host_of(a)] for a in r.api_servers]
-        rows += [["balancer", b.name, b.zone, topology.host_of(b)] for b in r.balancers]
+        rows += [
+            ["etcd member", m.name, m.zone, topology.host_of(m, site.name)] for m in r.etcd.members
+        ]
+        rows += [
+            ["API replica", a.name, a.zone, topology.host_of(a, site.name)] for a in r.api_servers
+        ]
+        rows += [["balancer", b.name, b.zone, topology.host_of(b, site.name)] for b in r.balancers]
         out += [*_table(["KIND", "NAME", "ZONE", "HOST"], rows), ""]
     g = topology.spec.global_
     out += ["### Global control etcd", ""]

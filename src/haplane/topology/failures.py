@@ -251,7 +251,7 @@ class FailureModel:
                 f"{GLOBAL_SCOPE}/{gate.name}", "gate", gate.site, self._first_zone(gate.site)
             )
             self._gates.append((bit, self._site_idx[gate.site]))
-        self._gate_majority = len(self._gates) // 2 + 1
+        self._gate_majority = vantage_majority(len(self._gates))
 
         by_name = {r.name: i for i, r in enumerate(self.regions)}
         prio = [by_name[p] for p in dict.fromkeys(topology.region_priority()) if p in by_name]
@@ -496,6 +496,13 @@ class FailureModel:
             data_loss=data_loss,
             reason=reason,
         )
+
+
+def vantage_majority(vantage_points: int) -> int:
+    """Votes needed to call a region down or healthy: a majority of ALL configured gate
+    instances (assumption 8), counted over the file, never over the survivors. Shared with the
+    runtime failover controller (`haplane.gate.failover.decide`)."""
+    return vantage_points // 2 + 1
 
 
 _last: tuple[Topology, FailureModel] | None = None

@@ -134,6 +134,11 @@ class Region(_Model):
 class Site(_Model):
     name: Name
     zones: list[Name] = Field(min_length=1, description="Failure domains within the site.")
+    host: str | None = Field(
+        None,
+        description="Default host of the components on this site (its own address, e.g. when "
+        "drills place each site in a network namespace); default `spec.defaults.host`.",
+    )
     region: Region | None = Field(
         None, description="The site's regional control plane; a site without one is a witness."
     )
@@ -152,6 +157,43 @@ class Failover(_Model):
     priority: list[Name] | None = Field(
         None,
         description="Regions in order of preference; default: the order of sites in the file.",
+    )
+    automatic: bool = Field(
+        True, description="Whether the failover controller beside the gates switches regions."
+    )
+    down_after_ms: int = Field(
+        600,
+        ge=0,
+        le=600_000,
+        description="A region is down only when a majority of all gate instances have seen it "
+        "down for this long (shorter blips never fail over).",
+    )
+    grant_ms: int = Field(
+        1000,
+        ge=100,
+        le=60_000,
+        description="T: each successful read of the global state grants the active region's API "
+        "replicas write permission for T minus the safety margin.",
+    )
+    safety_margin_ms: int = Field(
+        250,
+        ge=10,
+        le=60_000,
+        description="Taken off T by replicas and added to T before a new region is unfenced "
+        "(covers clock-rate drift and the last write's commit).",
+    )
+    min_interval_ms: int = Field(
+        10_000,
+        ge=0,
+        description="Hysteresis: no automatic failover sooner than this after the last change.",
+    )
+    failback: bool = Field(
+        False,
+        description="Switch back to the preferred region once it has been healthy for "
+        "`failbackAfterMs` (a planned, fenced switchover). Off by default.",
+    )
+    failback_after_ms: int = Field(
+        60_000, ge=0, description="How long the preferred region must be stable before failback."
     )
 
 
@@ -223,8 +265,15 @@ class Topology(_Model):
             unsafe_no_fsync=bool(pick("unsafe_no_fsync", False)),
         )
 
-    def host_of(self, placed: Placement) -> str:
-        return placed.host or self.spec.defaults.host
+    def host_of(self, placed: Placement, site: str | None = None) -> str:
+        """The component's own host, else its site's (`site`, or the component's `site` field
+        for control etcd members and gates), else `spec.defaults.host`."""
+        if placed.host:
+            return placed.host
+        site_obj = self.site(site or getattr(placed, "site", None) or "")
+        if site_obj is not None and site_obj.host:
+            return site_obj.host
+        return self.spec.defaults.host
 
     def etcd_clusters(self) -> Iterator[EtcdClusterView]:
         """Every etcd cluster: one per region, then the global control etcd."""
@@ -238,7 +287,7 @@ class Topology(_Model):
                         name=m.name,
                         site=site.name,
                         zone=m.zone,
-                        host=self.host_of(m),
+                        host=self.host_of(m, site.name),
                         client_port=m.client_port,
                         peer_port=m.peer_port,
                     )

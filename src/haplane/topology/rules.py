@@ -478,7 +478,7 @@ def _ports(topo: Topology) -> list[Finding]:
         for j, m in enumerate(r.etcd.members):
             for field, port in (("clientPort", m.client_port), ("peerPort", m.peer_port)):
                 if port is not None:
-                    owners[(topo.host_of(m), port)].append(
+                    owners[(topo.host_of(m, site.name), port)].append(
                         ("etcd", f"{base}.etcd.members[{j}].{field}")
                     )
         placed: list[tuple[str, Sequence[ApiServer | Balancer]]] = [
@@ -488,7 +488,9 @@ def _ports(topo: Topology) -> list[Finding]:
         for field, components in placed:
             for j, c in enumerate(components):
                 if c.port is not None:
-                    owners[(topo.host_of(c), c.port)].append((field, f"{base}.{field}[{j}].port"))
+                    owners[(topo.host_of(c, site.name), c.port)].append(
+                        (field, f"{base}.{field}[{j}].port")
+                    )
     g = topo.spec.global_
     for j, cm in enumerate(g.control_etcd.members):
         for field, port in (("clientPort", cm.client_port), ("peerPort", cm.peer_port)):

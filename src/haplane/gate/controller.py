@@ -1,0 +1,311 @@
+"""The failover controller beside a gate instance: observe -> decide -> act.
+
+Layer: gate. Talks to the global control etcd only (its own client); reads this gate's pool
+health from the forwarder it runs beside. Decisions are `haplane.gate.failover.decide`.
+
+Every instance:
+- **reports** (vantage point): every `report_interval` it writes, under `vantage/<gate>`, whether
+  it sees each region healthy (some balancer of the region passes its `/healthz/region` check)
+  and for how long that has held;
+- **campaigns**: one instance leads at a time, holding `controller/leader` with an etcd lease
+  (TTL `lease_ttl` whole seconds, renewed every third of it). Leadership only avoids duplicate
+  work: every action is a transaction guarded by the epoch, so a deposed leader that has not
+  noticed yet cannot undo or double a change.
+
+The leader, every `tick`:
+- reads all reports; a report's age is the time since the leader saw it change (reports it has
+  not seen change since it took over count as stale: a dead gate's last word is no vote);
+- reads the active record; hysteresis counts from the record's `since` (wall clock, only for
+  pacing), the fence wait from when this leader first saw the epoch unwritable (monotonic,
+  safety);
+- decides, and acts: a failover or failback commits epoch + 1 naming the new region, not yet
+  writable; an unfence makes it writable once no old grant can be live.
+
+When the global control etcd has no quorum nobody can report, lead or switch: the controller
+waits, and the active region's replicas fence themselves (see `haplane.api.fencing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from haplane.store import ActiveRegion, EtcdClient, EtcdError, GlobalState, StaleEpoch
+from haplane.store.etcd_client import Compare, Op, prefix_end
+
+from .failover import Decision, RegionView, Report, Settings, Snapshot, decide
+from .forwarder import Forwarder
+from .health import UpstreamState
+
+log = logging.getLogger("haplane.gate")
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    gate: str  # this instance's name (a vantage point)
+    etcd: list[str]  # the global control etcd
+    prefix: str
+    decision: Settings
+    report_interval: float = 0.2
+    tick: float = 0.1
+    lease_ttl: int = 1
+
+
+def _wall_age(since: str) -> float:
+    try:
+        t = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return float("inf")
+    return max(0.0, time.time() - t)
+
+
+class FailoverController:
+    def __init__(self, forwarder: Forwarder, settings: ControllerSettings) -> None:
+        self.forwarder = forwarder
+        self.settings = settings
+        self.prefix = settings.prefix.encode()
+        self.vantage_prefix = self.prefix + b"vantage/"
+        self.leader_key = self.prefix + b"controller/leader"
+        self.leading = False
+        self.leader: str | None = None
+        self.last_decision: Decision | None = None
+        self.last_action: dict[str, Any] | None = None
+        self.error: str | None = None
+        self._changed: dict[str, tuple[bool, float]] = {}  # region -> (healthy, since; monotonic)
+        self._seen: dict[bytes, tuple[int, float | None]] = {}  # report key -> (mod rev, seen at)
+        self._fenced_seen: dict[int, float] = {}  # epoch -> first seen unwritable (monotonic)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: EtcdClient | None = None
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._client = EtcdClient(self.settings.etcd, timeout=0.5)
+        self._tasks = [
+            asyncio.create_task(self._report_loop(), name="vantage report"),
+            asyncio.create_task(self._campaign_loop(), name="controller campaign"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+
+    def _log(self, event: str, **fields: Any) -> None:
+        log.info(
+            json.dumps(
+                {
+                    "ts": time.time(),
+                    "component": self.settings.gate,
+                    "event": event,
+                    **fields,
+                },
+                default=str,
+            )
+        )
+
+    # ---- observe: this gate's view -------------------------------------------------------
+
+    def view(self) -> dict[str, RegionView]:
+        now = time.monotonic()
+        out = {}
+        for region in self.settings.decision.priority:
+            pool = self.forwarder.pools.get(region)
+            healthy = pool is not None and any(
+                u.state == UpstreamState.UP for u in pool.upstreams.values()
+            )
+            was = self._changed.get(region)
+            if was is None or was[0] != healthy:
+                self._changed[region] = was = (healthy, now)
+                self._log("vantage_view", region=region, healthy=healthy)
+            out[region] = RegionView(healthy, now - was[1])
+        return out
+
+    async def _report_loop(self) -> None:
+        assert self._client is not None
+        key = self.vantage_prefix + self.settings.gate.encode()
+        while True:
+            view = self.view()
+            body = {
+                "gate": self.settings.gate,
+                "at": time.time(),
+                "regions": {
+                    r: {"healthy": v.healthy, "heldFor": round(v.held_for, 3)}
+                    for r, v in view.items()
+                },
+            }
+            with contextlib.suppress(EtcdError):
+                await self._client.put(key, json.dumps(body).encode(), timeout=0.5)
+            await asyncio.sleep(self.settings.report_interval)
+
+    # ---- leadership ----------------------------------------------------------------------
+
+    async def _campaign_loop(self) -> None:
+        assert self._client is not None
+        client = self._client
+        while True:
+            lease = 0
+            try:
+                lease = await client.lease_grant(self.settings.lease_ttl)
+                r = await client.txn(
+                    [Compare(self.leader_key, "create", "=", 0)],
+                    [Op("put", self.leader_key, self.settings.gate.encode(), lease=lease)],
+                    [Op("get", self.leader_key)],
+                )
+                if r.succeeded:
+                    await self._lead(client, lease)
+                else:
+                    self.leader = r.results[0][0].value.decode() if r.results[0] else None
+            except asyncio.CancelledError:
+                if lease:
+                    with contextlib.suppress(EtcdError, asyncio.CancelledError):
+                        await asyncio.shield(client.lease_revoke(lease, timeout=0.3))
+                raise
+            except EtcdError as exc:
+                self.error = str(exc)
+            except Exception as exc:  # a bug: log it, keep campaigning
+                self.error = repr(exc)
+                log.exception("failover controller failed")
+            if self.leading:
+                self.leading = False
+                self._log("controller_follower")
+            if lease:
+                with contextlib.suppress(EtcdError):
+                    await client.lease_revoke(lease, timeout=0.3)
+            await asyncio.sleep(self.settings.lease_ttl / 3)
+
+    async def _lead(self, client: EtcdClient, lease: int) -> None:
+        """Lead until the lease cannot be renewed."""
+        self.leading, self.leader, self.error = True, self.settings.gate, None
+        self._seen.clear()
+        self._fenced_seen.clear()
+        self._log("controller_leader")
+        work = asyncio.create_task(self._decide_loop(client), name="controller decide")
+        try:
+            renew_every = self.settings.lease_ttl / 3
+            deadline = time.monotonic() + self.settings.lease_ttl
+            while not work.done():
+                await asyncio.sleep(renew_every)
+                try:
+                    ttl = await client.lease_keepalive(lease, timeout=renew_every)
+                except EtcdError as exc:
+                    self.error = str(exc)
+                    if time.monotonic() >= deadline - renew_every:
+                        return  # the lease may have run out: stop acting before it does
+                    continue
+                if ttl <= 0:
+                    return
+                deadline = time.monotonic() + ttl
+        finally:
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+
+    # ---- decide and act (the leader) -----------------------------------------------------
+
+    async def _observe(self, state: GlobalState, client: EtcdClient) -> Snapshot:
+        now = time.monotonic()
+        kvs, _ = await client.range(self.vantage_prefix, prefix_end(self.vantage_prefix))
+        reports: dict[str, Report] = {}
+        for kv in kvs:
+            seen = self._seen.get(kv.key)
+            if seen is None:
+                seen = (kv.mod_revision, None)  # unseen change: stale until it changes
+            elif seen[0] != kv.mod_revision:
+                seen = (kv.mod_revision, now)
+            self._seen[kv.key] = seen
+            if seen[1] is None:
+                continue
+            try:
+                body = json.loads(kv.value)
+                regions = {
+                    r: RegionView(bool(v["healthy"]), float(v["heldFor"]))
+                    for r, v in body["regions"].items()
+                }
+                reports[str(body["gate"])] = Report(str(body["gate"]), now - seen[1], regions)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+        active = await state.read()
+        fenced_for = 0.0
+        if active is not None and not active.writable:
+            first = self._fenced_seen.setdefault(active.epoch, now)
+            fenced_for = now - first
+        since = _wall_age(active.since) if active is not None else 0.0
+        return Snapshot(active, reports, since, fenced_for)
+
+    async def _decide_loop(self, client: EtcdClient) -> None:
+        state = GlobalState(client, prefix=self.prefix)
+        while True:
+            t0 = time.monotonic()
+            try:
+                snapshot = await self._observe(state, client)
+                decision = decide(snapshot, self.settings.decision)
+                self._note(decision)
+                if decision.action != "none":
+                    await self._act(state, decision, snapshot.active)
+            except EtcdError as exc:
+                self.error = str(exc)
+            await asyncio.sleep(max(0.0, t0 + self.settings.tick - time.monotonic()))
+
+    def _note(self, decision: Decision) -> None:
+        last = self.last_decision
+        if last is None or (last.action, last.down, last.healthy, last.to) != (
+            decision.action,
+            decision.down,
+            decision.healthy,
+            decision.to,
+        ):
+            self._log(
+                "controller_decision",
+                action=decision.action,
+                to=decision.to,
+                epoch=decision.epoch,
+                down=decision.down,
+                healthy=decision.healthy,
+                reason=decision.reason,
+            )
+        self.last_decision = decision
+
+    async def _act(self, state: GlobalState, d: Decision, active: ActiveRegion | None) -> None:
+        assert d.epoch is not None and active is not None
+        by = f"controller:{self.settings.gate}"
+        try:
+            if d.action == "unfence":
+                record = await state.unfence(d.epoch)
+                self._log("unfenced", region=record.region, epoch=record.epoch)
+            else:
+                assert d.to is not None
+                record = await state.switch(d.to, expected_epoch=d.epoch, by=by, reason=d.reason)
+                self._fenced_seen[record.epoch] = time.monotonic()  # the commit is behind us
+                self._log(
+                    "committed",
+                    action=d.action,
+                    region=record.region,
+                    epoch=record.epoch,
+                    previous=active.region,
+                    reason=d.reason,
+                )
+        except StaleEpoch as exc:
+            self._log("action_lost", action=d.action, reason=str(exc))
+            return
+        self.last_action = {"action": d.action, "region": record.region, "epoch": record.epoch}
+
+    def report(self) -> dict[str, Any]:
+        d = self.last_decision
+        return {
+            "leading": self.leading,
+            "leader": self.leader,
+            "error": self.error,
+            "view": {r: v.healthy for r, v in self.view().items()},
+            "decision": None
+            if d is None
+            else {"action": d.action, "reason": d.reason, "down": d.down, "healthy": d.healthy},
+            "last_action": self.last_action,
+        }

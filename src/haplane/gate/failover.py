@@ -1,0 +1,184 @@
+"""The failover decision: a pure function of one snapshot of what the gates see.
+
+Layer: gate. Pure: no I/O, no clock (ages and durations arrive in the snapshot). The runtime
+around it (`haplane.gate.controller`) observes and acts; this module only decides, so it can be
+tested exhaustively on data.
+
+The rules are those of the failure model (`haplane.topology.failures`, assumptions 8 and 9),
+applied to live votes instead of a failure set:
+
+- every gate instance is a vantage point and reports, for every region, whether it sees the
+  region healthy (some balancer reports `/healthz/region` healthy) and for how long that has
+  held. A report older than `stale_after` is no vote at all (that gate is down or cut off);
+- a region is **down** when a majority of ALL configured vantage points (`vantage_majority`
+  over the file, not over the reports that arrived) have seen it down for `down_after`; a
+  region is **healthy** when such a majority sees it healthy now. A lone gate behind a
+  one-sided cut is never a majority; a blip shorter than `down_after` never counts;
+- the active region being down, the controller promotes the first region in priority order
+  that is healthy; none healthy: it leaves the active region in place (nothing better);
+- hysteresis: no automatic failover within `min_interval` of the last change;
+- failback (off by default): once the preferred region has been seen healthy by a majority for
+  `failback_after`, and the last change is at least that old, switch back (planned);
+- a committed epoch that is not yet writable is unfenced once the controller has seen it for
+  the record's fence wait (grant + margin): no replica of the old region can still write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from haplane.store import ActiveRegion
+from haplane.topology.failures import vantage_majority
+
+Action = Literal["none", "failover", "failback", "unfence"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    vantage_points: tuple[str, ...]  # every configured gate instance
+    priority: tuple[str, ...]  # regions, most preferred first
+    down_after: float = 0.6
+    stale_after: float = 1.0
+    min_interval: float = 10.0
+    failback: bool = False
+    failback_after: float = 60.0
+    automatic: bool = True
+
+    @property
+    def majority(self) -> int:
+        return vantage_majority(len(self.vantage_points))
+
+
+@dataclass(frozen=True)
+class RegionView:
+    """One vantage point's view of one region: healthy or not, and for how long (seconds)."""
+
+    healthy: bool
+    held_for: float
+
+
+@dataclass(frozen=True)
+class Report:
+    """One vantage point's latest report; `age`: seconds since the controller received it."""
+
+    gate: str
+    age: float
+    regions: Mapping[str, RegionView] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    active: ActiveRegion | None
+    reports: Mapping[str, Report]
+    since_change: float  # seconds since the controller first saw the current epoch
+    fenced_for: float = 0.0  # seconds the controller has seen the current epoch not writable
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    to: str | None = None
+    epoch: int | None = None  # the epoch the action is guarded by (the current one)
+    down: tuple[str, ...] = ()  # regions a majority sees down (for long enough)
+    healthy: tuple[str, ...] = ()  # regions a majority sees healthy
+
+
+def _votes(snapshot: Snapshot, settings: Settings, region: str) -> tuple[int, int, float]:
+    """(votes down for long enough, votes healthy now, the shortest time those healthy votes
+    have held) over the fresh reports of configured vantage points."""
+    down = healthy = 0
+    healthy_for = float("inf")
+    for gate in settings.vantage_points:
+        report = snapshot.reports.get(gate)
+        if report is None or report.age > settings.stale_after:
+            continue
+        view = report.regions.get(region)
+        if view is None:
+            continue
+        held = view.held_for + report.age
+        if view.healthy:
+            healthy += 1
+            healthy_for = min(healthy_for, held)
+        elif held >= settings.down_after:
+            down += 1
+    return down, healthy, healthy_for
+
+
+def decide(snapshot: Snapshot, settings: Settings) -> Decision:
+    active = snapshot.active
+    if active is None:
+        return Decision("none", "no active region is recorded (the topology is not up)")
+    if not active.writable:
+        if snapshot.fenced_for >= active.fence_wait:
+            return Decision(
+                "unfence",
+                f"epoch {active.epoch} committed at least {active.fence_wait:.2f}s ago: every "
+                "grant of the previous region has run out",
+                to=active.region,
+                epoch=active.epoch,
+            )
+        return Decision(
+            "none",
+            f"waiting {active.fence_wait - snapshot.fenced_for:.2f}s more before unfencing "
+            f"{active.region} (epoch {active.epoch})",
+            epoch=active.epoch,
+        )
+
+    majority = settings.majority
+    votes = {r: _votes(snapshot, settings, r) for r in settings.priority}
+    down = tuple(r for r, (d, _, _) in votes.items() if d >= majority)
+    healthy = tuple(r for r, (_, h, _) in votes.items() if h >= majority)
+
+    def decision(action: Action, reason: str, to: str | None = None) -> Decision:
+        return Decision(action, reason, to, active.epoch, down, healthy)
+
+    if active.region in down:
+        if not settings.automatic:
+            return decision("none", f"{active.region} is down but automatic failover is off")
+        if snapshot.since_change < settings.min_interval:
+            return decision(
+                "none",
+                f"{active.region} is down, but the last change was only "
+                f"{snapshot.since_change:.1f}s ago (hysteresis: {settings.min_interval:.0f}s)",
+            )
+        target = next((r for r in settings.priority if r != active.region and r in healthy), None)
+        if target is None:
+            return decision(
+                "none",
+                f"{active.region} is down and no other region is seen healthy by "
+                f"{majority} of {len(settings.vantage_points)} vantage points",
+            )
+        d = votes[active.region][0]
+        return decision(
+            "failover",
+            f"{d} of {len(settings.vantage_points)} vantage points have seen {active.region} "
+            f"down for {settings.down_after:.2f}s; {target} is healthy",
+            target,
+        )
+
+    if settings.failback and settings.automatic and settings.priority:
+        preferred = next((r for r in settings.priority if r in healthy), None)
+        if (
+            preferred is not None
+            and preferred != active.region
+            and settings.priority.index(preferred) < _rank(settings, active.region)
+        ):
+            stable_for = votes[preferred][2]
+            if stable_for >= settings.failback_after and (
+                snapshot.since_change >= settings.failback_after
+            ):
+                return decision(
+                    "failback",
+                    f"{preferred} is preferred and has been healthy for {stable_for:.0f}s",
+                    preferred,
+                )
+    return decision("none", f"{active.region} is active and not seen down by a majority")
+
+
+def _rank(settings: Settings, region: str) -> int:
+    return (
+        settings.priority.index(region) if region in settings.priority else len(settings.priority)
+    )

@@ -1,0 +1,122 @@
+"""The failover decision (haplane.gate.failover.decide), exhaustively on data.
+
+Three vantage points, two regions; every vantage point's view of each region is one of: no
+report, a stale report, healthy, down for less than `down_after`, down for longer. All
+4,096 combinations are checked against the rules stated independently here, then hysteresis,
+fencing and failback on their own."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from haplane.gate.failover import RegionView, Report, Settings, Snapshot, decide
+from haplane.store import ActiveRegion
+
+GATES = ("g1", "g2", "g3")
+SETTINGS = Settings(vantage_points=GATES, priority=("a", "b"), down_after=0.6, stale_after=1.0)
+VIEWS = ("absent", "stale", "healthy", "blip", "down")
+
+
+def active(region: str = "a", *, epoch: int = 7, writable: bool = True) -> ActiveRegion:
+    return ActiveRegion(region, epoch, "", "t", "t", writable=writable)
+
+
+def snapshot(views_a, views_b, *, since_change=100.0, record=None) -> Snapshot:
+    reports = {}
+    for gate, va, vb in zip(GATES, views_a, views_b, strict=True):
+        if "absent" in (va, vb):
+            continue  # one report per gate: a gate reports on every region or not at all
+        age = 5.0 if "stale" in (va, vb) else 0.1
+        reports[gate] = Report(gate, age, {"a": _view(va), "b": _view(vb)})
+    return Snapshot(record or active(), reports, since_change)
+
+
+def _view(v: str) -> RegionView:
+    return {
+        "healthy": RegionView(True, 3.0),
+        "blip": RegionView(False, 0.2),  # + age 0.1 = 0.3 s < down_after
+        "down": RegionView(False, 2.0),
+        "stale": RegionView(False, 9.0),
+    }[v]
+
+
+def counted(views_a, views_b, region_views, what) -> int:
+    """Votes of `what` from gates whose report is there and fresh."""
+    n = 0
+    for va, vb, v in zip(views_a, views_b, region_views, strict=True):
+        if "absent" in (va, vb) or "stale" in (va, vb):
+            continue
+        n += v == what
+    return n
+
+
+@pytest.mark.parametrize("views_a", list(itertools.product(VIEWS, repeat=3)))
+def test_every_combination_of_views(views_a):
+    for views_b in itertools.product(VIEWS, repeat=3):
+        d = decide(snapshot(views_a, views_b), SETTINGS)
+        a_down = counted(views_a, views_b, views_a, "down") >= 2
+        b_healthy = counted(views_a, views_b, views_b, "healthy") >= 2
+        if a_down and b_healthy:
+            assert (d.action, d.to, d.epoch) == ("failover", "b", 7), (views_a, views_b, d)
+        else:
+            assert d.action == "none", (views_a, views_b, d)
+        # never on one vantage point alone, never on a blip, never on stale or absent reports
+        if sum(v == "down" for v in views_a) < 2:
+            assert d.action == "none"
+
+
+def test_a_lone_gate_behind_a_one_sided_cut_never_fails_over():
+    d = decide(snapshot(("down", "healthy", "healthy"), ("healthy",) * 3), SETTINGS)
+    assert d.action == "none" and "a" not in d.down
+
+
+def test_majority_is_over_all_configured_vantage_points_not_the_reports_that_arrived():
+    # g3 is down: 1 of the 2 remaining reports says "down" - not a majority of 3
+    d = decide(snapshot(("down", "healthy", "absent"), ("healthy",) * 3), SETTINGS)
+    assert d.action == "none"
+    five = Settings(vantage_points=(*GATES, "g4", "g5"), priority=("a", "b"))
+    s = snapshot(("down", "down", "healthy"), ("healthy",) * 3)
+    assert decide(s, five).action == "none"  # 2 of 5
+
+
+def test_hysteresis_and_the_automatic_switch():
+    s = snapshot(("down",) * 3, ("healthy",) * 3, since_change=3.0)
+    d = decide(s, SETTINGS)
+    assert d.action == "none" and "hysteresis" in d.reason
+    off = Settings(**{**SETTINGS.__dict__, "automatic": False})
+    assert decide(snapshot(("down",) * 3, ("healthy",) * 3), off).action == "none"
+
+
+def test_no_failover_to_a_region_that_is_not_seen_healthy():
+    d = decide(snapshot(("down",) * 3, ("down",) * 3), SETTINGS)
+    assert d.action == "none" and "no other region" in d.reason
+
+
+def test_a_committed_epoch_is_unfenced_only_after_the_fence_wait():
+    rec = active("b", epoch=8, writable=False)  # fence wait = (1000 + 250) ms
+    early = Snapshot(rec, {}, since_change=0.5, fenced_for=1.2)
+    assert decide(early, SETTINGS).action == "none"
+    late = Snapshot(rec, {}, since_change=1.3, fenced_for=1.25)
+    d = decide(late, SETTINGS)
+    assert (d.action, d.to, d.epoch) == ("unfence", "b", 8)
+
+
+def test_failback_only_when_enabled_and_stable():
+    on = Settings(**{**SETTINGS.__dict__, "failback": True, "failback_after": 30.0})
+    now_b = active("b")
+    healthy_long = {"a": RegionView(True, 40.0), "b": RegionView(True, 40.0)}
+    healthy_short = {"a": RegionView(True, 5.0), "b": RegionView(True, 40.0)}
+    long = {g: Report(g, 0.1, healthy_long) for g in GATES}
+    short = {g: Report(g, 0.1, healthy_short) for g in GATES}
+    assert decide(Snapshot(now_b, long, 100.0), SETTINGS).action == "none"  # off by default
+    d = decide(Snapshot(now_b, long, 100.0), on)
+    assert (d.action, d.to) == ("failback", "a")
+    assert decide(Snapshot(now_b, short, 100.0), on).action == "none"  # not stable yet
+    assert decide(Snapshot(now_b, long, 10.0), on).action == "none"  # changed too recently
+    assert decide(Snapshot(active("a"), long, 100.0), on).action == "none"  # already there
+
+
+def test_no_record_no_action():
+    assert decide(Snapshot(None, {}, 0.0), SETTINGS).action == "none"
