@@ -37,7 +37,7 @@ from . import errors, protobuf, tables
 from .controllers import Controllers, LeaderElector
 from .crds import CRD_TYPE, resource_types_for, to_scale
 from .errors import StatusError
-from .fencing import WriteFence
+from .fencing import Fenced, WriteFence
 from .generic_store import NAMESPACE_KEY, GenericStore, ListOptions
 from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
 from .resource_version import VersionContext
@@ -56,6 +56,9 @@ SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Admission = Callable[[str, ResourceType, dict[str, Any]], Awaitable[None]]
+
+
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass
@@ -316,6 +319,14 @@ class ApiServer:
                     rv = await self._sync_all_crds()
 
     # ---- fencing ---------------------------------------------------------------------------
+
+    def _check_fence(self) -> None:
+        """Refuse a write up front when this region may not write (the storage layer checks
+        again, and bounds the etcd deadline, right before the transaction)."""
+        try:
+            self.fence.remaining()
+        except Fenced as exc:
+            raise errors.unavailable(f"writes are fenced here: {exc}") from None
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -634,6 +645,8 @@ class ApiServer:
         q = request.query
         dry_run = _dry_run(q)
         m = request.method
+        if m in _WRITES and not dry_run:
+            self._check_fence()
         watch = target.watch_path or q.get("watch") in ("true", "1")
         if target.subresource is not None:
             return await self._subresource(request, store, target, dry_run)

@@ -592,6 +592,66 @@ def fault_cmd(
     out.print(f"{snap['name']}: {snap['state']} (pid {snap['pid'] or '-'})")
 
 
+@app.command("drill")
+def drill_cmd(
+    scenario: Annotated[
+        str,
+        typer.Argument(
+            help="replica-kill | etcd-leader-kill | region-kill | balancers-pause | blip"
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Directory for the JSON and HTML reports."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+    warmup: Annotated[float, typer.Option(help="Seconds of load before the fault.")] = 2.0,
+    observe: Annotated[
+        float, typer.Option(help="Seconds to watch after a fault that must not fail over.")
+    ] = 6.0,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between two writes (and between two reads).")
+    ] = 0.02,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Run a DR drill against the running topology: a client writes and reads through the gate
+    while the fault is injected; reports detection, agreement, fence wait, switch and
+    reconnect times, the longest client-visible gap, errors by kind, acknowledged writes lost
+    and epoch-order violations. Exit 1 when the drill fails (see the verdict)."""
+    from haplane.dr.report import render_json, render_table
+    from haplane.local import drill
+
+    state = _state(state_dir)
+    try:
+        result = asyncio.run(
+            drill.run_drill(
+                state,
+                scenario,
+                warmup=warmup,
+                observe=observe,
+                interval=interval,
+                progress=lambda m: err.print(m),
+            )
+        )
+    except drill.DrillError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    except (ControlError, EtcdError) as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    j, h = drill.write_reports(result, output or state.root / "drills")
+    if as_json:
+        sys.stdout.write(render_json(result) + "\n")
+    else:
+        out.print(render_table(result), markup=False, highlight=False)
+    err.print(f"reports: {j} {h}")
+    problems = drill.verdict(result)
+    if problems:
+        err.print("drill FAILED: " + "; ".join(problems))
+        raise typer.Exit(1)
+    err.print("drill passed")
+
+
 @app.command("failover")
 def failover_cmd(
     to: Annotated[str, typer.Option("--to", help="The region to make active.")],

@@ -8,7 +8,8 @@ Every instance:
   it sees each region healthy (some balancer of the region passes its `/healthz/region` check)
   and for how long that has held;
 - **campaigns**: one instance leads at a time, holding `controller/leader` with an etcd lease
-  (TTL `lease_ttl` whole seconds, renewed every third of it). Leadership only avoids duplicate
+  (TTL `lease_ttl` whole seconds, etcd's minimum being 1.5 x its election timeout rounded up;
+  renewed every quarter of it). Leadership only avoids duplicate
   work: every action is a transaction guarded by the epoch, so a deposed leader that has not
   noticed yet cannot undo or double a change.
 
@@ -45,6 +46,8 @@ from .health import UpstreamState
 
 log = logging.getLogger("haplane.gate")
 
+CAMPAIGN_EVERY = 0.2  # seconds between attempts to lead: a dead leader's key is noticed soon
+
 
 @dataclass(frozen=True)
 class ControllerSettings:
@@ -55,6 +58,7 @@ class ControllerSettings:
     report_interval: float = 0.2
     tick: float = 0.1
     lease_ttl: int = 1
+    startup_grace: float = 10.0
 
 
 def _wall_age(since: str) -> float:
@@ -82,6 +86,8 @@ class FailoverController:
         self._fenced_seen: dict[int, float] = {}  # epoch -> first seen unwritable (monotonic)
         self._tasks: list[asyncio.Task[None]] = []
         self._client: EtcdClient | None = None
+        self._started = time.monotonic()
+        self._seen_healthy: set[str] = set()
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -115,6 +121,10 @@ class FailoverController:
     # ---- observe: this gate's view -------------------------------------------------------
 
     def view(self) -> dict[str, RegionView]:
+        """This gate's vote on every region. Until it has seen a region healthy once, a gate
+        that started less than `startup_grace` ago does not vote it down: at start-up the
+        balancers are not ready yet, and a region that merely started later than another
+        must not be failed away from."""
         now = time.monotonic()
         out = {}
         for region in self.settings.decision.priority:
@@ -122,6 +132,13 @@ class FailoverController:
             healthy = pool is not None and any(
                 u.state == UpstreamState.UP for u in pool.upstreams.values()
             )
+            if healthy:
+                self._seen_healthy.add(region)
+            elif (
+                region not in self._seen_healthy
+                and now - self._started < self.settings.startup_grace
+            ):
+                continue
             was = self._changed.get(region)
             if was is None or was[0] != healthy:
                 self._changed[region] = was = (healthy, now)
@@ -180,30 +197,35 @@ class FailoverController:
             if lease:
                 with contextlib.suppress(EtcdError):
                     await client.lease_revoke(lease, timeout=0.3)
-            await asyncio.sleep(self.settings.lease_ttl / 3)
+            await asyncio.sleep(CAMPAIGN_EVERY)
 
     async def _lead(self, client: EtcdClient, lease: int) -> None:
-        """Lead until the lease cannot be renewed."""
+        """Lead while the lease is known to live: until a renewal says it expired, or no
+        renewal has succeeded for a whole TTL. Renewals failing for a moment (the global etcd
+        electing a leader, which renews every lease anyway) do not end the leadership: a
+        leader that stepped down there would leave the key to expire before anyone else
+        could lead, which is the slowest outcome."""
         self.leading, self.leader, self.error = True, self.settings.gate, None
         self._seen.clear()
         self._fenced_seen.clear()
         self._log("controller_leader")
         work = asyncio.create_task(self._decide_loop(client), name="controller decide")
         try:
-            renew_every = self.settings.lease_ttl / 3
+            renew_every = self.settings.lease_ttl / 4
             deadline = time.monotonic() + self.settings.lease_ttl
             while not work.done():
                 await asyncio.sleep(renew_every)
+                sent = time.monotonic()
                 try:
                     ttl = await client.lease_keepalive(lease, timeout=renew_every)
                 except EtcdError as exc:
                     self.error = str(exc)
-                    if time.monotonic() >= deadline - renew_every:
-                        return  # the lease may have run out: stop acting before it does
+                    if time.monotonic() >= deadline:
+                        return
                     continue
                 if ttl <= 0:
                     return
-                deadline = time.monotonic() + ttl
+                deadline = sent + ttl
         finally:
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)

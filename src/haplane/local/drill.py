@@ -1,0 +1,368 @@
+"""`haplane drill SCENARIO`: inject a fault into a running topology while a client writes and
+reads through the gate, then measure what the client saw and check what the servers recorded.
+
+Layer: run (`haplane.local`). Uses the supervisor's fault API (by PIDs it started), the drill
+client and report (`haplane.dr`), the state directory's logs and write journals, and, for
+partitions, the site network (`haplane.local.netns`) the topology was started in.
+
+A drill:
+1. reads the active region and epoch; starts the client (writes and reads every `interval`);
+2. after `warmup`, injects the scenario's fault ("fault" event);
+3. waits until the scenario's outcome shows (a write acknowledged in a newer epoch when a
+   failover is expected; `observe` seconds otherwise), then `tail` more seconds;
+4. undoes the fault ("restored"), reads back every acknowledged write from the region that
+   acknowledged it, and collects the replicas' write journals and the gates' decision logs;
+5. reports: detection, agreement, switch, fence wait, reconnect, the longest client-visible
+   gaps, errors by kind, acknowledged writes lost, epoch-order violations, and whether the
+   failover happened exactly when it must.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from haplane.dr.client import DrillClient, present_keys
+from haplane.dr.report import DrillResult, Event, ServerWrite, summarize
+from haplane.store import EtcdClient, GlobalState
+from haplane.topology import Topology, load_file
+
+from .control import FaultInjector
+from .gate_plans import TopologyPlan, resolve_all
+from .plans import global_plan
+from .ports import PortRegistry
+from .state_dir import StateDir
+from .status import gather_status
+
+
+class DrillError(Exception):
+    """The drill could not run (nothing up, unknown scenario, a fault that was refused)."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    expect_failover: bool
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("replica-kill", "SIGKILL one API replica of the active region", False),
+        Scenario("etcd-leader-kill", "SIGKILL the etcd leader of the active region", False),
+        Scenario(
+            "region-kill",
+            "SIGKILL the whole active region: its etcd, replicas, balancers, its gate and its "
+            "global control etcd member",
+            True,
+        ),
+        Scenario("balancers-pause", "SIGSTOP every balancer of the active region", True),
+        Scenario(
+            "blip",
+            "SIGSTOP every balancer of the active region for less than downAfterMs, then "
+            "SIGCONT (must not fail over)",
+            False,
+        ),
+    )
+}
+
+Undo = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class DrillContext:
+    state: StateDir
+    topology: Topology
+    plan: TopologyPlan
+    injector: FaultInjector
+    active: str  # the region active when the drill began
+
+    def region_components(self, region: str) -> list[str]:
+        """Everything on the region's site, by status name."""
+        out: list[str] = []
+        for site, r in self.topology.regions():
+            if site.name == region:
+                out += [f"{region}/{m.name}" for m in r.etcd.members]
+                out += [f"{region}/{a.name}" for a in r.api_servers]
+                out += [f"{region}/{b.name}" for b in r.balancers]
+        g = self.topology.spec.global_
+        out += [f"global/{m.name}" for m in g.control_etcd.members if m.site == region]
+        out += [f"global/{x.name}" for x in g.gates if x.site == region]
+        return out
+
+    def balancers(self, region: str) -> list[str]:
+        return [b.qualified_name for b in self.plan.balancers if b.region == region]
+
+    async def each(self, action: str, components: list[str]) -> None:
+        faults = {
+            "kill": self.injector.kill,
+            "pause": self.injector.pause,
+            "resume": self.injector.resume,
+            "restart": self.injector.restart,
+        }[action]
+        await asyncio.gather(*(faults(c) for c in components))
+
+
+async def _inject(ctx: DrillContext, scenario: str, blip: float) -> tuple[str, Undo]:
+    region = ctx.active
+    if scenario == "replica-kill":
+        victim = next(r.qualified_name for r in ctx.plan.replicas if r.region == region)
+        await ctx.injector.kill(victim)
+        return victim, lambda: ctx.each("restart", [victim])
+    if scenario == "etcd-leader-kill":
+        report = await gather_status(ctx.state)
+        cluster = next((c for c in report.clusters if c.name == f"{region}/etcd"), None)
+        if cluster is None or cluster.leader is None:
+            raise DrillError(f"{region}/etcd has no leader to kill")
+        leader = cluster.leader
+        await ctx.injector.kill(leader)
+        return leader, lambda: ctx.each("restart", [leader])
+    if scenario == "region-kill":
+        victims = ctx.region_components(region)
+        await ctx.each("kill", victims)
+        return ", ".join(victims), lambda: ctx.each("restart", victims)
+    if scenario in ("balancers-pause", "blip"):
+        lbs = ctx.balancers(region)
+        await ctx.each("pause", lbs)
+        if scenario == "blip":
+            await asyncio.sleep(blip)
+            await ctx.each("resume", lbs)
+
+            async def nothing() -> None:
+                return None
+
+            return f"{', '.join(lbs)} paused for {blip:.2f}s", nothing
+        return ", ".join(lbs), lambda: ctx.each("resume", lbs)
+    raise DrillError(f"unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}")
+
+
+def _ts(value: object) -> float | None:
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def _age(since: str) -> float:
+    t = _ts(since)
+    return time.time() - t if t is not None else float("inf")
+
+
+def _log_events(state: StateDir, active: str, since: float) -> list[tuple[float, str, str]]:
+    """(wall time, event name, detail) from the gates' and balancers' JSON logs."""
+    out: list[tuple[float, str, str]] = []
+    logs = state.root / "logs"
+    for path in sorted(logs.glob("global/gate-*.log")) + sorted(logs.glob(f"{active}/lb-*.log")):
+        with open(path, errors="replace") as f:
+            for line in f:
+                if not line.startswith("{"):
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                t = _ts(rec.get("ts"))
+                if t is None or t < since:
+                    continue
+                ev, who = rec.get("event"), rec.get("component", path.stem)
+                if ev == "vantage_view" and rec.get("region") == active and not rec["healthy"]:
+                    out.append((t, "detected", f"{who} sees {active} down"))
+                elif ev == "upstream_state" and rec.get("to") in ("down", "draining"):
+                    out.append((t, "detected", f"{who}: {rec.get('upstream')} {rec.get('to')}"))
+                elif ev == "controller_decision" and rec.get("action") in ("failover", "failback"):
+                    out.append((t, "agreed", f"{who}: {rec.get('reason')}"))
+                elif ev == "committed":
+                    out.append((t, "committed", f"{who}: epoch {rec.get('epoch')}"))
+                elif ev == "unfenced":
+                    out.append((t, "unfenced", f"{who}: epoch {rec.get('epoch')}"))
+    return sorted(out)
+
+
+def _journals(state: StateDir, since: float, start_wall: float) -> list[ServerWrite]:
+    out = []
+    for path in sorted((state.root / "logs").glob("*.writes.jsonl")):
+        with open(path, errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a SIGKILL
+                if rec.get("sent", 0) < since:
+                    continue
+                out.append(
+                    ServerWrite(
+                        region=rec["region"],
+                        epoch=int(rec["epoch"]),
+                        key=str(rec["key"]).rsplit("/", 1)[-1],
+                        revision=int(rec["revision"]),
+                        sent=rec["sent"] - start_wall,
+                        acked=rec["acked"] - start_wall,
+                    )
+                )
+    return out
+
+
+async def _read_back(
+    plan: TopologyPlan, regions: set[str], run_id: str, wait: float
+) -> tuple[set[tuple[str, str]], list[str]]:
+    """(region, key) of every drill object each region holds; regions that did not answer in
+    `wait` seconds (e.g. still restarting) are listed as problems."""
+    present: set[tuple[str, str]] = set()
+    problems = []
+    for region in sorted(regions):
+        urls = [r.url for r in plan.replicas if r.region == region]
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                present |= {(region, k) for k in await present_keys(urls, run_id)}
+                break
+            except RuntimeError as exc:
+                if time.monotonic() > deadline:
+                    problems.append(f"{region}: {exc}")
+                    break
+                await asyncio.sleep(0.5)
+    return present, problems
+
+
+async def run_drill(
+    state: StateDir,
+    scenario: str,
+    *,
+    warmup: float = 2.0,
+    observe: float = 6.0,
+    tail: float = 2.0,
+    max_wait: float = 30.0,
+    interval: float = 0.02,
+    blip: float | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> DrillResult:
+    if scenario not in SCENARIOS:
+        raise DrillError(f"unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}")
+    if not state.topology_file.exists():
+        raise DrillError(f"no topology has been started in {state.root} (`haplane up` first)")
+    topology = load_file(state.topology_file)
+    plan = resolve_all(topology, PortRegistry(state.ports_file))
+    failover = topology.spec.global_.failover
+    async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=2.0) as client:
+        before = await GlobalState(client).read()
+    if before is None:
+        raise DrillError("no active region is recorded: is the topology up?")
+    if not before.writable:
+        raise DrillError(f"epoch {before.epoch} is not writable yet; try again in a moment")
+    settle = failover.min_interval_ms / 1000 + 1.0 - _age(before.since)
+    if SCENARIOS[scenario].expect_failover and settle > 0:
+        # hysteresis would hold the failover back: start from a settled topology
+        progress(f"waiting {settle:.1f}s: the last change is younger than minIntervalMs")
+        await asyncio.sleep(settle)
+    ctx = DrillContext(state, topology, plan, FaultInjector(state.socket), before.region)
+    gates = sorted({f"http://{g.host}:{g.port}" for g in plan.gates})
+    run_id = uuid.uuid4().hex[:8]
+    drill = DrillClient(gates, run_id, interval=interval)
+    start_wall = time.time() - drill.now()
+    events: list[Event] = []
+    progress(f"drill {scenario} ({run_id}): {before.region} active in epoch {before.epoch}")
+    task = asyncio.create_task(drill.run())
+    expect = SCENARIOS[scenario].expect_failover
+    undo: Undo | None = None
+    try:
+        await asyncio.sleep(warmup)
+        t_fault = drill.now()
+        detail, undo = await _inject(ctx, scenario, blip or failover.down_after_ms / 2000)
+        events.append(Event(t_fault, "fault", detail))
+        progress(f"fault: {detail}")
+        deadline = t_fault + (max_wait if expect else observe)
+        while drill.now() < deadline:
+            if expect and any(
+                o.ok and o.kind == "write" and (o.epoch or 0) > before.epoch
+                for o in drill.operations[-50:]
+            ):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(tail)
+    finally:
+        drill.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        if undo is not None:
+            await undo()
+            events.append(Event(drill.now(), "restored", ""))
+    progress("fault undone; reading back every acknowledged write")
+    async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=2.0) as client:
+        after = await GlobalState(client).read()
+    for t, name, text in _log_events(state, before.region, start_wall + events[0].t):
+        events.append(Event(t - start_wall, name, text))
+    events.sort(key=lambda e: e.t)
+    acked_regions = {o.region for o in drill.operations if o.ok and o.kind == "write" and o.region}
+    present, problems = await _read_back(plan, acked_regions, run_id, wait=30.0)
+    writes = _journals(state, start_wall, start_wall)
+    failed_over = after is not None and after.epoch > before.epoch
+    meta: dict[str, Any] = {
+        "run": run_id,
+        "scenario": SCENARIOS[scenario].description,
+        "topology": topology.name,
+        "before": before.as_dict(),
+        "after": after.as_dict() if after else None,
+        "expect_failover": expect,
+        "failed_over": failed_over,
+        "failover_as_expected": failed_over == expect,
+        "read_back_problems": problems,
+        "interval_s": interval,
+        "settings": {
+            "downAfterMs": failover.down_after_ms,
+            "grantMs": before.grant_ms,
+            "safetyMarginMs": before.margin_ms,
+            "minIntervalMs": failover.min_interval_ms,
+            "gateChecks": "every 200 ms, fall 2, rise 2, timeout 1 s",
+            "etcd": {
+                c.view.name: {
+                    "heartbeatMs": c.view.settings.heartbeat_interval_ms,
+                    "electionMs": c.view.settings.election_timeout_ms,
+                }
+                for c in plan.clusters
+            },
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+    }
+    return summarize(scenario, drill.operations, events, writes, present, meta)
+
+
+def verdict(result: DrillResult) -> list[str]:
+    """What makes a drill fail: a failover that should not have happened or did not, an
+    acknowledged write lost, writes of two epochs interleaved, or a read-back that failed."""
+    problems = []
+    if not result.meta.get("failover_as_expected", True):
+        expected = result.meta.get("expect_failover")
+        problems.append("failed over although it must not" if not expected else "did not fail over")
+    if result.lost_writes:
+        problems.append(f"{len(result.lost_writes)} acknowledged write(s) lost")
+    problems += result.epoch_order_violations
+    problems += [f"read-back: {p}" for p in result.meta.get("read_back_problems", [])]
+    return problems
+
+
+def write_reports(result: DrillResult, directory: Path) -> tuple[Path, Path]:
+    from haplane.dr.report import render_html, render_json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{result.scenario}-{result.meta.get('run', 'run')}"
+    j, h = directory / f"{stem}.json", directory / f"{stem}.html"
+    j.write_text(render_json(result))
+    h.write_text(render_html(result))
+    return j, h
