@@ -179,8 +179,7 @@ class ApiServer:
         self._storage = store
         for t in self.registry.all():
             self.stores[(t.group, t.version, t.plural)] = self._make_store(t)
-        if self.fence.permitted():
-            await self._ensure_system_namespaces()
+        await self._ensure_system_namespaces()
         crd_rv = await self._sync_all_crds()
         self._crd_task = asyncio.create_task(self._watch_crds(crd_rv), name="crd sync")
         self.controllers = Controllers(
@@ -371,8 +370,13 @@ class ApiServer:
         )
 
     async def _ensure_system_namespaces(self) -> None:
-        """Kubernetes always has these; every replica makes sure (create-if-absent is a txn)."""
+        """Kubernetes always has these; every replica makes sure (create-if-absent is a txn).
+        Also in a standby region, past the write fence: a region's own system namespaces
+        conflict with nothing, and clients switched to it must find `default` at once."""
         namespaces = self.stores[("", "v1", "namespaces")]
+        if self._storage is not None and self._storage.fence is not None:
+            unfenced = EtcdStorage(self.client, self._storage.versions)
+            namespaces = GenericStore(namespaces.t, unfenced)
         for ns in SYSTEM_NAMESPACES:
             try:
                 await namespaces.create(None, {"metadata": {"name": ns}})

@@ -19,6 +19,7 @@ from rich.table import Table
 from haplane import __version__
 from haplane.local import global_control, runner
 from haplane.local.control import ControlClient, ControlError
+from haplane.local.netns import available as netns_available
 from haplane.local.process import FAULT_ACTIONS
 from haplane.local.state_dir import ENV_STATE_DIR, StateDir, default_state_dir
 from haplane.local.status import NothingRunning, StatusReport, gather_status
@@ -344,6 +345,14 @@ def up_cmd(
         bool, typer.Option("--fresh", help="Wipe data, ports and logs first.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for health.")] = 90.0,
+    netns: Annotated[
+        bool,
+        typer.Option(
+            "--netns",
+            help="Place each site in its own network namespace and address (10.77.N.1; root "
+            "and the iproute2 and nftables tools needed), so that drills can partition sites.",
+        ),
+    ] = False,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Start a topology on this machine and supervise it (Ctrl-C or `haplane down` stops it)."""
@@ -357,7 +366,10 @@ def up_cmd(
         err.print("warning: starting despite HA errors (--force)")
     state = _state(state_dir)
     try:
-        runner.prepare_state(state, topology, text, fresh)
+        if netns and (why := netns_available()) is not None:
+            err.print(f"error: --netns: {why}")
+            raise typer.Exit(1)
+        topology = runner.prepare_state(state, topology, text, fresh, netns=netns)
     except runner.AlreadyRunning as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(1) from None
@@ -597,7 +609,8 @@ def drill_cmd(
     scenario: Annotated[
         str,
         typer.Argument(
-            help="replica-kill | etcd-leader-kill | region-kill | balancers-pause | blip"
+            help="replica-kill | etcd-leader-kill | region-kill | balancers-pause | partition | "
+            "gate-cut | blip"
         ),
     ],
     output: Annotated[

@@ -131,12 +131,19 @@ class ActiveRegionFollower:
         prefix: bytes,
         retry: float = 0.5,
         timeout: float = 1.0,
+        refuse_after: float | None = 3.0,
     ) -> None:
         self.forwarder = forwarder
         self.endpoints = etcd_endpoints
         self.prefix = prefix
         self.retry = retry
         self.timeout = timeout
+        # A gate that cannot confirm the active region (no linearizable read of the global
+        # state for this long: cut off from the control etcd's majority) refuses clients, so
+        # that they move to a gate that can; None keeps serving the last region told.
+        self.refuse_after = refuse_after
+        self._last_confirmed = time.monotonic()
+        self.cut_off = False
         self.region: str | None = None
         self.epoch: int | None = None
         self.connected = False
@@ -145,12 +152,46 @@ class ActiveRegionFollower:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="follow active region")
+        self._confirm_task = asyncio.create_task(self._confirm(), name="confirm active region")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, getattr(self, "_confirm_task", None)):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _confirm(self) -> None:
+        """Confirm the record with a linearizable read every `retry` seconds: a watch on a
+        member cut off from its cluster's majority can stay open and silent."""
+        async with EtcdClient(self.endpoints, timeout=self.timeout) as client:
+            state = GlobalState(client, prefix=self.prefix)
+            while True:
+                sent = time.monotonic()
+                try:
+                    record = await state.read()
+                except Exception as exc:
+                    if not isinstance(exc, EtcdError):
+                        log.exception("confirming the active region failed")
+                    if (
+                        self.refuse_after is not None
+                        and not self.cut_off
+                        and time.monotonic() - self._last_confirmed > self.refuse_after
+                    ):
+                        self.cut_off = True
+                        self.region = None  # re-activate on the next record seen
+                        self._refuse(
+                            "cannot confirm the active region with the global control etcd "
+                            f"for {self.refuse_after:.1f}s: refusing clients so they use "
+                            "another gate"
+                        )
+                else:
+                    self._last_confirmed = sent
+                    if self.cut_off:
+                        self.cut_off = False
+                    if record is not None:
+                        self._apply(record.region, record.epoch)
+                await asyncio.sleep(max(0.0, sent + self.retry - time.monotonic()))
 
     async def _follow(self) -> None:
         async with EtcdClient(self.endpoints, timeout=self.timeout) as client:
@@ -182,7 +223,7 @@ class ActiveRegionFollower:
                     await asyncio.sleep(self.retry)
 
     def _apply(self, region: str, epoch: int) -> None:
-        if (region, epoch) == (self.region, self.epoch):
+        if (region, epoch) == (self.region, self.epoch) or self.cut_off:
             return
         if self.epoch is not None and epoch < self.epoch:
             self.forwarder.emit(
@@ -212,5 +253,6 @@ class ActiveRegionFollower:
             "active_region": self.region,
             "epoch": self.epoch,
             "global_state_connected": self.connected,
+            "cut_off": self.cut_off,
             "error": self.error,
         }

@@ -36,6 +36,7 @@ from haplane.dr.report import DrillResult, Event, ServerWrite, summarize
 from haplane.store import EtcdClient, GlobalState
 from haplane.topology import Topology, load_file
 
+from . import site_network
 from .control import FaultInjector
 from .gate_plans import TopologyPlan, resolve_all
 from .plans import global_plan
@@ -67,6 +68,18 @@ SCENARIOS: dict[str, Scenario] = {
             True,
         ),
         Scenario("balancers-pause", "SIGSTOP every balancer of the active region", True),
+        Scenario(
+            "partition",
+            "cut the active region's site off from every other site (nftables drops in its "
+            "network namespace; needs `haplane up --netns`)",
+            True,
+        ),
+        Scenario(
+            "gate-cut",
+            "cut one other site (its gate is a lone vantage point) from the active region's site "
+            "(must not fail over; needs `haplane up --netns`)",
+            False,
+        ),
         Scenario(
             "blip",
             "SIGSTOP every balancer of the active region for less than downAfterMs, then "
@@ -143,6 +156,32 @@ async def _inject(ctx: DrillContext, scenario: str, blip: float) -> tuple[str, U
 
             return f"{', '.join(lbs)} paused for {blip:.2f}s", nothing
         return ", ".join(lbs), lambda: ctx.each("resume", lbs)
+    if scenario in ("partition", "gate-cut"):
+        network = site_network.load(ctx.state)
+        if network is None:
+            raise DrillError(
+                f"{scenario} needs each site in its own network namespace: start the topology "
+                "with `haplane up --netns`"
+            )
+        sites = [s.name for s in ctx.topology.spec.sites]
+        if scenario == "partition":
+            others = [s for s in sites if s != region]
+            network.cut([region], others)
+            text = f"{region} cut off from {', '.join(others)}"
+        else:
+            lone = next(
+                (g.site for g in ctx.topology.spec.global_.gates if g.site not in (region,)),
+                None,
+            )
+            if lone is None:
+                raise DrillError("no gate outside the active region's site to cut")
+            network.cut([lone], [region])
+            text = f"{lone} cut from {region} (its gate alone sees {region} down)"
+
+        async def heal() -> None:
+            network.heal()
+
+        return text, heal
     raise DrillError(f"unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}")
 
 

@@ -50,7 +50,12 @@ class PortRegistry:
         taken = set(self._ports.values())
         for _ in range(100):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind((host, 0))
+                try:
+                    s.bind((host, 0))
+                except OSError:
+                    # not an address of this namespace (a site's own namespace, created at
+                    # start): any port is free there; take one the kernel would hand out
+                    s.bind(("127.0.0.1", 0))
                 port = int(s.getsockname()[1])
             if port not in taken:
                 return port

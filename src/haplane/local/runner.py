@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from haplane.topology import Topology
+from haplane.topology import Topology, load_file
 
-from . import pidfile
+from . import pidfile, site_network
 from .control import ControlClient, ControlServer, SupervisorUnreachable
 from .state_dir import StateDir
 from .supervisor import Supervisor, configure_logging
@@ -39,8 +39,12 @@ def supervisor_record(state: StateDir) -> pidfile.PidRecord | None:
     return rec if rec is not None and rec.alive() else None
 
 
-def prepare_state(state: StateDir, topology: Topology, source_text: str, fresh: bool) -> None:
-    """Refuse a state dir in use or holding another topology; record the file for later tools."""
+def prepare_state(
+    state: StateDir, topology: Topology, source_text: str, fresh: bool, netns: bool = False
+) -> Topology:
+    """Refuse a state dir in use or holding another topology; record the file for later tools.
+    `netns`: every site gets its own network namespace and address (recorded in the file kept
+    in the state dir, which is the topology returned)."""
     if supervisor_record(state) is not None:
         raise AlreadyRunning(
             f"a supervisor is already running for {state.root}; `haplane down` first"
@@ -53,10 +57,22 @@ def prepare_state(state: StateDir, topology: Topology, source_text: str, fresh: 
                 f"{state.root} holds the data of topology {name!r}, not {topology.name!r}: "
                 "use --fresh to wipe it, or another --state-dir"
             )
+    had_network = state.network_file.exists()
+    if state.topology_file.exists() and not fresh and netns != had_network:
+        raise AlreadyRunning(
+            f"{state.root} holds data started {'with' if had_network else 'without'} --netns "
+            "(etcd members keep their addresses): use --fresh, or another --state-dir"
+        )
+    site_network.cleanup(state)  # a crashed run's namespaces
     if fresh:
         state.wipe()
+        state.network_file.unlink(missing_ok=True)
     state.ensure()
+    if netns:
+        source_text, addresses = site_network.place_sites(source_text)
+        site_network.record(state, topology.name, addresses)
     state.topology_file.write_text(source_text)
+    return load_file(state.topology_file)
 
 
 async def serve(
@@ -166,6 +182,7 @@ def down(state: StateDir, timeout: float = 30.0) -> list[str]:
         path.unlink(missing_ok=True)
     state.socket.unlink(missing_ok=True)
     state.supervisor_record.unlink(missing_ok=True)
+    site_network.cleanup(state)  # after the processes: nothing holds the namespaces now
     return killed
 
 

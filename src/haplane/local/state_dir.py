@@ -71,6 +71,12 @@ class StateDir:
     def log_file(self, component: str) -> Path:
         return self.root / "logs" / f"{component}.log"
 
+    @property
+    def network_file(self) -> Path:
+        """Present when the topology runs with each site in its own network namespace
+        (`haplane up --netns`): the sites' addresses (haplane.local.site_network)."""
+        return self.root / "network.json"
+
     def write_log(self, replica: str) -> Path:
         """An API replica's journal of acknowledged writes (JSON lines), checked by drills."""
         return self.root / "logs" / (replica.replace("/", "_") + ".writes.jsonl")

@@ -37,6 +37,7 @@ from haplane.store import (
 )
 from haplane.topology import Topology
 
+from . import site_network
 from .gate_plans import (
     BalancerPlan,
     GatePlan,
@@ -109,6 +110,7 @@ class Supervisor:
         self.balancers: list[BalancerPlan] = []
         self.gates: list[GatePlan] = []
         self.started_in: float | None = None
+        self.network = site_network.load(state)
 
     # ---- start ---------------------------------------------------------------------------
 
@@ -122,6 +124,9 @@ class Supervisor:
         self.progress(f"etcd {self.binary.version_text} ({self.binary.path})")
         ports = PortRegistry(self.state.ports_file)
         self.clusters = resolve_addresses(self.topology, ports)
+        if self.network is not None:
+            self.network.create()
+            self.progress(f"site network: {', '.join(self.network.namespaces().values())}")
         try:
             await asyncio.gather(*(self._start_cluster(c, ports, timeout) for c in self.clusters))
             await self._record_first_active_region()
@@ -159,12 +164,17 @@ class Supervisor:
         """Children carry their state dir: operators (and tests) can tell whose they are."""
         return {**os.environ, ENV_STATE_DIR: str(self.state.root)}
 
-    def _process(self, name: str, kind: str, argv: list[str]) -> ManagedProcess:
-        """A component's process: its log and pid record in the state dir, our env."""
+    def _process(
+        self, name: str, kind: str, argv: list[str], host: str | None = None
+    ) -> ManagedProcess:
+        """A component's process: its log and pid record in the state dir, our env; in its
+        site's network namespace when the topology runs with one per site (`ip netns exec`
+        execs, so the PID is the component's own)."""
+        prefix = self.network.exec_prefix(host) if self.network and host else []
         spec = ProcessSpec(
             name=name,
             kind=kind,
-            argv=argv,
+            argv=prefix + argv,
             log_path=self.state.log_file(name),
             pid_path=self.state.pid_file(name),
             env=self._child_env(),
@@ -181,7 +191,7 @@ class Supervisor:
             plan.addresses,
             self.state.data_dir(qualified),
         )
-        return self._process(qualified, "etcd", argv)
+        return self._process(qualified, "etcd", argv, member.host)
 
     async def _start_cluster(self, plan: ClusterPlan, ports: PortRegistry, timeout: float) -> None:
         name = plan.view.name
@@ -266,6 +276,7 @@ class Supervisor:
                 "--write-log",
                 str(self.state.write_log(plan.qualified_name)),
             ],
+            plan.host,
         )
         self.processes[plan.qualified_name] = proc
         await proc.spawn()
@@ -284,7 +295,10 @@ class Supervisor:
         tmp.write_text(json.dumps(config, indent=2))
         os.replace(tmp, path)
         proc = self._process(
-            name, kind, [sys.executable, "-m", "haplane.gate", "--config", str(path)]
+            name,
+            kind,
+            [sys.executable, "-m", "haplane.gate", "--config", str(path)],
+            config["listeners"][0]["host"],
         )
         self.processes[name] = proc
         await proc.spawn()
@@ -342,6 +356,11 @@ class Supervisor:
 
     async def _stop_all(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.processes.values()))
+        if self.network is not None:
+            try:
+                self.network.cleanup()
+            except Exception as exc:
+                self.progress(f"warning: site network not fully removed: {exc}")
 
     async def fault(self, action: FaultAction, name: str) -> dict[str, Any]:
         proc = self.processes.get(name)
