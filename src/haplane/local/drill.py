@@ -33,7 +33,7 @@ from typing import Any
 
 from haplane.dr.client import DrillClient, present_keys
 from haplane.dr.report import DrillResult, Event, ServerWrite, summarize
-from haplane.store import EtcdClient, GlobalState
+from haplane.store import ActiveRegion, EtcdClient, EtcdError, GlobalState
 from haplane.topology import Topology, load_file
 
 from . import site_network
@@ -196,6 +196,20 @@ def _ts(value: object) -> float | None:
     return None
 
 
+async def _read_active(plan: TopologyPlan, wait: float) -> ActiveRegion | None:
+    """The global record, retried for `wait` seconds (the control etcd may be electing a
+    leader just after an earlier drill healed a partition)."""
+    deadline = time.monotonic() + wait
+    async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=2.0) as client:
+        while True:
+            try:
+                return await GlobalState(client).read()
+            except EtcdError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+
 def _age(since: str) -> float:
     t = _ts(since)
     return time.time() - t if t is not None else float("inf")
@@ -296,8 +310,7 @@ async def run_drill(
     topology = load_file(state.topology_file)
     plan = resolve_all(topology, PortRegistry(state.ports_file))
     failover = topology.spec.global_.failover
-    async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=2.0) as client:
-        before = await GlobalState(client).read()
+    before = await _read_active(plan, wait=15.0)
     if before is None:
         raise DrillError("no active region is recorded: is the topology up?")
     if not before.writable:
@@ -339,8 +352,7 @@ async def run_drill(
             await undo()
             events.append(Event(drill.now(), "restored", ""))
     progress("fault undone; reading back every acknowledged write")
-    async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=2.0) as client:
-        after = await GlobalState(client).read()
+    after = await _read_active(plan, wait=15.0)
     for t, name, text in _log_events(state, before.region, start_wall + events[0].t):
         events.append(Event(t - start_wall, name, text))
     events.sort(key=lambda e: e.t)

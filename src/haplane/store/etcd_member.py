@@ -73,6 +73,9 @@ def member_command(
         "--initial-cluster-state", "new",
         "--heartbeat-interval", str(s.heartbeat_interval_ms),
         "--election-timeout", str(s.election_timeout_ms),
+        # A member back from a partition must not depose a healthy leader with the terms it
+        # ran up alone (default from etcd 3.5; off in 3.4, which Debian ships).
+        "--pre-vote=true",
         "--auto-compaction-mode", "periodic",
         "--auto-compaction-retention", s.auto_compaction_retention,
         "--quota-backend-bytes", str(s.quota_backend_bytes),

@@ -1,0 +1,182 @@
+"""Region failover end to end: the two-regions example with every site in its own network
+namespace (`haplane up --netns`), real processes killed, paused and cut apart by `haplane drill`.
+
+Each drill asserts, from what the client saw and what the servers recorded:
+- failover happens when it must (region loss, a partition, paused balancers) and not when it
+  must not (a replica loss, a lone gate behind a one-sided cut, a blip under `downAfterMs`);
+- no write of an older epoch committed after the first write of a newer epoch (the replicas'
+  write journals: region, epoch, send and acknowledgement time of every write);
+- every acknowledged write is present afterwards in the region that acknowledged it.
+
+One topology for the module; each drill undoes its fault. When `CI` is set, a machine that cannot
+make network namespaces fails these tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from haplane.local.netns import available
+from haplane.topology.loader import example_text
+from tests.topology_helpers import haplane, processes_under, status, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    why = available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"partition drills cannot run here: {why}")
+        pytest.skip(why)
+    tmp = tmp_path_factory.mktemp("failover-e2e")
+    doc = yaml.safe_load(example_text("two-regions"))
+    # drills follow each other closely: a short hysteresis (the default is 10 s)
+    doc["spec"]["global"]["failover"]["minIntervalMs"] = 1000
+    path = tmp / "topology.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    root = tmp / "state"
+    haplane(root, "up", "-d", "--netns", str(path))
+    try:
+        yield root
+    finally:
+        haplane(root, "down", check=False)
+        leftovers = processes_under(root)
+        for p in leftovers:
+            p.kill()
+        assert not leftovers, f"processes left behind: {leftovers}"
+        assert not (root / "netns.json").exists(), "site network left behind"
+
+
+def drill(root: Path, scenario: str, *extra: str) -> dict[str, Any]:
+    r = haplane(root, "drill", scenario, "--json", *extra, check=False, timeout=180)
+    assert r.stdout, r.stderr
+    result: dict[str, Any] = json.loads(r.stdout)
+    result["_exit"], result["_stderr"] = r.returncode, r.stderr
+    return result
+
+
+def assert_safe(result: dict[str, Any]) -> None:
+    meta = result["meta"]
+    assert result["lost_writes"] == [], result["lost_writes"]
+    assert result["epoch_order_violations"] == [], result["epoch_order_violations"]
+    assert meta["read_back_problems"] == []
+    assert result["server_writes"] > 0  # the journals were read: the check had data
+    writes = [o for o in result["operations"] if o["kind"] == "write" and o["ok"]]
+    assert writes, "no write succeeded at all"
+    assert result["_exit"] == 0, result["_stderr"]
+
+
+def test_region_loss_fails_over_without_losing_writes(topo: Path) -> None:
+    result = drill(topo, "region-kill")
+    meta = result["meta"]
+    assert meta["failed_over"], result["_stderr"]
+    assert meta["after"]["region"] != meta["before"]["region"]
+    assert meta["after"]["epoch"] == meta["before"]["epoch"] + 1
+    assert meta["after"]["writable"]
+    assert_safe(result)
+    # writes were acknowledged in both epochs, each by the region that held it
+    epochs = {(o["region"], o["epoch"]) for o in result["operations"] if o["ok"]}
+    assert (meta["before"]["region"], meta["before"]["epoch"]) in epochs
+    assert (meta["after"]["region"], meta["after"]["epoch"]) in epochs
+    phases = result["phases"]
+    assert phases["fence_wait"] >= (meta["after"]["grantMs"] + meta["after"]["marginMs"]) / 1000
+    # the killed region is back (as a standby) before the next drill
+    wait_for(lambda: haplane(topo, "status", check=False).returncode == 0, timeout=60)
+
+
+def test_a_partition_of_the_active_region_fails_over(topo: Path) -> None:
+    result = drill(topo, "partition")
+    assert result["meta"]["failed_over"], result["_stderr"]
+    assert_safe(result)
+
+
+def test_a_lone_gate_behind_a_cut_does_not_fail_over(topo: Path) -> None:
+    result = drill(topo, "gate-cut")
+    assert not result["meta"]["failed_over"], result["_stderr"]
+    assert result["phases"]["detection"] is not None  # that gate did see the region down
+    assert_safe(result)
+    assert result["errors_by_kind"] == {}
+
+
+def test_a_blip_shorter_than_down_after_does_not_fail_over(topo: Path) -> None:
+    result = drill(topo, "blip")
+    assert not result["meta"]["failed_over"], result["_stderr"]
+    assert_safe(result)
+
+
+def test_a_replica_loss_fails_only_requests_in_flight(topo: Path) -> None:
+    result = drill(topo, "replica-kill")
+    assert not result["meta"]["failed_over"]
+    assert_safe(result)
+    # one write and one read at a time: at most the one in flight on the killed replica fails
+    failed = [o for o in result["operations"] if not o["ok"]]
+    assert len([o for o in failed if o["kind"] == "write"]) <= 1, failed
+    assert len([o for o in failed if o["kind"] == "read"]) <= 1, failed
+
+
+def _write(url: str, name: str) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        f"{url}/api/v1/namespaces/default/configmaps",
+        data=json.dumps({"metadata": {"name": name}}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_global_control_quorum_loss_fences_the_active_region(topo: Path) -> None:
+    """Safety first: nobody can renew the grant, so the active region stops writing within
+    grant - margin; writes come back when the control etcd does."""
+    doc = status(topo)
+    active = doc["global_state"]["active"]["region"]
+    replica = next(r for r in doc["replicas"] if r["name"].startswith(f"{active}/"))
+    controls = [
+        m["name"] for c in doc["clusters"] if c["name"] == "global/etcd" for m in c["members"]
+    ]
+    assert _write(replica["url"], f"before-{time.time_ns()}")[0] == 201
+    for name in controls[:2]:
+        haplane(topo, "fault", "kill", name)
+    try:
+        _, body = wait_for(
+            lambda: (r := _write(replica["url"], f"during-{time.time_ns()}"))[0] == 503 and r,
+            timeout=10,
+        )
+        assert "fenced" in body["message"] and body["kind"] == "Status"
+    finally:
+        for name in controls[:2]:
+            haplane(topo, "fault", "restart", name)
+    wait_for(lambda: _write(replica["url"], f"after-{time.time_ns()}")[0] == 201, timeout=30)
+
+
+def test_planned_switchover_is_fenced_and_recorded(topo: Path) -> None:
+    doc = status(topo)
+    before = doc["global_state"]["active"]
+    other = next(r for r in ("eu-west", "eu-central") if r != before["region"])
+    t0 = time.monotonic()
+    r = haplane(topo, "failover", "--to", other, "--reason", "test switchover")
+    took = time.monotonic() - t0
+    assert f"(epoch {before['epoch'] + 1})" in r.stdout
+    after = status(topo)["global_state"]
+    assert after["active"]["region"] == other and after["active"]["writable"]
+    assert after["active"]["epoch"] == before["epoch"] + 1
+    assert took >= (before["grantMs"] + before["marginMs"]) / 1000  # it waited out the grant
+    last = after["history"][-1]
+    assert last["reason"] == "test switchover" and last["by"].startswith("operator")
+    replica = next(x for x in status(topo)["replicas"] if x["name"].startswith(f"{other}/"))
+    assert wait_for(lambda: _write(replica["url"], f"switched-{time.time_ns()}")[0] == 201)
