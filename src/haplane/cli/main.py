@@ -456,12 +456,20 @@ def _print_status(report: StatusReport) -> None:
         out.print(f"[red]active region unknown[/]: {g.error}")
     elif g is not None and g.active:
         a = g.active
+        fence = (
+            "writable"
+            if a.get("writable", True)
+            else "[yellow]fenced until the previous region's grant runs out[/]"
+        )
         out.print(
-            f"active region: [bold]{a['region']}[/] (epoch {a['epoch']}, since {a['since']}, "
-            f"by {a['by']}: {a['reason']})"
+            f"active region: [bold]{a['region']}[/] (epoch {a['epoch']}, {fence}, since "
+            f"{a['since']}, by {a['by']}: {a['reason']})"
         )
         for h in g.history[:-1][-3:]:
-            out.print(f"  before: {h['region']} (epoch {h['epoch']}, {h['since']}, {h['by']})")
+            out.print(
+                f"  before: {h['region']} (epoch {h['epoch']}, {h['since']}, {h['by']}: "
+                f"{h['reason']})"
+            )
     out.print(_status_table(report))
     if report.edges:
         out.print(_edge_table(report))

@@ -312,6 +312,18 @@ def _runbook(topology: Topology) -> list[str]:
     control_sites = list(dict.fromkeys(m.site for m in g.control_etcd.members))
     status = "`haplane status`"
     analyse_cmd = "`haplane analyse FILE -k 2`"
+    f = g.failover
+    auto_failover = (
+        f"The failover controller (beside every gate; one leads) commits epoch + 1 for the next "
+        f"healthy region in priority order once a majority of all {len(g.gates)} gate "
+        f"instances have seen the active region down for {f.down_after_ms} ms (not within "
+        f"{f.min_interval_ms} ms of the last change), and unfences it {f.grant_ms} + "
+        f"{f.safety_margin_ms} ms later; the old region's replicas stop writing within "
+        f"{f.grant_ms - f.safety_margin_ms} ms of losing the global state."
+        if f.automatic
+        else "Automatic failover is off (`failover.automatic: false`): the controller only "
+        "reports; an operator switches."
+    )
     failover_to = (
         f'`haplane failover --to {standby} --reason "{active} down"`'
         if standby
@@ -322,10 +334,15 @@ def _runbook(topology: Topology) -> list[str]:
         "",
         "Derived from this file. Component names are as `haplane status` prints them "
         "(`REGION/NAME`, `global/NAME`). Ports the file leaves out are assigned by `haplane up` "
-        "and recorded in the state directory's `ports.json`. Today haplane restarts crashed "
-        "processes and keeps routing within a region by health checks; **region failover is "
-        "operator-triggered** (`haplane failover`): automatic failover and fencing come with "
-        "the region-failover issue.",
+        "and recorded in the state directory's `ports.json`. haplane restarts crashed "
+        "processes, keeps routing within a region by health checks, and "
+        + (
+            "**fails regions over by itself** (a majority of gate vantage points must agree; "
+            "API replicas write only under a time-limited grant of the current epoch)."
+            if f.automatic
+            else "leaves region failover to an operator (`failover.automatic: false`); writes "
+            "are still fenced by epoch."
+        ),
         "",
         f"Failover priority: {' > '.join(f'`{p}`' for p in priority) or 'none'}. "
         + (
@@ -474,10 +491,9 @@ def _runbook(topology: Topology) -> list[str]:
     out += _entry(
         f"The active region (`{active or 'none'}`) down or isolated",
         [
-            "Gates health-check the active region's balancers and stop forwarding to it; they "
-            f"do not move traffic to another region on their own. Gate vantage points: {gates_at}.",
-            "No automatic region failover or fencing today (it comes with the region-failover "
-            "issue): writes are unavailable until an operator switches.",
+            "Gates health-check every region's balancers; each gate is a vantage point and "
+            f"reports what it sees: {gates_at}. A gate never switches on its own view.",
+            auto_failover,
         ],
         [
             f"Confirm from more than one vantage point (gates at {_names(x.site for x in g.gates)}"
@@ -485,11 +501,13 @@ def _runbook(topology: Topology) -> list[str]:
             + f") that `{active}` is really down or isolated, not just one link: {status}.",
             f"Check that the global control etcd keeps quorum: `etcdctl --endpoints "
             f"{_control_endpoints(topology)} endpoint status -w table`.",
-            f"Switch: {failover_to} (next in priority). The epoch is raised in one "
-            "transaction; gates move new connections and close old ones.",
-            f"Before `{active}` comes back, make sure it does not accept writes (no fencing "
-            "yet): keep it isolated until you switch back with `haplane failover --to "
-            f'{active} --reason "planned switchback"`.',
+            f"If the controller did not switch (automatic off, no majority, hysteresis): "
+            f"{failover_to} (a fenced switchover: the old region stops writing before the new "
+            "one starts). Gates move new connections and close old ones.",
+            f"When `{active}` comes back it stays a standby (its replicas refuse writes: "
+            "another region holds the epoch). Switch back when it is stable with `haplane "
+            f'failover --to {active} --reason "planned switchback"`'
+            + (" (or let failback do it)." if f.failback else "."),
         ],
     )
 
@@ -500,10 +518,10 @@ def _runbook(topology: Topology) -> list[str]:
             f"Members: {_names(f'{GLOBAL_SCOPE}/{c}' for c in control)} on sites "
             f"{_names(control_sites)}; tolerates {_tolerates(len(control))} down.",
             "Crashed members are restarted by the supervisor. Without quorum nobody can record "
-            "or change the active region: failover is impossible. Today the gates keep "
-            "forwarding to the region they were last told and it keeps accepting writes; with "
-            "the region-failover issue it will fence itself instead (the failure analysis "
-            "above already counts this case as a write outage).",
+            "or change the active region, or renew its write grant: the active region fences "
+            f"itself within {f.grant_ms - f.safety_margin_ms} ms and writes stop everywhere "
+            "(safety first: a global write outage, as the failure analysis above counts it); "
+            "gates that cannot confirm the active region for 3 s refuse clients.",
         ],
         [
             f"Check: `etcdctl --endpoints {_control_endpoints(topology)} endpoint status -w "

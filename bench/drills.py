@@ -1,0 +1,107 @@
+"""Benchmark: every drill scenario repeated, median and worst of what the client saw.
+
+Starts the two-regions example with each site in its own network namespace (`haplane up
+--netns`, as root), then runs each scenario `--runs` times (default 10) through the same code
+as `haplane drill`, and prints per scenario the median and worst of: detection, agreement,
+switch, fence wait, reconnect, the longest client-visible write and read gaps, errors, lost
+writes and epoch-order violations. Every run must also pass the drill's verdict (failover
+exactly when it must, nothing lost, no interleaved epochs); failures are counted.
+
+`--etcd-defaults` runs the regional etcd clusters at etcd's default timing (heartbeat 100 ms,
+election 1000 ms) instead of the example's 50/500: the etcd-leader-kill goal is stated there.
+
+    .venv/bin/python bench/drills.py [--runs 10] [--scenario region-kill ...] [--etcd-defaults]
+        [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from haplane.dr.report import aggregate, render_aggregate_table
+from haplane.local.drill import SCENARIOS, run_drill, verdict
+from haplane.local.state_dir import StateDir
+from haplane.topology.loader import example_text
+
+DEFAULT = ["replica-kill", "etcd-leader-kill", "region-kill", "balancers-pause", "partition"]
+
+
+def haplane(state: Path, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "haplane.cli", *args, "--state-dir", str(state)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def healthy(state: Path) -> bool:
+    r = subprocess.run(
+        [sys.executable, "-m", "haplane.cli", "status", "--state-dir", str(state)],
+        capture_output=True,
+    )
+    return r.returncode == 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    ap.add_argument("--etcd-defaults", action="store_true")
+    ap.add_argument("--min-interval-ms", type=int, default=1000)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    scenarios = args.scenario or DEFAULT
+    doc: Any = yaml.safe_load(example_text("two-regions"))
+    doc["spec"]["global"]["failover"]["minIntervalMs"] = args.min_interval_ms
+    if args.etcd_defaults:
+        for site in doc["spec"]["sites"]:
+            if site.get("region"):
+                site["region"]["etcd"]["heartbeatIntervalMs"] = 100
+                site["region"]["etcd"]["electionTimeoutMs"] = 1000
+    out: dict[str, Any] = {"runs": args.runs, "machine": os.uname()._asdict(), "scenarios": {}}
+    with tempfile.TemporaryDirectory(prefix="haplane-drills-") as tmp:
+        path = Path(tmp) / "topology.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        root = Path(tmp) / "state"
+        haplane(root, "up", "-d", "--netns", str(path))
+        try:
+            for scenario in scenarios:
+                results, failed = [], []
+                for i in range(args.runs):
+                    deadline = time.monotonic() + 60
+                    while not healthy(root) and time.monotonic() < deadline:
+                        time.sleep(0.5)
+                    result = asyncio.run(run_drill(StateDir(root), scenario))
+                    problems = verdict(result)
+                    results.append(result)
+                    if problems:
+                        failed.append(problems)
+                    print(
+                        f"{scenario} run {i + 1}: write gap {result.longest_write_gap:.3f}s, "
+                        f"lost {len(result.lost_writes)}, problems {problems or 'none'}",
+                        file=sys.stderr,
+                    )
+                agg = aggregate(results)
+                print(f"\n== {scenario}: {SCENARIOS[scenario].description}")
+                print(render_aggregate_table(agg))
+                print(f"runs failing the verdict: {len(failed)} of {len(results)}")
+                out["scenarios"][scenario] = {"aggregate": agg, "failed": failed}
+        finally:
+            haplane(root, "down")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
