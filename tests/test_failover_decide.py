@@ -120,3 +120,52 @@ def test_failback_only_when_enabled_and_stable():
 
 def test_no_record_no_action():
     assert decide(Snapshot(None, {}, 0.0), SETTINGS).action == "none"
+
+
+# ---- the runtime decision agrees with the failure model ------------------------------------
+
+
+def _model_settings(topology) -> Settings:
+    return Settings(
+        vantage_points=tuple(g.name for g in topology.spec.global_.gates),
+        priority=tuple(topology.region_priority()),
+    )
+
+
+@pytest.mark.parametrize("example", ["two-regions"])
+def test_decide_agrees_with_the_failure_model_on_every_double_failure(example):
+    """For every set of up to two failures `haplane analyse` enumerates, the controller fed with
+    the views the model says each gate would report fails over exactly when the model says
+    writes move to another region, and to that region."""
+    from haplane.topology.failures import enumerate_failures, failure_model
+    from haplane.topology.loader import load_example
+
+    topology = load_example(example)
+    model = failure_model(topology)
+    settings = _model_settings(topology)
+    active_name = topology.region_priority()[0]
+    checked = moved = 0
+    for failures in enumerate_failures(topology, 2):
+        outcome = model.evaluate(failures)
+        views = model.vantage_views(failures)
+        reports = {
+            gate: Report(gate, 0.1, {r: RegionView(ok, 30.0) for r, ok in view.items()})
+            for gate, view in views.items()
+            if view is not None
+        }
+        d = decide(Snapshot(active(active_name), reports, since_change=100.0), settings)
+        names = ", ".join(map(str, failures))
+        if outcome.failed_over:
+            moved += 1
+            assert (d.action, d.to) == ("failover", outcome.writes_region), (names, d, outcome)
+        else:
+            assert d.action == "none", (names, d, outcome)
+        checked += 1
+    assert checked > 500 and moved > 10  # the enumeration really exercised both outcomes
+
+
+def test_a_target_that_just_came_back_is_not_failed_over_to():
+    fresh_b = {"a": RegionView(False, 5.0), "b": RegionView(True, 0.3)}
+    reports = {g: Report(g, 0.1, fresh_b) for g in GATES}
+    d = decide(Snapshot(active(), reports, 100.0), SETTINGS)
+    assert d.action == "none" and "a" in d.down and "b" not in d.healthy

@@ -9,10 +9,14 @@ operation: each attempt is one recorded operation, so the report shows what a us
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
+from typing import IO
 
 import aiohttp
 
@@ -30,6 +34,7 @@ class DrillClient:
     timeout: float = 2.0
     start: float = field(default_factory=time.monotonic)
     operations: list[Operation] = field(default_factory=list)
+    sink: IO[str] | None = None  # each operation also as a JSON line, as it completes
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _seq: int = 0
 
@@ -52,6 +57,9 @@ class DrillClient:
                 url = self.gates[gate % len(self.gates)]
                 op = await self._one(session, kind, url)
                 self.operations.append(op)
+                if self.sink is not None:
+                    self.sink.write(json.dumps(op.to_dict()) + "\n")
+                    self.sink.flush()
                 if op.error in ("connect", "reset"):
                     gate += 1  # the next address, as a client of a multi-address name
                 await asyncio.sleep(max(0.0, started + self.interval - time.monotonic()))
@@ -124,3 +132,31 @@ async def present_keys(replica_urls: list[str], run_id: str, timeout: float = 5.
             except (aiohttp.ClientError, TimeoutError) as exc:
                 last = exc
     raise RuntimeError(f"no replica answered the read-back ({last})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m haplane.dr.client`: the drill client as its own process, so that it can sit in
+    a network namespace of its own (started with `ip netns exec`). Runs until SIGTERM; times
+    are seconds since `--start`, a CLOCK_MONOTONIC reading of the drill (the clock is the
+    machine's, shared by every namespace)."""
+    ap = argparse.ArgumentParser(prog="python -m haplane.dr.client")
+    ap.add_argument("--gate", action="append", required=True, help="gate base URL (repeat)")
+    ap.add_argument("--run-id", required=True)
+    ap.add_argument("--interval", type=float, default=0.02)
+    ap.add_argument("--start", type=float, required=True)
+    args = ap.parse_args(argv)
+
+    async def run() -> None:
+        client = DrillClient(
+            args.gate, args.run_id, interval=args.interval, start=args.start, sink=sys.stdout
+        )
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, client.stop)
+        loop.add_signal_handler(signal.SIGINT, client.stop)
+        await client.run()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -86,7 +86,11 @@ async def serve(config: GateConfig) -> int:
     region = follower = None
     if config.region is not None:
         region = RegionHealth(
-            forwarder, config.region.name, config.region.etcd, config.region.probe_interval
+            forwarder,
+            config.region.name,
+            config.region.etcd,
+            config.region.probe_interval,
+            global_endpoints=config.region.global_etcd,
         )
         region.start()
     if config.follow is not None:

@@ -105,6 +105,9 @@ class RegionConfig(BaseModel):
     model_config = _STRICT
     name: str = Field(min_length=1)
     etcd: list[str] = Field(min_length=1)
+    # the global control etcd: a region that cannot read it cannot hold a write grant, so it
+    # is reported unhealthy (and a failover away from it, or to it, is decided accordingly)
+    global_etcd: list[str] = Field(default_factory=list)
     probe_interval: float = Field(default=0.5, gt=0)
 
 

@@ -12,7 +12,9 @@ applied to live votes instead of a failure set:
   held. A report older than `stale_after` is no vote at all (that gate is down or cut off);
 - a region is **down** when a majority of ALL configured vantage points (`vantage_majority`
   over the file, not over the reports that arrived) have seen it down for `down_after`; a
-  region is **healthy** when such a majority sees it healthy now. A lone gate behind a
+  region is **healthy** when such a majority has seen it healthy for `stable_for` (so that a
+  failover never goes to a region that just came back, e.g. when every region's health returns
+  at once after the global control etcd did). A lone gate behind a
   one-sided cut is never a majority; a blip shorter than `down_after` never counts;
 - the active region being down, the controller promotes the first region in priority order
   that is healthy; none healthy: it leaves the active region in place (nothing better);
@@ -45,6 +47,7 @@ class Settings:
     failback: bool = False
     failback_after: float = 60.0
     automatic: bool = True
+    stable_for: float = 1.0  # a target must have been seen healthy this long
 
     @property
     def majority(self) -> int:
@@ -100,6 +103,8 @@ def _votes(snapshot: Snapshot, settings: Settings, region: str) -> tuple[int, in
             continue
         held = view.held_for + report.age
         if view.healthy:
+            if held < settings.stable_for:
+                continue  # just came up (or back): not a target yet
             healthy += 1
             healthy_for = min(healthy_for, held)
         elif held >= settings.down_after:

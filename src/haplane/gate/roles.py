@@ -44,10 +44,16 @@ class RegionHealth:
         etcd_endpoints: list[str],
         interval: float = 0.5,
         timeout: float = 1.0,
+        *,
+        global_endpoints: list[str] | None = None,
     ) -> None:
         self.forwarder = forwarder
         self.region = region
         self.endpoints = etcd_endpoints
+        self.global_endpoints = global_endpoints or []
+        self.control_reachable: bool | None = None  # None: not probed (yet)
+        self.control_error: str | None = None
+        self._control_task: asyncio.Task[None] | None = None
         self.interval = interval
         self.timeout = timeout
         self.etcd_quorum: bool | None = None  # None: not probed yet
@@ -58,12 +64,42 @@ class RegionHealth:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._probe_loop(), name="region etcd probe")
+        if self.global_endpoints:
+            self._control_task = asyncio.create_task(self._control_loop(), name="control probe")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._control_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _control_loop(self) -> None:
+        """Can this region read the global control state (linearizably)? If not, its replicas
+        cannot hold a write grant: the region is unhealthy for the gates' votes."""
+        async with EtcdClient(self.global_endpoints, timeout=self.timeout) as client:
+            while True:
+                t0 = time.monotonic()
+                try:
+                    await client.get(PROBE_KEY)
+                    ok, error = True, None
+                except EtcdError as exc:
+                    ok, error = False, str(exc)
+                except Exception as exc:  # keep probing whatever happens
+                    log.exception("control etcd probe failed")
+                    ok, error = False, f"probe failed: {exc!r}"
+                if ok != self.control_reachable:
+                    self.forwarder.emit(
+                        GateEvent(
+                            "region_control",
+                            level="info" if ok else "warning",
+                            pool=self.region,
+                            to_state="reachable" if ok else "unreachable",
+                            reason=error or "a linearizable read of the global state answered",
+                        )
+                    )
+                self.control_reachable, self.control_error = ok, error
+                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - t0)))
 
     async def _probe_loop(self) -> None:
         async with EtcdClient(self.endpoints, timeout=self.timeout) as client:
@@ -104,6 +140,11 @@ class RegionHealth:
             reasons.append(f"etcd has no quorum: {self.etcd_error}")
         elif self.etcd_quorum is None:
             reasons.append("etcd not probed yet")
+        if self.global_endpoints and not self.control_reachable:
+            reasons.append(
+                "the global control etcd does not answer: this region cannot hold a write grant"
+                + (f" ({self.control_error})" if self.control_error else "")
+            )
         return {
             "region": self.region,
             "healthy": not reasons,
@@ -116,6 +157,7 @@ class RegionHealth:
             if self.etcd_latency is not None
             else None,
             "etcd_error": self.etcd_error,
+            "control_reachable": self.control_reachable,
         }
 
 

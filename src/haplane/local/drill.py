@@ -23,6 +23,8 @@ import asyncio
 import json
 import os
 import platform
+import signal
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from haplane.dr.client import DrillClient, present_keys
-from haplane.dr.report import DrillResult, Event, ServerWrite, summarize
+from haplane.dr.report import DrillResult, Event, Operation, ServerWrite, summarize
 from haplane.store import ActiveRegion, EtcdClient, EtcdError, GlobalState
 from haplane.topology import Topology, load_file
 
@@ -90,6 +92,54 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 Undo = Callable[[], Awaitable[None]]
+
+
+class ClientProcess:
+    """The drill client (`python -m haplane.dr.client`) in a namespace of its own, like a user
+    outside every site; its operations arrive as JSON lines, timed on the same monotonic clock
+    (CLOCK_MONOTONIC is the machine's, shared by every network namespace)."""
+
+    def __init__(self, prefix: list[str], gates: list[str], run_id: str, interval: float):
+        self.start = time.monotonic()
+        self.operations: list[Operation] = []
+        self.argv = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "haplane.dr.client",
+            *(a for g in gates for a in ("--gate", g)),
+            "--run-id",
+            run_id,
+            "--interval",
+            str(interval),
+            "--start",
+            repr(self.start),
+        ]
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stopped = False
+
+    def now(self) -> float:
+        return time.monotonic() - self.start
+
+    async def run(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            *self.argv, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        )
+        if self._stopped:
+            self.stop()
+        assert self._proc.stdout is not None
+        try:
+            async for line in self._proc.stdout:
+                self.operations.append(Operation.from_dict(json.loads(line)))
+        finally:
+            if self._proc.returncode is None:
+                self._proc.kill()  # our own child, by its PID
+            await self._proc.wait()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGTERM)
 
 
 @dataclass
@@ -323,7 +373,12 @@ async def run_drill(
     ctx = DrillContext(state, topology, plan, FaultInjector(state.socket), before.region)
     gates = sorted({f"http://{g.host}:{g.port}" for g in plan.gates})
     run_id = uuid.uuid4().hex[:8]
-    drill = DrillClient(gates, run_id, interval=interval)
+    network = site_network.load(state)
+    drill: DrillClient | ClientProcess = (
+        ClientProcess(network.client_prefix(), gates, run_id, interval)
+        if network is not None
+        else DrillClient(gates, run_id, interval=interval)
+    )
     start_wall = time.time() - drill.now()
     events: list[Event] = []
     progress(f"drill {scenario} ({run_id}): {before.region} active in epoch {before.epoch}")
@@ -371,6 +426,11 @@ async def run_drill(
         "failover_as_expected": failed_over == expect,
         "read_back_problems": problems,
         "interval_s": interval,
+        "client": (
+            f"own network namespace ({network.namespaces()['client']})"
+            if network is not None
+            else "root network namespace (loopback topology)"
+        ),
         "settings": {
             "downAfterMs": failover.down_after_ms,
             "grantMs": before.grant_ms,

@@ -25,6 +25,7 @@ from .gate_plans import (
     CHECK_INTERVAL,
     CHECK_RISE,
     CHECK_TIMEOUT,
+    GATE_CHECK_TIMEOUT,
     REGION_HEALTH_PATH,
     BalancerPlan,
     GatePlan,
@@ -102,6 +103,7 @@ def haproxy_config(
             "    balance leastconn",
             f"    option httpchk GET {REGION_HEALTH_PATH}",
             "    http-check expect status 200",
+            f"    timeout check {_ms(GATE_CHECK_TIMEOUT)}ms",
         ]
         for b in lbs:
             lines.append(

@@ -16,7 +16,8 @@ import yaml
 from .netns import SiteAddress, SiteNetwork
 from .state_dir import StateDir
 
-GATEWAY = "10.77.0.254"  # the root namespace's address on the bridge (CLI, drill client)
+GATEWAY = "10.77.0.254"  # the root namespace's address on the bridge (the CLI)
+CLIENT = "10.77.254.1"  # the drill client's namespace: a user outside every site
 PREFIX_LEN = 16
 
 
@@ -51,6 +52,7 @@ def load(state: StateDir) -> SiteNetwork | None:
     return SiteNetwork(
         str(data["topology"]),
         [SiteAddress(site, address) for site, address in data["sites"].items()],
+        client_address=CLIENT,
         gateway=GATEWAY,
         prefix_len=PREFIX_LEN,
         state_dir=state.root,

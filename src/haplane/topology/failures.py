@@ -375,6 +375,38 @@ class FailureModel:
             hit = self._memo[key] = self._interned.setdefault(outcome, outcome)
         return hit
 
+    def vantage_views(self, failures: Iterable[Failure]) -> dict[str, dict[str, bool] | None]:
+        """What each gate instance reports under a failure set, for the runtime controller's
+        decision (`haplane.gate.failover.decide`): None when the gate is down or cannot reach
+        the control plane (its report never arrives); otherwise, per region, whether it sees
+        the region healthy: it reaches the region's site, and the region is healthy and
+        reaches the control plane (can hold a write grant; the balancers' health says so)."""
+        down = cuts = 0
+        for f in failures:
+            d, c = self._effects[f] if f in self._effects else self._effect(f)
+            down |= d
+            cuts |= c
+        conn = self._connectivity(cuts)
+        up_ctrl = [s for bit, s in self._ctrl if not bit & down]
+        plane = 0
+        for s in up_ctrl:
+            if sum(1 for t in up_ctrl if conn[s] >> t & 1) >= self._ctrl_quorum:
+                plane |= 1 << s
+        views: dict[str, dict[str, bool] | None] = {}
+        for (bit, site), gate in zip(self._gates, self.topology.spec.global_.gates, strict=True):
+            if bit & down or not conn[site] & plane:
+                views[gate.name] = None
+                continue
+            views[gate.name] = {
+                r.name: bool(
+                    conn[site] >> r.site & 1
+                    and self._region_health(i, down).healthy
+                    and conn[r.site] & plane
+                )
+                for i, r in enumerate(self.regions)
+            }
+        return views
+
     # -- deciding ---------------------------------------------------------------------------
 
     def _region_health(self, i: int, down: int) -> RegionHealth:
