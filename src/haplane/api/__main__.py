@@ -40,6 +40,11 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         "the global state (no flag: always writable under epoch 0)",
     )
     ap.add_argument(
+        "--global-prefix",
+        default="/haplane/global/",
+        help="key prefix of the global state in the global control etcd",
+    )
+    ap.add_argument(
         "--write-log", default=None, help="append one JSON line per acknowledged write here"
     )
     args = ap.parse_args(argv)
@@ -53,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         drain_delay=args.drain_delay,
         watch_cache=not args.no_watch_cache,
         global_endpoints=[e for e in args.global_etcd.split(",") if e],
+        global_prefix=args.global_prefix,
         write_log=args.write_log,
     )
 

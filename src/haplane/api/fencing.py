@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from haplane.store import ActiveRegion, EtcdClient, EtcdError, GlobalState
+from haplane.store.global_state import DEFAULT_PREFIX
 
 log = logging.getLogger("haplane.api.fencing")
 
@@ -65,6 +66,7 @@ class WriteFence:
         region: str,
         client: EtcdClient | None,
         *,
+        prefix: bytes = DEFAULT_PREFIX,
         poll: float = 0.1,
         read_timeout: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
@@ -73,7 +75,7 @@ class WriteFence:
     ):
         self.region = region
         self.client = client
-        self.state = GlobalState(client) if client is not None else None
+        self.state = GlobalState(client, prefix) if client is not None else None
         self.poll = poll
         self.read_timeout = read_timeout
         self.clock = clock

@@ -76,6 +76,7 @@ class ReplicaConfig:
     # The global control etcd: writes are fenced by the global state (haplane.api.fencing).
     # Empty: a bare replica, always writable under epoch 0 (tests, benchmarks).
     global_endpoints: list[str] = field(default_factory=list)
+    global_prefix: str = "/haplane/global/"
     fence_poll: float = 0.1
     # JSON lines, one per acknowledged write (region, epoch, key, revision, sent, acked): the
     # servers' own record that drills check for writes of two epochs interleaving.
@@ -150,6 +151,7 @@ class ApiServer:
         self.fence = WriteFence(
             config.region,
             self._global_client,
+            prefix=config.global_prefix.encode(),
             poll=config.fence_poll,
             on_epoch=self._epoch_changed,
             on_permitted=self._became_writable,

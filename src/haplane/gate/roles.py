@@ -186,6 +186,7 @@ class ActiveRegionFollower:
         self.refuse_after = refuse_after
         self._last_confirmed = time.monotonic()
         self.cut_off = False
+        self._confirm_task: asyncio.Task[None] | None = None
         self.region: str | None = None
         self.epoch: int | None = None
         self.connected = False
@@ -197,7 +198,7 @@ class ActiveRegionFollower:
         self._confirm_task = asyncio.create_task(self._confirm(), name="confirm active region")
 
     async def stop(self) -> None:
-        for task in (self._task, getattr(self, "_confirm_task", None)):
+        for task in (self._task, self._confirm_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

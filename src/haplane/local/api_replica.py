@@ -27,7 +27,13 @@ def free_port() -> int:
 
 class ApiReplica:
     def __init__(
-        self, root: Path, name: str, etcd: list[str], region: str = "test", drain_delay: float = 1.0
+        self,
+        root: Path,
+        name: str,
+        etcd: list[str],
+        region: str = "test",
+        drain_delay: float = 1.0,
+        extra_args: list[str] | None = None,
     ):
         self.name = name
         self.port = free_port()
@@ -50,6 +56,7 @@ class ApiReplica:
                     ",".join(etcd),
                     "--drain-delay",
                     str(drain_delay),
+                    *(extra_args or []),
                 ],
                 log_path=root / f"{name}.log",
                 pid_path=root / f"{name}.pid.json",

@@ -26,6 +26,7 @@ from haplane.topology import Topology, load_file
 
 from . import pidfile, site_network
 from .control import ControlClient, ControlServer, SupervisorUnreachable
+from .netns import NetnsError
 from .state_dir import StateDir
 from .supervisor import Supervisor, configure_logging
 
@@ -182,7 +183,10 @@ def down(state: StateDir, timeout: float = 30.0) -> list[str]:
         path.unlink(missing_ok=True)
     state.socket.unlink(missing_ok=True)
     state.supervisor_record.unlink(missing_ok=True)
-    site_network.cleanup(state)  # after the processes: nothing holds the namespaces now
+    try:
+        site_network.cleanup(state)  # after the processes: nothing holds the namespaces now
+    except NetnsError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
     return killed
 
 
