@@ -470,6 +470,13 @@ def _print_status(report: StatusReport) -> None:
                 f"  before: {h['region']} (epoch {h['epoch']}, {h['since']}, {h['by']}: "
                 f"{h['reason']})"
             )
+        leading = [e for e in report.edges if (e.controller or {}).get("leading")]
+        if leading and leading[0].controller:
+            d = leading[0].controller.get("decision") or {}
+            out.print(
+                f"failover controller: led by {leading[0].name}; "
+                f"{d.get('reason', 'no decision yet')}"
+            )
     out.print(_status_table(report))
     if report.edges:
         out.print(_edge_table(report))

@@ -87,6 +87,7 @@ class EdgeReport:
     connections_active: int = 0
     connections_total: int = 0
     region_health: dict[str, Any] | None = None
+    controller: dict[str, Any] | None = None  # a gate's failover controller (leader, decision)
     error: str | None = None
 
 
@@ -209,6 +210,7 @@ async def _edge_report(
     report.active_pool = doc.get("active_pool")
     report.epoch = (doc.get("follow") or {}).get("epoch")
     report.region_health = doc.get("region")
+    report.controller = doc.get("controller")
     listeners = doc.get("listeners") or []
     report.connections_active = sum(int(x.get("connections_active") or 0) for x in listeners)
     report.connections_total = sum(int(x.get("connections_total") or 0) for x in listeners)
