@@ -91,6 +91,7 @@ async def serve(config: GateConfig) -> int:
             config.region.etcd,
             config.region.probe_interval,
             global_endpoints=config.region.global_etcd,
+            unhealthy_grace=config.region.unhealthy_grace,
         )
         region.start()
     if config.follow is not None:

@@ -109,6 +109,9 @@ class RegionConfig(BaseModel):
     # is reported unhealthy (and a failover away from it, or to it, is decided accordingly)
     global_etcd: list[str] = Field(default_factory=list)
     probe_interval: float = Field(default=0.5, gt=0)
+    # how long a region that was healthy is still reported healthy while unhealthy (an etcd
+    # leader election must not look like a dead region to the failover controller)
+    unhealthy_grace: float = Field(default=0.0, ge=0)
 
 
 class FollowConfig(BaseModel):

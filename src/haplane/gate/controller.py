@@ -40,6 +40,7 @@ from typing import Any
 from haplane.store import ActiveRegion, EtcdClient, EtcdError, GlobalState, StaleEpoch
 from haplane.store.etcd_client import Compare, Op, prefix_end
 
+from .events import GateEvent
 from .failover import Decision, RegionView, Report, Settings, Snapshot, decide
 from .forwarder import Forwarder
 from .health import UpstreamState
@@ -88,6 +89,8 @@ class FailoverController:
         self._client: EtcdClient | None = None
         self._started = time.monotonic()
         self._seen_healthy: set[str] = set()
+        self._changed_now = asyncio.Event()
+        forwarder.subscribe(self._on_gate_event)
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -161,7 +164,18 @@ class FailoverController:
             }
             with contextlib.suppress(EtcdError):
                 await self._client.put(key, json.dumps(body).encode(), timeout=0.5)
-            await asyncio.sleep(self.settings.report_interval)
+            # the next report after `report_interval`, or at once when an upstream changes
+            self._changed_now.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.report_interval):
+                    await self._changed_now.wait()
+
+    def _on_gate_event(self, event: GateEvent) -> None:
+        """An upstream of a region changed state: note the time exactly (not at the next
+        report) and report now."""
+        if event.event == "upstream_state" and event.pool in self.settings.decision.priority:
+            self.view()
+            self._changed_now.set()
 
     # ---- leadership ----------------------------------------------------------------------
 

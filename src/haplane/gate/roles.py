@@ -46,12 +46,16 @@ class RegionHealth:
         timeout: float = 1.0,
         *,
         global_endpoints: list[str] | None = None,
+        unhealthy_grace: float = 0.0,
     ) -> None:
         self.forwarder = forwarder
         self.region = region
         self.endpoints = etcd_endpoints
         self.global_endpoints = global_endpoints or []
         self.control_reachable: bool | None = None  # None: not probed (yet)
+        self.unhealthy_grace = unhealthy_grace
+        self._unhealthy_since: float | None = None
+        self._was_healthy = False
         self.control_error: str | None = None
         self._control_task: asyncio.Task[None] | None = None
         self.interval = interval
@@ -145,10 +149,25 @@ class RegionHealth:
                 "the global control etcd does not answer: this region cannot hold a write grant"
                 + (f" ({self.control_error})" if self.control_error else "")
             )
+        now = time.monotonic()
+        if not reasons:
+            self._unhealthy_since = None
+            self._was_healthy = True
+        elif self._unhealthy_since is None:
+            self._unhealthy_since = now
+        grace_left = (
+            self.unhealthy_grace - (now - self._unhealthy_since)
+            if self._unhealthy_since is not None and self._was_healthy
+            else 0.0
+        )
         return {
             "region": self.region,
-            "healthy": not reasons,
+            # A region that was healthy stays reported healthy for `unhealthy_grace` (its etcd
+            # electing a new leader fails every read and /readyz for about an election
+            # timeout: that is no reason to fail the region over).
+            "healthy": not reasons or grace_left > 0,
             "reasons": reasons,
+            "grace_left_s": round(max(grace_left, 0.0), 3) if reasons else None,
             "replicas_ready": len(ready),
             "replicas": len(upstreams),
             "replicas_detail": {u.name: u.state.value for u in upstreams},

@@ -71,6 +71,7 @@ class BalancerPlan(_Listening):
     etcd_endpoints: tuple[str, ...]
     mode: str = "l4"
     control_endpoints: tuple[str, ...] = ()
+    unhealthy_grace: float = 0.0  # 2 x the region's etcd election timeout
 
     @property
     def qualified_name(self) -> str:
@@ -118,6 +119,7 @@ def resolve_balancers(
                     replicas=mine,
                     etcd_endpoints=endpoints,
                     control_endpoints=tuple(global_plan(clusters).endpoints),
+                    unhealthy_grace=2 * etcd_of[site.name].view.settings.election_timeout_ms / 1000,
                 )
             )
     return plans
@@ -204,6 +206,7 @@ def balancer_config(plan: BalancerPlan) -> dict[str, Any]:
             "name": plan.region,
             "etcd": list(plan.etcd_endpoints),
             "global_etcd": list(plan.control_endpoints),
+            "unhealthy_grace": plan.unhealthy_grace,
         },
     }
 
