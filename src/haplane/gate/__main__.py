@@ -106,6 +106,7 @@ async def serve(config: GateConfig) -> int:
             forwarder,
             ControllerSettings(
                 gate=c.gate,
+                site=c.site,
                 etcd=c.etcd,
                 prefix=c.prefix,
                 decision=Settings(

@@ -9,8 +9,10 @@ Every instance:
   and for how long that has held;
 - **campaigns**: one instance leads at a time, holding `controller/leader` with an etcd lease
   (TTL `lease_ttl` whole seconds, etcd's minimum being 1.5 x its election timeout rounded up;
-  renewed every quarter of it). Leadership only avoids duplicate
-  work: every action is a transaction guarded by the epoch, so a deposed leader that has not
+  renewed every quarter of it). Instances on the active region's site stand back: they
+  campaign only after 2 s without a leader, and a leader there steps down (once the epoch is
+  writable and another instance reports), so that losing the active region never also costs
+  the leader's lease time. Leadership only avoids duplicate work: every action is a transaction guarded by the epoch, so a deposed leader that has not
   noticed yet cannot undo or double a change.
 
 The leader, every `tick`:
@@ -48,6 +50,7 @@ from .health import UpstreamState
 log = logging.getLogger("haplane.gate")
 
 CAMPAIGN_EVERY = 0.2  # seconds between attempts to lead: a dead leader's key is noticed soon
+BACKUP_AFTER = 2.0  # a gate on the active region's site leads only after this long leaderless
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class ControllerSettings:
     etcd: list[str]  # the global control etcd
     prefix: str
     decision: Settings
+    site: str | None = None  # the site it runs on
     report_interval: float = 0.2
     tick: float = 0.1
     lease_ttl: int = 1
@@ -89,6 +93,9 @@ class FailoverController:
         self._client: EtcdClient | None = None
         self._started = time.monotonic()
         self._seen_healthy: set[str] = set()
+        self._active_region: str | None = None
+        self._writable = True
+        self._fresh_reporters: set[str] = set()
         self._changed_now = asyncio.Event()
         forwarder.subscribe(self._on_gate_event)
 
@@ -179,22 +186,45 @@ class FailoverController:
 
     # ---- leadership ----------------------------------------------------------------------
 
+    def _defers(self) -> bool:
+        """Should this instance leave leadership to others? Yes when it sits on the active
+        region's site (and is not the only vantage point): losing that site must not also
+        take the controller's leader, whose lease would first have to run out (1 s or more,
+        renewed to full length by a control-etcd election) before anyone could fail over."""
+        return (
+            self.settings.site is not None
+            and self._active_region == self.settings.site
+            and len(self.settings.decision.vantage_points) > 1
+        )
+
     async def _campaign_loop(self) -> None:
         assert self._client is not None
         client = self._client
+        state = GlobalState(client, prefix=self.prefix)
+        absent_since: float | None = None
         while True:
             lease = 0
             try:
-                lease = await client.lease_grant(self.settings.lease_ttl)
-                r = await client.txn(
-                    [Compare(self.leader_key, "create", "=", 0)],
-                    [Op("put", self.leader_key, self.settings.gate.encode(), lease=lease)],
-                    [Op("get", self.leader_key)],
-                )
-                if r.succeeded:
-                    await self._lead(client, lease)
+                active = await state.read()
+                self._active_region = active.region if active is not None else None
+                kv = await client.get(self.leader_key)
+                now = time.monotonic()
+                if kv is not None:
+                    self.leader, absent_since = kv.value.decode(), None
                 else:
-                    self.leader = r.results[0][0].value.decode() if r.results[0] else None
+                    absent_since = absent_since or now
+                    if not self._defers() or now - absent_since >= BACKUP_AFTER:
+                        lease = await client.lease_grant(self.settings.lease_ttl)
+                        r = await client.txn(
+                            [Compare(self.leader_key, "create", "=", 0)],
+                            [Op("put", self.leader_key, self.settings.gate.encode(), lease=lease)],
+                            [Op("get", self.leader_key)],
+                        )
+                        if r.succeeded:
+                            absent_since = None
+                            await self._lead(client, lease)
+                        else:
+                            self.leader = r.results[0][0].value.decode() if r.results[0] else None
             except asyncio.CancelledError:
                 if lease:
                     with contextlib.suppress(EtcdError, asyncio.CancelledError):
@@ -240,6 +270,9 @@ class FailoverController:
                 if ttl <= 0:
                     return
                 deadline = sent + ttl
+                if self._defers() and self._writable and self._others_report():
+                    self._log("controller_stepping_down", reason="on the active region's site")
+                    return
         finally:
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
@@ -269,6 +302,11 @@ class FailoverController:
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue
         active = await state.read()
+        self._active_region = active.region if active is not None else None
+        self._writable = active is None or active.writable
+        self._fresh_reporters = {
+            g for g, r in reports.items() if r.age <= self.settings.decision.stale_after
+        }
         fenced_for = 0.0
         if active is not None and not active.writable:
             first = self._fenced_seen.setdefault(active.epoch, now)
@@ -332,6 +370,10 @@ class FailoverController:
             self._log("action_lost", action=d.action, reason=str(exc))
             return
         self.last_action = {"action": d.action, "region": record.region, "epoch": record.epoch}
+
+    def _others_report(self) -> bool:
+        """Is another gate alive and reporting (so that it can take over)?"""
+        return bool(self._fresh_reporters - {self.settings.gate})
 
     def report(self) -> dict[str, Any]:
         d = self.last_decision

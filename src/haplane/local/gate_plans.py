@@ -244,6 +244,7 @@ def controller_config(plan: GatePlan, topology: Topology) -> dict[str, Any]:
     f = topology.spec.global_.failover
     return {
         "gate": plan.name,
+        "site": plan.site,
         "etcd": list(plan.control_endpoints),
         "prefix": DEFAULT_GLOBAL_PREFIX.decode(),
         "vantage_points": [g.name for g in topology.spec.global_.gates],
