@@ -69,7 +69,8 @@ def main() -> None:
             if site.get("region"):
                 site["region"]["etcd"]["heartbeatIntervalMs"] = 100
                 site["region"]["etcd"]["electionTimeoutMs"] = 1000
-    out: dict[str, Any] = {"runs": args.runs, "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())}, "scenarios": {}}
+    machine = {"cpus": os.cpu_count(), "uname": " ".join(os.uname())}
+    out: dict[str, Any] = {"runs": args.runs, "machine": machine, "scenarios": {}}
     with tempfile.TemporaryDirectory(prefix="haplane-drills-") as tmp:
         path = Path(tmp) / "topology.yaml"
         path.write_text(yaml.safe_dump(doc))

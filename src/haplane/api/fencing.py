@@ -19,6 +19,14 @@ The rule (issue 7, "fencing, precisely"):
   the network does, as long as clocks *rates* agree within the margin (no wall-clock sync is
   needed: only durations on each machine's monotonic clock are compared).
 
+Limit: an etcd deadline bounds when a write is *acknowledged*, not when its raft proposal is
+applied; a proposal sent just inside the permission can still commit in the old region's own
+etcd shortly after (it is then answered "outcome unknown", never acknowledged). Each region
+has its own etcd and nothing is replicated yet, so nothing conflicts; before cross-region
+replication, a data-layer fence (a compare on a per-region epoch key in every transaction) is
+needed. System namespaces (`default`, `kube-system`...) are created past the fence in a
+standby region: they conflict with nothing and are journaled like every other write.
+
 When the global control etcd loses quorum nobody can renew: the active region fences within
 `grant - margin` (safety first; `haplane analyse` reports this as a global write outage).
 """

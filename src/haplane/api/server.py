@@ -376,8 +376,9 @@ class ApiServer:
         Also in a standby region, past the write fence: a region's own system namespaces
         conflict with nothing, and clients switched to it must find `default` at once."""
         namespaces = self.stores[("", "v1", "namespaces")]
-        if self._storage is not None and self._storage.fence is not None:
-            unfenced = EtcdStorage(self.client, self._storage.versions)
+        storage = self._storage
+        if storage is not None and storage.fence is not None and not self.fence.permitted():
+            unfenced = EtcdStorage(self.client, storage.versions, journal=storage.journal)
             namespaces = GenericStore(namespaces.t, unfenced)
         for ns in SYSTEM_NAMESPACES:
             try:
@@ -396,6 +397,7 @@ class ApiServer:
         self.draining = True
         log.info(json.dumps({"msg": "draining", "component": self.name}))
         await asyncio.sleep(self.config.drain_delay)
+        await self.fence.stop()  # before the caches: an epoch change would restart them
         self._watch_stop.set()
         if self._crd_task is not None:
             self._crd_task.cancel()
@@ -412,9 +414,9 @@ class ApiServer:
         # cleanup() stops accepting, then waits (shutdown_timeout) for in-flight requests.
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.fence.stop()
         for task in list(self._background):
             task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.client.close()
         if self._global_client is not None:
             await self._global_client.close()

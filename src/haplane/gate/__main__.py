@@ -107,6 +107,7 @@ async def serve(config: GateConfig) -> int:
             ControllerSettings(
                 gate=c.gate,
                 site=c.site,
+                vantage_sites=c.vantage_sites,
                 etcd=c.etcd,
                 prefix=c.prefix,
                 decision=Settings(

@@ -129,6 +129,7 @@ class ControllerConfig(BaseModel):
     model_config = _STRICT
     gate: str = Field(min_length=1)
     site: str | None = None
+    vantage_sites: dict[str, str] = Field(default_factory=dict)  # gate -> its site
     etcd: list[str] = Field(min_length=1)
     prefix: str = "/haplane/global/"
     vantage_points: list[str] = Field(min_length=1)

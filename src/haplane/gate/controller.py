@@ -11,9 +11,10 @@ Every instance:
   (TTL `lease_ttl` whole seconds, etcd's minimum being 1.5 x its election timeout rounded up;
   renewed every quarter of it). Instances on the active region's site stand back: they
   campaign only after 2 s without a leader, and a leader there steps down (once the epoch is
-  writable and another instance reports), so that losing the active region never also costs
-  the leader's lease time. Leadership only avoids duplicate work: every action is a transaction guarded by the epoch, so a deposed leader that has not
-  noticed yet cannot undo or double a change.
+  writable and an instance on another site reports), so that losing the active region never
+  also costs the leader's lease time. Leadership only avoids duplicate work: every action is a
+  transaction guarded by the epoch, so a deposed leader that has not noticed yet cannot undo
+  or double a change.
 
 The leader, every `tick`:
 - reads all reports; a report's age is the time since the leader saw it change (reports it has
@@ -35,7 +36,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +61,7 @@ class ControllerSettings:
     prefix: str
     decision: Settings
     site: str | None = None  # the site it runs on
+    vantage_sites: dict[str, str] = field(default_factory=dict)  # gate -> site
     report_interval: float = 0.2
     tick: float = 0.1
     lease_ttl: int = 1
@@ -302,6 +304,9 @@ class FailoverController:
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue
         active = await state.read()
+        # counted from after the read answered: the epoch was committed before that, never
+        # after (a time taken before the calls could predate the commit and unfence early)
+        seen_at = time.monotonic()
         self._active_region = active.region if active is not None else None
         self._writable = active is None or active.writable
         self._fresh_reporters = {
@@ -309,8 +314,10 @@ class FailoverController:
         }
         fenced_for = 0.0
         if active is not None and not active.writable:
-            first = self._fenced_seen.setdefault(active.epoch, now)
-            fenced_for = now - first
+            if active.epoch not in self._fenced_seen:
+                self._fenced_seen = {active.epoch: seen_at}  # only the current epoch matters
+            first = self._fenced_seen[active.epoch]
+            fenced_for = seen_at - first
         since = _wall_age(active.since) if active is not None else 0.0
         return Snapshot(active, reports, since, fenced_for)
 
@@ -326,6 +333,9 @@ class FailoverController:
                     await self._act(state, decision, snapshot.active)
             except EtcdError as exc:
                 self.error = str(exc)
+            except Exception as exc:  # a bug: say so, and keep deciding
+                self.error = repr(exc)
+                log.exception("failover controller: deciding failed")
             await asyncio.sleep(max(0.0, t0 + self.settings.tick - time.monotonic()))
 
     def _note(self, decision: Decision) -> None:
@@ -372,8 +382,13 @@ class FailoverController:
         self.last_action = {"action": d.action, "region": record.region, "epoch": record.epoch}
 
     def _others_report(self) -> bool:
-        """Is another gate alive and reporting (so that it can take over)?"""
-        return bool(self._fresh_reporters - {self.settings.gate})
+        """Is a gate off the active region's site alive and reporting (so that it can take
+        over at once, rather than another gate of this site after its 2 s wait)?"""
+        sites = self.settings.vantage_sites
+        return any(
+            g != self.settings.gate and sites.get(g) not in (None, self._active_region)
+            for g in self._fresh_reporters
+        )
 
     def report(self) -> dict[str, Any]:
         d = self.last_decision

@@ -248,6 +248,7 @@ def controller_config(plan: GatePlan, topology: Topology) -> dict[str, Any]:
         "etcd": list(plan.control_endpoints),
         "prefix": DEFAULT_GLOBAL_PREFIX.decode(),
         "vantage_points": [g.name for g in topology.spec.global_.gates],
+        "vantage_sites": {g.name: g.site for g in topology.spec.global_.gates},
         "priority": topology.region_priority(),
         "automatic": f.automatic,
         "down_after": f.down_after_ms / 1000,

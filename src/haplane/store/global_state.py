@@ -134,6 +134,9 @@ class GlobalState:
         epoch; after a deleted record, only after the fence wait (an old grant may be live)."""
         history = await self.history(1)
         epoch = history[-1].epoch + 1 if history else 1
+        if history:  # an earlier grant may still run: never wait less than it lasts
+            grant_ms = max(grant_ms, history[-1].grant_ms)
+            margin_ms = max(margin_ms, history[-1].margin_ms)
         now = _now()
         record = ActiveRegion(
             region,
@@ -194,8 +197,10 @@ class GlobalState:
             reason,
             previous=current.region,
             writable=False,
-            grant_ms=current.grant_ms if grant_ms is None else grant_ms,
-            margin_ms=current.margin_ms if margin_ms is None else margin_ms,
+            # a grant never shrinks across a switch: the fence wait of the new epoch must
+            # cover the longest permission the old epoch's replicas can hold
+            grant_ms=max(current.grant_ms, grant_ms or 0),
+            margin_ms=max(current.margin_ms, margin_ms or 0),
         )
         r = await self.client.txn(
             [
