@@ -279,14 +279,22 @@ def test_a_region_without_etcd_quorum_is_reported_unhealthy(topo):
 
         def unhealthy() -> dict[str, Any] | None:
             """Both verdicts: the replicas' /readyz and the balancer's own etcd probe may
-            turn at different moments."""
+            turn at different moments; the region is reported unhealthy once they have lasted
+            longer than the grace for an etcd election (two election timeouts)."""
             rh = edges(state)["eu-central/lb-1"]["region_health"]
             if rh and rh["etcd_quorum"] is False and rh["replicas_ready"] == 0:
                 return rh
             return None
 
         report = wait_for(unhealthy, 20)
-        assert not report["healthy"] and len(report["reasons"]) == 2
+        assert len(report["reasons"]) == 2
+        report = wait_for(
+            lambda: (
+                (r := edges(state)["eu-central/lb-1"]["region_health"]) and not r["healthy"] and r
+            ),
+            10,
+        )
+        assert report["grace_left_s"] == 0
         # the gates see it too (the standby region's pool is checked all the time)
         g = edges(state)["global/gate-witness"]
         assert all(u["state"] != "up" for u in g["upstreams"] if u["pool"] == "eu-central"), g[
