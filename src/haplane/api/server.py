@@ -442,15 +442,21 @@ class ApiServer:
         self.metrics.latency.labels(verb, resource).observe(time.monotonic() - t0)
         return response
 
-    def _stamp_headers(self, response: web.StreamResponse) -> None:
+    def _epoch(self) -> int:
+        return self.versions.epoch if self.versions else 0
+
+    def _stamp_headers(self, response: web.StreamResponse, epoch: int | None = None) -> None:
+        """`epoch`: the one the request began under (a write is fenced and runs under it;
+        the replica may learn a newer epoch while the write is in flight)."""
         response.headers["X-Haplane-Region"] = self.config.region
         response.headers["X-Haplane-Replica"] = self.config.replica
-        response.headers["X-Haplane-Epoch"] = str(self.versions.epoch if self.versions else 0)
+        response.headers["X-Haplane-Epoch"] = str(self._epoch() if epoch is None else epoch)
         if self.draining:
             response.headers["Connection"] = "close"  # clients reconnect through the balancer
 
     @web.middleware
     async def _status_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        epoch = self._epoch()
         try:
             response = await handler(request)
         except StatusError as exc:
@@ -466,7 +472,7 @@ class ApiServer:
             err = errors.internal(f"internal error: {type(exc).__name__}: {exc}")
             response = json_response(err.status(), 500)
         if not response.prepared:
-            self._stamp_headers(response)
+            self._stamp_headers(response, epoch)
         return response
 
     @web.middleware

@@ -166,14 +166,23 @@ class DrillContext:
     def balancers(self, region: str) -> list[str]:
         return [b.qualified_name for b in self.plan.balancers if b.region == region]
 
-    async def each(self, action: str, components: list[str]) -> None:
+    async def each(self, action: str, components: list[str], undo: str | None = None) -> None:
+        """`action` on every component at once; if any fails, `undo` what may have been done
+        (best effort) before raising, so a half-injected fault is not left behind."""
         faults = {
             "kill": self.injector.kill,
             "pause": self.injector.pause,
             "resume": self.injector.resume,
             "restart": self.injector.restart,
-        }[action]
-        await asyncio.gather(*(faults(c) for c in components))
+        }
+        results = await asyncio.gather(
+            *(faults[action](c) for c in components), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            if undo is not None:
+                await asyncio.gather(*(faults[undo](c) for c in components), return_exceptions=True)
+            raise DrillError(f"{action} failed: {failed[0]}")
 
 
 async def _inject(ctx: DrillContext, scenario: str, blip: float) -> tuple[str, Undo]:
@@ -192,11 +201,11 @@ async def _inject(ctx: DrillContext, scenario: str, blip: float) -> tuple[str, U
         return leader, lambda: ctx.each("restart", [leader])
     if scenario == "region-kill":
         victims = ctx.region_components(region)
-        await ctx.each("kill", victims)
+        await ctx.each("kill", victims, undo="restart")
         return ", ".join(victims), lambda: ctx.each("restart", victims)
     if scenario in ("balancers-pause", "blip"):
         lbs = ctx.balancers(region)
-        await ctx.each("pause", lbs)
+        await ctx.each("pause", lbs, undo="resume")
         if scenario == "blip":
             await asyncio.sleep(blip)
             await ctx.each("resume", lbs)
