@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
-from tests.topology_helpers import haplane, processes_under, status
+from tests.topology_helpers import down_and_check, haplane, status
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -48,11 +48,7 @@ def state(tmp_path: Path) -> Iterator[Path]:
     """A state dir for a whole topology; at the end `haplane down` runs and nothing may be left."""
     root = tmp_path / "state"
     yield root
-    haplane(root, "down", check=False)
-    leftovers = processes_under(root)
-    for p in leftovers:  # only processes naming our own temp state dir
-        p.kill()
-    assert not leftovers, f"processes left behind: {leftovers}"
+    down_and_check(root)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import yaml
 
 from haplane.local.netns import available
 from haplane.topology.loader import example_text
-from tests.topology_helpers import haplane, processes_under, status, wait_for
+from tests.topology_helpers import down_and_check, haplane, status, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -51,11 +51,7 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         yield root
     finally:
-        haplane(root, "down", check=False)
-        leftovers = processes_under(root)
-        for p in leftovers:
-            p.kill()
-        assert not leftovers, f"processes left behind: {leftovers}"
+        down_and_check(root)
         assert not (root / "netns.json").exists(), "site network left behind"
 
 

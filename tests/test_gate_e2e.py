@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.topology_helpers import haplane, processes_under, status, wait_for
+from tests.topology_helpers import down_and_check, haplane, status, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +32,7 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         doc = status(root)
         yield {"state": root, "doc": doc}
     finally:
-        haplane(root, "down", check=False)
-        leftovers = processes_under(root)
-        for p in leftovers:
-            p.kill()
-        assert not leftovers, f"processes left behind: {leftovers}"
+        down_and_check(root)
 
 
 def edges(state: Path) -> dict[str, dict[str, Any]]:

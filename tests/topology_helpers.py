@@ -60,3 +60,13 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def down_and_check(state: Path) -> None:
+    """`haplane down`, then fail if any process of this state dir is left (killing it first,
+    by its own PID: only processes naming our temp state dir)."""
+    haplane(state, "down", check=False)
+    leftovers = processes_under(state)
+    for p in leftovers:
+        p.kill()
+    assert not leftovers, f"processes left behind: {leftovers}"

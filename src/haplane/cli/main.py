@@ -661,10 +661,7 @@ def drill_cmd(
                 progress=lambda m: err.print(m),
             )
         )
-    except drill.DrillError as exc:
-        err.print(f"error: {exc}")
-        raise typer.Exit(1) from None
-    except (ControlError, EtcdError) as exc:
+    except (drill.DrillError, ControlError, EtcdError) as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(1) from None
     j, h = drill.write_reports(result, output or state.root / "drills")

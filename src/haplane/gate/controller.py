@@ -37,11 +37,18 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from haplane.store import ActiveRegion, EtcdClient, EtcdError, GlobalState, StaleEpoch
-from haplane.store.etcd_client import Compare, Op, prefix_end
+from haplane.store import (
+    ActiveRegion,
+    Compare,
+    EtcdClient,
+    EtcdError,
+    GlobalState,
+    Op,
+    StaleEpoch,
+    prefix_end,
+)
 
 from .events import GateEvent
 from .failover import Decision, RegionView, Report, Settings, Snapshot, decide
@@ -66,14 +73,6 @@ class ControllerSettings:
     tick: float = 0.1
     lease_ttl: int = 1
     startup_grace: float = 10.0
-
-
-def _wall_age(since: str) -> float:
-    try:
-        t = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return float("inf")
-    return max(0.0, time.time() - t)
 
 
 class FailoverController:
@@ -318,7 +317,7 @@ class FailoverController:
                 self._fenced_seen = {active.epoch: seen_at}  # only the current epoch matters
             first = self._fenced_seen[active.epoch]
             fenced_for = seen_at - first
-        since = _wall_age(active.since) if active is not None else 0.0
+        since = active.age() if active is not None else 0.0
         return Snapshot(active, reports, since, fenced_for)
 
     async def _decide_loop(self, client: EtcdClient) -> None:

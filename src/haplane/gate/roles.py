@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from haplane.store import EtcdClient, EtcdError, GlobalState
@@ -67,9 +68,16 @@ class RegionHealth:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._probe_loop(), name="region etcd probe")
+        self._task = asyncio.create_task(
+            self._probe(self.endpoints, "region etcd", self._etcd_probed), name="region etcd probe"
+        )
         if self.global_endpoints:
-            self._control_task = asyncio.create_task(self._control_loop(), name="control probe")
+            # Can this region read the global control state? If not, its replicas cannot hold
+            # a write grant: the region is unhealthy for the gates' votes.
+            self._control_task = asyncio.create_task(
+                self._probe(self.global_endpoints, "control etcd", self._control_probed),
+                name="control probe",
+            )
 
     async def stop(self) -> None:
         for task in (self._task, self._control_task):
@@ -78,10 +86,15 @@ class RegionHealth:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _control_loop(self) -> None:
-        """Can this region read the global control state (linearizably)? If not, its replicas
-        cannot hold a write grant: the region is unhealthy for the gates' votes."""
-        async with EtcdClient(self.global_endpoints, timeout=self.timeout) as client:
+    async def _probe(
+        self,
+        endpoints: list[str],
+        what: str,
+        probed: Callable[[bool, str | None, float], None],
+    ) -> None:
+        """A linearizable read (it needs quorum) every `interval`; `probed(ok, error,
+        latency)` after each."""
+        async with EtcdClient(endpoints, timeout=self.timeout) as client:
             while True:
                 t0 = time.monotonic()
                 try:
@@ -89,49 +102,40 @@ class RegionHealth:
                     ok, error = True, None
                 except EtcdError as exc:
                     ok, error = False, str(exc)
-                except Exception as exc:  # keep probing whatever happens
-                    log.exception("control etcd probe failed")
+                except Exception as exc:  # a bug or a gRPC surprise: unhealthy, keep probing
+                    log.exception("%s probe failed", what)
                     ok, error = False, f"probe failed: {exc!r}"
-                if ok != self.control_reachable:
-                    self.forwarder.emit(
-                        GateEvent(
-                            "region_control",
-                            level="info" if ok else "warning",
-                            pool=self.region,
-                            to_state="reachable" if ok else "unreachable",
-                            reason=error or "a linearizable read of the global state answered",
-                        )
-                    )
-                self.control_reachable, self.control_error = ok, error
+                probed(ok, error, time.monotonic() - t0)
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - t0)))
 
-    async def _probe_loop(self) -> None:
-        async with EtcdClient(self.endpoints, timeout=self.timeout) as client:
-            while True:
-                t0 = time.monotonic()
-                try:
-                    await client.get(PROBE_KEY)
-                    quorum, error = True, None
-                except EtcdError as exc:
-                    quorum, error = False, str(exc)
-                except Exception as exc:  # a bug or a gRPC surprise: unhealthy, keep probing
-                    log.exception("region etcd probe failed")
-                    quorum, error = False, f"probe failed: {exc!r}"
-                self.etcd_latency = time.monotonic() - t0
-                self.etcd_checked_at = time.time()
-                if quorum != self.etcd_quorum:
-                    self.forwarder.emit(
-                        GateEvent(
-                            "region_etcd",
-                            level="info" if quorum else "warning",
-                            pool=self.region,
-                            from_state=_quorum_word(self.etcd_quorum),
-                            to_state=_quorum_word(quorum),
-                            reason=error or "a linearizable read answered",
-                        )
-                    )
-                self.etcd_quorum, self.etcd_error = quorum, error
-                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - t0)))
+    def _etcd_probed(self, quorum: bool, error: str | None, latency: float) -> None:
+        self.etcd_latency = latency
+        self.etcd_checked_at = time.time()
+        if quorum != self.etcd_quorum:
+            self.forwarder.emit(
+                GateEvent(
+                    "region_etcd",
+                    level="info" if quorum else "warning",
+                    pool=self.region,
+                    from_state=_quorum_word(self.etcd_quorum),
+                    to_state=_quorum_word(quorum),
+                    reason=error or "a linearizable read answered",
+                )
+            )
+        self.etcd_quorum, self.etcd_error = quorum, error
+
+    def _control_probed(self, ok: bool, error: str | None, latency: float) -> None:
+        if ok != self.control_reachable:
+            self.forwarder.emit(
+                GateEvent(
+                    "region_control",
+                    level="info" if ok else "warning",
+                    pool=self.region,
+                    to_state="reachable" if ok else "unreachable",
+                    reason=error or "a linearizable read of the global state answered",
+                )
+            )
+        self.control_reachable, self.control_error = ok, error
 
     def report(self) -> dict[str, Any]:
         pool = self.forwarder.pools.get(self.region)

@@ -269,11 +269,6 @@ async def _read_active(plan: TopologyPlan, wait: float) -> ActiveRegion | None:
                 await asyncio.sleep(0.5)
 
 
-def _age(since: str) -> float:
-    t = _ts(since)
-    return time.time() - t if t is not None else float("inf")
-
-
 def _log_events(state: StateDir, active: str, since: float) -> list[tuple[float, str, str]]:
     """(wall time, event name, detail) from the gates' and balancers' JSON logs."""
     out: list[tuple[float, str, str]] = []
@@ -374,7 +369,7 @@ async def run_drill(
         raise DrillError("no active region is recorded: is the topology up?")
     if not before.writable:
         raise DrillError(f"epoch {before.epoch} is not writable yet; try again in a moment")
-    settle = failover.min_interval_ms / 1000 + 1.0 - _age(before.since)
+    settle = failover.min_interval_ms / 1000 + 1.0 - before.age()
     if SCENARIOS[scenario].expect_failover and settle > 0:
         # hysteresis would hold the failover back: start from a settled topology
         progress(f"waiting {settle:.1f}s: the last change is younger than minIntervalMs")

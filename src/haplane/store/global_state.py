@@ -23,6 +23,7 @@ with the winner's record. The first record is created only if `active` is absent
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -56,6 +57,15 @@ class ActiveRegion:
     grant_ms: int = DEFAULT_GRANT_MS  # T: how long a successful read grants write permission
     margin_ms: int = DEFAULT_MARGIN_MS  # taken off T by replicas, added to T before unfencing
     unfenced: str | None = None  # when writes were allowed in this epoch (RFC 3339)
+
+    def age(self) -> float:
+        """Seconds since `since` by this machine's wall clock (for pacing, e.g. hysteresis;
+        never for safety); infinite when `since` does not parse."""
+        try:
+            t = datetime.fromisoformat(self.since.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return float("inf")
+        return max(0.0, time.time() - t)
 
     @property
     def fence_wait(self) -> float:
