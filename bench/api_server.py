@@ -3,13 +3,23 @@
 Everything runs side by side in one invocation on this machine:
 - a 3-member etcd (data on disk, fsync on) and two API replicas on it: one with the watch cache,
   one started with --no-watch-cache;
-- load from several worker processes (never one Python client process), each an asyncio loop
-  with aiohttp, `--concurrency` requests in flight per process;
+- load from wrk (creates: `bench/wrk_create.lua`, 2 threads) or from several worker processes
+  (never one Python client process), each an asyncio loop with aiohttp or haplane's etcd client,
+  `--concurrency` requests in flight per process; wrk holds workers x concurrency connections,
+  so both see the same number of requests in flight;
 - objects: ConfigMaps of ~1 KiB; lists: a namespace holding 100 of them.
 
 Reported: requests/s, p50/p99 latency, and µs of the replica's CPU per request (psutil, the
 replica's own user+system time over the run); ratios: creates through the API vs raw etcd txns
 (create-if-absent, same client library and concurrency), cached vs uncached gets and lists.
+Creates run `--rounds` times, raw and API interleaved, and the ratio is the median of the
+rounds': the box is shared and noisy, and etcd's own rate moves by a third between runs.
+
+Why wrk for the API's creates: everything shares 2 vCPUs, and an aiohttp client spends about as
+much CPU per request as the replica's HTTP layer does (~250 µs, measured with psutil), which
+would be taken from the replica and etcd. The raw etcd load must use haplane's etcd client (the
+comparison is "through the API" against "that client straight to etcd"), so it stays Python.
+The API create with Python workers is printed too, for comparison.
 Then watch fan-out: `--watchers` watches on the cached replica while one writer updates an object
 10 times a second; delivery latency = receive time - write time (same host clock).
 
@@ -22,6 +32,10 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
+import re
+import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +54,7 @@ PAYLOAD = "x" * 1000
 # ---- load workers (separate processes) ---------------------------------------------------
 
 
-def _worker(kind: str, target: str, seconds: float, concurrency: int, wid: int, out: Any) -> None:
+def _worker(kind: str, target: str, seconds: float, concurrency: int, wid: str, out: Any) -> None:
     async def run() -> list[float]:
         latencies: list[float] = []
         deadline = time.monotonic() + seconds
@@ -55,11 +69,12 @@ def _worker(kind: str, target: str, seconds: float, concurrency: int, wid: int, 
                 if kind == "etcd-create":
                     assert client is not None
                     key = f"/bench/raw/{n}".encode()
-                    await client.txn(
+                    r = await client.txn(
                         [Compare(key, "mod", "=", 0)],
                         [Op("put", key, json.dumps({"data": PAYLOAD}).encode())],
                         [Op("get", key)],
                     )
+                    assert r.succeeded, key  # a create, not a read of an existing key
                 else:
                     assert session is not None
                     if kind == "create":
@@ -89,7 +104,11 @@ def _worker(kind: str, target: str, seconds: float, concurrency: int, wid: int, 
                 await asyncio.gather(*(loop(session, None) for _ in range(concurrency)))
         return latencies
 
-    out.put(asyncio.run(run()))
+    try:
+        out.put(asyncio.run(run()))
+    except BaseException as exc:  # the parent must hear of it, not wait forever
+        out.put(exc)
+        raise
 
 
 def load(
@@ -98,15 +117,21 @@ def load(
     q: Any = mp.Queue()
     cpu0 = _cpu(server_pid)
     t0 = time.monotonic()
+    run = time.time_ns()  # names unique across calls: a repeated one would be a conflict
     procs = [
-        mp.Process(target=_worker, args=(kind, target, seconds, concurrency, i, q))
+        mp.Process(target=_worker, args=(kind, target, seconds, concurrency, f"{run}-{i}", q))
         for i in range(workers)
     ]
     for p in procs:
         p.start()
     lat: list[float] = []
     for _ in procs:
-        lat += q.get()
+        got = q.get()
+        if isinstance(got, BaseException):
+            for p in procs:
+                p.kill()
+            raise RuntimeError(f"a {kind} load worker failed: {got!r}")
+        lat += got
     for p in procs:
         p.join()
     wall = time.monotonic() - t0
@@ -120,6 +145,51 @@ def load(
         "cpu_us": (cpu / n * 1e6) if server_pid else float("nan"),
         "n": n,
         "wall": wall,
+    }
+
+
+WRK_CREATE = Path(__file__).with_name("wrk_create.lua")
+
+
+def _wrk_ms(out: str, pct: str) -> float:
+    m = re.search(rf"{pct}%\s+([\d.]+)(us|ms|s)\b", out)
+    assert m, out
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def load_wrk_create(
+    url: str, seconds: float, connections: int, server_pid: int
+) -> dict[str, float]:
+    """Creates from wrk; every answer must be 201 (wrk counts the others)."""
+    env = {
+        **os.environ,
+        "BENCH_RUN": f"wrk{time.time_ns()}",
+        "BENCH_PATH": "/api/v1/namespaces/bench/configmaps",
+    }
+    cpu0 = _cpu(server_pid)
+    out = subprocess.run(
+        [
+            *("wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency"),
+            *("-s", str(WRK_CREATE), url),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cpu = _cpu(server_pid) - cpu0
+    done = re.search(r"(\d+) requests in ([\d.]+)s", out)
+    assert done, out
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    assert bad is None, f"creates answered with errors:\n{out}"
+    n = int(done.group(1))
+    return {
+        "rps": n / float(done.group(2)),
+        "p50_ms": _wrk_ms(out, "50"),
+        "p99_ms": _wrk_ms(out, "99"),
+        "cpu_us": cpu / n * 1e6,
+        "n": n,
+        "wall": float(done.group(2)),
     }
 
 
@@ -229,6 +299,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--watchers", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the creates")
     ap.add_argument("--only", choices=("all", "requests", "fanout"), default="all")
     args = ap.parse_args()
     loop = asyncio.new_event_loop()
@@ -246,7 +317,8 @@ def main() -> None:
             time.sleep(1.0)
             w, c, s = args.workers, args.concurrency, args.seconds
             if args.only != "fanout":
-                requests(cluster, cached, uncached, w, c, s)
+                creates(cluster, cached, w, c, s, args.rounds)
+                requests(cached, uncached, w, c, s)
             if args.only != "requests":
                 f = fanout(cached, args.watchers, 10.0, 4)
                 print(
@@ -260,30 +332,55 @@ def main() -> None:
             loop.run_until_complete(cluster.stop())
 
 
-def requests(
-    cluster: EtcdCluster, cached: ApiReplica, uncached: ApiReplica, w: int, c: int, s: float
+def _row(name: str, r: dict[str, float]) -> None:
+    print(f"{name:<34}{r['rps']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['cpu_us']:>12.0f}")
+
+
+def _header() -> None:
+    print(f"{'case':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}")
+
+
+def creates(
+    cluster: EtcdCluster, cached: ApiReplica, w: int, c: int, s: float, rounds: int
 ) -> None:
     print(
-        f"{w} worker processes x {c} in flight, {s:.0f}s per case, 2 vCPUs shared by "
+        f"creates: {rounds} interleaved rounds of {s:.0f}s, {w * c} in flight (raw etcd: {w} "
+        f"worker processes x {c}; API: wrk -t2 -c{w * c}, and {w} aiohttp workers x {c}); "
+        "2 vCPUs shared by etcd, replicas and load"
+    )
+    _header()
+    pid = cached.process.pid
+    ratios, ratios_py = [], []
+    for i in range(rounds):
+        raw = load("etcd-create", ",".join(cluster.endpoints), s, w, c, None)
+        api = load_wrk_create(cached.url, s, w * c, pid)
+        api_py = load("create", cached.url, s, w, c, pid)
+        _row(f"{i + 1}: etcd txn create (raw)", raw)
+        _row(f"{i + 1}: API create (wrk)", api)
+        _row(f"{i + 1}: API create (aiohttp workers)", api_py)
+        ratios.append(api["rps"] / raw["rps"])
+        ratios_py.append(api_py["rps"] / raw["rps"])
+    print(
+        f"creates: API / raw etcd = {statistics.median(ratios):.2f}x median "
+        f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); with aiohttp workers as load "
+        f"{statistics.median(ratios_py):.2f}x ({', '.join(f'{r:.2f}' for r in ratios_py)})"
+    )
+
+
+def requests(cached: ApiReplica, uncached: ApiReplica, w: int, c: int, s: float) -> None:
+    print(
+        f"\nreads: {w} worker processes x {c} in flight, {s:.0f}s per case, 2 vCPUs shared by "
         "etcd, replicas and load"
     )
     rows = {
-        "etcd txn create (raw)": load("etcd-create", ",".join(cluster.endpoints), s, w, c, None),
-        "API create": load("create", cached.url, s, w, c, cached.process.pid),
         "get rv=0, cache on": load("get", cached.url, s, w, c, cached.process.pid),
         "get rv=0, cache off": load("get", uncached.url, s, w, c, uncached.process.pid),
         "list 100 rv=0, cache on": load("list", cached.url, s, w, c, cached.process.pid),
         "list 100 rv=0, cache off": load("list", uncached.url, s, w, c, uncached.process.pid),
     }
-    print(f"{'case':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}")
+    _header()
     for name, r in rows.items():
-        print(
-            f"{name:<28}{r['rps']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['cpu_us']:>12.0f}"
-        )
-    print(
-        f"creates: API / raw etcd = "
-        f"{rows['API create']['rps'] / rows['etcd txn create (raw)']['rps']:.2f}x"
-    )
+        _row(name, r)
     for what in ("get", "list 100"):
         on, off = rows[f"{what} rv=0, cache on"], rows[f"{what} rv=0, cache off"]
         print(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
 from haplane.api.errors import StatusError
 from haplane.api.generic_store import GenericStore
-from haplane.api.resource_version import VersionContext
+from haplane.api.resource_version import VersionContext, parse
 from haplane.api.resources import BUILTIN
 from haplane.api.storage import EtcdStorage
+from haplane.api.watch_cache import CachedStorage, Cacher
 
 TYPES = {t.plural: t for t in BUILTIN}
 
@@ -70,4 +72,53 @@ async def test_a_create_checked_against_a_stale_cached_namespace_is_refused(etcd
         with pytest.raises(StatusError):
             await store.get(ns, "late")
     finally:
+        await client.close()
+
+
+async def test_lifecycle_scan_is_the_same_from_the_cache_and_from_etcd(etcd_cluster):
+    """The controllers' view of a resource: from the watch cache's indexes on a cached replica,
+    from one list on a replica without a cache. Both must name the same objects."""
+    client = etcd_cluster.client(timeout=2.0)
+    cacher = None
+    try:
+        storage = EtcdStorage(client, VersionContext.for_cluster(await client.cluster_id()))
+        ns = f"scan-{uuid.uuid4().hex[:8]}"
+        await GenericStore(TYPES["namespaces"], storage).create(None, {"metadata": {"name": ns}})
+        plain = GenericStore(TYPES["configmaps"], storage)
+        owner = await plain.create(ns, {"metadata": {"name": "owner"}})
+        ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner"}
+        ref["uid"] = owner["metadata"]["uid"]
+        await plain.create(ns, {"metadata": {"name": "dep", "ownerReferences": [ref]}})
+        await plain.create(ns, {"metadata": {"name": "held", "finalizers": ["test/hold"]}})
+        await plain.delete(ns, "held")  # marked, held by its finalizer
+        last = await plain.create(ns, {"metadata": {"name": "bystander"}})
+        cacher = Cacher(storage, TYPES["configmaps"].key_prefix())
+        cacher.start()
+        cached = GenericStore(TYPES["configmaps"], CachedStorage(storage, cacher))
+        written = parse(storage.versions, last["metadata"]["resourceVersion"]).revision
+        for _ in range(500):
+            if cacher.ready and cacher.revision >= written:
+                break
+            await asyncio.sleep(0.02)
+
+        def mine(scan) -> tuple[list[str], set[str]]:
+            names = [
+                o["metadata"]["name"] for o in scan.objects if o["metadata"]["namespace"] == ns
+            ]
+            uids = {o["metadata"]["name"] for o in scan.by_uid.values()}
+            return names, uids & {"owner", "dep", "held", "bystander"}
+
+        from_cache, from_etcd = await cached.lifecycle_scan(), await plain.lifecycle_scan()
+        assert (
+            mine(from_cache)
+            == mine(from_etcd)
+            == (
+                ["dep", "held"],
+                {"owner", "dep", "held", "bystander"},
+            )
+        )
+        assert all(o["kind"] == "ConfigMap" for o in from_cache.objects)  # stamped copies
+    finally:
+        if cacher is not None:
+            await cacher.stop()
         await client.close()

@@ -258,3 +258,49 @@ async def test_snapshots_of_one_namespace_follow_creates_and_deletes(etcd_cluste
 
 def _in(namespace: str, name: str) -> dict:
     return {"metadata": {"name": name, "namespace": namespace}}
+
+
+async def test_lifecycle_indexes_follow_owner_references_deletion_and_recreation(etcd_cluster):
+    """The controllers read these indexes instead of scanning the resource: they must follow
+    every change, including a key deleted and created again with a new uid."""
+    storage, client = await _storage(etcd_cluster)
+    prefix = f"/registry/index-{uuid.uuid4().hex[:6]}/"
+
+    def obj(name: str, uid: str, **meta: object) -> dict:
+        return {"metadata": {"name": name, "namespace": "a", "uid": uid, **meta}}
+
+    owner_ref = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u-owner"}]
+    await storage.create(f"{prefix}a/owner", obj("owner", "u-owner"))
+    await storage.create(f"{prefix}a/dep", obj("dep", "u-dep", ownerReferences=owner_ref))
+    cacher = Cacher(storage, prefix)
+    cacher.start()
+    try:
+        await _wait(lambda: cacher.ready)
+        assert set(cacher.by_uid) == {"u-owner", "u-dep"}
+        assert list(cacher.lifecycle) == [f"{prefix}a/dep"]  # only the one with an owner
+
+        # a plain object marked for deletion joins; losing its owners, the dependent leaves
+        def mark(cur: dict) -> dict:
+            cur["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            cur["metadata"]["finalizers"] = ["x"]
+            return cur
+
+        def orphan(cur: dict) -> dict:
+            del cur["metadata"]["ownerReferences"]
+            return cur
+
+        await storage.guaranteed_update(f"{prefix}a/owner", lambda cur: _async(mark(cur)))
+        await storage.guaranteed_update(f"{prefix}a/dep", lambda cur: _async(orphan(cur)))
+        await _wait(lambda: list(cacher.lifecycle) == [f"{prefix}a/owner"])
+
+        # deleted, then created again under the same key with another uid
+        await storage.guaranteed_update(f"{prefix}a/dep", lambda cur: _async(DELETE_OBJECT))
+        await _wait(lambda: "u-dep" not in cacher.by_uid)
+        await storage.create(f"{prefix}a/dep", obj("dep", "u-dep2", ownerReferences=owner_ref))
+        await _wait(lambda: "u-dep2" in cacher.by_uid)
+        assert set(cacher.by_uid) == {"u-owner", "u-dep2"}
+        assert sorted(cacher.lifecycle) == [f"{prefix}a/dep", f"{prefix}a/owner"]
+        assert cacher.by_uid["u-dep2"] is cacher.objects[f"{prefix}a/dep"]
+    finally:
+        await cacher.stop()
+        await client.close()

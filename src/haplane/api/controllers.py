@@ -14,10 +14,12 @@ Layer: api. Uses the generic stores in-process (no HTTP) and a coordination.k8s.
   `orphan` goes after its dependents lost their reference to it.
 
 Both controllers rescan every `interval` seconds rather than keeping a dependency graph: simple
-and correct at the sizes one region's control plane holds here. A scan reads this replica's watch
-cache (no etcd traffic) and is skipped when no cached resource changed since the last complete
-round; a step that cannot be undone (dropping a namespace's or a CRD's cleanup finalizer, deleting
-a dependent) is first confirmed with quorum reads, because the cache lags etcd by milliseconds.
+and correct at the sizes one region's control plane holds here. A scan reads the indexes this
+replica's watch caches keep (objects with ownerReferences or a deletionTimestamp, every object by
+uid: no etcd traffic, and a round costs what it acts on rather than the number of objects) and
+is skipped when no cached resource changed since the last complete round; a step that cannot
+be undone (dropping a namespace's or a CRD's cleanup finalizer, deleting a dependent) is first
+confirmed with quorum reads, because the cache lags etcd by milliseconds.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 from .crds import CLEANUP_FINALIZER
 from .errors import StatusError
-from .generic_store import GenericStore, ListOptions
+from .generic_store import GenericStore, LifecycleScan, ListOptions
 from .selectors import parse_field_selector, parse_label_selector
 
 log = logging.getLogger("haplane.api")
@@ -199,15 +201,9 @@ class Controllers:
             await asyncio.sleep(self.interval)
 
     async def reconcile_once(self, *, force: bool = False) -> None:
-        listed: list[tuple[GenericStore, Obj]] = []
-        scan: list[tuple[str, str]] = []
         stores = list(self.stores())
-        for store in _one_per_prefix(stores):
-            got = await store.list(None, _all(cached=True))
-            scan.append((store.t.key_prefix(), str(got["metadata"].get("resourceVersion"))))
-            for item in got["items"]:
-                listed.append((store, item))
-        signature = tuple(scan)
+        scans = [(store, await store.lifecycle_scan()) for store in _one_per_prefix(stores)]
+        signature = tuple((store.t.key_prefix(), scan.revision) for store, scan in scans)
         if (
             signature == self._last_scan
             and not force
@@ -216,8 +212,9 @@ class Controllers:
             return  # nothing changed since a round that completed
         self._last_full_round = time.monotonic()
         self._pending = False
+        listed = [(store, obj) for store, scan in scans for obj in scan.objects]
         await self._namespaces(listed, stores)
-        await self._garbage(listed)
+        await self._garbage(listed, _UidIndex(scans))
         await self._crd_cleanup(listed, stores)
         self._last_scan = None if self._pending else signature
 
@@ -233,7 +230,10 @@ class Controllers:
         }
         for ns, (ns_store, ns_obj) in terminating.items():
             contents = [
-                (s, o) for s, o in listed if s.t.namespaced and o["metadata"].get("namespace") == ns
+                (s, o)
+                for s in _one_per_prefix(stores)
+                if s.t.namespaced
+                for o in (await s.list(ns, _all(cached=True)))["items"]
             ]
             for store, obj in contents:
                 if not obj["metadata"].get("deletionTimestamp"):
@@ -298,8 +298,7 @@ class Controllers:
 
     # ---- garbage collection --------------------------------------------------------------
 
-    async def _garbage(self, listed: list[tuple[GenericStore, Obj]]) -> None:
-        by_uid = {o["metadata"].get("uid"): (s, o) for s, o in listed}
+    async def _garbage(self, listed: list[tuple[GenericStore, Obj]], by_uid: _UidIndex) -> None:
         dependents: dict[str, list[tuple[GenericStore, Obj]]] = {}
         for store, obj in listed:
             for ref in obj["metadata"].get("ownerReferences") or []:
@@ -364,9 +363,7 @@ class Controllers:
                     return True
         return False
 
-    async def _owner_absent(
-        self, ref: Obj, dependent_meta: Obj, by_uid: dict[Any, tuple[GenericStore, Obj]]
-    ) -> bool:
+    async def _owner_absent(self, ref: Obj, dependent_meta: Obj, by_uid: _UidIndex) -> bool:
         """Whether an owner is certainly gone. The scan's lists are taken one after another, so
         a missing uid is only a hint: confirm with a quorum read of the owner itself, where the
         dependent's namespace says it must live (an owner elsewhere counts as absent, as in
@@ -417,6 +414,23 @@ class Controllers:
 
         meta = obj["metadata"]
         await _ignore_gone(store.patch(meta.get("namespace"), meta["name"], change))
+
+
+class _UidIndex:
+    """Every object of a round's scans by uid, with the store it belongs to."""
+
+    def __init__(self, scans: list[tuple[GenericStore, LifecycleScan]]):
+        self._scans = scans
+
+    def get(self, uid: Any) -> tuple[GenericStore, Obj] | None:
+        for store, scan in self._scans:
+            obj = scan.by_uid.get(uid)
+            if obj is not None:
+                return store, obj
+        return None
+
+    def __contains__(self, uid: Any) -> bool:
+        return self.get(uid) is not None
 
 
 def _constant(body: Obj) -> Callable[[Obj], Obj]:

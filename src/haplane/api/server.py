@@ -19,13 +19,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -43,7 +43,7 @@ from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strate
 from .resource_version import VersionContext
 from .resources import BUILTIN, Obj, Registry, ResourceType
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
-from .storage import MAX_VALUE_BYTES, EtcdStorage
+from .storage import MAX_VALUE_BYTES, EtcdStorage, finite
 from .watch_cache import CachedStorage, Cacher
 
 log = logging.getLogger("haplane.api")
@@ -113,6 +113,26 @@ class Metrics:
             ["operation"],
             registry=self.registry,
         )
+        # `labels()` validates and hashes its arguments on every call: keep the children
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._etcd_children: dict[str, Any] = {}
+
+    def observe(self, verb: str, resource: str, code: int, seconds: float) -> None:
+        key = (verb, resource, code)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(verb, resource, str(code)),
+                self.latency.labels(verb, resource),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_etcd(self, operation: str, seconds: float) -> None:
+        child = self._etcd_children.get(operation)
+        if child is None:
+            child = self._etcd_children[operation] = self.etcd_latency.labels(operation)
+        child.observe(seconds)
 
 
 @dataclass
@@ -174,7 +194,7 @@ class ApiServer:
         store = EtcdStorage(
             self.client,
             self.versions,
-            observe=lambda op, seconds: self.metrics.etcd_latency.labels(op).observe(seconds),
+            observe=self.metrics.observe_etcd,
             fence=self.fence if self.fence.enabled else None,
             journal=self._journal if self._write_log is not None else None,
         )
@@ -438,8 +458,7 @@ class ApiServer:
             self._inflight -= 1
         verb = request.get("verb", request.method.lower())
         resource = request.get("resource", "")
-        self.metrics.requests.labels(verb, resource, str(response.status)).inc()
-        self.metrics.latency.labels(verb, resource).observe(time.monotonic() - t0)
+        self.metrics.observe(verb, resource, response.status, time.monotonic() - t0)
         return response
 
     def _epoch(self) -> int:
@@ -555,7 +574,7 @@ class ApiServer:
             try:
                 t0 = time.monotonic()
                 await self.client.range(b"/registry/health", timeout=READY_TIMEOUT)
-                self.metrics.etcd_latency.labels("readyz").observe(time.monotonic() - t0)
+                self.metrics.observe_etcd("readyz", time.monotonic() - t0)
                 ok = True
             except EtcdError:
                 ok = False
@@ -869,7 +888,7 @@ class ApiServer:
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
         raw = await _raw(request)
         try:
-            patch = json.loads(raw, parse_constant=_reject_constant) if raw else None
+            patch = _json_loads(raw) if raw else None
         except ValueError as exc:
             raise errors.bad_request(f"the patch is not valid JSON: {exc}") from exc
         t = target.rtype
@@ -1060,18 +1079,18 @@ _JsonishLoader.yaml_implicit_resolvers = {
 }
 
 
+def _json_loads(raw: bytes) -> Any:
+    """orjson (6x faster on a create's body, bench/json_codecs.py); what it refuses goes to the
+    standard library, which words the error as before or reads what only it accepts (a lone
+    surrogate; an infinity, refused by the caller's `finite` check)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw, parse_constant=_reject_constant)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
 
 
 def _everything_selectors() -> tuple[Any, Any]:
@@ -1149,14 +1168,14 @@ async def _body(
             body = yaml.load(raw, Loader=_JsonishLoader)  # a SafeLoader subclass
             json.dumps(body)  # sets, dates and other non-JSON YAML types end here
         elif ctype in (JSON, ""):
-            body = json.loads(raw, parse_constant=_reject_constant)
+            body = _json_loads(raw)
         else:
             raise errors.unsupported_media(
                 f"unsupported media type {ctype!r}: send application/json or application/yaml"
             )
     except (ValueError, TypeError, yaml.YAMLError) as exc:
         raise errors.bad_request(f"the request body is not valid {ctype}: {exc}") from exc
-    if not _finite(body):
+    if not finite(body):
         raise errors.bad_request("the request body holds a number too large for JSON")
     if not isinstance(body, dict):
         raise errors.bad_request("the request body must be an object")

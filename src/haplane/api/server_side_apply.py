@@ -780,6 +780,7 @@ def _decode_managers(entries: Any) -> dict[_Identity, _Manager] | None:
     return managers
 
 
+@lru_cache(maxsize=1024)
 def _seconds(time: str | None) -> int:
     if not time:
         return 0
@@ -792,10 +793,11 @@ def _seconds(time: str | None) -> int:
 def _encode_managers(managers: Iterable[_Manager]) -> list[dict[str, Any]]:
     """managedFields as kube-apiserver writes it: no empty entry; Apply entries before Update
     ones, then oldest first, then by manager, apiVersion and subresource."""
-    kept = sorted(
-        (m for m in managers if m.fields),
-        key=lambda m: (m.operation, _seconds(m.time), m.manager, m.api_version, m.subresource),
-    )
+    kept = [m for m in managers if m.fields]
+    if len(kept) > 1:
+        kept.sort(
+            key=lambda m: (m.operation, _seconds(m.time), m.manager, m.api_version, m.subresource)
+        )
     entries: list[dict[str, Any]] = []
     for m in kept:
         entry: dict[str, Any] = {"manager": m.manager, "operation": m.operation}

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -50,6 +51,44 @@ from .resource_version import VersionContext
 Obj = dict[str, Any]
 # etcd's default --max-request-bytes is 1.5 MiB; leave room for the key and txn framing.
 MAX_VALUE_BYTES = 1536 * 1024 - 4096
+
+
+def finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a JSON document (JSON cannot carry them)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(finite(v) for v in value)
+    return True
+
+
+def _loads(data: bytes) -> Any:
+    """Stored JSON: orjson, or the standard library for what only it reads (an escaped lone
+    surrogate, written by the fallback in `EtcdStorage._encode`). orjson reads an integer
+    beyond 64 bits as a float, as Kubernetes' own JSON decoding does beyond int64."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def acted_on_by_lifecycle(obj: Obj) -> bool:
+    """What the lifecycle controllers look at: objects with owners, and objects being deleted."""
+    meta = obj.get("metadata") or {}
+    return bool(meta.get("ownerReferences") or meta.get("deletionTimestamp"))
+
+
+@dataclass(frozen=True)
+class LifecycleView:
+    """What a watch cache offers the lifecycle controllers (`CachedStorage.lifecycle_view`):
+    objects with ownerReferences or a deletionTimestamp (shared: read, never change), every
+    object by uid, and the cache's revision."""
+
+    revision: int
+    objects: list[Obj]
+    by_uid: Mapping[str, Obj]
 
 
 class StorageError(Exception):
@@ -267,27 +306,30 @@ class EtcdStorage:
     # ---- codec ---------------------------------------------------------------------------
 
     def _encode(self, key: str, obj: Obj) -> tuple[bytes, bytes]:
-        """(plain JSON, bytes for etcd)."""
+        """(plain JSON, bytes for etcd): compact, keys sorted, so that an unchanged object
+        encodes to the bytes stored (`guaranteed_update` skips such writes)."""
         meta = obj.get("metadata") or {}
         stored = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
+        if not finite(stored):  # orjson would write NaN as null; Go clients would choke on it
+            raise Invalid("the object holds a number that JSON cannot carry (NaN or Infinity)")
         try:
-            plain = json.dumps(
-                stored, separators=(",", ":"), sort_keys=True, allow_nan=False
-            ).encode()
-        except ValueError as exc:  # NaN or Infinity: not JSON, and Go clients would choke
-            raise Invalid(f"the object holds a number that JSON cannot carry: {exc}") from exc
+            # orjson: ~15x faster than the standard library here (bench/json_codecs.py)
+            plain = orjson.dumps(stored, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # an integer beyond 64 bits or a lone surrogate: only the standard
+            # library writes those (the surrogate escaped, so the bytes stay valid UTF-8)
+            plain = json.dumps(stored, separators=(",", ":"), sort_keys=True).encode()
         data = self.transformer.to_storage(plain, key.encode())
         if len(data) > MAX_VALUE_BYTES:
             raise TooLarge(f"object is {len(data)} bytes; etcd accepts at most {MAX_VALUE_BYTES}")
         return plain, data
 
     def _with_version(self, plain: bytes, revision: int) -> Obj:
-        out: Obj = json.loads(plain)
+        out: Obj = _loads(plain)
         out["metadata"]["resourceVersion"] = self.versions.encode(revision)
         return out
 
     def _decode(self, kv: KeyValue, revision: int | None = None) -> Obj:
-        obj: Obj = orjson.loads(self.transformer.from_storage(kv.value, kv.key))
+        obj: Obj = _loads(self.transformer.from_storage(kv.value, kv.key))
         obj.setdefault("metadata", {})["resourceVersion"] = self.versions.encode(
             revision if revision is not None else kv.mod_revision
         )

@@ -52,6 +52,10 @@ class Cacher:
         self.prefix = prefix
         self.objects: dict[str, Obj] = {}
         self._buckets: dict[str, dict[str, Obj]] = {}  # first key segment (namespace) -> objects
+        # For the lifecycle controllers, kept up to date event by event so that a controller
+        # round costs what it acts on, not the size of the resource (see `lifecycle_view`):
+        self.by_uid: dict[str, Obj] = {}
+        self.lifecycle: dict[str, Obj] = {}  # key -> objects with ownerReferences or deleting
         self.revision = 0
         self.oldest = 0  # the window holds every event with revision > oldest
         self.ready = False
@@ -88,6 +92,8 @@ class Cacher:
                 listed = await self.inner.list(self.prefix)
                 self.objects = {}
                 self._buckets = {}
+                self.by_uid = {}
+                self.lifecycle = {}
                 for o in listed.items:
                     self._put(_key(self.prefix, o), o)
                 self.revision = self.oldest = listed.revision
@@ -117,7 +123,9 @@ class Cacher:
             assert ev.object is not None
             key = ev.key or _key(self.prefix, ev.object)
             if ev.type == "DELETED":
-                self.objects.pop(key, None)
+                old = self.objects.pop(key, None)
+                if old is not None:
+                    self._unindex(key, old)
                 name = self._bucket_of(key)
                 bucket = self._buckets.get(name)
                 if bucket is not None:
@@ -149,8 +157,22 @@ class Cacher:
         return key[len(self.prefix) :].partition("/")[0]
 
     def _put(self, key: str, obj: Obj) -> None:
+        old = self.objects.get(key)
+        if old is not None:
+            self._unindex(key, old)
         self.objects[key] = obj
         self._buckets.setdefault(self._bucket_of(key), {})[key] = obj
+        uid = (obj.get("metadata") or {}).get("uid")
+        if uid:
+            self.by_uid[uid] = obj
+        if storage.acted_on_by_lifecycle(obj):
+            self.lifecycle[key] = obj
+
+    def _unindex(self, key: str, old: Obj) -> None:
+        uid = (old.get("metadata") or {}).get("uid")
+        if uid and self.by_uid.get(uid) is old:
+            del self.by_uid[uid]
+        self.lifecycle.pop(key, None)
 
     def snapshot(self, sub_prefix: str) -> tuple[list[Obj], int]:
         """Sorted by key. A namespace's objects come from its bucket: listing one namespace
@@ -279,6 +301,16 @@ class CachedStorage:
             return None
         items, revision = self.cacher.snapshot(prefix)
         return ListResult(items=items, revision=revision, last_key=None, remaining=0)
+
+    def lifecycle_view(self) -> storage.LifecycleView | None:
+        """What the lifecycle controllers act on, from the cache's indexes (None: not ready):
+        the objects with ownerReferences or a deletionTimestamp, sorted by key, and every
+        object by uid (the live index: it may be fresher than the revision, never older)."""
+        if not self.cacher.ready:
+            return None
+        c = self.cacher
+        objects = [c.lifecycle[k] for k in sorted(c.lifecycle)]
+        return storage.LifecycleView(c.revision, objects, c.by_uid)
 
     def watch(
         self, prefix: str, *, revision: int | None, tick: float | None = None

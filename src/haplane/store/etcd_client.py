@@ -309,6 +309,12 @@ class EtcdClient:
         )
 
     async def _ready_endpoint(self, remaining: float, exclude: set[str]) -> str | None:
+        preferred = self.endpoints[self._preferred]
+        if preferred not in exclude and (
+            self._channel(preferred).get_state(try_to_connect=True)
+            == grpc.ChannelConnectivity.READY
+        ):
+            return preferred  # the common case, without building the candidate list
         candidates = [ep for ep in self._order() if ep not in exclude]
         if not candidates:
             return None
@@ -682,25 +688,27 @@ class EtcdClient:
         await self._write(call, timeout)
 
 
-_COMPARE_TARGET = {"mod": "MOD", "create": "CREATE", "version": "VERSION", "value": "VALUE"}
-_COMPARE_RESULT = {"=": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
+# target name -> (enum value, the Compare field its operand goes in); op -> enum value
+_COMPARE_TARGET = {
+    name: (rpc_pb2.Compare.CompareTarget.Value(enum), field)
+    for name, enum, field in (
+        ("mod", "MOD", "mod_revision"),
+        ("create", "CREATE", "create_revision"),
+        ("version", "VERSION", "version"),
+        ("value", "VALUE", "value"),
+    )
+}
+_COMPARE_RESULT = {
+    op: rpc_pb2.Compare.CompareResult.Value(enum)
+    for op, enum in (("=", "EQUAL"), ("!=", "NOT_EQUAL"), ("<", "LESS"), (">", "GREATER"))
+}
 
 
 def _compare(c: Compare) -> Any:
-    target = _COMPARE_TARGET[c.target]
-    fields: dict[str, Any] = {
-        "key": c.key,
-        "target": rpc_pb2.Compare.CompareTarget.Value(target),
-        "result": rpc_pb2.Compare.CompareResult.Value(_COMPARE_RESULT[c.op]),
-    }
-    field = {
-        "mod": "mod_revision",
-        "create": "create_revision",
-        "version": "version",
-        "value": "value",
-    }[c.target]
-    fields[field] = c.value
-    return rpc_pb2.Compare(**fields)
+    target, field = _COMPARE_TARGET[c.target]
+    return rpc_pb2.Compare(
+        key=c.key, target=target, result=_COMPARE_RESULT[c.op], **{field: c.value}
+    )
 
 
 def _request_op(o: Op) -> Any:

@@ -1,0 +1,22 @@
+-- wrk script for bench/api_server.py: POST ConfigMaps of ~1 KiB with unique names.
+-- Names are RUN-THREAD-COUNTER (RUN from $BENCH_RUN, one per wrk invocation), so no create
+-- conflicts and every answer must be 201; the path comes from $BENCH_PATH.
+local threads = {}
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+local counter = 0
+local payload = string.rep("x", 1000)
+local run = os.getenv("BENCH_RUN") or "run"
+local path = os.getenv("BENCH_PATH")
+local headers = {["Content-Type"] = "application/json"}
+
+function request()
+  counter = counter + 1
+  local body = '{"metadata":{"name":"' .. run .. '-' .. tid .. '-' .. counter ..
+    '"},"data":{"p":"' .. payload .. '"}}'
+  return wrk.format("POST", path, headers, body)
+end
