@@ -593,3 +593,22 @@ def test_more_bad_input_regressions(api: ApiReplica, namespace: str):
         content_type="application/yaml",
     )
     assert status == 201 and body["data"] == {"when": "2020-01-01"}
+
+
+def test_a_patch_cannot_store_an_infinity_and_null_stays_null(api: ApiReplica, namespace: str):
+    """orjson writes non-finite floats as null: storage must refuse them, not store null; a
+    real null in an object must still be stored."""
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    created = {"metadata": {"name": "inf"}, "data": {"a": "1"}}
+    assert api.request("POST", path, created)[0] == 201
+    status, _, body = api.request(
+        "PATCH",
+        f"{path}/inf",
+        raw=b'{"metadata": {"annotations": null}, "x": 1e400}',
+        content_type="application/merge-patch+json",
+    )
+    assert status in (400, 422) and body["kind"] == "Status", body
+    assert "x" not in api.request("GET", f"{path}/inf")[2]
+    with_null = {"metadata": {"name": "nulls", "labels": None}, "data": {"a": "1"}}
+    status, _, body = api.request("POST", path, with_null)
+    assert status == 201 and body["data"] == {"a": "1"}, body
