@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -70,11 +71,20 @@ async def serve(config: ReplicaConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    gc.freeze()  # what start-up made (modules, code, schemas) is never scanned again
     await stop.wait()
     await server.drain_and_stop()
 
 
+# The collector's defaults (700, 10, 10) scan the whole heap again and again as the watch
+# caches grow: measured at ~15% of the replica's CPU under a stream of creates (gc.callbacks
+# timing, 30k cached objects). Cached objects are plain JSON (no cycles); the cyclic garbage is
+# asyncio's and aiohttp's, a little per request, so collecting less often costs little memory.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def main() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("haplane.api").addHandler(handler)

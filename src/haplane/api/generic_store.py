@@ -302,10 +302,13 @@ class GenericStore:
         dry_run: bool = False,
         manager: str | None = None,
         managed_fields: builtins.list[Obj] | None = None,
+        handed_over: bool = False,
     ) -> Obj:
         """`manager` records field ownership (an Update entry); `managed_fields` instead sets
-        them as computed by server-side apply."""
-        obj = self._stamp(self._check_body(copy.deepcopy(body), namespace, None))
+        them as computed by server-side apply. `handed_over`: the caller gives `body` up (a
+        request's freshly decoded body), so it is used as it is instead of a copy."""
+        body = body if handed_over else copy.deepcopy(body)
+        obj = self._stamp(self._check_body(body, namespace, None))
         meta = obj["metadata"]
         if meta.get("resourceVersion"):
             raise errors.bad_request("resourceVersion should not be set on objects to be created")

@@ -714,7 +714,11 @@ class ApiServer:
             body = await _body(request)
             await self._admit("create", t, body)
             created = await store.create(
-                target.namespace, body, dry_run=dry_run, manager=_field_manager(request)
+                target.namespace,
+                body,
+                dry_run=dry_run,
+                manager=_field_manager(request),
+                handed_over=True,
             )
             return json_response(created, 201)
         if m == "PUT" and target.name is not None:

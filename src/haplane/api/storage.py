@@ -53,6 +53,16 @@ Obj = dict[str, Any]
 MAX_VALUE_BYTES = 1536 * 1024 - 4096
 
 
+# Sorted keys; what is not a JSON type (datetimes, dataclasses, str subclasses) is refused
+# as the standard library refuses it, not written in orjson's own way.
+_ORJSON_STORED = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
 def finite(value: Any) -> bool:
     """No NaN or infinity anywhere in a JSON document (JSON cannot carry them)."""
     if isinstance(value, float):
@@ -305,25 +315,29 @@ class EtcdStorage:
 
     # ---- codec ---------------------------------------------------------------------------
 
-    def _encode(self, key: str, obj: Obj) -> tuple[bytes, bytes]:
-        """(plain JSON, bytes for etcd): compact, keys sorted, so that an unchanged object
-        encodes to the bytes stored (`guaranteed_update` skips such writes)."""
+    def _encode(self, key: str, obj: Obj) -> tuple[bytes, bytes, bool]:
+        """(plain JSON, bytes for etcd, exact): compact, keys sorted, so that an unchanged
+        object encodes to the bytes stored (`guaranteed_update` skips such writes). `exact`:
+        decoding the plain JSON gives `obj` back (orjson wrote it; the standard library's
+        fallback writes integers beyond 64 bits, which come back as floats). `obj` holds JSON
+        types only, as everything the API builds does."""
         meta = obj.get("metadata") or {}
         stored = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
         try:
             # orjson: ~15x faster than the standard library here (bench/json_codecs.py)
-            plain: bytes | None = orjson.dumps(stored, option=orjson.OPT_SORT_KEYS)
+            plain: bytes | None = orjson.dumps(stored, option=_ORJSON_STORED)
         except TypeError:  # an integer beyond 64 bits or a lone surrogate: only the standard
             plain = None  # library writes those (the surrogate escaped: valid UTF-8)
         # orjson writes NaN and infinities as null: only an object with a null is walked
         if (plain is None or b"null" in plain) and not finite(stored):
             raise Invalid("the object holds a number that JSON cannot carry (NaN or Infinity)")
+        exact = plain is not None
         if plain is None:
             plain = json.dumps(stored, separators=(",", ":"), sort_keys=True).encode()
         data = self.transformer.to_storage(plain, key.encode())
         if len(data) > MAX_VALUE_BYTES:
             raise TooLarge(f"object is {len(data)} bytes; etcd accepts at most {MAX_VALUE_BYTES}")
-        return plain, data
+        return plain, data, exact
 
     def _with_version(self, plain: bytes, revision: int) -> Obj:
         out: Obj = _loads(plain)
@@ -343,7 +357,7 @@ class EtcdStorage:
         """Create-if-absent; `guard` (key, mod revision): only if that key is still unchanged
         (`GuardChanged` otherwise), in the same transaction."""
         k = key.encode()
-        plain, data = self._encode(key, obj)
+        plain, data, exact = self._encode(key, obj)
         compares = [Compare(k, "mod", "=", 0)]
         if guard is not None:
             compares.append(Compare(guard[0].encode(), "mod", "=", guard[1]))
@@ -352,6 +366,12 @@ class EtcdStorage:
             if not r.results[0]:
                 raise GuardChanged(f"{guard[0] if guard else '?'} changed since it was read")
             raise KeyExists(f"{key} exists", self._decode(r.results[0][0]))
+        if exact and isinstance(obj.get("metadata"), dict):
+            # what decoding `plain` would give, without decoding it (the caller hands `obj`
+            # over: nested values are shared with the result)
+            created = {**obj, "metadata": dict(obj["metadata"])}
+            created["metadata"]["resourceVersion"] = self.versions.encode(r.revision)
+            return created
         return self._with_version(plain, r.revision)
 
     async def get(self, key: str) -> Obj:
@@ -422,7 +442,7 @@ class EtcdStorage:
                     return self._decode(kv, revision=r.revision)
                 kv = r.results[0][0] if r.results[0] else None
                 continue
-            plain, data = self._encode(key, new)
+            plain, data, _ = self._encode(key, new)
             if plain == self.transformer.from_storage(kv.value, k):
                 return current  # no change: no write, no new revision (as Kubernetes)
             r = await self._write(

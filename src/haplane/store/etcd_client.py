@@ -415,11 +415,15 @@ class EtcdClient:
     ) -> TxnResult:
         """One atomic etcd transaction. A txn with only `get` ops is a read; otherwise a write
         (see the retry rule in the module docstring)."""
-        req = rpc_pb2.TxnRequest(
-            compare=[_compare(c) for c in compare],
-            success=[_request_op(o) for o in success],
-            failure=[_request_op(o) for o in failure],
-        )
+        # Filled in place: building each message and copying it into the request took three
+        # times as long (a few % of a create through the API).
+        req = rpc_pb2.TxnRequest()
+        for c in compare:
+            _fill_compare(req.compare.add(), c)
+        for o in success:
+            _fill_op(req.success.add(), o)
+        for o in failure:
+            _fill_op(req.failure.add(), o)
 
         async def call(ch: grpc.aio.Channel, t: float) -> TxnResult:
             r = await self._kv_stub(ch).Txn(req, timeout=t, metadata=_HAS_LEADER)
@@ -704,25 +708,32 @@ _COMPARE_RESULT = {
 }
 
 
-def _compare(c: Compare) -> Any:
+def _fill_compare(m: Any, c: Compare) -> None:
     target, field = _COMPARE_TARGET[c.target]
-    return rpc_pb2.Compare(
-        key=c.key, target=target, result=_COMPARE_RESULT[c.op], **{field: c.value}
-    )
+    m.key = c.key
+    m.target = target
+    m.result = _COMPARE_RESULT[c.op]
+    setattr(m, field, c.value)
 
 
-def _request_op(o: Op) -> Any:
+def _fill_op(m: Any, o: Op) -> None:
     if o.kind == "put":
-        return rpc_pb2.RequestOp(
-            request_put=rpc_pb2.PutRequest(key=o.key, value=o.value, lease=o.lease)
-        )
-    if o.kind == "delete":
-        return rpc_pb2.RequestOp(
-            request_delete_range=rpc_pb2.DeleteRangeRequest(key=o.key, prev_kv=True)
-        )
-    if o.kind == "get":
-        return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=o.key))
-    raise ValueError(f"unknown txn op {o.kind!r}")
+        put = m.request_put
+        put.SetInParent()
+        put.key = o.key
+        put.value = o.value
+        put.lease = o.lease
+    elif o.kind == "delete":
+        delete = m.request_delete_range
+        delete.SetInParent()
+        delete.key = o.key
+        delete.prev_kv = True
+    elif o.kind == "get":
+        get = m.request_range
+        get.SetInParent()
+        get.key = o.key
+    else:
+        raise ValueError(f"unknown txn op {o.kind!r}")
 
 
 def prefix_end(prefix: bytes) -> bytes:
