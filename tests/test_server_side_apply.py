@@ -720,3 +720,45 @@ def test_list_type_rejects_inconsistent_descriptions() -> None:
         ListType("set", ("name",))
     with pytest.raises(ValueError):
         ListType("atomic", atomic_items=True)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        _cm({"a": "1", "b": ""}, labels={"x": "y"}, annotations={}),
+        _cm(None, finalizers=["f1", "f2"], ownerReferences=[{"uid": "u", "name": "o"}]),
+        _widget(
+            {
+                "ports": [{"name": "http", "protocol": "TCP", "port": 80}, {"name": "x"}],
+                "tags": ["b", "a", {"k": 1}],
+                "atomic": [1, [2], {}],
+                "empty": {},
+                "none": None,
+                "deep": {"a": {"b": {"c": []}}},
+            },
+            labels={"app": "w"},
+        ),
+        _widget({"ports": [{"name": "dup", "protocol": "TCP"}] * 2, "tags": []}),
+    ],
+)
+def test_a_create_owns_what_the_general_comparison_finds(obj):
+    """Creates take a shortcut (`_added_paths`); it must agree with the general walk that
+    updates use, on keyed, set, atomic, empty and unkeyable lists and on nested maps."""
+    from haplane.api import server_side_apply as ssa
+
+    types = ssa._normalized(WIDGET)
+    view = ssa._owned_view(obj)
+    assert ssa._added_paths(view, types) == ssa._compare({}, view, types).added
+    entries = update_managed_fields(
+        None, obj, manager="m", api_version="v1", list_types=WIDGET, now=T0
+    )
+    assert entries == [
+        {
+            "manager": "m",
+            "operation": "Update",
+            "apiVersion": "v1",
+            "time": T0,
+            "fieldsType": "FieldsV1",
+            "fieldsV1": fields_v1(obj, WIDGET),
+        }
+    ]

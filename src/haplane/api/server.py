@@ -515,6 +515,11 @@ class ApiServer:
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
         parts = [p for p in path.split("/") if p]
+        # resources first: nearly every request is one (discovery paths are shorter)
+        if len(parts) > 2 and parts[0] == "api" and parts[1] == "v1":
+            return await self._resource(request, "", "v1", parts[2:])
+        if len(parts) > 3 and parts[0] == "apis":
+            return await self._resource(request, parts[1], parts[2], parts[3:])
         if path in ("/livez", "/healthz"):
             return web.Response(text="ok")
         if path == "/readyz":

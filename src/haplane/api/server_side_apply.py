@@ -554,6 +554,33 @@ def _compare(lhs: Any, rhs: Any, types: Mapping[str, ListType]) -> _Diff:
     return diff
 
 
+def _added_paths(view: dict[str, Any], types: Mapping[str, ListType]) -> set[FieldPath]:
+    """`_compare({}, view, types).added`, for what every create asks: one walk of `view`
+    without a left side to compare with (the general walk showed at ~5% of a create)."""
+    added: set[FieldPath] = set()
+
+    def walk(value: Any, path: FieldPath, schema_path: str) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(child, (*path, f"f:{key}"), _join(schema_path, key))
+        elif isinstance(value, list) and value:
+            list_type = types.get(schema_path, _ATOMIC)
+            items = _index(value, list_type, None) if list_type.kind != "atomic" else None
+            if items is not None:
+                leaves = list_type.kind == "set" or list_type.atomic_items
+                for element, item in items.items():
+                    if leaves:
+                        added.add((*path, element))
+                    else:
+                        walk(item, (*path, element), schema_path)
+        added.add(path)  # a leaf, or a container with fields inside
+
+    for key, child in view.items():
+        walk(child, (f"f:{key}",), key)
+    added.discard(_METADATA_PATH)
+    return added
+
+
 # --- merge and prune ----------------------------------------------------------------------------
 
 
@@ -951,6 +978,9 @@ def update_managed_fields(
     types = _normalized(list_types)
     new_metadata = new.get("metadata")
     supplied = new_metadata.get("managedFields") if isinstance(new_metadata, dict) else None
+    if old is None and supplied is None:  # a plain create: the manager owns every field
+        owned = _added_paths(_owned_view(new), types)
+        return _encode_managers([_Manager(manager, "Update", api_version, "", now, owned)])
     managers: dict[_Identity, _Manager] | None
     if supplied == [] or supplied == [{}]:
         managers = {}
