@@ -299,7 +299,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--watchers", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the creates")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the creates")
     ap.add_argument("--only", choices=("all", "requests", "fanout"), default="all")
     args = ap.parse_args()
     loop = asyncio.new_event_loop()

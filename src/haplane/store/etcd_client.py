@@ -578,10 +578,9 @@ class EtcdClient:
         )
         try:
             while True:
-                try:
-                    resp = await asyncio.wait_for(
-                        call.read(), WATCH_PROGRESS_EVERY + WATCH_ANSWER_WITHIN
-                    )
+                try:  # (a timeout context, not wait_for: no task per read)
+                    async with asyncio.timeout(WATCH_PROGRESS_EVERY + WATCH_ANSWER_WITHIN):
+                        resp = await call.read()
                 except TimeoutError:
                     return  # hung member: resume on another one
                 if resp is grpc.aio.EOF:
