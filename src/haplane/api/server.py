@@ -451,7 +451,7 @@ class ApiServer:
             self._write_log.close()
         log.info(json.dumps({"msg": "stopped", "component": self.name}))
 
-    # ---- middlewares (the filter chain) -------------------------------------------------
+    # ---- the filter chain (links composed in start()) ----------------------------------
 
     async def _headers_and_metrics(
         self, request: web.BaseRequest, handler: Handler
