@@ -169,7 +169,7 @@ def load_wrk_create(
     cpu0 = _cpu(server_pid)
     out = subprocess.run(
         [
-            *("wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency"),
+            *("wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "30s"),
             *("-s", str(WRK_CREATE), url),
         ],
         env=env,
@@ -182,6 +182,7 @@ def load_wrk_create(
     assert done, out
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     assert bad is None, f"creates answered with errors:\n{out}"
+    assert "Socket errors" not in out, f"connections failed:\n{out}"
     n = int(done.group(1))
     return {
         "rps": n / float(done.group(2)),

@@ -612,3 +612,34 @@ def test_a_patch_cannot_store_an_infinity_and_null_stays_null(api: ApiReplica, n
     with_null = {"metadata": {"name": "nulls", "labels": None}, "data": {"a": "1"}}
     status, _, body = api.request("POST", path, with_null)
     assert status == 201 and body["data"] == {"a": "1"}, body
+
+
+def test_expect_100_continue_lets_the_body_come(api: ApiReplica, namespace: str):
+    """curl sends `Expect: 100-continue` with bodies over 1 KiB and waits for the 100 before
+    sending them; another expectation is refused with 417."""
+    import socket
+
+    body = json.dumps({"metadata": {"name": "expect"}, "data": {"p": "x" * 2000}}).encode()
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    host, port = api.url.removeprefix("http://").rsplit(":", 1)
+
+    def send(expect: str) -> socket.socket:
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: {expect}\r\n\r\n".encode()
+        )
+        return sock
+
+    with send("100-continue") as sock:
+        interim = sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim  # before the body
+        sock.sendall(body)
+        answer = interim[len(b"HTTP/1.1 100 Continue\r\n\r\n") :]
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 201"), answer
+    with send("something-else") as sock:
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 417"), answer
+        assert b'"kind":"Status"' in answer.replace(b" ", b"")

@@ -122,3 +122,32 @@ async def test_lifecycle_scan_is_the_same_from_the_cache_and_from_etcd(etcd_clus
         if cacher is not None:
             await cacher.stop()
         await client.close()
+
+
+async def test_an_unchanged_update_of_an_object_an_older_encoder_wrote_is_no_write(etcd_cluster):
+    """Stored bytes from the standard library's encoder (non-ASCII escaped) differ from
+    orjson's for the same object: an update that changes nothing must still not write."""
+    import json
+
+    client = etcd_cluster.client(timeout=2.0)
+    try:
+        storage = EtcdStorage(client, VersionContext.for_cluster(await client.cluster_id()))
+        key = f"/registry/configmaps/enc/{uuid.uuid4().hex[:8]}"
+        obj = {"metadata": {"name": "n", "namespace": "enc"}, "data": {"t": "é\u2028", "f": 1.5e-7}}
+        old_bytes = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+        revision = await client.put(key.encode(), old_bytes)
+
+        async def same(current: dict) -> dict:
+            return current
+
+        async def changed(current: dict) -> dict:
+            current["data"]["t"] = "è"
+            return current
+
+        result = await storage.guaranteed_update(key, same)
+        assert parse(storage.versions, result["metadata"]["resourceVersion"]).revision == revision
+        result = await storage.guaranteed_update(key, changed)
+        assert parse(storage.versions, result["metadata"]["resourceVersion"]).revision > revision
+        assert (await storage.get(key))["data"] == {"t": "è", "f": 1.5e-7}
+    finally:
+        await client.close()

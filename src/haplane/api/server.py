@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 import yaml
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from haplane import __version__
@@ -513,6 +513,8 @@ class ApiServer:
     # ---- dispatch ------------------------------------------------------------------------
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        if "Expect" in request.headers:
+            await _expect(request)
         path = request.path.rstrip("/") or "/"
         parts = [p for p in path.split("/") if p]
         # resources first: nearly every request is one (discovery paths are shorter)
@@ -1097,7 +1099,9 @@ def _json_loads(raw: bytes) -> tuple[Any, bool]:
     """(document, whether it is known to be finite). orjson (6x faster on a create's body,
     bench/json_codecs.py) refuses NaN and infinities itself; what it refuses goes to the
     standard library, which words the error as before or reads what only it accepts (a lone
-    surrogate; an infinity, for the caller's `finite` check to refuse)."""
+    surrogate; an infinity, for the caller's `finite` check to refuse). An integer beyond 64
+    bits becomes a float, as in Kubernetes' own decoding of unstructured JSON (float64 beyond
+    int64)."""
     try:
         return orjson.loads(raw), True
     except orjson.JSONDecodeError:
@@ -1147,6 +1151,19 @@ def _dry_run(q: Any) -> bool:
         if v != "All":
             raise errors.bad_request(f"unsupported dryRun value {v!r}: only All is supported")
     return bool(values)
+
+
+async def _expect(request: web.BaseRequest) -> None:
+    """`Expect: 100-continue` (curl sends it with bodies over 1 KiB): let the body come. An
+    Application did this itself; the low-level server leaves it to us. Other expectations
+    are refused with 417, as Go's server (and so kube-apiserver) refuses them."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() != "100-continue":
+        raise errors.StatusError(417, "ExpectationFailed", f"unsupported Expect: {expect!r}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the response proper has not begun
 
 
 async def _raw(request: web.BaseRequest) -> bytes:

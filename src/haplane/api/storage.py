@@ -74,10 +74,21 @@ def finite(value: Any) -> bool:
     return True
 
 
+def _reencoded(stored: bytes) -> bytes | None:
+    """Stored JSON as `EtcdStorage._encode` writes it today: what an earlier encoder wrote (the
+    standard library escaped non-ASCII text) still compares equal when nothing changed. Only
+    asked when the bytes differ, i.e. on writes that change something."""
+    try:
+        return orjson.dumps(orjson.loads(stored), option=_ORJSON_STORED)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+
+
 def _loads(data: bytes) -> Any:
     """Stored JSON: orjson, or the standard library for what only it reads (an escaped lone
     surrogate, written by the fallback in `EtcdStorage._encode`). orjson reads an integer
-    beyond 64 bits as a float, as Kubernetes' own JSON decoding does beyond int64."""
+    beyond 64 bits as a float, as Kubernetes' own JSON decoding does beyond int64 (request
+    bodies too: see `server._json_loads`)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -443,7 +454,8 @@ class EtcdStorage:
                 kv = r.results[0][0] if r.results[0] else None
                 continue
             plain, data, _ = self._encode(key, new)
-            if plain == self.transformer.from_storage(kv.value, k):
+            stored = self.transformer.from_storage(kv.value, k)
+            if plain == stored or plain == _reencoded(stored):
                 return current  # no change: no write, no new revision (as Kubernetes)
             r = await self._write(
                 key,
