@@ -37,7 +37,6 @@ from typing import Any
 from .crds import CLEANUP_FINALIZER
 from .errors import StatusError
 from .generic_store import GenericStore, LifecycleScan, ListOptions
-from .selectors import parse_field_selector, parse_label_selector
 
 log = logging.getLogger("haplane.api")
 
@@ -55,11 +54,7 @@ def _micro_now() -> str:
 
 def _all(cached: bool = False) -> ListOptions:
     """Everything; from the watch cache when `cached` (resourceVersion "0"), else a quorum read."""
-    return ListOptions(
-        parse_label_selector(None),
-        parse_field_selector(None, ()),
-        resource_version="0" if cached else None,
-    )
+    return ListOptions.everything("0" if cached else None)
 
 
 def _one_per_prefix(stores: Iterable[GenericStore]) -> list[GenericStore]:
@@ -255,9 +250,7 @@ class Controllers:
         for store in _one_per_prefix(stores):
             if not store.t.namespaced:
                 continue
-            opts = _all()
-            opts = ListOptions(opts.label_selector, opts.field_selector, limit=1)
-            if (await store.list(namespace, opts))["items"]:
+            if (await store.list(namespace, ListOptions.everything(limit=1)))["items"]:
                 return True
         return False
 

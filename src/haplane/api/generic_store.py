@@ -71,6 +71,16 @@ class ListOptions:
     resource_version: str | None = None
     resource_version_match: str | None = None  # None/NotOlderThan, or Exact
 
+    @classmethod
+    def everything(cls, resource_version: str | None = None, limit: int = 0) -> ListOptions:
+        """No selector: every object ("0": from the watch cache when it is ready)."""
+        return cls(
+            parse_label_selector(None),
+            parse_field_selector(None, ()),
+            limit=limit,
+            resource_version=resource_version,
+        )
+
 
 @dataclass(frozen=True)
 class LifecycleScan:
@@ -398,10 +408,7 @@ class GenericStore:
             return LifecycleScan(
                 str(view.revision), [self._stamped(o) for o in view.objects], view.by_uid
             )
-        everything = ListOptions(
-            parse_label_selector(None), parse_field_selector(None, ()), resource_version="0"
-        )
-        listed = await self.list(None, everything)
+        listed = await self.list(None, ListOptions.everything("0"))
         items = listed["items"]
         return LifecycleScan(
             str(listed["metadata"].get("resourceVersion")),

@@ -317,7 +317,7 @@ class ApiServer:
             asyncio.get_running_loop().create_task(cacher.stop())
 
     async def _sync_all_crds(self) -> str:
-        listed = await self._crd_store().list(None, _everything())
+        listed = await self._crd_store().list(None, ListOptions.everything())
         for name in list(self._crd_types):
             self._unregister_crd(name)
         for crd in listed["items"]:
@@ -329,7 +329,7 @@ class ApiServer:
         rv = resource_version
         while True:
             try:
-                opts = ListOptions(*_everything_selectors(), resource_version=rv)
+                opts = ListOptions.everything(rv)
                 async for ev in self._crd_store().watch(None, opts):
                     if ev.type == "ERROR":
                         raise StatusError(410, "Expired", "crd watch expired")
@@ -1110,14 +1110,6 @@ def _json_loads(raw: bytes) -> tuple[Any, bool]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _everything_selectors() -> tuple[Any, Any]:
-    return parse_label_selector(None), parse_field_selector(None, ())
-
-
-def _everything() -> ListOptions:
-    return ListOptions(*_everything_selectors())
 
 
 def _field_manager(request: web.BaseRequest) -> str:
