@@ -33,7 +33,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import re
 import statistics
 import subprocess
 import tempfile
@@ -43,6 +42,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+from wrk_report import parse_wrk  # bench/ is the script's directory, so on sys.path
 
 from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
@@ -151,12 +151,6 @@ def load(
 WRK_CREATE = Path(__file__).with_name("wrk_create.lua")
 
 
-def _wrk_ms(out: str, pct: str) -> float:
-    m = re.search(rf"{pct}%\s+([\d.]+)(us|ms|s)\b", out)
-    assert m, out
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-
 def load_wrk_create(
     url: str, seconds: float, connections: int, server_pid: int
 ) -> dict[str, float]:
@@ -178,19 +172,16 @@ def load_wrk_create(
         check=True,
     ).stdout
     cpu = _cpu(server_pid) - cpu0
-    done = re.search(r"(\d+) requests in ([\d.]+)s", out)
-    assert done, out
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    assert bad is None, f"creates answered with errors:\n{out}"
-    assert "Socket errors" not in out, f"connections failed:\n{out}"
-    n = int(done.group(1))
+    r = parse_wrk(out)
+    assert not r["non2xx"], f"creates answered with errors:\n{out}"
+    assert not r["socket_errors"], f"connections failed:\n{out}"
     return {
-        "rps": n / float(done.group(2)),
-        "p50_ms": _wrk_ms(out, "50"),
-        "p99_ms": _wrk_ms(out, "99"),
-        "cpu_us": cpu / n * 1e6,
-        "n": n,
-        "wall": float(done.group(2)),
+        "rps": r["n"] / r["seconds"],
+        "p50_ms": r["p50"],
+        "p99_ms": r["p99"],
+        "cpu_us": cpu / r["n"] * 1e6,
+        "n": r["n"],
+        "wall": r["seconds"],
     }
 
 

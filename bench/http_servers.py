@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import socket
 import statistics
@@ -54,6 +53,7 @@ from typing import IO, Any
 import orjson
 import psutil
 from aiohttp import web
+from wrk_report import parse_wrk  # bench/ is the script's directory, so on sys.path
 
 BENCH_DIR = Path(__file__).resolve().parent
 JSON = "application/json"
@@ -326,7 +326,6 @@ def free_port() -> int:
 # ---- load -----------------------------------------------------------------------------------
 
 _WRK: list[subprocess.Popen[str]] = []
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
 
 
 def wrk(url: str, seconds: int, threads: int, connections: int) -> str:
@@ -345,30 +344,6 @@ def wrk(url: str, seconds: int, threads: int, connections: int) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed: {out}")
     return out
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    assert m, text
-    return float(m[1]) * _UNITS[m[2]]
-
-
-def parse_wrk(out: str) -> dict[str, float]:
-    n = re.search(r"(\d+) requests in ([\d.]+)(\w+),", out)
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert n and p50 and p99 and rps, out
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = (int(bad[1]) if bad else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
-    return {
-        "n": float(n[1]),
-        "rps": float(rps[1]),
-        "p50": _ms(p50[1]),
-        "p99": _ms(p99[1]),
-        "errors": float(errors),
-    }
 
 
 def measure(srv: Running, path: str, args: argparse.Namespace) -> dict[str, float]:

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from wrk_report import parse_wrk  # bench/ is the script's directory, so on sys.path
 
 from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
@@ -229,8 +230,6 @@ def haplane_state(admin_port: int, upstream: str) -> str:
 
 # ---- throughput ------------------------------------------------------------------------------
 
-WRK_RE = re.compile(r"(\d+) requests in ([\d.]+)s")
-
 
 def run_wrk(port: int, seconds: float, proxy: Proc | None, path: str = "/") -> dict[str, float]:
     cpu0 = proxy.cpu() if proxy else 0.0
@@ -241,20 +240,13 @@ def run_wrk(port: int, seconds: float, proxy: Proc | None, path: str = "/") -> d
         check=True,
     ).stdout
     cpu = (proxy.cpu() - cpu0) if proxy else float("nan")
-    match = WRK_RE.search(out)
-    assert match, out
-    n = int(match.group(1))
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    assert p99, out
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
+    r = parse_wrk(out)
     return {
-        "rps": n / float(match.group(2)),
-        "p99_ms": float(p99.group(1)) * scale,
-        "cpu_us": cpu / n * 1e6 if proxy else float("nan"),
-        "bad": float(errors.group(1)) if errors else 0.0,
-        "sock_err": 1.0 if socket_errors else 0.0,
+        "rps": r["n"] / r["seconds"],
+        "p99_ms": r["p99"],
+        "cpu_us": cpu / r["n"] * 1e6 if proxy else float("nan"),
+        "bad": r["non2xx"],
+        "sock_err": 1.0 if r["socket_errors"] else 0.0,
     }
 
 
