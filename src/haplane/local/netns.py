@@ -349,6 +349,16 @@ class SiteNetwork:
             raise ValueError(f"{side}: unknown site(s) {', '.join(unknown)} (known: {known})")
         return {m: self._members[m] for m in members}
 
+    def _sides(
+        self, one: list[str], one_name: str, other: list[str], other_name: str
+    ) -> tuple[dict[str, tuple[str, str, str]], dict[str, tuple[str, str, str]]]:
+        """Both sides of a cut, resolved; a member on both sides is an error."""
+        side_one, side_other = self._resolve(one, one_name), self._resolve(other, other_name)
+        both = set(side_one) & set(side_other)
+        if both:
+            raise ValueError(f"{', '.join(sorted(both))} on both sides of the cut")
+        return side_one, side_other
+
     def _add_drops(self, namespace: str, *, saddr: list[str], daddr: list[str]) -> None:
         """Adds drop rules to our table in `namespace`: input from `saddr`, output to `daddr`."""
         self._record("tables", {"namespace": namespace, "family": "inet", "name": self.table})
@@ -375,11 +385,7 @@ class SiteNetwork:
         from `b`, output to `b`); the root namespace (gateway) stays reachable from everywhere.
         TCP from either side times out; a UDP/ICMP sender on side `a` gets EPERM from its own
         output chain (netfilter's local-drop error), one on side `b` sees nothing."""
-        side_a = self._resolve(a, "a")
-        side_b = self._resolve(b, "b")
-        both = set(side_a) & set(side_b)
-        if both:
-            raise ValueError(f"{', '.join(sorted(both))} on both sides of the cut")
+        side_a, side_b = self._sides(a, "a", b, "b")
         others = [address for _, address, _ in side_b.values()]
         for namespace, _, _ in side_a.values():
             self._add_drops(namespace, saddr=others, daddr=others)
@@ -389,11 +395,7 @@ class SiteNetwork:
 
         The rules sit in the input chains of `dst`'s namespaces, so senders see no error at all.
         (A TCP connect either way then times out: the handshake needs both directions.)"""
-        side_src = self._resolve(src, "src")
-        side_dst = self._resolve(dst, "dst")
-        both = set(side_src) & set(side_dst)
-        if both:
-            raise ValueError(f"{', '.join(sorted(both))} on both sides of the cut")
+        side_src, side_dst = self._sides(src, "src", dst, "dst")
         senders = [address for _, address, _ in side_src.values()]
         for namespace, _, _ in side_dst.values():
             self._add_drops(namespace, saddr=senders, daddr=[])
