@@ -21,15 +21,19 @@ async def state(etcd_cluster, key_prefix):
 
 async def test_initialize_writes_epoch_one_only_once(state):
     assert await state.read() is None
-    first, created = await state.initialize("eu-west", by="haplane up", reason="first start")
+    first, created = await state.initialize(
+        "eu-west", by="haplane up", reason="first start", fresh=True
+    )
     assert created and (first.region, first.epoch) == ("eu-west", 1)
-    again, created = await state.initialize("eu-central", by="haplane up", reason="restart")
+    again, created = await state.initialize(
+        "eu-central", by="haplane up", reason="restart", fresh=True
+    )
     assert not created and (again.region, again.epoch) == ("eu-west", 1)
     assert (await state.read()).region == "eu-west"
 
 
 async def test_switch_raises_the_epoch_and_refuses_a_stale_one(state):
-    await state.initialize("eu-west", by="t", reason="t")
+    await state.initialize("eu-west", by="t", reason="t", fresh=True)
     moved = await state.switch("eu-central", expected_epoch=1, by="operator", reason="drill")
     assert (moved.region, moved.epoch, moved.previous) == ("eu-central", 2, "eu-west")
     with pytest.raises(StaleEpoch) as info:
@@ -47,7 +51,7 @@ async def test_switch_before_any_record_is_refused(state):
 
 
 async def test_concurrent_switches_from_one_epoch_have_one_winner(state):
-    await state.initialize("a", by="t", reason="t")
+    await state.initialize("a", by="t", reason="t", fresh=True)
     results = await asyncio.gather(
         *(state.switch(r, expected_epoch=1, by=r, reason="race") for r in ("b", "c", "b", "c")),
         return_exceptions=True,
@@ -60,7 +64,7 @@ async def test_concurrent_switches_from_one_epoch_have_one_winner(state):
 
 
 async def test_watch_sees_the_current_record_then_each_change(state):
-    await state.initialize("a", by="t", reason="t")
+    await state.initialize("a", by="t", reason="t", fresh=True)
     seen = []
 
     async def follow():
@@ -78,17 +82,19 @@ async def test_watch_sees_the_current_record_then_each_change(state):
 
 
 async def test_a_deleted_record_never_sends_the_epoch_back(state):
-    await state.initialize("a", by="t", reason="first")
+    await state.initialize("a", by="t", reason="first", fresh=True)
     await state.switch("b", expected_epoch=1, by="t", reason="t")
     await state.client.delete(state.active_key)  # e.g. an operator's etcdctl del
-    record, created = await state.initialize("a", by="t", reason="again")
+    record, created = await state.initialize("a", by="t", reason="again", fresh=True)
     assert created and record.epoch == 3
     history = await state.history()
     assert [(h.epoch, h.reason) for h in history] == [(1, "first"), (2, "t"), (3, "again")]
 
 
 async def test_a_switch_is_fenced_until_unfenced_in_its_own_epoch(state):
-    first, _ = await state.initialize("a", by="t", reason="t", grant_ms=800, margin_ms=200)
+    first, _ = await state.initialize(
+        "a", by="t", reason="t", grant_ms=800, margin_ms=200, fresh=True
+    )
     assert first.writable and first.unfenced is not None  # nobody held an earlier grant
     moved = await state.switch("b", expected_epoch=1, by="t", reason="t")
     assert not moved.writable and (moved.grant_ms, moved.margin_ms) == (800, 200)
@@ -103,7 +109,7 @@ async def test_a_switch_is_fenced_until_unfenced_in_its_own_epoch(state):
 
 
 async def test_a_record_recreated_after_deletion_starts_fenced(state):
-    await state.initialize("a", by="t", reason="t")
+    await state.initialize("a", by="t", reason="t", fresh=True)
     await state.client.delete(state.active_key)
-    again, created = await state.initialize("a", by="t", reason="t")
+    again, created = await state.initialize("a", by="t", reason="t", fresh=True)
     assert created and again.epoch == 2 and not again.writable  # an epoch-1 grant may be live

@@ -137,6 +137,10 @@ def _replication_self(d):
     d["spec"]["global"]["replication"] = [{"from": "eu-west", "to": "eu-west"}]
 
 
+def _grant_not_above_margin(d):
+    d["spec"]["global"].setdefault("failover", {}).update({"grantMs": 270, "safetyMarginMs": 250})
+
+
 BAD = {
     "etcd-member-count (even)": (_even_members, "etcd-member-count", "error"),
     "etcd-member-count (<3)": (_two_members, "etcd-member-count", "error"),
@@ -157,7 +161,23 @@ BAD = {
     "region-count": (_one_region, "region-count", "warning"),
     "failover-priority": (_priority_incomplete, "failover-priority", "error"),
     "replication-pair": (_replication_self, "replication-pair", "error"),
+    "fence-grant": (_grant_not_above_margin, "fence-grant", "error"),
 }
+
+
+def test_a_grant_just_above_margin_plus_window_is_accepted(good):
+    data = copy.deepcopy(good)
+    data["spec"]["global"].setdefault("failover", {}).update(
+        {"grantMs": 271, "safetyMarginMs": 250}
+    )
+    assert "fence-grant" not in rules_hit(data)
+
+
+def test_the_rule_and_the_replicas_agree_on_the_write_window():
+    from haplane.api.fencing import MIN_WRITE_WINDOW
+    from haplane.topology.rules import MIN_WRITE_WINDOW_MS
+
+    assert MIN_WRITE_WINDOW == MIN_WRITE_WINDOW_MS / 1000
 
 
 @pytest.mark.parametrize("case", list(BAD))

@@ -48,6 +48,18 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
     ap.add_argument(
         "--write-log", default=None, help="append one JSON line per acknowledged write here"
     )
+    ap.add_argument(
+        "--data-fence",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compare the region's fence key in every write (default: when --global-etcd is "
+        "given; a bare replica then compares `active:REGION@0`)",
+    )
+    ap.add_argument(
+        "--fence-key",
+        default="/haplane/fence",
+        help="the fence key's path in the region's etcd (another path only for tests)",
+    )
     args = ap.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     return ReplicaConfig(
@@ -61,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         global_endpoints=[e for e in args.global_etcd.split(",") if e],
         global_prefix=args.global_prefix,
         write_log=args.write_log,
+        data_fence=args.data_fence,
+        fence_key=args.fence_key,
     )
 
 

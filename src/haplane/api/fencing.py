@@ -1,13 +1,16 @@
 """Write fencing: an API replica accepts writes only while its region holds the current epoch.
 
 Layer: api. Reads the global control state (`haplane.store.GlobalState`) through its own etcd
-client; the storage layer asks `remaining()` before every write and bounds the write's etcd
-deadline by it. Touches nothing else.
+client; the storage layer asks `permit()` before every write, hands its absolute end time
+down to the etcd call (refused at send time with less than `MIN_WRITE_WINDOW` left) and
+compares the region's fence key in the same transaction. Touches nothing else.
 
-The rule (issue 7, "fencing, precisely"):
+Two fences, each enough on its own in the cases the other cannot see:
 
+**The time fence** (issue 7, "fencing, precisely"):
 - every `poll` seconds the replica reads the global record with a linearizable read, noting the
-  time it *sent* the read (monotonic clock);
+  time it *sent* the read (CLOCK_BOOTTIME: `haplane.store.boottime`, which keeps counting
+  through a suspend);
 - it may write while the record names its region, is `writable`, and less than
   `grant - margin` has passed since the send time of its last successful read. The read was
   answered after it was sent, so the record was current at some instant after that send time:
@@ -17,15 +20,21 @@ The rule (issue 7, "fencing, precisely"):
   (`ActiveRegion.fence_wait`), by which time every replica of the old region has either read the
   new record or let its permission run out. Two regions never hold permission at once, whatever
   the network does, as long as clocks *rates* agree within the margin (no wall-clock sync is
-  needed: only durations on each machine's monotonic clock are compared).
+  needed: only durations on each machine's own clock are compared).
+- a record whose epoch went *back* (answered to a read sent after the one that saw the higher
+  epoch: the control etcd was wiped or restored) is taken as it is: `GlobalState.initialize`
+  makes such a record writable only after the fence wait.
 
-Limit: an etcd deadline bounds when a write is *acknowledged*, not when its raft proposal is
-applied; a proposal sent just inside the permission can still commit in the old region's own
-etcd shortly after (it is then answered "outcome unknown", never acknowledged). Each region
-has its own etcd and nothing is replicated yet, so nothing conflicts; before cross-region
-replication, a data-layer fence (a compare on a per-region epoch key in every transaction) is
-needed. System namespaces (`default`, `kube-system`...) are created past the fence in a
-standby region: they conflict with nothing and are journaled like every other write.
+Its limit: an etcd deadline bounds when a write is *acknowledged*, not when its raft proposal
+is applied. A request that stalls after every client-side check (a pause inside the send, a
+frame queued in a socket) can still commit in the old region after the new one took over.
+
+**The data fence** (`haplane.store.fence_key`): every write transaction also compares the
+region's fence key with `active:<region>@<epoch this replica holds>`. Whoever moves the epoch
+freezes the old region's key before unfencing the new one (whenever that region's etcd
+answers), so such a late write finds `frozen:` and is refused by etcd itself. When the old
+region's etcd does not answer, it cannot commit anything either; it is frozen as soon as it
+answers again, before any of its replicas has read a record that lets it write.
 
 When the global control etcd loses quorum nobody can renew: the active region fences within
 `grant - margin` (safety first; `haplane analyse` reports this as a global write outage).
@@ -36,12 +45,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from haplane.store import ActiveRegion, EtcdClient, EtcdError, GlobalState
-from haplane.store.global_state import DEFAULT_PREFIX
+from haplane.store import ActiveRegion, EtcdClient, EtcdError, GlobalState, boottime
+from haplane.store.global_state import DEFAULT_GRANT_MS, DEFAULT_MARGIN_MS, DEFAULT_PREFIX
 
 log = logging.getLogger("haplane.api.fencing")
 
@@ -57,10 +65,11 @@ class Fenced(Exception):
 
 
 @dataclass(frozen=True)
-class FenceState:
-    record: ActiveRegion | None
-    last_ok_send: float | None  # monotonic send time of the last successful read
-    last_error: str | None
+class Permit:
+    """Permission for one write: until `deadline` (on `boottime()`), in `epoch`."""
+
+    deadline: float
+    epoch: int
 
 
 class WriteFence:
@@ -76,8 +85,8 @@ class WriteFence:
         *,
         prefix: bytes = DEFAULT_PREFIX,
         poll: float = 0.1,
-        read_timeout: float = 0.5,
-        clock: Callable[[], float] = time.monotonic,
+        read_timeout: float | None = None,
+        clock: Callable[[], float] = boottime,
         on_epoch: Callable[[int], None] | None = None,
         on_permitted: Callable[[], None] | None = None,
     ):
@@ -85,7 +94,7 @@ class WriteFence:
         self.client = client
         self.state = GlobalState(client, prefix) if client is not None else None
         self.poll = poll
-        self.read_timeout = read_timeout
+        self.read_timeout = read_timeout  # None: follows the grant (see `_read_budget`)
         self.clock = clock
         self.on_epoch = on_epoch
         self.on_permitted = on_permitted
@@ -106,10 +115,11 @@ class WriteFence:
 
     # ---- the rule (pure given the fields) --------------------------------------------------
 
-    def remaining(self) -> float:
-        """Seconds of write permission left; raises `Fenced` when there is none worth using."""
+    def permit(self) -> Permit:
+        """The permission for a write starting now: its absolute end on `boottime()` and its
+        epoch; raises `Fenced` when there is none worth using."""
         if self.state is None:
-            return float("inf")
+            return Permit(float("inf"), 0)
         rec = self.record
         if rec is None or self.last_ok_send is None:
             raise Fenced("this replica has not read the global control state yet", None)
@@ -125,14 +135,19 @@ class WriteFence:
                 f"region's write permission has run out (at most {rec.fence_wait:.2f}s)",
                 rec.region,
             )
-        left = self.last_ok_send + (rec.grant_ms - rec.margin_ms) / 1000 - self.clock()
-        if left < MIN_WRITE_WINDOW:
+        deadline = self.last_ok_send + (rec.grant_ms - rec.margin_ms) / 1000
+        if deadline - self.clock() < MIN_WRITE_WINDOW:
             raise Fenced(
                 f"region {self.region} cannot confirm it is still active (global control etcd "
                 f"not answering: {self.last_error or 'slow reads'}); writes are fenced",
                 rec.region,
             )
-        return left
+        return Permit(deadline, rec.epoch)
+
+    def remaining(self) -> float:
+        """Seconds of write permission left; raises `Fenced` when there is none worth using."""
+        deadline = self.permit().deadline
+        return deadline if deadline == float("inf") else deadline - self.clock()
 
     def permitted(self) -> bool:
         try:
@@ -145,7 +160,19 @@ class WriteFence:
         """Take the answer of a read sent at `sent`. An older epoch than already seen is
         ignored (answers can arrive out of order)."""
         if record is not None and self.record is not None and record.epoch < self.record.epoch:
-            return
+            if self.last_ok_send is None or sent <= self.last_ok_send:
+                return  # an older answer arriving late
+            # sent after the read that saw the higher epoch: the record went back
+            log.warning(
+                json.dumps(
+                    {
+                        "msg": "epoch went back: the global record was recreated",
+                        "region": self.region,
+                        "from": self.record.epoch,
+                        "to": record.epoch,
+                    }
+                )
+            )
         old_epoch = self.epoch
         self.record = record
         self.last_ok_send = max(sent, self.last_ok_send or sent) if record is not None else None
@@ -172,11 +199,54 @@ class WriteFence:
             self.on_permitted()
         self._was_permitted = now
 
+    def lapsed_for(self) -> float:
+        """Seconds this replica has been unable to confirm a permission its region should
+        hold: the record names this region and is writable, yet reads failed or came too late
+        (a slow or unreachable control etcd). 0 when permitted, or fenced for a reason that
+        is no fault (another region is active, or the epoch waits to be unfenced)."""
+        rec = self.record
+        if (
+            self.state is None
+            or rec is None
+            or self.last_ok_send is None
+            or rec.region != self.region
+            or not rec.writable
+        ):
+            return 0.0
+        ended = self.last_ok_send + (rec.grant_ms - rec.margin_ms) / 1000 - MIN_WRITE_WINDOW
+        return max(0.0, self.clock() - ended)
+
+    def _read_budget(self) -> float:
+        """How long one read of the record may take: as long as its answer can still give
+        permission (grant - margin), not a fixed split of the client's default, so that a
+        control etcd far away (geo latency) keeps the region writable."""
+        if self.read_timeout is not None:
+            return self.read_timeout
+        rec = self.record
+        grant, margin = (
+            (rec.grant_ms, rec.margin_ms) if rec else (DEFAULT_GRANT_MS, DEFAULT_MARGIN_MS)
+        )
+        return max(self.poll, (grant - margin) / 1000)
+
     # ---- the loop ------------------------------------------------------------------------
 
     def start(self) -> None:
         if self.state is not None and self._task is None:
             self._task = asyncio.create_task(self._run(), name="write fence")
+
+    async def refresh(self, timeout: float = 0.3) -> ActiveRegion | None:
+        """Read the record now (e.g. when the data fence refused a write, to name the region
+        that is active); the record known afterwards. Errors leave the state as it was."""
+        if self.state is None:
+            return None
+        sent = self.clock()
+        try:
+            async with asyncio.timeout(timeout):
+                record = await self.state.read(timeout=timeout)
+        except (EtcdError, TimeoutError):
+            return self.record
+        self.observe(record, sent)
+        return self.record
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -188,9 +258,10 @@ class WriteFence:
         assert self.state is not None
         while True:
             sent = self.clock()
+            budget = self._read_budget()
             try:
-                async with asyncio.timeout(self.read_timeout):
-                    record = await self.state.read()
+                async with asyncio.timeout(budget):
+                    record = await self.state.read(timeout=budget)
             except (EtcdError, TimeoutError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 self._note_permission()
@@ -218,5 +289,6 @@ class WriteFence:
             "writable": rec.writable if rec else None,
             "permitted": left is not None,
             "permissionSeconds": None if left in (None, float("inf")) else round(left or 0, 3),
+            "lapsedSeconds": round(self.lapsed_for(), 3),
             "lastError": self.last_error,
         }

@@ -20,6 +20,8 @@ import contextlib
 import functools
 import json
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,7 +34,7 @@ from aiohttp import HttpVersion11, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from haplane import __version__
-from haplane.store import EtcdClient, EtcdError
+from haplane.store import FENCE_KEY, EtcdClient, EtcdError, RegionFence
 
 from . import errors, protobuf, tables
 from .controllers import Controllers, LeaderElector
@@ -44,7 +46,7 @@ from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strate
 from .resource_version import VersionContext
 from .resources import BUILTIN, Obj, Registry, ResourceType
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
-from .storage import MAX_VALUE_BYTES, EtcdStorage, finite
+from .storage import MAX_VALUE_BYTES, DataFence, EtcdStorage, finite
 from .watch_cache import CachedStorage, Cacher
 
 log = logging.getLogger("haplane.api")
@@ -54,6 +56,10 @@ KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+haplane"}
 MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's limit; etcd's is checked per object
 READY_TIMEOUT = 1.0
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# A test hook (never set in production): the first write of a key containing this text stops
+# the replica (SIGSTOP) after every client-side check, right before its request goes out.
+# It stands for a stall inside the send that no deadline can see: only the data fence is left.
+STALL_HOOK_ENV = "HAPLANE_TEST_STALL_BEFORE_SEND"
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Admission = Callable[[str, ResourceType, dict[str, Any]], Awaitable[None]]
@@ -79,6 +85,11 @@ class ReplicaConfig:
     global_endpoints: list[str] = field(default_factory=list)
     global_prefix: str = "/haplane/global/"
     fence_poll: float = 0.1
+    # The data fence (haplane.store.fence_key): every write compares this key in the region's
+    # etcd with `active:<region>@<epoch>`. None: on when the global fence is (a bare replica
+    # compares under epoch 0 only when asked, for benchmarks).
+    data_fence: bool | None = None
+    fence_key: str = FENCE_KEY.decode()
     # JSON lines, one per acknowledged write (region, epoch, key, revision, sent, acked): the
     # servers' own record that drills check for writes of two epochs interleaving.
     write_log: str | None = None
@@ -192,12 +203,19 @@ class ApiServer:
                 async with asyncio.timeout(5.0):
                     await self.fence.first_read.wait()
             self.versions.epoch = self.fence.epoch
+        data_fence = (
+            self.config.data_fence if self.config.data_fence is not None else self.fence.enabled
+        )
         store = EtcdStorage(
             self.client,
             self.versions,
             observe=self.metrics.observe_etcd,
             fence=self.fence if self.fence.enabled else None,
             journal=self._journal if self._write_log is not None else None,
+            data_fence=DataFence(self.config.region, self.config.fence_key.encode())
+            if data_fence
+            else None,
+            before_send=_stall_hook(os.environ.get(STALL_HOOK_ENV)),
         )
         self._storage = store
         for t in self.registry.all():
@@ -400,13 +418,38 @@ class ApiServer:
 
     async def _ensure_system_namespaces(self) -> None:
         """Kubernetes always has these; every replica makes sure (create-if-absent is a txn).
-        Also in a standby region, past the write fence: a region's own system namespaces
-        conflict with nothing, and clients switched to it must find `default` at once."""
+
+        In a standby region, past the time fence but only with the fence key's blessing: each
+        create compares the key with the `standby:...` value read just before, so a region
+        that is frozen, has no key, or changed role meanwhile gets nothing written. (The
+        replication issue brings these namespaces from the active region instead.)"""
         namespaces = self.stores[("", "v1", "namespaces")]
         storage = self._storage
         if storage is not None and storage.fence is not None and not self.fence.permitted():
-            unfenced = EtcdStorage(self.client, storage.versions, journal=storage.journal)
-            namespaces = GenericStore(namespaces.t, unfenced)
+            if storage.data_fence is None:
+                return
+            fence = await RegionFence(
+                self.config.region, self.client, key=storage.data_fence.key
+            ).read()
+            if fence.value is None or fence.value.state != "standby":
+                log.info(
+                    json.dumps(
+                        {
+                            "msg": "system namespaces not created: not a standby",
+                            "fence": str(fence.value) if fence.value else None,
+                        }
+                    )
+                )
+                return
+            blessed = EtcdStorage(
+                self.client,
+                storage.versions,
+                journal=storage.journal,
+                data_fence=DataFence(
+                    self.config.region, storage.data_fence.key, pinned_revision=fence.mod_revision
+                ),
+            )
+            namespaces = GenericStore(namespaces.t, blessed)
         for ns in SYSTEM_NAMESPACES:
             try:
                 await namespaces.create(None, {"metadata": {"name": ns}})
@@ -525,7 +568,7 @@ class ApiServer:
         if path in ("/livez", "/healthz"):
             return web.Response(text="ok")
         if path == "/readyz":
-            return await self._readyz()
+            return await self._readyz(request)
         if path == "/fencez":  # this replica's write permission (haplane.api.fencing)
             return json_response(self.fence.status())
         if path == "/metrics":
@@ -578,7 +621,26 @@ class ApiServer:
             return await self._resource(request, parts[1], parts[2], parts[3:])
         raise errors.no_such_resource(path)
 
-    async def _readyz(self) -> web.Response:
+    async def _readyz(self, request: web.BaseRequest) -> web.Response:
+        """200 "ok" when etcd answers a linearizable read; 503 when not, or draining. Asked
+        for JSON (the balancers' checks are), it also carries the fence's `lapsedSeconds`, so
+        that a balancer can report a region whose replicas cannot confirm their permission."""
+        response = await self._readiness()
+        if JSON in request.headers.get("Accept", "") and self.fence.enabled:
+            return json_response(
+                {
+                    "ready": response.status == 200,
+                    "reason": response.text,
+                    "fence": {
+                        "permitted": self.fence.permitted(),
+                        "lapsedSeconds": round(self.fence.lapsed_for(), 3),
+                    },
+                },
+                status=response.status,
+            )
+        return response
+
+    async def _readiness(self) -> web.Response:
         if self.draining:
             return web.Response(status=503, text="draining: shutting down")
         t, ok = self._ready_cache
@@ -1205,3 +1267,24 @@ async def _body(
     if not isinstance(body, dict):
         raise errors.bad_request("the request body must be an object")
     return body
+
+
+def _stall_hook(needle: str | None) -> Callable[[str], Callable[[], None] | None] | None:
+    """`STALL_HOOK_ENV`'s hook: for the first key containing `needle`, stop this process."""
+    if not needle:
+        return None
+    fired = False
+
+    def hook(key: str) -> Callable[[], None] | None:
+        nonlocal fired
+        if fired or needle not in key:
+            return None
+        fired = True
+
+        def stall() -> None:
+            log.warning(json.dumps({"msg": "test hook: stopping before send", "key": key}))
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+        return stall
+
+    return hook

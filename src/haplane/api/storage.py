@@ -18,6 +18,12 @@ Method contracts (revisions are etcd revisions):
   `DELETE_OBJECT` from `update` deletes it under the same guard (finalizers done).
 - watch: events after `revision` (None: from now) under a prefix; Expired if compacted.
 Every etcd outcome maps to: Unavailable (certainly not applied), OutcomeUnknown (maybe applied).
+
+Every write (create, update, delete; the lifecycle controllers and leader election write
+through the same methods) is one transaction that, with a `DataFence`, also compares the
+region's fence key with `active:<region>@<epoch of the permit>`. Its failure branch reads the
+fence key last, so a fence mismatch is told apart from a lost compare-and-swap: it is
+`WriteFenced` (503), never retried, and `guaranteed_update` does not spin on it.
 """
 
 from __future__ import annotations
@@ -33,19 +39,23 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from haplane.store import (
+    FENCE_KEY,
     Compare,
     EtcdClient,
     EtcdCompacted,
     EtcdError,
     EtcdOutcomeUnknown,
     EtcdRejected,
+    EtcdWindowClosed,
+    FenceRead,
+    FenceValue,
     KeyValue,
     Op,
     TxnResult,
     prefix_end,
 )
 
-from .fencing import Fenced, WriteFence
+from .fencing import MIN_WRITE_WINDOW, Fenced, WriteFence
 from .resource_version import VersionContext
 
 Obj = dict[str, Any]
@@ -154,12 +164,39 @@ class OutcomeUnknown(StorageError):
     """A write may or may not have been applied."""
 
 
+class _WindowClosed(Unavailable):
+    """A write's permission ended before it could be sent (turned into `WriteFenced`)."""
+
+
 class WriteFenced(Unavailable):
     """This replica's region may not write now (see `haplane.api.fencing`)."""
 
     def __init__(self, message: str, active: str | None):
         super().__init__(message)
         self.active = active
+
+
+@dataclass(frozen=True)
+class DataFence:
+    """The fence key every write compares (see `haplane.store.fence_key`): `key` in this
+    region's etcd must hold `active:<region>@<epoch>`."""
+
+    region: str
+    key: bytes = FENCE_KEY
+    # pinned: compare the key's mod revision with this instead (the key as read just before:
+    # a standby's own system namespaces, written only while the key stays as it was seen)
+    pinned_revision: int | None = None
+
+    def compare(self, epoch: int) -> Compare:
+        if self.pinned_revision is not None:
+            return Compare(self.key, "mod", "=", self.pinned_revision)
+        return Compare(self.key, "value", "=", FenceValue.active(self.region, epoch).encode())
+
+    def holds(self, epoch: int, found: KeyValue | None) -> bool:
+        """Does the key as found (None: absent) pass `compare(epoch)`?"""
+        if self.pinned_revision is not None:
+            return (found.mod_revision if found else 0) == self.pinned_revision
+        return found is not None and found.value == FenceValue.active(self.region, epoch).encode()
 
 
 # (key, etcd revision, epoch it was permitted under, wall time the txn was sent, wall time etcd
@@ -293,6 +330,8 @@ class EtcdStorage:
         observe: Callable[[str, float], None] | None = None,
         fence: WriteFence | None = None,
         journal: WriteJournal | None = None,
+        data_fence: DataFence | None = None,
+        before_send: Callable[[str], Callable[[], None] | None] | None = None,
     ):
         self.client = client
         self.versions = versions
@@ -300,25 +339,101 @@ class EtcdStorage:
         self.observe = observe
         self.fence = fence
         self.journal = journal
+        self.data_fence = data_fence
+        # a test hook: for a key, something to call right before its request goes out
+        self.before_send = before_send
 
     async def _write(
         self, key: str, compares: list[Compare], success: list[Op], failure: list[Op], op: str
     ) -> TxnResult:
-        """Every write goes through here: refused unless this region may write, and given an
-        etcd deadline that ends before that permission does; acknowledged ones are journaled."""
-        timeout = self.client.timeout
+        """Every write goes through here: refused unless this region may write, sent only if
+        its permission has `MIN_WRITE_WINDOW` left at send time (an absolute end: a pause
+        after the check cannot stretch it), guarded by the fence key; acknowledged ones are
+        journaled. The caller's failure ops come back as they were asked."""
+        deadline: float | None = None
+        epoch = self.versions.epoch
         if self.fence is not None:
             try:
-                timeout = min(timeout, self.fence.remaining())
+                permit = self.fence.permit()
             except Fenced as exc:
                 raise WriteFenced(str(exc), exc.active) from None
-        epoch, sent = self.versions.epoch, time.time()
-        r = await _call(
-            self.client.txn(compares, success, failure, timeout=timeout), self._observer(op)
-        )
+            epoch = permit.epoch
+            if permit.deadline != float("inf"):
+                deadline = min(permit.deadline, self.fence.clock() + self.client.timeout)
+        if self.data_fence is not None:
+            compares = [*compares, self.data_fence.compare(epoch)]
+            failure = [*failure, Op("get", self.data_fence.key)]
+        sent = time.time()
+        try:
+            r = await _call(
+                self.client.txn(
+                    compares,
+                    success,
+                    failure,
+                    deadline=deadline,
+                    min_window=MIN_WRITE_WINDOW if deadline is not None else 0.0,
+                    before_send=self.before_send(key) if self.before_send else None,
+                ),
+                self._observer(op),
+            )
+        except _WindowClosed as exc:
+            active = self.fence.record.region if self.fence and self.fence.record else None
+            raise WriteFenced(
+                f"the write permission ran out before the request could be sent ({exc})", active
+            ) from None
+        if self.data_fence is not None and not r.succeeded:
+            fence_kv = r.results[-1]
+            r = TxnResult(r.succeeded, r.revision, r.results[:-1])
+            found = fence_kv[0] if fence_kv else None
+            if not self.data_fence.holds(epoch, found):
+                raise await self._fence_mismatch(epoch, FenceRead.of(found))
         if r.succeeded and self.journal is not None:
             self.journal(key, r.revision, epoch, sent, time.time())
         return r
+
+    async def _fence_mismatch(self, epoch: int, found: FenceRead) -> WriteFenced:
+        """The refusal for a write the fence key stopped, naming the active region: read
+        from the global record now (a refusal is rare, and the key says who is active only
+        for a standby)."""
+        assert self.data_fence is not None
+        region = self.data_fence.region
+        v = found.value
+        if self.data_fence.pinned_revision is not None:
+            return WriteFenced(
+                f"region {region}'s fence key changed since it was read (now {v}): nothing written",
+                v.region if v is not None and v.state == "standby" else None,
+            )
+        record = await self.fence.refresh() if self.fence is not None else None
+        elsewhere = record.region if record is not None and record.region != region else None
+        if v is None:
+            what = (
+                "has no fence key (fenced until `haplane up` or the failover controller sets it)"
+                if found.raw is None
+                else f"has a malformed fence key {found.raw!r}"
+            )
+            return WriteFenced(f"region {region} {what}", elsewhere)
+        if v.state == "standby":
+            return WriteFenced(
+                f"region {region} is a standby of {v.region} (epoch {v.epoch}): the data fence "
+                "refused the write",
+                v.region,
+            )
+        if v.state == "frozen":
+            return WriteFenced(
+                f"region {region} has been frozen since epoch {v.epoch}: the data fence refused "
+                "the write"
+                + (
+                    f"; writes go to region {elsewhere} (epoch {record.epoch})"
+                    if record and elsewhere
+                    else ""
+                ),
+                elsewhere,
+            )
+        return WriteFenced(
+            f"region {region} is active in epoch {v.epoch}, this replica wrote under epoch "
+            f"{epoch}: the data fence refused the write",
+            region if v.epoch > epoch else elsewhere,
+        )
 
     def _observer(self, operation: str) -> Callable[[float], None] | None:
         observe = self.observe
@@ -528,6 +643,8 @@ async def _call(aw: Awaitable[T], observe: Callable[[float], None] | None = None
     t0 = time.monotonic()
     try:
         return await aw
+    except EtcdWindowClosed as exc:
+        raise _WindowClosed(str(exc)) from exc
     except EtcdOutcomeUnknown as exc:
         raise OutcomeUnknown(str(exc)) from exc
     except EtcdCompacted as exc:

@@ -703,10 +703,19 @@ def failover_cmd(
     topology = load_file(state.topology_file)
 
     async def run() -> tuple[Any, Any]:
-        async with global_control.control_client(topology, state) as client:
-            return await global_control.switch(
-                client, topology, to, reason=reason, expected_epoch=expected_epoch
-            )
+        fences = global_control.region_fences(topology, state)
+        try:
+            async with global_control.control_client(topology, state) as client:
+                return await global_control.switch(
+                    client,
+                    topology,
+                    to,
+                    reason=reason,
+                    expected_epoch=expected_epoch,
+                    fences=fences,
+                )
+        finally:
+            await fences.close()
 
     try:
         before, after = asyncio.run(run())

@@ -6,8 +6,11 @@ Layer: gate. Uses a `Forwarder` in-process and etcd through `haplane.store`.
   listener at `/healthz/region`: how many API replicas are ready (from this balancer's own
   checks) and whether the region's etcd answers a linearizable read (probed here every
   `interval`). 200 when at least one replica is UP and etcd has quorum; 503 otherwise, with the
-  detail as JSON. Replicas already refuse `/readyz` without quorum, so etcd's verdict here is for
-  operators and for the gate's reason, not a second vote.
+  detail as JSON. With fencing, also 503 when every ready replica's `/readyz` says it has been
+  unable to confirm the write permission its region holds for longer than `interval` (a slow
+  control etcd: the replicas are up, but no write can be made). Replicas already refuse
+  `/readyz` without quorum, so etcd's verdict here is for operators and for the gate's reason,
+  not a second vote.
 - `ActiveRegionFollower` (gates): follows the active region in the global control etcd and
   activates the pool of that name, which aborts the connections of the previous one. A gate
   never picks a region itself: when the global control etcd is unreachable it keeps routing to
@@ -153,6 +156,14 @@ class RegionHealth:
                 "the global control etcd does not answer: this region cannot hold a write grant"
                 + (f" ({self.control_error})" if self.control_error else "")
             )
+        lapsed = _lapsed_for(upstreams, ready) if self.global_endpoints else None
+        if lapsed is not None and lapsed > self.interval:
+            # the probe above can pass while the replicas' own reads of the record are too
+            # slow (geo latency, an overloaded control etcd): a silent write outage otherwise
+            reasons.append(
+                "every ready API replica has been unable to confirm its write permission for "
+                f"{lapsed:.1f}s (their reads of the global control state fail or come too late)"
+            )
         now = time.monotonic()
         if not reasons:
             self._unhealthy_since = None
@@ -182,6 +193,21 @@ class RegionHealth:
             "etcd_error": self.etcd_error,
             "control_reachable": self.control_reachable,
         }
+
+
+def _lapsed_for(upstreams: list[Any], ready: list[str]) -> float | None:
+    """How long the ready replica that lapsed last has been unable to confirm the write
+    permission its region holds, from the `fence.lapsedSeconds` their `/readyz` JSON
+    carries; None when some ready replica did not say (an older replica) or none is ready."""
+    seen = []
+    for u in upstreams:
+        if u.name not in ready:
+            continue
+        fence = u.detail.get("fence") if isinstance(u.detail, dict) else None
+        if not isinstance(fence, dict) or not isinstance(fence.get("lapsedSeconds"), int | float):
+            return None
+        seen.append(float(fence["lapsedSeconds"]))
+    return min(seen) if seen else None
 
 
 def _quorum_word(quorum: bool | None) -> str:

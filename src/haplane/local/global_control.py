@@ -11,7 +11,15 @@ import asyncio
 import getpass
 import time
 
-from haplane.store import ActiveRegion, EtcdClient, GlobalState, StaleEpoch
+from haplane.store import (
+    ActiveRegion,
+    EtcdClient,
+    EtcdError,
+    FenceChanged,
+    GlobalState,
+    RegionFences,
+    StaleEpoch,
+)
 from haplane.topology import Topology
 from haplane.topology.model import GLOBAL_SCOPE
 
@@ -33,6 +41,21 @@ def control_client(topology: Topology, state: StateDir, timeout: float = 2.0) ->
     return EtcdClient(control_endpoints(topology, PortRegistry(state.ports_file)), timeout=timeout)
 
 
+def region_fences(topology: Topology, state: StateDir, timeout: float = 1.0) -> RegionFences:
+    """The fence keys of every region (`haplane.store.fence_key`), one client per region's
+    etcd; `close()` them after use."""
+    ports = PortRegistry(state.ports_file)
+    return RegionFences(
+        {
+            c.scope: EtcdClient(
+                [a.client_endpoint for a in member_addresses(c, ports).values()], timeout=timeout
+            )
+            for c in topology.etcd_clusters()
+            if c.scope != GLOBAL_SCOPE
+        }
+    )
+
+
 def operator() -> str:
     try:
         return f"operator:{getpass.getuser()}"
@@ -46,6 +69,7 @@ async def switch(
     to: str,
     *,
     reason: str,
+    fences: RegionFences,
     expected_epoch: int | None = None,
     by: str | None = None,
     unfence: bool = True,
@@ -55,9 +79,12 @@ async def switch(
     1. one transaction commits epoch + 1 naming `to`, not yet writable: from that moment no
        replica of the old region renews its write permission (it fences at its next read, or
        when its grant runs out if it cannot read);
-    2. wait `grant + margin` (`ActiveRegion.fence_wait`): every old grant has run out;
-    3. one transaction makes the new epoch writable (`unfence=False` leaves this to the failover
-       controller, which does it after the same wait counted from when it saw the epoch).
+    2. the old region's fence key goes `active:` -> `frozen:` in one transaction in its etcd
+       (when it answers; a dead region is covered by the time fence and frozen when it is back);
+    3. wait `grant + margin` (`ActiveRegion.fence_wait`): every old grant has run out;
+    4. `to`'s fence key becomes `active:<to>@<epoch>`, then one transaction makes the new epoch
+       writable (`unfence=False` leaves 4 to the failover controller, which does it after the
+       same wait counted from when it saw the epoch).
 
     `expected_epoch` guards against a change made since the operator looked (default: the
     epoch read just now)."""
@@ -77,16 +104,28 @@ async def switch(
         after = await state.switch(to, expected_epoch=epoch, by=by or operator(), reason=reason)
     except StaleEpoch as exc:
         raise FailoverError(f"refused: {exc}; look again with `haplane status`") from exc
+    committed = time.monotonic()
+    await fences.freeze_others(after, timeout=0.5)
     if unfence:
-        after = await unfence_after_wait(state, after, time.monotonic())
+        after = await unfence_after_wait(state, fences, after, committed)
     return before, after
 
 
 async def unfence_after_wait(
-    state: GlobalState, record: ActiveRegion, committed: float
+    state: GlobalState, fences: RegionFences, record: ActiveRegion, committed: float
 ) -> ActiveRegion:
-    """Unfence `record`'s epoch once `fence_wait` has passed since `committed` (monotonic)."""
+    """Unfence `record`'s epoch once `fence_wait` has passed since `committed` (monotonic):
+    freeze the other regions again (one may have answered only now), make the new region's
+    fence key `active:` (required: without it its replicas could not write), then unfence."""
     await asyncio.sleep(max(0.0, committed + record.fence_wait - time.monotonic()))
+    await fences.freeze_others(record, timeout=0.5)
+    try:
+        await fences[record.region].activate(record.epoch, timeout=2.0)
+    except (EtcdError, FenceChanged) as exc:
+        raise FailoverError(
+            f"epoch {record.epoch} was committed, but region {record.region}'s fence key could "
+            f"not be set ({exc}); the failover controller completes the switch once it can"
+        ) from exc
     try:
         return await state.unfence(record.epoch)
     except StaleEpoch as exc:

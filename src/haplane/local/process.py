@@ -19,7 +19,7 @@ import ctypes
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +73,9 @@ class ProcessSpec:
 class ManagedProcess:
     spec: ProcessSpec
     on_event: Callable[[str, dict[str, Any]], None] = lambda event, fields: None
+    # awaited before every start, first or restart (e.g. an API replica's region fence key
+    # brought in line with the global record); it must not raise
+    before_spawn: Callable[[], Awaitable[None]] | None = None
     state: State = "stopped"
     restarts: int = 0
     exit_code: int | None = None
@@ -104,6 +107,8 @@ class ManagedProcess:
 
     async def spawn(self) -> None:
         """Start the process once (no monitoring; see `supervise`)."""
+        if self.before_spawn is not None:
+            await self.before_spawn()
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.state = "starting"
         argv, preexec = _die_with_parent(self.spec.argv)

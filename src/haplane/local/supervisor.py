@@ -32,10 +32,12 @@ from haplane.store import (
     EtcdClient,
     EtcdError,
     GlobalState,
+    RegionFences,
     find_etcd,
     member_command,
 )
 from haplane.topology import Topology
+from haplane.topology.model import GLOBAL_SCOPE
 
 from . import site_network
 from .gate_plans import (
@@ -128,8 +130,11 @@ class Supervisor:
             self.network.create()
             self.progress(f"site network: {', '.join(self.network.namespaces().values())}")
         try:
-            await asyncio.gather(*(self._start_cluster(c, ports, timeout) for c in self.clusters))
-            await self._record_first_active_region()
+            fresh = await asyncio.gather(
+                *(self._start_cluster(c, ports, timeout) for c in self.clusters)
+            )
+            await self._record_first_active_region(fresh=all(fresh))
+            await self._reconcile_fences()  # before any replica can start
             self.replicas = resolve_replicas(self.topology, ports, self.clusters)
             self.balancers = resolve_balancers(self.topology, ports, self.clusters, self.replicas)
             self.gates = resolve_gates(self.topology, ports, self.clusters, self.balancers)
@@ -193,7 +198,8 @@ class Supervisor:
         )
         return self._process(qualified, "etcd", argv, member.host)
 
-    async def _start_cluster(self, plan: ClusterPlan, ports: PortRegistry, timeout: float) -> None:
+    async def _start_cluster(self, plan: ClusterPlan, ports: PortRegistry, timeout: float) -> bool:
+        """Start a cluster's members and wait for quorum; whether it was new (no data)."""
         name = plan.view.name
         for attempt in range(1, START_ATTEMPTS + 1):
             fresh = not any(
@@ -211,7 +217,7 @@ class Supervisor:
             exited = await self._await_cluster(plan, procs, timeout)
             if not exited:
                 self.progress(f"{name}: quorum answered")
-                return
+                return fresh
             conflicts = [p for p in exited if _BIND_CONFLICT in _tail(p.spec.log_path)]
             if fresh and conflicts and attempt < START_ATTEMPTS:
                 self.progress(f"{name}: lost a race for a port; retrying on new ports")
@@ -234,10 +240,13 @@ class Supervisor:
                 or f"no quorum within {timeout:.0f}s"
             )
             raise SupervisorError(f"{name} did not start: {details}")
+        raise SupervisorError(f"{name} did not start in {START_ATTEMPTS} attempts")
 
-    async def _record_first_active_region(self) -> None:
+    async def _record_first_active_region(self, *, fresh: bool) -> None:
         """The first start names the region of highest priority active under epoch 1; a record
-        that exists (a restart after a failover) is kept."""
+        that exists (a restart after a failover) is kept. Writable at once only when every
+        etcd cluster is brand new (`fresh`): otherwise a replica may still hold a grant read
+        from a record since lost, and the failover controller unfences after the fence wait."""
         endpoints = global_plan(self.clusters).endpoints
         first = self.topology.region_priority()[0]
         failover = self.topology.spec.global_.failover
@@ -248,12 +257,41 @@ class Supervisor:
                 reason="first start: the region of highest priority",
                 grant_ms=failover.grant_ms,
                 margin_ms=failover.safety_margin_ms,
+                fresh=fresh,
             )
         self.progress(
             f"active region: {record.region} (epoch {record.epoch}"
             + (", recorded now)" if created else ", as recorded)")
         )
         emit("active-region", {**record.as_dict(), "created": created})
+
+    def _region_endpoints(self) -> dict[str, list[str]]:
+        return {c.view.scope: c.endpoints for c in self.clusters if c.view.scope != GLOBAL_SCOPE}
+
+    async def _reconcile_fences(self, regions: list[str] | None = None) -> None:
+        """Bring each region's fence key in line with the global record
+        (`haplane.store.fence_key.target`): the active region `active:` once writable, the
+        others `standby:`, a returning region that still says `active:` frozen. At `up`
+        before any replica starts (state dirs from before the data fence get their keys
+        here), and before every start of a replica (a region that was away)."""
+        endpoints = self._region_endpoints()
+        wanted = regions if regions is not None else list(endpoints)
+        clients = {r: EtcdClient(endpoints[r], timeout=1.0) for r in wanted}
+        fences = RegionFences(clients)
+        try:
+            async with EtcdClient(global_plan(self.clusters).endpoints, timeout=1.0) as control:
+                record = await GlobalState(control).read()
+            after = await fences.reconcile_all(record)
+        except EtcdError as exc:
+            self.progress(f"warning: fence keys not checked: {exc}")
+            return
+        finally:
+            await fences.close()
+        for region, read in after.items():
+            value = str(read.value) if read is not None and read.value else None
+            emit("fence-key", {"region": region, "value": value, "answered": read is not None})
+            if regions is None:
+                self.progress(f"{region}: fence key {value or '(no answer)'}")
 
     async def _start_replica(self, plan: ReplicaPlan, timeout: float) -> None:
         proc = self._process(
@@ -278,6 +316,12 @@ class Supervisor:
             ],
             plan.host,
         )
+        region = plan.region
+
+        async def check_fence() -> None:
+            await self._reconcile_fences([region])
+
+        proc.before_spawn = check_fence
         self.processes[plan.qualified_name] = proc
         await proc.spawn()
         await self._await_ready(proc, f"{plan.url}/readyz", timeout)

@@ -3,6 +3,7 @@
 May use the model layer (`haplane.topology`); knows nothing of processes, HTTP or the CLI.
 """
 
+from .clock import boottime
 from .errors import (
     EtcdCompacted,
     EtcdError,
@@ -10,6 +11,7 @@ from .errors import (
     EtcdOutcomeUnknown,
     EtcdRejected,
     EtcdUnavailable,
+    EtcdWindowClosed,
 )
 from .etcd_binary import EtcdBinary, EtcdBinaryError, find_etcd
 from .etcd_client import (
@@ -27,11 +29,20 @@ from .etcd_client import (
     prefix_end,
 )
 from .etcd_member import MemberAddress, cluster_token, etcd_member_name, member_command
+from .fence_key import (
+    FENCE_KEY,
+    FenceChanged,
+    FenceRead,
+    FenceValue,
+    RegionFence,
+    RegionFences,
+)
 from .global_state import DEFAULT_PREFIX as DEFAULT_GLOBAL_PREFIX
 from .global_state import ActiveRegion, GlobalState, StaleEpoch
 
 __all__ = [
     "DEFAULT_GLOBAL_PREFIX",
+    "FENCE_KEY",
     "ActiveRegion",
     "Alarm",
     "Compare",
@@ -44,6 +55,10 @@ __all__ = [
     "EtcdOutcomeUnknown",
     "EtcdRejected",
     "EtcdUnavailable",
+    "EtcdWindowClosed",
+    "FenceChanged",
+    "FenceRead",
+    "FenceValue",
     "GlobalState",
     "KVHash",
     "KeyValue",
@@ -51,10 +66,13 @@ __all__ = [
     "MemberAddress",
     "MemberStatus",
     "Op",
+    "RegionFence",
+    "RegionFences",
     "StaleEpoch",
     "TxnResult",
     "WatchBatch",
     "WatchEvent",
+    "boottime",
     "cluster_token",
     "etcd_member_name",
     "find_etcd",

@@ -3,7 +3,9 @@
 EtcdError
  ├── EtcdUnavailable        the request certainly did not take effect (never sent, refused
  │    │                     before proposal, or a read): safe to retry or to report as failed
- │    └── EtcdNoQuorum      no member reached a leader: the cluster has lost quorum
+ │    ├── EtcdNoQuorum      no member reached a leader: the cluster has lost quorum
+ │    └── EtcdWindowClosed  a write's absolute deadline left less than its minimum window at
+ │                          send time: not sent
  ├── EtcdOutcomeUnknown     a write was sent and no answer came (deadline, connection lost):
  │                          it may have been applied; never retry it blindly
  ├── EtcdCompacted          the requested revision was compacted away
@@ -23,6 +25,11 @@ class EtcdUnavailable(EtcdError):
 
 class EtcdNoQuorum(EtcdUnavailable):
     """Members answered but none has a leader: the cluster has no quorum."""
+
+
+class EtcdWindowClosed(EtcdUnavailable):
+    """A write was not sent: its absolute deadline (e.g. the end of a write permission) left
+    less than the caller's minimum window when it was about to go out."""
 
 
 class EtcdOutcomeUnknown(EtcdError):

@@ -15,7 +15,12 @@ Invariants:
   `EtcdOutcomeUnknown` and is never retried. The one server answer that provably precedes the
   proposal is "no leader" from the `hasleader` check, which is also moved on from;
 - writes and linearizable reads carry `hasleader: true`, so a member cut off from its leader
-  refuses at once instead of stalling until etcd's request timeout.
+  refuses at once instead of stalling until etcd's request timeout;
+- deadlines are points on `boottime()` (CLOCK_BOOTTIME: keeps counting while the host is
+  suspended, unlike CLOCK_MONOTONIC). A write may be given an absolute `deadline` (the end of
+  a write permission, see `haplane.api.fencing`): at send time, with less than `min_window`
+  left, it is refused as `EtcdWindowClosed` (not sent) instead of going out with a deadline
+  that a pause since the permission check has already eaten.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any, TypeVar
 import grpc
 from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
 
+from .clock import boottime
 from .errors import (
     EtcdCompacted,
     EtcdError,
@@ -37,6 +43,7 @@ from .errors import (
     EtcdOutcomeUnknown,
     EtcdRejected,
     EtcdUnavailable,
+    EtcdWindowClosed,
 )
 
 T = TypeVar("T")
@@ -233,12 +240,12 @@ class EtcdClient:
     ) -> T:
         """Try members in turn until one answers or the deadline passes. Reads are side-effect
         free, so any failure may be retried elsewhere."""
-        deadline = time.monotonic() + (timeout or self.timeout)
+        deadline = boottime() + (timeout or self.timeout)
         order = list(endpoints) if endpoints is not None else self._order()
         last: Exception | None = None
         no_leader = 0
         for i, ep in enumerate(order):
-            remaining = deadline - time.monotonic()
+            remaining = deadline - boottime()
             if remaining <= 0:
                 break
             # Leave time for the members not tried yet: a hung member must not eat the budget.
@@ -264,20 +271,34 @@ class EtcdClient:
         )
 
     async def _write(
-        self, call: Callable[[grpc.aio.Channel, float], Awaitable[T]], timeout: float | None
+        self,
+        call: Callable[[grpc.aio.Channel, float], Awaitable[T]],
+        timeout: float | None,
+        *,
+        deadline: float | None = None,
+        min_window: float = 0.0,
+        before_send: Callable[[], None] | None = None,
     ) -> T:
-        """Send once, on a connected member; see the module docstring for the retry rule."""
-        deadline = time.monotonic() + (timeout or self.timeout)
+        """Send once, on a connected member; see the module docstring for the retry rule.
+        `deadline` (on `boottime()`) overrides `timeout`; `before_send` is a test hook called
+        after every client-side check, right before the request goes out."""
+        if deadline is None:
+            deadline = boottime() + (timeout or self.timeout)
         tried_no_leader: set[str] = set()
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            remaining = deadline - boottime()
+            if remaining <= min_window:
                 break
             ep = await self._ready_endpoint(remaining, exclude=tried_no_leader)
             if ep is None:
                 break
+            left = deadline - boottime()  # the wait for a channel, or a pause, may have eaten it
+            if left <= min_window:
+                break
+            if before_send is not None:
+                before_send()
             try:
-                result = await call(self._channel(ep), max(deadline - time.monotonic(), 0.001))
+                result = await call(self._channel(ep), left)
             except grpc.aio.AioRpcError as exc:
                 translated = _translate(exc, ep)
                 if isinstance(translated, EtcdNoQuorum):
@@ -296,6 +317,11 @@ class EtcdClient:
                 raise translated from exc
             self._prefer(ep)
             return result
+        if min_window and deadline - boottime() <= min_window:
+            raise EtcdWindowClosed(
+                f"less than {min_window * 1000:.0f} ms of the write's window was left at send "
+                "time; the write was not sent"
+            )
         if tried_no_leader:
             unreachable = len(self.endpoints) - len(tried_no_leader)
             raise EtcdNoQuorum(
@@ -412,9 +438,13 @@ class EtcdClient:
         failure: Sequence[Op] = (),
         *,
         timeout: float | None = None,
+        deadline: float | None = None,
+        min_window: float = 0.0,
+        before_send: Callable[[], None] | None = None,
     ) -> TxnResult:
         """One atomic etcd transaction. A txn with only `get` ops is a read; otherwise a write
-        (see the retry rule in the module docstring)."""
+        (see the retry rule in the module docstring; `deadline`, `min_window` and
+        `before_send` apply to writes)."""
         # Filled in place: building each message and copying it into the request took three
         # times as long (a few % of a create through the API).
         req = rpc_pb2.TxnRequest()
@@ -438,8 +468,11 @@ class EtcdClient:
                     results.append([])
             return TxnResult(bool(r.succeeded), int(r.header.revision), results)
 
-        read_only = all(o.kind == "get" for o in (*success, *failure))
-        return await (self._read(call, timeout) if read_only else self._write(call, timeout))
+        if all(o.kind == "get" for o in (*success, *failure)):
+            return await self._read(call, timeout)
+        return await self._write(
+            call, timeout, deadline=deadline, min_window=min_window, before_send=before_send
+        )
 
     async def cluster_id(self, *, timeout: float | None = None) -> int:
         async def call(ch: grpc.aio.Channel, t: float) -> int:

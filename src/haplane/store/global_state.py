@@ -123,9 +123,9 @@ class GlobalState:
     def _history_key(self, epoch: int) -> bytes:
         return self.history_prefix + f"{epoch:012d}".encode()
 
-    async def read(self) -> ActiveRegion | None:
+    async def read(self, *, timeout: float | None = None) -> ActiveRegion | None:
         """A linearizable read: None when nothing was ever written."""
-        kv = await self.client.get(self.active_key)
+        kv = await self.client.get(self.active_key, timeout=timeout)
         return ActiveRegion.from_kv(kv) if kv is not None else None
 
     async def initialize(
@@ -136,17 +136,25 @@ class GlobalState:
         reason: str,
         grant_ms: int = DEFAULT_GRANT_MS,
         margin_ms: int = DEFAULT_MARGIN_MS,
+        fresh: bool = False,
     ) -> tuple[ActiveRegion, bool]:
         """Record `region` as active if no active region is recorded; (record, created). An
         existing record is never changed here (a restart must not undo a failover). The epoch
         is 1, or one past the last in the history if the record was deleted: epochs never go
-        back and history entries are never rewritten. Writable at once when it is the first
-        epoch; after a deleted record, only after the fence wait (an old grant may be live)."""
+        back and history entries are never rewritten.
+
+        Writable at once only when `fresh` (the caller knows the whole platform is brand new:
+        no replica anywhere can hold a grant) and there is no history. Otherwise an earlier
+        grant may still run, held by a replica that read a record since lost (a wiped or
+        restored control etcd): the record starts fenced and whoever unfences it waits its
+        fence wait first, with the grant and margin at least as large as any configured or
+        recorded (`grant_ms`, `margin_ms` are the caller's largest configured values)."""
         history = await self.history(1)
         epoch = history[-1].epoch + 1 if history else 1
         if history:  # an earlier grant may still run: never wait less than it lasts
             grant_ms = max(grant_ms, history[-1].grant_ms)
             margin_ms = max(margin_ms, history[-1].margin_ms)
+        writable = fresh and not history
         now = _now()
         record = ActiveRegion(
             region,
@@ -154,10 +162,10 @@ class GlobalState:
             now,
             by,
             reason,
-            writable=not history,
+            writable=writable,
             grant_ms=grant_ms,
             margin_ms=margin_ms,
-            unfenced=None if history else now,
+            unfenced=now if writable else None,
         )
         r = await self.client.txn(
             [
@@ -268,3 +276,62 @@ class GlobalState:
         async for batch in self.client.watch(self.active_key, start_revision=revision + 1):
             for ev in batch.events:
                 yield ActiveRegion.from_kv(ev.kv) if ev.type == "PUT" else None
+
+    # ---- automatic failback: an operator's setting ---------------------------------------
+
+    @property
+    def failback_key(self) -> bytes:
+        """`failback` under the prefix (beside `active`): see `FailbackSetting`."""
+        return self.active_key.removesuffix(b"active") + b"failback"
+
+    async def failback_setting(self, *, timeout: float | None = None) -> FailbackSetting:
+        """A linearizable read of the operators' failback setting; absent: enabled (automatic
+        failback then follows the topology's `failback`)."""
+        kv = await self.client.get(self.failback_key, timeout=timeout)
+        return FailbackSetting.from_kv(kv) if kv is not None else FailbackSetting()
+
+    async def set_failback(
+        self, enabled: bool, *, by: str, reason: str, timeout: float | None = None
+    ) -> FailbackSetting:
+        """Suspend (`enabled=False`) or re-enable automatic failback; the last writer wins
+        (an operator's word, not a transition guarded by what was read)."""
+        setting = FailbackSetting(enabled, by, reason, _now())
+        revision = await self.client.put(self.failback_key, setting.to_json(), timeout=timeout)
+        return replace(setting, revision=revision)
+
+
+@dataclass(frozen=True)
+class FailbackSetting:
+    """Whether operators let the failover controller fail back automatically, stored as JSON
+    `{"enabled", "by", "reason", "since"}` under `<prefix>failback`. An operator's switchover
+    suspends it (the operator chose where writes go; the controller must not move them back),
+    `haplane failback on` re-enables it. It never enables failback the topology leaves off."""
+
+    enabled: bool = True
+    by: str | None = None  # None: never set (the default)
+    reason: str | None = None
+    since: str | None = None  # RFC 3339, UTC
+    revision: int = 0  # etcd mod revision (0: not stored)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.as_dict(), sort_keys=True).encode()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"enabled": self.enabled, "by": self.by, "reason": self.reason, "since": self.since}
+
+    @classmethod
+    def from_kv(cls, kv: KeyValue) -> FailbackSetting:
+        try:
+            d = json.loads(kv.value)
+            enabled = d["enabled"]
+            if not isinstance(enabled, bool):
+                raise TypeError(f"enabled is {enabled!r}, not true or false")
+            return cls(
+                enabled,
+                d.get("by"),
+                d.get("reason"),
+                d.get("since"),
+                revision=kv.mod_revision,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EtcdError(f"malformed failback setting at {kv.key!r}: {exc}") from exc

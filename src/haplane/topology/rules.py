@@ -38,7 +38,12 @@ RULES: dict[str, str] = {
     "region-count": "region failover needs two or more regions",
     "failover-priority": "the failover priority lists every region exactly once",
     "replication-pair": "replication pairs join two different regions, once each",
+    "fence-grant": "the write grant must exceed the safety margin by more than the minimum write "
+    "window (grants only ever grow across epochs: a bad value would stay)",
 }
+
+# haplane.api.fencing.MIN_WRITE_WINDOW in ms: a permission shorter than this is never used
+MIN_WRITE_WINDOW_MS = 20
 
 
 @dataclass(frozen=True)
@@ -393,7 +398,21 @@ def _failover(topo: Topology) -> list[Finding]:
                 "add a second region (a site with a `region` block)",
             )
         )
-    prio = topo.spec.global_.failover.priority
+    failover = topo.spec.global_.failover
+    if failover.grant_ms <= failover.safety_margin_ms + MIN_WRITE_WINDOW_MS:
+        out.append(
+            _err(
+                "fence-grant",
+                "spec.global.failover.grantMs",
+                f"grantMs {failover.grant_ms} is not above safetyMarginMs "
+                f"{failover.safety_margin_ms} + {MIN_WRITE_WINDOW_MS} ms: the active region's "
+                "replicas would never hold a usable write permission, and a grant recorded "
+                "once never shrinks in later epochs",
+                f"set grantMs above {failover.safety_margin_ms + MIN_WRITE_WINDOW_MS} (e.g. "
+                f"{max(1000, 4 * failover.safety_margin_ms)}), or lower safetyMarginMs",
+            )
+        )
+    prio = failover.priority
     if prio is not None:
         path = "spec.global.failover.priority"
         for name in prio:

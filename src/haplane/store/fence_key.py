@@ -1,0 +1,286 @@
+"""The data fence: one key in each regional etcd that says who may write there, in which epoch.
+
+Layer: store. Knows the key, its values, the pure rule for what each region's key should be
+given the global record, and the compare-and-swap primitives that change it. Knows nothing of
+HTTP, processes or the CLI.
+
+The key `/haplane/fence` lies outside every served resource (`/registry/...`) and is never
+replicated. Its value is one of:
+
+- `active:<region>@<epoch>`: API replicas of `<region>` (the region whose etcd this is) may
+  write while they believe they hold epoch `<epoch>`; every API write transaction compares the
+  key with exactly this value (`FenceValue.active(region, epoch)`), so a write sent under an
+  older epoch, or into a region that has been frozen since, can never commit;
+- `frozen:<region>@<epoch>`: the region was active in `<epoch>` and has been fenced since
+  (a switchover is draining it, or it lost the epoch); nobody writes;
+- `standby:<source>@<epoch>`: the region is a standby of `<source>`, active in `<epoch>`; only
+  the replicator (a later issue) may write here.
+
+A missing key means fenced: a replica never creates its own; `haplane up`, the failover
+controller and `haplane failover` write it (`RegionFences`).
+
+Transitions (`target`, pure): given the global record (active region R, epoch E, writable):
+- R's key becomes `active:R@E` only once the record is writable, or explicitly by whoever
+  unfences E (`RegionFences.activate`, just before the unfence);
+- another region whose key says `active:...` becomes `frozen:<it>@<epoch in its key>` (it lost
+  the epoch; it may have been away while that happened);
+- another region with no key, or a `standby:` key naming another source or epoch, becomes
+  `standby:R@E`; a `frozen:` key is left alone (a returning region: what happens to the data it
+  wrote after the switch is the business of replication's rejoin).
+
+Every change is one transaction guarded by the key's mod revision as it was read, so two
+writers (an operator and the controller) never undo each other's newer change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import EtcdError
+from .etcd_client import Compare, EtcdClient, KeyValue, Op
+from .global_state import ActiveRegion
+
+FENCE_KEY = b"/haplane/fence"
+
+FenceState = Literal["active", "frozen", "standby"]
+_STATES: tuple[FenceState, ...] = ("active", "frozen", "standby")
+
+
+class MalformedFence(ValueError):
+    """A fence key whose value is not `<state>:<region>@<epoch>`."""
+
+
+@dataclass(frozen=True)
+class FenceValue:
+    state: FenceState
+    region: str  # active, frozen: the region itself; standby: the source (the active region)
+    epoch: int
+
+    @classmethod
+    def active(cls, region: str, epoch: int) -> FenceValue:
+        return cls("active", region, epoch)
+
+    @classmethod
+    def frozen(cls, region: str, epoch: int) -> FenceValue:
+        return cls("frozen", region, epoch)
+
+    @classmethod
+    def standby(cls, source: str, epoch: int) -> FenceValue:
+        return cls("standby", source, epoch)
+
+    def encode(self) -> bytes:
+        return f"{self.state}:{self.region}@{self.epoch}".encode()
+
+    def __str__(self) -> str:
+        return self.encode().decode()
+
+    @classmethod
+    def parse(cls, raw: bytes) -> FenceValue:
+        text = raw.decode("utf-8", "replace")
+        state, sep, rest = text.partition(":")
+        region, at, epoch = rest.rpartition("@")
+        if not sep or not at or state not in _STATES or not region or not epoch.isdigit():
+            raise MalformedFence(
+                f"fence key {FENCE_KEY.decode()} holds {text!r}, not "
+                "'active|frozen|standby:<region>@<epoch>'"
+            )
+        return cls(state, region, int(epoch))
+
+    @property
+    def writer(self) -> str:
+        """The region whose writes go where this key is: the active region of its epoch for a
+        standby, the region itself otherwise."""
+        return self.region
+
+
+@dataclass(frozen=True)
+class FenceRead:
+    """A fence key as read: its value (None: missing or malformed) and mod revision (0:
+    missing), for a compare-and-swap."""
+
+    value: FenceValue | None
+    mod_revision: int
+    raw: bytes | None = None
+
+    @classmethod
+    def of(cls, kv: KeyValue | None) -> FenceRead:
+        if kv is None:
+            return cls(None, 0)
+        try:
+            return cls(FenceValue.parse(kv.value), kv.mod_revision, kv.value)
+        except MalformedFence:
+            return cls(None, kv.mod_revision, kv.value)
+
+
+def target(
+    region: str, record: ActiveRegion | None, current: FenceValue | None
+) -> FenceValue | None:
+    """What `region`'s fence key should become, given the global record and what it holds now;
+    None: leave it as it is. Pure (see the module docstring for the rule)."""
+    if record is None:
+        return None
+    if region == record.region:
+        want = FenceValue.active(region, record.epoch)
+        return want if record.writable and current != want else None
+    if current is None:
+        return FenceValue.standby(record.region, record.epoch)
+    if current.state == "active":
+        return FenceValue.frozen(region, current.epoch)
+    if current.state == "standby" and (current.region, current.epoch) != (
+        record.region,
+        record.epoch,
+    ):
+        return FenceValue.standby(record.region, record.epoch)
+    return None
+
+
+class FenceChanged(Exception):
+    """The fence key changed between the read and the write; `current` is what it holds."""
+
+    def __init__(self, message: str, current: FenceRead):
+        super().__init__(message)
+        self.current = current
+
+
+class RegionFence:
+    """The fence key of one regional etcd."""
+
+    def __init__(self, region: str, client: EtcdClient, *, key: bytes = FENCE_KEY):
+        self.region = region
+        self.client = client
+        self.key = key  # another path only for tests that share one etcd between "regions"
+
+    async def read(self, *, timeout: float | None = None) -> FenceRead:
+        """A linearizable read of the key."""
+        return FenceRead.of(await self.client.get(self.key, timeout=timeout))
+
+    async def swap(
+        self, expected: FenceRead, value: FenceValue, *, timeout: float | None = None
+    ) -> FenceRead:
+        """Set the key to `value` only if it is still as `expected` was read (same mod
+        revision; absent when 0); `FenceChanged` otherwise, nothing written."""
+        r = await self.client.txn(
+            [Compare(self.key, "mod", "=", expected.mod_revision)],
+            [Op("put", self.key, value.encode())],
+            [Op("get", self.key)],
+            timeout=timeout,
+        )
+        if not r.succeeded:
+            now = FenceRead.of(r.results[0][0] if r.results[0] else None)
+            raise FenceChanged(
+                f"{self.region}: the fence key changed meanwhile (now {now.value})", now
+            )
+        return FenceRead(value, r.revision, value.encode())
+
+    async def reconcile(
+        self, record: ActiveRegion | None, *, timeout: float | None = None
+    ) -> FenceRead:
+        """Bring the key to `target(...)` (at most one compare-and-swap); what it holds after."""
+        for _ in range(3):
+            now = await self.read(timeout=timeout)
+            want = target(self.region, record, now.value)
+            if want is None:
+                return now
+            try:
+                return await self.swap(now, want, timeout=timeout)
+            except FenceChanged:
+                continue  # someone else moved it: look again
+        return await self.read(timeout=timeout)
+
+    async def freeze(self, *, timeout: float | None = None) -> FenceRead:
+        """`active:<region>@E` -> `frozen:<region>@E` in one transaction; any other value is
+        left as it is (already fenced)."""
+        for _ in range(3):
+            now = await self.read(timeout=timeout)
+            if now.value is None or now.value.state != "active":
+                return now
+            try:
+                return await self.swap(
+                    now, FenceValue.frozen(self.region, now.value.epoch), timeout=timeout
+                )
+            except FenceChanged:
+                continue
+        return await self.read(timeout=timeout)
+
+    async def activate(self, epoch: int, *, timeout: float | None = None) -> FenceRead:
+        """Make this region writable in `epoch`: only to be called by whoever unfences `epoch`
+        in the global record, after the fence wait and before the unfence. Refuses to move
+        the key back to an older epoch."""
+        want = FenceValue.active(self.region, epoch)
+        for _ in range(3):
+            now = await self.read(timeout=timeout)
+            if now.value == want:
+                return now
+            if now.value is not None and now.value.epoch > epoch:
+                raise FenceChanged(
+                    f"{self.region}: the fence key is at epoch {now.value.epoch} ({now.value}); "
+                    f"epoch {epoch} is over",
+                    now,
+                )
+            try:
+                return await self.swap(now, want, timeout=timeout)
+            except FenceChanged:
+                continue
+        raise FenceChanged(f"{self.region}: the fence key keeps changing", await self.read())
+
+
+class RegionFences:
+    """The fence keys of every region, through one client per regional etcd. Used by `haplane
+    up`, `haplane failover` and the failover controller."""
+
+    def __init__(self, clients: Mapping[str, EtcdClient], *, key: bytes = FENCE_KEY):
+        self.fences = {region: RegionFence(region, c, key=key) for region, c in clients.items()}
+
+    def __getitem__(self, region: str) -> RegionFence:
+        return self.fences[region]
+
+    async def read_all(self, *, timeout: float | None = None) -> dict[str, FenceRead | None]:
+        """Every region's key; None for a region whose etcd did not answer."""
+
+        async def one(f: RegionFence) -> FenceRead | None:
+            try:
+                return await f.read(timeout=timeout)
+            except EtcdError:
+                return None
+
+        reads = await asyncio.gather(*(one(f) for f in self.fences.values()))
+        return dict(zip(self.fences, reads, strict=True))
+
+    async def reconcile_all(
+        self, record: ActiveRegion | None, *, timeout: float | None = None
+    ) -> dict[str, FenceRead | None]:
+        """`RegionFence.reconcile` in every region that answers (None for the others)."""
+
+        async def one(f: RegionFence) -> FenceRead | None:
+            try:
+                return await f.reconcile(record, timeout=timeout)
+            except EtcdError:
+                return None
+
+        reads = await asyncio.gather(*(one(f) for f in self.fences.values()))
+        return dict(zip(self.fences, reads, strict=True))
+
+    async def freeze_others(
+        self, record: ActiveRegion, *, timeout: float | None = None
+    ) -> dict[str, FenceRead | None]:
+        """Freeze every region but `record.region` whose etcd answers (a dead region is left
+        to the time-based fence, and frozen when it answers again)."""
+
+        async def one(f: RegionFence) -> FenceRead | None:
+            try:
+                return await f.freeze(timeout=timeout)
+            except EtcdError:
+                return None
+
+        others = [f for r, f in self.fences.items() if r != record.region]
+        reads = await asyncio.gather(*(one(f) for f in others))
+        return {f.region: r for f, r in zip(others, reads, strict=True)}
+
+    async def close(self) -> None:
+        for f in self.fences.values():
+            with contextlib.suppress(Exception):
+                await f.client.close()
