@@ -1,8 +1,9 @@
 """Benchmark: the API server against raw etcd, and with its watch cache against without.
 
 Everything runs side by side in one invocation on this machine:
-- a 3-member etcd (data on disk, fsync on) and two API replicas on it: one with the watch cache,
-  one started with --no-watch-cache;
+- a 3-member etcd (data on disk, fsync on) and three API replicas on it: one with the watch
+  cache, one started with --no-watch-cache, and one with the data fence on (`--data-fence`:
+  every write also compares the region's fence key, as replicas under `haplane up` do);
 - load from wrk (creates: `bench/wrk_create.lua`, 2 threads) or from several worker processes
   (never one Python client process), each an asyncio loop with aiohttp or haplane's etcd client,
   `--concurrency` requests in flight per process; wrk holds workers x concurrency connections,
@@ -11,7 +12,8 @@ Everything runs side by side in one invocation on this machine:
 
 Reported: requests/s, p50/p99 latency, and µs of the replica's CPU per request (psutil, the
 replica's own user+system time over the run); ratios: creates through the API vs raw etcd txns
-(create-if-absent, same client library and concurrency), cached vs uncached gets and lists.
+(create-if-absent, same client library and concurrency), cached vs uncached gets and lists,
+creates with the fence key's compare against without.
 Creates run `--rounds` times, raw and API interleaved, and the ratio is the median of the
 rounds': the box is shared and noisy, and etcd's own rate moves by a third between runs.
 
@@ -46,7 +48,7 @@ from wrk_report import parse_wrk  # bench/ is the script's directory, so on sys.
 
 from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
-from haplane.store import Compare, EtcdClient, Op
+from haplane.store import Compare, EtcdClient, FenceValue, Op, RegionFence
 
 PAYLOAD = "x" * 1000
 
@@ -276,15 +278,20 @@ def fanout(replica: ApiReplica, watchers: int, seconds: float, procs_n: int) -> 
 # ---- main --------------------------------------------------------------------------------
 
 
-async def setup(root: Path) -> tuple[EtcdCluster, ApiReplica, ApiReplica]:
+async def setup(root: Path) -> tuple[EtcdCluster, ApiReplica, ApiReplica, ApiReplica]:
     cluster = EtcdCluster(root / "etcd", heartbeat_ms=50, election_ms=500, unsafe_no_fsync=False)
     await cluster.start()
+    async with cluster.client(timeout=2.0) as client:  # a bare replica writes under epoch 0
+        fence = RegionFence("bench", client)
+        await fence.swap(await fence.read(), FenceValue.active("bench", 0))
     cached = ApiReplica(root, "cached", cluster.endpoints, region="bench")
     uncached = ApiReplica(root, "uncached", cluster.endpoints, region="bench")
     uncached.process.spec.argv.append("--no-watch-cache")
-    await cached.start()
-    await uncached.start()
-    return cluster, cached, uncached
+    fenced = ApiReplica(root, "fenced", cluster.endpoints, region="bench")
+    fenced.process.spec.argv.append("--data-fence")
+    for replica in (cached, uncached, fenced):
+        await replica.start()
+    return cluster, cached, uncached, fenced
 
 
 def main() -> None:
@@ -294,11 +301,11 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--watchers", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the creates")
-    ap.add_argument("--only", choices=("all", "requests", "fanout"), default="all")
+    ap.add_argument("--only", choices=("all", "requests", "fanout", "fence"), default="all")
     args = ap.parse_args()
     loop = asyncio.new_event_loop()
     with tempfile.TemporaryDirectory(prefix="haplane-bench-") as tmp:
-        cluster, cached, uncached = loop.run_until_complete(setup(Path(tmp)))
+        cluster, cached, uncached, fenced = loop.run_until_complete(setup(Path(tmp)))
         try:
             for ns in ("bench", "list100"):
                 cached.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
@@ -310,10 +317,12 @@ def main() -> None:
                 )
             time.sleep(1.0)
             w, c, s = args.workers, args.concurrency, args.seconds
-            if args.only != "fanout":
+            if args.only in ("all", "requests"):
                 creates(cluster, cached, w, c, s, args.rounds)
                 requests(cached, uncached, w, c, s)
-            if args.only != "requests":
+            if args.only in ("all", "fence"):
+                fence_cost(cached, fenced, w * c, s, args.rounds)
+            if args.only in ("all", "fanout"):
                 f = fanout(cached, args.watchers, 10.0, 4)
                 print(
                     f"watch fan-out: {f['watchers']} watchers, {f['writes']} writes at 10/s -> "
@@ -323,6 +332,7 @@ def main() -> None:
         finally:
             loop.run_until_complete(cached.stop())
             loop.run_until_complete(uncached.stop())
+            loop.run_until_complete(fenced.stop())
             loop.run_until_complete(cluster.stop())
 
 
@@ -358,6 +368,30 @@ def creates(
         f"creates: API / raw etcd = {statistics.median(ratios):.2f}x median "
         f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); with aiohttp workers as load "
         f"{statistics.median(ratios_py):.2f}x ({', '.join(f'{r:.2f}' for r in ratios_py)})"
+    )
+
+
+def fence_cost(plain: ApiReplica, fenced: ApiReplica, inflight: int, s: float, rounds: int) -> None:
+    """Creates with the data fence's compare (one more compare and, on failure only, one more
+    read in each write's transaction) against without: both replicas have the watch cache,
+    rounds interleaved, ratio the median of the rounds'."""
+    print(
+        f"\ndata fence: {rounds} interleaved rounds of {s:.0f}s, wrk -t2 -c{inflight} creates, "
+        "replica without the fence key compare vs with it"
+    )
+    _header()
+    ratios, cpu = [], []
+    for i in range(rounds):
+        off = load_wrk_create(plain.url, s, inflight, plain.process.pid)
+        on = load_wrk_create(fenced.url, s, inflight, fenced.process.pid)
+        _row(f"{i + 1}: API create, no fence key", off)
+        _row(f"{i + 1}: API create, fence key compared", on)
+        ratios.append(on["rps"] / off["rps"])
+        cpu.append(on["cpu_us"] / off["cpu_us"])
+    print(
+        f"data fence: creates with / without = {statistics.median(ratios):.2f}x throughput "
+        f"median (rounds: {', '.join(f'{r:.2f}' for r in ratios)}), "
+        f"{statistics.median(cpu):.2f}x replica CPU per create"
     )
 
 

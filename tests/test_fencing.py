@@ -5,6 +5,8 @@ once; an older answer arriving late changes nothing."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from haplane.api.fencing import Fenced, WriteFence
@@ -91,3 +93,61 @@ def test_epoch_and_permission_callbacks(fence):
 def test_a_bare_replica_is_always_writable():
     f = WriteFence("a", client=None)
     assert not f.enabled and f.remaining() == float("inf") and f.epoch == 0
+
+
+def test_the_permission_counts_through_a_suspend(monkeypatch):
+    """CLOCK_MONOTONIC stops while the host is suspended; the fence's clock must not: after an
+    hour of suspend, a grant read before it is long over."""
+    f = WriteFence("a", client=None)
+    f.state = object()  # type: ignore[assignment]
+    f.observe(record("a", 3), sent=f.clock())
+    assert f.permitted()
+    real = time.clock_gettime
+
+    def suspended(clock: int) -> float:
+        return real(clock) + (3600.0 if clock == time.CLOCK_BOOTTIME else 0.0)
+
+    monkeypatch.setattr(time, "clock_gettime", suspended)
+    assert not f.permitted()
+
+
+def test_the_permission_is_an_absolute_end_on_the_boot_clock(fence):
+    f, clock = fence
+    f.observe(record("a", 3), sent=clock.now)
+    clock.now += 0.3
+    permit = f.permit()
+    assert permit.epoch == 3 and permit.deadline == pytest.approx(100.75)
+    clock.now += 10  # after a pause: the end it handed out is long past, and nothing new
+    with pytest.raises(Fenced):
+        f.permit()
+
+
+def test_a_record_that_went_back_is_taken_when_read_after_the_higher_one(fence):
+    """An epoch lower than one seen, answered to a read sent after the read that saw the
+    higher one: the control etcd was wiped or restored; an older answer arriving late is not."""
+    f, clock = fence
+    f.observe(record("a", 7), sent=clock.now)
+    f.observe(record("a", 1, writable=False), sent=clock.now - 0.05)  # late answer
+    assert f.epoch == 7 and f.permitted()
+    clock.now += 0.1
+    f.observe(record("a", 1, writable=False), sent=clock.now)
+    assert f.epoch == 1 and not f.permitted()  # recreated records wait out the fence wait
+
+
+def test_lapsed_counts_only_a_permission_the_region_should_hold(fence):
+    f, clock = fence
+    f.observe(record("a", 3), sent=clock.now)
+    assert f.lapsed_for() == 0.0
+    clock.now += 0.73  # reads failing: the permission ended at 100 + 0.75 - MIN_WRITE_WINDOW
+    assert f.lapsed_for() == pytest.approx(0.0, abs=1e-9)
+    clock.now += 1.0
+    assert f.lapsed_for() == pytest.approx(1.0)
+    f.observe(record("b", 4), sent=clock.now)  # another region is active: no fault of ours
+    assert f.lapsed_for() == 0.0
+
+
+def test_the_fence_read_budget_follows_the_grant(fence):
+    f, clock = fence
+    assert f._read_budget() == pytest.approx(0.75)  # defaults before the first read
+    f.observe(ActiveRegion("a", 3, "", "t", "t", grant_ms=4000, margin_ms=500), sent=clock.now)
+    assert f._read_budget() == pytest.approx(3.5)  # a far control etcd has time to answer

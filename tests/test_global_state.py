@@ -113,3 +113,12 @@ async def test_a_record_recreated_after_deletion_starts_fenced(state):
     await state.client.delete(state.active_key)
     again, created = await state.initialize("a", by="t", reason="t", fresh=True)
     assert created and again.epoch == 2 and not again.writable  # an epoch-1 grant may be live
+
+
+async def test_a_first_record_outside_a_brand_new_platform_starts_fenced(state):
+    """No record and no history, but the platform is not brand new (a wiped control etcd):
+    a replica may still hold a grant read before the loss, so the record waits to be
+    unfenced after the fence wait, with the largest configured grant."""
+    record, created = await state.initialize("a", by="t", reason="t", grant_ms=3000)
+    assert created and record.epoch == 1 and not record.writable and record.unfenced is None
+    assert record.fence_wait == pytest.approx(3.25)

@@ -56,7 +56,7 @@ KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+haplane"}
 MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's limit; etcd's is checked per object
 READY_TIMEOUT = 1.0
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-# A test hook (never set in production): the first write of a key containing this text stops
+# A test hook (never set in production): the first write of each key containing this text stops
 # the replica (SIGSTOP) after every client-side check, right before its request goes out.
 # It stands for a stall inside the send that no deadline can see: only the data fence is left.
 STALL_HOOK_ENV = "HAPLANE_TEST_STALL_BEFORE_SEND"
@@ -1270,16 +1270,16 @@ async def _body(
 
 
 def _stall_hook(needle: str | None) -> Callable[[str], Callable[[], None] | None] | None:
-    """`STALL_HOOK_ENV`'s hook: for the first key containing `needle`, stop this process."""
+    """`STALL_HOOK_ENV`'s hook: on the first write of each key containing `needle`, stop this
+    process."""
     if not needle:
         return None
-    fired = False
+    fired: set[str] = set()
 
     def hook(key: str) -> Callable[[], None] | None:
-        nonlocal fired
-        if fired or needle not in key:
+        if key in fired or needle not in key:
             return None
-        fired = True
+        fired.add(key)
 
         def stall() -> None:
             log.warning(json.dumps({"msg": "test hook: stopping before send", "key": key}))

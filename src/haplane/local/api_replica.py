@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
 import urllib.error
@@ -34,6 +35,7 @@ class ApiReplica:
         region: str = "test",
         drain_delay: float = 1.0,
         extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.name = name
         self.port = free_port()
@@ -60,6 +62,7 @@ class ApiReplica:
                 ],
                 log_path=root / f"{name}.log",
                 pid_path=root / f"{name}.pid.json",
+                env={**os.environ, **env} if env else None,
             )
         )
         self.root = root

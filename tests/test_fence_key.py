@@ -1,0 +1,83 @@
+"""The fence key's values and the pure rule for what each region's key should become, and the
+compare-and-swap primitives on a real etcd (haplane.store.fence_key)."""
+
+from __future__ import annotations
+
+import pytest
+
+from haplane.store import ActiveRegion, FenceChanged, FenceRead, FenceValue, RegionFence
+from haplane.store.fence_key import MalformedFence, target
+
+
+def rec(region: str, epoch: int, writable: bool = True) -> ActiveRegion:
+    return ActiveRegion(region, epoch, "", "t", "t", writable=writable)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["active:eu-west@3", "frozen:eu-west@12", "standby:eu-central@1", "active:a@b@4"],
+)
+def test_values_round_trip(raw: str) -> None:
+    assert str(FenceValue.parse(raw.encode())) == raw
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "active", "active:eu-west", "active:@3", "leader:eu-west@3", "active:a@x"]
+)
+def test_malformed_values_are_refused(raw: str) -> None:
+    with pytest.raises(MalformedFence, match="active\\|frozen\\|standby"):
+        FenceValue.parse(raw.encode())
+
+
+A, F, S = FenceValue.active, FenceValue.frozen, FenceValue.standby
+
+CASES = [
+    # (region, record, current, wanted)
+    ("a", rec("a", 1), None, A("a", 1)),  # up on a state dir from before the data fence
+    ("a", rec("a", 2), A("a", 2), None),
+    ("a", rec("a", 2), S("b", 1), A("a", 2)),  # writable: every old grant has run out
+    ("a", rec("a", 2, writable=False), S("b", 1), None),  # the unfencer activates it
+    ("b", rec("a", 2), None, S("a", 2)),
+    ("b", rec("a", 2), S("a", 1), S("a", 2)),  # standbys follow the epoch
+    ("b", rec("a", 2), S("a", 2), None),
+    ("b", rec("a", 2), A("b", 1), F("b", 1)),  # lost the epoch (maybe while away)
+    ("b", rec("a", 2, writable=False), A("b", 1), F("b", 1)),  # mid-switch: freeze at once
+    ("b", rec("a", 2), F("b", 1), None),  # a frozen region stays frozen (rejoin's business)
+    ("a", None, A("a", 1), None),  # no record: touch nothing
+]
+
+
+@pytest.mark.parametrize(("region", "record", "current", "wanted"), CASES)
+def test_target(region, record, current, wanted) -> None:
+    assert target(region, record, current) == wanted
+
+
+def test_no_region_other_than_the_recorded_one_is_ever_made_active() -> None:
+    values = [None, A("a", 1), A("b", 1), F("b", 1), S("a", 1), S("c", 3)]
+    for writable in (True, False):
+        record = rec("a", 2, writable)
+        for current in values:
+            for region in ("b", "c"):
+                wanted = target(region, record, current)
+                assert wanted is None or wanted.state != "active", (region, current, wanted)
+
+
+async def test_compare_and_swap(etcd_cluster, key_prefix: bytes) -> None:
+    async with etcd_cluster.client(timeout=2.0) as client:
+        fence = RegionFence("a", client, key=key_prefix + b"fence")
+        empty = await fence.read()
+        assert empty == FenceRead(None, 0)
+        first = await fence.swap(empty, A("a", 1))
+        with pytest.raises(FenceChanged) as info:
+            await fence.swap(empty, S("b", 1))  # read before the first swap: stale
+        assert info.value.current.value == A("a", 1)
+        frozen = await fence.freeze()
+        assert frozen.value == F("a", 1) and frozen.mod_revision > first.mod_revision
+        assert (await fence.freeze()).value == F("a", 1)  # idempotent
+        assert (await fence.activate(3)).value == A("a", 3)
+        with pytest.raises(FenceChanged, match="epoch 2 is over"):
+            await fence.activate(2)  # never back to an older epoch
+        await client.put(fence.key, b"garbage")
+        garbage = await fence.read()
+        assert garbage.value is None and garbage.raw == b"garbage"
+        assert (await fence.reconcile(rec("b", 4))).value == S("b", 4)
