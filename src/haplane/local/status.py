@@ -16,8 +16,9 @@ from typing import Any
 
 import aiohttp
 
-from haplane.store import EtcdClient, EtcdError, GlobalState, MemberStatus
+from haplane.store import EtcdClient, EtcdError, GlobalState, MemberStatus, RegionFences
 from haplane.topology import Topology, load_file
+from haplane.topology.model import GLOBAL_SCOPE
 
 from . import pidfile
 from .control import ControlClient, ControlError
@@ -98,6 +99,9 @@ class GlobalReport:
     active: dict[str, Any] | None
     history: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    # each region's fence key (`haplane.store.fence_key`): its value, "(none)" when absent,
+    # None when the region's etcd did not answer
+    fences: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -239,8 +243,35 @@ async def _global_report(
             active = await state.read()
             changes = await state.history(history)
     except EtcdError as exc:
-        return GlobalReport(None, [], f"global control etcd: {exc}")
-    return GlobalReport(active.as_dict() if active else None, [c.as_dict() for c in changes], None)
+        return GlobalReport(None, [], f"global control etcd: {exc}", await _fences(plans, timeout))
+    return GlobalReport(
+        active.as_dict() if active else None,
+        [c.as_dict() for c in changes],
+        None,
+        await _fences(plans, timeout),
+    )
+
+
+async def _fences(plans: list[ClusterPlan], timeout: float) -> dict[str, str | None]:
+    fences = RegionFences(
+        {
+            p.view.scope: EtcdClient(p.endpoints, timeout=timeout)
+            for p in plans
+            if p.view.scope != GLOBAL_SCOPE
+        }
+    )
+    try:
+        reads = await fences.read_all(timeout=timeout)
+    finally:
+        await fences.close()
+    return {
+        region: None
+        if read is None
+        else str(read.value)
+        if read.value
+        else (read.raw.decode(errors="replace") if read.raw else "(none)")
+        for region, read in reads.items()
+    }
 
 
 async def _replica_report(

@@ -317,9 +317,12 @@ def _runbook(topology: Topology) -> list[str]:
         f"The failover controller (beside every gate; one leads) commits epoch + 1 for the next "
         f"healthy region in priority order once a majority of all {len(g.gates)} gate "
         f"instances have seen the active region down for {f.down_after_ms} ms (not within "
-        f"{f.min_interval_ms} ms of the last change), and unfences it {f.grant_ms} + "
-        f"{f.safety_margin_ms} ms later; the old region's replicas stop writing within "
-        f"{f.grant_ms - f.safety_margin_ms} ms of losing the global state."
+        f"{f.min_interval_ms} ms of the last change), freezes the old region's fence key "
+        "(`frozen:`) whenever that region's etcd answers, and unfences the new region "
+        f"{f.grant_ms} + {f.safety_margin_ms} ms later, after setting its fence key `active:`; "
+        "the old region's replicas stop writing within "
+        f"{f.grant_ms - f.safety_margin_ms} ms of losing the global state, and a write of "
+        "theirs that stalled past that is refused by their own etcd (the fence key)."
         if f.automatic
         else "Automatic failover is off (`failover.automatic: false`): the controller only "
         "reports; an operator switches."
@@ -338,7 +341,8 @@ def _runbook(topology: Topology) -> list[str]:
         "processes, keeps routing within a region by health checks, and "
         + (
             "**fails regions over by itself** (a majority of gate vantage points must agree; "
-            "API replicas write only under a time-limited grant of the current epoch)."
+            "API replicas write only under a time-limited grant of the current epoch, and "
+            "every write compares its region's fence key)."
             if f.automatic
             else "leaves region failover to an operator (`failover.automatic: false`); writes "
             "are still fenced by epoch."
@@ -505,7 +509,9 @@ def _runbook(topology: Topology) -> list[str]:
             f"{failover_to} (a fenced switchover: the old region stops writing before the new "
             "one starts). Gates move new connections and close old ones.",
             f"When `{active}` comes back it stays a standby (its replicas refuse writes: "
-            "another region holds the epoch). Switch back when it is stable with `haplane "
+            "another region holds the epoch, and its fence key is set `frozen:` by `haplane "
+            "up`, the supervisor or the failover controller before any of its replicas could "
+            "write; `haplane status` shows every region's key). Switch back when it is stable with `haplane "
             f'failover --to {active} --reason "planned switchback"`'
             + (" (or let failback do it)." if f.failback else "."),
         ],
