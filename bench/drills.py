@@ -3,9 +3,13 @@
 Starts the two-regions example with each site in its own network namespace (`haplane up
 --netns`, as root), then runs each scenario `--runs` times (default 10) through the same code
 as `haplane drill`, and prints per scenario the median and worst of: detection, agreement,
-switch, fence wait, reconnect, the longest client-visible write and read gaps, errors, lost
-writes and epoch-order violations. Every run must also pass the drill's verdict (failover
-exactly when it must, nothing lost, no interleaved epochs); failures are counted.
+switch, fence wait, reconnect (first write acknowledged in the new epoch after the unfence),
+the longest client-visible write and read gaps, errors, expected 409/404s after an epoch change
+(no error), acknowledged writes and updates lost, stale reads, the journal mismatches both ways
+(acknowledged but journaled nowhere; journaled but never invoked) and epoch-order violations.
+Every run must also pass the drill's verdict (`haplane.dr.report.verdict`: failover exactly when
+it must, into a writable epoch with a write acknowledged in it; nothing lost, nothing stale,
+the journals and the client agreeing, no interleaved epochs); failures are counted.
 
 `--etcd-defaults` runs the regional etcd clusters at etcd's default timing (heartbeat 100 ms,
 election 1000 ms) instead of the example's 50/500: the etcd-leader-kill goal is stated there.
@@ -29,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from haplane.dr.report import aggregate, render_aggregate_table
+from haplane.dr.report import FINDINGS, DrillResult, aggregate, render_aggregate_table
 from haplane.local.drill import SCENARIOS, run_drill, verdict
 from haplane.local.state_dir import StateDir
 from haplane.topology.loader import example_text
@@ -51,6 +55,17 @@ def healthy(state: Path) -> bool:
         capture_output=True,
     )
     return r.returncode == 0
+
+
+def run_line(result: DrillResult, problems: list[str]) -> str:
+    """One run in one line: the figures a reader checks first, then the verdict."""
+    f = result.figures()
+    reconnect = "-" if f["reconnect"] is None else f"{f['reconnect']:.3f}s"
+    counts = ", ".join(f"{name.replace('_', ' ')} {f[name]:g}" for name in FINDINGS)
+    return (
+        f"write gap {result.longest_write_gap:.3f}s, reconnect {reconnect}, {counts}; "
+        f"problems {problems or 'none'}"
+    )
 
 
 def main() -> None:
@@ -88,11 +103,7 @@ def main() -> None:
                     results.append(result)
                     if problems:
                         failed.append(problems)
-                    print(
-                        f"{scenario} run {i + 1}: write gap {result.longest_write_gap:.3f}s, "
-                        f"lost {len(result.lost_writes)}, problems {problems or 'none'}",
-                        file=sys.stderr,
-                    )
+                    print(f"{scenario} run {i + 1}: {run_line(result, problems)}", file=sys.stderr)
                 agg = aggregate(results)
                 print(f"\n== {scenario}: {SCENARIOS[scenario].description}")
                 print(render_aggregate_table(agg))

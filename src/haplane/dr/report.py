@@ -1,10 +1,22 @@
 """Drill reports: what a failover drill recorded, turned into measurements and rendered.
 
 Layer: dr. Pure: no I/O, no clocks. The inputs are plain records (client operations through the
-gate, timeline events, the API replicas' own write journals, the set of objects present after the
-drill); the outputs are numbers (`summarize` -> `DrillResult`, `aggregate`) and strings
+gate, timeline events, the API replicas' own write journals, what the drill read back afterwards,
+what the scenario expected of the global record); the outputs are numbers (`summarize` ->
+`DrillResult`, `aggregate`), the verdict (`verdict`: what makes the drill fail) and strings
 (`render_table`, `render_json`, `render_html`, `render_aggregate_table`). Writing files and
 printing is the caller's job.
+
+The client's operations, by kind: "write" creates a new object, "read" gets the `default`
+namespace, "update" writes one of a few long-lived keys with a `resourceVersion` precondition
+(or creates it where the serving region has none) and a counter that grows with every update,
+"get" reads one of those keys. The counter orders values: a read showing a smaller one is older.
+
+Read-back: a mapping `(place, key) -> counter` (None for an object without a counter) of what
+each place held after the drill. Today a place is the region that acknowledged the write (each
+region keeps its own data: there is no replication between regions yet), so lost writes, lost
+updates and stale reads are judged per region; a read-back through the gate would be another
+place for the same checks.
 
 Clocks: `Operation` and `Event` times are seconds since drill start on the drill process's
 monotonic clock; `ServerWrite` times are wall-clock (`time.time()`) on the API replicas. The two are
@@ -13,34 +25,43 @@ never compared with each other.
 
 from __future__ import annotations
 
+import bisect
 import html
 import json
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "FIGURES",
+    "FINDINGS",
     "PHASES",
     "DrillResult",
     "Event",
+    "Expectation",
     "Operation",
     "ServerWrite",
+    "acked_not_journaled",
     "aggregate",
     "epoch_order_violations",
     "errors_by_kind",
+    "expected_conflicts",
     "gaps",
+    "is_expected_conflict",
+    "journaled_not_invoked",
     "longest_gap",
+    "lost_updates",
     "lost_writes",
     "phases",
     "render_aggregate_table",
     "render_html",
     "render_json",
     "render_table",
+    "stale_reads",
     "summarize",
+    "verdict",
 ]
 
 # The phases of a failover, in order, and the events that bound them.
@@ -52,14 +73,27 @@ PHASES: tuple[tuple[str, str, str], ...] = (
 )
 PHASE_NAMES: tuple[str, ...] = (*(p[0] for p in PHASES), "reconnect")
 
-# Figures `aggregate` reports, in order; every one is "larger is worse".
+# Kinds of operation that write (and are journaled when acknowledged).
+WRITE_KINDS = frozenset({"write", "update"})
+
+# `DrillResult` fields that list what a check found; the length of each is a figure.
+FINDINGS: tuple[str, ...] = (
+    "expected_conflicts",
+    "lost_writes",
+    "lost_updates",
+    "stale_reads",
+    "acked_not_journaled",
+    "journaled_not_invoked",
+    "epoch_order_violations",
+)
+
+# Figures `aggregate` reports, in order; its "worst" is the largest.
 FIGURES: tuple[str, ...] = (
     *PHASE_NAMES,
     "longest_write_gap",
     "longest_read_gap",
     "errors",
-    "lost_writes",
-    "epoch_order_violations",
+    *FINDINGS,
 )
 
 _LABELS: dict[str, str] = {
@@ -71,7 +105,12 @@ _LABELS: dict[str, str] = {
     "longest_write_gap": "longest write gap",
     "longest_read_gap": "longest read gap",
     "errors": "errors",
+    "expected_conflicts": "expected 409/404 (epoch changed)",
     "lost_writes": "acknowledged writes lost",
+    "lost_updates": "acknowledged updates lost",
+    "stale_reads": "stale reads",
+    "acked_not_journaled": "acknowledged, not journaled",
+    "journaled_not_invoked": "journaled, never invoked",
     "epoch_order_violations": "epoch-order violations",
 }
 _SECONDS_FIGURES = frozenset({*PHASE_NAMES, "longest_write_gap", "longest_read_gap"})
@@ -94,16 +133,21 @@ def _opt_int(d: Mapping[str, Any], key: str) -> int | None:
 class Operation:
     """One client operation through the gate, as the drill's load generator saw it."""
 
-    kind: str  # "write" or "read"
+    kind: str  # "write", "read", "update" or "get" (see the module docstring)
     key: str  # object name written or read
     invoked: float  # seconds since drill start (drill process, monotonic)
     returned: float
-    ok: bool
+    ok: bool  # acknowledged; for a "get", answered (404 too: the key is absent there)
     error: str | None = None  # "connect", "timeout", "reset", "http-503", ... when not ok
     status: int | None = None  # HTTP status, if there was a response
     region: str | None = None  # response header X-Haplane-Region
     epoch: int | None = None  # response header X-Haplane-Epoch
     gate: str | None = None  # the gate address used
+    value: int | None = None  # update: the counter written; get: the counter read (None: absent)
+    revision: int | None = None  # etcd revision of the resourceVersion in the response
+    # update: the region and epoch of the version (or of the absence) the update was based on
+    basis_region: str | None = None
+    basis_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +161,10 @@ class Operation:
             "region": self.region,
             "epoch": self.epoch,
             "gate": self.gate,
+            "value": self.value,
+            "revision": self.revision,
+            "basis_region": self.basis_region,
+            "basis_epoch": self.basis_epoch,
         }
 
     @classmethod
@@ -132,6 +180,10 @@ class Operation:
             region=_opt_str(d, "region"),
             epoch=_opt_int(d, "epoch"),
             gate=_opt_str(d, "gate"),
+            value=_opt_int(d, "value"),
+            revision=_opt_int(d, "revision"),
+            basis_region=_opt_str(d, "basis_region"),
+            basis_epoch=_opt_int(d, "basis_epoch"),
         )
 
 
@@ -184,6 +236,47 @@ class ServerWrite:
         )
 
 
+@dataclass(frozen=True)
+class Expectation:
+    """What the scenario expects of the global record, and the record as the drill read it."""
+
+    failover: bool  # the scenario must fail over (else: it must not)
+    epoch_before: int
+    epoch_after: int | None  # None: the record could not be read after the drill
+    writable_after: bool = False
+    since_change_at_fault: float | None = None  # seconds from the last change to the fault
+    min_interval: float | None = None  # the controller's minIntervalMs, in seconds
+
+    @property
+    def failed_over(self) -> bool:
+        return self.epoch_after is not None and self.epoch_after > self.epoch_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "failover": self.failover,
+            "epoch_before": self.epoch_before,
+            "epoch_after": self.epoch_after,
+            "writable_after": self.writable_after,
+            "since_change_at_fault": self.since_change_at_fault,
+            "min_interval": self.min_interval,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Expectation:
+        def opt_float(key: str) -> float | None:
+            v = d.get(key)
+            return None if v is None else float(v)
+
+        return cls(
+            failover=bool(d["failover"]),
+            epoch_before=int(d["epoch_before"]),
+            epoch_after=_opt_int(d, "epoch_after"),
+            writable_after=bool(d.get("writable_after")),
+            since_change_at_fault=opt_float("since_change_at_fault"),
+            min_interval=opt_float("min_interval"),
+        )
+
+
 # --------------------------------------------------------------------------------- measurements
 
 
@@ -215,11 +308,31 @@ def longest_gap(ops: Iterable[Operation], kind: str = "write") -> float:
     return max((end - start for start, end in gaps(ops, kind)), default=0.0)
 
 
+def is_expected_conflict(op: Operation) -> bool:
+    """An update refused because the version it was based on came from another region or an
+    earlier epoch: 409 Conflict (a version of another region or epoch), or 404 Not Found from
+    a region other than the one the version came from (no replication between regions yet).
+    The client re-reads and goes on: expected after an epoch change, so no error."""
+    return (
+        op.kind == "update"
+        and op.status in (404, 409)
+        and op.basis_epoch is not None
+        and op.epoch is not None
+        and (op.basis_region, op.basis_epoch) != (op.region, op.epoch)
+    )
+
+
+def expected_conflicts(ops: Iterable[Operation]) -> list[Operation]:
+    """The updates `is_expected_conflict` accepts, in order of `invoked`."""
+    return sorted((o for o in ops if is_expected_conflict(o)), key=lambda o: o.invoked)
+
+
 def errors_by_kind(ops: Iterable[Operation]) -> dict[str, int]:
-    """Failed operations counted by error kind (sorted by kind); "unknown" when none was given."""
+    """Failed operations counted by error kind (sorted by kind); "unknown" when none was given.
+    Expected conflicts (`is_expected_conflict`) are no error."""
     counts: dict[str, int] = {}
     for op in ops:
-        if not op.ok:
+        if not op.ok and not is_expected_conflict(op):
             k = op.error or "unknown"
             counts[k] = counts.get(k, 0) + 1
     return dict(sorted(counts.items()))
@@ -233,13 +346,16 @@ def _first_events(events: Iterable[Event]) -> dict[str, float]:
     return first
 
 
-def phases(events: Iterable[Event], ops: Iterable[Operation]) -> dict[str, float | None]:
+def phases(
+    events: Iterable[Event], ops: Iterable[Operation], epoch: int | None = None
+) -> dict[str, float | None]:
     """The failover's phases in seconds, from the first occurrence of each event.
 
     detection = detected - fault; agreement = agreed - detected; switch = committed - agreed;
     fence_wait = unfenced - committed; reconnect = the `returned` time of the first successful
-    write that returned at or after `unfenced`, minus `unfenced`. A phase is None when an event it
-    needs is missing (or, for reconnect, when no write succeeded after `unfenced`).
+    write (of `epoch` or a later one, when given) that returned at or after `unfenced`, minus
+    `unfenced`. A phase is None when an event it needs is missing (or, for reconnect, when no
+    such write succeeded after `unfenced`).
     """
     at = _first_events(events)
     out: dict[str, float | None] = {}
@@ -249,7 +365,14 @@ def phases(events: Iterable[Event], ops: Iterable[Operation]) -> dict[str, float
     if "unfenced" in at:
         unfenced = at["unfenced"]
         first_ok = min(
-            (o.returned for o in ops if o.kind == "write" and o.ok and o.returned >= unfenced),
+            (
+                o.returned
+                for o in ops
+                if o.kind == "write"
+                and o.ok
+                and o.returned >= unfenced
+                and (epoch is None or (o.epoch is not None and o.epoch >= epoch))
+            ),
             default=None,
         )
         if first_ok is not None:
@@ -258,14 +381,125 @@ def phases(events: Iterable[Event], ops: Iterable[Operation]) -> dict[str, float
     return out
 
 
-def lost_writes(ops: Iterable[Operation], present: AbstractSet[tuple[str, str]]) -> list[Operation]:
-    """Acknowledged writes whose (region, key) is not in `present`, in order of `invoked`.
+def _place(op: Operation) -> tuple[str, str]:
+    """Where the read-back looks for what `op` wrote or read: (region that answered, key). A
+    write acknowledged without a region header is looked up as region "" (so it counts as lost
+    unless the caller read back ("", key)): nothing proves it survived."""
+    return (op.region or "", op.key)
 
-    A write acknowledged without a region header is looked up as region "" (so it counts as lost
-    unless the caller put ("", key) in `present`): nothing proves it survived.
-    """
-    lost = [o for o in ops if o.kind == "write" and o.ok and (o.region or "", o.key) not in present]
+
+def lost_writes(ops: Iterable[Operation], present: Container[tuple[str, str]]) -> list[Operation]:
+    """Acknowledged writes whose (region, key) is not in `present` (a read-back, or just the set
+    of its keys), in order of `invoked`."""
+    lost = [o for o in ops if o.kind == "write" and o.ok and _place(o) not in present]
     return sorted(lost, key=lambda o: (o.invoked, o.returned))
+
+
+def _acked_updates(ops: Iterable[Operation]) -> list[tuple[Operation, int]]:
+    return [(o, o.value) for o in ops if o.kind == "update" and o.ok and o.value is not None]
+
+
+def lost_updates(
+    ops: Iterable[Operation], read_back: Mapping[tuple[str, str], int | None]
+) -> list[Operation]:
+    """Acknowledged updates whose value is not there afterwards, in order of `invoked`.
+
+    Per (region, key), the acknowledged update with the largest counter is lost when the
+    read-back of that key from that region shows a smaller counter, none, or no object. An
+    earlier acknowledged update that is not there is explained by that later one (it overwrote
+    it), so at most one update per (region, key) counts; a larger counter than any acknowledged
+    (an update whose answer was lost, committed after all) is no loss.
+    """
+    last: dict[tuple[str, str], tuple[Operation, int]] = {}
+    for o, value in _acked_updates(ops):
+        k = _place(o)
+        if k not in last or value > last[k][1]:
+            last[k] = (o, value)
+    lost = [o for k, (o, value) in last.items() if (read_back.get(k) or 0) < value]
+    return sorted(lost, key=lambda o: (o.invoked, o.returned))
+
+
+def stale_reads(ops: Iterable[Operation]) -> list[Operation]:
+    """Answered gets that show an older value than an update of the same key that the same
+    region had acknowledged before the get was invoked (a smaller counter, or no object), in
+    order of `invoked`. A get invoked before an update's answer returned may show either value.
+    """
+    op_list = list(ops)
+    # per (region, key): acknowledgement times, and the largest counter acknowledged by then
+    acked: dict[tuple[str, str], tuple[list[float], list[int]]] = {}
+    for o, value in sorted(_acked_updates(op_list), key=lambda p: p[0].returned):
+        times, best = acked.setdefault(_place(o), ([], []))
+        times.append(o.returned)
+        best.append(max(value, best[-1]) if best else value)
+    stale = []
+    for o in op_list:
+        if o.kind != "get" or not o.ok or _place(o) not in acked:
+            continue
+        times, best = acked[_place(o)]
+        i = bisect.bisect_left(times, o.invoked)  # updates acknowledged before the get began
+        if i and (o.value if o.value is not None else 0) < best[i - 1]:
+            stale.append(o)
+    return sorted(stale, key=lambda o: (o.invoked, o.returned))
+
+
+def _journaled_as(o: Operation, w: ServerWrite) -> bool:
+    """Whether `w` can be the journal entry of the acknowledged `o`: the same key, and the same
+    region and revision where the answer named them."""
+    return (
+        w.key == o.key
+        and (o.region is None or w.region == o.region)
+        and (o.revision is None or w.revision == o.revision)
+    )
+
+
+def acked_not_journaled(ops: Iterable[Operation], writes: Iterable[ServerWrite]) -> list[Operation]:
+    """Acknowledged writes and updates with no entry in any replica's write journal, in order
+    of `invoked`."""
+    journaled: dict[str, list[ServerWrite]] = {}
+    for w in writes:
+        journaled.setdefault(w.key, []).append(w)
+    missing = [
+        o
+        for o in ops
+        if o.kind in WRITE_KINDS
+        and o.ok
+        and not any(_journaled_as(o, w) for w in journaled.get(o.key, ()))
+    ]
+    return sorted(missing, key=lambda o: (o.invoked, o.returned))
+
+
+def journaled_not_invoked(
+    ops: Iterable[Operation], writes: Iterable[ServerWrite], key_prefix: str | None = None
+) -> list[ServerWrite]:
+    """Journal entries of the drill's keys that no client operation explains, oldest first.
+
+    The drill's keys: those starting with `key_prefix` (None: the keys the client wrote). Per
+    key, a write or update acknowledged with a revision explains its own entry; every other
+    invoked write or update of the key (failed or timed out: it may have committed all the
+    same; acknowledged without a revision) explains any one entry. The entries left beyond
+    those are reported, the latest ones.
+    """
+    by_key: dict[str, list[Operation]] = {}
+    for o in ops:
+        if o.kind in WRITE_KINDS:
+            by_key.setdefault(o.key, []).append(o)
+    entries: dict[str, list[ServerWrite]] = {}
+    for w in writes:
+        if w.key.startswith(key_prefix) if key_prefix is not None else w.key in by_key:
+            entries.setdefault(w.key, []).append(w)
+    out: list[ServerWrite] = []
+    for key, ws in entries.items():
+        left = sorted(ws, key=lambda w: (w.sent, w.revision))
+        spare = 0
+        for o in by_key.get(key, ()):
+            if o.ok and o.revision is not None:
+                hit = next((w for w in left if _journaled_as(o, w)), None)
+                if hit is not None:
+                    left.remove(hit)
+            else:
+                spare += 1
+        out += left[spare:]
+    return sorted(out, key=lambda w: (w.sent, w.key, w.revision))
 
 
 def epoch_order_violations(writes: Iterable[ServerWrite]) -> list[str]:
@@ -326,6 +560,14 @@ class DrillResult:
     meta: dict[str, Any] = field(default_factory=dict)  # settings, machine, ...
     operations: tuple[Operation, ...] = ()
     events: tuple[Event, ...] = ()
+    expectation: Expectation | None = None  # None: no failover rule is checked
+    new_epoch_writes: int = 0  # acknowledged writes in the epoch after a failover
+    expected_conflicts: tuple[Operation, ...] = ()
+    lost_updates: tuple[Operation, ...] = ()
+    stale_reads: tuple[Operation, ...] = ()
+    acked_not_journaled: tuple[Operation, ...] = ()
+    journaled_not_invoked: tuple[ServerWrite, ...] = ()
+    final_values: dict[str, dict[str, int]] = field(default_factory=dict)  # region -> key -> n
 
     @property
     def errors(self) -> int:
@@ -337,8 +579,8 @@ class DrillResult:
         out["longest_write_gap"] = self.longest_write_gap
         out["longest_read_gap"] = self.longest_read_gap
         out["errors"] = float(self.errors)
-        out["lost_writes"] = float(len(self.lost_writes))
-        out["epoch_order_violations"] = float(len(self.epoch_order_violations))
+        for name in FINDINGS:
+            out[name] = float(len(getattr(self, name)))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -360,6 +602,14 @@ class DrillResult:
             "meta": dict(self.meta),
             "operations": [o.to_dict() for o in self.operations],
             "events": [e.to_dict() for e in self.events],
+            "expectation": self.expectation.to_dict() if self.expectation else None,
+            "new_epoch_writes": self.new_epoch_writes,
+            "expected_conflicts": [o.to_dict() for o in self.expected_conflicts],
+            "lost_updates": [o.to_dict() for o in self.lost_updates],
+            "stale_reads": [o.to_dict() for o in self.stale_reads],
+            "acked_not_journaled": [o.to_dict() for o in self.acked_not_journaled],
+            "journaled_not_invoked": [w.to_dict() for w in self.journaled_not_invoked],
+            "final_values": {r: dict(kv) for r, kv in self.final_values.items()},
         }
 
     @classmethod
@@ -370,6 +620,11 @@ class DrillResult:
         def gap_list(v: Iterable[Sequence[Any]]) -> tuple[tuple[float, float], ...]:
             return tuple((float(a), float(b)) for a, b in v)
 
+        def op_list(name: str) -> tuple[Operation, ...]:  # absent from older reports
+            return tuple(Operation.from_dict(o) for o in d.get(name) or ())
+
+        expectation = d.get("expectation")
+
         return cls(
             scenario=str(d["scenario"]),
             phases={str(k): opt_float(v) for k, v in d["phases"].items()},
@@ -378,7 +633,7 @@ class DrillResult:
             longest_write_gap=float(d["longest_write_gap"]),
             longest_read_gap=float(d["longest_read_gap"]),
             errors_by_kind={str(k): int(v) for k, v in d["errors_by_kind"].items()},
-            lost_writes=tuple(Operation.from_dict(o) for o in d["lost_writes"]),
+            lost_writes=op_list("lost_writes"),
             epoch_order_violations=tuple(str(s) for s in d["epoch_order_violations"]),
             ops_total={str(k): int(v) for k, v in d["ops_total"].items()},
             ops_ok={str(k): int(v) for k, v in d["ops_ok"].items()},
@@ -386,8 +641,21 @@ class DrillResult:
             epochs=tuple(int(e) for e in d["epochs"]),
             server_writes=int(d["server_writes"]),
             meta=dict(d.get("meta") or {}),
-            operations=tuple(Operation.from_dict(o) for o in d.get("operations") or ()),
+            operations=op_list("operations"),
             events=tuple(Event.from_dict(e) for e in d.get("events") or ()),
+            expectation=Expectation.from_dict(expectation) if expectation else None,
+            new_epoch_writes=int(d.get("new_epoch_writes") or 0),
+            expected_conflicts=op_list("expected_conflicts"),
+            lost_updates=op_list("lost_updates"),
+            stale_reads=op_list("stale_reads"),
+            acked_not_journaled=op_list("acked_not_journaled"),
+            journaled_not_invoked=tuple(
+                ServerWrite.from_dict(w) for w in d.get("journaled_not_invoked") or ()
+            ),
+            final_values={
+                str(r): {str(k): int(v) for k, v in kv.items()}
+                for r, kv in (d.get("final_values") or {}).items()
+            },
         )
 
 
@@ -396,10 +664,16 @@ def summarize(
     ops: Iterable[Operation],
     events: Iterable[Event],
     writes: Iterable[ServerWrite],
-    present: AbstractSet[tuple[str, str]],
+    read_back: Mapping[tuple[str, str], int | None],
     meta: Mapping[str, Any] | None = None,
+    *,
+    expectation: Expectation | None = None,
+    key_prefix: str | None = None,
 ) -> DrillResult:
-    """Measure one drill run: phases, gaps, errors, lost writes, epoch order, counts."""
+    """Measure one drill run: phases, gaps, errors, lost writes and updates, stale reads, the
+    journals against the client (both ways), epoch order, counts. `read_back`: what each region
+    held afterwards (see the module docstring); `key_prefix`: what names the drill's keys in the
+    journals (see `journaled_not_invoked`)."""
     op_list = sorted(ops, key=lambda o: (o.invoked, o.returned))
     ev_list = sorted(events, key=lambda e: e.t)
     w_list = list(writes)
@@ -410,15 +684,20 @@ def summarize(
         ok[o.kind] = ok.get(o.kind, 0) + (1 if o.ok else 0)
     regions = {o.region for o in op_list if o.region is not None} | {w.region for w in w_list}
     epochs = {o.epoch for o in op_list if o.epoch is not None} | {w.epoch for w in w_list}
+    new_epoch = expectation.epoch_after if expectation and expectation.failed_over else None
+    final: dict[str, dict[str, int]] = {}
+    for (region, key), value in sorted(read_back.items()):
+        if value is not None:
+            final.setdefault(region, {})[key] = value
     return DrillResult(
         scenario=scenario,
-        phases=phases(ev_list, op_list),
+        phases=phases(ev_list, op_list, new_epoch),
         write_gaps=tuple(gaps(op_list, "write")),
         read_gaps=tuple(gaps(op_list, "read")),
         longest_write_gap=longest_gap(op_list, "write"),
         longest_read_gap=longest_gap(op_list, "read"),
         errors_by_kind=errors_by_kind(op_list),
-        lost_writes=tuple(lost_writes(op_list, present)),
+        lost_writes=tuple(lost_writes(op_list, read_back)),
         epoch_order_violations=tuple(epoch_order_violations(w_list)),
         ops_total=total,
         ops_ok=ok,
@@ -428,7 +707,69 @@ def summarize(
         meta=dict(meta or {}),
         operations=tuple(op_list),
         events=tuple(ev_list),
+        expectation=expectation,
+        new_epoch_writes=sum(
+            1
+            for o in op_list
+            if o.kind == "write" and o.ok and new_epoch is not None and o.epoch == new_epoch
+        ),
+        expected_conflicts=tuple(expected_conflicts(op_list)),
+        lost_updates=tuple(lost_updates(op_list, read_back)),
+        stale_reads=tuple(stale_reads(op_list)),
+        acked_not_journaled=tuple(acked_not_journaled(op_list, w_list)),
+        journaled_not_invoked=tuple(journaled_not_invoked(op_list, w_list, key_prefix)),
+        final_values=final,
     )
+
+
+def verdict(result: DrillResult) -> list[str]:
+    """What makes the drill fail, one sentence each; empty: it passed.
+
+    - the global record: a scenario that must fail over passes only when the epoch rose, the
+      new epoch became writable (unfenced) and a client write was acknowledged in it; one that
+      must not fail over fails when the epoch rose, and when its fault came within
+      `minIntervalMs` of the last change (the hysteresis alone could have hidden a wrong vote);
+    - data: an acknowledged write or update lost, a stale read, an acknowledged write or update
+      missing from every journal, a journaled write of the drill's keys that no client
+      operation explains, writes of two epochs interleaved, a read-back that failed.
+    """
+    problems: list[str] = []
+    x = result.expectation
+    if x is not None:
+        if x.epoch_after is None:
+            problems.append("the global record could not be read after the drill")
+        elif x.failover and not x.failed_over:
+            problems.append(f"did not fail over (epoch {x.epoch_before} still current)")
+        elif x.failover:
+            if not x.writable_after:
+                problems.append(
+                    f"epoch {x.epoch_after} was committed but never became writable (not unfenced)"
+                )
+            if result.new_epoch_writes == 0:
+                problems.append(f"no client write succeeded in epoch {x.epoch_after}")
+        elif x.failed_over:
+            problems.append(
+                f"failed over although it must not (epoch {x.epoch_before} -> {x.epoch_after})"
+            )
+        quiet, need = x.since_change_at_fault, x.min_interval
+        if not x.failover and quiet is not None and need is not None and quiet < need:
+            problems.append(
+                f"the fault came {quiet:.1f}s after the last change, within minIntervalMs "
+                f"({need:.1f}s): the hysteresis alone could have held back a failover"
+            )
+    for name, what in (
+        ("lost_writes", "acknowledged write(s) lost"),
+        ("lost_updates", "acknowledged update(s) lost"),
+        ("stale_reads", "stale read(s)"),
+        ("acked_not_journaled", "acknowledged write(s) in no server's journal"),
+        ("journaled_not_invoked", "journaled write(s) that no client operation explains"),
+    ):
+        found = getattr(result, name)
+        if found:
+            problems.append(f"{len(found)} {what}, e.g. {_example(found[0], result.final_values)}")
+    problems += result.epoch_order_violations
+    problems += [f"read-back: {p}" for p in result.meta.get("read_back_problems", [])]
+    return problems
 
 
 # ------------------------------------------------------------------------------------ rendering
@@ -460,14 +801,68 @@ def _align(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fmt_expectation(result: DrillResult) -> list[tuple[str, str]]:
+    x = result.expectation
+    if x is None:
+        return []
+    after = "unreadable" if x.epoch_after is None else str(x.epoch_after)
+    text = f"{'expected' if x.failover else 'must not'}; epoch {x.epoch_before} -> {after}"
+    if x.failed_over:
+        text += f" ({'writable' if x.writable_after else 'never unfenced'}, "
+        text += f"{result.new_epoch_writes} writes acknowledged in it)"
+    rows = [("failover", text)]
+    if x.since_change_at_fault is not None:
+        rows.append(
+            (
+                "fault after last change",
+                f"{_fmt_seconds(x.since_change_at_fault)} (minIntervalMs "
+                f"{_fmt_seconds(x.min_interval)})",
+            )
+        )
+    return rows
+
+
 def _table_rows(result: DrillResult) -> list[tuple[str, str]]:
     f = result.figures()
-    rows = [(_LABELS[n], _fmt_seconds(f[n])) for n in (*PHASE_NAMES, "longest_write_gap")]
+    rows = _fmt_expectation(result)
+    rows += [(_LABELS[n], _fmt_seconds(f[n])) for n in (*PHASE_NAMES, "longest_write_gap")]
     rows.append((_LABELS["longest_read_gap"], _fmt_seconds(f["longest_read_gap"])))
     rows.append(("errors by kind", _fmt_errors(result.errors_by_kind)))
-    rows.append((_LABELS["lost_writes"], str(len(result.lost_writes))))
-    rows.append((_LABELS["epoch_order_violations"], str(len(result.epoch_order_violations))))
+    rows += [(_LABELS[n], str(len(getattr(result, n)))) for n in FINDINGS]
     return rows
+
+
+def _example(record: Operation | ServerWrite, final: Mapping[str, Mapping[str, int]]) -> str:
+    """One line on a record a finding names (with what was read back, for an update)."""
+    if isinstance(record, ServerWrite):
+        return (
+            f"{record.key} revision {record.revision} journaled by {record.region} in epoch "
+            f"{record.epoch}"
+        )
+    value = "" if record.value is None else f" value {record.value}"
+    text = (
+        f"{record.kind} {record.key}{value} at {record.invoked:.3f}s, answered by "
+        f"{record.region or '?'} in epoch {record.epoch if record.epoch is not None else '?'} "
+        f"through {record.gate or '?'}"
+    )
+    if record.kind == "update":
+        back = final.get(record.region or "", {}).get(record.key)
+        text += f"; read back: {'no value' if back is None else back}"
+    return text
+
+
+_EXAMPLES = 3  # findings shown under the text table, per kind
+
+
+def _findings(result: DrillResult) -> list[tuple[str, list[str]]]:
+    """Each kind of finding with one line per record: (label, lines)."""
+    out = []
+    for name in FINDINGS:
+        found: Sequence[Operation | ServerWrite | str] = getattr(result, name)
+        if name != "expected_conflicts" and found:
+            lines = [r if isinstance(r, str) else _example(r, result.final_values) for r in found]
+            out.append((_LABELS[name], lines))
+    return out
 
 
 def _ops_line(result: DrillResult) -> str:
@@ -485,7 +880,12 @@ def render_table(result: DrillResult) -> str:
         "",
     ]
     table = _align([("FIGURE", "VALUE"), *_table_rows(result)])
-    tail = [f"  {m}" for m in result.epoch_order_violations]
+    tail = []
+    for label, lines in _findings(result):
+        tail.append(f"{label}:")
+        tail += [f"  {line}" for line in lines[:_EXAMPLES]]
+        if len(lines) > _EXAMPLES:
+            tail.append(f"  ... and {len(lines) - _EXAMPLES} more")
     return "\n".join(head) + table + ("\n".join(tail) + "\n" if tail else "")
 
 
@@ -506,6 +906,7 @@ _REGION_COLOURS = (
     "#bcbd22",
 )
 _ERROR_COLOUR = "#d62728"
+_EXPECTED_COLOUR = "#e6ab02"
 _UNKNOWN_COLOUR = "#7f7f7f"
 
 
@@ -533,8 +934,9 @@ def _timeline_svg(result: DrillResult) -> str:
     width, left, right = 1100.0, 70.0, 20.0
     top = 30.0 + 14.0 * 3  # room for staggered event labels
     row_h, row_gap = 28.0, 14.0
-    rows = {"write": top, "read": top + row_h + row_gap}
-    bottom = top + 2 * row_h + row_gap
+    kinds = ["write", "read", *(k for k in ("update", "get") if any(o.kind == k for o in ops))]
+    rows = {k: top + i * (row_h + row_gap) for i, k in enumerate(kinds)}
+    bottom = top + len(kinds) * row_h + (len(kinds) - 1) * row_gap
     height = bottom + 40.0
     plot_w = width - left - right
 
@@ -582,12 +984,20 @@ def _timeline_svg(result: DrillResult) -> str:
     for o in ops:
         if o.kind not in rows:
             continue
-        fill = _ERROR_COLOUR if not o.ok else colour.get(o.region or "", _UNKNOWN_COLOUR)
+        expected = is_expected_conflict(o)
+        fill = (
+            colour.get(o.region or "", _UNKNOWN_COLOUR)
+            if o.ok
+            else _EXPECTED_COLOUR
+            if expected
+            else _ERROR_COLOUR
+        )
         y = rows[o.kind] + (4.0 if o.ok else row_h / 2)
-        what = "ok" if o.ok else f"error {o.error or 'unknown'}"
+        what = "ok" if o.ok else f"{'expected' if expected else 'error'} {o.error or 'unknown'}"
+        value = "" if o.value is None else f" value={o.value}"
         tip = (
-            f"{o.kind} {o.key} {what} status={o.status} region={o.region} epoch={o.epoch} "
-            f"gate={o.gate} {o.invoked:.3f}-{o.returned:.3f} s"
+            f"{o.kind} {o.key} {what} status={o.status}{value} region={o.region} "
+            f"epoch={o.epoch} gate={o.gate} {o.invoked:.3f}-{o.returned:.3f} s"
         )
         parts.append(
             f'<rect class="op" x="{x(o.invoked):.2f}" y="{y:.2f}" '
@@ -614,7 +1024,11 @@ def _legend(result: DrillResult) -> str:
         (_REGION_COLOURS[i % len(_REGION_COLOURS)], f"ok, served by {r}")
         for i, r in enumerate(result.regions)
     ]
-    items += [(_UNKNOWN_COLOUR, "ok, region unknown"), (_ERROR_COLOUR, "error")]
+    items += [
+        (_UNKNOWN_COLOUR, "ok, region unknown"),
+        (_ERROR_COLOUR, "error"),
+        (_EXPECTED_COLOUR, "expected conflict (epoch changed)"),
+    ]
     spans = [
         f'<span class="key"><span class="swatch" style="background:{c}"></span>{_e(label)}</span>'
         for c, label in items
@@ -659,28 +1073,10 @@ def render_html(result: DrillResult) -> str:
             ("t (s)", "event", "detail"), ((f"{e.t:.3f}", e.name, e.detail) for e in result.events)
         ),
     ]
-    if result.epoch_order_violations:
-        sections.append("<h2>Epoch-order violations</h2><ul>")
-        sections += [f"<li>{_e(m)}</li>" for m in result.epoch_order_violations]
+    for label, lines in _findings(result):
+        sections.append(f"<h2>{_e(label[:1].upper() + label[1:])}</h2><ul>")
+        sections += [f"<li>{_e(line)}</li>" for line in lines]
         sections.append("</ul>")
-    if result.lost_writes:
-        sections.append("<h2>Acknowledged writes lost</h2>")
-        sections.append(
-            _html_table(
-                ("key", "region", "epoch", "invoked (s)", "returned (s)", "gate"),
-                (
-                    (
-                        o.key,
-                        o.region or "-",
-                        o.epoch,
-                        f"{o.invoked:.3f}",
-                        f"{o.returned:.3f}",
-                        o.gate,
-                    )
-                    for o in result.lost_writes
-                ),
-            )
-        )
     if result.meta:
         sections.append("<h2>Settings and machine</h2>")
         sections.append(
