@@ -511,8 +511,8 @@ def _runbook(topology: Topology) -> list[str]:
             f"When `{active}` comes back it stays a standby (its replicas refuse writes: "
             "another region holds the epoch, and its fence key is set `frozen:` by `haplane "
             "up`, the supervisor or the failover controller before any of its replicas could "
-            "write; `haplane status` shows every region's key). Switch back when it is stable with `haplane "
-            f'failover --to {active} --reason "planned switchback"`'
+            "write; `haplane status` shows every region's key). Switch back when it is stable "
+            f'with `haplane failover --to {active} --reason "planned switchback"`'
             + (" (or let failback do it)." if f.failback else "."),
         ],
     )
