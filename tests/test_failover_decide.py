@@ -169,3 +169,51 @@ def test_a_target_that_just_came_back_is_not_failed_over_to():
     reports = {g: Report(g, 0.1, fresh_b) for g in GATES}
     d = decide(Snapshot(active(), reports, 100.0), SETTINGS)
     assert d.action == "none" and "a" in d.down and "b" not in d.healthy
+
+
+# ---- failback and operators; the clock hysteresis counts on -------------------------------
+
+FAILBACK = Settings(**{**SETTINGS.__dict__, "failback": True, "failback_after": 30.0})
+A_PREFERRED_AGAIN = {  # b active; a healthy (and preferred) for 40 s
+    g: Report(g, 0.1, {"a": RegionView(True, 40.0), "b": RegionView(True, 40.0)}) for g in GATES
+}
+
+
+def test_no_failback_while_operators_suspend_it_and_the_reason_says_so():
+    note = "by operator:alice since 2026-01-01T00:00:00Z: operator switchover to b"
+    suspended = Snapshot(active("b"), A_PREFERRED_AGAIN, 100.0, 0.0, True, note)
+    d = decide(suspended, FAILBACK)
+    assert d.action == "none" and d.to is None
+    assert "suspended" in d.reason and note in d.reason and "haplane failback on" in d.reason
+    resumed = Snapshot(active("b"), A_PREFERRED_AGAIN, 100.0, 0.0, False)
+    assert (decide(resumed, FAILBACK).action, decide(resumed, FAILBACK).to) == ("failback", "a")
+
+
+def test_a_suspended_failback_never_holds_back_a_failover():
+    reports = {g: Report(g, 0.1, {"a": RegionView(True, 40.0), "b": _view("down")}) for g in GATES}
+    s = Snapshot(active("b"), reports, 100.0, 0.0, True, "by operator:alice")
+    d = decide(s, FAILBACK)
+    assert (d.action, d.to) == ("failover", "a")
+
+
+def test_a_suspended_failback_says_nothing_before_failback_would_be_due():
+    # not stable long enough: the reason is about that, not about the suspension
+    short = {
+        g: Report(g, 0.1, {"a": RegionView(True, 5.0), "b": RegionView(True, 40.0)}) for g in GATES
+    }
+    d = decide(Snapshot(active("b"), short, 100.0, 0.0, True, "by x"), FAILBACK)
+    assert d.action == "none" and "suspended" not in d.reason
+
+
+@pytest.mark.parametrize("since", ["2000-01-01T00:00:00Z", "2999-01-01T00:00:00Z", "garbage"])
+def test_hysteresis_and_failback_count_on_the_observed_clock_not_the_record(since):
+    """`since_change` is the controller's own observation of the epoch; the record's `since`
+    (another machine's wall clock, maybe wrong) changes nothing."""
+    rec = ActiveRegion("a", 7, since, "operator:laptop", "t")
+    down = snapshot(("down",) * 3, ("healthy",) * 3, since_change=3.0, record=rec)
+    assert decide(down, SETTINGS).action == "none"  # 3 s < min_interval 10 s
+    late = snapshot(("down",) * 3, ("healthy",) * 3, since_change=10.0, record=rec)
+    assert decide(late, SETTINGS).action == "failover"
+    on_b = ActiveRegion("b", 7, since, "operator:laptop", "t")
+    assert decide(Snapshot(on_b, A_PREFERRED_AGAIN, 29.0), FAILBACK).action == "none"
+    assert decide(Snapshot(on_b, A_PREFERRED_AGAIN, 30.0), FAILBACK).action == "failback"

@@ -18,11 +18,18 @@ applied to live votes instead of a failure set:
   one-sided cut is never a majority; a blip shorter than `down_after` never counts;
 - the active region being down, the controller promotes the first region in priority order
   that is healthy; none healthy: it leaves the active region in place (nothing better);
-- hysteresis: no automatic failover within `min_interval` of the last change;
+- hysteresis: no automatic failover within `min_interval` of the last change. "Since the last
+  change" (`Snapshot.since_change`) is measured on the controller's own monotonic clock from
+  when it first observed the current epoch, never from the record's `since` (another machine's
+  wall clock): a controller that sees an epoch for the first time counts from then;
 - failback (off by default): once the preferred region has been seen healthy by a majority for
-  `failback_after`, and the last change is at least that old, switch back (planned);
+  `failback_after`, and the last change (same clock) is at least that old, switch back
+  (planned). Never while operators have suspended it (`Snapshot.failback_suspended`: an
+  operator's switchover does so, `haplane failback on` ends it): the reason says who and why;
 - a committed epoch that is not yet writable is unfenced once the controller has seen it for
   the record's fence wait (grant + margin): no replica of the old region can still write.
+  (The controller also writes the regional fence keys around these actions: see
+  `haplane.gate.controller`; nothing here depends on them.)
 """
 
 from __future__ import annotations
@@ -75,8 +82,10 @@ class Report:
 class Snapshot:
     active: ActiveRegion | None
     reports: Mapping[str, Report]
-    since_change: float  # seconds since the controller first saw the current epoch
+    since_change: float  # seconds since the controller first saw the current epoch (its clock)
     fenced_for: float = 0.0  # seconds the controller has seen the current epoch not writable
+    failback_suspended: bool = False  # operators suspended automatic failback
+    failback_note: str = ""  # by whom and why (for the decision's reason)
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,7 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
         if snapshot.since_change < settings.min_interval:
             return decision(
                 "none",
-                f"{active.region} is down, but the last change was only "
+                f"{active.region} is down, but epoch {active.epoch} was first seen only "
                 f"{snapshot.since_change:.1f}s ago (hysteresis: {settings.min_interval:.0f}s)",
             )
         target = next((r for r in settings.priority if r != active.region and r in healthy), None)
@@ -175,6 +184,14 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
             if stable_for >= settings.failback_after and (
                 snapshot.since_change >= settings.failback_after
             ):
+                if snapshot.failback_suspended:
+                    return decision(
+                        "none",
+                        f"{preferred} is preferred and has been healthy for {stable_for:.0f}s, "
+                        "but automatic failback is suspended"
+                        + (f" ({snapshot.failback_note})" if snapshot.failback_note else "")
+                        + ": `haplane failback on` resumes it",
+                    )
                 return decision(
                     "failback",
                     f"{preferred} is preferred and has been healthy for {stable_for:.0f}s",
