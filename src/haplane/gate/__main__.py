@@ -41,7 +41,9 @@ The config file (JSON; unknown keys are errors; defaults shown):
                                               #   pool named by the active region
       "controller": null                      # a gate's failover controller: {"gate", "etcd",
                                               #   "vantage_points", "priority", "down_after",
-                                              #   ...}: see config.ControllerConfig
+                                              #   "region_etcd": {region: [endpoints]} (for
+                                              #   the fence keys), ...}: see
+                                              #   config.ControllerConfig
     }
 """
 
@@ -123,6 +125,9 @@ async def serve(config: GateConfig) -> int:
                 report_interval=c.report_interval,
                 tick=c.tick,
                 lease_ttl=c.lease_ttl,
+                region_etcd=c.region_etcd,
+                fence_interval=c.fence_interval,
+                fence_timeout=c.fence_timeout,
             ),
         )
         controller.start()

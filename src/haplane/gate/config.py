@@ -143,6 +143,11 @@ class ControllerConfig(BaseModel):
     report_interval: float = Field(default=0.2, gt=0)
     tick: float = Field(default=0.1, gt=0)
     lease_ttl: int = Field(default=1, ge=1)
+    # every region's etcd client endpoints, for the fence key `/haplane/fence` in each (empty:
+    # the controller manages no fence keys); when given, every region in `priority` is named
+    region_etcd: dict[str, list[str]] = Field(default_factory=dict)
+    fence_interval: float = Field(default=0.5, gt=0)
+    fence_timeout: float = Field(default=0.5, gt=0)
 
     @field_validator("vantage_points")
     @classmethod
@@ -150,6 +155,23 @@ class ControllerConfig(BaseModel):
         gate = info.data.get("gate")
         if gate is not None and gate not in value:
             raise ValueError(f"the gate {gate!r} must be one of the vantage points")
+        return value
+
+    @field_validator("region_etcd")
+    @classmethod
+    def _every_region_has_its_etcd(
+        cls, value: dict[str, list[str]], info: ValidationInfo
+    ) -> dict[str, list[str]]:
+        priority = info.data.get("priority")
+        if not value or priority is None:
+            return value
+        missing = [r for r in priority if not value.get(r)]
+        unknown = sorted(set(value) - set(priority))
+        if missing or unknown:
+            raise ValueError(
+                "one entry with endpoints for every region in priority; "
+                f"missing: {missing or '-'}, not a region: {unknown or '-'}"
+            )
         return value
 
 

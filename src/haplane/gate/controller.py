@@ -1,7 +1,9 @@
 """The failover controller beside a gate instance: observe -> decide -> act.
 
-Layer: gate. Talks to the global control etcd only (its own client); reads this gate's pool
-health from the forwarder it runs beside. Decisions are `haplane.gate.failover.decide`.
+Layer: gate. Talks to the global control etcd (its own client) and, when it leads, to every
+regional etcd (one client each, `region_etcd`: only the fence key `/haplane/fence` there); reads
+this gate's pool health from the forwarder it runs beside. Decisions are
+`haplane.gate.failover.decide`.
 
 Every instance:
 - **reports** (vantage point): every `report_interval` it writes, under `vantage/<gate>`, whether
@@ -14,16 +16,34 @@ Every instance:
   writable and an instance on another site reports), so that losing the active region never
   also costs the leader's lease time. Leadership only avoids duplicate work: every action is a
   transaction guarded by the epoch, so a deposed leader that has not noticed yet cannot undo
-  or double a change.
+  or double a change;
+- **notes when it first observed each epoch** (monotonic, its own clock; followers too, as
+  they read the record while campaigning).
 
 The leader, every `tick`:
 - reads all reports; a report's age is the time since the leader saw it change (reports it has
   not seen change since it took over count as stale: a dead gate's last word is no vote);
-- reads the active record; hysteresis counts from the record's `since` (wall clock, only for
-  pacing), the fence wait from when this leader first saw the epoch unwritable (monotonic,
-  safety);
+- reads the active record and, when the topology enables failback, the operators' failback
+  setting (`GlobalState.failback_setting`; unreadable counts as suspended). Hysteresis
+  (`min_interval`) and `failback_after` count from when this instance first observed the
+  current epoch, never from the record's `since` (another machine's wall clock): an instance
+  that sees an epoch for the first time waits the full interval from then. The fence wait
+  counts from when this leader first saw the epoch unwritable (monotonic, safety);
 - decides, and acts: a failover or failback commits epoch + 1 naming the new region, not yet
-  writable; an unfence makes it writable once no old grant can be live.
+  writable, then at once freezes every other region's fence key whose etcd answers within
+  `fence_timeout` (a dead region is covered by the time-based fence, and frozen when it
+  answers again); an unfence first freezes the others again (best effort), then must set the
+  new region's key to `active:<region>@<epoch>` (`RegionFence.activate`) before it makes the
+  record writable: when that region's etcd does not answer, the epoch stays unwritable and the
+  next tick tries again.
+
+The leader also reconciles every fence key with the record (`RegionFences.reconcile_all`) at
+once when it takes the lead and every `fence_interval` after: a region that comes back with a
+stale `active:` key is frozen, missing keys are set, standbys follow the epoch. A pass runs
+beside the decisions (a dead region's timeout never delays a failover) and is cancelled while
+an action runs, so no pass ever writes from a record older than the action's. Every key
+change it sees is one `fence_key` log line; `report()` shows the keys as last read. Without
+`region_etcd` (a hand-written config) it manages no fence keys.
 
 When the global control etcd has no quorum nobody can report, lead or switch: the controller
 waits, and the active region's replicas fence themselves (see `haplane.api.fencing`).
@@ -36,6 +56,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,11 +65,15 @@ from haplane.store import (
     Compare,
     EtcdClient,
     EtcdError,
+    FenceChanged,
+    FenceRead,
     GlobalState,
     Op,
+    RegionFences,
     StaleEpoch,
     prefix_end,
 )
+from haplane.store.global_state import FailbackSetting
 
 from .events import GateEvent
 from .failover import Decision, RegionView, Report, Settings, Snapshot, decide
@@ -73,6 +98,9 @@ class ControllerSettings:
     tick: float = 0.1
     lease_ttl: int = 1
     startup_grace: float = 10.0
+    region_etcd: dict[str, list[str]] = field(default_factory=dict)  # region -> its etcd
+    fence_interval: float = 0.5  # the leader reconciles every fence key this often
+    fence_timeout: float = 0.5  # for each call to a regional etcd
 
 
 class FailoverController:
@@ -90,6 +118,16 @@ class FailoverController:
         self._changed: dict[str, tuple[bool, float]] = {}  # region -> (healthy, since; monotonic)
         self._seen: dict[bytes, tuple[int, float | None]] = {}  # report key -> (mod rev, seen at)
         self._fenced_seen: dict[int, float] = {}  # epoch -> first seen unwritable (monotonic)
+        self._epoch_seen: dict[int, float] = {}  # epoch -> first observed (monotonic)
+        self.failback: FailbackSetting | None = None  # as last read (when failback is on)
+        self._fences: RegionFences | None = None
+        self.fence_keys: dict[str, FenceRead | None] = {}  # as last read; None: no answer
+        self._fence_known: dict[str, FenceRead] = {}  # the last value each key was read with
+        self._fence_keys_at: float | None = None
+        self._fence_pass: asyncio.Task[None] | None = None
+        self._acting = False
+        self._fence_wake = asyncio.Event()
+        self._unfence_deferred: str | None = None  # why, as last logged
         self._tasks: list[asyncio.Task[None]] = []
         self._client: EtcdClient | None = None
         self._started = time.monotonic()
@@ -104,6 +142,11 @@ class FailoverController:
 
     def start(self) -> None:
         self._client = EtcdClient(self.settings.etcd, timeout=0.5)
+        if self.settings.region_etcd:
+            t = self.settings.fence_timeout
+            self._fences = RegionFences(
+                {r: EtcdClient(eps, timeout=t) for r, eps in self.settings.region_etcd.items()}
+            )
         self._tasks = [
             asyncio.create_task(self._report_loop(), name="vantage report"),
             asyncio.create_task(self._campaign_loop(), name="controller campaign"),
@@ -115,6 +158,8 @@ class FailoverController:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
+        if self._fences is not None:
+            await self._fences.close()
 
     def _log(self, event: str, **fields: Any) -> None:
         log.info(
@@ -207,6 +252,7 @@ class FailoverController:
             lease = 0
             try:
                 active = await state.read()
+                self._note_epoch(active)
                 self._active_region = active.region if active is not None else None
                 kv = await client.get(self.leader_key)
                 now = time.monotonic()
@@ -255,6 +301,9 @@ class FailoverController:
         self._fenced_seen.clear()
         self._log("controller_leader")
         work = asyncio.create_task(self._decide_loop(client), name="controller decide")
+        fencing = None
+        if self._fences is not None:
+            fencing = asyncio.create_task(self._fence_loop(client), name="controller fences")
         try:
             renew_every = self.settings.lease_ttl / 4
             deadline = time.monotonic() + self.settings.lease_ttl
@@ -275,8 +324,10 @@ class FailoverController:
                     self._log("controller_stepping_down", reason="on the active region's site")
                     return
         finally:
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+            tasks = [t for t in (work, fencing) if t is not None]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- decide and act (the leader) -----------------------------------------------------
 
@@ -317,8 +368,37 @@ class FailoverController:
                 self._fenced_seen = {active.epoch: seen_at}  # only the current epoch matters
             first = self._fenced_seen[active.epoch]
             fenced_for = seen_at - first
-        since = active.age() if active is not None else 0.0
-        return Snapshot(active, reports, since, fenced_for)
+        since = seen_at - self._note_epoch(active, seen_at) if active is not None else 0.0
+        suspended, note = await self._failback_suspended(state)
+        return Snapshot(active, reports, since, fenced_for, suspended, note)
+
+    def _note_epoch(self, active: ActiveRegion | None, at: float | None = None) -> float:
+        """When this instance first observed `active`'s epoch (monotonic; `at`, default now,
+        if this is the first time). Hysteresis and failback count from here: the record's
+        `since` is another machine's wall clock."""
+        if active is None:
+            return at if at is not None else time.monotonic()
+        first = self._epoch_seen.get(active.epoch)
+        if first is None:
+            first = at if at is not None else time.monotonic()
+            self._epoch_seen = {active.epoch: first}  # only the current epoch matters
+        return first
+
+    async def _failback_suspended(self, state: GlobalState) -> tuple[bool, str]:
+        """Have operators suspended automatic failback? Read only when the topology enables
+        failback; a setting that cannot be read counts as suspended (failback is never
+        urgent, and the operator's word may be in it)."""
+        if not self.settings.decision.failback:
+            return False, ""
+        try:
+            setting = await state.failback_setting()
+        except EtcdError as exc:
+            self.failback = None
+            return True, f"the failback setting cannot be read: {exc}"
+        self.failback = setting
+        if setting.enabled:
+            return False, ""
+        return True, f"by {setting.by} since {setting.since}: {setting.reason}"
 
     async def _decide_loop(self, client: EtcdClient) -> None:
         state = GlobalState(client, prefix=self.prefix)
@@ -359,26 +439,140 @@ class FailoverController:
     async def _act(self, state: GlobalState, d: Decision, active: ActiveRegion | None) -> None:
         assert d.epoch is not None and active is not None
         by = f"controller:{self.settings.gate}"
-        try:
-            if d.action == "unfence":
-                record = await state.unfence(d.epoch)
-                self._log("unfenced", region=record.region, epoch=record.epoch)
-            else:
-                assert d.to is not None
-                record = await state.switch(d.to, expected_epoch=d.epoch, by=by, reason=d.reason)
-                self._fenced_seen[record.epoch] = time.monotonic()  # the commit is behind us
-                self._log(
-                    "committed",
-                    action=d.action,
-                    region=record.region,
-                    epoch=record.epoch,
-                    previous=active.region,
-                    reason=d.reason,
-                )
-        except StaleEpoch as exc:
-            self._log("action_lost", action=d.action, reason=str(exc))
-            return
+        async with self._fence_writes_paused():
+            try:
+                if d.action == "unfence":
+                    if not await self._activate_fence(active):
+                        return
+                    record = await state.unfence(d.epoch)
+                    self._log("unfenced", region=record.region, epoch=record.epoch)
+                else:
+                    assert d.to is not None
+                    record = await state.switch(
+                        d.to, expected_epoch=d.epoch, by=by, reason=d.reason
+                    )
+                    committed = time.monotonic()  # the commit is behind us
+                    self._fenced_seen[record.epoch] = committed
+                    self._epoch_seen = {record.epoch: committed}
+                    self._log(
+                        "committed",
+                        action=d.action,
+                        region=record.region,
+                        epoch=record.epoch,
+                        previous=active.region,
+                        reason=d.reason,
+                    )
+                    await self._freeze_others(record)
+            except StaleEpoch as exc:
+                self._log("action_lost", action=d.action, reason=str(exc))
+                return
         self.last_action = {"action": d.action, "region": record.region, "epoch": record.epoch}
+
+    # ---- the data fence: one key in each regional etcd (the leader) ----------------------
+
+    @contextlib.asynccontextmanager
+    async def _fence_writes_paused(self) -> AsyncIterator[None]:
+        """While an action runs, no reconcile pass writes: one in flight is cancelled (it may
+        hold a record older than the action's), and the next starts at once after."""
+        self._acting = True
+        try:
+            task = self._fence_pass
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+            yield
+        finally:
+            self._acting = False
+            self._fence_wake.set()
+
+    async def _freeze_others(self, record: ActiveRegion) -> None:
+        """Freeze every region but `record.region` whose etcd answers in time (best effort)."""
+        if self._fences is not None:
+            reads = await self._fences.freeze_others(record, timeout=self.settings.fence_timeout)
+            self._note_fences(reads, "freeze", record.epoch)
+
+    async def _activate_fence(self, record: ActiveRegion) -> bool:
+        """Before unfencing `record`: freeze the others again, then set its region's key to
+        `active:<region>@<epoch>`. False (and logged once): that key could not be set, so the
+        record must stay unwritable for now."""
+        if self._fences is None:
+            return True  # no regional etcd configured: no data fence to manage
+        await self._freeze_others(record)
+        fence = self._fences.fences.get(record.region)
+        if fence is None:
+            why = f"no etcd is configured for region {record.region}"
+        else:
+            try:
+                read = await fence.activate(record.epoch, timeout=self.settings.fence_timeout)
+            except (EtcdError, FenceChanged) as exc:
+                why = f"{record.region}'s fence key could not be set: {exc}"
+            else:
+                self._unfence_deferred = None
+                self._note_fences({record.region: read}, "activate", record.epoch)
+                return True
+        self.error = why
+        if why != self._unfence_deferred:
+            self._unfence_deferred = why
+            self._log("unfence_deferred", region=record.region, epoch=record.epoch, reason=why)
+        return False
+
+    async def _fence_loop(self, client: EtcdClient) -> None:
+        """Reconcile every fence key with the record: at once, then every `fence_interval`
+        (and at once after each action). Each pass is a task an action can cancel."""
+        state = GlobalState(client, prefix=self.prefix)
+        while True:
+            if not self._acting:
+                task = asyncio.create_task(self._reconcile_fences(state), name="fence pass")
+                self._fence_pass = task
+                try:
+                    await asyncio.wait({task})
+                finally:
+                    if not task.done():  # this loop was cancelled
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
+                    self._fence_pass = None
+                if not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    if isinstance(exc, EtcdError):
+                        self.error = str(exc)
+                    else:  # a bug: say so, and keep reconciling
+                        self.error = repr(exc)
+                        log.error("failover controller: fence pass failed", exc_info=exc)
+            self._fence_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.fence_interval):
+                    await self._fence_wake.wait()
+
+    async def _reconcile_fences(self, state: GlobalState) -> None:
+        assert self._fences is not None
+        record = await state.read()
+        if record is None:
+            return
+        reads = await self._fences.reconcile_all(record, timeout=self.settings.fence_timeout)
+        self._note_fences(reads, "reconcile", record.epoch)
+
+    def _note_fences(self, reads: dict[str, FenceRead | None], source: str, epoch: int) -> None:
+        """Keep what was read; log each key that changed since it was last read (whoever
+        changed it) and each regional etcd that stopped or started answering."""
+        for region, now in reads.items():
+            was = self.fence_keys.get(region)
+            if now is None:
+                if was is not None or region not in self.fence_keys:
+                    self._log("fence_key_unreachable", region=region, source=source)
+                self.fence_keys[region] = None
+                continue
+            last = self._fence_known.get(region)
+            if last is None or (last.value, last.raw) != (now.value, now.raw):
+                self._log(
+                    "fence_key",
+                    region=region,
+                    value=_fence_text(now),
+                    previous=_fence_text(last) if last is not None else None,
+                    source=source,
+                    epoch=epoch,
+                )
+            self.fence_keys[region] = self._fence_known[region] = now
+        self._fence_keys_at = time.monotonic()
 
     def _others_report(self) -> bool:
         """Is a gate off the active region's site alive and reporting (so that it can take
@@ -400,4 +594,20 @@ class FailoverController:
             if d is None
             else {"action": d.action, "reason": d.reason, "down": d.down, "healthy": d.healthy},
             "last_action": self.last_action,
+            "fence_keys": {
+                r: _fence_text(f) if f is not None else None for r, f in self.fence_keys.items()
+            },
+            "fence_keys_age": None
+            if self._fence_keys_at is None
+            else round(time.monotonic() - self._fence_keys_at, 3),
+            "failback_setting": None if self.failback is None else self.failback.as_dict(),
         }
+
+
+def _fence_text(read: FenceRead) -> str:
+    """A fence key for logs and status: its value, `missing`, or `malformed: <raw>`."""
+    if read.value is not None:
+        return str(read.value)
+    if read.raw is None:
+        return "missing"
+    return f"malformed: {read.raw.decode('utf-8', 'replace')}"

@@ -88,6 +88,7 @@ class GatePlan(_Listening):
     regions: dict[str, tuple[BalancerPlan, ...]] = field(default_factory=dict)
     control_endpoints: tuple[str, ...] = ()
     mode: str = "l4"
+    region_etcd: dict[str, tuple[str, ...]] = field(default_factory=dict)  # for fence keys
 
     @property
     def qualified_name(self) -> str:
@@ -136,6 +137,8 @@ def resolve_gates(
         site.name: tuple(b for b in balancers if b.region == site.name)
         for site, _ in topology.regions()
     }
+    etcd_of = {c.view.scope: c for c in clusters}
+    region_etcd = {site.name: tuple(etcd_of[site.name].endpoints) for site, _ in topology.regions()}
     plans = []
     for gate in topology.spec.global_.gates:
         host = topology.host_of(gate)
@@ -151,6 +154,7 @@ def resolve_gates(
                 ),
                 regions=regions,
                 control_endpoints=control_endpoints,
+                region_etcd=region_etcd,
             )
         )
     return plans
@@ -240,7 +244,8 @@ def gate_config(plan: GatePlan, topology: Topology | None = None) -> dict[str, A
 
 
 def controller_config(plan: GatePlan, topology: Topology) -> dict[str, Any]:
-    """The failover controller beside a gate: every gate instance is a vantage point."""
+    """The failover controller beside a gate: every gate instance is a vantage point; it
+    holds a client for every regional etcd, for the fence keys."""
     f = topology.spec.global_.failover
     return {
         "gate": plan.name,
@@ -255,4 +260,5 @@ def controller_config(plan: GatePlan, topology: Topology) -> dict[str, Any]:
         "min_interval": f.min_interval_ms / 1000,
         "failback": f.failback,
         "failback_after": f.failback_after_ms / 1000,
+        "region_etcd": {r: list(eps) for r, eps in plan.region_etcd.items()},
     }

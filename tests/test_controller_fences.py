@@ -1,0 +1,348 @@
+"""The failover controller's leader against real etcd: the shared cluster as the global control
+etcd (a fresh prefix per test) and two single-member clusters as regions `a` and `b` (the fence
+key is one fixed path per regional etcd, so each region needs an etcd of its own).
+
+Checked: after a failover the old region's key is frozen and the new one's becomes
+`active:b@E+1` before the record is writable; an unfence waits for the new region's key; the
+periodic reconcile freezes a stale `active:` key and sets missing ones; hysteresis and the
+failback setting are what the controller itself observed, not the record's wall-clock `since`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from haplane.gate.controller import ControllerSettings, FailoverController
+from haplane.gate.failover import Settings, decide
+from haplane.gate.forwarder import Forwarder
+from haplane.local.etcd_cluster import EtcdCluster
+from haplane.store import FENCE_KEY, ActiveRegion, EtcdClient, FenceValue, GlobalState
+from tests.gate.helpers import eventually, free_port
+
+GATES = ("g1", "g2", "g3")  # vantage points whose reports the test writes
+
+
+@pytest_asyncio.fixture(scope="module")
+async def regions(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, list[str]]]:
+    """Two regional etcds (one member each): region -> client endpoints."""
+    clusters = {
+        r: EtcdCluster(tmp_path_factory.mktemp(f"etcd-{r}"), size=1, scope=r) for r in ("a", "b")
+    }
+    try:
+        await asyncio.gather(*(c.start() for c in clusters.values()))
+        yield {r: c.endpoints for r, c in clusters.items()}
+    finally:
+        await asyncio.gather(*(c.stop() for c in clusters.values()))
+
+
+@pytest_asyncio.fixture
+async def fence_clients(regions: dict[str, list[str]]) -> AsyncIterator[dict[str, EtcdClient]]:
+    """A client per region, each region's fence key deleted first (tests share the etcds)."""
+    clients = {r: EtcdClient(eps, timeout=2.0) for r, eps in regions.items()}
+    for c in clients.values():
+        await c.delete(FENCE_KEY)
+    try:
+        yield clients
+    finally:
+        for c in clients.values():
+            await c.close()
+
+
+@pytest.fixture
+def gate_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    caplog.set_level(logging.INFO, logger="haplane.gate")
+    yield caplog
+
+
+async def fence(client: EtcdClient) -> str | None:
+    kv = await client.get(FENCE_KEY)
+    return kv.value.decode() if kv is not None else None
+
+
+def make_controller(
+    global_endpoints: list[str],
+    prefix: bytes,
+    region_etcd: dict[str, list[str]],
+    *,
+    min_interval: float = 0.0,
+    failback: bool = False,
+) -> FailoverController:
+    decision = Settings(
+        vantage_points=GATES, priority=("a", "b"), min_interval=min_interval, failback=failback
+    )
+    settings = ControllerSettings(
+        gate="g0",  # not a vantage point: its own (empty) report is no vote
+        etcd=global_endpoints,
+        prefix=prefix.decode(),
+        decision=decision,
+        region_etcd=region_etcd,
+        fence_interval=0.1,
+    )
+    return FailoverController(Forwarder(name="controller-test"), settings)
+
+
+@contextlib.asynccontextmanager
+async def running(controller: FailoverController) -> AsyncIterator[FailoverController]:
+    controller.start()
+    try:
+        yield controller
+    finally:
+        await controller.stop()
+        await controller.forwarder.stop(grace=0)
+
+
+async def write_reports(client: EtcdClient, prefix: bytes, a_healthy: bool) -> None:
+    """Every gate reports region a healthy or down for a while, b healthy for a while."""
+    for gate in GATES:
+        body = {
+            "gate": gate,
+            "at": time.time(),
+            "regions": {
+                "a": {"healthy": a_healthy, "heldFor": 30.0},
+                "b": {"healthy": True, "heldFor": 30.0},
+            },
+        }
+        await client.put(prefix + b"vantage/" + gate.encode(), json.dumps(body).encode())
+
+
+@contextlib.asynccontextmanager
+async def reporting(client: EtcdClient, prefix: bytes, a_healthy: bool) -> AsyncIterator[None]:
+    async def loop() -> None:
+        while True:
+            await write_reports(client, prefix, a_healthy)
+            await asyncio.sleep(0.1)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest_asyncio.fixture
+async def leader(
+    etcd_cluster, key_prefix, regions, fence_clients
+) -> AsyncIterator[tuple[EtcdClient, GlobalState, FailoverController]]:
+    """A controller running (it leads: nobody else campaigns under this prefix) with both
+    regional etcds (their keys deleted first), and a client and the global state under the
+    test's prefix."""
+    client = etcd_cluster.client(timeout=2.0)
+    state = GlobalState(client, prefix=key_prefix)
+    controller = make_controller(etcd_cluster.endpoints, key_prefix, regions)
+    try:
+        async with running(controller):
+            yield client, state, controller
+    finally:
+        await client.close()
+
+
+async def started_in_a(state: GlobalState, fence_clients: dict[str, EtcdClient]) -> None:
+    """Epoch 1 in `a`, recorded unfenced: the controller unfences it (setting a's key first)
+    and makes b a standby."""
+    await state.initialize("a", by="t", reason="t")
+    await eventually(
+        lambda: _keys(fence_clients, {"a": "active:a@1", "b": "standby:a@1"}),
+        what="the keys of epoch 1",
+    )
+    await eventually(lambda: _writable(state, 1), what="epoch 1 unfenced")
+
+
+async def _keys(clients: dict[str, EtcdClient], want: dict[str, str]) -> bool:
+    return {r: await fence(clients[r]) for r in want} == want
+
+
+async def _writable(state: GlobalState, epoch: int) -> bool:
+    record = await state.read()
+    return record is not None and record.epoch == epoch and record.writable
+
+
+async def test_a_failover_freezes_the_old_region_and_activates_the_new_before_it_is_writable(
+    leader, key_prefix, fence_clients, gate_log
+):
+    client, state, controller = leader
+    seen: list[tuple[ActiveRegion, str | None, str | None]] = []
+
+    async def watch() -> None:
+        """At every change of the record: both keys, read right after."""
+        async for record in state.watch():
+            if record is None:
+                continue
+            keys = await fence(fence_clients["a"]), await fence(fence_clients["b"])
+            seen.append((record, *keys))
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await started_in_a(state, fence_clients)
+        async with reporting(client, key_prefix, a_healthy=False):
+            await eventually(lambda: _writable(state, 2), what="epoch 2 unfenced")
+        await asyncio.sleep(0.3)  # a reconcile pass or two after the unfence
+        report = controller.report()
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+    by_state = {(r.epoch, r.writable): (r, a, b) for r, a, b in seen}
+    # epoch 1 became writable only once a's key said so
+    assert by_state[(1, True)][1] == "active:a@1"
+    committed, _, b_then = by_state[(2, False)]
+    assert committed.region == "b" and committed.by == "controller:g0" and committed.previous == "a"
+    assert b_then != "active:b@2"  # not before the fence wait
+    # when the record turned writable, a was already frozen and b already active
+    assert by_state[(2, True)][1:] == ("frozen:a@1", "active:b@2")
+    assert report["fence_keys"] == {"a": "frozen:a@1", "b": "active:b@2"}
+    lines = [json.loads(r.getMessage()) for r in gate_log.records if r.getMessage().startswith("{")]
+    changes = [(x["region"], x["value"], x["source"]) for x in lines if x["event"] == "fence_key"]
+    assert ("b", "active:b@2", "activate") in changes
+    assert ("a", "frozen:a@1", "freeze") in changes  # right after the commit, not by reconcile
+
+
+async def test_the_old_region_is_frozen_right_after_the_commit(leader, key_prefix, fence_clients):
+    """Frozen well before the fence wait is over (1.25 s here): by the commit's own freeze."""
+    client, state, _ = leader
+    await started_in_a(state, fence_clients)
+    async with reporting(client, key_prefix, a_healthy=False):
+        committed = await eventually(lambda: _epoch(state, 2), what="epoch 2 committed")
+        t0 = time.monotonic()
+        await eventually(lambda: _keys(fence_clients, {"a": "frozen:a@1"}), timeout=2)
+        assert time.monotonic() - t0 < committed.fence_wait
+        record = await state.read()
+        assert record is not None and not record.writable  # still in the fence wait
+
+
+async def _epoch(state: GlobalState, epoch: int) -> ActiveRegion | None:
+    record = await state.read()
+    return record if record is not None and record.epoch == epoch else None
+
+
+async def test_reconcile_freezes_a_stale_active_key_and_sets_missing_ones(
+    leader, fence_clients, gate_log
+):
+    _, state, _ = leader
+    await started_in_a(state, fence_clients)
+    # b comes back from an old epoch in which it was active
+    await fence_clients["b"].put(FENCE_KEY, FenceValue.active("b", 0).encode())
+    await eventually(lambda: _keys(fence_clients, {"b": "frozen:b@0"}), timeout=2)
+    # a lost key is set again: the standby's, and the active region's
+    await fence_clients["b"].delete(FENCE_KEY)
+    await fence_clients["a"].delete(FENCE_KEY)
+    await eventually(
+        lambda: _keys(fence_clients, {"a": "active:a@1", "b": "standby:a@1"}), timeout=2
+    )
+    lines = [json.loads(r.getMessage()) for r in gate_log.records if r.getMessage().startswith("{")]
+    changes = [(x["region"], x["value"]) for x in lines if x["event"] == "fence_key"]
+    assert ("b", "frozen:b@0") in changes and changes.count(("b", "standby:a@1")) == 2
+
+
+async def test_no_unfence_while_the_new_regions_key_cannot_be_set(
+    etcd_cluster, key_prefix, regions, fence_clients, gate_log
+):
+    """b's etcd does not answer: the controller freezes a, waits out the fence wait, and still
+    leaves epoch 2 unwritable (retrying), saying why once."""
+    client = etcd_cluster.client(timeout=2.0)
+    state = GlobalState(client, prefix=key_prefix)
+    dead_b = {"a": regions["a"], "b": [f"127.0.0.1:{free_port()}"]}
+    controller = make_controller(etcd_cluster.endpoints, key_prefix, dead_b)
+    try:
+        async with running(controller):
+            await state.initialize("a", by="t", reason="t", grant_ms=200, margin_ms=50)
+            await eventually(lambda: _writable(state, 1), what="epoch 1 unfenced")
+            await state.switch("b", expected_epoch=1, by="operator:t", reason="t")
+            await eventually(lambda: _keys(fence_clients, {"a": "frozen:a@1"}), timeout=2)
+            await asyncio.sleep(1.0)  # four fence waits
+            record = await state.read()
+            assert record is not None and (record.epoch, record.writable) == (2, False)
+            report = controller.report()
+            assert report["fence_keys"]["b"] is None and "b" in (report["error"] or "")
+    finally:
+        await client.close()
+    deferred = [r for r in gate_log.records if '"unfence_deferred"' in r.getMessage()]
+    assert len(deferred) == 1, [r.getMessage() for r in deferred]
+
+
+# ---- what the controller observes: its own clock, the operators' failback setting ----------
+
+
+async def _snapshot_twice(controller, state, client, prefix, a_healthy, pause=0.0):
+    """Two observations (a leader counts only reports it has seen change), `pause` apart."""
+    await write_reports(client, prefix, a_healthy)
+    await controller._observe(state, client)
+    await asyncio.sleep(pause)
+    await write_reports(client, prefix, a_healthy)
+    return await controller._observe(state, client)
+
+
+@pytest.mark.parametrize("since", ["2000-01-01T00:00:00Z", "2999-01-01T00:00:00Z"])
+async def test_hysteresis_counts_from_the_controllers_first_sight_of_the_epoch(
+    etcd_cluster, key_prefix, since
+):
+    """The record says it changed in 2000 (or in 2999, by a laptop's wrong clock): neither
+    matters. An epoch seen for the first time waits the full `min_interval` from then."""
+    client = etcd_cluster.client(timeout=2.0)
+    state = GlobalState(client, prefix=key_prefix)
+    record = ActiveRegion("a", 3, since, "operator:laptop", "t")
+    await client.put(state.active_key, record.to_json())
+    controller = make_controller(etcd_cluster.endpoints, key_prefix, {}, min_interval=0.5)
+    try:
+        first = await _snapshot_twice(controller, state, client, key_prefix, a_healthy=False)
+        d = decide(first, controller.settings.decision)
+        assert first.since_change < 0.5 and d.action == "none" and "hysteresis" in d.reason
+        await asyncio.sleep(0.5)
+        later = await _snapshot_twice(controller, state, client, key_prefix, a_healthy=False)
+        assert later.since_change >= 0.5
+        assert decide(later, controller.settings.decision).action == "failover"
+    finally:
+        await client.close()
+        await controller.forwarder.stop(grace=0)
+
+
+async def test_the_operators_failback_setting_reaches_the_decision(etcd_cluster, key_prefix):
+    client = etcd_cluster.client(timeout=2.0)
+    state = GlobalState(client, prefix=key_prefix)
+    await client.put(state.active_key, ActiveRegion("b", 4, "", "t", "t").to_json())
+    controller = make_controller(etcd_cluster.endpoints, key_prefix, {}, failback=True)
+    off = make_controller(etcd_cluster.endpoints, key_prefix, {}, failback=False)
+    try:
+        s = await controller._observe(state, client)
+        assert not s.failback_suspended  # never set: the topology's word
+        await state.set_failback(False, by="operator:alice", reason="operator switchover to b")
+        s = await controller._observe(state, client)
+        assert s.failback_suspended and "operator:alice" in s.failback_note
+        assert "switchover to b" in s.failback_note
+        assert controller.report()["failback_setting"]["enabled"] is False
+        s = await off._observe(state, client)  # failback off in the topology: not even read
+        assert not s.failback_suspended and off.failback is None
+        await client.put(state.failback_key, b"{not json")
+        s = await controller._observe(state, client)
+        assert s.failback_suspended and "cannot be read" in s.failback_note
+        await state.set_failback(True, by="operator:bob", reason="b is fine")
+        assert not (await controller._observe(state, client)).failback_suspended
+    finally:
+        await client.close()
+        for c in (controller, off):
+            await c.forwarder.stop(grace=0)
+
+
+def test_gate_configs_name_every_regions_etcd(tmp_path: Path):
+    """`haplane up` gives every controller the client endpoints of every regional etcd."""
+    from haplane.gate.config import parse_config
+    from haplane.local.gate_plans import gate_config, resolve_all
+    from haplane.local.ports import PortRegistry
+    from haplane.topology.loader import load_example
+
+    topology = load_example("two-regions")
+    plan = resolve_all(topology, PortRegistry(tmp_path / "ports.json"))
+    etcd_of = {c.view.scope: c.endpoints for c in plan.clusters}
+    for g in plan.gates:
+        config = parse_config(gate_config(g, topology))
+        assert config.controller is not None
+        assert config.controller.region_etcd == {r: etcd_of[r] for r in topology.region_priority()}
