@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from haplane import __version__
+from haplane.cli import failback
 from haplane.local import global_control, runner
 from haplane.local.control import ControlClient, ControlError
 from haplane.local.netns import available as netns_available
@@ -736,6 +737,9 @@ def failover_cmd(
         f"[bold]{after.region}[/] (epoch {after.epoch}); writable after a fence wait of "
         f"{after.fence_wait:.2f}s"
     )
+
+
+app.add_typer(failback.app, name="failback")
 
 
 export_app = typer.Typer(help="Write configurations for other tools from a topology.")
