@@ -38,7 +38,7 @@ async def test_follower_routes_only_where_the_global_state_says(etcd_cluster, ke
         follower.start()
         await _until(lambda: follower.connected)
         assert active() is None  # nothing recorded: refuse clients
-        await state.initialize("a", by="t", reason="t")
+        await state.initialize("a", by="t", reason="t", fresh=True)
         await _until(lambda: active() == "a")
         await state.switch("b", expected_epoch=1, by="t", reason="t")
         await _until(lambda: active() == "b" and follower.epoch == 2)
