@@ -44,6 +44,11 @@ CASES = [
     ("b", rec("a", 2, writable=False), A("b", 1), F("b", 1)),  # mid-switch: freeze at once
     ("b", rec("a", 2), F("b", 1), None),  # a frozen region stays frozen (rejoin's business)
     ("a", None, A("a", 1), None),  # no record: touch nothing
+    ("a", rec("a", 2), F("a", 2), None),  # frozen by a newer switch: only activate() undoes
+    ("a", rec("a", 3), F("a", 2), None),
+    ("b", rec("a", 2), A("b", 3), None),  # a key newer than the record: the record is stale
+    ("b", rec("a", 2), A("b", 2), None),
+    ("b", rec("a", 2), S("a", 3), None),
 ]
 
 
@@ -77,6 +82,11 @@ async def test_compare_and_swap(etcd_cluster, key_prefix: bytes) -> None:
         assert (await fence.activate(3)).value == A("a", 3)
         with pytest.raises(FenceChanged, match="epoch 2 is over"):
             await fence.activate(2)  # never back to an older epoch
+        # a freeze for an older record never stops a region activated since
+        assert (await fence.freeze(below_epoch=3)).value == A("a", 3)
+        assert (await fence.freeze(below_epoch=4)).value == F("a", 3)
+        with pytest.raises(FenceChanged, match="epoch 3 is over"):
+            await fence.activate(3)  # frozen in epoch 3: a later epoch took over
         await client.put(fence.key, b"garbage")
         garbage = await fence.read()
         assert garbage.value is None and garbage.raw == b"garbage"

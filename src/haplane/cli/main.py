@@ -466,6 +466,14 @@ def _print_status(report: StatusReport) -> None:
             f"active region: [bold]{a['region']}[/] (epoch {a['epoch']}, {fence}, since "
             f"{a['since']}, by {a['by']}: {a['reason']})"
         )
+        if g.fences:
+            out.print(
+                "fence keys: "
+                + ", ".join(
+                    f"{region} {value or '[red](no answer)[/]'}"
+                    for region, value in g.fences.items()
+                )
+            )
         for h in g.history[:-1][-3:]:
             out.print(
                 f"  before: {h['region']} (epoch {h['epoch']}, {h['since']}, {h['by']}: "

@@ -74,7 +74,8 @@ async def switch(
     by: str | None = None,
     unfence: bool = True,
 ) -> tuple[ActiveRegion, ActiveRegion]:
-    """A fenced, planned switchover to region `to`: (before, after).
+    """A fenced, planned switchover to region `to`: (before, after). Automatic failback is
+    suspended first (`haplane failback on` resumes it).
 
     1. one transaction commits epoch + 1 naming `to`, not yet writable: from that moment no
        replica of the old region renews its write permission (it fences at its next read, or
@@ -100,8 +101,12 @@ async def switch(
     if before.region == to:
         raise FailoverError(f"{to} is already the active region (epoch {before.epoch})")
     epoch = before.epoch if expected_epoch is None else expected_epoch
+    who = by or operator()
+    # an operator chose where the platform runs: automatic failback waits for `haplane
+    # failback on` (written first, so no failback can follow this switch before it)
+    await state.set_failback(False, by=who, reason=f"operator switchover to {to}")
     try:
-        after = await state.switch(to, expected_epoch=epoch, by=by or operator(), reason=reason)
+        after = await state.switch(to, expected_epoch=epoch, by=who, reason=reason)
     except StaleEpoch as exc:
         raise FailoverError(f"refused: {exc}; look again with `haplane status`") from exc
     committed = time.monotonic()

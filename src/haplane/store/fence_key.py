@@ -20,13 +20,17 @@ A missing key means fenced: a replica never creates its own; `haplane up`, the f
 controller and `haplane failover` write it (`RegionFences`).
 
 Transitions (`target`, pure): given the global record (active region R, epoch E, writable):
-- R's key becomes `active:R@E` only once the record is writable, or explicitly by whoever
-  unfences E (`RegionFences.activate`, just before the unfence);
-- another region whose key says `active:...` becomes `frozen:<it>@<epoch in its key>` (it lost
-  the epoch; it may have been away while that happened);
-- another region with no key, or a `standby:` key naming another source or epoch, becomes
-  `standby:R@E`; a `frozen:` key is left alone (a returning region: what happens to the data it
-  wrote after the switch is the business of replication's rejoin).
+- R's key becomes `active:R@E` by whoever unfences E (`RegionFence.activate`, just before the
+  unfence); a reconcile sets it only when the record is already writable and the key is
+  missing or older (a state dir from before the data fence), never from `frozen:`;
+- another region whose key says `active:...` at an older epoch becomes `frozen:<it>@<epoch in
+  its key>` (it lost the epoch; it may have been away while that happened);
+- another region with no key, or a `standby:` key of an older epoch, becomes `standby:R@E`; a
+  `frozen:` key is left alone (a returning region: what happens to the data it wrote after
+  the switch is the business of replication's rejoin);
+- a key at a newer epoch than the record is left alone: the record was read before a change
+  that has since reached the key. Freezes likewise only freeze keys below the epoch that took
+  over, so a writer holding an old record can never undo a newer switch.
 
 Every change is one transaction guarded by the key's mod revision as it was read, so two
 writers (an operator and the controller) never undo each other's newer change.
@@ -120,20 +124,26 @@ def target(
     region: str, record: ActiveRegion | None, current: FenceValue | None
 ) -> FenceValue | None:
     """What `region`'s fence key should become, given the global record and what it holds now;
-    None: leave it as it is. Pure (see the module docstring for the rule)."""
-    if record is None:
+    None: leave it as it is. Pure (see the module docstring for the rule).
+
+    A key at a newer epoch than the record is never touched (the record was read before a
+    change that has since reached the key), and a frozen key is never made active again here:
+    a reconcile that read the record just before a switch must not undo that switch's freeze.
+    Only `RegionFence.activate`, called by whoever unfences an epoch, reactivates a region."""
+    if record is None or (current is not None and current.epoch > record.epoch):
         return None
     if region == record.region:
         want = FenceValue.active(region, record.epoch)
-        return want if record.writable and current != want else None
+        if not record.writable or current == want:
+            return None
+        if current is not None and current.state == "frozen":
+            return None
+        return want
     if current is None:
         return FenceValue.standby(record.region, record.epoch)
-    if current.state == "active":
+    if current.state == "active" and current.epoch < record.epoch:
         return FenceValue.frozen(region, current.epoch)
-    if current.state == "standby" and (current.region, current.epoch) != (
-        record.region,
-        record.epoch,
-    ):
+    if current.state == "standby" and current.epoch < record.epoch:
         return FenceValue.standby(record.region, record.epoch)
     return None
 
@@ -191,12 +201,17 @@ class RegionFence:
                 continue  # someone else moved it: look again
         return await self.read(timeout=timeout)
 
-    async def freeze(self, *, timeout: float | None = None) -> FenceRead:
-        """`active:<region>@E` -> `frozen:<region>@E` in one transaction; any other value is
-        left as it is (already fenced)."""
+    async def freeze(
+        self, *, below_epoch: int | None = None, timeout: float | None = None
+    ) -> FenceRead:
+        """`active:<region>@E` -> `frozen:<region>@E` in one transaction, only for E below
+        `below_epoch` (the epoch that took over; None: any): a freeze made for an older
+        record never stops a region activated since. Any other value is left as it is."""
         for _ in range(3):
             now = await self.read(timeout=timeout)
             if now.value is None or now.value.state != "active":
+                return now
+            if below_epoch is not None and now.value.epoch >= below_epoch:
                 return now
             try:
                 return await self.swap(
@@ -215,7 +230,10 @@ class RegionFence:
             now = await self.read(timeout=timeout)
             if now.value == want:
                 return now
-            if now.value is not None and now.value.epoch > epoch:
+            if now.value is not None and (
+                now.value.epoch > epoch
+                or (now.value.state == "frozen" and now.value.epoch == epoch)
+            ):
                 raise FenceChanged(
                     f"{self.region}: the fence key is at epoch {now.value.epoch} ({now.value}); "
                     f"epoch {epoch} is over",
@@ -272,7 +290,7 @@ class RegionFences:
 
         async def one(f: RegionFence) -> FenceRead | None:
             try:
-                return await f.freeze(timeout=timeout)
+                return await f.freeze(below_epoch=record.epoch, timeout=timeout)
             except EtcdError:
                 return None
 

@@ -7,7 +7,9 @@ replicas. Knows nothing of HTTP or processes.
 Keys (under `prefix`, default `/haplane/global/`):
 - `active`: `{"region", "epoch", "since", "by", "reason", "from", "writable", "grantMs",
   "marginMs", "unfenced"}` as JSON;
-- `history/<epoch, 12 digits>`: the record as the epoch began, one per epoch, never rewritten.
+- `history/<epoch, 12 digits>`: the record as the epoch began, one per epoch, never rewritten;
+- `failback`: `{"enabled", "by", "reason", "since"}`, operators' suspension of automatic
+  failback (absent: enabled; an operator's switchover writes `enabled: false`).
 
 Fencing (see `haplane.api.fencing`): the record grants the active region write permission for
 `grantMs` after each successful linearizable read of it, minus `marginMs`. A newly promoted
