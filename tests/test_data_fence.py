@@ -425,3 +425,25 @@ async def test_standby_system_namespaces_need_a_standby_fence_key(
             await regional.delete(f"/registry/namespaces/{ns}".encode())
         await regional.close()
         await control.close()
+
+
+async def test_an_etcd_that_does_not_connect_within_its_timeout_is_no_fence(fenced) -> None:
+    """The client's own timeout, not the permission, ended the wait for a member: the refusal
+    says etcd, not "permission ran out" (both are 503: nothing was sent)."""
+    client, _ = fenced
+    inner = EtcdClient(client.inner.endpoints, timeout=0.2)
+    ready = inner._ready_endpoint
+
+    async def slow_ready(remaining: float, exclude: set[str]) -> str | None:
+        await asyncio.sleep(0.3)
+        return await ready(remaining, exclude)
+
+    inner._ready_endpoint = slow_ready  # type: ignore[method-assign]
+    namespaces = await _fenced_storage(inner, _fence_ending_in(5.0))
+    try:
+        with pytest.raises(StatusError) as info:
+            await namespaces.create(None, {"metadata": {"name": f"df-{uuid.uuid4().hex[:8]}"}})
+    finally:
+        await inner.close()
+    assert info.value.code == 503 and "etcd" in info.value.message
+    assert "permission" not in info.value.message

@@ -151,3 +151,16 @@ def test_the_fence_read_budget_follows_the_grant(fence):
     assert f._read_budget() == pytest.approx(0.75)  # defaults before the first read
     f.observe(ActiveRegion("a", 3, "", "t", "t", grant_ms=4000, margin_ms=500), sent=clock.now)
     assert f._read_budget() == pytest.approx(3.5)  # a far control etcd has time to answer
+
+
+def test_a_lower_epoch_from_a_read_overlapping_the_higher_one_is_ignored(fence):
+    """Sent after the higher epoch's read was sent but before its answer came: the two reads
+    overlapped, and the lower answer may simply be older."""
+    f, clock = fence
+    f.observe(record("a", 6), sent=clock.now)
+    sent_earlier = clock.now - 0.01  # a read sent before the epoch-7 answer arrived...
+    clock.now += 0.05
+    f.observe(record("a", 7), sent=clock.now - 0.04)
+    clock.now += 0.05
+    f.observe(record("a", 6), sent=sent_earlier + 0.05)  # ...answered after it
+    assert f.epoch == 7

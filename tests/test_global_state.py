@@ -122,3 +122,12 @@ async def test_a_first_record_outside_a_brand_new_platform_starts_fenced(state):
     record, created = await state.initialize("a", by="t", reason="t", grant_ms=3000)
     assert created and record.epoch == 1 and not record.writable and record.unfenced is None
     assert record.fence_wait == pytest.approx(3.25)
+
+
+async def test_a_rebuilt_record_starts_above_the_fence_keys_epochs(state):
+    """The control etcd lost its data while the regions' keys name epoch 7: a record at epoch 1
+    would never match a key again (keys never move back)."""
+    record, created = await state.initialize("a", by="t", reason="rebuilt", min_epoch=8)
+    assert created and record.epoch == 8 and not record.writable
+    again, created = await state.initialize("a", by="t", reason="t", min_epoch=20)
+    assert not created and again.epoch == 8  # an existing record is never changed

@@ -32,9 +32,12 @@ frame queued in a socket) can still commit in the old region after the new one t
 **The data fence** (`haplane.store.fence_key`): every write transaction also compares the
 region's fence key with `active:<region>@<epoch this replica holds>`. Whoever moves the epoch
 freezes the old region's key before unfencing the new one (whenever that region's etcd
-answers), so such a late write finds `frozen:` and is refused by etcd itself. When the old
-region's etcd does not answer, it cannot commit anything either; it is frozen as soon as it
-answers again, before any of its replicas has read a record that lets it write.
+answers), so such a late write finds `frozen:` and is refused by etcd itself. Its limit:
+the freeze needs the old region's etcd to answer whoever moves the epoch. A region cut off
+from them (a partition, not a death) keeps its `active:` key until the cut heals, and a write
+of its own replicas that stalled past the time fence can still commit there meanwhile: only
+the time fence covers that gap, as before (the replication issue must not copy such writes:
+they are above the cut). It is frozen as soon as its etcd answers again.
 
 When the global control etcd loses quorum nobody can renew: the active region fences within
 `grant - margin` (safety first; `haplane analyse` reports this as a global write outage).
@@ -103,6 +106,8 @@ class WriteFence:
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._was_permitted = False
+        self._last_refresh: float | None = None
+        self._higher_answered: float | None = None  # when the highest epoch's answer came
         self.first_read = asyncio.Event()
 
     @property
@@ -157,12 +162,13 @@ class WriteFence:
         return True
 
     def observe(self, record: ActiveRegion | None, sent: float) -> None:
-        """Take the answer of a read sent at `sent`. An older epoch than already seen is
-        ignored (answers can arrive out of order)."""
+        """Take the answer of a read sent at `sent`, arriving now. A lower epoch than already
+        seen is ignored when the read was sent before the higher epoch's answer arrived (it
+        may be older: reads can overlap); sent after it, the record really went back."""
         if record is not None and self.record is not None and record.epoch < self.record.epoch:
-            if self.last_ok_send is None or sent <= self.last_ok_send:
-                return  # an older answer arriving late
-            # sent after the read that saw the higher epoch: the record went back
+            if self._higher_answered is None or sent <= self._higher_answered:
+                return  # an older answer arriving late, or a read overlapping the higher one
+            # sent after the higher epoch's answer arrived: the record went back
             log.warning(
                 json.dumps(
                     {
@@ -174,6 +180,8 @@ class WriteFence:
                 )
             )
         old_epoch = self.epoch
+        if record is not None and (self.record is None or record.epoch != old_epoch):
+            self._higher_answered = self.clock()
         self.record = record
         self.last_ok_send = max(sent, self.last_ok_send or sent) if record is not None else None
         self.last_error = None
@@ -234,12 +242,17 @@ class WriteFence:
         if self.state is not None and self._task is None:
             self._task = asyncio.create_task(self._run(), name="write fence")
 
-    async def refresh(self, timeout: float = 0.3) -> ActiveRegion | None:
-        """Read the record now (e.g. when the data fence refused a write, to name the region
-        that is active); the record known afterwards. Errors leave the state as it was."""
+    async def refresh_now(self, timeout: float = 0.3) -> ActiveRegion | None:
+        """Read the record now (when the data fence refused a write, to name the region that
+        is active): the record known afterwards. At most one such read per `poll` (the loop's
+        own reads come as often): refusals in a burst, or a misconfigured key refusing every
+        write, cost the control etcd nothing more. Errors leave the state as it was."""
         if self.state is None:
             return None
         sent = self.clock()
+        if self._last_refresh is not None and sent - self._last_refresh < self.poll:
+            return self.record
+        self._last_refresh = sent
         try:
             async with asyncio.timeout(timeout):
                 record = await self.state.read(timeout=timeout)

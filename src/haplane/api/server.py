@@ -220,7 +220,15 @@ class ApiServer:
         self._storage = store
         for t in self.registry.all():
             self.stores[(t.group, t.version, t.plural)] = self._make_store(t)
-        await self._ensure_system_namespaces()
+        try:
+            await self._ensure_system_namespaces()
+        except StatusError as exc:
+            if exc.code != 503 or not self.fence.enabled:
+                raise
+            # fenced (the region's key not active yet, or no permission): not fatal; tried
+            # again while this replica is permitted, and each time it becomes writable
+            log.info(json.dumps({"msg": "system namespaces not ensured", "error": exc.message}))
+            self._spawn(self._ensure_system_namespaces_later(), "system namespaces")
         crd_rv = await self._sync_all_crds()
         self._crd_task = asyncio.create_task(self._watch_crds(crd_rv), name="crd sync")
         self.controllers = Controllers(
@@ -393,11 +401,28 @@ class ApiServer:
         if self._storage is not None:
             self._spawn(self._ensure_system_namespaces_quietly(), "system namespaces")
 
+    async def _ensure_system_namespaces_later(self, every: float = 2.0) -> None:
+        """Retry while this replica is permitted to write; a fenced replica is covered by
+        `_became_writable`."""
+        while True:
+            await asyncio.sleep(every)
+            if not self.fence.permitted():
+                return
+            try:
+                await self._ensure_system_namespaces()
+                return
+            except (StatusError, EtcdError):
+                continue
+
     async def _ensure_system_namespaces_quietly(self) -> None:
+        """At start and when this replica becomes writable: a refusal (the fence key not set
+        yet, etcd trouble) is tried again the next time it becomes writable."""
         try:
             await self._ensure_system_namespaces()
         except StatusError as exc:
             log.info(json.dumps({"msg": "system namespaces not ensured", "error": exc.message}))
+        except EtcdError as exc:
+            log.info(json.dumps({"msg": "system namespaces not ensured", "error": str(exc)}))
 
     def _journal(self, key: str, revision: int, epoch: int, sent: float, acked: float) -> None:
         assert self._write_log is not None

@@ -52,6 +52,7 @@ from haplane.store import (
     KeyValue,
     Op,
     TxnResult,
+    boottime,
     prefix_end,
 )
 
@@ -351,6 +352,7 @@ class EtcdStorage:
         after the check cannot stretch it), guarded by the fence key; acknowledged ones are
         journaled. The caller's failure ops come back as they were asked."""
         deadline: float | None = None
+        fence_bound = False  # the permission, not the client's timeout, ends the window
         epoch = self.versions.epoch
         if self.fence is not None:
             try:
@@ -359,7 +361,10 @@ class EtcdStorage:
                 raise WriteFenced(str(exc), exc.active) from None
             epoch = permit.epoch
             if permit.deadline != float("inf"):
-                deadline = min(permit.deadline, self.fence.clock() + self.client.timeout)
+                # the permission's end is on the boot clock, as the client's deadlines are
+                timeout_end = boottime() + self.client.timeout
+                deadline = min(permit.deadline, timeout_end)
+                fence_bound = permit.deadline <= timeout_end
         if self.data_fence is not None:
             compares = [*compares, self.data_fence.compare(epoch)]
             failure = [*failure, Op("get", self.data_fence.key)]
@@ -377,6 +382,8 @@ class EtcdStorage:
                 self._observer(op),
             )
         except _WindowClosed as exc:
+            if not fence_bound:  # etcd did not answer in the client's own timeout
+                raise Unavailable(f"no etcd member could take the write: {exc}") from None
             active = self.fence.record.region if self.fence and self.fence.record else None
             raise WriteFenced(
                 f"the write permission ran out before the request could be sent ({exc})", active
@@ -403,15 +410,20 @@ class EtcdStorage:
                 f"region {region}'s fence key changed since it was read (now {v}): nothing written",
                 v.region if v is not None and v.state == "standby" else None,
             )
-        record = await self.fence.refresh() if self.fence is not None else None
+        record = await self.fence.refresh_now() if self.fence is not None else None
         elsewhere = record.region if record is not None and record.region != region else None
+        where = (
+            f"; writes go to region {elsewhere} (epoch {record.epoch})"
+            if record is not None and elsewhere
+            else ""
+        )
         if v is None:
             what = (
                 "has no fence key (fenced until `haplane up` or the failover controller sets it)"
                 if found.raw is None
                 else f"has a malformed fence key {found.raw!r}"
             )
-            return WriteFenced(f"region {region} {what}", elsewhere)
+            return WriteFenced(f"region {region} {what}{where}", elsewhere)
         if v.state == "standby":
             return WriteFenced(
                 f"region {region} is a standby of {v.region} (epoch {v.epoch}): the data fence "
@@ -421,17 +433,12 @@ class EtcdStorage:
         if v.state == "frozen":
             return WriteFenced(
                 f"region {region} has been frozen since epoch {v.epoch}: the data fence refused "
-                "the write"
-                + (
-                    f"; writes go to region {elsewhere} (epoch {record.epoch})"
-                    if record and elsewhere
-                    else ""
-                ),
+                f"the write{where}",
                 elsewhere,
             )
         return WriteFenced(
             f"region {region} is active in epoch {v.epoch}, this replica wrote under epoch "
-            f"{epoch}: the data fence refused the write",
+            f"{epoch}: the data fence refused the write{where}",
             region if v.epoch > epoch else elsewhere,
         )
 

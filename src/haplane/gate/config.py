@@ -143,9 +143,10 @@ class ControllerConfig(BaseModel):
     report_interval: float = Field(default=0.2, gt=0)
     tick: float = Field(default=0.1, gt=0)
     lease_ttl: int = Field(default=1, ge=1)
-    # every region's etcd client endpoints, for the fence key `/haplane/fence` in each (empty:
-    # the controller manages no fence keys); when given, every region in `priority` is named
-    region_etcd: dict[str, list[str]] = Field(default_factory=dict)
+    # every region's etcd client endpoints, for the fence key `/haplane/fence` in each: API
+    # replicas under a global control etcd compare it in every write, so a controller that
+    # could not set it would leave a promoted region unwritable (every region in `priority`)
+    region_etcd: dict[str, list[str]] = Field(min_length=1)
     fence_interval: float = Field(default=0.5, gt=0)
     fence_timeout: float = Field(default=0.5, gt=0)
 
@@ -163,7 +164,7 @@ class ControllerConfig(BaseModel):
         cls, value: dict[str, list[str]], info: ValidationInfo
     ) -> dict[str, list[str]]:
         priority = info.data.get("priority")
-        if not value or priority is None:
+        if priority is None:
             return value
         missing = [r for r in priority if not value.get(r)]
         unknown = sorted(set(value) - set(priority))

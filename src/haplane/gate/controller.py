@@ -43,7 +43,8 @@ stale `active:` key is frozen, missing keys are set, standbys follow the epoch. 
 beside the decisions (a dead region's timeout never delays a failover) and is cancelled while
 an action runs, so no pass ever writes from a record older than the action's. Every key
 change it sees is one `fence_key` log line; `report()` shows the keys as last read. Without
-`region_etcd` (a hand-written config) it manages no fence keys.
+`region_etcd` it cannot set a promoted region's key, so it never unfences (the gate's config
+requires `region_etcd`).
 
 When the global control etcd has no quorum nobody can report, lead or switch: the controller
 waits, and the active region's replicas fence themselves (see `haplane.api.fencing`).
@@ -127,7 +128,7 @@ class FailoverController:
         self._fence_pass: asyncio.Task[None] | None = None
         self._acting = False
         self._fence_wake = asyncio.Event()
-        self._unfence_deferred: str | None = None  # why, as last logged
+        self._unfence_deferred: tuple[str, int] | None = None  # (region, epoch) last logged
         self._tasks: list[asyncio.Task[None]] = []
         self._client: EtcdClient | None = None
         self._started = time.monotonic()
@@ -495,24 +496,29 @@ class FailoverController:
         """Before unfencing `record`: freeze the others again, then set its region's key to
         `active:<region>@<epoch>`. False (and logged once): that key could not be set, so the
         record must stay unwritable for now."""
-        if self._fences is None:
-            return True  # no regional etcd configured: no data fence to manage
-        await self._freeze_others(record)
-        fence = self._fences.fences.get(record.region)
+        fence = self._fences.fences.get(record.region) if self._fences is not None else None
         if fence is None:
-            why = f"no etcd is configured for region {record.region}"
+            why = f"no etcd is configured for region {record.region}: its fence key cannot be set"
         else:
-            try:
-                read = await fence.activate(record.epoch, timeout=self.settings.fence_timeout)
-            except (EtcdError, FenceChanged) as exc:
-                why = f"{record.region}'s fence key could not be set: {exc}"
+            # the others again (one may answer only now) beside the activation, not before
+            # it: a partitioned old region must not add its timeout to the unfence
+
+            async def activate() -> FenceRead | str:
+                try:
+                    return await fence.activate(record.epoch, timeout=self.settings.fence_timeout)
+                except (EtcdError, FenceChanged) as exc:
+                    return f"{record.region}'s fence key could not be set: {exc}"
+
+            _, activated = await asyncio.gather(self._freeze_others(record), activate())
+            if isinstance(activated, str):
+                why = activated
             else:
                 self._unfence_deferred = None
-                self._note_fences({record.region: read}, "activate", record.epoch)
+                self._note_fences({record.region: activated}, "activate", record.epoch)
                 return True
         self.error = why
-        if why != self._unfence_deferred:
-            self._unfence_deferred = why
+        if (record.region, record.epoch) != self._unfence_deferred:
+            self._unfence_deferred = (record.region, record.epoch)
             self._log("unfence_deferred", region=record.region, epoch=record.epoch, reason=why)
         return False
 
@@ -585,6 +591,7 @@ class FailoverController:
 
     def report(self) -> dict[str, Any]:
         d = self.last_decision
+        seen = next(iter(self._epoch_seen.items()), None)
         return {
             "leading": self.leading,
             "leader": self.leader,
@@ -601,6 +608,11 @@ class FailoverController:
             if self._fence_keys_at is None
             else round(time.monotonic() - self._fence_keys_at, 3),
             "failback_setting": None if self.failback is None else self.failback.as_dict(),
+            # how long this instance has known the current epoch: its hysteresis and
+            # failback count from here (drills wait on it)
+            "epoch_seen": None
+            if seen is None
+            else {"epoch": seen[0], "for": round(time.monotonic() - seen[1], 3)},
         }
 
 

@@ -360,6 +360,47 @@ async def _read_back(
     return found, problems
 
 
+async def _epoch_known_for(state: StateDir, epoch: int) -> float:
+    """The shortest time any reachable failover controller has known `epoch` (0 for one that
+    has not seen it yet): what its hysteresis counts. The record's own age when no controller
+    answers (a topology without gates)."""
+    report = await gather_status(state, timeout=1.0)
+    known = []
+    for edge in report.edges:
+        seen = (edge.controller or {}).get("epoch_seen")
+        if edge.controller is None or not seen:
+            continue
+        known.append(float(seen["for"]) if seen.get("epoch") == epoch else 0.0)
+    if known:
+        return min(known)
+    record = report.global_state.active if report.global_state else None
+    return ActiveRegion(**_record_fields(record)).age() if record else float("inf")
+
+
+def _record_fields(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "region": record["region"],
+        "epoch": record["epoch"],
+        "since": record.get("since", ""),
+        "by": record.get("by", ""),
+        "reason": record.get("reason", ""),
+    }
+
+
+async def _wait_out_hysteresis(
+    state: StateDir, epoch: int, min_interval: float, progress: Callable[[str], None]
+) -> None:
+    """Until every reachable controller has known `epoch` for `min_interval` + 0.5 s."""
+    while True:
+        left = min_interval + 0.5 - await _epoch_known_for(state, epoch)
+        if left <= 0:
+            return
+        progress(
+            f"waiting {left:.1f}s: a controller has known epoch {epoch} for less than minIntervalMs"
+        )
+        await asyncio.sleep(min(left, 5.0))
+
+
 async def run_drill(
     state: StateDir,
     scenario: str,
@@ -385,12 +426,10 @@ async def run_drill(
     if not before.writable:
         raise DrillError(f"epoch {before.epoch} is not writable yet; try again in a moment")
     min_interval = failover.min_interval_ms / 1000
-    settle = min_interval + 1.0 - before.age()
-    if settle > 0:
-        # within minIntervalMs the hysteresis holds back a failover: one that must happen
-        # would wait, and one that must not would not show a wrong vote
-        progress(f"waiting {settle:.1f}s: the last change is younger than minIntervalMs")
-        await asyncio.sleep(settle)
+    # within minIntervalMs the hysteresis holds back a failover: one that must happen would
+    # wait, and one that must not would not show a wrong vote. It counts on each controller's
+    # own clock from when it first saw the epoch (a gate restarted since counts from its start)
+    await _wait_out_hysteresis(state, before.epoch, min_interval, progress)
     ctx = DrillContext(state, topology, plan, FaultInjector(state.socket), before.region)
     gates = sorted({f"http://{g.host}:{g.port}" for g in plan.gates})
     run_id = uuid.uuid4().hex[:8]
@@ -408,7 +447,7 @@ async def run_drill(
     undo: Undo | None = None
     try:
         await asyncio.sleep(warmup)
-        since_change = before.age()
+        since_change = await _epoch_known_for(state, before.epoch)
         t_fault = drill.now()
         detail, undo = await _inject(ctx, scenario, blip or failover.down_after_ms / 2000)
         events.append(Event(t_fault, "fault", detail))

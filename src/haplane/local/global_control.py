@@ -102,15 +102,17 @@ async def switch(
         raise FailoverError(f"{to} is already the active region (epoch {before.epoch})")
     epoch = before.epoch if expected_epoch is None else expected_epoch
     who = by or operator()
-    # an operator chose where the platform runs: automatic failback waits for `haplane
-    # failback on` (written first, so no failback can follow this switch before it)
-    await state.set_failback(False, by=who, reason=f"operator switchover to {to}")
     try:
         after = await state.switch(to, expected_epoch=epoch, by=who, reason=reason)
     except StaleEpoch as exc:
         raise FailoverError(f"refused: {exc}; look again with `haplane status`") from exc
     committed = time.monotonic()
+    # An operator chose where the platform runs: automatic failback waits for `haplane
+    # failback on`. Written after the commit (a refused switch suspends nothing); no failback
+    # can come first: it waits `failbackAfterMs` from the controller's first sight of the
+    # epoch, which is not writable before the fence wait anyway.
     await fences.freeze_others(after, timeout=0.5)
+    await state.set_failback(False, by=who, reason=f"operator switchover to {to}")
     if unfence:
         after = await unfence_after_wait(state, fences, after, committed)
     return before, after
@@ -123,9 +125,13 @@ async def unfence_after_wait(
     freeze the other regions again (one may have answered only now), make the new region's
     fence key `active:` (required: without it its replicas could not write), then unfence."""
     await asyncio.sleep(max(0.0, committed + record.fence_wait - time.monotonic()))
-    await fences.freeze_others(record, timeout=0.5)
     try:
-        await fences[record.region].activate(record.epoch, timeout=2.0)
+        # the others again (one may answer only now) beside the activation: a partitioned
+        # old region must not add its timeout to the unfence
+        await asyncio.gather(
+            fences.freeze_others(record, timeout=0.5),
+            fences[record.region].activate(record.epoch, timeout=2.0),
+        )
     except (EtcdError, FenceChanged) as exc:
         raise FailoverError(
             f"epoch {record.epoch} was committed, but region {record.region}'s fence key could "

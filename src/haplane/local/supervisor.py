@@ -134,7 +134,7 @@ class Supervisor:
                 *(self._start_cluster(c, ports, timeout) for c in self.clusters)
             )
             await self._record_first_active_region(fresh=all(fresh))
-            await self._reconcile_fences()  # before any replica can start
+            await self._reconcile_fences(activate=True)  # before any replica or gate starts
             self.replicas = resolve_replicas(self.topology, ports, self.clusters)
             self.balancers = resolve_balancers(self.topology, ports, self.clusters, self.replicas)
             self.gates = resolve_gates(self.topology, ports, self.clusters, self.balancers)
@@ -250,6 +250,12 @@ class Supervisor:
         endpoints = global_plan(self.clusters).endpoints
         first = self.topology.region_priority()[0]
         failover = self.topology.spec.global_.failover
+        endpoints_of = self._region_endpoints()
+        fences = RegionFences({r: EtcdClient(e, timeout=1.0) for r, e in endpoints_of.items()})
+        try:
+            highest = await fences.highest_epoch(timeout=1.0)
+        finally:
+            await fences.close()
         async with EtcdClient(endpoints, timeout=2.0) as client:
             record, created = await GlobalState(client).initialize(
                 first,
@@ -257,7 +263,8 @@ class Supervisor:
                 reason="first start: the region of highest priority",
                 grant_ms=failover.grant_ms,
                 margin_ms=failover.safety_margin_ms,
-                fresh=fresh,
+                fresh=fresh and highest == 0,
+                min_epoch=highest + 1,
             )
         self.progress(
             f"active region: {record.region} (epoch {record.epoch}"
@@ -268,12 +275,15 @@ class Supervisor:
     def _region_endpoints(self) -> dict[str, list[str]]:
         return {c.view.scope: c.endpoints for c in self.clusters if c.view.scope != GLOBAL_SCOPE}
 
-    async def _reconcile_fences(self, regions: list[str] | None = None) -> None:
+    async def _reconcile_fences(
+        self, regions: list[str] | None = None, *, activate: bool = False
+    ) -> None:
         """Bring each region's fence key in line with the global record
-        (`haplane.store.fence_key.target`): the active region `active:` once writable, the
-        others `standby:`, a returning region that still says `active:` frozen. At `up`
-        before any replica starts (state dirs from before the data fence get their keys
-        here), and before every start of a replica (a region that was away)."""
+        (`haplane.store.fence_key.target`): the others `standby:`, a returning region that
+        still says `active:` frozen; with `activate` (only at `up`, before any replica or
+        gate runs: state dirs from before the data fence get their keys here) also the active
+        region `active:` when the record is writable. Before every start of a replica too (a
+        region that was away)."""
         endpoints = self._region_endpoints()
         wanted = regions if regions is not None else list(endpoints)
         clients = {r: EtcdClient(endpoints[r], timeout=1.0) for r in wanted}
@@ -281,7 +291,7 @@ class Supervisor:
         try:
             async with EtcdClient(global_plan(self.clusters).endpoints, timeout=1.0) as control:
                 record = await GlobalState(control).read()
-            after = await fences.reconcile_all(record)
+            after = await fences.reconcile_all(record, activate=activate)
         except EtcdError as exc:
             self.progress(f"warning: fence keys not checked: {exc}")
             return

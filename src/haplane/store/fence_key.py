@@ -21,16 +21,18 @@ controller and `haplane failover` write it (`RegionFences`).
 
 Transitions (`target`, pure): given the global record (active region R, epoch E, writable):
 - R's key becomes `active:R@E` by whoever unfences E (`RegionFence.activate`, just before the
-  unfence); a reconcile sets it only when the record is already writable and the key is
-  missing or older (a state dir from before the data fence), never from `frozen:`;
+  unfence); a reconcile sets it only at `haplane up`, when the record is already writable and
+  the key is missing or older (a state dir from before the data fence), never from `frozen:`;
 - another region whose key says `active:...` at an older epoch becomes `frozen:<it>@<epoch in
   its key>` (it lost the epoch; it may have been away while that happened);
 - another region with no key, or a `standby:` key of an older epoch, becomes `standby:R@E`; a
   `frozen:` key is left alone (a returning region: what happens to the data it wrote after
   the switch is the business of replication's rejoin);
 - a key at a newer epoch than the record is left alone: the record was read before a change
-  that has since reached the key. Freezes likewise only freeze keys below the epoch that took
-  over, so a writer holding an old record can never undo a newer switch.
+  that has since reached the key. Right after a switch to epoch E, every other region's key
+  below E moves on (`RegionFence.step_down`: `active:` to `frozen:`, the rest to `standby:R@E`),
+  so a writer holding an older record can never undo the switch: its compare-and-swap was
+  prepared from a read the step-down has since changed, and later reads show epoch E.
 
 Every change is one transaction guarded by the key's mod revision as it was read, so two
 writers (an operator and the controller) never undo each other's newer change.
@@ -121,20 +123,26 @@ class FenceRead:
 
 
 def target(
-    region: str, record: ActiveRegion | None, current: FenceValue | None
+    region: str,
+    record: ActiveRegion | None,
+    current: FenceValue | None,
+    *,
+    activate: bool = False,
 ) -> FenceValue | None:
     """What `region`'s fence key should become, given the global record and what it holds now;
     None: leave it as it is. Pure (see the module docstring for the rule).
 
     A key at a newer epoch than the record is never touched (the record was read before a
-    change that has since reached the key), and a frozen key is never made active again here:
-    a reconcile that read the record just before a switch must not undo that switch's freeze.
-    Only `RegionFence.activate`, called by whoever unfences an epoch, reactivates a region."""
+    change that has since reached the key), and the recorded region's key is made active only
+    with `activate` (`haplane up`, before any replica or gate runs, on a state dir from before
+    the data fence), never from `frozen:`: a reconcile that read the record just before a
+    switch must not undo that switch. Otherwise only `RegionFence.activate`, called by
+    whoever unfences an epoch, makes a region writable."""
     if record is None or (current is not None and current.epoch > record.epoch):
         return None
     if region == record.region:
         want = FenceValue.active(region, record.epoch)
-        if not record.writable or current == want:
+        if not activate or not record.writable or current == want:
             return None
         if current is not None and current.state == "frozen":
             return None
@@ -187,12 +195,12 @@ class RegionFence:
         return FenceRead(value, r.revision, value.encode())
 
     async def reconcile(
-        self, record: ActiveRegion | None, *, timeout: float | None = None
+        self, record: ActiveRegion | None, *, activate: bool = False, timeout: float | None = None
     ) -> FenceRead:
         """Bring the key to `target(...)` (at most one compare-and-swap); what it holds after."""
         for _ in range(3):
             now = await self.read(timeout=timeout)
-            want = target(self.region, record, now.value)
+            want = target(self.region, record, now.value, activate=activate)
             if want is None:
                 return now
             try:
@@ -201,22 +209,40 @@ class RegionFence:
                 continue  # someone else moved it: look again
         return await self.read(timeout=timeout)
 
-    async def freeze(
-        self, *, below_epoch: int | None = None, timeout: float | None = None
-    ) -> FenceRead:
-        """`active:<region>@E` -> `frozen:<region>@E` in one transaction, only for E below
-        `below_epoch` (the epoch that took over; None: any): a freeze made for an older
-        record never stops a region activated since. Any other value is left as it is."""
+    async def freeze(self, *, timeout: float | None = None) -> FenceRead:
+        """`active:<region>@E` -> `frozen:<region>@E` in one transaction; any other value is
+        left as it is."""
         for _ in range(3):
             now = await self.read(timeout=timeout)
             if now.value is None or now.value.state != "active":
-                return now
-            if below_epoch is not None and now.value.epoch >= below_epoch:
                 return now
             try:
                 return await self.swap(
                     now, FenceValue.frozen(self.region, now.value.epoch), timeout=timeout
                 )
+            except FenceChanged:
+                continue
+        return await self.read(timeout=timeout)
+
+    async def step_down(self, record: ActiveRegion, *, timeout: float | None = None) -> FenceRead:
+        """After `record` took over, for a region other than `record.region`: a key below its
+        epoch moves on in one transaction, `active:` to `frozen:`, anything else (missing,
+        `standby:`) to `standby:<record.region>@<epoch>`; `frozen:` keys and keys at or above
+        the epoch are left alone (a writer holding an older record can never undo a newer
+        switch). Moving every key on, not only `active:` ones, makes any compare-and-swap
+        prepared from a read before the switch fail."""
+        for _ in range(3):
+            now = await self.read(timeout=timeout)
+            v = now.value
+            if v is not None and (v.epoch >= record.epoch or v.state == "frozen"):
+                return now
+            want = (
+                FenceValue.frozen(self.region, v.epoch)
+                if v is not None and v.state == "active"
+                else FenceValue.standby(record.region, record.epoch)
+            )
+            try:
+                return await self.swap(now, want, timeout=timeout)
             except FenceChanged:
                 continue
         return await self.read(timeout=timeout)
@@ -269,13 +295,13 @@ class RegionFences:
         return dict(zip(self.fences, reads, strict=True))
 
     async def reconcile_all(
-        self, record: ActiveRegion | None, *, timeout: float | None = None
+        self, record: ActiveRegion | None, *, activate: bool = False, timeout: float | None = None
     ) -> dict[str, FenceRead | None]:
         """`RegionFence.reconcile` in every region that answers (None for the others)."""
 
         async def one(f: RegionFence) -> FenceRead | None:
             try:
-                return await f.reconcile(record, timeout=timeout)
+                return await f.reconcile(record, activate=activate, timeout=timeout)
             except EtcdError:
                 return None
 
@@ -285,18 +311,25 @@ class RegionFences:
     async def freeze_others(
         self, record: ActiveRegion, *, timeout: float | None = None
     ) -> dict[str, FenceRead | None]:
-        """Freeze every region but `record.region` whose etcd answers (a dead region is left
-        to the time-based fence, and frozen when it answers again)."""
+        """`RegionFence.step_down` in every region but `record.region` whose etcd answers (a
+        region that does not is left to the time-based fence, and frozen when it answers)."""
 
         async def one(f: RegionFence) -> FenceRead | None:
             try:
-                return await f.freeze(below_epoch=record.epoch, timeout=timeout)
+                return await f.step_down(record, timeout=timeout)
             except EtcdError:
                 return None
 
         others = [f for r, f in self.fences.items() if r != record.region]
         reads = await asyncio.gather(*(one(f) for f in others))
         return {f.region: r for f, r in zip(others, reads, strict=True)}
+
+    async def highest_epoch(self, *, timeout: float | None = None) -> int:
+        """The highest epoch any region's key names (0: none answered or none has a key): a
+        global record rebuilt after the control etcd lost its data must start above it, or
+        no key would ever let a region write again."""
+        reads = await self.read_all(timeout=timeout)
+        return max((r.value.epoch for r in reads.values() if r and r.value), default=0)
 
     async def close(self) -> None:
         for f in self.fences.values():

@@ -139,6 +139,7 @@ class GlobalState:
         grant_ms: int = DEFAULT_GRANT_MS,
         margin_ms: int = DEFAULT_MARGIN_MS,
         fresh: bool = False,
+        min_epoch: int = 1,
     ) -> tuple[ActiveRegion, bool]:
         """Record `region` as active if no active region is recorded; (record, created). An
         existing record is never changed here (a restart must not undo a failover). The epoch
@@ -150,9 +151,14 @@ class GlobalState:
         grant may still run, held by a replica that read a record since lost (a wiped or
         restored control etcd): the record starts fenced and whoever unfences it waits its
         fence wait first, with the grant and margin at least as large as any configured or
-        recorded (`grant_ms`, `margin_ms` are the caller's largest configured values)."""
+        recorded (`grant_ms`, `margin_ms` are the caller's largest configured values).
+
+        `min_epoch`: the lowest epoch the new record may have, above every epoch the regions'
+        fence keys name (`RegionFences.highest_epoch` + 1): a record rebuilt in a control etcd
+        that lost its history must not start below them, or no key would ever let a region
+        write again (fence keys never move back)."""
         history = await self.history(1)
-        epoch = history[-1].epoch + 1 if history else 1
+        epoch = max(history[-1].epoch + 1 if history else 1, min_epoch)
         if history:  # an earlier grant may still run: never wait less than it lasts
             grant_ms = max(grant_ms, history[-1].grant_ms)
             margin_ms = max(margin_ms, history[-1].margin_ms)

@@ -321,8 +321,9 @@ def _runbook(topology: Topology) -> list[str]:
         "(`frozen:`) whenever that region's etcd answers, and unfences the new region "
         f"{f.grant_ms} + {f.safety_margin_ms} ms later, after setting its fence key `active:`; "
         "the old region's replicas stop writing within "
-        f"{f.grant_ms - f.safety_margin_ms} ms of losing the global state, and a write of "
-        "theirs that stalled past that is refused by their own etcd (the fence key)."
+        f"{f.grant_ms - f.safety_margin_ms} ms of losing the global state, and once its key "
+        "is frozen a write of theirs that stalled past that is refused by their own etcd (a "
+        "region cut off from the controller is frozen only when the cut heals)."
         if f.automatic
         else "Automatic failover is off (`failover.automatic: false`): the controller only "
         "reports; an operator switches."
