@@ -122,16 +122,14 @@ async def unfence_after_wait(
     state: GlobalState, fences: RegionFences, record: ActiveRegion, committed: float
 ) -> ActiveRegion:
     """Unfence `record`'s epoch once `fence_wait` has passed since `committed` (monotonic):
-    freeze the other regions again (one may have answered only now), make the new region's
-    fence key `active:` (required: without it its replicas could not write), then unfence."""
+    make the new region's fence key `active:` (required: without it its replicas could not
+    write), then unfence."""
     await asyncio.sleep(max(0.0, committed + record.fence_wait - time.monotonic()))
     try:
-        # the others again (one may answer only now) beside the activation: a partitioned
-        # old region must not add its timeout to the unfence
-        await asyncio.gather(
-            fences.freeze_others(record, timeout=0.5),
-            fences[record.region].activate(record.epoch, timeout=2.0),
-        )
+        # the other regions were stepped down right after the commit (one that did not answer
+        # is frozen by the controller's reconcile once it does): not again here, where a
+        # partitioned region's timeout would delay the unfence
+        await fences[record.region].activate(record.epoch, timeout=2.0)
     except (EtcdError, FenceChanged) as exc:
         raise FailoverError(
             f"epoch {record.epoch} was committed, but region {record.region}'s fence key could "
