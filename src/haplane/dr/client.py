@@ -172,7 +172,7 @@ class DrillClient:
         req = self._request(loop)
         body = None if req.body is None else json.dumps(req.body).encode()
         invoked = self.now()
-        status = region = epoch = error = doc = None
+        status = region = epoch = error = doc = message = None
         try:
             async with session.request(
                 req.method, url + req.path, data=body, headers={"Content-Type": "application/json"}
@@ -184,6 +184,7 @@ class DrillClient:
                 epoch = int(epoch_h) if epoch_h and epoch_h.isdigit() else None
                 if status >= 300 and not (req.kind == "get" and status == 404):
                     error = f"http-{status}"  # (a get's 404 is an answer: absent there)
+                    message = _status_message(raw)
                 elif status < 300 and req.kind != "read":
                     doc = json.loads(raw)
         except aiohttp.ClientConnectorError:
@@ -212,6 +213,7 @@ class DrillClient:
             revision=_version_field(_version(doc), 0),
             basis_region=basis.region if basis is not None and req.kind == "update" else None,
             basis_epoch=basis.epoch if basis is not None and req.kind == "update" else None,
+            message=message,
         )
         if basis is not None:
             self._learn(req.key, op, _version(doc))
@@ -280,3 +282,13 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _status_message(raw: bytes) -> str:
+    """A refusal's Kubernetes Status message (or the start of whatever else came back)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return raw[:300].decode(errors="replace")
+    text = doc.get("message") if isinstance(doc, dict) else None
+    return str(text if text is not None else doc)[:300]

@@ -148,6 +148,7 @@ class Operation:
     # update: the region and epoch of the version (or of the absence) the update was based on
     basis_region: str | None = None
     basis_epoch: int | None = None
+    message: str | None = None  # a refusal's Status message (first 300 characters)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +166,7 @@ class Operation:
             "revision": self.revision,
             "basis_region": self.basis_region,
             "basis_epoch": self.basis_epoch,
+            "message": self.message,
         }
 
     @classmethod
@@ -184,6 +186,7 @@ class Operation:
             revision=_opt_int(d, "revision"),
             basis_region=_opt_str(d, "basis_region"),
             basis_epoch=_opt_int(d, "basis_epoch"),
+            message=_opt_str(d, "message"),
         )
 
 
