@@ -79,7 +79,7 @@ class FakeApi:
             elif request.method == "GET":
                 doc = self._object(region, name)
             elif body["metadata"]["resourceVersion"] != self._version(region, held[name][0]):
-                status = 409
+                status, doc = 409, {"kind": "Status", "code": 409, "message": "modified"}
             else:
                 doc = self._write(region, name, body)
         return web.json_response(doc, status=status, headers=headers)
@@ -172,6 +172,7 @@ async def test_acknowledged_updates_that_the_server_drops_are_found(
     assert r.lost_updates and r.stale_reads
     assert r.errors_by_kind.get("http-409")  # the next update's precondition fails
     assert r.expected_conflicts == ()  # in the same epoch: no excuse
+    assert {o.message for o in r.operations if o.status == 409} == {"modified"}
     problems = verdict(r)
     assert any("update(s) lost" in p for p in problems)
     assert any("stale read(s)" in p for p in problems)

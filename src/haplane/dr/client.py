@@ -280,10 +280,6 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(run())
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _status_message(raw: bytes) -> str:
     """A refusal's Kubernetes Status message (or the start of whatever else came back)."""
     try:
@@ -292,3 +288,7 @@ def _status_message(raw: bytes) -> str:
         return raw[:300].decode(errors="replace")
     text = doc.get("message") if isinstance(doc, dict) else None
     return str(text if text is not None else doc)[:300]
+
+
+if __name__ == "__main__":
+    main()
