@@ -53,7 +53,8 @@ CASES = [
     ("a", rec("a", 2), F("a", 2), None),  # frozen by a newer switch: only activate() undoes
     ("a", rec("a", 3), F("a", 2), None),
     ("b", rec("a", 2), A("b", 3), None),  # a key newer than the record: the record is stale
-    ("b", rec("a", 2), A("b", 2), None),
+    ("b", rec("a", 2), A("b", 2), F("b", 2)),  # nobody else is active in the record's epoch
+    ("a", rec("a", 3), A("a", 2), F("a", 2)),  # the new region's own stale key, until activated
     ("b", rec("a", 2), S("a", 3), None),
 ]
 
@@ -65,12 +66,14 @@ def test_target(region, record, current, wanted) -> None:
         assert target(region, record, current, activate=True) == wanted
 
 
-UP_CASES = [  # `haplane up`, before anything runs: the recorded region may be activated
+UP_CASES = [  # `haplane up` and the controller's reconcile: the recorded region may be activated
     (rec("a", 1), None, A("a", 1)),  # a state dir from before the data fence
     (rec("a", 2), S("b", 1), A("a", 2)),  # writable: every old grant has run out
     (rec("a", 2, writable=False), S("b", 1), None),  # the unfencer activates it
     (rec("a", 2), F("a", 2), None),  # frozen: never from a reconcile
     (rec("a", 2), A("a", 3), None),
+    (rec("a", 2), A("a", 1), A("a", 2)),
+    (rec("a", 2, writable=False), A("a", 1), F("a", 1)),
 ]
 
 

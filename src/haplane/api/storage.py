@@ -419,7 +419,8 @@ class EtcdStorage:
         )
         if v is None:
             what = (
-                "has no fence key (fenced until `haplane up` or the failover controller sets it)"
+                "has no fence key (fenced until `haplane up`, an unfence or the failover "
+                "controller's reconcile sets it)"
                 if found.raw is None
                 else f"has a malformed fence key {found.raw!r}"
             )

@@ -40,7 +40,8 @@ The leader, every `tick`:
 
 The leader also reconciles every fence key with the record (`RegionFences.reconcile_all`) at
 once when it takes the lead and every `fence_interval` after: a region that comes back with a
-stale `active:` key is frozen, missing keys are set, standbys follow the epoch. A pass runs
+stale `active:` key is frozen, missing keys are set (the writable active region's too, never
+from `frozen:`), standbys follow the epoch. A pass runs
 beside the decisions (a dead region's timeout never delays a failover) and is cancelled while
 an action runs, so no pass ever writes from a record older than the action's. Every key
 change it sees is one `fence_key` log line; `report()` shows the keys as last read. Without
@@ -550,7 +551,12 @@ class FailoverController:
         record = await state.read()
         if record is None:
             return
-        reads = await self._fences.reconcile_all(record, timeout=self.settings.fence_timeout)
+        # activate=True: a writable record's region whose key is missing or older (lost, or
+        # an `up` whose one attempt failed) gets it back; never from `frozen:`, and a record
+        # older than a switch cannot do it (the switch's step-down moved the key on first)
+        reads = await self._fences.reconcile_all(
+            record, activate=True, timeout=self.settings.fence_timeout
+        )
         self._note_fences(reads, "reconcile", record.epoch)
 
     def _note_fences(self, reads: dict[str, FenceRead | None], source: str, epoch: int) -> None:

@@ -367,9 +367,9 @@ async def _epoch_known_for(state: StateDir, epoch: int) -> float:
     report = await gather_status(state, timeout=1.0)
     known = []
     for edge in report.edges:
-        seen = (edge.controller or {}).get("epoch_seen")
-        if edge.controller is None or not seen:
+        if edge.controller is None:
             continue
+        seen = edge.controller.get("epoch_seen") or {}  # none yet: a gate just started
         known.append(float(seen["for"]) if seen.get("epoch") == epoch else 0.0)
     if known:
         return min(known)
@@ -390,11 +390,21 @@ def _record_fields(record: dict[str, Any]) -> dict[str, Any]:
 async def _wait_out_hysteresis(
     state: StateDir, epoch: int, min_interval: float, progress: Callable[[str], None]
 ) -> None:
-    """Until every reachable controller has known `epoch` for `min_interval` + 0.5 s."""
+    """Until every reachable controller has known `epoch` for `min_interval` + 0.5 s; a
+    `DrillError` when the epoch moves meanwhile or the wait runs 30 s past the interval."""
+    give_up = time.monotonic() + min_interval + 30.0
     while True:
         left = min_interval + 0.5 - await _epoch_known_for(state, epoch)
         if left <= 0:
             return
+        report = await gather_status(state, timeout=1.0)
+        now = report.global_state.active if report.global_state else None
+        if now is not None and now.get("epoch") != epoch:
+            raise DrillError(f"the epoch moved from {epoch} to {now.get('epoch')}; try again")
+        if time.monotonic() > give_up:
+            raise DrillError(
+                f"a failover controller still has not known epoch {epoch} for minIntervalMs"
+            )
         progress(
             f"waiting {left:.1f}s: a controller has known epoch {epoch} for less than minIntervalMs"
         )

@@ -112,7 +112,15 @@ async def switch(
     # can come first: it waits `failbackAfterMs` from the controller's first sight of the
     # epoch, which is not writable before the fence wait anyway.
     await fences.freeze_others(after, timeout=0.5)
-    await state.set_failback(False, by=who, reason=f"operator switchover to {to}")
+    try:
+        await state.set_failback(False, by=who, reason=f"operator switchover to {to}")
+    except EtcdError:  # the switch stands: say so, and let `haplane failback off` repeat it
+        import sys
+
+        print(
+            "warning: automatic failback could not be suspended; run `haplane failback off`",
+            file=sys.stderr,
+        )
     if unfence:
         after = await unfence_after_wait(state, fences, after, committed)
     return before, after

@@ -21,9 +21,10 @@ controller and `haplane failover` write it (`RegionFences`).
 
 Transitions (`target`, pure): given the global record (active region R, epoch E, writable):
 - R's key becomes `active:R@E` by whoever unfences E (`RegionFence.activate`, just before the
-  unfence); a reconcile sets it only at `haplane up`, when the record is already writable and
-  the key is missing or older (a state dir from before the data fence), never from `frozen:`;
-- another region whose key says `active:...` at an older epoch becomes `frozen:<it>@<epoch in
+  unfence); a reconcile with `activate` (`haplane up`, the controller's passes) sets it when the
+  record is already writable and the key is missing or older (a state dir from before the data
+  fence, a lost key), never from `frozen:`; without, an older `active:` key of its is frozen;
+- another region whose key says `active:...` (at the record's epoch or older) becomes `frozen:<it>@<epoch in
   its key>` (it lost the epoch; it may have been away while that happened);
 - another region with no key, or a `standby:` key of an older epoch, becomes `standby:R@E`; a
   `frozen:` key is left alone (a returning region: what happens to the data it wrote after
@@ -142,14 +143,16 @@ def target(
         return None
     if region == record.region:
         want = FenceValue.active(region, record.epoch)
-        if not activate or not record.writable or current == want:
+        if current == want or (current is not None and current.state == "frozen"):
             return None
-        if current is not None and current.state == "frozen":
-            return None
-        return want
+        if activate and record.writable:
+            return want
+        if current is not None and current.state == "active":
+            return FenceValue.frozen(region, current.epoch)  # active in an older epoch
+        return None
     if current is None:
         return FenceValue.standby(record.region, record.epoch)
-    if current.state == "active" and current.epoch < record.epoch:
+    if current.state == "active":  # no other region is active in the record's own epoch
         return FenceValue.frozen(region, current.epoch)
     if current.state == "standby" and current.epoch < record.epoch:
         return FenceValue.standby(record.region, record.epoch)
