@@ -222,12 +222,13 @@ class ApiServer:
             self.stores[(t.group, t.version, t.plural)] = self._make_store(t)
         try:
             await self._ensure_system_namespaces()
-        except StatusError as exc:
-            if exc.code != 503 or not self.fence.enabled:
+        except (StatusError, EtcdError) as exc:
+            if not self.fence.enabled or (isinstance(exc, StatusError) and exc.code != 503):
                 raise
-            # fenced (the region's key not active yet, or no permission): not fatal; tried
-            # again while this replica is permitted, and each time it becomes writable
-            log.info(json.dumps({"msg": "system namespaces not ensured", "error": exc.message}))
+            # fenced (the region's key not active yet, or no permission), or the fence key
+            # unreadable: not fatal; tried again while this replica is permitted, and each
+            # time it becomes writable
+            log.info(json.dumps({"msg": "system namespaces not ensured", "error": str(exc)}))
             self._spawn(self._ensure_system_namespaces_later(), "system namespaces")
         crd_rv = await self._sync_all_crds()
         self._crd_task = asyncio.create_task(self._watch_crds(crd_rv), name="crd sync")
@@ -419,10 +420,9 @@ class ApiServer:
         yet, etcd trouble) is tried again the next time it becomes writable."""
         try:
             await self._ensure_system_namespaces()
-        except StatusError as exc:
-            log.info(json.dumps({"msg": "system namespaces not ensured", "error": exc.message}))
-        except EtcdError as exc:
+        except (StatusError, EtcdError) as exc:
             log.info(json.dumps({"msg": "system namespaces not ensured", "error": str(exc)}))
+            await self._ensure_system_namespaces_later()
 
     def _journal(self, key: str, revision: int, epoch: int, sent: float, acked: float) -> None:
         assert self._write_log is not None

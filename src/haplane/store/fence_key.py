@@ -24,8 +24,8 @@ Transitions (`target`, pure): given the global record (active region R, epoch E,
   unfence); a reconcile with `activate` (`haplane up`, the controller's passes) sets it when the
   record is already writable and the key is missing or older (a state dir from before the data
   fence, a lost key), never from `frozen:`; without, an older `active:` key of its is frozen;
-- another region whose key says `active:...` (at the record's epoch or older) becomes `frozen:<it>@<epoch in
-  its key>` (it lost the epoch; it may have been away while that happened);
+- another region whose key says `active:...` (at the record's epoch or older) becomes
+  `frozen:<it>@<epoch in its key>` (it lost the epoch; it may have been away meanwhile);
 - another region with no key, or a `standby:` key of an older epoch, becomes `standby:R@E`; a
   `frozen:` key is left alone (a returning region: what happens to the data it wrote after
   the switch is the business of replication's rejoin);
