@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -197,35 +197,44 @@ class RegionFence:
             )
         return FenceRead(value, r.revision, value.encode())
 
-    async def reconcile(
-        self, record: ActiveRegion | None, *, activate: bool = False, timeout: float | None = None
-    ) -> FenceRead:
-        """Bring the key to `target(...)` (at most one compare-and-swap); what it holds after."""
+    async def _move(
+        self,
+        decide: Callable[[FenceRead], FenceValue | None],
+        timeout: float | None,
+    ) -> FenceRead | None:
+        """Read, `decide` what the key becomes (None: leave it; it may raise to refuse), and
+        compare-and-swap; another writer moving the key in between means look again, up to 3
+        times. What the key holds after; None when it kept changing."""
         for _ in range(3):
             now = await self.read(timeout=timeout)
-            want = target(self.region, record, now.value, activate=activate)
+            want = decide(now)
             if want is None:
                 return now
             try:
                 return await self.swap(now, want, timeout=timeout)
             except FenceChanged:
                 continue  # someone else moved it: look again
-        return await self.read(timeout=timeout)
+        return None
+
+    async def reconcile(
+        self, record: ActiveRegion | None, *, activate: bool = False, timeout: float | None = None
+    ) -> FenceRead:
+        """Bring the key to `target(...)` (at most one compare-and-swap); what it holds after."""
+        after = await self._move(
+            lambda now: target(self.region, record, now.value, activate=activate), timeout
+        )
+        return after if after is not None else await self.read(timeout=timeout)
 
     async def freeze(self, *, timeout: float | None = None) -> FenceRead:
         """`active:<region>@E` -> `frozen:<region>@E` in one transaction; any other value is
         left as it is."""
-        for _ in range(3):
-            now = await self.read(timeout=timeout)
-            if now.value is None or now.value.state != "active":
-                return now
-            try:
-                return await self.swap(
-                    now, FenceValue.frozen(self.region, now.value.epoch), timeout=timeout
-                )
-            except FenceChanged:
-                continue
-        return await self.read(timeout=timeout)
+
+        def decide(now: FenceRead) -> FenceValue | None:
+            v = now.value
+            return FenceValue.frozen(self.region, v.epoch) if v and v.state == "active" else None
+
+        after = await self._move(decide, timeout)
+        return after if after is not None else await self.read(timeout=timeout)
 
     async def step_down(self, record: ActiveRegion, *, timeout: float | None = None) -> FenceRead:
         """After `record` took over, for a region other than `record.region`: a key below its
@@ -234,45 +243,40 @@ class RegionFence:
         the epoch are left alone (a writer holding an older record can never undo a newer
         switch). Moving every key on, not only `active:` ones, makes any compare-and-swap
         prepared from a read before the switch fail."""
-        for _ in range(3):
-            now = await self.read(timeout=timeout)
+
+        def decide(now: FenceRead) -> FenceValue | None:
             v = now.value
             if v is not None and (v.epoch >= record.epoch or v.state == "frozen"):
-                return now
-            want = (
-                FenceValue.frozen(self.region, v.epoch)
-                if v is not None and v.state == "active"
-                else FenceValue.standby(record.region, record.epoch)
-            )
-            try:
-                return await self.swap(now, want, timeout=timeout)
-            except FenceChanged:
-                continue
-        return await self.read(timeout=timeout)
+                return None
+            if v is not None and v.state == "active":
+                return FenceValue.frozen(self.region, v.epoch)
+            return FenceValue.standby(record.region, record.epoch)
+
+        after = await self._move(decide, timeout)
+        return after if after is not None else await self.read(timeout=timeout)
 
     async def activate(self, epoch: int, *, timeout: float | None = None) -> FenceRead:
         """Make this region writable in `epoch`: only to be called by whoever unfences `epoch`
         in the global record, after the fence wait and before the unfence. Refuses to move
         the key back to an older epoch."""
         want = FenceValue.active(self.region, epoch)
-        for _ in range(3):
-            now = await self.read(timeout=timeout)
-            if now.value == want:
-                return now
-            if now.value is not None and (
-                now.value.epoch > epoch
-                or (now.value.state == "frozen" and now.value.epoch == epoch)
-            ):
+
+        def decide(now: FenceRead) -> FenceValue | None:
+            v = now.value
+            if v == want:
+                return None
+            if v is not None and (v.epoch > epoch or (v.state == "frozen" and v.epoch == epoch)):
                 raise FenceChanged(
-                    f"{self.region}: the fence key is at epoch {now.value.epoch} ({now.value}); "
+                    f"{self.region}: the fence key is at epoch {v.epoch} ({v}); "
                     f"epoch {epoch} is over",
                     now,
                 )
-            try:
-                return await self.swap(now, want, timeout=timeout)
-            except FenceChanged:
-                continue
-        raise FenceChanged(f"{self.region}: the fence key keeps changing", await self.read())
+            return want
+
+        after = await self._move(decide, timeout)
+        if after is None:
+            raise FenceChanged(f"{self.region}: the fence key keeps changing", await self.read())
+        return after
 
 
 class RegionFences:
@@ -285,47 +289,41 @@ class RegionFences:
     def __getitem__(self, region: str) -> RegionFence:
         return self.fences[region]
 
-    async def read_all(self, *, timeout: float | None = None) -> dict[str, FenceRead | None]:
-        """Every region's key; None for a region whose etcd did not answer."""
+    async def _each(
+        self,
+        work: Callable[[RegionFence], Awaitable[FenceRead]],
+        regions: list[RegionFence] | None = None,
+    ) -> dict[str, FenceRead | None]:
+        """`work` on every region's key at once (or on `regions`); None for a region whose
+        etcd did not answer."""
 
         async def one(f: RegionFence) -> FenceRead | None:
             try:
-                return await f.read(timeout=timeout)
+                return await work(f)
             except EtcdError:
                 return None
 
-        reads = await asyncio.gather(*(one(f) for f in self.fences.values()))
-        return dict(zip(self.fences, reads, strict=True))
+        fences = list(self.fences.values()) if regions is None else regions
+        reads = await asyncio.gather(*(one(f) for f in fences))
+        return {f.region: r for f, r in zip(fences, reads, strict=True)}
+
+    async def read_all(self, *, timeout: float | None = None) -> dict[str, FenceRead | None]:
+        """Every region's key; None for a region whose etcd did not answer."""
+        return await self._each(lambda f: f.read(timeout=timeout))
 
     async def reconcile_all(
         self, record: ActiveRegion | None, *, activate: bool = False, timeout: float | None = None
     ) -> dict[str, FenceRead | None]:
         """`RegionFence.reconcile` in every region that answers (None for the others)."""
-
-        async def one(f: RegionFence) -> FenceRead | None:
-            try:
-                return await f.reconcile(record, activate=activate, timeout=timeout)
-            except EtcdError:
-                return None
-
-        reads = await asyncio.gather(*(one(f) for f in self.fences.values()))
-        return dict(zip(self.fences, reads, strict=True))
+        return await self._each(lambda f: f.reconcile(record, activate=activate, timeout=timeout))
 
     async def freeze_others(
         self, record: ActiveRegion, *, timeout: float | None = None
     ) -> dict[str, FenceRead | None]:
         """`RegionFence.step_down` in every region but `record.region` whose etcd answers (a
         region that does not is left to the time-based fence, and frozen when it answers)."""
-
-        async def one(f: RegionFence) -> FenceRead | None:
-            try:
-                return await f.step_down(record, timeout=timeout)
-            except EtcdError:
-                return None
-
         others = [f for r, f in self.fences.items() if r != record.region]
-        reads = await asyncio.gather(*(one(f) for f in others))
-        return {f.region: r for f, r in zip(others, reads, strict=True)}
+        return await self._each(lambda f: f.step_down(record, timeout=timeout), others)
 
     async def highest_epoch(self, *, timeout: float | None = None) -> int:
         """The highest epoch any region's key names (0: none answered or none has a key): a
