@@ -13,6 +13,7 @@ from pathlib import Path
 
 from haplane.local.api_replica import ApiReplica
 from haplane.store import FenceValue, GlobalState, RegionFence
+from tests.topology_helpers import fenced_replica_args
 
 
 def _wait(predicate, timeout: float = 5.0):
@@ -36,16 +37,9 @@ async def test_writes_follow_the_epoch(etcd_cluster, key_prefix, tmp_path: Path)
         tmp_path,
         "api-fenced",
         etcd_cluster.endpoints,
-        extra_args=[
-            "--global-etcd",
-            ",".join(etcd_cluster.endpoints),
-            "--global-prefix",
-            key_prefix.decode(),
-            "--write-log",
-            str(journal),
-            "--fence-key",
-            (key_prefix + b"fence").decode(),
-        ],
+        extra_args=fenced_replica_args(
+            etcd_cluster.endpoints, key_prefix, key_prefix + b"fence", journal
+        ),
     )
     await replica.start()
     try:

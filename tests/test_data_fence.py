@@ -32,6 +32,7 @@ from haplane.api.storage import DataFence, EtcdStorage, WriteFenced
 from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
 from haplane.store import ActiveRegion, EtcdClient, FenceValue, GlobalState, RegionFence
+from tests.topology_helpers import fenced_replica_args
 
 TYPES = {t.plural: t for t in BUILTIN}
 EPOCH = 3
@@ -306,16 +307,9 @@ async def test_a_replica_stopped_before_its_send_is_refused_by_the_data_fence(
         "api-stall",
         etcd_cluster.endpoints,
         region="r",
-        extra_args=[
-            "--global-etcd",
-            ",".join(etcd_cluster.endpoints),
-            "--global-prefix",
-            key_prefix.decode(),
-            "--fence-key",
-            (key_prefix + b"fence").decode(),
-            "--write-log",
-            str(journal),
-        ],
+        extra_args=fenced_replica_args(
+            etcd_cluster.endpoints, key_prefix, key_prefix + b"fence", journal
+        ),
         env={STALL_HOOK_ENV: needle},
     )
     await replica.start()
@@ -397,14 +391,7 @@ async def test_standby_system_namespaces_need_a_standby_fence_key(
             name,
             region_etcd.endpoints,
             region="r2",
-            extra_args=[
-                "--global-etcd",
-                ",".join(etcd_cluster.endpoints),
-                "--global-prefix",
-                key_prefix.decode(),
-                "--fence-key",
-                fence.key.decode(),
-            ],
+            extra_args=fenced_replica_args(etcd_cluster.endpoints, key_prefix, fence.key),
         )
         await replica.start()
         return replica

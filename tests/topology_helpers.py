@@ -1,4 +1,5 @@
-"""Helpers for tests that start whole topologies through the real `haplane` command."""
+"""Helpers for tests that start whole topologies through the real `haplane` command, and the
+command line of an API replica fenced by a global control etcd."""
 
 from __future__ import annotations
 
@@ -70,3 +71,13 @@ def down_and_check(state: Path) -> None:
     for p in leftovers:
         p.kill()
     assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def fenced_replica_args(
+    global_etcd: list[str], prefix: bytes, fence_key: bytes, write_log: Path | None = None
+) -> list[str]:
+    """An API replica's flags for a global state under `prefix` and its fence key at
+    `fence_key` (tests share one etcd between "regions": each gets its own paths)."""
+    args = ["--global-etcd", ",".join(global_etcd), "--global-prefix", prefix.decode()]
+    args += ["--fence-key", fence_key.decode()]
+    return args + (["--write-log", str(write_log)] if write_log is not None else [])
