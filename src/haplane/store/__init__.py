@@ -38,14 +38,33 @@ from .fence_key import (
     RegionFences,
 )
 from .global_state import DEFAULT_PREFIX as DEFAULT_GLOBAL_PREFIX
-from .global_state import ActiveRegion, GlobalState, StaleEpoch
+from .global_state import ActiveRegion, Cut, GlobalState, ReplicationReport, StaleEpoch
+from .replication_keys import (
+    APPLIED_KEY,
+    CONTROLLER_LEASE_KEY,
+    CUT_KEY,
+    HEARTBEAT_KEY,
+    LEADER_KEY,
+    REGION_LOCAL,
+    AppliedRecord,
+    Heartbeat,
+    replicated,
+)
 
 __all__ = [
+    "APPLIED_KEY",
+    "CONTROLLER_LEASE_KEY",
+    "CUT_KEY",
     "DEFAULT_GLOBAL_PREFIX",
     "FENCE_KEY",
+    "HEARTBEAT_KEY",
+    "LEADER_KEY",
+    "REGION_LOCAL",
     "ActiveRegion",
     "Alarm",
+    "AppliedRecord",
     "Compare",
+    "Cut",
     "EtcdBinary",
     "EtcdBinaryError",
     "EtcdClient",
@@ -60,6 +79,7 @@ __all__ = [
     "FenceRead",
     "FenceValue",
     "GlobalState",
+    "Heartbeat",
     "KVHash",
     "KeyValue",
     "Member",
@@ -68,6 +88,7 @@ __all__ = [
     "Op",
     "RegionFence",
     "RegionFences",
+    "ReplicationReport",
     "StaleEpoch",
     "TxnResult",
     "WatchBatch",
@@ -78,4 +99,5 @@ __all__ = [
     "find_etcd",
     "member_command",
     "prefix_end",
+    "replicated",
 ]

@@ -101,6 +101,7 @@ class Op:
     key: bytes
     value: bytes = b""
     lease: int = 0
+    range_end: bytes = b""  # delete or get: every key in [key, range_end)
 
 
 @dataclass(frozen=True)
@@ -531,6 +532,7 @@ class EtcdClient:
         key: bytes,
         *,
         prefix: bool = False,
+        range_end: bytes | None = None,
         start_revision: int = 0,
         progress_notify: bool = True,
         connect_timeout: float | None = None,
@@ -541,8 +543,10 @@ class EtcdClient:
         another member from the revision after the last one delivered, so no event is lost or
         repeated. A start revision that was compacted raises `EtcdCompacted` (relist, then watch
         from the list's revision). If no member accepts the watch within `connect_timeout`
-        (default: the client timeout x 4), raises `EtcdUnavailable`."""
-        range_end = prefix_end(key) if prefix else b""
+        (default: the client timeout x 4), raises `EtcdUnavailable`. `range_end` (instead of
+        `prefix`) watches `[key, range_end)`; `b"\\0"` with key `b"\\0"`: every key."""
+        if range_end is None:
+            range_end = prefix_end(key) if prefix else b""
         next_rev = start_revision
         budget = connect_timeout or self.timeout * 4
         failed_since: float | None = None
@@ -759,11 +763,13 @@ def _fill_op(m: Any, o: Op) -> None:
         delete = m.request_delete_range
         delete.SetInParent()
         delete.key = o.key
-        delete.prev_kv = True
+        delete.range_end = o.range_end
+        delete.prev_kv = not o.range_end
     elif o.kind == "get":
         get = m.request_range
         get.SetInParent()
         get.key = o.key
+        get.range_end = o.range_end
     else:
         raise ValueError(f"unknown txn op {o.kind!r}")
 

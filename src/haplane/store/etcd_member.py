@@ -40,6 +40,9 @@ def etcd_member_name(member: EtcdMemberView) -> str:
     return f"{member.scope}-{member.name}"
 
 
+MAX_TXN_OPS = 1024
+
+
 def cluster_token(topology_name: str, cluster: EtcdClusterView) -> str:
     """Members of different clusters with the same peer URLs must never join each other."""
     return f"haplane-{topology_name}-{cluster.scope}"
@@ -79,6 +82,9 @@ def member_command(
         "--auto-compaction-mode", "periodic",
         "--auto-compaction-retention", s.auto_compaction_retention,
         "--quota-backend-bytes", str(s.quota_backend_bytes),
+        # A replicator applies whole source revisions plus its bookkeeping in one txn, and a
+        # resync writes pages of keys: room for both (etcd's default is 128 operations).
+        "--max-txn-ops", str(MAX_TXN_OPS),
         *binary.version_flags(),
     ]  # fmt: skip
     if s.unsafe_no_fsync:

@@ -9,7 +9,11 @@ Keys (under `prefix`, default `/haplane/global/`):
   "marginMs", "unfenced"}` as JSON;
 - `history/<epoch, 12 digits>`: the record as the epoch began, one per epoch, never rewritten;
 - `failback`: `{"enabled", "by", "reason", "since"}`, operators' suspension of automatic
-  failback (absent: enabled; an operator's switchover writes `enabled: false`).
+  failback (absent: enabled; an operator's switchover writes `enabled: false`);
+- `replication/<target region>`: the leading replicator's report of that region's replication
+  (`ReplicationReport`), rewritten every 200 ms while it leads;
+- `cut/<epoch, 12 digits>`: where epoch `<epoch>` cut the old region's history
+  (`Cut`: the last source revision the new region had applied when it was made active).
 
 Fencing (see `haplane.api.fencing`): the record grants the active region write permission for
 `grantMs` after each successful linearizable read of it, minus `marginMs`. A newly promoted
@@ -59,6 +63,8 @@ class ActiveRegion:
     grant_ms: int = DEFAULT_GRANT_MS  # T: how long a successful read grants write permission
     margin_ms: int = DEFAULT_MARGIN_MS  # taken off T by replicas, added to T before unfencing
     unfenced: str | None = None  # when writes were allowed in this epoch (RFC 3339)
+    # the replication reports the decision saw (target region -> report dict), if any
+    replication: dict[str, object] | None = None
 
     def age(self) -> float:
         """Seconds since `since` by this machine's wall clock (for pacing, e.g. hysteresis;
@@ -93,6 +99,7 @@ class ActiveRegion:
                 grant_ms=int(d.get("grantMs", DEFAULT_GRANT_MS)),
                 margin_ms=int(d.get("marginMs", DEFAULT_MARGIN_MS)),
                 unfenced=d.get("unfenced"),
+                replication=d.get("replication"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise EtcdError(f"malformed global state at {kv.key!r}: {exc}") from exc
@@ -109,6 +116,7 @@ class ActiveRegion:
             "grantMs": self.grant_ms,
             "marginMs": self.margin_ms,
             "unfenced": self.unfenced,
+            **({"replication": self.replication} if self.replication is not None else {}),
         }
 
 
@@ -201,6 +209,7 @@ class GlobalState:
         reason: str,
         grant_ms: int | None = None,
         margin_ms: int | None = None,
+        replication: dict[str, object] | None = None,
     ) -> ActiveRegion:
         """Make `to` active under epoch `expected_epoch + 1`, fenced (`writable: false`), only
         if the epoch is still `expected_epoch`; otherwise `StaleEpoch` (nothing written). The
@@ -227,6 +236,7 @@ class GlobalState:
             # cover the longest permission the old epoch's replicas can hold
             grant_ms=max(current.grant_ms, grant_ms or 0),
             margin_ms=max(current.margin_ms, margin_ms or 0),
+            replication=replication,
         )
         r = await self.client.txn(
             [
@@ -284,6 +294,55 @@ class GlobalState:
         async for batch in self.client.watch(self.active_key, start_revision=revision + 1):
             for ev in batch.events:
                 yield ActiveRegion.from_kv(ev.kv) if ev.type == "PUT" else None
+
+    # ---- replication: reports and cuts -------------------------------------------------
+
+    @property
+    def _base(self) -> bytes:
+        return self.active_key.removesuffix(b"active")
+
+    def replication_key(self, target: str) -> bytes:
+        return self._base + b"replication/" + target.encode()
+
+    async def report_replication(
+        self, report: ReplicationReport, *, timeout: float | None = None
+    ) -> None:
+        key = self.replication_key(report.target)
+        await self.client.put(key, report.to_json(), timeout=timeout)
+
+    async def replication_reports(
+        self, *, timeout: float | None = None
+    ) -> dict[str, ReplicationReport]:
+        """Every region's last replication report (by target region); malformed ones skipped."""
+        prefix = self._base + b"replication/"
+        kvs, _ = await self.client.range(prefix, prefix_end(prefix), timeout=timeout)
+        out: dict[str, ReplicationReport] = {}
+        for kv in kvs:
+            report = ReplicationReport.parse(kv.value)
+            if report is not None:
+                out[report.target] = report
+        return out
+
+    def _cut_key(self, epoch: int) -> bytes:
+        return self._base + b"cut/" + f"{epoch:012d}".encode()
+
+    async def record_cut(self, cut: Cut, *, timeout: float | None = None) -> None:
+        """Record where `cut.epoch` began in the old region's history (first writer wins: a
+        cut is never rewritten)."""
+        key = self._cut_key(cut.epoch)
+        await self.client.txn(
+            [Compare(key, "create", "=", 0)], [Op("put", key, cut.to_json())], timeout=timeout
+        )
+
+    async def cuts(self, *, timeout: float | None = None) -> dict[int, Cut]:
+        prefix = self._base + b"cut/"
+        kvs, _ = await self.client.range(prefix, prefix_end(prefix), timeout=timeout)
+        out: dict[int, Cut] = {}
+        for kv in kvs:
+            cut = Cut.parse(kv.value)
+            if cut is not None:
+                out[cut.epoch] = cut
+        return out
 
     # ---- automatic failback: an operator's setting ---------------------------------------
 
@@ -343,3 +402,119 @@ class FailbackSetting:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise EtcdError(f"malformed failback setting at {kv.key!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ReplicationReport:
+    """A region's replication as its leading replicator last saw it (JSON in the global
+    control etcd). `state`: `Streaming` (following the source), `Resyncing` (a full copy is
+    under way: such a region is never chosen by automatic failover), `Disconnected` (the
+    source does not answer), `Idle` (the region is not a standby: active, frozen or without a
+    fence key). Clocks: `time`, `sourceAnsweredAt` and lags in seconds are the replicator's
+    wall clock (CLOCK_REALTIME) against the heartbeat writer's."""
+
+    target: str
+    source: str | None
+    state: str
+    epoch: int
+    applied_revision: int
+    source_revision: int
+    lag_seconds: float | None
+    lag_revisions: int | None
+    # the lag measured when the source last answered, and when that was
+    lag_answered: float | None
+    source_answered_at: float | None
+    leader: str
+    time: float
+    last_resync: dict[str, object] | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.as_dict(), sort_keys=True).encode()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "source": self.source,
+            "state": self.state,
+            "epoch": self.epoch,
+            "appliedRevision": self.applied_revision,
+            "sourceRevision": self.source_revision,
+            "lagSeconds": self.lag_seconds,
+            "lagRevisions": self.lag_revisions,
+            "lagSecondsAnswered": self.lag_answered,
+            "sourceAnsweredAt": self.source_answered_at,
+            "leader": self.leader,
+            "time": self.time,
+            "lastResync": self.last_resync,
+        }
+
+    @classmethod
+    def parse(cls, raw: bytes) -> ReplicationReport | None:
+        try:
+            d = json.loads(raw)
+            return cls(
+                target=str(d["target"]),
+                source=d.get("source"),
+                state=str(d["state"]),
+                epoch=int(d.get("epoch", 0)),
+                applied_revision=int(d.get("appliedRevision", 0)),
+                source_revision=int(d.get("sourceRevision", 0)),
+                lag_seconds=d.get("lagSeconds"),
+                lag_revisions=d.get("lagRevisions"),
+                lag_answered=d.get("lagSecondsAnswered"),
+                source_answered_at=d.get("sourceAnsweredAt"),
+                leader=str(d.get("leader", "")),
+                time=float(d.get("time", 0.0)),
+                last_resync=d.get("lastResync"),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def age(self) -> float:
+        return max(0.0, time.time() - self.time)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where an epoch began: the new region `region` had applied `source`'s history up to
+    `revision` (a planned switchover: the cut marker's revision, nothing lost; an unplanned
+    one: writes the old region committed above it are not in the new region). `lag_seconds`:
+    the replication lag at the cut, the RPO in time."""
+
+    epoch: int
+    region: str
+    source: str | None
+    revision: int
+    planned: bool
+    lag_seconds: float | None
+    time: str = ""
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.as_dict(), sort_keys=True).encode()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "epoch": self.epoch,
+            "region": self.region,
+            "source": self.source,
+            "revision": self.revision,
+            "planned": self.planned,
+            "lagSeconds": self.lag_seconds,
+            "time": self.time or _now(),
+        }
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Cut | None:
+        try:
+            d = json.loads(raw)
+            return cls(
+                epoch=int(d["epoch"]),
+                region=str(d["region"]),
+                source=d.get("source"),
+                revision=int(d["revision"]),
+                planned=bool(d.get("planned", False)),
+                lag_seconds=d.get("lagSeconds"),
+                time=str(d.get("time", "")),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None

@@ -1,0 +1,200 @@
+"""`python -m haplane.replication`: one replicator process of a region.
+
+Layer: replication. Serves `/healthz`, `/readyz`, `/metrics` (Prometheus text) and `/status`
+(JSON) on `--listen`; SIGTERM or SIGINT hands leadership over at once (the lease is revoked)
+and stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from haplane.store import DEFAULT_GLOBAL_PREFIX, EtcdClient, GlobalState
+
+from .replicator import Replicator
+
+
+def _endpoints(text: str) -> list[str]:
+    return [e.strip() for e in text.split(",") if e.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="haplane-replicator")
+    ap.add_argument("--region", required=True, help="the region this replicator writes into")
+    ap.add_argument("--name", required=True, help="this replicator's name in the region")
+    ap.add_argument("--listen", required=True, help="host:port of /healthz, /metrics, /status")
+    ap.add_argument("--etcd", required=True, help="this region's etcd members, host:port,...")
+    ap.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="REGION=HOST:PORT,...",
+        help="a region it may copy from and its etcd members (repeat per region)",
+    )
+    ap.add_argument("--global-etcd", default="", help="the global control etcd (reports)")
+    ap.add_argument("--global-prefix", default=DEFAULT_GLOBAL_PREFIX.decode())
+    ap.add_argument("--lease-ttl", type=int, default=2, help="leader lease TTL, seconds")
+    args = ap.parse_args(argv)
+    sources: dict[str, list[str]] = {}
+    for item in args.source:
+        region, sep, eps = item.partition("=")
+        if not sep or not region or not _endpoints(eps):
+            ap.error(f"--source {item!r}: expected REGION=HOST:PORT[,HOST:PORT...]")
+        sources[region] = _endpoints(eps)
+    args.sources = sources
+    return args
+
+
+class _Collector(Collector):
+    def __init__(self, rep: Replicator):
+        self.rep = rep
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.rep.status
+        labels = ["region"]
+        val = [self.rep.region]
+
+        def gauge(name: str, doc: str, value: float | None) -> Metric:
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            if value is not None:
+                g.add_metric(val, value)
+            return g
+
+        def counter(name: str, doc: str, value: float) -> Metric:
+            c = CounterMetricFamily(name, doc, labels=labels)
+            c.add_metric(val, value)
+            return c
+
+        yield gauge("haplane_replication_leader", "1 while this replicator leads", s.leading)
+        state = GaugeMetricFamily(
+            "haplane_replication_state", "1 for the current state", labels=["region", "state"]
+        )
+        for name in ("Streaming", "Resyncing", "Disconnected", "Idle", "Following", "Starting"):
+            state.add_metric([self.rep.region, name], 1.0 if s.state == name else 0.0)
+        yield state
+        yield gauge(
+            "haplane_replication_applied_revision",
+            "Last source revision applied",
+            s.applied_revision,
+        )
+        yield gauge(
+            "haplane_replication_source_revision",
+            "Newest source revision seen",
+            s.source_revision,
+        )
+        yield gauge(
+            "haplane_replication_lag_seconds",
+            "Now minus the newest heartbeat applied (wall clocks)",
+            s.lag_seconds(),
+        )
+        lag_revs = s.lag_revisions()
+        yield gauge(
+            "haplane_replication_lag_revisions",
+            "Source head minus applied revision",
+            float(lag_revs) if lag_revs is not None else None,
+        )
+        yield counter("haplane_replication_txns", "Target transactions written", s.txns)
+        yield counter(
+            "haplane_replication_revisions", "Source revisions applied (with data)", s.revisions
+        )
+        yield counter("haplane_replication_resyncs", "Full resyncs completed", s.resyncs)
+        yield counter("haplane_replication_errors", "Errors met (and retried)", s.errors)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    target = EtcdClient(_endpoints(args.etcd), timeout=1.0)
+    sources = {
+        region: EtcdClient(eps, timeout=1.0)
+        for region, eps in args.sources.items()
+        if region != args.region
+    }
+    control_client = (
+        EtcdClient(_endpoints(args.global_etcd), timeout=0.5) if args.global_etcd else None
+    )
+    control = GlobalState(control_client, args.global_prefix.encode()) if control_client else None
+    identity = f"{args.region}/{args.name}"
+    rep = Replicator(args.region, target, sources, identity=identity, control=control,
+                     lease_ttl=args.lease_ttl)  # fmt: skip
+    registry = CollectorRegistry()
+    registry.register(_Collector(rep))
+    started = time.time()
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = rep.status.state != "Starting"
+        return web.Response(status=200 if ok else 503, text="ok" if ok else rep.status.state)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+    async def status(_: web.Request) -> web.Response:
+        s = rep.status
+        body: dict[str, Any] = {
+            "identity": identity,
+            "leading": s.leading,
+            "startedAt": started,
+            "detail": s.detail,
+            **rep.report().as_dict(),
+            "counters": {
+                "txns": s.txns,
+                "revisions": s.revisions,
+                "resyncs": s.resyncs,
+                "errors": s.errors,
+            },
+        }
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = args.listen.rpartition(":")
+    await web.TCPSite(runner, host, int(port), reuse_address=True).start()
+    logging.getLogger("haplane.replication").info(
+        json.dumps({"msg": "serving", "component": identity, "address": args.listen})
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    work = asyncio.create_task(rep.run(), name="replicator")
+    # the replicator stops when asked, or dies with its error
+    await asyncio.wait([work, asyncio.ensure_future(stop.wait())], return_when="FIRST_COMPLETED")
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    await rep.resign()
+    await runner.cleanup()
+    for c in (target, *sources.values(), *([control_client] if control_client else [])):
+        await c.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

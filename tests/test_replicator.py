@@ -1,0 +1,324 @@
+"""The replicator against real etcd clusters: order, exactly-once resume (in-process and after
+SIGKILL of replicator processes), resync after compaction, leader handover, the fence guard,
+and etcd leader kills on both sides.
+
+Exactly once is checked through etcd's per-key `version` (modifications since creation): the
+target starts empty and gets every source revision by the stream, so a revision applied twice
+or skipped leaves a key whose version or value differs from the source's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from haplane.local.api_replica import free_port
+from haplane.local.etcd_cluster import EtcdCluster
+from haplane.replication import Replicator
+from haplane.store import (
+    APPLIED_KEY,
+    CONTROLLER_LEASE_KEY,
+    FENCE_KEY,
+    HEARTBEAT_KEY,
+    AppliedRecord,
+    EtcdClient,
+    FenceValue,
+    Heartbeat,
+    Op,
+    replicated,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+Space = dict[bytes, tuple[bytes, int]]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def regions(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[EtcdCluster, EtcdCluster]]:
+    """A source ("src") and a target ("dst") cluster shared by the tests that kill nothing;
+    each test wipes both first."""
+    src = EtcdCluster(tmp_path_factory.mktemp("src"), scope="src")
+    dst = EtcdCluster(tmp_path_factory.mktemp("dst"), scope="dst")
+    try:
+        await asyncio.gather(src.start(), dst.start())
+        yield src, dst
+    finally:
+        await asyncio.gather(src.stop(), dst.stop())
+
+
+async def wipe_and_fence(src: EtcdClient, dst: EtcdClient, epoch: int = 1) -> None:
+    for c in (src, dst):
+        await c.txn([], [Op("delete", b"\0", range_end=b"\0")])
+    await src.put(FENCE_KEY, FenceValue.active("src", epoch).encode())
+    await dst.put(FENCE_KEY, FenceValue.standby("src", epoch).encode())
+
+
+async def keyspace(c: EtcdClient) -> Space:
+    kvs, _ = await c.range(b"\0", b"\0", timeout=5.0)
+    return {kv.key: (kv.value, kv.version) for kv in kvs if replicated(kv.key)}
+
+
+async def applied(dst: EtcdClient) -> AppliedRecord | None:
+    kv = await dst.get(APPLIED_KEY)
+    return AppliedRecord.from_kv(kv) if kv is not None else None
+
+
+async def resynced(dst: EtcdClient, timeout: float = 20.0) -> None:
+    """Wait for the first resync (of the empty source) to finish, so that every later source
+    revision reaches the target through the stream."""
+    for _ in range(int(timeout / 0.05)):
+        rec = await applied(dst)
+        if rec is not None and rec.state == "streaming":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no resync finished")
+
+
+async def caught_up(src: EtcdClient, dst: EtcdClient, timeout: float = 30.0) -> AppliedRecord:
+    """Wait until the target applied the source's last replicated revision."""
+    kvs, _ = await src.range(b"\0", b"\0", timeout=5.0)
+    head = max((kv.mod_revision for kv in kvs if replicated(kv.key)), default=0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        rec = await applied(dst)
+        if rec is not None and rec.state == "streaming" and rec.revision >= head:
+            return rec
+        if loop.time() > deadline:
+            raise AssertionError(f"target not caught up with {head} in {timeout}s: {rec}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(rep: Replicator) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(rep.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await rep.resign()
+
+
+def replicator(dst: EtcdClient, src: EtcdClient, name: str, **kw: object) -> Replicator:
+    return Replicator("dst", dst, {"src": src}, identity=f"dst/{name}", **kw)  # type: ignore[arg-type]
+
+
+async def write_load(src: EtcdClient, n: int, seed: int, keys: int = 40) -> None:
+    """`n` source transactions of 1-4 puts or deletes over a small key set."""
+    rng = random.Random(seed)
+    for i in range(n):
+        ops = []
+        for k in rng.sample(range(keys), rng.randint(1, 4)):
+            key = f"/registry/configmaps/ns/k{k}".encode()
+            if rng.random() < 0.2:
+                ops.append(Op("delete", key))
+            else:
+                ops.append(Op("put", key, f"{seed}-{i}-{rng.random()}".encode()))
+        await src.txn([], ops, timeout=5.0)
+
+
+async def test_copies_whole_revisions_in_order_and_keeps_region_local_keys(
+    regions: tuple[EtcdCluster, EtcdCluster],
+) -> None:
+    async with regions[0].client(2.0) as src, regions[1].client(2.0) as dst:
+        await wipe_and_fence(src, dst)
+        await src.put(b"/registry/namespaces/before", b"{}")  # copied by the first resync
+        await dst.put(b"/registry/namespaces/stray", b"{}")  # not in the source: deleted
+        async with running(replicator(dst, src, "a")):
+            await write_load(src, 200, seed=1)
+            await src.put(CONTROLLER_LEASE_KEY, b"src's own lease")
+            await src.put(HEARTBEAT_KEY, Heartbeat("src", 1, 1234.5, 7).to_json())
+            await src.put(b"/haplane/replication/applied-elsewhere", b"local")
+            await write_load(src, 50, seed=2)
+            rec = await caught_up(src, dst)
+        mine, theirs = await keyspace(dst), await keyspace(src)
+        assert {k: v for k, (v, _) in mine.items()} == {k: v for k, (v, _) in theirs.items()}
+        assert b"/registry/namespaces/stray" not in mine
+        assert CONTROLLER_LEASE_KEY not in mine
+        assert (await dst.get(FENCE_KEY)).value == b"standby:src@1"  # type: ignore[union-attr]
+        assert rec.heartbeat == 1234.5
+        assert rec.source == "src" and rec.epoch == 1
+        assert rec.cluster_id == await src.cluster_id()
+
+
+async def test_resumes_exactly_after_a_crash_with_another_replicator(
+    regions: tuple[EtcdCluster, EtcdCluster],
+) -> None:
+    """Replicators cancelled at random points (no clean hand-over: the next one waits out the
+    lease); every key's value and version end equal to the source's."""
+    async with regions[0].client(2.0) as src, regions[1].client(2.0) as dst:
+        await wipe_and_fence(src, dst)
+        rng = random.Random(5)
+        writer: asyncio.Task[None] | None = None
+        for i in range(4):
+            rep = replicator(dst, src, f"r{i}", lease_ttl=1)
+            task = asyncio.create_task(rep.run())
+            if writer is None:
+                await resynced(dst)
+                writer = asyncio.create_task(write_load(src, 600, seed=3))
+            await asyncio.sleep(rng.uniform(0.3, 1.2))
+            task.cancel()  # a crash: the lease is not revoked
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert writer is not None
+        await writer
+        async with running(replicator(dst, src, "last", lease_ttl=1)):
+            await caught_up(src, dst)
+        assert await keyspace(dst) == await keyspace(src)
+
+
+async def test_compaction_past_the_applied_revision_forces_a_full_resync(
+    regions: tuple[EtcdCluster, EtcdCluster],
+) -> None:
+    async with regions[0].client(2.0) as src, regions[1].client(2.0) as dst:
+        await wipe_and_fence(src, dst)
+        rep = replicator(dst, src, "a")
+        async with running(rep):
+            await write_load(src, 50, seed=4)
+            await caught_up(src, dst)
+        before = rep.status.resyncs
+        await write_load(src, 80, seed=5)  # deletes among them: the resync must remove keys
+        _, head = await src.range(b"\0", b"\0", limit=1)
+        await src.compact(head)
+        async with running(rep):
+            await caught_up(src, dst)
+        assert rep.status.resyncs == before + 1
+        assert rep.status.last_resync is not None
+        assert "compacted" in str(rep.status.last_resync["reason"])
+        mine, theirs = await keyspace(dst), await keyspace(src)
+        assert {k: v for k, (v, _) in mine.items()} == {k: v for k, (v, _) in theirs.items()}
+
+
+async def test_never_writes_into_a_region_whose_fence_key_moved_on(
+    regions: tuple[EtcdCluster, EtcdCluster],
+) -> None:
+    async with regions[0].client(2.0) as src, regions[1].client(2.0) as dst:
+        await wipe_and_fence(src, dst)
+        rep = replicator(dst, src, "a")
+        async with running(rep):
+            await write_load(src, 20, seed=6)
+            await caught_up(src, dst)
+            await dst.put(FENCE_KEY, FenceValue.active("dst", 2).encode())  # promoted
+            frozen = await keyspace(dst)
+            await write_load(src, 40, seed=7)
+            await asyncio.sleep(1.5)
+            assert await keyspace(dst) == frozen
+            assert rep.status.state == "Idle"
+
+
+async def test_leader_handover_between_two_replicators(
+    regions: tuple[EtcdCluster, EtcdCluster],
+) -> None:
+    async with regions[0].client(2.0) as src, regions[1].client(2.0) as dst:
+        await wipe_and_fence(src, dst)
+        a, b = replicator(dst, src, "a"), replicator(dst, src, "b")
+        task_a = asyncio.create_task(a.run())
+        await asyncio.sleep(0.3)
+        async with running(b):
+            await write_load(src, 30, seed=8)
+            await caught_up(src, dst)
+            assert a.status.leading and not b.status.leading
+            task_a.cancel()  # a clean stop: cancelled, then the lease revoked
+            with contextlib.suppress(asyncio.CancelledError):
+                await task_a
+            await a.resign()
+            await write_load(src, 30, seed=9)
+            await caught_up(src, dst, timeout=5)  # well under the lease TTL: handed over
+            assert b.status.leading
+        assert await keyspace(dst) == await keyspace(src)
+
+
+def _spawn(
+    name: str, src: EtcdCluster, dst: EtcdCluster, port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable, "-m", "haplane.replication",
+        "--region", "dst", "--name", name, "--listen", f"127.0.0.1:{port}",
+        "--etcd", ",".join(dst.endpoints), "--source", f"src={','.join(src.endpoints)}",
+        "--lease-ttl", "1",
+    ]  # fmt: skip
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=out)
+
+
+async def test_sigkill_of_the_leading_replicator_process_at_random_points(
+    regions: tuple[EtcdCluster, EtcdCluster], tmp_path: Path
+) -> None:
+    """Two replicator processes; the leader is SIGKILLed at random points while a writer runs
+    and restarted; in the end the target equals the source key by key, version by version."""
+    src_c, dst_c = regions
+    async with src_c.client(2.0) as src, dst_c.client(2.0) as dst:
+        await wipe_and_fence(src, dst)
+        ports = {n: free_port() for n in ("p1", "p2")}
+        procs = {n: _spawn(n, src_c, dst_c, ports[n], tmp_path / f"{n}.log") for n in ports}
+        rng = random.Random(11)
+        try:
+            await resynced(dst)
+            writer = asyncio.create_task(write_load(src, 700, seed=10))
+            for _ in range(4):
+                await asyncio.sleep(rng.uniform(0.5, 1.5))
+                kv = await dst.get(b"/haplane/replication/leader")
+                if kv is None:
+                    continue
+                name = kv.value.decode().split("/")[-1]
+                procs[name].kill()  # SIGKILL: no lease revoked, nothing flushed
+                procs[name].wait()
+                procs[name] = _spawn(name, src_c, dst_c, ports[name], tmp_path / f"{name}.log")
+            await writer
+            await caught_up(src, dst, timeout=30)
+            assert await keyspace(dst) == await keyspace(src)
+        finally:
+            for p in procs.values():
+                p.terminate()
+            for p in procs.values():
+                p.wait(timeout=10)
+
+
+async def test_etcd_leader_kills_in_source_and_target(tmp_path: Path) -> None:
+    src_c = EtcdCluster(tmp_path / "src", scope="src")
+    dst_c = EtcdCluster(tmp_path / "dst", scope="dst")
+    await asyncio.gather(src_c.start(), dst_c.start())
+    try:
+        async with src_c.client(2.0) as src, dst_c.client(2.0) as dst:
+            await wipe_and_fence(src, dst)
+            async with running(replicator(dst, src, "a")):
+                await resynced(dst)
+                writer = asyncio.create_task(_retrying_load(src, 400, seed=12))
+                for cluster in (src_c, dst_c, src_c):
+                    await asyncio.sleep(0.7)
+                    leader = await cluster.leader()
+                    await cluster.processes[leader].fault("kill")
+                    await asyncio.sleep(0.5)
+                    await cluster.processes[leader].fault("restart")
+                await writer
+                await caught_up(src, dst, timeout=30)
+            assert await keyspace(dst) == await keyspace(src)
+    finally:
+        await asyncio.gather(src_c.stop(), dst_c.stop())
+
+
+async def _retrying_load(src: EtcdClient, n: int, seed: int) -> None:
+    """Like `write_load`, but a write refused during an election is tried again (a refused
+    txn did not apply: `EtcdUnavailable`); an unknown outcome is fine either way."""
+    from haplane.store import EtcdError
+
+    rng = random.Random(seed)
+    for i in range(n):
+        key = f"/registry/configmaps/ns/k{rng.randrange(30)}".encode()
+        while True:
+            try:
+                await src.put(key, f"{i}".encode(), timeout=2.0)
+                break
+            except EtcdError:
+                await asyncio.sleep(0.05)
