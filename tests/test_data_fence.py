@@ -21,17 +21,26 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from haplane.api.controllers import Controllers
+from haplane.api.controllers import LEASE_NAME, LEASE_NAMESPACE, Controllers
 from haplane.api.errors import StatusError
 from haplane.api.fencing import WriteFence
 from haplane.api.generic_store import GenericStore
 from haplane.api.resource_version import VersionContext
 from haplane.api.resources import BUILTIN
-from haplane.api.server import STALL_HOOK_ENV
+from haplane.api.server import STALL_HOOK_ENV, SYSTEM_NAMESPACES
 from haplane.api.storage import DataFence, EtcdStorage, WriteFenced
 from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
-from haplane.store import ActiveRegion, EtcdClient, FenceValue, GlobalState, RegionFence
+from haplane.store import (
+    CONTROLLER_LEASE_KEY,
+    HEARTBEAT_KEY,
+    ActiveRegion,
+    EtcdClient,
+    FenceValue,
+    GlobalState,
+    Heartbeat,
+    RegionFence,
+)
 from tests.topology_helpers import fenced_replica_args
 
 TYPES = {t.plural: t for t in BUILTIN}
@@ -373,45 +382,88 @@ async def test_a_replica_stopped_before_its_send_is_refused_by_the_data_fence(
         await client.close()
 
 
-# ---- a standby's own system namespaces, only with the fence key's blessing --------------
+# ---- a standby writes nothing of its own ---------------------------------------------------
 
 
-async def test_standby_system_namespaces_need_a_standby_fence_key(
+async def test_a_standby_or_frozen_region_writes_nothing_of_its_own(
     region_etcd: EtcdCluster, etcd_cluster, key_prefix: bytes, tmp_path: Path
 ) -> None:
+    """Neither system namespaces (they arrive by replication), nor the controllers' Lease,
+    nor a heartbeat: the lifecycle controllers do not even campaign there."""
     control = etcd_cluster.client(timeout=2.0)
     state = GlobalState(control, prefix=key_prefix)
     await state.initialize("r1", by="t", reason="t", fresh=True)
     regional = region_etcd.client(timeout=2.0)
     fence = RegionFence("r2", regional, key=key_prefix + b"fence-r2")
-
-    async def start_standby(name: str) -> ApiReplica:
-        replica = ApiReplica(
-            tmp_path,
-            name,
-            region_etcd.endpoints,
-            region="r2",
-            extra_args=fenced_replica_args(etcd_cluster.endpoints, key_prefix, fence.key),
-        )
-        await replica.start()
-        return replica
+    watched = [
+        *(f"/registry/namespaces/{ns}".encode() for ns in SYSTEM_NAMESPACES),
+        CONTROLLER_LEASE_KEY,
+        HEARTBEAT_KEY,
+    ]
+    for key in watched:
+        await regional.delete(key)
 
     try:
-        await fence.swap(await fence.read(), FenceValue.frozen("r2", 1))
-        replica = await start_standby("api-frozen")
-        await replica.stop()
-        assert await regional.get(b"/registry/namespaces/kube-system") is None
-
-        await fence.swap(await fence.read(), FenceValue.standby("r1", 1))
-        replica = await start_standby("api-standby")
-        await replica.stop()
-        for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
-            assert await regional.get(f"/registry/namespaces/{ns}".encode()) is not None, ns
+        for value in (FenceValue.frozen("r2", 1), FenceValue.standby("r1", 1)):
+            await fence.swap(await fence.read(), value)
+            replica = ApiReplica(
+                tmp_path,
+                f"api-{value.state}",
+                region_etcd.endpoints,
+                region="r2",
+                extra_args=fenced_replica_args(etcd_cluster.endpoints, key_prefix, fence.key),
+            )
+            await replica.start()
+            await asyncio.sleep(1.5)  # past a renew interval of the controllers' election
+            await replica.stop()
+            for key in watched:
+                assert await regional.get(key) is None, (value, key)
     finally:
-        for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
-            await regional.delete(f"/registry/namespaces/{ns}".encode())
         await regional.close()
         await control.close()
+
+
+async def test_the_writable_regions_controller_leader_puts_the_heartbeat(
+    region_etcd: EtcdCluster, etcd_cluster, key_prefix: bytes, tmp_path: Path
+) -> None:
+    control = etcd_cluster.client(timeout=2.0)
+    record, _ = await GlobalState(control, prefix=key_prefix).initialize(
+        "r1", by="t", reason="t", fresh=True
+    )
+    regional = region_etcd.client(timeout=2.0)
+    fence = RegionFence("r1", regional, key=key_prefix + b"fence-r1")
+    await fence.swap(await fence.read(), FenceValue.active("r1", record.epoch))
+    await regional.delete(HEARTBEAT_KEY)
+    replica = ApiReplica(
+        tmp_path,
+        "api-hb",
+        region_etcd.endpoints,
+        region="r1",
+        extra_args=fenced_replica_args(etcd_cluster.endpoints, key_prefix, fence.key),
+    )
+    await replica.start()
+    try:
+        beats: list[Heartbeat] = []
+        for _ in range(100):
+            kv = await regional.get(HEARTBEAT_KEY)
+            beat = Heartbeat.parse(kv.value) if kv is not None else None
+            if beat is not None and (not beats or beat.seq != beats[-1].seq):
+                beats.append(beat)
+            if len(beats) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert len(beats) >= 3, beats
+        assert all(b.region == "r1" and b.epoch == record.epoch for b in beats)
+        assert beats[0].seq < beats[1].seq < beats[2].seq
+        assert abs(beats[-1].time - time.time()) < 5
+    finally:
+        await replica.stop()
+        await regional.close()
+        await control.close()
+
+
+def test_the_replication_exclusion_names_the_controllers_lease() -> None:
+    assert f"/registry/leases/{LEASE_NAMESPACE}/{LEASE_NAME}".encode() == CONTROLLER_LEASE_KEY
 
 
 async def test_an_etcd_that_does_not_connect_within_its_timeout_is_no_fence(fenced) -> None:

@@ -81,10 +81,14 @@ class LeaderElector:
         self.is_leader = False
         self._observed: tuple[str, float] | None = None  # (record, monotonic time seen)
 
-    async def run(self, on_change: Callable[[bool], None]) -> None:
+    async def run(
+        self, on_change: Callable[[bool], None], *, may_lead: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Campaign and renew forever; `may_lead` false (a standby region): do not even try,
+        and follow (the Lease is region-local: each region elects among its own replicas)."""
         while True:
             try:
-                leading = await self._try_acquire_or_renew()
+                leading = await self._try_acquire_or_renew() if may_lead() else False
             except StatusError as exc:
                 log.info(json.dumps({"msg": "lease error", "error": exc.message}))
                 leading = False

@@ -34,7 +34,7 @@ from aiohttp import HttpVersion11, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from haplane import __version__
-from haplane.store import FENCE_KEY, EtcdClient, EtcdError, RegionFence
+from haplane.store import FENCE_KEY, HEARTBEAT_KEY, EtcdClient, EtcdError, Heartbeat
 
 from . import errors, protobuf, tables
 from .controllers import Controllers, LeaderElector
@@ -46,7 +46,7 @@ from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strate
 from .resource_version import VersionContext
 from .resources import BUILTIN, Obj, Registry, ResourceType
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
-from .storage import MAX_VALUE_BYTES, DataFence, EtcdStorage, finite
+from .storage import MAX_VALUE_BYTES, DataFence, EtcdStorage, StorageError, finite
 from .watch_cache import CachedStorage, Cacher
 
 log = logging.getLogger("haplane.api")
@@ -56,6 +56,7 @@ KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+haplane"}
 MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's limit; etcd's is checked per object
 READY_TIMEOUT = 1.0
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+HEARTBEAT_EVERY = 0.1  # seconds between the writable region's replication heartbeats
 # A test hook (never set in production): the first write of each key containing this text stops
 # the replica (SIGSTOP) after every client-side check, right before its request goes out.
 # It stands for a stall inside the send that no deadline can see: only the data fence is left.
@@ -241,8 +242,10 @@ class ApiServer:
             lease_duration=self.config.lease_duration,
         )
         self._elector_task = asyncio.create_task(
-            self.elector.run(self.controllers.leading), name="leader election"
+            self.elector.run(self.controllers.leading, may_lead=self._may_write),
+            name="leader election",
         )
+        self._spawn(self._heartbeat(), "heartbeat")
         # aiohttp's low-level server with the filter chain composed once: an Application's
         # router and per-request middleware wrapping showed at ~6% of a create's CPU, for one
         # catch-all route. Each link keeps the middleware signature (request, handler).
@@ -398,6 +401,11 @@ class ApiServer:
         for cacher in list(self._cachers.values()):
             self._spawn(cacher.restart(), f"relist {cacher.prefix}")
 
+    def _may_write(self) -> bool:
+        """Whether this replica's region is writable now (always, without a fence): a standby
+        writes nothing by itself, lifecycle controllers and their election included."""
+        return not self.fence.enabled or self.fence.permitted()
+
     def _became_writable(self) -> None:
         if self._storage is not None:
             self._spawn(self._ensure_system_namespaces_quietly(), "system namespaces")
@@ -442,45 +450,37 @@ class ApiServer:
         )
 
     async def _ensure_system_namespaces(self) -> None:
-        """Kubernetes always has these; every replica makes sure (create-if-absent is a txn).
-
-        In a standby region, past the time fence but only with the fence key's blessing: each
-        create compares the key with the `standby:...` value read just before, so a region
-        that is frozen, has no key, or changed role meanwhile gets nothing written. (The
-        replication issue brings these namespaces from the active region instead.)"""
+        """Kubernetes always has these; every replica of the writable region makes sure
+        (create-if-absent is a txn). A standby writes nothing of its own: its namespaces,
+        system ones included, arrive by replication from the active region."""
         namespaces = self.stores[("", "v1", "namespaces")]
         storage = self._storage
         if storage is not None and storage.fence is not None and not self.fence.permitted():
-            if storage.data_fence is None:
-                return
-            fence = await RegionFence(
-                self.config.region, self.client, key=storage.data_fence.key
-            ).read()
-            if fence.value is None or fence.value.state != "standby":
-                log.info(
-                    json.dumps(
-                        {
-                            "msg": "system namespaces not created: not a standby",
-                            "fence": str(fence.value) if fence.value else None,
-                        }
-                    )
-                )
-                return
-            blessed = EtcdStorage(
-                self.client,
-                storage.versions,
-                journal=storage.journal,
-                data_fence=DataFence(
-                    self.config.region, storage.data_fence.key, pinned_revision=fence.mod_revision
-                ),
-            )
-            namespaces = GenericStore(namespaces.t, blessed)
+            log.info(json.dumps({"msg": "system namespaces left to the writable region"}))
+            return
         for ns in SYSTEM_NAMESPACES:
             try:
                 await namespaces.create(None, {"metadata": {"name": ns}})
             except StatusError as exc:
                 if exc.code != 409:
                     raise
+
+    async def _heartbeat(self, every: float = HEARTBEAT_EVERY) -> None:
+        """While this replica leads the lifecycle controllers of the writable region, put the
+        replicated heartbeat (`haplane.store.HEARTBEAT_KEY`) every `every` seconds: a
+        standby's lag in seconds is its replicator's clock minus the newest one it applied."""
+        seq = 0
+        while True:
+            await asyncio.sleep(every)
+            storage = self._storage
+            if storage is None or self.elector is None or not self.elector.is_leader:
+                continue
+            if storage.fence is not None and not self.fence.permitted():
+                continue
+            seq += 1
+            beat = Heartbeat(self.config.region, self.fence.epoch, time.time(), seq)
+            with contextlib.suppress(StatusError, StorageError):
+                await storage.put_raw(HEARTBEAT_KEY, beat.to_json())
 
     @property
     def name(self) -> str:

@@ -344,8 +344,20 @@ class EtcdStorage:
         # a test hook: for a key, something to call right before its request goes out
         self.before_send = before_send
 
+    async def put_raw(self, key: bytes, value: bytes) -> None:
+        """Put a raw key (not an object: the replication heartbeat) under the same permission
+        and fence as every write; not journaled (it is no client's write)."""
+        await self._write(key.decode(), [], [Op("put", key, value)], [], "put", journal=False)
+
     async def _write(
-        self, key: str, compares: list[Compare], success: list[Op], failure: list[Op], op: str
+        self,
+        key: str,
+        compares: list[Compare],
+        success: list[Op],
+        failure: list[Op],
+        op: str,
+        *,
+        journal: bool = True,
     ) -> TxnResult:
         """Every write goes through here: refused unless this region may write, sent only if
         its permission has `MIN_WRITE_WINDOW` left at send time (an absolute end: a pause
@@ -394,7 +406,7 @@ class EtcdStorage:
             found = fence_kv[0] if fence_kv else None
             if not self.data_fence.holds(epoch, found):
                 raise await self._fence_mismatch(epoch, FenceRead.of(found))
-        if r.succeeded and self.journal is not None:
+        if r.succeeded and journal and self.journal is not None:
             self.journal(key, r.revision, epoch, sent, time.time())
         return r
 
