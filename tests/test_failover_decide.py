@@ -12,7 +12,7 @@ import itertools
 import pytest
 
 from haplane.gate.failover import RegionView, Report, Settings, Snapshot, decide
-from haplane.store import ActiveRegion
+from haplane.store import ActiveRegion, ReplicationReport
 
 GATES = ("g1", "g2", "g3")
 SETTINGS = Settings(vantage_points=GATES, priority=("a", "b"), down_after=0.6, stale_after=1.0)
@@ -217,3 +217,86 @@ def test_hysteresis_and_failback_count_on_the_observed_clock_not_the_record(sinc
     on_b = ActiveRegion("b", 7, since, "operator:laptop", "t")
     assert decide(Snapshot(on_b, A_PREFERRED_AGAIN, 29.0), FAILBACK).action == "none"
     assert decide(Snapshot(on_b, A_PREFERRED_AGAIN, 30.0), FAILBACK).action == "failback"
+
+
+# ---- which standby: the most replicated, never a resyncing one, maxLagMs on the lag measured
+# while the source answered --------------------------------------------------------------------
+
+THREE = Settings(
+    vantage_points=GATES,
+    priority=("a", "b", "c"),
+    pairs=(("a", "b", 2.0), ("a", "c", None)),
+)
+
+
+def _three(replication: dict[str, ReplicationReport], *, d_healthy: bool = False) -> Snapshot:
+    down, up = RegionView(False, 2.0), RegionView(True, 3.0)
+    views = {"a": down, "b": up, "c": up, **({"d": up} if d_healthy else {})}
+    reports = {g: Report(g, 0.1, views) for g in GATES}
+    return Snapshot(active("a"), reports, 100.0, replication=replication)
+
+
+def _rep(target: str, applied: int, *, state="Streaming", lag=0.1, source="a") -> ReplicationReport:
+    return ReplicationReport(
+        target, source, state, 7, applied, applied + 5, lag + 3, 5, lag, 0.0, "x", 0.0
+    )
+
+
+def test_the_standby_with_the_highest_applied_revision_is_promoted() -> None:
+    d = decide(_three({"b": _rep("b", 100), "c": _rep("c", 120)}), THREE)
+    assert (d.action, d.to) == ("failover", "c")
+    assert "applied a's revision 120" in d.reason
+
+
+def test_ties_go_by_priority() -> None:
+    d = decide(_three({"b": _rep("b", 120), "c": _rep("c", 120)}), THREE)
+    assert (d.action, d.to) == ("failover", "b")
+
+
+def test_a_resyncing_standby_is_never_chosen() -> None:
+    d = decide(_three({"b": _rep("b", 0, state="Resyncing"), "c": _rep("c", 50)}), THREE)
+    assert (d.action, d.to) == ("failover", "c")
+    assert "b is resyncing" in d.reason
+    d = decide(
+        _three({"b": _rep("b", 0, state="Resyncing"), "c": _rep("c", 0, state="Resyncing")}),
+        THREE,
+    )
+    assert d.action == "none" and "resyncing" in d.reason
+
+
+def test_max_lag_judges_the_lag_measured_while_the_source_answered() -> None:
+    # b's pair allows 2 s; its lag when a last answered was 3 s: not chosen, the reason says why
+    d = decide(_three({"b": _rep("b", 200, lag=3.0), "c": _rep("c", 100)}), THREE)
+    assert (d.action, d.to) == ("failover", "c")
+    assert "over its maxLagMs (2000)" in d.reason
+    # the lag since the source died keeps growing (lag_seconds = 60): only lag_answered counts
+    d = decide(_three({"b": _rep("b", 200, lag=0.5), "c": _rep("c", 100)}), THREE)
+    assert (d.action, d.to) == ("failover", "b")
+
+
+def test_replicated_standbys_come_before_unreplicated_ones() -> None:
+    s = Settings(vantage_points=GATES, priority=("a", "d", "b"), pairs=(("a", "b", None),))
+    d = decide(_three({"b": _rep("b", 10)}, d_healthy=True), s)
+    assert (d.action, d.to) == ("failover", "b")
+    only_d = Settings(vantage_points=GATES, priority=("a", "d"), pairs=())
+    d = decide(_three({}, d_healthy=True), only_d)
+    assert (d.action, d.to) == ("failover", "d")
+    assert "serves only its own data" in d.reason
+
+
+def test_failback_waits_until_the_preferred_region_streams_from_the_active_one() -> None:
+    s = Settings(
+        vantage_points=GATES,
+        priority=("a", "b"),
+        failback=True,
+        failback_after=5.0,
+        pairs=(("a", "b", None),),
+    )
+    up = RegionView(True, 60.0)
+    reports = {g: Report(g, 0.1, {"a": up, "b": up}) for g in GATES}
+    resyncing = {"a": _rep("a", 0, state="Resyncing", source="b")}
+    d = decide(Snapshot(active("b"), reports, 100.0, replication=resyncing), s)
+    assert d.action == "none" and "streams from b" in d.reason
+    streaming = {"a": _rep("a", 500, source="b")}
+    d = decide(Snapshot(active("b"), reports, 100.0, replication=streaming), s)
+    assert (d.action, d.to) == ("failback", "a")

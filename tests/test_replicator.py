@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest_asyncio
 from haplane.local.api_replica import free_port
 from haplane.local.etcd_cluster import EtcdCluster
 from haplane.replication import Replicator
+from haplane.replication.rejoin import Rejoin
 from haplane.store import (
     APPLIED_KEY,
     CONTROLLER_LEASE_KEY,
@@ -30,10 +32,12 @@ from haplane.store import (
     AppliedRecord,
     EtcdClient,
     FenceValue,
+    GlobalState,
     Heartbeat,
     Op,
     replicated,
 )
+from haplane.store.switchover import record_unplanned_cut
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -322,3 +326,82 @@ async def _retrying_load(src: EtcdClient, n: int, seed: int) -> None:
                 break
             except EtcdError:
                 await asyncio.sleep(0.05)
+
+
+# ---- a returning region: divergence kept, then re-seeded ----------------------------------
+
+
+@pytest.mark.parametrize("history", ["kept", "compacted"])
+async def test_a_returning_region_keeps_what_it_wrote_after_the_cut_then_follows(
+    regions: tuple[EtcdCluster, EtcdCluster],
+    etcd_cluster: EtcdCluster,
+    key_prefix: bytes,
+    tmp_path: Path,
+    history: str,
+) -> None:
+    """src was active (epoch 1) and replicated into dst; dst took over unplanned (epoch 2) at
+    a cut; src went on writing while cut off; when src's replicator finds its key frozen, it
+    saves those writes (from its history, or by comparing keyspaces when the history is
+    compacted), then becomes a standby of dst and is re-seeded equal to it."""
+    async with regions[0].client(2.0) as src, regions[1].client(2.0) as dst:
+        await wipe_and_fence(src, dst)
+        control_client = etcd_cluster.client(2.0)
+        control = GlobalState(control_client, prefix=key_prefix)
+        try:
+            await control.initialize("src", by="t", reason="t", fresh=True)
+            async with running(replicator(dst, src, "a")):
+                await resynced(dst)
+                await write_load(src, 40, seed=20)
+                await caught_up(src, dst)
+            record = await control.switch("dst", expected_epoch=1, by="t", reason="src lost")
+            await dst.put(FENCE_KEY, FenceValue.active("dst", 2).encode())
+            cut = await record_unplanned_cut(control, dst, record, lag_seconds=0.1)
+            await control.unfence(2)
+            # src, cut off, still wrote (its own clients), then came back and was frozen
+            await src.put(b"/registry/secrets/ns/late", b'{"data":{"p":"aHVudGVyMg=="}}')
+            await src.put(b"/registry/configmaps/ns/k1", b"src-after-cut")
+            await src.delete(b"/registry/configmaps/ns/k2")
+            await src.put(HEARTBEAT_KEY, Heartbeat("src", 1, 1.0, 99).to_json())  # not divergence
+            await src.put(FENCE_KEY, FenceValue.frozen("src", 1).encode())
+            await dst.put(b"/registry/configmaps/ns/new-in-dst", b"dst")
+            if history == "compacted":
+                _, head = await src.range(b"\0", b"\0", limit=1)
+                await src.compact(head)
+            back = Replicator(
+                "src",
+                src,
+                {"dst": dst},
+                identity="src/r",
+                control=control,
+                on_frozen=Rejoin(tmp_path / "divergence"),
+            )
+            async with running(back):
+                await caught_up(dst, src)
+            saved = json.loads((tmp_path / "divergence" / "2" / "summary.json").read_text())
+            changed = {e["key"]: e for e in saved["entries"]}
+            assert saved["region"] == "src" and saved["active"] == "dst"
+            assert (
+                "/registry/haplane/heartbeat" not in changed and "/haplane/heartbeat" not in changed
+            )
+            late = changed["/registry/secrets/ns/late"]
+            stored = (tmp_path / "divergence" / "2" / late["file"]).read_bytes()
+            assert stored == b'{"data":{"p":"aHVudGVyMg=="}}'  # as stored, never decoded
+            assert changed["/registry/configmaps/ns/k1"]["file"] is not None
+            if history == "kept":
+                assert saved["method"] == "history" and saved["cut"] == cut.revision
+                assert set(changed) == {
+                    "/registry/secrets/ns/late",
+                    "/registry/configmaps/ns/k1",
+                    "/registry/configmaps/ns/k2",
+                }
+                assert changed["/registry/configmaps/ns/k2"]["change"] == "delete"
+            else:
+                assert saved["method"] == "keyspace"
+                assert changed["/registry/configmaps/ns/new-in-dst"]["change"] == "missing-here"
+            notes = await control.divergences()
+            assert [n["epoch"] for n in notes] == [2]
+            assert (await src.get(FENCE_KEY)).value == b"standby:dst@2"  # type: ignore[union-attr]
+            mine, theirs = await keyspace(src), await keyspace(dst)
+            assert {k: v for k, (v, _) in mine.items()} == {k: v for k, (v, _) in theirs.items()}
+        finally:
+            await control_client.close()

@@ -121,6 +121,7 @@ async def serve(config: GateConfig) -> int:
                     failback=c.failback,
                     failback_after=c.failback_after,
                     automatic=c.automatic,
+                    pairs=tuple((p.regions[0], p.regions[1], p.max_lag) for p in c.pairs),
                 ),
                 report_interval=c.report_interval,
                 tick=c.tick,

@@ -122,6 +122,14 @@ class FollowConfig(BaseModel):
     prefix: str = "/haplane/global/"
 
 
+class PairConfig(BaseModel):
+    """Two regions that replicate each other; `max_lag`: seconds (None: no limit)."""
+
+    model_config = _STRICT
+    regions: list[str] = Field(min_length=2, max_length=2)
+    max_lag: float | None = Field(default=None, gt=0)
+
+
 class ControllerConfig(BaseModel):
     """A gate instance's failover controller (haplane.gate.controller): it reports this gate's
     view of every region and, when it leads, fails over by `haplane.gate.failover.decide`."""
@@ -149,6 +157,8 @@ class ControllerConfig(BaseModel):
     region_etcd: dict[str, list[str]] = Field(min_length=1)
     fence_interval: float = Field(default=0.5, gt=0)
     fence_timeout: float = Field(default=0.5, gt=0)
+    # replication pairs (either way): which standby may be promoted, and planned failbacks
+    pairs: list[PairConfig] = Field(default_factory=list)
 
     @field_validator("vantage_points")
     @classmethod

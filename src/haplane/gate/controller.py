@@ -29,14 +29,22 @@ The leader, every `tick`:
   current epoch, never from the record's `since` (another machine's wall clock): an instance
   that sees an epoch for the first time waits the full interval from then. The fence wait
   counts from when this leader first saw the epoch unwritable (monotonic, safety);
-- decides, and acts: a failover or failback commits epoch + 1 naming the new region, not yet
+- reads every region's replication report (`GlobalState.replication_reports`): which standby
+  to promote is decided on how much of the active region it applied (see `failover.decide`);
+- decides, and acts. A failback between replicated regions is a planned switchover
+  (`haplane.store.switchover.planned_switchover`: freeze the old region with a cut marker,
+  wait until the new one applied it, promote, commit writable, reverse the stream); when it is
+  refused nothing switched, and automatic failback rests for `failback_after`. A failover (or a
+  failback without replication) commits epoch + 1 naming the new region, not yet
   writable, then at once steps every other region's fence key down to the new epoch
   (`RegionFences.freeze_others`: `active:` to `frozen:`, the rest to `standby:`) where its etcd
   answers within `fence_timeout` (a dead or cut-off region is covered by the time-based fence,
   and frozen by a reconcile pass when it answers again); an unfence must set the new
   region's key to `active:<region>@<epoch>` (`RegionFence.activate`) before it makes the
   record writable: when that region's etcd does not answer, the epoch stays unwritable and the
-  next tick tries again.
+  next tick tries again. Until then the new region's replicator keeps copying whatever the old
+  region still serves; once its key is active it can apply nothing more, and what it had
+  applied is recorded as the epoch's cut (`switchover.record_unplanned_cut`).
 
 The leader also reconciles every fence key with the record (`RegionFences.reconcile_all`) at
 once when it takes the lead and every `fence_interval` after: a region that comes back with a
@@ -76,7 +84,12 @@ from haplane.store import (
     StaleEpoch,
     prefix_end,
 )
-from haplane.store.global_state import FailbackSetting
+from haplane.store.global_state import FailbackSetting, ReplicationReport
+from haplane.store.switchover import (
+    SwitchoverRefused,
+    planned_switchover,
+    record_unplanned_cut,
+)
 
 from .events import GateEvent
 from .failover import Decision, RegionView, Report, Settings, Snapshot, decide
@@ -139,6 +152,8 @@ class FailoverController:
         self._writable = True
         self._fresh_reporters: set[str] = set()
         self._changed_now = asyncio.Event()
+        self.replication: dict[str, ReplicationReport] = {}  # as last read, by target region
+        self._failback_refused: tuple[float, str] | None = None  # (monotonic, why)
         forwarder.subscribe(self._on_gate_event)
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -373,7 +388,18 @@ class FailoverController:
             fenced_for = seen_at - first
         since = seen_at - self._note_epoch(active, seen_at) if active is not None else 0.0
         suspended, note = await self._failback_suspended(state)
-        return Snapshot(active, reports, since, fenced_for, suspended, note)
+        refused = self._failback_refused
+        if not suspended and refused is not None:
+            if time.monotonic() - refused[0] < self.settings.decision.failback_after:
+                suspended, note = True, f"the last planned failback was refused: {refused[1]}"
+            else:
+                self._failback_refused = None
+        # on error: decide on the reports as last read (a slow read must not stall a failover)
+        with contextlib.suppress(EtcdError):
+            self.replication = await state.replication_reports()
+        return Snapshot(
+            active, reports, since, fenced_for, suspended, note, replication=self.replication
+        )
 
     def _note_epoch(self, active: ActiveRegion | None, at: float | None = None) -> float:
         """When this instance first observed `active`'s epoch (monotonic; `at`, default now,
@@ -447,12 +473,29 @@ class FailoverController:
                 if d.action == "unfence":
                     if not await self._activate_fence(active):
                         return
+                    await self._record_cut(state, active)
                     record = await state.unfence(d.epoch)
                     self._log("unfenced", region=record.region, epoch=record.epoch)
+                elif (
+                    d.action == "failback"
+                    and d.to is not None
+                    and self.settings.decision.pair(active.region, d.to)[0]
+                    and self._fences is not None
+                ):
+                    planned = await self._planned(state, active, d.to, by, d.reason)
+                    if planned is None:
+                        return
+                    record = planned
+                    await self._freeze_others(record)  # a third region follows the new one
                 else:
                     assert d.to is not None
+                    rep = self.replication.get(d.to)
                     record = await state.switch(
-                        d.to, expected_epoch=d.epoch, by=by, reason=d.reason
+                        d.to,
+                        expected_epoch=d.epoch,
+                        by=by,
+                        reason=d.reason,
+                        replication={d.to: rep.as_dict()} if rep is not None else None,
                     )
                     committed = time.monotonic()  # the commit is behind us
                     self._fenced_seen[record.epoch] = committed
@@ -470,6 +513,56 @@ class FailoverController:
                 self._log("action_lost", action=d.action, reason=str(exc))
                 return
         self.last_action = {"action": d.action, "region": record.region, "epoch": record.epoch}
+
+    async def _planned(
+        self, state: GlobalState, active: ActiveRegion, to: str, by: str, reason: str
+    ) -> ActiveRegion | None:
+        """A planned failback (freeze, catch up, switch, reverse); None when refused (nothing
+        switched: failback rests for `failback_after`)."""
+        assert self._fences is not None
+        try:
+            done = await planned_switchover(
+                state, self._fences, active, to, by=by, reason=f"{reason} (planned failback)"
+            )
+        except SwitchoverRefused as exc:
+            self._failback_refused = (time.monotonic(), str(exc))
+            self.error = str(exc)
+            self._log("failback_refused", region=to, epoch=active.epoch, reason=str(exc))
+            return None
+        committed = time.monotonic()
+        self._epoch_seen = {done.record.epoch: committed}
+        self._log(
+            "committed",
+            action="failback",
+            region=done.record.region,
+            epoch=done.record.epoch,
+            previous=active.region,
+            reason=reason,
+            planned=True,
+            cut=done.cut.as_dict(),
+            caught_up_seconds=round(done.caught_up_seconds, 3),
+            warnings=list(done.warnings),
+        )
+        return done.record
+
+    async def _record_cut(self, state: GlobalState, record: ActiveRegion) -> None:
+        """After an unplanned promotion made `record.region`'s key active: record how far its
+        copy of the old region reached (best effort: the unfence does not wait on it)."""
+        if self._fences is None or record.region not in self._fences.fences:
+            return
+        rep = self.replication.get(record.region)
+        try:
+            cut = await record_unplanned_cut(
+                state,
+                self._fences[record.region].client,
+                record,
+                lag_seconds=rep.lag_answered if rep is not None else None,
+                timeout=self.settings.fence_timeout,
+            )
+        except EtcdError as exc:
+            self._log("cut_not_recorded", epoch=record.epoch, reason=str(exc))
+            return
+        self._log("cut", **cut.as_dict())
 
     # ---- the data fence: one key in each regional etcd (the leader) ----------------------
 

@@ -16,8 +16,13 @@ applied to live votes instead of a failure set:
   failover never goes to a region that just came back, e.g. when every region's health returns
   at once after the global control etcd did). A lone gate behind a
   one-sided cut is never a majority; a blip shorter than `down_after` never counts;
-- the active region being down, the controller promotes the first region in priority order
-  that is healthy; none healthy: it leaves the active region in place (nothing better);
+- the active region being down, the controller promotes, among the healthy regions, the one
+  that replicated the most of the active region (the highest applied source revision in its
+  replicator's report; ties by priority); regions without replication from the active region
+  come after those with it. A region whose copy is `Resyncing` is never chosen, nor one whose
+  lag, last measured while the active region still answered, exceeded its pair's `maxLagMs`
+  (lag keeps growing once the source is dead: judging by it would block every failover); the
+  decision says why. None eligible: it leaves the active region in place (nothing better);
 - hysteresis: no automatic failover within `min_interval` of the last change. "Since the last
   change" (`Snapshot.since_change`) is measured on the controller's own monotonic clock from
   when it first observed the current epoch, never from the record's `since` (another machine's
@@ -38,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from haplane.store import ActiveRegion
+from haplane.store import ActiveRegion, ReplicationReport
 from haplane.topology.failures import vantage_majority
 
 Action = Literal["none", "failover", "failback", "unfence"]
@@ -55,6 +60,15 @@ class Settings:
     failback_after: float = 60.0
     automatic: bool = True
     stable_for: float = 1.0  # a target must have been seen healthy this long
+    # replication pairs (either way): (region, region, max lag in seconds or None)
+    pairs: tuple[tuple[str, str, float | None], ...] = ()
+
+    def pair(self, a: str, b: str) -> tuple[bool, float | None]:
+        """(whether `a` and `b` replicate, the pair's max lag in seconds)."""
+        for x, y, max_lag in self.pairs:
+            if {x, y} == {a, b}:
+                return True, max_lag
+        return False, None
 
     @property
     def majority(self) -> int:
@@ -86,6 +100,8 @@ class Snapshot:
     fenced_for: float = 0.0  # seconds the controller has seen the current epoch not writable
     failback_suspended: bool = False  # operators suspended automatic failback
     failback_note: str = ""  # by whom and why (for the decision's reason)
+    # each region's replication as its leading replicator last reported it (by target region)
+    replication: Mapping[str, ReplicationReport] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -158,8 +174,13 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
                 f"{active.region} is down, but epoch {active.epoch} was first seen only "
                 f"{snapshot.since_change:.1f}s ago (hysteresis: {settings.min_interval:.0f}s)",
             )
-        target = next((r for r in settings.priority if r != active.region and r in healthy), None)
+        candidates = [r for r in settings.priority if r != active.region and r in healthy]
+        target, why = _choose(active.region, candidates, snapshot, settings)
         if target is None:
+            if candidates:
+                return decision(
+                    "none", f"{active.region} is down and no healthy region may take over: {why}"
+                )
             return decision(
                 "none",
                 f"{active.region} is down and no other region is seen healthy by "
@@ -169,7 +190,7 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
         return decision(
             "failover",
             f"{d} of {len(settings.vantage_points)} vantage points have seen {active.region} "
-            f"down for {settings.down_after:.2f}s; {target} is healthy",
+            f"down for {settings.down_after:.2f}s; {target} is healthy{why}",
             target,
         )
 
@@ -181,6 +202,15 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
             and settings.priority.index(preferred) < _rank(settings, active.region)
         ):
             stable_for = votes[preferred][2]
+            paired, _ = settings.pair(active.region, preferred)
+            rep = snapshot.replication.get(preferred)
+            streaming = rep is not None and rep.state == "Streaming" and rep.source == active.region
+            if paired and not streaming and stable_for >= settings.failback_after:
+                return decision(
+                    "none",
+                    f"{preferred} is preferred and healthy, but fails back only once it streams "
+                    f"from {active.region} (now: {rep.state if rep else 'no report'})",
+                )
             if stable_for >= settings.failback_after and (
                 snapshot.since_change >= settings.failback_after
             ):
@@ -198,6 +228,48 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
                     preferred,
                 )
     return decision("none", f"{active.region} is active and not seen down by a majority")
+
+
+def _choose(
+    active: str, candidates: list[str], snapshot: Snapshot, settings: Settings
+) -> tuple[str | None, str]:
+    """The region to promote among healthy `candidates` (in priority order) and what the
+    decision should say about the data: (None, why none may) when every one is excluded."""
+    ranked: list[tuple[int, int, int, str]] = []
+    excluded: list[str] = []
+    for i, region in enumerate(candidates):
+        paired, max_lag = settings.pair(active, region)
+        if not paired:
+            ranked.append((2, 0, i, region))  # serves only its own data: last
+            continue
+        rep = snapshot.replication.get(region)
+        if rep is not None and rep.state == "Resyncing":
+            excluded.append(f"{region} is resyncing (a partial copy; `--force` promotes it)")
+            continue
+        lag = rep.lag_answered if rep is not None else None
+        if max_lag is not None and lag is not None and lag > max_lag:
+            excluded.append(
+                f"{region}'s lag was {lag:.3f}s when {active} last answered, over its "
+                f"maxLagMs ({max_lag * 1000:.0f})"
+            )
+            continue
+        applied = rep.applied_revision if rep is not None and rep.source == active else -1
+        ranked.append((0 if applied >= 0 else 1, -applied, i, region))
+    if not ranked:
+        return None, "; ".join(excluded)
+    ranked.sort()
+    group, neg_applied, _, target = ranked[0]
+    notes = []
+    if group == 0:
+        chosen = snapshot.replication[target]
+        lag_note = f", lag {chosen.lag_answered:.3f}s" if chosen.lag_answered is not None else ""
+        notes.append(f"it applied {active}'s revision {-neg_applied}{lag_note}")
+    elif group == 1:
+        notes.append(f"its replication from {active} has no report")
+    else:
+        notes.append(f"no replication from {active}: it serves only its own data")
+    notes += [f"not {e}" for e in excluded]
+    return target, " (" + "; ".join(notes) + ")"
 
 
 def _rank(settings: Settings, region: str) -> int:

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from haplane.store import DEFAULT_GLOBAL_PREFIX, EtcdClient, GlobalState
 
+from .rejoin import Rejoin
 from .replicator import Replicator
 
 
@@ -48,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--global-etcd", default="", help="the global control etcd (reports)")
     ap.add_argument("--global-prefix", default=DEFAULT_GLOBAL_PREFIX.decode())
     ap.add_argument("--lease-ttl", type=int, default=2, help="leader lease TTL, seconds")
+    ap.add_argument(
+        "--divergence-dir",
+        default=None,
+        help="where a returning region's writes after the cut are saved before it is re-seeded",
+    )
     args = ap.parse_args(argv)
     sources: dict[str, list[str]] = {}
     for item in args.source:
@@ -127,8 +134,9 @@ async def serve(args: argparse.Namespace) -> None:
     )
     control = GlobalState(control_client, args.global_prefix.encode()) if control_client else None
     identity = f"{args.region}/{args.name}"
+    rejoin = Rejoin(Path(args.divergence_dir) if args.divergence_dir else None)
     rep = Replicator(args.region, target, sources, identity=identity, control=control,
-                     lease_ttl=args.lease_ttl)  # fmt: skip
+                     lease_ttl=args.lease_ttl, on_frozen=rejoin)  # fmt: skip
     registry = CollectorRegistry()
     registry.register(_Collector(rep))
     started = time.time()
@@ -151,6 +159,7 @@ async def serve(args: argparse.Namespace) -> None:
             "startedAt": started,
             "detail": s.detail,
             **rep.report().as_dict(),
+            "lastDivergence": rejoin.last,
             "counters": {
                 "txns": s.txns,
                 "revisions": s.revisions,

@@ -28,6 +28,7 @@ with the winner's record. The first record is created only if `active` is absent
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -210,11 +211,16 @@ class GlobalState:
         grant_ms: int | None = None,
         margin_ms: int | None = None,
         replication: dict[str, object] | None = None,
+        writable: bool = False,
     ) -> ActiveRegion:
         """Make `to` active under epoch `expected_epoch + 1`, fenced (`writable: false`), only
         if the epoch is still `expected_epoch`; otherwise `StaleEpoch` (nothing written). The
         caller unfences it with `unfence` after `fence_wait` seconds. The grant settings carry
-        over from the current record unless given."""
+        over from the current record unless given.
+
+        `writable=True` only for a planned switchover whose old region's fence key has been
+        frozen (`switchover.freeze_with_cut_marker`): no write can commit there any more, so
+        no grant needs to run out first."""
         current = await self.read()
         if current is None:
             raise StaleEpoch("no active region is recorded yet (is the topology up?)", None)
@@ -231,13 +237,15 @@ class GlobalState:
             by,
             reason,
             previous=current.region,
-            writable=False,
             # a grant never shrinks across a switch: the fence wait of the new epoch must
             # cover the longest permission the old epoch's replicas can hold
             grant_ms=max(current.grant_ms, grant_ms or 0),
             margin_ms=max(current.margin_ms, margin_ms or 0),
             replication=replication,
+            writable=writable,
         )
+        if writable:
+            record = replace(record, unfenced=record.since)
         r = await self.client.txn(
             [
                 Compare(self.active_key, "mod", "=", current.revision),
@@ -342,6 +350,29 @@ class GlobalState:
             cut = Cut.parse(kv.value)
             if cut is not None:
                 out[cut.epoch] = cut
+        return out
+
+    def _divergence_key(self, epoch: int) -> bytes:
+        return self._base + b"divergence/" + f"{epoch:012d}".encode()
+
+    async def record_divergence(
+        self, note: dict[str, object], *, timeout: float | None = None
+    ) -> None:
+        """What a returning region had written after the cut of epoch `note["epoch"]` and where
+        it was saved (`haplane.replication.rejoin`)."""
+        epoch = note["epoch"]
+        assert isinstance(epoch, int)
+        await self.client.put(
+            self._divergence_key(epoch), json.dumps(note, sort_keys=True).encode(), timeout=timeout
+        )
+
+    async def divergences(self, *, timeout: float | None = None) -> list[dict[str, object]]:
+        prefix = self._base + b"divergence/"
+        kvs, _ = await self.client.range(prefix, prefix_end(prefix), timeout=timeout)
+        out = []
+        for kv in kvs:
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(kv.value))
         return out
 
     # ---- automatic failback: an operator's setting ---------------------------------------
