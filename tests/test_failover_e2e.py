@@ -160,18 +160,47 @@ def test_global_control_quorum_loss_fences_the_active_region(topo: Path) -> None
     wait_for(lambda: _write(replica["url"], f"after-{time.time_ns()}")[0] == 201, timeout=30)
 
 
-def test_planned_switchover_is_fenced_and_recorded(topo: Path) -> None:
+def _read(url: str, name: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/namespaces/default/configmaps/{name}") as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_forced_switchover_is_fenced_and_records_the_cut(topo: Path) -> None:
+    """--force: no freeze, no catch-up: the new region writes only after the old region's
+    grant has run out, and the cut (what it had applied) is recorded."""
+    before = status(topo)["global_state"]["active"]
+    other = next(r for r in ("eu-west", "eu-central") if r != before["region"])
+    t0 = time.monotonic()
+    r = haplane(topo, "failover", "--to", other, "--force", "--reason", "forced")
+    took = time.monotonic() - t0
+    assert took >= (before["grantMs"] + before["marginMs"]) / 1000  # it waited out the grant
+    assert "promoted at revision" in r.stdout
+    doc = status(topo)
+    assert doc["global_state"]["active"]["region"] == other
+    cut = doc["cuts"][-1]
+    assert (cut["epoch"], cut["region"], cut["planned"]) == (before["epoch"] + 1, other, False)
+
+
+def test_planned_switchover_carries_the_data_and_reverses_the_stream(topo: Path) -> None:
     doc = status(topo)
     before = doc["global_state"]["active"]
     other = next(r for r in ("eu-west", "eu-central") if r != before["region"])
-    t0 = time.monotonic()
+    old_replica = next(x for x in doc["replicas"] if x["name"].startswith(f"{before['region']}/"))
+    standby = f"standby:{before['region']}@{before['epoch']}"
+    wait_for(lambda: status(topo)["global_state"]["fences"][other] == standby, timeout=30)
+    acked = f"acked-{time.time_ns()}"
+    wait_for(lambda: _write(old_replica["url"], acked)[0] == 201)
     r = haplane(topo, "failover", "--to", other, "--reason", "test switchover")
-    took = time.monotonic() - t0
-    assert f"(epoch {before['epoch'] + 1})" in r.stdout
+    assert f"(epoch {before['epoch'] + 1})" in r.stdout and "planned" in r.stdout
     after = status(topo)["global_state"]
     assert after["active"]["region"] == other and after["active"]["writable"]
     assert after["active"]["epoch"] == before["epoch"] + 1
-    assert took >= (before["grantMs"] + before["marginMs"]) / 1000  # it waited out the grant
+    assert after["fences"][before["region"]] == f"standby:{other}@{before['epoch'] + 1}"
+    replica = next(x for x in status(topo)["replicas"] if x["name"].startswith(f"{other}/"))
+    assert _read(replica["url"], acked) == 200  # written before the switch, there after it
     last = after["history"][-1]
     assert last["reason"] == "test switchover" and last["by"].startswith("operator")
     replica = next(x for x in status(topo)["replicas"] if x["name"].startswith(f"{other}/"))

@@ -489,6 +489,49 @@ def _print_status(report: StatusReport) -> None:
     out.print(_status_table(report))
     if report.edges:
         out.print(_edge_table(report))
+    if report.replication:
+        out.print(_replication_table(report))
+    for c in report.cuts[-2:]:
+        how = "planned" if c.get("planned") else "unplanned"
+        lag = c.get("lagSeconds")
+        out.print(
+            f"cut of epoch {c['epoch']} ({how}): {c['region']} took over at revision "
+            f"{c['revision']} of {c.get('source')}"
+            + (f", lag at the cut {lag:.3f}s" if isinstance(lag, int | float) else "")
+        )
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    return table
+
+
+def _replication_table(report: StatusReport) -> Table:
+    table = _table(
+        "replication (into each region, from the active one)",
+        *("REGION", "STATE", "SOURCE", "APPLIED", "LAG", "LEADER", "LAST RESYNC", "REPLICATORS"),
+    )
+    colors = {"Streaming": "green", "Idle": "dim", "Resyncing": "yellow"}
+    for row in report.replication:
+        lag = (
+            f"{row.lag_seconds:.3f}s / {row.lag_revisions} rev"
+            if row.lag_seconds is not None
+            else "-"
+        )
+        resync = row.last_resync or {}
+        table.add_row(
+            row.region,
+            f"[{colors.get(row.state, 'red')}]{row.state}[/]",
+            row.source or "-",
+            f"{row.applied_revision}/{row.source_revision}" if row.applied_revision else "-",
+            lag,
+            row.leader or "-",
+            f"{resync.get('keys')} keys in {resync.get('seconds')}s" if resync else "-",
+            ", ".join(f"{r['name']} {r['state']}" for r in row.replicators),
+        )
+    return table
 
 
 _STATE_COLOR = {"up": "green", "draining": "yellow", "down": "red"}
@@ -699,19 +742,41 @@ def failover_cmd(
             help="Refuse if the epoch is no longer this one (default: the current one).",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="An unplanned failover: no freeze and catch-up (the old region may be "
+            "unreachable); writes the new region had not applied are lost (the cut is "
+            "reported).",
+        ),
+    ] = False,
+    catch_up_timeout: Annotated[
+        float,
+        typer.Option(
+            "--catch-up-timeout", help="Seconds the new region may take to apply the cut."
+        ),
+    ] = 10.0,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """Make REGION the active region with a fenced switchover: one etcd transaction compares the
-    epoch and raises it by one (the old region stops renewing its write permission), then,
-    after the grant plus the safety margin, a second one lets REGION write. Gates move new
-    connections there and close the old ones."""
+    """Make REGION the active region.
+
+    With replication between the two regions, a planned switchover that loses nothing: one
+    transaction freezes the old region and writes a cut marker, REGION's replicator applies
+    it, REGION is promoted and the new epoch committed writable, and the old region follows
+    REGION from the cut. If the old region cannot be frozen or REGION does not catch up in
+    time, nothing is switched.
+
+    With --force (or without replication): a fenced switchover that does not need the old
+    region: the epoch is raised at once, and REGION writes after the grant plus the safety
+    margin. Gates move new connections to REGION and close the old ones."""
     state = _state(state_dir)
     if not state.topology_file.exists():
         err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
         raise typer.Exit(1)
     topology = load_file(state.topology_file)
 
-    async def run() -> tuple[Any, Any]:
+    async def run() -> global_control.SwitchResult:
         fences = global_control.region_fences(topology, state)
         try:
             async with global_control.control_client(topology, state) as client:
@@ -722,12 +787,14 @@ def failover_cmd(
                     reason=reason,
                     expected_epoch=expected_epoch,
                     fences=fences,
+                    force=force,
+                    catch_up_limit=catch_up_timeout,
                 )
         finally:
             await fences.close()
 
     try:
-        before, after = asyncio.run(run())
+        result = asyncio.run(run())
     except global_control.FailoverError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(1) from None
@@ -740,11 +807,29 @@ def failover_cmd(
     except EtcdError as exc:
         err.print(f"error: the global control etcd did not answer: {exc}")
         raise typer.Exit(1) from None
-    out.print(
+    before, after, cut = result.before, result.after, result.cut
+    for warning in result.warnings:
+        err.print(f"warning: {warning}")
+    head = (
         f"active region: {before.region} (epoch {before.epoch}) -> "
-        f"[bold]{after.region}[/] (epoch {after.epoch}); writable after a fence wait of "
-        f"{after.fence_wait:.2f}s"
+        f"[bold]{after.region}[/] (epoch {after.epoch})"
     )
+    if result.planned:
+        out.print(
+            f"{head}: planned, {after.region} applied the cut (revision "
+            f"{cut.revision if cut else '?'} of {before.region}) in "
+            f"{result.caught_up_seconds or 0:.2f}s, nothing lost; {before.region} now follows "
+            f"{after.region}"
+        )
+    else:
+        lag = f", lag at the cut {cut.lag_seconds:.3f}s" if cut and cut.lag_seconds else ""
+        where = (
+            f"; promoted at revision {cut.revision} of {cut.source}{lag}: writes {cut.source} "
+            "committed above it are not in the new region"
+            if cut is not None and cut.source
+            else ""
+        )
+        out.print(f"{head}: writable after a fence wait of {after.fence_wait:.2f}s{where}")
 
 
 app.add_typer(failback.app, name="failback")

@@ -22,10 +22,12 @@ from haplane.topology.model import GLOBAL_SCOPE
 from .plans import (
     ClusterPlan,
     ReplicaPlan,
+    ReplicatorPlan,
     global_plan,
     port_key,
     resolve_addresses,
     resolve_replicas,
+    resolve_replicators,
 )
 from .ports import PortRegistry
 
@@ -168,6 +170,7 @@ class TopologyPlan:
     replicas: list[ReplicaPlan]
     balancers: list[BalancerPlan]
     gates: list[GatePlan]
+    replicators: list[ReplicatorPlan] = field(default_factory=list)
 
 
 def resolve_all(topology: Topology, ports: PortRegistry) -> TopologyPlan:
@@ -175,7 +178,11 @@ def resolve_all(topology: Topology, ports: PortRegistry) -> TopologyPlan:
     replicas = resolve_replicas(topology, ports, clusters)
     balancers = resolve_balancers(topology, ports, clusters, replicas)
     return TopologyPlan(
-        clusters, replicas, balancers, resolve_gates(topology, ports, clusters, balancers)
+        clusters,
+        replicas,
+        balancers,
+        resolve_gates(topology, ports, clusters, balancers),
+        resolve_replicators(topology, ports, clusters),
     )
 
 
@@ -261,4 +268,11 @@ def controller_config(plan: GatePlan, topology: Topology) -> dict[str, Any]:
         "failback": f.failback,
         "failback_after": f.failback_after_ms / 1000,
         "region_etcd": {r: list(eps) for r, eps in plan.region_etcd.items()},
+        "pairs": [
+            {
+                "regions": [r.from_, r.to],
+                "max_lag": r.max_lag_ms / 1000 if r.max_lag_ms is not None else None,
+            }
+            for r in topology.spec.global_.replication
+        ],
     }

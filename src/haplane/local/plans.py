@@ -32,8 +32,8 @@ def global_plan(clusters: list[ClusterPlan]) -> ClusterPlan:
 
 
 @dataclass(frozen=True)
-class ReplicaPlan:
-    """One API server replica: its region, name, address and its region's etcd."""
+class RegionalPlan:
+    """A process of one region: its region, name, address and its region's etcd."""
 
     region: str
     name: str
@@ -50,6 +50,11 @@ class ReplicaPlan:
         return f"http://{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class ReplicaPlan(RegionalPlan):
+    """One API server replica."""
+
+
 def resolve_replicas(
     topology: Topology, ports: PortRegistry, clusters: list[ClusterPlan]
 ) -> list[ReplicaPlan]:
@@ -61,6 +66,39 @@ def resolve_replicas(
             host = topology.host_of(api, site.name)
             port = ports.resolve(f"{site.name}/{api.name}#http", host, api.port)
             plans.append(ReplicaPlan(site.name, api.name, host, port, endpoints))
+    return plans
+
+
+@dataclass(frozen=True)
+class ReplicatorPlan(RegionalPlan):
+    """One replicator, and the etcd of every region it may copy from (those paired with its
+    own)."""
+
+    sources: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (region, its etcd endpoints)
+
+
+def resolve_replicators(
+    topology: Topology, ports: PortRegistry, clusters: list[ClusterPlan]
+) -> list[ReplicatorPlan]:
+    etcd_of = {c.view.scope: c for c in clusters}
+    plans = []
+    for site, region in topology.regions():
+        pairs = [r for r in topology.spec.global_.replication if site.name in (r.from_, r.to)]
+        partners = sorted({r.to if r.from_ == site.name else r.from_ for r in pairs} - {site.name})
+        sources = tuple((p, tuple(etcd_of[p].endpoints)) for p in partners if p in etcd_of)
+        for rep in region.replicators:
+            host = topology.host_of(rep, site.name)
+            port = ports.resolve(f"{site.name}/{rep.name}#http", host, rep.port)
+            plans.append(
+                ReplicatorPlan(
+                    site.name,
+                    rep.name,
+                    host,
+                    port,
+                    tuple(etcd_of[site.name].endpoints),
+                    sources,
+                )
+            )
     return plans
 
 

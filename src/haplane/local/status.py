@@ -16,13 +16,20 @@ from typing import Any
 
 import aiohttp
 
-from haplane.store import EtcdClient, EtcdError, GlobalState, MemberStatus, RegionFences
+from haplane.store import (
+    EtcdClient,
+    EtcdError,
+    GlobalState,
+    MemberStatus,
+    RegionFences,
+    ReplicationReport,
+)
 from haplane.topology import Topology, load_file
 from haplane.topology.model import GLOBAL_SCOPE
 
 from . import pidfile
 from .control import ControlClient, ControlError
-from .gate_plans import resolve_all
+from .gate_plans import TopologyPlan, resolve_all
 from .plans import ClusterPlan, ReplicaPlan, global_plan
 from .ports import PortRegistry
 from .state_dir import StateDir
@@ -105,6 +112,24 @@ class GlobalReport:
 
 
 @dataclass
+class ReplicationRow:
+    """One region's replication: its leading replicator's last report (from the global control
+    etcd) and its replicator processes."""
+
+    region: str
+    state: str  # Streaming, Resyncing, Disconnected, Idle, or "no report"
+    source: str | None = None
+    applied_revision: int | None = None
+    source_revision: int | None = None
+    lag_seconds: float | None = None
+    lag_revisions: int | None = None
+    leader: str | None = None
+    report_age: float | None = None  # seconds since the report was written
+    last_resync: dict[str, Any] | None = None
+    replicators: list[dict[str, Any]] = field(default_factory=list)  # name, state, pid, restarts
+
+
+@dataclass
 class StatusReport:
     topology: str
     state_dir: str
@@ -114,6 +139,8 @@ class StatusReport:
     replicas: list[ReplicaReport] = field(default_factory=list)
     global_state: GlobalReport | None = None
     edges: list[EdgeReport] = field(default_factory=list)
+    replication: list[ReplicationRow] = field(default_factory=list)
+    cuts: list[dict[str, Any]] = field(default_factory=list)  # the last few, oldest first
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +152,7 @@ class StatusReport:
             and all(m.healthy for c in self.clusters for m in c.members)
             and all(r.ready for r in self.replicas)
             and all(e.ready for e in self.edges)
+            and all(r["state"] == "running" for row in self.replication for r in row.replicators)
         )
 
 
@@ -169,6 +197,7 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
             for e in group
         )
     )
+    replication, cuts = await _replication_report(topology, plan, processes, timeout)
     return StatusReport(
         topology.name,
         str(state.root),
@@ -178,7 +207,58 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
         list(replicas),
         global_state,
         list(edges),
+        replication,
+        cuts,
     )
+
+
+async def _replication_report(
+    topology: Topology,
+    plan: TopologyPlan,
+    processes: dict[str, dict[str, Any]],
+    timeout: float,
+) -> tuple[list[ReplicationRow], list[dict[str, Any]]]:
+    """Per region with replicators: the leading replicator's report and the processes; and the
+    last cuts recorded by switches."""
+    if not plan.replicators:
+        return [], []
+    reports: dict[str, ReplicationReport] = {}
+    cuts: list[dict[str, Any]] = []
+    with contextlib.suppress(EtcdError):
+        async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=timeout) as client:
+            g = GlobalState(client)
+            reports = await g.replication_reports(timeout=timeout)
+            recorded = await g.cuts(timeout=timeout)
+            cuts = [recorded[e].as_dict() for e in sorted(recorded)[-5:]]
+    rows = []
+    for site, _ in topology.regions():
+        mine = [r for r in plan.replicators if r.region == site.name]
+        if not mine:
+            continue
+        rep = reports.get(site.name)
+        row = ReplicationRow(site.name, rep.state if rep else "no report")
+        if rep is not None:
+            row.source = rep.source
+            row.applied_revision = rep.applied_revision
+            row.source_revision = rep.source_revision
+            row.lag_seconds = rep.lag_seconds
+            row.lag_revisions = rep.lag_revisions
+            row.leader = rep.leader
+            row.report_age = round(rep.age(), 3)
+            row.last_resync = rep.last_resync
+        for r in mine:
+            proc = processes.get(r.qualified_name, {})
+            row.replicators.append(
+                {
+                    "name": r.qualified_name,
+                    "url": r.url,
+                    "state": str(proc.get("state", "not running")),
+                    "pid": proc.get("pid"),
+                    "restarts": int(proc.get("restarts") or 0),
+                }
+            )
+        rows.append(row)
+    return rows, cuts
 
 
 async def _edge_report(

@@ -51,11 +51,13 @@ from .gate_plans import (
 from .plans import (
     ClusterPlan,
     ReplicaPlan,
+    ReplicatorPlan,
     global_plan,
     member_addresses,
     port_key,
     resolve_addresses,
     resolve_replicas,
+    resolve_replicators,
 )
 from .ports import PortRegistry
 from .process import FaultAction, ManagedProcess, ProcessSpec
@@ -111,6 +113,7 @@ class Supervisor:
         self.replicas: list[ReplicaPlan] = []
         self.balancers: list[BalancerPlan] = []
         self.gates: list[GatePlan] = []
+        self.replicators: list[ReplicatorPlan] = []
         self.started_in: float | None = None
         self.network = site_network.load(state)
 
@@ -138,6 +141,7 @@ class Supervisor:
             self.replicas = resolve_replicas(self.topology, ports, self.clusters)
             self.balancers = resolve_balancers(self.topology, ports, self.clusters, self.replicas)
             self.gates = resolve_gates(self.topology, ports, self.clusters, self.balancers)
+            self.replicators = resolve_replicators(self.topology, ports, self.clusters)
             # All at once: a balancer is ready when a replica behind it is, a gate when a
             # balancer of the active region is; starting them together overlaps their start-up.
             await asyncio.gather(
@@ -152,6 +156,7 @@ class Supervisor:
                     )
                     for g in self.gates
                 ),
+                *(self._start_replicator(r, timeout) for r in self.replicators),
             )
         except BaseException as exc:
             self.phase = "failed"
@@ -332,6 +337,26 @@ class Supervisor:
             await self._reconcile_fences([region])
 
         proc.before_spawn = check_fence
+        self.processes[plan.qualified_name] = proc
+        await proc.spawn()
+        await self._await_ready(proc, f"{plan.url}/readyz", timeout)
+        self.progress(f"{plan.qualified_name}: ready at {plan.url}")
+
+    async def _start_replicator(self, plan: ReplicatorPlan, timeout: float) -> None:
+        """A region's replicator (`python -m haplane.replication`): it copies from whichever
+        paired region its region's fence key names as the source."""
+        argv = [
+            sys.executable, "-m", "haplane.replication",
+            "--region", plan.region,
+            "--name", plan.name,
+            "--listen", f"{plan.host}:{plan.port}",
+            "--etcd", ",".join(plan.etcd_endpoints),
+            "--global-etcd", ",".join(global_plan(self.clusters).endpoints),
+            "--divergence-dir", str(self.state.root / "divergence"),
+        ]  # fmt: skip
+        for region, endpoints in plan.sources:
+            argv += ["--source", f"{region}={','.join(endpoints)}"]
+        proc = self._process(plan.qualified_name, "replicator", argv, plan.host)
         self.processes[plan.qualified_name] = proc
         await proc.spawn()
         await self._await_ready(proc, f"{plan.url}/readyz", timeout)

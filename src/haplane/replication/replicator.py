@@ -267,7 +267,9 @@ class Replicator:
         what = "no fence key" if v is None else f"fence key {v}"
         if v is not None and v.state == "active":
             what = f"active in epoch {v.epoch}"
-        self.status.source = None
+        s = self.status
+        s.source, s.heartbeat, s.lag_answered, s.source_answered_at = None, None, None, None
+        s.applied_revision = s.source_revision = 0
         self._set_state("Idle", f"not a standby: {what}")
 
     def _guards(self) -> list[Compare]:

@@ -125,10 +125,21 @@ class Balancer(Placement):
     port: Port | None = None
 
 
+class Replicator(Placement):
+    name: Name
+    zone: Name
+    port: Port | None = Field(None, description="Its /healthz, /metrics and /status listener.")
+
+
 class Region(_Model):
     etcd: RegionalEtcd
     api_servers: list[ApiServer] = Field(default_factory=list)
     balancers: list[Balancer] = Field(default_factory=list)
+    replicators: list[Replicator] = Field(
+        default_factory=list,
+        description="Replicators run in this region and copy the active region's data into it "
+        "while it is a standby; one leads through a lease in this region's etcd.",
+    )
 
 
 class Site(_Model):
@@ -198,9 +209,20 @@ class Failover(_Model):
 
 
 class Replication(_Model):
+    """A replication pair: the two regions copy each other, in whichever direction the active
+    region makes it (`from` is only the first source)."""
+
     from_: Name = Field(alias="from")
     to: Name
-    mode: Literal["Async"] = "Async"
+    mode: Literal["Async"] = Field(
+        "Async", description="Async: a write is acknowledged once its own region has it."
+    )
+    max_lag_ms: int | None = Field(
+        None,
+        ge=1,
+        description="A standby whose lag, last measured while its source still answered, "
+        "exceeded this is not chosen by automatic failover.",
+    )
 
 
 class Global(_Model):
