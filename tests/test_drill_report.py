@@ -662,3 +662,38 @@ def test_aggregate_shows_the_new_figures() -> None:
     text = render_aggregate_table(agg)
     for label in ("reconnect", "acknowledged updates lost", "stale reads", "expected 409/404"):
         assert label in text
+
+
+# ---- loss above an unplanned failover's cut: the RPO, tolerated and reported apart ----------
+
+
+def test_only_writes_above_an_unplanned_cut_are_tolerated() -> None:
+    from haplane.dr.rpo import split_by_cut
+
+    a1 = Operation("write", "k1", 1.0, 1.1, True, None, 201, "a", 1)
+    a2 = Operation("write", "k2", 1.2, 1.3, True, None, 201, "a", 1)
+    b = Operation("write", "k3", 3.0, 3.1, True, None, 201, "b", 2)
+    journal = [
+        ServerWrite("a", 1, "k1", 100, 1.0, 1.05),  # at the cut: replicated, so its loss fails
+        ServerWrite("a", 1, "k2", 101, 1.2, 1.25),  # above the cut: the RPO
+        ServerWrite("b", 2, "k3", 7, 3.0, 3.05),
+    ]
+    cut = {"epoch": 2, "source": "a", "revision": 100, "planned": False}
+    assert split_by_cut([a1, a2, b], journal, cut) == ((a1, b), (a2,))
+    assert split_by_cut([a2], journal, {**cut, "planned": True}) == ((a2,), ())  # planned: none
+    assert split_by_cut([a2], [], cut) == ((a2,), ())  # journaled nowhere: nothing explains it
+    assert split_by_cut([a2], journal, None) == ((a2,), ())
+
+
+def test_summarize_reports_the_cut_and_fails_only_on_loss_at_or_below_it() -> None:
+    lost_above = Operation("write", "k2", 1.2, 1.3, True, None, 201, "a", 1)
+    journal = [ServerWrite("a", 1, "k2", 101, 1.2, 1.25)]
+    cut = {"epoch": 2, "source": "a", "revision": 100, "planned": False, "lagSeconds": 0.2}
+    result = summarize("region-kill", [lost_above], [], journal, {}, cut=cut)
+    assert result.lost_writes == () and result.lost_above_cut == (lost_above,)
+    assert not any("lost" in p for p in verdict(result))
+    assert "took over at revision 100 of a (unplanned, lag at the cut 0.200 s)" in render_table(
+        result
+    )
+    again = DrillResult.from_dict(json.loads(render_json(result)))
+    assert again.cut == cut and again.lost_above_cut == (lost_above,)

@@ -677,7 +677,7 @@ def drill_cmd(
         str,
         typer.Argument(
             help="replica-kill | etcd-leader-kill | region-kill | balancers-pause | partition | "
-            "gate-cut | blip"
+            "gate-cut | blip | switchover | replicator-kill | standby-partition"
         ),
     ],
     output: Annotated[

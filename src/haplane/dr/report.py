@@ -13,10 +13,11 @@ namespace, "update" writes one of a few long-lived keys with a `resourceVersion`
 "get" reads one of those keys. The counter orders values: a read showing a smaller one is older.
 
 Read-back: a mapping `(place, key) -> counter` (None for an object without a counter) of what
-each place held after the drill. Today a place is the region that acknowledged the write (each
-region keeps its own data: there is no replication between regions yet), so lost writes, lost
-updates and stale reads are judged per region; a read-back through the gate would be another
-place for the same checks.
+was there after the drill. The drill reads back through the gate, from wherever it now leads
+(what a client sees), and files each key under every region (the data follows the active region:
+a write acknowledged anywhere must be readable there). Lost writes, lost updates and stale reads
+are judged per (region, key) against it. After an unplanned failover, a loss above the cut is
+the RPO, reported apart and tolerated (`haplane.dr.rpo`); every other loss fails the drill.
 
 Clocks: `Operation` and `Event` times are seconds since drill start on the drill process's
 monotonic clock; `ServerWrite` times are wall-clock (`time.time()`) on the API replicas. The two are
@@ -81,6 +82,7 @@ FINDINGS: tuple[str, ...] = (
     "expected_conflicts",
     "lost_writes",
     "lost_updates",
+    "lost_above_cut",
     "stale_reads",
     "acked_not_journaled",
     "journaled_not_invoked",
@@ -108,6 +110,7 @@ _LABELS: dict[str, str] = {
     "expected_conflicts": "expected 409/404 (epoch changed)",
     "lost_writes": "acknowledged writes lost",
     "lost_updates": "acknowledged updates lost",
+    "lost_above_cut": "lost above the cut (RPO)",
     "stale_reads": "stale reads",
     "acked_not_journaled": "acknowledged, not journaled",
     "journaled_not_invoked": "journaled, never invoked",
@@ -571,6 +574,10 @@ class DrillResult:
     acked_not_journaled: tuple[Operation, ...] = ()
     journaled_not_invoked: tuple[ServerWrite, ...] = ()
     final_values: dict[str, dict[str, int]] = field(default_factory=dict)  # region -> key -> n
+    # an unplanned failover's cut, and the acknowledged writes and updates lost above it (the
+    # RPO: tolerated; see `haplane.dr.rpo`)
+    cut: dict[str, Any] | None = None
+    lost_above_cut: tuple[Operation, ...] = ()
 
     @property
     def errors(self) -> int:
@@ -613,6 +620,8 @@ class DrillResult:
             "acked_not_journaled": [o.to_dict() for o in self.acked_not_journaled],
             "journaled_not_invoked": [w.to_dict() for w in self.journaled_not_invoked],
             "final_values": {r: dict(kv) for r, kv in self.final_values.items()},
+            "cut": self.cut,
+            "lost_above_cut": [o.to_dict() for o in self.lost_above_cut],
         }
 
     @classmethod
@@ -659,6 +668,8 @@ class DrillResult:
                 str(r): {str(k): int(v) for k, v in kv.items()}
                 for r, kv in (d.get("final_values") or {}).items()
             },
+            cut=d.get("cut"),
+            lost_above_cut=op_list("lost_above_cut"),
         )
 
 
@@ -672,11 +683,15 @@ def summarize(
     *,
     expectation: Expectation | None = None,
     key_prefix: str | None = None,
+    cut: Mapping[str, Any] | None = None,
 ) -> DrillResult:
     """Measure one drill run: phases, gaps, errors, lost writes and updates, stale reads, the
     journals against the client (both ways), epoch order, counts. `read_back`: what each region
     held afterwards (see the module docstring); `key_prefix`: what names the drill's keys in the
-    journals (see `journaled_not_invoked`)."""
+    journals (see `journaled_not_invoked`); `cut`: an unplanned failover's cut, above which a
+    loss is the RPO, not a failure (`haplane.dr.rpo`)."""
+    from .rpo import split_by_cut
+
     op_list = sorted(ops, key=lambda o: (o.invoked, o.returned))
     ev_list = sorted(events, key=lambda e: e.t)
     w_list = list(writes)
@@ -688,6 +703,8 @@ def summarize(
     regions = {o.region for o in op_list if o.region is not None} | {w.region for w in w_list}
     epochs = {o.epoch for o in op_list if o.epoch is not None} | {w.epoch for w in w_list}
     new_epoch = expectation.epoch_after if expectation and expectation.failed_over else None
+    lost_w, above_w = split_by_cut(lost_writes(op_list, read_back), w_list, cut)
+    lost_u, above_u = split_by_cut(lost_updates(op_list, read_back), w_list, cut)
     final: dict[str, dict[str, int]] = {}
     for (region, key), value in sorted(read_back.items()):
         if value is not None:
@@ -700,7 +717,7 @@ def summarize(
         longest_write_gap=longest_gap(op_list, "write"),
         longest_read_gap=longest_gap(op_list, "read"),
         errors_by_kind=errors_by_kind(op_list),
-        lost_writes=tuple(lost_writes(op_list, read_back)),
+        lost_writes=lost_w,
         epoch_order_violations=tuple(epoch_order_violations(w_list)),
         ops_total=total,
         ops_ok=ok,
@@ -717,11 +734,13 @@ def summarize(
             if o.kind == "write" and o.ok and new_epoch is not None and o.epoch == new_epoch
         ),
         expected_conflicts=tuple(expected_conflicts(op_list)),
-        lost_updates=tuple(lost_updates(op_list, read_back)),
+        lost_updates=lost_u,
         stale_reads=tuple(stale_reads(op_list)),
         acked_not_journaled=tuple(acked_not_journaled(op_list, w_list)),
         journaled_not_invoked=tuple(journaled_not_invoked(op_list, w_list, key_prefix)),
         final_values=final,
+        cut=dict(cut) if cut is not None else None,
+        lost_above_cut=above_w + above_u,
     )
 
 
@@ -772,6 +791,7 @@ def verdict(result: DrillResult) -> list[str]:
             problems.append(f"{len(found)} {what}, e.g. {_example(found[0], result.final_values)}")
     problems += result.epoch_order_violations
     problems += [f"read-back: {p}" for p in result.meta.get("read_back_problems", [])]
+    problems += [f"replication: {p}" for p in result.meta.get("replication_problems") or []]
     return problems
 
 
@@ -873,6 +893,17 @@ def _ops_line(result: DrillResult) -> str:
     return ", ".join(parts)
 
 
+def cut_line(cut: Mapping[str, Any]) -> str:
+    """One line for a failover's cut (`haplane.store.Cut.as_dict`)."""
+    how = "planned" if cut.get("planned") else "unplanned"
+    lag = cut.get("lagSeconds")
+    lag_text = f", lag at the cut {lag:.3f} s" if isinstance(lag, int | float) else ""
+    return (
+        f"epoch {cut.get('epoch')} took over at revision {cut.get('revision')} of "
+        f"{cut.get('source')} ({how}{lag_text})"
+    )
+
+
 def render_table(result: DrillResult) -> str:
     """The headline figures as a plain-text table with aligned columns."""
     head = [
@@ -880,6 +911,7 @@ def render_table(result: DrillResult) -> str:
         f"operations: {_ops_line(result)}",
         f"regions: {', '.join(result.regions) or '-'}   "
         f"epochs: {', '.join(map(str, result.epochs)) or '-'}",
+        *([f"cut: {cut_line(result.cut)}"] if result.cut else []),
         "",
     ]
     table = _align([("FIGURE", "VALUE"), *_table_rows(result)])

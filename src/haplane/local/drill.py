@@ -13,9 +13,12 @@ A drill:
 2. after `warmup`, injects the scenario's fault ("fault" event);
 3. waits until the scenario's outcome shows (a write acknowledged in a newer epoch when a
    failover is expected; `observe` seconds otherwise), then `tail` more seconds;
-4. undoes the fault ("restored"), reads back every acknowledged write and update from the
-   region that acknowledged it (`haplane.dr.client.read_back`, one region at a time), and
-   collects the replicas' write journals and the gates' decision logs;
+4. undoes the fault ("restored"), reads back every acknowledged write and update through the
+   gate, from wherever it now leads (`haplane.dr.client.read_back`), reads the cut of an
+   unplanned failover (a loss above it is the RPO, reported apart), waits until every standby
+   streams from the active region again (a returning region saves its divergence and is
+   re-seeded first), and collects the replicas' write journals and the gates' decision logs;
+   replication reports are sampled throughout (the largest lag each region showed);
 5. reports (`haplane.dr.report.summarize`): detection, agreement, switch, fence wait, reconnect,
    the longest client-visible gaps, errors by kind, expected conflicts, acknowledged writes and
    updates lost, stale reads, the journals against the client's operations both ways,
@@ -25,6 +28,7 @@ A drill:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -48,10 +52,10 @@ from haplane.dr.report import (
     summarize,
 )
 from haplane.dr.report import verdict as verdict  # what fails a drill: `drill.verdict(result)`
-from haplane.store import ActiveRegion, EtcdClient, EtcdError, GlobalState
+from haplane.store import ActiveRegion, EtcdClient, EtcdError, GlobalState, ReplicationReport
 from haplane.topology import Topology, load_file
 
-from . import site_network
+from . import global_control, site_network
 from .control import FaultInjector
 from .gate_plans import TopologyPlan, resolve_all
 from .plans import global_plan
@@ -99,6 +103,25 @@ SCENARIOS: dict[str, Scenario] = {
             "blip",
             "SIGSTOP every balancer of the active region for less than downAfterMs, then "
             "SIGCONT (must not fail over)",
+            False,
+        ),
+        Scenario(
+            "switchover",
+            "a planned switchover to the standby under load (`haplane failover --to`): freeze, "
+            "catch up, switch; nothing may be lost",
+            True,
+        ),
+        Scenario(
+            "replicator-kill",
+            "SIGKILL the leading replicator of a standby region (must not fail over; the other "
+            "replicator takes over and replication catches up)",
+            False,
+        ),
+        Scenario(
+            "standby-partition",
+            "cut a standby region's site off from the active region's site (must not fail "
+            "over; lag grows, and replication catches up once the cut heals; needs `haplane up "
+            "--netns`)",
             False,
         ),
     )
@@ -171,6 +194,7 @@ class DrillContext:
                 out += [f"{region}/{m.name}" for m in r.etcd.members]
                 out += [f"{region}/{a.name}" for a in r.api_servers]
                 out += [f"{region}/{b.name}" for b in r.balancers]
+                out += [f"{region}/{x.name}" for x in r.replicators]
         g = self.topology.spec.global_
         out += [f"global/{m.name}" for m in g.control_etcd.members if m.site == region]
         out += [f"global/{x.name}" for x in g.gates if x.site == region]
@@ -228,7 +252,33 @@ async def _inject(ctx: DrillContext, scenario: str, blip: float) -> tuple[str, U
 
             return f"{', '.join(lbs)} paused for {blip:.2f}s", nothing
         return ", ".join(lbs), lambda: ctx.each("resume", lbs)
-    if scenario in ("partition", "gate-cut"):
+    if scenario == "switchover":
+        other = _standby(ctx)
+        fences = global_control.region_fences(ctx.topology, ctx.state)
+        try:
+            async with global_control.control_client(ctx.topology, ctx.state) as client:
+                done = await global_control.switch(
+                    client, ctx.topology, other, reason="drill: planned switchover", fences=fences
+                )
+        except global_control.FailoverError as exc:
+            raise DrillError(f"the switchover was refused: {exc}") from exc
+        finally:
+            await fences.close()
+        caught = done.caught_up_seconds or 0.0
+
+        async def nothing_to_undo() -> None:
+            return None
+
+        return f"planned switchover to {other} (caught up in {caught:.3f}s)", nothing_to_undo
+    if scenario == "replicator-kill":
+        report = await gather_status(ctx.state)
+        row = next((r for r in report.replication if r.region != region and r.leader), None)
+        if row is None or row.leader is None:
+            raise DrillError("no standby region reports a leading replicator")
+        victim = row.leader
+        await ctx.injector.kill(victim)
+        return victim, lambda: ctx.each("restart", [victim])
+    if scenario in ("partition", "gate-cut", "standby-partition"):
         network = site_network.load(ctx.state)
         if network is None:
             raise DrillError(
@@ -240,6 +290,10 @@ async def _inject(ctx: DrillContext, scenario: str, blip: float) -> tuple[str, U
             others = [s for s in sites if s != region]
             network.cut([region], others)
             text = f"{region} cut off from {', '.join(others)}"
+        elif scenario == "standby-partition":
+            standby = _standby(ctx)
+            network.cut([standby], [region])
+            text = f"{standby} (a standby) cut off from {region}"
         else:
             lone = next(
                 (g.site for g in ctx.topology.spec.global_.gates if g.site not in (region,)),
@@ -255,6 +309,72 @@ async def _inject(ctx: DrillContext, scenario: str, blip: float) -> tuple[str, U
 
         return text, heal
     raise DrillError(f"unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}")
+
+
+def _standby(ctx: DrillContext) -> str:
+    """The standby region the drill acts on: the first other region, in priority order, that
+    replicates with the active one."""
+    for region in ctx.topology.region_priority():
+        if region != ctx.active and global_control.paired(ctx.topology, ctx.active, region):
+            return region
+    raise DrillError(f"no region replicates with {ctx.active}: this scenario needs a pair")
+
+
+class ReplicationSampler:
+    """Every region's replication report, sampled every `every` seconds during the drill:
+    the largest lag each showed and the states it went through."""
+
+    def __init__(self, plan: TopologyPlan, clock: Callable[[], float], every: float = 0.25):
+        self.plan, self.clock, self.every = plan, clock, every
+        self.samples: list[tuple[float, ReplicationReport]] = []
+
+    async def run(self) -> None:
+        async with EtcdClient(global_plan(self.plan.clusters).endpoints, timeout=0.5) as c:
+            state = GlobalState(c)
+            while True:
+                try:
+                    for report in (await state.replication_reports(timeout=0.5)).values():
+                        self.samples.append((self.clock(), report))
+                except EtcdError:
+                    pass
+                await asyncio.sleep(self.every)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for _, r in self.samples:
+            row = out.setdefault(r.target, {"max_lag_seconds": None, "states": []})
+            if r.lag_seconds is not None and r.state == "Streaming":
+                row["max_lag_seconds"] = max(row["max_lag_seconds"] or 0.0, r.lag_seconds)
+            if not row["states"] or row["states"][-1] != r.state:
+                row["states"].append(r.state)
+        return out
+
+
+async def _caught_up(
+    plan: TopologyPlan, region: str, source: str | None, wait: float
+) -> tuple[float | None, ReplicationReport | None]:
+    """Seconds until `region` streams from `source` (any, when None) with a lag under a
+    second and its applied revision at the source head it saw; (None, last report) when it
+    did not within `wait`."""
+    t0 = time.monotonic()
+    last: ReplicationReport | None = None
+    async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=1.0) as c:
+        state = GlobalState(c)
+        while time.monotonic() - t0 < wait:
+            try:
+                last = (await state.replication_reports(timeout=1.0)).get(region)
+            except EtcdError:
+                last = None
+            if (
+                last is not None
+                and last.state == "Streaming"
+                and (source is None or last.source == source)
+                and last.age() < 1.0
+                and (last.lag_seconds or 0.0) < 1.0
+            ):
+                return time.monotonic() - t0, last
+            await asyncio.sleep(0.25)
+    return None, last
 
 
 def _ts(value: object) -> float | None:
@@ -337,27 +457,21 @@ def _journals(state: StateDir, since: float, start_wall: float) -> list[ServerWr
 
 
 async def _read_back(
-    plan: TopologyPlan, regions: set[str], run_id: str, wait: float
+    gates: list[str], regions: list[str], run_id: str, wait: float
 ) -> tuple[dict[tuple[str, str], int | None], list[str]]:
-    """(region, key) -> update counter of every drill object each region holds, read from
-    that region's replicas; regions that did not answer in `wait` seconds (e.g. still
-    restarting) are listed as problems."""
-    found: dict[tuple[str, str], int | None] = {}
-    problems = []
-    for region in sorted(regions):
-        endpoint = [r.url for r in plan.replicas if r.region == region]
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                held = await read_back(endpoint, run_id)
-                found.update(((region, k), v) for k, v in held.items())
-                break
-            except RuntimeError as exc:
-                if time.monotonic() > deadline:
-                    problems.append(f"{region}: {exc}")
-                    break
-                await asyncio.sleep(0.5)
-    return found, problems
+    """What a client reads through the gate after the drill, from wherever it now leads: key
+    -> update counter of every drill object, filed under every region (a write acknowledged by
+    any region must be there); a read-back that fails for `wait` seconds is a problem."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            held = await read_back(gates, run_id)
+            break
+        except RuntimeError as exc:
+            if time.monotonic() > deadline:
+                return {}, [f"through the gate: {exc}"]
+            await asyncio.sleep(0.5)
+    return {(region, k): v for region in regions for k, v in held.items()}, []
 
 
 async def _epoch_known_for(state: StateDir, epoch: int) -> float:
@@ -453,6 +567,8 @@ async def run_drill(
     events: list[Event] = []
     progress(f"drill {scenario} ({run_id}): {before.region} active in epoch {before.epoch}")
     task = asyncio.create_task(drill.run())
+    sampler = ReplicationSampler(plan, drill.now) if plan.replicators else None
+    sampling = asyncio.create_task(sampler.run()) if sampler is not None else None
     expect = SCENARIOS[scenario].expect_failover
     undo: Undo | None = None
     try:
@@ -477,6 +593,9 @@ async def run_drill(
         if undo is not None:
             await undo()
             events.append(Event(drill.now(), "restored", ""))
+        if sampling is not None:
+            sampling.cancel()
+            await asyncio.gather(sampling, return_exceptions=True)
     progress("fault undone; reading back every acknowledged write")
     after = await _read_active(plan, wait=15.0)
     for t, name, text in _log_events(state, before.region, start_wall + events[0].t):
@@ -487,10 +606,21 @@ async def run_drill(
         # no leader's log line says it (its gate died with a region): the record says when
         events.append(Event(unfenced - start_wall, "unfenced", "from the global record"))
     events.sort(key=lambda e: e.t)
-    acked_regions = {
-        o.region for o in drill.operations if o.ok and o.kind in ("write", "update") and o.region
-    }
-    found, problems = await _read_back(plan, acked_regions, run_id, wait=30.0)
+    regions = [site.name for site, _ in topology.regions()]
+    found, problems = await _read_back(gates, regions, run_id, wait=30.0)
+    cut: dict[str, Any] | None = None
+    if failed_over and after is not None:
+        async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=2.0) as c:
+            with contextlib.suppress(EtcdError):
+                cuts = await GlobalState(c).cuts(timeout=2.0)
+                first = min((e for e in cuts if e > before.epoch), default=None)
+                cut = cuts[first].as_dict() if first is not None else None
+    replication_problems: list[str] = []
+    rejoin: dict[str, Any] | None = None
+    if plan.replicators:
+        replication_problems, rejoin = await _replication_after(
+            plan, scenario, before, after, progress
+        )
     writes = _journals(state, start_wall, start_wall)
     meta: dict[str, Any] = {
         "run": run_id,
@@ -502,6 +632,9 @@ async def run_drill(
         "failed_over": failed_over,
         "failover_as_expected": failed_over == expect,
         "read_back_problems": problems,
+        "replication_problems": replication_problems,
+        "replication": sampler.summary() if sampler is not None else None,
+        "rejoin": rejoin,
         "interval_s": interval,
         "client": (
             f"own network namespace ({network.namespaces()['client']})"
@@ -545,7 +678,38 @@ async def run_drill(
         meta,
         expectation=expectation,
         key_prefix=key_prefix(run_id),
+        cut=cut,
     )
+
+
+async def _replication_after(
+    plan: TopologyPlan,
+    scenario: str,
+    before: ActiveRegion,
+    after: ActiveRegion | None,
+    progress: Callable[[str], None],
+) -> tuple[list[str], dict[str, Any] | None]:
+    """After the fault is undone: every standby streams from the active region again, caught
+    up (a returning old region first saves its divergence and is re-seeded: `rejoin`)."""
+    problems: list[str] = []
+    rejoin: dict[str, Any] | None = None
+    active = after.region if after is not None else before.region
+    standbys = sorted({r.region for r in plan.replicators} - {active})
+    for region in standbys:
+        progress(f"waiting for {region} to stream from {active} again")
+        seconds, last = await _caught_up(plan, region, active, wait=60.0)
+        if seconds is None:
+            state = f"{last.state} from {last.source}" if last is not None else "no report"
+            problems.append(f"{region} did not catch up with {active} within 60 s ({state})")
+        elif after is not None and region == before.region and after.epoch > before.epoch:
+            rejoin = {"region": region, "seconds": round(seconds, 3)}
+            async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=2.0) as c:
+                with contextlib.suppress(EtcdError):
+                    notes = await GlobalState(c).divergences(timeout=2.0)
+                    rejoin["divergence"] = next(
+                        (n for n in notes if n.get("epoch") == after.epoch), None
+                    )
+    return problems, rejoin
 
 
 def write_reports(result: DrillResult, directory: Path) -> tuple[Path, Path]:
