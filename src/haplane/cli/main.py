@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from haplane import __version__
-from haplane.cli import failback
+from haplane.cli import divergence, failback
 from haplane.local import global_control, runner
 from haplane.local.control import ControlClient, ControlError
 from haplane.local.netns import available as netns_available
@@ -499,6 +499,13 @@ def _print_status(report: StatusReport) -> None:
             f"{c['revision']} of {c.get('source')}"
             + (f", lag at the cut {lag:.3f}s" if isinstance(lag, int | float) else "")
         )
+    for d in report.divergences:
+        if d.get("count"):
+            out.print(
+                f"[yellow]divergence {d['name']}[/]: {d['region']} had written {d['count']} "
+                f"object(s) after the cut of epoch {d['epoch']}, saved before it was re-seeded: "
+                f"`haplane divergence show {d['name']}`"
+            )
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -833,6 +840,7 @@ def failover_cmd(
 
 
 app.add_typer(failback.app, name="failback")
+app.add_typer(divergence.app, name="divergence")
 
 
 export_app = typer.Typer(help="Write configurations for other tools from a topology.")

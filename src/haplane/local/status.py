@@ -141,6 +141,8 @@ class StatusReport:
     edges: list[EdgeReport] = field(default_factory=list)
     replication: list[ReplicationRow] = field(default_factory=list)
     cuts: list[dict[str, Any]] = field(default_factory=list)  # the last few, oldest first
+    # what returning regions wrote after a cut (saved before re-seeding), the last few
+    divergences: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,7 +199,7 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
             for e in group
         )
     )
-    replication, cuts = await _replication_report(topology, plan, processes, timeout)
+    replication, cuts, divergences = await _replication_report(topology, plan, processes, timeout)
     return StatusReport(
         topology.name,
         str(state.root),
@@ -209,6 +211,7 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
         list(edges),
         replication,
         cuts,
+        divergences,
     )
 
 
@@ -217,19 +220,21 @@ async def _replication_report(
     plan: TopologyPlan,
     processes: dict[str, dict[str, Any]],
     timeout: float,
-) -> tuple[list[ReplicationRow], list[dict[str, Any]]]:
+) -> tuple[list[ReplicationRow], list[dict[str, Any]], list[dict[str, Any]]]:
     """Per region with replicators: the leading replicator's report and the processes; and the
     last cuts recorded by switches."""
     if not plan.replicators:
-        return [], []
+        return [], [], []
     reports: dict[str, ReplicationReport] = {}
     cuts: list[dict[str, Any]] = []
+    divergences: list[dict[str, Any]] = []
     with contextlib.suppress(EtcdError):
         async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=timeout) as client:
             g = GlobalState(client)
             reports = await g.replication_reports(timeout=timeout)
             recorded = await g.cuts(timeout=timeout)
             cuts = [recorded[e].as_dict() for e in sorted(recorded)[-5:]]
+            divergences = [dict(d) for d in (await g.divergences(timeout=timeout))[-5:]]
     rows = []
     for site, _ in topology.regions():
         mine = [r for r in plan.replicators if r.region == site.name]
@@ -258,7 +263,7 @@ async def _replication_report(
                 }
             )
         rows.append(row)
-    return rows, cuts
+    return rows, cuts, divergences
 
 
 async def _edge_report(
