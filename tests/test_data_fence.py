@@ -202,6 +202,27 @@ async def test_lifecycle_controller_writes_are_fenced(fenced) -> None:
     assert gone.value.code == 404
 
 
+async def test_a_paused_garbage_collector_deletes_no_dependent(fenced) -> None:
+    """A region promoted from a partial copy: owners not yet copied must not cost their
+    dependents; the collector runs again once resumed."""
+    client, fence = fenced
+    namespaces, configmaps = await _stores(client)
+    ns = f"gc-{uuid.uuid4().hex[:8]}"
+    await namespaces.create(None, {"metadata": {"name": ns}})
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "later", "uid": str(uuid.uuid4())}
+    await configmaps.create(ns, {"metadata": {"name": "dep", "ownerReferences": [owner]}})
+    paused: list[str | None] = ["promoted during a resync"]
+    controllers = Controllers(lambda: [namespaces, configmaps], gc_paused=lambda: paused[0])
+    await _set(fence, FenceValue.active("r1", EPOCH))
+    await controllers.reconcile_once(force=True)
+    assert (await configmaps.get(ns, "dep"))["metadata"]["name"] == "dep"
+    paused[0] = None
+    await controllers.reconcile_once(force=True)
+    with pytest.raises(StatusError) as gone:
+        await configmaps.get(ns, "dep")
+    assert gone.value.code == 404
+
+
 # ---- the permission's end is absolute --------------------------------------------------
 
 

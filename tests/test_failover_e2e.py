@@ -114,6 +114,8 @@ def test_a_planned_switchover_under_load_loses_nothing(topo: Path) -> None:
     assert_safe(result)
     assert result["lost_updates"] == [] and result["lost_above_cut"] == []
     assert result["cut"]["planned"]
+    gc = haplane(topo, "gc", "status").stdout  # a planned switch pauses no garbage collector
+    assert "eu-west: runs" in gc and "eu-central: runs" in gc
     writes = [o for o in result["operations"] if o["kind"] == "write" and o["ok"]]
     assert {o["region"] for o in writes} == {meta["before"]["region"], meta["after"]["region"]}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 import pytest_asyncio
@@ -25,7 +26,11 @@ from haplane.store import (
     Op,
     RegionFences,
 )
-from haplane.store.switchover import SwitchoverRefused, planned_switchover
+from haplane.store.switchover import (
+    SwitchoverRefused,
+    planned_switchover,
+    record_unplanned_cut,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,3 +144,23 @@ async def test_an_unreachable_old_region_refuses_and_switches_nothing(
             await cut_off.close()
         assert (await a.get(FENCE_KEY)).value == b"active:a@1"  # type: ignore[union-attr]
         assert (await state.read()) == before
+
+
+async def test_a_region_promoted_mid_resync_has_its_garbage_collector_paused(
+    pair: tuple[EtcdCluster, EtcdCluster], etcd_cluster: EtcdCluster, key_prefix: bytes
+) -> None:
+    async with setup(pair, etcd_cluster, key_prefix) as (_a, b, state, _fences):
+        partial = AppliedRecord("a", 1, 1, 10, "resyncing")
+        await b.put(APPLIED_KEY, partial.to_json())
+        record = await state.switch("b", expected_epoch=1, by="t", reason="--force")
+        await b.put(FENCE_KEY, FenceValue.active("b", 2).encode())
+        await record_unplanned_cut(state, b, record, lag_seconds=None)
+        note = await state.gc_paused("b")
+        assert note is not None and "resync" in str(note["reason"]) and note["epoch"] == 2
+        assert await state.gc_paused("a") is None
+        await state.resume_gc("b")
+        assert await state.gc_paused("b") is None
+        # a complete copy pauses nothing
+        await b.put(APPLIED_KEY, AppliedRecord("a", 1, 1, 10).to_json())
+        await record_unplanned_cut(state, b, replace(record, epoch=3), lag_seconds=None)
+        assert await state.gc_paused("b") is None

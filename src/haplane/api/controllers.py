@@ -164,12 +164,15 @@ class Controllers:
         stores: Callable[[], Iterable[GenericStore]],
         interval: float = 0.5,
         storage_store: Callable[[Obj], GenericStore | None] | None = None,
+        gc_paused: Callable[[], str | None] = lambda: None,
     ):
         """`storage_store(crd)`: a store for a CRD's objects even when none of its versions is
         served (its objects must still go when it is deleted)."""
         self.stores = stores  # a function: custom resources come and go
         self.interval = interval
         self.storage_store = storage_store
+        self.gc_paused = gc_paused  # why the garbage collector must not run now (None: it may)
+        self._gc_note: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_scan: tuple[tuple[str, str], ...] | None = None
         self._pending = False  # this round waits on something: scan again even if unchanged
@@ -213,7 +216,14 @@ class Controllers:
         self._pending = False
         listed = [(store, obj) for store, scan in scans for obj in scan.objects]
         await self._namespaces(listed, stores)
-        await self._garbage(listed, _UidIndex(scans))
+        paused = self.gc_paused()
+        if paused != self._gc_note:
+            self._gc_note = paused
+            log.info(json.dumps({"msg": "garbage collector", "paused": paused}))
+        if paused is None:
+            await self._garbage(listed, _UidIndex(scans))
+        else:
+            self._pending = True  # scan again once it resumes
         await self._crd_cleanup(listed, stores)
         self._last_scan = None if self._pending else signature
 

@@ -34,7 +34,14 @@ from aiohttp import HttpVersion11, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from haplane import __version__
-from haplane.store import FENCE_KEY, HEARTBEAT_KEY, EtcdClient, EtcdError, Heartbeat
+from haplane.store import (
+    FENCE_KEY,
+    HEARTBEAT_KEY,
+    EtcdClient,
+    EtcdError,
+    GlobalState,
+    Heartbeat,
+)
 
 from . import errors, protobuf, tables
 from .controllers import Controllers, LeaderElector
@@ -191,6 +198,7 @@ class ApiServer:
         )
         self._write_log = open(config.write_log, "a", buffering=1) if config.write_log else None  # noqa: SIM115
         self._background: set[asyncio.Task[None]] = set()
+        self._gc_paused: str | None = None  # why this region's garbage collector is paused
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -234,8 +242,12 @@ class ApiServer:
         crd_rv = await self._sync_all_crds()
         self._crd_task = asyncio.create_task(self._watch_crds(crd_rv), name="crd sync")
         self.controllers = Controllers(
-            lambda: list(self.stores.values()), storage_store=self._unserved_crd_store
+            lambda: list(self.stores.values()),
+            storage_store=self._unserved_crd_store,
+            gc_paused=lambda: self._gc_paused,
         )
+        if self._global_client is not None:
+            self._spawn(self._watch_gc_pause(), "gc pause")
         self.elector = LeaderElector(
             self.stores[("coordination.k8s.io", "v1", "leases")],
             identity=f"{self.name}_{uuid.uuid4().hex[:8]}",
@@ -464,6 +476,18 @@ class ApiServer:
             except StatusError as exc:
                 if exc.code != 409:
                     raise
+
+    async def _watch_gc_pause(self, every: float = 1.0) -> None:
+        """Follow the global record of whether this region's garbage collector is paused (a
+        region promoted from a partial copy): read every `every` seconds; unreadable keeps
+        the last answer."""
+        assert self._global_client is not None
+        state = GlobalState(self._global_client, prefix=self.config.global_prefix.encode())
+        while True:
+            with contextlib.suppress(EtcdError):
+                note = await state.gc_paused(self.config.region, timeout=0.5)
+                self._gc_paused = str(note.get("reason")) if note is not None else None
+            await asyncio.sleep(every)
 
     async def _heartbeat(self, every: float = HEARTBEAT_EVERY) -> None:
         """While this replica leads the lifecycle controllers of the writable region, put the

@@ -375,6 +375,38 @@ class GlobalState:
                 out.append(json.loads(kv.value))
         return out
 
+    # ---- garbage collection paused in a region promoted from a partial copy ----------------
+
+    def _gc_key(self, region: str) -> bytes:
+        return self._base + b"gc/" + region.encode()
+
+    async def pause_gc(
+        self, region: str, *, epoch: int, reason: str, timeout: float | None = None
+    ) -> None:
+        """Stop `region`'s garbage collector: it was promoted while its copy was incomplete
+        (a resync under way), so owners not yet copied must not get their dependents deleted.
+        Only an operator resumes it (`resume_gc`)."""
+        note = {"paused": True, "epoch": epoch, "reason": reason, "since": _now()}
+        await self.client.put(
+            self._gc_key(region), json.dumps(note, sort_keys=True).encode(), timeout=timeout
+        )
+
+    async def resume_gc(self, region: str, *, timeout: float | None = None) -> None:
+        await self.client.delete(self._gc_key(region), timeout=timeout)
+
+    async def gc_paused(
+        self, region: str, *, timeout: float | None = None
+    ) -> dict[str, object] | None:
+        """Why `region`'s garbage collector is paused; None: it runs."""
+        kv = await self.client.get(self._gc_key(region), timeout=timeout)
+        if kv is None:
+            return None
+        try:
+            note = json.loads(kv.value)
+        except ValueError:
+            return {"paused": True, "reason": "unreadable pause record"}
+        return note if isinstance(note, dict) else {"paused": True, "reason": str(note)}
+
     # ---- automatic failback: an operator's setting ---------------------------------------
 
     @property

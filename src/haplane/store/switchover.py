@@ -310,7 +310,9 @@ async def record_unplanned_cut(
     timeout: float | None = None,
 ) -> Cut:
     """After an unplanned promotion made `record.region`'s key active (its replicator can
-    apply nothing more): record how far its copy of the old region reached."""
+    apply nothing more): record how far its copy of the old region reached. A region promoted
+    in the middle of a resync (only an operator's `--force` does that) has a partial copy: its
+    garbage collector is paused until an operator resumes it (`haplane gc resume`)."""
     applied = await read_applied(client, timeout=timeout)
     cut = Cut(
         record.epoch,
@@ -321,4 +323,11 @@ async def record_unplanned_cut(
         lag_seconds=lag_seconds,
     )
     await state.record_cut(cut, timeout=timeout)
+    if applied is not None and applied.state == "resyncing":
+        await state.pause_gc(
+            record.region,
+            epoch=record.epoch,
+            reason=f"promoted during a resync from {applied.source}: its copy is incomplete",
+            timeout=timeout,
+        )
     return cut
