@@ -137,6 +137,14 @@ def _replication_self(d):
     d["spec"]["global"]["replication"] = [{"from": "eu-west", "to": "eu-west"}]
 
 
+def _one_replicator(d):
+    d["spec"]["sites"][1]["region"]["replicators"] = [{"name": "rep-1", "zone": "a"}]
+
+
+def _unpaired(d):
+    d["spec"]["global"]["replication"] = []
+
+
 def _grant_not_above_margin(d):
     d["spec"]["global"].setdefault("failover", {}).update({"grantMs": 270, "safetyMarginMs": 250})
 
@@ -162,7 +170,41 @@ BAD = {
     "failover-priority": (_priority_incomplete, "failover-priority", "error"),
     "replication-pair": (_replication_self, "replication-pair", "error"),
     "fence-grant": (_grant_not_above_margin, "fence-grant", "error"),
+    "replicators": (_one_replicator, "replicators", "error"),
+    "unreplicated": (_unpaired, "unreplicated", "warning"),
 }
+
+
+def test_a_pair_is_one_pair_both_ways(good):
+    data = copy.deepcopy(good)
+    data["spec"]["global"]["replication"].append({"from": "eu-central", "to": "eu-west"})
+    assert rules_hit(data)["replication-pair"] == ["error"]
+
+
+def test_replicators_must_sit_in_distinct_zones(good):
+    data = copy.deepcopy(good)
+    for r in region(data)["replicators"]:
+        r["zone"] = "a"
+    assert rules_hit(data)["replicators"] == ["error"]
+
+
+def test_replicators_without_a_pair_idle(good):
+    data = copy.deepcopy(good)
+    data["spec"]["global"]["replication"] = []
+    hit = rules_hit(data)
+    assert hit["replicators"] == ["warning", "warning"]  # one per region
+    assert hit["unreplicated"] == ["warning", "warning"]
+
+
+def test_replication_pair_settings_parse(good):
+    topo = build(good)
+    pair = topo.spec.global_.replication[0]
+    assert (pair.mode, pair.max_lag_ms) == ("Async", 2000)
+    assert [r.name for r in topo.regions()[0][1].replicators] == ["rep-1", "rep-2"]
+    bad = copy.deepcopy(good)
+    bad["spec"]["global"]["replication"][0]["mode"] = "Sometimes"
+    with pytest.raises(TopologyError, match="mode"):
+        build(bad)
 
 
 def test_a_grant_just_above_margin_plus_window_is_accepted(good):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from .model import GLOBAL_SCOPE, ApiServer, Balancer, EtcdClusterView, Topology
+from .model import GLOBAL_SCOPE, ApiServer, Balancer, EtcdClusterView, Replicator, Topology
 
 Severity = Literal["error", "warning"]
 
@@ -37,7 +37,11 @@ RULES: dict[str, str] = {
     "unknown-reference": "zones, sites and regions referred to must exist",
     "region-count": "region failover needs two or more regions",
     "failover-priority": "the failover priority lists every region exactly once",
-    "replication-pair": "replication pairs join two different regions, once each",
+    "replication-pair": "replication pairs join two different regions, once each (a pair "
+    "replicates both ways: a->b and b->a are the same pair)",
+    "replicators": "a replicated region needs 2 or more replicators, in distinct zones",
+    "unreplicated": "with two or more regions, every region is paired with another (else a "
+    "failover to or from it hands clients none of the data)",
     "fence-grant": "the write grant must exceed the safety margin by more than the minimum write "
     "window (grants only ever grow across epochs: a bad value would stay)",
 }
@@ -125,7 +129,8 @@ def _names(topo: Topology) -> list[Finding]:
             dupes(
                 [m.name for m in r.etcd.members]
                 + [a.name for a in r.api_servers]
-                + [b.name for b in r.balancers],
+                + [b.name for b in r.balancers]
+                + [x.name for x in r.replicators],
                 f"spec.sites[{i}].region",
                 f"component of region {site.name}:",
             )
@@ -148,6 +153,7 @@ def _references(topo: Topology) -> list[Finding]:
             ("etcd.members", [m.zone for m in r.etcd.members]),
             ("apiServers", [a.zone for a in r.api_servers]),
             ("balancers", [b.zone for b in r.balancers]),
+            ("replicators", [x.zone for x in r.replicators]),
         ]
         for field, zones in groups:
             for j, zone in enumerate(zones):
@@ -473,16 +479,60 @@ def _replication(topo: Topology) -> list[Finding]:
                     "name two different regions",
                 )
             )
-        if (pair.from_, pair.to) in seen:
+        key = tuple(sorted((pair.from_, pair.to)))
+        if key in seen:
             out.append(
                 _err(
                     "replication-pair",
                     path,
-                    f"{pair.from_} -> {pair.to} is listed twice",
+                    f"{pair.from_} and {pair.to} are paired twice (a pair replicates both ways)",
                     "remove the duplicate",
                 )
             )
-        seen.add((pair.from_, pair.to))
+        seen.add((key[0], key[1]))
+    paired = {r for pair in seen for r in pair}
+    for i, site in enumerate(topo.spec.sites):
+        if site.region is None:
+            continue
+        path = f"spec.sites[{i}].region.replicators"
+        reps = site.region.replicators
+        zones = {x.zone for x in reps}
+        if site.name in paired and (len(reps) < 2 or len(zones) < 2):
+            have = (
+                "no replicator"
+                if not reps
+                else f"{len(reps)} replicator(s) in {len(zones)} zone(s)"
+            )
+            out.append(
+                _err(
+                    "replicators",
+                    path,
+                    f"region {site.name!r} is replicated but has {have}: one failure stops "
+                    "the copy into it",
+                    "add 2 replicators in different zones, e.g. "
+                    "[{name: rep-1, zone: a}, {name: rep-2, zone: b}]",
+                )
+            )
+        if len(regions) >= 2 and site.name not in paired:
+            out.append(
+                _warn(
+                    "unreplicated",
+                    f"spec.sites[{i}]",
+                    f"region {site.name!r} is paired with no other region: a failover to or "
+                    "from it hands clients none of the data written elsewhere",
+                    f"add a pair to spec.global.replication, e.g. {{from: {site.name}, to: "
+                    f"{next(iter(sorted(regions - {site.name})))}}}",
+                )
+            )
+            if reps:
+                out.append(
+                    _warn(
+                        "replicators",
+                        path,
+                        f"region {site.name!r} has replicators but no pair: they will idle",
+                        "pair the region in spec.global.replication, or remove them",
+                    )
+                )
     return out
 
 
@@ -500,9 +550,10 @@ def _ports(topo: Topology) -> list[Finding]:
                     owners[(topo.host_of(m, site.name), port)].append(
                         ("etcd", f"{base}.etcd.members[{j}].{field}")
                     )
-        placed: list[tuple[str, Sequence[ApiServer | Balancer]]] = [
+        placed: list[tuple[str, Sequence[ApiServer | Balancer | Replicator]]] = [
             ("apiServers", r.api_servers),
             ("balancers", r.balancers),
+            ("replicators", r.replicators),
         ]
         for field, components in placed:
             for j, c in enumerate(components):
