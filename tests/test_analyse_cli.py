@@ -21,10 +21,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_analyse_example_in_the_seeds_terms_and_as_json():
     r = run("--example", "two-regions")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("survives every single failure (42 sets)")
+    assert r.stdout.startswith("survives every single failure (46 sets)")
     assert "double failures stop writes" in r.stdout and "unordered combinations" in r.stderr
     doc = json.loads(run("--example", "two-regions", "--json").stdout)
-    assert doc["singleFailures"] == 42 and doc["evaluatedSets"] == 42 + 861
+    assert doc["singleFailures"] == 46 and doc["evaluatedSets"] == 46 + 1035
     assert doc["bySize"]["1"].get("stops-writes", 0) == 0
     lost = {tuple(g["outcome"]["lostQuorum"]) for g in doc["groups"] if g["size"] == 2}
     assert ("global/etcd",) in lost

@@ -160,7 +160,7 @@ def test_auto_samples_only_the_strata_too_large_to_enumerate() -> None:
         "monte-carlo",
         "monte-carlo",
     ]
-    assert e.sets_evaluated == 43 and e.samples == 3000
+    assert e.sets_evaluated == 47 and e.samples == 3000
 
 
 def test_rates() -> None:

@@ -22,8 +22,14 @@ def down_nodes(dot: str) -> set[str]:
 
 
 def test_components_of_the_example() -> None:
-    assert len(ALL) == 20
-    assert {"eu-west/etcd-1", "eu-central/lb-2", "global/control-3", "global/gate-witness"} <= ALL
+    assert len(ALL) == 24
+    assert {
+        "eu-west/etcd-1",
+        "eu-central/lb-2",
+        "eu-central/rep-2",
+        "global/control-3",
+        "global/gate-witness",
+    } <= ALL
 
 
 @needs_dot
@@ -42,6 +48,26 @@ def test_png_magic() -> None:
     assert render(TOPOLOGY, "png").startswith(b"\x89PNG\r\n\x1a\n")
 
 
+def test_replication_is_drawn_from_the_active_region() -> None:
+    from haplane.topology.diagram import cluster_node, edges
+
+    repl = [e for e in edges(TOPOLOGY) if e.kind == "replication"]
+    assert [(e.source, e.target) for e in repl] == [
+        (cluster_node("eu-west"), cluster_node("eu-central"))
+    ]
+    # the pair written the other way round is the same pair, still drawn from the active region
+    flipped = TOPOLOGY.model_copy(deep=True)
+    pair = flipped.spec.global_.replication[0]
+    object.__setattr__(pair, "from_", "eu-central")
+    object.__setattr__(pair, "to", "eu-west")
+    repl = [e for e in edges(flipped) if e.kind == "replication"]
+    assert [(e.source, e.target) for e in repl] == [
+        (cluster_node("eu-west"), cluster_node("eu-central"))
+    ]
+    stores = {(e.source, e.target) for e in edges(TOPOLOGY) if e.kind == "stores"}
+    assert ("eu-west/rep-1", cluster_node("eu-west")) in stores
+
+
 def test_no_failure_marks_nothing_down() -> None:
     dot = to_dot(TOPOLOGY)
     assert down_nodes(dot) == set()
@@ -56,10 +82,11 @@ def test_failed_components_marked_down() -> None:
         "eu-central/etcd-1",
         "eu-central/api-1",
         "eu-central/lb-1",
+        "eu-central/rep-1",
         "global/control-2",
         "global/gate-eu-central",
     }
-    assert dot.count("DOWN") == 6
+    assert dot.count("DOWN") == 7
 
 
 def test_site_failure_and_lost_quorum() -> None:

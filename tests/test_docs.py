@@ -169,3 +169,11 @@ def test_html_embeds_the_svg(topo: Topology) -> None:
     assert "<svg" in page
     assert page.index("<svg") < page.index("<h2>DR runbook</h2>")
     assert "<svg" not in markdown(topo, diagram_svg=True)
+
+
+def test_replication_section_names_pairs_both_ways_and_replicators() -> None:
+    text = markdown(load_example("two-regions"))
+    assert "`eu-west` <-> `eu-central` (async)" in text
+    assert "| eu-west <-> eu-central | Async | 2000 ms |" in text
+    assert "| eu-central | rep-2 | b |" in text
+    assert "haplane divergence list" in text

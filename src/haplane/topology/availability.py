@@ -84,7 +84,8 @@ class Rates:
     The defaults are ASSUMPTIONS for a typical public-cloud deployment, not measurements; override
     them (`dataclasses.replace`, `with_overrides`) with your own incident data.
 
-    - Processes on VMs (etcd member, API replica, balancer, control etcd member, gate): a VM sees
+    - Processes on VMs (etcd member, API replica, balancer, replicator, control etcd member,
+      gate): a VM sees
       roughly one unplanned host event a year (provider single-instance SLAs are 99.5-99.9%), plus
       process crashes, OOM kills and bad restarts: about two failures a year per process, MTBF
       4380 h (API replicas, stateless and redeployed often, four a year: 2190 h). Repair is a
@@ -103,6 +104,7 @@ class Rates:
     etcd_member: Rate = Rate(4380.0, 1.0)
     api_replica: Rate = Rate(2190.0, 0.1)
     balancer: Rate = Rate(4380.0, 0.25)
+    replicator: Rate = Rate(4380.0, 0.1)
     control_etcd_member: Rate = Rate(4380.0, 1.0)
     gate: Rate = Rate(4380.0, 0.25)
     zone: Rate = Rate(26280.0, 4.0)
@@ -152,6 +154,7 @@ KIND_FIELDS: dict[str, str] = {
     "etcd member": "etcd_member",
     "API replica": "api_replica",
     "balancer": "balancer",
+    "replicator": "replicator",
     "control etcd member": "control_etcd_member",
     "gate": "gate",
     "zone": "zone",

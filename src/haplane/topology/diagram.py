@@ -10,7 +10,8 @@ gates and zoneless control members sit in their site's first zone, as in `failur
 "<region> etcd" node per regional etcd cluster and one "global control etcd" node. Edges: gate ->
 every balancer (solid to the active, highest-priority region, dashed to the others), balancer ->
 API replica, API replica -> its region's etcd, etcd cluster - member, control etcd - member, and
-one bold "async replication" edge per replication pair.
+one bold "async replication" edge per replication pair, drawn from the active region (a pair
+copies both ways, in whichever direction the active region makes it).
 
 `failed` names failures as `failures.failure_named` accepts them. Components a component, zone or
 site failure takes down are filled grey with a red border and a "DOWN" label; network cuts shade
@@ -67,6 +68,7 @@ _KIND_STYLE: dict[ComponentKind, tuple[str, str, str, str, str]] = {
     "etcd member": ("cylinder", "", "#dbe9f6", "[(", ")]"),
     "API replica": ("box", ",rounded", "#e2f0d9", "(", ")"),
     "balancer": ("hexagon", "", "#fff2cc", "{{", "}}"),
+    "replicator": ("cds", "", "#d9f2f2", ">", "]"),
     "control etcd member": ("cylinder", "", "#e8dcf7", "[(", ")]"),
     "gate": ("invhouse", "", "#fde2cf", "[/", "\\]"),
 }
@@ -86,6 +88,7 @@ def components(topology: Topology) -> list[Component]:
             ("etcd member", region.etcd.members),
             ("API replica", region.api_servers),
             ("balancer", region.balancers),
+            ("replicator", region.replicators),
         )
         for kind, items in groups:
             for item in items:
@@ -186,8 +189,8 @@ _DOT_EDGE: dict[EdgeKind, str] = {
     "serves": "",
     "stores": "",
     "member": 'dir=none, style=dotted, color="#4a78b0"',
-    "replication": 'style=bold, penwidth=2.5, color="#1f5fa8", label="async replication", '
-    'fontcolor="#1f5fa8"',
+    "replication": 'style=bold, penwidth=2.5, color="#1f5fa8", '
+    'label="async replication\\n(from the active region)", fontcolor="#1f5fa8"',
 }
 _MERMAID_EDGE: dict[EdgeKind, str] = {
     "gate-active": "-->",
@@ -195,7 +198,7 @@ _MERMAID_EDGE: dict[EdgeKind, str] = {
     "serves": "-->",
     "stores": "-->",
     "member": "-.-",
-    "replication": '== "async replication" ==>',
+    "replication": '== "async replication (from the active region)" ==>',
 }
 
 
@@ -216,6 +219,12 @@ def edges(topology: Topology, comps: Sequence[Component] | None = None) -> list[
         for lb in (c for c in mine if c.kind == "balancer"):
             out += [Edge(lb.qualified_name, api.qualified_name, "serves") for api in apis]
         out += [Edge(api.qualified_name, cluster_node(region), "stores") for api in apis]
+        # a replicator writes its own region's etcd (what it copies from the active one)
+        out += [
+            Edge(x.qualified_name, cluster_node(region), "stores")
+            for x in mine
+            if x.kind == "replicator"
+        ]
         out += [
             Edge(cluster_node(region), m.qualified_name, "member")
             for m in mine
@@ -228,7 +237,10 @@ def edges(topology: Topology, comps: Sequence[Component] | None = None) -> list[
     ]
     for r in topology.spec.global_.replication:
         if r.from_ in regions and r.to in regions:
-            out.append(Edge(cluster_node(r.from_), cluster_node(r.to), "replication"))
+            # a pair copies both ways, from whichever region is active: drawn from the active
+            # one (after a failback too), else as written
+            src, dst = (r.to, r.from_) if r.to == active else (r.from_, r.to)
+            out.append(Edge(cluster_node(src), cluster_node(dst), "replication"))
     return out
 
 

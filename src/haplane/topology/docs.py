@@ -133,8 +133,11 @@ def _overview(topology: Topology) -> list[str]:
         f"region, and {len(g.gates)} gate instance(s) forward clients to it. "
     )
     if g.replication:
-        pairs = ", ".join(f"`{r.from_}` -> `{r.to}` ({r.mode.lower()})" for r in g.replication)
-        text += f"Replication: {pairs}."
+        pairs = ", ".join(f"`{r.from_}` <-> `{r.to}` ({r.mode.lower()})" for r in g.replication)
+        text += (
+            f"Replication: {pairs}; each pair copies the active region's data into the other, "
+            "in whichever direction the active region makes it (after a failback too)."
+        )
     else:
         text += "No replication is configured: a region taking over serves only its own data."
     return [f"# Topology `{topology.name}`", "", text, ""]
@@ -195,7 +198,29 @@ def _inventory(topology: Topology) -> list[str]:
     ]
     out += ["### Replication", ""]
     if g.replication:
-        out += _table(["FROM", "TO", "MODE"], [[r.from_, r.to, r.mode] for r in g.replication])
+        out += [
+            "Each pair copies both ways: the standby's replicators pull the active region's "
+            "changes, whole etcd revisions in order; a switch turns the stream around.",
+            "",
+        ]
+        out += _table(
+            ["REGIONS", "MODE", "MAX LAG"],
+            [
+                [
+                    f"{r.from_} <-> {r.to}",
+                    r.mode,
+                    f"{r.max_lag_ms} ms" if r.max_lag_ms is not None else "-",
+                ]
+                for r in g.replication
+            ],
+        )
+        rows = [
+            [site.name, x.name, x.zone]
+            for site, region in topology.regions()
+            for x in region.replicators
+        ]
+        if rows:
+            out += ["", *_table(["REGION", "REPLICATOR", "ZONE"], rows)]
     else:
         out += ["No replication pairs."]
     return [*out, ""]
@@ -405,8 +430,13 @@ def _runbook(topology: Topology) -> list[str]:
             f"If the lost region is the active `{active}` and quorum cannot be restored "
             f"quickly: {failover_to}. "
             + (
-                "Writes acknowledged by the old region but not yet replicated are missing "
-                "there (asynchronous replication: up to the replication lag)."
+                "Writes acknowledged by the old region above the cut (what the new region had "
+                "applied when it was promoted) are missing there: asynchronous replication "
+                "loses up to the replication lag, and `haplane status` shows the cut. A planned "
+                "`haplane failover --to` while both regions run loses nothing: it freezes the "
+                "old region, waits until the new one applied a cut marker, then switches. When "
+                "the old region returns, what it wrote after the cut is saved "
+                "(`haplane divergence list`) before it is re-seeded."
                 if g.replication
                 else "Without replication the new region serves only its own data."
             )

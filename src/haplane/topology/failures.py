@@ -68,10 +68,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .model import GLOBAL_SCOPE, ApiServer, Balancer, EtcdMember, Topology
+from .model import GLOBAL_SCOPE, ApiServer, Balancer, EtcdMember, Replicator, Topology
 
 FailureKind = Literal["component", "zone", "site", "link", "isolation", "one-way"]
-ComponentKind = Literal["etcd member", "API replica", "balancer", "control etcd member", "gate"]
+ComponentKind = Literal[
+    "etcd member", "API replica", "balancer", "replicator", "control etcd member", "gate"
+]
 DataLoss = Literal["none", "replication-lag", "unreplicated"]
 Category = Literal["stops-writes", "unreachable", "fails-over", "degraded", "unaffected"]
 
@@ -220,11 +222,15 @@ class FailureModel:
         self.regions: list[_Region] = []
         for site, region in topology.regions():
             masks: list[int] = []
-            groups: tuple[tuple[ComponentKind, Sequence[EtcdMember | ApiServer | Balancer]], ...]
+            groups: tuple[
+                tuple[ComponentKind, Sequence[EtcdMember | ApiServer | Balancer | Replicator]], ...
+            ]
             groups = (
                 ("etcd member", region.etcd.members),
                 ("API replica", region.api_servers),
                 ("balancer", region.balancers),
+                # a replicator serves no request: its loss only stops the copy into its region
+                ("replicator", region.replicators),
             )
             for kind, items in groups:
                 m = 0
@@ -232,7 +238,7 @@ class FailureModel:
                     m |= self._component(f"{site.name}/{item.name}", kind, site.name, item.zone)
                 masks.append(m)
             n = len(region.etcd.members)
-            etcd, api, lbs = masks
+            etcd, api, lbs, _replicators = masks
             site_idx = self._site_idx[site.name]
             self.regions.append(
                 _Region(site.name, site_idx, etcd, api, lbs, n // 2 + 1, etcd | api | lbs)
@@ -256,7 +262,10 @@ class FailureModel:
         by_name = {r.name: i for i, r in enumerate(self.regions)}
         prio = [by_name[p] for p in dict.fromkeys(topology.region_priority()) if p in by_name]
         self.priority: list[int] = prio + [i for i in range(len(self.regions)) if i not in prio]
-        self._replication = {(r.from_, r.to) for r in g.replication}
+        # a pair replicates both ways, from whichever region is active
+        self._replication = {(r.from_, r.to) for r in g.replication} | {
+            (r.to, r.from_) for r in g.replication
+        }
         n_sites = len(self.sites)
         self._all_sites = (1 << n_sites) - 1
         self._conn_cache: dict[int, list[int]] = {0: [self._all_sites] * n_sites}
