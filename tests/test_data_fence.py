@@ -444,7 +444,7 @@ async def test_a_standby_or_frozen_region_writes_nothing_of_its_own(
         await control.close()
 
 
-async def test_the_writable_regions_controller_leader_puts_the_heartbeat(
+async def test_the_writable_regions_controller_leader_puts_the_heartbeat_and_raises_events(
     region_etcd: EtcdCluster, etcd_cluster, key_prefix: bytes, tmp_path: Path
 ) -> None:
     control = etcd_cluster.client(timeout=2.0)
@@ -455,6 +455,10 @@ async def test_the_writable_regions_controller_leader_puts_the_heartbeat(
     fence = RegionFence("r1", regional, key=key_prefix + b"fence-r1")
     await fence.swap(await fence.read(), FenceValue.active("r1", record.epoch))
     await regional.delete(HEARTBEAT_KEY)
+    epoch = 1000 + uuid.uuid4().int % 100000  # a divergence note of its own
+    await GlobalState(control, prefix=key_prefix).record_divergence(
+        {"name": str(epoch), "epoch": epoch, "region": "r2", "count": 3, "cut": 41}
+    )
     replica = ApiReplica(
         tmp_path,
         "api-hb",
@@ -477,6 +481,15 @@ async def test_the_writable_regions_controller_leader_puts_the_heartbeat(
         assert all(b.region == "r1" and b.epoch == record.epoch for b in beats)
         assert beats[0].seq < beats[1].seq < beats[2].seq
         assert abs(beats[-1].time - time.time()) < 5
+        # the same leader raised a Kubernetes Event for the divergence a region saved
+        path = f"/api/v1/namespaces/kube-system/events/haplane-divergence-{epoch}"
+        for _ in range(100):
+            status, _, event = replica.request("GET", path)
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200, event
+        assert event["reason"] == "DivergenceSaved" and "3 object(s)" in event["message"]
     finally:
         await replica.stop()
         await regional.close()

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -199,6 +200,7 @@ class ApiServer:
         self._write_log = open(config.write_log, "a", buffering=1) if config.write_log else None  # noqa: SIM115
         self._background: set[asyncio.Task[None]] = set()
         self._gc_paused: str | None = None  # why this region's garbage collector is paused
+        self._events_raised: set[str] = set()  # divergence Events already created
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -487,7 +489,43 @@ class ApiServer:
             with contextlib.suppress(EtcdError):
                 note = await state.gc_paused(self.config.region, timeout=0.5)
                 self._gc_paused = str(note.get("reason")) if note is not None else None
+            if self.elector is not None and self.elector.is_leader and self._may_write():
+                with contextlib.suppress(EtcdError, StatusError):
+                    await self._divergence_events(await state.divergences(timeout=0.5))
             await asyncio.sleep(every)
+
+    async def _divergence_events(self, notes: list[dict[str, Any]]) -> None:
+        """A Kubernetes Event in `kube-system` for each divergence a returning region saved
+        (`haplane.replication.rejoin`), raised once by the writable region's controller
+        leader: `kubectl get events -n kube-system` shows it (create-if-absent: a 409 means
+        already raised)."""
+        events = self.stores[("", "v1", "events")]
+        for note in notes:
+            name = f"haplane-divergence-{note.get('epoch')}"
+            if not note.get("count") or name in self._events_raised:
+                continue
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            event = {
+                "metadata": {"name": name, "namespace": "kube-system"},
+                "involvedObject": {"apiVersion": "v1", "kind": "Namespace", "name": "kube-system"},
+                "reason": "DivergenceSaved",
+                "type": "Warning",
+                "message": (
+                    f"region {note.get('region')} had written {note.get('count')} object(s) "
+                    f"after the cut of epoch {note.get('epoch')} (revision {note.get('cut')}); "
+                    f"saved before it was re-seeded: `haplane divergence show {note.get('name')}`"
+                ),
+                "source": {"component": "haplane-replicator"},
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            }
+            try:
+                await events.create("kube-system", event)
+            except StatusError as exc:
+                if exc.code != 409:
+                    raise
+            self._events_raised.add(name)
 
     async def _heartbeat(self, every: float = HEARTBEAT_EVERY) -> None:
         """While this replica leads the lifecycle controllers of the writable region, put the
