@@ -8,6 +8,7 @@ fencing and failback on their own."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -256,12 +257,12 @@ def test_ties_go_by_priority() -> None:
 def test_a_resyncing_standby_is_never_chosen() -> None:
     d = decide(_three({"b": _rep("b", 0, state="Resyncing"), "c": _rep("c", 50)}), THREE)
     assert (d.action, d.to) == ("failover", "c")
-    assert "b is resyncing" in d.reason
+    assert "b holds a partial copy" in d.reason
     d = decide(
         _three({"b": _rep("b", 0, state="Resyncing"), "c": _rep("c", 0, state="Resyncing")}),
         THREE,
     )
-    assert d.action == "none" and "resyncing" in d.reason
+    assert d.action == "none" and "partial copy" in d.reason
 
 
 def test_max_lag_judges_the_lag_measured_while_the_source_answered() -> None:
@@ -300,3 +301,19 @@ def test_failback_waits_until_the_preferred_region_streams_from_the_active_one()
     streaming = {"a": _rep("a", 500, source="b")}
     d = decide(Snapshot(active("b"), reports, 100.0, replication=streaming), s)
     assert (d.action, d.to) == ("failback", "a")
+
+
+def test_a_copy_cut_short_is_never_chosen_even_when_disconnected() -> None:
+    """The source died mid-resync: the standby shows Disconnected, its copy is still partial."""
+    cut_short = replace(_rep("b", 900, state="Disconnected"), partial=True)
+    d = decide(_three({"b": cut_short, "c": _rep("c", 100)}), THREE)
+    assert (d.action, d.to) == ("failover", "c")
+
+
+def test_a_stale_report_is_no_lag_measurement() -> None:
+    """b's replicators stopped reporting: under b's maxLagMs its lag is unknown, so not b."""
+    stale = replace(_rep("b", 500), time=0.0)
+    fresh = replace(_rep("c", 100), time=100.0)
+    snap = replace(_three({"b": replace(stale, time=90.0), "c": fresh}), now=100.5)
+    d = decide(snap, THREE)
+    assert (d.action, d.to) == ("failover", "c") and "lag is unknown" in d.reason

@@ -21,6 +21,7 @@ from haplane.store import (
     FENCE_KEY,
     AppliedRecord,
     EtcdClient,
+    EtcdOutcomeUnknown,
     FenceValue,
     GlobalState,
     Op,
@@ -138,7 +139,7 @@ async def test_an_unreachable_old_region_refuses_and_switches_nothing(
         dead = EtcdClient(["127.0.0.1:9"], timeout=0.3)  # nothing listens there
         cut_off = RegionFences({"a": dead, "b": pair[1].client(2.0)})
         try:
-            with pytest.raises(SwitchoverRefused, match="could not be frozen"):
+            with pytest.raises(SwitchoverRefused, match="does not answer"):
                 await planned_switchover(state, cut_off, before, "b", by="t", reason="t")
         finally:
             await cut_off.close()
@@ -164,3 +165,45 @@ async def test_a_region_promoted_mid_resync_has_its_garbage_collector_paused(
         await b.put(APPLIED_KEY, AppliedRecord("a", 1, 1, 10).to_json())
         await record_unplanned_cut(state, b, replace(record, epoch=3), lag_seconds=None)
         assert await state.gc_paused("b") is None
+
+
+class _LosesAnAnswer(EtcdClient):
+    """Commits the first write whose ops put `key`, then reports its outcome unknown."""
+
+    def __init__(self, endpoints: list[str], key: bytes):
+        super().__init__(endpoints, timeout=2.0)
+        self.key, self.lost = key, False
+
+    async def txn(self, compare, success, failure=(), **kw):  # type: ignore[no-untyped-def]
+        r = await super().txn(compare, success, failure, **kw)
+        if not self.lost and any(o.kind == "put" and o.key == self.key for o in success):
+            self.lost = True
+            raise EtcdOutcomeUnknown("the answer was lost (test)")
+        return r
+
+
+@pytest.mark.parametrize("lost", ["freeze", "promotion"])
+async def test_a_lost_answer_is_undone_and_nothing_switches(
+    pair: tuple[EtcdCluster, EtcdCluster], etcd_cluster: EtcdCluster, key_prefix: bytes, lost: str
+) -> None:
+    async with setup(pair, etcd_cluster, key_prefix) as (a, b, state, _fences):
+        before = await state.read()
+        assert before is not None
+        if lost == "freeze":
+            flaky = RegionFences(
+                {"a": _LosesAnAnswer(pair[0].endpoints, CUT_KEY), "b": pair[1].client(2.0)}
+            )
+        else:
+            flaky = RegionFences(
+                {"a": pair[0].client(2.0), "b": _LosesAnAnswer(pair[1].endpoints, FENCE_KEY)}
+            )
+        try:
+            async with replicating("b", b, "a", a):
+                with pytest.raises(SwitchoverRefused, match="got no answer") as info:
+                    await planned_switchover(state, flaky, before, "b", by="t", reason="t")
+        finally:
+            await flaky.close()
+        assert info.value.thawed
+        assert (await a.get(FENCE_KEY)).value == b"active:a@1"  # type: ignore[union-attr]
+        assert (await b.get(FENCE_KEY)).value == b"standby:a@1"  # type: ignore[union-attr]
+        assert (await state.read()) == before

@@ -398,7 +398,14 @@ class FailoverController:
         with contextlib.suppress(EtcdError):
             self.replication = await state.replication_reports()
         return Snapshot(
-            active, reports, since, fenced_for, suspended, note, replication=self.replication
+            active,
+            reports,
+            since,
+            fenced_for,
+            suspended,
+            note,
+            replication=self.replication,
+            now=time.time(),
         )
 
     def _note_epoch(self, active: ActiveRegion | None, at: float | None = None) -> float:
@@ -473,7 +480,8 @@ class FailoverController:
                 if d.action == "unfence":
                     if not await self._activate_fence(active):
                         return
-                    await self._record_cut(state, active)
+                    if not await self._record_cut(state, active):
+                        return  # next tick: a partial copy's GC pause must precede writes
                     record = await state.unfence(d.epoch)
                     self._log("unfenced", region=record.region, epoch=record.epoch)
                 elif (
@@ -545,11 +553,12 @@ class FailoverController:
         )
         return done.record
 
-    async def _record_cut(self, state: GlobalState, record: ActiveRegion) -> None:
+    async def _record_cut(self, state: GlobalState, record: ActiveRegion) -> bool:
         """After an unplanned promotion made `record.region`'s key active: record how far its
-        copy of the old region reached (best effort: the unfence does not wait on it)."""
+        copy of the old region reached (and pause its garbage collector when that copy is
+        partial). False when that could not be written: the unfence waits for it."""
         if self._fences is None or record.region not in self._fences.fences:
-            return
+            return True
         rep = self.replication.get(record.region)
         try:
             cut = await record_unplanned_cut(
@@ -561,8 +570,9 @@ class FailoverController:
             )
         except EtcdError as exc:
             self._log("cut_not_recorded", epoch=record.epoch, reason=str(exc))
-            return
+            return False
         self._log("cut", **cut.as_dict())
+        return True
 
     # ---- the data fence: one key in each regional etcd (the leader) ----------------------
 

@@ -60,6 +60,7 @@ class Settings:
     failback_after: float = 60.0
     automatic: bool = True
     stable_for: float = 1.0  # a target must have been seen healthy this long
+    report_stale_after: float = 2.0  # a replication report older than this says nothing
     # replication pairs (either way): (region, region, max lag in seconds or None)
     pairs: tuple[tuple[str, str, float | None], ...] = ()
 
@@ -102,6 +103,12 @@ class Snapshot:
     failback_note: str = ""  # by whom and why (for the decision's reason)
     # each region's replication as its leading replicator last reported it (by target region)
     replication: Mapping[str, ReplicationReport] = field(default_factory=dict)
+    now: float | None = None  # wall-clock time of the snapshot, to age the reports by
+
+    def report_age(self, report: ReplicationReport) -> float:
+        """Seconds since `report` was written (reporter's and snapshot's wall clocks: on one
+        machine the same; across hosts keep NTP). 0 without a snapshot time."""
+        return 0.0 if self.now is None else max(0.0, self.now - report.time)
 
 
 @dataclass(frozen=True)
@@ -204,7 +211,13 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
             stable_for = votes[preferred][2]
             paired, _ = settings.pair(active.region, preferred)
             rep = snapshot.replication.get(preferred)
-            streaming = rep is not None and rep.state == "Streaming" and rep.source == active.region
+            streaming = (
+                rep is not None
+                and rep.state == "Streaming"
+                and rep.source == active.region
+                and not rep.partial
+                and snapshot.report_age(rep) <= settings.report_stale_after
+            )
             if paired and not streaming and stable_for >= settings.failback_after:
                 return decision(
                     "none",
@@ -243,10 +256,20 @@ def _choose(
             ranked.append((2, 0, i, region))  # serves only its own data: last
             continue
         rep = snapshot.replication.get(region)
-        if rep is not None and rep.state == "Resyncing":
-            excluded.append(f"{region} is resyncing (a partial copy; `--force` promotes it)")
+        if rep is not None and (rep.state == "Resyncing" or rep.partial):
+            excluded.append(
+                f"{region} holds a partial copy (a resync under way; `--force` promotes it)"
+            )
             continue
+        if rep is not None and snapshot.report_age(rep) > settings.report_stale_after:
+            rep = None  # its replicators stopped reporting: how far it got is unknown
         lag = rep.lag_answered if rep is not None else None
+        if max_lag is not None and rep is None:
+            excluded.append(
+                f"{region}'s lag is unknown (no fresh replication report) and its pair has a "
+                f"maxLagMs ({max_lag * 1000:.0f})"
+            )
+            continue
         if max_lag is not None and lag is not None and lag > max_lag:
             excluded.append(
                 f"{region}'s lag was {lag:.3f}s when {active} last answered, over its "

@@ -212,11 +212,15 @@ async def unfence_after_wait(
             f"epoch {record.epoch} was committed, but region {record.region}'s fence key could "
             f"not be set ({exc}); the failover controller completes the switch once it can"
         ) from exc
-    cut: Cut | None = None
-    with contextlib.suppress(EtcdError):
+    try:
         cut = await record_unplanned_cut(
             state, fences[record.region].client, record, lag_seconds=lag, timeout=2.0
         )
+    except EtcdError as exc:  # a partial copy's GC pause must precede any write: not unfenced
+        raise FailoverError(
+            f"epoch {record.epoch} was committed, but its cut could not be recorded ({exc}); "
+            "the failover controller records it and unfences once it can"
+        ) from exc
     try:
         return await state.unfence(record.epoch), cut
     except StaleEpoch as exc:

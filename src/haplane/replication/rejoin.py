@@ -6,13 +6,15 @@ the cuts) and the active region's etcd; writes only this region's fence key (and
 applied record) and files under the divergence directory.
 
 When this region's fence key says `frozen:<region>@E` while the global record names another
-region, writable, in a later epoch, the region was cut off from a failover: whatever it
-committed after the cut (the last revision the new region had applied, `GlobalState.cuts`) is
-in no other region. Before anything overwrites it:
+region, writable, in a later epoch, and that has lasted `grace` seconds (a planned switchover
+passes through that state for a few round trips before it makes the old region follow), the
+region was cut off from a failover: whatever it committed after the cut (the last revision the
+new region had applied, `GlobalState.cuts`) is in no other region. Before anything overwrites it:
 
 1. the keys it changed after the cut are found in its own history (a watch from the cut's
-   revision + 1 to now); if that history was compacted, its keyspace is compared with the
-   active region's at one revision and every difference kept instead;
+   revision + 1 to now); if that history was compacted, no cut was recorded, or the cut was
+   taken from an incomplete copy (a promotion during a resync), its keyspace is compared with
+   the active region's at one revision and every difference kept instead;
 2. each such key's value here, as stored bytes (Secrets stay in their stored form, never
    decoded), and a summary are saved under `<divergence dir>/<epoch>/` (`epoch`: the first
    epoch after this region's), written to a temporary directory and renamed, so a saved
@@ -176,8 +178,12 @@ def save(
 class Rejoin:
     """The replicator's hook for a frozen region (`Replicator(on_frozen=Rejoin(...))`)."""
 
-    def __init__(self, directory: Path | None):
+    def __init__(self, directory: Path | None, *, grace: float = 3.0):
         self.directory = directory
+        # a planned switchover leaves the old region frozen under the new record for a few
+        # round trips before it makes it follow: act only on a state that lasts this long
+        self.grace = grace
+        self._since: tuple[str, int, float] | None = None  # (fence value, epoch, first seen)
         self.last: dict[str, Any] | None = None  # the last divergence handled (for /status)
 
     async def __call__(self, rep: Any, v: FenceValue) -> None:
@@ -198,6 +204,11 @@ class Rejoin:
         source: EtcdClient | None = rep.sources.get(record.region)
         if source is None:
             return  # not paired with the active region: nothing can re-seed this one
+        seen = (str(v), record.epoch)
+        if self._since is None or self._since[:2] != seen:
+            self._since = (*seen, time.monotonic())
+        if time.monotonic() - self._since[2] < self.grace:
+            return
         rep._set_state("Rejoining", f"saving what {rep.region} wrote after the cut")
         cuts = await control.cuts(timeout=2.0)
         cut = next(
@@ -206,8 +217,8 @@ class Rejoin:
         _, head = await rep.target.range(ALL_KEYS[0], ALL_KEYS[1], limit=1, timeout=2.0)
         method = "history"
         try:
-            if cut is None:
-                raise EtcdCompacted("no cut recorded", compact_revision=0)
+            if cut is None or cut.partial:  # no cut, or a copy incomplete below it too
+                raise EtcdCompacted("no usable cut", compact_revision=0)
             items = await asyncio.wait_for(changes_after(rep.target, cut.revision, head), 60)
         except EtcdCompacted:
             method = "keyspace"

@@ -101,6 +101,12 @@ class ReplicatorStatus:
     heartbeat: float | None = None  # source wall-clock time of the newest heartbeat applied
     source_answered_at: float | None = None
     lag_answered: float | None = None
+    # applied everything the source had when it last answered (a progress answer at or below
+    # the applied revision): no write is missing, whatever the heartbeat's age
+    caught_up: bool = False
+    # the copy in this region is incomplete: the applied record says `resyncing` (a resync
+    # started and has not finished, whatever the connection does now)
+    partial: bool = False
     last_resync: dict[str, Any] | None = None
     txns: int = 0
     revisions: int = 0
@@ -109,9 +115,15 @@ class ReplicatorStatus:
     counters: dict[str, int] = field(default_factory=dict)
 
     def lag_seconds(self, now: float | None = None) -> float | None:
+        """How far behind the copy is, in source time: from the newest heartbeat applied, or,
+        when everything the source had at its last answer is applied, from that answer (a
+        source whose heartbeat writer died is no reason to call a complete copy behind)."""
+        now = now or time.time()
+        if self.caught_up and self.source_answered_at is not None:
+            return max(0.0, now - self.source_answered_at)
         if self.heartbeat is None:
             return None
-        return max(0.0, (now or time.time()) - self.heartbeat)
+        return max(0.0, now - self.heartbeat)
 
     def lag_revisions(self) -> int | None:
         if not self.source_revision:
@@ -237,12 +249,20 @@ class Replicator:
     async def _replicate(self) -> None:
         fence = RegionFence(self.region, self.target)
         while True:
-            read = await fence.read(timeout=1.0)
+            try:
+                read = await fence.read(timeout=1.0)
+            except EtcdError as exc:  # keep the lease: this region's etcd may be back soon
+                self._note_error("fence key", exc)
+                await asyncio.sleep(0.2)
+                continue
             v = read.value
             if v is None or v.state != "standby":
                 self._idle(v)
                 if v is not None and v.state == "frozen" and self.on_frozen is not None:
-                    await self.on_frozen(self, v)
+                    try:
+                        await self.on_frozen(self, v)
+                    except (EtcdError, TimeoutError, OSError) as exc:
+                        self._note_error("rejoin", exc)
                 await asyncio.sleep(self.idle_poll)
                 continue
             src = self.sources.get(v.region)
@@ -270,6 +290,7 @@ class Replicator:
         s = self.status
         s.source, s.heartbeat, s.lag_answered, s.source_answered_at = None, None, None, None
         s.applied_revision = s.source_revision = 0
+        s.caught_up = s.partial = False
         self._set_state("Idle", f"not a standby: {what}")
 
     def _guards(self) -> list[Compare]:
@@ -307,30 +328,37 @@ class Replicator:
         applied = await self.read_applied()
         try:
             cluster_id = await src.cluster_id(timeout=1.0)
+            _, head, _ = await src.range_page(*ALL_KEYS, limit=1, timeout=1.0)
         except EtcdError as exc:
             raise SourceDown(f"source {v.region} does not answer: {exc}") from None
+        s = self.status
+        # figures of another stream (another source, or before a resync) mean nothing here
+        s.source_revision, s.caught_up, s.lag_answered = head, False, None
+        s.partial = applied is not None and applied.state == "resyncing"
         usable = (
             applied is not None
             and applied.cluster_id == cluster_id
             and applied.state == "streaming"
-            and applied.revision > 0
+            and 0 < applied.revision <= head
         )
-        if applied is not None:
-            self.status.applied_revision = applied.revision
-            self.status.heartbeat = applied.heartbeat
-        if not usable:
+        if usable:
+            assert applied is not None
+            s.applied_revision, s.heartbeat = applied.revision, applied.heartbeat
+            start = applied.revision
+        else:
+            s.applied_revision, s.heartbeat = 0, None
             why = (
                 "no applied record"
                 if applied is None
                 else f"the applied record names cluster {applied.cluster_id:x} of "
                 f"{applied.source} ({applied.state})"
                 if applied.cluster_id != cluster_id or applied.state != "streaming"
+                else f"the source's head {head} is below the applied revision "
+                f"{applied.revision}: it was rebuilt (same cluster id, new history)"
+                if applied.revision > head
                 else "nothing applied yet"
             )
             start = await self.resync(v, src, cluster_id, why)
-        else:
-            assert applied is not None
-            start = applied.revision
         while True:
             try:
                 await self._stream(v, src, cluster_id, start)
@@ -363,8 +391,10 @@ class Replicator:
                     applied = groups[-1].revision
                     self.status.applied_revision = applied
                     self.status.source_revision = max(self.status.source_revision, applied)
-                if self.status.heartbeat is not None:
-                    self.status.lag_answered = max(0.0, now - self.status.heartbeat)
+                # caught up: this answer holds no event past what is applied (a progress
+                # answer: the source had nothing more at `wb.revision`)
+                self.status.caught_up = not wb.events and wb.revision <= applied
+                self.status.lag_answered = self.status.lag_seconds(now)
                 if time.monotonic() - checked > 1.0:  # quiet source: is the stream still ours?
                     checked = time.monotonic()
                     try:
@@ -403,6 +433,7 @@ class Replicator:
         """Make the target equal to the source at one source revision; returns it."""
         t0 = time.monotonic()
         self._set_state("Resyncing", why)
+        self.status.partial, self.status.caught_up = True, False
         self._event("resync-start", {"source": v.region, "reason": why})
         try:
             _, at, _ = await src.range_page(*ALL_KEYS, limit=1, timeout=2.0)
@@ -459,6 +490,7 @@ class Replicator:
         self._applied_mod = await self._txn([Op("put", APPLIED_KEY, done.to_json())])
         seconds = time.monotonic() - t0
         self.status.resyncs += 1
+        self.status.partial = False
         self.status.applied_revision = at
         self.status.heartbeat = heartbeat
         self.status.last_resync = {
@@ -493,6 +525,7 @@ class Replicator:
             leader=self.identity,
             time=now,
             last_resync=s.last_resync,
+            partial=s.partial,
         )
 
     async def _report_loop(self) -> None:

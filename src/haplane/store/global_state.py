@@ -490,6 +490,9 @@ class ReplicationReport:
     leader: str
     time: float
     last_resync: dict[str, object] | None = None
+    # the region's copy is incomplete (its applied record says `resyncing`), whatever its
+    # connection to the source does now: never promoted automatically
+    partial: bool = False
 
     def to_json(self) -> bytes:
         return json.dumps(self.as_dict(), sort_keys=True).encode()
@@ -509,6 +512,7 @@ class ReplicationReport:
             "leader": self.leader,
             "time": self.time,
             "lastResync": self.last_resync,
+            "partial": self.partial,
         }
 
     @classmethod
@@ -529,6 +533,7 @@ class ReplicationReport:
                 leader=str(d.get("leader", "")),
                 time=float(d.get("time", 0.0)),
                 last_resync=d.get("lastResync"),
+                partial=bool(d.get("partial", False)),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -551,6 +556,9 @@ class Cut:
     planned: bool
     lag_seconds: float | None
     time: str = ""
+    # the new region was promoted in the middle of a resync: its copy below `revision` is
+    # incomplete too (a returning region compares keyspaces instead of trusting the cut)
+    partial: bool = False
 
     def to_json(self) -> bytes:
         return json.dumps(self.as_dict(), sort_keys=True).encode()
@@ -564,6 +572,7 @@ class Cut:
             "planned": self.planned,
             "lagSeconds": self.lag_seconds,
             "time": self.time or _now(),
+            "partial": self.partial,
         }
 
     @classmethod
@@ -578,6 +587,7 @@ class Cut:
                 planned=bool(d.get("planned", False)),
                 lag_seconds=d.get("lagSeconds"),
                 time=str(d.get("time", "")),
+                partial=bool(d.get("partial", False)),
             )
         except (ValueError, KeyError, TypeError):
             return None

@@ -224,17 +224,24 @@ async def planned_switchover(
         )
     try:
         source_cluster = await old_fence.client.cluster_id(timeout=timeout)
-        marker = await freeze_with_cut_marker(old_fence, epoch, by=by, timeout=timeout)
-    except (EtcdError, FenceChanged) as exc:
+    except EtcdError as exc:
         raise SwitchoverRefused(
-            f"the old region {old} could not be frozen ({exc}): nothing switched"
+            f"the old region {old} does not answer ({exc}): nothing switched"
         ) from exc
     t0 = time.monotonic()
 
     async def refuse(why: str) -> SwitchoverRefused:
+        """Undo the freeze (an exact-value swap back; a key that never froze is fine)."""
         try:
             await thaw(old_fence, epoch, timeout=timeout)
-        except (EtcdError, FenceChanged) as exc:
+        except FenceChanged as exc:
+            if exc.current.value == FenceValue.active(old, epoch):
+                return SwitchoverRefused(f"{why}; nothing switched", thawed=True)
+            return SwitchoverRefused(
+                f"{why}; nothing switched, but {old}'s fence key is {exc.current.value}, not "
+                f"frozen:{old}@{epoch}: left as it is"
+            )
+        except EtcdError as exc:
             return SwitchoverRefused(
                 f"{why}; nothing switched, but {old} could not be made writable again ({exc}): "
                 f"its fence key stays frozen:{old}@{epoch} until an operator switches "
@@ -242,6 +249,31 @@ async def planned_switchover(
             )
         return SwitchoverRefused(f"{why}; nothing switched, {old} is writable again", thawed=True)
 
+    async def unpromote() -> str | None:
+        """Undo the promotion: `active:<to>@E+1` back to `standby:<old>@E` (exact value);
+        None when done or never promoted, else why not."""
+        try:
+            await _expect(
+                new_fence,
+                FenceValue.active(to, epoch + 1),
+                [Op("put", new_fence.key, want.encode())],
+                timeout=timeout,
+            )
+        except FenceChanged as exc:
+            if exc.current.value != want:
+                return f"{to}'s fence key is {exc.current.value}"
+        except EtcdError as exc:
+            return str(exc)
+        return None
+
+    try:
+        marker = await freeze_with_cut_marker(old_fence, epoch, by=by, timeout=timeout)
+    except FenceChanged as exc:
+        raise SwitchoverRefused(
+            f"the old region {old} could not be frozen ({exc}): nothing switched"
+        ) from exc
+    except EtcdError as exc:  # maybe frozen after all (an answer lost): undo it
+        raise await refuse(f"the old region {old}'s freeze got no answer ({exc})") from exc
     try:
         await wait_applied(new_fence.client, source_cluster, marker, limit=catch_up_limit)
     except TimeoutError as exc:
@@ -249,8 +281,16 @@ async def planned_switchover(
     caught_up = time.monotonic() - t0
     try:
         promoted_at, applied = await promote(new_fence, old, epoch, epoch + 1, timeout=timeout)
-    except (EtcdError, FenceChanged) as exc:
+    except FenceChanged as exc:
         raise await refuse(f"{to} could not be promoted ({exc})") from exc
+    except EtcdError as exc:  # maybe promoted: undo that first, or the old region stays frozen
+        why = await unpromote()
+        if why is not None:
+            raise SwitchoverRefused(
+                f"{to}'s promotion got no answer ({exc}) and could not be undone ({why}); "
+                f"{old} stays frozen: finish with `haplane failover --to {to} --force`"
+            ) from exc
+        raise await refuse(f"{to}'s promotion got no answer ({exc})") from exc
     reports = {}
     with contextlib.suppress(EtcdError):
         reports = await state.replication_reports(timeout=timeout)
@@ -264,12 +304,33 @@ async def planned_switchover(
             replication={to: reports[to].as_dict()} if to in reports else None,
         )
     except (StaleEpoch, EtcdError) as exc:
-        raise SwitchoverRefused(
-            f"{to} was promoted (fence key active:{to}@{epoch + 1}) but epoch {epoch + 1} could "
-            f"not be committed ({exc}); the failover controller's reconcile or `haplane failover "
-            f"--to {to} --force` completes it"
-        ) from exc
+        lost_answer = await _committed(state, to, epoch + 1, timeout)
+        if lost_answer is not None:
+            record = lost_answer
+        else:  # not committed (or unknowable): undo, the old region writes on
+            why = await unpromote()
+            if why is not None:
+                raise SwitchoverRefused(
+                    f"{to} was promoted but epoch {epoch + 1} could not be committed ({exc}), "
+                    f"and the promotion could not be undone ({why}); {old} stays frozen: finish "
+                    f"with `haplane failover --to {to} --force`"
+                ) from exc
+            raise await refuse(f"epoch {epoch + 1} could not be committed ({exc})") from exc
     warnings: list[str] = []
+    # the cut before the old region follows: a returning region's rejoin must find it (a
+    # frozen key under a newer record is its trigger)
+    cut = Cut(
+        epoch + 1,
+        to,
+        old,
+        applied.revision if applied is not None else marker,
+        planned=True,
+        lag_seconds=0.0,
+    )
+    try:
+        await state.record_cut(cut, timeout=timeout)
+    except EtcdError as exc:
+        warnings.append(f"the cut could not be recorded: {exc}")
     reversed_ = False
     try:
         to_cluster = await new_fence.client.cluster_id(timeout=timeout)
@@ -286,19 +347,24 @@ async def planned_switchover(
             f"{old} could not be set to follow {to} from the cut ({exc}); it is re-seeded "
             "when it rejoins"
         )
-    cut = Cut(
-        epoch + 1,
-        to,
-        old,
-        applied.revision if applied is not None else marker,
-        planned=True,
-        lag_seconds=0.0,
-    )
-    try:
-        await state.record_cut(cut, timeout=timeout)
-    except EtcdError as exc:
-        warnings.append(f"the cut could not be recorded: {exc}")
     return PlannedResult(record, cut, marker, caught_up, reversed_, tuple(warnings))
+
+
+async def _committed(
+    state: GlobalState, region: str, epoch: int, timeout: float
+) -> ActiveRegion | None:
+    """The record, if it says `region` in `epoch` (a commit whose answer was lost); None when
+    it does not, or cannot be read in a few tries."""
+    for _ in range(3):
+        try:
+            now = await state.read(timeout=timeout)
+        except EtcdError:
+            await asyncio.sleep(0.2)
+            continue
+        if now is not None and now.epoch == epoch and now.region == region:
+            return now
+        return None
+    return None
 
 
 async def record_unplanned_cut(
@@ -321,6 +387,7 @@ async def record_unplanned_cut(
         applied.revision if applied is not None else 0,
         planned=False,
         lag_seconds=lag_seconds,
+        partial=applied is not None and applied.state == "resyncing",
     )
     await state.record_cut(cut, timeout=timeout)
     if applied is not None and applied.state == "resyncing":
