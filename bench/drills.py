@@ -38,7 +38,16 @@ from haplane.local.drill import SCENARIOS, run_drill, verdict
 from haplane.local.state_dir import StateDir
 from haplane.topology.loader import example_text
 
-DEFAULT = ["replica-kill", "etcd-leader-kill", "region-kill", "balancers-pause", "partition"]
+DEFAULT = [
+    "replica-kill",
+    "etcd-leader-kill",
+    "region-kill",
+    "balancers-pause",
+    "partition",
+    "switchover",
+    "replicator-kill",
+    "standby-partition",
+]
 
 
 def haplane(state: Path, *args: str) -> None:
@@ -61,9 +70,10 @@ def run_line(result: DrillResult, problems: list[str]) -> str:
     """One run in one line: the figures a reader checks first, then the verdict."""
     f = result.figures()
     reconnect = "-" if f["reconnect"] is None else f"{f['reconnect']:.3f}s"
+    lag = "" if f["lag_at_cut"] is None else f", lag at the cut {f['lag_at_cut']:.3f}s"
     counts = ", ".join(f"{name.replace('_', ' ')} {f[name]:g}" for name in FINDINGS)
     return (
-        f"write gap {result.longest_write_gap:.3f}s, reconnect {reconnect}, {counts}; "
+        f"write gap {result.longest_write_gap:.3f}s, reconnect {reconnect}{lag}, {counts}; "
         f"problems {problems or 'none'}"
     )
 

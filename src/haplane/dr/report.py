@@ -94,6 +94,7 @@ FIGURES: tuple[str, ...] = (
     *PHASE_NAMES,
     "longest_write_gap",
     "longest_read_gap",
+    "lag_at_cut",
     "errors",
     *FINDINGS,
 )
@@ -106,6 +107,7 @@ _LABELS: dict[str, str] = {
     "reconnect": "reconnect",
     "longest_write_gap": "longest write gap",
     "longest_read_gap": "longest read gap",
+    "lag_at_cut": "lag at the cut (unplanned)",
     "errors": "errors",
     "expected_conflicts": "expected 409/404 (epoch changed)",
     "lost_writes": "acknowledged writes lost",
@@ -116,7 +118,9 @@ _LABELS: dict[str, str] = {
     "journaled_not_invoked": "journaled, never invoked",
     "epoch_order_violations": "epoch-order violations",
 }
-_SECONDS_FIGURES = frozenset({*PHASE_NAMES, "longest_write_gap", "longest_read_gap"})
+_SECONDS_FIGURES = frozenset(
+    {*PHASE_NAMES, "longest_write_gap", "longest_read_gap", "lag_at_cut"}
+)
 
 
 # --------------------------------------------------------------------------------------- inputs
@@ -588,6 +592,9 @@ class DrillResult:
         out: dict[str, float | None] = {n: self.phases.get(n) for n in PHASE_NAMES}
         out["longest_write_gap"] = self.longest_write_gap
         out["longest_read_gap"] = self.longest_read_gap
+        lag = (self.cut or {}).get("lagSeconds")
+        planned = bool((self.cut or {}).get("planned"))
+        out["lag_at_cut"] = float(lag) if isinstance(lag, int | float) and not planned else None
         out["errors"] = float(self.errors)
         for name in FINDINGS:
             out[name] = float(len(getattr(self, name)))
