@@ -118,9 +118,7 @@ _LABELS: dict[str, str] = {
     "journaled_not_invoked": "journaled, never invoked",
     "epoch_order_violations": "epoch-order violations",
 }
-_SECONDS_FIGURES = frozenset(
-    {*PHASE_NAMES, "longest_write_gap", "longest_read_gap", "lag_at_cut"}
-)
+_SECONDS_FIGURES = frozenset({*PHASE_NAMES, "longest_write_gap", "longest_read_gap", "lag_at_cut"})
 
 
 # --------------------------------------------------------------------------------------- inputs

@@ -52,6 +52,7 @@ from haplane.store import (
     Op,
     RegionFence,
     ReplicationReport,
+    WatchBatch,
     replicated,
 )
 from haplane.store.etcd_member import MAX_TXN_OPS
@@ -375,26 +376,57 @@ class Replicator:
         applied = after
         checked = time.monotonic()
         fence = RegionFence(self.region, self.target)
+        # The watch is read by a task of its own: while a target transaction is in flight the
+        # source's answers queue up, and the next transaction takes all of them at once (one
+        # per answer could not keep up with more than a few hundred revisions a second).
+        queue: asyncio.Queue[WatchBatch | BaseException] = asyncio.Queue(maxsize=1024)
+
+        async def produce() -> None:
+            try:
+                async for wb in src.watch(
+                    ALL_KEYS[0],
+                    range_end=ALL_KEYS[1],
+                    start_revision=after + 1,
+                    connect_timeout=2.0,
+                ):
+                    await queue.put(wb)
+            except Exception as exc:  # handed to the applier, in order
+                await queue.put(exc)
+
+        producer = asyncio.create_task(produce(), name="replication watch")
         try:
-            async for wb in src.watch(
-                ALL_KEYS[0], range_end=ALL_KEYS[1], start_revision=after + 1, connect_timeout=2.0
-            ):
-                now = time.time()
-                self.status.source_answered_at = now
-                self.status.source_revision = max(self.status.source_revision, wb.revision)
-                if self.status.state != "Streaming":
-                    self._set_state("Streaming", f"from {v.region}")
-                if wb.events:
-                    groups = revisions(wb.events)
-                    for batch in batches(groups, max_ops=self.max_ops, max_bytes=self.max_bytes):
-                        await self._apply(v, cluster_id, batch)
-                    applied = groups[-1].revision
-                    self.status.applied_revision = applied
-                    self.status.source_revision = max(self.status.source_revision, applied)
-                # caught up: this answer holds no event past what is applied (a progress
-                # answer: the source had nothing more at `wb.revision`)
-                self.status.caught_up = not wb.events and wb.revision <= applied
-                self.status.lag_answered = self.status.lag_seconds(now)
+            while True:
+                taken = [await queue.get()]
+                while not queue.empty() and not isinstance(taken[-1], BaseException):
+                    taken.append(queue.get_nowait())
+                failure: BaseException | None = None
+                if isinstance(taken[-1], BaseException):
+                    failure = taken.pop()  # type: ignore[assignment]
+                answers = [wb for wb in taken if isinstance(wb, WatchBatch)]
+                if answers:
+                    now = time.time()
+                    head = max(wb.revision for wb in answers)
+                    events = [ev for wb in answers for ev in wb.events]
+                    self.status.source_answered_at = now
+                    self.status.source_revision = max(self.status.source_revision, head)
+                    if self.status.state != "Streaming":
+                        self._set_state("Streaming", f"from {v.region}")
+                    if events:
+                        groups = revisions(events)
+                        for batch in batches(
+                            groups, max_ops=self.max_ops, max_bytes=self.max_bytes
+                        ):
+                            await self._apply(v, cluster_id, batch)
+                        applied = groups[-1].revision
+                        self.status.applied_revision = applied
+                        self.status.source_revision = max(self.status.source_revision, applied)
+                    # caught up: the last answer held no event past what is applied (a
+                    # progress answer: the source had nothing more at its revision)
+                    last = answers[-1]
+                    self.status.caught_up = not last.events and last.revision <= applied
+                    self.status.lag_answered = self.status.lag_seconds(now)
+                if failure is not None:
+                    raise failure
                 if time.monotonic() - checked > 1.0:  # quiet source: is the stream still ours?
                     checked = time.monotonic()
                     try:
@@ -407,6 +439,9 @@ class Replicator:
             raise NeedResync(f"the source compacted past revision {applied + 1}: {exc}") from None
         except EtcdError as exc:
             raise SourceDown(f"source {v.region}'s watch ended: {exc}") from None
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
 
     async def _apply(self, v: FenceValue, cluster_id: int, batch: list[Revision]) -> None:
         ops = [op for g in batch for op in g.ops]
