@@ -82,10 +82,13 @@ async def test_a_standby_serves_replicated_changes_in_order_and_new_crds(
         watcher = threading.Thread(target=watch)
         watcher.start()
         await asyncio.sleep(0.5)
-        active.request("POST", base, {"metadata": {"name": "a"}, "data": {"v": "1"}})
-        active.request("PUT", f"{base}/a", {"metadata": {"name": "a"}, "data": {"v": "2"}})
-        active.request("POST", base, {"metadata": {"name": "b"}})
-        active.request("DELETE", f"{base}/a")
+        for method, path, body, want in (
+            ("POST", base, {"metadata": {"name": "a"}, "data": {"v": "1"}}, 201),
+            ("PUT", f"{base}/a", {"metadata": {"name": "a"}, "data": {"v": "2"}}, 200),
+            ("POST", base, {"metadata": {"name": "b"}}, 201),
+            ("DELETE", f"{base}/a", None, 200),
+        ):
+            assert active.request(method, path, body)[0] == want, (method, path)
         await asyncio.to_thread(watcher.join, 20)
         assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
             ("ADDED", "a"),

@@ -304,3 +304,39 @@ async def test_lifecycle_indexes_follow_owner_references_deletion_and_recreation
     finally:
         await cacher.stop()
         await client.close()
+
+
+async def test_every_event_of_a_revision_with_several_reaches_a_watcher(etcd_cluster):
+    """A replicated transaction puts several objects at one etcd revision: a watcher of the
+    cache gets each of them, not only the first."""
+    from haplane.store import Op
+
+    storage, client = await _storage(etcd_cluster)
+    prefix = f"/registry/cachetest-{uuid.uuid4().hex[:6]}/"
+    cacher = Cacher(storage, prefix)
+    cacher.start()
+    try:
+        await _wait(lambda: cacher.ready)
+        got: list[tuple[str, str]] = []
+
+        async def watch() -> None:
+            async for ev in cacher.watch(prefix, None):
+                got.append((ev.type, ev.object["metadata"]["name"]))
+                if len(got) == 3:
+                    return
+
+        task = asyncio.create_task(watch())
+        await asyncio.sleep(0.2)
+        await client.txn(
+            [],
+            [
+                Op("put", f"{prefix}ns/a".encode(), json.dumps(_obj("a")).encode()),
+                Op("put", f"{prefix}ns/b".encode(), json.dumps(_obj("b")).encode()),
+                Op("put", f"{prefix}ns/c".encode(), json.dumps(_obj("c")).encode()),
+            ],
+        )
+        await asyncio.wait_for(task, 5)
+        assert got == [("ADDED", "a"), ("ADDED", "b"), ("ADDED", "c")]
+    finally:
+        await cacher.stop()
+        await client.close()

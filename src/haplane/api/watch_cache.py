@@ -229,7 +229,10 @@ class Cacher:
                         continue
                 if isinstance(item, _Expired):
                     raise storage.Expired("the watch cache relisted or this watch fell behind")
-                if item.revision <= last and item.type != "BOOKMARK":
+                # only what the caller has seen is skipped: one etcd revision may carry several
+                # events (a replicated transaction of several source revisions), and each one
+                # must reach the watcher, not only the first
+                if item.revision <= start and item.type != "BOOKMARK":
                     continue
                 if item.type == "BOOKMARK" or (item.key or "").startswith(sub_prefix):
                     yield item
