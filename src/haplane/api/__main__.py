@@ -15,6 +15,7 @@ import sys
 import uvloop
 
 from .server import ApiServer, ReplicaConfig
+from .sync_ack import SyncConfig
 
 
 def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
@@ -60,7 +61,38 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         default="/haplane/fence",
         help="the fence key's path in the region's etcd (another path only for tests)",
     )
+    ap.add_argument(
+        "--sync-standby",
+        action="append",
+        default=[],
+        metavar="REGION=HOST:PORT,...",
+        help="a synchronous standby region of this one and its etcd members (repeat per region, "
+        "in preference order): writes are acknowledged once it applied them (needs "
+        "--global-etcd, which holds the sync record)",
+    )
+    ap.add_argument(
+        "--sync-timeout-ms",
+        type=int,
+        default=500,
+        help="how long an acknowledgement waits for the synchronous standby",
+    )
+    ap.add_argument(
+        "--sync-strict",
+        action="store_true",
+        help="never acknowledge a write no standby confirmed: 504 instead of degrading",
+    )
     args = ap.parse_args(argv)
+    standbys: dict[str, list[str]] = {}
+    for item in args.sync_standby:
+        region, sep, eps = item.partition("=")
+        endpoints = [e.strip() for e in eps.split(",") if e.strip()]
+        if not sep or not region or not endpoints:
+            ap.error(f"--sync-standby {item!r}: expected REGION=HOST:PORT[,HOST:PORT...]")
+        standbys[region] = endpoints
+    if standbys and not args.global_etcd:
+        ap.error("--sync-standby needs --global-etcd: the sync record lives there")
+    if args.sync_timeout_ms < 1:
+        ap.error("--sync-timeout-ms must be at least 1")
     host, _, port = args.listen.rpartition(":")
     return ReplicaConfig(
         region=args.region,
@@ -75,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         write_log=args.write_log,
         data_fence=args.data_fence,
         fence_key=args.fence_key,
+        sync=SyncConfig(standbys, args.sync_timeout_ms / 1000, args.sync_strict)
+        if standbys
+        else None,
     )
 
 

@@ -55,6 +55,7 @@ from .resource_version import VersionContext
 from .resources import BUILTIN, Obj, Registry, ResourceType
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .storage import MAX_VALUE_BYTES, DataFence, EtcdStorage, StorageError, finite
+from .sync_ack import SyncAck, SyncConfig
 from .watch_cache import CachedStorage, Cacher
 
 log = logging.getLogger("haplane.api")
@@ -102,6 +103,9 @@ class ReplicaConfig:
     # JSON lines, one per acknowledged write (region, epoch, key, revision, sent, acked): the
     # servers' own record that drills check for writes of two epochs interleaving.
     write_log: str | None = None
+    # synchronous replication (haplane.api.sync_ack): this region's synchronous standbys, or
+    # None (asynchronous: a write is acknowledged once this region's etcd committed it)
+    sync: SyncConfig | None = None
 
 
 def json_response(
@@ -201,11 +205,24 @@ class ApiServer:
         self._background: set[asyncio.Task[None]] = set()
         self._gc_paused: str | None = None  # why this region's garbage collector is paused
         self._events_raised: set[str] = set()  # divergence Events already created
+        self._cluster_id = 0
+        self.sync: SyncAck | None = None
+        if config.sync is not None and config.sync.standbys and self._global_client is not None:
+            self.sync = SyncAck(
+                config.region,
+                config.sync,
+                self._global_client,
+                config.global_prefix.encode(),
+                cluster_id=lambda: self._cluster_id,
+                name=f"{config.region}/{config.replica}",
+                registry=self.metrics.registry,
+            )
 
     # ---- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         cluster_id = await self.client.cluster_id(timeout=10.0)
+        self._cluster_id = cluster_id
         self.versions = VersionContext.for_cluster(cluster_id, epoch=0)
         self.fence.start()
         if self.fence.enabled:
@@ -227,7 +244,10 @@ class ApiServer:
             if data_fence
             else None,
             before_send=_stall_hook(os.environ.get(STALL_HOOK_ENV)),
+            acknowledge=self.sync.acknowledge if self.sync is not None else None,
         )
+        if self.sync is not None:
+            self.sync.start()
         self._storage = store
         for t in self.registry.all():
             self.stores[(t.group, t.version, t.plural)] = self._make_store(t)
@@ -260,6 +280,11 @@ class ApiServer:
             name="leader election",
         )
         self._spawn(self._heartbeat(), "heartbeat")
+        if self.sync is not None:
+            self._spawn(
+                self.sync.keep(epoch=self._leading_epoch, head_revision=store.current_revision),
+                "sync keeper",
+            )
         # aiohttp's low-level server with the filter chain composed once: an Application's
         # router and per-request middleware wrapping showed at ~6% of a create's CPU, for one
         # catch-all route. Each link keeps the middleware signature (request, handler).
@@ -544,6 +569,13 @@ class ApiServer:
             with contextlib.suppress(StatusError, StorageError):
                 await storage.put_raw(HEARTBEAT_KEY, beat.to_json())
 
+    def _leading_epoch(self) -> int | None:
+        """The epoch this replica keeps the sync record for: while it leads the lifecycle
+        controllers of the writable region; None otherwise."""
+        if self.elector is None or not self.elector.is_leader or not self._may_write():
+            return None
+        return self.fence.epoch
+
     @property
     def name(self) -> str:
         return f"{self.config.region}/{self.config.replica}"
@@ -555,6 +587,8 @@ class ApiServer:
         log.info(json.dumps({"msg": "draining", "component": self.name}))
         await asyncio.sleep(self.config.drain_delay)
         await self.fence.stop()  # before the caches: an epoch change would restart them
+        if self.sync is not None:
+            await self.sync.stop()
         self._watch_stop.set()
         if self._crd_task is not None:
             self._crd_task.cancel()
@@ -657,7 +691,9 @@ class ApiServer:
         if path == "/readyz":
             return await self._readyz(request)
         if path == "/fencez":  # this replica's write permission (haplane.api.fencing)
-            return json_response(self.fence.status())
+            return json_response(
+                {**self.fence.status(), **({"sync": self.sync.status()} if self.sync else {})}
+            )
         if path == "/metrics":
             return web.Response(
                 body=generate_latest(self.metrics.registry),

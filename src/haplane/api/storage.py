@@ -19,6 +19,10 @@ Method contracts (revisions are etcd revisions):
 - watch: events after `revision` (None: from now) under a prefix; Expired if compacted.
 Every etcd outcome maps to: Unavailable (certainly not applied), OutcomeUnknown (maybe applied).
 
+With synchronous replication (`acknowledge`), a committed write of a replicated key returns
+only once a synchronous standby confirmed it or `sync: none` is recorded
+(`haplane.api.sync_ack`); otherwise OutcomeUnknown (504: committed here, unknown elsewhere).
+
 Every write (create, update, delete; the lifecycle controllers and leader election write
 through the same methods) is one transaction that, with a `DataFence`, also compares the
 region's fence key with `active:<region>@<epoch of the permit>`. Its failure branch reads the
@@ -54,10 +58,12 @@ from haplane.store import (
     TxnResult,
     boottime,
     prefix_end,
+    replicated,
 )
 
 from .fencing import MIN_WRITE_WINDOW, Fenced, WriteFence
 from .resource_version import VersionContext
+from .sync_ack import Unconfirmed
 
 Obj = dict[str, Any]
 # etcd's default --max-request-bytes is 1.5 MiB; leave room for the key and txn framing.
@@ -333,6 +339,7 @@ class EtcdStorage:
         journal: WriteJournal | None = None,
         data_fence: DataFence | None = None,
         before_send: Callable[[str], Callable[[], None] | None] | None = None,
+        acknowledge: Callable[[int, int, float], Awaitable[None]] | None = None,
     ):
         self.client = client
         self.versions = versions
@@ -343,6 +350,9 @@ class EtcdStorage:
         self.data_fence = data_fence
         # a test hook: for a key, something to call right before its request goes out
         self.before_send = before_send
+        # synchronous replication (`haplane.api.sync_ack.SyncAck.acknowledge`): awaited after
+        # each committed write of a replicated key, before it is acknowledged
+        self.acknowledge = acknowledge
 
     async def put_raw(self, key: bytes, value: bytes) -> None:
         """Put a raw key (not an object: the replication heartbeat) under the same permission
@@ -406,6 +416,11 @@ class EtcdStorage:
             found = fence_kv[0] if fence_kv else None
             if not self.data_fence.holds(epoch, found):
                 raise await self._fence_mismatch(epoch, FenceRead.of(found))
+        if r.succeeded and journal and self.acknowledge is not None and replicated(key.encode()):
+            try:
+                await self.acknowledge(r.revision, epoch, time.monotonic())
+            except Unconfirmed as exc:
+                raise OutcomeUnknown(str(exc)) from None
         if r.succeeded and journal and self.journal is not None:
             self.journal(key, r.revision, epoch, sent, time.time())
         return r

@@ -50,6 +50,7 @@ from .replication_keys import (
     Heartbeat,
     replicated,
 )
+from .sync_state import SyncRecord, SyncState
 
 __all__ = [
     "APPLIED_KEY",
@@ -90,6 +91,8 @@ __all__ = [
     "RegionFences",
     "ReplicationReport",
     "StaleEpoch",
+    "SyncRecord",
+    "SyncState",
     "TxnResult",
     "WatchBatch",
     "WatchEvent",

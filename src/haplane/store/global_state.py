@@ -13,7 +13,8 @@ Keys (under `prefix`, default `/haplane/global/`):
 - `replication/<target region>`: the leading replicator's report of that region's replication
   (`ReplicationReport`), rewritten every 200 ms while it leads;
 - `cut/<epoch, 12 digits>`: where epoch `<epoch>` cut the old region's history
-  (`Cut`: the last source revision the new region had applied when it was made active).
+  (`Cut`: the last source revision the new region had applied when it was made active);
+- `sync`: who is synchronous for the active region's epoch (`haplane.store.sync_state`).
 
 Fencing (see `haplane.api.fencing`): the record grants the active region write permission for
 `grantMs` after each successful linearizable read of it, minus `marginMs`. A newly promoted
@@ -37,6 +38,7 @@ from datetime import UTC, datetime
 
 from .errors import EtcdError
 from .etcd_client import Compare, EtcdClient, KeyValue, Op, prefix_end
+from .sync_state import SyncRecord, SyncState
 
 DEFAULT_PREFIX = b"/haplane/global/"
 DEFAULT_GRANT_MS = 1000
@@ -130,6 +132,7 @@ class GlobalState:
         self.client = client
         self.active_key = prefix + b"active"
         self.history_prefix = prefix + b"history/"
+        self.sync = SyncState(client, prefix)
 
     def _history_key(self, epoch: int) -> bytes:
         return self.history_prefix + f"{epoch:012d}".encode()
@@ -212,6 +215,9 @@ class GlobalState:
         margin_ms: int | None = None,
         replication: dict[str, object] | None = None,
         writable: bool = False,
+        sync_standby: str | None = None,
+        sync_revision: int | None = None,
+        sync_reason: str = "",
     ) -> ActiveRegion:
         """Make `to` active under epoch `expected_epoch + 1`, fenced (`writable: false`), only
         if the epoch is still `expected_epoch`; otherwise `StaleEpoch` (nothing written). The
@@ -220,7 +226,16 @@ class GlobalState:
 
         `writable=True` only for a planned switchover whose old region's fence key has been
         frozen (`switchover.freeze_with_cut_marker`): no write can commit there any more, so
-        no grant needs to run out first."""
+        no grant needs to run out first.
+
+        The sync record (`haplane.store.sync_state`), when one exists or `sync_standby` is
+        given, is replaced in the same transaction by the new epoch's: `sync_standby`
+        synchronous (a planned switchover's old region, which has every write of the new
+        epoch: none yet), or `none`. The transaction compares the record's mod revision with
+        `sync_revision` (the record the caller decided on; `StaleEpoch` when it changed) or,
+        without one, with the record as read here: a replica of the old epoch degrading to
+        `none` afterwards fails its compare-and-swap, and never acknowledges."""
+        sync_now = await self.sync.read()
         current = await self.read()
         if current is None:
             raise StaleEpoch("no active region is recorded yet (is the topology up?)", None)
@@ -246,19 +261,42 @@ class GlobalState:
         )
         if writable:
             record = replace(record, unfenced=record.since)
+        compares = [
+            Compare(self.active_key, "mod", "=", current.revision),
+            Compare(self._history_key(record.epoch), "create", "=", 0),
+        ]
+        ops = [
+            Op("put", self.active_key, record.to_json()),
+            Op("put", self._history_key(record.epoch), record.to_json()),
+        ]
+        if sync_now is not None or sync_standby is not None or sync_revision is not None:
+            expected = (
+                sync_revision
+                if sync_revision is not None
+                else (sync_now.revision if sync_now is not None else 0)
+            )
+            if sync_standby is not None:
+                new_sync = SyncRecord.synchronous(
+                    record.epoch, to, sync_standby, by=by, reason=sync_reason or reason
+                )
+            else:
+                new_sync = SyncRecord.none(
+                    record.epoch,
+                    to,
+                    by=by,
+                    reason=sync_reason or "a new epoch: no standby is synchronous yet",
+                )
+            compares.append(Compare(self.sync.key, "mod", "=", expected))
+            ops.append(Op("put", self.sync.key, new_sync.to_json()))
         r = await self.client.txn(
-            [
-                Compare(self.active_key, "mod", "=", current.revision),
-                Compare(self._history_key(record.epoch), "create", "=", 0),
-            ],
-            [
-                Op("put", self.active_key, record.to_json()),
-                Op("put", self._history_key(record.epoch), record.to_json()),
-            ],
-            [Op("get", self.active_key)],
+            compares, ops, [Op("get", self.active_key), Op("get", self.sync.key)]
         )
         if not r.succeeded:
             now = ActiveRegion.from_kv(r.results[0][0]) if r.results[0] else None
+            if now is not None and now.revision == current.revision:
+                raise StaleEpoch(
+                    "the sync record changed since the decision read it: decide again", now
+                )
             raise StaleEpoch(
                 f"another change won: the epoch is now {now.epoch if now else '?'}", now
             )
