@@ -11,11 +11,14 @@ Every run must also pass the drill's verdict (`haplane.dr.report.verdict`: failo
 it must, into a writable epoch with a write acknowledged in it; nothing lost, nothing stale,
 the journals and the client agreeing, no interleaved epochs); failures are counted.
 
+`--sync` puts every replication pair in `Sync` mode (non-strict unless `--strict`): the
+synchronous region-kill goal (0 acknowledged writes lost) is stated there.
+
 `--etcd-defaults` runs the regional etcd clusters at etcd's default timing (heartbeat 100 ms,
 election 1000 ms) instead of the example's 50/500: the etcd-leader-kill goal is stated there.
 
     .venv/bin/python bench/drills.py [--runs 10] [--scenario region-kill ...] [--etcd-defaults]
-        [--json out.json]
+        [--sync [--strict]] [--json out.json]
 """
 
 from __future__ import annotations
@@ -78,24 +81,36 @@ def run_line(result: DrillResult, problems: list[str]) -> str:
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
-    ap.add_argument("--etcd-defaults", action="store_true")
-    ap.add_argument("--min-interval-ms", type=int, default=1000)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    scenarios = args.scenario or DEFAULT
+def example_doc(
+    *,
+    min_interval_ms: int = 1000,
+    etcd_defaults: bool = False,
+    mode: str = "Async",
+    strict: bool = False,
+) -> Any:
+    """The two-regions example as run here: `mode` on every replication pair (`Sync`, with
+    `strict` if asked), the controller's hysteresis and, with `etcd_defaults`, etcd's timing."""
     doc: Any = yaml.safe_load(example_text("two-regions"))
-    doc["spec"]["global"]["failover"]["minIntervalMs"] = args.min_interval_ms
-    if args.etcd_defaults:
+    doc["spec"]["global"]["failover"]["minIntervalMs"] = min_interval_ms
+    for pair in doc["spec"]["global"].get("replication", []):
+        pair["mode"] = mode
+        if mode == "Sync" and strict:
+            pair["strict"] = True
+        if mode == "Sync":
+            pair.pop("maxLagMs", None)  # only the synchronous standby is promoted anyway
+    if etcd_defaults:
         for site in doc["spec"]["sites"]:
             if site.get("region"):
                 site["region"]["etcd"]["heartbeatIntervalMs"] = 100
                 site["region"]["etcd"]["electionTimeoutMs"] = 1000
-    machine = {"cpus": os.cpu_count(), "uname": " ".join(os.uname())}
-    out: dict[str, Any] = {"runs": args.runs, "machine": machine, "scenarios": {}}
+    return doc
+
+
+def run_scenarios(doc: Any, scenarios: list[str], runs: int, *, label: str = "") -> dict[str, Any]:
+    """Start `doc` (every site in its own network namespace), run each scenario `runs` times,
+    print each run and each scenario's aggregate; stop it. Per scenario: the aggregate and the
+    runs that failed their verdict."""
+    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="haplane-drills-") as tmp:
         path = Path(tmp) / "topology.yaml"
         path.write_text(yaml.safe_dump(doc))
@@ -104,7 +119,7 @@ def main() -> None:
         try:
             for scenario in scenarios:
                 results, failed = [], []
-                for i in range(args.runs):
+                for i in range(runs):
                     deadline = time.monotonic() + 60
                     while not healthy(root) and time.monotonic() < deadline:
                         time.sleep(0.5)
@@ -112,20 +127,49 @@ def main() -> None:
                         result = asyncio.run(run_drill(StateDir(root), scenario))
                     except DrillError as exc:  # could not run (e.g. the epoch moved): counted
                         failed.append([f"did not run: {exc}"])
-                        print(f"{scenario} run {i + 1}: did not run: {exc}", file=sys.stderr)
+                        print(f"{label}{scenario} run {i + 1}: did not run: {exc}", file=sys.stderr)
                         continue
                     problems = verdict(result)
                     results.append(result)
                     if problems:
                         failed.append(problems)
-                    print(f"{scenario} run {i + 1}: {run_line(result, problems)}", file=sys.stderr)
+                    print(
+                        f"{label}{scenario} run {i + 1}: {run_line(result, problems)}",
+                        file=sys.stderr,
+                    )
                 agg = aggregate(results)
-                print(f"\n== {scenario}: {SCENARIOS[scenario].description}")
+                print(f"\n== {label}{scenario}: {SCENARIOS[scenario].description}")
                 print(render_aggregate_table(agg))
                 print(f"runs failing the verdict: {len(failed)} of {len(results)}")
-                out["scenarios"][scenario] = {"aggregate": agg, "failed": failed}
+                out[scenario] = {"aggregate": agg, "failed": failed}
         finally:
             haplane(root, "down")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    ap.add_argument("--etcd-defaults", action="store_true")
+    ap.add_argument("--min-interval-ms", type=int, default=1000)
+    ap.add_argument(
+        "--sync", action="store_true", help="every replication pair in Sync mode (non-strict)"
+    )
+    ap.add_argument("--strict", action="store_true", help="with --sync: strict")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    scenarios = args.scenario or DEFAULT
+    doc = example_doc(
+        min_interval_ms=args.min_interval_ms,
+        etcd_defaults=args.etcd_defaults,
+        mode="Sync" if args.sync else "Async",
+        strict=args.strict,
+    )
+    machine = {"cpus": os.cpu_count(), "uname": " ".join(os.uname())}
+    out: dict[str, Any] = {"runs": args.runs, "machine": machine, "mode": "Sync" if args.sync
+                           else "Async"}  # fmt: skip
+    out["scenarios"] = run_scenarios(doc, scenarios, args.runs)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))
 

@@ -18,11 +18,23 @@ copying src into dst, as `haplane up` runs it. Measured:
    puts, a new replicator on an empty target; the time until its applied record says
    `streaming`, and the keys compared. Goal <= 30 s.
 
+4. **Synchronous against asynchronous acknowledgement**, side by side: two API replicas on
+   src, both fenced by a global control etcd (3 members, same timing) and comparing the fence
+   key; one acknowledges asynchronously, the other only once dst's replicator applied the
+   write (`--sync-standby dst`). Alternating rounds of each: create throughput with 16
+   concurrent clients, and create latency p50/p99 paced at 100/s. Goal: sync p99 <= 2x async.
+5. **Region-kill failover in each mode** (`--only failover`, as root: it starts the two-regions
+   example with every site in its own network namespace, as `bench/drills.py` does, once with
+   Async pairs and once with Sync pairs): `--failover-runs` region-kill drills each, the
+   client's write gap, failover figures and acknowledged writes lost, read back through the
+   gate.
+
 The planned switchover's duration and client write gap are measured by `bench/drills.py
 --scenario switchover` (a whole topology, a client through the gate).
 
-    .venv/bin/python bench/replication.py [--only lag|throughput|resync] [--seconds 10]
-        [--throughput-keys 20000] [--resync-objects 100000] [--json out.json]
+    .venv/bin/python bench/replication.py [--only lag|throughput|resync|sync|failover]
+        [--seconds 10] [--throughput-keys 20000] [--resync-objects 100000]
+        [--failover-runs 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -44,7 +56,16 @@ import aiohttp
 
 from haplane.local.api_replica import ApiReplica, free_port
 from haplane.local.etcd_cluster import EtcdCluster
-from haplane.store import APPLIED_KEY, FENCE_KEY, AppliedRecord, EtcdClient, FenceValue, Op
+from haplane.store import (
+    APPLIED_KEY,
+    FENCE_KEY,
+    AppliedRecord,
+    EtcdClient,
+    FenceValue,
+    GlobalState,
+    Op,
+    SyncState,
+)
 
 VALUE = b"x" * 1024
 
@@ -249,6 +270,125 @@ async def bench_resync(root: Path, objects: int) -> dict:
     return out
 
 
+async def bench_sync(
+    src_c: EtcdCluster, dst_c: EtcdCluster, root: Path, seconds: float, rounds: int = 2
+) -> dict:
+    """Sync against async acknowledgement, alternating rounds in one run (see the docstring)."""
+    ctl_c = EtcdCluster(root / "ctl", scope="ctl", unsafe_no_fsync=False,
+                        heartbeat_ms=50, election_ms=500)  # fmt: skip
+    await ctl_c.start()
+    apis: dict[str, ApiReplica] = {}
+    try:
+        async with ctl_c.client(5.0) as ctl, src_c.client(5.0) as src:
+            await GlobalState(ctl).initialize("src", by="bench", reason="bench", fresh=True)
+            await src.put(FENCE_KEY, FenceValue.active("src", 1).encode())
+            fenced = ["--global-etcd", ",".join(ctl_c.endpoints)]
+            apis["async"] = ApiReplica(root, "api-async", src_c.endpoints, region="src",
+                                       extra_args=fenced)  # fmt: skip
+            apis["sync"] = ApiReplica(
+                root, "api-sync", src_c.endpoints, region="src",
+                extra_args=[*fenced, "--sync-standby", f"dst={','.join(dst_c.endpoints)}"],
+            )  # fmt: skip
+            await asyncio.gather(*(a.start() for a in apis.values()))
+            sync_state = SyncState(ctl, b"/haplane/global/")
+            while True:
+                rec = await sync_state.read()
+                if rec is not None and rec.standby == "dst":
+                    break
+                await asyncio.sleep(0.1)
+            ns = f"sync-{os.getpid()}"
+            apis["async"].request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+            runs: dict[str, dict[str, list[float]]] = {
+                m: {"creates_per_s": [], "p50_ms": [], "p99_ms": []} for m in apis
+            }
+            async with aiohttp.ClientSession() as http:
+                for r in range(rounds):
+                    for mode in ("async", "sync") if r % 2 == 0 else ("sync", "async"):
+                        url = f"{apis[mode].url}/api/v1/namespaces/{ns}/configmaps"
+                        tput = await _closed_loop(http, url, seconds, 16)
+                        lat = await _paced_latency(http, url, 100, seconds)
+                        runs[mode]["creates_per_s"].append(tput)
+                        runs[mode]["p50_ms"].append(lat["p50"])
+                        runs[mode]["p99_ms"].append(lat["p99"])
+                        print(
+                            f"sync bench round {r + 1}, {mode}: {tput:.0f} creates/s (16 "
+                            f"clients), at 100/s p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms",
+                            file=sys.stderr,
+                        )
+            acks = apis["sync"].request("GET", "/metrics")[2]
+            degraded = [
+                line for line in str(acks).splitlines()
+                if line.startswith("haplane_sync_acknowledgements_total")
+            ]  # fmt: skip
+    finally:
+        await asyncio.gather(*(a.stop() for a in apis.values()))
+        await ctl_c.stop()
+    med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in runs.items()}
+    out = {
+        "rounds": rounds,
+        "median": med,
+        "ratio_sync_over_async": {
+            k: round(med["sync"][k] / med["async"][k], 2) for k in med["sync"]
+        },
+        "sync_acknowledgements": degraded,
+    }
+    print(f"sync vs async: {json.dumps(out)}", file=sys.stderr)
+    return out
+
+
+async def _closed_loop(http: aiohttp.ClientSession, url: str, seconds: float, n: int) -> float:
+    done = 0
+    end = time.monotonic() + seconds
+
+    async def client(c: int) -> None:
+        nonlocal done
+        i = 0
+        while time.monotonic() < end:
+            body = {
+                "metadata": {"name": f"t{c}-{i}-{time.monotonic_ns()}"},
+                "data": {"v": "x" * 1000},
+            }
+            async with http.post(url, json=body) as r:
+                await r.read()
+                if r.status == 201:
+                    done += 1
+            i += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(client(c) for c in range(n)))
+    return done / (time.monotonic() - t0)
+
+
+async def _paced_latency(
+    http: aiohttp.ClientSession, url: str, rate: float, seconds: float
+) -> dict[str, float]:
+    latencies: list[float] = []
+
+    async def create(i: int) -> int:
+        body = {"metadata": {"name": f"l{i}-{time.monotonic_ns()}"}, "data": {"v": "x" * 1000}}
+        t0 = time.monotonic()
+        async with http.post(url, json=body) as r:
+            await r.read()
+        latencies.append((time.monotonic() - t0) * 1000)
+        return 0
+
+    await paced(rate, seconds, create)
+    return percentiles(latencies)
+
+
+def bench_failover(runs: int) -> dict:
+    """Region-kill drills on the two-regions example, Async pairs then Sync pairs (root: every
+    site in its own network namespace), through `bench/drills.py`'s code."""
+    import drills  # bench/drills.py, beside this file
+
+    out: dict[str, Any] = {}
+    for mode in ("Async", "Sync"):
+        doc = drills.example_doc(mode=mode)
+        res = drills.run_scenarios(doc, ["region-kill"], runs, label=f"[{mode}] ")
+        out[mode] = res["region-kill"]
+    return out
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "machine": {
@@ -259,7 +399,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="haplane-bench-repl-") as tmp:
         root = Path(tmp)
-        if args.only in (None, "lag", "throughput"):
+        if args.only in (None, "lag", "throughput", "sync"):
             src_c = EtcdCluster(root / "src", scope="src", unsafe_no_fsync=False,
                                 heartbeat_ms=50, election_ms=500)  # fmt: skip
             dst_c = EtcdCluster(root / "dst", scope="dst", unsafe_no_fsync=False,
@@ -280,6 +420,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         out["throughput"] = await bench_throughput(
                             src_c, applied, args.throughput_keys
                         )
+                    if args.only in (None, "sync"):
+                        out["sync"] = await bench_sync(src_c, dst_c, root, args.seconds)
                     watching.cancel()
             finally:
                 if proc is not None:
@@ -293,13 +435,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", choices=["lag", "throughput", "resync"])
+    ap.add_argument("--only", choices=["lag", "throughput", "resync", "sync", "failover"])
+    ap.add_argument("--failover-runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=10.0, help="per paced rate")
     ap.add_argument("--throughput-keys", type=int, default=20000)
     ap.add_argument("--resync-objects", type=int, default=100_000)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    out = asyncio.run(main_async(args))
+    out = asyncio.run(main_async(args)) if args.only != "failover" else {}
+    if args.only in (None, "failover"):
+        out["failover"] = bench_failover(args.failover_runs)
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

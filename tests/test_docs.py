@@ -177,3 +177,12 @@ def test_replication_section_names_pairs_both_ways_and_replicators() -> None:
     assert "| eu-west <-> eu-central | Async | 2000 ms |" in text
     assert "| eu-central | rep-2 | b |" in text
     assert "haplane divergence list" in text
+
+
+def test_a_sync_pair_shows_its_timeout_and_strictness_and_the_runbook_says_what_it_loses() -> None:
+    data = yaml.safe_load(example_text("two-regions"))
+    data["spec"]["global"]["replication"][0].update({"mode": "Sync", "strict": True})
+    text = markdown(load_text(yaml.safe_dump(data)))
+    assert "`eu-west` <-> `eu-central` (sync)" in text
+    assert "| eu-west <-> eu-central | Sync (500 ms, strict) | 2000 ms |" in text
+    assert "loses no acknowledged write as long as the sync record" in text

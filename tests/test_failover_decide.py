@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from haplane.gate.failover import RegionView, Report, Settings, Snapshot, decide
-from haplane.store import ActiveRegion, ReplicationReport
+from haplane.store import ActiveRegion, ReplicationReport, SyncRecord
 
 GATES = ("g1", "g2", "g3")
 SETTINGS = Settings(vantage_points=GATES, priority=("a", "b"), down_after=0.6, stale_after=1.0)
@@ -317,3 +317,56 @@ def test_a_stale_report_is_no_lag_measurement() -> None:
     snap = replace(_three({"b": replace(stale, time=90.0), "c": fresh}), now=100.5)
     d = decide(snap, THREE)
     assert (d.action, d.to) == ("failover", "c") and "lag is unknown" in d.reason
+
+
+# ---- synchronous replication: only the synchronous standby, and the switch compares the
+# record the decision read ---------------------------------------------------------------------
+
+SYNC = Settings(
+    vantage_points=GATES,
+    priority=("a", "b", "c"),
+    pairs=(("a", "b", None), ("a", "c", None)),
+    sync_pairs=(("a", "b"), ("a", "c")),
+)
+
+
+def _sync(record: SyncRecord | None, replication: dict[str, ReplicationReport]) -> Snapshot:
+    return replace(_three(replication), sync=record)
+
+
+def test_only_the_synchronous_standby_is_promoted_whatever_the_others_applied() -> None:
+    epoch = active("a").epoch
+    rec = replace(SyncRecord.synchronous(epoch, "a", "b", by="t", reason="t"), revision=42)
+    d = decide(_sync(rec, {"b": _rep("b", 100), "c": _rep("c", 120)}), SYNC)
+    assert (d.action, d.to, d.sync_revision) == ("failover", "b", 42)
+    assert "synchronous standby: no acknowledged write is lost" in d.reason
+
+
+def test_a_synchronous_standby_that_is_not_healthy_blocks_the_failover() -> None:
+    epoch = active("a").epoch
+    rec = SyncRecord.synchronous(epoch, "a", "d", by="t", reason="t")
+    d = decide(_sync(rec, {"b": _rep("b", 100)}), SYNC)
+    assert d.action == "none" and "d is the synchronous standby" in d.reason
+
+
+def test_sync_none_falls_back_to_the_async_rules_and_says_data_may_be_lost() -> None:
+    epoch = active("a").epoch
+    rec = replace(
+        SyncRecord.none(epoch, "a", by="t", reason="b did not confirm revision 9"), revision=7
+    )
+    d = decide(_sync(rec, {"b": _rep("b", 100), "c": _rep("c", 120)}), SYNC)
+    assert (d.action, d.to, d.sync_revision) == ("failover", "c", 7)
+    assert "sync: none" in d.reason and "may be lost" in d.reason
+    assert "b did not confirm revision 9" in d.reason
+    # a record of an older epoch says nothing about this one: none, too
+    old = SyncRecord.synchronous(epoch - 1, "a", "b", by="t", reason="t")
+    d = decide(_sync(old, {"b": _rep("b", 100), "c": _rep("c", 120)}), SYNC)
+    assert (d.action, d.to) == ("failover", "c") and "may be lost" in d.reason
+    # no record at all: compared as absent (0)
+    d = decide(_sync(None, {"b": _rep("b", 100)}), SYNC)
+    assert (d.action, d.to, d.sync_revision) == ("failover", "b", 0)
+
+
+def test_async_pairs_carry_no_sync_revision() -> None:
+    d = decide(_three({"b": _rep("b", 100), "c": _rep("c", 120)}), THREE)
+    assert d.action == "failover" and d.sync_revision is None

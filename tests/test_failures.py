@@ -163,6 +163,34 @@ def test_one_way_cut_of_the_active_region_from_the_control_majority_fails_over()
     o = evaluate(t, fail(t, "cut eu-west->eu-central", "cut eu-west->witness"))
     assert o.writes_region == "eu-central" and o.data_loss == "unreplicated"
 
+    def synchronous(data: dict[str, Any]) -> None:
+        data["spec"]["global"]["replication"][0]["mode"] = "Sync"
+
+    t = topo(synchronous)
+    o = evaluate(t, fail(t, "cut eu-west->eu-central", "cut eu-west->witness"))
+    assert o.writes_region == "eu-central" and o.data_loss == "none-sync"
+
+
+def test_analyse_prints_data_loss_by_the_pairs_mode() -> None:
+    """The table and summary say "none (sync)" or "replication lag (async)"; JSON keeps the
+    machine values."""
+
+    def synchronous(data: dict[str, Any]) -> None:
+        data["spec"]["global"]["replication"][0]["mode"] = "Sync"
+
+    for edit, text, value in (
+        (None, "replication lag (async)", "replication-lag"),
+        (synchronous, "none (sync)", "none-sync"),
+    ):
+        t = topo(edit)
+        analysis = analyse(t, 2)
+        over = [r for r in table_rows(analysis) if r["OUTCOME"] == "fails-over"]
+        assert over and {r["DATA"] for r in over} == {text}
+        assert f"(data: {text})" in analysis.summary()
+        doc = report_json(analysis)
+        losses = {g["outcome"]["dataLoss"] for g in doc["groups"] if g["outcome"]["failedOver"]}
+        assert losses == {value}
+
 
 def test_a_lone_gate_behind_a_one_sided_cut_does_not_decide_alone() -> None:
     t = topo()

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from haplane.store import GlobalState, StaleEpoch
+from haplane.store import GlobalState, StaleEpoch, SyncRecord
 
 
 @pytest.fixture
@@ -131,3 +131,40 @@ async def test_a_rebuilt_record_starts_above_the_fence_keys_epochs(state):
     assert created and record.epoch == 8 and not record.writable
     again, created = await state.initialize("a", by="t", reason="t", min_epoch=20)
     assert not created and again.epoch == 8  # an existing record is never changed
+
+
+async def test_a_switch_writes_the_new_epochs_sync_record_and_compares_the_decided_one(state):
+    """A replica degrading to `sync: none` after the controller read the record makes the
+    controller's switch fail (decide again); the switch itself writes the next epoch's record,
+    so a replica of the old epoch can no longer degrade (its compare-and-swap fails)."""
+    await state.initialize("a", by="t", reason="t", fresh=True)
+    ok, _ = await state.sync.swap(None, SyncRecord.synchronous(1, "a", "b", by="t", reason="t"))
+    assert ok
+    decided = await state.sync.read()
+    assert decided is not None and decided.standby == "b"
+    # a replica of `a` degrades meanwhile (compare-and-swap on the record it read)
+    ok, degraded = await state.sync.swap(decided, SyncRecord.none(1, "a", by="r", reason="t"))
+    assert ok and degraded is not None
+    with pytest.raises(StaleEpoch, match="sync record changed"):
+        await state.switch(
+            "b", expected_epoch=1, by="c", reason="t", sync_revision=decided.revision
+        )
+    assert (await state.read()).epoch == 1  # nothing switched
+    moved = await state.switch(
+        "b", expected_epoch=1, by="c", reason="t", sync_revision=degraded.revision
+    )
+    now = await state.sync.read()
+    assert now is not None and (now.epoch, now.region, now.standby) == (2, "b", None)
+    # the old epoch's replica that read `degraded` cannot record anything any more
+    ok, current = await state.sync.swap(degraded, SyncRecord.none(1, "a", by="r", reason="late"))
+    assert not ok and current is not None and current.epoch == moved.epoch
+    # a planned switch names the old region synchronous in the same transaction
+    await state.switch("a", expected_epoch=2, by="c", reason="t", sync_standby="b")
+    now = await state.sync.read()
+    assert now is not None and (now.epoch, now.region, now.standby) == (3, "a", "b")
+
+
+async def test_a_switch_without_any_sync_record_writes_none(state):
+    await state.initialize("a", by="t", reason="t", fresh=True)
+    await state.switch("b", expected_epoch=1, by="c", reason="t")
+    assert await state.sync.read() is None  # asynchronous topologies keep no record

@@ -82,6 +82,11 @@ class Setup:
             await asyncio.sleep(0.05)
 
 
+def _popen(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=out)
+
+
 @contextlib.asynccontextmanager
 async def sync_setup(
     tmp_path: Path,
@@ -104,8 +109,7 @@ async def sync_setup(
         "--etcd", ",".join(dst_c.endpoints), "--source", f"src={','.join(src_c.endpoints)}",
         "--lease-ttl", "1",
     ]  # fmt: skip
-    with open(tmp_path / "replicator.log", "ab") as out:
-        rep = subprocess.Popen(argv, stdout=out, stderr=out)
+    rep = _popen(argv, tmp_path / "replicator.log")
     args = fenced_replica_args(control.endpoints, prefix, FENCE_KEY)
     args += ["--sync-standby", f"dst={','.join(dst_c.endpoints)}"]
     args += ["--sync-timeout-ms", str(TIMEOUT_MS)] + (["--sync-strict"] if strict else [])

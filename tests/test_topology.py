@@ -149,6 +149,10 @@ def _grant_not_above_margin(d):
     d["spec"]["global"].setdefault("failover", {}).update({"grantMs": 270, "safetyMarginMs": 250})
 
 
+def _timeout_on_async(d):
+    d["spec"]["global"]["replication"][0]["syncTimeoutMs"] = 200
+
+
 BAD = {
     "etcd-member-count (even)": (_even_members, "etcd-member-count", "error"),
     "etcd-member-count (<3)": (_two_members, "etcd-member-count", "error"),
@@ -172,6 +176,7 @@ BAD = {
     "fence-grant": (_grant_not_above_margin, "fence-grant", "error"),
     "replicators": (_one_replicator, "replicators", "error"),
     "unreplicated": (_unpaired, "unreplicated", "warning"),
+    "replication-mode": (_timeout_on_async, "replication-mode", "error"),
 }
 
 
@@ -204,6 +209,28 @@ def test_replication_pair_settings_parse(good):
     bad = copy.deepcopy(good)
     bad["spec"]["global"]["replication"][0]["mode"] = "Sometimes"
     with pytest.raises(TopologyError, match="mode"):
+        build(bad)
+
+
+def test_sync_pair_settings_parse_with_defaults_and_strict_alone_is_flagged(good):
+    data = copy.deepcopy(good)
+    data["spec"]["global"]["replication"][0].update({"mode": "Sync"})
+    pair = build(data).spec.global_.replication[0]
+    assert (pair.mode, pair.sync_timeout_ms, pair.strict) == ("Sync", 500, False)
+    assert "replication-mode" not in rules_hit(data)
+    data["spec"]["global"]["replication"][0]["strict"] = True
+    findings = [f for f in validate(build(data)) if f.rule == "replication-mode"]
+    assert [f.severity for f in findings] == ["warning"]  # two regions: one warning
+    assert "504" in findings[0].message and findings[0].path.endswith(".strict")
+    bad = copy.deepcopy(good)
+    bad["spec"]["global"]["replication"][0]["strict"] = True  # on an Async pair
+    findings = [f for f in validate(build(bad)) if f.rule == "replication-mode"]
+    assert [(f.severity, f.path) for f in findings] == [
+        ("error", "spec.global.replication[0].strict")
+    ]
+    assert "mode: Sync" in findings[0].fix
+    bad["spec"]["global"]["replication"][0].update({"mode": "Sync", "syncTimeoutMs": 0})
+    with pytest.raises(TopologyError, match="syncTimeoutMs"):
         build(bad)
 
 

@@ -491,6 +491,9 @@ def _print_status(report: StatusReport) -> None:
         out.print(_edge_table(report))
     if report.replication:
         out.print(_replication_table(report))
+    if report.sync is not None:
+        style = "" if report.sync.get("standby") else "[yellow]"
+        out.print(f"synchronous replication: {style}{report.sync['says']}{'[/]' if style else ''}")
     for c in report.cuts[-2:]:
         how = "planned" if c.get("planned") else "unplanned"
         lag = c.get("lagSeconds")

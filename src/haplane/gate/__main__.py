@@ -122,6 +122,9 @@ async def serve(config: GateConfig) -> int:
                     failback_after=c.failback_after,
                     automatic=c.automatic,
                     pairs=tuple((p.regions[0], p.regions[1], p.max_lag) for p in c.pairs),
+                    sync_pairs=tuple(
+                        (p.regions[0], p.regions[1]) for p in c.pairs if p.mode == "Sync"
+                    ),
                 ),
                 report_interval=c.report_interval,
                 tick=c.tick,

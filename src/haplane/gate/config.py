@@ -123,11 +123,13 @@ class FollowConfig(BaseModel):
 
 
 class PairConfig(BaseModel):
-    """Two regions that replicate each other; `max_lag`: seconds (None: no limit)."""
+    """Two regions that replicate each other; `max_lag`: seconds (None: no limit); `mode`:
+    `Sync` when acknowledgements wait for the standby (only the synchronous one is promoted)."""
 
     model_config = _STRICT
     regions: list[str] = Field(min_length=2, max_length=2)
     max_lag: float | None = Field(default=None, gt=0)
+    mode: Literal["Async", "Sync"] = "Async"
 
 
 class ControllerConfig(BaseModel):

@@ -82,6 +82,7 @@ from haplane.store import (
     Op,
     RegionFences,
     StaleEpoch,
+    SyncRecord,
     prefix_end,
 )
 from haplane.store.global_state import FailbackSetting, ReplicationReport
@@ -153,6 +154,7 @@ class FailoverController:
         self._fresh_reporters: set[str] = set()
         self._changed_now = asyncio.Event()
         self.replication: dict[str, ReplicationReport] = {}  # as last read, by target region
+        self.sync: SyncRecord | None = None  # the sync record as last read (sync pairs only)
         self._failback_refused: tuple[float, str] | None = None  # (monotonic, why)
         forwarder.subscribe(self._on_gate_event)
 
@@ -397,6 +399,9 @@ class FailoverController:
         # on error: decide on the reports as last read (a slow read must not stall a failover)
         with contextlib.suppress(EtcdError):
             self.replication = await state.replication_reports()
+        # no suppression: a failover in sync mode must know who is synchronous
+        sync = await state.sync.read() if self.settings.decision.sync_pairs else None
+        self.sync = sync
         return Snapshot(
             active,
             reports,
@@ -406,6 +411,7 @@ class FailoverController:
             note,
             replication=self.replication,
             now=time.time(),
+            sync=sync,
         )
 
     def _note_epoch(self, active: ActiveRegion | None, at: float | None = None) -> float:
@@ -504,6 +510,7 @@ class FailoverController:
                         by=by,
                         reason=d.reason,
                         replication={d.to: rep.as_dict()} if rep is not None else None,
+                        sync_revision=d.sync_revision,
                     )
                     committed = time.monotonic()  # the commit is behind us
                     self._fenced_seen[record.epoch] = committed
@@ -530,7 +537,13 @@ class FailoverController:
         assert self._fences is not None
         try:
             done = await planned_switchover(
-                state, self._fences, active, to, by=by, reason=f"{reason} (planned failback)"
+                state,
+                self._fences,
+                active,
+                to,
+                by=by,
+                reason=f"{reason} (planned failback)",
+                sync=self.settings.decision.is_sync_pair(active.region, to),
             )
         except SwitchoverRefused as exc:
             self._failback_refused = (time.monotonic(), str(exc))
@@ -713,6 +726,7 @@ class FailoverController:
             if self._fence_keys_at is None
             else round(time.monotonic() - self._fence_keys_at, 3),
             "failback_setting": None if self.failback is None else self.failback.as_dict(),
+            "sync": None if self.sync is None else self.sync.as_dict(),
             # how long this instance has known the current epoch: its hysteresis and
             # failback count from here (drills wait on it)
             "epoch_seen": None

@@ -23,6 +23,10 @@ applied to live votes instead of a failure set:
   lag, last measured while the active region still answered, exceeded its pair's `maxLagMs`
   (lag keeps growing once the source is dead: judging by it would block every failover); the
   decision says why. None eligible: it leaves the active region in place (nothing better);
+- synchronous replication (a `Sync` pair): only the standby the sync record names
+  synchronous for the active region's epoch may be promoted, whatever the others applied;
+  with `sync: none` the rules above apply and the decision says data may be lost. The
+  decision carries the record's mod revision, which the switch compares;
 - hysteresis: no automatic failover within `min_interval` of the last change. "Since the last
   change" (`Snapshot.since_change`) is measured on the controller's own monotonic clock from
   when it first observed the current epoch, never from the record's `since` (another machine's
@@ -43,7 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from haplane.store import ActiveRegion, ReplicationReport
+from haplane.store import ActiveRegion, ReplicationReport, SyncRecord
 from haplane.topology.failures import vantage_majority
 
 Action = Literal["none", "failover", "failback", "unfence"]
@@ -63,6 +67,15 @@ class Settings:
     report_stale_after: float = 2.0  # a replication report older than this says nothing
     # replication pairs (either way): (region, region, max lag in seconds or None)
     pairs: tuple[tuple[str, str, float | None], ...] = ()
+    # the pairs among them in `Sync` mode (either way)
+    sync_pairs: tuple[tuple[str, str], ...] = ()
+
+    def is_sync_pair(self, a: str, b: str) -> bool:
+        return any({x, y} == {a, b} for x, y in self.sync_pairs)
+
+    def synchronous(self, region: str) -> bool:
+        """Does `region` replicate synchronously to some standby (acknowledgements wait)?"""
+        return any(region in p for p in self.sync_pairs)
 
     def pair(self, a: str, b: str) -> tuple[bool, float | None]:
         """(whether `a` and `b` replicate, the pair's max lag in seconds)."""
@@ -104,6 +117,8 @@ class Snapshot:
     # each region's replication as its leading replicator last reported it (by target region)
     replication: Mapping[str, ReplicationReport] = field(default_factory=dict)
     now: float | None = None  # wall-clock time of the snapshot, to age the reports by
+    # the sync record (haplane.store.sync_state) as read with the active record
+    sync: SyncRecord | None = None
 
     def report_age(self, report: ReplicationReport) -> float:
         """Seconds since `report` was written (reporter's and snapshot's wall clocks: on one
@@ -119,6 +134,9 @@ class Decision:
     epoch: int | None = None  # the epoch the action is guarded by (the current one)
     down: tuple[str, ...] = ()  # regions a majority sees down (for long enough)
     healthy: tuple[str, ...] = ()  # regions a majority sees healthy
+    # a failover decided on the sync record: its mod revision (0: absent), which the switch
+    # compares (a replica degrading meanwhile makes the decision stale)
+    sync_revision: int | None = None
 
 
 def _votes(snapshot: Snapshot, settings: Settings, region: str) -> tuple[int, int, float]:
@@ -170,7 +188,10 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
     healthy = tuple(r for r, (_, h, _) in votes.items() if h >= majority)
 
     def decision(action: Action, reason: str, to: str | None = None) -> Decision:
-        return Decision(action, reason, to, active.epoch, down, healthy)
+        sync_rev = None
+        if action == "failover" and settings.synchronous(active.region):
+            sync_rev = snapshot.sync.revision if snapshot.sync is not None else 0
+        return Decision(action, reason, to, active.epoch, down, healthy, sync_rev)
 
     if active.region in down:
         if not settings.automatic:
@@ -247,7 +268,42 @@ def _choose(
     active: str, candidates: list[str], snapshot: Snapshot, settings: Settings
 ) -> tuple[str | None, str]:
     """The region to promote among healthy `candidates` (in priority order) and what the
-    decision should say about the data: (None, why none may) when every one is excluded."""
+    decision should say about the data: (None, why none may) when every one is excluded.
+
+    Synchronous replication: while the sync record names a synchronous standby for the
+    active region's epoch, only that standby may be promoted (it has every acknowledged
+    write; another may not). `sync: none` (or no record of the epoch): the asynchronous
+    rules below, and the decision says that writes acknowledged while degraded may be lost."""
+    sync_note = ""
+    if settings.synchronous(active) and snapshot.active is not None:
+        rec = snapshot.sync
+        epoch = snapshot.active.epoch
+        if rec is not None and rec.names(epoch, active) and rec.standby is not None:
+            s = rec.standby
+            rep = snapshot.replication.get(s)
+            if s not in candidates:
+                return None, (
+                    f"{s} is the synchronous standby of {active} (epoch {epoch}), the only "
+                    "region that has every acknowledged write, and it is not seen healthy"
+                )
+            if rep is not None and (rep.state == "Resyncing" or rep.partial):
+                return None, f"the synchronous standby {s} reports a partial copy"
+            return s, f" ({s} is the synchronous standby: no acknowledged write is lost)"
+        since = f" since {rec.since}" if rec is not None and rec.names(epoch, active) else ""
+        why = f": {rec.reason}" if rec is not None and rec.names(epoch, active) else ""
+        sync_note = (
+            f"; sync: none{since}{why}: writes acknowledged while no standby was synchronous "
+            "may be lost"
+        )
+    target, note = _choose_async(active, candidates, snapshot, settings)
+    if target is None:
+        return target, note
+    return target, note[:-1] + sync_note + ")" if note.endswith(")") else note + sync_note
+
+
+def _choose_async(
+    active: str, candidates: list[str], snapshot: Snapshot, settings: Settings
+) -> tuple[str | None, str]:
     ranked: list[tuple[int, int, int, str]] = []
     excluded: list[str] = []
     for i, region in enumerate(candidates):

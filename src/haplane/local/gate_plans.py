@@ -272,6 +272,7 @@ def controller_config(plan: GatePlan, topology: Topology) -> dict[str, Any]:
             {
                 "regions": [r.from_, r.to],
                 "max_lag": r.max_lag_ms / 1000 if r.max_lag_ms is not None else None,
+                "mode": r.mode,
             }
             for r in topology.spec.global_.replication
         ],

@@ -86,6 +86,13 @@ def paired(topology: Topology, a: str, b: str) -> bool:
     return any({r.from_, r.to} == {a, b} for r in topology.spec.global_.replication)
 
 
+def sync_paired(topology: Topology, a: str, b: str) -> bool:
+    """Whether `a` and `b` replicate synchronously (a `Sync` pair, either way)."""
+    return any(
+        {r.from_, r.to} == {a, b} and r.mode == "Sync" for r in topology.spec.global_.replication
+    )
+
+
 async def switch(
     client: EtcdClient,
     topology: Topology,
@@ -150,7 +157,14 @@ async def switch(
             )
         try:
             done = await planned_switchover(
-                state, fences, before, to, by=who, reason=reason, catch_up_limit=catch_up_limit
+                state,
+                fences,
+                before,
+                to,
+                by=who,
+                reason=reason,
+                catch_up_limit=catch_up_limit,
+                sync=sync_paired(topology, before.region, to),
             )
         except SwitchoverRefused as exc:
             raise FailoverError(f"{exc} (--force: an unplanned failover instead)") from exc

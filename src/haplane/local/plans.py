@@ -52,7 +52,13 @@ class RegionalPlan:
 
 @dataclass(frozen=True)
 class ReplicaPlan(RegionalPlan):
-    """One API server replica."""
+    """One API server replica, and its region's synchronous standbys (the regions paired with
+    it in `Sync` mode, with their etcd endpoints; the longest `syncTimeoutMs` and any
+    `strict` among those pairs)."""
+
+    sync_standbys: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    sync_timeout_ms: int = 500
+    sync_strict: bool = False
 
 
 def resolve_replicas(
@@ -62,10 +68,24 @@ def resolve_replicas(
     plans = []
     for site, region in topology.regions():
         endpoints = tuple(etcd_of[site.name].endpoints)
+        sync = [
+            r
+            for r in topology.spec.global_.replication
+            if r.mode == "Sync" and site.name in (r.from_, r.to)
+        ]
+        standbys = tuple(
+            (p, tuple(etcd_of[p].endpoints))
+            for p in dict.fromkeys(r.to if r.from_ == site.name else r.from_ for r in sync)
+            if p in etcd_of and p != site.name
+        )
+        timeout = max((r.sync_timeout_ms for r in sync), default=500)
+        strict = any(r.strict for r in sync)
         for api in region.api_servers:
             host = topology.host_of(api, site.name)
             port = ports.resolve(f"{site.name}/{api.name}#http", host, api.port)
-            plans.append(ReplicaPlan(site.name, api.name, host, port, endpoints))
+            plans.append(
+                ReplicaPlan(site.name, api.name, host, port, endpoints, standbys, timeout, strict)
+            )
     return plans
 
 

@@ -24,6 +24,7 @@ from haplane.store import (
     RegionFences,
     ReplicationReport,
 )
+from haplane.store.sync_state import describe
 from haplane.topology import Topology, load_file
 from haplane.topology.model import GLOBAL_SCOPE
 
@@ -143,6 +144,8 @@ class StatusReport:
     cuts: list[dict[str, Any]] = field(default_factory=list)  # the last few, oldest first
     # what returning regions wrote after a cut (saved before re-seeding), the last few
     divergences: list[dict[str, Any]] = field(default_factory=list)
+    # who is synchronous (haplane.store.sync_state), when the topology has a Sync pair
+    sync: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,7 +202,9 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
             for e in group
         )
     )
-    replication, cuts, divergences = await _replication_report(topology, plan, processes, timeout)
+    replication, cuts, divergences, sync = await _replication_report(
+        topology, plan, processes, timeout
+    )
     return StatusReport(
         topology.name,
         str(state.root),
@@ -212,6 +217,7 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
         replication,
         cuts,
         divergences,
+        sync,
     )
 
 
@@ -220,11 +226,13 @@ async def _replication_report(
     plan: TopologyPlan,
     processes: dict[str, dict[str, Any]],
     timeout: float,
-) -> tuple[list[ReplicationRow], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per region with replicators: the leading replicator's report and the processes; and the
-    last cuts recorded by switches."""
+) -> tuple[list[ReplicationRow], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
+    """Per region with replicators: the leading replicator's report and the processes; the
+    last cuts recorded by switches, divergences, and the sync record (Sync pairs only)."""
     if not plan.replicators:
-        return [], [], []
+        return [], [], [], None
+    sync: dict[str, Any] | None = None
+    has_sync = any(r.mode == "Sync" for r in topology.spec.global_.replication)
     reports: dict[str, ReplicationReport] = {}
     cuts: list[dict[str, Any]] = []
     divergences: list[dict[str, Any]] = []
@@ -235,6 +243,9 @@ async def _replication_report(
             recorded = await g.cuts(timeout=timeout)
             cuts = [recorded[e].as_dict() for e in sorted(recorded)[-5:]]
             divergences = [dict(d) for d in (await g.divergences(timeout=timeout))[-5:]]
+            if has_sync:
+                rec = await g.sync.read(timeout=timeout)
+                sync = {**rec.as_dict(), "says": describe(rec)} if rec else {"says": describe(None)}
     rows = []
     for site, _ in topology.regions():
         mine = [r for r in plan.replicators if r.region == site.name]
@@ -263,7 +274,7 @@ async def _replication_report(
                 }
             )
         rows.append(row)
-    return rows, cuts, divergences
+    return rows, cuts, divergences, sync
 
 
 async def _edge_report(

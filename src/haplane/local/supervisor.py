@@ -328,6 +328,7 @@ class Supervisor:
                 ",".join(global_plan(self.clusters).endpoints),
                 "--write-log",
                 str(self.state.write_log(plan.qualified_name)),
+                *_sync_args(plan),
             ],
             plan.host,
         )
@@ -492,3 +493,14 @@ def configure_logging() -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+def _sync_args(plan: ReplicaPlan) -> list[str]:
+    """An API replica's flags for synchronous replication (none for asynchronous pairs)."""
+    out: list[str] = []
+    for region, endpoints in plan.sync_standbys:
+        out += ["--sync-standby", f"{region}={','.join(endpoints)}"]
+    if out:
+        out += ["--sync-timeout-ms", str(plan.sync_timeout_ms)]
+        out += ["--sync-strict"] if plan.sync_strict else []
+    return out

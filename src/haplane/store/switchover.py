@@ -196,6 +196,7 @@ async def planned_switchover(
     reason: str,
     catch_up_limit: float = 10.0,
     timeout: float = 1.0,
+    sync: bool = False,
 ) -> PlannedResult:
     """Freeze, catch up, switch, reverse: a switchover that loses no acknowledged write.
 
@@ -209,7 +210,14 @@ async def planned_switchover(
        the cut is recorded in the global history.
 
     A failure in 1-3 switches nothing: the old region's key goes back to `active:<old>@E`
-    and `SwitchoverRefused` says why."""
+    and `SwitchoverRefused` says why.
+
+    `sync` (the pair replicates synchronously): step 4 commits E+1 fenced, with the sync
+    record naming the old region synchronous (it has every write of E+1: none yet); step 5
+    runs; then E+1 is unfenced (no wait: the old region is frozen). So the reverse stream is
+    set up, and the new pair's sync state recorded, before the new region acknowledges
+    anything. An unfence that gets no answer is left to the failover controller (it unfences
+    a fenced epoch after its fence wait) and reported in `warnings`."""
     old, epoch = before.region, before.epoch
     old_fence, new_fence = fences[old], fences[to]
     want = FenceValue.standby(old, epoch)
@@ -300,8 +308,10 @@ async def planned_switchover(
             expected_epoch=epoch,
             by=by,
             reason=reason,
-            writable=True,
+            writable=not sync,
             replication={to: reports[to].as_dict()} if to in reports else None,
+            sync_standby=old if sync else None,
+            sync_reason=f"planned switchover: {old} follows {to} from the cut",
         )
     except (StaleEpoch, EtcdError) as exc:
         lost_answer = await _committed(state, to, epoch + 1, timeout)
@@ -347,6 +357,14 @@ async def planned_switchover(
             f"{old} could not be set to follow {to} from the cut ({exc}); it is re-seeded "
             "when it rejoins"
         )
+    if sync and not record.writable:
+        try:
+            record = await state.unfence(record.epoch)
+        except (StaleEpoch, EtcdError) as exc:
+            warnings.append(
+                f"epoch {record.epoch} could not be unfenced ({exc}): the failover controller "
+                "unfences it after its fence wait"
+            )
     return PlannedResult(record, cut, marker, caught_up, reversed_, tuple(warnings))
 
 

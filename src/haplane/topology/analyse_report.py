@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .failures import Analysis, Failure, FailureGroup, Outcome
+from .failures import DATA_LOSS_TEXT, Analysis, Failure, FailureGroup, Outcome
 
 TABLE_COLUMNS = ("FAILURES", "SETS", "OUTCOME", "WRITES", "DATA", "LOST QUORUM", "EXAMPLE")
 
@@ -82,7 +82,7 @@ def table_rows(analysis: Analysis, include_unaffected: bool = False) -> list[dic
                 "SETS": str(g.count),
                 "OUTCOME": o.category,
                 "WRITES": o.writes_region or "-",
-                "DATA": o.data_loss,
+                "DATA": DATA_LOSS_TEXT[o.data_loss],
                 "LOST QUORUM": ",".join(o.lost_quorum) or "-",
                 "EXAMPLE": " + ".join(_set_names(g.examples[0])) if g.examples else "-",
             }

@@ -10,8 +10,8 @@ gates and zoneless control members sit in their site's first zone, as in `failur
 "<region> etcd" node per regional etcd cluster and one "global control etcd" node. Edges: gate ->
 every balancer (solid to the active, highest-priority region, dashed to the others), balancer ->
 API replica, API replica -> its region's etcd, etcd cluster - member, control etcd - member, and
-one bold "async replication" edge per replication pair, drawn from the active region (a pair
-copies both ways, in whichever direction the active region makes it).
+one bold "async replication" (or "sync replication") edge per replication pair, drawn from the
+active region (a pair copies both ways, in whichever direction the active region makes it).
 
 `failed` names failures as `failures.failure_named` accepts them. Components a component, zone or
 site failure takes down are filled grey with a red border and a "DOWN" label; network cuts shade
@@ -173,7 +173,9 @@ def _cuts(topology: Topology, failures: Sequence[Failure]) -> list[Cut]:
     return list(dict.fromkeys(out))
 
 
-EdgeKind = Literal["gate-active", "gate-standby", "serves", "stores", "member", "replication"]
+EdgeKind = Literal[
+    "gate-active", "gate-standby", "serves", "stores", "member", "replication", "replication-sync"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,8 @@ _DOT_EDGE: dict[EdgeKind, str] = {
     "member": 'dir=none, style=dotted, color="#4a78b0"',
     "replication": 'style=bold, penwidth=2.5, color="#1f5fa8", '
     'label="async replication\\n(from the active region)", fontcolor="#1f5fa8"',
+    "replication-sync": 'style=bold, penwidth=2.5, color="#1f5fa8", '
+    'label="sync replication\\n(from the active region)", fontcolor="#1f5fa8"',
 }
 _MERMAID_EDGE: dict[EdgeKind, str] = {
     "gate-active": "-->",
@@ -199,6 +203,7 @@ _MERMAID_EDGE: dict[EdgeKind, str] = {
     "stores": "-->",
     "member": "-.-",
     "replication": '== "async replication (from the active region)" ==>',
+    "replication-sync": '== "sync replication (from the active region)" ==>',
 }
 
 
@@ -240,7 +245,8 @@ def edges(topology: Topology, comps: Sequence[Component] | None = None) -> list[
             # a pair copies both ways, from whichever region is active: drawn from the active
             # one (after a failback too), else as written
             src, dst = (r.to, r.from_) if r.to == active else (r.from_, r.to)
-            out.append(Edge(cluster_node(src), cluster_node(dst), "replication"))
+            how: EdgeKind = "replication-sync" if r.mode == "Sync" else "replication"
+            out.append(Edge(cluster_node(src), cluster_node(dst), how))
     return out
 
 

@@ -208,7 +208,9 @@ def _inventory(topology: Topology) -> list[str]:
             [
                 [
                     f"{r.from_} <-> {r.to}",
-                    r.mode,
+                    f"Sync ({r.sync_timeout_ms} ms{', strict' if r.strict else ''})"
+                    if r.mode == "Sync"
+                    else r.mode,
                     f"{r.max_lag_ms} ms" if r.max_lag_ms is not None else "-",
                 ]
                 for r in g.replication
@@ -432,10 +434,13 @@ def _runbook(topology: Topology) -> list[str]:
             + (
                 "Writes acknowledged by the old region above the cut (what the new region had "
                 "applied when it was promoted) are missing there: asynchronous replication "
-                "loses up to the replication lag, and `haplane status` shows the cut. A planned "
-                "`haplane failover --to` while both regions run loses nothing: it freezes the "
-                "old region, waits until the new one applied a cut marker, then switches. When "
-                "the old region returns, what it wrote after the cut is saved "
+                "loses up to the replication lag, and `haplane status` shows the cut. A "
+                "synchronous pair (`mode: Sync`) loses no acknowledged write as long as the "
+                "sync record (`haplane status`: synchronous replication) names the standby "
+                "promoted; while it says `none` (degraded), the asynchronous rules apply. "
+                "A planned `haplane failover --to` while both regions run loses nothing: it "
+                "freezes the old region, waits until the new one applied a cut marker, then "
+                "switches. When the old region returns, what it wrote after the cut is saved "
                 "(`haplane divergence list`) before it is re-seeded."
                 if g.replication
                 else "Without replication the new region serves only its own data."

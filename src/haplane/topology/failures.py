@@ -49,8 +49,11 @@ Modelling assumptions (each one is a decision the controller shares):
    serves writes afterwards.
 11. Data: the active region keeps its data. A region that takes over serves its own data: with an
    asynchronous replication pair from the old active region to it, it lacks up to the
-   replication lag (`replication-lag`); without one, everything acknowledged in the old active
-   region is unavailable until that region returns (`unreplicated`).
+   replication lag (`replication-lag`, printed "replication lag (async)"); with a synchronous
+   pair, nothing acknowledged (`none-sync`, "none (sync)": the controller promotes only the
+   synchronous standby; while the sync record says `none`, the async rules apply); without a
+   pair, everything acknowledged in the old active region is unavailable until that region
+   returns (`unreplicated`).
 12. Components referring to sites or zones the file does not declare (a schema-valid file with
    validation errors) are placed on those names as if declared, so analysis still runs.
 
@@ -74,7 +77,14 @@ FailureKind = Literal["component", "zone", "site", "link", "isolation", "one-way
 ComponentKind = Literal[
     "etcd member", "API replica", "balancer", "replicator", "control etcd member", "gate"
 ]
-DataLoss = Literal["none", "replication-lag", "unreplicated"]
+DataLoss = Literal["none", "none-sync", "replication-lag", "unreplicated"]
+# how `analyse` prints each (JSON keeps the values above)
+DATA_LOSS_TEXT: dict[str, str] = {
+    "none": "none",
+    "none-sync": "none (sync)",
+    "replication-lag": "replication lag (async)",
+    "unreplicated": "unreplicated",
+}
 Category = Literal["stops-writes", "unreachable", "fails-over", "degraded", "unaffected"]
 
 CATEGORY_ORDER: tuple[Category, ...] = (
@@ -265,6 +275,9 @@ class FailureModel:
         # a pair replicates both ways, from whichever region is active
         self._replication = {(r.from_, r.to) for r in g.replication} | {
             (r.to, r.from_) for r in g.replication
+        }
+        self._sync = {(r.from_, r.to) for r in g.replication if r.mode == "Sync"} | {
+            (r.to, r.from_) for r in g.replication if r.mode == "Sync"
         }
         n_sites = len(self.sites)
         self._all_sites = (1 << n_sites) - 1
@@ -521,7 +534,12 @@ class FailureModel:
         data_loss: DataLoss = "none"
         if writes is not None and active is not None and writes != active:
             pair = (self.regions[active].name, self.regions[writes].name)
-            data_loss = "replication-lag" if pair in self._replication else "unreplicated"
+            if pair in self._sync:
+                data_loss = "none-sync"
+            elif pair in self._replication:
+                data_loss = "replication-lag"
+            else:
+                data_loss = "unreplicated"
 
         lost = tuple(f"{h.name}/etcd" for h in regions if not h.etcd_quorum)
         if not control_quorum:
@@ -746,7 +764,7 @@ def summarise(analysis: Analysis) -> str:
             )
         if per["fails-over"]:
             over = [g for g in analysis.groups if g.size == k and g.outcome.failed_over]
-            losses = sorted({g.outcome.data_loss for g in over})
+            losses = sorted({DATA_LOSS_TEXT[g.outcome.data_loss] for g in over})
             parts.append(
                 f"{per['fails-over']} fail over to another region (data: {', '.join(losses)})"
             )

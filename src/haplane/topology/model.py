@@ -214,8 +214,22 @@ class Replication(_Model):
 
     from_: Name = Field(alias="from")
     to: Name
-    mode: Literal["Async"] = Field(
-        "Async", description="Async: a write is acknowledged once its own region has it."
+    mode: Literal["Async", "Sync"] = Field(
+        "Async",
+        description="Async: a write is acknowledged once its own region's etcd committed it. "
+        "Sync: only once the standby's replicator applied it too (or `sync: none` is "
+        "recorded, see `strict`); only the synchronous standby is promoted.",
+    )
+    sync_timeout_ms: int = Field(
+        500,
+        ge=1,
+        description="Sync: how long an acknowledgement waits for the synchronous standby "
+        "before degrading to `sync: none` (or, strict, answering 504).",
+    )
+    strict: bool = Field(
+        False,
+        description="Sync: never acknowledge a write no standby confirmed; writes get 504 "
+        "while no standby is synchronous (with two regions: while the other is down).",
     )
     max_lag_ms: int | None = Field(
         None,

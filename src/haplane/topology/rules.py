@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from .model import GLOBAL_SCOPE, ApiServer, Balancer, EtcdClusterView, Replicator, Topology
+from .model import (
+    GLOBAL_SCOPE,
+    ApiServer,
+    Balancer,
+    EtcdClusterView,
+    Replication,
+    Replicator,
+    Topology,
+)
 
 Severity = Literal["error", "warning"]
 
@@ -39,6 +47,9 @@ RULES: dict[str, str] = {
     "failover-priority": "the failover priority lists every region exactly once",
     "replication-pair": "replication pairs join two different regions, once each (a pair "
     "replicates both ways: a->b and b->a are the same pair)",
+    "replication-mode": "`syncTimeoutMs` and `strict` apply to `mode: Sync` pairs only; a "
+    "strict pair that is a region's only synchronous partner stops its writes while that "
+    "partner is down",
     "replicators": "a replicated region needs 2 or more replicators, in distinct zones",
     "unreplicated": "with two or more regions, every region is paired with another (else a "
     "failover to or from it hands clients none of the data)",
@@ -490,6 +501,8 @@ def _replication(topo: Topology) -> list[Finding]:
                 )
             )
         seen.add((key[0], key[1]))
+        out += _pair_mode(pair, path)
+    out += _strict_alone(topo)
     paired = {r for pair in seen for r in pair}
     for i, site in enumerate(topo.spec.sites):
         if site.region is None:
@@ -533,6 +546,52 @@ def _replication(topo: Topology) -> list[Finding]:
                         "pair the region in spec.global.replication, or remove them",
                     )
                 )
+    return out
+
+
+def _pair_mode(pair: Replication, path: str) -> list[Finding]:
+    out = []
+    if pair.mode == "Async":
+        for field, name in (("sync_timeout_ms", "syncTimeoutMs"), ("strict", "strict")):
+            if field in pair.model_fields_set:
+                out.append(
+                    _err(
+                        "replication-mode",
+                        f"{path}.{name}",
+                        f"{name} applies to synchronous pairs; this pair is Async",
+                        f"set `mode: Sync` on the pair, or remove {name}",
+                    )
+                )
+    return out
+
+
+def _strict_alone(topo: Topology) -> list[Finding]:
+    """A strict pair that is the only synchronous partner of one of its regions: while that
+    partner is down, the region (when active) acknowledges no write at all."""
+    out = []
+    pairs = topo.spec.global_.replication
+    for j, pair in enumerate(pairs):
+        if pair.mode != "Sync" or not pair.strict:
+            continue
+        for region, other in ((pair.from_, pair.to), (pair.to, pair.from_)):
+            partners = {
+                q.to if q.from_ == region else q.from_
+                for q in pairs
+                if q.mode == "Sync" and region in (q.from_, q.to)
+            } - {region}
+            if partners == {other}:
+                out.append(
+                    _warn(
+                        "replication-mode",
+                        f"spec.global.replication[{j}].strict",
+                        f"strict synchronous replication: while {other} is down, {region} "
+                        "(when active) answers every write with 504, and after an unplanned "
+                        f"failover to {region} writes wait until {other} has rejoined",
+                        "accept it (an RPO of zero over availability), pair another region "
+                        "synchronously, or set `strict: false` (degrade to `sync: none`)",
+                    )
+                )
+                break
     return out
 
 
