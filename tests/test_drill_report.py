@@ -683,6 +683,8 @@ def test_only_writes_above_an_unplanned_cut_are_tolerated() -> None:
     assert split_by_cut([a2], journal, {**cut, "planned": True}) == ((a2,), ())  # planned: none
     assert split_by_cut([a2], [], cut) == ((a2,), ())  # journaled nowhere: nothing explains it
     assert split_by_cut([a2], journal, None) == ((a2,), ())
+    # a synchronous standby's cut: nothing acknowledged may be above it, so nothing is tolerated
+    assert split_by_cut([a2], journal, {**cut, "synchronous": True}) == ((a2,), ())
 
 
 def test_summarize_reports_the_cut_and_fails_only_on_loss_at_or_below_it() -> None:

@@ -155,6 +155,8 @@ async def test_a_switch_writes_the_new_epochs_sync_record_and_compares_the_decid
     )
     now = await state.sync.read()
     assert now is not None and (now.epoch, now.region, now.standby) == (2, "b", None)
+    assert moved.synchronous is False  # the record said none: b was not synchronous
+    assert (await state.read()).synchronous is False
     # the old epoch's replica that read `degraded` cannot record anything any more
     ok, current = await state.sync.swap(degraded, SyncRecord.none(1, "a", by="r", reason="late"))
     assert not ok and current is not None and current.epoch == moved.epoch
@@ -162,6 +164,9 @@ async def test_a_switch_writes_the_new_epochs_sync_record_and_compares_the_decid
     await state.switch("a", expected_epoch=2, by="c", reason="t", sync_standby="b")
     now = await state.sync.read()
     assert now is not None and (now.epoch, now.region, now.standby) == (3, "a", "b")
+    # promoting the synchronous standby is recorded as such (drills then tolerate no loss)
+    back = await state.switch("b", expected_epoch=3, by="c", reason="t")
+    assert back.synchronous is True and (await state.read()).synchronous is True
 
 
 async def test_a_switch_without_any_sync_record_writes_none(state):

@@ -496,6 +496,7 @@ def _print_status(report: StatusReport) -> None:
         out.print(f"synchronous replication: {style}{report.sync['says']}{'[/]' if style else ''}")
     for c in report.cuts[-2:]:
         how = "planned" if c.get("planned") else "unplanned"
+        how += ", synchronous standby" if c.get("synchronous") else ""
         lag = c.get("lagSeconds")
         out.print(
             f"cut of epoch {c['epoch']} ({how}): {c['region']} took over at revision "

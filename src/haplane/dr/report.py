@@ -901,6 +901,8 @@ def _ops_line(result: DrillResult) -> str:
 def cut_line(cut: Mapping[str, Any]) -> str:
     """One line for a failover's cut (`haplane.store.Cut.as_dict`)."""
     how = "planned" if cut.get("planned") else "unplanned"
+    if cut.get("synchronous"):
+        how += ", the synchronous standby: nothing acknowledged above it"
     lag = cut.get("lagSeconds")
     lag_text = f", lag at the cut {lag:.3f} s" if isinstance(lag, int | float) else ""
     return (

@@ -7,6 +7,8 @@ had applied: the cut (`haplane.store.Cut`). A write the old region acknowledged 
 revision never reached the new region; that loss is the price of asynchronous replication, the
 recovery point, and is reported as such. Any other loss fails the drill: a write at or below the
 cut, a write the cut says nothing about (no journal entry), or any loss in a planned switchover.
+Synchronous replication tolerates nothing: a cut whose new region was the synchronous standby
+(`Cut.synchronous`) has every acknowledged write at or below it, so any loss fails the drill.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def above_cut(op: Operation, writes: Iterable[ServerWrite], cut: Mapping[str, An
     """Whether `op`'s loss is explained by the cut: an unplanned cut of the region that
     acknowledged it, in an earlier epoch, and the journal of that region holds the write's key
     at a revision above the cut (for an update: its latest journaled revision there)."""
-    if cut is None or cut.get("planned") or op.region is None:
+    if cut is None or cut.get("planned") or cut.get("synchronous") or op.region is None:
         return False
     source, epoch, revision = cut.get("source"), cut.get("epoch"), cut.get("revision")
     if op.region != source or not isinstance(epoch, int) or not isinstance(revision, int):

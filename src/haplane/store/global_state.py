@@ -68,6 +68,9 @@ class ActiveRegion:
     unfenced: str | None = None  # when writes were allowed in this epoch (RFC 3339)
     # the replication reports the decision saw (target region -> report dict), if any
     replication: dict[str, object] | None = None
+    # sync mode: whether this region was the synchronous standby of the previous epoch when it
+    # was promoted (True: no acknowledged write can be above its cut); None: no sync record
+    synchronous: bool | None = None
 
     def age(self) -> float:
         """Seconds since `since` by this machine's wall clock (for pacing, e.g. hysteresis;
@@ -103,6 +106,7 @@ class ActiveRegion:
                 margin_ms=int(d.get("marginMs", DEFAULT_MARGIN_MS)),
                 unfenced=d.get("unfenced"),
                 replication=d.get("replication"),
+                synchronous=d.get("synchronous"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise EtcdError(f"malformed global state at {kv.key!r}: {exc}") from exc
@@ -120,6 +124,7 @@ class ActiveRegion:
             "marginMs": self.margin_ms,
             "unfenced": self.unfenced,
             **({"replication": self.replication} if self.replication is not None else {}),
+            **({"synchronous": self.synchronous} if self.synchronous is not None else {}),
         }
 
 
@@ -261,6 +266,8 @@ class GlobalState:
         )
         if writable:
             record = replace(record, unfenced=record.since)
+        if sync_now is not None and sync_now.names(current.epoch, current.region):
+            record = replace(record, synchronous=sync_now.standby == to)
         compares = [
             Compare(self.active_key, "mod", "=", current.revision),
             Compare(self._history_key(record.epoch), "create", "=", 0),
@@ -597,6 +604,9 @@ class Cut:
     # the new region was promoted in the middle of a resync: its copy below `revision` is
     # incomplete too (a returning region compares keyspaces instead of trusting the cut)
     partial: bool = False
+    # the new region was the synchronous standby (sync mode): every write the old region
+    # acknowledged is at or below `revision`; anything above it was never acknowledged
+    synchronous: bool = False
 
     def to_json(self) -> bytes:
         return json.dumps(self.as_dict(), sort_keys=True).encode()
@@ -611,6 +621,7 @@ class Cut:
             "lagSeconds": self.lag_seconds,
             "time": self.time or _now(),
             "partial": self.partial,
+            "synchronous": self.synchronous,
         }
 
     @classmethod
@@ -626,6 +637,7 @@ class Cut:
                 lag_seconds=d.get("lagSeconds"),
                 time=str(d.get("time", "")),
                 partial=bool(d.get("partial", False)),
+                synchronous=bool(d.get("synchronous", False)),
             )
         except (ValueError, KeyError, TypeError):
             return None

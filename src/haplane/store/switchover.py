@@ -406,6 +406,7 @@ async def record_unplanned_cut(
         planned=False,
         lag_seconds=lag_seconds,
         partial=applied is not None and applied.state == "resyncing",
+        synchronous=bool(record.synchronous),
     )
     await state.record_cut(cut, timeout=timeout)
     if applied is not None and applied.state == "resyncing":
