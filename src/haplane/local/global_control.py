@@ -179,12 +179,25 @@ async def switch(
         await fences.freeze_others(done.record, timeout=0.5)  # a third region follows `to`
         await _suspend_failback(state, who, to, result)
         return result
+    sync_warning = None
+    with contextlib.suppress(EtcdError):
+        sync = await state.sync.read(timeout=1.0)
+        if sync is not None and sync.names(before.epoch, before.region) and sync.standby != to:
+            sync_warning = (
+                f"{sync.standby} was the synchronous standby of {before.region}, not {to}: "
+                f"writes {before.region} acknowledged may be missing in {to}"
+                if sync.standby is not None
+                else f"no standby was synchronous (sync: none since {sync.since}): writes "
+                f"{before.region} acknowledged since may be missing in {to}"
+            )
     try:
         after = await state.switch(to, expected_epoch=epoch, by=who, reason=reason)
     except StaleEpoch as exc:
         raise FailoverError(f"refused: {exc}; look again with `haplane status`") from exc
     committed = time.monotonic()
     result = SwitchResult(before, after, False)
+    if sync_warning is not None:
+        result.warnings.append(sync_warning)
     # An operator chose where the platform runs: automatic failback waits for `haplane
     # failback on`. Written after the commit (a refused switch suspends nothing); no failback
     # can come first: it waits `failbackAfterMs` from the controller's first sight of the
