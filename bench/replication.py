@@ -289,13 +289,16 @@ async def bench_sync(
                 root, "api-sync", src_c.endpoints, region="src",
                 extra_args=[*fenced, "--sync-standby", f"dst={','.join(dst_c.endpoints)}"],
             )  # fmt: skip
-            await asyncio.gather(*(a.start() for a in apis.values()))
+            # the sync replica first: it must lead the region's controllers, whose leader keeps
+            # the sync record (the async one has no standby to make synchronous)
+            await apis["sync"].start()
             sync_state = SyncState(ctl, b"/haplane/global/")
             while True:
                 rec = await sync_state.read()
                 if rec is not None and rec.standby == "dst":
                     break
                 await asyncio.sleep(0.1)
+            await apis["async"].start()
             ns = f"sync-{os.getpid()}"
             apis["async"].request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
             runs: dict[str, dict[str, list[float]]] = {

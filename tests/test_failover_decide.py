@@ -344,9 +344,27 @@ def test_only_the_synchronous_standby_is_promoted_whatever_the_others_applied() 
 
 def test_a_synchronous_standby_that_is_not_healthy_blocks_the_failover() -> None:
     epoch = active("a").epoch
-    rec = SyncRecord.synchronous(epoch, "a", "d", by="t", reason="t")
-    d = decide(_sync(rec, {"b": _rep("b", 100)}), SYNC)
-    assert d.action == "none" and "d is the synchronous standby" in d.reason
+    rec = SyncRecord.synchronous(epoch, "a", "c", by="t", reason="t")
+    down, up = RegionView(False, 2.0), RegionView(True, 3.0)
+    reports = {g: Report(g, 0.1, {"a": down, "b": up, "c": down}) for g in GATES}
+    snap = Snapshot(active("a"), reports, 100.0, replication={"b": _rep("b", 300)}, sync=rec)
+    d = decide(snap, SYNC)  # b is healthy and applied more, but only c has every write
+    assert d.action == "none" and "c is the synchronous standby" in d.reason
+    # healthy again: c, whatever b applied
+    reports = {g: Report(g, 0.1, {"a": down, "b": up, "c": up}) for g in GATES}
+    d = decide(replace(snap, reports=reports), SYNC)
+    assert (d.action, d.to) == ("failover", "c")
+
+
+def test_a_partial_synchronous_standby_and_a_pending_one() -> None:
+    epoch = active("a").epoch
+    rec = SyncRecord.synchronous(epoch, "a", "b", by="t", reason="t")
+    d = decide(_sync(rec, {"b": _rep("b", 0, state="Resyncing"), "c": _rep("c", 9)}), SYNC)
+    assert d.action == "none" and "partial copy" in d.reason
+    # being made synchronous is not synchronous yet: the async rules, data may be lost
+    pending = SyncRecord.catching_up(epoch, "a", "b", by="t", reason="t")
+    d = decide(_sync(pending, {"b": _rep("b", 100), "c": _rep("c", 120)}), SYNC)
+    assert (d.action, d.to) == ("failover", "c") and "may be lost" in d.reason
 
 
 def test_sync_none_falls_back_to_the_async_rules_and_says_data_may_be_lost() -> None:

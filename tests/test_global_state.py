@@ -169,7 +169,27 @@ async def test_a_switch_writes_the_new_epochs_sync_record_and_compares_the_decid
     assert back.synchronous is True and (await state.read()).synchronous is True
 
 
-async def test_a_switch_without_any_sync_record_writes_none(state):
+async def test_a_switch_keeps_no_sync_record_unless_sync_mode_asks_for_one(state):
     await state.initialize("a", by="t", reason="t", fresh=True)
     await state.switch("b", expected_epoch=1, by="c", reason="t")
     assert await state.sync.read() is None  # asynchronous topologies keep no record
+    # sync mode, decided on "no record" (0): a replica that creates one meanwhile (degrading
+    # in the old epoch) makes the switch stale; otherwise the new epoch's record is created
+    ok, _ = await state.sync.swap(None, SyncRecord.none(2, "b", by="r", reason="t"))
+    assert ok
+    with pytest.raises(StaleEpoch, match="sync record changed"):
+        await state.switch("a", expected_epoch=2, by="c", reason="t", sync_revision=0)
+    await state.sync.client.delete(state.sync.key)
+    await state.switch("a", expected_epoch=2, by="c", reason="t", sync_revision=0)
+    now = await state.sync.read()
+    assert now is not None and (now.epoch, now.region, now.standby) == (3, "a", None)
+
+
+async def test_a_malformed_sync_record_reads_as_none_of_no_epoch(state):
+    await state.sync.client.put(state.sync.key, b"{not json")
+    rec = await state.sync.read()
+    assert rec is not None and rec.epoch == 0 and rec.degraded and rec.revision > 0
+    assert "malformed" in rec.reason
+    await state.initialize("a", by="t", reason="t", fresh=True)
+    await state.switch("b", expected_epoch=1, by="c", reason="t")  # replaced, not stuck
+    assert (await state.sync.read()).names(2, "b")

@@ -3,8 +3,9 @@ active region "src" acknowledges a write only once the standby "dst"'s replicato
 SIGSTOP pauses it) applied it, or once the global record says `sync: none`.
 
 Every acknowledged write is checked in dst's etcd directly: confirmed means there. A write
-acknowledged while the replicator is paused cannot be there, so it must follow a `none` record
-read back right after the acknowledgement."""
+acknowledged while the replicator is paused cannot be there: the record must say `none` when
+read right after the acknowledgement (that it was written *before* it is what the control-etcd
+test proves: with the record unwritable, nothing unconfirmed is acknowledged)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,20 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from haplane.api.sync_ack import SyncAck, SyncConfig, Unconfirmed
 from haplane.local.api_replica import ApiReplica, free_port
 from haplane.local.etcd_cluster import EtcdCluster
-from haplane.store import FENCE_KEY, EtcdClient, FenceValue, GlobalState, Op, SyncState
+from haplane.store import (
+    APPLIED_KEY,
+    FENCE_KEY,
+    AppliedRecord,
+    EtcdClient,
+    FenceValue,
+    GlobalState,
+    Op,
+    SyncRecord,
+    SyncState,
+)
 from tests.topology_helpers import fenced_replica_args
 
 pytestmark = pytest.mark.timeout(240)
@@ -152,12 +164,23 @@ async def test_non_strict_degrades_to_none_before_acknowledging_and_resumes_sync
         for i in range(5):  # degraded: writes go on
             assert await asyncio.to_thread(s.create, f"degraded-{i}") == 201
         assert not await s.in_standby("degraded-4")
+        # back to synchronous: through `pending: dst` first (the keeper's three steps)
+        seen: list[SyncRecord | None] = []
+
+        async def follow() -> None:
+            async for batch in s.sync.client.watch(s.sync.key):
+                seen.extend(SyncRecord.from_kv(ev.kv) for ev in batch.events)
+
+        watcher = asyncio.create_task(follow())
+        await asyncio.sleep(0.2)  # the watch is established
         s.resume()
         await s.wait_record(lambda r: r is not None and r.standby == "dst")
+        watcher.cancel()
+        states = [(r.pending, r.standby) for r in seen if r is not None]
+        assert states[-2:] == [("dst", None), (None, "dst")], states
         for i in range(3):
             assert await asyncio.to_thread(s.create, f"again-{i}") == 201
             assert await s.in_standby(f"again-{i}")
-        assert await s.in_standby("degraded-4")  # caught up before it was made synchronous
         status, _, body = s.api.request("GET", "/fencez")
         assert status == 200 and body["sync"]["record"]["standby"] == "dst"
         _, _, metrics = s.api.request("GET", "/metrics")
@@ -178,6 +201,12 @@ async def test_strict_answers_504_while_no_standby_confirms(
         assert codes == [504] * 4
         record = await s.sync.read()
         assert record is not None and record.standby == "dst"  # never degraded
+        # the 504'd write retried unchanged (a no-op update): still not confirmed, still 504
+        path = "/api/v1/namespaces/shop/configmaps/paused-0"
+        code, _, obj = await asyncio.to_thread(s.api.request, "GET", path)
+        assert code == 200  # committed locally: visible here, which proves nothing elsewhere
+        code, _, _ = await asyncio.to_thread(s.api.request, "PUT", path, obj)
+        assert code == 504
         s.resume()
         deadline = time.monotonic() + 20
         while await asyncio.to_thread(s.create, f"after-{int(time.monotonic() * 1000)}") != 201:
@@ -211,3 +240,108 @@ async def test_control_etcd_quorum_lost_acknowledges_nothing_unconfirmed(
         assert 504 in codes.values()  # committed locally while permitted: outcome unknown
         s.resume()
         await asyncio.gather(*(disposable_cluster.processes[n].spawn() for n in names[:2]))
+
+
+# ---- the acknowledgement rules, in process: SyncAck against real etcd, the standby's applied
+# record written by the test (what its replicator would write) ---------------------------------
+
+
+@contextlib.asynccontextmanager
+async def sync_ack(
+    regions: tuple[EtcdCluster, EtcdCluster], control: EtcdCluster, prefix: bytes, strict: bool
+) -> AsyncIterator[tuple[SyncAck, EtcdClient, SyncState]]:
+    src_c, dst_c = regions
+    src, dst, ctl = src_c.client(2.0), dst_c.client(2.0), control.client(2.0)
+    cluster = await src.cluster_id()
+    ack = SyncAck(
+        "src",
+        SyncConfig({"dst": dst_c.endpoints}, timeout=0.2, strict=strict),
+        ctl,
+        prefix,
+        cluster_id=lambda: cluster,
+        name="src/test",
+    )
+    ack.start()
+    try:
+        yield ack, dst, SyncState(ctl, prefix)
+    finally:
+        await ack.stop()
+        await asyncio.gather(src.close(), dst.close(), ctl.close())
+
+
+async def applied(dst: EtcdClient, ack: SyncAck, revision: int, epoch: int = 1) -> None:
+    """Put the standby's applied record as its replicator would, and wait until `ack` saw it."""
+    record = AppliedRecord("src", ack.cluster_id(), epoch, revision)
+    await dst.put(APPLIED_KEY, record.to_json())
+    for _ in range(100):
+        seen = ack.applied.get("dst")
+        if seen is not None and seen.revision == revision and seen.epoch == epoch:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the applied record never arrived")
+
+
+async def record_seen(ack: SyncAck, check) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(100):
+        if check(ack.record):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"record never as expected: {ack.record}")
+
+
+async def test_strict_acknowledges_only_while_the_standby_is_recorded_synchronous(
+    regions: tuple[EtcdCluster, EtcdCluster], etcd_cluster: EtcdCluster, key_prefix: bytes
+) -> None:
+    async with sync_ack(regions, etcd_cluster, key_prefix, strict=True) as (ack, dst, state):
+        await applied(dst, ack, 100)
+        # no record, then `none`: the standby has revision 50, yet strict refuses
+        with pytest.raises(Unconfirmed, match="no standby is synchronous"):
+            await ack.acknowledge(50, 1, time.monotonic())
+        ok, none = await state.swap(None, SyncRecord.none(1, "src", by="t", reason="t"))
+        assert ok
+        await record_seen(ack, lambda r: r is not None and r.degraded)
+        with pytest.raises(Unconfirmed, match="no standby is synchronous"):
+            await ack.acknowledge(50, 1, time.monotonic())
+        ok, _ = await state.swap(none, SyncRecord.synchronous(1, "src", "dst", by="t", reason="t"))
+        assert ok
+        await record_seen(ack, lambda r: r is not None and r.standby == "dst")
+        await ack.acknowledge(50, 1, time.monotonic())  # confirmed
+        with pytest.raises(Unconfirmed, match="did not confirm"):
+            await ack.acknowledge(150, 1, time.monotonic())
+        record = await state.read()
+        assert record is not None and record.standby == "dst"  # strict never degrades
+        assert ack._waiters == set()  # a timed-out wait leaves nothing behind
+
+
+async def test_non_strict_degrades_before_acknowledging_and_epochs_do_not_mix(
+    regions: tuple[EtcdCluster, EtcdCluster], etcd_cluster: EtcdCluster, key_prefix: bytes
+) -> None:
+    async with sync_ack(regions, etcd_cluster, key_prefix, strict=False) as (ack, dst, state):
+        await applied(dst, ack, 100)
+        ok, sync = await state.swap(
+            None, SyncRecord.synchronous(1, "src", "dst", by="t", reason="t")
+        )
+        assert ok and sync is not None
+        await record_seen(ack, lambda r: r is not None and r.standby == "dst")
+        await ack.acknowledge(100, 1, time.monotonic())
+        assert (await state.read()) == sync  # confirmed: nothing written
+        # the standby now follows epoch 2 (of this same cluster): that confirms nothing of
+        # epoch 1, so the write is degraded, `none` recorded first
+        await applied(dst, ack, 200, epoch=2)
+        await ack.acknowledge(101, 1, time.monotonic())
+        after = await state.read()
+        assert after is not None and after.names(1, "src") and after.degraded
+        assert "did not confirm revision 101" in after.reason
+        assert ack._waiters == set()
+        # a newer epoch recorded (the controller promoted elsewhere): this epoch's write that
+        # no standby confirmed is never acknowledged, and the new record is left as it is
+        ok, newer = await state.swap(after, SyncRecord.none(2, "dst", by="t", reason="t"))
+        assert ok
+        with pytest.raises(Unconfirmed, match="epoch 2"):
+            await ack.acknowledge(102, 1, time.monotonic())
+        assert await state.read() == newer
+        # the same when the replica's view of the record is stale (it learns in _degrade)
+        ack.record = after
+        with pytest.raises(Unconfirmed, match="epoch 2"):
+            await ack.acknowledge(103, 1, time.monotonic())
+        assert await state.read() == newer

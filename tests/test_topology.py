@@ -212,7 +212,7 @@ def test_replication_pair_settings_parse(good):
         build(bad)
 
 
-def test_sync_pair_settings_parse_with_defaults_and_strict_alone_is_flagged(good):
+def test_sync_pair_settings_parse_and_one_sync_partner_per_region(good):
     data = copy.deepcopy(good)
     data["spec"]["global"]["replication"][0].update({"mode": "Sync"})
     pair = build(data).spec.global_.replication[0]
@@ -220,8 +220,22 @@ def test_sync_pair_settings_parse_with_defaults_and_strict_alone_is_flagged(good
     assert "replication-mode" not in rules_hit(data)
     data["spec"]["global"]["replication"][0]["strict"] = True
     findings = [f for f in validate(build(data)) if f.rule == "replication-mode"]
-    assert [f.severity for f in findings] == ["warning"]  # two regions: one warning
+    assert [f.severity for f in findings] == ["warning"]
     assert "504" in findings[0].message and findings[0].path.endswith(".strict")
+    # a second Sync pair for one region: its one standby's confirmation is trusted alone
+    three = copy.deepcopy(data)
+    site = copy.deepcopy(three["spec"]["sites"][1])
+    site["name"] = "eu-north"
+    three["spec"]["sites"].append(site)
+    three["spec"]["global"]["failover"]["priority"].append("eu-north")
+    three["spec"]["global"]["replication"].append(
+        {"from": "eu-west", "to": "eu-north", "mode": "Sync"}
+    )
+    errors = [
+        f for f in validate(build(three)) if f.rule == "replication-mode" and f.severity == "error"
+    ]
+    assert [f.path for f in errors] == ["spec.global.replication[1].mode"]
+    assert "at most one synchronous partner" in errors[0].message
     bad = copy.deepcopy(good)
     bad["spec"]["global"]["replication"][0]["strict"] = True  # on an Async pair
     findings = [f for f in validate(build(bad)) if f.rule == "replication-mode"]

@@ -66,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         action="append",
         default=[],
         metavar="REGION=HOST:PORT,...",
-        help="a synchronous standby region of this one and its etcd members (repeat per region, "
-        "in preference order): writes are acknowledged once it applied them (needs "
-        "--global-etcd, which holds the sync record)",
+        help="the synchronous standby region of this one and its etcd members (at most one): "
+        "writes are acknowledged once it applied them (needs --global-etcd, which holds the "
+        "sync record)",
     )
     ap.add_argument(
         "--sync-timeout-ms",
@@ -89,6 +89,11 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         if not sep or not region or not endpoints:
             ap.error(f"--sync-standby {item!r}: expected REGION=HOST:PORT[,HOST:PORT...]")
         standbys[region] = endpoints
+    if len(standbys) > 1:
+        ap.error(
+            "--sync-standby: at most one synchronous standby region (its confirmation is "
+            "trusted without asking the control etcd who is synchronous)"
+        )
     if standbys and not args.global_etcd:
         ap.error("--sync-standby needs --global-etcd: the sync record lives there")
     if args.sync_timeout_ms < 1:

@@ -164,6 +164,12 @@ class GenericStore:
             return errors.too_large(f"request entity too large: {exc}")
         if isinstance(exc, storage.WriteFenced):
             return errors.unavailable(f"writes are fenced here: {exc}")
+        if isinstance(exc, storage.Unreplicated):
+            return errors.timeout(
+                f"the write of {self.t.qualified} {name!r} committed in this region but its "
+                f"synchronous standby has not confirmed it: its durability is unknown, and "
+                f"reading it back here does not prove it ({exc})"
+            )
         if isinstance(exc, storage.OutcomeUnknown):
             return errors.timeout(
                 f"the write of {self.t.qualified} {name!r} timed out in etcd and may or may not "

@@ -254,11 +254,13 @@ class ApiServer:
         try:
             await self._ensure_system_namespaces()
         except (StatusError, EtcdError) as exc:
-            if not self.fence.enabled or (isinstance(exc, StatusError) and exc.code != 503):
+            if not self.fence.enabled or (
+                isinstance(exc, StatusError) and exc.code not in (503, 504)
+            ):
                 raise
-            # fenced (the region's key not active yet, or no permission), or the fence key
-            # unreadable: not fatal; tried again while this replica is permitted, and each
-            # time it becomes writable
+            # fenced (the region's key not active yet, or no permission), the fence key
+            # unreadable, or (504) not yet confirmed by a synchronous standby: not fatal; tried
+            # again while this replica is permitted, and each time it becomes writable
             log.info(json.dumps({"msg": "system namespaces not ensured", "error": str(exc)}))
             self._spawn(self._ensure_system_namespaces_later(), "system namespaces")
         crd_rv = await self._sync_all_crds()

@@ -171,6 +171,10 @@ class OutcomeUnknown(StorageError):
     """A write may or may not have been applied."""
 
 
+class Unreplicated(OutcomeUnknown):
+    """Committed in this region, not confirmed by its synchronous standby (sync mode)."""
+
+
 class _WindowClosed(Unavailable):
     """A write's permission ended before it could be sent (turned into `WriteFenced`)."""
 
@@ -420,10 +424,27 @@ class EtcdStorage:
             try:
                 await self.acknowledge(r.revision, epoch, time.monotonic())
             except Unconfirmed as exc:
-                raise OutcomeUnknown(str(exc)) from None
+                raise Unreplicated(str(exc)) from None
         if r.succeeded and journal and self.journal is not None:
             self.journal(key, r.revision, epoch, sent, time.time())
         return r
+
+    async def _confirm_stored(self, key: str, kv: KeyValue) -> None:
+        """An update that changes nothing answers with what is stored: in sync mode only once
+        the standby has that (a write answered 504 and retried unchanged must not get a
+        success its standby lacks). Nothing to confirm where this region may not write."""
+        if self.acknowledge is None or not replicated(key.encode()):
+            return
+        epoch = self.versions.epoch
+        if self.fence is not None:
+            try:
+                epoch = self.fence.permit().epoch
+            except Fenced:
+                return
+        try:
+            await self.acknowledge(kv.mod_revision, epoch, time.monotonic())
+        except Unconfirmed as exc:
+            raise Unreplicated(str(exc)) from None
 
     async def _fence_mismatch(self, epoch: int, found: FenceRead) -> WriteFenced:
         """The refusal for a write the fence key stopped, naming the active region: read
@@ -590,6 +611,7 @@ class EtcdStorage:
             current = self._decode(kv)
             new = await update(current)
             if new is None:
+                await self._confirm_stored(key, kv)
                 return current
             if isinstance(new, _DeleteObject):
                 r = await self._write(
@@ -606,6 +628,7 @@ class EtcdStorage:
             plain, data, _ = self._encode(key, new)
             stored = self.transformer.from_storage(kv.value, k)
             if plain == stored or plain == _reencoded(stored):
+                await self._confirm_stored(key, kv)
                 return current  # no change: no write, no new revision (as Kubernetes)
             r = await self._write(
                 key,

@@ -1,21 +1,25 @@
 """Synchronous replication, the replica's side: a write is acknowledged only once a synchronous
 standby applied it, or once the global record says that none is synchronous.
 
-Layer: api. Reads each synchronous standby's applied record (`haplane.store.APPLIED_KEY`) in
+Layer: api. Reads the synchronous standby's applied record (`haplane.store.APPLIED_KEY`) in
 that standby region's etcd by watching it (a cross-region read: an acknowledgement never writes
 into its own region's etcd, where it would itself be a revision to acknowledge), and reads and
 compare-and-swaps the sync record in the global control etcd (`haplane.store.sync_state`, whose
 docstring gives the rules and why they lose nothing). Touches nothing else; `EtcdStorage` calls
 `acknowledge` after each committed write, the controller leader runs `keep`.
 
-Per write at source revision R, in epoch E (the replica's permit):
-- confirmed: the standby the record names (or the one being made synchronous; without a record
-  of E, any synchronous standby) applied R from this region's cluster in E, while streaming;
-- not within `timeout`: non-strict, degrade: write `sync: none` (compare-and-swap) before
-  answering; strict, answer 504 (`Unconfirmed`: committed locally, its durability elsewhere
-  unknown), and keep answering so until a standby confirms again;
-- while the record already says `none` (non-strict): no wait, but a read of the record sent
-  after R committed must still say `none` (reads are shared by the writes they follow).
+A region has one synchronous standby at most (`haplane validate` refuses two): the only region
+the record can ever name for it, so its confirmation is trusted whatever a replica's (possibly
+stale) view of the record says. Per write at source revision R, in epoch E (the replica's
+permit):
+- confirmed: the standby applied R from this region's cluster in E, while streaming;
+- non-strict, not confirmed within `timeout`: degrade: `sync: none` is written for E
+  (compare-and-swap) before answering, or found by a read sent after R committed;
+- non-strict, while the record already says `none`: no wait, but a read of the record sent
+  after R committed must still say `none` (reads are shared by the writes they follow);
+- strict: only while the record names the standby synchronous for E, and on its confirmation;
+  otherwise 504 (`Unconfirmed`: committed locally, its durability elsewhere unknown), until
+  the controller leader made it synchronous again.
 A read or write of the control etcd that fails leaves the write unacknowledged (504).
 """
 
@@ -25,7 +29,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -53,20 +57,21 @@ class Unconfirmed(Exception):
 
 @dataclass(frozen=True)
 class SyncConfig:
-    """This region's synchronous standbys (region -> its etcd members, in preference order),
-    how long an acknowledgement waits for one, and whether it may degrade."""
+    """This region's synchronous standby (region -> its etcd members: exactly one, see
+    `haplane.topology.rules`: its confirmation is trusted without asking the control etcd who
+    is synchronous, which is sound only while no other standby could be), how long an
+    acknowledgement waits for it, and whether it may degrade."""
 
     standbys: dict[str, list[str]]
     timeout: float = 0.5
     strict: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class _Waiter:
     revision: int
     epoch: int
-    standbys: frozenset[str]
-    done: asyncio.Future[str] = field(
+    done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
@@ -119,8 +124,11 @@ class SyncAck:
         registry: CollectorRegistry | None = None,
         standby_clients: dict[str, EtcdClient] | None = None,
     ):
+        if len(config.standbys) != 1:
+            raise ValueError("synchronous replication takes exactly one standby region")
         self.region = region
         self.config = config
+        self.standby = next(iter(config.standbys))
         self.state = SyncState(global_client, prefix)
         self.cluster_id = cluster_id
         self.name = name
@@ -131,10 +139,16 @@ class SyncAck:
         self._own_clients = standby_clients is None
         self.applied: dict[str, AppliedRecord] = {}
         self.record: SyncRecord | None = None  # as last seen (watch); decisions re-read it
-        self._waiters: list[_Waiter] = []
+        self._waiters: set[_Waiter] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._degrade_lock = asyncio.Lock()
         self._read: tuple[float, asyncio.Task[SyncRecord | None]] | None = None
+        # the last read or write that found or made `none`: (its send time, the record)
+        self._degraded: tuple[float, SyncRecord] | None = None
+        self._promoted_at: float | None = None  # when the keeper last made one synchronous
+        self._flap = 0.0  # the keeper's hold after a standby degraded soon after promotion
+        self._hold_until = 0.0
+        self._logged_error_at = 0.0
         self.last_error: str | None = None
         self.unconfirmed_since: float | None = None  # strict: when confirmations stopped
 
@@ -180,17 +194,11 @@ class SyncAck:
         self.applied[region] = record
         if record.source == self.region:
             self.metrics.applied.labels(region).set(record.revision)
-        if not self._waiters:
+        if region != self.standby:
             return
-        keep = []
-        for w in self._waiters:
-            if w.done.done():
-                continue
-            if region in w.standbys and self.confirms(region, w.revision, w.epoch):
-                w.done.set_result(region)
-            else:
-                keep.append(w)
-        self._waiters = keep
+        for w in [w for w in self._waiters if not w.done.done()]:
+            if self.confirms(region, w.revision, w.epoch):
+                w.done.set_result(None)
 
     def confirms(self, standby: str, revision: int, epoch: int) -> bool:
         """Has `standby` applied this region's `revision` of `epoch` (from this very cluster,
@@ -239,15 +247,6 @@ class SyncAck:
 
     # ---- acknowledging a write -----------------------------------------------------------
 
-    def _targets(self, record: SyncRecord | None, epoch: int) -> frozenset[str]:
-        """Whose confirmation acknowledges a write of `epoch`, by the record as known."""
-        if record is not None and record.names(epoch, self.region):
-            if record.standby is not None:
-                return frozenset({record.standby})
-            if record.pending is not None:
-                return frozenset({record.pending})
-        return frozenset(self.config.standbys)  # no record of this epoch, or none: any
-
     async def acknowledge(self, revision: int, epoch: int, committed: float) -> None:
         """Return once the write at `revision` (committed at `committed`, monotonic) may be
         acknowledged; raise `Unconfirmed` when it may not."""
@@ -266,62 +265,76 @@ class SyncAck:
         ):
             raise Unconfirmed(
                 f"epoch {record.epoch} ({record.region}) has begun: this write of epoch {epoch} "
-                "committed here, but no synchronous standby is known to have it"
+                "committed here, but its standby is not known to have it"
             )
-        targets = self._targets(record, epoch)
-        if any(self.confirms(s, revision, epoch) for s in targets):
-            self.unconfirmed_since = None
+        if self.config.strict:
+            return await self._acknowledge_strict(revision, epoch, record)
+        # The one standby's confirmation suffices whatever the record says: it has the write,
+        # and it is the only region that can ever be recorded synchronous for this one.
+        if self.confirms(self.standby, revision, epoch):
             return "confirmed"
-        if (
-            not self.config.strict
-            and record is not None
-            and record.names(epoch, self.region)
-            and record.degraded
-        ):
-            # degraded: acknowledged without waiting once a read sent after the commit still
-            # says so (a standby being made synchronous meanwhile must have it: see sync_state)
+        if record is not None and record.names(epoch, self.region) and record.degraded:
+            # degraded: no wait, once a read sent after the commit still says so (a standby
+            # being made synchronous meanwhile must have the write: see sync_state)
             fresh = await self._read_after(committed)
             if fresh is not None and fresh.names(epoch, self.region) and fresh.degraded:
                 return "degraded"
-            record = fresh
-            targets = self._targets(record, epoch)
-        if await self._wait(revision, epoch, targets):
-            self.unconfirmed_since = None
+        if await self._wait(revision, epoch):
             return "confirmed"
-        if self.config.strict:
-            if self.unconfirmed_since is None:
-                self.unconfirmed_since = time.monotonic()
-                log.warning(
-                    json.dumps(
-                        {
-                            "msg": "sync: no standby confirms; strict: writes answer 504",
-                            "component": self.name,
-                            "standbys": sorted(targets),
-                            "revision": revision,
-                        }
-                    )
-                )
-            raise Unconfirmed(
-                f"committed in {self.region} at revision {revision}, but no synchronous standby "
-                f"({', '.join(sorted(targets))}) confirmed it within "
-                f"{self.config.timeout * 1000:.0f} ms (strict synchronous replication: its "
-                "durability elsewhere is unknown)"
-            )
-        await self._degrade(revision, epoch, targets)
+        await self._degrade(revision, epoch, committed)
         return "degraded"
 
-    async def _wait(self, revision: int, epoch: int, targets: frozenset[str]) -> bool:
-        if any(self.confirms(s, revision, epoch) for s in targets):
+    async def _acknowledge_strict(
+        self, revision: int, epoch: int, record: SyncRecord | None
+    ) -> str:
+        """Strict: only while the record names the standby synchronous for this epoch (it
+        never stops naming it within the epoch: strict replicas never degrade, the keeper
+        acts only on `none`), and only on its confirmation; 504 otherwise."""
+        if record is None or not record.names(epoch, self.region) or record.standby is None:
+            self._unconfirmed(revision)
+            raise Unconfirmed(
+                f"committed in {self.region} at revision {revision}, but no standby is "
+                f"synchronous for epoch {epoch} ({describe(record)}): strict synchronous "
+                "replication acknowledges nothing until one is"
+            )
+        if await self._wait(revision, epoch):
+            self.unconfirmed_since = None
+            return "confirmed"
+        self._unconfirmed(revision)
+        raise Unconfirmed(
+            f"committed in {self.region} at revision {revision}, but the synchronous standby "
+            f"{self.standby} did not confirm it within {self.config.timeout * 1000:.0f} ms "
+            "(strict synchronous replication: its durability elsewhere is unknown)"
+        )
+
+    def _unconfirmed(self, revision: int) -> None:
+        if self.unconfirmed_since is None:
+            self.unconfirmed_since = time.monotonic()
+            log.warning(
+                json.dumps(
+                    {
+                        "msg": "sync: no standby confirms; strict: writes answer 504",
+                        "component": self.name,
+                        "standby": self.standby,
+                        "revision": revision,
+                    }
+                )
+            )
+
+    async def _wait(self, revision: int, epoch: int) -> bool:
+        """Whether the standby applies `revision` of `epoch` within the timeout."""
+        if self.confirms(self.standby, revision, epoch):
             return True
-        w = _Waiter(revision, epoch, targets)
-        self._waiters.append(w)
+        w = _Waiter(revision, epoch)
+        self._waiters.add(w)
         try:
             async with asyncio.timeout(self.config.timeout):
                 await w.done
             return True
         except TimeoutError:
-            return any(self.confirms(s, revision, epoch) for s in targets)
+            return self.confirms(self.standby, revision, epoch)
         finally:
+            self._waiters.discard(w)
             if not w.done.done():
                 w.done.cancel()
 
@@ -329,57 +342,61 @@ class SyncAck:
         """A linearizable read of the record sent after `committed`: one in flight that was sent
         after it is shared. Raises `Unconfirmed` when it fails."""
         current = self._read
-        if current is None or current[0] < committed or current[1].done():
+        if current is None or current[0] <= committed or current[1].done():
             task = asyncio.ensure_future(self.state.read(timeout=self.config.timeout))
             current = self._read = (time.monotonic(), task)
         try:
-            return await asyncio.shield(current[1])
+            record = await asyncio.shield(current[1])
         except (EtcdError, TimeoutError) as exc:
             self.last_error = f"sync record: {exc}"
             raise Unconfirmed(
                 f"committed in {self.region}, but the global control etcd did not answer "
                 f"whether a standby is synchronous ({exc}): outcome unknown"
             ) from None
+        if record is not None and record.degraded:
+            self._degraded = (current[0], record)  # serves `_degrade` of earlier commits too
+        return record
 
-    async def _degrade(self, revision: int, epoch: int, targets: frozenset[str]) -> None:
-        """Record `sync: none` for this region's epoch before acknowledging a write no standby
-        confirmed (or find it recorded by a read sent now, after the commit)."""
+    async def _degrade(self, revision: int, epoch: int, committed: float) -> None:
+        """Record `sync: none` for this region's epoch before acknowledging a write the standby
+        did not confirm, or find it recorded by a read sent after the commit. One at a time: a
+        read or write that established `none` after this write committed serves it too."""
         async with self._degrade_lock:
+            done = self._degraded
+            if done is not None and done[0] > committed and done[1].names(epoch, self.region):
+                return
+            if self.confirms(self.standby, revision, epoch):
+                return
             try:
+                sent = time.monotonic()
                 current = await self.state.read(timeout=self.config.timeout)
                 for _ in range(4):
-                    if any(
-                        self.confirms(s, revision, epoch) for s in self._targets(current, epoch)
-                    ):
-                        return
                     if current is not None and (
                         current.epoch > epoch
                         or (current.epoch == epoch and current.region != self.region)
                     ):
                         raise Unconfirmed(
                             f"epoch {current.epoch} ({current.region}) has begun: this write "
-                            f"committed in {self.region} but no standby confirmed it"
+                            f"committed in {self.region} but its standby did not confirm it"
                         )
                     if (
                         current is not None
                         and current.names(epoch, self.region)
                         and current.degraded
                     ):
+                        self._degraded = (sent, current)
                         return
-                    who = (
-                        (current.standby or current.pending)
-                        if current is not None and current.names(epoch, self.region)
-                        else ", ".join(sorted(targets))
-                    )
                     new = SyncRecord.none(
                         epoch,
                         self.region,
                         by=self.name,
-                        reason=f"{who} did not confirm revision {revision} within "
+                        reason=f"{self.standby} did not confirm revision {revision} within "
                         f"{self.config.timeout * 1000:.0f} ms",
                     )
-                    ok, current = await self.state.swap(current, new, timeout=self.config.timeout)
-                    if ok:
+                    sent = time.monotonic()
+                    ok, now = await self.state.swap(current, new, timeout=self.config.timeout)
+                    if ok and now is not None:
+                        self._degraded = (sent, now)
                         self.metrics.changes.labels("none").inc()
                         log.warning(
                             json.dumps(
@@ -392,16 +409,19 @@ class SyncAck:
                             )
                         )
                         return
+                    current = now
+                    if self.confirms(self.standby, revision, epoch):
+                        return
             except (EtcdError, TimeoutError) as exc:
                 self.last_error = f"sync record: {exc}"
                 raise Unconfirmed(
-                    f"committed in {self.region} at revision {revision}; no synchronous standby "
-                    f"confirmed it and `sync: none` could not be recorded ({exc}): outcome "
-                    "unknown"
+                    f"committed in {self.region} at revision {revision}; its synchronous "
+                    f"standby did not confirm it and `sync: none` could not be recorded ({exc}): "
+                    "outcome unknown"
                 ) from None
             raise Unconfirmed(f"the sync record kept changing while degrading revision {revision}")
 
-    # ---- the controller leader: making a standby synchronous again ---------------------------
+    # ---- the controller leader: making the standby synchronous again -----------------------
 
     async def keep(
         self,
@@ -411,28 +431,31 @@ class SyncAck:
         every: float = KEEP_EVERY,
     ) -> None:
         """While `epoch()` gives this region's writable epoch (None: not leading or not
-        writable), make a caught-up standby synchronous whenever none is (the three steps of
-        `haplane.store.sync_state`). Runs forever."""
+        writable), make the standby synchronous whenever it is not and has caught up (the
+        three steps of `haplane.store.sync_state`). Runs until cancelled."""
         backoff_until = 0.0
         while True:
             await asyncio.sleep(every)
             e = epoch()
-            if e is None or time.monotonic() < backoff_until:
+            now = time.monotonic()
+            if e is None or now < max(backoff_until, self._hold_until):
                 continue
             try:
                 if not await self._make_synchronous(e, head_revision):
                     backoff_until = time.monotonic() + 1.0
-            except (EtcdError, TimeoutError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an etcd outage here or there: try again later
                 self.last_error = f"keeping sync: {exc}"
                 backoff_until = time.monotonic() + 1.0
-            except Exception:
-                log.exception("sync keeper failed")
-                backoff_until = time.monotonic() + 1.0
+                if time.monotonic() - self._logged_error_at > 30:
+                    self._logged_error_at = time.monotonic()
+                    log.warning(json.dumps({"msg": "sync keeper", "error": repr(exc)}))
 
     async def _make_synchronous(
         self, epoch: int, head_revision: Callable[[], Awaitable[int]]
     ) -> bool:
-        """One pass; False when a candidate did not make it (back off)."""
+        """One pass; False when the standby did not make it (back off)."""
         record = await self.state.read(timeout=1.0)
         if record is not None and (
             record.epoch > epoch or (record.epoch == epoch and record.region != self.region)
@@ -440,13 +463,22 @@ class SyncAck:
             return True  # not ours to keep
         if record is not None and record.names(epoch, self.region) and record.standby is not None:
             return True
-        candidates = self._candidates(epoch)
-        if not candidates:
+        x = self.standby
+        if self._promoted_at is not None:
+            # it was synchronous and degraded again: hold off, longer each time it happens soon
+            # after a promotion (a standby too slow for the timeout would stall writes by
+            # `timeout` at every round)
+            soon = time.monotonic() - self._promoted_at < 10.0
+            self._flap = min(30.0, max(1.0, self._flap * 2)) if soon else 0.0
+            self._promoted_at = None
+            if self._flap:
+                self._hold_until = time.monotonic() + self._flap
+                return True
+        if not self._streaming(x, epoch):
             return True
         # first, without changing anything: a standby that cannot apply the head now (paused,
         # cut off, far behind) would only make writes wait for it and then cancel it
-        x = await self._caught_up(candidates, epoch, await head_revision())
-        if x is None:
+        if not await self._wait(await head_revision(), epoch):
             return False
         pending = SyncRecord.catching_up(
             epoch, self.region, x, by=self.name, reason=f"{x} is catching up to be synchronous"
@@ -456,7 +488,7 @@ class SyncAck:
             return False
         head = await head_revision()
         deadline = time.monotonic() + CATCH_UP_LIMIT
-        while not self.confirms(x, head, epoch):
+        while not await self._wait(head, epoch):
             if time.monotonic() > deadline:
                 cancel = SyncRecord.none(
                     epoch,
@@ -466,16 +498,12 @@ class SyncAck:
                 )
                 await self.state.swap(now, cancel, timeout=1.0)
                 return False
-            await self._wait(head, epoch, frozenset({x}))
         sync = SyncRecord.synchronous(
-            epoch,
-            self.region,
-            x,
-            by=self.name,
-            reason=f"{x} applied every revision up to {head}",
+            epoch, self.region, x, by=self.name, reason=f"{x} applied every revision up to {head}"
         )
         ok, _ = await self.state.swap(now, sync, timeout=1.0)
         if ok:
+            self._promoted_at = time.monotonic()
             self.metrics.changes.labels("synchronous").inc()
             log.info(
                 json.dumps(
@@ -490,34 +518,21 @@ class SyncAck:
             )
         return ok
 
-    async def _caught_up(self, candidates: Sequence[str], epoch: int, head: int) -> str | None:
-        """The first of `candidates` to apply `head` within `timeout` (None: none did)."""
-        for x in candidates:
-            if self.confirms(x, head, epoch):
-                return x
-        if await self._wait(head, epoch, frozenset(candidates)):
-            return next((x for x in candidates if self.confirms(x, head, epoch)), None)
-        return None
-
-    def _candidates(self, epoch: int) -> Sequence[str]:
-        """Standbys following this region in `epoch` while streaming, in preference order."""
-        out = []
-        for s in self.config.standbys:
-            a = self.applied.get(s)
-            if (
-                a is not None
-                and a.source == self.region
-                and a.epoch == epoch
-                and a.state == "streaming"
-                and a.cluster_id == self.cluster_id()
-            ):
-                out.append(s)
-        return out
+    def _streaming(self, standby: str, epoch: int) -> bool:
+        """Does `standby` follow this region in `epoch`, streaming?"""
+        a = self.applied.get(standby)
+        return (
+            a is not None
+            and a.source == self.region
+            and a.epoch == epoch
+            and a.state == "streaming"
+            and a.cluster_id == self.cluster_id()
+        )
 
     def status(self) -> dict[str, object]:
         rec = self.record
         return {
-            "standbys": list(self.config.standbys),
+            "standby": self.standby,
             "timeoutMs": round(self.config.timeout * 1000),
             "strict": self.config.strict,
             "record": rec.as_dict() if rec else None,
@@ -527,5 +542,6 @@ class SyncAck:
                 for s, a in self.applied.items()
             },
             "confirming": self.unconfirmed_since is None,
+            "waiting": len(self._waiters),
             "lastError": self.last_error,
         }

@@ -21,6 +21,7 @@ from .etcd_client import Compare, EtcdClient, KeyValue, Op
 from .fence_key import FenceChanged, FenceRead, FenceValue, RegionFence, RegionFences
 from .global_state import ActiveRegion, Cut, GlobalState, StaleEpoch
 from .replication_keys import APPLIED_KEY, CUT_KEY, AppliedRecord
+from .sync_state import SyncRecord
 
 
 async def read_applied(client: EtcdClient, *, timeout: float | None = None) -> AppliedRecord | None:
@@ -214,10 +215,13 @@ async def planned_switchover(
 
     `sync` (the pair replicates synchronously): step 4 commits E+1 fenced, with the sync
     record naming the old region synchronous (it has every write of E+1: none yet); step 5
-    runs; then E+1 is unfenced (no wait: the old region is frozen). So the reverse stream is
-    set up, and the new pair's sync state recorded, before the new region acknowledges
-    anything. An unfence that gets no answer is left to the failover controller (it unfences
-    a fenced epoch after its fence wait) and reported in `warnings`."""
+    runs; then E+1 is unfenced (no wait: the old region is frozen). The reverse stream is set
+    up, and the new pair's sync state recorded, before this unfences; were step 5 to take
+    longer than the fence wait, the failover controller may unfence first, which is safe
+    (writes wait for the old region's confirmation, or degrade). If step 5 fails (the old
+    region will be re-seeded), the record is set to `none` before the unfence, so a strict
+    pair does not refuse writes for the whole re-seed. An unfence that gets no answer is left
+    to the failover controller and reported in `warnings`."""
     old, epoch = before.region, before.epoch
     old_fence, new_fence = fences[old], fences[to]
     want = FenceValue.standby(old, epoch)
@@ -357,6 +361,17 @@ async def planned_switchover(
             f"{old} could not be set to follow {to} from the cut ({exc}); it is re-seeded "
             "when it rejoins"
         )
+    if sync and not reversed_:
+        try:
+            named = await state.sync.read(timeout=timeout)
+            if named is not None and named.names(record.epoch, to) and named.standby == old:
+                await state.sync.swap(
+                    named,
+                    SyncRecord.none(record.epoch, to, by=by, reason=f"{old} could not follow {to}"),
+                    timeout=timeout,
+                )
+        except EtcdError as exc:
+            warnings.append(f"the sync record still names {old} synchronous ({exc})")
     if sync and not record.writable:
         try:
             record = await state.unfence(record.epoch)

@@ -35,7 +35,6 @@ import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from .errors import EtcdError
 from .etcd_client import Compare, EtcdClient, KeyValue, Op
 
 
@@ -92,7 +91,9 @@ class SyncRecord:
                 revision=kv.mod_revision,
             )
         except (ValueError, KeyError, TypeError) as exc:
-            raise EtcdError(f"malformed sync record at {kv.key!r}: {exc}") from exc
+            # names no region or epoch: read as no record of any epoch (acknowledgements and
+            # failover then follow `none`), while its revision still guards compare-and-swaps
+            return cls(0, "", reason=f"malformed sync record: {exc}", revision=kv.mod_revision)
 
     @classmethod
     def none(cls, epoch: int, region: str, *, by: str, reason: str) -> SyncRecord:

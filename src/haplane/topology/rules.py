@@ -48,8 +48,7 @@ RULES: dict[str, str] = {
     "replication-pair": "replication pairs join two different regions, once each (a pair "
     "replicates both ways: a->b and b->a are the same pair)",
     "replication-mode": "`syncTimeoutMs` and `strict` apply to `mode: Sync` pairs only; a "
-    "strict pair that is a region's only synchronous partner stops its writes while that "
-    "partner is down",
+    "region has at most one Sync pair; a strict pair stops writes while either region is down",
     "replicators": "a replicated region needs 2 or more replicators, in distinct zones",
     "unreplicated": "with two or more regions, every region is paired with another (else a "
     "failover to or from it hands clients none of the data)",
@@ -566,32 +565,41 @@ def _pair_mode(pair: Replication, path: str) -> list[Finding]:
 
 
 def _strict_alone(topo: Topology) -> list[Finding]:
-    """A strict pair that is the only synchronous partner of one of its regions: while that
-    partner is down, the region (when active) acknowledges no write at all."""
+    """Synchronous pairs: one per region at most (the acknowledgement trusts its one standby's
+    confirmation without asking the control etcd who is synchronous: with two candidates a
+    replica's stale view could acknowledge a write the promoted one lacks); and a strict pair
+    stops its regions' writes while the other is down."""
     out = []
     pairs = topo.spec.global_.replication
+    seen: dict[str, int] = {}
     for j, pair in enumerate(pairs):
-        if pair.mode != "Sync" or not pair.strict:
+        if pair.mode != "Sync":
             continue
-        for region, other in ((pair.from_, pair.to), (pair.to, pair.from_)):
-            partners = {
-                q.to if q.from_ == region else q.from_
-                for q in pairs
-                if q.mode == "Sync" and region in (q.from_, q.to)
-            } - {region}
-            if partners == {other}:
+        for region in dict.fromkeys((pair.from_, pair.to)):
+            if region in seen:
                 out.append(
-                    _warn(
+                    _err(
                         "replication-mode",
-                        f"spec.global.replication[{j}].strict",
-                        f"strict synchronous replication: while {other} is down, {region} "
-                        "(when active) answers every write with 504, and after an unplanned "
-                        f"failover to {region} writes wait until {other} has rejoined",
-                        "accept it (an RPO of zero over availability), pair another region "
-                        "synchronously, or set `strict: false` (degrade to `sync: none`)",
+                        f"spec.global.replication[{j}].mode",
+                        f"region {region!r} is already in a Sync pair "
+                        f"(spec.global.replication[{seen[region]}]): a region has at most one "
+                        "synchronous partner",
+                        "make this pair `mode: Async`",
                     )
                 )
-                break
+            seen.setdefault(region, j)
+        if pair.strict:
+            out.append(
+                _warn(
+                    "replication-mode",
+                    f"spec.global.replication[{j}].strict",
+                    f"strict synchronous replication: while one of {pair.from_} and {pair.to} "
+                    "is down, the other (when active) answers every write with 504, and after "
+                    "an unplanned failover writes wait until the lost region has rejoined",
+                    "accept it (an RPO of zero over availability), or set `strict: false` "
+                    "(degrade to `sync: none`)",
+                )
+            )
     return out
 
 
