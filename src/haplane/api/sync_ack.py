@@ -204,14 +204,7 @@ class SyncAck:
         """Has `standby` applied this region's `revision` of `epoch` (from this very cluster,
         while streaming: a resync's record names a revision not yet complete)?"""
         a = self.applied.get(standby)
-        return (
-            a is not None
-            and a.source == self.region
-            and a.epoch == epoch
-            and a.state == "streaming"
-            and a.cluster_id == self.cluster_id()
-            and a.revision >= revision
-        )
+        return a is not None and self._streaming(standby, epoch) and a.revision >= revision
 
     async def _follow_record(self) -> None:
         while True:
