@@ -34,7 +34,7 @@ The planned switchover's duration and client write gap are measured by `bench/dr
 
     .venv/bin/python bench/replication.py [--only lag|throughput|resync|sync|failover]
         [--seconds 10] [--throughput-keys 20000] [--resync-objects 100000]
-        [--failover-runs 5] [--json out.json]
+        [--failover-runs 5] [--sync-rounds 4] [--json out.json]
 """
 
 from __future__ import annotations
@@ -424,7 +424,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                             src_c, applied, args.throughput_keys
                         )
                     if args.only in (None, "sync"):
-                        out["sync"] = await bench_sync(src_c, dst_c, root, args.seconds)
+                        out["sync"] = await bench_sync(
+                            src_c, dst_c, root, args.seconds, args.sync_rounds
+                        )
                     watching.cancel()
             finally:
                 if proc is not None:
@@ -440,6 +442,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=["lag", "throughput", "resync", "sync", "failover"])
     ap.add_argument("--failover-runs", type=int, default=5)
+    ap.add_argument(
+        "--sync-rounds", type=int, default=4, help="alternating rounds of each mode (sync bench)"
+    )
     ap.add_argument("--seconds", type=float, default=10.0, help="per paced rate")
     ap.add_argument("--throughput-keys", type=int, default=20000)
     ap.add_argument("--resync-objects", type=int, default=100_000)

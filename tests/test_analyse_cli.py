@@ -30,6 +30,23 @@ def test_analyse_example_in_the_seeds_terms_and_as_json():
     assert ("global/etcd",) in lost
 
 
+def test_a_sync_pair_is_printed_as_losing_nothing(tmp_path: Path):
+    from haplane.topology import example_text
+
+    text = example_text("two-regions")
+    assert "mode: Async, maxLagMs: 2000}" in text
+    path = tmp_path / "sync.yaml"
+    path.write_text(text.replace("mode: Async, maxLagMs: 2000}", "mode: Sync}", 1))
+    r = run(str(path))
+    assert r.returncode == 0, r.stderr
+    assert "(data: none (sync))" in r.stdout and "replication lag" not in r.stdout
+    doc = json.loads(run(str(path), "--json").stdout)
+    losses = {g["outcome"]["dataLoss"] for g in doc["groups"] if g["outcome"]["failedOver"]}
+    assert losses == {"none-sync"}
+    r = run("--example", "two-regions")
+    assert "(data: replication lag (async))" in r.stdout
+
+
 def test_a_huge_enumeration_is_refused_with_a_way_out():
     r = run("--example", "two-regions", "--max-failures", "8")
     assert r.returncode == 2 and "--sample" in r.stderr and "failure sets" in r.stderr

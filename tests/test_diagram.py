@@ -68,6 +68,20 @@ def test_replication_is_drawn_from_the_active_region() -> None:
     assert ("eu-west/rep-1", cluster_node("eu-west")) in stores
 
 
+def test_the_replication_edge_is_labelled_with_the_pairs_mode() -> None:
+    from haplane.topology.diagram import edges
+
+    for text in (to_dot(TOPOLOGY), to_mermaid(TOPOLOGY)):
+        assert "async replication" in text
+    synchronous = TOPOLOGY.model_copy(deep=True)
+    object.__setattr__(synchronous.spec.global_.replication[0], "mode", "Sync")
+    assert [e.kind for e in edges(synchronous) if e.kind.startswith("replication")] == [
+        "replication-sync"
+    ]
+    for text in (to_dot(synchronous), to_mermaid(synchronous)):
+        assert "sync replication" in text and "async replication" not in text
+
+
 def test_no_failure_marks_nothing_down() -> None:
     dot = to_dot(TOPOLOGY)
     assert down_nodes(dot) == set()

@@ -192,6 +192,24 @@ def test_analyse_prints_data_loss_by_the_pairs_mode() -> None:
         assert losses == {value}
 
 
+def test_a_pairs_mode_holds_both_ways_round() -> None:
+    """A pair copies both ways: written from the standby to the active region it is the same
+    pair, and a failover across it reports the pair's mode."""
+
+    def reversed_pair(mode: str) -> Any:
+        def edit(data: dict[str, Any]) -> None:
+            data["spec"]["global"]["replication"] = [
+                {"from": "eu-central", "to": "eu-west", "mode": mode}
+            ]
+
+        return edit
+
+    for mode, value in (("Sync", "none-sync"), ("Async", "replication-lag")):
+        t = topo(reversed_pair(mode))
+        o = evaluate(t, fail(t, "site eu-west"))
+        assert (o.writes_region, o.data_loss) == ("eu-central", value)
+
+
 def test_a_lone_gate_behind_a_one_sided_cut_does_not_decide_alone() -> None:
     t = topo()
     # the witness cannot reach eu-west: its gate votes eu-west down, the other gate does not

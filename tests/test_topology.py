@@ -248,6 +248,37 @@ def test_sync_pair_settings_parse_and_one_sync_partner_per_region(good):
         build(bad)
 
 
+def test_sync_settings_parse_by_their_camel_case_names_and_are_refused_on_async_pairs(good):
+    data = copy.deepcopy(good)
+    data["spec"]["global"]["replication"][0].update(
+        {"mode": "Sync", "syncTimeoutMs": 200, "strict": True}
+    )
+    pair = build(data).spec.global_.replication[0]
+    assert (pair.mode, pair.sync_timeout_ms, pair.strict) == ("Sync", 200, True)
+    assert pair.model_dump(by_alias=True)["syncTimeoutMs"] == 200
+    # syncTimeoutMs on an Async pair: an error naming the field, the mode and the fix
+    bad = copy.deepcopy(good)
+    bad["spec"]["global"]["replication"][0]["syncTimeoutMs"] = 200
+    findings = [f for f in validate(build(bad)) if f.rule == "replication-mode"]
+    assert [(f.severity, f.path) for f in findings] == [
+        ("error", "spec.global.replication[0].syncTimeoutMs")
+    ]
+    assert "syncTimeoutMs" in findings[0].message and "Async" in findings[0].message
+    assert "mode: Sync" in findings[0].fix and "remove syncTimeoutMs" in findings[0].fix
+    # `strict: false` is what an Async pair does anyway
+    fine = copy.deepcopy(good)
+    fine["spec"]["global"]["replication"][0]["strict"] = False
+    assert "replication-mode" not in rules_hit(fine)
+    # a Sync pair written both ways round is still one pair, paired twice
+    twice = copy.deepcopy(data)
+    twice["spec"]["global"]["replication"].append(
+        {"from": "eu-central", "to": "eu-west", "mode": "Sync"}
+    )
+    pair_errors = [f for f in validate(build(twice)) if f.rule == "replication-pair"]
+    assert [f.path for f in pair_errors] == ["spec.global.replication[1]"]
+    assert "paired twice" in pair_errors[0].message
+
+
 def test_a_grant_just_above_margin_plus_window_is_accepted(good):
     data = copy.deepcopy(good)
     data["spec"]["global"].setdefault("failover", {}).update(

@@ -78,13 +78,15 @@ ComponentKind = Literal[
     "etcd member", "API replica", "balancer", "replicator", "control etcd member", "gate"
 ]
 DataLoss = Literal["none", "none-sync", "replication-lag", "unreplicated"]
-# how `analyse` prints each (JSON keeps the values above)
-DATA_LOSS_TEXT: dict[str, str] = {
+DATA_LOSS_TEXT: dict[DataLoss, str] = {
     "none": "none",
     "none-sync": "none (sync)",
     "replication-lag": "replication lag (async)",
     "unreplicated": "unreplicated",
 }
+"""How `analyse` prints each `DataLoss` in its table and summary ("none (sync)", "replication
+lag (async)"). `analyse --json` keeps the `DataLoss` values themselves (`outcome.dataLoss`), which
+stay stable for scripts."""
 Category = Literal["stops-writes", "unreachable", "fails-over", "degraded", "unaffected"]
 
 CATEGORY_ORDER: tuple[Category, ...] = (
@@ -272,13 +274,13 @@ class FailureModel:
         by_name = {r.name: i for i, r in enumerate(self.regions)}
         prio = [by_name[p] for p in dict.fromkeys(topology.region_priority()) if p in by_name]
         self.priority: list[int] = prio + [i for i in range(len(self.regions)) if i not in prio]
-        # a pair replicates both ways, from whichever region is active
-        self._replication = {(r.from_, r.to) for r in g.replication} | {
-            (r.to, r.from_) for r in g.replication
-        }
-        self._sync = {(r.from_, r.to) for r in g.replication if r.mode == "Sync"} | {
-            (r.to, r.from_) for r in g.replication if r.mode == "Sync"
-        }
+        # a pair replicates both ways, from whichever region is active: its mode is kept per
+        # unordered pair (a pair listed twice, a validate error, is Sync if either entry is)
+        self._pair_mode: dict[frozenset[str], Literal["Async", "Sync"]] = {}
+        for r in g.replication:
+            key = frozenset((r.from_, r.to))
+            if self._pair_mode.get(key) != "Sync":
+                self._pair_mode[key] = r.mode
         n_sites = len(self.sites)
         self._all_sites = (1 << n_sites) - 1
         self._conn_cache: dict[int, list[int]] = {0: [self._all_sites] * n_sites}
@@ -533,10 +535,12 @@ class FailureModel:
 
         data_loss: DataLoss = "none"
         if writes is not None and active is not None and writes != active:
-            pair = (self.regions[active].name, self.regions[writes].name)
-            if pair in self._sync:
+            mode = self._pair_mode.get(
+                frozenset((self.regions[active].name, self.regions[writes].name))
+            )
+            if mode == "Sync":
                 data_loss = "none-sync"
-            elif pair in self._replication:
+            elif mode == "Async":
                 data_loss = "replication-lag"
             else:
                 data_loss = "unreplicated"

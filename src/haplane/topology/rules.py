@@ -549,10 +549,13 @@ def _replication(topo: Topology) -> list[Finding]:
 
 
 def _pair_mode(pair: Replication, path: str) -> list[Finding]:
+    """`syncTimeoutMs` (any value) or `strict: true` on an Async pair: settings that would do
+    nothing, most likely a forgotten `mode: Sync`. An explicit `strict: false` is what Async
+    does anyway and passes."""
     out = []
     if pair.mode == "Async":
         for field, name in (("sync_timeout_ms", "syncTimeoutMs"), ("strict", "strict")):
-            if field in pair.model_fields_set:
+            if field in pair.model_fields_set and (field != "strict" or pair.strict):
                 out.append(
                     _err(
                         "replication-mode",
