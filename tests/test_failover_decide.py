@@ -388,3 +388,13 @@ def test_sync_none_falls_back_to_the_async_rules_and_says_data_may_be_lost() -> 
 def test_async_pairs_carry_no_sync_revision() -> None:
     d = decide(_three({"b": _rep("b", 100), "c": _rep("c", 120)}), THREE)
     assert d.action == "failover" and d.sync_revision is None
+
+
+def test_an_unreadable_sync_record_lets_only_the_synchronous_partner_be_promoted() -> None:
+    from haplane.store import KeyValue
+
+    bad = SyncRecord.from_kv(KeyValue(b"/sync", b"{garbage", 5, 5, 1, 0))
+    assert bad.unknown and bad.revision == 5
+    s = replace(SYNC, sync_pairs=(("a", "b"),))
+    d = decide(_sync(bad, {"b": _rep("b", 100), "c": _rep("c", 120)}), s)
+    assert (d.action, d.to, d.sync_revision) == ("failover", "b", 5)

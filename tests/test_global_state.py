@@ -185,6 +185,13 @@ async def test_a_switch_keeps_no_sync_record_unless_sync_mode_asks_for_one(state
     assert now is not None and (now.epoch, now.region, now.standby) == (3, "a", None)
 
 
+async def test_a_switch_in_sync_mode_creates_the_record_where_none_exists(state):
+    await state.initialize("a", by="t", reason="t", fresh=True)
+    await state.switch("b", expected_epoch=1, by="c", reason="t", sync_mode=True)
+    now = await state.sync.read()
+    assert now is not None and now.names(2, "b") and now.degraded
+
+
 async def test_a_malformed_sync_record_reads_as_none_of_no_epoch(state):
     await state.sync.client.put(state.sync.key, b"{not json")
     rec = await state.sync.read()

@@ -181,6 +181,7 @@ async def test_non_strict_degrades_to_none_before_acknowledging_and_resumes_sync
         for i in range(3):
             assert await asyncio.to_thread(s.create, f"again-{i}") == 201
             assert await s.in_standby(f"again-{i}")
+        assert await s.in_standby("degraded-4")  # nothing acknowledged under none was skipped
         status, _, body = s.api.request("GET", "/fencez")
         assert status == 200 and body["sync"]["record"]["standby"] == "dst"
         _, _, metrics = s.api.request("GET", "/metrics")
@@ -207,6 +208,11 @@ async def test_strict_answers_504_while_no_standby_confirms(
         assert code == 200  # committed locally: visible here, which proves nothing elsewhere
         code, _, _ = await asyncio.to_thread(s.api.request, "PUT", path, obj)
         assert code == 504
+        code, _, again = await asyncio.to_thread(s.api.request, "GET", path)
+        rv = again["metadata"]["resourceVersion"]
+        assert rv == obj["metadata"]["resourceVersion"]  # it was a no-op: nothing written
+        # retried as a create: not 409 AlreadyExists (which clients take for success) either
+        assert await asyncio.to_thread(s.create, "paused-1") == 504
         s.resume()
         deadline = time.monotonic() + 20
         while await asyncio.to_thread(s.create, f"after-{int(time.monotonic() * 1000)}") != 201:
@@ -333,6 +339,16 @@ async def test_non_strict_degrades_before_acknowledging_and_epochs_do_not_mix(
         assert after is not None and after.names(1, "src") and after.degraded
         assert "did not confirm revision 101" in after.reason
         assert ack._waiters == set()
+        # made synchronous again, then a write the standby does not confirm: degraded anew
+        # (the `none` found before this write committed does not serve it)
+        ok, again = await state.swap(
+            after, SyncRecord.synchronous(1, "src", "dst", by="t", reason="t")
+        )
+        assert ok and again is not None
+        await record_seen(ack, lambda r: r is not None and r.standby == "dst")
+        await ack.acknowledge(104, 1, time.monotonic())
+        after = await state.read()
+        assert after is not None and after.degraded and "revision 104" in after.reason
         # a newer epoch recorded (the controller promoted elsewhere): this epoch's write that
         # no standby confirmed is never acknowledged, and the new record is left as it is
         ok, newer = await state.swap(after, SyncRecord.none(2, "dst", by="t", reason="t"))

@@ -277,6 +277,10 @@ def test_sync_settings_parse_by_their_camel_case_names_and_are_refused_on_async_
     pair_errors = [f for f in validate(build(twice)) if f.rule == "replication-pair"]
     assert [f.path for f in pair_errors] == ["spec.global.replication[1]"]
     assert "paired twice" in pair_errors[0].message
+    # ... and only that: not also "already in a Sync pair" for each of its regions
+    assert not [
+        f for f in validate(build(twice)) if f.rule == "replication-mode" and f.severity == "error"
+    ]
 
 
 def test_a_grant_just_above_margin_plus_window_is_accepted(good):

@@ -777,7 +777,7 @@ class GenericStore:
             return new
 
         try:
-            result = await self.storage.guaranteed_update(key, update)
+            result = await self.storage.guaranteed_update(key, update, confirm=not dry_run)
         except storage.StorageError as exc:
             raise self._translate(exc, name) from exc
         if dry_run and preview:
@@ -853,7 +853,9 @@ class GenericStore:
             return marked
 
         try:
-            result = await self.storage.guaranteed_update(self._key(namespace, name), decide)
+            result = await self.storage.guaranteed_update(
+                self._key(namespace, name), decide, confirm=not dry_run
+            )
         except storage.StorageError as exc:
             raise self._translate(exc, name) from exc
         return DeleteResult(self._stamp(result), deleted=outcome[0])

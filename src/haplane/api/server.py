@@ -284,7 +284,7 @@ class ApiServer:
         self._spawn(self._heartbeat(), "heartbeat")
         if self.sync is not None:
             self._spawn(
-                self.sync.keep(epoch=self._leading_epoch, head_revision=store.current_revision),
+                self.sync.keep(epoch=self._writable_epoch, head_revision=store.current_revision),
                 "sync keeper",
             )
         # aiohttp's low-level server with the filter chain composed once: an Application's
@@ -571,10 +571,12 @@ class ApiServer:
             with contextlib.suppress(StatusError, StorageError):
                 await storage.put_raw(HEARTBEAT_KEY, beat.to_json())
 
-    def _leading_epoch(self) -> int | None:
-        """The epoch this replica keeps the sync record for: while it leads the lifecycle
-        controllers of the writable region; None otherwise."""
-        if self.elector is None or not self.elector.is_leader or not self._may_write():
+    def _writable_epoch(self) -> int | None:
+        """The epoch this replica keeps the sync record for: while its region is writable;
+        None otherwise. Every replica of the region does (each step is a compare-and-swap):
+        not only the controllers' leader, whose election needs `kube-system`, whose creation
+        a strict pair acknowledges only once a standby is synchronous."""
+        if not self._may_write():
             return None
         return self.fence.epoch
 

@@ -279,6 +279,7 @@ class Storage(Protocol):
         update: Callable[[Obj], Awaitable[UpdateResult]],
         *,
         expected_revision: int | None = None,
+        confirm: bool = True,
     ) -> Obj: ...
     def watch(
         self, prefix: str, *, revision: int | None, tick: float | None = None
@@ -429,20 +430,22 @@ class EtcdStorage:
             self.journal(key, r.revision, epoch, sent, time.time())
         return r
 
-    async def _confirm_stored(self, key: str, kv: KeyValue) -> None:
-        """An update that changes nothing answers with what is stored: in sync mode only once
-        the standby has that (a write answered 504 and retried unchanged must not get a
-        success its standby lacks). Nothing to confirm where this region may not write."""
+    async def _confirm(self, key: str, revision: int) -> None:
+        """Sync mode: a write answered from what is stored rather than by a new revision (an
+        update that changes nothing, a create that finds the object, a delete or update that
+        finds none) answers only once the standby applied `revision`, the state it reports:
+        a write answered 504 and retried must not get a success (or a 409 or 404 a client
+        takes for one) its standby lacks. Refused (503) where this region may not write."""
         if self.acknowledge is None or not replicated(key.encode()):
             return
         epoch = self.versions.epoch
         if self.fence is not None:
             try:
                 epoch = self.fence.permit().epoch
-            except Fenced:
-                return
+            except Fenced as exc:
+                raise WriteFenced(str(exc), exc.active) from None
         try:
-            await self.acknowledge(kv.mod_revision, epoch, time.monotonic())
+            await self.acknowledge(revision, epoch, time.monotonic())
         except Unconfirmed as exc:
             raise Unreplicated(str(exc)) from None
 
@@ -547,6 +550,7 @@ class EtcdStorage:
         if not r.succeeded:
             if not r.results[0]:
                 raise GuardChanged(f"{guard[0] if guard else '?'} changed since it was read")
+            await self._confirm(key, r.results[0][0].mod_revision)
             raise KeyExists(f"{key} exists", self._decode(r.results[0][0]))
         if exact and isinstance(obj.get("metadata"), dict):
             # what decoding `plain` would give, without decoding it (the caller hands `obj`
@@ -597,11 +601,17 @@ class EtcdStorage:
         update: Callable[[Obj], Awaitable[UpdateResult]],
         *,
         expected_revision: int | None = None,
+        confirm: bool = True,
     ) -> Obj:
+        """`confirm=False` (dry runs): answers from what is stored without the sync-mode
+        confirmation (nothing is written, nothing acknowledged)."""
         k = key.encode()
-        kv = await _call(self.client.get(k), self._observer("get"))
+        kvs, read_rev = await _call(self.client.range(k), self._observer("get"))
+        kv = kvs[0] if kvs else None
         while True:
             if kv is None:
+                if confirm:
+                    await self._confirm(key, read_rev)
                 raise KeyNotFound(key)
             if expected_revision is not None and kv.mod_revision != expected_revision:
                 raise Conflict(
@@ -611,7 +621,8 @@ class EtcdStorage:
             current = self._decode(kv)
             new = await update(current)
             if new is None:
-                await self._confirm_stored(key, kv)
+                if confirm:
+                    await self._confirm(key, kv.mod_revision)
                 return current
             if isinstance(new, _DeleteObject):
                 r = await self._write(
@@ -624,11 +635,13 @@ class EtcdStorage:
                 if r.succeeded:
                     return self._decode(kv, revision=r.revision)
                 kv = r.results[0][0] if r.results[0] else None
+                read_rev = r.revision
                 continue
             plain, data, _ = self._encode(key, new)
             stored = self.transformer.from_storage(kv.value, k)
             if plain == stored or plain == _reencoded(stored):
-                await self._confirm_stored(key, kv)
+                if confirm:
+                    await self._confirm(key, kv.mod_revision)
                 return current  # no change: no write, no new revision (as Kubernetes)
             r = await self._write(
                 key,
@@ -640,6 +653,7 @@ class EtcdStorage:
             if r.succeeded:
                 return self._with_version(plain, r.revision)
             kv = r.results[0][0] if r.results[0] else None  # lost the race: retry on fresh state
+            read_rev = r.revision
 
     def watch(
         self, prefix: str, *, revision: int | None, tick: float | None = None

@@ -6,7 +6,8 @@ that standby region's etcd by watching it (a cross-region read: an acknowledgeme
 into its own region's etcd, where it would itself be a revision to acknowledge), and reads and
 compare-and-swaps the sync record in the global control etcd (`haplane.store.sync_state`, whose
 docstring gives the rules and why they lose nothing). Touches nothing else; `EtcdStorage` calls
-`acknowledge` after each committed write, the controller leader runs `keep`.
+`acknowledge` after each committed write, and every replica of the writable region runs
+`keep` (its steps are compare-and-swaps: concurrent keepers only cost a retry).
 
 A region has one synchronous standby at most (`haplane validate` refuses two): the only region
 the record can ever name for it, so its confirmation is trusted whatever a replica's (possibly
@@ -19,7 +20,7 @@ permit):
   after R committed must still say `none` (reads are shared by the writes they follow);
 - strict: only while the record names the standby synchronous for E, and on its confirmation;
   otherwise 504 (`Unconfirmed`: committed locally, its durability elsewhere unknown), until
-  the controller leader made it synchronous again.
+  a keeper made it synchronous again.
 A read or write of the control etcd that fails leaves the write unacknowledged (504).
 """
 
@@ -46,7 +47,7 @@ from haplane.store.sync_state import describe
 
 log = logging.getLogger("haplane.api.sync")
 
-KEEP_EVERY = 0.2  # seconds between the controller leader's looks at the sync record
+KEEP_EVERY = 0.2  # seconds between a keeper's looks at the sync record
 CATCH_UP_LIMIT = 3.0  # how long a standby being made synchronous may take to apply the head
 
 
@@ -269,7 +270,12 @@ class SyncAck:
         if record is not None and record.names(epoch, self.region) and record.degraded:
             # degraded: no wait, once a read sent after the commit still says so (a standby
             # being made synchronous meanwhile must have the write: see sync_state)
-            fresh = await self._read_after(committed)
+            try:
+                fresh = await self._read_after(committed)
+            except Unconfirmed:  # the control etcd does not answer: the standby still may
+                if await self._wait(revision, epoch):
+                    return "confirmed"
+                raise
             if fresh is not None and fresh.names(epoch, self.region) and fresh.degraded:
                 return "degraded"
         if await self._wait(revision, epoch):
@@ -283,7 +289,7 @@ class SyncAck:
         """Strict: only while the record names the standby synchronous for this epoch (it
         never stops naming it within the epoch: strict replicas never degrade, the keeper
         acts only on `none`), and only on its confirmation; 504 otherwise."""
-        if record is None or not record.names(epoch, self.region) or record.standby is None:
+        if record is None or not record.names(epoch, self.region) or record.standby != self.standby:
             self._unconfirmed(revision)
             raise Unconfirmed(
                 f"committed in {self.region} at revision {revision}, but no standby is "
@@ -414,7 +420,7 @@ class SyncAck:
                 ) from None
             raise Unconfirmed(f"the sync record kept changing while degrading revision {revision}")
 
-    # ---- the controller leader: making the standby synchronous again -----------------------
+    # ---- the keeper (every replica of the writable region): the standby synchronous again ---
 
     async def keep(
         self,
@@ -449,12 +455,21 @@ class SyncAck:
         self, epoch: int, head_revision: Callable[[], Awaitable[int]]
     ) -> bool:
         """One pass; False when the standby did not make it (back off)."""
+        seen = self.record  # every replica keeps: no read while its view says all is well
+        if seen is not None and seen.names(epoch, self.region) and seen.standby == self.standby:
+            return True
         record = await self.state.read(timeout=1.0)
         if record is not None and (
             record.epoch > epoch or (record.epoch == epoch and record.region != self.region)
         ):
             return True  # not ours to keep
-        if record is not None and record.names(epoch, self.region) and record.standby is not None:
+        # (a record naming another region, no longer this one's partner after a topology
+        # change, is made right by the same three steps)
+        if (
+            record is not None
+            and record.names(epoch, self.region)
+            and record.standby == self.standby
+        ):
             return True
         x = self.standby
         if self._promoted_at is not None:

@@ -285,8 +285,11 @@ class CachedStorage:
         update: Callable[[Obj], Awaitable[storage.UpdateResult]],
         *,
         expected_revision: int | None = None,
+        confirm: bool = True,
     ) -> Obj:
-        return await self.inner.guaranteed_update(key, update, expected_revision=expected_revision)
+        return await self.inner.guaranteed_update(
+            key, update, expected_revision=expected_revision, confirm=confirm
+        )
 
     async def current_revision(self) -> int:
         return await self.inner.current_revision()

@@ -511,6 +511,7 @@ class FailoverController:
                         reason=d.reason,
                         replication={d.to: rep.as_dict()} if rep is not None else None,
                         sync_revision=d.sync_revision,
+                        sync_mode=self.settings.decision.synchronous(active.region),
                     )
                     committed = time.monotonic()  # the commit is behind us
                     self._fenced_seen[record.epoch] = committed

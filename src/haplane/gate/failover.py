@@ -278,8 +278,13 @@ def _choose(
     if settings.synchronous(active) and snapshot.active is not None:
         rec = snapshot.sync
         epoch = snapshot.active.epoch
-        if rec is not None and rec.names(epoch, active) and rec.standby is not None:
-            s = rec.standby
+        standby = rec.standby if rec is not None and rec.names(epoch, active) else None
+        if rec is not None and rec.unknown:
+            # unreadable: it may have named the partner; a region has one Sync partner at most
+            standby = next((x if y == active else y for x, y in settings.sync_pairs
+                            if active in (x, y)), None)  # fmt: skip
+        if standby is not None:
+            s = standby
             rep = snapshot.replication.get(s)
             if s not in candidates:
                 return None, (

@@ -180,14 +180,12 @@ async def switch(
         await _suspend_failback(state, who, to, result)
         return result
     sync_warning = None
-    sync_revision: int | None = None
+    sync_mode = any(
+        r.mode == "Sync" and before.region in (r.from_, r.to)
+        for r in topology.spec.global_.replication
+    )  # the new epoch's record is written even where none existed yet
     with contextlib.suppress(EtcdError):
         sync = await state.sync.read(timeout=1.0)
-        if any(
-            r.mode == "Sync" and before.region in (r.from_, r.to)
-            for r in topology.spec.global_.replication
-        ):  # the new epoch's record is written even where none existed yet
-            sync_revision = sync.revision if sync is not None else 0
         if sync is not None and sync.names(before.epoch, before.region) and sync.standby != to:
             sync_warning = (
                 f"{sync.standby} was the synchronous standby of {before.region}, not {to}: "
@@ -198,7 +196,7 @@ async def switch(
             )
     try:
         after = await state.switch(
-            to, expected_epoch=epoch, by=who, reason=reason, sync_revision=sync_revision
+            to, expected_epoch=epoch, by=who, reason=reason, sync_mode=sync_mode
         )
     except StaleEpoch as exc:
         raise FailoverError(f"refused: {exc}; look again with `haplane status`") from exc

@@ -223,6 +223,7 @@ class GlobalState:
         sync_standby: str | None = None,
         sync_revision: int | None = None,
         sync_reason: str = "",
+        sync_mode: bool = False,
     ) -> ActiveRegion:
         """Make `to` active under epoch `expected_epoch + 1`, fenced (`writable: false`), only
         if the epoch is still `expected_epoch`; otherwise `StaleEpoch` (nothing written). The
@@ -233,8 +234,9 @@ class GlobalState:
         frozen (`switchover.freeze_with_cut_marker`): no write can commit there any more, so
         no grant needs to run out first.
 
-        The sync record (`haplane.store.sync_state`), when one exists or `sync_standby` is
-        given, is replaced in the same transaction by the new epoch's: `sync_standby`
+        The sync record (`haplane.store.sync_state`), when one exists, `sync_standby` is
+        given or `sync_mode` says the old region replicates synchronously (then also where
+        none exists yet), is replaced in the same transaction by the new epoch's: `sync_standby`
         synchronous (a planned switchover's old region, which has every write of the new
         epoch: none yet), or `none`. The transaction compares the record's mod revision with
         `sync_revision` (the record the caller decided on; `StaleEpoch` when it changed) or,
@@ -276,7 +278,12 @@ class GlobalState:
             Op("put", self.active_key, record.to_json()),
             Op("put", self._history_key(record.epoch), record.to_json()),
         ]
-        if sync_now is not None or sync_standby is not None or sync_revision is not None:
+        if (
+            sync_now is not None
+            or sync_standby is not None
+            or sync_revision is not None
+            or (sync_mode)
+        ):
             expected = (
                 sync_revision
                 if sync_revision is not None

@@ -219,9 +219,10 @@ async def planned_switchover(
     up, and the new pair's sync state recorded, before this unfences; were step 5 to take
     longer than the fence wait, the failover controller may unfence first, which is safe
     (writes wait for the old region's confirmation, or degrade). If step 5 fails (the old
-    region will be re-seeded), the record is set to `none` before the unfence, so a strict
-    pair does not refuse writes for the whole re-seed. An unfence that gets no answer is left
-    to the failover controller and reported in `warnings`."""
+    region will be re-seeded), the record is set to `none` before the unfence: a non-strict
+    pair then acknowledges without waiting for a region that cannot confirm (a strict one
+    answers 504 either way until the re-seeded region is synchronous again). An unfence that
+    gets no answer is left to the failover controller and reported in `warnings`."""
     old, epoch = before.region, before.epoch
     old_fence, new_fence = fences[old], fences[to]
     want = FenceValue.standby(old, epoch)
@@ -316,6 +317,7 @@ async def planned_switchover(
             replication={to: reports[to].as_dict()} if to in reports else None,
             sync_standby=old if sync else None,
             sync_reason=f"planned switchover: {old} follows {to} from the cut",
+            sync_mode=sync,
         )
     except (StaleEpoch, EtcdError) as exc:
         lost_answer = await _committed(state, to, epoch + 1, timeout)
@@ -365,11 +367,13 @@ async def planned_switchover(
         try:
             named = await state.sync.read(timeout=timeout)
             if named is not None and named.names(record.epoch, to) and named.standby == old:
-                await state.sync.swap(
+                done, _ = await state.sync.swap(
                     named,
                     SyncRecord.none(record.epoch, to, by=by, reason=f"{old} could not follow {to}"),
                     timeout=timeout,
                 )
+                if not done:
+                    warnings.append(f"the sync record changed before it could say none: {old}")
         except EtcdError as exc:
             warnings.append(f"the sync record still names {old} synchronous ({exc})")
     if sync and not record.writable:

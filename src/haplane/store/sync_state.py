@@ -2,8 +2,8 @@
 
 Layer: store. One key, `<prefix>sync` (beside `active`), as Patroni keeps `/sync`: which standby
 region is synchronous for the active region's epoch. Written by the API replicas of the active
-region (degrading to `none`), its controller leader (making a standby synchronous again) and
-whoever commits a new epoch (`GlobalState.switch`, which writes the new epoch's record in the
+region (degrading to `none`, and making the standby synchronous again) and whoever commits a
+new epoch (`GlobalState.switch`, which writes the new epoch's record in the
 same transaction and compares the one its decision read). Knows nothing of HTTP or processes.
 
 `{"epoch", "region", "standby", "pending", "since", "by", "reason"}`:
@@ -19,11 +19,11 @@ one compare-and-swap on this key's mod revision, so they are ordered by the cont
    it (a) read, after R committed, a record of its epoch saying `none` without `pending`, or
    (b) wrote such a record itself. A failed read or write: the write is not acknowledged
    (504, outcome unknown).
-2. The controller leader makes standby X synchronous in three steps: write `pending: X`; read
-   its own region's head revision H (after that write); once X applied H, write
-   `standby: X` comparing the first write's mod revision. A write acknowledged under `none`
-   was committed before a read that saw no `pending` (rule 1a), hence before step 1, hence at
-   or below H: X has it.
+2. A replica of the active region (a keeper) makes standby X synchronous in three steps:
+   write `pending: X`; read its own region's head revision H (after that write); once X
+   applied H, write `standby: X` comparing the first write's mod revision. A write
+   acknowledged under `none` was committed before a read that saw no `pending` (rule 1a),
+   hence before step 1, hence at or below H: X has it.
 3. A promotion compares the mod revision of the record it decided on, and writes the new
    epoch's record: a replica of the old epoch that degrades afterwards fails its
    compare-and-swap and answers 504.
@@ -58,6 +58,11 @@ class SyncRecord:
         return self.epoch == epoch and self.region == region
 
     @property
+    def unknown(self) -> bool:
+        """A malformed record: who was synchronous cannot be told."""
+        return self.epoch == 0 and not self.region
+
+    @property
     def degraded(self) -> bool:
         """`sync: none` with no standby being made synchronous: acknowledgements need none."""
         return self.standby is None and self.pending is None
@@ -80,19 +85,23 @@ class SyncRecord:
     def from_kv(cls, kv: KeyValue) -> SyncRecord:
         try:
             d = json.loads(kv.value)
+            standby, pending = d.get("standby"), d.get("pending")
+            if not all(v is None or isinstance(v, str) for v in (standby, pending)):
+                raise TypeError(f"standby {standby!r} / pending {pending!r} are not region names")
             return cls(
                 epoch=int(d["epoch"]),
                 region=str(d["region"]),
-                standby=d.get("standby"),
-                pending=d.get("pending"),
+                standby=standby,
+                pending=pending,
                 since=str(d.get("since", "")),
                 by=str(d.get("by", "")),
                 reason=str(d.get("reason", "")),
                 revision=kv.mod_revision,
             )
         except (ValueError, KeyError, TypeError) as exc:
-            # names no region or epoch: read as no record of any epoch (acknowledgements and
-            # failover then follow `none`), while its revision still guards compare-and-swaps
+            # names no region or epoch (`unknown`): acknowledgements follow `none` (a replica
+            # degrading replaces it), failover promotes only the synchronous partner, and its
+            # revision still guards compare-and-swaps
             return cls(0, "", reason=f"malformed sync record: {exc}", revision=kv.mod_revision)
 
     @classmethod
@@ -116,6 +125,8 @@ def describe(record: SyncRecord | None) -> str:
     """One line for status output and logs."""
     if record is None:
         return "no sync record"
+    if record.unknown:
+        return record.reason
     if record.standby is not None:
         return f"{record.standby} is synchronous for {record.region} (epoch {record.epoch})"
     if record.pending is not None:

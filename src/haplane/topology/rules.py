@@ -575,9 +575,12 @@ def _strict_alone(topo: Topology) -> list[Finding]:
     out = []
     pairs = topo.spec.global_.replication
     seen: dict[str, int] = {}
+    pairs_seen: set[frozenset[str]] = set()
     for j, pair in enumerate(pairs):
-        if pair.mode != "Sync":
-            continue
+        key = frozenset((pair.from_, pair.to))
+        if pair.mode != "Sync" or key in pairs_seen:
+            continue  # a pair listed twice is the `replication-pair` rule's
+        pairs_seen.add(key)
         for region in dict.fromkeys((pair.from_, pair.to)):
             if region in seen:
                 out.append(
