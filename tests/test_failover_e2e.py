@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -25,47 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from haplane.local.gate_plans import resolve_all
-from haplane.local.netns import available
 from haplane.local.ports import PortRegistry
 from haplane.store import APPLIED_KEY, AppliedRecord, EtcdClient, replicated
 from haplane.topology import load_file
-from haplane.topology.loader import example_text
-from tests.topology_helpers import down_and_check, haplane, status, wait_for
+from tests.topology_helpers import drill, haplane, netns_example, status, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    why = available()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"partition drills cannot run here: {why}")
-        pytest.skip(why)
-    tmp = tmp_path_factory.mktemp("failover-e2e")
-    doc = yaml.safe_load(example_text("two-regions"))
-    # drills follow each other closely: a short hysteresis (the default is 10 s)
-    doc["spec"]["global"]["failover"]["minIntervalMs"] = 1000
-    path = tmp / "topology.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    root = tmp / "state"
-    haplane(root, "up", "-d", "--netns", str(path))
-    try:
+    with netns_example(tmp_path_factory.mktemp("failover-e2e")) as root:
         yield root
-    finally:
-        down_and_check(root)
-        assert not (root / "netns.json").exists(), "site network left behind"
-
-
-def drill(root: Path, scenario: str, *extra: str) -> dict[str, Any]:
-    r = haplane(root, "drill", scenario, "--json", *extra, check=False, timeout=180)
-    assert r.stdout, r.stderr
-    result: dict[str, Any] = json.loads(r.stdout)
-    result["_exit"], result["_stderr"] = r.returncode, r.stderr
-    return result
 
 
 def assert_safe(result: dict[str, Any]) -> None:

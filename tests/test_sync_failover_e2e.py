@@ -14,51 +14,27 @@ apart by `haplane drill`, every acknowledged write read back through the gate.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from haplane.local.netns import available
-from haplane.topology.loader import example_text
-from tests.topology_helpers import down_and_check, haplane, status, wait_for
+from tests.topology_helpers import drill, netns_example, status, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    why = available()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"partition drills cannot run here: {why}")
-        pytest.skip(why)
-    tmp = tmp_path_factory.mktemp("sync-e2e")
-    doc = yaml.safe_load(example_text("two-regions"))
-    doc["spec"]["global"]["failover"]["minIntervalMs"] = 1000
+def _synchronous(doc: dict[str, Any]) -> None:
     for pair in doc["spec"]["global"]["replication"]:
         pair["mode"] = "Sync"
         pair.pop("maxLagMs", None)
-    path = tmp / "topology.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    root = tmp / "state"
-    haplane(root, "up", "-d", "--netns", str(path))
-    try:
+
+
+@pytest.fixture(scope="module")
+def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with netns_example(tmp_path_factory.mktemp("sync-e2e"), _synchronous) as root:
         yield root
-    finally:
-        down_and_check(root)
-
-
-def drill(root: Path, scenario: str) -> dict[str, Any]:
-    r = haplane(root, "drill", scenario, "--json", check=False, timeout=180)
-    assert r.stdout, r.stderr
-    result: dict[str, Any] = json.loads(r.stdout)
-    result["_exit"], result["_stderr"] = r.returncode, r.stderr
-    return result
 
 
 def synchronous_standby(root: Path) -> str | None:

@@ -3,14 +3,22 @@ command line of an API replica fenced by a global control etcd."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
+import yaml
+
+from haplane.local.netns import available
+from haplane.topology.loader import example_text
 
 
 def haplane(
@@ -81,3 +89,40 @@ def fenced_replica_args(
     args = ["--global-etcd", ",".join(global_etcd), "--global-prefix", prefix.decode()]
     args += ["--fence-key", fence_key.decode()]
     return args + (["--write-log", str(write_log)] if write_log is not None else [])
+
+
+@contextlib.contextmanager
+def netns_example(
+    tmp: Path, edit: Callable[[dict[str, Any]], None] | None = None
+) -> Iterator[Path]:
+    """The two-regions example with every site in its own network namespace (`up --netns`),
+    drills' short hysteresis, `edit` applied to the document; stopped and checked at the end.
+    Skipped where namespaces cannot be made (failed under CI)."""
+    why = available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"partition drills cannot run here: {why}")
+        pytest.skip(why)
+    doc = yaml.safe_load(example_text("two-regions"))
+    # drills follow each other closely: a short hysteresis (the default is 10 s)
+    doc["spec"]["global"]["failover"]["minIntervalMs"] = 1000
+    if edit is not None:
+        edit(doc)
+    path = tmp / "topology.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    root = tmp / "state"
+    haplane(root, "up", "-d", "--netns", str(path))
+    try:
+        yield root
+    finally:
+        down_and_check(root)
+        assert not (root / "netns.json").exists(), "site network left behind"
+
+
+def drill(root: Path, scenario: str, *extra: str) -> dict[str, Any]:
+    """`haplane drill SCENARIO --json`: the result, with `_exit` and `_stderr`."""
+    r = haplane(root, "drill", scenario, "--json", *extra, check=False, timeout=180)
+    assert r.stdout, r.stderr
+    result: dict[str, Any] = json.loads(r.stdout)
+    result["_exit"], result["_stderr"] = r.returncode, r.stderr
+    return result
