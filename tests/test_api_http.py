@@ -643,3 +643,26 @@ def test_expect_100_continue_lets_the_body_come(api: ApiReplica, namespace: str)
         answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 417"), answer
         assert b'"kind":"Status"' in answer.replace(b" ", b"")
+
+
+@pytest.mark.parametrize("name", ["default", "kube-system", "kube-public"])
+def test_system_namespaces_may_not_be_deleted(api: ApiReplica, name: str):
+    """As Kubernetes' NamespaceLifecycle admission: 403 whoever asks, dry run included; the
+    namespace stays Active."""
+    for query in ("", "?dryRun=All"):
+        status, _, body = api.request("DELETE", f"/api/v1/namespaces/{name}{query}")
+        assert status == 403 and body["reason"] == "Forbidden"
+        assert "this namespace may not be deleted" in body["message"]
+    status, _, ns = api.request("GET", f"/api/v1/namespaces/{name}")
+    assert status == 200 and ns["status"]["phase"] == "Active"
+    assert "deletionTimestamp" not in ns["metadata"]
+
+
+def test_namespaces_have_no_deletecollection(api: ApiReplica):
+    status, _, body = api.request("DELETE", "/api/v1/namespaces")
+    assert status == 405 and body["reason"] == "MethodNotAllowed"
+    _, _, resources = api.request("GET", "/api/v1")
+    verbs = {r["name"]: r["verbs"] for r in resources["resources"]}
+    assert "deletecollection" not in verbs["namespaces"]
+    assert "deletecollection" in verbs["configmaps"]
+    assert api.request("GET", "/api/v1/namespaces/kube-system")[0] == 200

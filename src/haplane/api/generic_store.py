@@ -805,6 +805,14 @@ class GenericStore:
 
         def check(current: Obj) -> None:
             meta = current["metadata"]
+            refused = self.t.strategy.refuse_delete(current)
+            if refused is not None:
+                raise errors.StatusError(
+                    403,
+                    "Forbidden",
+                    f'{self.t.plural} "{name}" is forbidden: {refused}',
+                    details={"name": name, "group": self.t.group, "kind": self.t.plural},
+                )
             if precondition_uid and precondition_uid != meta.get("uid"):
                 raise errors.conflict(
                     self.t.plural,

@@ -22,6 +22,8 @@ from .validation import FieldError
 Obj = dict[str, Any]
 NameRule = Literal["dns1123-subdomain", "dns1123-label", "path-segment"]
 
+# Kubernetes refuses to delete these namespaces, whoever asks (NamespaceLifecycle admission)
+PROTECTED_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
@@ -51,6 +53,10 @@ class Strategy:
     def prepare_for_delete(self, obj: Obj) -> None:
         """Mark an object whose deletion waits for finalizers (mutates `obj`)."""
 
+    def refuse_delete(self, obj: Obj) -> str | None:
+        """Why this object may not be deleted by anyone (403), or None."""
+        return None
+
     def spec_changed(self, new: Obj, old: Obj) -> bool:
         keys = (set(new) | set(old)) - self.non_spec_fields
         return any(new.get(k) != old.get(k) for k in keys)
@@ -77,6 +83,12 @@ class NamespaceStrategy(Strategy):
 
     def prepare_for_delete(self, obj: Obj) -> None:
         obj["status"] = {**(obj.get("status") or {}), "phase": "Terminating"}
+
+    def refuse_delete(self, obj: Obj) -> str | None:
+        # Kubernetes' NamespaceLifecycle admission: whoever asks, these stay
+        if obj["metadata"].get("name") in PROTECTED_NAMESPACES:
+            return "this namespace may not be deleted"
+        return None
 
     @staticmethod
     def _name_label(obj: Obj) -> None:
@@ -290,6 +302,7 @@ class ResourceType:
 BUILTIN: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "Namespace", "namespaces", "namespace", namespaced=False,
                  short_names=("ns",), name_rule="dns1123-label", strategy=NamespaceStrategy(),
+                 verbs=tuple(v for v in ALL_VERBS if v != "deletecollection"),  # as Kubernetes
                  patch_schema=STRATEGIC_SCHEMAS["Namespace"]),
     ResourceType("", "v1", "ConfigMap", "configmaps", "configmap", namespaced=True,
                  short_names=("cm",), strategy=ConfigMapStrategy(),

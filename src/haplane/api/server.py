@@ -1,12 +1,11 @@
-"""The HTTP face of one API server replica: Kubernetes REST paths, discovery, OpenAPI, health,
-metrics, and draining on SIGTERM. Served by aiohttp.
+"""One API server replica: its life cycle (start, drain on SIGTERM, stop), the custom
+resources it serves, its write fence and the region's background duties (system namespaces,
+heartbeat, garbage-collection pause, divergence Events), and the composition of its request
+path. Served by aiohttp's low-level server.
 
-Layer: api. Uses the generic store for resources and the etcd client for health only.
-
-Request path (the filter chain, in order): response headers and metrics -> Status errors ->
-authentication -> authorization -> (handler) admission -> storage. Authentication and
-authorization pass everything for now (security is a later issue: bind to loopback until then);
-each is one function so the real ones replace them without touching handlers.
+Layer: api. This module only composes: the filter chain lives in `haplane.api.filters`, the
+handlers per verb family in `haplane.api.handlers`, request decoding in `haplane.api.request`.
+Handlers see the replica through a `HandlerContext`, never this module.
 
 Wire conventions clients rely on (FIELD-NOTES): every JSON response has
 `Content-Type: application/json` exactly; lists always carry `items`; objects always carry
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -29,12 +27,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-import yaml
-from aiohttp import HttpVersion11, web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from aiohttp import web
+from prometheus_client import generate_latest
 
-from haplane import __version__
 from haplane.store import (
     FENCE_KEY,
     HEARTBEAT_KEY,
@@ -44,25 +39,29 @@ from haplane.store import (
     Heartbeat,
 )
 
-from . import errors, protobuf, tables
+from . import errors
 from .controllers import Controllers, LeaderElector
-from .crds import CRD_TYPE, resource_types_for, to_scale
+from .crds import CRD_TYPE, resource_types_for
 from .errors import StatusError
 from .fencing import Fenced, WriteFence
+from .filters import chain
+from .filters.authentication import authenticate
+from .filters.authorization import authorize
+from .filters.metrics import Metrics
+from .filters.request_info import with_request_info
+from .filters.status_errors import StatusErrors
 from .generic_store import NAMESPACE_KEY, GenericStore, ListOptions
-from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
+from .handlers import discovery, resource
+from .handlers.context import HandlerContext
+from .request import JSON, MAX_BODY_BYTES, Admission, RequestInfo, expect, json_response
 from .resource_version import VersionContext
 from .resources import BUILTIN, Obj, Registry, ResourceType
-from .selectors import SelectorError, parse_field_selector, parse_label_selector
-from .storage import MAX_VALUE_BYTES, DataFence, EtcdStorage, StorageError, finite
+from .storage import DataFence, EtcdStorage, StorageError
 from .sync_ack import SyncAck, SyncConfig
 from .watch_cache import CachedStorage, Cacher
 
 log = logging.getLogger("haplane.api")
 
-JSON = "application/json"
-KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+haplane"}
-MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's limit; etcd's is checked per object
 READY_TIMEOUT = 1.0
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 HEARTBEAT_EVERY = 0.1  # seconds between the writable region's replication heartbeats
@@ -70,12 +69,6 @@ HEARTBEAT_EVERY = 0.1  # seconds between the writable region's replication heart
 # the replica (SIGSTOP) after every client-side check, right before its request goes out.
 # It stands for a stall inside the send that no deadline can see: only the data fence is left.
 STALL_HOOK_ENV = "HAPLANE_TEST_STALL_BEFORE_SEND"
-
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-Admission = Callable[[str, ResourceType, dict[str, Any]], Awaitable[None]]
-
-
-_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass
@@ -108,67 +101,6 @@ class ReplicaConfig:
     sync: SyncConfig | None = None
 
 
-def json_response(
-    body: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(body=errors.dumps(body), status=status, content_type=JSON, headers=headers)
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "apiserver_request_total",
-            "API requests",
-            ["verb", "resource", "code"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "apiserver_request_duration_seconds",
-            "API request latency",
-            ["verb", "resource"],
-            registry=self.registry,
-        )
-        self.watches = Gauge(
-            "apiserver_watches", "open watches", ["resource"], registry=self.registry
-        )
-        self.etcd_latency = Histogram(
-            "etcd_request_duration_seconds",
-            "etcd call latency",
-            ["operation"],
-            registry=self.registry,
-        )
-        # `labels()` validates and hashes its arguments on every call: keep the children
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._etcd_children: dict[str, Any] = {}
-
-    def observe(self, verb: str, resource: str, code: int, seconds: float) -> None:
-        key = (verb, resource, code)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.requests.labels(verb, resource, str(code)),
-                self.latency.labels(verb, resource),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
-
-    def observe_etcd(self, operation: str, seconds: float) -> None:
-        child = self._etcd_children.get(operation)
-        if child is None:
-            child = self._etcd_children[operation] = self.etcd_latency.labels(operation)
-        child.observe(seconds)
-
-
-@dataclass
-class _Target:
-    rtype: ResourceType
-    namespace: str | None
-    name: str | None
-    subresource: str | None
-    watch_path: bool
-
-
 class ApiServer:
     def __init__(self, config: ReplicaConfig, registry: Registry | None = None):
         self.config = config
@@ -179,7 +111,6 @@ class ApiServer:
         self.stores: dict[tuple[str, str, str], GenericStore] = {}
         self.draining = False
         self._watch_stop = asyncio.Event()
-        self._inflight = 0
         self._runner: web.ServerRunner | None = None
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self.controllers: Controllers | None = None
@@ -287,14 +218,27 @@ class ApiServer:
                 self.sync.keep(epoch=self._writable_epoch, head_revision=store.current_revision),
                 "sync keeper",
             )
-        # aiohttp's low-level server with the filter chain composed once: an Application's
-        # router and per-request middleware wrapping showed at ~6% of a create's CPU, for one
-        # catch-all route. Each link keeps the middleware signature (request, handler).
-        handler: Handler = self._dispatch
-        for link in reversed(
-            (self._headers_and_metrics, self._status_errors, self._authenticate, self._authorize)
-        ):
-            handler = functools.partial(link, handler=handler)
+        self.handlers = HandlerContext(
+            registry=self.registry,
+            stores=self.stores,
+            check_fence=self._check_fence,
+            stamp_headers=self._stamp_headers,
+            stopping=self._watch_stop,
+            watch_gauge=self.metrics.watches.labels,
+            admission=self.config.admission,
+            terminating_crds=self._terminating_crds,
+        )
+        # aiohttp's low-level server: one catch-all handler, the chain composed once
+        handler = chain(
+            (
+                self.metrics,
+                StatusErrors(self._epoch, self._stamp_headers),
+                with_request_info,
+                authenticate,
+                authorize,
+            ),
+            self._dispatch,
+        )
         loop = asyncio.get_running_loop()
 
         def make_request(
@@ -621,19 +565,7 @@ class ApiServer:
 
     # ---- the filter chain (links composed in start()) ----------------------------------
 
-    async def _headers_and_metrics(
-        self, request: web.BaseRequest, handler: Handler
-    ) -> web.StreamResponse:
-        t0 = time.monotonic()
-        self._inflight += 1
-        try:
-            response = await handler(request)
-        finally:
-            self._inflight -= 1
-        verb = request.get("verb", request.method.lower())
-        resource = request.get("resource", "")
-        self.metrics.observe(verb, resource, response.status, time.monotonic() - t0)
-        return response
+    # ---- the request path (filters and handlers composed in start()) ----------------------
 
     def _epoch(self) -> int:
         return self.versions.epoch if self.versions else 0
@@ -647,49 +579,15 @@ class ApiServer:
         if self.draining:
             response.headers["Connection"] = "close"  # clients reconnect through the balancer
 
-    async def _status_errors(
-        self, request: web.BaseRequest, handler: Handler
-    ) -> web.StreamResponse:
-        epoch = self._epoch()
-        try:
-            response = await handler(request)
-        except StatusError as exc:
-            response = json_response(exc.status(), exc.code)
-        except web.HTTPRequestEntityTooLarge:
-            response = json_response(
-                errors.too_large(f"the request body exceeds {MAX_BODY_BYTES} bytes").status(), 413
-            )
-        except web.HTTPException:
-            raise
-        except Exception as exc:  # a bug: answer 500 as a Status and log it loudly
-            log.exception("unhandled error serving %s %s", request.method, request.path)
-            err = errors.internal(f"internal error: {type(exc).__name__}: {exc}")
-            response = json_response(err.status(), 500)
-        if not response.prepared:
-            self._stamp_headers(response, epoch)
-        return response
-
-    async def _authenticate(self, request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
-        # Pass-through until the security issue: every caller is the anonymous user.
-        request["user"] = {"username": "system:anonymous", "groups": ["system:unauthenticated"]}
-        return await handler(request)
-
-    async def _authorize(self, request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
-        # Pass-through until RBAC arrives: everything is allowed.
-        return await handler(request)
-
-    # ---- dispatch ------------------------------------------------------------------------
-
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         if "Expect" in request.headers:
-            await _expect(request)
-        path = request.path.rstrip("/") or "/"
+            await expect(request)
+        info: RequestInfo = request["info"]
+        # resources first: nearly every request is one
+        if info.resource_request:
+            return await resource.serve(self.handlers, request, info)
+        path = info.path
         parts = [p for p in path.split("/") if p]
-        # resources first: nearly every request is one (discovery paths are shorter)
-        if len(parts) > 2 and parts[0] == "api" and parts[1] == "v1":
-            return await self._resource(request, "", "v1", parts[2:])
-        if len(parts) > 3 and parts[0] == "apis":
-            return await self._resource(request, parts[1], parts[2], parts[3:])
         if path in ("/livez", "/healthz"):
             return web.Response(text="ok")
         if path == "/readyz":
@@ -704,48 +602,14 @@ class ApiServer:
                 headers={"Content-Type": "text/plain; version=0.0.4"},
             )
         if path == "/version":
-            return json_response(
-                {**KUBE_VERSION, "platform": "linux/amd64", "haplaneVersion": __version__}
-            )
+            return discovery.version()
         if parts[:1] == ["openapi"]:
-            return self._openapi(request, parts)
+            return discovery.openapi(request, parts)
         if request.method == "GET":
-            if path == "/api":
-                return json_response(
-                    {
-                        "kind": "APIVersions",
-                        "versions": ["v1"],
-                        "serverAddressByClientCIDRs": [
-                            {
-                                "clientCIDR": "0.0.0.0/0",
-                                "serverAddress": f"{self.config.host}:{self.config.port}",
-                            }
-                        ],
-                    }
-                )
-            if path == "/apis":
-                return json_response(
-                    {
-                        "kind": "APIGroupList",
-                        "apiVersion": "v1",
-                        "groups": [self._group(g, vs) for g, vs in self.registry.groups().items()],
-                    }
-                )
-            if parts[:1] == ["apis"] and len(parts) == 2:
-                versions = self.registry.groups().get(parts[1])
-                if versions is None:
-                    raise errors.no_such_resource(path)
-                return json_response({"apiVersion": "v1", **self._group(parts[1], versions)})
-            if path == "/api/v1":
-                return json_response(self._resource_list("", "v1"))
-            if parts[:1] == ["apis"] and len(parts) == 3:
-                if not self.registry.in_group_version(parts[1], parts[2]):
-                    raise errors.no_such_resource(path)
-                return json_response(self._resource_list(parts[1], parts[2]))
-        if parts[:2] == ["api", "v1"]:
-            return await self._resource(request, "", "v1", parts[2:])
-        if parts[:1] == ["apis"] and len(parts) >= 3:
-            return await self._resource(request, parts[1], parts[2], parts[3:])
+            address = f"{self.config.host}:{self.config.port}"
+            found = discovery.discover(self.registry, path, parts, address)
+            if found is not None:
+                return found
         raise errors.no_such_resource(path)
 
     async def _readyz(self, request: web.BaseRequest) -> web.Response:
@@ -783,617 +647,6 @@ class ApiServer:
         if not ok:
             return web.Response(status=503, text="etcd: no linearizable answer within 1s")
         return web.Response(text="ok")
-
-    def _group(self, group: str, versions: list[str]) -> dict[str, Any]:
-        gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-        return {"kind": "APIGroup", "name": group, "versions": gvs, "preferredVersion": gvs[0]}
-
-    def _resource_list(self, group: str, version: str) -> dict[str, Any]:
-        resources: list[dict[str, Any]] = []
-        for t in self.registry.in_group_version(group, version):
-            entry: dict[str, Any] = {
-                "name": t.plural,
-                "singularName": t.singular,
-                "namespaced": t.namespaced,
-                "kind": t.kind,
-                "verbs": list(t.verbs),
-            }
-            if t.short_names:
-                entry["shortNames"] = list(t.short_names)
-            if t.categories:
-                entry["categories"] = list(t.categories)
-            resources.append(entry)
-            for sub in _subresources(t):
-                entry = {
-                    "name": f"{t.plural}/{sub}",
-                    "singularName": "",
-                    "namespaced": t.namespaced,
-                    "kind": t.kind,
-                    "verbs": ["update"] if sub == "finalize" else ["get", "patch", "update"],
-                }
-                if sub == "scale":
-                    entry.update(kind="Scale", group="autoscaling", version="v1")
-                resources.append(entry)
-        return {
-            "kind": "APIResourceList",
-            "apiVersion": "v1",
-            "groupVersion": f"{group}/{version}" if group else version,
-            "resources": resources,
-        }
-
-    def _openapi(self, request: web.BaseRequest, parts: list[str]) -> web.Response:
-        # kubectl fetches /openapi/v2 as protobuf for client-side validation: an empty document
-        # (no schemas) lets validation pass. /openapi/v3 lists no paths, so kubectl does not
-        # expect server-side field validation. Real schemas come with the API depth issue.
-        if parts[1:2] == ["v2"]:
-            if "protobuf" in request.headers.get("Accept", ""):
-                return web.Response(
-                    body=b"",
-                    headers={
-                        "Content-Type": "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
-                    },
-                )
-            return json_response(
-                {
-                    "swagger": "2.0",
-                    "info": {"title": "haplane", "version": __version__},
-                    "paths": {},
-                    "definitions": {},
-                }
-            )
-        if parts[1:2] == ["v3"]:
-            return json_response({"paths": {}})
-        raise errors.no_such_resource(request.path)
-
-    # ---- resources -----------------------------------------------------------------------
-
-    def _target(self, group: str, version: str, rest: list[str], path: str) -> _Target:
-        watch_path = bool(rest) and rest[0] == "watch"
-        if watch_path:
-            rest = rest[1:]
-        if not rest:
-            raise errors.no_such_resource(path)
-        namespace = None
-        if rest[0] == "namespaces" and len(rest) >= 3:
-            t = self.registry.get(group, version, rest[2])
-            if t is not None and t.namespaced:
-                namespace, rest = rest[1], rest[2:]
-        t = self.registry.get(group, version, rest[0])
-        if t is None or len(rest) > 3:
-            raise errors.no_such_resource(path)
-        name = rest[1] if len(rest) > 1 else None
-        sub = rest[2] if len(rest) > 2 else None
-        if sub is not None and sub not in _subresources(t):
-            raise errors.no_such_resource(path)
-        if t.namespaced and namespace is None and name is not None:
-            raise errors.no_such_resource(path)
-        return _Target(t, namespace, name, sub, watch_path)
-
-    async def _resource(
-        self, request: web.BaseRequest, group: str, version: str, rest: list[str]
-    ) -> web.StreamResponse:
-        target = self._target(group, version, rest, request.path)
-        t = target.rtype
-        store = self.stores[(t.group, t.version, t.plural)]
-        request["resource"] = t.plural
-        q = request.query
-        dry_run = _dry_run(q)
-        m = request.method
-        if m in _WRITES and not dry_run:
-            self._check_fence()
-        watch = target.watch_path or q.get("watch") in ("true", "1")
-        if target.subresource is not None:
-            return await self._subresource(request, store, target, dry_run)
-        if m == "GET" and watch:
-            request["verb"] = "watch"
-            return await self._watch(request, store, target)
-        if q.get("sendInitialEvents") in ("true", "1") and not (m == "GET" and watch):
-            raise errors.unprocessable("sendInitialEvents is only for watch requests")
-        if m == "GET" and target.name is None:
-            request["verb"] = "list"
-            listed = await store.list(target.namespace, self._list_options(q, t))
-            return json_response(self._maybe_table(request, t, listed["items"], listed))
-        if m == "GET":
-            request["verb"] = "get"
-            got = await store.get(target.namespace, target.name or "", q.get("resourceVersion"))
-            table = self._maybe_table(request, t, [got], got)
-            return json_response(table)
-        if m == "POST" and target.name is None:
-            request["verb"] = "create"
-            if t.custom and t.qualified in self._terminating_crds:
-                raise errors.StatusError(
-                    405,
-                    "MethodNotAllowed",
-                    f"create not allowed while custom resource definition {t.qualified} is "
-                    "terminating",
-                )
-            body = await _body(request)
-            await self._admit("create", t, body)
-            created = await store.create(
-                target.namespace,
-                body,
-                dry_run=dry_run,
-                manager=_field_manager(request),
-                handed_over=True,
-            )
-            return json_response(created, 201)
-        if m == "PUT" and target.name is not None:
-            request["verb"] = "update"
-            body = await _body(request)
-            await self._admit("update", t, body)
-            return json_response(
-                await store.update(
-                    target.namespace,
-                    target.name,
-                    body,
-                    dry_run=dry_run,
-                    manager=_field_manager(request),
-                )
-            )
-        if m == "PATCH" and target.name is not None:
-            request["verb"] = "patch"
-            patched = await self._patch(request, store, target, dry_run)
-            return json_response(patched, request.get("status_code", 200))
-        if m == "DELETE" and target.name is not None:
-            request["verb"] = "delete"
-            options = _delete_options(await _body(request, optional=True) or {})
-            result = await store.delete(
-                target.namespace,
-                target.name,
-                precondition_uid=options.get("uid"),
-                precondition_rv=options.get("resourceVersion"),
-                dry_run=dry_run or options.get("dryRun") == "All",
-                propagation=q.get("propagationPolicy") or options.get("propagationPolicy"),
-            )
-            if not result.deleted:  # waiting for finalizers: the object, as Kubernetes answers
-                return json_response(result.object)
-            meta = result.object["metadata"]
-            return json_response(
-                {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Success",
-                    "details": {
-                        "name": meta.get("name"),
-                        "group": t.group,
-                        "kind": t.plural,
-                        "uid": meta.get("uid"),
-                    },
-                }
-            )
-        if m == "DELETE":
-            request["verb"] = "deletecollection"
-            return json_response(
-                await store.delete_collection(
-                    target.namespace, self._list_options(q, t), dry_run=dry_run
-                )
-            )
-        raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
-
-    async def _subresource(
-        self, request: web.BaseRequest, store: GenericStore, target: _Target, dry_run: bool
-    ) -> web.Response:
-        """namespaces/{name}/status (get, update, patch) and /finalize (update)."""
-        sub, m, name = target.subresource or "", request.method, target.name or ""
-        request["verb"] = {"GET": "get", "PUT": "update", "PATCH": "patch"}.get(m, m.lower())
-        scale = target.rtype.scale_paths if sub == "scale" else None
-        view = (lambda obj: to_scale(obj, scale)) if scale else (lambda obj: obj)
-        if m == "GET" and sub in ("status", "scale"):
-            return json_response(view(await store.get(target.namespace, name)))
-        if m == "PUT":
-            body = await _body(request)
-            return json_response(
-                view(
-                    await store.update_subresource(
-                        target.namespace, name, sub, lambda current: body, dry_run=dry_run
-                    )
-                )
-            )
-        if m == "PATCH" and sub in ("status", "scale"):
-            apply = await self._patch_function(request, target)
-
-            def patched(current: dict[str, Any]) -> dict[str, Any]:
-                return apply(view(current))  # a scale patch applies to the Scale view
-
-            return json_response(
-                view(
-                    await store.update_subresource(
-                        target.namespace, name, sub, patched, dry_run=dry_run
-                    )
-                )
-            )
-        raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
-
-    def _maybe_table(
-        self,
-        request: web.BaseRequest,
-        t: ResourceType,
-        objects: list[dict[str, Any]],
-        plain: dict[str, Any],
-    ) -> dict[str, Any]:
-        """`kubectl get` asks for a Table (Accept: ...;as=Table;g=meta.k8s.io); others get the
-        plain object or list."""
-        version = tables.table_request(request.headers.get("Accept"))
-        if version is None:
-            return plain
-        meta = (
-            plain.get("metadata", {})
-            if plain.get("kind", "").endswith("List")
-            else {"resourceVersion": plain.get("metadata", {}).get("resourceVersion")}
-        )
-        try:
-            return tables.to_table(
-                objects,
-                _columns(t),
-                list_meta=meta,
-                include_object=_include_object(request.query),
-                version=version,
-            )
-        except ValueError as exc:
-            raise errors.bad_request(str(exc)) from exc
-
-    async def _admit(self, operation: str, t: ResourceType, obj: dict[str, Any]) -> None:
-        for admit in self.config.admission:
-            await admit(operation, t, obj)
-
-    def _list_options(self, q: Any, t: ResourceType) -> ListOptions:
-        supported = {"metadata.name"} | ({"metadata.namespace"} if t.namespaced else set())
-        try:
-            labels = parse_label_selector(q.get("labelSelector"))
-            fields = parse_field_selector(q.get("fieldSelector"), supported)
-        except SelectorError as exc:
-            raise errors.bad_request(str(exc)) from exc
-        limit = _bounded_int(q.get("limit") or "0", "limit")
-        return ListOptions(
-            labels,
-            fields,
-            limit,
-            q.get("continue") or None,
-            q.get("resourceVersion") or None,
-            q.get("resourceVersionMatch") or None,
-        )
-
-    async def _patch(
-        self, request: web.BaseRequest, store: GenericStore, target: _Target, dry_run: bool
-    ) -> dict[str, Any]:
-        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
-        if ctype == "application/apply-patch+yaml":
-            manager = request.query.get("fieldManager")
-            if not manager:
-                raise errors.unprocessable(
-                    'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
-                    "is required for apply patch"
-                )
-            force = request.query.get("force") in ("true", "1")
-            body = await _body(request, content_type="application/yaml")
-            obj, created = await store.apply(
-                target.namespace,
-                target.name or "",
-                body,
-                manager=manager[:128],
-                force=force,
-                dry_run=dry_run,
-            )
-            request["status_code"] = 201 if created else 200
-            return obj
-        guarded = await self._patch_function(request, target)
-        return await store.patch(
-            target.namespace,
-            target.name or "",
-            guarded,
-            dry_run=dry_run,
-            manager=_field_manager(request),
-        )
-
-    async def _patch_function(
-        self, request: web.BaseRequest, target: _Target
-    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
-        """The request's patch as a function of the current object (errors become Statuses)."""
-        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
-        raw = await _raw(request)
-        try:
-            patch = _json_loads(raw)[0] if raw else None
-        except ValueError as exc:
-            raise errors.bad_request(f"the patch is not valid JSON: {exc}") from exc
-        t = target.rtype
-        schema = t.patch_schema
-        if ctype == "application/merge-patch+json":
-
-            def apply(obj: dict[str, Any]) -> dict[str, Any]:
-                result = apply_merge_patch(obj, patch)
-                if not isinstance(result, dict):
-                    raise errors.bad_request("a merge patch must be a JSON object")
-                return result
-        elif ctype == "application/json-patch+json":
-
-            def apply(obj: dict[str, Any]) -> dict[str, Any]:
-                result = apply_json_patch(obj, patch)
-                if not isinstance(result, dict):
-                    raise errors.unprocessable("the JSON patch replaced the whole object")
-                return result
-        elif ctype == "application/strategic-merge-patch+json" and schema is not None:
-
-            def apply(obj: dict[str, Any]) -> dict[str, Any]:
-                return apply_strategic_merge_patch(obj, patch, schema)
-        else:
-            raise errors.unsupported_media(
-                f"the body of the request was in an unknown format - accepted media types "
-                f"include: application/json-patch+json, application/merge-patch+json"
-                f"{', application/strategic-merge-patch+json' if schema else ''} "
-                f"(got {ctype!r})"
-            )
-
-        def guarded(obj: dict[str, Any]) -> dict[str, Any]:
-            try:
-                return apply(obj)
-            except PatchError as exc:
-                raise errors.StatusError(
-                    exc.code, "BadRequest" if exc.code == 400 else "Invalid", exc.message
-                ) from exc
-
-        return guarded
-
-    async def _watch(
-        self, request: web.BaseRequest, store: GenericStore, target: _Target
-    ) -> web.StreamResponse:
-        q = request.query
-        opts = self._list_options(q, target.rtype)
-        if target.name is not None:  # /watch/.../NAME: a field selector on the name
-            opts = ListOptions(
-                parse_label_selector(q.get("labelSelector")),
-                parse_field_selector(
-                    ",".join(
-                        filter(None, [q.get("fieldSelector"), f"metadata.name={target.name}"])
-                    ),
-                    {"metadata.name", "metadata.namespace"},
-                ),
-                0,
-                None,
-                q.get("resourceVersion") or None,
-            )
-        send_initial = q.get("sendInitialEvents") in ("true", "1")
-        if send_initial and (
-            q.get("resourceVersionMatch") != "NotOlderThan"
-            or q.get("allowWatchBookmarks") not in ("true", "1")
-        ):
-            raise errors.unprocessable(
-                "sendInitialEvents requires resourceVersionMatch=NotOlderThan and "
-                "allowWatchBookmarks=true"
-            )
-        timeout = None
-        if q.get("timeoutSeconds"):
-            timeout = float(_bounded_int(q["timeoutSeconds"], "timeoutSeconds"))
-        table_version = tables.table_request(request.headers.get("Accept"))
-        include = _include_object(q)
-        columns = _columns(target.rtype)
-        sent_headers = False
-        response = web.StreamResponse(headers={"Content-Type": JSON})
-        response.enable_chunked_encoding()
-        self._stamp_headers(response)
-        await response.prepare(request)
-        gauge = self.metrics.watches.labels(target.rtype.plural)
-        gauge.inc()
-        events = store.watch(
-            target.namespace,
-            opts,
-            bookmarks=q.get("allowWatchBookmarks") in ("true", "1"),
-            timeout_seconds=timeout,
-            send_initial_events=send_initial,
-            ticks=True,
-        )
-        try:
-            async for ev in events:
-                # Checked at every event and, on a silent stream, every tick (about a second):
-                # aiohttp does not cancel a handler whose client left, and a quiet watch would
-                # otherwise hold its etcd watch forever.
-                if request.transport is None or request.transport.is_closing():
-                    break  # the client went away
-                if self._watch_stop.is_set():
-                    break  # draining: end the stream cleanly, the client re-watches elsewhere
-                if ev.type == "TICK":
-                    continue
-                if not table_version or ev.type not in ("ADDED", "MODIFIED", "DELETED"):
-                    await response.write(ev.encoded())
-                    continue
-                obj = tables.table_for_watch_event(
-                    ev.object,
-                    columns,
-                    include_object=include,
-                    version=table_version,
-                    no_headers=sent_headers,
-                )
-                sent_headers = True
-                await response.write(json.dumps({"type": ev.type, "object": obj}).encode() + b"\n")
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        except StatusError as exc:  # e.g. the initial list failed: say so inside the stream
-            with contextlib.suppress(ConnectionResetError):
-                await response.write(
-                    json.dumps({"type": "ERROR", "object": exc.status()}).encode() + b"\n"
-                )
-        except Exception as exc:  # a bug: the stream is open, so report it as an ERROR event
-            log.exception("watch on %s failed", request.path)
-            status = errors.internal(f"watch failed: {type(exc).__name__}: {exc}").status()
-            with contextlib.suppress(ConnectionResetError):
-                await response.write(
-                    json.dumps({"type": "ERROR", "object": status}).encode() + b"\n"
-                )
-        finally:
-            gauge.dec()
-            await events.aclose()  # type: ignore[attr-defined]
-        with contextlib.suppress(ConnectionResetError):
-            await response.write_eof()
-        return response
-
-
-def _delete_options(body: dict[str, Any]) -> dict[str, str]:
-    """The parts of DeleteOptions we honour, type-checked (400 on nonsense)."""
-    pre = body.get("preconditions") or {}
-    dry = body.get("dryRun") or []
-    if not isinstance(pre, dict) or not isinstance(dry, list):
-        raise errors.bad_request("DeleteOptions: preconditions must be an object, dryRun a list")
-    out: dict[str, str] = {}
-    policy = body.get("propagationPolicy")
-    if policy is not None:
-        if not isinstance(policy, str):
-            raise errors.bad_request("DeleteOptions: propagationPolicy must be a string")
-        out["propagationPolicy"] = policy
-    if body.get("orphanDependents") is True:
-        out["propagationPolicy"] = "Orphan"
-    for f in ("uid", "resourceVersion"):
-        v = pre.get(f)
-        if v is not None:
-            if not isinstance(v, str):
-                raise errors.bad_request(f"DeleteOptions: preconditions.{f} must be a string")
-            out[f] = v
-    if dry:
-        if dry != ["All"]:
-            raise errors.bad_request("DeleteOptions: dryRun supports only [All]")
-        out["dryRun"] = "All"
-    return out
-
-
-_INT64_MAX = 2**63 - 1
-
-
-def _bounded_int(text: str, what: str) -> int:
-    """A non-negative integer that fits etcd's int64 fields, or 400."""
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise errors.bad_request(f"invalid {what} {text!r}: not an integer") from exc
-    if not 0 <= value <= _INT64_MAX:
-        raise errors.bad_request(f"invalid {what} {text!r}: out of range")
-    return value
-
-
-class _JsonishLoader(yaml.SafeLoader):
-    """YAML that maps onto JSON: no aliases (an alias bomb would expand on the event loop) and
-    no timestamps or sets (not JSON types)."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            raise yaml.YAMLError("YAML aliases are not accepted")
-        return super().compose_node(parent, index)
-
-
-_JsonishLoader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _json_loads(raw: bytes) -> tuple[Any, bool]:
-    """(document, whether it is known to be finite). orjson (6x faster on a create's body,
-    bench/json_codecs.py) refuses NaN and infinities itself; what it refuses goes to the
-    standard library, which words the error as before or reads what only it accepts (a lone
-    surrogate; an infinity, for the caller's `finite` check to refuse). An integer beyond 64
-    bits becomes a float, as in Kubernetes' own decoding of unstructured JSON (float64 beyond
-    int64)."""
-    try:
-        return orjson.loads(raw), True
-    except orjson.JSONDecodeError:
-        return json.loads(raw, parse_constant=_reject_constant), False
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _field_manager(request: web.BaseRequest) -> str:
-    """The `fieldManager` parameter, else (as Kubernetes) the User-Agent up to its first '/'."""
-    manager = request.query.get("fieldManager")
-    if not manager:
-        manager = request.headers.get("User-Agent", "unknown").split("/")[0] or "unknown"
-    return manager[:128]
-
-
-def _columns(t: ResourceType) -> list[tables.Column]:
-    return (
-        tables.crd_columns(list(t.printer_columns)) if t.custom else tables.builtin_columns(t.kind)
-    )
-
-
-def _include_object(q: Any) -> str:
-    value = q.get("includeObject") or "Metadata"
-    if value not in ("None", "Metadata", "Object"):
-        raise errors.bad_request(f"invalid includeObject {value!r}: None, Metadata or Object")
-    return str(value)
-
-
-def _subresources(t: ResourceType) -> tuple[str, ...]:
-    return ("status", "finalize") if t.kind == "Namespace" and not t.group else t.subresources
-
-
-def _dry_run(q: Any) -> bool:
-    values = q.getall("dryRun", [])
-    for v in values:
-        if v != "All":
-            raise errors.bad_request(f"unsupported dryRun value {v!r}: only All is supported")
-    return bool(values)
-
-
-async def _expect(request: web.BaseRequest) -> None:
-    """`Expect: 100-continue` (curl sends it with bodies over 1 KiB): let the body come. An
-    Application did this itself; the low-level server leaves it to us. Other expectations
-    are refused with 417, as Go's server (and so kube-apiserver) refuses them."""
-    expect = request.headers.get("Expect", "")
-    if request.version != HttpVersion11:
-        return
-    if expect.lower() != "100-continue":
-        raise errors.StatusError(417, "ExpectationFailed", f"unsupported Expect: {expect!r}")
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    request.writer.output_size = 0  # the response proper has not begun
-
-
-async def _raw(request: web.BaseRequest) -> bytes:
-    length = request.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        raise errors.too_large(f"the request body of {length} bytes exceeds {MAX_BODY_BYTES}")
-    data = await request.read()
-    if len(data) > MAX_VALUE_BYTES:
-        raise errors.too_large(
-            f"the request body of {len(data)} bytes exceeds etcd's limit ({MAX_VALUE_BYTES})"
-        )
-    return data
-
-
-async def _body(
-    request: web.BaseRequest, optional: bool = False, content_type: str | None = None
-) -> Any:
-    raw = await _raw(request)
-    if not raw.strip():
-        if optional:
-            return None
-        raise errors.bad_request("the request needs a body")
-    ctype = content_type or request.headers.get("Content-Type", JSON).split(";")[0].strip()
-    if ctype == protobuf.PROTOBUF:
-        # kubectl sends typed creates (`kubectl create configmap ...`) as protobuf
-        try:
-            return protobuf.decode(raw)
-        except protobuf.UnsupportedKind as exc:
-            raise errors.unsupported_media(str(exc)) from exc
-        except protobuf.ProtobufError as exc:
-            raise errors.bad_request(f"the request body is not valid {ctype}: {exc}") from exc
-    try:
-        if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
-            body = yaml.load(raw, Loader=_JsonishLoader)  # a SafeLoader subclass
-            json.dumps(body)  # sets, dates and other non-JSON YAML types end here
-            checked = False
-        elif ctype in (JSON, ""):
-            body, checked = _json_loads(raw)
-        else:
-            raise errors.unsupported_media(
-                f"unsupported media type {ctype!r}: send application/json or application/yaml"
-            )
-    except (ValueError, TypeError, yaml.YAMLError) as exc:
-        raise errors.bad_request(f"the request body is not valid {ctype}: {exc}") from exc
-    if not checked and not finite(body):
-        raise errors.bad_request("the request body holds a number too large for JSON")
-    if not isinstance(body, dict):
-        raise errors.bad_request("the request body must be an object")
-    return body
 
 
 def _stall_hook(needle: str | None) -> Callable[[str], Callable[[], None] | None] | None:

@@ -105,7 +105,7 @@ def _loads(data: bytes) -> Any:
     """Stored JSON: orjson, or the standard library for what only it reads (an escaped lone
     surrogate, written by the fallback in `EtcdStorage._encode`). orjson reads an integer
     beyond 64 bits as a float, as Kubernetes' own JSON decoding does beyond int64 (request
-    bodies too: see `server._json_loads`)."""
+    bodies too: see `request.json_loads`)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
