@@ -16,13 +16,21 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .health import HealthCounters, UpstreamState
 from .settings import HealthCheck, Timeouts, UpstreamAddress
 
-if TYPE_CHECKING:
-    from .http_proxy import UpstreamConnection
+
+class PooledConnection(Protocol):
+    """An L7 keep-alive connection to an upstream, idle in its pool (`http_proxy` makes them;
+    declared here so that this module needs not import it)."""
+
+    alive: bool
+    idle_since: float
+
+    def abort(self) -> None:
+        """Close at once."""
 
 
 class Link(Protocol):
@@ -58,7 +66,7 @@ class Upstream:
         self.state_since = now
         self.active = 0
         self.links: set[Link] = set()
-        self.idle: list[UpstreamConnection] = []  # L7 keep-alive connections, most recent last
+        self.idle: list[PooledConnection] = []  # L7 keep-alive connections, most recent last
         self.connections_total = 0
         self.requests_total = 0
         self.bytes_closed = [0, 0]  # [to upstream, from upstream] of connections already closed

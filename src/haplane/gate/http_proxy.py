@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 
@@ -45,9 +45,6 @@ from .k8s_status import status_response
 from .listening import open_server
 from .settings import ListenerSpec
 from .tcp_relay import close_with_linger, describe_connect_error
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("haplane.gate")
 
@@ -432,7 +429,8 @@ class HttpClient(asyncio.Protocol):
         while idle:
             conn = idle.pop()
             if conn.alive:
-                self._send(ex, conn)
+                # only this module pools connections: every idle one is an UpstreamConnection
+                self._send(ex, cast(UpstreamConnection, conn))
                 return
         task = self.listener.loop.create_task(self._connect(ex, upstream, pool))
         self.listener.pending.add(task)

@@ -7,24 +7,37 @@ prometheus-client metrics, updated a few times a second at most.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .balancing import Pool
 from .health import UpstreamState
+from .http_proxy import HttpListener
 from .tcp_relay import TcpListener
-
-if TYPE_CHECKING:
-    from .forwarder import Forwarder
 
 CHECK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+class Engine(Protocol):
+    """What the collector reads of the forwarding engine (`forwarder.Forwarder`), declared
+    here so that the engine imports its metrics and not the reverse."""
+
+    @property
+    def listeners(self) -> Sequence[TcpListener | HttpListener]: ...
+
+    @property
+    def active_pool(self) -> Pool | None: ...
+
+    @property
+    def pools(self) -> Mapping[str, Pool]: ...
+
+
 class GateMetrics:
-    def __init__(self, forwarder: Forwarder, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, forwarder: Engine, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.check_duration = Histogram(
             "haplane_gate_health_check_duration_seconds",
@@ -43,7 +56,7 @@ class GateMetrics:
 
 
 class _EngineCollector(Collector):
-    def __init__(self, forwarder: Forwarder) -> None:
+    def __init__(self, forwarder: Engine) -> None:
         self.forwarder = forwarder
 
     def collect(self) -> Iterator[Metric]:
