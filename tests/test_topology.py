@@ -153,7 +153,17 @@ def _timeout_on_async(d):
     d["spec"]["global"]["replication"][0]["syncTimeoutMs"] = 200
 
 
+def _insecure(d):
+    d["spec"]["security"] = {"insecure": True}
+
+
+def _insecure_with_ca(d):
+    d["spec"]["security"] = {"insecure": True, "ca": {"certFile": "ca.crt", "keyFile": "ca.key"}}
+
+
 BAD = {
+    "security (insecure)": (_insecure, "security", "warning"),
+    "security (insecure with a CA)": (_insecure_with_ca, "security", "error"),
     "etcd-member-count (even)": (_even_members, "etcd-member-count", "error"),
     "etcd-member-count (<3)": (_two_members, "etcd-member-count", "error"),
     "etcd-zone-majority": (_zone_majority, "etcd-zone-majority", "error"),

@@ -251,8 +251,41 @@ class Defaults(_Model):
     etcd: EtcdSettings = Field(default_factory=EtcdSettings)
 
 
+class CertificateAuthority(_Model):
+    """A CA the user supplies (PEM files); without one, `haplane up` creates the topology's."""
+
+    cert_file: str = Field(description="The CA certificate (PEM).")
+    key_file: str = Field(description="Its private key (PEM, mode 0600).")
+
+
+class Audit(_Model):
+    policy_file: str | None = Field(
+        None,
+        description="An audit.k8s.io/v1 Policy; default: haplane's (Secrets and tokens at "
+        "Metadata, RBAC objects at RequestResponse, health endpoints not logged).",
+    )
+    max_size_mb: int = Field(100, ge=1, description="Rotate each replica's log at this size.")
+    max_backups: int = Field(5, ge=0, description="Rotated logs kept (0: all).")
+
+
+class Security(_Model):
+    """Identity and access. On by default: TLS on every link, authentication, RBAC, audit."""
+
+    insecure: bool = Field(
+        False,
+        description="Plain HTTP on every link, no authentication, every request allowed. For "
+        "throwaway experiments only; `validate` warns.",
+    )
+    ca: CertificateAuthority | None = None
+    certificate_days: int = Field(
+        365, ge=1, le=3650, description="Lifetime of the leaf certificates `up` issues."
+    )
+    audit: Audit = Field(default_factory=Audit)
+
+
 class Spec(_Model):
     defaults: Defaults = Field(default_factory=Defaults)
+    security: Security = Field(default_factory=Security)
     sites: list[Site] = Field(min_length=1)
     global_: Global = Field(alias="global")
 

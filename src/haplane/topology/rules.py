@@ -52,6 +52,9 @@ RULES: dict[str, str] = {
     "replicators": "a replicated region needs 2 or more replicators, in distinct zones",
     "unreplicated": "with two or more regions, every region is paired with another (else a "
     "failover to or from it hands clients none of the data)",
+    "security": "TLS, authentication and RBAC stay on unless `security.insecure: true` says "
+    "otherwise (a warning: every link is plain HTTP and every request allowed); a supplied CA "
+    "is used as given, with `ca` settings it cannot have",
     "fence-grant": "the write grant must exceed the safety margin by more than the minimum write "
     "window (grants only ever grow across epochs: a bad value would stay)",
 }
@@ -85,6 +88,7 @@ def validate(topo: Topology) -> list[Finding]:
         _failover,
         _replication,
         _ports,
+        _security,
     ):
         findings.extend(check(topo))
     return findings
@@ -459,6 +463,32 @@ def _failover(topo: Topology) -> list[Finding]:
                     path,
                     f"regions missing from the priority list: {', '.join(missing)}",
                     "list every region, most preferred first",
+                )
+            )
+    return out
+
+
+def _security(topo: Topology) -> list[Finding]:
+    sec = topo.spec.security
+    out: list[Finding] = []
+    if sec.insecure:
+        out.append(
+            _warn(
+                "security",
+                "spec.security.insecure",
+                "security is off: every link is plain HTTP, anyone who reaches a listener is "
+                "served, and every request is allowed",
+                "remove `insecure: true` (TLS, client certificates, tokens and RBAC are the "
+                "default) unless this topology is a throwaway experiment",
+            )
+        )
+        if sec.ca is not None:
+            out.append(
+                _err(
+                    "security",
+                    "spec.security.ca",
+                    "a CA is given but `insecure: true` issues no certificates",
+                    "remove `ca`, or `insecure: true`",
                 )
             )
     return out
