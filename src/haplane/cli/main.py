@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from haplane import __version__
-from haplane.cli import divergence, failback, gc
+from haplane.cli import audit, divergence, failback, gc
 from haplane.local import global_control, runner
 from haplane.local.control import ControlClient, ControlError
 from haplane.local.netns import available as netns_available
@@ -846,6 +846,7 @@ def failover_cmd(
 app.add_typer(failback.app, name="failback")
 app.add_typer(divergence.app, name="divergence")
 app.add_typer(gc.app, name="gc")
+app.command("audit")(audit.audit_cmd)
 
 
 export_app = typer.Typer(help="Write configurations for other tools from a topology.")

@@ -15,6 +15,7 @@ Layer: run (local). Layout::
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,19 @@ class StateDir:
     def write_log(self, replica: str) -> Path:
         """An API replica's journal of acknowledged writes (JSON lines), checked by drills."""
         return self.root / "logs" / (replica.replace("/", "_") + ".writes.jsonl")
+
+    def audit_log(self, replica: str) -> Path:
+        """An API replica's audit log (audit.k8s.io/v1 Event JSON lines, mode 0600); its
+        rotated backups sit beside it."""
+        return self.root / "audit" / (replica.replace("/", "_") + ".log")
+
+    def audit_logs(self) -> list[Path]:
+        """Every replica's current audit log (the reader finds each one's backups)."""
+        audit = self.root / "audit"
+        if not audit.is_dir():
+            return []
+        rotated = re.compile(r"-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3}\.log$")
+        return sorted(p for p in audit.glob("*.log") if not rotated.search(p.name))
 
     def ensure(self) -> None:
         for d in (self.root, self.run_dir, self.root / "data", self.root / "logs"):
