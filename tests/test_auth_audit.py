@@ -67,7 +67,9 @@ def res(
 
 
 def nonres(path: str, verb: str = "get", user: str = "alice") -> RequestAttributes:
-    return RequestAttributes(user=user, groups=("system:authenticated",), verb=verb, path=path)
+    return RequestAttributes(
+        user=user, groups=("system:authenticated",), verb=verb, path=path, resource_request=False
+    )
 
 
 def policy(rules: str, head: str = "") -> Policy:

@@ -14,7 +14,7 @@ import sys
 
 import uvloop
 
-from .server import ApiServer, ReplicaConfig
+from .server import ApiServer, ReplicaConfig, SecurityConfig
 from .sync_ack import SyncConfig
 
 
@@ -81,7 +81,42 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         action="store_true",
         help="never acknowledge a write no standby confirmed: 504 instead of degrading",
     )
+    sec = ap.add_argument_group("identity and access (kube-apiserver's flag names)")
+    sec.add_argument("--tls-cert-file", default=None, help="serve HTTPS with this certificate")
+    sec.add_argument("--tls-private-key-file", default=None)
+    sec.add_argument(
+        "--client-ca-file",
+        default=None,
+        help="verify client certificates against this CA: CN is the user, O the groups",
+    )
+    sec.add_argument("--token-auth-file", default=None, help="static tokens (CSV)")
+    sec.add_argument(
+        "--service-account-key-file",
+        default=None,
+        help="the ServiceAccount token signing key (PEM), shared by every region",
+    )
+    sec.add_argument("--service-account-issuer", default=SecurityConfig.sa_issuer)
+    sec.add_argument(
+        "--anonymous",
+        choices=("all", "health"),
+        default="all",
+        help="health: anonymous requests only to /livez, /readyz, /healthz, /version (else 401)",
+    )
+    sec.add_argument("--authorization-mode", choices=("AlwaysAllow", "RBAC"), default="AlwaysAllow")
+    sec.add_argument(
+        "--requestheader-allowed-names",
+        default="",
+        help="comma-separated CNs of front proxies trusted to pass X-Remote-User/-Group",
+    )
+    sec.add_argument("--audit-log-path", default=None)
+    sec.add_argument("--audit-policy-file", default=None)
+    sec.add_argument("--audit-log-maxsize", type=int, default=100, help="megabytes")
+    sec.add_argument("--audit-log-maxbackup", type=int, default=5)
     args = ap.parse_args(argv)
+    if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
+        ap.error("--tls-cert-file and --tls-private-key-file go together")
+    if args.client_ca_file and not args.tls_cert_file:
+        ap.error("--client-ca-file needs TLS (--tls-cert-file)")
     standbys: dict[str, list[str]] = {}
     for item in args.sync_standby:
         region, sep, eps = item.partition("=")
@@ -115,6 +150,23 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         sync=SyncConfig(standbys, args.sync_timeout_ms / 1000, args.sync_strict)
         if standbys
         else None,
+        security=SecurityConfig(
+            tls_cert=args.tls_cert_file,
+            tls_key=args.tls_private_key_file,
+            client_ca=args.client_ca_file,
+            token_file=args.token_auth_file,
+            sa_key=args.service_account_key_file,
+            sa_issuer=args.service_account_issuer,
+            anonymous=args.anonymous,
+            authorization=args.authorization_mode,
+            front_proxy_names=tuple(
+                n.strip() for n in args.requestheader_allowed_names.split(",") if n.strip()
+            ),
+            audit_log=args.audit_log_path,
+            audit_policy=args.audit_policy_file,
+            audit_max_bytes=args.audit_log_maxsize * 1024 * 1024,
+            audit_backups=args.audit_log_maxbackup,
+        ),
     )
 
 

@@ -147,3 +147,42 @@ def unavailable(message: str) -> StatusError:
 
 def internal(message: str) -> StatusError:
     return StatusError(500, "InternalError", message)
+
+
+def unauthorized() -> StatusError:
+    """401: no credentials where they are needed, or credentials that did not check out
+    (Kubernetes says no more than this, on purpose)."""
+    return StatusError(401, "Unauthorized", "Unauthorized")
+
+
+def forbidden(
+    user: str,
+    verb: str,
+    *,
+    resource: str = "",
+    subresource: str = "",
+    group: str = "",
+    namespace: str = "",
+    name: str = "",
+    path: str = "",
+    reason: str = "",
+) -> StatusError:
+    """403 in kube-apiserver's words: `configmaps "x" is forbidden: User "alice" cannot get
+    resource "configmaps" in API group "" in the namespace "dev"`, or `forbidden: User "alice"
+    cannot get path "/metrics"`."""
+    if not resource:
+        message = f'forbidden: User "{user}" cannot {verb} path "{path}"'
+        return StatusError(403, "Forbidden", message + (f": {reason}" if reason else ""))
+    qualified = f"{resource}.{group}" if group else resource
+    what = f'{qualified} "{name}"' if name else qualified
+    full = f"{resource}/{subresource}" if subresource else resource
+    scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+    message = (
+        f'{what} is forbidden: User "{user}" cannot {verb} resource "{full}" in API group '
+        f'"{group}" {scope}'
+    )
+    if reason:
+        message += f": {reason}"
+    return StatusError(
+        403, "Forbidden", message, details=_details(resource, name or None, group or None)
+    )

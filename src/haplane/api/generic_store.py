@@ -139,6 +139,10 @@ class GenericStore:
         self.t = rtype
         self.storage = store
         self.namespaces = namespaces
+        # a last check of the object about to be written, after validation, with the old one
+        # (None on create): RBAC's escalation prevention (haplane.api.authorizer). Raises a
+        # StatusError to refuse. Dry runs are checked too.
+        self.final_check: Callable[[Obj, Obj | None], None] | None = None
 
     @property
     def versions(self) -> VersionContext:
@@ -307,6 +311,8 @@ class GenericStore:
                 or ""
             )
             raise errors.invalid(self.t.kind, name, _causes(errs), self.t.group)
+        if self.final_check is not None:
+            self.final_check(obj, old)
 
     # ---- create --------------------------------------------------------------------------
 

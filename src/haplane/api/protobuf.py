@@ -144,6 +144,45 @@ DELETE_OPTIONS: Schema = {
     6: ("ignoreStoreReadErrorWithClusterBreakingPotential", "*bool"),
 }
 
+# authorization.k8s.io/v1 and authentication.k8s.io/v1 (kubectl auth can-i / whoami send them
+# as protobuf); k8s.io/api authorization/v1 and authentication/v1 generated.proto
+RESOURCE_ATTRIBUTES: Schema = {
+    1: ("namespace", "string"),
+    2: ("verb", "string"),
+    3: ("group", "string"),
+    4: ("version", "string"),
+    5: ("resource", "string"),
+    6: ("subresource", "string"),
+    7: ("name", "string"),
+}
+NON_RESOURCE_ATTRIBUTES: Schema = {1: ("path", "string"), 2: ("verb", "string")}
+SELF_SUBJECT_ACCESS_REVIEW: Schema = {
+    1: ("metadata", OBJECT_META),
+    2: (
+        "spec",
+        {1: ("resourceAttributes", RESOURCE_ATTRIBUTES),
+         2: ("nonResourceAttributes", NON_RESOURCE_ATTRIBUTES)},
+    ),
+}  # fmt: skip
+SUBJECT_ACCESS_REVIEW: Schema = {
+    1: ("metadata", OBJECT_META),
+    2: (
+        "spec",
+        {1: ("resourceAttributes", RESOURCE_ATTRIBUTES),
+         2: ("nonResourceAttributes", NON_RESOURCE_ATTRIBUTES),
+         3: ("user", "string"), 4: ("groups", ["string"]), 6: ("uid", "string")},
+    ),
+}  # fmt: skip
+SELF_SUBJECT_RULES_REVIEW: Schema = {
+    1: ("metadata", OBJECT_META),
+    2: ("spec", {1: ("namespace", "string")}),
+}
+SELF_SUBJECT_REVIEW: Schema = {1: ("metadata", OBJECT_META)}
+TOKEN_REVIEW: Schema = {
+    1: ("metadata", OBJECT_META),
+    2: ("spec", {1: ("token", "string"), 2: ("audiences", ["string"])}),
+}
+
 # (apiVersion, kind) -> schema of the message in Unknown.raw
 KINDS: dict[tuple[str, str], Schema] = {
     ("v1", "Namespace"): NAMESPACE,
@@ -152,6 +191,12 @@ KINDS: dict[tuple[str, str], Schema] = {
     ("v1", "ServiceAccount"): SERVICE_ACCOUNT,
     ("v1", "DeleteOptions"): DELETE_OPTIONS,
     ("meta.k8s.io/v1", "DeleteOptions"): DELETE_OPTIONS,
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): SELF_SUBJECT_ACCESS_REVIEW,
+    ("authorization.k8s.io/v1", "SubjectAccessReview"): SUBJECT_ACCESS_REVIEW,
+    ("authorization.k8s.io/v1", "LocalSubjectAccessReview"): SUBJECT_ACCESS_REVIEW,
+    ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): SELF_SUBJECT_RULES_REVIEW,
+    ("authentication.k8s.io/v1", "SelfSubjectReview"): SELF_SUBJECT_REVIEW,
+    ("authentication.k8s.io/v1", "TokenReview"): TOKEN_REVIEW,
 }
 
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import yaml
 from aiohttp import HttpVersion11, web
+
+from haplane.auth.user import Attributes, UserInfo
 
 from . import errors, protobuf
 from .generic_store import ListOptions
@@ -32,6 +35,15 @@ MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's limit; etcd's is checked pe
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Admission = Callable[[str, ResourceType, dict[str, Any]], Awaitable[None]]
+
+# request keys the links share: the audit link puts a callable here, which a handler that
+# streams (a watch) calls once its response has begun; decoded bodies are kept under "object"
+RESPONSE_STARTED = "response_started"
+
+# The authenticated user of the request this task serves (None: the replica's own work, such as
+# its controllers): set by the authentication filter, read where a check deep in the store needs
+# it (RBAC's escalation prevention), so that no store method grows a `user` parameter.
+REQUEST_USER: ContextVar[UserInfo | None] = ContextVar("haplane_request_user", default=None)
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch"}
@@ -125,6 +137,23 @@ def request_info(method: str, path: str, query: Any) -> RequestInfo:
         parts=tuple(rest[1:]),
         namespaced_path=namespaced_path,
         watch_path=watch_path,
+    )
+
+
+def attributes(info: RequestInfo, user: UserInfo) -> Attributes:
+    """What authorization and audit judge: this user asking this."""
+    return Attributes(
+        user=user.name,
+        groups=user.groups,
+        verb=info.verb,
+        namespace=info.namespace,
+        api_group=info.api_group,
+        resource=info.resource,
+        subresource=info.subresource,
+        name=info.name,
+        path=info.path,
+        resource_request=info.resource_request,
+        api_version=info.api_version,
     )
 
 
@@ -339,7 +368,9 @@ async def body(
     if ctype == protobuf.PROTOBUF:
         # kubectl sends typed creates (`kubectl create configmap ...`) as protobuf
         try:
-            return protobuf.decode(raw)
+            decoded = protobuf.decode(raw)
+            request["object"] = decoded
+            return decoded
         except protobuf.UnsupportedKind as exc:
             raise errors.unsupported_media(str(exc)) from exc
         except protobuf.ProtobufError as exc:
@@ -361,4 +392,5 @@ async def body(
         raise errors.bad_request("the request body holds a number too large for JSON")
     if not isinstance(decoded, dict):
         raise errors.bad_request("the request body must be an object")
+    request["object"] = decoded  # for the audit log
     return decoded

@@ -273,6 +273,7 @@ class ResourceType:
     custom: bool = False  # served from a CustomResourceDefinition
     printer_columns: tuple[dict[str, Any], ...] = ()  # CRD additionalPrinterColumns
     scale_paths: tuple[str, str, str] | None = None  # spec, status replicas; label selector
+    virtual: bool = False  # created and answered, never stored (access and token reviews)
 
     @property
     def group_version(self) -> str:

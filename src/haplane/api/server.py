@@ -20,16 +20,19 @@ import json
 import logging
 import os
 import signal
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from haplane.auth.audit import AuditLog, Policy, default_policy
 from haplane.store import (
     FENCE_KEY,
     HEARTBEAT_KEY,
@@ -40,13 +43,18 @@ from haplane.store import (
 )
 
 from . import errors
+from .access import Access
+from .access_types import ACCESS_TYPES
+from .authenticators import TokenAuthenticator
+from .authorizer import RBAC_PREFIXES, AlwaysAllow, RbacAuthorizer, escalation_check
 from .controllers import Controllers, LeaderElector
 from .crds import CRD_TYPE, resource_types_for
 from .errors import StatusError
 from .fencing import Fenced, WriteFence
-from .filters import chain
-from .filters.authentication import authenticate
-from .filters.authorization import authorize
+from .filters import Link, chain
+from .filters.audit import Audit
+from .filters.authentication import Authenticate
+from .filters.authorization import Authorize
 from .filters.metrics import Metrics
 from .filters.request_info import with_request_info
 from .filters.status_errors import StatusErrors
@@ -69,6 +77,32 @@ HEARTBEAT_EVERY = 0.1  # seconds between the writable region's replication heart
 # the replica (SIGSTOP) after every client-side check, right before its request goes out.
 # It stands for a stall inside the send that no deadline can see: only the data fence is left.
 STALL_HOOK_ENV = "HAPLANE_TEST_STALL_BEFORE_SEND"
+
+
+@dataclass
+class SecurityConfig:
+    """Identity and access of one replica. The defaults are a bare replica's (tests,
+    benchmarks): plain HTTP, anyone is anonymous, everything allowed, no audit. `haplane up`
+    turns everything on unless the topology says `insecure: true`."""
+
+    # TLS serving; with `client_ca`, client certificates are asked for (optionally) and
+    # verified against it: a verified one authenticates its CN and O
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
+    token_file: str | None = None  # kube-apiserver's --token-auth-file CSV
+    # ServiceAccount tokens: the signing key (PEM, shared by every region) and the issuer
+    sa_key: str | None = None
+    sa_issuer: str = "https://kubernetes.default.svc.cluster.local"
+    anonymous: Literal["all", "health"] = "all"
+    authorization: Literal["AlwaysAllow", "RBAC"] = "AlwaysAllow"
+    # front proxies (the gate in L7 mode) whose verified certificate CN may pass the client's
+    # identity on in X-Remote-* headers
+    front_proxy_names: tuple[str, ...] = ()
+    audit_log: str | None = None
+    audit_policy: str | None = None  # None: haplane.auth.audit's default policy
+    audit_max_bytes: int = 100 * 1024 * 1024
+    audit_backups: int = 5
 
 
 @dataclass
@@ -99,12 +133,13 @@ class ReplicaConfig:
     # synchronous replication (haplane.api.sync_ack): this region's synchronous standbys, or
     # None (asynchronous: a write is acknowledged once this region's etcd committed it)
     sync: SyncConfig | None = None
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
 class ApiServer:
     def __init__(self, config: ReplicaConfig, registry: Registry | None = None):
         self.config = config
-        self.registry = registry or Registry([*BUILTIN, CRD_TYPE])
+        self.registry = registry or Registry([*BUILTIN, CRD_TYPE, *ACCESS_TYPES])
         self.metrics = Metrics()
         self.client = EtcdClient(config.etcd_endpoints, timeout=config.etcd_timeout)
         self.versions: VersionContext | None = None
@@ -137,6 +172,24 @@ class ApiServer:
         self._gc_paused: str | None = None  # why this region's garbage collector is paused
         self._events_raised: set[str] = set()  # divergence Events already created
         self._cluster_id = 0
+        sec = config.security
+        self.tls = _server_tls(sec)
+        self.authorizer = RbacAuthorizer() if sec.authorization == "RBAC" else None
+        tokens = _token_authenticators(sec)
+        self.access = Access(self.authorizer or AlwaysAllow(), tokens)
+        self.authenticate = Authenticate(
+            tokens,
+            anonymous=sec.anonymous,
+            front_proxy_names=frozenset(sec.front_proxy_names),
+        )
+        self.audit = (
+            Audit(
+                Policy.load(Path(sec.audit_policy)) if sec.audit_policy else default_policy(),
+                AuditLog(sec.audit_log, sec.audit_max_bytes, sec.audit_backups),
+            )
+            if sec.audit_log
+            else None
+        )
         self.sync: SyncAck | None = None
         if config.sync is not None and config.sync.standbys and self._global_client is not None:
             self.sync = SyncAck(
@@ -181,7 +234,16 @@ class ApiServer:
             self.sync.start()
         self._storage = store
         for t in self.registry.all():
-            self.stores[(t.group, t.version, t.plural)] = self._make_store(t)
+            if not t.virtual:
+                self.stores[(t.group, t.version, t.plural)] = self._make_store(t)
+        if self.authorizer is not None:
+            for prefix in RBAC_PREFIXES:
+                self.authorizer.attach(prefix, self._cacher(prefix))
+            for t in self.registry.all():
+                if t.group == "rbac.authorization.k8s.io":
+                    self.stores[(t.group, t.version, t.plural)].final_check = escalation_check(
+                        self.authorizer, t.kind
+                    )
         try:
             await self._ensure_system_namespaces()
         except (StatusError, EtcdError) as exc:
@@ -227,18 +289,20 @@ class ApiServer:
             watch_gauge=self.metrics.watches.labels,
             admission=self.config.admission,
             terminating_crds=self._terminating_crds,
+            access=self.access,
         )
         # aiohttp's low-level server: one catch-all handler, the chain composed once
-        handler = chain(
-            (
-                self.metrics,
-                StatusErrors(self._epoch, self._stamp_headers),
-                with_request_info,
-                authenticate,
-                authorize,
-            ),
-            self._dispatch,
-        )
+        links: list[Link] = [
+            self.metrics,
+            StatusErrors(self._epoch, self._stamp_headers),
+            with_request_info,
+            self.authenticate,
+        ]
+        if self.audit is not None:
+            links.append(self.audit)
+        if self.authorizer is not None:
+            links.append(Authorize(self.authorizer))
+        handler = chain(links, self._dispatch)
         loop = asyncio.get_running_loop()
 
         def make_request(
@@ -251,7 +315,13 @@ class ApiServer:
         server = web.Server(handler, request_factory=make_request, access_log=None)
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=10.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            self.config.host,
+            self.config.port,
+            reuse_address=True,
+            ssl_context=self.tls,
+        )
         await site.start()
         log.info(
             json.dumps(
@@ -305,11 +375,18 @@ class ApiServer:
         if not self.config.watch_cache:
             return GenericStore(t, self._storage)
         prefix = t.key_prefix()
+        cacher = self._cacher(prefix)
+        return GenericStore(t, CachedStorage(self._storage, cacher), self._cached_namespace)
+
+    def _cacher(self, prefix: str) -> Cacher:
+        """The watch cache of a key prefix, started on first use (the authorizer's RBAC
+        caches exist even when serving from etcd: its decisions never read etcd)."""
+        assert self._storage is not None, "start() sets the storage first"
         cacher = self._cachers.get(prefix)
         if cacher is None:
             cacher = self._cachers[prefix] = Cacher(self._storage, prefix)
             cacher.start()
-        return GenericStore(t, CachedStorage(self._storage, cacher), self._cached_namespace)
+        return cacher
 
     def _cached_namespace(self, name: str) -> tuple[Obj | None, bool]:
         cacher = self._cachers.get(NAMESPACE_KEY)
@@ -449,6 +526,34 @@ class ApiServer:
             except StatusError as exc:
                 if exc.code != 409:
                     raise
+        if self.authorizer is not None:
+            await self._ensure_default_rbac()
+
+    async def _ensure_default_rbac(self) -> None:
+        """Kubernetes' bootstrap roles and bindings and haplane's operator roles, created when
+        absent (kube-apiserver also reconciles changed ones; here an edited default role is
+        left as the administrator made it)."""
+        from haplane.auth import rbac
+
+        for kind, objects in (
+            ("clusterroles", rbac.default_cluster_roles()),
+            ("clusterrolebindings", rbac.default_cluster_role_bindings()),
+        ):
+            store = self.stores[("rbac.authorization.k8s.io", "v1", kind)]
+            for obj in objects:
+                name = obj["metadata"]["name"]
+                cached = self._cachers.get(store.t.key_prefix())
+                if (
+                    cached is not None
+                    and cached.ready
+                    and store.t.key(None, name) in cached.objects
+                ):
+                    continue
+                try:
+                    await store.create(None, obj)
+                except StatusError as exc:
+                    if exc.code != 409:
+                        raise
 
     async def _watch_gc_pause(self, every: float = 1.0) -> None:
         """Follow the global record of whether this region's garbage collector is paused (a
@@ -647,6 +752,24 @@ class ApiServer:
         if not ok:
             return web.Response(status=503, text="etcd: no linearizable answer within 1s")
         return web.Response(text="ok")
+
+
+def _server_tls(sec: SecurityConfig) -> ssl.SSLContext | None:
+    """TLS 1.2 or later; a client certificate asked for, not required (tokens and anonymous
+    health checks come without one), and verified against `client_ca` when sent."""
+    if not sec.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(sec.tls_cert, sec.tls_key)
+    if sec.client_ca:
+        ctx.load_verify_locations(sec.client_ca)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def _token_authenticators(sec: SecurityConfig) -> list[TokenAuthenticator]:
+    return []
 
 
 def _stall_hook(needle: str | None) -> Callable[[str], Callable[[], None] | None] | None:

@@ -28,7 +28,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from . import storage
 from .storage import EtcdStorage, ListResult, Obj, StorageEvent
@@ -44,6 +44,18 @@ class _Expired:
 
 
 _EXPIRED = _Expired()
+
+
+class Subscriber(Protocol):
+    """Kept in step with a cache, synchronously, inside the cache's own task (so it must be
+    quick): the authorizer's RBAC index is one. `reset` after every (re)list, with every
+    object; then `put` and `delete` per event, in revision order."""
+
+    def reset(self, objects: dict[str, Obj]) -> None: ...
+
+    def put(self, key: str, obj: Obj) -> None: ...
+
+    def delete(self, key: str, old: Obj) -> None: ...
 
 
 class Cacher:
@@ -64,6 +76,7 @@ class Cacher:
         self._task: asyncio.Task[None] | None = None
         self.relists = 0
         self.stopped = False
+        self.subscribers: list[Subscriber] = []
 
     def start(self) -> None:
         if self._task is None:
@@ -99,6 +112,8 @@ class Cacher:
                 self.revision = self.oldest = listed.revision
                 self._history.clear()
                 self._expire_watchers()  # they cannot be resumed across a relist
+                for sub in self.subscribers:
+                    sub.reset(dict(self.objects))
                 self.ready = True
                 self.relists += 1
                 async for ev in self.inner.watch(self.prefix, revision=self.revision):
@@ -126,6 +141,8 @@ class Cacher:
                 old = self.objects.pop(key, None)
                 if old is not None:
                     self._unindex(key, old)
+                    for sub in self.subscribers:
+                        sub.delete(key, old)
                 name = self._bucket_of(key)
                 bucket = self._buckets.get(name)
                 if bucket is not None:
@@ -134,6 +151,8 @@ class Cacher:
                         del self._buckets[name]
             else:
                 self._put(key, ev.object)
+                for sub in self.subscribers:
+                    sub.put(key, ev.object)
             if len(self._history) == self._history.maxlen and self._history:
                 self.oldest = self._history[0].revision
             self._history.append(ev)

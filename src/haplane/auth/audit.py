@@ -75,7 +75,7 @@ from typing import IO, Any
 import orjson
 import yaml
 
-from .user import UserInfo
+from .user import Attributes, UserInfo
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -144,25 +144,10 @@ class AuditPolicyError(ValueError):
 # --- request attributes and the policy ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RequestAttributes:
-    """What the policy judges: k8s.io/apiserver's authorizer attributes. `user` and `groups` are
-    the authenticated user's: Kubernetes evaluates the audit policy before impersonation, so a
-    rule on `users` matches who made the request, not whom they impersonate. Non-resource
-    requests carry `path` and the lower-case HTTP method as `verb`; `namespace` is "" for
-    cluster-scoped resources. `api_version` is not matched, only recorded in the objectRef."""
-
-    user: str
-    groups: tuple[str, ...] = ()
-    verb: str = ""
-    namespace: str = ""
-    api_group: str = ""
-    resource: str = ""
-    subresource: str = ""
-    name: str = ""
-    path: str = ""
-    resource_request: bool = False
-    api_version: str = ""
+# the policy judges the authorizer's attributes; `user` and `groups` are the authenticated
+# user's: Kubernetes evaluates the audit policy before impersonation, so a rule on `users`
+# matches who made the request, not whom they impersonate
+RequestAttributes = Attributes
 
 
 @dataclass(frozen=True, slots=True)

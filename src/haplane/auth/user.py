@@ -1,5 +1,6 @@
-"""Who a request is from: authentication.k8s.io/v1 UserInfo, as every authenticator returns
-it and authorization, audit and the access reviews read it.
+"""Who a request is from (authentication.k8s.io/v1 UserInfo, as every authenticator returns
+it) and what it asks (`Attributes`, k8s.io/apiserver's authorizer attributes): the two things
+authorization, audit and the access reviews judge.
 
 Layer: auth. Pure data.
 """
@@ -44,3 +45,23 @@ class UserInfo:
 
 
 ANONYMOUS = UserInfo("system:anonymous", groups=(UNAUTHENTICATED,))
+
+
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    """k8s.io/apiserver's authorizer.Attributes: the authenticated user and groups, and the
+    request's verb and target. Non-resource requests (`resource_request=False`) carry `path`
+    and the lower-case HTTP method as `verb`; `namespace` is "" for cluster-scoped resources.
+    `api_version` is recorded (audit's objectRef), never matched."""
+
+    user: str
+    groups: tuple[str, ...] = ()
+    verb: str = ""
+    namespace: str = ""
+    api_group: str = ""
+    resource: str = ""
+    subresource: str = ""
+    name: str = ""
+    path: str = ""
+    resource_request: bool = True
+    api_version: str = ""

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -36,10 +37,14 @@ class ApiReplica:
         drain_delay: float = 1.0,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        ca: Path | None = None,
     ):
+        """`ca`: the replica serves HTTPS (its `extra_args` name the certificate); requests
+        verify it against this CA."""
         self.name = name
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca = ca
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         self.process = ManagedProcess(
             ProcessSpec(
                 name=f"{region}/{name}",
@@ -111,14 +116,28 @@ class ApiReplica:
         timeout: float = 10.0,
         content_type: str = "application/json",
         raw: bytes | None = None,
+        *,
+        cert: tuple[Path, Path] | None = None,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], Any]:
-        """Raw HTTP: (status, headers, decoded JSON or text)."""
+        """Raw HTTP: (status, headers, decoded JSON or text). Over HTTPS, with a client
+        certificate (`cert`: certificate and key files) or a bearer `token` if given."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", content_type)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        context = None
+        if self.ca is not None:
+            context = ssl.create_default_context(cafile=str(self.ca))
+            if cert is not None:
+                context.load_cert_chain(str(cert[0]), str(cert[1]))
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
                 status, headers, payload = resp.status, dict(resp.headers), resp.read()
         except urllib.error.HTTPError as exc:
             status, headers, payload = exc.code, dict(exc.headers), exc.read()

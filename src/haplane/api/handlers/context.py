@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..access import Access
 from ..generic_store import GenericStore
 from ..request import Admission, Target
 from ..resources import Registry
@@ -36,6 +37,8 @@ class HandlerContext:
     admission: list[Admission] = field(default_factory=list)
     # names of CRDs being deleted: no new custom resources of theirs
     terminating_crds: set[str] = field(default_factory=set)
+    # the replica's authorizer and authenticators, for the review types (None: not served)
+    access: Access | None = None
 
     def store(self, target: Target) -> GenericStore:
         t = target.rtype

@@ -13,6 +13,7 @@ from ..request import WRITES, RequestInfo, dry_run, resolve_target
 from . import read, write
 from .context import HandlerContext
 from .patch import patch
+from .reviews import review
 from .subresource import subresource
 from .watch import watch
 
@@ -22,6 +23,8 @@ async def serve(
 ) -> web.StreamResponse:
     target = resolve_target(info, ctx.registry)
     request["resource"] = target.rtype.plural
+    if target.rtype.virtual:
+        return await review(ctx, request, target)
     q = request.query
     dry = dry_run(q)
     m = request.method

@@ -17,7 +17,7 @@ from aiohttp import web
 from .. import errors, tables
 from ..errors import StatusError
 from ..generic_store import ListOptions
-from ..request import JSON, Target, bounded_int, include_object, list_options
+from ..request import JSON, RESPONSE_STARTED, Target, bounded_int, include_object, list_options
 from ..selectors import parse_field_selector, parse_label_selector
 from .context import HandlerContext
 from .read import columns
@@ -61,6 +61,9 @@ async def watch(
     response.enable_chunked_encoding()
     ctx.stamp_headers(response)
     await response.prepare(request)
+    started = request.get(RESPONSE_STARTED)
+    if started is not None:
+        started()
     gauge = ctx.watch_gauge(target.rtype.plural)
     gauge.inc()
     events = ctx.store(target).watch(

@@ -1,0 +1,169 @@
+"""The RBAC authorizer of one replica: Kubernetes RBAC (haplane.auth.rbac) over an index the
+watch caches of Roles, ClusterRoles and their bindings keep in step, event by event. A
+decision reads memory only, never etcd.
+
+Layer: api. Never wrong by default: while any of the four caches is not ready (at start, and
+while they relist after an epoch change) a request waits up to `ready_wait` seconds, then
+gets 503; it is never allowed, and never denied, on a partial view.
+
+Besides RBAC, as kube-apiserver: the `system:masters` group may do anything (its own
+authorizer there, before RBAC; here too, so that the administrator is never locked out by
+missing or broken bindings), and the health and version endpoints are open to anyone
+(Kubernetes grants them through `system:public-info-viewer`; answering them without the
+caches keeps a relisting replica's /readyz from failing for an authorization reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from haplane.auth import rbac
+from haplane.auth.user import MASTERS, UserInfo
+
+from . import errors
+from .request import REQUEST_USER, RequestInfo, attributes
+from .resources import Obj
+
+PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/version"})
+
+# the RBAC kinds by storage prefix (kube-apiserver's layout)
+RBAC_PREFIXES = {
+    "/registry/clusterroles/": "ClusterRole",
+    "/registry/clusterrolebindings/": "ClusterRoleBinding",
+    "/registry/roles/": "Role",
+    "/registry/rolebindings/": "RoleBinding",
+}
+
+
+class Authorizer(Protocol):
+    async def authorize(self, user: UserInfo, info: RequestInfo) -> rbac.Decision: ...
+
+
+class AlwaysAllow:
+    """`authorization: AlwaysAllow` (an insecure topology, a bare replica in tests)."""
+
+    async def authorize(self, user: UserInfo, info: RequestInfo) -> rbac.Decision:
+        return rbac.Decision(True, "AlwaysAllow")
+
+
+class _Feed:
+    """One cache's subscriber: forwards its objects into the shared index."""
+
+    def __init__(self, owner: RbacAuthorizer, kind: str):
+        self.owner = owner
+        self.kind = kind
+        self.keys: set[tuple[str, str]] = set()
+
+    def reset(self, objects: dict[str, Obj]) -> None:
+        for namespace, name in list(self.keys):
+            self.owner.index.delete(self.kind, namespace, name)
+        self.keys.clear()
+        for obj in objects.values():
+            self.put("", obj)
+
+    def put(self, key: str, obj: Obj) -> None:
+        meta = obj.get("metadata") or {}
+        self.keys.add((meta.get("namespace", ""), meta.get("name", "")))
+        self.owner.index.upsert(self.kind, obj)
+        self.owner.changes += 1
+
+    def delete(self, key: str, old: Obj) -> None:
+        meta = old.get("metadata") or {}
+        ident = (meta.get("namespace", ""), meta.get("name", ""))
+        self.keys.discard(ident)
+        self.owner.index.delete(self.kind, *ident)
+        self.owner.changes += 1
+
+
+class RbacAuthorizer:
+    def __init__(self, ready_wait: float = 1.0):
+        self.index = rbac.RbacIndex()
+        self.ready_wait = ready_wait
+        self.changes = 0
+        self._caches: list[object] = []
+        self.feeds = {prefix: _Feed(self, kind) for prefix, kind in RBAC_PREFIXES.items()}
+
+    def attach(self, prefix: str, cacher: object) -> None:
+        """Subscribe to one RBAC resource's cache (`watch_cache.Cacher`)."""
+        self._caches.append(cacher)
+        cacher.subscribers.append(self.feeds[prefix])  # type: ignore[attr-defined]
+
+    @property
+    def ready(self) -> bool:
+        return len(self._caches) == len(RBAC_PREFIXES) and all(
+            c.ready  # type: ignore[attr-defined]
+            for c in self._caches
+        )
+
+    async def wait_ready(self) -> None:
+        """Up to `ready_wait`; then 503 (never a decision on a partial view)."""
+        deadline = time.monotonic() + self.ready_wait
+        while not self.ready:
+            if time.monotonic() >= deadline:
+                raise errors.unavailable(
+                    "authorization is not ready: the RBAC caches are loading; retry"
+                )
+            await asyncio.sleep(0.02)
+
+    async def authorize(self, user: UserInfo, info: RequestInfo) -> rbac.Decision:
+        if MASTERS in user.groups:
+            return rbac.Decision(True, f'allowed: the group "{MASTERS}" may do anything')
+        if not info.resource_request and info.path in PUBLIC_PATHS:
+            return rbac.Decision(True, "allowed: a public health or version endpoint")
+        if not self.ready:
+            await self.wait_ready()
+        return self.index.authorize(attributes(info, user))
+
+
+# what an update may change without a new escalation check (Kubernetes'
+# IsOnlyMutatingGCFields): the garbage collector's fields and the store's own bookkeeping
+_GC_FIELDS = ("ownerReferences", "finalizers", "managedFields", "resourceVersion", "generation")
+
+
+def _only_gc_fields_changed(new: Obj, old: Obj) -> bool:
+    def strip(obj: Obj) -> Obj:
+        meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _GC_FIELDS}
+        return {**obj, "metadata": meta}
+
+    return strip(new) == strip(old)
+
+
+def escalation_check(authorizer: RbacAuthorizer, kind: str) -> Callable[[Obj, Obj | None], None]:
+    """The store's last check before a Role, ClusterRole or binding is written (created,
+    updated, patched or applied, dry runs too), as Kubernetes' RBAC storage does it: a role
+    may hold only permissions its writer holds, unless the writer may `escalate` it; a
+    binding may grant only a role whose permissions its writer holds, unless the writer may
+    `bind` it. The replica's own writes (no request user) and `system:masters` pass."""
+
+    def check(obj: Obj, old: Obj | None) -> None:
+        user = REQUEST_USER.get()
+        if user is None or MASTERS in user.groups:
+            return
+        if old is not None and _only_gc_fields_changed(obj, old):
+            return
+        if kind in ("Role", "ClusterRole"):
+            # the request path's name: none on a create, as Kubernetes checks `escalate`
+            name = "" if old is None else str((obj.get("metadata") or {}).get("name") or "")
+            decision = rbac.may_create_role(
+                authorizer.index, user.name, user.groups, obj, name=name
+            )
+        else:
+            decision = rbac.may_bind(authorizer.index, user.name, user.groups, obj)
+        if not decision.allowed:
+            meta = obj.get("metadata") or {}
+            plural = f"{kind.lower()}s.rbac.authorization.k8s.io"
+            raise errors.StatusError(
+                403,
+                "Forbidden",
+                f'{plural} "{meta.get("name", "")}" is forbidden: {decision.reason}',
+                details={
+                    "name": meta.get("name", ""),
+                    "group": "rbac.authorization.k8s.io",
+                    "kind": f"{kind.lower()}s",
+                },
+            )
+
+    return check

@@ -1,0 +1,104 @@
+"""Audit: one `audit.k8s.io/v1` Event per stage of every request the policy selects, written
+to this replica's audit log (haplane.auth.audit: the policy, the event, the rotating file).
+
+Layer: api (filters). Runs after authentication (it records who) and before authorization
+(whose decision and reason it records, through `request["audit"]`). Stages: RequestReceived
+before the handler; ResponseStarted when a watch's stream begins (the handler calls
+`request[RESPONSE_STARTED]`); ResponseComplete with the code and Status of every answer,
+refusals included; Panic for a bug (answered 500 by the Status link outside this one).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from haplane.auth.audit import AuditEvent, AuditLog, Level, Policy, Stage
+from haplane.auth.user import ANONYMOUS, UserInfo
+
+from ..errors import StatusError
+from ..request import RESPONSE_STARTED, Handler, RequestInfo, attributes
+
+log = logging.getLogger("haplane.api")
+
+
+class Audit:
+    def __init__(self, policy: Policy, sink: AuditLog):
+        self.policy = policy
+        self.sink = sink
+
+    async def __call__(self, request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
+        info: RequestInfo = request["info"]
+        user: UserInfo = request.get("user", ANONYMOUS)
+        attrs = attributes(info, user)
+        decision = self.policy.decide(attrs)
+        if decision.level is Level.NONE:
+            return await handler(request)
+        ev = AuditEvent(
+            attrs,
+            decision,
+            request_uri=request.path_qs,
+            user=user,
+            source_ips=source_ips(request),
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        request["audit"] = ev
+        self._record(ev, Stage.REQUEST_RECEIVED)
+
+        def started() -> None:
+            ev.set_response(200)
+            self._record(ev, Stage.RESPONSE_STARTED)
+
+        request[RESPONSE_STARTED] = started
+        try:
+            response = await handler(request)
+        except StatusError as exc:
+            ev.set_request_object(request.get("object"))
+            ev.set_response(exc.code, exc.status())
+            self._record(ev, Stage.RESPONSE_COMPLETE)
+            raise
+        except web.HTTPException as exc:  # aiohttp's own refusals (a body too large)
+            ev.set_response(exc.status)
+            self._record(ev, Stage.RESPONSE_COMPLETE)
+            raise
+        except Exception as exc:
+            ev.set_panic(f"{type(exc).__name__}: {exc}")
+            self._record(ev, Stage.PANIC)
+            raise
+        ev.set_request_object(request.get("object"))
+        ev.set_response(response.status, _body(response, ev.level))
+        self._record(ev, Stage.RESPONSE_COMPLETE)
+        return response
+
+    def _record(self, ev: AuditEvent, stage: Stage) -> None:
+        try:
+            self.sink.record(ev, stage)
+        except OSError:
+            # kube-apiserver's blocking backend fails the request when it cannot log; a
+            # full disk here is logged loudly and the request goes on (documented limit)
+            log.exception("audit log write failed")
+
+
+def _body(response: web.StreamResponse, level: Level) -> Any:
+    """The response's JSON body: as the responseObject at RequestResponse, and the Status of a
+    failure at every level (for the event's responseStatus)."""
+    if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return None
+    if level is not Level.REQUEST_RESPONSE and response.status < 300:
+        return None
+    try:
+        return orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def source_ips(request: web.BaseRequest) -> list[str]:
+    """The peer's address, after a verified front proxy's forwarded chain (set by
+    authentication only for a proxy whose certificate it trusts), as Kubernetes records it."""
+    ips: list[str] = list(request.get("forwarded_for", ()))
+    if request.remote:
+        ips.append(request.remote)
+    return ips

@@ -1,0 +1,359 @@
+"""Identity and access on a real replica process over TLS, on real etcd: anonymous requests,
+client certificates (CN the user, O the groups), Kubernetes RBAC with the default roles,
+access reviews as `kubectl auth` uses them, escalation prevention, protected namespaces, and
+the audit log (no Secret value in it, raw or base64)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import subprocess
+import time
+import urllib.error
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from haplane.local.api_replica import ApiReplica
+
+from .pki_helpers import TestCA
+
+MARKER = "hunter2-Zq8v"  # a Secret value that must never reach the audit log
+
+
+class Setup:
+    def __init__(self, root: Path, replica: ApiReplica, ca: TestCA, audit: Path):
+        self.root, self.api, self.ca, self.audit = root, replica, ca, audit
+        self.admin = ca.issue("admin", "admin", ("system:masters",))
+        self.alice = ca.issue("alice", "alice", ("dev",))
+        self.bob = ca.issue("bob", "bob")
+
+    def as_(self, who, method, path, body=None, **kw):
+        cert = {"admin": self.admin, "alice": self.alice, "bob": self.bob}.get(who)
+        return self.api.request(method, path, body, cert=cert, **kw)
+
+    def wait_allowed(self, who, method, path, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.as_(who, method, path)[0]
+            if status != 403 or time.monotonic() > deadline:
+                return status
+            time.sleep(0.05)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def secure(etcd_cluster, tmp_path_factory) -> AsyncIterator[Setup]:
+    root = tmp_path_factory.mktemp("secure")
+    ca = TestCA(root / "pki")
+    server_cert, server_key = ca.issue("server", "api", server=True)
+    audit = root / "audit" / "api.log"
+    replica = ApiReplica(
+        root,
+        "secure-1",
+        etcd_cluster.endpoints,
+        region="secure",
+        ca=ca.path,
+        extra_args=[
+            "--tls-cert-file",
+            str(server_cert),
+            "--tls-private-key-file",
+            str(server_key),
+            "--client-ca-file",
+            str(ca.path),
+            "--authorization-mode",
+            "RBAC",
+            "--anonymous",
+            "health",
+            "--audit-log-path",
+            str(audit),
+        ],
+    )
+    await replica.start()
+    setup = Setup(root, replica, ca, audit)
+    for ns in ("team", "other"):
+        setup.as_("admin", "POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+    try:
+        yield setup
+    finally:
+        await replica.stop()
+
+
+def test_plain_http_is_refused(secure: Setup):
+    plain = ApiReplica.__new__(ApiReplica)
+    plain.url, plain.ca = secure.api.url.replace("https", "http"), None
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        status, _, _ = plain.request("GET", "/readyz", timeout=2)
+        assert status >= 400  # pragma: no cover - a TLS server never answers plain HTTP 200
+
+
+def test_anonymous_gets_only_health_and_version(secure: Setup):
+    for path in ("/readyz", "/livez", "/healthz", "/version"):
+        assert secure.as_(None, "GET", path)[0] == 200, path
+    for method, path in (
+        ("GET", "/api/v1/namespaces"),
+        ("GET", "/api"),
+        ("GET", "/apis"),
+        ("GET", "/metrics"),
+        ("POST", "/api/v1/namespaces/team/configmaps"),
+    ):
+        status, _, body = secure.as_(None, method, path, {"metadata": {"name": "x"}})
+        assert status == 401 and body["reason"] == "Unauthorized", (method, path)
+
+
+def test_bad_credentials_are_401_even_on_health(secure: Setup):
+    status, _, _ = secure.as_(None, "GET", "/readyz", token="not-a-token")
+    assert status == 401
+    status, _, _ = secure.as_(None, "GET", "/api/v1/namespaces", headers={"X-Remote-User": "admin"})
+    assert status == 401  # an identity in headers from someone who is no verified front proxy
+
+
+def test_a_certificate_from_another_ca_is_refused(secure: Setup, tmp_path: Path):
+    other = TestCA(tmp_path / "other", "other-ca")
+    cert = other.issue("mallory", "admin", ("system:masters",))
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        secure.api.request("GET", "/api/v1/namespaces", cert=cert)
+
+
+def test_expired_certificate_is_refused(secure: Setup):
+    cert = secure.ca.issue("old", "admin", ("system:masters",), days=-1)
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        secure.api.request("GET", "/api/v1/namespaces", cert=cert)
+
+
+def test_system_masters_may_do_anything(secure: Setup):
+    assert secure.as_("admin", "GET", "/api/v1/namespaces")[0] == 200
+    assert secure.as_("admin", "GET", "/metrics")[0] == 200
+
+
+def test_a_user_without_bindings_gets_403_but_discovery(secure: Setup):
+    status, _, body = secure.as_("bob", "GET", "/api/v1/namespaces/team/configmaps")
+    assert status == 403 and body["reason"] == "Forbidden"
+    assert body["message"] == (
+        'configmaps is forbidden: User "bob" cannot list resource "configmaps" in API group "" '
+        'in the namespace "team"'
+    )
+    assert secure.as_("bob", "GET", "/api")[0] == 200
+    assert secure.as_("bob", "GET", "/apis")[0] == 200
+    assert secure.as_("bob", "GET", "/api/v1")[0] == 200
+    assert secure.as_("bob", "GET", "/metrics")[0] == 403
+
+
+def test_whoami_and_can_i(secure: Setup):
+    status, _, review = secure.as_(
+        "alice",
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+    )
+    assert status == 201
+    assert review["status"]["userInfo"] == {
+        "username": "alice",
+        "groups": ["dev", "system:authenticated"],
+    }
+    ssar = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": "get", "resource": "secrets", "namespace": "team"}},
+    }
+    status, _, answer = secure.as_(
+        "alice", "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", ssar
+    )
+    assert status == 201 and answer["status"]["allowed"] is False
+    # a SubjectAccessReview about someone else needs its own permission
+    sar = {**ssar, "kind": "SubjectAccessReview", "spec": {**ssar["spec"], "user": "x"}}
+    path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+    assert secure.as_("alice", "POST", path, sar)[0] == 403
+    status, _, answer = secure.as_("admin", "POST", path, sar)
+    assert status == 201 and answer["status"]["allowed"] is False
+
+
+def test_a_view_binding_in_one_namespace_gives_exactly_that(secure: Setup):
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "alice-view", "namespace": "team"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "User", "name": "alice"}],
+    }
+    path = "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings"
+    assert secure.as_("admin", "POST", path, binding)[0] == 201
+    assert secure.wait_allowed("alice", "GET", "/api/v1/namespaces/team/configmaps") == 200
+    assert secure.as_("alice", "GET", "/api/v1/namespaces/other/configmaps")[0] == 403
+    assert secure.as_("alice", "GET", "/api/v1/namespaces/team/secrets")[0] == 403
+    cm = {"metadata": {"name": "x"}, "data": {"a": "b"}}
+    assert secure.as_("alice", "POST", "/api/v1/namespaces/team/configmaps", cm)[0] == 403
+    status, _, rules = secure.as_(
+        "alice",
+        "POST",
+        "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+        {"kind": "SelfSubjectRulesReview", "spec": {"namespace": "team"}},
+    )
+    assert status == 201
+    granted = {
+        (r, v)
+        for rule in rules["status"]["resourceRules"]
+        for r in rule.get("resources", [])
+        for v in rule["verbs"]
+    }
+    assert ("configmaps", "list") in granted and ("secrets", "get") not in granted
+
+
+def test_kubectl_auth_can_i_and_whoami(secure: Setup, tmp_path: Path):
+    cert, key = secure.alice
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "h",
+                "cluster": {"server": secure.api.url, "certificate-authority": str(secure.ca.path)},
+            }
+        ],
+        "users": [
+            {"name": "alice", "user": {"client-certificate": str(cert), "client-key": str(key)}}
+        ],
+        "contexts": [{"name": "h", "context": {"cluster": "h", "user": "alice"}}],
+        "current-context": "h",
+    }
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps(config))
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)}
+        return subprocess.run(
+            ["kubectl", *args], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "alice-view-2", "namespace": "team"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "User", "name": "alice"}],
+    }
+    path = "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings"
+    secure.as_("admin", "POST", path, binding)
+    assert secure.wait_allowed("alice", "GET", "/api/v1/namespaces/team/configmaps") == 200
+    out = kubectl("auth", "whoami", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"]["userInfo"]["username"] == "alice"
+    assert kubectl("auth", "can-i", "list", "configmaps", "-n", "team").stdout.strip() == "yes"
+    assert kubectl("auth", "can-i", "get", "secrets", "-n", "team").stdout.strip() == "no"
+    assert kubectl("auth", "can-i", "list", "configmaps", "-n", "other").stdout.strip() == "no"
+    listed = kubectl("auth", "can-i", "--list", "-n", "team")
+    assert listed.returncode == 0, listed.stderr
+    assert "configmaps" in listed.stdout and "secrets " not in listed.stdout
+    got = kubectl("get", "configmaps", "-n", "team")
+    assert got.returncode == 0, got.stderr
+    denied = kubectl("get", "secrets", "-n", "team")
+    assert denied.returncode != 0 and "forbidden" in denied.stderr
+
+
+def test_escalation_is_refused_and_audited(secure: Setup):
+    admin_binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "bob-admin", "namespace": "team"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "admin",
+        },
+        "subjects": [{"kind": "User", "name": "bob"}],
+    }
+    rb = "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings"
+    assert secure.as_("admin", "POST", rb, admin_binding)[0] == 201
+    assert secure.wait_allowed("bob", "GET", f"{rb}/bob-admin") == 200
+    # bob administers team: he may bind roles he holds there...
+    edit = {
+        **admin_binding,
+        "metadata": {"name": "carol-edit", "namespace": "team"},
+        "roleRef": {**admin_binding["roleRef"], "name": "edit"},
+        "subjects": [{"kind": "User", "name": "carol"}],
+    }
+    assert secure.as_("bob", "POST", rb, edit)[0] == 201
+    # ...but not cluster-admin, not even in his namespace
+    grab = {
+        **edit,
+        "metadata": {"name": "bob-root", "namespace": "team"},
+        "roleRef": {**edit["roleRef"], "name": "cluster-admin"},
+        "subjects": [{"kind": "User", "name": "bob"}],
+    }
+    status, _, body = secure.as_("bob", "POST", rb, grab)
+    assert status == 403 and "not currently held" in body["message"], body
+    crb = {**grab, "kind": "ClusterRoleBinding", "metadata": {"name": "bob-root"}}
+    path = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+    assert secure.as_("bob", "POST", path, crb)[0] == 403
+    # nor edit his own permissions upward through a Role
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "mine", "namespace": "team"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+    }
+    roles = "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles"
+    assert secure.as_("bob", "POST", roles, role)[0] == 201
+    role["rules"].append({"apiGroups": [""], "resources": ["nodes"], "verbs": ["*"]})
+    status, _, body = secure.as_(
+        "bob",
+        "PATCH",
+        f"{roles}/mine",
+        {"rules": role["rules"]},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 403 and "not currently held" in body["message"], body
+    events = [json.loads(x) for x in secure.audit.read_text().splitlines()]
+    refused = [
+        e
+        for e in events
+        if e["stage"] == "ResponseComplete"
+        and e["user"]["username"] == "bob"
+        and e.get("objectRef", {}).get("resource") in ("rolebindings", "clusterrolebindings")
+        and e["responseStatus"]["code"] == 403
+    ]
+    assert len(refused) >= 2
+    # RBAC objects are logged at RequestResponse: the refused binding is in the log
+    assert any(
+        e.get("requestObject", {}).get("metadata", {}).get("name") == "bob-root" for e in refused
+    )
+
+
+def test_protected_namespaces_even_for_the_administrator(secure: Setup):
+    for ns in ("default", "kube-system", "kube-public"):
+        status, _, body = secure.as_("admin", "DELETE", f"/api/v1/namespaces/{ns}")
+        assert status == 403 and "may not be deleted" in body["message"]
+
+
+def test_no_secret_value_in_the_audit_log(secure: Setup):
+    secret = {"metadata": {"name": "db"}, "stringData": {"password": MARKER}}
+    assert secure.as_("admin", "POST", "/api/v1/namespaces/team/secrets", secret)[0] == 201
+    got = secure.as_("admin", "GET", "/api/v1/namespaces/team/secrets/db")[2]
+    assert base64.b64decode(got["data"]["password"]).decode() == MARKER
+    patch = {"stringData": {"password": MARKER + "x"}}
+    secure.as_(
+        "admin",
+        "PATCH",
+        "/api/v1/namespaces/team/secrets/db",
+        patch,
+        content_type="application/merge-patch+json",
+    )
+    text = secure.audit.read_text()
+    encoded = base64.b64encode(MARKER.encode()).decode()
+    assert MARKER not in text and encoded not in text and encoded[:-4] not in text
+    events = [json.loads(x) for x in text.splitlines()]
+    mine = [e for e in events if e.get("objectRef", {}).get("resource") == "secrets"]
+    assert mine and all(e["level"] == "Metadata" for e in mine)
+    stages = {e["stage"] for e in mine}
+    assert {"RequestReceived", "ResponseComplete"} <= stages
+    # health endpoints are not logged; each event names its user and decision
+    assert not any(e.get("requestURI", "").startswith("/readyz") for e in events)
+    complete = [
+        e for e in mine if e["stage"] == "ResponseComplete" and e["user"]["username"] == "admin"
+    ]
+    assert len(complete) >= 3
+    assert all(e["annotations"]["authorization.k8s.io/decision"] == "allow" for e in complete)
+    assert oct(secure.audit.stat().st_mode & 0o777) == "0o600"
