@@ -51,6 +51,8 @@ async def secure(etcd_cluster, tmp_path_factory) -> AsyncIterator[Setup]:
     ca = TestCA(root / "pki")
     server_cert, server_key = ca.issue("server", "api", server=True)
     audit = root / "audit" / "api.log"
+    tokens = root / "tokens.csv"
+    tokens.write_text('tok-carol-123,carol,u-9,"ops,dev"\n')
     replica = ApiReplica(
         root,
         "secure-1",
@@ -70,6 +72,10 @@ async def secure(etcd_cluster, tmp_path_factory) -> AsyncIterator[Setup]:
             "health",
             "--audit-log-path",
             str(audit),
+            "--token-auth-file",
+            str(tokens),
+            "--service-account-key-file",
+            str(root / "pki" / "sa.key"),
         ],
     )
     await replica.start()
@@ -357,3 +363,105 @@ def test_no_secret_value_in_the_audit_log(secure: Setup):
     assert len(complete) >= 3
     assert all(e["annotations"]["authorization.k8s.io/decision"] == "allow" for e in complete)
     assert oct(secure.audit.stat().st_mode & 0o777) == "0o600"
+
+
+def whoami(secure: Setup, token: str) -> tuple[int, dict]:
+    status, _, body = secure.api.request(
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        token=token,
+    )
+    return status, body
+
+
+def test_static_tokens(secure: Setup):
+    status, body = whoami(secure, "tok-carol-123")
+    assert status == 201
+    assert body["status"]["userInfo"] == {
+        "username": "carol",
+        "uid": "u-9",
+        "groups": ["ops", "dev", "system:authenticated"],
+    }
+    assert whoami(secure, "tok-carol-12")[0] == 401
+
+
+def test_service_account_tokens_are_bound_to_the_account(secure: Setup):
+    sas = "/api/v1/namespaces/team/serviceaccounts"
+    assert secure.as_("admin", "POST", sas, {"metadata": {"name": "bot"}})[0] == 201
+    status, _, answer = secure.as_(
+        "admin",
+        "POST",
+        f"{sas}/bot/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 600},
+        },
+    )
+    assert status == 201, answer
+    token = answer["status"]["token"]
+    status, body = whoami(secure, token)
+    assert status == 201
+    info = body["status"]["userInfo"]
+    assert info["username"] == "system:serviceaccount:team:bot"
+    assert info["groups"] == [
+        "system:serviceaccounts",
+        "system:serviceaccounts:team",
+        "system:authenticated",
+    ]
+    # authenticated, but nothing bound yet
+    cms = "/api/v1/namespaces/team/configmaps"
+    assert secure.api.request("GET", cms, token=token)[0] == 403
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "bot-edit", "namespace": "team"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"kind": "ServiceAccount", "name": "bot", "namespace": "team"}],
+    }
+    rbs = "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings"
+    assert secure.as_("admin", "POST", rbs, binding)[0] == 201
+    deadline = time.monotonic() + 5
+    while secure.api.request("GET", cms, token=token)[0] == 403 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert secure.api.request("GET", cms, token=token)[0] == 200
+    # a token for another audience is not for this server
+    status, _, other = secure.as_(
+        "admin", "POST", f"{sas}/bot/token", {"spec": {"audiences": ["vault"]}}
+    )
+    assert status == 201 and whoami(secure, other["status"]["token"])[0] == 401
+    # too short a lifetime is refused as Kubernetes refuses it
+    status, _, body = secure.as_(
+        "admin", "POST", f"{sas}/bot/token", {"spec": {"expirationSeconds": 60}}
+    )
+    assert status == 422 and "10 minutes" in body["message"]
+    # deleting the ServiceAccount revokes its tokens; a new one of the same name does not
+    # bring them back (another uid)
+    assert secure.as_("admin", "DELETE", f"{sas}/bot")[0] == 200
+    deadline = time.monotonic() + 5
+    while whoami(secure, token)[0] != 401 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert whoami(secure, token)[0] == 401
+    assert secure.as_("admin", "POST", sas, {"metadata": {"name": "bot"}})[0] == 201
+    time.sleep(0.3)
+    assert whoami(secure, token)[0] == 401
+
+
+def test_expired_and_foreign_service_account_tokens(secure: Setup, tmp_path: Path):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from haplane.auth.tokens import ServiceAccountTokens, load_or_create_key
+
+    sas = "/api/v1/namespaces/team/serviceaccounts"
+    secure.as_("admin", "POST", sas, {"metadata": {"name": "old"}})
+    sa = secure.as_("admin", "GET", f"{sas}/old")[2]
+    uid = sa["metadata"]["uid"]
+    aud = ["https://kubernetes.default.svc.cluster.local"]
+    platform = ServiceAccountTokens([load_or_create_key(secure.root / "pki" / "sa.key")])
+    expired, _ = platform.issue("team", "old", uid, aud, 600, now=time.time() - 700)
+    assert whoami(secure, expired)[0] == 401
+    fine, _ = platform.issue("team", "old", uid, aud, 600)
+    assert whoami(secure, fine)[0] == 201
+    foreign = ServiceAccountTokens([ec.generate_private_key(ec.SECP256R1())])
+    assert whoami(secure, foreign.issue("team", "old", uid, aud)[0])[0] == 401

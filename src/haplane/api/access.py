@@ -11,17 +11,34 @@ from collections.abc import Sequence
 from typing import Any
 
 from haplane.auth import rbac
+from haplane.auth.tokens import ServiceAccountTokens
 from haplane.auth.user import MASTERS, UserInfo
 
+from . import errors
 from .authenticators import InvalidToken, TokenAuthenticator
 from .authorizer import Authorizer, RbacAuthorizer
 from .request import RequestInfo
+from .resources import Obj
+from .service_accounts import token_request
 
 
 class Access:
-    def __init__(self, authorizer: Authorizer, tokens: Sequence[TokenAuthenticator] = ()):
+    def __init__(
+        self,
+        authorizer: Authorizer,
+        tokens: Sequence[TokenAuthenticator] = (),
+        sa_tokens: ServiceAccountTokens | None = None,
+        audiences: Sequence[str] = (),
+    ):
         self.authorizer = authorizer
         self.tokens = tuple(tokens)
+        self.sa_tokens = sa_tokens
+        self.audiences = list(audiences)
+
+    def token_request(self, sa: Obj, body: Obj) -> Obj:
+        if self.sa_tokens is None:
+            raise errors.no_such_resource("serviceaccounts/token: no signing key configured")
+        return token_request(self.sa_tokens, self.audiences, sa, body)
 
     async def authorize(self, user: UserInfo, info: RequestInfo) -> rbac.Decision:
         return await self.authorizer.authorize(user, info)

@@ -183,6 +183,22 @@ TOKEN_REVIEW: Schema = {
     2: ("spec", {1: ("token", "string"), 2: ("audiences", ["string"])}),
 }
 
+TOKEN_REQUEST: Schema = {
+    1: ("metadata", OBJECT_META),
+    2: (
+        "spec",
+        {
+            1: ("audiences", ["string"]),
+            4: ("expirationSeconds", "*int64"),
+            3: (
+                "boundObjectRef",
+                {1: ("kind", "string"), 2: ("apiVersion", "string"), 3: ("name", "string"),
+                 4: ("uid", "string")},
+            ),
+        },
+    ),
+}  # fmt: skip
+
 # (apiVersion, kind) -> schema of the message in Unknown.raw
 KINDS: dict[tuple[str, str], Schema] = {
     ("v1", "Namespace"): NAMESPACE,
@@ -197,6 +213,7 @@ KINDS: dict[tuple[str, str], Schema] = {
     ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): SELF_SUBJECT_RULES_REVIEW,
     ("authentication.k8s.io/v1", "SelfSubjectReview"): SELF_SUBJECT_REVIEW,
     ("authentication.k8s.io/v1", "TokenReview"): TOKEN_REVIEW,
+    ("authentication.k8s.io/v1", "TokenRequest"): TOKEN_REQUEST,
 }
 
 

@@ -311,7 +311,7 @@ BUILTIN: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "Secret", "secrets", "secret", namespaced=True,
                  strategy=SecretStrategy(), patch_schema=STRATEGIC_SCHEMAS["Secret"]),
     ResourceType("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount",
-                 namespaced=True, short_names=("sa",),
+                 namespaced=True, short_names=("sa",), subresources=("token",),
                  patch_schema=STRATEGIC_SCHEMAS["ServiceAccount"]),
     ResourceType("", "v1", "Event", "events", "event", namespaced=True, short_names=("ev",),
                  patch_schema=STRATEGIC_SCHEMAS["Event"]),

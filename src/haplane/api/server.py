@@ -33,6 +33,8 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from haplane.auth.audit import AuditLog, Policy, default_policy
+from haplane.auth.tokens import ServiceAccountTokens, StaticTokens, load_or_create_key
+from haplane.auth.user import UserInfo
 from haplane.store import (
     FENCE_KEY,
     HEARTBEAT_KEY,
@@ -64,6 +66,7 @@ from .handlers.context import HandlerContext
 from .request import JSON, MAX_BODY_BYTES, Admission, RequestInfo, expect, json_response
 from .resource_version import VersionContext
 from .resources import BUILTIN, Obj, Registry, ResourceType
+from .service_accounts import ServiceAccountAuthenticator
 from .storage import DataFence, EtcdStorage, StorageError
 from .sync_ack import SyncAck, SyncConfig
 from .watch_cache import CachedStorage, Cacher
@@ -175,8 +178,15 @@ class ApiServer:
         sec = config.security
         self.tls = _server_tls(sec)
         self.authorizer = RbacAuthorizer() if sec.authorization == "RBAC" else None
-        tokens = _token_authenticators(sec)
-        self.access = Access(self.authorizer or AlwaysAllow(), tokens)
+        self.sa_tokens = (
+            ServiceAccountTokens([load_or_create_key(sec.sa_key)], sec.sa_issuer)
+            if sec.sa_key
+            else None
+        )
+        tokens = self._token_authenticators(sec)
+        self.access = Access(
+            self.authorizer or AlwaysAllow(), tokens, self.sa_tokens, [sec.sa_issuer]
+        )
         self.authenticate = Authenticate(
             tokens,
             anonymous=sec.anonymous,
@@ -332,6 +342,31 @@ class ApiServer:
                 }
             )
         )
+
+    def _token_authenticators(self, sec: SecurityConfig) -> list[TokenAuthenticator]:
+        """The static token file first, then ServiceAccount tokens (kube-apiserver's order)."""
+        found: list[TokenAuthenticator] = []
+        if sec.token_file:
+            static = StaticTokens.load(sec.token_file)
+
+            async def from_file(token: str) -> UserInfo | None:
+                return static.authenticate(token)
+
+            found.append(from_file)
+        if self.sa_tokens is not None:
+            found.append(
+                ServiceAccountAuthenticator(self.sa_tokens, [sec.sa_issuer], self._service_account)
+            )
+        return found
+
+    async def _service_account(self, namespace: str, name: str) -> Obj | None:
+        """From the watch cache when it is ready (resourceVersion "0"), else from etcd."""
+        try:
+            return await self.stores[("", "v1", "serviceaccounts")].get(namespace, name, "0")
+        except StatusError as exc:
+            if exc.code == 404:
+                return None
+            raise
 
     # ---- custom resources ----------------------------------------------------------------
 
@@ -766,10 +801,6 @@ def _server_tls(sec: SecurityConfig) -> ssl.SSLContext | None:
         ctx.load_verify_locations(sec.client_ca)
         ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
-
-
-def _token_authenticators(sec: SecurityConfig) -> list[TokenAuthenticator]:
-    return []
 
 
 def _stall_hook(needle: str | None) -> Callable[[str], Callable[[], None] | None] | None:

@@ -19,6 +19,9 @@ from ..resources import Registry
 KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+haplane"}
 
 
+_SUBRESOURCE_VERBS = {"finalize": ["update"], "token": ["create"]}
+
+
 def version() -> web.Response:
     return json_response({**KUBE_VERSION, "platform": "linux/amd64", "haplaneVersion": __version__})
 
@@ -83,10 +86,12 @@ def resource_list(registry: Registry, group: str, version: str) -> dict[str, Any
                 "singularName": "",
                 "namespaced": t.namespaced,
                 "kind": t.kind,
-                "verbs": ["update"] if sub == "finalize" else ["get", "patch", "update"],
+                "verbs": _SUBRESOURCE_VERBS.get(sub, ["get", "patch", "update"]),
             }
             if sub == "scale":
                 entry.update(kind="Scale", group="autoscaling", version="v1")
+            if sub == "token":
+                entry.update(kind="TokenRequest", group="authentication.k8s.io", version="v1")
             resources.append(entry)
     return {
         "kind": "APIResourceList",

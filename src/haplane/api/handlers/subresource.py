@@ -24,6 +24,11 @@ async def subresource(
     sub, m, name = target.subresource or "", request.method, target.name or ""
     scale = target.rtype.scale_paths if sub == "scale" else None
     view = (lambda obj: to_scale(obj, scale)) if scale else (lambda obj: obj)
+    if sub == "token":
+        if m != "POST" or ctx.access is None:
+            raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
+        sa = await store.get(target.namespace, name)
+        return json_response(ctx.access.token_request(sa, await body(request)), 201)
     if m == "GET" and sub in ("status", "scale"):
         return json_response(view(await store.get(target.namespace, name)))
     if m == "PUT":
