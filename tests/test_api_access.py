@@ -465,3 +465,58 @@ def test_expired_and_foreign_service_account_tokens(secure: Setup, tmp_path: Pat
     assert whoami(secure, fine)[0] == 201
     foreign = ServiceAccountTokens([ec.generate_private_key(ec.SECP256R1())])
     assert whoami(secure, foreign.issue("team", "old", uid, aud)[0])[0] == 401
+
+
+def served_serial(secure: Setup) -> int:
+    from cryptography import x509
+
+    port = int(secure.api.url.rsplit(":", 1)[1])
+    ctx = ssl.create_default_context(cafile=str(secure.ca.path))
+    import socket
+
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_certificate_rotation_under_load_fails_no_request(secure: Setup):
+    import threading
+
+    before = served_serial(secure)
+    failures: list[str] = []
+    done = threading.Event()
+    count = 0
+
+    def load() -> None:
+        nonlocal count
+        while not done.is_set():
+            try:
+                status = secure.as_("admin", "GET", "/api/v1/namespaces/team")[0]
+                if status != 200:
+                    failures.append(str(status))
+            except Exception as exc:  # any failed request fails the test
+                failures.append(repr(exc))
+            count += 1
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        secure.ca.issue("server", "api", server=True)  # new key and serial, same names
+        deadline = time.monotonic() + 10
+        while served_serial(secure) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert served_serial(secure) != before
+    assert count > 20 and failures == []
+    status, _, metrics = secure.as_("admin", "GET", "/metrics")
+    assert status == 200 and 'haplane_certificate_expiry_seconds{certificate="serving"}' in metrics

@@ -33,6 +33,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from haplane.auth.audit import AuditLog, Policy, default_policy
+from haplane.auth.pki import CertPaths, seconds_to_expiry, server_context
 from haplane.auth.tokens import ServiceAccountTokens, StaticTokens, load_or_create_key
 from haplane.auth.user import UserInfo
 from haplane.store import (
@@ -285,6 +286,8 @@ class ApiServer:
             name="leader election",
         )
         self._spawn(self._heartbeat(), "heartbeat")
+        if self.tls is not None:
+            self._spawn(self._reload_certificate(), "certificate reload")
         if self.sync is not None:
             self._spawn(
                 self.sync.keep(epoch=self._writable_epoch, head_revision=store.current_revision),
@@ -367,6 +370,33 @@ class ApiServer:
             if exc.code == 404:
                 return None
             raise
+
+    async def _reload_certificate(self, every: float = 1.0) -> None:
+        """Serve a rotated certificate (`haplane pki rotate` rewrites the files) from the next
+        handshake on: open connections keep theirs, nothing restarts. Checked every `every`
+        seconds by modification time; a pair caught half-written (the key renamed, the
+        certificate not yet) fails to load and is tried again at the next check."""
+        sec = self.config.security
+        assert self.tls is not None and sec.tls_cert and sec.tls_key
+        cert, key = Path(sec.tls_cert), Path(sec.tls_key)
+        expiry = self.metrics.certificate_expiry.labels("serving")
+
+        def stamp() -> tuple[float, float]:
+            return cert.stat().st_mtime, key.stat().st_mtime
+
+        seen = stamp()
+        expiry.set(seconds_to_expiry(cert))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                now = stamp()
+                if now != seen:
+                    self.tls.load_cert_chain(cert, key)
+                    seen = now
+                    log.info(json.dumps({"msg": "serving certificate reloaded", "file": str(cert)}))
+                expiry.set(seconds_to_expiry(cert))
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.info(json.dumps({"msg": "certificate reload deferred", "error": str(exc)}))
 
     # ---- custom resources ----------------------------------------------------------------
 
@@ -792,15 +822,10 @@ class ApiServer:
 def _server_tls(sec: SecurityConfig) -> ssl.SSLContext | None:
     """TLS 1.2 or later; a client certificate asked for, not required (tokens and anonymous
     health checks come without one), and verified against `client_ca` when sent."""
-    if not sec.tls_cert:
+    if not sec.tls_cert or not sec.tls_key:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(sec.tls_cert, sec.tls_key)
-    if sec.client_ca:
-        ctx.load_verify_locations(sec.client_ca)
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
+    paths = CertPaths(Path(sec.tls_cert), Path(sec.tls_key), Path(sec.client_ca or ""))
+    return server_context(paths, "optional" if sec.client_ca else "none")
 
 
 def _stall_hook(needle: str | None) -> Callable[[str], Callable[[], None] | None] | None:

@@ -39,6 +39,12 @@ class Metrics:
             ["operation"],
             registry=self.registry,
         )
+        self.certificate_expiry = Gauge(
+            "haplane_certificate_expiry_seconds",
+            "Seconds until a certificate this process serves with expires",
+            ["certificate"],
+            registry=self.registry,
+        )
         self.inflight = 0
         # `labels()` validates and hashes its arguments on every call: keep the children
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
