@@ -1,6 +1,7 @@
 -- wrk script for bench/api_server.py: POST ConfigMaps of ~1 KiB with unique names.
 -- Names are RUN-THREAD-COUNTER (RUN from $BENCH_RUN, one per wrk invocation), so no create
--- conflicts and every answer must be 201; the path comes from $BENCH_PATH.
+-- conflicts and every answer must be 201; the path comes from $BENCH_PATH, a bearer token (if
+-- any) from $BENCH_TOKEN.
 local threads = {}
 
 function setup(thread)
@@ -13,6 +14,8 @@ local payload = string.rep("x", 1000)
 local run = os.getenv("BENCH_RUN") or "run"
 local path = os.getenv("BENCH_PATH")
 local headers = {["Content-Type"] = "application/json"}
+local token = os.getenv("BENCH_TOKEN")
+if token and token ~= "" then headers["Authorization"] = "Bearer " .. token end
 
 function request()
   counter = counter + 1

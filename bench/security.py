@@ -1,0 +1,180 @@
+"""Benchmark: what identity and access cost. One etcd (3 members, fsync on) and two replicas on
+it, side by side in one run:
+- plain: HTTP, anonymous, AlwaysAllow, no audit (a bare replica);
+- secure: TLS (P-256 certificate), a bearer token from the token file, RBAC (the user is
+  allowed by a RoleBinding to `edit` for its group, so every request is evaluated, not
+  short-circuited as system:masters would be), and the audit log under the default policy
+  (ConfigMaps: Metadata for gets, Request for creates: two events per request).
+Load from wrk (2 threads, keep-alive connections: TLS handshakes are amortised as clients
+amortise them), `--rounds` interleaved rounds of cached GETs (resourceVersion=0) and creates
+(~1 KiB ConfigMaps); ratios secure / plain are the medians of the rounds'.
+
+    .venv/bin/python bench/security.py [--seconds 6] [--rounds 3] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from api_server import WRK_CREATE, _cpu, load_wrk_create  # bench/ is on sys.path
+from wrk_report import parse_wrk
+
+from haplane.auth.pki import CertRequest, Pki
+from haplane.local.api_replica import ApiReplica
+from haplane.local.etcd_cluster import EtcdCluster
+from haplane.store import FenceValue, RegionFence
+
+TOKEN = "bench-token-0123456789"
+
+
+def wrk_get(url: str, seconds: float, connections: int, pid: int, token: str | None) -> dict:
+    headers = ["-H", f"Authorization: Bearer {token}"] if token else []
+    cpu0 = _cpu(pid)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--latency",
+            *headers,
+            f"{url}/api/v1/namespaces/bench/configmaps/c1?resourceVersion=0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cpu = _cpu(pid) - cpu0
+    r = parse_wrk(out)
+    assert not r["non2xx"] and not r["socket_errors"], out
+    return {
+        "rps": r["n"] / r["seconds"],
+        "p50_ms": r["p50"],
+        "p99_ms": r["p99"],
+        "cpu_us": cpu / r["n"] * 1e6,
+    }
+
+
+async def setup(root: Path) -> tuple[EtcdCluster, ApiReplica, ApiReplica, Path]:
+    cluster = EtcdCluster(root / "etcd", heartbeat_ms=50, election_ms=500, unsafe_no_fsync=False)
+    await cluster.start()
+    async with cluster.client(timeout=2.0) as client:
+        fence = RegionFence("bench", client)
+        await fence.swap(await fence.read(), FenceValue.active("bench", 0))
+    pki = Pki(root / "pki")
+    pki.ensure_ca("bench CA")
+    server = pki.issue(CertRequest("api", "api", ip_addresses=("127.0.0.1",), server=True))
+    admin = pki.issue(CertRequest("admin", "admin", ("system:masters",), client=True))
+    (root / "tokens.csv").write_text(f'{TOKEN},bench-user,u-1,"bench-team"\n')
+    plain = ApiReplica(root, "plain", cluster.endpoints, region="bench")
+    secure = ApiReplica(
+        root,
+        "secure",
+        cluster.endpoints,
+        region="bench",
+        ca=pki.ca_cert,
+        extra_args=[
+            "--tls-cert-file",
+            str(server.cert),
+            "--tls-private-key-file",
+            str(server.key),
+            "--client-ca-file",
+            str(pki.ca_cert),
+            "--authorization-mode",
+            "RBAC",
+            "--anonymous",
+            "health",
+            "--token-auth-file",
+            str(root / "tokens.csv"),
+            "--audit-log-path",
+            str(root / "audit" / "secure.log"),
+        ],
+    )
+    await plain.start()
+    await secure.start()
+    cert = (admin.cert, admin.key)
+    secure.request("POST", "/api/v1/namespaces", {"metadata": {"name": "bench"}}, cert=cert)
+    secure.request(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/bench/rolebindings",
+        {
+            "metadata": {"name": "team-edit"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "edit",
+            },
+            "subjects": [{"kind": "Group", "name": "bench-team"}],
+        },
+        cert=cert,
+    )
+    secure.request(
+        "POST",
+        "/api/v1/namespaces/bench/configmaps",
+        {"metadata": {"name": "c1"}, "data": {"p": "x" * 1000}},
+        cert=cert,
+    )
+    deadline = time.monotonic() + 5
+    while secure.request("GET", "/api/v1/namespaces/bench/configmaps/c1", token=TOKEN)[0] != 200:
+        assert time.monotonic() < deadline, "the binding never took effect"
+        await asyncio.sleep(0.1)
+    return cluster, plain, secure, root / "audit" / "secure.log"
+
+
+def row(name: str, r: dict) -> None:
+    print(f"{name:<34}{r['rps']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['cpu_us']:>12.0f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=32)
+    args = ap.parse_args()
+    loop = asyncio.new_event_loop()
+    with tempfile.TemporaryDirectory(prefix="haplane-bench-") as tmp:
+        cluster, plain, secure, audit = loop.run_until_complete(setup(Path(tmp)))
+        try:
+            s, c = args.seconds, args.connections
+            print(
+                f"wrk -t2 -c{c}, {s:g}s per case, {args.rounds} interleaved rounds; "
+                "2 vCPUs shared by etcd, both replicas and wrk"
+            )
+            print(f"{'case':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}")
+            gets, creates = [], []
+            for i in range(args.rounds):
+                p = wrk_get(plain.url, s, c, plain.process.pid, None)
+                q = wrk_get(secure.url, s, c, secure.process.pid, TOKEN)
+                row(f"{i + 1}: get, all off", p)
+                row(f"{i + 1}: get, TLS+token+RBAC+audit", q)
+                gets.append((q["rps"] / p["rps"], q["cpu_us"] / p["cpu_us"]))
+                os.environ["BENCH_TOKEN"] = ""
+                p = load_wrk_create(plain.url, s, c, plain.process.pid)
+                os.environ["BENCH_TOKEN"] = TOKEN
+                q = load_wrk_create(secure.url, s, c, secure.process.pid)
+                row(f"{i + 1}: create, all off", p)
+                row(f"{i + 1}: create, TLS+token+RBAC+audit", q)
+                creates.append((q["rps"] / p["rps"], q["cpu_us"] / p["cpu_us"]))
+            for what, xs in (("cached GETs", gets), ("creates", creates)):
+                print(
+                    f"{what}: secure / plain = {statistics.median(x[0] for x in xs):.2f}x "
+                    f"throughput (rounds {', '.join(f'{x[0]:.2f}' for x in xs)}), "
+                    f"{statistics.median(x[1] for x in xs):.2f}x replica CPU per request"
+                )
+            print(f"audit log written: {audit.stat().st_size / 1e6:.1f} MB")
+        finally:
+            loop.run_until_complete(plain.stop())
+            loop.run_until_complete(secure.stop())
+            loop.run_until_complete(cluster.stop())
+
+
+if __name__ == "__main__":
+    assert WRK_CREATE.exists()
+    main()
