@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from haplane.auth.pki import CertRequest, Pki
 from haplane.store import (
     EtcdBinary,
     EtcdClient,
     EtcdError,
+    EtcdTls,
     MemberAddress,
+    MemberTls,
     find_etcd,
     member_command,
 )
@@ -36,7 +39,11 @@ class EtcdCluster:
         binary: EtcdBinary | None = None,
         scope: str = "test",
         unsafe_no_fsync: bool = True,
+        tls: bool = False,
     ):
+        """`tls`: members serve clients and peers over TLS with client-certificate
+        authentication, from a CA of the cluster's own under `root/pki` (`client_tls` is a
+        client certificate it accepts)."""
         self.root = root
         self.binary = binary or find_etcd()
         settings = ResolvedEtcdSettings(
@@ -57,9 +64,40 @@ class EtcdCluster:
                 "127.0.0.1",
                 ports.resolve(f"{m.qualified_name}#client", "127.0.0.1", None),
                 ports.resolve(f"{m.qualified_name}#peer", "127.0.0.1", None),
+                tls=tls,
             )
             for m in members
         }
+        self.pki: Pki | None = None
+        self.client_tls: EtcdTls | None = None
+        member_tls: dict[str, MemberTls] = {}
+        if tls:
+            self.pki = Pki(root / "pki")
+            self.pki.ensure_ca(f"etcd {scope} CA")
+            for m in members:
+                serving = self.pki.ensure(
+                    CertRequest(
+                        f"{m.name}-server",
+                        m.name,
+                        ip_addresses=("127.0.0.1",),
+                        dns_names=("localhost",),
+                        server=True,
+                    )
+                )
+                peer = self.pki.ensure(
+                    CertRequest(
+                        f"{m.name}-peer",
+                        m.name,
+                        ip_addresses=("127.0.0.1",),
+                        server=True,
+                        client=True,
+                    )
+                )
+                member_tls[m.qualified_name] = MemberTls(
+                    self.pki.ca_cert, serving.cert, serving.key, peer.cert, peer.key
+                )
+            client = self.pki.ensure(CertRequest("root", "root", client=True))
+            self.client_tls = EtcdTls(client.ca, client.cert, client.key)
         self.processes = {
             m.qualified_name: ManagedProcess(
                 ProcessSpec(
@@ -72,6 +110,7 @@ class EtcdCluster:
                         m,
                         self.addresses,
                         root / "data" / m.name,
+                        member_tls.get(m.qualified_name),
                     ),
                     log_path=root / "logs" / f"{m.name}.log",
                     pid_path=root / "run" / f"{m.name}.json",
@@ -92,7 +131,7 @@ class EtcdCluster:
         return self.addresses[name].client_endpoint
 
     def client(self, timeout: float = 0.5) -> EtcdClient:
-        return EtcdClient(self.endpoints, timeout=timeout)
+        return EtcdClient(self.endpoints, timeout=timeout, tls=self.client_tls)
 
     async def start(self, timeout: float = 30.0) -> None:
         for p in self.processes.values():

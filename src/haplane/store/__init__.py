@@ -18,6 +18,7 @@ from .etcd_client import (
     Alarm,
     Compare,
     EtcdClient,
+    EtcdTls,
     KeyValue,
     KVHash,
     Member,
@@ -28,7 +29,13 @@ from .etcd_client import (
     WatchEvent,
     prefix_end,
 )
-from .etcd_member import MemberAddress, cluster_token, etcd_member_name, member_command
+from .etcd_member import (
+    MemberAddress,
+    MemberTls,
+    cluster_token,
+    etcd_member_name,
+    member_command,
+)
 from .fence_key import (
     FENCE_KEY,
     FenceChanged,
@@ -74,6 +81,7 @@ __all__ = [
     "EtcdNoQuorum",
     "EtcdOutcomeUnknown",
     "EtcdRejected",
+    "EtcdTls",
     "EtcdUnavailable",
     "EtcdWindowClosed",
     "FenceChanged",
@@ -86,6 +94,7 @@ __all__ = [
     "Member",
     "MemberAddress",
     "MemberStatus",
+    "MemberTls",
     "Op",
     "RegionFence",
     "RegionFences",

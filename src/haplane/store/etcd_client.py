@@ -30,6 +30,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -47,6 +48,25 @@ from .errors import (
 )
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """Client TLS towards etcd: the CA that signed the members' serving certificates, and this
+    client's own certificate (members run with --client-cert-auth). The member's address is
+    checked against its certificate's SANs (IP addresses included)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes(),
+            certificate_chain=self.cert.read_bytes(),
+        )
+
 
 _CHANNEL_OPTIONS = [
     # A restarted member must be noticed in well under a second (FIELD-NOTES).
@@ -182,11 +202,14 @@ def _kv(kv: Any) -> KeyValue:
 class EtcdClient:
     """Client for one etcd cluster, given its members' client endpoints (`host:port`)."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 0.5):
+    def __init__(
+        self, endpoints: Sequence[str], *, timeout: float = 0.5, tls: EtcdTls | None = None
+    ):
         if not endpoints:
             raise ValueError("an etcd client needs at least one endpoint")
-        self.endpoints = [e.removeprefix("http://") for e in endpoints]
+        self.endpoints = [e.removeprefix("http://").removeprefix("https://") for e in endpoints]
         self.timeout = timeout
+        self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._kv_stubs: dict[int, rpc_pb2_grpc.KVStub] = {}  # by id() of a live channel
         self._preferred = 0  # index of the member that answered last
@@ -204,7 +227,12 @@ class EtcdClient:
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         ch = self._channels.get(endpoint)
         if ch is None:
-            ch = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+            if self.tls is None:
+                ch = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+            else:  # files read per channel: a rotated certificate serves new channels
+                ch = grpc.aio.secure_channel(
+                    endpoint, self.tls.credentials(), options=_CHANNEL_OPTIONS
+                )
             self._channels[endpoint] = ch
         return ch
 

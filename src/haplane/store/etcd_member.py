@@ -21,18 +21,45 @@ class MemberAddress:
     host: str
     client_port: int
     peer_port: int
+    tls: bool = False  # https for clients and peers (the cluster runs with `MemberTls`)
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.peer_port}"
 
     @property
     def client_endpoint(self) -> str:
         return f"{self.host}:{self.client_port}"
+
+
+@dataclass(frozen=True)
+class MemberTls:
+    """A member's TLS: its serving certificate (clients), its peer certificate (serverAuth and
+    clientAuth: peers dial each other), and the CA both its clients and its peers must present
+    certificates from (etcd's --client-cert-auth and --peer-client-cert-auth: a connection
+    without one is refused, so reading or writing etcd needs a certificate of the platform)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    peer_cert: Path
+    peer_key: Path
+
+    def flags(self) -> list[str]:
+        return [
+            "--cert-file", str(self.cert),
+            "--key-file", str(self.key),
+            "--client-cert-auth=true",
+            "--trusted-ca-file", str(self.ca),
+            "--peer-cert-file", str(self.peer_cert),
+            "--peer-key-file", str(self.peer_key),
+            "--peer-client-cert-auth=true",
+            "--peer-trusted-ca-file", str(self.ca),
+        ]  # fmt: skip
 
 
 def etcd_member_name(member: EtcdMemberView) -> str:
@@ -55,8 +82,10 @@ def member_command(
     member: EtcdMemberView,
     addresses: dict[str, MemberAddress],
     data_dir: Path,
+    tls: MemberTls | None = None,
 ) -> list[str]:
-    """`addresses` maps each member's qualified name to its resolved address."""
+    """`addresses` maps each member's qualified name to its resolved address (with `tls`,
+    addresses whose `tls` is set: the URLs must say https)."""
     own = addresses[member.qualified_name]
     s = cluster.settings
     initial = ",".join(
@@ -89,4 +118,8 @@ def member_command(
     ]  # fmt: skip
     if s.unsafe_no_fsync:
         cmd.append("--unsafe-no-fsync")
+    if tls is not None:
+        if not own.tls:
+            raise ValueError(f"{member.qualified_name}: TLS flags with http:// addresses")
+        cmd += tls.flags()
     return cmd
