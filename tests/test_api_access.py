@@ -520,3 +520,62 @@ def test_certificate_rotation_under_load_fails_no_request(secure: Setup):
     assert count > 20 and failures == []
     status, _, metrics = secure.as_("admin", "GET", "/metrics")
     assert status == 200 and 'haplane_certificate_expiry_seconds{certificate="serving"}' in metrics
+
+
+VERBS = {  # HTTP method -> (needs a name, body)
+    "GET": (False, None),
+    "POST": (False, {"metadata": {"name": "sweep"}}),
+    "PUT": (True, {"metadata": {"name": "sweep"}}),
+    "PATCH": (True, {"metadata": {"labels": {"a": "b"}}}),
+    "DELETE": (True, None),
+}
+
+
+def discovered_paths(secure: Setup) -> list[str]:
+    """Every resource path discovery lists, namespaced ones in `team`."""
+    out = []
+    groups = secure.as_("admin", "GET", "/apis")[2]["groups"]
+    versions = ["/api/v1"] + [f"/apis/{v['groupVersion']}" for g in groups for v in g["versions"]]
+    for base in versions:
+        for r in secure.as_("admin", "GET", base)[2]["resources"]:
+            name, _, sub = r["name"].partition("/")
+            ns = "/namespaces/team" if r["namespaced"] else ""
+            out.append(f"{base}{ns}/{name}" + (f"/x/{sub}" if sub else ""))
+    return out
+
+
+def test_sweep_every_discovered_path_and_verb(secure: Setup, tmp_path: Path):
+    """Without credentials: 401. With a user who has no bindings (bob): 403, except the
+    self-reviews every authenticated user may create. Expired, foreign-audience and
+    foreign-CA credentials: refused. Never a 5xx."""
+    from haplane.auth.tokens import ServiceAccountTokens, load_or_create_key
+
+    platform = ServiceAccountTokens([load_or_create_key(secure.root / "pki" / "sa.key")])
+    aud = ["https://kubernetes.default.svc.cluster.local"]
+    expired, _ = platform.issue("team", "ghost", "u", aud, 600, now=time.time() - 700)
+    foreign, _ = platform.issue("team", "ghost", "u", ["vault"], 600)
+    self_reviews = {"selfsubjectaccessreviews", "selfsubjectrulesreviews", "selfsubjectreviews"}
+    paths = discovered_paths(secure)
+    assert len(paths) >= 15
+    checked = 0
+    for path in paths:
+        resource = path.split("/")[-1] if "/x/" not in path else path.split("/")[-3]
+        for method, (named, body) in VERBS.items():
+            target = f"{path}/sweep" if named and "/x/" not in path else path
+            anon = secure.as_(None, method, target, body)
+            assert anon[0] == 401, (method, target, anon)
+            for token in (expired, foreign):
+                assert secure.as_(None, method, target, body, token=token)[0] == 401
+            status, _, answer = secure.as_("bob", method, target, body)
+            assert status < 500, (method, target, answer)
+            if resource in self_reviews and method == "POST":
+                assert status in (201, 400, 422), (method, target, answer)
+            else:
+                assert status in (403, 405), (method, target, answer)
+                if status == 403:
+                    assert answer["reason"] == "Forbidden"
+            checked += 1
+    assert checked == len(paths) * len(VERBS)
+    # discovery itself is open to every authenticated user
+    for path in ("/api", "/apis", "/api/v1", "/apis/rbac.authorization.k8s.io/v1", "/version"):
+        assert secure.as_("bob", "GET", path)[0] == 200, path
