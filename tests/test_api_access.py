@@ -31,9 +31,12 @@ class Setup:
         self.admin = ca.issue("admin", "admin", ("system:masters",))
         self.alice = ca.issue("alice", "alice", ("dev",))
         self.bob = ca.issue("bob", "bob")
+        self.dave = ca.issue("dave", "dave")  # never bound to anything
 
     def as_(self, who, method, path, body=None, **kw):
-        cert = {"admin": self.admin, "alice": self.alice, "bob": self.bob}.get(who)
+        cert = {"admin": self.admin, "alice": self.alice, "bob": self.bob, "dave": self.dave}.get(
+            who
+        )
         return self.api.request(method, path, body, cert=cert, **kw)
 
     def wait_allowed(self, who, method, path, timeout=5.0):
@@ -566,7 +569,7 @@ def test_sweep_every_discovered_path_and_verb(secure: Setup, tmp_path: Path):
             assert anon[0] == 401, (method, target, anon)
             for token in (expired, foreign):
                 assert secure.as_(None, method, target, body, token=token)[0] == 401
-            status, _, answer = secure.as_("bob", method, target, body)
+            status, _, answer = secure.as_("dave", method, target, body)
             assert status < 500, (method, target, answer)
             if resource in self_reviews and method == "POST":
                 assert status in (201, 400, 422), (method, target, answer)
@@ -578,4 +581,35 @@ def test_sweep_every_discovered_path_and_verb(secure: Setup, tmp_path: Path):
     assert checked == len(paths) * len(VERBS)
     # discovery itself is open to every authenticated user
     for path in ("/api", "/apis", "/api/v1", "/apis/rbac.authorization.k8s.io/v1", "/version"):
-        assert secure.as_("bob", "GET", path)[0] == 200, path
+        assert secure.as_("dave", "GET", path)[0] == 200, path
+
+
+def test_aggregated_roles_carry_the_rules_they_gather(secure: Setup):
+    """As Kubernetes' aggregation controller: `admin` shows the rules of `edit`, `view` and
+    their labelled helpers; a newly labelled role joins within a moment."""
+    path = "/apis/rbac.authorization.k8s.io/v1/clusterroles"
+
+    def resources(name: str) -> set[str]:
+        rules = secure.as_("admin", "GET", f"{path}/{name}")[2].get("rules") or []
+        return {r for rule in rules for r in rule.get("resources", [])}
+
+    deadline = time.monotonic() + 10
+    while not {"rolebindings", "configmaps", "secrets"} <= resources("admin"):
+        assert time.monotonic() < deadline, resources("admin")
+        time.sleep(0.1)
+    assert "secrets" not in resources("view") and "configmaps" in resources("view")
+    widget = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {
+            "name": "widgets-view",
+            "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"},
+        },
+        "rules": [{"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get"]}],
+    }
+    assert secure.as_("admin", "POST", path, widget)[0] == 201
+    deadline = time.monotonic() + 10
+    while "widgets" not in resources("admin"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert "widgets" in resources("view") and "widgets" in resources("edit")

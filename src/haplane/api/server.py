@@ -288,6 +288,8 @@ class ApiServer:
         self._spawn(self._heartbeat(), "heartbeat")
         if self.tls is not None:
             self._spawn(self._reload_certificate(), "certificate reload")
+        if self.authorizer is not None:
+            self._spawn(self._aggregate_cluster_roles(), "clusterrole aggregation")
         if self.sync is not None:
             self._spawn(
                 self.sync.keep(epoch=self._writable_epoch, head_revision=store.current_revision),
@@ -370,6 +372,42 @@ class ApiServer:
             if exc.code == 404:
                 return None
             raise
+
+    async def _aggregate_cluster_roles(self, every: float = 0.5) -> None:
+        """Kubernetes' clusterrole-aggregation controller: while this replica leads the
+        writable region's controllers, write into each aggregated ClusterRole the rules its
+        selectors gather (authorization never waits for this: the index computes them
+        itself; this keeps `kubectl get clusterrole admin -o yaml` truthful). Rules are
+        compared as sets and written sorted, so replicas never flap over their order."""
+        assert self.authorizer is not None
+        index = self.authorizer.index
+        store = self.stores[("rbac.authorization.k8s.io", "v1", "clusterroles")]
+
+        def canonical(rules: list[Any]) -> list[Any]:
+            return sorted(rules, key=lambda r: json.dumps(r, sort_keys=True))
+
+        while True:
+            await asyncio.sleep(every)
+            if not (self.elector and self.elector.is_leader and self._may_write()):
+                continue
+            if not self.authorizer.ready:
+                continue
+            for name in index.aggregated_roles():
+                wanted = canonical(index.aggregated_rules(name) or [])
+                if canonical(index.stored_rules(name)) == wanted:
+                    continue
+
+                def write(current: Obj, rules: list[Any] = wanted) -> Obj:
+                    return {**current, "rules": rules}
+
+                try:
+                    await store.patch(
+                        None, name, write, manager="clusterrole-aggregation-controller"
+                    )
+                except (StatusError, EtcdError) as exc:
+                    log.info(
+                        json.dumps({"msg": "aggregation retrying", "role": name, "error": str(exc)})
+                    )
 
     async def _reload_certificate(self, every: float = 1.0) -> None:
         """Serve a rotated certificate (`haplane pki rotate` rewrites the files) from the next

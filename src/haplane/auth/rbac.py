@@ -398,6 +398,15 @@ class RbacIndex:
                 break
         self._effective = effective
 
+    def aggregated_roles(self) -> list[str]:
+        return sorted(n for n, cr in self._cluster_roles.items() if cr.selectors is not None)
+
+    def stored_rules(self, name: str) -> list[Any]:
+        """The rules a ClusterRole carries as stored (for an aggregated one, what the
+        aggregation controller last wrote)."""
+        cr = self._cluster_roles.get(name)
+        return list(cr.raw_rules) if cr is not None else []
+
     def aggregated_rules(self, name: str) -> list[Obj] | None:
         """The rules an aggregated ClusterRole should carry (what Kubernetes' controller
         writes into it), or None when it is not aggregated."""
