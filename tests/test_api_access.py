@@ -613,3 +613,20 @@ def test_aggregated_roles_carry_the_rules_they_gather(secure: Setup):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert "widgets" in resources("view") and "widgets" in resources("edit")
+
+
+def test_a_watch_path_serves_only_watches(secure: Setup):
+    """Review finding: a user who may only watch configmaps (view) could create and patch
+    them through /watch/ paths. Only GET is served there."""
+    base = "/api/v1/watch/namespaces/team/configmaps"
+    secure.as_("admin", "POST", "/api/v1/namespaces/team/configmaps", {"metadata": {"name": "w"}})
+    for method, path, body in (
+        ("POST", base, {"metadata": {"name": "via-watch"}}),
+        ("PUT", f"{base}/w", {"metadata": {"name": "w"}, "data": {"x": "y"}}),
+        ("PATCH", f"{base}/w", {"data": {"x": "y"}}),
+    ):
+        status, _, answer = secure.as_("alice", method, path, body)  # alice: view in team
+        assert status in (403, 405), (method, answer)
+        status, _, answer = secure.as_("admin", method, path, body)
+        assert status == 405, (method, answer)
+    assert secure.as_("admin", "GET", "/api/v1/namespaces/team/configmaps/via-watch")[0] == 404

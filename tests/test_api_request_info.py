@@ -120,3 +120,21 @@ def test_unknown_targets_are_404(path):
     with pytest.raises(StatusError) as err:
         resolve("GET", path)
     assert err.value.code == 404
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_only_get_is_a_watch_on_a_watch_path(method):
+    """Anything else under /watch/ is authorized as what it is (and answered 405): a user
+    who may only watch must not create, update or patch through a watch path."""
+    got = info(method, "/api/v1/watch/namespaces/ns/configmaps/a")
+    assert (
+        got.verb
+        == {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+    )
+
+
+def test_field_selector_name_is_read_by_the_lists_own_parser():
+    assert info("GET", "/api/v1/configmaps", fieldSelector="metadata.name= foo").name == " foo"
+    got = info("GET", "/api/v1/configmaps", fieldSelector="metadata.name=a\\,b")
+    assert got.name == "a,b"
+    assert info("GET", "/api/v1/configmaps", fieldSelector="metadata.name=a,x=y").name == ""

@@ -100,7 +100,9 @@ def request_info(method: str, path: str, query: Any) -> RequestInfo:
         rest = rest[1:]
         if not rest:
             return non_resource
-    verb = "watch" if watch_path else _VERBS.get(method, "")
+    # only GET is served under /watch/ (Kubernetes registers nothing else there): any other
+    # method keeps its own verb, so it is authorized as what it is and then refused (405)
+    verb = "watch" if watch_path and method == "GET" else _VERBS.get(method, "")
     if method == "DELETE":
         verb = "delete"
     namespace, namespaced_path = "", False
@@ -158,16 +160,20 @@ def attributes(info: RequestInfo, user: UserInfo) -> Attributes:
 
 
 def _exact_name(selector: str | None) -> str:
+    """The name an "=" requirement on metadata.name demands, read by the same parser the list
+    applies (so the object authorized is the object listed); "" when there is none, the
+    selector does not parse (the handler answers 400), or the name is no path segment."""
     if not selector:
         return ""
-    for term in selector.split(","):
-        key, sep, value = term.partition("=")
-        key = key.rstrip("=")
-        value = value.lstrip("=")
-        if sep and key.strip() == "metadata.name" and not key.endswith("!"):
-            value = value.strip()
-            return value if _SEGMENT.match(value) and value not in (".", "..") else ""
-    return ""
+    try:
+        value = parse_field_selector(selector, {"metadata.name", "metadata.namespace"}).value_of(
+            "metadata.name"
+        )
+    except SelectorError:
+        return ""
+    if not value or not _SEGMENT.match(value) or value in (".", ".."):
+        return ""
+    return value
 
 
 @dataclass(frozen=True, slots=True)

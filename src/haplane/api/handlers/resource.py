@@ -23,6 +23,8 @@ async def serve(
 ) -> web.StreamResponse:
     target = resolve_target(info, ctx.registry)
     request["resource"] = target.rtype.plural
+    if target.watch_path and request.method != "GET":
+        raise errors.method_not_allowed(f"{request.method} is not supported on {request.path}")
     if target.rtype.virtual:
         return await review(ctx, request, target)
     q = request.query

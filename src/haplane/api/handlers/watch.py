@@ -18,7 +18,12 @@ from .. import errors, tables
 from ..errors import StatusError
 from ..generic_store import ListOptions
 from ..request import JSON, RESPONSE_STARTED, Target, bounded_int, include_object, list_options
-from ..selectors import parse_field_selector, parse_label_selector
+from ..selectors import (
+    SelectorError,
+    escape_field_value,
+    parse_field_selector,
+    parse_label_selector,
+)
 from .context import HandlerContext
 from .read import columns
 
@@ -31,16 +36,16 @@ async def watch(
     q = request.query
     opts = list_options(q, target.rtype)
     if target.name is not None:  # /watch/.../NAME: a field selector on the name
-        opts = ListOptions(
-            parse_label_selector(q.get("labelSelector")),
-            parse_field_selector(
-                ",".join(filter(None, [q.get("fieldSelector"), f"metadata.name={target.name}"])),
+        name_term = f"metadata.name={escape_field_value(target.name)}"
+        try:
+            fields = parse_field_selector(
+                ",".join(filter(None, [q.get("fieldSelector"), name_term])),
                 {"metadata.name", "metadata.namespace"},
-            ),
-            0,
-            None,
-            q.get("resourceVersion") or None,
-        )
+            )
+            labels = parse_label_selector(q.get("labelSelector"))
+        except SelectorError as exc:
+            raise errors.bad_request(str(exc)) from exc
+        opts = ListOptions(labels, fields, 0, None, q.get("resourceVersion") or None)
     send_initial = q.get("sendInitialEvents") in ("true", "1")
     if send_initial and (
         q.get("resourceVersionMatch") != "NotOlderThan"
