@@ -630,3 +630,32 @@ def test_a_watch_path_serves_only_watches(secure: Setup):
         status, _, answer = secure.as_("admin", method, path, body)
         assert status == 405, (method, answer)
     assert secure.as_("admin", "GET", "/api/v1/namespaces/team/configmaps/via-watch")[0] == 404
+
+
+def test_odd_input_is_audited_not_a_500(secure: Setup):
+    """Review finding: a lone surrogate (which the API's JSON fallback accepts) made the
+    audit write raise after the write committed: a 500 and no ResponseComplete event."""
+    raw = b'{"metadata": {"name": "odd"}, "data": {"k": "\\ud800"}}'
+    status, _, body = secure.as_("admin", "POST", "/api/v1/namespaces/team/configmaps", raw=raw)
+    assert status == 201, body
+    events = [json.loads(x) for x in secure.audit.read_text().splitlines()]
+    done = [
+        e
+        for e in events
+        if e["stage"] == "ResponseComplete" and e.get("objectRef", {}).get("name") == "odd"
+    ]
+    assert done and done[-1]["responseStatus"]["code"] == 201
+
+
+def test_a_malformed_aggregation_rule_is_refused(secure: Setup):
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "odd-aggregate"},
+        "aggregationRule": {"clusterRoleSelectors": [{"matchExpressions": 5}]},
+    }
+    path = "/apis/rbac.authorization.k8s.io/v1/clusterroles"
+    status, _, body = secure.as_("admin", "POST", path, role)
+    assert status == 422 and "clusterRoleSelectors[0]" in body["message"], body
+    # and authorization still works for everyone
+    assert secure.wait_allowed("alice", "GET", "/api/v1/namespaces/team/configmaps") == 200

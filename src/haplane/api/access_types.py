@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from haplane.auth.rbac import selector_errors
+
 from .resources import Obj, ResourceType, Strategy
 from .validation import FieldError
 
@@ -110,6 +112,17 @@ class RoleStrategy(Strategy):
                         None,
                     )
                 )
+            else:
+                for i, selector in enumerate(aggregation.get("clusterRoleSelectors") or []):
+                    errs.extend(
+                        FieldError(
+                            f"aggregationRule.clusterRoleSelectors[{i}]",
+                            "FieldValueInvalid",
+                            problem,
+                            None,
+                        )
+                        for problem in selector_errors(selector)
+                    )
         return errs
 
 

@@ -16,6 +16,7 @@ caches keeps a relisting replica's /readyz from failing for an authorization rea
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -26,6 +27,8 @@ from haplane.auth.user import MASTERS, UserInfo
 from . import errors
 from .request import REQUEST_USER, RequestInfo, attributes
 from .resources import Obj
+
+log = logging.getLogger("haplane.api")
 
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/version"})
 
@@ -58,23 +61,30 @@ class _Feed:
         self.keys: set[tuple[str, str]] = set()
 
     def reset(self, objects: dict[str, Obj]) -> None:
-        for namespace, name in list(self.keys):
-            self.owner.index.delete(self.kind, namespace, name)
-        self.keys.clear()
-        for obj in objects.values():
-            self.put("", obj)
+        with self.owner.index.bulk():
+            for namespace, name in list(self.keys):
+                self.owner.index.delete(self.kind, namespace, name)
+            self.keys.clear()
+            for obj in objects.values():
+                self.put("", obj)
 
     def put(self, key: str, obj: Obj) -> None:
         meta = obj.get("metadata") or {}
         self.keys.add((meta.get("namespace", ""), meta.get("name", "")))
-        self.owner.index.upsert(self.kind, obj)
+        try:
+            self.owner.index.upsert(self.kind, obj)
+        except Exception:  # one odd object must not take the cache (and authorization) down
+            log.exception("RBAC index: %s %s skipped", self.kind, meta.get("name"))
         self.owner.changes += 1
 
     def delete(self, key: str, old: Obj) -> None:
         meta = old.get("metadata") or {}
         ident = (meta.get("namespace", ""), meta.get("name", ""))
         self.keys.discard(ident)
-        self.owner.index.delete(self.kind, *ident)
+        try:
+            self.owner.index.delete(self.kind, *ident)
+        except Exception:
+            log.exception("RBAC index: deleting %s %s failed", self.kind, ident)
         self.owner.changes += 1
 
 

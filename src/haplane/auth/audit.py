@@ -62,6 +62,7 @@ import contextlib
 import difflib
 import heapq
 import itertools
+import json
 import os
 import re
 import uuid
@@ -1176,7 +1177,12 @@ class AuditLog:
             raise ValueError("audit log is closed")
         if self.redact and isinstance(event, dict):
             event = redact_event(event)
-        line = orjson.dumps(event, default=_json_default, option=orjson.OPT_APPEND_NEWLINE)
+        try:
+            line = orjson.dumps(event, default=_json_default, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:
+            # what orjson refuses and a request may carry: a lone surrogate (accepted by the
+            # API's JSON fallback, or an undecodable header), an integer beyond 64 bits
+            line = (json.dumps(event, default=_json_default, ensure_ascii=True) + "\n").encode()
         if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
             self.rotate()
         view = memoryview(line)

@@ -7,7 +7,7 @@ k8s.io/component-helpers/auth/rbac/validation and pkg/registry/rbac/validation):
 
 - a rule allows a resource request when its verbs, apiGroups, resources and resourceNames all
   match (`*` matches everything; `pods/log` names a subresource, `*/scale` a subresource of
-  any resource, `pods/*` every subresource of pods but not pods itself; resourceNames never
+  any resource, and nothing else: `pods/*` matches nothing, as in Kubernetes; resourceNames never
   match a request without a name, such as list or create); a non-resource request when its
   verbs and nonResourceURLs match (`/apis/*` matches by prefix);
 - a RoleBinding grants its role's rules in its own namespace only (a ClusterRole referenced by
@@ -29,7 +29,8 @@ of bindings naming the user or one of their groups, not the number of roles (ben
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,9 +123,9 @@ def _resource_matches(rule_resources: frozenset[str], resource: str, subresource
     combined = f"{resource}/{subresource}" if subresource else resource
     if combined in rule_resources:
         return True
-    if not subresource:
-        return False
-    return f"*/{subresource}" in rule_resources or f"{resource}/*" in rule_resources
+    # Kubernetes' ResourceMatches knows `*`, exact names and `*/subresource`, nothing else
+    # (a rule naming `pods/*` grants no subresource there, so it grants none here)
+    return bool(subresource) and f"*/{subresource}" in rule_resources
 
 
 def _url_matches(rule_url: str, path: str) -> bool:
@@ -225,9 +226,34 @@ def compact(rule: Rule) -> str:
 # ---- label selectors (aggregation) -------------------------------------------------------
 
 
-def _selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
+def selector_errors(selector: Any) -> list[str]:
+    """What makes `selector` no LabelSelector (empty: it is one)."""
     if not isinstance(selector, dict):
-        return False
+        return ["must be a label selector (an object)"]
+    errors = []
+    labels = selector.get("matchLabels", {})
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        errors.append("matchLabels must map strings to strings")
+    exprs = selector.get("matchExpressions", [])
+    if not isinstance(exprs, list):
+        return [*errors, "matchExpressions must be a list"]
+    for i, e in enumerate(exprs):
+        if not isinstance(e, dict) or not isinstance(e.get("key"), str):
+            errors.append(f"matchExpressions[{i}].key must be a string")
+        elif e.get("operator") not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            errors.append(f"matchExpressions[{i}].operator: In, NotIn, Exists or DoesNotExist")
+        elif e.get("values") is not None and not (
+            isinstance(e["values"], list) and all(isinstance(v, str) for v in e["values"])
+        ):
+            errors.append(f"matchExpressions[{i}].values must be a list of strings")
+    return errors
+
+
+def _selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
+    if selector_errors(selector):
+        return False  # a malformed selector (validation refuses them) matches nothing
     match_labels = selector.get("matchLabels") or {}
     if not isinstance(match_labels, dict):
         return False
@@ -268,7 +294,9 @@ class _Binding:
         return f'{self.kind} "{where}" of {self.role_kind} "{self.role_name}"'
 
 
-def _subjects(obj: Obj) -> tuple[tuple[str, str], ...]:
+def _subjects(obj: Obj, namespace: str) -> tuple[tuple[str, str], ...]:
+    """`namespace`: the binding's ("" for a ClusterRoleBinding), which a ServiceAccount
+    subject without one of its own defaults to, as Kubernetes' appliesToUser does."""
     out: list[tuple[str, str]] = []
     for s in obj.get("subjects") or []:
         if not isinstance(s, dict) or not isinstance(s.get("name"), str):
@@ -277,8 +305,9 @@ def _subjects(obj: Obj) -> tuple[tuple[str, str], ...]:
         if kind in ("User", "Group"):
             out.append((str(kind), s["name"]))
         elif kind == "ServiceAccount":
-            # the subject's own namespace, as Kubernetes matches it (empty matches nobody)
-            out.append(("User", f"{SA_PREFIX}{s.get('namespace') or ''}:{s['name']}"))
+            sa_namespace = s.get("namespace") or namespace
+            if sa_namespace:
+                out.append(("User", f"{SA_PREFIX}{sa_namespace}:{s['name']}"))
     return tuple(out)
 
 
@@ -289,13 +318,14 @@ def _binding(kind: str, obj: Obj) -> _Binding | None:
         return None
     if kind == "ClusterRoleBinding" and ref.get("kind") != "ClusterRole":
         return None
+    namespace = str(meta.get("namespace") or "") if kind == "RoleBinding" else ""
     return _Binding(
         kind,
-        str(meta.get("namespace") or "") if kind == "RoleBinding" else "",
+        namespace,
         str(meta.get("name") or ""),
         str(ref["kind"]),
         str(ref.get("name") or ""),
-        _subjects(obj),
+        _subjects(obj, namespace),
     )
 
 
@@ -321,7 +351,21 @@ class RbacIndex:
         default_factory=dict
     )
 
+    _deferred: int = 0  # > 0: inside `bulk()`, aggregate once at its end
+
     # ---- updates ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Many updates (a cache's relist) with one aggregation at the end, instead of one
+        per ClusterRole: a relist of N ClusterRoles costs O(N), not O(N^2)."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            if not self._deferred:
+                self._aggregate()
 
     def upsert(self, kind: str, obj: Obj) -> None:
         meta = obj.get("metadata") or {}
@@ -371,6 +415,11 @@ class RbacIndex:
                             del self._by_subject[(old.namespace, subject)]
 
     def _aggregate(self) -> None:
+        if self._deferred:
+            return
+        self._aggregate_now()
+
+    def _aggregate_now(self) -> None:
         """Every ClusterRole's effective rules: its own, or for an aggregated one the union
         of those of every ClusterRole a selector matches, transitively (Kubernetes'
         controller reaches the same fixpoint by rewriting the aggregated roles in turn)."""

@@ -76,9 +76,10 @@ class Audit:
     def _record(self, ev: AuditEvent, stage: Stage) -> None:
         try:
             self.sink.record(ev, stage)
-        except OSError:
-            # kube-apiserver's blocking backend fails the request when it cannot log; a
-            # full disk here is logged loudly and the request goes on (documented limit)
+        except (OSError, TypeError, ValueError):
+            # kube-apiserver's blocking backend fails the request when it cannot log; here a
+            # full disk (or an event that cannot be written) is logged loudly and the request
+            # goes on: it may already be committed (documented limit)
             log.exception("audit log write failed")
 
 
