@@ -659,3 +659,20 @@ def test_a_malformed_aggregation_rule_is_refused(secure: Setup):
     assert status == 422 and "clusterRoleSelectors[0]" in body["message"], body
     # and authorization still works for everyone
     assert secure.wait_allowed("alice", "GET", "/api/v1/namespaces/team/configmaps") == 200
+
+
+def test_failed_authentication_is_audited(secure: Setup):
+    assert secure.as_(None, "GET", "/api/v1/namespaces/team/secrets", token="guess-1")[0] == 401
+    events = [json.loads(x) for x in secure.audit.read_text().splitlines()]
+    failed = [
+        e
+        for e in events
+        if e.get("annotations", {}).get("authentication.k8s.io/failed") == "true"
+        and e["requestURI"] == "/api/v1/namespaces/team/secrets"
+    ]
+    assert failed and failed[-1]["responseStatus"]["code"] == 401
+    assert failed[-1]["stage"] == "ResponseStarted"
+    # health probes with a bad token are refused but not logged (the policy says None)
+    assert secure.as_(None, "GET", "/readyz", token="guess-2")[0] == 401
+    text = secure.audit.read_text()
+    assert '"/readyz"' not in text

@@ -43,7 +43,7 @@ class Access:
     async def authorize(self, user: UserInfo, info: RequestInfo) -> rbac.Decision:
         return await self.authorizer.authorize(user, info)
 
-    def rules_review(self, user: UserInfo, namespace: str) -> dict[str, Any]:
+    async def rules_review(self, user: UserInfo, namespace: str) -> dict[str, Any]:
         """SelfSubjectRulesReview's status: what RBAC grants the user in `namespace` (the
         cluster-wide grants included), as kube-apiserver lists them."""
         if MASTERS in user.groups or not isinstance(self.authorizer, RbacAuthorizer):

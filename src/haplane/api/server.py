@@ -55,7 +55,7 @@ from .crds import CRD_TYPE, resource_types_for
 from .errors import StatusError
 from .fencing import Fenced, WriteFence
 from .filters import Link, chain
-from .filters.audit import Audit
+from .filters.audit import Audit, FailedAuthenticationAudit
 from .filters.authentication import Authenticate
 from .filters.authorization import Authorize
 from .filters.metrics import Metrics
@@ -311,8 +311,10 @@ class ApiServer:
             self.metrics,
             StatusErrors(self._epoch, self._stamp_headers),
             with_request_info,
-            self.authenticate,
         ]
+        if self.audit is not None:
+            links.append(FailedAuthenticationAudit(self.audit))
+        links.append(self.authenticate)
         if self.audit is not None:
             links.append(self.audit)
         if self.authorizer is not None:

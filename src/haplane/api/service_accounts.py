@@ -99,8 +99,14 @@ def token_request(
             "spec.expirationSeconds: may not specify a duration larger than 2^32 seconds"
         )
     bound = spec.get("boundObjectRef")
-    if bound is not None and not isinstance(bound, dict):
-        raise errors.bad_request("spec.boundObjectRef must be an object")
+    if bound is not None:
+        if not isinstance(bound, dict):
+            raise errors.bad_request("spec.boundObjectRef must be an object")
+        if bound.get("kind") not in ("Pod", "Secret", "Node"):
+            raise errors.unprocessable(
+                'spec.boundObjectRef.kind: Unsupported value: supported values: "Pod", '
+                '"Secret", "Node"'
+            )
     meta = sa["metadata"]
     token, expires = tokens.issue(
         meta["namespace"], meta["name"], meta["uid"], audiences, seconds, bound=bound

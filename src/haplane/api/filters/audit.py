@@ -83,6 +83,41 @@ class Audit:
             log.exception("audit log write failed")
 
 
+class FailedAuthenticationAudit:
+    """Before authentication, as Kubernetes' WithFailedAuthenticationAudit: a request whose
+    credentials were refused (401) is audited too (brute force must show), at the level the
+    policy gives it for an unknown user, one ResponseStarted event with the 401."""
+
+    def __init__(self, audit: Audit):
+        self.audit = audit
+
+    async def __call__(self, request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except StatusError as exc:
+            if exc.code == 401 and "user" not in request:
+                self._record(request, exc)
+            raise
+
+    def _record(self, request: web.BaseRequest, exc: StatusError) -> None:
+        nobody = UserInfo("")
+        attrs = attributes(request["info"], nobody)
+        decision = self.audit.policy.decide(attrs)
+        if decision.level is Level.NONE:
+            return
+        ev = AuditEvent(
+            attrs,
+            decision,
+            request_uri=request.path_qs,
+            user=nobody,
+            source_ips=source_ips(request),
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        ev.set_response(exc.code, exc.status())
+        ev.annotate("authentication.k8s.io/failed", "true")
+        self.audit._record(ev, Stage.RESPONSE_STARTED)
+
+
 def _body(response: web.StreamResponse, level: Level) -> Any:
     """The response's JSON body: as the responseObject at RequestResponse, and the Status of a
     failure at every level (for the event's responseStatus)."""

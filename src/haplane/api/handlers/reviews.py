@@ -29,6 +29,8 @@ async def review(ctx: HandlerContext, request: web.BaseRequest, target: Target) 
     if ctx.access is None:
         raise errors.no_such_resource(request.path)
     obj = await body(request)
+    if not isinstance(obj.get("metadata") or {}, dict):
+        raise errors.bad_request("metadata must be an object")
     user: UserInfo = request.get("user", ANONYMOUS)
     kind = target.rtype.kind
     spec = obj.get("spec") or {}
@@ -42,7 +44,7 @@ async def review(ctx: HandlerContext, request: web.BaseRequest, target: Target) 
         namespace = spec.get("namespace") or ""
         if not isinstance(namespace, str):
             raise errors.bad_request("spec.namespace must be a string")
-        status = ctx.access.rules_review(user, namespace)
+        status = await ctx.access.rules_review(user, namespace)
     else:
         subject = user if kind == "SelfSubjectAccessReview" else _subject(spec)
         attrs = _attributes(spec, kind, target.namespace)
@@ -83,6 +85,13 @@ def _attributes(spec: dict[str, Any], kind: str, path_namespace: str | None) -> 
         raise errors.unprocessable(
             "exactly one of spec.resourceAttributes and spec.nonResourceAttributes is required"
         )
+    if kind == "LocalSubjectAccessReview":
+        if not path_namespace:
+            raise errors.no_such_resource("localsubjectaccessreviews are namespaced")
+        if non_resource is not None:
+            raise errors.unprocessable(
+                "spec.nonResourceAttributes: disallowed on a LocalSubjectAccessReview"
+            )
     if non_resource is not None:
         if not isinstance(non_resource, dict):
             raise errors.bad_request("spec.nonResourceAttributes must be an object")
