@@ -54,6 +54,19 @@ async def secure(etcd_cluster, tmp_path_factory) -> AsyncIterator[Setup]:
     ca = TestCA(root / "pki")
     server_cert, server_key = ca.issue("server", "api", server=True)
     audit = root / "audit" / "api.log"
+    # the default policy with Secrets and tokens logged in full on top: the safety net that
+    # redacts them must hold even so (the default keeps them at Metadata)
+    from haplane.auth.audit import DEFAULT_POLICY
+
+    policy = root / "policy.yaml"
+    policy.write_text(
+        DEFAULT_POLICY.replace(
+            "rules:\n",
+            'rules:\n  - level: RequestResponse\n    resources:\n      - group: ""\n'
+            '        resources: ["secrets", "serviceaccounts/token"]\n',
+            1,
+        )
+    )
     tokens = root / "tokens.csv"
     tokens.write_text('tok-carol-123,carol,u-9,"ops,dev"\n')
     replica = ApiReplica(
@@ -75,6 +88,8 @@ async def secure(etcd_cluster, tmp_path_factory) -> AsyncIterator[Setup]:
             "health",
             "--audit-log-path",
             str(audit),
+            "--audit-policy-file",
+            str(policy),
             "--token-auth-file",
             str(tokens),
             "--service-account-key-file",
@@ -355,7 +370,11 @@ def test_no_secret_value_in_the_audit_log(secure: Setup):
     assert MARKER not in text and encoded not in text and encoded[:-4] not in text
     events = [json.loads(x) for x in text.splitlines()]
     mine = [e for e in events if e.get("objectRef", {}).get("resource") == "secrets"]
-    assert mine and all(e["level"] == "Metadata" for e in mine)
+    # logged in full by this replica's policy, and redacted all the same
+    assert mine and all(e["level"] == "RequestResponse" for e in mine)
+    bodies = [e["requestObject"] for e in mine if "requestObject" in e]
+    assert {"password": "<redacted>"} in [b.get("stringData") for b in bodies]
+
     stages = {e["stage"] for e in mine}
     assert {"RequestReceived", "ResponseComplete"} <= stages
     # health endpoints are not logged; each event names its user and decision
@@ -676,3 +695,22 @@ def test_failed_authentication_is_audited(secure: Setup):
     assert secure.as_(None, "GET", "/readyz", token="guess-2")[0] == 401
     text = secure.audit.read_text()
     assert '"/readyz"' not in text
+
+
+def test_minted_tokens_never_reach_the_audit_log(secure: Setup):
+    """The policy here logs serviceaccounts/token in full: the token is redacted anyway."""
+    sas = "/api/v1/namespaces/team/serviceaccounts"
+    secure.as_("admin", "POST", sas, {"metadata": {"name": "minter"}})
+    status, _, answer = secure.as_("admin", "POST", f"{sas}/minter/token", {"spec": {}})
+    assert status == 201
+    token = answer["status"]["token"]
+    text = secure.audit.read_text()
+    assert token not in text and token.split(".")[2] not in text
+    events = [json.loads(x) for x in text.splitlines()]
+    minted = [
+        e
+        for e in events
+        if e.get("objectRef", {}).get("subresource") == "token" and e["stage"] == "ResponseComplete"
+    ]
+    assert minted and minted[-1]["level"] == "RequestResponse"
+    assert minted[-1]["responseObject"]["status"]["token"] == "<redacted>"

@@ -956,3 +956,18 @@ async def test_follow_applies_filters_and_can_stop(tmp_path: Path) -> None:
         if len(seen) == 2:
             break
     assert seen == ["p20", "p40"]
+
+
+def test_tokens_are_redacted_by_where_they_were_sent_not_by_kind():
+    from haplane.auth.audit import redact_event
+
+    review = {
+        "objectRef": {"resource": "tokenreviews", "apiGroup": "authentication.k8s.io"},
+        "requestObject": {"spec": {"token": "eyJsecret"}},  # no kind: still a TokenReview
+    }
+    assert "eyJsecret" not in str(redact_event(review))
+    minted = {
+        "objectRef": {"resource": "serviceaccounts", "subresource": "token"},
+        "responseObject": {"status": {"token": "eyJminted"}},
+    }
+    assert "eyJminted" not in str(redact_event(minted))

@@ -835,11 +835,21 @@ def redact_event(event: dict[str, Any]) -> dict[str, Any]:
     when there is anything to redact; the event itself otherwise)."""
     if "requestObject" not in event and "responseObject" not in event:
         return event
-    secret = _is_secrets_ref(event.get("objectRef"))
+    ref = event.get("objectRef")
+    secret = _is_secrets_ref(ref)
+    # tokens by where they were sent, not by a kind the client may leave out
+    token_part = None
+    if isinstance(ref, dict):
+        if ref.get("resource") == "tokenreviews":
+            token_part = "spec"
+        elif ref.get("resource") == "serviceaccounts" and ref.get("subresource") == "token":
+            token_part = "status"
     out = dict(event)
     for key in ("requestObject", "responseObject"):
         if key in out:
             out[key] = redact_secrets(out[key], secret=secret)
+            if token_part is not None and isinstance(out[key], dict):
+                out[key] = _redact_token(out[key], token_part)
     return out
 
 
