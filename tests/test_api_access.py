@@ -714,3 +714,46 @@ def test_minted_tokens_never_reach_the_audit_log(secure: Setup):
     ]
     assert minted and minted[-1]["level"] == "RequestResponse"
     assert minted[-1]["responseObject"]["status"]["token"] == "<redacted>"
+
+
+def test_a_crd_cannot_shadow_a_built_in_type(secure: Setup):
+    """Kubernetes' protected groups need api-approved.kubernetes.io; even approved, a CRD
+    naming a built-in type never replaces it (its escalation checks would go with it)."""
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "roles.rbac.authorization.k8s.io"},
+        "spec": {
+            "group": "rbac.authorization.k8s.io",
+            "scope": "Namespaced",
+            "names": {"plural": "roles", "singular": "role", "kind": "Role"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    status, _, body = secure.as_("admin", "POST", path, crd)
+    assert status == 422 and "api-approved.kubernetes.io" in body["message"]
+    crd["metadata"]["annotations"] = {"api-approved.kubernetes.io": "unapproved, testing"}
+    assert secure.as_("admin", "POST", path, crd)[0] == 201
+    time.sleep(0.5)
+    # still the built-in Role: its validation answers, and escalation is still refused
+    roles = "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles"
+    status, _, body = secure.as_(
+        "admin", "POST", roles, {"metadata": {"name": "bad"}, "rules": [{"verbs": []}]}
+    )
+    assert status == 422, body
+    assert secure.as_("admin", "DELETE", f"{path}/roles.rbac.authorization.k8s.io")[0] == 200
+    time.sleep(0.5)
+    assert secure.as_("admin", "GET", roles)[0] == 200

@@ -44,6 +44,14 @@ def _names(crd: Obj) -> Obj:
     return names
 
 
+API_APPROVED = "api-approved.kubernetes.io"
+
+
+def _protected_group(group: str) -> bool:
+    """Kubernetes' protected API groups: k8s.io and kubernetes.io and their subdomains."""
+    return any(group == g or group.endswith("." + g) for g in ("k8s.io", "kubernetes.io"))
+
+
 class CRDStrategy(Strategy):
     """The CustomResourceDefinition kind."""
 
@@ -100,6 +108,18 @@ class CRDStrategy(Strategy):
                     str(group),
                 )
             )
+        if isinstance(group, str) and _protected_group(group):
+            annotations = (obj.get("metadata") or {}).get("annotations") or {}
+            if not isinstance(annotations, dict) or not annotations.get(API_APPROVED):
+                errs.append(
+                    FieldError(
+                        f"metadata.annotations[{API_APPROVED}]",
+                        "FieldValueRequired",
+                        f'protected groups must have approval annotation "{API_APPROVED}", see '
+                        "https://github.com/kubernetes/enhancements/pull/1111",
+                        None,
+                    )
+                )
         names = _names(obj)
         for f in ("plural", "singular", "kind"):
             v = names.get(f)

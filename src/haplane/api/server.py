@@ -453,6 +453,12 @@ class ApiServer:
             self.stores.pop(key, None)
         keys = []
         for t in resource_types_for(crd):
+            existing = self.registry.get(t.group, t.version, t.plural)
+            if existing is not None and not existing.custom:
+                # a built-in type is never shadowed (nor removed with the CRD): its storage,
+                # validation and RBAC checks stay what they are
+                log.info(json.dumps({"msg": "crd ignored: a built-in type", "crd": name}))
+                continue
             self.registry.add(t)
             key = (t.group, t.version, t.plural)
             self.stores[key] = self._make_store(t)
