@@ -11,7 +11,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .settings import HealthCheck, ListenerSpec, Timeouts, UpstreamAddress
 
@@ -42,10 +50,29 @@ class CheckConfig(BaseModel):
     fall: int = Field(default=2, ge=1)
     rise: int = Field(default=2, ge=1)
     host_header: str | None = None
+    tls_ca: str | None = None  # check over HTTPS, verifying the upstream against this CA
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> CheckConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_cert and not self.tls_ca:
+            raise ValueError("a client certificate (tls_cert) needs tls_ca: checks are HTTPS")
+        return self
 
     def to_health_check(self) -> HealthCheck:
         return HealthCheck(
-            self.path, self.interval, self.timeout, self.fall, self.rise, self.host_header
+            self.path,
+            self.interval,
+            self.timeout,
+            self.fall,
+            self.rise,
+            self.host_header,
+            self.tls_ca,
+            self.tls_cert,
+            self.tls_key,
         )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ssl
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -107,8 +108,28 @@ class _Response:
         self.complete = True
 
 
+_contexts: dict[tuple[str, str | None, str | None], ssl.SSLContext] = {}
+
+
+def _tls(check: HealthCheck) -> ssl.SSLContext | None:
+    """The check's TLS context, built once per (CA, certificate, key): a handshake per check
+    is the cost of HTTPS checks, building a context per check would be a second one."""
+    if not check.tls_ca:
+        return None
+    key = (check.tls_ca, check.tls_cert, check.tls_key)
+    ctx = _contexts.get(key)
+    if ctx is None:
+        ctx = ssl.create_default_context(cafile=check.tls_ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if check.tls_cert:
+            ctx.load_cert_chain(check.tls_cert, check.tls_key)
+        _contexts[key] = ctx
+    return ctx
+
+
 async def probe(host: str, port: int, check: HealthCheck) -> CheckResult:
-    """One active check: `GET check.path` on a fresh connection, closed afterwards."""
+    """One active check: `GET check.path` on a fresh connection (TLS when the check names a
+    CA: the upstream's certificate must verify, or the check fails), closed afterwards."""
     clock = time.perf_counter  # uvloop's loop.time() moves in whole milliseconds
     started = clock()
     timeout = check.effective_timeout
@@ -122,7 +143,10 @@ async def probe(host: str, port: int, check: HealthCheck) -> CheckResult:
     parser = httptools.HttpResponseParser(response)
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            tls = _tls(check)
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=tls, server_hostname=host if tls else None
+            )
             writer.write(request)
             while not response.complete:
                 data = await reader.read(65536)
@@ -137,6 +161,8 @@ async def probe(host: str, port: int, check: HealthCheck) -> CheckResult:
         return _failed(clock() - started, "connection reset")
     except httptools.HttpParserError as exc:
         return _failed(clock() - started, f"malformed answer: {exc}")
+    except ssl.SSLError as exc:
+        return _failed(clock() - started, f"TLS: {exc.reason or exc}")
     except OSError as exc:
         return _failed(clock() - started, f"{type(exc).__name__}: {exc}")
     finally:

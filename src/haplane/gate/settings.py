@@ -39,6 +39,12 @@ class HealthCheck:
     fall: int = 2
     rise: int = 2
     host_header: str | None = None
+    # HTTPS: the CA the upstreams' serving certificates are checked against (hostname
+    # included: their IP or name as configured), and optionally this checker's own client
+    # certificate and key
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @property
     def effective_timeout(self) -> float:
