@@ -33,7 +33,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from haplane.auth.audit import AuditLog, Policy, default_policy
-from haplane.auth.pki import CertPaths, seconds_to_expiry, server_context
+from haplane.auth.pki import CertPaths, reload_server_context, seconds_to_expiry, server_context
 from haplane.auth.tokens import ServiceAccountTokens, StaticTokens, load_or_create_key
 from haplane.auth.user import UserInfo
 from haplane.store import (
@@ -431,11 +431,14 @@ class ApiServer:
             try:
                 now = stamp()
                 if now != seen:
-                    self.tls.load_cert_chain(cert, key)
+                    # checked first: a pair caught mid-rotation (new key, old certificate)
+                    # raises and leaves the served certificate as it was; load_cert_chain on
+                    # such a pair would leave the context with none
+                    reload_server_context(self.tls, CertPaths(cert, key, cert))
                     seen = now
                     log.info(json.dumps({"msg": "serving certificate reloaded", "file": str(cert)}))
                 expiry.set(seconds_to_expiry(cert))
-            except (OSError, ssl.SSLError, ValueError) as exc:
+            except (OSError, ssl.SSLError, ValueError) as exc:  # PkiError is a ValueError
                 log.info(json.dumps({"msg": "certificate reload deferred", "error": str(exc)}))
 
     # ---- custom resources ----------------------------------------------------------------
