@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +30,15 @@ from haplane.local.gate_plans import resolve_all
 from haplane.local.ports import PortRegistry
 from haplane.store import APPLIED_KEY, AppliedRecord, EtcdClient, replicated
 from haplane.topology import load_file
-from tests.topology_helpers import drill, haplane, netns_example, status, wait_for
+from tests.topology_helpers import (
+    admin_ssl,
+    drill,
+    etcd_tls,
+    haplane,
+    netns_example,
+    status,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -123,8 +132,8 @@ def test_the_standby_keyspace_equals_the_active_one_but_for_region_local_keys(
 
     async def compare() -> tuple[set[bytes], int]:
         async with (
-            EtcdClient(eps[active], timeout=5) as src,
-            EtcdClient(eps[standby], timeout=5) as dst,
+            EtcdClient(eps[active], timeout=5, tls=etcd_tls(topo)) as src,
+            EtcdClient(eps[standby], timeout=5, tls=etcd_tls(topo)) as dst,
         ):
             kvs, _ = await dst.range(b"\0", b"\0")
             theirs = {kv.key: kv.value for kv in kvs}
@@ -175,7 +184,7 @@ def test_a_replica_loss_fails_only_requests_in_flight(topo: Path) -> None:
     assert len([o for o in failed if o["kind"] == "read"]) <= 1, failed
 
 
-def _write(url: str, name: str) -> tuple[int, dict[str, Any]]:
+def _write(url: str, name: str, ctx: ssl.SSLContext | None) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(
         f"{url}/api/v1/namespaces/default/configmaps",
         data=json.dumps({"metadata": {"name": name}}).encode(),
@@ -183,7 +192,7 @@ def _write(url: str, name: str) -> tuple[int, dict[str, Any]]:
         method="POST",
     )
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -198,24 +207,32 @@ def test_global_control_quorum_loss_fences_the_active_region(topo: Path) -> None
     controls = [
         m["name"] for c in doc["clusters"] if c["name"] == "global/etcd" for m in c["members"]
     ]
-    assert _write(replica["url"], f"before-{time.time_ns()}")[0] == 201
+    ctx = admin_ssl(topo)
+    assert _write(replica["url"], f"before-{time.time_ns()}", ctx)[0] == 201
     for name in controls[:2]:
         haplane(topo, "fault", "kill", name)
     try:
         _, body = wait_for(
-            lambda: (r := _write(replica["url"], f"during-{time.time_ns()}"))[0] == 503 and r,
+            lambda: (
+                (r := _write(replica["url"], f"during-{time.time_ns()}", admin_ssl(topo)))[0] == 503
+                and r
+            ),
             timeout=10,
         )
         assert "fenced" in body["message"] and body["kind"] == "Status"
     finally:
         for name in controls[:2]:
             haplane(topo, "fault", "restart", name)
-    wait_for(lambda: _write(replica["url"], f"after-{time.time_ns()}")[0] == 201, timeout=30)
+    wait_for(
+        lambda: _write(replica["url"], f"after-{time.time_ns()}", admin_ssl(topo))[0] == 201,
+        timeout=30,
+    )
 
 
-def _read(url: str, name: str) -> int:
+def _read(url: str, name: str, ctx: ssl.SSLContext | None) -> int:
     try:
-        with urllib.request.urlopen(f"{url}/api/v1/namespaces/default/configmaps/{name}") as r:
+        path = f"{url}/api/v1/namespaces/default/configmaps/{name}"
+        with urllib.request.urlopen(path, context=ctx) as r:
             return int(r.status)
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -245,7 +262,7 @@ def test_planned_switchover_carries_the_data_and_reverses_the_stream(topo: Path)
     standby = f"standby:{before['region']}@{before['epoch']}"
     wait_for(lambda: status(topo)["global_state"]["fences"][other] == standby, timeout=30)
     acked = f"acked-{time.time_ns()}"
-    wait_for(lambda: _write(old_replica["url"], acked)[0] == 201)
+    wait_for(lambda: _write(old_replica["url"], acked, admin_ssl(topo))[0] == 201)
     r = haplane(topo, "failover", "--to", other, "--reason", "test switchover")
     assert f"(epoch {before['epoch'] + 1})" in r.stdout and "planned" in r.stdout
     after = status(topo)["global_state"]
@@ -253,8 +270,12 @@ def test_planned_switchover_carries_the_data_and_reverses_the_stream(topo: Path)
     assert after["active"]["epoch"] == before["epoch"] + 1
     assert after["fences"][before["region"]] == f"standby:{other}@{before['epoch'] + 1}"
     replica = next(x for x in status(topo)["replicas"] if x["name"].startswith(f"{other}/"))
-    assert _read(replica["url"], acked) == 200  # written before the switch, there after it
+    assert (
+        _read(replica["url"], acked, admin_ssl(topo)) == 200
+    )  # written before the switch, there after it
     last = after["history"][-1]
     assert last["reason"] == "test switchover" and last["by"].startswith("operator")
     replica = next(x for x in status(topo)["replicas"] if x["name"].startswith(f"{other}/"))
-    assert wait_for(lambda: _write(replica["url"], f"switched-{time.time_ns()}")[0] == 201)
+    assert wait_for(
+        lambda: _write(replica["url"], f"switched-{time.time_ns()}", admin_ssl(topo))[0] == 201
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -19,15 +20,24 @@ from typing import Any
 
 import pytest
 
-from tests.topology_helpers import down_and_check, haplane, status, wait_for
+from tests.topology_helpers import admin_ssl, connection, down_and_check, haplane, status, wait_for
 
 pytestmark = pytest.mark.slow
+
+
+_state: list[Path] = []  # the module's topology: connections are made as haplane-admin
+
+
+def open_conn(host: str, port: int, timeout: float = 5) -> http.client.HTTPConnection:
+    """A connection like a client's (HTTPS with the platform CA and the admin certificate)."""
+    return connection(host, port, state=_state[0], timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("gate-e2e") / "state"
     haplane(root, "up", "-d", "--example", "two-regions")
+    _state[:] = [root]
     try:
         doc = status(root)
         yield {"state": root, "doc": doc}
@@ -40,7 +50,7 @@ def edges(state: Path) -> dict[str, dict[str, Any]]:
 
 
 def address(url: str) -> tuple[str, int]:
-    host, _, port = url.removeprefix("http://").rpartition(":")
+    host, _, port = url.partition("://")[2].rpartition(":")
     return host, int(port)
 
 
@@ -62,7 +72,7 @@ def get(conn: http.client.HTTPConnection, path: str = "/api/v1/namespaces/defaul
 
 def once(target: tuple[str, int]) -> Any:
     """One request on a new connection (closed after)."""
-    conn = http.client.HTTPConnection(*target, timeout=5)
+    conn = open_conn(*target, timeout=5)
     try:
         return get(conn)
     finally:
@@ -74,7 +84,7 @@ def once_raw(target: tuple[str, int], path: str) -> bytes:
 
 
 def once_path(target: tuple[str, int], path: str) -> Any:
-    conn = http.client.HTTPConnection(*target, timeout=5)
+    conn = open_conn(*target, timeout=5)
     try:
         return get(conn, path)
     finally:
@@ -116,7 +126,7 @@ def test_sigkill_of_a_replica_closes_its_connections_and_it_comes_back(topo):
     # find a connection through gate and balancer that landed on eu-west/api-1
     pinned = None
     for _ in range(40):
-        conn = http.client.HTTPConnection(*gate(topo), timeout=5)
+        conn = open_conn(*gate(topo), timeout=5)
         if get(conn)[2] == "api-1":
             pinned = conn
             break
@@ -148,7 +158,7 @@ def test_rolling_restart_fails_no_request(topo):
     stop = threading.Event()
 
     def client() -> None:
-        conn = http.client.HTTPConnection(*gate(topo), timeout=5)
+        conn = open_conn(*gate(topo), timeout=5)
         while not stop.is_set():
             try:
                 status_code, _, replica, _ = get(conn)
@@ -158,7 +168,7 @@ def test_rolling_restart_fails_no_request(topo):
             except (http.client.HTTPException, OSError) as exc:
                 failures.append(repr(exc))
                 conn.close()
-                conn = http.client.HTTPConnection(*gate(topo), timeout=5)
+                conn = open_conn(*gate(topo), timeout=5)
         conn.close()
 
     thread = threading.Thread(target=client)
@@ -187,7 +197,7 @@ def test_rolling_restart_fails_no_request(topo):
 def test_a_watch_through_gate_and_balancer_resumes_after_its_replica_dies(topo):
     state = topo["state"]
     host, port = gate(topo)
-    writer = http.client.HTTPConnection(host, port, timeout=5)
+    writer = open_conn(host, port, timeout=5)
     ns = f"w{int(time.time() * 1000) % 10**8}"
     body = json.dumps({"metadata": {"name": ns}})
     writer.request("POST", "/api/v1/namespaces", body, {"Content-Type": "application/json"})
@@ -198,7 +208,7 @@ def test_a_watch_through_gate_and_balancer_resumes_after_its_replica_dies(topo):
     def create(name: str) -> None:
         """On a new connection each time: a kept one may have been on the replica killed."""
         doc = json.dumps({"metadata": {"name": name}, "data": {"n": name}})
-        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn = open_conn(host, port, timeout=5)
         try:
             conn.request(
                 "POST",
@@ -219,6 +229,9 @@ def test_a_watch_through_gate_and_balancer_resumes_after_its_replica_dies(topo):
 
     def watch(from_rv: str) -> socket.socket:
         sock = socket.create_connection((host, port), timeout=10)
+        ctx = admin_ssl(state)
+        if ctx is not None:
+            sock = ctx.wrap_socket(sock, server_hostname=host)
         sock.sendall(
             f"GET /api/v1/namespaces/{ns}/configmaps?watch=1&resourceVersion={from_rv} "
             f"HTTP/1.1\r\nHost: x\r\n\r\n".encode()
@@ -249,7 +262,7 @@ def test_a_watch_through_gate_and_balancer_resumes_after_its_replica_dies(topo):
     haplane(state, "fault", "kill", victim)
     # the stream ends (its connection closed) rather than hanging
     sock.settimeout(5)
-    with pytest.raises((ConnectionError, EOFError)):
+    with pytest.raises((ConnectionError, EOFError, ssl.SSLError)):
         while True:
             if not sock.recv(65536):
                 raise EOFError
@@ -311,7 +324,7 @@ def test_sigkill_of_one_gate_instance_fails_only_connections_in_flight(topo):
     def client() -> None:
         nonlocal ok
         while not stop.is_set():
-            conn = http.client.HTTPConnection(*gate(topo), timeout=5)
+            conn = open_conn(*gate(topo), timeout=5)
             try:
                 if get(conn)[0] == 200:
                     ok += 1
@@ -337,7 +350,7 @@ def test_sigkill_of_one_gate_instance_fails_only_connections_in_flight(topo):
 
 def test_failover_moves_new_connections_and_closes_old_ones(topo):
     state = topo["state"]
-    conn = http.client.HTTPConnection(*gate(topo), timeout=5)
+    conn = open_conn(*gate(topo), timeout=5)
     assert get(conn)[1] == "eu-west"
     haplane(state, "failover", "--to", "eu-central", "--reason", "test")
     try:

@@ -16,7 +16,7 @@ import pytest
 
 from haplane.local import pidfile
 from haplane.local.state_dir import StateDir
-from tests.topology_helpers import haplane, members, processes_under, status, wait_for
+from tests.topology_helpers import etcd_tls, haplane, members, processes_under, status, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -157,11 +157,11 @@ def test_data_ports_and_the_active_region_survive_down_and_up(state: Path):
     endpoints = region_endpoints()
 
     async def put() -> None:
-        async with EtcdClient(endpoints) as c:
+        async with EtcdClient(endpoints, tls=etcd_tls(state)) as c:
             await c.put(b"/survives", b"yes")
 
     async def get() -> bytes | None:
-        async with EtcdClient(endpoints, timeout=2.0) as c:
+        async with EtcdClient(endpoints, timeout=2.0, tls=etcd_tls(state)) as c:
             kv = await c.get(b"/survives")
             return kv.value if kv else None
 

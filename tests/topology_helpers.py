@@ -4,8 +4,10 @@ command line of an API replica fenced by a global control etcd."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -18,6 +20,10 @@ import pytest
 import yaml
 
 from haplane.local.netns import available
+from haplane.local.security import SUPERVISOR, PlatformTls
+from haplane.local.state_dir import StateDir
+from haplane.store import EtcdTls
+from haplane.topology import load_file
 from haplane.topology.loader import example_text
 
 
@@ -33,6 +39,41 @@ def haplane(
     if check and r.returncode != 0:
         raise AssertionError(f"haplane {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
+
+
+def platform_tls(state: Path) -> PlatformTls | None:
+    """The certificates of the topology started in `state` (None: `insecure: true`)."""
+    from haplane.local.security import platform_tls as of
+
+    return of(StateDir(state), load_file(state / "topology.yaml"))
+
+
+def etcd_tls(state: Path) -> EtcdTls | None:
+    """The operator's etcd client certificate (what the CLI dials etcd with)."""
+    tls = platform_tls(state)
+    return tls.etcd_client(SUPERVISOR) if tls is not None else None
+
+
+def admin_ssl(state: Path) -> ssl.SSLContext | None:
+    """A client context of haplane-admin (system:masters), for urllib and http.client."""
+    tls = platform_tls(state)
+    return tls.client_context() if tls is not None else None
+
+
+def connection(
+    url_or_host: str, port: int | None = None, *, state: Path, timeout: float = 5
+) -> http.client.HTTPConnection:
+    """An HTTP(S) connection to a platform address as haplane-admin."""
+    if port is None:
+        _, _, rest = url_or_host.partition("://")
+        host, _, p = rest.rpartition(":")
+        port = int(p)
+    else:
+        host = url_or_host
+    ctx = admin_ssl(state)
+    if ctx is None:
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+    return http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
 
 
 def status(state: Path) -> dict[str, Any]:

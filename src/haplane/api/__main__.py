@@ -11,8 +11,11 @@ import gc
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import uvloop
+
+from haplane.store import EtcdTls
 
 from .server import ApiServer, ReplicaConfig, SecurityConfig
 from .sync_ack import SyncConfig
@@ -82,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         help="never acknowledge a write no standby confirmed: 504 instead of degrading",
     )
     sec = ap.add_argument_group("identity and access (kube-apiserver's flag names)")
+    sec.add_argument("--etcd-cafile", default=None, help="TLS towards etcd: the members' CA")
+    sec.add_argument("--etcd-certfile", default=None, help="this replica's etcd client cert")
+    sec.add_argument("--etcd-keyfile", default=None)
     sec.add_argument("--tls-cert-file", default=None, help="serve HTTPS with this certificate")
     sec.add_argument("--tls-private-key-file", default=None)
     sec.add_argument(
@@ -117,6 +123,14 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         ap.error("--tls-cert-file and --tls-private-key-file go together")
     if args.client_ca_file and not args.tls_cert_file:
         ap.error("--client-ca-file needs TLS (--tls-cert-file)")
+    etcd_tls_flags = (args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
+    if any(etcd_tls_flags) and not all(etcd_tls_flags):
+        ap.error("--etcd-cafile, --etcd-certfile and --etcd-keyfile go together")
+    etcd_tls = (
+        EtcdTls(Path(args.etcd_cafile), Path(args.etcd_certfile), Path(args.etcd_keyfile))
+        if all(etcd_tls_flags)
+        else None
+    )
     standbys: dict[str, list[str]] = {}
     for item in args.sync_standby:
         region, sep, eps = item.partition("=")
@@ -147,7 +161,8 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         write_log=args.write_log,
         data_fence=args.data_fence,
         fence_key=args.fence_key,
-        sync=SyncConfig(standbys, args.sync_timeout_ms / 1000, args.sync_strict)
+        etcd_tls=etcd_tls,
+        sync=SyncConfig(standbys, args.sync_timeout_ms / 1000, args.sync_strict, etcd_tls)
         if standbys
         else None,
         security=SecurityConfig(

@@ -199,6 +199,38 @@ TOKEN_REQUEST: Schema = {
     ),
 }  # fmt: skip
 
+# rbac.authorization.k8s.io/v1 (kubectl create role/clusterrole/rolebinding send them as
+# protobuf); k8s.io/api rbac/v1 generated.proto
+POLICY_RULE: Schema = {
+    1: ("verbs", ["string"]),
+    2: ("apiGroups", ["string"]),
+    3: ("resources", ["string"]),
+    4: ("resourceNames", ["string"]),
+    5: ("nonResourceURLs", ["string"]),
+}
+LABEL_SELECTOR: Schema = {
+    1: ("matchLabels", "map[string]string"),
+    2: ("matchExpressions", [{1: ("key", "string"), 2: ("operator", "string"),
+                              3: ("values", ["string"])}]),
+}  # fmt: skip
+ROLE: Schema = {1: ("metadata", OBJECT_META), 2: ("rules", [POLICY_RULE])}
+CLUSTER_ROLE: Schema = {
+    1: ("metadata", OBJECT_META),
+    2: ("rules", [POLICY_RULE]),
+    3: ("aggregationRule", {1: ("clusterRoleSelectors", [LABEL_SELECTOR])}),
+}
+SUBJECT: Schema = {
+    1: ("kind", "string"),
+    2: ("apiGroup", "string"),
+    3: ("name", "string"),
+    4: ("namespace", "string"),
+}
+ROLE_BINDING: Schema = {
+    1: ("metadata", OBJECT_META),
+    2: ("subjects", [SUBJECT]),
+    3: ("roleRef", {1: ("apiGroup", "string"), 2: ("kind", "string"), 3: ("name", "string")}),
+}
+
 # (apiVersion, kind) -> schema of the message in Unknown.raw
 KINDS: dict[tuple[str, str], Schema] = {
     ("v1", "Namespace"): NAMESPACE,
@@ -214,6 +246,10 @@ KINDS: dict[tuple[str, str], Schema] = {
     ("authentication.k8s.io/v1", "SelfSubjectReview"): SELF_SUBJECT_REVIEW,
     ("authentication.k8s.io/v1", "TokenReview"): TOKEN_REVIEW,
     ("authentication.k8s.io/v1", "TokenRequest"): TOKEN_REQUEST,
+    ("rbac.authorization.k8s.io/v1", "Role"): ROLE,
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): CLUSTER_ROLE,
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ROLE_BINDING,
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ROLE_BINDING,
 }
 
 

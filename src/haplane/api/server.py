@@ -41,6 +41,7 @@ from haplane.store import (
     HEARTBEAT_KEY,
     EtcdClient,
     EtcdError,
+    EtcdTls,
     GlobalState,
     Heartbeat,
 )
@@ -138,6 +139,7 @@ class ReplicaConfig:
     # None (asynchronous: a write is acknowledged once this region's etcd committed it)
     sync: SyncConfig | None = None
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    etcd_tls: EtcdTls | None = None  # client certificate for every etcd (own, global, standby)
 
 
 class ApiServer:
@@ -145,7 +147,9 @@ class ApiServer:
         self.config = config
         self.registry = registry or Registry([*BUILTIN, CRD_TYPE, *ACCESS_TYPES])
         self.metrics = Metrics()
-        self.client = EtcdClient(config.etcd_endpoints, timeout=config.etcd_timeout)
+        self.client = EtcdClient(
+            config.etcd_endpoints, timeout=config.etcd_timeout, tls=config.etcd_tls
+        )
         self.versions: VersionContext | None = None
         self.stores: dict[tuple[str, str, str], GenericStore] = {}
         self.draining = False
@@ -161,7 +165,9 @@ class ApiServer:
         self.elector: LeaderElector | None = None
         self._elector_task: asyncio.Task[None] | None = None
         self._global_client = (
-            EtcdClient(config.global_endpoints, timeout=0.5) if config.global_endpoints else None
+            EtcdClient(config.global_endpoints, timeout=0.5, tls=config.etcd_tls)
+            if config.global_endpoints
+            else None
         )
         self.fence = WriteFence(
             config.region,

@@ -40,6 +40,7 @@ from haplane.store import (
     AppliedRecord,
     EtcdClient,
     EtcdError,
+    EtcdTls,
     SyncRecord,
     SyncState,
 )
@@ -66,6 +67,7 @@ class SyncConfig:
     standbys: dict[str, list[str]]
     timeout: float = 0.5
     strict: bool = False
+    tls: EtcdTls | None = None  # this replica's etcd client certificate
 
 
 @dataclass(eq=False)
@@ -135,7 +137,7 @@ class SyncAck:
         self.name = name
         self.metrics = SyncMetrics(registry or CollectorRegistry())
         self.clients = standby_clients or {
-            r: EtcdClient(eps, timeout=1.0) for r, eps in config.standbys.items()
+            r: EtcdClient(eps, timeout=1.0, tls=config.tls) for r, eps in config.standbys.items()
         }
         self._own_clients = standby_clients is None
         self.applied: dict[str, AppliedRecord] = {}

@@ -101,8 +101,8 @@ def apply_cmd(
     import asyncio
 
     from haplane.local.divergence import DivergenceError, reapply, reapply_plan
-    from haplane.local.gate_plans import resolve_all
-    from haplane.local.ports import PortRegistry
+    from haplane.local.gate_plans import plan_of
+    from haplane.local.security import http_ssl
     from haplane.topology import load_file
 
     state = _state(state_dir)
@@ -116,10 +116,8 @@ def apply_cmd(
             what = "apply" if s["action"] == "apply" else f"skip ({s['why']})"
             _out(f"{what}: {s['key']}")
         return
-    ports = PortRegistry(state.ports_file, read_only=True)
-    plan = resolve_all(load_file(state.topology_file), ports)
-    gate = f"http://{plan.gates[0].host}:{plan.gates[0].port}"
-    results = asyncio.run(reapply(gate, steps))
+    plan = plan_of(load_file(state.topology_file), state)
+    results = asyncio.run(reapply(plan.gates[0].url, steps, http_ssl(plan.tls)))
     failed = 0
     for r in results:
         failed += r["result"] == "failed"

@@ -370,8 +370,10 @@ def up_cmd(
         if netns and (why := netns_available()) is not None:
             err.print(f"error: --netns: {why}")
             raise typer.Exit(1)
-        topology = runner.prepare_state(state, topology, text, fresh, netns=netns)
-    except runner.AlreadyRunning as exc:
+        topology = runner.prepare_state(
+            state, topology, text, fresh, netns=netns, base=file.parent if file else None
+        )
+    except runner.PrepareError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(1) from None
     if detach:
@@ -881,6 +883,7 @@ def export_haproxy_cmd(
     from haplane.local import gate_plans
     from haplane.local.haproxy_export import haproxy_config
     from haplane.local.ports import PortRegistry
+    from haplane.local.security import platform_tls
 
     state = _state(state_dir)
     if file is None and example is None:
@@ -891,7 +894,9 @@ def export_haproxy_cmd(
     else:
         topology, _ = _load(file, example)
     state.ensure()
-    plan = gate_plans.resolve_all(topology, PortRegistry(state.ports_file))
+    plan = gate_plans.resolve_all(
+        topology, PortRegistry(state.ports_file), platform_tls(state, topology)
+    )
 
     async def active() -> str | None:
         from haplane.store import GlobalState
@@ -914,7 +919,13 @@ def export_haproxy_cmd(
             f"region is unknown; name it with --region ({', '.join(regions)})"
         )
         raise typer.Exit(1)
-    text = haproxy_config(topology.name, plan.balancers, plan.gates, target)
+    ca = None
+    if plan.tls is not None:  # the CA the checks trust, created now if `up` has not yet
+        from haplane.local.security import ensure
+
+        ensure(plan.tls, topology, plan)
+        ca = str(plan.tls.ca)
+    text = haproxy_config(topology.name, plan.balancers, plan.gates, target, ca)
     if output is None:
         sys.stdout.write(text)
     else:
@@ -932,17 +943,32 @@ def kubeconfig_cmd(
         str | None,
         typer.Option("--region", help="Through this region's first balancer, bypassing the gate."),
     ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user",
+            help="Issue a client certificate for this user (signed by the platform CA) instead "
+            "of using haplane-admin (system:masters); bind it roles with kubectl.",
+        ),
+    ] = None,
+    group: Annotated[
+        list[str] | None,
+        typer.Option("--group", help="A group of --user (repeat for several)."),
+    ] = None,
+    days: Annotated[int, typer.Option("--days", help="Lifetime of --user's certificate.")] = 365,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")
     ] = None,
     state_dir: StateDirOpt = None,
 ) -> None:
     """A kubeconfig for kubectl and Kubernetes clients. By default it points at the global gate
-    (the address its instances on this host share), which forwards to the active region."""
+    (the address its instances on this host share), which forwards to the active region, as
+    haplane-admin (system:masters: every permission); `--user` issues a certificate for
+    someone else. The kubeconfig embeds the key: it is written mode 0600."""
     import yaml
 
-    from haplane.local.gate_plans import resolve_all
-    from haplane.local.ports import PortRegistry
+    from haplane.local.gate_plans import plan_of
+    from haplane.local.security import user_certificate
 
     state = _state(state_dir)
     if not state.topology_file.exists():
@@ -951,8 +977,16 @@ def kubeconfig_cmd(
     if replica and region:
         err.print("error: --replica and --region exclude each other")
         raise typer.Exit(2)
+    if group and not user:
+        err.print("error: --group goes with --user")
+        raise typer.Exit(2)
     topology = load_file(state.topology_file)
-    plan = resolve_all(topology, PortRegistry(state.ports_file, read_only=True))
+    plan = plan_of(topology, state)
+    if user and plan.tls is None:
+        err.print(
+            "error: --user: this topology runs with `security.insecure: true` (no identities)"
+        )
+        raise typer.Exit(2)
     replicas, balancers = plan.replicas, plan.balancers
     if replica is not None:
         found = [r for r in replicas if r.qualified_name == replica]
@@ -972,15 +1006,34 @@ def kubeconfig_cmd(
         name, server = f"{topology.name}-{region}", lbs[0].url
     else:
         name, server = topology.name, plan.gates[0].url
+    cluster: dict[str, str] = {"server": server}
+    user_name, credentials = "haplane-anonymous", {}
+    if plan.tls is not None:
+        cluster["certificate-authority-data"] = _b64(plan.tls.ca.read_bytes())
+        if user:
+            from haplane.auth.pki import PkiError
+
+            try:
+                pair = user_certificate(plan.tls, user, tuple(group or ()), days)
+            except PkiError as exc:
+                err.print(f"error: {exc}")
+                raise typer.Exit(2) from None
+            user_name = user
+        else:
+            pair, user_name = plan.tls.admin, "haplane-admin"
+        credentials = {
+            "client-certificate-data": _b64(pair.cert.read_bytes()),
+            "client-key-data": _b64(pair.key.read_bytes()),
+        }
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": name, "cluster": {"server": server}}],
-        "users": [{"name": "haplane-anonymous", "user": {}}],
+        "clusters": [{"name": name, "cluster": cluster}],
+        "users": [{"name": user_name, "user": credentials}],
         "contexts": [
             {
                 "name": name,
-                "context": {"cluster": name, "user": "haplane-anonymous", "namespace": "default"},
+                "context": {"cluster": name, "user": user_name, "namespace": "default"},
             }
         ],
         "current-context": name,
@@ -990,8 +1043,19 @@ def kubeconfig_cmd(
     if output is None:
         sys.stdout.write(text)
     else:
-        output.write_text(text)
-        err.print(f"wrote {output} (server {server})")
+        import os
+
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+        err.print(f"wrote {output} (server {server}, user {user_name})")
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
 
 
 @app.command("version")

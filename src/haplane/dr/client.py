@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from ssl import PROTOCOL_TLS_CLIENT, SSLContext, TLSVersion
 from typing import IO, Any
 
 import aiohttp
@@ -98,6 +99,7 @@ class DrillClient:
     operations: list[Operation] = field(default_factory=list)
     sink: IO[str] | None = None  # each operation also as a JSON line, as it completes
     updated_keys: int = UPDATED_KEYS  # 0: no update and get loops
+    ssl: SSLContext | bool = True  # the platform CA and the client's certificate (https gates)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _seq: int = 0
     _counter: int = 0  # the last update's counter
@@ -121,7 +123,7 @@ class DrillClient:
     async def _loop(self, kind: str) -> None:
         gate = 0
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        connector = aiohttp.TCPConnector(limit=1)
+        connector = aiohttp.TCPConnector(limit=1, ssl=self.ssl)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while not self._stop.is_set():
                 started = time.monotonic()
@@ -234,7 +236,7 @@ class DrillClient:
 
 
 async def read_back(
-    endpoint: Sequence[str], run_id: str, timeout: float = 5.0
+    endpoint: Sequence[str], run_id: str, timeout: float = 5.0, ssl: SSLContext | bool = True
 ) -> dict[str, int | None]:
     """Every object of the run that `endpoint` holds now, name -> the update counter it carries
     (None: a plain write). `endpoint`: the base URLs of one place to read from, tried in order
@@ -242,7 +244,9 @@ async def read_back(
     region holds; the gate's addresses would give what a client sees through the gate."""
     params = {"labelSelector": f"{DRILL_LABEL}={run_id}"}
     last: Exception | None = None
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout), connector=aiohttp.TCPConnector(ssl=ssl)
+    ) as session:
         for url in endpoint:
             try:
                 async with session.get(f"{url}{_CONFIGMAPS}", params=params) as resp:
@@ -266,11 +270,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-id", required=True)
     ap.add_argument("--interval", type=float, default=0.02)
     ap.add_argument("--start", type=float, required=True)
+    ap.add_argument("--ca", default=None, help="https gates: the platform CA")
+    ap.add_argument("--cert", default=None, help="the client certificate (and --key)")
+    ap.add_argument("--key", default=None)
     args = ap.parse_args(argv)
 
     async def run() -> None:
         client = DrillClient(
-            args.gate, args.run_id, interval=args.interval, start=args.start, sink=sys.stdout
+            args.gate,
+            args.run_id,
+            interval=args.interval,
+            start=args.start,
+            sink=sys.stdout,
+            ssl=client_ssl(args.ca, args.cert, args.key) if args.ca else True,
         )
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, client.stop)
@@ -278,6 +290,16 @@ def main(argv: list[str] | None = None) -> None:
         await client.run()
 
     asyncio.run(run())
+
+
+def client_ssl(ca: str, cert: str | None, key: str | None) -> SSLContext:
+    """A TLS client context trusting `ca` only, presenting `cert`/`key` when given."""
+    ctx = SSLContext(PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cafile=ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 def _status_message(raw: bytes) -> str:

@@ -27,7 +27,11 @@ The config file (JSON; unknown keys are errors; defaults shown):
         }
       },
       "active_pool": "eu-west",               # null: refuse every client until activated
-      "admin": {"host": "127.0.0.1", "port": 9100},   # null: no admin listener
+      "admin": {"host": "127.0.0.1", "port": 9100,    # null: no admin listener
+                "tls_cert": null, "tls_key": null,    # HTTPS only
+                "client_ca": null,                    # then only health is anonymous
+                "read_groups": ["system:masters", "system:monitoring"],  # /metrics, /status
+                "write_groups": ["system:masters"]},  # POST /pool
       "timeouts": {"connect": 1.0, "client_header": 10.0, "client_idle": 60.0,
                    "response_header": 60.0, "response_idle": 60.0, "upstream_idle": 10.0,
                    "tcp_idle": null, "linger": 5.0},       # seconds; see settings.Timeouts
@@ -39,6 +43,7 @@ The config file (JSON; unknown keys are errors; defaults shown):
       "follow": null,                         # a gate: {"etcd": [global control endpoints],
                                               #   "prefix": "/haplane/global/"} activates the
                                               #   pool named by the active region
+      "etcd_tls": null,                       # {"ca", "cert", "key"}: TLS towards every etcd
       "controller": null                      # a gate's failover controller: {"gate", "etcd",
                                               #   "vantage_points", "priority", "down_after",
                                               #   "region_etcd": {region: [endpoints]} (for
@@ -57,6 +62,8 @@ import sys
 from pathlib import Path
 
 import uvloop
+
+from haplane.auth.listener import ListenerAccess
 
 from .admin import AdminServer
 from .config import ConfigError, GateConfig, load_config
@@ -85,6 +92,7 @@ async def serve(config: GateConfig) -> int:
     )
     if config.active_pool is not None:
         forwarder.activate(config.active_pool, reason="config")
+    etcd_tls = config.etcd_tls.to_tls() if config.etcd_tls is not None else None
     region = follower = None
     if config.region is not None:
         region = RegionHealth(
@@ -94,11 +102,12 @@ async def serve(config: GateConfig) -> int:
             config.region.probe_interval,
             global_endpoints=config.region.global_etcd,
             unhealthy_grace=config.region.unhealthy_grace,
+            tls=etcd_tls,
         )
         region.start()
     if config.follow is not None:
         follower = ActiveRegionFollower(
-            forwarder, config.follow.etcd, config.follow.prefix.encode()
+            forwarder, config.follow.etcd, config.follow.prefix.encode(), tls=etcd_tls
         )
         follower.start()
     controller = None
@@ -132,6 +141,7 @@ async def serve(config: GateConfig) -> int:
                 region_etcd=c.region_etcd,
                 fence_interval=c.fence_interval,
                 fence_timeout=c.fence_timeout,
+                tls=etcd_tls,
             ),
         )
         controller.start()
@@ -148,6 +158,13 @@ async def serve(config: GateConfig) -> int:
                 region=region,
                 follower=follower,
                 controller=controller,
+                access=ListenerAccess.of(
+                    config.admin.tls_cert,
+                    config.admin.tls_key,
+                    config.admin.client_ca,
+                    config.admin.read_groups,
+                    config.admin.write_groups,
+                ),
             )
             port = await admin.start()
             emit(

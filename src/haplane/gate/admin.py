@@ -12,20 +12,35 @@ Layer: gate. Serves one `Forwarder` on its own socket; the data path never goes 
 - GET /healthz/region (balancers): the region's aggregate health (`roles.RegionHealth`), 200
   or 503 with the detail; 404 on an engine that is no regional balancer.
 GET /status adds `region` (balancers) and `follow` (gates: active region, epoch) when present.
+
+With `ListenerAccess` (what `haplane up` gives every balancer and gate): HTTPS only; the health
+endpoints answer anyone (load balancers, keepalived and the gates' checks probe them without
+an identity); /metrics and /status want a client certificate from the platform CA in one of
+the read groups, POST /pool one in the write groups (else 401 without a certificate, 403 with
+one of another group, as Kubernetes `Status` bodies). The serving pair is re-read when its
+file changes (`haplane pki rotate`), checked first: a torn pair keeps the old one.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from haplane.auth.listener import ListenerAccess
+
 from .config import PoolUpdate, describe_errors
 from .controller import FailoverController
 from .forwarder import Forwarder
 from .k8s_status import status_body
 from .roles import ActiveRegionFollower, RegionHealth
+
+PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz/region"})
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -48,8 +63,11 @@ class AdminServer:
         region: RegionHealth | None = None,
         follower: ActiveRegionFollower | None = None,
         controller: FailoverController | None = None,
+        access: ListenerAccess | None = None,
     ) -> None:
         self.forwarder = forwarder
+        self.access = access
+        self._reload_task: asyncio.Task[None] | None = None
         self.host = host
         self.port = port
         self.region = region
@@ -58,7 +76,7 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
-        app = web.Application()
+        app = web.Application(middlewares=[self._guard] if self.access else [])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
         app.router.add_post("/pool", self._pool)
@@ -67,13 +85,40 @@ class AdminServer:
         app.router.add_get("/healthz/region", self._region)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        context = self.access.context() if self.access is not None else None
+        if self.access is not None:
+            self.access.expiry_gauge(self.forwarder.metrics.registry, "admin")
+        site = web.TCPSite(
+            self._runner, self.host, self.port, reuse_address=True, ssl_context=context
+        )
         await site.start()
+        if self.access is not None:
+            self._reload_task = asyncio.create_task(self._reload_loop(), name="admin cert")
         if self.port == 0:
             self.port = int(self._runner.addresses[0][1])
         return self.port
 
+    async def _reload_loop(self) -> None:
+        assert self.access is not None
+        while True:
+            await asyncio.sleep(1.0)
+            self.access.reload_if_changed()
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        refused = self.access.refusal(request, PUBLIC_PATHS) if self.access is not None else None
+        if refused is not None:
+            return _error(*refused)
+        return await handler(request)
+
     async def stop(self) -> None:
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload_task
+            self._reload_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

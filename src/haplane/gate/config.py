@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from haplane.store import EtcdTls
+
 from .settings import HealthCheck, ListenerSpec, Timeouts, UpstreamAddress
 
 Port = int
@@ -106,9 +108,40 @@ class ListenerConfig(BaseModel):
 
 
 class AdminConfig(BaseModel):
+    """The admin listener. With `tls_cert`, it serves HTTPS only; with `client_ca` too, only
+    the health endpoints (/livez, /readyz, /healthz/region) answer without a client
+    certificate: /metrics and /status want one verified against `client_ca` whose subject
+    holds one of `read_groups` (O), POST /pool one of `write_groups`."""
+
     model_config = _STRICT
     host: str = "127.0.0.1"
     port: Port = Field(ge=0, le=65535)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
+    read_groups: list[str] = Field(default_factory=lambda: ["system:masters", "system:monitoring"])
+    write_groups: list[str] = Field(default_factory=lambda: ["system:masters"])
+
+    @model_validator(mode="after")
+    def _tls(self) -> AdminConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.client_ca and not self.tls_cert:
+            raise ValueError("client_ca needs TLS (tls_cert and tls_key)")
+        return self
+
+
+class EtcdTlsConfig(BaseModel):
+    """Client TLS towards every etcd this process opens (region probes, the global control
+    etcd, the fence keys): the CA of the members, and this process's certificate."""
+
+    model_config = _STRICT
+    ca: str = Field(min_length=1)
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+    def to_tls(self) -> EtcdTls:
+        return EtcdTls(Path(self.ca), Path(self.cert), Path(self.key))
 
 
 class TimeoutsConfig(BaseModel):
@@ -228,6 +261,7 @@ class GateConfig(BaseModel):
     region: RegionConfig | None = None
     follow: FollowConfig | None = None
     controller: ControllerConfig | None = None
+    etcd_tls: EtcdTlsConfig | None = None
 
     @field_validator("region")
     @classmethod

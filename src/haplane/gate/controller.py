@@ -76,6 +76,7 @@ from haplane.store import (
     Compare,
     EtcdClient,
     EtcdError,
+    EtcdTls,
     FenceChanged,
     FenceRead,
     GlobalState,
@@ -118,6 +119,7 @@ class ControllerSettings:
     region_etcd: dict[str, list[str]] = field(default_factory=dict)  # region -> its etcd
     fence_interval: float = 0.5  # the leader reconciles every fence key this often
     fence_timeout: float = 0.5  # for each call to a regional etcd
+    tls: EtcdTls | None = None  # the client certificate for every etcd above
 
 
 class FailoverController:
@@ -161,11 +163,15 @@ class FailoverController:
     # ---- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._client = EtcdClient(self.settings.etcd, timeout=0.5)
+        tls = self.settings.tls
+        self._client = EtcdClient(self.settings.etcd, timeout=0.5, tls=tls)
         if self.settings.region_etcd:
             t = self.settings.fence_timeout
             self._fences = RegionFences(
-                {r: EtcdClient(eps, timeout=t) for r, eps in self.settings.region_etcd.items()}
+                {
+                    r: EtcdClient(eps, timeout=t, tls=tls)
+                    for r, eps in self.settings.region_etcd.items()
+                }
             )
         self._tasks = [
             asyncio.create_task(self._report_loop(), name="vantage report"),

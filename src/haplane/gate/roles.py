@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from haplane.store import EtcdClient, EtcdError, GlobalState
+from haplane.store import EtcdClient, EtcdError, EtcdTls, GlobalState
 
 from .events import GateEvent
 from .forwarder import Forwarder
@@ -51,8 +51,10 @@ class RegionHealth:
         *,
         global_endpoints: list[str] | None = None,
         unhealthy_grace: float = 0.0,
+        tls: EtcdTls | None = None,
     ) -> None:
         self.forwarder = forwarder
+        self.tls = tls
         self.region = region
         self.endpoints = etcd_endpoints
         self.global_endpoints = global_endpoints or []
@@ -97,7 +99,7 @@ class RegionHealth:
     ) -> None:
         """A linearizable read (it needs quorum) every `interval`; `probed(ok, error,
         latency)` after each."""
-        async with EtcdClient(endpoints, timeout=self.timeout) as client:
+        async with EtcdClient(endpoints, timeout=self.timeout, tls=self.tls) as client:
             while True:
                 t0 = time.monotonic()
                 try:
@@ -223,8 +225,10 @@ class ActiveRegionFollower:
         retry: float = 0.5,
         timeout: float = 1.0,
         refuse_after: float | None = 3.0,
+        tls: EtcdTls | None = None,
     ) -> None:
         self.forwarder = forwarder
+        self.tls = tls
         self.endpoints = etcd_endpoints
         self.prefix = prefix
         self.retry = retry
@@ -256,7 +260,7 @@ class ActiveRegionFollower:
     async def _confirm(self) -> None:
         """Confirm the record with a linearizable read every `retry` seconds: a watch on a
         member cut off from its cluster's majority can stay open and silent."""
-        async with EtcdClient(self.endpoints, timeout=self.timeout) as client:
+        async with EtcdClient(self.endpoints, timeout=self.timeout, tls=self.tls) as client:
             state = GlobalState(client, prefix=self.prefix)
             while True:
                 sent = time.monotonic()
@@ -286,7 +290,7 @@ class ActiveRegionFollower:
                 await asyncio.sleep(max(0.0, sent + self.retry - time.monotonic()))
 
     async def _follow(self) -> None:
-        async with EtcdClient(self.endpoints, timeout=self.timeout) as client:
+        async with EtcdClient(self.endpoints, timeout=self.timeout, tls=self.tls) as client:
             state = GlobalState(client, prefix=self.prefix)
             while True:
                 try:

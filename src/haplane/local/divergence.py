@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 from haplane.api.resources import BUILTIN
@@ -124,13 +125,18 @@ def reapply_plan(root: Path, name: str, keys: list[str] | None = None) -> list[d
     return out
 
 
-async def reapply(gate: str, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def reapply(
+    gate: str, steps: list[dict[str, Any]], ssl: SSLContext | bool = True
+) -> list[dict[str, Any]]:
     """Create each object where absent, else replace it over the current version; the outcome
-    per step (HTTP status and message)."""
+    per step (HTTP status and message). `ssl`: the platform CA and the operator's
+    certificate (the writes are audited under that identity)."""
     import aiohttp
 
     results = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=10), connector=aiohttp.TCPConnector(ssl=ssl)
+    ) as s:
         for step in steps:
             if step["action"] != "apply":
                 results.append({**_brief(step), "result": "skipped", "why": step["why"]})

@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 from haplane.dr.client import DrillClient, key_prefix, read_back
@@ -52,14 +53,14 @@ from haplane.dr.report import (
     summarize,
 )
 from haplane.dr.report import verdict as verdict  # what fails a drill: `drill.verdict(result)`
-from haplane.store import ActiveRegion, EtcdClient, EtcdError, GlobalState, ReplicationReport
+from haplane.store import ActiveRegion, EtcdError, GlobalState, ReplicationReport
 from haplane.topology import Topology, load_file
 
 from . import global_control, site_network
 from .control import FaultInjector
-from .gate_plans import TopologyPlan, resolve_all
+from .gate_plans import TopologyPlan, plan_of
 from .plans import global_plan
-from .ports import PortRegistry
+from .security import PlatformTls, http_ssl
 from .state_dir import StateDir
 from .status import gather_status
 
@@ -135,7 +136,14 @@ class ClientProcess:
     outside every site; its operations arrive as JSON lines, timed on the same monotonic clock
     (CLOCK_MONOTONIC is the machine's, shared by every network namespace)."""
 
-    def __init__(self, prefix: list[str], gates: list[str], run_id: str, interval: float):
+    def __init__(
+        self,
+        prefix: list[str],
+        gates: list[str],
+        run_id: str,
+        interval: float,
+        tls: PlatformTls | None = None,
+    ):
         self.start = time.monotonic()
         self.operations: list[Operation] = []
         self.argv = [
@@ -151,6 +159,9 @@ class ClientProcess:
             "--start",
             repr(self.start),
         ]
+        if tls is not None:
+            admin = tls.admin
+            self.argv += ["--ca", str(tls.ca), "--cert", str(admin.cert), "--key", str(admin.key)]
         self._proc: asyncio.subprocess.Process | None = None
         self._stopped = False
 
@@ -329,7 +340,7 @@ class ReplicationSampler:
         self.samples: list[tuple[float, ReplicationReport]] = []
 
     async def run(self) -> None:
-        async with EtcdClient(global_plan(self.plan.clusters).endpoints, timeout=0.5) as c:
+        async with global_plan(self.plan.clusters).client(0.5) as c:
             state = GlobalState(c)
             while True:
                 try:
@@ -358,7 +369,7 @@ async def _caught_up(
     did not within `wait`."""
     t0 = time.monotonic()
     last: ReplicationReport | None = None
-    async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=1.0) as c:
+    async with global_plan(plan.clusters).client(1.0) as c:
         state = GlobalState(c)
         while time.monotonic() - t0 < wait:
             try:
@@ -392,7 +403,7 @@ async def _read_active(plan: TopologyPlan, wait: float) -> ActiveRegion | None:
     """The global record, retried for `wait` seconds (the control etcd may be electing a
     leader just after an earlier drill healed a partition)."""
     deadline = time.monotonic() + wait
-    async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=2.0) as client:
+    async with global_plan(plan.clusters).client(2.0) as client:
         while True:
             try:
                 return await GlobalState(client).read()
@@ -457,7 +468,7 @@ def _journals(state: StateDir, since: float, start_wall: float) -> list[ServerWr
 
 
 async def _read_back(
-    gates: list[str], regions: list[str], run_id: str, wait: float
+    gates: list[str], regions: list[str], run_id: str, wait: float, ssl: SSLContext | bool
 ) -> tuple[dict[tuple[str, str], int | None], list[str]]:
     """What a client reads through the gate after the drill, from wherever it now leads: key
     -> update counter of every drill object, filed under every region (a write acknowledged by
@@ -465,7 +476,7 @@ async def _read_back(
     deadline = time.monotonic() + wait
     while True:
         try:
-            held = await read_back(gates, run_id)
+            held = await read_back(gates, run_id, ssl=ssl)
             break
         except RuntimeError as exc:
             if time.monotonic() > deadline:
@@ -542,7 +553,8 @@ async def run_drill(
     if not state.topology_file.exists():
         raise DrillError(f"no topology has been started in {state.root} (`haplane up` first)")
     topology = load_file(state.topology_file)
-    plan = resolve_all(topology, PortRegistry(state.ports_file))
+    plan = plan_of(topology, state, read_only=False)
+    ssl = http_ssl(plan.tls)
     failover = topology.spec.global_.failover
     before = await _read_active(plan, wait=15.0)
     if before is None:
@@ -555,13 +567,13 @@ async def run_drill(
     # own clock from when it first saw the epoch (a gate restarted since counts from its start)
     await _wait_out_hysteresis(state, before.epoch, min_interval, progress)
     ctx = DrillContext(state, topology, plan, FaultInjector(state.socket), before.region)
-    gates = sorted({f"http://{g.host}:{g.port}" for g in plan.gates})
+    gates = sorted({g.url for g in plan.gates})
     run_id = uuid.uuid4().hex[:8]
     network = site_network.load(state)
     drill: DrillClient | ClientProcess = (
-        ClientProcess(network.client_prefix(), gates, run_id, interval)
+        ClientProcess(network.client_prefix(), gates, run_id, interval, plan.tls)
         if network is not None
-        else DrillClient(gates, run_id, interval=interval)
+        else DrillClient(gates, run_id, interval=interval, ssl=ssl)
     )
     start_wall = time.time() - drill.now()
     events: list[Event] = []
@@ -607,10 +619,10 @@ async def run_drill(
         events.append(Event(unfenced - start_wall, "unfenced", "from the global record"))
     events.sort(key=lambda e: e.t)
     regions = [site.name for site, _ in topology.regions()]
-    found, problems = await _read_back(gates, regions, run_id, wait=30.0)
+    found, problems = await _read_back(gates, regions, run_id, 30.0, ssl)
     cut: dict[str, Any] | None = None
     if failed_over and after is not None:
-        async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=2.0) as c:
+        async with global_plan(plan.clusters).client(2.0) as c:
             with contextlib.suppress(EtcdError):
                 cuts = await GlobalState(c).cuts(timeout=2.0)
                 first = min((e for e in cuts if e > before.epoch), default=None)
@@ -703,7 +715,7 @@ async def _replication_after(
             problems.append(f"{region} did not catch up with {active} within 60 s ({state})")
         elif after is not None and region == before.region and after.epoch > before.epoch:
             rejoin = {"region": region, "seconds": round(seconds, 3)}
-            async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=2.0) as c:
+            async with global_plan(plan.clusters).client(2.0) as c:
                 with contextlib.suppress(EtcdError):
                     notes = await GlobalState(c).divergences(timeout=2.0)
                     rejoin["divergence"] = next(

@@ -30,6 +30,8 @@ from .plans import (
     resolve_replicators,
 )
 from .ports import PortRegistry
+from .security import PlatformTls, platform_tls
+from .state_dir import StateDir
 
 # Fast health defaults (200 ms / fall 2 / rise 2): a dead replica leaves rotation at its first
 # refused connect or within ~0.4 s of checks. A check may take up to 1 s: a busy replica's
@@ -51,14 +53,15 @@ class _Listening:
     host: str
     port: int
     admin_port: int
+    tls: bool
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self.host}:{self.admin_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.admin_port}"
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class BalancerPlan(_Listening):
     mode: str = "l4"
     control_endpoints: tuple[str, ...] = ()
     unhealthy_grace: float = 0.0  # 2 x the region's etcd election timeout
+    tls: bool = False  # HTTPS on the admin listener (and through it, the replicas')
 
     @property
     def qualified_name(self) -> str:
@@ -91,6 +95,7 @@ class GatePlan(_Listening):
     control_endpoints: tuple[str, ...] = ()
     mode: str = "l4"
     region_etcd: dict[str, tuple[str, ...]] = field(default_factory=dict)  # for fence keys
+    tls: bool = False
 
     @property
     def qualified_name(self) -> str:
@@ -102,6 +107,7 @@ def resolve_balancers(
     ports: PortRegistry,
     clusters: list[ClusterPlan],
     replicas: list[ReplicaPlan],
+    tls: bool = False,
 ) -> list[BalancerPlan]:
     etcd_of = {c.view.scope: c for c in clusters}
     plans = []
@@ -123,6 +129,7 @@ def resolve_balancers(
                     etcd_endpoints=endpoints,
                     control_endpoints=tuple(global_plan(clusters).endpoints),
                     unhealthy_grace=2 * etcd_of[site.name].view.settings.election_timeout_ms / 1000,
+                    tls=tls,
                 )
             )
     return plans
@@ -133,6 +140,7 @@ def resolve_gates(
     ports: PortRegistry,
     clusters: list[ClusterPlan],
     balancers: list[BalancerPlan],
+    tls: bool = False,
 ) -> list[GatePlan]:
     control_endpoints = tuple(global_plan(clusters).endpoints)
     regions = {
@@ -157,6 +165,7 @@ def resolve_gates(
                 regions=regions,
                 control_endpoints=control_endpoints,
                 region_etcd=region_etcd,
+                tls=tls,
             )
         )
     return plans
@@ -171,32 +180,69 @@ class TopologyPlan:
     balancers: list[BalancerPlan]
     gates: list[GatePlan]
     replicators: list[ReplicatorPlan] = field(default_factory=list)
+    tls: PlatformTls | None = None  # None: `security.insecure: true`
 
 
-def resolve_all(topology: Topology, ports: PortRegistry) -> TopologyPlan:
-    clusters = resolve_addresses(topology, ports)
-    replicas = resolve_replicas(topology, ports, clusters)
-    balancers = resolve_balancers(topology, ports, clusters, replicas)
+def resolve_all(
+    topology: Topology, ports: PortRegistry, tls: PlatformTls | None = None
+) -> TopologyPlan:
+    """Where everything listens; with `tls`, every URL is https and every etcd client of the
+    supervisor and the CLI carries its certificate."""
+    on = tls is not None
+    clusters = resolve_addresses(topology, ports, tls)
+    replicas = resolve_replicas(topology, ports, clusters, on)
+    balancers = resolve_balancers(topology, ports, clusters, replicas, on)
     return TopologyPlan(
         clusters,
         replicas,
         balancers,
-        resolve_gates(topology, ports, clusters, balancers),
-        resolve_replicators(topology, ports, clusters),
+        resolve_gates(topology, ports, clusters, balancers, on),
+        resolve_replicators(topology, ports, clusters, on),
+        tls,
     )
 
 
-def _check(path: str, timeout: float = CHECK_TIMEOUT) -> dict[str, Any]:
-    return {
+def plan_of(topology: Topology, state: StateDir, read_only: bool = True) -> TopologyPlan:
+    """A running topology's plan as the CLI reads it: ports from the state dir's registry
+    (`read_only`: none assigned), TLS as the topology says."""
+    return resolve_all(
+        topology, PortRegistry(state.ports_file, read_only=read_only), platform_tls(state, topology)
+    )
+
+
+def _check(
+    path: str, timeout: float = CHECK_TIMEOUT, tls: PlatformTls | None = None
+) -> dict[str, Any]:
+    """A health check; over HTTPS, verifying the upstream against the platform CA, with
+    `tls` (health endpoints answer anonymous clients: no certificate is presented)."""
+    check: dict[str, Any] = {
         "path": path,
         "interval": CHECK_INTERVAL,
         "timeout": timeout,
         "fall": CHECK_FALL,
         "rise": CHECK_RISE,
     }
+    if tls is not None:
+        check["tls_ca"] = str(tls.ca)
+    return check
 
 
-def balancer_config(plan: BalancerPlan) -> dict[str, Any]:
+def _admin(host: str, port: int, tls: PlatformTls | None, kind: str, name: str) -> dict[str, Any]:
+    admin: dict[str, Any] = {"host": host, "port": port}
+    if tls is not None:
+        pair = tls.serving(kind, name)
+        admin.update(tls_cert=str(pair.cert), tls_key=str(pair.key), client_ca=str(tls.ca))
+    return admin
+
+
+def _etcd_tls(tls: PlatformTls | None, who: str) -> dict[str, str] | None:
+    if tls is None:
+        return None
+    c = tls.etcd_client(who)
+    return {"ca": str(c.ca), "cert": str(c.cert), "key": str(c.key)}
+
+
+def balancer_config(plan: BalancerPlan, tls: PlatformTls | None = None) -> dict[str, Any]:
     """A regional balancer: the region's API replicas, checked on `/readyz`."""
     return {
         "name": plan.qualified_name,
@@ -208,11 +254,12 @@ def balancer_config(plan: BalancerPlan) -> dict[str, Any]:
                 "upstreams": [
                     {"name": r.name, "host": r.host, "port": r.port} for r in plan.replicas
                 ],
-                "check": _check("/readyz"),
+                "check": _check("/readyz", tls=tls),
             }
         },
         "active_pool": plan.region,
-        "admin": {"host": plan.host, "port": plan.admin_port},
+        "admin": _admin(plan.host, plan.admin_port, tls, "balancer", plan.qualified_name),
+        "etcd_tls": _etcd_tls(tls, f"balancer/{plan.qualified_name}"),
         "region": {
             "name": plan.region,
             "etcd": list(plan.etcd_endpoints),
@@ -222,7 +269,9 @@ def balancer_config(plan: BalancerPlan) -> dict[str, Any]:
     }
 
 
-def gate_config(plan: GatePlan, topology: Topology | None = None) -> dict[str, Any]:
+def gate_config(
+    plan: GatePlan, topology: Topology | None = None, tls: PlatformTls | None = None
+) -> dict[str, Any]:
     """A gate instance: one pool per region (its balancers, checked on their aggregate
     health), the active one named by the global control etcd."""
     return {
@@ -236,12 +285,13 @@ def gate_config(plan: GatePlan, topology: Topology | None = None) -> dict[str, A
                     {"name": b.name, "host": b.host, "port": b.port, "check_port": b.admin_port}
                     for b in lbs
                 ],
-                "check": _check(REGION_HEALTH_PATH, GATE_CHECK_TIMEOUT),
+                "check": _check(REGION_HEALTH_PATH, GATE_CHECK_TIMEOUT, tls),
             }
             for region, lbs in plan.regions.items()
         },
         "active_pool": None,  # until the global control etcd says which region is active
-        "admin": {"host": plan.host, "port": plan.admin_port},
+        "admin": _admin(plan.host, plan.admin_port, tls, "gate", plan.name),
+        "etcd_tls": _etcd_tls(tls, f"gate/{plan.name}"),
         "follow": {
             "etcd": list(plan.control_endpoints),
             "prefix": DEFAULT_GLOBAL_PREFIX.decode(),

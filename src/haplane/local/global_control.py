@@ -33,6 +33,7 @@ from haplane.topology.model import GLOBAL_SCOPE
 
 from .plans import member_addresses
 from .ports import PortRegistry
+from .security import operator_etcd_tls
 from .state_dir import StateDir
 
 
@@ -46,17 +47,24 @@ def control_endpoints(topology: Topology, ports: PortRegistry) -> list[str]:
 
 
 def control_client(topology: Topology, state: StateDir, timeout: float = 2.0) -> EtcdClient:
-    return EtcdClient(control_endpoints(topology, PortRegistry(state.ports_file)), timeout=timeout)
+    return EtcdClient(
+        control_endpoints(topology, PortRegistry(state.ports_file)),
+        timeout=timeout,
+        tls=operator_etcd_tls(state, topology),
+    )
 
 
 def region_fences(topology: Topology, state: StateDir, timeout: float = 1.0) -> RegionFences:
     """The fence keys of every region (`haplane.store.fence_key`), one client per region's
     etcd; `close()` them after use."""
     ports = PortRegistry(state.ports_file)
+    tls = operator_etcd_tls(state, topology)
     return RegionFences(
         {
             c.scope: EtcdClient(
-                [a.client_endpoint for a in member_addresses(c, ports).values()], timeout=timeout
+                [a.client_endpoint for a in member_addresses(c, ports).values()],
+                timeout=timeout,
+                tls=tls,
             )
             for c in topology.etcd_clusters()
             if c.scope != GLOBAL_SCOPE

@@ -16,6 +16,11 @@ What carries over and what does not:
   through HAProxy's runtime API (`set server ... state maint|ready`). It must not list the other
   regions as `backup` servers: HAProxy would then fail over on its own view alone, which is
   exactly the split brain the global control state prevents.
+- TLS (every topology not `insecure`): HAProxy stays in `mode tcp`, so the client's TLS session
+  runs end to end to an API replica, as through haplane's gates; its health checks speak
+  HTTPS (`check-ssl verify required ca-file`) against the platform CA, anonymously (the health
+  endpoints need no identity). HAProxy checks the chain, not the address: `verifyhost` matches
+  DNS names only, and the certificates name IP addresses.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _check_line() -> str:
-    return f"inter {_ms(CHECK_INTERVAL)} fall {CHECK_FALL} rise {CHECK_RISE}"
+def _check_line(ca_file: str | None) -> str:
+    tls = f" check-ssl verify required ca-file {ca_file}" if ca_file else ""
+    return f"inter {_ms(CHECK_INTERVAL)} fall {CHECK_FALL} rise {CHECK_RISE}{tls}"
 
 
 def _ident(name: str) -> str:
@@ -49,7 +55,9 @@ def haproxy_config(
     balancers: list[BalancerPlan],
     gates: list[GatePlan],
     active_region: str | None,
+    ca_file: str | None = None,
 ) -> str:
+    """`ca_file`: the platform CA (health checks over HTTPS); None for an insecure topology."""
     lines = [
         f"# HAProxy configuration for haplane topology {topology_name!r}",
         "# written by `haplane export haproxy`; check it with `haproxy -c -f FILE`",
@@ -82,7 +90,7 @@ def haproxy_config(
             "    http-check expect status 200",
         ]
         for r in b.replicas:
-            lines.append(f"    server {r.name} {r.host}:{r.port} check {_check_line()}")
+            lines.append(f"    server {r.name} {r.host}:{r.port} check {_check_line(ca_file)}")
         lines.append("")
     seen_binds: set[tuple[str, int]] = set()
     for g in gates:
@@ -108,7 +116,7 @@ def haproxy_config(
         for b in lbs:
             lines.append(
                 f"    server {_ident(b.qualified_name)} {b.host}:{b.port} check port "
-                f"{b.admin_port} {_check_line()}"
+                f"{b.admin_port} {_check_line(ca_file)}"
             )
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -24,11 +24,12 @@ from typing import Any
 
 import aiohttp
 
-from haplane.store import EtcdClient, EtcdError, etcd_member_name
+from haplane.store import EtcdError, etcd_member_name
 from haplane.topology import Finding, Topology, load_file
 
 from .gate_plans import resolve_all
 from .ports import PortRegistry
+from .security import http_ssl, platform_tls
 from .state_dir import StateDir
 
 
@@ -80,7 +81,7 @@ async def live_findings(
             )
 
     # etcd: each cluster's own member list and statuses, at the running addresses
-    plan = resolve_all(running, ports)
+    plan = resolve_all(running, ports, platform_tls(state, running))
     running_clusters = {c.view.scope: c for c in plan.clusters}
     for cluster in file_topology.etcd_clusters():
         live = running_clusters.get(cluster.scope)
@@ -97,7 +98,7 @@ async def live_findings(
             continue
         endpoints = live.endpoints
         try:
-            async with EtcdClient(endpoints, timeout=timeout) as client:
+            async with live.client(timeout) as client:
                 members = await client.members()
                 statuses = []
                 for ep in endpoints:
@@ -176,7 +177,10 @@ async def live_findings(
     targets += [(b.qualified_name, f"{b.admin_url}/livez") for b in plan.balancers]
     targets += [(g.qualified_name, f"{g.admin_url}/livez") for g in plan.gates]
     file_names = set(_placements(file_topology))
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout + 1)) as s:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout + 1),
+        connector=aiohttp.TCPConnector(ssl=http_ssl(plan.tls, identity=False)),
+    ) as s:
 
         async def answers(url: str) -> bool:
             try:

@@ -9,21 +9,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from haplane.store import MemberAddress
+from haplane.store import EtcdClient, EtcdTls, MemberAddress
 from haplane.topology import EtcdClusterView, Topology
 from haplane.topology.model import GLOBAL_SCOPE
 
 from .ports import PortRegistry
+from .security import SUPERVISOR, PlatformTls
 
 
 @dataclass
 class ClusterPlan:
     view: EtcdClusterView
     addresses: dict[str, MemberAddress]
+    tls: EtcdTls | None = None  # the supervisor's and the CLI's client certificate
 
     @property
     def endpoints(self) -> list[str]:
         return [a.client_endpoint for a in self.addresses.values()]
+
+    def client(self, timeout: float) -> EtcdClient:
+        """A client of this cluster as the supervisor and the CLI dial it."""
+        return EtcdClient(self.endpoints, timeout=timeout, tls=self.tls)
 
 
 def global_plan(clusters: list[ClusterPlan]) -> ClusterPlan:
@@ -40,6 +46,7 @@ class RegionalPlan:
     host: str
     port: int
     etcd_endpoints: tuple[str, ...]
+    tls: bool = False  # serves HTTPS (the platform's certificates)
 
     @property
     def qualified_name(self) -> str:
@@ -47,7 +54,7 @@ class RegionalPlan:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ class ReplicaPlan(RegionalPlan):
 
 
 def resolve_replicas(
-    topology: Topology, ports: PortRegistry, clusters: list[ClusterPlan]
+    topology: Topology, ports: PortRegistry, clusters: list[ClusterPlan], tls: bool = False
 ) -> list[ReplicaPlan]:
     etcd_of = {c.view.scope: c for c in clusters}
     plans = []
@@ -84,7 +91,17 @@ def resolve_replicas(
             host = topology.host_of(api, site.name)
             port = ports.resolve(f"{site.name}/{api.name}#http", host, api.port)
             plans.append(
-                ReplicaPlan(site.name, api.name, host, port, endpoints, standbys, timeout, strict)
+                ReplicaPlan(
+                    region=site.name,
+                    name=api.name,
+                    host=host,
+                    port=port,
+                    etcd_endpoints=endpoints,
+                    tls=tls,
+                    sync_standbys=standbys,
+                    sync_timeout_ms=timeout,
+                    sync_strict=strict,
+                )
             )
     return plans
 
@@ -98,7 +115,7 @@ class ReplicatorPlan(RegionalPlan):
 
 
 def resolve_replicators(
-    topology: Topology, ports: PortRegistry, clusters: list[ClusterPlan]
+    topology: Topology, ports: PortRegistry, clusters: list[ClusterPlan], tls: bool = False
 ) -> list[ReplicatorPlan]:
     etcd_of = {c.view.scope: c for c in clusters}
     plans = []
@@ -111,12 +128,13 @@ def resolve_replicators(
             port = ports.resolve(f"{site.name}/{rep.name}#http", host, rep.port)
             plans.append(
                 ReplicatorPlan(
-                    site.name,
-                    rep.name,
-                    host,
-                    port,
-                    tuple(etcd_of[site.name].endpoints),
-                    sources,
+                    region=site.name,
+                    name=rep.name,
+                    host=host,
+                    port=port,
+                    etcd_endpoints=tuple(etcd_of[site.name].endpoints),
+                    tls=tls,
+                    sources=sources,
                 )
             )
     return plans
@@ -126,18 +144,28 @@ def port_key(qualified_name: str, which: str) -> str:
     return f"{qualified_name}#{which}"
 
 
-def member_addresses(cluster: EtcdClusterView, ports: PortRegistry) -> dict[str, MemberAddress]:
+def member_addresses(
+    cluster: EtcdClusterView, ports: PortRegistry, tls: bool = False
+) -> dict[str, MemberAddress]:
     """Each member's address, assigning (and persisting) the ports the file left out."""
     return {
         m.qualified_name: MemberAddress(
             host=m.host,
             client_port=ports.resolve(port_key(m.qualified_name, "client"), m.host, m.client_port),
             peer_port=ports.resolve(port_key(m.qualified_name, "peer"), m.host, m.peer_port),
+            tls=tls,
         )
         for m in cluster.members
     }
 
 
-def resolve_addresses(topology: Topology, ports: PortRegistry) -> list[ClusterPlan]:
-    """Every etcd cluster with the addresses of its members."""
-    return [ClusterPlan(c, member_addresses(c, ports)) for c in topology.etcd_clusters()]
+def resolve_addresses(
+    topology: Topology, ports: PortRegistry, tls: PlatformTls | None = None
+) -> list[ClusterPlan]:
+    """Every etcd cluster with the addresses of its members (https with `tls`), and the
+    supervisor's client certificate."""
+    client = tls.etcd_client(SUPERVISOR) if tls is not None else None
+    return [
+        ClusterPlan(c, member_addresses(c, ports, tls is not None), client)
+        for c in topology.etcd_clusters()
+    ]

@@ -24,14 +24,18 @@ import yaml
 
 from haplane.topology import Topology, load_file
 
-from . import pidfile, site_network
+from . import pidfile, security, site_network
 from .control import ControlClient, ControlServer, SupervisorUnreachable
 from .netns import NetnsError
 from .state_dir import StateDir
 from .supervisor import Supervisor, configure_logging
 
 
-class AlreadyRunning(Exception):
+class PrepareError(Exception):
+    """The state dir cannot take this topology; the message says why and what to do."""
+
+
+class AlreadyRunning(PrepareError):
     pass
 
 
@@ -40,12 +44,36 @@ def supervisor_record(state: StateDir) -> pidfile.PidRecord | None:
     return rec if rec is not None and rec.alive() else None
 
 
+def _absolute_security_paths(source_text: str, base: Path) -> str:
+    """The text with `spec.security`'s file paths made absolute (relative to the topology
+    file's directory): the recorded copy lives in the state dir, and the supervisor may run
+    from another working directory."""
+    doc: Any = yaml.safe_load(source_text)
+    sec = (doc.get("spec") or {}).get("security") or {}
+    changed = False
+    for holder, key in ((sec.get("ca"), "certFile"), (sec.get("ca"), "keyFile"),
+                        (sec.get("audit"), "policyFile")):  # fmt: skip
+        if isinstance(holder, dict) and isinstance(holder.get(key), str):
+            path = Path(holder[key]).expanduser()
+            if not path.is_absolute():
+                holder[key] = str((base / path).resolve())
+                changed = True
+    return yaml.safe_dump(doc, sort_keys=False) if changed else source_text
+
+
 def prepare_state(
-    state: StateDir, topology: Topology, source_text: str, fresh: bool, netns: bool = False
+    state: StateDir,
+    topology: Topology,
+    source_text: str,
+    fresh: bool,
+    netns: bool = False,
+    base: Path | None = None,
 ) -> Topology:
     """Refuse a state dir in use or holding another topology; record the file for later tools.
     `netns`: every site gets its own network namespace and address (recorded in the file kept
-    in the state dir, which is the topology returned)."""
+    in the state dir, which is the topology returned). `base`: where the file's relative
+    paths start (its directory). A CA the topology supplies is checked and copied in here, so
+    that a bad one is refused before anything starts."""
     if supervisor_record(state) is not None:
         raise AlreadyRunning(
             f"a supervisor is already running for {state.root}; `haplane down` first"
@@ -72,8 +100,19 @@ def prepare_state(
     if netns:
         source_text, addresses = site_network.place_sites(source_text)
         site_network.record(state, topology.name, addresses)
+    source_text = _absolute_security_paths(source_text, base or Path.cwd())
     state.topology_file.write_text(source_text)
-    return load_file(state.topology_file)
+    recorded = load_file(state.topology_file)
+    tls = security.platform_tls(state, recorded)
+    ca = recorded.spec.security.ca
+    if tls is not None and ca is not None:
+        from haplane.auth.pki import PkiError
+
+        try:
+            security.adopt_ca(tls, Path(ca.cert_file), Path(ca.key_file))
+        except (PkiError, OSError) as exc:
+            raise PrepareError(f"spec.security.ca: {exc}") from None
+    return recorded
 
 
 async def serve(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import asdict, dataclass, field
+from ssl import SSLContext
 from typing import Any
 
 import aiohttp
@@ -30,9 +31,9 @@ from haplane.topology.model import GLOBAL_SCOPE
 
 from . import pidfile
 from .control import ControlClient, ControlError
-from .gate_plans import TopologyPlan, resolve_all
+from .gate_plans import TopologyPlan, plan_of
 from .plans import ClusterPlan, ReplicaPlan, global_plan
-from .ports import PortRegistry
+from .security import http_ssl
 from .state_dir import StateDir
 
 
@@ -187,17 +188,18 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
                     "pid": rec.pid,
                     "restarts": 0,
                 }
-    plan = resolve_all(topology, PortRegistry(state.ports_file, read_only=True))
+    plan = plan_of(topology, state)
+    ssl = http_ssl(plan.tls)
     clusters = await asyncio.gather(
         *(_cluster_report(topology, c, processes, timeout) for c in plan.clusters)
     )
     replicas = await asyncio.gather(
-        *(_replica_report(r, processes, timeout) for r in plan.replicas)
+        *(_replica_report(r, processes, timeout, ssl) for r in plan.replicas)
     )
     global_state = await _global_report(plan.clusters, timeout)
     edges = await asyncio.gather(
         *(
-            _edge_report(e.qualified_name, kind, e.url, e.admin_url, processes, timeout)
+            _edge_report(e.qualified_name, kind, e.url, e.admin_url, processes, timeout, ssl)
             for kind, group in (("balancer", plan.balancers), ("gate", plan.gates))
             for e in group
         )
@@ -237,7 +239,7 @@ async def _replication_report(
     cuts: list[dict[str, Any]] = []
     divergences: list[dict[str, Any]] = []
     with contextlib.suppress(EtcdError):
-        async with EtcdClient(global_plan(plan.clusters).endpoints, timeout=timeout) as client:
+        async with global_plan(plan.clusters).client(timeout) as client:
             g = GlobalState(client)
             reports = await g.replication_reports(timeout=timeout)
             recorded = await g.cuts(timeout=timeout)
@@ -284,6 +286,7 @@ async def _edge_report(
     admin_url: str,
     processes: dict[str, dict[str, Any]],
     timeout: float,
+    ssl: SSLContext | bool = True,
 ) -> EdgeReport:
     proc = processes.get(name, {})
     report = EdgeReport(
@@ -298,7 +301,8 @@ async def _edge_report(
     )
     try:
         async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout + 0.5)
+            timeout=aiohttp.ClientTimeout(total=timeout + 0.5),
+            connector=aiohttp.TCPConnector(ssl=ssl),
         ) as session:
             async with session.get(f"{admin_url}/readyz") as resp:
                 report.ready = resp.status == 200
@@ -334,7 +338,7 @@ async def _global_report(
     plans: list[ClusterPlan], timeout: float, history: int = 5
 ) -> GlobalReport:
     try:
-        async with EtcdClient(global_plan(plans).endpoints, timeout=timeout) as client:
+        async with global_plan(plans).client(timeout) as client:
             state = GlobalState(client)
             active = await state.read()
             changes = await state.history(history)
@@ -350,11 +354,7 @@ async def _global_report(
 
 async def _fences(plans: list[ClusterPlan], timeout: float) -> dict[str, str | None]:
     fences = RegionFences(
-        {
-            p.view.scope: EtcdClient(p.endpoints, timeout=timeout)
-            for p in plans
-            if p.view.scope != GLOBAL_SCOPE
-        }
+        {p.view.scope: p.client(timeout) for p in plans if p.view.scope != GLOBAL_SCOPE}
     )
     try:
         reads = await fences.read_all(timeout=timeout)
@@ -371,13 +371,19 @@ async def _fences(plans: list[ClusterPlan], timeout: float) -> dict[str, str | N
 
 
 async def _replica_report(
-    plan: ReplicaPlan, processes: dict[str, dict[str, Any]], timeout: float
+    plan: ReplicaPlan,
+    processes: dict[str, dict[str, Any]],
+    timeout: float,
+    ssl: SSLContext | bool = True,
 ) -> ReplicaReport:
     proc = processes.get(plan.qualified_name, {})
     ready, detail = False, "unreachable"
     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout + 0.5)) as s,
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout + 0.5),
+                connector=aiohttp.TCPConnector(ssl=ssl),
+            ) as s,
             s.get(f"{plan.url}/readyz") as resp,
         ):
             ready, detail = resp.status == 200, (await resp.text()).strip()[:80]
@@ -397,7 +403,7 @@ async def _cluster_report(
     topology: Topology, plan: ClusterPlan, processes: dict[str, dict[str, Any]], timeout: float
 ) -> ClusterReport:
     endpoints = {name: a.client_endpoint for name, a in plan.addresses.items()}
-    async with EtcdClient(list(endpoints.values()), timeout=timeout) as client:
+    async with EtcdClient(list(endpoints.values()), timeout=timeout, tls=plan.tls) as client:
         quorum_error: str | None = None
         try:
             await client.range(b"/haplane/health", timeout=timeout)

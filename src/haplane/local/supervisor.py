@@ -31,6 +31,7 @@ from haplane.store import (
     EtcdBinary,
     EtcdClient,
     EtcdError,
+    EtcdTls,
     GlobalState,
     RegionFences,
     find_etcd,
@@ -39,12 +40,13 @@ from haplane.store import (
 from haplane.topology import Topology
 from haplane.topology.model import GLOBAL_SCOPE
 
-from . import site_network
+from . import security, site_network
 from .gate_plans import (
     BalancerPlan,
     GatePlan,
     balancer_config,
     gate_config,
+    resolve_all,
     resolve_balancers,
     resolve_gates,
 )
@@ -61,6 +63,7 @@ from .plans import (
 )
 from .ports import PortRegistry
 from .process import FaultAction, ManagedProcess, ProcessSpec
+from .security import SUPERVISOR, PlatformTls, platform_tls
 from .state_dir import ENV_STATE_DIR, StateDir
 
 log = logging.getLogger("haplane.supervisor")
@@ -116,6 +119,8 @@ class Supervisor:
         self.replicators: list[ReplicatorPlan] = []
         self.started_in: float | None = None
         self.network = site_network.load(state)
+        self.tls: PlatformTls | None = platform_tls(state, topology)
+        self.etcd_tls = self.tls.etcd_client(SUPERVISOR) if self.tls is not None else None
 
     # ---- start ---------------------------------------------------------------------------
 
@@ -128,7 +133,18 @@ class Supervisor:
             emit("etcd-binary-warning", {"warning": self.binary.warning})
         self.progress(f"etcd {self.binary.version_text} ({self.binary.path})")
         ports = PortRegistry(self.state.ports_file)
-        self.clusters = resolve_addresses(self.topology, ports)
+        if self.tls is not None:
+            issued = await asyncio.to_thread(
+                security.ensure,
+                self.tls,
+                self.topology,
+                resolve_all(self.topology, ports, self.tls),
+            )
+            self.progress(
+                f"certificates: {len(issued)} issued" if issued else "certificates: current"
+            )
+            emit("certificates", {"issued": issued})
+        self.clusters = resolve_addresses(self.topology, ports, self.tls)
         if self.network is not None:
             self.network.create()
             self.progress(f"site network: {', '.join(self.network.namespaces().values())}")
@@ -138,21 +154,26 @@ class Supervisor:
             )
             await self._record_first_active_region(fresh=all(fresh))
             await self._reconcile_fences(activate=True)  # before any replica or gate starts
-            self.replicas = resolve_replicas(self.topology, ports, self.clusters)
-            self.balancers = resolve_balancers(self.topology, ports, self.clusters, self.replicas)
-            self.gates = resolve_gates(self.topology, ports, self.clusters, self.balancers)
-            self.replicators = resolve_replicators(self.topology, ports, self.clusters)
+            on = self.tls is not None
+            self.replicas = resolve_replicas(self.topology, ports, self.clusters, on)
+            self.balancers = resolve_balancers(
+                self.topology, ports, self.clusters, self.replicas, on
+            )
+            self.gates = resolve_gates(self.topology, ports, self.clusters, self.balancers, on)
+            self.replicators = resolve_replicators(self.topology, ports, self.clusters, on)
             # All at once: a balancer is ready when a replica behind it is, a gate when a
             # balancer of the active region is; starting them together overlaps their start-up.
             await asyncio.gather(
                 *(self._start_replica(r, timeout) for r in self.replicas),
                 *(
-                    self._start_engine(b.qualified_name, "balancer", balancer_config(b), timeout)
+                    self._start_engine(
+                        b.qualified_name, "balancer", balancer_config(b, self.tls), timeout
+                    )
                     for b in self.balancers
                 ),
                 *(
                     self._start_engine(
-                        g.qualified_name, "gate", gate_config(g, self.topology), timeout
+                        g.qualified_name, "gate", gate_config(g, self.topology, self.tls), timeout
                     )
                     for g in self.gates
                 ),
@@ -200,6 +221,7 @@ class Supervisor:
             member,
             plan.addresses,
             self.state.data_dir(qualified),
+            tls=self.tls.member(qualified) if self.tls is not None else None,
         )
         return self._process(qualified, "etcd", argv, member.host)
 
@@ -234,7 +256,7 @@ class Supervisor:
                         ports.reassign(port_key(m.qualified_name, "client"), m.host)
                     if m.peer_port is None:
                         ports.reassign(port_key(m.qualified_name, "peer"), m.host)
-                plan.addresses = member_addresses(plan.view, ports)
+                plan.addresses = member_addresses(plan.view, ports, self.tls is not None)
                 continue
             details = (
                 "; ".join(
@@ -256,12 +278,14 @@ class Supervisor:
         first = self.topology.region_priority()[0]
         failover = self.topology.spec.global_.failover
         endpoints_of = self._region_endpoints()
-        fences = RegionFences({r: EtcdClient(e, timeout=1.0) for r, e in endpoints_of.items()})
+        fences = RegionFences(
+            {r: EtcdClient(e, timeout=1.0, tls=self.etcd_tls) for r, e in endpoints_of.items()}
+        )
         try:
             highest = await fences.highest_epoch(timeout=1.0)
         finally:
             await fences.close()
-        async with EtcdClient(endpoints, timeout=2.0) as client:
+        async with EtcdClient(endpoints, timeout=2.0, tls=self.etcd_tls) as client:
             record, created = await GlobalState(client).initialize(
                 first,
                 by="haplane up",
@@ -291,10 +315,10 @@ class Supervisor:
         region that was away)."""
         endpoints = self._region_endpoints()
         wanted = regions if regions is not None else list(endpoints)
-        clients = {r: EtcdClient(endpoints[r], timeout=1.0) for r in wanted}
+        clients = {r: EtcdClient(endpoints[r], timeout=1.0, tls=self.etcd_tls) for r in wanted}
         fences = RegionFences(clients)
         try:
-            async with EtcdClient(global_plan(self.clusters).endpoints, timeout=1.0) as control:
+            async with global_plan(self.clusters).client(timeout=1.0) as control:
                 record = await GlobalState(control).read()
             after = await fences.reconcile_all(record, activate=activate)
         except EtcdError as exc:
@@ -329,6 +353,7 @@ class Supervisor:
                 "--write-log",
                 str(self.state.write_log(plan.qualified_name)),
                 *_sync_args(plan),
+                *self._replica_security_args(plan),
             ],
             plan.host,
         )
@@ -342,6 +367,28 @@ class Supervisor:
         await proc.spawn()
         await self._await_ready(proc, f"{plan.url}/readyz", timeout)
         self.progress(f"{plan.qualified_name}: ready at {plan.url}")
+
+    def _replica_security_args(self, plan: ReplicaPlan) -> list[str]:
+        """TLS, authentication, RBAC and audit (kube-apiserver's flags), unless insecure."""
+        if self.tls is None:
+            return []
+        serving = self.tls.serving("apiserver", plan.qualified_name)
+        audit = self.topology.spec.security.audit
+        args = [
+            "--tls-cert-file", str(serving.cert),
+            "--tls-private-key-file", str(serving.key),
+            "--client-ca-file", str(self.tls.ca),
+            "--service-account-key-file", str(self.tls.service_account_key),
+            "--anonymous", "health",
+            "--authorization-mode", "RBAC",
+            "--audit-log-path", str(self.state.audit_log(plan.qualified_name)),
+            "--audit-log-maxsize", str(audit.max_size_mb),
+            "--audit-log-maxbackup", str(audit.max_backups),
+            *_etcd_tls_args(self.tls.etcd_client(f"apiserver/{plan.qualified_name}")),
+        ]  # fmt: skip
+        if audit.policy_file:
+            args += ["--audit-policy-file", audit.policy_file]
+        return args
 
     async def _start_replicator(self, plan: ReplicatorPlan, timeout: float) -> None:
         """A region's replicator (`python -m haplane.replication`): it copies from whichever
@@ -357,6 +404,14 @@ class Supervisor:
         ]  # fmt: skip
         for region, endpoints in plan.sources:
             argv += ["--source", f"{region}={','.join(endpoints)}"]
+        if self.tls is not None:
+            serving = self.tls.serving("replicator", plan.qualified_name)
+            argv += [
+                "--tls-cert-file", str(serving.cert),
+                "--tls-private-key-file", str(serving.key),
+                "--client-ca-file", str(self.tls.ca),
+                *_etcd_tls_args(self.tls.etcd_client(f"replicator/{plan.qualified_name}")),
+            ]  # fmt: skip
         proc = self._process(plan.qualified_name, "replicator", argv, plan.host)
         self.processes[plan.qualified_name] = proc
         await proc.spawn()
@@ -383,13 +438,19 @@ class Supervisor:
         self.processes[name] = proc
         await proc.spawn()
         admin = config["admin"]
-        url = f"http://{admin['host']}:{admin['port']}/readyz"
+        scheme = "https" if self.tls is not None else "http"
+        url = f"{scheme}://{admin['host']}:{admin['port']}/readyz"
         await self._await_ready(proc, url, timeout)
         self.progress(f"{name}: ready")
 
     async def _await_ready(self, proc: ManagedProcess, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5)) as session:
+        # health endpoints answer anonymous clients: the platform CA, no certificate
+        ssl_context = self.tls.client_context(identity=False) if self.tls is not None else None
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=1.5),
+            connector=aiohttp.TCPConnector(ssl=ssl_context if ssl_context else True),
+        ) as session:
             while time.monotonic() < deadline:
                 if proc._proc is not None and proc._proc.returncode is not None:
                     raise SupervisorError(
@@ -409,7 +470,7 @@ class Supervisor:
         """Wait for quorum. Returns the members that exited meanwhile ([] = healthy)."""
         endpoints = plan.endpoints
         deadline = time.monotonic() + timeout
-        async with EtcdClient(endpoints, timeout=0.5) as client:
+        async with EtcdClient(endpoints, timeout=0.5, tls=self.etcd_tls) as client:
             while time.monotonic() < deadline:
                 exited = [
                     p for p in procs if p._proc is not None and p._proc.returncode is not None
@@ -493,6 +554,11 @@ def configure_logging() -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+def _etcd_tls_args(tls: EtcdTls) -> list[str]:
+    return ["--etcd-cafile", str(tls.ca), "--etcd-certfile", str(tls.cert),
+            "--etcd-keyfile", str(tls.key)]  # fmt: skip
 
 
 def _sync_args(plan: ReplicaPlan) -> list[str]:

@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from haplane.store import DEFAULT_GLOBAL_PREFIX, EtcdClient, GlobalState
+from haplane.auth.listener import ListenerAccess
+from haplane.store import DEFAULT_GLOBAL_PREFIX, EtcdClient, EtcdTls, GlobalState
 
 from .rejoin import Rejoin
 from .replicator import Replicator
+
+PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 
 
 def _endpoints(text: str) -> list[str]:
@@ -50,6 +53,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--global-etcd", default="", help="the global control etcd (reports)")
     ap.add_argument("--global-prefix", default=DEFAULT_GLOBAL_PREFIX.decode())
     ap.add_argument("--lease-ttl", type=int, default=2, help="leader lease TTL, seconds")
+    tls = ap.add_argument_group("TLS")
+    tls.add_argument("--etcd-cafile", default=None, help="the etcd members' CA (every etcd)")
+    tls.add_argument("--etcd-certfile", default=None, help="this replicator's etcd client cert")
+    tls.add_argument("--etcd-keyfile", default=None)
+    tls.add_argument("--tls-cert-file", default=None, help="serve --listen over HTTPS")
+    tls.add_argument("--tls-private-key-file", default=None)
+    tls.add_argument(
+        "--client-ca-file",
+        default=None,
+        help="/metrics and /status then want a client certificate from this CA "
+        "(system:masters or system:monitoring); health stays anonymous",
+    )
     ap.add_argument(
         "--divergence-dir",
         default=None,
@@ -63,6 +78,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"--source {item!r}: expected REGION=HOST:PORT[,HOST:PORT...]")
         sources[region] = _endpoints(eps)
     args.sources = sources
+    etcd_tls = (args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
+    if any(etcd_tls) and not all(etcd_tls):
+        ap.error("--etcd-cafile, --etcd-certfile and --etcd-keyfile go together")
+    args.etcd_tls = (
+        EtcdTls(Path(args.etcd_cafile), Path(args.etcd_certfile), Path(args.etcd_keyfile))
+        if all(etcd_tls)
+        else None
+    )
+    if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
+        ap.error("--tls-cert-file and --tls-private-key-file go together")
+    if args.client_ca_file and not args.tls_cert_file:
+        ap.error("--client-ca-file needs TLS (--tls-cert-file)")
     return args
 
 
@@ -123,14 +150,15 @@ class _Collector(Collector):
 
 
 async def serve(args: argparse.Namespace) -> None:
-    target = EtcdClient(_endpoints(args.etcd), timeout=1.0)
+    tls = args.etcd_tls
+    target = EtcdClient(_endpoints(args.etcd), timeout=1.0, tls=tls)
     sources = {
-        region: EtcdClient(eps, timeout=1.0)
+        region: EtcdClient(eps, timeout=1.0, tls=tls)
         for region, eps in args.sources.items()
         if region != args.region
     }
     control_client = (
-        EtcdClient(_endpoints(args.global_etcd), timeout=0.5) if args.global_etcd else None
+        EtcdClient(_endpoints(args.global_etcd), timeout=0.5, tls=tls) if args.global_etcd else None
     )
     control = GlobalState(control_client, args.global_prefix.encode()) if control_client else None
     identity = f"{args.region}/{args.name}"
@@ -169,7 +197,18 @@ async def serve(args: argparse.Namespace) -> None:
         }
         return web.json_response(body)
 
-    app = web.Application()
+    access = ListenerAccess.of(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        refused = access.refusal(request, PUBLIC_PATHS) if access is not None else None
+        if refused is not None:
+            return web.Response(status=refused[0], text=refused[1] + "\n")
+        return await handler(request)
+
+    app = web.Application(middlewares=[guard])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/livez", healthz)
     app.router.add_get("/readyz", readyz)
@@ -178,7 +217,17 @@ async def serve(args: argparse.Namespace) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = args.listen.rpartition(":")
-    await web.TCPSite(runner, host, int(port), reuse_address=True).start()
+    context = access.context() if access is not None else None
+    if access is not None:
+        access.expiry_gauge(registry)
+    await web.TCPSite(runner, host, int(port), reuse_address=True, ssl_context=context).start()
+
+    async def reload_certificate() -> None:  # `haplane pki rotate`: the next handshake serves it
+        while access is not None:
+            await asyncio.sleep(1.0)
+            access.reload_if_changed()
+
+    reloader = asyncio.create_task(reload_certificate(), name="certificate reload")
     logging.getLogger("haplane.replication").info(
         json.dumps({"msg": "serving", "component": identity, "address": args.listen})
     )
@@ -193,6 +242,9 @@ async def serve(args: argparse.Namespace) -> None:
     work.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await work
+    reloader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reloader
     await rep.resign()
     await runner.cleanup()
     for c in (target, *sources.values(), *([control_client] if control_client else [])):

@@ -61,10 +61,12 @@ class EtcdTls:
     key: Path
 
     def credentials(self) -> grpc.ChannelCredentials:
+        try:
+            ca, key, cert = self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes()
+        except OSError as exc:  # e.g. a topology never started: no certificates yet
+            raise EtcdUnavailable(f"etcd TLS: cannot read {exc.filename}: {exc.strerror}") from None
         return grpc.ssl_channel_credentials(
-            root_certificates=self.ca.read_bytes(),
-            private_key=self.key.read_bytes(),
-            certificate_chain=self.cert.read_bytes(),
+            root_certificates=ca, private_key=key, certificate_chain=cert
         )
 
 

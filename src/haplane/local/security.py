@@ -1,0 +1,267 @@
+"""A running topology's certificates and keys: which component holds which, where they live in
+the state dir, and the TLS settings every process and every CLI command is given.
+
+Layer: run (`haplane.local`). Reads the topology and the resolved plans; writes only under
+`STATE/pki` (through `haplane.auth.pki`, imported when certificates are issued: the CLI only
+reads paths here and stays quick to start).
+
+Two CAs, as kubeadm keeps them:
+
+- **the etcd CA** (`pki/etcd`) signs the members' certificates (one pair serves clients and
+  peers) and the client certificate of every process that may open etcd: the API replicas,
+  replicators, balancers, gates with their failover controllers, and the supervisor and CLI
+  (`client.haplane`). etcd runs with client-certificate authentication, and trusts this CA
+  only: a certificate the platform CA gave a person never opens etcd, which would bypass
+  RBAC, audit and (later) encryption;
+- **the platform CA** (`pki/platform`, created, or the user's `spec.security.ca`) signs the
+  API replicas' serving certificates, the balancers', gates' and replicators' admin
+  listeners, and people's client certificates (`admin` is `system:masters`, the default
+  kubeconfig's identity).
+
+API replicas' serving certificates carry every address a client may use to reach them: the
+replica's own, every balancer's and every gate's (in L4 mode the TLS session runs end to end
+from the client to a replica, whichever address it dialled), the `--netns` site addresses
+(they are the hosts of the recorded topology), and loopback.
+
+`pki/service-account.key` is the ES256 key every region signs and verifies ServiceAccount
+tokens with (one key: a token minted before a failover is valid after it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from haplane.store import EtcdTls, MemberTls
+
+from .state_dir import StateDir
+
+if TYPE_CHECKING:
+    from haplane.topology import Topology
+
+    from .gate_plans import TopologyPlan
+
+ADMIN_USER = "haplane-admin"
+ADMIN_GROUPS = ("system:masters",)
+SUPERVISOR = "haplane"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def cert_name(*parts: str) -> str:
+    """A file stem for a component: `eu-west/api-1` -> `eu-west.api-1`."""
+    return ".".join(p.replace("/", ".") for p in parts).lower()
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A certificate, its key, and the CA that verifies its peers. (`auth.pki.CertPaths` says
+    the same, but importing `auth.pki` loads `cryptography`: ~60 ms on every CLI call.)"""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class PlatformTls:
+    """Where every certificate of a running topology is (paths only; nothing is read here)."""
+
+    root: Path  # STATE/pki
+
+    @property
+    def platform_dir(self) -> Path:
+        return self.root / "platform"
+
+    @property
+    def etcd_dir(self) -> Path:
+        return self.root / "etcd"
+
+    @property
+    def ca(self) -> Path:
+        """The platform CA: what clients of the API and of admin listeners trust."""
+        return self.platform_dir / "ca.crt"
+
+    @property
+    def etcd_ca(self) -> Path:
+        return self.etcd_dir / "ca.crt"
+
+    @property
+    def service_account_key(self) -> Path:
+        return self.root / "service-account.key"
+
+    def platform(self, name: str) -> Pair:
+        return Pair(self.platform_dir / f"{name}.crt", self.platform_dir / f"{name}.key", self.ca)
+
+    def _etcd(self, name: str) -> Pair:
+        return Pair(self.etcd_dir / f"{name}.crt", self.etcd_dir / f"{name}.key", self.etcd_ca)
+
+    # ---- who holds what --------------------------------------------------------------------
+
+    def member(self, qualified: str) -> MemberTls:
+        """An etcd member: one pair for clients and peers (serverAuth and clientAuth)."""
+        p = self._etcd(cert_name("member", qualified))
+        return MemberTls(self.etcd_ca, p.cert, p.key, p.cert, p.key)
+
+    def etcd_client(self, who: str) -> EtcdTls:
+        """The etcd client certificate of `who` (`SUPERVISOR`, or a component's qualified name
+        prefixed by its kind, e.g. `apiserver/eu-west/api-1`)."""
+        p = self._etcd(cert_name("client", who))
+        return EtcdTls(self.etcd_ca, p.cert, p.key)
+
+    def serving(self, kind: str, qualified: str) -> Pair:
+        """The serving pair of an API replica (`apiserver`) or of an admin listener
+        (`balancer`, `gate`, `replicator`)."""
+        return self.platform(cert_name(kind, qualified))
+
+    @property
+    def admin(self) -> Pair:
+        """`haplane-admin` in `system:masters`: the CLI's and the default kubeconfig's."""
+        return self.platform("admin")
+
+    def client_context(self, identity: bool = True) -> ssl.SSLContext:
+        """What the CLI, drills and benches dial the platform with: the platform CA, and the
+        admin certificate (`identity=False`: none, as an anonymous client)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(cafile=str(self.ca))
+        if identity:
+            ctx.load_cert_chain(str(self.admin.cert), str(self.admin.key))
+        return ctx
+
+
+def platform_tls(state: StateDir, topology: Topology) -> PlatformTls | None:
+    """The topology's TLS, or None when it runs with `security.insecure: true`."""
+    if topology.spec.security.insecure:
+        return None
+    return PlatformTls(state.root / "pki")
+
+
+def operator_etcd_tls(state: StateDir, topology: Topology) -> EtcdTls | None:
+    """The etcd client certificate the supervisor and the CLI use (None: insecure)."""
+    tls = platform_tls(state, topology)
+    return tls.etcd_client(SUPERVISOR) if tls is not None else None
+
+
+def http_ssl(tls: PlatformTls | None, identity: bool = True) -> ssl.SSLContext | bool:
+    """aiohttp's `ssl=` for the CLI's requests: the platform CA (and the admin certificate),
+    or True (plain HTTP needs nothing)."""
+    return tls.client_context(identity) if tls is not None else True
+
+
+# ---- issuing ---------------------------------------------------------------------------------
+
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._:-]{0,62}")
+
+
+def user_certificate(tls: PlatformTls, user: str, groups: tuple[str, ...], days: int) -> Pair:
+    """A person's (or a tool's) client certificate from the platform CA: CN the user, one O
+    per group, kept as `pki/platform/user.<name>` (reissued when the groups change)."""
+    from haplane.auth.pki import CertRequest, Pki, PkiError
+
+    if not _USER_NAME.fullmatch(user):
+        raise PkiError(f"--user {user!r}: use letters, digits and @._:- (at most 63)")
+    if user == ADMIN_USER or "system:masters" in groups:
+        raise PkiError(
+            "system:masters is haplane-admin's alone (the default kubeconfig): bind "
+            "cluster-admin to a user instead, which RBAC can take back"
+        )
+    name = cert_name("user", re.sub(r"[^a-z0-9._-]", "-", user.lower()))
+    Pki(tls.platform_dir).ensure(
+        CertRequest(name, user, organizations=groups, client=True, days=days)
+    )
+    return tls.platform(name)
+
+
+def _split(names: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(DNS names, IP addresses) of a set of hosts, each once, in a stable order."""
+    dns: list[str] = []
+    ips: list[str] = []
+    for name in dict.fromkeys(names):
+        try:
+            ips.append(str(ipaddress.ip_address(name)))
+        except ValueError:
+            dns.append(name)
+    return tuple(dns), tuple(dict.fromkeys(ips))
+
+
+def adopt_ca(tls: PlatformTls, cert_file: Path, key_file: Path) -> None:
+    """Copy the user's CA in (checked) unless it is already the platform CA."""
+    from haplane.auth.pki import Pki
+
+    pki = Pki(tls.platform_dir)
+    if tls.ca.exists() and tls.ca.read_bytes().strip() == cert_file.read_bytes().strip():
+        return
+    pki.adopt_ca(cert_file, key_file)
+
+
+def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str]:
+    """Create the CAs (the platform CA unless the user's was adopted) and every leaf the
+    plan's components need; keep those that still say the right thing and are not near
+    expiry. Returns the leaves (re)issued. Idempotent: `up` calls it every time."""
+    from haplane.auth.pki import CertRequest, Pki
+    from haplane.auth.tokens import load_or_create_key
+
+    days = topology.spec.security.certificate_days
+    platform, etcd = Pki(tls.platform_dir), Pki(tls.etcd_dir)
+    etcd.ensure_ca(f"{topology.name} etcd CA")
+    if not tls.ca.exists():
+        platform.ensure_ca(f"{topology.name} platform CA")
+    before = {p: p.stat().st_mtime_ns for p in [*tls.platform_dir.glob("*.crt")]}
+    before.update({p: p.stat().st_mtime_ns for p in tls.etcd_dir.glob("*.crt")})
+
+    def leaf(pki: Pki, name: str, cn: str, hosts: Iterable[str] = (), **kw: Any) -> None:
+        dns, ips = _split(hosts)
+        pki.ensure(
+            CertRequest(
+                name=name, common_name=cn[:64], dns_names=dns, ip_addresses=ips, days=days, **kw
+            )
+        )
+
+    for cluster in plan.clusters:
+        for m in cluster.view.members:
+            leaf(
+                etcd,
+                cert_name("member", m.qualified_name),
+                f"etcd {m.qualified_name}",
+                [m.host, *LOOPBACK],
+                server=True,
+                client=True,
+            )
+    leaf(etcd, cert_name("client", SUPERVISOR), "haplane supervisor", client=True)
+    every_host = [
+        *(r.host for r in plan.replicas),
+        *(b.host for b in plan.balancers),
+        *(g.host for g in plan.gates),
+        *LOOPBACK,
+    ]
+    for r in plan.replicas:
+        q = f"apiserver/{r.qualified_name}"
+        leaf(etcd, cert_name("client", q), q, client=True)
+        leaf(platform, cert_name(q), q, [r.host, *every_host], server=True)
+    for b in plan.balancers:
+        q = f"balancer/{b.qualified_name}"
+        leaf(etcd, cert_name("client", q), q, client=True)
+        leaf(platform, cert_name(q), q, [b.host, *LOOPBACK], server=True, client=True)
+    for g in plan.gates:
+        q = f"gate/{g.name}"
+        leaf(etcd, cert_name("client", q), q, client=True)
+        leaf(platform, cert_name(q), q, [g.host, *LOOPBACK], server=True, client=True)
+    for rep in plan.replicators:
+        q = f"replicator/{rep.qualified_name}"
+        leaf(etcd, cert_name("client", q), q, client=True)
+        leaf(platform, cert_name(q), q, [rep.host, *LOOPBACK], server=True)
+    platform.ensure(
+        CertRequest("admin", ADMIN_USER, organizations=ADMIN_GROUPS, client=True, days=days)
+    )
+    load_or_create_key(tls.service_account_key)
+    after = [*tls.platform_dir.glob("*.crt"), *tls.etcd_dir.glob("*.crt")]
+    return sorted(
+        f"{p.parent.name}/{p.stem}"
+        for p in after
+        if p.stem != "ca" and before.get(p) != p.stat().st_mtime_ns
+    )

@@ -1,0 +1,202 @@
+"""TLS on every link of a topology started by `haplane up` (the default): every listener
+refuses plain text, etcd admits only certificates of its own CA, admin listeners answer health
+to anyone and everything else only to the right groups, and kubectl works with the kubeconfig
+`haplane kubeconfig` writes (the admin, and a user with only what RBAC grants). A topology
+with `security.insecure: true` runs plain HTTP as before."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from haplane.local.gate_plans import plan_of
+from haplane.local.state_dir import StateDir
+from haplane.store import EtcdClient, EtcdError, EtcdTls
+from haplane.topology import load_file
+from haplane.topology.loader import example_text
+from tests.topology_helpers import haplane
+
+pytestmark = pytest.mark.slow
+
+
+def _plain_http(host: str, port: int) -> bytes:
+    """What a listener answers to a plain-text HTTP request (b"" when it closes at once)."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return b"".join(chunks)
+
+
+def _refused(answer: bytes) -> bool:
+    """Nothing, a TLS alert, or Go's "Client sent an HTTP request to an HTTPS server" (400)."""
+    if not answer:
+        return True
+    if answer[:1] == b"\x15":  # a TLS alert record
+        return True
+    head = answer.split(b"\r\n", 1)[0]
+    return head.startswith(b"HTTP/1.") and b" 400 " in head and b"HTTPS" in answer
+
+
+def _https_get(
+    url: str, ca: Path, cert: Path | None = None, key: Path | None = None
+) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _https_post(url: str, ca: Path, cert: Path, key: Path, body: dict) -> int:
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_every_listener_refuses_plain_text(state: Path, start_topology):
+    doc = start_topology(example="two-regions")
+    assert doc["supervisor"] == "healthy"
+    root = StateDir(state)
+    plan = plan_of(load_file(root.topology_file), root)
+    assert plan.tls is not None
+    tls = plan.tls
+
+    listeners: list[tuple[str, str, int]] = []
+    for cluster in plan.clusters:
+        for name, a in cluster.addresses.items():
+            listeners += [(f"{name} client", a.host, a.client_port)]
+            listeners += [(f"{name} peer", a.host, a.peer_port)]
+    listeners += [(r.qualified_name, r.host, r.port) for r in plan.replicas]
+    listeners += [(r.qualified_name, r.host, r.port) for r in plan.replicators]
+    for e in (*plan.balancers, *plan.gates):
+        listeners += [(e.qualified_name, e.host, e.port), (f"{e.qualified_name} admin", e.host,
+                                                            e.admin_port)]  # fmt: skip
+    listeners = sorted(set(listeners))
+    # 9 etcd members x 2, 4 replicas, 4 replicators, 4 balancers x 2, 3 gates' admin + 1 shared
+    assert len(listeners) >= 18 + 4 + 4 + 8 + 4, listeners
+    answered = {
+        name: answer
+        for name, host, port in listeners
+        if not _refused(answer := _plain_http(host, port))
+    }
+    assert answered == {}, f"served plain text: {answered}"
+
+    # every URL the CLI shows says https
+    assert all(r["url"].startswith("https://") for r in doc["replicas"])
+    assert all(e["url"].startswith("https://") for e in doc["edges"])
+
+    # etcd: TLS without a client certificate, or with one of the platform CA (a person's), is
+    # refused; the etcd CA's client certificate is served
+    endpoints = plan.clusters[0].endpoints
+    admin = tls.admin
+    supervisor = plan.clusters[0].tls
+    assert supervisor is not None
+
+    async def etcd_reads(client_tls: EtcdTls) -> bool:
+        try:
+            async with EtcdClient(endpoints, timeout=2.0, tls=client_tls) as c:
+                await c.get(b"/haplane/fence")
+            return True
+        except EtcdError:
+            return False
+
+    assert asyncio.run(etcd_reads(supervisor))
+    assert not asyncio.run(etcd_reads(EtcdTls(tls.etcd_ca, admin.cert, admin.key)))
+    own_key = tls.etcd_dir / "member.eu-west.etcd-1.key"
+    assert own_key.stat().st_mode & 0o077 == 0, "a key readable by others"
+
+    # admin listeners: health to anyone, status to system:masters, POST /pool to masters only
+    lb = plan.balancers[0]
+    user = root.root / "pki" / "platform"
+    haplane(state, "kubeconfig", "--user", "carol", "--group", "dev", "-o", str(state / "c.kc"))
+    carol = (user / "user.carol.crt", user / "user.carol.key")
+    assert _https_get(f"{lb.admin_url}/readyz", tls.ca)[0] == 200
+    assert _https_get(f"{lb.admin_url}/healthz/region", tls.ca)[0] == 200
+    assert _https_get(f"{lb.admin_url}/status", tls.ca)[0] == 401
+    assert _https_get(f"{lb.admin_url}/status", tls.ca, *carol)[0] == 403
+    assert _https_get(f"{lb.admin_url}/status", tls.ca, admin.cert, admin.key)[0] == 200
+    assert _https_get(f"{lb.admin_url}/metrics", tls.ca, admin.cert, admin.key)[0] == 200
+    body = {"pool": lb.region, "activate": True}
+    assert _https_post(f"{lb.admin_url}/pool", tls.ca, *carol, body) == 403
+    rep = plan.replicators[0]
+    assert _https_get(f"{rep.url}/readyz", tls.ca)[0] in (200, 503)
+    assert _https_get(f"{rep.url}/metrics", tls.ca)[0] == 401
+    assert _https_get(f"{rep.url}/status", tls.ca, admin.cert, admin.key)[0] == 200
+
+    # the API through the gate: anonymous is health only; the admin kubeconfig is everything;
+    # a user has what RBAC grants
+    gate = plan.gates[0]
+    assert _https_get(f"{gate.url}/readyz", tls.ca)[0] == 200
+    assert _https_get(f"{gate.url}/api/v1/namespaces", tls.ca)[0] == 401
+    kc_admin = state / "admin.kc"
+    haplane(state, "kubeconfig", "-o", str(kc_admin))
+    assert kc_admin.stat().st_mode & 0o777 == 0o600
+    cfg = yaml.safe_load(kc_admin.read_text())
+    assert cfg["clusters"][0]["cluster"]["server"] == gate.url
+    r = _kubectl(kc_admin, "auth", "whoami", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert "system:masters" in json.loads(r.stdout)["status"]["userInfo"]["groups"]
+    r = _kubectl(state / "c.kc", "get", "configmaps", "-n", "default")
+    assert r.returncode != 0 and "forbidden" in r.stderr.lower()
+    r = _kubectl(kc_admin, "create", "rolebinding", "carol-view", "--clusterrole=view",
+                 "--user=carol", "-n", "default")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = _kubectl(state / "c.kc", "get", "configmaps", "-n", "default")
+    assert r.returncode == 0, r.stderr
+    r = _kubectl(state / "c.kc", "get", "secrets", "-n", "default")
+    assert r.returncode != 0 and "forbidden" in r.stderr.lower()
+    # system:masters is the admin's alone
+    r = haplane(state, "kubeconfig", "--user", "eve", "--group", "system:masters", check=False)
+    assert r.returncode == 2 and "system:masters" in r.stderr
+
+
+def test_insecure_topology_runs_plain_http(state: Path, tmp_path: Path, start_topology):
+    doc = yaml.safe_load(example_text("two-regions"))
+    doc["spec"]["security"] = {"insecure": True}
+    path = tmp_path / "insecure.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    r = haplane(state, "validate", str(path), check=False)
+    assert "insecure" in r.stdout + r.stderr
+    status = start_topology(path)
+    assert all(r["url"].startswith("http://") for r in status["replicas"])
+    root = StateDir(state)
+    assert not (root.root / "pki").exists()
+    kc = state / "kc"
+    haplane(state, "kubeconfig", "-o", str(kc))
+    r = _kubectl(kc, "get", "secrets", "-n", "default")
+    assert r.returncode == 0, r.stderr
