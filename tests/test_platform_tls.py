@@ -11,6 +11,8 @@ import json
 import socket
 import ssl
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from haplane.local.state_dir import StateDir
 from haplane.store import EtcdClient, EtcdError, EtcdTls
 from haplane.topology import load_file
 from haplane.topology.loader import example_text
-from tests.topology_helpers import haplane
+from tests.topology_helpers import down_and_check, haplane, status
 
 pytestmark = pytest.mark.slow
 
@@ -88,8 +90,36 @@ def _kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_every_listener_refuses_plain_text(state: Path, start_topology):
-    doc = start_topology(example="two-regions")
+def test_insecure_topology_runs_plain_http(state: Path, tmp_path: Path, start_topology):
+    doc = yaml.safe_load(example_text("two-regions"))
+    doc["spec"]["security"] = {"insecure": True}
+    path = tmp_path / "insecure.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    r = haplane(state, "validate", str(path), check=False)
+    assert "insecure" in r.stdout + r.stderr
+    doc = start_topology(path)
+    assert all(r["url"].startswith("http://") for r in doc["replicas"])
+    root = StateDir(state)
+    assert not (root.root / "pki").exists()
+    kc = state / "kc"
+    haplane(state, "kubeconfig", "-o", str(kc))
+    r = _kubectl(kc, "get", "secrets", "-n", "default")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    state = tmp_path_factory.mktemp("platform-tls") / "state"
+    haplane(state, "up", "-d", "--example", "two-regions")
+    try:
+        yield state
+    finally:
+        down_and_check(state)
+
+
+def test_every_listener_refuses_plain_text(topo: Path):
+    state = topo
+    doc = status(state)
     assert doc["supervisor"] == "healthy"
     root = StateDir(state)
     plan = plan_of(load_file(root.topology_file), root)
@@ -185,18 +215,97 @@ def test_every_listener_refuses_plain_text(state: Path, start_topology):
     assert r.returncode == 2 and "system:masters" in r.stderr
 
 
-def test_insecure_topology_runs_plain_http(state: Path, tmp_path: Path, start_topology):
-    doc = yaml.safe_load(example_text("two-regions"))
-    doc["spec"]["security"] = {"insecure": True}
-    path = tmp_path / "insecure.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    r = haplane(state, "validate", str(path), check=False)
-    assert "insecure" in r.stdout + r.stderr
-    status = start_topology(path)
-    assert all(r["url"].startswith("http://") for r in status["replicas"])
+def test_rotation_keeps_clients_served(topo: Path):
+    """`haplane pki rotate` under a client writing through the gate on new connections (each a
+    new handshake) and on one kept connection: no request fails, every component serves a new
+    certificate afterwards, and the previous admin kubeconfig still works (nothing revoked)."""
+    import threading
+
+    from haplane.local.pki_rotate import components, served_serial
+
+    state = topo
     root = StateDir(state)
-    assert not (root.root / "pki").exists()
-    kc = state / "kc"
-    haplane(state, "kubeconfig", "-o", str(kc))
-    r = _kubectl(kc, "get", "secrets", "-n", "default")
+    plan = plan_of(load_file(root.topology_file), root)
+    assert plan.tls is not None
+    tls = plan.tls
+    old_kc = state / "before-rotation.kc"
+    haplane(state, "kubeconfig", "-o", str(old_kc))
+
+    def serials() -> dict[str, int]:
+        platform_ctx = tls.client_context()
+        etcd_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        etcd_ctx.load_verify_locations(cafile=str(tls.etcd_ca))
+        client = tls.etcd_client("haplane")
+        etcd_ctx.load_cert_chain(str(client.cert), str(client.key))
+
+        async def all_of() -> dict[str, int]:
+            out = {}
+            for c in components(plan):
+                ctx = etcd_ctx if c.kind == "etcd" else platform_ctx
+                out[c.name] = await served_serial(c.host, c.port, ctx, 5.0)
+            return out
+
+        return asyncio.run(all_of())
+
+    before = serials()
+    assert len(before) == 9 + 4 + 4 + 4 + 3
+    gate = plan.gates[0]
+    ok, failed = [0], []
+    stop = threading.Event()
+
+    def client() -> None:
+        import http.client
+
+        ctx = tls.client_context()
+        kept = http.client.HTTPSConnection(gate.host, gate.port, timeout=10, context=ctx)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            body = json.dumps({"metadata": {"name": f"rot-{i}"}})
+            fresh = http.client.HTTPSConnection(gate.host, gate.port, timeout=10, context=ctx)
+            for conn in (fresh, kept):
+                try:
+                    conn.request("POST", "/api/v1/namespaces/default/configmaps", body,
+                                 {"Content-Type": "application/json"})  # fmt: skip
+                    resp = conn.getresponse()
+                    resp.read()
+                    if resp.status in (201, 409):
+                        ok[0] += 1
+                    else:
+                        failed.append(resp.status)
+                except (OSError, http.client.HTTPException) as exc:
+                    failed.append(f"{'kept' if conn is kept else 'new'}: {exc!r}")
+                    conn.close()  # reconnects on its next request
+                body = json.dumps({"metadata": {"name": f"rot-{i}-kept"}})
+            fresh.close()
+            time.sleep(0.02)
+        kept.close()
+
+    worker = threading.Thread(target=client)
+    worker.start()
+    try:
+        time.sleep(1.0)
+        r = haplane(state, "pki", "rotate", timeout=300)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert "rotated" in r.stdout, r.stdout + r.stderr
+    assert failed == [], failed
+    assert ok[0] > 50
+    after = serials()
+    assert {n for n in before if before[n] == after[n]} == set(), "components still serving"
+    # the CLI's own certificates were rotated too, and both old and new kubeconfigs work
+    r = _kubectl(old_kc, "get", "ns", "default")
     assert r.returncode == 0, r.stderr
+    new_kc = state / "after-rotation.kc"
+    haplane(state, "kubeconfig", "-o", str(new_kc))
+    assert new_kc.read_text() != old_kc.read_text()
+    assert _kubectl(new_kc, "get", "ns", "default").returncode == 0
+    doc = status(state)
+    assert doc["certificates"]["count"] >= 41
+    assert doc["certificates"]["within30Days"] == []
+    # one component by name; an unknown name is refused before anything is rotated
+    r = haplane(state, "pki", "rotate", "-c", "eu-west/api-1")
+    assert "eu-west/api-1: serving its new certificate" in r.stderr
+    r = haplane(state, "pki", "rotate", "-c", "eu-west/nope", check=False)
+    assert r.returncode == 1 and "no component named eu-west/nope" in r.stderr

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from haplane import __version__
-from haplane.cli import audit, divergence, failback, gc
+from haplane.cli import audit, divergence, failback, gc, pki
 from haplane.local import global_control, runner
 from haplane.local.control import ControlClient, ControlError
 from haplane.local.netns import available as netns_available
@@ -454,6 +454,21 @@ def status_cmd(state_dir: StateDirOpt = None, as_json: JsonOpt = False) -> None:
 
 
 def _print_status(report: StatusReport) -> None:
+    certs = report.certificates
+    if certs and certs.get("soonest"):
+        soonest = certs["soonest"]
+        days = soonest["secondsToExpiry"] / 86400
+        color = "red" if days < 30 else "green"
+        out.print(
+            f"certificates: {certs['count']}, soonest to expire {soonest['name']} in "
+            f"[{color}]{days:.0f} days[/] ({soonest['notAfter']})"
+            + (
+                f"; [red]{len(certs['within30Days'])} within 30 days[/] (`haplane up` or "
+                "`haplane pki rotate` renews them)"
+                if certs["within30Days"]
+                else ""
+            )
+        )
     g = report.global_state
     if g is not None and g.error:
         out.print(f"[red]active region unknown[/]: {g.error}")
@@ -848,6 +863,7 @@ def failover_cmd(
 app.add_typer(failback.app, name="failback")
 app.add_typer(divergence.app, name="divergence")
 app.add_typer(gc.app, name="gc")
+app.add_typer(pki.app, name="pki")
 app.command("audit")(audit.audit_cmd)
 
 

@@ -42,6 +42,9 @@ from haplane.store import EtcdTls, MemberTls
 from .state_dir import StateDir
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from haplane.auth.pki import CertInfo
     from haplane.topology import Topology
 
     from .gate_plans import TopologyPlan
@@ -265,3 +268,50 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
         for p in after
         if p.stem != "ca" and before.get(p) != p.stat().st_mtime_ns
     )
+
+
+# ---- expiry ----------------------------------------------------------------------------------
+
+
+def inventory(tls: PlatformTls) -> list[CertInfo]:
+    """Every certificate of both CAs (CAs first), read from the state dir."""
+    from haplane.auth.pki import Pki
+
+    out: list[CertInfo] = []
+    for directory in (tls.etcd_dir, tls.platform_dir):
+        if directory.is_dir():
+            for info in Pki(directory).inventory():
+                out.append(info)
+    return out
+
+
+def expiry_rows(tls: PlatformTls, now: datetime | None = None) -> list[dict[str, object]]:
+    """Certificates by expiry, soonest first: what `haplane status` and `pki status` show."""
+    import datetime as dt
+
+    now = now or dt.datetime.now(dt.UTC)
+    rows = []
+    for info in inventory(tls):
+        rows.append(
+            {
+                "name": f"{info.path.parent.name}/{info.name}",
+                "subject": info.common_name,
+                "groups": list(info.groups),
+                "ca": info.is_ca,
+                "notAfter": info.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "secondsToExpiry": round(info.seconds_to_expiry(now)),
+            }
+        )
+    return sorted(rows, key=lambda r: int(str(r["secondsToExpiry"])))
+
+
+def expiry_summary(tls: PlatformTls) -> dict[str, object]:
+    """For `haplane status`: how many certificates, the soonest to expire, and those that
+    expire within 30 days (`up` renews those) or have expired."""
+    rows = expiry_rows(tls)
+    soon = [r for r in rows if int(str(r["secondsToExpiry"])) < 30 * 86400]
+    return {
+        "count": len(rows),
+        "soonest": rows[0] if rows else None,
+        "within30Days": [r["name"] for r in soon],
+    }

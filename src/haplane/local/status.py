@@ -33,7 +33,7 @@ from . import pidfile
 from .control import ControlClient, ControlError
 from .gate_plans import TopologyPlan, plan_of
 from .plans import ClusterPlan, ReplicaPlan, global_plan
-from .security import http_ssl
+from .security import expiry_summary, http_ssl
 from .state_dir import StateDir
 
 
@@ -147,6 +147,8 @@ class StatusReport:
     divergences: list[dict[str, Any]] = field(default_factory=list)
     # who is synchronous (haplane.store.sync_state), when the topology has a Sync pair
     sync: dict[str, Any] | None = None
+    # count, the soonest to expire, those within 30 days (None: insecure, or no PKI yet)
+    certificates: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,6 +209,12 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
     replication, cuts, divergences, sync = await _replication_report(
         topology, plan, processes, timeout
     )
+    certificates = None
+    if plan.tls is not None and plan.tls.etcd_ca.exists():
+        from haplane.auth.pki import PkiError
+
+        with contextlib.suppress(PkiError, OSError):
+            certificates = expiry_summary(plan.tls)
     return StatusReport(
         topology.name,
         str(state.root),
@@ -220,6 +228,7 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
         cuts,
         divergences,
         sync,
+        certificates,
     )
 
 
