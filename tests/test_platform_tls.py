@@ -52,7 +52,11 @@ def _refused(answer: bytes) -> bool:
 
 
 def _https_get(
-    url: str, ca: Path, cert: Path | None = None, key: Path | None = None
+    url: str,
+    ca: Path,
+    cert: Path | None = None,
+    key: Path | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, str]:
     import urllib.error
     import urllib.request
@@ -60,8 +64,9 @@ def _https_get(
     ctx = ssl.create_default_context(cafile=str(ca))
     if cert is not None:
         ctx.load_cert_chain(str(cert), str(key))
+    req = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, context=ctx, timeout=5) as resp:
+        with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -79,6 +84,20 @@ def _https_post(url: str, ca: Path, cert: Path, key: Path, body: dict) -> int:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def _https_post_json(url: str, ca: Path, body: dict, token: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def _kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -105,6 +124,53 @@ def test_insecure_topology_runs_plain_http(state: Path, tmp_path: Path, start_to
     haplane(state, "kubeconfig", "-o", str(kc))
     r = _kubectl(kc, "get", "secrets", "-n", "default")
     assert r.returncode == 0, r.stderr
+
+
+def test_l7_gate_terminates_tls_and_passes_identities_on(
+    state: Path, tmp_path: Path, start_topology
+):
+    """Gates in l7 mode: the client's certificate identity reaches the replicas through the
+    front-proxy certificate; headers a client forges are dropped; a bearer token passes
+    through; the listener refuses plain text."""
+    doc = yaml.safe_load(example_text("two-regions"))
+    for g in doc["spec"]["global"]["gates"]:
+        g["mode"] = "l7"
+    path = tmp_path / "l7.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    start_topology(path)
+    root = StateDir(state)
+    plan = plan_of(load_file(root.topology_file), root)
+    assert plan.tls is not None and all(g.mode == "l7" for g in plan.gates)
+    gate = plan.gates[0]
+    assert _refused(_plain_http(gate.host, gate.port))
+    ca = plan.tls.ca
+    admin = haplane(state, "kubeconfig", "-o", str(state / "a.kc"))
+    assert admin.returncode == 0
+    r = _kubectl(state / "a.kc", "auth", "whoami", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    who = json.loads(r.stdout)["status"]["userInfo"]
+    assert who["username"] == "haplane-admin" and "system:masters" in who["groups"]
+    # it went through the l7 proxy: the gate re-encrypted with the front-proxy certificate
+    status_code, body = _https_get(f"{gate.url}/version", ca)
+    assert status_code == 200
+    haplane(state, "kubeconfig", "--user", "dave", "--group", "ops", "-o", str(state / "d.kc"))
+    dave = (root.root / "pki/platform/user.dave.crt", root.root / "pki/platform/user.dave.key")
+    forged = {"X-Remote-User": "haplane-admin", "X-Remote-Group": "system:masters"}
+    code, body = _https_get(f"{gate.url}/api/v1/namespaces", ca, *dave, headers=forged)
+    assert code == 403 and 'User \\"dave\\"' in body, body
+    code, body = _https_get(f"{gate.url}/api/v1/namespaces", ca, headers=forged)
+    assert code == 401, body
+    # a ServiceAccount token passes through untouched
+    assert _kubectl(state / "a.kc", "create", "serviceaccount", "bot").returncode == 0
+    r = _kubectl(state / "a.kc", "create", "token", "bot")
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    code, body = _https_post_json(
+        f"{gate.url}/apis/authentication.k8s.io/v1/selfsubjectreviews", ca, review, token
+    )
+    assert code == 201, body
+    assert json.loads(body)["status"]["userInfo"]["username"] == "system:serviceaccount:default:bot"
 
 
 @pytest.fixture(scope="module")

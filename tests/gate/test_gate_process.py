@@ -12,6 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 
 from haplane.gate.admin import AdminServer
@@ -256,3 +257,32 @@ async def test_forwarder_python_api_in_process(backends: Backends) -> None:
     finally:
         await admin.stop()
         await forwarder.stop(grace=1.0)
+
+
+def test_listener_and_admin_tls_config_errors_name_the_field() -> None:
+    from pydantic import ValidationError
+
+    from haplane.gate.config import GateConfig
+
+    tls = {
+        "cert": "c", "key": "k", "client_ca": "ca",
+        "upstream_ca": "ca", "upstream_cert": "p", "upstream_key": "pk",
+    }  # fmt: skip
+    base = {"pools": {"p": {"upstreams": []}}}
+    with pytest.raises(ValidationError, match="only an l7 listener terminates TLS"):
+        GateConfig.model_validate({**base, "listeners": [{"port": 1, "mode": "l4", "tls": tls}]})
+    assert (
+        GateConfig.model_validate({**base, "listeners": [{"port": 1, "mode": "l7", "tls": tls}]})
+        .listeners[0]
+        .to_spec()
+        .tls
+        is not None
+    )
+    with pytest.raises(ValidationError, match="tls_cert and tls_key go together"):
+        GateConfig.model_validate(
+            {**base, "listeners": [{"port": 1}], "admin": {"port": 2, "tls_cert": "c"}}
+        )
+    with pytest.raises(ValidationError, match="client_ca needs TLS"):
+        GateConfig.model_validate(
+            {**base, "listeners": [{"port": 1}], "admin": {"port": 2, "client_ca": "c"}}
+        )

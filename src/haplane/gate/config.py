@@ -23,7 +23,7 @@ from pydantic import (
 
 from haplane.store import EtcdTls
 
-from .settings import HealthCheck, ListenerSpec, Timeouts, UpstreamAddress
+from .settings import HealthCheck, ListenerSpec, ListenerTls, Timeouts, UpstreamAddress
 
 Port = int
 _STRICT = ConfigDict(extra="forbid")
@@ -93,6 +93,18 @@ class PoolConfig(BaseModel):
         return value
 
 
+class ListenerTlsConfig(BaseModel):
+    """TLS termination of an L7 listener (see `settings.ListenerTls`)."""
+
+    model_config = _STRICT
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    client_ca: str = Field(min_length=1)
+    upstream_ca: str = Field(min_length=1)
+    upstream_cert: str = Field(min_length=1)
+    upstream_key: str = Field(min_length=1)
+
+
 class ListenerConfig(BaseModel):
     model_config = _STRICT
     name: str | None = None
@@ -101,10 +113,22 @@ class ListenerConfig(BaseModel):
     mode: Literal["l4", "l7"] = "l4"
     reuse_port: bool = False
     backlog: int = Field(default=1024, ge=1)
+    tls: ListenerTlsConfig | None = None
+
+    @model_validator(mode="after")
+    def _tls_is_l7(self) -> ListenerConfig:
+        if self.tls is not None and self.mode != "l7":
+            raise ValueError(
+                "tls: only an l7 listener terminates TLS (l4 relays the client's own session)"
+            )
+        return self
 
     def to_spec(self) -> ListenerSpec:
         name = self.name or f"{self.mode}-{self.port}"
-        return ListenerSpec(name, self.host, self.port, self.mode, self.reuse_port, self.backlog)
+        tls = ListenerTls(**self.tls.model_dump()) if self.tls is not None else None
+        return ListenerSpec(
+            name, self.host, self.port, self.mode, self.reuse_port, self.backlog, tls
+        )
 
 
 class AdminConfig(BaseModel):

@@ -26,6 +26,15 @@ sets a float instead of arming a timer):
 - STREAM: response body: `response_idle` between bytes -> abort; none for watches (`?watch=`) and
   upgraded connections (101), which may be silent for minutes.
 
+TLS (`ListenerSpec.tls`, what `haplane up` gives an l7 gate): the listener terminates the
+client's TLS; a client certificate verified against the platform CA becomes `X-Remote-User`
+(CN) and `X-Remote-Group` (each O) on every request of that connection, and whatever
+`X-Remote-*` headers the client sent are dropped. Upstreams are dialled over TLS (verified
+against the platform CA) with the front-proxy certificate, the one identity the replicas
+believe those headers from (kube-aggregator's requestheader scheme). A client without a
+certificate passes its own credentials (a bearer token) on untouched. Both pairs are re-read
+when their files change (`haplane pki rotate`), from the next handshake on.
+
 Not done: trailers are dropped; headers listed in `Connection` other than the standard hop-by-hop
 ones are forwarded.
 """
@@ -33,17 +42,23 @@ ones are forwarded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
 from collections import deque
+from pathlib import Path
 from typing import cast
 
 import httptools
+
+from haplane.auth.listener import ListenerAccess
+from haplane.auth.pki import PkiError, client_context, identity_from_peercert
 
 from .balancing import Pool, Routing, Upstream
 from .health import UpstreamState
 from .k8s_status import status_response
 from .listening import open_server
-from .settings import ListenerSpec
+from .settings import ListenerSpec, ListenerTls
 from .tcp_relay import close_with_linger, describe_connect_error
 
 log = logging.getLogger("haplane.gate")
@@ -173,6 +188,7 @@ class HttpClient(asyncio.Protocol):
         "_head",
         "_head_size",
         "_host",
+        "_identity",
         "_url",
         "_xff",
         "client_eof",
@@ -209,6 +225,7 @@ class HttpClient(asyncio.Protocol):
         self.paused = 0
         self.writing_paused = False
         self.peer = b"unknown"
+        self._identity = b""  # X-Remote-* lines of a verified client certificate
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -229,6 +246,8 @@ class HttpClient(asyncio.Protocol):
         if peer:
             self.peer = str(peer[0]).encode()
         listener = self.listener
+        if listener.tls is not None:
+            self._identity = listener.identity_lines(transport.get_extra_info("ssl_object"))
         listener.accepted_total += 1
         listener.connections.add(self)
         self._set_phase(_IDLE, self.routing.timeouts.client_header)
@@ -319,6 +338,8 @@ class HttpClient(asyncio.Protocol):
         if lname == b"x-forwarded-for":
             self._xff = value
             return
+        if lname.startswith(b"x-remote-") and self.listener.tls is not None:
+            return  # only the proxy asserts identities, from the verified certificate
         if lname == b"content-length":
             self._has_body = True
         elif lname == b"transfer-encoding":
@@ -342,10 +363,11 @@ class HttpClient(asyncio.Protocol):
             spec = self.listener.spec
             lines.append(b"Host: %s:%d\r\n" % (spec.host.encode(), self.listener.port))
         xff = self._xff + b", " + self.peer if self._xff else self.peer
-        head = b"%s %s HTTP/1.1\r\n%sX-Forwarded-For: %s\r\n\r\n" % (
+        head = b"%s %s HTTP/1.1\r\n%s%sX-Forwarded-For: %s\r\n\r\n" % (
             method,
             self._url,
             b"".join(lines),
+            self._identity,
             xff,
         )
         ex = Exchange(
@@ -446,10 +468,13 @@ class HttpClient(asyncio.Protocol):
         address = upstream.address
         try:
             async with asyncio.timeout(timeout):
+                upstream_tls = self.listener.upstream_tls
                 _, conn = await self.listener.loop.create_connection(
                     lambda: UpstreamConnection(upstream, self.listener),
                     address.host,
                     address.port,
+                    ssl=upstream_tls,
+                    server_hostname=address.host if upstream_tls is not None else None,
                 )
         except (OSError, TimeoutError) as exc:
             routing.upstream_failed(upstream, describe_connect_error(exc, timeout))
@@ -980,6 +1005,54 @@ class HttpListener:
         self.port = spec.port
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
+        self.tls: ListenerTls | None = spec.tls
+        self.upstream_tls: ssl.SSLContext | None = None
+        self._access: ListenerAccess | None = None
+        self._tls_checked = 0.0
+        self._upstream_stamp: tuple[int, int] | None = None
+        if spec.tls is not None:
+            self._access = ListenerAccess(
+                Path(spec.tls.cert), Path(spec.tls.key), Path(spec.tls.client_ca)
+            )
+            self._load_upstream_tls()
+
+    def _load_upstream_tls(self) -> None:
+        tls = self.tls
+        assert tls is not None
+        cert, key = Path(tls.upstream_cert), Path(tls.upstream_key)
+        stamp = (cert.stat().st_mtime_ns, key.stat().st_mtime_ns)
+        if stamp != self._upstream_stamp:
+            self.upstream_tls = client_context(tls.upstream_ca, cert, key)
+            self._upstream_stamp = stamp
+
+    def reload_tls(self) -> None:
+        """Pairs rotated on disk serve from the next handshake on (checked, whole pairs)."""
+        if self._access is None:
+            return
+        self._access.reload_if_changed()
+        # caught half-rotated: keep the context we have, look again later
+        with contextlib.suppress(OSError, PkiError):
+            self._load_upstream_tls()
+
+    def identity_lines(self, ssl_object: object) -> bytes:
+        """X-Remote-User and X-Remote-Group lines for a verified client certificate (b""
+        without one). A name or group that could break a header line is not passed on."""
+        if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+            return b""
+        der = ssl_object.getpeercert(binary_form=True)
+        if not der:
+            return b""
+        try:
+            user, groups = identity_from_peercert(der)
+        except PkiError:
+            return b""
+        values = [user, *groups]
+        if any(not v.isprintable() or not v.isascii() for v in values):
+            log.warning("l7: a client certificate names an unprintable identity; not passed on")
+            return b""
+        lines = [b"X-Remote-User: " + user.encode()]
+        lines += [b"X-Remote-Group: " + g.encode() for g in groups]
+        return b"\r\n".join(lines) + b"\r\n"
 
     def count(self, status: int) -> None:
         codes = self.codes
@@ -987,7 +1060,8 @@ class HttpListener:
 
     async def start(self) -> int:
         self.loop = asyncio.get_running_loop()
-        self._server, self.port = await open_server(self.spec, lambda: HttpClient(self))
+        context = self._access.context() if self._access is not None else None
+        self._server, self.port = await open_server(self.spec, lambda: HttpClient(self), context)
         return self.port
 
     def stop_accepting(self) -> None:
@@ -1010,6 +1084,9 @@ class HttpListener:
             client.transport.abort()
 
     def tick(self, now: float) -> None:
+        if self._access is not None and now - self._tls_checked >= 1.0:
+            self._tls_checked = now
+            self.reload_tls()
         for client in list(self.connections):
             if now >= client.deadline and not client.closed:
                 client.on_deadline()

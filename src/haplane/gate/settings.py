@@ -79,6 +79,21 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """An L7 listener that terminates TLS: its serving pair, the CA its clients' certificates
+    are verified against (their CN and O are passed on as X-Remote-User / X-Remote-Group), and
+    how it dials upstreams: over TLS verified against `upstream_ca`, presenting the front-proxy
+    certificate the replicas trust to assert those headers."""
+
+    cert: str
+    key: str
+    client_ca: str
+    upstream_ca: str
+    upstream_cert: str
+    upstream_key: str
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerSpec:
     """A listening socket. `reuse_port` lets several gate processes on one host share the port
     (SO_REUSEPORT: the kernel spreads new connections over the live ones)."""
@@ -89,3 +104,4 @@ class ListenerSpec:
     mode: ListenerMode = "l4"
     reuse_port: bool = False
     backlog: int = 1024
+    tls: ListenerTls | None = None  # L7 only (L4 relays the client's own TLS session)

@@ -166,6 +166,7 @@ def resolve_gates(
                 control_endpoints=control_endpoints,
                 region_etcd=region_etcd,
                 tls=tls,
+                mode=gate.mode,
             )
         )
     return plans
@@ -274,11 +275,25 @@ def gate_config(
 ) -> dict[str, Any]:
     """A gate instance: one pool per region (its balancers, checked on their aggregate
     health), the active one named by the global control etcd."""
+    listener: dict[str, Any] = {
+        "host": plan.host,
+        "port": plan.port,
+        "mode": plan.mode,
+        "reuse_port": True,
+    }
+    if tls is not None and plan.mode == "l7":
+        serving, proxy = tls.serving("gate", plan.name), tls.front_proxy
+        listener["tls"] = {
+            "cert": str(serving.cert),
+            "key": str(serving.key),
+            "client_ca": str(tls.ca),
+            "upstream_ca": str(tls.ca),
+            "upstream_cert": str(proxy.cert),
+            "upstream_key": str(proxy.key),
+        }
     return {
         "name": plan.qualified_name,
-        "listeners": [
-            {"host": plan.host, "port": plan.port, "mode": plan.mode, "reuse_port": True}
-        ],
+        "listeners": [listener],
         "pools": {
             region: {
                 "upstreams": [

@@ -202,11 +202,15 @@ class Rotation:
             self.progress(f"{c.name}: serving its new certificate ({time.monotonic() - t0:.1f}s)")
         if not only:
             # the supervisor's and the CLI's: their next connections use the new pair
+            # (and the l7 gates' front-proxy certificate: read for each new upstream connection)
             names = [cert_name("client", SUPERVISOR)]
             await asyncio.to_thread(etcd_pki.rotate, names)
-            await asyncio.to_thread(platform_pki.rotate, ["admin"])
-            rotated += [f"etcd/{n}" for n in names] + ["platform/admin"]
-            self.progress("operator certificates (supervisor, CLI, admin kubeconfig) rotated")
+            await asyncio.to_thread(platform_pki.rotate, ["admin", "front-proxy"])
+            rotated += [f"etcd/{n}" for n in names] + ["platform/admin", "platform/front-proxy"]
+            self.progress(
+                "operator certificates (supervisor, CLI, admin kubeconfig) and the front "
+                "proxy's rotated"
+            )
         return rotated
 
     async def _await_served(self, c: Component) -> None:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .gate_plans import TopologyPlan
 
 ADMIN_USER = "haplane-admin"
+FRONT_PROXY = "haplane-front-proxy"  # the one CN replicas believe X-Remote-* headers from
 ADMIN_GROUPS = ("system:masters",)
 SUPERVISOR = "haplane"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -122,6 +123,11 @@ class PlatformTls:
         return self.platform(cert_name(kind, qualified))
 
     @property
+    def front_proxy(self) -> Pair:
+        """What l7 gates present to the regions to pass clients' identities on."""
+        return self.platform("front-proxy")
+
+    @property
     def admin(self) -> Pair:
         """`haplane-admin` in `system:masters`: the CLI's and the default kubeconfig's."""
         return self.platform("admin")
@@ -168,7 +174,15 @@ def user_certificate(tls: PlatformTls, user: str, groups: tuple[str, ...], days:
 
     if not _USER_NAME.fullmatch(user):
         raise PkiError(f"--user {user!r}: use letters, digits and @._:- (at most 63)")
-    if user == ADMIN_USER or "system:masters" in groups:
+    if user in (ADMIN_USER, FRONT_PROXY) or user.startswith("system:"):
+        raise PkiError(
+            f"--user {user!r} is reserved (haplane's own identities, and Kubernetes' system: "
+            "names): choose another name"
+        )
+    for g in groups:
+        if not _USER_NAME.fullmatch(g):
+            raise PkiError(f"--group {g!r}: use letters, digits and @._:- (at most 63)")
+    if "system:masters" in groups:
         raise PkiError(
             "system:masters is haplane-admin's alone (the default kubeconfig): bind "
             "cluster-admin to a user instead, which RBAC can take back"
@@ -261,6 +275,7 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
     platform.ensure(
         CertRequest("admin", ADMIN_USER, organizations=ADMIN_GROUPS, client=True, days=days)
     )
+    platform.ensure(CertRequest("front-proxy", FRONT_PROXY, client=True, days=days))
     load_or_create_key(tls.service_account_key)
     after = [*tls.platform_dir.glob("*.crt"), *tls.etcd_dir.glob("*.crt")]
     return sorted(

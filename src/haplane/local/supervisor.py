@@ -381,6 +381,7 @@ class Supervisor:
             "--service-account-key-file", str(self.tls.service_account_key),
             "--anonymous", "health",
             "--authorization-mode", "RBAC",
+            "--requestheader-allowed-names", security.FRONT_PROXY,
             "--audit-log-path", str(self.state.audit_log(plan.qualified_name)),
             "--audit-log-maxsize", str(audit.max_size_mb),
             "--audit-log-maxbackup", str(audit.max_backups),

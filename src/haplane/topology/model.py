@@ -161,6 +161,12 @@ class Gate(Placement):
     port: Port | None = Field(
         None, description="Gate instances on one host share one port (SO_REUSEPORT)."
     )
+    mode: Literal["l4", "l7"] = Field(
+        "l4",
+        description="l4: relay each client connection (its TLS session runs end to end to a "
+        "replica); l7: terminate TLS here, route and retry per request, re-encrypt to the "
+        "regions and pass the client's identity on with the front-proxy certificate.",
+    )
 
 
 class Failover(_Model):

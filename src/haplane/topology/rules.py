@@ -36,7 +36,8 @@ RULES: dict[str, str] = {
     "control-etcd-sites": "the global control etcd needs members on 3 or more sites, no site "
     "holding a majority (a witness site breaks ties between two regions)",
     "gate-vantage-sites": "gate instances (health vantage points) on 3 or more sites",
-    "gate-shared-port": "gate instances on one host share one port (clients know one address)",
+    "gate-shared-port": "gate instances on one host share one port (clients know one address) "
+    "and one mode",
     "api-replicas": "each region needs 2 or more API server replicas",
     "balancer-count": "each region needs balancers; 2 or more avoid a single point of failure",
     "duplicate-name": "names are unique within their scope",
@@ -361,6 +362,19 @@ def _gate_ports(topo: Topology) -> list[Finding]:
                     f"({', '.join(str(p) if p else 'assigned' for p in sorted(ports, key=str))}):"
                     " a client that knows one address loses the gate when that instance dies",
                     "give every gate instance on this host the same port, or leave all out",
+                )
+            )
+        mode_of = {j: topo.spec.global_.gates[j].mode for j, _ in gates}
+        if len(set(mode_of.values())) > 1:
+            first = mode_of[gates[0][0]]
+            j = next(j for j, mode in mode_of.items() if mode != first)
+            out.append(
+                _err(
+                    "gate-shared-port",
+                    f"spec.global.gates[{j}].mode",
+                    f"gate instances on {host} share one port but not one mode (l4 and l7): a "
+                    "client would get either, connection by connection",
+                    "give every gate instance on this host the same mode",
                 )
             )
     return out

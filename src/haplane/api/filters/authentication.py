@@ -87,10 +87,14 @@ class Authenticate:
         if der is not None:
             user = certificate_identity(der)
             if self.front_proxy_names and user.name in self.front_proxy_names:
+                # A front proxy's certificate names the proxy, never a user: without
+                # X-Remote-User the request is judged by its own credentials (a bearer token
+                # the proxy passed on), or as anonymous, as kube-apiserver does (there the
+                # proxy's certificate comes from another CA than users').
                 proxied = self._from_front_proxy(request)
                 if proxied is not None:
                     return proxied.authenticated()
-            if user.name:
+            elif user.name:
                 return user.authenticated()
         if REMOTE_USER in headers:
             # an identity asserted by someone who is not a verified front proxy
