@@ -233,8 +233,12 @@ def test_every_listener_refuses_plain_text(topo: Path):
 
     assert asyncio.run(etcd_reads(supervisor))
     assert not asyncio.run(etcd_reads(EtcdTls(tls.etcd_ca, admin.cert, admin.key)))
-    own_key = tls.etcd_dir / "member.eu-west.etcd-1.key"
-    assert own_key.stat().st_mode & 0o077 == 0, "a key readable by others"
+    # every key is its owner's alone, and so are the directories holding them
+    keys = [*tls.root.rglob("*.key")]
+    assert len(keys) >= 41 and tls.service_account_key in keys
+    assert [k for k in keys if k.stat().st_mode & 0o077] == [], "keys readable by others"
+    for d in (tls.root, tls.etcd_dir, tls.platform_dir, root.root / "audit"):
+        assert d.stat().st_mode & 0o777 == 0o700, d
 
     # admin listeners: health to anyone, status to system:masters, POST /pool to masters only
     lb = plan.balancers[0]
@@ -274,6 +278,18 @@ def test_every_listener_refuses_plain_text(topo: Path):
     assert r.returncode == 0, r.stderr
     r = _kubectl(state / "c.kc", "get", "configmaps", "-n", "default")
     assert r.returncode == 0, r.stderr
+    r = _kubectl(state / "c.kc", "auth", "can-i", "--list", "-n", "default")
+    assert r.returncode == 0, r.stderr
+    configmaps = next(line for line in r.stdout.splitlines() if line.startswith("configmaps "))
+    assert "[get list watch]" in configmaps and "secrets " not in r.stdout, r.stdout
+    for args, answer in (
+        (["list", "configmaps", "-n", "default"], "yes"),
+        (["delete", "configmaps", "-n", "default"], "no"),
+        (["list", "configmaps", "-n", "kube-system"], "no"),
+        (["get", "secrets", "-n", "default"], "no"),
+    ):
+        r = _kubectl(state / "c.kc", "auth", "can-i", *args)
+        assert r.stdout.strip() == answer, (args, r.stdout, r.stderr)
     r = _kubectl(state / "c.kc", "get", "secrets", "-n", "default")
     assert r.returncode != 0 and "forbidden" in r.stderr.lower()
     # system:masters is the admin's alone

@@ -30,6 +30,7 @@ tokens with (one key: a token minted before a failover is valid after it).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import ssl
 from collections.abc import Iterable
@@ -206,9 +207,17 @@ def _split(names: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(dns), tuple(dict.fromkeys(ips))
 
 
+def _private_dir(path: Path) -> None:
+    """`path` as a directory only its owner may enter (it holds keys)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # mkdir's mode passes through the umask, and an old one may be 0755
+
+
 def adopt_ca(tls: PlatformTls, cert_file: Path, key_file: Path) -> None:
     """Copy the user's CA in (checked) unless it is already the platform CA."""
     from haplane.auth.pki import Pki
+
+    _private_dir(tls.root)
 
     pki = Pki(tls.platform_dir)
     if tls.ca.exists() and tls.ca.read_bytes().strip() == cert_file.read_bytes().strip():
@@ -224,6 +233,7 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
     from haplane.auth.tokens import load_or_create_key
 
     days = topology.spec.security.certificate_days
+    _private_dir(tls.root)
     platform, etcd = Pki(tls.platform_dir), Pki(tls.etcd_dir)
     etcd.ensure_ca(f"{topology.name} etcd CA")
     if not tls.ca.exists():
