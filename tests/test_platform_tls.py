@@ -124,6 +124,11 @@ def test_insecure_topology_runs_plain_http(state: Path, tmp_path: Path, start_to
     haplane(state, "kubeconfig", "-o", str(kc))
     r = _kubectl(kc, "get", "secrets", "-n", "default")
     assert r.returncode == 0, r.stderr
+    # its etcd members keep their http peer URLs: the same data is not restarted with TLS
+    haplane(state, "down")
+    r = haplane(state, "up", "-d", "--example", "two-regions", check=False)
+    assert r.returncode == 1 and "started without TLS" in r.stderr, r.stderr
+    assert not (root.root / "pki").exists()
 
 
 def test_l7_gate_terminates_tls_and_passes_identities_on(

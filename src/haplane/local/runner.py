@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -92,6 +93,20 @@ def prepare_state(
             f"{state.root} holds data started {'with' if had_network else 'without'} --netns "
             "(etcd members keep their addresses): use --fresh, or another --state-dir"
         )
+    tls_wanted = not topology.spec.security.insecure
+    marker = state.root / "security.json"  # how the data was started (TLS or not)
+    has_data = any((state.root / "data").glob("*/*/member"))
+    if has_data and not fresh:
+        try:
+            had_tls = bool(json.loads(marker.read_text()).get("tls"))
+        except (OSError, ValueError):
+            had_tls = False  # data from before TLS was the default
+        if had_tls != tls_wanted:
+            raise AlreadyRunning(
+                f"{state.root} holds data started {'with' if had_tls else 'without'} TLS "
+                "(etcd members keep their peer URLs, http or https): use --fresh, or another "
+                "--state-dir, or set `security.insecure` as before"
+            )
     site_network.cleanup(state)  # a crashed run's namespaces
     if fresh:
         state.wipe()
@@ -100,6 +115,7 @@ def prepare_state(
     if netns:
         source_text, addresses = site_network.place_sites(source_text)
         site_network.record(state, topology.name, addresses)
+    marker.write_text(json.dumps({"tls": tls_wanted}) + "\n")
     source_text = _absolute_security_paths(source_text, base or Path.cwd())
     state.topology_file.write_text(source_text)
     recorded = load_file(state.topology_file)
