@@ -396,3 +396,17 @@ def test_rotation_keeps_clients_served(topo: Path):
     assert "eu-west/api-1: serving its new certificate" in r.stderr
     r = haplane(state, "pki", "rotate", "-c", "eu-west/nope", check=False)
     assert r.returncode == 1 and "no component named eu-west/nope" in r.stderr
+
+
+def test_a_supplied_ca_with_l7_gates_is_refused(tmp_path: Path):
+    """With the user's CA, a certificate named haplane-front-proxy could come from anyone that
+    CA serves: l7 gates (which replicas believe X-Remote-* headers from) are refused."""
+    from haplane.topology import load_text
+    from haplane.topology.rules import validate
+
+    doc = yaml.safe_load(example_text("two-regions"))
+    doc["spec"]["security"] = {"ca": {"certFile": "ca.crt", "keyFile": "ca.key"}}
+    assert not [f for f in validate(load_text(yaml.safe_dump(doc))) if f.rule == "security"]
+    doc["spec"]["global"]["gates"][0]["mode"] = "l7"
+    found = [f for f in validate(load_text(yaml.safe_dump(doc))) if f.rule == "security"]
+    assert [(f.severity, f.path) for f in found] == [("error", "spec.security.ca")]

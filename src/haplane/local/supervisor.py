@@ -381,7 +381,6 @@ class Supervisor:
             "--service-account-key-file", str(self.tls.service_account_key),
             "--anonymous", "health",
             "--authorization-mode", "RBAC",
-            "--requestheader-allowed-names", security.FRONT_PROXY,
             "--audit-log-path", str(self.state.audit_log(plan.qualified_name)),
             "--audit-log-maxsize", str(audit.max_size_mb),
             "--audit-log-maxbackup", str(audit.max_backups),
@@ -389,6 +388,9 @@ class Supervisor:
         ]  # fmt: skip
         if audit.policy_file:
             args += ["--audit-policy-file", audit.policy_file]
+        if any(g.mode == "l7" for g in self.topology.spec.global_.gates):
+            # only then: the replicas believe X-Remote-* headers from this certificate's CN
+            args += ["--requestheader-allowed-names", security.FRONT_PROXY]
         return args
 
     async def _start_replicator(self, plan: ReplicatorPlan, timeout: float) -> None:
