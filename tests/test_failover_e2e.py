@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +35,7 @@ from tests.topology_helpers import (
     drill,
     etcd_tls,
     haplane,
+    kubectl,
     netns_example,
     status,
     wait_for,
@@ -291,14 +291,6 @@ def test_identities_and_permissions_survive_switchover_and_failover(topo: Path) 
     haplane(topo, "kubeconfig", "-o", str(kc))
     haplane(topo, "kubeconfig", "--user", "erin", "--group", "qa", "-o", str(erin))
     ns = f"idt-{time.time_ns()}"
-
-    def kubectl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["kubectl", "--kubeconfig", str(config), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
 
     for args in (
         ["create", "namespace", ns],

@@ -10,7 +10,6 @@ import asyncio
 import json
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from haplane.local.state_dir import StateDir
 from haplane.store import EtcdClient, EtcdError, EtcdTls
 from haplane.topology import load_file
 from haplane.topology.loader import example_text
-from tests.topology_helpers import down_and_check, haplane, status
+from tests.topology_helpers import down_and_check, haplane, kubectl, status
 
 pytestmark = pytest.mark.slow
 
@@ -100,15 +99,6 @@ def _https_post_json(url: str, ca: Path, body: dict, token: str) -> tuple[int, s
         return exc.code, exc.read().decode()
 
 
-def _kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_insecure_topology_runs_plain_http(state: Path, tmp_path: Path, start_topology):
     doc = yaml.safe_load(example_text("two-regions"))
     doc["spec"]["security"] = {"insecure": True}
@@ -122,7 +112,7 @@ def test_insecure_topology_runs_plain_http(state: Path, tmp_path: Path, start_to
     assert not (root.root / "pki").exists()
     kc = state / "kc"
     haplane(state, "kubeconfig", "-o", str(kc))
-    r = _kubectl(kc, "get", "secrets", "-n", "default")
+    r = kubectl(kc, "get", "secrets", "-n", "default")
     assert r.returncode == 0, r.stderr
     # its etcd members keep their http peer URLs: the same data is not restarted with TLS
     haplane(state, "down")
@@ -151,7 +141,7 @@ def test_l7_gate_terminates_tls_and_passes_identities_on(
     ca = plan.tls.ca
     admin = haplane(state, "kubeconfig", "-o", str(state / "a.kc"))
     assert admin.returncode == 0
-    r = _kubectl(state / "a.kc", "auth", "whoami", "-o", "json")
+    r = kubectl(state / "a.kc", "auth", "whoami", "-o", "json")
     assert r.returncode == 0, r.stderr
     who = json.loads(r.stdout)["status"]["userInfo"]
     assert who["username"] == "haplane-admin" and "system:masters" in who["groups"]
@@ -166,8 +156,8 @@ def test_l7_gate_terminates_tls_and_passes_identities_on(
     code, body = _https_get(f"{gate.url}/api/v1/namespaces", ca, headers=forged)
     assert code == 401, body
     # a ServiceAccount token passes through untouched
-    assert _kubectl(state / "a.kc", "create", "serviceaccount", "bot").returncode == 0
-    r = _kubectl(state / "a.kc", "create", "token", "bot")
+    assert kubectl(state / "a.kc", "create", "serviceaccount", "bot").returncode == 0
+    r = kubectl(state / "a.kc", "create", "token", "bot")
     assert r.returncode == 0, r.stderr
     token = r.stdout.strip()
     review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
@@ -273,17 +263,17 @@ def test_every_listener_refuses_plain_text(topo: Path):
     assert kc_admin.stat().st_mode & 0o777 == 0o600
     cfg = yaml.safe_load(kc_admin.read_text())
     assert cfg["clusters"][0]["cluster"]["server"] == gate.url
-    r = _kubectl(kc_admin, "auth", "whoami", "-o", "json")
+    r = kubectl(kc_admin, "auth", "whoami", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert "system:masters" in json.loads(r.stdout)["status"]["userInfo"]["groups"]
-    r = _kubectl(state / "c.kc", "get", "configmaps", "-n", "default")
+    r = kubectl(state / "c.kc", "get", "configmaps", "-n", "default")
     assert r.returncode != 0 and "forbidden" in r.stderr.lower()
-    r = _kubectl(kc_admin, "create", "rolebinding", "carol-view", "--clusterrole=view",
+    r = kubectl(kc_admin, "create", "rolebinding", "carol-view", "--clusterrole=view",
                  "--user=carol", "-n", "default")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    r = _kubectl(state / "c.kc", "get", "configmaps", "-n", "default")
+    r = kubectl(state / "c.kc", "get", "configmaps", "-n", "default")
     assert r.returncode == 0, r.stderr
-    r = _kubectl(state / "c.kc", "auth", "can-i", "--list", "-n", "default")
+    r = kubectl(state / "c.kc", "auth", "can-i", "--list", "-n", "default")
     assert r.returncode == 0, r.stderr
     configmaps = next(line for line in r.stdout.splitlines() if line.startswith("configmaps "))
     assert "[get list watch]" in configmaps and "secrets " not in r.stdout, r.stdout
@@ -293,9 +283,9 @@ def test_every_listener_refuses_plain_text(topo: Path):
         (["list", "configmaps", "-n", "kube-system"], "no"),
         (["get", "secrets", "-n", "default"], "no"),
     ):
-        r = _kubectl(state / "c.kc", "auth", "can-i", *args)
+        r = kubectl(state / "c.kc", "auth", "can-i", *args)
         assert r.stdout.strip() == answer, (args, r.stdout, r.stderr)
-    r = _kubectl(state / "c.kc", "get", "secrets", "-n", "default")
+    r = kubectl(state / "c.kc", "get", "secrets", "-n", "default")
     assert r.returncode != 0 and "forbidden" in r.stderr.lower()
     # system:masters is the admin's alone
     r = haplane(state, "kubeconfig", "--user", "eve", "--group", "system:masters", check=False)
@@ -319,11 +309,7 @@ def test_rotation_keeps_clients_served(topo: Path):
     haplane(state, "kubeconfig", "-o", str(old_kc))
 
     def serials() -> dict[str, int]:
-        platform_ctx = tls.client_context()
-        etcd_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        etcd_ctx.load_verify_locations(cafile=str(tls.etcd_ca))
-        client = tls.etcd_client("haplane")
-        etcd_ctx.load_cert_chain(str(client.cert), str(client.key))
+        platform_ctx, etcd_ctx = tls.client_context(), tls.etcd_client_context()
 
         async def all_of() -> dict[str, int]:
             out = {}
@@ -382,12 +368,12 @@ def test_rotation_keeps_clients_served(topo: Path):
     after = serials()
     assert {n for n in before if before[n] == after[n]} == set(), "components still serving"
     # the CLI's own certificates were rotated too, and both old and new kubeconfigs work
-    r = _kubectl(old_kc, "get", "ns", "default")
+    r = kubectl(old_kc, "get", "ns", "default")
     assert r.returncode == 0, r.stderr
     new_kc = state / "after-rotation.kc"
     haplane(state, "kubeconfig", "-o", str(new_kc))
     assert new_kc.read_text() != old_kc.read_text()
-    assert _kubectl(new_kc, "get", "ns", "default").returncode == 0
+    assert kubectl(new_kc, "get", "ns", "default").returncode == 0
     doc = status(state)
     assert doc["certificates"]["count"] >= 41
     assert doc["certificates"]["within30Days"] == []

@@ -41,6 +41,16 @@ def haplane(
     return r
 
 
+def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real kubectl with `kubeconfig`; its output captured, never raising."""
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def platform_tls(state: Path) -> PlatformTls | None:
     """The certificates of the topology started in `state` (None: `insecure: true`)."""
     from haplane.local.security import platform_tls as of

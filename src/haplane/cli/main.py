@@ -898,8 +898,6 @@ def export_haproxy_cmd(
     again after a failover."""
     from haplane.local import gate_plans
     from haplane.local.haproxy_export import haproxy_config
-    from haplane.local.ports import PortRegistry
-    from haplane.local.security import platform_tls
 
     state = _state(state_dir)
     if file is None and example is None:
@@ -910,9 +908,7 @@ def export_haproxy_cmd(
     else:
         topology, _ = _load(file, example)
     state.ensure()
-    plan = gate_plans.resolve_all(
-        topology, PortRegistry(state.ports_file), platform_tls(state, topology)
-    )
+    plan = gate_plans.plan_of(topology, state, read_only=False)
 
     async def active() -> str | None:
         from haplane.store import GlobalState

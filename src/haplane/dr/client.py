@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from ssl import PROTOCOL_TLS_CLIENT, SSLContext, TLSVersion
+from ssl import SSLContext
 from typing import IO, Any
 
 import aiohttp
@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--key", default=None)
     args = ap.parse_args(argv)
 
+    from haplane.auth.pki import client_context
+
     async def run() -> None:
         client = DrillClient(
             args.gate,
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             interval=args.interval,
             start=args.start,
             sink=sys.stdout,
-            ssl=client_ssl(args.ca, args.cert, args.key) if args.ca else True,
+            ssl=client_context(args.ca, args.cert, args.key) if args.ca else True,
         )
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, client.stop)
@@ -290,16 +292,6 @@ def main(argv: list[str] | None = None) -> None:
         await client.run()
 
     asyncio.run(run())
-
-
-def client_ssl(ca: str, cert: str | None, key: str | None) -> SSLContext:
-    """A TLS client context trusting `ca` only, presenting `cert`/`key` when given."""
-    ctx = SSLContext(PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = TLSVersion.TLSv1_2
-    ctx.load_verify_locations(cafile=ca)
-    if cert:
-        ctx.load_cert_chain(cert, key)
-    return ctx
 
 
 def _status_message(raw: bytes) -> str:

@@ -134,12 +134,7 @@ class Rotation:
 
     def _contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         """(towards the platform's listeners, towards etcd), each with a client certificate."""
-        platform = self.tls.client_context()
-        etcd = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        etcd.load_verify_locations(cafile=str(self.tls.etcd_ca))
-        client = self.tls.etcd_client(SUPERVISOR)
-        etcd.load_cert_chain(str(client.cert), str(client.key))
-        return platform, etcd
+        return self.tls.client_context(), self.tls.etcd_client_context()
 
     async def _healthy(self, c: Component) -> str | None:
         """None when healthy, else why not."""

@@ -136,12 +136,24 @@ class PlatformTls:
     def client_context(self, identity: bool = True) -> ssl.SSLContext:
         """What the CLI, drills and benches dial the platform with: the platform CA, and the
         admin certificate (`identity=False`: none, as an anonymous client)."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_verify_locations(cafile=str(self.ca))
-        if identity:
-            ctx.load_cert_chain(str(self.admin.cert), str(self.admin.key))
-        return ctx
+        return _client_context(self.ca, self.admin if identity else None)
+
+    def etcd_client_context(self, who: str = SUPERVISOR) -> ssl.SSLContext:
+        """A raw TLS client of etcd's listeners (handshakes, not gRPC): the etcd CA and
+        `who`'s etcd client certificate."""
+        client = self.etcd_client(who)
+        return _client_context(self.etcd_ca, Pair(client.cert, client.key, self.etcd_ca))
+
+
+def _client_context(ca: Path, pair: Pair | None) -> ssl.SSLContext:
+    # stdlib only (auth.pki.client_context checks the pair with `cryptography`, which the CLI
+    # does not import on its quick paths)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cafile=str(ca))
+    if pair is not None:
+        ctx.load_cert_chain(str(pair.cert), str(pair.key))
+    return ctx
 
 
 def platform_tls(state: StateDir, topology: Topology) -> PlatformTls | None:
