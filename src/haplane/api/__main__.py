@@ -11,7 +11,6 @@ import gc
 import logging
 import signal
 import sys
-from pathlib import Path
 
 import uvloop
 
@@ -123,14 +122,10 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         ap.error("--tls-cert-file and --tls-private-key-file go together")
     if args.client_ca_file and not args.tls_cert_file:
         ap.error("--client-ca-file needs TLS (--tls-cert-file)")
-    etcd_tls_flags = (args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
-    if any(etcd_tls_flags) and not all(etcd_tls_flags):
-        ap.error("--etcd-cafile, --etcd-certfile and --etcd-keyfile go together")
-    etcd_tls = (
-        EtcdTls(Path(args.etcd_cafile), Path(args.etcd_certfile), Path(args.etcd_keyfile))
-        if all(etcd_tls_flags)
-        else None
-    )
+    try:
+        etcd_tls = EtcdTls.from_flags(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
+    except ValueError as exc:
+        ap.error(str(exc))
     standbys: dict[str, list[str]] = {}
     for item in args.sync_standby:
         region, sep, eps = item.partition("=")

@@ -78,14 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"--source {item!r}: expected REGION=HOST:PORT[,HOST:PORT...]")
         sources[region] = _endpoints(eps)
     args.sources = sources
-    etcd_tls = (args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
-    if any(etcd_tls) and not all(etcd_tls):
-        ap.error("--etcd-cafile, --etcd-certfile and --etcd-keyfile go together")
-    args.etcd_tls = (
-        EtcdTls(Path(args.etcd_cafile), Path(args.etcd_certfile), Path(args.etcd_keyfile))
-        if all(etcd_tls)
-        else None
-    )
+    try:
+        args.etcd_tls = EtcdTls.from_flags(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
+    except ValueError as exc:
+        ap.error(str(exc))
     if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
         ap.error("--tls-cert-file and --tls-private-key-file go together")
     if args.client_ca_file and not args.tls_cert_file:

@@ -60,6 +60,17 @@ class EtcdTls:
     cert: Path
     key: Path
 
+    @classmethod
+    def from_flags(cls, ca: str | None, cert: str | None, key: str | None) -> EtcdTls | None:
+        """From `--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile` (kube-apiserver's names):
+        None when none is given; ValueError when only some are."""
+        given = (ca, cert, key)
+        if not any(given):
+            return None
+        if not all(given):
+            raise ValueError("--etcd-cafile, --etcd-certfile and --etcd-keyfile go together")
+        return cls(Path(str(ca)), Path(str(cert)), Path(str(key)))
+
     def credentials(self) -> grpc.ChannelCredentials:
         try:
             ca, key, cert = self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes()
