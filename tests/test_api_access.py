@@ -26,8 +26,9 @@ MARKER = "hunter2-Zq8v"  # a Secret value that must never reach the audit log
 
 
 class Setup:
-    def __init__(self, root: Path, replica: ApiReplica, ca: TestCA, audit: Path):
+    def __init__(self, root: Path, replica: ApiReplica, ca: TestCA, proxy_ca: TestCA, audit: Path):
         self.root, self.api, self.ca, self.audit = root, replica, ca, audit
+        self.proxy_ca = proxy_ca
         self.admin = ca.issue("admin", "admin", ("system:masters",))
         self.alice = ca.issue("alice", "alice", ("dev",))
         self.bob = ca.issue("bob", "bob")
@@ -52,6 +53,7 @@ class Setup:
 async def secure(etcd_cluster, tmp_path_factory) -> AsyncIterator[Setup]:
     root = tmp_path_factory.mktemp("secure")
     ca = TestCA(root / "pki")
+    proxy_ca = TestCA(root / "front-proxy", "front-proxy-ca")
     server_cert, server_key = ca.issue("server", "api", server=True)
     audit = root / "audit" / "api.log"
     # the default policy with Secrets and tokens logged in full on top: the safety net that
@@ -94,10 +96,14 @@ async def secure(etcd_cluster, tmp_path_factory) -> AsyncIterator[Setup]:
             str(tokens),
             "--service-account-key-file",
             str(root / "pki" / "sa.key"),
+            "--requestheader-client-ca-file",
+            str(proxy_ca.path),
+            "--requestheader-allowed-names",
+            "front-proxy",
         ],
     )
     await replica.start()
-    setup = Setup(root, replica, ca, audit)
+    setup = Setup(root, replica, ca, proxy_ca, audit)
     for ns in ("team", "other"):
         setup.as_("admin", "POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
     try:
@@ -133,6 +139,38 @@ def test_bad_credentials_are_401_even_on_health(secure: Setup):
     assert status == 401
     status, _, _ = secure.as_(None, "GET", "/api/v1/namespaces", headers={"X-Remote-User": "admin"})
     assert status == 401  # an identity in headers from someone who is no verified front proxy
+
+
+def test_front_proxies_are_believed_only_with_the_front_proxy_cas_certificate(secure: Setup):
+    """kube-aggregator's requestheader scheme: X-Remote-* from a certificate the front-proxy CA
+    issued to an allowed name; the same name from the client CA is a user who may not assert
+    identities; the front-proxy CA's other names are refused; its certificate is no user."""
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    path = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+    as_alice = {"X-Remote-User": "alice", "X-Remote-Group": "dev", "X-Remote-Extra-Scopes": "a"}
+    proxy = secure.proxy_ca.issue("proxy", "front-proxy")
+    status, _, body = secure.api.request("POST", path, review, cert=proxy, headers=as_alice)
+    assert status == 201, body
+    assert body["status"]["userInfo"] == {
+        "username": "alice",
+        "groups": ["dev", "system:authenticated"],
+        "extra": {"scopes": ["a"]},
+    }
+    # the proxy's own certificate is nobody: without X-Remote-User it is anonymous (health
+    # only) or whoever its bearer token names
+    assert secure.api.request("GET", "/api/v1/namespaces", cert=proxy)[0] == 401
+    assert secure.api.request("GET", "/readyz", cert=proxy)[0] == 200
+    status, _, body = secure.api.request("POST", path, review, cert=proxy, token="tok-carol-123")
+    assert status == 201 and body["status"]["userInfo"]["username"] == "carol", body
+    # the allowed name from the client CA: a user, whose X-Remote-* headers count for nothing
+    # (as in kube-apiserver, the certificate's identity is the request's)
+    impostor = secure.ca.issue("impostor", "front-proxy")
+    status, _, body = secure.api.request("POST", path, review, cert=impostor, headers=as_alice)
+    assert status == 201 and body["status"]["userInfo"]["username"] == "front-proxy", body
+    # another name from the front-proxy CA: neither proxy nor user
+    other = secure.proxy_ca.issue("other", "someone-else", ("system:masters",))
+    assert secure.api.request("GET", "/api/v1/namespaces", cert=other)[0] == 401
+    assert secure.api.request("POST", path, review, cert=other, headers=as_alice)[0] == 401
 
 
 def test_a_certificate_from_another_ca_is_refused(secure: Setup, tmp_path: Path):

@@ -109,9 +109,16 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
     )
     sec.add_argument("--authorization-mode", choices=("AlwaysAllow", "RBAC"), default="AlwaysAllow")
     sec.add_argument(
+        "--requestheader-client-ca-file",
+        default=None,
+        help="the front-proxy CA: a certificate it issued may pass the client's identity on in "
+        "X-Remote-User/-Group/-Extra-* (never a user itself)",
+    )
+    sec.add_argument(
         "--requestheader-allowed-names",
         default="",
-        help="comma-separated CNs of front proxies trusted to pass X-Remote-User/-Group",
+        help="comma-separated CNs of front proxies trusted to pass X-Remote-* (empty: any CN "
+        "the front-proxy CA issued)",
     )
     sec.add_argument("--audit-log-path", default=None)
     sec.add_argument("--audit-policy-file", default=None)
@@ -122,6 +129,13 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         ap.error("--tls-cert-file and --tls-private-key-file go together")
     if args.client_ca_file and not args.tls_cert_file:
         ap.error("--client-ca-file needs TLS (--tls-cert-file)")
+    if args.requestheader_client_ca_file and not args.tls_cert_file:
+        ap.error("--requestheader-client-ca-file needs TLS (--tls-cert-file)")
+    if args.requestheader_allowed_names and not args.requestheader_client_ca_file:
+        ap.error(
+            "--requestheader-allowed-names needs --requestheader-client-ca-file: front proxies "
+            "are believed only with a certificate from a CA of their own"
+        )
     try:
         etcd_tls = EtcdTls.from_flags(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
     except ValueError as exc:
@@ -169,6 +183,7 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
             sa_issuer=args.service_account_issuer,
             anonymous=args.anonymous,
             authorization=args.authorization_mode,
+            requestheader_ca=args.requestheader_client_ca_file,
             front_proxy_names=tuple(
                 n.strip() for n in args.requestheader_allowed_names.split(",") if n.strip()
             ),

@@ -33,7 +33,13 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from haplane.auth.audit import AuditLog, Policy, default_policy
-from haplane.auth.pki import CertPaths, reload_server_context, seconds_to_expiry, server_context
+from haplane.auth.pki import (
+    CertPaths,
+    PkiError,
+    reload_server_context,
+    seconds_to_expiry,
+    server_context,
+)
 from haplane.auth.tokens import ServiceAccountTokens, StaticTokens, load_or_create_key
 from haplane.auth.user import UserInfo
 from haplane.store import (
@@ -57,7 +63,7 @@ from .errors import StatusError
 from .fencing import Fenced, WriteFence
 from .filters import Link, chain
 from .filters.audit import Audit, FailedAuthenticationAudit
-from .filters.authentication import Authenticate
+from .filters.authentication import Authenticate, FrontProxies
 from .filters.authorization import Authorize
 from .filters.metrics import Metrics
 from .filters.request_info import with_request_info
@@ -101,8 +107,10 @@ class SecurityConfig:
     sa_issuer: str = "https://kubernetes.default.svc.cluster.local"
     anonymous: Literal["all", "health"] = "all"
     authorization: Literal["AlwaysAllow", "RBAC"] = "AlwaysAllow"
-    # front proxies (the gate in L7 mode) whose verified certificate CN may pass the client's
-    # identity on in X-Remote-* headers
+    # front proxies (the gate in L7 mode): certificates issued by `requestheader_ca` (a CA of
+    # their own) whose CN is one of `front_proxy_names` (any, when empty) may pass the
+    # client's identity on in X-Remote-* headers
+    requestheader_ca: str | None = None
     front_proxy_names: tuple[str, ...] = ()
     audit_log: str | None = None
     audit_policy: str | None = None  # None: haplane.auth.audit's default policy
@@ -197,7 +205,9 @@ class ApiServer:
         self.authenticate = Authenticate(
             tokens,
             anonymous=sec.anonymous,
-            front_proxy_names=frozenset(sec.front_proxy_names),
+            front_proxies=FrontProxies(sec.requestheader_ca, frozenset(sec.front_proxy_names))
+            if sec.requestheader_ca
+            else None,
         )
         self.audit = (
             Audit(
@@ -876,11 +886,19 @@ class ApiServer:
 
 def _server_tls(sec: SecurityConfig) -> ssl.SSLContext | None:
     """TLS 1.2 or later; a client certificate asked for, not required (tokens and anonymous
-    health checks come without one), and verified against `client_ca` when sent."""
+    health checks come without one), and verified against `client_ca` or the front-proxy CA
+    when sent (`Authenticate` tells which issued it)."""
     if not sec.tls_cert or not sec.tls_key:
         return None
-    paths = CertPaths(Path(sec.tls_cert), Path(sec.tls_key), Path(sec.client_ca or ""))
-    return server_context(paths, "optional" if sec.client_ca else "none")
+    cas = [ca for ca in (sec.client_ca, sec.requestheader_ca) if ca]
+    paths = CertPaths(Path(sec.tls_cert), Path(sec.tls_key), Path(cas[0] if cas else ""))
+    ctx = server_context(paths, "optional" if cas else "none")
+    for extra in cas[1:]:
+        try:
+            ctx.load_verify_locations(cafile=extra)
+        except (OSError, ssl.SSLError) as exc:
+            raise PkiError(f"front-proxy CA {extra}: {exc}") from None
+    return ctx
 
 
 def _stall_hook(needle: str | None) -> Callable[[str], Callable[[], None] | None] | None:

@@ -200,8 +200,9 @@ class Rotation:
             # (and the l7 gates' front-proxy certificate: read for each new upstream connection)
             names = [cert_name("client", SUPERVISOR)]
             await asyncio.to_thread(etcd_pki.rotate, names)
-            await asyncio.to_thread(platform_pki.rotate, ["admin", "front-proxy"])
-            rotated += [f"etcd/{n}" for n in names] + ["platform/admin", "platform/front-proxy"]
+            await asyncio.to_thread(platform_pki.rotate, ["admin"])
+            await asyncio.to_thread(Pki(self.tls.front_proxy_dir).rotate, ["front-proxy"])
+            rotated += [f"etcd/{n}" for n in names] + ["platform/admin", "front-proxy/front-proxy"]
             self.progress(
                 "operator certificates (supervisor, CLI, admin kubeconfig) and the front "
                 "proxy's rotated"

@@ -5,7 +5,7 @@ Layer: run (`haplane.local`). Reads the topology and the resolved plans; writes 
 `STATE/pki` (through `haplane.auth.pki`, imported when certificates are issued: the CLI only
 reads paths here and stays quick to start).
 
-Two CAs, as kubeadm keeps them:
+Three CAs, as kubeadm keeps them:
 
 - **the etcd CA** (`pki/etcd`) signs the members' certificates (one pair serves clients and
   peers) and the client certificate of every process that may open etcd: the API replicas,
@@ -16,7 +16,13 @@ Two CAs, as kubeadm keeps them:
 - **the platform CA** (`pki/platform`, created, or the user's `spec.security.ca`) signs the
   API replicas' serving certificates, the balancers', gates' and replicators' admin
   listeners, and people's client certificates (`admin` is `system:masters`, the default
-  kubeconfig's identity).
+  kubeconfig's identity);
+- **the front-proxy CA** (`pki/front-proxy`, always haplane's own) signs one certificate, the
+  one l7 gates present to the regions to pass clients' identities on in X-Remote-* headers
+  (kube-apiserver's `--requestheader-client-ca-file`). Replicas believe those headers only
+  from a certificate this CA issued: nothing the platform CA issues, to a person or from a
+  CA the user supplied, can act as a front proxy, and the front-proxy certificate is never a
+  user.
 
 API replicas' serving certificates carry every address a client may use to reach them: the
 replica's own, every balancer's and every gate's (in L4 mode the TLS session runs end to end
@@ -51,7 +57,7 @@ if TYPE_CHECKING:
     from .gate_plans import TopologyPlan
 
 ADMIN_USER = "haplane-admin"
-FRONT_PROXY = "haplane-front-proxy"  # the one CN replicas believe X-Remote-* headers from
+FRONT_PROXY = "haplane-front-proxy"  # the CN replicas believe X-Remote-* headers from
 ADMIN_GROUPS = ("system:masters",)
 SUPERVISOR = "haplane"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -85,6 +91,15 @@ class PlatformTls:
     @property
     def etcd_dir(self) -> Path:
         return self.root / "etcd"
+
+    @property
+    def front_proxy_dir(self) -> Path:
+        return self.root / "front-proxy"
+
+    @property
+    def front_proxy_ca(self) -> Path:
+        """What replicas verify front proxies (l7 gates) against, and nothing else."""
+        return self.front_proxy_dir / "ca.crt"
 
     @property
     def ca(self) -> Path:
@@ -125,8 +140,10 @@ class PlatformTls:
 
     @property
     def front_proxy(self) -> Pair:
-        """What l7 gates present to the regions to pass clients' identities on."""
-        return self.platform("front-proxy")
+        """What l7 gates present to the regions to pass clients' identities on (from the
+        front-proxy CA; `ca` is the platform CA, which verifies the replicas they dial)."""
+        d = self.front_proxy_dir
+        return Pair(d / "front-proxy.crt", d / "front-proxy.key", self.ca)
 
     @property
     def admin(self) -> Pair:
@@ -246,12 +263,16 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
 
     days = topology.spec.security.certificate_days
     _private_dir(tls.root)
-    platform, etcd = Pki(tls.platform_dir), Pki(tls.etcd_dir)
+    platform, etcd, proxy = Pki(tls.platform_dir), Pki(tls.etcd_dir), Pki(tls.front_proxy_dir)
     etcd.ensure_ca(f"{topology.name} etcd CA")
     if not tls.ca.exists():
         platform.ensure_ca(f"{topology.name} platform CA")
-    before = {p: p.stat().st_mtime_ns for p in [*tls.platform_dir.glob("*.crt")]}
-    before.update({p: p.stat().st_mtime_ns for p in tls.etcd_dir.glob("*.crt")})
+    proxy.ensure_ca(f"{topology.name} front-proxy CA")
+    for old in ("front-proxy.crt", "front-proxy.key"):
+        # before the front-proxy CA, the platform CA issued it: that one must not linger
+        (tls.platform_dir / old).unlink(missing_ok=True)
+    dirs = (tls.platform_dir, tls.etcd_dir, tls.front_proxy_dir)
+    before = {p: p.stat().st_mtime_ns for d in dirs for p in d.glob("*.crt")}
 
     def leaf(pki: Pki, name: str, cn: str, hosts: Iterable[str] = (), **kw: Any) -> None:
         dns, ips = _split(hosts)
@@ -297,9 +318,9 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
     platform.ensure(
         CertRequest("admin", ADMIN_USER, organizations=ADMIN_GROUPS, client=True, days=days)
     )
-    platform.ensure(CertRequest("front-proxy", FRONT_PROXY, client=True, days=days))
+    proxy.ensure(CertRequest("front-proxy", FRONT_PROXY, client=True, days=days))
     load_or_create_key(tls.service_account_key)
-    after = [*tls.platform_dir.glob("*.crt"), *tls.etcd_dir.glob("*.crt")]
+    after = [p for d in dirs for p in d.glob("*.crt")]
     return sorted(
         f"{p.parent.name}/{p.stem}"
         for p in after
@@ -311,11 +332,11 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
 
 
 def inventory(tls: PlatformTls) -> list[CertInfo]:
-    """Every certificate of both CAs (CAs first), read from the state dir."""
+    """Every certificate of the three CAs (CAs first), read from the state dir."""
     from haplane.auth.pki import Pki
 
     out: list[CertInfo] = []
-    for directory in (tls.etcd_dir, tls.platform_dir):
+    for directory in (tls.etcd_dir, tls.platform_dir, tls.front_proxy_dir):
         if directory.is_dir():
             for info in Pki(directory).inventory():
                 out.append(info)

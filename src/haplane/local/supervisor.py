@@ -389,8 +389,12 @@ class Supervisor:
         if audit.policy_file:
             args += ["--audit-policy-file", audit.policy_file]
         if any(g.mode == "l7" for g in self.topology.spec.global_.gates):
-            # only then: the replicas believe X-Remote-* headers from this certificate's CN
-            args += ["--requestheader-allowed-names", security.FRONT_PROXY]
+            # only then: the replicas believe X-Remote-* headers from the front-proxy CA's
+            # certificate with this CN
+            args += [
+                "--requestheader-client-ca-file", str(self.tls.front_proxy_ca),
+                "--requestheader-allowed-names", security.FRONT_PROXY,
+            ]  # fmt: skip
         return args
 
     async def _start_replicator(self, plan: ReplicatorPlan, timeout: float) -> None:

@@ -505,16 +505,6 @@ def _security(topo: Topology) -> list[Finding]:
                     "remove `ca`, or `insecure: true`",
                 )
             )
-    elif sec.ca is not None and any(g.mode == "l7" for g in topo.spec.global_.gates):
-        out.append(
-            _err(
-                "security",
-                "spec.security.ca",
-                "l7 gates pass identities with a certificate named haplane-front-proxy from the "
-                "platform CA: with your CA, anyone it issues that name to could act as any user",
-                "use l4 gates with a supplied CA, or let `up` create the topology's CA",
-            )
-        )
     return out
 
 
