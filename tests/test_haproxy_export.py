@@ -8,24 +8,51 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from haplane.auth.pki import Pki
 from haplane.local.ports import PortRegistry
+from haplane.local.state_dir import StateDir
+from haplane.topology.loader import example_text
 from tests.topology_helpers import haplane
+
+
+def test_export_needs_the_ca_and_issues_nothing(tmp_path: Path):
+    """Before `up` there is no platform CA for the checks to trust: a clear error, and no
+    certificate is made (that is `up`'s, which keeps the PKI consistent with what runs)."""
+    state = tmp_path / "state"
+    export = ["export", "haproxy", "--example", "two-regions", "--region", "eu-west"]
+    r = haplane(state, *export, check=False)
+    assert r.returncode == 1 and "run `haplane up` first" in " ".join(r.stderr.split())
+    assert not (state / "pki").exists()
+    # a state dir holding another topology is not exported over
+    StateDir(state).ensure()
+    other = yaml.safe_load(example_text("two-regions"))
+    other["metadata"]["name"] = "another"
+    StateDir(state).topology_file.write_text(yaml.safe_dump(other))
+    r = haplane(state, *export, check=False)
+    assert r.returncode == 2 and "holds topology 'another'" in " ".join(r.stderr.split())
 
 
 def test_export_haproxy_is_valid_and_mirrors_the_topology(tmp_path: Path):
     state = tmp_path / "state"
     out = tmp_path / "haproxy.cfg"
+    # the topology's own CA (a relative path, from the file's directory): what `up` adopts
+    Pki(tmp_path / "conf" / "ca").ensure_ca("my CA")
+    doc = yaml.safe_load(example_text("two-regions"))
+    doc["spec"]["security"] = {"ca": {"certFile": "ca/ca.crt", "keyFile": "ca/ca.key"}}
+    topology = tmp_path / "conf" / "topology.yaml"
+    topology.write_text(yaml.safe_dump(doc))
     # nothing is up: the active region is unknown, so it must be named
-    r = haplane(state, "export", "haproxy", "--example", "two-regions", "-o", str(out), check=False)
+    r = haplane(state, "export", "haproxy", str(topology), "-o", str(out), check=False)
     assert r.returncode == 1 and "--region" in r.stderr and not out.exists()
-    r = haplane(
-        state, "export", "haproxy", "--example", "two-regions", "--region", "x", check=False
-    )
+    r = haplane(state, "export", "haproxy", str(topology), "--region", "x", check=False)
     assert r.returncode == 2
-    export = ["export", "haproxy", "--example", "two-regions", "--region", "eu-west"]
+    export = ["export", "haproxy", str(topology), "--region", "eu-west"]
     haplane(state, *export, "-o", str(out))
     text = out.read_text()
+    assert f"check-ssl verify required ca-file {tmp_path / 'conf/ca/ca.crt'}" in text
+    assert not (state / "pki").exists()
     check = subprocess.run(["haproxy", "-c", "-f", str(out)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     # and it really starts and keeps running (`-c` does not try the file limits, for one;

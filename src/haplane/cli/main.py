@@ -871,6 +871,35 @@ export_app = typer.Typer(help="Write configurations for other tools from a topol
 app.add_typer(export_app, name="export")
 
 
+def _export_ca(topology: Topology, state: StateDir, file: Path | None) -> str | None:
+    """The CA HAProxy's health checks trust: the platform CA in the state dir (`up` made or
+    adopted it), else the topology's own `spec.security.ca` (what `up` will adopt); None for
+    an insecure topology. Exporting never issues certificates: that is `up`'s, which keeps
+    the state dir's PKI consistent with what runs."""
+    from haplane.local.security import platform_tls
+
+    tls = platform_tls(state, topology)
+    if tls is None:
+        return None
+    if tls.ca.is_file():
+        return str(tls.ca)
+    supplied = topology.spec.security.ca
+    if supplied is not None:
+        path = Path(supplied.cert_file).expanduser()
+        if not path.is_absolute():
+            path = (file.parent if file is not None else Path.cwd()) / path
+        if path.is_file():
+            return str(path.resolve())
+        err.print(f"error: spec.security.ca.certFile: no file {path}")
+        raise typer.Exit(2)
+    err.print(
+        f"error: {state.root} has no platform CA yet, and HAProxy's health checks must trust "
+        "the CA the replicas' certificates come from: run `haplane up` first, or give the "
+        "topology its CA (`spec.security.ca`)"
+    )
+    raise typer.Exit(1)
+
+
 @export_app.command("haproxy")
 def export_haproxy_cmd(
     file: Annotated[
@@ -900,13 +929,22 @@ def export_haproxy_cmd(
     from haplane.local.haproxy_export import haproxy_config
 
     state = _state(state_dir)
+    recorded = load_file(state.topology_file) if state.topology_file.exists() else None
     if file is None and example is None:
-        if not state.topology_file.exists():
+        if recorded is None:
             err.print(f"error: no topology in {state.root}; name a file or --example")
             raise typer.Exit(2)
-        topology = load_file(state.topology_file)
+        topology = recorded
     else:
         topology, _ = _load(file, example)
+        if recorded is not None and recorded.name != topology.name:
+            err.print(
+                f"error: {state.root} holds topology {recorded.name!r}, not {topology.name!r}: "
+                "export it without a file, or use another --state-dir (its ports and CA "
+                "belong to the topology it holds)"
+            )
+            raise typer.Exit(2)
+    ca = _export_ca(topology, state, file)
     state.ensure()
     plan = gate_plans.plan_of(topology, state, read_only=False)
 
@@ -931,12 +969,6 @@ def export_haproxy_cmd(
             f"region is unknown; name it with --region ({', '.join(regions)})"
         )
         raise typer.Exit(1)
-    ca = None
-    if plan.tls is not None:  # the CA the checks trust, created now if `up` has not yet
-        from haplane.local.security import ensure
-
-        ensure(plan.tls, topology, plan)
-        ca = str(plan.tls.ca)
     text = haproxy_config(topology.name, plan.balancers, plan.gates, target, ca)
     if output is None:
         sys.stdout.write(text)
@@ -1021,6 +1053,7 @@ def kubeconfig_cmd(
     cluster: dict[str, str] = {"server": server}
     user_name, credentials = "haplane-anonymous", {}
     if plan.tls is not None:
+        plan.tls.check()
         cluster["certificate-authority-data"] = _b64(plan.tls.ca.read_bytes())
         if user:
             from haplane.auth.pki import PkiError
@@ -1086,10 +1119,15 @@ def version_cmd() -> None:
 
 
 def main() -> None:
+    from haplane.local.security import MissingCredentials
+
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
+    except MissingCredentials as exc:
+        err.print(f"error: {exc}")
+        sys.exit(1)
 
 
 __all__ = ["app", "main"]

@@ -57,6 +57,7 @@ def status_cmd(
     if tls is None:
         typer.echo("this topology runs with `security.insecure: true`: no certificates")
         return
+    tls.check()
     rows = expiry_rows(tls)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

@@ -129,6 +129,7 @@ class Rotation:
         if self.plan.tls is None:
             raise RotationError("this topology runs with `security.insecure: true`: no PKI")
         self.tls: PlatformTls = self.plan.tls
+        self.tls.check()  # MissingCredentials: nothing to rotate, nothing ran here
         self.wait = wait
         self.progress = progress
 

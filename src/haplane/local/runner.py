@@ -52,13 +52,16 @@ def _absolute_security_paths(source_text: str, base: Path) -> str:
     doc: Any = yaml.safe_load(source_text)
     sec = (doc.get("spec") or {}).get("security") or {}
     changed = False
-    for holder, key in ((sec.get("ca"), "certFile"), (sec.get("ca"), "keyFile"),
-                        (sec.get("audit"), "policyFile")):  # fmt: skip
-        if isinstance(holder, dict) and isinstance(holder.get(key), str):
-            path = Path(holder[key]).expanduser()
-            if not path.is_absolute():
-                holder[key] = str((base / path).resolve())
-                changed = True
+    # the schema takes camelCase and snake_case names alike
+    for holder, keys in ((sec.get("ca"), ("certFile", "cert_file", "keyFile", "key_file")),
+                         (sec.get("audit"), ("policyFile", "policy_file"))):  # fmt: skip
+        for key in keys:
+            if isinstance(holder, dict) and isinstance(holder.get(key), str):
+                path = Path(holder[key]).expanduser()
+                absolute = str(path if path.is_absolute() else (base / path).resolve())
+                if absolute != holder[key]:  # relative, or `~/...`
+                    holder[key] = absolute
+                    changed = True
     return yaml.safe_dump(doc, sort_keys=False) if changed else source_text
 
 

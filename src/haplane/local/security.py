@@ -63,6 +63,11 @@ SUPERVISOR = "haplane"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
+class MissingCredentials(RuntimeError):
+    """The state dir has no PKI (or lost part of it): nothing to dial the platform with. The
+    CLI prints the message and exits 1."""
+
+
 def cert_name(*parts: str) -> str:
     """A file stem for a component: `eu-west/api-1` -> `eu-west.api-1`."""
     return ".".join(p.replace("/", ".") for p in parts).lower()
@@ -150,14 +155,30 @@ class PlatformTls:
         """`haplane-admin` in `system:masters`: the CLI's and the default kubeconfig's."""
         return self.platform("admin")
 
+    def check(self) -> None:
+        """Raise `MissingCredentials` unless both CAs and the admin's pair are here: what
+        every CLI command that dials the platform needs."""
+        missing = [
+            p for p in (self.ca, self.etcd_ca, self.admin.cert, self.admin.key) if not p.is_file()
+        ]
+        if missing:
+            state = self.root.parent
+            raise MissingCredentials(
+                f"{state} has no {'PKI' if not self.root.is_dir() else missing[0]}: the "
+                "topology has not run here with TLS (`haplane up` creates its certificates), "
+                "or its state dir lost them (`haplane up` issues them again)"
+            )
+
     def client_context(self, identity: bool = True) -> ssl.SSLContext:
         """What the CLI, drills and benches dial the platform with: the platform CA, and the
         admin certificate (`identity=False`: none, as an anonymous client)."""
+        self.check()
         return _client_context(self.ca, self.admin if identity else None)
 
     def etcd_client_context(self, who: str = SUPERVISOR) -> ssl.SSLContext:
         """A raw TLS client of etcd's listeners (handshakes, not gRPC): the etcd CA and
         `who`'s etcd client certificate."""
+        self.check()
         client = self.etcd_client(who)
         return _client_context(self.etcd_ca, Pair(client.cert, client.key, self.etcd_ca))
 
