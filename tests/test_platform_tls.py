@@ -40,6 +40,26 @@ def _plain_http(host: str, port: int) -> bytes:
         return b"".join(chunks)
 
 
+def _tls_status(host: str, port: int, ca: Path, pair: tuple[Path, Path] | None, path: str) -> int:
+    """The HTTP status a TLS listener answers `path` with, presenting `pair` (or none); 0 when
+    the handshake or the connection is refused (TLS 1.3 reports a refused client certificate
+    only at the first read)."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if pair is not None:
+        ctx.load_cert_chain(str(pair[0]), str(pair[1]))
+    try:
+        request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        with (
+            socket.create_connection((host, port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as s,
+        ):
+            s.sendall(request)
+            head = s.recv(65536).split(b"\r\n", 1)[0]
+    except (ssl.SSLError, ConnectionError, TimeoutError):
+        return 0
+    return int(head.split()[1]) if head.startswith(b"HTTP/1.") else 0
+
+
 def _refused(answer: bytes) -> bool:
     """Nothing, a TLS alert, or Go's "Client sent an HTTP request to an HTTPS server" (400)."""
     if not answer:
@@ -244,6 +264,30 @@ def test_every_listener_refuses_plain_text(topo: Path):
 
     assert asyncio.run(etcd_reads(supervisor))
     assert not asyncio.run(etcd_reads(EtcdTls(tls.etcd_ca, admin.cert, admin.key)))
+    # at the byte level: no certificate is refused at the client port; the peer port takes
+    # only its own cluster's peer certificates (CN `etcd-peer <cluster>`), not a client
+    # certificate of the same CA, nor another cluster's member
+    west = plan.clusters[0].view.members[0]
+    west_addr = plan.clusters[0].addresses[west.qualified_name]
+    other = next(c for c in plan.clusters if c.view.name != plan.clusters[0].view.name)
+    own_peer, foreign_peer = (
+        tls.member(west.qualified_name),
+        tls.member(other.view.members[0].qualified_name),
+    )
+    etcd_client = (supervisor.cert, supervisor.key)
+    h, client_port, peer_port = west_addr.host, west_addr.client_port, west_addr.peer_port
+    assert _tls_status(h, client_port, tls.etcd_ca, etcd_client, "/version") == 200
+    assert _tls_status(h, client_port, tls.etcd_ca, None, "/version") == 0
+    assert _tls_status(h, peer_port, tls.etcd_ca, (own_peer.peer_cert, own_peer.peer_key),
+                       "/version") == 200  # fmt: skip
+    assert _tls_status(h, peer_port, tls.etcd_ca, etcd_client, "/version") == 0
+    assert (
+        _tls_status(
+            h, peer_port, tls.etcd_ca, (foreign_peer.peer_cert, foreign_peer.peer_key), "/version"
+        )
+        == 0
+    )
+    assert _tls_status(h, peer_port, tls.etcd_ca, None, "/version") == 0
     # every key is its owner's alone, and so are the directories holding them
     keys = [*tls.root.rglob("*.key")]
     assert len(keys) >= 41 and tls.service_account_key in keys

@@ -71,7 +71,7 @@ def components(plan: TopologyPlan) -> list[Component]:
                     "etcd",
                     a.host,
                     a.client_port,
-                    etcd=[cert_name("member", m.qualified_name)],
+                    etcd=[cert_name(k, m.qualified_name) for k in ("member", "peer")],
                     cluster=i,
                 )
             )

@@ -68,6 +68,11 @@ class MissingCredentials(RuntimeError):
     CLI prints the message and exits 1."""
 
 
+def peer_cn(scope: str) -> str:
+    """The CN of every peer certificate of one etcd cluster (`eu-west`, `global`)."""
+    return f"etcd-peer {scope}"
+
+
 def cert_name(*parts: str) -> str:
     """A file stem for a component: `eu-west/api-1` -> `eu-west.api-1`."""
     return ".".join(p.replace("/", ".") for p in parts).lower()
@@ -128,9 +133,15 @@ class PlatformTls:
     # ---- who holds what --------------------------------------------------------------------
 
     def member(self, qualified: str) -> MemberTls:
-        """An etcd member: one pair for clients and peers (serverAuth and clientAuth)."""
-        p = self._etcd(cert_name("member", qualified))
-        return MemberTls(self.etcd_ca, p.cert, p.key, p.cert, p.key)
+        """An etcd member: a serving pair for clients, and a peer pair (serverAuth and
+        clientAuth) whose CN names the cluster, the only CN its peer port accepts: a client
+        certificate of the etcd CA, or another cluster's member, cannot speak raft to it."""
+        serving = self._etcd(cert_name("member", qualified))
+        peer = self._etcd(cert_name("peer", qualified))
+        scope = qualified.rpartition("/")[0]
+        return MemberTls(
+            self.etcd_ca, serving.cert, serving.key, peer.cert, peer.key, peer_cn(scope)
+        )
 
     def etcd_client(self, who: str) -> EtcdTls:
         """The etcd client certificate of `who` (`SUPERVISOR`, or a component's qualified name
@@ -305,14 +316,11 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
 
     for cluster in plan.clusters:
         for m in cluster.view.members:
-            leaf(
-                etcd,
-                cert_name("member", m.qualified_name),
-                f"etcd {m.qualified_name}",
-                [m.host, *LOOPBACK],
-                server=True,
-                client=True,
-            )
+            hosts = [m.host, *LOOPBACK]
+            q = m.qualified_name
+            # clientAuth too: etcd 3.4's gRPC gateway dials its own client port with it
+            leaf(etcd, cert_name("member", q), f"etcd {q}", hosts, server=True, client=True)
+            leaf(etcd, cert_name("peer", q), peer_cn(m.scope), hosts, server=True, client=True)
     leaf(etcd, cert_name("client", SUPERVISOR), "haplane supervisor", client=True)
     every_host = [
         *(r.host for r in plan.replicas),

@@ -48,9 +48,12 @@ class MemberTls:
     key: Path
     peer_cert: Path
     peer_key: Path
+    # the CN every peer certificate of the cluster carries (etcd's --peer-cert-allowed-cn):
+    # then a client certificate from the same CA (an API replica's) cannot speak raft
+    peer_cn: str | None = None
 
     def flags(self) -> list[str]:
-        return [
+        flags = [
             "--cert-file", str(self.cert),
             "--key-file", str(self.key),
             "--client-cert-auth=true",
@@ -60,6 +63,9 @@ class MemberTls:
             "--peer-client-cert-auth=true",
             "--peer-trusted-ca-file", str(self.ca),
         ]  # fmt: skip
+        if self.peer_cn:
+            flags += ["--peer-cert-allowed-cn", self.peer_cn]
+        return flags
 
 
 def etcd_member_name(member: EtcdMemberView) -> str:
