@@ -62,3 +62,54 @@ def test_commands_say_when_the_state_dir_has_no_pki(tmp_path: Path):
         assert r.returncode == 1, (command, r.stderr)
         assert "has no PKI" in said and "Traceback" not in said, (command, r.stderr)
     assert not (tmp_path / "kc").exists() and not (state.root / "pki").exists()
+
+
+def test_certificates_name_every_address_and_come_from_the_right_ca(tmp_path: Path):
+    """What `up` issues, read back: certSANs on the replicas' and gates' serving
+    certificates; etcd peer certificates named after their cluster; the front-proxy
+    certificate from the front-proxy CA, not the platform CA."""
+    import ipaddress
+
+    from cryptography import x509
+
+    from haplane.local import security
+    from haplane.local.gate_plans import plan_of
+
+    doc = yaml.safe_load(example_text("two-regions"))
+    doc["spec"]["security"] = {"certSANs": ["api.example.com", "10.0.0.10"]}
+    topology = load_text(yaml.safe_dump(doc))
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    plan = plan_of(topology, state, read_only=False)
+    assert plan.tls is not None
+    tls = plan.tls
+    issued = security.ensure(tls, topology, plan)
+    assert "front-proxy/front-proxy" in issued and security.ensure(tls, topology, plan) == []
+
+    def load(path: Path) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+
+    def sans(path: Path) -> set[str]:
+        ext = load(path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ips = {str(a) for a in ext.get_values_for_type(x509.IPAddress)}
+        return set(ext.get_values_for_type(x509.DNSName)) | ips
+
+    for cert in (
+        tls.serving("apiserver", plan.replicas[0].qualified_name).cert,
+        tls.serving("gate", plan.gates[0].name).cert,
+    ):
+        assert {"api.example.com", "10.0.0.10"} <= sans(cert), cert
+    assert "api.example.com" not in sans(
+        tls.serving("balancer", plan.balancers[0].qualified_name).cert
+    )
+    member = plan.clusters[0].view.members[0]
+    peer = load(tls.member(member.qualified_name).peer_cert)
+    assert peer.subject.rfc4514_string() == f"CN=etcd-peer {member.scope}"
+    assert ipaddress.ip_address(member.host) in {
+        ipaddress.ip_address(a)
+        for a in sans(tls.member(member.qualified_name).peer_cert)
+        if a[0].isdigit() or ":" in a
+    }
+    proxy = load(tls.front_proxy.cert)
+    assert proxy.issuer == load(tls.front_proxy_ca).subject != load(tls.ca).subject
+    assert not (tls.platform_dir / "front-proxy.crt").exists()

@@ -161,8 +161,13 @@ def _insecure_with_ca(d):
     d["spec"]["security"] = {"insecure": True, "ca": {"certFile": "ca.crt", "keyFile": "ca.key"}}
 
 
+def _wildcard_host(d):
+    region(d)["apiServers"][0]["host"] = "0.0.0.0"
+
+
 BAD = {
     "security (insecure)": (_insecure, "security", "warning"),
+    "security (wildcard host with TLS)": (_wildcard_host, "security", "error"),
     "security (insecure with a CA)": (_insecure_with_ca, "security", "error"),
     "etcd-member-count (even)": (_even_members, "etcd-member-count", "error"),
     "etcd-member-count (<3)": (_two_members, "etcd-member-count", "error"),
@@ -319,6 +324,26 @@ def test_each_rule_fires_on_its_bad_file(good, case):
     for f in findings:
         assert f.path.startswith("spec"), f
         assert f.fix and f.message
+
+
+def test_certificate_names(good):
+    """With TLS a host is also what certificates name: no wildcard address; certSANs are DNS
+    names or addresses. Insecure topologies may listen on 0.0.0.0."""
+    good["spec"]["defaults"]["host"] = "::"
+    good["spec"]["security"] = {
+        "certSANs": ["api.example.com", "*.gates.example.com", "10.0.0.10", "0.0.0.0", "a b"]
+    }
+    found = {
+        (f.path, f.message.split(" ")[0]) for f in validate(build(good)) if f.rule == "security"
+    }
+    assert found == {
+        ("spec.defaults.host", "::"),
+        ("spec.security.certSANs[3]", "0.0.0.0"),
+        ("spec.security.certSANs[4]", "'a"),
+    }
+    good["spec"]["security"] = {"insecure": True}
+    errors = [f for f in validate(build(good)) if f.severity == "error"]
+    assert errors == []
 
 
 def test_every_rule_has_a_bad_file():

@@ -27,7 +27,8 @@ Three CAs, as kubeadm keeps them:
 API replicas' serving certificates carry every address a client may use to reach them: the
 replica's own, every balancer's and every gate's (in L4 mode the TLS session runs end to end
 from the client to a replica, whichever address it dialled), the `--netns` site addresses
-(they are the hosts of the recorded topology), and loopback.
+(they are the hosts of the recorded topology), loopback, and `spec.security.certSANs` (also
+on the gates' certificates: an l7 gate serves API clients with it).
 
 `pki/service-account.key` is the ES256 key every region signs and verifies ServiceAccount
 tokens with (one key: a token minted before a failover is valid after it).
@@ -322,10 +323,12 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
             leaf(etcd, cert_name("member", q), f"etcd {q}", hosts, server=True, client=True)
             leaf(etcd, cert_name("peer", q), peer_cn(m.scope), hosts, server=True, client=True)
     leaf(etcd, cert_name("client", SUPERVISOR), "haplane supervisor", client=True)
+    extra = topology.spec.security.cert_sans  # a VIP, a DNS name in front of the gates
     every_host = [
         *(r.host for r in plan.replicas),
         *(b.host for b in plan.balancers),
         *(g.host for g in plan.gates),
+        *extra,
         *LOOPBACK,
     ]
     for r in plan.replicas:
@@ -339,7 +342,8 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
     for g in plan.gates:
         q = f"gate/{g.name}"
         leaf(etcd, cert_name("client", q), q, client=True)
-        leaf(platform, cert_name(q), q, [g.host, *LOOPBACK], server=True, client=True)
+        # an l7 gate serves API clients with it (by its address, or one of `extra`)
+        leaf(platform, cert_name(q), q, [g.host, *extra, *LOOPBACK], server=True, client=True)
     for rep in plan.replicators:
         q = f"replicator/{rep.qualified_name}"
         leaf(etcd, cert_name("client", q), q, client=True)

@@ -286,6 +286,14 @@ class Security(_Model):
     certificate_days: int = Field(
         365, ge=1, le=3650, description="Lifetime of the leaf certificates `up` issues."
     )
+    cert_sans: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        alias="certSANs",
+        description="More names and addresses clients reach the API by (a virtual IP, a DNS "
+        "name in front of the gates), as kubeadm's apiServer.certSANs: added to the API "
+        "replicas' and gates' serving certificates, beside every component address. DNS "
+        "names (`*.` allowed first) or IP addresses; `validate` checks them.",
+    )
     audit: Audit = Field(default_factory=Audit)
 
 

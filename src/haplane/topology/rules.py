@@ -9,8 +9,10 @@ Every finding names its rule id, severity, the field path (as in the file) and t
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -19,6 +21,7 @@ from .model import (
     ApiServer,
     Balancer,
     EtcdClusterView,
+    Placement,
     Replication,
     Replicator,
     Topology,
@@ -55,7 +58,8 @@ RULES: dict[str, str] = {
     "failover to or from it hands clients none of the data)",
     "security": "TLS, authentication and RBAC stay on unless `security.insecure: true` says "
     "otherwise (a warning: every link is plain HTTP and every request allowed); a supplied CA "
-    "is used as given, with `ca` settings it cannot have",
+    "is used as given, with `ca` settings it cannot have; with TLS no host is a wildcard "
+    "address (certificates name what clients dial), and `certSANs` are DNS names or addresses",
     "fence-grant": "the write grant must exceed the safety margin by more than the minimum write "
     "window (grants only ever grow across epochs: a bad value would stay)",
 }
@@ -482,9 +486,92 @@ def _failover(topo: Topology) -> list[Finding]:
     return out
 
 
+_SAN_DNS = re.compile(
+    r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", re.IGNORECASE
+)
+
+
+def _explicit_hosts(topo: Topology) -> Iterator[tuple[str, str]]:
+    """(field path, host) of every host the file sets."""
+    yield "spec.defaults.host", topo.spec.defaults.host
+    for i, site in enumerate(topo.spec.sites):
+        if site.host:
+            yield f"spec.sites[{i}].host", site.host
+        if site.region is None:
+            continue
+        r, base = site.region, f"spec.sites[{i}].region"
+        placed: list[tuple[str, Sequence[Placement]]] = [
+            ("etcd.members", r.etcd.members),
+            ("apiServers", r.api_servers),
+            ("balancers", r.balancers),
+            ("replicators", r.replicators),
+        ]
+        for field, components in placed:
+            for j, c in enumerate(components):
+                if c.host:
+                    yield f"{base}.{field}[{j}].host", c.host
+    g = topo.spec.global_
+    for field, global_components in (("controlEtcd.members", g.control_etcd.members),
+                                      ("gates", g.gates)):  # fmt: skip
+        for j, c in enumerate(global_components):
+            if c.host:
+                yield f"spec.global.{field}[{j}].host", c.host
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _certificate_names(topo: Topology) -> list[Finding]:
+    """With TLS, every address is written into certificates: it must be one clients dial."""
+    out: list[Finding] = []
+    for path, host in _explicit_hosts(topo):
+        if _unspecified(host):
+            out.append(
+                _err(
+                    "security",
+                    path,
+                    f"{host} listens on every address, but a component's host is also the "
+                    "address others dial and its certificate names: no client dials "
+                    f"{host}, so no certificate could match",
+                    "give the host's own address (and reach it by other names through "
+                    "`spec.security.certSANs`)",
+                )
+            )
+    for k, san in enumerate(topo.spec.security.cert_sans):
+        path = f"spec.security.certSANs[{k}]"
+        try:
+            address = ipaddress.ip_address(san)
+        except ValueError:
+            if not _SAN_DNS.fullmatch(san) or any(len(p) > 63 for p in san.split(".")):
+                out.append(
+                    _err(
+                        "security",
+                        path,
+                        f"{san!r} is neither an IP address nor a DNS name",
+                        "write a DNS name (e.g. api.example.com, `*.` allowed first) or an "
+                        "IPv4/IPv6 address",
+                    )
+                )
+            continue
+        if address.is_unspecified or address.is_multicast:
+            out.append(
+                _err(
+                    "security",
+                    path,
+                    f"{san} is no address a client dials",
+                    "name the virtual IP or the DNS name clients use",
+                )
+            )
+    return out
+
+
 def _security(topo: Topology) -> list[Finding]:
     sec = topo.spec.security
-    out: list[Finding] = []
+    out: list[Finding] = [] if sec.insecure else _certificate_names(topo)
     if sec.insecure:
         out.append(
             _warn(
