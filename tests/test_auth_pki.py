@@ -513,6 +513,30 @@ def test_adopt_ca_refusals(pki: Pki, tmp_path: Path):
         target.adopt_ca(*make_ca(tmp_path / "old", not_after=now() - dt.timedelta(days=1)))
     with pytest.raises(PkiError, match="is encrypted"):
         target.adopt_ca(*make_ca(tmp_path / "locked", encrypt=b"passphrase"))
+    # an intermediate (a CA certificate another CA signed) is no trust anchor for OpenSSL
+    ca_cert, ca_key = pki.load_ca()
+    key = ec.generate_private_key(ec.SECP256R1())
+    inter = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intermediate")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now() - dt.timedelta(days=1))
+        .not_valid_after(now() + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (tmp_path / "inter.crt").write_bytes(inter.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "inter.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(PkiError, match="is an intermediate CA"):
+        target.adopt_ca(tmp_path / "inter.crt", tmp_path / "inter.key")
     with pytest.raises(PkiError, match="does not exist"):
         target.adopt_ca(tmp_path / "missing.crt", pki.ca_key)
     with pytest.raises(PkiError, match="is not a PEM certificate"):

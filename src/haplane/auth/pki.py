@@ -447,6 +447,16 @@ class Pki:
             pass
         if _spki(key.public_key()) != _spki(cert.public_key()):
             raise PkiError(f"{key_path} is not the key of {cert_path}")
+        try:
+            # a root: OpenSSL-based peers (Python's ssl, HAProxy) accept a trust anchor only
+            # when it is self-signed, so an intermediate here would fail every handshake
+            cert.verify_directly_issued_by(cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise PkiError(
+                f"{cert_path} is an intermediate CA (issued by {cert.issuer.rfc4514_string()}): "
+                "give a self-signed root CA (e.g. one made for this platform); clients trust "
+                "it as their only anchor"
+            ) from None
         now = _now()
         if cert.not_valid_after_utc <= now:
             raise PkiError(f"{cert_path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z")
