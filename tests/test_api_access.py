@@ -33,11 +33,11 @@ class Setup:
         self.alice = ca.issue("alice", "alice", ("dev",))
         self.bob = ca.issue("bob", "bob")
         self.dave = ca.issue("dave", "dave")  # never bound to anything
+        self.scraper = ca.issue("scraper", "prometheus", ("system:monitoring",))
 
     def as_(self, who, method, path, body=None, **kw):
-        cert = {"admin": self.admin, "alice": self.alice, "bob": self.bob, "dave": self.dave}.get(
-            who
-        )
+        certs = {"admin": self.admin, "alice": self.alice, "bob": self.bob, "dave": self.dave}
+        cert = {**certs, "scraper": self.scraper}.get(who)
         return self.api.request(method, path, body, cert=cert, **kw)
 
     def wait_allowed(self, who, method, path, timeout=5.0):
@@ -202,6 +202,9 @@ def test_a_user_without_bindings_gets_403_but_discovery(secure: Setup):
     assert secure.as_("bob", "GET", "/apis")[0] == 200
     assert secure.as_("bob", "GET", "/api/v1")[0] == 200
     assert secure.as_("bob", "GET", "/metrics")[0] == 403
+    # Kubernetes' system:monitoring group reads metrics and health, nothing else
+    assert secure.as_("scraper", "GET", "/metrics")[0] == 200
+    assert secure.as_("scraper", "GET", "/api/v1/namespaces")[0] == 403
 
 
 def test_whoami_and_can_i(secure: Setup):

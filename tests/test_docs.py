@@ -89,7 +89,8 @@ def test_runbook_is_specific_to_the_file(md: str) -> None:
     assert "haplane fault restart global/control-1" in runbook
     assert "haplane status" in runbook
     assert "haplane analyse FILE -k 2" in runbook
-    assert "etcdctl --endpoints http://127.0.0.1:<eu-west/etcd-1 client port>" in runbook
+    assert "etcdctl --endpoints https://127.0.0.1:<eu-west/etcd-1 client port>" in runbook
+    assert "ETCDCTL_CACERT=$STATE/pki/etcd/ca.crt" in runbook  # etcd wants a certificate
     assert "fails regions over by itself" in runbook
     assert "down for 600 ms" in runbook and "1000 + 250 ms later" in runbook
     for heading in (

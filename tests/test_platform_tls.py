@@ -352,6 +352,30 @@ def test_every_listener_refuses_plain_text(topo: Path):
     assert r.returncode == 2 and "system:masters" in r.stderr
 
 
+def test_the_runbooks_etcdctl_commands_work(topo: Path):
+    """The DR runbook's etcdctl setup (`haplane docs`) opens the running topology's etcd over
+    TLS; without it etcdctl is refused."""
+    import os
+    import shlex
+    import subprocess
+
+    from haplane.topology.docs import ETCDCTL_TLS
+
+    root = StateDir(topo)
+    plan = plan_of(load_file(root.topology_file), root)
+    env = dict(os.environ)
+    for assignment in shlex.split(ETCDCTL_TLS.replace("$STATE", str(topo)))[1:]:
+        key, _, value = assignment.partition("=")
+        env[key] = value
+    endpoints = ",".join(f"https://{e}" for e in plan.clusters[0].endpoints)
+    health = ["etcdctl", "--endpoints", endpoints, "--dial-timeout", "3s", "endpoint", "health"]
+    r = subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stderr.count("is healthy") == 3, r.stdout + r.stderr
+    bare = {k: v for k, v in env.items() if not k.startswith("ETCDCTL_")}
+    r = subprocess.run(health, env=bare, capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+
+
 def test_rotation_keeps_clients_served(topo: Path):
     """`haplane pki rotate` under a client writing through the gate on new connections (each a
     new handshake) and on one kept connection: no request fails, every component serves a new

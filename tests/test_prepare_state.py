@@ -11,7 +11,7 @@ import yaml
 
 from haplane.auth.pki import Pki
 from haplane.local import runner
-from haplane.local.security import PlatformTls
+from haplane.local.security import Pair, PlatformTls
 from haplane.local.state_dir import StateDir
 from haplane.topology import load_text
 from haplane.topology.loader import example_text
@@ -113,3 +113,35 @@ def test_certificates_name_every_address_and_come_from_the_right_ca(tmp_path: Pa
     proxy = load(tls.front_proxy.cert)
     assert proxy.issuer == load(tls.front_proxy_ca).subject != load(tls.ca).subject
     assert not (tls.platform_dir / "front-proxy.crt").exists()
+
+
+def test_user_certificates(tmp_path: Path):
+    """`kubeconfig --user`: one file per exact name, the lifetime asked for, and Kubernetes'
+    system: groups refused except system:monitoring (metrics scrapers)."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    from haplane.auth.pki import PkiError
+    from haplane.local.security import user_certificate
+
+    tls = PlatformTls(tmp_path / "pki")
+    Pki(tls.platform_dir).ensure_ca("platform")
+
+    def load(pair: Pair) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(pair.cert.read_bytes())
+
+    bob, big_bob = user_certificate(tls, "bob", (), 30), user_certificate(tls, "Bob", (), 30)
+    assert bob.cert != big_bob.cert and bob.cert.name == "user.bob.crt"
+    assert load(bob).subject != load(big_bob).subject
+    days_left = (load(bob).not_valid_after_utc - dt.datetime.now(dt.UTC)).days
+    assert 29 <= days_left <= 30
+    longer = user_certificate(tls, "bob", (), 365)
+    assert (load(longer).not_valid_after_utc - dt.datetime.now(dt.UTC)).days >= 364
+    serial = load(longer).serial_number
+    assert load(user_certificate(tls, "bob", (), 365)).serial_number == serial  # kept
+    scraper = user_certificate(tls, "prometheus", ("system:monitoring",), 30)
+    assert "system:monitoring" in load(scraper).subject.rfc4514_string()
+    for groups in (("system:masters",), ("system:nodes",), ("ops", "system:serviceaccounts")):
+        with pytest.raises(PkiError, match="system"):
+            user_certificate(tls, "eve", groups, 30)

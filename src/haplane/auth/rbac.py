@@ -723,6 +723,8 @@ _ADMIN_RULES = [
 _DISCOVERY_URLS = ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi",
                    "/openapi/*", "/readyz", "/version", "/version/"]  # fmt: skip
 _PUBLIC_URLS = ["/healthz", "/livez", "/readyz", "/version", "/version/"]
+_MONITORING_URLS = ["/healthz", "/healthz/*", "/livez", "/livez/*", "/readyz", "/readyz/*",
+                    "/metrics", "/metrics/slis"]  # fmt: skip
 _OPERATOR_READ = [
     _rule([""], ["namespaces", "events", "configmaps", "serviceaccounts"], READ),
     _rule(["coordination.k8s.io"], ["leases"], READ),
@@ -820,6 +822,12 @@ def default_cluster_roles() -> list[Obj]:
         _cluster_role(
             "system:public-info-viewer", [{"nonResourceURLs": _PUBLIC_URLS, "verbs": ["get"]}]
         ),
+        # Kubernetes' own: what a metrics scraper (a certificate with O=system:monitoring)
+        # reads, the same group haplane's admin listeners let read /metrics and /status
+        _cluster_role(
+            "system:monitoring",
+            [{"nonResourceURLs": _MONITORING_URLS, "verbs": ["get"]}],
+        ),
         *(_cluster_role(name, rules, defaults=False) for name, rules in OPERATOR_ROLES.items()),
     ]
 
@@ -848,4 +856,5 @@ def default_cluster_role_bindings() -> list[Obj]:
             "system:public-info-viewer",
             ["system:authenticated", "system:unauthenticated"],
         ),
+        _cluster_role_binding("system:monitoring", "system:monitoring", ["system:monitoring"]),
     ]

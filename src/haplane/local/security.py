@@ -232,7 +232,11 @@ _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._:-]{0,62}")
 
 def user_certificate(tls: PlatformTls, user: str, groups: tuple[str, ...], days: int) -> Pair:
     """A person's (or a tool's) client certificate from the platform CA: CN the user, one O
-    per group, kept as `pki/platform/user.<name>` (reissued when the groups change)."""
+    per group, kept as `pki/platform/user.<name>`; reissued when the groups change or its
+    lifetime is not `days` (to within a day)."""
+    import datetime as dt
+    import hashlib
+
     from haplane.auth.pki import CertRequest, Pki, PkiError
 
     if not _USER_NAME.fullmatch(user):
@@ -250,10 +254,23 @@ def user_certificate(tls: PlatformTls, user: str, groups: tuple[str, ...], days:
             "system:masters is haplane-admin's alone (the default kubeconfig): bind "
             "cluster-admin to a user instead, which RBAC can take back"
         )
-    name = cert_name("user", re.sub(r"[^a-z0-9._-]", "-", user.lower()))
-    Pki(tls.platform_dir).ensure(
-        CertRequest(name, user, organizations=groups, client=True, days=days)
-    )
+    reserved = [g for g in groups if g.startswith("system:") and g != "system:monitoring"]
+    if reserved:
+        raise PkiError(
+            f"--group {reserved[0]}: system: groups are Kubernetes' own (only "
+            "system:monitoring, for metrics scrapers, may be given): use a group of yours and "
+            "bind it"
+        )
+    stem = re.sub(r"[^a-z0-9._-]", "-", user.lower())
+    if stem != user:  # `Bob` and `bob` are two users: two files
+        stem += "-" + hashlib.sha256(user.encode()).hexdigest()[:8]
+    name = cert_name("user", stem)
+    pki = Pki(tls.platform_dir)
+    req = CertRequest(name, user, organizations=groups, client=True, days=days)
+    pki.ensure(req)
+    left = pki.load_pair(name).not_valid_after_utc - dt.datetime.now(dt.UTC)
+    if abs(left - dt.timedelta(days=days)) > dt.timedelta(days=1):
+        pki.issue(req)  # `ensure` keeps a lifetime that still suits; a user asked for another
     return tls.platform(name)
 
 

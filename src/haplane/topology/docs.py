@@ -80,15 +80,17 @@ def _witness_sites(topology: Topology) -> list[str]:
     return [s.name for s in topology.spec.sites if s.region is None]
 
 
-def _endpoint(host: str, port: int | None, qualified: str) -> str:
-    return f"http://{host}:{port}" if port else f"http://{host}:<{qualified} client port>"
+def _endpoint(topology: Topology, host: str, port: int | None, qualified: str) -> str:
+    scheme = "http" if topology.spec.security.insecure else "https"
+    return f"{scheme}://{host}:{port if port else f'<{qualified} client port>'}"
 
 
 def _regional_endpoints(topology: Topology, site: str) -> str:
     for cluster in topology.etcd_clusters():
         if cluster.scope == site:
             return ",".join(
-                _endpoint(m.host, m.client_port, f"{site}/{m.name}") for m in cluster.members
+                _endpoint(topology, m.host, m.client_port, f"{site}/{m.name}")
+                for m in cluster.members
             )
     return ""
 
@@ -97,10 +99,19 @@ def _control_endpoints(topology: Topology) -> str:
     for cluster in topology.etcd_clusters():
         if cluster.scope == GLOBAL_SCOPE:
             return ",".join(
-                _endpoint(m.host, m.client_port, f"{GLOBAL_SCOPE}/{m.name}")
+                _endpoint(topology, m.host, m.client_port, f"{GLOBAL_SCOPE}/{m.name}")
                 for m in cluster.members
             )
     return ""
+
+
+# etcdctl reads these (they keep the commands below short); the state dir's operator
+# certificate opens every etcd of the topology, which `haplane up` keeps in `pki/etcd`
+ETCDCTL_TLS = (
+    "export ETCDCTL_API=3 ETCDCTL_CACERT=$STATE/pki/etcd/ca.crt "
+    "ETCDCTL_CERT=$STATE/pki/etcd/client.haplane.crt "
+    "ETCDCTL_KEY=$STATE/pki/etcd/client.haplane.key"
+)
 
 
 # ---- sections -----------------------------------------------------------------------------
@@ -365,7 +376,14 @@ def _runbook(topology: Topology) -> list[str]:
         "",
         "Derived from this file. Component names are as `haplane status` prints them "
         "(`REGION/NAME`, `global/NAME`). Ports the file leaves out are assigned by `haplane up` "
-        "and recorded in the state directory's `ports.json`. haplane restarts crashed "
+        "and recorded in the state directory's `ports.json`"
+        + (
+            "."
+            if topology.spec.security.insecure
+            else f". etcd speaks TLS with client certificates: before any `etcdctl` below, "
+            f"`{ETCDCTL_TLS}` (`$STATE`: the state directory)."
+        )
+        + " haplane restarts crashed "
         "processes, keeps routing within a region by health checks, and "
         + (
             "**fails regions over by itself** (a majority of gate vantage points must agree; "
