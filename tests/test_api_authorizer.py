@@ -100,3 +100,34 @@ async def test_relist_drops_what_is_gone():
     assert (await a.authorize(ALICE, GET_CM)).allowed
     bindings.delete("k", BINDING)
     assert not (await a.authorize(ALICE, GET_CM)).allowed
+
+
+async def test_decisions_are_remembered_until_any_rbac_object_changes(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    a, caches = authorizer()
+    for c in caches.values():
+        c.ready = True
+    roles, bindings = feed(caches, "/registry/roles/"), feed(caches, "/registry/rolebindings/")
+    roles.reset({"k": ROLE})
+    bindings.reset({"k": BINDING})
+    evaluated = []
+    index_authorize = a.index.authorize
+    monkeypatch.setattr(
+        a.index, "authorize", lambda at: evaluated.append(at) or index_authorize(at)
+    )
+    for _ in range(3):
+        assert (await a.authorize(ALICE, GET_CM)).allowed
+    assert len(evaluated) == 1  # asked again: remembered
+    other = RequestInfo(path=GET_CM.path, verb="delete", resource_request=True,
+                        namespace="dev", resource="configmaps", name="x")  # fmt: skip
+    assert not (await a.authorize(ALICE, other)).allowed
+    assert len(evaluated) == 2
+    # the role loses the verb: the next decision is made anew
+    roles.put("k", {**ROLE, "rules": [{**ROLE["rules"][0], "verbs": ["list"]}]})
+    assert not (await a.authorize(ALICE, GET_CM)).allowed
+    # another user with the same name but other groups is another question
+    assert len(evaluated) == 3
+    bob_groups = UserInfo("alice", groups=("system:authenticated", "ops"))
+    await a.authorize(bob_groups, GET_CM)
+    assert len(evaluated) == 4
