@@ -8,6 +8,8 @@ it, side by side in one run:
 Load from wrk (2 threads, keep-alive connections: TLS handshakes are amortised as clients
 amortise them), `--rounds` interleaved rounds of cached GETs (resourceVersion=0) and creates
 (~1 KiB ConfigMaps); ratios secure / plain are the medians of the rounds'.
+Then where a cached GET's cost goes, one feature at a time, on two more replicas: TLS alone;
+TLS with authentication and RBAC (no audit); the same with an audit policy that logs nothing.
 
     .venv/bin/python bench/security.py [--seconds 6] [--rounds 3] [--connections 32]
 """
@@ -33,6 +35,7 @@ from haplane.local.etcd_cluster import EtcdCluster
 from haplane.store import FenceValue, RegionFence
 
 TOKEN = "bench-token-0123456789"
+STEPS: dict[str, ApiReplica] = {}  # the breakdown's replicas, by what they have on
 
 
 def wrk_get(url: str, seconds: float, connections: int, pid: int, token: str | None) -> dict:
@@ -100,6 +103,29 @@ async def setup(root: Path) -> tuple[EtcdCluster, ApiReplica, ApiReplica, Path]:
     )
     await plain.start()
     await secure.start()
+    tls_args = ["--tls-cert-file", str(server.cert), "--tls-private-key-file", str(server.key)]
+    access_args = [
+        *tls_args,
+        "--client-ca-file", str(pki.ca_cert),
+        "--authorization-mode", "RBAC",
+        "--anonymous", "health",
+        "--token-auth-file", str(root / "tokens.csv"),
+    ]  # fmt: skip
+    (root / "audit-none.yaml").write_text(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: None\n"
+    )
+    STEPS.clear()
+    for name, args in (
+        ("tls", tls_args),
+        ("tls-access", access_args),
+        ("tls-access-audit-none", [*access_args, "--audit-log-path",
+                                   str(root / "audit" / "none.log"), "--audit-policy-file",
+                                   str(root / "audit-none.yaml")]),
+    ):  # fmt: skip
+        replica = ApiReplica(root, name, cluster.endpoints, region="bench", ca=pki.ca_cert,
+                             extra_args=args)  # fmt: skip
+        await replica.start()
+        STEPS[name] = replica
     cert = (admin.cert, admin.key)
     secure.request("POST", "/api/v1/namespaces", {"metadata": {"name": "bench"}}, cert=cert)
     secure.request(
@@ -170,11 +196,38 @@ def main() -> None:
                     f"{statistics.median(x[1] for x in xs):.2f}x replica CPU per request"
                 )
             print(f"audit log written: {audit.stat().st_size / 1e6:.1f} MB")
+            breakdown(plain, secure, s, c, args.rounds)
             through_the_gate(Path(tmp), secure, s, c, args.rounds)
         finally:
-            loop.run_until_complete(plain.stop())
-            loop.run_until_complete(secure.stop())
+            for replica in (plain, secure, *STEPS.values()):
+                loop.run_until_complete(replica.stop())
             loop.run_until_complete(cluster.stop())
+
+
+def breakdown(plain: ApiReplica, secure: ApiReplica, s: float, c: int, rounds: int) -> None:
+    """Cached GETs, each feature added in turn: replica CPU per request (user + system, from
+    /proc) and throughput, medians of interleaved rounds."""
+    cases = [
+        ("all off", plain, None),
+        ("TLS", STEPS["tls"], None),
+        ("TLS + token + RBAC", STEPS["tls-access"], TOKEN),
+        ("... + audit policy logging nothing", STEPS["tls-access-audit-none"], TOKEN),
+        ("... + audit (default policy)", secure, TOKEN),
+    ]
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in cases}
+    for _ in range(rounds):
+        for name, replica, token in cases:
+            results[name].append(wrk_get(replica.url, s, c, replica.process.pid, token))
+    print(f"\ncached GETs, one feature at a time ({rounds} rounds, medians)")
+    print(f"{'case':<38}{'req/s':>9}{'CPU us/req':>12}{'added us':>10}{'x plain':>9}")
+    base = statistics.median(r["rps"] for r in results["all off"])
+    before = None
+    for name, _, _ in cases:
+        rps = statistics.median(r["rps"] for r in results[name])
+        cpu = statistics.median(r["cpu_us"] for r in results[name])
+        added = "" if before is None else f"{cpu - before:+.0f}"
+        print(f"{name:<38}{rps:>9.0f}{cpu:>12.0f}{added:>10}{rps / base:>9.2f}")
+        before = cpu
 
 
 def through_the_gate(root: Path, secure: ApiReplica, s: float, c: int, rounds: int) -> None:
