@@ -120,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         help="comma-separated CNs of front proxies trusted to pass X-Remote-* (empty: any CN "
         "the front-proxy CA issued)",
     )
+    sec.add_argument(
+        "--encryption-provider-config",
+        default=None,
+        help="an EncryptionConfiguration (apiserver.config.k8s.io/v1): which resources are "
+        "stored encrypted, under which keys",
+    )
     sec.add_argument("--audit-log-path", default=None)
     sec.add_argument("--audit-policy-file", default=None)
     sec.add_argument("--audit-log-maxsize", type=int, default=100, help="megabytes")
@@ -187,6 +193,7 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
             front_proxy_names=tuple(
                 n.strip() for n in args.requestheader_allowed_names.split(",") if n.strip()
             ),
+            encryption_config=args.encryption_provider_config,
             audit_log=args.audit_log_path,
             audit_policy=args.audit_policy_file,
             audit_max_bytes=args.audit_log_maxsize * 1024 * 1024,

@@ -174,6 +174,8 @@ class GenericStore:
                 f"synchronous standby has not confirmed it: its durability is unknown, and "
                 f"reading it back here does not prove it ({exc})"
             )
+        if isinstance(exc, storage.Untransformable):
+            return errors.internal(str(exc))
         if isinstance(exc, storage.OutcomeUnknown):
             return errors.timeout(
                 f"the write of {self.t.qualified} {name!r} timed out in etcd and may or may not "

@@ -52,6 +52,7 @@ from haplane.store import (
     Heartbeat,
 )
 
+from . import encryption as at_rest
 from . import errors
 from .access import Access
 from .access_types import ACCESS_TYPES
@@ -114,6 +115,9 @@ class SecurityConfig:
     front_proxy_names: tuple[str, ...] = ()
     audit_log: str | None = None
     audit_policy: str | None = None  # None: haplane.auth.audit's default policy
+    # kube-apiserver's --encryption-provider-config: an EncryptionConfiguration (None: every
+    # value stored as it is)
+    encryption_config: str | None = None
     audit_max_bytes: int = 100 * 1024 * 1024
     audit_backups: int = 5
 
@@ -192,6 +196,9 @@ class ApiServer:
         self._cluster_id = 0
         sec = config.security
         self.tls = _server_tls(sec)
+        self.encryption = (
+            at_rest.transformers(sec.encryption_config, BUILTIN) if sec.encryption_config else None
+        )
         self.authorizer = RbacAuthorizer() if sec.authorization == "RBAC" else None
         self.sa_tokens = (
             ServiceAccountTokens([load_or_create_key(sec.sa_key)], sec.sa_issuer)
@@ -248,6 +255,7 @@ class ApiServer:
         store = EtcdStorage(
             self.client,
             self.versions,
+            transformer=self.encryption,
             observe=self.metrics.observe_etcd,
             fence=self.fence if self.fence.enabled else None,
             journal=self._journal if self._write_log is not None else None,

@@ -42,6 +42,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
+from haplane.auth.encryption import EncryptionError
 from haplane.store import (
     FENCE_KEY,
     Compare,
@@ -161,6 +162,12 @@ class TooLarge(StorageError):
 
 class Invalid(StorageError):
     """The object cannot be stored as JSON."""
+
+
+class Untransformable(StorageError):
+    """A value that cannot be encrypted or decrypted at rest (a missing or wrong key-encryption
+    key, a provider the configuration lost): answered 500, as kube-apiserver's "unable to
+    transform key", never with garbage or plain text."""
 
 
 class Unavailable(StorageError):
@@ -519,10 +526,24 @@ class EtcdStorage:
         exact = plain is not None
         if plain is None:
             plain = json.dumps(stored, separators=(",", ":"), sort_keys=True).encode()
-        data = self.transformer.to_storage(plain, key.encode())
+        data = self._to_storage(plain, key.encode())
         if len(data) > MAX_VALUE_BYTES:
             raise TooLarge(f"object is {len(data)} bytes; etcd accepts at most {MAX_VALUE_BYTES}")
         return plain, data, exact
+
+    def _to_storage(self, plain: bytes, key: bytes) -> bytes:
+        try:
+            return self.transformer.to_storage(plain, key)
+        except EncryptionError as exc:
+            what = key.decode(errors="replace")
+            raise Untransformable(f"unable to encrypt {what}: {exc}") from None
+
+    def _from_storage(self, data: bytes, key: bytes) -> bytes:
+        try:
+            return self.transformer.from_storage(data, key)
+        except EncryptionError as exc:
+            what = key.decode(errors="replace")
+            raise Untransformable(f"unable to decrypt {what}: {exc}") from None
 
     def _with_version(self, plain: bytes, revision: int) -> Obj:
         out: Obj = _loads(plain)
@@ -530,7 +551,7 @@ class EtcdStorage:
         return out
 
     def _decode(self, kv: KeyValue, revision: int | None = None) -> Obj:
-        obj: Obj = _loads(self.transformer.from_storage(kv.value, kv.key))
+        obj: Obj = _loads(self._from_storage(kv.value, kv.key))
         obj.setdefault("metadata", {})["resourceVersion"] = self.versions.encode(
             revision if revision is not None else kv.mod_revision
         )
@@ -638,7 +659,7 @@ class EtcdStorage:
                 read_rev = r.revision
                 continue
             plain, data, _ = self._encode(key, new)
-            stored = self.transformer.from_storage(kv.value, k)
+            stored = self._from_storage(kv.value, k)
             if plain == stored or plain == _reencoded(stored):
                 if confirm:
                     await self._confirm(key, kv.mod_revision)

@@ -1,0 +1,463 @@
+"""Encryption at rest, as kube-apiserver's KMS v2 envelope scheme does it: what the API replicas
+store in etcd for the resources an `EncryptionConfiguration` names is ciphertext, and only the
+key-encryption key (KEK) can open it.
+
+Layer: auth. Pure crypto and configuration; reads the configuration and key files it is given
+and nothing else. The API's storage (`haplane.api.storage.Transformer`) calls
+`Transformers.to_storage`/`from_storage` with each value and its etcd key.
+
+The scheme (Kubernetes' KMS v2 with a DEK seed):
+- each replica makes a 32-byte **seed** and has the KEK wrap it once (KEK calls are rare: at
+  start, and when the KEK's key id changes);
+- each write derives its own data key, **DEK = HKDF-SHA256(seed, info = 32 random bytes)**, and
+  encrypts with AES-256-GCM under a random 12-byte nonce, the etcd key as associated data (a
+  value copied under another key does not decrypt). A key used for one value only has no
+  AES-GCM nonce-reuse limit;
+- the stored value is `k8s:enc:kms:v2:<provider name>:` and an `EncryptedObject` (the protobuf
+  message of k8s.io/apiserver's kmsv2 API: encryptedData = info || nonce || ciphertext,
+  keyID = the KEK's key id, encryptedDEKSource = the wrapped seed, its type HKDF_SHA256_XNONCE);
+- reads unwrap each seed once (remembered by its wrapped bytes), so a read costs one HKDF and
+  one AES-GCM open.
+
+KEKs: `LocalKek`, a 32-byte key in a file (mode 0600) that `haplane up` creates, named in the
+configuration as a `kms` v2 provider whose endpoint is `file:///path` (haplane's own: kube-
+apiserver knows only `unix://` plugins, which speak Kubernetes' KMS v2 gRPC API).
+
+Reading follows the configuration's provider list, as Kubernetes does: a value with a
+`k8s:enc:kms:v2:<name>:` prefix goes to the provider of that name; a value without a known
+prefix is read as plain text only when `identity` is one of the resource's providers (data
+written before encryption was on). Anything else is `EncryptionError`, never garbage.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import yaml
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+API_VERSION = "apiserver.config.k8s.io/v1"
+KIND = "EncryptionConfiguration"
+KMS_V2_PREFIX = b"k8s:enc:kms:v2:"
+SEED_BYTES = 32
+INFO_BYTES = 32
+NONCE_BYTES = 12
+# k8s.io/apiserver kmsv2 EncryptedDEKSourceType: AES_GCM_KEY = 1, HKDF_SHA256_XNONCE_AES_GCM_SEED
+# = 2 (the only one written here)
+HKDF_SHA256_XNONCE_AES_GCM_SEED = 2
+LOCAL_KEK_AAD = b"haplane local KEK v1"
+SEED_CACHE = 1024  # unwrapped seeds remembered (each replica writes under one)
+
+
+class EncryptionError(Exception):
+    """A value cannot be encrypted or decrypted (a missing or wrong KEK, a value written under a
+    provider this configuration does not have), or the configuration is wrong."""
+
+
+# ---- key-encryption keys -----------------------------------------------------------------
+
+
+class Kek(Protocol):
+    """What wraps and unwraps DEK seeds (Kubernetes' KMS v2 Encrypt/Decrypt/Status)."""
+
+    def key_id(self) -> str: ...
+    def wrap(self, seed: bytes) -> bytes: ...
+    def unwrap(self, wrapped: bytes, key_id: str) -> bytes: ...
+
+
+def create_local_key(path: Path) -> bool:
+    """A fresh 32-byte KEK at `path` (base64, mode 0600) unless one is there; True when made."""
+    if path.exists():
+        return False
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    return True
+
+
+class LocalKek:
+    """A KEK in a local file: AES-256-GCM wrapping, the key id a digest of the key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            mode = path.stat().st_mode
+            key = base64.b64decode(path.read_text().strip(), validate=True)
+        except (OSError, ValueError) as exc:
+            raise EncryptionError(f"key-encryption key {path}: {exc}") from None
+        if len(key) != 32:
+            raise EncryptionError(
+                f"key-encryption key {path}: {len(key)} bytes; a 32-byte AES key is needed"
+            )
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise EncryptionError(
+                f"key-encryption key {path} is readable by others (mode {mode & 0o777:o}): "
+                "chmod 600 it"
+            )
+        self._aead = AESGCM(key)
+        self._id = "local:" + hashlib.sha256(key).hexdigest()[:16]
+
+    def key_id(self) -> str:
+        return self._id
+
+    def wrap(self, seed: bytes) -> bytes:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, seed, LOCAL_KEK_AAD)
+
+    def unwrap(self, wrapped: bytes, key_id: str) -> bytes:
+        if key_id != self._id:
+            raise EncryptionError(
+                f"the value was sealed under key-encryption key {key_id}, but {self.path} is "
+                f"{self._id}: the key it needs is missing (restore it, or add it back)"
+            )
+        try:
+            return self._aead.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], LOCAL_KEK_AAD)
+        except InvalidTag:
+            raise EncryptionError(
+                f"key-encryption key {key_id} does not open this value's seed"
+            ) from None
+
+
+# ---- the EncryptedObject message ---------------------------------------------------------
+# k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2/api.proto's EncryptedObject,
+# encoded by hand: five fields, and no generated code for one message (protobuf's runtime
+# needs a compiled descriptor; `protoc` is not a dependency).
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise EncryptionError("the stored EncryptedObject is truncated")
+        b = data[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, i
+        shift += 7
+
+
+@dataclass(frozen=True)
+class EncryptedObject:
+    encrypted_data: bytes
+    key_id: str
+    encrypted_dek_source: bytes
+    source_type: int = HKDF_SHA256_XNONCE_AES_GCM_SEED
+
+    def encode(self) -> bytes:
+        def field(number: int, value: bytes) -> bytes:
+            return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+        return (
+            field(1, self.encrypted_data)
+            + field(2, self.key_id.encode())
+            + field(3, self.encrypted_dek_source)
+            + _varint(5 << 3) + _varint(self.source_type)
+        )  # fmt: skip
+
+    @classmethod
+    def decode(cls, data: bytes) -> EncryptedObject:
+        fields: dict[int, Any] = {}
+        i = 0
+        while i < len(data):
+            tag, i = _read_varint(data, i)
+            number, wire = tag >> 3, tag & 7
+            if wire == 0:
+                fields[number], i = _read_varint(data, i)
+            elif wire == 2:
+                length, i = _read_varint(data, i)
+                if i + length > len(data):
+                    raise EncryptionError("the stored EncryptedObject is truncated")
+                fields.setdefault(number, data[i : i + length])
+                i += length
+            else:
+                raise EncryptionError(f"the stored EncryptedObject has wire type {wire}")
+        try:
+            return cls(fields[1], fields[2].decode(), fields[3], int(fields.get(5, 0)))
+        except (KeyError, UnicodeDecodeError, AttributeError):
+            raise EncryptionError("the stored EncryptedObject lacks a field") from None
+
+
+# ---- providers ---------------------------------------------------------------------------
+
+
+class Provider(Protocol):
+    name: str
+
+    def prefix(self) -> bytes: ...
+    def encrypt(self, data: bytes, key: bytes) -> bytes: ...
+    def decrypt(self, data: bytes, key: bytes) -> bytes: ...
+
+
+class Identity:
+    """Plain text: writes unencrypted; reads values that carry no encryption prefix."""
+
+    name = "identity"
+
+    def prefix(self) -> bytes:
+        return b""
+
+    def encrypt(self, data: bytes, key: bytes) -> bytes:
+        return data
+
+    def decrypt(self, data: bytes, key: bytes) -> bytes:
+        return data
+
+
+class KmsV2:
+    """Envelope encryption under `kek` (see the module's description)."""
+
+    def __init__(self, name: str, kek: Kek):
+        self.name = name
+        self.kek = kek
+        self._prefix = KMS_V2_PREFIX + name.encode() + b":"
+        self._lock = threading.Lock()
+        self._seed: tuple[str, bytes, bytes] | None = None  # (key id, seed, wrapped seed)
+        self._seeds: OrderedDict[bytes, bytes] = OrderedDict()  # wrapped -> seed
+
+    def prefix(self) -> bytes:
+        return self._prefix
+
+    def _writer_seed(self) -> tuple[str, bytes, bytes]:
+        with self._lock:
+            key_id = self.kek.key_id()
+            if self._seed is None or self._seed[0] != key_id:
+                seed = secrets.token_bytes(SEED_BYTES)
+                self._seed = (key_id, seed, self.kek.wrap(seed))
+            return self._seed
+
+    def encrypt(self, data: bytes, key: bytes) -> bytes:
+        key_id, seed, wrapped = self._writer_seed()
+        info = secrets.token_bytes(INFO_BYTES)
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        sealed = AESGCM(_dek(seed, info)).encrypt(nonce, data, key)
+        obj = EncryptedObject(info + nonce + sealed, key_id, wrapped)
+        return self._prefix + obj.encode()
+
+    def decrypt(self, data: bytes, key: bytes) -> bytes:
+        obj = EncryptedObject.decode(data[len(self._prefix) :])
+        if obj.source_type != HKDF_SHA256_XNONCE_AES_GCM_SEED:
+            raise EncryptionError(
+                f"{key.decode(errors='replace')}: a DEK source of type {obj.source_type} "
+                "(only seeds, type 2, are written here)"
+            )
+        seed = self._seeds.get(obj.encrypted_dek_source)
+        if seed is None:
+            seed = self.kek.unwrap(obj.encrypted_dek_source, obj.key_id)
+            with self._lock:
+                self._seeds[obj.encrypted_dek_source] = seed
+                while len(self._seeds) > SEED_CACHE:
+                    self._seeds.popitem(last=False)
+        body = obj.encrypted_data
+        if len(body) < INFO_BYTES + NONCE_BYTES + 16:
+            raise EncryptionError(f"{key.decode(errors='replace')}: the ciphertext is truncated")
+        info, nonce = body[:INFO_BYTES], body[INFO_BYTES : INFO_BYTES + NONCE_BYTES]
+        try:
+            return AESGCM(_dek(seed, info)).decrypt(nonce, body[INFO_BYTES + NONCE_BYTES :], key)
+        except InvalidTag:
+            raise EncryptionError(
+                f"{key.decode(errors='replace')}: the value does not decrypt (altered, or "
+                "stored under another key)"
+            ) from None
+
+
+def _dek(seed: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(seed)
+
+
+# ---- configuration -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResourceRule:
+    """One `resources` entry: which resources, and their providers (the first writes)."""
+
+    resources: tuple[str, ...]
+    providers: tuple[Provider, ...]
+
+    def matches(self, group: str, plural: str) -> bool:
+        """Kubernetes' names: `secrets` (core), `deployments.apps`, `*.` (every core
+        resource), `*.apps` (every resource of a group), `*.*` (everything)."""
+        name = f"{plural}.{group}" if group else plural
+        for r in self.resources:
+            if r == "*.*" or r == name:
+                return True
+            if r == "*." and not group:
+                return True
+            if r.startswith("*.") and r != "*." and group and r[2:] == group:
+                return True
+        return False
+
+
+class Transformers:
+    """The configuration, applied: `to_storage` and `from_storage` per etcd key (the
+    `haplane.api.storage.Transformer` protocol). `resource_of(key)` names the (group, plural)
+    an etcd key belongs to, or None for keys no resource owns (stored as they are)."""
+
+    def __init__(
+        self,
+        rules: Iterable[ResourceRule],
+        resource_of: Callable[[bytes], tuple[str, str] | None],
+    ):
+        self.rules = tuple(rules)
+        self.resource_of = resource_of
+        self._chains: dict[tuple[str, str], tuple[Provider, ...]] = {}
+
+    def providers_for(self, group: str, plural: str) -> tuple[Provider, ...]:
+        found = self._chains.get((group, plural))
+        if found is None:
+            rule = next((r for r in self.rules if r.matches(group, plural)), None)
+            found = rule.providers if rule is not None else (Identity(),)
+            self._chains[(group, plural)] = found
+        return found
+
+    def _chain(self, key: bytes) -> tuple[Provider, ...] | None:
+        owner = self.resource_of(key)
+        return self.providers_for(*owner) if owner is not None else None
+
+    def to_storage(self, data: bytes, key: bytes) -> bytes:
+        chain = self._chain(key)
+        return chain[0].encrypt(data, key) if chain else data
+
+    def from_storage(self, data: bytes, key: bytes) -> bytes:
+        chain = self._chain(key)
+        if not chain:
+            return data
+        if data.startswith(b"k8s:enc:"):
+            for p in chain:
+                prefix = p.prefix()
+                if prefix and data.startswith(prefix):
+                    return p.decrypt(data, key)
+            name = data[: data.find(b":", len(KMS_V2_PREFIX)) + 1 or 40].decode(errors="replace")
+            raise EncryptionError(
+                f"{key.decode(errors='replace')} was stored by provider {name!r}, which the "
+                "encryption configuration does not have for this resource: add it back to its "
+                "providers to read it"
+            )
+        if any(isinstance(p, Identity) for p in chain):
+            return data
+        raise EncryptionError(
+            f"{key.decode(errors='replace')} is stored unencrypted, and `identity` is not among "
+            "this resource's providers: add `- identity: {}` last to read data from before "
+            "encryption"
+        )
+
+
+def load_config(path: Path | str) -> list[ResourceRule]:
+    """Parse an `EncryptionConfiguration` file; `EncryptionError` names the field and the fix."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise EncryptionError(f"{path}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+        raise EncryptionError(f"{path}: kind must be {KIND}")
+    if doc.get("apiVersion") != API_VERSION:
+        raise EncryptionError(f"{path}: apiVersion must be {API_VERSION}")
+    entries = doc.get("resources")
+    if not isinstance(entries, list) or not entries:
+        raise EncryptionError(f"{path}: resources: a list of {{resources, providers}} entries")
+    rules: list[ResourceRule] = []
+    names: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"{path}: resources[{i}]"
+        if not isinstance(entry, dict):
+            raise EncryptionError(f"{where}: an object with resources and providers")
+        resources = entry.get("resources")
+        if (
+            not isinstance(resources, list)
+            or not resources
+            or not all(isinstance(r, str) and r for r in resources)
+        ):
+            raise EncryptionError(f"{where}.resources: a list of resource names, e.g. [secrets]")
+        providers = entry.get("providers")
+        if not isinstance(providers, list) or not providers:
+            raise EncryptionError(f"{where}.providers: a list, the writer first")
+        chain = tuple(
+            _provider(p, f"{where}.providers[{j}]", path, names) for j, p in enumerate(providers)
+        )
+        rules.append(ResourceRule(tuple(resources), chain))
+    return rules
+
+
+def _provider(spec: Any, where: str, path: Path, names: set[str]) -> Provider:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise EncryptionError(f"{where}: exactly one provider (kms or identity)")
+    ((kind, body),) = spec.items()
+    if kind == "identity":
+        return Identity()
+    if kind != "kms":
+        raise EncryptionError(
+            f"{where}: {kind!r} is not supported: use `kms` (apiVersion v2), whose per-write "
+            "keys have no nonce limit, and `identity` to read data from before encryption"
+        )
+    if not isinstance(body, dict) or body.get("apiVersion") != "v2":
+        raise EncryptionError(f"{where}.kms.apiVersion: v2 (KMS v1 is deprecated in Kubernetes)")
+    name = body.get("name")
+    if not isinstance(name, str) or not name or ":" in name:
+        raise EncryptionError(f"{where}.kms.name: a name without ':'")
+    endpoint = body.get("endpoint")
+    if not isinstance(endpoint, str):
+        raise EncryptionError(f"{where}.kms.endpoint: file:///path/to/key or unix:///socket")
+    url = urlparse(endpoint)
+    if url.scheme == "file":
+        key = Path(url.path)
+        if not key.is_absolute():
+            key = path.parent / key
+        provider = KmsV2(name, LocalKek(key))
+    elif url.scheme == "unix":
+        raise EncryptionError(
+            f"{where}.kms.endpoint: KMS v2 plugins over unix sockets are not supported yet by "
+            "this haplane; use a local key (file:///path)"
+        )
+    else:
+        raise EncryptionError(f"{where}.kms.endpoint: file:///path/to/key or unix:///socket")
+    if name in names:
+        # Kubernetes requires KMS provider names to be unique: the name in the stored prefix
+        # picks the provider that reads the value
+        raise EncryptionError(f"{where}.kms.name: {name!r} is used twice")
+    names.add(name)
+    return provider
+
+
+def default_config(key_file: Path) -> str:
+    """What `haplane up` writes: Secrets under the local KEK, and readable if stored before."""
+    return (
+        f"apiVersion: {API_VERSION}\n"
+        f"kind: {KIND}\n"
+        "resources:\n"
+        "  - resources: [secrets]\n"
+        "    providers:\n"
+        "      - kms:\n"
+        "          apiVersion: v2\n"
+        "          name: local\n"
+        f"          endpoint: file://{key_file}\n"
+        "      - identity: {}\n"
+    )

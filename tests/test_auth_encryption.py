@@ -1,0 +1,157 @@
+"""haplane.auth.encryption: the KMS v2 envelope scheme with a local key-encryption key, and
+the EncryptionConfiguration that says which resources it applies to."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from pathlib import Path
+
+import pytest
+
+from haplane.auth.encryption import (
+    KMS_V2_PREFIX,
+    EncryptedObject,
+    EncryptionError,
+    Identity,
+    KmsV2,
+    LocalKek,
+    ResourceRule,
+    Transformers,
+    create_local_key,
+    default_config,
+    load_config,
+)
+
+KEY = b"/registry/secrets/default/db"
+MARKER = b'{"data":{"password":"aHVudGVyMg=="}}'
+
+
+def kek(tmp_path: Path, name: str = "kek.key") -> LocalKek:
+    path = tmp_path / name
+    create_local_key(path)
+    return LocalKek(path)
+
+
+def secrets_only(provider_chain: tuple) -> Transformers:
+    def resource_of(key: bytes) -> tuple[str, str] | None:
+        parts = key.split(b"/")
+        return ("", parts[2].decode()) if key.startswith(b"/registry/") else None
+
+    return Transformers([ResourceRule(("secrets",), provider_chain)], resource_of)
+
+
+def test_round_trip_and_what_is_stored(tmp_path: Path):
+    k = kek(tmp_path)
+    p = KmsV2("local", k)
+    stored = p.encrypt(MARKER, KEY)
+    assert stored.startswith(KMS_V2_PREFIX + b"local:")
+    assert b"aHVudGVy" not in stored and b"hunter2" not in stored
+    obj = EncryptedObject.decode(stored[len(p.prefix()) :])
+    assert obj.key_id == k.key_id() and obj.source_type == 2
+    assert p.decrypt(stored, KEY) == MARKER
+    # every write its own data key and nonce: the same plaintext never encrypts the same
+    again = p.encrypt(MARKER, KEY)
+    assert again != stored
+    first, second = EncryptedObject.decode(stored[15 + 6 :]), EncryptedObject.decode(again[21:])
+    assert first.encrypted_data[:44] != second.encrypted_data[:44]  # info and nonce
+    assert first.encrypted_dek_source == second.encrypted_dek_source  # one seed per process
+    # another process (replica) reads it: it unwraps the seed with the same KEK
+    assert KmsV2("local", LocalKek(k.path)).decrypt(stored, KEY) == MARKER
+
+
+def test_the_etcd_key_is_bound_and_tampering_is_caught(tmp_path: Path):
+    p = KmsV2("local", kek(tmp_path))
+    stored = p.encrypt(MARKER, KEY)
+    with pytest.raises(EncryptionError, match="does not decrypt"):
+        p.decrypt(stored, b"/registry/secrets/default/other")
+    obj = EncryptedObject.decode(stored[len(p.prefix()) :])
+    data = bytearray(obj.encrypted_data)
+    data[-1] ^= 1
+    tampered = EncryptedObject(bytes(data), obj.key_id, obj.encrypted_dek_source)
+    with pytest.raises(EncryptionError, match="does not decrypt"):
+        p.decrypt(p.prefix() + tampered.encode(), KEY)
+    with pytest.raises(EncryptionError, match="type 1"):
+        p.decrypt(p.prefix() + EncryptedObject(bytes(data), obj.key_id, b"x", 1).encode(), KEY)
+    with pytest.raises(EncryptionError, match="truncated"):
+        p.decrypt(stored[:40], KEY)
+
+
+def test_a_missing_or_wrong_kek_is_a_clear_error(tmp_path: Path):
+    stored = KmsV2("local", kek(tmp_path, "a.key")).encrypt(MARKER, KEY)
+    other = KmsV2("local", kek(tmp_path, "b.key"))
+    with pytest.raises(EncryptionError, match="the key it needs is missing"):
+        other.decrypt(stored, KEY)
+    (tmp_path / "c.key").write_text(base64.b64encode(secrets.token_bytes(16)).decode())
+    (tmp_path / "c.key").chmod(0o600)
+    with pytest.raises(EncryptionError, match="32-byte"):
+        LocalKek(tmp_path / "c.key")
+    (tmp_path / "a.key").chmod(0o644)
+    with pytest.raises(EncryptionError, match="readable by others"):
+        LocalKek(tmp_path / "a.key")
+    with pytest.raises(EncryptionError, match="No such file"):
+        LocalKek(tmp_path / "absent.key")
+
+
+def test_providers_in_order(tmp_path: Path):
+    p = KmsV2("local", kek(tmp_path))
+    encrypting = secrets_only((p, Identity()))
+    plain_first = secrets_only((Identity(), p))
+    only_kms = secrets_only((p,))
+    # the first provider writes; every provider reads
+    stored = encrypting.to_storage(MARKER, KEY)
+    assert stored.startswith(p.prefix())
+    assert plain_first.to_storage(MARKER, KEY) == MARKER
+    assert plain_first.from_storage(stored, KEY) == MARKER
+    # data from before encryption: readable only with identity among the providers
+    assert encrypting.from_storage(MARKER, KEY) == MARKER
+    with pytest.raises(EncryptionError, match="identity"):
+        only_kms.from_storage(MARKER, KEY)
+    # a provider the configuration lost
+    renamed = secrets_only((KmsV2("other", p.kek), Identity()))
+    with pytest.raises(EncryptionError, match="k8s:enc:kms:v2:local:"):
+        renamed.from_storage(stored, KEY)
+    # keys no rule names pass through
+    cm = b"/registry/configmaps/default/x"
+    assert encrypting.to_storage(MARKER, cm) == MARKER
+    assert encrypting.to_storage(MARKER, b"/haplane/fence") == MARKER
+
+
+@pytest.mark.parametrize(
+    ("names", "group", "plural", "expected"),
+    [
+        (["secrets"], "", "secrets", True),
+        (["secrets"], "", "configmaps", False),
+        (["*."], "", "configmaps", True),
+        (["*."], "apps", "deployments", False),
+        (["*.apps"], "apps", "deployments", True),
+        (["widgets.example.com"], "example.com", "widgets", True),
+        (["*.*"], "example.com", "widgets", True),
+    ],
+)
+def test_resource_names(names: list[str], group: str, plural: str, expected: bool):
+    assert ResourceRule(tuple(names), (Identity(),)).matches(group, plural) is expected
+
+
+def test_configuration_files(tmp_path: Path):
+    key = tmp_path / "kek.key"
+    assert create_local_key(key) and not create_local_key(key)
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    good = tmp_path / "enc.yaml"
+    good.write_text(default_config(key))
+    (rule,) = load_config(good)
+    assert rule.resources == ("secrets",)
+    assert [type(p).__name__ for p in rule.providers] == ["KmsV2", "Identity"]
+    for body, message in (
+        ("kind: Nope\n", "kind must be EncryptionConfiguration"),
+        (default_config(key).replace("v2\n", "v1\n"), "apiVersion: v2"),
+        (default_config(key).replace("kms:", "aescbc:"), "'aescbc' is not supported"),
+        (default_config(key).replace("file://", "unix://"), "not supported yet"),
+        (default_config(key).replace("file://", "http://"), "file:///path"),
+        (default_config(key).replace("resources: [secrets]", "resources: []"), "resource names"),
+        (default_config(key).replace(str(key), str(tmp_path / "none")), "No such file"),
+    ):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(body if body.startswith("apiVersion") else f"apiVersion: x\n{body}")
+        with pytest.raises(EncryptionError, match=message):
+            load_config(bad)
