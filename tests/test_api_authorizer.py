@@ -131,3 +131,16 @@ async def test_decisions_are_remembered_until_any_rbac_object_changes(
     bob_groups = UserInfo("alice", groups=("system:authenticated", "ops"))
     await a.authorize(bob_groups, GET_CM)
     assert len(evaluated) == 4
+
+
+async def test_long_questions_are_not_remembered():
+    """An access review's attributes come from its body: a megabyte path must not stay in
+    the decision cache."""
+    a, caches = authorizer()
+    for c in caches.values():
+        c.ready = True
+    long_path = RequestInfo(path="/x" * 500_000, verb="get", resource_request=False)
+    assert not (await a.authorize(ALICE, long_path)).allowed
+    assert a._decisions == {}
+    assert not (await a.authorize(ALICE, GET_CM)).allowed
+    assert len(a._decisions) == 1

@@ -142,6 +142,11 @@ def test_user_certificates(tmp_path: Path):
     assert load(user_certificate(tls, "bob", (), 365)).serial_number == serial  # kept
     scraper = user_certificate(tls, "prometheus", ("system:monitoring",), 30)
     assert "system:monitoring" in load(scraper).subject.rfc4514_string()
+    # a CA that ends before the lifetime asked for: the certificate ends with it, and is kept
+    short = PlatformTls(tmp_path / "short")
+    Pki(short.platform_dir).ensure_ca("short-lived", days=10)
+    serials = {load(user_certificate(short, "carol", (), 30)).serial_number for _ in range(3)}
+    assert len(serials) == 1
     for groups in (("system:masters",), ("system:nodes",), ("ops", "system:serviceaccounts")):
         with pytest.raises(PkiError, match="system"):
             user_certificate(tls, "eve", groups, 30)

@@ -898,14 +898,16 @@ def _server_tls(sec: SecurityConfig) -> ssl.SSLContext | None:
     when sent (`Authenticate` tells which issued it)."""
     if not sec.tls_cert or not sec.tls_key:
         return None
-    cas = [ca for ca in (sec.client_ca, sec.requestheader_ca) if ca]
-    paths = CertPaths(Path(sec.tls_cert), Path(sec.tls_key), Path(cas[0] if cas else ""))
-    ctx = server_context(paths, "optional" if cas else "none")
-    for extra in cas[1:]:
+    paths = CertPaths(Path(sec.tls_cert), Path(sec.tls_key), Path(sec.client_ca or ""))
+    asks = sec.client_ca or sec.requestheader_ca
+    ctx = server_context(paths, "optional" if sec.client_ca else "none")
+    if sec.requestheader_ca:
         try:
-            ctx.load_verify_locations(cafile=extra)
+            ctx.load_verify_locations(cafile=sec.requestheader_ca)
         except (OSError, ssl.SSLError) as exc:
-            raise PkiError(f"front-proxy CA {extra}: {exc}") from None
+            raise PkiError(f"front-proxy CA {sec.requestheader_ca}: {exc}") from None
+    if asks:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
 
 

@@ -130,6 +130,20 @@ class Rotation:
             raise RotationError("this topology runs with `security.insecure: true`: no PKI")
         self.tls: PlatformTls = self.plan.tls
         self.tls.check()  # MissingCredentials: nothing to rotate, nothing ran here
+        older = [
+            str(p)
+            for p in (
+                self.tls.front_proxy_ca,
+                *(self.tls.member(m.qualified_name).peer_cert
+                  for c in self.plan.clusters for m in c.view.members),
+            )
+            if not p.is_file()
+        ]  # fmt: skip
+        if older:
+            raise RotationError(
+                f"{state.root} predates this haplane's certificate layout ({older[0]} is "
+                "missing): run `haplane down` and `haplane up` once, which issues what is new"
+            )
         self.wait = wait
         self.progress = progress
 

@@ -268,9 +268,13 @@ def user_certificate(tls: PlatformTls, user: str, groups: tuple[str, ...], days:
     pki = Pki(tls.platform_dir)
     req = CertRequest(name, user, organizations=groups, client=True, days=days)
     pki.ensure(req)
-    left = pki.load_pair(name).not_valid_after_utc - dt.datetime.now(dt.UTC)
-    if abs(left - dt.timedelta(days=days)) > dt.timedelta(days=1):
-        pki.issue(req)  # `ensure` keeps a lifetime that still suits; a user asked for another
+    # `ensure` keeps any lifetime that still suits; a user asked for `days`. Compared as
+    # issued (not as left), and a certificate the CA's own end cut short is kept.
+    cert, ca_end = pki.load_pair(name), pki.load_ca()[0].not_valid_after_utc
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    capped = cert.not_valid_after_utc >= ca_end - dt.timedelta(minutes=1)
+    if not capped and abs(lifetime - dt.timedelta(days=days)) > dt.timedelta(days=1):
+        pki.issue(req)
     return tls.platform(name)
 
 

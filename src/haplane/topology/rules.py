@@ -535,8 +535,8 @@ def _certificate_names(topo: Topology) -> list[Finding]:
                     "security",
                     path,
                     f"{host} listens on every address, but a component's host is also the "
-                    "address others dial and its certificate names: no client dials "
-                    f"{host}, so no certificate could match",
+                    "address others dial and its certificate names: a client on another "
+                    f"host cannot dial {host}, so no certificate it checks could match",
                     "give the host's own address (and reach it by other names through "
                     "`spec.security.certSANs`)",
                 )
