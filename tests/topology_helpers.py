@@ -177,3 +177,17 @@ def drill(root: Path, scenario: str, *extra: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(r.stdout)
     result["_exit"], result["_stderr"] = r.returncode, r.stderr
     return result
+
+
+def files_holding(root: Path, needles: tuple[bytes, ...]) -> list[str]:
+    """Every file under `root` (etcd members' WAL, snapshots and databases of every region,
+    logs, audit logs, divergence files, drill reports, configuration) holding a needle."""
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            found += [f"{path.relative_to(root)}: {n.decode()}" for n in needles if n in data]
+    return found

@@ -447,17 +447,23 @@ def _provider(spec: Any, where: str, path: Path, names: set[str]) -> Provider:
     return provider
 
 
-def default_config(key_file: Path) -> str:
-    """What `haplane up` writes: Secrets under the local KEK, and readable if stored before."""
+def default_config(key_file: Path | None, encrypt: bool = True) -> str:
+    """What `haplane up` writes: Secrets sealed under the local KEK, and readable when stored
+    before. `encrypt=False`: written plain, and those sealed before still read with the key
+    (when there is one)."""
+    kms = (
+        "      - kms:\n"
+        "          apiVersion: v2\n"
+        "          name: local\n"
+        f"          endpoint: file://{key_file}\n"
+        if key_file is not None
+        else ""
+    )
+    identity = "      - identity: {}\n"
     return (
         f"apiVersion: {API_VERSION}\n"
         f"kind: {KIND}\n"
         "resources:\n"
         "  - resources: [secrets]\n"
-        "    providers:\n"
-        "      - kms:\n"
-        "          apiVersion: v2\n"
-        "          name: local\n"
-        f"          endpoint: file://{key_file}\n"
-        "      - identity: {}\n"
+        "    providers:\n" + (kms + identity if encrypt else identity + kms)
     )

@@ -54,7 +54,8 @@ def _absolute_security_paths(source_text: str, base: Path) -> str:
     changed = False
     # the schema takes camelCase and snake_case names alike
     for holder, keys in ((sec.get("ca"), ("certFile", "cert_file", "keyFile", "key_file")),
-                         (sec.get("audit"), ("policyFile", "policy_file"))):  # fmt: skip
+                         (sec.get("audit"), ("policyFile", "policy_file")),
+                         (sec.get("encryption"), ("configFile", "config_file"))):  # fmt: skip
         for key in keys:
             if isinstance(holder, dict) and isinstance(holder.get(key), str):
                 path = Path(holder[key]).expanduser()
@@ -131,6 +132,14 @@ def prepare_state(
             security.adopt_ca(tls, Path(ca.cert_file), Path(ca.key_file))
         except (PkiError, OSError) as exc:
             raise PrepareError(f"spec.security.ca: {exc}") from None
+    enc_file = recorded.spec.security.encryption.config_file
+    if enc_file is not None:
+        from haplane.auth.encryption import EncryptionError, load_config
+
+        try:
+            load_config(enc_file)
+        except EncryptionError as exc:
+            raise PrepareError(f"spec.security.encryption.configFile: {exc}") from None
     return recorded
 
 

@@ -427,3 +427,33 @@ def expiry_summary(tls: PlatformTls) -> dict[str, object]:
         "soonest": rows[0] if rows else None,
         "within30Days": [r["name"] for r in soon],
     }
+
+
+# ---- encryption at rest ----------------------------------------------------------------------
+
+
+def encryption_config(state: StateDir, topology: Topology) -> Path:
+    """The EncryptionConfiguration every API replica is given (`--encryption-provider-config`),
+    made ready: the topology's own file as given, else `STATE/encryption/config.yaml`, written
+    at each `up` around the local key-encryption key (created once, mode 0600). With
+    `encryption.enabled: false`, values are written plain but those sealed before stay readable
+    while the key is there (identity first, the key after it, as Kubernetes decrypts back)."""
+    from haplane.auth.encryption import create_local_key, default_config, load_config
+
+    enc = topology.spec.security.encryption
+    if enc.config_file:
+        load_config(enc.config_file)  # refused here, with the field, rather than by replicas
+        return Path(enc.config_file)
+    directory = state.root / "encryption"
+    _private_dir(directory)
+    key = directory / "kek.key"
+    config = directory / "config.yaml"
+    if enc.enabled:
+        create_local_key(key)
+    text = default_config(key if key.exists() else None, encrypt=enc.enabled)
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o600)
+    tmp.replace(config)
+    load_config(config)
+    return config

@@ -113,6 +113,8 @@ class Supervisor:
         self.error: str | None = None
         self.processes: dict[str, ManagedProcess] = {}
         self.clusters: list[ClusterPlan] = []
+        # written at start (`security.encryption_config`): what every replica is given
+        self.encryption_config = self.state.root / "encryption" / "config.yaml"
         self.replicas: list[ReplicaPlan] = []
         self.balancers: list[BalancerPlan] = []
         self.gates: list[GatePlan] = []
@@ -144,6 +146,9 @@ class Supervisor:
                 f"certificates: {len(issued)} issued" if issued else "certificates: current"
             )
             emit("certificates", {"issued": issued})
+        self.encryption_config = await asyncio.to_thread(
+            security.encryption_config, self.state, self.topology
+        )
         self.clusters = resolve_addresses(self.topology, ports, self.tls)
         if self.network is not None:
             self.network.create()
@@ -354,6 +359,8 @@ class Supervisor:
                 str(self.state.write_log(plan.qualified_name)),
                 *_sync_args(plan),
                 *self._replica_security_args(plan),
+                "--encryption-provider-config",
+                str(self.encryption_config),
             ],
             plan.host,
         )

@@ -274,6 +274,22 @@ class Audit(_Model):
     max_backups: int = Field(5, ge=0, description="Rotated logs kept (0: all).")
 
 
+class Encryption(_Model):
+    """Encryption at rest of what the API replicas store (Kubernetes' EncryptionConfiguration)."""
+
+    enabled: bool = Field(
+        True,
+        description="Secrets stored encrypted under a local key-encryption key that `up` "
+        "creates (STATE/encryption/kek.key, mode 0600). false: stored as they are (values "
+        "encrypted before stay readable while the key is there).",
+    )
+    config_file: str | None = Field(
+        None,
+        description="Your own EncryptionConfiguration (apiserver.config.k8s.io/v1), used as "
+        "given instead of the default; every region reads the same file.",
+    )
+
+
 class Security(_Model):
     """Identity and access. On by default: TLS on every link, authentication, RBAC, audit."""
 
@@ -295,6 +311,7 @@ class Security(_Model):
         "names (`*.` allowed first) or IP addresses; `validate` checks them.",
     )
     audit: Audit = Field(default_factory=Audit)
+    encryption: Encryption = Field(default_factory=Encryption)
 
 
 class Spec(_Model):
