@@ -154,14 +154,15 @@ WRK_CREATE = Path(__file__).with_name("wrk_create.lua")
 
 
 def load_wrk_create(
-    url: str, seconds: float, connections: int, server_pid: int
+    url: str,
+    seconds: float,
+    connections: int,
+    server_pid: int,
+    path: str = "/api/v1/namespaces/bench/configmaps",
 ) -> dict[str, float]:
-    """Creates from wrk; every answer must be 201 (wrk counts the others)."""
-    env = {
-        **os.environ,
-        "BENCH_RUN": f"wrk{time.time_ns()}",
-        "BENCH_PATH": "/api/v1/namespaces/bench/configmaps",
-    }
+    """Creates from wrk (~1 KiB ConfigMaps, or Secrets at a secrets `path`: the payload is
+    valid base64); every answer must be 201 (wrk counts the others)."""
+    env = {**os.environ, "BENCH_RUN": f"wrk{time.time_ns()}", "BENCH_PATH": path}
     cpu0 = _cpu(server_pid)
     out = subprocess.run(
         [

@@ -65,7 +65,11 @@ async def test_a_standby_serves_replicated_changes_in_order_and_new_crds(
         task = asyncio.create_task(rep.run())
         await standby.start()
         base = "/api/v1/namespaces/shop/configmaps"
-        active.request("POST", "/api/v1/namespaces", {"metadata": {"name": "shop"}})
+        # the write must have happened (a loaded machine can time a first request out)
+        shop = {"metadata": {"name": "shop"}}
+        await asyncio.to_thread(
+            _wait, lambda: active.request("POST", "/api/v1/namespaces", shop)[0] in (201, 409)
+        )
         await asyncio.to_thread(
             _wait, lambda: standby.request("GET", "/api/v1/namespaces/shop")[0] == 200
         )

@@ -1,0 +1,124 @@
+"""Benchmark: what encryption at rest costs Secrets. One etcd (3 members, fsync on) and two
+replicas on it, side by side in one run:
+- identity: Secrets stored as they are (no `--encryption-provider-config`);
+- encrypted: haplane's default configuration (KMS v2 envelope under a local key-encryption
+  key: a key derived per write with HKDF-SHA256, AES-256-GCM).
+Load from wrk (2 threads, keep-alive), `--rounds` interleaved rounds of creates (~1 KiB
+Secrets), quorum GETs (read from etcd and decrypted each time) and cached GETs
+(resourceVersion=0: the watch cache holds decrypted objects); ratios encrypted / identity are
+the medians of the rounds'.
+
+    .venv/bin/python bench/encryption.py [--seconds 6] [--rounds 3] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from api_server import _cpu, load_wrk_create  # bench/ is on sys.path
+from wrk_report import parse_wrk
+
+from haplane.auth.encryption import create_local_key, default_config
+from haplane.local.api_replica import ApiReplica
+from haplane.local.etcd_cluster import EtcdCluster
+from haplane.store import FenceValue, RegionFence
+
+SECRETS = "/api/v1/namespaces/bench/secrets"
+
+
+def wrk_get(url: str, path: str, seconds: float, connections: int, pid: int) -> dict:
+    cpu0 = _cpu(pid)
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", f"{url}{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cpu = _cpu(pid) - cpu0
+    r = parse_wrk(out)
+    assert not r["non2xx"] and not r["socket_errors"], out
+    return {"rps": r["n"] / r["seconds"], "p99_ms": r["p99"], "cpu_us": cpu / r["n"] * 1e6}
+
+
+async def setup(root: Path) -> tuple[EtcdCluster, ApiReplica, ApiReplica]:
+    cluster = EtcdCluster(root / "etcd", heartbeat_ms=50, election_ms=500, unsafe_no_fsync=False)
+    await cluster.start()
+    async with cluster.client(timeout=2.0) as client:
+        fence = RegionFence("bench", client)
+        await fence.swap(await fence.read(), FenceValue.active("bench", 0))
+    key = root / "kek.key"
+    create_local_key(key)
+    (root / "enc.yaml").write_text(default_config(key))
+    identity = ApiReplica(root, "identity", cluster.endpoints, region="bench")
+    encrypted = ApiReplica(
+        root,
+        "encrypted",
+        cluster.endpoints,
+        region="bench",
+        extra_args=["--encryption-provider-config", str(root / "enc.yaml")],
+    )
+    await identity.start()
+    await encrypted.start()
+    identity.request("POST", "/api/v1/namespaces", {"metadata": {"name": "bench"}})
+    for replica, name in ((identity, "plain"), (encrypted, "sealed")):
+        body = {"metadata": {"name": name}, "data": {"p": base64.b64encode(b"x" * 750).decode()}}
+        assert replica.request("POST", SECRETS, body)[0] == 201
+    return cluster, identity, encrypted
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=32)
+    args = ap.parse_args()
+    loop = asyncio.new_event_loop()
+    with tempfile.TemporaryDirectory(prefix="haplane-bench-") as tmp:
+        cluster, identity, encrypted = loop.run_until_complete(setup(Path(tmp)))
+        try:
+            s, c = args.seconds, args.connections
+            print(f"wrk -t2 -c{c}, {s:g}s per case, {args.rounds} interleaved rounds")
+            print(f"{'case':<34}{'req/s':>9}{'p99 ms':>9}{'CPU us/req':>12}")
+            ratios: dict[str, list[tuple[float, float]]] = {}
+            for i in range(args.rounds):
+                cases = {
+                    "create": lambda r: load_wrk_create(
+                        r.url, s, c, r.process.pid, path=SECRETS
+                    ),
+                    "quorum get": lambda r: wrk_get(
+                        r.url, f"{SECRETS}/{'sealed' if r is encrypted else 'plain'}", s, c,
+                        r.process.pid,
+                    ),
+                    "cached get": lambda r: wrk_get(
+                        r.url, f"{SECRETS}/{'sealed' if r is encrypted else 'plain'}"
+                        "?resourceVersion=0", s, c, r.process.pid,
+                    ),
+                }  # fmt: skip
+                for what, run in cases.items():
+                    p, q = run(identity), run(encrypted)
+                    for name, r in (("identity", p), ("encrypted", q)):
+                        label = f"{i + 1}: {what}, {name}"
+                        print(f"{label:<34}{r['rps']:>9.0f}{r['p99_ms']:>9.1f}{r['cpu_us']:>12.0f}")
+                    ratios.setdefault(what, []).append(
+                        (q["rps"] / p["rps"], q["cpu_us"] / p["cpu_us"])
+                    )
+            for what, xs in ratios.items():
+                print(
+                    f"{what}: encrypted / identity = {statistics.median(x[0] for x in xs):.2f}x "
+                    f"throughput (rounds {', '.join(f'{x[0]:.2f}' for x in xs)}), "
+                    f"{statistics.median(x[1] for x in xs):.2f}x replica CPU per request"
+                )
+        finally:
+            for replica in (identity, encrypted):
+                loop.run_until_complete(replica.stop())
+            loop.run_until_complete(cluster.stop())
+
+
+if __name__ == "__main__":
+    main()
