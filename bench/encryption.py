@@ -1,5 +1,5 @@
-"""Benchmark: what encryption at rest costs Secrets. One etcd (3 members, fsync on) and two
-replicas on it, side by side in one run:
+"""Benchmark: what encryption at rest costs Secrets. Two replicas side by side in one run, each
+on its own etcd (3 members, fsync on):
 - identity: Secrets stored as they are (no `--encryption-provider-config`);
 - encrypted: haplane's default configuration (KMS v2 envelope under a local key-encryption
   key: a key derived per write with HKDF-SHA256, AES-256-GCM).
@@ -46,30 +46,36 @@ def wrk_get(url: str, path: str, seconds: float, connections: int, pid: int) -> 
     return {"rps": r["n"] / r["seconds"], "p99_ms": r["p99"], "cpu_us": cpu / r["n"] * 1e6}
 
 
-async def setup(root: Path) -> tuple[EtcdCluster, ApiReplica, ApiReplica]:
-    cluster = EtcdCluster(root / "etcd", heartbeat_ms=50, election_ms=500, unsafe_no_fsync=False)
-    await cluster.start()
-    async with cluster.client(timeout=2.0) as client:
-        fence = RegionFence("bench", client)
-        await fence.swap(await fence.read(), FenceValue.active("bench", 0))
+async def setup(root: Path) -> tuple[list[EtcdCluster], ApiReplica, ApiReplica]:
+    # one etcd cluster each: a replica without the configuration cannot read the other's
+    # sealed Secrets (its watch cache would refuse them)
+    clusters = [
+        EtcdCluster(root / name, heartbeat_ms=50, election_ms=500, unsafe_no_fsync=False)
+        for name in ("etcd-identity", "etcd-encrypted")
+    ]
+    for cluster in clusters:
+        await cluster.start()
+        async with cluster.client(timeout=2.0) as client:
+            fence = RegionFence("bench", client)
+            await fence.swap(await fence.read(), FenceValue.active("bench", 0))
     key = root / "kek.key"
     create_local_key(key)
     (root / "enc.yaml").write_text(default_config(key))
-    identity = ApiReplica(root, "identity", cluster.endpoints, region="bench")
+    identity = ApiReplica(root, "identity", clusters[0].endpoints, region="bench")
     encrypted = ApiReplica(
         root,
         "encrypted",
-        cluster.endpoints,
+        clusters[1].endpoints,
         region="bench",
         extra_args=["--encryption-provider-config", str(root / "enc.yaml")],
     )
     await identity.start()
     await encrypted.start()
-    identity.request("POST", "/api/v1/namespaces", {"metadata": {"name": "bench"}})
     for replica, name in ((identity, "plain"), (encrypted, "sealed")):
+        replica.request("POST", "/api/v1/namespaces", {"metadata": {"name": "bench"}})
         body = {"metadata": {"name": name}, "data": {"p": base64.b64encode(b"x" * 750).decode()}}
         assert replica.request("POST", SECRETS, body)[0] == 201
-    return cluster, identity, encrypted
+    return clusters, identity, encrypted
 
 
 def main() -> None:
@@ -80,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     loop = asyncio.new_event_loop()
     with tempfile.TemporaryDirectory(prefix="haplane-bench-") as tmp:
-        cluster, identity, encrypted = loop.run_until_complete(setup(Path(tmp)))
+        clusters, identity, encrypted = loop.run_until_complete(setup(Path(tmp)))
         try:
             s, c = args.seconds, args.connections
             print(f"wrk -t2 -c{c}, {s:g}s per case, {args.rounds} interleaved rounds")
@@ -117,7 +123,8 @@ def main() -> None:
         finally:
             for replica in (identity, encrypted):
                 loop.run_until_complete(replica.stop())
-            loop.run_until_complete(cluster.stop())
+            for cluster in clusters:
+                loop.run_until_complete(cluster.stop())
 
 
 if __name__ == "__main__":

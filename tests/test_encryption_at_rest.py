@@ -104,6 +104,14 @@ async def test_secrets_are_encrypted_at_rest(etcd_cluster: EtcdCluster, tmp_path
     assert on_disk(etcd_cluster, (raw, b64)) == []
     assert len(on_disk(etcd_cluster, (before_raw, before_b64))) >= 2
 
+    # a replica with no encryption configuration: a clear 500, not a JSON error
+    bare = ApiReplica(tmp_path, "bare", etcd_cluster.endpoints)
+    await bare.start()
+    try:
+        status, _, body = bare.request("GET", f"{path}/db")
+        assert status == 500 and "no encryption configuration" in body["message"], body
+    finally:
+        await bare.stop()
     # a replica holding another key-encryption key: a clear 500 naming the cause
     wrong = ApiReplica(
         tmp_path, "wrong", etcd_cluster.endpoints,

@@ -234,6 +234,11 @@ class IdentityTransformer:
         return data
 
     def from_storage(self, data: bytes, key: bytes) -> bytes:
+        if data.startswith(b"k8s:enc:"):
+            raise EncryptionError(
+                "it is stored encrypted, and this replica has no encryption configuration "
+                "(every replica of every region needs the same one)"
+            )
         return data
 
 
