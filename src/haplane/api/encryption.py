@@ -1,12 +1,14 @@
 """Encryption at rest in the API's storage: the `EncryptionConfiguration` (`haplane.auth.
 encryption`) applied to etcd keys, by the resource each key belongs to.
 
-Layer: api. Reads the configuration once at start (kube-apiserver's
-`--encryption-provider-config`); the storage calls the transformer on every value.
+Layer: api. Reads the configuration at start (kube-apiserver's `--encryption-provider-config`)
+and again whenever the file changes (as `--encryption-provider-config-automatic-reload`):
+`haplane secrets rotate` rewrites it. A file that does not load keeps the one in use.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,6 +17,44 @@ from haplane.auth.encryption import Transformers, load_config
 from .resources import ResourceType
 
 REGISTRY = b"/registry/"
+
+
+class ReloadingTransformers:
+    """The storage's transformer, following the configuration file."""
+
+    def __init__(self, path: Path | str, builtins: Iterable[ResourceType]):
+        self.path = Path(path)
+        self.builtins = tuple(builtins)
+        self.current, self.sha256, self._stamp = self._load()
+
+    def _load(self) -> tuple[Transformers, str, tuple[int, int]]:
+        stat = self.path.stat()
+        text = self.path.read_bytes()
+        return (
+            transformers(self.path, self.builtins),
+            hashlib.sha256(text).hexdigest(),
+            (stat.st_mtime_ns, stat.st_size),
+        )
+
+    def reload_if_changed(self) -> bool:
+        """True when a changed file was loaded; raises `EncryptionError` or `OSError` when it
+        changed but does not load (the configuration in use stays)."""
+        stat = self.path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return False
+        try:
+            self.current, self.sha256, self._stamp = self._load()
+        except BaseException:
+            self._stamp = stamp  # said once; tried again when the file changes again
+            raise
+        return True
+
+    def to_storage(self, data: bytes, key: bytes) -> bytes:
+        return self.current.to_storage(data, key)
+
+    def from_storage(self, data: bytes, key: bytes) -> bytes:
+        return self.current.from_storage(data, key)
 
 
 def transformers(config: Path | str, builtins: Iterable[ResourceType]) -> Transformers:

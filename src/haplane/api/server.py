@@ -33,6 +33,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from haplane.auth.audit import AuditLog, Policy, default_policy
+from haplane.auth.encryption import EncryptionError
 from haplane.auth.pki import (
     CertPaths,
     PkiError,
@@ -197,7 +198,9 @@ class ApiServer:
         sec = config.security
         self.tls = _server_tls(sec)
         self.encryption = (
-            at_rest.transformers(sec.encryption_config, BUILTIN) if sec.encryption_config else None
+            at_rest.ReloadingTransformers(sec.encryption_config, BUILTIN)
+            if sec.encryption_config
+            else None
         )
         self.authorizer = RbacAuthorizer() if sec.authorization == "RBAC" else None
         self.sa_tokens = (
@@ -310,6 +313,8 @@ class ApiServer:
             name="leader election",
         )
         self._spawn(self._heartbeat(), "heartbeat")
+        if self.encryption is not None:
+            self._spawn(self._reload_encryption(), "encryption config reload")
         if self.tls is not None:
             self._spawn(self._reload_certificate(), "certificate reload")
         if self.authorizer is not None:
@@ -464,6 +469,26 @@ class ApiServer:
                 expiry.set(seconds_to_expiry(cert))
             except (OSError, ssl.SSLError, ValueError) as exc:  # PkiError is a ValueError
                 log.info(json.dumps({"msg": "certificate reload deferred", "error": str(exc)}))
+
+    async def _reload_encryption(self, every: float = 1.0) -> None:
+        """Follow the EncryptionConfiguration file (checked every `every` seconds): the next
+        write uses its first provider. A file that does not load is logged and the one in use
+        stays."""
+        assert self.encryption is not None
+        info = self.metrics.encryption_config
+        info.labels(self.encryption.sha256).set(1)
+        while True:
+            await asyncio.sleep(every)
+            before = self.encryption.sha256
+            try:
+                if self.encryption.reload_if_changed():
+                    info.remove(before)
+                    info.labels(self.encryption.sha256).set(1)
+                    log.info(json.dumps({"msg": "encryption configuration reloaded",
+                                         "sha256": self.encryption.sha256}))  # fmt: skip
+            except (OSError, EncryptionError) as exc:
+                log.warning(json.dumps({"msg": "encryption configuration not reloaded",
+                                        "error": str(exc)}))  # fmt: skip
 
     # ---- custom resources ----------------------------------------------------------------
 

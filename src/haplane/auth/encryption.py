@@ -38,7 +38,7 @@ import secrets
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -338,16 +338,18 @@ class Transformers:
             self._chains[(group, plural)] = found
         return found
 
-    def _chain(self, key: bytes) -> tuple[Provider, ...] | None:
+    def chain_for(self, key: bytes) -> tuple[Provider, ...] | None:
+        """The providers of the resource `key` belongs to, the writer first (None: no
+        resource owns the key)."""
         owner = self.resource_of(key)
         return self.providers_for(*owner) if owner is not None else None
 
     def to_storage(self, data: bytes, key: bytes) -> bytes:
-        chain = self._chain(key)
+        chain = self.chain_for(key)
         return chain[0].encrypt(data, key) if chain else data
 
     def from_storage(self, data: bytes, key: bytes) -> bytes:
-        chain = self._chain(key)
+        chain = self.chain_for(key)
         if not chain:
             return data
         if data.startswith(b"k8s:enc:"):
@@ -447,17 +449,17 @@ def _provider(spec: Any, where: str, path: Path, names: set[str]) -> Provider:
     return provider
 
 
-def default_config(key_file: Path | None, encrypt: bool = True) -> str:
-    """What `haplane up` writes: Secrets sealed under the local KEK, and readable when stored
-    before. `encrypt=False`: written plain, and those sealed before still read with the key
-    (when there is one)."""
-    kms = (
+def local_config(keys: Sequence[tuple[str, Path]], encrypt: bool = True) -> str:
+    """An EncryptionConfiguration sealing Secrets under local KEKs: `keys` (provider name, key
+    file), the writer first, the older ones after it for reading, `identity` last (Secrets
+    stored before encryption). `encrypt=False`: `identity` first, so values are written
+    plain, and those sealed before still read while their keys are there."""
+    kms = "".join(
         "      - kms:\n"
         "          apiVersion: v2\n"
-        "          name: local\n"
-        f"          endpoint: file://{key_file}\n"
-        if key_file is not None
-        else ""
+        f"          name: {name}\n"
+        f"          endpoint: file://{path}\n"
+        for name, path in keys
     )
     identity = "      - identity: {}\n"
     return (
@@ -467,3 +469,8 @@ def default_config(key_file: Path | None, encrypt: bool = True) -> str:
         "  - resources: [secrets]\n"
         "    providers:\n" + (kms + identity if encrypt else identity + kms)
     )
+
+
+def default_config(key_file: Path, encrypt: bool = True) -> str:
+    """What `haplane up` writes first: Secrets sealed under one local KEK."""
+    return local_config([("local", key_file)], encrypt)

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from haplane import __version__
-from haplane.cli import audit, divergence, failback, gc, pki
+from haplane.cli import audit, divergence, failback, gc, pki, secrets
 from haplane.local import global_control, runner
 from haplane.local.control import ControlClient, ControlError
 from haplane.local.netns import available as netns_available
@@ -864,6 +864,7 @@ app.add_typer(failback.app, name="failback")
 app.add_typer(divergence.app, name="divergence")
 app.add_typer(gc.app, name="gc")
 app.add_typer(pki.app, name="pki")
+app.add_typer(secrets.app, name="secrets")
 app.command("audit")(audit.audit_cmd)
 
 

@@ -438,22 +438,15 @@ def encryption_config(state: StateDir, topology: Topology) -> Path:
     at each `up` around the local key-encryption key (created once, mode 0600). With
     `encryption.enabled: false`, values are written plain but those sealed before stay readable
     while the key is there (identity first, the key after it, as Kubernetes decrypts back)."""
-    from haplane.auth.encryption import create_local_key, default_config, load_config
+    from haplane.auth.encryption import load_config
+
+    from .secrets_ops import local_keys, write_config
 
     enc = topology.spec.security.encryption
     if enc.config_file:
         load_config(enc.config_file)  # refused here, with the field, rather than by replicas
         return Path(enc.config_file)
-    directory = state.root / "encryption"
-    _private_dir(directory)
-    key = directory / "kek.key"
-    config = directory / "config.yaml"
-    if enc.enabled:
-        create_local_key(key)
-    text = default_config(key if key.exists() else None, encrypt=enc.enabled)
-    tmp = config.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o600)
-    tmp.replace(config)
+    _private_dir(state.root / "encryption")
+    config = write_config(state, local_keys(state), encrypt=enc.enabled)
     load_config(config)
     return config

@@ -45,6 +45,12 @@ class Metrics:
             ["certificate"],
             registry=self.registry,
         )
+        self.encryption_config = Gauge(
+            "haplane_encryption_config_info",
+            "1 for the EncryptionConfiguration in use (sha256 of the file as loaded)",
+            ["sha256"],
+            registry=self.registry,
+        )
         self.inflight = 0
         # `labels()` validates and hashes its arguments on every call: keep the children
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

@@ -1,0 +1,156 @@
+"""`haplane secrets status|rotate|rewrite`: the keys that seal Secrets at rest.
+
+Layer: run (cli). Thin: haplane.local.secrets_ops does the work (imported when a command runs,
+so `haplane --help` stays quick).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .pki import StateDirOpt, _topology
+
+if TYPE_CHECKING:
+    from haplane.local.state_dir import StateDir
+    from haplane.topology import Topology
+
+app = typer.Typer(help="Encryption at rest: what each key protects, new keys, re-encryption.")
+
+
+def _setup(state: StateDir, topology: Topology) -> tuple[Any, Any, Path]:
+    """(transformers, plan, configuration path) of the running topology."""
+    from haplane.api.encryption import transformers
+    from haplane.api.resources import BUILTIN
+    from haplane.local.gate_plans import plan_of
+
+    enc = topology.spec.security.encryption
+    path = Path(enc.config_file) if enc.config_file else state.root / "encryption" / "config.yaml"
+    if not path.exists():
+        typer.echo(f"error: no encryption configuration at {path}: run `haplane up`", err=True)
+        raise typer.Exit(1)
+    return transformers(path, BUILTIN), plan_of(topology, state), path
+
+
+def _regional_clients(plan: Any) -> dict[str, Any]:
+    return {c.view.scope: c.client(timeout=5.0) for c in plan.clusters if c.view.scope != "global"}
+
+
+@app.command("status")
+def status_cmd(state_dir: StateDirOpt = None) -> None:
+    """Per region: how many stored values each key (provider, key id) still seals, and how
+    many are stored plain though their resource's writer seals."""
+    import asyncio
+
+    from haplane.local.secrets_ops import scan
+
+    state, topology = _topology(state_dir)
+    t, plan, path = _setup(state, topology)
+    typer.echo(f"configuration: {path}")
+    writer = t.providers_for("", "secrets")[0].name
+    typer.echo(f"secrets are written by: {writer}")
+
+    async def run() -> None:
+        for region, client in _regional_clients(plan).items():
+            async with client:
+                st = await scan(client, t, region)
+            for (name, key_id), n in sorted(st.sealed.items()):
+                typer.echo(f"{region:<16} {name:<12} {key_id:<26} {n:>8}")
+            typer.echo(f"{region:<16} {'plain':<12} {'-':<26} {st.plain:>8}")
+            if st.unreadable:
+                typer.echo(f"{region:<16} {'unreadable':<12} {'-':<26} {st.unreadable:>8}")
+
+    asyncio.run(run())
+
+
+@app.command("rotate")
+def rotate_cmd(
+    wait: Annotated[float, typer.Option(help="Seconds the replicas have to reload.")] = 15.0,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """A new local key-encryption key becomes the writer; older keys stay for reading until
+    `rewrite` has moved everything off them."""
+    import asyncio
+
+    from haplane.local.secrets_ops import SecretsError, config_digest, rotate, wait_loaded
+    from haplane.local.security import http_ssl
+
+    state, topology = _topology(state_dir)
+    enc = topology.spec.security.encryption
+    try:
+        new = rotate(state, enc.config_file, enc.enabled)
+    except SecretsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _, plan, path = _setup(state, topology)
+    typer.echo(f"new key {new.name} ({state.root / 'encryption' / new.file}) writes from now on")
+    late = asyncio.run(
+        wait_loaded([r.url for r in plan.replicas], http_ssl(plan.tls), config_digest(path), wait)
+    )
+    if late:
+        typer.echo(f"error: not reloaded within {wait:g}s: {', '.join(late)}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"every replica ({len(plan.replicas)}) writes under {new.name}")
+
+
+@app.command("rewrite")
+def rewrite_cmd(
+    resource: Annotated[
+        str | None, typer.Option(help="Only this resource (e.g. secrets, widgets.example.com).")
+    ] = None,
+    wait: Annotated[float, typer.Option(help="Seconds the replicas have to reload.")] = 15.0,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Re-seal every stored value under its writer, in the active region (replication carries
+    it on): one compare-and-swap per key, so no concurrent write is lost; resumable."""
+    import asyncio
+
+    from haplane.local import global_control
+    from haplane.local.secrets_ops import SecretsError, config_digest, rewrite, wait_loaded
+    from haplane.local.security import http_ssl
+
+    state, topology = _topology(state_dir)
+    t, plan, path = _setup(state, topology)
+    # first, every replica on this configuration: none may write under an older key after
+    late = asyncio.run(
+        wait_loaded([r.url for r in plan.replicas], http_ssl(plan.tls), config_digest(path), wait)
+    )
+    if late:
+        typer.echo(f"error: replicas not on {path} yet: {', '.join(late)}", err=True)
+        raise typer.Exit(1)
+
+    only = lambda _key: True  # noqa: E731
+    if resource:
+        plural, _, group = resource.partition(".")
+        only = lambda key: t.resource_of(key) == (group, plural)  # noqa: E731
+
+    def say(message: str) -> None:
+        typer.echo(message, err=True)
+
+    async def run() -> Any:
+        clients = _regional_clients(plan)
+        try:
+            async with global_control.control_client(topology, state) as control:
+                return await rewrite(
+                    state,
+                    control,
+                    clients,
+                    t,
+                    only=only,
+                    progress=lambda m: typer.echo(m, err=True),
+                )
+        finally:
+            for c in clients.values():
+                await c.close()
+
+    try:
+        r = asyncio.run(run())
+    except SecretsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"{r.region}: {r.examined} values examined, {r.rewritten} rewritten, "
+        f"{r.raced} raced with a concurrent write (left as written)"
+    )

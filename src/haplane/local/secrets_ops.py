@@ -1,0 +1,279 @@
+"""`haplane secrets status|rotate|rewrite`: the keys that seal a running topology's data at rest.
+
+Layer: run (`haplane.local`). Reads and writes `STATE/encryption` (the key-encryption keys, the
+list of them in order, the EncryptionConfiguration every replica follows); reads every region's
+etcd; rewrites values only in the active region's etcd, guarded by its fence key (replication
+carries the new ciphertext to the standbys).
+
+- `rotate` makes a new local key-encryption key the writer: the configuration lists it first
+  and keeps the older ones after it (they still read). The replicas reload the file within a
+  second (`haplane_encryption_config_info` says which one each uses).
+- `rewrite` re-seals every stored value that is not under the writer, one compare-and-swap per
+  key (`mod_revision` unchanged, the region's fence key still active): a concurrent write wins
+  and is left as written (it was sealed by the writer already, or is retried). It resumes after
+  the last key done (`STATE/encryption/rewrite.json`).
+- `status` counts, per region, what each key still protects, and what is stored plain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from haplane.auth.encryption import (
+    KMS_V2_PREFIX,
+    EncryptedObject,
+    EncryptionError,
+    Transformers,
+    create_local_key,
+    local_config,
+)
+from haplane.store import FENCE_KEY, Compare, EtcdClient, EtcdError, GlobalState, Op
+
+from .state_dir import StateDir
+
+REGISTRY = b"/registry/"
+PAGE = 500
+
+
+class SecretsError(Exception):
+    """Said to the operator as it is; nothing half-done is left unsaid."""
+
+
+@dataclass(frozen=True)
+class LocalKey:
+    name: str  # the provider name in the configuration (and in every stored prefix)
+    file: str  # under STATE/encryption
+
+
+def keys_file(state: StateDir) -> Path:
+    return state.root / "encryption" / "keys.json"
+
+
+def local_keys(state: StateDir) -> list[LocalKey]:
+    """The local key-encryption keys, the writer first (the one `up` made, when none is
+    listed yet)."""
+    try:
+        doc = json.loads(keys_file(state).read_text())
+        return [LocalKey(k["name"], k["file"]) for k in doc["keys"]]
+    except FileNotFoundError:
+        return [LocalKey("local", "kek.key")]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SecretsError(f"{keys_file(state)}: {exc}") from None
+
+
+def write_config(state: StateDir, keys: list[LocalKey], encrypt: bool) -> Path:
+    """`STATE/encryption/config.yaml` from `keys` (written whole, then renamed: a replica
+    never reads half a file)."""
+    directory = state.root / "encryption"
+    if encrypt:
+        create_local_key(directory / keys[0].file)
+    present = [(k.name, directory / k.file) for k in keys if (directory / k.file).exists()]
+    config = directory / "config.yaml"
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text(local_config(present, encrypt=encrypt))
+    os.chmod(tmp, 0o600)
+    tmp.replace(config)
+    return config
+
+
+def rotate(state: StateDir, user_config: str | None, enabled: bool) -> LocalKey:
+    """A new local key-encryption key, made the writer; the older ones stay for reading."""
+    if user_config:
+        raise SecretsError(
+            "this topology uses its own EncryptionConfiguration (spec.security.encryption."
+            "configFile): add the new provider first in that file; the replicas reload it"
+        )
+    if not enabled:
+        raise SecretsError("encryption at rest is off (spec.security.encryption.enabled)")
+    keys = local_keys(state)
+    numbers = [int(k.name.rpartition("-")[2]) for k in keys if k.name.startswith("local-")]
+    n = max([1, *numbers]) + 1
+    new = LocalKey(f"local-{n}", f"kek-{n}.key")
+    keys_file(state).write_text(
+        json.dumps({"keys": [vars(k) for k in (new, *keys)]}, indent=2) + "\n"
+    )
+    write_config(state, [new, *keys], encrypt=True)
+    return new
+
+
+# ---- reading what is stored -------------------------------------------------------------
+
+
+@dataclass
+class RegionStatus:
+    region: str
+    sealed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (provider, key id)
+    plain: int = 0  # values of resources the configuration seals, stored plain
+    unreadable: int = 0  # sealed by a provider the configuration does not have
+
+
+async def scan(client: EtcdClient, transformers: Transformers, region: str) -> RegionStatus:
+    out = RegionStatus(region)
+    async for kv_key, value in _values(client):
+        chain = transformers.chain_for(kv_key)
+        if not chain:
+            continue
+        if value.startswith(KMS_V2_PREFIX):
+            name = value[len(KMS_V2_PREFIX) :].split(b":", 1)[0].decode(errors="replace")
+            prefix = KMS_V2_PREFIX + name.encode() + b":"
+            try:
+                obj = EncryptedObject.decode(value[len(prefix) :])
+                out.sealed[(name, obj.key_id)] += 1
+            except EncryptionError:
+                out.unreadable += 1
+        elif chain[0].prefix():  # the writer seals this resource, and this value is plain
+            out.plain += 1
+    return out
+
+
+async def _values(client: EtcdClient) -> AsyncIterator[tuple[bytes, bytes]]:
+    """Every (key, value) under /registry/, a page at a time."""
+    start = REGISTRY
+    end = REGISTRY[:-1] + b"0"  # the prefix's end: "/registry0"
+    while True:
+        kvs, _ = await client.range(start, end, limit=PAGE)
+        for kv in kvs:
+            yield kv.key, kv.value
+        if len(kvs) < PAGE:
+            return
+        start = kvs[-1].key + b"\0"
+
+
+# ---- rewriting ----------------------------------------------------------------------------
+
+
+@dataclass
+class RewriteResult:
+    region: str
+    examined: int = 0
+    rewritten: int = 0
+    raced: int = 0  # a concurrent write changed the key first (it was left as written)
+
+
+def progress_file(state: StateDir) -> Path:
+    return state.root / "encryption" / "rewrite.json"
+
+
+async def rewrite(
+    state: StateDir,
+    control: EtcdClient,
+    regional: dict[str, EtcdClient],
+    transformers: Transformers,
+    *,
+    only: Callable[[bytes], bool] = lambda _: True,
+    progress: Callable[[str], None] = lambda _: None,
+) -> RewriteResult:
+    """Re-seal, in the active region, every value not under its resource's writer."""
+    record = await GlobalState(control).read()
+    if record is None or record.region not in regional:
+        raise SecretsError("no active region is recorded in the global control etcd")
+    region, client = record.region, regional[record.region]
+    fence = await client.get(FENCE_KEY)
+    if fence is None or not fence.value.startswith(b"active"):
+        raise SecretsError(f"{region}'s fence key is not active: retry after the switchover")
+    done = progress_file(state)
+    after = b""
+    if done.exists():
+        saved = json.loads(done.read_text())
+        if saved.get("region") == region:
+            after = bytes.fromhex(saved["after"])
+            progress(f"resuming after {after.decode(errors='replace')}")
+    out = RewriteResult(region)
+    async for key, value in _values(client):
+        if key <= after or not only(key):
+            continue
+        chain = transformers.chain_for(key)
+        if not chain:
+            continue
+        out.examined += 1
+        if not _under_writer(value, chain[0].prefix()):
+            await _reseal(client, key, transformers, fence.value, out)
+        if out.examined % 100 == 0:
+            done.write_text(json.dumps({"region": region, "after": key.hex()}) + "\n")
+            progress(f"{out.examined} examined, {out.rewritten} rewritten")
+    done.unlink(missing_ok=True)
+    return out
+
+
+def _under_writer(value: bytes, writer: bytes) -> bool:
+    """Stored as the writer would store it (its prefix; plain when the writer is identity)."""
+    return value.startswith(writer) if writer else not value.startswith(b"k8s:enc:")
+
+
+async def _reseal(
+    client: EtcdClient, key: bytes, transformers: Transformers, fence: bytes, out: RewriteResult
+) -> None:
+    chain = transformers.chain_for(key)
+    assert chain
+    for _ in range(10):
+        kv = await client.get(key)
+        if kv is None or _under_writer(kv.value, chain[0].prefix()):
+            return  # deleted meanwhile, or a concurrent write sealed it under the writer
+        try:
+            plain = transformers.from_storage(kv.value, key)
+        except EncryptionError as exc:
+            raise SecretsError(f"{key.decode(errors='replace')}: {exc}") from None
+        sealed = transformers.to_storage(plain, key)
+        try:
+            r = await client.txn(
+                [
+                    Compare(key, "mod", "=", kv.mod_revision),
+                    Compare(FENCE_KEY, "value", "=", fence),
+                ],
+                [Op("put", key, sealed)],
+                [Op("get", FENCE_KEY)],
+            )
+        except EtcdError as exc:
+            raise SecretsError(f"{key.decode(errors='replace')}: etcd: {exc}") from None
+        if r.succeeded:
+            out.rewritten += 1
+            return
+        found = r.results[0][0] if r.results and r.results[0] else None
+        if found is None or found.value != fence:
+            raise SecretsError(
+                "the region's fence key changed (a switchover?): run `haplane secrets rewrite` "
+                "again once it is over; it resumes where it stopped"
+            )
+        out.raced += 1  # the key changed: read it again
+    raise SecretsError(f"{key.decode(errors='replace')}: changed ten times while rewriting it")
+
+
+# ---- the replicas follow ----------------------------------------------------------------
+
+
+async def wait_loaded(
+    urls: list[str], ssl: object, sha256: str, timeout: float = 15.0
+) -> list[str]:
+    """Wait until every replica at `urls` uses the configuration with this digest (its
+    `haplane_encryption_config_info`); returns those that did not in time."""
+    import asyncio
+    import time
+
+    import aiohttp
+
+    needle = f'haplane_encryption_config_info{{sha256="{sha256}"}} 1.0'
+    waiting = set(urls)
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+        while waiting and time.monotonic() < deadline:
+            for url in sorted(waiting):
+                try:
+                    async with session.get(f"{url}/metrics", ssl=ssl) as resp:  # type: ignore[arg-type]
+                        if resp.status == 200 and needle in await resp.text():
+                            waiting.discard(url)
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+            if waiting:
+                await asyncio.sleep(0.3)
+    return sorted(waiting)
+
+
+def config_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
