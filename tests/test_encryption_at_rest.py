@@ -133,3 +133,31 @@ async def test_secrets_are_encrypted_at_rest(etcd_cluster: EtcdCluster, tmp_path
             async with EtcdClient(etcd_cluster.endpoints, timeout=5.0) as client:
                 await client.delete(f"/registry/secrets/default/{name}".encode())
         await wrong.stop()
+
+
+def test_every_stored_resource_is_found_by_its_key(tmp_path: Path):
+    """The replica's key-to-resource map covers every stored type (RBAC objects included), and
+    custom resources by their group; keys no resource owns stay as they are."""
+    from haplane.api.access_types import ACCESS_TYPES
+    from haplane.api.crds import CRD_TYPE
+    from haplane.api.encryption import transformers
+    from haplane.api.resources import BUILTIN
+
+    key = tmp_path / "kek.key"
+    create_local_key(key)
+    config = tmp_path / "all.yaml"
+    config.write_text(default_config(key).replace("[secrets]", '["*.*"]'))
+    t = transformers(config, [*BUILTIN, CRD_TYPE, *ACCESS_TYPES])
+    for k, owner in (
+        (b"/registry/secrets/default/x", ("", "secrets")),
+        (b"/registry/clusterroles/admin", ("rbac.authorization.k8s.io", "clusterroles")),
+        (b"/registry/rolebindings/default/b", ("rbac.authorization.k8s.io", "rolebindings")),
+        (b"/registry/leases/kube-system/l", ("coordination.k8s.io", "leases")),
+        (b"/registry/apiextensions.k8s.io/customresourcedefinitions/w.example.com",
+         ("apiextensions.k8s.io", "customresourcedefinitions")),
+        (b"/registry/example.com/widgets/default/w", ("example.com", "widgets")),
+    ):  # fmt: skip
+        assert t.resource_of(k) == owner, k
+        assert t.to_storage(b"{}", k).startswith(b"k8s:enc:kms:v2:local:"), k
+    for k in (b"/registry/health", b"/haplane/fence"):
+        assert t.resource_of(k) is None and t.to_storage(b"{}", k) == b"{}"

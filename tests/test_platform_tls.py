@@ -462,6 +462,8 @@ def test_secrets_rotate_and_rewrite_under_a_writer(topo: Path):
     for i in range(40):  # sealed under the first key
         assert call(conn, "POST", path, secret(f"rot-{i}", "v0")) == 201
         acked[f"rot-{i}"] = "v0"
+    for i in range(20):  # never written again: only `rewrite` can move these
+        assert call(conn, "POST", path, secret(f"rot-keep-{i}", "k")) == 201
 
     def writer() -> None:
         c = http.client.HTTPSConnection(
@@ -489,9 +491,11 @@ def test_secrets_rotate_and_rewrite_under_a_writer(topo: Path):
     try:
         time.sleep(1.0)
         r = haplane(state, "secrets", "rotate")
+        assert "every replica (4) reads local-2" in r.stdout, r.stdout + r.stderr
         assert "every replica (4) writes under local-2" in r.stdout, r.stdout + r.stderr
         r = haplane(state, "secrets", "rewrite")
-        assert "rewritten" in r.stdout, r.stdout + r.stderr
+        rewritten = int(r.stdout.split(" rewritten")[0].rsplit(" ", 1)[1])
+        assert rewritten >= 20, r.stdout + r.stderr
         time.sleep(1.0)
     finally:
         stop.set()
@@ -519,7 +523,7 @@ def test_secrets_rotate_and_rewrite_under_a_writer(topo: Path):
 
         return asyncio.run(read())
 
-    wait_for(lambda: all(v == {"60"} for k, v in providers().items() if k.endswith("count")))
+    wait_for(lambda: all(v == {"80"} for k, v in providers().items() if k.endswith("count")))
     found = providers()
     assert {k: v for k, v in found.items() if not k.endswith("count")} == {
         "eu-west": {"local-2"},

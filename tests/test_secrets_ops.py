@@ -32,8 +32,14 @@ def test_rotate_keeps_older_keys_for_reading(tmp_path: Path):
     state.ensure()
     config = encryption_config(state, topology())
     assert providers(config) == ["local", "identity"]
+    # two steps: the new key reads first, then writes
     assert secrets_ops.rotate(state, None, True).name == "local-2"
+    assert providers(config) == ["local", "local-2", "identity"]
+    assert secrets_ops.rotate(state, None, True).name == "local-2"  # stopped between: no new key
+    assert secrets_ops.rotate(state, None, True, promote=True).name == "local-2"
+    assert providers(config) == ["local-2", "local", "identity"]
     assert secrets_ops.rotate(state, None, True).name == "local-3"
+    assert secrets_ops.rotate(state, None, True, promote=True).name == "local-3"
     assert providers(config) == ["local-3", "local-2", "local", "identity"]
     for name in ("kek.key", "kek-2.key", "kek-3.key"):
         assert (state.root / "encryption" / name).stat().st_mode & 0o777 == 0o600
@@ -43,6 +49,10 @@ def test_rotate_keeps_older_keys_for_reading(tmp_path: Path):
     # encryption switched off: written plain, every key still reads
     encryption_config(state, topology(enabled=False))
     assert providers(config) == ["identity", "local-3", "local-2", "local"]
+    # a key file lost: refused, never silently replaced
+    (state.root / "encryption" / "kek-2.key").unlink()
+    with pytest.raises(secrets_ops.SecretsError, match=r"kek-2\.key is missing"):
+        encryption_config(state, topology())
 
 
 def test_rotate_refusals(tmp_path: Path):

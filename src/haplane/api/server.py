@@ -33,7 +33,6 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from haplane.auth.audit import AuditLog, Policy, default_policy
-from haplane.auth.encryption import EncryptionError
 from haplane.auth.pki import (
     CertPaths,
     PkiError,
@@ -198,7 +197,7 @@ class ApiServer:
         sec = config.security
         self.tls = _server_tls(sec)
         self.encryption = (
-            at_rest.ReloadingTransformers(sec.encryption_config, BUILTIN)
+            at_rest.ReloadingTransformers(sec.encryption_config, self.registry.all())
             if sec.encryption_config
             else None
         )
@@ -486,9 +485,9 @@ class ApiServer:
                     info.labels(self.encryption.sha256).set(1)
                     log.info(json.dumps({"msg": "encryption configuration reloaded",
                                          "sha256": self.encryption.sha256}))  # fmt: skip
-            except (OSError, EncryptionError) as exc:
+            except Exception as exc:  # the task must outlive any bad file
                 log.warning(json.dumps({"msg": "encryption configuration not reloaded",
-                                        "error": str(exc)}))  # fmt: skip
+                                        "error": f"{type(exc).__name__}: {exc}"}))  # fmt: skip
 
     # ---- custom resources ----------------------------------------------------------------
 

@@ -100,9 +100,12 @@ class Cacher:
         self.start()
 
     async def _run(self) -> None:
+        backoff = 0.2  # doubles while relists meet a value that cannot be decrypted (each
+        # one would), up to 5 s; etcd trouble keeps 0.2 s (recovery must stay quick)
         while True:
             try:
                 listed = await self.inner.list(self.prefix)
+                backoff = 0.2
                 self.objects = {}
                 self._buckets = {}
                 self.by_uid = {}
@@ -127,7 +130,11 @@ class Cacher:
                         {"msg": "watch cache relisting", "prefix": self.prefix, "error": str(exc)}
                     )
                 )
-                await asyncio.sleep(0.2)
+                if isinstance(exc, storage.Untransformable):
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                else:
+                    await asyncio.sleep(0.2)
             except Exception:  # a bug: keep the cache alive, but not trusted
                 self.ready = False
                 log.exception("watch cache %s failed", self.prefix)

@@ -199,10 +199,14 @@ class EncryptedObject:
                 i += length
             else:
                 raise EncryptionError(f"the stored EncryptedObject has wire type {wire}")
+        sealed, key_id, source = fields.get(1), fields.get(2), fields.get(3)
+        if not (isinstance(sealed, bytes) and isinstance(key_id, bytes)
+                and isinstance(source, bytes)):  # fmt: skip
+            raise EncryptionError("the stored EncryptedObject lacks a field")
         try:
-            return cls(fields[1], fields[2].decode(), fields[3], int(fields.get(5, 0)))
-        except (KeyError, UnicodeDecodeError, AttributeError):
-            raise EncryptionError("the stored EncryptedObject lacks a field") from None
+            return cls(sealed, key_id.decode(), source, int(fields.get(5, 0)))
+        except (UnicodeDecodeError, TypeError, ValueError):
+            raise EncryptionError("the stored EncryptedObject has a malformed field") from None
 
 
 # ---- providers ---------------------------------------------------------------------------
@@ -377,7 +381,7 @@ def load_config(path: Path | str) -> list[ResourceRule]:
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
         raise EncryptionError(f"{path}: {exc}") from None
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise EncryptionError(f"{path}: kind must be {KIND}")

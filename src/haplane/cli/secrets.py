@@ -22,6 +22,8 @@ app = typer.Typer(help="Encryption at rest: what each key protects, new keys, re
 
 def _setup(state: StateDir, topology: Topology) -> tuple[Any, Any, Path]:
     """(transformers, plan, configuration path) of the running topology."""
+    from haplane.api.access_types import ACCESS_TYPES
+    from haplane.api.crds import CRD_TYPE
     from haplane.api.encryption import transformers
     from haplane.api.resources import BUILTIN
     from haplane.local.gate_plans import plan_of
@@ -31,7 +33,7 @@ def _setup(state: StateDir, topology: Topology) -> tuple[Any, Any, Path]:
     if not path.exists():
         typer.echo(f"error: no encryption configuration at {path}: run `haplane up`", err=True)
         raise typer.Exit(1)
-    return transformers(path, BUILTIN), plan_of(topology, state), path
+    return transformers(path, [*BUILTIN, CRD_TYPE, *ACCESS_TYPES]), plan_of(topology, state), path
 
 
 def _regional_clients(plan: Any) -> dict[str, Any]:
@@ -79,20 +81,28 @@ def rotate_cmd(
 
     state, topology = _topology(state_dir)
     enc = topology.spec.security.encryption
-    try:
-        new = rotate(state, enc.config_file, enc.enabled)
-    except SecretsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     _, plan, path = _setup(state, topology)
-    typer.echo(f"new key {new.name} ({state.root / 'encryption' / new.file}) writes from now on")
-    late = asyncio.run(
-        wait_loaded([r.url for r in plan.replicas], http_ssl(plan.tls), config_digest(path), wait)
-    )
-    if late:
-        typer.echo(f"error: not reloaded within {wait:g}s: {', '.join(late)}", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"every replica ({len(plan.replicas)}) writes under {new.name}")
+    urls = [r.url for r in plan.replicas]
+    for promote in (False, True):
+        # first every replica reads the new key, then it writes: no replica ever meets a
+        # value it cannot open
+        try:
+            new = rotate(state, enc.config_file, enc.enabled, promote=promote)
+        except SecretsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        late = asyncio.run(wait_loaded(urls, http_ssl(plan.tls), config_digest(path), wait))
+        if late:
+            typer.echo(
+                f"error: not reloaded within {wait:g}s: {', '.join(late)} (run `haplane "
+                "secrets rotate` again once they are back)",
+                err=True,
+            )
+            raise typer.Exit(1)
+        typer.echo(
+            f"every replica ({len(urls)}) "
+            + (f"writes under {new.name}" if promote else f"reads {new.name}")
+        )
 
 
 @app.command("rewrite")
@@ -152,5 +162,6 @@ def rewrite_cmd(
         raise typer.Exit(1) from None
     typer.echo(
         f"{r.region}: {r.examined} values examined, {r.rewritten} rewritten, "
-        f"{r.raced} raced with a concurrent write (left as written)"
+        f"{r.raced} raced with a concurrent write (left as written); a last pass found "
+        f"nothing under an older key"
     )

@@ -17,6 +17,7 @@ carries the new ciphertext to the standbys).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections import Counter
@@ -70,8 +71,17 @@ def write_config(state: StateDir, keys: list[LocalKey], encrypt: bool) -> Path:
     """`STATE/encryption/config.yaml` from `keys` (written whole, then renamed: a replica
     never reads half a file)."""
     directory = state.root / "encryption"
-    if encrypt:
-        create_local_key(directory / keys[0].file)
+    listed = keys_file(state).exists()
+    if not listed and encrypt and create_local_key(directory / keys[0].file):
+        save_keys(state, keys)  # from now on a missing key is an error, never made anew
+        listed = True
+    missing = [k.file for k in keys if not (directory / k.file).exists()]
+    if missing and listed:
+        raise SecretsError(
+            f"{directory / missing[0]} is missing: values sealed under it cannot be read, and a "
+            "new key under its name would not open them; restore the file (from your key "
+            "backup)"
+        )
     present = [(k.name, directory / k.file) for k in keys if (directory / k.file).exists()]
     config = directory / "config.yaml"
     tmp = config.with_suffix(".tmp")
@@ -81,8 +91,13 @@ def write_config(state: StateDir, keys: list[LocalKey], encrypt: bool) -> Path:
     return config
 
 
-def rotate(state: StateDir, user_config: str | None, enabled: bool) -> LocalKey:
-    """A new local key-encryption key, made the writer; the older ones stay for reading."""
+def rotate(
+    state: StateDir, user_config: str | None, enabled: bool, *, promote: bool = False
+) -> LocalKey:
+    """Kubernetes' two-step rotation. First (`promote=False`) a new local key-encryption key
+    is added as a *reader* (second in the list): once every replica has loaded that, none can
+    meet a value it cannot open. Then (`promote=True`) the newest key becomes the writer, the
+    older ones staying for reading."""
     if user_config:
         raise SecretsError(
             "this topology uses its own EncryptionConfiguration (spec.security.encryption."
@@ -91,14 +106,32 @@ def rotate(state: StateDir, user_config: str | None, enabled: bool) -> LocalKey:
     if not enabled:
         raise SecretsError("encryption at rest is off (spec.security.encryption.enabled)")
     keys = local_keys(state)
-    numbers = [int(k.name.rpartition("-")[2]) for k in keys if k.name.startswith("local-")]
-    n = max([1, *numbers]) + 1
-    new = LocalKey(f"local-{n}", f"kek-{n}.key")
-    keys_file(state).write_text(
-        json.dumps({"keys": [vars(k) for k in (new, *keys)]}, indent=2) + "\n"
-    )
-    write_config(state, [new, *keys], encrypt=True)
-    return new
+    if promote:
+        newest = max(keys, key=_number)
+        order = [newest, *(k for k in keys if k != newest)]
+    elif max(keys, key=_number) != keys[0]:
+        # a rotation that stopped between its steps: its new key reads already
+        newest, order = max(keys, key=_number), keys
+    else:
+        n = max(_number(k) for k in keys) + 1
+        newest = LocalKey(f"local-{n}", f"kek-{n}.key")
+        create_local_key(state.root / "encryption" / newest.file)
+        order = [keys[0], newest, *keys[1:]]
+    save_keys(state, order)
+    write_config(state, order, encrypt=True)
+    return newest
+
+
+def _number(key: LocalKey) -> int:
+    return int(key.name.rpartition("-")[2]) if key.name.startswith("local-") else 1
+
+
+def save_keys(state: StateDir, keys: list[LocalKey]) -> None:
+    path = keys_file(state)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"keys": [vars(k) for k in keys]}, indent=2) + "\n")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
 
 
 # ---- reading what is stored -------------------------------------------------------------
@@ -153,6 +186,7 @@ class RewriteResult:
     examined: int = 0
     rewritten: int = 0
     raced: int = 0  # a concurrent write changed the key first (it was left as written)
+    passes: int = 0  # the last found nothing left to re-seal
 
 
 def progress_file(state: StateDir) -> Path:
@@ -165,10 +199,17 @@ async def rewrite(
     regional: dict[str, EtcdClient],
     transformers: Transformers,
     *,
+    config: str = "",
     only: Callable[[bytes], bool] = lambda _: True,
+    only_name: str = "",
     progress: Callable[[str], None] = lambda _: None,
+    settle: float = 2.0,
 ) -> RewriteResult:
-    """Re-seal, in the active region, every value not under its resource's writer."""
+    """Re-seal, in the active region, every value not under its resource's writer; then look
+    again (after `settle` seconds, longer than a replica's etcd write timeout: a write sealed
+    under the previous writer just before the replicas reloaded may land late) and re-seal
+    what it finds, until a pass finds nothing. `config` (the configuration's digest) and
+    `only_name` (the filter) decide, with the fence value, whether a saved position resumes."""
     record = await GlobalState(control).read()
     if record is None or record.region not in regional:
         raise SecretsError("no active region is recorded in the global control etcd")
@@ -177,25 +218,49 @@ async def rewrite(
     if fence is None or not fence.value.startswith(b"active"):
         raise SecretsError(f"{region}'s fence key is not active: retry after the switchover")
     done = progress_file(state)
+    mark = {"region": region, "fence": fence.value.hex(), "config": config, "only": only_name}
     after = b""
     if done.exists():
-        saved = json.loads(done.read_text())
-        if saved.get("region") == region:
-            after = bytes.fromhex(saved["after"])
-            progress(f"resuming after {after.decode(errors='replace')}")
+        try:
+            saved = json.loads(done.read_text())
+            if {k: saved.get(k) for k in mark} == mark:
+                after = bytes.fromhex(saved["after"])
+                progress(f"resuming after {after.decode(errors='replace')}")
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable: start over (a full pass is always correct)
     out = RewriteResult(region)
-    async for key, value in _values(client):
-        if key <= after or not only(key):
-            continue
-        chain = transformers.chain_for(key)
-        if not chain:
-            continue
-        out.examined += 1
-        if not _under_writer(value, chain[0].prefix()):
-            await _reseal(client, key, transformers, fence.value, out)
-        if out.examined % 100 == 0:
-            done.write_text(json.dumps({"region": region, "after": key.hex()}) + "\n")
-            progress(f"{out.examined} examined, {out.rewritten} rewritten")
+    for attempt in range(1, 4):
+        stragglers = 0
+        async for key, value in _values(client):
+            if key <= after or not only(key):
+                continue
+            chain = transformers.chain_for(key)
+            if not chain:
+                continue
+            if attempt == 1:
+                out.examined += 1
+            if not _under_writer(value, chain[0].prefix()):
+                stragglers += 1
+                await _reseal(client, key, transformers, fence.value, out)
+            if attempt == 1 and out.examined % 100 == 0:
+                done.write_text(json.dumps({**mark, "after": key.hex()}) + "\n")
+                progress(f"{out.examined} examined, {out.rewritten} rewritten")
+        now = await GlobalState(control).read()
+        if now is None or (now.region, now.epoch) != (record.region, record.epoch):
+            raise SecretsError(
+                "the active region changed during the rewrite: run `haplane secrets rewrite` "
+                "again (it starts over in the new active region)"
+            )
+        if attempt > 1 and stragglers == 0:
+            break
+        after = b""  # the next passes look at everything
+        await asyncio.sleep(settle)
+    else:
+        raise SecretsError(
+            f"{region}: values under an older key keep appearing (three passes): are all "
+            "replicas on the current configuration?"
+        )
+    out.passes = attempt
     done.unlink(missing_ok=True)
     return out
 
