@@ -90,3 +90,30 @@ async def test_apply_creates_or_replaces_through_the_api(
     assert late["data"] == {"a": "from the old region"} and late["metadata"]["uid"] != "old"
     _, _, both = api.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/both")
     assert both["data"] == {"a": "from the old region"}
+
+
+def test_sealed_secrets_are_opened_in_memory_to_be_reapplied(tmp_path: Path) -> None:
+    """A Secret saved from a region that sealed it at rest stays ciphertext in the saved file,
+    and is opened (with the state dir's configuration) only to be applied through the API."""
+    from haplane.api.encryption import transformers
+    from haplane.api.resources import BUILTIN
+    from haplane.auth.encryption import create_local_key, default_config
+
+    key = tmp_path / "encryption" / "kek.key"
+    create_local_key(key)
+    (tmp_path / "encryption" / "config.yaml").write_text(default_config(key))
+    t = transformers(tmp_path / "encryption" / "config.yaml", BUILTIN)
+    etcd_key = b"/registry/secrets/shop/db"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db",
+              "namespace": "shop"}, "data": {"p": "aHVudGVyMg=="}}  # fmt: skip
+    sealed = t.to_storage(json.dumps(secret).encode(), etcd_key)
+    save(tmp_path / "divergence", 9, "eu-west", "eu-central", 1, "history",
+         [Diverged(etcd_key, "put", sealed, 2)])  # fmt: skip
+    assert all(b"aHVudGVyMg" not in p.read_bytes() for p in (tmp_path / "divergence").rglob("*")
+               if p.is_file())  # fmt: skip
+    (step,) = reapply_plan(tmp_path, "9")
+    assert step["action"] == "skip" and "encrypted" in step["why"]
+    (step,) = reapply_plan(tmp_path, "9", decrypt=t.from_storage)
+    assert step["action"] == "apply" and step["object"]["data"] == {"p": "aHVudGVyMg=="}
+    dry = haplane(tmp_path, "divergence", "apply", "9", "--dry-run").stdout
+    assert "apply: /registry/secrets/shop/db" in dry, dry

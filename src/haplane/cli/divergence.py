@@ -106,8 +106,21 @@ def apply_cmd(
     from haplane.topology import load_file
 
     state = _state(state_dir)
+    topology = load_file(state.topology_file) if state.topology_file.exists() else None
+    enc = topology.spec.security.encryption if topology is not None else None
+    config = (
+        Path(enc.config_file) if enc and enc.config_file else state.root / "encryption/config.yaml"
+    )
+    decrypt = None
+    if config.exists():  # sealed values are opened in memory to be applied through the API
+        from haplane.api.access_types import ACCESS_TYPES
+        from haplane.api.crds import CRD_TYPE
+        from haplane.api.encryption import transformers
+        from haplane.api.resources import BUILTIN
+
+        decrypt = transformers(config, [*BUILTIN, CRD_TYPE, *ACCESS_TYPES]).from_storage
     try:
-        steps = reapply_plan(state.root, name, key)
+        steps = reapply_plan(state.root, name, key, decrypt)
     except DivergenceError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -116,7 +129,10 @@ def apply_cmd(
             what = "apply" if s["action"] == "apply" else f"skip ({s['why']})"
             _out(f"{what}: {s['key']}")
         return
-    plan = plan_of(load_file(state.topology_file), state)
+    if topology is None:
+        typer.echo(f"error: no topology has been started in {state.root}", err=True)
+        raise typer.Exit(1)
+    plan = plan_of(topology, state)
     results = asyncio.run(reapply(plan.gates[0].url, steps, http_ssl(plan.tls)))
     failed = 0
     for r in results:

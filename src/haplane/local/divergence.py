@@ -16,6 +16,7 @@ left alone: deleting an object someone may have written since is an operator's d
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from ssl import SSLContext
@@ -87,8 +88,15 @@ def api_target(key: str, obj: dict[str, Any] | None) -> Target | None:
     return None
 
 
-def reapply_plan(root: Path, name: str, keys: list[str] | None = None) -> list[dict[str, Any]]:
-    """What `apply` would do per entry: (entry, object, target, action or why it is skipped)."""
+def reapply_plan(
+    root: Path,
+    name: str,
+    keys: list[str] | None = None,
+    decrypt: Callable[[bytes, bytes], bytes] | None = None,
+) -> list[dict[str, Any]]:
+    """What `apply` would do per entry: (entry, object, target, action or why it is skipped).
+    `decrypt(value, key)`: opens values sealed at rest, in memory only (the saved files stay
+    ciphertext)."""
     doc = load(root, name)
     base = Path(doc["path"])
     chosen = set(keys) if keys else None
@@ -107,6 +115,13 @@ def reapply_plan(root: Path, name: str, keys: list[str] | None = None) -> list[d
             out.append(step)
             continue
         raw = (base / e["file"]).read_bytes()
+        if raw.startswith(b"k8s:enc:") and decrypt is not None:
+            try:
+                raw = decrypt(raw, e["key"].encode())
+            except Exception as exc:  # the configuration's EncryptionError, said as it is
+                step["action"], step["why"] = "skip", f"cannot be decrypted here: {exc}"
+                out.append(step)
+                continue
         try:
             obj = json.loads(raw)
         except ValueError:

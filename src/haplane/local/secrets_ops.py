@@ -156,8 +156,12 @@ async def scan(client: EtcdClient, transformers: Transformers, region: str) -> R
             prefix = KMS_V2_PREFIX + name.encode() + b":"
             try:
                 obj = EncryptedObject.decode(value[len(prefix) :])
-                out.sealed[(name, obj.key_id)] += 1
             except EncryptionError:
+                out.unreadable += 1
+                continue
+            if any(p.prefix() == prefix for p in chain):
+                out.sealed[(name, obj.key_id)] += 1
+            else:  # sealed by a provider the configuration no longer has
                 out.unreadable += 1
         elif chain[0].prefix():  # the writer seals this resource, and this value is plain
             out.plain += 1
