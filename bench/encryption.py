@@ -6,9 +6,11 @@ on its own etcd (3 members, fsync on):
 Load from wrk (2 threads, keep-alive), `--rounds` interleaved rounds of creates (~1 KiB
 Secrets), quorum GETs (read from etcd and decrypted each time) and cached GETs
 (resourceVersion=0: the watch cache holds decrypted objects); ratios encrypted / identity are
-the medians of the rounds'.
+the medians of the rounds'. Then `haplane secrets rewrite`'s speed: `--objects` Secrets sealed
+under one key, re-sealed under a new one (objects/s, the verification pass included).
 
     .venv/bin/python bench/encryption.py [--seconds 6] [--rounds 3] [--connections 32]
+                                         [--objects 2000]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import base64
 import statistics
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from api_server import _cpu, load_wrk_create  # bench/ is on sys.path
@@ -78,11 +81,48 @@ async def setup(root: Path) -> tuple[list[EtcdCluster], ApiReplica, ApiReplica]:
     return clusters, identity, encrypted
 
 
+async def rewrite_speed(root: Path, cluster: EtcdCluster, replica: ApiReplica, n: int) -> None:
+    """`secrets_ops.rewrite` (what `haplane secrets rewrite` runs) over `n` Secrets sealed
+    under `local`, after `local-2` became the writer."""
+    from haplane.api.encryption import transformers
+    from haplane.api.resources import BUILTIN
+    from haplane.auth.encryption import local_config
+    from haplane.local.secrets_ops import rewrite
+    from haplane.local.state_dir import StateDir
+    from haplane.store import GlobalState
+
+    body = {"data": {"p": base64.b64encode(b"x" * 750).decode()}}
+    t0 = time.monotonic()
+    for i in range(n):
+        status = replica.request("POST", SECRETS, {**body, "metadata": {"name": f"rw-{i}"}})[0]
+        assert status == 201
+    made = time.monotonic() - t0
+    new_key = root / "kek-2.key"
+    create_local_key(new_key)
+    config = root / "rotated.yaml"
+    config.write_text(local_config([("local-2", new_key), ("local", root / "kek.key")]))
+    state = StateDir(root / "state")
+    (state.root / "encryption").mkdir(parents=True)
+    async with cluster.client(timeout=5.0) as client:
+        await GlobalState(client).initialize("bench", by="bench", reason="bench", fresh=True)
+        t0 = time.monotonic()
+        r = await rewrite(
+            state, client, {"bench": client}, transformers(config, BUILTIN), settle=0.0
+        )
+        took = time.monotonic() - t0
+    print(
+        f"\nrewrite: {r.rewritten} of {r.examined} values re-sealed in {took:.1f}s "
+        f"= {r.rewritten / took:.0f} objects/s ({r.passes} passes; creating them through the "
+        f"API took {made:.1f}s = {n / made:.0f}/s, one client)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--objects", type=int, default=2000)
     args = ap.parse_args()
     loop = asyncio.new_event_loop()
     with tempfile.TemporaryDirectory(prefix="haplane-bench-") as tmp:
@@ -120,6 +160,7 @@ def main() -> None:
                     f"throughput (rounds {', '.join(f'{x[0]:.2f}' for x in xs)}), "
                     f"{statistics.median(x[1] for x in xs):.2f}x replica CPU per request"
                 )
+            loop.run_until_complete(rewrite_speed(Path(tmp), clusters[1], encrypted, args.objects))
         finally:
             for replica in (identity, encrypted):
                 loop.run_until_complete(replica.stop())
