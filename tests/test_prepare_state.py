@@ -56,6 +56,8 @@ def test_commands_say_when_the_state_dir_has_no_pki(tmp_path: Path):
         ["pki", "status"],
         ["pki", "rotate"],
         ["drill", "replica-kill"],
+        ["failback", "status"],
+        ["gc", "status"],
     ):
         r = haplane(state.root, *command, check=False)
         said = " ".join(r.stderr.split())

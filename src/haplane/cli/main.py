@@ -950,12 +950,13 @@ def export_haproxy_cmd(
     plan = gate_plans.plan_of(topology, state, read_only=False)
 
     async def active() -> str | None:
+        from haplane.local.security import MissingCredentials
         from haplane.store import GlobalState
 
         try:
             async with global_control.control_client(topology, state, timeout=1.0) as client:
                 record = await GlobalState(client).read()
-        except EtcdError:
+        except (EtcdError, MissingCredentials):  # not up here: the region must be named
             return None
         return record.region if record else None
 

@@ -33,7 +33,7 @@ from haplane.topology.model import GLOBAL_SCOPE
 
 from .plans import member_addresses
 from .ports import PortRegistry
-from .security import operator_etcd_tls
+from .security import operator_etcd_tls, platform_tls
 from .state_dir import StateDir
 
 
@@ -47,6 +47,11 @@ def control_endpoints(topology: Topology, ports: PortRegistry) -> list[str]:
 
 
 def control_client(topology: Topology, state: StateDir, timeout: float = 2.0) -> EtcdClient:
+    """A client of the global control etcd with the operator's certificate; a state dir
+    without its PKI raises `MissingCredentials` (the CLI says so) before any dial."""
+    tls = platform_tls(state, topology)
+    if tls is not None:
+        tls.check()
     return EtcdClient(
         control_endpoints(topology, PortRegistry(state.ports_file)),
         timeout=timeout,
