@@ -168,8 +168,8 @@ class PlatformTls:
         return self.platform("admin")
 
     def check(self) -> None:
-        """Raise `MissingCredentials` unless the etcd and platform CAs and the admin's pair are here: what
-        every CLI command that dials the platform needs."""
+        """Raise `MissingCredentials` unless the etcd and platform CAs and the admin's pair
+        are here: what every CLI command that dials the platform needs."""
         missing = [
             p for p in (self.ca, self.etcd_ca, self.admin.cert, self.admin.key) if not p.is_file()
         ]
