@@ -19,13 +19,12 @@ import argparse
 import asyncio
 import base64
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from api_server import _cpu, load_wrk_create  # bench/ is on sys.path
-from wrk_report import parse_wrk
+from api_server import load_wrk_create  # bench/ is on sys.path
+from security import wrk_get
 
 from haplane.auth.encryption import create_local_key, default_config
 from haplane.local.api_replica import ApiReplica
@@ -33,20 +32,6 @@ from haplane.local.etcd_cluster import EtcdCluster
 from haplane.store import FenceValue, RegionFence
 
 SECRETS = "/api/v1/namespaces/bench/secrets"
-
-
-def wrk_get(url: str, path: str, seconds: float, connections: int, pid: int) -> dict:
-    cpu0 = _cpu(pid)
-    out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", f"{url}{path}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    cpu = _cpu(pid) - cpu0
-    r = parse_wrk(out)
-    assert not r["non2xx"] and not r["socket_errors"], out
-    return {"rps": r["n"] / r["seconds"], "p99_ms": r["p99"], "cpu_us": cpu / r["n"] * 1e6}
 
 
 async def setup(root: Path) -> tuple[list[EtcdCluster], ApiReplica, ApiReplica]:
@@ -138,12 +123,13 @@ def main() -> None:
                         r.url, s, c, r.process.pid, path=SECRETS
                     ),
                     "quorum get": lambda r: wrk_get(
-                        r.url, f"{SECRETS}/{'sealed' if r is encrypted else 'plain'}", s, c,
-                        r.process.pid,
+                        r.url, s, c, r.process.pid, None,
+                        path=f"{SECRETS}/{'sealed' if r is encrypted else 'plain'}",
                     ),
                     "cached get": lambda r: wrk_get(
-                        r.url, f"{SECRETS}/{'sealed' if r is encrypted else 'plain'}"
-                        "?resourceVersion=0", s, c, r.process.pid,
+                        r.url, s, c, r.process.pid, None,
+                        path=f"{SECRETS}/{'sealed' if r is encrypted else 'plain'}"
+                        "?resourceVersion=0",
                     ),
                 }  # fmt: skip
                 for what, run in cases.items():

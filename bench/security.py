@@ -38,7 +38,15 @@ TOKEN = "bench-token-0123456789"
 STEPS: dict[str, ApiReplica] = {}  # the breakdown's replicas, by what they have on
 
 
-def wrk_get(url: str, seconds: float, connections: int, pid: int, token: str | None) -> dict:
+def wrk_get(
+    url: str,
+    seconds: float,
+    connections: int,
+    pid: int,
+    token: str | None,
+    path: str = "/api/v1/namespaces/bench/configmaps/c1?resourceVersion=0",
+) -> dict:
+    """GETs of `path` from wrk (keep-alive); every answer must be 2xx."""
     headers = ["-H", f"Authorization: Bearer {token}"] if token else []
     cpu0 = _cpu(pid)
     out = subprocess.run(
@@ -49,7 +57,7 @@ def wrk_get(url: str, seconds: float, connections: int, pid: int, token: str | N
             f"-d{seconds:g}s",
             "--latency",
             *headers,
-            f"{url}/api/v1/namespaces/bench/configmaps/c1?resourceVersion=0",
+            f"{url}{path}",
         ],
         capture_output=True,
         text=True,

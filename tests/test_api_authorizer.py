@@ -86,13 +86,19 @@ async def test_masters_and_public_paths_need_no_cache():
         await a.authorize(anon, RequestInfo(path="/metrics", verb="get"))
 
 
-async def test_relist_drops_what_is_gone():
+def alice_may_get():  # type: ignore[no-untyped-def]
+    """A ready authorizer whose caches hold ROLE and BINDING, and those two caches' feeds."""
     a, caches = authorizer()
     for c in caches.values():
         c.ready = True
     roles, bindings = feed(caches, "/registry/roles/"), feed(caches, "/registry/rolebindings/")
     roles.reset({"k": ROLE})
     bindings.reset({"k": BINDING})
+    return a, roles, bindings
+
+
+async def test_relist_drops_what_is_gone():
+    a, _, bindings = alice_may_get()
     assert (await a.authorize(ALICE, GET_CM)).allowed
     bindings.reset({})  # the binding was deleted while the cache relisted
     assert not (await a.authorize(ALICE, GET_CM)).allowed
@@ -105,12 +111,7 @@ async def test_relist_drops_what_is_gone():
 async def test_decisions_are_remembered_until_any_rbac_object_changes(
     monkeypatch: pytest.MonkeyPatch,
 ):
-    a, caches = authorizer()
-    for c in caches.values():
-        c.ready = True
-    roles, bindings = feed(caches, "/registry/roles/"), feed(caches, "/registry/rolebindings/")
-    roles.reset({"k": ROLE})
-    bindings.reset({"k": BINDING})
+    a, roles, _ = alice_may_get()
     evaluated = []
     index_authorize = a.index.authorize
     monkeypatch.setattr(

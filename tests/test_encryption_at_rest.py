@@ -14,6 +14,7 @@ from haplane.auth.encryption import create_local_key, default_config
 from haplane.local.api_replica import ApiReplica
 from haplane.local.etcd_cluster import EtcdCluster
 from haplane.store import EtcdClient
+from tests.topology_helpers import files_holding
 
 
 def marker() -> tuple[bytes, bytes]:
@@ -28,16 +29,6 @@ def secret(name: str, raw: bytes) -> dict:
         "metadata": {"name": name},
         "data": {"password": base64.b64encode(raw).decode()},
     }
-
-
-def on_disk(cluster: EtcdCluster, needles: tuple[bytes, ...]) -> list[str]:
-    """Every file of every member (WAL, snapshots, the bbolt database) holding a needle."""
-    found = []
-    for path in (cluster.root / "data").rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            found += [f"{path.name}: {n.decode()}" for n in needles if n in data]
-    return found
 
 
 async def stored(cluster: EtcdCluster, key: bytes) -> bytes:
@@ -101,8 +92,8 @@ async def test_secrets_are_encrypted_at_rest(etcd_cluster: EtcdCluster, tmp_path
         await enc.stop()
     # the disk: the encrypted Secret's value in neither form; the plain one's in both (the
     # WAL keeps what was written before the update)
-    assert on_disk(etcd_cluster, (raw, b64)) == []
-    assert len(on_disk(etcd_cluster, (before_raw, before_b64))) >= 2
+    assert files_holding(etcd_cluster.root / "data", (raw, b64)) == []
+    assert len(files_holding(etcd_cluster.root / "data", (before_raw, before_b64))) >= 2
 
     # a replica with no encryption configuration: a clear 500, not a JSON error
     bare = ApiReplica(tmp_path, "bare", etcd_cluster.endpoints)
@@ -138,16 +129,13 @@ async def test_secrets_are_encrypted_at_rest(etcd_cluster: EtcdCluster, tmp_path
 def test_every_stored_resource_is_found_by_its_key(tmp_path: Path):
     """The replica's key-to-resource map covers every stored type (RBAC objects included), and
     custom resources by their group; keys no resource owns stay as they are."""
-    from haplane.api.access_types import ACCESS_TYPES
-    from haplane.api.crds import CRD_TYPE
-    from haplane.api.encryption import transformers
-    from haplane.api.resources import BUILTIN
+    from haplane.api.encryption import stored_types, transformers
 
     key = tmp_path / "kek.key"
     create_local_key(key)
     config = tmp_path / "all.yaml"
     config.write_text(default_config(key).replace("[secrets]", '["*.*"]'))
-    t = transformers(config, [*BUILTIN, CRD_TYPE, *ACCESS_TYPES])
+    t = transformers(config, stored_types())
     for k, owner in (
         (b"/registry/secrets/default/x", ("", "secrets")),
         (b"/registry/clusterroles/admin", ("rbac.authorization.k8s.io", "clusterroles")),

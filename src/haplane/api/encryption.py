@@ -57,6 +57,16 @@ class ReloadingTransformers:
         return self.current.from_storage(data, key)
 
 
+def stored_types() -> list[ResourceType]:
+    """Every type a replica stores under its own key prefix (custom resources are found by
+    their group): what the CLI needs to open values as the replicas do."""
+    from .access_types import ACCESS_TYPES
+    from .crds import CRD_TYPE
+    from .resources import BUILTIN
+
+    return [*BUILTIN, CRD_TYPE, *ACCESS_TYPES]
+
+
 def transformers(config: Path | str, builtins: Iterable[ResourceType]) -> Transformers:
     """Built-ins live under /registry/<resource>/, custom resources (and CRDs) under
     /registry/<group>/<resource>/: a first segment with a dot is a group."""

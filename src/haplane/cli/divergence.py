@@ -102,23 +102,17 @@ def apply_cmd(
 
     from haplane.local.divergence import DivergenceError, reapply, reapply_plan
     from haplane.local.gate_plans import plan_of
-    from haplane.local.security import http_ssl
+    from haplane.local.security import encryption_config_path, http_ssl
     from haplane.topology import load_file
 
     state = _state(state_dir)
     topology = load_file(state.topology_file) if state.topology_file.exists() else None
-    enc = topology.spec.security.encryption if topology is not None else None
-    config = (
-        Path(enc.config_file) if enc and enc.config_file else state.root / "encryption/config.yaml"
-    )
+    config = encryption_config_path(state, topology)
     decrypt = None
     if config.exists():  # sealed values are opened in memory to be applied through the API
-        from haplane.api.access_types import ACCESS_TYPES
-        from haplane.api.crds import CRD_TYPE
-        from haplane.api.encryption import transformers
-        from haplane.api.resources import BUILTIN
+        from haplane.api.encryption import stored_types, transformers
 
-        decrypt = transformers(config, [*BUILTIN, CRD_TYPE, *ACCESS_TYPES]).from_storage
+        decrypt = transformers(config, stored_types()).from_storage
     try:
         steps = reapply_plan(state.root, name, key, decrypt)
     except DivergenceError as exc:

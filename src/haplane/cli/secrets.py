@@ -22,18 +22,15 @@ app = typer.Typer(help="Encryption at rest: what each key protects, new keys, re
 
 def _setup(state: StateDir, topology: Topology) -> tuple[Any, Any, Path]:
     """(transformers, plan, configuration path) of the running topology."""
-    from haplane.api.access_types import ACCESS_TYPES
-    from haplane.api.crds import CRD_TYPE
-    from haplane.api.encryption import transformers
-    from haplane.api.resources import BUILTIN
+    from haplane.api.encryption import stored_types, transformers
     from haplane.local.gate_plans import plan_of
+    from haplane.local.security import encryption_config_path
 
-    enc = topology.spec.security.encryption
-    path = Path(enc.config_file) if enc.config_file else state.root / "encryption" / "config.yaml"
+    path = encryption_config_path(state, topology)
     if not path.exists():
         typer.echo(f"error: no encryption configuration at {path}: run `haplane up`", err=True)
         raise typer.Exit(1)
-    return transformers(path, [*BUILTIN, CRD_TYPE, *ACCESS_TYPES]), plan_of(topology, state), path
+    return transformers(path, stored_types()), plan_of(topology, state), path
 
 
 def _regional_clients(plan: Any) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from haplane.auth.encryption import (
     create_local_key,
     local_config,
 )
-from haplane.store import FENCE_KEY, Compare, EtcdClient, EtcdError, GlobalState, Op
+from haplane.store import FENCE_KEY, Compare, EtcdClient, EtcdError, GlobalState, Op, prefix_end
 
 from .state_dir import StateDir
 
@@ -170,8 +170,7 @@ async def scan(client: EtcdClient, transformers: Transformers, region: str) -> R
 
 async def _values(client: EtcdClient) -> AsyncIterator[tuple[bytes, bytes]]:
     """Every (key, value) under /registry/, a page at a time."""
-    start = REGISTRY
-    end = REGISTRY[:-1] + b"0"  # the prefix's end: "/registry0"
+    start, end = REGISTRY, prefix_end(REGISTRY)
     while True:
         kvs, _ = await client.range(start, end, limit=PAGE)
         for kv in kvs:

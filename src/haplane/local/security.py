@@ -432,6 +432,14 @@ def expiry_summary(tls: PlatformTls) -> dict[str, object]:
 # ---- encryption at rest ----------------------------------------------------------------------
 
 
+def encryption_config_path(state: StateDir, topology: Topology | None) -> Path:
+    """Where the replicas' EncryptionConfiguration is: the topology's own file, else the one
+    `up` writes (`STATE/encryption/config.yaml`; also without a recorded topology). Nothing
+    is read or written here."""
+    own = topology.spec.security.encryption.config_file if topology is not None else None
+    return Path(own) if own else state.root / "encryption" / "config.yaml"
+
+
 def encryption_config(state: StateDir, topology: Topology) -> Path:
     """The EncryptionConfiguration every API replica is given (`--encryption-provider-config`),
     made ready: the topology's own file as given, else `STATE/encryption/config.yaml`, written
@@ -443,10 +451,9 @@ def encryption_config(state: StateDir, topology: Topology) -> Path:
     from .secrets_ops import local_keys, write_config
 
     enc = topology.spec.security.encryption
-    if enc.config_file:
-        load_config(enc.config_file)  # refused here, with the field, rather than by replicas
-        return Path(enc.config_file)
-    _private_dir(state.root / "encryption")
-    config = write_config(state, local_keys(state), encrypt=enc.enabled)
-    load_config(config)
-    return config
+    path = encryption_config_path(state, topology)
+    if not enc.config_file:
+        _private_dir(state.root / "encryption")
+        write_config(state, local_keys(state), encrypt=enc.enabled)
+    load_config(path)  # refused here, with the field, rather than by replicas
+    return path

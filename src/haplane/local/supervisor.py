@@ -114,7 +114,7 @@ class Supervisor:
         self.processes: dict[str, ManagedProcess] = {}
         self.clusters: list[ClusterPlan] = []
         # written at start (`security.encryption_config`): what every replica is given
-        self.encryption_config = self.state.root / "encryption" / "config.yaml"
+        self.encryption_config = security.encryption_config_path(state, topology)
         self.replicas: list[ReplicaPlan] = []
         self.balancers: list[BalancerPlan] = []
         self.gates: list[GatePlan] = []
