@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from haplane.auth.encryption import Transformers, load_config
+from haplane.auth.encryption import EncryptionError, Transformers, load_config
 
 from .resources import ResourceType
 
@@ -28,11 +28,16 @@ class ReloadingTransformers:
         self.current, self.sha256, self._stamp = self._load()
 
     def _load(self) -> tuple[Transformers, str, tuple[int, int]]:
+        """Parsed and hashed from one read: the digest reported is of the file in use."""
         stat = self.path.stat()
-        text = self.path.read_bytes()
+        data = self.path.read_bytes()
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            raise EncryptionError(f"{self.path}: {exc}") from None
         return (
-            transformers(self.path, self.builtins),
-            hashlib.sha256(text).hexdigest(),
+            transformers(self.path, self.builtins, text),
+            hashlib.sha256(data).hexdigest(),
             (stat.st_mtime_ns, stat.st_size),
         )
 
@@ -67,7 +72,9 @@ def stored_types() -> list[ResourceType]:
     return [*BUILTIN, CRD_TYPE, *ACCESS_TYPES]
 
 
-def transformers(config: Path | str, builtins: Iterable[ResourceType]) -> Transformers:
+def transformers(
+    config: Path | str, builtins: Iterable[ResourceType], text: str | None = None
+) -> Transformers:
     """Built-ins live under /registry/<resource>/, custom resources (and CRDs) under
     /registry/<group>/<resource>/: a first segment with a dot is a group."""
     builtin = {
@@ -86,4 +93,4 @@ def transformers(config: Path | str, builtins: Iterable[ResourceType]) -> Transf
             return parts[0].decode(), parts[1].decode()
         return builtin.get(parts[0])
 
-    return Transformers(load_config(config), resource_of)
+    return Transformers(load_config(config, text), resource_of)

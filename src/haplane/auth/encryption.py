@@ -376,11 +376,12 @@ class Transformers:
         )
 
 
-def load_config(path: Path | str) -> list[ResourceRule]:
-    """Parse an `EncryptionConfiguration` file; `EncryptionError` names the field and the fix."""
+def load_config(path: Path | str, text: str | None = None) -> list[ResourceRule]:
+    """Parse an `EncryptionConfiguration` file (`text`: its contents, already read);
+    `EncryptionError` names the field and the fix."""
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(path.read_text() if text is None else text)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
         raise EncryptionError(f"{path}: {exc}") from None
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
