@@ -4,10 +4,15 @@ the EncryptionConfiguration that says which resources it applies to."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import secrets
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from haplane.auth.encryption import (
     KMS_V2_PREFIX,
@@ -48,7 +53,7 @@ def test_round_trip_and_what_is_stored(tmp_path: Path):
     assert stored.startswith(KMS_V2_PREFIX + b"local:")
     assert b"aHVudGVy" not in stored and b"hunter2" not in stored
     obj = EncryptedObject.decode(stored[len(p.prefix()) :])
-    assert obj.key_id == k.key_id() and obj.source_type == 2
+    assert obj.key_id == k.key_id() and obj.source_type == 1  # Kubernetes' seed type
     assert p.decrypt(stored, KEY) == MARKER
     # every write its own data key and nonce: the same plaintext never encrypts the same
     again = p.encrypt(MARKER, KEY)
@@ -58,6 +63,54 @@ def test_round_trip_and_what_is_stored(tmp_path: Path):
     assert first.encrypted_dek_source == second.encrypted_dek_source  # one seed per process
     # another process (replica) reads it: it unwraps the seed with the same KEK
     assert KmsV2("local", LocalKek(k.path)).decrypt(stored, KEY) == MARKER
+
+
+def hkdf_expand_sha256(prk: bytes, info: bytes) -> bytes:
+    """RFC 5869's expand step, 32 bytes (one block), written out: what Kubernetes' seed mode
+    derives each value's key with (hkdf.Expand(sha256.New, seed, info))."""
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
+def test_the_format_is_kubernetes_own(tmp_path: Path):
+    """kube-apiserver's seed mode, from its sources: DEK = HKDF-Expand(seed, info), data =
+    info || nonce || AES-GCM(DEK, nonce, value, aad = etcd key), type 1. A value built that
+    way by hand reads, and what haplane writes opens that way."""
+    k = kek(tmp_path)
+    p = KmsV2("local", k)
+    ours = EncryptedObject.decode(p.encrypt(MARKER, KEY)[len(p.prefix()) :])
+    seed = k.unwrap(ours.encrypted_dek_source, ours.key_id)
+    body = ours.encrypted_data
+    info, nonce, sealed = body[:32], body[32:44], body[44:]
+    assert AESGCM(hkdf_expand_sha256(seed, info)).decrypt(nonce, sealed, KEY) == MARKER
+    info, nonce = secrets.token_bytes(32), secrets.token_bytes(12)
+    theirs = EncryptedObject(
+        info + nonce + AESGCM(hkdf_expand_sha256(seed, info)).encrypt(nonce, MARKER, KEY),
+        ours.key_id,
+        ours.encrypted_dek_source,
+        1,
+    )
+    assert theirs.encode()[-2:] == b"\x28\x01"  # field 5 (varint) = 1, last
+    assert KmsV2("local", LocalKek(k.path)).decrypt(p.prefix() + theirs.encode(), KEY) == MARKER
+
+
+def test_values_haplane_wrote_before_still_read(tmp_path: Path):
+    """Type 2 (not a Kubernetes value): what haplane wrote before its format matched
+    Kubernetes, the DEK from HKDF extract (no salt) and expand."""
+    k = kek(tmp_path)
+    p = KmsV2("local", k)
+    ours = EncryptedObject.decode(p.encrypt(MARKER, KEY)[len(p.prefix()) :])
+    seed = k.unwrap(ours.encrypted_dek_source, ours.key_id)
+    info, nonce = secrets.token_bytes(32), secrets.token_bytes(12)
+    dek = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(seed)
+    old = EncryptedObject(
+        info + nonce + AESGCM(dek).encrypt(nonce, MARKER, KEY), ours.key_id,
+        ours.encrypted_dek_source, 2,
+    )  # fmt: skip
+    assert p.decrypt(p.prefix() + old.encode(), KEY) == MARKER
+    # and the two derivations differ: a type confusion would not decrypt
+    swapped = EncryptedObject(old.encrypted_data, old.key_id, old.encrypted_dek_source, 1)
+    with pytest.raises(EncryptionError, match="does not decrypt"):
+        p.decrypt(p.prefix() + swapped.encode(), KEY)
 
 
 def test_the_etcd_key_is_bound_and_tampering_is_caught(tmp_path: Path):
@@ -71,8 +124,8 @@ def test_the_etcd_key_is_bound_and_tampering_is_caught(tmp_path: Path):
     tampered = EncryptedObject(bytes(data), obj.key_id, obj.encrypted_dek_source)
     with pytest.raises(EncryptionError, match="does not decrypt"):
         p.decrypt(p.prefix() + tampered.encode(), KEY)
-    with pytest.raises(EncryptionError, match="type 1"):
-        p.decrypt(p.prefix() + EncryptedObject(bytes(data), obj.key_id, b"x", 1).encode(), KEY)
+    with pytest.raises(EncryptionError, match="type 0"):  # AES_GCM_KEY: never written here
+        p.decrypt(p.prefix() + EncryptedObject(bytes(data), obj.key_id, b"x", 0).encode(), KEY)
     with pytest.raises(EncryptionError, match="truncated"):
         p.decrypt(stored[:40], KEY)
 

@@ -9,13 +9,17 @@ and nothing else. The API's storage (`haplane.api.storage.Transformer`) calls
 The scheme (Kubernetes' KMS v2 with a DEK seed):
 - each replica makes a 32-byte **seed** and has the KEK wrap it once (KEK calls are rare: at
   start, and when the KEK's key id changes);
-- each write derives its own data key, **DEK = HKDF-SHA256(seed, info = 32 random bytes)**, and
+- each write derives its own data key, **DEK = HKDF-Expand-SHA256(seed, info = 32 random
+  bytes)** (the seed is the pseudorandom key: no extract step, as Kubernetes does it), and
   encrypts with AES-256-GCM under a random 12-byte nonce, the etcd key as associated data (a
   value copied under another key does not decrypt). A key used for one value only has no
   AES-GCM nonce-reuse limit;
 - the stored value is `k8s:enc:kms:v2:<provider name>:` and an `EncryptedObject` (the protobuf
   message of k8s.io/apiserver's kmsv2 API: encryptedData = info || nonce || ciphertext,
-  keyID = the KEK's key id, encryptedDEKSource = the wrapped seed, its type HKDF_SHA256_XNONCE);
+  keyID = the KEK's key id, encryptedDEKSource = the wrapped seed, encryptedDEKSourceType =
+  HKDF_SHA256_XNONCE_AES_GCM_SEED (1)), byte for byte what kube-apiserver writes. Values that
+  haplane wrote before it matched Kubernetes carry type 2 (not a Kubernetes value) and derive
+  with HKDF extract-then-expand; they are still read;
 - reads unwrap each seed once (remembered by its wrapped bytes), so a read costs one HKDF and
   one AES-GCM open.
 
@@ -48,7 +52,7 @@ import yaml
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 API_VERSION = "apiserver.config.k8s.io/v1"
 KIND = "EncryptionConfiguration"
@@ -56,9 +60,11 @@ KMS_V2_PREFIX = b"k8s:enc:kms:v2:"
 SEED_BYTES = 32
 INFO_BYTES = 32
 NONCE_BYTES = 12
-# k8s.io/apiserver kmsv2 EncryptedDEKSourceType: AES_GCM_KEY = 1, HKDF_SHA256_XNONCE_AES_GCM_SEED
-# = 2 (the only one written here)
-HKDF_SHA256_XNONCE_AES_GCM_SEED = 2
+# k8s.io/apiserver kmsv2 EncryptedDEKSourceType: AES_GCM_KEY = 0 (not read here),
+# HKDF_SHA256_XNONCE_AES_GCM_SEED = 1 (what is written)
+HKDF_SHA256_XNONCE_AES_GCM_SEED = 1
+# what haplane wrote before it matched Kubernetes: a seed, the DEK from HKDF extract + expand
+HAPLANE_V0_SEED = 2
 LOCAL_KEK_AAD = b"haplane local KEK v1"
 SEED_CACHE = 1024  # unwrapped seeds remembered (each replica writes under one)
 
@@ -267,10 +273,14 @@ class KmsV2:
 
     def decrypt(self, data: bytes, key: bytes) -> bytes:
         obj = EncryptedObject.decode(data[len(self._prefix) :])
-        if obj.source_type != HKDF_SHA256_XNONCE_AES_GCM_SEED:
+        if obj.source_type == HKDF_SHA256_XNONCE_AES_GCM_SEED:
+            derive = _dek
+        elif obj.source_type == HAPLANE_V0_SEED:
+            derive = _dek_v0
+        else:
             raise EncryptionError(
                 f"{key.decode(errors='replace')}: a DEK source of type {obj.source_type} "
-                "(only seeds, type 2, are written here)"
+                "(only seeds, type 1, are written here)"
             )
         seed = self._seeds.get(obj.encrypted_dek_source)
         if seed is None:
@@ -284,7 +294,7 @@ class KmsV2:
             raise EncryptionError(f"{key.decode(errors='replace')}: the ciphertext is truncated")
         info, nonce = body[:INFO_BYTES], body[INFO_BYTES : INFO_BYTES + NONCE_BYTES]
         try:
-            return AESGCM(_dek(seed, info)).decrypt(nonce, body[INFO_BYTES + NONCE_BYTES :], key)
+            return AESGCM(derive(seed, info)).decrypt(nonce, body[INFO_BYTES + NONCE_BYTES :], key)
         except InvalidTag:
             raise EncryptionError(
                 f"{key.decode(errors='replace')}: the value does not decrypt (altered, or "
@@ -293,6 +303,13 @@ class KmsV2:
 
 
 def _dek(seed: bytes, info: bytes) -> bytes:
+    """Kubernetes' derivation (aes_extended_nonce.go): HKDF-Expand only, the seed as the
+    pseudorandom key."""
+    return HKDFExpand(algorithm=hashes.SHA256(), length=32, info=info).derive(seed)
+
+
+def _dek_v0(seed: bytes, info: bytes) -> bytes:
+    """haplane's first derivation (values of type 2): HKDF extract (no salt), then expand."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(seed)
 
 
