@@ -12,8 +12,8 @@ import urllib.request
 from pathlib import Path
 
 from haplane.local.api_replica import ApiReplica
-from haplane.store import FenceValue, GlobalState, RegionFence
-from tests.topology_helpers import fenced_replica_args
+from haplane.store import GlobalState, RegionFence
+from tests.topology_helpers import fenced_replica_args, make_active
 
 
 def _wait(predicate, timeout: float = 5.0):
@@ -28,10 +28,7 @@ def _wait(predicate, timeout: float = 5.0):
 
 async def test_writes_follow_the_epoch(etcd_cluster, key_prefix, tmp_path: Path) -> None:
     client = etcd_cluster.client(timeout=2.0)
-    state = GlobalState(client, prefix=key_prefix)
-    await state.initialize("test", by="t", reason="t", grant_ms=600, margin_ms=100, fresh=True)
-    fence = RegionFence("test", client, key=key_prefix + b"fence")
-    await fence.swap(await fence.read(), FenceValue.active("test", 1))
+    state, fence = await make_active(client, key_prefix, "test", key_prefix + b"fence")
     journal = tmp_path / "writes.jsonl"
     replica = ApiReplica(
         tmp_path,

@@ -449,8 +449,15 @@ def test_default_roles_keep_secrets_from_operators():
         for verb in ("get", "list", "watch"):
             assert not can(idx, name, verb, "secrets", "any"), (name, verb)
     assert can(idx, "haplane:auditor", "list", "clusterroles", "", "rbac.authorization.k8s.io")
-    assert can(idx, "haplane:dr-operator", "create", "switchovers", "", "platform.haplane.io")
-    assert not can(idx, "haplane:gate-operator", "create", "switchovers", "", "platform.haplane.io")
+    assert can(idx, "haplane:dr-operator", "create", "switchovers", "", "ops.haplane.dev")
+    assert not can(idx, "haplane:dr-operator", "delete", "switchovers", "", "ops.haplane.dev")
+    assert not can(idx, "haplane:dr-operator", "create", "approvalpolicies", "", "ops.haplane.dev")
+    assert not can(idx, "haplane:gate-operator", "create", "switchovers", "", "ops.haplane.dev")
+    assert idx.cluster_roles_of("haplane:dr-operator", ()) == {"haplane:dr-operator"}
+    assert "haplane:dr-operator" not in idx.cluster_roles_of("nobody", (AUTH,))
+    assert can(
+        idx, "haplane:dr-operator", "update", "switchovers", "", "ops.haplane.dev", sub="approval"
+    )
 
 
 # ---- the index against a naive evaluator --------------------------------------------------

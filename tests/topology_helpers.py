@@ -22,7 +22,7 @@ import yaml
 from haplane.local.netns import available
 from haplane.local.security import SUPERVISOR, PlatformTls
 from haplane.local.state_dir import StateDir
-from haplane.store import EtcdTls
+from haplane.store import EtcdClient, EtcdTls, FenceValue, GlobalState, RegionFence
 from haplane.topology import load_file
 from haplane.topology.loader import example_text
 
@@ -130,6 +130,18 @@ def down_and_check(state: Path) -> None:
     for p in leftovers:
         p.kill()
     assert not leftovers, f"processes left behind: {leftovers}"
+
+
+async def make_active(
+    client: EtcdClient, prefix: bytes, region: str, fence_key: bytes
+) -> tuple[GlobalState, RegionFence]:
+    """A fresh global state under `prefix` with `region` active and writable at epoch 1, and
+    its fence key at `fence_key` saying so (tests share one etcd between "regions")."""
+    state = GlobalState(client, prefix=prefix)
+    await state.initialize(region, by="t", reason="t", grant_ms=600, margin_ms=100, fresh=True)
+    fence = RegionFence(region, client, key=fence_key)
+    await fence.swap(await fence.read(), FenceValue.active(region, 1))
+    return state, fence
 
 
 def fenced_replica_args(

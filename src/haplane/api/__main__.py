@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         help="key prefix of the global state in the global control etcd",
     )
     ap.add_argument(
+        "--regions",
+        default="",
+        help="comma-separated regions of the topology: a Switchover may name only these",
+    )
+    ap.add_argument(
         "--write-log", default=None, help="append one JSON line per acknowledged write here"
     )
     ap.add_argument(
@@ -173,6 +178,7 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         watch_cache=not args.no_watch_cache,
         global_endpoints=[e for e in args.global_etcd.split(",") if e],
         global_prefix=args.global_prefix,
+        regions=[r for r in args.regions.split(",") if r],
         write_log=args.write_log,
         data_fence=args.data_fence,
         fence_key=args.fence_key,

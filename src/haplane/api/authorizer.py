@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from haplane.auth import rbac
@@ -129,6 +129,9 @@ class RbacAuthorizer:
                     "authorization is not ready: the RBAC caches are loading; retry"
                 )
             await asyncio.sleep(0.02)
+
+    def cluster_roles_of(self, user: str, groups: Sequence[str]) -> set[str]:
+        return self.index.cluster_roles_of(user, groups)
 
     async def authorize(self, user: UserInfo, info: RequestInfo) -> rbac.Decision:
         if MASTERS in user.groups:

@@ -672,15 +672,15 @@ class GenericStore:
         *,
         dry_run: bool = False,
     ) -> Obj:
-        """`status` changes only .status; `scale` only the replicas field its CRD names;
-        `finalize` only .spec.finalizers (namespaces)."""
+        """`status` (and `approval`) changes only .status; `scale` only the replicas field its
+        CRD names; `finalize` only .spec.finalizers (namespaces)."""
 
         def only_subresource(current: Obj) -> Obj:
             desired = make_new(copy.deepcopy(current))
             if not isinstance(desired, dict):
                 raise errors.bad_request("the request body must be an object")
             result = copy.deepcopy(current)
-            if subresource == "status":
+            if subresource in ("status", "approval"):  # approval: ops.Operations.approve's
                 result["status"] = desired.get("status") or {}
             elif subresource == "scale":
                 replicas = (desired.get("spec") or {}).get("replicas")

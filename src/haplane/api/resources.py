@@ -274,6 +274,9 @@ class ResourceType:
     printer_columns: tuple[dict[str, Any], ...] = ()  # CRD additionalPrinterColumns
     scale_paths: tuple[str, str, str] | None = None  # spec, status replicas; label selector
     virtual: bool = False  # created and answered, never stored (access and token reviews)
+    # False: stored in the global control etcd (ops.haplane.dev), writable in every region,
+    # never behind the region's write fence
+    fenced: bool = True
 
     @property
     def group_version(self) -> str:

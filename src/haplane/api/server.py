@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -53,7 +54,7 @@ from haplane.store import (
 )
 
 from . import encryption as at_rest
-from . import errors
+from . import errors, ops
 from .access import Access
 from .access_types import ACCESS_TYPES
 from .authenticators import TokenAuthenticator
@@ -152,6 +153,8 @@ class ReplicaConfig:
     sync: SyncConfig | None = None
     security: SecurityConfig = field(default_factory=SecurityConfig)
     etcd_tls: EtcdTls | None = None  # client certificate for every etcd (own, global, standby)
+    # every region of the topology (a Switchover may name only these; empty: not checked)
+    regions: list[str] = field(default_factory=list)
 
 
 class ApiServer:
@@ -202,6 +205,23 @@ class ApiServer:
             else None
         )
         self.authorizer = RbacAuthorizer() if sec.authorization == "RBAC" else None
+        # ops.haplane.dev: served from the global control etcd, by every region's replicas
+        self._ops_storage: EtcdStorage | None = None
+        self.ops: ops.OpsHooks | None = None
+        if self._global_client is not None:
+            for t in ops.ops_types(config.global_prefix):
+                self.registry.add(t)
+            self._ops_storage = EtcdStorage(
+                self._global_client, ops.versions(config.global_prefix), observe=None
+            )
+            self.ops = ops.OpsHooks(
+                ops.Operations(
+                    roles_of=self.authorizer.cluster_roles_of if self.authorizer else None,
+                    epoch=lambda: self.fence.epoch,
+                    regions=config.regions,
+                ),
+                self._approval_policies,
+            )
         self.sa_tokens = (
             ServiceAccountTokens([load_or_create_key(sec.sa_key)], sec.sa_issuer)
             if sec.sa_key
@@ -273,6 +293,8 @@ class ApiServer:
         for t in self.registry.all():
             if not t.virtual:
                 self.stores[(t.group, t.version, t.plural)] = self._make_store(t)
+        if self.ops is not None:
+            self._spawn(self._ensure_default_policies(), "default approval policies")
         if self.authorizer is not None:
             for prefix in RBAC_PREFIXES:
                 self.authorizer.attach(prefix, self._cacher(prefix))
@@ -296,7 +318,7 @@ class ApiServer:
         crd_rv = await self._sync_all_crds()
         self._crd_task = asyncio.create_task(self._watch_crds(crd_rv), name="crd sync")
         self.controllers = Controllers(
-            lambda: list(self.stores.values()),
+            lambda: [s for s in self.stores.values() if s.t.fenced],  # not the global ops
             storage_store=self._unserved_crd_store,
             gc_paused=lambda: self._gc_paused,
         )
@@ -333,6 +355,7 @@ class ApiServer:
             admission=self.config.admission,
             terminating_crds=self._terminating_crds,
             access=self.access,
+            ops=self.ops,
         )
         # aiohttp's low-level server: one catch-all handler, the chain composed once
         links: list[Link] = [
@@ -532,8 +555,12 @@ class ApiServer:
                 self._release_cacher(gone.t.key_prefix())
 
     def _make_store(self, t: ResourceType) -> GenericStore:
-        """A generic store on etcd, behind this replica's watch cache for the resource."""
+        """A generic store on etcd, behind this replica's watch cache for the resource (the
+        ops types: straight on the global control etcd; they are few, and rarely read)."""
         assert self._storage is not None, "start() sets the storage first"
+        if not t.fenced:
+            assert self._ops_storage is not None
+            return GenericStore(t, self._ops_storage)
         if not self.config.watch_cache:
             return GenericStore(t, self._storage)
         prefix = t.key_prefix()
@@ -599,6 +626,31 @@ class ApiServer:
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(Exception):
                     rv = await self._sync_all_crds()
+
+    # ---- ops.haplane.dev --------------------------------------------------------------------
+
+    async def _approval_policies(self) -> list[Obj]:
+        store = self.stores[(ops.GROUP, ops.VERSION, "approvalpolicies")]
+        try:
+            return (await store.storage.list(store.t.key_prefix())).items
+        except StorageError as exc:  # never create an operation without knowing its policies
+            raise errors.unavailable(f"approval policies unreadable: {exc}") from None
+
+    async def _ensure_default_policies(self, every: float = 2.0) -> None:
+        """Create the default ApprovalPolicy objects that are absent (every replica tries;
+        the first create wins), retrying while the global control etcd does not answer."""
+        store = self.stores[(ops.GROUP, ops.VERSION, "approvalpolicies")]
+        pending = ops.default_policies()
+        while pending:
+            for policy in list(pending):
+                try:
+                    await store.create(None, copy.deepcopy(policy))
+                except StatusError as exc:
+                    if exc.code != 409:
+                        continue
+                pending.remove(policy)
+            if pending:
+                await asyncio.sleep(every)
 
     # ---- fencing ---------------------------------------------------------------------------
 

@@ -499,6 +499,15 @@ class RbacIndex:
                     )
         return Decision(False, "")
 
+    def cluster_roles_of(self, user: str, groups: Sequence[str]) -> set[str]:
+        """The ClusterRoles bound to the user cluster-wide (ClusterRoleBindings to the user or
+        one of the groups): who counts as, say, a `haplane:dr-operator` approver."""
+        return {
+            b.role_name
+            for b, _ in self._applicable(user, groups, "")
+            if b.role_kind == "ClusterRole" and not b.namespace
+        }
+
     def rules_of(self, user: str, groups: Sequence[str], namespace: str) -> list[Rule]:
         """Every rule granted to the user in `namespace` ("" for cluster-wide only)."""
         if MASTERS in groups:
@@ -613,6 +622,7 @@ WRITE = ["create", "delete", "deletecollection", "patch", "update"]
 BOOTSTRAP_LABELS = {"kubernetes.io/bootstrapping": "rbac-defaults"}
 AUTOUPDATE = {"rbac.authorization.kubernetes.io/autoupdate": "true"}
 PLATFORM_GROUP = "platform.haplane.io"
+OPS_GROUP = "ops.haplane.dev"  # platform operations and approvals (haplane.api.ops)
 HAPLANE_LABELS = {"app.kubernetes.io/part-of": "haplane"}
 
 
@@ -742,7 +752,8 @@ _OPERATOR_READ = [
 # | haplane:platform-admin   | everything (as cluster-admin)                                |
 # | haplane:etcd-operator    | etcd members and snapshots (platform.haplane.io); read core  |
 # | haplane:gate-operator    | gates, balancers: drain, weights; read core                  |
-# | haplane:dr-operator      | switchovers, failovers, drills, restores; read snapshots     |
+# | haplane:dr-operator      | ask for and approve switchovers and drills; restores; read   |
+# |                          | approval policies and snapshots                              |
 # | haplane:auditor          | read everything except Secrets; read the audit log           |
 OPERATOR_ROLES: dict[str, list[Obj]] = {
     "haplane:platform-admin": [
@@ -766,9 +777,11 @@ OPERATOR_ROLES: dict[str, list[Obj]] = {
         *_OPERATOR_READ,
     ],
     "haplane:dr-operator": [
-        _rule(
-            [PLATFORM_GROUP], ["switchovers", "failovers", "drills", "restores"], [*READ, "create"]
-        ),
+        # asks for operations and approves others' (the ApprovalPolicy decides whose count)
+        _rule([OPS_GROUP], ["switchovers", "drills"], [*READ, "create"]),
+        _rule([OPS_GROUP], ["switchovers/approval", "drills/approval"], ["update"]),
+        _rule([OPS_GROUP], ["approvalpolicies"], READ),
+        _rule([PLATFORM_GROUP], ["restores"], [*READ, "create"]),
         _rule([PLATFORM_GROUP], ["snapshots"], READ),
         *_OPERATOR_READ,
     ],

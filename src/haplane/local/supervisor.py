@@ -355,6 +355,8 @@ class Supervisor:
                 ",".join(plan.etcd_endpoints),
                 "--global-etcd",
                 ",".join(global_plan(self.clusters).endpoints),
+                "--regions",
+                ",".join(s.name for s, _ in self.topology.regions()),
                 "--write-log",
                 str(self.state.write_log(plan.qualified_name)),
                 *_sync_args(plan),

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from ..access import Access
 from ..generic_store import GenericStore
+from ..ops import OpsHooks
 from ..request import Admission, Target
 from ..resources import Registry
 
@@ -39,6 +40,8 @@ class HandlerContext:
     terminating_crds: set[str] = field(default_factory=set)
     # the replica's authorizer and authenticators, for the review types (None: not served)
     access: Access | None = None
+    # the ops.haplane.dev hooks (None: not served: a replica without a global control etcd)
+    ops: OpsHooks | None = None
 
     def store(self, target: Target) -> GenericStore:
         t = target.rtype

@@ -58,5 +58,7 @@ def maybe_table(
 
 def columns(t: ResourceType) -> list[tables.Column]:
     return (
-        tables.crd_columns(list(t.printer_columns)) if t.custom else tables.builtin_columns(t.kind)
+        tables.crd_columns(list(t.printer_columns))
+        if t.custom or t.printer_columns
+        else tables.builtin_columns(t.kind)
     )

@@ -30,7 +30,7 @@ async def serve(
     q = request.query
     dry = dry_run(q)
     m = request.method
-    if m in WRITES and not dry:
+    if m in WRITES and not dry and target.rtype.fenced:
         ctx.check_fence()
     if target.subresource is not None:
         return await subresource(ctx, request, target, dry)

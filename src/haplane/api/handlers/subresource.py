@@ -29,6 +29,13 @@ async def subresource(
             raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
         sa = await store.get(target.namespace, name)
         return json_response(ctx.access.token_request(sa, await body(request)), 201)
+    if sub == "approval":
+        if m != "PUT" or ctx.ops is None:
+            raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
+        approval = await body(request)
+        if not isinstance(approval, dict):
+            raise errors.bad_request("the request body must be an object")
+        return json_response(await ctx.ops.approval(store, request, name, approval, dry_run))
     if m == "GET" and sub in ("status", "scale"):
         return json_response(view(await store.get(target.namespace, name)))
     if m == "PUT":

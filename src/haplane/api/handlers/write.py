@@ -31,6 +31,8 @@ async def create(
         )
     obj = await body(request)
     await ctx.admit("create", target, obj)
+    if ctx.ops is not None and not t.fenced:
+        await ctx.ops.prepare_create(request, t, obj)
     created = await ctx.store(target).create(
         target.namespace,
         obj,

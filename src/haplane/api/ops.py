@@ -1,0 +1,628 @@
+"""The `ops.haplane.dev/v1` API: platform operations as objects, and four-eyes approvals.
+
+Layer: api. Served by the replicas of every region from the **global control etcd** (the
+server gives these types a storage over its global client, unfenced), so an operation can be
+asked for, approved and followed while the active region is down, fenced or mid-switchover,
+through any region's balancer. RBAC and audit apply at the replica that serves the request.
+The failover controller carries approved operations out (`haplane.gate.controller`), writing
+phases into their status (`haplane.store.operations` holds the key layout and phases).
+
+Kinds (cluster-scoped):
+- `Switchover`: `spec.targetRegion`, `spec.reason`, optional `force` (an unplanned failover),
+  `catchUpTimeoutSeconds` (default 10) and `breakGlass`. The spec is immutable; the status is
+  the platform's alone (no `status` subresource: nobody may write a phase).
+- `ApprovalPolicy`: which operations (`spec.operations`, kinds) need how many approvals
+  (`spec.approvals`) from whom (`spec.approvers`: `groups`, `clusterRoles` bound cluster-wide,
+  `users`), and how long a request waits (`spec.expireAfterSeconds`, default 3600). Every
+  policy that names an operation's kind must be satisfied. The default policy
+  (`switchover-approval`: one approver from `haplane:dr-operator` or `haplane:platform-admin`)
+  is created by the replicas when absent and may not be deleted or weakened to nothing.
+
+The approval subresource follows Kubernetes' CertificateSigningRequest (`kubectl certificate
+approve`): PUT `.../switchovers/NAME/approval` with the object as read, `status.conditions`
+ending in one new `{type: Approved | Denied, reason, message}`. The replica checks, under the
+object's version (a compare-and-swap; a stale `resourceVersion` or another `uid` is 409), that
+the request is still `Pending` and not expired, that the approver is not the requester and
+qualifies under a policy, and records `{user, groups, time}`; enough distinct approvers make it
+`Approved`. Refusals: own request 403, not an approver 403, expired or already decided 409.
+`spec.breakGlass` (with a reason) skips approval for `haplane:platform-admin` (or
+`system:masters`) only; it is logged loudly and annotated in the audit event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiohttp import web
+
+from haplane.auth.user import ANONYMOUS, UserInfo
+from haplane.store.operations import (
+    APPROVED,
+    EXPIRED,
+    GROUP,
+    PENDING,
+    REJECTED,
+    RUNNING,
+    TERMINAL,
+    VERSION,
+    now_rfc3339,
+    ops_prefix,
+    parse_time,
+)
+
+from . import errors
+from .generic_store import GenericStore
+from .resource_version import VersionContext
+from .resources import ResourceType, Strategy
+from .validation import FieldError
+
+log = logging.getLogger("haplane.api.ops")
+
+Obj = dict[str, Any]
+DEFAULT_EXPIRY = 3600
+MAX_EXPIRY = 7 * 24 * 3600
+BREAK_GLASS_ROLE = "haplane:platform-admin"
+MASTERS = "system:masters"
+DEFAULT_POLICY = "switchover-approval"
+DEFAULT_LABEL = "ops.haplane.dev/default"
+BREAK_GLASS_ANNOTATION = "ops.haplane.dev/break-glass"
+APPROVAL_ANNOTATION = "ops.haplane.dev/approval"
+_INVALID = "FieldValueInvalid"
+_REQUIRED = "FieldValueRequired"
+_FORBIDDEN = "FieldValueForbidden"
+
+
+def _dict(value: Any) -> Obj:
+    return value if isinstance(value, dict) else {}
+
+
+def _err(path: str, reason: str, message: str, value: Any = None) -> FieldError:
+    return FieldError(path, reason, message, None if value is None else json.dumps(value))
+
+
+# ---- Switchover --------------------------------------------------------------------------
+
+
+class SwitchoverStrategy(Strategy):
+    def validate(self, obj: Obj) -> list[FieldError]:
+        spec = obj.get("spec")
+        if not isinstance(spec, dict):
+            return [_err("spec", _REQUIRED, "targetRegion and reason")]
+        errs: list[FieldError] = []
+        to = spec.get("targetRegion")
+        if not isinstance(to, str) or not to:
+            errs.append(_err("spec.targetRegion", _REQUIRED, "the region to make active"))
+        reason = spec.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            errs.append(_err("spec.reason", _REQUIRED, "why: recorded with your name"))
+        elif len(reason) > 1024:
+            errs.append(_err("spec.reason", "FieldValueTooLong", "at most 1024 characters"))
+        for flag in ("force", "breakGlass"):
+            if flag in spec and not isinstance(spec[flag], bool):
+                errs.append(_err(f"spec.{flag}", _INVALID, "true or false", spec[flag]))
+        limit = spec.get("catchUpTimeoutSeconds", 10)
+        if (
+            not isinstance(limit, int | float)
+            or isinstance(limit, bool)
+            or not math.isfinite(limit)
+            or not 0.1 <= limit <= 600
+        ):
+            errs.append(_err("spec.catchUpTimeoutSeconds", _INVALID, "seconds, 0.1 to 600", limit))
+        unknown = sorted(set(spec) - SWITCHOVER_FIELDS)
+        if unknown:
+            errs.append(
+                _err(
+                    f"spec.{unknown[0]}",
+                    "FieldValueNotSupported",
+                    f"unknown field; known: {', '.join(sorted(SWITCHOVER_FIELDS))}",
+                )
+            )
+        return errs
+
+    def prepare_for_update(self, new: Obj, old: Obj) -> None:
+        new["status"] = old.get("status") or {}  # the platform's alone
+
+    def refuse_delete(self, obj: Obj) -> str | None:
+        if (obj.get("status") or {}).get("phase") == RUNNING:
+            return "the switchover is running: delete it once it has finished"
+        return None
+
+    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
+        if new.get("spec") != old.get("spec"):
+            return [_err("spec", _FORBIDDEN, "a Switchover's spec is immutable: create another")]
+        return []
+
+
+SWITCHOVER_FIELDS = frozenset(
+    {"targetRegion", "reason", "force", "catchUpTimeoutSeconds", "breakGlass"}
+)
+
+
+# ---- ApprovalPolicy ----------------------------------------------------------------------
+
+
+OPERATION_KINDS = frozenset({"Switchover"})
+
+
+class ApprovalPolicyStrategy(Strategy):
+    def validate(self, obj: Obj) -> list[FieldError]:
+        spec = obj.get("spec")
+        if not isinstance(spec, dict):
+            return [_err("spec", _REQUIRED, "operations, approvals and approvers")]
+        errs: list[FieldError] = []
+        ops = spec.get("operations")
+        if not isinstance(ops, list) or not ops or not all(isinstance(o, str) for o in ops):
+            errs.append(_err("spec.operations", _REQUIRED, "a list of kinds, e.g. [Switchover]"))
+        else:
+            for i, kind in enumerate(ops):
+                if kind not in OPERATION_KINDS:
+                    errs.append(
+                        _err(
+                            f"spec.operations[{i}]",
+                            "FieldValueNotSupported",
+                            f"supported: {', '.join(sorted(OPERATION_KINDS))}",
+                            kind,
+                        )
+                    )
+        n = spec.get("approvals")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10:
+            errs.append(_err("spec.approvals", _INVALID, "how many approvers, 1 to 10", n))
+        approvers = spec.get("approvers")
+        if not isinstance(approvers, dict):
+            errs.append(_err("spec.approvers", _REQUIRED, "groups, clusterRoles and/or users"))
+        else:
+            named = 0
+            for field in ("groups", "clusterRoles", "users"):
+                values = approvers.get(field, [])
+                if not isinstance(values, list) or not all(
+                    isinstance(v, str) and v for v in values
+                ):
+                    errs.append(_err(f"spec.approvers.{field}", _INVALID, "a list of names"))
+                else:
+                    named += len(values)
+            if named == 0:
+                errs.append(
+                    _err("spec.approvers", _REQUIRED, "at least one group, clusterRole or user")
+                )
+        expiry = spec.get("expireAfterSeconds", DEFAULT_EXPIRY)
+        if not isinstance(expiry, int) or isinstance(expiry, bool) or not 1 <= expiry <= MAX_EXPIRY:
+            errs.append(
+                _err("spec.expireAfterSeconds", _INVALID, f"1 to {MAX_EXPIRY} seconds", expiry)
+            )
+        return errs
+
+    def refuse_delete(self, obj: Obj) -> str | None:
+        if (obj.get("metadata") or {}).get("name") == DEFAULT_POLICY:
+            return (
+                f"{DEFAULT_POLICY} is the platform's default approval policy: it may be made "
+                "stricter, not removed"
+            )
+        return None
+
+
+SWITCHOVER = ResourceType(
+    GROUP,
+    VERSION,
+    "Switchover",
+    "switchovers",
+    "switchover",
+    namespaced=False,
+    categories=("haplane",),
+    strategy=SwitchoverStrategy(),
+    # no update or patch (the spec is immutable, the status the platform's), so nothing but
+    # a create fills a request's status, and no apply can create one around it
+    verbs=("create", "delete", "get", "list", "watch"),
+    subresources=("approval",),
+    printer_columns=(
+        {"name": "Target", "type": "string", "jsonPath": ".spec.targetRegion"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Requested-By", "type": "string", "jsonPath": ".status.requestedBy.username"},
+        {"name": "Approvals", "type": "integer", "jsonPath": ".status.approvalCount"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+)
+APPROVAL_POLICY = ResourceType(
+    GROUP,
+    VERSION,
+    "ApprovalPolicy",
+    "approvalpolicies",
+    "approvalpolicy",
+    namespaced=False,
+    categories=("haplane",),
+    strategy=ApprovalPolicyStrategy(),
+    printer_columns=(
+        {"name": "Operations", "type": "string", "jsonPath": ".spec.operations"},
+        {"name": "Approvals", "type": "integer", "jsonPath": ".spec.approvals"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+)
+
+
+def ops_types(global_prefix: str) -> tuple[ResourceType, ...]:
+    """The ops types, stored under `global_prefix` in the global control etcd."""
+    prefix = global_prefix.encode()
+    return tuple(
+        replace(t, storage_prefix=ops_prefix(prefix, t.plural).decode(), fenced=False)
+        for t in (SWITCHOVER, APPROVAL_POLICY)
+    )
+
+
+def versions(global_prefix: str) -> VersionContext:
+    """The ops objects' resourceVersions: the same in every region (all serve one store), so
+    the tag is derived from the global prefix, not from a region's etcd; the epoch stays 0
+    (a failover changes nothing of these objects)."""
+    return VersionContext(f"{zlib.crc32(b'ops:' + global_prefix.encode()):08x}", 0)
+
+
+def default_policies() -> list[Obj]:
+    return [
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ApprovalPolicy",
+            "metadata": {"name": DEFAULT_POLICY, "labels": {DEFAULT_LABEL: "true"}},
+            "spec": {
+                "operations": ["Switchover"],
+                "approvals": 1,
+                "approvers": {"clusterRoles": ["haplane:dr-operator", BREAK_GLASS_ROLE]},
+                "expireAfterSeconds": DEFAULT_EXPIRY,
+            },
+        }
+    ]
+
+
+# ---- the decisions ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requirement:
+    policy: str
+    approvals: int
+    groups: tuple[str, ...]
+    cluster_roles: tuple[str, ...]
+    users: tuple[str, ...]
+    expire_after: int
+
+    @classmethod
+    def of(cls, policy: Obj) -> Requirement:
+        spec = policy.get("spec") or {}
+        who = spec.get("approvers") or {}
+        return cls(
+            (policy.get("metadata") or {}).get("name", ""),
+            int(spec.get("approvals", 1)),
+            tuple(who.get("groups") or ()),
+            tuple(who.get("clusterRoles") or ()),
+            tuple(who.get("users") or ()),
+            int(spec.get("expireAfterSeconds", DEFAULT_EXPIRY)),
+        )
+
+    def as_dict(self) -> Obj:
+        return {
+            "policy": self.policy,
+            "approvals": self.approvals,
+            "approvers": {
+                "groups": list(self.groups),
+                "clusterRoles": list(self.cluster_roles),
+                "users": list(self.users),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: Obj) -> Requirement:
+        who = d.get("approvers") or {}
+        return cls(
+            str(d.get("policy", "")),
+            int(d.get("approvals", 1)),
+            tuple(who.get("groups") or ()),
+            tuple(who.get("clusterRoles") or ()),
+            tuple(who.get("users") or ()),
+            DEFAULT_EXPIRY,
+        )
+
+    def admits(self, user: str, groups: Sequence[str], roles: Iterable[str]) -> bool:
+        return (
+            user in self.users
+            or any(g in self.groups for g in groups)
+            or any(r in self.cluster_roles for r in roles)
+        )
+
+
+# cluster roles bound cluster-wide to (user, groups); system:masters holds every role
+RolesOf = Callable[[str, Sequence[str]], set[str]]
+
+
+def _roles(roles_of: RolesOf | None, user: UserInfo) -> set[str]:
+    if MASTERS in user.groups:
+        return {"*"}
+    return roles_of(user.name, user.groups) if roles_of is not None else set()
+
+
+def _has_role(roles: set[str], role: str) -> bool:
+    return "*" in roles or role in roles
+
+
+def _admits(req: Requirement, user: UserInfo, roles: set[str]) -> bool:
+    if "*" in roles:  # system:masters: every role, so every policy naming a role
+        return bool(req.cluster_roles) or req.admits(user.name, user.groups, ())
+    return req.admits(user.name, user.groups, roles)
+
+
+def satisfied(requirements: Sequence[Requirement], approvals: Sequence[Obj]) -> bool:
+    """Every requirement met by distinct approvers who qualified for it when they approved."""
+    for req in requirements:
+        count = sum(1 for a in approvals if req.policy in (a.get("counts") or ()))
+        if count < req.approvals:
+            return False
+    return True
+
+
+class Operations:
+    """What the handlers ask of the ops API: a create's status, an approval's outcome. Needs the
+    replica's policies (`policies`: the ApprovalPolicy objects as stored), the cluster roles
+    bound to a user (RBAC; None without RBAC: groups and users only), the current epoch and
+    the regions that exist."""
+
+    def __init__(
+        self,
+        *,
+        roles_of: RolesOf | None,
+        epoch: Callable[[], int],
+        regions: Sequence[str] = (),
+    ) -> None:
+        self.roles_of = roles_of
+        self.epoch = epoch
+        self.regions = tuple(regions)
+
+    def prepare_create(
+        self, rtype: ResourceType, obj: Obj, user: UserInfo, policies: Sequence[Obj]
+    ) -> str | None:
+        """Fill a new operation's status (phase, requester, requirements, expiry); returns an
+        audit annotation value for a break-glass request."""
+        if rtype.kind != "Switchover":
+            return None
+        spec = _dict(obj.get("spec"))
+        to = spec.get("targetRegion")
+        name = (obj.get("metadata") or {}).get("name", "")
+        if self.regions and isinstance(to, str) and to not in self.regions:
+            raise errors.invalid(
+                "Switchover",
+                name,
+                [
+                    _err(
+                        "spec.targetRegion",
+                        "FieldValueNotSupported",
+                        f"no such region; regions: {', '.join(self.regions)}",
+                        to,
+                    ).cause()
+                ],
+                GROUP,
+            )
+        requirements = [
+            Requirement.of(p)
+            for p in policies
+            if rtype.kind in ((p.get("spec") or {}).get("operations") or ())
+        ]
+        now = time.time()
+        expire_after = min((r.expire_after for r in requirements), default=DEFAULT_EXPIRY)
+        status: Obj = {
+            "requestedBy": user.to_dict(),
+            "requestedAt": now_rfc3339(),
+            "expiresAt": _rfc3339(now + expire_after),
+            "epochAtRequest": self.epoch(),
+            "requirements": [r.as_dict() for r in requirements],
+            "approvals": [],
+            "approvalCount": 0,
+            "conditions": [],
+        }
+        annotation = None
+        if spec.get("breakGlass") is True:
+            roles = _roles(self.roles_of, user)
+            if not _has_role(roles, BREAK_GLASS_ROLE):
+                raise errors.StatusError(
+                    403,
+                    "Forbidden",
+                    f'switchovers.{GROUP} "{name}" is forbidden: User "{user.name}" may not '
+                    f"break glass: it needs the {BREAK_GLASS_ROLE} role (or ask for approval: "
+                    "leave breakGlass out)",
+                )
+            status["phase"] = APPROVED
+            status["breakGlass"] = True
+            status["conditions"].append(
+                _condition("BreakGlass", "BreakGlass", f"approval skipped by {user.name}")
+            )
+            annotation = f"{user.name}: {spec.get('reason', '')}"
+            log.warning(
+                json.dumps(
+                    {
+                        "msg": "BREAK GLASS: a switchover skips approval",
+                        "user": user.name,
+                        "switchover": name,
+                        "targetRegion": to,
+                        "reason": spec.get("reason"),
+                    }
+                )
+            )
+        elif requirements:
+            status["phase"] = PENDING
+        else:
+            status["phase"] = APPROVED
+            status["conditions"].append(
+                _condition("Approved", "NoPolicy", "no ApprovalPolicy names Switchover")
+            )
+        obj["status"] = status
+        return annotation
+
+    def approve(self, current: Obj, body: Obj, user: UserInfo) -> tuple[Obj, str]:
+        """The object after `user`'s decision in `body` (an Approved or Denied condition
+        appended to the conditions as read); raises a StatusError for every refusal. Returns
+        the new object and a line for the audit event."""
+        name = (current.get("metadata") or {}).get("name", "")
+        status = current.get("status") or {}
+
+        def refuse(code: int, why: str) -> errors.StatusError:
+            reason = {403: "Forbidden", 409: "Conflict"}.get(code, "BadRequest")
+            return errors.StatusError(
+                code,
+                reason,
+                f'switchovers.{GROUP} "{name}": {why}',
+                details={"name": name, "group": GROUP, "kind": "switchovers"},
+            )
+
+        meta = _dict(body.get("metadata"))
+        uid = (current.get("metadata") or {}).get("uid")
+        if meta.get("uid") and meta.get("uid") != uid:
+            raise refuse(409, "the request was replaced since you read it (its uid changed)")
+        seen = meta.get("resourceVersion")
+        if seen and seen != (current.get("metadata") or {}).get("resourceVersion"):
+            raise refuse(
+                409,
+                "the object has been modified since you read it (another approval?); read it "
+                "again and decide on what it is now",
+            )
+        phase = status.get("phase")
+        if phase != PENDING:
+            raise refuse(409, f"the request is {phase}, no longer Pending")
+        expires = parse_time(status.get("expiresAt"))
+        if expires is not None and time.time() >= expires:
+            raise refuse(409, f"the request expired at {status.get('expiresAt')}")
+        body_status = _dict(body.get("status"))
+        said = body_status.get("conditions")
+        had = status.get("conditions") or []
+        # the decision is the last condition, one the request does not hold yet (CSR-style: the
+        # conditions as read plus one; what came before it is not compared, so an approval
+        # re-applied after another one's compare-and-swap still reads as the same decision)
+        if not isinstance(said, list) or not said or said[-1] in had:
+            raise errors.bad_request(
+                "an approval appends one condition to status.conditions as read "
+                "({type: Approved | Denied, reason, message})"
+            )
+        new = said[-1] if isinstance(said[-1], dict) else {}
+        kind = new.get("type")
+        if kind not in ("Approved", "Denied"):
+            raise errors.bad_request("the new condition's type must be Approved or Denied")
+        requester = (status.get("requestedBy") or {}).get("username")
+        message = str(new.get("message") or "")[:1024]
+        out = json.loads(json.dumps(current))
+        st = out["status"]
+        if kind == "Denied":
+            if user.name != requester and not self._qualifies(status, user):
+                raise refuse(403, f'User "{user.name}" is not an approver of this request')
+            st["phase"] = REJECTED
+            st["rejectedBy"] = {"username": user.name, "at": now_rfc3339(), "reason": message}
+            st["conditions"].append(_condition("Denied", str(new.get("reason") or ""), message))
+            return out, f"rejected by {user.name}"
+        if user.name == requester:
+            raise refuse(403, "the requester's own approval never counts: ask someone else")
+        if any(a.get("username") == user.name for a in st.get("approvals") or ()):
+            raise refuse(409, f'User "{user.name}" approved this request already')
+        requirements = [Requirement.from_dict(r) for r in st.get("requirements") or ()]
+        roles = _roles(self.roles_of, user)
+        counts = [r.policy for r in requirements if _admits(r, user, roles)]
+        if not counts:
+            wanted = "; ".join(
+                f"{r.policy}: groups {list(r.groups)}, clusterRoles {list(r.cluster_roles)}, "
+                f"users {list(r.users)}"
+                for r in requirements
+            )
+            raise refuse(403, f'User "{user.name}" is not an approver of this request ({wanted})')
+        st.setdefault("approvals", []).append(
+            {
+                "username": user.name,
+                "groups": list(user.groups),
+                "at": now_rfc3339(),
+                "counts": counts,
+                "message": message,
+            }
+        )
+        st["approvalCount"] = len(st["approvals"])
+        st["conditions"].append(
+            _condition("Approved", str(new.get("reason") or "Approved"), message)
+            | {"approver": user.name}
+        )
+        if satisfied(requirements, st["approvals"]):
+            st["phase"] = APPROVED
+        return out, f"approved by {user.name}"
+
+    def _qualifies(self, status: Obj, user: UserInfo) -> bool:
+        roles = _roles(self.roles_of, user)
+        return any(
+            _admits(Requirement.from_dict(r), user, roles) for r in status.get("requirements") or ()
+        )
+
+
+def expired(obj: Obj, now: float | None = None) -> bool:
+    status = obj.get("status") or {}
+    at = parse_time(status.get("expiresAt"))
+    return status.get("phase") == PENDING and at is not None and (now or time.time()) >= at
+
+
+def _condition(kind: str, reason: str, message: str) -> Obj:
+    return {
+        "type": kind,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastUpdateTime": now_rfc3339(),
+    }
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+__all__ = [
+    "APPROVAL_POLICY",
+    "EXPIRED",
+    "GROUP",
+    "SWITCHOVER",
+    "TERMINAL",
+    "VERSION",
+    "Operations",
+    "default_policies",
+    "ops_types",
+]
+
+
+class OpsHooks:
+    """The handlers' entry points: a create's status and the approval subresource, with the
+    request's user, the stored policies and the audit event."""
+
+    def __init__(self, operations: Operations, policies: Callable[[], Awaitable[list[Obj]]]):
+        self.operations = operations
+        self.policies = policies
+
+    async def prepare_create(self, request: web.BaseRequest, rtype: ResourceType, obj: Obj) -> None:
+        if rtype.kind != "Switchover" or not isinstance(obj, dict):
+            return
+        user: UserInfo = request.get("user", ANONYMOUS)
+        note = self.operations.prepare_create(rtype, obj, user, await self.policies())
+        audit = request.get("audit")
+        if note is not None and audit is not None:
+            audit.annotate(BREAK_GLASS_ANNOTATION, note)
+
+    async def approval(
+        self, store: GenericStore, request: web.BaseRequest, name: str, body: Obj, dry_run: bool
+    ) -> Obj:
+        user: UserInfo = request.get("user", ANONYMOUS)
+        said: list[str] = []
+
+        meta = _dict(body.get("metadata"))
+
+        def decide(current: Obj) -> Obj:
+            new, line = self.operations.approve(current, body, user)
+            said[:] = [line]
+            if meta.get("resourceVersion"):  # as read: a stale one is 409, never re-applied
+                new["metadata"]["resourceVersion"] = meta["resourceVersion"]
+            return new
+
+        out = await store.update_subresource(None, name, "approval", decide, dry_run=dry_run)
+        audit = request.get("audit")
+        if said and audit is not None:
+            audit.annotate(APPROVAL_ANNOTATION, said[0])
+        return out

@@ -1,0 +1,313 @@
+"""The ops.haplane.dev API on real replica processes and real etcd: Switchovers and
+ApprovalPolicies stored in the global control etcd and served by the replicas of every region
+(a fenced standby region's too), RBAC on them, and four-eyes approval through the `approval`
+subresource: the requester's own approval, an approver without the role, an expired, decided
+or replaced request, two approvers at once, break-glass; every step in the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from haplane.local.api_replica import ApiReplica
+from tests.topology_helpers import fenced_replica_args, make_active
+
+OPS = "/apis/ops.haplane.dev/v1"
+RBAC = "rbac.authorization.k8s.io"
+TOKENS = {
+    "admin": ("tok-admin-0001", "admin", "system:masters"),
+    "alice": ("tok-alice-0001", "alice", ""),
+    "bob": ("tok-bob-00001", "bob", ""),
+    "carol": ("tok-carol-0001", "carol", ""),  # bound to nothing
+    "dave": ("tok-dave-00001", "dave", ""),  # haplane:platform-admin
+    "erin": ("tok-erin-00001", "erin", ""),  # haplane:dr-operator
+}
+
+
+class Ops:
+    def __init__(self, active: ApiReplica, standby: ApiReplica, audit: list[Path]):
+        self.active, self.standby, self.audit = active, standby, audit
+
+    def as_(self, who: str, method: str, path: str, body: Any = None, *, via: str = "active"):
+        replica = self.active if via == "active" else self.standby
+        return replica.request(method, path, body, token=TOKENS[who][0])
+
+    def create(self, who: str, to: str = "b", *, via: str = "active", **spec: Any):
+        name = f"so-{uuid.uuid4().hex[:8]}"
+        body = {
+            "apiVersion": "ops.haplane.dev/v1",
+            "kind": "Switchover",
+            "metadata": {"name": name},
+            "spec": {"targetRegion": to, "reason": "test", **spec},
+        }
+        return name, self.as_(who, "POST", f"{OPS}/switchovers", body, via=via)
+
+    def get(self, name: str) -> dict[str, Any]:
+        status, _, obj = self.as_("admin", "GET", f"{OPS}/switchovers/{name}")
+        assert status == 200, obj
+        return obj
+
+    def decide(
+        self, who: str, name: str, kind: str = "Approved", *, obj=None, rv: bool = True, **kw
+    ):
+        obj = json.loads(json.dumps(obj or self.get(name)))
+        obj["status"].setdefault("conditions", []).append(
+            {"type": kind, "status": "True", "reason": "Test", "message": f"{who} says {kind}"}
+        )
+        if not rv:
+            obj["metadata"].pop("resourceVersion")
+        return self.as_(who, "PUT", f"{OPS}/switchovers/{name}/approval", obj, **kw)
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        out = []
+        for path in self.audit:
+            if path.exists():
+                out += [json.loads(line) for line in path.read_text().splitlines() if line]
+        return out
+
+
+def _bind(replica: ApiReplica, user: str, role: str) -> None:
+    status, _, body = replica.request(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"{user}-{role.replace(':', '-')}"},
+            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": RBAC, "kind": "User", "name": user}],
+        },
+        token=TOKENS["admin"][0],
+    )
+    assert status in (201, 409), body
+
+
+@pytest_asyncio.fixture(scope="module")
+async def ops(etcd_cluster, tmp_path_factory) -> AsyncIterator[Ops]:
+    """Region a (active) and region b (a standby: its fence key is not active) share one
+    etcd here, each under its own paths; both serve the same ops objects."""
+    root = tmp_path_factory.mktemp("ops")
+    prefix = f"/test/{uuid.uuid4().hex}/".encode()
+    client = etcd_cluster.client(timeout=2.0)
+    await make_active(client, prefix, "a", prefix + b"fence-a")
+    tokens = root / "tokens.csv"
+    tokens.write_text(
+        "".join(f'{tok},{name},uid-{name},"{groups}"\n' for tok, name, groups in TOKENS.values())
+    )
+    replicas, audits = [], []
+    for region in ("a", "b"):
+        audit = root / f"audit-{region}.log"
+        audits.append(audit)
+        replicas.append(
+            ApiReplica(
+                root,
+                f"api-{region}",
+                etcd_cluster.endpoints,
+                region=region,
+                extra_args=[
+                    *fenced_replica_args(
+                        etcd_cluster.endpoints, prefix, prefix + f"fence-{region}".encode()
+                    ),
+                    "--regions",
+                    "a,b",
+                    "--authorization-mode",
+                    "RBAC",
+                    "--token-auth-file",
+                    str(tokens),
+                    "--audit-log-path",
+                    str(audit),
+                ],
+            )
+        )
+    try:
+        for r in replicas:
+            await r.start()
+        for user, role in (
+            ("alice", "haplane:dr-operator"),
+            ("bob", "haplane:dr-operator"),
+            ("erin", "haplane:dr-operator"),
+            ("dave", "haplane:platform-admin"),
+        ):
+            _bind(replicas[0], user, role)
+        setup = Ops(replicas[0], replicas[1], audits)
+        # the default policy is there, and bindings reached the authorizer
+        deadline = time.monotonic() + 10
+        while setup.as_("alice", "GET", f"{OPS}/approvalpolicies/switchover-approval")[0] != 200:
+            assert time.monotonic() < deadline, "no default policy, or alice has no role"
+            await asyncio.sleep(0.1)
+        yield setup
+    finally:
+        for r in replicas:
+            await r.stop()
+        await client.close()
+
+
+def test_a_request_waits_for_someone_else(ops: Ops):
+    name, (status, _, obj) = ops.create("alice")
+    assert status == 201, obj
+    st = obj["status"]
+    assert st["phase"] == "Pending"
+    assert st["requestedBy"]["username"] == "alice"
+    assert st["epochAtRequest"] == 1
+    assert [r["policy"] for r in st["requirements"]] == ["switchover-approval"]
+
+    status, _, body = ops.decide("alice", name)
+    assert status == 403 and "own approval" in body["message"], body
+    status, _, body = ops.decide("carol", name)  # RBAC: no update on switchovers/approval
+    assert status == 403 and "switchovers/approval" in body["message"], body
+    assert ops.get(name)["status"]["phase"] == "Pending"
+
+    stale = ops.get(name)
+    status, _, body = ops.decide("bob", name)
+    assert status == 200, body
+    assert body["status"]["phase"] == "Approved"
+    assert [a["username"] for a in body["status"]["approvals"]] == ["bob"]
+    # a replay of an approval made on what the request was before: 409, nothing changes
+    status, _, body = ops.decide("erin", name, obj=stale)
+    assert status == 409, body
+    status, _, body = ops.decide("erin", name)  # decided already
+    assert status == 409 and "no longer Pending" in body["message"], body
+    assert len(ops.get(name)["status"]["approvals"]) == 1
+
+    reasons = {
+        (e["user"]["username"], e["responseStatus"]["code"])
+        for e in ops.audit_events()
+        if e["stage"] == "ResponseComplete" and e["objectRef"].get("name") == name
+    }
+    assert {("alice", 201), ("alice", 403), ("carol", 403), ("bob", 200)} <= reasons
+    approved = [
+        e
+        for e in ops.audit_events()
+        if e["stage"] == "ResponseComplete"
+        and e["objectRef"].get("name") == name
+        and e["responseStatus"]["code"] == 200
+        and e["objectRef"].get("subresource") == "approval"
+    ]
+    assert approved and approved[0]["annotations"]["ops.haplane.dev/approval"] == "approved by bob"
+
+
+def test_who_may_ask(ops: Ops):
+    _, (status, _, body) = ops.create("carol")
+    assert status == 403 and "switchovers" in body["message"], body
+    _, (status, _, body) = ops.create("alice", to="mars")
+    assert status == 422 and "spec.targetRegion" in body["message"], body
+    _, (status, _, body) = ops.create("alice", to="")
+    assert status == 422, body
+    name, (status, _, body) = ops.create("alice")
+    assert status == 201
+    # the spec is immutable and the status the platform's: no update or patch at all
+    body["status"]["phase"] = "Approved"
+    status, _, _ = ops.as_("admin", "PUT", f"{OPS}/switchovers/{name}", body)
+    assert status == 405
+    status, _, _ = ops.as_("dave", "DELETE", f"{OPS}/switchovers/{name}")
+    assert status == 200
+    status, _, body = ops.as_("dave", "DELETE", f"{OPS}/approvalpolicies/switchover-approval")
+    assert status == 403 and "stricter, not removed" in body["message"], body
+
+
+def test_a_standby_region_serves_operations(ops: Ops):
+    """Region b's regional writes are fenced; operations and approvals still go through it."""
+    status, _, body = ops.as_(
+        "admin", "POST", "/api/v1/namespaces", {"metadata": {"name": "x"}}, via="standby"
+    )
+    assert status == 503, body
+    name, (status, _, body) = ops.create("alice", via="standby")
+    assert status == 201, body
+    status, _, body = ops.decide("bob", name, via="standby")
+    assert status == 200 and body["status"]["phase"] == "Approved", body
+    assert ops.get(name)["status"]["phase"] == "Approved"  # the same object in region a
+
+
+def test_denied_and_expired_requests_stay_undone(ops: Ops):
+    name, _ = ops.create("alice")
+    status, _, body = ops.decide("carol", name, "Denied")
+    assert status == 403
+    status, _, body = ops.decide("bob", name, "Denied")
+    assert status == 200 and body["status"]["phase"] == "Rejected", body
+    status, _, body = ops.decide("erin", name)
+    assert status == 409 and "Rejected" in body["message"], body
+
+    short = {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": "ApprovalPolicy",
+        "metadata": {"name": "short-expiry"},
+        "spec": {
+            "operations": ["Switchover"],
+            "approvals": 1,
+            "approvers": {"clusterRoles": ["haplane:dr-operator"]},
+            "expireAfterSeconds": 1,
+        },
+    }
+    status, _, body = ops.as_("alice", "POST", f"{OPS}/approvalpolicies", short)
+    assert status == 403, body  # a dr-operator may not make policies
+    status, _, body = ops.as_("dave", "POST", f"{OPS}/approvalpolicies", short)
+    assert status == 201, body
+    try:
+        name, (_, _, obj) = ops.create("alice")
+        assert len(obj["status"]["requirements"]) == 2  # both policies must be satisfied
+        time.sleep(1.2)
+        status, _, body = ops.decide("bob", name)
+        assert status == 409 and "expired" in body["message"], body
+        assert ops.get(name)["status"]["phase"] == "Pending"
+    finally:
+        ops.as_("dave", "DELETE", f"{OPS}/approvalpolicies/short-expiry")
+
+
+def test_two_approvers_at_once_count_once(ops: Ops):
+    for _ in range(3):
+        name, _ = ops.create("alice")
+        obj = ops.get(name)
+        results: list[int] = []
+        barrier = threading.Barrier(2)
+
+        def approve(who: str, obj=obj, name=name, barrier=barrier, results=results) -> None:
+            barrier.wait()
+            results.append(ops.decide(who, name, obj=obj, rv=False)[0])
+
+        threads = [threading.Thread(target=approve, args=(w,)) for w in ("bob", "erin")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [200, 409], results
+        final = ops.get(name)["status"]
+        assert final["phase"] == "Approved" and len(final["approvals"]) == 1
+
+
+def test_break_glass(ops: Ops):
+    _, (status, _, body) = ops.create("alice", breakGlass=True)
+    assert status == 403 and "haplane:platform-admin" in body["message"], body
+    name, (status, _, body) = ops.create("dave", breakGlass=True, reason="region on fire")
+    assert status == 201, body
+    assert body["status"]["phase"] == "Approved" and body["status"]["breakGlass"] is True
+    events = [
+        e
+        for e in ops.audit_events()
+        if e["objectRef"].get("name") == name and e["stage"] == "ResponseComplete"
+    ]
+    assert events[0]["annotations"]["ops.haplane.dev/break-glass"] == "dave: region on fire"
+
+
+def test_kubectl_lists_switchovers(ops: Ops):
+    status, _, table = ops.as_(
+        "alice",
+        "GET",
+        f"{OPS}/switchovers",
+    )
+    assert status == 200 and table["kind"] == "SwitchoverList"
+    assert all(item["status"]["phase"] for item in table["items"])
+
+
+@pytest.mark.parametrize("bad", [{"force": "yes"}, {"catchUpTimeoutSeconds": 0}, {"typo": 1}])
+def test_bad_specs_are_422(ops: Ops, bad: dict[str, Any]):
+    _, (status, _, body) = ops.create("alice", **bad)
+    assert status == 422 and body["details"]["causes"][0]["field"].startswith("spec."), body
