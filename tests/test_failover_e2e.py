@@ -245,7 +245,7 @@ def test_forced_switchover_is_fenced_and_records_the_cut(topo: Path) -> None:
     before = status(topo)["global_state"]["active"]
     other = next(r for r in ("eu-west", "eu-central") if r != before["region"])
     t0 = time.monotonic()
-    r = haplane(topo, "failover", "--to", other, "--force", "--reason", "forced")
+    r = haplane(topo, "failover", "--direct", "--to", other, "--force", "--reason", "forced")
     took = time.monotonic() - t0
     assert took >= (before["grantMs"] + before["marginMs"]) / 1000  # it waited out the grant
     assert "promoted at revision" in r.stdout
@@ -264,7 +264,7 @@ def test_planned_switchover_carries_the_data_and_reverses_the_stream(topo: Path)
     wait_for(lambda: status(topo)["global_state"]["fences"][other] == standby, timeout=30)
     acked = f"acked-{time.time_ns()}"
     wait_for(lambda: _write(old_replica["url"], acked, admin_ssl(topo))[0] == 201)
-    r = haplane(topo, "failover", "--to", other, "--reason", "test switchover")
+    r = haplane(topo, "failover", "--direct", "--to", other, "--reason", "test switchover")
     assert f"(epoch {before['epoch'] + 1})" in r.stdout and "planned" in r.stdout
     after = status(topo)["global_state"]
     assert after["active"]["region"] == other and after["active"]["writable"]
@@ -341,7 +341,7 @@ def test_identities_and_permissions_survive_switchover_and_failover(topo: Path) 
     other = next(r for r in ("eu-west", "eu-central") if r != before["region"])
     standby = f"standby:{before['region']}@{before['epoch']}"
     wait_for(lambda: status(topo)["global_state"]["fences"][other] == standby, timeout=30)
-    haplane(topo, "failover", "--to", other, "--reason", "identities: planned")
+    haplane(topo, "failover", "--direct", "--to", other, "--reason", "identities: planned")
     permissions_hold(other)
     # back, unplanned: the old region is fenced out, the standby promoted at its cut
     wait_for(
@@ -356,5 +356,109 @@ def test_identities_and_permissions_survive_switchover_and_failover(topo: Path) 
         return rows[before["region"]]["lag_revisions"] == 0
 
     wait_for(caught_up, timeout=30)
-    haplane(topo, "failover", "--to", before["region"], "--force", "--reason", "identities")
+    haplane(
+        topo, "failover", "--direct", "--to", before["region"], "--force", "--reason", "identities"
+    )
     permissions_hold(before["region"])
+
+
+def test_four_eyes_switchover_through_the_api(topo: Path) -> None:
+    """The issue's scenario as a new user would run it: alice (dr-operator) asks for a
+    switchover, which waits Pending; her own approval is refused; bob (dr-operator) approves
+    through a region's balancer, and the failover controller carries it out, its phases
+    printed to alice. carol, bound to nothing, may not ask. dave (platform-admin) fails back by
+    breaking glass. Every step is in `haplane audit`."""
+    import subprocess
+    import sys
+
+    kc = topo / "admin.kc"
+    haplane(topo, "kubeconfig", "-o", str(kc))
+    users = {u: topo / f"{u}.kc" for u in ("alice", "bob", "carol", "dave")}
+    for user, path in users.items():
+        haplane(topo, "kubeconfig", "--user", user, "-o", str(path))
+    for user, role in (
+        ("alice", "haplane:dr-operator"),
+        ("bob", "haplane:dr-operator"),
+        ("dave", "haplane:platform-admin"),
+    ):
+        r = kubectl(kc, "create", "clusterrolebinding", f"{user}-ops", f"--clusterrole={role}",
+                    f"--user={user}")  # fmt: skip
+        assert r.returncode == 0 or "AlreadyExists" in r.stderr, r.stderr
+
+    before = status(topo)["global_state"]["active"]
+    other = next(r for r in ("eu-west", "eu-central") if r != before["region"])
+    standby = f"standby:{before['region']}@{before['epoch']}"
+    wait_for(lambda: status(topo)["global_state"]["fences"][other] == standby, timeout=30)
+
+    r = haplane(topo, "failover", "--to", other, "--kubeconfig", str(users["carol"]),
+                "--reason", "not mine to ask", check=False)  # fmt: skip
+    assert r.returncode == 1 and "403" in r.stderr and "carol" in r.stderr, r.stderr
+
+    alice = subprocess.Popen(
+        [sys.executable, "-m", "haplane.cli", "failover", "--to", other, "--reason",
+         "four eyes", "--kubeconfig", str(users["alice"]), "--state-dir", str(topo)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def pending() -> str | None:
+            r = kubectl(kc, "get", "switchovers", "-o", "json")
+            items = json.loads(r.stdout)["items"] if r.returncode == 0 else []
+            mine = [
+                i["metadata"]["name"]
+                for i in items
+                if i["status"]["requestedBy"]["username"] == "alice"
+                and i["status"]["phase"] == "Pending"
+            ]
+            return mine[0] if mine else None
+
+        name = wait_for(pending, timeout=30)
+        time.sleep(1.0)  # nothing moves while it waits
+        assert status(topo)["global_state"]["active"]["epoch"] == before["epoch"]
+        r = haplane(topo, "approve", name, "--kubeconfig", str(users["alice"]), check=False)
+        assert r.returncode == 1 and "own approval never counts" in r.stderr, r.stderr
+        r = haplane(topo, "approve", name, "--kubeconfig", str(users["bob"]),
+                    "--region", other, "--message", "looks right")  # fmt: skip
+        assert "Approved" in r.stdout, r.stdout
+        out, err = alice.communicate(timeout=60)
+    finally:
+        if alice.poll() is None:
+            alice.kill()
+            alice.wait()
+    assert alice.returncode == 0, err
+    # (Approved and Running may pass between two polls: the phases list has every step)
+    for phase in ("Pending", "Claimed", "CaughtUp", "Committed", "Writable", "Succeeded"):
+        assert phase in err, (phase, err)
+    assert "succeeded" in out and "nothing lost" in out, out
+    after = status(topo)["global_state"]
+    assert after["active"]["region"] == other and after["active"]["writable"]
+    assert after["active"]["epoch"] == before["epoch"] + 1
+    last = after["history"][-1]
+    assert last["by"] == f"alice (switchover/{name}, approved by bob)", last
+    assert last["reason"] == "four eyes"
+
+    # back, forced and without approval: only a platform-admin may break glass
+    r = haplane(topo, "failover", "--to", before["region"], "--force", "--break-glass",
+                "--reason", "drill", "--kubeconfig", str(users["alice"]), check=False)  # fmt: skip
+    assert r.returncode == 1 and "haplane:platform-admin" in r.stderr, r.stderr
+    wait_for(
+        lambda: status(topo)["global_state"]["fences"][before["region"]].startswith(
+            f"standby:{other}@"
+        ),
+        timeout=30,
+    )
+    r = haplane(topo, "failover", "--to", before["region"], "--force", "--break-glass",
+                "--reason", "drill: break glass", "--kubeconfig", str(users["dave"]))  # fmt: skip
+    assert "Committed" in r.stderr and "Writable" in r.stderr, r.stderr
+    back = status(topo)["global_state"]["active"]
+    assert back["region"] == before["region"] and back["writable"]
+    assert "break-glass" in status(topo)["global_state"]["history"][-1]["by"]
+
+    r = haplane(topo, "audit", "--resource", "switchovers/approval", "--json")
+    steps = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    said = {(e["user"]["username"], e["responseStatus"]["code"]) for e in steps
+            if e["objectRef"].get("name") == name and e["stage"] == "ResponseComplete"}  # fmt: skip
+    assert {("alice", 403), ("bob", 200)} <= said, said
+    r = haplane(topo, "audit", "--resource", "switchovers", "--verb", "create", "--json")
+    creators = {json.loads(line)["user"]["username"] for line in r.stdout.splitlines() if line}
+    assert {"alice", "carol", "dave"} <= creators, creators

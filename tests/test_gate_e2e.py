@@ -352,7 +352,7 @@ def test_failover_moves_new_connections_and_closes_old_ones(topo):
     state = topo["state"]
     conn = open_conn(*gate(topo), timeout=5)
     assert get(conn)[1] == "eu-west"
-    haplane(state, "failover", "--to", "eu-central", "--reason", "test")
+    haplane(state, "failover", "--direct", "--to", "eu-central", "--reason", "test")
     try:
         # the old connection is closed by the gate (within about one check interval)
         t0 = time.monotonic()
@@ -368,7 +368,7 @@ def test_failover_moves_new_connections_and_closes_old_ones(topo):
         assert all(e["epoch"] == 2 for e in edges(state).values() if e["kind"] == "gate")
     finally:
         conn.close()
-        haplane(state, "failover", "--to", "eu-west", "--reason", "back")
+        haplane(state, "failover", "--direct", "--to", "eu-west", "--reason", "back")
 
 
 def test_validate_live_reports_drift_between_file_and_running_topology(topo, tmp_path):

@@ -127,7 +127,7 @@ def test_data_ports_and_the_active_region_survive_down_and_up(state: Path):
     active = status(state)["global_state"]["active"]
     assert (active["region"], active["epoch"], active["by"]) == ("eu-west", 1, "haplane up")
     # a planned switch raises the epoch and records who and why
-    r = haplane(state, "failover", "--to", "eu-central", "--reason", "drill")
+    r = haplane(state, "failover", "--direct", "--to", "eu-central", "--reason", "drill")
     assert "eu-west (epoch 1) -> eu-central (epoch 2)" in r.stdout
     g = status(state)["global_state"]
     assert (g["active"]["region"], g["active"]["epoch"]) == ("eu-central", 2)
@@ -142,7 +142,7 @@ def test_data_ports_and_the_active_region_survive_down_and_up(state: Path):
         (["--to", "witness"], "not a region"),
         (["--to", "eu-central"], "already the active region"),
     ):
-        r = haplane(state, "failover", *args, check=False)
+        r = haplane(state, "failover", "--direct", *args, check=False)
         assert r.returncode == 1 and says in r.stderr, r.stderr
     assert status(state)["global_state"]["active"]["epoch"] == 2
 

@@ -785,9 +785,48 @@ def failover_cmd(
             "--catch-up-timeout", help="Seconds the new region may take to apply the cut."
         ),
     ] = 10.0,
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(
+            "--kubeconfig",
+            help="Act as this kubeconfig's user (default: $KUBECONFIG, else haplane-admin "
+            "from the state dir).",
+        ),
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option("--region", help="Through this region's balancer (the gate cannot serve)."),
+    ] = None,
+    break_glass: Annotated[
+        bool,
+        typer.Option(
+            "--break-glass",
+            help="Skip approval (haplane:platform-admin only, with a --reason): loudly audited.",
+        ),
+    ] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Ask, print the request's name, and return.")
+    ] = False,
+    wait_timeout: Annotated[
+        float, typer.Option("--wait-timeout", help="Seconds to follow the request.")
+    ] = 3600.0,
+    direct: Annotated[
+        bool,
+        typer.Option(
+            "--direct",
+            help="The local drill primitive (like `haplane fault`): switch straight in the global "
+            "control etcd with the state dir's certificates; no API, approval or audit.",
+        ),
+    ] = False,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Make REGION the active region.
+
+    Through the API (the default): asks for a Switchover (ops.haplane.dev) as you (--kubeconfig)
+    and follows it. When an ApprovalPolicy applies (by default one approver from
+    haplane:dr-operator or haplane:platform-admin), it waits Pending until someone else runs
+    `haplane approve NAME`; then the failover controller carries it out and its phases are
+    printed. Exit 0 when it succeeded.
 
     With replication between the two regions, a planned switchover that loses nothing: one
     transaction freezes the old region and writes a cut marker, REGION's replicator applies
@@ -803,6 +842,23 @@ def failover_cmd(
         err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
         raise typer.Exit(1)
     topology = load_file(state.topology_file)
+    if not direct:
+        _failover_through_api(
+            state,
+            topology,
+            to,
+            reason=reason,
+            force=force,
+            break_glass=break_glass,
+            catch_up_timeout=catch_up_timeout,
+            kubeconfig=kubeconfig,
+            region=region,
+            wait=None if no_wait else wait_timeout,
+        )
+        return
+    if break_glass or kubeconfig or region or no_wait:
+        err.print("error: --direct takes no --break-glass, --kubeconfig, --region or --no-wait")
+        raise typer.Exit(2)
 
     async def run() -> global_control.SwitchResult:
         fences = global_control.region_fences(topology, state)
@@ -858,6 +914,102 @@ def failover_cmd(
             else ""
         )
         out.print(f"{head}: writable after a fence wait of {after.fence_wait:.2f}s{where}")
+
+
+def _failover_through_api(
+    state: StateDir,
+    topology: Topology,
+    to: str,
+    *,
+    reason: str,
+    force: bool,
+    break_glass: bool,
+    catch_up_timeout: float,
+    kubeconfig: Path | None,
+    region: str | None,
+    wait: float | None,
+) -> None:
+    from . import ops
+
+    try:
+        api = ops.client(state, topology, kubeconfig, region)
+        obj = ops.request_switchover(
+            api,
+            to,
+            reason=reason,
+            force=force,
+            break_glass=break_glass,
+            catch_up_timeout=catch_up_timeout,
+        )
+        name = obj["metadata"]["name"]
+        out.print(f"switchover/{name} created")
+        if wait is None:
+            return
+        final = ops.follow(api, name, wait)
+    except ops.ClientError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    st = final.get("status") or {}
+    if st.get("phase") != "Succeeded":
+        err.print(f"error: switchover/{name} {st.get('phase')}: {st.get('message', '')}")
+        raise typer.Exit(1)
+    out.print(f"switchover/{name} succeeded: {st.get('message', '')}")
+
+
+def _decide_cmd(
+    name: str,
+    kind: str,
+    message: str,
+    kubeconfig: Path | None,
+    region: str | None,
+    state_dir: Path | None,
+) -> None:
+    from . import ops
+
+    state = _state(state_dir)
+    if not state.topology_file.exists():
+        err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
+        raise typer.Exit(1)
+    topology = load_file(state.topology_file)
+    try:
+        api = ops.client(state, topology, kubeconfig, region)
+        obj = ops.decide(api, name, kind, message)
+    except ops.ClientError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    st = obj.get("status") or {}
+    out.print(f"switchover/{name}: {st.get('phase')}")
+
+
+KubeconfigOpt = Annotated[
+    Path | None, typer.Option("--kubeconfig", help="Act as this kubeconfig's user.")
+]
+RegionOpt = Annotated[str | None, typer.Option("--region", help="Through this region's balancer.")]
+
+
+@app.command("approve")
+def approve_cmd(
+    name: Annotated[str, typer.Argument(help="The Switchover to approve.")],
+    message: Annotated[str, typer.Option("--message", help="Recorded with your name.")] = "",
+    kubeconfig: KubeconfigOpt = None,
+    region: RegionOpt = None,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Approve someone else's request (your own never counts). Refused when you are not one of
+    its approvers, or it expired or was decided already."""
+    _decide_cmd(name, "Approved", message or "approved", kubeconfig, region, state_dir)
+
+
+@app.command("reject")
+def reject_cmd(
+    name: Annotated[str, typer.Argument(help="The Switchover to reject.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why: recorded with your name.")],
+    kubeconfig: KubeconfigOpt = None,
+    region: RegionOpt = None,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Reject a request (an approver, or the requester withdrawing it): it never runs."""
+    _decide_cmd(name, "Denied", reason, kubeconfig, region, state_dir)
 
 
 app.add_typer(failback.app, name="failback")

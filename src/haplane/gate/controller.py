@@ -97,6 +97,7 @@ from .events import GateEvent
 from .failover import Decision, RegionView, Report, Settings, Snapshot, decide
 from .forwarder import Forwarder
 from .health import UpstreamState
+from .operations import Operations
 
 log = logging.getLogger("haplane.gate")
 
@@ -158,6 +159,7 @@ class FailoverController:
         self.replication: dict[str, ReplicationReport] = {}  # as last read, by target region
         self.sync: SyncRecord | None = None  # the sync record as last read (sync pairs only)
         self._failback_refused: tuple[float, str] | None = None  # (monotonic, why)
+        self.operations = Operations(self)  # operators' approved Switchovers
         forwarder.subscribe(self._on_gate_event)
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -458,6 +460,7 @@ class FailoverController:
                 self._note(decision)
                 if decision.action != "none":
                     await self._act(state, decision, snapshot.active)
+                await self.operations.advance(state, client)
             except EtcdError as exc:
                 self.error = str(exc)
             except Exception as exc:  # a bug: say so, and keep deciding

@@ -1,0 +1,135 @@
+"""A small Kubernetes API client for the CLI's platform operations: a kubeconfig's current
+context (server, CA, client certificate or bearer token), JSON in and out.
+
+Layer: run (cli). The CLI acts through the API with the operator's own credentials, so RBAC,
+approvals and audit apply to it as to kubectl. Hand-written on urllib rather than the official
+client (a dev dependency only): a handful of calls, and `haplane` must start quickly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ClientError(Exception):
+    """The kubeconfig cannot be used (named in the message), or the server did not answer."""
+
+
+@dataclass
+class ApiClient:
+    server: str
+    context: ssl.SSLContext | None
+    token: str | None
+    user: str  # the kubeconfig's user entry (for messages)
+
+    @classmethod
+    def from_kubeconfig(cls, path: Path, server: str | None = None) -> ApiClient:
+        """The current context of the kubeconfig at `path`; `server` overrides its address
+        (a region's balancer when the gate cannot serve)."""
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ClientError(f"kubeconfig {path}: {exc}") from None
+        return cls.from_config(doc, str(path), server)
+
+    @classmethod
+    def from_config(cls, doc: Any, where: str, server: str | None = None) -> ApiClient:
+        if not isinstance(doc, dict):
+            raise ClientError(f"kubeconfig {where}: not a kubeconfig")
+        current = doc.get("current-context")
+        context = _named(doc, "contexts", current, where).get("context") or {}
+        cluster = _named(doc, "clusters", context.get("cluster"), where).get("cluster") or {}
+        user_name = str(context.get("user") or "")
+        user = _named(doc, "users", user_name, where).get("user") or {}
+        url = server or cluster.get("server")
+        if not isinstance(url, str) or not url:
+            raise ClientError(f"kubeconfig {where}: the cluster has no server")
+        ssl_context = None
+        if url.startswith("https://"):
+            ssl_context = ssl.create_default_context()
+            ca = _material(cluster, "certificate-authority", where)
+            if ca is not None:
+                ssl_context.load_verify_locations(cadata=ca.decode())
+            cert = _material(user, "client-certificate", where)
+            key = _material(user, "client-key", where)
+            if cert is not None and key is not None:
+                _load_pair(ssl_context, cert, key)
+        token = user.get("token")
+        return cls(
+            url.rstrip("/"), ssl_context, token if isinstance(token, str) else None, user_name
+        )
+
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 10.0
+    ) -> tuple[int, Any]:
+        """(HTTP status, decoded JSON body); ClientError when nothing answered."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.context) as resp:
+                status, payload = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, payload = exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise ClientError(f"{self.server} did not answer: {exc}") from None
+        try:
+            return status, json.loads(payload)
+        except ValueError:
+            return status, {"message": payload.decode(errors="replace")}
+
+
+def _named(doc: dict[str, Any], section: str, name: Any, where: str) -> dict[str, Any]:
+    for entry in doc.get(section) or ():
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return entry
+    raise ClientError(f"kubeconfig {where}: no {section[:-1]} named {name!r}")
+
+
+def _material(entry: dict[str, Any], field: str, where: str) -> bytes | None:
+    """PEM bytes from `<field>-data` (base64) or `<field>` (a file)."""
+    data = entry.get(f"{field}-data")
+    if isinstance(data, str):
+        try:
+            return base64.b64decode(data, validate=True)
+        except ValueError:
+            raise ClientError(f"kubeconfig {where}: {field}-data is not base64") from None
+    path = entry.get(field)
+    if isinstance(path, str):
+        try:
+            return Path(path).expanduser().read_bytes()
+        except OSError as exc:
+            raise ClientError(f"kubeconfig {where}: {field}: {exc}") from None
+    return None
+
+
+def _load_pair(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    # ssl loads a certificate and key from files only: a private directory, removed at once
+    with tempfile.TemporaryDirectory(prefix="haplane-") as tmp:
+        os.chmod(tmp, 0o700)
+        paths = []
+        for name, data in (("cert.pem", cert), ("key.pem", key)):
+            p = Path(tmp) / name
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            paths.append(p)
+        try:
+            context.load_cert_chain(str(paths[0]), str(paths[1]))
+        except ssl.SSLError as exc:
+            raise ClientError(f"the client certificate and key do not load: {exc}") from None

@@ -1,0 +1,172 @@
+"""Platform operations through the API: `haplane failover --to` asks for a Switchover and
+follows it; `haplane approve` and `haplane reject` decide on someone else's request.
+
+Layer: run (cli). Talks to the platform as a Kubernetes client (`api_client`), with the
+operator's kubeconfig (`--kubeconfig`, `KUBECONFIG`), else the state dir's admin identity;
+`--region` goes through that region's balancer when the gate cannot serve.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from .api_client import ApiClient, ClientError
+
+if TYPE_CHECKING:
+    from haplane.local.state_dir import StateDir
+    from haplane.topology import Topology
+
+OPS = "/apis/ops.haplane.dev/v1"
+DONE = {"Succeeded", "Failed", "Rejected", "Expired"}
+
+__all__ = ["ClientError", "client", "decide", "follow", "request_switchover"]
+
+
+def client(
+    state: StateDir, topology: Topology, kubeconfig: Path | None, region: str | None
+) -> ApiClient:
+    """The operator's client: their kubeconfig, else haplane-admin from the state dir (said on
+    stderr: that identity belongs to whoever holds the state dir)."""
+    from haplane.local.gate_plans import plan_of
+
+    plan = plan_of(topology, state)
+    server = None
+    if region is not None:
+        lbs = [b for b in plan.balancers if b.region == region]
+        if not lbs:
+            known = sorted({b.region for b in plan.balancers})
+            raise ClientError(f"no balancer in region {region!r}; regions: {', '.join(known)}")
+        server = lbs[0].url
+    path = kubeconfig or _env_kubeconfig()
+    if path is not None:
+        return ApiClient.from_kubeconfig(path, server)
+    import base64
+
+    cluster: dict[str, str] = {"server": server or plan.gates[0].url}
+    user: dict[str, str] = {}
+    if plan.tls is not None:
+        plan.tls.check()
+        cluster["certificate-authority-data"] = base64.b64encode(plan.tls.ca.read_bytes()).decode()
+        user = {
+            "client-certificate-data": base64.b64encode(plan.tls.admin.cert.read_bytes()).decode(),
+            "client-key-data": base64.b64encode(plan.tls.admin.key.read_bytes()).decode(),
+        }
+    typer.echo(
+        f"as haplane-admin (system:masters) from {state.root}: pass --kubeconfig to act as "
+        "yourself",
+        err=True,
+    )
+    doc = {
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "haplane-admin", "user": user}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "haplane-admin"}}],
+        "current-context": "c",
+    }
+    return ApiClient.from_config(doc, str(state.root), server)
+
+
+def _env_kubeconfig() -> Path | None:
+    value = os.environ.get("KUBECONFIG", "")
+    first = next((p for p in value.split(os.pathsep) if p), None)
+    return Path(first).expanduser() if first else None
+
+
+def request_switchover(
+    api: ApiClient,
+    to: str,
+    *,
+    reason: str,
+    force: bool,
+    break_glass: bool,
+    catch_up_timeout: float,
+) -> dict[str, Any]:
+    body = {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": "Switchover",
+        "metadata": {"name": f"to-{to}-{uuid.uuid4().hex[:6]}"},
+        "spec": {
+            "targetRegion": to,
+            "reason": reason,
+            "force": force,
+            "breakGlass": break_glass,
+            "catchUpTimeoutSeconds": catch_up_timeout,
+        },
+    }
+    status, obj = api.request("POST", f"{OPS}/switchovers", body)
+    if status != 201:
+        raise ClientError(_message(status, obj))
+    return dict(obj)
+
+
+def follow(api: ApiClient, name: str, timeout: float) -> dict[str, Any]:
+    """Print the request's phases as they come, until it is done (or `timeout`)."""
+    deadline = time.monotonic() + timeout
+    said_phase, said_steps = None, 0
+    while True:
+        status, obj = api.request("GET", f"{OPS}/switchovers/{name}")
+        if status != 200:
+            raise ClientError(_message(status, obj))
+        st = obj.get("status") or {}
+        if st.get("phase") != said_phase:
+            said_phase = st.get("phase")
+            typer.echo(f"switchover/{name}: {said_phase}", err=True)
+            if said_phase == "Pending":
+                typer.echo(f"  waiting for approval: {_wanted(st)}", err=True)
+                typer.echo(f"  another operator runs: haplane approve {name}", err=True)
+        steps = st.get("phases") or []
+        for step in steps[said_steps:]:
+            extra = ", ".join(
+                f"{k} {v}" for k, v in step.items() if k not in ("name", "at", "seconds")
+            )
+            typer.echo(
+                f"  {step.get('name'):<10} {step.get('seconds', 0):>7.3f}s"
+                + (f"  ({extra})" if extra else ""),
+                err=True,
+            )
+        said_steps = len(steps)
+        if st.get("phase") in DONE:
+            return dict(obj)
+        if time.monotonic() >= deadline:
+            raise ClientError(
+                f"switchover/{name} is still {st.get('phase')} after {timeout:.0f}s; "
+                f"`kubectl get switchover {name} -o yaml` shows it"
+            )
+        time.sleep(0.2)
+
+
+def decide(api: ApiClient, name: str, kind: str, message: str) -> dict[str, Any]:
+    """Approve or deny `name` as read now (a concurrent change: read again and retry once)."""
+    for attempt in range(2):
+        status, obj = api.request("GET", f"{OPS}/switchovers/{name}")
+        if status != 200:
+            raise ClientError(_message(status, obj))
+        obj.setdefault("status", {}).setdefault("conditions", []).append(
+            {"type": kind, "status": "True", "reason": "ByCLI", "message": message}
+        )
+        status, out = api.request("PUT", f"{OPS}/switchovers/{name}/approval", obj)
+        if status == 200:
+            return dict(out)
+        if status != 409 or attempt or "modified" not in str(out.get("message", "")):
+            raise ClientError(_message(status, out))
+    raise AssertionError("unreachable")
+
+
+def _wanted(status: dict[str, Any]) -> str:
+    parts = []
+    for req in status.get("requirements") or ():
+        who = req.get("approvers") or {}
+        names = [*who.get("clusterRoles", []), *who.get("groups", []), *who.get("users", [])]
+        parts.append(f"{req.get('approvals')} of {', '.join(names)} ({req.get('policy')})")
+    expires = status.get("expiresAt")
+    return "; ".join(parts) + (f"; expires {expires}" if expires else "")
+
+
+def _message(status: int, obj: Any) -> str:
+    text = obj.get("message") if isinstance(obj, dict) else None
+    return f"{status}: {text or obj}"
