@@ -202,6 +202,8 @@ def test_who_may_ask(ops: Ops):
     assert status == 422 and "spec.targetRegion" in body["message"], body
     _, (status, _, body) = ops.create("alice", to="")
     assert status == 422, body
+    _, (status, _, body) = ops.create("alice", to="a")
+    assert status == 422 and "already the active region (epoch 1)" in body["message"], body
     name, (status, _, body) = ops.create("alice")
     assert status == 201
     # the spec is immutable and the status the platform's: no update or patch at all

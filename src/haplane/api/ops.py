@@ -374,10 +374,12 @@ class Operations:
         roles_of: RolesOf | None,
         epoch: Callable[[], int],
         regions: Sequence[str] = (),
+        active: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.roles_of = roles_of
         self.epoch = epoch
         self.regions = tuple(regions)
+        self.active = active  # the active region as this replica last read it
 
     def prepare_create(
         self, rtype: ResourceType, obj: Obj, user: UserInfo, policies: Sequence[Obj]
@@ -398,6 +400,20 @@ class Operations:
                         "spec.targetRegion",
                         "FieldValueNotSupported",
                         f"no such region; regions: {', '.join(self.regions)}",
+                        to,
+                    ).cause()
+                ],
+                GROUP,
+            )
+        if isinstance(to, str) and to and to == self.active():
+            raise errors.invalid(
+                "Switchover",
+                name,
+                [
+                    _err(
+                        "spec.targetRegion",
+                        _INVALID,
+                        f"already the active region (epoch {self.epoch()})",
                         to,
                     ).cause()
                 ],

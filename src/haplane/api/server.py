@@ -219,6 +219,7 @@ class ApiServer:
                     roles_of=self.authorizer.cluster_roles_of if self.authorizer else None,
                     epoch=lambda: self.fence.epoch,
                     regions=config.regions,
+                    active=lambda: self.fence.record.region if self.fence.record else None,
                 ),
                 self._approval_policies,
             )

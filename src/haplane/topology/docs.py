@@ -561,7 +561,11 @@ def _runbook(topology: Topology) -> list[str]:
             f"{_control_endpoints(topology)} endpoint status -w table`.",
             f"If the controller did not switch (automatic off, no majority, hysteresis): "
             f"{failover_to} (a fenced switchover: the old region stops writing before the new "
-            "one starts). Gates move new connections and close old ones.",
+            "one starts). It asks for a Switchover through the API: a second operator "
+            "(haplane:dr-operator) runs `haplane approve NAME`; alone in an emergency, a "
+            "haplane:platform-admin adds `--break-glass`. Through a standby region's balancer "
+            "when the gate cannot serve: `--region REGION`. Gates move new connections and "
+            "close old ones.",
             f"When `{active}` comes back it stays a standby (its replicas refuse writes: "
             "another region holds the epoch, and its fence key is set `frozen:` by `haplane "
             "up`, the supervisor or the failover controller before any of its replicas could "
