@@ -78,7 +78,7 @@ def test_the_format_is_kubernetes_own(tmp_path: Path):
     k = kek(tmp_path)
     p = KmsV2("local", k)
     ours = EncryptedObject.decode(p.encrypt(MARKER, KEY)[len(p.prefix()) :])
-    seed = k.unwrap(ours.encrypted_dek_source, ours.key_id)
+    seed = k.unwrap(ours.wrapped)
     body = ours.encrypted_data
     info, nonce, sealed = body[:32], body[32:44], body[44:]
     assert AESGCM(hkdf_expand_sha256(seed, info)).decrypt(nonce, sealed, KEY) == MARKER
@@ -99,7 +99,7 @@ def test_values_haplane_wrote_before_still_read(tmp_path: Path):
     k = kek(tmp_path)
     p = KmsV2("local", k)
     ours = EncryptedObject.decode(p.encrypt(MARKER, KEY)[len(p.prefix()) :])
-    seed = k.unwrap(ours.encrypted_dek_source, ours.key_id)
+    seed = k.unwrap(ours.wrapped)
     info, nonce = secrets.token_bytes(32), secrets.token_bytes(12)
     dek = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(seed)
     old = EncryptedObject(
@@ -199,7 +199,7 @@ def test_configuration_files(tmp_path: Path):
         ("kind: Nope\n", "kind must be EncryptionConfiguration"),
         (default_config(key).replace("v2\n", "v1\n"), "apiVersion: v2"),
         (default_config(key).replace("kms:", "aescbc:"), "'aescbc' is not supported"),
-        (default_config(key).replace("file://", "unix://"), "not supported yet"),
+        (default_config(key).replace("file://", "unix://x"), "absolute path after unix://"),
         (default_config(key).replace("file://", "http://"), "file:///path"),
         (default_config(key).replace("resources: [secrets]", "resources: []"), "resource names"),
         (default_config(key).replace(str(key), str(tmp_path / "none")), "No such file"),
@@ -208,3 +208,40 @@ def test_configuration_files(tmp_path: Path):
         bad.write_text(body if body.startswith("apiVersion") else f"apiVersion: x\n{body}")
         with pytest.raises(EncryptionError, match=message):
             load_config(bad)
+
+
+def plugin_config(tmp_path: Path, lines: str) -> Path:
+    config = tmp_path / "plugin.yaml"
+    config.write_text(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
+        "  - resources: [secrets]\n    providers:\n      - kms:\n          apiVersion: v2\n"
+        "          name: vault\n" + "".join(f"          {line}\n" for line in lines.splitlines())
+    )
+    return config
+
+
+def test_kms_plugin_configuration(tmp_path: Path):
+    """`unix:///socket` endpoints and Kubernetes' `timeout` (a duration, 3s by default);
+    loading the configuration does not connect (the socket need not exist yet)."""
+    from haplane.auth.kms_client import KmsV2Plugin
+
+    (rule,) = load_config(plugin_config(tmp_path, "endpoint: unix:///run/kms/vault.sock"))
+    (p,) = rule.providers
+    assert isinstance(p, KmsV2Plugin) and p._thread is None
+    assert (p.kek.endpoint, p.kek.timeout) == ("unix:///run/kms/vault.sock", 3.0)
+    sock = "endpoint: unix:///run/kms/vault.sock\n"
+    for timeout, seconds in (("500ms", 0.5), ("1m30s", 90.0), ("1.5s", 1.5)):
+        (rule,) = load_config(plugin_config(tmp_path, sock + f"timeout: {timeout}"))
+        assert rule.providers[0].kek.timeout == seconds  # type: ignore[attr-defined]
+    long = "/tmp/" + "s" * 110
+    for lines, message in (
+        ("endpoint: unix://run/kms.sock", r"kms.endpoint: 'unix://run/kms.sock': .*absolute"),
+        (f"endpoint: unix://{long}", "kms.endpoint: .* 115 bytes; unix sockets take at most 107"),
+        (sock + "timeout: 3", r"kms.timeout: 3 is not a positive duration: .* 3s"),
+        (sock + "timeout: 0s", "kms.timeout: '0s' is not a positive duration"),
+        (sock + "timeout: 3 s", "kms.timeout: .3 s. is not a positive duration"),
+        (sock + "timout: 3s", "kms: unknown field 'timout'"),
+        (sock + "cachesize: 100", "kms.cachesize: not used by KMS v2"),
+    ):
+        with pytest.raises(EncryptionError, match=rf"resources\[0\].providers\[0\].{message}"):
+            load_config(plugin_config(tmp_path, lines))

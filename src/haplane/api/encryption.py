@@ -3,7 +3,9 @@ encryption`) applied to etcd keys, by the resource each key belongs to.
 
 Layer: api. Reads the configuration at start (kube-apiserver's `--encryption-provider-config`)
 and again whenever the file changes (as `--encryption-provider-config-automatic-reload`):
-`haplane secrets rotate` rewrites it. A file that does not load keeps the one in use.
+`haplane secrets rotate` rewrites it. A file that does not load keeps the one in use. KMS
+plugin providers start polling their plugin when loaded; a reload keeps those it leaves
+unchanged (their seeds and connections) and closes those it drops.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from haplane.auth.encryption import EncryptionError, Transformers, load_config
+from haplane.auth.encryption import EncryptionError, ResourceRule, Transformers, load_config
 
 from .resources import ResourceType
 
@@ -25,9 +27,10 @@ class ReloadingTransformers:
     def __init__(self, path: Path | str, builtins: Iterable[ResourceType]):
         self.path = Path(path)
         self.builtins = tuple(builtins)
-        self.current, self.sha256, self._stamp = self._load()
+        self.current, self.sha256, self._stamp = self._load(())
+        self.current.start()
 
-    def _load(self) -> tuple[Transformers, str, tuple[int, int]]:
+    def _load(self, previous: Iterable[ResourceRule]) -> tuple[Transformers, str, tuple[int, int]]:
         """Parsed and hashed from one read: the digest reported is of the file in use."""
         stat = self.path.stat()
         data = self.path.read_bytes()
@@ -36,7 +39,7 @@ class ReloadingTransformers:
         except UnicodeDecodeError as exc:
             raise EncryptionError(f"{self.path}: {exc}") from None
         return (
-            transformers(self.path, self.builtins, text),
+            transformers(self.path, self.builtins, text, previous),
             hashlib.sha256(data).hexdigest(),
             (stat.st_mtime_ns, stat.st_size),
         )
@@ -48,12 +51,20 @@ class ReloadingTransformers:
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
             return False
+        old = self.current
         try:
-            self.current, self.sha256, self._stamp = self._load()
+            self.current, self.sha256, self._stamp = self._load(old.rules)
         except BaseException:
             self._stamp = stamp  # said once; tried again when the file changes again
             raise
+        self.current.start()
+        # transformers run synchronously on the event loop, as this does: nothing is using
+        # the old providers now
+        old.close(keeping=self.current)
         return True
+
+    def close(self) -> None:
+        self.current.close()
 
     def to_storage(self, data: bytes, key: bytes) -> bytes:
         return self.current.to_storage(data, key)
@@ -73,7 +84,10 @@ def stored_types() -> list[ResourceType]:
 
 
 def transformers(
-    config: Path | str, builtins: Iterable[ResourceType], text: str | None = None
+    config: Path | str,
+    builtins: Iterable[ResourceType],
+    text: str | None = None,
+    previous: Iterable[ResourceRule] = (),
 ) -> Transformers:
     """Built-ins live under /registry/<resource>/, custom resources (and CRDs) under
     /registry/<group>/<resource>/: a first segment with a dot is a group."""
@@ -93,4 +107,4 @@ def transformers(
             return parts[0].decode(), parts[1].decode()
         return builtin.get(parts[0])
 
-    return Transformers(load_config(config, text), resource_of)
+    return Transformers(load_config(config, text, previous), resource_of)

@@ -2,9 +2,10 @@
 store in etcd for the resources an `EncryptionConfiguration` names is ciphertext, and only the
 key-encryption key (KEK) can open it.
 
-Layer: auth. Pure crypto and configuration; reads the configuration and key files it is given
-and nothing else. The API's storage (`haplane.api.storage.Transformer`) calls
-`Transformers.to_storage`/`from_storage` with each value and its etcd key.
+Layer: auth. Crypto and configuration; reads the configuration and key files it is given and
+nothing else (a plugin provider, `haplane.auth.kms_client`, talks to its plugin's socket). The
+API's storage (`haplane.api.storage.Transformer`) calls `Transformers.to_storage`/`from_storage`
+with each value and its etcd key.
 
 The scheme (Kubernetes' KMS v2 with a DEK seed):
 - each replica makes a 32-byte **seed** and has the KEK wrap it once (KEK calls are rare: at
@@ -20,12 +21,16 @@ The scheme (Kubernetes' KMS v2 with a DEK seed):
   HKDF_SHA256_XNONCE_AES_GCM_SEED (1)), byte for byte what kube-apiserver writes. Values that
   haplane wrote before it matched Kubernetes carry type 2 (not a Kubernetes value) and derive
   with HKDF extract-then-expand; they are still read;
-- reads unwrap each seed once (remembered by its wrapped bytes), so a read costs one HKDF and
-  one AES-GCM open.
+- reads unwrap each seed once (remembered by its wrapped bytes, key id and annotations), so a
+  read costs one HKDF and one AES-GCM open.
 
 KEKs: `LocalKek`, a 32-byte key in a file (mode 0600) that `haplane up` creates, named in the
 configuration as a `kms` v2 provider whose endpoint is `file:///path` (haplane's own: kube-
-apiserver knows only `unix://` plugins, which speak Kubernetes' KMS v2 gRPC API).
+apiserver knows only plugins); or a KMS v2 plugin, `endpoint: unix:///path/to/socket` with
+Kubernetes' `timeout` (3s by default): `haplane.auth.kms_client` speaks Kubernetes' KMS v2
+gRPC API to it (Vault's and the cloud KMSes' plugins, or `haplane.auth.kms_plugin`), asking
+its Status in the background, and the `EncryptedObject` keeps the key id and annotations its
+Encrypt answered, for its Decrypt.
 
 Reading follows the configuration's provider list, as Kubernetes does: a value with a
 `k8s:enc:kms:v2:<name>:` prefix goes to the provider of that name; a value without a known
@@ -38,6 +43,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import secrets
 import stat
 import threading
@@ -77,12 +83,28 @@ class EncryptionError(Exception):
 # ---- key-encryption keys -----------------------------------------------------------------
 
 
+Annotations = tuple[tuple[str, bytes], ...]  # sorted by name: hashable, one encoding
+
+
+@dataclass(frozen=True)
+class WrappedSeed:
+    """A seed as a KEK wrapped it: what the EncryptedObject keeps beside the data
+    (encryptedDEKSource, keyID, annotations) and what the KEK needs back to unwrap it. A KMS
+    plugin may return annotations (Kubernetes stores them in plain text) that its Decrypt
+    needs."""
+
+    ciphertext: bytes
+    key_id: str
+    annotations: Annotations = ()
+
+
 class Kek(Protocol):
-    """What wraps and unwraps DEK seeds (Kubernetes' KMS v2 Encrypt/Decrypt/Status)."""
+    """What wraps and unwraps DEK seeds (Kubernetes' KMS v2 Status/Encrypt/Decrypt): the
+    current key id, a seed wrapped under it, a wrapped seed opened."""
 
     def key_id(self) -> str: ...
-    def wrap(self, seed: bytes) -> bytes: ...
-    def unwrap(self, wrapped: bytes, key_id: str) -> bytes: ...
+    def wrap(self, seed: bytes) -> WrappedSeed: ...
+    def unwrap(self, wrapped: WrappedSeed) -> bytes: ...
 
 
 def create_local_key(path: Path) -> bool:
@@ -121,28 +143,32 @@ class LocalKek:
     def key_id(self) -> str:
         return self._id
 
-    def wrap(self, seed: bytes) -> bytes:
+    def wrap(self, seed: bytes) -> WrappedSeed:
         nonce = secrets.token_bytes(NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, seed, LOCAL_KEK_AAD)
+        return WrappedSeed(nonce + self._aead.encrypt(nonce, seed, LOCAL_KEK_AAD), self._id)
 
-    def unwrap(self, wrapped: bytes, key_id: str) -> bytes:
-        if key_id != self._id:
+    def unwrap(self, wrapped: WrappedSeed) -> bytes:
+        if wrapped.key_id != self._id:
             raise EncryptionError(
-                f"the value was sealed under key-encryption key {key_id}, but {self.path} is "
-                f"{self._id}: the key it needs is missing (restore it, or add it back)"
+                f"the value was sealed under key-encryption key {wrapped.key_id}, but "
+                f"{self.path} is {self._id}: the key it needs is missing (restore it, or add "
+                "it back)"
             )
+        sealed = wrapped.ciphertext
         try:
-            return self._aead.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], LOCAL_KEK_AAD)
+            return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], LOCAL_KEK_AAD)
         except InvalidTag:
             raise EncryptionError(
-                f"key-encryption key {key_id} does not open this value's seed"
+                f"key-encryption key {wrapped.key_id} does not open this value's seed"
             ) from None
 
 
 # ---- the EncryptedObject message ---------------------------------------------------------
 # k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2/api.proto's EncryptedObject,
-# encoded by hand: five fields, and no generated code for one message (protobuf's runtime
-# needs a compiled descriptor; `protoc` is not a dependency).
+# encoded by hand: five fields (1 encryptedData, 2 keyID, 3 encryptedDEKSource, 4 annotations
+# map<string, bytes>, 5 encryptedDEKSourceType), in field order and map keys sorted as Go's
+# marshaller writes them; no generated code for one message that is stored (the KMS plugin's
+# messages, which are not, use protobuf's runtime: `haplane.auth.kms_api`).
 
 
 def _varint(n: int) -> bytes:
@@ -170,47 +196,75 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
+def _field(number: int, value: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
+    """(field number, varint or bytes) in order; other wire types are refused."""
+    out: list[tuple[int, int | bytes]] = []
+    i = 0
+    while i < len(data):
+        tag, i = _read_varint(data, i)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            n, i = _read_varint(data, i)
+            out.append((number, n))
+        elif wire == 2:
+            length, i = _read_varint(data, i)
+            if i + length > len(data):
+                raise EncryptionError("the stored EncryptedObject is truncated")
+            out.append((number, data[i : i + length]))
+            i += length
+        else:
+            raise EncryptionError(f"the stored EncryptedObject has wire type {wire}")
+    return out
+
+
 @dataclass(frozen=True)
 class EncryptedObject:
     encrypted_data: bytes
     key_id: str
     encrypted_dek_source: bytes
     source_type: int = HKDF_SHA256_XNONCE_AES_GCM_SEED
+    annotations: Annotations = ()  # sorted by name
+
+    @property
+    def wrapped(self) -> WrappedSeed:
+        return WrappedSeed(self.encrypted_dek_source, self.key_id, self.annotations)
 
     def encode(self) -> bytes:
-        def field(number: int, value: bytes) -> bytes:
-            return _varint(number << 3 | 2) + _varint(len(value)) + value
-
         return (
-            field(1, self.encrypted_data)
-            + field(2, self.key_id.encode())
-            + field(3, self.encrypted_dek_source)
+            _field(1, self.encrypted_data)
+            + _field(2, self.key_id.encode())
+            + _field(3, self.encrypted_dek_source)
+            + b"".join(_field(4, _field(1, k.encode()) + _field(2, v))
+                       for k, v in sorted(self.annotations))
             + _varint(5 << 3) + _varint(self.source_type)
         )  # fmt: skip
 
     @classmethod
     def decode(cls, data: bytes) -> EncryptedObject:
         fields: dict[int, Any] = {}
-        i = 0
-        while i < len(data):
-            tag, i = _read_varint(data, i)
-            number, wire = tag >> 3, tag & 7
-            if wire == 0:
-                fields[number], i = _read_varint(data, i)
-            elif wire == 2:
-                length, i = _read_varint(data, i)
-                if i + length > len(data):
-                    raise EncryptionError("the stored EncryptedObject is truncated")
-                fields.setdefault(number, data[i : i + length])
-                i += length
-            else:
-                raise EncryptionError(f"the stored EncryptedObject has wire type {wire}")
-        sealed, key_id, source = fields.get(1), fields.get(2), fields.get(3)
-        if not (isinstance(sealed, bytes) and isinstance(key_id, bytes)
-                and isinstance(source, bytes)):  # fmt: skip
-            raise EncryptionError("the stored EncryptedObject lacks a field")
+        annotations: dict[str, bytes] = {}
         try:
-            return cls(sealed, key_id.decode(), source, int(fields.get(5, 0)))
+            for number, value in _fields(data):
+                if number == 4 and isinstance(value, bytes):  # a map entry: key 1, value 2
+                    entry = dict(_fields(value))
+                    name, item = entry.get(1, b""), entry.get(2, b"")
+                    if not isinstance(name, bytes) or not isinstance(item, bytes):
+                        raise ValueError
+                    annotations[name.decode()] = item
+                else:
+                    fields.setdefault(number, value)
+            sealed, key_id, source = fields.get(1), fields.get(2), fields.get(3)
+            if not (isinstance(sealed, bytes) and isinstance(key_id, bytes)
+                    and isinstance(source, bytes)):  # fmt: skip
+                raise EncryptionError("the stored EncryptedObject lacks a field")
+            return cls(
+                sealed, key_id.decode(), source, int(fields.get(5, 0)),
+                tuple(sorted(annotations.items())),
+            )  # fmt: skip
         except (UnicodeDecodeError, TypeError, ValueError):
             raise EncryptionError("the stored EncryptedObject has a malformed field") from None
 
@@ -224,6 +278,8 @@ class Provider(Protocol):
     def prefix(self) -> bytes: ...
     def encrypt(self, data: bytes, key: bytes) -> bytes: ...
     def decrypt(self, data: bytes, key: bytes) -> bytes: ...
+    def start(self) -> None: ...  # begin any background work (a KMS plugin's Status polls)
+    def close(self) -> None: ...  # end it: the configuration no longer uses this provider
 
 
 class Identity:
@@ -234,6 +290,12 @@ class Identity:
     def prefix(self) -> bytes:
         return b""
 
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
     def encrypt(self, data: bytes, key: bytes) -> bytes:
         return data
 
@@ -241,34 +303,70 @@ class Identity:
         return data
 
 
+@dataclass(frozen=True)
+class Seed:
+    """A seed and what the KEK made of it."""
+
+    seed: bytes
+    wrapped: WrappedSeed
+
+
 class KmsV2:
-    """Envelope encryption under `kek` (see the module's description)."""
+    """Envelope encryption under `kek` (see the module's description). Here the writer's
+    seed follows `kek.key_id()`, asked at each write: right for a local key, whose answer
+    costs nothing (`haplane.auth.kms_client.KmsV2Plugin` asks a plugin in the background)."""
 
     def __init__(self, name: str, kek: Kek):
         self.name = name
         self.kek = kek
         self._prefix = KMS_V2_PREFIX + name.encode() + b":"
         self._lock = threading.Lock()
-        self._seed: tuple[str, bytes, bytes] | None = None  # (key id, seed, wrapped seed)
-        self._seeds: OrderedDict[bytes, bytes] = OrderedDict()  # wrapped -> seed
+        self._writer: Seed | None = None
+        self._seeds: OrderedDict[WrappedSeed, bytes] = OrderedDict()  # unwrapped seeds
+        self._seeds_lock = threading.Lock()
 
     def prefix(self) -> bytes:
         return self._prefix
 
-    def _writer_seed(self) -> tuple[str, bytes, bytes]:
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def _writer_seed(self) -> Seed:
         with self._lock:
             key_id = self.kek.key_id()
-            if self._seed is None or self._seed[0] != key_id:
-                seed = secrets.token_bytes(SEED_BYTES)
-                self._seed = (key_id, seed, self.kek.wrap(seed))
-            return self._seed
+            if self._writer is None or self._writer.wrapped.key_id != key_id:
+                self._writer = self._new_seed()
+            return self._writer
+
+    def _new_seed(self) -> Seed:
+        """A fresh seed, wrapped by the KEK (and remembered: reads of this replica's own
+        writes never unwrap)."""
+        seed = secrets.token_bytes(SEED_BYTES)
+        wrapped = self.kek.wrap(seed)
+        self._remember(wrapped, seed)
+        return Seed(seed, wrapped)
+
+    def _remember(self, wrapped: WrappedSeed, seed: bytes) -> None:
+        with self._seeds_lock:
+            self._seeds[wrapped] = seed
+            while len(self._seeds) > SEED_CACHE:
+                self._seeds.popitem(last=False)
+
+    def _unwrap(self, wrapped: WrappedSeed) -> bytes:
+        return self.kek.unwrap(wrapped)
 
     def encrypt(self, data: bytes, key: bytes) -> bytes:
-        key_id, seed, wrapped = self._writer_seed()
+        writer = self._writer_seed()
         info = secrets.token_bytes(INFO_BYTES)
         nonce = secrets.token_bytes(NONCE_BYTES)
-        sealed = AESGCM(_dek(seed, info)).encrypt(nonce, data, key)
-        obj = EncryptedObject(info + nonce + sealed, key_id, wrapped)
+        sealed = AESGCM(_dek(writer.seed, info)).encrypt(nonce, data, key)
+        w = writer.wrapped
+        obj = EncryptedObject(
+            info + nonce + sealed, w.key_id, w.ciphertext, annotations=w.annotations
+        )
         return self._prefix + obj.encode()
 
     def decrypt(self, data: bytes, key: bytes) -> bytes:
@@ -282,13 +380,11 @@ class KmsV2:
                 f"{key.decode(errors='replace')}: a DEK source of type {obj.source_type} "
                 "(only seeds, type 1, are written here)"
             )
-        seed = self._seeds.get(obj.encrypted_dek_source)
+        wrapped = obj.wrapped  # the cache's key: as Kubernetes', the key id and annotations too
+        seed = self._seeds.get(wrapped)
         if seed is None:
-            seed = self.kek.unwrap(obj.encrypted_dek_source, obj.key_id)
-            with self._lock:
-                self._seeds[obj.encrypted_dek_source] = seed
-                while len(self._seeds) > SEED_CACHE:
-                    self._seeds.popitem(last=False)
+            seed = self._unwrap(wrapped)
+            self._remember(wrapped, seed)
         body = obj.encrypted_data
         if len(body) < INFO_BYTES + NONCE_BYTES + 16:
             raise EncryptionError(f"{key.decode(errors='replace')}: the ciphertext is truncated")
@@ -351,6 +447,28 @@ class Transformers:
         self.resource_of = resource_of
         self._chains: dict[tuple[str, str], tuple[Provider, ...]] = {}
 
+    def providers(self) -> list[Provider]:
+        """Every provider of the configuration, once each."""
+        seen: dict[int, Provider] = {}
+        for rule in self.rules:
+            for p in rule.providers:
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def start(self) -> None:
+        """Begin the providers' background work (a KMS plugin's first Status and seed), so the
+        first write need not wait for it."""
+        for p in self.providers():
+            p.start()
+
+    def close(self, keeping: Transformers | None = None) -> None:
+        """End the providers' background work and connections, except those `keeping` (the
+        configuration that replaced this one) still uses."""
+        kept = {id(p) for p in keeping.providers()} if keeping is not None else set()
+        for p in self.providers():
+            if id(p) not in kept:
+                p.close()
+
     def providers_for(self, group: str, plural: str) -> tuple[Provider, ...]:
         found = self._chains.get((group, plural))
         if found is None:
@@ -393,10 +511,19 @@ class Transformers:
         )
 
 
-def load_config(path: Path | str, text: str | None = None) -> list[ResourceRule]:
+def load_config(
+    path: Path | str, text: str | None = None, previous: Iterable[ResourceRule] = ()
+) -> list[ResourceRule]:
     """Parse an `EncryptionConfiguration` file (`text`: its contents, already read);
-    `EncryptionError` names the field and the fix."""
+    `EncryptionError` names the field and the fix. A KMS plugin provider of the `previous`
+    configuration with the same name, endpoint and timeout is kept as it is (its seed, its
+    unwrapped seeds and its connection), so a reload that leaves it alone does not make a new
+    seed or depend on the plugin answering. Nothing here talks to a plugin: providers start
+    when first used, or by `Transformers.start`."""
     path = Path(path)
+    reusable = {
+        p.reuse_key: p for rule in previous for p in rule.providers if hasattr(p, "reuse_key")
+    }
     try:
         doc = yaml.safe_load(path.read_text() if text is None else text)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
@@ -425,13 +552,64 @@ def load_config(path: Path | str, text: str | None = None) -> list[ResourceRule]
         if not isinstance(providers, list) or not providers:
             raise EncryptionError(f"{where}.providers: a list, the writer first")
         chain = tuple(
-            _provider(p, f"{where}.providers[{j}]", path, names) for j, p in enumerate(providers)
+            _provider(p, f"{where}.providers[{j}]", path, names, reusable)
+            for j, p in enumerate(providers)
         )
         rules.append(ResourceRule(tuple(resources), chain))
     return rules
 
 
-def _provider(spec: Any, where: str, path: Path, names: set[str]) -> Provider:
+KMS_FIELDS = ("apiVersion", "name", "endpoint", "timeout", "cachesize")
+DEFAULT_KMS_TIMEOUT = 3.0  # seconds, Kubernetes' default for `timeout`
+SUN_PATH_MAX = 107  # bytes of a unix socket's path (sockaddr_un.sun_path, less its NUL)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """A Go duration string (what Kubernetes' `metav1.Duration` fields take: `3s`, `500ms`,
+    `1m30s`, `1.5s`) in seconds; ValueError for anything else."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(text)
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def _kms_timeout(body: dict[str, Any], where: str) -> float:
+    value = body.get("timeout")
+    if value is None:
+        return DEFAULT_KMS_TIMEOUT
+    try:
+        seconds = parse_duration(value) if isinstance(value, str) else -1.0
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise EncryptionError(
+            f"{where}.kms.timeout: {value!r} is not a positive duration: write it as Kubernetes "
+            "does, e.g. 3s (the default) or 500ms"
+        )
+    return seconds
+
+
+def _socket_path(endpoint: str, where: str) -> str:
+    """The absolute socket path of a `unix:///path` endpoint."""
+    path = endpoint[len("unix://") :]
+    if not path.startswith("/"):
+        raise EncryptionError(
+            f"{where}.kms.endpoint: {endpoint!r}: a unix socket needs its absolute path after "
+            "unix://, e.g. unix:///var/run/kms-plugin/socket.sock (three slashes)"
+        )
+    if len(path.encode()) > SUN_PATH_MAX:
+        raise EncryptionError(
+            f"{where}.kms.endpoint: the socket path is {len(path.encode())} bytes; unix sockets "
+            f"take at most {SUN_PATH_MAX}: move the socket to a shorter path"
+        )
+    return path
+
+
+def _provider(
+    spec: Any, where: str, path: Path, names: set[str], reusable: dict[Any, Provider]
+) -> Provider:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise EncryptionError(f"{where}: exactly one provider (kms or identity)")
     ((kind, body),) = spec.items()
@@ -444,22 +622,39 @@ def _provider(spec: Any, where: str, path: Path, names: set[str]) -> Provider:
         )
     if not isinstance(body, dict) or body.get("apiVersion") != "v2":
         raise EncryptionError(f"{where}.kms.apiVersion: v2 (KMS v1 is deprecated in Kubernetes)")
+    unknown = sorted(str(k) for k in body if k not in KMS_FIELDS)
+    if unknown:
+        raise EncryptionError(
+            f"{where}.kms: unknown field {unknown[0]!r} (a kms provider takes "
+            f"{', '.join(KMS_FIELDS[:-1])})"
+        )
+    if "cachesize" in body:
+        raise EncryptionError(
+            f"{where}.kms.cachesize: not used by KMS v2 (each replica unwraps a seed once): "
+            "remove it"
+        )
     name = body.get("name")
     if not isinstance(name, str) or not name or ":" in name:
         raise EncryptionError(f"{where}.kms.name: a name without ':'")
     endpoint = body.get("endpoint")
     if not isinstance(endpoint, str):
         raise EncryptionError(f"{where}.kms.endpoint: file:///path/to/key or unix:///socket")
+    timeout = _kms_timeout(body, where)
     url = urlparse(endpoint)
+    provider: Provider
     if url.scheme == "file":
         key = Path(url.path)
         if not key.is_absolute():
             key = path.parent / key
         provider = KmsV2(name, LocalKek(key))
     elif url.scheme == "unix":
-        raise EncryptionError(
-            f"{where}.kms.endpoint: KMS v2 plugins over unix sockets are not supported yet by "
-            "this haplane; use a local key (file:///path)"
+        # a KMS v2 plugin (Vault's, a cloud KMS's, haplane.auth.kms_plugin): imported here,
+        # as kms_client builds on this module
+        from .kms_client import KmsPlugin, KmsV2Plugin
+
+        _socket_path(endpoint, where)
+        provider = reusable.get((name, endpoint, timeout)) or KmsV2Plugin(
+            name, KmsPlugin(endpoint, timeout)
         )
     else:
         raise EncryptionError(f"{where}.kms.endpoint: file:///path/to/key or unix:///socket")
