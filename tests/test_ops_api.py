@@ -75,6 +75,21 @@ class Ops:
         return out
 
 
+def dr_policy(name: str, **spec: Any) -> dict[str, Any]:
+    """An ApprovalPolicy for Switchovers whose approvers are the dr-operators."""
+    return {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": "ApprovalPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "operations": ["Switchover"],
+            "approvals": 1,
+            "approvers": {"clusterRoles": ["haplane:dr-operator"]},
+            **spec,
+        },
+    }
+
+
 def _bind(replica: ApiReplica, user: str, role: str) -> None:
     status, _, body = replica.request(
         "POST",
@@ -238,17 +253,7 @@ def test_denied_and_expired_requests_stay_undone(ops: Ops):
     status, _, body = ops.decide("erin", name)
     assert status == 409 and "Rejected" in body["message"], body
 
-    short = {
-        "apiVersion": "ops.haplane.dev/v1",
-        "kind": "ApprovalPolicy",
-        "metadata": {"name": "short-expiry"},
-        "spec": {
-            "operations": ["Switchover"],
-            "approvals": 1,
-            "approvers": {"clusterRoles": ["haplane:dr-operator"]},
-            "expireAfterSeconds": 1,
-        },
-    }
+    short = dr_policy("short-expiry", expireAfterSeconds=1)
     status, _, body = ops.as_("alice", "POST", f"{OPS}/approvalpolicies", short)
     assert status == 403, body  # a dr-operator may not make policies
     status, _, body = ops.as_("dave", "POST", f"{OPS}/approvalpolicies", short)
@@ -256,7 +261,7 @@ def test_denied_and_expired_requests_stay_undone(ops: Ops):
     try:
         name, (_, _, obj) = ops.create("alice")
         assert len(obj["status"]["requirements"]) == 2  # both policies must be satisfied
-        time.sleep(1.2)
+        time.sleep(2.1)  # expiresAt is rounded up to the whole second
         status, _, body = ops.decide("bob", name)
         assert status == 409 and "expired" in body["message"], body
         assert ops.get(name)["status"]["phase"] == "Pending"
@@ -313,3 +318,114 @@ def test_kubectl_lists_switchovers(ops: Ops):
 def test_bad_specs_are_422(ops: Ops, bad: dict[str, Any]):
     _, (status, _, body) = ops.create("alice", **bad)
     assert status == 422 and body["details"]["causes"][0]["field"].startswith("spec."), body
+
+
+def test_an_approval_names_its_request(ops: Ops):
+    name, (_, _, first) = ops.create("alice")
+    status, _, body = ops.decide("bob", name, obj={**first, "metadata": {"name": name}})
+    assert status == 400 and "metadata.uid" in body["message"], body
+    # the request is replaced under the same name: an approval of the old one is refused
+    assert ops.as_("dave", "DELETE", f"{OPS}/switchovers/{name}")[0] == 200
+    body = {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": "Switchover",
+        "metadata": {"name": name},
+        "spec": {"targetRegion": "b", "reason": "same name, other request", "force": True},
+    }
+    assert ops.as_("alice", "POST", f"{OPS}/switchovers", body)[0] == 201
+    stale = {**first, "metadata": {**first["metadata"], "resourceVersion": None}}
+    stale["metadata"].pop("resourceVersion")
+    status, _, body = ops.decide("bob", name, obj=stale)
+    assert status == 409 and "replaced" in body["message"], body
+    assert ops.get(name)["status"]["phase"] == "Pending"
+
+
+def test_nobody_writes_a_status(ops: Ops):
+    body = {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": "Switchover",
+        "metadata": {"name": f"forged-{uuid.uuid4().hex[:6]}"},
+        "spec": {"targetRegion": "b", "reason": "forged"},
+        "status": {"phase": "Approved", "requestedBy": {"username": "bob"}, "approvals": []},
+    }
+    status, _, obj = ops.as_("alice", "POST", f"{OPS}/switchovers", body)
+    assert status == 201 and obj["status"]["phase"] == "Pending", obj
+    assert obj["status"]["requestedBy"]["username"] == "alice"
+    name = obj["metadata"]["name"]
+    patch = {"status": {"phase": "Approved"}}
+    for method, path in (
+        ("PATCH", f"{OPS}/switchovers/{name}"),
+        ("PATCH", f"{OPS}/switchovers/{name}/status"),
+        ("PUT", f"{OPS}/switchovers/{name}/status"),
+    ):
+        status = ops.as_("admin", method, path, patch)[0]
+        assert status in (404, 405, 415), (method, path, status)
+    assert ops.get(name)["status"]["phase"] == "Pending"
+
+
+def test_the_default_policy_only_gets_stricter(ops: Ops):
+    path = f"{OPS}/approvalpolicies/switchover-approval"
+    current = ops.as_("dave", "GET", path)[2]
+    for change, field in (
+        ({"users": ["alice"]}, "spec.approvers.users"),
+        ({"groups": ["system:authenticated"]}, "spec.approvers.groups"),
+    ):
+        weaker = json.loads(json.dumps(current))
+        weaker["spec"]["approvers"].update(change)
+        status, _, body = ops.as_("dave", "PUT", path, weaker)
+        assert status == 422 and field in body["message"], body
+    longer = json.loads(json.dumps(current))
+    longer["spec"]["expireAfterSeconds"] = 7200
+    assert ops.as_("dave", "PUT", path, longer)[0] == 422
+    assert ops.as_("dave", "GET", path)[2]["spec"] == current["spec"]
+
+
+def test_no_crd_claims_the_ops_group(ops: Ops):
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "drills.ops.haplane.dev"},
+        "spec": {
+            "group": "ops.haplane.dev",
+            "scope": "Cluster",
+            "names": {"plural": "drills", "singular": "drill", "kind": "Drill"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object"}},
+                }
+            ],
+        },
+    }
+    status, _, body = ops.as_(
+        "admin", "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd
+    )
+    assert status == 422 and "spec.group" in body["message"], body
+
+
+def test_two_approvers_at_once_both_count_when_two_are_needed(ops: Ops):
+    two = dr_policy("two-approvers", approvals=2)
+    assert ops.as_("dave", "POST", f"{OPS}/approvalpolicies", two)[0] == 201
+    try:
+        name, _ = ops.create("alice")
+        obj = ops.get(name)
+        results: list[int] = []
+        barrier = threading.Barrier(2)
+
+        def approve(who: str) -> None:
+            barrier.wait()
+            results.append(ops.decide(who, name, obj=obj, rv=False)[0])
+
+        threads = [threading.Thread(target=approve, args=(w,)) for w in ("bob", "erin")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [200, 200], results
+        final = ops.get(name)["status"]
+        assert final["phase"] == "Approved"
+        assert sorted(a["username"] for a in final["approvals"]) == ["bob", "erin"]
+    finally:
+        ops.as_("dave", "DELETE", f"{OPS}/approvalpolicies/two-approvers")

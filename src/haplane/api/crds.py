@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from haplane.store.operations import GROUP as OPS_GROUP
+
 from .crd_schema import apply_defaults, check_crd_schema, prune
 from .crd_schema import validate as validate_against_schema
 from .patch import OBJECT_META_STRATEGIES
@@ -105,6 +107,15 @@ class CRDStrategy(Strategy):
                     "spec.group",
                     "FieldValueInvalid",
                     "should be a domain with at least one dot",
+                    str(group),
+                )
+            )
+        if group == OPS_GROUP:
+            errs.append(
+                FieldError(
+                    "spec.group",
+                    "FieldValueForbidden",
+                    f"{OPS_GROUP} is haplane's own API group (platform operations)",
                     str(group),
                 )
             )

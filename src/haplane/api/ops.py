@@ -67,6 +67,8 @@ log = logging.getLogger("haplane.api.ops")
 
 Obj = dict[str, Any]
 DEFAULT_EXPIRY = 3600
+# the failover controller makes no decision of its own while a planned switchover catches up
+MAX_CATCH_UP = 60
 MAX_EXPIRY = 7 * 24 * 3600
 BREAK_GLASS_ROLE = "haplane:platform-admin"
 MASTERS = "system:masters"
@@ -112,9 +114,13 @@ class SwitchoverStrategy(Strategy):
             not isinstance(limit, int | float)
             or isinstance(limit, bool)
             or not math.isfinite(limit)
-            or not 0.1 <= limit <= 600
+            or not 0.1 <= limit <= MAX_CATCH_UP
         ):
-            errs.append(_err("spec.catchUpTimeoutSeconds", _INVALID, "seconds, 0.1 to 600", limit))
+            errs.append(
+                _err(
+                    "spec.catchUpTimeoutSeconds", _INVALID, f"seconds, 0.1 to {MAX_CATCH_UP}", limit
+                )
+            )
         unknown = sorted(set(spec) - SWITCHOVER_FIELDS)
         if unknown:
             errs.append(
@@ -198,6 +204,12 @@ class ApprovalPolicyStrategy(Strategy):
             )
         return errs
 
+    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
+        errs = self.validate(new)
+        if errs or _dict(old.get("metadata")).get("name") != DEFAULT_POLICY:
+            return errs
+        return _weakened(Requirement.of(new), Requirement.of(old), _dict(new.get("spec")))
+
     def refuse_delete(self, obj: Obj) -> str | None:
         if (obj.get("metadata") or {}).get("name") == DEFAULT_POLICY:
             return (
@@ -205,6 +217,32 @@ class ApprovalPolicyStrategy(Strategy):
                 "stricter, not removed"
             )
         return None
+
+
+def _weakened(new: Requirement, old: Requirement, spec: Obj) -> list[FieldError]:
+    """The default policy may only get stricter: at least as many approvals, no approver
+    who was not one before, no longer a wait, still naming Switchover."""
+    errs: list[FieldError] = []
+    why = "the default policy may be made stricter, not weaker"
+    if "Switchover" not in (spec.get("operations") or ()):
+        errs.append(_err("spec.operations", _FORBIDDEN, f"{why}: it must name Switchover"))
+    if new.approvals < old.approvals:
+        errs.append(_err("spec.approvals", _FORBIDDEN, f"{why}: at least {old.approvals}"))
+    for field, was, now in (
+        ("groups", old.groups, new.groups),
+        ("clusterRoles", old.cluster_roles, new.cluster_roles),
+        ("users", old.users, new.users),
+    ):
+        added = sorted(set(now) - set(was))
+        if added:
+            errs.append(
+                _err(f"spec.approvers.{field}", _FORBIDDEN, f"{why}: {', '.join(added)} added")
+            )
+    if new.expire_after > old.expire_after:
+        errs.append(
+            _err("spec.expireAfterSeconds", _FORBIDDEN, f"{why}: at most {old.expire_after}")
+        )
+    return errs
 
 
 SWITCHOVER = ResourceType(
@@ -382,15 +420,24 @@ class Operations:
         self.active = active  # the active region as this replica last read it
 
     def prepare_create(
-        self, rtype: ResourceType, obj: Obj, user: UserInfo, policies: Sequence[Obj]
+        self,
+        rtype: ResourceType,
+        obj: Obj,
+        user: UserInfo,
+        policies: Sequence[Obj],
+        dry_run: bool = False,
     ) -> str | None:
-        """Fill a new operation's status (phase, requester, requirements, expiry); returns an
-        audit annotation value for a break-glass request."""
+        """Fill a new operation's status (phase, requester, requirements, expiry), whatever
+        the body said; returns an audit annotation value for a break-glass request. A
+        malformed body gets an empty status here and its errors from validation."""
         if rtype.kind != "Switchover":
             return None
-        spec = _dict(obj.get("spec"))
+        obj["status"] = {}
+        spec, meta = obj.get("spec"), obj.get("metadata")
+        if not isinstance(spec, dict) or not isinstance(meta, dict):
+            return None
         to = spec.get("targetRegion")
-        name = (obj.get("metadata") or {}).get("name", "")
+        name = str(meta.get("name") or meta.get("generateName") or "")
         if self.regions and isinstance(to, str) and to not in self.regions:
             raise errors.invalid(
                 "Switchover",
@@ -419,17 +466,21 @@ class Operations:
                 ],
                 GROUP,
             )
+        if not any(_dict(p.get("metadata")).get("name") == DEFAULT_POLICY for p in policies):
+            # not created yet (a fresh global etcd): the built-in default applies all the same
+            policies = [*policies, *default_policies()]
         requirements = [
             Requirement.of(p)
             for p in policies
-            if rtype.kind in ((p.get("spec") or {}).get("operations") or ())
+            if rtype.kind in (_dict(p.get("spec")).get("operations") or ())
         ]
         now = time.time()
         expire_after = min((r.expire_after for r in requirements), default=DEFAULT_EXPIRY)
         status: Obj = {
             "requestedBy": user.to_dict(),
             "requestedAt": now_rfc3339(),
-            "expiresAt": _rfc3339(now + expire_after),
+            # rounded up: a request never expires before its time
+            "expiresAt": _rfc3339(math.ceil(now + expire_after)),
             "epochAtRequest": self.epoch(),
             "requirements": [r.as_dict() for r in requirements],
             "approvals": [],
@@ -452,18 +503,19 @@ class Operations:
             status["conditions"].append(
                 _condition("BreakGlass", "BreakGlass", f"approval skipped by {user.name}")
             )
-            annotation = f"{user.name}: {spec.get('reason', '')}"
-            log.warning(
-                json.dumps(
-                    {
-                        "msg": "BREAK GLASS: a switchover skips approval",
-                        "user": user.name,
-                        "switchover": name,
-                        "targetRegion": to,
-                        "reason": spec.get("reason"),
-                    }
+            if not dry_run:  # (a create refused after this point is logged as attempted)
+                annotation = f"{user.name}: {spec.get('reason', '')}"
+                log.warning(
+                    json.dumps(
+                        {
+                            "msg": "BREAK GLASS: a switchover skips approval",
+                            "user": user.name,
+                            "switchover": name,
+                            "targetRegion": to,
+                            "reason": spec.get("reason"),
+                        }
+                    )
                 )
-            )
         elif requirements:
             status["phase"] = PENDING
         else:
@@ -492,7 +544,11 @@ class Operations:
 
         meta = _dict(body.get("metadata"))
         uid = (current.get("metadata") or {}).get("uid")
-        if meta.get("uid") and meta.get("uid") != uid:
+        if not meta.get("uid"):
+            raise errors.bad_request(
+                "an approval names the request it approves: metadata.uid as read"
+            )
+        if meta.get("uid") != uid:
             raise refuse(409, "the request was replaced since you read it (its uid changed)")
         seen = meta.get("resourceVersion")
         if seen and seen != (current.get("metadata") or {}).get("resourceVersion"):
@@ -613,11 +669,13 @@ class OpsHooks:
         self.operations = operations
         self.policies = policies
 
-    async def prepare_create(self, request: web.BaseRequest, rtype: ResourceType, obj: Obj) -> None:
+    async def prepare_create(
+        self, request: web.BaseRequest, rtype: ResourceType, obj: Obj, dry_run: bool
+    ) -> None:
         if rtype.kind != "Switchover" or not isinstance(obj, dict):
             return
         user: UserInfo = request.get("user", ANONYMOUS)
-        note = self.operations.prepare_create(rtype, obj, user, await self.policies())
+        note = self.operations.prepare_create(rtype, obj, user, await self.policies(), dry_run)
         audit = request.get("audit")
         if note is not None and audit is not None:
             audit.annotate(BREAK_GLASS_ANNOTATION, note)
@@ -639,6 +697,6 @@ class OpsHooks:
 
         out = await store.update_subresource(None, name, "approval", decide, dry_run=dry_run)
         audit = request.get("audit")
-        if said and audit is not None:
+        if said and audit is not None and not dry_run:
             audit.annotate(APPROVAL_ANNOTATION, said[0])
         return out

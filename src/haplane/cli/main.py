@@ -843,6 +843,15 @@ def failover_cmd(
         raise typer.Exit(1)
     topology = load_file(state.topology_file)
     if not direct:
+        if expected_epoch is not None:
+            err.print(
+                "error: --expected-epoch goes with --direct (through the API the request "
+                "records the epoch it was made at, and is refused if the epoch moves on)"
+            )
+            raise typer.Exit(2)
+        if break_glass and reason == "planned switchover":
+            err.print("error: --break-glass needs a --reason, recorded and audited with it")
+            raise typer.Exit(2)
         _failover_through_api(
             state,
             topology,
@@ -972,7 +981,7 @@ def _decide_cmd(
         raise typer.Exit(1)
     topology = load_file(state.topology_file)
     try:
-        api = ops.client(state, topology, kubeconfig, region)
+        api = ops.client(state, topology, kubeconfig, region, admin_fallback=False)
         obj = ops.decide(api, name, kind, message)
     except ops.ClientError as exc:
         err.print(f"error: {exc}")

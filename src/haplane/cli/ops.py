@@ -29,10 +29,16 @@ __all__ = ["ClientError", "client", "decide", "follow", "request_switchover"]
 
 
 def client(
-    state: StateDir, topology: Topology, kubeconfig: Path | None, region: str | None
+    state: StateDir,
+    topology: Topology,
+    kubeconfig: Path | None,
+    region: str | None,
+    *,
+    admin_fallback: bool = True,
 ) -> ApiClient:
     """The operator's client: their kubeconfig, else haplane-admin from the state dir (said on
-    stderr: that identity belongs to whoever holds the state dir)."""
+    stderr: that identity belongs to whoever holds the state dir). Without `admin_fallback`
+    (approving: a decision is a person's) a kubeconfig is required."""
     from haplane.local.gate_plans import plan_of
 
     plan = plan_of(topology, state)
@@ -46,6 +52,11 @@ def client(
     path = kubeconfig or _env_kubeconfig()
     if path is not None:
         return ApiClient.from_kubeconfig(path, server)
+    if not admin_fallback:
+        raise ClientError(
+            "whose decision? pass --kubeconfig (or set KUBECONFIG) with your own credentials: "
+            "the state dir's haplane-admin is nobody's second pair of eyes"
+        )
     import base64
 
     cluster: dict[str, str] = {"server": server or plan.gates[0].url}
@@ -109,7 +120,15 @@ def follow(api: ApiClient, name: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     said_phase, said_steps = None, 0
     while True:
-        status, obj = api.request("GET", f"{OPS}/switchovers/{name}")
+        try:
+            status, obj = api.request("GET", f"{OPS}/switchovers/{name}", timeout=5.0)
+        except ClientError:  # the gate moving connections, a region going: ask again
+            status, obj = 0, {}
+        if status in (0, 429) or status >= 500:
+            if time.monotonic() >= deadline:
+                raise ClientError(f"switchover/{name}: no answer for the last poll")
+            time.sleep(0.5)
+            continue
         if status != 200:
             raise ClientError(_message(status, obj))
         st = obj.get("status") or {}
@@ -141,11 +160,18 @@ def follow(api: ApiClient, name: str, timeout: float) -> dict[str, Any]:
 
 
 def decide(api: ApiClient, name: str, kind: str, message: str) -> dict[str, Any]:
-    """Approve or deny `name` as read now (a concurrent change: read again and retry once)."""
+    """Approve or deny `name` as read now, after saying what it asks (another approval landing
+    meanwhile: read again and retry once, the same request only: same uid)."""
+    uid = None
     for attempt in range(2):
         status, obj = api.request("GET", f"{OPS}/switchovers/{name}")
         if status != 200:
             raise ClientError(_message(status, obj))
+        if uid is None:
+            uid = obj["metadata"].get("uid")
+            typer.echo(_describe(obj), err=True)
+        elif obj["metadata"].get("uid") != uid:
+            raise ClientError(f"switchover/{name} was replaced meanwhile: look at it again")
         obj.setdefault("status", {}).setdefault("conditions", []).append(
             {"type": kind, "status": "True", "reason": "ByCLI", "message": message}
         )
@@ -155,6 +181,17 @@ def decide(api: ApiClient, name: str, kind: str, message: str) -> dict[str, Any]
         if status != 409 or attempt or "modified" not in str(out.get("message", "")):
             raise ClientError(_message(status, out))
     raise AssertionError("unreachable")
+
+
+def _describe(obj: dict[str, Any]) -> str:
+    spec, st = obj.get("spec") or {}, obj.get("status") or {}
+    how = "forced (unplanned)" if spec.get("force") else "planned"
+    who = (st.get("requestedBy") or {}).get("username", "?")
+    return (
+        f"switchover/{obj['metadata']['name']}: {who} asks to make {spec.get('targetRegion')} "
+        f"active ({how}), asked at epoch {st.get('epochAtRequest')}: {spec.get('reason')!r}; "
+        f"{st.get('phase')}"
+    )
 
 
 def _wanted(status: dict[str, Any]) -> str:

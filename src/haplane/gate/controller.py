@@ -189,6 +189,41 @@ class FailoverController:
         if self._fences is not None:
             await self._fences.close()
 
+    # ---- what the operations executor uses (haplane.gate.operations.Host) -----------------
+
+    @property
+    def gate(self) -> str:
+        return self.settings.gate
+
+    @property
+    def decision(self) -> Settings:
+        return self.settings.decision
+
+    @property
+    def regions(self) -> set[str]:
+        return set(self.settings.region_etcd) or set(self.settings.decision.priority)
+
+    @property
+    def fences(self) -> RegionFences | None:
+        return self._fences
+
+    def paused(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._fence_writes_paused()
+
+    async def freeze_others(self, record: ActiveRegion) -> None:
+        await self._freeze_others(record)
+
+    def log(self, event: str, **fields: Any) -> None:
+        self._log(event, **fields)
+
+    def note_committed(self, epoch: int, *, writable: bool) -> None:
+        """An epoch this controller just committed: counted from now (hysteresis), and for an
+        unwritable one the fence wait from now too."""
+        committed = time.monotonic()
+        if not writable:
+            self._fenced_seen[epoch] = committed
+        self._epoch_seen = {epoch: committed}
+
     def _log(self, event: str, **fields: Any) -> None:
         log.info(
             json.dumps(

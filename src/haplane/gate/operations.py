@@ -2,9 +2,10 @@
 (`ops.haplane.dev`, stored in the global control etcd) carried out with #9's semantics, their
 phases and timings written into their status.
 
-Layer: gate. Runs in the leading failover controller's decide loop (`haplane.gate.controller`),
-between its own decisions, so an operator's switch and an automatic one never run at once;
-reads and rewrites the objects through `haplane.store.operations` (compare-and-swap on each).
+Layer: gate. Runs in the leading failover controller's decide loop (`haplane.gate.controller`,
+through the `Host` protocol below), between its own decisions, so an operator's switch and an
+automatic one never run at once; reads and rewrites the objects through
+`haplane.store.operations` (compare-and-swap on each).
 
 Each pass (every `OPS_EVERY` seconds):
 - a `Pending` request past its `expiresAt` becomes `Expired`;
@@ -16,37 +17,67 @@ Each pass (every `OPS_EVERY` seconds):
   - **planned** when the two regions replicate and `force` is not set: freeze, catch up, switch,
     reverse (`planned_switchover`); refused when the old region cannot be frozen or the target
     does not catch up in `catchUpTimeoutSeconds`, with nothing switched;
-  - **forced** otherwise: the new epoch committed unwritable and the others frozen; the
-    controller's own unfence follows after the fence wait, and a later pass marks the request
-    `Succeeded` once its epoch is writable;
+  - **forced** otherwise: the new epoch committed unwritable and the others frozen (the epoch
+    recorded in the request's `status.result` at once); the controller's own unfence follows
+    after the fence wait;
   - either way automatic failback is suspended (an operator chose where the platform runs);
-- a `Running` request this controller committed is followed until its epoch is writable; one
-  whose runner is gone (a leader change mid-run) is closed as `Failed` after `ABANDONED_AFTER`
-  with where the platform stands, so nobody waits on it forever.
+- a `Running` request is settled from what is stored, by whichever controller leads now: its
+  recorded epoch (or, when the runner stopped before recording it, the history entry naming
+  the request) writable -> `Succeeded`; replaced by a later epoch -> `Failed`. One with no
+  trace of a commit that stays so for `ABANDONED_AFTER` (counted on this controller's own
+  clock from when it first saw it) is closed as `Failed`, saying where the platform stands.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
-from haplane.store import EtcdClient, EtcdError, GlobalState, KeyValue, StaleEpoch
+from haplane.store import (
+    ActiveRegion,
+    EtcdClient,
+    EtcdError,
+    GlobalState,
+    KeyValue,
+    RegionFences,
+    StaleEpoch,
+)
 from haplane.store import operations as ops
 from haplane.store.switchover import SwitchoverRefused, planned_switchover
 
-if TYPE_CHECKING:
-    from .controller import FailoverController
+from .failover import Settings
 
 OPS_EVERY = 0.25  # seconds between passes over the requests
-ABANDONED_AFTER = 120.0  # a Running request nobody follows is closed after this long
+ABANDONED_AFTER = 120.0  # a Running request with no trace of a commit is closed after this
 TIMEOUT = 1.0
+Obj = dict[str, Any]
+
+
+class Host(Protocol):
+    """What the executor needs of the failover controller it runs in."""
+
+    prefix: bytes
+
+    @property
+    def gate(self) -> str: ...
+    @property
+    def decision(self) -> Settings: ...
+    @property
+    def regions(self) -> set[str]: ...
+    @property
+    def fences(self) -> RegionFences | None: ...
+    def paused(self) -> AbstractAsyncContextManager[None]: ...
+    async def freeze_others(self, record: ActiveRegion) -> None: ...
+    def log(self, event: str, **fields: Any) -> None: ...
+    def note_committed(self, epoch: int, *, writable: bool) -> None: ...
 
 
 class Operations:
-    def __init__(self, controller: FailoverController) -> None:
-        self.ctl = controller
+    def __init__(self, host: Host) -> None:
+        self.host = host
         self._next = 0.0
-        self._committed: dict[str, tuple[int, float]] = {}  # name -> (epoch, monotonic commit)
+        self._running_seen: dict[str, float] = {}  # name -> first seen Running (monotonic)
 
     async def advance(self, state: GlobalState, client: EtcdClient) -> None:
         """One pass, at most every OPS_EVERY seconds."""
@@ -54,54 +85,53 @@ class Operations:
         if now < self._next:
             return
         self._next = now + OPS_EVERY
-        items = await ops.list_objects(client, self.ctl.prefix, "switchovers", timeout=TIMEOUT)
+        items = await ops.list_objects(client, self.host.prefix, "switchovers", timeout=TIMEOUT)
+        running = set()
         for kv, obj in items:
-            status = obj.get("status") or {}
-            phase = status.get("phase")
+            phase = _status(obj).get("phase")
             if phase == ops.PENDING:
-                await self._expire(client, kv, status)
+                await self._expire(client, kv, _status(obj))
             elif phase == ops.RUNNING:
-                await self._follow(state, client, kv, obj)
-        approved = [(kv, obj) for kv, obj in items if _phase(obj) == ops.APPROVED]
+                running.add(obj["metadata"]["name"])
+                await self._settle(state, client, kv, obj)
+        self._running_seen = {n: t for n, t in self._running_seen.items() if n in running}
+        approved = [(kv, obj) for kv, obj in items if _status(obj).get("phase") == ops.APPROVED]
         if approved:
             await self._run(state, client, *approved[0])
 
-    async def _expire(self, client: EtcdClient, kv: KeyValue, status: dict[str, Any]) -> None:
+    async def _expire(self, client: EtcdClient, kv: KeyValue, status: Obj) -> None:
         at = ops.parse_time(status.get("expiresAt"))
         if at is None or time.time() < at:
             return
 
-        def change(st: dict[str, Any]) -> None:
+        def change(st: Obj) -> None:
             st["phase"] = ops.EXPIRED
             st["message"] = f"not approved by {st.get('expiresAt')}: ask again"
 
         with _quiet():
             await ops.update_status(client, kv, change, timeout=TIMEOUT)
 
-    async def _run(
-        self, state: GlobalState, client: EtcdClient, kv: KeyValue, obj: dict[str, Any]
-    ) -> None:
-        ctl = self.ctl
+    async def _run(self, state: GlobalState, client: EtcdClient, kv: KeyValue, obj: Obj) -> None:
+        host = self.host
         name = obj["metadata"]["name"]
-        spec, status = obj.get("spec") or {}, obj.get("status") or {}
         started = time.monotonic()
-        phases: list[dict[str, Any]] = []
+        phases: list[Obj] = []
 
-        def phase(label: str, **extra: Any) -> dict[str, Any]:
-            entry = {
-                "name": label,
-                "at": ops.now_rfc3339(),
-                "seconds": round(time.monotonic() - started, 3),
-                **extra,
-            }
-            phases.append(entry)
-            return entry
+        def phase(label: str, **extra: Any) -> None:
+            phases.append(
+                {
+                    "name": label,
+                    "at": ops.now_rfc3339(),
+                    "seconds": round(time.monotonic() - started, 3),
+                    **extra,
+                }
+            )
 
         phase("Claimed")
 
-        def claim(st: dict[str, Any]) -> None:
+        def claim(st: Obj) -> None:
             st["phase"] = ops.RUNNING
-            st["runBy"] = f"controller:{ctl.settings.gate}"
+            st["runBy"] = f"controller:{host.gate}"
             st["startedAt"] = ops.now_rfc3339()
             st["phases"] = list(phases)
 
@@ -109,57 +139,140 @@ class Operations:
             kv, obj = await ops.update_status(client, kv, claim, timeout=TIMEOUT)
         except (ops.Lost, EtcdError):
             return  # someone else acted on it (or will, next pass)
-        ctl._log("switchover_claimed", switchover=name, target=spec.get("targetRegion"))
+        host.log("switchover_claimed", switchover=name, target=obj["spec"].get("targetRegion"))
+        run = _Run(self.host, state, client, kv, obj, phases, phase)
+        try:
+            await run.carry_out()
+        except Exception as exc:
+            host.log("switchover_error", switchover=name, error=repr(exc))
+            if not run.committed:  # nothing switched: say why; else `_settle` finishes it
+                await run.finish(ops.FAILED, f"stopped by an error before switching: {exc}")
 
-        async def finish(outcome: str, message: str, **fields: Any) -> None:
-            def change(st: dict[str, Any]) -> None:
-                st["phase"] = outcome
-                st["message"] = message
-                st["phases"] = list(phases)
+    async def _settle(self, state: GlobalState, client: EtcdClient, kv: KeyValue, obj: Obj) -> None:
+        """Finish a Running request from what is stored (see the module's description)."""
+        name = obj["metadata"]["name"]
+        status = _status(obj)
+        result: Obj = status["result"] if isinstance(status.get("result"), dict) else {}
+        epoch = result.get("epoch") if isinstance(result.get("epoch"), int) else None
+        active = await state.read(timeout=TIMEOUT)
+        if active is None:
+            return
+        if epoch is None:  # the runner may have stopped between the commit and recording it
+            mark = f"switchover/{name}"
+            for record in reversed(await state.history(limit=50)):
+                if mark in record.by:
+                    epoch = record.epoch
+                    break
+        if epoch is None:
+            first = self._running_seen.setdefault(name, time.monotonic())
+            if time.monotonic() - first < ABANDONED_AFTER:
+                return
+            message = (
+                f"the controller running it ({status.get('runBy')}) stopped before it switched "
+                f"anything; the platform runs on {active.region} at epoch {active.epoch}"
+            )
+            outcome = ops.FAILED
+        elif active.epoch == epoch and not active.writable:
+            return  # the fence wait: the controller unfences it
+        elif active.epoch == epoch:
+            message = f"{active.region} active and writable at epoch {epoch}"
+            outcome = ops.SUCCEEDED
+        else:
+            message = (
+                f"epoch {epoch} was replaced by epoch {active.epoch} ({active.region}: "
+                f"{active.reason})"
+            )
+            outcome = ops.FAILED if active.epoch > epoch else ops.RUNNING
+
+        def change(st: Obj) -> None:
+            if outcome == ops.SUCCEEDED:
+                phases = st.setdefault("phases", [])
+                if not any(p.get("name") == "Writable" for p in phases):
+                    phases.append(_writable_phase(phases))
+            st["phase"] = outcome
+            st["message"] = message
+            st["finishedAt"] = ops.now_rfc3339()
+
+        if outcome == ops.RUNNING:
+            return
+        with _quiet():
+            await ops.update_status(client, kv, change, timeout=TIMEOUT)
+            self.host.log("switchover_" + outcome.lower(), switchover=name, message=message)
+
+
+class _Run:
+    """One claimed request, carried out."""
+
+    def __init__(
+        self,
+        host: Host,
+        state: GlobalState,
+        client: EtcdClient,
+        kv: KeyValue,
+        obj: Obj,
+        phases: list[Obj],
+        phase: Any,
+    ) -> None:
+        self.host, self.state, self.client, self.kv, self.obj = host, state, client, kv, obj
+        self.name = obj["metadata"]["name"]
+        self.phases, self.phase = phases, phase
+        self.committed = False
+
+    async def finish(self, outcome: str, message: str, **fields: Any) -> None:
+        def change(st: Obj) -> None:
+            st["phase"] = outcome
+            st["message"] = message
+            st["phases"] = list(self.phases)
+            if outcome != ops.RUNNING:
                 st["finishedAt"] = ops.now_rfc3339()
-                st.update(fields)
+            st.update(fields)
 
-            nonlocal kv
-            try:
-                kv, _ = await ops.update_status(client, kv, change, timeout=TIMEOUT)
-            except ops.Lost:  # deleted meanwhile (it may not be while Running): say so
-                ctl._log("switchover_status_lost", switchover=name)
-            ctl._log("switchover_" + outcome.lower(), switchover=name, message=message)
+        try:  # a status not written now is settled by the next pass (`Operations._settle`)
+            self.kv, _ = await ops.update_status(self.client, self.kv, change, timeout=TIMEOUT)
+        except (ops.Lost, EtcdError) as exc:
+            self.host.log("switchover_status_unwritten", switchover=self.name, error=str(exc))
+            return
+        if outcome != ops.RUNNING:
+            self.host.log("switchover_" + outcome.lower(), switchover=self.name, message=message)
 
+    async def carry_out(self) -> None:
+        host, state = self.host, self.state
+        spec, status = self.obj.get("spec") or {}, _status(self.obj)
         to = str(spec.get("targetRegion") or "")
         active = await state.read(timeout=TIMEOUT)
         asked = status.get("epochAtRequest")
-        regions = set(ctl.settings.region_etcd) or set(ctl.settings.decision.priority)
         if active is None:
-            return await finish(ops.FAILED, "no active region is recorded")
+            return await self.finish(ops.FAILED, "no active region is recorded")
         if isinstance(asked, int) and asked != active.epoch:
-            return await finish(
+            return await self.finish(
                 ops.FAILED,
                 f"the epoch changed since the request was made and approved (epoch {asked}, now "
                 f"{active.epoch}: {active.region}, {active.reason}): nothing switched; look "
                 "again and ask again",
             )
         if to == active.region:
-            return await finish(ops.FAILED, f"{to} is already the active region")
-        if regions and to not in regions:
-            return await finish(ops.FAILED, f"{to!r} is not a region of this topology")
+            return await self.finish(ops.FAILED, f"{to} is already the active region")
+        if host.regions and to not in host.regions:
+            return await self.finish(ops.FAILED, f"{to!r} is not a region of this topology")
         if not active.writable:
-            return await finish(
+            return await self.finish(
                 ops.FAILED, f"epoch {active.epoch} is not writable yet (a switch is completing)"
             )
-        by = _by(status, name)
+        by = _by(status, self.name)
         reason = str(spec.get("reason") or "switchover")
-        decision = ctl.settings.decision
+        decision = host.decision
         planned = not spec.get("force") and decision.pair(active.region, to)[0]
-        if planned and ctl._fences is None:
-            return await finish(ops.FAILED, "no regional etcd is configured: cannot freeze")
-        async with ctl._fence_writes_paused():
+        fences = host.fences
+        if planned and fences is None:
+            return await self.finish(ops.FAILED, "no regional etcd is configured: cannot freeze")
+        result: Obj = {"fromRegion": active.region, "toRegion": to, "planned": bool(planned)}
+        async with host.paused():
             if planned:
-                assert ctl._fences is not None
+                assert fences is not None
                 try:
                     done = await planned_switchover(
                         state,
-                        ctl._fences,
+                        fences,
                         active,
                         to,
                         by=by,
@@ -168,13 +281,20 @@ class Operations:
                         sync=decision.is_sync_pair(active.region, to),
                     )
                 except SwitchoverRefused as exc:
-                    phase("Refused")
-                    return await finish(ops.FAILED, f"{exc}: nothing switched")
+                    self.phase("Refused")
+                    return await self.finish(ops.FAILED, f"{exc}: nothing switched")
                 record = done.record
-                ctl._epoch_seen = {record.epoch: time.monotonic()}
-                await ctl._freeze_others(record)
-                phase("CaughtUp", caughtUpSeconds=round(done.caught_up_seconds, 3))
-                phase("Committed", epoch=record.epoch)
+                self.committed = True
+                host.note_committed(record.epoch, writable=True)
+                await host.freeze_others(record)
+                self.phase("CaughtUp", caughtUpSeconds=round(done.caught_up_seconds, 3))
+                self.phase("Committed", epoch=record.epoch)
+                result.update(
+                    epoch=record.epoch,
+                    cutRevision=done.cut.revision,
+                    caughtUpSeconds=round(done.caught_up_seconds, 3),
+                    warnings=list(done.warnings),
+                )
             else:
                 try:
                     record = await state.switch(
@@ -185,122 +305,69 @@ class Operations:
                         sync_mode=decision.synchronous(active.region),
                     )
                 except StaleEpoch as exc:
-                    return await finish(ops.FAILED, f"the epoch changed: {exc}; nothing switched")
-                committed = time.monotonic()
-                ctl._fenced_seen[record.epoch] = committed
-                ctl._epoch_seen = {record.epoch: committed}
-                phase("Committed", epoch=record.epoch)
-                await ctl._freeze_others(record)
-        ctl._log(
+                    return await self.finish(
+                        ops.FAILED, f"the epoch changed: {exc}; nothing switched"
+                    )
+                self.committed = True
+                host.note_committed(record.epoch, writable=False)
+                self.phase("Committed", epoch=record.epoch)
+                result["epoch"] = record.epoch
+                await host.freeze_others(record)
+        host.log(
             "committed",
             action="switchover",
-            switchover=name,
+            switchover=self.name,
             region=record.region,
             epoch=record.epoch,
             previous=active.region,
             reason=reason,
-            planned=planned,
+            planned=bool(planned),
         )
-        with _quiet():
+        try:
             await state.set_failback(
-                False, by=by, reason=f"switchover {name} to {to}", timeout=TIMEOUT
+                False, by=by, reason=f"switchover {self.name} to {to}", timeout=TIMEOUT
             )
-        result: dict[str, Any] = {
-            "fromRegion": active.region,
-            "toRegion": to,
-            "epoch": record.epoch,
-            "planned": bool(planned),
-        }
+        except EtcdError:
+            result.setdefault("warnings", []).append(
+                "automatic failback could not be suspended; run `haplane failback off`"
+            )
         if planned:
-            result["cutRevision"] = done.cut.revision
-            result["caughtUpSeconds"] = round(done.caught_up_seconds, 3)
-            result["warnings"] = list(done.warnings)
-            phase("Writable")
-            return await finish(
+            self.phase("Writable")
+            return await self.finish(
                 ops.SUCCEEDED,
                 f"{to} active at epoch {record.epoch}; {active.region} follows it from the "
-                f"cut: nothing lost",
+                "cut: nothing lost",
                 result=result,
             )
-        self._committed[name] = (record.epoch, time.monotonic())
-
-        def note(st: dict[str, Any]) -> None:
-            st["phases"] = list(phases)
-            st["result"] = result
-            st["message"] = (
-                f"epoch {record.epoch} committed; writable after the fence wait "
-                f"({record.fence_wait:.2f}s)"
-            )
-
-        with _quiet():
-            await ops.update_status(client, kv, note, timeout=TIMEOUT)
-
-    async def _follow(
-        self, state: GlobalState, client: EtcdClient, kv: KeyValue, obj: dict[str, Any]
-    ) -> None:
-        """A forced switchover this controller committed: Succeeded once its epoch is writable
-        (Failed when another epoch replaced it first). One nobody follows: closed after a while."""
-        name = obj["metadata"]["name"]
-        status = obj.get("status") or {}
-        mine = self._committed.get(name)
-        if mine is None:
-            started = ops.parse_time(status.get("startedAt")) or 0.0
-            if time.time() - started < ABANDONED_AFTER:
-                return
-            active = await state.read(timeout=TIMEOUT)
-            where = f"{active.region} at epoch {active.epoch}" if active else "unknown"
-            message = (
-                f"the controller running it ({status.get('runBy')}) stopped before it finished; "
-                f"the platform now runs on {where}"
-            )
-
-            def abandon(st: dict[str, Any]) -> None:
-                st["phase"] = ops.FAILED
-                st["message"] = message
-                st["finishedAt"] = ops.now_rfc3339()
-
-            with _quiet():
-                await ops.update_status(client, kv, abandon, timeout=TIMEOUT)
-            return
-        epoch, committed = mine
-        active = await state.read(timeout=TIMEOUT)
-        if active is None or (active.epoch == epoch and not active.writable):
-            return
-        del self._committed[name]
-        ok = active.epoch == epoch
-        seconds = round(time.monotonic() - committed, 3)
-
-        def change(st: dict[str, Any]) -> None:
-            phases = st.setdefault("phases", [])
-            at_commit = next((p["seconds"] for p in phases if p.get("name") == "Committed"), 0)
-            if ok:
-                phases.append(
-                    {
-                        "name": "Writable",
-                        "at": ops.now_rfc3339(),
-                        "seconds": round(at_commit + seconds, 3),
-                        "fenceWaitSeconds": seconds,
-                    }
-                )
-            st["phase"] = ops.SUCCEEDED if ok else ops.FAILED
-            st["finishedAt"] = ops.now_rfc3339()
-            st["message"] = (
-                f"{active.region} writable at epoch {epoch} after a fence wait of {seconds}s"
-                if ok
-                else f"epoch {epoch} was replaced by {active.epoch} ({active.reason}) before "
-                "it became writable"
-            )
-
-        with _quiet():
-            await ops.update_status(client, kv, change, timeout=TIMEOUT)
-        self.ctl._log("switchover_" + ("succeeded" if ok else "failed"), switchover=name)
+        # forced: writable after the fence wait, when the controller unfences it; settled by
+        # a later pass (whoever leads then) from the epoch recorded here
+        await self.finish(
+            ops.RUNNING,
+            f"epoch {record.epoch} committed; writable after the fence wait "
+            f"({record.fence_wait:.2f}s)",
+            result=result,
+        )
 
 
-def _phase(obj: dict[str, Any]) -> Any:
-    return (obj.get("status") or {}).get("phase")
+def _writable_phase(phases: list[Obj]) -> Obj:
+    """The Writable step of a forced switch, its time counted from the claim (wall clocks of
+    whoever committed and whoever saw it writable: approximate when they differ)."""
+    committed = next((p for p in phases if p.get("name") == "Committed"), None)
+    seconds = None
+    if committed is not None:
+        at = ops.parse_time(committed.get("at"))
+        if at is not None:
+            wait = max(0.0, time.time() - at)
+            seconds = round(float(committed.get("seconds", 0)) + wait, 3)
+    return {"name": "Writable", "at": ops.now_rfc3339(), "seconds": seconds}
 
 
-def _by(status: dict[str, Any], name: str) -> str:
+def _status(obj: Obj) -> Obj:
+    status = obj.get("status")
+    return status if isinstance(status, dict) else {}
+
+
+def _by(status: Obj, name: str) -> str:
     """Who the history records: the requester, and who approved (or broke glass)."""
     requester = (status.get("requestedBy") or {}).get("username", "?")
     approvers = [a.get("username", "?") for a in status.get("approvals") or ()]

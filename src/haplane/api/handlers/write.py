@@ -32,7 +32,7 @@ async def create(
     obj = await body(request)
     await ctx.admit("create", target, obj)
     if ctx.ops is not None and not t.fenced:
-        await ctx.ops.prepare_create(request, t, obj)
+        await ctx.ops.prepare_create(request, t, obj, dry_run)
     created = await ctx.store(target).create(
         target.namespace,
         obj,

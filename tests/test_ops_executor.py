@@ -1,0 +1,179 @@
+"""The failover controller's executor of operators' Switchovers (`haplane.gate.operations`) on
+real etcd: refusals that switch nothing (an epoch that moved on since the request), expiry,
+a forced switch followed until writable, requests settled by another leader from what is
+stored (a recorded epoch, the history's mark, or nothing at all), and two executors racing
+for one request (one claim, one switch)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from haplane.gate import operations as executor
+from haplane.gate.failover import Settings
+from haplane.store import ActiveRegion, EtcdClient, GlobalState, RegionFences
+from haplane.store import operations as ops
+
+
+class FakeHost:
+    """A failover controller as the executor sees it, without fences (no replication: every
+    switch is the fenced, forced kind)."""
+
+    def __init__(self, prefix: bytes, gate: str = "g1") -> None:
+        self.prefix = prefix
+        self._gate = gate
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def gate(self) -> str:
+        return self._gate
+
+    @property
+    def decision(self) -> Settings:
+        return Settings(vantage_points=("g1",), priority=("a", "b"))
+
+    @property
+    def regions(self) -> set[str]:
+        return {"a", "b"}
+
+    @property
+    def fences(self) -> RegionFences | None:
+        return None
+
+    def paused(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def freeze_others(self, record: ActiveRegion) -> None:
+        pass
+
+    def log(self, event: str, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+    def note_committed(self, epoch: int, *, writable: bool) -> None:
+        pass
+
+
+async def put(client: EtcdClient, prefix: bytes, phase: str, **status: Any) -> str:
+    name = f"so-{uuid.uuid4().hex[:6]}"
+    obj = {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": "Switchover",
+        "metadata": {"name": name, "uid": str(uuid.uuid4())},
+        "spec": {"targetRegion": "b", "reason": "test", "force": True},
+        "status": {
+            "phase": phase,
+            "requestedBy": {"username": "alice"},
+            "approvals": [{"username": "bob"}],
+            **status,
+        },
+    }
+    await client.put(ops.ops_prefix(prefix, "switchovers") + name.encode(), ops.encode(obj))
+    return name
+
+
+async def status_of(client: EtcdClient, prefix: bytes, name: str) -> dict[str, Any]:
+    for _, obj in await ops.list_objects(client, prefix, "switchovers"):
+        if obj["metadata"]["name"] == name:
+            return dict(obj["status"])
+    raise AssertionError(f"{name} is gone")
+
+
+@contextlib.asynccontextmanager
+async def setup(etcd_cluster, key_prefix) -> AsyncIterator[tuple[EtcdClient, GlobalState]]:  # type: ignore[no-untyped-def]
+    client = etcd_cluster.client(timeout=2.0)
+    state = GlobalState(client, prefix=key_prefix)
+    await state.initialize("a", by="t", reason="t", grant_ms=300, margin_ms=100, fresh=True)
+    try:
+        yield client, state
+    finally:
+        await client.close()
+
+
+async def advance(runner: executor.Operations, state: GlobalState, client: EtcdClient) -> None:
+    runner._next = 0.0
+    await runner.advance(state, client)
+
+
+async def test_an_epoch_that_moved_on_switches_nothing(etcd_cluster, key_prefix):
+    async with setup(etcd_cluster, key_prefix) as (client, state):
+        await state.switch("b", expected_epoch=1, by="t", reason="auto", writable=True)
+        name = await put(client, key_prefix, ops.APPROVED, epochAtRequest=1)
+        await advance(executor.Operations(FakeHost(key_prefix)), state, client)
+        st = await status_of(client, key_prefix, name)
+        assert st["phase"] == "Failed" and "the epoch changed since" in st["message"], st
+        assert (await state.read()).epoch == 2  # type: ignore[union-attr]
+
+
+async def test_pending_requests_expire(etcd_cluster, key_prefix):
+    async with setup(etcd_cluster, key_prefix) as (client, state):
+        old = await put(client, key_prefix, ops.PENDING, expiresAt="2020-01-01T00:00:00Z")
+        fresh = await put(client, key_prefix, ops.PENDING, expiresAt="2999-01-01T00:00:00Z")
+        await advance(executor.Operations(FakeHost(key_prefix)), state, client)
+        assert (await status_of(client, key_prefix, old))["phase"] == "Expired"
+        assert (await status_of(client, key_prefix, fresh))["phase"] == "Pending"
+
+
+async def test_a_forced_switch_is_followed_until_writable_by_whoever_leads(
+    etcd_cluster, key_prefix
+):
+    async with setup(etcd_cluster, key_prefix) as (client, state):
+        name = await put(client, key_prefix, ops.APPROVED, epochAtRequest=1)
+        await advance(executor.Operations(FakeHost(key_prefix, "g1")), state, client)
+        st = await status_of(client, key_prefix, name)
+        assert st["phase"] == "Running" and st["result"]["epoch"] == 2, st
+        record = await state.read()
+        assert record is not None and (record.region, record.writable) == ("b", False)
+        assert record.by == f"alice (switchover/{name}, approved by bob)"
+        # another controller leads now: it settles the request from what is stored
+        other = executor.Operations(FakeHost(key_prefix, "g2"))
+        await advance(other, state, client)
+        assert (await status_of(client, key_prefix, name))["phase"] == "Running"  # fence wait
+        await state.unfence(2)
+        await advance(other, state, client)
+        st = await status_of(client, key_prefix, name)
+        assert st["phase"] == "Succeeded", st
+        assert [p["name"] for p in st["phases"]] == ["Claimed", "Committed", "Writable"]
+
+
+async def test_a_runner_that_stopped_is_settled(etcd_cluster, key_prefix, monkeypatch):
+    async with setup(etcd_cluster, key_prefix) as (client, state):
+        # it committed, but stopped before recording the epoch: the history names it
+        committed = await put(client, key_prefix, ops.RUNNING, runBy="controller:gone")
+        await state.switch(
+            "b", expected_epoch=1, by=f"alice (switchover/{committed})", reason="r", writable=True
+        )
+        # it stopped before committing anything
+        nothing = await put(client, key_prefix, ops.RUNNING, runBy="controller:gone")
+        runner = executor.Operations(FakeHost(key_prefix))
+        await advance(runner, state, client)
+        assert (await status_of(client, key_prefix, committed))["phase"] == "Succeeded"
+        assert (await status_of(client, key_prefix, nothing))["phase"] == "Running"
+        monkeypatch.setattr(executor, "ABANDONED_AFTER", 0.0)
+        await advance(runner, state, client)
+        st = await status_of(client, key_prefix, nothing)
+        assert st["phase"] == "Failed" and "stopped before it switched" in st["message"], st
+
+
+async def test_two_executors_claim_a_request_once(etcd_cluster, key_prefix):
+    async with setup(etcd_cluster, key_prefix) as (client, state):
+        name = await put(client, key_prefix, ops.APPROVED, epochAtRequest=1)
+        hosts = [FakeHost(key_prefix, g) for g in ("g1", "g2")]
+        runners = [executor.Operations(h) for h in hosts]
+        await asyncio.gather(*(advance(r, state, client) for r in runners))
+        claims = [e for h in hosts for e, _ in h.events if e == "switchover_claimed"]
+        assert claims == ["switchover_claimed"]
+        assert [r.epoch for r in await state.history()] == [1, 2]
+        assert (await status_of(client, key_prefix, name))["result"]["epoch"] == 2
+
+
+@pytest.mark.parametrize("phase", ["Rejected", "Expired", "Succeeded", "Failed", "Pending"])
+async def test_only_approved_requests_run(etcd_cluster, key_prefix, phase):
+    async with setup(etcd_cluster, key_prefix) as (client, state):
+        await put(client, key_prefix, phase, epochAtRequest=1, expiresAt="2999-01-01T00:00:00Z")
+        await advance(executor.Operations(FakeHost(key_prefix)), state, client)
+        assert (await state.read()).epoch == 1  # type: ignore[union-attr]
