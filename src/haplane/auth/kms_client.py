@@ -49,7 +49,7 @@ from typing import Any
 import grpc
 
 from . import kms_api
-from .encryption import SEED_BYTES, EncryptionError, KmsV2, Seed, WrappedSeed
+from .envelope import SEED_BYTES, EncryptionError, KmsV2, Seed, WrappedSeed
 
 WRITE_TTL = 180.0  # Kubernetes' kmsv2PluginWriteDEKSourceMaxTTL
 HEALTHY_EVERY = 60.0  # kmsv2PluginHealthzPositiveInterval

@@ -42,7 +42,7 @@ import grpc
 from cryptography.exceptions import InvalidTag
 
 from . import kms_api
-from .encryption import EncryptionError, LocalKek, WrappedSeed
+from .envelope import EncryptionError, LocalKek, WrappedSeed
 
 ANNOTATION = "format.kms.haplane.io"
 FORMAT = b"local-kek-aes-256-gcm-v1"
