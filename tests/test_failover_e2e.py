@@ -87,6 +87,19 @@ def test_region_loss_fails_over_without_losing_writes(topo: Path) -> None:
     )
     # the killed region is back (as a standby) before the next drill
     wait_for(lambda: haplane(topo, "status", check=False).returncode == 0, timeout=60)
+    # the automatic failover is recorded for review, as a Switchover the controller asked for
+    kc = topo / "admin.kc"
+    haplane(topo, "kubeconfig", "-o", str(kc))
+
+    def recorded() -> dict[str, Any] | None:
+        r = kubectl(kc, "get", "switchover", f"automatic-epoch-{meta['after']['epoch']}",
+                    "-o", "json")  # fmt: skip
+        obj = json.loads(r.stdout) if r.returncode == 0 else None
+        return obj if obj and obj["status"]["phase"] == "Succeeded" else None
+
+    obj = wait_for(recorded, timeout=30)
+    assert obj["spec"]["targetRegion"] == meta["after"]["region"]
+    assert obj["status"]["requestedBy"]["username"].startswith("controller:")
 
 
 def test_a_planned_switchover_under_load_loses_nothing(topo: Path) -> None:
@@ -376,14 +389,17 @@ def test_four_eyes_switchover_through_the_api(topo: Path) -> None:
     users = {u: topo / f"{u}.kc" for u in ("alice", "bob", "carol", "dave")}
     for user, path in users.items():
         haplane(topo, "kubeconfig", "--user", user, "-o", str(path))
-    for user, role in (
-        ("alice", "haplane:dr-operator"),
-        ("bob", "haplane:dr-operator"),
-        ("dave", "haplane:platform-admin"),
-    ):
-        r = kubectl(kc, "create", "clusterrolebinding", f"{user}-ops", f"--clusterrole={role}",
-                    f"--user={user}")  # fmt: skip
+    for user in ("alice", "bob"):
+        r = kubectl(kc, "create", "clusterrolebinding", f"{user}-ops",
+                    "--clusterrole=haplane:dr-operator", f"--user={user}")  # fmt: skip
         assert r.returncode == 0 or "AlreadyExists" in r.stderr, r.stderr
+    # a platform-admin is made only by an approved RoleGrant; the first one breaks glass
+    r = kubectl(kc, "create", "clusterrolebinding", "dave-admin",
+                "--clusterrole=haplane:platform-admin", "--user=dave")  # fmt: skip
+    assert r.returncode != 0 and "needs another person's approval" in r.stderr, r.stderr
+    r = haplane(topo, "grant", "--clusterrole", "haplane:platform-admin", "--user", "dave",
+                "--reason", "the first platform-admin", "--break-glass")  # fmt: skip
+    assert "succeeded" in r.stdout, (r.stdout, r.stderr)
 
     before = status(topo)["global_state"]["active"]
     other = next(r for r in ("eu-west", "eu-central") if r != before["region"])

@@ -23,13 +23,21 @@ from tests.topology_helpers import fenced_replica_args, make_active
 
 OPS = "/apis/ops.haplane.dev/v1"
 RBAC = "rbac.authorization.k8s.io"
+
+
+def U(who: str) -> str:
+    """A test user's name: unique to this module (the shared etcd keeps RBAC objects)."""
+    return f"ops-{who}"
+
+
 TOKENS = {
     "admin": ("tok-admin-0001", "admin", "system:masters"),
-    "alice": ("tok-alice-0001", "alice", ""),
-    "bob": ("tok-bob-00001", "bob", ""),
-    "carol": ("tok-carol-0001", "carol", ""),  # bound to nothing
-    "dave": ("tok-dave-00001", "dave", ""),  # haplane:platform-admin
-    "erin": ("tok-erin-00001", "erin", ""),  # haplane:dr-operator
+    "alice": ("tok-alice-0001", "ops-alice", ""),
+    "bob": ("tok-bob-00001", "ops-bob", ""),
+    "carol": ("tok-carol-0001", "ops-carol", ""),  # bound to nothing
+    "dave": ("tok-dave-00001", "ops-dave", ""),  # haplane:platform-admin
+    "erin": ("tok-erin-00001", "ops-erin", ""),  # haplane:dr-operator
+    "frank": ("tok-frank-0001", "ops-frank", ""),  # granted cluster-admin by a RoleGrant
 }
 
 
@@ -90,6 +98,31 @@ def dr_policy(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def _break_glass_grant(ops: Ops, user: str, role: str) -> None:
+    grant = {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": "RoleGrant",
+        "metadata": {"name": f"{user}-{role.replace(':', '-')}"},
+        "spec": {
+            "reason": "the first platform-admin",
+            "breakGlass": True,
+            "binding": {
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": f"{user}-{role.replace(':', '-')}"},
+                "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role},
+                "subjects": [{"apiGroup": RBAC, "kind": "User", "name": U(user)}],
+            },
+        },
+    }
+    status, _, body = ops.as_("admin", "POST", f"{OPS}/rolegrants", grant)
+    assert status == 201 and body["status"]["phase"] == "Approved", body
+    deadline = time.monotonic() + 10
+    path = f"{OPS}/rolegrants/{grant['metadata']['name']}"
+    while (phase := ops.as_("admin", "GET", path)[2]["status"]["phase"]) != "Succeeded":
+        assert time.monotonic() < deadline and phase in ("Approved", "Running"), phase
+        time.sleep(0.1)
+
+
 def _bind(replica: ApiReplica, user: str, role: str) -> None:
     status, _, body = replica.request(
         "POST",
@@ -99,7 +132,7 @@ def _bind(replica: ApiReplica, user: str, role: str) -> None:
             "kind": "ClusterRoleBinding",
             "metadata": {"name": f"{user}-{role.replace(':', '-')}"},
             "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role},
-            "subjects": [{"apiGroup": RBAC, "kind": "User", "name": user}],
+            "subjects": [{"apiGroup": RBAC, "kind": "User", "name": U(user)}],
         },
         token=TOKENS["admin"][0],
     )
@@ -146,14 +179,11 @@ async def ops(etcd_cluster, tmp_path_factory) -> AsyncIterator[Ops]:
     try:
         for r in replicas:
             await r.start()
-        for user, role in (
-            ("alice", "haplane:dr-operator"),
-            ("bob", "haplane:dr-operator"),
-            ("erin", "haplane:dr-operator"),
-            ("dave", "haplane:platform-admin"),
-        ):
-            _bind(replicas[0], user, role)
+        for user in ("alice", "bob", "erin"):
+            _bind(replicas[0], user, "haplane:dr-operator")
         setup = Ops(replicas[0], replicas[1], audits)
+        # a platform-admin is made only by a RoleGrant: the admin breaks glass for the first
+        await asyncio.to_thread(_break_glass_grant, setup, "dave", "haplane:platform-admin")
         # the default policy is there, and bindings reached the authorizer
         deadline = time.monotonic() + 10
         while setup.as_("alice", "GET", f"{OPS}/approvalpolicies/switchover-approval")[0] != 200:
@@ -171,7 +201,7 @@ def test_a_request_waits_for_someone_else(ops: Ops):
     assert status == 201, obj
     st = obj["status"]
     assert st["phase"] == "Pending"
-    assert st["requestedBy"]["username"] == "alice"
+    assert st["requestedBy"]["username"] == U("alice")
     assert st["epochAtRequest"] == 1
     assert [r["policy"] for r in st["requirements"]] == ["switchover-approval"]
 
@@ -185,7 +215,7 @@ def test_a_request_waits_for_someone_else(ops: Ops):
     status, _, body = ops.decide("bob", name)
     assert status == 200, body
     assert body["status"]["phase"] == "Approved"
-    assert [a["username"] for a in body["status"]["approvals"]] == ["bob"]
+    assert [a["username"] for a in body["status"]["approvals"]] == [U("bob")]
     # a replay of an approval made on what the request was before: 409, nothing changes
     status, _, body = ops.decide("erin", name, obj=stale)
     assert status == 409, body
@@ -198,7 +228,7 @@ def test_a_request_waits_for_someone_else(ops: Ops):
         for e in ops.audit_events()
         if e["stage"] == "ResponseComplete" and e["objectRef"].get("name") == name
     }
-    assert {("alice", 201), ("alice", 403), ("carol", 403), ("bob", 200)} <= reasons
+    assert {(U("alice"), 201), (U("alice"), 403), (U("carol"), 403), (U("bob"), 200)} <= reasons
     approved = [
         e
         for e in ops.audit_events()
@@ -207,7 +237,10 @@ def test_a_request_waits_for_someone_else(ops: Ops):
         and e["responseStatus"]["code"] == 200
         and e["objectRef"].get("subresource") == "approval"
     ]
-    assert approved and approved[0]["annotations"]["ops.haplane.dev/approval"] == "approved by bob"
+    assert (
+        approved
+        and approved[0]["annotations"]["ops.haplane.dev/approval"] == f"approved by {U('bob')}"
+    )
 
 
 def test_who_may_ask(ops: Ops):
@@ -301,7 +334,7 @@ def test_break_glass(ops: Ops):
         for e in ops.audit_events()
         if e["objectRef"].get("name") == name and e["stage"] == "ResponseComplete"
     ]
-    assert events[0]["annotations"]["ops.haplane.dev/break-glass"] == "dave: region on fire"
+    assert events[0]["annotations"]["ops.haplane.dev/break-glass"] == f"{U('dave')}: region on fire"
 
 
 def test_kubectl_lists_switchovers(ops: Ops):
@@ -350,7 +383,7 @@ def test_nobody_writes_a_status(ops: Ops):
     }
     status, _, obj = ops.as_("alice", "POST", f"{OPS}/switchovers", body)
     assert status == 201 and obj["status"]["phase"] == "Pending", obj
-    assert obj["status"]["requestedBy"]["username"] == "alice"
+    assert obj["status"]["requestedBy"]["username"] == U("alice")
     name = obj["metadata"]["name"]
     patch = {"status": {"phase": "Approved"}}
     for method, path in (
@@ -426,6 +459,100 @@ def test_two_approvers_at_once_both_count_when_two_are_needed(ops: Ops):
         assert results == [200, 200], results
         final = ops.get(name)["status"]
         assert final["phase"] == "Approved"
-        assert sorted(a["username"] for a in final["approvals"]) == ["bob", "erin"]
+        assert sorted(a["username"] for a in final["approvals"]) == [U("bob"), U("erin")]
     finally:
         ops.as_("dave", "DELETE", f"{OPS}/approvalpolicies/two-approvers")
+
+
+def test_cluster_admin_is_granted_only_with_approval(ops: Ops):
+    crb = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "frank-root"},
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": RBAC, "kind": "User", "name": U("frank")}],
+    }
+    path = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+    for who in ("admin", "dave"):  # system:masters and platform-admin alike
+        status, _, body = ops.as_(who, "POST", path, crb)
+        assert status == 403 and "needs another person's approval" in body["message"], body
+    # a RoleBinding to cluster-admin in one namespace is guarded too
+    rb = {**crb, "kind": "RoleBinding", "metadata": {"name": "f", "namespace": "default"}}
+    rbs = "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings"
+    status, _, body = ops.as_("admin", "POST", rbs, rb)
+    assert status == 403, body
+    assert ops.as_("frank", "GET", "/api/v1/namespaces/default/secrets")[0] == 403
+
+    grant = {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": "RoleGrant",
+        "metadata": {"name": "frank-root"},
+        "spec": {"binding": crb, "reason": "on call this week"},
+    }
+    status, _, body = ops.as_("alice", "POST", f"{OPS}/rolegrants", grant)
+    assert status == 403, body  # a dr-operator may not ask for grants
+    status, _, body = ops.as_("dave", "POST", f"{OPS}/rolegrants", grant)
+    assert status == 201 and body["status"]["phase"] == "Pending", body
+    assert [r["policy"] for r in body["status"]["requirements"]] == ["rolegrant-approval"]
+
+    def decide(who: str) -> tuple[int, Any]:
+        obj = ops.as_("admin", "GET", f"{OPS}/rolegrants/frank-root")[2]
+        obj["status"]["conditions"].append({"type": "Approved", "status": "True"})
+        status, _, body = ops.as_(who, "PUT", f"{OPS}/rolegrants/frank-root/approval", obj)
+        return status, body
+
+    status, body = decide("dave")
+    assert status == 403 and "own approval" in body["message"], body
+    status, body = decide("bob")  # a dr-operator: no RBAC on rolegrants/approval
+    assert status == 403, body
+    status, body = decide("admin")
+    assert status == 200 and body["status"]["phase"] == "Approved", body
+
+    deadline = time.monotonic() + 10
+    while (st := ops.as_("admin", "GET", f"{OPS}/rolegrants/frank-root")[2]["status"])[
+        "phase"
+    ] != "Succeeded":
+        assert time.monotonic() < deadline and st["phase"] in ("Approved", "Running"), st
+        time.sleep(0.1)
+    made = ops.as_("admin", "GET", f"{path}/frank-root")[2]
+    assert made["roleRef"]["name"] == "cluster-admin"
+    assert made["metadata"]["annotations"]["ops.haplane.dev/rolegrant"].startswith("frank-root/")
+    while ops.as_("frank", "GET", "/api/v1/namespaces/default/secrets")[0] != 200:
+        assert time.monotonic() < deadline, "frank has no access after the grant"
+        time.sleep(0.1)
+    # the grant made it; changing it is guarded as creating one is
+    made["subjects"].append({"apiGroup": RBAC, "kind": "User", "name": "mallory"})
+    status, _, body = ops.as_("admin", "PUT", f"{path}/frank-root", made)
+    assert status == 403, body
+
+
+def test_a_grant_never_overwrites_a_binding(ops: Ops):
+    crb = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": f"taken-{uuid.uuid4().hex[:6]}"},
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"apiGroup": RBAC, "kind": "User", "name": U("carol")}],
+    }
+    path = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+    assert ops.as_("admin", "POST", path, crb)[0] == 201
+    grant = {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": "RoleGrant",
+        "metadata": {"name": f"g-{uuid.uuid4().hex[:6]}"},
+        "spec": {
+            "reason": "same name as a binding that exists",
+            "breakGlass": True,
+            "binding": {**crb, "roleRef": {**crb["roleRef"], "name": "cluster-admin"}},
+        },
+    }
+    status, _, body = ops.as_("dave", "POST", f"{OPS}/rolegrants", grant)
+    assert status == 201 and body["status"]["phase"] == "Approved", body
+    deadline = time.monotonic() + 10
+    url = f"{OPS}/rolegrants/{grant['metadata']['name']}"
+    while (st := ops.as_("admin", "GET", url)[2]["status"])["phase"] != "Failed":
+        assert time.monotonic() < deadline and st["phase"] in ("Approved", "Running"), st
+        time.sleep(0.1)
+    assert "exists already" in st["message"], st
+    kept = ops.as_("admin", "GET", f"{path}/{crb['metadata']['name']}")[2]
+    assert kept["roleRef"]["name"] == "view"

@@ -177,3 +177,25 @@ async def test_only_approved_requests_run(etcd_cluster, key_prefix, phase):
         await put(client, key_prefix, phase, epochAtRequest=1, expiresAt="2999-01-01T00:00:00Z")
         await advance(executor.Operations(FakeHost(key_prefix)), state, client)
         assert (await state.read()).epoch == 1  # type: ignore[union-attr]
+
+
+async def test_automatic_failovers_are_recorded_for_review(etcd_cluster, key_prefix):
+    async with setup(etcd_cluster, key_prefix) as (client, state):
+        host = FakeHost(key_prefix)
+        before = await state.read()
+        assert before is not None
+        record = await state.switch("b", expected_epoch=1, by="controller:g1", reason="a down")
+        await executor.record_automatic(
+            host, client, action="failover", record=record, previous=before, reason="a down"
+        )
+        st = await status_of(client, key_prefix, "automatic-epoch-2")
+        assert st["phase"] == "Running" and st["requestedBy"]["username"] == "controller:g1"
+        await state.unfence(2)
+        await advance(executor.Operations(host), state, client)
+        st = await status_of(client, key_prefix, "automatic-epoch-2")
+        assert st["phase"] == "Succeeded" and st["result"]["fromRegion"] == "a", st
+        # recorded once: a second call (a deposed leader) changes nothing
+        await executor.record_automatic(
+            host, client, action="failover", record=record, previous=before, reason="again"
+        )
+        assert (await status_of(client, key_prefix, "automatic-epoch-2"))["phase"] == "Succeeded"

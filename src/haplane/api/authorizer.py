@@ -173,15 +173,20 @@ def escalation_check(authorizer: RbacAuthorizer, kind: str) -> Callable[[Obj, Ob
     updated, patched or applied, dry runs too), as Kubernetes' RBAC storage does it: a role
     may hold only permissions its writer holds, unless the writer may `escalate` it; a
     binding may grant only a role whose permissions its writer holds, unless the writer may
-    `bind` it. The replica's own writes (no request user) and `system:masters` pass."""
+    `bind` it. `system:masters` passes those. Beyond Kubernetes, a binding to one of
+    `rbac.GUARDED_ROLES` (cluster-admin, haplane:platform-admin) is refused to every request,
+    masters included: it is made only by carrying out an approved RoleGrant (four-eyes). The
+    replica's own writes (no request user: its defaults, an approved grant) pass."""
 
     def check(obj: Obj, old: Obj | None) -> None:
         user = REQUEST_USER.get()
-        if user is None or MASTERS in user.groups:
+        if user is None:
             return
         if old is not None and _only_gc_fields_changed(obj, old):
             return
-        if kind in ("Role", "ClusterRole"):
+        if MASTERS in user.groups:
+            decision = rbac.Decision(True, f'allowed by group "{MASTERS}"')
+        elif kind in ("Role", "ClusterRole"):
             # the request path's name: none on a create, as Kubernetes checks `escalate`
             name = "" if old is None else str((obj.get("metadata") or {}).get("name") or "")
             decision = rbac.may_create_role(
@@ -189,6 +194,15 @@ def escalation_check(authorizer: RbacAuthorizer, kind: str) -> Callable[[Obj, Ob
             )
         else:
             decision = rbac.may_bind(authorizer.index, user.name, user.groups, obj)
+        if decision.allowed and kind in ("RoleBinding", "ClusterRoleBinding"):
+            ref = obj.get("roleRef") or {}
+            if ref.get("kind") == "ClusterRole" and ref.get("name") in rbac.GUARDED_ROLES:
+                decision = rbac.Decision(
+                    False,
+                    f"a binding to {ref.get('name')} needs another person's approval: ask for "
+                    "it with a RoleGrant (`haplane grant`), which the platform carries out once "
+                    "approved",
+                )
         if not decision.allowed:
             meta = obj.get("metadata") or {}
             plural = f"{kind.lower()}s.rbac.authorization.k8s.io"

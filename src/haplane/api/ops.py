@@ -31,6 +31,8 @@ qualifies under a policy, and records `{user, groups, time}`; enough distinct ap
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -43,13 +45,17 @@ from typing import Any
 from aiohttp import web
 
 from haplane.auth.user import ANONYMOUS, UserInfo
+from haplane.store import EtcdClient, EtcdError, KeyValue
+from haplane.store import operations as store_ops
 from haplane.store.operations import (
     APPROVED,
     EXPIRED,
+    FAILED,
     GROUP,
     PENDING,
     REJECTED,
     RUNNING,
+    SUCCEEDED,
     TERMINAL,
     VERSION,
     now_rfc3339,
@@ -61,6 +67,7 @@ from . import errors
 from .generic_store import GenericStore
 from .resource_version import VersionContext
 from .resources import ResourceType, Strategy
+from .storage import StorageError
 from .validation import FieldError
 
 log = logging.getLogger("haplane.api.ops")
@@ -121,7 +128,15 @@ class SwitchoverStrategy(Strategy):
                     "spec.catchUpTimeoutSeconds", _INVALID, f"seconds, 0.1 to {MAX_CATCH_UP}", limit
                 )
             )
-        unknown = sorted(set(spec) - SWITCHOVER_FIELDS)
+        if "automatic" in spec:
+            errs.append(
+                _err(
+                    "spec.automatic",
+                    _FORBIDDEN,
+                    "only the failover controller records automatic switchovers",
+                )
+            )
+        unknown = sorted(set(spec) - SWITCHOVER_FIELDS - {"automatic"})
         if unknown:
             errs.append(
                 _err(
@@ -154,7 +169,10 @@ SWITCHOVER_FIELDS = frozenset(
 # ---- ApprovalPolicy ----------------------------------------------------------------------
 
 
-OPERATION_KINDS = frozenset({"Switchover"})
+OPERATION_KINDS = frozenset({"Switchover", "RoleGrant"})
+PLURALS = {"Switchover": "switchovers", "RoleGrant": "rolegrants"}
+DEFAULT_GRANT_POLICY = "rolegrant-approval"
+DEFAULTS = {DEFAULT_POLICY: "Switchover", DEFAULT_GRANT_POLICY: "RoleGrant"}  # name -> kind
 
 
 class ApprovalPolicyStrategy(Strategy):
@@ -206,26 +224,28 @@ class ApprovalPolicyStrategy(Strategy):
 
     def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
         errs = self.validate(new)
-        if errs or _dict(old.get("metadata")).get("name") != DEFAULT_POLICY:
+        kind = DEFAULTS.get(_dict(old.get("metadata")).get("name", ""))
+        if errs or kind is None:
             return errs
-        return _weakened(Requirement.of(new), Requirement.of(old), _dict(new.get("spec")))
+        return _weakened(Requirement.of(new), Requirement.of(old), _dict(new.get("spec")), kind)
 
     def refuse_delete(self, obj: Obj) -> str | None:
-        if (obj.get("metadata") or {}).get("name") == DEFAULT_POLICY:
+        name = (obj.get("metadata") or {}).get("name")
+        if name in DEFAULTS:
             return (
-                f"{DEFAULT_POLICY} is the platform's default approval policy: it may be made "
+                f"{name} is a default approval policy of the platform: it may be made "
                 "stricter, not removed"
             )
         return None
 
 
-def _weakened(new: Requirement, old: Requirement, spec: Obj) -> list[FieldError]:
-    """The default policy may only get stricter: at least as many approvals, no approver
-    who was not one before, no longer a wait, still naming Switchover."""
+def _weakened(new: Requirement, old: Requirement, spec: Obj, kind: str) -> list[FieldError]:
+    """A default policy may only get stricter: at least as many approvals, no approver who
+    was not one before, no longer a wait, still naming its operation."""
     errs: list[FieldError] = []
-    why = "the default policy may be made stricter, not weaker"
-    if "Switchover" not in (spec.get("operations") or ()):
-        errs.append(_err("spec.operations", _FORBIDDEN, f"{why}: it must name Switchover"))
+    why = "a default policy may be made stricter, not weaker"
+    if kind not in (spec.get("operations") or ()):
+        errs.append(_err("spec.operations", _FORBIDDEN, f"{why}: it must name {kind}"))
     if new.approvals < old.approvals:
         errs.append(_err("spec.approvals", _FORBIDDEN, f"{why}: at least {old.approvals}"))
     for field, was, now in (
@@ -266,6 +286,82 @@ SWITCHOVER = ResourceType(
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ),
 )
+
+
+class RoleGrantStrategy(Strategy):
+    """A RoleGrant carries the binding it asks for; the replica of the writable region creates
+    it once approved (`GrantExecutor`). Bindings to the guarded roles are made no other way."""
+
+    def validate(self, obj: Obj) -> list[FieldError]:
+        spec = obj.get("spec")
+        if not isinstance(spec, dict):
+            return [_err("spec", _REQUIRED, "binding and reason")]
+        errs: list[FieldError] = []
+        reason = spec.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            errs.append(_err("spec.reason", _REQUIRED, "why: recorded with your name"))
+        if "breakGlass" in spec and not isinstance(spec["breakGlass"], bool):
+            errs.append(_err("spec.breakGlass", _INVALID, "true or false", spec["breakGlass"]))
+        unknown = sorted(set(spec) - {"binding", "reason", "breakGlass"})
+        if unknown:
+            errs.append(
+                _err(f"spec.{unknown[0]}", "FieldValueNotSupported", "binding, reason, breakGlass")
+            )
+        b = spec.get("binding")
+        if not isinstance(b, dict):
+            return [*errs, _err("spec.binding", _REQUIRED, "a RoleBinding or ClusterRoleBinding")]
+        if b.get("kind") not in ("RoleBinding", "ClusterRoleBinding"):
+            errs.append(
+                _err(
+                    "spec.binding.kind",
+                    _INVALID,
+                    "RoleBinding or ClusterRoleBinding",
+                    b.get("kind"),
+                )
+            )
+        meta = _dict(b.get("metadata"))
+        if not isinstance(meta.get("name"), str) or not meta.get("name"):
+            errs.append(_err("spec.binding.metadata.name", _REQUIRED, "the binding's name"))
+        if b.get("kind") == "RoleBinding" and not meta.get("namespace"):
+            errs.append(_err("spec.binding.metadata.namespace", _REQUIRED, "its namespace"))
+        ref = _dict(b.get("roleRef"))
+        if ref.get("kind") not in ("Role", "ClusterRole") or not ref.get("name"):
+            errs.append(_err("spec.binding.roleRef", _INVALID, "kind Role or ClusterRole, a name"))
+        subjects = b.get("subjects")
+        if not isinstance(subjects, list) or not subjects:
+            errs.append(_err("spec.binding.subjects", _REQUIRED, "who is granted the role"))
+        return errs
+
+    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
+        if new.get("spec") != old.get("spec"):
+            return [_err("spec", _FORBIDDEN, "a RoleGrant's spec is immutable: create another")]
+        return []
+
+    def refuse_delete(self, obj: Obj) -> str | None:
+        if (obj.get("status") or {}).get("phase") == RUNNING:
+            return "the grant is being carried out: delete it once it has finished"
+        return None
+
+
+ROLE_GRANT = ResourceType(
+    GROUP,
+    VERSION,
+    "RoleGrant",
+    "rolegrants",
+    "rolegrant",
+    namespaced=False,
+    categories=("haplane",),
+    strategy=RoleGrantStrategy(),
+    verbs=("create", "delete", "get", "list", "watch"),
+    subresources=("approval",),
+    printer_columns=(
+        {"name": "Role", "type": "string", "jsonPath": ".spec.binding.roleRef.name"},
+        {"name": "Binding", "type": "string", "jsonPath": ".spec.binding.metadata.name"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Requested-By", "type": "string", "jsonPath": ".status.requestedBy.username"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+)
 APPROVAL_POLICY = ResourceType(
     GROUP,
     VERSION,
@@ -288,7 +384,7 @@ def ops_types(global_prefix: str) -> tuple[ResourceType, ...]:
     prefix = global_prefix.encode()
     return tuple(
         replace(t, storage_prefix=ops_prefix(prefix, t.plural).decode(), fenced=False)
-        for t in (SWITCHOVER, APPROVAL_POLICY)
+        for t in (SWITCHOVER, ROLE_GRANT, APPROVAL_POLICY)
     )
 
 
@@ -311,7 +407,18 @@ def default_policies() -> list[Obj]:
                 "approvers": {"clusterRoles": ["haplane:dr-operator", BREAK_GLASS_ROLE]},
                 "expireAfterSeconds": DEFAULT_EXPIRY,
             },
-        }
+        },
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ApprovalPolicy",
+            "metadata": {"name": DEFAULT_GRANT_POLICY, "labels": {DEFAULT_LABEL: "true"}},
+            "spec": {
+                "operations": ["RoleGrant"],
+                "approvals": 1,
+                "approvers": {"clusterRoles": [BREAK_GLASS_ROLE]},
+                "expireAfterSeconds": DEFAULT_EXPIRY,
+            },
+        },
     ]
 
 
@@ -430,13 +537,13 @@ class Operations:
         """Fill a new operation's status (phase, requester, requirements, expiry), whatever
         the body said; returns an audit annotation value for a break-glass request. A
         malformed body gets an empty status here and its errors from validation."""
-        if rtype.kind != "Switchover":
+        if rtype.kind not in OPERATION_KINDS:
             return None
         obj["status"] = {}
         spec, meta = obj.get("spec"), obj.get("metadata")
         if not isinstance(spec, dict) or not isinstance(meta, dict):
             return None
-        to = spec.get("targetRegion")
+        to = spec.get("targetRegion") if rtype.kind == "Switchover" else None
         name = str(meta.get("name") or meta.get("generateName") or "")
         if self.regions and isinstance(to, str) and to not in self.regions:
             raise errors.invalid(
@@ -466,9 +573,12 @@ class Operations:
                 ],
                 GROUP,
             )
-        if not any(_dict(p.get("metadata")).get("name") == DEFAULT_POLICY for p in policies):
-            # not created yet (a fresh global etcd): the built-in default applies all the same
-            policies = [*policies, *default_policies()]
+        stored = {_dict(p.get("metadata")).get("name") for p in policies}
+        # not created yet (a fresh global etcd): the built-in defaults apply all the same
+        policies = [
+            *policies,
+            *(p for p in default_policies() if p["metadata"]["name"] not in stored),
+        ]
         requirements = [
             Requirement.of(p)
             for p in policies
@@ -494,7 +604,7 @@ class Operations:
                 raise errors.StatusError(
                     403,
                     "Forbidden",
-                    f'switchovers.{GROUP} "{name}" is forbidden: User "{user.name}" may not '
+                    f'{rtype.plural}.{GROUP} "{name}" is forbidden: User "{user.name}" may not '
                     f"break glass: it needs the {BREAK_GLASS_ROLE} role (or ask for approval: "
                     "leave breakGlass out)",
                 )
@@ -508,9 +618,9 @@ class Operations:
                 log.warning(
                     json.dumps(
                         {
-                            "msg": "BREAK GLASS: a switchover skips approval",
+                            "msg": f"BREAK GLASS: a {rtype.kind} skips approval",
                             "user": user.name,
-                            "switchover": name,
+                            "name": name,
                             "targetRegion": to,
                             "reason": spec.get("reason"),
                         }
@@ -521,7 +631,7 @@ class Operations:
         else:
             status["phase"] = APPROVED
             status["conditions"].append(
-                _condition("Approved", "NoPolicy", "no ApprovalPolicy names Switchover")
+                _condition("Approved", "NoPolicy", f"no ApprovalPolicy names {rtype.kind}")
             )
         obj["status"] = status
         return annotation
@@ -532,14 +642,15 @@ class Operations:
         the new object and a line for the audit event."""
         name = (current.get("metadata") or {}).get("name", "")
         status = current.get("status") or {}
+        plural = PLURALS.get(str(current.get("kind")), "switchovers")
 
         def refuse(code: int, why: str) -> errors.StatusError:
             reason = {403: "Forbidden", 409: "Conflict"}.get(code, "BadRequest")
             return errors.StatusError(
                 code,
                 reason,
-                f'switchovers.{GROUP} "{name}": {why}',
-                details={"name": name, "group": GROUP, "kind": "switchovers"},
+                f'{plural}.{GROUP} "{name}": {why}',
+                details={"name": name, "group": GROUP, "kind": plural},
             )
 
         meta = _dict(body.get("metadata"))
@@ -672,7 +783,7 @@ class OpsHooks:
     async def prepare_create(
         self, request: web.BaseRequest, rtype: ResourceType, obj: Obj, dry_run: bool
     ) -> None:
-        if rtype.kind != "Switchover" or not isinstance(obj, dict):
+        if rtype.kind not in OPERATION_KINDS or not isinstance(obj, dict):
             return
         user: UserInfo = request.get("user", ANONYMOUS)
         note = self.operations.prepare_create(rtype, obj, user, await self.policies(), dry_run)
@@ -700,3 +811,120 @@ class OpsHooks:
         if said and audit is not None and not dry_run:
             audit.annotate(APPROVAL_ANNOTATION, said[0])
         return out
+
+
+GRANT_ANNOTATION = "ops.haplane.dev/rolegrant"  # on a binding made by a grant: name/uid
+
+
+class GrantExecutor:
+    """Carries out approved RoleGrants: on the replica that leads the lifecycle controllers of
+    the writable region (`may_act`), it creates the binding a grant carries through the
+    binding's own store, as the replica itself (so the guard on `rbac.GUARDED_ROLES` lets it
+    through), annotated with the grant, and records the outcome in the grant's status
+    (compare-and-swap in the global control etcd). Idempotent across leaders: a `Running`
+    grant is finished by whoever acts next (a binding already carrying its annotation counts
+    as done). Also expires `Pending` grants past their time."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        global_prefix: bytes,
+        binding_store: Callable[[str], GenericStore],
+        may_act: Callable[[], bool],
+        name: str,
+    ) -> None:
+        self.client = client
+        self.prefix = global_prefix
+        self.binding_store = binding_store  # "RoleBinding" | "ClusterRoleBinding" -> its store
+        self.may_act = may_act
+        self.name = name
+
+    async def run(self, every: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(every)
+            if not self.may_act():
+                continue
+            try:
+                await self.one_pass()
+            except (EtcdError, StorageError) as exc:  # the next pass tries again
+                log.info(json.dumps({"msg": "role grants: pass failed", "error": str(exc)}))
+
+    async def one_pass(self) -> None:
+        for kv, obj in await store_ops.list_objects(
+            self.client, self.prefix, "rolegrants", timeout=1.0
+        ):
+            phase = _dict(obj.get("status")).get("phase")
+            if phase == PENDING and expired(obj):
+                await self._set(kv, EXPIRED, "not approved in time: ask again")
+            elif phase in (APPROVED, RUNNING):
+                await self._carry_out(kv, obj)
+
+    async def _set(self, kv: KeyValue, phase: str, message: str, **fields: Any) -> KeyValue:
+        def change(st: Obj) -> None:
+            st["phase"] = phase
+            st["message"] = message
+            if phase in TERMINAL:
+                st["finishedAt"] = now_rfc3339()
+            st.update(fields)
+
+        new, _ = await store_ops.update_status(self.client, kv, change, timeout=1.0)
+        return new
+
+    async def _carry_out(self, kv: KeyValue, obj: Obj) -> None:
+        grant = obj["metadata"]
+        mark = f"{grant['name']}/{grant.get('uid', '')}"
+        try:
+            kv = await self._set(kv, RUNNING, "creating the binding", runBy=self.name)
+        except store_ops.Lost:
+            return  # someone acted on it meanwhile
+        binding = json.loads(json.dumps(_dict(obj.get("spec")).get("binding") or {}))
+        binding.setdefault("apiVersion", "rbac.authorization.k8s.io/v1")
+        meta = binding.setdefault("metadata", {})
+        meta.setdefault("annotations", {})[GRANT_ANNOTATION] = mark
+        kind = str(binding.get("kind"))
+        store = self.binding_store(kind)
+        namespace = meta.get("namespace") if kind == "RoleBinding" else None
+        try:
+            created = await store.create(namespace, binding)
+        except errors.StatusError as exc:
+            if exc.code == 409:
+                existing = await store.get(namespace, meta.get("name", ""))
+                if (
+                    _dict(_dict(existing.get("metadata")).get("annotations")).get(GRANT_ANNOTATION)
+                    == mark
+                ):
+                    created = existing  # made by this grant before the runner stopped
+                else:
+                    with contextlib.suppress(store_ops.Lost):
+                        await self._set(
+                            kv, FAILED, f"{kind} {meta.get('name')} exists already: nothing done"
+                        )
+                    return
+            else:
+                with contextlib.suppress(store_ops.Lost):
+                    await self._set(kv, FAILED, f"the binding was refused: {exc.message}")
+                return
+        made = _dict(created.get("metadata"))
+        where = f" in {made.get('namespace')}" if made.get("namespace") else ""
+        log.warning(
+            json.dumps(
+                {
+                    "msg": "role grant carried out",
+                    "grant": mark,
+                    "binding": f"{kind}/{made.get('name')}{where}",
+                    "role": _dict(binding.get("roleRef")).get("name"),
+                }
+            )
+        )
+        with contextlib.suppress(store_ops.Lost):
+            await self._set(
+                kv,
+                SUCCEEDED,
+                f"{kind} {made.get('name')}{where} created",
+                binding={
+                    "kind": kind,
+                    "name": made.get("name"),
+                    "namespace": made.get("namespace"),
+                    "uid": made.get("uid"),
+                },
+            )

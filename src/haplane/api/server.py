@@ -335,6 +335,18 @@ class ApiServer:
             name="leader election",
         )
         self._spawn(self._heartbeat(), "heartbeat")
+        if self._global_client is not None:
+            rbac_group = "rbac.authorization.k8s.io"
+            grants = ops.GrantExecutor(
+                self._global_client,
+                self.config.global_prefix.encode(),
+                lambda kind: self.stores[(rbac_group, "v1", kind.lower() + "s")],
+                may_act=lambda: (
+                    self.elector is not None and self.elector.is_leader and self._may_write()
+                ),
+                name=self.name,
+            )
+            self._spawn(grants.run(), "role grants")
         if self.encryption is not None:
             self._spawn(self._reload_encryption(), "encryption config reload")
         if self.tls is not None:

@@ -623,6 +623,9 @@ BOOTSTRAP_LABELS = {"kubernetes.io/bootstrapping": "rbac-defaults"}
 AUTOUPDATE = {"rbac.authorization.kubernetes.io/autoupdate": "true"}
 PLATFORM_GROUP = "platform.haplane.io"
 OPS_GROUP = "ops.haplane.dev"  # platform operations and approvals (haplane.api.ops)
+# ClusterRoles that no request binds directly: a binding to one is made only by carrying out
+# an approved RoleGrant (haplane.api.ops, four-eyes); the replica's own defaults aside
+GUARDED_ROLES = frozenset({"cluster-admin", "haplane:platform-admin"})
 HAPLANE_LABELS = {"app.kubernetes.io/part-of": "haplane"}
 
 

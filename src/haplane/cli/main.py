@@ -950,19 +950,32 @@ def _failover_through_api(
             break_glass=break_glass,
             catch_up_timeout=catch_up_timeout,
         )
-        name = obj["metadata"]["name"]
-        out.print(f"switchover/{name} created")
-        if wait is None:
-            return
-        final = ops.follow(api, name, wait)
+    except ops.ClientError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    _follow_request(api, obj, "switchovers", wait)
+
+
+def _follow_request(api: Any, obj: dict[str, Any], plural: str, wait: float | None) -> None:
+    """Say what was created, then (unless `wait` is None) follow it to its end: exit 1
+    unless it succeeded."""
+    from . import ops
+
+    name = obj["metadata"]["name"]
+    what = f"{plural[:-1]}/{name}"
+    out.print(f"{what} created")
+    if wait is None:
+        return
+    try:
+        final = ops.follow(api, name, wait, plural=plural)
     except ops.ClientError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(1) from None
     st = final.get("status") or {}
     if st.get("phase") != "Succeeded":
-        err.print(f"error: switchover/{name} {st.get('phase')}: {st.get('message', '')}")
+        err.print(f"error: {what} {st.get('phase')}: {st.get('message', '')}")
         raise typer.Exit(1)
-    out.print(f"switchover/{name} succeeded: {st.get('message', '')}")
+    out.print(f"{what} succeeded: {st.get('message', '')}")
 
 
 def _decide_cmd(
@@ -987,13 +1000,71 @@ def _decide_cmd(
         err.print(f"error: {exc}")
         raise typer.Exit(1) from None
     st = obj.get("status") or {}
-    out.print(f"switchover/{name}: {st.get('phase')}")
+    out.print(f"{str(obj.get('kind', '')).lower()}/{name}: {st.get('phase')}")
 
 
 KubeconfigOpt = Annotated[
     Path | None, typer.Option("--kubeconfig", help="Act as this kubeconfig's user.")
 ]
 RegionOpt = Annotated[str | None, typer.Option("--region", help="Through this region's balancer.")]
+
+
+@app.command("grant")
+def grant_cmd(
+    clusterrole: Annotated[str, typer.Option("--clusterrole", help="The ClusterRole to bind.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why: recorded with your name.")],
+    user: Annotated[
+        list[str] | None, typer.Option("--user", help="Grant it to this user (repeat).")
+    ] = None,
+    group: Annotated[
+        list[str] | None, typer.Option("--group", help="Grant it to this group (repeat).")
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option("-n", "--namespace", help="A RoleBinding in this namespace only."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="The binding's name.")] = None,
+    break_glass: Annotated[
+        bool,
+        typer.Option("--break-glass", help="Skip approval (haplane:platform-admin only)."),
+    ] = False,
+    kubeconfig: KubeconfigOpt = None,
+    region: RegionOpt = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Ask and return.")] = False,
+    wait_timeout: Annotated[
+        float, typer.Option("--wait-timeout", help="Seconds to follow the request.")
+    ] = 3600.0,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Ask for a RoleGrant: a binding of CLUSTERROLE, made by the platform once another person
+    approved it (`haplane approve NAME`). Bindings to cluster-admin and haplane:platform-admin
+    are made no other way."""
+    from . import ops
+
+    if not user and not group:
+        err.print("error: whom? --user or --group (repeat for several)")
+        raise typer.Exit(2)
+    state = _state(state_dir)
+    if not state.topology_file.exists():
+        err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
+        raise typer.Exit(1)
+    topology = load_file(state.topology_file)
+    try:
+        api = ops.client(state, topology, kubeconfig, region)
+        obj = ops.request_grant(
+            api,
+            role=clusterrole,
+            users=list(user or ()),
+            groups=list(group or ()),
+            namespace=namespace,
+            binding_name=name,
+            reason=reason,
+            break_glass=break_glass,
+        )
+    except ops.ClientError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    _follow_request(api, obj, "rolegrants", None if no_wait else wait_timeout)
 
 
 @app.command("approve")
@@ -1004,8 +1075,8 @@ def approve_cmd(
     region: RegionOpt = None,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """Approve someone else's request (your own never counts). Refused when you are not one of
-    its approvers, or it expired or was decided already."""
+    """Approve someone else's request, a Switchover or a RoleGrant (your own never counts).
+    Refused when you are not one of its approvers, or it expired or was decided already."""
     _decide_cmd(name, "Approved", message or "approved", kubeconfig, region, state_dir)
 
 

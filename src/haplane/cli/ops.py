@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 OPS = "/apis/ops.haplane.dev/v1"
 DONE = {"Succeeded", "Failed", "Rejected", "Expired"}
 
-__all__ = ["ClientError", "client", "decide", "follow", "request_switchover"]
+__all__ = ["ClientError", "client", "decide", "follow", "request_grant", "request_switchover"]
 
 
 def client(
@@ -109,19 +109,64 @@ def request_switchover(
             "catchUpTimeoutSeconds": catch_up_timeout,
         },
     }
-    status, obj = api.request("POST", f"{OPS}/switchovers", body)
+    return _create(api, "switchovers", body)
+
+
+def request_grant(
+    api: ApiClient,
+    *,
+    role: str,
+    users: list[str],
+    groups: list[str],
+    namespace: str | None,
+    binding_name: str | None,
+    reason: str,
+    break_glass: bool,
+) -> dict[str, Any]:
+    """Ask for a RoleGrant: a ClusterRoleBinding (a RoleBinding with `namespace`) of the
+    ClusterRole `role` to the users and groups."""
+    rbac = "rbac.authorization.k8s.io"
+    subjects = [{"apiGroup": rbac, "kind": "User", "name": u} for u in users]
+    subjects += [{"apiGroup": rbac, "kind": "Group", "name": g} for g in groups]
+    who = "-".join([*users, *groups])[:40].replace(":", "-").lower()
+    name = binding_name or f"{role.replace(':', '-')}-{who}"
+    meta: dict[str, str] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    body = {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": "RoleGrant",
+        "metadata": {"name": f"{name[:50]}-{uuid.uuid4().hex[:6]}"},
+        "spec": {
+            "reason": reason,
+            "breakGlass": break_glass,
+            "binding": {
+                "kind": "RoleBinding" if namespace else "ClusterRoleBinding",
+                "metadata": meta,
+                "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": role},
+                "subjects": subjects,
+            },
+        },
+    }
+    return _create(api, "rolegrants", body)
+
+
+def _create(api: ApiClient, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+    status, obj = api.request("POST", f"{OPS}/{plural}", body)
     if status != 201:
         raise ClientError(_message(status, obj))
     return dict(obj)
 
 
-def follow(api: ApiClient, name: str, timeout: float) -> dict[str, Any]:
+def follow(
+    api: ApiClient, name: str, timeout: float, plural: str = "switchovers"
+) -> dict[str, Any]:
     """Print the request's phases as they come, until it is done (or `timeout`)."""
     deadline = time.monotonic() + timeout
     said_phase, said_steps = None, 0
     while True:
         try:
-            status, obj = api.request("GET", f"{OPS}/switchovers/{name}", timeout=5.0)
+            status, obj = api.request("GET", f"{OPS}/{plural}/{name}", timeout=5.0)
         except ClientError:  # the gate moving connections, a region going: ask again
             status, obj = 0, {}
         if status in (0, 429) or status >= 500:
@@ -134,7 +179,7 @@ def follow(api: ApiClient, name: str, timeout: float) -> dict[str, Any]:
         st = obj.get("status") or {}
         if st.get("phase") != said_phase:
             said_phase = st.get("phase")
-            typer.echo(f"switchover/{name}: {said_phase}", err=True)
+            typer.echo(f"{plural[:-1]}/{name}: {said_phase}", err=True)
             if said_phase == "Pending":
                 typer.echo(f"  waiting for approval: {_wanted(st)}", err=True)
                 typer.echo(f"  another operator runs: haplane approve {name}", err=True)
@@ -153,8 +198,8 @@ def follow(api: ApiClient, name: str, timeout: float) -> dict[str, Any]:
             return dict(obj)
         if time.monotonic() >= deadline:
             raise ClientError(
-                f"switchover/{name} is still {st.get('phase')} after {timeout:.0f}s; "
-                f"`kubectl get switchover {name} -o yaml` shows it"
+                f"{plural[:-1]}/{name} is still {st.get('phase')} after {timeout:.0f}s; "
+                f"`kubectl get {plural[:-1]} {name} -o yaml` shows it"
             )
         time.sleep(0.2)
 
@@ -163,8 +208,12 @@ def decide(api: ApiClient, name: str, kind: str, message: str) -> dict[str, Any]
     """Approve or deny `name` as read now, after saying what it asks (another approval landing
     meanwhile: read again and retry once, the same request only: same uid)."""
     uid = None
+    plural = "switchovers"
     for attempt in range(2):
-        status, obj = api.request("GET", f"{OPS}/switchovers/{name}")
+        status, obj = api.request("GET", f"{OPS}/{plural}/{name}")
+        if status == 404 and uid is None:
+            plural = "rolegrants"  # not a Switchover: a RoleGrant of that name?
+            status, obj = api.request("GET", f"{OPS}/{plural}/{name}")
         if status != 200:
             raise ClientError(_message(status, obj))
         if uid is None:
@@ -175,7 +224,7 @@ def decide(api: ApiClient, name: str, kind: str, message: str) -> dict[str, Any]
         obj.setdefault("status", {}).setdefault("conditions", []).append(
             {"type": kind, "status": "True", "reason": "ByCLI", "message": message}
         )
-        status, out = api.request("PUT", f"{OPS}/switchovers/{name}/approval", obj)
+        status, out = api.request("PUT", f"{OPS}/{plural}/{name}/approval", obj)
         if status == 200:
             return dict(out)
         if status != 409 or attempt or "modified" not in str(out.get("message", "")):
@@ -185,6 +234,24 @@ def decide(api: ApiClient, name: str, kind: str, message: str) -> dict[str, Any]
 
 def _describe(obj: dict[str, Any]) -> str:
     spec, st = obj.get("spec") or {}, obj.get("status") or {}
+    if obj.get("kind") == "RoleGrant":
+        b = spec.get("binding") or {}
+        who = ", ".join(
+            f"{x.get('kind')} {x.get('name')}"
+            for x in b.get("subjects") or ()
+            if isinstance(x, dict)
+        )
+        where = (
+            f" in namespace {b['metadata']['namespace']}"
+            if b.get("metadata", {}).get("namespace")
+            else ""
+        )
+        return (
+            f"rolegrant/{obj['metadata']['name']}: "
+            f"{(st.get('requestedBy') or {}).get('username', '?')} asks to bind "
+            f"{(b.get('roleRef') or {}).get('name')} to {who}{where}: {spec.get('reason')!r}; "
+            f"{st.get('phase')}"
+        )
     how = "forced (unplanned)" if spec.get("force") else "planned"
     who = (st.get("requestedBy") or {}).get("username", "?")
     return (

@@ -97,7 +97,7 @@ from .events import GateEvent
 from .failover import Decision, RegionView, Report, Settings, Snapshot, decide
 from .forwarder import Forwarder
 from .health import UpstreamState
-from .operations import Operations
+from .operations import Operations, record_automatic
 
 log = logging.getLogger("haplane.gate")
 
@@ -569,6 +569,15 @@ class FailoverController:
                         reason=d.reason,
                     )
                     await self._freeze_others(record)
+                if d.action != "unfence":
+                    await record_automatic(
+                        self,
+                        state.client,
+                        action=d.action,
+                        record=record,
+                        previous=active,
+                        reason=d.reason,
+                    )
             except StaleEpoch as exc:
                 self._log("action_lost", action=d.action, reason=str(exc))
                 return

@@ -31,6 +31,7 @@ Each pass (every `OPS_EVERY` seconds):
 from __future__ import annotations
 
 import time
+import uuid
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -48,6 +49,7 @@ from haplane.store.switchover import SwitchoverRefused, planned_switchover
 
 from .failover import Settings
 
+AUTOMATIC_LABEL = "ops.haplane.dev/automatic"
 OPS_EVERY = 0.25  # seconds between passes over the requests
 ABANDONED_AFTER = 120.0  # a Running request with no trace of a commit is closed after this
 TIMEOUT = 1.0
@@ -198,6 +200,56 @@ class Operations:
         with _quiet():
             await ops.update_status(client, kv, change, timeout=TIMEOUT)
             self.host.log("switchover_" + outcome.lower(), switchover=name, message=message)
+
+
+async def record_automatic(
+    host: Host,
+    client: EtcdClient,
+    *,
+    action: str,
+    record: ActiveRegion,
+    previous: ActiveRegion,
+    reason: str,
+) -> None:
+    """An automatic failover or failback, recorded as a Switchover for review (`kubectl get
+    switchovers`): requested by the controller, its epoch in the result, so that it is settled
+    like an operator's (Succeeded once writable). Best effort: the switch stands either way."""
+    phases = [{"name": "Committed", "at": ops.now_rfc3339(), "seconds": 0.0}]
+    if record.writable:
+        phases.append({"name": "Writable", "at": ops.now_rfc3339(), "seconds": 0.0})
+    obj: Obj = {
+        "apiVersion": f"{ops.GROUP}/{ops.VERSION}",
+        "kind": "Switchover",
+        "metadata": {
+            "name": f"automatic-epoch-{record.epoch}",
+            "uid": str(uuid.uuid4()),
+            "creationTimestamp": ops.now_rfc3339(),
+            "labels": {AUTOMATIC_LABEL: "true"},
+        },
+        "spec": {"targetRegion": record.region, "reason": reason, "automatic": True},
+        "status": {
+            "phase": ops.SUCCEEDED if record.writable else ops.RUNNING,
+            "requestedBy": {"username": f"controller:{host.gate}"},
+            "requestedAt": ops.now_rfc3339(),
+            "startedAt": ops.now_rfc3339(),
+            "runBy": f"controller:{host.gate}",
+            "epochAtRequest": previous.epoch,
+            "approvalCount": 0,
+            "phases": phases,
+            "result": {
+                "fromRegion": previous.region,
+                "toRegion": record.region,
+                "epoch": record.epoch,
+                "action": action,
+                "planned": record.writable,
+            },
+            "message": f"automatic {action}: {reason}",
+        },
+    }
+    try:
+        await ops.create_object(client, host.prefix, "switchovers", obj, timeout=TIMEOUT)
+    except EtcdError as exc:
+        host.log("automatic_switchover_unrecorded", epoch=record.epoch, error=str(exc))
 
 
 class _Run:

@@ -87,6 +87,23 @@ async def list_objects(
     return out
 
 
+async def create_object(
+    client: EtcdClient,
+    global_prefix: bytes,
+    plural: str,
+    obj: Obj,
+    *,
+    timeout: float | None = None,
+) -> bool:
+    """Store `obj` (with its own metadata: name, uid, creationTimestamp) if no object of that
+    name exists; False when one does."""
+    key = ops_prefix(global_prefix, plural) + obj["metadata"]["name"].encode()
+    result = await client.txn(
+        [Compare(key, "mod", "=", 0)], [Op("put", key, encode(obj))], timeout=timeout
+    )
+    return result.succeeded
+
+
 class Lost(Exception):
     """The object changed (or went) since it was read: someone else acted on it."""
 
