@@ -1,5 +1,6 @@
 """haplane.local.secrets_ops without a topology: the local key list, `rotate` (the new key
-writes, the older ones read), and `up`'s configuration keeping rotated keys."""
+writes, the older ones read), `up`'s configuration keeping rotated keys, and `rewrite` on a
+real etcd of its own, skipping and reporting a value it cannot open."""
 
 from __future__ import annotations
 
@@ -66,3 +67,42 @@ def test_rotate_refusals(tmp_path: Path):
     secrets_ops.keys_file(state).write_text("{not json")
     with pytest.raises(secrets_ops.SecretsError, match=r"keys\.json"):
         secrets_ops.local_keys(state)
+
+
+async def test_rewrite_skips_and_reports_what_it_cannot_open(disposable_cluster, tmp_path: Path):
+    """One altered value does not hold up the others: they are re-sealed under the new writer,
+    it is left as it is and reported, and a later pass does not count it as a straggler."""
+    from haplane.api.encryption import stored_types, transformers
+    from haplane.auth.encryption import create_local_key, local_config
+    from haplane.store import FENCE_KEY, GlobalState
+
+    k1, k2 = tmp_path / "k1.key", tmp_path / "k2.key"
+    create_local_key(k1)
+    create_local_key(k2)
+    old_cfg, new_cfg = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old_cfg.write_text(local_config([("local", k1)]))
+    new_cfg.write_text(local_config([("local-2", k2), ("local", k1)]))
+    old, new = transformers(old_cfg, stored_types()), transformers(new_cfg, stored_types())
+    client = disposable_cluster.client(timeout=2.0)
+    try:
+        await GlobalState(client).initialize("r", by="t", reason="t", fresh=True)
+        await client.put(FENCE_KEY, b"active:r@1")
+        keys = [f"/registry/secrets/default/s{i}".encode() for i in range(3)]
+        for key in keys:
+            await client.put(key, old.to_storage(b'{"kind":"Secret"}', key))
+        bad = b"/registry/secrets/default/altered"
+        sealed = bytearray(old.to_storage(b'{"kind":"Secret"}', bad))
+        sealed[-3] ^= 0xFF  # altered (here its wrapped seed): it no longer opens
+        await client.put(bad, bytes(sealed))
+        out = await secrets_ops.rewrite(
+            StateDir(tmp_path / "state"), client, {"r": client}, new, settle=0.05
+        )
+        assert (out.examined, out.rewritten) == (4, 3)
+        assert list(out.unreadable) == [bad] and "open" in out.unreadable[bad]
+        for key in keys:
+            kv = await client.get(key)
+            assert kv is not None and kv.value.startswith(b"k8s:enc:kms:v2:local-2:")
+        kv = await client.get(bad)
+        assert kv is not None and kv.value == bytes(sealed)
+    finally:
+        await client.close()

@@ -160,5 +160,15 @@ def rewrite_cmd(
     typer.echo(
         f"{r.region}: {r.examined} values examined, {r.rewritten} rewritten, "
         f"{r.raced} raced with a concurrent write (left as written); a last pass found "
-        f"nothing under an older key"
+        f"nothing else under an older key"
     )
+    if r.unreadable:
+        for key, why in sorted(r.unreadable.items()):
+            typer.echo(f"unreadable: {key.decode(errors='replace')}: {why}", err=True)
+        typer.echo(
+            f"error: {len(r.unreadable)} value(s) could not be opened and were left as they "
+            "are: restore the key they need, or delete or rewrite those objects, then run "
+            "`haplane secrets rewrite` again",
+            err=True,
+        )
+        raise typer.Exit(1)

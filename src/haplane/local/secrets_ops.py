@@ -190,6 +190,9 @@ class RewriteResult:
     rewritten: int = 0
     raced: int = 0  # a concurrent write changed the key first (it was left as written)
     passes: int = 0  # the last found nothing left to re-seal
+    # values the configuration cannot open (altered, or under a key no longer listed): left
+    # as they are, each with why, so one bad value does not hold up the migration of the rest
+    unreadable: dict[bytes, str] = field(default_factory=dict)
 
 
 def progress_file(state: StateDir) -> Path:
@@ -242,7 +245,7 @@ async def rewrite(
                 continue
             if attempt == 1:
                 out.examined += 1
-            if not _under_writer(value, chain[0].prefix()):
+            if not _under_writer(value, chain[0].prefix()) and key not in out.unreadable:
                 stragglers += 1
                 await _reseal(client, key, transformers, fence.value, out)
             if attempt == 1 and out.examined % 100 == 0:
@@ -285,7 +288,8 @@ async def _reseal(
         try:
             plain = transformers.from_storage(kv.value, key)
         except EncryptionError as exc:
-            raise SecretsError(f"{key.decode(errors='replace')}: {exc}") from None
+            out.unreadable[key] = str(exc)
+            return
         sealed = transformers.to_storage(plain, key)
         try:
             r = await client.txn(
