@@ -893,6 +893,8 @@ class ApiServer:
             await self._global_client.close()
         if self._write_log is not None:
             self._write_log.close()
+        if self.encryption is not None:  # KMS plugin providers: their poll threads, channels
+            await asyncio.to_thread(self.encryption.close)
         log.info(json.dumps({"msg": "stopped", "component": self.name}))
 
     # ---- the filter chain (links composed in start()) ----------------------------------

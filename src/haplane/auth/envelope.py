@@ -10,6 +10,7 @@ Layer: auth. Pure crypto; reads only the key files it is given. `haplane.auth.en
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import secrets
@@ -348,6 +349,9 @@ class KmsV2:
         if seed is None:
             seed = self._unwrap(wrapped)
             self._remember(wrapped, seed)
+        else:  # least recently used goes first: the seeds in use stay unwrapped
+            with self._lock, contextlib.suppress(KeyError):
+                self._seeds.move_to_end(wrapped)
         body = obj.encrypted_data
         if len(body) < INFO_BYTES + NONCE_BYTES + 16:
             raise EncryptionError(f"{key.decode(errors='replace')}: the ciphertext is truncated")

@@ -28,13 +28,19 @@ Blocking, and why it is bounded. Replicas call the transformer synchronously on 
 loop, so a call to the plugin made there stalls the replica while it lasts. Only two are:
 - `Decrypt` of a seed not yet unwrapped (a value another replica or process wrote): at most
   `timeout`. After a Decrypt that found the plugin unreachable or hung, the next ones fail at
-  once until a call succeeds again (the background poll is woken to retry within a second),
-  so an outage costs one `timeout`, not one per value;
+  once until the background poll (woken to retry within a second) has seen a Decrypt answer
+  again (it unwraps the writer's own seed, off the loop), so an outage costs one `timeout`,
+  not one per value, even when only Decrypt hangs;
 - writes in the first moment after the provider started, before the background thread's
   first Status and Encrypt are done: they wait for them, until `timeout` after the start at
   most (replicas start their providers when they load the configuration, so this is rare).
 Status and Encrypt themselves run on the background thread, and a rotation never holds up a
-write: the old seed serves until the new one is ready.
+write: the old seed serves until the new one is ready. A reload that drops a plugin provider
+joins its thread (up to `timeout` + 1 s) where the configuration is reloaded.
+
+Stricter than kube-apiserver in one respect: a Status whose healthz is not "ok" confirms
+nothing here (Kubernetes keeps using, and may even rotate to, the key id of an unhealthy
+plugin), so an unhealthy plugin stops writes after the 3 minutes, while reads go on.
 """
 
 from __future__ import annotations
@@ -200,6 +206,9 @@ def _check_key_id(key_id: str, where: str) -> None:
         raise EncryptionError(f"{where} answered a key id of more than {MAX_KEY_ID} bytes")
 
 
+FIRST_POLL_MARGIN = 0.25  # seconds a first write waits beyond the first poll's deadline
+
+
 class KmsV2Plugin(KmsV2):
     """The KMS v2 envelope (`haplane.auth.encryption.KmsV2`) under a plugin's key, with the
     writer's seed kept by a background thread that polls Status (see the module's
@@ -274,7 +283,6 @@ class KmsV2Plugin(KmsV2):
                         f"{self._version} to {status.version}"
                     )
                 self._version = status.version
-                self._down = None
                 writer = self._writer
                 if writer is None or writer.wrapped.key_id != status.key_id:
                     writer = self._new_seed()
@@ -288,6 +296,16 @@ class KmsV2Plugin(KmsV2):
                     self._writer = writer
                 self._confirmed = now
                 self._error = None
+                if self._down is not None:
+                    # Decrypts fail at once while the plugin is down; Status answering is not
+                    # enough to ask again on the event loop (a plugin may hang in Decrypt
+                    # alone): a Decrypt of the writer's own seed, here off the loop, is
+                    try:
+                        self.kek.unwrap(writer.wrapped)
+                    except PluginUnreachable as exc:
+                        self._down = str(exc)
+                    else:
+                        self._down = None
             except EncryptionError as exc:
                 if isinstance(exc, PluginUnreachable):
                     self._down = str(exc)
@@ -301,7 +319,9 @@ class KmsV2Plugin(KmsV2):
             # the first poll is under way: wait for it, until `timeout` after it began at most
             # (all writes together, not each)
             self.start()
-            self._first.wait(max(0.0, self._started + self.kek.timeout - time.monotonic()))
+            # (a little past it: the poll's own deadline ends then, and its error says why)
+            deadline = self._started + self.kek.timeout + FIRST_POLL_MARGIN
+            self._first.wait(max(0.0, deadline - time.monotonic()))
         writer = self._writer
         age = time.monotonic() - self._confirmed
         if writer is not None and age <= self.write_ttl:

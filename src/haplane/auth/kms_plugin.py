@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -156,9 +157,14 @@ class Plugin:
 
 
 def _claim(path: Path) -> None:
-    """Remove a socket left by a plugin that died; refuse one that a live process serves."""
-    if not path.exists() and not path.is_symlink():
+    """Remove a socket left by a plugin that died; refuse one that a live process serves, and
+    anything that is not a socket (a mistyped --socket naming the key file, say)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(mode):
+        raise SystemExit(f"kms_plugin: {path} exists and is not a socket: not touched")
     with socket.socket(socket.AF_UNIX) as s:
         try:
             s.connect(str(path))
@@ -188,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     _claim(path)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers))
     server.add_generic_rpc_handlers((plugin.handler(),))
-    server.add_insecure_port(f"unix://{path}")
-    server.start()
+    old_umask = os.umask(0o077)  # the socket is 0600 from its creation
+    try:
+        server.add_insecure_port(f"unix://{path}")
+        server.start()
+    finally:
+        os.umask(old_umask)
     os.chmod(path, 0o600)  # only this user's processes reach the keys through it
     stop = threading.Event()
     reload = threading.Event()
