@@ -250,6 +250,14 @@ def test_who_may_ask(ops: Ops):
     assert status == 422 and "spec.targetRegion" in body["message"], body
     _, (status, _, body) = ops.create("alice", to="")
     assert status == 422, body
+    reserved = {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": "Switchover",
+        "metadata": {"name": "automatic-epoch-99"},
+        "spec": {"targetRegion": "b", "reason": "impersonating the controller"},
+    }
+    status, _, body = ops.as_("alice", "POST", f"{OPS}/switchovers", reserved)
+    assert status == 422 and "metadata.name" in body["message"], body
     _, (status, _, body) = ops.create("alice", to="a")
     assert status == 422 and "already the active region (epoch 1)" in body["message"], body
     name, (status, _, body) = ops.create("alice")
@@ -546,7 +554,14 @@ def test_a_grant_never_overwrites_a_binding(ops: Ops):
             "binding": {**crb, "roleRef": {**crb["roleRef"], "name": "cluster-admin"}},
         },
     }
+    # a platform-admin alone may not mint others: break-glass grants are the admin's only
     status, _, body = ops.as_("dave", "POST", f"{OPS}/rolegrants", grant)
+    assert status == 403 and "only system:masters" in body["message"], body
+    bad = json.loads(json.dumps(grant))
+    bad["spec"]["binding"]["metadata"]["annotations"] = "x"
+    status, _, body = ops.as_("admin", "POST", f"{OPS}/rolegrants", bad)
+    assert status == 422 and "spec.binding.metadata.annotations" in body["message"], body
+    status, _, body = ops.as_("admin", "POST", f"{OPS}/rolegrants", grant)
     assert status == 201 and body["status"]["phase"] == "Approved", body
     deadline = time.monotonic() + 10
     url = f"{OPS}/rolegrants/{grant['metadata']['name']}"

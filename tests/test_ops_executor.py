@@ -147,11 +147,22 @@ async def test_a_runner_that_stopped_is_settled(etcd_cluster, key_prefix, monkey
         await state.switch(
             "b", expected_epoch=1, by=f"alice (switchover/{committed})", reason="r", writable=True
         )
-        # it stopped before committing anything
+        # it stopped before committing anything (another request's mark, a name it begins
+        # with, is not its own)
         nothing = await put(client, key_prefix, ops.RUNNING, runBy="controller:gone")
+        await state.switch(
+            "a", expected_epoch=2, by=f"bob (switchover/{nothing}-2)", reason="r", writable=True
+        )
+        # the latest: committed, writable, named by the history only
+        latest = await put(client, key_prefix, ops.RUNNING, runBy="controller:gone")
+        await state.switch(
+            "b", expected_epoch=3, by=f"carol (switchover/{latest})", reason="r", writable=True
+        )
         runner = executor.Operations(FakeHost(key_prefix))
         await advance(runner, state, client)
-        assert (await status_of(client, key_prefix, committed))["phase"] == "Succeeded"
+        assert (await status_of(client, key_prefix, latest))["phase"] == "Succeeded"
+        st = await status_of(client, key_prefix, committed)
+        assert st["phase"] == "Failed" and "replaced by epoch 4" in st["message"], st
         assert (await status_of(client, key_prefix, nothing))["phase"] == "Running"
         monkeypatch.setattr(executor, "ABANDONED_AFTER", 0.0)
         await advance(runner, state, client)

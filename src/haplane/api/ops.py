@@ -7,7 +7,7 @@ through any region's balancer. RBAC and audit apply at the replica that serves t
 The failover controller carries approved operations out (`haplane.gate.controller`), writing
 phases into their status (`haplane.store.operations` holds the key layout and phases).
 
-Kinds (cluster-scoped):
+Kinds (cluster-scoped; `RoleGrant` is described at `RoleGrantStrategy` and `GrantExecutor`):
 - `Switchover`: `spec.targetRegion`, `spec.reason`, optional `force` (an unplanned failover),
   `catchUpTimeoutSeconds` (default 10) and `breakGlass`. The spec is immutable; the status is
   the platform's alone (no `status` subresource: nobody may write a phase).
@@ -74,6 +74,7 @@ log = logging.getLogger("haplane.api.ops")
 
 Obj = dict[str, Any]
 DEFAULT_EXPIRY = 3600
+AUTOMATIC_PREFIX = "automatic-"  # Switchovers the failover controller records (gate.operations)
 # the failover controller makes no decision of its own while a planned switchover catches up
 MAX_CATCH_UP = 60
 MAX_EXPIRY = 7 * 24 * 3600
@@ -126,6 +127,16 @@ class SwitchoverStrategy(Strategy):
             errs.append(
                 _err(
                     "spec.catchUpTimeoutSeconds", _INVALID, f"seconds, 0.1 to {MAX_CATCH_UP}", limit
+                )
+            )
+        name = str(_dict(obj.get("metadata")).get("name") or "")
+        if name.startswith(AUTOMATIC_PREFIX):
+            errs.append(
+                _err(
+                    "metadata.name",
+                    _INVALID,
+                    f"{AUTOMATIC_PREFIX}* names the failover controller's own records",
+                    name,
                 )
             )
         if "automatic" in spec:
@@ -319,11 +330,21 @@ class RoleGrantStrategy(Strategy):
                     b.get("kind"),
                 )
             )
-        meta = _dict(b.get("metadata"))
+        if not isinstance(b.get("metadata"), dict):
+            return [*errs, _err("spec.binding.metadata", _REQUIRED, "name (and namespace)")]
+        meta = b["metadata"]
         if not isinstance(meta.get("name"), str) or not meta.get("name"):
             errs.append(_err("spec.binding.metadata.name", _REQUIRED, "the binding's name"))
         if b.get("kind") == "RoleBinding" and not meta.get("namespace"):
             errs.append(_err("spec.binding.metadata.namespace", _REQUIRED, "its namespace"))
+        if b.get("kind") == "ClusterRoleBinding" and "namespace" in meta:
+            errs.append(_err("spec.binding.metadata.namespace", _FORBIDDEN, "cluster-scoped"))
+        for field in ("labels", "annotations"):
+            value = meta.get(field, {})
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                errs.append(_err(f"spec.binding.metadata.{field}", _INVALID, "a string map"))
         ref = _dict(b.get("roleRef"))
         if ref.get("kind") not in ("Role", "ClusterRole") or not ref.get("name"):
             errs.append(_err("spec.binding.roleRef", _INVALID, "kind Role or ClusterRole, a name"))
@@ -338,7 +359,9 @@ class RoleGrantStrategy(Strategy):
         return []
 
     def refuse_delete(self, obj: Obj) -> str | None:
-        if (obj.get("status") or {}).get("phase") == RUNNING:
+        status = _dict(obj.get("status"))
+        started = parse_time(status.get("startedAt"))
+        if status.get("phase") == RUNNING and (started is None or time.time() - started < 120):
             return "the grant is being carried out: delete it once it has finished"
         return None
 
@@ -599,6 +622,16 @@ class Operations:
         }
         annotation = None
         if spec.get("breakGlass") is True:
+            if rtype.kind == "RoleGrant" and MASTERS not in user.groups:
+                # one platform-admin alone must not mint others: a grant breaks glass only
+                # as the state dir's admin (the first platform-admin, an emergency)
+                raise errors.StatusError(
+                    403,
+                    "Forbidden",
+                    f'rolegrants.{GROUP} "{name}" is forbidden: User "{user.name}" may not '
+                    f"break glass on a RoleGrant: only {MASTERS} (the state dir's admin) may; "
+                    "ask for approval instead (leave breakGlass out)",
+                )
             roles = _roles(self.roles_of, user)
             if not _has_role(roles, BREAK_GLASS_ROLE):
                 raise errors.StatusError(
@@ -816,6 +849,17 @@ class OpsHooks:
 GRANT_ANNOTATION = "ops.haplane.dev/rolegrant"  # on a binding made by a grant: name/uid
 
 
+def _made_by(existing: Obj, binding: Obj, mark: str) -> bool:
+    """Whether `existing` is the binding this grant made: its annotation, and what it grants
+    (an annotation alone could be copied onto another binding)."""
+    meta = _dict(existing.get("metadata"))
+    return (
+        _dict(meta.get("annotations")).get(GRANT_ANNOTATION) == mark
+        and existing.get("roleRef") == binding.get("roleRef")
+        and existing.get("subjects") == binding.get("subjects")
+    )
+
+
 class GrantExecutor:
     """Carries out approved RoleGrants: on the replica that leads the lifecycle controllers of
     the writable region (`may_act`), it creates the binding a grant carries through the
@@ -854,10 +898,20 @@ class GrantExecutor:
             self.client, self.prefix, "rolegrants", timeout=1.0
         ):
             phase = _dict(obj.get("status")).get("phase")
-            if phase == PENDING and expired(obj):
-                await self._set(kv, EXPIRED, "not approved in time: ask again")
-            elif phase in (APPROVED, RUNNING):
-                await self._carry_out(kv, obj)
+            try:
+                if phase == PENDING and expired(obj):
+                    await self._set(kv, EXPIRED, "not approved in time: ask again")
+                elif phase in (APPROVED, RUNNING):
+                    await self._carry_out(kv, obj)
+            except store_ops.Lost:
+                continue  # someone acted on it meanwhile: the next pass sees it as it is
+            except Exception as exc:
+                name = _dict(obj.get("metadata")).get("name")
+                log.warning(
+                    json.dumps({"msg": "role grant failed", "grant": name, "error": repr(exc)})
+                )
+                with contextlib.suppress(Exception):
+                    await self._set(kv, FAILED, f"stopped by an error: {exc!r}")
 
     async def _set(self, kv: KeyValue, phase: str, message: str, **fields: Any) -> KeyValue:
         def change(st: Obj) -> None:
@@ -873,10 +927,10 @@ class GrantExecutor:
     async def _carry_out(self, kv: KeyValue, obj: Obj) -> None:
         grant = obj["metadata"]
         mark = f"{grant['name']}/{grant.get('uid', '')}"
-        try:
-            kv = await self._set(kv, RUNNING, "creating the binding", runBy=self.name)
-        except store_ops.Lost:
-            return  # someone acted on it meanwhile
+        started = _dict(obj.get("status")).get("startedAt") or now_rfc3339()
+        kv = await self._set(
+            kv, RUNNING, "creating the binding", runBy=self.name, startedAt=started
+        )
         binding = json.loads(json.dumps(_dict(obj.get("spec")).get("binding") or {}))
         binding.setdefault("apiVersion", "rbac.authorization.k8s.io/v1")
         meta = binding.setdefault("metadata", {})
@@ -887,23 +941,21 @@ class GrantExecutor:
         try:
             created = await store.create(namespace, binding)
         except errors.StatusError as exc:
-            if exc.code == 409:
-                existing = await store.get(namespace, meta.get("name", ""))
-                if (
-                    _dict(_dict(existing.get("metadata")).get("annotations")).get(GRANT_ANNOTATION)
-                    == mark
-                ):
-                    created = existing  # made by this grant before the runner stopped
-                else:
-                    with contextlib.suppress(store_ops.Lost):
-                        await self._set(
-                            kv, FAILED, f"{kind} {meta.get('name')} exists already: nothing done"
-                        )
-                    return
-            else:
-                with contextlib.suppress(store_ops.Lost):
-                    await self._set(kv, FAILED, f"the binding was refused: {exc.message}")
+            if exc.code == 429 or exc.code >= 500:
+                # fenced, unavailable, or an outcome unknown: left Running, tried again next
+                # pass (the annotation tells a binding this grant made from any other)
+                log.info(json.dumps({"msg": "role grant: retrying", "error": exc.message}))
                 return
+            if exc.code != 409:
+                await self._set(kv, FAILED, f"the binding was refused: {exc.message}")
+                return
+            existing = await store.get(namespace, meta.get("name", ""))
+            if not _made_by(existing, binding, mark):
+                await self._set(
+                    kv, FAILED, f"{kind} {meta.get('name')} exists already: nothing done"
+                )
+                return
+            created = existing  # made by this grant before the runner stopped
         made = _dict(created.get("metadata"))
         where = f" in {made.get('namespace')}" if made.get("namespace") else ""
         log.warning(

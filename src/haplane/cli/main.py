@@ -1069,7 +1069,7 @@ def grant_cmd(
 
 @app.command("approve")
 def approve_cmd(
-    name: Annotated[str, typer.Argument(help="The Switchover to approve.")],
+    name: Annotated[str, typer.Argument(help="The Switchover or RoleGrant to approve.")],
     message: Annotated[str, typer.Option("--message", help="Recorded with your name.")] = "",
     kubeconfig: KubeconfigOpt = None,
     region: RegionOpt = None,
@@ -1082,7 +1082,7 @@ def approve_cmd(
 
 @app.command("reject")
 def reject_cmd(
-    name: Annotated[str, typer.Argument(help="The Switchover to reject.")],
+    name: Annotated[str, typer.Argument(help="The Switchover or RoleGrant to reject.")],
     reason: Annotated[str, typer.Option("--reason", help="Why: recorded with your name.")],
     kubeconfig: KubeconfigOpt = None,
     region: RegionOpt = None,

@@ -9,6 +9,7 @@ operator's kubeconfig (`--kubeconfig`, `KUBECONFIG`), else the state dir's admin
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -128,15 +129,14 @@ def request_grant(
     rbac = "rbac.authorization.k8s.io"
     subjects = [{"apiGroup": rbac, "kind": "User", "name": u} for u in users]
     subjects += [{"apiGroup": rbac, "kind": "Group", "name": g} for g in groups]
-    who = "-".join([*users, *groups])[:40].replace(":", "-").lower()
-    name = binding_name or f"{role.replace(':', '-')}-{who}"
+    name = binding_name or _dns_name(f"{role}-{'-'.join([*users, *groups])}", 200)
     meta: dict[str, str] = {"name": name}
     if namespace:
         meta["namespace"] = namespace
     body = {
         "apiVersion": "ops.haplane.dev/v1",
         "kind": "RoleGrant",
-        "metadata": {"name": f"{name[:50]}-{uuid.uuid4().hex[:6]}"},
+        "metadata": {"name": f"{_dns_name(name, 50)}-{uuid.uuid4().hex[:6]}"},
         "spec": {
             "reason": reason,
             "breakGlass": break_glass,
@@ -149,6 +149,12 @@ def request_grant(
         },
     }
     return _create(api, "rolegrants", body)
+
+
+def _dns_name(text: str, limit: int) -> str:
+    """`text` as a DNS-1123 name: lowercase letters, digits and '-' (users may be
+    `alice@example.com`, groups `system:x`), at most `limit` characters."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit].strip("-") or "grant"
 
 
 def _create(api: ApiClient, plural: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +255,8 @@ def _describe(obj: dict[str, Any]) -> str:
         return (
             f"rolegrant/{obj['metadata']['name']}: "
             f"{(st.get('requestedBy') or {}).get('username', '?')} asks to bind "
-            f"{(b.get('roleRef') or {}).get('name')} to {who}{where}: {spec.get('reason')!r}; "
+            f"{(b.get('roleRef') or {}).get('kind')} {(b.get('roleRef') or {}).get('name')} to "
+            f"{who}{where}: {spec.get('reason')!r}; "
             f"{st.get('phase')}"
         )
     how = "forced (unplanned)" if spec.get("force") else "planned"

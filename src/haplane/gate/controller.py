@@ -569,18 +569,13 @@ class FailoverController:
                         reason=d.reason,
                     )
                     await self._freeze_others(record)
-                if d.action != "unfence":
-                    await record_automatic(
-                        self,
-                        state.client,
-                        action=d.action,
-                        record=record,
-                        previous=active,
-                        reason=d.reason,
-                    )
             except StaleEpoch as exc:
                 self._log("action_lost", action=d.action, reason=str(exc))
                 return
+        if d.action != "unfence":  # for review, outside the pause: fence passes go on
+            await record_automatic(
+                self, state.client, action=d.action, record=record, previous=active, reason=d.reason
+            )
         self.last_action = {"action": d.action, "region": record.region, "epoch": record.epoch}
 
     async def _planned(

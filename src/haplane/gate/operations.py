@@ -160,9 +160,9 @@ class Operations:
         if active is None:
             return
         if epoch is None:  # the runner may have stopped between the commit and recording it
-            mark = f"switchover/{name}"
+            marks = (f"(switchover/{name},", f"(switchover/{name})")  # as `_by` writes them
             for record in reversed(await state.history(limit=50)):
-                if mark in record.by:
+                if any(m in record.by for m in marks):
                     epoch = record.epoch
                     break
         if epoch is None:
@@ -179,12 +179,12 @@ class Operations:
         elif active.epoch == epoch:
             message = f"{active.region} active and writable at epoch {epoch}"
             outcome = ops.SUCCEEDED
-        else:
+        else:  # replaced by a later epoch (or, after a restore, an earlier one)
             message = (
                 f"epoch {epoch} was replaced by epoch {active.epoch} ({active.region}: "
                 f"{active.reason})"
             )
-            outcome = ops.FAILED if active.epoch > epoch else ops.RUNNING
+            outcome = ops.FAILED
 
         def change(st: Obj) -> None:
             if outcome == ops.SUCCEEDED:
@@ -195,8 +195,6 @@ class Operations:
             st["message"] = message
             st["finishedAt"] = ops.now_rfc3339()
 
-        if outcome == ops.RUNNING:
-            return
         with _quiet():
             await ops.update_status(client, kv, change, timeout=TIMEOUT)
             self.host.log("switchover_" + outcome.lower(), switchover=name, message=message)
@@ -247,9 +245,10 @@ async def record_automatic(
         },
     }
     try:
-        await ops.create_object(client, host.prefix, "switchovers", obj, timeout=TIMEOUT)
-    except EtcdError as exc:
-        host.log("automatic_switchover_unrecorded", epoch=record.epoch, error=str(exc))
+        if not await ops.create_object(client, host.prefix, "switchovers", obj, timeout=TIMEOUT):
+            host.log("automatic_switchover_exists", epoch=record.epoch)  # recorded before
+    except Exception as exc:
+        host.log("automatic_switchover_unrecorded", epoch=record.epoch, error=repr(exc))
 
 
 class _Run:

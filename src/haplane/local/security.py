@@ -251,8 +251,9 @@ def user_certificate(tls: PlatformTls, user: str, groups: tuple[str, ...], days:
             raise PkiError(f"--group {g!r}: use letters, digits and @._:- (at most 63)")
     if "system:masters" in groups:
         raise PkiError(
-            "system:masters is haplane-admin's alone (the default kubeconfig): bind "
-            "cluster-admin to a user instead, which RBAC can take back"
+            "system:masters is haplane-admin's alone (the default kubeconfig): grant "
+            "cluster-admin to a user instead (`haplane grant`, approved by a second person), "
+            "which RBAC can take back"
         )
     reserved = [g for g in groups if g.startswith("system:") and g != "system:monitoring"]
     if reserved:
