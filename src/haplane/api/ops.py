@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import math
+import random
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -861,8 +862,10 @@ def _made_by(existing: Obj, binding: Obj, mark: str) -> bool:
 
 
 class GrantExecutor:
-    """Carries out approved RoleGrants: on the replica that leads the lifecycle controllers of
-    the writable region (`may_act`), it creates the binding a grant carries through the
+    """Carries out approved RoleGrants: on the replicas of the writable region (`may_act`; each
+    claims a grant with a compare-and-swap, so one acts at a time, and a second runner finds
+    the binding made and counts it done: no lease needed), it creates the binding a grant
+    carries through the
     binding's own store, as the replica itself (so the guard on `rbac.GUARDED_ROLES` lets it
     through), annotated with the grant, and records the outcome in the grant's status
     (compare-and-swap in the global control etcd). Idempotent across leaders: a `Running`
@@ -883,9 +886,9 @@ class GrantExecutor:
         self.may_act = may_act
         self.name = name
 
-    async def run(self, every: float = 0.5) -> None:
+    async def run(self, every: float = 1.0) -> None:
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(every * (0.5 + random.random()))  # replicas out of step
             if not self.may_act():
                 continue
             try:

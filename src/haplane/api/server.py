@@ -341,9 +341,7 @@ class ApiServer:
                 self._global_client,
                 self.config.global_prefix.encode(),
                 lambda kind: self.stores[(rbac_group, "v1", kind.lower() + "s")],
-                may_act=lambda: (
-                    self.elector is not None and self.elector.is_leader and self._may_write()
-                ),
+                may_act=self._may_write,
                 name=self.name,
             )
             self._spawn(grants.run(), "role grants")
