@@ -478,3 +478,59 @@ def test_four_eyes_switchover_through_the_api(topo: Path) -> None:
     r = haplane(topo, "audit", "--resource", "switchovers", "--verb", "create", "--json")
     creators = {json.loads(line)["user"]["username"] for line in r.stdout.splitlines() if line}
     assert {"alice", "carol", "dave"} <= creators, creators
+
+
+def test_drills_and_maintenance_through_the_api(topo: Path) -> None:
+    """A Drill and MaintenanceActions asked for through the API and carried out by the
+    supervisor's agent: a dr-operator's drill runs and reports; a gate-operator may not
+    restart an etcd member, an etcd-operator may; a new encryption key waits for another
+    platform-admin's approval, then becomes the writer."""
+    from tests.topology_helpers import members
+
+    kc = topo / "admin.kc"
+    haplane(topo, "kubeconfig", "-o", str(kc))
+    users = {u: topo / f"{u}.kc" for u in ("hugo", "frank", "gina", "olga")}
+    for user, path in users.items():
+        haplane(topo, "kubeconfig", "--user", user, "-o", str(path))
+    for user, role in (
+        ("hugo", "haplane:dr-operator"),
+        ("frank", "haplane:etcd-operator"),
+        ("gina", "haplane:gate-operator"),
+    ):
+        r = kubectl(kc, "create", "clusterrolebinding", f"{user}-ops", f"--clusterrole={role}",
+                    f"--user={user}")  # fmt: skip
+        assert r.returncode == 0 or "AlreadyExists" in r.stderr, r.stderr
+    haplane(topo, "grant", "--clusterrole", "haplane:platform-admin", "--user", "olga",
+            "--reason", "drills", "--break-glass")  # fmt: skip
+
+    r = haplane(topo, "drill", "blip", "--kubeconfig", str(users["hugo"]), "--warmup", "1",
+                "--observe", "2", "--reason", "monthly drill", timeout=300)  # fmt: skip
+    assert "succeeded" in r.stdout and "passed: true" in r.stdout, (r.stdout, r.stderr)
+    assert "failedOver: false" in r.stdout and "reports: " in r.stdout, r.stdout
+
+    member = sorted(n for n in members(status(topo)) if n.startswith("eu-central/"))[0]
+    r = haplane(topo, "maintenance", "restart", member, "--reason", "not mine",
+                "--kubeconfig", str(users["gina"]), check=False)  # fmt: skip
+    assert r.returncode == 1 and "needs haplane:etcd-operator" in r.stderr, r.stderr
+    r = haplane(topo, "maintenance", "restart", member, "--reason", "kernel update",
+                "--kubeconfig", str(users["frank"]))  # fmt: skip
+    assert "succeeded" in r.stdout, (r.stdout, r.stderr)
+    wait_for(lambda: haplane(topo, "status", check=False).returncode == 0, timeout=60)
+
+    r = haplane(topo, "maintenance", "rotate-encryption-key", "--reason", "yearly",
+                "--kubeconfig", str(users["olga"]), "--no-wait")  # fmt: skip
+    name = r.stdout.split()[0].split("/", 1)[1]
+    time.sleep(1.0)  # nothing happens while it waits
+    assert "written by: local\n" in haplane(topo, "secrets", "status").stdout
+    r = haplane(topo, "approve", name, "--kubeconfig", str(users["olga"]), check=False)
+    assert r.returncode == 1 and "own approval never counts" in r.stderr, r.stderr
+    haplane(topo, "approve", name, "--kubeconfig", str(kc))
+
+    def done() -> dict[str, Any] | None:
+        r = kubectl(kc, "get", "maintenanceaction", name, "-o", "json")
+        st = json.loads(r.stdout)["status"] if r.returncode == 0 else {}
+        return st if st.get("phase") in ("Succeeded", "Failed") else None
+
+    st = wait_for(done, timeout=120)
+    assert st["phase"] == "Succeeded", st
+    assert "written by: local-2" in haplane(topo, "secrets", "status").stdout

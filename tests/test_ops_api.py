@@ -571,3 +571,41 @@ def test_a_grant_never_overwrites_a_binding(ops: Ops):
     assert "exists already" in st["message"], st
     kept = ops.as_("admin", "GET", f"{path}/{crb['metadata']['name']}")[2]
     assert kept["roleRef"]["name"] == "view"
+
+
+def test_drills_and_maintenance_actions(ops: Ops):
+    def ask(who: str, kind: str, spec: dict[str, Any]) -> tuple[int, Any]:
+        plural = {"Drill": "drills", "MaintenanceAction": "maintenanceactions"}[kind]
+        body = {
+            "apiVersion": "ops.haplane.dev/v1",
+            "kind": kind,
+            "metadata": {"name": f"op-{uuid.uuid4().hex[:6]}"},
+            "spec": {"reason": "test", **spec},
+        }
+        status, _, out = ops.as_(who, "POST", f"{OPS}/{plural}", body)
+        return status, out
+
+    # a drill needs no approval by default: it is Approved at once, for the agent to run
+    status, body = ask("alice", "Drill", {"scenario": "blip", "warmupSeconds": 1})
+    assert status == 201 and body["status"]["phase"] == "Approved", body
+    assert "haplane:dr-operator" in body["status"]["requesterRoles"]
+    for spec, field in (
+        ({"scenario": "meteor"}, "spec.scenario"),
+        ({"scenario": "blip", "warmupSeconds": -1}, "spec.warmupSeconds"),
+    ):
+        status, body = ask("alice", "Drill", spec)
+        assert status == 422 and field in body["message"], body
+    status, body = ask("carol", "Drill", {"scenario": "blip"})
+    assert status == 403, body
+    # maintenance: the operator roles may ask (the agent checks the component's kind); a
+    # dr-operator may not
+    status, body = ask("alice", "MaintenanceAction", {"action": "restart", "component": "x"})
+    assert status == 403, body
+    status, body = ask("dave", "MaintenanceAction", {"action": "restart"})
+    assert status == 422 and "spec.component" in body["message"], body
+    status, body = ask("dave", "MaintenanceAction", {"action": "restart", "component": "a/etcd-1"})
+    assert status == 201 and body["status"]["phase"] == "Approved", body
+    # a new encryption key needs another platform-admin's approval by default
+    status, body = ask("dave", "MaintenanceAction", {"action": "rotate-encryption-key"})
+    assert status == 201 and body["status"]["phase"] == "Pending", body
+    assert [r["policy"] for r in body["status"]["requirements"]] == ["encryption-key-approval"]

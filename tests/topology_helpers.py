@@ -183,8 +183,9 @@ def netns_example(
 
 
 def drill(root: Path, scenario: str, *extra: str) -> dict[str, Any]:
-    """`haplane drill SCENARIO --json`: the result, with `_exit` and `_stderr`."""
-    r = haplane(root, "drill", scenario, "--json", *extra, check=False, timeout=180)
+    """`haplane drill SCENARIO --direct --json` (run here, not through the API): the result,
+    with `_exit` and `_stderr`."""
+    r = haplane(root, "drill", scenario, "--direct", "--json", *extra, check=False, timeout=180)
     assert r.stdout, r.stderr
     result: dict[str, Any] = json.loads(r.stdout)
     result["_exit"], result["_stderr"] = r.returncode, r.stderr

@@ -181,10 +181,46 @@ SWITCHOVER_FIELDS = frozenset(
 # ---- ApprovalPolicy ----------------------------------------------------------------------
 
 
-OPERATION_KINDS = frozenset({"Switchover", "RoleGrant"})
-PLURALS = {"Switchover": "switchovers", "RoleGrant": "rolegrants"}
+OPERATION_KINDS = frozenset({"Switchover", "RoleGrant", "Drill", "MaintenanceAction"})
+PLURALS = {
+    "Switchover": "switchovers",
+    "RoleGrant": "rolegrants",
+    "Drill": "drills",
+    "MaintenanceAction": "maintenanceactions",
+}
+# what a MaintenanceAction may do, and the roles (any one) that may ask for it: the seed's
+# separation of duties, checked again by the agent against the component's kind
+MAINTENANCE_ACTIONS = ("restart", "rotate-encryption-key")
+DRILL_SCENARIOS = (
+    "replica-kill",
+    "etcd-leader-kill",
+    "region-kill",
+    "balancers-pause",
+    "partition",
+    "gate-cut",
+    "blip",
+    "switchover",
+    "replicator-kill",
+    "standby-partition",
+)
+# an operation a policy names: a kind, or a kind and its action ("MaintenanceAction/restart")
+OPERATION_NAMES = frozenset(
+    {*OPERATION_KINDS, *(f"MaintenanceAction/{a}" for a in MAINTENANCE_ACTIONS)}
+)
 DEFAULT_GRANT_POLICY = "rolegrant-approval"
-DEFAULTS = {DEFAULT_POLICY: "Switchover", DEFAULT_GRANT_POLICY: "RoleGrant"}  # name -> kind
+DEFAULT_KEY_POLICY = "encryption-key-approval"
+KEY_ROTATION = "MaintenanceAction/rotate-encryption-key"
+DEFAULTS = {  # name -> the operation it must keep naming
+    DEFAULT_POLICY: "Switchover",
+    DEFAULT_GRANT_POLICY: "RoleGrant",
+    DEFAULT_KEY_POLICY: KEY_ROTATION,
+}
+
+
+def operation_names(kind: str, spec: Obj) -> tuple[str, ...]:
+    """The names a policy may use for an operation: its kind, and kind/action."""
+    action = spec.get("action")
+    return (kind, f"{kind}/{action}") if isinstance(action, str) else (kind,)
 
 
 class ApprovalPolicyStrategy(Strategy):
@@ -198,12 +234,12 @@ class ApprovalPolicyStrategy(Strategy):
             errs.append(_err("spec.operations", _REQUIRED, "a list of kinds, e.g. [Switchover]"))
         else:
             for i, kind in enumerate(ops):
-                if kind not in OPERATION_KINDS:
+                if kind not in OPERATION_NAMES:
                     errs.append(
                         _err(
                             f"spec.operations[{i}]",
                             "FieldValueNotSupported",
-                            f"supported: {', '.join(sorted(OPERATION_KINDS))}",
+                            f"supported: {', '.join(sorted(OPERATION_NAMES))}",
                             kind,
                         )
                     )
@@ -386,6 +422,169 @@ ROLE_GRANT = ResourceType(
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ),
 )
+
+
+class DrillStrategy(Strategy):
+    """A DR drill run by the per-host agent of the supervisor (`haplane.local.ops_agent`)."""
+
+    def validate(self, obj: Obj) -> list[FieldError]:
+        spec = obj.get("spec")
+        if not isinstance(spec, dict):
+            return [_err("spec", _REQUIRED, "scenario and reason")]
+        errs = _reason_errors(spec)
+        if spec.get("scenario") not in DRILL_SCENARIOS:
+            errs.append(
+                _err(
+                    "spec.scenario",
+                    "FieldValueNotSupported",
+                    f"one of {', '.join(DRILL_SCENARIOS)}",
+                    spec.get("scenario"),
+                )
+            )
+        for field, low, high in (
+            ("warmupSeconds", 0.0, 60.0),
+            ("observeSeconds", 0.0, 120.0),
+            ("intervalSeconds", 0.005, 5.0),
+        ):
+            if field in spec and not _number_within(spec[field], low, high):
+                errs.append(_err(f"spec.{field}", _INVALID, f"{low} to {high}", spec[field]))
+        errs += _unknown(spec, DRILL_FIELDS)
+        return errs
+
+    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
+        return _immutable_spec(new, old)
+
+    def refuse_delete(self, obj: Obj) -> str | None:
+        return _not_while_running(obj)
+
+
+class MaintenanceStrategy(Strategy):
+    """A component operation, carried out by the per-host agent of the supervisor."""
+
+    def validate(self, obj: Obj) -> list[FieldError]:
+        spec = obj.get("spec")
+        if not isinstance(spec, dict):
+            return [_err("spec", _REQUIRED, "action and reason")]
+        errs = _reason_errors(spec)
+        action = spec.get("action")
+        if action not in MAINTENANCE_ACTIONS:
+            errs.append(
+                _err(
+                    "spec.action",
+                    "FieldValueNotSupported",
+                    f"one of {', '.join(MAINTENANCE_ACTIONS)}",
+                    action,
+                )
+            )
+        component = spec.get("component")
+        if action == "restart" and (not isinstance(component, str) or not component):
+            errs.append(
+                _err("spec.component", _REQUIRED, "the component, as `haplane status` names it")
+            )
+        if action == "rotate-encryption-key" and "component" in spec:
+            errs.append(_err("spec.component", _FORBIDDEN, "the key is the platform's"))
+        errs += _unknown(spec, MAINTENANCE_FIELDS)
+        return errs
+
+    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
+        return _immutable_spec(new, old)
+
+    def refuse_delete(self, obj: Obj) -> str | None:
+        return _not_while_running(obj)
+
+
+DRILL_FIELDS = frozenset(
+    {"scenario", "reason", "warmupSeconds", "observeSeconds", "intervalSeconds", "breakGlass"}
+)
+MAINTENANCE_FIELDS = frozenset({"action", "component", "reason", "breakGlass"})
+
+
+def _reason_errors(spec: Obj) -> list[FieldError]:
+    reason = spec.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        return [_err("spec.reason", _REQUIRED, "why: recorded with your name")]
+    if len(reason) > 1024:
+        return [_err("spec.reason", "FieldValueTooLong", "at most 1024 characters")]
+    errs = []
+    if "breakGlass" in spec and not isinstance(spec["breakGlass"], bool):
+        errs.append(_err("spec.breakGlass", _INVALID, "true or false", spec["breakGlass"]))
+    return errs
+
+
+def _number_within(value: Any, low: float, high: float) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
+
+
+def _unknown(spec: Obj, known: frozenset[str]) -> list[FieldError]:
+    extra = sorted(set(spec) - known)
+    if not extra:
+        return []
+    return [
+        _err(
+            f"spec.{extra[0]}",
+            "FieldValueNotSupported",
+            f"unknown field; known: {', '.join(sorted(known))}",
+        )
+    ]
+
+
+def _immutable_spec(new: Obj, old: Obj) -> list[FieldError]:
+    if new.get("spec") != old.get("spec"):
+        return [_err("spec", _FORBIDDEN, "the spec is immutable: create another")]
+    return []
+
+
+def _not_while_running(obj: Obj) -> str | None:
+    status = _dict(obj.get("status"))
+    started = parse_time(status.get("startedAt"))
+    if status.get("phase") == RUNNING and (started is None or time.time() - started < 600):
+        return "it is being carried out: delete it once it has finished"
+    return None
+
+
+def _ops_type(kind: str, strategy: Strategy, columns: tuple[Obj, ...]) -> ResourceType:
+    plural = PLURALS[kind]
+    return ResourceType(
+        GROUP,
+        VERSION,
+        kind,
+        plural,
+        kind.lower(),
+        namespaced=False,
+        categories=("haplane",),
+        strategy=strategy,
+        verbs=("create", "delete", "get", "list", "watch"),
+        subresources=("approval",),
+        printer_columns=(
+            *columns,
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Requested-By", "type": "string", "jsonPath": ".status.requestedBy.username"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ),
+    )
+
+
+DRILL = _ops_type(
+    "Drill",
+    DrillStrategy(),
+    (
+        {"name": "Scenario", "type": "string", "jsonPath": ".spec.scenario"},
+        {"name": "Passed", "type": "boolean", "jsonPath": ".status.result.passed"},
+    ),
+)
+MAINTENANCE_ACTION = _ops_type(
+    "MaintenanceAction",
+    MaintenanceStrategy(),
+    (
+        {"name": "Action", "type": "string", "jsonPath": ".spec.action"},
+        {"name": "Component", "type": "string", "jsonPath": ".spec.component"},
+    ),
+)
 APPROVAL_POLICY = ResourceType(
     GROUP,
     VERSION,
@@ -408,7 +607,7 @@ def ops_types(global_prefix: str) -> tuple[ResourceType, ...]:
     prefix = global_prefix.encode()
     return tuple(
         replace(t, storage_prefix=ops_prefix(prefix, t.plural).decode(), fenced=False)
-        for t in (SWITCHOVER, ROLE_GRANT, APPROVAL_POLICY)
+        for t in (SWITCHOVER, ROLE_GRANT, DRILL, MAINTENANCE_ACTION, APPROVAL_POLICY)
     )
 
 
@@ -429,6 +628,17 @@ def default_policies() -> list[Obj]:
                 "operations": ["Switchover"],
                 "approvals": 1,
                 "approvers": {"clusterRoles": ["haplane:dr-operator", BREAK_GLASS_ROLE]},
+                "expireAfterSeconds": DEFAULT_EXPIRY,
+            },
+        },
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ApprovalPolicy",
+            "metadata": {"name": DEFAULT_KEY_POLICY, "labels": {DEFAULT_LABEL: "true"}},
+            "spec": {
+                "operations": [KEY_ROTATION],
+                "approvals": 1,
+                "approvers": {"clusterRoles": [BREAK_GLASS_ROLE]},
                 "expireAfterSeconds": DEFAULT_EXPIRY,
             },
         },
@@ -606,12 +816,16 @@ class Operations:
         requirements = [
             Requirement.of(p)
             for p in policies
-            if rtype.kind in (_dict(p.get("spec")).get("operations") or ())
+            if set(operation_names(rtype.kind, spec))
+            & set(_dict(p.get("spec")).get("operations") or ())
         ]
         now = time.time()
         expire_after = min((r.expire_after for r in requirements), default=DEFAULT_EXPIRY)
         status: Obj = {
             "requestedBy": user.to_dict(),
+            # the ClusterRoles bound to the requester now ("*": system:masters), for whoever
+            # carries the operation out to check what the requester may ask of it
+            "requesterRoles": sorted(_roles(self.roles_of, user)),
             "requestedAt": now_rfc3339(),
             # rounded up: a request never expires before its time
             "expiresAt": _rfc3339(math.ceil(now + expire_after)),

@@ -769,6 +769,8 @@ OPERATOR_ROLES: dict[str, list[Obj]] = {
             ["etcdmembers", "etcdmembers/*", "snapshots"],
             [*READ, "create", "update", "patch", "delete"],
         ),
+        # restarts of etcd members (the agent checks the component's kind)
+        _rule([OPS_GROUP], ["maintenanceactions"], [*READ, "create"]),
         *_OPERATOR_READ,
     ],
     "haplane:gate-operator": [
@@ -777,6 +779,8 @@ OPERATOR_ROLES: dict[str, list[Obj]] = {
             ["gates", "balancers", "balancers/drain", "balancers/weights"],
             [*READ, "update", "patch"],
         ),
+        # restarts of balancers and gates (the agent checks the component's kind)
+        _rule([OPS_GROUP], ["maintenanceactions"], [*READ, "create"]),
         *_OPERATOR_READ,
     ],
     "haplane:dr-operator": [

@@ -64,6 +64,14 @@ def _state(path: Path | None) -> StateDir:
     return StateDir(path or default_state_dir())
 
 
+def _started(state: StateDir) -> Topology:
+    """The topology `up` recorded in `state`; exit 1 when none was started there."""
+    if not state.topology_file.exists():
+        err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
+        raise typer.Exit(1)
+    return load_file(state.topology_file)
+
+
 def _read_source(file: Path | None, example: str | None) -> tuple[str, str]:
     if (file is None) == (example is None):
         err.print(
@@ -720,16 +728,45 @@ def drill_cmd(
     interval: Annotated[
         float, typer.Option(help="Seconds between two writes (and between two reads).")
     ] = 0.02,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Recorded with your name (through the API).")
+    ] = "DR drill",
+    kubeconfig: KubeconfigOpt = None,
+    region: RegionOpt = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Ask and return.")] = False,
+    direct: Annotated[
+        bool,
+        typer.Option(
+            "--direct",
+            help="Run it here and now, as the local root-only primitive (like `haplane "
+            "fault`): no API, approval or audit; prints the report.",
+        ),
+    ] = False,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Run a DR drill against the running topology: a client writes and reads through the gate
     while the fault is injected; reports detection, agreement, fence wait, switch and
     reconnect times, the longest client-visible gap, errors by kind, acknowledged writes lost
-    and epoch-order violations. Exit 1 when the drill fails (see the verdict)."""
+    and epoch-order violations. Exit 1 when the drill fails (see the verdict).
+
+    Through the API (the default): asks for a Drill (ops.haplane.dev) as you, which the
+    supervisor's agent runs (after approval, if an ApprovalPolicy names Drill), and follows
+    it; the verdict and summary land in its status, the reports in STATE/drills. --direct
+    runs it in this process."""
     from haplane.dr.report import render_json, render_table
     from haplane.local import drill
 
     state = _state(state_dir)
+    if not direct:
+        spec: dict[str, Any] = {
+            "scenario": scenario,
+            "reason": reason,
+            "warmupSeconds": warmup,
+            "observeSeconds": observe,
+            "intervalSeconds": interval,
+        }
+        _operation_through_api(state, "Drill", scenario, spec, kubeconfig, region, no_wait)
+        return
     try:
         result = asyncio.run(
             drill.run_drill(
@@ -838,10 +875,7 @@ def failover_cmd(
     region: the epoch is raised at once, and REGION writes after the grant plus the safety
     margin. Gates move new connections to REGION and close the old ones."""
     state = _state(state_dir)
-    if not state.topology_file.exists():
-        err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
-        raise typer.Exit(1)
-    topology = load_file(state.topology_file)
+    topology = _started(state)
     if not direct:
         if expected_epoch is not None:
             err.print(
@@ -976,6 +1010,76 @@ def _follow_request(api: Any, obj: dict[str, Any], plural: str, wait: float | No
         err.print(f"error: {what} {st.get('phase')}: {st.get('message', '')}")
         raise typer.Exit(1)
     out.print(f"{what} succeeded: {st.get('message', '')}")
+    result = st.get("result") or {}
+    if plural == "drills":  # the report's figures, as the drill printed them
+        for field in ("passed", "failedOver", "lostWrites", "epochOrderViolations", "phases"):
+            if field in result:
+                out.print(f"  {field}: {json.dumps(result[field])}", markup=False)
+        if result.get("reports"):
+            out.print(f"  reports: {' '.join(result['reports'])}", markup=False)
+
+
+def _operation_through_api(
+    state: StateDir,
+    kind: str,
+    hint: str,
+    spec: dict[str, Any],
+    kubeconfig: Path | None,
+    region: str | None,
+    no_wait: bool,
+) -> None:
+    from . import ops
+
+    topology = _started(state)
+    try:
+        api = ops.client(state, topology, kubeconfig, region)
+        obj = ops.request_operation(api, kind, hint, spec)
+    except ops.ClientError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    plural = {"Drill": "drills", "MaintenanceAction": "maintenanceactions"}[kind]
+    _follow_request(api, obj, plural, None if no_wait else 3600.0)
+
+
+maintenance_app = typer.Typer(
+    help="Component operations through the API (carried out by the supervisor's agent)."
+)
+app.add_typer(maintenance_app, name="maintenance")
+
+
+@maintenance_app.command("restart")
+def maintenance_restart_cmd(
+    component: Annotated[str, typer.Argument(help="As `haplane status` names it.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why: recorded with your name.")],
+    kubeconfig: KubeconfigOpt = None,
+    region: RegionOpt = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Ask and return.")] = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Restart a component: etcd members need haplane:etcd-operator, balancers and gates
+    haplane:gate-operator, the rest haplane:platform-admin."""
+    spec = {"action": "restart", "component": component, "reason": reason}
+    _operation_through_api(
+        _state(state_dir), "MaintenanceAction", f"restart-{component}", spec, kubeconfig,
+        region, no_wait,
+    )  # fmt: skip
+
+
+@maintenance_app.command("rotate-encryption-key")
+def maintenance_rotate_cmd(
+    reason: Annotated[str, typer.Option("--reason", help="Why: recorded with your name.")],
+    kubeconfig: KubeconfigOpt = None,
+    region: RegionOpt = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Ask and return.")] = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """A new key-encryption key becomes the writer (`haplane secrets rotate`), once another
+    platform-admin approved it (the default policy encryption-key-approval)."""
+    spec = {"action": "rotate-encryption-key", "reason": reason}
+    _operation_through_api(
+        _state(state_dir), "MaintenanceAction", "rotate-encryption-key", spec, kubeconfig,
+        region, no_wait,
+    )  # fmt: skip
 
 
 def _decide_cmd(
@@ -989,10 +1093,7 @@ def _decide_cmd(
     from . import ops
 
     state = _state(state_dir)
-    if not state.topology_file.exists():
-        err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
-        raise typer.Exit(1)
-    topology = load_file(state.topology_file)
+    topology = _started(state)
     try:
         api = ops.client(state, topology, kubeconfig, region, admin_fallback=False)
         obj = ops.decide(api, name, kind, message)
@@ -1045,10 +1146,7 @@ def grant_cmd(
         err.print("error: whom? --user or --group (repeat for several)")
         raise typer.Exit(2)
     state = _state(state_dir)
-    if not state.topology_file.exists():
-        err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
-        raise typer.Exit(1)
-    topology = load_file(state.topology_file)
+    topology = _started(state)
     try:
         api = ops.client(state, topology, kubeconfig, region)
         obj = ops.request_grant(
@@ -1069,20 +1167,21 @@ def grant_cmd(
 
 @app.command("approve")
 def approve_cmd(
-    name: Annotated[str, typer.Argument(help="The Switchover or RoleGrant to approve.")],
+    name: Annotated[str, typer.Argument(help="The request to approve.")],
     message: Annotated[str, typer.Option("--message", help="Recorded with your name.")] = "",
     kubeconfig: KubeconfigOpt = None,
     region: RegionOpt = None,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """Approve someone else's request, a Switchover or a RoleGrant (your own never counts).
+    """Approve someone else's request (a Switchover, RoleGrant, Drill or MaintenanceAction;
+    your own never counts).
     Refused when you are not one of its approvers, or it expired or was decided already."""
     _decide_cmd(name, "Approved", message or "approved", kubeconfig, region, state_dir)
 
 
 @app.command("reject")
 def reject_cmd(
-    name: Annotated[str, typer.Argument(help="The Switchover or RoleGrant to reject.")],
+    name: Annotated[str, typer.Argument(help="The request to reject.")],
     reason: Annotated[str, typer.Option("--reason", help="Why: recorded with your name.")],
     kubeconfig: KubeconfigOpt = None,
     region: RegionOpt = None,

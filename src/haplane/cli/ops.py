@@ -25,8 +25,17 @@ if TYPE_CHECKING:
 
 OPS = "/apis/ops.haplane.dev/v1"
 DONE = {"Succeeded", "Failed", "Rejected", "Expired"}
+PLURALS = ("switchovers", "rolegrants", "drills", "maintenanceactions")
 
-__all__ = ["ClientError", "client", "decide", "follow", "request_grant", "request_switchover"]
+__all__ = [
+    "ClientError",
+    "client",
+    "decide",
+    "follow",
+    "request_grant",
+    "request_operation",
+    "request_switchover",
+]
 
 
 def client(
@@ -151,6 +160,20 @@ def request_grant(
     return _create(api, "rolegrants", body)
 
 
+def request_operation(
+    api: ApiClient, kind: str, name_hint: str, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """Ask for a Drill or a MaintenanceAction."""
+    plural = {"Drill": "drills", "MaintenanceAction": "maintenanceactions"}[kind]
+    body = {
+        "apiVersion": "ops.haplane.dev/v1",
+        "kind": kind,
+        "metadata": {"name": f"{_dns_name(name_hint, 50)}-{uuid.uuid4().hex[:6]}"},
+        "spec": spec,
+    }
+    return _create(api, plural, body)
+
+
 def _dns_name(text: str, limit: int) -> str:
     """`text` as a DNS-1123 name: lowercase letters, digits and '-' (users may be
     `alice@example.com`, groups `system:x`), at most `limit` characters."""
@@ -214,11 +237,14 @@ def decide(api: ApiClient, name: str, kind: str, message: str) -> dict[str, Any]
     """Approve or deny `name` as read now, after saying what it asks (another approval landing
     meanwhile: read again and retry once, the same request only: same uid)."""
     uid = None
-    plural = "switchovers"
+    plural = None
     for attempt in range(2):
-        status, obj = api.request("GET", f"{OPS}/{plural}/{name}")
-        if status == 404 and uid is None:
-            plural = "rolegrants"  # not a Switchover: a RoleGrant of that name?
+        if plural is None:  # whichever kind has a request of that name
+            for plural in PLURALS:
+                status, obj = api.request("GET", f"{OPS}/{plural}/{name}")
+                if status != 404:
+                    break
+        else:
             status, obj = api.request("GET", f"{OPS}/{plural}/{name}")
         if status != 200:
             raise ClientError(_message(status, obj))
@@ -259,8 +285,14 @@ def _describe(obj: dict[str, Any]) -> str:
             f"{who}{where}: {spec.get('reason')!r}; "
             f"{st.get('phase')}"
         )
-    how = "forced (unplanned)" if spec.get("force") else "planned"
     who = (st.get("requestedBy") or {}).get("username", "?")
+    if obj.get("kind") != "Switchover":
+        asked = ", ".join(f"{k} {v}" for k, v in spec.items() if k != "reason")
+        return (
+            f"{str(obj.get('kind')).lower()}/{obj['metadata']['name']}: {who} asks: {asked}: "
+            f"{spec.get('reason')!r}; {st.get('phase')}"
+        )
+    how = "forced (unplanned)" if spec.get("force") else "planned"
     return (
         f"switchover/{obj['metadata']['name']}: {who} asks to make {spec.get('targetRegion')} "
         f"active ({how}), asked at epoch {st.get('epochAtRequest')}: {spec.get('reason')!r}; "

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from haplane.store import EtcdClient
 from haplane.topology import Topology, load_file
 
 from . import pidfile, security, site_network
@@ -173,11 +174,14 @@ async def serve(
             stop_wait.cancel()
             return 1
         extra = asyncio.create_task(on_healthy()) if on_healthy else None
+        agent, agent_client = _ops_agent(supervisor)
         await stop_wait
-        if extra is not None:
-            extra.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await extra
+        for task in (extra, agent):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await agent_client.close()
         await supervisor.stop()
         return 0
     finally:
@@ -185,6 +189,24 @@ async def serve(
             loop.remove_signal_handler(sig)
         await control.close()
         state.supervisor_record.unlink(missing_ok=True)
+
+
+def _ops_agent(supervisor: Supervisor) -> tuple[asyncio.Task[None], EtcdClient]:
+    """The supervisor's agent role: approved Drills and MaintenanceActions carried out here
+    (`haplane.local.ops_agent`), with the supervisor's own etcd certificate."""
+    from haplane.store import DEFAULT_GLOBAL_PREFIX
+
+    from .ops_agent import OpsAgent
+    from .plans import global_plan
+
+    client = EtcdClient(global_plan(supervisor.clusters).endpoints, tls=supervisor.etcd_tls)
+
+    def kind(name: str) -> str | None:
+        proc = supervisor.processes.get(name)
+        return proc.spec.kind if proc is not None else None
+
+    agent = OpsAgent(client, DEFAULT_GLOBAL_PREFIX, str(supervisor.state.root), kind)
+    return asyncio.create_task(agent.run(), name="ops agent"), client
 
 
 def start_detached(state: StateDir) -> subprocess.Popen[bytes]:

@@ -1,0 +1,231 @@
+"""The per-host agent role of the supervisor: approved `Drill` and `MaintenanceAction`
+objects (`ops.haplane.dev`, in the global control etcd) carried out on this host.
+
+Layer: run (local). Runs inside the supervisor (`haplane.local.runner` starts it once the
+topology is healthy), with the supervisor's etcd client certificate; reads and rewrites the
+objects through `haplane.store.operations` (a compare-and-swap claims each, so two agents
+never both run one). Each operation is the matching local primitive run as a child process
+(`python -m haplane.cli ... --direct`), so the supervisor's own loop is never held up by a
+drill's load, and what an operator would have typed is exactly what runs:
+- `Drill` (scenario, warmup/observe/interval): `haplane drill SCENARIO --direct --json`; the
+  status gets the verdict and the report's summary (failover, phases, lost writes), and the
+  report files in `STATE/drills/` beside those of drills run by hand;
+- `MaintenanceAction` `restart` of a component: `haplane fault restart NAME`, for a component
+  this host runs; refused (Failed) unless the requester held the role for its kind when asking
+  (`status.requesterRoles`, recorded by the API): etcd members need `haplane:etcd-operator`,
+  balancers and gates `haplane:gate-operator`, anything else `haplane:platform-admin`;
+- `MaintenanceAction` `rotate-encryption-key` (needs `haplane:platform-admin`, and by default
+  another person's approval): `haplane secrets rotate`, which makes a new key the writer once
+  every replica has loaded it.
+A `Pending` request past its time becomes `Expired`. An operation this agent claimed and did
+not finish (the supervisor stopped) is `Failed` with that said, the next time it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from haplane.store import EtcdClient, EtcdError, KeyValue
+from haplane.store import operations as ops
+
+log = logging.getLogger("haplane.local.ops_agent")
+
+Obj = dict[str, Any]
+EVERY = 0.5
+TIMEOUTS = {"Drill": 900.0, "restart": 120.0, "rotate-encryption-key": 300.0}
+ROLE_FOR_KIND = {
+    "etcd": "haplane:etcd-operator",
+    "lb": "haplane:gate-operator",
+    "balancer": "haplane:gate-operator",
+    "gate": "haplane:gate-operator",
+}
+ADMIN = "haplane:platform-admin"
+OUTPUT_KEPT = 4000  # characters of a primitive's output kept in the status
+
+
+class OpsAgent:
+    def __init__(
+        self,
+        client: EtcdClient,
+        global_prefix: bytes,
+        state_root: str,
+        component_kind: Callable[[str], str | None],
+        *,
+        host: str | None = None,
+        run: Callable[[list[str], float], Awaitable[tuple[int, str, str]]] | None = None,
+    ) -> None:
+        self.client = client
+        self.prefix = global_prefix
+        self.state_root = state_root
+        self.component_kind = component_kind  # None: not a component of this host
+        self.name = f"agent:{host or socket.gethostname()}"
+        self._recovered = False
+        self._run = run or _run  # runs a primitive: (exit code, stdout, stderr)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.one_pass()
+            except EtcdError as exc:  # the next pass tries again
+                log.info(json.dumps({"msg": "ops agent: pass failed", "error": str(exc)}))
+            except Exception:  # a bug: logged, and the agent goes on
+                log.exception("ops agent: pass failed")
+            await asyncio.sleep(EVERY)
+
+    async def one_pass(self) -> None:
+        for plural in ("maintenanceactions", "drills"):
+            for kv, obj in await ops.list_objects(self.client, self.prefix, plural, timeout=2.0):
+                status = _dict(obj.get("status"))
+                phase = status.get("phase")
+                with contextlib.suppress(ops.Lost):
+                    if phase == ops.PENDING:
+                        at = ops.parse_time(status.get("expiresAt"))
+                        if at is not None and time.time() >= at:
+                            await self._set(kv, ops.EXPIRED, "not approved in time: ask again")
+                    elif phase == ops.RUNNING and status.get("runBy") == self.name:
+                        if not self._recovered:  # claimed before this supervisor started
+                            await self._set(
+                                kv, ops.FAILED, "the agent stopped before it finished: ask again"
+                            )
+                    elif phase == ops.APPROVED and self._ours(obj):
+                        await self._carry_out(kv, obj)
+        self._recovered = True
+
+    def _ours(self, obj: Obj) -> bool:
+        """A restart is for the host that runs the component; anything else, any agent."""
+        spec = _dict(obj.get("spec"))
+        if obj.get("kind") == "MaintenanceAction" and spec.get("action") == "restart":
+            return self.component_kind(str(spec.get("component"))) is not None
+        return True
+
+    async def _set(self, kv: KeyValue, phase: str, message: str, **fields: Any) -> KeyValue:
+        def change(st: Obj) -> None:
+            st["phase"] = phase
+            st["message"] = message
+            if phase in ops.TERMINAL:
+                st["finishedAt"] = ops.now_rfc3339()
+            st.update(fields)
+
+        new, _ = await ops.update_status(self.client, kv, change, timeout=2.0)
+        return new
+
+    async def _carry_out(self, kv: KeyValue, obj: Obj) -> None:
+        kind, spec = str(obj.get("kind")), _dict(obj.get("spec"))
+        status = _dict(obj.get("status"))
+        refusal = self._refusal(kind, spec, status)
+        if refusal is not None:
+            await self._set(kv, ops.FAILED, refusal)
+            return
+        kv = await self._set(
+            kv, ops.RUNNING, "running", runBy=self.name, startedAt=ops.now_rfc3339()
+        )
+        argv, timeout = self._command(kind, spec)
+        log.info(json.dumps({"msg": "ops agent: running", "operation": kind, "argv": argv}))
+        t0 = time.monotonic()
+        code, out, err = await self._run(argv, timeout)
+        seconds = round(time.monotonic() - t0, 3)
+        result: Obj = {"exitCode": code, "seconds": seconds, "output": _tail(err, out)}
+        if kind == "Drill":
+            result.update(_drill_summary(out, err, code))
+        outcome = ops.SUCCEEDED if code == 0 else ops.FAILED
+        what = f"`{' '.join(argv[3:-2])}`"
+        message = f"{what} exited {code} after {seconds}s" + (
+            "" if code == 0 else f": {_last_line(err)}"
+        )
+        with contextlib.suppress(ops.Lost):
+            await self._set(kv, outcome, message, result=result)
+
+    def _refusal(self, kind: str, spec: Obj, status: Obj) -> str | None:
+        """Why the requester may not have this done here (None: they may)."""
+        if kind != "MaintenanceAction":
+            return None
+        roles = set(status.get("requesterRoles") or ())
+        if "*" in roles or ADMIN in roles:
+            return None
+        if spec.get("action") == "restart":
+            component = str(spec.get("component"))
+            wanted = ROLE_FOR_KIND.get(self.component_kind(component) or "", ADMIN)
+            if wanted in roles:
+                return None
+            return f"restarting {component} needs {wanted} (or {ADMIN}): nothing done"
+        return f"{spec.get('action')} needs {ADMIN}: nothing done"
+
+    def _command(self, kind: str, spec: Obj) -> tuple[list[str], float]:
+        cli = [sys.executable, "-m", "haplane.cli"]
+        tail = ["--state-dir", self.state_root]
+        if kind == "Drill":
+            argv = [*cli, "drill", str(spec["scenario"]), "--direct", "--json"]
+            for field, flag in (
+                ("warmupSeconds", "--warmup"),
+                ("observeSeconds", "--observe"),
+                ("intervalSeconds", "--interval"),
+            ):
+                if field in spec:
+                    argv += [flag, str(spec[field])]
+            return [*argv, *tail], TIMEOUTS["Drill"]
+        action = str(spec.get("action"))
+        if action == "restart":
+            argv = [*cli, "fault", "restart", str(spec["component"])]
+        else:
+            argv = [*cli, "secrets", "rotate"]
+        return [*argv, *tail], TIMEOUTS[action]
+
+
+async def _run(argv: list[str], timeout: float) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        return 124, out.decode(errors="replace"), f"timed out after {timeout:g}s"
+    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def _drill_summary(out: str, err: str, code: int) -> Obj:
+    """The verdict and the figures a reviewer looks at first, from the drill's JSON report."""
+    summary: Obj = {"passed": code == 0}
+    try:
+        report = json.loads(out)
+    except ValueError:
+        return summary
+    meta = _dict(report.get("meta"))
+    summary.update(
+        failedOver=meta.get("failed_over"),
+        before=meta.get("before"),
+        after=meta.get("after"),
+        phases=report.get("phases"),
+        lostWrites=len(report.get("lost_writes") or ()),
+        epochOrderViolations=len(report.get("epoch_order_violations") or ()),
+    )
+    for line in err.splitlines():
+        if line.startswith("reports: "):
+            summary["reports"] = line[len("reports: ") :].split()
+    return summary
+
+
+def _tail(err: str, out: str) -> str:
+    text = err if err.strip() else out
+    return text[-OUTPUT_KEPT:]
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+def _dict(value: Any) -> Obj:
+    return value if isinstance(value, dict) else {}
