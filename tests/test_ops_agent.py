@@ -13,7 +13,7 @@ from typing import Any
 from haplane.local.ops_agent import OpsAgent
 from haplane.store import operations as ops
 
-KINDS = {"eu-west/etcd-1": "etcd", "eu-west/lb-1": "lb", "eu-west/api-1": "api"}
+KINDS = {"eu-west/etcd-1": "etcd", "eu-west/lb-1": "balancer", "eu-west/api-1": "api"}
 REPORT = {"meta": {"failed_over": False}, "phases": {"detection": None}, "lost_writes": []}
 
 
@@ -122,10 +122,9 @@ async def test_who_may_restart_what(etcd_cluster, key_prefix):
         assert sorted(c[-3] for c in run.calls) == sorted(
             c for c, _, o in cases if o == "Succeeded"
         )
-        # a component this host does not run is left for its own host's agent
-        assert (await status_of(client, key_prefix, "MaintenanceAction", other_host))[
-            "phase"
-        ] == "Approved"
+        # a component no process here runs: refused, not left waiting
+        st = await status_of(client, key_prefix, "MaintenanceAction", other_host)
+        assert st["phase"] == "Failed" and "no component named" in st["message"], st
         rotate = await put(
             client,
             key_prefix,
@@ -164,3 +163,26 @@ async def test_one_claim_expiry_and_a_run_left_behind(etcd_cluster, key_prefix):
         assert st["phase"] == "Failed" and "stopped before it finished" in st["message"]
     finally:
         await client.close()
+
+
+async def test_a_stopped_primitive_is_interrupted_then_killed():
+    """A timeout (or the supervisor stopping) interrupts the primitive (SIGINT: a drill's
+    `finally` undoes its fault) and never leaves it running."""
+    import sys
+    import time
+
+    from haplane.local import ops_agent
+
+    t0 = time.monotonic()
+    code, _, err = await ops_agent._run([sys.executable, "-c", "import time; time.sleep(60)"], 0.5)
+    assert code == 124 and "timed out" in err
+    assert time.monotonic() - t0 < 5.0  # SIGINT ended it: no 30 s wait for SIGKILL
+    # one that ignores SIGINT is killed after the grace
+    ops_agent.UNDO_GRACE, grace = 0.5, ops_agent.UNDO_GRACE
+    try:
+        script = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
+        t0 = time.monotonic()
+        code, _, _ = await ops_agent._run([sys.executable, "-c", script], 0.5)
+        assert code == 124 and time.monotonic() - t0 < 5.0
+    finally:
+        ops_agent.UNDO_GRACE = grace

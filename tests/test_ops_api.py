@@ -605,7 +605,18 @@ def test_drills_and_maintenance_actions(ops: Ops):
     assert status == 422 and "spec.component" in body["message"], body
     status, body = ask("dave", "MaintenanceAction", {"action": "restart", "component": "a/etcd-1"})
     assert status == 201 and body["status"]["phase"] == "Approved", body
-    # a new encryption key needs another platform-admin's approval by default
+    # a drill that moves the active region is as much an operation as a switchover
+    status, body = ask("alice", "Drill", {"scenario": "switchover"})
+    assert status == 201 and body["status"]["phase"] == "Pending", body
+    assert [r["policy"] for r in body["status"]["requirements"]] == ["disruptive-drill-approval"]
+    # a new encryption key: platform-admins only, and another one's approval by default
+    _bind(ops.active, "erin", "haplane:etcd-operator")
+    deadline = time.monotonic() + 10
+    while ops.as_("erin", "GET", f"{OPS}/maintenanceactions")[0] != 200:  # the binding is seen
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    status, body = ask("erin", "MaintenanceAction", {"action": "rotate-encryption-key"})
+    assert status == 403 and "haplane:platform-admin" in body["message"], body
     status, body = ask("dave", "MaintenanceAction", {"action": "rotate-encryption-key"})
     assert status == 201 and body["status"]["phase"] == "Pending", body
     assert [r["policy"] for r in body["status"]["requirements"]] == ["encryption-key-approval"]

@@ -205,21 +205,30 @@ DRILL_SCENARIOS = (
 )
 # an operation a policy names: a kind, or a kind and its action ("MaintenanceAction/restart")
 OPERATION_NAMES = frozenset(
-    {*OPERATION_KINDS, *(f"MaintenanceAction/{a}" for a in MAINTENANCE_ACTIONS)}
+    {
+        *OPERATION_KINDS,
+        *(f"MaintenanceAction/{a}" for a in MAINTENANCE_ACTIONS),
+        *(f"Drill/{d}" for d in DRILL_SCENARIOS),
+    }
 )
+# drills that move the active region, or may: as much an operation as a switchover
+DISRUPTIVE_DRILLS = ("switchover", "region-kill", "partition", "balancers-pause")
 DEFAULT_GRANT_POLICY = "rolegrant-approval"
 DEFAULT_KEY_POLICY = "encryption-key-approval"
+DEFAULT_DRILL_POLICY = "disruptive-drill-approval"
 KEY_ROTATION = "MaintenanceAction/rotate-encryption-key"
 DEFAULTS = {  # name -> the operation it must keep naming
     DEFAULT_POLICY: "Switchover",
     DEFAULT_GRANT_POLICY: "RoleGrant",
     DEFAULT_KEY_POLICY: KEY_ROTATION,
+    DEFAULT_DRILL_POLICY: "Drill/switchover",
 }
 
 
 def operation_names(kind: str, spec: Obj) -> tuple[str, ...]:
-    """The names a policy may use for an operation: its kind, and kind/action."""
-    action = spec.get("action")
+    """The names a policy may use for an operation: its kind, and kind/action (a
+    MaintenanceAction's action, a Drill's scenario)."""
+    action = spec.get("action") if kind == "MaintenanceAction" else spec.get("scenario")
     return (kind, f"{kind}/{action}") if isinstance(action, str) else (kind,)
 
 
@@ -542,7 +551,8 @@ def _immutable_spec(new: Obj, old: Obj) -> list[FieldError]:
 def _not_while_running(obj: Obj) -> str | None:
     status = _dict(obj.get("status"))
     started = parse_time(status.get("startedAt"))
-    if status.get("phase") == RUNNING and (started is None or time.time() - started < 600):
+    # (longer than the agent's longest timeout, a drill's 900 s)
+    if status.get("phase") == RUNNING and (started is None or time.time() - started < 1000):
         return "it is being carried out: delete it once it has finished"
     return None
 
@@ -634,6 +644,17 @@ def default_policies() -> list[Obj]:
         {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "ApprovalPolicy",
+            "metadata": {"name": DEFAULT_DRILL_POLICY, "labels": {DEFAULT_LABEL: "true"}},
+            "spec": {
+                "operations": [f"Drill/{d}" for d in DISRUPTIVE_DRILLS],
+                "approvals": 1,
+                "approvers": {"clusterRoles": ["haplane:dr-operator", BREAK_GLASS_ROLE]},
+                "expireAfterSeconds": DEFAULT_EXPIRY,
+            },
+        },
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ApprovalPolicy",
             "metadata": {"name": DEFAULT_KEY_POLICY, "labels": {DEFAULT_LABEL: "true"}},
             "spec": {
                 "operations": [KEY_ROTATION],
@@ -717,9 +738,11 @@ RolesOf = Callable[[str, Sequence[str]], set[str]]
 
 
 def _roles(roles_of: RolesOf | None, user: UserInfo) -> set[str]:
-    if MASTERS in user.groups:
+    """The ClusterRoles bound to `user`; "*" for system:masters, and for everyone when the
+    replica authorizes nothing (`AlwaysAllow`: an insecure topology has no roles to hold)."""
+    if MASTERS in user.groups or roles_of is None:
         return {"*"}
-    return roles_of(user.name, user.groups) if roles_of is not None else set()
+    return roles_of(user.name, user.groups)
 
 
 def _has_role(roles: set[str], role: str) -> bool:
@@ -819,6 +842,17 @@ class Operations:
             if set(operation_names(rtype.kind, spec))
             & set(_dict(p.get("spec")).get("operations") or ())
         ]
+        if (
+            rtype.kind == "MaintenanceAction"
+            and spec.get("action") == "rotate-encryption-key"
+            and not _has_role(_roles(self.roles_of, user), BREAK_GLASS_ROLE)
+        ):
+            raise errors.StatusError(
+                403,
+                "Forbidden",
+                f'maintenanceactions.{GROUP} "{name}" is forbidden: User "{user.name}" may not '
+                f"rotate the encryption key: it needs the {BREAK_GLASS_ROLE} role",
+            )
         now = time.time()
         expire_after = min((r.expire_after for r in requirements), default=DEFAULT_EXPIRY)
         status: Obj = {
@@ -1077,8 +1111,9 @@ def _made_by(existing: Obj, binding: Obj, mark: str) -> bool:
 
 class GrantExecutor:
     """Carries out approved RoleGrants: on the replicas of the writable region (`may_act`; each
-    claims a grant with a compare-and-swap, so one acts at a time, and a second runner finds
-    the binding made and counts it done: no lease needed), it creates the binding a grant
+    claims a grant with a compare-and-swap and leaves one another replica claimed in the last
+    30 s alone; a runner that takes over later finds the binding made and counts it done: no
+    lease needed), it creates the binding a grant
     carries through the
     binding's own store, as the replica itself (so the guard on `rbac.GUARDED_ROLES` lets it
     through), annotated with the grant, and records the outcome in the grant's status
@@ -1114,7 +1149,12 @@ class GrantExecutor:
         for kv, obj in await store_ops.list_objects(
             self.client, self.prefix, "rolegrants", timeout=1.0
         ):
-            phase = _dict(obj.get("status")).get("phase")
+            status = _dict(obj.get("status"))
+            phase = status.get("phase")
+            if phase == RUNNING and status.get("runBy") != self.name:
+                started = parse_time(status.get("startedAt"))
+                if started is not None and time.time() - started < 30:
+                    continue  # another replica is at it; finished by it, or after it
             try:
                 if phase == PENDING and expired(obj):
                     await self._set(kv, EXPIRED, "not approved in time: ask again")

@@ -771,6 +771,7 @@ OPERATOR_ROLES: dict[str, list[Obj]] = {
         ),
         # restarts of etcd members (the agent checks the component's kind)
         _rule([OPS_GROUP], ["maintenanceactions"], [*READ, "create"]),
+        _rule([OPS_GROUP], ["maintenanceactions/approval"], ["update"]),
         *_OPERATOR_READ,
     ],
     "haplane:gate-operator": [
@@ -781,6 +782,7 @@ OPERATOR_ROLES: dict[str, list[Obj]] = {
         ),
         # restarts of balancers and gates (the agent checks the component's kind)
         _rule([OPS_GROUP], ["maintenanceactions"], [*READ, "create"]),
+        _rule([OPS_GROUP], ["maintenanceactions/approval"], ["update"]),
         *_OPERATOR_READ,
     ],
     "haplane:dr-operator": [

@@ -758,6 +758,13 @@ def drill_cmd(
 
     state = _state(state_dir)
     if not direct:
+        if output is not None or as_json:
+            err.print(
+                "error: -o and --json go with --direct: through the API the agent writes the "
+                "reports to STATE/drills and the Drill's status says where (`kubectl get drill "
+                "NAME -o yaml`)"
+            )
+            raise typer.Exit(2)
         spec: dict[str, Any] = {
             "scenario": scenario,
             "reason": reason,
@@ -767,6 +774,9 @@ def drill_cmd(
         }
         _operation_through_api(state, "Drill", scenario, spec, kubeconfig, region, no_wait)
         return
+    if kubeconfig or region or no_wait:
+        err.print("error: --direct runs the drill here: no --kubeconfig, --region or --no-wait")
+        raise typer.Exit(2)
     try:
         result = asyncio.run(
             drill.run_drill(
@@ -786,7 +796,7 @@ def drill_cmd(
         sys.stdout.write(render_json(result) + "\n")
     else:
         out.print(render_table(result), markup=False, highlight=False)
-    err.print(f"reports: {j} {h}")
+    err.print(f"reports: {j} {h}", soft_wrap=True, markup=False)  # one line: the agent reads it
     problems = drill.verdict(result)
     if problems:
         err.print("drill FAILED: " + "; ".join(problems))

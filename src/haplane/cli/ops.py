@@ -200,7 +200,7 @@ def follow(
             status, obj = 0, {}
         if status in (0, 429) or status >= 500:
             if time.monotonic() >= deadline:
-                raise ClientError(f"switchover/{name}: no answer for the last poll")
+                raise ClientError(f"{plural[:-1]}/{name}: no answer for the last poll")
             time.sleep(0.5)
             continue
         if status != 200:
@@ -252,7 +252,7 @@ def decide(api: ApiClient, name: str, kind: str, message: str) -> dict[str, Any]
             uid = obj["metadata"].get("uid")
             typer.echo(_describe(obj), err=True)
         elif obj["metadata"].get("uid") != uid:
-            raise ClientError(f"switchover/{name} was replaced meanwhile: look at it again")
+            raise ClientError(f"{name} was replaced meanwhile: look at it again")
         obj.setdefault("status", {}).setdefault("conditions", []).append(
             {"type": kind, "status": "True", "reason": "ByCLI", "message": message}
         )

@@ -17,8 +17,13 @@ drill's load, and what an operator would have typed is exactly what runs:
 - `MaintenanceAction` `rotate-encryption-key` (needs `haplane:platform-admin`, and by default
   another person's approval): `haplane secrets rotate`, which makes a new key the writer once
   every replica has loaded it.
-A `Pending` request past its time becomes `Expired`. An operation this agent claimed and did
-not finish (the supervisor stopped) is `Failed` with that said, the next time it starts.
+A `Pending` request past its time becomes `Expired`. A restart of a component no process of
+this supervisor runs is `Failed` (one supervisor runs the whole topology here; with agents on
+several hosts each would leave others' components alone). A primitive runs in its own session:
+stopped (its timeout, or the supervisor stopping) it gets SIGINT, so a drill undoes its fault,
+then SIGKILL after 30 s; an operation this agent claimed and did not finish is `Failed`, said
+so, the next time it starts. The agent's own writes go straight to the global control etcd:
+they are in its log, not in the API's audit.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import socket
 import sys
 import time
@@ -41,12 +48,12 @@ log = logging.getLogger("haplane.local.ops_agent")
 Obj = dict[str, Any]
 EVERY = 0.5
 TIMEOUTS = {"Drill": 900.0, "restart": 120.0, "rotate-encryption-key": 300.0}
-ROLE_FOR_KIND = {
+ROLE_FOR_KIND = {  # ManagedProcess kinds (haplane.local.supervisor)
     "etcd": "haplane:etcd-operator",
-    "lb": "haplane:gate-operator",
     "balancer": "haplane:gate-operator",
     "gate": "haplane:gate-operator",
 }
+UNDO_GRACE = 30.0  # seconds a stopped primitive gets to undo its fault (a drill's `finally`)
 ADMIN = "haplane:platform-admin"
 OUTPUT_KEPT = 4000  # characters of a primitive's output kept in the status
 
@@ -81,6 +88,7 @@ class OpsAgent:
             await asyncio.sleep(EVERY)
 
     async def one_pass(self) -> None:
+        first, self._recovered = not self._recovered, True
         for plural in ("maintenanceactions", "drills"):
             for kv, obj in await ops.list_objects(self.client, self.prefix, plural, timeout=2.0):
                 status = _dict(obj.get("status"))
@@ -90,21 +98,13 @@ class OpsAgent:
                         at = ops.parse_time(status.get("expiresAt"))
                         if at is not None and time.time() >= at:
                             await self._set(kv, ops.EXPIRED, "not approved in time: ask again")
-                    elif phase == ops.RUNNING and status.get("runBy") == self.name:
-                        if not self._recovered:  # claimed before this supervisor started
-                            await self._set(
-                                kv, ops.FAILED, "the agent stopped before it finished: ask again"
-                            )
-                    elif phase == ops.APPROVED and self._ours(obj):
+                    elif phase == ops.RUNNING and status.get("runBy") == self.name and first:
+                        # claimed before this supervisor started: its child was stopped with it
+                        await self._set(
+                            kv, ops.FAILED, "the agent stopped before it finished: ask again"
+                        )
+                    elif phase == ops.APPROVED:
                         await self._carry_out(kv, obj)
-        self._recovered = True
-
-    def _ours(self, obj: Obj) -> bool:
-        """A restart is for the host that runs the component; anything else, any agent."""
-        spec = _dict(obj.get("spec"))
-        if obj.get("kind") == "MaintenanceAction" and spec.get("action") == "restart":
-            return self.component_kind(str(spec.get("component"))) is not None
-        return True
 
     async def _set(self, kv: KeyValue, phase: str, message: str, **fields: Any) -> KeyValue:
         def change(st: Obj) -> None:
@@ -127,6 +127,22 @@ class OpsAgent:
         kv = await self._set(
             kv, ops.RUNNING, "running", runBy=self.name, startedAt=ops.now_rfc3339()
         )
+        try:
+            outcome, message, result = await self._execute(kind, spec)
+        except Exception as exc:
+            log.exception("ops agent: %s failed", kind)
+            outcome, message, result = ops.FAILED, f"the agent failed: {exc!r}", {}
+        for attempt in range(5):  # the final word must land (a global etcd election, say)
+            try:
+                await self._set(kv, outcome, message, result=result)
+                return
+            except ops.Lost:
+                return
+            except EtcdError:
+                await asyncio.sleep(1.0 + attempt)
+        log.warning(json.dumps({"msg": "ops agent: outcome unwritten", "outcome": outcome}))
+
+    async def _execute(self, kind: str, spec: Obj) -> tuple[str, str, Obj]:
         argv, timeout = self._command(kind, spec)
         log.info(json.dumps({"msg": "ops agent: running", "operation": kind, "argv": argv}))
         t0 = time.monotonic()
@@ -140,22 +156,24 @@ class OpsAgent:
         message = f"{what} exited {code} after {seconds}s" + (
             "" if code == 0 else f": {_last_line(err)}"
         )
-        with contextlib.suppress(ops.Lost):
-            await self._set(kv, outcome, message, result=result)
+        return outcome, message, result
 
     def _refusal(self, kind: str, spec: Obj, status: Obj) -> str | None:
         """Why the requester may not have this done here (None: they may)."""
         if kind != "MaintenanceAction":
             return None
         roles = set(status.get("requesterRoles") or ())
-        if "*" in roles or ADMIN in roles:
-            return None
         if spec.get("action") == "restart":
             component = str(spec.get("component"))
-            wanted = ROLE_FOR_KIND.get(self.component_kind(component) or "", ADMIN)
-            if wanted in roles:
+            kind_of = self.component_kind(component)
+            if kind_of is None:  # (one supervisor runs the whole topology here)
+                return f"no component named {component!r} here: nothing done"
+            wanted = ROLE_FOR_KIND.get(kind_of, ADMIN)
+            if roles & {"*", ADMIN, wanted}:
                 return None
             return f"restarting {component} needs {wanted} (or {ADMIN}): nothing done"
+        if roles & {"*", ADMIN}:
+            return None
         return f"{spec.get('action')} needs {ADMIN}: nothing done"
 
     def _command(self, kind: str, spec: Obj) -> tuple[list[str], float]:
@@ -180,19 +198,36 @@ class OpsAgent:
 
 
 async def _run(argv: list[str], timeout: float) -> tuple[int, str, str]:
+    """Run a primitive in its own session. Stopped (a timeout, or the supervisor stopping):
+    SIGINT first, so that a drill undoes its fault (its `finally`), then SIGKILL to the
+    whole group after `UNDO_GRACE`; never left running behind the supervisor."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
-        proc.kill()
-        out, err = await proc.communicate()
-        return 124, out.decode(errors="replace"), f"timed out after {timeout:g}s"
+        await _stop(proc)
+        return 124, "", f"timed out after {timeout:g}s (stopped)"
+    except asyncio.CancelledError:
+        await asyncio.shield(_stop(proc))
+        raise
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        await asyncio.wait_for(proc.wait(), UNDO_GRACE)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 def _drill_summary(out: str, err: str, code: int) -> Obj:
