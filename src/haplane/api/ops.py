@@ -1058,9 +1058,18 @@ class OpsHooks:
     """The handlers' entry points: a create's status and the approval subresource, with the
     request's user, the stored policies and the audit event."""
 
-    def __init__(self, operations: Operations, policies: Callable[[], Awaitable[list[Obj]]]):
+    def __init__(
+        self,
+        operations: Operations,
+        policies: Callable[[], Awaitable[list[Obj]]],
+        refresh: Callable[[], Awaitable[object]] | None = None,
+    ):
         self.operations = operations
         self.policies = policies
+        # a fresh read of the global record before a Switchover is asked for: its target and
+        # `epochAtRequest` are checked against it (a view a poll old, right after another
+        # switch, would refuse a good request, or record an epoch that already moved on)
+        self.refresh = refresh
 
     async def prepare_create(
         self, request: web.BaseRequest, rtype: ResourceType, obj: Obj, dry_run: bool
@@ -1068,6 +1077,8 @@ class OpsHooks:
         if rtype.kind not in OPERATION_KINDS or not isinstance(obj, dict):
             return
         user: UserInfo = request.get("user", ANONYMOUS)
+        if rtype.kind == "Switchover" and self.refresh is not None:
+            await self.refresh()
         note = self.operations.prepare_create(rtype, obj, user, await self.policies(), dry_run)
         audit = request.get("audit")
         if note is not None and audit is not None:

@@ -222,6 +222,7 @@ class ApiServer:
                     active=lambda: self.fence.record.region if self.fence.record else None,
                 ),
                 self._approval_policies,
+                refresh=self.fence.refresh_now,
             )
         self.sa_tokens = (
             ServiceAccountTokens([load_or_create_key(sec.sa_key)], sec.sa_issuer)
