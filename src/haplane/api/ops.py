@@ -7,7 +7,7 @@ through any region's balancer. RBAC and audit apply at the replica that serves t
 The failover controller carries approved operations out (`haplane.gate.controller`), writing
 phases into their status (`haplane.store.operations` holds the key layout and phases).
 
-Kinds (cluster-scoped; `RoleGrant` is described at `RoleGrantStrategy` and `GrantExecutor`):
+Kinds (cluster-scoped; `RoleGrant` is described at `RoleGrantStrategy` and in `haplane.api.grants`):
 - `Switchover`: `spec.targetRegion`, `spec.reason`, optional `force` (an unplanned failover),
   `catchUpTimeoutSeconds` (default 10) and `breakGlass`. The spec is immutable; the status is
   the platform's alone (no `status` subresource: nobody may write a phase).
@@ -31,12 +31,9 @@ qualifies under a policy, and records `{user, groups, time}`; enough distinct ap
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import math
-import random
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -46,17 +43,13 @@ from typing import Any
 from aiohttp import web
 
 from haplane.auth.user import ANONYMOUS, UserInfo
-from haplane.store import EtcdClient, EtcdError, KeyValue
-from haplane.store import operations as store_ops
 from haplane.store.operations import (
     APPROVED,
     EXPIRED,
-    FAILED,
     GROUP,
     PENDING,
     REJECTED,
     RUNNING,
-    SUCCEEDED,
     TERMINAL,
     VERSION,
     now_rfc3339,
@@ -68,13 +61,15 @@ from . import errors
 from .generic_store import GenericStore
 from .resource_version import VersionContext
 from .resources import ResourceType, Strategy
-from .storage import StorageError
 from .validation import FieldError
 
 log = logging.getLogger("haplane.api.ops")
 
 Obj = dict[str, Any]
 DEFAULT_EXPIRY = 3600
+# a Running Drill or MaintenanceAction may not be deleted for this long after its start:
+# longer than the agent's longest timeout (a drill's 900 s)
+AGENT_PROTECTED = 1000.0
 AUTOMATIC_PREFIX = "automatic-"  # Switchovers the failover controller records (gate.operations)
 # the failover controller makes no decision of its own while a planned switchover catches up
 MAX_CATCH_UP = 60
@@ -101,7 +96,33 @@ def _err(path: str, reason: str, message: str, value: Any = None) -> FieldError:
 # ---- Switchover --------------------------------------------------------------------------
 
 
-class SwitchoverStrategy(Strategy):
+class OperationStrategy(Strategy):
+    """What every operation kind shares: its spec never changes once asked for (ask again
+    instead), and while it runs it may not be deleted for `protected_while_running` seconds
+    from its start (None: until it ends)."""
+
+    kind = ""
+    protected_while_running: float | None = None
+
+    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
+        if new.get("spec") != old.get("spec"):
+            return [_err("spec", _FORBIDDEN, f"a {self.kind}'s spec is immutable: ask anew")]
+        return []
+
+    def refuse_delete(self, obj: Obj) -> str | None:
+        status = _dict(obj.get("status"))
+        if status.get("phase") != RUNNING:
+            return None
+        started = parse_time(status.get("startedAt"))
+        limit = self.protected_while_running
+        if limit is None or started is None or time.time() - started < limit:
+            return f"the {self.kind} is being carried out: delete it once it has finished"
+        return None
+
+
+class SwitchoverStrategy(OperationStrategy):
+    kind = "Switchover"
+
     def validate(self, obj: Obj) -> list[FieldError]:
         spec = obj.get("spec")
         if not isinstance(spec, dict):
@@ -110,21 +131,11 @@ class SwitchoverStrategy(Strategy):
         to = spec.get("targetRegion")
         if not isinstance(to, str) or not to:
             errs.append(_err("spec.targetRegion", _REQUIRED, "the region to make active"))
-        reason = spec.get("reason")
-        if not isinstance(reason, str) or not reason.strip():
-            errs.append(_err("spec.reason", _REQUIRED, "why: recorded with your name"))
-        elif len(reason) > 1024:
-            errs.append(_err("spec.reason", "FieldValueTooLong", "at most 1024 characters"))
-        for flag in ("force", "breakGlass"):
-            if flag in spec and not isinstance(spec[flag], bool):
-                errs.append(_err(f"spec.{flag}", _INVALID, "true or false", spec[flag]))
+        errs += _reason_errors(spec)
+        if "force" in spec and not isinstance(spec["force"], bool):
+            errs.append(_err("spec.force", _INVALID, "true or false", spec["force"]))
         limit = spec.get("catchUpTimeoutSeconds", 10)
-        if (
-            not isinstance(limit, int | float)
-            or isinstance(limit, bool)
-            or not math.isfinite(limit)
-            or not 0.1 <= limit <= MAX_CATCH_UP
-        ):
+        if not _number_within(limit, 0.1, MAX_CATCH_UP):
             errs.append(
                 _err(
                     "spec.catchUpTimeoutSeconds", _INVALID, f"seconds, 0.1 to {MAX_CATCH_UP}", limit
@@ -148,29 +159,8 @@ class SwitchoverStrategy(Strategy):
                     "only the failover controller records automatic switchovers",
                 )
             )
-        unknown = sorted(set(spec) - SWITCHOVER_FIELDS - {"automatic"})
-        if unknown:
-            errs.append(
-                _err(
-                    f"spec.{unknown[0]}",
-                    "FieldValueNotSupported",
-                    f"unknown field; known: {', '.join(sorted(SWITCHOVER_FIELDS))}",
-                )
-            )
+        errs += _unknown({k: v for k, v in spec.items() if k != "automatic"}, SWITCHOVER_FIELDS)
         return errs
-
-    def prepare_for_update(self, new: Obj, old: Obj) -> None:
-        new["status"] = old.get("status") or {}  # the platform's alone
-
-    def refuse_delete(self, obj: Obj) -> str | None:
-        if (obj.get("status") or {}).get("phase") == RUNNING:
-            return "the switchover is running: delete it once it has finished"
-        return None
-
-    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        if new.get("spec") != old.get("spec"):
-            return [_err("spec", _FORBIDDEN, "a Switchover's spec is immutable: create another")]
-        return []
 
 
 SWITCHOVER_FIELDS = frozenset(
@@ -345,25 +335,18 @@ SWITCHOVER = ResourceType(
 )
 
 
-class RoleGrantStrategy(Strategy):
+class RoleGrantStrategy(OperationStrategy):
     """A RoleGrant carries the binding it asks for; the replica of the writable region creates
-    it once approved (`GrantExecutor`). Bindings to the guarded roles are made no other way."""
+    it once approved (`haplane.api.grants`). Bindings to the guarded roles are made no other way."""
+
+    kind = "RoleGrant"
+    protected_while_running = 120.0  # a grant takes a second; then another replica may
 
     def validate(self, obj: Obj) -> list[FieldError]:
         spec = obj.get("spec")
         if not isinstance(spec, dict):
             return [_err("spec", _REQUIRED, "binding and reason")]
-        errs: list[FieldError] = []
-        reason = spec.get("reason")
-        if not isinstance(reason, str) or not reason.strip():
-            errs.append(_err("spec.reason", _REQUIRED, "why: recorded with your name"))
-        if "breakGlass" in spec and not isinstance(spec["breakGlass"], bool):
-            errs.append(_err("spec.breakGlass", _INVALID, "true or false", spec["breakGlass"]))
-        unknown = sorted(set(spec) - {"binding", "reason", "breakGlass"})
-        if unknown:
-            errs.append(
-                _err(f"spec.{unknown[0]}", "FieldValueNotSupported", "binding, reason, breakGlass")
-            )
+        errs = _reason_errors(spec) + _unknown(spec, ROLE_GRANT_FIELDS)
         b = spec.get("binding")
         if not isinstance(b, dict):
             return [*errs, _err("spec.binding", _REQUIRED, "a RoleBinding or ClusterRoleBinding")]
@@ -399,18 +382,6 @@ class RoleGrantStrategy(Strategy):
             errs.append(_err("spec.binding.subjects", _REQUIRED, "who is granted the role"))
         return errs
 
-    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        if new.get("spec") != old.get("spec"):
-            return [_err("spec", _FORBIDDEN, "a RoleGrant's spec is immutable: create another")]
-        return []
-
-    def refuse_delete(self, obj: Obj) -> str | None:
-        status = _dict(obj.get("status"))
-        started = parse_time(status.get("startedAt"))
-        if status.get("phase") == RUNNING and (started is None or time.time() - started < 120):
-            return "the grant is being carried out: delete it once it has finished"
-        return None
-
 
 ROLE_GRANT = ResourceType(
     GROUP,
@@ -433,8 +404,11 @@ ROLE_GRANT = ResourceType(
 )
 
 
-class DrillStrategy(Strategy):
+class DrillStrategy(OperationStrategy):
     """A DR drill run by the per-host agent of the supervisor (`haplane.local.ops_agent`)."""
+
+    kind = "Drill"
+    protected_while_running = AGENT_PROTECTED
 
     def validate(self, obj: Obj) -> list[FieldError]:
         spec = obj.get("spec")
@@ -460,15 +434,12 @@ class DrillStrategy(Strategy):
         errs += _unknown(spec, DRILL_FIELDS)
         return errs
 
-    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        return _immutable_spec(new, old)
 
-    def refuse_delete(self, obj: Obj) -> str | None:
-        return _not_while_running(obj)
-
-
-class MaintenanceStrategy(Strategy):
+class MaintenanceStrategy(OperationStrategy):
     """A component operation, carried out by the per-host agent of the supervisor."""
+
+    kind = "MaintenanceAction"
+    protected_while_running = AGENT_PROTECTED
 
     def validate(self, obj: Obj) -> list[FieldError]:
         spec = obj.get("spec")
@@ -495,13 +466,8 @@ class MaintenanceStrategy(Strategy):
         errs += _unknown(spec, MAINTENANCE_FIELDS)
         return errs
 
-    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        return _immutable_spec(new, old)
 
-    def refuse_delete(self, obj: Obj) -> str | None:
-        return _not_while_running(obj)
-
-
+ROLE_GRANT_FIELDS = frozenset({"binding", "reason", "breakGlass"})
 DRILL_FIELDS = frozenset(
     {"scenario", "reason", "warmupSeconds", "observeSeconds", "intervalSeconds", "breakGlass"}
 )
@@ -509,12 +475,13 @@ MAINTENANCE_FIELDS = frozenset({"action", "component", "reason", "breakGlass"})
 
 
 def _reason_errors(spec: Obj) -> list[FieldError]:
+    """`reason` (required, at most 1024 characters) and `breakGlass` (a boolean)."""
+    errs = []
     reason = spec.get("reason")
     if not isinstance(reason, str) or not reason.strip():
-        return [_err("spec.reason", _REQUIRED, "why: recorded with your name")]
-    if len(reason) > 1024:
-        return [_err("spec.reason", "FieldValueTooLong", "at most 1024 characters")]
-    errs = []
+        errs.append(_err("spec.reason", _REQUIRED, "why: recorded with your name"))
+    elif len(reason) > 1024:
+        errs.append(_err("spec.reason", "FieldValueTooLong", "at most 1024 characters"))
     if "breakGlass" in spec and not isinstance(spec["breakGlass"], bool):
         errs.append(_err("spec.breakGlass", _INVALID, "true or false", spec["breakGlass"]))
     return errs
@@ -540,21 +507,6 @@ def _unknown(spec: Obj, known: frozenset[str]) -> list[FieldError]:
             f"unknown field; known: {', '.join(sorted(known))}",
         )
     ]
-
-
-def _immutable_spec(new: Obj, old: Obj) -> list[FieldError]:
-    if new.get("spec") != old.get("spec"):
-        return [_err("spec", _FORBIDDEN, "the spec is immutable: create another")]
-    return []
-
-
-def _not_while_running(obj: Obj) -> str | None:
-    status = _dict(obj.get("status"))
-    started = parse_time(status.get("startedAt"))
-    # (longer than the agent's longest timeout, a drill's 900 s)
-    if status.get("phase") == RUNNING and (started is None or time.time() - started < 1000):
-        return "it is being carried out: delete it once it has finished"
-    return None
 
 
 def _ops_type(kind: str, strategy: Strategy, columns: tuple[Obj, ...]) -> ResourceType:
@@ -1104,147 +1056,3 @@ class OpsHooks:
         if said and audit is not None and not dry_run:
             audit.annotate(APPROVAL_ANNOTATION, said[0])
         return out
-
-
-GRANT_ANNOTATION = "ops.haplane.dev/rolegrant"  # on a binding made by a grant: name/uid
-
-
-def _made_by(existing: Obj, binding: Obj, mark: str) -> bool:
-    """Whether `existing` is the binding this grant made: its annotation, and what it grants
-    (an annotation alone could be copied onto another binding)."""
-    meta = _dict(existing.get("metadata"))
-    return (
-        _dict(meta.get("annotations")).get(GRANT_ANNOTATION) == mark
-        and existing.get("roleRef") == binding.get("roleRef")
-        and existing.get("subjects") == binding.get("subjects")
-    )
-
-
-class GrantExecutor:
-    """Carries out approved RoleGrants: on the replicas of the writable region (`may_act`; each
-    claims a grant with a compare-and-swap and leaves one another replica claimed in the last
-    30 s alone; a runner that takes over later finds the binding made and counts it done: no
-    lease needed), it creates the binding a grant
-    carries through the
-    binding's own store, as the replica itself (so the guard on `rbac.GUARDED_ROLES` lets it
-    through), annotated with the grant, and records the outcome in the grant's status
-    (compare-and-swap in the global control etcd). Idempotent across leaders: a `Running`
-    grant is finished by whoever acts next (a binding already carrying its annotation counts
-    as done). Also expires `Pending` grants past their time."""
-
-    def __init__(
-        self,
-        client: EtcdClient,
-        global_prefix: bytes,
-        binding_store: Callable[[str], GenericStore],
-        may_act: Callable[[], bool],
-        name: str,
-    ) -> None:
-        self.client = client
-        self.prefix = global_prefix
-        self.binding_store = binding_store  # "RoleBinding" | "ClusterRoleBinding" -> its store
-        self.may_act = may_act
-        self.name = name
-
-    async def run(self, every: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(every * (0.5 + random.random()))  # replicas out of step
-            if not self.may_act():
-                continue
-            try:
-                await self.one_pass()
-            except (EtcdError, StorageError) as exc:  # the next pass tries again
-                log.info(json.dumps({"msg": "role grants: pass failed", "error": str(exc)}))
-
-    async def one_pass(self) -> None:
-        for kv, obj in await store_ops.list_objects(
-            self.client, self.prefix, "rolegrants", timeout=1.0
-        ):
-            status = _dict(obj.get("status"))
-            phase = status.get("phase")
-            if phase == RUNNING and status.get("runBy") != self.name:
-                started = parse_time(status.get("startedAt"))
-                if started is not None and time.time() - started < 30:
-                    continue  # another replica is at it; finished by it, or after it
-            try:
-                if phase == PENDING and expired(obj):
-                    await self._set(kv, EXPIRED, "not approved in time: ask again")
-                elif phase in (APPROVED, RUNNING):
-                    await self._carry_out(kv, obj)
-            except store_ops.Lost:
-                continue  # someone acted on it meanwhile: the next pass sees it as it is
-            except Exception as exc:
-                name = _dict(obj.get("metadata")).get("name")
-                log.warning(
-                    json.dumps({"msg": "role grant failed", "grant": name, "error": repr(exc)})
-                )
-                with contextlib.suppress(Exception):
-                    await self._set(kv, FAILED, f"stopped by an error: {exc!r}")
-
-    async def _set(self, kv: KeyValue, phase: str, message: str, **fields: Any) -> KeyValue:
-        def change(st: Obj) -> None:
-            st["phase"] = phase
-            st["message"] = message
-            if phase in TERMINAL:
-                st["finishedAt"] = now_rfc3339()
-            st.update(fields)
-
-        new, _ = await store_ops.update_status(self.client, kv, change, timeout=1.0)
-        return new
-
-    async def _carry_out(self, kv: KeyValue, obj: Obj) -> None:
-        grant = obj["metadata"]
-        mark = f"{grant['name']}/{grant.get('uid', '')}"
-        started = _dict(obj.get("status")).get("startedAt") or now_rfc3339()
-        kv = await self._set(
-            kv, RUNNING, "creating the binding", runBy=self.name, startedAt=started
-        )
-        binding = json.loads(json.dumps(_dict(obj.get("spec")).get("binding") or {}))
-        binding.setdefault("apiVersion", "rbac.authorization.k8s.io/v1")
-        meta = binding.setdefault("metadata", {})
-        meta.setdefault("annotations", {})[GRANT_ANNOTATION] = mark
-        kind = str(binding.get("kind"))
-        store = self.binding_store(kind)
-        namespace = meta.get("namespace") if kind == "RoleBinding" else None
-        try:
-            created = await store.create(namespace, binding)
-        except errors.StatusError as exc:
-            if exc.code == 429 or exc.code >= 500:
-                # fenced, unavailable, or an outcome unknown: left Running, tried again next
-                # pass (the annotation tells a binding this grant made from any other)
-                log.info(json.dumps({"msg": "role grant: retrying", "error": exc.message}))
-                return
-            if exc.code != 409:
-                await self._set(kv, FAILED, f"the binding was refused: {exc.message}")
-                return
-            existing = await store.get(namespace, meta.get("name", ""))
-            if not _made_by(existing, binding, mark):
-                await self._set(
-                    kv, FAILED, f"{kind} {meta.get('name')} exists already: nothing done"
-                )
-                return
-            created = existing  # made by this grant before the runner stopped
-        made = _dict(created.get("metadata"))
-        where = f" in {made.get('namespace')}" if made.get("namespace") else ""
-        log.warning(
-            json.dumps(
-                {
-                    "msg": "role grant carried out",
-                    "grant": mark,
-                    "binding": f"{kind}/{made.get('name')}{where}",
-                    "role": _dict(binding.get("roleRef")).get("name"),
-                }
-            )
-        )
-        with contextlib.suppress(store_ops.Lost):
-            await self._set(
-                kv,
-                SUCCEEDED,
-                f"{kind} {made.get('name')}{where} created",
-                binding={
-                    "kind": kind,
-                    "name": made.get("name"),
-                    "namespace": made.get("namespace"),
-                    "uid": made.get("uid"),
-                },
-            )

@@ -71,6 +71,7 @@ from .filters.metrics import Metrics
 from .filters.request_info import with_request_info
 from .filters.status_errors import StatusErrors
 from .generic_store import NAMESPACE_KEY, GenericStore, ListOptions
+from .grants import GrantExecutor
 from .handlers import discovery, resource
 from .handlers.context import HandlerContext
 from .request import JSON, MAX_BODY_BYTES, Admission, RequestInfo, expect, json_response
@@ -338,7 +339,7 @@ class ApiServer:
         self._spawn(self._heartbeat(), "heartbeat")
         if self._global_client is not None:
             rbac_group = "rbac.authorization.k8s.io"
-            grants = ops.GrantExecutor(
+            grants = GrantExecutor(
                 self._global_client,
                 self.config.global_prefix.encode(),
                 lambda kind: self.stores[(rbac_group, "v1", kind.lower() + "s")],

@@ -772,7 +772,10 @@ def drill_cmd(
             "observeSeconds": observe,
             "intervalSeconds": interval,
         }
-        _operation_through_api(state, "Drill", scenario, spec, kubeconfig, region, no_wait)
+        _operation_through_api(
+            state, _started(state), "Drill", scenario, spec, kubeconfig, region,
+            None if no_wait else 3600.0,
+        )  # fmt: skip
         return
     if kubeconfig or region or no_wait:
         err.print("error: --direct runs the drill here: no --kubeconfig, --region or --no-wait")
@@ -896,18 +899,19 @@ def failover_cmd(
         if break_glass and reason == "planned switchover":
             err.print("error: --break-glass needs a --reason, recorded and audited with it")
             raise typer.Exit(2)
-        _failover_through_api(
-            state,
-            topology,
+        from .ops import switchover_spec
+
+        spec = switchover_spec(
             to,
             reason=reason,
             force=force,
             break_glass=break_glass,
             catch_up_timeout=catch_up_timeout,
-            kubeconfig=kubeconfig,
-            region=region,
-            wait=None if no_wait else wait_timeout,
         )
+        _operation_through_api(
+            state, topology, "Switchover", f"to-{to}", spec, kubeconfig, region,
+            None if no_wait else wait_timeout,
+        )  # fmt: skip
         return
     if break_glass or kubeconfig or region or no_wait:
         err.print("error: --direct takes no --break-glass, --kubeconfig, --region or --no-wait")
@@ -969,37 +973,6 @@ def failover_cmd(
         out.print(f"{head}: writable after a fence wait of {after.fence_wait:.2f}s{where}")
 
 
-def _failover_through_api(
-    state: StateDir,
-    topology: Topology,
-    to: str,
-    *,
-    reason: str,
-    force: bool,
-    break_glass: bool,
-    catch_up_timeout: float,
-    kubeconfig: Path | None,
-    region: str | None,
-    wait: float | None,
-) -> None:
-    from . import ops
-
-    try:
-        api = ops.client(state, topology, kubeconfig, region)
-        obj = ops.request_switchover(
-            api,
-            to,
-            reason=reason,
-            force=force,
-            break_glass=break_glass,
-            catch_up_timeout=catch_up_timeout,
-        )
-    except ops.ClientError as exc:
-        err.print(f"error: {exc}")
-        raise typer.Exit(1) from None
-    _follow_request(api, obj, "switchovers", wait)
-
-
 def _follow_request(api: Any, obj: dict[str, Any], plural: str, wait: float | None) -> None:
     """Say what was created, then (unless `wait` is None) follow it to its end: exit 1
     unless it succeeded."""
@@ -1031,24 +1004,25 @@ def _follow_request(api: Any, obj: dict[str, Any], plural: str, wait: float | No
 
 def _operation_through_api(
     state: StateDir,
+    topology: Topology,
     kind: str,
     hint: str,
     spec: dict[str, Any],
     kubeconfig: Path | None,
     region: str | None,
-    no_wait: bool,
+    wait: float | None,
 ) -> None:
+    """Ask for an operation as the kubeconfig's user, then follow it (`wait`: None returns
+    once it is created)."""
     from . import ops
 
-    topology = _started(state)
     try:
         api = ops.client(state, topology, kubeconfig, region)
         obj = ops.request_operation(api, kind, hint, spec)
     except ops.ClientError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(1) from None
-    plural = {"Drill": "drills", "MaintenanceAction": "maintenanceactions"}[kind]
-    _follow_request(api, obj, plural, None if no_wait else 3600.0)
+    _follow_request(api, obj, ops.KIND_PLURALS[kind], wait)
 
 
 maintenance_app = typer.Typer(
@@ -1069,9 +1043,10 @@ def maintenance_restart_cmd(
     """Restart a component: etcd members need haplane:etcd-operator, balancers and gates
     haplane:gate-operator, the rest haplane:platform-admin."""
     spec = {"action": "restart", "component": component, "reason": reason}
+    state = _state(state_dir)
     _operation_through_api(
-        _state(state_dir), "MaintenanceAction", f"restart-{component}", spec, kubeconfig,
-        region, no_wait,
+        state, _started(state), "MaintenanceAction", f"restart-{component}", spec, kubeconfig,
+        region, None if no_wait else 3600.0,
     )  # fmt: skip
 
 
@@ -1086,9 +1061,10 @@ def maintenance_rotate_cmd(
     """A new key-encryption key becomes the writer (`haplane secrets rotate`), once another
     platform-admin approved it (the default policy encryption-key-approval)."""
     spec = {"action": "rotate-encryption-key", "reason": reason}
+    state = _state(state_dir)
     _operation_through_api(
-        _state(state_dir), "MaintenanceAction", "rotate-encryption-key", spec, kubeconfig,
-        region, no_wait,
+        state, _started(state), "MaintenanceAction", "rotate-encryption-key", spec, kubeconfig,
+        region, None if no_wait else 3600.0,
     )  # fmt: skip
 
 
@@ -1150,29 +1126,25 @@ def grant_cmd(
     """Ask for a RoleGrant: a binding of CLUSTERROLE, made by the platform once another person
     approved it (`haplane approve NAME`). Bindings to cluster-admin and haplane:platform-admin
     are made no other way."""
-    from . import ops
+    from .ops import grant_spec
 
     if not user and not group:
         err.print("error: whom? --user or --group (repeat for several)")
         raise typer.Exit(2)
+    hint, spec = grant_spec(
+        role=clusterrole,
+        users=list(user or ()),
+        groups=list(group or ()),
+        namespace=namespace,
+        binding_name=name,
+        reason=reason,
+        break_glass=break_glass,
+    )
     state = _state(state_dir)
-    topology = _started(state)
-    try:
-        api = ops.client(state, topology, kubeconfig, region)
-        obj = ops.request_grant(
-            api,
-            role=clusterrole,
-            users=list(user or ()),
-            groups=list(group or ()),
-            namespace=namespace,
-            binding_name=name,
-            reason=reason,
-            break_glass=break_glass,
-        )
-    except ops.ClientError as exc:
-        err.print(f"error: {exc}")
-        raise typer.Exit(1) from None
-    _follow_request(api, obj, "rolegrants", None if no_wait else wait_timeout)
+    _operation_through_api(
+        state, _started(state), "RoleGrant", hint, spec, kubeconfig, region,
+        None if no_wait else wait_timeout,
+    )  # fmt: skip
 
 
 @app.command("approve")

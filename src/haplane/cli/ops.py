@@ -25,16 +25,22 @@ if TYPE_CHECKING:
 
 OPS = "/apis/ops.haplane.dev/v1"
 DONE = {"Succeeded", "Failed", "Rejected", "Expired"}
-PLURALS = ("switchovers", "rolegrants", "drills", "maintenanceactions")
+KIND_PLURALS = {
+    "Switchover": "switchovers",
+    "RoleGrant": "rolegrants",
+    "Drill": "drills",
+    "MaintenanceAction": "maintenanceactions",
+}
+PLURALS = tuple(KIND_PLURALS.values())
 
 __all__ = [
     "ClientError",
     "client",
     "decide",
     "follow",
-    "request_grant",
+    "grant_spec",
     "request_operation",
-    "request_switchover",
+    "switchover_spec",
 ]
 
 
@@ -98,32 +104,19 @@ def _env_kubeconfig() -> Path | None:
     return Path(first).expanduser() if first else None
 
 
-def request_switchover(
-    api: ApiClient,
-    to: str,
-    *,
-    reason: str,
-    force: bool,
-    break_glass: bool,
-    catch_up_timeout: float,
+def switchover_spec(
+    to: str, *, reason: str, force: bool, break_glass: bool, catch_up_timeout: float
 ) -> dict[str, Any]:
-    body = {
-        "apiVersion": "ops.haplane.dev/v1",
-        "kind": "Switchover",
-        "metadata": {"name": f"to-{to}-{uuid.uuid4().hex[:6]}"},
-        "spec": {
-            "targetRegion": to,
-            "reason": reason,
-            "force": force,
-            "breakGlass": break_glass,
-            "catchUpTimeoutSeconds": catch_up_timeout,
-        },
+    return {
+        "targetRegion": to,
+        "reason": reason,
+        "force": force,
+        "breakGlass": break_glass,
+        "catchUpTimeoutSeconds": catch_up_timeout,
     }
-    return _create(api, "switchovers", body)
 
 
-def request_grant(
-    api: ApiClient,
+def grant_spec(
     *,
     role: str,
     users: list[str],
@@ -132,9 +125,9 @@ def request_grant(
     binding_name: str | None,
     reason: str,
     break_glass: bool,
-) -> dict[str, Any]:
-    """Ask for a RoleGrant: a ClusterRoleBinding (a RoleBinding with `namespace`) of the
-    ClusterRole `role` to the users and groups."""
+) -> tuple[str, dict[str, Any]]:
+    """A RoleGrant's name hint and spec: a ClusterRoleBinding (a RoleBinding with
+    `namespace`) of the ClusterRole `role` to the users and groups."""
     rbac = "rbac.authorization.k8s.io"
     subjects = [{"apiGroup": rbac, "kind": "User", "name": u} for u in users]
     subjects += [{"apiGroup": rbac, "kind": "Group", "name": g} for g in groups]
@@ -142,49 +135,35 @@ def request_grant(
     meta: dict[str, str] = {"name": name}
     if namespace:
         meta["namespace"] = namespace
-    body = {
-        "apiVersion": "ops.haplane.dev/v1",
-        "kind": "RoleGrant",
-        "metadata": {"name": f"{_dns_name(name, 50)}-{uuid.uuid4().hex[:6]}"},
-        "spec": {
-            "reason": reason,
-            "breakGlass": break_glass,
-            "binding": {
-                "kind": "RoleBinding" if namespace else "ClusterRoleBinding",
-                "metadata": meta,
-                "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": role},
-                "subjects": subjects,
-            },
-        },
+    binding = {
+        "kind": "RoleBinding" if namespace else "ClusterRoleBinding",
+        "metadata": meta,
+        "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": role},
+        "subjects": subjects,
     }
-    return _create(api, "rolegrants", body)
+    return name, {"reason": reason, "breakGlass": break_glass, "binding": binding}
 
 
 def request_operation(
     api: ApiClient, kind: str, name_hint: str, spec: dict[str, Any]
 ) -> dict[str, Any]:
-    """Ask for a Drill or a MaintenanceAction."""
-    plural = {"Drill": "drills", "MaintenanceAction": "maintenanceactions"}[kind]
+    """Ask for an operation of `kind` (KIND_PLURALS), named after `name_hint`."""
     body = {
         "apiVersion": "ops.haplane.dev/v1",
         "kind": kind,
         "metadata": {"name": f"{_dns_name(name_hint, 50)}-{uuid.uuid4().hex[:6]}"},
         "spec": spec,
     }
-    return _create(api, plural, body)
+    status, obj = api.request("POST", f"{OPS}/{KIND_PLURALS[kind]}", body)
+    if status != 201:
+        raise ClientError(_message(status, obj))
+    return dict(obj)
 
 
 def _dns_name(text: str, limit: int) -> str:
     """`text` as a DNS-1123 name: lowercase letters, digits and '-' (users may be
     `alice@example.com`, groups `system:x`), at most `limit` characters."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit].strip("-") or "grant"
-
-
-def _create(api: ApiClient, plural: str, body: dict[str, Any]) -> dict[str, Any]:
-    status, obj = api.request("POST", f"{OPS}/{plural}", body)
-    if status != 201:
-        raise ClientError(_message(status, obj))
-    return dict(obj)
 
 
 def follow(
