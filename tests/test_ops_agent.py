@@ -8,10 +8,24 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest_asyncio
+
 from haplane.local.ops_agent import OpsAgent
+from haplane.store import EtcdClient
 from haplane.store import operations as ops
+
+
+@pytest_asyncio.fixture
+async def client(etcd_cluster) -> AsyncIterator[EtcdClient]:  # type: ignore[no-untyped-def]
+    c = etcd_cluster.client(timeout=2.0)
+    try:
+        yield c
+    finally:
+        await c.close()
+
 
 KINDS = {"eu-west/etcd-1": "etcd", "eu-west/lb-1": "balancer", "eu-west/api-1": "api"}
 REPORT = {"meta": {"failed_over": False}, "phases": {"detection": None}, "lost_writes": []}
@@ -54,115 +68,101 @@ async def status_of(client, prefix: bytes, kind: str, name: str) -> dict[str, An
     raise AssertionError(name)
 
 
-async def test_a_drill_runs_the_local_primitive_and_keeps_its_summary(etcd_cluster, key_prefix):
-    client = etcd_cluster.client(timeout=2.0)
-    try:
-        run = Recorder(0, json.dumps(REPORT), "reports: /state/drills/a.json /state/drills/a.html")
-        name = await put(client, key_prefix, "Drill", {"scenario": "blip", "warmupSeconds": 1})
-        await agent(client, key_prefix, run).one_pass()
-        (argv,) = run.calls
-        assert argv[3:] == [
-            "drill",
-            "blip",
-            "--direct",
-            "--json",
-            "--warmup",
-            "1",
-            "--state-dir",
-            "/state",
-        ]
-        st = await status_of(client, key_prefix, "Drill", name)
-        assert st["phase"] == "Succeeded" and st["result"]["passed"] is True, st
-        assert st["result"]["failedOver"] is False and st["result"]["lostWrites"] == 0
-        assert st["result"]["reports"] == ["/state/drills/a.json", "/state/drills/a.html"]
-        run.answer = (1, "", "drill FAILED: a write was lost")
-        failed = await put(client, key_prefix, "Drill", {"scenario": "blip"})
-        await agent(client, key_prefix, run).one_pass()
-        st = await status_of(client, key_prefix, "Drill", failed)
-        assert st["phase"] == "Failed" and "a write was lost" in st["message"], st
-    finally:
-        await client.close()
+async def test_a_drill_runs_the_local_primitive_and_keeps_its_summary(client, key_prefix):
+    run = Recorder(0, json.dumps(REPORT), "reports: /state/drills/a.json /state/drills/a.html")
+    name = await put(client, key_prefix, "Drill", {"scenario": "blip", "warmupSeconds": 1})
+    await agent(client, key_prefix, run).one_pass()
+    (argv,) = run.calls
+    assert argv[3:] == [
+        "drill",
+        "blip",
+        "--direct",
+        "--json",
+        "--warmup",
+        "1",
+        "--state-dir",
+        "/state",
+    ]
+    st = await status_of(client, key_prefix, "Drill", name)
+    assert st["phase"] == "Succeeded" and st["result"]["passed"] is True, st
+    assert st["result"]["failedOver"] is False and st["result"]["lostWrites"] == 0
+    assert st["result"]["reports"] == ["/state/drills/a.json", "/state/drills/a.html"]
+    run.answer = (1, "", "drill FAILED: a write was lost")
+    failed = await put(client, key_prefix, "Drill", {"scenario": "blip"})
+    await agent(client, key_prefix, run).one_pass()
+    st = await status_of(client, key_prefix, "Drill", failed)
+    assert st["phase"] == "Failed" and "a write was lost" in st["message"], st
 
 
-async def test_who_may_restart_what(etcd_cluster, key_prefix):
-    client = etcd_cluster.client(timeout=2.0)
-    try:
-        run = Recorder()
-        cases = [
-            ("eu-west/etcd-1", ["haplane:etcd-operator"], "Succeeded"),
-            ("eu-west/etcd-1", ["haplane:gate-operator"], "Failed"),
-            ("eu-west/lb-1", ["haplane:gate-operator"], "Succeeded"),
-            ("eu-west/api-1", ["haplane:etcd-operator"], "Failed"),
-            ("eu-west/api-1", ["haplane:platform-admin"], "Succeeded"),
-            ("eu-west/api-1", ["*"], "Succeeded"),  # system:masters
-        ]
-        names = [
-            await put(
-                client,
-                key_prefix,
-                "MaintenanceAction",
-                {"action": "restart", "component": component},
-                requesterRoles=roles,
-            )
-            for component, roles, _ in cases
-        ]
-        other_host = await put(
+async def test_who_may_restart_what(client, key_prefix):
+    run = Recorder()
+    cases = [
+        ("eu-west/etcd-1", ["haplane:etcd-operator"], "Succeeded"),
+        ("eu-west/etcd-1", ["haplane:gate-operator"], "Failed"),
+        ("eu-west/lb-1", ["haplane:gate-operator"], "Succeeded"),
+        ("eu-west/api-1", ["haplane:etcd-operator"], "Failed"),
+        ("eu-west/api-1", ["haplane:platform-admin"], "Succeeded"),
+        ("eu-west/api-1", ["*"], "Succeeded"),  # system:masters
+    ]
+    names = [
+        await put(
             client,
             key_prefix,
             "MaintenanceAction",
-            {"action": "restart", "component": "us-east/etcd-1"},
-            requesterRoles=["*"],
+            {"action": "restart", "component": component},
+            requesterRoles=roles,
         )
-        await agent(client, key_prefix, run).one_pass()
-        for name, (component, roles, outcome) in zip(names, cases, strict=True):
-            st = await status_of(client, key_prefix, "MaintenanceAction", name)
-            assert st["phase"] == outcome, (component, roles, st)
-            if outcome == "Failed":
-                assert "nothing done" in st["message"]
-        assert sorted(c[-3] for c in run.calls) == sorted(
-            c for c, _, o in cases if o == "Succeeded"
-        )
-        # a component no process here runs: refused, not left waiting
-        st = await status_of(client, key_prefix, "MaintenanceAction", other_host)
-        assert st["phase"] == "Failed" and "no component named" in st["message"], st
-        rotate = await put(
-            client,
-            key_prefix,
-            "MaintenanceAction",
-            {"action": "rotate-encryption-key"},
-            requesterRoles=["haplane:etcd-operator"],
-        )
-        await agent(client, key_prefix, run).one_pass()
-        st = await status_of(client, key_prefix, "MaintenanceAction", rotate)
-        assert st["phase"] == "Failed" and "haplane:platform-admin" in st["message"], st
-    finally:
-        await client.close()
+        for component, roles, _ in cases
+    ]
+    other_host = await put(
+        client,
+        key_prefix,
+        "MaintenanceAction",
+        {"action": "restart", "component": "us-east/etcd-1"},
+        requesterRoles=["*"],
+    )
+    await agent(client, key_prefix, run).one_pass()
+    for name, (component, roles, outcome) in zip(names, cases, strict=True):
+        st = await status_of(client, key_prefix, "MaintenanceAction", name)
+        assert st["phase"] == outcome, (component, roles, st)
+        if outcome == "Failed":
+            assert "nothing done" in st["message"]
+    assert sorted(c[-3] for c in run.calls) == sorted(c for c, _, o in cases if o == "Succeeded")
+    # a component no process here runs: refused, not left waiting
+    st = await status_of(client, key_prefix, "MaintenanceAction", other_host)
+    assert st["phase"] == "Failed" and "no component named" in st["message"], st
+    rotate = await put(
+        client,
+        key_prefix,
+        "MaintenanceAction",
+        {"action": "rotate-encryption-key"},
+        requesterRoles=["haplane:etcd-operator"],
+    )
+    await agent(client, key_prefix, run).one_pass()
+    st = await status_of(client, key_prefix, "MaintenanceAction", rotate)
+    assert st["phase"] == "Failed" and "haplane:platform-admin" in st["message"], st
 
 
-async def test_one_claim_expiry_and_a_run_left_behind(etcd_cluster, key_prefix):
-    client = etcd_cluster.client(timeout=2.0)
-    try:
-        run = Recorder(0, json.dumps(REPORT))
-        name = await put(client, key_prefix, "Drill", {"scenario": "blip"})
-        await asyncio.gather(
-            agent(client, key_prefix, run, "h1").one_pass(),
-            agent(client, key_prefix, run, "h2").one_pass(),
-        )
-        assert len(run.calls) == 1
-        assert (await status_of(client, key_prefix, "Drill", name))["phase"] == "Succeeded"
-        old = await put(
-            client, key_prefix, "Drill", {"scenario": "blip"},
-            phase="Pending", expiresAt="2020-01-01T00:00:00Z",
-        )  # fmt: skip
-        left = await put(
-            client, key_prefix, "Drill", {"scenario": "blip"}, phase="Running", runBy="agent:h3"
-        )
-        await agent(client, key_prefix, run, "h3").one_pass()
-        assert (await status_of(client, key_prefix, "Drill", old))["phase"] == "Expired"
-        st = await status_of(client, key_prefix, "Drill", left)
-        assert st["phase"] == "Failed" and "stopped before it finished" in st["message"]
-    finally:
-        await client.close()
+async def test_one_claim_expiry_and_a_run_left_behind(client, key_prefix):
+    run = Recorder(0, json.dumps(REPORT))
+    name = await put(client, key_prefix, "Drill", {"scenario": "blip"})
+    await asyncio.gather(
+        agent(client, key_prefix, run, "h1").one_pass(),
+        agent(client, key_prefix, run, "h2").one_pass(),
+    )
+    assert len(run.calls) == 1
+    assert (await status_of(client, key_prefix, "Drill", name))["phase"] == "Succeeded"
+    old = await put(
+        client, key_prefix, "Drill", {"scenario": "blip"},
+        phase="Pending", expiresAt="2020-01-01T00:00:00Z",
+    )  # fmt: skip
+    left = await put(
+        client, key_prefix, "Drill", {"scenario": "blip"}, phase="Running", runBy="agent:h3"
+    )
+    await agent(client, key_prefix, run, "h3").one_pass()
+    assert (await status_of(client, key_prefix, "Drill", old))["phase"] == "Expired"
+    st = await status_of(client, key_prefix, "Drill", left)
+    assert st["phase"] == "Failed" and "stopped before it finished" in st["message"]
 
 
 async def test_a_stopped_primitive_is_interrupted_then_killed():

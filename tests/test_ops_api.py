@@ -75,6 +75,33 @@ class Ops:
             obj["metadata"].pop("resourceVersion")
         return self.as_(who, "PUT", f"{OPS}/switchovers/{name}/approval", obj, **kw)
 
+    def grant_settles(self, name: str, phase: str) -> dict[str, Any]:
+        """The RoleGrant `name`'s status once the executor took it to `phase` (only through
+        Approved and Running on the way)."""
+        deadline = time.monotonic() + 10
+        while (st := self.as_("admin", "GET", f"{OPS}/rolegrants/{name}")[2]["status"])[
+            "phase"
+        ] != phase:
+            assert time.monotonic() < deadline and st["phase"] in ("Approved", "Running"), st
+            time.sleep(0.1)
+        return dict(st)
+
+    def approve_at_once(self, name: str, obj: dict[str, Any]) -> list[int]:
+        """bob and erin approve `obj` (as read, no resourceVersion) at the same moment."""
+        results: list[int] = []
+        barrier = threading.Barrier(2)
+
+        def approve(who: str) -> None:
+            barrier.wait()
+            results.append(self.decide(who, name, obj=obj, rv=False)[0])
+
+        threads = [threading.Thread(target=approve, args=(w,)) for w in ("bob", "erin")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
     def audit_events(self) -> list[dict[str, Any]]:
         out = []
         for path in self.audit:
@@ -116,11 +143,7 @@ def _break_glass_grant(ops: Ops, user: str, role: str) -> None:
     }
     status, _, body = ops.as_("admin", "POST", f"{OPS}/rolegrants", grant)
     assert status == 201 and body["status"]["phase"] == "Approved", body
-    deadline = time.monotonic() + 10
-    path = f"{OPS}/rolegrants/{grant['metadata']['name']}"
-    while (phase := ops.as_("admin", "GET", path)[2]["status"]["phase"]) != "Succeeded":
-        assert time.monotonic() < deadline and phase in ("Approved", "Running"), phase
-        time.sleep(0.1)
+    ops.grant_settles(grant["metadata"]["name"], "Succeeded")
 
 
 def _bind(replica: ApiReplica, user: str, role: str) -> None:
@@ -314,18 +337,7 @@ def test_two_approvers_at_once_count_once(ops: Ops):
     for _ in range(3):
         name, _ = ops.create("alice")
         obj = ops.get(name)
-        results: list[int] = []
-        barrier = threading.Barrier(2)
-
-        def approve(who: str, obj=obj, name=name, barrier=barrier, results=results) -> None:
-            barrier.wait()
-            results.append(ops.decide(who, name, obj=obj, rv=False)[0])
-
-        threads = [threading.Thread(target=approve, args=(w,)) for w in ("bob", "erin")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = ops.approve_at_once(name, obj)
         assert sorted(results) == [200, 409], results
         final = ops.get(name)["status"]
         assert final["phase"] == "Approved" and len(final["approvals"]) == 1
@@ -452,18 +464,7 @@ def test_two_approvers_at_once_both_count_when_two_are_needed(ops: Ops):
     try:
         name, _ = ops.create("alice")
         obj = ops.get(name)
-        results: list[int] = []
-        barrier = threading.Barrier(2)
-
-        def approve(who: str) -> None:
-            barrier.wait()
-            results.append(ops.decide(who, name, obj=obj, rv=False)[0])
-
-        threads = [threading.Thread(target=approve, args=(w,)) for w in ("bob", "erin")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = ops.approve_at_once(name, obj)
         assert results == [200, 200], results
         final = ops.get(name)["status"]
         assert final["phase"] == "Approved"
@@ -516,12 +517,8 @@ def test_cluster_admin_is_granted_only_with_approval(ops: Ops):
     status, body = decide("admin")
     assert status == 200 and body["status"]["phase"] == "Approved", body
 
+    ops.grant_settles("frank-root", "Succeeded")
     deadline = time.monotonic() + 10
-    while (st := ops.as_("admin", "GET", f"{OPS}/rolegrants/frank-root")[2]["status"])[
-        "phase"
-    ] != "Succeeded":
-        assert time.monotonic() < deadline and st["phase"] in ("Approved", "Running"), st
-        time.sleep(0.1)
     made = ops.as_("admin", "GET", f"{path}/frank-root")[2]
     assert made["roleRef"]["name"] == "cluster-admin"
     assert made["metadata"]["annotations"]["ops.haplane.dev/rolegrant"].startswith("frank-root/")
@@ -563,11 +560,7 @@ def test_a_grant_never_overwrites_a_binding(ops: Ops):
     assert status == 422 and "spec.binding.metadata.annotations" in body["message"], body
     status, _, body = ops.as_("admin", "POST", f"{OPS}/rolegrants", grant)
     assert status == 201 and body["status"]["phase"] == "Approved", body
-    deadline = time.monotonic() + 10
-    url = f"{OPS}/rolegrants/{grant['metadata']['name']}"
-    while (st := ops.as_("admin", "GET", url)[2]["status"])["phase"] != "Failed":
-        assert time.monotonic() < deadline and st["phase"] in ("Approved", "Running"), st
-        time.sleep(0.1)
+    st = ops.grant_settles(grant["metadata"]["name"], "Failed")
     assert "exists already" in st["message"], st
     kept = ops.as_("admin", "GET", f"{path}/{crb['metadata']['name']}")[2]
     assert kept["roleRef"]["name"] == "view"
