@@ -94,6 +94,42 @@ class ApiClient:
             return status, {"message": payload.decode(errors="replace")}
 
 
+def kubeconfig(
+    name: str,
+    server: str,
+    user_name: str,
+    *,
+    ca: bytes | None = None,
+    cert: bytes | None = None,
+    key: bytes | None = None,
+) -> dict[str, Any]:
+    """A kubeconfig with one context `name`: `server` (trusting the PEM `ca`), as
+    `user_name` with the PEM client certificate and key, data embedded."""
+    cluster: dict[str, str] = {"server": server}
+    if ca is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
+    credentials: dict[str, str] = {}
+    if cert is not None and key is not None:
+        credentials = {
+            "client-certificate-data": base64.b64encode(cert).decode(),
+            "client-key-data": base64.b64encode(key).decode(),
+        }
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": cluster}],
+        "users": [{"name": user_name, "user": credentials}],
+        "contexts": [
+            {
+                "name": name,
+                "context": {"cluster": name, "user": user_name, "namespace": "default"},
+            }
+        ],
+        "current-context": name,
+        "preferences": {},
+    }
+
+
 def _named(doc: dict[str, Any], section: str, name: Any, where: str) -> dict[str, Any]:
     for entry in doc.get(section) or ():
         if isinstance(entry, dict) and entry.get("name") == name:

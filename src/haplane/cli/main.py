@@ -1365,11 +1365,12 @@ def kubeconfig_cmd(
         name, server = f"{topology.name}-{region}", lbs[0].url
     else:
         name, server = topology.name, plan.gates[0].url
-    cluster: dict[str, str] = {"server": server}
-    user_name, credentials = "haplane-anonymous", {}
+    from .api_client import kubeconfig as make_kubeconfig
+
+    user_name, ca, pair = "haplane-anonymous", None, None
     if plan.tls is not None:
         plan.tls.check()
-        cluster["certificate-authority-data"] = _b64(plan.tls.ca.read_bytes())
+        ca = plan.tls.ca.read_bytes()
         if user:
             from haplane.auth.pki import PkiError
 
@@ -1381,24 +1382,14 @@ def kubeconfig_cmd(
             user_name = user
         else:
             pair, user_name = plan.tls.admin, "haplane-admin"
-        credentials = {
-            "client-certificate-data": _b64(pair.cert.read_bytes()),
-            "client-key-data": _b64(pair.key.read_bytes()),
-        }
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": name, "cluster": cluster}],
-        "users": [{"name": user_name, "user": credentials}],
-        "contexts": [
-            {
-                "name": name,
-                "context": {"cluster": name, "user": user_name, "namespace": "default"},
-            }
-        ],
-        "current-context": name,
-        "preferences": {},
-    }
+    doc = make_kubeconfig(
+        name,
+        server,
+        user_name,
+        ca=ca,
+        cert=pair.cert.read_bytes() if pair is not None else None,
+        key=pair.key.read_bytes() if pair is not None else None,
+    )
     text = yaml.safe_dump(doc, sort_keys=False)
     if output is None:
         sys.stdout.write(text)
@@ -1410,12 +1401,6 @@ def kubeconfig_cmd(
             os.fchmod(f.fileno(), 0o600)
             f.write(text)
         err.print(f"wrote {output} (server {server}, user {user_name})")
-
-
-def _b64(data: bytes) -> str:
-    import base64
-
-    return base64.b64encode(data).decode()
 
 
 @app.command("version")

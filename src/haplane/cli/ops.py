@@ -73,28 +73,24 @@ def client(
             "whose decision? pass --kubeconfig (or set KUBECONFIG) with your own credentials: "
             "the state dir's haplane-admin is nobody's second pair of eyes"
         )
-    import base64
+    from .api_client import kubeconfig as make_kubeconfig
 
-    cluster: dict[str, str] = {"server": server or plan.gates[0].url}
-    user: dict[str, str] = {}
-    if plan.tls is not None:
-        plan.tls.check()
-        cluster["certificate-authority-data"] = base64.b64encode(plan.tls.ca.read_bytes()).decode()
-        user = {
-            "client-certificate-data": base64.b64encode(plan.tls.admin.cert.read_bytes()).decode(),
-            "client-key-data": base64.b64encode(plan.tls.admin.key.read_bytes()).decode(),
-        }
+    tls = plan.tls
+    if tls is not None:
+        tls.check()
     typer.echo(
         f"as haplane-admin (system:masters) from {state.root}: pass --kubeconfig to act as "
         "yourself",
         err=True,
     )
-    doc = {
-        "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": "haplane-admin", "user": user}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "haplane-admin"}}],
-        "current-context": "c",
-    }
+    doc = make_kubeconfig(
+        "c",
+        server or plan.gates[0].url,
+        "haplane-admin",
+        ca=tls.ca.read_bytes() if tls is not None else None,
+        cert=tls.admin.cert.read_bytes() if tls is not None else None,
+        key=tls.admin.key.read_bytes() if tls is not None else None,
+    )
     return ApiClient.from_config(doc, str(state.root), server)
 
 
