@@ -517,6 +517,41 @@ def test_drills_and_maintenance_through_the_api(topo: Path) -> None:
     assert "succeeded" in r.stdout, (r.stdout, r.stderr)
     wait_for(lambda: haplane(topo, "status", check=False).returncode == 0, timeout=60)
 
+    # a balancer of the active region drained by a gate-operator: the gates stop sending it
+    # connections (DRAINING, not DOWN), the API still answers through them; its twin, now
+    # the region's last one in service, is refused; undrained, it is back UP at every gate
+    active = status(topo)["global_state"]["active"]["region"]
+    drained, twin = f"{active}/lb-1", f"{active}/lb-2"
+
+    def gates_see(state: str) -> bool:
+        doc = status(topo)
+        seen = [
+            u["state"]
+            for e in doc["edges"]
+            if e["kind"] == "gate"
+            for u in e["upstreams"]
+            if u["pool"] == active and u["name"] == "lb-1"
+        ]
+        return bool(seen) and all(s == state for s in seen)
+
+    r = haplane(topo, "maintenance", "drain", drained, "--reason", "kernel update",
+                "--timeout", "3", "--kubeconfig", str(users["frank"]), check=False)  # fmt: skip
+    assert r.returncode == 1 and "needs haplane:gate-operator" in r.stderr, r.stderr
+    r = haplane(topo, "maintenance", "drain", drained, "--reason", "kernel update",
+                "--timeout", "3", "--kubeconfig", str(users["gina"]))  # fmt: skip
+    assert "succeeded" in r.stdout and f"{drained}: drained" in r.stdout, r.stdout
+    wait_for(lambda: gates_see("draining"), timeout=10)
+    edge = next(e for e in status(topo)["edges"] if e["name"] == drained)
+    assert edge["drained"] == "kernel update" and not edge["ready"], edge
+    assert kubectl(kc, "get", "namespaces").returncode == 0
+    r = haplane(topo, "maintenance", "drain", twin, "--reason", "both at once",
+                "--kubeconfig", str(users["gina"]), check=False)  # fmt: skip
+    assert r.returncode == 1 and "no balancer in service" in r.stderr, r.stderr
+    assert not next(e for e in status(topo)["edges"] if e["name"] == twin)["drained"]
+    haplane(topo, "maintenance", "undrain", drained, "--reason", "done",
+            "--kubeconfig", str(users["gina"]))  # fmt: skip
+    wait_for(lambda: gates_see("up"), timeout=10)
+
     r = haplane(topo, "maintenance", "rotate-encryption-key", "--reason", "yearly",
                 "--kubeconfig", str(users["olga"]), "--no-wait")  # fmt: skip
     name = r.stdout.split()[0].split("/", 1)[1]

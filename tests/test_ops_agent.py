@@ -143,6 +143,45 @@ async def test_who_may_restart_what(client, key_prefix):
     assert st["phase"] == "Failed" and "haplane:platform-admin" in st["message"], st
 
 
+async def test_drains_and_certificate_rotation_run_their_primitives(client, key_prefix):
+    run = Recorder()
+    lb = {"component": "eu-west/lb-1"}
+    gate_op, admin = ["haplane:gate-operator"], ["haplane:platform-admin"]
+    asked = [
+        ({"action": "drain", "timeoutSeconds": 12, **lb}, gate_op),
+        ({"action": "undrain", **lb}, gate_op),
+        ({"action": "drain", "component": "eu-west/etcd-1"}, ["*"]),
+        ({"action": "drain", **lb}, ["haplane:etcd-operator"]),
+        ({"action": "rotate-certificates"}, admin),
+        ({"action": "rotate-certificates"}, gate_op),
+    ]
+    drain, undrain, not_a_balancer, wrong_role, certs, certs_refused = [
+        await put(client, key_prefix, "MaintenanceAction", spec, requesterRoles=roles)
+        for spec, roles in asked
+    ]
+    await agent(client, key_prefix, run).one_pass()
+    tails = sorted(c[3:] for c in run.calls)
+    assert tails == sorted(
+        [
+            ["maintenance", "drain", "eu-west/lb-1", "--direct", "--reason", "test",
+             "--timeout", "12.0", "--state-dir", "/state"],
+            ["maintenance", "undrain", "eu-west/lb-1", "--direct", "--reason", "test",
+             "--state-dir", "/state"],
+            ["pki", "rotate", "--state-dir", "/state"],
+        ]
+    ), tails  # fmt: skip
+    for name in (drain, undrain, certs):
+        st = await status_of(client, key_prefix, "MaintenanceAction", name)
+        assert st["phase"] == "Succeeded", st
+    for name, said in (
+        (not_a_balancer, "only balancers are drained"),
+        (wrong_role, "needs haplane:gate-operator"),
+        (certs_refused, "needs haplane:platform-admin"),
+    ):
+        st = await status_of(client, key_prefix, "MaintenanceAction", name)
+        assert st["phase"] == "Failed" and said in st["message"], st
+
+
 async def test_one_claim_expiry_and_a_run_left_behind(client, key_prefix):
     run = Recorder(0, json.dumps(REPORT))
     name = await put(client, key_prefix, "Drill", {"scenario": "blip"})

@@ -598,6 +598,18 @@ def test_drills_and_maintenance_actions(ops: Ops):
     assert status == 422 and "spec.component" in body["message"], body
     status, body = ask("dave", "MaintenanceAction", {"action": "restart", "component": "a/etcd-1"})
     assert status == 201 and body["status"]["phase"] == "Approved", body
+    for spec, field in (
+        ({"action": "drain"}, "spec.component"),
+        ({"action": "drain", "component": "a/lb-1", "timeoutSeconds": 0}, "spec.timeoutSeconds"),
+        ({"action": "undrain", "component": "a/lb-1", "timeoutSeconds": 5}, "spec.timeoutSeconds"),
+        ({"action": "rotate-certificates", "component": "a/lb-1"}, "spec.component"),
+        ({"action": "reboot-the-world"}, "spec.action"),
+    ):
+        status, body = ask("dave", "MaintenanceAction", spec)
+        assert status == 422 and field in body["message"], (spec, body)
+    spec = {"action": "drain", "component": "a/lb-1", "timeoutSeconds": 5}
+    status, body = ask("dave", "MaintenanceAction", spec)
+    assert status == 201 and body["status"]["phase"] == "Approved", body
     # a drill that moves the active region is as much an operation as a switchover
     status, body = ask("alice", "Drill", {"scenario": "switchover"})
     assert status == 201 and body["status"]["phase"] == "Pending", body
@@ -608,8 +620,9 @@ def test_drills_and_maintenance_actions(ops: Ops):
     while ops.as_("erin", "GET", f"{OPS}/maintenanceactions")[0] != 200:  # the binding is seen
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    status, body = ask("erin", "MaintenanceAction", {"action": "rotate-encryption-key"})
-    assert status == 403 and "haplane:platform-admin" in body["message"], body
+    for action in ("rotate-encryption-key", "rotate-certificates"):
+        status, body = ask("erin", "MaintenanceAction", {"action": action})
+        assert status == 403 and "haplane:platform-admin" in body["message"], body
     status, body = ask("dave", "MaintenanceAction", {"action": "rotate-encryption-key"})
     assert status == 201 and body["status"]["phase"] == "Pending", body
     assert [r["policy"] for r in body["status"]["requirements"]] == ["encryption-key-approval"]

@@ -180,7 +180,15 @@ PLURALS = {
 }
 # what a MaintenanceAction may do, and the roles (any one) that may ask for it: the seed's
 # separation of duties, checked again by the agent against the component's kind
-MAINTENANCE_ACTIONS = ("restart", "rotate-encryption-key")
+MAINTENANCE_ACTIONS = (
+    "restart",
+    "drain",
+    "undrain",
+    "rotate-certificates",
+    "rotate-encryption-key",
+)
+ON_A_COMPONENT = ("restart", "drain", "undrain")  # the actions that name a component
+PLATFORM_ACTIONS = ("rotate-certificates", "rotate-encryption-key")  # platform-admins only
 DRILL_SCENARIOS = (
     "replica-kill",
     "etcd-leader-kill",
@@ -457,12 +465,20 @@ class MaintenanceStrategy(OperationStrategy):
                 )
             )
         component = spec.get("component")
-        if action == "restart" and (not isinstance(component, str) or not component):
+        if action in ON_A_COMPONENT and (not isinstance(component, str) or not component):
             errs.append(
                 _err("spec.component", _REQUIRED, "the component, as `haplane status` names it")
             )
-        if action == "rotate-encryption-key" and "component" in spec:
-            errs.append(_err("spec.component", _FORBIDDEN, "the key is the platform's"))
+        if action not in ON_A_COMPONENT and "component" in spec:
+            errs.append(_err("spec.component", _FORBIDDEN, f"{action} is the platform's"))
+        if "timeoutSeconds" in spec and (
+            action != "drain" or not _number_within(spec["timeoutSeconds"], 1.0, 600.0)
+        ):
+            errs.append(
+                _err(
+                    "spec.timeoutSeconds", _INVALID, "drain only: 1 to 600", spec["timeoutSeconds"]
+                )
+            )
         errs += _unknown(spec, MAINTENANCE_FIELDS)
         return errs
 
@@ -471,7 +487,7 @@ ROLE_GRANT_FIELDS = frozenset({"binding", "reason", "breakGlass"})
 DRILL_FIELDS = frozenset(
     {"scenario", "reason", "warmupSeconds", "observeSeconds", "intervalSeconds", "breakGlass"}
 )
-MAINTENANCE_FIELDS = frozenset({"action", "component", "reason", "breakGlass"})
+MAINTENANCE_FIELDS = frozenset({"action", "component", "reason", "timeoutSeconds", "breakGlass"})
 
 
 def _reason_errors(spec: Obj) -> list[FieldError]:
@@ -796,14 +812,14 @@ class Operations:
         ]
         if (
             rtype.kind == "MaintenanceAction"
-            and spec.get("action") == "rotate-encryption-key"
+            and spec.get("action") in PLATFORM_ACTIONS
             and not _has_role(_roles(self.roles_of, user), BREAK_GLASS_ROLE)
         ):
             raise errors.StatusError(
                 403,
                 "Forbidden",
                 f'maintenanceactions.{GROUP} "{name}" is forbidden: User "{user.name}" may not '
-                f"rotate the encryption key: it needs the {BREAK_GLASS_ROLE} role",
+                f"ask for {spec.get('action')}: it needs the {BREAK_GLASS_ROLE} role",
             )
         now = time.time()
         expire_after = min((r.expire_after for r in requirements), default=DEFAULT_EXPIRY)

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-StateDirOpt = Annotated[
-    Path | None,
-    typer.Option("--state-dir", help="Where data, ports and logs live (env HAPLANE_STATE_DIR)."),
-]
+from .options import StateDirOpt
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 

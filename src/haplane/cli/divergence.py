@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .options import StateDirOpt
+
 if TYPE_CHECKING:
     from haplane.local.state_dir import StateDir
 
@@ -24,10 +26,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-StateDirOpt = Annotated[
-    Path | None,
-    typer.Option("--state-dir", help="Where data, ports and logs live (env HAPLANE_STATE_DIR)."),
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
 
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
+from .options import StateDirOpt
+
 if TYPE_CHECKING:
     from haplane.store import GlobalState
     from haplane.topology import Topology
@@ -30,10 +32,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-StateDirOpt = Annotated[
-    Path | None,
-    typer.Option("--state-dir", help="Where data, ports and logs live (env HAPLANE_STATE_DIR)."),
-]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Recorded with your name.")]
 
 

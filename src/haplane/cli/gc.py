@@ -15,15 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
+from .options import StateDirOpt
+
 app = typer.Typer(
     help="Garbage collection paused after a promotion from a partial copy: status, resume.",
     no_args_is_help=True,
 )
 
-StateDirOpt = Annotated[
-    Path | None,
-    typer.Option("--state-dir", help="Where data, ports and logs live (env HAPLANE_STATE_DIR)."),
-]
 RegionOpt = Annotated[
     str | None, typer.Option("--region", help="Default: every region (status) or the active one.")
 ]

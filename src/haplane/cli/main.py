@@ -17,12 +17,13 @@ from rich.live import Live
 from rich.table import Table
 
 from haplane import __version__
-from haplane.cli import audit, divergence, failback, gc, pki, secrets
+from haplane.cli import audit, divergence, failback, gc, maintenance, pki, secrets
+from haplane.cli.options import KubeconfigOpt, NoWaitOpt, RegionOpt, StateDirOpt
 from haplane.local import global_control, runner
 from haplane.local.control import ControlClient, ControlError
 from haplane.local.netns import available as netns_available
 from haplane.local.process import FAULT_ACTIONS
-from haplane.local.state_dir import ENV_STATE_DIR, StateDir, default_state_dir
+from haplane.local.state_dir import StateDir, default_state_dir
 from haplane.local.status import NothingRunning, StatusReport, gather_status
 from haplane.local.supervisor import Supervisor, configure_logging
 from haplane.store import EtcdBinaryError, EtcdError, EtcdOutcomeUnknown
@@ -50,10 +51,6 @@ app = typer.Typer(
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
-StateDirOpt = Annotated[
-    Path | None,
-    typer.Option("--state-dir", help=f"Where data, ports and logs live (env {ENV_STATE_DIR})."),
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ExampleOpt = Annotated[
     str | None, typer.Option("--example", help="Use a packaged example, e.g. two-regions.")
@@ -597,7 +594,9 @@ def _edge_table(report: StatusReport) -> Table:
             if u["pool"] == e.active_pool
         )
         health = "[green]ready[/]" if e.ready else f"[red]{e.error or 'not ready'}[/]"
-        if e.region_health is not None and not e.region_health.get("healthy"):
+        if e.drained:
+            health = f"[yellow]drained: {e.drained}[/]"
+        elif e.region_health is not None and not e.region_health.get("healthy"):
             health += " [red]region: " + "; ".join(e.region_health.get("reasons") or []) + "[/]"
         table.add_row(
             e.name,
@@ -733,7 +732,7 @@ def drill_cmd(
     ] = "DR drill",
     kubeconfig: KubeconfigOpt = None,
     region: RegionOpt = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Ask and return.")] = False,
+    no_wait: NoWaitOpt = False,
     direct: Annotated[
         bool,
         typer.Option(
@@ -772,7 +771,9 @@ def drill_cmd(
             "observeSeconds": observe,
             "intervalSeconds": interval,
         }
-        _operation_through_api(
+        from . import ops
+
+        ops.ask(
             state, _started(state), "Drill", scenario, spec, kubeconfig, region,
             None if no_wait else 3600.0,
         )  # fmt: skip
@@ -899,16 +900,16 @@ def failover_cmd(
         if break_glass and reason == "planned switchover":
             err.print("error: --break-glass needs a --reason, recorded and audited with it")
             raise typer.Exit(2)
-        from .ops import switchover_spec
+        from . import ops
 
-        spec = switchover_spec(
+        spec = ops.switchover_spec(
             to,
             reason=reason,
             force=force,
             break_glass=break_glass,
             catch_up_timeout=catch_up_timeout,
         )
-        _operation_through_api(
+        ops.ask(
             state, topology, "Switchover", f"to-{to}", spec, kubeconfig, region,
             None if no_wait else wait_timeout,
         )  # fmt: skip
@@ -973,101 +974,6 @@ def failover_cmd(
         out.print(f"{head}: writable after a fence wait of {after.fence_wait:.2f}s{where}")
 
 
-def _follow_request(api: Any, obj: dict[str, Any], plural: str, wait: float | None) -> None:
-    """Say what was created, then (unless `wait` is None) follow it to its end: exit 1
-    unless it succeeded."""
-    from . import ops
-
-    name = obj["metadata"]["name"]
-    what = f"{plural[:-1]}/{name}"
-    out.print(f"{what} created")
-    if wait is None:
-        return
-    try:
-        final = ops.follow(api, name, wait, plural=plural)
-    except ops.ClientError as exc:
-        err.print(f"error: {exc}")
-        raise typer.Exit(1) from None
-    st = final.get("status") or {}
-    if st.get("phase") != "Succeeded":
-        err.print(f"error: {what} {st.get('phase')}: {st.get('message', '')}")
-        raise typer.Exit(1)
-    out.print(f"{what} succeeded: {st.get('message', '')}")
-    result = st.get("result") or {}
-    if plural == "drills":  # the report's figures, as the drill printed them
-        for field in ("passed", "failedOver", "lostWrites", "epochOrderViolations", "phases"):
-            if field in result:
-                out.print(f"  {field}: {json.dumps(result[field])}", markup=False)
-        if result.get("reports"):
-            out.print(f"  reports: {' '.join(result['reports'])}", markup=False)
-
-
-def _operation_through_api(
-    state: StateDir,
-    topology: Topology,
-    kind: str,
-    hint: str,
-    spec: dict[str, Any],
-    kubeconfig: Path | None,
-    region: str | None,
-    wait: float | None,
-) -> None:
-    """Ask for an operation as the kubeconfig's user, then follow it (`wait`: None returns
-    once it is created)."""
-    from . import ops
-
-    try:
-        api = ops.client(state, topology, kubeconfig, region)
-        obj = ops.request_operation(api, kind, hint, spec)
-    except ops.ClientError as exc:
-        err.print(f"error: {exc}")
-        raise typer.Exit(1) from None
-    _follow_request(api, obj, ops.KIND_PLURALS[kind], wait)
-
-
-maintenance_app = typer.Typer(
-    help="Component operations through the API (carried out by the supervisor's agent)."
-)
-app.add_typer(maintenance_app, name="maintenance")
-
-
-@maintenance_app.command("restart")
-def maintenance_restart_cmd(
-    component: Annotated[str, typer.Argument(help="As `haplane status` names it.")],
-    reason: Annotated[str, typer.Option("--reason", help="Why: recorded with your name.")],
-    kubeconfig: KubeconfigOpt = None,
-    region: RegionOpt = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Ask and return.")] = False,
-    state_dir: StateDirOpt = None,
-) -> None:
-    """Restart a component: etcd members need haplane:etcd-operator, balancers and gates
-    haplane:gate-operator, the rest haplane:platform-admin."""
-    spec = {"action": "restart", "component": component, "reason": reason}
-    state = _state(state_dir)
-    _operation_through_api(
-        state, _started(state), "MaintenanceAction", f"restart-{component}", spec, kubeconfig,
-        region, None if no_wait else 3600.0,
-    )  # fmt: skip
-
-
-@maintenance_app.command("rotate-encryption-key")
-def maintenance_rotate_cmd(
-    reason: Annotated[str, typer.Option("--reason", help="Why: recorded with your name.")],
-    kubeconfig: KubeconfigOpt = None,
-    region: RegionOpt = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Ask and return.")] = False,
-    state_dir: StateDirOpt = None,
-) -> None:
-    """A new key-encryption key becomes the writer (`haplane secrets rotate`), once another
-    platform-admin approved it (the default policy encryption-key-approval)."""
-    spec = {"action": "rotate-encryption-key", "reason": reason}
-    state = _state(state_dir)
-    _operation_through_api(
-        state, _started(state), "MaintenanceAction", "rotate-encryption-key", spec, kubeconfig,
-        region, None if no_wait else 3600.0,
-    )  # fmt: skip
-
-
 def _decide_cmd(
     name: str,
     kind: str,
@@ -1088,12 +994,6 @@ def _decide_cmd(
         raise typer.Exit(1) from None
     st = obj.get("status") or {}
     out.print(f"{str(obj.get('kind', '')).lower()}/{name}: {st.get('phase')}")
-
-
-KubeconfigOpt = Annotated[
-    Path | None, typer.Option("--kubeconfig", help="Act as this kubeconfig's user.")
-]
-RegionOpt = Annotated[str | None, typer.Option("--region", help="Through this region's balancer.")]
 
 
 @app.command("grant")
@@ -1117,7 +1017,7 @@ def grant_cmd(
     ] = False,
     kubeconfig: KubeconfigOpt = None,
     region: RegionOpt = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Ask and return.")] = False,
+    no_wait: NoWaitOpt = False,
     wait_timeout: Annotated[
         float, typer.Option("--wait-timeout", help="Seconds to follow the request.")
     ] = 3600.0,
@@ -1126,12 +1026,12 @@ def grant_cmd(
     """Ask for a RoleGrant: a binding of CLUSTERROLE, made by the platform once another person
     approved it (`haplane approve NAME`). Bindings to cluster-admin and haplane:platform-admin
     are made no other way."""
-    from .ops import grant_spec
+    from . import ops
 
     if not user and not group:
         err.print("error: whom? --user or --group (repeat for several)")
         raise typer.Exit(2)
-    hint, spec = grant_spec(
+    hint, spec = ops.grant_spec(
         role=clusterrole,
         users=list(user or ()),
         groups=list(group or ()),
@@ -1141,7 +1041,7 @@ def grant_cmd(
         break_glass=break_glass,
     )
     state = _state(state_dir)
-    _operation_through_api(
+    ops.ask(
         state, _started(state), "RoleGrant", hint, spec, kubeconfig, region,
         None if no_wait else wait_timeout,
     )  # fmt: skip
@@ -1178,6 +1078,7 @@ app.add_typer(divergence.app, name="divergence")
 app.add_typer(gc.app, name="gc")
 app.add_typer(pki.app, name="pki")
 app.add_typer(secrets.app, name="secrets")
+app.add_typer(maintenance.app, name="maintenance")
 app.command("audit")(audit.audit_cmd)
 
 

@@ -8,6 +8,7 @@ operator's kubeconfig (`--kubeconfig`, `KUBECONFIG`), else the state dir's admin
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -35,9 +36,11 @@ PLURALS = tuple(KIND_PLURALS.values())
 
 __all__ = [
     "ClientError",
+    "ask",
     "client",
     "decide",
     "follow",
+    "follow_request",
     "grant_spec",
     "request_operation",
     "switchover_spec",
@@ -154,6 +157,54 @@ def request_operation(
     if status != 201:
         raise ClientError(_message(status, obj))
     return dict(obj)
+
+
+def ask(
+    state: StateDir,
+    topology: Topology,
+    kind: str,
+    hint: str,
+    spec: dict[str, Any],
+    kubeconfig: Path | None,
+    region: str | None,
+    wait: float | None,
+) -> None:
+    """Ask for an operation as the kubeconfig's user, then follow it (`wait`: None returns
+    once it is created). Exit 1 when it cannot be asked for or does not succeed."""
+    try:
+        api = client(state, topology, kubeconfig, region)
+        obj = request_operation(api, kind, hint, spec)
+    except ClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    follow_request(api, obj, KIND_PLURALS[kind], wait)
+
+
+def follow_request(api: ApiClient, obj: dict[str, Any], plural: str, wait: float | None) -> None:
+    """Say what was created, then (unless `wait` is None) follow it to its end: exit 1
+    unless it succeeded."""
+    name = obj["metadata"]["name"]
+    what = f"{plural[:-1]}/{name}"
+    typer.echo(f"{what} created")
+    if wait is None:
+        return
+    try:
+        final = follow(api, name, wait, plural=plural)
+    except ClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    st = final.get("status") or {}
+    if st.get("phase") != "Succeeded":
+        typer.echo(f"error: {what} {st.get('phase')}: {st.get('message', '')}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{what} succeeded: {st.get('message', '')}")
+    result = st.get("result") or {}
+    if plural == "drills":  # the report's figures, as the drill printed them
+        for field in ("passed", "failedOver", "lostWrites", "epochOrderViolations", "phases"):
+            if field in result:
+                typer.echo(f"  {field}: {json.dumps(result[field])}")
+        if result.get("reports"):
+            typer.echo(f"  reports: {' '.join(result['reports'])}")
 
 
 def _dns_name(text: str, limit: int) -> str:

@@ -11,16 +11,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .options import StateDirOpt
+
 if TYPE_CHECKING:
     from haplane.local.state_dir import StateDir
     from haplane.topology import Topology
 
 app = typer.Typer(help="The topology's certificates: expiry, and rotation without downtime.")
-
-StateDirOpt = Annotated[
-    Path | None,
-    typer.Option("--state-dir", help="Where data, ports and logs live (env HAPLANE_STATE_DIR)."),
-]
 
 
 def _topology(state_dir: Path | None) -> tuple[StateDir, Topology]:

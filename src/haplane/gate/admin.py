@@ -10,7 +10,14 @@ Layer: gate. Serves one `Forwarder` on its own socket; the data path never goes 
 - GET /livez: 200 while the process serves; GET /readyz: 200 when the active pool has an UP
   upstream and the engine is not stopping, else 503 (with the reason);
 - GET /healthz/region (balancers): the region's aggregate health (`roles.RegionHealth`), 200
-  or 503 with the detail; 404 on an engine that is no regional balancer.
+  or 503 with the detail; 404 on an engine that is no regional balancer;
+- POST /drain `{"drain": true, "reason": "..."}` / `{"drain": false}`: take the engine out of
+  service for maintenance, or back. Drained, it keeps serving every connection it has and
+  any it is still sent, but /readyz and /healthz/region answer 503 `drained: REASON`: the
+  gates' checks mark a drained balancer DRAINING (no new connections, busy ones finish,
+  never aborted as DOWN would). Held in memory: a restart ends it. Answers the new status
+  (`drained`, `connections_active`). Whether draining leaves its region without a serving
+  balancer is the caller's check (`haplane maintenance drain` refuses that).
 GET /status adds `region` (balancers) and `follow` (gates: active region, epoch) when present.
 
 With `ListenerAccess` (what `haplane up` gives every balancer and gate): HTTPS only; the health
@@ -80,6 +87,7 @@ class AdminServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
         app.router.add_post("/pool", self._pool)
+        app.router.add_post("/drain", self._drain)
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/healthz/region", self._region)
@@ -141,6 +149,8 @@ class AdminServer:
         if self.region is None:
             return _error(404, "this engine is no regional balancer")
         report = self.region.report()
+        if self.forwarder.drained:
+            report = {**report, "healthy": False, "drained": self.forwarder.drained}
         return _json(report, 200 if report["healthy"] and not self.forwarder.stopping else 503)
 
     async def _livez(self, request: web.Request) -> web.Response:
@@ -151,11 +161,27 @@ class AdminServer:
         pool = fw.active_pool
         if fw.stopping:
             return _error(503, "stopping")
+        if fw.drained:
+            return _error(503, f"drained: {fw.drained}")
         if pool is None:
             return _error(503, "no active pool")
         if not pool.has_up():
             return _error(503, f"no UP upstream in the active pool {pool.name}")
         return _json({"status": "ready", "active_pool": pool.name})
+
+    async def _drain(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return _error(400, f"body: not JSON ({exc})")
+        drain = body.get("drain") if isinstance(body, dict) else None
+        reason = body.get("reason", "maintenance") if isinstance(body, dict) else None
+        if not isinstance(drain, bool):
+            return _error(400, 'drain: true or false, e.g. {"drain": true, "reason": "..."}')
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 1024:
+            return _error(400, "reason: a non-empty string of at most 1024 characters")
+        self.forwarder.drain(reason.strip() if drain else None)
+        return _json(self.forwarder.status())
 
     async def _pool(self, request: web.Request) -> web.Response:
         try:

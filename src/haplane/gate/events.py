@@ -20,7 +20,8 @@ _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ER
 @dataclass(frozen=True, slots=True)
 class GateEvent:
     """`event` is one of: upstream_state, pool_set, pool_removed, pool_activated,
-    listener_started, listener_stopped, started, stopping, stopped, task_crashed."""
+    listener_started, listener_stopped, started, stopping, stopped, task_crashed, drained,
+    undrained."""
 
     event: str
     level: str = "info"

@@ -70,6 +70,10 @@ class Forwarder:
         self._subscribers: list[Callable[[GateEvent], None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.stopping = False
+        # drained for maintenance (POST /drain): the engine still serves what it has and
+        # what it is sent, but its readiness and region health say 503, so whoever balances
+        # across it (the gates, for a balancer) stops sending new connections
+        self.drained: str | None = None
         self.started_at = time.time()
         self.metrics = GateMetrics(self, registry)
 
@@ -227,6 +231,21 @@ class Forwarder:
                 upstream.close_links()
         self._emit(GateEvent("stopped", reason=f"aborted {left} connections at the deadline"))
 
+    def drain(self, reason: str | None) -> None:
+        """Drained (`reason`) or back in service (None); one event either way."""
+        if reason == self.drained:
+            return
+        self.drained = reason
+        for listener in self.listeners:
+            if isinstance(listener, HttpListener):
+                # L7: idle keep-alive connections close now, busy ones after their response
+                # (an L4 relay cannot tell requests apart: its clients end their connections)
+                if reason:
+                    listener.begin_shutdown()
+                else:
+                    listener.draining = False
+        self._emit(GateEvent("drained" if reason else "undrained", reason=reason or "admin API"))
+
     # ---- status -------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -265,6 +284,8 @@ class Forwarder:
         return {
             "name": self.name,
             "stopping": self.stopping,
+            "drained": self.drained,
+            "connections_active": sum(lst.active_connections for lst in self.listeners),
             "active_pool": self._active.name if self._active is not None else None,
             "listeners": listeners,
             "pools": pools,

@@ -14,6 +14,11 @@ drill's load, and what an operator would have typed is exactly what runs:
   this host runs; refused (Failed) unless the requester held the role for its kind when asking
   (`status.requesterRoles`, recorded by the API): etcd members need `haplane:etcd-operator`,
   balancers and gates `haplane:gate-operator`, anything else `haplane:platform-admin`;
+- `MaintenanceAction` `drain` / `undrain` of a balancer (the same roles as its restart):
+  `haplane maintenance drain|undrain NAME --direct`, which refuses to leave a region with no
+  balancer in service and waits (`timeoutSeconds`) for the drained one's connections to end;
+- `MaintenanceAction` `rotate-certificates` (needs `haplane:platform-admin`): `haplane pki
+  rotate`, one component at a time, health-gated;
 - `MaintenanceAction` `rotate-encryption-key` (needs `haplane:platform-admin`, and by default
   another person's approval): `haplane secrets rotate`, which makes a new key the writer once
   every replica has loaded it.
@@ -33,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -47,7 +53,15 @@ log = logging.getLogger("haplane.local.ops_agent")
 
 Obj = dict[str, Any]
 EVERY = 0.5
-TIMEOUTS = {"Drill": 900.0, "restart": 120.0, "rotate-encryption-key": 300.0}
+TIMEOUTS = {  # seconds a primitive may take (a drain: its own timeout on top)
+    "Drill": 900.0,
+    "restart": 120.0,
+    "drain": 30.0,
+    "undrain": 30.0,
+    "rotate-certificates": 900.0,
+    "rotate-encryption-key": 300.0,
+}
+ON_A_COMPONENT = ("restart", "drain", "undrain")
 ROLE_FOR_KIND = {  # ManagedProcess kinds (haplane.local.supervisor)
     "etcd": "haplane:etcd-operator",
     "balancer": "haplane:gate-operator",
@@ -152,10 +166,10 @@ class OpsAgent:
         if kind == "Drill":
             result.update(_drill_summary(out, err, code))
         outcome = ops.SUCCEEDED if code == 0 else ops.FAILED
-        what = f"`{' '.join(argv[3:-2])}`"
-        message = f"{what} exited {code} after {seconds}s" + (
-            "" if code == 0 else f": {_last_line(err)}"
-        )
+        what = f"`{shlex.join(argv[3:-2])}`"
+        # what went wrong; or what was done (a drill's stdout is its JSON report)
+        said = _last_line(err) if code != 0 else "" if kind == "Drill" else _last_line(out)
+        message = f"{what} exited {code} after {seconds}s" + (f": {said}" if said else "")
         return outcome, message, result
 
     def _refusal(self, kind: str, spec: Obj, status: Obj) -> str | None:
@@ -163,15 +177,18 @@ class OpsAgent:
         if kind != "MaintenanceAction":
             return None
         roles = set(status.get("requesterRoles") or ())
-        if spec.get("action") == "restart":
+        action = spec.get("action")
+        if action in ON_A_COMPONENT:
             component = str(spec.get("component"))
             kind_of = self.component_kind(component)
             if kind_of is None:  # (one supervisor runs the whole topology here)
                 return f"no component named {component!r} here: nothing done"
+            if action != "restart" and kind_of != "balancer":
+                return f"{component} is a {kind_of}: only balancers are drained; nothing done"
             wanted = ROLE_FOR_KIND.get(kind_of, ADMIN)
             if roles & {"*", ADMIN, wanted}:
                 return None
-            return f"restarting {component} needs {wanted} (or {ADMIN}): nothing done"
+            return f"{action} of {component} needs {wanted} (or {ADMIN}): nothing done"
         if roles & {"*", ADMIN}:
             return None
         return f"{spec.get('action')} needs {ADMIN}: nothing done"
@@ -190,11 +207,21 @@ class OpsAgent:
                     argv += [flag, str(spec[field])]
             return [*argv, *tail], TIMEOUTS["Drill"]
         action = str(spec.get("action"))
+        timeout = TIMEOUTS[action]
         if action == "restart":
             argv = [*cli, "fault", "restart", str(spec["component"])]
+        elif action in ("drain", "undrain"):
+            argv = [*cli, "maintenance", action, str(spec["component"]), "--direct"]
+            argv += ["--reason", str(spec.get("reason") or "maintenance")]
+            if action == "drain":
+                wait = float(spec.get("timeoutSeconds", 30.0))
+                argv += ["--timeout", str(wait)]
+                timeout += wait
+        elif action == "rotate-certificates":
+            argv = [*cli, "pki", "rotate"]
         else:
             argv = [*cli, "secrets", "rotate"]
-        return [*argv, *tail], TIMEOUTS[action]
+        return [*argv, *tail], timeout
 
 
 async def _run(argv: list[str], timeout: float) -> tuple[int, str, str]:

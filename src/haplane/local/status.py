@@ -98,6 +98,7 @@ class EdgeReport:
     connections_total: int = 0
     region_health: dict[str, Any] | None = None
     controller: dict[str, Any] | None = None  # a gate's failover controller (leader, decision)
+    drained: str | None = None  # why it was taken out of service (`haplane maintenance drain`)
     error: str | None = None
 
 
@@ -159,7 +160,7 @@ class StatusReport:
             all(c.quorum for c in self.clusters)
             and all(m.healthy for c in self.clusters for m in c.members)
             and all(r.ready for r in self.replicas)
-            and all(e.ready for e in self.edges)
+            and all(e.ready or e.drained for e in self.edges)  # drained: on purpose
             and all(r["state"] == "running" for row in self.replication for r in row.replicators)
         )
 
@@ -324,6 +325,7 @@ async def _edge_report(
     report.epoch = (doc.get("follow") or {}).get("epoch")
     report.region_health = doc.get("region")
     report.controller = doc.get("controller")
+    report.drained = doc.get("drained")
     listeners = doc.get("listeners") or []
     report.connections_active = sum(int(x.get("connections_active") or 0) for x in listeners)
     report.connections_total = sum(int(x.get("connections_total") or 0) for x in listeners)
