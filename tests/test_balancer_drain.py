@@ -35,9 +35,8 @@ async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
     writer.write(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
-    length = next(
-        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
-    )  # fmt: skip
+    lines = head.split(b"\r\n")
+    length = next(int(x.split(b":")[1]) for x in lines if x.lower().startswith(b"content-length"))
     await reader.readexactly(length)
     return head.split(b"\r\n")[0]
 
@@ -72,7 +71,7 @@ async def test_a_drained_balancer_gets_no_new_connections_and_keeps_its_open_one
                         "check_port": lb.admin_port,
                     }
                     for n, lb in zip(("lb-1", "lb-2"), lbs, strict=True)
-                ],  # fmt: skip
+                ],
                 "check": {"path": "/healthz/region", "interval": 0.1, "fall": 2, "rise": 2},
             }
         }
@@ -93,8 +92,8 @@ async def test_a_drained_balancer_gets_no_new_connections_and_keeps_its_open_one
         assert result.drained and result.connections_left == 1, result
         assert "1 still open" in result.message()
         await front.wait_state(busy, "draining")
-        health = await request(lbs[plans.index(next(p for p in plans if p.name == busy))].admin_port,
-                               "GET", "/healthz/region")  # fmt: skip
+        busy_lb = lbs[0] if busy == "lb-1" else lbs[1]
+        health = await request(busy_lb.admin_port, "GET", "/healthz/region")
         assert health.status == 503 and health.json()["drained"] == "kernel update"
         assert (await roundtrip(reader, writer)).endswith(b"200 OK")  # not cut
         before = (await front.status())["pools"]["r"]["upstreams"]
@@ -107,7 +106,7 @@ async def test_a_drained_balancer_gets_no_new_connections_and_keeps_its_open_one
         }
         assert grew == {busy: 0, twin: 6}, grew
 
-        with pytest.raises(DrainError, match="no balancer in service.*is drained"):
+        with pytest.raises(DrainError, match=r"no balancer in service.*is drained"):
             await drain(plans, f"r/{twin}", True, reason="both")
         assert await front.state(twin) == "up"  # refused: nothing changed
         with pytest.raises(DrainError, match="no balancer named 'r/lb-9'"):

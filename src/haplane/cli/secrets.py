@@ -1,4 +1,4 @@
-"""`haplane secrets status|rotate|rewrite`: the keys that seal Secrets at rest.
+"""`haplane secrets status|rotate|rewrite|remove-key`: the keys that seal Secrets at rest.
 
 Layer: run (cli). Thin: haplane.local.secrets_ops does the work (imported when a command runs,
 so `haplane --help` stays quick).
@@ -6,18 +6,22 @@ so `haplane --help` stays quick).
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .pki import StateDirOpt, _topology
+from .options import StateDirOpt
+from .pki import _topology
 
 if TYPE_CHECKING:
     from haplane.local.state_dir import StateDir
     from haplane.topology import Topology
 
-app = typer.Typer(help="Encryption at rest: what each key protects, new keys, re-encryption.")
+app = typer.Typer(
+    help="Encryption at rest: what each key protects, new keys, re-encryption, old keys removed."
+)
 
 
 def _setup(state: StateDir, topology: Topology) -> tuple[Any, Any, Path]:
@@ -40,7 +44,8 @@ def _regional_clients(plan: Any) -> dict[str, Any]:
 @app.command("status")
 def status_cmd(state_dir: StateDirOpt = None) -> None:
     """Per region: how many stored values each key (provider, key id) still seals, and how
-    many are stored plain though their resource's writer seals."""
+    many are stored plain though their resource's writer seals; per local key, what still
+    needs it (retained copies included)."""
     import asyncio
 
     from haplane.local.secrets_ops import scan
@@ -51,7 +56,8 @@ def status_cmd(state_dir: StateDirOpt = None) -> None:
     writer = t.providers_for("", "secrets")[0].name
     typer.echo(f"secrets are written by: {writer}")
 
-    async def run() -> None:
+    async def run() -> Counter[str]:
+        stored: Counter[str] = Counter()  # by provider name, every region
         for region, client in _regional_clients(plan).items():
             async with client:
                 st = await scan(client, t, region)
@@ -60,8 +66,41 @@ def status_cmd(state_dir: StateDirOpt = None) -> None:
             typer.echo(f"{region:<16} {'plain':<12} {'-':<26} {st.plain:>8}")
             if st.unreadable:
                 typer.echo(f"{region:<16} {'unreadable':<12} {'-':<26} {st.unreadable:>8}")
+            stored.update(st.prefixed)
+        return stored
 
-    asyncio.run(run())
+    stored = asyncio.run(run())
+    if not topology.spec.security.encryption.config_file:
+        _local_keys(state, stored)
+
+
+def _local_keys(state: StateDir, stored: Counter[str]) -> None:
+    """Per local key: the values sealed under it in every region, and in retained copies (saved
+    divergence, backups, snapshots); which ones nothing needs any more."""
+    from haplane.local.secrets_ops import local_keys, scan_retained
+
+    keys = local_keys(state)
+    found = scan_retained(state, [k.name for k in keys])
+    opaque = [f for f in found if f.error is not None]
+    typer.echo(
+        f"{'local key':<16} {'stored':>8} {'retained':>8}  (values sealed under it: in every "
+        "region's etcd; in saved divergence, backups, snapshots)"
+    )
+    for i, k in enumerate(keys):
+        copies = sum(f.counts[k.name] for f in found)
+        if i == 0:
+            note = "  the writer"
+        elif stored[k.name] or copies or opaque:
+            note = ""
+        else:
+            note = f"  nothing needs it: haplane secrets remove-key {k.name}"
+        typer.echo(f"{k.name:<16} {stored[k.name]:>8} {copies:>8}{note}")
+    for f in found:
+        if f.error is not None:
+            typer.echo(f"retained: {f.path}: could not be looked into: {f.error}")
+        else:
+            counts = ", ".join(f"{n} {c}" for n, c in sorted(f.counts.items()))
+            typer.echo(f"retained: {f.path}: {counts}")
 
 
 @app.command("rotate")
@@ -172,3 +211,71 @@ def rewrite_cmd(
             err=True,
         )
         raise typer.Exit(1)
+
+
+@app.command("remove-key")
+def remove_key_cmd(
+    name: Annotated[str, typer.Argument(help="The local key's provider name, e.g. local.")],
+    wait: Annotated[float, typer.Option(help="Seconds the replicas have to reload.")] = 15.0,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Remove an older local key-encryption key once nothing needs it: not the writer, no value
+    sealed under it in any region (every standby caught up), nor in saved divergence, backups or
+    snapshots. The configuration drops it, and once every replica has loaded that, its file is
+    deleted. Refused with each reason otherwise; resumable."""
+    import asyncio
+
+    from haplane.local import global_control
+    from haplane.local.secrets_ops import (
+        KeyNeeded,
+        SecretsError,
+        config_digest,
+        remove_key,
+        wait_loaded,
+    )
+    from haplane.local.security import http_ssl
+
+    state, topology = _topology(state_dir)
+    enc = topology.spec.security.encryption
+    t, plan, _ = _setup(state, topology)
+    urls = [r.url for r in plan.replicas]
+    ssl = http_ssl(plan.tls)
+
+    async def reloaded(config: Path) -> list[str]:
+        return await wait_loaded(urls, ssl, config_digest(config), wait)
+
+    async def run() -> Any:
+        clients = _regional_clients(plan)
+        try:
+            async with global_control.control_client(topology, state) as control:
+                return await remove_key(
+                    state,
+                    name,
+                    user_config=enc.config_file,
+                    enabled=enc.enabled,
+                    control=control,
+                    regional=clients,
+                    transformers=t,
+                    reloaded=reloaded,
+                )
+        finally:
+            for c in clients.values():
+                await c.close()
+
+    try:
+        r = asyncio.run(run())
+    except KeyNeeded as exc:
+        for need in exc.needs:
+            typer.echo(f"error: {need}", err=True)
+        typer.echo(f"error: {name} is still needed ({exc.kept})", err=True)
+        raise typer.Exit(1) from None
+    except SecretsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if r.already:
+        typer.echo(f"{name} was removed already")
+        return
+    typer.echo(
+        f"removed {name}: {r.config} no longer lists it, every replica ({len(urls)}) has "
+        f"loaded that, and {state.root / 'encryption' / r.key.file} is deleted"
+    )

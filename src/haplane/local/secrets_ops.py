@@ -1,9 +1,11 @@
-"""`haplane secrets status|rotate|rewrite`: the keys that seal a running topology's data at rest.
+"""`haplane secrets status|rotate|rewrite|remove-key`: the keys that seal a running topology's data
+at rest.
 
 Layer: run (`haplane.local`). Reads and writes `STATE/encryption` (the key-encryption keys, the
-list of them in order, the EncryptionConfiguration every replica follows); reads every region's
-etcd; rewrites values only in the active region's etcd, guarded by its fence key (replication
-carries the new ciphertext to the standbys).
+list of them in order, the EncryptionConfiguration every replica follows, the keys removed);
+reads every region's etcd, and the copies of stored values kept under the state dir (saved
+divergence, backups, snapshots); rewrites values only in the active region's etcd, guarded by
+its fence key (replication carries the new ciphertext to the standbys).
 
 - `rotate` makes a new local key-encryption key the writer: the configuration lists it first
   and keeps the older ones after it (they still read). The replicas reload the file within a
@@ -12,18 +14,31 @@ carries the new ciphertext to the standbys).
   key (`mod_revision` unchanged, the region's fence key still active): a concurrent write wins
   and is left as written (it was sealed by the writer already, or is retried). It resumes after
   the last key done (`STATE/encryption/rewrite.json`).
-- `status` counts, per region, what each key still protects, and what is stored plain.
+- `status` counts, per region, what each key still protects, and what is stored plain; and
+  per local key, the retained copies outside etcd that hold values sealed under it.
+- `remove-key` (`remove_key`) deletes an older local key once nothing needs it (`needs_of`: not
+  the writer; no value under it in any region's etcd, a standby having applied the active
+  region up to the moment it was found clean; no retained copy outside etcd, saved divergence,
+  backups and snapshots under the state dir, holding one). The configuration drops it first;
+  the file goes only once every replica has loaded that (resumable: a run that stopped in
+  between finishes the removal; `STATE/encryption/removed.json` remembers what went).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bz2
+import gzip
 import json
+import lzma
 import os
+import time
+import zipfile
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from haplane.auth.encryption import (
     KMS_V2_PREFIX,
@@ -33,7 +48,17 @@ from haplane.auth.encryption import (
     create_local_key,
     local_config,
 )
-from haplane.store import FENCE_KEY, Compare, EtcdClient, EtcdError, GlobalState, Op, prefix_end
+from haplane.store import (
+    APPLIED_KEY,
+    FENCE_KEY,
+    AppliedRecord,
+    Compare,
+    EtcdClient,
+    EtcdError,
+    GlobalState,
+    Op,
+    prefix_end,
+)
 
 from .state_dir import StateDir
 
@@ -113,7 +138,10 @@ def rotate(
         # a rotation that stopped between its steps: its new key reads already
         newest, order = max(keys, key=_number), keys
     else:
-        n = max(_number(k) for k in keys) + 1
+        # never the name of a removed key: a copy sealed under it that nobody knew of (kept
+        # outside the state dir) must say "provider missing", not fail to open under a new key
+        gone = [LocalKey(r["name"], r["file"]) for r in _removals(state)]
+        n = max(_number(k) for k in [*keys, *gone]) + 1
         newest = LocalKey(f"local-{n}", f"kek-{n}.key")
         create_local_key(state.root / "encryption" / newest.file)
         order = [keys[0], newest, *keys[1:]]
@@ -143,11 +171,18 @@ class RegionStatus:
     sealed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (provider, key id)
     plain: int = 0  # values of resources the configuration seals, stored plain
     unreadable: int = 0  # sealed by a provider the configuration does not have
+    # every value under /registry/ stored with a `k8s:enc:kms:v2:<name>:` prefix, by name,
+    # whatever the configuration says of it (what a key's removal must find at zero)
+    prefixed: Counter[str] = field(default_factory=Counter)
 
 
 async def scan(client: EtcdClient, transformers: Transformers, region: str) -> RegionStatus:
     out = RegionStatus(region)
     async for kv_key, value in _values(client):
+        if value.startswith(KMS_V2_PREFIX):
+            tail = value[len(KMS_V2_PREFIX) : len(KMS_V2_PREFIX) + 256]
+            if b":" in tail:
+                out.prefixed[tail.split(b":", 1)[0].decode(errors="replace")] += 1
         chain = transformers.chain_for(kv_key)
         if not chain:
             continue
@@ -349,3 +384,418 @@ def config_digest(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- removing a key ---------------------------------------------------------------------
+
+CHUNK = 1 << 20  # bytes read at a time from a retained file
+
+
+def stored_prefix(name: str) -> bytes:
+    """What every value sealed under the provider `name` starts with: in etcd, and so in any
+    copy of its stored bytes (etcd's bbolt file keeps values as they were put; saved
+    divergence keeps them as they were read)."""
+    return KMS_V2_PREFIX + name.encode() + b":"
+
+
+def retained_dirs(state: StateDir) -> list[Path]:
+    """Where copies of stored values live outside etcd: the divergence a returning region saved
+    before it was re-seeded (`haplane.local.divergence`, `STATE/divergence/<epoch>/`), and
+    backups and snapshots (#19: `STATE/backups/`, `STATE/snapshots/`). Every file below them
+    counts, whatever its name."""
+    return [state.root / name for name in ("divergence", "backups", "snapshots")]
+
+
+@dataclass(frozen=True)
+class Need:
+    """One thing that still needs a key: where (a region, a file), how many stored values are
+    sealed under it there (None: it could not be looked at, which counts as needing it), and
+    what to do about it."""
+
+    where: str
+    count: int | None
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.fix}"
+
+
+class KeyNeeded(SecretsError):
+    """The key cannot go yet; `needs` says each reason."""
+
+    def __init__(self, name: str, needs: list[Need], kept: str = "nothing was changed"):
+        super().__init__(f"{name} is still needed ({kept}): " + "; ".join(map(str, needs)))
+        self.name = name
+        self.needs = needs
+        self.kept = kept  # what the refusal left as it was
+
+
+@dataclass
+class RetainedFile:
+    path: Path
+    counts: Counter[str] = field(default_factory=Counter)  # values found, by key name
+    error: str | None = None  # it could not be looked into: it may hold any key's values
+
+
+def scan_retained(state: StateDir, names: Iterable[str]) -> list[RetainedFile]:
+    """Every file under `retained_dirs` that holds values sealed under any of `names` (by
+    their stored prefix, `stored_prefix`), or that could not be looked into. gzip, bzip2 and xz
+    files (and zip archives, member by member) are read decompressed, tar archives as they
+    are; a zstd file, an age or armored PGP one, or an unreadable one is reported with why.
+    Anything else is searched as raw bytes: a file encrypted by other means looks empty."""
+    needles = {n: stored_prefix(n) for n in names}
+    out = []
+    for root in retained_dirs(state):
+        for path in _files(root):
+            try:
+                counts = _count_in_file(path, needles)
+            except _UNREADABLE as e:
+                out.append(RetainedFile(path, error=str(e) or type(e).__name__))
+                continue
+            if counts:
+                out.append(RetainedFile(path, counts))
+    return out
+
+
+class _Opaque(Exception):
+    """A file whose contents cannot be searched (said why)."""
+
+
+# what reading a retained file may raise (a truncated or corrupt compressed file among them)
+_UNREADABLE = (_Opaque, OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError)
+
+
+def _files(root: Path) -> list[Path]:
+    """The regular files below `root` (symbolic links to files followed, to directories not)."""
+    import stat
+
+    out = []
+    for dirpath, _, names in os.walk(root):
+        for n in sorted(names):
+            path = Path(dirpath) / n
+            try:
+                if stat.S_ISREG(path.stat().st_mode):  # not a FIFO: reading one would block
+                    out.append(path)
+            except FileNotFoundError:
+                continue  # gone meanwhile, or a dangling link: it holds nothing
+    return sorted(out)
+
+
+def _count_in_file(path: Path, needles: dict[str, bytes]) -> Counter[str]:
+    with open(path, "rb") as f:
+        if f.peek(4)[:4] == b"PK\x03\x04":
+            total: Counter[str] = Counter()
+            with zipfile.ZipFile(f) as archive:
+                for info in archive.infolist():
+                    if not info.is_dir():
+                        with archive.open(info) as member:
+                            total += _count_stream(_opened(member, 1), needles)
+            return total
+        return _count_stream(_opened(f, 0), needles)
+
+
+def _opened(f: Any, depth: int) -> BinaryIO:
+    """`f` decompressed as its first bytes say (a gzip of a gzip too), else `f` as it is."""
+    head = bytes(f.peek(32)[:32])
+    # the decompressors read `f` and never close it; the outer `with` closes the file
+    if head.startswith(b"\x1f\x8b"):
+        inner: Any = gzip.GzipFile(fileobj=f)
+    elif head.startswith(b"BZh"):
+        inner = bz2.BZ2File(f)
+    elif head.startswith(b"\xfd7zXZ\x00"):
+        inner = lzma.LZMAFile(f)  # noqa: SIM115
+    elif head.startswith(b"(\xb5/\xfd"):
+        raise _Opaque("zstd-compressed, which haplane cannot read: decompress it (zstd -d)")
+    elif head.startswith((b"age-encryption.org/", b"-----BEGIN AGE", b"-----BEGIN PGP MESSAGE")):
+        raise _Opaque("encrypted: what it holds cannot be seen")
+    elif head.startswith(b"PK\x03\x04"):
+        raise _Opaque("a zip archive inside an archive: unpack it")
+    else:
+        return f  # type: ignore[no-any-return]
+    if depth >= 3:
+        raise _Opaque("compressed more than three times over")
+    return _opened(inner, depth + 1)
+
+
+def _count_stream(f: BinaryIO, needles: dict[str, bytes]) -> Counter[str]:
+    """How often each needle occurs in `f`, read a chunk at a time (the last bytes of a chunk
+    are kept, so a needle across two chunks counts once)."""
+    counts: Counter[str] = Counter()
+    if not needles:
+        return counts
+    keep = max(len(n) for n in needles.values()) - 1
+    tail = b""
+    while chunk := f.read(CHUNK):
+        buf = tail + chunk
+        for name, needle in needles.items():
+            # only occurrences that reach into the new chunk: those within `tail` were counted
+            found = buf.count(needle, max(0, len(tail) - len(needle) + 1))
+            if found:
+                counts[name] += found
+        tail = buf[-keep:] if keep else b""
+    return counts
+
+
+def _retained_needs(state: StateDir, name: str) -> list[Need]:
+    needs = []
+    for found in scan_retained(state, [name]):
+        where = str(found.path)
+        if found.error is not None:
+            needs.append(
+                Need(
+                    where,
+                    None,
+                    f"could not be looked into ({found.error}); it may hold values sealed under "
+                    f"{name}: make it readable, or move it out of {found.path.parent}",
+                )
+            )
+        elif found.path.is_relative_to(state.root / "divergence"):
+            epoch = found.path.relative_to(state.root / "divergence").parts[0]
+            needs.append(
+                Need(
+                    where,
+                    found.counts[name],
+                    f"saved divergence {epoch} holds {found.counts[name]} value(s) sealed under "
+                    f"{name}: re-apply what you need (`haplane divergence apply {epoch}`: the "
+                    f"new writes are sealed under the writer), then delete "
+                    f"{state.root / 'divergence' / epoch}",
+                )
+            )
+        else:
+            needs.append(
+                Need(
+                    where,
+                    found.counts[name],
+                    f"holds {found.counts[name]} value(s) sealed under {name}: a restore would "
+                    f"need the key; delete it once a newer backup replaces it (or keep the key)",
+                )
+            )
+    return needs
+
+
+async def needs_of(
+    state: StateDir,
+    name: str,
+    control: EtcdClient,
+    regional: dict[str, EtcdClient],
+    transformers: Transformers,
+    *,
+    catch_up: float = 10.0,
+) -> list[Need]:
+    """What still needs the local key `name` (empty: nothing), each with what to do:
+    - it is the writer (first in keys.json);
+    - a stored value sealed under it in any region's etcd, the active one and every standby
+      (by its stored prefix, whatever the configuration says);
+    - a standby that has not applied the active region up to the revision at which the active
+      region was found free of it (waiting up to `catch_up` seconds: the active region's
+      heartbeat moves the applied record on), or that follows another region: what it has yet
+      to apply may be sealed under it;
+    - a file under the retained dirs (saved divergence, backups, snapshots) holding such a
+      value, or one that could not be looked into.
+    A region, or the global control etcd, that does not answer counts: nothing says it is
+    free of the key."""
+    needs: list[Need] = []
+    keys = local_keys(state)
+    if keys[0].name == name:
+        needs.append(
+            Need(
+                str(keys_file(state)),
+                None,
+                f"{name} is the writer (it seals every new value): run `haplane secrets rotate` "
+                "first, then `haplane secrets rewrite`",
+            )
+        )
+    active: str | None = None
+    try:
+        record = await GlobalState(control).read()
+        if record is None:
+            needs.append(Need("global control etcd", None, "no active region is recorded"))
+        elif record.region not in regional:
+            needs.append(Need("global control etcd", None, f"{record.region}: an unknown region"))
+        else:
+            active = record.region
+    except EtcdError as exc:
+        needs.append(
+            Need(
+                "global control etcd",
+                None,
+                f"did not answer ({exc}): which region is active decides what every standby "
+                "must have applied",
+            )
+        )
+    floor = 0  # the active region's revision once found free of the key
+    for region in sorted(regional, key=lambda r: (r != active, r)):
+        client = regional[region]
+        try:
+            if region != active and floor:
+                behind = await _behind(client, name, active or "", floor, catch_up)
+                if behind:
+                    needs.append(Need(f"region {region}", None, behind))
+            n = (await scan(client, transformers, region)).prefixed[name]
+            if n and region == active:
+                needs.append(
+                    Need(
+                        f"region {region}",
+                        n,
+                        f"{n} stored value(s) sealed under {name}: run `haplane secrets rewrite`",
+                    )
+                )
+            elif n:
+                needs.append(
+                    Need(
+                        f"region {region}",
+                        n,
+                        f"{n} stored value(s) sealed under {name}: run `haplane secrets "
+                        "rewrite` (in the active region) if it has not run, and wait for "
+                        "replication to carry it here (`haplane status`)",
+                    )
+                )
+            elif region == active:
+                _, floor = await client.range(FENCE_KEY)
+        except EtcdError as exc:
+            needs.append(
+                Need(
+                    f"region {region}",
+                    None,
+                    f"its etcd could not be read ({exc}): whether it holds values sealed under "
+                    f"{name} is unknown",
+                )
+            )
+    # files may be large (snapshots): read off the event loop
+    return needs + await asyncio.to_thread(_retained_needs, state, name)
+
+
+async def _behind(
+    client: EtcdClient, name: str, active: str, floor: int, catch_up: float
+) -> str | None:
+    """Why a standby may still receive values sealed under `name` (None: it will not)."""
+    deadline = time.monotonic() + catch_up
+    while True:
+        kv = await client.get(APPLIED_KEY)
+        if kv is None:
+            # it replicates from nowhere, or is about to copy the active region whole (a
+            # resync reads it as it is now, free of the key): what it holds was scanned
+            return None
+        record = AppliedRecord.from_kv(kv)
+        if record.source == active and record.revision >= floor:
+            return None
+        if time.monotonic() >= deadline:
+            if record.source != active:
+                return (
+                    f"replicates from {record.source}, not from the active region {active}: "
+                    f"what it has yet to apply may be sealed under {name}; wait until it "
+                    f"follows {active} (`haplane status`)"
+                )
+            return (
+                f"has applied {active} up to revision {record.revision}, not yet {floor} "
+                f"(where {active} was found free of {name}): wait for replication "
+                "(`haplane status`) and try again"
+            )
+        await asyncio.sleep(0.2)
+
+
+def removals_file(state: StateDir) -> Path:
+    return state.root / "encryption" / "removed.json"
+
+
+def _removals(state: StateDir) -> list[dict[str, Any]]:
+    """The keys removed, or being removed (`state`: "removing" until the file is gone)."""
+    path = removals_file(state)
+    try:
+        rows = json.loads(path.read_text())["keys"]
+        return [dict(r) for r in rows if isinstance(r["name"], str) and isinstance(r["file"], str)]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SecretsError(f"{path}: {exc}") from None
+
+
+def _record_removal(state: StateDir, key: LocalKey, what: str) -> None:
+    rows = [r for r in _removals(state) if r["name"] != key.name]
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows.append({"name": key.name, "file": key.file, "state": what, "time": when})
+    path = removals_file(state)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"keys": rows}, indent=2) + "\n")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class Removed:
+    key: LocalKey
+    config: Path
+    already: bool = False  # an earlier run removed it: nothing was left to do
+    resumed: bool = False  # an earlier run had taken it out of the configuration
+
+
+async def remove_key(
+    state: StateDir,
+    name: str,
+    *,
+    user_config: str | None,
+    enabled: bool,
+    control: EtcdClient,
+    regional: dict[str, EtcdClient],
+    transformers: Transformers,
+    reloaded: Callable[[Path], Awaitable[list[str]]],
+    catch_up: float = 10.0,
+) -> Removed:
+    """Remove the local key `name` once nothing needs it (`needs_of`; else `KeyNeeded`, with
+    every reason): keys.json and the configuration drop it, `reloaded(config)` waits until
+    every replica uses that configuration (it returns those that do not), and only then is the
+    key file deleted. A run that stopped after the configuration dropped it finishes the
+    removal (looking again first: the file is the last copy of the key); one after the file went
+    answers `already`.
+
+    The file is deleted, not moved aside: a key kept in the state dir beside the others is not
+    removed (whoever can read the dir could still open old copies sealed under it, wherever
+    they went), and nothing the state dir knows of needs it any more. A copy for safekeeping
+    belongs with the key backups, taken before."""
+    if user_config:
+        raise SecretsError(
+            "this topology uses its own EncryptionConfiguration (spec.security.encryption."
+            "configFile): remove the provider from that file once nothing needs it; the "
+            "replicas reload it"
+        )
+    keys = local_keys(state)
+    key = next((k for k in keys if k.name == name), None)
+    directory = state.root / "encryption"
+    resumed = False
+    if key is None:
+        earlier = next((r for r in _removals(state) if r["name"] == name), None)
+        if earlier is None:
+            raise SecretsError(
+                f"no local key named {name!r} (the local keys, the writer first: "
+                f"{', '.join(k.name for k in keys)})"
+            )
+        key = LocalKey(earlier["name"], earlier["file"])
+        if earlier.get("state") == "removed":
+            return Removed(key, directory / "config.yaml", already=True)
+        resumed = True
+    else:
+        needs = await needs_of(state, name, control, regional, transformers, catch_up=catch_up)
+        if needs:
+            raise KeyNeeded(name, needs)
+        _record_removal(state, key, "removing")  # first: a stop after keys.json knows the file
+        keys = [k for k in keys if k.name != name]
+        save_keys(state, keys)
+    config = write_config(state, keys, encrypt=enabled)  # again when resuming: it may have stopped
+    late = await reloaded(config)
+    if late:
+        raise SecretsError(
+            f"{config} no longer lists {name}, but these replicas have not loaded it: "
+            f"{', '.join(late)}; {directory / key.file} stays until they have: run `haplane "
+            f"secrets remove-key {name}` again once they answer"
+        )
+    if resumed:
+        needs = await needs_of(state, name, control, regional, transformers, catch_up=catch_up)
+        if needs:
+            raise KeyNeeded(
+                name,
+                needs,
+                f"the configuration no longer lists it; {directory / key.file} stays",
+            )
+    (directory / key.file).unlink(missing_ok=True)
+    _record_removal(state, key, "removed")
+    return Removed(key, config, resumed=resumed)
