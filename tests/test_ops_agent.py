@@ -154,8 +154,9 @@ async def test_drains_and_certificate_rotation_run_their_primitives(client, key_
         ({"action": "drain", **lb}, ["haplane:etcd-operator"]),
         ({"action": "rotate-certificates"}, admin),
         ({"action": "rotate-certificates"}, gate_op),
+        ({"action": "remove-encryption-key", "key": "local"}, admin),
     ]
-    drain, undrain, not_a_balancer, wrong_role, certs, certs_refused = [
+    drain, undrain, not_a_balancer, wrong_role, certs, certs_refused, remove = [
         await put(client, key_prefix, "MaintenanceAction", spec, requesterRoles=roles)
         for spec, roles in asked
     ]
@@ -168,9 +169,10 @@ async def test_drains_and_certificate_rotation_run_their_primitives(client, key_
             ["maintenance", "undrain", "eu-west/lb-1", "--direct", "--reason", "test",
              "--state-dir", "/state"],
             ["pki", "rotate", "--state-dir", "/state"],
+            ["secrets", "remove-key", "local", "--state-dir", "/state"],
         ]
     ), tails  # fmt: skip
-    for name in (drain, undrain, certs):
+    for name in (drain, undrain, certs, remove):
         st = await status_of(client, key_prefix, "MaintenanceAction", name)
         assert st["phase"] == "Succeeded", st
     for name, said in (

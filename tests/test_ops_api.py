@@ -604,6 +604,9 @@ def test_drills_and_maintenance_actions(ops: Ops):
         ({"action": "undrain", "component": "a/lb-1", "timeoutSeconds": 5}, "spec.timeoutSeconds"),
         ({"action": "rotate-certificates", "component": "a/lb-1"}, "spec.component"),
         ({"action": "reboot-the-world"}, "spec.action"),
+        ({"action": "remove-encryption-key"}, "spec.key"),
+        ({"action": "remove-encryption-key", "key": "../kek"}, "spec.key"),
+        ({"action": "rotate-encryption-key", "key": "local"}, "spec.key"),
     ):
         status, body = ask("dave", "MaintenanceAction", spec)
         assert status == 422 and field in body["message"], (spec, body)
@@ -620,9 +623,18 @@ def test_drills_and_maintenance_actions(ops: Ops):
     while ops.as_("erin", "GET", f"{OPS}/maintenanceactions")[0] != 200:  # the binding is seen
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    for action in ("rotate-encryption-key", "rotate-certificates"):
-        status, body = ask("erin", "MaintenanceAction", {"action": action})
+    for spec in (
+        {"action": "rotate-encryption-key"},
+        {"action": "rotate-certificates"},
+        {"action": "remove-encryption-key", "key": "local"},
+    ):
+        status, body = ask("erin", "MaintenanceAction", spec)
         assert status == 403 and "haplane:platform-admin" in body["message"], body
+    status, body = ask(
+        "dave", "MaintenanceAction", {"action": "remove-encryption-key", "key": "local"}
+    )
+    assert status == 201 and body["status"]["phase"] == "Pending", body
+    assert [r["policy"] for r in body["status"]["requirements"]] == ["encryption-key-approval"]
     status, body = ask("dave", "MaintenanceAction", {"action": "rotate-encryption-key"})
     assert status == 201 and body["status"]["phase"] == "Pending", body
     assert [r["policy"] for r in body["status"]["requirements"]] == ["encryption-key-approval"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -43,6 +44,7 @@ from typing import Any
 from aiohttp import web
 
 from haplane.auth.user import ANONYMOUS, UserInfo
+from haplane.store import ActiveRegion
 from haplane.store.operations import (
     APPROVED,
     EXPIRED,
@@ -50,6 +52,7 @@ from haplane.store.operations import (
     PENDING,
     REJECTED,
     RUNNING,
+    SUCCEEDED,
     TERMINAL,
     VERSION,
     now_rfc3339,
@@ -71,6 +74,13 @@ DEFAULT_EXPIRY = 3600
 # longer than the agent's longest timeout (a drill's 900 s)
 AGENT_PROTECTED = 1000.0
 AUTOMATIC_PREFIX = "automatic-"  # Switchovers the failover controller records (gate.operations)
+# who may record them through the API: the failover controller's ServiceAccount holds this
+# ClusterRole (haplane.auth.rbac); a record names the epoch its switch committed
+RECORDER_ROLE = "haplane:failover-controller"
+AUTOMATIC_FIELDS = frozenset(
+    {"targetRegion", "reason", "automatic", "epoch", "fromRegion", "action"}
+)
+AUTOMATIC_ACTIONS = ("failover", "failback")
 # the failover controller makes no decision of its own while a planned switchover catches up
 MAX_CATCH_UP = 60
 MAX_EXPIRY = 7 * 24 * 3600
@@ -142,6 +152,8 @@ class SwitchoverStrategy(OperationStrategy):
                 )
             )
         name = str(_dict(obj.get("metadata")).get("name") or "")
+        if _dict(obj.get("status")).get("recorded") is True:  # set only by prepare_create
+            return errs + _automatic_errors(spec, name)
         if name.startswith(AUTOMATIC_PREFIX):
             errs.append(
                 _err(
@@ -168,6 +180,29 @@ SWITCHOVER_FIELDS = frozenset(
 )
 
 
+def _automatic_errors(spec: Obj, name: str) -> list[FieldError]:
+    """A record of an automatic switch: `automatic-epoch-N`, naming epoch N, the action and
+    the region it left."""
+    errs: list[FieldError] = []
+    epoch = spec.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        errs.append(_err("spec.epoch", _INVALID, "the epoch the switch committed", epoch))
+    elif name != f"{AUTOMATIC_PREFIX}epoch-{epoch}":
+        errs.append(_err("metadata.name", _INVALID, f"{AUTOMATIC_PREFIX}epoch-{epoch}", name))
+    if spec.get("action") not in AUTOMATIC_ACTIONS:
+        errs.append(
+            _err(
+                "spec.action",
+                "FieldValueNotSupported",
+                f"one of {', '.join(AUTOMATIC_ACTIONS)}",
+                spec.get("action"),
+            )
+        )
+    if not isinstance(spec.get("fromRegion"), str) or not spec.get("fromRegion"):
+        errs.append(_err("spec.fromRegion", _REQUIRED, "the region active before"))
+    return errs + _unknown(spec, AUTOMATIC_FIELDS)
+
+
 # ---- ApprovalPolicy ----------------------------------------------------------------------
 
 
@@ -186,9 +221,14 @@ MAINTENANCE_ACTIONS = (
     "undrain",
     "rotate-certificates",
     "rotate-encryption-key",
+    "remove-encryption-key",
 )
 ON_A_COMPONENT = ("restart", "drain", "undrain")  # the actions that name a component
-PLATFORM_ACTIONS = ("rotate-certificates", "rotate-encryption-key")  # platform-admins only
+PLATFORM_ACTIONS = (  # platform-admins only
+    "rotate-certificates",
+    "rotate-encryption-key",
+    "remove-encryption-key",
+)
 DRILL_SCENARIOS = (
     "replica-kill",
     "etcd-leader-kill",
@@ -215,6 +255,7 @@ DEFAULT_GRANT_POLICY = "rolegrant-approval"
 DEFAULT_KEY_POLICY = "encryption-key-approval"
 DEFAULT_DRILL_POLICY = "disruptive-drill-approval"
 KEY_ROTATION = "MaintenanceAction/rotate-encryption-key"
+KEY_REMOVAL = "MaintenanceAction/remove-encryption-key"
 DEFAULTS = {  # name -> the operation it must keep naming
     DEFAULT_POLICY: "Switchover",
     DEFAULT_GRANT_POLICY: "RoleGrant",
@@ -479,6 +520,15 @@ class MaintenanceStrategy(OperationStrategy):
                     "spec.timeoutSeconds", _INVALID, "drain only: 1 to 600", spec["timeoutSeconds"]
                 )
             )
+        key = spec.get("key")
+        if action == "remove-encryption-key" and (
+            not isinstance(key, str) or not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", key)
+        ):
+            errs.append(
+                _err("spec.key", _INVALID, "the local key's name, as `secrets status` shows", key)
+            )
+        elif action != "remove-encryption-key" and "key" in spec:
+            errs.append(_err("spec.key", _FORBIDDEN, "remove-encryption-key only"))
         errs += _unknown(spec, MAINTENANCE_FIELDS)
         return errs
 
@@ -487,7 +537,9 @@ ROLE_GRANT_FIELDS = frozenset({"binding", "reason", "breakGlass"})
 DRILL_FIELDS = frozenset(
     {"scenario", "reason", "warmupSeconds", "observeSeconds", "intervalSeconds", "breakGlass"}
 )
-MAINTENANCE_FIELDS = frozenset({"action", "component", "reason", "timeoutSeconds", "breakGlass"})
+MAINTENANCE_FIELDS = frozenset(
+    {"action", "component", "key", "reason", "timeoutSeconds", "breakGlass"}
+)
 
 
 def _reason_errors(spec: Obj) -> list[FieldError]:
@@ -625,7 +677,7 @@ def default_policies() -> list[Obj]:
             "kind": "ApprovalPolicy",
             "metadata": {"name": DEFAULT_KEY_POLICY, "labels": {DEFAULT_LABEL: "true"}},
             "spec": {
-                "operations": [KEY_ROTATION],
+                "operations": [KEY_ROTATION, KEY_REMOVAL],
                 "approvals": 1,
                 "approvers": {"clusterRoles": [BREAK_GLASS_ROLE]},
                 "expireAfterSeconds": DEFAULT_EXPIRY,
@@ -745,11 +797,13 @@ class Operations:
         epoch: Callable[[], int],
         regions: Sequence[str] = (),
         active: Callable[[], str | None] = lambda: None,
+        record: Callable[[], ActiveRegion | None] = lambda: None,
     ) -> None:
         self.roles_of = roles_of
         self.epoch = epoch
         self.regions = tuple(regions)
         self.active = active  # the active region as this replica last read it
+        self.record = record  # the global record as this replica last read it
 
     def prepare_create(
         self,
@@ -770,6 +824,9 @@ class Operations:
             return None
         to = spec.get("targetRegion") if rtype.kind == "Switchover" else None
         name = str(meta.get("name") or meta.get("generateName") or "")
+        if rtype.kind == "Switchover" and spec.get("automatic") is True:
+            obj["status"] = self._automatic_status(spec, name, user)
+            return None
         if self.regions and isinstance(to, str) and to not in self.regions:
             raise errors.invalid(
                 "Switchover",
@@ -885,6 +942,56 @@ class Operations:
             )
         obj["status"] = status
         return annotation
+
+    def _automatic_status(self, spec: Obj, name: str, user: UserInfo) -> Obj:
+        """A record of an automatic failover or failback, made by the failover controller
+        (RECORDER_ROLE; 403 for anyone else): checked against the global record (an epoch
+        not reached yet, or the current one in another region, is 422), Succeeded when its
+        region is writable already, else Running (the controller's leader settles it)."""
+        if not _has_role(_roles(self.roles_of, user), RECORDER_ROLE):
+            raise errors.StatusError(
+                403,
+                "Forbidden",
+                f'switchovers.{GROUP} "{name}" is forbidden: User "{user.name}" may not record '
+                f"an automatic switchover: only the failover controller ({RECORDER_ROLE}) does",
+            )
+        record, epoch = self.record(), spec.get("epoch")
+        wrong = None
+        if record is not None and isinstance(epoch, int) and not isinstance(epoch, bool):
+            if epoch > record.epoch:
+                wrong = f"no epoch {epoch} yet (the platform is at epoch {record.epoch})"
+            elif epoch == record.epoch and record.region != spec.get("targetRegion"):
+                wrong = f"epoch {epoch} made {record.region} active, not {spec.get('targetRegion')}"
+        if wrong is not None:
+            raise errors.invalid(
+                "Switchover", name, [_err("spec.epoch", _INVALID, wrong, epoch).cause()], GROUP
+            )
+        writable = record is not None and record.epoch == epoch and record.writable
+        now = now_rfc3339()
+        phases = [{"name": "Committed", "at": now, "seconds": 0.0}]
+        if writable:
+            phases.append({"name": "Writable", "at": now, "seconds": 0.0})
+        return {
+            "recorded": True,
+            "phase": SUCCEEDED if writable else RUNNING,
+            "requestedBy": user.to_dict(),
+            "requestedAt": now,
+            "startedAt": now,
+            "runBy": user.name,
+            "epochAtRequest": epoch - 1 if isinstance(epoch, int) else None,
+            "approvalCount": 0,
+            "requirements": [],
+            "approvals": [],
+            "conditions": [],
+            "phases": phases,
+            "result": {
+                "fromRegion": spec.get("fromRegion"),
+                "toRegion": spec.get("targetRegion"),
+                "epoch": epoch,
+                "action": spec.get("action"),
+            },
+            "message": f"automatic {spec.get('action')}: {spec.get('reason', '')}",
+        }
 
     def approve(self, current: Obj, body: Obj, user: UserInfo) -> tuple[Obj, str]:
         """The object after `user`'s decision in `body` (an Approved or Denied condition

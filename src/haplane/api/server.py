@@ -221,6 +221,7 @@ class ApiServer:
                     epoch=lambda: self.fence.epoch,
                     regions=config.regions,
                     active=lambda: self.fence.record.region if self.fence.record else None,
+                    record=lambda: self.fence.record,
                 ),
                 self._approval_policies,
                 refresh=self.fence.refresh_now,
@@ -755,6 +756,17 @@ class ApiServer:
                     raise
         if self.authorizer is not None:
             await self._ensure_default_rbac()
+            from haplane.auth import rbac
+
+            # the failover controller's own identity (its ClusterRole and binding are above)
+            namespace, name = rbac.FAILOVER_CONTROLLER_SA
+            try:
+                await self.stores[("", "v1", "serviceaccounts")].create(
+                    namespace, {"metadata": {"name": name, "namespace": namespace}}
+                )
+            except StatusError as exc:
+                if exc.code != 409:
+                    raise
 
     async def _ensure_default_rbac(self) -> None:
         """Kubernetes' bootstrap roles and bindings and haplane's operator roles, created when

@@ -805,6 +805,16 @@ OPERATOR_ROLES: dict[str, list[Obj]] = {
 }
 
 
+# the failover controller (haplane.gate.controller) records each automatic failover and
+# failback as a Switchover through the API, as this ServiceAccount: its ClusterRole allows
+# exactly that (and reading them back); the ops API lets only this role record one
+FAILOVER_CONTROLLER_SA = ("kube-system", "haplane-failover-controller")
+FAILOVER_CONTROLLER_ROLE = "haplane:failover-controller"
+CONTROLLER_ROLES: dict[str, list[Obj]] = {
+    FAILOVER_CONTROLLER_ROLE: [_rule([OPS_GROUP], ["switchovers"], ["get", "create"])],
+}
+
+
 def default_cluster_roles() -> list[Obj]:
     """Kubernetes' bootstrap ClusterRoles (the subset for what haplane serves, with the same
     aggregation: admin gathers edit, edit gathers view) and haplane's operator roles."""
@@ -851,6 +861,7 @@ def default_cluster_roles() -> list[Obj]:
             [{"nonResourceURLs": _MONITORING_URLS, "verbs": ["get"]}],
         ),
         *(_cluster_role(name, rules, defaults=False) for name, rules in OPERATOR_ROLES.items()),
+        *(_cluster_role(name, rules, defaults=False) for name, rules in CONTROLLER_ROLES.items()),
     ]
 
 
@@ -879,4 +890,14 @@ def default_cluster_role_bindings() -> list[Obj]:
             ["system:authenticated", "system:unauthenticated"],
         ),
         _cluster_role_binding("system:monitoring", "system:monitoring", ["system:monitoring"]),
+        {
+            **_cluster_role_binding(FAILOVER_CONTROLLER_ROLE, FAILOVER_CONTROLLER_ROLE, []),
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "namespace": FAILOVER_CONTROLLER_SA[0],
+                    "name": FAILOVER_CONTROLLER_SA[1],
+                }
+            ],
+        },
     ]

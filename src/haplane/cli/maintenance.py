@@ -1,9 +1,10 @@
-"""`haplane maintenance ...`: component operations, asked for through the API and carried out
-by the supervisor's agent (`haplane.local.ops_agent`), or run here with `--direct`.
+"""`haplane maintenance ...`: component and key operations, asked for through the API and
+carried out by the supervisor's agent (`haplane.local.ops_agent`), or run here with `--direct`.
 
-Layer: run (cli). Thin: the API request and its following are `cli.ops`, the local primitives
-`haplane.local.balancer_drain` (drain, undrain), `haplane pki rotate`, `haplane secrets rotate`
-and `haplane fault restart`; imported when a command runs, so `haplane --help` stays quick.
+Layer: run (cli). Thin: the API request and its following are `cli.ops`; the local primitives
+are `haplane.local.balancer_drain` (drain, undrain), `haplane pki rotate`, `haplane secrets
+rotate|remove-key` and `haplane fault restart`; imported when a command runs, so `haplane
+--help` stays quick.
 """
 
 from __future__ import annotations
@@ -78,6 +79,21 @@ def rotate_key_cmd(
     platform-admin approved it (the default policy encryption-key-approval)."""
     spec = {"action": "rotate-encryption-key", "reason": reason}
     _through_api("rotate-encryption-key", spec, kubeconfig, region, no_wait, state_dir)
+
+
+@app.command("remove-encryption-key")
+def remove_key_cmd(
+    key: Annotated[str, typer.Argument(help="The local key's name (`haplane secrets status`).")],
+    reason: ReasonOpt,
+    kubeconfig: KubeconfigOpt = None,
+    region: RegionOpt = None,
+    no_wait: NoWaitOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Remove an older key-encryption key (`haplane secrets remove-key`), refused while anything
+    still needs it, once another platform-admin approved (encryption-key-approval)."""
+    spec = {"action": "remove-encryption-key", "key": key, "reason": reason}
+    _through_api(f"remove-key-{key}", spec, kubeconfig, region, no_wait, state_dir)
 
 
 @app.command("rotate-certificates")

@@ -21,7 +21,8 @@ drill's load, and what an operator would have typed is exactly what runs:
   rotate`, one component at a time, health-gated;
 - `MaintenanceAction` `rotate-encryption-key` (needs `haplane:platform-admin`, and by default
   another person's approval): `haplane secrets rotate`, which makes a new key the writer once
-  every replica has loaded it.
+  every replica has loaded it; `remove-encryption-key` (the same): `haplane secrets
+  remove-key NAME`, refused while anything still needs the key.
 A `Pending` request past its time becomes `Expired`. A restart of a component no process of
 this supervisor runs is `Failed` (one supervisor runs the whole topology here; with agents on
 several hosts each would leave others' components alone). A primitive runs in its own session:
@@ -60,6 +61,7 @@ TIMEOUTS = {  # seconds a primitive may take (a drain: its own timeout on top)
     "undrain": 30.0,
     "rotate-certificates": 900.0,
     "rotate-encryption-key": 300.0,
+    "remove-encryption-key": 300.0,
 }
 ON_A_COMPONENT = ("restart", "drain", "undrain")
 ROLE_FOR_KIND = {  # ManagedProcess kinds (haplane.local.supervisor)
@@ -219,6 +221,8 @@ class OpsAgent:
                 timeout += wait
         elif action == "rotate-certificates":
             argv = [*cli, "pki", "rotate"]
+        elif action == "remove-encryption-key":
+            argv = [*cli, "secrets", "remove-key", str(spec["key"])]
         else:
             argv = [*cli, "secrets", "rotate"]
         return [*argv, *tail], timeout
