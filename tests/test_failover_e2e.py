@@ -99,7 +99,14 @@ def test_region_loss_fails_over_without_losing_writes(topo: Path) -> None:
 
     obj = wait_for(recorded, timeout=30)
     assert obj["spec"]["targetRegion"] == meta["after"]["region"]
-    assert obj["status"]["requestedBy"]["username"].startswith("controller:")
+    assert obj["spec"]["fromRegion"] == meta["before"]["region"]
+    # through the API, as the controller's own ServiceAccount: authorized and audited
+    sa = "system:serviceaccount:kube-system:haplane-failover-controller"
+    assert obj["status"]["requestedBy"]["username"] == sa, obj["status"]
+    r = haplane(topo, "audit", "--resource", "switchovers", "--verb", "create", "--user", sa,
+                "--json")  # fmt: skip
+    names = [json.loads(line)["objectRef"].get("name") for line in r.stdout.splitlines()]
+    assert obj["metadata"]["name"] in names, r.stdout
 
 
 def test_a_planned_switchover_under_load_loses_nothing(topo: Path) -> None:

@@ -196,6 +196,8 @@ async def ops(etcd_cluster, tmp_path_factory) -> AsyncIterator[Ops]:
                     str(tokens),
                     "--audit-log-path",
                     str(audit),
+                    "--service-account-key-file",
+                    str(root / "sa.key"),
                 ],
             )
         )
@@ -293,6 +295,69 @@ def test_who_may_ask(ops: Ops):
     assert status == 200
     status, _, body = ops.as_("dave", "DELETE", f"{OPS}/approvalpolicies/switchover-approval")
     assert status == 403 and "stricter, not removed" in body["message"], body
+
+
+CONTROLLER_SA = "system:serviceaccount:kube-system:haplane-failover-controller"
+
+
+def test_only_the_failover_controller_records_automatic_switches(ops: Ops):
+    """The controller's ServiceAccount (bound to haplane:failover-controller by default)
+    records an automatic switch through the API, checked against the global record; nobody
+    else may, a platform-admin included; the record is audited under its name."""
+    path = "/api/v1/namespaces/kube-system/serviceaccounts/haplane-failover-controller/token"
+    ask = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+    deadline = time.monotonic() + 10
+    while (answer := ops.as_("admin", "POST", path, ask))[0] != 201:  # the replica made it
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.1)
+    token = answer[2]["status"]["token"]
+
+    def record(epoch: int, to: str = "a", *, token: str | None = token, who: str = "admin"):
+        body = {
+            "apiVersion": "ops.haplane.dev/v1",
+            "kind": "Switchover",
+            "metadata": {"name": f"automatic-epoch-{epoch}"},
+            "spec": {
+                "targetRegion": to,
+                "reason": "b down",
+                "automatic": True,
+                "epoch": epoch,
+                "fromRegion": "b",
+                "action": "failover",
+            },
+        }
+        if token is None:
+            return ops.as_(who, "POST", f"{OPS}/switchovers", body)
+        return ops.active.request("POST", f"{OPS}/switchovers", body, token=token)
+
+    status, _, body = record(1, token=None, who="dave")  # a platform-admin: not the controller
+    assert status == 403 and "failover controller" in body["message"], body
+    status, _, body = record(7)  # no such epoch yet
+    assert status == 422 and "no epoch 7 yet" in body["message"], body
+    status, _, body = record(1, to="b")  # epoch 1 made a active
+    assert status == 422 and "made a active, not b" in body["message"], body
+    status, _, body = record(1)
+    assert status == 201, body
+    st = body["status"]
+    assert st["requestedBy"]["username"] == CONTROLLER_SA and st["recorded"] is True
+    assert st["phase"] == "Succeeded" and st["result"]["epoch"] == 1, st  # writable: done
+    assert st["requirements"] == [] and st["approvalCount"] == 0
+    assert record(1)[0] == 409  # recorded once
+    status, _, body = ops.decide("bob", "automatic-epoch-1")  # nothing to approve
+    assert status == 409, body
+    created = [
+        e
+        for e in ops.audit_events()
+        if e["verb"] == "create"
+        and e["objectRef"].get("name") == "automatic-epoch-1"
+        and e["responseStatus"]["code"] == 201
+    ]
+    assert [e["user"]["username"] for e in created] == [CONTROLLER_SA], created
+    # its ClusterRole allows exactly this: no other operation, nothing else to read
+    body = {"apiVersion": "ops.haplane.dev/v1", "kind": "Drill", "metadata": {"name": "d"},
+            "spec": {"scenario": "blip", "reason": "x"}}  # fmt: skip
+    assert ops.active.request("POST", f"{OPS}/drills", body, token=token)[0] == 403
+    assert ops.active.request("GET", "/api/v1/secrets", token=token)[0] == 403
 
 
 def test_a_standby_region_serves_operations(ops: Ops):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -190,12 +191,17 @@ async def test_only_approved_requests_run(etcd_cluster, key_prefix, phase):
         assert (await state.read()).epoch == 1  # type: ignore[union-attr]
 
 
+async def failover_to_b(state: GlobalState) -> tuple[ActiveRegion, ActiveRegion]:
+    """The controller's commit of a failover from a to b: (the record before, after)."""
+    before = await state.read()
+    assert before is not None
+    return before, await state.switch("b", expected_epoch=1, by="controller:g1", reason="a down")
+
+
 async def test_automatic_failovers_are_recorded_for_review(etcd_cluster, key_prefix):
     async with setup(etcd_cluster, key_prefix) as (client, state):
         host = FakeHost(key_prefix)
-        before = await state.read()
-        assert before is not None
-        record = await state.switch("b", expected_epoch=1, by="controller:g1", reason="a down")
+        before, record = await failover_to_b(state)
         await executor.record_automatic(
             host, client, action="failover", record=record, previous=before, reason="a down"
         )
@@ -210,3 +216,30 @@ async def test_automatic_failovers_are_recorded_for_review(etcd_cluster, key_pre
             host, client, action="failover", record=record, previous=before, reason="again"
         )
         assert (await status_of(client, key_prefix, "automatic-epoch-2"))["phase"] == "Succeeded"
+
+
+async def test_an_automatic_record_the_api_cannot_take_lands_in_etcd_saying_why(
+    etcd_cluster, key_prefix, tmp_path
+):
+    """The recorder's API (here: an address nothing listens on) does not answer within its
+    deadline: the controller writes the record itself, and logs that it went around the API."""
+    from haplane.gate.api_recorder import ApiRecorder
+
+    token = tmp_path / "token"
+    token.write_text("not-a-real-token\n")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    recorder = ApiRecorder(str(token), None, {"b": [url]}, deadline=1.5, attempt_timeout=0.5)
+    async with setup(etcd_cluster, key_prefix) as (client, state):
+        host = FakeHost(key_prefix)
+        before, record = await failover_to_b(state)
+        await executor.record_automatic(
+            host, client, action="failover", record=record, previous=before, reason="a down",
+            recorder=recorder,
+        )  # fmt: skip
+        st = await status_of(client, key_prefix, "automatic-epoch-2")
+        assert st["requestedBy"]["username"] == "controller:g1" and st["recorded"] is True
+        (event,) = [f for e, f in host.events if e == "automatic_switchover_recorded"]
+        assert event["via"] == "etcd" and "the API did not take it" in event["why"], event
+        assert url in event["why"]

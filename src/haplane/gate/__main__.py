@@ -66,6 +66,7 @@ import uvloop
 from haplane.auth.listener import ListenerAccess
 
 from .admin import AdminServer
+from .api_recorder import ApiRecorder
 from .config import ConfigError, GateConfig, load_config
 from .controller import ControllerSettings, FailoverController
 from .events import GateEvent, emit
@@ -142,6 +143,9 @@ async def serve(config: GateConfig) -> int:
                 fence_interval=c.fence_interval,
                 fence_timeout=c.fence_timeout,
                 tls=etcd_tls,
+                recorder=ApiRecorder(c.api.token_file, c.api.ca, c.api.regions)
+                if c.api is not None
+                else None,
             ),
         )
         controller.start()

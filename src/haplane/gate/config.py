@@ -216,6 +216,17 @@ class PairConfig(BaseModel):
     mode: Literal["Async", "Sync"] = "Async"
 
 
+class RecorderConfig(BaseModel):
+    """How the failover controller records automatic switches through the API: its
+    ServiceAccount token's file, the CA the balancers' certificates chain to (None: plain
+    HTTP), and each region's balancer URLs."""
+
+    model_config = _STRICT
+    token_file: str = Field(min_length=1)
+    ca: str | None = None
+    regions: dict[str, list[str]] = Field(min_length=1)
+
+
 class ControllerConfig(BaseModel):
     """A gate instance's failover controller (haplane.gate.controller): it reports this gate's
     view of every region and, when it leads, fails over by `haplane.gate.failover.decide`."""
@@ -245,6 +256,7 @@ class ControllerConfig(BaseModel):
     fence_timeout: float = Field(default=0.5, gt=0)
     # replication pairs (either way): which standby may be promoted, and planned failbacks
     pairs: list[PairConfig] = Field(default_factory=list)
+    api: RecorderConfig | None = None  # None: automatic switches recorded in etcd directly
 
     @field_validator("vantage_points")
     @classmethod

@@ -93,6 +93,7 @@ from haplane.store.switchover import (
     record_unplanned_cut,
 )
 
+from .api_recorder import ApiRecorder
 from .events import GateEvent
 from .failover import Decision, RegionView, Report, Settings, Snapshot, decide
 from .forwarder import Forwarder
@@ -121,6 +122,8 @@ class ControllerSettings:
     fence_interval: float = 0.5  # the leader reconciles every fence key this often
     fence_timeout: float = 0.5  # for each call to a regional etcd
     tls: EtcdTls | None = None  # the client certificate for every etcd above
+    # records automatic switches through the API with the controller's ServiceAccount
+    recorder: ApiRecorder | None = None
 
 
 class FailoverController:
@@ -149,6 +152,7 @@ class FailoverController:
         self._fence_wake = asyncio.Event()
         self._unfence_deferred: tuple[str, int] | None = None  # (region, epoch) last logged
         self._tasks: list[asyncio.Task[None]] = []
+        self._recordings: set[asyncio.Task[None]] = set()
         self._client: EtcdClient | None = None
         self._started = time.monotonic()
         self._seen_healthy: set[str] = set()
@@ -181,9 +185,10 @@ class FailoverController:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._recordings]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
         if self._fences is not None:
@@ -572,10 +577,21 @@ class FailoverController:
             except StaleEpoch as exc:
                 self._log("action_lost", action=d.action, reason=str(exc))
                 return
-        if d.action != "unfence":  # for review, outside the pause: fence passes go on
-            await record_automatic(
-                self, state.client, action=d.action, record=record, previous=active, reason=d.reason
+        if d.action != "unfence":  # for review, in the background: the API may take seconds
+            task = asyncio.create_task(
+                record_automatic(
+                    self,
+                    state.client,
+                    action=d.action,
+                    record=record,
+                    previous=active,
+                    reason=d.reason,
+                    recorder=self.settings.recorder,
+                ),
+                name=f"record epoch {record.epoch}",
             )
+            self._recordings.add(task)
+            task.add_done_callback(self._recordings.discard)
         self.last_action = {"action": d.action, "region": record.region, "epoch": record.epoch}
 
     async def _planned(

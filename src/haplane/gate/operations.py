@@ -47,9 +47,11 @@ from haplane.store import (
 from haplane.store import operations as ops
 from haplane.store.switchover import SwitchoverRefused, planned_switchover
 
+from .api_recorder import ApiRecorder, RecorderError
 from .failover import Settings
 
 AUTOMATIC_LABEL = "ops.haplane.dev/automatic"
+AUTOMATIC_NAME_PREFIX = "automatic-epoch-"
 OPS_EVERY = 0.25  # seconds between passes over the requests
 ABANDONED_AFTER = 120.0  # a Running request with no trace of a commit is closed after this
 TIMEOUT = 1.0
@@ -200,32 +202,41 @@ class Operations:
             self.host.log("switchover_" + outcome.lower(), switchover=name, message=message)
 
 
-async def record_automatic(
-    host: Host,
-    client: EtcdClient,
-    *,
-    action: str,
-    record: ActiveRegion,
-    previous: ActiveRegion,
-    reason: str,
-) -> None:
-    """An automatic failover or failback, recorded as a Switchover for review (`kubectl get
-    switchovers`): requested by the controller, its epoch in the result, so that it is settled
-    like an operator's (Succeeded once writable). Best effort: the switch stands either way."""
+def automatic_record(
+    host: Host, *, action: str, record: ActiveRegion, previous: ActiveRegion, reason: str
+) -> tuple[Obj, Obj]:
+    """An automatic failover or failback as a Switchover for review (`kubectl get
+    switchovers`): (what the API is asked to create, the object as stored). The API fills the
+    status itself (`haplane.api.ops`: requester, phase, result) from the spec; the stored form
+    is what the controller writes straight to the global control etcd when the API cannot
+    take it."""
+    name = f"{AUTOMATIC_NAME_PREFIX}{record.epoch}"
+    spec: Obj = {
+        "targetRegion": record.region,
+        "reason": reason[:1024],
+        "automatic": True,
+        "epoch": record.epoch,
+        "fromRegion": previous.region,
+        "action": action,
+    }
+    asked: Obj = {
+        "apiVersion": f"{ops.GROUP}/{ops.VERSION}",
+        "kind": "Switchover",
+        "metadata": {"name": name, "labels": {AUTOMATIC_LABEL: "true"}},
+        "spec": spec,
+    }
     phases = [{"name": "Committed", "at": ops.now_rfc3339(), "seconds": 0.0}]
     if record.writable:
         phases.append({"name": "Writable", "at": ops.now_rfc3339(), "seconds": 0.0})
-    obj: Obj = {
-        "apiVersion": f"{ops.GROUP}/{ops.VERSION}",
-        "kind": "Switchover",
+    stored: Obj = {
+        **asked,
         "metadata": {
-            "name": f"automatic-epoch-{record.epoch}",
+            **asked["metadata"],
             "uid": str(uuid.uuid4()),
             "creationTimestamp": ops.now_rfc3339(),
-            "labels": {AUTOMATIC_LABEL: "true"},
         },
-        "spec": {"targetRegion": record.region, "reason": reason, "automatic": True},
         "status": {
+            "recorded": True,
             "phase": ops.SUCCEEDED if record.writable else ops.RUNNING,
             "requestedBy": {"username": f"controller:{host.gate}"},
             "requestedAt": ops.now_rfc3339(),
@@ -244,9 +255,39 @@ async def record_automatic(
             "message": f"automatic {action}: {reason}",
         },
     }
+    return asked, stored
+
+
+async def record_automatic(
+    host: Host,
+    client: EtcdClient,
+    *,
+    action: str,
+    record: ActiveRegion,
+    previous: ActiveRegion,
+    reason: str,
+    recorder: ApiRecorder | None = None,
+) -> None:
+    """Record an automatic switch: through the API as the controller's ServiceAccount when it
+    has one (authorized and audited at the replica that takes it), else, or when no replica
+    takes it within the recorder's deadline, straight into the global control etcd (said in
+    the log: that record is in no audit log). Best effort: the switch stands either way."""
+    asked, stored = automatic_record(
+        host, action=action, record=record, previous=previous, reason=reason
+    )
+    why = "no ServiceAccount token configured"
+    if recorder is not None:
+        try:
+            outcome = await recorder.record(asked, record.region)
+            host.log("automatic_switchover_recorded", epoch=record.epoch, via="api", said=outcome)
+            return
+        except RecorderError as exc:
+            why = f"the API did not take it: {exc}"
     try:
-        if not await ops.create_object(client, host.prefix, "switchovers", obj, timeout=TIMEOUT):
+        if not await ops.create_object(client, host.prefix, "switchovers", stored, timeout=TIMEOUT):
             host.log("automatic_switchover_exists", epoch=record.epoch)  # recorded before
+        else:
+            host.log("automatic_switchover_recorded", epoch=record.epoch, via="etcd", why=why)
     except Exception as exc:
         host.log("automatic_switchover_unrecorded", epoch=record.epoch, error=repr(exc))
 

@@ -311,15 +311,26 @@ def gate_config(
             "etcd": list(plan.control_endpoints),
             "prefix": DEFAULT_GLOBAL_PREFIX.decode(),
         },
-        "controller": controller_config(plan, topology) if topology is not None else None,
+        "controller": controller_config(plan, topology, tls) if topology is not None else None,
     }
 
 
-def controller_config(plan: GatePlan, topology: Topology) -> dict[str, Any]:
+def controller_config(
+    plan: GatePlan, topology: Topology, tls: PlatformTls | None = None
+) -> dict[str, Any]:
     """The failover controller beside a gate: every gate instance is a vantage point; it
-    holds a client for every regional etcd, for the fence keys."""
+    holds a client for every regional etcd, for the fence keys, and (with TLS) the token of
+    its ServiceAccount to record automatic switches through the API."""
     f = topology.spec.global_.failover
+    api = None
+    if tls is not None:
+        api = {
+            "token_file": str(tls.controller_token),
+            "ca": str(tls.ca),
+            "regions": {r: [b.url for b in lbs] for r, lbs in plan.regions.items()},
+        }
     return {
+        "api": api,
         "gate": plan.name,
         "site": plan.site,
         "etcd": list(plan.control_endpoints),

@@ -125,6 +125,12 @@ class PlatformTls:
     def service_account_key(self) -> Path:
         return self.root / "service-account.key"
 
+    @property
+    def controller_token(self) -> Path:
+        """The failover controller's ServiceAccount token (`controller_token`), renewed by
+        the supervisor, read by every gate's controller."""
+        return self.root / "tokens" / "failover-controller.token"
+
     def platform(self, name: str) -> Pair:
         return Pair(self.platform_dir / f"{name}.crt", self.platform_dir / f"{name}.key", self.ca)
 
