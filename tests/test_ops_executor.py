@@ -243,3 +243,37 @@ async def test_an_automatic_record_the_api_cannot_take_lands_in_etcd_saying_why(
         (event,) = [f for e, f in host.events if e == "automatic_switchover_recorded"]
         assert event["via"] == "etcd" and "the API did not take it" in event["why"], event
         assert url in event["why"]
+
+
+async def test_finished_operations_are_pruned_after_their_time(etcd_cluster, key_prefix):
+    """Finished past the retention: deleted, but the newest `keep` finished stay; Pending and
+    Running ones stay whatever their age."""
+    async with setup(etcd_cluster, key_prefix) as (client, _):
+        old, recent = "2020-01-01T00:00:00Z", ops.now_rfc3339()
+        names = {
+            "old-done": await put(client, key_prefix, "Succeeded", finishedAt=old),
+            "old-failed": await put(client, key_prefix, "Failed", finishedAt=old),
+            "old-rejected": await put(client, key_prefix, "Rejected", finishedAt=old),
+            "old-pending": await put(client, key_prefix, "Pending", requestedAt=old),
+            "old-running": await put(client, key_prefix, "Running", startedAt=old),
+            "recent-done": await put(client, key_prefix, "Succeeded", finishedAt=recent),
+            "newest-old": await put(client, key_prefix, "Expired", finishedAt=old),
+        }
+        deleted = await ops.prune_finished(
+            client, key_prefix, "switchovers", older_than=3600, keep=2
+        )
+        # the two newest finished (recent-done, newest-old) are kept whatever their age
+        assert sorted(deleted) == sorted(
+            names[n] for n in ("old-done", "old-failed", "old-rejected")
+        )
+        left = {
+            obj["metadata"]["name"]
+            for _, obj in await ops.list_objects(client, key_prefix, "switchovers")
+        }
+        assert left == {
+            names[n] for n in ("old-pending", "old-running", "recent-done", "newest-old")
+        }
+        assert (
+            await ops.prune_finished(client, key_prefix, "switchovers", older_than=3600, keep=2)
+            == []
+        )

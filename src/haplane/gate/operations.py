@@ -54,6 +54,11 @@ AUTOMATIC_LABEL = "ops.haplane.dev/automatic"
 AUTOMATIC_NAME_PREFIX = "automatic-epoch-"
 OPS_EVERY = 0.25  # seconds between passes over the requests
 ABANDONED_AFTER = 120.0  # a Running request with no trace of a commit is closed after this
+# finished operations of every kind are deleted this long after they finished (the newest
+# KEEP_FINISHED of each kind stay whatever their age), by the leading controller
+PRUNE_EVERY = 600.0
+RETAIN_FINISHED = 30 * 24 * 3600.0
+KEEP_FINISHED = 100
 TIMEOUT = 1.0
 Obj = dict[str, Any]
 
@@ -82,6 +87,7 @@ class Operations:
         self.host = host
         self._next = 0.0
         self._running_seen: dict[str, float] = {}  # name -> first seen Running (monotonic)
+        self._next_prune = 0.0
 
     async def advance(self, state: GlobalState, client: EtcdClient) -> None:
         """One pass, at most every OPS_EVERY seconds."""
@@ -102,6 +108,23 @@ class Operations:
         approved = [(kv, obj) for kv, obj in items if _status(obj).get("phase") == ops.APPROVED]
         if approved:
             await self._run(state, client, *approved[0])
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY
+            await self.prune(client)
+
+    async def prune(self, client: EtcdClient) -> None:
+        """Finished operations of every kind, past RETAIN_FINISHED (see the constants)."""
+        for plural in ops.PLURALS:
+            deleted = await ops.prune_finished(
+                client,
+                self.host.prefix,
+                plural,
+                older_than=RETAIN_FINISHED,
+                keep=KEEP_FINISHED,
+                timeout=TIMEOUT,
+            )
+            if deleted:
+                self.host.log("operations_pruned", kind=plural, names=deleted)
 
     async def _expire(self, client: EtcdClient, kv: KeyValue, status: Obj) -> None:
         at = ops.parse_time(status.get("expiresAt"))

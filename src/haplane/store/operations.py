@@ -20,6 +20,7 @@ time). Only the API moves an object out of `Pending`, and only the executor out 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,8 @@ FAILED = "Failed"
 REJECTED = "Rejected"
 EXPIRED = "Expired"
 TERMINAL = frozenset({SUCCEEDED, FAILED, REJECTED, EXPIRED})
+# the operation kinds (their plurals); ApprovalPolicies are no operation and never finish
+PLURALS = ("switchovers", "rolegrants", "drills", "maintenanceactions")
 
 Obj = dict[str, Any]
 
@@ -102,6 +105,46 @@ async def create_object(
         [Compare(key, "mod", "=", 0)], [Op("put", key, encode(obj))], timeout=timeout
     )
     return result.succeeded
+
+
+async def prune_finished(
+    client: EtcdClient,
+    global_prefix: bytes,
+    plural: str,
+    *,
+    older_than: float,
+    keep: int,
+    now: float | None = None,
+    timeout: float | None = None,
+) -> list[str]:
+    """Delete finished objects of `plural` (Succeeded, Failed, Rejected, Expired) whose
+    `status.finishedAt` (else their creation) is more than `older_than` seconds ago, keeping
+    the `keep` most recently created finished ones whatever their age. Each delete is guarded
+    by the object's mod revision: one that changed since it was read stays. Returns the names
+    deleted. (The audit log keeps every request and decision; this bounds the live list.)"""
+    now = time.time() if now is None else now
+    finished = [
+        (kv, obj)
+        for kv, obj in await list_objects(client, global_prefix, plural, timeout=timeout)
+        if _status(obj).get("phase") in TERMINAL
+    ]
+    deleted = []
+    for kv, obj in finished[: max(0, len(finished) - keep)]:  # oldest first
+        meta = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
+        at = parse_time(_status(obj).get("finishedAt")) or parse_time(meta.get("creationTimestamp"))
+        if at is None or now - at < older_than:
+            continue
+        result = await client.txn(
+            [Compare(kv.key, "mod", "=", kv.mod_revision)], [Op("delete", kv.key)], timeout=timeout
+        )
+        if result.succeeded:
+            deleted.append(str(meta.get("name")))
+    return deleted
+
+
+def _status(obj: Obj) -> Obj:
+    status = obj.get("status")
+    return status if isinstance(status, dict) else {}
 
 
 class Lost(Exception):
