@@ -267,6 +267,48 @@ resources:
 """
 
 
+async def test_rewrite_moves_values_to_the_plugins_current_key(
+    disposable_cluster: EtcdCluster, plugin: PluginProcess, tmp_path: Path
+):
+    """A key rotated inside the plugin keeps the provider's name: `haplane secrets rewrite`
+    re-seals the values under the older key id too (found by their key id, not their
+    prefix), and a second run finds nothing left."""
+    from haplane.api.encryption import stored_types, transformers
+    from haplane.local import secrets_ops
+    from haplane.local.state_dir import StateDir
+    from haplane.store import FENCE_KEY, GlobalState
+
+    config = tmp_path / "kms.yaml"
+    config.write_text(plugin_config(plugin.endpoint))
+    before = after = transformers(config, stored_types())
+    client = disposable_cluster.client(timeout=2.0)
+    keys = [f"/registry/secrets/default/r{i}".encode() for i in range(4)]
+    try:
+        await GlobalState(client).initialize("r", by="t", reason="t", fresh=True)
+        await client.put(FENCE_KEY, b"active:r@1")
+        for key in keys:
+            await client.put(key, before.to_storage(MARKER, key))
+        old_id = LocalKek(plugin.keys[0]).key_id()
+        new_id = rotate(plugin)
+        after = transformers(config, stored_types())  # (a CLI run after the rotation)
+        state = StateDir(tmp_path / "state")
+        out = await secrets_ops.rewrite(state, client, {"r": client}, after, settle=0.05)
+        assert (out.examined, out.rewritten) == (4, 4), out
+        for key in keys:
+            kv = await client.get(key)
+            assert kv is not None
+            assert (
+                EncryptedObject.decode(kv.value[len(b"k8s:enc:kms:v2:vault:") :]).key_id == new_id
+            )
+            assert after.from_storage(kv.value, key) == MARKER
+        out = await secrets_ops.rewrite(state, client, {"r": client}, after, settle=0.05)
+        assert out.rewritten == 0 and old_id != new_id
+    finally:
+        for t in {id(before): before, id(after): after}.values():
+            t.close()
+        await client.close()
+
+
 def test_a_reload_keeps_an_unchanged_plugin_provider(plugin: PluginProcess, tmp_path: Path):
     from haplane.api.encryption import ReloadingTransformers, stored_types
 

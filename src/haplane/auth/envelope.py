@@ -292,6 +292,10 @@ class KmsV2:
     def prefix(self) -> bytes:
         return self._prefix
 
+    def current_key_id(self) -> str:
+        """The key id new values are sealed under now (what a rewrite moves values to)."""
+        return self.kek.key_id()
+
     def start(self) -> None:
         pass
 

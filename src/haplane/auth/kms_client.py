@@ -312,6 +312,15 @@ class KmsV2Plugin(KmsV2):
                 self._error = str(exc)
                 raise
 
+    def current_key_id(self) -> str:
+        """The key id new values are sealed under, from a Status asked now (a seed under it
+        made if the plugin rotated): blocks for up to the timeout; `EncryptionError` when
+        the plugin does not answer."""
+        self.refresh()
+        writer = self._writer
+        assert writer is not None  # refresh made one, or raised
+        return writer.wrapped.key_id
+
     # ---- what the envelope asks ------------------------------------------------------------
 
     def _writer_seed(self) -> Seed:

@@ -272,6 +272,7 @@ async def rewrite(
     out = RewriteResult(region)
     for attempt in range(1, 4):
         stragglers = 0
+        writers = _Writers()  # each pass asks the writers' current key ids again
         async for key, value in _values(client):
             if key <= after or not only(key):
                 continue
@@ -280,9 +281,10 @@ async def rewrite(
                 continue
             if attempt == 1:
                 out.examined += 1
-            if not _under_writer(value, chain[0].prefix()) and key not in out.unreadable:
+            wanted = await writers.key_id(chain[0])
+            if not _under_writer(value, chain[0].prefix(), wanted) and key not in out.unreadable:
                 stragglers += 1
-                await _reseal(client, key, transformers, fence.value, out)
+                await _reseal(client, key, transformers, fence.value, out, wanted)
             if attempt == 1 and out.examined % 100 == 0:
                 done.write_text(json.dumps({**mark, "after": key.hex()}) + "\n")
                 progress(f"{out.examined} examined, {out.rewritten} rewritten")
@@ -306,19 +308,54 @@ async def rewrite(
     return out
 
 
-def _under_writer(value: bytes, writer: bytes) -> bool:
-    """Stored as the writer would store it (its prefix; plain when the writer is identity)."""
-    return value.startswith(writer) if writer else not value.startswith(b"k8s:enc:")
+class _Writers:
+    """The current key id of each writing provider, asked once per pass (a KMS plugin's
+    Status: a rotation in the plugin shows in the next pass; a local key's id is fixed)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[int, str | None] = {}
+
+    async def key_id(self, provider: object) -> str | None:
+        if id(provider) not in self._ids:
+            current = getattr(provider, "current_key_id", None)
+            try:
+                self._ids[id(provider)] = (
+                    await asyncio.to_thread(current) if current is not None else None
+                )
+            except EncryptionError as exc:
+                raise SecretsError(f"the writer's current key: {exc}") from None
+        return self._ids[id(provider)]
+
+
+def _under_writer(value: bytes, writer: bytes, key_id: str | None = None) -> bool:
+    """Stored as the writer would store it now: its prefix (plain when the writer is
+    identity) and, for a KMS v2 writer, its current key id (a plugin's key rotates under one
+    provider name: values sealed under an older key id of it are moved too)."""
+    if not writer:
+        return not value.startswith(b"k8s:enc:")
+    if not value.startswith(writer):
+        return False
+    if key_id is None:
+        return True
+    try:
+        return EncryptedObject.decode(value[len(writer) :]).key_id == key_id
+    except EncryptionError:
+        return False  # not a value the writer made: re-sealing says what is wrong with it
 
 
 async def _reseal(
-    client: EtcdClient, key: bytes, transformers: Transformers, fence: bytes, out: RewriteResult
+    client: EtcdClient,
+    key: bytes,
+    transformers: Transformers,
+    fence: bytes,
+    out: RewriteResult,
+    key_id: str | None = None,
 ) -> None:
     chain = transformers.chain_for(key)
     assert chain
     for _ in range(10):
         kv = await client.get(key)
-        if kv is None or _under_writer(kv.value, chain[0].prefix()):
+        if kv is None or _under_writer(kv.value, chain[0].prefix(), key_id):
             return  # deleted meanwhile, or a concurrent write sealed it under the writer
         try:
             plain = transformers.from_storage(kv.value, key)
