@@ -596,6 +596,41 @@ def test_cluster_admin_is_granted_only_with_approval(ops: Ops):
     assert status == 403, body
 
 
+def test_a_copy_of_cluster_admin_is_guarded_as_it_is(ops: Ops):
+    """Guarded by what a role grants, not only by its name: an admin may make a ClusterRole
+    with cluster-admin's wildcard rule (they may escalate), but a binding to it needs a
+    RoleGrant like one to cluster-admin; a role that grants less binds as before."""
+    roles = "/apis/rbac.authorization.k8s.io/v1/clusterroles"
+    copy = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "root-by-another-name"},
+        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
+    }
+    narrow = {**copy, "metadata": {"name": "reads-secrets"}}
+    narrow["rules"] = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    for role in (copy, narrow):
+        status, _, body = ops.as_("admin", "POST", roles, role)
+        assert status in (201, 409), body
+
+    def bind(role: str) -> tuple[int, Any]:
+        crb = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"carol-{role}"},
+            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": RBAC, "kind": "User", "name": U("carol")}],
+        }
+        status, _, body = ops.as_("admin", "POST", f"{roles[:-1]}bindings", crb)
+        return status, body
+
+    status, body = bind("root-by-another-name")
+    assert status == 403 and "allows every verb on every resource" in body["message"], body
+    assert "RoleGrant" in body["message"]
+    status, body = bind("reads-secrets")
+    assert status in (201, 409), body
+
+
 def test_a_grant_never_overwrites_a_binding(ops: Ops):
     crb = {
         "apiVersion": "rbac.authorization.k8s.io/v1",

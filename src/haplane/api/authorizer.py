@@ -174,9 +174,10 @@ def escalation_check(authorizer: RbacAuthorizer, kind: str) -> Callable[[Obj, Ob
     may hold only permissions its writer holds, unless the writer may `escalate` it; a
     binding may grant only a role whose permissions its writer holds, unless the writer may
     `bind` it. `system:masters` passes those. Beyond Kubernetes, a binding to one of
-    `rbac.GUARDED_ROLES` (cluster-admin, haplane:platform-admin) is refused to every request,
-    masters included: it is made only by carrying out an approved RoleGrant (four-eyes). The
-    replica's own writes (no request user: its defaults, an approved grant) pass."""
+    `rbac.GUARDED_ROLES` (cluster-admin, haplane:platform-admin), or to any role whose rules
+    grant as much (`rbac.guarded`), is refused to every request, masters included: it is made
+    only by carrying out an approved RoleGrant (four-eyes). The replica's own writes (no
+    request user: its defaults, an approved grant) pass."""
 
     def check(obj: Obj, old: Obj | None) -> None:
         user = REQUEST_USER.get()
@@ -195,13 +196,12 @@ def escalation_check(authorizer: RbacAuthorizer, kind: str) -> Callable[[Obj, Ob
         else:
             decision = rbac.may_bind(authorizer.index, user.name, user.groups, obj)
         if decision.allowed and kind in ("RoleBinding", "ClusterRoleBinding"):
-            ref = obj.get("roleRef") or {}
-            if ref.get("kind") == "ClusterRole" and ref.get("name") in rbac.GUARDED_ROLES:
+            why = rbac.guarded(authorizer.index, obj)
+            if why is not None:
                 decision = rbac.Decision(
                     False,
-                    f"a binding to {ref.get('name')} needs another person's approval: ask for "
-                    "it with a RoleGrant (`haplane grant`), which the platform carries out once "
-                    "approved",
+                    f"{why}: ask for it with a RoleGrant (`haplane grant`), which the platform "
+                    "carries out once approved",
                 )
         if not decision.allowed:
             meta = obj.get("metadata") or {}

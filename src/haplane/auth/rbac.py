@@ -467,9 +467,14 @@ class RbacIndex:
     # ---- decisions -------------------------------------------------------------------
 
     def _role_rules(self, binding: _Binding) -> tuple[Rule, ...] | None:
-        if binding.role_kind == "ClusterRole":
-            return self._effective.get(binding.role_name)
-        return self._roles.get((binding.namespace, binding.role_name))
+        return self.role_rules(binding.role_kind, binding.namespace, binding.role_name)
+
+    def role_rules(self, kind: str, namespace: str, name: str) -> tuple[Rule, ...] | None:
+        """A ClusterRole's rules (aggregated ones included) or a Role's in `namespace`; None
+        when there is no such role."""
+        if kind == "ClusterRole":
+            return self._effective.get(name)
+        return self._roles.get((namespace, name))
 
     def _applicable(
         self, user: str, groups: Sequence[str], namespace: str
@@ -602,10 +607,7 @@ def may_bind(index: RbacIndex, user: str, groups: Sequence[str], binding: Obj) -
     )
     if bind.allowed:
         return bind
-    if role_kind == "ClusterRole":
-        rules = index._effective.get(role_name)
-    else:
-        rules = index._roles.get((namespace, role_name))
+    rules = index.role_rules(role_kind, namespace, role_name)
     if rules is None:
         return Decision(
             False,
@@ -626,6 +628,29 @@ OPS_GROUP = "ops.haplane.dev"  # platform operations and approvals (haplane.api.
 # ClusterRoles that no request binds directly: a binding to one is made only by carrying out
 # an approved RoleGrant (haplane.api.ops, four-eyes); the replica's own defaults aside
 GUARDED_ROLES = frozenset({"cluster-admin", "haplane:platform-admin"})
+
+
+def guarded(index: RbacIndex, binding: Obj) -> str | None:
+    """Why a binding needs another person's approval (a RoleGrant), or None: it names one of
+    GUARDED_ROLES, or a role that grants as much as they do (a rule allowing every verb on
+    every resource of every group, as `cluster-admin`'s: a copy of it under another name, or
+    an aggregated role gathering one), judged by the role's rules as they stand now."""
+    meta = binding.get("metadata") or {}
+    ref = binding.get("roleRef") or {}
+    kind, name = str(ref.get("kind") or ""), str(ref.get("name") or "")
+    if kind == "ClusterRole" and name in GUARDED_ROLES:
+        return f"a binding to {name} needs another person's approval"
+    rules = index.role_rules(kind, str(meta.get("namespace") or ""), name)
+    if rules and any(
+        r.any_verb and r.any_group and r.any_resource and not r.resource_names for r in rules
+    ):
+        return (
+            f"{kind} {name} allows every verb on every resource, as cluster-admin does: a "
+            "binding to it needs another person's approval"
+        )
+    return None
+
+
 HAPLANE_LABELS = {"app.kubernetes.io/part-of": "haplane"}
 
 
