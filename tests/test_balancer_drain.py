@@ -113,6 +113,20 @@ async def test_a_drained_balancer_gets_no_new_connections_and_keeps_its_open_one
             await drain(plans, "r/lb-9", True)
 
         writer.close()
+        result = await drain(plans, f"r/{busy}", True, undo=True)
+        # a twin whose region health says 503 (its replicas not ready) is no twin in service
+        await backend.set_ready(False)
+        twin_lb = lbs[1] if busy == "lb-1" else lbs[0]
+
+        async def unhealthy() -> bool:
+            return (await request(twin_lb.admin_port, "GET", "/healthz/region")).status == 503
+
+        await eventually(unhealthy, 10.0, "the twin's region unhealthy")
+        with pytest.raises(DrainError, match=r"no balancer in service.*region unhealthy"):
+            await drain(plans, f"r/{busy}", True, reason="not now")
+        await backend.set_ready(True)
+        await front.wait_state(busy, "up")
+        await front.wait_state(twin, "up")
         result = await drain(plans, busy, True, reason="kernel update", timeout=5.0)
         assert result.connections_left == 0, result
         result = await drain(plans, busy, True, undo=True)

@@ -551,6 +551,9 @@ def test_drills_and_maintenance_through_the_api(topo: Path) -> None:
     edge = next(e for e in status(topo)["edges"] if e["name"] == drained)
     assert edge["drained"] == "kernel update" and not edge["ready"], edge
     assert kubectl(kc, "get", "namespaces").returncode == 0
+    # a drained balancer is out of service on purpose: its certificate still rotates
+    r = haplane(topo, "pki", "rotate", "--component", drained)
+    assert r.returncode == 0 and f"{drained}: serving its new certificate" in r.stderr, r.stderr
     r = haplane(topo, "maintenance", "drain", twin, "--reason", "both at once",
                 "--kubeconfig", str(users["gina"]), check=False)  # fmt: skip
     assert r.returncode == 1 and "no balancer in service" in r.stderr, r.stderr

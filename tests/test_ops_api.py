@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 
 from haplane.local.api_replica import ApiReplica
+from haplane.store import operations as store_ops
 from tests.topology_helpers import fenced_replica_args, make_active
 
 OPS = "/apis/ops.haplane.dev/v1"
@@ -162,6 +163,24 @@ def _bind(replica: ApiReplica, user: str, role: str) -> None:
     assert status in (201, 409), body
 
 
+OLD_KEY_POLICY = {
+    "apiVersion": "ops.haplane.dev/v1",
+    "kind": "ApprovalPolicy",
+    "metadata": {
+        "name": "encryption-key-approval",
+        "uid": str(uuid.uuid4()),
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+        "labels": {"ops.haplane.dev/default": "true"},
+    },
+    "spec": {
+        "operations": ["MaintenanceAction/rotate-encryption-key"],
+        "approvals": 1,
+        "approvers": {"clusterRoles": ["haplane:platform-admin"]},
+        "expireAfterSeconds": 3600,
+    },
+}
+
+
 @pytest_asyncio.fixture(scope="module")
 async def ops(etcd_cluster, tmp_path_factory) -> AsyncIterator[Ops]:
     """Region a (active) and region b (a standby: its fence key is not active) share one
@@ -170,6 +189,12 @@ async def ops(etcd_cluster, tmp_path_factory) -> AsyncIterator[Ops]:
     prefix = f"/test/{uuid.uuid4().hex}/".encode()
     client = etcd_cluster.client(timeout=2.0)
     await make_active(client, prefix, "a", prefix + b"fence-a")
+    # stored by an older release: the key policy without the removal of keys (a replica
+    # completes it: test_a_default_policy_stays_at_least_as_strict)
+    await client.put(
+        store_ops.ops_prefix(prefix, "approvalpolicies") + b"encryption-key-approval",
+        store_ops.encode(OLD_KEY_POLICY),
+    )
     tokens = root / "tokens.csv"
     tokens.write_text(
         "".join(f'{tok},{name},uid-{name},"{groups}"\n' for tok, name, groups in TOKENS.values())
@@ -312,7 +337,14 @@ def test_only_the_failover_controller_records_automatic_switches(ops: Ops):
         time.sleep(0.1)
     token = answer[2]["status"]["token"]
 
-    def record(epoch: int, to: str = "a", *, token: str | None = token, who: str = "admin"):
+    def record(
+        epoch: int,
+        to: str = "a",
+        *,
+        token: str | None = token,
+        who: str = "admin",
+        came_from: str = "b",
+    ):
         body = {
             "apiVersion": "ops.haplane.dev/v1",
             "kind": "Switchover",
@@ -322,7 +354,7 @@ def test_only_the_failover_controller_records_automatic_switches(ops: Ops):
                 "reason": "b down",
                 "automatic": True,
                 "epoch": epoch,
-                "fromRegion": "b",
+                "fromRegion": came_from,
                 "action": "failover",
             },
         }
@@ -336,6 +368,8 @@ def test_only_the_failover_controller_records_automatic_switches(ops: Ops):
     assert status == 422 and "no epoch 7 yet" in body["message"], body
     status, _, body = record(1, to="b")  # epoch 1 made a active
     assert status == 422 and "made a active, not b" in body["message"], body
+    status, _, body = record(1, came_from="mars")
+    assert status == 422 and "spec.fromRegion" in body["message"], body
     status, _, body = record(1)
     assert status == 201, body
     st = body["status"]
@@ -594,6 +628,30 @@ def test_cluster_admin_is_granted_only_with_approval(ops: Ops):
     made["subjects"].append({"apiGroup": RBAC, "kind": "User", "name": "mallory"})
     status, _, body = ops.as_("admin", "PUT", f"{path}/frank-root", made)
     assert status == 403, body
+
+
+def test_a_default_policy_stays_at_least_as_strict(ops: Ops):
+    """A default stored by an older release gets the operations it lacks; none of a
+    default's operations may be dropped, a platform-admin's update included."""
+    path = f"{OPS}/approvalpolicies/encryption-key-approval"
+    deadline = time.monotonic() + 10
+    while (
+        "MaintenanceAction/remove-encryption-key"
+        not in (policy := ops.as_("dave", "GET", path)[2])["spec"]["operations"]
+    ):
+        assert time.monotonic() < deadline, policy
+        time.sleep(0.1)
+    assert policy["metadata"]["uid"] == OLD_KEY_POLICY["metadata"]["uid"]  # completed, not new
+    weaker = json.loads(json.dumps(policy))
+    weaker["spec"]["operations"] = ["MaintenanceAction/rotate-encryption-key"]
+    status, _, body = ops.as_("dave", "PUT", path, weaker)
+    assert status == 422 and "remove-encryption-key" in body["message"], body
+    drills = ops.as_("dave", "GET", f"{OPS}/approvalpolicies/disruptive-drill-approval")[2]
+    drills["spec"]["operations"].remove("Drill/region-kill")
+    status, _, body = ops.as_(
+        "dave", "PUT", f"{OPS}/approvalpolicies/{drills['metadata']['name']}", drills
+    )
+    assert status == 422 and "Drill/region-kill" in body["message"], body
 
 
 def test_a_copy_of_cluster_admin_is_guarded_as_it_is(ops: Ops):

@@ -218,6 +218,23 @@ async def test_automatic_failovers_are_recorded_for_review(etcd_cluster, key_pre
         assert (await status_of(client, key_prefix, "automatic-epoch-2"))["phase"] == "Succeeded"
 
 
+async def test_an_automatic_record_replaced_by_a_later_switch_still_succeeded(
+    etcd_cluster, key_prefix
+):
+    """The switch it records happened: a later epoch replacing it does not make it Failed
+    (an operator's request replaced before it became writable is)."""
+    async with setup(etcd_cluster, key_prefix) as (client, state):
+        host = FakeHost(key_prefix)
+        before, record = await failover_to_b(state)
+        await executor.record_automatic(
+            host, client, action="failover", record=record, previous=before, reason="a down"
+        )
+        await state.switch("a", expected_epoch=2, by="controller:g1", reason="b down")
+        await advance(executor.Operations(host), state, client)
+        st = await status_of(client, key_prefix, "automatic-epoch-2")
+        assert st["phase"] == "Succeeded" and "since replaced by epoch 3" in st["message"], st
+
+
 async def test_an_automatic_record_the_api_cannot_take_lands_in_etcd_saying_why(
     etcd_cluster, key_prefix, tmp_path
 ):

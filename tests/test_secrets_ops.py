@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import bz2
 import gzip
+import io
+import tarfile
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -286,6 +288,20 @@ async def test_remove_key_refused_by_retained_copies(regions, tmp_path: Path):
         assert secrets_ops.stored_prefix("local") not in packed
         (snapshots / name).write_bytes(packed)
     (snapshots / "2026.db.zst").write_bytes(b"(\xb5/\xfd" + b"\x01" * 64)
+    # a tar.gz holding a gzipped snapshot: opened member by member, each decompressed
+    tarred = io.BytesIO()
+    with tarfile.open(fileobj=tarred, mode="w:gz") as archive:
+        data = gzip.compress(page)
+        info = tarfile.TarInfo("etcd.db.gz")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    assert secrets_ops.stored_prefix("local") not in gzip.decompress(tarred.getvalue())
+    (snapshots / "2027.tar.gz").write_bytes(tarred.getvalue())
+    # a directory linked from elsewhere (an offsite mount, say) is followed
+    offsite = tmp_path / "offsite"
+    offsite.mkdir()
+    (offsite / "copy.db").write_bytes(value)
+    (backups / "offsite").symlink_to(offsite, target_is_directory=True)
     (snapshots / "clean.db").write_bytes(new.to_storage(SECRET, b"/registry/secrets/default/x"))
     diverged = state.root / "divergence" / "7" / "objects"
     diverged.mkdir(parents=True)
@@ -294,12 +310,15 @@ async def test_remove_key_refused_by_retained_copies(regions, tmp_path: Path):
         await remove(state, regions, new, "local")
     found = {Path(n.where).relative_to(state.root).as_posix(): n for n in refused.value.needs}
     assert sorted(found) == [
+        "backups/offsite/copy.db",
         "backups/region-a.db",
         "divergence/7/objects/000000.stored",
         "snapshots/a/2025.db.gz",
         "snapshots/a/2025.tar.bz2",
         "snapshots/a/2026.db.zst",
+        "snapshots/a/2027.tar.gz",
     ]
+    assert found["snapshots/a/2027.tar.gz"].count == 1
     assert found["backups/region-a.db"].count == 2
     assert found["snapshots/a/2025.db.gz"].count == 1
     assert found["snapshots/a/2025.tar.bz2"].count == 1
@@ -338,12 +357,19 @@ async def test_remove_key_after_rewrite_removes_it_file_last_and_reads_still_wor
     seen: list[Path] = []
 
     async def late(path: Path) -> list[str]:
-        seen.append(path)
+        seen.append(path)  # late only for the configuration without `local`
+        return [] if "local" in providers(path) else ["https://a-1:6443"]
+
+    async def behind(path: Path) -> list[str]:
         return ["https://a-1:6443"]
 
+    # a replica not on the current configuration yet (it may still write under `local`)
+    with pytest.raises(secrets_ops.SecretsError, match="nothing was changed"):
+        await remove(state, regions, new, "local", reloaded=behind)
+    assert listed(state) == ["local-2", "local"]
     with pytest.raises(secrets_ops.SecretsError, match=r"a-1:6443.*kek\.key stays"):
         await remove(state, regions, new, "local", reloaded=late)
-    assert seen == [config]
+    assert seen == [config, config]
     assert providers(config) == ["local-2", "identity"] and listed(state) == ["local-2"]
     assert key_file.exists()  # a replica may still hold the old configuration
 
@@ -355,7 +381,7 @@ async def test_remove_key_after_rewrite_removes_it_file_last_and_reads_still_wor
 
     done = await remove(state, regions, new, "local", reloaded=loaded)
     assert done.resumed and not done.already and done.key.name == "local"
-    assert len(seen) == 2 and not key_file.exists()
+    assert len(seen) == 3 and not key_file.exists()
     assert providers(config) == ["local-2", "identity"] and listed(state) == ["local-2"]
     again = await remove(state, regions, new, "local")
     assert again.already
@@ -367,6 +393,40 @@ async def test_remove_key_after_rewrite_removes_it_file_last_and_reads_still_wor
     stale = old.to_storage(SECRET, b"/registry/secrets/default/stale")
     with pytest.raises(EncryptionError, match="does not have"):
         now.from_storage(stale, b"/registry/secrets/default/stale")
+
+
+async def test_remove_key_puts_it_back_when_values_appear_meanwhile(regions, tmp_path: Path):
+    """A value sealed under the key while the replicas reload (a writer that had not moved
+    on): found by the look after the reload; the key is listed again as a reader, its file
+    stays, and the value reads. And one key operation at a time."""
+    from haplane.api.encryption import stored_types, transformers
+
+    state, old, new = rotated_state(tmp_path)
+    a, b = regions["a"], regions["b"]
+    await replicated(a, b)
+
+    async def sealing_meanwhile(path: Path) -> list[str]:
+        if "local" not in providers(path):
+            await seal(a, old, ["late"])
+            await replicated(a, b)
+        return []
+
+    with pytest.raises(secrets_ops.KeyNeeded, match="listed again as a reader") as refused:
+        await remove(state, regions, new, "local", reloaded=sealing_meanwhile)
+    assert [n.where for n in refused.value.needs] == ["region a", "region b"]
+    assert listed(state) == ["local-2", "local"]
+    config = state.root / "encryption" / "config.yaml"
+    assert providers(config) == ["local-2", "local", "identity"]
+    assert (state.root / "encryption" / "kek.key").exists()
+    kv = await a.get(b"/registry/secrets/default/late")
+    assert kv is not None
+    now = transformers(config, stored_types())
+    assert now.from_storage(kv.value, b"/registry/secrets/default/late") == SECRET
+    with secrets_ops.keys_lock(state):
+        with pytest.raises(secrets_ops.SecretsError, match="another key operation"):
+            await remove(state, regions, new, "local")
+        with pytest.raises(secrets_ops.SecretsError, match="another key operation"):
+            secrets_ops.rotate(state, None, True)
 
 
 def test_status_marks_keys_nothing_needs(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

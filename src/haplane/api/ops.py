@@ -256,11 +256,14 @@ DEFAULT_KEY_POLICY = "encryption-key-approval"
 DEFAULT_DRILL_POLICY = "disruptive-drill-approval"
 KEY_ROTATION = "MaintenanceAction/rotate-encryption-key"
 KEY_REMOVAL = "MaintenanceAction/remove-encryption-key"
-DEFAULTS = {  # name -> the operation it must keep naming
-    DEFAULT_POLICY: "Switchover",
-    DEFAULT_GRANT_POLICY: "RoleGrant",
-    DEFAULT_KEY_POLICY: KEY_ROTATION,
-    DEFAULT_DRILL_POLICY: "Drill/switchover",
+# name -> the operations it must keep naming: every one its default names (see
+# `default_policies`; a replica adds those an older default lacks, which only makes it
+# stricter)
+DEFAULTS: dict[str, tuple[str, ...]] = {
+    DEFAULT_POLICY: ("Switchover",),
+    DEFAULT_GRANT_POLICY: ("RoleGrant",),
+    DEFAULT_KEY_POLICY: (KEY_ROTATION, KEY_REMOVAL),
+    DEFAULT_DRILL_POLICY: tuple(f"Drill/{d}" for d in DISRUPTIVE_DRILLS),
 }
 
 
@@ -320,10 +323,10 @@ class ApprovalPolicyStrategy(Strategy):
 
     def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
         errs = self.validate(new)
-        kind = DEFAULTS.get(_dict(old.get("metadata")).get("name", ""))
-        if errs or kind is None:
+        kinds = DEFAULTS.get(_dict(old.get("metadata")).get("name", ""))
+        if errs or kinds is None:
             return errs
-        return _weakened(Requirement.of(new), Requirement.of(old), _dict(new.get("spec")), kind)
+        return _weakened(Requirement.of(new), Requirement.of(old), _dict(new.get("spec")), kinds)
 
     def refuse_delete(self, obj: Obj) -> str | None:
         name = (obj.get("metadata") or {}).get("name")
@@ -335,13 +338,17 @@ class ApprovalPolicyStrategy(Strategy):
         return None
 
 
-def _weakened(new: Requirement, old: Requirement, spec: Obj, kind: str) -> list[FieldError]:
+def _weakened(
+    new: Requirement, old: Requirement, spec: Obj, kinds: tuple[str, ...]
+) -> list[FieldError]:
     """A default policy may only get stricter: at least as many approvals, no approver who
-    was not one before, no longer a wait, still naming its operation."""
+    was not one before, no longer a wait, still naming every operation its default names."""
     errs: list[FieldError] = []
     why = "a default policy may be made stricter, not weaker"
-    if kind not in (spec.get("operations") or ()):
-        errs.append(_err("spec.operations", _FORBIDDEN, f"{why}: it must name {kind}"))
+    missing = [k for k in kinds if k not in (spec.get("operations") or ())]
+    if missing:
+        named = ", ".join(missing)
+        errs.append(_err("spec.operations", _FORBIDDEN, f"{why}: it must name {named}"))
     if new.approvals < old.approvals:
         errs.append(_err("spec.approvals", _FORBIDDEN, f"{why}: at least {old.approvals}"))
     for field, was, now in (
@@ -956,24 +963,39 @@ class Operations:
                 f"an automatic switchover: only the failover controller ({RECORDER_ROLE}) does",
             )
         record, epoch = self.record(), spec.get("epoch")
-        wrong = None
-        if record is not None and isinstance(epoch, int) and not isinstance(epoch, bool):
-            if epoch > record.epoch:
-                wrong = f"no epoch {epoch} yet (the platform is at epoch {record.epoch})"
-            elif epoch == record.epoch and record.region != spec.get("targetRegion"):
-                wrong = f"epoch {epoch} made {record.region} active, not {spec.get('targetRegion')}"
-        if wrong is not None:
-            raise errors.invalid(
-                "Switchover", name, [_err("spec.epoch", _INVALID, wrong, epoch).cause()], GROUP
+        if record is None:
+            raise errors.unavailable(
+                "this replica has not read the global record yet: an automatic switchover "
+                "cannot be checked against it; try again"
             )
-        writable = record is not None and record.epoch == epoch and record.writable
+        wrong = []
+        for field in ("targetRegion", "fromRegion"):
+            region = spec.get(field)
+            if self.regions and isinstance(region, str) and region not in self.regions:
+                wrong.append(
+                    _err(f"spec.{field}", "FieldValueNotSupported", "no such region", region)
+                )
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            if epoch > record.epoch:
+                why = f"no epoch {epoch} yet (the platform is at epoch {record.epoch})"
+                wrong.append(_err("spec.epoch", _INVALID, why, epoch))
+            elif epoch == record.epoch and record.region != spec.get("targetRegion"):
+                why = f"epoch {epoch} made {record.region} active, not {spec.get('targetRegion')}"
+                wrong.append(_err("spec.epoch", _INVALID, why, epoch))
+        if wrong:
+            raise errors.invalid("Switchover", name, [e.cause() for e in wrong], GROUP)
+        # its epoch writable now, or replaced already (a later switch within the record's
+        # way here): done either way; else the controller's leader settles it once writable
+        current = record.epoch == epoch
+        done = not current or record.writable
         now = now_rfc3339()
         phases = [{"name": "Committed", "at": now, "seconds": 0.0}]
-        if writable:
+        if current and record.writable:
             phases.append({"name": "Writable", "at": now, "seconds": 0.0})
+        note = "" if current else f" (since replaced by epoch {record.epoch}, {record.region})"
         return {
             "recorded": True,
-            "phase": SUCCEEDED if writable else RUNNING,
+            "phase": SUCCEEDED if done else RUNNING,
             "requestedBy": user.to_dict(),
             "requestedAt": now,
             "startedAt": now,
@@ -990,7 +1012,7 @@ class Operations:
                 "epoch": epoch,
                 "action": spec.get("action"),
             },
-            "message": f"automatic {spec.get('action')}: {spec.get('reason', '')}",
+            "message": f"automatic {spec.get('action')}: {spec.get('reason', '')}{note}",
         }
 
     def approve(self, current: Obj, body: Obj, user: UserInfo) -> tuple[Obj, str]:

@@ -662,9 +662,29 @@ class ApiServer:
                 except StatusError as exc:
                     if exc.code != 409:
                         continue
+                    # stored by an older release: it gets the operations it lacks (stricter
+                    # only; a conflicting write is tried again on the next round)
+                    try:
+                        await self._complete_default_policy(store, policy)
+                    except StatusError:
+                        continue
                 pending.remove(policy)
             if pending:
                 await asyncio.sleep(every)
+
+    @staticmethod
+    async def _complete_default_policy(store: GenericStore, policy: dict[str, Any]) -> None:
+        name = policy["metadata"]["name"]
+        current = await store.get(None, name)
+        spec = current.get("spec")
+        have = list(spec.get("operations") or ()) if isinstance(spec, dict) else []
+        missing = [op for op in policy["spec"]["operations"] if op not in have]
+        if not missing:
+            return
+        new = copy.deepcopy(current)
+        new["spec"]["operations"] = have + missing
+        await store.update(None, name, new)
+        log.info(json.dumps({"msg": "default policy completed", "name": name, "added": missing}))
 
     # ---- fencing ---------------------------------------------------------------------------
 

@@ -128,6 +128,7 @@ def drain_cmd(
         _direct(balancer, undo=False, reason=reason, timeout=timeout, state_dir=state_dir,
                 through=(kubeconfig, region, no_wait))  # fmt: skip
         return
+    balancer = _qualified(balancer, state_dir)
     spec = {"action": "drain", "component": balancer, "reason": reason, "timeoutSeconds": timeout}
     _through_api(f"drain-{balancer}", spec, kubeconfig, region, no_wait, state_dir)
 
@@ -147,8 +148,22 @@ def undrain_cmd(
         _direct(balancer, undo=True, reason=reason, timeout=0.0, state_dir=state_dir,
                 through=(kubeconfig, region, no_wait))  # fmt: skip
         return
+    balancer = _qualified(balancer, state_dir)
     spec = {"action": "undrain", "component": balancer, "reason": reason}
     _through_api(f"undrain-{balancer}", spec, kubeconfig, region, no_wait, state_dir)
+
+
+def _qualified(balancer: str, state_dir: Any) -> str:
+    """REGION/NAME for a balancer named either way (the agent knows components by that)."""
+    from haplane.local.balancer_drain import DrainError, find
+    from haplane.local.gate_plans import plan_of
+
+    state, topology = _topology(state_dir)
+    try:
+        return find(plan_of(topology, state).balancers, balancer).qualified_name
+    except DrainError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _direct(

@@ -242,7 +242,7 @@ class Forwarder:
                 # (an L4 relay cannot tell requests apart: its clients end their connections)
                 if reason:
                     listener.begin_shutdown()
-                else:
+                elif not self.stopping:  # (shutdown's own draining stays)
                     listener.draining = False
         self._emit(GateEvent("drained" if reason else "undrained", reason=reason or "admin API"))
 

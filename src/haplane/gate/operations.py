@@ -204,6 +204,10 @@ class Operations:
         elif active.epoch == epoch:
             message = f"{active.region} active and writable at epoch {epoch}"
             outcome = ops.SUCCEEDED
+        elif _dict(obj.get("spec")).get("automatic") is True:
+            # a record of a switch that happened: replaced since, it happened all the same
+            message = f"committed epoch {epoch}; since replaced by epoch {active.epoch}"
+            outcome = ops.SUCCEEDED
         else:  # replaced by a later epoch (or, after a restore, an earlier one)
             message = (
                 f"epoch {epoch} was replaced by epoch {active.epoch} ({active.region}: "
@@ -502,3 +506,7 @@ class _quiet:
 
     def __exit__(self, kind: object, exc: object, tb: object) -> bool:
         return isinstance(exc, ops.Lost | EtcdError)
+
+
+def _dict(value: Any) -> Obj:
+    return value if isinstance(value, dict) else {}

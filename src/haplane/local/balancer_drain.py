@@ -12,7 +12,9 @@ open connections to end, up to a timeout, and says how many are left.
 
 It refuses to drain the last balancer of a region that serves: the gates would see the region
 down, and fail over if it is the active one. Another balancer of the region must answer, be
-in service and not be stopping. (Two drains started at once could each see the other
+in service, not be stopping, and report its region healthy (what the gates check: a twin
+whose `/healthz/region` says 503 gets no connection either). What it cannot see: a twin this
+CLI reaches but the gates do not. (Two drains started at once could each see the other
 balancer in service; the supervisor's agent runs operations one at a time.)
 """
 
@@ -103,10 +105,15 @@ async def _refuse_last(
         except DrainError as exc:
             why.append(str(exc))
             continue
+        region: dict[str, Any] = st["region"] if isinstance(st.get("region"), dict) else {}
         if st.get("drained"):
             why.append(f"{b.qualified_name} is drained ({st['drained']})")
         elif st.get("stopping"):
             why.append(f"{b.qualified_name} is stopping")
+        elif not region.get("healthy"):
+            # the gates send nothing to it either: its region health answers 503
+            reasons = "; ".join(region.get("reasons") or ()) or "no region health reported"
+            why.append(f"{b.qualified_name} reports its region unhealthy ({reasons})")
         else:
             return
     raise DrainError(

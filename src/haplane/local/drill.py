@@ -69,6 +69,11 @@ class DrillError(Exception):
     """The drill could not run (nothing up, unknown scenario, a fault that was refused)."""
 
 
+# seconds past the warm-up a drill waits for its first acknowledged write (a loaded machine
+# may pass the warm-up with none: a fault then would show nothing)
+BASELINE_WAIT = 10.0
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -585,6 +590,18 @@ async def run_drill(
     undo: Undo | None = None
     try:
         await asyncio.sleep(warmup)
+        # a baseline first: no fault before a write was acknowledged in the current epoch
+        # (on a loaded machine the warm-up may pass with none, and a drill then shows nothing)
+        late = drill.now() + BASELINE_WAIT
+        while not any(
+            o.ok and o.kind == "write" and o.epoch == before.epoch for o in drill.operations
+        ):
+            if drill.now() >= late:
+                raise DrillError(
+                    f"no write was acknowledged in {warmup + BASELINE_WAIT:g}s of warm-up: the "
+                    "platform does not serve through the gate; nothing was injected"
+                )
+            await asyncio.sleep(0.05)
         since_change = await _epoch_known_for(state, before.epoch)
         t_fault = drill.now()
         detail, undo = await _inject(ctx, scenario, blip or failover.down_after_ms / 2000)

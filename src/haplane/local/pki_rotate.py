@@ -12,7 +12,8 @@ connection. Connections already open keep the certificate they began with, so no
 dropped, and the old certificate stays valid until it expires (no revocation: the CA is kept).
 
 Health gate, per component: before, it must be healthy (a member of a cluster with quorum, a
-replica or engine whose `/readyz` answers 200, a replicator whose `/healthz` does); after, its
+replica or engine whose `/readyz` answers 200 (or, for a balancer drained for maintenance,
+503 `drained: ...`), a replicator whose `/healthz` does); after, its
 listener must serve the new certificate (its serial) within `wait` seconds, and it must still
 be healthy. A component that is not is reported and the rotation stops there: the ones before
 it are rotated, the rest keep their certificates (run it again once fixed).
@@ -173,7 +174,12 @@ class Rotation:
                 ) as session,
                 session.get(c.health) as resp,
             ):
-                return None if resp.status == 200 else f"{c.health} answered {resp.status}"
+                if resp.status == 200:
+                    return None
+                said = await resp.text()
+                if c.kind == "balancer" and resp.status == 503 and '"drained: ' in said:
+                    return None  # out of service on purpose (`maintenance drain`), and alive
+                return f"{c.health} answered {resp.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return f"{c.health}: {exc or type(exc).__name__}"
 

@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import bz2
+import contextlib
 import gzip
+import io
 import json
 import lzma
 import os
+import tarfile
 import time
 import zipfile
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -78,6 +81,30 @@ class LocalKey:
 
 def keys_file(state: StateDir) -> Path:
     return state.root / "encryption" / "keys.json"
+
+
+@contextlib.contextmanager
+def keys_lock(state: StateDir) -> Iterator[None]:
+    """One key operation at a time (`rotate`, `remove-key`): an exclusive lock on
+    `STATE/encryption/keys.lock`, refused at once when another holds it (a removal that read
+    the key list before a rotation saved it would otherwise save a list without the new
+    writer)."""
+    import fcntl
+
+    directory = state.root / "encryption"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / "keys.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SecretsError(
+                "another key operation (rotate or remove-key) is running on this state dir: "
+                "run this once it has finished"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # (closing releases the lock)
 
 
 def local_keys(state: StateDir) -> list[LocalKey]:
@@ -130,6 +157,11 @@ def rotate(
         )
     if not enabled:
         raise SecretsError("encryption at rest is off (spec.security.encryption.enabled)")
+    with keys_lock(state):
+        return _rotate(state, promote)
+
+
+def _rotate(state: StateDir, promote: bool) -> LocalKey:
     keys = local_keys(state)
     if promote:
         newest = max(keys, key=_number)
@@ -477,13 +509,14 @@ class RetainedFile:
 def scan_retained(state: StateDir, names: Iterable[str]) -> list[RetainedFile]:
     """Every file under `retained_dirs` that holds values sealed under any of `names` (by
     their stored prefix, `stored_prefix`), or that could not be looked into. gzip, bzip2 and xz
-    files (and zip archives, member by member) are read decompressed, tar archives as they
-    are; a zstd file, an age or armored PGP one, or an unreadable one is reported with why.
+    files are read decompressed; zip and tar archives member by member (each member
+    decompressed too); symbolic links are followed. A zstd file, an age or armored PGP one,
+    an unreadable one, or a directory that cannot be listed is reported with why.
     Anything else is searched as raw bytes: a file encrypted by other means looks empty."""
     needles = {n: stored_prefix(n) for n in names}
-    out = []
+    out: list[RetainedFile] = []
     for root in retained_dirs(state):
-        for path in _files(root):
+        for path in _files(root, out):
             try:
                 counts = _count_in_file(path, needles)
             except _UNREADABLE as e:
@@ -499,15 +532,37 @@ class _Opaque(Exception):
 
 
 # what reading a retained file may raise (a truncated or corrupt compressed file among them)
-_UNREADABLE = (_Opaque, OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError)
+_UNREADABLE = (
+    _Opaque,
+    OSError,
+    EOFError,
+    ValueError,
+    zipfile.BadZipFile,
+    lzma.LZMAError,
+    tarfile.TarError,
+)
+TAR_MAGIC_END = 262  # "ustar" at bytes 257-261 of a tar archive's first header
 
 
-def _files(root: Path) -> list[Path]:
-    """The regular files below `root` (symbolic links to files followed, to directories not)."""
+def _files(root: Path, unreadable: list[RetainedFile]) -> list[Path]:
+    """The regular files below `root`, symbolic links followed (to directories too, each
+    real directory once: a link cycle ends); a directory that cannot be listed goes to
+    `unreadable` (it may hold anything)."""
     import stat
 
     out = []
-    for dirpath, _, names in os.walk(root):
+    seen: set[str] = set()
+
+    def failed(exc: OSError) -> None:
+        if not isinstance(exc, FileNotFoundError):  # (absent, or gone meanwhile: nothing)
+            unreadable.append(RetainedFile(Path(exc.filename or root), error=str(exc)))
+
+    for dirpath, dirnames, names in os.walk(root, onerror=failed, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         for n in sorted(names):
             path = Path(dirpath) / n
             try:
@@ -526,9 +581,28 @@ def _count_in_file(path: Path, needles: dict[str, bytes]) -> Counter[str]:
                 for info in archive.infolist():
                     if not info.is_dir():
                         with archive.open(info) as member:
-                            total += _count_stream(_opened(member, 1), needles)
+                            total += _count_any(member, needles, 1)
             return total
-        return _count_stream(_opened(f, 0), needles)
+        return _count_any(f, needles, 0)
+
+
+def _count_any(f: Any, needles: dict[str, bytes], depth: int) -> Counter[str]:
+    """`f` decompressed; a tar archive (compressed or not) member by member, each opened
+    the same way (a snapshot `.db.gz` inside a `.tar` is read decompressed)."""
+    opened = _opened(f, depth)
+    head = bytes(opened.peek(TAR_MAGIC_END)[:TAR_MAGIC_END]) if hasattr(opened, "peek") else b""
+    if head[257:TAR_MAGIC_END] != b"ustar":
+        return _count_stream(opened, needles)
+    if depth >= 3:
+        raise _Opaque("archives nested more than three deep")
+    total: Counter[str] = Counter()
+    with tarfile.open(fileobj=opened, mode="r|") as archive:
+        for member in archive:
+            if member.isfile():
+                inner = archive.extractfile(member)
+                if inner is not None:
+                    total += _count_any(io.BufferedReader(inner), needles, depth + 1)
+    return total
 
 
 def _opened(f: Any, depth: int) -> BinaryIO:
@@ -795,13 +869,42 @@ async def remove_key(
             "configFile): remove the provider from that file once nothing needs it; the "
             "replicas reload it"
         )
+    with keys_lock(state):
+        return await _remove_key(
+            state, name, enabled, control, regional, transformers, reloaded, catch_up
+        )
+
+
+async def _remove_key(
+    state: StateDir,
+    name: str,
+    enabled: bool,
+    control: EtcdClient,
+    regional: dict[str, EtcdClient],
+    transformers: Transformers,
+    reloaded: Callable[[Path], Awaitable[list[str]]],
+    catch_up: float,
+) -> Removed:
     keys = local_keys(state)
     key = next((k for k in keys if k.name == name), None)
     directory = state.root / "encryption"
+
+    async def needs() -> list[Need]:
+        return await needs_of(state, name, control, regional, transformers, catch_up=catch_up)
+
+    def listed_again(found: list[Need], why: str) -> KeyNeeded:
+        """`key` back in the list, as a reader after the writer: nothing it seals is lost."""
+        assert key is not None
+        now = [k for k in local_keys(state) if k.name != name]
+        save_keys(state, [*now[:1], key, *now[1:]])
+        write_config(state, [*now[:1], key, *now[1:]], encrypt=enabled)
+        _record_removal(state, key, "kept")
+        return KeyNeeded(name, found, f"{why}; it is listed again as a reader")
+
     resumed = False
     if key is None:
         earlier = next((r for r in _removals(state) if r["name"] == name), None)
-        if earlier is None:
+        if earlier is None or earlier.get("state") == "kept":
             raise SecretsError(
                 f"no local key named {name!r} (the local keys, the writer first: "
                 f"{', '.join(k.name for k in keys)})"
@@ -810,10 +913,23 @@ async def remove_key(
         if earlier.get("state") == "removed":
             return Removed(key, directory / "config.yaml", already=True)
         resumed = True
+        # a stop after the configuration dropped it: look again before going on (something
+        # may need it since, a backup put back say)
+        found = await needs()
+        if found:
+            raise listed_again(found, "a removal that stopped halfway found it needed")
     else:
-        needs = await needs_of(state, name, control, regional, transformers, catch_up=catch_up)
-        if needs:
-            raise KeyNeeded(name, needs)
+        # every replica on the current configuration first: one still writing under the key
+        # (a rotation that stopped between its steps) could seal values after the scan
+        late = await reloaded(directory / "config.yaml")
+        if late:
+            raise SecretsError(
+                f"these replicas are not on {directory / 'config.yaml'} yet: {', '.join(late)}; "
+                f"nothing was changed: run `haplane secrets remove-key {name}` once they are"
+            )
+        found = await needs()
+        if found:
+            raise KeyNeeded(name, found)
         _record_removal(state, key, "removing")  # first: a stop after keys.json knows the file
         keys = [k for k in keys if k.name != name]
         save_keys(state, keys)
@@ -825,14 +941,11 @@ async def remove_key(
             f"{', '.join(late)}; {directory / key.file} stays until they have: run `haplane "
             f"secrets remove-key {name}` again once they answer"
         )
-    if resumed:
-        needs = await needs_of(state, name, control, regional, transformers, catch_up=catch_up)
-        if needs:
-            raise KeyNeeded(
-                name,
-                needs,
-                f"the configuration no longer lists it; {directory / key.file} stays",
-            )
+    # look again, now that no replica can seal under it: a value written between the scan and
+    # a replica's reload would otherwise outlive its key
+    found = await needs()
+    if found:
+        raise listed_again(found, "values under it appeared while the replicas reloaded")
     (directory / key.file).unlink(missing_ok=True)
     _record_removal(state, key, "removed")
     return Removed(key, config, resumed=resumed)
