@@ -1,15 +1,20 @@
 """CustomResourceDefinitions on real replicas: discovery, versions, pruning, defaults,
-validation, status and scale subresources, patches, CEL refusal, and deletion."""
+validation, status and scale subresources, patches, CEL validation rules (and Gateway API's
+real CRDs with theirs), and deletion."""
 
 from __future__ import annotations
 
 import copy
 import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 
 from haplane.local.api_replica import ApiReplica
 from tests.topology_helpers import wait_for as wait_until
+
+DATA = Path(__file__).parent / "data"
 
 
 def crd(group: str, plural: str = "widgets", kind: str = "Widget") -> dict:
@@ -208,16 +213,99 @@ def test_patches_on_custom_resources(api_replicas, widgets, namespace):
     assert status == 422
 
 
-def test_crd_with_cel_rules_is_refused(api_replicas):
+def test_crd_cel_rules_are_checked_and_enforced(api_replicas):
+    """x-kubernetes-validations: a rule that does not compile refuses the CRD (422 naming the
+    rule and the position); served rules refuse objects that break them (422, Kubernetes'
+    field errors), transition rules only on updates."""
+    api: ApiReplica = api_replicas[0]
     group = f"c{uuid.uuid4().hex[:8]}.example.com"
     body = crd(group)
-    body["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["properties"]["spec"][
-        "x-kubernetes-validations"
-    ] = [{"rule": "self.replicas < 10"}]
-    status, _, out = api_replicas[0].request(
-        "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body
+    spec = body["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["x-kubernetes-validations"] = [{"rule": "self.replicas <"}]
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    status, _, out = api.request("POST", path, body)
+    assert status == 422 and "x-kubernetes-validations[0].rule" in out["message"], out
+    assert "compilation failed: 1:16" in out["message"], out
+    spec["x-kubernetes-validations"] = [
+        {
+            "rule": "self.replicas <= 5 || self.color == 'blue'",
+            "messageExpression": "'red widgets stop at 5, not %d'.format([self.replicas])",
+            "fieldPath": ".replicas",
+        },
+        {"rule": "self.color == oldSelf.color", "message": "color is immutable"},
+    ]
+    assert api.request("POST", path, body)[0] == 201
+    base = f"/apis/{group}/v1/namespaces/default/widgets"
+    wait_until(lambda: api.request("GET", base)[0] == 200)
+    status, _, out = api.request(
+        "POST", base, {"metadata": {"name": "w"}, "spec": {"color": "red", "replicas": 7}}
     )
-    assert status == 422 and "CEL" in out["message"]
+    assert status == 422 and out["reason"] == "Invalid", out
+    (cause,) = out["details"]["causes"]
+    assert cause == {
+        "reason": "FieldValueInvalid",
+        "message": 'Invalid value: "object": red widgets stop at 5, not 7',
+        "field": "spec.replicas",
+    }
+    obj = {"metadata": {"name": "w"}, "spec": {"color": "red", "replicas": 3}}
+    status, _, created = api.request("POST", base, obj)
+    assert status == 201, created
+    created["spec"]["color"] = "blue"
+    status, _, out = api.request("PUT", f"{base}/w", created)
+    assert status == 422 and "color is immutable" in out["message"], out
+    assert api.request("DELETE", path + f"/widgets.{group}")[0] == 200
+
+
+def gateway_api_crd(name: str) -> dict:
+    return yaml.safe_load((DATA / "gateway-api" / f"{name}.yaml").read_text())
+
+
+def test_gateway_api_crds_and_their_rules(api_replicas):
+    """Gateway API's own CRDs (tests/data/gateway-api: 64 CEL rules in the Gateway CRD) are
+    accepted, and their rules enforced as in Kubernetes."""
+    api: ApiReplica = api_replicas[0]
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    for name in ("gatewayclasses", "gateways"):
+        status, _, out = api.request("POST", path, gateway_api_crd(name))
+        assert status in (201, 409), out
+    gw = "/apis/gateway.networking.k8s.io/v1"
+    wait_until(lambda: api.request("GET", f"{gw}/namespaces/default/gateways")[0] == 200)
+    wait_until(lambda: api.request("GET", f"{gw}/gatewayclasses")[0] == 200)
+    name = f"gc-{uuid.uuid4().hex[:6]}"
+    gc = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": name},
+        "spec": {"controllerName": "example.com/gateway-controller"},
+    }
+    status, _, created = api.request("POST", f"{gw}/gatewayclasses", gc)
+    assert status == 201, created
+    created["spec"]["controllerName"] = "example.com/another"
+    status, _, out = api.request("PUT", f"{gw}/gatewayclasses/{name}", created)
+    assert status == 422, out
+    assert out["details"]["causes"] == [
+        {
+            "reason": "FieldValueInvalid",
+            "message": 'Invalid value: "string": field is immutable',
+            "field": "spec.controllerName",
+        }
+    ]
+    listeners = [
+        {"name": "web", "port": 80, "protocol": "HTTP"},
+        {"name": "web", "port": 8080, "protocol": "HTTP"},
+    ]
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": f"gw-{uuid.uuid4().hex[:6]}"},
+        "spec": {"gatewayClassName": name, "listeners": listeners},
+    }
+    status, _, out = api.request("POST", f"{gw}/namespaces/default/gateways", gateway)
+    assert status == 422, out
+    assert "Listener name must be unique within the Gateway" in out["message"], out
+    listeners[1]["name"] = "alt"
+    status, _, out = api.request("POST", f"{gw}/namespaces/default/gateways", gateway)
+    assert status == 201, out
 
 
 def test_bad_crds_are_refused(api_replicas):

@@ -44,6 +44,7 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
+from .crd_rules import rules_errors
 from .validation import FieldError
 
 __all__ = [
@@ -67,12 +68,6 @@ _FORBIDDEN: Final = "FieldValueForbidden"
 _PRESERVE: Final = "x-kubernetes-preserve-unknown-fields"
 _EMBEDDED: Final = "x-kubernetes-embedded-resource"
 _INT_OR_STRING: Final = "x-kubernetes-int-or-string"
-_CEL: Final = "x-kubernetes-validations"
-
-_CEL_MESSAGE: Final = (
-    "CEL validation rules (x-kubernetes-validations) are not supported until haplane's policy "
-    "layer brings CEL; remove them or validate with the schema's own keywords"
-)
 
 # The fields every resource and every embedded resource has, checked elsewhere.
 _META_FIELDS: Final = frozenset({"apiVersion", "kind", "metadata"})
@@ -106,7 +101,7 @@ class SchemaUnsupported(Exception):
     """A CRD schema haplane cannot enforce.
 
     `validate` (and so `process`) raises it rather than silently skip a rule it cannot check
-    (CEL rules, `$ref`). `errors` are the FieldErrors, paths relative to "openAPIV3Schema";
+    (`$ref`). `errors` are the FieldErrors, paths relative to "openAPIV3Schema";
     str() joins them, fit for the message of a 422 on the CRD. `check_crd_schema` reports the
     same problems as FieldErrors, so a CRD admitted through it never raises this.
     """
@@ -456,11 +451,9 @@ def _to_draft4(schema: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _unenforceable(schema: Any, path: str) -> Iterator[FieldError]:
-    """The rules of `schema` haplane cannot enforce: CEL rules and `$ref`s."""
+    """The rules of `schema` haplane cannot enforce: `$ref`s."""
     if not isinstance(schema, Mapping):
         return
-    if _CEL in schema:
-        yield FieldError(f"{path}.{_CEL}", _FORBIDDEN, _CEL_MESSAGE)
     if "$ref" in schema:
         yield FieldError(f"{path}.$ref", _FORBIDDEN, "$ref is not supported")
     for sub_path, sub, _ in _subschemas(schema, path):
@@ -720,7 +713,8 @@ def validate(obj: Any, schema: Mapping[str, Any], root: str = "") -> list[FieldE
     (maxLength), FieldValueTooMany (maxItems, maxProperties), FieldValueInvalid (the rest).
     apiVersion, kind and metadata at the root are skipped: they are checked elsewhere.
 
-    Raises SchemaUnsupported for a schema with rules haplane cannot enforce (CEL, `$ref`).
+    Raises SchemaUnsupported for a schema with rules haplane cannot enforce (`$ref`). CEL
+    rules are `crd_rules.enforce`'s.
     """
     problems = list(_unenforceable(schema, "openAPIV3Schema"))
     if problems:
@@ -908,7 +902,8 @@ def check_crd_schema(schema: Mapping[str, Any], path: str) -> list[FieldError]:
     it can). `path` is where the schema sits in the CRD, e.g.
     "spec.versions[0].schema.openAPIV3Schema".
 
-    Checked, at every level: CEL rules (x-kubernetes-validations, not supported yet), `$ref`,
+    Checked, at every level: CEL rules (x-kubernetes-validations: `crd_rules.rules_errors`,
+    each rule compiled), `$ref`,
     `type` values, patterns Python's `re` cannot compile, `items` given as an array,
     additionalProperties false or beside properties, x-kubernetes-preserve-unknown-fields
     false, and `default`s that would be pruned or do not validate against their own schema.
@@ -942,8 +937,7 @@ def _check_node(node: Any, path: str, level: str, errs: list[FieldError]) -> Non
         errs.append(FieldError(path, _INVALID, "must be an object", _value_text(node)))
         return
     structural = level != "junctor"
-    if _CEL in node:
-        errs.append(FieldError(f"{path}.{_CEL}", _FORBIDDEN, _CEL_MESSAGE))
+    errs.extend(rules_errors(node, path, in_junctor=not structural))
     if "$ref" in node:
         errs.append(FieldError(f"{path}.$ref", _FORBIDDEN, "$ref is not supported"))
 
@@ -1034,7 +1028,9 @@ def _check_node(node: Any, path: str, level: str, errs: list[FieldError]) -> Non
         errs.extend(_default_errors(node, f"{path}.default"))
 
     for sub_path, sub, sub_level in _subschemas(node, path):
-        _check_node(sub, sub_path, sub_level, errs)
+        # everything under a junctor is a value validation, not structure (no type needed),
+        # as in apiextensions-apiserver (Gateway API's address oneOf holds such properties)
+        _check_node(sub, sub_path, "junctor" if not structural else sub_level, errs)
 
 
 def _default_errors(node: Mapping[str, Any], path: str) -> list[FieldError]:

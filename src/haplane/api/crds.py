@@ -15,6 +15,7 @@ from typing import Any
 
 from haplane.store.operations import GROUP as OPS_GROUP
 
+from .crd_rules import enforce
 from .crd_schema import apply_defaults, check_crd_schema, prune
 from .crd_schema import validate as validate_against_schema
 from .patch import OBJECT_META_STRATEGIES
@@ -279,7 +280,12 @@ class CustomResourceStrategy(Strategy):
         self._normalise(new)
 
     def validate(self, obj: Obj) -> list[FieldError]:
-        return validate_against_schema(obj, self.schema)
+        errs = validate_against_schema(obj, self.schema)
+        return errs or enforce(self.schema, obj)
+
+    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
+        errs = validate_against_schema(new, self.schema)
+        return errs or enforce(self.schema, new, old)
 
 
 def resource_types_for(crd: Obj, *, served_only: bool = True) -> list[ResourceType]:

@@ -1,0 +1,438 @@
+"""Layer: api. CRD validation rules: `x-kubernetes-validations` on a CustomResourceDefinition's
+schema, checked at the CRD's create and enforced on every create and update of its objects,
+as apiextensions-apiserver does (k8s.io/apiextensions-apiserver/pkg/apiserver/schema/cel).
+
+Pure: no I/O. The expressions are CEL (`haplane.cel`), compiled once per rule text (cached).
+
+    rules_errors(schema, path)        the CRD's rules that cannot be served (422 on the CRD)
+    enforce(schema, obj, old)         the rules an object breaks (422 on the object)
+
+Each rule: `rule` (CEL, true when the value is valid; `self` is the value at the rule's node,
+`oldSelf` its previous value), `message` or `messageExpression` (CEL giving the message),
+`reason` (FieldValueInvalid, FieldValueForbidden, FieldValueRequired, FieldValueDuplicate:
+the cause's type), `fieldPath` (where the error points, relative to the node: `.a.b`,
+`['key']`, `.list[0]`...), `optionalOldSelf`. A rule that mentions `oldSelf` is a transition
+rule: checked only on an update, and only where the value can be paired with its old one
+(object fields and map values by key; list items of `x-kubernetes-list-type: map` by their
+keys; other list items never). `optionalOldSelf: true` checks it on create too, with
+`oldSelf` as an optional value (`oldSelf.hasValue()`, `oldSelf.orValue(...)`).
+
+Values are given to CEL as the schema types them: `number` fields as doubles (1 becomes
+1.0), `integer` fields as ints; at the root, `metadata` shows only `name` and `generateName`
+(as in Kubernetes).
+
+Not yet: the static cost estimate Kubernetes makes at the CRD's create from the schema's
+bounds (maxItems, maxLength, maxProperties), and the type checking of expressions against
+the schema (a misspelt field is an evaluation error on the object, not a compile error on
+the CRD).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from haplane.cel import CompileError, Environment, EvalError, Program
+
+from .validation import FieldError
+
+CEL: Final = "x-kubernetes-validations"
+REASONS: Final = (
+    "FieldValueInvalid",
+    "FieldValueForbidden",
+    "FieldValueRequired",
+    "FieldValueDuplicate",
+)
+RULE_FIELDS: Final = frozenset(
+    {"rule", "message", "messageExpression", "reason", "fieldPath", "optionalOldSelf"}
+)
+MAX_MESSAGE: Final = 5000  # characters of a message kept (Kubernetes bounds it too)
+_OLD_SELF = re.compile(r"\boldSelf\b")
+_FIELD_PATH = re.compile(r"(?:\.([A-Za-z_$][\w$-]*)|\['((?:[^'\\]|\\.)*)'\]|\[(\d+)\])")
+
+
+@functools.cache
+def _env() -> Environment:
+    return Environment(("self", "oldSelf", _OLD, _PRESENT))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(source: str) -> Program:
+    return _env().compile(source)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled_optional(source: str) -> Program:
+    """A rule with `optionalOldSelf`: `oldSelf` an optional value, made inside CEL (the
+    engine's Python binding hands in no optional values)."""
+    return _env().compile(
+        f"cel.bind(oldSelf, {_PRESENT} ? optional.of({_OLD}) : optional.none(), ({source}))"
+    )
+
+
+_OLD: Final = "__haplane_old_self"
+_PRESENT: Final = "__haplane_old_self_present"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    rule: str
+    message: str | None
+    message_expression: str | None
+    reason: str
+    field_path: str | None
+    transition: bool
+    optional_old_self: bool
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> _Rule:
+        rule = str(raw.get("rule") or "")
+        return cls(
+            rule,
+            raw.get("message") if isinstance(raw.get("message"), str) else None,
+            raw.get("messageExpression") if isinstance(raw.get("messageExpression"), str) else None,
+            str(raw.get("reason") or "FieldValueInvalid"),
+            raw.get("fieldPath") if isinstance(raw.get("fieldPath"), str) else None,
+            bool(_OLD_SELF.search(rule)),
+            raw.get("optionalOldSelf") is True,
+        )
+
+
+# ---- the CRD: what cannot be served --------------------------------------------------------
+
+
+def rules_errors(node: Mapping[str, Any], path: str, *, in_junctor: bool) -> list[FieldError]:
+    """The problems of this schema node's own `x-kubernetes-validations` (not its children's),
+    named by field (`path` is the node's place in the CRD)."""
+    raw = node.get(CEL)
+    if raw is None:
+        return []
+    where = f"{path}.{CEL}"
+    if in_junctor:
+        return [
+            FieldError(
+                where, "FieldValueForbidden", "must not be used in allOf, anyOf, oneOf or not"
+            )
+        ]
+    if not isinstance(raw, list):
+        return [FieldError(where, "FieldValueInvalid", "must be a list of rules", None)]
+    errs: list[FieldError] = []
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(item, Mapping):
+            errs.append(FieldError(at, "FieldValueInvalid", "must be an object", None))
+            continue
+        errs += _rule_errors(item, at, node)
+    return errs
+
+
+def _rule_errors(item: Mapping[str, Any], at: str, node: Mapping[str, Any]) -> list[FieldError]:
+    errs: list[FieldError] = []
+    for unknown in sorted(set(item) - RULE_FIELDS):
+        errs.append(FieldError(f"{at}.{unknown}", "FieldValueForbidden", "unknown field"))
+    rule = item.get("rule")
+    if not isinstance(rule, str) or not rule.strip():
+        errs.append(FieldError(f"{at}.rule", "FieldValueRequired", "a CEL expression is required"))
+    else:
+        try:
+            program = _compiled(rule)
+        except CompileError as exc:
+            errs.append(
+                FieldError(f"{at}.rule", "FieldValueInvalid", f"compilation failed: {exc}", rule)
+            )
+        else:
+            if program.returns not in ("bool", "dyn"):
+                errs.append(
+                    FieldError(
+                        f"{at}.rule",
+                        "FieldValueInvalid",
+                        f"must evaluate to a bool, not {program.returns}",
+                        rule,
+                    )
+                )
+    message = item.get("message")
+    if message is not None and (
+        not isinstance(message, str) or not message.strip() or "\n" in message
+    ):
+        errs.append(
+            FieldError(
+                f"{at}.message",
+                "FieldValueInvalid",
+                "must be a non-empty string on one line",
+                str(message),
+            )
+        )
+    expression = item.get("messageExpression")
+    if expression is not None:
+        if not isinstance(expression, str) or not expression.strip():
+            errs.append(
+                FieldError(f"{at}.messageExpression", "FieldValueRequired", "a CEL expression")
+            )
+        else:
+            try:
+                returns = _compiled(expression).returns
+            except CompileError as exc:
+                errs.append(
+                    FieldError(
+                        f"{at}.messageExpression",
+                        "FieldValueInvalid",
+                        f"messageExpression compilation failed: {exc}",
+                        expression,
+                    )
+                )
+            else:
+                if returns not in ("string", "dyn"):
+                    errs.append(
+                        FieldError(
+                            f"{at}.messageExpression",
+                            "FieldValueInvalid",
+                            f"must evaluate to a string, not {returns}",
+                            expression,
+                        )
+                    )
+    reason = item.get("reason")
+    if reason is not None and reason not in REASONS:
+        errs.append(
+            FieldError(
+                f"{at}.reason",
+                "FieldValueNotSupported",
+                "supported values: " + ", ".join(f'"{r}"' for r in REASONS),
+                str(reason),
+            )
+        )
+    field_path = item.get("fieldPath")
+    if field_path is not None:
+        why = _field_path_problem(field_path, node)
+        if why is not None:
+            errs.append(FieldError(f"{at}.fieldPath", "FieldValueInvalid", why, str(field_path)))
+    optional = item.get("optionalOldSelf")
+    if optional is not None:
+        if not isinstance(optional, bool):
+            errs.append(
+                FieldError(f"{at}.optionalOldSelf", "FieldValueInvalid", "true or false", None)
+            )
+        elif optional and isinstance(rule, str) and not _OLD_SELF.search(rule):
+            errs.append(
+                FieldError(
+                    f"{at}.optionalOldSelf",
+                    "FieldValueForbidden",
+                    "may not be set if the rule does not use oldSelf",
+                )
+            )
+    return errs
+
+
+def _field_path_problem(field_path: Any, node: Mapping[str, Any]) -> str | None:
+    """Why `fieldPath` is no path into the node's schema (None: it is one)."""
+    if not isinstance(field_path, str) or not field_path:
+        return "must be a non-empty path, e.g. .spec.replicas"
+    steps = []
+    pos = 0
+    for m in _FIELD_PATH.finditer(field_path):
+        if m.start() != pos:
+            break
+        steps.append(m)
+        pos = m.end()
+    if pos != len(field_path) or not steps:
+        return "must be a valid path, such as .a.b, .a['b.c'] or .list[0]"
+    schema: Any = node
+    for m in steps:
+        name = m.group(1) if m.group(1) is not None else m.group(2)
+        if name is not None:
+            props = schema.get("properties") if isinstance(schema, Mapping) else None
+            additional = schema.get("additionalProperties") if isinstance(schema, Mapping) else None
+            if isinstance(props, Mapping) and name in props:
+                schema = props[name]
+            elif isinstance(additional, Mapping):
+                schema = additional
+            else:
+                return f"does not refer to a field of the schema: {name!r} is not one"
+        else:
+            if not isinstance(schema, Mapping) or not isinstance(schema.get("items"), Mapping):
+                return "indexes a field that is not a list"
+            schema = schema["items"]
+    return None
+
+
+def has_rules(schema: Any) -> bool:
+    if not isinstance(schema, Mapping):
+        return False
+    if CEL in schema:
+        return True
+    return any(has_rules(sub) for sub in _children(schema))
+
+
+def _children(schema: Mapping[str, Any]) -> Iterator[Any]:
+    props = schema.get("properties")
+    if isinstance(props, Mapping):
+        yield from props.values()
+    for key in ("additionalProperties", "items"):
+        if isinstance(schema.get(key), Mapping):
+            yield schema[key]
+
+
+# ---- an object: the rules it breaks ---------------------------------------------------------
+
+_ABSENT: Final = object()
+
+
+def enforce(schema: Mapping[str, Any], obj: Any, old: Any = _ABSENT) -> list[FieldError]:
+    """Every rule of `schema` that `obj` breaks; `old` is the object before an update (absent
+    on a create: transition rules are then skipped, unless optionalOldSelf)."""
+    if not has_rules(schema):
+        return []
+    errs: list[FieldError] = []
+    _walk(schema, obj, old, "", errs, root=True)
+    return errs
+
+
+def _walk(
+    schema: Mapping[str, Any],
+    value: Any,
+    old: Any,
+    path: str,
+    errs: list[FieldError],
+    *,
+    root: bool,
+) -> None:
+    if value is None:
+        return
+    raw = schema.get(CEL)
+    if isinstance(raw, list) and raw:
+        _check(schema, raw, value, old, path, errs, root=root)
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        props = props if isinstance(props, Mapping) else {}
+        additional = schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = props.get(key, additional if isinstance(additional, Mapping) else None)
+            if not isinstance(sub, Mapping) or (root and key in ("apiVersion", "kind", "metadata")):
+                continue
+            before = old.get(key, _ABSENT) if isinstance(old, dict) else _ABSENT
+            _walk(sub, item, before, _join(path, key, bool(props.get(key))), errs, root=False)
+    elif isinstance(value, list):
+        items = schema.get("items")
+        if not isinstance(items, Mapping):
+            return
+        pair = _pairing(schema, old)
+        for i, item in enumerate(value):
+            _walk(items, item, pair(item), f"{path}[{i}]", errs, root=False)
+
+
+def _pairing(schema: Mapping[str, Any], old: Any) -> Any:
+    """How a list item finds its old self: by its keys in a `map` list, else never."""
+    keys = schema.get("x-kubernetes-list-map-keys")
+    if (
+        schema.get("x-kubernetes-list-type") != "map"
+        or not isinstance(keys, list)
+        or not isinstance(old, list)
+    ):
+        return lambda _item: _ABSENT
+    index = {tuple(o.get(k) for k in keys): o for o in old if isinstance(o, dict)}
+    return lambda item: (
+        index.get(tuple(item.get(k) for k in keys), _ABSENT) if isinstance(item, dict) else _ABSENT
+    )
+
+
+def _join(path: str, key: str, declared: bool) -> str:
+    if declared and re.fullmatch(r"[A-Za-z_][\w-]*", key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key}]"
+
+
+def _check(
+    schema: Mapping[str, Any],
+    raw: list[Any],
+    value: Any,
+    old: Any,
+    path: str,
+    errs: list[FieldError],
+    *,
+    root: bool,
+) -> None:
+    this = _to_cel(value, schema, root=root)
+    before = _to_cel(old, schema, root=root) if old is not _ABSENT else None
+    shown = _type_text(schema, value)
+    for item in raw:
+        if not isinstance(item, Mapping):
+            continue
+        r = _Rule.of(item)
+        if r.transition and old is _ABSENT and not r.optional_old_self:
+            continue
+        data = {"self": this, "oldSelf": before, _OLD: before, _PRESENT: old is not _ABSENT}
+        where = _at(path, r.field_path)
+        try:
+            optional = r.transition and r.optional_old_self
+            ok = (_compiled_optional if optional else _compiled)(r.rule).eval(data)
+        except (CompileError, EvalError) as exc:
+            errs.append(FieldError(where, "FieldValueInvalid", f"{_summary(r)}: {exc}", shown))
+            continue
+        if ok is True:
+            continue
+        if ok is not False:
+            errs.append(
+                FieldError(
+                    where, "FieldValueInvalid", f"{_summary(r)}: did not evaluate to a bool", shown
+                )
+            )
+            continue
+        errs.append(FieldError(where, r.reason, _message(r, data), shown))
+
+
+def _at(path: str, field_path: str | None) -> str:
+    if not field_path:
+        return path
+    tail = field_path[1:] if field_path.startswith(".") and not path else field_path
+    return f"{path}{tail}" if path else tail
+
+
+def _message(r: _Rule, data: dict[str, Any]) -> str:
+    if r.message_expression:
+        try:
+            text = _compiled(r.message_expression).eval(data)
+        except (CompileError, EvalError):
+            text = None
+        if isinstance(text, str) and text.strip() and "\n" not in text:
+            return text[:MAX_MESSAGE]
+    if r.message:
+        return r.message
+    return f"failed rule: {r.rule}"
+
+
+def _summary(r: _Rule) -> str:
+    return f"rule {r.rule!r} could not be evaluated"
+
+
+def _type_text(schema: Mapping[str, Any], value: Any) -> str:
+    declared = schema.get("type")
+    if isinstance(declared, str) and declared:
+        return declared
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), "value")
+
+
+def _to_cel(value: Any, schema: Mapping[str, Any] | None, *, root: bool = False) -> Any:
+    """The value as CEL sees it: `number` fields as doubles; at the root, metadata with only
+    name and generateName."""
+    if schema is None:
+        return value
+    if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        props = props if isinstance(props, Mapping) else {}
+        additional = schema.get("additionalProperties")
+        out = {}
+        for k, v in value.items():
+            if root and k == "metadata" and isinstance(v, dict):
+                out[k] = {m: v[m] for m in ("name", "generateName") if m in v}
+                continue
+            sub = props.get(k, additional if isinstance(additional, Mapping) else None)
+            out[k] = _to_cel(v, sub if isinstance(sub, Mapping) else None)
+        return out
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [_to_cel(v, items if isinstance(items, Mapping) else None) for v in value]
+    return value

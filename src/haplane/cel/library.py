@@ -1,0 +1,359 @@
+"""Kubernetes' CEL extension libraries, which no CEL engine ships: lists, strings (with
+`format`), regex, and the validity checks of the url, quantity and ip/cidr libraries.
+
+Layer: cel. Pure: no I/O. Written by hand because no library provides them for Python; each
+function follows Kubernetes' documentation (k8s.io/apiserver/pkg/cel/library and cel-go's
+ext.Strings), cited with its examples in tests/test_cel.py.
+
+- lists: `l.isSorted()`, `l.sum()`, `l.min()`, `l.max()`, `l.indexOf(x)`, `l.lastIndexOf(x)`;
+- strings: `charAt`, `indexOf`, `lastIndexOf` (both with an optional offset), `lowerAscii`,
+  `upperAscii`, `replace` (optional count), `split` (optional count), `substring`, `trim`,
+  `l.join()` / `l.join(sep)`, `reverse`, `'...'.format([args])` (%s %d %f %e %b %o %x %X %%,
+  with a precision on %f and %e), `strings.quote(s)`;
+- regex: `s.find(re)`, `s.findAll(re)`, `s.findAll(re, n)` (the whole match, never groups);
+- validity: `isURL(s)`, `isQuantity(s)`, `isIP(s)`, `isCIDR(s)`.
+
+Not here yet: the typed values of the url, quantity, ip and cidr libraries (`quantity('1Gi')
+.isGreaterThan(...)`, `url(s).getHost()`, `cidr(s).containsIP(...)`): the engine's Python
+binding cannot return values of an abstract type. Regular expressions are Python's `re`, not
+RE2: the syntax common to both behaves alike; RE2-only or Python-only constructs differ.
+
+The engine dispatches on the runtime kinds of the arguments, so a function taking any
+element (`indexOf`) has one overload per kind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import ipaddress
+import itertools
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from cel_expr_python import cel
+
+T = cel.Type
+_KINDS: tuple[tuple[str, Any], ...] = (
+    ("int", T.INT),
+    ("uint", T.UINT),
+    ("double", T.DOUBLE),
+    ("string", T.STRING),
+    ("bool", T.BOOL),
+    ("bytes", T.BYTES),
+    ("list", T.List(T.DYN)),
+    ("map", T.Map(T.DYN, T.DYN)),
+)
+
+
+class CelFunctionError(ValueError):
+    """Raised inside a function: the engine turns it into the expression's error."""
+
+
+def _member(name: str, ret: Any, params: Sequence[Any], impl: Callable[..., Any]) -> Any:
+    kinds = "_".join(p.name().lower().replace("(", "_").replace(")", "") for p in params)
+    return cel.Overload(f"{name}_{kinds}_{len(params)}", ret, list(params), True, impl)
+
+
+def _global(name: str, ret: Any, params: Sequence[Any], impl: Callable[..., Any]) -> Any:
+    return cel.Overload(f"{name}_global_{len(params)}", ret, list(params), False, impl)
+
+
+# ---- lists ------------------------------------------------------------------------------------
+
+
+def _is_sorted(items: list[Any]) -> bool:
+    return all(a <= b for a, b in itertools.pairwise(items))
+
+
+def _sum(items: list[Any]) -> Any:
+    if not items:
+        return 0
+    start: Any = datetime.timedelta(0) if isinstance(items[0], datetime.timedelta) else 0
+    return sum(items, start)
+
+
+def _least(name: str, pick: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+    def call(items: list[Any]) -> Any:
+        if not items:
+            raise CelFunctionError(f"{name} called on empty list")
+        return pick(items)
+
+    return call
+
+
+def _index_of(items: list[Any], value: Any) -> int:
+    for i, item in enumerate(items):
+        if _same(item, value):
+            return i
+    return -1
+
+
+def _last_index_of(items: list[Any], value: Any) -> int:
+    for i in range(len(items) - 1, -1, -1):
+        if _same(items[i], value):
+            return i
+    return -1
+
+
+def _same(a: Any, b: Any) -> bool:
+    # CEL: 1 != true (Python: 1 == True)
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+
+
+# ---- strings ----------------------------------------------------------------------------------
+
+
+def _char_at(s: str, i: int) -> str:
+    if i < 0 or i > len(s):
+        raise CelFunctionError(f"index out of range: {i}")
+    return s[i : i + 1]
+
+
+def _index_in(s: str, sub: str, offset: int = 0) -> int:
+    if offset < 0 or offset > len(s):
+        raise CelFunctionError(f"index out of range: {offset}")
+    return s.find(sub, offset)
+
+
+def _last_index_in(s: str, sub: str, offset: int | None = None) -> int:
+    if offset is None:
+        return s.rfind(sub)
+    if offset < 0 or offset > len(s):
+        raise CelFunctionError(f"index out of range: {offset}")
+    return s.rfind(sub, 0, offset + len(sub))
+
+
+def _ascii(convert: Callable[[str], str]) -> Callable[[str], str]:
+    return lambda s: "".join(convert(c) if c.isascii() else c for c in s)
+
+
+def _replace(s: str, old: str, new: str, n: int = -1) -> str:
+    return s.replace(old, new, n if n >= 0 else -1)
+
+
+def _split(s: str, sep: str, n: int = -1) -> list[str]:
+    if n == 0:
+        return []
+    if n == 1:
+        return [s]
+    if sep == "":
+        chars = list(s)
+        return chars if n < 0 or n >= len(chars) else [*chars[: n - 1], "".join(chars[n - 1 :])]
+    return s.split(sep, n - 1 if n > 0 else -1)
+
+
+def _substring(s: str, start: int, end: int | None = None) -> str:
+    end = len(s) if end is None else end
+    if start < 0 or start > len(s):
+        raise CelFunctionError(f"index out of range: {start}")
+    if end < start or end > len(s):
+        raise CelFunctionError(f"index out of range: {end}")
+    return s[start:end]
+
+
+def _join(items: list[Any], sep: str = "") -> str:
+    if not all(isinstance(x, str) for x in items):
+        raise CelFunctionError("join: every element must be a string")
+    return sep.join(items)
+
+
+def _quote(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+_VERB = re.compile(r"%(?:\.(\d+))?([sdfeboxX%])")
+
+
+def _format(template: str, args: list[Any]) -> str:
+    """cel-go's `format`: the verbs below, one argument each, in order; a mismatch is an error."""
+    out, pos, used = [], 0, 0
+    for m in _VERB.finditer(template):
+        out.append(template[pos : m.start()])
+        pos = m.end()
+        precision, verb = m.group(1), m.group(2)
+        if verb == "%":
+            out.append("%")
+            continue
+        if used >= len(args):
+            raise CelFunctionError(f"index {used} out of range")
+        out.append(_formatted(verb, precision, args[used]))
+        used += 1
+    out.append(template[pos:])
+    if "%" in _VERB.sub("", template):
+        raise CelFunctionError(f"could not parse formatting clause in {template!r}")
+    return "".join(out)
+
+
+def _formatted(verb: str, precision: str | None, value: Any) -> str:
+    if verb == "s":
+        return _as_string(value)
+    if isinstance(value, bool) and verb != "s":
+        raise CelFunctionError(f"error during formatting: {verb} does not take a bool")
+    if verb == "d":
+        if not isinstance(value, int):
+            raise CelFunctionError(
+                "error during formatting: decimal clause can only be used on integers"
+            )
+        return str(value)
+    if verb in ("f", "e"):
+        if not isinstance(value, int | float):
+            raise CelFunctionError(f"error during formatting: {verb} clause needs a number")
+        digits = int(precision) if precision is not None else 6
+        if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+            return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        return f"{float(value):.{digits}{verb}}"
+    if verb in ("b", "o"):
+        if not isinstance(value, int):
+            raise CelFunctionError(f"error during formatting: {verb} clause needs an integer")
+        return format(value, verb)
+    # x, X: integers, and strings and bytes as hex digits
+    if isinstance(value, int):
+        return format(value, verb)
+    if isinstance(value, str | bytes):
+        data = value.encode() if isinstance(value, str) else value
+        text = data.hex()
+        return text.upper() if verb == "X" else text
+    raise CelFunctionError(f"error during formatting: {verb} clause needs an integer or string")
+
+
+def _as_string(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, float):
+        return repr(value) if not value.is_integer() else str(int(value))
+    if isinstance(value, list):
+        return "[" + ", ".join(_as_string(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_as_string(k)}: {_as_string(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+# ---- regex ------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=512)
+def _regex(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise CelFunctionError(f"invalid regular expression {pattern!r}: {exc}") from None
+
+
+def _find(s: str, pattern: str) -> str:
+    m = _regex(pattern).search(s)
+    return m.group(0) if m else ""
+
+
+def _find_all(s: str, pattern: str, n: int = -1) -> list[str]:
+    if n == 0:
+        return []
+    found = [m.group(0) for m in _regex(pattern).finditer(s)]
+    return found if n < 0 else found[:n]
+
+
+# ---- validity checks --------------------------------------------------------------------------
+
+# Kubernetes' resource.Quantity: a signed decimal number, then a suffix (binary Ki..Ei,
+# decimal n u m "" k M G T P E, or a decimal exponent e/E with an integer)
+_QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)((Ki|Mi|Gi|Ti|Pi|Ei)|[numkMGTPE]|[eE][+-]?\d+)?")
+
+
+def _is_quantity(s: str) -> bool:
+    return bool(_QUANTITY.fullmatch(s))
+
+
+def _is_url(s: str) -> bool:
+    """Go's url.Parse succeeding on an absolute URL (a scheme) or an absolute path, as
+    Kubernetes' isURL documents."""
+    if not s or any(c.isspace() or ord(c) < 0x20 for c in s):
+        return False
+    try:
+        parts = urlsplit(s)
+        _ = parts.port  # raises on a bad port
+    except ValueError:
+        return False
+    return bool(parts.scheme) or s.startswith("/")
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+    except ValueError:
+        return False
+    return "%" not in s  # no zones, as Kubernetes' ip library
+
+
+def _is_cidr(s: str) -> bool:
+    try:
+        ipaddress.ip_network(s, strict=False)
+    except ValueError:
+        return False
+    return "/" in s
+
+
+@functools.cache
+def functions() -> list[Any]:
+    """Every declaration, for `cel.NewEnv(functions=...)` (built once: they hold no state)."""
+    lst, s, i, b = T.List(T.DYN), T.STRING, T.INT, T.BOOL
+    index_of = [_member("indexOf", i, [T.List(t), t], _index_of) for _, t in _KINDS]
+    last_index_of = [_member("lastIndexOf", i, [T.List(t), t], _last_index_of) for _, t in _KINDS]
+    decls = {
+        "isSorted": [_member("isSorted", b, [lst], _is_sorted)],
+        "sum": [_member("sum", T.DYN, [lst], _sum)],
+        "min": [_member("min", T.DYN, [lst], _least("min", min))],
+        "max": [_member("max", T.DYN, [lst], _least("max", max))],
+        "indexOf": [
+            *index_of,
+            _member("indexOf", i, [s, s], _index_in),
+            _member("indexOf", i, [s, s, i], _index_in),
+        ],
+        "lastIndexOf": [
+            *last_index_of,
+            _member("lastIndexOf", i, [s, s], _last_index_in),
+            _member("lastIndexOf", i, [s, s, i], _last_index_in),
+        ],
+        "charAt": [_member("charAt", s, [s, i], _char_at)],
+        "lowerAscii": [_member("lowerAscii", s, [s], _ascii(str.lower))],
+        "upperAscii": [_member("upperAscii", s, [s], _ascii(str.upper))],
+        "replace": [
+            _member("replace", s, [s, s, s], _replace),
+            _member("replace", s, [s, s, s, i], _replace),
+        ],
+        "split": [
+            _member("split", T.List(s), [s, s], _split),
+            _member("split", T.List(s), [s, s, i], _split),
+        ],
+        "substring": [
+            _member("substring", s, [s, i], _substring),
+            _member("substring", s, [s, i, i], _substring),
+        ],
+        "trim": [_member("trim", s, [s], str.strip)],
+        "join": [
+            _member("join", s, [T.List(s)], _join),
+            _member("join", s, [T.List(s), s], _join),
+        ],
+        "reverse": [_member("reverse", s, [s], lambda v: v[::-1])],
+        "format": [_member("format", s, [s, lst], _format)],
+        "strings.quote": [_global("strings.quote", s, [s], _quote)],
+        "find": [_member("find", s, [s, s], _find)],
+        "findAll": [
+            _member("findAll", T.List(s), [s, s], _find_all),
+            _member("findAll", T.List(s), [s, s, i], _find_all),
+        ],
+        "isURL": [_global("isURL", b, [s], _is_url)],
+        "isQuantity": [_global("isQuantity", b, [s], _is_quantity)],
+        "isIP": [_global("isIP", b, [s], _is_ip)],
+        "isCIDR": [_global("isCIDR", b, [s], _is_cidr)],
+    }
+    return [cel.FunctionDecl(name, overloads) for name, overloads in decls.items()]

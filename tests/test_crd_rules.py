@@ -1,0 +1,164 @@
+"""CRD validation rules (`x-kubernetes-validations`, haplane.api.crd_rules) on plain data, as
+Kubernetes documents them ("Validation rules" in the CustomResourceDefinition docs): where
+each rule applies, its message, messageExpression, reason and fieldPath, transition rules
+(`oldSelf`) only on updates and only where a value pairs with its old self, optionalOldSelf,
+and the types CEL sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haplane.api.crd_rules import enforce
+from haplane.api.validation import FieldError
+
+
+def schema(spec_rules: list[dict[str, Any]] | None = None, **props: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "object", "properties": props}
+    if spec_rules:
+        spec["x-kubernetes-validations"] = spec_rules
+    return {"type": "object", "properties": {"spec": spec}}
+
+
+INT = {"type": "integer"}
+REPLICAS = schema(
+    [{"rule": "self.minReplicas <= self.replicas", "message": "replicas should be >= minReplicas"}],
+    replicas=INT,
+    minReplicas=INT,
+)
+
+
+def test_a_rule_on_an_object_and_its_message() -> None:
+    assert enforce(REPLICAS, {"spec": {"replicas": 3, "minReplicas": 1}}) == []
+    (err,) = enforce(REPLICAS, {"spec": {"replicas": 1, "minReplicas": 3}})
+    assert err == FieldError(
+        "spec", "FieldValueInvalid", "replicas should be >= minReplicas", "object"
+    )
+    assert str(err) == 'spec: Invalid value: "object": replicas should be >= minReplicas'
+
+
+def test_message_expression_reason_and_field_path() -> None:
+    rules = [
+        {
+            "rule": "self.replicas <= self.max",
+            "messageExpression": "'replicas %d is over %d'.format([self.replicas, self.max])",
+            "reason": "FieldValueForbidden",
+            "fieldPath": ".replicas",
+        },
+        {"rule": "self.max < 100"},  # no message: Kubernetes' default
+        {"rule": "self.max > 0", "messageExpression": "self.nosuchfield", "message": "fallback"},
+    ]
+    s = schema(rules, replicas=INT, max=INT)
+    errs = enforce(s, {"spec": {"replicas": 500, "max": 200}})
+    assert [(e.field, e.reason, e.message) for e in errs] == [
+        ("spec.replicas", "FieldValueForbidden", "replicas 500 is over 200"),
+        ("spec", "FieldValueInvalid", "failed rule: self.max < 100"),
+    ]
+    # a messageExpression that fails falls back to the message
+    (err,) = enforce(s, {"spec": {"replicas": -1, "max": -1}})
+    assert err.message == "fallback"
+
+
+def test_transition_rules_only_on_updates() -> None:
+    s = schema(
+        [{"rule": "self.name == oldSelf.name", "message": "name is immutable"}],
+        name={"type": "string"},
+    )
+    assert enforce(s, {"spec": {"name": "a"}}) == []  # a create: no oldSelf, not evaluated
+    assert enforce(s, {"spec": {"name": "a"}}, {"spec": {"name": "a"}}) == []
+    (err,) = enforce(s, {"spec": {"name": "b"}}, {"spec": {"name": "a"}})
+    assert err.message == "name is immutable"
+    # the field was absent before: nothing to pair with, not evaluated
+    assert enforce(s, {"spec": {"name": "b"}}, {"other": 1}) == []
+
+
+def test_optional_old_self_is_checked_on_create_too() -> None:
+    s = schema(
+        [
+            {
+                "rule": "!oldSelf.hasValue() || self.level >= oldSelf.value().level",
+                "optionalOldSelf": True,
+                "message": "level may only grow",
+            },
+            {"rule": "oldSelf.orValue(self).level < 10", "optionalOldSelf": True},
+        ],
+        level=INT,
+    )
+    assert enforce(s, {"spec": {"level": 3}}) == []
+    assert enforce(s, {"spec": {"level": 12}})[0].message.startswith("failed rule")
+    (err,) = enforce(s, {"spec": {"level": 2}}, {"spec": {"level": 3}})
+    assert err.message == "level may only grow"
+
+
+def test_list_items_each_and_pairing_by_map_keys() -> None:
+    item = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "port": INT},
+        "x-kubernetes-validations": [
+            {"rule": "self.port > 0", "message": "port must be positive"},
+            {"rule": "self.port == oldSelf.port", "message": "port is immutable"},
+        ],
+    }
+    as_map = {
+        "type": "array",
+        "items": item,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+    }
+    s = schema(ports=as_map)
+    old = {"spec": {"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}}
+    new = {
+        "spec": {
+            "ports": [
+                {"name": "b", "port": 82},
+                {"name": "a", "port": 80},
+                {"name": "c", "port": 0},
+            ]
+        }
+    }
+    errs = enforce(s, new, old)
+    assert [(e.field, e.message) for e in errs] == [
+        ("spec.ports[0]", "port is immutable"),  # b, paired with b's old self by its key
+        ("spec.ports[2]", "port must be positive"),  # c: new, no old self
+    ]
+    # an atomic list: items never pair with old ones, so no transition rule runs
+    s = schema(ports={"type": "array", "items": item})
+    assert enforce(s, new, old) == [
+        FieldError("spec.ports[2]", "FieldValueInvalid", "port must be positive", "object")
+    ]
+
+
+def test_map_values_are_paired_by_key() -> None:
+    value = {"type": "string", "x-kubernetes-validations": [{"rule": "self == oldSelf"}]}
+    s = schema(labels={"type": "object", "additionalProperties": value})
+    errs = enforce(s, {"spec": {"labels": {"a": "1", "b": "2"}}}, {"spec": {"labels": {"a": "0"}}})
+    assert [e.field for e in errs] == ["spec.labels[a]"]
+
+
+def test_types_as_the_schema_says() -> None:
+    """A `number` field is a double to CEL even when the JSON says 1; at the root, metadata
+    shows only name and generateName."""
+    s = schema([{"rule": "self.ratio < 1.5"}], ratio={"type": "number"})
+    assert enforce(s, {"spec": {"ratio": 1}}) == []
+    root = {
+        "type": "object",
+        "x-kubernetes-validations": [
+            {"rule": "self.metadata.name.startsWith('web-')"},
+            {"rule": "!has(self.metadata.labels)", "message": "labels are not shown"},
+        ],
+        "properties": {"spec": {"type": "object"}},
+    }
+    obj = {"metadata": {"name": "web-1", "labels": {"a": "b"}}, "spec": {}}
+    assert enforce(root, obj) == []
+    (err,) = enforce(root, {**obj, "metadata": {"name": "db-1"}})
+    assert err.field == "" and "startsWith" in err.message
+
+
+def test_an_evaluation_error_is_a_field_error() -> None:
+    s = schema([{"rule": "self.missing > 1"}], replicas=INT)
+    (err,) = enforce(s, {"spec": {"replicas": 1}})
+    assert err.reason == "FieldValueInvalid" and "could not be evaluated" in err.message
+    assert 'Key not found in map : "missing"' in err.message
+
+
+def test_no_rules_no_work() -> None:
+    assert enforce(schema(replicas=INT), {"spec": {"replicas": "not checked here"}}) == []
