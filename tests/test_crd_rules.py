@@ -162,3 +162,82 @@ def test_an_evaluation_error_is_a_field_error() -> None:
 
 def test_no_rules_no_work() -> None:
     assert enforce(schema(replicas=INT), {"spec": {"replicas": "not checked here"}}) == []
+
+
+def test_escaped_property_names() -> None:
+    """Kubernetes' escaping: a property named after a CEL keyword is `__name__`, `-` is
+    `__dash__`, `.` is `__dot__`."""
+    s = schema(
+        [{"rule": "self.__namespace__ == 'a' && self.x__dash__y == 1 && self.a__dot__b"}],
+        namespace={"type": "string"},
+        **{"x-y": INT, "a.b": {"type": "boolean"}},
+    )
+    assert enforce(s, {"spec": {"namespace": "a", "x-y": 1, "a.b": True}}) == []
+    assert len(enforce(s, {"spec": {"namespace": "b", "x-y": 1, "a.b": True}})) == 1
+
+
+# ---- the static cost limit -------------------------------------------------------------------
+
+
+def costly(items: dict[str, Any], rule: str) -> dict[str, Any]:
+    return schema(
+        None, list={"type": "array", "items": items, "x-kubernetes-validations": [{"rule": rule}]}
+    )
+
+
+def test_a_rule_over_its_budget_is_refused_until_bounded() -> None:
+    """Kubernetes' estimate from the schema's bounds: a pairwise rule over a list of
+    unbounded size (as many items as 3 MiB of JSON holds) is refused, naming the rule and
+    the fix; with maxItems it is accepted."""
+    from haplane.api.crd_rules import cost_errors
+
+    items = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 63}}}
+    rule = "self.all(a, self.exists_one(b, a.name == b.name))"
+    err, *_total = cost_errors(costly(items, rule), "root")  # (over the total too)
+    assert err.field == "root.properties[spec].properties[list].x-kubernetes-validations[0].rule"
+    assert err.reason == "FieldValueForbidden"
+    assert "estimated rule cost exceeds budget by factor of" in err.message
+    assert "maxItems" in err.message
+    bounded = costly(items, rule)
+    bounded["properties"]["spec"]["properties"]["list"]["maxItems"] = 64
+    assert cost_errors(bounded, "root") == []
+    # a regular expression over strings of unbounded length, for every item of a long list
+    long = {"type": "array", "maxItems": 100, "items": {"type": "string"}}
+    s = schema([{"rule": "self.l.all(x, x.matches('^[a-z]+([.-][a-z0-9]+)*$'))"}], l=long)
+    err, *_total = cost_errors(s, "root")
+    assert "estimated rule cost exceeds budget" in err.message
+    long["items"]["maxLength"] = 253
+    assert cost_errors(s, "root") == []
+
+
+def test_rules_times_how_often_they_run_have_a_total_budget() -> None:
+    from haplane.api.crd_rules import cost_errors
+
+    item = {
+        "type": "object",
+        "properties": {"s": {"type": "string", "maxLength": 1000}},
+        "x-kubernetes-validations": [{"rule": f"self.s.matches('^{'a' * 60}$')"}] * 3,
+    }
+    s = schema(items={"type": "array", "items": item})  # unbounded: 3 MiB of `{}` items
+    errs = cost_errors(s, "root")
+    assert [e.field for e in errs] == ["root"], errs
+    assert "estimated rule cost total for entire OpenAPIv3 schema exceeds budget" in errs[0].message
+    s["properties"]["spec"]["properties"]["items"]["maxItems"] = 100
+    assert cost_errors(s, "root") == []
+
+
+def test_gateway_api_crds_fit_the_budget() -> None:
+    """Gateway API's CRDs are written to pass Kubernetes' estimate: they pass this one (its
+    pairwise listener rule costs about 0.9 M of the 10 M a rule may)."""
+    from pathlib import Path
+
+    import yaml
+
+    from haplane.api.crd_schema import check_crd_schema
+
+    for name in ("gatewayclasses", "gateways"):
+        doc = yaml.safe_load(
+            (Path(__file__).parent / "data" / "gateway-api" / f"{name}.yaml").read_text()
+        )
+        for v in doc["spec"]["versions"]:
+            assert check_crd_schema(v["schema"]["openAPIV3Schema"], "root") == [], name

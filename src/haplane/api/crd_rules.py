@@ -18,8 +18,9 @@ keys; other list items never). `optionalOldSelf: true` checks it on create too, 
 `oldSelf` as an optional value (`oldSelf.hasValue()`, `oldSelf.orValue(...)`).
 
 Values are given to CEL as the schema types them: `number` fields as doubles (1 becomes
-1.0), `integer` fields as ints; at the root, `metadata` shows only `name` and `generateName`
-(as in Kubernetes).
+1.0), `integer` fields as ints; declared properties under Kubernetes' escaped names (`namespace`
+is `self.__namespace__`, `a-b` is `self.a__dash__b`); at the root, `metadata` shows only
+`name` and `generateName` (as in Kubernetes).
 
 Not yet: the static cost estimate Kubernetes makes at the CRD's create from the schema's
 bounds (maxItems, maxLength, maxProperties), and the type checking of expressions against
@@ -36,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from haplane.cel import CompileError, Environment, EvalError, Program
+from haplane.cel.cost import RULE_LIMIT, TOTAL_LIMIT, cardinality_of, estimate
+from haplane.cel.library import escape
 
 from .validation import FieldError
 
@@ -257,6 +260,73 @@ def _field_path_problem(field_path: Any, node: Mapping[str, Any]) -> str | None:
     return None
 
 
+def cost_errors(schema: Mapping[str, Any], path: str) -> list[FieldError]:
+    """Rules that may cost too much, estimated from the schema's bounds as Kubernetes does:
+    one rule over RULE_LIMIT, or every rule times how often it runs (the bounds of the lists
+    and maps above it) over TOTAL_LIMIT. Only rules that compile are counted (the others
+    are `rules_errors`')."""
+    errs: list[FieldError] = []
+    total = 0.0
+    for node, at, times in _rule_nodes(schema, path, 1):
+        for i, item in enumerate(node.get(CEL) or ()):
+            rule = item.get("rule") if isinstance(item, Mapping) else None
+            if not isinstance(rule, str):
+                continue
+            try:
+                tree = _compiled(rule).tree()
+            except (CompileError, ValueError):
+                continue
+            cost = estimate(tree, {"self": node, "oldSelf": node})
+            if cost > RULE_LIMIT:
+                errs.append(
+                    FieldError(
+                        f"{at}.{CEL}[{i}].rule",
+                        "FieldValueForbidden",
+                        f"estimated rule cost exceeds budget by factor of "
+                        f"{_factor(cost, RULE_LIMIT)} (try simplifying the rule, or adding "
+                        "maxItems, maxProperties, and maxLength where arrays, maps, and strings "
+                        "are declared)",
+                    )
+                )
+            total += cost * times
+    if total > TOTAL_LIMIT:
+        errs.append(
+            FieldError(
+                path,
+                "FieldValueForbidden",
+                f"x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 "
+                f"schema exceeds budget by factor of {_factor(total, TOTAL_LIMIT)} (try "
+                "reducing the number of rules, or adding maxItems, maxProperties, and "
+                "maxLength where arrays, maps, and strings are declared)",
+            )
+        )
+    return errs
+
+
+def _factor(cost: float, limit: int) -> str:
+    return f"{cost / limit:.1f}x"
+
+
+def _rule_nodes(node: Any, path: str, times: int) -> Iterator[tuple[Mapping[str, Any], str, int]]:
+    """Each schema node with rules, its path, and how many values it can stand for."""
+    if not isinstance(node, Mapping):
+        return
+    if isinstance(node.get(CEL), list):
+        yield node, path, times
+    props = node.get("properties")
+    if isinstance(props, Mapping):
+        for key, sub in props.items():
+            yield from _rule_nodes(sub, f"{path}.properties[{key}]", times)
+    additional = node.get("additionalProperties")
+    if isinstance(additional, Mapping):
+        yield from _rule_nodes(
+            additional, f"{path}.additionalProperties", times * cardinality_of(node)
+        )
+    items = node.get("items")
+    if isinstance(items, Mapping):
+        yield from _rule_nodes(items, f"{path}.items", times * cardinality_of(node))
+
+
 def has_rules(schema: Any) -> bool:
     if not isinstance(schema, Mapping):
         return False
@@ -429,8 +499,14 @@ def _to_cel(value: Any, schema: Mapping[str, Any] | None, *, root: bool = False)
             if root and k == "metadata" and isinstance(v, dict):
                 out[k] = {m: v[m] for m in ("name", "generateName") if m in v}
                 continue
-            sub = props.get(k, additional if isinstance(additional, Mapping) else None)
-            out[k] = _to_cel(v, sub if isinstance(sub, Mapping) else None)
+            declared = props.get(k)
+            if isinstance(declared, Mapping):
+                # a declared property, named as expressions spell it (`__namespace__`)
+                spelt = escape(k)
+                if spelt is not None:
+                    out[spelt] = _to_cel(v, declared)
+                continue
+            out[k] = _to_cel(v, additional if isinstance(additional, Mapping) else None)
         return out
     if isinstance(value, list):
         items = schema.get("items")

@@ -44,7 +44,7 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
-from .crd_rules import rules_errors
+from .crd_rules import cost_errors, rules_errors
 from .validation import FieldError
 
 __all__ = [
@@ -923,6 +923,7 @@ def check_crd_schema(schema: Mapping[str, Any], path: str) -> list[FieldError]:
             FieldError(f"{path}.type", _INVALID, "must be object at the root", str(declared))
         )
     _check_node(schema, path, "root", errs)
+    errs.extend(cost_errors(schema, path))
     return errs
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_optional
 
+from .ast import Node, parse
 from .library import functions
 
 # the engine's messages: "ERROR: <input>:1:17: Syntax error: ..." (one per problem, each
@@ -52,6 +53,10 @@ class Program:
     source: str
     returns: str  # the checked result type: "bool", "string", "dyn", ...
     _expr: Any = field(repr=False)
+
+    def tree(self) -> Node:
+        """The checked syntax tree (for `haplane.cel.cost.estimate`)."""
+        return parse(self._expr.serialize())
 
     def eval(self, data: Mapping[str, Any]) -> Any:
         """The result as a plain Python value (dict, list, str, int, float, bool, None,

@@ -357,3 +357,47 @@ def functions() -> list[Any]:
         "isCIDR": [_global("isCIDR", b, [s], _is_cidr)],
     }
     return [cel.FunctionDecl(name, overloads) for name, overloads in decls.items()]
+
+
+# ---- property names -----------------------------------------------------------------------
+
+# CEL's reserved words: a schema property of that name is `__name__` in expressions
+_RESERVED = frozenset(
+    [
+        "true",
+        "false",
+        "null",
+        "in",
+        "as",
+        "break",
+        "const",
+        "continue",
+        "else",
+        "for",
+        "function",
+        "if",
+        "import",
+        "let",
+        "loop",
+        "package",
+        "namespace",
+        "return",
+        "var",
+        "void",
+        "while",
+    ]
+)
+_ESCAPES = (("__", "__underscores__"), (".", "__dot__"), ("-", "__dash__"), ("/", "__slash__"))
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def escape(name: str) -> str | None:
+    """A schema property's name as CEL expressions spell it (Kubernetes' escaping:
+    `namespace` -> `__namespace__`, `a.b` -> `a__dot__b`, `x-y` -> `x__dash__y`); None when
+    no expression can name it (other characters)."""
+    if name in _RESERVED:
+        return f"__{name}__"
+    out = name
+    for raw, spelt in _ESCAPES:
+        out = out.replace(raw, spelt)
+    return out if _IDENT.fullmatch(out) else None

@@ -1,0 +1,260 @@
+"""The worst-case cost of an expression, estimated statically from the schema's bounds, as
+Kubernetes estimates it before it accepts a CRD rule or a policy (cel-go's checker cost
+estimator with apiextensions-apiserver's sizes), so that a pathological expression is refused
+when it is written, not found out when it stalls a replica: a C++ evaluation cannot be
+interrupted from Python, so this limit is the real protection.
+
+Layer: cel. Pure.
+
+    estimate(program, {"self": schema})   an upper bound of the evaluation's cost
+
+The unit is cel-go's: about one per node visited (an identifier, a field selection, a call),
+string work at 0.1 per character, a comprehension its body times the most elements its range
+can hold. Sizes come from the schema: `maxItems`, `maxProperties`, `maxLength`; an unbounded
+one is as large as a request can make it (Kubernetes: 3 MiB of JSON divided by the smallest
+an element can serialize to). A value whose size is unknown (a variable without a schema)
+counts as unbounded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .ast import Node
+from .library import escape
+
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+STRING_FACTOR = 0.1  # per character of a string walked (cel-go StringTraversalCostFactor)
+REGEX_FACTOR = 0.25  # per character of a regular expression (cel-go RegexStringLengthCostFactor)
+# what Kubernetes allows: one rule, and every rule of a CRD times how often each runs
+RULE_LIMIT = 10_000_000  # apiextensions StaticEstimatedCostLimit
+TOTAL_LIMIT = 100_000_000  # apiextensions StaticEstimatedCRDCostLimit
+
+_COMPARE = frozenset({"_==_", "_!=_", "_<_", "_<=_", "_>_", "_>=_"})
+# linear in a string's length (cel-go's ext strings and Kubernetes' libraries)
+_STRING_LINEAR = frozenset(
+    {
+        "lowerAscii",
+        "upperAscii",
+        "trim",
+        "reverse",
+        "replace",
+        "split",
+        "substring",
+        "indexOf",
+        "lastIndexOf",
+        "charAt",
+        "join",
+        "format",
+        "strings.quote",
+        "isURL",
+        "isQuantity",
+        "isIP",
+        "isCIDR",
+    }
+)
+_LIST_LINEAR = frozenset({"isSorted", "sum", "min", "max", "indexOf", "lastIndexOf"})
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What is known of a value's size: its schema node (None: unknown) and the most
+    elements (list, map) or characters (string) it can hold."""
+
+    schema: Mapping[str, Any] | None
+    size: int
+
+
+def unbounded(schema: Mapping[str, Any] | None) -> int:
+    """The most a value of `schema` can hold when the schema sets no bound (Kubernetes: as
+    much as a request holds, divided by the smallest an element serializes to)."""
+    if schema is None:
+        return MAX_REQUEST_BYTES
+    kind = schema.get("type")
+    if kind == "string" or schema.get("x-kubernetes-int-or-string") is True:
+        return MAX_REQUEST_BYTES - 2
+    if kind == "array":
+        return (MAX_REQUEST_BYTES - 2) // (_min_size(schema.get("items")) + 1)
+    if kind == "object":
+        value = schema.get("additionalProperties")
+        if isinstance(value, Mapping):
+            return (MAX_REQUEST_BYTES - 2) // (_min_size(value) + 6)
+    return MAX_REQUEST_BYTES
+
+
+def _min_size(schema: Any) -> int:
+    """The fewest bytes a value of `schema` serializes to (Kubernetes' minimum sizes: an object
+    `{}` and its required fields without defaults, a string `""`, a number one digit)."""
+    if not isinstance(schema, Mapping):
+        return 1
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties")
+        props = props if isinstance(props, Mapping) else {}
+        size = 2
+        for name in schema.get("required") or ():
+            sub = props.get(name)
+            if isinstance(sub, Mapping) and "default" not in sub:
+                size += len(str(name)) + _min_size(sub) + 4
+        return size
+    return {"string": 2, "boolean": 4, "integer": 1, "number": 1, "array": 2}.get(str(kind), 1)
+
+
+SCALAR = Shape(None, 1)  # an int, a double, a bool: compared in one step
+
+
+def shape_of(schema: Mapping[str, Any] | None) -> Shape:
+    if schema is None:
+        return Shape(None, MAX_REQUEST_BYTES)
+    kind = schema.get("type")
+    if kind in ("integer", "number", "boolean"):
+        return Shape(schema, 1)
+    if kind == "string" or schema.get("x-kubernetes-int-or-string") is True:
+        max_length = schema.get("maxLength")
+        if isinstance(max_length, int) and not isinstance(max_length, bool):
+            return Shape(schema, max(0, max_length) * 4)  # bytes: a code point is up to 4
+        enum = [v for v in schema.get("enum") or () if isinstance(v, str)]
+        if enum:
+            return Shape(schema, max(len(v) for v in enum))
+        return Shape(schema, unbounded(schema))
+    for bound in ("maxItems", "maxProperties"):
+        value = schema.get(bound)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return Shape(schema, max(0, value))
+    return Shape(schema, unbounded(schema))
+
+
+def _child(shape: Shape, field: str) -> Shape:
+    schema = shape.schema
+    if schema is None:
+        return Shape(None, MAX_REQUEST_BYTES)
+    props = schema.get("properties")
+    if isinstance(props, Mapping):
+        for name, sub in props.items():
+            if isinstance(sub, Mapping) and escape(str(name)) == field:
+                return shape_of(sub)
+    additional = schema.get("additionalProperties")
+    if isinstance(additional, Mapping):
+        return shape_of(additional)
+    return Shape(None, MAX_REQUEST_BYTES)
+
+
+def _element(shape: Shape) -> Shape:
+    schema = shape.schema
+    if schema is None:
+        return Shape(None, MAX_REQUEST_BYTES)
+    if schema.get("type") == "array" and isinstance(schema.get("items"), Mapping):
+        return shape_of(schema["items"])
+    if schema.get("type") == "object":
+        # a map's keys: Kubernetes declares them as strings of no estimated length
+        return Shape({"type": "string"}, 0)
+    return Shape(None, MAX_REQUEST_BYTES)
+
+
+def _ceil(x: float) -> int:
+    return math.ceil(round(x, 9))
+
+
+class _Estimator:
+    def __init__(self, variables: Mapping[str, Shape]) -> None:
+        self.scope: list[dict[str, Shape]] = [dict(variables)]
+
+    def lookup(self, name: str) -> Shape:
+        for frame in reversed(self.scope):
+            if name in frame:
+                return frame[name]
+        return Shape(None, MAX_REQUEST_BYTES)
+
+    def cost(self, node: Node | None) -> tuple[float, Shape]:
+        """(the most this node costs, the shape of its value)."""
+        if node is None or node.kind == "const":
+            value = node.value if node is not None else None
+            size = len(value) if isinstance(value, str | bytes) else 1
+            return 0.0, Shape(None, size)
+        if node.kind == "ident":
+            return 1.0, self.lookup(node.name)
+        if node.kind == "select":
+            inner, shape = self.cost(node.target)
+            return inner + 1.0, (Shape(None, 1) if node.test_only else _child(shape, node.name))
+        if node.kind in ("list", "struct"):
+            total = sum(self.cost(a)[0] for a in node.args)
+            return total + 1.0, Shape(None, max(1, len(node.args)))
+        if node.kind == "comprehension":
+            return self._comprehension(node)
+        return self._call(node)
+
+    def _comprehension(self, node: Node) -> tuple[float, Shape]:
+        range_cost, range_shape = self.cost(node.iter_range)
+        init_cost, _ = self.cost(node.accu_init)
+        n = range_shape.size
+        self.scope.append({node.iter_var: _element(range_shape)})
+        # the accumulator: as large as the range (map, filter) at most
+        self.scope[-1][node.accu_var] = Shape(None, n)
+        cond_cost, _ = self.cost(node.loop_condition)
+        step_cost, _ = self.cost(node.loop_step)
+        result_cost, _ = self.cost(node.result)
+        self.scope.pop()
+        total = range_cost + init_cost + n * (cond_cost + step_cost) + result_cost
+        return total, Shape(None, n)
+
+    def _call(self, node: Node) -> tuple[float, Shape]:
+        """cel-go's function costs (checker/cost.go), Kubernetes' libraries at their size."""
+        name = node.name
+        costs: list[float] = []
+        shapes: list[Shape] = []
+        for sub in ([node.target] if node.target is not None else []) + node.args:
+            c, sh = self.cost(sub)
+            costs.append(c)
+            shapes.append(sh)
+        args = sum(costs)
+        sizes = [sh.size for sh in shapes]
+        if name in ("_&&_", "_||_"):
+            return args, SCALAR
+        if name == "_?_:_" and len(costs) == 3:
+            return costs[0] + max(costs[1], costs[2]), Shape(None, max(sizes[1:]))
+        if name == "matches" and len(sizes) == 2:
+            work = _ceil((sizes[0] + 1) * STRING_FACTOR) * _ceil(sizes[1] * REGEX_FACTOR)
+            return args + work, SCALAR
+        if name in ("find", "findAll") and len(sizes) >= 2:
+            work = _ceil((sizes[0] + 1) * STRING_FACTOR) * _ceil(sizes[1] * REGEX_FACTOR)
+            return args + work, Shape(None, sizes[0])
+        if name == "contains" and len(sizes) == 2:
+            work = _ceil(sizes[0] * STRING_FACTOR) * _ceil(sizes[1] * STRING_FACTOR)
+            return args + work, SCALAR
+        if name in ("startsWith", "endsWith") and len(sizes) == 2:
+            return args + _ceil(sizes[1] * STRING_FACTOR), SCALAR
+        if name in _COMPARE and len(sizes) == 2:
+            return args + _ceil(min(sizes) * STRING_FACTOR), SCALAR
+        if name == "_+_" and len(sizes) == 2:
+            size = sizes[0] + sizes[1]
+            return args + _ceil(size * STRING_FACTOR), Shape(None, size)
+        if name in ("@in", "_in_") and len(sizes) == 2:
+            return args + sizes[1], SCALAR
+        if name in _LIST_LINEAR and shapes and _is_list(shapes[0]):
+            return args + 1 + sizes[0], Shape(None, sizes[0])
+        if name in _STRING_LINEAR and sizes:
+            return args + _ceil(max(sizes) * STRING_FACTOR), Shape(None, max(sizes))
+        if name == "size":
+            return args + 1, SCALAR
+        return args + 1, Shape(None, max(sizes, default=1))
+
+
+def _is_list(shape: Shape) -> bool:
+    return shape.schema is None or shape.schema.get("type") == "array"
+
+
+def estimate(root: Node, variables: Mapping[str, Mapping[str, Any] | None]) -> float:
+    """The most evaluating `root` can cost, with each variable's value bounded by its schema
+    (None: unknown, unbounded)."""
+    shapes = {name: shape_of(schema) for name, schema in variables.items()}
+    cost, _ = _Estimator(shapes).cost(root)
+    return cost
+
+
+def cardinality_of(schema: Mapping[str, Any]) -> int:
+    """How many values a node inside a list or map can stand for: the bound of the list or map
+    (unbounded: as many as a request holds)."""
+    return shape_of(schema).size
