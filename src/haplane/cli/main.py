@@ -1,44 +1,36 @@
 """The `haplane` command (typer + rich). Data goes to stdout, progress and errors to stderr.
 
 Layer: run (cli). May use every layer; holds no logic of its own beyond parsing and rendering.
+
+Start-up: every invocation (`--help` included) imports this module and registers every
+command, so at module level it imports only typer, the standard library, the option
+annotations and the sub-commands' modules, which do the same. What a command needs (the
+topology model, etcd and grpc, aiohttp, asyncio, the supervisor, rich's tables) it imports
+inside its function; the consoles are made on first use. Typer evaluates the parameters'
+annotations when it builds the commands: they must stay cheap. tests/test_cli_startup.py
+keeps it so; bench/cli_startup.py times it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from haplane import __version__
 from haplane.cli import audit, divergence, failback, gc, maintenance, pki, secrets
 from haplane.cli.options import KubeconfigOpt, NoWaitOpt, RegionOpt, StateDirOpt
-from haplane.local import global_control, runner
-from haplane.local.control import ControlClient, ControlError
-from haplane.local.netns import available as netns_available
-from haplane.local.process import FAULT_ACTIONS
 from haplane.local.state_dir import StateDir, default_state_dir
-from haplane.local.status import NothingRunning, StatusReport, gather_status
-from haplane.local.supervisor import Supervisor, configure_logging
-from haplane.store import EtcdBinaryError, EtcdError, EtcdOutcomeUnknown
-from haplane.topology import (
-    Finding,
-    Topology,
-    TopologyError,
-    example_names,
-    example_text,
-    has_errors,
-    json_schema,
-    load_file,
-    load_text,
-    validate,
-)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from haplane.local.status import StatusReport
+    from haplane.topology import Finding, Topology
 
 app = typer.Typer(
     name="haplane",
@@ -47,9 +39,35 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# Piped output keeps whole rows (rich would squeeze tables to 80 columns).
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+
+
+class _LazyConsole:
+    """A rich Console made on first use (importing rich costs tens of milliseconds that
+    commands printing no rich output need not pay), with the settings `out` and `err` always
+    had. Attributes are the Console's; `get()` is the Console itself (for `Live`, which needs
+    its `with` protocol: special methods bypass `__getattr__`)."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            stream = sys.stderr if self._stderr else sys.stdout
+            # Piped output keeps whole rows (rich would squeeze tables to 80 columns).
+            self._console = Console(
+                stderr=self._stderr, highlight=False, width=None if stream.isatty() else 200
+            )
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+out = _LazyConsole(stderr=False)
+err = _LazyConsole(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ExampleOpt = Annotated[
@@ -66,10 +84,14 @@ def _started(state: StateDir) -> Topology:
     if not state.topology_file.exists():
         err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
         raise typer.Exit(1)
+    from haplane.topology import load_file
+
     return load_file(state.topology_file)
 
 
 def _read_source(file: Path | None, example: str | None) -> tuple[str, str]:
+    from haplane.topology import TopologyError, example_names, example_text
+
     if (file is None) == (example is None):
         err.print(
             "error: give a topology FILE or --example NAME "
@@ -87,6 +109,8 @@ def _read_source(file: Path | None, example: str | None) -> tuple[str, str]:
 
 def _load(file: Path | None, example: str | None) -> tuple[Topology, str]:
     """Load or exit 2, naming the line and field."""
+    from haplane.topology import TopologyError, load_text
+
     try:
         text, source = _read_source(file, example)
         return load_text(text, source), text
@@ -103,6 +127,8 @@ def _load(file: Path | None, example: str | None) -> tuple[Topology, str]:
 
 
 def _findings_table(findings: list[Finding]) -> Table:
+    from rich.table import Table
+
     table = Table(show_lines=False)
     for col in ("SEVERITY", "RULE", "FIELD", "PROBLEM", "FIX"):
         table.add_column(col, overflow="fold")
@@ -128,7 +154,11 @@ def validate_cmd(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Check a topology file against the HA rules. Exit 0: no errors, 1: errors, 2: unreadable."""
+    from haplane.topology import validate
+
     if live:
+        import asyncio
+
         from haplane.local import live_drift
 
         state = _state(state_dir)
@@ -248,6 +278,8 @@ def analyse_cmd(
     err.print(f"[dim]{analysis.counting}[/]")
     rows = table_rows(analysis, include_unaffected=wide)
     if rows:
+        from rich.table import Table
+
         table = Table()
         for col in TABLE_COLUMNS:
             table.add_column(col, overflow="fold")
@@ -338,6 +370,8 @@ def docs_cmd(
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the topology file's JSON Schema (for editors)."""
+    from haplane.topology import json_schema
+
     out.print_json(json.dumps(json_schema()))
 
 
@@ -362,6 +396,15 @@ def up_cmd(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Start a topology on this machine and supervise it (Ctrl-C or `haplane down` stops it)."""
+    import asyncio
+
+    from haplane.local import runner
+    from haplane.local.netns import available as netns_available
+    from haplane.local.status import gather_status
+    from haplane.local.supervisor import Supervisor
+    from haplane.store import EtcdBinaryError
+    from haplane.topology import has_errors, validate
+
     topology, text = _load(file, example)
     findings = validate(topology)
     if has_errors(findings):
@@ -411,6 +454,8 @@ def configure_logging_to_file(state: StateDir) -> None:
     """In the foreground the terminal shows the live view; JSON logs go to the state dir."""
     import logging
 
+    from haplane.local.supervisor import configure_logging
+
     configure_logging()
     log = logging.getLogger("haplane.supervisor")
     for h in list(log.handlers):
@@ -421,7 +466,13 @@ def configure_logging_to_file(state: StateDir) -> None:
 
 
 async def _live_status(state: StateDir) -> None:
-    with Live(console=out, refresh_per_second=2, transient=False) as live:
+    import asyncio
+
+    from rich.live import Live
+
+    from haplane.local.status import gather_status
+
+    with Live(console=out.get(), refresh_per_second=2, transient=False) as live:
         while True:
             report = await gather_status(state)
             live.update(_status_table(report))
@@ -435,6 +486,8 @@ def _progress(message: str) -> None:
 @app.command("down")
 def down_cmd(state_dir: StateDirOpt = None) -> None:
     """Stop the supervisor and every process it started; leaves data in place."""
+    from haplane.local import runner
+
     state = _state(state_dir)
     killed = runner.down(state)
     if killed:
@@ -445,6 +498,10 @@ def down_cmd(state_dir: StateDirOpt = None) -> None:
 @app.command("status")
 def status_cmd(state_dir: StateDirOpt = None, as_json: JsonOpt = False) -> None:
     """Each component: process state, and for etcd: member id, leader, term, revision, db size."""
+    import asyncio
+
+    from haplane.local.status import NothingRunning, gather_status
+
     state = _state(state_dir)
     try:
         report = asyncio.run(gather_status(state))
@@ -535,6 +592,8 @@ def _print_status(report: StatusReport) -> None:
 
 
 def _table(title: str, *columns: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
     for col in columns:
         table.add_column(col)
@@ -571,6 +630,8 @@ _STATE_COLOR = {"up": "green", "draining": "yellow", "down": "red"}
 
 
 def _edge_table(report: StatusReport) -> Table:
+    from rich.table import Table
+
     table = Table(title="balancers and gates")
     for col in (
         "COMPONENT",
@@ -632,6 +693,8 @@ def _short(error: str | None) -> str:
 
 
 def _status_table(report: StatusReport) -> Table:
+    from rich.table import Table
+
     table = Table(
         title=f"{report.topology} - supervisor {report.supervisor} - "
         f"etcd {report.etcd_version or '?'}"
@@ -694,6 +757,11 @@ def fault_cmd(
     """Inject a fault: kill (SIGKILL), term (SIGTERM), pause/resume (SIGSTOP/CONT), restart.
 
     kill and term stay down (the supervisor does not restart them) until `restart`."""
+    import asyncio
+
+    from haplane.local.control import ControlClient, ControlError
+    from haplane.local.process import FAULT_ACTIONS
+
     if action not in FAULT_ACTIONS:
         err.print(f"error: unknown action {action!r}; use one of {', '.join(FAULT_ACTIONS)}")
         raise typer.Exit(2)
@@ -752,8 +820,12 @@ def drill_cmd(
     supervisor's agent runs (after approval, if an ApprovalPolicy names Drill), and follows
     it; the verdict and summary land in its status, the reports in STATE/drills. --direct
     runs it in this process."""
+    import asyncio
+
     from haplane.dr.report import render_json, render_table
     from haplane.local import drill
+    from haplane.local.control import ControlError
+    from haplane.store import EtcdError
 
     state = _state(state_dir)
     if not direct:
@@ -888,6 +960,11 @@ def failover_cmd(
     With --force (or without replication): a fenced switchover that does not need the old
     region: the epoch is raised at once, and REGION writes after the grant plus the safety
     margin. Gates move new connections to REGION and close the old ones."""
+    import asyncio
+
+    from haplane.local import global_control
+    from haplane.store import EtcdError, EtcdOutcomeUnknown
+
     state = _state(state_dir)
     topology = _started(state)
     if not direct:
@@ -1140,8 +1217,12 @@ def export_haproxy_cmd(
     gate section points at the region active in the global control etcd; when it does not
     answer, name the region with --region (guessing could route to a demoted region). Export
     again after a failover."""
-    from haplane.local import gate_plans
+    import asyncio
+
+    from haplane.local import gate_plans, global_control
     from haplane.local.haproxy_export import haproxy_config
+    from haplane.store import EtcdError
+    from haplane.topology import load_file
 
     state = _state(state_dir)
     recorded = load_file(state.topology_file) if state.topology_file.exists() else None
@@ -1229,6 +1310,7 @@ def kubeconfig_cmd(
 
     from haplane.local.gate_plans import plan_of
     from haplane.local.security import user_certificate
+    from haplane.topology import load_file
 
     state = _state(state_dir)
     if not state.topology_file.exists():
@@ -1307,7 +1389,7 @@ def kubeconfig_cmd(
 @app.command("version")
 def version_cmd() -> None:
     """Print haplane's version and the etcd binary it would run."""
-    from haplane.store import find_etcd
+    from haplane.store import EtcdBinaryError, find_etcd
 
     out.print(f"haplane {__version__}")
     try:
@@ -1319,14 +1401,21 @@ def version_cmd() -> None:
         err.print(f"etcd: {exc}")
 
 
-def main() -> None:
-    from haplane.local.security import MissingCredentials
+def _missing_credentials(exc: Exception) -> bool:
+    """Whether `exc` is a `haplane.local.security.MissingCredentials`, without importing that
+    module (heavy) for commands that never did: only a command that imported it can raise it."""
+    security = sys.modules.get("haplane.local.security")
+    return security is not None and isinstance(exc, security.MissingCredentials)
 
+
+def main() -> None:
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
-    except MissingCredentials as exc:
+    except Exception as exc:
+        if not _missing_credentials(exc):
+            raise
         err.print(f"error: {exc}")
         sys.exit(1)
 
