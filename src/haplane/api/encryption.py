@@ -78,9 +78,10 @@ def stored_types() -> list[ResourceType]:
     their group): what the CLI needs to open values as the replicas do."""
     from .access_types import ACCESS_TYPES
     from .crds import CRD_TYPE
+    from .policy_types import POLICY_TYPES
     from .resources import BUILTIN
 
-    return [*BUILTIN, CRD_TYPE, *ACCESS_TYPES]
+    return [*BUILTIN, CRD_TYPE, *ACCESS_TYPES, *POLICY_TYPES]
 
 
 def transformers(

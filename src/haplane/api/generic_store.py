@@ -22,7 +22,8 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,9 @@ from .selectors import (
 )
 from .storage import Obj, Storage
 from .validation import FieldError, generate_name, object_meta_errors
+
+# the subresource an update writes through (status, scale...), for admission's attributes
+_SUBRESOURCE: ContextVar[str] = ContextVar("haplane_store_subresource", default="")
 
 NAMESPACE_KEY = "/registry/namespaces/"
 GENERATE_NAME_ATTEMPTS = 5
@@ -143,6 +147,10 @@ class GenericStore:
         # (None on create): RBAC's escalation prevention (haplane.api.authorizer). Raises a
         # StatusError to refuse. Dry runs are checked too.
         self.final_check: Callable[[Obj, Obj | None], None] | None = None
+        # validating admission (policies): (operation, object, old object, subresource), and
+        # what a write awaits first (the policies loaded); set by the server
+        self.admission: Callable[[str, Obj | None, Obj | None, str], None] | None = None
+        self.admission_ready: Callable[[], Awaitable[None]] | None = None
 
     @property
     def versions(self) -> VersionContext:
@@ -315,6 +323,8 @@ class GenericStore:
             raise errors.invalid(self.t.kind, name, _causes(errs), self.t.group)
         if self.final_check is not None:
             self.final_check(obj, old)
+        if self.admission is not None:
+            self.admission("CREATE" if old is None else "UPDATE", obj, old, _SUBRESOURCE.get())
 
     # ---- create --------------------------------------------------------------------------
 
@@ -331,6 +341,8 @@ class GenericStore:
         """`manager` records field ownership (an Update entry); `managed_fields` instead sets
         them as computed by server-side apply. `handed_over`: the caller gives `body` up (a
         request's freshly decoded body), so it is used as it is instead of a copy."""
+        if self.admission_ready is not None:
+            await self.admission_ready()
         body = body if handed_over else copy.deepcopy(body)
         obj = self._stamp(self._check_body(body, namespace, None))
         meta = obj["metadata"]
@@ -709,14 +721,18 @@ class GenericStore:
                     result["metadata"][f] = meta[f]
             return result
 
-        return await self._update(
-            namespace,
-            name,
-            only_subresource,
-            dry_run=dry_run,
-            precondition_from_body=True,
-            prepare=False,
-        )
+        token = _SUBRESOURCE.set(subresource)
+        try:
+            return await self._update(
+                namespace,
+                name,
+                only_subresource,
+                dry_run=dry_run,
+                precondition_from_body=True,
+                prepare=False,
+            )
+        finally:
+            _SUBRESOURCE.reset(token)
 
     async def _update(
         self,
@@ -730,6 +746,8 @@ class GenericStore:
         manager: str | None = None,
         keep_managed_fields: bool = False,
     ) -> Obj:
+        if self.admission_ready is not None:
+            await self.admission_ready()
         key = self._key(namespace, name)
         preview: list[Obj] = []
 
@@ -813,6 +831,8 @@ class GenericStore:
 
         def check(current: Obj) -> None:
             meta = current["metadata"]
+            if self.admission is not None:
+                self.admission("DELETE", None, current, "")
             refused = self.t.strategy.refuse_delete(current)
             if refused is not None:
                 raise errors.StatusError(
@@ -838,6 +858,8 @@ class GenericStore:
                     self.t.group,
                 )
 
+        if self.admission_ready is not None:
+            await self.admission_ready()
         if propagation not in (None, "Background", "Foreground", "Orphan"):
             raise errors.bad_request(
                 f"unsupported propagationPolicy {propagation!r}: use Background, Foreground "

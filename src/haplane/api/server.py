@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from haplane.auth.pki import (
     seconds_to_expiry,
     server_context,
 )
+from haplane.auth.rbac import selector_matches
 from haplane.auth.tokens import ServiceAccountTokens, StaticTokens, load_or_create_key
 from haplane.auth.user import UserInfo
 from haplane.store import (
@@ -57,6 +59,7 @@ from . import encryption as at_rest
 from . import errors, ops
 from .access import Access
 from .access_types import ACCESS_TYPES
+from .admission_policies import NOTES, Attributes, Notes, PolicyEngine
 from .authenticators import TokenAuthenticator
 from .authorizer import RBAC_PREFIXES, AlwaysAllow, RbacAuthorizer, escalation_check
 from .controllers import Controllers, LeaderElector
@@ -74,7 +77,16 @@ from .generic_store import NAMESPACE_KEY, GenericStore, ListOptions
 from .grants import GrantExecutor
 from .handlers import discovery, resource
 from .handlers.context import HandlerContext
-from .request import JSON, MAX_BODY_BYTES, Admission, RequestInfo, expect, json_response
+from .policy_types import BINDING, POLICY, POLICY_TYPES
+from .request import (
+    JSON,
+    MAX_BODY_BYTES,
+    REQUEST_USER,
+    Admission,
+    RequestInfo,
+    expect,
+    json_response,
+)
 from .resource_version import VersionContext
 from .resources import BUILTIN, Obj, Registry, ResourceType
 from .service_accounts import ServiceAccountAuthenticator
@@ -161,7 +173,7 @@ class ReplicaConfig:
 class ApiServer:
     def __init__(self, config: ReplicaConfig, registry: Registry | None = None):
         self.config = config
-        self.registry = registry or Registry([*BUILTIN, CRD_TYPE, *ACCESS_TYPES])
+        self.registry = registry or Registry([*BUILTIN, CRD_TYPE, *ACCESS_TYPES, *POLICY_TYPES])
         self.metrics = Metrics()
         self.client = EtcdClient(
             config.etcd_endpoints, timeout=config.etcd_timeout, tls=config.etcd_tls
@@ -178,6 +190,7 @@ class ApiServer:
         self._crd_task: asyncio.Task[None] | None = None
         self._storage: EtcdStorage | None = None
         self._cachers: dict[str, Cacher] = {}
+        self._policies: PolicyEngine | None = None
         self.elector: LeaderElector | None = None
         self._elector_task: asyncio.Task[None] | None = None
         self._global_client = (
@@ -384,6 +397,7 @@ class ApiServer:
             links.append(self.audit)
         if self.authorizer is not None:
             links.append(Authorize(self.authorizer))
+        links.append(self._admission_notes)
         handler = chain(links, self._dispatch)
         loop = asyncio.get_running_loop()
 
@@ -576,10 +590,98 @@ class ApiServer:
             assert self._ops_storage is not None
             return GenericStore(t, self._ops_storage)
         if not self.config.watch_cache:
-            return GenericStore(t, self._storage)
-        prefix = t.key_prefix()
-        cacher = self._cacher(prefix)
-        return GenericStore(t, CachedStorage(self._storage, cacher), self._cached_namespace)
+            store = GenericStore(t, self._storage)
+        else:
+            cacher = self._cacher(t.key_prefix())
+            store = GenericStore(t, CachedStorage(self._storage, cacher), self._cached_namespace)
+        store.admission = functools.partial(self._admit_by_policies, t)
+        store.admission_ready = self._policies_ready
+        return store
+
+    # ---- validating admission policies (haplane.api.admission_policies) -----------------
+
+    def _policy_engine(self) -> PolicyEngine:
+        if self._policies is None:
+            policies, bindings = (
+                self._cacher(POLICY.key_prefix()),
+                self._cacher(BINDING.key_prefix()),
+            )
+            self._policies = PolicyEngine(
+                lambda: policies.objects.values(),
+                lambda: bindings.objects.values(),
+                lambda name: self._cached_namespace(name)[0],
+                self._policy_params,
+            )
+        return self._policies
+
+    def _admit_by_policies(
+        self, t: ResourceType, operation: str, obj: Obj | None, old: Obj | None, sub: str
+    ) -> None:
+        """The store's last check before a write: every matching policy (the replica's own
+        writes, its controllers', have no request user and are not policed)."""
+        user = REQUEST_USER.get()
+        if user is None:
+            return
+        meta = (obj or old or {}).get("metadata") or {}
+        self._policy_engine().admit(
+            Attributes(
+                operation,
+                t,
+                meta.get("namespace") if t.namespaced else None,
+                str(meta.get("name") or ""),
+                obj,
+                old,
+                user,
+                sub,
+            )
+        )
+
+    async def _policies_ready(self, wait: float = 1.0) -> None:
+        """A write waits (up to `wait`) for the policies and bindings to be loaded: nothing
+        is admitted unchecked while the watch caches relist (after an epoch change)."""
+        if REQUEST_USER.get() is None:
+            return
+        self._policy_engine()
+        caches = [self._cachers[POLICY.key_prefix()], self._cachers[BINDING.key_prefix()]]
+        deadline = time.monotonic() + wait
+        while not all(c.ready for c in caches):
+            if time.monotonic() >= deadline:
+                raise errors.unavailable(
+                    "the admission policies are not loaded yet (this replica's watch cache is "
+                    "reloading): try again"
+                )
+            await asyncio.sleep(0.02)
+
+    def _policy_params(
+        self, api_version: str, kind: str, namespace: str | None, name: str | None, selector: Any
+    ) -> list[Obj] | None:
+        group, _, version = api_version.rpartition("/")
+        t = next(
+            (
+                x
+                for x in self.registry.all()
+                if x.group == group and x.version == version and x.kind == kind and x.fenced
+            ),
+            None,
+        )
+        if t is None:
+            return None
+        cacher = self._cacher(t.key_prefix())
+        if not cacher.ready:
+            raise errors.unavailable(f"the parameters ({kind}) are not loaded yet: try again")
+        out = []
+        for obj in cacher.objects.values():
+            meta = obj.get("metadata") or {}
+            if t.namespaced and namespace and meta.get("namespace") != namespace:
+                continue
+            if name and meta.get("name") != name:
+                continue
+            if selector is not None and not selector_matches(
+                selector, meta.get("labels") or {}, empty=True
+            ):
+                continue
+            out.append(obj)
+        return out
 
     def _cacher(self, prefix: str) -> Cacher:
         """The watch cache of a key prefix, started on first use (the authorizer's RBAC
@@ -945,6 +1047,24 @@ class ApiServer:
         if self.draining:
             response.headers["Connection"] = "close"  # clients reconnect through the balancer
 
+    async def _admission_notes(self, request: web.BaseRequest, handler: Any) -> web.StreamResponse:
+        """What admission policies said besides allowing: `Warning` headers (kubectl prints
+        them) and audit annotations on the request's audit event."""
+        notes = Notes()
+        token = NOTES.set(notes)
+        try:
+            response: web.StreamResponse = await handler(request)
+        finally:
+            NOTES.reset(token)
+            audit = request.get("audit")
+            if audit is not None:
+                for key, value in notes.annotations.items():
+                    audit.annotate(key, value)
+        if notes.warnings and not response.prepared:
+            for warning in notes.warnings:
+                response.headers.add("Warning", _warning(warning))
+        return response
+
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         if "Expect" in request.headers:
             await expect(request)
@@ -1053,3 +1173,9 @@ def _stall_hook(needle: str | None) -> Callable[[str], Callable[[], None] | None
         return stall
 
     return hook
+
+
+def _warning(text: str) -> str:
+    """RFC 7234 warn-code 299 with the text quoted, as kube-apiserver sends admission warnings."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+    return f'299 - "{escaped}"'

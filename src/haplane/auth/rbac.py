@@ -251,6 +251,19 @@ def selector_errors(selector: Any) -> list[str]:
     return errors
 
 
+def selector_matches(selector: Any, labels: Mapping[str, str], *, empty: bool = False) -> bool:
+    """Whether `labels` match the LabelSelector `selector`; an empty selector matches
+    everything when `empty` (admission's namespace and object selectors), nothing otherwise
+    (a role aggregation's)."""
+    if (
+        isinstance(selector, dict)
+        and not selector.get("matchLabels")
+        and not selector.get("matchExpressions")
+    ):
+        return empty and not selector_errors(selector)
+    return _selector_matches(selector, labels)
+
+
 def _selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
     if selector_errors(selector):
         return False  # a malformed selector (validation refuses them) matches nothing

@@ -1,0 +1,435 @@
+"""ValidatingAdmissionPolicy: the central policy layer's admission, as kube-apiserver's
+validating admission policy plugin (k8s.io/apiserver/pkg/admission/plugin/policy/validating).
+
+Layer: api. Pure over what it is given: the policies, bindings, namespaces and parameter
+objects come from the replica's watch caches (callables the server hands in), never from etcd
+per request; the CEL is `haplane.cel`.
+
+For each write (create, update, delete) of any resource, every binding whose policy matches:
+1. match: the policy's `matchConstraints` and the binding's `matchResources` (resourceRules and
+   excludeResourceRules: operations, apiGroups, apiVersions, resources with subresources and
+   wildcards, scope, resourceNames; `matchPolicy` Equivalent lets a rule for one version of a
+   resource match its others; `namespaceSelector` on the namespace's labels (a Namespace
+   itself is matched on its own labels; other cluster-scoped objects always pass);
+   `objectSelector` on the object's or the old object's labels);
+2. params: the policy's `paramKind`, found by the binding's `paramRef` (name, or selector;
+   namespace, else the request's for namespaced params); none found: `parameterNotFoundAction`
+   Allow skips the binding, Deny denies; several: each is evaluated;
+3. `variables` (in order; one that fails only fails what uses it), `matchConditions` (all true,
+   else the policy does not apply), `validations` (false: a violation with `message`,
+   `messageExpression` or "failed expression: EXPR", and `reason`'s HTTP code),
+   `auditAnnotations` (`POLICY/KEY: value`);
+4. an expression that fails: `failurePolicy` Fail makes it a violation, Ignore skips it;
+5. the binding's `validationActions`: Deny refuses the request (the first violation's
+   message, Kubernetes' wording), Warn adds a `Warning` header, Audit an audit annotation
+   (`validation.policy.admission.k8s.io/validation_failure`).
+
+Variables: `object`, `oldObject` (null on create, `object` null on delete), `request`
+(kind, resource, subResource, name, namespace, operation, userInfo, dryRun), `params`,
+`namespaceObject`, `variables`. Not yet: `authorizer` (null), and type checking against each
+resource's schema (expressions are checked for syntax and functions; types at evaluation).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from haplane.auth.rbac import selector_matches
+from haplane.auth.user import UserInfo
+from haplane.cel import CompileError, Environment, EvalError, Program
+
+from . import errors
+from .resources import Obj, ResourceType
+
+VARIABLES = (
+    "object",
+    "oldObject",
+    "request",
+    "params",
+    "namespaceObject",
+    "authorizer",
+    "variables",
+)
+AUDIT_FAILURE = "validation.policy.admission.k8s.io/validation_failure"
+_CODES = {"Unauthorized": 401, "Forbidden": 403, "Invalid": 422, "RequestEntityTooLarge": 413}
+
+
+@functools.cache
+def _env() -> Environment:
+    return Environment(VARIABLES)
+
+
+@functools.lru_cache(maxsize=8192)
+def compile_expression(source: str) -> Program:
+    """A policy's expression, compiled once (the cache is keyed by its text)."""
+    return _env().compile(source)
+
+
+@dataclass
+class Notes:
+    """What admission had to say besides allowing: `Warning` headers and audit annotations,
+    collected for the request being served (`NOTES`)."""
+
+    warnings: list[str] = field(default_factory=list)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+# the notes of the request this task serves (set by the server's admission link)
+NOTES: ContextVar[Notes | None] = ContextVar("haplane_admission_notes", default=None)
+
+
+@dataclass(frozen=True)
+class Attributes:
+    operation: str  # CREATE | UPDATE | DELETE
+    rtype: ResourceType
+    namespace: str | None
+    name: str
+    obj: Obj | None
+    old: Obj | None
+    user: UserInfo | None
+    subresource: str = ""
+    dry_run: bool = False
+
+
+# (apiVersion, kind, namespace or None, name or None, selector or None) -> parameter objects
+ParamLookup = Callable[[str, str, str | None, str | None, Any], list[Obj] | None]
+
+
+class PolicyEngine:
+    def __init__(
+        self,
+        policies: Callable[[], Iterable[Obj]],
+        bindings: Callable[[], Iterable[Obj]],
+        namespace: Callable[[str], Obj | None],
+        params: ParamLookup,
+    ) -> None:
+        self.policies = policies
+        self.bindings = bindings
+        self.namespace = namespace
+        self.params = params
+
+    def admit(self, a: Attributes) -> None:
+        """Raise the first Deny binding's violation as a Status; note warnings and audit
+        annotations for the rest."""
+        if a.rtype.group == "admissionregistration.k8s.io":
+            return  # policies never police themselves (Kubernetes: not intercepted)
+        by_name = {
+            (p.get("metadata") or {}).get("name"): p for p in self.policies() if isinstance(p, dict)
+        }
+        notes = NOTES.get()
+        for binding in sorted(
+            self.bindings(), key=lambda b: str((b.get("metadata") or {}).get("name"))
+        ):
+            spec = binding.get("spec") or {}
+            policy = by_name.get(spec.get("policyName"))
+            if policy is None:
+                continue
+            self._one(policy, binding, a, notes)
+
+    # ---- one binding ----------------------------------------------------------------------
+
+    def _one(self, policy: Obj, binding: Obj, a: Attributes, notes: Notes | None) -> None:
+        pspec, bspec = policy.get("spec") or {}, binding.get("spec") or {}
+        pname = str((policy.get("metadata") or {}).get("name"))
+        bname = str((binding.get("metadata") or {}).get("name"))
+        namespace_obj = self.namespace(a.namespace) if a.namespace else None
+        if not _matches(pspec.get("matchConstraints"), a, namespace_obj):
+            return
+        if bspec.get("matchResources") is not None and not _matches(
+            bspec["matchResources"], a, namespace_obj
+        ):
+            return
+        fail = pspec.get("failurePolicy", "Fail") != "Ignore"
+        actions = set(bspec.get("validationActions") or ())
+        violations: list[tuple[str, str]] = []  # (message, reason)
+        annotations: dict[str, str] = {}
+        for params in self._params(pspec, bspec, a, pname, bname, fail, violations):
+            self._evaluate(pspec, pname, a, params, namespace_obj, fail, violations, annotations)
+        if notes is not None:
+            notes.annotations.update(annotations)
+        if not violations:
+            return
+        if "Audit" in actions and notes is not None:
+            found = [
+                {
+                    "message": m,
+                    "policy": pname,
+                    "binding": bname,
+                    "expressionIndex": i,
+                    "validationActions": sorted(actions),
+                }
+                for i, (m, _) in enumerate(violations)
+            ]
+            earlier = json.loads(notes.annotations.get(AUDIT_FAILURE, "[]"))
+            notes.annotations[AUDIT_FAILURE] = json.dumps(earlier + found)
+        if "Warn" in actions and notes is not None:
+            notes.warnings += [
+                f"Validation failed for ValidatingAdmissionPolicy '{pname}' with binding "
+                f"'{bname}': {m}"
+                for m, _ in violations
+            ]
+        if "Deny" in actions:
+            message, reason = violations[0]
+            raise _denied(a, pname, bname, message, reason)
+
+    def _params(
+        self,
+        pspec: Obj,
+        bspec: Obj,
+        a: Attributes,
+        pname: str,
+        bname: str,
+        fail: bool,
+        violations: list[tuple[str, str]],
+    ) -> list[Obj | None]:
+        kind = pspec.get("paramKind")
+        if not isinstance(kind, dict):
+            return [None]
+        ref = bspec.get("paramRef")
+        if not isinstance(ref, dict):
+            if fail:
+                violations.append(
+                    (
+                        f"policy '{pname}' needs parameters but binding '{bname}' has no paramRef",
+                        "Invalid",
+                    )
+                )
+            return []
+        namespace = ref.get("namespace") or a.namespace
+        found = self.params(
+            str(kind.get("apiVersion")),
+            str(kind.get("kind")),
+            namespace,
+            ref.get("name"),
+            ref.get("selector"),
+        )
+        if found is None:  # the kind is not served here
+            if fail:
+                violations.append(
+                    (f"failed to configure binding: paramKind {kind} is not served", "Invalid")
+                )
+            return []
+        if not found:
+            if ref.get("parameterNotFoundAction") == "Deny":
+                violations.append(
+                    (
+                        "no params found for policy binding with `Deny` parameterNotFoundAction",
+                        "Invalid",
+                    )
+                )
+            return []
+        return list(found)
+
+    def _evaluate(
+        self,
+        pspec: Obj,
+        pname: str,
+        a: Attributes,
+        params: Obj | None,
+        namespace_obj: Obj | None,
+        fail: bool,
+        violations: list[tuple[str, str]],
+        annotations: dict[str, str],
+    ) -> None:
+        data: dict[str, Any] = {
+            "object": a.obj,
+            "oldObject": a.old,
+            "request": _request(a),
+            "params": params,
+            "namespaceObject": namespace_obj,
+            "authorizer": None,
+            "variables": {},
+        }
+        failed: dict[str, str] = {}
+        for v in pspec.get("variables") or ():
+            name = str(v.get("name"))
+            try:
+                data["variables"] = {**data["variables"], name: _eval(v.get("expression"), data)}
+            except (CompileError, EvalError) as exc:
+                failed[name] = str(exc)  # only what uses it fails
+
+        def run(expression: Any) -> Any:
+            try:
+                return _eval(expression, data)
+            except (CompileError, EvalError) as exc:
+                bad = [n for n in failed if f"variables.{n}" in str(expression)]
+                why = f"variable '{bad[0]}': {failed[bad[0]]}" if bad else str(exc)
+                raise EvalError(why) from None
+
+        for condition in pspec.get("matchConditions") or ():
+            try:
+                if run(condition.get("expression")) is not True:
+                    return  # the policy does not apply to this request
+            except EvalError as exc:
+                if fail:
+                    violations.append(
+                        (
+                            f"failed to evaluate matchCondition '{condition.get('name')}': {exc}",
+                            "Invalid",
+                        )
+                    )
+                return
+        for v in pspec.get("validations") or ():
+            expression = v.get("expression")
+            try:
+                ok = run(expression)
+            except EvalError as exc:
+                if fail:
+                    violations.append(
+                        (f"expression '{expression}' resulted in error: {exc}", "Invalid")
+                    )
+                continue
+            if ok is True:
+                continue
+            if ok is not False:
+                if fail:
+                    violations.append(
+                        (f"expression '{expression}' did not return a bool", "Invalid")
+                    )
+                continue
+            violations.append((_message(v, run), str(v.get("reason") or "Invalid")))
+        for note in pspec.get("auditAnnotations") or ():
+            try:
+                value = run(note.get("valueExpression"))
+            except EvalError:
+                continue
+            if isinstance(value, str) and value:
+                annotations[f"{pname}/{note.get('key')}"] = value
+
+
+def _eval(expression: Any, data: Mapping[str, Any]) -> Any:
+    return compile_expression(str(expression)).eval(data)
+
+
+def _message(v: Obj, run: Callable[[Any], Any]) -> str:
+    if v.get("messageExpression"):
+        try:
+            text = run(v["messageExpression"])
+        except EvalError:
+            text = None
+        if isinstance(text, str) and text.strip() and "\n" not in text:
+            return text
+    if v.get("message"):
+        return str(v["message"])
+    return f"failed expression: {v.get('expression')}"
+
+
+def _denied(
+    a: Attributes, policy: str, binding: str, message: str, reason: str
+) -> errors.StatusError:
+    text = (
+        f"ValidatingAdmissionPolicy '{policy}' with binding '{binding}' denied request: {message}"
+    )
+    code = _CODES.get(reason, 422)
+    what = f'{a.rtype.qualified} "{a.name}"'
+    details = {"name": a.name, "group": a.rtype.group, "kind": a.rtype.plural}
+    if code == 422:
+        return errors.StatusError(
+            422,
+            "Invalid",
+            f"{what} is invalid: : {text}",
+            details={**details, "causes": [{"message": text, "field": ""}]},
+        )
+    status_reason = {401: "Unauthorized", 403: "Forbidden", 413: "RequestEntityTooLarge"}[code]
+    verb = "is forbidden" if code == 403 else "was refused"
+    return errors.StatusError(code, status_reason, f"{what} {verb}: {text}", details=details)
+
+
+def _request(a: Attributes) -> Obj:
+    t = a.rtype
+    user = a.user
+    return {
+        "kind": {"group": t.group, "version": t.version, "kind": t.kind},
+        "resource": {"group": t.group, "version": t.version, "resource": t.plural},
+        "subResource": a.subresource,
+        "requestKind": {"group": t.group, "version": t.version, "kind": t.kind},
+        "requestResource": {"group": t.group, "version": t.version, "resource": t.plural},
+        "name": a.name,
+        "namespace": a.namespace or "",
+        "operation": a.operation,
+        "userInfo": {
+            "username": user.name if user else "",
+            "uid": getattr(user, "uid", "") or "" if user else "",
+            "groups": list(user.groups) if user else [],
+            "extra": {},
+        },
+        "dryRun": a.dry_run,
+    }
+
+
+# ---- matching ------------------------------------------------------------------------------
+
+
+def _matches(match: Any, a: Attributes, namespace_obj: Obj | None) -> bool:
+    if not isinstance(match, dict):
+        return False
+    equivalent = match.get("matchPolicy", "Equivalent") != "Exact"
+    if not any(_rule(r, a, equivalent) for r in match.get("resourceRules") or ()):
+        return False
+    if any(_rule(r, a, equivalent) for r in match.get("excludeResourceRules") or ()):
+        return False
+    selector = match.get("namespaceSelector")
+    if selector is not None:
+        if a.rtype.namespaced:
+            scoped = _labels(namespace_obj)  # the namespace the object lives in
+        elif a.rtype.group == "" and a.rtype.plural == "namespaces":
+            scoped = _labels(a.obj or a.old)  # a Namespace is matched on its own labels
+        else:
+            scoped = None  # other cluster-scoped objects: no namespace to select
+        if scoped is not None and not selector_matches(selector, scoped, empty=True):
+            return False
+    selector = match.get("objectSelector")
+    if selector is None:
+        return True
+    return selector_matches(selector, _labels(a.obj), empty=True) or (
+        a.old is not None and selector_matches(selector, _labels(a.old), empty=True)
+    )
+
+
+def _labels(obj: Obj | None) -> dict[str, str]:
+    labels = ((obj or {}).get("metadata") or {}).get("labels")
+    return labels if isinstance(labels, dict) else {}
+
+
+def _rule(rule: Any, a: Attributes, equivalent: bool) -> bool:
+    if not isinstance(rule, dict):
+        return False
+    t = a.rtype
+    ops = rule.get("operations") or ()
+    if "*" not in ops and a.operation not in ops:
+        return False
+    if not _any(rule.get("apiGroups"), t.group):
+        return False
+    if not equivalent and not _any(rule.get("apiVersions"), t.version):
+        return False
+    if not _resource(rule.get("resources") or (), t.plural, a.subresource):
+        return False
+    scope = rule.get("scope", "*")
+    if (scope == "Cluster" and t.namespaced) or (scope == "Namespaced" and not t.namespaced):
+        return False
+    names = rule.get("resourceNames") or ()
+    return not names or a.name in names
+
+
+def _any(values: Any, value: str) -> bool:
+    return isinstance(values, list) and ("*" in values or value in values)
+
+
+def _resource(patterns: Iterable[str], plural: str, subresource: str) -> bool:
+    want = f"{plural}/{subresource}" if subresource else plural
+    for p in patterns:
+        if p in ("*/*", want):
+            return True
+        if p == "*" and not subresource:
+            return True
+        head, _, tail = p.partition("/")
+        if tail == "*" and head == plural and subresource:
+            return True
+        if head == "*" and tail == subresource and subresource:
+            return True
+    return False

@@ -1,0 +1,125 @@
+"""The validating admission policy engine (haplane.api.admission_policies) on plain data: the
+Audit action's annotation and auditAnnotations, rule matching with wildcards and
+subresources, a binding's own matchResources narrowing its policy, a binding to a policy
+that does not exist, variables that fail only what uses them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from haplane.api import errors
+from haplane.api.admission_policies import NOTES, Attributes, Notes, PolicyEngine, _resource
+from haplane.api.resources import BUILTIN
+from haplane.auth.user import UserInfo
+
+CONFIGMAPS = next(t for t in BUILTIN if t.plural == "configmaps")
+ALICE = UserInfo("alice", groups=("dev",))
+
+
+def engine(policies: list[dict[str, Any]], bindings: list[dict[str, Any]]) -> PolicyEngine:
+    return PolicyEngine(lambda: policies, lambda: bindings, lambda _n: None, lambda *_: [])
+
+
+def vap(name: str, validations: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    rules = [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["*"], "resources": ["configmaps"]}
+    ]
+    return {
+        "metadata": {"name": name},
+        "spec": {"matchConstraints": {"resourceRules": rules}, "validations": validations, **spec},
+    }
+
+
+def vapb(policy: str, actions: list[str], **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"{policy}-b"},
+        "spec": {"policyName": policy, "validationActions": actions, **spec},
+    }
+
+
+def cm(name: str = "c", **data: str) -> Attributes:
+    obj = {"metadata": {"name": name, "namespace": "ns", "labels": {"team": "a"}}, "data": data}
+    return Attributes("CREATE", CONFIGMAPS, "ns", name, obj, None, ALICE)
+
+
+def admitted(e: PolicyEngine, a: Attributes) -> Notes:
+    notes = Notes()
+    token = NOTES.set(notes)
+    try:
+        e.admit(a)
+    finally:
+        NOTES.reset(token)
+    return notes
+
+
+def test_audit_action_and_audit_annotations() -> None:
+    p = vap(
+        "p",
+        [{"expression": "object.data.size() < 1", "message": "too many"}],
+        auditAnnotations=[
+            {
+                "key": "who",
+                "valueExpression": "request.userInfo.username + ' made ' + object.metadata.name",
+            }
+        ],
+    )
+    notes = admitted(engine([p], [vapb("p", ["Audit"])]), cm(a="1"))
+    assert notes.warnings == []
+    assert notes.annotations["p/who"] == "alice made c"
+    (failure,) = json.loads(
+        notes.annotations["validation.policy.admission.k8s.io/validation_failure"]
+    )
+    assert failure == {
+        "message": "too many",
+        "policy": "p",
+        "binding": "p-b",
+        "expressionIndex": 0,
+        "validationActions": ["Audit"],
+    }
+
+
+def test_binding_match_resources_narrow_and_missing_policy_is_skipped() -> None:
+    p = vap("p", [{"expression": "false"}])
+    only_b = {
+        "resourceRules": p["spec"]["matchConstraints"]["resourceRules"],
+        "objectSelector": {"matchLabels": {"team": "b"}},
+    }
+    e = engine([p], [vapb("p", ["Deny"], matchResources=only_b), vapb("nothere", ["Deny"])])
+    admitted(e, cm())  # team a: the binding does not match
+    with pytest.raises(errors.StatusError):
+        admitted(engine([p], [vapb("p", ["Deny"])]), cm())
+
+
+def test_a_failing_variable_fails_only_what_uses_it() -> None:
+    p = vap(
+        "p",
+        [{"expression": "object.data.size() == 0"}, {"expression": "variables.bad == 1"}],
+        variables=[{"name": "bad", "expression": "object.nosuchfield"}],
+        failurePolicy="Fail",
+    )
+    with pytest.raises(errors.StatusError) as caught:
+        admitted(engine([p], [vapb("p", ["Deny"])]), cm())
+    assert "variable 'bad'" in caught.value.message, caught.value.message
+    p["spec"]["validations"].pop()
+    admitted(engine([p], [vapb("p", ["Deny"])]), cm())  # unused: nothing fails
+
+
+@pytest.mark.parametrize(
+    ("patterns", "sub", "expected"),
+    [
+        (["configmaps"], "", True),
+        (["configmaps"], "status", False),
+        (["configmaps/status"], "status", True),
+        (["*"], "", True),
+        (["*"], "status", False),
+        (["*/*"], "status", True),
+        (["configmaps/*"], "status", True),
+        (["*/status"], "status", True),
+        (["secrets"], "", False),
+    ],
+)
+def test_resource_patterns(patterns: list[str], sub: str, expected: bool) -> None:
+    assert _resource(patterns, "configmaps", sub) is expected
