@@ -220,9 +220,53 @@ def test_rules_times_how_often_they_run_have_a_total_budget() -> None:
     }
     s = schema(items={"type": "array", "items": item})  # unbounded: 3 MiB of `{}` items
     errs = cost_errors(s, "root")
-    assert [e.field for e in errs] == ["root"], errs
-    assert "estimated rule cost total for entire OpenAPIv3 schema exceeds budget" in errs[0].message
+    # each rule runs once per item: over its own budget too, as Kubernetes counts it
+    assert [e.field for e in errs][-1] == "root", errs
+    assert (
+        "estimated rule cost total for entire OpenAPIv3 schema exceeds budget" in errs[-1].message
+    )
+    assert all("estimated rule cost exceeds budget" in e.message for e in errs[:-1])
     s["properties"]["spec"]["properties"]["items"]["maxItems"] = 100
+    assert cost_errors(s, "root") == []
+
+
+def test_estimator_holes_reviewers_found_are_closed() -> None:
+    """cel.bind keeps its value's size; indexing gives the element's; an optional's value is
+    what it was; an unknown function's result is unbounded; a messageExpression counts."""
+    from haplane.api.crd_rules import cost_errors
+
+    unbounded = {"type": "array", "items": {"type": "integer"}}
+    for rule in (
+        "cel.bind(x, self.l, x.all(a, x.all(b, a != b || a == b)))",
+        "self.ll[0].all(a, self.ll[0].all(b, a != b || a == b))",
+        "self.?l.orValue([]).all(a, self.l.all(b, a != b || a == b))",
+    ):
+        s = schema(
+            [{"rule": rule}],
+            l=unbounded,
+            ll={"type": "array", "maxItems": 3, "items": unbounded},
+        )
+        assert any("exceeds budget" in e.message for e in cost_errors(s, "root")), rule
+    s = schema(
+        [
+            {
+                "rule": "false",
+                "messageExpression": "string(self.l.map(a, self.l.filter(b, b > a).size()).sum())",
+            }
+        ],
+        l=unbounded,
+    )
+    assert any(".messageExpression" in e.field for e in cost_errors(s, "root"))
+    # a filter's result keeps its items' bounds: no false refusal
+    items = {
+        "type": "array",
+        "maxItems": 100,
+        "items": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 63}}},
+    }
+    s = schema(
+        [{"rule": "self.items.filter(i, has(i.name)).all(i, i.name.matches('^[a-z]+$'))"}],
+        items=items,
+    )
     assert cost_errors(s, "root") == []
 
 
@@ -241,3 +285,24 @@ def test_gateway_api_crds_fit_the_budget() -> None:
         )
         for v in doc["spec"]["versions"]:
             assert check_crd_schema(v["schema"]["openAPIV3Schema"], "root") == [], name
+
+
+def test_optional_old_self_misuse_is_refused_at_create_and_null_is_no_old_value() -> None:
+    from haplane.api.crd_rules import rules_errors
+
+    node = {
+        "type": "object",
+        "x-kubernetes-validations": [
+            {"rule": "self.level >= oldSelf.level", "optionalOldSelf": True}
+        ],
+    }
+    (err,) = rules_errors(node, "root", in_junctor=False)
+    assert "compilation failed with optionalOldSelf" in err.message
+    s = schema(
+        name={
+            "type": "string",
+            "nullable": True,
+            "x-kubernetes-validations": [{"rule": "self == oldSelf"}],
+        }
+    )
+    assert enforce(s, {"spec": {"name": "v"}}, {"spec": {"name": None}}) == []

@@ -22,10 +22,11 @@ Values are given to CEL as the schema types them: `number` fields as doubles (1 
 is `self.__namespace__`, `a-b` is `self.a__dash__b`); at the root, `metadata` shows only
 `name` and `generateName` (as in Kubernetes).
 
-Not yet: the static cost estimate Kubernetes makes at the CRD's create from the schema's
-bounds (maxItems, maxLength, maxProperties), and the type checking of expressions against
-the schema (a misspelt field is an evaluation error on the object, not a compile error on
-the CRD).
+`cost_errors` is the static cost limit (`haplane.cel.cost`), each rule's and
+messageExpression's estimate times how often it runs. Not yet: type checking of expressions
+against the schema (a misspelt field is an evaluation error on the object, not a compile
+error on the CRD), ratcheting (unchanged values are checked again on every update, status
+writes included), refusing transition rules where values cannot be paired.
 """
 
 from __future__ import annotations
@@ -147,6 +148,19 @@ def _rule_errors(item: Mapping[str, Any], at: str, node: Mapping[str, Any]) -> l
                 FieldError(f"{at}.rule", "FieldValueInvalid", f"compilation failed: {exc}", rule)
             )
         else:
+            if item.get("optionalOldSelf") is True and _OLD_SELF.search(rule):
+                try:
+                    _compiled_optional(rule)
+                except CompileError as exc:  # (oldSelf used as a value, not an optional)
+                    errs.append(
+                        FieldError(
+                            f"{at}.rule",
+                            "FieldValueInvalid",
+                            f"compilation failed with optionalOldSelf (oldSelf is an optional: "
+                            f"oldSelf.hasValue(), oldSelf.value(), oldSelf.orValue(...)): {exc}",
+                            rule,
+                        )
+                    )
             if program.returns not in ("bool", "dyn"):
                 errs.append(
                     FieldError(
@@ -267,28 +281,32 @@ def cost_errors(schema: Mapping[str, Any], path: str) -> list[FieldError]:
     are `rules_errors`')."""
     errs: list[FieldError] = []
     total = 0.0
+    fix = "(try simplifying the rule, or adding maxItems, maxProperties, and maxLength where "
+    fix += "arrays, maps, and strings are declared)"
     for node, at, times in _rule_nodes(schema, path, 1):
         for i, item in enumerate(node.get(CEL) or ()):
-            rule = item.get("rule") if isinstance(item, Mapping) else None
-            if not isinstance(rule, str):
+            if not isinstance(item, Mapping):
                 continue
-            try:
-                tree = _compiled(rule).tree()
-            except (CompileError, ValueError):
-                continue
-            cost = estimate(tree, {"self": node, "oldSelf": node})
-            if cost > RULE_LIMIT:
-                errs.append(
-                    FieldError(
-                        f"{at}.{CEL}[{i}].rule",
-                        "FieldValueForbidden",
-                        f"estimated rule cost exceeds budget by factor of "
-                        f"{_factor(cost, RULE_LIMIT)} (try simplifying the rule, or adding "
-                        "maxItems, maxProperties, and maxLength where arrays, maps, and strings "
-                        "are declared)",
+            for field, what in (("rule", "rule"), ("messageExpression", "messageExpression")):
+                source = item.get(field)
+                if not isinstance(source, str):
+                    continue
+                try:
+                    tree = _compiled(source).tree()
+                except Exception:
+                    continue  # an unreadable tree: nothing to estimate
+                # each run costs this; it runs once per value its node stands for
+                cost = estimate(tree, {"self": node, "oldSelf": node}) * times
+                if cost > RULE_LIMIT:
+                    errs.append(
+                        FieldError(
+                            f"{at}.{CEL}[{i}].{field}",
+                            "FieldValueForbidden",
+                            f"estimated {what} cost exceeds budget by factor of "
+                            f"{_factor(cost, RULE_LIMIT)} {fix}",
+                        )
                     )
-                )
-            total += cost * times
+                total += cost
     if total > TOTAL_LIMIT:
         errs.append(
             FieldError(
@@ -304,7 +322,8 @@ def cost_errors(schema: Mapping[str, Any], path: str) -> list[FieldError]:
 
 
 def _factor(cost: float, limit: int) -> str:
-    return f"{cost / limit:.1f}x"
+    factor = cost / limit
+    return "more than 100x" if factor > 100 else f"{factor:.1f}x"
 
 
 def _rule_nodes(node: Any, path: str, times: int) -> Iterator[tuple[Mapping[str, Any], str, int]]:
@@ -423,6 +442,8 @@ def _check(
     *,
     root: bool,
 ) -> None:
+    if old is None:
+        old = _ABSENT  # a null old value pairs with nothing, as in Kubernetes
     this = _to_cel(value, schema, root=root)
     before = _to_cel(old, schema, root=root) if old is not _ABSENT else None
     shown = _type_text(schema, value)
@@ -469,7 +490,7 @@ def _message(r: _Rule, data: dict[str, Any]) -> str:
             return text[:MAX_MESSAGE]
     if r.message:
         return r.message
-    return f"failed rule: {r.rule}"
+    return f"failed rule: {r.rule.strip()}"
 
 
 def _summary(r: _Rule) -> str:

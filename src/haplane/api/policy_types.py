@@ -135,7 +135,7 @@ def _named_expressions(
             elif name in seen:
                 errs.append(_err(f"{at}.name", "FieldValueDuplicate", "", name))
             else:
-                seen.add(name)
+                seen.add(str(name))
         errs += _compile_errors(item.get(key), f"{at}.{key}")
     return errs
 

@@ -57,6 +57,38 @@ _STRING_LINEAR = frozenset(
     }
 )
 _LIST_LINEAR = frozenset({"isSorted", "sum", "min", "max", "indexOf", "lastIndexOf"})
+# functions whose result is one value: compared in one step
+_SCALAR_RESULT = frozenset(
+    {
+        "int",
+        "uint",
+        "double",
+        "bool",
+        "type",
+        "has",
+        "!_",
+        "-_",
+        "_-_",
+        "_*_",
+        "_/_",
+        "_%_",
+        "hasValue",
+        "@not_strictly_false",
+        "startsWith",
+        "endsWith",
+        "contains",
+        "matches",
+        "isSorted",
+        "isURL",
+        "isQuantity",
+        "isIP",
+        "isCIDR",
+        "timestamp",
+        "duration",
+    }
+)
+# optionals: the value inside is what its shape was
+_PASS_THROUGH = frozenset({"orValue", "value", "optional.of", "optional.ofNonZeroValue", "dyn"})
 
 
 @dataclass(frozen=True)
@@ -103,7 +135,12 @@ def _min_size(schema: Any) -> int:
     return {"string": 2, "boolean": 4, "integer": 1, "number": 1, "array": 2}.get(str(kind), 1)
 
 
-SCALAR = Shape(None, 1)  # an int, a double, a bool: compared in one step
+SCALAR = Shape(None, 1)
+_NAME = {"type": "string", "maxLength": 253}
+_METADATA = {
+    "type": "object",
+    "properties": {"name": _NAME, "generateName": _NAME},
+}  # an int, a double, a bool: compared in one step
 
 
 def shape_of(schema: Mapping[str, Any] | None) -> Shape:
@@ -136,6 +173,8 @@ def _child(shape: Shape, field: str) -> Shape:
         for name, sub in props.items():
             if isinstance(sub, Mapping) and escape(str(name)) == field:
                 return shape_of(sub)
+    if field == "metadata" and schema.get("type") == "object":
+        return Shape(_METADATA, 2)  # what rules see of it at a resource's root: names
     additional = schema.get("additionalProperties")
     if isinstance(additional, Mapping):
         return shape_of(additional)
@@ -188,17 +227,21 @@ class _Estimator:
 
     def _comprehension(self, node: Node) -> tuple[float, Shape]:
         range_cost, range_shape = self.cost(node.iter_range)
-        init_cost, _ = self.cost(node.accu_init)
+        init_cost, init_shape = self.cost(node.accu_init)
         n = range_shape.size
         self.scope.append({node.iter_var: _element(range_shape)})
-        # the accumulator: as large as the range (map, filter) at most
-        self.scope[-1][node.accu_var] = Shape(None, n)
+        # the accumulator: its initial value (`cel.bind` binds its value so, over an empty
+        # range) grown by at most one element per iteration (map, filter); a filter's
+        # elements are the range's own
+        keeps = _adds_itself(node.loop_step, node.iter_var)
+        accu = Shape(range_shape.schema if keeps else init_shape.schema, max(init_shape.size, n))
+        self.scope[-1][node.accu_var] = accu
         cond_cost, _ = self.cost(node.loop_condition)
         step_cost, _ = self.cost(node.loop_step)
-        result_cost, _ = self.cost(node.result)
+        result_cost, result_shape = self.cost(node.result)
         self.scope.pop()
         total = range_cost + init_cost + n * (cond_cost + step_cost) + result_cost
-        return total, Shape(None, n)
+        return total, result_shape
 
     def _call(self, node: Node) -> tuple[float, Shape]:
         """cel-go's function costs (checker/cost.go), Kubernetes' libraries at their size."""
@@ -237,9 +280,44 @@ class _Estimator:
             return args + 1 + sizes[0], Shape(None, sizes[0])
         if name in _STRING_LINEAR and sizes:
             return args + _ceil(max(sizes) * STRING_FACTOR), Shape(None, max(sizes))
-        if name == "size":
+        if name == "size" or name in _SCALAR_RESULT:
             return args + 1, SCALAR
-        return args + 1, Shape(None, max(sizes, default=1))
+        if name in ("_[_]", "_[?_]") and shapes:
+            return args + 1, _indexed(shapes[0], node.args[1] if len(node.args) > 1 else None)
+        if name == "_?._" and len(node.args) == 2 and isinstance(node.args[1].value, str):
+            return args + 1, _child(shapes[0], node.args[1].value)
+        if name in _PASS_THROUGH and shapes:
+            return args + 1, max(shapes, key=lambda sh: sh.size)
+        if name in ("string", "bytes") and shapes:
+            return args + _ceil(sizes[0] * STRING_FACTOR), Shape(None, max(sizes[0], 32))
+        # anything else: its result's size is not known (as large as a request)
+        return args + 1, Shape(None, MAX_REQUEST_BYTES)
+
+
+def _adds_itself(step: Node | None, var: str) -> bool:
+    """Whether a comprehension's step appends the iteration variable itself (a filter)."""
+    if step is None:
+        return False
+    if step.kind == "list" and len(step.args) == 1:
+        item = step.args[0]
+        return item.kind == "ident" and item.name == var
+    children = [step.target, *step.args] if step.kind in ("call", "select") else []
+    return any(_adds_itself(c, var) for c in children if c is not None)
+
+
+def _indexed(shape: Shape, key: Node | None) -> Shape:
+    """`x[i]`: a list's element, a map's value (a declared property for a constant key)."""
+    schema = shape.schema
+    if schema is None:
+        return Shape(None, MAX_REQUEST_BYTES)
+    if schema.get("type") == "array":
+        return _element(shape)
+    if key is not None and key.kind == "const" and isinstance(key.value, str):
+        return _child(shape, str(key.value))
+    additional = schema.get("additionalProperties")
+    return (
+        shape_of(additional) if isinstance(additional, Mapping) else Shape(None, MAX_REQUEST_BYTES)
+    )
 
 
 def _is_list(shape: Shape) -> bool:

@@ -15,8 +15,9 @@ ext.Strings), cited with its examples in tests/test_cel.py.
 
 Not here yet: the typed values of the url, quantity, ip and cidr libraries (`quantity('1Gi')
 .isGreaterThan(...)`, `url(s).getHost()`, `cidr(s).containsIP(...)`): the engine's Python
-binding cannot return values of an abstract type. Regular expressions are Python's `re`, not
-RE2: the syntax common to both behaves alike; RE2-only or Python-only constructs differ.
+binding cannot return values of an abstract type. Regular expressions are RE2 (google-re2), as
+CEL's `matches` is: linear time, whatever the pattern. Functions that build strings stop at
+MAX_RESULT characters (they run outside the engine's budget).
 
 The engine dispatches on the runtime kinds of the arguments, so a function taking any
 element (`indexOf`) has one overload per kind.
@@ -35,6 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import re2
 from cel_expr_python import cel
 
 T = cel.Type
@@ -52,6 +54,18 @@ _KINDS: tuple[tuple[str, Any], ...] = (
 
 class CelFunctionError(ValueError):
     """Raised inside a function: the engine turns it into the expression's error."""
+
+
+# the longest string a function may build (a request holds 3 MiB): `replace`, `join` and
+# `format` are Python callbacks outside any engine budget, so they stop here, not at the
+# memory's end
+MAX_RESULT = 3 * 1024 * 1024
+
+
+def _bounded(text: str) -> str:
+    if len(text) > MAX_RESULT:
+        raise CelFunctionError(f"result of {len(text)} characters exceeds {MAX_RESULT}")
+    return text
 
 
 def _member(name: str, ret: Any, params: Sequence[Any], impl: Callable[..., Any]) -> Any:
@@ -133,6 +147,10 @@ def _ascii(convert: Callable[[str], str]) -> Callable[[str], str]:
 
 
 def _replace(s: str, old: str, new: str, n: int = -1) -> str:
+    # the result's size before building it: an empty `old` matches len(s) + 1 times
+    times = (len(s) + 1 if old == "" else s.count(old)) if n < 0 else n
+    if len(s) + times * max(0, len(new) - len(old)) > MAX_RESULT:
+        raise CelFunctionError(f"replace would build more than {MAX_RESULT} characters")
     return s.replace(old, new, n if n >= 0 else -1)
 
 
@@ -159,6 +177,8 @@ def _substring(s: str, start: int, end: int | None = None) -> str:
 def _join(items: list[Any], sep: str = "") -> str:
     if not all(isinstance(x, str) for x in items):
         raise CelFunctionError("join: every element must be a string")
+    if sum(len(x) for x in items) + len(sep) * len(items) > MAX_RESULT:
+        raise CelFunctionError(f"join would build more than {MAX_RESULT} characters")
     return sep.join(items)
 
 
@@ -186,7 +206,7 @@ def _format(template: str, args: list[Any]) -> str:
     out.append(template[pos:])
     if "%" in _VERB.sub("", template):
         raise CelFunctionError(f"could not parse formatting clause in {template!r}")
-    return "".join(out)
+    return _bounded("".join(out))
 
 
 def _formatted(verb: str, precision: str | None, value: Any) -> str:
@@ -243,22 +263,24 @@ def _as_string(value: Any) -> str:
 
 
 @functools.lru_cache(maxsize=512)
-def _regex(pattern: str) -> re.Pattern[str]:
+def _regex(pattern: str) -> Any:
+    """RE2, as CEL specifies (linear time: no pattern from an object can make a replica
+    backtrack for ever; Python's `re` would)."""
     try:
-        return re.compile(pattern)
-    except re.error as exc:
+        return re2.compile(pattern)
+    except re2.error as exc:
         raise CelFunctionError(f"invalid regular expression {pattern!r}: {exc}") from None
 
 
 def _find(s: str, pattern: str) -> str:
     m = _regex(pattern).search(s)
-    return m.group(0) if m else ""
+    return str(m.group(0)) if m else ""
 
 
 def _find_all(s: str, pattern: str, n: int = -1) -> list[str]:
     if n == 0:
         return []
-    found = [m.group(0) for m in _regex(pattern).finditer(s)]
+    found = [str(m.group(0)) for m in _regex(pattern).finditer(s)]
     return found if n < 0 else found[:n]
 
 
