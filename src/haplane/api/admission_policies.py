@@ -96,6 +96,14 @@ class Attributes:
     dry_run: bool = False
 
 
+@dataclass(frozen=True)
+class Finding:
+    policy: str
+    binding: str
+    actions: tuple[str, ...]
+    message: str
+
+
 # (apiVersion, kind, namespace or None, name or None, selector or None) -> parameter objects
 ParamLookup = Callable[[str, str, str | None, str | None, Any], list[Obj] | None]
 
@@ -122,34 +130,65 @@ class PolicyEngine:
             (p.get("metadata") or {}).get("name"): p for p in self.policies() if isinstance(p, dict)
         }
         notes = NOTES.get()
+        for policy, binding in self._pairs(by_name):
+            self._one(policy, binding, a, notes)
+
+    def findings(self, a: Attributes) -> list[Finding]:
+        """Every violation of every matching binding, whatever its actions (`haplane policy
+        report`: existing objects checked as if created now)."""
+        by_name = {(p.get("metadata") or {}).get("name"): p for p in self.policies()}
+        out = []
+        for policy, binding in self._pairs(by_name):
+            violations, _ = self._violations(policy, binding, a)
+            for message, _reason in violations:
+                out.append(
+                    Finding(
+                        str((policy.get("metadata") or {}).get("name")),
+                        str((binding.get("metadata") or {}).get("name")),
+                        tuple((binding.get("spec") or {}).get("validationActions") or ()),
+                        message,
+                    )
+                )
+        return out
+
+    def _pairs(self, by_name: Mapping[Any, Obj]) -> list[tuple[Obj, Obj]]:
+        pairs = []
         for binding in sorted(
             self.bindings(), key=lambda b: str((b.get("metadata") or {}).get("name"))
         ):
-            spec = binding.get("spec") or {}
-            policy = by_name.get(spec.get("policyName"))
-            if policy is None:
-                continue
-            self._one(policy, binding, a, notes)
+            policy = by_name.get((binding.get("spec") or {}).get("policyName"))
+            if policy is not None:
+                pairs.append((policy, binding))
+        return pairs
 
     # ---- one binding ----------------------------------------------------------------------
 
-    def _one(self, policy: Obj, binding: Obj, a: Attributes, notes: Notes | None) -> None:
+    def _violations(
+        self, policy: Obj, binding: Obj, a: Attributes
+    ) -> tuple[list[tuple[str, str]], dict[str, str]]:
+        """(violations as (message, reason), audit annotations) of one binding."""
         pspec, bspec = policy.get("spec") or {}, binding.get("spec") or {}
         pname = str((policy.get("metadata") or {}).get("name"))
         bname = str((binding.get("metadata") or {}).get("name"))
         namespace_obj = self.namespace(a.namespace) if a.namespace else None
+        violations: list[tuple[str, str]] = []
+        annotations: dict[str, str] = {}
         if not _matches(pspec.get("matchConstraints"), a, namespace_obj):
-            return
+            return violations, annotations
         if bspec.get("matchResources") is not None and not _matches(
             bspec["matchResources"], a, namespace_obj
         ):
-            return
+            return violations, annotations
         fail = pspec.get("failurePolicy", "Fail") != "Ignore"
-        actions = set(bspec.get("validationActions") or ())
-        violations: list[tuple[str, str]] = []  # (message, reason)
-        annotations: dict[str, str] = {}
         for params in self._params(pspec, bspec, a, pname, bname, fail, violations):
             self._evaluate(pspec, pname, a, params, namespace_obj, fail, violations, annotations)
+        return violations, annotations
+
+    def _one(self, policy: Obj, binding: Obj, a: Attributes, notes: Notes | None) -> None:
+        pname = str((policy.get("metadata") or {}).get("name"))
+        bname = str((binding.get("metadata") or {}).get("name"))
+        actions = set((binding.get("spec") or {}).get("validationActions") or ())
+        violations, annotations = self._violations(policy, binding, a)
         if notes is not None:
             notes.annotations.update(annotations)
         if not violations:
