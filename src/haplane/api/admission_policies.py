@@ -104,6 +104,26 @@ class Finding:
     message: str
 
 
+def select_params(
+    objects: Iterable[Obj], namespaced: bool, namespace: str | None, name: str | None, selector: Any
+) -> list[Obj]:
+    """A paramRef's objects among `objects` of the paramKind: in `namespace` (a namespaced
+    kind), of `name`, matching `selector` (an empty one matches every object)."""
+    out = []
+    for obj in objects:
+        meta = obj.get("metadata") or {}
+        if namespaced and namespace and meta.get("namespace") != namespace:
+            continue
+        if name and meta.get("name") != name:
+            continue
+        if selector is not None and not selector_matches(
+            selector, meta.get("labels") or {}, empty=True
+        ):
+            continue
+        out.append(obj)
+    return out
+
+
 # (apiVersion, kind, namespace or None, name or None, selector or None) -> parameter objects
 ParamLookup = Callable[[str, str, str | None, str | None, Any], list[Obj] | None]
 

@@ -42,7 +42,6 @@ from haplane.auth.pki import (
     seconds_to_expiry,
     server_context,
 )
-from haplane.auth.rbac import selector_matches
 from haplane.auth.tokens import ServiceAccountTokens, StaticTokens, load_or_create_key
 from haplane.auth.user import UserInfo
 from haplane.store import (
@@ -59,7 +58,7 @@ from . import encryption as at_rest
 from . import errors, ops
 from .access import Access
 from .access_types import ACCESS_TYPES
-from .admission_policies import NOTES, Attributes, Notes, PolicyEngine
+from .admission_policies import NOTES, Attributes, Notes, PolicyEngine, select_params
 from .authenticators import TokenAuthenticator
 from .authorizer import RBAC_PREFIXES, AlwaysAllow, RbacAuthorizer, escalation_check
 from .controllers import Controllers, LeaderElector
@@ -669,19 +668,7 @@ class ApiServer:
         cacher = self._cacher(t.key_prefix())
         if not cacher.ready:
             raise errors.unavailable(f"the parameters ({kind}) are not loaded yet: try again")
-        out = []
-        for obj in cacher.objects.values():
-            meta = obj.get("metadata") or {}
-            if t.namespaced and namespace and meta.get("namespace") != namespace:
-                continue
-            if name and meta.get("name") != name:
-                continue
-            if selector is not None and not selector_matches(
-                selector, meta.get("labels") or {}, empty=True
-            ):
-                continue
-            out.append(obj)
-        return out
+        return select_params(cacher.objects.values(), t.namespaced, namespace, name, selector)
 
     def _cacher(self, prefix: str) -> Cacher:
         """The watch cache of a key prefix, started on first use (the authorizer's RBAC

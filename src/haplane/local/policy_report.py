@@ -15,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from haplane.api.admission_policies import Attributes, PolicyEngine
+from haplane.api.admission_policies import Attributes, PolicyEngine, select_params
 from haplane.api.resources import ResourceType
-from haplane.auth.rbac import selector_matches
 from haplane.auth.user import UserInfo
 
 ADMISSION = "/apis/admissionregistration.k8s.io/v1"
@@ -160,19 +159,7 @@ def violations(api: Api, report: Report) -> None:
         )
         if t is None:
             return None
-        found = []
-        for obj in listed(t):
-            meta = obj.get("metadata") or {}
-            if t.namespaced and namespace and meta.get("namespace") != namespace:
-                continue
-            if name and meta.get("name") != name:
-                continue
-            if selector is not None and not selector_matches(
-                selector, meta.get("labels") or {}, empty=True
-            ):
-                continue
-            found.append(obj)
-        return found
+        return select_params(listed(t), t.namespaced, namespace, name, selector)
 
     engine = PolicyEngine(lambda: policies, lambda: bindings, namespaces.get, params)
     for t in resources:
