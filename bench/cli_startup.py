@@ -4,7 +4,8 @@ Every invocation imports haplane.cli.main and registers every command; since iss
 commands import what they need inside their functions. Measured side by side, in interleaved
 rounds (one run of each command per round, so the machine's noise falls on all of them):
 the interpreter alone, importing haplane.cli.main, the same plus the modules it imported at
-module level before issue 20 (what the lazy imports save), a few cheap commands, and
+module level before issue 20 (what the lazy imports save), a few cheap commands (`status`,
+`down` and `fault` with nothing started in a fresh state dir among them), and
 `kubectl version --client` when kubectl is on PATH. Prints the median and fastest wall time of
 each and the ratio to kubectl.
 
@@ -49,6 +50,7 @@ EAGER_BEFORE = (
 
 def commands(state: Path) -> dict[str, list[str]]:
     py, cli = [sys.executable], [sys.executable, "-m", "haplane.cli"]
+    at = ["--state-dir", str(state)]
     cmds = {
         "python -c pass": [*py, "-c", "pass"],
         "import haplane.cli.main": [*py, "-c", "import haplane.cli.main"],
@@ -60,7 +62,12 @@ def commands(state: Path) -> dict[str, list[str]]:
         "haplane --help": [*cli, "--help"],
         "haplane status --help": [*cli, "status", "--help"],
         "haplane validate --example two-regions": [*cli, "validate", "--example", "two-regions"],
-        "haplane status (nothing started)": [*cli, "status", "--state-dir", str(state)],
+        # what scripts and the tests call hundreds of times: the run layer's modules import the
+        # supervisor, etcd and aiohttp only where they are used
+        "haplane status (nothing started)": [*cli, "status", *at],
+        "haplane status --json (nothing started)": [*cli, "status", "--json", *at],
+        "haplane down (nothing started)": [*cli, "down", *at],
+        "haplane fault kill x (nothing started)": [*cli, "fault", "kill", "x", *at],
     }
     if shutil.which("kubectl"):
         cmds["kubectl version --client"] = ["kubectl", "version", "--client"]
@@ -76,7 +83,7 @@ def measure(cmds: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[
             t0 = time.perf_counter()
             r = subprocess.run(argv, env=env, capture_output=True, check=False)
             times[name].append(time.perf_counter() - t0)
-            if r.returncode not in (0, 1):  # status exits 1 when nothing was started
+            if r.returncode not in (0, 1):  # status and fault exit 1 when nothing was started
                 sys.exit(f"{name}: exit {r.returncode}: {r.stderr.decode()[-500:]}")
     return times
 

@@ -90,6 +90,69 @@ def test_help_is_light(argv: list[str]):
     assert [h for h in heavy_in(loaded(*argv)) if h not in typers] == []
 
 
+def nothing_started(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "haplane.cli", *argv, "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "allowed"),
+    [
+        (["status"], ()),
+        (["status", "--json"], ()),
+        (["down"], ("haplane.local.runner",)),
+        (["fault", "kill", "eu-west/etcd-1"], ("asyncio",)),
+    ],
+)
+def test_commands_with_nothing_started_are_light(
+    tmp_path: Path, argv: list[str], allowed: tuple[str, ...]
+):
+    """What scripts and tests call hundreds of times. With nothing started, `status` says so
+    before it imports the status machinery (etcd, grpc, aiohttp, the topology model); `down`
+    reads no pid file (runner imports the supervisor, its control server, etcd and YAML only
+    where `up` needs them; pidfile imports psutil on first use); `fault` finds no socket with
+    the light control client (haplane.local.control_client: aiohttp only for a request)."""
+    modules = loaded(*argv, "--state-dir", str(tmp_path))
+    assert [h for h in heavy_in(modules) if h not in ("pydantic", *allowed)] == []
+
+
+def test_commands_with_nothing_started_say_so(tmp_path: Path):
+    """The same commands' output and exit codes, as they were before they became light."""
+    for argv in (["status"], ["status", "--json"]):
+        r = nothing_started(tmp_path, *argv)
+        assert (r.returncode, r.stdout) == (1, "")
+        assert (
+            r.stderr == f"error: no topology has been started in {tmp_path} (`haplane up` first)\n"
+        )
+    r = nothing_started(tmp_path, "fault", "kill", "eu-west/etcd-1")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == f"error: no supervisor socket at {tmp_path / 'supervisor.sock'}\n"
+    r = nothing_started(tmp_path, "fault", "explode", "eu-west/etcd-1")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.startswith("error: unknown action 'explode'; use one of kill, term, pause")
+    r = nothing_started(tmp_path, "down")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", f"down ({tmp_path})\n")
+
+
+def test_control_client_still_says_when_the_supervisor_does_not_answer(tmp_path: Path):
+    """A socket path nobody listens on: the light client imports aiohttp for the request and
+    reports the refused connection as SupervisorUnreachable, as before."""
+    import asyncio
+
+    from haplane.local.control import ControlClient as Reexported
+    from haplane.local.control_client import ControlClient, SupervisorUnreachable
+
+    assert Reexported is ControlClient
+    sock = tmp_path / "supervisor.sock"
+    sock.touch()
+    with pytest.raises(SupervisorUnreachable, match="does not answer"):
+        asyncio.run(ControlClient(sock, timeout=5.0).snapshot())
+
+
 def test_missing_credentials_still_exit_1(tmp_path: Path):
     """main() recognises MissingCredentials without importing haplane.local.security up front:
     a state dir with a topology but no PKI still says so and exits 1, without a traceback."""

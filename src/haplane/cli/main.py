@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from haplane import __version__
-from haplane.cli import audit, divergence, failback, gc, maintenance, pki, secrets
+from haplane.cli import audit, divergence, failback, gc, maintenance, pki, policy, secrets
 from haplane.cli.options import KubeconfigOpt, NoWaitOpt, RegionOpt, StateDirOpt
 from haplane.local.state_dir import StateDir, default_state_dir
 
@@ -79,11 +79,17 @@ def _state(path: Path | None) -> StateDir:
     return StateDir(path or default_state_dir())
 
 
-def _started(state: StateDir) -> Topology:
-    """The topology `up` recorded in `state`; exit 1 when none was started there."""
+def _require_started(state: StateDir) -> None:
+    """Exit 1 when no topology was started in `state` (what `gather_status` raises as
+    NothingRunning, said without importing the status machinery)."""
     if not state.topology_file.exists():
         err.print(f"error: no topology has been started in {state.root} (`haplane up` first)")
         raise typer.Exit(1)
+
+
+def _started(state: StateDir) -> Topology:
+    """The topology `up` recorded in `state`; exit 1 when none was started there."""
+    _require_started(state)
     from haplane.topology import load_file
 
     return load_file(state.topology_file)
@@ -498,11 +504,12 @@ def down_cmd(state_dir: StateDirOpt = None) -> None:
 @app.command("status")
 def status_cmd(state_dir: StateDirOpt = None, as_json: JsonOpt = False) -> None:
     """Each component: process state, and for etcd: member id, leader, term, revision, db size."""
+    state = _state(state_dir)
+    _require_started(state)  # nothing started: no need of etcd, aiohttp or asyncio to say so
     import asyncio
 
     from haplane.local.status import NothingRunning, gather_status
 
-    state = _state(state_dir)
     try:
         report = asyncio.run(gather_status(state))
     except NothingRunning as exc:
@@ -759,8 +766,7 @@ def fault_cmd(
     kill and term stay down (the supervisor does not restart them) until `restart`."""
     import asyncio
 
-    from haplane.local.control import ControlClient, ControlError
-    from haplane.local.process import FAULT_ACTIONS
+    from haplane.local.control_client import FAULT_ACTIONS, ControlClient, ControlError
 
     if action not in FAULT_ACTIONS:
         err.print(f"error: unknown action {action!r}; use one of {', '.join(FAULT_ACTIONS)}")
@@ -824,7 +830,7 @@ def drill_cmd(
 
     from haplane.dr.report import render_json, render_table
     from haplane.local import drill
-    from haplane.local.control import ControlError
+    from haplane.local.control_client import ControlError
     from haplane.store import EtcdError
 
     state = _state(state_dir)
@@ -1156,6 +1162,7 @@ app.add_typer(gc.app, name="gc")
 app.add_typer(pki.app, name="pki")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(maintenance.app, name="maintenance")
+app.add_typer(policy.app, name="policy")
 app.command("audit")(audit.audit_cmd)
 
 

@@ -1,7 +1,9 @@
 """The supervisor's control API: HTTP over a unix socket in the state dir (aiohttp both ends).
 
 Layer: run (local). The server wraps a `Supervisor`; the client is what `haplane status`, `fault`
-and `down` use, and what drills use from Python (`FaultInjector`).
+and `down` use, and what drills use from Python (`FaultInjector`). The client lives in
+`haplane.local.control_client` (light: no supervisor, aiohttp on first request) and is
+re-exported here.
 
     GET  /v1/supervisor          phase, etcd binary, components (pid, state, restarts)
     POST /v1/faults              {"action": kill|term|pause|resume|restart, "component": NAME}
@@ -11,15 +13,20 @@ and `down` use, and what drills use from Python (`FaultInjector`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from .process import FAULT_ACTIONS, FaultAction, ProcessNotRunning
+from .control_client import (
+    FAULT_ACTIONS,
+    ControlClient,
+    ControlError,
+    FaultAction,
+    FaultInjector,
+    SupervisorUnreachable,
+)
+from .process import ProcessNotRunning
 from .supervisor import Supervisor, UnknownComponent
 
 
@@ -80,73 +87,12 @@ class ControlServer:
         return web.json_response({"phase": "stopping"})
 
 
-class ControlError(Exception):
-    pass
-
-
-class SupervisorUnreachable(ControlError):
-    pass
-
-
-class ControlClient:
-    """Talks to a running supervisor through its socket."""
-
-    def __init__(self, socket_path: Path, timeout: float = 30.0):
-        self.socket_path = socket_path
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-
-    async def _request(self, method: str, path: str, body: Any = None) -> Any:
-        if not self.socket_path.exists():
-            raise SupervisorUnreachable(f"no supervisor socket at {self.socket_path}")
-        try:
-            async with (
-                aiohttp.ClientSession(
-                    connector=aiohttp.UnixConnector(path=str(self.socket_path)),
-                    timeout=self.timeout,
-                ) as session,
-                session.request(method, f"http://supervisor{path}", json=body) as resp,
-            ):
-                data = await resp.json()
-                if resp.status >= 400:
-                    raise ControlError(str(data.get("error", data)))
-                return data
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise SupervisorUnreachable(
-                f"supervisor at {self.socket_path} does not answer: {exc}"
-            ) from exc
-
-    async def snapshot(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("GET", "/v1/supervisor")
-        return result
-
-    async def fault(self, action: FaultAction, component: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request(
-            "POST", "/v1/faults", {"action": action, "component": component}
-        )
-        return result
-
-    async def shutdown(self) -> None:
-        with contextlib.suppress(SupervisorUnreachable):
-            await self._request("POST", "/v1/shutdown")
-
-
-class FaultInjector:
-    """Fault primitives for drills, by the names `haplane status` shows (e.g. eu-west/etcd-1)."""
-
-    def __init__(self, socket_path: Path):
-        self._client = ControlClient(socket_path)
-
-    async def kill(self, component: str) -> dict[str, Any]:
-        return await self._client.fault("kill", component)
-
-    async def term(self, component: str) -> dict[str, Any]:
-        return await self._client.fault("term", component)
-
-    async def pause(self, component: str) -> dict[str, Any]:
-        return await self._client.fault("pause", component)
-
-    async def resume(self, component: str) -> dict[str, Any]:
-        return await self._client.fault("resume", component)
-
-    async def restart(self, component: str) -> dict[str, Any]:
-        return await self._client.fault("restart", component)
+__all__ = [
+    "FAULT_ACTIONS",
+    "ControlClient",
+    "ControlError",
+    "ControlServer",
+    "FaultAction",
+    "FaultInjector",
+    "SupervisorUnreachable",
+]

@@ -57,7 +57,7 @@ from haplane.store import ActiveRegion, EtcdError, GlobalState, ReplicationRepor
 from haplane.topology import Topology, load_file
 
 from . import global_control, site_network
-from .control import FaultInjector
+from .control_client import FaultInjector
 from .gate_plans import TopologyPlan, plan_of
 from .plans import global_plan
 from .security import PlatformTls, http_ssl

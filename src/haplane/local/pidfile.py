@@ -1,7 +1,8 @@
 """Pid files that record a process's start time, so a recycled PID is never signalled.
 
 Layer: run (local). Reads and writes files under the state dir and signals only processes whose
-PID *and* start time match what haplane recorded when it started them.
+PID *and* start time match what haplane recorded when it started them. psutil is imported on
+first use: `haplane down` with nothing recorded reads no process.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class PidRecord:
 
     def process(self) -> psutil.Process | None:
         """The live process this record describes, or None if it is gone or the PID was reused."""
+        import psutil
+
         try:
             p = psutil.Process(self.pid)
             if abs(p.create_time() - self.create_time) > 0.05:
@@ -42,6 +47,8 @@ class PidRecord:
         p = self.process()
         if p is None:
             return False
+        import psutil
+
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(sig)
             return True
@@ -49,6 +56,8 @@ class PidRecord:
 
 
 def record_for(name: str, pid: int) -> PidRecord:
+    import psutil
+
     return PidRecord(name=name, pid=pid, create_time=psutil.Process(pid).create_time())
 
 

@@ -28,9 +28,11 @@ import psutil
 
 from . import pidfile
 
+# the fault vocabulary is the control API's (defined with its light client)
+from .control_client import FAULT_ACTIONS as FAULT_ACTIONS
+from .control_client import FaultAction as FaultAction
+
 State = Literal["starting", "running", "paused", "backoff", "killed", "stopped", "exited"]
-FaultAction = Literal["kill", "term", "pause", "resume", "restart"]
-FAULT_ACTIONS: tuple[FaultAction, ...] = ("kill", "term", "pause", "resume", "restart")
 
 _PR_SET_PDEATHSIG = 1
 BACKOFF_INITIAL = 0.5

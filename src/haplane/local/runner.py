@@ -5,11 +5,15 @@ Layer: run (local). The foreground supervisor lives in the `haplane up` process;
 and start time in the state dir, serves the control socket, and on SIGINT/SIGTERM or a shutdown
 request stops every process it started. `down` asks it to stop, and then removes any process its
 records still name (a SIGKILLed supervisor's children already died with it through PDEATHSIG).
+
+Start-up: `haplane down` imports this module and needs little more than the pid files, so at
+module level it imports only the standard library and the light modules `down` uses (pid
+files, the control client, the site network's cleanup); the supervisor, its control server,
+asyncio, the topology model, etcd and YAML are imported by the functions that use them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -19,18 +23,20 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from haplane.store import EtcdClient
-from haplane.topology import Topology, load_file
-
-from . import pidfile, security, site_network
-from .control import ControlClient, ControlServer, SupervisorUnreachable
+from . import pidfile, site_network
+from .control_client import ControlClient, SupervisorUnreachable
 from .netns import NetnsError
 from .state_dir import StateDir
-from .supervisor import Supervisor, configure_logging
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from haplane.store import EtcdClient
+    from haplane.topology import Topology
+
+    from .supervisor import Supervisor
 
 
 class PrepareError(Exception):
@@ -50,6 +56,8 @@ def _absolute_security_paths(source_text: str, base: Path) -> str:
     """The text with `spec.security`'s file paths made absolute (relative to the topology
     file's directory): the recorded copy lives in the state dir, and the supervisor may run
     from another working directory."""
+    import yaml
+
     doc: Any = yaml.safe_load(source_text)
     sec = (doc.get("spec") or {}).get("security") or {}
     changed = False
@@ -80,6 +88,12 @@ def prepare_state(
     in the state dir, which is the topology returned). `base`: where the file's relative
     paths start (its directory). A CA the topology supplies is checked and copied in here, so
     that a bad one is refused before anything starts."""
+    import yaml
+
+    from haplane.topology import load_file
+
+    from . import security
+
     if supervisor_record(state) is not None:
         raise AlreadyRunning(
             f"a supervisor is already running for {state.root}; `haplane down` first"
@@ -152,6 +166,10 @@ async def serve(
     """Start, serve the control socket, and stop on a signal or a shutdown request.
 
     Returns the exit code: 0 after an orderly stop, 1 when start-up failed."""
+    import asyncio
+
+    from .control import ControlServer
+
     state = supervisor.state
     state.ensure()
     pidfile.write(state.supervisor_record, pidfile.record_for("supervisor", os.getpid()))
@@ -197,6 +215,8 @@ def _controller_token(supervisor: Supervisor) -> asyncio.Task[None] | None:
     for an insecure topology (no authentication: the controller records in etcd)."""
     if supervisor.tls is None:
         return None
+    import asyncio
+
     from .controller_token import keep
     from .security import http_ssl
 
@@ -208,7 +228,9 @@ def _controller_token(supervisor: Supervisor) -> asyncio.Task[None] | None:
 def _ops_agent(supervisor: Supervisor) -> tuple[asyncio.Task[None], EtcdClient]:
     """The supervisor's agent role: approved Drills and MaintenanceActions carried out here
     (`haplane.local.ops_agent`), with the supervisor's own etcd certificate."""
-    from haplane.store import DEFAULT_GLOBAL_PREFIX
+    import asyncio
+
+    from haplane.store import DEFAULT_GLOBAL_PREFIX, EtcdClient
 
     from .ops_agent import OpsAgent
     from .plans import global_plan
@@ -246,6 +268,8 @@ async def wait_healthy(
     timeout: float,
     progress: Callable[[str], None],
 ) -> dict[str, object]:
+    import asyncio
+
     client = ControlClient(state.socket, timeout=2.0)
     deadline = time.monotonic() + timeout
     last_phase = ""
@@ -273,6 +297,8 @@ def down(state: StateDir, timeout: float = 30.0) -> list[str]:
     """Stop the supervisor and everything it started. Returns what had to be killed by record."""
     rec = supervisor_record(state)
     if rec is not None:
+        import asyncio
+
         with contextlib.suppress(Exception):
             asyncio.run(ControlClient(state.socket, timeout=5.0).shutdown())
         deadline = time.monotonic() + timeout
@@ -302,7 +328,11 @@ def _tail_text(path: Path, lines: int = 20) -> str:
 
 def run_daemon(state: StateDir) -> int:
     """Entry of the detached supervisor."""
+    import asyncio
+
     from haplane.topology import load_file
+
+    from .supervisor import Supervisor, configure_logging
 
     configure_logging()
     topology = load_file(state.topology_file)

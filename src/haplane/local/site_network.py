@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import yaml
-
 from .netns import SiteAddress, SiteNetwork
 from .state_dir import StateDir
 
@@ -28,6 +26,8 @@ def site_address(index: int) -> str:
 def place_sites(source_text: str) -> tuple[str, dict[str, str]]:
     """The topology text with every site's `host` set to its own address (a host the file
     gives is kept), and site -> address."""
+    import yaml  # here, not at module level: `haplane down` imports this module for `cleanup`
+
     doc: Any = yaml.safe_load(source_text)
     sites = doc["spec"]["sites"]
     addresses = {}

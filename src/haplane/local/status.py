@@ -30,7 +30,7 @@ from haplane.topology import Topology, load_file
 from haplane.topology.model import GLOBAL_SCOPE
 
 from . import pidfile
-from .control import ControlClient, ControlError
+from .control_client import ControlClient, ControlError
 from .gate_plans import TopologyPlan, plan_of
 from .plans import ClusterPlan, ReplicaPlan, global_plan
 from .security import expiry_summary, http_ssl
