@@ -123,3 +123,28 @@ def test_a_failing_variable_fails_only_what_uses_it() -> None:
 )
 def test_resource_patterns(patterns: list[str], sub: str, expected: bool) -> None:
     assert _resource(patterns, "configmaps", sub) is expected
+
+
+def test_review_cases_selector_only_bindings_cluster_params_and_deletes() -> None:
+    """A binding's matchResources with selectors only narrows its policy (empty rules: all
+    the policy matches); a namespaced paramKind for a cluster-scoped object without
+    paramRef.namespace is a configuration error, never params from every namespace; on a
+    delete the missing new object matches no objectSelector."""
+    from haplane.api.admission_policies import select_params
+
+    p = vap("p", [{"expression": "false", "message": "no"}])
+    selected = {"objectSelector": {"matchLabels": {"team": "a"}}}
+    with pytest.raises(errors.StatusError):
+        admitted(engine([p], [vapb("p", ["Deny"], matchResources=selected)]), cm())
+    with pytest.raises(ValueError, match="namespaced paramKind"):
+        select_params([{"metadata": {"name": "x", "namespace": "t2"}}], True, None, "x", None)
+    deny = {
+        "objectSelector": {"matchExpressions": [{"key": "protected", "operator": "DoesNotExist"}]}
+    }
+    p = vap("d", [{"expression": "false", "message": "no"}])
+    p["spec"]["matchConstraints"].update(deny)
+    old = {"metadata": {"name": "c", "namespace": "ns", "labels": {"protected": "yes"}}}
+    admitted(
+        engine([p], [vapb("d", ["Deny"])]),
+        Attributes("DELETE", CONFIGMAPS, "ns", "c", None, old, ALICE),
+    )

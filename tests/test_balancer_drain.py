@@ -127,6 +127,11 @@ async def test_a_drained_balancer_gets_no_new_connections_and_keeps_its_open_one
         await backend.set_ready(True)
         await front.wait_state(busy, "up")
         await front.wait_state(twin, "up")
+
+        async def healthy() -> bool:  # (the twin's own view: what the drain asks)
+            return (await request(twin_lb.admin_port, "GET", "/healthz/region")).status == 200
+
+        await eventually(healthy, 10.0, "the twin's region healthy again")
         result = await drain(plans, busy, True, reason="kernel update", timeout=5.0)
         assert result.connections_left == 0, result
         result = await drain(plans, busy, True, undo=True)

@@ -55,7 +55,12 @@ async def test_baseline_as_a_new_user(disposable_cluster: EtcdCluster, tmp_path:
         assert "validatingadmissionpolicy/haplane-baseline-namespace-owner created" in r.stdout
         assert "configmap/haplane-baseline created" in r.stdout
         again = haplane("policy", "install", "baseline", "--kubeconfig", str(kc))
-        assert "haplane-baseline-namespace-owner unchanged" in again.stdout, again.stdout
+        assert again.returncode == 0, again.stderr
+        assert (
+            "validatingadmissionpolicy/haplane-baseline-namespace-owner unchanged" in again.stdout
+        ), again.stdout
+        assert "configured" not in again.stdout, again.stdout
+        assert "configmap/haplane-baseline kept (your parameters)" in again.stdout
 
         r = kubectl(api, "create", "namespace", "x")
         assert r.returncode != 0

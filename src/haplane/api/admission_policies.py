@@ -108,7 +108,14 @@ def select_params(
     objects: Iterable[Obj], namespaced: bool, namespace: str | None, name: str | None, selector: Any
 ) -> list[Obj]:
     """A paramRef's objects among `objects` of the paramKind: in `namespace` (a namespaced
-    kind), of `name`, matching `selector` (an empty one matches every object)."""
+    kind), of `name`, matching `selector` (an empty one matches every object). A namespaced
+    kind without a namespace (a cluster-scoped request, no paramRef.namespace) is a
+    configuration error: ValueError (never params from every namespace)."""
+    if namespaced and not namespace:
+        raise ValueError(
+            "cannot use a namespaced paramKind without paramRef.namespace for a cluster-scoped "
+            "resource"
+        )
     out = []
     for obj in objects:
         meta = obj.get("metadata") or {}
@@ -196,7 +203,7 @@ class PolicyEngine:
         if not _matches(pspec.get("matchConstraints"), a, namespace_obj):
             return violations, annotations
         if bspec.get("matchResources") is not None and not _matches(
-            bspec["matchResources"], a, namespace_obj
+            bspec["matchResources"], a, namespace_obj, narrowing=True
         ):
             return violations, annotations
         fail = pspec.get("failurePolicy", "Fail") != "Ignore"
@@ -260,13 +267,18 @@ class PolicyEngine:
                 )
             return []
         namespace = ref.get("namespace") or a.namespace
-        found = self.params(
-            str(kind.get("apiVersion")),
-            str(kind.get("kind")),
-            namespace,
-            ref.get("name"),
-            ref.get("selector"),
-        )
+        try:
+            found = self.params(
+                str(kind.get("apiVersion")),
+                str(kind.get("kind")),
+                namespace,
+                ref.get("name"),
+                ref.get("selector"),
+            )
+        except ValueError as exc:
+            if fail:
+                violations.append((f"failed to configure binding: {exc}", "Invalid"))
+            return []
         if found is None:  # the kind is not served here
             if fail:
                 violations.append(
@@ -371,7 +383,7 @@ def _message(v: Obj, run: Callable[[Any], Any]) -> str:
             text = run(v["messageExpression"])
         except EvalError:
             text = None
-        if isinstance(text, str) and text.strip() and "\n" not in text:
+        if isinstance(text, str) and text.strip() and not any(c in text for c in "\r\n"):
             return text
     if v.get("message"):
         return str(v["message"])
@@ -424,11 +436,16 @@ def _request(a: Attributes) -> Obj:
 # ---- matching ------------------------------------------------------------------------------
 
 
-def _matches(match: Any, a: Attributes, namespace_obj: Obj | None) -> bool:
+def _matches(
+    match: Any, a: Attributes, namespace_obj: Obj | None, *, narrowing: bool = False
+) -> bool:
+    """`narrowing`: a binding's matchResources, whose absent resourceRules mean everything
+    its policy matches (only its selectors and excludes narrow it), as in Kubernetes."""
     if not isinstance(match, dict):
         return False
     equivalent = match.get("matchPolicy", "Equivalent") != "Exact"
-    if not any(_rule(r, a, equivalent) for r in match.get("resourceRules") or ()):
+    rules = match.get("resourceRules") or ()
+    if (rules or not narrowing) and not any(_rule(r, a, equivalent) for r in rules):
         return False
     if any(_rule(r, a, equivalent) for r in match.get("excludeResourceRules") or ()):
         return False
@@ -445,7 +462,8 @@ def _matches(match: Any, a: Attributes, namespace_obj: Obj | None) -> bool:
     selector = match.get("objectSelector")
     if selector is None:
         return True
-    return selector_matches(selector, _labels(a.obj), empty=True) or (
+    # a missing object (the new one on delete, the old one on create) matches nothing
+    return (a.obj is not None and selector_matches(selector, _labels(a.obj), empty=True)) or (
         a.old is not None and selector_matches(selector, _labels(a.old), empty=True)
     )
 

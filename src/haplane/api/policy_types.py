@@ -226,7 +226,9 @@ class PolicyStrategy(Strategy):
                     if v.get("messageExpression") is not None:
                         errs += _compile_errors(v["messageExpression"], f"{at}.messageExpression")
                     message = v.get("message")
-                    if message is not None and (not isinstance(message, str) or "\n" in message):
+                    if message is not None and (
+                        not isinstance(message, str) or "\n" in message or "\r" in message
+                    ):
                         errs.append(_err(f"{at}.message", "FieldValueInvalid", "one line of text"))
                     if v.get("reason") is not None and v["reason"] not in REASONS:
                         errs.append(

@@ -668,7 +668,13 @@ class ApiServer:
         cacher = self._cacher(t.key_prefix())
         if not cacher.ready:
             raise errors.unavailable(f"the parameters ({kind}) are not loaded yet: try again")
-        return select_params(cacher.objects.values(), t.namespaced, namespace, name, selector)
+        if name:  # one object: looked up, not scanned for (a cache may hold thousands)
+            key = t.key(namespace if t.namespaced else None, name)
+            found = cacher.objects.get(key)
+            candidates: Any = [found] if found is not None else []
+        else:
+            candidates = cacher.objects.values()
+        return select_params(candidates, t.namespaced, namespace, name, selector)
 
     def _cacher(self, prefix: str) -> Cacher:
         """The watch cache of a key prefix, started on first use (the authorizer's RBAC
@@ -1164,5 +1170,6 @@ def _stall_hook(needle: str | None) -> Callable[[str], Callable[[], None] | None
 
 def _warning(text: str) -> str:
     """RFC 7234 warn-code 299 with the text quoted, as kube-apiserver sends admission warnings."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+    escaped = "".join(" " if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+    escaped = escaped.replace("\\", "\\\\").replace('"', '\\"')
     return f'299 - "{escaped}"'

@@ -6,7 +6,8 @@ Layer: run (cli). A Kubernetes client of the platform (`api_client`): your kubec
 when a command runs.
 
 - `install NAME`: a policy pack (`haplane.policies`, e.g. `baseline`) created or replaced
-  object by object (its parameters ConfigMap, its ValidatingAdmissionPolicies and bindings);
+  object by object (its ValidatingAdmissionPolicies and bindings; its parameters ConfigMap is
+  created when absent and never overwritten: your edits stay);
   `--action Warn` (or Audit) installs the bindings with that action instead of Deny, to see
   what would be refused before refusing it.
 - `report`: every policy against the objects that exist (background audit: a policy added
@@ -112,10 +113,12 @@ def _put(api: ApiClient, doc: dict[str, Any]) -> str:
         return f"{what} created"
     if status != 409:
         raise ClientError(f"{what}: {status} {out.get('message', out)}")
+    if doc["kind"] == "ConfigMap":  # the pack's parameters: yours once they exist
+        return f"{what} kept (your parameters)"
     status, current = api.request("GET", f"{path}/{meta['name']}")
     if status != 200:
         raise ClientError(f"{what}: {status} {current.get('message', current)}")
-    if current.get("spec") == doc.get("spec") and current.get("data") == doc.get("data"):
+    if _within(doc.get("spec"), current.get("spec")):  # (the server adds its defaults)
         return f"{what} unchanged"
     doc = {**doc, "metadata": {**meta, "resourceVersion": current["metadata"]["resourceVersion"]}}
     status, out = api.request("PUT", f"{path}/{meta['name']}", doc)
@@ -149,6 +152,21 @@ def _regions(state_dir: Path | None, report: Any, region_findings: Any) -> None:
 
     context = plan.tls.client_context() if plan.tls is not None else None
     region_findings(urls, asyncio.run(active()), context, report)
+
+
+def _within(wanted: Any, stored: Any) -> bool:
+    """Whether `stored` says everything `wanted` says (and maybe defaults besides)."""
+    if isinstance(wanted, dict):
+        return isinstance(stored, dict) and all(
+            _within(v, stored.get(k)) for k, v in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(stored, list)
+            and len(wanted) == len(stored)
+            and all(_within(w, x) for w, x in zip(wanted, stored, strict=True))
+        )
+    return bool(wanted == stored)
 
 
 @app.command("report")
