@@ -5,8 +5,8 @@ variables, failurePolicy, namespaceSelector and objectSelector, resourceRules wi
 excludeResourceRules and subresources, reasons as HTTP codes; a policy that does not compile
 is refused naming the field; the second replica enforces what the first stored.
 
-The replicas are the session's (tests share them): every policy here matches only objects
-named with this module's prefix, and is deleted at the end.
+The replicas are this module's own, on an etcd of their own; every policy here matches only
+objects named with this module's prefix, and is deleted at the end of its test.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from haplane.local.api_replica import ApiReplica
+from haplane.local.etcd_cluster import EtcdCluster
 
 VAP = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
 BINDINGS = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"
@@ -86,6 +88,31 @@ class Policies:
         for path in reversed(self.made):
             self.api.request("DELETE", path)
         self.made.clear()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def api_replicas(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[list[ApiReplica]]:
+    """Two replicas on an etcd of their own: policies are cluster-wide, and the session's
+    shared replicas would also take the shared etcd's controller lease from others."""
+    root = tmp_path_factory.mktemp("vap")
+    cluster = EtcdCluster(root / "etcd", size=1)
+    await cluster.start()
+    replicas = [ApiReplica(root, f"vap-{i}", cluster.endpoints) for i in (1, 2)]
+    try:
+        for r in replicas:
+            await r.start()
+        yield replicas
+    finally:
+        for r in replicas:
+            await r.stop()
+        await cluster.stop()
+
+
+@pytest.fixture
+def namespace(api_replicas: list[ApiReplica]) -> str:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    api_replicas[0].request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    return name
 
 
 @pytest.fixture
