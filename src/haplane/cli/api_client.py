@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import ssl
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -45,30 +43,13 @@ class ApiClient:
 
     @classmethod
     def from_config(cls, doc: Any, where: str, server: str | None = None) -> ApiClient:
-        if not isinstance(doc, dict):
-            raise ClientError(f"kubeconfig {where}: not a kubeconfig")
-        current = doc.get("current-context")
-        context = _named(doc, "contexts", current, where).get("context") or {}
-        cluster = _named(doc, "clusters", context.get("cluster"), where).get("cluster") or {}
-        user_name = str(context.get("user") or "")
-        user = _named(doc, "users", user_name, where).get("user") or {}
-        url = server or cluster.get("server")
-        if not isinstance(url, str) or not url:
-            raise ClientError(f"kubeconfig {where}: the cluster has no server")
-        ssl_context = None
-        if url.startswith("https://"):
-            ssl_context = ssl.create_default_context()
-            ca = _material(cluster, "certificate-authority", where)
-            if ca is not None:
-                ssl_context.load_verify_locations(cadata=ca.decode())
-            cert = _material(user, "client-certificate", where)
-            key = _material(user, "client-key", where)
-            if cert is not None and key is not None:
-                _load_pair(ssl_context, cert, key)
-        token = user.get("token")
-        return cls(
-            url.rstrip("/"), ssl_context, token if isinstance(token, str) else None, user_name
-        )
+        from ..auth.kubeconfig import KubeconfigError, load
+
+        try:
+            c = load(doc, where, server)
+        except KubeconfigError as exc:
+            raise ClientError(str(exc)) from None
+        return cls(c.server, c.context, c.token, c.user)
 
     def request(
         self, method: str, path: str, body: Any = None, timeout: float = 10.0
@@ -128,44 +109,3 @@ def kubeconfig(
         "current-context": name,
         "preferences": {},
     }
-
-
-def _named(doc: dict[str, Any], section: str, name: Any, where: str) -> dict[str, Any]:
-    for entry in doc.get(section) or ():
-        if isinstance(entry, dict) and entry.get("name") == name:
-            return entry
-    raise ClientError(f"kubeconfig {where}: no {section[:-1]} named {name!r}")
-
-
-def _material(entry: dict[str, Any], field: str, where: str) -> bytes | None:
-    """PEM bytes from `<field>-data` (base64) or `<field>` (a file)."""
-    data = entry.get(f"{field}-data")
-    if isinstance(data, str):
-        try:
-            return base64.b64decode(data, validate=True)
-        except ValueError:
-            raise ClientError(f"kubeconfig {where}: {field}-data is not base64") from None
-    path = entry.get(field)
-    if isinstance(path, str):
-        try:
-            return Path(path).expanduser().read_bytes()
-        except OSError as exc:
-            raise ClientError(f"kubeconfig {where}: {field}: {exc}") from None
-    return None
-
-
-def _load_pair(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
-    # ssl loads a certificate and key from files only: a private directory, removed at once
-    with tempfile.TemporaryDirectory(prefix="haplane-") as tmp:
-        os.chmod(tmp, 0o700)
-        paths = []
-        for name, data in (("cert.pem", cert), ("key.pem", key)):
-            p = Path(tmp) / name
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            paths.append(p)
-        try:
-            context.load_cert_chain(str(paths[0]), str(paths[1]))
-        except ssl.SSLError as exc:
-            raise ClientError(f"the client certificate and key do not load: {exc}") from None

@@ -1,0 +1,548 @@
+"""Bring one target cluster to one rendered revision: dry-run and apply step by step, keep the
+inventory in the target, prune what the source dropped (when allowed), detect and heal drift,
+and judge the health of what was applied.
+
+Layer: sync. Talks to the target only through `KubeClient` (its public API).
+
+How it stays honest:
+- Each step (see `plan`) is dry-run in full on the server before any of it is applied, so a bad
+  object stops its step with nothing of it written; the outcome names the steps applied.
+- The inventory (a ConfigMap `haplane-gitops/<sync id>` in the target, plus a label on every
+  applied object) is written *before* a step is applied, holding everything that may exist, so a
+  crash mid-step leaves nothing untracked. Prune deletes only what the inventory lists, the source
+  no longer has, and still carries this Sync's label; never by guessing from labels alone.
+- An empty render prunes nothing unless `allowEmpty` (a broken overlay must not wipe a cluster).
+- Drift: an object whose resourceVersion is still the one our apply returned has not changed;
+  any other is compared with a server-side apply dry-run of what the source declares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import difflib
+import hashlib
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+
+from .kube import KubeClient, KubeError, Resource, Unreachable, split_api_version
+from .plan import PlanError, Step, describe, plan
+
+Obj = dict[str, Any]
+T = TypeVar("T")
+
+INVENTORY_NAMESPACE = "haplane-gitops"
+SYNC_LABEL = "gitops.haplane.dev/sync"
+SYNC_ANNOTATION = "gitops.haplane.dev/sync-id"
+_CONFIGMAP = Resource("", "v1", "ConfigMap", "configmaps", True)
+_NAMESPACE = Resource("", "v1", "Namespace", "namespaces", False)
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_VOLATILE_META = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid")
+
+
+def sync_label(sync_id: str) -> str:
+    """The label value naming a Sync (`namespace/name`) on the objects it applied."""
+    value = sync_id.replace("/", ".")
+    if _LABEL_VALUE.match(value):
+        return value
+    return "h-" + hashlib.sha256(sync_id.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True, order=True)
+class Ref:
+    """An object's identity in a target. Equality ignores the version: apps/v1 and
+    apps/v1beta1 name the same object."""
+
+    group: str
+    kind: str
+    namespace: str
+    name: str
+    version: str = field(default="", compare=False)
+
+    @classmethod
+    def of(cls, obj: Obj) -> Ref:
+        group, version = split_api_version(str(obj.get("apiVersion", "")))
+        meta = obj.get("metadata") or {}
+        return cls(group, str(obj.get("kind")), meta.get("namespace") or "", meta["name"], version)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def __str__(self) -> str:
+        kind = f"{self.kind}.{self.group}" if self.group else self.kind
+        return f"{kind}/{self.name}" + (f" (namespace {self.namespace})" if self.namespace else "")
+
+    def to_json(self) -> list[str]:
+        return [self.api_version, self.kind, self.namespace, self.name]
+
+    @classmethod
+    def from_json(cls, item: Any) -> Ref:
+        api_version, kind, namespace, name = (str(x) for x in item)
+        group, version = split_api_version(api_version)
+        return cls(group, kind, namespace, name, version)
+
+
+@dataclass
+class ObjectError:
+    object: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"object": self.object, "message": self.message}
+
+
+@dataclass
+class Outcome:
+    revision: str
+    complete: bool = False
+    applied_steps: list[str] = field(default_factory=list)
+    errors: list[ObjectError] = field(default_factory=list)
+    message: str = ""
+    applied: int = 0  # objects the source declares that are in the target
+    pruned: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # dropped by the source, prune off
+    drift: list[str] = field(default_factory=list)
+    healed: list[str] = field(default_factory=list)
+    health: str = "Unknown"  # Healthy | Progressing | Degraded | Unknown
+    health_messages: list[str] = field(default_factory=list)
+    unreachable: bool = False
+
+
+class TargetUnreachable(Exception):
+    pass
+
+
+def health_of(obj: Obj) -> tuple[str, str]:
+    """(Healthy | Progressing | Degraded, why) for one live object: CRDs by Established,
+    namespaces by phase, everything else by its `status.conditions` (Ready, Available), as
+    kstatus reads them."""
+    kind = obj.get("kind")
+    status = obj.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or () if isinstance(c, dict)}
+    name = describe(obj)
+    if kind == "CustomResourceDefinition":
+        names = conditions.get("NamesAccepted")
+        if names and names.get("status") == "False":
+            return "Degraded", f"{name}: names not accepted: {names.get('message', '')}"
+        if (conditions.get("Established") or {}).get("status") == "True":
+            return "Healthy", ""
+        return "Progressing", f"{name}: not established yet"
+    if kind == "Namespace" and obj.get("apiVersion") == "v1":
+        phase = status.get("phase", "Active")
+        if phase == "Active":
+            return "Healthy", ""
+        return "Degraded", f"{name}: {phase}"
+    if (meta := obj.get("metadata") or {}).get("deletionTimestamp"):
+        return "Progressing", f"{name}: being deleted"
+    for bad in ("Stalled", "Failed"):
+        if (conditions.get(bad) or {}).get("status") == "True":
+            return "Degraded", f"{name}: {bad}: {conditions[bad].get('message', '')}"
+    for ready in ("Ready", "Available"):
+        c = conditions.get(ready)
+        if c is None:
+            continue
+        if c.get("status") == "True":
+            return "Healthy", ""
+        generation = meta.get("generation")
+        observed = status.get("observedGeneration")
+        if c.get("status") == "Unknown" or (generation and observed and observed < generation):
+            return "Progressing", f"{name}: {ready} {c.get('status')}: {c.get('message', '')}"
+        return "Degraded", f"{name}: {ready} False: {c.get('reason', '')} {c.get('message', '')}"
+    if (conditions.get("Reconciling") or {}).get("status") == "True":
+        return "Progressing", f"{name}: reconciling"
+    return "Healthy", ""
+
+
+def overall_health(states: Iterable[tuple[str, str]]) -> tuple[str, list[str]]:
+    worst, messages = "Healthy", []
+    rank = {"Healthy": 0, "Progressing": 1, "Degraded": 2}
+    for state, message in states:
+        if rank[state] > rank[worst]:
+            worst = state
+        if message:
+            messages.append(message)
+    return worst, messages[:20]
+
+
+def normalized(obj: Obj) -> Obj:
+    """What a diff compares: no status, no server-kept metadata."""
+    out = copy.deepcopy(obj)
+    out.pop("status", None)
+    meta = out.get("metadata") or {}
+    for key in _VOLATILE_META:
+        meta.pop(key, None)
+    return out
+
+
+class Target:
+    """One Sync's view of one target cluster. Remembers, in memory, the resourceVersions its
+    applies returned (a restarted controller starts without them and compares everything once)."""
+
+    def __init__(self, client: KubeClient, sync_id: str, concurrency: int = 16) -> None:
+        self.client = client
+        self.sync_id = sync_id
+        self.label = sync_label(sync_id)
+        self.inventory_name = self.label.lower().replace("_", "-")
+        self._limit = asyncio.Semaphore(concurrency)
+        self.versions: dict[Ref, str] = {}
+        self._namespace_ready = False
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def _bounded(self, items: list[T], work: Callable[[T], Awaitable[Any]]) -> list[Any]:
+        async def one(item: T) -> Any:
+            async with self._limit:
+                try:
+                    return await work(item)
+                except KubeError as exc:
+                    return exc
+
+        return await asyncio.gather(*(one(i) for i in items))
+
+    async def _prepare(self, obj: Obj) -> tuple[Resource, Obj] | str:
+        """The resource and the object as it is applied (label, namespace defaulted), or why
+        it cannot be."""
+        res = await self.client.resource(str(obj["apiVersion"]), str(obj["kind"]))
+        if res is None:
+            return f"the target serves no kind {obj['kind']} in {obj['apiVersion']}"
+        out = copy.deepcopy(obj)
+        meta = out.setdefault("metadata", {})
+        if res.namespaced:
+            meta.setdefault("namespace", "default")
+        elif meta.get("namespace"):
+            return (
+                f"{res.kind} is cluster-scoped, but the source gives namespace {meta['namespace']}"
+            )
+        meta.setdefault("labels", {})[SYNC_LABEL] = self.label
+        meta.setdefault("annotations", {})[SYNC_ANNOTATION] = self.sync_id
+        for key in _VOLATILE_META:
+            meta.pop(key, None)
+        out.pop("status", None)
+        return res, out
+
+    async def read_inventory(self) -> set[Ref]:
+        try:
+            cm = await self.client.get(_CONFIGMAP, INVENTORY_NAMESPACE, self.inventory_name)
+        except Unreachable as exc:
+            raise TargetUnreachable(str(exc)) from None
+        if cm is None:
+            return set()
+        try:
+            return {Ref.from_json(i) for i in json.loads((cm.get("data") or {})["objects"])}
+        except (KeyError, ValueError, TypeError):
+            raise TargetUnreachable(
+                f"the inventory {INVENTORY_NAMESPACE}/{self.inventory_name} cannot be read; "
+                "fix or delete it"
+            ) from None
+
+    async def write_inventory(self, refs: set[Ref], revision: str) -> None:
+        if not self._namespace_ready:
+            await self.client.apply(
+                _NAMESPACE,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": INVENTORY_NAMESPACE},
+                },
+            )
+            self._namespace_ready = True
+        await self.client.apply(
+            _CONFIGMAP,
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": self.inventory_name,
+                    "namespace": INVENTORY_NAMESPACE,
+                    "labels": {SYNC_LABEL: self.label},
+                    "annotations": {SYNC_ANNOTATION: self.sync_id},
+                },
+                "data": {
+                    "sync": self.sync_id,
+                    "revision": revision,
+                    "objects": json.dumps(sorted(r.to_json() for r in refs)),
+                },
+            },
+        )
+
+    # -- sync ---------------------------------------------------------------------------------
+
+    async def sync(
+        self, objects: list[Obj], revision: str, *, prune: bool, allow_empty: bool
+    ) -> Outcome:
+        """Apply `objects` (the render of `revision`) step by step; prune if allowed."""
+        out = Outcome(revision)
+        try:
+            return await self._sync(objects, out, prune=prune, allow_empty=allow_empty)
+        except (Unreachable, TargetUnreachable) as exc:
+            out.unreachable = True
+            out.message = f"target unreachable: {exc}"
+            return out
+        except KubeError as exc:
+            out.message = f"the target refused: {exc}"
+            return out
+
+    async def _sync(
+        self, objects: list[Obj], out: Outcome, *, prune: bool, allow_empty: bool
+    ) -> Outcome:
+        previous = await self.read_inventory()
+        if not objects and previous and not allow_empty:
+            out.message = (
+                f"the render is empty: {len(previous)} objects would be pruned; nothing was "
+                "changed (set allowEmpty to allow an empty source)"
+            )
+            return out
+        try:
+            steps = plan(objects)
+        except PlanError as exc:
+            out.message = str(exc)
+            return out
+        later_crds = _crd_kinds(objects)
+        tracked = set(previous)
+        desired: set[Ref] = set()
+        live: list[Obj] = []
+        for step in steps:
+            prepared, errors = await self._dry_run(step, later_crds)
+            if errors:
+                out.errors = errors
+                out.message = _stopped(step, out.applied_steps, "the dry-run refused it")
+                return out
+            refs = {Ref.of(o) for _, o in prepared}
+            if not refs <= tracked:
+                tracked |= refs
+                await self.write_inventory(tracked, out.revision)
+            results = await self._bounded(prepared, lambda p: self.client.apply(p[0], p[1]))
+            for (_, obj), result in zip(prepared, results, strict=True):
+                if isinstance(result, KubeError):
+                    out.errors.append(ObjectError(describe(obj), result.message or str(result)))
+                else:
+                    self.versions[Ref.of(obj)] = result["metadata"].get("resourceVersion", "")
+                    live.append(result)
+            if out.errors:
+                out.message = _stopped(step, out.applied_steps, "applying it failed")
+                return out
+            out.applied_steps.append(step.label)
+            desired |= refs
+            if step.foundation:
+                await self._established(step, live)
+        stale = tracked - desired
+        if prune and stale:
+            gone, failed = await self._prune(stale)
+            out.pruned = [str(r) for r in sorted(gone)]
+            tracked = desired | failed
+        else:
+            out.kept = [str(r) for r in sorted(stale)]
+            tracked = desired | stale
+        if tracked != previous or not previous:
+            await self.write_inventory(tracked, out.revision)
+        out.applied = len(desired)
+        out.complete = not out.errors
+        out.health, out.health_messages = overall_health(health_of(o) for o in live)
+        return out
+
+    async def _dry_run(
+        self, step: Step, later_crds: dict[tuple[str, str], int]
+    ) -> tuple[list[tuple[Resource, Obj]], list[ObjectError]]:
+        prepared: list[tuple[Resource, Obj]] = []
+        errors: list[ObjectError] = []
+        for obj in step.objects:
+            p = await self._prepare(obj)
+            if isinstance(p, str):
+                group, _ = split_api_version(str(obj["apiVersion"]))
+                wave = later_crds.get((group, str(obj["kind"])))
+                if wave is not None and wave > step.wave:
+                    p += f" (its CRD is applied in wave {wave}: give it wave {wave} or later)"
+                errors.append(ObjectError(describe(obj), p))
+            else:
+                prepared.append(p)
+        if errors:
+            return prepared, errors
+        results = await self._bounded(
+            prepared, lambda p: self.client.apply(p[0], p[1], dry_run=True)
+        )
+        for (_, obj), result in zip(prepared, results, strict=True):
+            if isinstance(result, KubeError):
+                errors.append(ObjectError(describe(obj), result.message or str(result)))
+        return prepared, errors
+
+    async def _established(self, step: Step, live: list[Obj], timeout: float = 30.0) -> None:
+        """Wait until the step's CRDs are established, then forget their discovery."""
+        crds = [o for o in step.objects if o.get("kind") == "CustomResourceDefinition"]
+        res = await self.client.resource("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+        if not crds or res is None:
+            return
+        deadline = time.monotonic() + timeout
+        for crd in crds:
+            name = crd["metadata"]["name"]
+            while True:
+                current = await self.client.get(res, None, name)
+                if current is not None and health_of(current)[0] == "Healthy":
+                    live.append(current)
+                    break
+                if time.monotonic() > deadline:
+                    raise KubeError(
+                        504, "Timeout", f"CRD {name} was not established in {timeout:.0f}s"
+                    )
+                await asyncio.sleep(0.1)
+            spec = crd.get("spec") or {}
+            for v in spec.get("versions") or ():
+                self.client.forget(f"{spec.get('group')}/{v.get('name')}")
+
+    async def _prune(self, stale: set[Ref]) -> tuple[set[Ref], set[Ref]]:
+        """(deleted or already gone, kept because deleting failed). Dependents before what
+        they live in: other kinds, then namespaces, then CRDs."""
+
+        def order(r: Ref) -> int:
+            return {"CustomResourceDefinition": 2, "Namespace": 1}.get(r.kind, 0)
+
+        gone: set[Ref] = set()
+        failed: set[Ref] = set()
+        for rank in (0, 1, 2):
+            batch = sorted(r for r in stale if order(r) == rank)
+            results = await self._bounded(batch, self._prune_one)
+            for ref, result in zip(batch, results, strict=True):
+                (failed if isinstance(result, KubeError) or result is False else gone).add(ref)
+        return gone, failed
+
+    async def _prune_one(self, ref: Ref) -> bool:
+        res = await self.client.resource(ref.api_version, ref.kind)
+        if res is None:
+            return True  # the kind itself is gone (its CRD was pruned)
+        live = await self.client.get(res, ref.namespace or None, ref.name)
+        if live is None:
+            self.versions.pop(ref, None)
+            return True
+        labels = (live.get("metadata") or {}).get("labels") or {}
+        if labels.get(SYNC_LABEL) != self.label:
+            return True  # taken over by someone else: no longer ours to delete
+        await self.client.delete(res, ref.namespace or None, ref.name)
+        self.versions.pop(ref, None)
+        return True
+
+    # -- drift --------------------------------------------------------------------------------
+
+    async def check(self, objects: list[Obj], revision: str, *, self_heal: bool) -> Outcome:
+        """Compare the target with an applied revision: drift (healed when asked) and health."""
+        out = Outcome(revision, complete=True)
+        try:
+            await self._check(objects, out, self_heal=self_heal)
+        except (Unreachable, TargetUnreachable) as exc:
+            out.complete, out.unreachable = False, True
+            out.message = f"target unreachable: {exc}"
+        except KubeError as exc:
+            out.complete = False
+            out.message = f"the target refused: {exc}"
+        return out
+
+    async def _live(self, prepared: list[tuple[Resource, Obj]]) -> dict[Ref, Obj]:
+        live: dict[Ref, Obj] = {}
+        for res in {p[0] for p in prepared}:
+            for item in await self.client.list(res, f"{SYNC_LABEL}={self.label}"):
+                item.setdefault("apiVersion", res.api_version)
+                item.setdefault("kind", res.kind)
+                live[Ref.of(item)] = item
+        return live
+
+    async def _check(self, objects: list[Obj], out: Outcome, *, self_heal: bool) -> None:
+        prepared: list[tuple[Resource, Obj]] = []
+        for obj in objects:
+            p = await self._prepare(obj)
+            if isinstance(p, str):
+                out.errors.append(ObjectError(describe(obj), p))
+            else:
+                prepared.append(p)
+        live = await self._live(prepared)
+        suspect = [
+            p
+            for p in prepared
+            if (ref := Ref.of(p[1])) not in live
+            or live[ref]["metadata"].get("resourceVersion") != self.versions.get(ref)
+        ]
+        dry = await self._bounded(suspect, lambda p: self.client.apply(p[0], p[1], dry_run=True))
+        drifted: list[tuple[Resource, Obj]] = []
+        for p, result in zip(suspect, dry, strict=True):
+            ref = Ref.of(p[1])
+            if isinstance(result, KubeError):
+                out.errors.append(ObjectError(describe(p[1]), result.message or str(result)))
+            elif ref not in live:
+                drifted.append(p)
+                out.drift.append(f"{ref}: missing")
+            elif normalized(result) != normalized(live[ref]):
+                drifted.append(p)
+                out.drift.append(f"{ref}: changed in the target")
+            else:
+                self.versions[ref] = live[ref]["metadata"].get("resourceVersion", "")
+        if self_heal and drifted:
+            results = await self._bounded(drifted, lambda p: self.client.apply(p[0], p[1]))
+            for p, result in zip(drifted, results, strict=True):
+                if isinstance(result, KubeError):
+                    out.errors.append(ObjectError(describe(p[1]), result.message or str(result)))
+                else:
+                    ref = Ref.of(p[1])
+                    self.versions[ref] = result["metadata"].get("resourceVersion", "")
+                    live[ref] = result
+                    out.healed.append(str(ref))
+        out.applied = len(prepared) - len(out.drift) + len(out.healed)
+        out.complete = not out.errors
+        out.health, out.health_messages = overall_health(
+            health_of(live[Ref.of(p[1])]) for p in prepared if Ref.of(p[1]) in live
+        )
+
+    async def diff(self, objects: list[Obj]) -> list[tuple[str, str]]:
+        """(object, unified diff of live against what the source declares) for each object
+        that differs; a new object diffs against nothing."""
+        out: list[tuple[str, str]] = []
+        for obj in objects:
+            p = await self._prepare(obj)
+            if isinstance(p, str):
+                out.append((describe(obj), f"# {p}\n"))
+                continue
+            res, want = p
+            meta = want["metadata"]
+            current = await self.client.get(res, meta.get("namespace"), meta["name"])
+            try:
+                after = await self.client.apply(res, want, dry_run=True)
+            except KubeError as exc:
+                out.append((describe(obj), f"# the dry-run refused it: {exc.message}\n"))
+                continue
+            before_text = _yaml(normalized(current)) if current else []
+            after_text = _yaml(normalized(after))
+            if before_text != after_text:
+                text = "".join(
+                    difflib.unified_diff(
+                        before_text, after_text, f"live/{describe(obj)}", f"source/{describe(obj)}"
+                    )
+                )
+                out.append((describe(obj), text))
+        return out
+
+
+def _yaml(obj: Obj) -> list[str]:
+    text: str = yaml.safe_dump(obj, sort_keys=True, default_flow_style=False)
+    return text.splitlines(keepends=True)
+
+
+def _crd_kinds(objects: list[Obj]) -> dict[tuple[str, str], int]:
+    """(group, kind) -> the wave of the CRD in this render that defines it."""
+    from .plan import wave_of
+
+    found: dict[tuple[str, str], int] = {}
+    for o in objects:
+        if o.get("kind") == "CustomResourceDefinition":
+            spec = o.get("spec") or {}
+            kind = (spec.get("names") or {}).get("kind")
+            if spec.get("group") and kind:
+                found[(spec["group"], kind)] = wave_of(o)
+    return found
+
+
+def _stopped(step: Step, applied: list[str], why: str) -> str:
+    done = ", ".join(applied) if applied else "none"
+    return f"stopped at {step.label}: {why}; nothing of it was applied. Steps applied: {done}"
