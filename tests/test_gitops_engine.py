@@ -240,3 +240,38 @@ async def test_drift_detected_and_healed(
     out = await fresh.check(objects, "r", self_heal=True)
     assert out.drift == [f"ConfigMap/d (namespace {namespace}): missing"] and out.healed
     assert get(api, f"/api/v1/namespaces/{namespace}/configmaps/d")[0] == 200
+
+
+async def test_unchanged_objects_are_not_sent_again(
+    client: KubeClient, api_replicas: list[ApiReplica], namespace: str
+) -> None:
+    api = api_replicas[0]
+    target = Target(client, f"gitops/{namespace}-skip")
+    objects = [cm(f"c{i}", namespace, x=str(i)) for i in range(5)]
+    out = await target.sync(objects, "r1", prune=False, allow_empty=False)
+    assert out.complete and out.unchanged == 0
+    rv = get(api, f"/api/v1/namespaces/{namespace}/configmaps/c0")[1]["metadata"]["resourceVersion"]
+    # the same render again: nothing is sent
+    out = await target.sync(objects, "r2", prune=False, allow_empty=False)
+    assert out.complete and out.unchanged == 5 and out.applied == 5
+    # one changed in git, one edited in the target: those two are applied, the rest skipped
+    objects[1] = cm("c1", namespace, x="new")
+    api.request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/configmaps/c2",
+        {"data": {"x": "edited"}},
+        content_type="application/merge-patch+json",
+    )
+    out = await target.sync(objects, "r3", prune=False, allow_empty=False)
+    assert out.complete and out.unchanged == 3
+    assert get(api, f"/api/v1/namespaces/{namespace}/configmaps/c1")[1]["data"] == {"x": "new"}
+    assert get(api, f"/api/v1/namespaces/{namespace}/configmaps/c2")[1]["data"] == {"x": "2"}
+    assert (
+        get(api, f"/api/v1/namespaces/{namespace}/configmaps/c0")[1]["metadata"]["resourceVersion"]
+        == rv
+    )
+    # a fresh engine (a restarted controller) knows nothing: applies all once
+    out = await Target(client, f"gitops/{namespace}-skip").sync(
+        objects, "r4", prune=False, allow_empty=False
+    )
+    assert out.complete and out.unchanged == 0

@@ -873,15 +873,15 @@ class ApiServer:
             await self._ensure_default_rbac()
             from haplane.auth import rbac
 
-            # the failover controller's own identity (its ClusterRole and binding are above)
-            namespace, name = rbac.FAILOVER_CONTROLLER_SA
-            try:
-                await self.stores[("", "v1", "serviceaccounts")].create(
-                    namespace, {"metadata": {"name": name, "namespace": namespace}}
-                )
-            except StatusError as exc:
-                if exc.code != 409:
-                    raise
+            # the controllers' own identities (their ClusterRoles and bindings are above)
+            for namespace, name in rbac.CONTROLLER_ACCOUNTS.values():
+                try:
+                    await self.stores[("", "v1", "serviceaccounts")].create(
+                        namespace, {"metadata": {"name": name, "namespace": namespace}}
+                    )
+                except StatusError as exc:
+                    if exc.code != 409:
+                        raise
 
     async def _ensure_default_rbac(self) -> None:
         """Kubernetes' bootstrap roles and bindings and haplane's operator roles, created when

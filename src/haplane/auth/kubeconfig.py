@@ -27,6 +27,17 @@ class Credentials:
     context: ssl.SSLContext | None  # None for plain http://
     token: str | None
     user: str  # the kubeconfig's user entry (for messages)
+    token_file: str | None = None  # kubectl's `tokenFile`: read again as it is renewed
+
+    def current_token(self) -> str | None:
+        """The bearer token now: `tokenFile`'s content when given (a renewed ServiceAccount
+        token replaces it in place), else `token`."""
+        if self.token_file is not None:
+            try:
+                return Path(self.token_file).read_text().strip() or None
+            except OSError:
+                return self.token
+        return self.token
 
 
 def load(doc: Any, where: str, server: str | None = None) -> Credentials:
@@ -60,8 +71,15 @@ def load(doc: Any, where: str, server: str | None = None) -> Credentials:
         if cert is not None and key is not None:
             _load_pair(ssl_context, cert, key)
     token = user.get("token")
+    token_file = user.get("tokenFile")
+    if token_file is not None and not isinstance(token_file, str):
+        raise KubeconfigError(f"kubeconfig {where}: tokenFile must be a path")
     return Credentials(
-        url.rstrip("/"), ssl_context, token if isinstance(token, str) else None, user_name
+        url.rstrip("/"),
+        ssl_context,
+        token if isinstance(token, str) else None,
+        user_name,
+        token_file,
     )
 
 

@@ -848,9 +848,22 @@ OPERATOR_ROLES: dict[str, list[Obj]] = {
 # exactly that (and reading them back); the ops API lets only this role record one
 FAILOVER_CONTROLLER_SA = ("kube-system", "haplane-failover-controller")
 FAILOVER_CONTROLLER_ROLE = "haplane:failover-controller"
+# the GitOps controller (haplane.gitops) applies whatever its sources declare to the platform,
+# as Argo CD's and Flux's controllers do: every resource (narrow it with RBAC on who may write
+# GitSources and Syncs, and with admission policies on what may be applied)
+GITOPS_CONTROLLER_SA = ("kube-system", "haplane-gitops")
+GITOPS_CONTROLLER_ROLE = "haplane:gitops-controller"
+GITOPS_GROUP = "gitops.haplane.dev"
 CONTROLLER_ROLES: dict[str, list[Obj]] = {
     FAILOVER_CONTROLLER_ROLE: [_rule([OPS_GROUP], ["switchovers"], ["get", "create"])],
+    GITOPS_CONTROLLER_ROLE: [_rule(["*"], ["*"], ["*"])],
 }
+CONTROLLER_ACCOUNTS = {
+    FAILOVER_CONTROLLER_ROLE: FAILOVER_CONTROLLER_SA,
+    GITOPS_CONTROLLER_ROLE: GITOPS_CONTROLLER_SA,
+}
+# who may read and write GitSources and Syncs: aggregated into view, and edit and admin
+_GITOPS_RESOURCES = ["gitsources", "syncs", "gitsources/status", "syncs/status"]
 
 
 def default_cluster_roles() -> list[Obj]:
@@ -900,6 +913,18 @@ def default_cluster_roles() -> list[Obj]:
         ),
         *(_cluster_role(name, rules, defaults=False) for name, rules in OPERATOR_ROLES.items()),
         *(_cluster_role(name, rules, defaults=False) for name, rules in CONTROLLER_ROLES.items()),
+        _cluster_role(
+            "haplane:gitops-view",
+            [_rule([GITOPS_GROUP], _GITOPS_RESOURCES, READ)],
+            _aggregate_label("view"),
+            defaults=False,
+        ),
+        _cluster_role(
+            "haplane:gitops-edit",
+            [_rule([GITOPS_GROUP], ["gitsources", "syncs"], WRITE)],
+            {**_aggregate_label("edit"), **_aggregate_label("admin")},
+            defaults=False,
+        ),
     ]
 
 
@@ -928,14 +953,11 @@ def default_cluster_role_bindings() -> list[Obj]:
             ["system:authenticated", "system:unauthenticated"],
         ),
         _cluster_role_binding("system:monitoring", "system:monitoring", ["system:monitoring"]),
-        {
-            **_cluster_role_binding(FAILOVER_CONTROLLER_ROLE, FAILOVER_CONTROLLER_ROLE, []),
-            "subjects": [
-                {
-                    "kind": "ServiceAccount",
-                    "namespace": FAILOVER_CONTROLLER_SA[0],
-                    "name": FAILOVER_CONTROLLER_SA[1],
-                }
-            ],
-        },
+        *(
+            {
+                **_cluster_role_binding(role, role, []),
+                "subjects": [{"kind": "ServiceAccount", "namespace": sa[0], "name": sa[1]}],
+            }
+            for role, sa in CONTROLLER_ACCOUNTS.items()
+        ),
     ]

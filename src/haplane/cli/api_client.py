@@ -49,17 +49,22 @@ class ApiClient:
             c = load(doc, where, server)
         except KubeconfigError as exc:
             raise ClientError(str(exc)) from None
-        return cls(c.server, c.context, c.token, c.user)
+        return cls(c.server, c.context, c.current_token(), c.user)
 
     def request(
-        self, method: str, path: str, body: Any = None, timeout: float = 10.0
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 10.0,
+        content_type: str = "application/json",
     ) -> tuple[int, Any]:
         """(HTTP status, decoded JSON body); ClientError when nothing answered."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.server + path, data=data, method=method)
         req.add_header("Accept", "application/json")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", content_type)
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:

@@ -21,7 +21,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from haplane import __version__
-from haplane.cli import audit, divergence, failback, gc, maintenance, pki, policy, secrets
+from haplane.cli import (
+    audit,
+    divergence,
+    failback,
+    gc,
+    gitops,
+    maintenance,
+    pki,
+    policy,
+    secrets,
+)
 from haplane.cli.options import KubeconfigOpt, NoWaitOpt, RegionOpt, StateDirOpt
 from haplane.local.state_dir import StateDir, default_state_dir
 
@@ -752,7 +762,29 @@ def _status_table(report: StatusReport) -> Table:
                 ",".join(m.alarms) or "-",
                 "[green]healthy[/]" if m.healthy else f"[red]{_short(m.error)}[/]",
             )
+    if report.gitops:
+        table.add_row("[bold]gitops[/]", "", "", "", "", _gitops_leader(report), "", "", "", "", "")
+    for g in report.gitops:
+        table.add_row(
+            f"  {g.name}",
+            g.state,
+            str(g.pid or "-"),
+            str(g.restarts),
+            g.url,
+            "*" if g.leading else "",
+            "",
+            "",
+            "",
+            "",
+            "[green]ready[/]" if g.ready else f"[red]{_short(g.error)}[/]",
+        )
     return table
+
+
+def _gitops_leader(report: StatusReport) -> str:
+    """The GitOps instance holding the Lease, as the instances' own metrics say."""
+    leading = [g.name for g in report.gitops if g.leading]
+    return ", ".join(leading) if leading else "-"
 
 
 @app.command("fault")
@@ -1163,6 +1195,7 @@ app.add_typer(pki.app, name="pki")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(maintenance.app, name="maintenance")
 app.add_typer(policy.app, name="policy")
+app.add_typer(gitops.app, name="gitops")
 app.command("audit")(audit.audit_cmd)
 
 

@@ -47,6 +47,23 @@ __all__ = [
 ]
 
 
+def operator_client(
+    kubeconfig: Path | None, region: str | None, state_dir: Path | None
+) -> ApiClient:
+    """`client` for a command's --kubeconfig, --region and --state-dir options: a kubeconfig
+    alone needs no state dir; an error is said and exits 1."""
+    try:
+        if kubeconfig is not None and region is None:
+            return ApiClient.from_kubeconfig(kubeconfig)
+        from .pki import _topology
+
+        state, topology = _topology(state_dir)
+        return client(state, topology, kubeconfig, region)
+    except ClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def client(
     state: StateDir,
     topology: Topology,

@@ -48,19 +48,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="The findings as JSON.")]
 
 
 def _client(kubeconfig: Path | None, region: str | None, state_dir: Path | None) -> ApiClient:
-    from . import ops
-    from .api_client import ApiClient, ClientError
+    from .ops import operator_client
 
-    try:
-        if kubeconfig is not None and region is None:
-            return ApiClient.from_kubeconfig(kubeconfig)
-        from .pki import _topology
-
-        state, topology = _topology(state_dir)
-        return ops.client(state, topology, kubeconfig, region)
-    except ClientError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    return operator_client(kubeconfig, region, state_dir)
 
 
 @app.command("install")

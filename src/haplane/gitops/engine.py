@@ -106,6 +106,7 @@ class Outcome:
     errors: list[ObjectError] = field(default_factory=list)
     message: str = ""
     applied: int = 0  # objects the source declares that are in the target
+    unchanged: int = 0  # of those, skipped: exactly as last applied
     pruned: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # dropped by the source, prune off
     drift: list[str] = field(default_factory=list)
@@ -192,6 +193,7 @@ class Target:
         self.inventory_name = self.label.lower().replace("_", "-")
         self._limit = asyncio.Semaphore(concurrency)
         self.versions: dict[Ref, str] = {}
+        self.digests: dict[Ref, str] = {}  # of the manifest last applied
         self._namespace_ready = False
 
     # -- helpers ------------------------------------------------------------------------------
@@ -309,7 +311,7 @@ class Target:
         desired: set[Ref] = set()
         live: list[Obj] = []
         for step in steps:
-            prepared, errors = await self._dry_run(step, later_crds)
+            prepared, errors, unchanged = await self._dry_run(step, later_crds)
             if errors:
                 out.errors = errors
                 out.message = _stopped(step, out.applied_steps, "the dry-run refused it")
@@ -318,13 +320,18 @@ class Target:
             if not refs <= tracked:
                 tracked |= refs
                 await self.write_inventory(tracked, out.revision)
-            results = await self._bounded(prepared, lambda p: self.client.apply(p[0], p[1]))
-            for (_, obj), result in zip(prepared, results, strict=True):
+            changed = [p for p in prepared if Ref.of(p[1]) not in unchanged]
+            results = await self._bounded(changed, lambda p: self.client.apply(p[0], p[1]))
+            for (_, obj), result in zip(changed, results, strict=True):
                 if isinstance(result, KubeError):
                     out.errors.append(ObjectError(describe(obj), result.message or str(result)))
                 else:
-                    self.versions[Ref.of(obj)] = result["metadata"].get("resourceVersion", "")
+                    ref = Ref.of(obj)
+                    self.versions[ref] = result["metadata"].get("resourceVersion", "")
+                    self.digests[ref] = _digest(obj)
                     live.append(result)
+            live.extend(unchanged.values())
+            out.unchanged += len(unchanged)
             if out.errors:
                 out.message = _stopped(step, out.applied_steps, "applying it failed")
                 return out
@@ -349,7 +356,9 @@ class Target:
 
     async def _dry_run(
         self, step: Step, later_crds: dict[tuple[str, str], int]
-    ) -> tuple[list[tuple[Resource, Obj]], list[ObjectError]]:
+    ) -> tuple[list[tuple[Resource, Obj]], list[ObjectError], dict[Ref, Obj]]:
+        """(the step's objects as applied, why any cannot be, the live objects that are
+        exactly what this engine last applied and the source still declares: skipped)."""
         prepared: list[tuple[Resource, Obj]] = []
         errors: list[ObjectError] = []
         for obj in step.objects:
@@ -363,14 +372,35 @@ class Target:
             else:
                 prepared.append(p)
         if errors:
-            return prepared, errors
+            return prepared, errors, {}
+        unchanged = await self._unchanged(prepared)
+        changed = [p for p in prepared if Ref.of(p[1]) not in unchanged]
         results = await self._bounded(
-            prepared, lambda p: self.client.apply(p[0], p[1], dry_run=True)
+            changed, lambda p: self.client.apply(p[0], p[1], dry_run=True)
         )
-        for (_, obj), result in zip(prepared, results, strict=True):
+        for (_, obj), result in zip(changed, results, strict=True):
             if isinstance(result, KubeError):
                 errors.append(ObjectError(describe(obj), result.message or str(result)))
-        return prepared, errors
+        return prepared, errors, unchanged
+
+    async def _unchanged(self, prepared: list[tuple[Resource, Obj]]) -> dict[Ref, Obj]:
+        """Objects whose manifest is the one this engine last applied and whose live
+        resourceVersion is still the one that apply returned: nobody changed them since, so
+        applying them again would change nothing (a restarted engine knows none: it applies
+        everything once)."""
+        same = [p for p in prepared if self.digests.get(Ref.of(p[1])) == _digest(p[1])]
+        if not same:
+            return {}
+        live = await self._live(same)
+        out: dict[Ref, Obj] = {}
+        for _, obj in same:
+            ref = Ref.of(obj)
+            current = live.get(ref)
+            if current is not None and current["metadata"].get(
+                "resourceVersion"
+            ) == self.versions.get(ref):
+                out[ref] = current
+        return out
 
     async def _established(self, step: Step, live: list[Obj], timeout: float = 30.0) -> None:
         """Wait until the step's CRDs are established, then forget their discovery."""
@@ -418,12 +448,14 @@ class Target:
         live = await self.client.get(res, ref.namespace or None, ref.name)
         if live is None:
             self.versions.pop(ref, None)
+            self.digests.pop(ref, None)
             return True
         labels = (live.get("metadata") or {}).get("labels") or {}
         if labels.get(SYNC_LABEL) != self.label:
             return True  # taken over by someone else: no longer ours to delete
         await self.client.delete(res, ref.namespace or None, ref.name)
         self.versions.pop(ref, None)
+        self.digests.pop(ref, None)
         return True
 
     # -- drift --------------------------------------------------------------------------------
@@ -487,6 +519,7 @@ class Target:
                 else:
                     ref = Ref.of(p[1])
                     self.versions[ref] = result["metadata"].get("resourceVersion", "")
+                    self.digests[ref] = _digest(p[1])
                     live[ref] = result
                     out.healed.append(str(ref))
         out.applied = len(prepared) - len(out.drift) + len(out.healed)
@@ -522,6 +555,10 @@ class Target:
                 )
                 out.append((describe(obj), text))
         return out
+
+
+def _digest(obj: Obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def _yaml(obj: Obj) -> list[str]:

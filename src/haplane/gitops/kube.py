@@ -11,6 +11,7 @@ client loads every group's discovery on start.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -72,6 +73,17 @@ class KubeClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0))
         self._session: aiohttp.ClientSession | None = None
         self._discovery: dict[str, dict[str, Resource]] = {}  # apiVersion -> kind -> resource
+        self._token_read: tuple[float, str | None] | None = None
+
+    def _token(self) -> str | None:
+        """The bearer token; a `tokenFile` is read again at most every 10 s (the supervisor
+        renews ServiceAccount tokens hourly, well before they expire)."""
+        if self.credentials.token_file is None:
+            return self.credentials.token
+        now = time.monotonic()
+        if self._token_read is None or now - self._token_read[0] > 10.0:
+            self._token_read = (now, self.credentials.current_token())
+        return self._token_read[1]
 
     async def close(self) -> None:
         if self._session is not None:
@@ -81,8 +93,6 @@ class KubeClient:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             headers = {"Accept": "application/json", "User-Agent": "haplane-gitops/1"}
-            if self.credentials.token:
-                headers["Authorization"] = f"Bearer {self.credentials.token}"
             connector = aiohttp.TCPConnector(
                 ssl=self.credentials.context if self.credentials.context else False,
                 limit=32,
@@ -103,7 +113,10 @@ class KubeClient:
     ) -> tuple[int, Any]:
         """(status, decoded body). Unreachable when nothing answered."""
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": content_type} if data is not None else None
+        headers = {"Content-Type": content_type} if data is not None else {}
+        token = self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             async with self._client().request(
                 method, self.server + path, data=data, params=params, headers=headers

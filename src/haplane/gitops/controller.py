@@ -1,0 +1,650 @@
+"""The GitOps controller: one instance of several leads through a coordination.k8s.io Lease on
+the platform; the leader fetches GitSources when due (or at once when the webhook pokes them),
+renders each Sync, and brings each target to the rendered revision, then keeps checking it for
+drift. Everything it knows between runs is in the platform (the Syncs' status, replicated to
+every region) and in each target (the inventory), so another instance, or the same one after a
+region failover, continues from what it finds.
+
+Layer: sync. The platform is reached only through `KubeClient` (its public API, through the
+gate, as the controller's own ServiceAccount); targets through the kubeconfigs their Secrets
+hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..auth.kubeconfig import KubeconfigError
+from ..auth.kubeconfig import load as load_kubeconfig
+from .engine import ObjectError, Outcome, Target
+from .kube import KubeClient, KubeError, Resource, Unreachable
+from .render import RenderError, render
+from .source import GitError, GitRepository
+from .types import API_VERSION, CRDS, GROUP, SourceSpec, SyncSpec
+
+Obj = dict[str, Any]
+log = logging.getLogger("haplane.gitops")
+
+GIT_SOURCES = Resource(GROUP, "v1", "GitSource", "gitsources", True)
+SYNCS = Resource(GROUP, "v1", "Sync", "syncs", True)
+LEASES = Resource("coordination.k8s.io", "v1", "Lease", "leases", True)
+SECRETS = Resource("", "v1", "Secret", "secrets", True)
+CRD_RESOURCE = Resource(
+    "apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", False
+)
+PLATFORM = "platform"  # a target without a kubeconfig Secret: the platform itself
+MAX_LISTED = 50  # errors, drift and pruned objects listed per target in status
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def emit(level: int, msg: str, /, **fields: Any) -> None:
+    log.log(level, msg, extra={"fields": fields})
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+            + "Z",
+            "level": record.levelname.lower(),
+            "component": "gitops",
+            "msg": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        return json.dumps(line, default=str)
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+class LeaseElector:
+    """Leader election on a Lease, as client-go's leaderelection does it: take the Lease when
+    it is free or expired, renew it while leading, compare-and-swap by resourceVersion."""
+
+    def __init__(
+        self, client: KubeClient, namespace: str, name: str, identity: str, duration: float
+    ) -> None:
+        self.client = client
+        self.namespace, self.name, self.identity = namespace, name, identity
+        self.duration = duration
+        self.leading = False
+        self._renewed = 0.0  # monotonic time of our last successful renewal
+
+    async def step(self) -> bool:
+        """Try to take or renew the Lease once; whether this instance leads now."""
+        try:
+            self.leading = await self._try()
+            if self.leading:
+                self._renewed = time.monotonic()
+        except (Unreachable, KubeError) as exc:
+            # we cannot renew: keep leading only while our last renewal is surely unexpired
+            if self.leading and time.monotonic() - self._renewed > self.duration * 0.8:
+                self.leading = False
+                emit(logging.WARNING, "lost the lease: cannot renew", error=str(exc))
+        return self.leading
+
+    async def _try(self) -> bool:
+        lease = await self.client.get(LEASES, self.namespace, self.name)
+        stamp = now_rfc3339()
+        spec = {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": max(1, int(self.duration)),
+            "renewTime": stamp,
+        }
+        if lease is None:
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": {**spec, "acquireTime": stamp, "leaseTransitions": 0},
+            }
+            status, _ = await self.client.request("POST", LEASES.path(self.namespace), body)
+            return status == 201
+        current = lease.get("spec") or {}
+        holder = current.get("holderIdentity")
+        if holder and holder != self.identity and not _expired(current):
+            return False
+        if holder != self.identity:
+            spec["acquireTime"] = stamp
+            spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + 1
+            emit(logging.INFO, "taking the lease", previous=holder)
+        lease["spec"] = {**current, **spec}
+        status, _ = await self.client.request("PUT", LEASES.path(self.namespace, self.name), lease)
+        return status == 200
+
+
+def _expired(spec: Obj) -> bool:
+    renew = spec.get("renewTime")
+    if not renew:
+        return True
+    try:
+        at = datetime.strptime(str(renew).replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z")
+    except ValueError:
+        try:
+            at = datetime.strptime(str(renew).replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S%z")
+        except ValueError:
+            return True
+    age = (datetime.now(UTC) - at).total_seconds()
+    return age > float(spec.get("leaseDurationSeconds") or 15)
+
+
+@dataclass
+class SourceState:
+    commit: str = ""
+    fetched: float = 0.0  # monotonic
+    requested_at: str = ""
+    error: str = ""
+
+
+@dataclass
+class TargetState:
+    target: Target
+    client: KubeClient
+    fingerprint: str  # of the kubeconfig it was made from
+    checked: float = 0.0  # monotonic time of the last sync or drift check
+    failures: int = 0
+
+
+@dataclass
+class Settings:
+    lease_namespace: str = "kube-system"
+    lease_name: str = "haplane-gitops-controller"
+    lease_duration: float = 15.0
+    tick: float = 0.5  # how often the leader lists sources and syncs
+    install_crds: bool = True
+
+
+@dataclass
+class Metrics:
+    syncs: dict[str, int] = field(default_factory=dict)  # result -> count
+    fetches: dict[str, int] = field(default_factory=dict)
+    sync_seconds_sum: float = 0.0
+    hooks: int = 0
+
+
+class Controller:
+    def __init__(
+        self, platform: KubeClient, cache: Path, identity: str, settings: Settings | None = None
+    ) -> None:
+        self.platform = platform
+        self.cache = cache
+        self.identity = identity
+        self.settings = settings or Settings()
+        self.elector = LeaseElector(
+            platform,
+            self.settings.lease_namespace,
+            self.settings.lease_name,
+            identity,
+            self.settings.lease_duration,
+        )
+        self.metrics = Metrics()
+        self._repos: dict[str, GitRepository] = {}
+        self._sources: dict[tuple[str, str], SourceState] = {}
+        self._renders: dict[tuple[str, str, str | None], list[Obj] | RenderError] = {}
+        self._targets: dict[tuple[str, str], TargetState] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._crds_installed = False
+        self._crashed: dict[str, float] = {}
+        self._wake = asyncio.Event()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        emit(logging.INFO, "started", identity=self.identity)
+        while not stop.is_set():
+            was = self.elector.leading
+            leading = await self.elector.step()
+            if leading and not was:
+                emit(logging.INFO, "leading", identity=self.identity)
+            if was and not leading:
+                emit(logging.WARNING, "no longer leading: stopping syncs")
+                await self._cancel_all()
+            if leading:
+                try:
+                    await self.reconcile()
+                except (Unreachable, KubeError) as exc:
+                    emit(logging.WARNING, "the platform refused or did not answer", error=str(exc))
+            self._wake.clear()
+            tick = self.settings.tick if leading else self.settings.lease_duration / 5
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=tick)
+        await self._cancel_all()
+        for state in self._targets.values():
+            if state.client is not self.platform:
+                await state.client.close()
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._running.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._running.clear()
+
+    async def install_crds(self) -> None:
+        res = await self.platform.resource("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+        if res is None:
+            raise KubeError(404, "NotFound", "the platform serves no CustomResourceDefinitions")
+        for crd in CRDS:
+            await self.platform.apply(res, crd)
+        self.platform.forget(API_VERSION)
+
+    async def reconcile(self) -> None:
+        if self.settings.install_crds and not self._crds_installed:
+            await self.install_crds()
+            self._crds_installed = True
+        sources = await self.platform.list(GIT_SOURCES)
+        syncs = await self.platform.list(SYNCS)
+        by_key: dict[tuple[str, str], SourceSpec] = {}
+        pairs: list[tuple[SourceSpec, Obj]] = []
+        for obj in sources:
+            try:
+                spec = SourceSpec.of(obj)
+            except ValueError as exc:
+                emit(logging.WARNING, "a GitSource cannot be read", error=str(exc))
+                continue
+            by_key[(spec.namespace, spec.name)] = spec
+            pairs.append((spec, obj))
+        await asyncio.gather(*(self._fetch_if_due(spec, obj) for spec, obj in pairs))
+        for obj in syncs:
+            try:
+                sync = SyncSpec.of(obj)
+            except (ValueError, KeyError) as exc:
+                emit(logging.WARNING, "a Sync cannot be read", error=str(exc))
+                continue
+            if sync.id in self._running or sync.suspend:
+                continue
+            if time.monotonic() - self._crashed.get(sync.id, -1e9) < 30.0:
+                continue  # a crash is not retried at once
+            source = by_key.get((sync.namespace, sync.source))
+            task = asyncio.create_task(self._sync_guarded(sync, obj, source))
+            self._running[sync.id] = task
+            task.add_done_callback(functools.partial(self._done, sync.id))
+
+    def _done(self, key: str, _task: asyncio.Task[None]) -> None:
+        self._running.pop(key, None)
+
+    # -- sources ------------------------------------------------------------------------------
+
+    async def _fetch_if_due(self, spec: SourceSpec, obj: Obj) -> None:
+        key = (spec.namespace, spec.name)
+        state = self._sources.setdefault(key, SourceState())
+        if spec.suspend:
+            return
+        poked = spec.requested_at != state.requested_at and bool(spec.requested_at)
+        recorded = (obj.get("status") or {}).get("revision", "")
+        if state.fetched and not poked and time.monotonic() - state.fetched < spec.interval:
+            return
+        if not state.fetched and recorded and not poked:
+            # a new leader: start from the revision on record, fetch when the interval says
+            state.commit = recorded
+        repo = self._repos.get(spec.url)
+        if repo is None:
+            repo = self._repos[spec.url] = GitRepository(self.cache, spec.url)
+        state.requested_at = spec.requested_at
+        try:
+            commit = await repo.resolve(spec.ref)
+        except GitError as exc:
+            state.fetched, state.error = time.monotonic(), str(exc)
+            self.metrics.fetches["error"] = self.metrics.fetches.get("error", 0) + 1
+            await self._source_status(obj, state, ready=False, message=str(exc))
+            return
+        changed = commit != state.commit
+        state.commit, state.fetched, state.error = commit, time.monotonic(), ""
+        self.metrics.fetches["ok"] = self.metrics.fetches.get("ok", 0) + 1
+        if changed:
+            emit(logging.INFO, "new revision", source=f"{key[0]}/{key[1]}", commit=commit)
+        await self._source_status(obj, state, ready=True, message=f"fetched {spec.ref}")
+
+    async def _source_status(
+        self, obj: Obj, state: SourceState, *, ready: bool, message: str
+    ) -> None:
+        old = obj.get("status") or {}
+        condition = _condition(old, "Ready", ready, "Fetched" if ready else "FetchFailed", message)
+        status = {
+            "revision": state.commit if ready else old.get("revision", ""),
+            "lastFetchTime": now_rfc3339(),
+            "observedGeneration": obj["metadata"].get("generation", 0),
+            "conditions": [condition],
+        }
+        await self._patch_status(GIT_SOURCES, obj, status)
+
+    # -- syncs --------------------------------------------------------------------------------
+
+    async def _sync_guarded(self, sync: SyncSpec, obj: Obj, source: SourceSpec | None) -> None:
+        try:
+            await self._sync(sync, obj, source)
+        except asyncio.CancelledError:
+            raise
+        except (Unreachable, KubeError) as exc:
+            emit(logging.WARNING, "sync interrupted", sync=sync.id, error=str(exc))
+        except Exception as exc:  # one Sync's bug must not stop the others
+            emit(logging.ERROR, "sync crashed", sync=sync.id, error=repr(exc))
+            self._crashed[sync.id] = time.monotonic()
+
+    async def _sync(self, sync: SyncSpec, obj: Obj, source: SourceSpec | None) -> None:
+        status = dict(obj.get("status") or {})
+        state = self._sources.get((sync.namespace, sync.source))
+        if source is None or state is None or not state.commit:
+            why = (
+                f"GitSource {sync.source} does not exist"
+                if source is None
+                else f"GitSource {sync.source} has no revision yet"
+                + (f": {state.error}" if state and state.error else "")
+            )
+            if _condition_status(status, "Synced") != ("False", "SourceNotReady", why):
+                status["conditions"] = _conditions(
+                    status, synced=(False, "SourceNotReady", why), healthy=None
+                )
+                await self._patch_status(SYNCS, obj, status)
+            return
+        commit = state.commit
+        previous = {t.get("name"): t for t in status.get("targets") or () if isinstance(t, dict)}
+        entries: list[Obj] = []
+        worked = False
+        requested = bool(sync.requested_at) and sync.requested_at != status.get("handledRequest")
+        again = requested or status.get("observedGeneration") != sync.generation
+        for spec in sync.targets:
+            old = previous.get(spec.name) or {}
+            entry, did = await self._target(sync, spec, commit, old, again=again, source=source)
+            worked = worked or did
+            entries.append(entry)
+        if not worked and [e.get("name") for e in entries] == list(previous):
+            return
+        status["targets"] = entries
+        status["revision"] = commit
+        if requested:
+            status["handledRequest"] = sync.requested_at
+        status["observedGeneration"] = sync.generation
+        all_synced = all(e.get("synced") for e in entries)
+        if all_synced:
+            status["lastAppliedRevision"] = commit
+        status["lastSyncTime"] = max((e.get("lastSyncTime", "") for e in entries), default="")
+        status["conditions"] = _conditions(
+            status,
+            synced=_synced(entries, commit),
+            healthy=_healthy(entries),
+        )
+        await self._patch_status(SYNCS, obj, status)
+
+    async def _target(
+        self,
+        sync: SyncSpec,
+        spec: Any,
+        commit: str,
+        old: Obj,
+        *,
+        again: bool,
+        source: SourceSpec,
+    ) -> tuple[Obj, bool]:
+        """(the target's status entry, whether anything was done)."""
+        try:
+            state = await self._target_state(sync, spec)
+        except KubeconfigError as exc:
+            return _entry_error(old, spec.name, "BadKubeconfig", str(exc)), True
+        # due: a new revision or spec, a request, or a failed attempt (with backoff)
+        due_sync = again or old.get("revision") != commit or not old.get("complete", False)
+        interval = sync.interval
+        if due_sync and state.failures:
+            interval = min(300.0, 2.0 ** min(state.failures, 8))
+            if time.monotonic() - state.checked < interval:
+                return old or {"name": spec.name}, False
+        elif not due_sync and state.checked and time.monotonic() - state.checked < interval:
+            return old, False
+        overlay = spec.overlay or sync.overlay
+        objects = await self._render(source, commit, sync.path, overlay)
+        state.checked = time.monotonic()
+        if isinstance(objects, RenderError):
+            state.failures += 1
+            entry = _entry_error(old, spec.name, "RenderFailed", str(objects))
+            entry["attempted"] = commit
+            return entry, True
+        started = time.monotonic()
+        if due_sync:
+            outcome = await state.target.sync(
+                objects, commit, prune=sync.prune, allow_empty=sync.allow_empty
+            )
+        else:
+            outcome = await state.target.check(objects, commit, self_heal=sync.self_heal)
+        took = time.monotonic() - started
+        result = "ok" if outcome.complete else "unreachable" if outcome.unreachable else "failed"
+        self.metrics.syncs[result] = self.metrics.syncs.get(result, 0) + 1
+        self.metrics.sync_seconds_sum += took
+        state.failures = 0 if outcome.complete else state.failures + 1
+        if due_sync or outcome.drift or outcome.errors:
+            emit(
+                logging.INFO if outcome.complete else logging.WARNING,
+                "synced" if due_sync else "checked",
+                sync=sync.id,
+                target=spec.name,
+                revision=commit,
+                complete=outcome.complete,
+                seconds=round(took, 3),
+                message=outcome.message,
+                drift=len(outcome.drift),
+                pruned=len(outcome.pruned),
+            )
+        return _entry(old, spec.name, outcome, due_sync), True
+
+    async def _target_state(self, sync: SyncSpec, spec: Any) -> TargetState:
+        key = (sync.id, spec.name)
+        if spec.secret is None:
+            fingerprint = PLATFORM
+
+            def make() -> KubeClient:
+                return self.platform
+
+        else:
+            name, field_key = spec.secret
+            secret = await self.platform.get(SECRETS, sync.namespace, name)
+            if secret is None:
+                raise KubeconfigError(f"Secret {sync.namespace}/{name} does not exist")
+            raw = (secret.get("data") or {}).get(field_key)
+            if not raw:
+                raise KubeconfigError(f"Secret {sync.namespace}/{name} has no key {field_key!r}")
+            fingerprint = hashlib.sha256(raw.encode()).hexdigest()
+            where = f"in Secret {sync.namespace}/{name} key {field_key}"
+
+            def make() -> KubeClient:
+                try:
+                    doc = yaml.safe_load(base64.b64decode(raw))
+                except (ValueError, yaml.YAMLError) as exc:
+                    raise KubeconfigError(f"kubeconfig {where}: {exc}") from None
+                return KubeClient(load_kubeconfig(doc, where))
+
+        state = self._targets.get(key)
+        if state is None or state.fingerprint != fingerprint:
+            if state is not None and state.client is not self.platform:
+                await state.client.close()
+            client = make()
+            state = self._targets[key] = TargetState(
+                Target(client, f"{sync.id}/{spec.name}"), client, fingerprint
+            )
+        return state
+
+    async def _render(
+        self, source: SourceSpec, commit: str, path: str, overlay: str | None
+    ) -> list[Obj] | RenderError:
+        key = (commit, path, overlay)
+        if key not in self._renders:
+            repo = self._repos.get(source.url) or GitRepository(self.cache, source.url)
+            self._repos[source.url] = repo
+            try:
+                tree = await repo.checkout(commit)
+                self._renders[key] = await render(tree, path, overlay)
+            except RenderError as exc:
+                self._renders[key] = exc
+            except GitError as exc:
+                self._renders[key] = RenderError(str(exc))
+            while len(self._renders) > 64:
+                self._renders.pop(next(iter(self._renders)))
+        result = self._renders[key]
+        return result if isinstance(result, RenderError) else [dict(o) for o in result]
+
+    async def _patch_status(self, res: Resource, obj: Obj, status: Obj) -> None:
+        meta = obj["metadata"]
+        path = res.path(meta.get("namespace"), meta["name"]) + "/status"
+        body = {"status": status}
+        code, out = await self.platform.request(
+            "PATCH", path, body, content_type="application/merge-patch+json"
+        )
+        if code >= 400:
+            emit(
+                logging.WARNING,
+                "status not written",
+                object=path,
+                code=code,
+                error=str(out.get("message")),
+            )
+        else:
+            obj["status"] = out.get("status", status)
+
+    # -- diff, for the CLI ----------------------------------------------------------------------
+
+
+def _condition(old_status: Obj, kind: str, ok: bool, reason: str, message: str) -> Obj:
+    status = "True" if ok else "False"
+    before = next((c for c in old_status.get("conditions") or () if c.get("type") == kind), None)
+    since = (
+        before.get("lastTransitionTime")
+        if before and before.get("status") == status
+        else now_rfc3339()
+    )
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message[:1000],
+        "lastTransitionTime": since,
+    }
+
+
+def _condition_status(status: Obj, kind: str) -> tuple[str, str, str] | None:
+    for c in status.get("conditions") or ():
+        if c.get("type") == kind:
+            return (c.get("status", ""), c.get("reason", ""), c.get("message", ""))
+    return None
+
+
+def _conditions(
+    status: Obj,
+    *,
+    synced: tuple[bool, str, str],
+    healthy: tuple[bool | None, str, str] | None,
+) -> list[Obj]:
+    out = [_condition(status, "Synced", *synced)]
+    if healthy is not None:
+        ok, reason, message = healthy
+        c = _condition(status, "Healthy", bool(ok), reason, message)
+        if ok is None:
+            c["status"] = "Unknown"
+        out.append(c)
+    return out
+
+
+def _synced(entries: list[Obj], commit: str) -> tuple[bool, str, str]:
+    bad = [e for e in entries if not e.get("synced")]
+    if not bad:
+        return True, "Synced", f"every target is at {commit[:12]}"
+    first = bad[0]
+    names = ", ".join(str(e.get("name")) for e in bad)
+    return False, str(first.get("reason") or "Failed"), f"{names}: {first.get('message', '')}"
+
+
+def _healthy(entries: list[Obj]) -> tuple[bool | None, str, str]:
+    states = [str(e.get("health") or "Unknown") for e in entries]
+    for worst in ("Degraded", "Progressing", "Unknown"):
+        if worst in states:
+            names = ", ".join(str(e["name"]) for e in entries if e.get("health") == worst)
+            return (None if worst == "Unknown" else False), worst, f"{names}: {worst}"
+    return True, "Healthy", "every applied object is healthy"
+
+
+def _entry_error(old: Obj, name: str, reason: str, message: str) -> Obj:
+    """A failure before anything was sent: the last good state stays, the error is added."""
+    return {
+        **old,
+        "name": name,
+        "synced": False,
+        "reason": reason,
+        "message": message[:2000],
+        "lastAttemptTime": now_rfc3339(),
+    }
+
+
+def _entry(old: Obj, name: str, outcome: Outcome, synced_now: bool) -> Obj:
+    stamp = now_rfc3339()
+    entry: Obj = {**old, "name": name, "lastAttemptTime": stamp}
+    errors = [e.to_json() for e in outcome.errors[:MAX_LISTED]]
+    if outcome.unreachable:
+        # the last good state stays as it was: only say why nothing changed
+        entry.update(synced=False, reason="Unreachable", message=outcome.message, errors=[])
+        return entry
+    if synced_now:
+        entry.update(
+            attempted=outcome.revision,
+            appliedSteps=outcome.applied_steps,
+            complete=outcome.complete,
+        )
+        if outcome.complete:
+            entry.update(
+                revision=outcome.revision,
+                lastSyncTime=stamp,
+                objects=outcome.applied,
+                pruned=outcome.pruned[:MAX_LISTED],
+                kept=outcome.kept[:MAX_LISTED],
+            )
+    entry["errors"] = errors
+    entry["drift"] = outcome.drift[:MAX_LISTED]
+    entry["healed"] = outcome.healed[:MAX_LISTED]
+    entry["lastCheckTime"] = stamp
+    if outcome.complete:
+        entry["health"] = outcome.health
+        entry["healthMessages"] = outcome.health_messages[:MAX_LISTED]
+    unhealed = len(outcome.drift) - len(outcome.healed)
+    if not outcome.complete:
+        entry.update(
+            synced=False, reason="Failed", message=outcome.message or _first(outcome.errors)
+        )
+    elif unhealed > 0:
+        entry.update(
+            synced=False,
+            reason="Drifted",
+            message=f"{unhealed} objects differ from the source (selfHeal is off)",
+        )
+    else:
+        message = f"applied {outcome.revision[:12]}"
+        if outcome.healed:
+            message += f"; healed {len(outcome.healed)} drifted objects"
+        if outcome.kept:
+            message += f"; {len(outcome.kept)} objects the source dropped are kept (prune is off)"
+        entry.update(synced=True, reason="Synced", message=message)
+    return entry
+
+
+def _first(errors: list[ObjectError]) -> str:
+    return f"{errors[0].object}: {errors[0].message}" if errors else "failed"
