@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from haplane.auth.rbac import selector_matches
 from haplane.auth.user import UserInfo
-from haplane.cel import CompileError, Environment, EvalError, Program
+from haplane.cel import Bound, CompileError, Environment, EvalError, Program
 
 from . import errors
 from .resources import Obj, ResourceType
@@ -142,80 +142,84 @@ class PolicyEngine:
         bindings: Callable[[], Iterable[Obj]],
         namespace: Callable[[str], Obj | None],
         params: ParamLookup,
+        version: Callable[[], Hashable] | None = None,
     ) -> None:
+        """`version`: changes whenever the policies or bindings do (the watch caches'
+        revisions): the pairs are then worked out once per change, not per request."""
         self.policies = policies
         self.bindings = bindings
         self.namespace = namespace
         self.params = params
+        self.version = version
+        self._cached: tuple[Hashable, list[_Pair]] | None = None
 
     def admit(self, a: Attributes) -> None:
         """Raise the first Deny binding's violation as a Status; note warnings and audit
         annotations for the rest."""
         if a.rtype.group == "admissionregistration.k8s.io":
             return  # policies never police themselves (Kubernetes: not intercepted)
-        by_name = {
-            (p.get("metadata") or {}).get("name"): p for p in self.policies() if isinstance(p, dict)
-        }
+        pairs = self._current()
+        if not pairs:
+            return
         notes = NOTES.get()
-        for policy, binding in self._pairs(by_name):
-            self._one(policy, binding, a, notes)
+        admission = _Admission(a, self.namespace)
+        for pair in pairs:
+            self._one(pair, admission, notes)
 
     def findings(self, a: Attributes) -> list[Finding]:
         """Every violation of every matching binding, whatever its actions (`haplane policy
         report`: existing objects checked as if created now)."""
-        by_name = {(p.get("metadata") or {}).get("name"): p for p in self.policies()}
         out = []
-        for policy, binding in self._pairs(by_name):
-            violations, _ = self._violations(policy, binding, a)
+        admission = _Admission(a, self.namespace)
+        for pair in self._current():
+            violations, _ = self._violations(pair, admission)
             for message, _reason in violations:
-                out.append(
-                    Finding(
-                        str((policy.get("metadata") or {}).get("name")),
-                        str((binding.get("metadata") or {}).get("name")),
-                        tuple((binding.get("spec") or {}).get("validationActions") or ()),
-                        message,
-                    )
-                )
+                out.append(Finding(pair.pname, pair.bname, pair.actions, message))
         return out
 
-    def _pairs(self, by_name: Mapping[Any, Obj]) -> list[tuple[Obj, Obj]]:
+    def _current(self) -> list[_Pair]:
+        """The bindings (by name) with their policies, worked out again only when `version`
+        says the policies or bindings changed."""
+        key = self.version() if self.version is not None else None
+        if key is not None and self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        by_name = {
+            (p.get("metadata") or {}).get("name"): p for p in self.policies() if isinstance(p, dict)
+        }
         pairs = []
         for binding in sorted(
             self.bindings(), key=lambda b: str((b.get("metadata") or {}).get("name"))
         ):
             policy = by_name.get((binding.get("spec") or {}).get("policyName"))
             if policy is not None:
-                pairs.append((policy, binding))
+                pairs.append(_Pair.of(policy, binding))
+        if key is not None:
+            self._cached = (key, pairs)
         return pairs
 
     # ---- one binding ----------------------------------------------------------------------
 
     def _violations(
-        self, policy: Obj, binding: Obj, a: Attributes
+        self, pair: _Pair, admission: _Admission
     ) -> tuple[list[tuple[str, str]], dict[str, str]]:
         """(violations as (message, reason), audit annotations) of one binding."""
-        pspec, bspec = policy.get("spec") or {}, binding.get("spec") or {}
-        pname = str((policy.get("metadata") or {}).get("name"))
-        bname = str((binding.get("metadata") or {}).get("name"))
-        namespace_obj = self.namespace(a.namespace) if a.namespace else None
+        pspec, bspec, a = pair.pspec, pair.bspec, admission.a
         violations: list[tuple[str, str]] = []
         annotations: dict[str, str] = {}
-        if not _matches(pspec.get("matchConstraints"), a, namespace_obj):
+        if not _matches(pspec.get("matchConstraints"), a, admission.namespace_obj):
             return violations, annotations
         if bspec.get("matchResources") is not None and not _matches(
-            bspec["matchResources"], a, namespace_obj, narrowing=True
+            bspec["matchResources"], a, admission.namespace_obj, narrowing=True
         ):
             return violations, annotations
         fail = pspec.get("failurePolicy", "Fail") != "Ignore"
-        for params in self._params(pspec, bspec, a, pname, bname, fail, violations):
-            self._evaluate(pspec, pname, a, params, namespace_obj, fail, violations, annotations)
+        for params in self._params(pspec, bspec, a, pair.pname, pair.bname, fail, violations):
+            self._evaluate(pspec, pair.pname, admission, params, fail, violations, annotations)
         return violations, annotations
 
-    def _one(self, policy: Obj, binding: Obj, a: Attributes, notes: Notes | None) -> None:
-        pname = str((policy.get("metadata") or {}).get("name"))
-        bname = str((binding.get("metadata") or {}).get("name"))
-        actions = set((binding.get("spec") or {}).get("validationActions") or ())
-        violations, annotations = self._violations(policy, binding, a)
+    def _one(self, pair: _Pair, admission: _Admission, notes: Notes | None) -> None:
+        pname, bname, actions = pair.pname, pair.bname, pair.actions
+        violations, annotations = self._violations(pair, admission)
         if notes is not None:
             notes.annotations.update(annotations)
         if not violations:
@@ -241,7 +245,7 @@ class PolicyEngine:
             ]
         if "Deny" in actions:
             message, reason = violations[0]
-            raise _denied(a, pname, bname, message, reason)
+            raise _denied(admission.a, pname, bname, message, reason)
 
     def _params(
         self,
@@ -300,33 +304,30 @@ class PolicyEngine:
         self,
         pspec: Obj,
         pname: str,
-        a: Attributes,
+        admission: _Admission,
         params: Obj | None,
-        namespace_obj: Obj | None,
         fail: bool,
         violations: list[tuple[str, str]],
         annotations: dict[str, str],
     ) -> None:
-        data: dict[str, Any] = {
-            "object": a.obj,
-            "oldObject": a.old,
-            "request": _request(a),
-            "params": params,
-            "namespaceObject": namespace_obj,
-            "authorizer": None,
-            "variables": {},
-        }
         failed: dict[str, str] = {}
-        for v in pspec.get("variables") or ():
-            name = str(v.get("name"))
-            try:
-                data["variables"] = {**data["variables"], name: _eval(v.get("expression"), data)}
-            except (CompileError, EvalError) as exc:
-                failed[name] = str(exc)  # only what uses it fails
+        declared = pspec.get("variables") or ()
+        if params is None and not declared:
+            bound = admission.shared()  # one binding of the variables for such policies
+        else:
+            data = admission.data(params)
+            for v in declared:
+                name = str(v.get("name"))
+                try:
+                    value = _eval(v.get("expression"), data)
+                    data["variables"] = {**data["variables"], name: value}
+                except (CompileError, EvalError) as exc:
+                    failed[name] = str(exc)  # only what uses it fails
+            bound = _env().bind(data)
 
         def run(expression: Any) -> Any:
             try:
-                return _eval(expression, data)
+                return _eval(expression, bound)
             except (CompileError, EvalError) as exc:
                 bad = [n for n in failed if f"variables.{n}" in str(expression)]
                 why = f"variable '{bad[0]}': {failed[bad[0]]}" if bad else str(exc)
@@ -373,8 +374,73 @@ class PolicyEngine:
                 annotations[f"{pname}/{note.get('key')}"] = value
 
 
-def _eval(expression: Any, data: Mapping[str, Any]) -> Any:
+def _eval(expression: Any, data: Mapping[str, Any] | Bound) -> Any:
     return compile_expression(str(expression)).eval(data)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """A binding and its policy, with what every admission reads of them."""
+
+    policy: Obj
+    binding: Obj
+    pname: str
+    bname: str
+    actions: tuple[str, ...]
+    pspec: Obj
+    bspec: Obj
+
+    @classmethod
+    def of(cls, policy: Obj, binding: Obj) -> _Pair:
+        bspec = binding.get("spec") or {}
+        return cls(
+            policy,
+            binding,
+            str((policy.get("metadata") or {}).get("name")),
+            str((binding.get("metadata") or {}).get("name")),
+            tuple(bspec.get("validationActions") or ()),
+            policy.get("spec") or {},
+            bspec,
+        )
+
+
+_UNSET: Any = object()
+
+
+class _Admission:
+    """One request's variables, worked out once for every policy: the namespace, `request`,
+    and one binding of them for the policies without parameters or variables."""
+
+    def __init__(self, a: Attributes, lookup: Callable[[str], Obj | None]) -> None:
+        self.a = a
+        self._lookup = lookup
+        self._namespace: Obj | None = _UNSET
+        self._request: Obj | None = None
+        self._shared: Bound | None = None
+
+    @property
+    def namespace_obj(self) -> Obj | None:
+        if self._namespace is _UNSET:
+            self._namespace = self._lookup(self.a.namespace) if self.a.namespace else None
+        return self._namespace
+
+    def data(self, params: Obj | None) -> dict[str, Any]:
+        if self._request is None:
+            self._request = _request(self.a)
+        return {
+            "object": self.a.obj,
+            "oldObject": self.a.old,
+            "request": self._request,
+            "params": params,
+            "namespaceObject": self.namespace_obj,
+            "authorizer": None,
+            "variables": {},
+        }
+
+    def shared(self) -> Bound:
+        if self._shared is None:
+            self._shared = _env().bind(self.data(None))
+        return self._shared
 
 
 def _message(v: Obj, run: Callable[[Any], Any]) -> str:

@@ -610,6 +610,7 @@ class ApiServer:
                 lambda: bindings.objects.values(),
                 lambda name: self._cached_namespace(name)[0],
                 self._policy_params,
+                version=lambda: (policies.changes, bindings.changes),
             )
         return self._policies
 

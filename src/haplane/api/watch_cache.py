@@ -75,6 +75,7 @@ class Cacher:
         self._watchers: set[asyncio.Queue[StorageEvent | _Expired]] = set()
         self._task: asyncio.Task[None] | None = None
         self.relists = 0
+        self.changes = 0  # counts every change to `objects` (readers cache what they derive)
         self.stopped = False
         self.subscribers: list[Subscriber] = []
 
@@ -107,6 +108,7 @@ class Cacher:
                 listed = await self.inner.list(self.prefix)
                 backoff = 0.2
                 self.objects = {}
+                self.changes += 1
                 self._buckets = {}
                 self.by_uid = {}
                 self.lifecycle = {}
@@ -146,6 +148,7 @@ class Cacher:
             key = ev.key or _key(self.prefix, ev.object)
             if ev.type == "DELETED":
                 old = self.objects.pop(key, None)
+                self.changes += 1
                 if old is not None:
                     self._unindex(key, old)
                     for sub in self.subscribers:
@@ -187,6 +190,7 @@ class Cacher:
         if old is not None:
             self._unindex(key, old)
         self.objects[key] = obj
+        self.changes += 1
         self._buckets.setdefault(self._bucket_of(key), {})[key] = obj
         uid = (obj.get("metadata") or {}).get("uid")
         if uid:

@@ -17,6 +17,6 @@ compile error, until schema types are declared).
 
 from __future__ import annotations
 
-from .env import CompileError, Environment, EvalError, Program
+from .env import Bound, CompileError, Environment, EvalError, Program
 
-__all__ = ["CompileError", "Environment", "EvalError", "Program"]
+__all__ = ["Bound", "CompileError", "Environment", "EvalError", "Program"]
