@@ -327,3 +327,29 @@ def test_rules_exclude_and_delete(
     )
     assert "labelled keep" in out["message"], out
     assert a.request("DELETE", f"{base}/secrets/{PREFIX}-k")[0] == 200  # excluded
+
+
+def test_request_dry_run_is_what_the_client_asked(
+    api_replicas: list[ApiReplica], policies: Policies, namespace: str
+) -> None:
+    """`request.dryRun` is true for ?dryRun=All (create, apply, delete), false otherwise."""
+    a = api_replicas[0]
+    only_dry = [{"expression": "!request.dryRun", "message": "a dry run"}]
+    policies.add(
+        policy("dry", [rule("configmaps", ops=("CREATE", "UPDATE", "DELETE"))], only_dry),
+        binding("dry", ["Deny"]),
+    )
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    cm = {"metadata": {"name": f"{PREFIX}-dry"}, "data": {"a": "1"}}
+    out = eventually(lambda: (r := a.request("POST", path + "?dryRun=All", cm))[0] == 422 and r[2])
+    assert "a dry run" in out["message"]
+    assert a.request("POST", path, cm)[0] == 201
+    status, _, out = a.request(
+        "PATCH",
+        f"{path}/{PREFIX}-dry?dryRun=All&fieldManager=t",
+        {"apiVersion": "v1", "kind": "ConfigMap", **cm},
+        content_type="application/apply-patch+yaml",
+    )
+    assert status == 422, out
+    assert a.request("DELETE", f"{path}/{PREFIX}-dry?dryRun=All")[0] == 422
+    assert a.request("DELETE", f"{path}/{PREFIX}-dry")[0] == 200

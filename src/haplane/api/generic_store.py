@@ -46,6 +46,9 @@ from .validation import FieldError, generate_name, object_meta_errors
 
 # the subresource an update writes through (status, scale...), for admission's attributes
 _SUBRESOURCE: ContextVar[str] = ContextVar("haplane_store_subresource", default="")
+# whether the write being served is a dry run (admission policies read it as request.dryRun);
+# set by each write's entry point, so it holds for the task's current write
+_DRY_RUN: ContextVar[bool] = ContextVar("haplane_store_dry_run", default=False)
 
 NAMESPACE_KEY = "/registry/namespaces/"
 GENERATE_NAME_ATTEMPTS = 5
@@ -149,7 +152,8 @@ class GenericStore:
         self.final_check: Callable[[Obj, Obj | None], None] | None = None
         # validating admission (policies): (operation, object, old object, subresource), and
         # what a write awaits first (the policies loaded); set by the server
-        self.admission: Callable[[str, Obj | None, Obj | None, str], None] | None = None
+        # (operation, object, old object, subresource, dry run)
+        self.admission: Callable[[str, Obj | None, Obj | None, str, bool], None] | None = None
         self.admission_ready: Callable[[], Awaitable[None]] | None = None
 
     @property
@@ -324,7 +328,8 @@ class GenericStore:
         if self.final_check is not None:
             self.final_check(obj, old)
         if self.admission is not None:
-            self.admission("CREATE" if old is None else "UPDATE", obj, old, _SUBRESOURCE.get())
+            operation = "CREATE" if old is None else "UPDATE"
+            self.admission(operation, obj, old, _SUBRESOURCE.get(), _DRY_RUN.get())
 
     # ---- create --------------------------------------------------------------------------
 
@@ -341,6 +346,7 @@ class GenericStore:
         """`manager` records field ownership (an Update entry); `managed_fields` instead sets
         them as computed by server-side apply. `handed_over`: the caller gives `body` up (a
         request's freshly decoded body), so it is used as it is instead of a copy."""
+        _DRY_RUN.set(dry_run)
         if self.admission_ready is not None:
             await self.admission_ready()
         body = body if handed_over else copy.deepcopy(body)
@@ -746,6 +752,7 @@ class GenericStore:
         manager: str | None = None,
         keep_managed_fields: bool = False,
     ) -> Obj:
+        _DRY_RUN.set(dry_run)
         if self.admission_ready is not None:
             await self.admission_ready()
         key = self._key(namespace, name)
@@ -828,11 +835,12 @@ class GenericStore:
     ) -> DeleteResult:
         """Delete now, or (finalizers pending, or Foreground/Orphan propagation) mark the object
         with deletionTimestamp; it goes when its last finalizer is removed."""
+        _DRY_RUN.set(dry_run)
 
         def check(current: Obj) -> None:
             meta = current["metadata"]
             if self.admission is not None:
-                self.admission("DELETE", None, current, "")
+                self.admission("DELETE", None, current, "", _DRY_RUN.get())
             refused = self.t.strategy.refuse_delete(current)
             if refused is not None:
                 raise errors.StatusError(

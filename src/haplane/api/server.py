@@ -615,7 +615,13 @@ class ApiServer:
         return self._policies
 
     def _admit_by_policies(
-        self, t: ResourceType, operation: str, obj: Obj | None, old: Obj | None, sub: str
+        self,
+        t: ResourceType,
+        operation: str,
+        obj: Obj | None,
+        old: Obj | None,
+        sub: str,
+        dry_run: bool = False,
     ) -> None:
         """The store's last check before a write: every matching policy (the replica's own
         writes, its controllers', have no request user and are not policed)."""
@@ -633,6 +639,7 @@ class ApiServer:
                 old,
                 user,
                 sub,
+                dry_run,
             )
         )
 
