@@ -22,14 +22,35 @@ def down_nodes(dot: str) -> set[str]:
 
 
 def test_components_of_the_example() -> None:
-    assert len(ALL) == 24
+    assert len(ALL) == 26  # 24 and two GitOps controllers
     assert {
         "eu-west/etcd-1",
         "eu-central/lb-2",
         "eu-central/rep-2",
         "global/control-3",
         "global/gate-witness",
+        "global/gitops-2",
     } <= ALL
+
+
+def test_gitops_controllers_sit_on_their_sites_and_dial_their_sites_gate() -> None:
+    from haplane.topology.diagram import edges
+
+    placed = {c.qualified_name: (c.kind, c.site, c.zone) for c in components(TOPOLOGY)}
+    assert placed["global/gitops-1"] == ("gitops controller", "eu-west", "a")
+    assert placed["global/gitops-2"] == ("gitops controller", "witness", "a")
+    dials = {(e.source, e.target) for e in edges(TOPOLOGY) if e.kind == "gitops"}
+    assert dials == {
+        ("global/gitops-1", "global/gate-eu-west"),
+        ("global/gitops-2", "global/gate-witness"),
+    }
+    dot = to_dot(TOPOLOGY)
+    assert '"global/gitops-1" [label="gitops-1", shape=component' in dot
+    assert '"global/gitops-2" -> "global/gate-witness" [style=dotted' in dot
+    assert 'n_global__gitops_2[["gitops-2"]]' in to_mermaid(TOPOLOGY)
+    # the failure model leaves them out (they serve no request): not a failure to name
+    with pytest.raises(ValueError, match="unknown failure"):
+        to_dot(TOPOLOGY, failed=["global/gitops-1"])
 
 
 @needs_dot
@@ -109,6 +130,7 @@ def test_site_failure_and_lost_quorum() -> None:
         "global/control-1",
         "global/control-3",
         "global/gate-eu-west",
+        "global/gitops-1",  # on the failed site
     }
     assert "eu-west etcd\\nNO QUORUM" in dot
     assert "global control etcd\\nNO QUORUM" in dot

@@ -33,6 +33,7 @@ def _names(topo: Topology) -> list[str]:
     g = topo.spec.global_
     names += [m.name for m in g.control_etcd.members]
     names += [x.name for x in g.gates]
+    names += [x.name for x in g.gitops]
     return names
 
 
@@ -87,6 +88,7 @@ def test_runbook_is_specific_to_the_file(md: str) -> None:
     assert "Witness site(s): `witness`" in runbook
     assert "haplane fault restart eu-west/etcd-1" in runbook
     assert "haplane fault restart global/control-1" in runbook
+    assert "haplane fault restart global/gitops-1" in runbook
     assert "haplane status" in runbook
     assert "haplane analyse FILE -k 2" in runbook
     assert "etcdctl --endpoints https://127.0.0.1:<eu-west/etcd-1 client port>" in runbook
@@ -102,6 +104,7 @@ def test_runbook_is_specific_to_the_file(md: str) -> None:
         "The active region (`eu-west`) down or isolated",
         "The global control etcd losing quorum",
         "A gate instance down",
+        "A GitOps controller instance down",
         "A network cut between sites",
     ):
         assert f"### {heading}\n" in runbook, heading
@@ -187,3 +190,17 @@ def test_a_sync_pair_shows_its_timeout_and_strictness_and_the_runbook_says_what_
     assert "`eu-west` <-> `eu-central` (sync)" in text
     assert "| eu-west <-> eu-central | Sync (500 ms, strict) | 2000 ms |" in text
     assert "loses no acknowledged write as long as the sync record" in text
+
+
+def test_gitops_controllers_in_the_inventory_and_runbook_only_when_there_are_some() -> None:
+    data = yaml.safe_load(example_text("two-regions"))
+    text = markdown(load_text(yaml.safe_dump(data)))
+    assert "### GitOps controllers\n" in text
+    assert "| gitops-2 | witness | 127.0.0.1 | assigned |" in text
+    assert "`global/gitops-1 (eu-west)` and `global/gitops-2 (witness)`." in text
+    data["spec"]["global"]["gitops"].pop()
+    text = markdown(load_text(yaml.safe_dump(data)), max_failures=1)
+    assert "a single point of failure for syncing (`gitops-controllers`)" in text
+    del data["spec"]["global"]["gitops"]
+    text = markdown(load_text(yaml.safe_dump(data)), max_failures=1)
+    assert "GitOps" not in text

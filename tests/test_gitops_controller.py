@@ -453,6 +453,106 @@ def test_the_cli(world: World, tmp_path: Path) -> None:
     assert out.returncode == 1 and "error:" in out.stderr
 
 
+def test_bad_sources_and_targets_keep_the_last_good_state(world: World) -> None:
+    a = world.platform[0]
+    good = world.sync_status("shop")["lastAppliedRevision"]
+    # an unreachable repository: the source says why, the Sync keeps what it applied
+    a.request(
+        "PATCH", f"{SOURCES}/shop", {"spec": {"url": "/nowhere/at/all", "interval": "1s"}},
+        content_type="application/merge-patch+json",
+    )  # fmt: skip
+    src = eventually(
+        lambda: (
+            condition((s := world.get(a, f"{SOURCES}/shop")[1]).get("status") or {}, "Ready").get(
+                "status"
+            )
+            == "False"
+            and s
+        )
+    )
+    assert "/nowhere/at/all" in condition(src["status"], "Ready")["message"]
+    assert src["status"]["revision"] == good
+    # a URL git could read as an option (or a relative path): refused for that source only
+    create(world, SOURCES, {
+        "apiVersion": "gitops.haplane.dev/v1", "kind": "GitSource",
+        "metadata": {"name": "evil"}, "spec": {"url": "-oProxyCommand=touch /tmp/x"},
+    })  # fmt: skip
+    src = eventually(
+        lambda: (world.get(a, f"{SOURCES}/evil")[1].get("status") or {}).get("conditions")
+    )
+    assert src[0]["status"] == "False" and "must be absolute" in src[0]["message"], src
+    assert all(p.pid is not None for p in world.controllers)
+    # a kubeconfig Secret that names a file of the controller's host is refused
+    kubeconfig = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"tokenFile": "/etc/hostname"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+    }  # fmt: skip
+    a.request("POST", f"/api/v1/namespaces/{NS}/secrets", {
+        "metadata": {"name": "sneaky"},
+        "data": {"kubeconfig": base64.b64encode(json.dumps(kubeconfig).encode()).decode()},
+    })  # fmt: skip
+    create(world, SYNCS, {
+        "apiVersion": "gitops.haplane.dev/v1", "kind": "Sync", "metadata": {"name": "sneaky"},
+        "spec": {"sourceRef": {"name": "shop"}, "path": "overlays/eu",
+                 "targets": [{"name": "x", "kubeconfigSecretRef": {"name": "sneaky"}}]},
+    })  # fmt: skip
+    status = eventually(lambda: (s := world.sync_status("sneaky")).get("targets") and s)
+    assert "tokenFile" in status["targets"][0]["message"], status
+    # the repository back: fetched again, nothing lost meanwhile
+    a.request(
+        "PATCH", f"{SOURCES}/shop", {"spec": {"url": str(world.repo), "interval": "1h"}},
+        content_type="application/merge-patch+json",
+    )  # fmt: skip
+    eventually(
+        lambda: (
+            condition(world.get(a, f"{SOURCES}/shop")[1].get("status") or {}, "Ready").get("status")
+            == "True"
+        )
+    )
+    assert world.sync_status("shop")["lastAppliedRevision"] == good
+    for path in (f"{SYNCS}/sneaky", f"{SOURCES}/evil"):
+        a.request("DELETE", path)
+
+
+def test_webhook_signatures() -> None:
+    import hashlib
+    import hmac
+
+    from haplane.gitops.__main__ import Hooks
+
+    class Request:
+        def __init__(self, headers: dict[str, str]) -> None:
+            self.headers = headers
+
+    hooks = Hooks(None, b"s3cret")  # type: ignore[arg-type]
+    body = b'{"repository": {}}'
+    good = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert hooks._authentic(Request({"X-Hub-Signature-256": good}), body)  # type: ignore[arg-type]
+    assert not hooks._authentic(Request({"X-Hub-Signature-256": good}), body + b" ")  # type: ignore[arg-type]
+    assert not hooks._authentic(Request({}), body)  # type: ignore[arg-type]
+    assert hooks._authentic(Request({"X-Gitlab-Token": "s3cret"}), body)  # type: ignore[arg-type]
+    assert not hooks._authentic(Request({"X-Gitlab-Token": ""}), body)  # type: ignore[arg-type]
+
+
+def test_an_empty_webhook_secret_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("\n")
+    (tmp_path / "k").write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "haplane.gitops", "--kubeconfig", str(tmp_path / "k"),
+         "--identity", "x", "--cache", str(tmp_path / "c"),
+         "--webhook-secret-file", str(tmp_path / "secret")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "is empty" in out.stderr
+
+
 async def test_the_other_instance_takes_over(world: World) -> None:
     a = world.platform[0]
     leader = world.leader()

@@ -275,3 +275,78 @@ async def test_unchanged_objects_are_not_sent_again(
         objects, "r4", prune=False, allow_empty=False
     )
     assert out.complete and out.unchanged == 0
+
+
+async def test_ownership_adoption_and_versions(
+    client: KubeClient, api_replicas: list[ApiReplica], namespace: str
+) -> None:
+    api = api_replicas[0]
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    # an object that was there before: adopted, and on prune released, never deleted
+    api.request("POST", path, {"metadata": {"name": "mine-before"}, "data": {"x": "old"}})
+    one = Target(client, f"gitops/{namespace}-one")
+    out = await one.sync(
+        [cm("mine-before", namespace, x="new"), cm("made", namespace)],
+        "r1",
+        prune=True,
+        allow_empty=False,
+    )
+    assert out.complete, out
+    # a second Sync declaring the first one's object is refused, naming the owner
+    two = Target(client, f"gitops/{namespace}-two")
+    out = await two.sync([cm("made", namespace, x="2")], "r1", prune=True, allow_empty=False)
+    assert not out.complete and out.applied_steps == []
+    assert f"already applied by Sync gitops/{namespace}-one" in out.errors[0].message
+    assert get(api, f"{path}/made")[1].get("data") in (None, {})
+    # dropped from the source: the made one is deleted, the adopted one released
+    out = await one.sync([cm("other", namespace)], "r2", prune=True, allow_empty=False)
+    assert out.complete and out.pruned == [f"ConfigMap/made (namespace {namespace})"], out
+    assert out.kept == [
+        f"ConfigMap/mine-before (namespace {namespace}) (there before the Sync: released, "
+        "not deleted)"
+    ]
+    status, before = get(api, f"{path}/mine-before")
+    assert status == 200 and SYNC_LABEL not in (before["metadata"].get("labels") or {})
+    assert get(api, f"{path}/made")[0] == 404
+    # now free: the second Sync may declare what the first released
+    out = await two.sync([cm("mine-before", namespace)], "r1", prune=False, allow_empty=False)
+    assert out.complete, out
+
+    # the same object without a namespace and in `default` is one object declared twice
+    three = Target(client, f"gitops/{namespace}-three")
+    plain = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"d-{namespace}"}}
+    out = await three.sync([plain, cm(f"d-{namespace}", "default")], "r", prune=False,
+                           allow_empty=False)  # fmt: skip
+    assert not out.complete and "declared twice" in out.errors[0].message
+
+
+async def test_an_apiversion_change_is_recorded_and_pruned(
+    client: KubeClient, api_replicas: list[ApiReplica], namespace: str
+) -> None:
+    api = api_replicas[0]
+    group = f"g{uid()}.example.com"
+    two_versions = crd(group, "Gadget")
+    v1 = two_versions["spec"]["versions"][0]
+    two_versions["spec"]["versions"] = [
+        {**v1, "name": "v1alpha1", "storage": False},
+        {**v1, "name": "v1"},
+    ]
+    target = Target(client, f"gitops/{namespace}-v")
+
+    def gadget(version: str) -> dict[str, Any]:
+        return {"apiVersion": f"{group}/{version}", "kind": "Gadget",
+                "metadata": {"name": "g", "namespace": namespace}, "spec": {"size": 1}}  # fmt: skip
+
+    out = await target.sync([two_versions, gadget("v1alpha1")], "r1", prune=True, allow_empty=False)
+    assert out.complete, out
+    out = await target.sync([two_versions, gadget("v1")], "r2", prune=True, allow_empty=False)
+    assert out.complete, out
+    _, inv = get(
+        api, f"/api/v1/namespaces/{INVENTORY_NAMESPACE}/configmaps/{target.inventory_name}"
+    )
+    assert f'"{group}/v1", "Gadget"' in inv["data"]["objects"], inv["data"]["objects"]
+    assert "v1alpha1" not in inv["data"]["objects"]
+    # dropped from the source: pruned under the version it was last applied with
+    out = await target.sync([two_versions], "r3", prune=True, allow_empty=False)
+    assert out.complete and out.pruned == [f"Gadget.{group}/g (namespace {namespace})"], out
+    assert get(api, f"/apis/{group}/v1/namespaces/{namespace}/gadgets/g")[0] == 404

@@ -165,6 +165,10 @@ def _wildcard_host(d):
     region(d)["apiServers"][0]["host"] = "0.0.0.0"
 
 
+def _one_gitops(d):
+    d["spec"]["global"]["gitops"].pop()
+
+
 BAD = {
     "security (insecure)": (_insecure, "security", "warning"),
     "security (wildcard host with TLS)": (_wildcard_host, "security", "error"),
@@ -192,6 +196,7 @@ BAD = {
     "replicators": (_one_replicator, "replicators", "error"),
     "unreplicated": (_unpaired, "unreplicated", "warning"),
     "replication-mode": (_timeout_on_async, "replication-mode", "error"),
+    "gitops-controllers": (_one_gitops, "gitops-controllers", "warning"),
 }
 
 
@@ -378,6 +383,68 @@ def test_five_members_over_three_zones_are_fine(good):
         {"name": "etcd-5", "zone": "b"},
     ]
     assert rules_hit(good) == {}
+
+
+# ---- GitOps controllers ------------------------------------------------------------------
+
+
+def test_gitops_instances_parse_with_placement_and_default_to_none(good):
+    topo = build(good)
+    assert [(x.name, x.site, x.host, x.port) for x in topo.spec.global_.gitops] == [
+        ("gitops-1", "eu-west", None, None),
+        ("gitops-2", "witness", None, None),
+    ]
+    good["spec"]["global"]["gitops"][1].update(host="10.0.0.9", port=8444)
+    x = build(good).spec.global_.gitops[1]
+    assert (x.host, x.port) == ("10.0.0.9", 8444)
+    assert build(good).host_of(x) == "10.0.0.9"
+    del good["spec"]["global"]["gitops"]
+    assert build(good).spec.global_.gitops == []
+    assert validate(build(good)) == []  # GitOps is optional
+    good["spec"]["global"]["gitops"] = [{"name": "g", "site": "eu-west", "zone": "a"}]
+    with pytest.raises(TopologyError, match="zone"):
+        build(good)
+
+
+def test_gitops_ha_one_instance_or_one_site(good):
+    gitops = good["spec"]["global"]["gitops"]
+    gitops[1]["site"] = "eu-west"
+    (f,) = [f for f in validate(build(good)) if f.rule == "gitops-controllers"]
+    assert (f.severity, f.path) == ("warning", "spec.global.gitops")
+    assert "'eu-west'" in f.message and "eu-central" in f.fix
+    gitops.pop()
+    (f,) = [f for f in validate(build(good)) if f.rule == "gitops-controllers"]
+    assert f.severity == "warning" and "single" in f.message
+    assert "{name: gitops-2, site: eu-central}" in f.fix
+    gitops[0]["site"] = "witness"
+    gitops.append({"name": "gitops-2", "site": "eu-central"})
+    assert "gitops-controllers" not in rules_hit(good)
+
+
+def test_gitops_names_sites_ports_and_hosts_are_checked(good):
+    gitops = good["spec"]["global"]["gitops"]
+    data = copy.deepcopy(good)
+    data["spec"]["global"]["gitops"][0]["name"] = "gate-witness"  # a gate's name
+    assert rules_hit(data) == {"duplicate-name": ["error"]}
+    data = copy.deepcopy(good)
+    data["spec"]["global"]["gitops"][1]["site"] = "mars"
+    (f,) = [f for f in validate(build(data)) if f.rule == "unknown-reference"]
+    assert f.path == "spec.global.gitops[1].site" and "witness" in f.fix
+    # its port: not a gate's, nor another component's on the same host
+    for g in good["spec"]["global"]["gates"]:
+        g["port"] = 26443
+    gitops[0]["port"] = 26443
+    (f,) = [f for f in validate(build(good)) if f.rule == "port-conflict"]
+    assert "spec.global.gitops[0].port" in f.message
+    gitops[0]["port"] = 26444
+    gitops[1]["port"] = 26444
+    (f,) = [f for f in validate(build(good)) if f.rule == "port-conflict"]
+    assert "spec.global.gitops[1].port" in f.message
+    gitops[1]["host"] = "10.0.0.2"  # the same port elsewhere
+    assert "port-conflict" not in rules_hit(good)
+    gitops[1]["host"] = "0.0.0.0"
+    (f,) = [f for f in validate(build(good)) if f.rule == "security"]
+    assert f.path == "spec.global.gitops[1].host"
 
 
 # ---- schema errors -----------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """`haplane up -d` on the two-regions example as real processes: status, faults, supervision,
-`down`, and a SIGKILLed supervisor taking its children with it."""
+`down`, a SIGKILLed supervisor taking its children with it, and the GitOps controllers
+applying a git repository through the gate."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -16,7 +18,15 @@ import pytest
 
 from haplane.local import pidfile
 from haplane.local.state_dir import StateDir
-from tests.topology_helpers import etcd_tls, haplane, members, processes_under, status, wait_for
+from tests.topology_helpers import (
+    etcd_tls,
+    haplane,
+    kubectl,
+    members,
+    processes_under,
+    status,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -279,3 +289,131 @@ def test_foreground_up_shows_live_status_and_stops_on_ctrl_c(state: Path):
         for p in children
     )
     assert processes_under(state) == []
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def _commit(repo: Path, greeting: str) -> str:
+    (repo / "app").mkdir(parents=True, exist_ok=True)
+    (repo / "app" / "namespace.yaml").write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: tiny}\n"
+    )
+    (repo / "app" / "hello.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: hello, namespace: tiny}\n"
+        f"data: {{greeting: {greeting}}}\n"
+    )
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", greeting)
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def test_gitops_controllers_apply_a_repository_through_the_gate(
+    state: Path, tmp_path: Path, start_topology
+):
+    """Both instances of the example run, one holds the Lease, and a Sync created through the
+    gate is applied through the gate, as the controller's ServiceAccount (TLS, its token file,
+    RBAC); the leader killed, the other takes over and applies the next commit."""
+    doc = start_topology(example="two-regions")
+    gitops = {g["name"]: g for g in doc["gitops"]}
+    assert sorted(gitops) == ["global/gitops-1", "global/gitops-2"]
+    assert all(g["state"] == "running" and g["pid"] and g["ready"] for g in gitops.values())
+    assert all(g["url"].startswith("https://") for g in gitops.values())
+
+    def leaders() -> list[str]:
+        return [g["name"] for g in status(state)["gitops"] if g["leading"]]
+
+    (leader,) = wait_for(lambda: len(names := leaders()) == 1 and names)
+    admin = state / "admin.kubeconfig"
+    haplane(state, "kubeconfig", "-o", str(admin))
+
+    def holder() -> str:
+        r = kubectl(admin, "get", "lease", "-n", "kube-system", "haplane-gitops-controller",
+                    "-o", "jsonpath={.spec.holderIdentity}")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert f"global/{holder()}" == leader
+    # each instance's own kubeconfig: the gate over TLS, the renewed token file; it is who
+    # the platform says (a ServiceAccount, through the gate)
+    own = state / "gitops" / "gitops-1.kubeconfig"
+    assert stat.S_IMODE(own.stat().st_mode) == 0o600
+    r = kubectl(own, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "system:serviceaccount:kube-system:haplane-gitops"
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    head = _commit(repo, "hello")
+    # the leader installed the CRDs
+    wait_for(lambda: kubectl(admin, "get", "--raw", "/apis/gitops.haplane.dev/v1").returncode == 0)
+    manifests = tmp_path / "sync.yaml"
+    manifests.write_text(
+        "apiVersion: gitops.haplane.dev/v1\nkind: GitSource\n"
+        "metadata: {name: tiny, namespace: default}\n"
+        f"spec: {{url: {repo}, ref: {{branch: main}}, interval: 1s}}\n"
+        "---\n"
+        "apiVersion: gitops.haplane.dev/v1\nkind: Sync\n"
+        "metadata: {name: tiny, namespace: default}\n"
+        "spec: {sourceRef: {name: tiny}, path: app, targets: [{name: platform}]}\n"
+    )
+    r = kubectl(admin, "apply", "-f", str(manifests))
+    assert r.returncode == 0, r.stderr
+
+    def configmap() -> dict:
+        r = kubectl(admin, "get", "configmap", "-n", "tiny", "hello", "-o", "json",
+                    "--show-managed-fields")  # fmt: skip
+        return json.loads(r.stdout) if r.returncode == 0 else {}
+
+    cm = wait_for(lambda: (c := configmap()) and c, timeout=30)
+    assert cm["data"] == {"greeting": "hello"}
+    assert [f["manager"] for f in cm["metadata"]["managedFields"]] == ["haplane-gitops"]
+
+    def applied() -> str | None:
+        r = kubectl(admin, "get", "sync", "-n", "default", "tiny", "-o", "json")
+        return json.loads(r.stdout).get("status", {}).get("lastAppliedRevision")
+
+    wait_for(lambda: applied() == head)
+
+    def writers() -> set[str]:
+        """Who wrote the ConfigMap, as the replicas' audit logs say."""
+        found = set()
+        for path in (state / "audit").glob("*.log"):
+            for line in path.read_text().splitlines():
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue  # a line being written
+                if (e.get("objectRef") or {}).get("name") == "hello" and e["verb"] in (
+                    "create",
+                    "patch",
+                    "update",
+                ):
+                    found.add(e["user"]["username"])
+        return found
+
+    # the controller's ServiceAccount, through the gate, and nobody else
+    assert wait_for(writers) == {"system:serviceaccount:kube-system:haplane-gitops"}
+
+    # the leader killed: the other takes the Lease once it expires, and syncs the next commit
+    r = haplane(state, "fault", "kill", leader)
+    assert "killed" in r.stdout
+    (other,) = {"global/gitops-1", "global/gitops-2"} - {leader}
+    wait_for(lambda: leaders() == [other], timeout=40)
+    assert f"global/{holder()}" == other
+    _commit(repo, "again")
+    wait_for(lambda: configmap().get("data") == {"greeting": "again"}, timeout=30)
+    haplane(state, "fault", "restart", leader)
+    wait_for(
+        lambda: (
+            (g := {x["name"]: x for x in status(state)["gitops"]}[leader])["ready"]
+            and not g["leading"]
+        )
+    )

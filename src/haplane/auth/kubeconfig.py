@@ -40,9 +40,14 @@ class Credentials:
         return self.token
 
 
-def load(doc: Any, where: str, server: str | None = None) -> Credentials:
+def load(
+    doc: Any, where: str, server: str | None = None, *, allow_files: bool = True
+) -> Credentials:
     """The current context of the parsed kubeconfig `doc` (read from `where`, for messages);
-    `server` overrides its address."""
+    `server` overrides its address. `allow_files=False` for a kubeconfig someone else wrote
+    (a Secret): only what it holds itself is used, never a file of this host (a token file
+    or key named there would be sent to whatever server it names); `exec` and
+    `auth-provider` plugins are refused either way (nothing here runs them)."""
     if not isinstance(doc, dict):
         raise KubeconfigError(f"kubeconfig {where}: not a kubeconfig")
     current = doc.get("current-context")
@@ -50,6 +55,24 @@ def load(doc: Any, where: str, server: str | None = None) -> Credentials:
     cluster = _named(doc, "clusters", context.get("cluster"), where).get("cluster") or {}
     user_name = str(context.get("user") or "")
     user = _named(doc, "users", user_name, where).get("user") or {}
+    for field in ("exec", "auth-provider"):
+        if user.get(field):
+            raise KubeconfigError(f"kubeconfig {where}: user {field} plugins are not supported")
+    if not allow_files:
+        named = [
+            f
+            for entry, fields in (
+                (cluster, ("certificate-authority",)),
+                (user, ("client-certificate", "client-key", "tokenFile")),
+            )
+            for f in fields
+            if entry.get(f)
+        ]
+        if named:
+            raise KubeconfigError(
+                f"kubeconfig {where}: {', '.join(named)} name files; give the data itself "
+                "(certificate-authority-data, client-certificate-data, client-key-data, token)"
+            )
     url = server or cluster.get("server")
     if not isinstance(url, str) or not url:
         raise KubeconfigError(f"kubeconfig {where}: the cluster has no server")

@@ -862,7 +862,9 @@ CONTROLLER_ACCOUNTS = {
     FAILOVER_CONTROLLER_ROLE: FAILOVER_CONTROLLER_SA,
     GITOPS_CONTROLLER_ROLE: GITOPS_CONTROLLER_SA,
 }
-# who may read and write GitSources and Syncs: aggregated into view, and edit and admin
+# who may read GitSources and Syncs (aggregated into view) and write them: not aggregated into
+# edit or admin, since a Sync without serviceAccountName writes with the controller's rights;
+# bind haplane:gitops-edit to whom you trust with that
 _GITOPS_RESOURCES = ["gitsources", "syncs", "gitsources/status", "syncs/status"]
 
 
@@ -922,7 +924,6 @@ def default_cluster_roles() -> list[Obj]:
         _cluster_role(
             "haplane:gitops-edit",
             [_rule([GITOPS_GROUP], ["gitsources", "syncs"], WRITE)],
-            {**_aggregate_label("edit"), **_aggregate_label("admin")},
             defaults=False,
         ),
     ]

@@ -53,7 +53,7 @@ class _Collector(Collector):
         leader = GaugeMetricFamily(
             "haplane_gitops_leader", "1 while this instance holds the controller Lease"
         )
-        leader.add_metric([], 1.0 if self.c.elector.leading else 0.0)
+        leader.add_metric([], 1.0 if self.c.leading else 0.0)
         syncs = CounterMetricFamily(
             "haplane_gitops_target_syncs",
             "Syncs and drift checks of one target, by result (ok, failed, unreachable)",
@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         secret = None
         if args.webhook_secret_file:
             secret = Path(args.webhook_secret_file).read_bytes().strip()
+            if not secret:
+                print(f"haplane.gitops: {args.webhook_secret_file} is empty", file=sys.stderr)
+                return 2
     except (OSError, yaml.YAMLError, KubeconfigError) as exc:
         print(f"haplane.gitops: {exc}", file=sys.stderr)
         return 2

@@ -28,12 +28,12 @@ from typing import Any
 
 import yaml
 
-from ..auth.kubeconfig import KubeconfigError
+from ..auth.kubeconfig import Credentials, KubeconfigError
 from ..auth.kubeconfig import load as load_kubeconfig
 from .engine import ObjectError, Outcome, Target
 from .kube import KubeClient, KubeError, Resource, Unreachable
 from .render import RenderError, render
-from .source import GitError, GitRepository
+from .source import GitError, GitRepository, is_local_path
 from .types import API_VERSION, CRDS, GROUP, SourceSpec, SyncSpec
 
 Obj = dict[str, Any]
@@ -48,6 +48,7 @@ CRD_RESOURCE = Resource(
 )
 PLATFORM = "platform"  # a target without a kubeconfig Secret: the platform itself
 MAX_LISTED = 50  # errors, drift and pruned objects listed per target in status
+TOKEN_SECONDS = 3600  # ServiceAccount tokens for Syncs that name one
 
 
 def now_rfc3339() -> str:
@@ -81,7 +82,12 @@ def setup_logging() -> None:
 
 class LeaseElector:
     """Leader election on a Lease, as client-go's leaderelection does it: take the Lease when
-    it is free or expired, renew it while leading, compare-and-swap by resourceVersion."""
+    it is free or expired, renew it while leading, compare-and-swap by resourceVersion.
+
+    Expiry is judged by this instance's own clock: a Lease held by another counts as expired
+    once it has not changed for `duration` seconds *as observed here* (never by comparing the
+    holder's renewTime with the local wall clock, which clock skew between sites would bend).
+    A fresh instance therefore waits a full duration before taking a Lease it finds held."""
 
     def __init__(
         self, client: KubeClient, namespace: str, name: str, identity: str, duration: float
@@ -89,23 +95,11 @@ class LeaseElector:
         self.client = client
         self.namespace, self.name, self.identity = namespace, name, identity
         self.duration = duration
-        self.leading = False
-        self._renewed = 0.0  # monotonic time of our last successful renewal
+        self._observed: tuple[Any, ...] | None = None
+        self._observed_at = 0.0
 
-    async def step(self) -> bool:
-        """Try to take or renew the Lease once; whether this instance leads now."""
-        try:
-            self.leading = await self._try()
-            if self.leading:
-                self._renewed = time.monotonic()
-        except (Unreachable, KubeError) as exc:
-            # we cannot renew: keep leading only while our last renewal is surely unexpired
-            if self.leading and time.monotonic() - self._renewed > self.duration * 0.8:
-                self.leading = False
-                emit(logging.WARNING, "lost the lease: cannot renew", error=str(exc))
-        return self.leading
-
-    async def _try(self) -> bool:
+    async def attempt(self) -> bool:
+        """Take or renew the Lease once: True when this instance holds it now."""
         lease = await self.client.get(LEASES, self.namespace, self.name)
         stamp = now_rfc3339()
         spec = {
@@ -124,7 +118,7 @@ class LeaseElector:
             return status == 201
         current = lease.get("spec") or {}
         holder = current.get("holderIdentity")
-        if holder and holder != self.identity and not _expired(current):
+        if holder and holder != self.identity and not self._expired(lease):
             return False
         if holder != self.identity:
             spec["acquireTime"] = stamp
@@ -134,20 +128,19 @@ class LeaseElector:
         status, _ = await self.client.request("PUT", LEASES.path(self.namespace, self.name), lease)
         return status == 200
 
-
-def _expired(spec: Obj) -> bool:
-    renew = spec.get("renewTime")
-    if not renew:
-        return True
-    try:
-        at = datetime.strptime(str(renew).replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z")
-    except ValueError:
-        try:
-            at = datetime.strptime(str(renew).replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S%z")
-        except ValueError:
-            return True
-    age = (datetime.now(UTC) - at).total_seconds()
-    return age > float(spec.get("leaseDurationSeconds") or 15)
+    def _expired(self, lease: Obj) -> bool:
+        spec = lease.get("spec") or {}
+        seen = (
+            spec.get("holderIdentity"),
+            spec.get("renewTime"),
+            (lease.get("metadata") or {}).get("resourceVersion"),
+        )
+        now = time.monotonic()
+        if seen != self._observed:
+            self._observed, self._observed_at = seen, now
+            return False
+        duration = float(spec.get("leaseDurationSeconds") or self.duration)
+        return now - self._observed_at > duration
 
 
 @dataclass
@@ -156,6 +149,7 @@ class SourceState:
     fetched: float = 0.0  # monotonic
     requested_at: str = ""
     error: str = ""
+    origin: tuple[str, str] = ("", "")  # the (url, ref) fetched: a change fetches at once
 
 
 @dataclass
@@ -164,14 +158,16 @@ class TargetState:
     client: KubeClient
     fingerprint: str  # of the kubeconfig it was made from
     checked: float = 0.0  # monotonic time of the last sync or drift check
-    failures: int = 0
+    renew_at: float = float("inf")  # a ServiceAccount token is renewed then
 
 
 @dataclass
 class Settings:
     lease_namespace: str = "kube-system"
     lease_name: str = "haplane-gitops-controller"
-    lease_duration: float = 15.0
+    lease_duration: float = 15.0  # another instance takes over after this long without renewal
+    # this instance stops all work when it could not renew for 2/3 of that (client-go's
+    # renewDeadline), so the old leader has stopped before a new one can start
     tick: float = 0.5  # how often the leader lists sources and syncs
     install_crds: bool = True
 
@@ -202,12 +198,19 @@ class Controller:
         self.metrics = Metrics()
         self._repos: dict[str, GitRepository] = {}
         self._sources: dict[tuple[str, str], SourceState] = {}
-        self._renders: dict[tuple[str, str, str | None], list[Obj] | RenderError] = {}
+        self._renders: dict[tuple[str, str, str, str | None], list[Obj]] = {}
         self._targets: dict[tuple[str, str], TargetState] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._crds_installed = False
         self._crashed: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self.leading = False
+        self._renewed = 0.0  # monotonic time of the last renewal
+        self._pass: asyncio.Task[None] | None = None
+        # the status this leader last wrote per Sync: newer than any list it may get (the
+        # leader alone writes it); forgotten when leadership is lost
+        self._status: dict[str, Obj] = {}
+        self._backoff: dict[tuple[str, str], tuple[int, float]] = {}  # failures, last attempt
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -216,27 +219,60 @@ class Controller:
 
     async def run(self, stop: asyncio.Event) -> None:
         emit(logging.INFO, "started", identity=self.identity)
+        lease = asyncio.create_task(self._lease_loop(stop))
+        try:
+            while not stop.is_set():
+                if self.leading:
+                    self._pass = asyncio.create_task(self.reconcile())
+                    await asyncio.wait({self._pass})
+                    if not self._pass.cancelled() and (exc := self._pass.exception()):
+                        if isinstance(exc, Unreachable | KubeError):
+                            emit(logging.WARNING, "the platform refused or did not answer",
+                                 error=str(exc))  # fmt: skip
+                        else:
+                            emit(logging.ERROR, "a pass failed", error=repr(exc))
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.tick)
+        finally:
+            lease.cancel()
+            await asyncio.gather(lease, return_exceptions=True)
+            await self._stop_leading()
+            for state in self._targets.values():
+                if state.client is not self.platform:
+                    await state.client.close()
+
+    async def _lease_loop(self, stop: asyncio.Event) -> None:
+        """Renew every duration/5, each attempt bounded; stop all work at the renew deadline."""
+        duration = self.settings.lease_duration
         while not stop.is_set():
-            was = self.elector.leading
-            leading = await self.elector.step()
-            if leading and not was:
-                emit(logging.INFO, "leading", identity=self.identity)
-            if was and not leading:
-                emit(logging.WARNING, "no longer leading: stopping syncs")
-                await self._cancel_all()
-            if leading:
-                try:
-                    await self.reconcile()
-                except (Unreachable, KubeError) as exc:
-                    emit(logging.WARNING, "the platform refused or did not answer", error=str(exc))
-            self._wake.clear()
-            tick = self.settings.tick if leading else self.settings.lease_duration / 5
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=tick)
+            try:
+                held: bool | None = await asyncio.wait_for(
+                    self.elector.attempt(), timeout=duration / 3
+                )
+            except (Unreachable, KubeError, TimeoutError) as exc:
+                held = None
+                if self.leading:
+                    emit(logging.WARNING, "cannot renew the lease", error=str(exc) or "timeout")
+            now = time.monotonic()
+            if held:
+                self._renewed = now
+                if not self.leading:
+                    self.leading = True
+                    emit(logging.INFO, "leading", identity=self.identity)
+                    self.wake()
+            elif self.leading and (held is False or now - self._renewed > duration * 2 / 3):
+                emit(logging.WARNING, "no longer leading: stopping all work")
+                await self._stop_leading()
+            await asyncio.sleep(duration / 5)
+
+    async def _stop_leading(self) -> None:
+        self.leading = False
+        if self._pass is not None:
+            self._pass.cancel()
         await self._cancel_all()
-        for state in self._targets.values():
-            if state.client is not self.platform:
-                await state.client.close()
+        self._status.clear()  # the next leadership starts from what the platform says
+        self._backoff.clear()
 
     async def _cancel_all(self) -> None:
         tasks = list(self._running.values())
@@ -258,24 +294,27 @@ class Controller:
             await self.install_crds()
             self._crds_installed = True
         sources = await self.platform.list(GIT_SOURCES)
-        syncs = await self.platform.list(SYNCS)
         by_key: dict[tuple[str, str], SourceSpec] = {}
         pairs: list[tuple[SourceSpec, Obj]] = []
         for obj in sources:
             try:
                 spec = SourceSpec.of(obj)
-            except ValueError as exc:
+            except (ValueError, KeyError, TypeError) as exc:
                 emit(logging.WARNING, "a GitSource cannot be read", error=str(exc))
                 continue
             by_key[(spec.namespace, spec.name)] = spec
             pairs.append((spec, obj))
-        await asyncio.gather(*(self._fetch_if_due(spec, obj) for spec, obj in pairs))
+        await asyncio.gather(*(self._fetch_guarded(spec, obj) for spec, obj in pairs))
+        # listed after the fetches: a Sync written meanwhile is seen as it is now
+        syncs = await self.platform.list(SYNCS)
+        listed: set[str] = set()
         for obj in syncs:
             try:
                 sync = SyncSpec.of(obj)
-            except (ValueError, KeyError) as exc:
+            except (ValueError, KeyError, TypeError) as exc:
                 emit(logging.WARNING, "a Sync cannot be read", error=str(exc))
                 continue
+            listed.add(sync.id)
             if sync.id in self._running or sync.suspend:
                 continue
             if time.monotonic() - self._crashed.get(sync.id, -1e9) < 30.0:
@@ -284,29 +323,72 @@ class Controller:
             task = asyncio.create_task(self._sync_guarded(sync, obj, source))
             self._running[sync.id] = task
             task.add_done_callback(functools.partial(self._done, sync.id))
+        await self._forget_deleted(set(by_key), {s.url for s in by_key.values()}, listed)
+
+    async def _forget_deleted(
+        self, sources: set[tuple[str, str]], urls: set[str], syncs: set[str]
+    ) -> None:
+        """Drop what this instance remembers of Syncs and sources that were deleted."""
+        for source_key in [k for k in self._sources if k not in sources]:
+            del self._sources[source_key]
+        for sync_id in [k for k in self._status if k not in syncs]:
+            del self._status[sync_id]
+        for sync_id in [k for k in self._crashed if k not in syncs]:
+            del self._crashed[sync_id]
+        for key in [k for k in self._backoff if k[0] not in syncs]:
+            del self._backoff[key]
+        for key in [k for k in self._targets if k[0] not in syncs]:
+            state = self._targets.pop(key)
+            if state.client is not self.platform:
+                await state.client.close()
+        for url in [u for u in self._repos if u not in urls]:
+            del self._repos[url]
+        for render_key in [k for k in self._renders if k[0] not in urls]:
+            del self._renders[render_key]
 
     def _done(self, key: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(key, None)
 
     # -- sources ------------------------------------------------------------------------------
 
+    async def _fetch_guarded(self, spec: SourceSpec, obj: Obj) -> None:
+        try:
+            await self._fetch_if_due(spec, obj)
+        except asyncio.CancelledError:
+            raise
+        except (Unreachable, KubeError) as exc:
+            emit(logging.WARNING, "source status not written", source=spec.name, error=str(exc))
+        except Exception as exc:  # one source's problem must not stop the others
+            emit(logging.ERROR, "fetch crashed", source=f"{spec.namespace}/{spec.name}",
+                 error=repr(exc))  # fmt: skip
+
     async def _fetch_if_due(self, spec: SourceSpec, obj: Obj) -> None:
         key = (spec.namespace, spec.name)
         state = self._sources.setdefault(key, SourceState())
+        recorded = (obj.get("status") or {}).get("revision", "")
+        if not state.fetched and not state.commit and recorded:
+            # a new leader: start from the revision on record (also while suspended)
+            state.commit = recorded
         if spec.suspend:
             return
         poked = spec.requested_at != state.requested_at and bool(spec.requested_at)
-        recorded = (obj.get("status") or {}).get("revision", "")
-        if state.fetched and not poked and time.monotonic() - state.fetched < spec.interval:
+        changed_spec = (spec.url, spec.ref) != state.origin
+        if (
+            state.fetched
+            and not poked
+            and not changed_spec
+            and time.monotonic() - state.fetched < spec.interval
+        ):
             return
-        if not state.fetched and recorded and not poked:
-            # a new leader: start from the revision on record, fetch when the interval says
-            state.commit = recorded
-        repo = self._repos.get(spec.url)
-        if repo is None:
-            repo = self._repos[spec.url] = GitRepository(self.cache, spec.url)
         state.requested_at = spec.requested_at
+        state.origin = (spec.url, spec.ref)
         try:
+            if is_local_path(spec.url) and not spec.url.startswith("/"):
+                # it would be found relative to wherever this instance runs
+                raise GitError(f"{spec.url!r}: a local repository path must be absolute")
+            repo = self._repos.get(spec.url)
+            if repo is None:
+                repo = self._repos[spec.url] = GitRepository(self.cache, spec.url)
             commit = await repo.resolve(spec.ref)
         except GitError as exc:
             state.fetched, state.error = time.monotonic(), str(exc)
@@ -347,7 +429,7 @@ class Controller:
             self._crashed[sync.id] = time.monotonic()
 
     async def _sync(self, sync: SyncSpec, obj: Obj, source: SourceSpec | None) -> None:
-        status = dict(obj.get("status") or {})
+        status = dict(self._status.get(sync.id) or obj.get("status") or {})
         state = self._sources.get((sync.namespace, sync.source))
         if source is None or state is None or not state.commit:
             why = (
@@ -373,7 +455,7 @@ class Controller:
             entry, did = await self._target(sync, spec, commit, old, again=again, source=source)
             worked = worked or did
             entries.append(entry)
-        if not worked and [e.get("name") for e in entries] == list(previous):
+        if not worked and [e.get("name") for e in entries] == list(previous) and not requested:
             return
         status["targets"] = entries
         status["revision"] = commit
@@ -401,28 +483,36 @@ class Controller:
         again: bool,
         source: SourceSpec,
     ) -> tuple[Obj, bool]:
-        """(the target's status entry, whether anything was done)."""
+        """(the target's status entry, whether it changed). A failed attempt is retried
+        with backoff (2 s doubling to 5 min); a request (`haplane gitops sync`) or a new spec
+        retries at once."""
+        key = (sync.id, spec.name)
+        failures, last = self._backoff.get(key, (0, 0.0))
+        now = time.monotonic()
+        if failures and not again and now - last < min(300.0, 2.0 ** min(failures, 8)):
+            return old or {"name": spec.name}, False
         try:
             state = await self._target_state(sync, spec)
-        except KubeconfigError as exc:
-            return _entry_error(old, spec.name, "BadKubeconfig", str(exc)), True
-        # due: a new revision or spec, a request, or a failed attempt (with backoff)
-        due_sync = again or old.get("revision") != commit or not old.get("complete", False)
-        interval = sync.interval
-        if due_sync and state.failures:
-            interval = min(300.0, 2.0 ** min(state.failures, 8))
-            if time.monotonic() - state.checked < interval:
-                return old or {"name": spec.name}, False
-        elif not due_sync and state.checked and time.monotonic() - state.checked < interval:
+        except (KubeconfigError, KubeError, Unreachable) as exc:
+            self._backoff[key] = (failures + 1, now)
+            entry = _entry_error(old, spec.name, "TargetUnavailable", str(exc))
+            return entry, _differs(entry, old)
+        # due: a new revision, spec or target, a request, or a failed attempt
+        due_sync = (
+            again
+            or old.get("revision") != commit
+            or not old.get("complete", False)
+            or old.get("credentials") != state.fingerprint
+        )
+        if not due_sync and state.checked and now - state.checked < sync.interval:
             return old, False
-        overlay = spec.overlay or sync.overlay
-        objects = await self._render(source, commit, sync.path, overlay)
-        state.checked = time.monotonic()
+        state.checked = now
+        objects = await self._render(source, commit, sync.path, spec.overlay or sync.overlay)
         if isinstance(objects, RenderError):
-            state.failures += 1
+            self._backoff[key] = (failures + 1, now)
             entry = _entry_error(old, spec.name, "RenderFailed", str(objects))
             entry["attempted"] = commit
-            return entry, True
+            return entry, _differs(entry, old)
         started = time.monotonic()
         if due_sync:
             outcome = await state.target.sync(
@@ -434,7 +524,10 @@ class Controller:
         result = "ok" if outcome.complete else "unreachable" if outcome.unreachable else "failed"
         self.metrics.syncs[result] = self.metrics.syncs.get(result, 0) + 1
         self.metrics.sync_seconds_sum += took
-        state.failures = 0 if outcome.complete else state.failures + 1
+        if outcome.complete:
+            self._backoff.pop(key, None)
+        else:
+            self._backoff[key] = (failures + 1, now)
         if due_sync or outcome.drift or outcome.errors:
             emit(
                 logging.INFO if outcome.complete else logging.WARNING,
@@ -448,16 +541,46 @@ class Controller:
                 drift=len(outcome.drift),
                 pruned=len(outcome.pruned),
             )
-        return _entry(old, spec.name, outcome, due_sync), True
+        entry = _entry(old, spec.name, outcome, due_sync)
+        if due_sync and outcome.complete:
+            entry["credentials"] = state.fingerprint
+        return entry, True
 
     async def _target_state(self, sync: SyncSpec, spec: Any) -> TargetState:
+        """The engine for one target, kept between passes while its credentials stay the
+        same. `fingerprint` names what is reached and as whom (recorded in the status: a
+        change syncs in full)."""
         key = (sync.id, spec.name)
-        if spec.secret is None:
+        state = self._targets.get(key)
+        renew_at: float | None = None
+        if spec.secret is None and sync.service_account is None:
             fingerprint = PLATFORM
 
-            def make() -> KubeClient:
+            async def make() -> KubeClient:
                 return self.platform
 
+        elif spec.secret is None:
+            # the platform as the Sync's ServiceAccount (its RBAC, not the controller's)
+            account = str(sync.service_account)
+            fingerprint = f"{PLATFORM}:serviceaccount:{sync.namespace}:{account}"
+
+            async def make() -> KubeClient:
+                token = await self._token(sync.namespace, account)
+                c = self.platform.credentials
+                return KubeClient(
+                    Credentials(c.server, c.context, token, f"{sync.namespace}/{account}")
+                )
+
+            if state is not None and state.fingerprint == fingerprint:
+                if time.monotonic() < state.renew_at:
+                    return state
+                renewed = await make()  # a fresh token, the engine's memory kept
+                old_client, state.client = state.client, renewed
+                state.target.client = renewed
+                state.renew_at = time.monotonic() + TOKEN_SECONDS * 0.8
+                await old_client.close()
+                return state
+            renew_at = time.monotonic() + TOKEN_SECONDS * 0.8
         else:
             name, field_key = spec.secret
             secret = await self.platform.get(SECRETS, sync.namespace, name)
@@ -466,44 +589,62 @@ class Controller:
             raw = (secret.get("data") or {}).get(field_key)
             if not raw:
                 raise KubeconfigError(f"Secret {sync.namespace}/{name} has no key {field_key!r}")
-            fingerprint = hashlib.sha256(raw.encode()).hexdigest()
+            fingerprint = "secret:" + hashlib.sha256(raw.encode()).hexdigest()[:16]
             where = f"in Secret {sync.namespace}/{name} key {field_key}"
 
-            def make() -> KubeClient:
+            async def make() -> KubeClient:
                 try:
                     doc = yaml.safe_load(base64.b64decode(raw))
                 except (ValueError, yaml.YAMLError) as exc:
                     raise KubeconfigError(f"kubeconfig {where}: {exc}") from None
-                return KubeClient(load_kubeconfig(doc, where))
+                # only what the Secret itself holds: never a file of the controller's host
+                return KubeClient(load_kubeconfig(doc, where, allow_files=False))
 
-        state = self._targets.get(key)
         if state is None or state.fingerprint != fingerprint:
             if state is not None and state.client is not self.platform:
                 await state.client.close()
-            client = make()
+            client = await make()
             state = self._targets[key] = TargetState(
                 Target(client, f"{sync.id}/{spec.name}"), client, fingerprint
             )
+            if renew_at is not None:
+                state.renew_at = renew_at
         return state
+
+    async def _token(self, namespace: str, account: str) -> str:
+        """A TokenRequest for the ServiceAccount (the controller's role may create them)."""
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token"
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": TOKEN_SECONDS},
+        }
+        out = await self.platform.call("POST", path, body)
+        token = (out.get("status") or {}).get("token")
+        if not isinstance(token, str) or not token:
+            raise KubeconfigError(f"no token for ServiceAccount {namespace}/{account}")
+        return token
 
     async def _render(
         self, source: SourceSpec, commit: str, path: str, overlay: str | None
     ) -> list[Obj] | RenderError:
-        key = (commit, path, overlay)
+        """The objects of one commit (cached); an error is never cached: a repository that
+        was unreachable, or a kustomize that timed out, is tried again next time."""
+        key = (source.url, commit, path, overlay)
         if key not in self._renders:
-            repo = self._repos.get(source.url) or GitRepository(self.cache, source.url)
-            self._repos[source.url] = repo
             try:
+                repo = self._repos.get(source.url)
+                if repo is None:
+                    repo = self._repos[source.url] = GitRepository(self.cache, source.url)
                 tree = await repo.checkout(commit)
                 self._renders[key] = await render(tree, path, overlay)
             except RenderError as exc:
-                self._renders[key] = exc
+                return exc
             except GitError as exc:
-                self._renders[key] = RenderError(str(exc))
+                return RenderError(str(exc))
             while len(self._renders) > 64:
                 self._renders.pop(next(iter(self._renders)))
-        result = self._renders[key]
-        return result if isinstance(result, RenderError) else [dict(o) for o in result]
+        return [dict(o) for o in self._renders[key]]
 
     async def _patch_status(self, res: Resource, obj: Obj, status: Obj) -> None:
         meta = obj["metadata"]
@@ -520,8 +661,10 @@ class Controller:
                 code=code,
                 error=str(out.get("message")),
             )
-        else:
-            obj["status"] = out.get("status", status)
+            return
+        obj["status"] = out.get("status", status)
+        if res is SYNCS:
+            self._status[f"{meta.get('namespace')}/{meta['name']}"] = dict(obj["status"])
 
     # -- diff, for the CLI ----------------------------------------------------------------------
 
@@ -593,6 +736,15 @@ def _entry_error(old: Obj, name: str, reason: str, message: str) -> Obj:
         "reason": reason,
         "message": message[:2000],
         "lastAttemptTime": now_rfc3339(),
+    }
+
+
+def _differs(entry: Obj, old: Obj) -> bool:
+    """Whether a failure's entry says anything the stored one does not (no status write
+    per retry for the same error)."""
+    ignore = ("lastAttemptTime",)
+    return {k: v for k, v in entry.items() if k not in ignore} != {
+        k: v for k, v in old.items() if k not in ignore
     }
 
 

@@ -26,7 +26,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import yaml
@@ -64,6 +64,8 @@ class Ref:
     namespace: str
     name: str
     version: str = field(default="", compare=False)
+    # it existed before this Sync first applied it: never deleted by prune, only released
+    adopted: bool = field(default=False, compare=False)
 
     @classmethod
     def of(cls, obj: Obj) -> Ref:
@@ -80,13 +82,14 @@ class Ref:
         return f"{kind}/{self.name}" + (f" (namespace {self.namespace})" if self.namespace else "")
 
     def to_json(self) -> list[str]:
-        return [self.api_version, self.kind, self.namespace, self.name]
+        out = [self.api_version, self.kind, self.namespace, self.name]
+        return [*out, "adopted"] if self.adopted else out
 
     @classmethod
     def from_json(cls, item: Any) -> Ref:
-        api_version, kind, namespace, name = (str(x) for x in item)
+        api_version, kind, namespace, name = (str(x) for x in item[:4])
         group, version = split_api_version(api_version)
-        return cls(group, kind, namespace, name, version)
+        return cls(group, kind, namespace, name, version, adopted="adopted" in item[4:])
 
 
 @dataclass
@@ -199,6 +202,10 @@ class Target:
     # -- helpers ------------------------------------------------------------------------------
 
     async def _bounded(self, items: list[T], work: Callable[[T], Awaitable[Any]]) -> list[Any]:
+        """`work` on each item, `concurrency` at a time: results, a KubeError standing for an
+        item the server refused. Anything else (the target does not answer) cancels the rest
+        and is raised: nothing goes on writing after the engine has returned."""
+
         async def one(item: T) -> Any:
             async with self._limit:
                 try:
@@ -206,7 +213,12 @@ class Target:
                 except KubeError as exc:
                     return exc
 
-        return await asyncio.gather(*(one(i) for i in items))
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(i)) for i in items]
+        except BaseExceptionGroup as eg:
+            raise eg.exceptions[0] from None
+        return [t.result() for t in tasks]
 
     async def _prepare(self, obj: Obj) -> tuple[Resource, Obj] | str:
         """The resource and the object as it is applied (label, namespace defaulted), or why
@@ -217,11 +229,11 @@ class Target:
         out = copy.deepcopy(obj)
         meta = out.setdefault("metadata", {})
         if res.namespaced:
-            meta.setdefault("namespace", "default")
-        elif meta.get("namespace"):
-            return (
-                f"{res.kind} is cluster-scoped, but the source gives namespace {meta['namespace']}"
-            )
+            meta["namespace"] = meta.get("namespace") or "default"
+        else:
+            # kustomize's `namespace:` sets it on cluster-scoped custom kinds too; the API
+            # server ignores it there, and so does kubectl
+            meta.pop("namespace", None)
         meta.setdefault("labels", {})[SYNC_LABEL] = self.label
         meta.setdefault("annotations", {})[SYNC_ANNOTATION] = self.sync_id
         for key in _VOLATILE_META:
@@ -229,22 +241,32 @@ class Target:
         out.pop("status", None)
         return res, out
 
-    async def read_inventory(self) -> set[Ref]:
+    async def read_inventory(self) -> dict[Ref, Ref]:
         try:
             cm = await self.client.get(_CONFIGMAP, INVENTORY_NAMESPACE, self.inventory_name)
         except Unreachable as exc:
             raise TargetUnreachable(str(exc)) from None
         if cm is None:
-            return set()
+            return {}
         try:
-            return {Ref.from_json(i) for i in json.loads((cm.get("data") or {})["objects"])}
+            refs = [Ref.from_json(i) for i in json.loads((cm.get("data") or {})["objects"])]
+            return {r: r for r in refs}
         except (KeyError, ValueError, TypeError):
             raise TargetUnreachable(
                 f"the inventory {INVENTORY_NAMESPACE}/{self.inventory_name} cannot be read; "
                 "fix or delete it"
             ) from None
 
-    async def write_inventory(self, refs: set[Ref], revision: str) -> None:
+    async def write_inventory(self, refs: dict[Ref, Ref], revision: str) -> None:
+        try:
+            await self._write_inventory(refs, revision)
+        except KubeError as exc:
+            if exc.code != 404 or not self._namespace_ready:
+                raise
+            self._namespace_ready = False  # someone deleted the namespace: make it again
+            await self._write_inventory(refs, revision)
+
+    async def _write_inventory(self, refs: dict[Ref, Ref], revision: str) -> None:
         if not self._namespace_ready:
             await self.client.apply(
                 _NAMESPACE,
@@ -269,7 +291,7 @@ class Target:
                 "data": {
                     "sync": self.sync_id,
                     "revision": revision,
-                    "objects": json.dumps(sorted(r.to_json() for r in refs)),
+                    "objects": json.dumps(_listing(refs)),
                 },
             },
         )
@@ -307,25 +329,38 @@ class Target:
             out.message = str(exc)
             return out
         later_crds = _crd_kinds(objects)
-        tracked = set(previous)
-        desired: set[Ref] = set()
+        tracked = dict(previous)
+        desired: dict[Ref, Ref] = {}
         live: list[Obj] = []
         for step in steps:
-            prepared, errors, unchanged = await self._dry_run(step, later_crds)
+            prepared, errors, unchanged, existing = await self._dry_run(step, later_crds, desired)
             if errors:
                 out.errors = errors
                 out.message = _stopped(step, out.applied_steps, "the dry-run refused it")
                 return out
-            refs = {Ref.of(o) for _, o in prepared}
-            if not refs <= tracked:
-                tracked |= refs
+            refs: dict[Ref, Ref] = {}
+            for _, obj in prepared:
+                ref = Ref.of(obj)
+                before = tracked.get(ref)
+                # adopted: it was there, without this Sync's label, before it first applied it
+                adopted = (
+                    before.adopted
+                    if before is not None
+                    else ref in existing and (_labels(existing[ref]).get(SYNC_LABEL) != self.label)
+                )
+                refs[ref] = replace(ref, adopted=adopted)
+            grown = {**tracked, **refs}
+            if _listing(grown) != _listing(tracked):
+                tracked = grown
                 await self.write_inventory(tracked, out.revision)
             changed = [p for p in prepared if Ref.of(p[1]) not in unchanged]
             results = await self._bounded(changed, lambda p: self.client.apply(p[0], p[1]))
+            applied_any = False
             for (_, obj), result in zip(changed, results, strict=True):
                 if isinstance(result, KubeError):
                     out.errors.append(ObjectError(describe(obj), result.message or str(result)))
                 else:
+                    applied_any = True
                     ref = Ref.of(obj)
                     self.versions[ref] = result["metadata"].get("resourceVersion", "")
                     self.digests[ref] = _digest(obj)
@@ -333,21 +368,29 @@ class Target:
             live.extend(unchanged.values())
             out.unchanged += len(unchanged)
             if out.errors:
-                out.message = _stopped(step, out.applied_steps, "applying it failed")
+                done = ", ".join(out.applied_steps) or "none"
+                part = "part of it was applied" if applied_any else "nothing of it was applied"
+                out.message = (
+                    f"stopped at {step.label}: applying it failed after its dry-run passed; "
+                    f"{part}. Steps applied before it: {done}"
+                )
                 return out
             out.applied_steps.append(step.label)
-            desired |= refs
+            desired.update(refs)
             if step.foundation:
                 await self._established(step, live)
-        stale = tracked - desired
+        stale = {r: tracked[r] for r in tracked if r not in desired}
         if prune and stale:
-            gone, failed = await self._prune(stale)
+            gone, released, failed = await self._prune(stale)
             out.pruned = [str(r) for r in sorted(gone)]
-            tracked = desired | failed
+            out.kept = [
+                f"{r} (there before the Sync: released, not deleted)" for r in sorted(released)
+            ]
+            tracked = {**desired, **{r: stale[r] for r in failed}}
         else:
             out.kept = [str(r) for r in sorted(stale)]
-            tracked = desired | stale
-        if tracked != previous or not previous:
+            tracked = {**desired, **stale}
+        if _listing(tracked) != _listing(previous) or not previous:
             await self.write_inventory(tracked, out.revision)
         out.applied = len(desired)
         out.complete = not out.errors
@@ -355,12 +398,17 @@ class Target:
         return out
 
     async def _dry_run(
-        self, step: Step, later_crds: dict[tuple[str, str], int]
-    ) -> tuple[list[tuple[Resource, Obj]], list[ObjectError], dict[Ref, Obj]]:
+        self,
+        step: Step,
+        later_crds: dict[tuple[str, str], int],
+        earlier: dict[Ref, Ref],
+    ) -> tuple[list[tuple[Resource, Obj]], list[ObjectError], dict[Ref, Obj], dict[Ref, Obj]]:
         """(the step's objects as applied, why any cannot be, the live objects that are
-        exactly what this engine last applied and the source still declares: skipped)."""
+        exactly what this engine last applied and the source still declares: skipped, and
+        every live object of the step's kinds and namespaces)."""
         prepared: list[tuple[Resource, Obj]] = []
         errors: list[ObjectError] = []
+        seen: set[Ref] = set(earlier)
         for obj in step.objects:
             p = await self._prepare(obj)
             if isinstance(p, str):
@@ -369,11 +417,31 @@ class Target:
                 if wave is not None and wave > step.wave:
                     p += f" (its CRD is applied in wave {wave}: give it wave {wave} or later)"
                 errors.append(ObjectError(describe(obj), p))
-            else:
-                prepared.append(p)
+                continue
+            ref = Ref.of(p[1])
+            if ref in seen:  # e.g. one without a namespace and one in `default`
+                errors.append(ObjectError(describe(p[1]), "declared twice in the source"))
+                continue
+            seen.add(ref)
+            prepared.append(p)
         if errors:
-            return prepared, errors, {}
-        unchanged = await self._unchanged(prepared)
+            return prepared, errors, {}, {}
+        existing = await self._existing(prepared)
+        for _, obj in prepared:
+            live = existing.get(Ref.of(obj))
+            owner = _labels(live).get(SYNC_LABEL) if live is not None else None
+            if owner is not None and owner != self.label:
+                other = ((live or {}).get("metadata") or {}).get("annotations") or {}
+                errors.append(
+                    ObjectError(
+                        describe(obj),
+                        f"already applied by Sync {other.get(SYNC_ANNOTATION, owner)}: two "
+                        "Syncs must not declare one object (remove it from one of them)",
+                    )
+                )
+        if errors:
+            return prepared, errors, {}, existing
+        unchanged = self._unchanged(prepared, existing)
         changed = [p for p in prepared if Ref.of(p[1]) not in unchanged]
         results = await self._bounded(
             changed, lambda p: self.client.apply(p[0], p[1], dry_run=True)
@@ -381,24 +449,39 @@ class Target:
         for (_, obj), result in zip(changed, results, strict=True):
             if isinstance(result, KubeError):
                 errors.append(ObjectError(describe(obj), result.message or str(result)))
-        return prepared, errors, unchanged
+        return prepared, errors, unchanged, existing
 
-    async def _unchanged(self, prepared: list[tuple[Resource, Obj]]) -> dict[Ref, Obj]:
+    async def _existing(self, prepared: list[tuple[Resource, Obj]]) -> dict[Ref, Obj]:
+        """The live objects of the kinds and namespaces of `prepared`, one list per kind and
+        namespace (an identity allowed only some namespaces can list those)."""
+        scopes = {
+            (res, (o["metadata"].get("namespace") if res.namespaced else None))
+            for res, o in prepared
+        }
+        out: dict[Ref, Obj] = {}
+        for res, namespace in sorted(scopes, key=lambda x: (x[0].plural, x[1] or "")):
+            for item in await self.client.list(res, namespace=namespace):
+                item.setdefault("apiVersion", res.api_version)
+                item.setdefault("kind", res.kind)
+                out[Ref.of(item)] = item
+        return out
+
+    def _unchanged(
+        self, prepared: list[tuple[Resource, Obj]], existing: dict[Ref, Obj]
+    ) -> dict[Ref, Obj]:
         """Objects whose manifest is the one this engine last applied and whose live
         resourceVersion is still the one that apply returned: nobody changed them since, so
         applying them again would change nothing (a restarted engine knows none: it applies
         everything once)."""
-        same = [p for p in prepared if self.digests.get(Ref.of(p[1])) == _digest(p[1])]
-        if not same:
-            return {}
-        live = await self._live(same)
         out: dict[Ref, Obj] = {}
-        for _, obj in same:
+        for _, obj in prepared:
             ref = Ref.of(obj)
-            current = live.get(ref)
-            if current is not None and current["metadata"].get(
-                "resourceVersion"
-            ) == self.versions.get(ref):
+            current = existing.get(ref)
+            if (
+                current is not None
+                and self.digests.get(ref) == _digest(obj)
+                and current["metadata"].get("resourceVersion") == self.versions.get(ref)
+            ):
                 out[ref] = current
         return out
 
@@ -425,38 +508,71 @@ class Target:
             for v in spec.get("versions") or ():
                 self.client.forget(f"{spec.get('group')}/{v.get('name')}")
 
-    async def _prune(self, stale: set[Ref]) -> tuple[set[Ref], set[Ref]]:
-        """(deleted or already gone, kept because deleting failed). Dependents before what
-        they live in: other kinds, then namespaces, then CRDs."""
+    async def _prune(self, stale: dict[Ref, Ref]) -> tuple[set[Ref], set[Ref], set[Ref]]:
+        """(deleted or already gone, released (adopted: label removed, not deleted), kept
+        because it could not be deleted). Dependents before what they live in: other kinds,
+        then namespaces, then CRDs. The inventory's own namespace is never deleted."""
 
         def order(r: Ref) -> int:
             return {"CustomResourceDefinition": 2, "Namespace": 1}.get(r.kind, 0)
 
         gone: set[Ref] = set()
+        released: set[Ref] = set()
         failed: set[Ref] = set()
         for rank in (0, 1, 2):
-            batch = sorted(r for r in stale if order(r) == rank)
+            batch = sorted(stale[r] for r in stale if order(r) == rank)
             results = await self._bounded(batch, self._prune_one)
             for ref, result in zip(batch, results, strict=True):
-                (failed if isinstance(result, KubeError) or result is False else gone).add(ref)
-        return gone, failed
+                if isinstance(result, KubeError) or result == "failed":
+                    failed.add(ref)
+                elif result == "released":
+                    released.add(ref)
+                else:
+                    gone.add(ref)
+        return gone, released, failed
 
-    async def _prune_one(self, ref: Ref) -> bool:
+    async def _prune_one(self, ref: Ref) -> str:
+        """ "gone", "released" or "failed"."""
+        if ref.kind == "Namespace" and ref.group == "" and ref.name == INVENTORY_NAMESPACE:
+            return "released"
         res = await self.client.resource(ref.api_version, ref.kind)
         if res is None:
-            return True  # the kind itself is gone (its CRD was pruned)
+            res = await self.client.resource_of(ref.group, ref.kind)
+        if res is None:
+            # only a kind whose group the target no longer serves at all is surely gone
+            # (its CRD pruned); anything else stays listed until it can be checked
+            served = await self.client.request("GET", f"/apis/{ref.group}" if ref.group else "/api")
+            return "gone" if served[0] == 404 else "failed"
         live = await self.client.get(res, ref.namespace or None, ref.name)
         if live is None:
-            self.versions.pop(ref, None)
-            self.digests.pop(ref, None)
-            return True
-        labels = (live.get("metadata") or {}).get("labels") or {}
-        if labels.get(SYNC_LABEL) != self.label:
-            return True  # taken over by someone else: no longer ours to delete
-        await self.client.delete(res, ref.namespace or None, ref.name)
+            self._forget(ref)
+            return "gone"
+        if _labels(live).get(SYNC_LABEL) != self.label:
+            self._forget(ref)
+            return "gone"  # taken over by someone else: no longer ours to delete
+        if ref.adopted:
+            # it was there before this Sync: give it back as it is, without our label
+            await self.client.call(
+                "PATCH",
+                res.path(ref.namespace or None, ref.name),
+                {
+                    "metadata": {
+                        "labels": {SYNC_LABEL: None},
+                        "annotations": {SYNC_ANNOTATION: None},
+                    }
+                },
+                content_type="application/merge-patch+json",
+            )
+            self._forget(ref)
+            return "released"
+        uid = (live.get("metadata") or {}).get("uid")
+        await self.client.delete(res, ref.namespace or None, ref.name, uid=uid)
+        self._forget(ref)
+        return "gone"
+
+    def _forget(self, ref: Ref) -> None:
         self.versions.pop(ref, None)
         self.digests.pop(ref, None)
-        return True
 
     # -- drift --------------------------------------------------------------------------------
 
@@ -473,15 +589,6 @@ class Target:
             out.message = f"the target refused: {exc}"
         return out
 
-    async def _live(self, prepared: list[tuple[Resource, Obj]]) -> dict[Ref, Obj]:
-        live: dict[Ref, Obj] = {}
-        for res in {p[0] for p in prepared}:
-            for item in await self.client.list(res, f"{SYNC_LABEL}={self.label}"):
-                item.setdefault("apiVersion", res.api_version)
-                item.setdefault("kind", res.kind)
-                live[Ref.of(item)] = item
-        return live
-
     async def _check(self, objects: list[Obj], out: Outcome, *, self_heal: bool) -> None:
         prepared: list[tuple[Resource, Obj]] = []
         for obj in objects:
@@ -490,7 +597,13 @@ class Target:
                 out.errors.append(ObjectError(describe(obj), p))
             else:
                 prepared.append(p)
-        live = await self._live(prepared)
+        existing = await self._existing(prepared)
+        live = {r: o for r, o in existing.items() if _labels(o).get(SYNC_LABEL) == self.label}
+        for _, obj in list(prepared):
+            owner = _labels(existing.get(Ref.of(obj))).get(SYNC_LABEL)
+            if owner is not None and owner != self.label:
+                out.errors.append(ObjectError(describe(obj), f"taken over by Sync {owner}"))
+                prepared.remove((_, obj))
         suspect = [
             p
             for p in prepared
@@ -511,6 +624,7 @@ class Target:
                 out.drift.append(f"{ref}: changed in the target")
             else:
                 self.versions[ref] = live[ref]["metadata"].get("resourceVersion", "")
+                self.digests[ref] = _digest(p[1])
         if self_heal and drifted:
             results = await self._bounded(drifted, lambda p: self.client.apply(p[0], p[1]))
             for p, result in zip(drifted, results, strict=True):
@@ -555,6 +669,16 @@ class Target:
                 )
                 out.append((describe(obj), text))
         return out
+
+
+def _labels(obj: Obj | None) -> dict[str, str]:
+    labels = ((obj or {}).get("metadata") or {}).get("labels")
+    return labels if isinstance(labels, dict) else {}
+
+
+def _listing(refs: dict[Ref, Ref]) -> list[list[str]]:
+    """The inventory as stored: every entry with its version and adoption."""
+    return sorted(r.to_json() for r in refs.values())
 
 
 def _digest(obj: Obj) -> str:

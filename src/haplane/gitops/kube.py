@@ -166,6 +166,23 @@ class KubeClient:
             known = await self._discover(api_version)
         return known.get(kind)
 
+    async def resource_of(self, group: str, kind: str) -> Resource | None:
+        """`kind` of `group` in the group's preferred version (an object stored under a
+        version the target no longer serves)."""
+        if not group:
+            return await self.resource("v1", kind)
+        status, out = await self.request("GET", f"/apis/{group}")
+        if status != 200 or not isinstance(out, dict):
+            return None
+        preferred = (out.get("preferredVersion") or {}).get("groupVersion")
+        versions = [v.get("groupVersion") for v in out.get("versions") or ()]
+        for api_version in dict.fromkeys([preferred, *versions]):
+            if api_version:
+                found = await self.resource(str(api_version), kind)
+                if found is not None:
+                    return found
+        return None
+
     async def _discover(self, api_version: str) -> dict[str, Resource]:
         group, version = split_api_version(api_version)
         path = f"/apis/{group}/{version}" if group else f"/api/{version}"
@@ -209,19 +226,25 @@ class KubeClient:
         result: Obj = out
         return result
 
-    async def list(self, res: Resource, label_selector: str | None = None) -> list[Obj]:
+    async def list(
+        self, res: Resource, label_selector: str | None = None, namespace: str | None = None
+    ) -> list[Obj]:
+        """Every object of `res` (in `namespace` only, when given and namespaced)."""
         params = {"labelSelector": label_selector} if label_selector else None
-        out = await self.call("GET", res.path(), params=params)
+        out = await self.call("GET", res.path(namespace), params=params)
         items: list[Obj] = out.get("items") or []
         return items
 
-    async def delete(self, res: Resource, namespace: str | None, name: str) -> bool:
-        """True when deleted (or being deleted), False when it was already gone."""
-        status, out = await self.request(
-            "DELETE",
-            res.path(namespace, name),
-            {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
-        )
+    async def delete(
+        self, res: Resource, namespace: str | None, name: str, uid: str | None = None
+    ) -> bool:
+        """True when deleted (or being deleted), False when it was already gone. `uid`: only
+        that object (409 if it was replaced by another of the same name meanwhile)."""
+        options: Obj = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        options["propagationPolicy"] = "Background"
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        status, out = await self.request("DELETE", res.path(namespace, name), options)
         if status == 404:
             return False
         if status >= 400:

@@ -133,7 +133,7 @@ class GitRepository:
     def __init__(self, cache_root: Path, url: str, *, keep_trees: int = DEFAULT_KEEP_TREES) -> None:
         if keep_trees < 1:
             raise ValueError(f"keep_trees must be at least 1, not {keep_trees}")
-        if _is_local_path(url):
+        if is_local_path(url):
             # git resolves a relative path against its working directory; pin it to ours
             url = os.path.abspath(url)
         elif url.startswith("-"):
@@ -357,7 +357,7 @@ class GitRepository:
         return proc.returncode or 0, out, err
 
 
-def _is_local_path(url: str) -> bool:
+def is_local_path(url: str) -> bool:
     """As git decides: a URL has a scheme (`x://`), an scp-like address (`host:path`) has a
     colon before its first slash; anything else is a path."""
     if "://" in url:

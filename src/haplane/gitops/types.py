@@ -199,6 +199,11 @@ SYNC_CRD = _crd(
                     }
                 ],
             },
+            "serviceAccountName": {
+                "type": "string",
+                "maxLength": 253,
+                "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+            },
             "prune": {"type": "boolean", "default": False},
             "selfHeal": {"type": "boolean", "default": False},
             "allowEmpty": {"type": "boolean", "default": False},
@@ -256,11 +261,21 @@ class SourceSpec:
             meta.get("namespace", ""),
             meta["name"],
             str(spec.get("url", "")),
-            str(ref.get("commit") or ref.get("tag") or ref.get("branch") or "main"),
+            _ref(ref),
             parse_duration(str(spec.get("interval") or "10s")),
             bool(spec.get("suspend")),
             str((meta.get("annotations") or {}).get(REQUESTED_AT, "")),
         )
+
+
+def _ref(ref: Obj) -> str:
+    """What `git` resolves: a tag or branch by its full name (a tag `v1` never finds a
+    branch `v1`, a deleted branch never falls back to a commit of the same name)."""
+    if ref.get("commit"):
+        return str(ref["commit"])
+    if ref.get("tag"):
+        return f"refs/tags/{ref['tag']}"
+    return f"refs/heads/{ref.get('branch') or 'main'}"
 
 
 @dataclass(frozen=True)
@@ -285,6 +300,7 @@ class SyncSpec:
     suspend: bool = False
     interval: float = DEFAULT_INTERVAL
     requested_at: str = ""  # `haplane gitops sync`: apply again now
+    service_account: str | None = None  # the platform target is written as this account
 
     @property
     def id(self) -> str:
@@ -312,4 +328,5 @@ class SyncSpec:
             bool(spec.get("suspend")),
             parse_duration(str(spec.get("interval") or "10s")),
             str((meta.get("annotations") or {}).get(REQUESTED_AT, "")),
+            spec.get("serviceAccountName") or None,
         )

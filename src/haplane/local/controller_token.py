@@ -1,11 +1,16 @@
-"""The failover controller's ServiceAccount token, kept fresh by the supervisor.
+"""The controllers' ServiceAccount tokens, kept fresh by the supervisor.
 
 Layer: run (local). Asks an API replica (any region: TokenRequest reads the ServiceAccount
-from the replica's cache and writes nothing) for a token of `kube-system/haplane-failover-
-controller` (haplane.auth.rbac.FAILOVER_CONTROLLER_SA) with the supervisor's admin client
-certificate, and writes it to `STATE/pki/tokens/failover-controller.token` (0600, written
-whole then renamed: a gate never reads half a token). Every gate's controller reads that
-file when it records an automatic switch (haplane.gate.api_recorder).
+from the replica's cache and writes nothing) for a token of a controller's ServiceAccount
+with the supervisor's admin client certificate, and writes it to a file (0600, written whole
+then renamed: a reader never sees half a token):
+
+- `kube-system/haplane-failover-controller` (haplane.auth.rbac.FAILOVER_CONTROLLER_SA) to
+  `STATE/pki/tokens/failover-controller.token`: every gate's controller reads it when it
+  records an automatic switch (haplane.gate.api_recorder);
+- `kube-system/haplane-gitops` (GITOPS_CONTROLLER_SA) to
+  `STATE/pki/tokens/gitops-controller.token`: the GitOps controller instances' kubeconfigs
+  name it as their `tokenFile`, re-read as it is renewed.
 
 Tokens live `LIFETIME` and are renewed every `RENEW` (Kubernetes' projected tokens are renewed
 at 80 % of their life; here far sooner, so a supervisor down for a while leaves a token
@@ -37,9 +42,15 @@ class TokenError(Exception):
     pass
 
 
-async def request_token(urls: list[str], ssl: object, lifetime: int = LIFETIME) -> str:
-    """A fresh token from the first replica of `urls` that answers."""
-    namespace, name = FAILOVER_CONTROLLER_SA
+async def request_token(
+    urls: list[str],
+    ssl: object,
+    lifetime: int = LIFETIME,
+    account: tuple[str, str] = FAILOVER_CONTROLLER_SA,
+) -> str:
+    """A fresh token of `account` (namespace, name) from the first replica of `urls` that
+    answers."""
+    namespace, name = account
     path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"
     body = {
         "apiVersion": "authentication.k8s.io/v1",
@@ -69,20 +80,34 @@ def write_token(path: Path, token: str) -> None:
     tmp.replace(path)
 
 
-async def keep(path: Path, urls: list[str], ssl: object) -> None:
-    """Write a fresh token now (retrying until a replica gives one), then every `RENEW`."""
+async def keep(
+    path: Path,
+    urls: list[str],
+    ssl: object,
+    account: tuple[str, str] = FAILOVER_CONTROLLER_SA,
+    written: asyncio.Event | None = None,
+) -> None:
+    """Write a fresh token of `account` now (retrying until a replica gives one), then every
+    `RENEW`; `written` is set once the first one is on disk (a file left by an earlier run
+    may have expired)."""
     failing = False
+    who = "/".join(account)
     while True:
         try:
-            token = await request_token(urls, ssl)
+            token = await request_token(urls, ssl, account=account)
         except TokenError as exc:
             if not failing:
-                log.info(json.dumps({"msg": "controller token: not issued yet", "error": str(exc)}))
+                said = {"msg": "controller token: not issued yet", "account": who}
+                log.info(json.dumps({**said, "error": str(exc)}))
             failing = True
             await asyncio.sleep(RETRY)
             continue
         await asyncio.to_thread(write_token, path, token)
+        if written is not None:
+            written.set()
         if failing:
-            log.info(json.dumps({"msg": "controller token written", "path": str(path)}))
+            log.info(
+                json.dumps({"msg": "controller token written", "account": who, "path": str(path)})
+            )
         failing = False
         await asyncio.sleep(RENEW)

@@ -1,5 +1,6 @@
 """Where the regional balancers and the global gate instances of a topology listen, what they
-forward to, and the config file each `python -m haplane.gate` process is started with.
+forward to, and the config file each `python -m haplane.gate` process is started with; where
+the GitOps controller instances listen and which gate each dials.
 
 Layer: run (`haplane.local`). Pure: from the topology, the port registry and the resolved etcd
 clusters and API replicas; the supervisor writes the configs and starts the processes.
@@ -173,8 +174,50 @@ def resolve_gates(
 
 
 @dataclass(frozen=True)
+class GitopsPlan:
+    """A GitOps controller instance: its listener (webhooks, health, metrics) and the gate it
+    reaches the platform through (its own site's, else the first)."""
+
+    name: str
+    site: str
+    host: str
+    port: int
+    server: str  # the gate's URL
+    tls: bool = False
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{GLOBAL_SCOPE}/{self.name}"
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+
+def resolve_gitops(
+    topology: Topology, ports: PortRegistry, gates: list[GatePlan], tls: bool = False
+) -> list[GitopsPlan]:
+    plans = []
+    for x in topology.spec.global_.gitops:
+        host = topology.host_of(x)
+        gate = next((g for g in gates if g.site == x.site), gates[0] if gates else None)
+        plans.append(
+            GitopsPlan(
+                name=x.name,
+                site=x.site,
+                host=host,
+                port=ports.resolve(port_key(f"{GLOBAL_SCOPE}/{x.name}", "http"), host, x.port),
+                server=gate.url if gate is not None else "",
+                tls=tls,
+            )
+        )
+    return plans
+
+
+@dataclass(frozen=True)
 class TopologyPlan:
-    """Where everything of a topology listens: etcd clusters, API replicas, balancers, gates."""
+    """Where everything of a topology listens: etcd clusters, API replicas, balancers, gates,
+    replicators, GitOps controllers."""
 
     clusters: list[ClusterPlan]
     replicas: list[ReplicaPlan]
@@ -182,6 +225,7 @@ class TopologyPlan:
     gates: list[GatePlan]
     replicators: list[ReplicatorPlan] = field(default_factory=list)
     tls: PlatformTls | None = None  # None: `security.insecure: true`
+    gitops: list[GitopsPlan] = field(default_factory=list)
 
 
 def resolve_all(
@@ -193,13 +237,15 @@ def resolve_all(
     clusters = resolve_addresses(topology, ports, tls)
     replicas = resolve_replicas(topology, ports, clusters, on)
     balancers = resolve_balancers(topology, ports, clusters, replicas, on)
+    gates = resolve_gates(topology, ports, clusters, balancers, on)
     return TopologyPlan(
         clusters,
         replicas,
         balancers,
-        resolve_gates(topology, ports, clusters, balancers, on),
+        gates,
         resolve_replicators(topology, ports, clusters, on),
         tls,
+        resolve_gitops(topology, ports, gates, on),
     )
 
 

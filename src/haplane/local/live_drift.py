@@ -52,6 +52,8 @@ def _placements(topology: Topology) -> dict[str, tuple[str, str, str]]:
         out[f"global/{m.name}"] = (m.site, m.zone or "", topology.host_of(m))
     for g in topology.spec.global_.gates:
         out[f"global/{g.name}"] = (g.site, "", topology.host_of(g))
+    for x in topology.spec.global_.gitops:
+        out[f"global/{x.name}"] = (x.site, "", topology.host_of(x))
     return out
 
 
@@ -172,10 +174,11 @@ async def live_findings(
                 )
             )
 
-    # API replicas, balancers, gates: do they answer where they should?
+    # API replicas, balancers, gates, GitOps controllers: do they answer where they should?
     targets = [(r.qualified_name, f"{r.url}/livez") for r in plan.replicas]
     targets += [(b.qualified_name, f"{b.admin_url}/livez") for b in plan.balancers]
     targets += [(g.qualified_name, f"{g.admin_url}/livez") for g in plan.gates]
+    targets += [(x.qualified_name, f"{x.url}/livez") for x in plan.gitops]
     file_names = set(_placements(file_topology))
     async with aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=timeout + 1),
@@ -216,13 +219,14 @@ async def live_findings(
 
 
 def _served_components(topology: Topology) -> set[str]:
-    """API replicas, balancers and gates of a topology, by status name."""
+    """API replicas, balancers, gates and GitOps controllers of a topology, by status name."""
     names = {
         f"{site.name}/{a.name}" for site, region in topology.regions() for a in region.api_servers
     }
     names |= {
         f"{site.name}/{b.name}" for site, region in topology.regions() for b in region.balancers
     }
+    names |= {f"global/{x.name}" for x in topology.spec.global_.gitops}
     return names | {f"global/{g.name}" for g in topology.spec.global_.gates}
 
 

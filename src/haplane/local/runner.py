@@ -193,9 +193,8 @@ async def serve(
             return 1
         extra = asyncio.create_task(on_healthy()) if on_healthy else None
         agent, agent_client = _ops_agent(supervisor)
-        token = _controller_token(supervisor)
         await stop_wait
-        for task in (extra, agent, token):
+        for task in (extra, agent):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -208,21 +207,6 @@ async def serve(
             loop.remove_signal_handler(sig)
         await control.close()
         state.supervisor_record.unlink(missing_ok=True)
-
-
-def _controller_token(supervisor: Supervisor) -> asyncio.Task[None] | None:
-    """The failover controller's ServiceAccount token, renewed (`controller_token`); none
-    for an insecure topology (no authentication: the controller records in etcd)."""
-    if supervisor.tls is None:
-        return None
-    import asyncio
-
-    from .controller_token import keep
-    from .security import http_ssl
-
-    urls = [r.url for r in supervisor.replicas]
-    task = keep(supervisor.tls.controller_token, urls, http_ssl(supervisor.tls))
-    return asyncio.create_task(task, name="controller token")
 
 
 def _ops_agent(supervisor: Supervisor) -> tuple[asyncio.Task[None], EtcdClient]:

@@ -15,7 +15,9 @@ Three CAs, as kubeadm keeps them:
   RBAC, audit and (later) encryption;
 - **the platform CA** (`pki/platform`, created, or the user's `spec.security.ca`) signs the
   API replicas' serving certificates, the balancers', gates' and replicators' admin
-  listeners, and people's client certificates (`admin` is `system:masters`, the default
+  listeners, the GitOps controllers' listeners (webhooks, metrics; they hold no etcd
+  certificate: they reach the platform through the gate with a ServiceAccount token), and
+  people's client certificates (`admin` is `system:masters`, the default
   kubeconfig's identity);
 - **the front-proxy CA** (`pki/front-proxy`, always haplane's own) signs one certificate, the
   one l7 gates present to the regions to pass clients' identities on in X-Remote-* headers
@@ -131,6 +133,12 @@ class PlatformTls:
         the supervisor, read by every gate's controller."""
         return self.root / "tokens" / "failover-controller.token"
 
+    @property
+    def gitops_token(self) -> Path:
+        """The GitOps controller's ServiceAccount token (`controller_token`), renewed by the
+        supervisor, read (kubeconfig `tokenFile`) by every GitOps controller instance."""
+        return self.root / "tokens" / "gitops-controller.token"
+
     def platform(self, name: str) -> Pair:
         return Pair(self.platform_dir / f"{name}.crt", self.platform_dir / f"{name}.key", self.ca)
 
@@ -158,7 +166,7 @@ class PlatformTls:
 
     def serving(self, kind: str, qualified: str) -> Pair:
         """The serving pair of an API replica (`apiserver`) or of an admin listener
-        (`balancer`, `gate`, `replicator`)."""
+        (`balancer`, `gate`, `replicator`, `gitops`)."""
         return self.platform(cert_name(kind, qualified))
 
     @property
@@ -376,6 +384,10 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
         q = f"replicator/{rep.qualified_name}"
         leaf(etcd, cert_name("client", q), q, client=True)
         leaf(platform, cert_name(q), q, [rep.host, *LOOPBACK], server=True)
+    for x in plan.gitops:
+        # its listener only (webhooks from git servers, metrics, health): no etcd certificate
+        q = f"gitops/{x.name}"
+        leaf(platform, cert_name(q), q, [x.host, *LOOPBACK], server=True)
     platform.ensure(
         CertRequest("admin", ADMIN_USER, organizations=ADMIN_GROUPS, client=True, days=days)
     )

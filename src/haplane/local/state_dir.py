@@ -10,6 +10,8 @@ Layer: run (local). Layout::
     run/<scope>_<name>.json   pid records of supervised processes
     data/<scope>/<name>/      etcd data dirs (kept across restarts; `--fresh` wipes them)
     logs/<scope>/<name>.log   each process's output
+    gitops/<name>.kubeconfig  a GitOps controller instance's kubeconfig (mode 0600)
+    gitops/<name>/            its cache of repositories and rendered trees
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ class StateDir:
         return self.root / "logs" / f"{component}.log"
 
     @property
+    def gitops_dir(self) -> Path:
+        """The GitOps controller instances' kubeconfigs and caches (written by the supervisor)."""
+        return self.root / "gitops"
+
+    @property
     def network_file(self) -> Path:
         """Present when the topology runs with each site in its own network namespace
         (`haplane up --netns`): the sites' addresses (haplane.local.site_network)."""
@@ -101,7 +108,7 @@ class StateDir:
 
     def wipe(self) -> None:
         """`--fresh`: forget data, ports and logs (only call with nothing running)."""
-        for d in (self.root / "data", self.root / "logs", self.run_dir):
+        for d in (self.root / "data", self.root / "logs", self.run_dir, self.gitops_dir):
             shutil.rmtree(d, ignore_errors=True)
         for f in (self.ports_file, self.supervisor_log):
             f.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from haplane.topology.model import GLOBAL_SCOPE
 
 from . import pidfile
 from .control_client import ControlClient, ControlError
-from .gate_plans import TopologyPlan, plan_of
+from .gate_plans import GitopsPlan, TopologyPlan, plan_of
 from .plans import ClusterPlan, ReplicaPlan, global_plan
 from .security import expiry_summary, http_ssl
 from .state_dir import StateDir
@@ -103,6 +103,23 @@ class EdgeReport:
 
 
 @dataclass
+class GitopsReport:
+    """A GitOps controller instance: its process, readiness (it reached the platform through
+    its gate) and whether it holds the controller Lease, as its own `/metrics` says."""
+
+    name: str
+    site: str
+    url: str
+    server: str  # the gate it dials
+    state: str
+    pid: int | None
+    restarts: int
+    ready: bool
+    leading: bool | None = None  # None: its listener did not say
+    error: str | None = None
+
+
+@dataclass
 class GlobalReport:
     """The active region and its epoch, and the most recent changes (oldest first)."""
 
@@ -150,6 +167,7 @@ class StatusReport:
     sync: dict[str, Any] | None = None
     # count, the soonest to expire, those within 30 days (None: insecure, or no PKI yet)
     certificates: dict[str, Any] | None = None
+    gitops: list[GitopsReport] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +180,7 @@ class StatusReport:
             and all(r.ready for r in self.replicas)
             and all(e.ready or e.drained for e in self.edges)  # drained: on purpose
             and all(r["state"] == "running" for row in self.replication for r in row.replicators)
+            and all(g.ready for g in self.gitops)
         )
 
 
@@ -200,13 +219,17 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
         *(_replica_report(r, processes, timeout, ssl) for r in plan.replicas)
     )
     global_state = await _global_report(plan.clusters, timeout)
-    edges = await asyncio.gather(
+    edge_reports = asyncio.gather(
         *(
             _edge_report(e.qualified_name, kind, e.url, e.admin_url, processes, timeout, ssl)
             for kind, group in (("balancer", plan.balancers), ("gate", plan.gates))
             for e in group
         )
     )
+    gitops_reports = asyncio.gather(
+        *(_gitops_report(g, processes, timeout, ssl) for g in plan.gitops)
+    )
+    edges, gitops = await asyncio.gather(edge_reports, gitops_reports)
     replication, cuts, divergences, sync = await _replication_report(
         topology, plan, processes, timeout
     )
@@ -230,6 +253,7 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
         divergences,
         sync,
         certificates,
+        list(gitops),
     )
 
 
@@ -343,6 +367,55 @@ async def _edge_report(
                 }
             )
     return report
+
+
+LEADER_GAUGE = "haplane_gitops_leader"
+
+
+async def _gitops_report(
+    plan: GitopsPlan,
+    processes: dict[str, dict[str, Any]],
+    timeout: float,
+    ssl: SSLContext | bool = True,
+) -> GitopsReport:
+    """Its `/readyz`, and its `/metrics` for the Lease (cheap: one listener, no API call)."""
+    proc = processes.get(plan.qualified_name, {})
+    report = GitopsReport(
+        name=plan.qualified_name,
+        site=plan.site,
+        url=plan.url,
+        server=plan.server,
+        state=str(proc.get("state", "not running")),
+        pid=proc.get("pid"),
+        restarts=int(proc.get("restarts") or 0),
+        ready=False,
+    )
+    try:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout + 0.5),
+            connector=aiohttp.TCPConnector(ssl=ssl),
+        ) as session:
+            async with session.get(f"{plan.url}/readyz") as resp:
+                report.ready = resp.status == 200
+                if not report.ready:
+                    report.error = (await resp.text()).strip()[:80] or f"HTTP {resp.status}"
+            async with session.get(f"{plan.url}/metrics") as resp:
+                report.leading = leader_gauge(await resp.text())
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        report.error = f"listener: {exc or type(exc).__name__}"
+    return report
+
+
+def leader_gauge(metrics: str) -> bool | None:
+    """`haplane_gitops_leader` from a Prometheus text page: whether that instance leads."""
+    for line in metrics.splitlines():
+        name, _, value = line.partition(" ")
+        if name == LEADER_GAUGE:
+            try:
+                return float(value) == 1.0
+            except ValueError:
+                return None
+    return None
 
 
 async def _global_report(

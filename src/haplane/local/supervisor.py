@@ -8,6 +8,12 @@ A member of a *fresh* cluster that loses the race for a free port ("address alre
 that cluster start again on newly assigned ports (its data dirs are empty, so nothing is lost);
 a member with data never changes ports, because etcd remembers its peer URLs.
 
+Then, all at once, the API replicas, balancers, gates and replicators. Once the replicas are
+ready the supervisor keeps the controllers' ServiceAccount tokens (`controller_token`): the
+failover controller's and the GitOps controller's. The GitOps controller instances start last,
+once the gates are ready and (with TLS) the GitOps token of this run is written: they reach
+the platform only through a gate, as that ServiceAccount.
+
 After start-up each process is supervised (see `process.py`): restarted with backoff when it exits
 on its own, left down when stopped on purpose by a fault.
 """
@@ -23,6 +29,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -44,11 +51,13 @@ from . import security, site_network
 from .gate_plans import (
     BalancerPlan,
     GatePlan,
+    GitopsPlan,
     balancer_config,
     gate_config,
     resolve_all,
     resolve_balancers,
     resolve_gates,
+    resolve_gitops,
 )
 from .plans import (
     ClusterPlan,
@@ -119,6 +128,8 @@ class Supervisor:
         self.balancers: list[BalancerPlan] = []
         self.gates: list[GatePlan] = []
         self.replicators: list[ReplicatorPlan] = []
+        self.gitops: list[GitopsPlan] = []
+        self._tokens: list[asyncio.Task[None]] = []  # the controllers' tokens, kept fresh
         self.started_in: float | None = None
         self.network = site_network.load(state)
         self.tls: PlatformTls | None = platform_tls(state, topology)
@@ -166,10 +177,12 @@ class Supervisor:
             )
             self.gates = resolve_gates(self.topology, ports, self.clusters, self.balancers, on)
             self.replicators = resolve_replicators(self.topology, ports, self.clusters, on)
+            self.gitops = resolve_gitops(self.topology, ports, self.gates, on)
+            gitops_token = asyncio.Event()
             # All at once: a balancer is ready when a replica behind it is, a gate when a
             # balancer of the active region is; starting them together overlaps their start-up.
             await asyncio.gather(
-                *(self._start_replica(r, timeout) for r in self.replicas),
+                self._start_replicas(timeout, gitops_token),
                 *(
                     self._start_engine(
                         b.qualified_name, "balancer", balancer_config(b, self.tls), timeout
@@ -184,6 +197,9 @@ class Supervisor:
                 ),
                 *(self._start_replicator(r, timeout) for r in self.replicators),
             )
+            if self.gitops:
+                await self._await_gitops_token(gitops_token, timeout)
+                await asyncio.gather(*(self._start_gitops(g, timeout) for g in self.gitops))
         except BaseException as exc:
             self.phase = "failed"
             self.error = str(exc)
@@ -337,6 +353,52 @@ class Supervisor:
             if regions is None:
                 self.progress(f"{region}: fence key {value or '(no answer)'}")
 
+    async def _start_replicas(self, timeout: float, gitops_token: asyncio.Event) -> None:
+        """Every API replica; once they are ready, the controllers' tokens (`_keep_tokens`)."""
+        await asyncio.gather(*(self._start_replica(r, timeout) for r in self.replicas))
+        self._keep_tokens(gitops_token)
+
+    def _keep_tokens(self, gitops_written: asyncio.Event) -> None:
+        """The failover controller's and the GitOps controller's ServiceAccount tokens,
+        renewed (`controller_token`) until `stop`; none for an insecure topology (no
+        authentication: the failover controller records in etcd, GitOps needs no token)."""
+        if self.tls is None:
+            gitops_written.set()
+            return
+        from haplane.auth.rbac import FAILOVER_CONTROLLER_SA, GITOPS_CONTROLLER_SA
+
+        from .controller_token import keep
+
+        urls = [r.url for r in self.replicas]
+        ssl = security.http_ssl(self.tls)
+        self._tokens += [
+            asyncio.create_task(
+                keep(self.tls.controller_token, urls, ssl, FAILOVER_CONTROLLER_SA),
+                name="failover controller token",
+            ),
+        ]
+        if self.gitops:
+            self._tokens.append(
+                asyncio.create_task(
+                    keep(self.tls.gitops_token, urls, ssl, GITOPS_CONTROLLER_SA, gitops_written),
+                    name="gitops controller token",
+                )
+            )
+
+    async def _await_gitops_token(self, written: asyncio.Event, timeout: float) -> None:
+        """The GitOps token of this run on disk (the replicas create the ServiceAccount once
+        their region is writable): an instance started before it would reach the platform
+        anonymously, and read its `tokenFile` again only seconds later."""
+        try:
+            await asyncio.wait_for(written.wait(), timeout)
+        except TimeoutError:
+            raise SupervisorError(
+                f"no token for the GitOps controller's ServiceAccount within {timeout:.0f}s "
+                "(the API replicas create it once their region is writable; see their logs)"
+            ) from None
+        if self.tls is not None:
+            self.progress("gitops: ServiceAccount token written")
+
     async def _start_replica(self, plan: ReplicaPlan, timeout: float) -> None:
         proc = self._process(
             plan.qualified_name,
@@ -434,6 +496,43 @@ class Supervisor:
         await self._await_ready(proc, f"{plan.url}/readyz", timeout)
         self.progress(f"{plan.qualified_name}: ready at {plan.url}")
 
+    async def _start_gitops(self, plan: GitopsPlan, timeout: float) -> None:
+        """A GitOps controller instance (`python -m haplane.gitops`), with a kubeconfig of its
+        own naming the gate it dials and (with TLS) the GitOps token file; ready once its
+        `/readyz` says it reached the platform."""
+        cache = self.state.gitops_dir / plan.name
+        cache.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable, "-m", "haplane.gitops",
+            "--kubeconfig", str(self._gitops_kubeconfig(plan)),
+            "--identity", plan.name,
+            "--cache", str(cache),
+            "--listen", f"{plan.host}:{plan.port}",
+        ]  # fmt: skip
+        if self.tls is not None:
+            serving = self.tls.serving("gitops", plan.name)
+            argv += [
+                "--tls-cert-file", str(serving.cert),
+                "--tls-private-key-file", str(serving.key),
+            ]  # fmt: skip
+        proc = self._process(plan.qualified_name, "gitops", argv, plan.host)
+        self.processes[plan.qualified_name] = proc
+        await proc.spawn()
+        await self._await_ready(proc, f"{plan.url}/readyz", timeout)
+        self.progress(f"{plan.qualified_name}: ready at {plan.url} (through {plan.server})")
+
+    def _gitops_kubeconfig(self, plan: GitopsPlan) -> Path:
+        """STATE/gitops/NAME.kubeconfig (0600): the gate, the platform CA and the token file
+        the supervisor renews; plain HTTP and no user when insecure."""
+        return write_kubeconfig(
+            self.state.gitops_dir / f"{plan.name}.kubeconfig",
+            self.topology.name,
+            plan.server,
+            ca=self.tls.ca if self.tls is not None else None,
+            token_file=self.tls.gitops_token if self.tls is not None else None,
+            user="haplane-gitops",
+        )
+
     async def _start_engine(
         self, name: str, kind: str, config: dict[str, Any], timeout: float
     ) -> None:
@@ -512,6 +611,10 @@ class Supervisor:
         emit("stopped", {})
 
     async def _stop_all(self) -> None:
+        for task in self._tokens:
+            task.cancel()
+        await asyncio.gather(*self._tokens, return_exceptions=True)
+        self._tokens = []
         await asyncio.gather(*(p.stop() for p in self.processes.values()))
         if self.network is not None:
             try:
@@ -570,6 +673,41 @@ def configure_logging() -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+def write_kubeconfig(
+    path: Path,
+    cluster: str,
+    server: str,
+    *,
+    ca: Path | None,
+    token_file: Path | None,
+    user: str,
+) -> Path:
+    """A kubeconfig of one context (mode 0600, written whole then renamed): `server`, trusted
+    with `ca`, and a bearer token read from `token_file` (kubectl's `tokenFile`)."""
+    cluster_entry: dict[str, Any] = {"server": server}
+    if ca is not None:
+        cluster_entry["certificate-authority"] = str(ca)
+    user_entry: dict[str, Any] = {}
+    if token_file is not None:
+        user_entry["tokenFile"] = str(token_file)
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": cluster_entry}],
+        "users": [{"name": user, "user": user_entry}],
+        "contexts": [{"name": f"{user}@{cluster}", "context": {"cluster": cluster, "user": user}}],
+        "current-context": f"{user}@{cluster}",
+    }
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)  # JSON is YAML: kubectl and the controller read it
+    os.chmod(tmp, 0o600)  # an older file of that name keeps its mode through O_TRUNC
+    tmp.replace(path)
+    return path
 
 
 def _etcd_tls_args(tls: EtcdTls) -> list[str]:

@@ -5,15 +5,19 @@ Graphviz's `dot` via the `graphviz` package, imported lazily so that this module
 output) works without it.
 
 Drawn: one cluster per site ("region <name>" or "witness site"), nested clusters per zone, a node
-per component (regional etcd member, API replica, balancer, control etcd member, gate instance;
-gates and zoneless control members sit in their site's first zone, as in `failures.py`), a small
+per component (regional etcd member, API replica, balancer, control etcd member, gate instance,
+GitOps controller instance; gates, GitOps controllers and zoneless control members sit in their
+site's first zone, as in `failures.py`), a small
 "<region> etcd" node per regional etcd cluster and one "global control etcd" node. Edges: gate ->
 every balancer (solid to the active, highest-priority region, dashed to the others), balancer ->
-API replica, API replica -> its region's etcd, etcd cluster - member, control etcd - member, and
-one bold "async replication" (or "sync replication") edge per replication pair, drawn from the
-active region (a pair copies both ways, in whichever direction the active region makes it).
+API replica, API replica -> its region's etcd, etcd cluster - member, control etcd - member,
+GitOps controller -> the gate it dials (dotted), and one bold "async replication" (or "sync
+replication") edge per replication pair, drawn from the active region (a pair copies both ways,
+in whichever direction the active region makes it).
 
-`failed` names failures as `failures.failure_named` accepts them. Components a component, zone or
+`failed` names failures as `failures.failure_named` accepts them (GitOps controllers serve no
+request, so the failure model leaves them out and `failed` cannot name them; a zone or site
+failure still shades them). Components a component, zone or
 site failure takes down are filled grey with a red border and a "DOWN" label; network cuts shade
 nothing but add a dashed red "cut" link between the sites; etcd clusters that lose quorum under
 the whole failure set (`failures.evaluate`) get a "NO QUORUM" label.
@@ -24,7 +28,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from .failures import ComponentKind, Failure, evaluate, failure_model
 from .model import GLOBAL_SCOPE, Topology
@@ -40,6 +44,8 @@ def cluster_node(scope: str) -> str:
 
 
 CONTROL_ETCD = cluster_node(GLOBAL_SCOPE)
+# what is drawn: the failure model's components, and GitOps controllers (which it leaves out)
+DrawnKind: TypeAlias = ComponentKind | Literal["gitops controller"]
 
 
 class DiagramError(Exception):
@@ -50,7 +56,7 @@ class DiagramError(Exception):
 class Component:
     qualified_name: str  # as `failures.py` names it: "<region>/<name>" or "global/<name>"
     name: str
-    kind: ComponentKind
+    kind: DrawnKind
     site: str
     zone: str
     region: str | None  # the region it belongs to (None for control etcd members and gates)
@@ -64,13 +70,14 @@ class Cut:
 
 
 # (DOT shape, DOT style extras, fill colour, Mermaid open, Mermaid close)
-_KIND_STYLE: dict[ComponentKind, tuple[str, str, str, str, str]] = {
+_KIND_STYLE: dict[DrawnKind, tuple[str, str, str, str, str]] = {
     "etcd member": ("cylinder", "", "#dbe9f6", "[(", ")]"),
     "API replica": ("box", ",rounded", "#e2f0d9", "(", ")"),
     "balancer": ("hexagon", "", "#fff2cc", "{{", "}}"),
     "replicator": ("cds", "", "#d9f2f2", ">", "]"),
     "control etcd member": ("cylinder", "", "#e8dcf7", "[(", ")]"),
     "gate": ("invhouse", "", "#fde2cf", "[/", "\\]"),
+    "gitops controller": ("component", "", "#f6e0ee", "[[", "]]"),
 }
 _DOWN_FILL = "#bdbdbd"
 _DOWN_BORDER = "#d00000"
@@ -109,6 +116,11 @@ def components(topology: Topology) -> list[Component]:
         zone = _first_zone(topology, gate.site)
         out.append(
             Component(f"{GLOBAL_SCOPE}/{gate.name}", gate.name, "gate", gate.site, zone, None)
+        )
+    for x in g.gitops:
+        zone = _first_zone(topology, x.site)
+        out.append(
+            Component(f"{GLOBAL_SCOPE}/{x.name}", x.name, "gitops controller", x.site, zone, None)
         )
     return out
 
@@ -174,7 +186,14 @@ def _cuts(topology: Topology, failures: Sequence[Failure]) -> list[Cut]:
 
 
 EdgeKind = Literal[
-    "gate-active", "gate-standby", "serves", "stores", "member", "replication", "replication-sync"
+    "gate-active",
+    "gate-standby",
+    "serves",
+    "stores",
+    "member",
+    "replication",
+    "replication-sync",
+    "gitops",
 ]
 
 
@@ -195,6 +214,7 @@ _DOT_EDGE: dict[EdgeKind, str] = {
     'label="async replication\\n(from the active region)", fontcolor="#1f5fa8"',
     "replication-sync": 'style=bold, penwidth=2.5, color="#1f5fa8", '
     'label="sync replication\\n(from the active region)", fontcolor="#1f5fa8"',
+    "gitops": 'style=dotted, color="#a0457a"',
 }
 _MERMAID_EDGE: dict[EdgeKind, str] = {
     "gate-active": "-->",
@@ -204,12 +224,14 @@ _MERMAID_EDGE: dict[EdgeKind, str] = {
     "member": "-.-",
     "replication": '== "async replication (from the active region)" ==>',
     "replication-sync": '== "sync replication (from the active region)" ==>',
+    "gitops": "-.->",
 }
 
 
 def edges(topology: Topology, comps: Sequence[Component] | None = None) -> list[Edge]:
     """Gate -> every balancer (to the active region or a standby), balancer -> API replicas of
-    its region, API replica -> its region's etcd, etcd cluster - members, replication pairs."""
+    its region, API replica -> its region's etcd, etcd cluster - members, GitOps controller ->
+    the gate it dials (its own site's, else the first), replication pairs."""
     comps = components(topology) if comps is None else comps
     regions = [s.name for s, _ in topology.regions()]
     active = _active_region(topology)
@@ -240,6 +262,11 @@ def edges(topology: Topology, comps: Sequence[Component] | None = None) -> list[
         for m in comps
         if m.kind == "control etcd member"
     ]
+    gates = [c for c in comps if c.kind == "gate"]
+    for x in (c for c in comps if c.kind == "gitops controller"):
+        dialled = next((g for g in gates if g.site == x.site), gates[0] if gates else None)
+        if dialled is not None:
+            out.append(Edge(x.qualified_name, dialled.qualified_name, "gitops"))
     for r in topology.spec.global_.replication:
         if r.from_ in regions and r.to in regions:
             # a pair copies both ways, from whichever region is active: drawn from the active

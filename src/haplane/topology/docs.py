@@ -128,6 +128,11 @@ def _overview(topology: Topology) -> list[str]:
         + (
             f" and witness site(s) {_names(witnesses)}, which hold only a global control etcd "
             "member and a gate instance to break ties"
+            + (
+                " (and GitOps controllers)"
+                if any(x.site in witnesses for x in topology.spec.global_.gitops)
+                else ""
+            )
             if witnesses
             else " and no witness site"
         )
@@ -143,6 +148,11 @@ def _overview(topology: Topology) -> list[str]:
         f"A global control etcd of {len(g.control_etcd.members)} member(s) records the active "
         f"region, and {len(g.gates)} gate instance(s) forward clients to it. "
     )
+    if g.gitops:
+        text += (
+            f"{len(g.gitops)} GitOps controller instance(s) (one leads) apply what GitSources "
+            "and Syncs declare, through the gate. "
+        )
     if g.replication:
         pairs = ", ".join(f"`{r.from_}` <-> `{r.to}` ({r.mode.lower()})" for r in g.replication)
         text += (
@@ -200,6 +210,19 @@ def _inventory(topology: Topology) -> list[str]:
         ),
         "",
     ]
+    if g.gitops:
+        out += ["### GitOps controllers", ""]
+        out += [
+            "Clients of the platform through the gate (its own site's, else the first), as the "
+            "ServiceAccount `kube-system/haplane-gitops`; one leads through the Lease "
+            "`kube-system/haplane-gitops-controller`, the others stand by.",
+            "",
+            *_table(
+                ["NAME", "SITE", "HOST", "PORT"],
+                [[x.name, x.site, topology.host_of(x), x.port or "assigned"] for x in g.gitops],
+            ),
+            "",
+        ]
     out += ["### Failover priority", ""]
     out += [
         *_table(
@@ -606,6 +629,29 @@ def _runbook(topology: Topology) -> list[str]:
         ],
         [f"Check: {status}.", f"If it stays down: `haplane fault restart {gate_example}`."],
     )
+
+    if g.gitops:
+        gitops_example = f"{GLOBAL_SCOPE}/{g.gitops[0].name}"
+        gitops_sites = {x.site for x in g.gitops}
+        out += _entry(
+            "A GitOps controller instance down",
+            [
+                "The supervisor restarts it. When it led, another instance takes the Lease "
+                "once it expires and goes on from the Syncs' status (a step it interrupted "
+                "is applied again in full); objects already applied stay as they are.",
+                f"Instances: {_names(f'{GLOBAL_SCOPE}/{x.name} ({x.site})' for x in g.gitops)}"
+                + (
+                    "."
+                    if len(g.gitops) > 1 and len(gitops_sites) > 1
+                    else " - a single point of failure for syncing (`gitops-controllers`)."
+                ),
+            ],
+            [
+                f"Check: {status} (the leading instance is starred); `haplane gitops status` "
+                "for what was applied.",
+                f"If it stays down: `haplane fault restart {gitops_example}`.",
+            ],
+        )
 
     # network cut between sites
     sites = [s.name for s in topology.spec.sites]

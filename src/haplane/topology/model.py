@@ -17,6 +17,7 @@ Shape (Kubernetes-style, camelCase, unknown fields refused)::
       global:
         controlEtcd: {members: [{name, site, zone?}]}
         gates: [{name, site}]
+        gitops: [{name, site}]    # GitOps controller instances; one leads
         failover: {mode: ActivePassive, priority: [eu-west, eu-central]}
         replication: [{from: eu-west, to: eu-central}]
 
@@ -169,6 +170,20 @@ class Gate(Placement):
     )
 
 
+class GitopsController(Placement):
+    """One instance of the GitOps controller (`python -m haplane.gitops`): a client of the
+    platform through the gate, as its own ServiceAccount; one instance leads through a Lease."""
+
+    name: Name
+    site: Name = Field(
+        description="Site of this instance; it dials the gate instance of its own site (else "
+        "the first gate)."
+    )
+    port: Port | None = Field(
+        None, description="Its listener: git push webhooks, /readyz and /metrics."
+    )
+
+
 class Failover(_Model):
     mode: Literal["ActivePassive"] = "ActivePassive"
     priority: list[Name] | None = Field(
@@ -248,6 +263,12 @@ class Replication(_Model):
 class Global(_Model):
     control_etcd: ControlEtcd
     gates: list[Gate] = Field(min_length=1)
+    gitops: list[GitopsController] = Field(
+        default_factory=list,
+        description="GitOps controller instances: they apply GitSources and Syncs to the "
+        "platform through the gate; one leads through a Lease, the others stand by. Two or "
+        "more, on different sites, survive a site failure.",
+    )
     failover: Failover = Field(default_factory=Failover)
     replication: list[Replication] = Field(default_factory=list)
 
@@ -367,7 +388,7 @@ class Topology(_Model):
 
     def host_of(self, placed: Placement, site: str | None = None) -> str:
         """The component's own host, else its site's (`site`, or the component's `site` field
-        for control etcd members and gates), else `spec.defaults.host`."""
+        for control etcd members, gates and GitOps controllers), else `spec.defaults.host`."""
         if placed.host:
             return placed.host
         site_obj = self.site(site or getattr(placed, "site", None) or "")

@@ -21,6 +21,8 @@ from .model import (
     ApiServer,
     Balancer,
     EtcdClusterView,
+    Gate,
+    GitopsController,
     Placement,
     Replication,
     Replicator,
@@ -41,6 +43,8 @@ RULES: dict[str, str] = {
     "gate-vantage-sites": "gate instances (health vantage points) on 3 or more sites",
     "gate-shared-port": "gate instances on one host share one port (clients know one address) "
     "and one mode",
+    "gitops-controllers": "GitOps controller instances, when there are any, are 2 or more on "
+    "2 or more sites (one leads; another takes over when its site fails)",
     "api-replicas": "each region needs 2 or more API server replicas",
     "balancer-count": "each region needs balancers; 2 or more avoid a single point of failure",
     "duplicate-name": "names are unique within their scope",
@@ -89,6 +93,7 @@ def validate(topo: Topology) -> list[Finding]:
         _control_etcd,
         _gates,
         _gate_ports,
+        _gitops,
         _region_components,
         _failover,
         _replication,
@@ -155,7 +160,9 @@ def _names(topo: Topology) -> list[Finding]:
             )
     g = topo.spec.global_
     dupes(
-        [m.name for m in g.control_etcd.members] + [x.name for x in g.gates],
+        [m.name for m in g.control_etcd.members]
+        + [x.name for x in g.gates]
+        + [x.name for x in g.gitops],
         "spec.global",
         "global component",
     )
@@ -208,16 +215,21 @@ def _references(topo: Topology) -> list[Finding]:
                     f"use one of: {', '.join(msite.zones)}",
                 )
             )
-    for j, gate in enumerate(g.gates):
-        if topo.site(gate.site) is None:
-            out.append(
-                _err(
-                    "unknown-reference",
-                    f"spec.global.gates[{j}].site",
-                    f"no site named {gate.site!r}",
-                    f"use one of: {', '.join(site_names)}",
+    placed_on_sites: list[tuple[str, Sequence[GitopsController | Gate]]] = [
+        ("gates", g.gates),
+        ("gitops", g.gitops),
+    ]
+    for field, on_sites in placed_on_sites:
+        for j, x in enumerate(on_sites):
+            if topo.site(x.site) is None:
+                out.append(
+                    _err(
+                        "unknown-reference",
+                        f"spec.global.{field}[{j}].site",
+                        f"no site named {x.site!r}",
+                        f"use one of: {', '.join(site_names)}",
+                    )
                 )
-            )
     return out
 
 
@@ -384,6 +396,41 @@ def _gate_ports(topo: Topology) -> list[Finding]:
     return out
 
 
+def _gitops(topo: Topology) -> list[Finding]:
+    """None is fine (GitOps is optional); one instance, or all on one site, is a single point
+    of failure for every Sync (objects already applied stay, nothing new is applied)."""
+    instances = topo.spec.global_.gitops
+    sites = {x.site for x in instances}
+    path = "spec.global.gitops"
+    if len(instances) == 1:
+        return [
+            _warn(
+                "gitops-controllers",
+                path,
+                f"a single GitOps controller instance ({instances[0].name} on "
+                f"{instances[0].site}): while it is down, or its site is, nothing is synced",
+                "add a second instance on another site, e.g. "
+                f"{{name: gitops-2, site: {_other_site(topo, instances[0].site)}}}",
+            )
+        ]
+    if len(instances) > 1 and len(sites) == 1:
+        site = next(iter(sites))
+        return [
+            _warn(
+                "gitops-controllers",
+                path,
+                f"every GitOps controller instance is on site {site!r}: when it fails, "
+                "nothing is synced",
+                f"place one instance on another site, e.g. {_other_site(topo, site)}",
+            )
+        ]
+    return []
+
+
+def _other_site(topo: Topology, site: str) -> str:
+    return next((s.name for s in topo.spec.sites if s.name != site), "ANOTHER-SITE")
+
+
 def _region_components(topo: Topology) -> list[Finding]:
     out: list[Finding] = []
     for i, site in enumerate(topo.spec.sites):
@@ -512,7 +559,7 @@ def _explicit_hosts(topo: Topology) -> Iterator[tuple[str, str]]:
                     yield f"{base}.{field}[{j}].host", c.host
     g = topo.spec.global_
     for field, global_components in (("controlEtcd.members", g.control_etcd.members),
-                                      ("gates", g.gates)):  # fmt: skip
+                                      ("gates", g.gates), ("gitops", g.gitops)):  # fmt: skip
         for j, c in enumerate(global_components):
             if c.host:
                 yield f"spec.global.{field}[{j}].host", c.host
@@ -775,6 +822,9 @@ def _ports(topo: Topology) -> list[Finding]:
     for j, gate in enumerate(g.gates):
         if gate.port is not None:
             owners[(topo.host_of(gate), gate.port)].append(("gate", f"spec.global.gates[{j}].port"))
+    for j, x in enumerate(g.gitops):
+        if x.port is not None:
+            owners[(topo.host_of(x), x.port)].append(("gitops", f"spec.global.gitops[{j}].port"))
     out: list[Finding] = []
     for (host, port), users in owners.items():
         # Gate instances on one host share one port on purpose (SO_REUSEPORT).
