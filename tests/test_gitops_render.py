@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from haplane.gitops import render as render_module
 from haplane.gitops.render import RenderError, object_key, render
 
 
@@ -263,3 +264,301 @@ async def test_a_symlinked_file_must_stay_in_the_repository(tmp_path: Path) -> N
     (root / "apps" / "c.yaml").symlink_to(outside / "secret.yaml")
     with pytest.raises(RenderError, match=r"^apps/c.yaml is a symlink to outside the repository"):
         await render(root, "apps")
+
+
+# The kustomization graph is checked before kustomize runs: kustomize reads bases (directories)
+# from anywhere and fetches remote ones, so a repository could render another one's tree.
+
+
+@pytest.fixture
+def kustomize_runs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """kustomize stood in for: the directories it would have built (a refusal builds none)."""
+    built: list[Path] = []
+
+    async def fake(real_root: Path, directory: Path, timeout: float) -> bytes:
+        built.append(directory)
+        raise AssertionError(f"kustomize ran on {directory}")
+
+    monkeypatch.setattr(render_module, "_kustomize", fake)
+    return built
+
+
+OUTSIDE = {
+    "outside/kustomization.yaml": "resources:\n- secret.yaml\n",
+    "outside/secret.yaml": cm("other-repository"),
+    "outside/secret.txt": "password\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("kustomization", "refusal"),
+    [
+        ("resources:\n- ../../outside\n", "resources entry '../../outside' leaves"),
+        ("bases:\n- ../../outside\n", "bases entry '../../outside' leaves"),
+        ("components:\n- ../../outside\n", "components entry '../../outside' leaves"),
+        ("Resources:\n- ../../outside\n", "resources entry '../../outside' leaves"),
+        ("resources:\n- sub/../../../outside\n", "resources entry 'sub/../../../outside' leaves"),
+        ("generators:\n- ../../outside\n", "generators entry '../../outside' leaves"),
+        ("transformers:\n- ../../outside\n", "transformers entry '../../outside' leaves"),
+        (
+            "patches:\n- path: ../../outside/secret.yaml\n",
+            "patches[0].path entry '../../outside/secret.yaml' leaves",
+        ),
+        (
+            "patches:\n- PATH: ../../outside/secret.yaml\n",
+            "patches[0].path entry '../../outside/secret.yaml' leaves",
+        ),
+        (
+            "patchesStrategicMerge:\n- ../../outside/secret.yaml\n",
+            "patchesStrategicMerge entry '../../outside/secret.yaml' leaves",
+        ),
+        (
+            "secretGenerator:\n- name: s\n  envs:\n  - ../../outside/secret.txt\n",
+            "secretGenerator[0].envs entry '../../outside/secret.txt' leaves",
+        ),
+        (
+            "configMapGenerator:\n- name: c\n  env: ../../outside/secret.txt\n",
+            "configMapGenerator[0].env entry '../../outside/secret.txt' leaves",
+        ),
+        ("openapi:\n  path: ../../outside/secret.yaml\n", "openapi.path entry"),
+        ("crds:\n- ../../outside/secret.yaml\n", "crds entry '../../outside/secret.yaml'"),
+        (
+            "replacements:\n- path: ../../outside/secret.yaml\n",
+            "replacements[0].path entry '../../outside/secret.yaml' leaves",
+        ),
+        ("resources:\n- /etc\n", "resources entry '/etc' is an absolute path"),
+    ],
+)
+async def test_a_kustomization_reaching_outside_the_repository_is_refused(
+    tmp_path: Path, kustomize_runs: list[Path], kustomization: str, refusal: str
+) -> None:
+    write(tmp_path, OUTSIDE)
+    root = write(tmp_path / "repo", {"app/kustomization.yaml": kustomization})
+    with pytest.raises(RenderError) as caught:
+        await render(root, "app")
+    assert str(caught.value).startswith(f"app/kustomization.yaml: {refusal}")
+    assert caught.value.file == "app/kustomization.yaml"
+    assert kustomize_runs == []
+
+
+async def test_a_base_outside_the_repository_is_not_rendered(tmp_path: Path) -> None:
+    """With kustomize itself: it would render the other tree's objects (its load restrictor
+    keeps files, not bases, in the kustomization's directory)."""
+    write(tmp_path, OUTSIDE)
+    root = write(
+        tmp_path / "repo",
+        {"app/kustomization.yaml": "resources:\n- here.yaml\n- ../../outside\n"},
+    )
+    write(root, {"app/here.yaml": cm("here")})
+    with pytest.raises(RenderError, match=r"'\.\./\.\./outside' leaves the repository"):
+        await render(root, "app")
+
+
+async def test_a_base_in_a_nested_kustomization_is_checked_too(
+    tmp_path: Path, kustomize_runs: list[Path]
+) -> None:
+    write(tmp_path, OUTSIDE)
+    root = write(
+        tmp_path / "repo",
+        {
+            "overlays/prod/kustomization.yaml": "resources:\n- ../../base\n",
+            "base/kustomization.yaml": "resources:\n- ok.yaml\n- ../../outside\n",
+            "base/ok.yaml": cm("ok"),
+        },
+    )
+    with pytest.raises(RenderError) as caught:
+        await render(root, "overlays", "prod")
+    assert str(caught.value).startswith(
+        "base/kustomization.yaml: resources entry '../../outside' leaves the repository"
+    )
+    assert caught.value.file == "base/kustomization.yaml"
+    assert kustomize_runs == []
+
+
+async def test_a_symlinked_directory_to_outside_is_refused(
+    tmp_path: Path, kustomize_runs: list[Path]
+) -> None:
+    outside = write(tmp_path, OUTSIDE) / "outside"
+    root = write(tmp_path / "repo", {"app/kustomization.yaml": "resources:\n- ../shared\n"})
+    (root / "shared").symlink_to(outside)  # in the repository, to outside it
+    with pytest.raises(RenderError) as caught:
+        await render(root, "app")
+    assert str(caught.value) == (
+        "app/kustomization.yaml: resources entry '../shared' resolves outside the repository"
+        " (through a symlink)"
+    )
+    assert caught.value.file == "app/kustomization.yaml"
+    assert kustomize_runs == []
+
+
+async def test_a_symlinked_kustomization_to_outside_is_refused(
+    tmp_path: Path, kustomize_runs: list[Path]
+) -> None:
+    outside = write(tmp_path, OUTSIDE) / "outside"
+    root = write(tmp_path / "repo", {"app/kustomization.yaml": "resources:\n- ../base\n"})
+    (root / "base").mkdir()
+    (root / "base" / "kustomization.yaml").symlink_to(outside / "kustomization.yaml")
+    with pytest.raises(RenderError, match=r"^base/kustomization\.yaml is a symlink to outside"):
+        await render(root, "app")
+    assert kustomize_runs == []
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "https://github.com/example/repo//deploy?ref=v1",
+        "github.com/example/repo/deploy?ref=v1",
+        "git@github.com:example/repo.git//deploy",
+        "ssh://git@example.com/example/repo.git",
+        "file:///srv/git/other.git",
+        "git::https://example.com/example/repo",
+        "example.com/example/repo//deploy",
+        "me@example.com:example/repo",
+    ],
+)
+async def test_a_remote_base_is_refused_without_fetching(
+    tmp_path: Path, kustomize_runs: list[Path], entry: str
+) -> None:
+    write(tmp_path, {"app/kustomization.yaml": f"resources:\n- {entry}\n"})
+    with pytest.raises(RenderError) as caught:
+        await render(tmp_path, "app")
+    assert str(caught.value) == (
+        f"app/kustomization.yaml: resources entry {entry!r} is remote: remote bases are not"
+        " supported (the repository must hold what it renders)"
+    )
+    assert kustomize_runs == []  # nothing ran that could fetch it
+
+
+async def test_a_remote_file_is_refused(tmp_path: Path, kustomize_runs: list[Path]) -> None:
+    write(
+        tmp_path,
+        {
+            "app/kustomization.yaml": (
+                "configMapGenerator:\n- name: c\n  files:\n  - key=https://example.com/x.txt\n"
+            )
+        },
+    )
+    with pytest.raises(
+        RenderError, match=r"files entry 'key=https://example\.com/x\.txt' is remote"
+    ):
+        await render(tmp_path, "app")
+    assert kustomize_runs == []
+
+
+async def test_a_generator_file_escaping_after_its_key_is_refused(
+    tmp_path: Path, kustomize_runs: list[Path]
+) -> None:
+    write(tmp_path, {"secret.txt": "password\n"})
+    root = write(
+        tmp_path / "repo",
+        {
+            "app/kustomization.yaml": (
+                "configMapGenerator:\n- name: c\n  files:\n  - ok.txt\n  - key=../../secret.txt\n"
+            ),
+            "app/ok.txt": "fine\n",
+        },
+    )
+    with pytest.raises(RenderError) as caught:
+        await render(root, "app")
+    assert str(caught.value) == (
+        "app/kustomization.yaml: configMapGenerator[0].files entry 'key=../../secret.txt'"
+        " leaves the repository (through '..')"
+    )
+    assert caught.value.file == "app/kustomization.yaml"
+    assert kustomize_runs == []
+
+
+async def test_kustomizations_referring_to_each_other_are_a_cycle(
+    tmp_path: Path, kustomize_runs: list[Path]
+) -> None:
+    write(
+        tmp_path,
+        {
+            "app/a/kustomization.yaml": "resources:\n- ../b\n",
+            "app/b/kustomization.yaml": "resources:\n- ../a\n",
+        },
+    )
+    with pytest.raises(RenderError) as caught:
+        await render(tmp_path, "app/a")
+    assert str(caught.value) == (
+        "app/b/kustomization.yaml: resources entry '../a' makes a cycle of kustomizations:"
+        " app/a -> app/b -> app/a"
+    )
+    assert caught.value.file == "app/b/kustomization.yaml"
+    assert kustomize_runs == []
+
+
+async def test_helm_charts_are_refused(tmp_path: Path, kustomize_runs: list[Path]) -> None:
+    write(
+        tmp_path,
+        {"app/kustomization.yaml": "helmCharts:\n- name: x\n  repo: https://charts.example\n"},
+    )
+    with pytest.raises(RenderError, match=r"^app/kustomization\.yaml: helmCharts: helm charts"):
+        await render(tmp_path, "app")
+    assert kustomize_runs == []
+
+
+@pytest.mark.parametrize(
+    ("kustomization", "line", "problem"),
+    [
+        ("resources:\n- a.yaml\nnamePrefix: [x\n", 4, "expected ',' or ']'"),
+        ("resources:\n- a.yaml\nRESOURCES: []\nresources:\n- b.yaml\n", 4, "the key 'resources'"),
+    ],
+)
+async def test_a_kustomization_that_does_not_parse_names_the_file_and_the_line(
+    tmp_path: Path, kustomize_runs: list[Path], kustomization: str, line: int, problem: str
+) -> None:
+    write(tmp_path, {"app/kustomization.yml": kustomization})
+    with pytest.raises(RenderError) as caught:
+        await render(tmp_path, "app")
+    assert str(caught.value).startswith(f"app/kustomization.yml: line {line}: ")
+    assert problem in str(caught.value)
+    assert (caught.value.file, caught.value.line) == ("app/kustomization.yml", line)
+    assert kustomize_runs == []
+
+
+async def test_bases_overlays_and_files_inside_the_repository_still_render(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "outside", OUTSIDE)
+    root = write(
+        tmp_path / "repo",
+        {
+            **BASE,
+            "deploy/overlays/full/kustomization.yaml": (
+                "resources:\n- ../../base\n- ../../shared-link\n"
+                "components:\n- ../../components/tier\n"
+                "configMapGenerator:\n- name: files\n  files:\n  - level=level.txt\n  - other.txt\n"
+                "  envs:\n  - app.env\n"
+                "patchesStrategicMerge:\n- |-\n  apiVersion: v1\n  kind: ConfigMap\n"
+                "  metadata:\n    name: settings\n    namespace: shop\n  data:\n    extra: yes\n"
+                "patches:\n- path: patch.yaml\n  target:\n    kind: ConfigMap\n    name: shared\n"
+                "generatorOptions:\n  disableNameSuffixHash: true\n"
+            ),
+            "deploy/overlays/full/level.txt": "debug",
+            "deploy/overlays/full/other.txt": "x",
+            "deploy/overlays/full/app.env": "A=1\n",
+            "deploy/overlays/full/patch.yaml": (
+                "- op: add\n  path: /data/patched\n  value: 'true'\n"
+            ),
+            "deploy/shared/kustomization.yaml": "resources:\n- shared.yaml\n",
+            "deploy/shared/shared.yaml": cm("shared", "shop"),
+            "deploy/components/tier/kustomization.yaml": (
+                "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n"
+                "labels:\n- pairs:\n    tier: web\n"
+            ),
+        },
+    )
+    (root / "deploy" / "shared-link").symlink_to("shared")  # a symlink inside the repository
+    objects = await render(root, "deploy/overlays/full")
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("Namespace", "shop"),
+        ("ConfigMap", "settings"),
+        ("ConfigMap", "shared"),
+        ("ConfigMap", "files"),
+    ]
+    _, settings, shared, files = objects
+    assert files["data"] == {"level": "debug", "other.txt": "x", "A": "1"}
+    assert settings["data"] == {"level": "info", "extra": "yes"}
+    assert shared["data"] == {"patched": "true"}
+    assert all(o["metadata"]["labels"] == {"tier": "web"} for o in objects)

@@ -1,8 +1,7 @@
 """Rendering: a checked-out tree (a directory) turned into the Kubernetes objects it declares.
 
 Layer: sync (haplane.gitops). Imports the standard library and PyYAML; runs `kubectl kustomize`.
-Pure: reads files under the given root and never contacts a cluster (a kustomization's remote
-bases, `resources: - https://...`, are fetched by kustomize itself).
+Pure: reads files under the given root only, and never contacts a cluster or the network.
 
 `render(root, path, overlay)` reads `root/path`, or `root/path/overlay` with an overlay (which
 may be `../x`, as long as the result stays in the root). Refused, as a RenderError: an absolute
@@ -10,9 +9,22 @@ path or overlay, one whose `..` leaves the root, one that resolves (through syml
 the root, and one that is not a directory.
 
 - A directory with a `kustomization.yaml`, `kustomization.yml` or `Kustomization` is built by
-  `kubectl kustomize` (kustomize v5, its own load restrictions: files only from the
-  kustomization's directory and below, bases as directories), killed after `timeout`. An
-  overlay must have a kustomization.
+  `kubectl kustomize` (kustomize v5), killed after `timeout`. An overlay must have a
+  kustomization. kustomize's own load restrictor keeps files to the kustomization's directory
+  and below, but not bases: it reads a directory anywhere (`resources: [../../elsewhere]`) and
+  fetches remote ones (`https://...`, `github.com/...`, `git@...`, `file://...`). So before it
+  runs, the kustomization graph is walked from the directory to render: every entry naming a
+  file or directory (`resources`, `bases`, `components`, `generators`, `transformers`,
+  `validators`, `crds`, `configurations`, `patches[].path`, `patchesStrategicMerge` files,
+  `patchesJson6902[].path`, `replacements[].path`, `openapi.path`, and `files` (after a `key=`),
+  `envs` and `env` of `configMapGenerator` and `secretGenerator`) is resolved from its
+  kustomization's directory, `..` as kustomize reads it and symlinks followed, and refused if it
+  is absolute, remote, or lands outside the root; referenced directories holding a
+  kustomization are walked in turn (a cycle is refused, as is nesting deeper than 100). Field
+  names match regardless of case, as kustomize's decoder matches them. Helm charts
+  (`helmCharts`, `helmChartInflationGenerator`, `helmGlobals`) are refused; a kustomization
+  that does not parse, or has a key twice, is refused with its file and line. Inline YAML (in
+  `patchesStrategicMerge`, `generators`, `transformers`, `validators`) is not a path.
 - Any other directory: every `*.yaml`, `*.yml` and `*.json` below it, in the order `kubectl
   apply -R` reads them (by path components, as Go's filepath.Walk), leaving out hidden files
   and directories (a name starting with `.`) and not following symlinked directories; a
@@ -59,6 +71,36 @@ _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _KLOG_HEADER = re.compile(r'[EWIF]\d{4} [\d:.]+\s+\d+ [^\]]+\] (?:"command failed" err=)?')
 _ERROR_PREFIX = re.compile(r"^(?:error|Error): ")
 
+# A kustomization's fields that name other files or directories (see the module docstring).
+_BASE, _PLUGIN, _PATCH, _FILE = "base", "plugin", "patch", "file"
+_ENTRY_FIELDS = (
+    ("resources", _BASE),  # a file, or a directory holding a kustomization
+    ("bases", _BASE),
+    ("components", _BASE),
+    ("generators", _PLUGIN),  # as resources, or inline YAML (a plugin's configuration)
+    ("transformers", _PLUGIN),
+    ("validators", _PLUGIN),
+    ("patchesStrategicMerge", _PATCH),  # a file, or an inline patch
+    ("crds", _FILE),
+    ("configurations", _FILE),
+)
+_PATH_ITEM_FIELDS = ("patches", "patchesJson6902", "replacements")  # items with a `path`
+_GENERATOR_FIELDS = ("configMapGenerator", "secretGenerator")
+_HELM_FIELDS = ("helmCharts", "helmChartInflationGenerator", "helmGlobals")
+_MAX_NESTING = 100
+# What kustomize may fetch (a superset of what it does): a URL (`https://`, `ssh://`, `file://`,
+# `oci://`...), go-getter's `git::`, scp-like `user@host:path`, `github.com/...`, and the `//`
+# between a repository and a path in it.
+_REMOTE = re.compile(
+    r"://|//|git@|github\.com/|^(?:git::|gh:|https?:|github\.com:|[A-Za-z][A-Za-z0-9-]*@)",
+    re.IGNORECASE,
+)
+# The same, at the start of a string only: inline YAML may hold URLs, but never starts with one.
+_REMOTE_START = re.compile(
+    r"^(?:git::|gh:|https?:|github\.com[/:]|[A-Za-z][A-Za-z0-9+.-]*://|[A-Za-z][A-Za-z0-9-]*@)",
+    re.IGNORECASE,
+)
+
 
 class RenderError(Exception):
     """A tree does not render: `file` is the file (or, for kustomize, the directory) relative
@@ -80,6 +122,28 @@ _KubernetesLoader.yaml_implicit_resolvers = {
 }
 
 
+class _KustomizationLoader(_KubernetesLoader):
+    """The Kubernetes loader refusing a key twice in a mapping: which one wins is a reader's
+    choice, and the check must read what kustomize reads."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            with contextlib.suppress(TypeError):  # an unhashable key: the constructor says so
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found the key {key!r} twice",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def object_key(obj: Obj) -> tuple[str, str, str, str]:
     """(API group, kind, namespace or "", name): what names one object in a cluster. The group
     is apiVersion's part before "/", "" for the core group (`v1`)."""
@@ -99,6 +163,7 @@ async def render(
     if overlay is not None and not kustomization:
         raise RenderError(f"overlay {overlay!r} has no kustomization.yaml ({shown})", file=shown)
     if kustomization:
+        await asyncio.to_thread(_Kustomizations(real_root).visit, directory)
         built = await _kustomize(real_root, directory, timeout)
         documents = await asyncio.to_thread(_kustomize_documents, built, shown)
     else:
@@ -132,6 +197,188 @@ def _directory(root: Path, path: str, overlay: str | None) -> tuple[Path, Path]:
                 f"{label} {value!r}{where} does not exist or is not a directory", file=relative
             )
     return real_root, (real_root / relative).resolve()
+
+
+class _Kustomizations:
+    """The walk of a kustomization graph before kustomize runs: a RenderError for any entry
+    that is remote or reaches outside the root (see the module docstring)."""
+
+    def __init__(self, real_root: Path) -> None:
+        self.root = real_root
+        self.done: set[Path] = set()
+        self.stack: list[Path] = []  # the directories being walked, outermost first
+
+    def shown(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def visit(self, directory: Path, via: tuple[str, str] | None = None) -> None:
+        """Checks the kustomization(s) in `directory` (a real path in the root) and every
+        directory they reach; `via` is (the referring kustomization file, what refers)."""
+        if directory in self.done:
+            return
+        if via is not None and directory in self.stack:
+            file, where = via
+            cycle = [*self.stack[self.stack.index(directory) :], directory]
+            raise RenderError(
+                f"{where} makes a cycle of kustomizations: "
+                + " -> ".join(self.shown(d) for d in cycle),
+                file=file,
+            )
+        if via is not None and len(self.stack) >= _MAX_NESTING:
+            file, where = via
+            raise RenderError(
+                f"{where}: kustomizations nest more than {_MAX_NESTING} deep", file=file
+            )
+        self.stack.append(directory)
+        for name in KUSTOMIZATION_FILES:  # kustomize refuses more than one: check them all
+            if (directory / name).is_file():
+                self.kustomization(directory, directory / name)
+        self.stack.pop()
+        self.done.add(directory)
+
+    def kustomization(self, directory: Path, file: Path) -> None:
+        shown = self.shown(file)
+        if not Path(os.path.realpath(file)).is_relative_to(self.root):
+            raise RenderError(f"{shown} is a symlink to outside the repository", file=shown)
+        try:
+            content = file.read_bytes()
+        except OSError as exc:
+            raise RenderError(f"{shown}: cannot be read: {exc.strerror}", file=shown) from exc
+        try:
+            document = yaml.load(content, Loader=_KustomizationLoader)
+        except yaml.YAMLError as exc:
+            line = _yaml_line(exc)
+            at = f"line {line}: " if line else ""
+            raise RenderError(f"{shown}: {at}{_yaml_problem(exc)}", file=shown, line=line) from exc
+        if document is None:
+            return
+        if not isinstance(document, dict):
+            raise RenderError(
+                f"{shown}: not a kustomization (a mapping), but {type(document).__name__}",
+                file=shown,
+            )
+        for label, entry, path, kind in _references(document, shown):
+            self.reference(directory, shown, f"{shown}: {label} entry {entry!r}", path, kind)
+
+    def reference(self, directory: Path, shown: str, where: str, path: str, kind: str) -> None:
+        """Checks one entry, `path` from the kustomization `shown` in `directory`."""
+        if not path:  # nothing to read (kustomize ignores or refuses it)
+            return
+        if kind in (_PLUGIN, _PATCH) and _inline_yaml(path):
+            if _REMOTE_START.match(path):
+                raise RenderError(f"{where} is remote: {_NO_REMOTE}", file=shown)
+            # kustomize takes it for YAML unless a file has that name
+            joined = os.path.join(directory, path)
+            if not (os.path.lexists(joined) or os.path.lexists(os.path.normpath(joined))):
+                return
+        if _REMOTE.search(path):
+            raise RenderError(f"{where} is remote: {_NO_REMOTE}", file=shown)
+        if posixpath.isabs(path):
+            raise RenderError(
+                f"{where} is an absolute path (entries are relative to their kustomization)",
+                file=shown,
+            )
+        joined = os.path.join(directory, path)
+        lexical = os.path.normpath(joined)  # kustomize's reading: `..` before symlinks
+        if not Path(lexical).is_relative_to(self.root):
+            raise RenderError(f"{where} leaves the repository (through '..')", file=shown)
+        real = Path(os.path.realpath(lexical))
+        if not (
+            real.is_relative_to(self.root)
+            and Path(os.path.realpath(joined)).is_relative_to(self.root)  # the system's reading
+        ):
+            raise RenderError(
+                f"{where} resolves outside the repository (through a symlink)", file=shown
+            )
+        if kind in (_BASE, _PLUGIN) and any(
+            (real / name).is_file() for name in KUSTOMIZATION_FILES
+        ):
+            self.visit(real, (shown, where))
+
+
+_NO_REMOTE = "remote bases are not supported (the repository must hold what it renders)"
+
+
+def _references(document: dict[Any, Any], shown: str) -> Iterator[tuple[str, Any, str, str]]:
+    """(field, entry, path, kind) for each entry of a kustomization naming a file or a
+    directory; `path` is the entry without a generator's `key=`."""
+    for field in _HELM_FIELDS:
+        if any(_values(document, field)):
+            raise RenderError(
+                f"{shown}: {field}: helm charts are not supported (render them into the"
+                " repository)",
+                file=shown,
+            )
+    for field, kind in _ENTRY_FIELDS:
+        for entry in _entries(document, field, shown):
+            yield field, entry, _path(shown, field, entry), kind
+    for field in _PATH_ITEM_FIELDS:
+        for n, item in enumerate(_items(document, field, shown)):
+            for entry in _values(item, "path"):
+                label = f"{field}[{n}].path"
+                yield label, entry, _path(shown, label, entry), _FILE
+    for field in _GENERATOR_FIELDS:
+        for n, item in enumerate(_items(document, field, shown)):
+            label = f"{field}[{n}]"
+            for entry in _entries(item, "files", shown, f"{label}.files"):
+                path = _path(shown, f"{label}.files", entry)
+                key, equals, value = path.partition("=")
+                yield f"{label}.files", entry, value if equals else key, _FILE
+            for entry in _entries(item, "envs", shown, f"{label}.envs"):
+                yield f"{label}.envs", entry, _path(shown, f"{label}.envs", entry), _FILE
+            for entry in _values(item, "env"):
+                yield f"{label}.env", entry, _path(shown, f"{label}.env", entry), _FILE
+    for openapi in _values(document, "openapi"):
+        if not isinstance(openapi, dict):
+            raise RenderError(f"{shown}: openapi must be a mapping", file=shown)
+        for entry in _values(openapi, "path"):
+            yield "openapi.path", entry, _path(shown, "openapi.path", entry), _FILE
+
+
+def _values(mapping: dict[Any, Any], field: str) -> list[Any]:
+    """The values of `field` in `mapping`, but null: kustomize's decoder matches a field
+    whatever its case (`Resources`, `PATH`), so every spelling counts."""
+    folded = field.casefold()
+    return [
+        value
+        for key, value in mapping.items()
+        if isinstance(key, str) and key.casefold() == folded and value is not None
+    ]
+
+
+def _entries(mapping: dict[Any, Any], field: str, shown: str, label: str = "") -> list[Any]:
+    """The entries of the list `field` (under any spelling)."""
+    entries: list[Any] = []
+    for value in _values(mapping, field):
+        if not isinstance(value, list):
+            raise RenderError(f"{shown}: {label or field} must be a list", file=shown)
+        entries += value
+    return entries
+
+
+def _items(mapping: dict[Any, Any], field: str, shown: str) -> list[dict[Any, Any]]:
+    """The entries of the list of mappings `field`."""
+    items = _entries(mapping, field, shown)
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise RenderError(f"{shown}: {field}[{n}] must be a mapping", file=shown)
+    return items
+
+
+def _path(shown: str, label: str, entry: Any) -> str:
+    if not isinstance(entry, str) or "\0" in entry:
+        raise RenderError(f"{shown}: {label} entry {entry!r:.80} is not a path", file=shown)
+    return entry
+
+
+def _inline_yaml(entry: str) -> bool:
+    """Whether kustomize may read `entry` as inline YAML rather than as a path."""
+    if "\n" in entry:
+        return True
+    try:
+        return isinstance(yaml.load(entry, Loader=_SafeLoader), (dict, list))
+    except yaml.YAMLError:
+        return False
 
 
 async def _kustomize(real_root: Path, directory: Path, timeout: float) -> bytes:
