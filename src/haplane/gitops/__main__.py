@@ -39,7 +39,15 @@ from prometheus_client.registry import Collector
 
 from ..auth.kubeconfig import Credentials, KubeconfigError
 from ..auth.kubeconfig import load as load_kubeconfig
-from .controller import GIT_SOURCES, Controller, Settings, emit, now_rfc3339, setup_logging
+from .controller import (
+    GIT_SOURCES,
+    LEASES,
+    Controller,
+    Settings,
+    emit,
+    now_rfc3339,
+    setup_logging,
+)
 from .kube import KubeClient, KubeError, Unreachable
 from .types import REQUESTED_AT
 
@@ -192,6 +200,7 @@ def build_app(
 
 async def serve(args: argparse.Namespace, credentials: Credentials, secret: bytes | None) -> int:
     platform = KubeClient(credentials)
+    lease_name = Settings().lease_name
     controller = Controller(
         platform,
         Path(args.cache),
@@ -224,19 +233,44 @@ async def serve(args: argparse.Namespace, credentials: Credentials, secret: byte
         return 1
 
     async def watch_ready() -> None:
+        """Ready while an authenticated read of the platform succeeds (the controller's own
+        Lease: its token and RBAC work, not only the network), checked every 2 s."""
         while not stop.is_set():
             try:
-                await platform.call("GET", "/version")
+                status, _ = await platform.request("GET", LEASES.path("kube-system", lease_name))
+                ok = status in (200, 404)
+            except Unreachable:
+                ok = False
+            if ok:
                 ready.set()
-                return
-            except (Unreachable, KubeError):
-                await asyncio.sleep(0.5)
+            else:
+                ready.clear()
+            await asyncio.sleep(0.5 if not ok else 2.0)
+
+    async def reload_certificate() -> None:
+        """A rotated certificate (`haplane pki rotate`) is served from the next handshake."""
+        assert ssl_context is not None
+        paths = [Path(args.tls_cert_file), Path(args.tls_private_key_file)]
+        seen = [p.stat().st_mtime_ns for p in paths]
+        while not stop.is_set():
+            await asyncio.sleep(1.0)
+            try:
+                now = [p.stat().st_mtime_ns for p in paths]
+                if now != seen:
+                    ssl_context.load_cert_chain(args.tls_cert_file, args.tls_private_key_file)
+                    seen = now
+                    emit(logging.INFO, "serving certificate reloaded")
+            except (OSError, ssl.SSLError) as exc:
+                emit(logging.WARNING, "serving certificate not reloaded", error=str(exc))
 
     probe = asyncio.create_task(watch_ready())
+    reloader = asyncio.create_task(reload_certificate()) if ssl_context is not None else None
     try:
         await controller.run(stop)
     finally:
         probe.cancel()
+        if reloader is not None:
+            reloader.cancel()
         await runner.cleanup()
         await platform.close()
         emit(logging.INFO, "stopped")

@@ -113,18 +113,22 @@ class KubeClient:
     ) -> tuple[int, Any]:
         """(status, decoded body). Unreachable when nothing answered."""
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": content_type} if data is not None else {}
-        token = self._token()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        try:
-            async with self._client().request(
-                method, self.server + path, data=data, params=params, headers=headers
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise Unreachable(f"{self.server}: {type(exc).__name__}: {exc}") from None
+        for attempt in (0, 1):
+            headers = {"Content-Type": content_type} if data is not None else {}
+            token = self._token()
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            try:
+                async with self._client().request(
+                    method, self.server + path, data=data, params=params, headers=headers
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise Unreachable(f"{self.server}: {type(exc).__name__}: {exc}") from None
+            if status != 401 or attempt or self.credentials.token_file is None:
+                break
+            self._token_read = None  # a renewed token file: read it again at once
         try:
             return status, json.loads(raw) if raw else {}
         except ValueError:
