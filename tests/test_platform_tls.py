@@ -252,12 +252,15 @@ def test_every_listener_refuses_plain_text(topo: Path):
             listeners += [(f"{name} peer", a.host, a.peer_port)]
     listeners += [(r.qualified_name, r.host, r.port) for r in plan.replicas]
     listeners += [(r.qualified_name, r.host, r.port) for r in plan.replicators]
+    listeners += [(g.qualified_name, g.host, g.port) for g in plan.gitops]
     for e in (*plan.balancers, *plan.gates):
         listeners += [(e.qualified_name, e.host, e.port), (f"{e.qualified_name} admin", e.host,
                                                             e.admin_port)]  # fmt: skip
     listeners = sorted(set(listeners))
-    # 9 etcd members x 2, 4 replicas, 4 replicators, 4 balancers x 2, 3 gates' admin + 1 shared
-    assert len(listeners) >= 18 + 4 + 4 + 8 + 4, listeners
+    # 9 etcd members x 2, 4 replicas, 4 replicators, 2 GitOps controllers, 4 balancers x 2,
+    # 3 gates' admin + 1 shared
+    assert len(plan.gitops) == 2
+    assert len(listeners) >= 18 + 4 + 4 + 2 + 8 + 4, listeners
     answered = {
         name: answer
         for name, host, port in listeners
@@ -268,6 +271,8 @@ def test_every_listener_refuses_plain_text(topo: Path):
     # every URL the CLI shows says https
     assert all(r["url"].startswith("https://") for r in doc["replicas"])
     assert all(e["url"].startswith("https://") for e in doc["edges"])
+    assert all(g["url"].startswith("https://") for g in doc["gitops"])
+    assert sorted(g["url"] for g in doc["gitops"]) == sorted(g.url for g in plan.gitops)
 
     # etcd: TLS without a client certificate, or with one of the platform CA (a person's), is
     # refused; the etcd CA's client certificate is served
@@ -563,7 +568,7 @@ def test_rotation_keeps_clients_served(topo: Path):
         return asyncio.run(all_of())
 
     before = serials()
-    assert len(before) == 9 + 4 + 4 + 4 + 3
+    assert len(before) == 9 + 4 + 4 + 4 + 3 + 2  # ..., gates, GitOps controllers
     gate = plan.gates[0]
     ok, failed = [0], []
     stop = threading.Event()

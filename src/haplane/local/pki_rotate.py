@@ -50,7 +50,7 @@ class Component:
     """One process of the topology and the leaves it holds."""
 
     name: str  # as `haplane status` names it
-    kind: str  # etcd, api, balancer, gate, replicator
+    kind: str  # etcd, api, balancer, gate, replicator, gitops
     host: str
     port: int  # the listener that serves its certificate
     platform: list[str] = field(default_factory=list)  # leaves in pki/platform
@@ -61,7 +61,7 @@ class Component:
 
 def components(plan: TopologyPlan) -> list[Component]:
     """Every component, in rotation order: etcd members (one cluster after another), API
-    replicas, replicators, balancers, gates."""
+    replicas, replicators, balancers, gates, GitOps controllers."""
     out: list[Component] = []
     for i, cluster in enumerate(plan.clusters):
         for m in cluster.view.members:
@@ -91,6 +91,14 @@ def components(plan: TopologyPlan) -> list[Component]:
         q = f"{cert_kind}/{cert_of}"
         out.append(
             Component(name, kind, host, port, [cert_name(q)], [cert_name("client", q)], health)
+        )
+    # GitOps controllers: their listener's certificate only (they reload it when it changes)
+    for x in plan.gitops:
+        q = f"gitops/{x.name}"
+        out.append(
+            Component(
+                x.qualified_name, "gitops", x.host, x.port, [cert_name(q)], [], f"{x.url}/healthz"
+            )
         )
     return out
 
