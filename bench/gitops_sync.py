@@ -1,11 +1,14 @@
 """Benchmark: GitOps from commit to applied (issue 18; goal: 1,000 objects in <= 10 s here;
-a commit reaches its target in <= 2 s median with the webhook, <= interval + 2 s without).
+a commit reaches both targets in <= 2 s median with the webhook, <= interval + 2 s without).
 
-One API replica (plain HTTP) on a 3-member etcd (fsync on), one GitOps controller process
+The platform: one API replica (plain HTTP) on a 3-member etcd (fsync on); another cluster
+(`--external`, default on): one replica on its own 1-member etcd, reached through a
+kubeconfig in a Secret as any external cluster is; one GitOps controller process
 (`python -m haplane.gitops`, the same code `haplane up` runs), a local git repository of
-`--objects` ConfigMaps (~200 B each, one file per 100). Cases, measured from the commit (the
-time `git commit` returned) to the moment the Sync's status names that commit as applied AND
-the changed objects read back with the new content through the API (the client's view):
+`--objects` ConfigMaps (~200 B each, one file per 100), one Sync with both targets. Cases,
+measured from the commit (the time `git commit` returned) to the moment the Sync's status
+names that commit as applied (to every target) AND the changed objects read back with the new
+content through the API of every target (the client's view):
 
 - `first`: every object new (the first sync of a fresh namespace), pushed by the webhook;
 - `all`: every object changed, by the webhook;
@@ -17,12 +20,14 @@ Sync), so `first` really creates. Time inside the controller (fetch+render+dry-r
 its `synced` log line) is quoted beside the end-to-end figure.
 
     .venv/bin/python bench/gitops_sync.py [--objects 1000] [--rounds 3] [--interval 2s]
+                                          [--no-external]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import statistics
 import subprocess
@@ -83,14 +88,17 @@ def hook(port: int, source: str) -> None:
         assert resp.status == 202
 
 
-def wait_applied(api: ApiReplica, sync: str, head: str, check: list[tuple[str, str]],
-                 timeout: float = 120.0) -> float:  # fmt: skip
-    """Seconds (monotonic) when the Sync names `head` applied and each (path, version) reads."""
+def wait_applied(api: ApiReplica, targets: list[ApiReplica], sync: str, head: str,
+                 check: list[tuple[str, str]], timeout: float = 120.0) -> float:  # fmt: skip
+    """Seconds (monotonic) when the Sync names `head` applied and each (path, version) reads
+    in every target."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _, _, out = api.request("GET", f"{GITOPS}/syncs/{sync}")
         if (out.get("status") or {}).get("lastAppliedRevision") == head and all(
-            api.request("GET", p)[2].get("data", {}).get("version") == v for p, v in check
+            t.request("GET", p)[2].get("data", {}).get("version") == v
+            for t in targets
+            for p, v in check
         ):
             return time.monotonic()
         time.sleep(0.02)
@@ -117,6 +125,8 @@ async def main() -> None:
     p.add_argument("--objects", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--interval", default="2s")
+    p.add_argument("--external", action=argparse.BooleanOptionalAction, default=True,
+                   help="a second target: another cluster through a kubeconfig Secret")  # fmt: skip
     args = p.parse_args()
     n = args.objects
     results: dict[str, list[float]] = {}
@@ -126,6 +136,12 @@ async def main() -> None:
         cluster = EtcdCluster(root / "etcd", size=3)
         await cluster.start()
         api = ApiReplica(root, "api", cluster.endpoints)
+        # the second target: another cluster (its own replica on its own etcd), reached
+        # through a kubeconfig in a Secret, as an external cluster is
+        other_etcd = EtcdCluster(root / "etcd-other", size=1)
+        await other_etcd.start()
+        other = ApiReplica(root, "other", other_etcd.endpoints, region="other")
+        targets = [api, other] if args.external else [api]
         port = free_port()
         controller = ManagedProcess(
             ProcessSpec(
@@ -140,6 +156,12 @@ async def main() -> None:
         try:
             await api.start()
             api.kubeconfig(root / "k")
+            await other.start()
+            api.request("POST", "/api/v1/namespaces/default/secrets", {
+                "metadata": {"name": "other"},
+                "data": {"kubeconfig": base64.b64encode(
+                    other.kubeconfig(root / "other.k").read_bytes()).decode()},
+            })  # fmt: skip
             await controller.spawn()
             deadline = time.monotonic() + 30
             while api.request("GET", "/apis/gitops.haplane.dev/v1")[0] != 200:
@@ -162,7 +184,10 @@ async def main() -> None:
                     "apiVersion": "gitops.haplane.dev/v1", "kind": "Sync",
                     "metadata": {"name": name},
                     "spec": {"sourceRef": {"name": name}, "path": ns,
-                             "targets": [{"name": "platform"}], "interval": "1h"},
+                             "targets": [{"name": "platform"}, *(
+                                 [{"name": "other", "kubeconfigSecretRef": {"name": "other"}}]
+                                 if args.external else [])],
+                             "interval": "1h"},
                 })  # fmt: skip
                 await asyncio.sleep(1.0)  # the source is fetched once (no path yet: fails)
 
@@ -177,7 +202,12 @@ async def main() -> None:
                         hook(port, name)
                     sample = [only] if only is not None else [0, n // 2, n - 1]
                     t1 = await asyncio.to_thread(
-                        wait_applied, api, name, head, [(obj(i), version) for i in sample]
+                        wait_applied,
+                        api,
+                        targets,
+                        name,
+                        head,
+                        [(obj(i), version) for i in sample],
                     )
                     results.setdefault(label, []).append(t1 - t0)
                     took = controller_seconds(root / "gitops.log", name, head)
@@ -201,13 +231,18 @@ async def main() -> None:
         finally:
             await controller.stop()
             await api.stop()
+            await other.stop()
             await cluster.stop()
+            await other_etcd.stop()
 
     def fmt(xs: list[float]) -> str:
         return f"{statistics.median(xs):6.2f} s (min {min(xs):.2f}, max {max(xs):.2f})"
 
-    print(f"GitOps commit -> applied and read back, {n} ConfigMaps, {args.rounds} rounds, "
-          f"1 replica on a 3-member etcd, poll interval {args.interval}")  # fmt: skip
+    where = "the platform (1 replica on a 3-member etcd)" + (
+        " and another cluster (1 replica on its own etcd)" if args.external else ""
+    )
+    print(f"GitOps commit -> applied and read back in {where}, {n} ConfigMaps, "
+          f"{args.rounds} rounds, poll interval {args.interval}")  # fmt: skip
     for label in ("first", "all", "one", "poll"):
         extra = (
             f"   controller: {statistics.median(inside[label]):.2f} s" if label in inside else ""
