@@ -21,6 +21,7 @@ from haplane.topology import (
     load_text,
     validate,
 )
+from haplane.topology.loader import example_text
 
 runner = CliRunner()
 
@@ -531,3 +532,19 @@ def test_schema_is_json_schema():
     schema = json.loads(r.stdout)
     assert schema["title"] == "haplane Topology"
     assert "apiVersion" in schema["properties"]
+
+
+def test_a_key_given_twice_is_refused_with_both_lines() -> None:
+    text = example_text("two-regions").replace(
+        "    failover:\n", "    gates: []\n    failover:\n", 1
+    )
+    with pytest.raises(TopologyError) as ei:
+        load_text(text)
+    problem = ei.value.problems[0]
+    assert problem.path == "spec.global.gates" and "given twice (first on line" in problem.message
+    # nested in a list too
+    text = example_text("two-regions").replace(
+        "{name: gitops-1, site: eu-west}", "{name: gitops-1, site: eu-west, site: witness}"
+    )
+    with pytest.raises(TopologyError, match="given twice"):
+        load_text(text)

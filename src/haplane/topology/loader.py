@@ -88,10 +88,39 @@ def load_text(text: str, source: str = "<text>") -> Topology:
                 )
             ],
         )
+    duplicates = _duplicate_keys(node)
+    if duplicates:
+        raise TopologyError(source, duplicates)
     try:
         return Topology.model_validate(data)
     except ValidationError as exc:
         raise TopologyError(source, [_problem(node, err) for err in exc.errors()]) from exc
+
+
+def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[SchemaProblem]:
+    """A key given twice in one mapping (YAML loaders keep the last one silently: half of
+    what was written would be ignored)."""
+    out: list[SchemaProblem] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            here = f"{path}.{name}" if path else name
+            if name in seen:
+                out.append(
+                    SchemaProblem(
+                        here,
+                        key.start_mark.line + 1,
+                        f"given twice (first on line {seen[name]}): keep one",
+                    )
+                )
+            else:
+                seen[name] = key.start_mark.line + 1
+            out += _duplicate_keys(value, here)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _duplicate_keys(item, f"{path}[{i}]")
+    return out
 
 
 def _problem(root: yaml.Node | None, err: Any) -> SchemaProblem:
