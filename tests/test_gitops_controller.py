@@ -516,6 +516,47 @@ def test_bad_sources_and_targets_keep_the_last_good_state(world: World) -> None:
         a.request("DELETE", path)
 
 
+def test_a_sync_made_again_and_a_failing_one_edited(world: World) -> None:
+    a = world.platform[0]
+    head = commit(world.repo, {
+        "more/one/cm.yaml": json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
+                                        "metadata": {"name": "one", "namespace": NS}}),
+        "more/two/cm.yaml": json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
+                                        "metadata": {"name": "two", "namespace": NS}}),
+    }, "more")  # fmt: skip
+    hook(world.hook_ports[0], {}, f"?source={NS}/shop")
+
+    def sync(path: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "gitops.haplane.dev/v1", "kind": "Sync", "metadata": {"name": "again"},
+            "spec": {"sourceRef": {"name": "shop"}, "path": path,
+                     "targets": [{"name": "platform"}]},
+        }  # fmt: skip
+
+    create(world, SYNCS, sync("more/one"))
+    eventually(lambda: world.sync_status("again").get("lastAppliedRevision") == head)
+    # deleted and made again at once under its name, with another path: synced anew
+    assert a.request("DELETE", f"{SYNCS}/again")[0] == 200
+    create(world, SYNCS, sync("more/two"))
+    eventually(lambda: world.get(a, f"/api/v1/namespaces/{NS}/configmaps/two")[0] == 200)
+    status = eventually(lambda: (s := world.sync_status("again")).get("targets") and s)
+    assert status["targets"][0]["objects"] == 1, status
+    a.request("DELETE", f"{SYNCS}/again")
+
+    # a Sync failing for a missing Secret, then edited: its new generation is recorded
+    failing = sync("more/one")
+    failing["spec"]["targets"] = [{"name": "x", "kubeconfigSecretRef": {"name": "absent"}}]
+    create(world, SYNCS, failing)
+    eventually(lambda: "does not exist" in str(world.sync_status("again").get("targets")))
+    a.request(
+        "PATCH", f"{SYNCS}/again", {"spec": {"prune": True}},
+        content_type="application/merge-patch+json",
+    )  # fmt: skip
+    generation = world.get(a, f"{SYNCS}/again")[1]["metadata"]["generation"]
+    eventually(lambda: world.sync_status("again").get("observedGeneration") == generation)
+    a.request("DELETE", f"{SYNCS}/again")
+
+
 def test_webhook_signatures() -> None:
     import hashlib
     import hmac

@@ -28,6 +28,9 @@ class Credentials:
     token: str | None
     user: str  # the kubeconfig's user entry (for messages)
     token_file: str | None = None  # kubectl's `tokenFile`: read again as it is renewed
+    # the same server trust without this user's client certificate: for acting as another
+    # identity by bearer token (a verified certificate would be taken over the token)
+    ca_context: ssl.SSLContext | None = None
 
     def current_token(self) -> str | None:
         """The bearer token now: `tokenFile`'s content when given (a renewed ServiceAccount
@@ -78,13 +81,15 @@ def load(
         raise KubeconfigError(f"kubeconfig {where}: the cluster has no server")
     if not url.startswith(("https://", "http://")):
         raise KubeconfigError(f"kubeconfig {where}: server {url!r} is not an http(s) URL")
-    ssl_context = None
+    ssl_context = ca_context = None
     if url.startswith("https://"):
         ssl_context = ssl.create_default_context()
+        ca_context = ssl.create_default_context()
         ca = _material(cluster, "certificate-authority", where)
         if ca is not None:
             try:
                 ssl_context.load_verify_locations(cadata=ca.decode())
+                ca_context.load_verify_locations(cadata=ca.decode())
             except (ssl.SSLError, ValueError) as exc:
                 raise KubeconfigError(
                     f"kubeconfig {where}: certificate-authority does not load: {exc}"
@@ -103,6 +108,7 @@ def load(
         token if isinstance(token, str) else None,
         user_name,
         token_file,
+        ca_context,
     )
 
 

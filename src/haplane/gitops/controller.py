@@ -114,8 +114,8 @@ class LeaseElector:
                 "metadata": {"name": self.name, "namespace": self.namespace},
                 "spec": {**spec, "acquireTime": stamp, "leaseTransitions": 0},
             }
-            status, _ = await self.client.request("POST", LEASES.path(self.namespace), body)
-            return status == 201
+            status, out = await self.client.request("POST", LEASES.path(self.namespace), body)
+            return _held(status, out, created=True)
         current = lease.get("spec") or {}
         holder = current.get("holderIdentity")
         if holder and holder != self.identity and not self._expired(lease):
@@ -125,8 +125,10 @@ class LeaseElector:
             spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + 1
             emit(logging.INFO, "taking the lease", previous=holder)
         lease["spec"] = {**current, **spec}
-        status, _ = await self.client.request("PUT", LEASES.path(self.namespace, self.name), lease)
-        return status == 200
+        status, out = await self.client.request(
+            "PUT", LEASES.path(self.namespace, self.name), lease
+        )
+        return _held(status, out)
 
     def _expired(self, lease: Obj) -> bool:
         spec = lease.get("spec") or {}
@@ -141,6 +143,17 @@ class LeaseElector:
             return False
         duration = float(spec.get("leaseDurationSeconds") or self.duration)
         return now - self._observed_at > duration
+
+
+def _held(status: int, out: Any, created: bool = False) -> bool:
+    """Whether a write of the Lease made this instance its holder: a conflict (someone else
+    wrote it first) is a clear no; any other error says nothing (KubeError: try again)."""
+    if status == (201 if created else 200):
+        return True
+    if status == 409:
+        return False
+    body = out if isinstance(out, dict) else {}
+    raise KubeError(status, str(body.get("reason") or ""), str(body.get("message") or ""))
 
 
 @dataclass
@@ -211,6 +224,8 @@ class Controller:
         # leader alone writes it); forgotten when leadership is lost
         self._status: dict[str, Obj] = {}
         self._backoff: dict[tuple[str, str], tuple[int, float]] = {}  # failures, last attempt
+        self._uids: dict[str, str] = {}  # Sync id -> the uid of the object remembered
+        self._fetching: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -220,8 +235,10 @@ class Controller:
     async def run(self, stop: asyncio.Event) -> None:
         emit(logging.INFO, "started", identity=self.identity)
         lease = asyncio.create_task(self._lease_loop(stop))
+        watchdog = asyncio.create_task(self._watchdog(stop))
         try:
             while not stop.is_set():
+                self._wake.clear()  # before the pass: a wake during it is not lost
                 if self.leading:
                     self._pass = asyncio.create_task(self.reconcile())
                     await asyncio.wait({self._pass})
@@ -231,48 +248,75 @@ class Controller:
                                  error=str(exc))  # fmt: skip
                         else:
                             emit(logging.ERROR, "a pass failed", error=repr(exc))
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.tick)
         finally:
-            lease.cancel()
-            await asyncio.gather(lease, return_exceptions=True)
+            for task in (lease, watchdog):
+                task.cancel()
+            await asyncio.gather(lease, watchdog, return_exceptions=True)
             await self._stop_leading()
+            for fetch in self._fetching.values():
+                fetch.cancel()
             for state in self._targets.values():
                 if state.client is not self.platform:
                     await state.client.close()
 
+    @property
+    def _deadline(self) -> float:
+        """When this leader must have stopped all work unless it renews: 2/3 of the duration
+        after the *start* of its last successful renewal (client-go's renewDeadline). Another
+        instance takes over only a full duration after it saw that renewal land."""
+        return self._renewed + self.settings.lease_duration * 2 / 3
+
     async def _lease_loop(self, stop: asyncio.Event) -> None:
-        """Renew every duration/5, each attempt bounded; stop all work at the renew deadline."""
+        """Renew every duration/5; each attempt bounded so that it ends before the deadline."""
         duration = self.settings.lease_duration
         while not stop.is_set():
+            started = time.monotonic()
+            budget = duration / 3
+            if self.leading:
+                budget = max(0.1, min(budget, self._deadline - started))
             try:
-                held: bool | None = await asyncio.wait_for(
-                    self.elector.attempt(), timeout=duration / 3
-                )
-            except (Unreachable, KubeError, TimeoutError) as exc:
+                held = await asyncio.wait_for(self.elector.attempt(), timeout=budget)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure is "not renewed"
                 held = None
                 if self.leading:
-                    emit(logging.WARNING, "cannot renew the lease", error=str(exc) or "timeout")
-            now = time.monotonic()
+                    emit(logging.WARNING, "cannot renew the lease",
+                         error=str(exc) or type(exc).__name__)  # fmt: skip
             if held:
-                self._renewed = now
+                self._renewed = started
                 if not self.leading:
                     self.leading = True
                     emit(logging.INFO, "leading", identity=self.identity)
                     self.wake()
-            elif self.leading and (held is False or now - self._renewed > duration * 2 / 3):
-                emit(logging.WARNING, "no longer leading: stopping all work")
+            elif held is False and self.leading:
+                emit(logging.WARNING, "the lease was taken: stopping all work")
                 await self._stop_leading()
             await asyncio.sleep(duration / 5)
+
+    async def _watchdog(self, stop: asyncio.Event) -> None:
+        """Stops all work the moment the renew deadline passes, whatever the lease loop is
+        waiting for."""
+        while not stop.is_set():
+            if self.leading and time.monotonic() > self._deadline:
+                emit(logging.WARNING, "not renewed in time: stopping all work")
+                await self._stop_leading()
+            await asyncio.sleep(0.1)
 
     async def _stop_leading(self) -> None:
         self.leading = False
         if self._pass is not None:
             self._pass.cancel()
+        for fetch in self._fetching.values():
+            fetch.cancel()
         await self._cancel_all()
-        self._status.clear()  # the next leadership starts from what the platform says
+        # the next leadership starts from what the platform says: the Syncs' status and the
+        # GitSources' recorded revisions (another leader may have moved them on meanwhile)
+        self._status.clear()
         self._backoff.clear()
+        self._sources.clear()
 
     async def _cancel_all(self) -> None:
         tasks = list(self._running.values())
@@ -304,8 +348,14 @@ class Controller:
                 continue
             by_key[(spec.namespace, spec.name)] = spec
             pairs.append((spec, obj))
-        await asyncio.gather(*(self._fetch_guarded(spec, obj) for spec, obj in pairs))
-        # listed after the fetches: a Sync written meanwhile is seen as it is now
+        # fetches run in the background, one per source: a slow or unreachable repository
+        # holds up only the Syncs that use it (they go on from its last known revision)
+        for spec, obj in pairs:
+            key = (spec.namespace, spec.name)
+            if key not in self._fetching and self._fetch_due(spec, obj):
+                task = asyncio.create_task(self._fetch_guarded(spec, obj))
+                self._fetching[key] = task
+                task.add_done_callback(functools.partial(self._fetched, key))
         syncs = await self.platform.list(SYNCS)
         listed: set[str] = set()
         for obj in syncs:
@@ -315,6 +365,10 @@ class Controller:
                 emit(logging.WARNING, "a Sync cannot be read", error=str(exc))
                 continue
             listed.add(sync.id)
+            uid = str(obj["metadata"].get("uid") or "")
+            if self._uids.get(sync.id, uid) != uid:
+                await self._forget_sync(sync.id)  # deleted and made again under its name
+            self._uids[sync.id] = uid
             if sync.id in self._running or sync.suspend:
                 continue
             if time.monotonic() - self._crashed.get(sync.id, -1e9) < 30.0:
@@ -331,23 +385,38 @@ class Controller:
         """Drop what this instance remembers of Syncs and sources that were deleted."""
         for source_key in [k for k in self._sources if k not in sources]:
             del self._sources[source_key]
-        for sync_id in [k for k in self._status if k not in syncs]:
-            del self._status[sync_id]
-        for sync_id in [k for k in self._crashed if k not in syncs]:
-            del self._crashed[sync_id]
-        for key in [k for k in self._backoff if k[0] not in syncs]:
-            del self._backoff[key]
-        for key in [k for k in self._targets if k[0] not in syncs]:
-            state = self._targets.pop(key)
-            if state.client is not self.platform:
-                await state.client.close()
+        for sync_id in {*self._uids, *self._status, *self._running} - syncs:
+            await self._forget_sync(sync_id)
         for url in [u for u in self._repos if u not in urls]:
             del self._repos[url]
         for render_key in [k for k in self._renders if k[0] not in urls]:
             del self._renders[render_key]
 
-    def _done(self, key: str, _task: asyncio.Task[None]) -> None:
-        self._running.pop(key, None)
+    async def _forget_sync(self, sync_id: str) -> None:
+        """Everything remembered of one Sync, its running sync stopped first (a Sync deleted,
+        or deleted and made again: the new one starts from nothing)."""
+        task = self._running.pop(sync_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._uids.pop(sync_id, None)
+        self._status.pop(sync_id, None)
+        self._crashed.pop(sync_id, None)
+        for key in [k for k in self._backoff if k[0] == sync_id]:
+            del self._backoff[key]
+        for key in [k for k in self._targets if k[0] == sync_id]:
+            state = self._targets.pop(key)
+            if state.client is not self.platform:
+                await state.client.close()
+
+    def _done(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._running.get(key) is task:
+            del self._running[key]
+
+    def _fetched(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._fetching.get(key) is task:
+            del self._fetching[key]
+        self.wake()  # a new revision is synced at once, not at the next tick
 
     # -- sources ------------------------------------------------------------------------------
 
@@ -362,26 +431,29 @@ class Controller:
             emit(logging.ERROR, "fetch crashed", source=f"{spec.namespace}/{spec.name}",
                  error=repr(exc))  # fmt: skip
 
-    async def _fetch_if_due(self, spec: SourceSpec, obj: Obj) -> None:
+    def _fetch_due(self, spec: SourceSpec, obj: Obj) -> bool:
         key = (spec.namespace, spec.name)
         state = self._sources.setdefault(key, SourceState())
         recorded = (obj.get("status") or {}).get("revision", "")
         if not state.fetched and not state.commit and recorded:
-            # a new leader: start from the revision on record (also while suspended)
+            # a new leadership: start from the revision on record (also while suspended)
             state.commit = recorded
         if spec.suspend:
-            return
+            return False
         poked = spec.requested_at != state.requested_at and bool(spec.requested_at)
         changed_spec = (spec.url, spec.ref) != state.origin
-        if (
-            state.fetched
-            and not poked
-            and not changed_spec
-            and time.monotonic() - state.fetched < spec.interval
-        ):
-            return
-        state.requested_at = spec.requested_at
-        state.origin = (spec.url, spec.ref)
+        return (
+            not state.fetched
+            or poked
+            or changed_spec
+            or time.monotonic() - state.fetched >= spec.interval
+        )
+
+    async def _fetch_if_due(self, spec: SourceSpec, obj: Obj) -> None:
+        key = (spec.namespace, spec.name)
+        state = self._sources.setdefault(key, SourceState())
+        # what this attempt answers (kept only once it is made: a cancelled one is made again)
+        asked = (spec.requested_at, (spec.url, spec.ref))
         try:
             if is_local_path(spec.url) and not spec.url.startswith("/"):
                 # it would be found relative to wherever this instance runs
@@ -392,11 +464,13 @@ class Controller:
             commit = await repo.resolve(spec.ref)
         except GitError as exc:
             state.fetched, state.error = time.monotonic(), str(exc)
+            state.requested_at, state.origin = asked
             self.metrics.fetches["error"] = self.metrics.fetches.get("error", 0) + 1
             await self._source_status(obj, state, ready=False, message=str(exc))
             return
         changed = commit != state.commit
         state.commit, state.fetched, state.error = commit, time.monotonic(), ""
+        state.requested_at, state.origin = asked
         self.metrics.fetches["ok"] = self.metrics.fetches.get("ok", 0) + 1
         if changed:
             emit(logging.INFO, "new revision", source=f"{key[0]}/{key[1]}", commit=commit)
@@ -449,14 +523,18 @@ class Controller:
         entries: list[Obj] = []
         worked = False
         requested = bool(sync.requested_at) and sync.requested_at != status.get("handledRequest")
-        again = requested or status.get("observedGeneration") != sync.generation
+        new_spec = status.get("observedGeneration") != sync.generation
         for spec in sync.targets:
             old = previous.get(spec.name) or {}
-            entry, did = await self._target(sync, spec, commit, old, again=again, source=source)
+            entry, did = await self._target(
+                sync, spec, commit, old, again=requested or new_spec, now=requested,
+                source=source,
+            )  # fmt: skip
             worked = worked or did
             entries.append(entry)
-        if not worked and [e.get("name") for e in entries] == list(previous) and not requested:
-            return
+        same_targets = [e.get("name") for e in entries] == list(previous)
+        if not worked and same_targets and not requested and not new_spec:
+            return  # (a new spec is always recorded: it is then no longer new)
         status["targets"] = entries
         status["revision"] = commit
         if requested:
@@ -481,20 +559,21 @@ class Controller:
         old: Obj,
         *,
         again: bool,
+        now: bool,
         source: SourceSpec,
     ) -> tuple[Obj, bool]:
         """(the target's status entry, whether it changed). A failed attempt is retried
-        with backoff (2 s doubling to 5 min); a request (`haplane gitops sync`) or a new spec
-        retries at once."""
+        with backoff (2 s doubling to 5 min); a request (`haplane gitops sync`: `now`) retries
+        at once. `again`: sync in full even if nothing seems to have changed."""
         key = (sync.id, spec.name)
         failures, last = self._backoff.get(key, (0, 0.0))
-        now = time.monotonic()
-        if failures and not again and now - last < min(300.0, 2.0 ** min(failures, 8)):
+        clock = time.monotonic()
+        if failures and not now and clock - last < min(300.0, 2.0 ** min(failures, 8)):
             return old or {"name": spec.name}, False
         try:
             state = await self._target_state(sync, spec)
         except (KubeconfigError, KubeError, Unreachable) as exc:
-            self._backoff[key] = (failures + 1, now)
+            self._backoff[key] = (failures + 1, clock)
             entry = _entry_error(old, spec.name, "TargetUnavailable", str(exc))
             return entry, _differs(entry, old)
         # due: a new revision, spec or target, a request, or a failed attempt
@@ -504,12 +583,12 @@ class Controller:
             or not old.get("complete", False)
             or old.get("credentials") != state.fingerprint
         )
-        if not due_sync and state.checked and now - state.checked < sync.interval:
+        if not due_sync and state.checked and clock - state.checked < sync.interval:
             return old, False
-        state.checked = now
+        state.checked = clock
         objects = await self._render(source, commit, sync.path, spec.overlay or sync.overlay)
         if isinstance(objects, RenderError):
-            self._backoff[key] = (failures + 1, now)
+            self._backoff[key] = (failures + 1, clock)
             entry = _entry_error(old, spec.name, "RenderFailed", str(objects))
             entry["attempted"] = commit
             return entry, _differs(entry, old)
@@ -527,7 +606,7 @@ class Controller:
         if outcome.complete:
             self._backoff.pop(key, None)
         else:
-            self._backoff[key] = (failures + 1, now)
+            self._backoff[key] = (failures + 1, clock)
         if due_sync or outcome.drift or outcome.errors:
             emit(
                 logging.INFO if outcome.complete else logging.WARNING,
@@ -567,8 +646,10 @@ class Controller:
             async def make() -> KubeClient:
                 token = await self._token(sync.namespace, account)
                 c = self.platform.credentials
+                # the platform's CA only: the controller's own client certificate, if its
+                # kubeconfig has one, would be believed over the token
                 return KubeClient(
-                    Credentials(c.server, c.context, token, f"{sync.namespace}/{account}")
+                    Credentials(c.server, c.ca_context, token, f"{sync.namespace}/{account}")
                 )
 
             if state is not None and state.fingerprint == fingerprint:
@@ -593,10 +674,17 @@ class Controller:
             where = f"in Secret {sync.namespace}/{name} key {field_key}"
 
             async def make() -> KubeClient:
+                # what fails is said without quoting the Secret: it may hold anything
                 try:
-                    doc = yaml.safe_load(base64.b64decode(raw))
-                except (ValueError, yaml.YAMLError) as exc:
-                    raise KubeconfigError(f"kubeconfig {where}: {exc}") from None
+                    text = base64.b64decode(raw, validate=True)
+                except ValueError:
+                    raise KubeconfigError(f"kubeconfig {where}: not base64") from None
+                try:
+                    doc = yaml.safe_load(text)
+                except yaml.YAMLError as exc:
+                    mark = getattr(exc, "problem_mark", None)
+                    line = f" (line {mark.line + 1})" if mark is not None else ""
+                    raise KubeconfigError(f"kubeconfig {where}: not valid YAML{line}") from None
                 # only what the Secret itself holds: never a file of the controller's host
                 return KubeClient(load_kubeconfig(doc, where, allow_files=False))
 
@@ -604,8 +692,11 @@ class Controller:
             if state is not None and state.client is not self.platform:
                 await state.client.close()
             client = await make()
+            # the inventory is written as the controller: a ServiceAccount allowed only its
+            # own namespace could not keep it (nor should it touch other Syncs')
+            inventory = self.platform if spec.secret is None else None
             state = self._targets[key] = TargetState(
-                Target(client, f"{sync.id}/{spec.name}"), client, fingerprint
+                Target(client, f"{sync.id}/{spec.name}", inventory=inventory), client, fingerprint
             )
             if renew_at is not None:
                 state.renew_at = renew_at

@@ -43,6 +43,7 @@ SYNC_ANNOTATION = "gitops.haplane.dev/sync-id"
 _CONFIGMAP = Resource("", "v1", "ConfigMap", "configmaps", True)
 _NAMESPACE = Resource("", "v1", "Namespace", "namespaces", False)
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_GET_AT_MOST = 20  # objects of one kind and namespace looked up one by one, not by a list
 _VOLATILE_META = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid")
 
 
@@ -189,8 +190,17 @@ class Target:
     """One Sync's view of one target cluster. Remembers, in memory, the resourceVersions its
     applies returned (a restarted controller starts without them and compares everything once)."""
 
-    def __init__(self, client: KubeClient, sync_id: str, concurrency: int = 16) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        sync_id: str,
+        concurrency: int = 16,
+        inventory: KubeClient | None = None,
+    ) -> None:
+        """`inventory`: who keeps the inventory (default `client`; the controller's own
+        identity when `client` acts as a ServiceAccount limited to some namespaces)."""
         self.client = client
+        self.inventory_client = inventory
         self.sync_id = sync_id
         self.label = sync_label(sync_id)
         self.inventory_name = self.label.lower().replace("_", "-")
@@ -243,7 +253,9 @@ class Target:
 
     async def read_inventory(self) -> dict[Ref, Ref]:
         try:
-            cm = await self.client.get(_CONFIGMAP, INVENTORY_NAMESPACE, self.inventory_name)
+            cm = await (self.inventory_client or self.client).get(
+                _CONFIGMAP, INVENTORY_NAMESPACE, self.inventory_name
+            )
         except Unreachable as exc:
             raise TargetUnreachable(str(exc)) from None
         if cm is None:
@@ -267,8 +279,9 @@ class Target:
             await self._write_inventory(refs, revision)
 
     async def _write_inventory(self, refs: dict[Ref, Ref], revision: str) -> None:
+        client = self.inventory_client or self.client
         if not self._namespace_ready:
-            await self.client.apply(
+            await client.apply(
                 _NAMESPACE,
                 {
                     "apiVersion": "v1",
@@ -277,7 +290,7 @@ class Target:
                 },
             )
             self._namespace_ready = True
-        await self.client.apply(
+        await client.apply(
             _CONFIGMAP,
             {
                 "apiVersion": "v1",
@@ -343,10 +356,11 @@ class Target:
                 ref = Ref.of(obj)
                 before = tracked.get(ref)
                 # adopted: it was there, without this Sync's label, before it first applied it
-                adopted = (
+                # (one this Sync recreated after it was deleted is its own from then on)
+                adopted = ref in existing and (
                     before.adopted
                     if before is not None
-                    else ref in existing and (_labels(existing[ref]).get(SYNC_LABEL) != self.label)
+                    else _labels(existing[ref]).get(SYNC_LABEL) != self.label
                 )
                 refs[ref] = replace(ref, adopted=adopted)
             grown = {**tracked, **refs}
@@ -452,19 +466,47 @@ class Target:
         return prepared, errors, unchanged, existing
 
     async def _existing(self, prepared: list[tuple[Resource, Obj]]) -> dict[Ref, Obj]:
-        """The live objects of the kinds and namespaces of `prepared`, one list per kind and
-        namespace (an identity allowed only some namespaces can list those)."""
-        scopes = {
-            (res, (o["metadata"].get("namespace") if res.namespaced else None))
-            for res, o in prepared
-        }
+        """The live objects among `prepared`: per kind and namespace one list of this Sync's
+        own (by its label; an identity allowed only some namespaces can list those), then the
+        others looked up one by one (new to this Sync, or taken by another), or, when there
+        are many, with one list of everything of that kind and namespace."""
+        scopes: dict[tuple[Resource, str | None], list[Ref]] = {}
+        for res, o in prepared:
+            namespace = o["metadata"].get("namespace") if res.namespaced else None
+            scopes.setdefault((res, namespace), []).append(Ref.of(o))
         out: dict[Ref, Obj] = {}
-        for res, namespace in sorted(scopes, key=lambda x: (x[0].plural, x[1] or "")):
-            for item in await self.client.list(res, namespace=namespace):
-                item.setdefault("apiVersion", res.api_version)
-                item.setdefault("kind", res.kind)
-                out[Ref.of(item)] = item
+        lookups: list[tuple[Resource, Ref]] = []
+        for (res, namespace), refs in scopes.items():
+            found = await self._list(res, namespace, f"{SYNC_LABEL}={self.label}")
+            unknown = [r for r in refs if r not in found]
+            if len(unknown) > _GET_AT_MOST:
+                found.update(await self._list(res, namespace, None))
+            else:
+                lookups += [(res, r) for r in unknown]
+            out.update(found)
+
+        async def one(item: tuple[Resource, Ref]) -> Obj | None:
+            res, ref = item
+            return await self.client.get(res, ref.namespace or None, ref.name)
+
+        for (res, ref), live in zip(lookups, await self._bounded(lookups, one), strict=True):
+            if isinstance(live, KubeError):
+                raise live
+            if live is not None:
+                live.setdefault("apiVersion", res.api_version)
+                live.setdefault("kind", res.kind)
+                out[ref] = live
         return out
+
+    async def _list(
+        self, res: Resource, namespace: str | None, selector: str | None
+    ) -> dict[Ref, Obj]:
+        found: dict[Ref, Obj] = {}
+        for item in await self.client.list(res, selector, namespace=namespace):
+            item.setdefault("apiVersion", res.api_version)
+            item.setdefault("kind", res.kind)
+            found[Ref.of(item)] = item
+        return found
 
     def _unchanged(
         self, prepared: list[tuple[Resource, Obj]], existing: dict[Ref, Obj]

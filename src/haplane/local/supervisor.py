@@ -500,8 +500,11 @@ class Supervisor:
         """A GitOps controller instance (`python -m haplane.gitops`), with a kubeconfig of its
         own naming the gate it dials and (with TLS) the GitOps token file; ready once its
         `/readyz` says it reached the platform."""
+        # private: clones of private repositories, kubeconfigs naming the token
+        self.state.gitops_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.state.gitops_dir.chmod(0o700)
         cache = self.state.gitops_dir / plan.name
-        cache.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(mode=0o700, exist_ok=True)
         argv = [
             sys.executable, "-m", "haplane.gitops",
             "--kubeconfig", str(self._gitops_kubeconfig(plan)),
