@@ -7,6 +7,7 @@ a fixed one no longer is. Region findings: plain data."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -84,6 +85,30 @@ async def test_baseline_as_a_new_user(disposable_cluster: EtcdCluster, tmp_path:
         }
         r = kubectl(api, "create", "-f", "-", stdin=json.dumps(big))
         assert r.returncode != 0 and "over the limit of 262144" in r.stderr, r.stderr
+
+        # GitOps: a Sync outside the trusted namespaces must name a ServiceAccount
+        from haplane.gitops.types import SYNC_CRD
+
+        assert kubectl(api, "apply", "-f", "-", stdin=json.dumps(SYNC_CRD)).returncode == 0
+        sync = {
+            "apiVersion": "gitops.haplane.dev/v1",
+            "kind": "Sync",
+            "metadata": {"name": "s", "namespace": "x"},
+            "spec": {"sourceRef": {"name": "src"}, "targets": [{"name": "platform"}]},
+        }
+        r = kubectl(api, "create", "-f", "-", stdin=json.dumps(sync))
+        for _ in range(50):  # the CRD's resource is served within moments
+            if (
+                "the server doesn't have a resource type" not in r.stderr
+                and "no matches" not in r.stderr
+            ):
+                break
+            await asyncio.sleep(0.1)
+            r = kubectl(api, "create", "-f", "-", stdin=json.dumps(sync))
+        assert r.returncode != 0 and "must name spec.serviceAccountName" in r.stderr, r.stderr
+        sync["spec"]["serviceAccountName"] = "deployer"
+        r = kubectl(api, "create", "-f", "-", stdin=json.dumps(sync))
+        assert r.returncode == 0, r.stderr
 
         # the report finds what was there before the pack
         r = haplane("policy", "report", "--kubeconfig", str(kc), "--json")

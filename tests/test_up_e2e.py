@@ -1,16 +1,20 @@
 """`haplane up -d` on the two-regions example as real processes: status, faults, supervision,
 `down`, a SIGKILLed supervisor taking its children with it, and the GitOps controllers
-applying a git repository through the gate."""
+applying git repositories through the gate, across switchovers of the platform's region."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import shutil
 import signal
+import ssl
 import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -19,6 +23,7 @@ import pytest
 from haplane.local import pidfile
 from haplane.local.state_dir import StateDir
 from tests.topology_helpers import (
+    connection,
     etcd_tls,
     haplane,
     kubectl,
@@ -314,12 +319,42 @@ def _commit(repo: Path, greeting: str) -> str:
     return _git(repo, "rev-parse", "HEAD")
 
 
+def _shop(repo: Path, configmaps: dict[str, str]) -> str:
+    """A commit whose `app` holds the namespace `shop` and exactly these ConfigMaps (name ->
+    value), one file each: a name left out is a file removed."""
+    app = repo / "app"
+    shutil.rmtree(app, ignore_errors=True)
+    app.mkdir(parents=True)
+    (app / "namespace.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n")
+    for name, value in configmaps.items():
+        (app / f"{name}.yaml").write_text(
+            f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: shop}}\n"
+            f"data: {{value: {value}}}\n"
+        )
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", ",".join(f"{k}={v}" for k, v in configmaps.items()))
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def _poke(state: Path, url: str, source: str) -> int:
+    """POST /hooks/git?source=NAMESPACE/NAME to a GitOps controller instance's listener (HTTPS,
+    the platform CA; no webhook secret under `haplane up`)."""
+    ctx = ssl.create_default_context(cafile=str(state / "pki" / "platform" / "ca.crt"))
+    req = urllib.request.Request(f"{url}/hooks/git?source={source}", data=b"{}", method="POST")
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+        return int(resp.status)
+
+
 def test_gitops_controllers_apply_a_repository_through_the_gate(
     state: Path, tmp_path: Path, start_topology
 ):
-    """Both instances of the example run, one holds the Lease, and a Sync created through the
-    gate is applied through the gate, as the controller's ServiceAccount (TLS, its token file,
-    RBAC); the leader killed, the other takes over and applies the next commit."""
+    """Both instances of the example run, one holds the Lease, and Syncs created through the
+    gate are applied through the gate, as the controller's ServiceAccount (TLS, its token file,
+    RBAC). The drill of #18, planned switchovers of the platform's region with the controllers
+    running: the leader goes on in the new region, applies the next commit there and prunes
+    what it dropped, nothing recreated; then the leader killed and the platform switched back:
+    the other instance takes over from the status and inventories it finds, replicated, and
+    applies the next commits. Every judgement is the client's: read through the gate."""
     doc = start_topology(example="two-regions")
     gitops = {g["name"]: g for g in doc["gitops"]}
     assert sorted(gitops) == ["global/gitops-1", "global/gitops-2"]
@@ -352,6 +387,11 @@ def test_gitops_controllers_apply_a_repository_through_the_gate(
     repo.mkdir()
     _git(repo, "init", "-q", "-b", "main")
     head = _commit(repo, "hello")
+    # a second repository, with prune: fetched by the webhook only (a poll every hour)
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    _git(shop, "init", "-q", "-b", "main")
+    shop_head = _shop(shop, {"a": "one", "b": "one", "c": "one"})
     # the leader installed the CRDs
     wait_for(lambda: kubectl(admin, "get", "--raw", "/apis/gitops.haplane.dev/v1").returncode == 0)
     manifests = tmp_path / "sync.yaml"
@@ -363,6 +403,14 @@ def test_gitops_controllers_apply_a_repository_through_the_gate(
         "apiVersion: gitops.haplane.dev/v1\nkind: Sync\n"
         "metadata: {name: tiny, namespace: default}\n"
         "spec: {sourceRef: {name: tiny}, path: app, targets: [{name: platform}]}\n"
+        "---\n"
+        "apiVersion: gitops.haplane.dev/v1\nkind: GitSource\n"
+        "metadata: {name: shop, namespace: default}\n"
+        f"spec: {{url: {shop}, ref: {{branch: main}}, interval: 1h}}\n"
+        "---\n"
+        "apiVersion: gitops.haplane.dev/v1\nkind: Sync\n"
+        "metadata: {name: shop, namespace: default}\n"
+        "spec: {sourceRef: {name: shop}, path: app, prune: true, targets: [{name: platform}]}\n"
     )
     r = kubectl(admin, "apply", "-f", str(manifests))
     assert r.returncode == 0, r.stderr
@@ -376,11 +424,59 @@ def test_gitops_controllers_apply_a_repository_through_the_gate(
     assert cm["data"] == {"greeting": "hello"}
     assert [f["manager"] for f in cm["metadata"]["managedFields"]] == ["haplane-gitops"]
 
+    def sync_status(name: str) -> dict:
+        """A Sync's status through the gate ({} while the gate does not answer)."""
+        r = kubectl(admin, "get", "sync", "-n", "default", name, "-o", "json")
+        return (json.loads(r.stdout).get("status") or {}) if r.returncode == 0 else {}
+
     def applied() -> str | None:
-        r = kubectl(admin, "get", "sync", "-n", "default", "tiny", "-o", "json")
-        return json.loads(r.stdout).get("status", {}).get("lastAppliedRevision")
+        return sync_status("tiny").get("lastAppliedRevision")
 
     wait_for(lambda: applied() == head)
+
+    def shop_objects() -> dict[str, tuple[str, dict]]:
+        """What the platform holds for `shop`, through the gate: kind/name -> (uid, data)."""
+        items = []
+        for args in (["namespace", "shop"], ["configmaps", "-n", "shop"]):
+            r = kubectl(admin, "get", *args, "-o", "json")
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout)
+            items += out.get("items", [out])
+        return {
+            f"{o['kind']}/{o['metadata']['name']}": (o["metadata"]["uid"], o.get("data") or {})
+            for o in items
+        }
+
+    def shop_synced(revision: str) -> dict | None:
+        """The Sync's status once it says `revision` is applied everywhere, Synced=True."""
+        s = sync_status("shop")
+        synced = next((c for c in s.get("conditions") or () if c["type"] == "Synced"), {})
+        return (
+            s
+            if s.get("lastAppliedRevision") == revision and synced.get("status") == "True"
+            else None
+        )
+
+    def inventory() -> list[list[str]]:
+        """The Sync's inventory in the target (named by the Sync and the target)."""
+        r = kubectl(admin, "get", "configmap", "-n", "haplane-gitops", "default.shop.platform",
+                    "-o", "json")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return json.loads(json.loads(r.stdout)["data"]["objects"])
+
+    def inventoried(*configmaps: str) -> list[list[str]]:
+        return sorted([["v1", "Namespace", "", "shop"]]
+                      + [["v1", "ConfigMap", "shop", n] for n in configmaps])  # fmt: skip
+
+    wait_for(lambda: shop_synced(shop_head), timeout=30)
+    before = shop_objects()
+    assert {k: v[1] for k, v in before.items()} == {
+        "Namespace/shop": {},
+        "ConfigMap/a": {"value": "one"},
+        "ConfigMap/b": {"value": "one"},
+        "ConfigMap/c": {"value": "one"},
+    }
+    assert inventory() == inventoried("a", "b", "c")
 
     def writers() -> set[str]:
         """Who wrote the ConfigMap, as the replicas' audit logs say."""
@@ -402,14 +498,89 @@ def test_gitops_controllers_apply_a_repository_through_the_gate(
     # the controller's ServiceAccount, through the gate, and nobody else
     assert wait_for(writers) == {"system:serviceaccount:kube-system:haplane-gitops"}
 
-    # the leader killed: the other takes the Lease once it expires, and syncs the next commit
+    # a planned switchover of the platform's region, eu-west -> eu-central, with the
+    # controllers running
+    gate = next(e["url"] for e in status(state)["edges"] if e["kind"] == "gate")
+
+    def served_by() -> str | None:
+        """The region whose replica answers a read through the gate."""
+        conn = connection(gate, state=state)
+        try:
+            conn.request("GET", "/api/v1/namespaces/default")
+            resp = conn.getresponse()
+            resp.read()
+            return resp.getheader("X-Haplane-Region") if resp.status == 200 else None
+        except (OSError, http.client.HTTPException):
+            return None  # the gate closes its connections to the old region
+        finally:
+            conn.close()
+
+    assert served_by() == "eu-west"
+    wait_for(
+        lambda: status(state)["global_state"]["fences"]["eu-central"] == "standby:eu-west@1",
+        timeout=30,
+    )
+    r = haplane(state, "failover", "--direct", "--to", "eu-central", "--reason", "gitops drill")
+    assert "eu-west (epoch 1) -> eu-central (epoch 2)" in r.stdout, r.stdout
+    g = status(state)["global_state"]["active"]
+    assert (g["region"], g["epoch"], g["writable"]) == ("eu-central", 2, True)
+    wait_for(lambda: served_by() == "eu-central", timeout=30)
+    # what the controller goes on from, replicated: the status, the objects, the inventory
+    assert shop_synced(shop_head)
+    assert shop_objects() == before
+    assert inventory() == inventoried("a", "b", "c")
+
+    # the next commit: a changed, c removed; poked through the instance that does not lead
+    # (it annotates the GitSource through its own gate, now in eu-central)
+    shop_head = _shop(shop, {"a": "two", "b": "one"})
+    leader = wait_for(lambda: len(names := leaders()) == 1 and names[0])
+    (idle,) = {"global/gitops-1", "global/gitops-2"} - {leader}
+    assert _poke(state, gitops[idle]["url"], "default/shop") == 202
+    status_after = wait_for(lambda: shop_synced(shop_head), timeout=60)
+    after = shop_objects()
+    assert sorted(after) == ["ConfigMap/a", "ConfigMap/b", "Namespace/shop"]  # c pruned
+    assert after["ConfigMap/a"] == (before["ConfigMap/a"][0], {"value": "two"})  # patched
+    assert after["ConfigMap/b"] == before["ConfigMap/b"]  # untouched
+    assert after["Namespace/shop"] == before["Namespace/shop"]
+    r = kubectl(admin, "get", "configmap", "-n", "shop", "c")
+    assert r.returncode != 0 and "NotFound" in r.stderr, r.stderr
+    (target,) = status_after["targets"]
+    assert target["synced"] and target["revision"] == shop_head and target["objects"] == 3
+    assert target["errors"] == [] and target["drift"] == []
+    assert target["pruned"] == ["ConfigMap/c (namespace shop)"]
+    assert inventory() == inventoried("a", "b")
+
+    # the leader killed, and the platform switched back to eu-west while no instance leads:
+    # the other takes the Lease once it expires, with nothing in memory, and goes on from the
+    # status and inventories written in eu-central and replicated to eu-west
     r = haplane(state, "fault", "kill", leader)
     assert "killed" in r.stdout
     (other,) = {"global/gitops-1", "global/gitops-2"} - {leader}
-    wait_for(lambda: leaders() == [other], timeout=40)
+    wait_for(
+        lambda: status(state)["global_state"]["fences"]["eu-west"] == "standby:eu-central@2",
+        timeout=30,
+    )
+    r = haplane(state, "failover", "--direct", "--to", "eu-west", "--reason", "gitops drill back")
+    assert "eu-central (epoch 2) -> eu-west (epoch 3)" in r.stdout, r.stdout
+    wait_for(lambda: served_by() == "eu-west", timeout=30)
+    assert shop_synced(shop_head) and shop_objects() == after
+    assert inventory() == inventoried("a", "b")
+    wait_for(lambda: leaders() == [other], timeout=60)
     assert f"global/{holder()}" == other
     _commit(repo, "again")
+    shop_head = _shop(shop, {"a": "two", "b": "three", "d": "one"})
+    assert _poke(state, gitops[other]["url"], "default/shop") == 202
     wait_for(lambda: configmap().get("data") == {"greeting": "again"}, timeout=30)
+    (target,) = wait_for(lambda: shop_synced(shop_head), timeout=60)["targets"]
+    last = shop_objects()
+    assert sorted(last) == ["ConfigMap/a", "ConfigMap/b", "ConfigMap/d", "Namespace/shop"]
+    for name in ("ConfigMap/a", "Namespace/shop"):
+        assert last[name] == after[name]
+    assert last["ConfigMap/b"] == (before["ConfigMap/b"][0], {"value": "three"})
+    assert last["ConfigMap/d"][1] == {"value": "one"}
+    assert target["objects"] == 4 and target["pruned"] == [] and target["errors"] == []
+    assert inventory() == inventoried("a", "b", "d")
+    assert served_by() == "eu-west"
     haplane(state, "fault", "restart", leader)
     wait_for(
         lambda: (

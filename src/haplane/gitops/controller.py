@@ -132,11 +132,10 @@ class LeaseElector:
 
     def _expired(self, lease: Obj) -> bool:
         spec = lease.get("spec") or {}
-        seen = (
-            spec.get("holderIdentity"),
-            spec.get("renewTime"),
-            (lease.get("metadata") or {}).get("resourceVersion"),
-        )
+        # the holder's own record of its renewals (as client-go watches it), not the object's
+        # resourceVersion: that changes with every region switchover here, and would look
+        # like a renewal
+        seen = (spec.get("holderIdentity"), spec.get("renewTime"))
         now = time.monotonic()
         if seen != self._observed:
             self._observed, self._observed_at = seen, now
