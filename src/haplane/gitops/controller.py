@@ -523,12 +523,22 @@ class Controller:
         worked = False
         requested = bool(sync.requested_at) and sync.requested_at != status.get("handledRequest")
         new_spec = status.get("observedGeneration") != sync.generation
-        for spec in sync.targets:
-            old = previous.get(spec.name) or {}
-            entry, did = await self._target(
-                sync, spec, commit, old, again=requested or new_spec, now=requested,
-                source=source,
-            )  # fmt: skip
+        # the targets side by side: one slow cluster does not hold up the others
+        results = await asyncio.gather(
+            *(
+                self._target(
+                    sync,
+                    spec,
+                    commit,
+                    previous.get(spec.name) or {},
+                    again=requested or new_spec,
+                    now=requested,
+                    source=source,
+                )
+                for spec in sync.targets
+            )
+        )
+        for entry, did in results:
             worked = worked or did
             entries.append(entry)
         same_targets = [e.get("name") for e in entries] == list(previous)
