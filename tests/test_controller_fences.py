@@ -240,9 +240,16 @@ async def test_reconcile_freezes_a_stale_active_key_and_sets_missing_ones(
     await eventually(
         lambda: _keys(fence_clients, {"a": "active:a@1", "b": "standby:a@1"}), timeout=2
     )
-    lines = [json.loads(r.getMessage()) for r in gate_log.records if r.getMessage().startswith("{")]
-    changes = [(x["region"], x["value"]) for x in lines if x["event"] == "fence_key"]
-    assert ("b", "frozen:b@0") in changes and changes.count(("b", "standby:a@1")) == 2
+
+    def changes() -> list[tuple[str, str]]:
+        lines = [
+            json.loads(r.getMessage()) for r in gate_log.records if r.getMessage().startswith("{")
+        ]
+        return [(x["region"], x["value"]) for x in lines if x["event"] == "fence_key"]
+
+    # the log line follows the write the keys show: it may come a moment after
+    await eventually(lambda: changes().count(("b", "standby:a@1")) == 2, timeout=2)
+    assert ("b", "frozen:b@0") in changes()
 
 
 async def test_no_unfence_while_the_new_regions_key_cannot_be_set(
