@@ -336,13 +336,27 @@ def _shop(repo: Path, configmaps: dict[str, str]) -> str:
     return _git(repo, "rev-parse", "HEAD")
 
 
-def _poke(state: Path, url: str, source: str) -> int:
+def _poke(state: Path, url: str, source: str, sign: bool = True) -> int:
     """POST /hooks/git?source=NAMESPACE/NAME to a GitOps controller instance's listener (HTTPS,
-    the platform CA; no webhook secret under `haplane up`)."""
+    the platform CA), signed as GitHub signs with the secret `up` made (STATE/gitops)."""
+    import hashlib
+    import hmac
+
     ctx = ssl.create_default_context(cafile=str(state / "pki" / "platform" / "ca.crt"))
-    req = urllib.request.Request(f"{url}/hooks/git?source={source}", data=b"{}", method="POST")
-    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
-        return int(resp.status)
+    body = b"{}"
+    headers = {}
+    if sign:
+        secret = (state / "gitops" / "webhook.secret").read_bytes().strip()
+        digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
+        headers["X-Hub-Signature-256"] = f"sha256={digest}"
+    req = urllib.request.Request(
+        f"{url}/hooks/git?source={source}", data=body, method="POST", headers=headers
+    )
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def test_gitops_controllers_apply_a_repository_through_the_gate(
@@ -535,6 +549,7 @@ def test_gitops_controllers_apply_a_repository_through_the_gate(
     shop_head = _shop(shop, {"a": "two", "b": "one"})
     leader = wait_for(lambda: len(names := leaders()) == 1 and names[0])
     (idle,) = {"global/gitops-1", "global/gitops-2"} - {leader}
+    assert _poke(state, gitops[idle]["url"], "default/shop", sign=False) == 401  # unsigned
     assert _poke(state, gitops[idle]["url"], "default/shop") == 202
     status_after = wait_for(lambda: shop_synced(shop_head), timeout=60)
     after = shop_objects()

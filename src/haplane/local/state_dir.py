@@ -80,6 +80,12 @@ class StateDir:
         return self.root / "gitops"
 
     @property
+    def gitops_webhook_secret(self) -> Path:
+        """The secret git servers sign `POST /hooks/git` with (GitHub's X-Hub-Signature-256,
+        GitLab's X-Gitlab-Token): made once by `up` (0600), shared by every instance."""
+        return self.gitops_dir / "webhook.secret"
+
+    @property
     def network_file(self) -> Path:
         """Present when the topology runs with each site in its own network namespace
         (`haplane up --netns`): the sites' addresses (haplane.local.site_network)."""

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
 import time
@@ -517,12 +518,26 @@ class Supervisor:
             argv += [
                 "--tls-cert-file", str(serving.cert),
                 "--tls-private-key-file", str(serving.key),
+                # webhooks must be signed: an unsigned poke is 401
+                "--webhook-secret-file", str(self._gitops_webhook_secret()),
             ]  # fmt: skip
         proc = self._process(plan.qualified_name, "gitops", argv, plan.host)
         self.processes[plan.qualified_name] = proc
         await proc.spawn()
         await self._await_ready(proc, f"{plan.url}/readyz", timeout)
         self.progress(f"{plan.qualified_name}: ready at {plan.url} (through {plan.server})")
+
+    def _gitops_webhook_secret(self) -> Path:
+        """STATE/gitops/webhook.secret (0600), made once: give it to the git server that
+        sends push notifications."""
+        path = self.state.gitops_webhook_secret
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            os.replace(tmp, path)
+        return path
 
     def _gitops_kubeconfig(self, plan: GitopsPlan) -> Path:
         """STATE/gitops/NAME.kubeconfig (0600): the gate, the platform CA and the token file
