@@ -52,9 +52,6 @@ def _call(client: ApiClient, method: str, path: str, body: Any = None, **kw: Any
     except ClientError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    if status == 404 and "/syncs" in path and method == "GET":
-        typer.echo(f"error: {out.get('message') or 'no such Sync'}", err=True)
-        raise typer.Exit(1)
     if status >= 400:
         typer.echo(f"error: {status} {out.get('message', '')}", err=True)
         raise typer.Exit(1)

@@ -151,8 +151,7 @@ def _held(status: int, out: Any, created: bool = False) -> bool:
         return True
     if status == 409:
         return False
-    body = out if isinstance(out, dict) else {}
-    raise KubeError(status, str(body.get("reason") or ""), str(body.get("message") or ""))
+    raise KubeError.of(status, out)
 
 
 @dataclass

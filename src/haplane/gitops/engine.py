@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .kube import KubeClient, KubeError, Resource, Unreachable, split_api_version
-from .plan import PlanError, Step, describe, plan
+from .plan import PlanError, Step, describe, plan, wave_of
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -641,11 +641,14 @@ class Target:
                 prepared.append(p)
         existing = await self._existing(prepared)
         live = {r: o for r, o in existing.items() if _labels(o).get(SYNC_LABEL) == self.label}
-        for _, obj in list(prepared):
-            owner = _labels(existing.get(Ref.of(obj))).get(SYNC_LABEL)
+        ours = []
+        for p in prepared:
+            owner = _labels(existing.get(Ref.of(p[1]))).get(SYNC_LABEL)
             if owner is not None and owner != self.label:
-                out.errors.append(ObjectError(describe(obj), f"taken over by Sync {owner}"))
-                prepared.remove((_, obj))
+                out.errors.append(ObjectError(describe(p[1]), f"taken over by Sync {owner}"))
+            else:
+                ours.append(p)
+        prepared = ours
         suspect = [
             p
             for p in prepared
@@ -734,8 +737,6 @@ def _yaml(obj: Obj) -> list[str]:
 
 def _crd_kinds(objects: list[Obj]) -> dict[tuple[str, str], int]:
     """(group, kind) -> the wave of the CRD in this render that defines it."""
-    from .plan import wave_of
-
     found: dict[tuple[str, str], int] = {}
     for o in objects:
         if o.get("kind") == "CustomResourceDefinition":

@@ -38,6 +38,12 @@ class KubeError(Exception):
         self.message = message
         self.body = body
 
+    @classmethod
+    def of(cls, status: int, out: Any) -> KubeError:
+        """From an answer's status and decoded body (a `Status`, or anything else)."""
+        body = out if isinstance(out, dict) else {}
+        return cls(status, str(body.get("reason") or ""), str(body.get("message") or ""), body)
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -147,10 +153,7 @@ class KubeClient:
             method, path, body, params=params, content_type=content_type
         )
         if status >= 400:
-            out = out if isinstance(out, dict) else {}
-            raise KubeError(
-                status, str(out.get("reason") or ""), str(out.get("message") or ""), out
-            )
+            raise KubeError.of(status, out)
         return out
 
     # -- discovery ----------------------------------------------------------------------------
@@ -199,7 +202,7 @@ class KubeClient:
                     continue
                 found[r["kind"]] = Resource(group, version, r["kind"], name, bool(r["namespaced"]))
         elif status not in (404,):
-            raise KubeError(status, str(out.get("reason") or ""), str(out.get("message") or ""))
+            raise KubeError.of(status, out)
         self._discovery[api_version] = found
         return found
 
@@ -226,7 +229,7 @@ class KubeClient:
         if status == 404:
             return None
         if status >= 400:
-            raise KubeError(status, str(out.get("reason") or ""), str(out.get("message") or ""))
+            raise KubeError.of(status, out)
         result: Obj = out
         return result
 
@@ -252,5 +255,5 @@ class KubeClient:
         if status == 404:
             return False
         if status >= 400:
-            raise KubeError(status, str(out.get("reason") or ""), str(out.get("message") or ""))
+            raise KubeError.of(status, out)
         return True
