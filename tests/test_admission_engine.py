@@ -148,3 +148,77 @@ def test_review_cases_selector_only_bindings_cluster_params_and_deletes() -> Non
         engine([p], [vapb("d", ["Deny"])]),
         Attributes("DELETE", CONFIGMAPS, "ns", "c", None, old, ALICE),
     )
+
+
+def test_the_authorizer_variable_asks_as_the_request_or_a_service_account() -> None:
+    """Kubernetes' authorizer library: each check becomes one authorization question, for
+    the request's user or the ServiceAccount named; `requestResource` is the request's own
+    resource; a decision carries allowed, reason, errored and error."""
+    from haplane.auth.user import Attributes as Question
+
+    asked: list[Question] = []
+
+    def authorize(q: Question) -> tuple[bool, str, str]:
+        asked.append(q)
+        return q.verb in ("get", "create"), f"because {q.verb}", ""
+
+    checks = [
+        "authorizer.group('apps').resource('deployments').subresource('scale')"
+        ".namespace('ns').name('web').check('get').allowed()",
+        "authorizer.group('').resource('secrets').check('delete').allowed() == false",
+        "authorizer.group('').resource('secrets').check('delete').reason() == 'because delete'",
+        "!authorizer.path('/metrics').check('get').errored()",
+        "authorizer.serviceAccount('ns', 'builder').group('').resource('pods').check('get')"
+        ".allowed()",
+        "authorizer.requestResource.check('create').allowed()",
+    ]
+    e = PolicyEngine(
+        lambda: [vap("p", [{"expression": c} for c in checks])],
+        lambda: [vapb("p", ["Deny"])],
+        lambda _n: None,
+        lambda *_: [],
+        authorize=authorize,
+    )
+    admitted(e, cm("web"))
+    deployments, secrets, _, path, sa, request = asked
+    assert (deployments.user, deployments.groups) == ("alice", ("dev",))
+    assert (deployments.api_group, deployments.resource, deployments.subresource) == (
+        "apps",
+        "deployments",
+        "scale",
+    )
+    assert (deployments.namespace, deployments.name, deployments.verb) == ("ns", "web", "get")
+    assert (secrets.namespace, secrets.name, secrets.verb) == ("", "", "delete")
+    assert not path.resource_request and (path.path, path.verb) == ("/metrics", "get")
+    assert sa.user == "system:serviceaccount:ns:builder"
+    assert set(sa.groups) == {
+        "system:serviceaccounts",
+        "system:serviceaccounts:ns",
+        "system:authenticated",
+    }
+    assert (request.resource, request.namespace, request.name, request.user) == (
+        "configmaps",
+        "ns",
+        "web",
+        "alice",
+    )
+
+
+def test_an_authorizer_check_without_an_authorizer_is_an_error_decision() -> None:
+    """No authorizer (a background audit): the decision is errored, never allowed; a value
+    of the wrong kind is an evaluation error, which failurePolicy Fail turns into a denial."""
+    p = vap(
+        "p",
+        [
+            {
+                "expression": "authorizer.group('').resource('x').check('get').errored() && "
+                "!authorizer.group('').resource('x').check('get').allowed()",
+                "message": "allowed without an authorizer",
+            }
+        ],
+    )
+    admitted(engine([p], [vapb("p", ["Deny"])]), cm())
+    forged = vap("f", [{"expression": "{'a': 1}.check('get').allowed()"}], failurePolicy="Fail")
+    with pytest.raises(errors.StatusError) as caught:
+        admitted(engine([forged], [vapb("f", ["Deny"])]), cm())
+    assert "expected a PathCheck or a ResourceCheck" in caught.value.message, caught.value.message

@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import time
 import urllib.error
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -799,3 +800,128 @@ def test_a_crd_cannot_shadow_a_built_in_type(secure: Setup):
     assert secure.as_("admin", "DELETE", f"{path}/roles.rbac.authorization.k8s.io")[0] == 200
     time.sleep(0.5)
     assert secure.as_("admin", "GET", roles)[0] == 200
+
+
+def test_a_policy_asks_the_authorizer(secure: Setup):
+    """An admission policy's `authorizer` (Kubernetes' authorizer library) asks this
+    replica's RBAC, as the requesting user or a ServiceAccount: a ConfigMap labelled critical
+    needs `get secrets` in its namespace; `requestResource` is the request's own resource
+    (its creator may create it); a path check; the decision follows a new binding."""
+    ns = f"authz-{uuid.uuid4().hex[:8]}"
+    assert secure.as_("admin", "POST", "/api/v1/namespaces", {"metadata": {"name": ns}})[0] == 201
+    erin = secure.ca.issue("erin", "erin")
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+
+    def grant(name: str, rules: list[dict], subject: dict) -> None:
+        role = {"metadata": {"name": name}, "rules": rules}
+        bind = {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [subject],
+        }
+        assert secure.as_("admin", "POST", f"{rbac}/namespaces/{ns}/roles", role)[0] == 201
+        assert secure.as_("admin", "POST", f"{rbac}/namespaces/{ns}/rolebindings", bind)[0] == 201
+
+    cms = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "list"]}]
+    grant("writer", cms, {"kind": "User", "name": "erin"})
+    grant(
+        "builder",
+        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}],
+        {"kind": "ServiceAccount", "name": "builder", "namespace": ns},
+    )
+    secrets = "authorizer.group('').resource('secrets').namespace(object.metadata.namespace)"
+    builder = (
+        "authorizer.serviceAccount(object.metadata.namespace, 'builder').group('')"
+        ".resource('configmaps').namespace(object.metadata.namespace)"
+    )
+    validations = [
+        {
+            "expression": "!('critical' in object.metadata.?labels.orValue({})) || "
+            f"{secrets}.check('get').allowed()",
+            "messageExpression": "'critical ConfigMaps need get secrets: ' + "
+            f"{secrets}.check('get').reason()",
+        },
+        {"expression": "authorizer.requestResource.check('create').allowed()"},
+        {
+            "expression": f"object.metadata.name != 'sa-list' || {builder}.check('list').allowed()",
+            "message": "the builder may not list",
+        },
+        {
+            "expression": "object.metadata.name != 'sa-delete' || "
+            f"{builder}.check('delete').allowed()",
+            "message": "the builder may not delete",
+        },
+        {
+            "expression": "object.metadata.name != 'metrics' || "
+            "authorizer.path('/metrics').check('get').allowed()",
+            "message": "only metrics readers",
+        },
+    ]
+    vap = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": ns},
+        "spec": {
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["configmaps"],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {"name": "ours", "expression": f"object.metadata.namespace == '{ns}'"}
+            ],
+            "validations": validations,
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": ns},
+        "spec": {"policyName": ns, "validationActions": ["Deny"]},
+    }
+    admission = "/apis/admissionregistration.k8s.io/v1"
+    assert secure.as_("admin", "POST", f"{admission}/validatingadmissionpolicies", vap)[0] == 201
+    path = f"{admission}/validatingadmissionpolicybindings"
+    assert secure.as_("admin", "POST", path, binding)[0] == 201
+    cms_path = f"/api/v1/namespaces/{ns}/configmaps"
+
+    def create(cert, name: str, **labels: str):
+        body = {"metadata": {"name": name, "labels": labels}, "data": {}}
+        return secure.api.request("POST", cms_path, body, cert=cert)
+
+    try:
+        # the policy is seen through the watch cache within moments
+        deadline = time.monotonic() + 10
+        while (out := create(erin, "critical-1", critical="yes"))[0] == 201:
+            assert time.monotonic() < deadline, "the policy never applied"
+            secure.as_("admin", "DELETE", f"{cms_path}/critical-1")
+        status, _, body = out
+        assert status == 422, body
+        assert "critical ConfigMaps need get secrets" in body["message"], body
+        assert create(erin, "plain")[0] == 201  # requestResource: erin may create it
+        assert create(secure.admin, "critical-2", critical="yes")[0] == 201
+        assert create(erin, "sa-list")[0] == 201
+        status, _, body = create(erin, "sa-delete")
+        assert status == 422 and "the builder may not delete" in body["message"], body
+        status, _, body = create(erin, "metrics")
+        assert status == 422 and "only metrics readers" in body["message"], body
+        assert create(secure.admin, "metrics")[0] == 201
+        grant(
+            "secret-reader",
+            [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+            {"kind": "User", "name": "erin"},
+        )
+        deadline = time.monotonic() + 10
+        while (status := create(erin, "critical-3", critical="yes")[0]) == 422:
+            assert time.monotonic() < deadline, "the new binding never counted"
+            time.sleep(0.05)
+        assert status == 201
+    finally:
+        secure.as_("admin", "DELETE", f"{path}/{ns}")
+        secure.as_("admin", "DELETE", f"{admission}/validatingadmissionpolicies/{ns}")
+        secure.as_("admin", "DELETE", f"/api/v1/namespaces/{ns}")

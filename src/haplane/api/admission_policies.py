@@ -26,8 +26,11 @@ For each write (create, update, delete) of any resource, every binding whose pol
 
 Variables: `object`, `oldObject` (null on create, `object` null on delete), `request`
 (kind, resource, subResource, name, namespace, operation, userInfo, dryRun), `params`,
-`namespaceObject`, `variables`. Not yet: `authorizer` (null), and type checking against each
-resource's schema (expressions are checked for syntax and functions; types at evaluation).
+`namespaceObject`, `variables`, `authorizer` and `authorizer.requestResource` (Kubernetes'
+authorizer library, `haplane.cel.authz`: a check asks the replica's RBAC authorizer, memory
+only; the user is the request's, or a ServiceAccount the policy names). Not yet: type checking
+against each resource's schema (expressions are checked for syntax and functions; types at
+evaluation).
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from haplane.auth.rbac import selector_matches
+from haplane.auth.user import Attributes as AuthzAttributes
 from haplane.auth.user import UserInfo
-from haplane.cel import Bound, CompileError, Environment, EvalError, Program
+from haplane.cel import Bound, CompileError, Environment, EvalError, Program, authz
 
 from . import errors
 from .resources import Obj, ResourceType
@@ -53,6 +57,7 @@ VARIABLES = (
     "params",
     "namespaceObject",
     "authorizer",
+    "authorizer.requestResource",
     "variables",
 )
 AUDIT_FAILURE = "validation.policy.admission.k8s.io/validation_failure"
@@ -61,7 +66,7 @@ _CODES = {"Unauthorized": 401, "Forbidden": 403, "Invalid": 422, "RequestEntityT
 
 @functools.cache
 def _env() -> Environment:
-    return Environment(VARIABLES)
+    return Environment(VARIABLES, authorizer=True)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -135,6 +140,49 @@ def select_params(
 ParamLookup = Callable[[str, str, str | None, str | None, Any], list[Obj] | None]
 
 
+# an authorization question (haplane.auth.user.Attributes) -> (allowed, reason, error)
+Authorize = Callable[[AuthzAttributes], tuple[bool, str, str]]
+
+
+def _checker(authorize: Authorize | None, user: UserInfo | None) -> authz.Checker:
+    """The `authorizer` library's checks for one request: as its user, or as a
+    ServiceAccount the expression names."""
+
+    def check(service_account: str, attrs: Mapping[str, str]) -> tuple[bool, str, str]:
+        if authorize is None:
+            return False, "", "no authorizer is available here (a background audit)"
+        if service_account:
+            namespace, _, name = service_account.partition("/")
+            who = f"system:serviceaccount:{namespace}:{name}"
+            groups: tuple[str, ...] = (
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{namespace}",
+                "system:authenticated",
+            )
+        elif user is not None:
+            who, groups = user.name, tuple(user.groups)
+        else:
+            return False, "", "the request has no user to check"
+        if "path" in attrs:
+            question = AuthzAttributes(
+                who, groups, attrs["verb"], path=attrs["path"], resource_request=False
+            )
+        else:
+            question = AuthzAttributes(
+                who,
+                groups,
+                attrs["verb"],
+                namespace=attrs["namespace"],
+                api_group=attrs["group"],
+                resource=attrs["resource"],
+                subresource=attrs["subresource"],
+                name=attrs["name"],
+            )
+        return authorize(question)
+
+    return check
+
+
 class PolicyEngine:
     def __init__(
         self,
@@ -143,14 +191,18 @@ class PolicyEngine:
         namespace: Callable[[str], Obj | None],
         params: ParamLookup,
         version: Callable[[], Hashable] | None = None,
+        authorize: Authorize | None = None,
     ) -> None:
         """`version`: changes whenever the policies or bindings do (the watch caches'
-        revisions): the pairs are then worked out once per change, not per request."""
+        revisions): the pairs are then worked out once per change, not per request.
+        `authorize`: what the `authorizer` variable's checks ask (none: each check's decision
+        is an error)."""
         self.policies = policies
         self.bindings = bindings
         self.namespace = namespace
         self.params = params
         self.version = version
+        self.authorize = authorize
         self._cached: tuple[Hashable, list[_Pair]] | None = None
 
     def admit(self, a: Attributes) -> None:
@@ -163,18 +215,26 @@ class PolicyEngine:
             return
         notes = NOTES.get()
         admission = _Admission(a, self.namespace)
-        for pair in pairs:
-            self._one(pair, admission, notes)
+        token = authz.CHECKER.set(_checker(self.authorize, a.user))
+        try:
+            for pair in pairs:
+                self._one(pair, admission, notes)
+        finally:
+            authz.CHECKER.reset(token)
 
     def findings(self, a: Attributes) -> list[Finding]:
         """Every violation of every matching binding, whatever its actions (`haplane policy
         report`: existing objects checked as if created now)."""
         out = []
         admission = _Admission(a, self.namespace)
-        for pair in self._current():
-            violations, _ = self._violations(pair, admission)
-            for message, _reason in violations:
-                out.append(Finding(pair.pname, pair.bname, pair.actions, message))
+        token = authz.CHECKER.set(_checker(self.authorize, a.user))
+        try:
+            for pair in self._current():
+                violations, _ = self._violations(pair, admission)
+                for message, _reason in violations:
+                    out.append(Finding(pair.pname, pair.bname, pair.actions, message))
+        finally:
+            authz.CHECKER.reset(token)
         return out
 
     def _current(self) -> list[_Pair]:
@@ -405,6 +465,7 @@ class _Pair:
 
 
 _UNSET: Any = object()
+_AUTHORIZER = authz.authorizer()
 
 
 class _Admission:
@@ -433,9 +494,16 @@ class _Admission:
             "request": self._request,
             "params": params,
             "namespaceObject": self.namespace_obj,
-            "authorizer": None,
+            "authorizer": _AUTHORIZER,
+            "authorizer.requestResource": self._request_resource(),
             "variables": {},
         }
+
+    def _request_resource(self) -> Obj:
+        a = self.a
+        return authz.request_resource(
+            a.rtype.group, a.rtype.plural, a.subresource, a.namespace or "", a.name
+        )
 
     def shared(self) -> Bound:
         if self._shared is None:

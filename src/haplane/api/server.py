@@ -43,6 +43,7 @@ from haplane.auth.pki import (
     server_context,
 )
 from haplane.auth.tokens import ServiceAccountTokens, StaticTokens, load_or_create_key
+from haplane.auth.user import Attributes as AuthzAttributes
 from haplane.auth.user import UserInfo
 from haplane.store import (
     FENCE_KEY,
@@ -611,8 +612,19 @@ class ApiServer:
                 lambda name: self._cached_namespace(name)[0],
                 self._policy_params,
                 version=lambda: (policies.changes, bindings.changes),
+                authorize=self._policy_authorize,
             )
         return self._policies
+
+    def _policy_authorize(self, attrs: AuthzAttributes) -> tuple[bool, str, str]:
+        """An admission policy's `authorizer` check: RBAC from memory (an error while the
+        RBAC caches reload, never a decision on a partial view)."""
+        if self.authorizer is None:
+            return True, "AlwaysAllow", ""
+        if not self.authorizer.ready:
+            return False, "", "authorization is not ready: the RBAC caches are loading"
+        decision = self.authorizer.decide(attrs)
+        return decision.allowed, decision.reason, ""
 
     def _admit_by_policies(
         self,

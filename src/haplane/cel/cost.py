@@ -57,6 +57,34 @@ _STRING_LINEAR = frozenset(
     }
 )
 _LIST_LINEAR = frozenset({"isSorted", "sum", "min", "max", "indexOf", "lastIndexOf"})
+# Kubernetes' typed values (haplane.cel.kinds; apiserver's library/cost.go): making one parses a
+# string (linear in it); a method of one is one step
+_PARSE = frozenset({"url", "quantity", "ip", "cidr"})
+_VALUE_STEP = frozenset(
+    {
+        "sign",
+        "asInteger",
+        "isInteger",
+        "asApproximateFloat",
+        "isGreaterThan",
+        "isLessThan",
+        "compareTo",
+        "family",
+        "isUnspecified",
+        "isLoopback",
+        "isLinkLocalMulticast",
+        "isLinkLocalUnicast",
+        "isGlobalUnicast",
+        "prefixLength",
+    }
+)
+_VALUE_RESULT = frozenset({"add", "sub", "masked", "ip"})  # one step, a value (compared in one)
+_URL_PART = frozenset(
+    {"getScheme", "getHost", "getHostname", "getPort", "getEscapedPath", "getQuery"}
+)  # one step, a result of unknown size (as Kubernetes' estimate has it)
+# containsIP, containsCIDR: comparing two addresses of up to 16 bytes (and the masks)
+_CONTAINS = {"containsIP": 4, "containsCIDR": 4 + 2 + 1}
+_TYPED = _PARSE | _VALUE_STEP | _VALUE_RESULT | _URL_PART | {"ip.isCanonical", *_CONTAINS}
 # functions whose result is one value: compared in one step
 _SCALAR_RESULT = frozenset(
     {
@@ -136,6 +164,7 @@ def _min_size(schema: Any) -> int:
 
 
 SCALAR = Shape(None, 1)
+VALUE = Shape(None, 1)  # a typed value (a quantity, an IP, a CIDR): compared in one step
 _NAME = {"type": "string", "maxLength": 253}
 _METADATA = {
     "type": "object",
@@ -282,6 +311,8 @@ class _Estimator:
             return args + _ceil(max(sizes) * STRING_FACTOR), Shape(None, max(sizes))
         if name == "size" or name in _SCALAR_RESULT:
             return args + 1, SCALAR
+        if name in _TYPED:
+            return self._typed(node, args, sizes)
         if name in ("_[_]", "_[?_]") and shapes:
             return args + 1, _indexed(shapes[0], node.args[1] if len(node.args) > 1 else None)
         if name == "_?._" and len(node.args) == 2 and isinstance(node.args[1].value, str):
@@ -292,6 +323,29 @@ class _Estimator:
             return args + _ceil(sizes[0] * STRING_FACTOR), Shape(None, max(sizes[0], 32))
         # anything else: its result's size is not known (as large as a request)
         return args + 1, Shape(None, MAX_REQUEST_BYTES)
+
+    def _typed(self, node: Node, args: float, sizes: list[int]) -> tuple[float, Shape]:
+        """Kubernetes' typed values (apiserver's library/cost.go)."""
+        name = node.name
+        if name in _PARSE and node.target is None and sizes:
+            # a URL is compared as its string; the others in one step
+            shape = Shape(None, sizes[0]) if name == "url" else VALUE
+            return args + _ceil(sizes[0] * STRING_FACTOR), shape
+        if name == "ip.isCanonical" and sizes:
+            # parsed, then compared with its canonical form
+            return args + _ceil(sizes[0] * 2 * STRING_FACTOR), SCALAR
+        if name in _CONTAINS and len(sizes) == 2:
+            # a string argument is parsed first
+            parse = 0 if _is_value(node.args[0]) else _ceil(sizes[1] * STRING_FACTOR)
+            return args + _CONTAINS[name] + parse, SCALAR
+        if name in _URL_PART:
+            return args + 1, Shape(None, MAX_REQUEST_BYTES)
+        return args + 1, (VALUE if name in _VALUE_RESULT else SCALAR)
+
+
+def _is_value(node: Node) -> bool:
+    """Whether a node's value is a typed value (made by a call the library declares)."""
+    return node.kind == "call" and (node.name in _PARSE or node.name in _VALUE_RESULT)
 
 
 def _adds_itself(step: Node | None, var: str) -> bool:

@@ -14,8 +14,9 @@ from typing import Any
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_optional
 
+from . import authz
 from .ast import Node, parse
-from .library import functions
+from .library import extensions, functions
 
 # the engine's messages: "ERROR: <input>:1:17: Syntax error: ..." (one per problem, each
 # followed by the source line and a caret line)
@@ -97,14 +98,16 @@ class Environment:
     """Declared variables (each `dyn`) and Kubernetes' libraries. Compile is the costly step
     (tens of microseconds to milliseconds): keep programs, not sources."""
 
-    def __init__(self, variables: Sequence[str]) -> None:
+    def __init__(self, variables: Sequence[str], *, authorizer: bool = False) -> None:
+        """`authorizer`: with Kubernetes' authorizer library (`haplane.cel.authz`), for
+        admission policies."""
         self.variables = tuple(variables)
         self._env = cel.NewEnv(
             variables={name: cel.Type.DYN for name in self.variables},
-            functions=functions(),
+            functions=functions() + (authz.functions() if authorizer else []),
             # optional field selection (`self.?spec.?x.orValue(0)`) and `cel.bind`, which
             # Kubernetes enables too
-            extensions=[ext_optional.ExtOptional(), ext_bindings.ExtBindings()],
+            extensions=[ext_optional.ExtOptional(), ext_bindings.ExtBindings(), *extensions()],
         )
 
     def bind(self, data: Mapping[str, Any]) -> Bound:

@@ -1,5 +1,5 @@
 """Kubernetes' CEL extension libraries, which no CEL engine ships: lists, strings (with
-`format`), regex, and the validity checks of the url, quantity and ip/cidr libraries.
+`format`), regex, and (in `haplane.cel.kinds`) the url, quantity, ip and cidr libraries.
 
 Layer: cel. Pure: no I/O. Written by hand because no library provides them for Python; each
 function follows Kubernetes' documentation (k8s.io/apiserver/pkg/cel/library and cel-go's
@@ -11,13 +11,21 @@ ext.Strings), cited with its examples in tests/test_cel.py.
   `l.join()` / `l.join(sep)`, `reverse`, `'...'.format([args])` (%s %d %f %e %b %o %x %X %%,
   with a precision on %f and %e), `strings.quote(s)`;
 - regex: `s.find(re)`, `s.findAll(re)`, `s.findAll(re, n)` (the whole match, never groups);
-- validity: `isURL(s)`, `isQuantity(s)`, `isIP(s)`, `isCIDR(s)`.
+- url, quantity, ip, cidr (`haplane.cel.kinds`): `isURL(s)`, `url(s).getHost()`...,
+  `isQuantity(s)`, `quantity(s).isGreaterThan(...)`..., `isIP(s)`, `ip(s).family()`...,
+  `string(ip)`, `ip.isCanonical(s)`, `isCIDR(s)`, `cidr(s).containsIP(...)`...
 
-Not here yet: the typed values of the url, quantity, ip and cidr libraries (`quantity('1Gi')
-.isGreaterThan(...)`, `url(s).getHost()`, `cidr(s).containsIP(...)`): the engine's Python
-binding cannot return values of an abstract type. Regular expressions are RE2 (google-re2), as
-CEL's `matches` is: linear time, whatever the pattern. Functions that build strings stop at
-MAX_RESULT characters (they run outside the engine's budget).
+The typed values (a URL, a Quantity, an IP, a CIDR) are maps with one marker key holding the
+value's canonical text, `{"@net.IP": "::1"}`: the engine's Python binding cannot return values
+of an abstract type. So `type(ip('::1'))` is `map` (and a value answers `size`, `in` and
+indexing as a map does), a value of the wrong kind given to a function is an evaluation error,
+not a compile error, and a map literal written like a value is one; `haplane.cel.kinds` lists
+the differences. `string(ip)` extends the standard `string` through an engine extension
+(`extensions()`), the only way the engine accepts another overload of a standard function.
+
+Regular expressions are RE2 (google-re2), as CEL's `matches` is: linear time, whatever the
+pattern. Functions that build strings stop at MAX_RESULT characters (they run outside the
+engine's budget).
 
 The engine dispatches on the runtime kinds of the arguments, so a function taking any
 element (`indexOf`) has one overload per kind.
@@ -27,14 +35,12 @@ from __future__ import annotations
 
 import datetime
 import functools
-import ipaddress
 import itertools
 import json
 import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import re2
 from cel_expr_python import cel
@@ -284,49 +290,10 @@ def _find_all(s: str, pattern: str, n: int = -1) -> list[str]:
     return found if n < 0 else found[:n]
 
 
-# ---- validity checks --------------------------------------------------------------------------
-
-# Kubernetes' resource.Quantity: a signed decimal number, then a suffix (binary Ki..Ei,
-# decimal n u m "" k M G T P E, or a decimal exponent e/E with an integer)
-_QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)((Ki|Mi|Gi|Ti|Pi|Ei)|[numkMGTPE]|[eE][+-]?\d+)?")
-
-
-def _is_quantity(s: str) -> bool:
-    return bool(_QUANTITY.fullmatch(s))
-
-
-def _is_url(s: str) -> bool:
-    """Go's url.Parse succeeding on an absolute URL (a scheme) or an absolute path, as
-    Kubernetes' isURL documents."""
-    if not s or any(c.isspace() or ord(c) < 0x20 for c in s):
-        return False
-    try:
-        parts = urlsplit(s)
-        _ = parts.port  # raises on a bad port
-    except ValueError:
-        return False
-    return bool(parts.scheme) or s.startswith("/")
-
-
-def _is_ip(s: str) -> bool:
-    try:
-        ipaddress.ip_address(s)
-    except ValueError:
-        return False
-    return "%" not in s  # no zones, as Kubernetes' ip library
-
-
-def _is_cidr(s: str) -> bool:
-    try:
-        ipaddress.ip_network(s, strict=False)
-    except ValueError:
-        return False
-    return "/" in s
-
-
 @functools.cache
 def functions() -> list[Any]:
-    """Every declaration, for `cel.NewEnv(functions=...)` (built once: they hold no state)."""
+    """Every declaration, for `cel.NewEnv(functions=...)` (built once: they hold no state),
+    the typed values' (`haplane.cel.kinds`) included."""
     lst, s, i, b = T.List(T.DYN), T.STRING, T.INT, T.BOOL
     index_of = [_member("indexOf", i, [T.List(t), t], _index_of) for _, t in _KINDS]
     last_index_of = [_member("lastIndexOf", i, [T.List(t), t], _last_index_of) for _, t in _KINDS]
@@ -373,12 +340,20 @@ def functions() -> list[Any]:
             _member("findAll", T.List(s), [s, s], _find_all),
             _member("findAll", T.List(s), [s, s, i], _find_all),
         ],
-        "isURL": [_global("isURL", b, [s], _is_url)],
-        "isQuantity": [_global("isQuantity", b, [s], _is_quantity)],
-        "isIP": [_global("isIP", b, [s], _is_ip)],
-        "isCIDR": [_global("isCIDR", b, [s], _is_cidr)],
     }
-    return [cel.FunctionDecl(name, overloads) for name, overloads in decls.items()]
+    from . import kinds  # it builds on this module's CelFunctionError: imported on first use
+
+    return [cel.FunctionDecl(name, overloads) for name, overloads in decls.items()] + (
+        kinds.functions()
+    )
+
+
+def extensions() -> list[Any]:
+    """What must reach the engine as extensions (`cel.NewEnv(extensions=...)`): the overload
+    of the standard `string` for IPs and CIDRs (`haplane.cel.kinds`)."""
+    from . import kinds
+
+    return kinds.extensions()
 
 
 # ---- property names -----------------------------------------------------------------------
