@@ -452,3 +452,21 @@ def test_typed_values_have_a_finite_estimate() -> None:
     total = cost(everything)
     assert 0 < total < RULE_LIMIT
     assert ENV.compile(everything).returns == "bool"
+
+
+def test_an_evaluation_past_its_time_limit_stops_at_its_next_library_call(monkeypatch) -> None:
+    """haplane.cel.budget: each call of a Python-written function checks the evaluation's
+    deadline; past it the call fails with a message naming the limit, and the deadline is
+    gone once the evaluation returns."""
+    import math
+
+    from haplane.cel import budget
+
+    env = Environment(("self",))
+    program = env.compile("self.all(s, s.lowerAscii() == s)")
+    assert program.eval({"self": ["a", "b"]}) is True
+    monkeypatch.setattr(budget, "TIME_LIMIT", -1.0)  # every deadline already past
+    with pytest.raises(EvalError, match="ran longer than -1 s"):
+        program.eval({"self": ["a", "b"]})
+    assert env.compile("self.size() == 2").eval({"self": ["a", "b"]}) is True  # no call: no check
+    assert budget.DEADLINE.get() == math.inf

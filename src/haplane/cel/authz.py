@@ -29,6 +29,8 @@ from typing import Any
 
 from cel_expr_python import cel
 
+from .budget import overload
+
 # (serviceaccount "ns/name" or "" for the request's user, attributes) -> (allowed, reason,
 # error); attributes: verb, and either path, or group, resource, subresource, namespace, name
 Checker = Callable[[str, Mapping[str, str]], tuple[bool, str, str]]
@@ -132,7 +134,7 @@ def functions() -> list[Any]:
 
     def member(name: str, ret: Any, params: list[Any], impl: Callable[..., Any]) -> Any:
         return cel.FunctionDecl(
-            name, [cel.Overload(f"authz_{name}_{len(params)}", ret, params, True, impl)]
+            name, [overload(f"authz_{name}_{len(params)}", ret, params, True, impl)]
         )
 
     return [

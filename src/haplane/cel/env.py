@@ -7,6 +7,7 @@ Layer: cel. Pure: no I/O.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_optional
 
-from . import authz
+from . import authz, budget
 from .ast import Node, parse
 from .library import extensions, functions
 
@@ -73,10 +74,13 @@ class Program:
             # it (eval(data=...) converts the whole object first: 20x slower on a ConfigMap
             # with managedFields, measured)
             activation = self._env.Activation(data=dict(data))
+        token = budget.DEADLINE.set(time.monotonic() + budget.TIME_LIMIT)
         try:
             value = self._expr.eval(activation)
         except RuntimeError as exc:
             raise EvalError(_clean(str(exc))) from None
+        finally:
+            budget.DEADLINE.reset(token)
         if value.type() == cel.Type.ERROR:
             raise EvalError(_clean(str(value)))
         return value.plain_value()

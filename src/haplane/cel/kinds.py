@@ -76,6 +76,7 @@ from urllib.parse import unquote_to_bytes
 
 from cel_expr_python import cel
 
+from .budget import overload
 from .library import CelFunctionError
 
 T = cel.Type
@@ -764,10 +765,10 @@ def functions() -> list[Any]:
     s, b, i, d, v = T.STRING, T.BOOL, T.INT, T.DOUBLE, VALUE
 
     def member(oid: str, ret: Any, params: Sequence[Any], impl: Callable[..., Any]) -> Any:
-        return cel.Overload(oid, ret, list(params), True, impl)
+        return overload(oid, ret, params, True, impl)
 
     def glob(oid: str, ret: Any, params: Sequence[Any], impl: Callable[..., Any]) -> Any:
-        return cel.Overload(oid, ret, list(params), False, impl)
+        return overload(oid, ret, params, False, impl)
 
     def url_part(part: Callable[[_URL], str]) -> Callable[[Any], str]:
         return lambda value: part(_url_of(value))
@@ -856,5 +857,5 @@ def extensions() -> list[Any]:
     """`string(ip)` and `string(cidr)`: an overload of the standard `string`, which the
     engine accepts only through an extension (declared beside the others it is "declared
     multiple times")."""
-    overload = cel.Overload("ip_cidr_to_string", T.STRING, [VALUE], False, _to_string)
-    return [cel.CelExtension("kubernetes.net", [cel.FunctionDecl("string", [overload])])]
+    to_string = overload("ip_cidr_to_string", T.STRING, [VALUE], False, _to_string)
+    return [cel.CelExtension("kubernetes.net", [cel.FunctionDecl("string", [to_string])])]

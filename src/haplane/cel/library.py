@@ -45,6 +45,8 @@ from typing import Any
 import re2
 from cel_expr_python import cel
 
+from .budget import overload
+
 T = cel.Type
 _KINDS: tuple[tuple[str, Any], ...] = (
     ("int", T.INT),
@@ -76,11 +78,11 @@ def _bounded(text: str) -> str:
 
 def _member(name: str, ret: Any, params: Sequence[Any], impl: Callable[..., Any]) -> Any:
     kinds = "_".join(p.name().lower().replace("(", "_").replace(")", "") for p in params)
-    return cel.Overload(f"{name}_{kinds}_{len(params)}", ret, list(params), True, impl)
+    return overload(f"{name}_{kinds}_{len(params)}", ret, params, True, impl)
 
 
 def _global(name: str, ret: Any, params: Sequence[Any], impl: Callable[..., Any]) -> Any:
-    return cel.Overload(f"{name}_global_{len(params)}", ret, list(params), False, impl)
+    return overload(f"{name}_global_{len(params)}", ret, params, False, impl)
 
 
 # ---- lists ------------------------------------------------------------------------------------
