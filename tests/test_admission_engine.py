@@ -180,7 +180,7 @@ def test_the_authorizer_variable_asks_as_the_request_or_a_service_account() -> N
         authorize=authorize,
     )
     admitted(e, cm("web"))
-    deployments, secrets, _, path, sa, request = asked
+    deployments, secrets, path, sa, request = asked  # the same question asked once
     assert (deployments.user, deployments.groups) == ("alice", ("dev",))
     assert (deployments.api_group, deployments.resource, deployments.subresource) == (
         "apps",
@@ -191,17 +191,76 @@ def test_the_authorizer_variable_asks_as_the_request_or_a_service_account() -> N
     assert (secrets.namespace, secrets.name, secrets.verb) == ("", "", "delete")
     assert not path.resource_request and (path.path, path.verb) == ("/metrics", "get")
     assert sa.user == "system:serviceaccount:ns:builder"
-    assert set(sa.groups) == {
-        "system:serviceaccounts",
-        "system:serviceaccounts:ns",
-        "system:authenticated",
-    }
+    # as Kubernetes' ServiceAccountInfo.UserInfo(): no system:authenticated
+    assert sa.groups == ("system:serviceaccounts", "system:serviceaccounts:ns")
     assert (request.resource, request.namespace, request.name, request.user) == (
         "configmaps",
         "ns",
         "web",
         "alice",
     )
+    assert (request.api_group, request.subresource, request.resource_request) == ("", "", True)
+
+
+def _authz_engine(checks: list[str], authorize: Any, **spec: Any) -> PolicyEngine:
+    return PolicyEngine(
+        lambda: [vap("p", [{"expression": c} for c in checks], **spec)],
+        lambda: [vapb("p", ["Deny"])],
+        lambda _n: None,
+        lambda *_: [],
+        authorize=authorize,
+    )
+
+
+def test_authorizer_checks_are_bounded_validated_and_asked_once() -> None:
+    """At most CHECKS_PER_BINDING checks per binding (Kubernetes' cost budget), each
+    question asked once per request; a ServiceAccount's names and an empty path or resource
+    are evaluation errors, as in Kubernetes."""
+    from haplane.api.admission_policies import CHECKS_PER_BINDING
+
+    asked: list[Any] = []
+
+    def authorize(q: Any) -> tuple[bool, str, str]:
+        asked.append(q)
+        return True, "", ""
+
+    same = "authorizer.group('').resource('pods').check('get').allowed()"
+    admitted(_authz_engine([same, same, same], authorize), cm())
+    assert len(asked) == 1
+    many = (
+        f"[{','.join(str(i) for i in range(CHECKS_PER_BINDING + 1))}].all(i, "
+        "authorizer.group('').resource('pods').name(string(i)).check('get').allowed())"
+    )
+    with pytest.raises(errors.StatusError) as caught:
+        admitted(_authz_engine([many], authorize, failurePolicy="Fail"), cm())
+    assert "authorization checks in one binding" in caught.value.message
+    for bad, why in (
+        ("authorizer.serviceAccount('a/b', 'c')", "invalid service account namespace"),
+        ("authorizer.serviceAccount('ns', 'Not@Valid')", "invalid service account name"),
+        ("authorizer.path(' ')", "path must not be empty"),
+        ("authorizer.group('').resource('')", "resource must not be empty"),
+    ):
+        expression = f"{bad} == {{}}"
+        with pytest.raises(errors.StatusError) as caught:
+            admitted(_authz_engine([expression], authorize, failurePolicy="Fail"), cm())
+        assert why in caught.value.message, (bad, caught.value.message)
+
+
+def test_a_check_while_the_authorizer_reloads_is_a_503() -> None:
+    """Never a decision from a partial view: whether the policy would deny or allow, the
+    request gets 503 and is retried."""
+    from haplane.api.admission_policies import AuthorizerNotReady
+
+    def authorize(q: Any) -> tuple[bool, str, str]:
+        raise AuthorizerNotReady("the RBAC caches are loading")
+
+    for expression in (
+        "authorizer.group('').resource('pods').check('get').allowed()",  # would deny
+        "!authorizer.group('').resource('pods').check('get').allowed()",  # would allow
+    ):
+        with pytest.raises(errors.StatusError) as caught:
+            admitted(_authz_engine([expression], authorize), cm())
+        assert caught.value.code == 503, caught.value.message
 
 
 def test_an_authorizer_check_without_an_authorizer_is_an_error_decision() -> None:

@@ -144,23 +144,48 @@ ParamLookup = Callable[[str, str, str | None, str | None, Any], list[Obj] | None
 Authorize = Callable[[AuthzAttributes], tuple[bool, str, str]]
 
 
-def _checker(authorize: Authorize | None, user: UserInfo | None) -> authz.Checker:
-    """The `authorizer` library's checks for one request: as its user, or as a
-    ServiceAccount the expression names."""
+# Kubernetes charges 350,000 per check against a runtime budget of 10,000,000 per binding:
+# about this many checks; more fail the evaluation (each also costs a lookup in the index)
+CHECKS_PER_BINDING = 28
 
-    def check(service_account: str, attrs: Mapping[str, str]) -> tuple[bool, str, str]:
-        if authorize is None:
+
+class AuthorizerNotReady(Exception):
+    """Raised by an `Authorize` whose view is partial (its caches reload): the request gets
+    503, never a decision from a partial view."""
+
+
+class _Checks:
+    """The `authorizer` library's checks for one request: as its user, or as a
+    ServiceAccount the expression names; at most CHECKS_PER_BINDING per binding, each
+    question asked once per request (never through the replica's shared decision cache,
+    which a policy's loop over names would flood)."""
+
+    def __init__(self, authorize: Authorize | None, user: UserInfo | None) -> None:
+        self.authorize = authorize
+        self.user = user
+        self.count = 0  # in the binding being evaluated
+        self.unready = False
+        self._asked: dict[AuthzAttributes, tuple[bool, str, str]] = {}
+
+    def __call__(self, service_account: str, attrs: Mapping[str, str]) -> tuple[bool, str, str]:
+        if self.authorize is None:
             return False, "", "no authorizer is available here (a background audit)"
+        self.count += 1
+        if self.count > CHECKS_PER_BINDING:
+            raise authz.AuthzError(
+                f"more than {CHECKS_PER_BINDING} authorization checks in one binding's "
+                "evaluation (Kubernetes' runtime cost budget allows about as many)"
+            )
         if service_account:
             namespace, _, name = service_account.partition("/")
+            # as Kubernetes' ServiceAccountInfo.UserInfo(): no system:authenticated
             who = f"system:serviceaccount:{namespace}:{name}"
             groups: tuple[str, ...] = (
                 "system:serviceaccounts",
                 f"system:serviceaccounts:{namespace}",
-                "system:authenticated",
             )
-        elif user is not None:
-            who, groups = user.name, tuple(user.groups)
+        elif self.user is not None:
+            who, groups = self.user.name, tuple(self.user.groups)
         else:
             return False, "", "the request has no user to check"
         if "path" in attrs:
@@ -178,9 +203,15 @@ def _checker(authorize: Authorize | None, user: UserInfo | None) -> authz.Checke
                 subresource=attrs["subresource"],
                 name=attrs["name"],
             )
-        return authorize(question)
-
-    return check
+        answer = self._asked.get(question)
+        if answer is None:
+            try:
+                answer = self.authorize(question)
+            except AuthorizerNotReady as exc:
+                self.unready = True
+                return False, "", str(exc)  # not remembered: the request gets 503
+            self._asked[question] = answer
+        return answer
 
 
 class PolicyEngine:
@@ -215,19 +246,26 @@ class PolicyEngine:
             return
         notes = NOTES.get()
         admission = _Admission(a, self.namespace)
-        token = authz.CHECKER.set(_checker(self.authorize, a.user))
+        checks = _Checks(self.authorize, a.user)
+        token = authz.CHECKER.set(checks)
         try:
             for pair in pairs:
                 self._one(pair, admission, notes)
+        except errors.StatusError:
+            if checks.unready:  # a denial may rest on a check that had no answer
+                raise _unready() from None
+            raise
         finally:
             authz.CHECKER.reset(token)
+        if checks.unready:
+            raise _unready()
 
     def findings(self, a: Attributes) -> list[Finding]:
         """Every violation of every matching binding, whatever its actions (`haplane policy
         report`: existing objects checked as if created now)."""
         out = []
         admission = _Admission(a, self.namespace)
-        token = authz.CHECKER.set(_checker(self.authorize, a.user))
+        token = authz.CHECKER.set(_Checks(self.authorize, a.user))
         try:
             for pair in self._current():
                 violations, _ = self._violations(pair, admission)
@@ -264,6 +302,9 @@ class PolicyEngine:
     ) -> tuple[list[tuple[str, str]], dict[str, str]]:
         """(violations as (message, reason), audit annotations) of one binding."""
         pspec, bspec, a = pair.pspec, pair.bspec, admission.a
+        checks = authz.CHECKER.get()
+        if isinstance(checks, _Checks):
+            checks.count = 0  # a budget per binding, as Kubernetes'
         violations: list[tuple[str, str]] = []
         annotations: dict[str, str] = {}
         if not _matches(pspec.get("matchConstraints"), a, admission.namespace_obj):
@@ -432,6 +473,12 @@ class PolicyEngine:
                 continue
             if isinstance(value, str) and value:
                 annotations[f"{pname}/{note.get('key')}"] = value
+
+
+def _unready() -> errors.StatusError:
+    return errors.unavailable(
+        "an admission policy asked the authorizer while its RBAC caches reload: try again"
+    )
 
 
 def _eval(expression: Any, data: Mapping[str, Any] | Bound) -> Any:

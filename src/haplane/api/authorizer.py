@@ -51,9 +51,6 @@ class AlwaysAllow:
     async def authorize(self, user: UserInfo, info: RequestInfo) -> rbac.Decision:
         return rbac.Decision(True, "AlwaysAllow")
 
-    def decide(self, attrs: Attributes) -> rbac.Decision:
-        return rbac.Decision(True, "AlwaysAllow")
-
 
 class _Feed:
     """One cache's subscriber: forwards its objects into the shared index."""
@@ -145,11 +142,14 @@ class RbacAuthorizer:
             await self.wait_ready()
         return self.decide(attributes(info, user))
 
-    def decide(self, attrs: Attributes) -> rbac.Decision:
-        """A decision from memory, now (the caches are ready: a request was authorized
-        before it asks, as admission policies' `authorizer` checks do)."""
+    def decide(self, attrs: Attributes, *, remember: bool = True) -> rbac.Decision:
+        """A decision from memory, now (call it once the caches are ready). `remember`:
+        through the decision cache (requests' own questions; not admission policies', whose
+        loops could flood it)."""
         if MASTERS in attrs.groups:
             return rbac.Decision(True, f'allowed: the group "{MASTERS}" may do anything')
+        if not remember:
+            return self.index.authorize(attrs)
         if self._decided_at != self.changes or len(self._decisions) >= DECISION_CACHE_SIZE:
             self._decisions.clear()
             self._decided_at = self.changes

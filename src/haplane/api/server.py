@@ -59,7 +59,14 @@ from . import encryption as at_rest
 from . import errors, ops
 from .access import Access
 from .access_types import ACCESS_TYPES
-from .admission_policies import NOTES, Attributes, Notes, PolicyEngine, select_params
+from .admission_policies import (
+    NOTES,
+    Attributes,
+    AuthorizerNotReady,
+    Notes,
+    PolicyEngine,
+    select_params,
+)
 from .authenticators import TokenAuthenticator
 from .authorizer import RBAC_PREFIXES, AlwaysAllow, RbacAuthorizer, escalation_check
 from .controllers import Controllers, LeaderElector
@@ -622,8 +629,8 @@ class ApiServer:
         if self.authorizer is None:
             return True, "AlwaysAllow", ""
         if not self.authorizer.ready:
-            return False, "", "authorization is not ready: the RBAC caches are loading"
-        decision = self.authorizer.decide(attrs)
+            raise AuthorizerNotReady("authorization is not ready: the RBAC caches are loading")
+        decision = self.authorizer.decide(attrs, remember=False)
         return decision.allowed, decision.reason, ""
 
     def _admit_by_policies(

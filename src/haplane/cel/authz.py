@@ -23,6 +23,7 @@ ServiceAccount named through `serviceAccount`, which any policy may name in Kube
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -73,9 +74,19 @@ def _of(value: Any, kind: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _nonempty(what: str, value: str) -> str:
+    if not value.strip():
+        raise AuthzError(f"{what} must not be empty")
+    return value
+
+
 def _path(a: Any, path: str) -> dict[str, Any]:
     base = _of(a, "Authorizer")
-    return {_KIND: "PathCheck", "serviceAccount": base["serviceAccount"], "path": path}
+    return {
+        _KIND: "PathCheck",
+        "serviceAccount": base["serviceAccount"],
+        "path": _nonempty("path", path),
+    }
 
 
 def _group(a: Any, group: str) -> dict[str, Any]:
@@ -83,14 +94,23 @@ def _group(a: Any, group: str) -> dict[str, Any]:
     return {_KIND: "GroupCheck", "serviceAccount": base["serviceAccount"], "group": group}
 
 
+# Kubernetes' names: a namespace is a DNS-1123 label, a ServiceAccount's name a subdomain
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
 def _service_account(a: Any, namespace: str, name: str) -> dict[str, Any]:
     _of(a, "Authorizer")
+    if len(namespace) > 63 or not _LABEL.fullmatch(namespace):
+        raise AuthzError(f"invalid service account namespace {namespace!r}")
+    if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
+        raise AuthzError(f"invalid service account name {name!r}")
     return authorizer(f"{namespace}/{name}")
 
 
 def _resource(g: Any, resource: str) -> dict[str, Any]:
     base = _of(g, "GroupCheck")
-    return request_resource(base["group"], resource, "", "", "") | {
+    return request_resource(base["group"], _nonempty("resource", resource), "", "", "") | {
         "serviceAccount": base["serviceAccount"]
     }
 
