@@ -31,6 +31,7 @@ from haplane.cli import (
     pki,
     policy,
     secrets,
+    snapshot,
 )
 from haplane.cli.options import KubeconfigOpt, NoWaitOpt, RegionOpt, StateDirOpt
 from haplane.local.state_dir import StateDir, default_state_dir
@@ -1196,6 +1197,8 @@ app.add_typer(secrets.app, name="secrets")
 app.add_typer(maintenance.app, name="maintenance")
 app.add_typer(policy.app, name="policy")
 app.add_typer(gitops.app, name="gitops")
+app.add_typer(snapshot.app, name="snapshot")
+app.add_typer(snapshot.restore_app, name="restore")
 app.command("audit")(audit.audit_cmd)
 
 
