@@ -113,3 +113,16 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(state: Path, star
     body = answer.read()
     conn.close()
     assert answer.status == 410 or b'"code":410' in body.replace(b" ", b""), (answer.status, body)
+
+    # the restore drill: the active region's snapshot restored beside the running topology,
+    # equal to the source at its revision, and gone afterwards
+    r = haplane(state, "drill", "restore", "--direct", "--json")
+    drill = json.loads(r.stdout)
+    assert drill["passed"] and drill["region"] == "eu-west", drill
+    c = drill["compare"]
+    assert c["source_sha256"] == c["restored_sha256"] and c["restored_keys"] > 30
+    assert c["restored_revision"] == c["revision"] == drill["snapshot"]["revision"]
+    assert c["hashkv_equal"] is True
+    assert drill["restore"]["members"] == 3 and drill["restore"]["rto_seconds"] > 0
+    assert not list((state / "drills").glob("restore-*/data"))
+    assert len(json.loads(haplane(state, "snapshot", "list", "--json").stdout)) == 3

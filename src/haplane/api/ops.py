@@ -240,6 +240,7 @@ DRILL_SCENARIOS = (
     "switchover",
     "replicator-kill",
     "standby-partition",
+    "restore",
 )
 # an operation a policy names: a kind, or a kind and its action ("MaintenanceAction/restart")
 OPERATION_NAMES = frozenset(

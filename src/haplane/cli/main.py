@@ -819,7 +819,7 @@ def drill_cmd(
         str,
         typer.Argument(
             help="replica-kill | etcd-leader-kill | region-kill | balancers-pause | partition | "
-            "gate-cut | blip | switchover | replicator-kill | standby-partition"
+            "gate-cut | blip | switchover | replicator-kill | standby-partition | restore"
         ),
     ],
     output: Annotated[
@@ -892,6 +892,9 @@ def drill_cmd(
     if kubeconfig or region or no_wait:
         err.print("error: --direct runs the drill here: no --kubeconfig, --region or --no-wait")
         raise typer.Exit(2)
+    if scenario == "restore":
+        _restore_drill(state, output, as_json)
+        return
     try:
         result = asyncio.run(
             drill.run_drill(
@@ -915,6 +918,35 @@ def drill_cmd(
     problems = drill.verdict(result)
     if problems:
         err.print("drill FAILED: " + "; ".join(problems))
+        raise typer.Exit(1)
+    err.print("drill passed")
+
+
+def _restore_drill(state: StateDir, output: Path | None, as_json: bool) -> None:
+    """`haplane drill restore --direct`: the active region's snapshot restored into a fresh
+    cluster beside the running one and compared (`haplane.local.restore_drill`)."""
+    import asyncio
+    import json
+
+    from haplane.local import restore_drill
+    from haplane.store import EtcdError
+    from haplane.store.snapshot import SnapshotError
+
+    try:
+        report = asyncio.run(
+            restore_drill.run_restore_drill(_started(state), state, progress=lambda m: err.print(m))
+        )
+    except (restore_drill.RestoreDrillError, SnapshotError, EtcdError) as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    path = restore_drill.write_report(report, output or state.root / "drills")
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        out.print(restore_drill.render(report), markup=False, highlight=False)
+    err.print(f"reports: {path}", soft_wrap=True, markup=False)  # one line: the agent reads it
+    if not report["passed"]:
+        err.print("drill FAILED: " + "; ".join(report["problems"]))
         raise typer.Exit(1)
     err.print("drill passed")
 
