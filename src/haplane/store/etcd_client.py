@@ -732,9 +732,7 @@ class EtcdClient:
         followed by its sha256 (32 bytes), as etcd sends it. Each chunk must come within
         `idle` seconds; a member that stops sending raises `EtcdUnavailable`."""
         ep = endpoint.removeprefix("http://").removeprefix("https://")
-        stream = rpc_pb2_grpc.MaintenanceStub(self._channel(ep)).Snapshot(
-            rpc_pb2.SnapshotRequest()
-        )
+        stream = rpc_pb2_grpc.MaintenanceStub(self._channel(ep)).Snapshot(rpc_pb2.SnapshotRequest())
         try:
             while True:
                 try:
