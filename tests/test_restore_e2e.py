@@ -41,8 +41,28 @@ def _cluster_id(state: Path, doc: dict, region: str) -> int:
     return asyncio.run(read())
 
 
-def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(state: Path, start_topology):
-    doc = start_topology(example="two-regions")
+def _mine(state: Path) -> list[dict]:
+    """The snapshots taken by hand (the schedule's are its own)."""
+    listed = json.loads(haplane(state, "snapshot", "list", "--json").stdout)
+    return [m for m in listed if not m["scheduled"]]
+
+
+def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
+    state: Path, start_topology, tmp_path: Path
+):
+    """With snapshots scheduled every 5 s (keep 1 an hour): each cluster's arrives, pruned
+    to one, and the ones taken by hand are never pruned."""
+    import yaml
+
+    from haplane.topology.loader import example_text
+
+    doc = yaml.safe_load(example_text("two-regions"))
+    doc["spec"]["global"]["backups"] = {
+        "snapshots": {"every": "5s", "keepHourly": 1, "keepDaily": 1}
+    }
+    file = tmp_path / "topology.yaml"
+    file.write_text(yaml.safe_dump(doc))
+    doc = start_topology(file)
     admin = state / "admin.kubeconfig"
     haplane(state, "kubeconfig", "-o", str(admin))
     prefix = b"/registry/configmaps/default/restore-"
@@ -61,8 +81,7 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(state: Path, star
                   "--json").stdout  # fmt: skip
     standby, active = json.loads(out)
     assert standby["scope"] == "eu-central" and standby["topology"].startswith("haplane-")
-    listed = haplane(state, "snapshot", "list", "--json").stdout
-    assert {m["id"] for m in json.loads(listed)} == {standby["id"], active["id"]}
+    assert {m["id"] for m in _mine(state)} == {standby["id"], active["id"]}
     assert "intact" in haplane(state, "snapshot", "verify", standby["id"]).stdout
 
     for i in range(10):
@@ -125,4 +144,18 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(state: Path, star
     assert c["hashkv_equal"] is True
     assert drill["restore"]["members"] == 3 and drill["restore"]["rto_seconds"] > 0
     assert not list((state / "drills").glob("restore-*/data"))
-    assert len(json.loads(haplane(state, "snapshot", "list", "--json").stdout)) == 3
+    assert len(_mine(state)) == 3
+
+    # the schedule: one of each cluster, the older ones pruned (none taken by hand)
+    def scheduled() -> dict[str, int]:
+        listed = json.loads(haplane(state, "snapshot", "list", "--json").stdout)
+        out: dict[str, int] = {}
+        for m in listed:
+            if m["scheduled"]:
+                out[m["scope"]] = out.get(m["scope"], 0) + 1
+        return out
+
+    wait_for(lambda: set(scheduled()) == {"eu-west", "eu-central", "global"}, timeout=60)
+    time.sleep(6)  # another period: the next ones replace them (unpruned, there would be 2+)
+    wait_for(lambda: all(n == 1 for n in scheduled().values()), timeout=10)
+    assert len(_mine(state)) == 3

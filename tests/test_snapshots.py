@@ -224,3 +224,11 @@ def test_retention_keeps_the_newest_of_each_hour_and_day() -> None:
     assert len(kept) == 4 + 2, sorted(kept)
     assert hours[-4:] == ["06 09", "06 10", "06 11", "06 12"]
     assert retained([], 3, 3) == set()
+
+
+def test_the_schedule_is_due_a_period_after_the_newest_snapshot() -> None:
+    from haplane.local.snapshots import next_due
+
+    due = next_due({"a": 1000.0, "b": None}, every=3600.0, now=5000.0, started=4990.0)
+    assert due == {"a": 4600.0, "b": 5050.0}  # b: a minute after the start, not at once
+    assert next_due({"b": None}, every=10.0, now=9000.0, started=1000.0) == {"b": 9000.0}

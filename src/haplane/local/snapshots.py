@@ -95,7 +95,9 @@ async def _epoch(plan: TopologyPlan) -> int | None:
     return record.epoch if record is not None else None
 
 
-async def save(topology: Topology, state: StateDir, scope: str) -> SnapshotMeta:
+async def save(
+    topology: Topology, state: StateDir, scope: str, *, scheduled: bool = False
+) -> SnapshotMeta:
     """A snapshot of one cluster (a region, or "global"), kept in `STATE/snapshots/`."""
     plan = plan_of(topology, state)
     cluster = _cluster(plan, scope)
@@ -107,6 +109,7 @@ async def save(topology: Topology, state: StateDir, scope: str) -> SnapshotMeta:
             topology=identity(state),
             epoch=await _epoch(plan),
             haplane_version=__version__,
+            scheduled=scheduled,
         )
 
 
@@ -275,3 +278,71 @@ async def _reconcile_fence(plan: TopologyPlan, cluster: ClusterPlan, region: str
         await fences.reconcile_all(record)
     finally:
         await fences.close()
+
+
+# ---- the schedule ----------------------------------------------------------------------------
+
+RETRY_AFTER = 300.0  # seconds after a failed scheduled snapshot
+
+
+def next_due(
+    newest: dict[str, float | None], every: float, now: float, started: float
+) -> dict[str, float]:
+    """When each cluster's next snapshot is due (epoch seconds): its newest snapshot's time
+    plus `every`; a cluster with none, `every` after the schedule started (a topology just
+    made holds nothing worth keeping), or at once when it started longer ago."""
+    return {
+        scope: (taken + every) if taken is not None else max(started + min(every, 60.0), now)
+        for scope, taken in newest.items()
+    }
+
+
+async def keep_snapshots(
+    topology: Topology,
+    state: StateDir,
+    emit: Callable[[str, dict[str, object]], None],
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """The supervisor's schedule (topology `spec.global.backups.snapshots`): each cluster's
+    snapshot when due, then the retention applied to that cluster; a failure is logged as
+    an event and tried again RETRY_AFTER later (or a period, if shorter). Runs until
+    cancelled."""
+    from haplane.store.snapshot import retained
+
+    schedule = topology.spec.global_.backups.snapshots
+    every = float(schedule.every_seconds)
+    scopes = [c.scope for c in topology.etcd_clusters()]
+    started = clock()
+    failed: dict[str, float] = {}
+    while True:
+        store = snapshot_store(state)
+        metas = store.list()
+        newest: dict[str, float | None] = {}
+        for scope in scopes:
+            times = [m.taken.timestamp() for m in metas if m.scope == scope]
+            newest[scope] = max(times) if times else None
+        due = next_due(newest, every, clock(), started)
+        for scope, when in failed.items():  # tried again sooner than a whole period
+            due[scope] = max(due[scope], when + min(every, RETRY_AFTER))
+        scope = min(due, key=lambda s: due[s])
+        wait = due[scope] - clock()
+        if wait > 0:
+            await asyncio.sleep(min(wait, 60.0))  # woken often: snapshots taken by hand count
+            continue
+        try:
+            meta = await save(topology, state, scope, scheduled=True)
+        except (SnapshotError, EtcdError, OSError) as exc:
+            failed[scope] = clock()
+            emit("snapshot-failed", {"scope": scope, "error": str(exc)})
+            continue
+        failed.pop(scope, None)
+        emit(
+            "snapshot",
+            {"scope": scope, "id": meta.id, "bytes": meta.size, "seconds": meta.seconds},
+        )
+        kept = [m for m in store.list(scope) if m.scheduled]  # never one taken by hand
+        keep = retained(kept, schedule.keep_hourly, schedule.keep_daily)
+        for m in kept:
+            if m.id not in keep:
+                store.delete(m.id)
+                emit("snapshot-pruned", {"scope": scope, "id": m.id})

@@ -130,7 +130,8 @@ class Supervisor:
         self.gates: list[GatePlan] = []
         self.replicators: list[ReplicatorPlan] = []
         self.gitops: list[GitopsPlan] = []
-        self._tokens: list[asyncio.Task[None]] = []  # the controllers' tokens, kept fresh
+        # the controllers' tokens kept fresh, the snapshot schedule: cancelled at stop
+        self._tokens: list[asyncio.Task[None]] = []
         self.started_in: float | None = None
         self.network = site_network.load(state)
         self.tls: PlatformTls | None = platform_tls(state, topology)
@@ -208,6 +209,14 @@ class Supervisor:
             raise
         for proc in self.processes.values():
             proc.supervise()
+        if self.topology.spec.global_.backups.snapshots.enabled:
+            from .snapshots import keep_snapshots
+
+            self._tokens.append(
+                asyncio.create_task(
+                    keep_snapshots(self.topology, self.state, emit), name="snapshot schedule"
+                )
+            )
         self.started_in = time.monotonic() - t0
         self.phase = "healthy"
         self.progress(f"healthy in {self.started_in:.1f}s")

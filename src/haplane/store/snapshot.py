@@ -66,6 +66,7 @@ class SnapshotMeta:
     etcd_version: str
     haplane_version: str
     format: int = FORMAT
+    scheduled: bool = False  # taken by the schedule (whose retention prunes only those)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> SnapshotMeta:
@@ -81,7 +82,7 @@ class SnapshotMeta:
                 "use the haplane version that wrote it"
             )
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names - set(raw) if n != "format")
+        missing = sorted(n for n in names - set(raw) if n not in ("format", "scheduled"))
         if missing:
             raise SnapshotError(f"{where}: missing {', '.join(missing)}")
         try:
@@ -261,6 +262,7 @@ async def take(
     endpoint: str | None = None,
     haplane_version: str = "",
     tool: Path | None = None,
+    scheduled: bool = False,
 ) -> SnapshotMeta:
     """Stream one member's backend into `store`, check it, describe it. Nothing is stored
     unless every check passed: etcd's trailing sha256, and etcd reading the file."""
@@ -305,6 +307,7 @@ async def take(
             sha256=whole.hexdigest(),
             etcd_version=status.version,
             haplane_version=haplane_version,
+            scheduled=scheduled,
         )
         store.put(meta, part)
         return meta

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "haplane.dev/v1alpha1"
@@ -260,6 +260,45 @@ class Replication(_Model):
     )
 
 
+class SnapshotSchedule(_Model):
+    """Physical snapshots of every etcd cluster (each region's and the global control etcd)
+    taken by the supervisor on a schedule into STATE/snapshots, then pruned."""
+
+    enabled: bool = Field(True, description="Take snapshots on the schedule.")
+    every: Annotated[str, Field(pattern=_DURATION.pattern)] = Field(
+        "1h", description="How often each cluster is snapshotted, e.g. 30m, 1h, 6h (at least 5s)."
+    )
+    keep_hourly: int = Field(
+        24, ge=0, le=10_000, description="Keep the newest snapshot of each of this many hours."
+    )
+    keep_daily: int = Field(
+        7, ge=0, le=10_000, description="Keep the newest snapshot of each of this many days."
+    )
+
+    @field_validator("every")
+    @classmethod
+    def _at_least_5s(cls, v: str) -> str:
+        if duration_seconds(v) < 5:
+            raise ValueError("snapshots at most every 5s (each streams a whole database)")
+        return v
+
+    @property
+    def every_seconds(self) -> int:
+        return duration_seconds(self.every)
+
+
+def duration_seconds(text: str) -> int:
+    """`30s`, `5m`, `1h` in seconds."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h)")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+class Backups(_Model):
+    snapshots: SnapshotSchedule = Field(default_factory=SnapshotSchedule)
+
+
 class Global(_Model):
     control_etcd: ControlEtcd
     gates: list[Gate] = Field(min_length=1)
@@ -271,6 +310,10 @@ class Global(_Model):
     )
     failover: Failover = Field(default_factory=Failover)
     replication: list[Replication] = Field(default_factory=list)
+    backups: Backups = Field(
+        default_factory=Backups,
+        description="Snapshots of every etcd cluster on a schedule, with retention.",
+    )
 
 
 class Defaults(_Model):
