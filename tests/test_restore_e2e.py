@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from haplane.store import EtcdClient
 from tests.topology_helpers import connection, etcd_tls, haplane, kubectl, members, status, wait_for
@@ -52,8 +54,6 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
 ):
     """With snapshots scheduled every 5 s (keep 1 an hour): each cluster's arrives, pruned
     to one, and the ones taken by hand are never pruned."""
-    import yaml
-
     from haplane.topology.loader import example_text
 
     doc = yaml.safe_load(example_text("two-regions"))
@@ -159,3 +159,71 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
     time.sleep(6)  # another period: the next ones replace them (unpruned, there would be 2+)
     wait_for(lambda: all(n == 1 for n in scheduled().values()), timeout=10)
     assert len(_mine(state)) == 3
+
+    # a lost member (its data dir deleted) replaced while a client writes through the gate:
+    # no write fails, every acknowledged one reads back, three healthy members after
+    victim = "eu-west/etcd-2"
+    haplane(state, "fault", "kill", victim)
+    shutil.rmtree(state / "data" / victim)
+    server = yaml.safe_load(admin.read_text())["clusters"][0]["cluster"]["server"]
+    acked, failed = _write_while(state, server, lambda: haplane(state, "member", "replace", victim))
+    assert failed == [] and len(acked) > 20, failed
+    conn = connection(server, state=state)
+    conn.request("GET", "/api/v1/namespaces/default/configmaps?labelSelector=writer%3Dreplace")
+    names = {o["metadata"]["name"] for o in json.loads(conn.getresponse().read())["items"]}
+    conn.close()
+    assert set(acked) <= names
+    doc = wait_for(
+        lambda: (
+            (d := status(state))
+            and all(m["healthy"] for n, m in members(d).items() if n.startswith("eu-west/"))
+            and d
+        ),
+        timeout=60,
+    )
+    ids = {m["member_id"] for n, m in members(doc).items() if n.startswith("eu-west/")}
+    assert len(ids) == 3
+    assert list((state / "data" / "eu-west").glob("etcd-2.replaced-*")) == []  # it had none
+
+
+def _write_while(state: Path, server: str, action) -> tuple[list[str], list[str]]:
+    """Create ConfigMaps through the gate every 20 ms while `action` runs; (acknowledged
+    names, failures)."""
+    import threading
+
+    acked: list[str] = []
+    failed: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        conn = connection(server, state=state)
+        i = 0
+        while not stop.is_set():
+            name = f"replace-{i}"
+            body = json.dumps(
+                {"metadata": {"name": name, "labels": {"writer": "replace"}}, "data": {"i": str(i)}}
+            )
+            try:
+                conn.request("POST", "/api/v1/namespaces/default/configmaps", body,
+                             {"Content-Type": "application/json"})  # fmt: skip
+                answer = conn.getresponse()
+                answer.read()
+                (acked if answer.status == 201 else failed).append(f"{name}: {answer.status}")
+            except OSError as exc:
+                failed.append(f"{name}: {exc}")
+                conn.close()
+                conn = connection(server, state=state)
+            i += 1
+            time.sleep(0.02)
+        conn.close()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        time.sleep(1.0)
+        action()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join()
+    return [a.split(":")[0] for a in acked], failed

@@ -28,6 +28,7 @@ from haplane.cli import (
     gc,
     gitops,
     maintenance,
+    member,
     pki,
     policy,
     secrets,
@@ -1230,6 +1231,7 @@ app.add_typer(maintenance.app, name="maintenance")
 app.add_typer(policy.app, name="policy")
 app.add_typer(gitops.app, name="gitops")
 app.add_typer(snapshot.app, name="snapshot")
+app.add_typer(member.app, name="member")
 app.add_typer(snapshot.restore_app, name="restore")
 app.command("audit")(audit.audit_cmd)
 

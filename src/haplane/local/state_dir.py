@@ -9,6 +9,7 @@ Layer: run (local). Layout::
     supervisor.log       its log when detached (`up -d`)
     run/<scope>_<name>.json   pid records of supervised processes
     data/<scope>/<name>/      etcd data dirs (kept across restarts; `--fresh` wipes them)
+    data/<scope>/<name>.join  a replaced member's cluster to join (`haplane member replace`)
     logs/<scope>/<name>.log   each process's output
     gitops/<name>.kubeconfig  a GitOps controller instance's kubeconfig (mode 0600)
     gitops/<name>/            its cache of repositories and rendered trees
@@ -66,6 +67,11 @@ class StateDir:
 
     def data_dir(self, component: str) -> Path:
         return self.root / "data" / component
+
+    def join_file(self, component: str) -> Path:
+        """An etcd member's `--initial-cluster` for joining a running cluster with a fresh
+        data dir (written by `haplane member replace`, read by the supervisor's next start)."""
+        return self.root / "data" / f"{component}.join"
 
     def config_file(self, component: str) -> Path:
         """The config a balancer or gate process is started with (written by the supervisor)."""

@@ -43,6 +43,7 @@ from haplane.store import (
     GlobalState,
     RegionFences,
     find_etcd,
+    join_command,
     member_command,
 )
 from haplane.topology import Topology
@@ -254,7 +255,25 @@ class Supervisor:
             self.state.data_dir(qualified),
             tls=self.tls.member(qualified) if self.tls is not None else None,
         )
-        return self._process(qualified, "etcd", argv, member.host)
+        proc = self._process(qualified, "etcd", argv, member.host)
+        original = list(proc.spec.argv)
+        data, join = self.state.data_dir(qualified), self.state.join_file(qualified)
+
+        async def before_spawn() -> None:
+            """A member replaced with a fresh data dir (`haplane member replace`) joins the
+            running cluster (`--initial-cluster-state existing`) instead of founding one."""
+            proc.spec.argv = original
+            try:
+                initial = join.read_text().strip()
+            except OSError:
+                return
+            if (data / "member").exists():  # joined already: its WAL says the rest
+                join.unlink(missing_ok=True)
+                return
+            proc.spec.argv = join_command(original, initial)
+
+        proc.before_spawn = before_spawn
+        return proc
 
     async def _start_cluster(self, plan: ClusterPlan, ports: PortRegistry, timeout: float) -> bool:
         """Start a cluster's members and wait for quorum; whether it was new (no data)."""

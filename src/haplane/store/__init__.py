@@ -34,6 +34,7 @@ from .etcd_member import (
     MemberTls,
     cluster_token,
     etcd_member_name,
+    join_command,
     member_command,
 )
 from .fence_key import (
@@ -109,6 +110,7 @@ __all__ = [
     "cluster_token",
     "etcd_member_name",
     "find_etcd",
+    "join_command",
     "member_command",
     "prefix_end",
     "replicated",

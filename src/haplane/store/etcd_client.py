@@ -196,9 +196,16 @@ class KVHash:
 @dataclass(frozen=True)
 class Member:
     member_id: int
-    name: str
+    name: str  # "" until a member added to the cluster has started
     peer_urls: tuple[str, ...]
     client_urls: tuple[str, ...]
+    is_learner: bool = False
+
+
+def _member(m: Any) -> Member:
+    return Member(
+        int(m.ID), m.name, tuple(m.peerURLs), tuple(m.clientURLs), bool(getattr(m, "isLearner", 0))
+    )
 
 
 def _kv(kv: Any) -> KeyValue:
@@ -776,11 +783,43 @@ class EtcdClient:
             r = await rpc_pb2_grpc.ClusterStub(ch).MemberList(
                 rpc_pb2.MemberListRequest(), timeout=t
             )
-            return [
-                Member(int(m.ID), m.name, tuple(m.peerURLs), tuple(m.clientURLs)) for m in r.members
-            ]
+            return [_member(m) for m in r.members]
 
         return await self._read(call, timeout)
+
+    # Membership changes are writes (raft configuration changes): sent once, never retried
+    # after they went out (`_write`); the caller reads the member list to learn the outcome.
+
+    async def member_add(
+        self, peer_urls: Sequence[str], *, learner: bool = False, timeout: float | None = None
+    ) -> tuple[Member, list[Member]]:
+        """Add a member (a learner: it receives the log but does not vote until promoted);
+        (the new member, every member after the change)."""
+        req = rpc_pb2.MemberAddRequest(peerURLs=list(peer_urls), isLearner=learner)
+
+        async def call(ch: grpc.aio.Channel, t: float) -> tuple[Member, list[Member]]:
+            r = await rpc_pb2_grpc.ClusterStub(ch).MemberAdd(req, timeout=t)
+            return _member(r.member), [_member(m) for m in r.members]
+
+        return await self._write(call, timeout)
+
+    async def member_remove(self, member_id: int, *, timeout: float | None = None) -> None:
+        req = rpc_pb2.MemberRemoveRequest(ID=member_id)
+
+        async def call(ch: grpc.aio.Channel, t: float) -> None:
+            await rpc_pb2_grpc.ClusterStub(ch).MemberRemove(req, timeout=t)
+
+        await self._write(call, timeout)
+
+    async def member_promote(self, member_id: int, *, timeout: float | None = None) -> None:
+        """Make a learner a voting member; etcd refuses (EtcdRejected, "learner ... not in
+        sync with leader") until it has caught up."""
+        req = rpc_pb2.MemberPromoteRequest(ID=member_id)
+
+        async def call(ch: grpc.aio.Channel, t: float) -> None:
+            await rpc_pb2_grpc.ClusterStub(ch).MemberPromote(req, timeout=t)
+
+        await self._write(call, timeout)
 
     async def compact(self, revision: int, *, timeout: float | None = None) -> None:
         req = rpc_pb2.CompactionRequest(revision=revision, physical=True)

@@ -129,3 +129,18 @@ def member_command(
             raise ValueError(f"{member.qualified_name}: TLS flags with http:// addresses")
         cmd += tls.flags()
     return cmd
+
+
+def join_command(argv: list[str], initial_cluster: str) -> list[str]:
+    """`argv` (a `member_command`) for a member that joins a running cluster with a fresh
+    data dir (added by `MemberAdd` first): `--initial-cluster-state existing` and the
+    cluster's members as they are now. Ignored, like the originals, once the data dir holds
+    a WAL."""
+    out = list(argv)
+    for flag, value in (
+        ("--initial-cluster-state", "existing"),
+        ("--initial-cluster", initial_cluster),
+    ):
+        i = out.index(flag)
+        out[i + 1] = value
+    return out
