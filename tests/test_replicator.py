@@ -411,3 +411,41 @@ async def test_a_returning_region_keeps_what_it_wrote_after_the_cut_then_follows
             assert {k: v for k, (v, _) in mine.items()} == {k: v for k, (v, _) in theirs.items()}
         finally:
             await control_client.close()
+
+
+async def test_a_restored_region_counts_as_partial_until_it_applied_past_its_marker(
+    regions: tuple[EtcdCluster, EtcdCluster],
+) -> None:
+    """`haplane restore region` leaves RESTORED_KEY in the rebuilt region: its replicator
+    reports a partial copy (never promoted automatically) until it applied the source up
+    to the marker's revision, then removes the marker, resuming from its applied record
+    (no resync)."""
+    from haplane.store import RESTORED_KEY, RestoredMarker
+
+    async with regions[0].client(2.0) as src, regions[1].client(2.0) as dst:
+        await wipe_and_fence(src, dst)
+        rep = replicator(dst, src, "m")
+        async with running(rep):
+            await write_load(src, 30, seed=9)
+            await caught_up(src, dst)
+        resyncs = rep.status.resyncs
+        # as after a restore: the target is behind, the marker names where the source is now
+        await write_load(src, 30, seed=10)
+        _, head, _ = await src.range_page(b"\0", b"\0", limit=1)
+        await dst.put(RESTORED_KEY, RestoredMarker("src", head, "snap").to_json())
+        seen_partial = False
+        rep = replicator(dst, src, "n")
+        async with running(rep):
+            for _ in range(400):
+                seen_partial = seen_partial or rep.status.partial
+                if await dst.get(RESTORED_KEY) is None:
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError("the marker was never removed")
+            await caught_up(src, dst)
+            assert not rep.status.partial
+        assert seen_partial
+        assert rep.status.resyncs == 0 and resyncs <= 1  # resumed, not copied again
+        mine, theirs = await keyspace(dst), await keyspace(src)
+        assert {k: v for k, (v, _) in mine.items()} == {k: v for k, (v, _) in theirs.items()}

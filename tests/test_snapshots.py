@@ -232,3 +232,34 @@ def test_the_schedule_is_due_a_period_after_the_newest_snapshot() -> None:
     due = next_due({"a": 1000.0, "b": None}, every=3600.0, now=5000.0, started=4990.0)
     assert due == {"a": 4600.0, "b": 5050.0}  # b: a minute after the start, not at once
     assert next_due({"b": None}, every=10.0, now=9000.0, started=1000.0) == {"b": 9000.0}
+
+
+async def test_a_restore_is_refused_for_the_active_region_a_later_epoch_and_the_sync_standby(
+    tmp_path: Path, snapshot: tuple[DirectoryStore, SnapshotMeta]
+) -> None:
+    """What `haplane restore region` checks in the global control etcd before it changes
+    anything, and again once the region's replicators are stopped."""
+    from dataclasses import replace
+
+    from haplane.local.snapshots import RestoreRefused, _check_not_needed
+    from haplane.store import GlobalState, SyncRecord
+
+    _, meta = snapshot
+    control = EtcdCluster(tmp_path / "control", size=1, scope="global")
+    await control.start()
+    try:
+        async with control.client(timeout=2.0) as c:
+            state = GlobalState(c)
+            await state.initialize("eu-west", by="t", reason="t", fresh=True)
+            record, _ = await _check_not_needed(c, "eu-central", replace(meta, epoch=1))
+            assert record.region == "eu-west"
+            with pytest.raises(RestoreRefused, match="is the active region"):
+                await _check_not_needed(c, "eu-west", meta)
+            with pytest.raises(RestoreRefused, match="another incarnation"):
+                await _check_not_needed(c, "eu-central", replace(meta, epoch=record.epoch + 1))
+            sync = SyncRecord.synchronous(record.epoch, "eu-west", "eu-central", by="t", reason="t")
+            assert (await state.sync.swap(None, sync))[0]
+            with pytest.raises(RestoreRefused, match="synchronous standby"):
+                await _check_not_needed(c, "eu-central", replace(meta, epoch=1))
+    finally:
+        await control.stop()

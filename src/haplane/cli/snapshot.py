@@ -195,31 +195,31 @@ def restore_region_cmd(
     from where the snapshot left them. The active region is refused."""
     import asyncio
 
-    from haplane.local.snapshots import RestoreRefused, identity, restore_region, snapshot_store
-    from haplane.store.snapshot import SnapshotError, verify
+    from haplane.local.snapshots import RestoreRefused, restore_region
 
     state = _state(state_dir)
     topology = _started(state)
-    if not yes:
-        try:
-            meta = verify(snapshot_store(state), snapshot, topology=identity(state), scope=region)
-        except SnapshotError as exc:
-            raise _fail(str(exc)) from None
-        typer.echo(
-            f"{meta.id} is intact (revision {meta.revision}); run again with --yes to stop "
-            f"{region}'s processes and rebuild its etcd from it"
-        )
-        return
     try:
         report = asyncio.run(
             restore_region(
-                topology, state, region, snapshot, progress=lambda t: typer.echo(t, err=True)
+                topology,
+                state,
+                region,
+                snapshot,
+                progress=lambda t: typer.echo(t, err=True),
+                check_only=not yes,
             )
         )
     except RestoreRefused as exc:
         raise _fail(f"refused: {exc}") from None
-    except Exception as exc:  # put back as it was (restore_region did): say so
-        raise _fail(f"restore failed, {region} was put back as it was: {exc}") from None
+    except Exception as exc:  # the steps printed say what was put back
+        raise _fail(f"restore failed: {exc}") from None
+    if not yes:
+        typer.echo(
+            f"{snapshot}: every check passed; run again with --yes to stop {region}'s "
+            "processes and rebuild its etcd from it"
+        )
+        return
     if as_json:
         typer.echo(json.dumps(asdict(report), indent=2))
         return

@@ -33,11 +33,24 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from haplane import __version__
-from haplane.store import EtcdClient, EtcdError, GlobalState, RegionFences, etcd_member_name
+from haplane.store import (
+    FENCE_KEY,
+    RESTORED_KEY,
+    ActiveRegion,
+    EtcdClient,
+    EtcdError,
+    FenceValue,
+    GlobalState,
+    ReplicationReport,
+    RestoredMarker,
+    SyncRecord,
+    etcd_member_name,
+)
 from haplane.store.snapshot import (
     DirectoryStore,
     RestoreMember,
@@ -95,14 +108,24 @@ async def _epoch(plan: TopologyPlan) -> int | None:
     return record.epoch if record is not None else None
 
 
+async def _fence_of(client: EtcdClient) -> str:
+    with contextlib.suppress(EtcdError):
+        kv = await client.get(FENCE_KEY, timeout=2.0)
+        return kv.value.decode("utf-8", "replace") if kv is not None else ""
+    return ""
+
+
 async def save(
     topology: Topology, state: StateDir, scope: str, *, scheduled: bool = False
 ) -> SnapshotMeta:
-    """A snapshot of one cluster (a region, or "global"), kept in `STATE/snapshots/`."""
+    """A snapshot of one cluster (a region, or "global"), kept in `STATE/snapshots/`; a
+    region's with its fence key as it was (read before and after the stream: "" if it
+    changed meanwhile, or could not be read)."""
     plan = plan_of(topology, state)
     cluster = _cluster(plan, scope)
     async with cluster.client(timeout=2.0) as client:
-        return await take(
+        before = await _fence_of(client) if scope != GLOBAL_SCOPE else ""
+        meta = await take(
             client,
             snapshot_store(state),
             scope=scope,
@@ -110,7 +133,12 @@ async def save(
             epoch=await _epoch(plan),
             haplane_version=__version__,
             scheduled=scheduled,
+            fence=before,
         )
+        if scope != GLOBAL_SCOPE and await _fence_of(client) != before:
+            meta = replace(meta, fence="")
+            snapshot_store(state).rewrite(meta)
+        return meta
 
 
 @dataclass
@@ -121,12 +149,49 @@ class RestoreReport:
     old_cluster_id: str = ""
     new_cluster_id: str = ""
     seconds: float = 0.0  # from the first stop to every process started again
+    catch_up_to: int = 0  # the source revision the region must apply before it counts whole
+    caught_up: bool = False  # whether it did before its replicas were started
     kept: list[str] = field(default_factory=list)  # the data dirs as they were
     steps: list[tuple[float, str]] = field(default_factory=list)
 
 
 class RestoreRefused(Exception):
     """Refused before anything was changed; the message says why and what to do."""
+
+
+CATCH_UP_WAIT = 300.0  # seconds the restored region's replicas wait for its replicators
+
+
+async def _check_not_needed(
+    control: EtcdClient, region: str, meta: SnapshotMeta
+) -> tuple[ActiveRegion, SyncRecord | None]:
+    """The global facts a restore of `region` needs, re-read at each step: another region is
+    active (known), the epoch has not gone back, and `region` is not the synchronous standby
+    (it would go back to the snapshot while the sync record says it has every acknowledged
+    write)."""
+    record = await GlobalState(control).read(timeout=2.0)
+    if record is None:
+        raise RestoreRefused("no active region is recorded: is the topology up?")
+    if record.region == region:
+        raise RestoreRefused(
+            f"{region} is the active region (epoch {record.epoch}): restoring it would take "
+            f"its data away from clients. Switch over first (`haplane failover --to OTHER`), "
+            f"then restore {region} as a standby"
+        )
+    if meta.epoch is not None and meta.epoch > record.epoch:
+        raise RestoreRefused(
+            f"snapshot {meta.id} is of epoch {meta.epoch}, later than the current {record.epoch}: "
+            "it belongs to another incarnation of this state dir"
+        )
+    sync = await GlobalState(control).sync.read(timeout=2.0)
+    if sync is not None and sync.epoch == record.epoch and region in (sync.standby, sync.pending):
+        raise RestoreRefused(
+            f"{region} is the synchronous standby of {record.region} (epoch {record.epoch}): "
+            "it holds writes no other region has. Wait until the sync record no longer names it "
+            "(`haplane status`; stopping its replicators makes the active region degrade to "
+            "`sync: none` at its next write), then restore"
+        )
+    return record, sync
 
 
 async def restore_region(
@@ -136,9 +201,12 @@ async def restore_region(
     snapshot_id: str,
     progress: Callable[[str], None] = lambda _: None,
     ready_timeout: float = 60.0,
+    catch_up_wait: float = CATCH_UP_WAIT,
+    check_only: bool = False,
 ) -> RestoreReport:
+    """`check_only`: every check, nothing changed (the report's steps say what passed)."""
     if region == GLOBAL_SCOPE:
-        raise RestoreRefused("the global control etcd is restored with `haplane restore global`")
+        raise RestoreRefused("the global control etcd cannot be restored by haplane yet")
     plan = plan_of(topology, state)
     try:
         cluster = _cluster(plan, region)
@@ -147,29 +215,117 @@ async def restore_region(
         )
     except SnapshotError as exc:
         raise RestoreRefused(str(exc)) from None
-    try:
-        async with global_plan(plan.clusters).client(timeout=2.0) as control:
-            record = await GlobalState(control).read()
-    except EtcdError as exc:
+    if not meta.fence.startswith("standby:"):
         raise RestoreRefused(
-            f"cannot tell which region is active (the global control etcd: {exc}): a region is "
-            "restored only when it is known not to be the active one"
-        ) from None
-    if record is not None and record.region == region:
-        raise RestoreRefused(
-            f"{region} is the active region (epoch {record.epoch}): restoring it would take "
-            f"its data away from clients. Switch over first (`haplane failover --to OTHER`), "
-            f"then restore {region} as a standby"
+            f"snapshot {snapshot_id} was taken while {region}'s fence key said "
+            f"{meta.fence or 'nothing known'}: only a snapshot of {region} as a standby is "
+            "restored (one of its active days would make it a returning region, whose later "
+            "writes no longer exist)"
         )
-    ctl = ControlClient(state.socket, timeout=30.0)
+    lock = state.root / "restore.lock"
     try:
-        await ctl.snapshot()
-    except ControlError as exc:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
         raise RestoreRefused(
-            f"the supervisor does not answer ({exc}): is the topology up?"
+            f"another restore or member replacement holds {lock} (remove it if none runs)"
         ) from None
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.close(fd)
+    try:
+        return await _restore(
+            state, plan, cluster, region, meta, progress, ready_timeout, catch_up_wait, check_only
+        )
+    finally:
+        lock.unlink(missing_ok=True)
 
-    report = RestoreReport(region, snapshot_id, meta.revision)
+
+async def _restore(
+    state: StateDir,
+    plan: TopologyPlan,
+    cluster: ClusterPlan,
+    region: str,
+    meta: SnapshotMeta,
+    progress: Callable[[str], None],
+    ready_timeout: float,
+    catch_up_wait: float,
+    check_only: bool,
+) -> RestoreReport:
+    snapshot_id = meta.id
+    control = global_plan(plan.clusters).client(timeout=2.0)
+    try:
+        try:
+            record, _ = await _check_not_needed(control, region, meta)
+        except EtcdError as exc:
+            raise RestoreRefused(
+                f"cannot tell which region is active (the global control etcd: {exc}): a "
+                "region is restored only when it is known not to be the active one"
+            ) from None
+        old_id = ""
+        async with cluster.client(timeout=2.0) as client:
+            now = await _fence_of(client)
+            with contextlib.suppress(EtcdError):
+                old_id = f"{await client.cluster_id():016x}"
+        if now.startswith(("active:", "frozen:")):
+            raise RestoreRefused(
+                f"{region}'s fence key says {now}: it is a returning region whose writes after "
+                "the cut are not saved yet; let it rejoin (its divergence saved) first"
+            )
+        ctl = ControlClient(state.socket, timeout=30.0)
+        try:
+            await ctl.snapshot()
+        except ControlError as exc:
+            raise RestoreRefused(
+                f"the supervisor does not answer ({exc}): is the topology up?"
+            ) from None
+        report = RestoreReport(region, snapshot_id, meta.revision, old_cluster_id=old_id)
+        if check_only:
+            report.steps.append((0.0, f"every check passed: {region} may be restored"))
+            return report
+        await _swap(
+            state, plan, cluster, meta, record, control, ctl, report, progress, ready_timeout,
+            catch_up_wait,
+        )  # fmt: skip
+        return report
+    finally:
+        await control.close()
+
+
+async def _stop(ctl: ControlClient, name: str) -> None:
+    """Stopped for sure: SIGTERM, then SIGKILL when it still runs (a data dir is swapped
+    next: nothing may still write into it)."""
+    answer = await ctl.fault("term", name)
+    if answer.get("pid") is None and answer.get("state") in ("stopped", "killed"):
+        return
+    answer = await ctl.fault("kill", name)
+    pid = answer.get("pid")
+    if pid is not None and _alive(int(pid)):
+        raise SnapshotError(f"{name} (pid {pid}) does not stop: nothing was swapped")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _swap(
+    state: StateDir,
+    plan: TopologyPlan,
+    cluster: ClusterPlan,
+    meta: SnapshotMeta,
+    record: ActiveRegion,
+    control: EtcdClient,
+    ctl: ControlClient,
+    report: RestoreReport,
+    progress: Callable[[str], None],
+    ready_timeout: float,
+    catch_up_wait: float,
+) -> None:
+    region = report.region
     started = time.monotonic()
 
     def step(text: str) -> None:
@@ -180,11 +336,11 @@ async def restore_region(
     members = [(m, state.data_dir(m.qualified_name)) for m in cluster.view.members]
     staged = {m.qualified_name: d.with_name(f"{d.name}.restore-{stamp}") for m, d in members}
     kept = {m.qualified_name: d.with_name(f"{d.name}.before-restore-{stamp}") for m, d in members}
-    token = f"haplane-{topology.name}-{region}-restore-{stamp}"
+    token = f"haplane-{state.root.name}-{region}-restore-{stamp}"
     try:
         await asyncio.to_thread(
             restore_data_dirs,
-            snapshot_store(state).path(snapshot_id),
+            snapshot_store(state).path(meta.id),
             [
                 RestoreMember(
                     etcd_member_name(m),
@@ -196,70 +352,111 @@ async def restore_region(
             token,
         )
     except SnapshotError as exc:
-        raise RestoreRefused(f"etcdctl could not restore {snapshot_id}: {exc}") from None
-    step(f"restored {snapshot_id} into {len(members)} new data dirs (token {token})")
-    async with cluster.client(timeout=2.0) as client:
-        with contextlib.suppress(EtcdError):
-            report.old_cluster_id = f"{await client.cluster_id():016x}"
+        raise RestoreRefused(f"etcdctl could not restore {meta.id}: {exc}") from None
+    step(f"restored {meta.id} into {len(members)} new data dirs (token {token})")
 
     writers = [r.qualified_name for r in plan.replicators if r.region == region]
     replicas = [r.qualified_name for r in plan.replicas if r.region == region]
     etcd = [m.qualified_name for m, _ in members]
     stopped: list[str] = []
-    swapped: list[str] = []
+    moved_old: list[str] = []  # data dirs moved to `kept`
+    moved_new: list[str] = []  # staged dirs moved into place
     try:
-        for name in writers + replicas + etcd:
-            await _fault(ctl, "term", name)
+        for name in writers:
+            await _stop(ctl, name)
             stopped.append(name)
-        step(f"stopped {', '.join(stopped)}")
+        # until its replicators say otherwise, the region counts as a partial copy: never
+        # chosen by automatic failover while it goes back to the snapshot and catches up
+        await GlobalState(control).report_replication(
+            ReplicationReport(
+                target=region, source=record.region, state="Resyncing", epoch=record.epoch,
+                applied_revision=0, source_revision=0, lag_seconds=None, lag_revisions=None,
+                lag_answered=None, source_answered_at=None, leader="haplane restore",
+                time=time.time(), partial=True,
+            ),
+            timeout=2.0,
+        )  # fmt: skip
+        record, _ = await _check_not_needed(control, region, meta)  # again: it may have moved
+        source = _cluster(plan, record.region)
+        async with source.client(timeout=2.0) as src:
+            _, report.catch_up_to, _ = await src.range_page(b"\0", b"\0", limit=1)
+        step(f"stopped {', '.join(writers)}; {region} reported partial until it applied "
+             f"{record.region} up to revision {report.catch_up_to}")  # fmt: skip
+        for name in replicas + etcd:
+            await _stop(ctl, name)
+            stopped.append(name)
+        step(f"stopped {', '.join(replicas + etcd)}")
         for m, d in members:
             q = m.qualified_name
             if d.exists():
                 os.replace(d, kept[q])
+                moved_old.append(q)
             os.replace(staged[q], d)
-            swapped.append(q)
+            moved_new.append(q)
         step("swapped the data dirs")
         for name in etcd:
-            await _fault(ctl, "restart", name)
+            await ctl.fault("restart", name)
         async with cluster.client(timeout=2.0) as client:
             await _await_ready(client, cluster.endpoints, ready_timeout)
             report.new_cluster_id = f"{await client.cluster_id():016x}"
-        step(f"{region}'s etcd is up as cluster {report.new_cluster_id}")
-        await _reconcile_fence(plan, cluster, region)
-        step(f"{region}'s fence key set from the global record")
-        for name in replicas + writers:
-            await _fault(ctl, "restart", name)
-        step(f"started {', '.join(replicas + writers)}")
+            # a standby of the active region, and partial until caught up
+            await client.put(
+                FENCE_KEY, FenceValue.standby(record.region, record.epoch).encode(), timeout=2.0
+            )
+            marker = RestoredMarker(record.region, report.catch_up_to, meta.id)
+            await client.put(RESTORED_KEY, marker.to_json(), timeout=2.0)
+        step(f"{region}'s etcd is up as cluster {report.new_cluster_id}, "
+             f"standby:{record.region}@{record.epoch}")  # fmt: skip
+        for name in writers:
+            await ctl.fault("restart", name)
+        report.caught_up = await _await_caught_up(cluster, catch_up_wait)
+        step(
+            f"{region} caught up with {record.region}"
+            if report.caught_up
+            else f"{region} still catching up after {catch_up_wait:g} s (it stays partial)"
+        )
+        for name in replicas:
+            await ctl.fault("restart", name)
+        step(f"started {', '.join(writers + replicas)}")
     except BaseException:
-        # put back what was there, and run it again
-        for name in etcd:
-            with contextlib.suppress(ControlError):
-                await _fault(ctl, "term", name)
-        for q in swapped:
-            d = state.data_dir(q)
-            shutil.rmtree(d, ignore_errors=True)
-            if kept[q].exists():
-                os.replace(kept[q], d)
-        for name in etcd + replicas + writers:
-            if name in stopped:
-                with contextlib.suppress(ControlError):
-                    await _fault(ctl, "restart", name)
+        step("failed: putting the old data dirs back")
+        await _roll_back(ctl, state, stopped, etcd, moved_old, moved_new, kept, staged, step)
         raise
     finally:
         for d in staged.values():
             shutil.rmtree(d, ignore_errors=True)
     report.seconds = round(time.monotonic() - started, 3)
-    report.kept = [str(kept[q]) for q in swapped if kept[q].exists()]
-    return report
+    report.kept = [str(kept[q]) for q in moved_old]
 
 
-async def _fault(ctl: ControlClient, action: str, name: str) -> None:
-    try:
-        await ctl.fault(action, name)  # type: ignore[arg-type]
-    except ControlError as exc:
-        if action == "term" and "not running" in str(exc):
-            return  # already down
-        raise
+async def _roll_back(
+    ctl: ControlClient,
+    state: StateDir,
+    stopped: list[str],
+    etcd: list[str],
+    moved_old: list[str],
+    moved_new: list[str],
+    kept: dict[str, Path],
+    staged: dict[str, Path],
+    step: Callable[[str], None],
+) -> None:
+    """Each rename undone as it was made; what could not be is said, never hidden."""
+    for name in etcd:
+        with contextlib.suppress(ControlError, SnapshotError):
+            await _stop(ctl, name)
+    for q in moved_new:
+        with contextlib.suppress(OSError):
+            os.replace(state.data_dir(q), staged[q])
+    for q in moved_old:
+        try:
+            os.replace(kept[q], state.data_dir(q))
+        except OSError as exc:
+            step(f"could NOT put back {kept[q]}: {exc}")
+    for name in stopped:
+        try:
+            await ctl.fault("restart", name)
+        except ControlError as exc:
+            step(f"could NOT start {name} again: {exc}")
 
 
 async def _await_ready(client: EtcdClient, endpoints: list[str], timeout: float) -> None:
@@ -270,14 +467,16 @@ async def _await_ready(client: EtcdClient, endpoints: list[str], timeout: float)
         await asyncio.sleep(0.1)
 
 
-async def _reconcile_fence(plan: TopologyPlan, cluster: ClusterPlan, region: str) -> None:
-    fences = RegionFences({region: cluster.client(timeout=2.0)})
-    try:
-        async with global_plan(plan.clusters).client(timeout=2.0) as control:
-            record = await GlobalState(control).read()
-        await fences.reconcile_all(record)
-    finally:
-        await fences.close()
+async def _await_caught_up(cluster: ClusterPlan, wait: float) -> bool:
+    """Until the replicators removed the restore marker (applied far enough)."""
+    deadline = time.monotonic() + wait
+    async with cluster.client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(EtcdError):
+                if await client.get(RESTORED_KEY) is None:
+                    return True
+            await asyncio.sleep(0.2)
+    return False
 
 
 # ---- the schedule ----------------------------------------------------------------------------

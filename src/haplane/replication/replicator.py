@@ -40,6 +40,7 @@ from haplane.store import (
     APPLIED_KEY,
     HEARTBEAT_KEY,
     LEADER_KEY,
+    RESTORED_KEY,
     AppliedRecord,
     Compare,
     EtcdClient,
@@ -52,6 +53,7 @@ from haplane.store import (
     Op,
     RegionFence,
     ReplicationReport,
+    RestoredMarker,
     WatchBatch,
     replicated,
 )
@@ -166,6 +168,7 @@ class Replicator:
         self._leader_rev = 0  # create revision of our leader key
         self._applied_mod = 0  # mod revision of APPLIED_KEY as we last wrote or read it
         self._guard_fence: bytes = b""
+        self._catch_up_to: int | None = None  # after a restore: partial until applied this far
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -342,6 +345,7 @@ class Replicator:
             and applied.state == "streaming"
             and 0 < applied.revision <= head
         )
+        await self._restored(v, head, applied.revision if usable and applied else 0)
         if usable:
             assert applied is not None
             s.applied_revision, s.heartbeat = applied.revision, applied.heartbeat
@@ -366,6 +370,31 @@ class Replicator:
                 return
             except NeedResync as exc:
                 start = await self.resync(v, src, cluster_id, str(exc))
+
+    async def _restored(self, v: FenceValue, head: int, applied: int) -> None:
+        """This region was rebuilt from a snapshot (`RESTORED_KEY`): its copy counts as
+        partial (never promoted automatically) until it applied its source up to where the
+        source stood at the restore (another source since: up to its head now)."""
+        try:
+            kv = await self.target.get(RESTORED_KEY, timeout=1.0)
+        except EtcdError as exc:
+            raise TargetDown(f"this region's restore marker unreadable: {exc}") from None
+        marker = RestoredMarker.parse(kv.value) if kv is not None else None
+        if kv is None:
+            self._catch_up_to = None
+            return
+        until = marker.revision if marker is not None and marker.source == v.region else head
+        self._catch_up_to = until
+        if applied >= until:
+            await self._caught_up_after_restore()
+        else:
+            self.status.partial = True
+
+    async def _caught_up_after_restore(self) -> None:
+        await self._txn([Op("delete", RESTORED_KEY)])
+        self._catch_up_to = None
+        self.status.partial = False
+        self._event("restore-caught-up", {})
 
     # ---- streaming ----------------------------------------------------------------------------
 
@@ -460,6 +489,8 @@ class Replicator:
         record = AppliedRecord(v.region, cluster_id, v.epoch, last, "streaming", heartbeat)
         self._applied_mod = await self._txn([*ops, Op("put", APPLIED_KEY, record.to_json())])
         self.status.heartbeat = heartbeat
+        if self._catch_up_to is not None and last >= self._catch_up_to:
+            await self._caught_up_after_restore()
         self.status.revisions += sum(1 for g in batch if g.ops)
 
     # ---- resync -------------------------------------------------------------------------------
@@ -527,6 +558,11 @@ class Replicator:
         self.status.resyncs += 1
         self.status.partial = False
         self.status.applied_revision = at
+        if self._catch_up_to is not None:
+            if at >= self._catch_up_to:
+                await self._caught_up_after_restore()
+            else:
+                self.status.partial = True
         self.status.heartbeat = heartbeat
         self.status.last_resync = {
             "time": time.time(),

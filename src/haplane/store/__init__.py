@@ -54,8 +54,10 @@ from .replication_keys import (
     HEARTBEAT_KEY,
     LEADER_KEY,
     REGION_LOCAL,
+    RESTORED_KEY,
     AppliedRecord,
     Heartbeat,
+    RestoredMarker,
     replicated,
 )
 from .sync_state import SyncRecord, SyncState
@@ -69,6 +71,7 @@ __all__ = [
     "HEARTBEAT_KEY",
     "LEADER_KEY",
     "REGION_LOCAL",
+    "RESTORED_KEY",
     "ActiveRegion",
     "Alarm",
     "AppliedRecord",
@@ -100,6 +103,7 @@ __all__ = [
     "RegionFence",
     "RegionFences",
     "ReplicationReport",
+    "RestoredMarker",
     "StaleEpoch",
     "SyncRecord",
     "SyncState",

@@ -37,6 +37,9 @@ CUT_KEY = b"/haplane/cut"
 REPLICATION_PREFIX = b"/haplane/replication/"
 APPLIED_KEY = REPLICATION_PREFIX + b"applied"
 LEADER_KEY = REPLICATION_PREFIX + b"leader"
+# set by `haplane restore region` in the restored region: its copy counts as partial (never
+# promoted automatically) until its replicator applied the source up to `revision`
+RESTORED_KEY = REPLICATION_PREFIX + b"restored"
 CONTROLLER_LEASE_KEY = b"/registry/leases/kube-system/haplane-controllers"
 
 # (key, whether it is a prefix): what never leaves its region
@@ -130,5 +133,30 @@ class Heartbeat:
         try:
             d = json.loads(raw)
             return cls(str(d["region"]), int(d["epoch"]), float(d["time"]), int(d["seq"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class RestoredMarker:
+    """`RESTORED_KEY`: the region was rebuilt from a snapshot while `source` stood at
+    `revision`; until its replicator has applied that far, what it holds is older than what
+    it held before the restore (and what clients may have been acknowledged)."""
+
+    source: str
+    revision: int
+    snapshot: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"source": self.source, "revision": self.revision, "snapshot": self.snapshot},
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def parse(cls, raw: bytes) -> RestoredMarker | None:
+        try:
+            d = json.loads(raw)
+            return cls(str(d["source"]), int(d["revision"]), str(d.get("snapshot", "")))
         except (ValueError, KeyError, TypeError):
             return None

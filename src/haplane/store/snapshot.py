@@ -67,6 +67,7 @@ class SnapshotMeta:
     haplane_version: str
     format: int = FORMAT
     scheduled: bool = False  # taken by the schedule (whose retention prunes only those)
+    fence: str = ""  # a region's fence key when it was taken (`standby:A@E`...; "" unknown)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> SnapshotMeta:
@@ -82,7 +83,7 @@ class SnapshotMeta:
                 "use the haplane version that wrote it"
             )
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names - set(raw) if n not in ("format", "scheduled"))
+        missing = sorted(n for n in names - set(raw) if n not in ("format", "scheduled", "fence"))
         if missing:
             raise SnapshotError(f"{where}: missing {', '.join(missing)}")
         try:
@@ -104,6 +105,8 @@ class SnapshotStore(Protocol):
         ...
 
     def put(self, meta: SnapshotMeta, file: Path) -> None: ...
+
+    def rewrite(self, meta: SnapshotMeta) -> None: ...
 
     def list(self, scope: str | None = None) -> list[SnapshotMeta]: ...
 
@@ -139,6 +142,15 @@ class DirectoryStore:
         os.chmod(tmp, 0o600)
         os.replace(tmp, desc)  # the description last: a listed snapshot has its file
         _fsync_dir(self.root)
+
+    def rewrite(self, meta: SnapshotMeta) -> None:
+        """Replace a kept snapshot's description (its file unchanged)."""
+        _check_id(meta.id)
+        desc = self.root / f"{meta.id}.json"
+        tmp = desc.with_suffix(".json.part")
+        tmp.write_text(meta.to_json())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, desc)
 
     def list(self, scope: str | None = None) -> list[SnapshotMeta]:
         out = []
@@ -263,6 +275,7 @@ async def take(
     haplane_version: str = "",
     tool: Path | None = None,
     scheduled: bool = False,
+    fence: str = "",
 ) -> SnapshotMeta:
     """Stream one member's backend into `store`, check it, describe it. Nothing is stored
     unless every check passed: etcd's trailing sha256, and etcd reading the file."""
@@ -308,6 +321,7 @@ async def take(
             etcd_version=status.version,
             haplane_version=haplane_version,
             scheduled=scheduled,
+            fence=fence,
         )
         store.put(meta, part)
         return meta
