@@ -35,7 +35,7 @@ from haplane.topology import Topology
 
 from .control_client import ControlClient, ControlError
 from .gate_plans import plan_of
-from .state_dir import StateDir
+from .state_dir import OperationLocked, StateDir
 from .supervisor import cluster_ready
 
 
@@ -59,6 +59,20 @@ async def replace_member(
     qualified: str,
     progress: Callable[[str], None] = lambda _: None,
     promote_timeout: float = 120.0,
+) -> ReplaceReport:
+    try:
+        with state.operation_lock(f"replacement of {qualified}"):
+            return await _replace(topology, state, qualified, progress, promote_timeout)
+    except OperationLocked as exc:
+        raise ReplaceRefused(str(exc)) from None
+
+
+async def _replace(
+    topology: Topology,
+    state: StateDir,
+    qualified: str,
+    progress: Callable[[str], None],
+    promote_timeout: float,
 ) -> ReplaceReport:
     plan = plan_of(topology, state)
     cluster = next(

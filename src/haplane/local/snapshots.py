@@ -66,7 +66,7 @@ from haplane.topology.model import GLOBAL_SCOPE
 from .control_client import ControlClient, ControlError
 from .gate_plans import TopologyPlan, plan_of
 from .plans import ClusterPlan, global_plan
-from .state_dir import StateDir
+from .state_dir import OperationLocked, StateDir
 from .supervisor import cluster_ready
 
 
@@ -222,21 +222,14 @@ async def restore_region(
             "restored (one of its active days would make it a returning region, whose later "
             "writes no longer exist)"
         )
-    lock = state.root / "restore.lock"
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        raise RestoreRefused(
-            f"another restore or member replacement holds {lock} (remove it if none runs)"
-        ) from None
-    os.write(fd, f"{os.getpid()}\n".encode())
-    os.close(fd)
-    try:
-        return await _restore(
-            state, plan, cluster, region, meta, progress, ready_timeout, catch_up_wait, check_only
-        )
-    finally:
-        lock.unlink(missing_ok=True)
+        with state.operation_lock(f"restore of {region}"):
+            return await _restore(
+                state, plan, cluster, region, meta, progress, ready_timeout, catch_up_wait,
+                check_only,
+            )  # fmt: skip
+    except OperationLocked as exc:
+        raise RestoreRefused(str(exc)) from None
 
 
 async def _restore(

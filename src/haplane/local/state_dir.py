@@ -17,13 +17,19 @@ Layer: run (local). Layout::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 ENV_STATE_DIR = "HAPLANE_STATE_DIR"
+
+
+class OperationLocked(Exception):
+    """Another data-changing operation runs on this state dir."""
 
 
 def default_state_dir() -> Path:
@@ -67,6 +73,30 @@ class StateDir:
 
     def data_dir(self, component: str) -> Path:
         return self.root / "data" / component
+
+    @contextlib.contextmanager
+    def operation_lock(self, what: str) -> Iterator[None]:
+        """One data-changing operation at a time (a region restore, a member replacement):
+        OperationLocked, naming the holder, when another holds it."""
+        path = self.root / "operation.lock"
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            try:
+                held = path.read_text().strip()
+            except OSError:
+                held = "?"
+            raise OperationLocked(
+                f"another operation holds {path} ({held}); remove the file if none runs"
+            ) from None
+        try:
+            os.write(fd, f"{what} (pid {os.getpid()})\n".encode())
+        finally:
+            os.close(fd)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
 
     def join_file(self, component: str) -> Path:
         """An etcd member's `--initial-cluster` for joining a running cluster with a fresh
@@ -122,5 +152,7 @@ class StateDir:
         """`--fresh`: forget data, ports and logs (only call with nothing running)."""
         for d in (self.root / "data", self.root / "logs", self.run_dir, self.gitops_dir):
             shutil.rmtree(d, ignore_errors=True)
-        for f in (self.ports_file, self.supervisor_log):
+        # a new incarnation: snapshots kept from before are of another topology now (their
+        # epochs and cluster ids mean nothing to the fresh one)
+        for f in (self.ports_file, self.supervisor_log, self.root / "identity"):
             f.unlink(missing_ok=True)

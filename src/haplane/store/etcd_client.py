@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -734,7 +734,7 @@ class EtcdClient:
 
         return await self._read(call, timeout, [ep])
 
-    async def snapshot(self, endpoint: str, *, idle: float = 10.0) -> AsyncIterator[bytes]:
+    async def snapshot(self, endpoint: str, *, idle: float = 10.0) -> AsyncGenerator[bytes]:
         """One member's whole backend, streamed (Maintenance.Snapshot): the bolt database
         followed by its sha256 (32 bytes), as etcd sends it. Each chunk must come within
         `idle` seconds; a member that stops sending raises `EtcdUnavailable`."""

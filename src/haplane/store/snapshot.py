@@ -77,7 +77,11 @@ class SnapshotMeta:
             raise SnapshotError(f"{where}: not JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise SnapshotError(f"{where}: not a snapshot description")
-        if int(raw.get("format", 0) or 0) > FORMAT:
+        try:
+            fmt = int(raw.get("format", 0) or 0)
+        except (TypeError, ValueError):
+            raise SnapshotError(f"{where}: format {raw.get('format')!r} is not a number") from None
+        if fmt > FORMAT:
             raise SnapshotError(
                 f"{where}: format {raw['format']} is newer than this haplane reads ({FORMAT}); "
                 "use the haplane version that wrote it"
@@ -159,9 +163,11 @@ class DirectoryStore:
                 meta = SnapshotMeta.from_json(desc.read_text(), str(desc))
             except (OSError, SnapshotError):
                 continue  # `get` names what is wrong with one; a listing skips it
+            if meta.id != desc.stem:
+                continue  # a description under another snapshot's name: `get` refuses it
             if scope is None or meta.scope == scope:
                 out.append(meta)
-        return sorted(out, key=lambda m: (m.taken_at, m.id))
+        return sorted(out, key=lambda m: (m.taken, m.id))
 
     def get(self, snapshot_id: str) -> SnapshotMeta:
         _check_id(snapshot_id)
@@ -279,25 +285,30 @@ async def take(
 ) -> SnapshotMeta:
     """Stream one member's backend into `store`, check it, describe it. Nothing is stored
     unless every check passed: etcd's trailing sha256, and etcd reading the file."""
-    ep = endpoint or await _pick_member(client)
-    status = await client.status(ep, timeout=2.0)
-    cluster = await client.cluster_id(timeout=2.0)
+    try:
+        ep = endpoint or await _pick_member(client)
+        status = await client.status(ep, timeout=2.0)
+        cluster = await client.cluster_id(timeout=2.0)
+    except EtcdError as exc:
+        raise SnapshotError(f"snapshot of {scope}: {exc}") from None
     part = store.staging()
     whole, inner = hashlib.sha256(), hashlib.sha256()
     pending, size = b"", 0
     started = time.monotonic()
     try:
         with part.open("wb") as out:
-            async for chunk in client.snapshot(ep):
-                out.write(chunk)
-                whole.update(chunk)
-                size += len(chunk)
-                # everything but the last 32 bytes seen so far is database
-                buf = pending + chunk
-                inner.update(buf[:-_TRAILER])
-                pending = buf[-_TRAILER:]
+            stream = client.snapshot(ep)
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    out.write(chunk)
+                    whole.update(chunk)
+                    size += len(chunk)
+                    # everything but the last 32 bytes seen so far is database
+                    buf = pending + chunk
+                    inner.update(buf[:-_TRAILER])
+                    pending = buf[-_TRAILER:]
             out.flush()
-            os.fsync(out.fileno())
+            await asyncio.to_thread(os.fsync, out.fileno())
         seconds = time.monotonic() - started
         if len(pending) != _TRAILER or inner.digest() != pending:
             raise SnapshotError(
@@ -327,6 +338,8 @@ async def take(
         return meta
     except EtcdError as exc:
         raise SnapshotError(f"snapshot of {scope} from {ep}: {exc}") from None
+    except OSError as exc:  # a full disk, a permission: said, not a traceback
+        raise SnapshotError(f"snapshot of {scope}: writing it failed: {exc}") from None
     finally:
         part.unlink(missing_ok=True)
 
@@ -452,7 +465,7 @@ def retained(snapshots: Iterable[SnapshotMeta], hourly: int, daily: int) -> set[
     """Which snapshots a retention of `hourly` hours and `daily` days keeps: the newest of
     each of the last `hourly` hours that have one, and of the last `daily` days (the newest
     snapshot is always kept)."""
-    metas = sorted(snapshots, key=lambda m: m.taken_at, reverse=True)
+    metas = sorted(snapshots, key=lambda m: (m.taken, m.id), reverse=True)
     keep: set[str] = {metas[0].id} if metas else set()
     for count, bucket in ((hourly, "%Y%m%d%H"), (daily, "%Y%m%d")):
         seen: set[str] = set()
