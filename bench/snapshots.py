@@ -158,6 +158,7 @@ async def main(sizes: list[int], rounds: int, concurrency: int) -> None:
 
 async def write_cost(c: EtcdClient, store: DirectoryStore, rounds: int, concurrency: int) -> None:
     base, during = [], []
+
     async def snapshot(done: asyncio.Event) -> float:
         meta = await take(c, store, scope="src", topology="bench")
         store.delete(meta.id)

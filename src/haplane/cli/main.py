@@ -23,6 +23,7 @@ import typer
 from haplane import __version__
 from haplane.cli import (
     audit,
+    backup,
     divergence,
     failback,
     gc,
@@ -1230,6 +1231,7 @@ app.add_typer(secrets.app, name="secrets")
 app.add_typer(maintenance.app, name="maintenance")
 app.add_typer(policy.app, name="policy")
 app.add_typer(gitops.app, name="gitops")
+app.add_typer(backup.app, name="backup")
 app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(member.app, name="member")
 app.add_typer(snapshot.restore_app, name="restore")

@@ -12,27 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..kubeclient import describe, is_foundation, kind_rank
+
+__all__ = ["PlanError", "Step", "describe", "is_foundation", "plan", "wave_of"]
+
 Obj = dict[str, Any]
 
 # Argo CD's annotation is honoured too, so repositories written for it keep their order
 WAVE_ANNOTATIONS = ("gitops.haplane.dev/sync-wave", "argocd.argoproj.io/sync-wave")
-
-# within a step, kinds others refer to go first (Helm's install order, for the kinds it names)
-_KIND_ORDER = [
-    "PriorityClass",
-    "ServiceAccount",
-    "Secret",
-    "ConfigMap",
-    "StorageClass",
-    "PersistentVolume",
-    "PersistentVolumeClaim",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "Role",
-    "RoleBinding",
-    "Service",
-]
-_RANK = {kind: i for i, kind in enumerate(_KIND_ORDER)}
 
 
 class PlanError(Exception):
@@ -50,13 +37,6 @@ class Step:
         return f"wave {self.wave}" + (" (CRDs and namespaces)" if self.foundation else "")
 
 
-def is_foundation(obj: Obj) -> bool:
-    kind, api_version = obj.get("kind"), obj.get("apiVersion", "")
-    return (kind == "Namespace" and api_version == "v1") or (
-        kind == "CustomResourceDefinition" and api_version.startswith("apiextensions.k8s.io/")
-    )
-
-
 def wave_of(obj: Obj) -> int:
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
     for key in WAVE_ANNOTATIONS:
@@ -69,13 +49,6 @@ def wave_of(obj: Obj) -> int:
                     f"{describe(obj)}: annotation {key}={value!r} is not an integer"
                 ) from None
     return 0
-
-
-def describe(obj: Obj) -> str:
-    """kubectl's way of naming an object: `kind/name` with its namespace."""
-    meta = obj.get("metadata") or {}
-    ns = meta.get("namespace")
-    return f"{obj.get('kind')}/{meta.get('name')}" + (f" (namespace {ns})" if ns else "")
 
 
 def plan(objects: list[Obj]) -> list[Step]:
@@ -92,7 +65,7 @@ def plan(objects: list[Obj]) -> list[Step]:
             key=lambda o: (
                 (0 if o.get("kind") == "CustomResourceDefinition" else 1)
                 if step.foundation
-                else _RANK.get(str(o.get("kind")), len(_KIND_ORDER))
+                else kind_rank(str(o.get("kind")))
             )
         )
     return ordered
