@@ -143,8 +143,14 @@ async def _collect(
     out, and why."""
     chosen, left_out = choose(await kube.preferred_resources(), resources, excluded)
     for asked in namespaces:
-        if await kube.get(NAMESPACES, None, asked) is None:
+        live = await kube.get(NAMESPACES, None, asked)
+        if live is None:
             raise BackupError(f"namespace {asked} does not exist; nothing was written")
+        if (live.get("metadata") or {}).get("deletionTimestamp"):
+            raise BackupError(
+                f"namespace {asked} is being deleted: what is left of it is no backup; "
+                "nothing was written"
+            )
     taken: Taken = {}
     forbidden: list[str] = []
     for r in chosen:
@@ -161,6 +167,14 @@ async def _collect(
                     raise
                 forbidden.append(f"{r.qualified}{f' in {ns}' if ns else ''}: {exc.message}")
                 continue
+            going = [o for o in items if (o.get("metadata") or {}).get("deletionTimestamp")]
+            if going:  # a restore must not bring back what was being deleted
+                left_out.append(
+                    f"{r.qualified}: {len(going)} being deleted"
+                    + (f" in {ns}" if ns else "")
+                    + " (not backed up)"
+                )
+                items = [o for o in items if o not in going]
             _take(taken, r, items, _sealed(r, sealer))
         count = sum(len(t.objects) for t in taken.values() if t.resource == r)
         if count:
@@ -172,7 +186,7 @@ async def _collect(
             + ": back up less (--namespace, --resource) or leave these out "
             "(--exclude-resource); nothing was written"
         )
-    left_out += await _foundation(kube, taken, namespaces, say)
+    left_out += await _foundation(kube, taken, namespaces, sealer, say)
     return taken, left_out
 
 
@@ -221,7 +235,11 @@ def _take(taken: Taken, r: Resource, items: list[Obj], sealed: bool) -> None:
 
 
 async def _foundation(
-    kube: KubeClient, taken: Taken, namespaces: Sequence[str], say: Progress
+    kube: KubeClient,
+    taken: Taken,
+    namespaces: Sequence[str],
+    sealer: Sealer | None,
+    say: Progress,
 ) -> list[str]:
     """The Namespace objects of every namespace taken, and the CRDs of every custom resource
     taken, where the selection did not take them already; what could not be taken, and why."""
@@ -229,7 +247,7 @@ async def _foundation(
     wanted_ns = set(namespaces) | {t.namespace for t in taken.values() if t.namespace}
     missing_ns = sorted(n for n in wanted_ns if (NAMESPACES, n) not in have)
     got = [await kube.get(NAMESPACES, None, n) for n in missing_ns]
-    _take(taken, NAMESPACES, [o for o in got if o is not None], False)
+    _take(taken, NAMESPACES, [o for o in got if o is not None], _sealed(NAMESPACES, sealer))
     custom = {t.resource.qualified for t in taken.values() if t.resource.group}
     if not custom - {n for r, n in have if r == CRDS}:
         return []
@@ -249,7 +267,7 @@ async def _foundation(
         for c in listed
         if c["metadata"]["name"] in custom and (CRDS, c["metadata"]["name"]) not in have
     ]
-    _take(taken, CRDS, crds, False)
+    _take(taken, CRDS, crds, _sealed(CRDS, sealer))
     if missing_ns or crds:
         say(f"with {len(missing_ns)} namespaces and {len(crds)} CRDs they need")
     return []

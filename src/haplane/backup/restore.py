@@ -345,8 +345,13 @@ class _Restore:
                 return Outcome(f"{would}create", name, why)
             if exc.code != 409 or exc.reason != "AlreadyExists":
                 raise
+            live = await self.kube.get(res, item.namespace, item.name)
+            if live is not None and (live.get("metadata") or {}).get("deletionTimestamp"):
+                # its dependents must not be pointed at it: the collector would take them
+                return Outcome(
+                    "failed", name, "exists but is being deleted: restore it once it is gone"
+                )
             if self.existing == "skip":
-                live = await self.kube.get(res, item.namespace, item.name)
                 out, action, message = live or {}, f"{would}skip", "exists"
             else:
                 out = await self.kube.apply(res, body, dry_run=self.dry_run)
@@ -389,7 +394,9 @@ class _Restore:
             live = None
             if res is not None:
                 live = await self.kube.get(res, namespace if res.namespaced else None, key[3])
-            self._present[key] = (live or {}).get("metadata", {}).get("uid")
+            meta = (live or {}).get("metadata", {})
+            # an owner being deleted is no owner: dependents pointed at it would be collected
+            self._present[key] = None if meta.get("deletionTimestamp") else meta.get("uid")
         return self._present[key]
 
     async def wait_established(self, crds: list[Item], timeout: float) -> None:
@@ -470,6 +477,8 @@ async def restore_backup(
         )
     except Unreachable as exc:  # (outside a step: waiting for a CRD)
         report.stopped = f"the server stopped answering ({exc}): run the restore again"
+    except KubeError as exc:  # waiting for a CRD: a refusal is a stop, with the report
+        report.stopped = f"the server refused a read while waiting for CRDs ({exc})"
     report.seconds = time.monotonic() - started
     return report
 

@@ -101,7 +101,9 @@ def _sealer(config: Path | None, state_dir: Path | None) -> tuple[Sealer | None,
     try:
         return Sealer.from_config(config), ""
     except SealingError as exc:
-        return None, str(exc)
+        # the platform's configuration, unusable: what it encrypts at rest (maybe more than
+        # Secrets) would be written in the clear; refused rather than guessed
+        raise _fail(f"the encryption configuration {config} cannot be used: {exc}") from None
 
 
 def _progress(text: str) -> None:
