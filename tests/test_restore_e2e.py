@@ -10,6 +10,7 @@ import asyncio
 import json
 import shutil
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import yaml
 from haplane.store import EtcdClient
 from tests.topology_helpers import connection, etcd_tls, haplane, kubectl, members, status, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _etcd(state: Path, doc: dict, region: str) -> EtcdClient:
@@ -53,12 +54,14 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
     state: Path, start_topology, tmp_path: Path
 ):
     """With snapshots scheduled every 5 s (keep 1 an hour): each cluster's arrives, pruned
-    to one, and the ones taken by hand are never pruned."""
+    to one, and the ones taken by hand are never pruned; logical backups every 15 s, 2
+    kept."""
     from haplane.topology.loader import example_text
 
     doc = yaml.safe_load(example_text("two-regions"))
     doc["spec"]["global"]["backups"] = {
-        "snapshots": {"every": "5s", "keepHourly": 1, "keepDaily": 1}
+        "snapshots": {"every": "5s", "keepHourly": 1, "keepDaily": 1},
+        "logical": {"every": "15s", "keep": 2},
     }
     file = tmp_path / "topology.yaml"
     file.write_text(yaml.safe_dump(doc))
@@ -124,11 +127,11 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
         lambda: (
             (d := status(state))
             and all(r["ready"] for r in d["replicas"] if r["name"].startswith("eu-central/"))
+            and all(m["healthy"] for n, m in members(d).items() if n.startswith("eu-central/"))
             and d
         ),
         timeout=60,
     )
-    assert all(m["healthy"] for n, m in members(doc).items() if n.startswith("eu-central/"))
     conn = connection(replica["url"], state=state)
     conn.request("GET", f"/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={old_rv}")
     answer = conn.getresponse()
@@ -163,9 +166,43 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
     wait_for(lambda: all(n == 1 for n in scheduled().values()), timeout=10)
     assert len(_mine(state)) == 3
 
+    # the seed's case: a namespace deleted by mistake comes back from the latest scheduled
+    # logical backup, through the API; the schedule keeps 2
+    assert kubectl(admin, "create", "namespace", "shop").returncode == 0
+    r = kubectl(admin, "-n", "shop", "create", "configmap", "prices", "--from-literal=tea=3")
+    assert r.returncode == 0, r.stderr
+    made = time.time()
+    logical = state / "backups" / "logical"
+
+    def latest_after(t: float) -> str | None:
+        names = sorted(
+            d.name for d in logical.glob("scheduled-*") if (d / "manifest.json").exists()
+        )
+        if not names:
+            return None
+        stamp = datetime.strptime(names[-1], "scheduled-%Y%m%dt%H%M%Sz").replace(tzinfo=UTC)
+        return names[-1] if stamp.timestamp() > t + 1 else None
+
+    name = wait_for(lambda: latest_after(made), timeout=60)
+    assert kubectl(admin, "delete", "namespace", "shop").returncode == 0
+    wait_for(lambda: kubectl(admin, "get", "namespace", "shop").returncode != 0, timeout=60)
+    r = haplane(state, "backup", "restore", name, "-n", "shop")
+    r = kubectl(admin, "-n", "shop", "get", "configmap", "prices", "-o", "jsonpath={.data.tea}")
+    assert r.returncode == 0 and r.stdout == "3", r.stderr
+    # more periods: the oldest beyond 2 deleted
+    log = state / "supervisor.log"
+    wait_for(lambda: '"backup-pruned"' in log.read_text(), timeout=90)
+    assert len(list(logical.glob("scheduled-*"))) <= 2
+
     # a lost member (its data dir deleted) replaced while a client writes through the gate:
     # no write fails, every acknowledged one reads back, three healthy members after
-    victim = "eu-west/etcd-2"
+    # a follower: killing the leader would make the writer see an election, not the
+    # replacement
+    victim = next(
+        n
+        for n, m in members(status(state)).items()
+        if n.startswith("eu-west/") and not m["is_leader"]
+    )
     haplane(state, "fault", "kill", victim)
     shutil.rmtree(state / "data" / victim)
     server = yaml.safe_load(admin.read_text())["clusters"][0]["cluster"]["server"]
@@ -186,7 +223,7 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
     )
     ids = {m["member_id"] for n, m in members(doc).items() if n.startswith("eu-west/")}
     assert len(ids) == 3
-    assert list((state / "data" / "eu-west").glob("etcd-2.replaced-*")) == []  # it had none
+    assert list((state / "data" / "eu-west").glob("*.replaced-*")) == []  # it had none
 
 
 def _write_while(state: Path, server: str, action) -> tuple[list[str], list[str]]:

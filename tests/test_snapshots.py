@@ -230,7 +230,7 @@ def test_the_schedule_is_due_a_period_after_the_newest_snapshot() -> None:
     from haplane.local.snapshots import next_due
 
     due = next_due({"a": 1000.0, "b": None}, every=3600.0, now=5000.0, started=4990.0)
-    assert due == {"a": 4600.0, "b": 5050.0}  # b: a minute after the start, not at once
+    assert due == {"a": 4600.0, "b": 8590.0}  # b: a period after the start, not at once
     assert next_due({"b": None}, every=10.0, now=9000.0, started=1000.0) == {"b": 9000.0}
 
 

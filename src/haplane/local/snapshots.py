@@ -482,9 +482,9 @@ def next_due(
 ) -> dict[str, float]:
     """When each cluster's next snapshot is due (epoch seconds): its newest snapshot's time
     plus `every`; a cluster with none, `every` after the schedule started (a topology just
-    made holds nothing worth keeping), or at once when it started longer ago."""
+    started holds nothing the period does not), or at once when it started longer ago."""
     return {
-        scope: (taken + every) if taken is not None else max(started + min(every, 60.0), now)
+        scope: (taken + every) if taken is not None else max(started + every, now)
         for scope, taken in newest.items()
     }
 

@@ -218,6 +218,15 @@ class Supervisor:
                     keep_snapshots(self.topology, self.state, emit), name="snapshot schedule"
                 )
             )
+        if self.topology.spec.global_.backups.logical.enabled:
+            from .backup_schedule import keep_logical_backups
+
+            self._tokens.append(
+                asyncio.create_task(
+                    keep_logical_backups(self.topology, self.state, emit),
+                    name="logical backup schedule",
+                )
+            )
         self.started_in = time.monotonic() - t0
         self.phase = "healthy"
         self.progress(f"healthy in {self.started_in:.1f}s")

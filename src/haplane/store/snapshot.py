@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -317,7 +318,9 @@ async def take(
         held = await asyncio.to_thread(file_status, part, tool)
         taken_at = datetime.now(UTC)
         meta = SnapshotMeta(
-            id=f"{scope}-{taken_at:%Y%m%dT%H%M%SZ}-r{held.revision}",
+            # unique even for two snapshots of one revision in one second (by hand and the
+            # schedule's)
+            id=f"{scope}-{taken_at:%Y%m%dT%H%M%SZ}-r{held.revision}-{secrets.token_hex(2)}",
             scope=scope,
             topology=topology,
             cluster_id=f"{cluster:016x}",

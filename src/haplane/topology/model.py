@@ -295,8 +295,32 @@ def duration_seconds(text: str) -> int:
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+class LogicalSchedule(_Model):
+    """Logical backups (`haplane backup create`) of the whole platform taken by the
+    supervisor through the API as haplane-admin into STATE/backups/logical, named
+    `scheduled-<UTC time>`; the oldest beyond `keep` are deleted."""
+
+    enabled: bool = Field(True, description="Take logical backups on the schedule.")
+    every: Annotated[str, Field(pattern=_DURATION.pattern)] = Field(
+        "1h", description="How often, e.g. 30m, 1h (at least 5s)."
+    )
+    keep: int = Field(24, ge=1, le=10_000, description="How many scheduled backups to keep.")
+
+    @field_validator("every")
+    @classmethod
+    def _at_least_5s(cls, v: str) -> str:
+        if duration_seconds(v) < 5:
+            raise ValueError("logical backups at most every 5s")
+        return v
+
+    @property
+    def every_seconds(self) -> int:
+        return duration_seconds(self.every)
+
+
 class Backups(_Model):
     snapshots: SnapshotSchedule = Field(default_factory=SnapshotSchedule)
+    logical: LogicalSchedule = Field(default_factory=LogicalSchedule)
 
 
 class Global(_Model):

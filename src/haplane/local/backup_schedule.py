@@ -1,0 +1,94 @@
+"""Logical backups on a schedule (topology `spec.global.backups.logical`): the supervisor runs
+`haplane backup create scheduled-<UTC time>` (the command an operator types, as the ops agent
+runs commands) and deletes the oldest scheduled ones beyond `keep`.
+
+Layer: run (`haplane.local`). Runs the CLI as a subprocess with the state dir (so the backup
+is made through the API, as haplane-admin, with the platform's sealing key); reads
+`STATE/backups/logical/` to tell what is due. Backups named otherwise (by hand) are never
+deleted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from haplane.topology import Topology
+
+from .state_dir import StateDir
+
+PREFIX = "scheduled-"
+RETRY_AFTER = 300.0
+RUN_TIMEOUT = 1800.0
+
+
+def backups_root(state: StateDir) -> Path:
+    return state.root / "backups" / "logical"
+
+
+def scheduled(root: Path) -> list[tuple[float, Path]]:
+    """The scheduled backups (finished ones: a manifest), oldest first, with their times."""
+    out = []
+    for d in root.glob(f"{PREFIX}*"):
+        stamp = d.name.removeprefix(PREFIX)
+        if not (d / "manifest.json").exists():
+            continue
+        try:
+            when = datetime.strptime(stamp, "%Y%m%dt%H%M%Sz").replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        out.append((when.timestamp(), d))
+    return sorted(out)
+
+
+async def keep_logical_backups(
+    topology: Topology,
+    state: StateDir,
+    emit: Callable[[str, dict[str, object]], None],
+    clock: Callable[[], float] = time.time,
+) -> None:
+    schedule = topology.spec.global_.backups.logical
+    every = float(schedule.every_seconds)
+    started = clock()
+    failed_at: float | None = None
+    while True:
+        root = backups_root(state)
+        kept = scheduled(root)
+        due = kept[-1][0] + every if kept else max(started + every, clock())
+        if failed_at is not None:
+            due = max(due, failed_at + min(every, RETRY_AFTER))
+        wait = due - clock()
+        if wait > 0:
+            await asyncio.sleep(min(wait, 60.0))
+            continue
+        name = f"{PREFIX}{datetime.fromtimestamp(clock(), UTC):%Y%m%dt%H%M%Sz}"
+        argv = [sys.executable, "-m", "haplane.cli", "backup", "create", name,
+                "--state-dir", str(state.root)]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            out, err = b"", b"timed out"
+        except asyncio.CancelledError:
+            proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            failed_at = clock()
+            lines = (err or out).decode(errors="replace").strip().splitlines()
+            emit("backup-failed", {"name": name, "error": lines[-1] if lines else "failed"})
+            continue
+        failed_at = None
+        emit("backup", {"name": name})
+        for _, d in scheduled(root)[: -schedule.keep]:
+            shutil.rmtree(d, ignore_errors=True)
+            emit("backup-pruned", {"name": d.name})
