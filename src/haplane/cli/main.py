@@ -32,6 +32,7 @@ from haplane.cli import (
     member,
     pki,
     policy,
+    runbook,
     secrets,
     snapshot,
 )
@@ -1235,6 +1236,7 @@ app.add_typer(backup.app, name="backup")
 app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(member.app, name="member")
 app.add_typer(snapshot.restore_app, name="restore")
+app.add_typer(runbook.app, name="runbook")
 app.command("audit")(audit.audit_cmd)
 
 

@@ -2,19 +2,24 @@
 
 Layer: model. Pure functions of a `Topology`, except that `diagram_svg=True` calls
 `diagram.render`, which runs Graphviz's `dot` (skipped quietly when Graphviz is missing: the
-Mermaid block always works).
+Mermaid block always works), and that the runbook section lists the runbooks haplane ships
+(read from the package's `haplane/runbooks/*.yaml`).
 
 Sections: overview, inventory, validation findings, failure tolerance (from `failures.analyse`),
 availability estimate (from `availability.estimate`), the diagram, and a DR runbook derived from
 the topology: for each failure class, what haplane does automatically today and what an operator
-must do, with the commands.
+must do, with the commands, and the executable runbooks (`haplane runbook run`) with theirs.
 """
 
 from __future__ import annotations
 
 import html as html_lib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
+import yaml
 from markdown_it import MarkdownIt
 
 from .analyse_report import TABLE_COLUMNS, table_rows
@@ -362,6 +367,42 @@ def _entry(title: str, auto: Sequence[str], operator: Sequence[str]) -> list[str
     return [*out, ""]
 
 
+@dataclass(frozen=True)
+class _Shipped:
+    name: str
+    description: str
+    parameters: list[dict[str, Any]]
+    risky: bool
+
+    def command(self, values: Mapping[str, str]) -> str:
+        """`haplane runbook run NAME -p ...` with this topology's values where known, else
+        each parameter's example (as `haplane runbook show` prints it)."""
+        args = [f"haplane runbook run {self.name}"]
+        for p in self.parameters:
+            if p.get("required") or p.get("default") is None:
+                value = values.get(p["name"]) or p.get("example") or str(p["name"]).upper()
+                args.append(f"-p {p['name']}={value}")
+        return " ".join(args) + (" --yes" if self.risky else "")
+
+
+def _shipped_runbooks() -> list[_Shipped]:
+    """The runbooks haplane ships (`haplane/runbooks/*.yaml`), as written. (The run layer's
+    `haplane.local.runbook` checks and runs them; this one only reads what they say.)"""
+    out = []
+    for f in sorted(resources.files("haplane.runbooks").iterdir(), key=lambda f: f.name):
+        if f.name.endswith(".yaml"):
+            doc = yaml.safe_load(f.read_text(encoding="utf-8"))
+            out.append(
+                _Shipped(
+                    doc["metadata"]["name"],
+                    " ".join(doc["metadata"].get("description", "").split()),
+                    doc["spec"].get("parameters") or [],
+                    any(s.get("risky") for s in doc["spec"]["steps"]),
+                )
+            )
+    return out
+
+
 def _runbook(topology: Topology) -> list[str]:
     regions = topology.regions()
     priority = topology.region_priority()
@@ -441,6 +482,13 @@ def _runbook(topology: Topology) -> list[str]:
         else "REGION/MEMBER"
     )
     site_name = first_site.name if first_site else "REGION"
+    shipped = _shipped_runbooks()
+    values = {
+        "etcd-member-lost": {"member": member},
+        "region-lost": {"region": active or ""},
+        "regional-etcd-quorum-lost": {"region": standby or ""},
+    }
+    commands = {b.name: b.command(values.get(b.name, {})) for b in shipped}
     out += _entry(
         "One etcd member down",
         [
@@ -454,8 +502,10 @@ def _runbook(topology: Topology) -> list[str]:
             f"Check: {status}; `etcdctl --endpoints {_regional_endpoints(topology, site_name)} "
             "endpoint status -w table` (and `endpoint health`).",
             f"Bring it back: `haplane fault restart {member}` (any member by its status name).",
-            "If its data directory is lost, replace the member: `etcdctl member remove ID`, "
-            "`etcdctl member add NAME --peer-urls ...`, then start it with an empty data dir.",
+            "If its data directory is lost, replace the member: "
+            f"`{commands['etcd-member-lost']}` (checks that every other member is healthy, "
+            f"then `haplane member replace {member}`: removed, added back as a learner on a "
+            "fresh data dir, promoted once caught up).",
         ],
     )
 
@@ -490,7 +540,9 @@ def _runbook(topology: Topology) -> list[str]:
     if standby:
         ops_q.append(
             f"If it is a standby region (e.g. `{standby}`), writes continue in `{active}`; "
-            "restore quorum before the next failover needs it."
+            "restore quorum before the next failover needs it. Lost for good (a majority of "
+            "its data dirs gone): rebuild it from one of its snapshots (`haplane snapshot "
+            f"list`): `{commands['regional-etcd-quorum-lost']}`."
         )
     out += _entry("etcd quorum lost in a region", auto_q, ops_q)
 
@@ -589,6 +641,8 @@ def _runbook(topology: Topology) -> list[str]:
             "haplane:platform-admin adds `--break-glass`. Through a standby region's balancer "
             "when the gate cannot serve: `--region REGION`. Gates move new connections and "
             "close old ones.",
+            f"Once switched: `{commands['region-lost']}` verifies the new region took over "
+            "(a newer epoch, writable) and reports the data loss at the cut.",
             f"When `{active}` comes back it stays a standby (its replicas refuse writes: "
             "another region holds the epoch, and its fence key is set `frozen:` by `haplane "
             "up`, the supervisor or the failover controller before any of its replicas could "
@@ -615,6 +669,8 @@ def _runbook(topology: Topology) -> list[str]:
             "table`.",
             f"Restart stopped members: `haplane fault restart {GLOBAL_SCOPE}/{control[0]}` "
             "(and the others as needed).",
+            f"`{commands['global-etcd-quorum-lost']}` says which members are down, what to do, "
+            "and what haplane refuses to do by itself.",
             f"After quorum returns: {status} and {analyse_cmd} to review what else is exposed.",
         ],
     )
@@ -671,6 +727,21 @@ def _runbook(topology: Topology) -> list[str]:
             f"Review exposure: {analyse_cmd} lists the cut combinations that stop writes.",
         ],
     )
+
+    out += [
+        "### Executable runbooks",
+        "",
+        "Shipped with haplane (`haplane runbook list`, `haplane runbook show NAME`): checks of "
+        "the live status, haplane commands, waits and assertions, journaled step by step in "
+        "`STATE/runbooks/`; `--dry-run` evaluates the checks and prints the commands; `--yes` "
+        "is needed for risky steps.",
+        "",
+        *_table(
+            ("RUNBOOK", "WHAT IT DOES", "RUN"),
+            [(f"`{b.name}`", b.description, f"`{commands[b.name]}`") for b in shipped],
+        ),
+        "",
+    ]
     return out
 
 
