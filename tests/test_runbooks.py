@@ -520,3 +520,98 @@ def test_the_member_runbook_replaces_a_lost_member(
     lines = [json.loads(x) for x in Path(report["journal"]).read_text().splitlines()]
     assert [x["event"] for x in lines][:3] == ["run-start", "step-start", "step-end"]
     assert lines[-1]["report"]["outcome"] == "passed"
+
+
+# ---- the shipped runbooks against status documents of the real shape --------------------------
+
+
+def _real_status(clusters, active=None, history=(), cuts=(), repl=()):  # type: ignore[no-untyped-def]
+    """A `haplane status --json` document built from the real report types (a field renamed
+    in haplane.local.status breaks these tests, not only a live run)."""
+    from haplane.local.status import GlobalReport, StatusReport
+
+    r = StatusReport(
+        "t", "/s", "healthy", "3.4", clusters,
+        global_state=GlobalReport(active, list(history), None, {}),
+        replication=list(repl), cuts=list(cuts),
+    )  # fmt: skip
+    return json.loads(json.dumps(r.as_dict(), default=str))
+
+
+def _cluster(scope: str, down: tuple[int, ...] = (), quorum: bool = True, prefix: str = "etcd"):  # type: ignore[no-untyped-def]
+    from haplane.local.status import ClusterReport, MemberReport
+
+    members = [
+        MemberReport(
+            f"{scope}/{prefix}-{i}",
+            "etcd",
+            "http://x",
+            "running",
+            1,
+            0,
+            member_id=f"{i:x}",
+            healthy=i not in down and quorum,
+        )
+        for i in (1, 2, 3)
+    ]
+    return ClusterReport(f"{scope}/etcd", quorum, None, members)
+
+
+def _active(region: str, epoch: int) -> dict[str, Any]:
+    fields = {"since": "t", "by": "x", "reason": "r", "from": None, "writable": True}
+    return {"region": region, "epoch": epoch, **fields, "grantMs": 1, "marginMs": 1}
+
+
+async def _run_shipped(name: str, params: dict[str, str], docs: list[dict]) -> Any:
+    from haplane.local.runbook import load_shipped
+    from haplane.local.runbook_run import ActionResult, Engine
+
+    seen = {"n": 0}
+    now = {"t": 0.0}
+
+    async def status() -> dict:
+        doc = docs[min(seen["n"], len(docs) - 1)]
+        seen["n"] += 1
+        return doc
+
+    async def act(argv, timeout):  # type: ignore[no-untyped-def]
+        return ActionResult(0, "", "")
+
+    async def sleep(s: float) -> None:
+        now["t"] += s
+
+    engine = Engine(
+        load_shipped(name), params, status=status, act=act, approved=True,
+        clock=lambda: now["t"], sleep=sleep,
+    )  # fmt: skip
+    return await engine.run()
+
+
+async def test_shipped_runbooks_judge_real_status_documents(tmp_path: Path) -> None:
+    from haplane.local.status import ReplicationRow
+
+    whole = [_cluster("eu-west"), _cluster("eu-central"), _cluster("global", prefix="control")]
+    lost = [_cluster("eu-west", down=(3,)), whole[1], whole[2]]
+    report = await _run_shipped(
+        "etcd-member-lost",
+        {"member": "eu-west/etcd-3"},
+        [_real_status(lost)] * 4 + [_real_status(whole)],
+    )
+    assert report.outcome == "passed", report.reason
+    # a restored region still partial never passes the quorum-lost runbook's last wait
+    a1 = _active("eu-west", 1)
+    gone = [whole[0], _cluster("eu-central", quorum=False), whole[2]]
+    partial = ReplicationRow(
+        "eu-central", "Streaming", source="eu-west", report_age=1.0, partial=True
+    )
+    fine = ReplicationRow("eu-central", "Streaming", source="eu-west", report_age=1.0)
+    params = {"region": "eu-central", "snapshot": "s1"}
+    before = [_real_status(gone, a1, [a1])] * 3
+    report = await _run_shipped(
+        "regional-etcd-quorum-lost", params, [*before, _real_status(whole, a1, [a1], [], [partial])]
+    )
+    assert report.outcome == "failed" and report.failed_step == "streaming", report.reason
+    report = await _run_shipped(
+        "regional-etcd-quorum-lost", params, [*before, _real_status(whole, a1, [a1], [], [fine])]
+    )
+    assert report.outcome == "passed", report.reason

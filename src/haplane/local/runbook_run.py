@@ -242,6 +242,11 @@ class Engine:
         except asyncio.CancelledError:
             report.outcome, report.reason = "interrupted", "interrupted (nothing rolled back)"
             raise
+        except Exception as exc:  # a defect or an odd answer: failed, rolled back, never passed
+            report.outcome, report.reason = FAILED, f"the runbook engine failed: {exc!r}"
+            if not self.dry_run:
+                report.rollback = await self._rollback()
+            raise
         finally:
             report.seconds = self._t()
             self._log("run-end", report=report.as_dict())
@@ -334,12 +339,13 @@ class Engine:
             try:
                 doc = await self._status()
                 value = self._eval(step.expr, doc, "until")
-                if value is True:
-                    self._capture(step, doc, result, passing=True)
-                    return
-                last = f"last: {json.dumps(value, default=str)}"
             except _StepFailed as exc:
-                last = f"last: {exc}"
+                value, last = None, f"last: {exc}"
+            else:
+                last = f"last: {json.dumps(value, default=str)}"
+            if value is True:
+                self._capture(step, doc, result, passing=True)  # its failure is the step's
+                return
             if self.clock() >= deadline:
                 said = self._message(step)
                 raise _StepFailed(
@@ -478,11 +484,19 @@ def cli_runner(state: StateDir, progress: Callable[[str], None] = lambda _: None
         err: list[str] = []
 
         async def pump(stream: asyncio.StreamReader | None, into: list[str]) -> None:
+            """Chunks, not lines: a line longer than the reader's limit (compact JSON) must
+            not end the pump and leave the command unsupervised."""
             assert stream is not None
-            async for raw in stream:
-                line = raw.decode(errors="replace")
-                into.append(line)
-                progress(f"    | {line.rstrip()}")
+            pending = ""
+            while chunk := await stream.read(65536):
+                text = pending + chunk.decode(errors="replace")
+                *lines, pending = text.split("\n")
+                for line in lines:
+                    into.append(line + "\n")
+                    progress(f"    | {line.rstrip()}")
+            if pending:
+                into.append(pending)
+                progress(f"    | {pending.rstrip()}")
 
         try:
             await asyncio.wait_for(
@@ -492,7 +506,7 @@ def cli_runner(state: StateDir, progress: Callable[[str], None] = lambda _: None
         except TimeoutError:
             await _stop(proc)
             return ActionResult(124, "".join(out), "".join(err) + f"timed out after {timeout:g} s")
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or anything else: the command never outlives us
             await asyncio.shield(_stop(proc))
             raise
         return ActionResult(proc.returncode or 0, "".join(out), "".join(err))

@@ -146,6 +146,8 @@ class ReplicationRow:
     leader: str | None = None
     report_age: float | None = None  # seconds since the report was written
     last_resync: dict[str, Any] | None = None
+    # its copy is incomplete (a resync, or a restore not caught up): never promoted automatically
+    partial: bool = False
     replicators: list[dict[str, Any]] = field(default_factory=list)  # name, state, pid, restarts
 
 
@@ -298,6 +300,7 @@ async def _replication_report(
             row.leader = rep.leader
             row.report_age = round(rep.age(), 3)
             row.last_resync = rep.last_resync
+            row.partial = rep.partial
         for r in mine:
             proc = processes.get(r.qualified_name, {})
             row.replicators.append(
