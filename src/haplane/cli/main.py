@@ -25,6 +25,7 @@ from haplane.cli import (
     audit,
     backup,
     divergence,
+    drills,
     failback,
     gc,
     gitops,
@@ -1238,6 +1239,7 @@ app.add_typer(member.app, name="member")
 app.add_typer(snapshot.restore_app, name="restore")
 app.add_typer(runbook.app, name="runbook")
 app.command("audit")(audit.audit_cmd)
+app.command("drills")(drills.drills_cmd)
 
 
 export_app = typer.Typer(help="Write configurations for other tools from a topology.")

@@ -218,6 +218,14 @@ class Supervisor:
                     keep_snapshots(self.topology, self.state, emit), name="snapshot schedule"
                 )
             )
+        if self.topology.spec.global_.drills.enabled:
+            from .drill_schedule import keep_drills
+
+            self._tokens.append(
+                asyncio.create_task(
+                    keep_drills(self.topology, self.state, emit), name="drill schedule"
+                )
+            )
         if self.topology.spec.global_.backups.logical.enabled:
             from .backup_schedule import keep_logical_backups
 

@@ -318,6 +318,55 @@ class LogicalSchedule(_Model):
         return duration_seconds(self.every)
 
 
+DrillScenario = Literal[
+    "replica-kill",
+    "etcd-leader-kill",
+    "region-kill",
+    "balancers-pause",
+    "blip",
+    "switchover",
+    "replicator-kill",
+    "restore",
+]
+
+
+DEFAULT_DRILLS: tuple[DrillScenario, ...] = (
+    "replica-kill",
+    "etcd-leader-kill",
+    "switchover",
+    "restore",
+)
+
+
+class DrillSchedule(_Model):
+    """DR drills run by the supervisor (`haplane drill SCENARIO --direct`), one scenario
+    after the other, never while the platform is unhealthy or another operation runs. Off by
+    default: a drill injects real faults."""
+
+    enabled: bool = Field(False, description="Run drills on the schedule.")
+    every: Annotated[str, Field(pattern=_DURATION.pattern)] = Field(
+        "24h", description="How often a drill runs (the next scenario each time), at least 5s."
+    )
+    scenarios: list[DrillScenario] = Field(
+        default_factory=lambda: list(DEFAULT_DRILLS),
+        min_length=1,
+        description="In turn. The defaults fail nothing over (a planned switchover moves "
+        "the active region, and its next run moves it back); scenarios that need `--netns` "
+        "are not offered.",
+    )
+
+    @field_validator("every")
+    @classmethod
+    def _at_least_5s(cls, v: str) -> str:
+        if duration_seconds(v) < 5:
+            raise ValueError("drills at most every 5s")
+        return v
+
+    @property
+    def every_seconds(self) -> int:
+        return duration_seconds(self.every)
+
+
 class Backups(_Model):
     snapshots: SnapshotSchedule = Field(default_factory=SnapshotSchedule)
     logical: LogicalSchedule = Field(default_factory=LogicalSchedule)
@@ -337,6 +386,9 @@ class Global(_Model):
     backups: Backups = Field(
         default_factory=Backups,
         description="Snapshots of every etcd cluster on a schedule, with retention.",
+    )
+    drills: DrillSchedule = Field(
+        default_factory=DrillSchedule, description="DR drills on a schedule (off by default)."
     )
 
 

@@ -1,0 +1,95 @@
+"""`haplane drills`: the history of drill runs read from STATE/drills (fault drills'
+reports as `haplane.dr.report` writes them, restore drills' as `haplane.local.restore_drill`
+does), their verdicts (the same `verdict` a drill's exit code follows), RTO and lost
+writes, and the per-scenario trend; and the topology's drill schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from haplane.dr.report import DrillResult, render_json
+from haplane.local.drill_schedule import history, trends
+from haplane.local.state_dir import StateDir
+
+
+def _fault(scenario: str, gap: float, errors: int = 0) -> DrillResult:
+    return DrillResult(
+        scenario=scenario,
+        phases={},
+        write_gaps=(),
+        read_gaps=(),
+        longest_write_gap=gap,
+        longest_read_gap=0.0,
+        errors_by_kind={},
+        lost_writes=(),
+        epoch_order_violations=tuple(f"violation {i}" for i in range(errors)),
+        ops_total={"write": 10},
+        ops_ok={"write": 10},
+        regions=("eu-west",),
+        epochs=(1,),
+        server_writes=10,
+    )
+
+
+def _write(state: StateDir, name: str, text: str, mtime: float) -> None:
+    path = state.root / "drills" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.utime(path, (mtime, mtime))
+
+
+def test_history_reads_fault_and_restore_drills_with_verdicts_and_trends(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    base = 1_800_000_000.0
+    for i, gap in enumerate([1.0, 2.0, 3.0, 4.0, 5.0, 0.5, 0.5, 0.5, 0.5, 0.5]):
+        _write(state, f"replica-kill-{i}.json", render_json(_fault("replica-kill", gap)), base + i)
+    _write(state, "blip-x.json", render_json(_fault("blip", 0.2, errors=1)), base + 20)
+    restore = {
+        "scenario": "restore",
+        "started": "2027-01-15T08:00:00+00:00",
+        "passed": True,
+        "problems": [],
+        "restore": {"rto_seconds": 3.4},
+    }
+    _write(state, "restore-x.json", json.dumps(restore), base)
+    _write(state, "broken.json", "{not json", base)
+    runs = history(state)
+    assert [r.scenario for r in runs].count("replica-kill") == 10
+    blip = next(r for r in runs if r.scenario == "blip")
+    assert not blip.passed and "violation 0" in blip.detail  # the drill's own verdict
+    t = trends(runs)
+    assert t["replica-kill"]["rto_median_recent"] == 0.5
+    assert t["replica-kill"]["rto_median_before"] == 3.0
+    assert t["restore"]["last"]["rto_seconds"] == 3.4 and t["restore"]["passed"] == 1
+    assert t["blip"]["passed"] == 0
+
+
+def test_the_cli_lists_them_and_exits_1_when_a_latest_run_failed(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    _write(state, "blip-x.json", render_json(_fault("blip", 0.2, errors=1)), 1_800_000_000.0)
+    run = subprocess.run(
+        [sys.executable, "-m", "haplane.cli", "drills", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1 and "FAILED" in run.stdout and "blip" in run.stderr, run
+
+
+def test_the_schedule_is_off_by_default_and_names_only_known_scenarios() -> None:
+    from pydantic import ValidationError
+
+    from haplane.topology.model import DrillSchedule
+
+    assert DrillSchedule().enabled is False
+    assert DrillSchedule().scenarios[-1] == "restore"
+    with pytest.raises(ValidationError):
+        DrillSchedule(scenarios=["partition"])  # needs --netns: not offered
+    with pytest.raises(ValidationError):
+        DrillSchedule(every="1s")
