@@ -260,7 +260,32 @@ class Replication(_Model):
     )
 
 
-class SnapshotSchedule(_Model):
+def duration_seconds(text: str) -> int:
+    """`30s`, `5m`, `1h` in seconds."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h)")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+class _Periodic(_Model):
+    """Something done every `every` (a duration, at least 5 s)."""
+
+    every: str
+
+    @field_validator("every")
+    @classmethod
+    def _at_least_5s(cls, v: str) -> str:
+        if duration_seconds(v) < 5:
+            raise ValueError("at most every 5s (each run costs the platform work)")
+        return v
+
+    @property
+    def every_seconds(self) -> int:
+        return duration_seconds(self.every)
+
+
+class SnapshotSchedule(_Periodic):
     """Physical snapshots of every etcd cluster (each region's and the global control etcd)
     taken by the supervisor on a schedule into STATE/snapshots, then pruned."""
 
@@ -275,27 +300,8 @@ class SnapshotSchedule(_Model):
         7, ge=0, le=10_000, description="Keep the newest snapshot of each of this many days."
     )
 
-    @field_validator("every")
-    @classmethod
-    def _at_least_5s(cls, v: str) -> str:
-        if duration_seconds(v) < 5:
-            raise ValueError("snapshots at most every 5s (each streams a whole database)")
-        return v
 
-    @property
-    def every_seconds(self) -> int:
-        return duration_seconds(self.every)
-
-
-def duration_seconds(text: str) -> int:
-    """`30s`, `5m`, `1h` in seconds."""
-    m = _DURATION.match(text)
-    if m is None:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h)")
-    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
-
-
-class LogicalSchedule(_Model):
+class LogicalSchedule(_Periodic):
     """Logical backups (`haplane backup create`) of the whole platform taken by the
     supervisor through the API as haplane-admin into STATE/backups/logical, named
     `scheduled-<UTC time>`; the oldest beyond `keep` are deleted."""
@@ -305,17 +311,6 @@ class LogicalSchedule(_Model):
         "1h", description="How often, e.g. 30m, 1h (at least 5s)."
     )
     keep: int = Field(24, ge=1, le=10_000, description="How many scheduled backups to keep.")
-
-    @field_validator("every")
-    @classmethod
-    def _at_least_5s(cls, v: str) -> str:
-        if duration_seconds(v) < 5:
-            raise ValueError("logical backups at most every 5s")
-        return v
-
-    @property
-    def every_seconds(self) -> int:
-        return duration_seconds(self.every)
 
 
 DrillScenario = Literal[
@@ -338,7 +333,7 @@ DEFAULT_DRILLS: tuple[DrillScenario, ...] = (
 )
 
 
-class DrillSchedule(_Model):
+class DrillSchedule(_Periodic):
     """DR drills run by the supervisor (`haplane drill SCENARIO --direct`), one scenario
     after the other, never while the platform is unhealthy or another operation runs. Off by
     default: a drill injects real faults."""
@@ -354,17 +349,6 @@ class DrillSchedule(_Model):
         "the active region, and its next run moves it back); scenarios that need `--netns` "
         "are not offered.",
     )
-
-    @field_validator("every")
-    @classmethod
-    def _at_least_5s(cls, v: str) -> str:
-        if duration_seconds(v) < 5:
-            raise ValueError("drills at most every 5s")
-        return v
-
-    @property
-    def every_seconds(self) -> int:
-        return duration_seconds(self.every)
 
 
 class Backups(_Model):
