@@ -222,9 +222,21 @@ def _write(url: str, name: str, ctx: ssl.SSLContext | None) -> tuple[int, dict[s
 def test_global_control_quorum_loss_fences_the_active_region(topo: Path) -> None:
     """Safety first: nobody can renew the grant, so the active region stops writing within
     grant - margin; writes come back when the control etcd does."""
-    doc = status(topo)
+    # a replica that is up (an earlier drill of this module may have just restarted one)
+    doc = wait_for(
+        lambda: (
+            (d := status(topo))
+            and any(
+                r["ready"]
+                for r in d["replicas"]
+                if r["name"].startswith(f"{d['global_state']['active']['region']}/")
+            )
+            and d
+        ),
+        timeout=30,
+    )
     active = doc["global_state"]["active"]["region"]
-    replica = next(r for r in doc["replicas"] if r["name"].startswith(f"{active}/"))
+    replica = next(r for r in doc["replicas"] if r["name"].startswith(f"{active}/") and r["ready"])
     controls = [
         m["name"] for c in doc["clusters"] if c["name"] == "global/etcd" for m in c["members"]
     ]
