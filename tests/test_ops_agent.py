@@ -215,7 +215,9 @@ async def test_a_stopped_primitive_is_interrupted_then_killed():
     from haplane.local import ops_agent
 
     t0 = time.monotonic()
-    code, _, err = await ops_agent._run([sys.executable, "-c", "import time; time.sleep(60)"], 0.5)
+    code, _, err = await ops_agent.run_primitive(
+        [sys.executable, "-c", "import time; time.sleep(60)"], 0.5
+    )
     assert code == 124 and "timed out" in err
     assert time.monotonic() - t0 < 5.0  # SIGINT ended it: no 30 s wait for SIGKILL
     # one that ignores SIGINT is killed after the grace
@@ -223,7 +225,7 @@ async def test_a_stopped_primitive_is_interrupted_then_killed():
     try:
         script = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
         t0 = time.monotonic()
-        code, _, _ = await ops_agent._run([sys.executable, "-c", script], 0.5)
+        code, _, _ = await ops_agent.run_primitive([sys.executable, "-c", script], 0.5)
         assert code == 124 and time.monotonic() - t0 < 5.0
     finally:
         ops_agent.UNDO_GRACE = grace

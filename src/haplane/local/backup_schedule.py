@@ -20,6 +20,7 @@ from pathlib import Path
 
 from haplane.topology import Topology
 
+from .ops_agent import run_primitive
 from .state_dir import StateDir
 
 PREFIX = "scheduled-"
@@ -69,22 +70,10 @@ async def keep_logical_backups(
         name = f"{PREFIX}{datetime.fromtimestamp(clock(), UTC):%Y%m%dt%H%M%Sz}"
         argv = [sys.executable, "-m", "haplane.cli", "backup", "create", name,
                 "--state-dir", str(state.root)]  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            out, err = b"", b"timed out"
-        except asyncio.CancelledError:
-            proc.kill()
-            await proc.wait()
-            raise
-        if proc.returncode != 0:
+        code, out, err = await run_primitive(argv, RUN_TIMEOUT)
+        if code != 0:
             failed_at = clock()
-            lines = (err or out).decode(errors="replace").strip().splitlines()
+            lines = (err or out).strip().splitlines()
             emit("backup-failed", {"name": name, "error": lines[-1] if lines else "failed"})
             continue
         failed_at = None

@@ -25,6 +25,7 @@ from typing import Any
 
 from haplane.topology import Topology
 
+from .ops_agent import run_primitive
 from .state_dir import StateDir
 
 RETRY_AFTER = 60.0  # seconds, after a skipped run (unhealthy, or another operation)
@@ -178,28 +179,8 @@ async def keep_drills(
         argv = [sys.executable, "-m", "haplane.cli", "drill", scenario, "--direct", "--json",
                 "--state-dir", str(state.root)]  # fmt: skip
         t0 = clock()
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            _, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
-        except TimeoutError:
-            proc.send_signal(2)  # SIGINT: a drill undoes its fault in its `finally`
-            try:
-                await asyncio.wait_for(proc.wait(), 30.0)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-            err = b"timed out"
-        except asyncio.CancelledError:
-            proc.send_signal(2)
-            try:
-                await asyncio.wait_for(proc.wait(), 30.0)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-            raise
-        lines = err.decode(errors="replace").strip().splitlines()
+        code, _, err = await run_primitive(argv, RUN_TIMEOUT)
+        lines = err.strip().splitlines()
         report = next(
             (ln[len("reports: ") :].split()[0] for ln in lines if ln.startswith("reports: ")), ""
         )
@@ -207,7 +188,7 @@ async def keep_drills(
             "scenario": scenario,
             "time": t0,
             "started": datetime.fromtimestamp(t0, UTC).isoformat(timespec="seconds"),
-            "passed": proc.returncode == 0,
+            "passed": code == 0,
             "report": report,
             "said": lines[-1] if lines else "",
         }

@@ -91,7 +91,7 @@ class OpsAgent:
         self.component_kind = component_kind  # None: not a component of this host
         self.name = f"agent:{host or socket.gethostname()}"
         self._recovered = False
-        self._run = run or _run  # runs a primitive: (exit code, stdout, stderr)
+        self._run = run or run_primitive  # runs a primitive: (exit code, stdout, stderr)
 
     async def run(self) -> None:
         while True:
@@ -228,8 +228,9 @@ class OpsAgent:
         return [*argv, *tail], timeout
 
 
-async def _run(argv: list[str], timeout: float) -> tuple[int, str, str]:
-    """Run a primitive in its own session. Stopped (a timeout, or the supervisor stopping):
+async def run_primitive(argv: list[str], timeout: float) -> tuple[int, str, str]:
+    """Run a primitive (a haplane command) in its own session; the agent's, and the
+    supervisor's schedules'. Stopped (a timeout, or the supervisor stopping):
     SIGINT first, so that a drill undoes its fault (its `finally`), then SIGKILL to the
     whole group after `UNDO_GRACE`; never left running behind the supervisor."""
     proc = await asyncio.create_subprocess_exec(
@@ -242,15 +243,17 @@ async def _run(argv: list[str], timeout: float) -> tuple[int, str, str]:
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
-        await _stop(proc)
+        await stop_primitive(proc)
         return 124, "", f"timed out after {timeout:g}s (stopped)"
     except asyncio.CancelledError:
-        await asyncio.shield(_stop(proc))
+        await asyncio.shield(stop_primitive(proc))
         raise
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
+async def stop_primitive(proc: asyncio.subprocess.Process) -> None:
+    """SIGINT to its session, then SIGKILL after UNDO_GRACE (it was started with
+    `start_new_session`)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGINT)
     try:

@@ -469,7 +469,7 @@ def cli_runner(state: StateDir, progress: Callable[[str], None] = lambda _: None
     """A `[haplane, ...]` command run as `python -m haplane.cli ... --state-dir STATE`, in its
     own session; each line it prints passed to `progress` as it comes. Stopped (its timeout,
     or the run interrupted) as the ops agent stops its primitives: SIGINT, then SIGKILL."""
-    from .ops_agent import _stop
+    from .ops_agent import stop_primitive
 
     async def run(argv: list[str], timeout: float) -> ActionResult:
         full = [sys.executable, "-m", "haplane.cli", *argv[1:], "--state-dir", str(state.root)]
@@ -504,10 +504,10 @@ def cli_runner(state: StateDir, progress: Callable[[str], None] = lambda _: None
                 timeout,
             )
         except TimeoutError:
-            await _stop(proc)
+            await stop_primitive(proc)
             return ActionResult(124, "".join(out), "".join(err) + f"timed out after {timeout:g} s")
         except BaseException:  # cancelled, or anything else: the command never outlives us
-            await asyncio.shield(_stop(proc))
+            await asyncio.shield(stop_primitive(proc))
             raise
         return ActionResult(proc.returncode or 0, "".join(out), "".join(err))
 
