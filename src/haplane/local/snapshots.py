@@ -37,6 +37,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
+
 from haplane import __version__
 from haplane.store import (
     FENCE_KEY,
@@ -291,18 +293,8 @@ async def _stop(ctl: ControlClient, name: str) -> None:
         return
     answer = await ctl.fault("kill", name)
     pid = answer.get("pid")
-    if pid is not None and _alive(int(pid)):
+    if pid is not None and psutil.pid_exists(int(pid)):
         raise SnapshotError(f"{name} (pid {pid}) does not stop: nothing was swapped")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def _swap(
