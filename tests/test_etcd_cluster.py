@@ -263,3 +263,39 @@ async def test_watch_on_a_hung_member_moves_to_another(disposable_cluster: EtcdC
         finally:
             await cluster.processes[cluster.names[0]].fault("resume")
         assert received[-1] == b"/hang/after"
+
+
+async def test_a_watch_resumed_on_another_cluster_raises_cluster_replaced(tmp_path):
+    """A watch whose member went away and whose next endpoint is another cluster (as a
+    control etcd restored from a snapshot is: same addresses, a new cluster id) must not go
+    on from its revision there: the caller is told to relist."""
+    from haplane.store import EtcdClusterReplaced, EtcdCompacted
+
+    first = EtcdCluster(tmp_path / "a", size=1, scope="a")
+    second = EtcdCluster(tmp_path / "b", size=1, scope="b")
+    await first.start()
+    await second.start()
+    try:
+        async with (
+            EtcdClient(first.endpoints + second.endpoints, timeout=0.5) as c,
+            first.client() as a,
+        ):
+            rev = await a.put(b"/k", b"1")
+            seen: list[bytes] = []
+            began = asyncio.Event()
+
+            async def follow() -> None:
+                async for batch in c.watch(b"/k", start_revision=rev):
+                    seen.extend(e.kv.value for e in batch.events)
+                    began.set()
+
+            task = asyncio.create_task(follow())
+            await asyncio.wait_for(began.wait(), 10)
+            await first.stop()
+            with pytest.raises(EtcdClusterReplaced) as caught:
+                await asyncio.wait_for(task, 30)
+            assert isinstance(caught.value, EtcdCompacted)  # callers that relist on it do here
+            assert seen == [b"1"] and "relist" in str(caught.value)
+    finally:
+        await first.stop()
+        await second.stop()

@@ -263,3 +263,31 @@ async def test_a_restore_is_refused_for_the_active_region_a_later_epoch_and_the_
                 await _check_not_needed(c, "eu-central", replace(meta, epoch=1))
     finally:
         await control.stop()
+
+
+def test_the_restored_global_record_names_the_region_the_fence_keys_show_active_last():
+    from haplane.local.restore_global import choose_region
+    from haplane.store.fence_key import FenceValue
+
+    a, f, s = FenceValue.active, FenceValue.frozen, FenceValue.standby
+    # a failover after the snapshot: the keys, not the snapshot's record, say where data is
+    assert choose_region({"west": f("west", 3), "central": a("central", 4)}, "west") == (
+        "central",
+        4,
+    )
+    # mid-switchover: the old region frozen at the top epoch wrote nothing since
+    assert choose_region({"west": f("west", 4), "central": s("west", 4)}, "central") == (
+        "west",
+        4,
+    )
+    # only standbys answer at the top epoch (the active one's key lost): their source
+    assert choose_region({"west": None, "central": s("west", 5), "x": s("west", 2)}, "x") == (
+        "west",
+        5,
+    )
+    # an older active key loses to a newer epoch
+    assert choose_region({"west": a("west", 2), "central": s("central", 3)}, "west") == (
+        "central",
+        3,
+    )
+    assert choose_region({"west": None}, "west") == ("west", 0)

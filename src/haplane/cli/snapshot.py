@@ -1,5 +1,6 @@
-"""`haplane snapshot save|list|describe|verify|prune` and `haplane restore region`: physical
-snapshots of a running topology's etcd clusters, and rebuilding a standby region from one.
+"""`haplane snapshot save|list|describe|verify|prune` and `haplane restore region|global`:
+physical snapshots of a running topology's etcd clusters, and rebuilding a standby region or
+the global control etcd from one.
 
 Layer: run (cli). Local primitives, as `haplane fault` is: they need the state dir (its
 operator certificates and the supervisor's socket), not the API. The work is
@@ -11,9 +12,10 @@ Import-light: typer only at import; the rest inside the commands.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -27,8 +29,12 @@ app = typer.Typer(
     help="Physical snapshots of each region's etcd and of the global control etcd.",
     no_args_is_help=True,
 )
-restore_app = typer.Typer(help="Rebuild a region's etcd from a snapshot.", no_args_is_help=True)
+restore_app = typer.Typer(
+    help="Rebuild a region's etcd, or the global control etcd, from a snapshot.",
+    no_args_is_help=True,
+)
 
+T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of text.")]
 IdArg = Annotated[str, typer.Argument(help="The snapshot's id (`haplane snapshot list`).")]
 
@@ -179,13 +185,37 @@ def prune_cmd(
     typer.echo(f"{len(metas) - len(gone)} kept")
 
 
+YesOpt = Annotated[bool, typer.Option("--yes", help="Do it: without, only the checks run.")]
+
+
+def _restore(
+    run: Callable[[StateDir, Topology], Coroutine[object, object, T]], state_dir: Path | None
+) -> T:
+    """A restore's report; refused (nothing changed) or failed (its steps, printed, say what
+    was put back): said, exit 1."""
+    import asyncio
+
+    from haplane.local.snapshots import RestoreRefused
+
+    state = _state(state_dir)
+    topology = _started(state)
+    try:
+        return asyncio.run(run(state, topology))
+    except RestoreRefused as exc:
+        raise _fail(f"refused: {exc}") from None
+    except Exception as exc:
+        raise _fail(f"restore failed: {exc}") from None
+
+
+def _progress(text: str) -> None:
+    typer.echo(text, err=True)
+
+
 @restore_app.command("region")
 def restore_region_cmd(
     region: Annotated[str, typer.Argument(help="The region to rebuild (a standby).")],
     snapshot: Annotated[str, typer.Option("--snapshot", help="The snapshot's id.")],
-    yes: Annotated[
-        bool, typer.Option("--yes", help="Do it: without, only the checks run.")
-    ] = False,
+    yes: YesOpt = False,
     as_json: JsonOpt = False,
     state_dir: StateDirOpt = None,
 ) -> None:
@@ -193,38 +223,62 @@ def restore_region_cmd(
     the same file under a new cluster token (a new cluster identity: versions clients saw
     before get 410/409), the region's processes restarted, and its replicators catching up
     from where the snapshot left them. The active region is refused."""
-    import asyncio
+    from haplane.local.snapshots import restore_region
 
-    from haplane.local.snapshots import RestoreRefused, restore_region
-
-    state = _state(state_dir)
-    topology = _started(state)
-    try:
-        report = asyncio.run(
-            restore_region(
-                topology,
-                state,
-                region,
-                snapshot,
-                progress=lambda t: typer.echo(t, err=True),
-                check_only=not yes,
-            )
-        )
-    except RestoreRefused as exc:
-        raise _fail(f"refused: {exc}") from None
-    except Exception as exc:  # the steps printed say what was put back
-        raise _fail(f"restore failed: {exc}") from None
+    report = _restore(
+        lambda state, topology: restore_region(
+            topology, state, region, snapshot, progress=_progress, check_only=not yes
+        ),
+        state_dir,
+    )
     if not yes:
         typer.echo(
             f"{snapshot}: every check passed; run again with --yes to stop {region}'s "
             "processes and rebuild its etcd from it"
         )
-        return
-    if as_json:
+    elif as_json:
         typer.echo(json.dumps(asdict(report), indent=2))
-        return
-    typer.echo(
-        f"{region} restored from {report.snapshot} (revision {report.revision}) in "
-        f"{report.seconds:.1f} s: cluster {report.old_cluster_id or '?'} -> "
-        f"{report.new_cluster_id}; old data dirs kept in {', '.join(report.kept) or '-'}"
+    else:
+        typer.echo(
+            f"{region} restored from {report.snapshot} (revision {report.revision}) in "
+            f"{report.seconds:.1f} s: cluster {report.old_cluster_id or '?'} -> "
+            f"{report.new_cluster_id}; old data dirs kept in {', '.join(report.kept) or '-'}"
+        )
+
+
+@restore_app.command("global")
+def restore_global_cmd(
+    snapshot: Annotated[str, typer.Option("--snapshot", help="The snapshot's id.")],
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Rebuild the global control etcd from one of its snapshots, under a new epoch above
+    every epoch the snapshot, the fence keys and the live record know (gates and replicas
+    never see an epoch go back), fenced until the fence wait has passed. Every region's etcd
+    must answer. Operations unfinished in the snapshot are marked Failed."""
+    from haplane.local.restore_global import restore_global
+
+    report = _restore(
+        lambda state, topology: restore_global(
+            topology, state, snapshot, progress=_progress, check_only=not yes
+        ),
+        state_dir,
     )
+    if not yes:
+        typer.echo(
+            f"{snapshot}: every check passed; it would come back with {report.region} active "
+            f"under epoch {report.epoch}. Run again with --yes to stop the global control "
+            "etcd's members and rebuild it"
+        )
+    elif as_json:
+        typer.echo(json.dumps(asdict(report), indent=2))
+    else:
+        typer.echo(
+            f"the global control etcd restored from {report.snapshot} in {report.seconds:.1f} s "
+            f"(unanswered for {report.outage_seconds:.1f} s): {report.region} active under "
+            f"epoch {report.epoch}{'' if report.unfenced else ' (still fenced)'}; old data dirs "
+            f"kept in {', '.join(report.kept) or '-'}"
+        )
+    for w in report.warnings:
+        typer.echo(f"warning: {w}", err=True)

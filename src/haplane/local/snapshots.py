@@ -93,7 +93,7 @@ def snapshot_store(state: StateDir) -> DirectoryStore:
     return DirectoryStore(root)
 
 
-def _cluster(plan: TopologyPlan, scope: str) -> ClusterPlan:
+def cluster_of(plan: TopologyPlan, scope: str) -> ClusterPlan:
     for c in plan.clusters:
         if c.view.scope == scope:
             return c
@@ -124,7 +124,7 @@ async def save(
     region's with its fence key as it was (read before and after the stream: "" if it
     changed meanwhile, or could not be read)."""
     plan = plan_of(topology, state)
-    cluster = _cluster(plan, scope)
+    cluster = cluster_of(plan, scope)
     async with cluster.client(timeout=2.0) as client:
         before = await _fence_of(client) if scope != GLOBAL_SCOPE else ""
         meta = await take(
@@ -211,7 +211,7 @@ async def restore_region(
         raise RestoreRefused("the global control etcd cannot be restored by haplane yet")
     plan = plan_of(topology, state)
     try:
-        cluster = _cluster(plan, region)
+        cluster = cluster_of(plan, region)
         meta = await asyncio.to_thread(
             verify, snapshot_store(state), snapshot_id, topology=identity(state), scope=region
         )
@@ -285,7 +285,76 @@ async def _restore(
         await control.close()
 
 
-async def _stop(ctl: ControlClient, name: str) -> None:
+class DataDirSwap:
+    """A cluster's data dirs replaced by ones restored from a snapshot file: made beside the
+    old ones (`stage`), swapped in (`swap`: the old ones kept as `NAME.before-restore-STAMP`),
+    and put back on a failure (`undo`), each rename undone as it was made."""
+
+    def __init__(self, state: StateDir, cluster: ClusterPlan, stamp: str) -> None:
+        self.cluster = cluster
+        self.members = [(m, state.data_dir(m.qualified_name)) for m in cluster.view.members]
+        self.staged = {
+            m.qualified_name: d.with_name(f"{d.name}.restore-{stamp}") for m, d in self.members
+        }
+        self.kept = {
+            m.qualified_name: d.with_name(f"{d.name}.before-restore-{stamp}")
+            for m, d in self.members
+        }
+        self.moved_old: list[str] = []  # data dirs moved to `kept`
+        self.moved_new: list[str] = []  # staged dirs moved into place
+
+    @property
+    def names(self) -> list[str]:
+        """The members' qualified names (their processes')."""
+        return [m.qualified_name for m, _ in self.members]
+
+    def stage(self, file: Path, token: str) -> None:
+        """`etcdctl snapshot restore` of `file` beside every member's data dir, under the
+        cluster token `token` (SnapshotError: none is left made)."""
+        restore_data_dirs(
+            file,
+            [
+                RestoreMember(
+                    etcd_member_name(m),
+                    self.cluster.addresses[m.qualified_name].peer_url,
+                    self.staged[m.qualified_name],
+                )
+                for m, _ in self.members
+            ],
+            token,
+        )
+
+    def swap(self) -> None:
+        for m, d in self.members:
+            q = m.qualified_name
+            if d.exists():
+                os.replace(d, self.kept[q])
+                self.moved_old.append(q)
+            os.replace(self.staged[q], d)
+            self.moved_new.append(q)
+
+    def undo(self, step: Callable[[str], None]) -> None:
+        """What `swap` did, undone; what could not be is said, never hidden."""
+        dirs = {m.qualified_name: d for m, d in self.members}
+        for q in self.moved_new:
+            with contextlib.suppress(OSError):
+                os.replace(dirs[q], self.staged[q])
+        for q in self.moved_old:
+            try:
+                os.replace(self.kept[q], dirs[q])
+            except OSError as exc:
+                step(f"could NOT put back {self.kept[q]}: {exc}")
+
+    def clean(self) -> None:
+        for d in self.staged.values():
+            shutil.rmtree(d, ignore_errors=True)
+
+    @property
+    def kept_dirs(self) -> list[str]:
+        return [str(self.kept[q]) for q in self.moved_old]
+
+
+async def stop_for_sure(ctl: ControlClient, name: str) -> None:
     """Stopped for sure: SIGTERM, then SIGKILL when it still runs (a data dir is swapped
     next: nothing may still write into it)."""
     answer = await ctl.fault("term", name)
@@ -318,37 +387,21 @@ async def _swap(
         progress(text)
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    members = [(m, state.data_dir(m.qualified_name)) for m in cluster.view.members]
-    staged = {m.qualified_name: d.with_name(f"{d.name}.restore-{stamp}") for m, d in members}
-    kept = {m.qualified_name: d.with_name(f"{d.name}.before-restore-{stamp}") for m, d in members}
+    dirs = DataDirSwap(state, cluster, stamp)
     token = f"haplane-{state.root.name}-{region}-restore-{stamp}"
     try:
-        await asyncio.to_thread(
-            restore_data_dirs,
-            snapshot_store(state).path(meta.id),
-            [
-                RestoreMember(
-                    etcd_member_name(m),
-                    cluster.addresses[m.qualified_name].peer_url,
-                    staged[m.qualified_name],
-                )
-                for m, _ in members
-            ],
-            token,
-        )
+        await asyncio.to_thread(dirs.stage, snapshot_store(state).path(meta.id), token)
     except SnapshotError as exc:
         raise RestoreRefused(f"etcdctl could not restore {meta.id}: {exc}") from None
-    step(f"restored {meta.id} into {len(members)} new data dirs (token {token})")
+    step(f"restored {meta.id} into {len(dirs.members)} new data dirs (token {token})")
 
     writers = [r.qualified_name for r in plan.replicators if r.region == region]
     replicas = [r.qualified_name for r in plan.replicas if r.region == region]
-    etcd = [m.qualified_name for m, _ in members]
+    etcd = dirs.names
     stopped: list[str] = []
-    moved_old: list[str] = []  # data dirs moved to `kept`
-    moved_new: list[str] = []  # staged dirs moved into place
     try:
         for name in writers:
-            await _stop(ctl, name)
+            await stop_for_sure(ctl, name)
             stopped.append(name)
         # until its replicators say otherwise, the region counts as a partial copy: never
         # chosen by automatic failover while it goes back to the snapshot and catches up
@@ -362,27 +415,21 @@ async def _swap(
             timeout=2.0,
         )  # fmt: skip
         record, _ = await _check_not_needed(control, region, meta)  # again: it may have moved
-        source = _cluster(plan, record.region)
+        source = cluster_of(plan, record.region)
         async with source.client(timeout=2.0) as src:
             _, report.catch_up_to, _ = await src.range_page(b"\0", b"\0", limit=1)
         step(f"stopped {', '.join(writers)}; {region} reported partial until it applied "
              f"{record.region} up to revision {report.catch_up_to}")  # fmt: skip
         for name in replicas + etcd:
-            await _stop(ctl, name)
+            await stop_for_sure(ctl, name)
             stopped.append(name)
         step(f"stopped {', '.join(replicas + etcd)}")
-        for m, d in members:
-            q = m.qualified_name
-            if d.exists():
-                os.replace(d, kept[q])
-                moved_old.append(q)
-            os.replace(staged[q], d)
-            moved_new.append(q)
+        dirs.swap()
         step("swapped the data dirs")
         for name in etcd:
             await ctl.fault("restart", name)
         async with cluster.client(timeout=2.0) as client:
-            await _await_ready(client, cluster.endpoints, ready_timeout)
+            await await_ready(client, cluster.endpoints, ready_timeout)
             report.new_cluster_id = f"{await client.cluster_id():016x}"
             # a standby of the active region, and partial until caught up
             await client.put(
@@ -405,38 +452,22 @@ async def _swap(
         step(f"started {', '.join(writers + replicas)}")
     except BaseException:
         step("failed: putting the old data dirs back")
-        await _roll_back(ctl, state, stopped, etcd, moved_old, moved_new, kept, staged, step)
+        await roll_back(ctl, dirs, stopped, step)
         raise
     finally:
-        for d in staged.values():
-            shutil.rmtree(d, ignore_errors=True)
+        dirs.clean()
     report.seconds = round(time.monotonic() - started, 3)
-    report.kept = [str(kept[q]) for q in moved_old]
+    report.kept = dirs.kept_dirs
 
 
-async def _roll_back(
-    ctl: ControlClient,
-    state: StateDir,
-    stopped: list[str],
-    etcd: list[str],
-    moved_old: list[str],
-    moved_new: list[str],
-    kept: dict[str, Path],
-    staged: dict[str, Path],
-    step: Callable[[str], None],
+async def roll_back(
+    ctl: ControlClient, dirs: DataDirSwap, stopped: list[str], step: Callable[[str], None]
 ) -> None:
-    """Each rename undone as it was made; what could not be is said, never hidden."""
-    for name in etcd:
+    """The members stopped, the data dirs put back, everything stopped started again."""
+    for name in dirs.names:
         with contextlib.suppress(ControlError, SnapshotError):
-            await _stop(ctl, name)
-    for q in moved_new:
-        with contextlib.suppress(OSError):
-            os.replace(state.data_dir(q), staged[q])
-    for q in moved_old:
-        try:
-            os.replace(kept[q], state.data_dir(q))
-        except OSError as exc:
-            step(f"could NOT put back {kept[q]}: {exc}")
+            await stop_for_sure(ctl, name)
+    dirs.undo(step)
     for name in stopped:
         try:
             await ctl.fault("restart", name)
@@ -444,7 +475,7 @@ async def _roll_back(
             step(f"could NOT start {name} again: {exc}")
 
 
-async def _await_ready(client: EtcdClient, endpoints: list[str], timeout: float) -> None:
+async def await_ready(client: EtcdClient, endpoints: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not await cluster_ready(client, endpoints):
         if time.monotonic() > deadline:

@@ -5,6 +5,7 @@ May use the model layer (`haplane.topology`); knows nothing of processes, HTTP o
 
 from .clock import boottime
 from .errors import (
+    EtcdClusterReplaced,
     EtcdCompacted,
     EtcdError,
     EtcdNoQuorum,
@@ -80,6 +81,7 @@ __all__ = [
     "EtcdBinary",
     "EtcdBinaryError",
     "EtcdClient",
+    "EtcdClusterReplaced",
     "EtcdCompacted",
     "EtcdError",
     "EtcdNoQuorum",

@@ -9,6 +9,8 @@ EtcdError
  ├── EtcdOutcomeUnknown     a write was sent and no answer came (deadline, connection lost):
  │                          it may have been applied; never retry it blindly
  ├── EtcdCompacted          the requested revision was compacted away
+ │    └── EtcdClusterReplaced  a watch resumed on another cluster (a restore from a
+ │                          snapshot): its revisions mean nothing there; relist
  └── EtcdRejected           etcd refused the request (too large, no space, bad request)
 """
 
@@ -40,6 +42,16 @@ class EtcdCompacted(EtcdError):
     def __init__(self, message: str, compact_revision: int):
         super().__init__(message)
         self.compact_revision = compact_revision
+
+
+class EtcdClusterReplaced(EtcdCompacted):
+    """A watch resumed on a member of another cluster than it began on (a new cluster id: the
+    cluster was restored from a snapshot). Its revisions are another history's: a watch from
+    one may wait for revisions that never come, or skip the new cluster's. Like a compaction,
+    the caller relists and watches again."""
+
+    def __init__(self, message: str):
+        super().__init__(message, compact_revision=0)
 
 
 class EtcdRejected(EtcdError):

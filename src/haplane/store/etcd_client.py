@@ -38,6 +38,7 @@ from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
 
 from .clock import boottime
 from .errors import (
+    EtcdClusterReplaced,
     EtcdCompacted,
     EtcdError,
     EtcdNoQuorum,
@@ -590,7 +591,9 @@ class EtcdClient:
         When the member serving the watch fails or loses its leader, the watch resumes on
         another member from the revision after the last one delivered, so no event is lost or
         repeated. A start revision that was compacted raises `EtcdCompacted` (relist, then watch
-        from the list's revision). If no member accepts the watch within `connect_timeout`
+        from the list's revision); so does resuming on a member of another cluster than the
+        watch began on (`EtcdClusterReplaced`: restored from a snapshot, its revisions are
+        another history's). If no member accepts the watch within `connect_timeout`
         (default: the client timeout x 4), raises `EtcdUnavailable`. `range_end` (instead of
         `prefix`) watches `[key, range_end)`; `b"\\0"` with key `b"\\0"`: every key."""
         if range_end is None:
@@ -598,11 +601,12 @@ class EtcdClient:
         next_rev = start_revision
         budget = connect_timeout or self.timeout * 4
         failed_since: float | None = None
+        cluster: list[int] = []  # the cluster id the watch began on
         while True:
             for ep in self._order():
                 try:
                     async for batch in self._watch_once(
-                        ep, key, range_end, next_rev, progress_notify
+                        ep, key, range_end, next_rev, progress_notify, cluster
                     ):
                         failed_since = None
                         # Resume only after delivered events, never from a progress
@@ -634,7 +638,10 @@ class EtcdClient:
         range_end: bytes,
         start_revision: int,
         progress_notify: bool,
+        cluster: list[int],
     ) -> AsyncIterator[WatchBatch]:
+        """`cluster`: the id of the cluster the watch began on (empty: not known yet, set from
+        the first answer)."""
         create = rpc_pb2.WatchRequest(
             create_request=rpc_pb2.WatchCreateRequest(
                 key=key,
@@ -678,6 +685,16 @@ class EtcdClient:
                             compact_revision=int(resp.compact_revision),
                         )
                     return  # e.g. the member lost its leader: resume elsewhere
+                answered = int(resp.header.cluster_id)
+                if answered:
+                    if not cluster:
+                        cluster.append(answered)
+                    elif answered != cluster[0]:
+                        raise EtcdClusterReplaced(
+                            f"watch from revision {start_revision} resumed on {endpoint}, a "
+                            f"member of cluster {answered:016x}, not {cluster[0]:016x} (restored "
+                            "from a snapshot?): relist"
+                        )
                 if resp.created and not resp.events:
                     continue
                 events = [
