@@ -34,6 +34,7 @@ from tests.topology_helpers import (
     admin_ssl,
     drill,
     etcd_tls,
+    finished_operation,
     haplane,
     kubectl,
     netns_example,
@@ -583,11 +584,6 @@ def test_drills_and_maintenance_through_the_api(topo: Path) -> None:
     assert r.returncode == 1 and "own approval never counts" in r.stderr, r.stderr
     haplane(topo, "approve", name, "--kubeconfig", str(kc))
 
-    def done() -> dict[str, Any] | None:
-        r = kubectl(kc, "get", "maintenanceaction", name, "-o", "json")
-        st = json.loads(r.stdout)["status"] if r.returncode == 0 else {}
-        return st if st.get("phase") in ("Succeeded", "Failed") else None
-
-    st = wait_for(done, timeout=120)
+    st = finished_operation(kc, "maintenanceaction", name, timeout=120)
     assert st["phase"] == "Succeeded", st
     assert "written by: local-2" in haplane(topo, "secrets", "status").stdout

@@ -229,3 +229,37 @@ async def test_a_stopped_primitive_is_interrupted_then_killed():
         assert code == 124 and time.monotonic() - t0 < 5.0
     finally:
         ops_agent.UNDO_GRACE = grace
+
+
+async def test_an_approved_runbook_run_is_the_runbook_with_its_digest(client, key_prefix):
+    """`run-runbook`: the runbook run here with risky steps allowed (the approval was the
+    API's), its parameters and the digest the request named; a dr-operator or platform-admin
+    may ask, an etcd-operator may not; the run's outcome lands in the status."""
+    digest = "ab" * 32
+    report = {
+        "runbook": "etcd-member-lost", "outcome": "failed", "failedStep": "replace",
+        "journal": "/state/runbooks/x.jsonl",
+        "steps": [{"name": "replace", "outcome": "failed", "seconds": 1.5, "stdoutTail": "x"}],
+    }  # fmt: skip
+    run = Recorder(1, json.dumps(report), "member replace failed")
+    spec = {
+        "action": "run-runbook", "runbook": "etcd-member-lost", "runbookSha256": digest,
+        "parameters": {"member": "eu-west/etcd-3", "extra": "a b"},
+    }  # fmt: skip
+    asked = await put(client, key_prefix, "MaintenanceAction", spec,
+                      requesterRoles=["haplane:dr-operator"])  # fmt: skip
+    refused = await put(client, key_prefix, "MaintenanceAction", spec,
+                        requesterRoles=["haplane:etcd-operator"])  # fmt: skip
+    await agent(client, key_prefix, run).one_pass()
+    (argv,) = run.calls
+    assert argv[3:] == [
+        "runbook", "run", "etcd-member-lost", "--direct", "--yes", "--json",
+        "-p", "extra=a b", "-p", "member=eu-west/etcd-3", "--sha256", digest,
+        "--state-dir", "/state",
+    ]  # fmt: skip
+    st = await status_of(client, key_prefix, "MaintenanceAction", asked)
+    assert st["phase"] == "Failed" and st["result"]["failedStep"] == "replace", st
+    assert st["result"]["steps"] == [{"name": "replace", "outcome": "failed", "seconds": 1.5}]
+    assert st["result"]["journal"] == "/state/runbooks/x.jsonl"
+    st = await status_of(client, key_prefix, "MaintenanceAction", refused)
+    assert st["phase"] == "Failed" and "needs haplane:dr-operator" in st["message"], st

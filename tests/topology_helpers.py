@@ -51,6 +51,18 @@ def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def finished_operation(kubeconfig: Path, kind: str, name: str, timeout: float) -> dict[str, Any]:
+    """The status of an ops.haplane.dev operation once it Succeeded or Failed (read with
+    kubectl, as an operator would follow it)."""
+
+    def done() -> dict[str, Any] | None:
+        r = kubectl(kubeconfig, "get", kind, name, "-o", "json")
+        st = json.loads(r.stdout)["status"] if r.returncode == 0 else {}
+        return st if st.get("phase") in ("Succeeded", "Failed") else None
+
+    return wait_for(done, timeout=timeout)
+
+
 def platform_tls(state: Path) -> PlatformTls | None:
     """The certificates of the topology started in `state` (None: `insecure: true`)."""
     from haplane.local.security import platform_tls as of

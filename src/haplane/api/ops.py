@@ -222,6 +222,7 @@ MAINTENANCE_ACTIONS = (
     "rotate-certificates",
     "rotate-encryption-key",
     "remove-encryption-key",
+    "run-runbook",
 )
 ON_A_COMPONENT = ("restart", "drain", "undrain")  # the actions that name a component
 PLATFORM_ACTIONS = (  # platform-admins only
@@ -229,6 +230,16 @@ PLATFORM_ACTIONS = (  # platform-admins only
     "rotate-encryption-key",
     "remove-encryption-key",
 )
+# who may ask for each action (any one role; the agent checks a component's kind again): the
+# RBAC verb `create` on maintenanceactions is shared by the operator roles
+ACTION_ROLES: dict[str, tuple[str, ...]] = {
+    **{a: ("haplane:platform-admin",) for a in PLATFORM_ACTIONS},
+    **{
+        a: ("haplane:etcd-operator", "haplane:gate-operator", "haplane:platform-admin")
+        for a in ON_A_COMPONENT
+    },
+    "run-runbook": ("haplane:dr-operator", "haplane:platform-admin"),
+}
 DRILL_SCENARIOS = (
     "replica-kill",
     "etcd-leader-kill",
@@ -255,6 +266,8 @@ DISRUPTIVE_DRILLS = ("switchover", "region-kill", "partition", "balancers-pause"
 DEFAULT_GRANT_POLICY = "rolegrant-approval"
 DEFAULT_KEY_POLICY = "encryption-key-approval"
 DEFAULT_DRILL_POLICY = "disruptive-drill-approval"
+DEFAULT_RUNBOOK_POLICY = "runbook-approval"
+RUN_RUNBOOK = "MaintenanceAction/run-runbook"
 KEY_ROTATION = "MaintenanceAction/rotate-encryption-key"
 KEY_REMOVAL = "MaintenanceAction/remove-encryption-key"
 # name -> the operations it must keep naming: every one its default names (see
@@ -265,6 +278,7 @@ DEFAULTS: dict[str, tuple[str, ...]] = {
     DEFAULT_GRANT_POLICY: ("RoleGrant",),
     DEFAULT_KEY_POLICY: (KEY_ROTATION, KEY_REMOVAL),
     DEFAULT_DRILL_POLICY: tuple(f"Drill/{d}" for d in DISRUPTIVE_DRILLS),
+    DEFAULT_RUNBOOK_POLICY: (RUN_RUNBOOK,),
 }
 
 
@@ -537,8 +551,49 @@ class MaintenanceStrategy(OperationStrategy):
             )
         elif action != "remove-encryption-key" and "key" in spec:
             errs.append(_err("spec.key", _FORBIDDEN, "remove-encryption-key only"))
+        errs += _runbook_errors(spec, action == "run-runbook")
         errs += _unknown(spec, MAINTENANCE_FIELDS)
         return errs
+
+
+RUNBOOK_FIELDS = ("runbook", "parameters", "runbookSha256")
+MAX_RUNBOOK_PARAMETERS = 32
+
+
+def _runbook_errors(spec: Obj, wanted: bool) -> list[FieldError]:
+    """run-runbook's fields: `runbook` (a shipped runbook's name or one of STATE/runbooks/,
+    resolved by the agent), `parameters` (NAME: text, as `-p NAME=VALUE`; the runbook checks
+    them when it runs) and `runbookSha256` (the runbook as the requester read it: the agent
+    refuses to run one that changed since, so what was approved is what runs)."""
+    if not wanted:
+        return [
+            _err(f"spec.{f}", _FORBIDDEN, "run-runbook only") for f in RUNBOOK_FIELDS if f in spec
+        ]
+    errs = []
+    name = spec.get("runbook")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        errs.append(_err("spec.runbook", _REQUIRED, "the runbook's name (`runbook list`)"))
+    params = spec.get("parameters", {})
+    if not isinstance(params, dict) or len(params) > MAX_RUNBOOK_PARAMETERS:
+        errs.append(
+            _err("spec.parameters", _INVALID, f"NAME: text, at most {MAX_RUNBOOK_PARAMETERS}")
+        )
+    else:
+        for key, value in params.items():
+            if (
+                not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", key)
+                or not isinstance(value, str)
+                or len(value) > 1024
+            ):
+                errs.append(
+                    _err(f"spec.parameters.{key}", _INVALID, "text of at most 1024 characters")
+                )
+    digest = spec.get("runbookSha256")
+    if digest is not None and not (
+        isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
+    ):
+        errs.append(_err("spec.runbookSha256", _INVALID, "64 hexadecimal digits", digest))
+    return errs
 
 
 ROLE_GRANT_FIELDS = frozenset({"binding", "reason", "breakGlass"})
@@ -546,8 +601,11 @@ DRILL_FIELDS = frozenset(
     {"scenario", "reason", "warmupSeconds", "observeSeconds", "intervalSeconds", "breakGlass"}
 )
 MAINTENANCE_FIELDS = frozenset(
-    {"action", "component", "key", "reason", "timeoutSeconds", "breakGlass"}
-)
+    {
+        "action", "component", "key", "reason", "timeoutSeconds", "breakGlass", "runbook",
+        "parameters", "runbookSha256",
+    }
+)  # fmt: skip
 
 
 def _reason_errors(spec: Obj) -> list[FieldError]:
@@ -688,6 +746,17 @@ def default_policies() -> list[Obj]:
                 "operations": [KEY_ROTATION, KEY_REMOVAL],
                 "approvals": 1,
                 "approvers": {"clusterRoles": [BREAK_GLASS_ROLE]},
+                "expireAfterSeconds": DEFAULT_EXPIRY,
+            },
+        },
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ApprovalPolicy",
+            "metadata": {"name": DEFAULT_RUNBOOK_POLICY, "labels": {DEFAULT_LABEL: "true"}},
+            "spec": {
+                "operations": [RUN_RUNBOOK],
+                "approvals": 1,
+                "approvers": {"clusterRoles": ["haplane:dr-operator", BREAK_GLASS_ROLE]},
                 "expireAfterSeconds": DEFAULT_EXPIRY,
             },
         },
@@ -875,16 +944,15 @@ class Operations:
             if set(operation_names(rtype.kind, spec))
             & set(_dict(p.get("spec")).get("operations") or ())
         ]
-        if (
-            rtype.kind == "MaintenanceAction"
-            and spec.get("action") in PLATFORM_ACTIONS
-            and not _has_role(_roles(self.roles_of, user), BREAK_GLASS_ROLE)
-        ):
+        wanted = (
+            ACTION_ROLES.get(str(spec.get("action"))) if rtype.kind == "MaintenanceAction" else None
+        )
+        if wanted and not any(_has_role(_roles(self.roles_of, user), r) for r in wanted):
             raise errors.StatusError(
                 403,
                 "Forbidden",
                 f'maintenanceactions.{GROUP} "{name}" is forbidden: User "{user.name}" may not '
-                f"ask for {spec.get('action')}: it needs the {BREAK_GLASS_ROLE} role",
+                f"ask for {spec.get('action')}: it needs the {' or '.join(wanted)} role",
             )
         now = time.time()
         expire_after = min((r.expire_after for r in requirements), default=DEFAULT_EXPIRY)

@@ -793,8 +793,8 @@ _OPERATOR_READ = [
 # | haplane:platform-admin   | everything (as cluster-admin)                                |
 # | haplane:etcd-operator    | etcd members and snapshots (platform.haplane.io); read core  |
 # | haplane:gate-operator    | gates, balancers: drain, weights; read core                  |
-# | haplane:dr-operator      | ask for and approve switchovers and drills; restores; read   |
-# |                          | approval policies and snapshots                              |
+# | haplane:dr-operator      | ask for and approve switchovers, drills and runbook runs;    |
+# |                          | restores; read approval policies and snapshots               |
 # | haplane:auditor          | read everything except Secrets; read the audit log           |
 OPERATOR_ROLES: dict[str, list[Obj]] = {
     "haplane:platform-admin": [
@@ -825,8 +825,12 @@ OPERATOR_ROLES: dict[str, list[Obj]] = {
     ],
     "haplane:dr-operator": [
         # asks for operations and approves others' (the ApprovalPolicy decides whose count)
-        _rule([OPS_GROUP], ["switchovers", "drills"], [*READ, "create"]),
-        _rule([OPS_GROUP], ["switchovers/approval", "drills/approval"], ["update"]),
+        _rule([OPS_GROUP], ["switchovers", "drills", "maintenanceactions"], [*READ, "create"]),
+        _rule(
+            [OPS_GROUP],
+            ["switchovers/approval", "drills/approval", "maintenanceactions/approval"],
+            ["update"],
+        ),
         _rule([OPS_GROUP], ["approvalpolicies"], READ),
         _rule([PLATFORM_GROUP], ["restores"], [*READ, "create"]),
         _rule([PLATFORM_GROUP], ["snapshots"], READ),

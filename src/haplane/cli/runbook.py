@@ -5,8 +5,13 @@ Layer: run (cli). Thin: `haplane.local.runbook` loads and checks a runbook,
 `haplane.local.runbook_run` runs it (both imported inside the commands, so `haplane --help`
 stays quick).
 
-Exit codes of `run`: 0 passed, 1 failed (or interrupted), 2 refused before anything ran (the
-runbook or a parameter is invalid, a risky step without --yes, another run holds the lock).
+A runbook with risky steps is not run here unless `--direct --yes` (break glass): it is
+asked for through the API as a MaintenanceAction `run-runbook` (four eyes: by default
+another dr-operator or platform-admin approves), and the supervisor's agent runs it.
+
+Exit codes of `run`: 0 passed, 1 failed (or interrupted; through the API: not Succeeded), 2
+refused before anything ran (the runbook or a parameter is invalid, a risky step without
+--direct --yes or an approval, another run holds the lock).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .options import StateDirOpt
+from .options import KubeconfigOpt, NoWaitOpt, RegionOpt, StateDirOpt
 
 if TYPE_CHECKING:
     from haplane.local.runbook import Runbook, RunbookError
@@ -71,9 +76,7 @@ def run_command(book: Runbook) -> str:
     for p in book.parameters:
         if p.required or p.default is None:
             args.append(f"-p {p.name}={p.example or p.name.upper()}")
-    if book.risky_steps:
-        args.append("--yes")
-    return " ".join(args)
+    return " ".join(args)  # risky steps: asked for, approved by another person
 
 
 @app.command("list")
@@ -190,16 +193,38 @@ def run_cmd(
             "without running them.",
         ),
     ] = False,
-    yes: Annotated[
-        bool, typer.Option("--yes", help="Run risky steps (refused without; see `show`).")
+    direct: Annotated[
+        bool,
+        typer.Option(
+            "--direct",
+            help="Run it here and now as the local root-only primitive, risky steps only with "
+            "--yes (break glass: no API, approval or audit).",
+        ),
     ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="With --direct: run risky steps (see `show`).")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (asked through the API): recorded.")
+    ] = None,
+    kubeconfig: KubeconfigOpt = None,
+    region: RegionOpt = None,
+    no_wait: NoWaitOpt = False,
+    sha256: Annotated[
+        str | None,
+        typer.Option("--sha256", hidden=True, help="Refuse unless the runbook has this digest."),
+    ] = None,
     files: FileOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Run a runbook against the topology that is up: each step journaled (STATE/runbooks/
     NAME-STAMP.jsonl) with its timing and outcome; on a failure, the undo commands of the
-    actions done run newest first; a report at the end. Progress goes to stderr."""
+    actions done run newest first; a report at the end. Progress goes to stderr.
+
+    A runbook with risky steps is asked for through the API (a MaintenanceAction
+    `run-runbook`, by default approved by another dr-operator or platform-admin: `haplane
+    approve NAME`) and run by the supervisor's agent; `--direct --yes` runs it here instead."""
     import asyncio
 
     from haplane.local.runbook import RunbookError
@@ -223,6 +248,24 @@ def run_cmd(
         params = book.bind(given)
     except RunbookError as exc:
         raise _invalid(exc, "cannot run with these parameters") from None
+    if sha256 is not None and sha256 != book.digest:
+        typer.echo(
+            f"error: refused: {book.name} is not the runbook that was approved (sha256 "
+            f"{book.digest}, the request named {sha256}): ask again",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if book.risky_steps and not dry_run and not direct:
+        if yes:
+            typer.echo(
+                f"error: refused: {book.name}'s risky steps ({', '.join(book.risky_steps)}) "
+                "need another person's approval: run without --yes to ask for it through the "
+                "API, or with --direct --yes to run it here (break glass)",
+                err=True,
+            )
+            raise typer.Exit(2)
+        _ask(book, given, reason, kubeconfig, region, no_wait, files, state)
+        return
 
     def progress(text: str) -> None:
         typer.echo(text, err=True)
@@ -239,3 +282,49 @@ def run_cmd(
     else:
         typer.echo(report.text())
     raise typer.Exit(0 if report.outcome == "passed" else 1)
+
+
+WAIT = 3600.0  # seconds a request is followed (an approval, then the run)
+
+
+def _ask(
+    book: Runbook,
+    given: dict[str, str],
+    reason: str | None,
+    kubeconfig: Path | None,
+    region: str | None,
+    no_wait: bool,
+    files: list[Path] | None,
+    state: StateDir,
+) -> None:
+    """The run asked for through the API, as the kubeconfig's user; the agent finds the
+    runbook by name (shipped, or STATE/runbooks/), so one given only with --file cannot be."""
+    from haplane.local.runbook import RunbookError, find
+    from haplane.topology import load_file
+
+    from . import ops
+
+    if files:
+        try:
+            found = find(book.name, state.root)
+        except (KeyError, RunbookError):
+            found = None
+        if found is None or found.digest != book.digest:
+            typer.echo(
+                f"error: {book.name} from --file is not what the agent would run: put it in "
+                f"{state.root / 'runbooks' / (book.name + '.yaml')} (or run it with --direct "
+                "--yes)",
+                err=True,
+            )
+            raise typer.Exit(2)
+    spec: dict[str, object] = {
+        "action": "run-runbook",
+        "runbook": book.name,
+        "parameters": given,
+        "runbookSha256": book.digest,
+        "reason": reason or f"runbook {book.name}",
+    }
+    ops.ask(
+        state, load_file(state.topology_file), "MaintenanceAction", f"runbook-{book.name}",
+        spec, kubeconfig, region, None if no_wait else WAIT,
+    )  # fmt: skip

@@ -22,7 +22,11 @@ drill's load, and what an operator would have typed is exactly what runs:
 - `MaintenanceAction` `rotate-encryption-key` (needs `haplane:platform-admin`, and by default
   another person's approval): `haplane secrets rotate`, which makes a new key the writer once
   every replica has loaded it; `remove-encryption-key` (the same): `haplane secrets
-  remove-key NAME`, refused while anything still needs the key.
+  remove-key NAME`, refused while anything still needs the key;
+- `MaintenanceAction` `run-runbook` (needs `haplane:dr-operator` or `haplane:platform-admin`,
+  and by default another person's approval): `haplane runbook run NAME -p ... --direct --yes`,
+  refused when the runbook's sha256 is no longer the one the request named; the status gets
+  the run's outcome, failed step and journal.
 A `Pending` request past its time becomes `Expired`. A restart of a component no process of
 this supervisor runs is `Failed` (one supervisor runs the whole topology here; with agents on
 several hosts each would leave others' components alone). A primitive runs in its own session:
@@ -62,6 +66,7 @@ TIMEOUTS = {  # seconds a primitive may take (a drain: its own timeout on top)
     "rotate-certificates": 900.0,
     "rotate-encryption-key": 300.0,
     "remove-encryption-key": 300.0,
+    "run-runbook": 3600.0,
 }
 ON_A_COMPONENT = ("restart", "drain", "undrain")
 ROLE_FOR_KIND = {  # ManagedProcess kinds (haplane.local.supervisor)
@@ -71,6 +76,7 @@ ROLE_FOR_KIND = {  # ManagedProcess kinds (haplane.local.supervisor)
 }
 UNDO_GRACE = 30.0  # seconds a stopped primitive gets to undo its fault (a drill's `finally`)
 ADMIN = "haplane:platform-admin"
+DR_OPERATOR = "haplane:dr-operator"
 OUTPUT_KEPT = 4000  # characters of a primitive's output kept in the status
 
 
@@ -167,6 +173,8 @@ class OpsAgent:
         result: Obj = {"exitCode": code, "seconds": seconds, "output": _tail(err, out)}
         if kind == "Drill":
             result.update(_drill_summary(out, err, code))
+        elif spec.get("action") == "run-runbook":
+            result.update(_runbook_summary(out))
         outcome = ops.SUCCEEDED if code == 0 else ops.FAILED
         what = f"`{shlex.join(argv[3:-2])}`"
         # what went wrong; or what was done (a drill's stdout is its JSON report)
@@ -191,6 +199,10 @@ class OpsAgent:
             if roles & {"*", ADMIN, wanted}:
                 return None
             return f"{action} of {component} needs {wanted} (or {ADMIN}): nothing done"
+        if action == "run-runbook":
+            if roles & {"*", ADMIN, DR_OPERATOR}:
+                return None
+            return f"run-runbook needs {DR_OPERATOR} (or {ADMIN}): nothing done"
         if roles & {"*", ADMIN}:
             return None
         return f"{spec.get('action')} needs {ADMIN}: nothing done"
@@ -221,6 +233,14 @@ class OpsAgent:
                 timeout += wait
         elif action == "rotate-certificates":
             argv = [*cli, "pki", "rotate"]
+        elif action == "run-runbook":
+            # as an operator would have typed it here, risky steps allowed: the approval
+            # was the API's; the digest makes sure what was approved is what runs
+            argv = [*cli, "runbook", "run", str(spec["runbook"]), "--direct", "--yes", "--json"]
+            for key, value in sorted(_dict(spec.get("parameters")).items()):
+                argv += ["-p", f"{key}={value}"]
+            if spec.get("runbookSha256"):
+                argv += ["--sha256", str(spec["runbookSha256"])]
         elif action == "remove-encryption-key":
             argv = [*cli, "secrets", "remove-key", str(spec["key"])]
         else:
@@ -284,6 +304,28 @@ def _drill_summary(out: str, err: str, code: int) -> Obj:
         if line.startswith("reports: "):
             summary["reports"] = line[len("reports: ") :].split()
     return summary
+
+
+def _runbook_summary(out: str) -> Obj:
+    """The run's outcome, the step that failed and where its journal is, from its report."""
+    try:
+        report = json.loads(out)
+    except ValueError:
+        return {}
+    if not isinstance(report, dict):
+        return {}
+    steps = report.get("steps") or []
+    return {
+        "runbook": report.get("runbook"),
+        "outcome": report.get("outcome"),
+        "failedStep": report.get("failedStep"),
+        "journal": report.get("journal"),
+        "steps": [
+            {"name": s.get("name"), "outcome": s.get("outcome"), "seconds": s.get("seconds")}
+            for s in steps
+            if isinstance(s, dict)
+        ],
+    }
 
 
 def _tail(err: str, out: str) -> str:

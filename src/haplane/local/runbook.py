@@ -30,6 +30,7 @@ them. Event triggers are declared and checked, and nothing fires them yet.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -244,6 +245,7 @@ class Runbook:
     triggers: tuple[Trigger, ...]
     steps: tuple[Step, ...]
     source: str  # "shipped" or the file's path
+    digest: str = ""  # sha256 of the file's text: what an approval of a run approved
 
     @property
     def risky_steps(self) -> list[str]:
@@ -373,7 +375,8 @@ def load_text(text: str, source: str) -> Runbook:
         problems += [_problem(node, err) for err in exc.errors()]
     if problems:
         raise RunbookError(source, problems)
-    return _Checker(doc, node, source).runbook()
+    book = _Checker(doc, node, source).runbook()
+    return replace(book, digest=hashlib.sha256(text.encode()).hexdigest())
 
 
 def load_file(path: str | Path) -> Runbook:

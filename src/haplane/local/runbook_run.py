@@ -16,7 +16,9 @@ as the ops agent runs its primitives: no shell).
   only described (their commands with the parameters in place); a check or assert after an
   action that did not run is reported `pending` when false (the action would have changed
   what it sees), not failed.
-- Risky actions run only when the run is `approved` (`--yes`): refused before anything runs.
+- Risky actions run only when the run is `approved` (`--direct --yes`: the CLI asks for
+  another person's approval through the API otherwise, and the agent that runs the approved
+  request passes it): refused before anything runs.
 - The journal: `STATE/runbooks/NAME-STAMP.jsonl`, one JSON line per event (`run-start`,
   `step-start`, `step-end`, `undo-start`, `undo-end`, `run-end` with the report), each with
   `t`, seconds since the run began (monotonic clock), written as it happens.
@@ -82,7 +84,8 @@ def check_approval(book: Runbook, *, dry_run: bool, approved: bool) -> None:
     if risky and not approved and not dry_run:
         raise RunRefused(
             f"{book.name}: step(s) {', '.join(risky)} are risky: read `haplane runbook show "
-            f"{book.name}`, try --dry-run, then run again with --yes"
+            f"{book.name}`, try --dry-run, then ask for it (without --direct: another person "
+            "approves) or run it here with --direct --yes"
         )
 
 

@@ -382,7 +382,7 @@ class _Shipped:
             if p.get("required") or p.get("default") is None:
                 value = values.get(p["name"]) or p.get("example") or str(p["name"]).upper()
                 args.append(f"-p {p['name']}={value}")
-        return " ".join(args) + (" --yes" if self.risky else "")
+        return " ".join(args)  # risky steps: asked for and approved through the API
 
 
 def _shipped_runbooks() -> list[_Shipped]:
@@ -733,8 +733,10 @@ def _runbook(topology: Topology) -> list[str]:
         "",
         "Shipped with haplane (`haplane runbook list`, `haplane runbook show NAME`): checks of "
         "the live status, haplane commands, waits and assertions, journaled step by step in "
-        "`STATE/runbooks/`; `--dry-run` evaluates the checks and prints the commands; `--yes` "
-        "is needed for risky steps.",
+        "`STATE/runbooks/`; `--dry-run` evaluates the checks and prints the commands. A runbook "
+        "with risky steps is asked for through the API and runs once another dr-operator or "
+        "platform-admin approved it (`haplane approve NAME`); `--direct --yes` runs it at once "
+        "on the supervisor's host (break glass).",
         "",
         *_table(
             ("RUNBOOK", "WHAT IT DOES", "RUN"),
