@@ -233,9 +233,13 @@ async def test_a_stopped_primitive_is_interrupted_then_killed():
 
 async def test_an_approved_runbook_run_is_the_runbook_with_its_digest(client, key_prefix):
     """`run-runbook`: the runbook run here with risky steps allowed (the approval was the
-    API's), its parameters and the digest the request named; a dr-operator or platform-admin
-    may ask, an etcd-operator may not; the run's outcome lands in the status."""
-    digest = "ab" * 32
+    API's), its parameters and the digest the request named; refused (nothing run) when the
+    runbook is not the one approved, or runs a command the asker's roles do not cover (the
+    member runbook's `member replace` is an etcd-operator's); the outcome lands in the
+    status."""
+    from haplane.local.runbook import load_shipped
+
+    digest = load_shipped("etcd-member-lost").digest
     report = {
         "runbook": "etcd-member-lost", "outcome": "failed", "failedStep": "replace",
         "journal": "/state/runbooks/x.jsonl",
@@ -247,9 +251,15 @@ async def test_an_approved_runbook_run_is_the_runbook_with_its_digest(client, ke
         "parameters": {"member": "eu-west/etcd-3", "extra": "a b"},
     }  # fmt: skip
     asked = await put(client, key_prefix, "MaintenanceAction", spec,
-                      requesterRoles=["haplane:dr-operator"])  # fmt: skip
-    refused = await put(client, key_prefix, "MaintenanceAction", spec,
-                        requesterRoles=["haplane:etcd-operator"])  # fmt: skip
+                      requesterRoles=["haplane:etcd-operator"])  # fmt: skip
+    refused = {
+        "a dr-operator": await put(client, key_prefix, "MaintenanceAction", spec,
+                                   requesterRoles=["haplane:dr-operator"]),
+        "another digest": await put(client, key_prefix, "MaintenanceAction",
+                                    {**spec, "runbookSha256": "0" * 64}, requesterRoles=["*"]),
+        "no such runbook": await put(client, key_prefix, "MaintenanceAction",
+                                     {**spec, "runbook": "nope"}, requesterRoles=["*"]),
+    }  # fmt: skip
     await agent(client, key_prefix, run).one_pass()
     (argv,) = run.calls
     assert argv[3:] == [
@@ -259,7 +269,16 @@ async def test_an_approved_runbook_run_is_the_runbook_with_its_digest(client, ke
     ]  # fmt: skip
     st = await status_of(client, key_prefix, "MaintenanceAction", asked)
     assert st["phase"] == "Failed" and st["result"]["failedStep"] == "replace", st
+    assert st["message"].endswith("runbook failed at step replace"), st["message"]
     assert st["result"]["steps"] == [{"name": "replace", "outcome": "failed", "seconds": 1.5}]
     assert st["result"]["journal"] == "/state/runbooks/x.jsonl"
-    st = await status_of(client, key_prefix, "MaintenanceAction", refused)
-    assert st["phase"] == "Failed" and "needs haplane:dr-operator" in st["message"], st
+    said = {
+        "a dr-operator": "step replace runs `haplane member ...`, which needs "
+        "haplane:etcd-operator",
+        "another digest": "is not the one approved",
+        "no such runbook": "no runbook 'nope'",
+    }
+    for why, name in refused.items():
+        st = await status_of(client, key_prefix, "MaintenanceAction", name)
+        assert st["phase"] == "Failed" and said[why] in st["message"], (why, st)
+        assert "nothing done" in st["message"]

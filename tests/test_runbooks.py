@@ -520,8 +520,8 @@ def test_the_member_runbook_replaces_a_lost_member(
     kc, rita = state / "admin.kc", state / "rita.kc"
     haplane(state, "kubeconfig", "-o", str(kc))
     haplane(state, "kubeconfig", "--user", "rita", "-o", str(rita))
-    r = kubectl(kc, "create", "clusterrolebinding", "rita-dr", "--clusterrole=haplane:dr-operator",
-                "--user=rita")  # fmt: skip
+    r = kubectl(kc, "create", "clusterrolebinding", "rita-etcd",
+                "--clusterrole=haplane:etcd-operator", "--user=rita")  # fmt: skip
     assert r.returncode == 0, r.stderr
     r = haplane(state, "runbook", "run", "etcd-member-lost", "-p", f"member={victim}", "--yes",
                 check=False)  # fmt: skip

@@ -238,7 +238,13 @@ ACTION_ROLES: dict[str, tuple[str, ...]] = {
         a: ("haplane:etcd-operator", "haplane:gate-operator", "haplane:platform-admin")
         for a in ON_A_COMPONENT
     },
-    "run-runbook": ("haplane:dr-operator", "haplane:platform-admin"),
+    # any operator: the agent checks each command the runbook runs against the asker's roles
+    "run-runbook": (
+        "haplane:dr-operator",
+        "haplane:etcd-operator",
+        "haplane:gate-operator",
+        "haplane:platform-admin",
+    ),
 }
 DRILL_SCENARIOS = (
     "replica-kill",
@@ -589,10 +595,15 @@ def _runbook_errors(spec: Obj, wanted: bool) -> list[FieldError]:
                     _err(f"spec.parameters.{key}", _INVALID, "text of at most 1024 characters")
                 )
     digest = spec.get("runbookSha256")
-    if digest is not None and not (
-        isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
-    ):
-        errs.append(_err("spec.runbookSha256", _INVALID, "64 hexadecimal digits", digest))
+    if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        errs.append(
+            _err(
+                "spec.runbookSha256",
+                _REQUIRED,
+                "the runbook's sha256 (`runbook show`), 64 hexadecimal digits: what is approved "
+                "is what runs",
+            )
+        )
     return errs
 
 

@@ -137,7 +137,7 @@ def show_cmd(
     if as_json:
         typer.echo(json.dumps({**book.as_dict(), "run": run_command(book)}, indent=2))
         return
-    typer.echo(f"{book.name} ({book.source})\n  {book.description}")
+    typer.echo(f"{book.name} ({book.source}, sha256 {book.digest})\n  {book.description}")
     typer.echo("parameters:" + ("" if book.parameters else " none"))
     for p in book.parameters:
         facts = [p.type, "required" if p.required else f"default {p.default!r}"]

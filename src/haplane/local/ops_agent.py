@@ -23,10 +23,11 @@ drill's load, and what an operator would have typed is exactly what runs:
   another person's approval): `haplane secrets rotate`, which makes a new key the writer once
   every replica has loaded it; `remove-encryption-key` (the same): `haplane secrets
   remove-key NAME`, refused while anything still needs the key;
-- `MaintenanceAction` `run-runbook` (needs `haplane:dr-operator` or `haplane:platform-admin`,
-  and by default another person's approval): `haplane runbook run NAME -p ... --direct --yes`,
-  refused when the runbook's sha256 is no longer the one the request named; the status gets
-  the run's outcome, failed step and journal.
+- `MaintenanceAction` `run-runbook` (by default another person's approval): `haplane runbook
+  run NAME -p ... --direct --yes`, refused when the runbook's sha256 is not the one the
+  request named, or when one of its commands needs a role the requester lacked when asking
+  (`Runbook.refusal`: `member` an etcd-operator, `failover` a dr-operator, `pki` a
+  platform-admin...); the status gets the run's outcome, failed step and journal.
 A `Pending` request past its time becomes `Expired`. A restart of a component no process of
 this supervisor runs is `Failed` (one supervisor runs the whole topology here; with agents on
 several hosts each would leave others' components alone). A primitive runs in its own session:
@@ -76,7 +77,6 @@ ROLE_FOR_KIND = {  # ManagedProcess kinds (haplane.local.supervisor)
 }
 UNDO_GRACE = 30.0  # seconds a stopped primitive gets to undo its fault (a drill's `finally`)
 ADMIN = "haplane:platform-admin"
-DR_OPERATOR = "haplane:dr-operator"
 OUTPUT_KEPT = 4000  # characters of a primitive's output kept in the status
 
 
@@ -177,8 +177,13 @@ class OpsAgent:
             result.update(_runbook_summary(out))
         outcome = ops.SUCCEEDED if code == 0 else ops.FAILED
         what = f"`{shlex.join(argv[3:-2])}`"
-        # what went wrong; or what was done (a drill's stdout is its JSON report)
-        said = _last_line(err) if code != 0 else "" if kind == "Drill" else _last_line(out)
+        # what went wrong; or what was done (a drill's and a runbook's stdout is a JSON report)
+        reports = kind == "Drill" or spec.get("action") == "run-runbook"
+        said = _last_line(err) if code != 0 else "" if reports else _last_line(out)
+        if spec.get("action") == "run-runbook" and result.get("outcome"):
+            said = f"runbook {result['outcome']}" + (
+                f" at step {result['failedStep']}" if result.get("failedStep") else ""
+            )
         message = f"{what} exited {code} after {seconds}s" + (f": {said}" if said else "")
         return outcome, message, result
 
@@ -200,12 +205,31 @@ class OpsAgent:
                 return None
             return f"{action} of {component} needs {wanted} (or {ADMIN}): nothing done"
         if action == "run-runbook":
-            if roles & {"*", ADMIN, DR_OPERATOR}:
-                return None
-            return f"run-runbook needs {DR_OPERATOR} (or {ADMIN}): nothing done"
+            return self._runbook_refusal(spec, roles)
         if roles & {"*", ADMIN}:
             return None
         return f"{spec.get('action')} needs {ADMIN}: nothing done"
+
+    def _runbook_refusal(self, spec: Obj, roles: set[str]) -> str | None:
+        """The runbook as approved (its sha256), and every command it runs one the requester
+        may have run (`Runbook.refusal`): an approval is no way around the separation of
+        duties."""
+        from pathlib import Path
+
+        from .runbook import RunbookError, find
+
+        name = str(spec.get("runbook"))
+        try:
+            book = find(name, Path(self.state_root))
+        except (KeyError, RunbookError) as exc:
+            return f"runbook {name}: {exc}: nothing done"
+        if spec.get("runbookSha256") != book.digest:
+            return (
+                f"runbook {name} is not the one approved (sha256 {book.digest}, the request "
+                f"named {spec.get('runbookSha256')}): nothing done; ask again"
+            )
+        why = book.refusal(roles)
+        return f"runbook {name}: {why}: nothing done" if why else None
 
     def _command(self, kind: str, spec: Obj) -> tuple[list[str], float]:
         cli = [sys.executable, "-m", "haplane.cli"]

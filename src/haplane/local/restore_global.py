@@ -11,24 +11,35 @@ snapshot is never served as it is:
 
 1. the snapshot is verified (topology, scope `global`, sha256, etcd reads it), and every
    region's fence key is read: each must answer (one that does not may hold the highest
-   epoch); a control etcd that still answers gives its epoch too;
-2. the snapshot is restored into a one-member etcd of its own beside the topology (TLS, a
+   epoch); a control etcd that still answers gives its epoch and grant too (a switch in
+   progress there is refused);
+2. the control etcd's members are stopped: from then on no epoch can be committed. After the
+   fence wait (no grant of an older epoch can still run), the fence keys are read again:
+   whoever committed an epoch before the stop stepped the other regions' keys down to it at
+   once, so they name it;
+3. the snapshot is restored into a one-member etcd of its own beside the topology (TLS, a
    temporary directory), where the record is rewritten: epoch = max(every epoch in the
-   snapshot's history and records, every fence key's, the live record's) + 1, fenced
-   (`writable: false`), naming the region the fence keys show active last (`active:` at the
-   highest epoch, else `frozen:` there, else the source the standbys follow); the sync
-   record of the new epoch is `none`; replication reports (stale) are dropped; operations
-   not finished in the snapshot are marked Failed (whether they ran since is unknown: an
-   approved switchover must not run twice). That cluster's snapshot is the one restored;
-3. the control etcd's members are stopped, their data dirs swapped for ones restored from
-   the rewritten snapshot under a new cluster token (a new cluster id: watches from before
-   get `EtcdClusterReplaced` and relist), and started again: the first record anyone reads
-   is the new epoch's;
-4. after the fence wait (grant + margin, counted from the start: no replica can hold a grant
-   of an older epoch by then), the region's fence key moves to the new epoch and the epoch
-   is unfenced, as `haplane failover` does (the failover controller would too).
+   snapshot's history and records, every fence key's, the live record's) + 1, fenced,
+   naming the region the fence keys show active last (`active:` at the highest epoch, else
+   `frozen:` there, else the source the standbys follow); the sync record of the new epoch
+   is `none`; replication reports (stale) are dropped; operations not finished in the
+   snapshot are marked Failed (whether they ran since is unknown: an approved switchover must
+   not run twice). That cluster's snapshot is the one restored;
+4. the members' data dirs are swapped for ones restored from the rewritten snapshot under a
+   new cluster token (a new cluster id: watches from before get `EtcdClusterReplaced` and
+   relist), and the members started: the first record anyone reads is the new epoch's;
+5. the region's fence key moves to the new epoch and the epoch is unfenced, the other regions
+   stepped down to it (a region promoted from standby gets its cut recorded, as `haplane
+   failover` does; the failover controller would do the same).
 
-A failure during step 3 puts the old data dirs back and starts the members again.
+A failure before step 4 starts the old members again as they were. From step 4 on nothing
+is rolled back (a member may have served the new epoch, which the old data would take back):
+the error names the old data dirs, kept beside the new ones.
+
+Left as they were in the snapshot (said in the report's warnings): approval policies, the
+failback setting, GC pauses, cuts and divergence records, and operations created since.
+A committer that died between committing an epoch and stepping the other regions down leaves
+an epoch only the lost control etcd knew; the restored one may reuse its number.
 """
 
 from __future__ import annotations
@@ -98,8 +109,8 @@ class GlobalRestoreReport:
     failed_operations: list[str] = field(default_factory=list)
     new_cluster_id: str = ""
     unfenced: bool = False
-    seconds: float = 0.0  # from stopping the members to the epoch unfenced
-    outage_seconds: float = 0.0  # from stopping the members to the restored ones answering
+    seconds: float = 0.0  # the whole restore, from its first check to the epoch unfenced
+    outage_seconds: float = 0.0  # from the members stopped to the restored ones answering
     kept: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     steps: list[tuple[float, str]] = field(default_factory=list)
@@ -230,25 +241,71 @@ async def _restore(
                 "wait until the switch completes (`haplane status`), then restore"
             )
         keys = await _read_fences(fences)
-        report.fence_epochs = {r: str(v) if v else "" for r, v in sorted(keys.items())}
         step(
             "fence keys: "
-            + ", ".join(f"{r} {v or '(none)'}" for r, v in sorted(report.fence_epochs.items()))
+            + ", ".join(f"{r} {v or '(none)'}" for r, v in sorted(keys.items()))
             + (f"; the control etcd serves epoch {live.epoch}" if live else
                "; the control etcd does not answer")
         )  # fmt: skip
-        rewritten = await _rewrite(topology, state, meta, keys, live, work, report, step)
         if check_only:
+            await _rewrite(topology, state, meta, keys, live, work, report, step)
             step("every check passed: the global control etcd may be restored")
             return report
-        stopped_at = await _swap(state, cluster, rewritten, ctl, report, step, ready_timeout, stamp)
+        dirs = DataDirSwap(state, cluster, stamp)
+        stopped = await _stop_members(ctl, dirs, step)
+        stopped_at = time.monotonic()
+        try:
+            # Nothing commits an epoch any more. Whatever was committed before the stop has
+            # stepped the regions' keys down by now (committers do at once, before their fence
+            # wait): they are read again, and the record written from what they say. And no
+            # grant of an older epoch outlives the wait.
+            await asyncio.sleep(_fence_wait(topology, live))
+            keys = await _read_fences(fences)
+            rewritten = await _rewrite(topology, state, meta, keys, live, work, report, step)
+            token = f"haplane-{state.root.name}-global-restore-{stamp}"
+            await asyncio.to_thread(
+                dirs.stage, DirectoryStore(work / "rewritten").path(rewritten.id), token
+            )
+            step(f"restored it into {len(dirs.members)} new data dirs (token {token})")
+        except BaseException as exc:
+            # no member has served the new record: the old ones come back as they were
+            step(f"failed ({exc}): starting the old members again")
+            await roll_back(ctl, dirs, stopped, step)
+            dirs.clean()
+            if isinstance(exc, SnapshotError):
+                raise RestoreRefused(f"{meta.id} could not be restored: {exc}") from None
+            raise
+        await _swap(cluster, dirs, ctl, report, step, ready_timeout)
         report.outage_seconds = round(time.monotonic() - stopped_at, 3)
-        await _complete(cluster, fences, report, step, stopped_at)
+        await _complete(cluster, fences, keys, report, step)
         report.seconds = round(time.monotonic() - t0, 3)
         return report
     finally:
         await fences.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _fence_wait(topology: Topology, live: ActiveRegion | None) -> float:
+    """The longest a grant of the epoch before can last (grant + margin, seconds)."""
+    f = topology.spec.global_.failover
+    grant = max(f.grant_ms, live.grant_ms if live else 0)
+    margin = max(f.safety_margin_ms, live.margin_ms if live else 0)
+    return (grant + margin) / 1000
+
+
+async def _stop_members(
+    ctl: ControlClient, dirs: DataDirSwap, step: Callable[[str], None]
+) -> list[str]:
+    stopped: list[str] = []
+    try:
+        for name in dirs.names:
+            await stop_for_sure(ctl, name)
+            stopped.append(name)
+    except BaseException:
+        await roll_back(ctl, dirs, stopped, step)
+        raise
+    step(f"stopped {', '.join(dirs.names)}: no epoch can be committed")
+    return stopped
 
 
 async def _rewrite(
@@ -284,6 +341,7 @@ async def _rewrite(
             g = GlobalState(client)
             old = await g.read(timeout=5.0)
             report.snapshot_epoch = await snapshot_epochs(client)
+            report.fence_epochs = {r: str(v) if v else "" for r, v in sorted(keys.items())}
             fallback = old.region if old is not None else topology.region_priority()[0]
             region, fence_top = choose_region(keys, fallback)
             epoch = max(report.snapshot_epoch, fence_top, live.epoch if live else 0) + 1
@@ -296,10 +354,16 @@ async def _rewrite(
                 operator(),
                 f"the global control etcd restored from snapshot {meta.id} (taken "
                 f"{meta.taken_at}, epoch {report.snapshot_epoch}); above every epoch known",
-                previous=old.region if old is not None else None,
+                previous=live.region if live else old.region if old else None,
                 writable=False,
-                grant_ms=max(failover.grant_ms, old.grant_ms if old else 0),
-                margin_ms=max(failover.safety_margin_ms, old.margin_ms if old else 0),
+                grant_ms=max(
+                    failover.grant_ms, old.grant_ms if old else 0, live.grant_ms if live else 0
+                ),
+                margin_ms=max(
+                    failover.safety_margin_ms,
+                    old.margin_ms if old else 0,
+                    live.margin_ms if live else 0,
+                ),
             )
             sync = SyncRecord.none(
                 epoch, region, by=record.by, reason="restored from a snapshot: none synchronous yet"
@@ -311,11 +375,16 @@ async def _rewrite(
                     Op("put", g.active_key, record.to_json()),
                     Op("put", g.history_prefix + f"{epoch:012d}".encode(), record.to_json()),
                     Op("put", g.sync.key, sync.to_json()),
-                    Op("delete", reports, prefix_end(reports)),
+                    Op("delete", reports, range_end=prefix_end(reports)),
                 ],
                 timeout=5.0,
             )
             report.failed_operations = await _fail_unfinished(client, meta)
+            report.warnings.append(
+                f"as of {meta.taken_at} (the snapshot): approval policies, the failback "
+                "setting, GC pauses, cuts and divergence records; operations created since "
+                "are gone"
+            )
             step(
                 f"rewritten beside the topology: {region} active under epoch {epoch} (fenced; "
                 f"the snapshot knew epoch {report.snapshot_epoch}, the fence keys {fence_top}"
@@ -335,7 +404,7 @@ async def _rewrite(
                 epoch=epoch,
                 haplane_version=__version__,
             )
-    except (SnapshotError, EtcdError) as exc:
+    except (SnapshotError, EtcdError, TimeoutError) as exc:
         raise RestoreRefused(f"{meta.id} could not be rewritten for a new epoch: {exc}") from None
     finally:
         with contextlib.suppress(Exception):
@@ -368,67 +437,51 @@ async def _fail_unfinished(client: EtcdClient, meta: SnapshotMeta) -> list[str]:
 
 
 async def _swap(
-    state: StateDir,
     cluster: ClusterPlan,
-    rewritten: SnapshotMeta,
+    dirs: DataDirSwap,
     ctl: ControlClient,
     report: GlobalRestoreReport,
     step: Callable[[str], None],
     ready_timeout: float,
-    stamp: str,
-) -> float:
-    """Returns when the first member was stopped (monotonic)."""
-    dirs = DataDirSwap(state, cluster, stamp)
-    token = f"haplane-{state.root.name}-global-restore-{stamp}"
-    file = DirectoryStore(state.root / "restore" / f"global-{stamp}" / "rewritten").path(
-        rewritten.id
-    )
+) -> None:
+    """The restored data dirs in place and the members started on them. From the first start
+    on, nothing is rolled back: a member may have served the new epoch, and the old data
+    would take it back. A failure says where the old dirs are."""
     try:
-        await asyncio.to_thread(dirs.stage, file, token)
-    except SnapshotError as exc:
-        raise RestoreRefused(f"etcdctl could not restore {rewritten.id}: {exc}") from None
-    step(f"restored the rewritten snapshot into {len(dirs.members)} new data dirs (token {token})")
-    stopped: list[str] = []
-    stopped_at = time.monotonic()
-    try:
-        for name in dirs.names:
-            await stop_for_sure(ctl, name)
-            stopped.append(name)
-        step(f"stopped {', '.join(dirs.names)}")
         dirs.swap()
-        for name in dirs.names:
-            await ctl.fault("restart", name)
-        async with cluster.client(timeout=2.0) as client:
-            await await_ready(client, cluster.endpoints, ready_timeout)
-            report.new_cluster_id = f"{await client.cluster_id():016x}"
-            served = await GlobalState(client).read(timeout=2.0)
-        if served is None or served.epoch != report.epoch:
-            raise SnapshotError(
-                f"the restored control etcd serves epoch {served.epoch if served else None}, "
-                f"not {report.epoch}"
-            )
-        step(f"the control etcd is up as cluster {report.new_cluster_id}, epoch {report.epoch}")
-    except BaseException:
-        step("failed: putting the old data dirs back")
-        await roll_back(ctl, dirs, stopped, step)
-        raise
-    finally:
+    except OSError as exc:
+        step(f"failed ({exc}): putting the old data dirs back")
+        await roll_back(ctl, dirs, dirs.names, step)
         dirs.clean()
+        raise
+    dirs.clean()
     report.kept = dirs.kept_dirs
-    return stopped_at
+    for name in dirs.names:
+        await ctl.fault("restart", name)
+    async with cluster.client(timeout=2.0) as client:
+        await await_ready(client, cluster.endpoints, ready_timeout)
+        report.new_cluster_id = f"{await client.cluster_id():016x}"
+        served = await GlobalState(client).read(timeout=5.0)
+    if served is None or served.epoch != report.epoch:
+        raise SnapshotError(
+            f"the restored control etcd serves epoch {served.epoch if served else None}, not "
+            f"{report.epoch}; the old data dirs are kept in {', '.join(report.kept)}"
+        )
+    step(f"the control etcd is up as cluster {report.new_cluster_id}, epoch {report.epoch}")
 
 
 async def _complete(
     cluster: ClusterPlan,
     fences: RegionFences,
+    keys: dict[str, FenceValue | None],
     report: GlobalRestoreReport,
     step: Callable[[str], None],
-    stopped_at: float,
 ) -> None:
-    """The new epoch's region made writable after the fence wait, counted from when the old
-    members stopped (no grant of an older epoch can be renewed after that), as `haplane
-    failover` does; the other regions stepped down to it. A failure leaves the epoch fenced
-    for the failover controller to complete, and says so."""
+    """The new epoch's region made writable (the fence wait passed before the record was
+    written), the other regions stepped down to it. A region that was already the active one
+    carries on its own history: no cut. One promoted from standby (the fence keys said a switch
+    had begun) gets its cut recorded, as `haplane failover` does. A failure leaves the epoch
+    fenced for the failover controller to complete, and says so."""
     async with cluster.client(timeout=2.0) as client:
         g = GlobalState(client)
         try:
@@ -440,7 +493,14 @@ async def _complete(
                 )
                 return
             await fences.freeze_others(record, timeout=1.0)
-            after, _ = await unfence_after_wait(g, fences, record, stopped_at)
+            own = keys.get(record.region)
+            if own is not None and own.region == record.region and own.state != "standby":
+                await fences[record.region].activate(record.epoch, timeout=2.0)
+                after = await g.unfence(record.epoch)
+            else:
+                # (its fence wait has passed: it was waited before the record was written)
+                committed = time.monotonic() - record.fence_wait
+                after, _ = await unfence_after_wait(g, fences, record, committed)
             report.unfenced = after.writable
             step(f"epoch {after.epoch} unfenced: {after.region} takes writes")
         except Exception as exc:  # the restore stands; the controller completes the epoch

@@ -189,6 +189,27 @@ class Trigger:
         return self.type + (f" ({', '.join(extra)})" if extra else "")
 
 
+# Who may have a runbook's command run for them (any one role; haplane:platform-admin may
+# have anything run): the separation of duties of `haplane.auth.rbac`'s operator roles, by
+# the haplane command an action runs. Commands not listed need haplane:platform-admin.
+_ETCD, _DR, _GATE = "haplane:etcd-operator", "haplane:dr-operator", "haplane:gate-operator"
+COMMAND_ROLES: dict[str, tuple[str, ...]] = {
+    "status": (),
+    "validate": (),
+    "analyse": (),
+    "member": (_ETCD,),
+    "snapshot": (_ETCD, _DR),
+    "restore": (_ETCD, _DR),
+    "backup": (_DR,),
+    "failover": (_DR,),
+    "failback": (_DR,),
+    "drill": (_DR,),
+    "gc": (_DR,),
+    "maintenance": (_GATE, _ETCD),
+}
+ADMIN_ROLE = "haplane:platform-admin"
+
+
 @dataclass(frozen=True)
 class Command:
     argv: tuple[str, ...]  # as written, starting with "haplane"; templates unexpanded
@@ -196,6 +217,12 @@ class Command:
 
     def expand(self, params: Mapping[str, Any]) -> list[str]:
         return [expand(token, params) for token in self.argv]
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Who may have it run (`COMMAND_ROLES`; empty: anyone who may run the runbook)."""
+        word = self.argv[1] if len(self.argv) > 1 else ""
+        return COMMAND_ROLES.get(word, (ADMIN_ROLE,))
 
 
 @dataclass(frozen=True)
@@ -251,6 +278,22 @@ class Runbook:
     def risky_steps(self) -> list[str]:
         return [s.name for s in self.steps if s.risky]
 
+    def refusal(self, roles: set[str]) -> str | None:
+        """Why someone holding `roles` ("*": every one) may not have this runbook run for
+        them: the first action (or undo) whose command needs a role they lack; None: they
+        may."""
+        if roles & {"*", ADMIN_ROLE}:
+            return None
+        for step in self.steps:
+            for command in (step.command, step.undo):
+                if command is None or not command.roles or roles & set(command.roles):
+                    continue
+                return (
+                    f"step {step.name} runs `{' '.join(command.argv[:2])} ...`, which needs "
+                    f"{' or '.join(command.roles)} (or {ADMIN_ROLE})"
+                )
+        return None
+
     def bind(self, given: Mapping[str, str]) -> dict[str, Any]:
         """The parameters' values: `given` (text, from `-p name=value`) converted, defaults
         for the rest. RunbookError (every problem at once) for an unknown name, a missing
@@ -299,6 +342,7 @@ class Runbook:
             "name": self.name,
             "description": self.description,
             "source": self.source,
+            "sha256": self.digest,
             "parameters": [p.as_dict() for p in self.parameters],
             "triggers": [
                 {"type": t.type, "scope": t.scope, "limitSeconds": t.limit_seconds}

@@ -208,7 +208,7 @@ async def restore_region(
 ) -> RestoreReport:
     """`check_only`: every check, nothing changed (the report's steps say what passed)."""
     if region == GLOBAL_SCOPE:
-        raise RestoreRefused("the global control etcd cannot be restored by haplane yet")
+        raise RestoreRefused("the global control etcd is restored with `haplane restore global`")
     plan = plan_of(topology, state)
     try:
         cluster = cluster_of(plan, region)
