@@ -1,8 +1,11 @@
-"""`haplane snapshot` and `haplane restore region` on the two-regions example as real
-processes: a snapshot of the standby, more writes through the gate, the standby rebuilt from
-the snapshot as a new etcd cluster, and then caught up by its replicators; what must be
+"""`haplane snapshot`, `haplane restore region|global`, scheduled backups and the member
+runbook on the two-regions example as real processes (one topology for all: each start
+costs ~15 s): a snapshot of the standby, more writes through the gate, the standby rebuilt
+from the snapshot as a new etcd cluster, and then caught up by its replicators; what must be
 refused before anything changes (the active region, another region's snapshot, a corrupted
-file); a resourceVersion handed out before the restore is never served again."""
+file); a resourceVersion handed out before the restore is never served again; a namespace
+back from a logical backup; a lost member replaced by the approved runbook under a writer;
+the global control etcd restored from a snapshot older than a failover."""
 
 from __future__ import annotations
 
@@ -17,7 +20,16 @@ import pytest
 import yaml
 
 from haplane.store import EtcdClient
-from tests.topology_helpers import connection, etcd_tls, haplane, kubectl, members, status, wait_for
+from tests.topology_helpers import (
+    connection,
+    etcd_tls,
+    finished_operation,
+    haplane,
+    kubectl,
+    members,
+    status,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -69,9 +81,7 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
     admin = state / "admin.kubeconfig"
     haplane(state, "kubeconfig", "-o", str(admin))
     prefix = b"/registry/configmaps/default/restore-"
-    for i in range(20):
-        r = kubectl(admin, "create", "configmap", f"restore-before-{i}", "--from-literal=a=b")
-        assert r.returncode == 0, r.stderr
+    _create_configmaps(admin, [f"restore-before-{i}" for i in range(20)])
     wait_for(lambda: len(_keys(state, doc, "eu-central", prefix)) == 20, timeout=30)
     # a version a client saw from the standby before the restore
     replica = next(r for r in doc["replicas"] if r["name"] == "eu-central/api-1")
@@ -87,9 +97,7 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
     assert {m["id"] for m in _mine(state)} == {standby["id"], active["id"]}
     assert "intact" in haplane(state, "snapshot", "verify", standby["id"]).stdout
 
-    for i in range(10):
-        r = kubectl(admin, "create", "configmap", f"restore-after-{i}", "--from-literal=a=b")
-        assert r.returncode == 0, r.stderr
+    _create_configmaps(admin, [f"restore-after-{i}" for i in range(10)])
     wait_for(lambda: len(_keys(state, doc, "eu-central", prefix)) == 30, timeout=30)
 
     # refused, and nothing changed: the active region, another region's snapshot
@@ -194,20 +202,31 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
     wait_for(lambda: '"backup-pruned"' in log.read_text(), timeout=90)
     assert len(list(logical.glob("scheduled-*"))) <= 2
 
-    # a lost member (its data dir deleted) replaced while a client writes through the gate:
-    # no write fails, every acknowledged one reads back, three healthy members after
-    # a follower: killing the leader would make the writer see an election, not the
-    # replacement
-    victim = next(
-        n
-        for n, m in members(status(state)).items()
-        if n.startswith("eu-west/") and not m["is_leader"]
-    )
+    # a lost member (its data dir deleted) replaced by the shipped runbook while a client
+    # writes through the gate: no write fails, every acknowledged one reads back, three
+    # healthy members after. A follower: killing the leader would make the writer see an
+    # election, not the replacement
+    before = members(status(state))
+    victim = next(n for n, m in before.items() if n.startswith("eu-west/") and not m["is_leader"])
     haplane(state, "fault", "kill", victim)
     shutil.rmtree(state / "data" / victim)
     server = yaml.safe_load(admin.read_text())["clusters"][0]["cluster"]["server"]
-    acked, failed = _write_while(state, server, lambda: haplane(state, "member", "replace", victim))
+    name = _ask_member_runbook(state, admin, victim)
+    ran: list[dict] = []
+    acked, failed = _write_while(
+        state, server,
+        lambda: (haplane(state, "approve", name, "--kubeconfig", str(admin)),
+                 ran.append(finished_operation(admin, "maintenanceaction", name, timeout=240))),
+    )  # fmt: skip
     assert failed == [] and len(acked) > 20, failed
+    assert ran[0]["phase"] == "Succeeded", ran[0]
+    report = ran[0]["result"]
+    assert report["outcome"] == "passed" and report["failedStep"] is None, report
+    assert [s["outcome"] for s in report["steps"]] == ["passed"] * 6
+    lines = [json.loads(x) for x in Path(report["journal"]).read_text().splitlines()]
+    assert [x["event"] for x in lines][:3] == ["run-start", "step-start", "step-end"]
+    assert lines[-1]["report"]["outcome"] == "passed" and "replaced in" in json.dumps(lines)
+    print(f"runbook: the replacement took {report['steps'][3]['seconds']:.1f} s")
     conn = connection(server, state=state)
     conn.request("GET", "/api/v1/namespaces/default/configmaps?labelSelector=writer%3Dreplace")
     names = {o["metadata"]["name"] for o in json.loads(conn.getresponse().read())["items"]}
@@ -221,11 +240,52 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
         ),
         timeout=60,
     )
-    ids = {m["member_id"] for n, m in members(doc).items() if n.startswith("eu-west/")}
-    assert len(ids) == 3
+    after = {n: m for n, m in members(doc).items() if n.startswith("eu-west/")}
+    assert len({m["member_id"] for m in after.values()}) == 3
+    assert after[victim]["member_id"] != before[victim]["member_id"]
     assert list((state / "data" / "eu-west").glob("*.replaced-*")) == []  # it had none
 
     _global_restore(state, admin, server)
+
+
+def _create_configmaps(admin: Path, names: list[str]) -> None:
+    """One kubectl for them all (a List)."""
+    items = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": n, "namespace":
+              "default"}, "data": {"a": "b"}} for n in names]  # fmt: skip
+    path = admin.with_name(f"{names[0]}.json")
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    r = kubectl(admin, "create", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+
+
+def _ask_member_runbook(state: Path, admin: Path, victim: str) -> str:
+    """The member runbook: a dry run changes nothing; risky, it never runs from here without
+    --direct; asked for by an etcd-operator, it waits for another person's approval (their
+    own never counts). Returns the request's name."""
+    dry = haplane(state, "runbook", "run", "etcd-member-lost", "-p", f"member={victim}",
+                  "--dry-run", "--json", check=False)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert [s["outcome"] for s in json.loads(dry.stdout)["steps"]] == [
+        "passed", "passed", "passed", "dry-run", "dry-run", "pending",
+    ]  # fmt: skip
+    journals = set((state / "runbooks").glob("etcd-member-lost-*.jsonl"))  # the dry run's
+    rita = state / "rita.kc"
+    haplane(state, "kubeconfig", "--user", "rita", "-o", str(rita))
+    r = kubectl(admin, "create", "clusterrolebinding", "rita-etcd",
+                "--clusterrole=haplane:etcd-operator", "--user=rita")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = haplane(state, "runbook", "run", "etcd-member-lost", "-p", f"member={victim}", "--yes",
+                check=False)  # fmt: skip
+    assert r.returncode == 2 and "another person's approval" in r.stderr, r.stderr
+    r = haplane(state, "runbook", "run", "etcd-member-lost", "-p", f"member={victim}",
+                "--kubeconfig", str(rita), "--reason", "lost its disk", "--no-wait")  # fmt: skip
+    name = r.stdout.split()[0].split("/", 1)[1]
+    r = haplane(state, "approve", name, "--kubeconfig", str(rita), check=False)
+    assert r.returncode == 1 and "own approval never counts" in r.stderr, r.stderr
+    time.sleep(1.0)  # nothing runs while it waits
+    assert not members(status(state))[victim]["healthy"]
+    assert set((state / "runbooks").glob("etcd-member-lost-*.jsonl")) == journals
+    return name
 
 
 def _global_restore(state: Path, admin: Path, server: str) -> None:
@@ -245,7 +305,7 @@ def _global_restore(state: Path, admin: Path, server: str) -> None:
     assert before["region"] == "eu-west"
     snap = json.loads(haplane(state, "snapshot", "save", "--region", "global", "--json").stdout)[0]
     assert snap["scope"] == "global" and snap["epoch"] == before["epoch"]
-    haplane(state, "failover", "--to", "eu-central", "--reason", "before the restore")
+    haplane(state, "failover", "--to", "eu-central", "--reason", "before the restore", "--direct")
     moved = wait_for(
         lambda: (a := status(state)["global_state"]["active"])["writable"] and a, timeout=60
     )

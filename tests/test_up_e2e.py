@@ -181,8 +181,10 @@ def test_data_ports_and_the_active_region_survive_down_and_up(state: Path):
             return kv.value if kv else None
 
     asyncio.run(put())
-    haplane(state, "down")
+    _sigkill_of_the_supervisor_takes_every_child_with_it(state)
+    # and it comes back up on the same state dir, its ports and data as they were
     haplane(state, "up", "-d", "--example", "two-regions")
+    assert status(state)["supervisor"] == "healthy"
     assert json.loads((state / "ports.json").read_text()) == ports_before
     assert asyncio.run(get()) == b"yes"
     # a restart keeps the region a failover made active
@@ -195,8 +197,9 @@ def test_data_ports_and_the_active_region_survive_down_and_up(state: Path):
     assert asyncio.run(get()) is None
 
 
-def test_sigkill_of_the_supervisor_takes_every_child_with_it(state: Path):
-    haplane(state, "up", "-d", "--example", "two-regions")
+def _sigkill_of_the_supervisor_takes_every_child_with_it(state: Path) -> None:
+    """(Part of the test above: one start fewer.) The supervisor SIGKILLed: every child dies
+    with it; `down` then finds nothing left."""
     sup = pidfile.read(StateDir(state).supervisor_record)
     assert sup is not None and sup.alive()
     doc = status(state)
@@ -221,12 +224,16 @@ def test_sigkill_of_the_supervisor_takes_every_child_with_it(state: Path):
     assert not any(c["quorum"] for c in doc["clusters"])
     haplane(state, "down")
     assert processes_under(state) == []
-    # and it can come back up on the same state dir
-    haplane(state, "up", "-d", "--example", "two-regions")
-    assert status(state)["supervisor"] == "healthy"
 
 
-def test_up_refuses_a_file_with_errors_unless_forced(state: Path, tmp_path: Path):
+def test_up_refuses_a_file_with_errors_unless_forced_and_takes_a_lost_port_again(
+    state: Path, tmp_path: Path
+):
+    """(One start for both.) A file with HA errors is refused, nothing started, unless
+    --force; a port assigned and then taken by another process before etcd could bind it is
+    reassigned for the new cluster."""
+    import socket
+
     text = (Path(__file__).parent.parent / "examples" / "two-regions.yaml").read_text()
     bad = tmp_path / "bad.yaml"
     # the witness loses its gate: fewer than 3 vantage sites
@@ -234,22 +241,16 @@ def test_up_refuses_a_file_with_errors_unless_forced(state: Path, tmp_path: Path
     r = haplane(state, "up", "-d", str(bad), check=False)
     assert r.returncode == 1 and "gate-vantage-sites" in r.stderr
     assert processes_under(state) == []
-    r = haplane(state, "up", "-d", "--force", str(bad))
-    assert "despite HA errors" in r.stderr
-    assert status(state)["supervisor"] == "healthy"
-
-
-def test_a_port_lost_to_another_process_is_reassigned_for_a_new_cluster(state: Path):
-    import socket
 
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        state.mkdir(parents=True)
+        state.mkdir(parents=True, exist_ok=True)
         # As if the port had been assigned and then taken before etcd could bind it.
         (state / "ports.json").write_text(json.dumps({"eu-west/etcd-2#peer": taken}))
-        r = haplane(state, "up", "-d", "--example", "two-regions")
+        r = haplane(state, "up", "-d", "--force", str(bad))
+        assert "despite HA errors" in r.stderr
         assert (
             "retrying on new ports" in r.stderr
             or "retrying on new ports" in (state / "supervisor.log").read_text()

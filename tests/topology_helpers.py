@@ -194,9 +194,19 @@ def netns_example(
         assert not (root / "netns.json").exists(), "site network left behind"
 
 
+_NO_FAILOVER = ("replica-kill", "etcd-leader-kill", "gate-cut", "blip", "replicator-kill",
+                "standby-partition")  # fmt: skip
+
+
 def drill(root: Path, scenario: str, *extra: str) -> dict[str, Any]:
     """`haplane drill SCENARIO --direct --json` (run here, not through the API): the result,
-    with `_exit` and `_stderr`."""
+    with `_exit` and `_stderr`. Shorter than the defaults unless `extra` says otherwise: 1 s
+    of load before the fault, and 3 s watched after one that must not fail over (5x the
+    examples' 600 ms down-after: a failover would show)."""
+    if "--warmup" not in extra:
+        extra = ("--warmup", "1", *extra)
+    if "--observe" not in extra and scenario in _NO_FAILOVER:
+        extra = ("--observe", "3", *extra)
     r = haplane(root, "drill", scenario, "--direct", "--json", *extra, check=False, timeout=180)
     assert r.stdout, r.stderr
     result: dict[str, Any] = json.loads(r.stdout)

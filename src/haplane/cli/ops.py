@@ -276,6 +276,20 @@ def follow(
         time.sleep(0.2)
 
 
+def _lookup(api: ApiClient, name: str) -> tuple[str, int, Any]:
+    """(plural, status, object) of the request `name` among the kinds this user may read (a
+    kind they may not read is passed over: an etcd-operator approves maintenance, and may not
+    see switchovers); when none has it, the first refusal (it may be where they cannot
+    look), else not found."""
+    answers = []
+    for plural in PLURALS:
+        status, obj = api.request("GET", f"{OPS}/{plural}/{name}")
+        if status not in (403, 404):
+            return plural, status, obj
+        answers.append((plural, status, obj))
+    return next((a for a in answers if a[1] == 403), answers[0])
+
+
 def decide(api: ApiClient, name: str, kind: str, message: str) -> dict[str, Any]:
     """Approve or deny `name` as read now, after saying what it asks (another approval landing
     meanwhile: read again and retry once, the same request only: same uid)."""
@@ -283,10 +297,7 @@ def decide(api: ApiClient, name: str, kind: str, message: str) -> dict[str, Any]
     plural = None
     for attempt in range(2):
         if plural is None:  # whichever kind has a request of that name
-            for plural in PLURALS:
-                status, obj = api.request("GET", f"{OPS}/{plural}/{name}")
-                if status != 404:
-                    break
+            plural, status, obj = _lookup(api, name)
         else:
             status, obj = api.request("GET", f"{OPS}/{plural}/{name}")
         if status != 200:

@@ -25,7 +25,7 @@ from haplane.topology import EtcdClusterView, EtcdMemberView, ResolvedEtcdSettin
 
 from .ports import PortRegistry
 from .process import ManagedProcess, ProcessSpec
-from .supervisor import cluster_ready
+from .supervisor import cluster_ready, stop_leader_last
 
 
 class EtcdCluster:
@@ -162,4 +162,11 @@ class EtcdCluster:
         raise RuntimeError("no leader")
 
     async def stop(self) -> None:
+        """Every member, the leader last (`stop_leader_last`: seconds faster)."""
+
+        async def stop(name: str) -> None:
+            await self.processes[name].stop(grace=2.0)
+
+        async with self.client(timeout=0.5) as c:
+            await stop_leader_last(c, {n: self.endpoint(n) for n in self.names}, stop)
         await asyncio.gather(*(p.stop(grace=2.0) for p in self.processes.values()))

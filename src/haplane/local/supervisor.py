@@ -29,7 +29,7 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -678,7 +678,21 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tokens, return_exceptions=True)
         self._tokens = []
-        await asyncio.gather(*(p.stop() for p in self.processes.values()))
+        # the platform's processes, then each etcd cluster leader last (`stop_leader_last`)
+        etcd = {n for n, p in self.processes.items() if p.spec.kind == "etcd"}
+        await asyncio.gather(*(p.stop() for n, p in self.processes.items() if n not in etcd))
+
+        async def cluster(plan: ClusterPlan) -> None:
+            eps = {
+                m.qualified_name: plan.addresses[m.qualified_name].client_endpoint
+                for m in plan.view.members
+                if m.qualified_name in etcd
+            }
+            async with plan.client(timeout=0.5) as client:
+                await stop_leader_last(client, eps, lambda n: self.processes[n].stop())
+
+        await asyncio.gather(*(cluster(c) for c in self.clusters))
+        await asyncio.gather(*(p.stop() for p in self.processes.values()))  # any left
         if self.network is not None:
             try:
                 self.network.cleanup()
@@ -707,6 +721,25 @@ class Supervisor:
             },
             "components": [p.snapshot() for p in self.processes.values()],
         }
+
+
+async def stop_leader_last(
+    client: EtcdClient, endpoints: Mapping[str, str], stop: Callable[[str], Awaitable[None]]
+) -> None:
+    """Stop a cluster's members (name -> client endpoint), followers first, the leader last.
+    A leader stopped together with its followers spends its stop trying to hand leadership
+    to one of them, until its grace runs out (measured here: 2.0-2.1 s for a 3-member
+    cluster, ~5 s in a topology's `down`); stopped alone, it has nobody to hand it to and
+    stops at once (0.07-0.12 s for the three). No leader answering: all at once."""
+    leader = None
+    for name, ep in endpoints.items():
+        with contextlib.suppress(EtcdError):
+            if (await client.status(ep, timeout=0.5)).is_leader:
+                leader = name
+                break
+    await asyncio.gather(*(stop(n) for n in endpoints if n != leader))
+    if leader is not None:
+        await stop(leader)
 
 
 async def cluster_ready(client: EtcdClient, endpoints: list[str]) -> bool:
