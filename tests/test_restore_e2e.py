@@ -75,6 +75,7 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
         "snapshots": {"every": "5s", "keepHourly": 1, "keepDaily": 1},
         "logical": {"every": "15s", "keep": 2},
     }
+    doc["spec"]["global"]["runbookTriggers"] = {"every": "5s"}
     file = tmp_path / "topology.yaml"
     file.write_text(yaml.safe_dump(doc))
     doc = start_topology(file)
@@ -246,6 +247,48 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
     assert list((state / "data" / "eu-west").glob("*.replaced-*")) == []  # it had none
 
     _global_restore(state, admin, server)
+    _triggers(state, admin)
+
+
+def _triggers(state: Path, admin: Path) -> None:
+    """A standby region loses its etcd quorum for longer than two looks: the runbooks that
+    declare it fire. region-lost (no risky step) runs at once, journaled; the restore runbook
+    (risky) is only asked for, with the region and its newest standby snapshot, and waits
+    for a person's approval: nothing is restored."""
+    for n in ("eu-central/etcd-1", "eu-central/etcd-2"):
+        haplane(state, "fault", "kill", n)
+    log = state / "supervisor.log"
+
+    def fired() -> list[dict]:
+        lines = [json.loads(x) for x in log.read_text().splitlines() if '"runbook-' in x]
+        return [x for x in lines if x.get("scope") == "eu-central"]
+
+    try:
+        seen = wait_for(
+            lambda: (f := fired()) and {x["runbook"] for x in f if x["msg"] in (
+                "runbook-run", "runbook-run-failed")} >= {"region-lost",
+                "regional-etcd-quorum-lost"} and f,
+            timeout=90,
+        )  # fmt: skip
+    finally:
+        for n in ("eu-central/etcd-1", "eu-central/etcd-2"):
+            haplane(state, "fault", "restart", n)
+    asked = next(x for x in seen if x["msg"] == "runbook-fired" and x["asked"])
+    assert asked["runbook"] == "regional-etcd-quorum-lost", seen
+    snapshot = asked["params"]["snapshot"]
+    listed = {m["id"]: m for m in json.loads(haplane(state, "snapshot", "list", "--json").stdout)}
+    assert asked["params"]["region"] == "eu-central" and snapshot in listed, asked
+    assert listed[snapshot]["scope"] == "eu-central"
+    assert listed[snapshot]["fence"].startswith("standby:"), listed[snapshot]
+    assert next(x for x in seen if x["msg"] == "runbook-fired" and x["runbook"] == "region-lost")
+    assert list((state / "runbooks").glob("region-lost-*.jsonl"))
+    r = kubectl(admin, "get", "maintenanceactions", "-o", "json")
+    pending = [
+        o for o in json.loads(r.stdout)["items"]
+        if o["spec"].get("runbook") == "regional-etcd-quorum-lost"
+    ]  # fmt: skip
+    assert len(pending) == 1 and pending[0]["status"]["phase"] == "Pending", pending
+    assert pending[0]["spec"]["parameters"] == {"region": "eu-central", "snapshot": snapshot}
 
 
 def _create_configmaps(admin: Path, names: list[str]) -> None:

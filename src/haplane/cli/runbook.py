@@ -146,13 +146,7 @@ def show_cmd(
         if p.example:
             facts.append(f"e.g. {p.example}")
         typer.echo(f"  {p.name} ({', '.join(facts)}): {p.description}")
-    typer.echo(
-        "triggers: "
-        + ", ".join(
-            str(t) + ("" if not t.event else " [declared: nothing fires it yet]")
-            for t in book.triggers
-        )
-    )
+    typer.echo("triggers: " + ", ".join(str(t) for t in book.triggers))
     typer.echo("steps:")
     for i, s in enumerate(book.steps, 1):
         typer.echo(f"  {i}. {s.kind} {s.name}" + (" [risky]" if s.risky else ""))

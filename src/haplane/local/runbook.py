@@ -25,7 +25,8 @@ Step kinds (`when`, a CEL bool, skips a step when false; `capture` names CEL val
 - `assert`: `expr`, which must hold now (after the actions), else the run fails.
 Expressions see `status` (`haplane status --json`), `params` (typed) and `vars` (captures).
 Templates `{{name}}` (a parameter) go into commands and messages, as whole tokens or inside
-them. Event triggers are declared and checked, and nothing fires them yet.
+them. Event triggers are declared and checked here; the supervisor fires them
+(`runbook_triggers`).
 """
 
 from __future__ import annotations

@@ -210,12 +210,30 @@ class Supervisor:
             raise
         for proc in self.processes.values():
             proc.supervise()
+        failures: asyncio.Queue[str] = asyncio.Queue()  # failed snapshots, for the triggers
+
+        def snapshot_emit(event: str, fields: dict[str, object]) -> None:
+            emit(event, fields)
+            if event == "snapshot-failed" and triggers.enabled:
+                failures.put_nowait(str(fields.get("scope")))
+
+        triggers = self.topology.spec.global_.runbook_triggers
         if self.topology.spec.global_.backups.snapshots.enabled:
             from .snapshots import keep_snapshots
 
             self._tokens.append(
                 asyncio.create_task(
-                    keep_snapshots(self.topology, self.state, emit), name="snapshot schedule"
+                    keep_snapshots(self.topology, self.state, snapshot_emit),
+                    name="snapshot schedule",
+                )
+            )
+        if triggers.enabled:
+            from .runbook_triggers import keep_triggers
+
+            self._tokens.append(
+                asyncio.create_task(
+                    keep_triggers(self.state, emit, failures, float(triggers.every_seconds)),
+                    name="runbook triggers",
                 )
             )
         if self.topology.spec.global_.drills.enabled:

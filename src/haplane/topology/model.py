@@ -356,6 +356,18 @@ class Backups(_Model):
     logical: LogicalSchedule = Field(default_factory=LogicalSchedule)
 
 
+class RunbookTriggers(_Periodic):
+    """Runbooks fired by the events their triggers declare (region-down, quorum-lost,
+    snapshot-failed, replication-lag-over), watched by the supervisor: one without risky
+    steps runs at once (a journaled report); one with risky steps is asked for through the
+    API and runs only once a person approved it."""
+
+    enabled: bool = Field(True, description="Watch for the events runbooks declare.")
+    every: Annotated[str, Field(pattern=_DURATION.pattern)] = Field(
+        "10s", description="How often the status is looked at (an event must hold on two looks)."
+    )
+
+
 class Global(_Model):
     control_etcd: ControlEtcd
     gates: list[Gate] = Field(min_length=1)
@@ -373,6 +385,10 @@ class Global(_Model):
     )
     drills: DrillSchedule = Field(
         default_factory=DrillSchedule, description="DR drills on a schedule (off by default)."
+    )
+    runbook_triggers: RunbookTriggers = Field(
+        default_factory=RunbookTriggers,
+        description="Runbooks fired by the events they declare (on by default).",
     )
 
 
