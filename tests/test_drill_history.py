@@ -93,3 +93,31 @@ def test_the_schedule_is_off_by_default_and_names_only_known_scenarios() -> None
         DrillSchedule(scenarios=["partition"])  # needs --netns: not offered
     with pytest.raises(ValidationError):
         DrillSchedule(every="1s")
+
+
+def test_scheduled_drills_are_metrics_a_collector_reads(tmp_path: Path) -> None:
+    """The last result and start time (its age: time() minus it) per scenario, and the
+    counts, in Prometheus' text format, written to STATE/metrics/drills.prom on each run;
+    `promtool check metrics` accepts them where promtool is installed."""
+    import shutil
+    import subprocess
+
+    from haplane.local.drill_schedule import _record, metrics_text
+
+    state = StateDir(tmp_path)
+    assert "haplane_drill_last_passed{" not in metrics_text(state)  # no run: HELP/TYPE only
+    for scenario, passed, t in (("blip", True, 100.0), ("blip", False, 200.0),
+                                ('re"store', True, 150.0)):  # fmt: skip
+        _record(state, {"scenario": scenario, "time": t, "passed": passed})
+    text = (tmp_path / "metrics" / "drills.prom").read_text()
+    assert text == metrics_text(state)
+    assert 'haplane_drill_last_passed{scenario="blip"} 0\n' in text
+    assert 'haplane_drill_last_passed{scenario="re\\"store"} 1\n' in text
+    assert 'haplane_drill_last_run_timestamp_seconds{scenario="blip"} 200\n' in text
+    assert 'haplane_drill_scheduled_failures{scenario="blip"} 1\n' in text
+    assert "# TYPE haplane_drill_scheduled_runs gauge" in text
+    promtool = shutil.which("promtool")
+    if promtool:
+        r = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                           capture_output=True)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr

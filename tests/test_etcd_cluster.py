@@ -299,3 +299,30 @@ async def test_a_watch_resumed_on_another_cluster_raises_cluster_replaced(tmp_pa
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_members_stop_followers_first_the_leader_last(tmp_path):
+    """`stop_leader_last` (the supervisor's `down`, `EtcdCluster.stop`): the leader, stopped
+    with its followers, would spend its grace handing leadership over; alone, it stops at
+    once. Nobody answering: all at once."""
+    from haplane.local.supervisor import stop_leader_last
+
+    cluster = EtcdCluster(tmp_path / "c", size=3)
+    await cluster.start()
+    order: list[str] = []
+    try:
+        leader = await cluster.leader()
+
+        async def stop(name: str) -> None:
+            order.append(name)
+            await cluster.processes[name].stop(grace=5.0)
+
+        async with cluster.client() as c:
+            eps = {n: cluster.endpoint(n) for n in cluster.names}
+            await stop_leader_last(c, eps, stop)
+            assert order[-1] == leader and sorted(order) == sorted(cluster.names)
+            order.clear()
+            await stop_leader_last(c, eps, stop)  # none answers now
+            assert sorted(order) == sorted(cluster.names)
+    finally:
+        await cluster.stop()

@@ -28,9 +28,10 @@ def status(**over: Any) -> dict[str, Any]:
             {"name": "eu-central/api-1", "ready": True},
         ],
         "replication": [
-            {"region": "eu-west", "state": "Idle", "lag_seconds": None},
-            {"region": "eu-central", "state": "Streaming", "lag_seconds": 0.2},
+            {"region": "eu-west", "state": "Idle", "lag_seconds": None, "report_age": 0.1},
+            {"region": "eu-central", "state": "Streaming", "lag_seconds": 0.2, "report_age": 0.1},
         ],
+        "global_state": {"active": {"region": "eu-west"}},
     }
     doc.update(over)
     return doc
@@ -52,6 +53,18 @@ def test_events_a_status_shows() -> None:
     doc["clusters"][0]["quorum"] = False
     assert ("quorum-lost", "global") in {(e.type, e.scope) for e in rt.events_in(doc)}
     assert "region-down" not in {e.type for e in rt.events_in(doc) if e.scope == "global"}
+    # a report gone stale (its replicator died) is no lag to trust; the active region, or
+    # an unknown one, has no replication to judge
+    doc = status()
+    doc["replication"][1]["report_age"] = 30.0
+    lag = [e for e in rt.events_in(doc) if e.type == "replication-lag-over"]
+    assert [(e.scope, e.lag_seconds) for e in lag] == [("eu-central", None)]
+    doc["replication"][0]["state"] = "no report"
+    assert [e.scope for e in rt.events_in(doc) if e.type == "replication-lag-over"] == [
+        "eu-central"
+    ]
+    doc["global_state"] = {"active": None}
+    assert [e for e in rt.events_in(doc) if e.type == "replication-lag-over"] == []
 
 
 @pytest.mark.parametrize(
@@ -83,15 +96,29 @@ def test_once_per_appearance_after_two_looks_and_a_cool_down() -> None:
     assert [(b.name, e.scope) for b, e in w.due([book], down, 30.0)] == [("region-lost", "eu-west")]
     assert w.due([book], down, 40.0) == []  # still down: not again
     assert w.due([book], [], 50.0) == []
-    w.due([book], down, 60.0)
-    assert w.due([book], down, 70.0) == []  # back within the cool-down
-    assert w.due([book], [], 1000.0) == []
-    w.due([book], down, 1010.0)
-    assert len(w.due([book], down, 1020.0)) == 1  # after it
+    assert w.due([book], down, 60.0) == []
+    assert w.due([book], down, 70.0) == []  # back within the cool-down...
+    assert w.due([book], down, 600.0) == []
+    assert len(w.due([book], down, 640.0)) == 1  # ...and still there after it: fired once
+    assert w.due([book], down, 650.0) == []
     # another scope is another event; a runbook without that trigger never fires
     other = [rt.Event("region-down", "eu-central")]
-    w.due([book, load_shipped("etcd-member-lost")], other, 1030.0)
+    assert w.due([book, load_shipped("etcd-member-lost")], other, 1030.0) == []
     assert [b.name for b, _ in w.due([book], other, 1040.0)] == ["region-lost"]
+    # a failed snapshot, an event of one moment: at once
+    snap = load_shipped("region-lost")
+    failing = [rt.Event("snapshot-failed", "eu-west")]
+    assert w.due([snap], failing, 0.0) == []  # region-lost declares no snapshot-failed
+
+
+def test_a_pause_needs_two_looks_again() -> None:
+    book = load_shipped("region-lost")
+    down = [rt.Event("region-down", "eu-west")]
+    w = rt.Watch()
+    w.due([book], down, 0.0)
+    w.reset()  # an operation held the lock meanwhile
+    assert w.due([book], down, 10.0) == []
+    assert len(w.due([book], down, 20.0)) == 1
 
 
 def test_parameters_from_the_event(tmp_path: Path) -> None:
@@ -106,28 +133,45 @@ def test_parameters_from_the_event(tmp_path: Path) -> None:
                          rt.Event("quorum-lost", "global"), state) == {}  # fmt: skip
 
 
-def test_a_firing_runs_the_runbook_as_an_operator_would(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_diagnosis_runs_a_repair_is_only_proposed(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """region-lost has no action: it runs (journaled, the report's outcome said); the restore
+    runbook acts: the command is proposed, nothing runs and nothing is asked for."""
     calls: list[list[str]] = []
 
     async def run(argv: list[str], timeout: float) -> tuple[int, str, str]:
         calls.append(argv)
-        return 0, "maintenanceaction/x created\n", ""
+        return 1, '{"outcome": "failed", "failedStep": "promoted", "journal": "/j"}', ""
 
     monkeypatch.setattr(rt, "run_primitive", run)
     events: list[tuple[str, dict[str, object]]] = []
     state = StateDir(tmp_path)
     book = load_shipped("region-lost")
+    assert not rt.acts(book) and rt.acts(load_shipped("regional-etcd-quorum-lost"))
     asyncio.run(rt.fire(book, rt.Event("region-down", "eu-west", detail="no quorum"), state,
                         lambda e, f: events.append((e, f))))  # fmt: skip
     (argv,) = calls
     assert argv[3:] == [
-        "runbook", "run", "region-lost", "-p", "region=eu-west", "--no-wait",
-        "--reason", "region-down of eu-west: no quorum", "--state-dir", str(tmp_path),
+        "runbook", "run", "region-lost", "-p", "region=eu-west", "--json",
+        "--state-dir", str(tmp_path),
     ]  # fmt: skip
-    assert [e for e, _ in events] == ["runbook-fired", "runbook-run"]
-    assert events[0][1]["asked"] is False  # no risky step: it runs, nothing is asked
+    assert [e for e, _ in events] == ["runbook-fired", "runbook-run-failed"]
+    assert events[1][1]["said"] == "failed at step promoted" and events[1][1]["journal"] == "/j"
     events.clear()
+
+    class Meta:  # a kept snapshot of eu-west taken as a standby
+        def __init__(self, id_: str, fence: str, at: str) -> None:
+            self.id, self.scope, self.fence, self.taken_at = id_, "eu-west", fence, at
+
+    class Store:
+        def list(self) -> list[Meta]:
+            return [Meta("old", "standby:x@1", "2026-01-01"), Meta("act", "active:eu-west@2",
+                    "2026-01-03"), Meta("new", "standby:x@2", "2026-01-02")]  # fmt: skip
+
+    monkeypatch.setattr("haplane.local.snapshots.snapshot_store", lambda state: Store())
     restore = load_shipped("regional-etcd-quorum-lost")
     asyncio.run(rt.fire(restore, rt.Event("quorum-lost", "eu-west"), state,
                         lambda e, f: events.append((e, f))))  # fmt: skip
-    assert [e for e, _ in events] == ["runbook-not-fired"] and len(calls) == 1
+    assert [e for e, _ in events] == ["runbook-proposed"] and len(calls) == 1
+    assert events[0][1]["run"] == (
+        "haplane runbook run regional-etcd-quorum-lost -p region=eu-west -p snapshot=new"
+    )

@@ -412,8 +412,8 @@ def test_commands_run_as_haplane_itself_with_the_state_dir(tmp_path: Path) -> No
     act = cli_runner(StateDir(tmp_path), lines.append)
     done = asyncio.run(act(["haplane", "runbook", "show", "region-lost"], 60))
     assert done.exit_code == 0, done.stderr
-    assert done.stdout.startswith("region-lost (shipped)")
-    assert "    | region-lost (shipped)" in lines
+    assert done.stdout.startswith("region-lost (shipped, sha256 ")
+    assert any(x.startswith("    | region-lost (shipped, sha256 ") for x in lines), lines
     done = asyncio.run(act(["haplane", "runbook", "show", "nothing; rm -rf /"], 60))
     assert done.exit_code == 2 and "no runbook 'nothing; rm -rf /'" in done.stderr
 

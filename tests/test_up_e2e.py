@@ -190,6 +190,12 @@ def test_data_ports_and_the_active_region_survive_down_and_up(state: Path):
     # a restart keeps the region a failover made active
     active = status(state)["global_state"]["active"]
     assert (active["region"], active["epoch"]) == ("eu-central", 2)
+    # a graceful down and up: the same again
+    haplane(state, "down")
+    haplane(state, "up", "-d", "--example", "two-regions")
+    assert json.loads((state / "ports.json").read_text()) == ports_before
+    assert asyncio.run(get()) == b"yes"
+    assert status(state)["global_state"]["active"]["epoch"] == 2
     haplane(state, "down")
     # --fresh wipes data (and the ports assigned with it)
     haplane(state, "up", "-d", "--fresh", "--example", "two-regions")

@@ -23,6 +23,14 @@ def drills_cmd(
     ] = None,
     last: Annotated[int, typer.Option("--last", help="How many runs to list.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--prometheus",
+            help="The scheduled drills' metrics (STATE/metrics/drills.prom) in Prometheus' "
+            "text format.",
+        ),
+    ] = False,
     state_dir: StateDirOpt = None,
 ) -> None:
     """DR drill history: each run's verdict, RTO (the longest write gap a client saw; for a
@@ -35,6 +43,11 @@ def drills_cmd(
     from haplane.local.state_dir import StateDir, default_state_dir
 
     state = StateDir(Path(state_dir) if state_dir else default_state_dir())
+    if prometheus:
+        from haplane.local.drill_schedule import metrics_text
+
+        typer.echo(metrics_text(state), nl=False)
+        return
     runs = [r for r in history(state) if scenario is None or r.scenario == scenario]
     summary = trends(runs)
     failing = sorted(s for s, t in summary.items() if not t["last"]["passed"])

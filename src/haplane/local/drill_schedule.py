@@ -125,6 +125,55 @@ def _record(state: StateDir, entry: dict[str, Any]) -> None:
     tmp = path.with_suffix(".part")
     tmp.write_text(json.dumps(runs, indent=1) + "\n")
     tmp.replace(path)
+    write_metrics(state)
+
+
+METRICS_FILE = "drills.prom"  # in STATE/metrics: node_exporter's textfile collector format
+_METRICS = (
+    ("haplane_drill_last_passed", "Whether the last scheduled run of the scenario passed (1) "
+     "or failed (0)."),
+    ("haplane_drill_last_run_timestamp_seconds", "When the last scheduled run of the scenario "
+     "started, in seconds since the Unix epoch (its age: time() minus this)."),
+    ("haplane_drill_scheduled_runs", "Scheduled runs of the scenario kept in the history."),
+    ("haplane_drill_scheduled_failures", "Failed scheduled runs of the scenario kept in the "
+     "history."),
+)  # fmt: skip
+
+
+def metrics_text(state: StateDir) -> str:
+    """The scheduled drills' last result, start time and counts per scenario, in Prometheus'
+    text exposition format (gauges: the history is bounded, so the counts are not counters)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for run in _scheduled_runs(state):
+        by.setdefault(str(run.get("scenario")), []).append(run)
+    values = {
+        "haplane_drill_last_passed": {s: float(bool(r[-1].get("passed"))) for s, r in by.items()},
+        "haplane_drill_last_run_timestamp_seconds": {
+            s: float(r[-1].get("time") or 0.0) for s, r in by.items()
+        },
+        "haplane_drill_scheduled_runs": {s: float(len(r)) for s, r in by.items()},
+        "haplane_drill_scheduled_failures": {
+            s: float(sum(not x.get("passed") for x in r)) for s, r in by.items()
+        },
+    }
+    lines = []
+    for name, help_ in _METRICS:
+        lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
+        for scenario, value in sorted(values[name].items()):
+            label = scenario.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{name}{{scenario="{label}"}} {value:.17g}')
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(state: StateDir) -> Path:
+    """`metrics_text` into STATE/metrics/drills.prom, by rename (a collector never reads half
+    a file); point node_exporter's `--collector.textfile.directory` at STATE/metrics."""
+    path = state.root / "metrics" / METRICS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    tmp.write_text(metrics_text(state))
+    tmp.replace(path)
+    return path
 
 
 async def _healthy(state: StateDir) -> str | None:
@@ -154,6 +203,7 @@ async def keep_drills(
     schedule = topology.spec.global_.drills
     every = float(schedule.every_seconds)
     started = clock()
+    write_metrics(state)  # the file is there from the start (empty: no run yet)
     skipped_at: float | None = None
     while True:
         runs = _scheduled_runs(state)

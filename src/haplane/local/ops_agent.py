@@ -277,8 +277,12 @@ async def run_primitive(argv: list[str], timeout: float) -> tuple[int, str, str]
     supervisor's schedules'. Stopped (a timeout, or the supervisor stopping):
     SIGINT first, so that a drill undoes its fault (its `finally`), then SIGKILL to the
     whole group after `UNDO_GRACE`; never left running behind the supervisor."""
+    # a primitive acts on this state dir's platform: never on a cluster the environment of
+    # whoever started the supervisor names (the CLI would take $KUBECONFIG's identity)
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     proc = await asyncio.create_subprocess_exec(
         *argv,
+        env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

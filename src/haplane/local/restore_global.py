@@ -85,6 +85,7 @@ from .etcd_cluster import EtcdCluster
 from .gate_plans import TopologyPlan, plan_of
 from .global_control import operator, unfence_after_wait
 from .plans import ClusterPlan
+from .platform_events import post_safely
 from .snapshots import (
     DataDirSwap,
     RestoreRefused,
@@ -275,10 +276,24 @@ async def _restore(
             if isinstance(exc, SnapshotError):
                 raise RestoreRefused(f"{meta.id} could not be restored: {exc}") from None
             raise
-        await _swap(cluster, dirs, ctl, report, step, ready_timeout)
+        try:
+            await _swap(cluster, dirs, ctl, report, step, ready_timeout)
+        except Exception as exc:
+            if not report.kept:  # not swapped (put back as they were)
+                raise
+            raise SnapshotError(
+                f"{exc}; the old data dirs are kept in {', '.join(report.kept)}"
+            ) from exc
         report.outage_seconds = round(time.monotonic() - stopped_at, 3)
-        await _complete(cluster, fences, keys, report, step)
+        await _complete(cluster, fences, keys, report, step, stopped_at)
         report.seconds = round(time.monotonic() - t0, 3)
+        await post_safely(
+            topology, state, type_="Normal" if report.unfenced else "Warning",
+            reason="ControlEtcdRestored", kind="EtcdCluster", name="global",
+            message=f"the global control etcd restored from snapshot {meta.id} in "
+            f"{report.seconds} s: {report.region} active under epoch {report.epoch}"
+            + ("" if report.unfenced else " (still fenced)"),
+        )  # fmt: skip
         return report
     finally:
         await fences.close()
@@ -465,7 +480,7 @@ async def _swap(
     if served is None or served.epoch != report.epoch:
         raise SnapshotError(
             f"the restored control etcd serves epoch {served.epoch if served else None}, not "
-            f"{report.epoch}; the old data dirs are kept in {', '.join(report.kept)}"
+            f"{report.epoch}"
         )
     step(f"the control etcd is up as cluster {report.new_cluster_id}, epoch {report.epoch}")
 
@@ -476,9 +491,11 @@ async def _complete(
     keys: dict[str, FenceValue | None],
     report: GlobalRestoreReport,
     step: Callable[[str], None],
+    stopped_at: float,
 ) -> None:
-    """The new epoch's region made writable (the fence wait passed before the record was
-    written), the other regions stepped down to it. A region that was already the active one
+    """The new epoch's region made writable once the record's fence wait has passed since the
+    old members stopped (its grant may be the snapshot's, longer than the one waited before
+    the rewrite), the other regions stepped down to it. A region that was already the active one
     carries on its own history: no cut. One promoted from standby (the fence keys said a switch
     had begun) gets its cut recorded, as `haplane failover` does. A failure leaves the epoch
     fenced for the failover controller to complete, and says so."""
@@ -493,14 +510,13 @@ async def _complete(
                 )
                 return
             await fences.freeze_others(record, timeout=1.0)
+            await asyncio.sleep(max(0.0, stopped_at + record.fence_wait - time.monotonic()))
             own = keys.get(record.region)
             if own is not None and own.region == record.region and own.state != "standby":
                 await fences[record.region].activate(record.epoch, timeout=2.0)
                 after = await g.unfence(record.epoch)
             else:
-                # (its fence wait has passed: it was waited before the record was written)
-                committed = time.monotonic() - record.fence_wait
-                after, _ = await unfence_after_wait(g, fences, record, committed)
+                after, _ = await unfence_after_wait(g, fences, record, stopped_at)
             report.unfenced = after.writable
             step(f"epoch {after.epoch} unfenced: {after.region} takes writes")
         except Exception as exc:  # the restore stands; the controller completes the epoch

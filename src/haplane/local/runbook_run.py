@@ -23,7 +23,7 @@ as the ops agent runs its primitives: no shell).
   `step-start`, `step-end`, `undo-start`, `undo-end`, `run-end` with the report), each with
   `t`, seconds since the run began (monotonic clock), written as it happens.
 - One run at a time per state dir (`STATE/runbooks/.lock`, a lock the kernel drops with the
-  process); dry runs take none.
+  process); dry runs, and runbooks without actions, take none.
 """
 
 from __future__ import annotations
@@ -558,7 +558,10 @@ async def run_live(
 ) -> RunReport:
     """Run `book` against the topology in `state`, journaled under `STATE/runbooks/`."""
     check_approval(book, dry_run=dry_run, approved=approved)  # before any file is made
-    lock = contextlib.nullcontext() if dry_run else run_lock(state, book.name)
+    # a runbook without actions changes nothing: it takes no lock (and never keeps a repair
+    # from running), as a dry run does
+    acts = any(step.kind == "action" for step in book.steps)
+    lock = run_lock(state, book.name) if acts and not dry_run else contextlib.nullcontext()
     with lock:
         engine = Engine(
             book,

@@ -2,33 +2,41 @@
 declare (`spec.triggers`: region-down, quorum-lost, snapshot-failed, replication-lag-over).
 
 Layer: run (`haplane.local`). Pure detection (`events_in`, `Watch`) and the supervisor's loop
-(`keep_triggers`), which fires a runbook the way an operator would: `haplane runbook run NAME
--p ... --no-wait` as a child process (`run_primitive`). So a runbook without risky steps runs
-at once, journaled in `STATE/runbooks/` (checks and assertions: a report of what is wrong and
-what to do); one with risky steps is only *asked for* through the API, as the state dir's
-haplane-admin, and runs once another person approved it (`haplane approve NAME`): an event
-never changes the platform by itself.
+(`keep_triggers`). An event never changes the platform by itself:
+- a runbook with no `action` step (checks, waits, assertions: a diagnosis) runs at once, as
+  `haplane runbook run NAME -p ...` would, journaled in `STATE/runbooks/` (without the run
+  lock: it changes nothing, and must not keep an approved repair from running);
+- a runbook with any action is only *proposed*: the supervisor's log and a Kubernetes Event
+  (`RunbookProposed`) name the command, with the parameters the event gives; a person runs
+  it, and its risky steps wait for another person's approval as always. (Asking on the
+  platform's behalf would make the supervisor's identity the asker: its roles are every
+  role, and the approval would be one person's.)
 
-Events, from `haplane status` as gathered every `every` seconds (and the snapshot
-schedule's failures, handed over by the supervisor):
+Events, from `haplane status` as gathered every `every` seconds (and the snapshot schedule's
+failures, handed over by the supervisor); none while `STATE/operation.lock` is held (a
+restore or a member replacement takes members down on purpose):
 - `quorum-lost` (scope: the cluster's region, or `global`): its etcd answers no quorum read;
 - `region-down` (scope: the region): its etcd has no quorum, or none of its API replicas is
   ready;
-- `replication-lag-over` (scope: the standby region): its replication lag in seconds is over
-  the trigger's `limitSeconds`, or its replication is not streaming at all;
+- `replication-lag-over` (scope: a standby region, never the active one): its lag in seconds
+  is over the trigger's `limitSeconds`, or it is not streaming (no report, or a report older
+  than STALE_REPORT: its leading replicator is gone);
 - `snapshot-failed` (scope: the cluster): a scheduled snapshot failed.
 
 A trigger's `scope` narrows it: a region's name, `global`, or `region` (any region). An event
-fires a runbook once when it has held on two checks in a row (no blips), and again only after
-it was gone and came back, at most once per COOL_DOWN per runbook and scope. Parameters come
-from the event: `region` (the scope, when a region), and `snapshot` (the newest snapshot of
-that region taken while it was a standby, for the restore runbook); a runbook whose required
-parameter the event cannot fill is not fired, and the supervisor log says why.
+fires a runbook once it has held on two looks in a row (no blips; a failed snapshot, an event
+of one moment, at once), once per appearance, and not again for the same runbook and scope
+within COOL_DOWN (an event that comes back sooner and persists fires once the cool-down is
+over). Parameters come from the event: `region` (the scope, when a region), and `snapshot`
+(the newest snapshot of that region taken while it was a standby); a runbook whose required
+parameter the event cannot fill is not fired, and the log says why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -38,10 +46,11 @@ from typing import Any
 from haplane.topology.model import GLOBAL_SCOPE
 
 from .ops_agent import run_primitive
-from .runbook import Runbook, Trigger
+from .runbook import Runbook, RunbookError, Trigger
 from .state_dir import StateDir
 
 CHECK_EVERY = 10.0  # seconds between two looks at the status
+STALE_REPORT = 10.0  # seconds: an older replication report's replicator is gone
 COOL_DOWN = 600.0  # seconds before the same runbook fires again for the same scope
 RUN_TIMEOUT = 900.0
 
@@ -58,11 +67,8 @@ def events_in(status: dict[str, Any]) -> list[Event]:
     """The events a `haplane status --json` document shows (replication lag: every standby
     with its lag, for the triggers to compare with their limits)."""
     out: list[Event] = []
-    regions: set[str] = set()
     for c in status.get("clusters") or []:
         scope = str(c.get("name", "")).split("/", 1)[0]
-        if scope != GLOBAL_SCOPE:
-            regions.add(scope)
         if not c.get("quorum"):
             out.append(Event("quorum-lost", scope, detail=str(c.get("error") or "no quorum")))
             if scope != GLOBAL_SCOPE:
@@ -75,18 +81,20 @@ def events_in(status: dict[str, Any]) -> list[Event]:
         down = any(e.type == "region-down" and e.scope == region for e in out)
         if not any_ready and not down:
             out.append(Event("region-down", region, detail="no API replica is ready"))
+    active = ((status.get("global_state") or {}).get("active") or {}).get("region")
     for row in status.get("replication") or []:
         region = str(row.get("region"))
-        if row.get("state") == "Idle":  # the active region: it replicates from nobody
-            continue
-        lag = row.get("lag_seconds")
-        streaming = row.get("state") == "Streaming" and isinstance(lag, int | float)
+        if active is None or region == active or row.get("state") == "Idle":
+            continue  # the active region replicates from nobody; unknown: nothing to say
+        lag, age = row.get("lag_seconds"), row.get("report_age")
+        fresh = isinstance(age, int | float) and age <= STALE_REPORT
+        streaming = row.get("state") == "Streaming" and isinstance(lag, int | float) and fresh
         out.append(
             Event(
                 "replication-lag-over",
                 region,
-                lag_seconds=float(lag) if streaming else None,
-                detail=f"{row.get('state')}, lag {lag}",
+                lag_seconds=float(lag) if streaming and lag is not None else None,
+                detail=f"{row.get('state')}, lag {lag} s, report {age} s old",
             )
         )
     return out
@@ -107,17 +115,19 @@ def matches(trigger: Trigger, event: Event) -> bool:
 
 @dataclass
 class Watch:
-    """Which (runbook, event type, scope) hold now, and when each last fired."""
+    """Which (runbook, event type, scope) hold now, whether each fired in this appearance, and
+    when each (runbook, scope) last fired."""
 
-    held: dict[tuple[str, str, str], int] = field(default_factory=dict)  # checks in a row
+    held: dict[tuple[str, str, str], int] = field(default_factory=dict)  # looks in a row
+    fired: set[tuple[str, str, str]] = field(default_factory=set)  # in this appearance
     fired_at: dict[tuple[str, str], float] = field(default_factory=dict)  # (runbook, scope)
 
     def due(
         self, books: Iterable[Runbook], events: list[Event], now: float
     ) -> list[tuple[Runbook, Event]]:
         """The runbooks to fire now: an event matching one of their triggers that has held
-        for exactly two checks (so: once per appearance; a failed snapshot, an event of one
-        moment, at once), not fired for that scope within COOL_DOWN."""
+        for two looks (a failed snapshot: one), not fired yet in this appearance, and not
+        fired for that scope within COOL_DOWN."""
         seen: dict[tuple[str, str, str], tuple[Runbook, Event]] = {}
         for book in books:
             for trigger in book.triggers:
@@ -125,16 +135,24 @@ class Watch:
                     if trigger.event and matches(trigger, event):
                         seen.setdefault((book.name, event.type, event.scope), (book, event))
         self.held = {key: self.held.get(key, 0) + 1 for key in seen}
+        self.fired &= set(seen)  # gone: the next appearance fires again
         out = []
         for key, (book, event) in seen.items():
-            if self.held[key] != (1 if event.type == "snapshot-failed" else 2):
+            if key in self.fired:
+                continue
+            if self.held[key] < (1 if event.type == "snapshot-failed" else 2):
                 continue
             last = self.fired_at.get((book.name, event.scope))
             if last is not None and now - last < COOL_DOWN:
                 continue
+            self.fired.add(key)
             self.fired_at[(book.name, event.scope)] = now
             out.append((book, event))
         return out
+
+    def reset(self) -> None:
+        """Nothing holds (looks paused): an event must hold two looks again to fire."""
+        self.held = {}
 
 
 def parameters(book: Runbook, event: Event, state: StateDir) -> dict[str, str] | str:
@@ -149,6 +167,10 @@ def parameters(book: Runbook, event: Event, state: StateDir) -> dict[str, str] |
                 given["snapshot"] = newest
         if p.required and p.name not in given:
             return f"parameter {p.name} has no value from a {event.type} event of {event.scope}"
+    try:
+        book.bind(given)
+    except RunbookError as exc:
+        return "; ".join(str(p.message) for p in exc.problems) or str(exc)
     return given
 
 
@@ -160,13 +182,24 @@ def _newest_standby_snapshot(state: StateDir, region: str) -> str | None:
         for m in snapshot_store(state).list()
         if m.scope == region and m.fence.startswith("standby:")
     ]
-    return max(kept, key=lambda m: m.taken_at).id if kept else None
+    return max(kept, key=lambda m: (m.taken_at, m.id)).id if kept else None
+
+
+def acts(book: Runbook) -> bool:
+    """Whether the runbook has any action step (run or proposed)."""
+    return any(step.kind == "action" for step in book.steps)
+
+
+def command_line(book: Runbook, given: dict[str, str]) -> str:
+    return " ".join(
+        ["haplane runbook run", book.name, *(f"-p {k}={v}" for k, v in sorted(given.items()))]
+    )
 
 
 async def fire(
     book: Runbook, event: Event, state: StateDir, emit: Callable[[str, dict[str, object]], None]
 ) -> None:
-    """The runbook run (no risky step) or asked for (risky), as an operator would."""
+    """The runbook run (no action step) or proposed (any action), never asked for."""
     given = parameters(book, event, state)
     facts: dict[str, object] = {
         "runbook": book.name, "event": event.type, "scope": event.scope, "detail": event.detail,
@@ -174,17 +207,24 @@ async def fire(
     if isinstance(given, str):
         emit("runbook-not-fired", {**facts, "why": given})
         return
+    if acts(book):
+        emit("runbook-proposed", {**facts, "params": given, "run": command_line(book, given)})
+        return
     argv = [sys.executable, "-m", "haplane.cli", "runbook", "run", book.name]
     for key, value in sorted(given.items()):
         argv += ["-p", f"{key}={value}"]
-    argv += ["--no-wait", "--reason", f"{event.type} of {event.scope}: {event.detail}"[:1000]]
-    argv += ["--state-dir", str(state.root)]
-    emit("runbook-fired", {**facts, "params": given, "asked": bool(book.risky_steps)})
+    argv += ["--json", "--state-dir", str(state.root)]
+    emit("runbook-fired", {**facts, "params": given})
     code, out, err = await run_primitive(argv, RUN_TIMEOUT)
-    said = (err.strip().splitlines() or [""])[-1] if code else (out.strip().splitlines() or [""])[0]
-    emit(
-        "runbook-run" if code == 0 else "runbook-run-failed", {**facts, "exit": code, "said": said}
-    )
+    said = (err.strip().splitlines() or [""])[-1]
+    with contextlib.suppress(ValueError, AttributeError):
+        report = json.loads(out)
+        said = f"{report['outcome']}" + (
+            f" at step {report['failedStep']}" if report.get("failedStep") else ""
+        )
+        facts["journal"] = report.get("journal")
+    outcome = "runbook-run" if code == 0 else "runbook-run-failed"  # (a failed check: 1)
+    emit(outcome, {**facts, "exit": code, "said": said})
 
 
 async def keep_triggers(
@@ -204,14 +244,19 @@ async def keep_triggers(
     while True:
         await asyncio.sleep(every)
         try:
+            if (state.root / "operation.lock").exists():
+                watch.reset()  # a restore or replacement takes members down on purpose
+                continue
             doc = (await gather_status(state, timeout=2.0)).as_dict()
-        except Exception as exc:  # the supervisor's own status: logged, looked at again
-            emit("triggers-unreadable", {"error": str(exc)})
-            continue
-        events = events_in(doc)
-        while failures is not None and not failures.empty():
-            scope = failures.get_nowait()
-            events.append(Event("snapshot-failed", scope, detail="a scheduled snapshot failed"))
-        books = [x.book for x in catalog(state.root) if x.book is not None]  # invalid: listed
-        for book, event in watch.due(books, events, clock()):
-            await fire(book, event, state, emit)
+            events = events_in(doc)
+            while failures is not None and not failures.empty():
+                scope = failures.get_nowait()
+                events.append(Event("snapshot-failed", scope, detail="a scheduled snapshot failed"))
+            listed = await asyncio.to_thread(catalog, state.root)  # (compiles CEL: off the loop)
+            books = [x.book for x in listed if x.book is not None]  # invalid ones: listed
+            for book, event in watch.due(books, events, clock()):
+                await fire(book, event, state, emit)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # logged; the next look tries again
+            emit("triggers-error", {"error": f"{type(exc).__name__}: {exc}"})

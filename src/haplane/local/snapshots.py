@@ -68,6 +68,7 @@ from haplane.topology.model import GLOBAL_SCOPE
 from .control_client import ControlClient, ControlError
 from .gate_plans import TopologyPlan, plan_of
 from .plans import ClusterPlan, global_plan
+from .platform_events import post_safely
 from .state_dir import OperationLocked, StateDir
 from .supervisor import cluster_ready
 
@@ -226,12 +227,20 @@ async def restore_region(
         )
     try:
         with state.operation_lock(f"restore of {region}"):
-            return await _restore(
+            report = await _restore(
                 state, plan, cluster, region, meta, progress, ready_timeout, catch_up_wait,
                 check_only,
             )  # fmt: skip
     except OperationLocked as exc:
         raise RestoreRefused(str(exc)) from None
+    if not check_only:
+        await post_safely(
+            topology, state, type_="Normal", reason="RegionRestored", kind="Region",
+            name=region, message=f"{region} restored from snapshot {snapshot_id} in "
+            f"{report.seconds} s: cluster {report.new_cluster_id}, "
+            f"{'caught up' if report.caught_up else 'still catching up'}",
+        )  # fmt: skip
+    return report
 
 
 async def _restore(

@@ -210,10 +210,15 @@ class Supervisor:
             raise
         for proc in self.processes.values():
             proc.supervise()
+        from .platform_events import EventForwarder
+
+        events = EventForwarder(self.topology, self.state)  # also as Kubernetes Events
+        self._tokens.append(asyncio.create_task(events.run(), name="platform events"))
+        recorded = events.wrap(emit)
         failures: asyncio.Queue[str] = asyncio.Queue()  # failed snapshots, for the triggers
 
         def snapshot_emit(event: str, fields: dict[str, object]) -> None:
-            emit(event, fields)
+            recorded(event, fields)
             if event == "snapshot-failed" and triggers.enabled:
                 failures.put_nowait(str(fields.get("scope")))
 
@@ -232,7 +237,7 @@ class Supervisor:
 
             self._tokens.append(
                 asyncio.create_task(
-                    keep_triggers(self.state, emit, failures, float(triggers.every_seconds)),
+                    keep_triggers(self.state, recorded, failures, float(triggers.every_seconds)),
                     name="runbook triggers",
                 )
             )
@@ -241,7 +246,7 @@ class Supervisor:
 
             self._tokens.append(
                 asyncio.create_task(
-                    keep_drills(self.topology, self.state, emit), name="drill schedule"
+                    keep_drills(self.topology, self.state, recorded), name="drill schedule"
                 )
             )
         if self.topology.spec.global_.backups.logical.enabled:
@@ -249,7 +254,7 @@ class Supervisor:
 
             self._tokens.append(
                 asyncio.create_task(
-                    keep_logical_backups(self.topology, self.state, emit),
+                    keep_logical_backups(self.topology, self.state, recorded),
                     name="logical backup schedule",
                 )
             )
@@ -709,13 +714,15 @@ class Supervisor:
             async with plan.client(timeout=0.5) as client:
                 await stop_leader_last(client, eps, lambda n: self.processes[n].stop())
 
-        await asyncio.gather(*(cluster(c) for c in self.clusters))
-        await asyncio.gather(*(p.stop() for p in self.processes.values()))  # any left
-        if self.network is not None:
-            try:
-                self.network.cleanup()
-            except Exception as exc:
-                self.progress(f"warning: site network not fully removed: {exc}")
+        try:
+            await asyncio.gather(*(cluster(c) for c in self.clusters), return_exceptions=True)
+        finally:
+            await asyncio.gather(*(p.stop() for p in self.processes.values()))  # any left
+            if self.network is not None:
+                try:
+                    self.network.cleanup()
+                except Exception as exc:
+                    self.progress(f"warning: site network not fully removed: {exc}")
 
     async def fault(self, action: FaultAction, name: str) -> dict[str, Any]:
         proc = self.processes.get(name)
@@ -749,12 +756,14 @@ async def stop_leader_last(
     to one of them, until its grace runs out (measured here: 2.0-2.1 s for a 3-member
     cluster, ~5 s in a topology's `down`); stopped alone, it has nobody to hand it to and
     stops at once (0.07-0.12 s for the three). No leader answering: all at once."""
-    leader = None
-    for name, ep in endpoints.items():
+
+    async def leads(ep: str) -> bool:
         with contextlib.suppress(EtcdError):
-            if (await client.status(ep, timeout=0.5)).is_leader:
-                leader = name
-                break
+            return (await client.status(ep, timeout=0.5)).is_leader
+        return False
+
+    answers = await asyncio.gather(*(leads(ep) for ep in endpoints.values()))
+    leader = next((n for n, yes in zip(endpoints, answers, strict=True) if yes), None)
     await asyncio.gather(*(stop(n) for n in endpoints if n != leader))
     if leader is not None:
         await stop(leader)
