@@ -110,13 +110,26 @@ def test_scheduled_drills_are_metrics_a_collector_reads(tmp_path: Path) -> None:
                                 ('re"store', True, 150.0)):  # fmt: skip
         _record(state, {"scenario": scenario, "time": t, "passed": passed})
     text = (tmp_path / "metrics" / "drills.prom").read_text()
+    _record(state, {"scenario": "broken", "time": "not a number"})  # skipped, not fatal
+    assert "broken" not in (tmp_path / "metrics" / "drills.prom").read_text()
     assert text == metrics_text(state)
     assert 'haplane_drill_last_passed{scenario="blip"} 0\n' in text
     assert 'haplane_drill_last_passed{scenario="re\\"store"} 1\n' in text
     assert 'haplane_drill_last_run_timestamp_seconds{scenario="blip"} 200\n' in text
     assert 'haplane_drill_scheduled_failures{scenario="blip"} 1\n' in text
     assert "# TYPE haplane_drill_scheduled_runs gauge" in text
-    promtool = shutil.which("promtool")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["haplane_drill_last_passed"].type == "gauge"
+    samples = {
+        (s.name, s.labels["scenario"]): s.value
+        for f in families.values()
+        for s in f.samples
+    }  # fmt: skip
+    assert samples[("haplane_drill_last_passed", 're"store')] == 1.0
+    assert samples[("haplane_drill_scheduled_runs", "blip")] == 2.0
+    promtool = shutil.which("promtool")  # (Debian's prometheus; #20 installs it)
     if promtool:
         r = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
                            capture_output=True)  # fmt: skip

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from haplane.local import runbook_triggers as rt
-from haplane.local.runbook import Trigger, load_shipped
+from haplane.local.runbook import Trigger, load_shipped, load_text
 from haplane.local.state_dir import StateDir
 
 
@@ -105,10 +105,36 @@ def test_once_per_appearance_after_two_looks_and_a_cool_down() -> None:
     other = [rt.Event("region-down", "eu-central")]
     assert w.due([book, load_shipped("etcd-member-lost")], other, 1030.0) == []
     assert [b.name for b, _ in w.due([book], other, 1040.0)] == ["region-lost"]
-    # a failed snapshot, an event of one moment: at once
-    snap = load_shipped("region-lost")
+    # a failed snapshot, an event of one moment: at once, and again only after the cool-down
+    snap = load_text(
+        "apiVersion: haplane.dev/v1alpha1\nkind: Runbook\nmetadata: {name: snap}\nspec:\n"
+        "  triggers: [{type: snapshot-failed}]\n"
+        "  steps: [{name: a, kind: check, expr: 'true'}]\n",
+        "test",
+    )
     failing = [rt.Event("snapshot-failed", "eu-west")]
-    assert w.due([snap], failing, 0.0) == []  # region-lost declares no snapshot-failed
+    assert w.due([book], failing, 0.0) == []  # region-lost declares no snapshot-failed
+    assert len(w.due([snap], failing, 0.0)) == 1
+    assert w.due([snap], [], 5.0) == []
+    assert w.due([snap], failing, 10.0) == []  # within the cool-down
+    assert w.due([snap], [], 700.0) == []
+    assert len(w.due([snap], failing, 710.0)) == 1
+
+
+def test_one_outage_fires_a_runbook_once_whichever_events_show_it() -> None:
+    """quorum-lost and region-down of one region, both declared: one firing, not a second
+    when the first event clears and the cool-down is over."""
+    both = load_text(
+        "apiVersion: haplane.dev/v1alpha1\nkind: Runbook\nmetadata: {name: both}\nspec:\n"
+        "  triggers: [{type: quorum-lost, scope: region}, {type: region-down}]\n"
+        "  steps: [{name: a, kind: check, expr: 'true'}]\n",
+        "test",
+    )
+    outage = [rt.Event("quorum-lost", "eu-west"), rt.Event("region-down", "eu-west")]
+    w = rt.Watch()
+    w.due([both], outage, 0.0)
+    assert len(w.due([both], outage, 10.0)) == 1
+    assert w.due([both], outage[1:], 700.0) == []  # the same outage, one event left
 
 
 def test_a_pause_needs_two_looks_again() -> None:
@@ -151,10 +177,10 @@ def test_a_diagnosis_runs_a_repair_is_only_proposed(tmp_path: Path, monkeypatch)
                         lambda e, f: events.append((e, f))))  # fmt: skip
     (argv,) = calls
     assert argv[3:] == [
-        "runbook", "run", "region-lost", "-p", "region=eu-west", "--json",
-        "--state-dir", str(tmp_path),
+        "runbook", "run", "region-lost", "-p", "region=eu-west", "--sha256", book.digest,
+        "--json", "--state-dir", str(tmp_path),
     ]  # fmt: skip
-    assert [e for e, _ in events] == ["runbook-fired", "runbook-run-failed"]
+    assert [e for e, _ in events] == ["runbook-fired", "runbook-run"]  # (it did its job)
     assert events[1][1]["said"] == "failed at step promoted" and events[1][1]["journal"] == "/j"
     events.clear()
 

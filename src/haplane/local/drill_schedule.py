@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ from haplane.topology import Topology
 from .ops_agent import run_primitive
 from .state_dir import StateDir
 
+log = logging.getLogger("haplane.local.drill_schedule")
 RETRY_AFTER = 60.0  # seconds, after a skipped run (unhealthy, or another operation)
 RUN_TIMEOUT = 1800.0
 SCHEDULED = "scheduled.json"  # in STATE/drills: the schedule's own record of its runs
@@ -125,7 +127,10 @@ def _record(state: StateDir, entry: dict[str, Any]) -> None:
     tmp = path.with_suffix(".part")
     tmp.write_text(json.dumps(runs, indent=1) + "\n")
     tmp.replace(path)
-    write_metrics(state)
+    try:
+        write_metrics(state)
+    except OSError as exc:  # the run is recorded; only its metrics are late
+        log.warning("drill metrics not written: %s", exc)
 
 
 METRICS_FILE = "drills.prom"  # in STATE/metrics: node_exporter's textfile collector format
@@ -145,7 +150,8 @@ def metrics_text(state: StateDir) -> str:
     text exposition format (gauges: the history is bounded, so the counts are not counters)."""
     by: dict[str, list[dict[str, Any]]] = {}
     for run in _scheduled_runs(state):
-        by.setdefault(str(run.get("scenario")), []).append(run)
+        if isinstance(run, dict) and isinstance(run.get("time"), int | float):
+            by.setdefault(str(run.get("scenario")), []).append(run)
     values = {
         "haplane_drill_last_passed": {s: float(bool(r[-1].get("passed"))) for s, r in by.items()},
         "haplane_drill_last_run_timestamp_seconds": {
@@ -160,7 +166,7 @@ def metrics_text(state: StateDir) -> str:
     for name, help_ in _METRICS:
         lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
         for scenario, value in sorted(values[name].items()):
-            label = scenario.replace("\\", "\\\\").replace('"', '\\"')
+            label = scenario.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
             lines.append(f'{name}{{scenario="{label}"}} {value:.17g}')
     return "\n".join(lines) + "\n"
 

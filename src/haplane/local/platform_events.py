@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import socket
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haplane.topology import Topology
 
 from .state_dir import StateDir
+
+if TYPE_CHECKING:
+    from haplane.kubeclient import KubeClient
 
 log = logging.getLogger("haplane.local.platform_events")
 
@@ -36,7 +39,6 @@ INVOLVED_API_VERSION = "haplane.dev/v1alpha1"
 FORWARDED: dict[str, tuple[str, str, str, str]] = {
     "drill-passed": ("Normal", "DrillPassed", "Drill", "scenario"),
     "drill-failed": ("Warning", "DrillFailed", "Drill", "scenario"),
-    "drill-skipped": ("Normal", "DrillSkipped", "Drill", "scenario"),
     "snapshot-failed": ("Warning", "SnapshotFailed", "EtcdCluster", "scope"),
     "backup-failed": ("Warning", "BackupFailed", "Backup", "name"),
     "runbook-fired": ("Warning", "RunbookFired", "Runbook", "runbook"),
@@ -52,12 +54,15 @@ def event_object(
     """A core/v1 Event about `kind` `name` (a haplane object: a drill scenario, a cluster, a
     runbook, a region)."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    slug = re.sub(r"[^a-z0-9-]+", "-", f"{kind}-{name}".lower()).strip("-")[:200] or "haplane"
+    slug = re.sub(r"[^a-z0-9-]+", "-", f"{kind}-{name}".lower())[:200].strip("-") or "haplane"
+    # one object per (type, reason, object): a repeat counts up in it (`post`), as client-go's
+    # event correlator does; the set of such objects is bounded, not one per occurrence
+    same = hashlib.sha256(f"{type_}/{reason}/{kind}/{name}".encode()).hexdigest()[:16]
     host = socket.gethostname()
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{slug}.{uuid.uuid4().hex[:12]}", "namespace": NAMESPACE},
+        "metadata": {"name": f"{slug}.{same}", "namespace": NAMESPACE},
         "involvedObject": {
             "apiVersion": INVOLVED_API_VERSION,
             "kind": kind,
@@ -88,8 +93,8 @@ def message_of(event: str, fields: dict[str, object]) -> str:
 async def post(
     topology: Topology, state: StateDir, obj: dict[str, Any], timeout: float = 5.0
 ) -> bool:
-    """POST `obj` (an Event) through the gate as haplane-admin; False (logged) when it could
-    not be."""
+    """`send` `obj` (an Event) through the gate as haplane-admin; False (logged) when it could
+    not be now (Undeliverable: never)."""
     from haplane.auth.kubeconfig import Credentials
     from haplane.kubeclient import KubeClient
 
@@ -109,23 +114,55 @@ async def post(
         log.info("event not posted (%s): %s", obj.get("reason"), exc)
         return False
     try:
-        status, out, _ = await client.exchange(
-            "POST", f"/api/v1/namespaces/{NAMESPACE}/events", obj
-        )
-        if status != 201:
-            log.info("event not posted (%s): %s %s", obj.get("reason"), status, out)
-        return status == 201
-    except Exception as exc:  # unreachable: the record is lost, the work it reports is not
+        return await send(client, obj)
+    except Undeliverable:
+        raise
+    except Exception as exc:  # unreachable: worth another try
         log.info("event not posted (%s): %s", obj.get("reason"), exc)
         return False
     finally:
         await client.close()
 
 
-async def post_safely(topology: Topology, state: StateDir, **event: Any) -> bool:
-    """`post` of `event_object(**event)`, never raising."""
-    with contextlib.suppress(Exception):
-        return await post(topology, state, event_object(**event))
+class Undeliverable(Exception):
+    """The API refused the Event for good (403, 422...): retrying changes nothing."""
+
+
+async def send(client: KubeClient, obj: dict[str, Any]) -> bool:
+    """POST `obj`; when its object exists (a repeat, or a POST whose answer was lost), count
+    up in it: `count` + 1, the new `lastTimestamp` and message. True when recorded; False
+    when worth trying again (5xx, 429); Undeliverable for any other refusal."""
+    base = f"/api/v1/namespaces/{NAMESPACE}/events"
+    status, out, _ = await client.exchange("POST", base, obj)
+    if status == 409:
+        name = obj["metadata"]["name"]
+        status, old, _ = await client.exchange("GET", f"{base}/{name}")
+        if status == 200 and isinstance(old, dict):
+            new = {**old, "message": obj["message"], "lastTimestamp": obj["lastTimestamp"]}
+            new["count"] = int(old.get("count") or 1) + 1
+            status, out, _ = await client.exchange("PUT", f"{base}/{name}", new)
+            if status == 200:
+                return True
+    if status == 201:
+        return True
+    if status in (409, 429) or status >= 500:  # (409: changed meanwhile) worth another try
+        return False
+    raise Undeliverable(f"{status}: {out.get('message') if isinstance(out, dict) else out}")
+
+
+async def post_safely(topology: Topology, state: StateDir, attempts: int = 3, **event: Any) -> bool:
+    """`post` of `event_object(**event)` by a command (a restore), tried `attempts` times a
+    second apart; never raising."""
+    obj = event_object(**event)
+    for attempt in range(attempts):
+        try:
+            if await post(topology, state, obj):
+                return True
+        except Exception as exc:  # Undeliverable, or a bug: logged, the command stands
+            log.info("event not posted (%s): %s", obj.get("reason"), exc)
+            return False
+        if attempt + 1 < attempts:
+            await asyncio.sleep(1.0)
     return False
 
 
@@ -136,6 +173,7 @@ class EventForwarder:
         self.topology, self.state = topology, state
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=limit)
         self.posted = 0
+        self.dropped = 0
 
     def wrap(
         self, emit: Callable[[str, dict[str, object]], None]
@@ -157,19 +195,38 @@ class EventForwarder:
         obj = event_object(
             type_=type_, reason=reason, kind=kind, name=name, message=message_of(event, fields)
         )
-        with contextlib.suppress(asyncio.QueueFull):  # a flood: the log keeps them all
+        try:
             self.queue.put_nowait(obj)
+        except asyncio.QueueFull:  # a flood while the API is away: the log keeps them all
+            self.dropped += 1
+            log.info("event dropped (queue full, %d so far): %s", self.dropped, reason)
 
     async def run(self) -> None:
-        """Post what is queued, until cancelled; one that cannot be posted is tried again a
-        few times over a minute, then dropped (the supervisor's log has it)."""
+        """Post what is queued, until cancelled: one the API cannot take now is tried again
+        (2, 4, 8 s later), then dropped; one it refuses (Undeliverable) at once. Dropped ones
+        are in the supervisor's log."""
         while True:
             obj = await self.queue.get()
-            for attempt in range(4):
-                if await post(self.topology, self.state, obj):
-                    self.posted += 1
-                    break
-                await asyncio.sleep(2.0 * 2**attempt)
-            else:
-                log.info("event dropped after retries: %s", obj.get("reason"))
-            await asyncio.sleep(0)
+            try:
+                for attempt in range(4):
+                    if await post(self.topology, self.state, obj):
+                        self.posted += 1
+                        break
+                    if attempt < 3:
+                        await asyncio.sleep(2.0 * 2**attempt)
+                else:
+                    self.dropped += 1
+                    log.info("event dropped after retries: %s", obj.get("reason"))
+            except Undeliverable as exc:
+                self.dropped += 1
+                log.info("event refused (%s): %s", obj.get("reason"), exc)
+            finally:
+                self.queue.task_done()
+
+    async def drain(self, seconds: float) -> None:
+        """Until what is queued is posted, at most `seconds` (at `down`, before the gates
+        stop)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.join(), seconds)
+        if not self.queue.empty():
+            log.info("events not posted at stop: %d", self.queue.qsize())

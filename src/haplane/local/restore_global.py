@@ -178,11 +178,20 @@ async def restore_global(
         ) from None
     try:
         with state.operation_lock("restore of the global control etcd"):
-            return await _restore(
+            report = await _restore(
                 topology, state, plan, cluster, meta, ctl, progress, ready_timeout, check_only
             )
     except OperationLocked as exc:
         raise RestoreRefused(str(exc)) from None
+    if not check_only:  # (3 tries: while the epoch is still fenced, the API refuses it)
+        await post_safely(
+            topology, state, type_="Normal" if report.unfenced else "Warning",
+            reason="ControlEtcdRestored", kind="EtcdCluster", name="global",
+            message=f"the global control etcd restored from snapshot {meta.id} in "
+            f"{report.seconds} s: {report.region} active under epoch {report.epoch}"
+            + ("" if report.unfenced else " (still fenced)"),
+        )  # fmt: skip
+    return report
 
 
 def _fences(plan: TopologyPlan) -> RegionFences:
@@ -287,13 +296,6 @@ async def _restore(
         report.outage_seconds = round(time.monotonic() - stopped_at, 3)
         await _complete(cluster, fences, keys, report, step, stopped_at)
         report.seconds = round(time.monotonic() - t0, 3)
-        await post_safely(
-            topology, state, type_="Normal" if report.unfenced else "Warning",
-            reason="ControlEtcdRestored", kind="EtcdCluster", name="global",
-            message=f"the global control etcd restored from snapshot {meta.id} in "
-            f"{report.seconds} s: {report.region} active under epoch {report.epoch}"
-            + ("" if report.unfenced else " (still fenced)"),
-        )  # fmt: skip
         return report
     finally:
         await fences.close()

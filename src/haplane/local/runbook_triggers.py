@@ -145,7 +145,9 @@ class Watch:
             last = self.fired_at.get((book.name, event.scope))
             if last is not None and now - last < COOL_DOWN:
                 continue
-            self.fired.add(key)
+            # every event of this outage that fires this runbook for this scope (quorum-lost
+            # and region-down of one region): fired with it, not again when the first clears
+            self.fired |= {k for k in seen if k[0] == book.name and k[2] == event.scope}
             self.fired_at[(book.name, event.scope)] = now
             out.append((book, event))
         return out
@@ -213,17 +215,21 @@ async def fire(
     argv = [sys.executable, "-m", "haplane.cli", "runbook", "run", book.name]
     for key, value in sorted(given.items()):
         argv += ["-p", f"{key}={value}"]
-    argv += ["--json", "--state-dir", str(state.root)]
+    # the runbook as judged here (no action): one edited since is refused, never run
+    argv += ["--sha256", book.digest, "--json", "--state-dir", str(state.root)]
     emit("runbook-fired", {**facts, "params": given})
     code, out, err = await run_primitive(argv, RUN_TIMEOUT)
-    said = (err.strip().splitlines() or [""])[-1]
-    with contextlib.suppress(ValueError, AttributeError):
+    said, reported = (err.strip().splitlines() or [""])[-1], False
+    with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
         report = json.loads(out)
         said = f"{report['outcome']}" + (
             f" at step {report['failedStep']}" if report.get("failedStep") else ""
         )
         facts["journal"] = report.get("journal")
-    outcome = "runbook-run" if code == 0 else "runbook-run-failed"  # (a failed check: 1)
+        reported = True
+    # a diagnosis whose check fails during an outage did its job (exit 1 with its report);
+    # a run that did not report (refused, crashed) is what failed
+    outcome = "runbook-run" if code == 0 or (code == 1 and reported) else "runbook-run-failed"
     emit(outcome, {**facts, "exit": code, "said": said})
 
 
@@ -241,12 +247,21 @@ async def keep_triggers(
     from .status import gather_status
 
     watch = Watch()
+    paused = False
     while True:
         await asyncio.sleep(every)
         try:
-            if (state.root / "operation.lock").exists():
-                watch.reset()  # a restore or replacement takes members down on purpose
+            lock = state.root / "operation.lock"
+            if lock.exists():  # a restore or replacement takes members down on purpose
+                watch.reset()
+                if not paused:
+                    holder = lock.read_text(errors="replace").strip()
+                    emit("triggers-paused", {"why": f"{lock} is held: {holder}"})
+                paused = True
                 continue
+            if paused:
+                emit("triggers-resumed", {})
+            paused = False
             doc = (await gather_status(state, timeout=2.0)).as_dict()
             events = events_in(doc)
             while failures is not None and not failures.empty():

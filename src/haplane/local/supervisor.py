@@ -72,6 +72,7 @@ from .plans import (
     resolve_replicas,
     resolve_replicators,
 )
+from .platform_events import EventForwarder
 from .ports import PortRegistry
 from .process import FaultAction, ManagedProcess, ProcessSpec
 from .security import SUPERVISOR, PlatformTls, platform_tls
@@ -133,6 +134,7 @@ class Supervisor:
         self.gitops: list[GitopsPlan] = []
         # the controllers' tokens kept fresh, the snapshot schedule: cancelled at stop
         self._tokens: list[asyncio.Task[None]] = []
+        self._events: tuple[EventForwarder, asyncio.Task[None]] | None = None
         self.started_in: float | None = None
         self.network = site_network.load(state)
         self.tls: PlatformTls | None = platform_tls(state, topology)
@@ -210,10 +212,8 @@ class Supervisor:
             raise
         for proc in self.processes.values():
             proc.supervise()
-        from .platform_events import EventForwarder
-
         events = EventForwarder(self.topology, self.state)  # also as Kubernetes Events
-        self._tokens.append(asyncio.create_task(events.run(), name="platform events"))
+        self._events = (events, asyncio.create_task(events.run(), name="platform events"))
         recorded = events.wrap(emit)
         failures: asyncio.Queue[str] = asyncio.Queue()  # failed snapshots, for the triggers
 
@@ -701,6 +701,12 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tokens, return_exceptions=True)
         self._tokens = []
+        if self._events is not None:  # what is still queued, while the gates still run
+            forwarder, task = self._events
+            await forwarder.drain(2.0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self._events = None
         # the platform's processes, then each etcd cluster leader last (`stop_leader_last`)
         etcd = {n for n, p in self.processes.items() if p.spec.kind == "etcd"}
         await asyncio.gather(*(p.stop() for n, p in self.processes.items() if n not in etcd))
@@ -714,15 +720,19 @@ class Supervisor:
             async with plan.client(timeout=0.5) as client:
                 await stop_leader_last(client, eps, lambda n: self.processes[n].stop())
 
-        try:
-            await asyncio.gather(*(cluster(c) for c in self.clusters), return_exceptions=True)
-        finally:
-            await asyncio.gather(*(p.stop() for p in self.processes.values()))  # any left
-            if self.network is not None:
-                try:
-                    self.network.cleanup()
-                except Exception as exc:
-                    self.progress(f"warning: site network not fully removed: {exc}")
+        for c, outcome in zip(
+            self.clusters,
+            await asyncio.gather(*(cluster(c) for c in self.clusters), return_exceptions=True),
+            strict=True,
+        ):
+            if isinstance(outcome, BaseException):
+                self.progress(f"warning: {c.view.scope}'s members not stopped in order: {outcome}")
+        await asyncio.gather(*(p.stop() for p in self.processes.values()))  # any left
+        if self.network is not None:
+            try:
+                self.network.cleanup()
+            except Exception as exc:
+                self.progress(f"warning: site network not fully removed: {exc}")
 
     async def fault(self, action: FaultAction, name: str) -> dict[str, Any]:
         proc = self.processes.get(name)

@@ -358,9 +358,9 @@ class Backups(_Model):
 
 class RunbookTriggers(_Periodic):
     """Runbooks fired by the events their triggers declare (region-down, quorum-lost,
-    snapshot-failed, replication-lag-over), watched by the supervisor: one without risky
-    steps runs at once (a journaled report); one with risky steps is asked for through the
-    API and runs only once a person approved it."""
+    snapshot-failed, replication-lag-over), watched by the supervisor: one without actions (a
+    diagnosis) runs at once, journaled; one with actions is only proposed (the command, in
+    the log and an Event): an event never changes the platform by itself."""
 
     enabled: bool = Field(True, description="Watch for the events runbooks declare.")
     every: Annotated[str, Field(pattern=_DURATION.pattern)] = Field(
