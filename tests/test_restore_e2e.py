@@ -386,6 +386,7 @@ def _global_restore(state: Path, admin: Path, server: str) -> None:
         state, server,
         lambda: done.append(haplane(state, "restore", "global", "--snapshot", snap["id"],
                                     "--yes", "--json").stdout),
+        writer="global",
     )  # fmt: skip
     report = json.loads(done[0])
     assert report["epoch"] == moved["epoch"] + 1 and report["region"] == "eu-central"
@@ -404,7 +405,7 @@ def _global_restore(state: Path, admin: Path, server: str) -> None:
     r = kubectl(admin, "create", "configmap", "after-global-restore", "--from-literal=a=b")
     assert r.returncode == 0, r.stderr
     conn = connection(server, state=state)
-    conn.request("GET", "/api/v1/namespaces/default/configmaps?labelSelector=writer%3Dreplace")
+    conn.request("GET", "/api/v1/namespaces/default/configmaps?labelSelector=writer%3Dglobal")
     names = {o["metadata"]["name"] for o in json.loads(conn.getresponse().read())["items"]}
     conn.close()
     assert set(acked) <= names and len(acked) > 10, (len(acked), failed[:5])
@@ -414,7 +415,9 @@ def _global_restore(state: Path, admin: Path, server: str) -> None:
     assert list((state / "data" / "global").glob("*.before-restore-*"))
 
 
-def _write_while(state: Path, server: str, action) -> tuple[list[str], list[str]]:
+def _write_while(
+    state: Path, server: str, action, writer: str = "replace"
+) -> tuple[list[str], list[str]]:
     """Create ConfigMaps through the gate every 20 ms while `action` runs; (acknowledged
     names, failures)."""
     import threading
@@ -427,9 +430,9 @@ def _write_while(state: Path, server: str, action) -> tuple[list[str], list[str]
         conn = connection(server, state=state)
         i = 0
         while not stop.is_set():
-            name = f"replace-{i}"
+            name = f"{writer}-{i}"
             body = json.dumps(
-                {"metadata": {"name": name, "labels": {"writer": "replace"}}, "data": {"i": str(i)}}
+                {"metadata": {"name": name, "labels": {"writer": writer}}, "data": {"i": str(i)}}
             )
             try:
                 conn.request("POST", "/api/v1/namespaces/default/configmaps", body,
