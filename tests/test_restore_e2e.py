@@ -386,7 +386,7 @@ def _global_restore(state: Path, admin: Path, server: str) -> None:
         state, server,
         lambda: done.append(haplane(state, "restore", "global", "--snapshot", snap["id"],
                                     "--yes", "--json").stdout),
-        writer="global",
+        label="global",
     )  # fmt: skip
     report = json.loads(done[0])
     assert report["epoch"] == moved["epoch"] + 1 and report["region"] == "eu-central"
@@ -416,7 +416,7 @@ def _global_restore(state: Path, admin: Path, server: str) -> None:
 
 
 def _write_while(
-    state: Path, server: str, action, writer: str = "replace"
+    state: Path, server: str, action, label: str = "replace"
 ) -> tuple[list[str], list[str]]:
     """Create ConfigMaps through the gate every 20 ms while `action` runs; (acknowledged
     names, failures)."""
@@ -430,9 +430,9 @@ def _write_while(
         conn = connection(server, state=state)
         i = 0
         while not stop.is_set():
-            name = f"{writer}-{i}"
+            name = f"{label}-{i}"
             body = json.dumps(
-                {"metadata": {"name": name, "labels": {"writer": writer}}, "data": {"i": str(i)}}
+                {"metadata": {"name": name, "labels": {"writer": label}}, "data": {"i": str(i)}}
             )
             try:
                 conn.request("POST", "/api/v1/namespaces/default/configmaps", body,

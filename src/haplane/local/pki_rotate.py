@@ -40,6 +40,8 @@ from .security import SUPERVISOR, PlatformTls, cert_name
 from .state_dir import StateDir
 from .supervisor import cluster_ready
 
+SETTLE = 10.0  # seconds a component may look unhealthy before the rotation stops at it
+
 
 class RotationError(Exception):
     """The rotation stopped; the message names the component and why."""
@@ -207,6 +209,12 @@ class Rotation:
         rotated: list[str] = []
         for c in chosen:
             why = await self._healthy(c)
+            # the previous component's restart may have started an election a moment ago:
+            # unhealthy for SETTLE seconds in a row stops the rotation, a blip does not
+            settle = time.monotonic() + SETTLE
+            while why is not None and time.monotonic() < settle:
+                await asyncio.sleep(0.5)
+                why = await self._healthy(c)
             if why is not None:
                 raise RotationError(
                     f"{c.name} is not healthy ({why}): rotation stopped before it "
