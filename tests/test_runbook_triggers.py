@@ -172,7 +172,7 @@ def test_a_diagnosis_runs_a_repair_is_only_proposed(tmp_path: Path, monkeypatch)
     events: list[tuple[str, dict[str, object]]] = []
     state = StateDir(tmp_path)
     book = load_shipped("region-lost")
-    assert not rt.acts(book) and rt.acts(load_shipped("regional-etcd-quorum-lost"))
+    assert not book.acts and load_shipped("regional-etcd-quorum-lost").acts
     asyncio.run(rt.fire(book, rt.Event("region-down", "eu-west", detail="no quorum"), state,
                         lambda e, f: events.append((e, f))))  # fmt: skip
     (argv,) = calls

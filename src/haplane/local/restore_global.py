@@ -83,7 +83,7 @@ from haplane.topology.model import GLOBAL_SCOPE
 from .control_client import ControlClient, ControlError
 from .etcd_cluster import EtcdCluster
 from .gate_plans import TopologyPlan, plan_of
-from .global_control import operator, unfence_after_wait
+from .global_control import operator, region_fences, unfence_after_wait
 from .plans import ClusterPlan
 from .platform_events import post_safely
 from .snapshots import (
@@ -194,12 +194,6 @@ async def restore_global(
     return report
 
 
-def _fences(plan: TopologyPlan) -> RegionFences:
-    return RegionFences(
-        {c.view.scope: c.client(timeout=2.0) for c in plan.clusters if c.view.scope != GLOBAL_SCOPE}
-    )
-
-
 async def _read_fences(fences: RegionFences) -> dict[str, FenceValue | None]:
     """Every region's key; RestoreRefused naming the regions whose etcd does not answer."""
     reads = await fences.read_all(timeout=2.0)
@@ -240,7 +234,7 @@ async def _restore(
         report.steps.append((round(time.monotonic() - t0, 3), text))
         progress(text)
 
-    fences = _fences(plan)
+    fences = region_fences(topology, state, timeout=2.0)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = state.root / "restore" / f"global-{stamp}"
     try:

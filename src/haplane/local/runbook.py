@@ -279,6 +279,12 @@ class Runbook:
     def risky_steps(self) -> list[str]:
         return [s.name for s in self.steps if s.risky]
 
+    @property
+    def acts(self) -> bool:
+        """Whether any step is an action (without one, a runbook changes nothing: a
+        diagnosis, run without the run lock, and at once by an event)."""
+        return any(step.kind == "action" for step in self.steps)
+
     def refusal(self, roles: set[str]) -> str | None:
         """Why someone holding `roles` ("*": every one) may not have this runbook run for
         them: the first action (or undo) whose command needs a role they lack; None: they

@@ -560,8 +560,7 @@ async def run_live(
     check_approval(book, dry_run=dry_run, approved=approved)  # before any file is made
     # a runbook without actions changes nothing: it takes no lock (and never keeps a repair
     # from running), as a dry run does
-    acts = any(step.kind == "action" for step in book.steps)
-    lock = run_lock(state, book.name) if acts and not dry_run else contextlib.nullcontext()
+    lock = run_lock(state, book.name) if book.acts and not dry_run else contextlib.nullcontext()
     with lock:
         engine = Engine(
             book,

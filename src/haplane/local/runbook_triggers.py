@@ -187,11 +187,6 @@ def _newest_standby_snapshot(state: StateDir, region: str) -> str | None:
     return max(kept, key=lambda m: (m.taken_at, m.id)).id if kept else None
 
 
-def acts(book: Runbook) -> bool:
-    """Whether the runbook has any action step (run or proposed)."""
-    return any(step.kind == "action" for step in book.steps)
-
-
 def command_line(book: Runbook, given: dict[str, str]) -> str:
     return " ".join(
         ["haplane runbook run", book.name, *(f"-p {k}={v}" for k, v in sorted(given.items()))]
@@ -209,7 +204,7 @@ async def fire(
     if isinstance(given, str):
         emit("runbook-not-fired", {**facts, "why": given})
         return
-    if acts(book):
+    if book.acts:
         emit("runbook-proposed", {**facts, "params": given, "run": command_line(book, given)})
         return
     argv = [sys.executable, "-m", "haplane.cli", "runbook", "run", book.name]
