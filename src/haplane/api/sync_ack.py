@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 from haplane.store import (
     APPLIED_KEY,
@@ -45,6 +45,7 @@ from haplane.store import (
     SyncState,
 )
 from haplane.store.sync_state import describe
+from haplane.telemetry import Api as M
 
 log = logging.getLogger("haplane.api.sync")
 
@@ -81,37 +82,11 @@ class _Waiter:
 
 class SyncMetrics:
     def __init__(self, registry: CollectorRegistry):
-        self.acks = Counter(
-            "haplane_sync_acknowledgements_total",
-            "writes answered in sync mode, by how: confirmed by a standby, degraded (sync: "
-            "none recorded), unconfirmed (504)",
-            ["outcome"],
-            registry=registry,
-        )
-        self.wait = Histogram(
-            "haplane_sync_wait_seconds",
-            "time from a write's commit to its acknowledgement in sync mode",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=registry,
-        )
-        self.changes = Counter(
-            "haplane_sync_changes_total",
-            "sync record changes this replica made, by what it recorded",
-            ["to"],
-            registry=registry,
-        )
-        self.synchronous = Gauge(
-            "haplane_sync_standby",
-            "1 while the sync record names this standby synchronous for this region",
-            ["standby"],
-            registry=registry,
-        )
-        self.applied = Gauge(
-            "haplane_sync_standby_applied_revision",
-            "the revision of this region each synchronous standby last applied",
-            ["standby"],
-            registry=registry,
-        )
+        self.acks = M.sync_acks.counter(registry)
+        self.wait = M.sync_wait.histogram(registry)
+        self.changes = M.sync_changes.counter(registry)
+        self.synchronous = M.sync_standby.gauge(registry)
+        self.applied = M.sync_applied.gauge(registry)
 
 
 class SyncAck:

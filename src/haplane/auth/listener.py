@@ -110,14 +110,9 @@ class ListenerAccess:
     def expiry_gauge(self, registry: Any, certificate: str = "serving") -> None:
         """`haplane_certificate_expiry_seconds{certificate=...}` in `registry` (read at each
         scrape), as the API replicas export it."""
-        from prometheus_client import Gauge
+        from haplane.telemetry import CERTIFICATE_EXPIRY
 
-        gauge = Gauge(
-            "haplane_certificate_expiry_seconds",
-            "Seconds until the certificate expires (negative once it has)",
-            ["certificate"],
-            registry=registry,
-        )
+        gauge = CERTIFICATE_EXPIRY.gauge(registry)
         gauge.labels(certificate).set_function(self.seconds_to_expiry)
 
     def refusal(self, request: _Request, public: Collection[str]) -> tuple[int, str] | None:

@@ -72,6 +72,7 @@ from .controller import ControllerSettings, FailoverController
 from .events import GateEvent, emit
 from .failover import Settings
 from .forwarder import Forwarder
+from .metrics import FollowerCollector
 from .roles import ActiveRegionFollower, RegionHealth
 
 
@@ -110,6 +111,7 @@ async def serve(config: GateConfig) -> int:
         follower = ActiveRegionFollower(
             forwarder, config.follow.etcd, config.follow.prefix.encode(), tls=etcd_tls
         )
+        forwarder.metrics.registry.register(FollowerCollector(follower))
         follower.start()
     controller = None
     if config.controller is not None:

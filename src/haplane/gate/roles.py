@@ -242,6 +242,7 @@ class ActiveRegionFollower:
         self._confirm_task: asyncio.Task[None] | None = None
         self.region: str | None = None
         self.epoch: int | None = None
+        self.writable: bool | None = None  # the followed epoch's; None until one was read
         self.connected = False
         self.error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -286,7 +287,7 @@ class ActiveRegionFollower:
                     if self.cut_off:
                         self.cut_off = False
                     if record is not None:
-                        self._apply(record.region, record.epoch)
+                        self._apply(record.region, record.epoch, record.writable)
                 await asyncio.sleep(max(0.0, sent + self.retry - time.monotonic()))
 
     async def _follow(self) -> None:
@@ -299,7 +300,7 @@ class ActiveRegionFollower:
                         if record is None:
                             self._refuse("no active region is recorded")
                             continue
-                        self._apply(record.region, record.epoch)
+                        self._apply(record.region, record.epoch, record.writable)
                 except Exception as exc:  # etcd trouble (or a bug, logged below): retry
                     # Keep routing where we were told: choosing on our own is split brain.
                     if not isinstance(exc, EtcdError):
@@ -318,8 +319,12 @@ class ActiveRegionFollower:
                     self.connected, self.error = False, str(exc)
                     await asyncio.sleep(self.retry)
 
-    def _apply(self, region: str, epoch: int) -> None:
-        if (region, epoch) == (self.region, self.epoch) or self.cut_off:
+    def _apply(self, region: str, epoch: int, writable: bool = True) -> None:
+        if self.cut_off:
+            return
+        if epoch == self.epoch:
+            self.writable = writable  # unfenced under the same epoch
+        if (region, epoch) == (self.region, self.epoch):
             return
         if self.epoch is not None and epoch < self.epoch:
             self.forwarder.emit(
@@ -331,7 +336,7 @@ class ActiveRegionFollower:
                 )
             )
             return
-        self.region, self.epoch = region, epoch
+        self.region, self.epoch, self.writable = region, epoch, writable
         if region not in self.forwarder.pools:
             # The authority moved away from our region to one we cannot reach: refuse rather
             # than keep serving a region that is no longer active.
@@ -348,6 +353,7 @@ class ActiveRegionFollower:
         return {
             "active_region": self.region,
             "epoch": self.epoch,
+            "writable": self.writable,
             "global_state_connected": self.connected,
             "cut_off": self.cut_off,
             "error": self.error,

@@ -34,11 +34,12 @@ from typing import Any
 import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from ..auth.kubeconfig import Credentials, KubeconfigError
 from ..auth.kubeconfig import load as load_kubeconfig
+from ..telemetry import Gitops as M
 from .controller import (
     GIT_SOURCES,
     LEASES,
@@ -58,27 +59,14 @@ class _Collector(Collector):
 
     def collect(self) -> list[Metric]:
         m = self.c.metrics
-        leader = GaugeMetricFamily(
-            "haplane_gitops_leader", "1 while this instance holds the controller Lease"
-        )
+        leader, syncs, fetches = M.leader.family(), M.syncs.family(), M.fetches.family()
         leader.add_metric([], 1.0 if self.c.leading else 0.0)
-        syncs = CounterMetricFamily(
-            "haplane_gitops_target_syncs",
-            "Syncs and drift checks of one target, by result (ok, failed, unreachable)",
-            labels=["result"],
-        )
         for result, n in sorted(m.syncs.items()):
             syncs.add_metric([result], n)
-        fetches = CounterMetricFamily(
-            "haplane_gitops_fetches", "Fetches of a GitSource, by result", labels=["result"]
-        )
         for result, n in sorted(m.fetches.items()):
             fetches.add_metric([result], n)
-        seconds = CounterMetricFamily(
-            "haplane_gitops_target_sync_seconds", "Time spent syncing and checking targets"
-        )
+        seconds, hooks = M.sync_seconds.family(), M.webhooks.family()
         seconds.add_metric([], m.sync_seconds_sum)
-        hooks = CounterMetricFamily("haplane_gitops_webhooks", "Webhook requests accepted")
         hooks.add_metric([], m.hooks)
         return [leader, syncs, fetches, seconds, hooks]
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from haplane.telemetry import Drills as M
 from haplane.topology import Topology
 
 from .ops_agent import run_primitive
@@ -134,15 +135,6 @@ def _record(state: StateDir, entry: dict[str, Any]) -> None:
 
 
 METRICS_FILE = "drills.prom"  # in STATE/metrics: node_exporter's textfile collector format
-_METRICS = (
-    ("haplane_drill_last_passed", "Whether the last scheduled run of the scenario passed (1) "
-     "or failed (0)."),
-    ("haplane_drill_last_run_timestamp_seconds", "When the last scheduled run of the scenario "
-     "started, in seconds since the Unix epoch (its age: time() minus this)."),
-    ("haplane_drill_scheduled_runs", "Scheduled runs of the scenario kept in the history."),
-    ("haplane_drill_scheduled_failures", "Failed scheduled runs of the scenario kept in the "
-     "history."),
-)  # fmt: skip
 
 
 def metrics_text(state: StateDir) -> str:
@@ -153,21 +145,17 @@ def metrics_text(state: StateDir) -> str:
         if isinstance(run, dict) and isinstance(run.get("time"), int | float):
             by.setdefault(str(run.get("scenario")), []).append(run)
     values = {
-        "haplane_drill_last_passed": {s: float(bool(r[-1].get("passed"))) for s, r in by.items()},
-        "haplane_drill_last_run_timestamp_seconds": {
-            s: float(r[-1].get("time") or 0.0) for s, r in by.items()
-        },
-        "haplane_drill_scheduled_runs": {s: float(len(r)) for s, r in by.items()},
-        "haplane_drill_scheduled_failures": {
-            s: float(sum(not x.get("passed") for x in r)) for s, r in by.items()
-        },
+        M.last_passed: {s: float(bool(r[-1].get("passed"))) for s, r in by.items()},
+        M.last_run: {s: float(r[-1].get("time") or 0.0) for s, r in by.items()},
+        M.runs: {s: float(len(r)) for s, r in by.items()},
+        M.failures: {s: float(sum(not x.get("passed") for x in r)) for s, r in by.items()},
     }
     lines = []
-    for name, help_ in _METRICS:
-        lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
-        for scenario, value in sorted(values[name].items()):
+    for m, by_scenario in values.items():
+        lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} {m.kind}"]
+        for scenario, value in sorted(by_scenario.items()):
             label = scenario.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-            lines.append(f'{name}{{scenario="{label}"}} {value:.17g}')
+            lines.append(f'{m.name}{{scenario="{label}"}} {value:.17g}')
     return "\n".join(lines) + "\n"
 
 

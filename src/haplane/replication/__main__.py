@@ -21,11 +21,13 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from haplane.auth.listener import ListenerAccess
 from haplane.store import DEFAULT_GLOBAL_PREFIX, EtcdClient, EtcdTls, GlobalState
+from haplane.telemetry import MetricDef
+from haplane.telemetry import Replicator as M
 
 from .rejoin import Rejoin
 from .replicator import Replicator
@@ -94,55 +96,28 @@ class _Collector(Collector):
         self.rep = rep
 
     def collect(self) -> Iterator[Metric]:
-        s = self.rep.status
-        labels = ["region"]
-        val = [self.rep.region]
+        s, val = self.rep.status, [self.rep.region]
 
-        def gauge(name: str, doc: str, value: float | None) -> Metric:
-            g = GaugeMetricFamily(name, doc, labels=labels)
+        def metric(d: MetricDef, value: float | None) -> Metric:
+            family = d.family()
             if value is not None:
-                g.add_metric(val, value)
-            return g
+                family.add_metric(val, value)
+            return family
 
-        def counter(name: str, doc: str, value: float) -> Metric:
-            c = CounterMetricFamily(name, doc, labels=labels)
-            c.add_metric(val, value)
-            return c
-
-        yield gauge("haplane_replication_leader", "1 while this replicator leads", s.leading)
-        state = GaugeMetricFamily(
-            "haplane_replication_state", "1 for the current state", labels=["region", "state"]
-        )
+        yield metric(M.leader, s.leading)
+        state = M.state.family()
         for name in ("Streaming", "Resyncing", "Disconnected", "Idle", "Following", "Starting"):
             state.add_metric([self.rep.region, name], 1.0 if s.state == name else 0.0)
         yield state
-        yield gauge(
-            "haplane_replication_applied_revision",
-            "Last source revision applied",
-            s.applied_revision,
-        )
-        yield gauge(
-            "haplane_replication_source_revision",
-            "Newest source revision seen",
-            s.source_revision,
-        )
-        yield gauge(
-            "haplane_replication_lag_seconds",
-            "Now minus the newest heartbeat applied (wall clocks)",
-            s.lag_seconds(),
-        )
+        yield metric(M.applied, s.applied_revision)
+        yield metric(M.source, s.source_revision)
+        yield metric(M.lag_seconds, s.lag_seconds())
         lag_revs = s.lag_revisions()
-        yield gauge(
-            "haplane_replication_lag_revisions",
-            "Source head minus applied revision",
-            float(lag_revs) if lag_revs is not None else None,
-        )
-        yield counter("haplane_replication_txns", "Target transactions written", s.txns)
-        yield counter(
-            "haplane_replication_revisions", "Source revisions applied (with data)", s.revisions
-        )
-        yield counter("haplane_replication_resyncs", "Full resyncs completed", s.resyncs)
-        yield counter("haplane_replication_errors", "Errors met (and retried)", s.errors)
+        yield metric(M.lag_revisions, float(lag_revs) if lag_revs is not None else None)
+        yield metric(M.txns, s.txns)
+        yield metric(M.revisions, s.revisions)
+        yield metric(M.resyncs, s.resyncs)
+        yield metric(M.errors, s.errors)
 
 
 async def serve(args: argparse.Namespace) -> None:

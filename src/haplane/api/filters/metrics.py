@@ -1,7 +1,7 @@
 """The first link: request count and latency by verb, resource and code, and the number in
 flight (the drain waits for it). Also the replica's Prometheus registry and its metrics.
 
-Layer: api (filters).
+Layer: api (filters). Names, labels and meanings are `haplane.telemetry.Api`'s.
 """
 
 from __future__ import annotations
@@ -10,47 +10,21 @@ import time
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
+from ...telemetry import Api as M
 from ..request import Handler
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "apiserver_request_total",
-            "API requests",
-            ["verb", "resource", "code"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "apiserver_request_duration_seconds",
-            "API request latency",
-            ["verb", "resource"],
-            registry=self.registry,
-        )
-        self.watches = Gauge(
-            "apiserver_watches", "open watches", ["resource"], registry=self.registry
-        )
-        self.etcd_latency = Histogram(
-            "etcd_request_duration_seconds",
-            "etcd call latency",
-            ["operation"],
-            registry=self.registry,
-        )
-        self.certificate_expiry = Gauge(
-            "haplane_certificate_expiry_seconds",
-            "Seconds until a certificate this process serves with expires",
-            ["certificate"],
-            registry=self.registry,
-        )
-        self.encryption_config = Gauge(
-            "haplane_encryption_config_info",
-            "1 for the EncryptionConfiguration in use (sha256 of the file as loaded)",
-            ["sha256"],
-            registry=self.registry,
-        )
+        self.requests = M.requests.counter(self.registry)
+        self.latency = M.duration.histogram(self.registry)
+        self.watches = M.watches.gauge(self.registry)
+        self.etcd_latency = M.etcd_duration.histogram(self.registry)
+        self.certificate_expiry = M.certificate_expiry.gauge(self.registry)
+        self.encryption_config = M.encryption_config.gauge(self.registry)
         self.inflight = 0
         # `labels()` validates and hashes its arguments on every call: keep the children
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
