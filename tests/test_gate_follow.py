@@ -9,6 +9,7 @@ import json
 import time
 
 from haplane.gate.forwarder import Forwarder
+from haplane.gate.metrics import FollowerCollector
 from haplane.gate.roles import ActiveRegionFollower
 from haplane.gate.settings import HealthCheck, UpstreamAddress
 from haplane.store import GlobalState
@@ -21,12 +22,23 @@ async def _until(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def _metrics(forwarder: Forwarder) -> tuple[float, float]:
+    """(haplane_gate_epoch, haplane_gate_epoch_writable) as a scrape of the gate reads them."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = generate_latest(forwarder.metrics.registry).decode()
+    values = {f.name: f.samples[0].value for f in text_string_to_metric_families(text) if f.samples}
+    return values["haplane_gate_epoch"], values["haplane_gate_epoch_writable"]
+
+
 async def test_follower_routes_only_where_the_global_state_says(etcd_cluster, key_prefix):
     forwarder = Forwarder(name="gate-test")
     check = HealthCheck(path="/readyz", interval=0.5, timeout=0.2)
     for region in ("a", "b"):  # nothing listens there: routing, not health, is under test
         await forwarder.set_pool(region, [UpstreamAddress("lb", "127.0.0.1", 9)], check)
     follower = ActiveRegionFollower(forwarder, etcd_cluster.endpoints, key_prefix)
+    forwarder.metrics.registry.register(FollowerCollector(follower))
     client = etcd_cluster.client(timeout=2.0)
     state = GlobalState(client, prefix=key_prefix)
 
@@ -40,8 +52,14 @@ async def test_follower_routes_only_where_the_global_state_says(etcd_cluster, ke
         assert active() is None  # nothing recorded: refuse clients
         await state.initialize("a", by="t", reason="t", fresh=True)
         await _until(lambda: active() == "a")
+        assert follower.writable is True and _metrics(forwarder) == (1.0, 1.0)
         await state.switch("b", expected_epoch=1, by="t", reason="t")
         await _until(lambda: active() == "b" and follower.epoch == 2)
+        # a switch is fenced until unfenced under the same epoch: the gate's metrics say so
+        assert follower.writable is False and _metrics(forwarder) == (2.0, 0.0)
+        await state.unfence(2)
+        await _until(lambda: follower.writable is True)
+        assert _metrics(forwarder) == (2.0, 1.0)
         # a region this gate has no pool for: refuse rather than keep serving b
         await state.switch("c", expected_epoch=2, by="t", reason="t")
         await _until(lambda: follower.epoch == 3)

@@ -12,9 +12,13 @@ import json
 import os
 import socket
 import ssl
+import subprocess
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -377,6 +381,114 @@ def test_every_listener_refuses_plain_text(topo: Path):
     # system:masters is the admin's alone
     r = haplane(state, "kubeconfig", "--user", "eve", "--group", "system:masters", check=False)
     assert r.returncode == 2 and "system:masters" in r.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _prometheus_query(base: str, query: str) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return list(json.load(resp)["data"]["result"])
+
+
+def test_prometheus_scrapes_every_component_with_the_export(topo: Path, tmp_path: Path):
+    """`haplane export prometheus` as a user would run it: the files pass promtool, every
+    component answers the exported scrape with the exported certificates, exports only what
+    the catalogue lists (type and labels), and a real Prometheus scrapes them all, reads the
+    platform's epoch, and fires no alert on the healthy platform."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from haplane import telemetry
+
+    state, out = topo, tmp_path / "prometheus"
+    haplane(state, "export", "prometheus", "-o", str(out), "--scrape-interval", "1")
+    config_file = out / "prometheus.yml"
+    check = subprocess.run(["promtool", "check", "config", str(config_file)],
+                           capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    config = yaml.safe_load(config_file.read_text())
+    catalogue = {c.job: {m.family_name: m for m in c.metrics} for c in telemetry.COMPONENTS}
+    seen: dict[str, set[str]] = {}
+    for job in config["scrape_configs"]:
+        name = job["job_name"]
+        if name == "haplane-drills":  # node_exporter's: not run here
+            continue
+        t = job["tls_config"]
+        ctx = ssl.create_default_context(cafile=t["ca_file"])
+        ctx.load_cert_chain(t["cert_file"], t["key_file"])
+        groups = json.loads((out / "targets" / f"{name}.json").read_text())
+        assert groups, name
+        for group in groups:
+            (target,) = group["targets"]
+            with urllib.request.urlopen(f"https://{target}/metrics", context=ctx,
+                                        timeout=5) as resp:  # fmt: skip
+                body = resp.read().decode()
+            families = list(text_string_to_metric_families(body))
+            seen.setdefault(name, set()).update(f.name for f in families)
+            if name == "etcd":
+                continue  # etcd's own names; the rules read four of them (checked below)
+            lint = subprocess.run(["promtool", "check", "metrics"], input=body,
+                                  capture_output=True, text=True)  # fmt: skip
+            assert lint.returncode == 0 and not lint.stdout.strip(), (target, lint.stdout)
+            for f in families:
+                d = catalogue[name].get(f.name)
+                assert d is not None, f"{group['labels']['name']} exports {f.name}: not in " \
+                    f"the catalogue of {name}"  # fmt: skip
+                assert f.type == d.kind, (f.name, f.type, d.kind)
+                labels = {k for s_ in f.samples for k in s_.labels} - {"le"}
+                assert labels <= set(d.labels), (f.name, labels, d.labels)
+    assert {"apiserver_request", "apiserver_request_duration_seconds"} <= seen["haplane-api"]
+    assert {"haplane_gate_epoch", "haplane_gate_upstream_state"} <= seen["haplane-gate"]
+    assert "haplane_replication_lag_seconds" in seen["haplane-replicator"]
+    assert "haplane_gitops_leader" in seen["haplane-gitops"]
+    from haplane.local.prometheus_export import ETCD_METRICS
+
+    assert {m.removesuffix("_total") for m in ETCD_METRICS} <= seen["etcd"]
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "prometheus.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            ["prometheus", f"--config.file={config_file}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+    try:
+
+        def all_up() -> list[dict[str, Any]] | None:
+            try:
+                with urllib.request.urlopen(f"{base}/api/v1/targets", timeout=2) as resp:
+                    active = json.load(resp)["data"]["activeTargets"]
+            except OSError:
+                return None
+            ours = [t for t in active if t["labels"]["job"] != "haplane-drills"]
+            return ours if ours and all(t["health"] == "up" for t in ours) else None
+
+        try:
+            targets = wait_for(all_up, timeout=40, interval=0.5)
+        except AssertionError:
+            raise AssertionError(log.read_text()[-3000:]) from None
+        assert len(targets) == 4 + 7 + 4 + 2 + 9
+        epoch = status(state)["global_state"]["active"]["epoch"]
+        got = _prometheus_query(base, 'max(haplane_gate_epoch{job="haplane-gate"})')
+        assert [float(r["value"][1]) for r in got] == [float(epoch)]
+        got = _prometheus_query(base, 'max(haplane_gate_epoch_writable{job="haplane-gate"})')
+        assert [float(r["value"][1]) for r in got] == [1.0]
+        # rules run every second: give them several rounds on what was scraped
+        time.sleep(4)
+        firing = _prometheus_query(base, 'ALERTS{alertstate="firing"}')
+        assert firing == [], firing
+        with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=5) as resp:
+            rules = json.load(resp)["data"]["groups"][0]["rules"]
+        assert len(rules) >= 10 and all(r["health"] == "ok" for r in rules), rules
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_no_secret_value_anywhere_on_disk(topo: Path):

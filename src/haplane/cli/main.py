@@ -1275,6 +1275,28 @@ def _export_ca(topology: Topology, state: StateDir, file: Path | None) -> str | 
     raise typer.Exit(1)
 
 
+def _export_topology(state: StateDir, file: Path | None, example: str | None) -> Topology:
+    """The topology to export: the one the state dir holds, or the one named (which must be
+    the same topology when the state dir holds one: its ports and CA are that one's)."""
+    from haplane.topology import load_file
+
+    recorded = load_file(state.topology_file) if state.topology_file.exists() else None
+    if file is None and example is None:
+        if recorded is None:
+            err.print(f"error: no topology in {state.root}; name a file or --example")
+            raise typer.Exit(2)
+        return recorded
+    topology, _ = _load(file, example)
+    if recorded is not None and recorded.name != topology.name:
+        err.print(
+            f"error: {state.root} holds topology {recorded.name!r}, not {topology.name!r}: "
+            "export it without a file, or use another --state-dir (its ports and CA "
+            "belong to the topology it holds)"
+        )
+        raise typer.Exit(2)
+    return topology
+
+
 @export_app.command("haproxy")
 def export_haproxy_cmd(
     file: Annotated[
@@ -1305,24 +1327,9 @@ def export_haproxy_cmd(
     from haplane.local import gate_plans, global_control
     from haplane.local.haproxy_export import haproxy_config
     from haplane.store import EtcdError
-    from haplane.topology import load_file
 
     state = _state(state_dir)
-    recorded = load_file(state.topology_file) if state.topology_file.exists() else None
-    if file is None and example is None:
-        if recorded is None:
-            err.print(f"error: no topology in {state.root}; name a file or --example")
-            raise typer.Exit(2)
-        topology = recorded
-    else:
-        topology, _ = _load(file, example)
-        if recorded is not None and recorded.name != topology.name:
-            err.print(
-                f"error: {state.root} holds topology {recorded.name!r}, not {topology.name!r}: "
-                "export it without a file, or use another --state-dir (its ports and CA "
-                "belong to the topology it holds)"
-            )
-            raise typer.Exit(2)
+    topology = _export_topology(state, file, example)
     ca = _export_ca(topology, state, file)
     state.ensure()
     plan = gate_plans.plan_of(topology, state, read_only=False)
@@ -1355,6 +1362,83 @@ def export_haproxy_cmd(
     else:
         output.write_text(text)
         err.print(f"wrote {output}")
+
+
+@export_app.command("prometheus")
+def export_prometheus_cmd(
+    file: Annotated[
+        Path | None, typer.Argument(help="Topology file (default: the one that is up).")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Directory to write into (created).")
+    ] = Path("prometheus"),
+    example: ExampleOpt = None,
+    scrape_interval: Annotated[
+        int, typer.Option("--scrape-interval", min=1, max=300, help="Seconds.")
+    ] = 15,
+    node_exporter: Annotated[
+        str,
+        typer.Option(
+            "--node-exporter",
+            help="HOST:PORT of the node_exporter whose textfile collector reads STATE/metrics "
+            "(the scheduled drills' results).",
+        ),
+    ] = "localhost:9100",
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Prometheus' scrape configuration (file_sd targets of every component), alerting rules
+    with the topology's thresholds, and a Grafana dashboard.
+
+    Certificates: Prometheus presents STATE/pki/platform/metrics-scraper.crt (group
+    system:monitoring: /metrics only) to haplane's processes, and an etcd-CA client
+    certificate to etcd (which etcd 3.4 requires; it also opens the keyspace, as in any
+    etcd scraped over TLS). Both are issued by `haplane up`. Export again after a topology
+    change."""
+    from haplane.local import gate_plans
+    from haplane.local.prometheus_export import Options, write
+    from haplane.local.security import platform_tls
+
+    state = _state(state_dir)
+    topology = _export_topology(state, file, example)
+    tls = platform_tls(state, topology)
+    if tls is not None:
+        needed = (tls.ca, tls.scraper.cert, tls.etcd_scraper.cert, tls.etcd_scraper.ca)
+        missing = [p for p in needed if not p.is_file()]
+        if missing:
+            err.print(
+                f"error: no {missing[0]}: Prometheus' certificates are issued by `haplane up` "
+                "(run it, or run it again on a topology that is up: it adds what is missing)"
+            )
+            raise typer.Exit(1)
+    state.ensure()
+    plan = gate_plans.plan_of(topology, state, read_only=False)
+    options = Options(scrape_interval, node_exporter, output)
+    for path in write(topology, plan, tls, options):
+        out.print(str(path))
+    err.print(
+        f"check: promtool check config {output / 'prometheus.yml'}; run: prometheus "
+        f"--config.file={output / 'prometheus.yml'}"
+    )
+
+
+@export_app.command("metrics")
+def export_metrics_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of Markdown.")] = False,
+) -> None:
+    """The metric catalogue: every metric of every component, with type, labels and meaning
+    (the README's section is this output)."""
+    from haplane import telemetry
+
+    if as_json:
+        doc = [
+            {"job": c.job, "name": m.name, "type": m.kind, "labels": list(m.labels),
+             "help": m.help}
+            for c in telemetry.COMPONENTS
+            for m in c.metrics
+        ]  # fmt: skip
+        out.print_json(json.dumps(doc))
+    else:
+        sys.stdout.write(telemetry.markdown())
 
 
 @app.command("kubeconfig")

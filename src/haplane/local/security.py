@@ -63,6 +63,7 @@ ADMIN_USER = "haplane-admin"
 FRONT_PROXY = "haplane-front-proxy"  # the CN replicas believe X-Remote-* headers from
 ADMIN_GROUPS = ("system:masters",)
 SUPERVISOR = "haplane"
+SCRAPER, SCRAPER_USER = "metrics-scraper", "haplane-metrics-scraper"  # file stem, CN
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -181,6 +182,20 @@ class PlatformTls:
         """`haplane-admin` in `system:masters`: the CLI's and the default kubeconfig's."""
         return self.platform("admin")
 
+    @property
+    def scraper(self) -> Pair:
+        """A metrics scraper's (Prometheus'): `haplane-metrics-scraper` in system:monitoring,
+        which may get /metrics of every API replica and admin listener, and nothing else."""
+        return self.platform(SCRAPER)
+
+    @property
+    def etcd_scraper(self) -> EtcdTls:
+        """What a scraper gets etcd's /metrics with: etcd 3.4 asks every client of its client
+        port for a certificate of the etcd CA, and without etcd's own auth (off here) any
+        such certificate may also read and write the keyspace. kube-prometheus scrapes etcd
+        the same way: keep it on the Prometheus host as carefully as etcd's data."""
+        return self.etcd_client(SCRAPER)
+
     def check(self) -> None:
         """Raise `MissingCredentials` unless the etcd and platform CAs and the admin's pair
         are here: what every CLI command that dials the platform needs."""
@@ -255,7 +270,7 @@ def user_certificate(tls: PlatformTls, user: str, groups: tuple[str, ...], days:
 
     if not _USER_NAME.fullmatch(user):
         raise PkiError(f"--user {user!r}: use letters, digits and @._:- (at most 63)")
-    if user in (ADMIN_USER, FRONT_PROXY) or user.startswith("system:"):
+    if user in (ADMIN_USER, FRONT_PROXY, SCRAPER_USER) or user.startswith("system:"):
         raise PkiError(
             f"--user {user!r} is reserved (haplane's own identities, and Kubernetes' system: "
             "names): choose another name"
@@ -391,6 +406,10 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
     platform.ensure(
         CertRequest("admin", ADMIN_USER, organizations=ADMIN_GROUPS, client=True, days=days)
     )
+    # `haplane export prometheus` points Prometheus at these two
+    monitoring = ("system:monitoring",)
+    platform.ensure(CertRequest(SCRAPER, SCRAPER_USER, monitoring, client=True, days=days))
+    leaf(etcd, cert_name("client", SCRAPER), SCRAPER_USER, client=True)
     proxy.ensure(CertRequest("front-proxy", FRONT_PROXY, client=True, days=days))
     load_or_create_key(tls.service_account_key)
     after = [p for d in dirs for p in d.glob("*.crt")]
