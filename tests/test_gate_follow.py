@@ -22,6 +22,25 @@ async def _until(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def test_a_cut_off_gate_exports_no_epoch():
+    """What it saw last may be stale: a fence alert must not read its `writable`."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    follower = SimpleNamespace(epoch=3, writable=True, cut_off=False)
+    registry = CollectorRegistry()
+    registry.register(FollowerCollector(follower))  # type: ignore[arg-type]
+
+    def samples() -> list[str]:
+        text = generate_latest(registry).decode()
+        return [line for line in text.splitlines() if not line.startswith("#")]
+
+    assert samples() == ["haplane_gate_epoch 3.0", "haplane_gate_epoch_writable 1.0"]
+    follower.cut_off = True
+    assert samples() == []
+
+
 def _metrics(forwarder: Forwarder) -> tuple[float, float]:
     """(haplane_gate_epoch, haplane_gate_epoch_writable) as a scrape of the gate reads them."""
     from prometheus_client import generate_latest
@@ -60,6 +79,9 @@ async def test_follower_routes_only_where_the_global_state_says(etcd_cluster, ke
         await state.unfence(2)
         await _until(lambda: follower.writable is True)
         assert _metrics(forwarder) == (2.0, 1.0)
+        # a confirming read sent before the unfence, answered after it, is not a re-fence
+        follower._apply("b", 2, False, revision=1)
+        assert follower.writable is True
         # a region this gate has no pool for: refuse rather than keep serving b
         await state.switch("c", expected_epoch=2, by="t", reason="t")
         await _until(lambda: follower.epoch == 3)

@@ -439,8 +439,9 @@ def test_prometheus_scrapes_every_component_with_the_export(topo: Path, tmp_path
                 assert d is not None, f"{group['labels']['name']} exports {f.name}: not in " \
                     f"the catalogue of {name}"  # fmt: skip
                 assert f.type == d.kind, (f.name, f.type, d.kind)
-                labels = {k for s_ in f.samples for k in s_.labels} - {"le"}
-                assert labels <= set(d.labels), (f.name, labels, d.labels)
+                for sample in f.samples:
+                    labels = set(sample.labels) - {"le"}
+                    assert labels == set(d.labels), (f.name, labels, d.labels)
     assert {"apiserver_request", "apiserver_request_duration_seconds"} <= seen["haplane-api"]
     assert {"haplane_gate_epoch", "haplane_gate_upstream_state"} <= seen["haplane-gate"]
     assert "haplane_replication_lag_seconds" in seen["haplane-replicator"]
@@ -479,16 +480,58 @@ def test_prometheus_scrapes_every_component_with_the_export(topo: Path, tmp_path
         assert [float(r["value"][1]) for r in got] == [float(epoch)]
         got = _prometheus_query(base, 'max(haplane_gate_epoch_writable{job="haplane-gate"})')
         assert [float(r["value"][1]) for r in got] == [1.0]
-        # rules run every second: give them several rounds on what was scraped
+        # what the rules select is there, with the labels they group by (an alert whose
+        # series never exist could never fire)
+        for query, expected in (
+            ('count(haplane_gate_upstream_state{job="haplane-gate",role="gate",state="up"})',
+             3 * 4),  # three gates, two regions of two balancers
+            ('count by (region) (up{job="haplane-api"})', 2),
+            ('count(haplane_replication_lag_seconds{job="haplane-replicator"} and on(instance) '
+             '(haplane_replication_leader{job="haplane-replicator"} == 1))', 1),  # the standby
+            ('count(haplane_replication_state{exported_region!=""})', 0),
+            ('count(etcd_mvcc_db_total_size_in_bytes{job="etcd"} / '
+             'etcd_server_quota_backend_bytes{job="etcd"})', 9),
+            ('count(etcd_server_has_leader{job="etcd"} == 1)', 9),
+            ('count by (name) (haplane_certificate_expiry_seconds)', 4 + 7 + 4),
+        ):  # fmt: skip
+            got = _prometheus_query(base, query)
+            value = len(got) if "count by" in query else sum(float(r["value"][1]) for r in got)
+            assert value == expected, (query, got)
+        # rules run every second: give them several rounds on what was scraped; nothing is
+        # firing, nor even pending
         time.sleep(4)
-        firing = _prometheus_query(base, 'ALERTS{alertstate="firing"}')
-        assert firing == [], firing
+        alerts = _prometheus_query(base, "ALERTS")
+        assert alerts == [], alerts
         with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=5) as resp:
             rules = json.load(resp)["data"]["groups"][0]["rules"]
         assert len(rules) >= 10 and all(r["health"] == "ok" for r in rules), rules
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_logs_merge_every_component(topo: Path):
+    """`haplane logs --json` on the running example: every process's log is in the timeline,
+    in time order, and every line a component wrote carries its own time (API replicas and
+    replicators once wrote lines without one)."""
+    root = StateDir(topo)
+    plan = plan_of(load_file(root.topology_file), root)
+    r = haplane(topo, "logs", "--json")
+    got = [json.loads(line) for line in r.stdout.splitlines()]
+    expected = {
+        "supervisor",
+        *(m.qualified_name for c in plan.clusters for m in c.view.members),
+        *(x.qualified_name for x in (*plan.replicas, *plan.balancers, *plan.gates)),
+        *(x.qualified_name for x in (*plan.replicators, *plan.gitops)),
+    }
+    assert expected - {e["component"] for e in got} == set()
+    untimed = [e for e in got if e.get("timed") is False and e["component"] != "supervisor"]
+    assert untimed == [], untimed[:5]
+    stamps = [e["ts"] for e in got]
+    assert stamps == sorted(stamps)
+    # the plain view of one kind of component
+    r = haplane(topo, "logs", "-c", "*/rep-*", "--color", "never")
+    assert r.stdout and all(" eu-" in line[12:25] for line in r.stdout.splitlines())
 
 
 def test_no_secret_value_anywhere_on_disk(topo: Path):

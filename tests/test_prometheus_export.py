@@ -295,18 +295,25 @@ def test_failover_and_fence(tmp_path: Path):
             _alerts("HaplaneFenceActiveTooLong", "3m"),
         ],
     }
+    # epoch 2 from 1m15s; g4 is behind (still on epoch 1, which it calls writable): it must
+    # not hide the fence the others see
     stuck = {
         "interval": "15s",
         "input_series": [
-            {"series": writable.format(g="g1"), "values": "1x4 0x10 1x20"},
-            {"series": writable.format(g="g2"), "values": "1x4 0x20 1x10"},
-            # one gate that already saw the unfence is enough: the region writes
-            {"series": writable.format(g="g3"), "values": "1x4 0x5 1x25"},
+            *({"series": epoch.format(g=g), "values": "1x4 2x35"} for g in ("g1", "g2", "g3")),
+            {"series": epoch.format(g="g4"), "values": "1x40"},
+            {"series": writable.format(g="g4"), "values": "1x40"},
+            {"series": writable.format(g="g1"), "values": "1x4 0x10 1x25"},
+            {"series": writable.format(g="g2"), "values": "1x4 0x20 1x15"},
+            # one gate on the newest epoch that saw the unfence is enough: the region writes
+            {"series": writable.format(g="g3"), "values": "1x4 0x8 1x27"},
         ],
-        # fenced in every gate's view from 1m15s to 2m30s; g3 sees the unfence at 2m45s
+        # fenced in the view of every gate on epoch 2 from 1m15s to 3m15s (over the `for` of
+        # grant + margin + 5 s + two scrapes = 37 s); g3 sees the unfence at 3m30s
         "alert_rule_test": [
+            _alerts("HaplaneFenceActiveTooLong", "1m45s"),  # pending
             _alerts("HaplaneFenceActiveTooLong", "2m", {"severity": "critical"}),
-            _alerts("HaplaneFenceActiveTooLong", "2m45s"),
+            _alerts("HaplaneFenceActiveTooLong", "3m30s"),
         ],
     }
     run_rule_tests(tmp_path, example(), [switch, stuck])
@@ -365,8 +372,9 @@ def test_etcd_certificates_drills_and_targets(tmp_path: Path):
 
 
 def test_drills_overdue_only_when_scheduled(tmp_path: Path):
-    """Every 5m: overdue once no run is newer than 15m, or when the series is missing
-    altogether (node_exporter not set up: the alerts could never fire otherwise)."""
+    """Every 5m: overdue once no run is newer than 15m (then a minute's `for`), or when the
+    series is missing altogether (node_exporter not set up: the alerts could never fire
+    otherwise)."""
     last = 'haplane_drill_last_run_timestamp_seconds{job="haplane-drills",scenario="x"}'
     fresh = {
         "interval": "1m",
@@ -377,14 +385,18 @@ def test_drills_overdue_only_when_scheduled(tmp_path: Path):
         "interval": "1m",
         "input_series": [{"series": last, "values": "0x40"}],  # one run, at the start
         "alert_rule_test": [
-            _alerts("HaplaneDrillsOverdue", "20m"),  # overdue from 15m, for 15m
-            _alerts("HaplaneDrillsOverdue", "35m", {"severity": "warning"}),
+            _alerts("HaplaneDrillsOverdue", "15m"),
+            _alerts("HaplaneDrillsOverdue", "16m"),  # pending
+            _alerts("HaplaneDrillsOverdue", "17m", {"severity": "warning"}),
         ],
     }
     missing = {
         "interval": "1m",
         "input_series": [{"series": 'up{job="other"}', "values": "1x40"}],
-        "alert_rule_test": [_alerts("HaplaneDrillsOverdue", "20m", {"severity": "warning"})],
+        "alert_rule_test": [
+            _alerts("HaplaneDrillsOverdue", "30s"),
+            _alerts("HaplaneDrillsOverdue", "2m", {"severity": "warning"}),
+        ],
     }
     scheduled = example(drills={"enabled": True, "every": "5m"})
     run_rule_tests(tmp_path, scheduled, [fresh, stale, missing])

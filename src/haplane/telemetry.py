@@ -1,4 +1,5 @@
-"""Every metric haplane's processes export, in one catalogue: name, type, labels and meaning.
+"""Every metric haplane's processes export, in one catalogue: name, type, labels and meaning;
+and the JSON line every process logs (`JsonLogFormatter`), which `haplane logs` merges.
 
 Layer: telemetry, the lowest beside topology. Plain data: it imports nothing of haplane, and
 prometheus_client only inside the functions that build metrics (the CLI reads the catalogue
@@ -14,6 +15,10 @@ kube-apiserver names that kubectl-era dashboards already know (`apiserver_*`, `e
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -356,3 +361,52 @@ def markdown() -> str:
             out.append(f"| `{m.name}` | {m.kind} | {labels} | {meaning} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+# ---- logs ---------------------------------------------------------------------------------
+
+
+def iso_utc(ts: float) -> str:
+    """`2026-12-06T11:43:29.321Z`: the `ts` of every log line (etcd's own format too)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: `ts` (this process's wall clock, UTC, milliseconds),
+    `level`, `component`, then the message's fields. Most of haplane's messages are JSON
+    objects already: they are merged in, and their own `ts`, `level` or `component` win;
+    any other message is `msg`. A traceback goes in `exception`, so a line stays a line."""
+
+    def __init__(self, component: str) -> None:
+        super().__init__()
+        self.component = component
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        line: dict[str, Any] = {
+            "ts": iso_utc(record.created),
+            "level": record.levelname.lower(),
+            "component": self.component,
+        }
+        fields = None
+        if message.startswith("{"):
+            with contextlib.suppress(ValueError):
+                fields = json.loads(message)
+        if isinstance(fields, dict):
+            line.update(fields)
+        else:
+            line["msg"] = message
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def log_to_stderr(logger: logging.Logger, component: str) -> None:
+    """`logger` writes JSON lines (`JsonLogFormatter`) to stderr, from INFO, and only there."""
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter(component))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -10,11 +10,11 @@ import asyncio
 import gc
 import logging
 import signal
-import sys
 
 import uvloop
 
 from haplane.store import EtcdTls
+from haplane.telemetry import log_to_stderr
 
 from .server import ApiServer, ReplicaConfig, SecurityConfig
 from .sync_ack import SyncConfig
@@ -231,11 +231,9 @@ GC_THRESHOLDS = (50_000, 10, 10)
 
 def main() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logging.getLogger("haplane.api").addHandler(handler)
-    logging.getLogger("haplane.api").setLevel(logging.INFO)
-    uvloop.run(serve(parse_args()))
+    config = parse_args()
+    log_to_stderr(logging.getLogger("haplane"), f"{config.region}/{config.replica}")
+    uvloop.run(serve(config))
 
 
 if __name__ == "__main__":

@@ -1390,7 +1390,7 @@ def export_prometheus_cmd(
     with the topology's thresholds, and a Grafana dashboard.
 
     Certificates: Prometheus presents STATE/pki/platform/metrics-scraper.crt (group
-    system:monitoring: /metrics only) to haplane's processes, and an etcd-CA client
+    system:monitoring: /metrics and health) to haplane's processes, and an etcd-CA client
     certificate to etcd (which etcd 3.4 requires; it also opens the keyspace, as in any
     etcd scraped over TLS). Both are issued by `haplane up`. Export again after a topology
     change."""
@@ -1439,6 +1439,99 @@ def export_metrics_cmd(
         out.print_json(json.dumps(doc))
     else:
         sys.stdout.write(telemetry.markdown())
+
+
+@app.command("logs")
+def logs_cmd(
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing lines as they are written.")
+    ] = False,
+    component: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--component",
+            "-c",
+            help="Only these (repeatable): a glob on scope/name (`eu-west/*`, `*/etcd-*`), a "
+            "scope (`global`), a name (`api-1`), or `supervisor`.",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="From this long ago (30s, 10m, 2h, 1d) or this UTC time."),
+    ] = None,
+    grep: Annotated[
+        str | None, typer.Option("--grep", help="Only lines matching this regular expression.")
+    ] = None,
+    level: Annotated[
+        str, typer.Option("--level", help="At least this level: debug, info, warning, error.")
+    ] = "debug",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line, for other tools.")
+    ] = False,
+    color: Annotated[
+        str, typer.Option("--color", help="auto (a terminal), always or never.")
+    ] = "auto",
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Every component's log and the supervisor's, merged into one time-ordered view.
+
+    Times are each process's wall clock (UTC) as it wrote the line; every file of the state
+    dir comes from a process on this host, so they are one clock's. Exit 1 when the state dir
+    has no logs."""
+    import re
+    import time
+
+    from haplane.local import logs
+
+    state = _state(state_dir)
+    if level.lower() not in logs.LEVELS:
+        err.print(f"error: --level {level!r}: use debug, info, warning or error")
+        raise typer.Exit(2)
+    if color not in ("auto", "always", "never"):
+        err.print(f"error: --color {color!r}: use auto, always or never")
+        raise typer.Exit(2)
+    try:
+        flt = logs.Filter(
+            components=tuple(component or ()),
+            since=logs.since_of(since) if since else None,
+            grep=re.compile(grep) if grep else None,
+            level=logs.LEVELS[level.lower()],
+        )
+    except (ValueError, re.error) as exc:
+        err.print(f"error: {exc}" if isinstance(exc, ValueError) else f"error: --grep: {exc}")
+        raise typer.Exit(2) from None
+    readers = logs.readers(state, flt)
+    if not readers:
+        what = "matching --component " if component else ""
+        err.print(f"error: no logs {what}in {state.root}")
+        raise typer.Exit(1)
+    if not as_json:
+        err.print(f"{len(readers)} logs; times: {logs.CLOCK}")
+    colour = color == "always" or (color == "auto" and sys.stdout.isatty())
+    width = max(len(r.component) for r in readers)
+
+    def emit(entries: Any) -> None:
+        for e in entries:
+            if as_json:
+                sys.stdout.write(json.dumps(e.as_json(), default=str) + "\n")
+            else:
+                sys.stdout.write(logs.render(e, width, colour) + "\n")
+        sys.stdout.flush()
+
+    try:
+        emit(logs.merged(readers, flt))
+        while follow:
+            time.sleep(0.25)
+            known = {r.path for r in readers}
+            for i, (name, path) in enumerate(logs.sources(state), start=len(readers)):
+                if path not in known and flt.wants_component(name):  # started since
+                    readers.append(logs.Reader(name, path, i))
+                    width = max(width, len(name))
+            emit(logs.merged(readers, flt))
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `| head`
+        sys.stderr.close()
 
 
 @app.command("kubeconfig")

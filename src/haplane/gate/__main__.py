@@ -64,6 +64,7 @@ from pathlib import Path
 import uvloop
 
 from haplane.auth.listener import ListenerAccess
+from haplane.telemetry import log_to_stderr
 
 from .admin import AdminServer
 from .api_recorder import ApiRecorder
@@ -204,12 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"haplane gate: config error: {exc}", file=sys.stderr)
         sys.exit(2)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("haplane.gate")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    log_to_stderr(logging.getLogger("haplane"), config.name)
     sys.exit(uvloop.run(serve(config)))
 
 

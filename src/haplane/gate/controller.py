@@ -233,7 +233,6 @@ class FailoverController:
         log.info(
             json.dumps(
                 {
-                    "ts": time.time(),
                     "component": self.settings.gate,
                     "event": event,
                     **fields,

@@ -95,15 +95,22 @@ class Followed(Protocol):
     @property
     def writable(self) -> bool | None: ...
 
+    @property
+    def cut_off(self) -> bool: ...
+
 
 class FollowerCollector(Collector):
-    """A gate's view of the active-region record: its epoch, and whether it is fenced."""
+    """A gate's view of the active-region record: its epoch, and whether it is fenced. Nothing
+    while the gate is cut off from the control etcd: what it last saw may be stale."""
 
     def __init__(self, follower: Followed) -> None:
         self.follower = follower
 
     def collect(self) -> Iterator[Metric]:
         epoch, writable = M.epoch.family(), M.epoch_writable.family()
+        if self.follower.cut_off:
+            yield from (epoch, writable)
+            return
         if self.follower.epoch is not None:
             epoch.add_metric([], float(self.follower.epoch))
         if self.follower.writable is not None:

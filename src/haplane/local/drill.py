@@ -38,7 +38,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from ssl import SSLContext
 from typing import Any
@@ -59,6 +58,7 @@ from haplane.topology import Topology, load_file
 from . import global_control, site_network
 from .control_client import FaultInjector
 from .gate_plans import TopologyPlan, plan_of
+from .logs import parse_ts
 from .plans import global_plan
 from .security import PlatformTls, http_ssl
 from .state_dir import StateDir
@@ -393,17 +393,6 @@ async def _caught_up(
     return None, last
 
 
-def _ts(value: object) -> float | None:
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None
-
-
 async def _read_active(plan: TopologyPlan, wait: float) -> ActiveRegion | None:
     """The global record, retried for `wait` seconds (the control etcd may be electing a
     leader just after an earlier drill healed a partition)."""
@@ -431,7 +420,7 @@ def _log_events(state: StateDir, active: str, since: float) -> list[tuple[float,
                     rec = json.loads(line)
                 except ValueError:
                     continue
-                t = _ts(rec.get("ts"))
+                t = parse_ts(rec.get("ts"))
                 if t is None or t < since:
                     continue
                 ev, who = rec.get("event"), rec.get("component", path.stem)
@@ -630,7 +619,7 @@ async def run_drill(
     for t, name, text in _log_events(state, before.region, start_wall + events[0].t):
         events.append(Event(t - start_wall, name, text))
     failed_over = after is not None and after.epoch > before.epoch
-    unfenced = _ts(after.unfenced) if after is not None and failed_over else None
+    unfenced = parse_ts(after.unfenced) if after is not None and failed_over else None
     if unfenced is not None and not any(e.name == "unfenced" for e in events):
         # no leader's log line says it (its gate died with a region): the record says when
         events.append(Event(unfenced - start_wall, "unfenced", "from the global record"))

@@ -56,6 +56,10 @@ def _hostport(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def _abs(path: Path) -> str:
+    return str(path.resolve())
+
+
 def _seconds(value: float) -> str:
     """A Prometheus duration, whole seconds rounded up (at least 1s)."""
     return f"{max(1, math.ceil(value))}s"
@@ -122,9 +126,10 @@ def scrape_config(
 
     platform = etcd = None
     if tls is not None:
+        # absolute: Prometheus resolves a relative path from the config file's directory
         s, e = tls.scraper, tls.etcd_scraper
-        platform = {"ca_file": str(tls.ca), "cert_file": str(s.cert), "key_file": str(s.key)}
-        etcd = {"ca_file": str(e.ca), "cert_file": str(e.cert), "key_file": str(e.key)}
+        platform = {"ca_file": _abs(tls.ca), "cert_file": _abs(s.cert), "key_file": _abs(s.key)}
+        etcd = {"ca_file": _abs(e.ca), "cert_file": _abs(e.cert), "key_file": _abs(e.key)}
     scrape = []
     for name in jobs:
         if name == "etcd":
@@ -145,6 +150,10 @@ def scrape_config(
                     ],
                 )
             )
+        elif name == "haplane-replicator":
+            # its metrics carry `region` themselves (the region it writes into, as the
+            # target's): theirs, not an `exported_region` beside the target's
+            scrape.append(job(name, platform, honor_labels=True))
         else:
             scrape.append(job(name, platform))
     return {
@@ -199,7 +208,11 @@ def _regions(topology: Topology) -> list[tuple[str, Any]]:
 def alert_rules(topology: Topology, options: Options) -> dict[str, Any]:
     failover = topology.spec.global_.failover
     down_for = _seconds(max(failover.down_after_ms / 1000, options.scrape_interval))
-    fence_for = _seconds((failover.grant_ms + failover.safety_margin_ms) / 1000)
+    # a normal fence lasts the grant and margin, plus a controller pass and the fence-key
+    # write; two scrapes of slack keep one late scrape from calling it stuck
+    fence_for = _seconds(
+        (failover.grant_ms + failover.safety_margin_ms) / 1000 + 5 + 2 * options.scrape_interval
+    )
     rules: list[dict[str, Any]] = []
     up = f'{Gate.upstream_state.name}{{job="haplane-gate",role="gate",state="up"}}'
     rules.append(_alert(
@@ -224,9 +237,12 @@ def alert_rules(topology: Topology, options: Options) -> dict[str, Any]:
         "happened and what data it cost: `kubectl get events -n kube-system`, "
         "`haplane status`, `haplane divergence list`.",
     ))  # fmt: skip
+    writable = f'{Gate.epoch_writable.name}{{job="haplane-gate"}}'
     rules.append(_alert(
         "HaplaneFenceActiveTooLong",
-        f'max({Gate.epoch_writable.name}{{job="haplane-gate"}}) == 0',
+        # the gates on the newest epoch only: one that is behind (or was cut off before
+        # the switch) still calls its older epoch writable
+        f"max({writable} and on(instance) ({epoch} == on() group_left() max({epoch}))) == 0",
         fence_for, "critical",
         "The active region's epoch has been fenced longer than a write grant",
         "Writes are refused from a switch until the old region's grant "
@@ -295,7 +311,8 @@ def alert_rules(topology: Topology, options: Options) -> dict[str, Any]:
         rules.append(_alert(
             "HaplaneDrillsOverdue",
             f"time() - {newest} > {overdue} or absent({Drills.last_run.name})",
-            _seconds(overdue), "warning",
+            # short: the expression already waits three periods (absent: a first scrape)
+            _seconds(max(60, 2 * options.scrape_interval)), "warning",
             "No scheduled drill has run for a while",
             f"Drills are scheduled every {schedule.every}, but none has been recorded for "
             f"{overdue} s (or node_exporter does not serve STATE/metrics/drills.prom). "
@@ -306,8 +323,9 @@ def alert_rules(topology: Topology, options: Options) -> dict[str, Any]:
         'up{job=~"haplane-(api|gate|replicator|gitops)|etcd"} == 0',
         "2m", "warning",
         "{{ $labels.job }} {{ $labels.name }} does not answer scrapes",
-        "The process is down or its metrics listener refuses the scraper (its certificate: "
-        "STATE/pki/platform/metrics-scraper.crt, group system:monitoring).",
+        "The process is down, or its metrics listener refuses the scraper's certificate "
+        "(haplane's processes: STATE/pki/platform/metrics-scraper.crt, group "
+        "system:monitoring; etcd: STATE/pki/etcd/client.metrics-scraper.crt).",
     ))  # fmt: skip
     return {"groups": [{"name": f"haplane-{topology.name}", "rules": rules}]}
 

@@ -46,6 +46,7 @@ from haplane.store import (
     join_command,
     member_command,
 )
+from haplane.telemetry import log_to_stderr
 from haplane.topology import Topology
 from haplane.topology.model import GLOBAL_SCOPE
 
@@ -801,11 +802,7 @@ def _tail(path: Any, limit: int = 4000) -> str:
 
 
 def configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    log_to_stderr(log, "supervisor")
 
 
 def write_kubeconfig(

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from haplane.auth.listener import ListenerAccess
 from haplane.store import DEFAULT_GLOBAL_PREFIX, EtcdClient, EtcdTls, GlobalState
-from haplane.telemetry import MetricDef
+from haplane.telemetry import MetricDef, log_to_stderr
 from haplane.telemetry import Replicator as M
 
 from .rejoin import Rejoin
@@ -223,8 +222,8 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = parse_args(argv)
+    log_to_stderr(logging.getLogger("haplane"), f"{args.region}/{args.name}")
     asyncio.run(serve(args))
 
 
