@@ -134,3 +134,80 @@ def test_scheduled_drills_are_metrics_a_collector_reads(tmp_path: Path) -> None:
         r = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
                            capture_output=True)  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+async def test_the_schedule_runs_scenarios_in_turn_and_skips_when_it_must(tmp_path: Path):
+    """The supervisor's loop on a fake clock, with the drill command, the health look and
+    the wait stood in: the first run one period after the start, the scenarios in turn, each
+    run recorded (history, metrics, an event); an unhealthy platform or another operation's
+    lock skips a run, tried again a minute later, and the turn does not advance."""
+    import asyncio
+
+    import yaml
+
+    from haplane.local.drill_schedule import RETRY_AFTER, keep_drills
+    from haplane.topology import load_text
+    from haplane.topology.loader import example_text
+
+    doc = yaml.safe_load(example_text("two-regions"))
+    doc["spec"]["global"]["drills"] = {
+        "enabled": True, "every": "10m", "scenarios": ["replica-kill", "switchover"],
+    }  # fmt: skip
+    topology = load_text(yaml.safe_dump(doc))
+    state = StateDir(tmp_path)
+    now = [1000.0]
+    events: list[tuple[str, dict[str, object]]] = []
+    runs: list[tuple[float, list[str]]] = []
+    health = iter([None, None, "eu-west/api-1 is down", None])
+    done = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    async def healthy(_: StateDir) -> str | None:
+        return next(health)
+
+    async def run(argv: list[str], timeout: float) -> tuple[int, str, str]:
+        runs.append((now[0], argv))
+        now[0] += 30  # a drill takes its time
+        if len(runs) == 2:  # meanwhile another operation began
+            (tmp_path / "operation.lock").write_text("x")
+        if len(runs) == 3:
+            done.set()
+        passed = len(runs) != 2
+        said = "ok" if passed else "lost 3"
+        return (0 if passed else 1), "", f"reports: /r/{len(runs)}.json\n{said}"
+
+    def emit(event: str, fields: dict[str, object]) -> None:
+        events.append((event, fields))
+        if event == "drill-skipped" and "operation.lock" in str(fields["why"]):
+            (tmp_path / "operation.lock").unlink()
+
+    task = asyncio.create_task(
+        keep_drills(topology, state, emit, lambda: now[0], run=run, healthy=healthy, sleep=sleep)
+    )
+    await asyncio.wait_for(done.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    scenarios = [argv[argv.index("drill") + 1] for _, argv in runs]
+    assert scenarios == ["replica-kill", "switchover", "replica-kill"]
+    assert all("--direct" in argv and str(tmp_path) in argv for _, argv in runs)
+    assert runs[0][0] == 1000.0 + 600  # one period after the start
+    assert runs[1][0] == runs[0][0] + 600  # a period after the last run started
+    # the third: skipped (the lock), then skipped (unhealthy), each tried a minute later
+    skipped = [f for e, f in events if e == "drill-skipped"]
+    assert [f["scenario"] for f in skipped] == ["replica-kill", "replica-kill"]
+    assert "operation.lock" in str(skipped[0]["why"])
+    assert "eu-west/api-1 is down" in str(skipped[1]["why"])
+    assert runs[2][0] == runs[1][0] + 600 + 2 * RETRY_AFTER
+    assert [e for e, _ in events if e.startswith("drill-") and e != "drill-skipped"] == [
+        "drill-passed", "drill-failed", "drill-passed",
+    ]  # fmt: skip
+    recorded = json.loads((tmp_path / "drills" / "scheduled.json").read_text())
+    assert [r["passed"] for r in recorded] == [True, False, True]
+    assert recorded[1]["report"] == "/r/2.json" and recorded[1]["said"] == "lost 3"
+    text = (tmp_path / "metrics" / "drills.prom").read_text()
+    assert 'haplane_drill_last_passed{scenario="switchover"} 0\n' in text
+    assert 'haplane_drill_scheduled_runs{scenario="replica-kill"} 2\n' in text

@@ -80,7 +80,7 @@ async def test_follower_routes_only_where_the_global_state_says(etcd_cluster, ke
         await _until(lambda: follower.writable is True)
         assert _metrics(forwarder) == (2.0, 1.0)
         # a confirming read sent before the unfence, answered after it, is not a re-fence
-        follower._apply("b", 2, False, revision=1)
+        follower._apply("b", 2, False)
         assert follower.writable is True
         # a region this gate has no pool for: refuse rather than keep serving b
         await state.switch("c", expected_epoch=2, by="t", reason="t")

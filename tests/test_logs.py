@@ -188,3 +188,41 @@ def test_the_formatter_stamps_every_line():
     assert "\n" not in text
     line = json.loads(text)
     assert line["msg"] == "plain {text" and "RuntimeError: boom" in line["exception"]
+
+
+def test_supervisor_lines_about_a_process_levels_and_the_last_line(tmp_path: Path):
+    """A supervisor line about a process keeps its name and is shown with that process; an
+    untimed line (a traceback printed by hand) takes the level of the line after it;
+    `critical` counts as the worst; a last line without its newline is shown (not with -f);
+    an older line skipped by --since takes its untimed lines with it."""
+    root = tmp_path / "state"
+    write(
+        root / "supervisor.log",
+        "banner, long ago",
+        '{"ts": "2026-12-06T09:00:00.000Z", "component": "supervisor", "msg": "up"}',
+        '{"ts": "2026-12-06T10:00:00.000Z", "component": "eu-west/api-1", "msg": "exited", '
+        '"exitCode": 1}',
+        "Traceback (most recent call last): ...",
+        '{"ts": "2026-12-06T10:00:01.000Z", "level": "critical", "msg": "gave up"}',
+    )
+    write(root / "logs/eu-west/api-1.log", '{"ts": "2026-12-06T09:59:59.000Z", "msg": "bye"}')
+    with (root / "logs/eu-west/api-1.log").open("a") as f:
+        f.write('{"ts": "2026-12-06T10:00:02.000Z", "msg": "cut short')  # no newline
+    got = lines(root, "-c", "eu-west/api-1")
+    assert [(e["component"], e["msg"]) for e in got] == [
+        ("eu-west/api-1", "bye"),
+        ("supervisor", "exited"),
+        ("eu-west/api-1", '{"ts": "2026-12-06T10:00:02.000Z", "msg": "cut short'),
+    ]
+    assert got[1]["fields"] == {"component": "eu-west/api-1", "exitCode": 1}
+    got = lines(root, "--level", "error")
+    assert [(e["msg"], e["level"]) for e in got] == [
+        ("Traceback (most recent call last): ...", "critical"),
+        ("gave up", "critical"),
+    ]
+    # by an offset of its own: 05:00 at UTC-5 is 10:00 UTC
+    got = lines(root, "-c", "supervisor", "--since", "2026-12-06T04:59:59-05:00")
+    assert [e["msg"] for e in got] == ["exited", "Traceback (most recent call last): ...",
+                                       "gave up"]  # fmt: skip
+    r = haplane(root, "logs", "--color", "never", "-c", "supervisor")
+    assert "exited component=eu-west/api-1 exitCode=1" in r.stdout

@@ -304,10 +304,14 @@ def _triggers(state: Path, admin: Path) -> None:
         r = kubectl(admin, "get", "events", "-n", "kube-system", "-o", "json")
         return {e["reason"] for e in json.loads(r.stdout)["items"]} if r.returncode == 0 else set()
 
-    wanted = {"RegionRestored", "ControlEtcdRestored", "RunbookFired", "RunbookProposed"}
+    # and what the supervisor's watch saw: the switchover and the restored epoch, their
+    # unfence, and the member runbook's approval
+    wanted = {"RegionRestored", "ControlEtcdRestored", "RunbookFired", "RunbookProposed",
+              "SwitchoverCommitted", "EpochUnfenced", "OperationApproved"}  # fmt: skip
     got = wait_for(lambda: (x := reasons()) >= wanted and x, timeout=60)
     r = kubectl(admin, "get", "events", "-A")
     assert "runbook/regional-etcd-quorum-lost" in r.stdout.lower(), (got, r.stdout)
+    assert "maintenanceaction/" in r.stdout.lower() and "region/eu-central" in r.stdout.lower()
 
 
 def _create_configmaps(admin: Path, names: list[str]) -> None:

@@ -401,12 +401,21 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def log_to_stderr(logger: logging.Logger, component: str) -> None:
-    """`logger` writes JSON lines (`JsonLogFormatter`) to stderr, from INFO, and only there."""
+def json_logging(component: str, handler: logging.Handler | None = None) -> None:
+    """This process's logs as JSON lines (`JsonLogFormatter`) to `handler` (default: stderr):
+    haplane's loggers from INFO, every other library's (asyncio, aiohttp) from WARNING."""
     import sys
 
-    handler = logging.StreamHandler(sys.stderr)
+    handler = handler or logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter(component))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    ours = logging.getLogger("haplane")
+    for old in list(ours.handlers):
+        ours.removeHandler(old)
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)

@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import signal
 
 import uvloop
 
 from haplane.store import EtcdTls
-from haplane.telemetry import log_to_stderr
+from haplane.telemetry import json_logging
 
 from .server import ApiServer, ReplicaConfig, SecurityConfig
 from .sync_ack import SyncConfig
@@ -232,7 +231,7 @@ GC_THRESHOLDS = (50_000, 10, 10)
 def main() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
     config = parse_args()
-    log_to_stderr(logging.getLogger("haplane"), f"{config.region}/{config.replica}")
+    json_logging(f"{config.region}/{config.replica}")
     uvloop.run(serve(config))
 
 

@@ -477,13 +477,7 @@ def configure_logging_to_file(state: StateDir) -> None:
 
     from haplane.local.supervisor import configure_logging
 
-    configure_logging()
-    log = logging.getLogger("haplane.supervisor")
-    for h in list(log.handlers):
-        log.removeHandler(h)
-    handler = logging.FileHandler(state.supervisor_log)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
+    configure_logging(logging.FileHandler(state.supervisor_log))
 
 
 async def _live_status(state: StateDir) -> None:
@@ -1500,11 +1494,11 @@ def logs_cmd(
     except (ValueError, re.error) as exc:
         err.print(f"error: {exc}" if isinstance(exc, ValueError) else f"error: --grep: {exc}")
         raise typer.Exit(2) from None
-    readers = logs.readers(state, flt)
-    if not readers:
+    if not [c for c, _ in logs.sources(state) if flt.wants_component(c)]:
         what = "matching --component " if component else ""
         err.print(f"error: no logs {what}in {state.root}")
         raise typer.Exit(1)
+    readers = logs.readers(state, flt)
     if not as_json:
         err.print(f"{len(readers)} logs; times: {logs.CLOCK}")
     colour = color == "always" or (color == "auto" and sys.stdout.isatty())
@@ -1519,15 +1513,13 @@ def logs_cmd(
         sys.stdout.flush()
 
     try:
-        emit(logs.merged(readers, flt))
+        emit(logs.merged(readers, flt, final=not follow))
         while follow:
             time.sleep(0.25)
-            known = {r.path for r in readers}
-            for i, (name, path) in enumerate(logs.sources(state), start=len(readers)):
-                if path not in known and flt.wants_component(name):  # started since
-                    readers.append(logs.Reader(name, path, i))
-                    width = max(width, len(name))
-            emit(logs.merged(readers, flt))
+            started = logs.readers(state, flt, readers)  # components started since
+            readers += started
+            width = max([width, *(len(r.component) for r in started)])
+            emit(logs.merged(readers, flt, final=False))
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # `| head`

@@ -89,12 +89,24 @@ def rotate_cmd(
     import asyncio
 
     from haplane.local.pki_rotate import Rotation, RotationError
+    from haplane.local.platform_events import post_safely
 
     state, topology = _topology(state_dir)
+    scope = ", ".join(component) if component else "every component"
+
+    def event(type_: str, reason: str, message: str) -> None:
+        # a record, not a step: the rotation stands whether or not it lands
+        asyncio.run(post_safely(topology, state, type_=type_, reason=reason, kind="Topology",
+                                name=topology.name, message=message))  # fmt: skip
+
+    rotation = None
     try:
         rotation = Rotation(topology, state, wait=wait, progress=lambda m: typer.echo(m, err=True))
         rotated = asyncio.run(rotation.rotate(component or None))
     except RotationError as exc:
         typer.echo(f"error: {exc}", err=True)
+        if rotation is not None and rotation.started:  # not a refusal before any work
+            event("Warning", "CertificateRotationStopped", f"rotation of {scope} stopped: {exc}")
         raise typer.Exit(1) from None
+    event("Normal", "CertificatesRotated", f"{len(rotated)} certificates of {scope} rotated")
     typer.echo(f"rotated {len(rotated)} certificates")

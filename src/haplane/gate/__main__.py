@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -64,7 +63,7 @@ from pathlib import Path
 import uvloop
 
 from haplane.auth.listener import ListenerAccess
-from haplane.telemetry import log_to_stderr
+from haplane.telemetry import json_logging
 
 from .admin import AdminServer
 from .api_recorder import ApiRecorder
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"haplane gate: config error: {exc}", file=sys.stderr)
         sys.exit(2)
-    log_to_stderr(logging.getLogger("haplane"), config.name)
+    json_logging(config.name)
     sys.exit(uvloop.run(serve(config)))
 
 

@@ -243,7 +243,6 @@ class ActiveRegionFollower:
         self.region: str | None = None
         self.epoch: int | None = None
         self.writable: bool | None = None  # the followed epoch's; None until one was read
-        self._revision = 0  # the mod revision of the record `writable` comes from
         self.connected = False
         self.error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -288,7 +287,7 @@ class ActiveRegionFollower:
                     if self.cut_off:
                         self.cut_off = False
                     if record is not None:
-                        self._apply(record.region, record.epoch, record.writable, record.revision)
+                        self._apply(record.region, record.epoch, record.writable)
                 await asyncio.sleep(max(0.0, sent + self.retry - time.monotonic()))
 
     async def _follow(self) -> None:
@@ -301,7 +300,7 @@ class ActiveRegionFollower:
                         if record is None:
                             self._refuse("no active region is recorded")
                             continue
-                        self._apply(record.region, record.epoch, record.writable, record.revision)
+                        self._apply(record.region, record.epoch, record.writable)
                 except Exception as exc:  # etcd trouble (or a bug, logged below): retry
                     # Keep routing where we were told: choosing on our own is split brain.
                     if not isinstance(exc, EtcdError):
@@ -320,13 +319,15 @@ class ActiveRegionFollower:
                     self.connected, self.error = False, str(exc)
                     await asyncio.sleep(self.retry)
 
-    def _apply(self, region: str, epoch: int, writable: bool = True, revision: int = 0) -> None:
+    def _apply(self, region: str, epoch: int, writable: bool = True) -> None:
         if self.cut_off:
             return
-        # unfenced under the same epoch; a confirming read sent before the unfence and answered
-        # after the watch told it is older (its mod revision): not a re-fence
-        if epoch == self.epoch and revision >= self._revision:
-            self.writable, self._revision = writable, revision
+        # under one epoch, writes are only ever allowed, never taken back (a new fence is a
+        # new epoch): a confirming read sent before the unfence and answered after the watch
+        # told it says fenced, and is older. (Not by mod revision: a restored control etcd
+        # starts its revisions again lower.)
+        if epoch == self.epoch:
+            self.writable = bool(self.writable) or writable
         if (region, epoch) == (self.region, self.epoch):
             return
         if self.epoch is not None and epoch < self.epoch:
@@ -340,7 +341,6 @@ class ActiveRegionFollower:
             )
             return
         self.region, self.epoch, self.writable = region, epoch, writable
-        self._revision = revision
         if region not in self.forwarder.pools:
             # The authority moved away from our region to one we cannot reach: refuse rather
             # than keep serving a region that is no longer active.

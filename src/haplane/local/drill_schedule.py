@@ -18,7 +18,7 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,7 +193,14 @@ async def keep_drills(
     state: StateDir,
     emit: Callable[[str, dict[str, object]], None],
     clock: Callable[[], float] = time.time,
+    *,
+    run: Callable[[list[str], float], Awaitable[tuple[int, str, str]]] = run_primitive,
+    healthy: Callable[[StateDir], Awaitable[str | None]] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
+    """The supervisor's loop (until cancelled). `run`, `healthy` and `sleep` are the
+    primitive runner, the health look and the wait; a test passes its own."""
+    healthy = healthy or _healthy
     schedule = topology.spec.global_.drills
     every = float(schedule.every_seconds)
     started = clock()
@@ -207,13 +214,13 @@ async def keep_drills(
             due = max(due, skipped_at + min(every, RETRY_AFTER))
         wait = due - clock()
         if wait > 0:
-            await asyncio.sleep(min(wait, 60.0))
+            await sleep(min(wait, 60.0))
             continue
         scenario = schedule.scenarios[len(runs) % len(schedule.scenarios)]
         why = (
             f"another operation holds {state.root / 'operation.lock'}"
             if (state.root / "operation.lock").exists()
-            else await _healthy(state)
+            else await healthy(state)
         )
         if why is not None:
             skipped_at = clock()
@@ -223,7 +230,7 @@ async def keep_drills(
         argv = [sys.executable, "-m", "haplane.cli", "drill", scenario, "--direct", "--json",
                 "--state-dir", str(state.root)]  # fmt: skip
         t0 = clock()
-        code, _, err = await run_primitive(argv, RUN_TIMEOUT)
+        code, _, err = await run(argv, RUN_TIMEOUT)
         lines = err.strip().splitlines()
         report = next(
             (ln[len("reports: ") :].split()[0] for ln in lines if ln.startswith("reports: ")), ""

@@ -21,13 +21,14 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .state_dir import StateDir
 
-LEVELS = {"debug": 0, "info": 1, "warn": 2, "warning": 2, "error": 3, "fatal": 4, "panic": 4}
+LEVELS = {"debug": 0, "info": 1, "warn": 2, "warning": 2, "error": 3, "critical": 4, "dpanic": 4,
+          "fatal": 4, "panic": 4}  # fmt: skip
 CLOCK = "each process's wall clock (CLOCK_REALTIME, UTC), all on this host"
 _HIDDEN = ("ts", "level", "component", "msg", "event", "caller")
 
@@ -69,6 +70,9 @@ def sources(state: StateDir) -> list[tuple[str, Path]]:
     return found
 
 
+_TS = re.compile(rb'"ts":\s*"([^"]+)"')  # a line's time, read before its JSON is parsed
+
+
 def parse_ts(value: object) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -90,44 +94,74 @@ def parse_line(line: str) -> tuple[float | None, str, str, dict[str, Any]]:
             record = json.loads(text)
         except ValueError:
             record = None
-    if not isinstance(record, dict):
-        return None, "info", text, {}
+    if not isinstance(record, dict):  # (a half line may still say when it was written)
+        m = _TS.search(text.encode(), 0, 80)
+        return parse_ts(m.group(1).decode()) if m else None, "info", text, {}
     message = record.get("msg") or record.get("event") or ""
     level = str(record.get("level") or "info").lower()
-    rest = {k: v for k, v in record.items() if k not in _HIDDEN and v is not None}
+    about = record.get("component")  # dropped by the reader when it is the file's own
+    rest = {"component": about} if isinstance(about, str) and about else {}
+    rest.update((k, v) for k, v in record.items() if k not in _HIDDEN and v is not None)
     return parse_ts(record.get("ts")), level, str(message), rest
 
 
 class Reader:
-    """One file, read from where the last call stopped (complete lines only): `follow`
-    calls it again and again. A file that shrank was replaced: read again from its start."""
+    """One file, read from where the last call stopped: `follow` calls it again and again,
+    and a half-written last line waits for its end (`final`: it is shown as it is). A file
+    that shrank was replaced: read again from its start. Lines older than `since` are
+    skipped unparsed (by their `ts`), so a long history costs its reading, not its memory."""
 
-    def __init__(self, component: str, path: Path, index: int) -> None:
-        self.component, self.path, self.index = component, path, index
+    def __init__(self, component: str, path: Path, index: int, since: float | None = None) -> None:
+        self.component, self.path, self.index, self.since = component, path, index, since
         self.offset = 0
         self.seq = 0
         self.last_ts: float | None = None
         self._partial = b""
 
-    def read(self) -> list[Entry]:
+    def read(self, final: bool = False) -> list[Entry]:
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
             return []
         if size < self.offset:
             self.offset, self._partial = 0, b""
-        if size == self.offset:
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = self._partial + f.read(size - self.offset)
-        self.offset = size
-        *lines, self._partial = data.split(b"\n")
+        lines: list[bytes] = []
+        kept = 0  # lines[:kept] end with a timed line kept; untimed ones after it wait
+        if size > self.offset:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                for line in f:
+                    if self.offset + len(line) > size:  # written since the stat
+                        break
+                    self.offset += len(line)
+                    if not line.endswith(b"\n"):
+                        self._partial += line
+                        continue
+                    line, self._partial = self._partial + line, b""
+                    m = _TS.search(line, 0, 80) if self.since is not None else None
+                    if m is not None:
+                        ts = parse_ts(m.group(1).decode("ascii", "replace"))
+                        if ts is not None and self.since is not None and ts < self.since:
+                            del lines[kept:]  # the untimed lines before it are as old
+                            continue
+                    lines.append(line)
+                    if m is not None:
+                        kept = len(lines)
+        if final and self._partial:
+            lines.append(self._partial)
+            self._partial = b""
         return self._entries(line.decode("utf-8", "replace") for line in lines)
 
     def _entries(self, lines: Iterable[str]) -> list[Entry]:
         out: list[Entry] = []
         pending: list[tuple[int, str, str, dict[str, Any], str]] = []
+
+        def entry(ts: float, seq: int, level: str, msg: str, fields: dict[str, Any], raw: str,
+                  timed: bool) -> Entry:  # fmt: skip
+            if fields.get("component") == self.component:
+                fields = {k: v for k, v in fields.items() if k != "component"}
+            return Entry(ts, self.index, seq, self.component, level, msg, fields, raw, timed)
+
         for line in lines:
             if not line.strip():
                 continue
@@ -136,15 +170,20 @@ class Reader:
             if ts is None:
                 pending.append((self.seq, level, message, rest, line))
                 continue
-            for seq, lv, msg, fields, raw in pending:  # written before this line
-                out.append(Entry(ts, self.index, seq, self.component, lv, msg, fields, raw, False))
+            for seq, _, msg, fields, raw in pending:  # written before it: its time, its level
+                out.append(entry(ts, seq, level, msg, fields, raw, False))
             pending.clear()
             self.last_ts = ts
-            out.append(Entry(ts, self.index, self.seq, self.component, level, message, rest, line))
+            out.append(entry(ts, self.seq, level, message, rest, line, True))
         if pending:  # nothing timed after them (yet): the last time seen, else the file's
-            ts = self.last_ts if self.last_ts is not None else self.path.stat().st_mtime
-            for seq, lv, msg, fields, raw in pending:
-                out.append(Entry(ts, self.index, seq, self.component, lv, msg, fields, raw, False))
+            ts = self.last_ts
+            if ts is None:
+                try:
+                    ts = self.path.stat().st_mtime
+                except FileNotFoundError:
+                    ts = time.time()
+            for seq, level, msg, fields, raw in pending:
+                out.append(entry(ts, seq, level, msg, fields, raw, False))
         return sorted(out)
 
 
@@ -165,6 +204,12 @@ class Filter:
         )
 
     def wants(self, e: Entry) -> bool:
+        about = e.fields.get("component")  # a supervisor line about a process
+        if self.components and not (
+            self.wants_component(e.component)
+            or (isinstance(about, str) and self.wants_component(about))
+        ):
+            return False
         if self.since is not None and e.ts < self.since:
             return False
         if LEVELS.get(e.level, 1) < self.level:
@@ -174,30 +219,38 @@ class Filter:
 
 def since_of(text: str, now: float | None = None) -> float:
     """`--since`: a duration back from now (`90s`, `10m`, `2h`, `1d`) or an ISO time (UTC
-    unless it says otherwise)."""
+    unless it names its offset)."""
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
     if m:
         seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
         return (now if now is not None else time.time()) - seconds
-    ts = parse_ts(text.strip() if text.strip().endswith("Z") or "+" in text else text + "Z")
-    if ts is None:
+    try:
+        at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
         raise ValueError(
             f"--since {text!r}: use a duration (30s, 10m, 2h, 1d) or a time (2026-12-06T11:43:00Z)"
-        )
-    return ts
+        ) from None
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
 
 
-def readers(state: StateDir, flt: Filter) -> list[Reader]:
+def readers(state: StateDir, flt: Filter, known: Iterable[Reader] = ()) -> list[Reader]:
+    """A reader per log of the state dir not among `known` (those a follow already has),
+    numbered after them. A file is read when its component is wanted, or (the supervisor's)
+    when its lines may be about one."""
+    have = {r.path for r in known}
+    start = max((r.index for r in known), default=-1) + 1
+    found = [(c, p) for c, p in sources(state) if p not in have]
     return [
-        Reader(component, path, i)
-        for i, (component, path) in enumerate(sources(state))
-        if flt.wants_component(component)
+        Reader(component, path, start + i, flt.since)
+        for i, (component, path) in enumerate(found)
+        if flt.wants_component(component) or component == "supervisor"
     ]
 
 
-def merged(all_readers: list[Reader], flt: Filter) -> Iterator[Entry]:
-    """Everything the readers have not read yet, in time order."""
-    batches = [[e for e in r.read() if flt.wants(e)] for r in all_readers]
+def merged(all_readers: list[Reader], flt: Filter, final: bool = True) -> Iterator[Entry]:
+    """Everything the readers have not read yet, in time order (`final`: a last line without
+    its newline too)."""
+    batches = [[e for e in r.read(final) if flt.wants(e)] for r in all_readers]
     return heapq.merge(*batches)
 
 

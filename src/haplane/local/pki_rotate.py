@@ -36,7 +36,7 @@ from haplane.store import EtcdError
 from haplane.topology import Topology
 
 from .gate_plans import TopologyPlan, plan_of
-from .security import SUPERVISOR, PlatformTls, cert_name
+from .security import SCRAPER, SUPERVISOR, PlatformTls, cert_name
 from .state_dir import StateDir
 from .supervisor import cluster_ready
 
@@ -136,6 +136,7 @@ class Rotation:
         wait: float = 15.0,
         progress: Callable[[str], None] = lambda _: None,
     ) -> None:
+        self.started = False  # a component was taken (a stop is then worth an Event)
         self.plan = plan_of(topology, state)
         if self.plan.tls is None:
             raise RotationError("this topology runs with `security.insecure: true`: no PKI")
@@ -207,6 +208,7 @@ class Rotation:
             chosen = [c for c in chosen if c.name in only]
         platform_pki, etcd_pki = Pki(self.tls.platform_dir), Pki(self.tls.etcd_dir)
         rotated: list[str] = []
+        self.started = True
         for c in chosen:
             why = await self._healthy(c)
             # the previous component's restart may have started an election a moment ago:
@@ -236,10 +238,18 @@ class Rotation:
             # the supervisor's and the CLI's: their next connections use the new pair
             # (and the l7 gates' front-proxy certificate: read for each new upstream connection)
             names = [cert_name("client", SUPERVISOR)]
+            users = ["admin"]
+            # Prometheus' (`haplane export prometheus`), where `up` issued them: its next
+            # scrapes present the new pair
+            if (self.tls.etcd_dir / f"{cert_name('client', SCRAPER)}.crt").is_file():
+                names.append(cert_name("client", SCRAPER))
+            if self.tls.scraper.cert.is_file():
+                users.append(SCRAPER)
             await asyncio.to_thread(etcd_pki.rotate, names)
-            await asyncio.to_thread(platform_pki.rotate, ["admin"])
+            await asyncio.to_thread(platform_pki.rotate, users)
             await asyncio.to_thread(Pki(self.tls.front_proxy_dir).rotate, ["front-proxy"])
-            rotated += [f"etcd/{n}" for n in names] + ["platform/admin", "front-proxy/front-proxy"]
+            rotated += [f"etcd/{n}" for n in names] + [f"platform/{n}" for n in users]
+            rotated.append("front-proxy/front-proxy")
             self.progress(
                 "operator certificates (supervisor, CLI, admin kubeconfig) and the front "
                 "proxy's rotated"

@@ -45,14 +45,30 @@ FORWARDED: dict[str, tuple[str, str, str, str]] = {
     "runbook-proposed": ("Warning", "RunbookProposed", "Runbook", "runbook"),
     "runbook-not-fired": ("Warning", "RunbookNotFired", "Runbook", "runbook"),
     "runbook-run-failed": ("Warning", "RunbookFailed", "Runbook", "runbook"),
+    # the platform's own state (`platform_watch`)
+    "failover-committed": ("Warning", "FailoverCommitted", "Region", "region"),
+    "switchover-committed": ("Normal", "SwitchoverCommitted", "Region", "region"),
+    "epoch-unfenced": ("Normal", "EpochUnfenced", "Region", "region"),
+    "replication-resynced": ("Warning", "ReplicationResynced", "Region", "region"),
+    "divergence-saved": ("Warning", "DivergenceSaved", "Region", "region"),
+    # an operation of ops.haplane.dev (its kind in the event's `kind` field)
+    "operation-approved": ("Normal", "OperationApproved", "", "name"),
 }
+OPS_API_VERSION = "ops.haplane.dev/v1"
 
 
 def event_object(
-    *, type_: str, reason: str, kind: str, name: str, message: str, action: str = ""
+    *,
+    type_: str,
+    reason: str,
+    kind: str,
+    name: str,
+    message: str,
+    action: str = "",
+    api_version: str = INVOLVED_API_VERSION,
 ) -> dict[str, Any]:
     """A core/v1 Event about `kind` `name` (a haplane object: a drill scenario, a cluster, a
-    runbook, a region)."""
+    runbook, a region; or an operation of `ops.haplane.dev`)."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     slug = re.sub(r"[^a-z0-9-]+", "-", f"{kind}-{name}".lower())[:200].strip("-") or "haplane"
     # one object per (type, reason, object): a repeat counts up in it (`post`), as client-go's
@@ -64,7 +80,7 @@ def event_object(
         "kind": "Event",
         "metadata": {"name": f"{slug}.{same}", "namespace": NAMESPACE},
         "involvedObject": {
-            "apiVersion": INVOLVED_API_VERSION,
+            "apiVersion": api_version,
             "kind": kind,
             "name": name,
             "namespace": NAMESPACE,
@@ -192,9 +208,13 @@ class EventForwarder:
             return
         type_, reason, kind, field = known
         name = str(fields.get(field) or "unknown")
+        version = INVOLVED_API_VERSION
+        if not kind:  # an operation: its own kind, in its own group
+            kind, version = str(fields.get("kind") or "Operation"), OPS_API_VERSION
         obj = event_object(
-            type_=type_, reason=reason, kind=kind, name=name, message=message_of(event, fields)
-        )
+            type_=type_, reason=reason, kind=kind, name=name, api_version=version,
+            message=message_of(event, {k: v for k, v in fields.items() if k != "kind"}),
+        )  # fmt: skip
         try:
             self.queue.put_nowait(obj)
         except asyncio.QueueFull:  # a flood while the API is away: the log keeps them all

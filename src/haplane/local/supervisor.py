@@ -46,7 +46,7 @@ from haplane.store import (
     join_command,
     member_command,
 )
-from haplane.telemetry import log_to_stderr
+from haplane.telemetry import json_logging
 from haplane.topology import Topology
 from haplane.topology.model import GLOBAL_SCOPE
 
@@ -223,6 +223,13 @@ class Supervisor:
             if event == "snapshot-failed" and triggers.enabled:
                 failures.put_nowait(str(fields.get("scope")))
 
+        from .platform_watch import keep_watching
+
+        self._tokens.append(
+            asyncio.create_task(
+                keep_watching(self.topology, self.state, recorded), name="platform watch"
+            )
+        )
         triggers = self.topology.spec.global_.runbook_triggers
         if self.topology.spec.global_.backups.snapshots.enabled:
             from .snapshots import keep_snapshots
@@ -801,8 +808,10 @@ def _tail(path: Any, limit: int = 4000) -> str:
     return ""
 
 
-def configure_logging() -> None:
-    log_to_stderr(log, "supervisor")
+def configure_logging(handler: logging.Handler | None = None) -> None:
+    """Every logger of the supervisor's process (`haplane.local.*` too) as JSON lines to
+    `handler` (default: stderr, which the detached supervisor writes to its log)."""
+    json_logging("supervisor", handler)
 
 
 def write_kubeconfig(

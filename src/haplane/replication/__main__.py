@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from haplane.auth.listener import ListenerAccess
 from haplane.store import DEFAULT_GLOBAL_PREFIX, EtcdClient, EtcdTls, GlobalState
-from haplane.telemetry import MetricDef, log_to_stderr
+from haplane.telemetry import MetricDef, json_logging
 from haplane.telemetry import Replicator as M
 
 from .rejoin import Rejoin
@@ -223,7 +223,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    log_to_stderr(logging.getLogger("haplane"), f"{args.region}/{args.name}")
+    json_logging(f"{args.region}/{args.name}")
     asyncio.run(serve(args))
 
 
