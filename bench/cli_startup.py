@@ -1,7 +1,9 @@
 """Benchmark: how long a `haplane` command takes to start, beside `kubectl`, in one run.
 
-Every invocation imports haplane.cli.main and registers every command; since issue 20 the
-commands import what they need inside their functions. Measured side by side, in interleaved
+Every invocation but the quick ones imports haplane.cli.main and registers every command;
+since issue 20 the commands import what they need inside their functions, and `version` and
+`fault` are answered before typer is imported (`haplane.cli.quick`), measured beside the same
+commands through typer. Measured side by side, in interleaved
 rounds (one run of each command per round, so the machine's noise falls on all of them):
 the interpreter alone, importing haplane.cli.main, the same plus the modules it imported at
 module level before issue 20 (what the lazy imports save), a few cheap commands (`status`,
@@ -48,6 +50,9 @@ EAGER_BEFORE = (
 )
 
 
+TYPER = "import sys; sys.argv = ['haplane', *{}]; from haplane.cli.main import main; main()"
+
+
 def commands(state: Path) -> dict[str, list[str]]:
     py, cli = [sys.executable], [sys.executable, "-m", "haplane.cli"]
     at = ["--state-dir", str(state)]
@@ -68,6 +73,10 @@ def commands(state: Path) -> dict[str, list[str]]:
         "haplane status --json (nothing started)": [*cli, "status", "--json", *at],
         "haplane down (nothing started)": [*cli, "down", *at],
         "haplane fault kill x (nothing started)": [*cli, "fault", "kill", "x", *at],
+        # answered before typer is imported (haplane.cli.quick); the same through typer
+        "haplane version": [*cli, "version"],
+        "  the same through typer": [*py, "-c", TYPER.format(["version"])],
+        "  fault kill x through typer": [*py, "-c", TYPER.format(["fault", "kill", "x", *at])],
     }
     if shutil.which("kubectl"):
         cmds["kubectl version --client"] = ["kubectl", "version", "--client"]

@@ -166,3 +166,116 @@ def test_missing_credentials_still_exit_1(tmp_path: Path):
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith(f"error: {tmp_path} has no PKI"), r.stderr
     assert "Traceback" not in r.stderr
+
+
+ENTRY_PROBE = """
+import json, sys
+sys.argv = ["haplane", *sys.argv[1:]]
+from haplane.cli.entry import main
+code = 0
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def through_entry(*argv: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    r = subprocess.run(
+        [sys.executable, "-c", ENTRY_PROBE, *argv], capture_output=True, text=True, timeout=60
+    )
+    *_, modules = r.stderr.strip().splitlines()
+    return r, set(json.loads(modules))
+
+
+def typer_path(*argv: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; sys.argv = ['haplane', *sys.argv[1:]]; from haplane.cli.main import main; main()"  # noqa: E501
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60
+    )
+
+
+QUICK_HEAVY = ("typer", "click", "rich", "pydantic", "aiohttp", "asyncio", "grpc", "yaml")
+
+
+def test_quick_commands_skip_typer_and_say_the_same(tmp_path: Path):
+    """`version` and `fault` are answered before typer is imported, with the typer command's
+    own output and exit code."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    r, modules = through_entry("version")
+    assert r.returncode == 0 and r.stdout.startswith("haplane ")
+    assert [m for m in modules if m.split(".")[0] in QUICK_HEAVY] == []
+    assert r.stdout == typer_path("version").stdout
+
+    args = ["fault", "kill", "eu-west/etcd-1", "--state-dir", str(tmp_path)]
+    r, modules = through_entry(*args)
+    assert [m for m in modules if m.split(".")[0] in QUICK_HEAVY] == []
+    t = typer_path(*args)
+    assert (r.returncode, r.stdout) == (t.returncode, t.stdout) == (1, "")
+    assert r.stderr.splitlines()[0] == t.stderr.strip()  # no socket
+
+    # a supervisor that answers: the same line, and the same refusal
+    ok = (200, {"name": "eu-west/etcd-1", "state": "killed", "pid": None})
+    refused = (404, {"error": "no component named eu-west/x"})
+    answers = [ok, ok, refused, refused]  # quick, typer; quick, typer
+    asked: list[dict[str, object]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            asked.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            status, body = answers[len(asked) - 1]
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    class UnixServer(HTTPServer):
+        address_family = socket.AF_UNIX
+
+        def server_bind(self) -> None:
+            self.socket.bind(self.server_address)
+
+        def get_request(self):  # type: ignore[no-untyped-def]
+            conn, _ = self.socket.accept()
+            return conn, ("supervisor", 0)
+
+    server = UnixServer(str(tmp_path / "supervisor.sock"), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        quick_ok, _ = through_entry(*args)
+        typer_ok = typer_path(*args)
+        wrong = ["fault", "term", "eu-west/x", f"--state-dir={tmp_path}"]
+        quick_no, _ = through_entry(*wrong)
+        typer_no = typer_path(*wrong)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert quick_ok.stdout == "eu-west/etcd-1: killed (pid -)\n", quick_ok.stderr
+    assert typer_ok.stdout == quick_ok.stdout, typer_ok.stderr
+    assert quick_ok.returncode == typer_ok.returncode == 0
+    assert (quick_no.returncode, typer_no.returncode) == (1, 1)
+    assert quick_no.stderr.splitlines()[0] == typer_no.stderr.strip()
+    assert "no component named eu-west/x" in typer_no.stderr
+    assert [a["action"] for a in asked] == ["kill", "kill", "term", "term"]
+
+
+@pytest.mark.parametrize(
+    "argv", [["fault", "--help"], ["fault", "explode", "x"], ["fault", "kill"], ["versio"]]
+)
+def test_anything_else_goes_to_typer(argv: list[str]):
+    """Help, a wrong action, a missing argument: typer's help and errors, not the quick
+    path's (it imports typer)."""
+    r, modules = through_entry(*argv)
+    assert "typer" in modules
+    t = typer_path(*argv)
+    assert (r.returncode, r.stdout) == (t.returncode, t.stdout)

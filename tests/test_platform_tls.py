@@ -532,7 +532,9 @@ def test_logs_merge_every_component(topo: Path):
     assert {e["fields"].get("component") for e in started} >= {"eu-west/api-1"}, started[:3]
     # the plain view of one kind of component
     r = haplane(topo, "logs", "-c", "*/rep-*", "--color", "never")
-    assert r.stdout and all(" eu-" in line[12:25] for line in r.stdout.splitlines())
+    shown = r.stdout.splitlines()
+    assert shown and all(" eu-" in line[12:25] or "component=eu-" in line for line in shown)
+    assert any(line[13:].startswith("eu-central/rep-1") for line in shown)
 
 
 def test_no_secret_value_anywhere_on_disk(topo: Path):

@@ -49,27 +49,41 @@ async def test_each_change_is_one_event(etcd_cluster, key_prefix):
         # both at once, when one look missed the fenced moment
         assert names(changes(second.seen, fourth)) == ["failover-committed", "epoch-unfenced"]
 
-        # an operation approved (through the API in life: here its stored status)
+        # two epochs between two looks: each is told, from the history, in order
+        await gs.switch("eu-west", expected_epoch=2, by="operator:carol", reason="back")
+        await gs.switch("eu-central", expected_epoch=3, by="controller:gate-b", reason="again")
+        jumped = await look(gs, key_prefix, before=fourth.seen)
+        events = changes(fourth.seen, jumped)
+        assert [(e, f["epoch"]) for e, f in events] == [
+            ("switchover-committed", 3), ("failover-committed", 4),
+        ]  # fmt: skip
+        assert events[0][1]["region"] == "eu-west" and events[1][1]["from"] == "eu-west"
+
+        # an operation approved (through the API in life: here its stored status, as the
+        # API writes it: the policy's requirement, the approvals with their time)
         obj: dict[str, Any] = {
             "apiVersion": "ops.haplane.dev/v1", "kind": "Switchover",
-            "metadata": {"name": "move"}, "spec": {"targetRegion": "eu-west", "approvals": 2},
+            "metadata": {"name": "move", "uid": "u-1"}, "spec": {"targetRegion": "eu-west"},
             "status": {"phase": "Pending", "approvals": [],
+                       "requirements": [{"policy": "switchover-approval", "approvals": 2}],
                        "requestedBy": {"username": "alice"}},
         }  # fmt: skip
         await store_ops.create_object(client, key_prefix, "switchovers", obj)
-        fifth = await look(gs, key_prefix)
-        assert changes(fourth.seen, fifth) == []  # asked, not approved
+        fifth = await look(gs, key_prefix, before=jumped.seen)
+        assert changes(jumped.seen, fifth) == []  # asked, not approved
         ((kv, _),) = await store_ops.list_objects(client, key_prefix, "switchovers")
 
         def approve(st: dict[str, Any]) -> None:
-            st["approvals"] = [{"username": "bob"}]
+            st["approvals"] = [{"username": "bob", "at": "2026-12-06T10:00:00Z"}]
 
         await store_ops.update_status(client, kv, approve)
-        sixth = await look(gs, key_prefix)
+        sixth = await look(gs, key_prefix, before=fifth.seen)
         events = changes(fifth.seen, sixth)
         assert names(events) == ["operation-approved"]
         assert events[0][1]["kind"] == "Switchover" and events[0][1]["name"] == "move"
-        assert "approved by bob (1 of 2; asked by alice)" in str(events[0][1]["why"])
+        assert events[0][1]["uid"] == "u-1"
+        assert "approved by bob (1 of 2; asked by alice; now Pending)" in str(events[0][1]["why"])
+        assert changes(sixth.seen, sixth) == []
     finally:
         await client.close()
 
@@ -93,18 +107,60 @@ def test_resyncs_and_divergences():
     assert changes(now, looked) == []
 
 
+async def test_reports_that_vanish_and_come_back_are_no_resync(etcd_cluster, key_prefix):
+    """A restored control etcd drops the replication reports until the replicators write them
+    again, with the resync they last did: not a new one."""
+    from haplane.store import ReplicationReport
+
+    client = etcd_cluster.client(timeout=2.0)
+    gs = GlobalState(client, prefix=key_prefix)
+
+    def report(resync_time: float) -> ReplicationReport:
+        return ReplicationReport(
+            target="eu-central", source="eu-west", state="Streaming", epoch=1,
+            applied_revision=5, source_revision=5, lag_seconds=0.1, lag_revisions=0,
+            lag_answered=0.1, source_answered_at=1.0, leader="eu-central/rep-1", time=2.0,
+            last_resync={"time": resync_time, "source": "eu-west", "keys": 3},
+        )  # fmt: skip
+
+    try:
+        await gs.report_replication(report(100.0))
+        first = await look(gs, key_prefix)
+        await client.delete(gs.replication_key("eu-central"))
+        gone = await look(gs, key_prefix, before=first.seen)
+        assert changes(first.seen, gone) == []
+        await gs.report_replication(report(100.0))
+        back = await look(gs, key_prefix, before=gone.seen)
+        assert changes(gone.seen, back) == []
+        await gs.report_replication(report(150.0))  # a real one
+        later = await look(gs, key_prefix, before=back.seen)
+        assert names(changes(back.seen, later)) == ["replication-resynced"]
+    finally:
+        await client.close()
+
+
+def test_an_operation_recreated_under_its_name_is_another():
+    approved = frozenset({("bob", "t1")})
+    obj = {"kind": "Drill", "metadata": {"name": "d", "uid": "new"}, "status": {}}
+    looked = Looked(Seen(None, approvals={"new": approved}), operations={"new": obj})
+    before = Seen(None, approvals={"old": approved})  # the same approver, the old object
+    assert names(changes(before, looked)) == ["operation-approved"]
+
+
 def test_the_forwarder_names_the_operation_and_the_region():
     topology = load_text(example_text("two-regions"))
     fwd = EventForwarder(topology, state=None)  # type: ignore[arg-type]
     why = "approved by bob (1 of 1; asked by alice)"
-    fwd.forward("operation-approved", {"kind": "MaintenanceAction", "name": "r1", "why": why})
+    fwd.forward("operation-approved", {"kind": "MaintenanceAction", "name": "r1", "uid": "u-9",
+                                       "why": why})  # fmt: skip
     fwd.forward("failover-committed", {"region": "eu-central", "epoch": 2, "why": "down"})
     op, region = fwd.queue.get_nowait(), fwd.queue.get_nowait()
     assert op["involvedObject"] == {"apiVersion": "ops.haplane.dev/v1",
                                     "kind": "MaintenanceAction", "name": "r1",
-                                    "namespace": "kube-system"}  # fmt: skip
+                                    "uid": "u-9"}  # fmt: skip
+    assert op["metadata"]["namespace"] == "kube-system"
     assert op["reason"] == "OperationApproved" and "approved by bob" in op["message"]
-    assert "kind=" not in op["message"]
+    assert "kind=" not in op["message"] and "uid=" not in op["message"]
     assert region["involvedObject"]["kind"] == "Region" and region["type"] == "Warning"
     assert region["reason"] == "FailoverCommitted" and "down" in region["message"]
     json.dumps(op)

@@ -396,6 +396,9 @@ class JsonLogFormatter(logging.Formatter):
             line.update(fields)
         else:
             line["msg"] = message
+        extra = getattr(record, "fields", None)  # `log.info(msg, extra={"fields": {...}})`
+        if isinstance(extra, dict):
+            line.update(extra)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)

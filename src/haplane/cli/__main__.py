@@ -1,5 +1,5 @@
 """Layer: run (cli). `python -m haplane.cli`: the same as the `haplane` command."""
 
-from haplane.cli.main import main
+from haplane.cli.entry import main
 
 main()

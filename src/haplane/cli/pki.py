@@ -96,8 +96,10 @@ def rotate_cmd(
 
     def event(type_: str, reason: str, message: str) -> None:
         # a record, not a step: the rotation stands whether or not it lands
-        asyncio.run(post_safely(topology, state, type_=type_, reason=reason, kind="Topology",
-                                name=topology.name, message=message))  # fmt: skip
+        # once, briefly: a platform that cannot take it must not hold the command up
+        asyncio.run(post_safely(topology, state, attempts=1, timeout=3.0, type_=type_,
+                                reason=reason, kind="Topology", name=topology.name,
+                                message=message))  # fmt: skip
 
     rotation = None
     try:

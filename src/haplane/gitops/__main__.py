@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from ..auth.kubeconfig import Credentials, KubeconfigError
 from ..auth.kubeconfig import load as load_kubeconfig
 from ..telemetry import Gitops as M
+from ..telemetry import json_logging
 from .controller import (
     GIT_SOURCES,
     LEASES,
@@ -47,7 +48,6 @@ from .controller import (
     Settings,
     emit,
     now_rfc3339,
-    setup_logging,
 )
 from .kube import KubeClient, KubeError, Unreachable
 from .types import REQUESTED_AT
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, yaml.YAMLError, KubeconfigError) as exc:
         print(f"haplane.gitops: {exc}", file=sys.stderr)
         return 2
-    setup_logging()
+    json_logging(f"global/{args.identity}")
     return asyncio.run(serve(args, credentials, secret))
 
 

@@ -17,9 +17,7 @@ import base64
 import contextlib
 import functools
 import hashlib
-import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,27 +55,6 @@ def now_rfc3339() -> str:
 
 def emit(level: int, msg: str, /, **fields: Any) -> None:
     log.log(level, msg, extra={"fields": fields})
-
-
-class JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-            + "Z",
-            "level": record.levelname.lower(),
-            "component": "gitops",
-            "msg": record.getMessage(),
-            **getattr(record, "fields", {}),
-        }
-        return json.dumps(line, default=str)
-
-
-def setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines())
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 class LeaseElector:

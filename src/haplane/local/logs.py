@@ -131,7 +131,7 @@ class Reader:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 for line in f:
-                    if self.offset + len(line) > size:  # written since the stat
+                    if not final and self.offset + len(line) > size:  # written since
                         break
                     self.offset += len(line)
                     if not line.endswith(b"\n"):

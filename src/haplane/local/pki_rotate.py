@@ -208,7 +208,6 @@ class Rotation:
             chosen = [c for c in chosen if c.name in only]
         platform_pki, etcd_pki = Pki(self.tls.platform_dir), Pki(self.tls.etcd_dir)
         rotated: list[str] = []
-        self.started = True
         for c in chosen:
             why = await self._healthy(c)
             # the previous component's restart may have started an election a moment ago:
@@ -223,6 +222,7 @@ class Rotation:
                     f"({len(rotated)} certificates rotated so far); fix it and run again"
                 )
             t0 = time.monotonic()
+            self.started = True  # a component is taken: a stop from here on is worth telling
             try:
                 await asyncio.to_thread(etcd_pki.rotate, c.etcd)
                 await asyncio.to_thread(platform_pki.rotate, c.platform)

@@ -66,6 +66,8 @@ def event_object(
     message: str,
     action: str = "",
     api_version: str = INVOLVED_API_VERSION,
+    cluster_scoped: bool = False,
+    uid: str | None = None,
 ) -> dict[str, Any]:
     """A core/v1 Event about `kind` `name` (a haplane object: a drill scenario, a cluster, a
     runbook, a region; or an operation of `ops.haplane.dev`)."""
@@ -83,7 +85,10 @@ def event_object(
             "apiVersion": api_version,
             "kind": kind,
             "name": name,
-            "namespace": NAMESPACE,
+            # an operation is cluster-scoped: no namespace, and its uid, as `kubectl describe`
+            # finds the Events of an object by
+            **({"uid": uid} if uid else {}),
+            **({} if cluster_scoped else {"namespace": NAMESPACE}),
         },
         "reason": reason,
         "message": message[:1024],
@@ -166,13 +171,15 @@ async def send(client: KubeClient, obj: dict[str, Any]) -> bool:
     raise Undeliverable(f"{status}: {out.get('message') if isinstance(out, dict) else out}")
 
 
-async def post_safely(topology: Topology, state: StateDir, attempts: int = 3, **event: Any) -> bool:
+async def post_safely(
+    topology: Topology, state: StateDir, attempts: int = 3, timeout: float = 5.0, **event: Any
+) -> bool:
     """`post` of `event_object(**event)` by a command (a restore), tried `attempts` times a
-    second apart; never raising."""
+    second apart, each for at most `timeout` seconds; never raising."""
     obj = event_object(**event)
     for attempt in range(attempts):
         try:
-            if await post(topology, state, obj):
+            if await post(topology, state, obj, timeout):
                 return True
         except Exception as exc:  # Undeliverable, or a bug: logged, the command stands
             log.info("event not posted (%s): %s", obj.get("reason"), exc)
@@ -208,12 +215,14 @@ class EventForwarder:
             return
         type_, reason, kind, field = known
         name = str(fields.get(field) or "unknown")
-        version = INVOLVED_API_VERSION
-        if not kind:  # an operation: its own kind, in its own group
+        version, operation = INVOLVED_API_VERSION, not kind
+        if operation:  # an operation: its own kind, in its own group
             kind, version = str(fields.get("kind") or "Operation"), OPS_API_VERSION
+        said = {k: v for k, v in fields.items() if k not in ("kind", "uid")}
         obj = event_object(
             type_=type_, reason=reason, kind=kind, name=name, api_version=version,
-            message=message_of(event, {k: v for k, v in fields.items() if k != "kind"}),
+            message=message_of(event, said), cluster_scoped=operation,
+            uid=str(fields["uid"]) if operation and fields.get("uid") else None,
         )  # fmt: skip
         try:
             self.queue.put_nowait(obj)

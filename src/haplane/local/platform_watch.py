@@ -15,7 +15,8 @@ Events, each at most once per change seen:
 - `operation-approved`: someone approved a Switchover, RoleGrant, Drill or MaintenanceAction
   (`haplane approve`), with who and how many approvals it now has.
 
-The first look is only a baseline: a supervisor that starts does not replay history.
+The first look is only a baseline: a supervisor that starts does not replay history. Epochs
+committed and replaced between two looks are read from the history, each told.
 Polling, not a watch: the control etcd can be restored under a new cluster (a watch would
 have to notice), and a second's delay is nothing beside a failover's.
 """
@@ -40,12 +41,15 @@ log = logging.getLogger("haplane.local.platform_watch")
 Emit = Callable[[str, dict[str, object]], None]
 
 
+Approval = tuple[str, str]  # (username, at): one approval of an operation
+
+
 @dataclass
 class Seen:
     record: ActiveRegion | None
-    resyncs: dict[str, object] = field(default_factory=dict)  # region -> last resync time
+    resyncs: dict[str, float] = field(default_factory=dict)  # region -> last resync's time
     divergences: set[str] = field(default_factory=set)  # divergence record names
-    approvals: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, name) -> n
+    approvals: dict[str, frozenset[Approval]] = field(default_factory=dict)  # by object uid
 
 
 @dataclass
@@ -55,7 +59,8 @@ class Looked:
     seen: Seen
     resyncs: dict[str, Any] = field(default_factory=dict)  # region -> its last resync
     divergences: list[dict[str, Any]] = field(default_factory=list)
-    operations: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    operations: dict[str, dict[str, Any]] = field(default_factory=dict)  # by uid
+    between: list[ActiveRegion] = field(default_factory=list)  # epochs a look jumped over
 
 
 OPERATIONS = {  # ops.haplane.dev kinds and where they are stored
@@ -66,31 +71,49 @@ OPERATIONS = {  # ops.haplane.dev kinds and where they are stored
 }
 
 
-async def look(state: GlobalState, prefix: bytes = DEFAULT_GLOBAL_PREFIX) -> Looked:
+async def look(
+    state: GlobalState, prefix: bytes = DEFAULT_GLOBAL_PREFIX, before: Seen | None = None
+) -> Looked:
+    """The state now. With `before`: what a report missing now last said is kept (a restored
+    control etcd drops the reports until the replicators write them again: not a resync),
+    and the epochs between `before`'s and now's are read from the history."""
     record = await state.read(timeout=2.0)
     reports = await state.replication_reports(timeout=2.0)
     divergences = await state.divergences(timeout=2.0)
-    operations: dict[tuple[str, str], dict[str, Any]] = {}
+    operations: dict[str, dict[str, Any]] = {}
     for kind, plural in OPERATIONS.items():
         for _, obj in await store_ops.list_objects(state.client, prefix, plural, timeout=2.0):
-            name = str((obj.get("metadata") or {}).get("name"))
-            operations[(kind, name)] = obj
+            meta = obj.get("metadata") or {}
+            uid = str(meta.get("uid") or f"{kind}/{meta.get('name')}")
+            operations[uid] = {**obj, "kind": kind}
     resyncs = {
         region: dict(r.last_resync) for region, r in reports.items() if r.last_resync is not None
     }
+    times = dict(before.resyncs) if before is not None else {}
+    for region, r in resyncs.items():
+        t = r.get("time")
+        if isinstance(t, int | float):
+            times[region] = max(float(t), times.get(region, 0.0))
     seen = Seen(
         record,
-        {region: r.get("time") for region, r in resyncs.items()},
+        times,
         {str(d.get("name") or d.get("epoch")) for d in divergences},
-        {key: len(_approvals(obj)) for key, obj in operations.items()},
+        {uid: frozenset(_approvals(obj)) for uid, obj in operations.items()},
     )
-    return Looked(seen, resyncs, divergences, operations)
+    between: list[ActiveRegion] = []
+    old = before.record if before is not None else None
+    if old is not None and record is not None and record.epoch - old.epoch > 1:
+        history = await state.history(limit=record.epoch - old.epoch + 1)
+        between = sorted(
+            (h for h in history if old.epoch < h.epoch < record.epoch), key=lambda h: h.epoch
+        )
+    return Looked(seen, resyncs, divergences, operations, between)
 
 
-def _approvals(obj: dict[str, Any]) -> list[dict[str, Any]]:
+def _approvals(obj: dict[str, Any]) -> list[Approval]:
     status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
     found = status.get("approvals") if isinstance(status, dict) else None
-    return [a for a in found or () if isinstance(a, dict)]
+    return [(str(a.get("username")), str(a.get("at"))) for a in found or () if isinstance(a, dict)]
 
 
 def _seconds_between(a: str | None, b: str | None) -> float | None:
@@ -102,13 +125,14 @@ def _seconds_between(a: str | None, b: str | None) -> float | None:
     return round((t1 - t0).total_seconds(), 3)
 
 
-def changes(before: Seen, looked: Looked) -> list[tuple[str, dict[str, object]]]:
-    """The events between two looks, in the order they happened."""
-    now, resyncs, divergences = looked.seen, looked.resyncs, looked.divergences
+def _epoch_events(
+    new: ActiveRegion, old_writable: bool | None, first: bool
+) -> list[tuple[str, dict[str, object]]]:
+    """A new epoch (`first`) and its unfence, or only the unfence of one seen fenced."""
     out: list[tuple[str, dict[str, object]]] = []
-    old, new = before.record, now.record
-    if new is not None and (old is None or new.epoch > old.epoch):
-        automatic = new.by.startswith("controller:")
+    if first:
+        # the gates' controller decides failovers (a failback of its own is planned)
+        automatic = new.by.startswith("controller:") and "failback" not in new.reason
         out.append(
             (
                 "failover-committed" if automatic else "switchover-committed",
@@ -123,9 +147,8 @@ def changes(before: Seen, looked: Looked) -> list[tuple[str, dict[str, object]]]
             )
         )
     if (
-        new is not None
-        and new.writable
-        and (old is None or new.epoch > old.epoch or not old.writable)
+        new.writable
+        and (first or old_writable is False)
         and new.unfenced is not None
         and new.unfenced != new.since  # written writable at once: never fenced
     ):
@@ -139,8 +162,24 @@ def changes(before: Seen, looked: Looked) -> list[tuple[str, dict[str, object]]]
                 },
             )
         )
+    return out
+
+
+def changes(before: Seen, looked: Looked) -> list[tuple[str, dict[str, object]]]:
+    """The events between two looks: epochs in their order, then resyncs, divergences and
+    approvals (each kind in its order; a look cannot tell which of two kinds came first)."""
+    now, resyncs, divergences = looked.seen, looked.resyncs, looked.divergences
+    out: list[tuple[str, dict[str, object]]] = []
+    old, new = before.record, now.record
+    for skipped in looked.between:  # epochs committed and replaced between two looks
+        out += _epoch_events(skipped, None, True)
+    if new is not None:
+        if old is None or new.epoch > old.epoch:
+            out += _epoch_events(new, None, True)
+        elif new.epoch == old.epoch:
+            out += _epoch_events(new, old.writable, False)
     for region, when in sorted(now.resyncs.items()):
-        if when is not None and before.resyncs.get(region) != when:
+        if when > before.resyncs.get(region, 0.0):
             r = resyncs.get(region, {})
             out.append(
                 (
@@ -171,24 +210,25 @@ def changes(before: Seen, looked: Looked) -> list[tuple[str, dict[str, object]]]
                     },
                 )
             )
-    for (kind, name), count in sorted(now.approvals.items()):
-        if count <= before.approvals.get((kind, name), 0):
+    for uid, approvals in now.approvals.items():
+        fresh = approvals - before.approvals.get(uid, frozenset())
+        if not fresh:
             continue
-        obj = looked.operations[(kind, name)]
-        approvals = _approvals(obj)
+        obj = looked.operations[uid]
         status = obj.get("status") or {}
-        spec = obj.get("spec") or {}
-        new_ones = approvals[before.approvals.get((kind, name), 0) :]
+        meta = obj.get("metadata") or {}
+        needed = sum(int(r.get("approvals", 1)) for r in status.get("requirements") or ())
+        who = ", ".join(sorted(name for name, _ in fresh))
         out.append(
             (
                 "operation-approved",
                 {
-                    "kind": kind,
-                    "name": name,
-                    "why": f"approved by {', '.join(str(a.get('username')) for a in new_ones)} "
-                    f"({count} of {spec.get('approvals', 1)}; asked by "
-                    f"{(status.get('requestedBy') or {}).get('username', 'someone')})",
-                    "phase": status.get("phase"),
+                    "kind": obj.get("kind"),
+                    "name": meta.get("name"),
+                    "uid": meta.get("uid"),
+                    "why": f"approved by {who} ({len(approvals)} of {needed or 1}; asked by "
+                    f"{(status.get('requestedBy') or {}).get('username', 'someone')}; now "
+                    f"{status.get('phase')})",
                 },
             )
         )
@@ -198,22 +238,32 @@ def changes(before: Seen, looked: Looked) -> list[tuple[str, dict[str, object]]]
 async def keep_watching(
     topology: Topology, state: StateDir, emit: Emit, every: float = 1.0
 ) -> None:
-    """The supervisor's loop (runs until cancelled)."""
+    """The supervisor's loop (runs until cancelled). A client that keeps failing is made
+    again (a rotated certificate, a restored control etcd)."""
     from .global_control import control_client
 
     before: Seen | None = None
-    async with control_client(topology, state, timeout=2.0) as client:
-        gs = GlobalState(client)
-        while True:
-            try:
-                looked = await look(gs)
-            except EtcdError as exc:  # the control etcd away: nothing to compare now
-                log.debug("platform watch: %s", exc)
-            except Exception:  # a bug: logged, and the watch goes on
-                log.exception("platform watch: a look failed")
-            else:
-                if before is not None:
-                    for event, fields in changes(before, looked):
-                        emit(event, fields)
-                before = looked.seen
-            await asyncio.sleep(every)
+    while True:
+        failures = 0
+        async with control_client(topology, state, timeout=2.0) as client:
+            gs = GlobalState(client)
+            while failures < 10:
+                try:
+                    looked = await look(gs, before=before)
+                except EtcdError as exc:  # the control etcd away: nothing to compare now
+                    failures += 1
+                    log.debug("platform watch: %s", exc)
+                except Exception:  # a bug: logged, and the watch goes on
+                    failures += 1
+                    log.exception("platform watch: a look failed")
+                else:
+                    failures = 0
+                    if before is not None:
+                        for event, fields in changes(before, looked):
+                            try:
+                                emit(event, fields)
+                            except Exception:  # never the watch's end
+                                log.exception("platform watch: %s not emitted", event)
+                    before = looked.seen
+                await asyncio.sleep(every)
+        log.info("platform watch: the control etcd kept failing; connecting again")
