@@ -383,6 +383,29 @@ def test_every_listener_refuses_plain_text(topo: Path):
     assert r.returncode == 2 and "system:masters" in r.stderr
 
 
+def _textfile_collector(directory: Path) -> Any:
+    """What node_exporter's textfile collector serves: every `*.prom` of `directory` at
+    /metrics, over plain HTTP (a stand-in: node_exporter is not installed here)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = "".join(p.read_text() for p in sorted(directory.glob("*.prom"))).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -405,26 +428,31 @@ def test_prometheus_scrapes_every_component_with_the_export(topo: Path, tmp_path
     from haplane import telemetry
 
     state, out = topo, tmp_path / "prometheus"
-    haplane(state, "export", "prometheus", "-o", str(out), "--scrape-interval", "1")
+    textfile = _textfile_collector(state / "metrics")  # node_exporter's part, stood in for
+    haplane(state, "export", "prometheus", "-o", str(out), "--scrape-interval", "1",
+            "--node-exporter", f"127.0.0.1:{textfile.server_port}")  # fmt: skip
     config_file = out / "prometheus.yml"
     check = subprocess.run(["promtool", "check", "config", str(config_file)],
                            capture_output=True, text=True)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
     config = yaml.safe_load(config_file.read_text())
-    catalogue = {c.job: {m.family_name: m for m in c.metrics} for c in telemetry.COMPONENTS}
+    catalogue: dict[str, dict[str, telemetry.MetricDef]] = {}
+    for c in telemetry.COMPONENTS:
+        catalogue.setdefault(c.job, {}).update((m.family_name, m) for m in c.metrics)
     seen: dict[str, set[str]] = {}
     for job in config["scrape_configs"]:
         name = job["job_name"]
-        if name == "haplane-drills":  # node_exporter's: not run here
-            continue
-        t = job["tls_config"]
-        ctx = ssl.create_default_context(cafile=t["ca_file"])
-        ctx.load_cert_chain(t["cert_file"], t["key_file"])
+        ctx, scheme = None, "http"  # the textfile collector's: plain, as node_exporter's
+        if "tls_config" in job:
+            t = job["tls_config"]
+            ctx = ssl.create_default_context(cafile=t["ca_file"])
+            ctx.load_cert_chain(t["cert_file"], t["key_file"])
+            scheme = "https"
         groups = json.loads((out / "targets" / f"{name}.json").read_text())
         assert groups, name
         for group in groups:
             (target,) = group["targets"]
-            with urllib.request.urlopen(f"https://{target}/metrics", context=ctx,
+            with urllib.request.urlopen(f"{scheme}://{target}/metrics", context=ctx,
                                         timeout=5) as resp:  # fmt: skip
                 body = resp.read().decode()
             families = list(text_string_to_metric_families(body))
@@ -446,6 +474,8 @@ def test_prometheus_scrapes_every_component_with_the_export(topo: Path, tmp_path
     assert {"haplane_gate_epoch", "haplane_gate_upstream_state"} <= seen["haplane-gate"]
     assert "haplane_replication_lag_seconds" in seen["haplane-replicator"]
     assert "haplane_gitops_leader" in seen["haplane-gitops"]
+    # the snapshot and backup schedules write theirs from their start
+    assert "haplane_snapshot_last_failure_timestamp_seconds" in seen["haplane-textfile"]
     from haplane.local.prometheus_export import ETCD_METRICS
 
     assert {m.removesuffix("_total") for m in ETCD_METRICS} <= seen["etcd"]
@@ -467,15 +497,16 @@ def test_prometheus_scrapes_every_component_with_the_export(topo: Path, tmp_path
                     active = json.load(resp)["data"]["activeTargets"]
             except OSError:
                 return None
-            ours = [t for t in active if t["labels"]["job"] != "haplane-drills"]
-            return ours if ours and all(t["health"] == "up" for t in ours) else None
+            return active if active and all(t["health"] == "up" for t in active) else None
 
         try:
             targets = wait_for(all_up, timeout=40, interval=0.5)
         except AssertionError:
             raise AssertionError(log.read_text()[-3000:]) from None
-        assert len(targets) == 4 + 7 + 4 + 2 + 9
-        epoch = status(state)["global_state"]["active"]["epoch"]
+        assert len(targets) == 4 + 7 + 4 + 2 + 9 + 1  # ... and the textfile collector
+        # (a loaded machine's status may miss the control etcd once: asked until it answers)
+        glob = wait_for(lambda: (g := status(state).get("global_state")) and g.get("active") and g)
+        epoch = glob["active"]["epoch"]
         got = _prometheus_query(base, 'max(haplane_gate_epoch{job="haplane-gate"})')
         assert [float(r["value"][1]) for r in got] == [float(epoch)]
         got = _prometheus_query(base, 'max(haplane_gate_epoch_writable{job="haplane-gate"})')
@@ -493,6 +524,8 @@ def test_prometheus_scrapes_every_component_with_the_export(topo: Path, tmp_path
              'etcd_server_quota_backend_bytes{job="etcd"})', 9),
             ('count(etcd_server_has_leader{job="etcd"} == 1)', 9),
             ('count by (name) (haplane_certificate_expiry_seconds)', 4 + 7 + 4),
+            ('count by (scope) (haplane_snapshot_last_failure_timestamp_seconds'
+             '{job="haplane-textfile"})', 3),
         ):  # fmt: skip
             got = _prometheus_query(base, query)
             value = len(got) if "count by" in query else sum(float(r["value"][1]) for r in got)
@@ -508,6 +541,8 @@ def test_prometheus_scrapes_every_component_with_the_export(topo: Path, tmp_path
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        textfile.shutdown()
+        textfile.server_close()
 
 
 def test_logs_merge_every_component(topo: Path):

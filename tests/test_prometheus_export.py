@@ -137,7 +137,7 @@ def test_scrape_config_targets_every_component(tmp_path: Path):
     count = {job: sum(len(g["targets"]) for g in groups) for job, groups in jobs.items()}
     assert count == {
         "haplane-api": 4, "haplane-gate": 7, "haplane-replicator": 4, "haplane-gitops": 2,
-        "etcd": 9, "haplane-drills": 1,
+        "etcd": 9, "haplane-textfile": 1,
     }  # fmt: skip
     roles = [g["labels"]["role"] for g in jobs["haplane-gate"]]
     assert roles.count("gate") == 3 and roles.count("balancer") == 4
@@ -178,7 +178,8 @@ def test_rules_and_dashboard_parse_and_name_only_known_metrics(tmp_path: Path):
         "HaplaneRegionDown", "HaplaneFailover", "HaplaneFenceActiveTooLong",
         "HaplaneReplicationLagHigh", "HaplaneEtcdNoLeader", "HaplaneEtcdDatabaseNearQuota",
         "HaplaneCertificateExpiring", "HaplaneDrillFailed", "HaplaneDrillsOverdue",
-        "HaplaneTargetDown",
+        "HaplaneTargetDown", "HaplaneSnapshotFailed", "HaplaneSnapshotStale",
+        "HaplaneBackupMetricsMissing", "HaplaneLogicalBackupFailed", "HaplaneLogicalBackupStale",
     }  # fmt: skip
     assert len(board["panels"]) >= 10 and json.dumps(board)
 
@@ -324,7 +325,7 @@ def test_etcd_certificates_drills_and_targets(tmp_path: Path):
     cert = (
         'haplane_certificate_expiry_seconds{{job="haplane-api",name="{n}",certificate="serving"}}'
     )
-    drill = 'haplane_drill_last_passed{{job="haplane-drills",scenario="{s}"}}'
+    drill = 'haplane_drill_last_passed{{job="haplane-textfile",scenario="{s}"}}'
     series = [
         {"series": "etcd_server_has_leader" + member.format(n=1), "values": "1x10 0x30"},
         {"series": "etcd_server_has_leader" + member.format(n=2), "values": "1x40"},
@@ -371,11 +372,69 @@ def test_etcd_certificates_drills_and_targets(tmp_path: Path):
     run_rule_tests(tmp_path, example(), [test])
 
 
+def test_snapshots_and_logical_backups(tmp_path: Path):
+    """Failed: a failure newer than the newest success (or with none); not an older one, nor
+    0 (never). Stale: the newest success older than three periods (hourly: 3 h)."""
+    ok = 'haplane_snapshot_last_success_timestamp_seconds{{job="haplane-textfile",scope="{s}"}}'
+    bad = 'haplane_snapshot_last_failure_timestamp_seconds{{job="haplane-textfile",scope="{s}"}}'
+    lok = 'haplane_logical_backup_last_success_timestamp_seconds{job="haplane-textfile"}'
+    lbad = 'haplane_logical_backup_last_failure_timestamp_seconds{job="haplane-textfile"}'
+    series = [
+        # eu-west: a snapshot at 100 s, then a failure at 200 s
+        {"series": ok.format(s="eu-west"), "values": "100x40"},
+        {"series": bad.format(s="eu-west"), "values": "0x10 200x30"},
+        # eu-central: failed once, long ago, then fine
+        {"series": ok.format(s="eu-central"), "values": "300x40"},
+        {"series": bad.format(s="eu-central"), "values": "50x40"},
+        # global: never a snapshot, and a failure
+        {"series": bad.format(s="global"), "values": "0x10 250x30"},
+        {"series": lok, "values": "10x40"},
+        {"series": lbad, "values": "0x40"},
+    ]
+    labels = {"job": "haplane-textfile", "severity": "warning"}
+    recent = {
+        "interval": "15s",
+        "input_series": series,
+        "alert_rule_test": [
+            _alerts("HaplaneSnapshotFailed", "2m"),
+            _alerts("HaplaneSnapshotFailed", "4m", {**labels, "scope": "eu-west"},
+                    {**labels, "scope": "global"}),
+            _alerts("HaplaneLogicalBackupFailed", "4m"),
+            _alerts("HaplaneSnapshotStale", "9m"),  # within three hours
+            _alerts("HaplaneBackupMetricsMissing", "9m"),
+        ],
+    }  # fmt: skip
+    later = {
+        "interval": "1m",
+        "input_series": [
+            {"series": ok.format(s="eu-west"), "values": "0x300"},
+            {"series": bad.format(s="eu-west"), "values": "0x300"},
+            {"series": lok, "values": "0x300"},
+            {"series": lbad, "values": "0+60x300"},  # failing ever since
+        ],
+        "alert_rule_test": [
+            _alerts("HaplaneSnapshotStale", "2h"),
+            _alerts("HaplaneSnapshotStale", "4h", {**labels, "scope": "eu-west"}),
+            _alerts("HaplaneLogicalBackupStale", "4h", {**labels}),
+            _alerts("HaplaneLogicalBackupFailed", "4h", {**labels}),
+        ],
+    }
+    missing = {
+        "interval": "1m",
+        "input_series": [{"series": 'up{job="other"}', "values": "1x20"}],
+        "alert_rule_test": [
+            _alerts("HaplaneBackupMetricsMissing", "5m"),
+            _alerts("HaplaneBackupMetricsMissing", "15m", {"severity": "warning"}),
+        ],
+    }
+    run_rule_tests(tmp_path, example(), [recent, later, missing])
+
+
 def test_drills_overdue_only_when_scheduled(tmp_path: Path):
     """Every 5m: overdue once no run is newer than 15m (then a minute's `for`), or when the
     series is missing altogether (node_exporter not set up: the alerts could never fire
     otherwise)."""
-    last = 'haplane_drill_last_run_timestamp_seconds{job="haplane-drills",scenario="x"}'
+    last = 'haplane_drill_last_run_timestamp_seconds{job="haplane-textfile",scenario="x"}'
     fresh = {
         "interval": "1m",
         "input_series": [{"series": last, "values": "0+60x40"}],  # a run every minute
@@ -407,8 +466,8 @@ def test_drills_overdue_only_when_scheduled(tmp_path: Path):
 @pytest.mark.parametrize("bad", ["0x40", "1x40"])
 def test_rule_tests_can_fail(tmp_path: Path, bad: str):
     """The harness itself: an alert expected where none fires (or the reverse) fails."""
-    drill = 'haplane_drill_last_passed{job="haplane-drills",scenario="s"}'
-    expected = [] if bad == "0x40" else [{"severity": "warning", "job": "haplane-drills",
+    drill = 'haplane_drill_last_passed{job="haplane-textfile",scenario="s"}'
+    expected = [] if bad == "0x40" else [{"severity": "warning", "job": "haplane-textfile",
                                           "scenario": "s"}]  # fmt: skip
     test = {
         "interval": "15s",

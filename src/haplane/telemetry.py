@@ -310,6 +310,33 @@ class Drills:
     )
 
 
+class Backups:
+    """Snapshots and logical backups (STATE/metrics/backups.prom, for node_exporter's textfile
+    collector, written by the supervisor's schedules after each attempt; timestamps in
+    seconds since the Unix epoch)."""
+
+    snapshot_success = _g(
+        "haplane_snapshot_last_success_timestamp_seconds",
+        "When the newest snapshot of the cluster (a region, or global) was taken, scheduled "
+        "or by hand",
+        "scope",
+    )
+    snapshot_failure = _g(
+        "haplane_snapshot_last_failure_timestamp_seconds",
+        "When the schedule last failed to take the cluster's snapshot (0: never)",
+        "scope",
+    )
+    snapshot_size = _g("haplane_snapshot_size_bytes", "Size of the newest snapshot", "scope")
+    logical_success = _g(
+        "haplane_logical_backup_last_success_timestamp_seconds",
+        "When the newest scheduled logical backup was taken",
+    )
+    logical_failure = _g(
+        "haplane_logical_backup_last_failure_timestamp_seconds",
+        "When the schedule last failed to take a logical backup (0: never)",
+    )
+
+
 @dataclass(frozen=True)
 class Component:
     job: str  # the Prometheus job `haplane export prometheus` scrapes it under
@@ -330,7 +357,8 @@ COMPONENTS = (
     Component("haplane-gate", "Gates and regional balancers", Gate),
     Component("haplane-replicator", "Replicators", Replicator),
     Component("haplane-gitops", "GitOps controllers", Gitops),
-    Component("haplane-drills", "Scheduled drills", Drills),
+    Component("haplane-textfile", "Scheduled drills", Drills),
+    Component("haplane-textfile", "Snapshots and logical backups", Backups),
 )
 
 
@@ -347,6 +375,22 @@ def every_metric() -> Iterator[MetricDef]:
 def by_name() -> dict[str, MetricDef]:
     """Every definition by every sample name it exposes (a histogram's three)."""
     return {s: m for m in every_metric() for s in m.series()}
+
+
+def textfile(values: dict[MetricDef, dict[tuple[str, ...], float]]) -> str:
+    """Gauges in Prometheus' text exposition format (node_exporter's textfile collector reads
+    it): each metric's HELP and TYPE, then a sample per label values (in `labels` order)."""
+
+    def quoted(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    lines = []
+    for m, samples in values.items():
+        lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} {m.kind}"]
+        for labels, value in sorted(samples.items()):
+            inner = ",".join(f'{k}="{quoted(v)}"' for k, v in zip(m.labels, labels, strict=True))
+            lines.append(f"{m.name}{{{inner}}} {value:.17g}" if inner else f"{m.name} {value:.17g}")
+    return "\n".join(lines) + "\n"
 
 
 def markdown() -> str:

@@ -11,6 +11,8 @@ deleted here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import shutil
 import sys
 import time
@@ -26,6 +28,8 @@ from .state_dir import StateDir
 PREFIX = "scheduled-"
 RETRY_AFTER = 300.0
 RUN_TIMEOUT = 1800.0
+
+log = logging.getLogger("haplane.local.backup_schedule")
 
 
 def backups_root(state: StateDir) -> Path:
@@ -53,10 +57,19 @@ async def keep_logical_backups(
     emit: Callable[[str, dict[str, object]], None],
     clock: Callable[[], float] = time.time,
 ) -> None:
+    from .backup_metrics import LOGICAL, record_failure, write_metrics
+
+    def metrics() -> None:  # a failure to write them only makes them late
+        try:
+            write_metrics(topology, state)
+        except OSError as exc:
+            log.warning("backup metrics not written: %s", exc)
+
     schedule = topology.spec.global_.backups.logical
     every = float(schedule.every_seconds)
     started = clock()
     failed_at: float | None = None
+    metrics()
     while True:
         root = backups_root(state)
         kept = scheduled(root)
@@ -75,9 +88,13 @@ async def keep_logical_backups(
             failed_at = clock()
             lines = (err or out).strip().splitlines()
             emit("backup-failed", {"name": name, "error": lines[-1] if lines else "failed"})
+            with contextlib.suppress(OSError):
+                record_failure(state, LOGICAL, failed_at)
+            metrics()
             continue
         failed_at = None
         emit("backup", {"name": name})
         for _, d in scheduled(root)[: -schedule.keep]:
             shutil.rmtree(d, ignore_errors=True)
             emit("backup-pruned", {"name": d.name})
+        metrics()

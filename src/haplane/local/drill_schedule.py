@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from haplane.telemetry import Drills as M
+from haplane.telemetry import MetricDef, textfile
 from haplane.topology import Topology
 
 from .ops_agent import run_primitive
@@ -144,19 +145,13 @@ def metrics_text(state: StateDir) -> str:
     for run in _scheduled_runs(state):
         if isinstance(run, dict) and isinstance(run.get("time"), int | float):
             by.setdefault(str(run.get("scenario")), []).append(run)
-    values = {
-        M.last_passed: {s: float(bool(r[-1].get("passed"))) for s, r in by.items()},
-        M.last_run: {s: float(r[-1].get("time") or 0.0) for s, r in by.items()},
-        M.runs: {s: float(len(r)) for s, r in by.items()},
-        M.failures: {s: float(sum(not x.get("passed") for x in r)) for s, r in by.items()},
+    values: dict[MetricDef, dict[tuple[str, ...], float]] = {
+        M.last_passed: {(s,): float(bool(r[-1].get("passed"))) for s, r in by.items()},
+        M.last_run: {(s,): float(r[-1].get("time") or 0.0) for s, r in by.items()},
+        M.runs: {(s,): float(len(r)) for s, r in by.items()},
+        M.failures: {(s,): float(sum(not x.get("passed") for x in r)) for s, r in by.items()},
     }
-    lines = []
-    for m, by_scenario in values.items():
-        lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} {m.kind}"]
-        for scenario, value in sorted(by_scenario.items()):
-            label = scenario.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-            lines.append(f'{m.name}{{scenario="{label}"}} {value:.17g}')
-    return "\n".join(lines) + "\n"
+    return textfile(values)
 
 
 def write_metrics(state: StateDir) -> Path:

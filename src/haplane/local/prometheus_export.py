@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from haplane.telemetry import Api, Drills, Gate, Gitops, Replicator
+from haplane.telemetry import Api, Backups, Drills, Gate, Gitops, Replicator
 from haplane.topology import Topology
 from haplane.topology.model import duration_seconds
 
@@ -100,7 +100,7 @@ def targets(topology: Topology, plan: TopologyPlan, options: Options) -> dict[st
             for c in plan.clusters
             for name, a in c.addresses.items()
         ],
-        "haplane-drills": [
+        "haplane-textfile": [
             {"targets": [options.node_exporter], "labels": {"topology": topology.name}}
         ],
     }  # fmt: skip
@@ -134,9 +134,9 @@ def scrape_config(
     for name in jobs:
         if name == "etcd":
             scrape.append(job(name, etcd))
-        elif name == "haplane-drills":
-            # node_exporter's textfile collector (`--collector.textfile.directory=STATE/metrics`)
-            # keeps only the scheduled drills' series: the rest of a node's are not ours
+        elif name == "haplane-textfile":
+            # node_exporter's textfile collector (`--collector.textfile.directory=STATE/metrics`):
+            # only the drills', snapshots' and backups' series; the rest of a node's are not ours
             scrape.append(
                 job(
                     name,
@@ -317,6 +317,58 @@ def alert_rules(topology: Topology, options: Options) -> dict[str, Any]:
             f"Drills are scheduled every {schedule.every}, but none has been recorded for "
             f"{overdue} s (or node_exporter does not serve STATE/metrics/drills.prom). "
             "A drill waits while the platform is unhealthy or another operation runs.",
+        ))  # fmt: skip
+    success, failure = Backups.snapshot_success.name, Backups.snapshot_failure.name
+    rules.append(_alert(
+        "HaplaneSnapshotFailed",
+        f"{failure} > 0 and {failure} > on(scope) group_left() ({success} or {failure} * 0)",
+        "0s", "warning",
+        "The last scheduled snapshot of {{ $labels.scope }} failed",
+        "Newer than its newest snapshot: the supervisor's log and the SnapshotFailed Event say "
+        "why (`haplane logs -c supervisor --grep snapshot`). It is tried again within five "
+        "minutes; `haplane snapshot save --region {{ $labels.scope }}` takes one by hand.",
+    ))  # fmt: skip
+    snapshots = topology.spec.global_.backups.snapshots
+    if snapshots.enabled:
+        stale = 3 * snapshots.every_seconds
+        rules.append(_alert(
+            "HaplaneSnapshotStale",
+            f"time() - {success} > {stale}",
+            _seconds(max(60, 2 * options.scrape_interval)), "warning",
+            "No snapshot of {{ $labels.scope }} for three periods",
+            f"Snapshots are scheduled every {snapshots.every}: none of this cluster is newer "
+            f"than {stale} s. A failing schedule also fires HaplaneSnapshotFailed.",
+        ))  # fmt: skip
+        # the schedule writes a failure time per cluster from its start (0: none): without
+        # it, the backup alerts could never fire
+        rules.append(_alert(
+            "HaplaneBackupMetricsMissing",
+            f"absent({failure})",
+            "10m", "warning",
+            "The snapshot schedule's metrics are not scraped",
+            "STATE/metrics/backups.prom is written by the supervisor from its start; point "
+            "node_exporter's --collector.textfile.directory at STATE/metrics (job "
+            "haplane-textfile), or the supervisor is not running.",
+        ))  # fmt: skip
+    logical = topology.spec.global_.backups.logical
+    if logical.enabled:
+        ok, bad = Backups.logical_success.name, Backups.logical_failure.name
+        rules.append(_alert(
+            "HaplaneLogicalBackupFailed",
+            f"{bad} > 0 and {bad} > ({ok} or {bad} * 0)",
+            "0s", "warning",
+            "The last scheduled logical backup failed",
+            "The supervisor's log and the BackupFailed Event say why; it is tried again "
+            "within five minutes (`haplane backup create` takes one by hand).",
+        ))  # fmt: skip
+        stale = 3 * logical.every_seconds
+        rules.append(_alert(
+            "HaplaneLogicalBackupStale",
+            f"time() - {ok} > {stale}",
+            _seconds(max(60, 2 * options.scrape_interval)), "warning",
+            "No logical backup for three periods",
+            f"Logical backups are scheduled every {logical.every}: none is newer than "
+            f"{stale} s.",
         ))  # fmt: skip
     rules.append(_alert(
         "HaplaneTargetDown",

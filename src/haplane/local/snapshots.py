@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -71,6 +72,8 @@ from .plans import ClusterPlan, global_plan
 from .platform_events import post_safely
 from .state_dir import OperationLocked, StateDir
 from .supervisor import cluster_ready
+
+log = logging.getLogger("haplane.local.snapshots")
 
 
 def identity(state: StateDir) -> str:
@@ -533,11 +536,14 @@ async def keep_snapshots(
     cancelled."""
     from haplane.store.snapshot import retained
 
+    from .backup_metrics import record_failure
+
     schedule = topology.spec.global_.backups.snapshots
     every = float(schedule.every_seconds)
     scopes = [c.scope for c in topology.etcd_clusters()]
     started = clock()
     failed: dict[str, float] = {}
+    _metrics(topology, state)  # there from the start: what the store already holds
     while True:
         store = snapshot_store(state)
         metas = store.list()
@@ -558,6 +564,9 @@ async def keep_snapshots(
         except (SnapshotError, EtcdError, OSError) as exc:
             failed[scope] = clock()
             emit("snapshot-failed", {"scope": scope, "error": str(exc)})
+            with contextlib.suppress(OSError):
+                record_failure(state, f"snapshot/{scope}", failed[scope])
+            _metrics(topology, state)
             continue
         failed.pop(scope, None)
         emit(
@@ -570,3 +579,14 @@ async def keep_snapshots(
             if m.id not in keep:
                 store.delete(m.id)
                 emit("snapshot-pruned", {"scope": scope, "id": m.id})
+        _metrics(topology, state)
+
+
+def _metrics(topology: Topology, state: StateDir) -> None:
+    """STATE/metrics/backups.prom again; a failure to write it only makes it late."""
+    from .backup_metrics import write_metrics
+
+    try:
+        write_metrics(topology, state)
+    except (OSError, SnapshotError) as exc:
+        log.warning("backup metrics not written: %s", exc)
