@@ -144,6 +144,12 @@ def test_scrape_config_targets_every_component(tmp_path: Path):
     assert {g["labels"]["region"] for g in jobs["haplane-api"]} == {"eu-west", "eu-central"}
     config = scrape_config(topology, plan, None, options)  # insecure: plain http
     assert config["global"]["scrape_interval"] == "5s"
+    (textfile,) = [j for j in config["scrape_configs"] if j["job_name"] == "haplane-textfile"]
+    keep = re.compile(textfile["metric_relabel_configs"][0]["regex"])
+    for m in (*telemetry.Drills.__dict__.values(), *telemetry.Backups.__dict__.values()):
+        if isinstance(m, telemetry.MetricDef):  # every textfile metric is kept
+            assert keep.fullmatch(m.name), m.name
+    assert not keep.fullmatch("node_cpu_seconds_total")
     assert all("tls_config" not in j for j in config["scrape_configs"])
     written = write(topology, plan, None, options)
     assert {p.relative_to(tmp_path).as_posix() for p in written} >= {

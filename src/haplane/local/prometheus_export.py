@@ -144,7 +144,7 @@ def scrape_config(
                     metric_relabel_configs=[
                         {
                             "source_labels": ["__name__"],
-                            "regex": "haplane_drill_.*",
+                            "regex": "haplane_(drill|snapshot|logical_backup)_.*",
                             "action": "keep",
                         }
                     ],
