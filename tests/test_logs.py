@@ -206,6 +206,12 @@ def test_supervisor_lines_about_a_process_levels_and_the_last_line(tmp_path: Pat
         '{"ts": "2026-12-06T10:00:01.000Z", "level": "critical", "msg": "gave up"}',
     )
     write(root / "logs/eu-west/api-1.log", '{"ts": "2026-12-06T09:59:59.000Z", "msg": "bye"}')
+    # etcd's grpc-go writes Go's log lines: their own time (this host's local time)
+    from datetime import datetime
+
+    local = datetime.fromisoformat("2026-12-06T10:00:01.500+00:00").astimezone()
+    write(root / "logs/global/control-1.log",
+          f"WARNING: {local:%Y/%m/%d %H:%M:%S.%f} [core] grpc: transport is closing")  # fmt: skip
     with (root / "logs/eu-west/api-1.log").open("a") as f:
         f.write('{"ts": "2026-12-06T10:00:02.000Z", "msg": "cut short')  # no newline
     got = lines(root, "-c", "eu-west/api-1")
@@ -215,6 +221,9 @@ def test_supervisor_lines_about_a_process_levels_and_the_last_line(tmp_path: Pat
         ("eu-west/api-1", '{"ts": "2026-12-06T10:00:02.000Z", "msg": "cut short'),
     ]
     assert got[1]["fields"] == {"component": "eu-west/api-1", "exitCode": 1}
+    got = lines(root, "-c", "global/*")
+    assert got[0]["ts"] == "2026-12-06T10:00:01.500Z" and got[0]["level"] == "warning"
+    assert "timed" not in got[0]
     got = lines(root, "--level", "error")
     assert [(e["msg"], e["level"]) for e in got] == [
         ("Traceback (most recent call last): ...", "critical"),

@@ -14,6 +14,7 @@ before it.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import heapq
 import json
@@ -71,6 +72,9 @@ def sources(state: StateDir) -> list[tuple[str, Path]]:
 
 
 _TS = re.compile(rb'"ts":\s*"([^"]+)"')  # a line's time, read before its JSON is parsed
+_GO_LOG = re.compile(
+    r"(?:(INFO|WARNING|ERROR|FATAL): )?(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)?) "
+)
 
 
 def parse_ts(value: object) -> float | None:
@@ -94,9 +98,20 @@ def parse_line(line: str) -> tuple[float | None, str, str, dict[str, Any]]:
             record = json.loads(text)
         except ValueError:
             record = None
-    if not isinstance(record, dict):  # (a half line may still say when it was written)
-        m = _TS.search(text.encode(), 0, 80)
-        return parse_ts(m.group(1).decode()) if m else None, "info", text, {}
+    if not isinstance(record, dict):
+        m = _TS.search(text.encode(), 0, 80)  # a half line may still say when it was written
+        if m:
+            return parse_ts(m.group(1).decode()), "info", text, {}
+        g = _GO_LOG.match(text)  # Go's log package (grpc-go inside etcd): the host's local time
+        if g:
+            level = (g.group(1) or "INFO").lower()
+            with contextlib.suppress(ValueError):
+                at = datetime.strptime(
+                    g.group(2).replace("/", "-"),
+                    "%Y-%m-%d %H:%M:%S.%f" if "." in g.group(2) else "%Y-%m-%d %H:%M:%S",
+                )
+                return at.timestamp(), level, text, {}
+        return None, "info", text, {}
     message = record.get("msg") or record.get("event") or ""
     level = str(record.get("level") or "info").lower()
     about = record.get("component")  # dropped by the reader when it is the file's own
