@@ -53,6 +53,12 @@ def test_newest_success_and_last_failure(tmp_path: Path):
     assert ("haplane_snapshot_last_success_timestamp_seconds", "eu-central") not in got
     assert got[("haplane_snapshot_last_failure_timestamp_seconds", "eu-central")] == 1796555000
     assert got[("haplane_snapshot_last_failure_timestamp_seconds", "eu-west")] == 0  # never
+    # a success clears it (and a cluster gone from the topology leaves nothing behind)
+    from haplane.local.backup_metrics import clear_failure
+
+    clear_failure(state, "snapshot/eu-central")
+    got = samples(metrics_text(topology, state))
+    assert got[("haplane_snapshot_last_failure_timestamp_seconds", "eu-central")] == 0
     # the logical backups' (on by default): a failure, no backup yet
     record_failure(state, "logical", 5.0)
     got = samples(metrics_text(topology, state))

@@ -383,6 +383,8 @@ def test_snapshots_and_logical_backups(tmp_path: Path):
     0 (never). Stale: the newest success older than three periods (hourly: 3 h)."""
     ok = 'haplane_snapshot_last_success_timestamp_seconds{{job="haplane-textfile",scope="{s}"}}'
     bad = 'haplane_snapshot_last_failure_timestamp_seconds{{job="haplane-textfile",scope="{s}"}}'
+    ok2 = ok.replace('scope="{s}"', 'scope="{s}",instance="b"')
+    bad2 = bad.replace('scope="{s}"', 'scope="{s}",instance="b"')
     lok = 'haplane_logical_backup_last_success_timestamp_seconds{job="haplane-textfile"}'
     lbad = 'haplane_logical_backup_last_failure_timestamp_seconds{job="haplane-textfile"}'
     series = [
@@ -394,6 +396,9 @@ def test_snapshots_and_logical_backups(tmp_path: Path):
         {"series": bad.format(s="eu-central"), "values": "50x40"},
         # global: never a snapshot, and a failure
         {"series": bad.format(s="global"), "values": "0x10 250x30"},
+        # another topology's global in the same Prometheus (another instance): fine
+        {"series": ok2.format(s="global"), "values": "100x40"},
+        {"series": bad2.format(s="global"), "values": "0x40"},
         {"series": lok, "values": "10x40"},
         {"series": lbad, "values": "0x40"},
     ]

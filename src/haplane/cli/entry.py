@@ -7,9 +7,16 @@ import sys
 
 
 def main() -> None:
-    from haplane.cli.quick import run
-
-    code = run(sys.argv[1:])
+    code: int | None = None
+    try:
+        from haplane.cli.quick import run
+    except ImportError:  # never worse than the full command
+        pass
+    else:
+        try:
+            code = run(sys.argv[1:])
+        except KeyboardInterrupt:
+            sys.exit(130)  # as the full command does
     if code is not None:
         sys.exit(code)
     from haplane.cli.main import main as full

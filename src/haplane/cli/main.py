@@ -806,9 +806,10 @@ def fault_cmd(
     try:
         snap: dict[str, Any] = asyncio.run(ControlClient(state.socket).fault(action, name))
     except ControlError as exc:
-        err.print(f"error: {exc}")
+        # plain (not rich: no markup, no wrapping), as `haplane.cli.quick` says it
+        sys.stderr.write(f"error: {exc}\n")
         raise typer.Exit(1) from None
-    out.print(f"{snap['name']}: {snap['state']} (pid {snap['pid'] or '-'})")
+    sys.stdout.write(f"{snap['name']}: {snap['state']} (pid {snap['pid'] or '-'})\n")
 
 
 @app.command("drill")
@@ -1643,14 +1644,15 @@ def version_cmd() -> None:
     """Print haplane's version and the etcd binary it would run."""
     from haplane.store import EtcdBinaryError, find_etcd
 
-    out.print(f"haplane {__version__}")
+    # plain (not rich: no markup, no wrapping), as `haplane.cli.quick` says it
+    print(f"haplane {__version__}")
     try:
         b = find_etcd()
-        out.print(f"etcd {b.version_text} ({b.path}, from {b.source})")
+        print(f"etcd {b.version_text} ({b.path}, from {b.source})")
         if b.warning:
-            err.print(f"warning: {b.warning}")
+            print(f"warning: {b.warning}", file=sys.stderr)
     except EtcdBinaryError as exc:
-        err.print(f"etcd: {exc}")
+        print(f"etcd: {exc}", file=sys.stderr)
 
 
 def _missing_credentials(exc: Exception) -> bool:

@@ -101,14 +101,20 @@ def _fault(action: str, name: str, state_dir: Path | None) -> int:
         conn.request("POST", "/v1/faults", body, {"Content-Type": "application/json"})
         resp = conn.getresponse()
         data: Any = json.loads(resp.read() or b"null")
-    except (OSError, http.client.HTTPException, ValueError) as exc:
+    except (OSError, http.client.HTTPException) as exc:
         print(f"error: supervisor at {path} does not answer: {exc}", file=sys.stderr)
+        return 1
+    except ValueError:  # it answered, but not JSON
+        print(f"error: unexpected answer from the supervisor ({resp.status})", file=sys.stderr)
         return 1
     finally:
         conn.close()
     if resp.status >= 400:
         said = data.get("error", data) if isinstance(data, dict) else data
         print(f"error: {said}", file=sys.stderr)
+        return 1
+    if not (isinstance(data, dict) and {"name", "state", "pid"} <= set(data)):
+        print(f"error: unexpected answer from the supervisor: {data!r}", file=sys.stderr)
         return 1
     print(f"{data['name']}: {data['state']} (pid {data['pid'] or '-'})")
     return 0

@@ -52,6 +52,14 @@ def record_failure(state: StateDir, what: str, when: float) -> None:
     _write(_dir(state) / FAILURES_FILE, json.dumps(known, sort_keys=True) + "\n")
 
 
+def clear_failure(state: StateDir, what: str) -> None:
+    """A success: what failed before is behind it (and a cluster since removed from the
+    topology, or a schedule turned off, leaves nothing behind to alert on)."""
+    known = failures(state)
+    if known.pop(what, None) is not None:
+        _write(_dir(state) / FAILURES_FILE, json.dumps(known, sort_keys=True) + "\n")
+
+
 def metrics_text(topology: Topology, state: StateDir) -> str:
     from .backup_schedule import backups_root, scheduled
     from .snapshots import snapshot_store

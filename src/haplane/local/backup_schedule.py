@@ -57,7 +57,7 @@ async def keep_logical_backups(
     emit: Callable[[str, dict[str, object]], None],
     clock: Callable[[], float] = time.time,
 ) -> None:
-    from .backup_metrics import LOGICAL, record_failure, write_metrics
+    from .backup_metrics import LOGICAL, clear_failure, record_failure, write_metrics
 
     def metrics() -> None:  # a failure to write them only makes them late
         try:
@@ -93,6 +93,8 @@ async def keep_logical_backups(
             metrics()
             continue
         failed_at = None
+        with contextlib.suppress(OSError):
+            clear_failure(state, LOGICAL)
         emit("backup", {"name": name})
         for _, d in scheduled(root)[: -schedule.keep]:
             shutil.rmtree(d, ignore_errors=True)

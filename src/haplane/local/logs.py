@@ -102,7 +102,7 @@ def parse_line(line: str) -> tuple[float | None, str, str, dict[str, Any]]:
         m = _TS.search(text.encode(), 0, 80)  # a half line may still say when it was written
         if m:
             return parse_ts(m.group(1).decode()), "info", text, {}
-        g = _GO_LOG.match(text)  # Go's log package (grpc-go inside etcd): the host's local time
+        g = _GO_LOG.match(text)  # Go's log package (grpc-go inside etcd): UTC, as TZ says
         if g:
             level = (g.group(1) or "INFO").lower()
             with contextlib.suppress(ValueError):
@@ -110,7 +110,7 @@ def parse_line(line: str) -> tuple[float | None, str, str, dict[str, Any]]:
                     g.group(2).replace("/", "-"),
                     "%Y-%m-%d %H:%M:%S.%f" if "." in g.group(2) else "%Y-%m-%d %H:%M:%S",
                 )
-                return at.timestamp(), level, text, {}
+                return at.replace(tzinfo=UTC).timestamp(), level, text, {}
         return None, "info", text, {}
     message = record.get("msg") or record.get("event") or ""
     level = str(record.get("level") or "info").lower()

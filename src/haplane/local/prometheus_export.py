@@ -321,7 +321,8 @@ def alert_rules(topology: Topology, options: Options) -> dict[str, Any]:
     success, failure = Backups.snapshot_success.name, Backups.snapshot_failure.name
     rules.append(_alert(
         "HaplaneSnapshotFailed",
-        f"{failure} > 0 and {failure} > on(scope) group_left() ({success} or {failure} * 0)",
+        # one-to-one on every label (a second topology's "global" is another series)
+        f"{failure} > 0 and {failure} > ({success} or {failure} * 0)",
         "0s", "warning",
         "The last scheduled snapshot of {{ $labels.scope }} failed",
         "Newer than its newest snapshot: the supervisor's log and the SnapshotFailed Event say "
@@ -339,17 +340,6 @@ def alert_rules(topology: Topology, options: Options) -> dict[str, Any]:
             f"Snapshots are scheduled every {snapshots.every}: none of this cluster is newer "
             f"than {stale} s. A failing schedule also fires HaplaneSnapshotFailed.",
         ))  # fmt: skip
-        # the schedule writes a failure time per cluster from its start (0: none): without
-        # it, the backup alerts could never fire
-        rules.append(_alert(
-            "HaplaneBackupMetricsMissing",
-            f"absent({failure})",
-            "10m", "warning",
-            "The snapshot schedule's metrics are not scraped",
-            "STATE/metrics/backups.prom is written by the supervisor from its start; point "
-            "node_exporter's --collector.textfile.directory at STATE/metrics (job "
-            "haplane-textfile), or the supervisor is not running.",
-        ))  # fmt: skip
     logical = topology.spec.global_.backups.logical
     if logical.enabled:
         ok, bad = Backups.logical_success.name, Backups.logical_failure.name
@@ -359,7 +349,8 @@ def alert_rules(topology: Topology, options: Options) -> dict[str, Any]:
             "0s", "warning",
             "The last scheduled logical backup failed",
             "The supervisor's log and the BackupFailed Event say why; it is tried again "
-            "within five minutes (`haplane backup create` takes one by hand).",
+            "within five minutes (a backup taken by hand is not a scheduled one: it does not "
+            "clear this).",
         ))  # fmt: skip
         stale = 3 * logical.every_seconds
         rules.append(_alert(
@@ -369,6 +360,19 @@ def alert_rules(topology: Topology, options: Options) -> dict[str, Any]:
             "No logical backup for three periods",
             f"Logical backups are scheduled every {logical.every}: none is newer than "
             f"{stale} s.",
+        ))  # fmt: skip
+    if snapshots.enabled or logical.enabled:
+        # the schedules write their series from their start (a failure time of 0: none):
+        # without them, the backup alerts could never fire
+        present = failure if snapshots.enabled else Backups.logical_failure.name
+        rules.append(_alert(
+            "HaplaneBackupMetricsMissing",
+            f"absent({present})",
+            "10m", "warning",
+            "The backup schedules' metrics are not scraped",
+            "STATE/metrics/backups.prom is written by the supervisor's schedules; point "
+            "node_exporter's --collector.textfile.directory at STATE/metrics (job "
+            "haplane-textfile).",
         ))  # fmt: skip
     rules.append(_alert(
         "HaplaneTargetDown",

@@ -536,7 +536,7 @@ async def keep_snapshots(
     cancelled."""
     from haplane.store.snapshot import retained
 
-    from .backup_metrics import record_failure
+    from .backup_metrics import clear_failure, record_failure
 
     schedule = topology.spec.global_.backups.snapshots
     every = float(schedule.every_seconds)
@@ -557,6 +557,7 @@ async def keep_snapshots(
         scope = min(due, key=lambda s: due[s])
         wait = due[scope] - clock()
         if wait > 0:
+            _metrics(topology, state)  # a snapshot taken by hand counts at once
             await asyncio.sleep(min(wait, 60.0))  # woken often: snapshots taken by hand count
             continue
         try:
@@ -569,6 +570,8 @@ async def keep_snapshots(
             _metrics(topology, state)
             continue
         failed.pop(scope, None)
+        with contextlib.suppress(OSError):
+            clear_failure(state, f"snapshot/{scope}")
         emit(
             "snapshot",
             {"scope": scope, "id": meta.id, "bytes": meta.size, "seconds": meta.seconds},

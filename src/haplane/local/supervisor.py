@@ -272,8 +272,10 @@ class Supervisor:
         emit("healthy", {"seconds": round(self.started_in, 3)})
 
     def _child_env(self) -> dict[str, str]:
-        """Children carry their state dir: operators (and tests) can tell whose they are."""
-        return {**os.environ, ENV_STATE_DIR: str(self.state.root)}
+        """Children carry their state dir: operators (and tests) can tell whose they are. And
+        UTC: the lines Go's log package writes (grpc-go inside etcd) carry local time without
+        a zone, which `haplane logs` reads as UTC."""
+        return {**os.environ, ENV_STATE_DIR: str(self.state.root), "TZ": "UTC"}
 
     def _process(
         self, name: str, kind: str, argv: list[str], host: str | None = None
