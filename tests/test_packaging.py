@@ -33,4 +33,4 @@ def test_wheel_contains_examples_and_entry_point(tmp_path):
         assert "haplane/examples/two-regions.yaml" in names
         assert "haplane/py.typed" in names
         entry = next(n for n in names if n.endswith("entry_points.txt"))
-        assert "haplane = haplane.cli.main:main" in z.read(entry).decode()
+        assert "haplane = haplane.cli.entry:main" in z.read(entry).decode()  # quick path first
