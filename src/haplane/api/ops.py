@@ -49,6 +49,7 @@ from haplane.store.operations import (
     APPROVED,
     EXPIRED,
     GROUP,
+    KIND_PLURALS,
     PENDING,
     REJECTED,
     RUNNING,
@@ -207,12 +208,7 @@ def _automatic_errors(spec: Obj, name: str) -> list[FieldError]:
 
 
 OPERATION_KINDS = frozenset({"Switchover", "RoleGrant", "Drill", "MaintenanceAction"})
-PLURALS = {
-    "Switchover": "switchovers",
-    "RoleGrant": "rolegrants",
-    "Drill": "drills",
-    "MaintenanceAction": "maintenanceactions",
-}
+PLURALS = KIND_PLURALS  # where each kind is stored (the store's map)
 # what a MaintenanceAction may do, and the roles (any one) that may ask for it: the seed's
 # separation of duties, checked again by the agent against the component's kind
 MAINTENANCE_ACTIONS = (

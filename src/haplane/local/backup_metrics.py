@@ -26,21 +26,10 @@ FAILURES_FILE = "backup-failures.json"
 LOGICAL = "logical"  # the failure key of the logical backups' schedule
 
 
-def _dir(state: StateDir) -> Path:
-    return state.root / "metrics"
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def failures(state: StateDir) -> dict[str, float]:
     """Last failure time by what failed (`snapshot/<scope>`, `logical`); {} when unreadable."""
     with contextlib.suppress(OSError, ValueError):
-        raw = json.loads((_dir(state) / FAILURES_FILE).read_text())
+        raw = json.loads((state.root / "metrics" / FAILURES_FILE).read_text())
         if isinstance(raw, dict):
             return {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)}
     return {}
@@ -49,7 +38,7 @@ def failures(state: StateDir) -> dict[str, float]:
 def record_failure(state: StateDir, what: str, when: float) -> None:
     known = failures(state)
     known[what] = when
-    _write(_dir(state) / FAILURES_FILE, json.dumps(known, sort_keys=True) + "\n")
+    state.write_metrics_file(FAILURES_FILE, json.dumps(known, sort_keys=True) + "\n")
 
 
 def clear_failure(state: StateDir, what: str) -> None:
@@ -57,7 +46,7 @@ def clear_failure(state: StateDir, what: str) -> None:
     topology, or a schedule turned off, leaves nothing behind to alert on)."""
     known = failures(state)
     if known.pop(what, None) is not None:
-        _write(_dir(state) / FAILURES_FILE, json.dumps(known, sort_keys=True) + "\n")
+        state.write_metrics_file(FAILURES_FILE, json.dumps(known, sort_keys=True) + "\n")
 
 
 def metrics_text(topology: Topology, state: StateDir) -> str:
@@ -87,6 +76,4 @@ def metrics_text(topology: Topology, state: StateDir) -> str:
 
 
 def write_metrics(topology: Topology, state: StateDir) -> Path:
-    path = _dir(state) / METRICS_FILE
-    _write(path, metrics_text(topology, state))
-    return path
+    return state.write_metrics_file(METRICS_FILE, metrics_text(topology, state))

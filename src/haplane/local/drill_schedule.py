@@ -157,12 +157,7 @@ def metrics_text(state: StateDir) -> str:
 def write_metrics(state: StateDir) -> Path:
     """`metrics_text` into STATE/metrics/drills.prom, by rename (a collector never reads half
     a file); point node_exporter's `--collector.textfile.directory` at STATE/metrics."""
-    path = state.root / "metrics" / METRICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    tmp.write_text(metrics_text(state))
-    tmp.replace(path)
-    return path
+    return state.write_metrics_file(METRICS_FILE, metrics_text(state))
 
 
 async def _healthy(state: StateDir) -> str | None:

@@ -27,13 +27,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from haplane.store import DEFAULT_GLOBAL_PREFIX, ActiveRegion, EtcdError, GlobalState
 from haplane.store import operations as store_ops
 from haplane.topology import Topology
 
+from .logs import parse_ts
 from .state_dir import StateDir
 
 log = logging.getLogger("haplane.local.platform_watch")
@@ -63,14 +63,6 @@ class Looked:
     between: list[ActiveRegion] = field(default_factory=list)  # epochs a look jumped over
 
 
-OPERATIONS = {  # ops.haplane.dev kinds and where they are stored
-    "Switchover": "switchovers",
-    "RoleGrant": "rolegrants",
-    "Drill": "drills",
-    "MaintenanceAction": "maintenanceactions",
-}
-
-
 async def look(
     state: GlobalState, prefix: bytes = DEFAULT_GLOBAL_PREFIX, before: Seen | None = None
 ) -> Looked:
@@ -81,7 +73,7 @@ async def look(
     reports = await state.replication_reports(timeout=2.0)
     divergences = await state.divergences(timeout=2.0)
     operations: dict[str, dict[str, Any]] = {}
-    for kind, plural in OPERATIONS.items():
+    for kind, plural in store_ops.KIND_PLURALS.items():
         for _, obj in await store_ops.list_objects(state.client, prefix, plural, timeout=2.0):
             meta = obj.get("metadata") or {}
             uid = str(meta.get("uid") or f"{kind}/{meta.get('name')}")
@@ -117,12 +109,8 @@ def _approvals(obj: dict[str, Any]) -> list[Approval]:
 
 
 def _seconds_between(a: str | None, b: str | None) -> float | None:
-    try:
-        t0 = datetime.fromisoformat(str(a).replace("Z", "+00:00"))
-        t1 = datetime.fromisoformat(str(b).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return round((t1 - t0).total_seconds(), 3)
+    t0, t1 = parse_ts(a), parse_ts(b)
+    return round(t1 - t0, 3) if t0 is not None and t1 is not None else None
 
 
 def _epoch_events(

@@ -64,6 +64,16 @@ class StateDir:
     def supervisor_log(self) -> Path:
         return self.root / "supervisor.log"
 
+    def write_metrics_file(self, name: str, text: str) -> Path:
+        """STATE/metrics/NAME (node_exporter's textfile collector reads the `*.prom` there),
+        replaced by rename: a reader never sees half a file."""
+        path = self.root / "metrics" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(text)
+        tmp.replace(path)
+        return path
+
     @property
     def run_dir(self) -> Path:
         return self.root / "run"

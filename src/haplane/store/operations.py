@@ -39,8 +39,14 @@ FAILED = "Failed"
 REJECTED = "Rejected"
 EXPIRED = "Expired"
 TERMINAL = frozenset({SUCCEEDED, FAILED, REJECTED, EXPIRED})
-# the operation kinds (their plurals); ApprovalPolicies are no operation and never finish
-PLURALS = ("switchovers", "rolegrants", "drills", "maintenanceactions")
+# the operation kinds and their plurals; ApprovalPolicies are no operation and never finish
+KIND_PLURALS = {
+    "Switchover": "switchovers",
+    "RoleGrant": "rolegrants",
+    "Drill": "drills",
+    "MaintenanceAction": "maintenanceactions",
+}
+PLURALS = tuple(KIND_PLURALS.values())
 
 Obj = dict[str, Any]
 
