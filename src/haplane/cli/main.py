@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from haplane import __version__
 from haplane.cli import (
     audit,
     backup,
@@ -795,21 +794,13 @@ def fault_cmd(
     """Inject a fault: kill (SIGKILL), term (SIGTERM), pause/resume (SIGSTOP/CONT), restart.
 
     kill and term stay down (the supervisor does not restart them) until `restart`."""
-    import asyncio
-
-    from haplane.local.control_client import FAULT_ACTIONS, ControlClient, ControlError
+    from haplane.cli.quick import fault
+    from haplane.local.control_client import FAULT_ACTIONS
 
     if action not in FAULT_ACTIONS:
         err.print(f"error: unknown action {action!r}; use one of {', '.join(FAULT_ACTIONS)}")
         raise typer.Exit(2)
-    state = _state(state_dir)
-    try:
-        snap: dict[str, Any] = asyncio.run(ControlClient(state.socket).fault(action, name))
-    except ControlError as exc:
-        # plain (not rich: no markup, no wrapping), as `haplane.cli.quick` says it
-        sys.stderr.write(f"error: {exc}\n")
-        raise typer.Exit(1) from None
-    sys.stdout.write(f"{snap['name']}: {snap['state']} (pid {snap['pid'] or '-'})\n")
+    raise typer.Exit(fault(action, name, state_dir))
 
 
 @app.command("drill")
@@ -1642,17 +1633,9 @@ def kubeconfig_cmd(
 @app.command("version")
 def version_cmd() -> None:
     """Print haplane's version and the etcd binary it would run."""
-    from haplane.store import EtcdBinaryError, find_etcd
+    from haplane.cli.quick import version
 
-    # plain (not rich: no markup, no wrapping), as `haplane.cli.quick` says it
-    print(f"haplane {__version__}")
-    try:
-        b = find_etcd()
-        print(f"etcd {b.version_text} ({b.path}, from {b.source})")
-        if b.warning:
-            print(f"warning: {b.warning}", file=sys.stderr)
-    except EtcdBinaryError as exc:
-        print(f"etcd: {exc}", file=sys.stderr)
+    raise typer.Exit(version())
 
 
 def _missing_credentials(exc: Exception) -> bool:

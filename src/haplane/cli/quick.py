@@ -13,9 +13,6 @@ library: `ControlClient` (aiohttp, asyncio) costs more to import than the reques
 
 from __future__ import annotations
 
-import http.client
-import json
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,15 +21,16 @@ from typing import Any
 def run(argv: list[str]) -> int | None:
     """The exit code when `argv` is a quick command it answered; None: let typer have it."""
     if argv == ["version"]:
-        return _version()
+        return version()
     if argv[:1] == ["fault"]:
         parsed = _fault_args(argv[1:])
         if parsed is not None:
-            return _fault(*parsed)
+            return fault(*parsed)
     return None
 
 
-def _version() -> int:
+def version() -> int:
+    """`haplane version` (the typer command calls it too: one output)."""
     from haplane import __version__
     from haplane.store.etcd_binary import EtcdBinaryError, find_etcd
 
@@ -71,31 +69,35 @@ def _fault_args(args: list[str]) -> tuple[str, str, Path | None] | None:
     return positional[0], positional[1], state_dir
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("supervisor", timeout=timeout)
-        self.path = path
+def fault(action: str, name: str, state_dir: Path | None) -> int:
+    """`haplane fault ACTION NAME`, its action known (the typer command calls it too)."""
+    import http.client  # here: every command passes through this module before typer
+    import json
+    import socket
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def _fault(action: str, name: str, state_dir: Path | None) -> int:
     from haplane.local.state_dir import StateDir, default_state_dir
+
+    class UnixConnection(http.client.HTTPConnection):
+        def __init__(self, path: str, timeout: float) -> None:
+            super().__init__("supervisor", timeout=timeout)
+            self.path = path
+
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
 
     state = StateDir(state_dir or default_state_dir())
     path = state.socket
     if not path.exists():
         print(f"error: no supervisor socket at {path}", file=sys.stderr)
         return 1
-    conn = _UnixConnection(str(path), timeout=30.0)
+    conn = UnixConnection(str(path), timeout=30.0)
     try:
         body = json.dumps({"action": action, "component": name})
         conn.request("POST", "/v1/faults", body, {"Content-Type": "application/json"})
