@@ -170,6 +170,10 @@ def _one_gitops(d):
     d["spec"]["global"]["gitops"].pop()
 
 
+def _one_console(d):
+    d["spec"]["global"]["console"]["instances"].pop()
+
+
 BAD = {
     "security (insecure)": (_insecure, "security", "warning"),
     "security (wildcard host with TLS)": (_wildcard_host, "security", "error"),
@@ -198,6 +202,7 @@ BAD = {
     "unreplicated": (_unpaired, "unreplicated", "warning"),
     "replication-mode": (_timeout_on_async, "replication-mode", "error"),
     "gitops-controllers": (_one_gitops, "gitops-controllers", "warning"),
+    "console-instances": (_one_console, "console-instances", "warning"),
 }
 
 
@@ -548,3 +553,55 @@ def test_a_key_given_twice_is_refused_with_both_lines() -> None:
     )
     with pytest.raises(TopologyError, match="given twice"):
         load_text(text)
+
+
+def test_console_instances_parse_and_default_to_none(good):
+    topo = build(good)
+    assert [(x.name, x.site, x.port) for x in topo.spec.global_.console.instances] == [
+        ("console-1", "eu-west", None),
+        ("console-2", "eu-central", None),
+    ]
+    good["spec"]["global"]["console"]["instances"][1].update(host="10.0.0.9", port=8445)
+    x = build(good).spec.global_.console.instances[1]
+    assert (x.host, x.port) == ("10.0.0.9", 8445)
+    del good["spec"]["global"]["console"]
+    assert build(good).spec.global_.console.instances == []
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"zone": "a"}, "spec.global.console.instances[0].zone"),
+        ({"port": 0}, "spec.global.console.instances[0].port"),
+        ({"name": "Console"}, "spec.global.console.instances[0].name"),
+    ],
+)
+def test_console_schema_errors_name_the_field(good, change, needle):
+    good["spec"]["global"]["console"]["instances"][0].update(change)
+    with pytest.raises(TopologyError) as exc:
+        build(good)
+    assert needle in str(exc.value)
+
+
+def test_console_cross_field_errors_name_the_field(good):
+    console = good["spec"]["global"]["console"]["instances"]
+    console[0]["site"] = "nowhere"
+    console[1].update(name="gate-witness")
+    found = {(f.rule, f.path) for f in validate(build(good)) if f.severity == "error"}
+    assert ("unknown-reference", "spec.global.console.instances[0].site") in found
+    assert ("duplicate-name", "spec.global") in found
+    console[0]["site"] = "eu-west"
+    console[1].update(name="console-2", port=9000)
+    good["spec"]["global"]["gitops"][0]["port"] = 9000
+    (f,) = [f for f in validate(build(good)) if f.rule == "port-conflict"]
+    assert "spec.global.console.instances[1].port" in f.message
+
+
+def test_console_ha_one_instance_or_one_site(good):
+    console = good["spec"]["global"]["console"]["instances"]
+    console[1]["site"] = "eu-west"
+    (f,) = [f for f in validate(build(good)) if f.rule == "console-instances"]
+    assert (f.severity, f.path) == ("warning", "spec.global.console.instances")
+    console.pop()
+    (f,) = [f for f in validate(build(good)) if f.rule == "console-instances"]
+    assert "console-1 on eu-west" in f.message

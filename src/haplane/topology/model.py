@@ -18,6 +18,7 @@ Shape (Kubernetes-style, camelCase, unknown fields refused)::
         controlEtcd: {members: [{name, site, zone?}]}
         gates: [{name, site}]
         gitops: [{name, site}]    # GitOps controller instances; one leads
+        console: {instances: [{name, site}]}   # the web console, each instance on its own port
         failover: {mode: ActivePassive, priority: [eu-west, eu-central]}
         replication: [{from: eu-west, to: eu-central}]
 
@@ -181,6 +182,28 @@ class GitopsController(Placement):
     )
     port: Port | None = Field(
         None, description="Its listener: git push webhooks, /readyz and /metrics."
+    )
+
+
+class ConsoleInstance(Placement):
+    """One instance of the web console (`python -m haplane.console`): HTTPS on its own port
+    (the gates forward the Kubernetes API only); every instance serves the whole platform."""
+
+    name: Name
+    site: Name = Field(
+        description="Site of this instance; it reaches the API through the gate of its own "
+        "site (else the first gate)."
+    )
+    port: Port | None = Field(None, description="Its HTTPS listener (pages, /livez, /readyz).")
+
+
+class Console(_Model):
+    """The web console: a live topology map, failover history, Events and audit, for the
+    platform's own identities (a bearer token), authorized by the API's RBAC."""
+
+    instances: list[ConsoleInstance] = Field(
+        default_factory=list,
+        description="Console instances; two or more on different sites survive a site failure.",
     )
 
 
@@ -377,6 +400,10 @@ class Global(_Model):
         "platform through the gate; one leads through a Lease, the others stand by. Two or "
         "more, on different sites, survive a site failure.",
     )
+    console: Console = Field(
+        default_factory=Console,
+        description="The web console's instances (none by default).",
+    )
     failover: Failover = Field(default_factory=Failover)
     replication: list[Replication] = Field(default_factory=list)
     backups: Backups = Field(
@@ -507,7 +534,7 @@ class Topology(_Model):
 
     def host_of(self, placed: Placement, site: str | None = None) -> str:
         """The component's own host, else its site's (`site`, or the component's `site` field
-        for control etcd members, gates and GitOps controllers), else `spec.defaults.host`."""
+        for control etcd members, gates, GitOps controllers and consoles), else `spec.defaults.host`."""
         if placed.host:
             return placed.host
         site_obj = self.site(site or getattr(placed, "site", None) or "")

@@ -20,6 +20,7 @@ from .model import (
     GLOBAL_SCOPE,
     ApiServer,
     Balancer,
+    ConsoleInstance,
     EtcdClusterView,
     Gate,
     GitopsController,
@@ -45,6 +46,8 @@ RULES: dict[str, str] = {
     "and one mode",
     "gitops-controllers": "GitOps controller instances, when there are any, are 2 or more on "
     "2 or more sites (one leads; another takes over when its site fails)",
+    "console-instances": "web console instances, when there are any, are 2 or more on 2 or "
+    "more sites (a site failure leaves one to look at it with)",
     "api-replicas": "each region needs 2 or more API server replicas",
     "balancer-count": "each region needs balancers; 2 or more avoid a single point of failure",
     "duplicate-name": "names are unique within their scope",
@@ -94,6 +97,7 @@ def validate(topo: Topology) -> list[Finding]:
         _gates,
         _gate_ports,
         _gitops,
+        _console,
         _region_components,
         _failover,
         _replication,
@@ -162,7 +166,8 @@ def _names(topo: Topology) -> list[Finding]:
     dupes(
         [m.name for m in g.control_etcd.members]
         + [x.name for x in g.gates]
-        + [x.name for x in g.gitops],
+        + [x.name for x in g.gitops]
+        + [x.name for x in g.console.instances],
         "spec.global",
         "global component",
     )
@@ -215,9 +220,10 @@ def _references(topo: Topology) -> list[Finding]:
                     f"use one of: {', '.join(msite.zones)}",
                 )
             )
-    placed_on_sites: list[tuple[str, Sequence[GitopsController | Gate]]] = [
+    placed_on_sites: list[tuple[str, Sequence[GitopsController | Gate | ConsoleInstance]]] = [
         ("gates", g.gates),
         ("gitops", g.gitops),
+        ("console.instances", g.console.instances),
     ]
     for field, on_sites in placed_on_sites:
         for j, x in enumerate(on_sites):
@@ -427,6 +433,36 @@ def _gitops(topo: Topology) -> list[Finding]:
     return []
 
 
+def _console(topo: Topology) -> list[Finding]:
+    """None is fine (the console is optional); one instance, or all on one site, leaves
+    nobody a console when that site fails, which is when it is wanted most."""
+    instances = topo.spec.global_.console.instances
+    path = "spec.global.console.instances"
+    sites = {x.site for x in instances}
+    if len(instances) == 1:
+        return [
+            _warn(
+                "console-instances",
+                path,
+                f"a single console instance ({instances[0].name} on {instances[0].site}): "
+                "while it or its site is down, there is no console",
+                "add a second instance on another site, e.g. "
+                f"{{name: console-2, site: {_other_site(topo, instances[0].site)}}}",
+            )
+        ]
+    if len(instances) > 1 and len(sites) == 1:
+        site = next(iter(sites))
+        return [
+            _warn(
+                "console-instances",
+                path,
+                f"every console instance is on site {site!r}: when it fails, there is no console",
+                f"place one instance on another site, e.g. {_other_site(topo, site)}",
+            )
+        ]
+    return []
+
+
 def _other_site(topo: Topology, site: str) -> str:
     return next((s.name for s in topo.spec.sites if s.name != site), "ANOTHER-SITE")
 
@@ -559,7 +595,8 @@ def _explicit_hosts(topo: Topology) -> Iterator[tuple[str, str]]:
                     yield f"{base}.{field}[{j}].host", c.host
     g = topo.spec.global_
     for field, global_components in (("controlEtcd.members", g.control_etcd.members),
-                                      ("gates", g.gates), ("gitops", g.gitops)):  # fmt: skip
+                                      ("gates", g.gates), ("gitops", g.gitops),
+                                      ("console.instances", g.console.instances)):  # fmt: skip
         for j, c in enumerate(global_components):
             if c.host:
                 yield f"spec.global.{field}[{j}].host", c.host
@@ -825,6 +862,11 @@ def _ports(topo: Topology) -> list[Finding]:
     for j, x in enumerate(g.gitops):
         if x.port is not None:
             owners[(topo.host_of(x), x.port)].append(("gitops", f"spec.global.gitops[{j}].port"))
+    for j, c in enumerate(g.console.instances):
+        if c.port is not None:
+            owners[(topo.host_of(c), c.port)].append(
+                ("console", f"spec.global.console.instances[{j}].port")
+            )
     out: list[Finding] = []
     for (host, port), users in owners.items():
         # Gate instances on one host share one port on purpose (SO_REUSEPORT).
