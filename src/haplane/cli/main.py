@@ -776,6 +776,22 @@ def _status_table(report: StatusReport) -> Table:
             "",
             "[green]ready[/]" if g.ready else f"[red]{_short(g.error)}[/]",
         )
+    if report.console:
+        table.add_row("[bold]console[/]", "", "", "", "", "", "", "", "", "", "")
+    for con in report.console:
+        table.add_row(
+            f"  {con.name}",
+            con.state,
+            str(con.pid or "-"),
+            str(con.restarts),
+            con.url,  # what a browser opens
+            "",
+            "",
+            "",
+            "",
+            "",
+            "[green]ready[/]" if con.ready else f"[red]{_short(con.error)}[/]",
+        )
     return table
 
 

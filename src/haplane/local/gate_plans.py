@@ -1,6 +1,6 @@
 """Where the regional balancers and the global gate instances of a topology listen, what they
 forward to, and the config file each `python -m haplane.gate` process is started with; where
-the GitOps controller instances listen and which gate each dials.
+the GitOps controller and console instances listen and which gate each dials.
 
 Layer: run (`haplane.local`). Pure: from the topology, the port registry and the resolved etcd
 clusters and API replicas; the supervisor writes the configs and starts the processes.
@@ -215,9 +215,50 @@ def resolve_gitops(
 
 
 @dataclass(frozen=True)
+class ConsolePlan:
+    """A web console instance: its HTTPS listener and the gate it asks the API through (as the
+    signed-in user; its own site's gate, else the first)."""
+
+    name: str
+    site: str
+    host: str
+    port: int
+    server: str  # the gate's URL
+    tls: bool = False
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{GLOBAL_SCOPE}/{self.name}"
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+
+def resolve_console(
+    topology: Topology, ports: PortRegistry, gates: list[GatePlan], tls: bool = False
+) -> list[ConsolePlan]:
+    plans = []
+    for x in topology.spec.global_.console.instances:
+        host = topology.host_of(x)
+        gate = next((g for g in gates if g.site == x.site), gates[0] if gates else None)
+        plans.append(
+            ConsolePlan(
+                name=x.name,
+                site=x.site,
+                host=host,
+                port=ports.resolve(port_key(f"{GLOBAL_SCOPE}/{x.name}", "https"), host, x.port),
+                server=gate.url if gate is not None else "",
+                tls=tls,
+            )
+        )
+    return plans
+
+
+@dataclass(frozen=True)
 class TopologyPlan:
     """Where everything of a topology listens: etcd clusters, API replicas, balancers, gates,
-    replicators, GitOps controllers."""
+    replicators, GitOps controllers, consoles."""
 
     clusters: list[ClusterPlan]
     replicas: list[ReplicaPlan]
@@ -226,6 +267,7 @@ class TopologyPlan:
     replicators: list[ReplicatorPlan] = field(default_factory=list)
     tls: PlatformTls | None = None  # None: `security.insecure: true`
     gitops: list[GitopsPlan] = field(default_factory=list)
+    console: list[ConsolePlan] = field(default_factory=list)
 
 
 def resolve_all(
@@ -246,6 +288,7 @@ def resolve_all(
         resolve_replicators(topology, ports, clusters, on),
         tls,
         resolve_gitops(topology, ports, gates, on),
+        resolve_console(topology, ports, gates, on),
     )
 
 

@@ -54,6 +54,8 @@ def _placements(topology: Topology) -> dict[str, tuple[str, str, str]]:
         out[f"global/{g.name}"] = (g.site, "", topology.host_of(g))
     for x in topology.spec.global_.gitops:
         out[f"global/{x.name}"] = (x.site, "", topology.host_of(x))
+    for ci in topology.spec.global_.console.instances:
+        out[f"global/{ci.name}"] = (ci.site, "", topology.host_of(ci))
     return out
 
 
@@ -174,11 +176,13 @@ async def live_findings(
                 )
             )
 
-    # API replicas, balancers, gates, GitOps controllers: do they answer where they should?
+    # API replicas, balancers, gates, GitOps controllers, consoles: do they answer where
+    # they should?
     targets = [(r.qualified_name, f"{r.url}/livez") for r in plan.replicas]
     targets += [(b.qualified_name, f"{b.admin_url}/livez") for b in plan.balancers]
     targets += [(g.qualified_name, f"{g.admin_url}/livez") for g in plan.gates]
     targets += [(x.qualified_name, f"{x.url}/livez") for x in plan.gitops]
+    targets += [(c.qualified_name, f"{c.url}/livez") for c in plan.console]
     file_names = set(_placements(file_topology))
     async with aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=timeout + 1),
@@ -219,7 +223,8 @@ async def live_findings(
 
 
 def _served_components(topology: Topology) -> set[str]:
-    """API replicas, balancers, gates and GitOps controllers of a topology, by status name."""
+    """API replicas, balancers, gates, GitOps controllers and consoles of a topology, by status
+    name."""
     names = {
         f"{site.name}/{a.name}" for site, region in topology.regions() for a in region.api_servers
     }
@@ -227,6 +232,7 @@ def _served_components(topology: Topology) -> set[str]:
         f"{site.name}/{b.name}" for site, region in topology.regions() for b in region.balancers
     }
     names |= {f"global/{x.name}" for x in topology.spec.global_.gitops}
+    names |= {f"global/{c.name}" for c in topology.spec.global_.console.instances}
     return names | {f"global/{g.name}" for g in topology.spec.global_.gates}
 
 

@@ -52,7 +52,7 @@ class Component:
     """One process of the topology and the leaves it holds."""
 
     name: str  # as `haplane status` names it
-    kind: str  # etcd, api, balancer, gate, replicator, gitops
+    kind: str  # etcd, api, balancer, gate, replicator, gitops, console
     host: str
     port: int  # the listener that serves its certificate
     platform: list[str] = field(default_factory=list)  # leaves in pki/platform
@@ -100,6 +100,14 @@ def components(plan: TopologyPlan) -> list[Component]:
         out.append(
             Component(
                 x.qualified_name, "gitops", x.host, x.port, [cert_name(q)], [], f"{x.url}/healthz"
+            )
+        )
+    # consoles: the same (their HTTPS listener's pair, reloaded when the files change)
+    for c in plan.console:
+        q = f"console/{c.name}"
+        out.append(
+            Component(
+                c.qualified_name, "console", c.host, c.port, [cert_name(q)], [], f"{c.url}/livez"
             )
         )
     return out

@@ -16,7 +16,8 @@ Three CAs, as kubeadm keeps them:
 - **the platform CA** (`pki/platform`, created, or the user's `spec.security.ca`) signs the
   API replicas' serving certificates, the balancers', gates' and replicators' admin
   listeners, the GitOps controllers' listeners (webhooks, metrics; they hold no etcd
-  certificate: they reach the platform through the gate with a ServiceAccount token), and
+  certificate: they reach the platform through the gate with a ServiceAccount token), the
+  web consoles' HTTPS listeners (kind `console`; no etcd certificate either), and
   people's client certificates (`admin` is `system:masters`, the default
   kubeconfig's identity);
 - **the front-proxy CA** (`pki/front-proxy`, always haplane's own) signs one certificate, the
@@ -167,7 +168,7 @@ class PlatformTls:
 
     def serving(self, kind: str, qualified: str) -> Pair:
         """The serving pair of an API replica (`apiserver`) or of an admin listener
-        (`balancer`, `gate`, `replicator`, `gitops`)."""
+        (`balancer`, `gate`, `replicator`, `gitops`, `console`)."""
         return self.platform(cert_name(kind, qualified))
 
     @property
@@ -403,6 +404,10 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
         # its listener only (webhooks from git servers, metrics, health): no etcd certificate
         q = f"gitops/{x.name}"
         leaf(platform, cert_name(q), q, [x.host, *LOOPBACK], server=True)
+    for c in plan.console:
+        # browsers dial it by its address (and by a name in certSANs, e.g. a DNS name)
+        q = f"console/{c.name}"
+        leaf(platform, cert_name(q), q, [c.host, *extra, *LOOPBACK], server=True)
     platform.ensure(
         CertRequest("admin", ADMIN_USER, organizations=ADMIN_GROUPS, client=True, days=days)
     )

@@ -31,7 +31,7 @@ from haplane.topology.model import GLOBAL_SCOPE
 
 from . import pidfile
 from .control_client import ControlClient, ControlError
-from .gate_plans import GitopsPlan, TopologyPlan, plan_of
+from .gate_plans import ConsolePlan, GitopsPlan, TopologyPlan, plan_of
 from .plans import ClusterPlan, ReplicaPlan, global_plan
 from .security import expiry_summary, http_ssl
 from .state_dir import StateDir
@@ -120,6 +120,22 @@ class GitopsReport:
 
 
 @dataclass
+class ConsoleReport:
+    """A web console instance: its process and whether its HTTPS listener is ready (it
+    gathers the platform's status and reaches its gate)."""
+
+    name: str
+    site: str
+    url: str
+    server: str  # the gate it asks the API through
+    state: str
+    pid: int | None
+    restarts: int
+    ready: bool
+    error: str | None = None
+
+
+@dataclass
 class GlobalReport:
     """The active region and its epoch, and the most recent changes (oldest first)."""
 
@@ -170,6 +186,7 @@ class StatusReport:
     # count, the soonest to expire, those within 30 days (None: insecure, or no PKI yet)
     certificates: dict[str, Any] | None = None
     gitops: list[GitopsReport] = field(default_factory=list)
+    console: list[ConsoleReport] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +200,7 @@ class StatusReport:
             and all(e.ready or e.drained for e in self.edges)  # drained: on purpose
             and all(r["state"] == "running" for row in self.replication for r in row.replicators)
             and all(g.ready for g in self.gitops)
+            and all(c.ready for c in self.console)
         )
 
 
@@ -190,7 +208,12 @@ class NothingRunning(Exception):
     pass
 
 
-async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
+async def gather_status(
+    state: StateDir, timeout: float = 1.0, *, history: int = 5, certificates: bool = True
+) -> StatusReport:
+    """Everything `haplane status` shows; `history`: how many of the last epochs to read,
+    `certificates`: whether to read every certificate for the expiry summary (the console,
+    which gathers every second, leaves them out)."""
     if not state.topology_file.exists():
         raise NothingRunning(f"no topology has been started in {state.root} (`haplane up` first)")
     topology = load_file(state.topology_file)
@@ -220,7 +243,7 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
     replicas = await asyncio.gather(
         *(_replica_report(r, processes, timeout, ssl) for r in plan.replicas)
     )
-    global_state = await _global_report(plan.clusters, timeout)
+    global_state = await _global_report(plan.clusters, timeout, history)
     edge_reports = asyncio.gather(
         *(
             _edge_report(e.qualified_name, kind, e.url, e.admin_url, processes, timeout, ssl)
@@ -231,16 +254,19 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
     gitops_reports = asyncio.gather(
         *(_gitops_report(g, processes, timeout, ssl) for g in plan.gitops)
     )
-    edges, gitops = await asyncio.gather(edge_reports, gitops_reports)
+    console_reports = asyncio.gather(
+        *(_console_report(c, processes, timeout, ssl) for c in plan.console)
+    )
+    edges, gitops, consoles = await asyncio.gather(edge_reports, gitops_reports, console_reports)
     replication, cuts, divergences, sync = await _replication_report(
         topology, plan, processes, timeout
     )
-    certificates = None
-    if plan.tls is not None and plan.tls.etcd_ca.exists():
+    expiry = None
+    if certificates and plan.tls is not None and plan.tls.etcd_ca.exists():
         from haplane.auth.pki import PkiError
 
         with contextlib.suppress(PkiError, OSError):
-            certificates = expiry_summary(plan.tls)
+            expiry = expiry_summary(plan.tls)
     return StatusReport(
         topology.name,
         str(state.root),
@@ -254,8 +280,9 @@ async def gather_status(state: StateDir, timeout: float = 1.0) -> StatusReport:
         cuts,
         divergences,
         sync,
-        certificates,
+        expiry,
         list(gitops),
+        list(consoles),
     )
 
 
@@ -404,6 +431,40 @@ async def _gitops_report(
                     report.error = (await resp.text()).strip()[:80] or f"HTTP {resp.status}"
             async with session.get(f"{plan.url}/metrics") as resp:
                 report.leading = leader_gauge(await resp.text())
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        report.error = f"listener: {exc or type(exc).__name__}"
+    return report
+
+
+async def _console_report(
+    plan: ConsolePlan,
+    processes: dict[str, dict[str, Any]],
+    timeout: float,
+    ssl: SSLContext | bool = True,
+) -> ConsoleReport:
+    """Its `/readyz` (no credentials needed: health is all an anonymous caller gets)."""
+    proc = processes.get(plan.qualified_name, {})
+    report = ConsoleReport(
+        name=plan.qualified_name,
+        site=plan.site,
+        url=plan.url,
+        server=plan.server,
+        state=str(proc.get("state", "not running")),
+        pid=proc.get("pid"),
+        restarts=int(proc.get("restarts") or 0),
+        ready=False,
+    )
+    try:
+        async with (
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout + 0.5),
+                connector=aiohttp.TCPConnector(ssl=ssl),
+            ) as session,
+            session.get(f"{plan.url}/readyz") as resp,
+        ):
+            report.ready = resp.status == 200
+            if not report.ready:
+                report.error = (await resp.text()).strip()[:80] or f"HTTP {resp.status}"
     except (aiohttp.ClientError, TimeoutError) as exc:
         report.error = f"listener: {exc or type(exc).__name__}"
     return report

@@ -12,7 +12,9 @@ Then, all at once, the API replicas, balancers, gates and replicators. Once the 
 ready the supervisor keeps the controllers' ServiceAccount tokens (`controller_token`): the
 failover controller's and the GitOps controller's. The GitOps controller instances start last,
 once the gates are ready and (with TLS) the GitOps token of this run is written: they reach
-the platform only through a gate, as that ServiceAccount.
+the platform only through a gate, as that ServiceAccount. The web console instances start
+after them (`python -m haplane.console`): they gather the status from the state dir and ask
+the API through their site's gate as whoever signs in to them, with no identity of their own.
 
 After start-up each process is supervised (see `process.py`): restarted with backoff when it exits
 on its own, left down when stopped on purpose by a fault.
@@ -53,12 +55,14 @@ from haplane.topology.model import GLOBAL_SCOPE
 from . import security, site_network
 from .gate_plans import (
     BalancerPlan,
+    ConsolePlan,
     GatePlan,
     GitopsPlan,
     balancer_config,
     gate_config,
     resolve_all,
     resolve_balancers,
+    resolve_console,
     resolve_gates,
     resolve_gitops,
 )
@@ -133,6 +137,7 @@ class Supervisor:
         self.gates: list[GatePlan] = []
         self.replicators: list[ReplicatorPlan] = []
         self.gitops: list[GitopsPlan] = []
+        self.console: list[ConsolePlan] = []
         # the controllers' tokens kept fresh, the snapshot schedule: cancelled at stop
         self._tokens: list[asyncio.Task[None]] = []
         self._events: tuple[EventForwarder, asyncio.Task[None]] | None = None
@@ -184,6 +189,7 @@ class Supervisor:
             self.gates = resolve_gates(self.topology, ports, self.clusters, self.balancers, on)
             self.replicators = resolve_replicators(self.topology, ports, self.clusters, on)
             self.gitops = resolve_gitops(self.topology, ports, self.gates, on)
+            self.console = resolve_console(self.topology, ports, self.gates, on)
             gitops_token = asyncio.Event()
             # All at once: a balancer is ready when a replica behind it is, a gate when a
             # balancer of the active region is; starting them together overlaps their start-up.
@@ -206,6 +212,7 @@ class Supervisor:
             if self.gitops:
                 await self._await_gitops_token(gitops_token, timeout)
                 await asyncio.gather(*(self._start_gitops(g, timeout) for g in self.gitops))
+            await asyncio.gather(*(self._start_console(c, timeout) for c in self.console))
         except BaseException as exc:
             self.phase = "failed"
             self.error = str(exc)
@@ -600,6 +607,30 @@ class Supervisor:
                 "--webhook-secret-file", str(self._gitops_webhook_secret()),
             ]  # fmt: skip
         proc = self._process(plan.qualified_name, "gitops", argv, plan.host)
+        self.processes[plan.qualified_name] = proc
+        await proc.spawn()
+        await self._await_ready(proc, f"{plan.url}/readyz", timeout)
+        self.progress(f"{plan.qualified_name}: ready at {plan.url} (through {plan.server})")
+
+    async def _start_console(self, plan: ConsolePlan, timeout: float) -> None:
+        """A web console instance (`python -m haplane.console`): HTTPS with its pair from the
+        platform CA; it asks the API through `plan.server` as the signed-in user (trusting the
+        platform CA, with no certificate of its own); ready once it gathered the status."""
+        argv = [
+            sys.executable, "-m", "haplane.console",
+            "--state-dir", str(self.state.root),
+            "--name", plan.name,
+            "--listen", f"{plan.host}:{plan.port}",
+            "--server", plan.server,
+        ]  # fmt: skip
+        if self.tls is not None:
+            serving = self.tls.serving("console", plan.name)
+            argv += [
+                "--ca-file", str(self.tls.ca),
+                "--tls-cert-file", str(serving.cert),
+                "--tls-private-key-file", str(serving.key),
+            ]  # fmt: skip
+        proc = self._process(plan.qualified_name, "console", argv, plan.host)
         self.processes[plan.qualified_name] = proc
         await proc.spawn()
         await self._await_ready(proc, f"{plan.url}/readyz", timeout)

@@ -534,7 +534,8 @@ class Topology(_Model):
 
     def host_of(self, placed: Placement, site: str | None = None) -> str:
         """The component's own host, else its site's (`site`, or the component's `site` field
-        for control etcd members, gates, GitOps controllers and consoles), else `spec.defaults.host`."""
+        for control etcd members, gates, GitOps controllers and consoles), else
+        `spec.defaults.host`."""
         if placed.host:
             return placed.host
         site_obj = self.site(site or getattr(placed, "site", None) or "")

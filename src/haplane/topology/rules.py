@@ -862,9 +862,9 @@ def _ports(topo: Topology) -> list[Finding]:
     for j, x in enumerate(g.gitops):
         if x.port is not None:
             owners[(topo.host_of(x), x.port)].append(("gitops", f"spec.global.gitops[{j}].port"))
-    for j, c in enumerate(g.console.instances):
-        if c.port is not None:
-            owners[(topo.host_of(c), c.port)].append(
+    for j, ci in enumerate(g.console.instances):
+        if ci.port is not None:
+            owners[(topo.host_of(ci), ci.port)].append(
                 ("console", f"spec.global.console.instances[{j}].port")
             )
     out: list[Finding] = []

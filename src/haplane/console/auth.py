@@ -1,0 +1,255 @@
+"""Who is asking, and what the API lets them see: the console's authentication and
+authorization, both delegated to the platform.
+
+Layer: console. Speaks HTTP to the API through a gate (`Platform`), never to the server's
+internals; the console's own process holds no identity of the API: every request it makes
+there carries the signed-in user's bearer token and nothing else (no client certificate, so
+the token is what the API judges).
+
+- **Credentials**: a bearer token, from the `Authorization: Bearer` header (scripts, curl) or
+  from the `haplane_console` cookie the login form sets (HttpOnly: page scripts cannot read it;
+  Secure: HTTPS only; SameSite=Strict: no other site's page can make a browser send it, which
+  is the console's CSRF defence; Path=/).
+- **Authentication**: `SelfSubjectReview` (authentication.k8s.io/v1) with the token, through the
+  gate: the user the API sees is the user the console shows. A token the API refuses (401) or
+  takes for `system:anonymous` is no sign-in. An answer is remembered for `ttl` seconds
+  (10 s; keyed by the token's SHA-256, never the token) so that a page and its fragments do
+  not cost a review each; a revoked token stops working within that time.
+- **Authorization**: per page, by asking the API as the user: the data request itself (a 403 is
+  shown as "not allowed" with the API's own words), or a `SelfSubjectAccessReview` where the
+  console reads the data itself (the audit log).
+
+Client certificates are not taken yet: to act as a certificate's owner the console would need
+impersonation rights of its own (see the console README section).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+COOKIE = "haplane_console"
+COOKIE_MAX_AGE = 8 * 3600  # a sign-in lasts at most a working day (the token may expire sooner)
+MAX_TOKEN_BYTES = 8192  # a cookie holds ~4 KB anyway; ServiceAccount JWTs are ~1 KB
+ANONYMOUS = "system:anonymous"
+
+
+class ConsoleAuthError(Exception):
+    """Base of the console's authentication errors (each carries what the user is told)::
+
+    ConsoleAuthError
+    +-- BadToken             the text is no token (empty, too long, spaces): 400
+    +-- NotAuthenticated     the API refused the token, or took it for anonymous: 401
+    +-- PlatformUnavailable  the API did not answer (through the gate): 503
+    """
+
+
+class BadToken(ConsoleAuthError):
+    pass
+
+
+class NotAuthenticated(ConsoleAuthError):
+    pass
+
+
+class PlatformUnavailable(ConsoleAuthError):
+    pass
+
+
+@dataclass(frozen=True)
+class Identity:
+    username: str
+    groups: tuple[str, ...] = ()
+    uid: str = ""
+
+
+def check_token(text: str) -> str:
+    """The token a login form posted, trimmed; BadToken with the reason otherwise. A token is
+    visible ASCII without spaces (JWTs, kube-apiserver's static tokens)."""
+    token = text.strip()
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    if not token:
+        raise BadToken("no token given")
+    if len(token.encode()) > MAX_TOKEN_BYTES:
+        raise BadToken(f"a token is at most {MAX_TOKEN_BYTES} bytes")
+    if any(not (33 <= ord(ch) <= 126) for ch in token):
+        raise BadToken("a token is visible ASCII without spaces or line breaks")
+    return token
+
+
+def token_from(authorization: str | None, cookie: str | None) -> str | None:
+    """The request's bearer token: the Authorization header's, else the cookie's."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return None  # another scheme (Basic...): not a credential the platform takes
+    return cookie or None
+
+
+def identity_of(review: Any) -> Identity:
+    """The user a SelfSubjectReview answer names; NotAuthenticated when it names none or the
+    anonymous user."""
+    info = ((review or {}).get("status") or {}).get("userInfo") or {}
+    username = str(info.get("username") or "")
+    if not username or username == ANONYMOUS:
+        raise NotAuthenticated("the platform took this token for an anonymous user")
+    groups = tuple(str(g) for g in info.get("groups") or ())
+    return Identity(username, groups, str(info.get("uid") or ""))
+
+
+def _message(body: Any, status: int) -> str:
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return f"HTTP {status}"
+
+
+class Platform:
+    """The API through one gate, as whichever user's token is given. One per process."""
+
+    def __init__(self, server: str, ca_file: str | None, timeout: float = 5.0) -> None:
+        self.server = server.rstrip("/")
+        self._ssl: ssl.SSLContext | bool = False
+        if ca_file:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_verify_locations(cafile=ca_file)
+            self._ssl = ctx  # trust only; no client certificate: the token decides
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 3.0))
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32),
+                headers={"Accept": "application/json", "User-Agent": "haplane-console/1"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        token: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """(status, decoded JSON body) of one request as the token's user; PlatformUnavailable
+        when nothing answered."""
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            async with self._client().request(
+                method, self.server + path, json=body, params=params, headers=headers
+            ) as resp:
+                status = resp.status
+                try:
+                    out = await resp.json(content_type=None)
+                except ValueError:
+                    out = {"message": (await resp.text())[:300]}
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise PlatformUnavailable(
+                f"the platform did not answer ({self.server}): {type(exc).__name__}"
+            ) from exc
+        return status, out
+
+    async def whoami(self, token: str) -> Identity:
+        status, out = await self.request(
+            token,
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        )
+        if status == 401:
+            raise NotAuthenticated("the platform refused this token")
+        if status >= 400:
+            raise PlatformUnavailable(f"SelfSubjectReview: {_message(out, status)}")
+        return identity_of(out)
+
+    async def can_i(
+        self,
+        token: str,
+        verb: str,
+        *,
+        path: str | None = None,
+        resource: str | None = None,
+        namespace: str = "",
+        group: str = "",
+    ) -> tuple[bool, str]:
+        """A SelfSubjectAccessReview: (allowed, the API's reason or a refusal in its words)."""
+        attrs: dict[str, Any]
+        if path is not None:
+            spec: dict[str, Any] = {"nonResourceAttributes": {"path": path, "verb": verb}}
+            what = f"{verb} {path}"
+        else:
+            attrs = {"verb": verb, "resource": resource or "", "group": group}
+            if namespace:
+                attrs["namespace"] = namespace
+            spec = {"resourceAttributes": attrs}
+            what = f"{verb} {resource}" + (f" in {namespace}" if namespace else "")
+        status, out = await self.request(
+            token,
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+             "spec": spec},
+        )  # fmt: skip
+        if status == 401:
+            raise NotAuthenticated("the platform refused this token")
+        if status >= 400:
+            return False, _message(out, status)
+        st = out.get("status") or {} if isinstance(out, dict) else {}
+        allowed = bool(st.get("allowed"))
+        reason = str(st.get("reason") or "")
+        return allowed, reason or (f"may {what}" if allowed else f"RBAC does not allow {what}")
+
+
+class IdentityCache:
+    """Identities the API confirmed, for `ttl` seconds, by the token's SHA-256."""
+
+    def __init__(self, ttl: float = 10.0, size: int = 1024) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._seen: dict[str, tuple[float, Identity]] = {}
+
+    @staticmethod
+    def key(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def get(self, token: str, now: float | None = None) -> Identity | None:
+        now = time.monotonic() if now is None else now
+        hit = self._seen.get(self.key(token))
+        if hit is None or now - hit[0] > self.ttl:
+            return None
+        return hit[1]
+
+    def put(self, token: str, identity: Identity, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if len(self._seen) >= self.size:
+            # drop the expired, then the oldest: a bounded memory whatever arrives
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] <= self.ttl}
+            while len(self._seen) >= self.size:
+                self._seen.pop(next(iter(self._seen)))
+        self._seen[self.key(token)] = (now, identity)
+
+    def forget(self, token: str) -> None:
+        self._seen.pop(self.key(token), None)
+
+    async def identify(self, platform: Platform, token: str) -> Identity:
+        known = self.get(token)
+        if known is not None:
+            return known
+        identity = await platform.whoami(token)
+        self.put(token, identity)
+        return identity

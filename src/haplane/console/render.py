@@ -1,0 +1,243 @@
+"""The console's HTML: the page layout, the login page, and each fragment (topology map,
+failover history, Events, audit, "not allowed").
+
+Layer: console. Pure: views and API answers in, HTML text out. Every value from outside
+(component names, reasons, Event messages, user names) goes through `esc`; nothing here
+writes a `<script>` or an inline style or handler, so the Content-Security-Policy the server
+sends (`script-src 'self'`, `style-src 'self'`) holds and htmx needs no `eval`.
+
+Stable hooks for tests and tools: `#active-region[data-region][data-epoch]`, every component
+`li.component[data-name][data-health][data-leader]`, `#history tr[data-epoch]`, and
+`[data-not-allowed]` on a refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from html import escape
+from typing import Any
+
+from .view import SITE_WIDE, EpochView, MapView, SiteView
+
+PAGES = (("/", "Topology"), ("/events", "Events"), ("/audit", "Audit"))
+
+
+def esc(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def page(title: str, body: str, *, user: str | None, current: str = "/") -> str:
+    """A whole page: head (our stylesheet, htmx and its SSE extension, all served by the
+    console), the navigation with who is signed in, and `body`."""
+    nav = ""
+    if user is not None:
+        links = "".join(
+            f'<a href="{href}"{" aria-current=page" if href == current else ""}>{esc(name)}</a>'
+            for href, name in PAGES
+        )
+        nav = (
+            f'<nav>{links}<span class="who">signed in as <b id="user">{esc(user)}</b></span>'
+            '<form method="post" action="/logout"><button type="submit">Sign out</button>'
+            "</form></nav>"
+        )
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        # htmx would inject an inline <style> for its indicators: the CSP forbids that
+        '<meta name="htmx-config" content=\'{"includeIndicatorStyles": false, '
+        '"allowEval": false}\'>'
+        f"<title>{esc(title)} - haplane console</title>"
+        '<link rel="icon" href="data:,">'
+        '<link rel="stylesheet" href="/static/console.css">'
+        '<script src="/static/htmx.min.js"></script>'
+        '<script src="/static/htmx-ext-sse.min.js"></script>'
+        f"</head><body><header><h1>haplane</h1>{nav}</header><main>{body}</main></body></html>\n"
+    )
+
+
+def login(error: str | None = None) -> str:
+    """The only page anonymous users get: a token form (POST /login)."""
+    problem = f'<p class="error" role="alert">{esc(error)}</p>' if error else ""
+    body = (
+        '<section class="login"><h2>Sign in</h2>'
+        "<p>With a bearer token of the platform: a ServiceAccount token "
+        "(<code>kubectl create token NAME</code>) or a static token. The console checks it "
+        "with the API (SelfSubjectReview) and keeps it in an HttpOnly cookie; what you may "
+        "see is what RBAC gives you.</p>"
+        f"{problem}"
+        '<form method="post" action="/login">'
+        '<label for="token">Token</label>'
+        '<textarea id="token" name="token" rows="4" required autocomplete="off" '
+        'spellcheck="false"></textarea>'
+        '<button type="submit">Sign in</button></form></section>'
+    )
+    return page("Sign in", body, user=None)
+
+
+def dashboard(view: MapView | None, *, user: str) -> str:
+    """The topology map and the failover history, both live: the SSE extension connects to
+    /sse and swaps each event's HTML into the element whose `sse-swap` names it."""
+    body = (
+        '<div hx-ext="sse" sse-connect="/sse">'
+        f'<section id="map" sse-swap="map">{topology_map(view)}</section>'
+        f'<section id="history" sse-swap="history">{history(view)}</section>'
+        "</div>"
+    )
+    return page("Topology", body, user=user, current="/")
+
+
+def topology_map(view: MapView | None) -> str:
+    if view is None:
+        return '<p class="pending">gathering the platform\'s status...</p>'
+    counts = view.counts()
+    if view.active_region is None:
+        active = '<span id="active-region" class="down" data-region="" data-epoch="">none</span>'
+    else:
+        fenced = "" if view.writable else ' <span class="badge warn">fenced</span>'
+        active = (
+            f'<span id="active-region" data-region="{esc(view.active_region)}" '
+            f'data-epoch="{esc(view.epoch)}">{esc(view.active_region)}</span> '
+            f'epoch <b id="epoch">{esc(view.epoch)}</b>{fenced}'
+        )
+    error = f'<p class="error">{esc(view.error)}</p>' if view.error else ""
+    summary = (
+        f'<p class="summary">{esc(view.topology)} &middot; active region {active} &middot; '
+        f'<span class="ok">{counts["ok"]} ok</span> '
+        f'<span class="warn">{counts["warn"]} warning</span> '
+        f'<span class="down">{counts["down"]} down</span> &middot; supervisor '
+        f"{esc(view.supervisor)}</p>{error}"
+    )
+    return summary + '<div class="sites">' + "".join(_site(s) for s in view.sites) + "</div>"
+
+
+def _site(site: SiteView) -> str:
+    tags = []
+    if site.region:
+        tags.append('<span class="badge">region</span>')
+    else:
+        tags.append('<span class="badge">witness</span>')
+    if site.active:
+        tags.append('<span class="badge active">active</span>')
+    fence = ""
+    if site.region:
+        fence = f'<p class="fence">fence: <code>{esc(site.fence or "unknown")}</code></p>'
+    zones = "".join(
+        f'<div class="zone"><h4>{"site-wide" if z.name == SITE_WIDE else "zone " + esc(z.name)}'
+        f"</h4><ul>{''.join(_component(c) for c in z.components)}</ul></div>"
+        for z in site.zones
+    )
+    cls = "site active" if site.active else "site"
+    return (
+        f'<article class="{cls}" data-site="{esc(site.name)}">'
+        f"<h3>{esc(site.name)} {' '.join(tags)}</h3>{fence}{zones}</article>"
+    )
+
+
+def _component(c: Any) -> str:
+    star = ' <span class="leader" title="leader">&#9733;</span>' if c.leader else ""
+    return (
+        f'<li class="component {esc(c.health)}" data-name="{esc(c.name)}" '
+        f'data-kind="{esc(c.kind)}" data-health="{esc(c.health)}" '
+        f'data-leader="{"true" if c.leader else "false"}" title="{esc(c.detail)}">'
+        f'<span class="kind">{esc(c.kind)}</span> {esc(c.label)}{star}'
+        f'<span class="detail">{esc(c.detail)}</span></li>'
+    )
+
+
+def history(view: MapView | None) -> str:
+    """The epochs, newest first: who, why, when, from which region, when it was unfenced."""
+    if view is None or not view.history:
+        return "<h2>Failover history</h2><p>no epochs recorded yet</p>"
+    rows = "".join(_epoch_row(e) for e in view.history)
+    return (
+        "<h2>Failover history</h2><table><thead><tr><th>epoch</th><th>region</th>"
+        "<th>from</th><th>by</th><th>reason</th><th>since</th><th>unfenced</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
+def _epoch_row(e: EpochView) -> str:
+    unfenced = esc(e.unfenced) if e.unfenced else '<span class="warn">fenced</span>'
+    return (
+        f'<tr data-epoch="{e.epoch}"><td>{e.epoch}</td><td>{esc(e.region)}</td>'
+        f"<td>{esc(e.previous or '-')}</td><td>{esc(e.by)}</td><td>{esc(e.reason)}</td>"
+        f"<td>{esc(e.since)}</td><td>{unfenced}</td></tr>"
+    )
+
+
+def not_allowed(what: str, message: str) -> str:
+    """A refusal by the API's RBAC, in its own words."""
+    return (
+        f'<div class="not-allowed" data-not-allowed="true" role="alert"><h2>Not allowed</h2>'
+        f"<p>You may not see {esc(what)}.</p><p><code>{esc(message)}</code></p></div>"
+    )
+
+
+def unavailable(what: str, message: str) -> str:
+    return f'<p class="error" role="alert">{esc(what)}: {esc(message)}</p>'
+
+
+def events(items: Iterable[Mapping[str, Any]]) -> str:
+    """Events of kube-system, newest first (by lastTimestamp, else eventTime, else created)."""
+
+    def when(e: Mapping[str, Any]) -> str:
+        meta = e.get("metadata") or {}
+        return str(
+            e.get("lastTimestamp") or e.get("eventTime") or meta.get("creationTimestamp") or ""
+        )
+
+    rows = []
+    for e in sorted(items, key=when, reverse=True):
+        obj = e.get("involvedObject") or {}
+        kind = "warn" if e.get("type") == "Warning" else "ok"
+        rows.append(
+            f'<tr class="{kind}"><td>{esc(when(e))}</td><td>{esc(e.get("type") or "")}</td>'
+            f"<td>{esc(e.get('reason') or '')}</td>"
+            f"<td>{esc(obj.get('kind') or '')}/{esc(obj.get('name') or '')}</td>"
+            f"<td>{esc(e.get('count') or 1)}</td><td>{esc(e.get('message') or '')}</td></tr>"
+        )
+    if not rows:
+        return '<p id="events-empty">no Events in kube-system</p>'
+    return (
+        '<table id="events-table"><thead><tr><th>last seen</th><th>type</th><th>reason</th>'
+        "<th>object</th><th>count</th><th>message</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def audit(items: Iterable[Mapping[str, Any]]) -> str:
+    """audit.k8s.io/v1 Events, newest first: time, user, verb, what, code, decision."""
+    rows = []
+    for e in items:
+        ref = e.get("objectRef") or {}
+        what = ref.get("resource") or e.get("requestURI") or ""
+        if ref.get("namespace"):
+            what = f"{ref['namespace']}/{what}"
+        if ref.get("name"):
+            what = f"{what}/{ref['name']}"
+        user = (e.get("user") or {}).get("username", "")
+        code = (e.get("responseStatus") or {}).get("code", "")
+        decision = (e.get("annotations") or {}).get("authorization.k8s.io/decision", "")
+        rows.append(
+            f"<tr><td>{esc(e.get('stageTimestamp') or e.get('requestReceivedTimestamp') or '')}"
+            f"</td><td>{esc(user)}</td><td>{esc(e.get('verb') or '')}</td><td>{esc(what)}</td>"
+            f"<td>{esc(code)}</td><td>{esc(decision)}</td></tr>"
+        )
+    if not rows:
+        return '<p id="audit-empty">no audit events in the last minutes</p>'
+    return (
+        '<table id="audit-table"><thead><tr><th>time</th><th>user</th><th>verb</th>'
+        "<th>what</th><th>code</th><th>decision</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def live_section(section_id: str, title: str, source: str, content: str, every: str) -> str:
+    """A section refreshed by htmx every `every` (as the user: the fragment is asked for with
+    the same cookie)."""
+    return (
+        f"<h2>{esc(title)}</h2>"
+        f'<section id="{esc(section_id)}" hx-get="{esc(source)}" '
+        f'hx-trigger="every {esc(every)}" hx-swap="innerHTML">{content}</section>'
+    )

@@ -1,0 +1,473 @@
+"""The console's web application (aiohttp): pages, fragments, the live stream, static files.
+
+Layer: console. Gathers the platform's status with `haplane.local.status` (the state dir's
+credentials: read-only status calls, as `haplane status`), and asks the API as the signed-in
+user for everything else (`auth.Platform`).
+
+Routes (every page and fragment needs a signed-in user; anonymous requests get the login page,
+or 401 and no data):
+
+- `GET /login`, `POST /login` (form: `token`), `POST /logout`: sign in with a bearer token,
+  sign out;
+- `GET /`: the topology map and the failover history, live through `/sse`;
+- `GET /sse`: server-sent events `map` and `history`, each a fragment's HTML, sent at connect
+  and whenever it changed (gathered every second);
+- `GET /events`: Events of kube-system, read through the API as the user (403: not allowed);
+- `GET /audit`: the audit log: the API's `/audit` as the user; where the API does not serve
+  it (404), a SelfSubjectAccessReview for `get /audit` decides, and the console reads the
+  replicas' logs (`STATE/audit`, the last 10 minutes);
+- `GET /fragments/{map,history,events,audit}`: the same fragments alone (htmx refreshes);
+- `GET /static/...`: htmx, its SSE extension, their licences, the stylesheet;
+- `GET /livez`, `GET /readyz`: health (ready once the status was gathered in the last 5 s).
+
+Every answer carries a Content-Security-Policy that allows only the console's own scripts and
+styles, `X-Frame-Options: DENY` and `Referrer-Policy: no-referrer`; pages are `no-store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from haplane.local.state_dir import StateDir
+from haplane.topology import Topology, load_file
+
+from . import render
+from .auth import (
+    COOKIE,
+    COOKIE_MAX_AGE,
+    ConsoleAuthError,
+    Identity,
+    IdentityCache,
+    NotAuthenticated,
+    Platform,
+    PlatformUnavailable,
+    check_token,
+    token_from,
+)
+from .view import MapView, map_view
+
+log = logging.getLogger("haplane.console")
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+STATIC = {
+    "htmx.min.js": "text/javascript",
+    "htmx-ext-sse.min.js": "text/javascript",
+    "console.css": "text/css",
+    "htmx.LICENSE": "text/plain",
+    "htmx-ext-sse.LICENSE": "text/plain",
+}
+EVENTS_PATH = "/api/v1/namespaces/kube-system/events"
+AUDIT_WINDOW = timedelta(minutes=10)  # what the audit page shows, from the replicas' logs
+AUDIT_ROWS = 200
+
+
+def emit(msg: str, /, **fields: Any) -> None:
+    log.info(json.dumps({"msg": msg, **fields}, default=str))
+
+
+GatherFn = Callable[[], Awaitable[MapView]]
+
+
+class LiveStatus:
+    """The platform's status, gathered every `interval` seconds, rendered as the map and
+    history fragments; `version` goes up when either changed, and waiters are woken."""
+
+    def __init__(self, gather: GatherFn, interval: float = 1.0) -> None:
+        self._gather = gather
+        self.interval = interval
+        self.view: MapView | None = None
+        self.fragments: dict[str, str] = {
+            "map": render.topology_map(None),
+            "history": render.history(None),
+        }
+        self.version = 0
+        self.gathered_at: float | None = None  # monotonic, of the last success
+        self.error: str | None = None
+        self._changed = asyncio.Condition()
+        self.stopping = False
+
+    async def once(self) -> None:
+        try:
+            view = await self._gather()
+        except Exception as exc:  # keep the loop alive: the next second may work
+            self.error = f"{type(exc).__name__}: {exc}"
+            emit("status not gathered", error=self.error)
+            return
+        self.error = None
+        self.gathered_at = time.monotonic()
+        fragments = {"map": render.topology_map(view), "history": render.history(view)}
+        self.view = view
+        if fragments != self.fragments:
+            self.fragments = fragments
+            async with self._changed:
+                self.version += 1
+                self._changed.notify_all()
+
+    async def run(self) -> None:
+        while not self.stopping:
+            t0 = time.monotonic()
+            await self.once()
+            await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - t0)))
+
+    async def wait_change(self, seen: int, timeout: float) -> int:
+        """The version once it differs from `seen`, or after `timeout` seconds."""
+        async with self._changed:
+            if self.version == seen and not self.stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout)
+            return self.version
+
+    async def stop(self) -> None:
+        self.stopping = True
+        async with self._changed:
+            self._changed.notify_all()
+
+    def ready(self, now: float | None = None) -> tuple[bool, str]:
+        now = time.monotonic() if now is None else now
+        if self.gathered_at is None:
+            return False, self.error or "status not gathered yet"
+        if now - self.gathered_at > 5.0:
+            return False, f"status last gathered {now - self.gathered_at:.0f}s ago: {self.error}"
+        return True, "ok"
+
+
+def sse_message(event: str, data: str) -> bytes:
+    """One server-sent event; every line of `data` is a `data:` line (the browser joins them
+    with newlines)."""
+    lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
+    return f"event: {event}\n{lines}\n".encode()
+
+
+def status_gatherer(state: StateDir, topology: Topology, timeout: float = 0.8) -> GatherFn:
+    """What the console gathers each second: `haplane status` without the certificate
+    inventory, with the last 20 epochs."""
+    from haplane.local.status import gather_status
+
+    async def gather() -> MapView:
+        report = await gather_status(state, timeout, history=20, certificates=False)
+        return map_view(report, topology)
+
+    return gather
+
+
+def audit_reader(state: StateDir) -> Callable[[], list[dict[str, Any]]]:
+    """The replicas' audit logs of the last minutes, newest first (at most AUDIT_ROWS)."""
+
+    def read() -> list[dict[str, Any]]:
+        from haplane.auth import audit
+
+        since = datetime.now(UTC) - AUDIT_WINDOW
+        events = list(audit.read_events(state.audit_logs(), since=since))
+        return events[-AUDIT_ROWS:][::-1]
+
+    return read
+
+
+class Console:
+    def __init__(
+        self,
+        live: LiveStatus,
+        platform: Platform | None,
+        read_audit: Callable[[], list[dict[str, Any]]],
+        *,
+        identities: IdentityCache | None = None,
+        reverify_every: float = 30.0,
+    ) -> None:
+        """`platform` None: the topology is insecure (no authentication anywhere): everyone
+        is `anonymous` and sees what the platform would show them, everything."""
+        self.live = live
+        self.platform = platform
+        self.read_audit = read_audit
+        self.identities = identities or IdentityCache()
+        self.reverify_every = reverify_every
+
+    # ---- who is asking -------------------------------------------------------------------
+
+    async def user(self, request: web.Request) -> tuple[str, Identity] | None:
+        """(token, identity) of the request, None when it carries no credential the API takes.
+        PlatformUnavailable propagates: the caller answers 503, never a guess."""
+        if self.platform is None:
+            return "", Identity("anonymous (insecure topology)")
+        token = token_from(request.headers.get("Authorization"), request.cookies.get(COOKIE))
+        if token is None:
+            return None
+        try:
+            return token, await self.identities.identify(self.platform, token)
+        except NotAuthenticated:
+            return None
+
+    def _anonymous(self, request: web.Request) -> web.Response:
+        """A page asked for without a usable credential: the login page (a browser's page
+        request is sent there), or 401 and no data (fragments, the stream, scripts)."""
+        wants_page = (
+            request.method == "GET"
+            and "HX-Request" not in request.headers
+            and "text/html" in request.headers.get("Accept", "")
+            and request.path != "/sse"
+        )
+        if wants_page:
+            resp = _see_other("/login")
+        else:
+            resp = web.Response(
+                status=401,
+                text="sign in first: POST /login with a token, or send Authorization: Bearer\n",
+                headers={"HX-Redirect": "/login", "WWW-Authenticate": 'Bearer realm="haplane"'},
+            )
+        if COOKIE in request.cookies:
+            resp.del_cookie(COOKIE, path="/")
+        return resp
+
+    # ---- routes ----------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024, middlewares=[_headers])
+        r = app.router
+        r.add_get("/livez", self.livez)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/static/{name}", self.static)
+        r.add_get("/login", self.login_page)
+        r.add_post("/login", self.login)
+        r.add_post("/logout", self.logout)
+        r.add_get("/", self.dashboard)
+        r.add_get("/sse", self.sse)
+        r.add_get("/events", self.events_page)
+        r.add_get("/audit", self.audit_page)
+        r.add_get("/fragments/{name}", self.fragment)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        await self.live.stop()  # ends every open stream
+
+    async def livez(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ok, why = self.live.ready()
+        return web.Response(status=200 if ok else 503, text=f"{why}\n")
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in STATIC:
+            raise web.HTTPNotFound()
+        body = resources.files("haplane.console").joinpath("static", name).read_bytes()
+        return web.Response(
+            body=body,
+            content_type=STATIC[name],
+            headers={"Cache-Control": "public, max-age=3600"},
+        )
+
+    async def login_page(self, request: web.Request) -> web.Response:
+        return _html(render.login())
+
+    async def login(self, request: web.Request) -> web.Response:
+        if self.platform is None:
+            return _see_other("/")
+        form = await request.post()
+        try:
+            token = check_token(str(form.get("token") or ""))
+            identity = await self.platform.whoami(token)
+        except ConsoleAuthError as exc:
+            code = 503 if isinstance(exc, PlatformUnavailable) else 401
+            code = 400 if code == 401 and not isinstance(exc, NotAuthenticated) else code
+            emit("sign-in refused", reason=str(exc), remote=request.remote)
+            return _html(render.login(str(exc)), status=code)
+        self.identities.put(token, identity)
+        emit("signed in", user=identity.username, remote=request.remote)
+        resp = _see_other("/")
+        resp.set_cookie(
+            COOKIE,
+            token,
+            max_age=COOKIE_MAX_AGE,
+            path="/",
+            secure=True,
+            httponly=True,
+            samesite="Strict",
+        )
+        return resp
+
+    async def logout(self, request: web.Request) -> web.Response:
+        token = request.cookies.get(COOKIE)
+        if token:
+            self.identities.forget(token)
+        resp = _see_other("/login")
+        resp.del_cookie(COOKIE, path="/")
+        return resp
+
+    async def _who(self, request: web.Request) -> tuple[str, Identity] | web.Response:
+        try:
+            who = await self.user(request)
+        except PlatformUnavailable as exc:
+            return web.Response(status=503, text=f"{exc}\n")
+        return who if who is not None else self._anonymous(request)
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        who = await self._who(request)
+        if isinstance(who, web.Response):
+            return who
+        return _html(render.dashboard(self.live.view, user=who[1].username))
+
+    async def events_page(self, request: web.Request) -> web.Response:
+        who = await self._who(request)
+        if isinstance(who, web.Response):
+            return who
+        status, content = await self._events(who[0])
+        body = render.live_section("events", "Events in kube-system", "/fragments/events",
+                                   content, "5s")  # fmt: skip
+        return _html(render.page("Events", body, user=who[1].username, current="/events"),
+                     status=status)  # fmt: skip
+
+    async def audit_page(self, request: web.Request) -> web.Response:
+        who = await self._who(request)
+        if isinstance(who, web.Response):
+            return who
+        status, content = await self._audit(who[0])
+        body = f'<h2>Audit log</h2><section id="audit">{content}</section>'
+        return _html(render.page("Audit", body, user=who[1].username, current="/audit"),
+                     status=status)  # fmt: skip
+
+    async def fragment(self, request: web.Request) -> web.Response:
+        who = await self._who(request)
+        if isinstance(who, web.Response):
+            return who
+        name = request.match_info["name"]
+        if name in self.live.fragments:
+            return _html(self.live.fragments[name])
+        if name == "events":
+            status, content = await self._events(who[0])
+        elif name == "audit":
+            status, content = await self._audit(who[0])
+        else:
+            raise web.HTTPNotFound()
+        return _html(content, status=status)
+
+    async def _events(self, token: str) -> tuple[int, str]:
+        if self.platform is None:
+            return 200, render.unavailable("Events", "the topology is insecure: no API identity")
+        try:
+            status, out = await self.platform.request(
+                token, "GET", EVENTS_PATH, params={"limit": "200"}
+            )
+        except PlatformUnavailable as exc:
+            return 503, render.unavailable("Events", str(exc))
+        if status == 403:
+            return 403, render.not_allowed("the Events of kube-system", _message(out))
+        if status >= 400:
+            return status, render.unavailable("Events", _message(out))
+        return 200, render.events(out.get("items") or [])
+
+    async def _audit(self, token: str) -> tuple[int, str]:
+        """The API's `/audit` as the user; where it does not serve one (404), the console
+        reads the replicas' logs once a SelfSubjectAccessReview says the user may get
+        `/audit` (haplane:auditor, cluster-admin)."""
+        if self.platform is None:
+            return 200, render.audit(await asyncio.to_thread(self.read_audit))
+        try:
+            status, out = await self.platform.request(token, "GET", "/audit")
+            if status == 403:
+                return 403, render.not_allowed("the audit log", _message(out))
+            if status == 200 and isinstance(out, dict) and isinstance(out.get("items"), list):
+                return 200, render.audit(out["items"])
+            allowed, reason = await self.platform.can_i(token, "get", path="/audit")
+        except PlatformUnavailable as exc:
+            return 503, render.unavailable("Audit", str(exc))
+        except NotAuthenticated as exc:
+            return 401, render.unavailable("Audit", str(exc))
+        if not allowed:
+            return 403, render.not_allowed("the audit log", reason)
+        return 200, render.audit(await asyncio.to_thread(self.read_audit))
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        who = await self._who(request)
+        if isinstance(who, web.Response):
+            return who
+        token, identity = who
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        _secure(resp.headers)
+        await resp.prepare(request)
+        sent = -1
+        verified = time.monotonic()
+        try:
+            while not self.live.stopping:
+                if self.live.version != sent:
+                    sent = self.live.version
+                    frags = self.live.fragments
+                    await resp.write(
+                        sse_message("map", frags["map"]) + sse_message("history", frags["history"])
+                    )
+                else:
+                    await resp.write(b": keep-alive\n\n")
+                await self.live.wait_change(sent, timeout=15.0)
+                if self.platform is not None and time.monotonic() - verified > self.reverify_every:
+                    # a token revoked or expired meanwhile ends the stream (the browser's
+                    # reconnect then gets 401 and the page goes to the login)
+                    try:
+                        await self.identities.identify(self.platform, token)
+                    except NotAuthenticated:
+                        emit("stream ended: token no longer accepted", user=identity.username)
+                        break
+                    except PlatformUnavailable:
+                        pass  # keep showing the platform's status, which needs no API
+                    verified = time.monotonic()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+
+def _message(out: Any) -> str:
+    if isinstance(out, dict) and out.get("message"):
+        return str(out["message"])
+    return "no message"
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+@web.middleware
+async def _headers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        resp = await handler(request)
+    except web.HTTPException as exc:
+        _secure(exc.headers)
+        raise
+    if not resp.prepared:  # a stream sent its headers already (it set its own)
+        _secure(resp.headers)
+    return resp
+
+
+def _secure(headers: Any) -> None:
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Cache-Control", "no-store")
+
+
+def load_topology(state: StateDir) -> Topology:
+    return load_file(state.topology_file)

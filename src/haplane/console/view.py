@@ -1,0 +1,223 @@
+"""The platform's status as the console shows it: a map of sites, zones and components with
+their health, the active region and its epoch, and the failover history.
+
+Layer: console. Pure: from a `StatusReport` (what `haplane status` gathers) and the topology
+(where each component is placed); no I/O, so every rule below is tested on data.
+
+Health is one of three words, the colours of the map:
+
+- `ok`: the component answers as it should (an etcd member is healthy: it answered, sees a
+  leader, has no alarm and its cluster has quorum; a replica, balancer, gate, GitOps or
+  console instance is ready; a replicator process runs);
+- `warn`: on purpose or on its way (a drained balancer; a process starting or restarting);
+- `down`: anything else (killed, stopped, not answering, not ready).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from haplane.local.status import StatusReport
+from haplane.topology import Topology
+from haplane.topology.model import GLOBAL_SCOPE
+
+Health = Literal["ok", "warn", "down"]
+SITE_WIDE = ""  # the zone of components placed on a site but in no zone (gates, consoles)
+KIND_ORDER = ("etcd", "api", "balancer", "replicator", "control", "gate", "gitops", "console")
+
+
+@dataclass(frozen=True)
+class ComponentView:
+    name: str  # as `haplane status` names it: eu-west/etcd-1, global/gate-witness
+    kind: str  # one of KIND_ORDER
+    health: Health
+    detail: str  # the words behind the colour: "healthy", "killed", "not ready: ..."
+    leader: bool = False  # an etcd member that leads its cluster, the leading GitOps instance
+
+    @property
+    def label(self) -> str:
+        return self.name.rpartition("/")[2]
+
+
+@dataclass(frozen=True)
+class ZoneView:
+    name: str  # SITE_WIDE for components without a zone
+    components: list[ComponentView]
+
+
+@dataclass(frozen=True)
+class SiteView:
+    name: str
+    region: bool  # a site with a regional control plane (else a witness)
+    active: bool  # the active region
+    fence: str | None  # its fence key (regions only), None when its etcd did not answer
+    zones: list[ZoneView]
+
+
+@dataclass(frozen=True)
+class EpochView:
+    """One epoch of the failover history: who made it, why, from which region, and when it
+    became writable (`unfenced`; None while it is still fenced)."""
+
+    epoch: int
+    region: str
+    previous: str | None
+    by: str
+    reason: str
+    since: str
+    unfenced: str | None
+    writable: bool
+
+
+@dataclass(frozen=True)
+class MapView:
+    topology: str
+    supervisor: str
+    active_region: str | None
+    epoch: int | None
+    writable: bool | None
+    sites: list[SiteView]
+    history: list[EpochView] = field(default_factory=list)  # newest first
+    error: str | None = None  # the global control etcd did not answer, ...
+
+    def components(self) -> list[ComponentView]:
+        return [c for s in self.sites for z in s.zones for c in z.components]
+
+    def counts(self) -> dict[Health, int]:
+        out: dict[Health, int] = {"ok": 0, "warn": 0, "down": 0}
+        for c in self.components():
+            out[c.health] += 1
+        return out
+
+
+def placements(topology: Topology) -> dict[str, tuple[str, str]]:
+    """Every component's (site, zone) by its status name; SITE_WIDE for those without a zone."""
+    out: dict[str, tuple[str, str]] = {}
+    for site, region in topology.regions():
+        for m in region.etcd.members:
+            out[f"{site.name}/{m.name}"] = (site.name, m.zone)
+        for a in region.api_servers:
+            out[f"{site.name}/{a.name}"] = (site.name, a.zone)
+        for b in region.balancers:
+            out[f"{site.name}/{b.name}"] = (site.name, b.zone)
+        for r in region.replicators:
+            out[f"{site.name}/{r.name}"] = (site.name, r.zone)
+    g = topology.spec.global_
+    for c in g.control_etcd.members:
+        out[f"{GLOBAL_SCOPE}/{c.name}"] = (c.site, c.zone or SITE_WIDE)
+    for name, site_name in [
+        *((x.name, x.site) for x in g.gates),
+        *((x.name, x.site) for x in g.gitops),
+        *((x.name, x.site) for x in g.console.instances),
+    ]:
+        out[f"{GLOBAL_SCOPE}/{name}"] = (site_name, SITE_WIDE)
+    return out
+
+
+def _process_health(state: str, ready: bool, detail: str) -> tuple[Health, str]:
+    if ready:
+        return "ok", "ready"
+    if state in ("starting", "restarting", "backoff"):
+        return "warn", state
+    if state != "running":
+        return "down", state
+    return "down", detail or "not ready"
+
+
+def _components(report: StatusReport) -> list[ComponentView]:
+    out: list[ComponentView] = []
+    for cluster in report.clusters:
+        kind = "control" if cluster.name == GLOBAL_SCOPE else "etcd"
+        for m in cluster.members:
+            if m.healthy:
+                health: Health = "ok"
+                detail = "healthy, leader" if m.is_leader else "healthy"
+            else:
+                health = "down"
+                detail = m.state if m.state != "running" else (m.error or "unhealthy")
+            out.append(ComponentView(m.name, kind, health, detail, leader=m.is_leader))
+    for r in report.replicas:
+        health, detail = _process_health(r.state, r.ready, r.detail)
+        out.append(ComponentView(r.name, "api", health, detail))
+    for e in report.edges:
+        if e.drained:
+            health, detail = "warn", f"drained: {e.drained}"
+        else:
+            health, detail = _process_health(e.state, e.ready, e.error or "")
+        if e.kind == "gate" and e.active_pool and health == "ok":
+            detail = f"forwards to {e.active_pool}"
+        out.append(ComponentView(e.name, e.kind, health, detail))
+    for row in report.replication:
+        for rep in row.replicators:
+            state = str(rep.get("state"))
+            health = "ok" if state == "running" else "warn" if state == "starting" else "down"
+            leads = rep.get("name") == row.leader or str(rep.get("name", "")).endswith(
+                f"/{row.leader}"
+            )
+            out.append(
+                ComponentView(str(rep.get("name")), "replicator", health, state, leader=leads)
+            )
+    for g in report.gitops:
+        health, detail = _process_health(g.state, g.ready, g.error or "")
+        out.append(ComponentView(g.name, "gitops", health, detail, leader=bool(g.leading)))
+    for c in report.console:
+        health, detail = _process_health(c.state, c.ready, c.error or "")
+        out.append(ComponentView(c.name, "console", health, detail))
+    return out
+
+
+def _epoch(d: dict[str, Any]) -> EpochView:
+    return EpochView(
+        epoch=int(d.get("epoch") or 0),
+        region=str(d.get("region") or ""),
+        previous=str(d["from"]) if d.get("from") else None,
+        by=str(d.get("by") or ""),
+        reason=str(d.get("reason") or ""),
+        since=str(d.get("since") or ""),
+        unfenced=str(d["unfenced"]) if d.get("unfenced") else None,
+        writable=bool(d.get("writable", True)),
+    )
+
+
+def map_view(report: StatusReport, topology: Topology) -> MapView:
+    """The map: every site of the topology in file order, its zones in file order (site-wide
+    components last), each zone's components by kind; a component the topology does not
+    place (a stale state dir) lands on a site of its scope's name, if any."""
+    placed = placements(topology)
+    glob = report.global_state
+    active = glob.active if glob is not None else None
+    active_region = str(active["region"]) if active else None
+    by_site: dict[str, dict[str, list[ComponentView]]] = {}
+    for c in _components(report):
+        site, zone = placed.get(c.name, (c.name.partition("/")[0], SITE_WIDE))
+        by_site.setdefault(site, {}).setdefault(zone, []).append(c)
+    fences = glob.fences if glob is not None else {}
+    sites = []
+    for s in topology.spec.sites:
+        zones_of = by_site.get(s.name, {})
+        zones = []
+        for z in [*s.zones, SITE_WIDE]:
+            comps = sorted(zones_of.get(z, []), key=lambda c: (KIND_ORDER.index(c.kind), c.name))
+            if comps:
+                zones.append(ZoneView(z, comps))
+        sites.append(
+            SiteView(
+                name=s.name,
+                region=s.region is not None,
+                active=s.name == active_region,
+                fence=fences.get(s.name) if s.region is not None else None,
+                zones=zones,
+            )
+        )
+    history = [_epoch(d) for d in (glob.history if glob is not None else [])]
+    return MapView(
+        topology=report.topology,
+        supervisor=report.supervisor,
+        active_region=active_region,
+        epoch=int(active["epoch"]) if active else None,
+        writable=bool(active.get("writable", True)) if active else None,
+        sites=sites,
+        history=sorted(history, key=lambda e: -e.epoch),
+        error=glob.error if glob is not None else "no global state",
+    )
