@@ -25,6 +25,7 @@ impersonation rights of its own (see the console README section).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ssl
 import time
@@ -147,22 +148,32 @@ class Platform:
         params: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """(status, decoded JSON body) of one request as the token's user; PlatformUnavailable
-        when nothing answered."""
+        when nothing answered. Tried twice on a connection that failed before an answer (a
+        kept-alive connection the gate closed, a gate instance that refused new clients):
+        everything the console sends is a read or a review, which stores nothing."""
         headers = {"Authorization": f"Bearer {token}"}
-        try:
-            async with self._client().request(
-                method, self.server + path, json=body, params=params, headers=headers
-            ) as resp:
-                status = resp.status
-                try:
-                    out = await resp.json(content_type=None)
-                except ValueError:
-                    out = {"message": (await resp.text())[:300]}
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise PlatformUnavailable(
-                f"the platform did not answer ({self.server}): {type(exc).__name__}"
-            ) from exc
-        return status, out
+        for attempt in (1, 2):
+            try:
+                async with self._client().request(
+                    method, self.server + path, json=body, params=params, headers=headers
+                ) as resp:
+                    status = resp.status
+                    try:
+                        out = await resp.json(content_type=None)
+                    except ValueError:
+                        out = {"message": (await resp.text())[:300]}
+                    return status, out
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionError) as exc:
+                if attempt == 2:
+                    raise PlatformUnavailable(
+                        f"the platform did not answer ({self.server}): {type(exc).__name__}"
+                    ) from exc
+                await asyncio.sleep(0.2)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise PlatformUnavailable(
+                    f"the platform did not answer ({self.server}): {type(exc).__name__}"
+                ) from exc
+        raise AssertionError("unreachable")
 
     async def whoami(self, token: str) -> Identity:
         status, out = await self.request(

@@ -158,9 +158,15 @@ def history(view: MapView | None) -> str:
 
 
 def _epoch_row(e: EpochView) -> str:
-    unfenced = esc(e.unfenced) if e.unfenced else '<span class="warn">fenced</span>'
+    if e.unfenced:
+        unfenced = esc(e.unfenced)
+    elif e.current and not e.writable:
+        unfenced = '<span class="warn">fenced</span>'
+    else:
+        unfenced = "not recorded"
+    current = ' class="current"' if e.current else ""
     return (
-        f'<tr data-epoch="{e.epoch}"><td>{e.epoch}</td><td>{esc(e.region)}</td>'
+        f'<tr data-epoch="{e.epoch}"{current}><td>{e.epoch}</td><td>{esc(e.region)}</td>'
         f"<td>{esc(e.previous or '-')}</td><td>{esc(e.by)}</td><td>{esc(e.reason)}</td>"
         f"<td>{esc(e.since)}</td><td>{unfenced}</td></tr>"
     )

@@ -58,7 +58,8 @@ class SiteView:
 @dataclass(frozen=True)
 class EpochView:
     """One epoch of the failover history: who made it, why, from which region, and when it
-    became writable (`unfenced`; None while it is still fenced)."""
+    became writable (`unfenced`: for the current epoch from the active record; None while it
+    is fenced, or for an older epoch whose history entry was written before its unfence)."""
 
     epoch: int
     region: str
@@ -68,6 +69,7 @@ class EpochView:
     since: str
     unfenced: str | None
     writable: bool
+    current: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def _components(report: StatusReport) -> list[ComponentView]:
     return out
 
 
-def _epoch(d: dict[str, Any]) -> EpochView:
+def _epoch(d: dict[str, Any], current: bool = False) -> EpochView:
     return EpochView(
         epoch=int(d.get("epoch") or 0),
         region=str(d.get("region") or ""),
@@ -177,6 +179,7 @@ def _epoch(d: dict[str, Any]) -> EpochView:
         since=str(d.get("since") or ""),
         unfenced=str(d["unfenced"]) if d.get("unfenced") else None,
         writable=bool(d.get("writable", True)),
+        current=current,
     )
 
 
@@ -211,6 +214,13 @@ def map_view(report: StatusReport, topology: Topology) -> MapView:
             )
         )
     history = [_epoch(d) for d in (glob.history if glob is not None else [])]
+    if active:
+        # the unfence is written to the active record only: the current epoch's history
+        # entry learns it from there
+        current = _epoch(active, current=True)
+        history = [current if e.epoch == current.epoch else e for e in history]
+        if all(e.epoch != current.epoch for e in history):
+            history.append(current)
     return MapView(
         topology=report.topology,
         supervisor=report.supervisor,
