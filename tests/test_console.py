@@ -451,3 +451,27 @@ async def test_a_failed_gather_keeps_the_last_view_and_is_not_ready(example):
     assert live.error == "OSError: supervisor socket gone"
     ok, why = live.ready(now=live.gathered_at + 6)  # type: ignore[operator]
     assert not ok and "supervisor socket gone" in why
+
+
+async def test_a_kick_gathers_at_once_not_at_the_next_tick(example):
+    gathered: list[float] = []
+
+    async def gather() -> MapView:
+        gathered.append(asyncio.get_running_loop().time())
+        return _fixed_view(example)
+
+    live = LiveStatus(gather, interval=60.0)
+    task = asyncio.create_task(live.run())
+    try:
+        while not gathered:
+            await asyncio.sleep(0.01)
+        live.kick()
+        for _ in range(100):
+            if len(gathered) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(gathered) == 2 and gathered[1] - gathered[0] < 1.0
+    finally:
+        await live.stop()
+        live.kick()
+        await asyncio.wait_for(task, 2)

@@ -21,7 +21,8 @@ Live updates: every second the console gathers the platform's status
 (`haplane.local.status.gather_status`, as `haplane status --json` does), renders the topology
 map and the failover history, and when either changed pushes it to every open page as a
 server-sent event (`/sse`: events `map` and `history`, each carrying the fragment's HTML),
-which htmx swaps in.
+which htmx swaps in. A watch on the global control etcd's active-region record gathers at
+once when it changes, so a failover reaches open pages without waiting for the next tick.
 
 Modules: `view` (the status as a map and a history: pure), `render` (HTML: pure, every value
 escaped), `auth` (credentials from a cookie or an Authorization header, checked with

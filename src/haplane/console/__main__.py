@@ -28,7 +28,15 @@ from haplane.telemetry import json_logging
 from haplane.topology import TopologyError
 
 from .auth import Platform
-from .server import Console, LiveStatus, audit_reader, emit, load_topology, status_gatherer
+from .server import (
+    Console,
+    LiveStatus,
+    audit_reader,
+    emit,
+    load_topology,
+    status_gatherer,
+    watch_active_region,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,7 +111,10 @@ async def serve(args: argparse.Namespace) -> int:
             except (OSError, ssl.SSLError) as exc:
                 emit("serving certificate not reloaded", error=str(exc))
 
-    tasks = [asyncio.create_task(live.run(), name="status")]
+    tasks = [
+        asyncio.create_task(live.run(), name="status"),
+        asyncio.create_task(watch_active_region(state, topology, live), name="active watch"),
+    ]
     if ssl_context is not None:
         tasks.append(asyncio.create_task(reload_certificate(), name="certificate reload"))
     try:

@@ -87,6 +87,7 @@ class LiveStatus:
 
     def __init__(self, gather: GatherFn, interval: float = 1.0) -> None:
         self._gather = gather
+        self._kick = asyncio.Event()
         self.interval = interval
         self.view: MapView | None = None
         self.fragments: dict[str, str] = {
@@ -116,11 +117,19 @@ class LiveStatus:
                 self.version += 1
                 self._changed.notify_all()
 
+    def kick(self) -> None:
+        """Gather now rather than at the next tick (the active region changed)."""
+        self._kick.set()
+
     async def run(self) -> None:
         while not self.stopping:
             t0 = time.monotonic()
+            self._kick.clear()
             await self.once()
-            await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - t0)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._kick.wait(), max(0.05, self.interval - (time.monotonic() - t0))
+                )
 
     async def wait_change(self, seen: int, timeout: float) -> int:
         """The version once it differs from `seen`, or after `timeout` seconds."""
@@ -161,6 +170,26 @@ def status_gatherer(state: StateDir, topology: Topology, timeout: float = 0.8) -
         return map_view(report, topology)
 
     return gather
+
+
+async def watch_active_region(state: StateDir, topology: Topology, live: LiveStatus) -> None:
+    """Kick `live` whenever the global control etcd's active-region record changes (a
+    failover, a switchover, an unfence), so that it reaches open pages without waiting for
+    the next tick; the watch is made again after any failure."""
+    from haplane.local.gate_plans import plan_of
+    from haplane.local.plans import global_plan
+    from haplane.store import EtcdError, GlobalState
+
+    while not live.stopping:
+        try:
+            async with global_plan(plan_of(topology, state).clusters).client(2.0) as client:
+                async for _ in GlobalState(client).watch():
+                    live.kick()
+        except (EtcdError, OSError) as exc:
+            emit("active-region watch ended", error=str(exc))
+        except Exception as exc:  # a bug: say so loudly, keep the console serving
+            log.exception(json.dumps({"msg": "active-region watch failed", "error": str(exc)}))
+        await asyncio.sleep(1.0)
 
 
 def audit_reader(state: StateDir) -> Callable[[], list[dict[str, Any]]]:
