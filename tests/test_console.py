@@ -463,7 +463,9 @@ async def test_a_kick_gathers_at_once_not_at_the_next_tick(example):
     live = LiveStatus(gather, interval=60.0)
     task = asyncio.create_task(live.run())
     try:
-        while not gathered:
+        for _ in range(100):
+            if gathered:
+                break
             await asyncio.sleep(0.01)
         live.kick()
         for _ in range(100):
