@@ -51,7 +51,7 @@ def _report(topology: Topology, **changes: Any) -> StatusReport:
     clusters = []
     for cluster in topology.etcd_clusters():
         members = [_member(m.qualified_name, leader=i == 0) for i, m in enumerate(cluster.members)]
-        clusters.append(ClusterReport(cluster.scope, True, members[0].name, members))
+        clusters.append(ClusterReport(cluster.name, True, members[0].name, members))
     replicas, edges, replication = [], [], []
     for site, region in topology.regions():
         replicas += [
@@ -123,6 +123,8 @@ def test_map_places_every_component_on_its_site_and_zone(example):
     names = {c.name for c in view.components()}
     assert "global/console-2" in names and "global/gate-witness" in names
     assert view.counts() == {"ok": len(names), "warn": 0, "down": 0}
+    kinds = {c.name: c.kind for c in view.components()}
+    assert (kinds["global/control-1"], kinds["eu-west/etcd-1"]) == ("control", "etcd")
     leaders = {c.name for c in view.components() if c.leader}
     assert {"eu-west/etcd-1", "global/control-1", "eu-west/rep-1"} <= leaders
     assert "eu-west/etcd-2" not in leaders

@@ -130,7 +130,8 @@ def _process_health(state: str, ready: bool, detail: str) -> tuple[Health, str]:
 def _components(report: StatusReport) -> list[ComponentView]:
     out: list[ComponentView] = []
     for cluster in report.clusters:
-        kind = "control" if cluster.name == GLOBAL_SCOPE else "etcd"
+        # clusters are named `<scope>/etcd`: the global control etcd is `global/etcd`
+        kind = "control" if cluster.name.partition("/")[0] == GLOBAL_SCOPE else "etcd"
         for m in cluster.members:
             if m.healthy:
                 health: Health = "ok"

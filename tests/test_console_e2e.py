@@ -1,0 +1,303 @@
+"""The web console in a real browser against the running two-regions example: Debian's
+chromium driven by Playwright (its own browser download cannot work here), one topology for
+the module, real etcd and processes, identities made through the API with kubectl.
+
+Also writes the README's screenshots (docs/screenshots/*.png).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .topology_helpers import down_and_check, haplane, kubectl
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed (./dev setup)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    state = tmp_path_factory.mktemp("console") / "state"
+    haplane(state, "up", "-d", "--example", "two-regions", timeout=300)
+    try:
+        yield state
+    finally:
+        down_and_check(state)
+
+
+def _status(state: Path) -> dict[str, Any]:
+    r = haplane(state, "status", "--json", check=False, timeout=120)
+    return dict(json.loads(r.stdout))
+
+
+@pytest.fixture(scope="module")
+def console_url(topo: Path) -> str:
+    consoles = _status(topo)["console"]
+    assert [c["name"] for c in consoles] == ["global/console-1", "global/console-2"]
+    assert all(c["ready"] and c["url"].startswith("https://") for c in consoles), consoles
+    return str(consoles[0]["url"])
+
+
+def _kubectl_ok(kubeconfig: Path, *args: str, tries: int = 10) -> str:
+    """kubectl until it succeeds (a busy 2-core machine times writes out now and then); an
+    AlreadyExists from an earlier try that did commit counts as done."""
+    last = None
+    for _ in range(tries):
+        last = kubectl(kubeconfig, *args)
+        if (
+            last.returncode == 0
+            or "AlreadyExists" in last.stderr
+            or "already exists" in (last.stderr)
+        ):
+            return last.stdout
+        time.sleep(2)
+    raise AssertionError(f"kubectl {' '.join(args)}: {last.stderr if last else ''}")
+
+
+@pytest.fixture(scope="module")
+def tokens(topo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """ServiceAccount tokens (TokenRequest, through the gate as haplane-admin): `auditor`
+    bound to haplane:auditor (reads what view reads, Events, /audit), `viewer` to view."""
+    kubeconfig = tmp_path_factory.mktemp("console-kube") / "admin.kubeconfig"
+    haplane(topo, "kubeconfig", "-o", str(kubeconfig))
+    out = {}
+    for name, namespace, role in [
+        ("console-auditor", "kube-system", "haplane:auditor"),
+        ("console-viewer", "default", "view"),
+    ]:
+        _kubectl_ok(kubeconfig, "create", "serviceaccount", name, "-n", namespace)
+        _kubectl_ok(kubeconfig, "create", "clusterrolebinding", name, f"--clusterrole={role}",
+                    f"--serviceaccount={namespace}:{name}")  # fmt: skip
+        out[name.removeprefix("console-")] = _kubectl_ok(
+            kubeconfig, "create", "token", name, "-n", namespace
+        ).strip()
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-background-networking"],
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Page:
+    """A signed-in page and the console messages and page errors it collected."""
+
+    def __init__(self, browser: Any, url: str, token: str | None) -> None:
+        # the console's certificate is from the platform CA, which chromium does not trust
+        self.context = browser.new_context(
+            ignore_https_errors=True, viewport={"width": 1400, "height": 1000}
+        )
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on(
+            "console",
+            lambda m: self.errors.append(f"{m.type}: {m.text}") if m.type == "error" else None,
+        )
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        self.url = url
+        if token is not None:
+            self.page.goto(f"{url}/", timeout=60_000)
+            assert self.page.url == f"{url}/login"  # anonymous: sent to the login page
+            self.page.fill("#token", token)
+            self.page.click("button[type=submit]")
+            self.page.wait_for_selector("#active-region[data-region]", timeout=30_000)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture(scope="module")
+def auditor_page(browser: Any, console_url: str, tokens: dict[str, str]) -> Iterator[Page]:
+    page = Page(browser, console_url, tokens["auditor"])
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def _until(check: Any, seconds: float) -> None:
+    """Poll `check` from Python: the console's CSP forbids eval, which Playwright's
+    string predicates (wait_for_function) need, and the test must not switch the CSP off."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"not within {seconds}s"
+        time.sleep(0.1)
+
+
+def _get(
+    url: str, ca: Path, headers: dict[str, str] | None = None
+) -> tuple[int, str, dict[str, str]]:
+    ctx = ssl.create_default_context(cafile=str(ca))
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), NoRedirect)
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with opener.open(req, timeout=30) as resp:
+            return resp.status, resp.read().decode(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(), dict(exc.headers)
+
+
+def test_anonymous_requests_get_the_login_page_or_401_and_no_data(topo: Path, console_url: str):
+    ca = topo / "pki" / "platform" / "ca.crt"
+    code, _, headers = _get(f"{console_url}/", ca, {"Accept": "text/html"})
+    assert code == 303 and headers["Location"] == "/login"
+    for path in ("/fragments/map", "/fragments/history", "/sse", "/events", "/audit"):
+        code, body, _ = _get(f"{console_url}{path}", ca)
+        assert code == 401, path
+        assert "eu-west" not in body and "data-name" not in body, path
+    code, body, _ = _get(f"{console_url}/fragments/map", ca, {"Authorization": "Bearer nope"})
+    assert code == 401 and "data-name" not in body
+    code, body, _ = _get(f"{console_url}/login", ca)
+    assert code == 200 and 'name="token"' in body
+    # the certificate names the console's address, from the platform CA (checked above)
+
+
+def test_page_loads_with_every_component_and_no_console_errors(auditor_page: Page, topo: Path):
+    page = auditor_page.page
+    expected = 9 + 4 + 4 + 4 + 3 + 2 + 2  # etcd, replicas, balancers, replicators, gates, ...
+    _until(lambda: page.locator("li.component[data-health=ok]").count() == expected, 60)
+    assert page.get_attribute("#active-region", "data-region") == "eu-west"
+    leaders = page.eval_on_selector_all(
+        "li.component[data-kind=etcd][data-leader=true]", "els => els.map(e => e.dataset.name)"
+    )
+    assert len(leaders) == 2, leaders  # one per regional cluster
+    assert page.locator("#history tr[data-epoch='1']").count() == 1
+    assert "system:serviceaccount:kube-system:console-auditor" in page.inner_text("#user")
+    time.sleep(2)  # a few live updates in
+    assert auditor_page.errors == []
+
+
+def test_failover_shows_on_the_open_page_within_2s_without_reload(auditor_page: Page, topo: Path):
+    page = auditor_page.page
+    page.evaluate("window.__same_page = true")
+    before = int(page.get_attribute("#active-region", "data-epoch") or 0)
+    r = haplane(topo, "failover", "--to", "eu-central", "--reason", "console e2e", "--direct",
+                timeout=120)  # fmt: skip
+    done = time.monotonic()
+    page.wait_for_selector("#active-region[data-region='eu-central']", timeout=2_000)
+    shown = time.monotonic() - done
+    assert int(page.get_attribute("#active-region", "data-epoch") or 0) > before
+    assert page.evaluate("window.__same_page === true"), "the page was reloaded"
+    row = page.locator(f"#history tr[data-epoch='{before + 1}']")
+    row.wait_for(timeout=2_000)
+    assert "console e2e" in row.inner_text()
+    print(f"failover shown {shown:.2f}s after `haplane failover` returned ({r.stderr[-200:]})")
+    assert auditor_page.errors == []
+
+
+def test_a_killed_member_turns_red_and_back(auditor_page: Page, topo: Path):
+    page = auditor_page.page
+    leader = page.eval_on_selector_all(
+        "li.component[data-kind=etcd][data-leader=true]",
+        "els => els.map(e => e.dataset.name).filter(n => n.startsWith('eu-west/'))",
+    )
+    victim = next(f"eu-west/etcd-{i}" for i in (2, 3, 1) if f"eu-west/etcd-{i}" not in leader)
+    selector = f"li.component[data-name='{victim}']"
+    assert page.get_attribute(selector, "data-health") == "ok"
+    haplane(topo, "fault", "kill", victim)
+    t0 = time.monotonic()
+    try:
+        page.wait_for_selector(f"{selector}[data-health='down']", timeout=5_000)
+        print(f"{victim} red {time.monotonic() - t0:.2f}s after the kill")
+        assert "killed" in page.inner_text(selector)
+    finally:
+        haplane(topo, "fault", "restart", victim)
+    page.wait_for_selector(f"{selector}[data-health='ok']", timeout=30_000)
+    assert auditor_page.errors == []
+
+
+def test_events_and_audit_for_the_auditor(auditor_page: Page):
+    page = auditor_page.page
+    page.click("nav a[href='/events']")
+    page.wait_for_selector("#events-table, #events-empty", timeout=10_000)
+    assert page.locator("[data-not-allowed]").count() == 0
+    # the switch above is an Event (the supervisor's watch posts it)
+    _until(lambda: page.locator("#events-table >> text=/Committed/").count() > 0, 20)
+    page.click("nav a[href='/audit']")
+    page.wait_for_selector("#audit-table", timeout=10_000)
+    assert page.locator("[data-not-allowed]").count() == 0
+    assert auditor_page.errors == []
+    page.click("nav a[href='/']")
+    page.wait_for_selector("#active-region[data-region]", timeout=10_000)
+
+
+def test_a_view_user_cannot_open_the_audit_page(
+    browser: Any, console_url: str, tokens: dict[str, str]
+):
+    viewer = Page(browser, console_url, tokens["viewer"])
+    try:
+        page = viewer.page
+        assert "console-viewer" in page.inner_text("#user")
+        resp = page.goto(f"{console_url}/audit")
+        assert resp is not None and resp.status == 403
+        page.wait_for_selector("[data-not-allowed]")
+        assert page.locator("#audit-table").count() == 0
+        assert 'cannot get path "/audit"' in page.inner_text("[data-not-allowed]")
+        resp = page.goto(f"{console_url}/events")  # view may read Events, as in Kubernetes
+        assert resp is not None and resp.status == 200
+    finally:
+        viewer.close()
+
+
+def test_screenshots_for_the_readme(
+    browser: Any, auditor_page: Page, console_url: str, tokens: dict[str, str]
+):
+    """docs/screenshots/: the live map with its history, the Events page, and the audit page
+    as a `view` user sees it."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = auditor_page.page
+    page.goto(f"{console_url}/")
+    _until(lambda: page.locator("li.component[data-health=ok]").count() >= 28, 30)
+    page.screenshot(path=str(SCREENSHOTS / "console-map.png"), full_page=True)
+    page.goto(f"{console_url}/events")
+    page.wait_for_selector("#events-table", timeout=10_000)
+    page.screenshot(path=str(SCREENSHOTS / "console-events.png"), full_page=True)
+    viewer = Page(browser, console_url, tokens["viewer"])
+    try:
+        viewer.page.goto(f"{console_url}/audit")
+        viewer.page.wait_for_selector("[data-not-allowed]")
+        viewer.page.screenshot(path=str(SCREENSHOTS / "console-audit-view-user.png"))
+    finally:
+        viewer.close()
+    for name in ("console-map.png", "console-events.png", "console-audit-view-user.png"):
+        data = (SCREENSHOTS / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000, name
+    page.goto(f"{console_url}/")
+
+
+def test_every_console_is_stopped_by_down(topo: Path):
+    """`haplane down` (the fixture) stops them; here: they are supervised processes."""
+    consoles = _status(topo)["console"]
+    assert all(c["state"] == "running" and c["pid"] for c in consoles), consoles
+    out = subprocess.run(["ps", "-o", "args=", "-p", str(consoles[0]["pid"])],
+                         capture_output=True, text=True).stdout  # fmt: skip
+    assert "haplane.console" in out and str(topo) in out
