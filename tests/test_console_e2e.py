@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -294,10 +293,13 @@ def test_screenshots_for_the_readme(
     page.goto(f"{console_url}/")
 
 
-def test_every_console_is_stopped_by_down(topo: Path):
-    """`haplane down` (the fixture) stops them; here: they are supervised processes."""
+def test_consoles_are_processes_of_this_state_dir(topo: Path):
+    """Supervised like every component (`haplane down`, in the fixture, must stop them: it
+    fails on any process of this state dir left behind)."""
+    import psutil
+
     consoles = _status(topo)["console"]
     assert all(c["state"] == "running" and c["pid"] for c in consoles), consoles
-    out = subprocess.run(["ps", "-o", "args=", "-p", str(consoles[0]["pid"])],
-                         capture_output=True, text=True).stdout  # fmt: skip
-    assert "haplane.console" in out and str(topo) in out
+    for c in consoles:
+        argv = psutil.Process(c["pid"]).cmdline()
+        assert argv[1:3] == ["-m", "haplane.console"] and str(topo) in argv, argv

@@ -196,7 +196,7 @@ def events(items: Iterable[Mapping[str, Any]]) -> str:
     rows = []
     for e in sorted(items, key=when, reverse=True):
         obj = e.get("involvedObject") or {}
-        kind = "warn" if e.get("type") == "Warning" else "ok"
+        kind = "warn" if e.get("type") == "Warning" else "normal"
         rows.append(
             f'<tr class="{kind}"><td>{esc(when(e))}</td><td>{esc(e.get("type") or "")}</td>'
             f"<td>{esc(e.get('reason') or '')}</td>"
