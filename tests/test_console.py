@@ -479,3 +479,31 @@ async def test_a_kick_gathers_at_once_not_at_the_next_tick(example):
         await live.stop()
         live.kick()
         await asyncio.wait_for(task, 2)
+
+
+async def test_a_gate_that_refuses_the_connection_is_passed_over():
+    """The first gate refuses (nothing listens there); the request goes to the next one."""
+    from aiohttp import web
+
+    async def review(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer t"
+        return web.json_response({"status": {"userInfo": {"username": "alice"}}}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
+    server = TestServer(app)
+    await server.start_server()
+    closed = TestServer(web.Application())
+    await closed.start_server()
+    refused = str(closed.make_url("")).rstrip("/")
+    await closed.close()
+    platform = Platform(refused, None, timeout=2.0, fallbacks=(str(server.make_url("")),))
+    try:
+        assert (await platform.whoami("t")).username == "alice"
+        alone = Platform(refused, None, timeout=2.0)
+        with pytest.raises(PlatformUnavailable, match="did not answer"):
+            await alone.whoami("t")
+        await alone.close()
+    finally:
+        await platform.close()
+        await server.close()

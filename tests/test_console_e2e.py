@@ -123,7 +123,9 @@ class Page:
             assert self.page.url == f"{url}/login"  # anonymous: sent to the login page
             self.page.fill("#token", token)
             self.page.click("button[type=submit]")
-            self.page.wait_for_selector("#active-region[data-region]", timeout=30_000)
+            self.page.wait_for_selector("#active-region[data-region], .error", timeout=30_000)
+            refused = self.page.locator(".login .error")
+            assert refused.count() == 0, f"sign-in refused: {refused.inner_text()}"
 
     def close(self) -> None:
         self.context.close()

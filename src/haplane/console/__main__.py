@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", default="console", help="this instance's name (logs)")
     p.add_argument("--listen", required=True, help="HOST:PORT of the console's listener")
     p.add_argument("--server", required=True, help="the API's URL (a gate) users are asked at")
+    p.add_argument("--fallback-server", action="append", default=[],
+                   help="another gate, asked when --server takes no connection")  # fmt: skip
     p.add_argument("--ca-file", help="the CA the server's certificate is checked against")
     p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-private-key-file", help="and this key")
@@ -60,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--listen {args.listen!r}: HOST:PORT expected")
     if not args.server.startswith(("https://", "http://")):
         p.error(f"--server {args.server!r}: an http(s):// URL expected")
+    for url in args.fallback_server:
+        if not url.startswith(("https://", "http://")):
+            p.error(f"--fallback-server {url!r}: an http(s):// URL expected")
     if args.tls_cert_file and not args.server.startswith("https://"):
         p.error("--server must be https:// when the console serves HTTPS (tokens travel there)")
     if not 0.2 <= args.interval <= 60:
@@ -72,7 +77,11 @@ async def serve(args: argparse.Namespace) -> int:
     topology = load_topology(state)
     live = LiveStatus(status_gatherer(state, topology), interval=args.interval)
     secure = bool(args.tls_cert_file)
-    platform = Platform(args.server, args.ca_file) if secure else None
+    platform = (
+        Platform(args.server, args.ca_file, fallbacks=tuple(args.fallback_server))
+        if secure
+        else None
+    )
     console = Console(live, platform, audit_reader(state))
     ssl_context = None
     if secure:

@@ -112,10 +112,20 @@ def _message(body: Any, status: int) -> str:
 
 
 class Platform:
-    """The API through one gate, as whichever user's token is given. One per process."""
+    """The API through the gates, as whichever user's token is given. One per process.
+    `server`: the gate to ask first (the console's own site's); `fallbacks`: the others, asked
+    in turn when a gate does not take the connection (down, or refusing new clients while it
+    cannot confirm the active region)."""
 
-    def __init__(self, server: str, ca_file: str | None, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        ca_file: str | None,
+        timeout: float = 5.0,
+        fallbacks: tuple[str, ...] = (),
+    ) -> None:
         self.server = server.rstrip("/")
+        self.servers = [self.server, *(f.rstrip("/") for f in fallbacks if f != server)]
         self._ssl: ssl.SSLContext | bool = False
         if ca_file:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -148,14 +158,16 @@ class Platform:
         params: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """(status, decoded JSON body) of one request as the token's user; PlatformUnavailable
-        when nothing answered. Tried twice on a connection that failed before an answer (a
-        kept-alive connection the gate closed, a gate instance that refused new clients):
-        everything the console sends is a read or a review, which stores nothing."""
+        when nothing answered. A connection that failed before an answer (a kept-alive
+        connection the gate closed, a gate that refused new clients) is tried again, on the
+        same gate and then on each other one: everything the console sends is a read or a
+        review, which stores nothing."""
         headers = {"Authorization": f"Bearer {token}"}
-        for attempt in (1, 2):
+        attempts = [self.servers[0], *self.servers]
+        for attempt, server in enumerate(attempts, 1):
             try:
                 async with self._client().request(
-                    method, self.server + path, json=body, params=params, headers=headers
+                    method, server + path, json=body, params=params, headers=headers
                 ) as resp:
                     status = resp.status
                     try:
@@ -164,9 +176,10 @@ class Platform:
                         out = {"message": (await resp.text())[:300]}
                     return status, out
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionError) as exc:
-                if attempt == 2:
+                if attempt == len(attempts):
                     raise PlatformUnavailable(
-                        f"the platform did not answer ({self.server}): {type(exc).__name__}"
+                        f"the platform did not answer ({', '.join(self.servers)}): "
+                        f"{type(exc).__name__}"
                     ) from exc
                 await asyncio.sleep(0.2)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:

@@ -623,6 +623,9 @@ class Supervisor:
             "--listen", f"{plan.host}:{plan.port}",
             "--server", plan.server,
         ]  # fmt: skip
+        for gate_url in dict.fromkeys(g.url for g in self.gates):  # one URL per gate host
+            if gate_url != plan.server:
+                argv += ["--fallback-server", gate_url]
         if self.tls is not None:
             serving = self.tls.serving("console", plan.name)
             argv += [
