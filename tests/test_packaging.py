@@ -32,5 +32,9 @@ def test_wheel_contains_examples_and_entry_point(tmp_path):
         names = set(z.namelist())
         assert "haplane/examples/two-regions.yaml" in names
         assert "haplane/py.typed" in names
+        # the console serves these itself (no CDN), with their licences
+        for static in ("htmx.min.js", "htmx-ext-sse.min.js", "console.css", "htmx.LICENSE",
+                       "htmx-ext-sse.LICENSE"):  # fmt: skip
+            assert f"haplane/console/static/{static}" in names, static
         entry = next(n for n in names if n.endswith("entry_points.txt"))
         assert "haplane = haplane.cli.entry:main" in z.read(entry).decode()  # quick path first
