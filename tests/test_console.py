@@ -507,3 +507,23 @@ async def test_a_gate_that_refuses_the_connection_is_passed_over():
     finally:
         await platform.close()
         await server.close()
+
+
+async def test_an_insecure_topology_asks_nobody_to_sign_in(example):
+    """`security.insecure: true`: the platform authenticates nobody, nor does the console."""
+
+    async def gather() -> MapView:
+        return _fixed_view(example)
+
+    live = LiveStatus(gather)
+    await live.once()
+    client = TestClient(TestServer(Console(live, None, lambda: []).app()))
+    await client.start_server()
+    try:
+        r = await client.get("/", headers={"Accept": "text/html"}, allow_redirects=False)
+        assert r.status == 200 and "anonymous (insecure topology)" in await r.text()
+        r = await client.post("/login", data={"token": "x"}, allow_redirects=False)
+        assert r.status == 303 and "Set-Cookie" not in r.headers
+    finally:
+        await live.stop()
+        await client.close()
