@@ -451,7 +451,7 @@ async def test_a_failed_gather_keeps_the_last_view_and_is_not_ready(example):
     await live.once()
     assert live.version == version and live.view is not None
     assert live.error == "OSError: supervisor socket gone"
-    ok, why = live.ready(now=live.gathered_at + 6)  # type: ignore[operator]
+    ok, why = live.ready(now=live.gathered_at + 26)  # type: ignore[operator]
     assert not ok and "supervisor socket gone" in why
 
 
@@ -527,3 +527,20 @@ async def test_an_insecure_topology_asks_nobody_to_sign_in(example):
     finally:
         await live.stop()
         await client.close()
+
+
+def test_gathers_every_second_only_while_someone_looks(example):
+    async def gather() -> MapView:
+        return _fixed_view(example)
+
+    live = LiveStatus(gather, interval=1.0, interval_idle=10.0)
+    assert live.current_interval() == 10.0  # nobody yet
+    live.demand()
+    assert live._kick.is_set()  # a page after a quiet while: gather now
+    live._kick.clear()
+    assert live.current_interval() == 1.0
+    live.demand()
+    assert not live._kick.is_set()  # busy already: the next tick is soon enough
+    assert live.current_interval(now=live.demanded_at + 11) == 10.0
+    live.watchers = 1  # an open stream keeps it busy
+    assert live.current_interval(now=live.demanded_at + 11) == 1.0

@@ -17,7 +17,8 @@ one language, needs no toolchain, no bundle and no client-side API client or tok
 the HTML the server wrote. htmx is ~50 KB, dependency-free, and swaps server-sent fragments in
 place: the page never reloads.
 
-Live updates: every second the console gathers the platform's status
+Live updates: every second while someone looks (every 10 s otherwise: gathering costs the
+platform it observes), the console gathers the platform's status
 (`haplane.local.status.gather_status`, as `haplane status --json` does), renders the topology
 map and the failover history, and when either changed pushes it to every open page as a
 server-sent event (`/sse`: events `map` and `history`, each carrying the fragment's HTML),

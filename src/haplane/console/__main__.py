@@ -51,7 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ca-file", help="the CA the server's certificate is checked against")
     p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-private-key-file", help="and this key")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between status gathers")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="seconds between status gathers while someone looks")  # fmt: skip
+    p.add_argument("--interval-idle", type=float, default=10.0,
+                   help="seconds between status gathers while nobody does")  # fmt: skip
     args = p.parse_args(argv)
     if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
         p.error("--tls-cert-file and --tls-private-key-file go together")
@@ -69,13 +72,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--server must be https:// when the console serves HTTPS (tokens travel there)")
     if not 0.2 <= args.interval <= 60:
         p.error("--interval: between 0.2 and 60 seconds")
+    if not args.interval <= args.interval_idle <= 300:
+        p.error("--interval-idle: between --interval and 300 seconds")
     return args
 
 
 async def serve(args: argparse.Namespace) -> int:
     state = StateDir(Path(args.state_dir))
     topology = load_topology(state)
-    live = LiveStatus(status_gatherer(state, topology), interval=args.interval)
+    live = LiveStatus(
+        status_gatherer(state, topology),
+        interval=args.interval,
+        interval_idle=args.interval_idle,
+    )
     secure = bool(args.tls_cert_file)
     platform = (
         Platform(args.server, args.ca_file, fallbacks=tuple(args.fallback_server))

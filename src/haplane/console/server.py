@@ -18,7 +18,8 @@ or 401 and no data):
   replicas' logs (`STATE/audit`, the last 10 minutes);
 - `GET /fragments/{map,history,events,audit}`: the same fragments alone (htmx refreshes);
 - `GET /static/...`: htmx, its SSE extension, their licences, the stylesheet;
-- `GET /livez`, `GET /readyz`: health (ready once the status was gathered in the last 5 s).
+- `GET /livez`, `GET /readyz`: health (ready once the status was gathered within two idle
+  intervals and 5 s).
 
 Every answer carries a Content-Security-Policy that allows only the console's own scripts and
 styles, `X-Frame-Options: DENY` and `Referrer-Policy: no-referrer`; pages are `no-store`.
@@ -82,13 +83,24 @@ GatherFn = Callable[[], Awaitable[MapView]]
 
 
 class LiveStatus:
-    """The platform's status, gathered every `interval` seconds, rendered as the map and
-    history fragments; `version` goes up when either changed, and waiters are woken."""
+    """The platform's status, gathered every `interval` seconds while someone looks (an open
+    event stream, or a signed-in request in the last `interval_idle` seconds), every
+    `interval_idle` seconds otherwise, rendered as the map and history fragments; `version`
+    goes up when either changed, and waiters are woken.
 
-    def __init__(self, gather: GatherFn, interval: float = 1.0) -> None:
+    Why idle slower: a gather reads every etcd member's status, the control etcd and each
+    component's health, which costs the platform it observes; two consoles nobody looks at
+    should not read it twice a second. A page that opens asks for a gather at once (`kick`)."""
+
+    def __init__(
+        self, gather: GatherFn, interval: float = 1.0, interval_idle: float = 10.0
+    ) -> None:
         self._gather = gather
         self._kick = asyncio.Event()
         self.interval = interval
+        self.interval_idle = max(interval, interval_idle)
+        self.watchers = 0  # open event streams
+        self.demanded_at = -float("inf")  # monotonic, of the last signed-in request
         self.view: MapView | None = None
         self.fragments: dict[str, str] = {
             "map": render.topology_map(None),
@@ -121,6 +133,21 @@ class LiveStatus:
         """Gather now rather than at the next tick (the active region changed)."""
         self._kick.set()
 
+    def demand(self) -> None:
+        """Someone signed in asked for a page: gather every `interval` for a while, and now
+        if the last gather is older than that."""
+        now = time.monotonic()
+        idle = now - self.demanded_at > self.interval_idle and self.watchers == 0
+        self.demanded_at = now
+        if idle:
+            self.kick()
+
+    def current_interval(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        if self.watchers > 0 or now - self.demanded_at <= self.interval_idle:
+            return self.interval
+        return self.interval_idle
+
     async def run(self) -> None:
         while not self.stopping:
             t0 = time.monotonic()
@@ -128,7 +155,8 @@ class LiveStatus:
             await self.once()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._kick.wait(), max(0.05, self.interval - (time.monotonic() - t0))
+                    self._kick.wait(),
+                    max(0.05, self.current_interval() - (time.monotonic() - t0)),
                 )
 
     async def wait_change(self, seen: int, timeout: float) -> int:
@@ -148,7 +176,7 @@ class LiveStatus:
         now = time.monotonic() if now is None else now
         if self.gathered_at is None:
             return False, self.error or "status not gathered yet"
-        if now - self.gathered_at > 5.0:
+        if now - self.gathered_at > 2 * self.interval_idle + 5.0:
             return False, f"status last gathered {now - self.gathered_at:.0f}s ago: {self.error}"
         return True, "ok"
 
@@ -341,7 +369,10 @@ class Console:
             who = await self.user(request)
         except PlatformUnavailable as exc:
             return web.Response(status=503, text=f"{exc}\n")
-        return who if who is not None else self._anonymous(request)
+        if who is None:
+            return self._anonymous(request)
+        self.live.demand()
+        return who
 
     async def dashboard(self, request: web.Request) -> web.Response:
         who = await self._who(request)
@@ -435,6 +466,7 @@ class Console:
         await resp.prepare(request)
         sent = -1
         verified = time.monotonic()
+        self.live.watchers += 1
         try:
             while not self.live.stopping:
                 if self.live.version != sent:
@@ -459,6 +491,8 @@ class Console:
                     verified = time.monotonic()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
+        finally:
+            self.live.watchers -= 1
         return resp
 
 
