@@ -49,7 +49,7 @@ def console_url(topo: Path) -> str:
     return str(consoles[0]["url"])
 
 
-def _kubectl_ok(kubeconfig: Path, *args: str, tries: int = 10) -> str:
+def _kubectl_ok(kubeconfig: Path, *args: str, tries: int = 20) -> str:
     """kubectl until it succeeds (a busy 2-core machine times writes out now and then); an
     AlreadyExists from an earlier try that did commit counts as done."""
     last = None
