@@ -29,11 +29,11 @@ SCREENSHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
 @pytest.fixture(scope="module")
 def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     state = tmp_path_factory.mktemp("console") / "state"
-    haplane(state, "up", "-d", "--example", "two-regions", timeout=300)
     try:
+        haplane(state, "up", "-d", "--example", "two-regions", timeout=300)
         yield state
     finally:
-        down_and_check(state)
+        down_and_check(state)  # also after a failed `up`: nothing of this state dir is left
 
 
 def _status(state: Path) -> dict[str, Any]:
