@@ -13,7 +13,7 @@ ready the supervisor keeps the controllers' ServiceAccount tokens (`controller_t
 failover controller's and the GitOps controller's. The GitOps controller instances start last,
 once the gates are ready and (with TLS) the GitOps token of this run is written: they reach
 the platform only through a gate, as that ServiceAccount. The web console instances start
-after them (`python -m haplane.console`): they gather the status from the state dir and ask
+beside them (`python -m haplane.console`): they gather the status from the state dir and ask
 the API through their site's gate as whoever signs in to them, with no identity of their own.
 
 After start-up each process is supervised (see `process.py`): restarted with backoff when it exits
@@ -209,10 +209,15 @@ class Supervisor:
                 ),
                 *(self._start_replicator(r, timeout) for r in self.replicators),
             )
-            if self.gitops:
-                await self._await_gitops_token(gitops_token, timeout)
-                await asyncio.gather(*(self._start_gitops(g, timeout) for g in self.gitops))
-            await asyncio.gather(*(self._start_console(c, timeout) for c in self.console))
+
+            async def gitops() -> None:
+                if self.gitops:
+                    await self._await_gitops_token(gitops_token, timeout)
+                    await asyncio.gather(*(self._start_gitops(g, timeout) for g in self.gitops))
+
+            # the consoles need the gates only (not GitOps): they start beside it, which keeps
+            # `up` from waiting for two more Python start-ups in a row on a busy machine
+            await asyncio.gather(gitops(), *(self._start_console(c, timeout) for c in self.console))
         except BaseException as exc:
             self.phase = "failed"
             self.error = str(exc)
