@@ -400,7 +400,7 @@ async def test_platform_down_is_503_never_a_guess(app_client):
     assert r.status == 503 and "did not answer" in await r.text()
 
 
-async def test_sse_sends_both_fragments_then_each_change(app_client, example):
+async def test_sse_sends_every_fragment_then_each_change(app_client, example):
     client, _, live = app_client
     r = await client.get("/sse", headers=_auth(ADMIN))
     assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
@@ -417,8 +417,8 @@ async def test_sse_sends_both_fragments_then_each_change(app_client, example):
             elif line == "" and event:
                 return event, "\n".join(data)
 
-    first = dict([await next_event(), await next_event()])
-    assert set(first) == {"map", "history"}
+    first = dict([await next_event(), await next_event(), await next_event()])
+    assert set(first) == {"map", "history", "lag"}
     assert 'data-region="eu-west" data-epoch="3"' in first["map"]
     changed = _report(example)
     changed.global_state.active = {**changed.global_state.active, "region": "eu-central",
@@ -429,7 +429,9 @@ async def test_sse_sends_both_fragments_then_each_change(app_client, example):
 
     live._gather = moved
     await live.once()
+    # only what changed is sent again: the map and the history, not the (unchanged) lag chart
     second = dict([await next_event(), await next_event()])
+    assert set(second) == {"map", "history"}
     assert 'data-region="eu-central" data-epoch="4"' in second["map"]
     r.close()
 

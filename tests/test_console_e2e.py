@@ -68,12 +68,21 @@ def _kubectl_ok(kubeconfig: Path, *args: str, tries: int = 20) -> str:
 @pytest.fixture(scope="module")
 def tokens(topo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """ServiceAccount tokens (TokenRequest, through the gate as haplane-admin): `auditor`
-    bound to haplane:auditor (reads what view reads, Events, /audit), `viewer` to view."""
+    from `haplane console token` (kube-system/haplane-console, bound to haplane:auditor:
+    reads what view reads, Events, /audit), `viewer` made with kubectl and bound to view."""
     kubeconfig = tmp_path_factory.mktemp("console-kube") / "admin.kubeconfig"
     haplane(topo, "kubeconfig", "-o", str(kubeconfig))
     out = {}
+    for _ in range(10):  # a busy machine's gate may refuse a write now and then
+        r = haplane(topo, "console", "token", "--duration", "1h", check=False, timeout=60)
+        if r.returncode == 0:
+            break
+        time.sleep(2)
+    assert r.returncode == 0, r.stderr
+    assert "haplane:auditor" in r.stderr and "valid until" in r.stderr
+    out["auditor"] = r.stdout.strip()
+    assert out["auditor"].count(".") == 2  # a JWT, and nothing else on stdout
     for name, namespace, role in [
-        ("console-auditor", "kube-system", "haplane:auditor"),
         ("console-viewer", "default", "view"),
     ]:
         _kubectl_ok(kubeconfig, "create", "serviceaccount", name, "-n", namespace)
@@ -178,7 +187,8 @@ def test_anonymous_requests_get_the_login_page_or_401_and_no_data(topo: Path, co
     ca = topo / "pki" / "platform" / "ca.crt"
     code, _, headers = _get(f"{console_url}/", ca, {"Accept": "text/html"})
     assert code == 303 and headers["Location"] == "/login"
-    for path in ("/fragments/map", "/fragments/history", "/sse", "/events", "/audit"):
+    for path in ("/fragments/map", "/fragments/history", "/fragments/lag", "/sse", "/events",
+                 "/audit", "/drills", "/analysis"):  # fmt: skip
         code, body, _ = _get(f"{console_url}{path}", ca)
         assert code == 401, path
         assert "eu-west" not in body and "data-name" not in body, path
@@ -199,7 +209,7 @@ def test_page_loads_with_every_component_and_no_console_errors(auditor_page: Pag
     )
     assert len(leaders) == 2, leaders  # one per regional cluster
     assert page.locator("#history tr[data-epoch='1']").count() == 1
-    assert "system:serviceaccount:kube-system:console-auditor" in page.inner_text("#user")
+    assert "system:serviceaccount:kube-system:haplane-console" in page.inner_text("#user")
     time.sleep(2)  # a few live updates in
     assert auditor_page.errors == []
 
@@ -241,6 +251,57 @@ def test_a_killed_member_turns_red_and_back(auditor_page: Page, topo: Path):
     finally:
         haplane(topo, "fault", "restart", victim)
     page.wait_for_selector(f"{selector}[data-health='ok']", timeout=30_000)
+    assert auditor_page.errors == []
+
+
+def test_the_lag_chart_is_live(auditor_page: Page):
+    """The standby's lag is charted from the replicators' reports and the chart grows on the
+    open page, sample by sample (one per second while someone looks)."""
+    page = auditor_page.page
+    series = "#lag-chart polyline.series"
+
+    def points() -> int:
+        counts = page.eval_on_selector_all(series, "els => els.map(e => +e.dataset.points)")
+        return sum(counts)
+
+    _until(lambda: points() >= 2, 30)
+    before = points()
+    _until(lambda: points() > before, 10)
+    standby = page.get_attribute("#lag li[data-last]:not([data-last=''])", "data-region")
+    assert standby in ("eu-west", "eu-central"), standby
+    last = float(page.get_attribute(f"#lag li[data-region='{standby}']", "data-last") or "nan")
+    assert 0.0 <= last < 30.0, last  # seconds, measured while the source answered
+    assert page.locator("#lag-chart line.limit").count() >= 1  # the pair's maxLagMs
+    assert auditor_page.errors == []
+
+
+def test_a_drill_shows_in_the_history_with_its_timeline(auditor_page: Page, topo: Path):
+    r = haplane(topo, "drill", "replica-kill", "--direct", "--warmup", "1", "--observe", "2",
+                check=False, timeout=180)  # fmt: skip
+    assert r.returncode in (0, 1), r.stderr[-2000:]  # a verdict either way: it is listed
+    page = auditor_page.page
+    page.click("nav a[href='/drills']")
+    row = page.locator("#drills-table tr[data-scenario='replica-kill']").first
+    row.wait_for(timeout=15_000)
+    passed = row.get_attribute("data-passed")
+    assert passed == ("true" if r.returncode == 0 else "false")
+    row.locator("a.report").click()
+    page.wait_for_selector("#drill-report[data-scenario='replica-kill']", timeout=15_000)
+    assert page.get_attribute("#drill-report", "data-passed") == passed
+    assert page.locator("#drill-report svg rect.op").count() > 10  # every client operation
+    assert page.locator("#drill-figures tr").count() > 3
+    assert auditor_page.errors == []
+
+
+def test_the_analysis_of_the_running_topology(auditor_page: Page):
+    page = auditor_page.page
+    page.click("nav a[href='/analysis']")
+    page.wait_for_selector("#analysis[data-availability]", timeout=60_000)
+    # what runs is what the file says, and the example breaks no HA rule
+    assert page.get_attribute("#analysis", "data-errors") == "0"
+    assert page.locator("#findings-table tr[data-severity=error]").count() == 0
+    assert float(page.get_attribute("#analysis", "data-availability") or 0) > 0.999
+    assert page.locator("#analysis-table tr").count() > 3
     assert auditor_page.errors == []
 
 
@@ -302,7 +363,12 @@ def test_screenshots_for_the_readme(
     page = auditor_page.page
     page.goto(f"{console_url}/")
     _until(lambda: page.locator("li.component[data-health=ok]").count() >= 28, 90)
+    page.wait_for_selector("#lag-chart polyline.series", timeout=30_000)
     page.screenshot(path=str(SCREENSHOTS / "console-map.png"), full_page=True)
+    page.goto(f"{console_url}/drills")
+    page.locator("#drills-table a.report").first.click()
+    page.wait_for_selector("#drill-report svg", timeout=15_000)
+    page.screenshot(path=str(SCREENSHOTS / "console-drill.png"), full_page=True)
     page.goto(f"{console_url}/events")
     page.wait_for_selector("#events-table", timeout=10_000)
     page.screenshot(path=str(SCREENSHOTS / "console-events.png"), full_page=True)
@@ -313,7 +379,8 @@ def test_screenshots_for_the_readme(
         viewer.page.screenshot(path=str(SCREENSHOTS / "console-audit-view-user.png"))
     finally:
         viewer.close()
-    for name in ("console-map.png", "console-events.png", "console-audit-view-user.png"):
+    for name in ("console-map.png", "console-drill.png", "console-events.png",
+                 "console-audit-view-user.png"):  # fmt: skip
         data = (SCREENSHOTS / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000, name
     page.goto(f"{console_url}/")

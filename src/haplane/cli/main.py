@@ -23,6 +23,7 @@ import typer
 from haplane.cli import (
     audit,
     backup,
+    console,
     divergence,
     drills,
     failback,
@@ -1240,6 +1241,7 @@ app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(member.app, name="member")
 app.add_typer(snapshot.restore_app, name="restore")
 app.add_typer(runbook.app, name="runbook")
+app.add_typer(console.app, name="console")
 app.command("audit")(audit.audit_cmd)
 app.command("drills")(drills.drills_cmd)
 

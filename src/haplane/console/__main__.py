@@ -28,6 +28,8 @@ from haplane.telemetry import json_logging
 from haplane.topology import TopologyError
 
 from .auth import Platform
+from .lag import LagHistory
+from .reports import Reports
 from .server import (
     Console,
     LiveStatus,
@@ -84,6 +86,7 @@ async def serve(args: argparse.Namespace) -> int:
         status_gatherer(state, topology),
         interval=args.interval,
         interval_idle=args.interval_idle,
+        lag=LagHistory(topology),
     )
     secure = bool(args.tls_cert_file)
     platform = (
@@ -91,7 +94,7 @@ async def serve(args: argparse.Namespace) -> int:
         if secure
         else None
     )
-    console = Console(live, platform, audit_reader(state))
+    console = Console(live, platform, audit_reader(state), reports=Reports(state, topology))
     ssl_context = None
     if secure:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

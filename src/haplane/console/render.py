@@ -13,13 +13,22 @@ Stable hooks for tests and tools: `#active-region[data-region][data-epoch]`, eve
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
+from .lag import Series, downsample
 from .view import SITE_WIDE, EpochView, MapView, SiteView
 
-PAGES = (("/", "Topology"), ("/events", "Events"), ("/audit", "Audit"))
+PAGES = (
+    ("/", "Topology"),
+    ("/drills", "Drills"),
+    ("/analysis", "Analysis"),
+    ("/events", "Events"),
+    ("/audit", "Audit"),
+)
+SERIES_COLOURS = ("#2b6cb0", "#c05621", "#2f855a", "#6b46c1", "#b83280", "#2c7a7b")
 
 
 def esc(value: object) -> str:
@@ -61,8 +70,9 @@ def login(error: str | None = None) -> str:
     problem = f'<p class="error" role="alert">{esc(error)}</p>' if error else ""
     body = (
         '<section class="login"><h2>Sign in</h2>'
-        "<p>With a bearer token of the platform: a ServiceAccount token "
-        "(<code>kubectl create token NAME</code>) or a static token. The console checks it "
+        "<p>With a bearer token of the platform: <code>haplane console token</code> prints "
+        "one that reads everything shown here and changes nothing; any ServiceAccount token "
+        "(<code>kubectl create token NAME</code>) or static token works. The console checks it "
         "with the API (SelfSubjectReview) and keeps it in an HttpOnly cookie; what you may "
         "see is what RBAC gives you.</p>"
         f"{problem}"
@@ -82,6 +92,7 @@ def dashboard(view: MapView | None, *, user: str) -> str:
         '<div hx-ext="sse" sse-connect="/sse">'
         f'<section id="map" sse-swap="map">{topology_map(view)}</section>'
         f'<section id="history" sse-swap="history">{history(view)}</section>'
+        f'<section id="lag" sse-swap="lag">{lag_chart([], 0.0)}</section>'
         "</div>"
     )
     return page("Topology", body, user=user, current="/")
@@ -247,3 +258,106 @@ def live_section(section_id: str, title: str, source: str, content: str, every: 
         f'<section id="{esc(section_id)}" hx-get="{esc(source)}" '
         f'hx-trigger="every {esc(every)}" hx-swap="innerHTML">{content}</section>'
     )
+
+
+def _nice(v: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^n at or above v."""
+    if v <= 0:
+        return 1.0
+    step = 10.0 ** math.floor(math.log10(v))
+    for m in (1.0, 2.0, 2.5, 5.0):
+        if m * step >= v * 0.999999:
+            return m * step
+    return 10.0 * step
+
+
+def _seconds(v: float) -> str:
+    if v >= 1:
+        return f"{v:.1f} s" if v < 10 else f"{v:.0f} s"
+    return f"{v * 1000:.0f} ms"
+
+
+def lag_chart(series: list[Series], now: float, window: float = 3600.0) -> str:
+    """Replication lag per pair over the last `window` seconds, as an SVG line chart (no
+    script, no style attribute: presentation attributes only, which the CSP allows). A gap in
+    a line is a time without a measured lag; a dashed line is the pair's maxLagMs.
+
+    Hooks: `svg#lag-chart`, each line `polyline.series[data-region][data-source][data-points]`
+    and the legend's `[data-last]` (seconds, empty when unknown)."""
+    title = "<h2>Replication lag, last hour</h2>"
+    if not series:
+        return title + '<p id="lag-empty">no replication measured yet</p>'
+    width, height, left, right, top, bottom = 1100.0, 230.0, 60.0, 20.0, 12.0, 30.0
+    plot_w, plot_h = width - left - right, height - top - bottom
+    values = [v for s in series for _, v in s.points if v is not None]
+    values += [s.limit for s in series if s.limit is not None]  # the limit stays in sight
+    y_max = _nice(max([0.05, *values]) * 1.1)
+
+    def x(t: float) -> float:
+        return left + max(0.0, min(1.0, (t - (now - window)) / window)) * plot_w
+
+    def y(v: float) -> float:
+        return top + plot_h - min(v, y_max) / y_max * plot_h
+
+    parts = [
+        f'<svg id="lag-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} '
+        f'{height:.0f}" width="100%" font-family="sans-serif" font-size="11" role="img" '
+        'aria-label="replication lag per pair over the last hour">',
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" '
+        'stroke="#d8dde3"/>',
+    ]
+    for i in range(5):  # y grid
+        tick = y_max * i / 4
+        parts.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" '
+            f'stroke="#eef2f6"/><text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" '
+            f'fill="#52606d">{esc(_seconds(tick))}</text>'
+        )
+    for m in range(0, 61, 10):  # x ticks, minutes ago
+        t = now - window + m * window / 60
+        label = "now" if m == 60 else f"-{60 - m} min"
+        parts.append(
+            f'<text x="{x(t):.1f}" y="{height - 10}" text-anchor="middle" fill="#52606d">'
+            f"{label}</text>"
+        )
+    legend = []
+    for i, s in enumerate(series):
+        colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        if s.limit is not None:
+            parts.append(
+                f'<line class="limit" data-region="{esc(s.region)}" x1="{left}" '
+                f'x2="{left + plot_w}" y1="{y(s.limit):.1f}" y2="{y(s.limit):.1f}" '
+                f'stroke="{colour}" stroke-dasharray="6 4" stroke-opacity="0.7"/>'
+            )
+        runs: list[list[str]] = [[]]
+        shown = [(t, v) for t, v in downsample(s.points, int(plot_w)) if t >= now - window]
+        for t, v in shown:
+            if v is None:
+                if runs[-1]:
+                    runs.append([])
+                continue
+            runs[-1].append(f"{x(t):.1f},{y(v):.1f}")
+        for run in runs:
+            if not run:
+                continue
+            if len(run) == 1:  # one sample alone: a dot, not an invisible line
+                cx, cy = run[0].split(",")
+                parts.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{colour}"/>')
+            parts.append(
+                f'<polyline class="series" data-region="{esc(s.region)}" '
+                f'data-source="{esc(s.source)}" data-points="{len(run)}" fill="none" '
+                f'stroke="{colour}" stroke-width="1.5" points="{" ".join(run)}"/>'
+            )
+        last = s.last
+        over = s.limit is not None and last is not None and last > s.limit
+        legend.append(
+            f'<li data-region="{esc(s.region)}" data-last="{"" if last is None else last}">'
+            f'<span class="swatch s{i % len(SERIES_COLOURS)}"></span>'
+            f"{esc(s.source)} &rarr; {esc(s.region)}: "
+            f'<b class="{"down" if over else ""}">'
+            f"{'no measure' if last is None else esc(_seconds(last))}</b> "
+            f"({esc(s.state)}; peak {esc(_seconds(s.peak)) if s.peak is not None else '-'}"
+            f"{'; limit ' + esc(_seconds(s.limit)) if s.limit is not None else ''})</li>"
+        )
+    parts.append("</svg>")
+    return title + f'<ul class="legend">{"".join(legend)}</ul>' + "".join(parts)

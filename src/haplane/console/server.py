@@ -10,13 +10,19 @@ or 401 and no data):
 - `GET /login`, `POST /login` (form: `token`), `POST /logout`: sign in with a bearer token,
   sign out;
 - `GET /`: the topology map and the failover history, live through `/sse`;
-- `GET /sse`: server-sent events `map` and `history`, each a fragment's HTML, sent at connect
-  and whenever it changed (gathered every second);
+- `GET /sse`: server-sent events `map`, `history` and `lag` (the replication lag chart), each
+  a fragment's HTML, sent at connect and whenever it changed (gathered every second);
 - `GET /events`: Events of kube-system, read through the API as the user (403: not allowed);
 - `GET /audit`: the audit log: the API's `/audit` as the user; where the API does not serve
   it (404), a SelfSubjectAccessReview for `get /audit` decides, and the console reads the
   replicas' logs (`STATE/audit`, the last 10 minutes);
-- `GET /fragments/{map,history,events,audit}`: the same fragments alone (htmx refreshes);
+- `GET /drills`: every drill run (the history `haplane drills` shows) with its verdict, RTO
+  and lost writes, per-scenario trends and the schedule; `GET /drills/report?path=P`: one
+  report with its figures, the timeline of every client operation, events and findings;
+- `GET /analysis`: `validate --live` of the running topology (at most every 15 s) and
+  `analyse --availability` of its file;
+- `GET /fragments/{map,history,lag,drills,analysis,events,audit}`: the same fragments alone
+  (htmx refreshes);
 - `GET /static/...`: htmx, its SSE extension, their licences, the stylesheet;
 - `GET /livez`, `GET /readyz`: health (ready once the status was gathered within two idle
   intervals and 5 s).
@@ -55,6 +61,8 @@ from .auth import (
     check_token,
     token_from,
 )
+from .lag import LagHistory
+from .reports import ReportNotFound, Reports
 from .view import MapView, map_view
 
 log = logging.getLogger("haplane.console")
@@ -93,9 +101,16 @@ class LiveStatus:
     should not read it twice a second. A page that opens asks for a gather at once (`kick`)."""
 
     def __init__(
-        self, gather: GatherFn, interval: float = 1.0, interval_idle: float = 10.0
+        self,
+        gather: GatherFn,
+        interval: float = 1.0,
+        interval_idle: float = 10.0,
+        lag: LagHistory | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._gather = gather
+        self.lag = lag  # replication lag samples, one per gather (None: not charted)
+        self._clock = clock
         self._kick = asyncio.Event()
         self.interval = interval
         self.interval_idle = max(interval, interval_idle)
@@ -105,6 +120,7 @@ class LiveStatus:
         self.fragments: dict[str, str] = {
             "map": render.topology_map(None),
             "history": render.history(None),
+            "lag": render.lag_chart([], 0.0),
         }
         self.version = 0
         self.gathered_at: float | None = None  # monotonic, of the last success
@@ -121,7 +137,15 @@ class LiveStatus:
             return
         self.error = None
         self.gathered_at = time.monotonic()
-        fragments = {"map": render.topology_map(view), "history": render.history(view)}
+        fragments = {
+            "map": render.topology_map(view),
+            "history": render.history(view),
+            "lag": self.fragments["lag"],
+        }
+        if self.lag is not None:
+            now = self._clock()
+            self.lag.add(now, view.replication)
+            fragments["lag"] = render.lag_chart(self.lag.series(), now, self.lag.window)
         self.view = view
         if fragments != self.fragments:
             self.fragments = fragments
@@ -242,6 +266,7 @@ class Console:
         *,
         identities: IdentityCache | None = None,
         reverify_every: float = 30.0,
+        reports: Reports | None = None,
     ) -> None:
         """`platform` None: the topology is insecure (no authentication anywhere): everyone
         is `anonymous` and sees what the platform would show them, everything."""
@@ -250,6 +275,7 @@ class Console:
         self.read_audit = read_audit
         self.identities = identities or IdentityCache()
         self.reverify_every = reverify_every
+        self.reports = reports  # drills and analysis (None: those pages say so)
 
     # ---- who is asking -------------------------------------------------------------------
 
@@ -300,6 +326,9 @@ class Console:
         r.add_post("/logout", self.logout)
         r.add_get("/", self.dashboard)
         r.add_get("/sse", self.sse)
+        r.add_get("/drills", self.drills_page)
+        r.add_get("/drills/report", self.drill_report_page)
+        r.add_get("/analysis", self.analysis_page)
         r.add_get("/events", self.events_page)
         r.add_get("/audit", self.audit_page)
         r.add_get("/fragments/{name}", self.fragment)
@@ -390,6 +419,52 @@ class Console:
         return _html(render.page("Events", body, user=who[1].username, current="/events"),
                      status=status)  # fmt: skip
 
+    async def drills_page(self, request: web.Request) -> web.Response:
+        who = await self._who(request)
+        if isinstance(who, web.Response):
+            return who
+        status, content = await self._drills()
+        body = render.live_section("drills", "DR drills", "/fragments/drills", content, "5s")
+        return _html(render.page("Drills", body, user=who[1].username, current="/drills"),
+                     status=status)  # fmt: skip
+
+    async def drill_report_page(self, request: web.Request) -> web.Response:
+        who = await self._who(request)
+        if isinstance(who, web.Response):
+            return who
+        if self.reports is None:
+            status, content = 404, render.unavailable("Drills", "no state dir")
+        else:
+            try:
+                content = await asyncio.to_thread(
+                    self.reports.drill_report_html, request.query.get("path", "")
+                )
+                status = 200
+            except ReportNotFound as exc:
+                status, content = 404, render.unavailable("Drill report", str(exc))
+        body = f'<p><a href="/drills">&larr; every drill</a></p>{content}'
+        return _html(render.page("Drill report", body, user=who[1].username, current="/drills"),
+                     status=status)  # fmt: skip
+
+    async def analysis_page(self, request: web.Request) -> web.Response:
+        who = await self._who(request)
+        if isinstance(who, web.Response):
+            return who
+        status, content = await self._analysis()
+        body = render.live_section("analysis", "Analysis", "/fragments/analysis", content, "30s")
+        return _html(render.page("Analysis", body, user=who[1].username, current="/analysis"),
+                     status=status)  # fmt: skip
+
+    async def _drills(self) -> tuple[int, str]:
+        if self.reports is None:
+            return 404, render.unavailable("Drills", "no state dir")
+        return 200, await asyncio.to_thread(self.reports.drills_html)
+
+    async def _analysis(self) -> tuple[int, str]:
+        if self.reports is None:
+            return 404, render.unavailable("Analysis", "no state dir")
+        return 200, await self.reports.analysis_html()
+
     async def audit_page(self, request: web.Request) -> web.Response:
         who = await self._who(request)
         if isinstance(who, web.Response):
@@ -410,6 +485,10 @@ class Console:
             status, content = await self._events(who[0])
         elif name == "audit":
             status, content = await self._audit(who[0])
+        elif name == "drills":
+            status, content = await self._drills()
+        elif name == "analysis":
+            status, content = await self._analysis()
         else:
             raise web.HTTPNotFound()
         return _html(content, status=status)
@@ -464,20 +543,20 @@ class Console:
         )
         _secure(resp.headers)
         await resp.prepare(request)
-        sent = -1
+        seen = -1
+        sent: dict[str, str] = {}  # what this page has of each fragment
         verified = time.monotonic()
         self.live.watchers += 1
         try:
             while not self.live.stopping:
-                if self.live.version != sent:
-                    sent = self.live.version
-                    frags = self.live.fragments
-                    await resp.write(
-                        sse_message("map", frags["map"]) + sse_message("history", frags["history"])
-                    )
+                seen = self.live.version
+                changed = {k: v for k, v in self.live.fragments.items() if sent.get(k) != v}
+                if changed:
+                    await resp.write(b"".join(sse_message(k, v) for k, v in changed.items()))
+                    sent.update(changed)
                 else:
                     await resp.write(b": keep-alive\n\n")
-                await self.live.wait_change(sent, timeout=15.0)
+                await self.live.wait_change(seen, timeout=15.0)
                 if self.platform is not None and time.monotonic() - verified > self.reverify_every:
                     # a token revoked or expired meanwhile ends the stream (the browser's
                     # reconnect then gets 401 and the page goes to the login)

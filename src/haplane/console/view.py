@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from haplane.local.status import StatusReport
+from haplane.local.status import ReplicationRow, StatusReport
 from haplane.topology import Topology
 from haplane.topology.model import GLOBAL_SCOPE
 
@@ -82,6 +82,7 @@ class MapView:
     sites: list[SiteView]
     history: list[EpochView] = field(default_factory=list)  # newest first
     error: str | None = None  # the global control etcd did not answer, ...
+    replication: list[ReplicationRow] = field(default_factory=list)  # per region, as gathered
 
     def components(self) -> list[ComponentView]:
         return [c for s in self.sites for z in s.zones for c in z.components]
@@ -231,4 +232,5 @@ def map_view(report: StatusReport, topology: Topology) -> MapView:
         sites=sites,
         history=sorted(history, key=lambda e: -e.epoch),
         error=glob.error if glob is not None else "no global state",
+        replication=list(report.replication),
     )

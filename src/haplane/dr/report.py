@@ -850,7 +850,7 @@ def _fmt_expectation(result: DrillResult) -> list[tuple[str, str]]:
     return rows
 
 
-def _table_rows(result: DrillResult) -> list[tuple[str, str]]:
+def figure_rows(result: DrillResult) -> list[tuple[str, str]]:
     f = result.figures()
     rows = _fmt_expectation(result)
     rows += [(_LABELS[n], _fmt_seconds(f[n])) for n in (*PHASE_NAMES, "longest_write_gap")]
@@ -882,7 +882,7 @@ def _example(record: Operation | ServerWrite, final: Mapping[str, Mapping[str, i
 _EXAMPLES = 3  # findings shown under the text table, per kind
 
 
-def _findings(result: DrillResult) -> list[tuple[str, list[str]]]:
+def findings(result: DrillResult) -> list[tuple[str, list[str]]]:
     """Each kind of finding with one line per record: (label, lines)."""
     out = []
     for name in FINDINGS:
@@ -921,9 +921,9 @@ def render_table(result: DrillResult) -> str:
         *([f"cut: {cut_line(result.cut)}"] if result.cut else []),
         "",
     ]
-    table = _align([("FIGURE", "VALUE"), *_table_rows(result)])
+    table = _align([("FIGURE", "VALUE"), *figure_rows(result)])
     tail = []
-    for label, lines in _findings(result):
+    for label, lines in findings(result):
         tail.append(f"{label}:")
         tail += [f"  {line}" for line in lines[:_EXAMPLES]]
         if len(lines) > _EXAMPLES:
@@ -967,7 +967,7 @@ def _e(s: object) -> str:
     return html.escape(str(s), quote=True)
 
 
-def _timeline_svg(result: DrillResult) -> str:
+def timeline_svg(result: DrillResult) -> str:
     ops, events = result.operations, result.events
     times = [0.0, *(o.invoked for o in ops), *(o.returned for o in ops), *(e.t for e in events)]
     t0, t1 = min(times), max(times)
@@ -1061,7 +1061,15 @@ def _timeline_svg(result: DrillResult) -> str:
     return "\n".join(parts)
 
 
-def _legend(result: DrillResult) -> str:
+def _swatch(fill: str, stroke: str | None = None) -> str:
+    edge = f' stroke="{stroke}"' if stroke else ""
+    return (
+        '<svg class="swatch" width="12" height="12" viewBox="0 0 12 12" aria-hidden="true">'
+        f'<rect x="0.5" y="0.5" width="11" height="11" fill="{fill}"{edge}/></svg>'
+    )
+
+
+def legend(result: DrillResult) -> str:
     items = [
         (_REGION_COLOURS[i % len(_REGION_COLOURS)], f"ok, served by {r}")
         for i, r in enumerate(result.regions)
@@ -1072,10 +1080,13 @@ def _legend(result: DrillResult) -> str:
         (_EXPECTED_COLOUR, "expected conflict (epoch changed)"),
     ]
     spans = [
-        f'<span class="key"><span class="swatch" style="background:{c}"></span>{_e(label)}</span>'
+        # an SVG swatch, not a style attribute: the console's Content-Security-Policy allows
+        # no inline styles, and the report's page shows the same legend
+        f'<span class="key">{_swatch(c)}{_e(label)}</span>'
         for c, label in items
     ]
-    spans.append('<span class="key"><span class="swatch gapkey"></span>client-visible gap</span>')
+    gap = _swatch("rgba(214, 39, 40, 0.15)", stroke="#d62728")
+    spans.append(f'<span class="key">{gap}client-visible gap</span>')
     return '<p class="legend">' + " ".join(spans) + "</p>"
 
 
@@ -1091,9 +1102,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }
 th { background: #f0f0f0; }
 .legend .key { margin-right: 1.2em; white-space: nowrap; }
-.swatch { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.3em;
-  vertical-align: middle; }
-.gapkey { background: rgba(214, 39, 40, 0.15); border: 1px solid #d62728; }
+.swatch { margin-right: 0.3em; vertical-align: middle; }
 """
 
 
@@ -1106,16 +1115,16 @@ def render_html(result: DrillResult) -> str:
         f" Epochs: {_e(', '.join(map(str, result.epochs)) or '-')}."
         f" Server journal entries: {result.server_writes}.</p>",
         "<h2>Figures</h2>",
-        _html_table(("figure", "value"), _table_rows(result)),
+        _html_table(("figure", "value"), figure_rows(result)),
         "<h2>Timeline</h2>",
-        _legend(result),
-        _timeline_svg(result),
+        legend(result),
+        timeline_svg(result),
         "<h2>Events</h2>",
         _html_table(
             ("t (s)", "event", "detail"), ((f"{e.t:.3f}", e.name, e.detail) for e in result.events)
         ),
     ]
-    for label, lines in _findings(result):
+    for label, lines in findings(result):
         sections.append(f"<h2>{_e(label[:1].upper() + label[1:])}</h2><ul>")
         sections += [f"<li>{_e(line)}</li>" for line in lines]
         sections.append("</ul>")

@@ -1,0 +1,268 @@
+"""The console's replication lag chart (`haplane.console.lag`, `render.lag_chart`), its Drills
+pages and its Analysis page (`haplane.console.reports`), without a topology: lag from status
+rows, drill reports from a state dir, the analysis of the example's file. The running
+platform is in tests/test_console_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from haplane.console import render
+from haplane.console.lag import STALE_AFTER, LagHistory, downsample, lag_of
+from haplane.console.reports import ReportNotFound, Reports
+from haplane.console.server import Console, LiveStatus
+from haplane.console.view import MapView
+from haplane.dr.report import DrillResult, Event, Operation, render_json
+from haplane.local.state_dir import StateDir
+from haplane.local.status import ReplicationRow
+from haplane.topology import Topology, load_example
+
+
+@pytest.fixture(scope="module")
+def example() -> Topology:
+    return load_example("two-regions")
+
+
+def _row(region: str, source: str | None, lag: float | None, age: float = 1.0, state="Streaming"):
+    return ReplicationRow(region, state, source=source, lag_seconds=lag, report_age=age)
+
+
+def _no_inline_code(html: str) -> None:
+    assert not re.search(r"<script(?![^>]*\bsrc=)", html), html
+    assert " style=" not in html and "<style" not in html
+    tags = [re.sub(r'"[^"]*"', '""', t) for t in re.findall(r"<[^>]*>", html)]
+    assert not [t for t in tags if re.search(r"\son[a-z]+=", t)]
+
+
+# ---- lag ------------------------------------------------------------------------------------
+
+
+def test_lag_is_unknown_without_a_source_or_a_fresh_report():
+    assert lag_of(_row("eu-central", "eu-west", 0.25)) == 0.25
+    assert lag_of(_row("eu-west", None, None)) is None  # the active region copies from no one
+    assert lag_of(_row("eu-central", "eu-west", None)) is None  # no report
+    assert lag_of(_row("eu-central", "eu-west", 0.25, age=STALE_AFTER + 1)) is None
+    assert lag_of(_row("eu-central", "eu-west", -0.01)) == 0.0  # clocks: never below zero
+
+
+def test_history_keeps_the_window_and_follows_a_reversed_stream(example):
+    h = LagHistory(example, window=100.0)
+    h.add(0.0, [_row("eu-west", None, None), _row("eu-central", "eu-west", 0.1)])
+    h.add(50.0, [_row("eu-west", None, None), _row("eu-central", "eu-west", 3.0)])
+    h.add(120.0, [_row("eu-west", None, None), _row("eu-central", "eu-west", None)])
+    assert len(h) == 2  # the sample at 0 s is older than the window
+    (s,) = h.series()  # the active region has no series
+    assert (s.region, s.source, s.limit) == ("eu-central", "eu-west", 2.0)  # maxLagMs 2000
+    assert s.points == [(50.0, 3.0), (120.0, None)] and s.peak == 3.0 and s.last is None
+    # a failover reverses the stream: eu-west now copies from eu-central
+    h.add(130.0, [_row("eu-west", "eu-central", 0.5), _row("eu-central", None, None)])
+    by = {x.region: x for x in h.series()}
+    assert by["eu-west"].source == "eu-central" and by["eu-west"].points[-1] == (130.0, 0.5)
+    assert by["eu-west"].points[0] == (50.0, None)  # no lag of its own before
+    assert by["eu-west"].limit == 2.0  # the pair copies either way
+    assert by["eu-central"].last is None
+
+
+def test_downsampling_keeps_the_spike():
+    points = [(float(t), 0.01) for t in range(1000)]
+    points[777] = (777.0, 9.0)
+    points[400:450] = [(float(t), None) for t in range(400, 450)]
+    out = downsample(points, 100)
+    assert len(out) == 100 and max(v for _, v in out if v is not None) == 9.0
+    assert any(v is None for _, v in out)  # a whole bucket without a lag stays a gap
+    assert downsample(points[:10], 100) == points[:10]
+
+
+def test_the_chart_draws_gaps_limits_and_the_last_value(example):
+    h = LagHistory(example)
+    now = 10_000.0
+    for i in range(10):
+        lag = None if i in (4, 5) else 0.1 * i
+        h.add(now - 100 + i * 10, [_row("eu-central", "eu-west", lag)])
+    html = render.lag_chart(h.series(), now)
+    _no_inline_code(html)
+    lines = re.findall(r'<polyline class="series"[^>]*data-points="(\d+)"', html)
+    assert lines == ["4", "4"]  # the gap splits the line in two
+    assert 'class="limit" data-region="eu-central"' in html  # maxLagMs drawn
+    assert 'data-region="eu-central" data-last="0.9' in html
+    assert "eu-west &rarr; eu-central" in html and "limit 2.0 s" in html
+    assert "no replication measured yet" in render.lag_chart([], now)
+    over = LagHistory(example)
+    over.add(now, [_row("eu-central", "eu-west", 5.0)])
+    assert '<b class="down">5.0 s</b>' in render.lag_chart(over.series(), now)
+    gone = LagHistory(example)
+    gone.add(now, [_row("eu-central", "eu-west", None, state="Disconnected")])
+    text = render.lag_chart(gone.series(), now)
+    assert "no measure" in text and "Disconnected" in text and 'data-last=""' in text
+
+
+async def test_live_status_samples_lag_at_each_gather(example):
+    rows = [_row("eu-central", "eu-west", 0.2)]
+    clock = [1000.0]
+
+    async def gather() -> MapView:
+        return MapView("two-regions", "healthy", "eu-west", 1, True, [], replication=rows)
+
+    live = LiveStatus(gather, lag=LagHistory(example), clock=lambda: clock[0])
+    await live.once()
+    clock[0] += 1.0
+    rows[0] = _row("eu-central", "eu-west", 1.5)
+    await live.once()
+    assert live.lag is not None and len(live.lag) == 2
+    assert 'data-points="2"' in live.fragments["lag"]
+    assert 'data-last="1.5"' in live.fragments["lag"]
+
+
+# ---- drills ---------------------------------------------------------------------------------
+
+
+def _fault(scenario: str, gap: float, violations: int = 0) -> DrillResult:
+    ops = tuple(
+        Operation("write", f"k{i}", i * 0.1, i * 0.1 + 0.01, True, region="eu-west", epoch=1)
+        for i in range(20)
+    )
+    return DrillResult(
+        scenario=scenario,
+        phases={"fault": 0.5},
+        write_gaps=((0.5, 0.5 + gap),),
+        read_gaps=(),
+        longest_write_gap=gap,
+        longest_read_gap=0.0,
+        errors_by_kind={},
+        lost_writes=(),
+        epoch_order_violations=tuple(f"violation {i}" for i in range(violations)),
+        ops_total={"write": 20},
+        ops_ok={"write": 20},
+        regions=("eu-west",),
+        epochs=(1,),
+        server_writes=20,
+        operations=ops,
+        events=(Event(0.5, "fault", 'killed <b>"eu-west/api-1"</b>'),),
+    )
+
+
+@pytest.fixture
+def drill_state(tmp_path: Path) -> StateDir:
+    state = StateDir(tmp_path / "state")
+    d = state.root / "drills"
+    (d / "2026").mkdir(parents=True)
+    (d / "replica-kill-1.json").write_text(render_json(_fault("replica-kill", 0.4)))
+    (d / "2026" / "blip-1.json").write_text(render_json(_fault("blip", 0.2, violations=1)))
+    restore = {"scenario": "restore", "started": "2026-12-01T08:00:00+00:00", "passed": False,
+               "problems": ["key <x> missing"], "restore": {"rto_seconds": 3.4}}  # fmt: skip
+    (d / "restore-1.json").write_text(json.dumps(restore))
+    (tmp_path / "secret.json").write_text(render_json(_fault("outside", 1.0)))
+    (d / "link.json").symlink_to(tmp_path / "secret.json")
+    return state
+
+
+def test_drills_list_every_run_with_its_verdict_and_link(drill_state, example):
+    html = Reports(drill_state, example).drills_html()
+    _no_inline_code(html)
+    assert (
+        re.findall(r'<tr data-scenario="([^"]+)" data-passed="(true|false)"', html).count(
+            ("blip", "false")
+        )
+        == 1
+    )
+    assert 'data-scenario="replica-kill" data-passed="true"' in html
+    assert 'data-scenario="restore" data-passed="false"' in html
+    assert "/drills/report?path=2026%2Fblip-1.json" in html
+    assert "outside" not in html  # a report linked from outside STATE/drills is not offered
+    assert "not scheduled" in html  # the example's schedule is off
+
+
+def test_a_report_renders_its_timeline_and_nothing_else_is_read(drill_state, example):
+    reports = Reports(drill_state, example)
+    html = reports.drill_report_html("replica-kill-1.json")
+    _no_inline_code(html)
+    assert 'id="drill-report" data-scenario="replica-kill" data-passed="true"' in html
+    assert html.count("<svg") >= 2 and 'class="op"' in html  # legend swatches, the timeline
+    assert "&lt;b&gt;&quot;eu-west/api-1&quot;&lt;/b&gt;" in html  # the event, escaped
+    blip = reports.drill_report_html("2026/blip-1.json")
+    assert 'data-passed="false"' in blip and "violation 0" in blip
+    restore = reports.drill_report_html("restore-1.json")
+    assert 'data-scenario="restore" data-passed="false"' in restore
+    assert "key &lt;x&gt; missing" in restore and "3.4" in restore
+    for bad in ("../secret.json", "/etc/passwd", "link.json", "nothing.json", ""):
+        with pytest.raises(ReportNotFound):
+            reports.drill_report_html(bad)
+
+
+def test_analysis_of_a_topology_that_is_not_running(tmp_path, example):
+    import asyncio
+
+    html = asyncio.run(Reports(StateDir(tmp_path), example).analysis_html())
+    _no_inline_code(html)
+    assert "live comparison not made" in html and "haplane up" in html
+    avail = float(re.search(r'data-availability="([0-9.]+)"', html).group(1))
+    assert 0.99 < avail < 1.0
+    assert 'id="analysis-table"' in html and "site eu-west" in html
+    assert 'data-errors="0"' in html  # the example passes the HA rules
+
+
+# ---- the routes -----------------------------------------------------------------------------
+
+
+class _Anyone:
+    """The API behind the console's seam: every token is `someone` (the routes' own rules
+    are what is tested here; the RBAC of Events and audit is in test_console.py)."""
+
+    async def request(self, token, method, path, body=None, params=None):  # type: ignore[no-untyped-def]
+        if token != "t":
+            return 401, {"code": 401, "message": "Unauthorized"}
+        return 201, {"status": {"userInfo": {"username": "someone", "groups": []}}}
+
+    async def whoami(self, token):  # type: ignore[no-untyped-def]
+        from haplane.console.auth import identity_of
+
+        return identity_of((await self.request(token, "POST", "/x"))[1])
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_drill_and_analysis_routes(drill_state, example):
+    async def gather() -> MapView:
+        return MapView("two-regions", "healthy", "eu-west", 1, True, [])
+
+    live = LiveStatus(gather)
+    console = Console(live, _Anyone(), lambda: [], reports=Reports(drill_state, example))  # type: ignore[arg-type]
+    client = TestClient(TestServer(console.app()))
+    await client.start_server()
+    try:
+        for path in ("/drills", "/drills/report?path=replica-kill-1.json", "/analysis",
+                     "/fragments/drills", "/fragments/analysis"):  # fmt: skip
+            r = await client.get(path, allow_redirects=False)
+            assert r.status == 401 and "replica-kill" not in await r.text(), path
+        auth = {"Authorization": "Bearer t", "Accept": "text/html"}
+        r = await client.get("/drills", headers=auth)
+        page = await r.text()
+        assert r.status == 200 and 'id="drills-table"' in page and "aria-current=page" in page
+        assert 'hx-get="/fragments/drills"' in page
+        r = await client.get("/drills/report?path=replica-kill-1.json", headers=auth)
+        assert r.status == 200 and 'id="drill-report"' in await r.text()
+        r = await client.get("/drills/report?path=..%2Fsecret.json", headers=auth)
+        assert r.status == 404 and "outside" not in await r.text()
+        r = await client.get("/fragments/analysis", headers=auth)
+        assert r.status == 200 and 'id="analysis"' in await r.text()
+    finally:
+        await live.stop()
+        await client.close()
+
+
+def test_console_token_durations():
+    import typer
+
+    from haplane.cli.console import _hours
+
+    assert _hours("8h") == 8 * 3600 and _hours("30m") == 1800 and _hours("2d") == 2 * 86400
+    assert _hours("3600") == 3600
+    for bad in ("5m", "8d", "soon", "", "h"):
+        with pytest.raises(typer.BadParameter):
+            _hours(bad)
