@@ -417,8 +417,8 @@ async def test_sse_sends_every_fragment_then_each_change(app_client, example):
             elif line == "" and event:
                 return event, "\n".join(data)
 
-    first = dict([await next_event(), await next_event(), await next_event()])
-    assert set(first) == {"map", "history", "lag"}
+    first = dict([await next_event() for _ in range(4)])
+    assert set(first) == {"map", "history", "lag", "diagram"}
     assert 'data-region="eu-west" data-epoch="3"' in first["map"]
     changed = _report(example)
     changed.global_state.active = {**changed.global_state.active, "region": "eu-central",

@@ -204,6 +204,7 @@ def test_page_loads_with_every_component_and_no_console_errors(auditor_page: Pag
     expected = 9 + 4 + 4 + 4 + 3 + 2 + 2  # etcd, replicas, balancers, replicators, gates, ...
     _until(lambda: page.locator("li.component[data-health=ok]").count() == expected, 60)
     assert page.get_attribute("#active-region", "data-region") == "eu-west"
+    assert len(_diagram_nodes(page, "ok")) == expected - 2  # the diagram draws no consoles
     leaders = page.eval_on_selector_all(
         "li.component[data-kind=etcd][data-leader=true]", "els => els.map(e => e.dataset.name)"
     )
@@ -228,6 +229,8 @@ def test_failover_shows_on_the_open_page_within_2s_without_reload(auditor_page: 
     row = page.locator(f"#history tr[data-epoch='{before + 1}']")
     row.wait_for(timeout=2_000)
     assert "console e2e" in row.inner_text()
+    _until(lambda: f"region eu-central (active, epoch {before + 1})" in page.inner_text(
+        "#diagram"), 5)  # fmt: skip
     print(f"failover shown {shown:.2f}s after `haplane failover` returned ({r.stderr[-200:]})")
     assert auditor_page.errors == []
 
@@ -248,10 +251,21 @@ def test_a_killed_member_turns_red_and_back(auditor_page: Page, topo: Path):
         page.wait_for_selector(f"{selector}[data-health='down']", timeout=5_000)
         print(f"{victim} red {time.monotonic() - t0:.2f}s after the kill")
         assert "killed" in page.inner_text(selector)
+        # and on the diagram (drawn again when the health changed, pushed on the same stream)
+        _until(lambda: victim in _diagram_nodes(page, "down"), 5)
     finally:
         haplane(topo, "fault", "restart", victim)
     page.wait_for_selector(f"{selector}[data-health='ok']", timeout=30_000)
+    _until(lambda: victim in _diagram_nodes(page, "ok"), 10)
     assert auditor_page.errors == []
+
+
+def _diagram_nodes(page: Any, health: str) -> list[str]:
+    return list(
+        page.eval_on_selector_all(
+            f"#diagram g.node.{health} > title", "els => els.map(e => e.textContent)"
+        )
+    )
 
 
 def test_the_lag_chart_is_live(auditor_page: Page):

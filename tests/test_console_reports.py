@@ -266,3 +266,47 @@ def test_console_token_durations():
     for bad in ("5m", "8d", "soon", "", "h"):
         with pytest.raises(typer.BadParameter):
             _hours(bad)
+
+
+# ---- the diagram ------------------------------------------------------------------------------
+
+
+async def test_the_diagram_is_drawn_again_only_when_what_it_shows_changed(example):
+    from haplane.console.view import ComponentView, SiteView, ZoneView, diagram_state
+
+    def view(health: str, active: str = "eu-west") -> MapView:
+        comps = [ComponentView("eu-west/etcd-1", "etcd", health, "x", leader=True)]  # type: ignore[arg-type]
+        site = SiteView("eu-west", True, active == "eu-west", None, [ZoneView("a", comps)])
+        return MapView("two-regions", "healthy", active, 2, True, [site])
+
+    state = diagram_state(view("down", "eu-central"))
+    assert state.health == {"eu-west/etcd-1": "down"} and state.leaders == {"eu-west/etcd-1"}
+    assert (state.active, state.epoch) == ("eu-central", 2)
+
+    current = [view("ok")]
+    drawn = []
+
+    async def gather() -> MapView:
+        return current[0]
+
+    async def draw(live) -> str:  # type: ignore[no-untyped-def]
+        drawn.append(live)
+        return f'<?xml version="1.0"?>\n<!DOCTYPE svg>\n<svg id="d{len(drawn)}"></svg>'
+
+    live = LiveStatus(gather, draw=draw)
+    await live.once()
+    await live.once()
+    assert len(drawn) == 1  # nothing changed: not drawn again
+    assert '<div class="diagram"><svg id="d1"></svg></div>' in live.fragments["diagram"]
+    assert "DOCTYPE" not in live.fragments["diagram"]
+    current[0] = view("down")
+    await live.once()
+    assert len(drawn) == 2 and 'id="d2"' in live.fragments["diagram"]
+
+    async def broken(live) -> str:  # type: ignore[no-untyped-def]
+        raise RuntimeError("dot: not found")
+
+    failing = LiveStatus(gather, draw=broken)
+    await failing.once()
+    assert "no diagram: RuntimeError: dot: not found" in failing.fragments["diagram"]
+    assert failing.ready()[0]  # the map is still live

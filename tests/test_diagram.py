@@ -191,3 +191,51 @@ def test_dot_missing_raises_diagram_error(tmp_path: Path, monkeypatch: pytest.Mo
 def test_unsupported_format() -> None:
     with pytest.raises(ValueError, match="unsupported format"):
         render(TOPOLOGY, "pdf")  # type: ignore[arg-type]
+
+
+def test_live_colours_by_health_and_follows_the_active_region() -> None:
+    """The console's drawing: health per component, leaders starred, the active region (and
+    its epoch) named, gate and replication edges towards the region active now."""
+    from haplane.topology.diagram import Live, cluster_node, edges
+
+    live = Live(
+        health={"eu-west/etcd-1": "down", "eu-west/etcd-2": "ok", "eu-west/lb-1": "warn"},
+        leaders=frozenset({"eu-west/etcd-2"}),
+        active="eu-central",
+        epoch=4,
+    )
+    dot = to_dot(TOPOLOGY, live=live)
+    assert down_nodes(dot) == {"eu-west/etcd-1"}
+    node = re.search(r'^\s*"eu-west/etcd-2" \[(.*)\];$', dot, re.MULTILINE)
+    assert node and 'class="ok"' in node.group(1) and "\u2605" in node.group(1)
+    assert 'color="#1d8a3a"' in node.group(1)
+    lb = re.search(r'^\s*"eu-west/lb-1" \[(.*)\];$', dot, re.MULTILINE)
+    assert lb and 'class="warn"' in lb.group(1) and 'color="#b7791f"' in lb.group(1)
+    api = re.search(r'^\s*"eu-west/api-1" \[(.*)\];$', dot, re.MULTILINE)
+    assert api and 'class="unknown"' in api.group(1) and "dashed" in api.group(1)
+    assert "region eu-central (active, epoch 4)" in dot
+    assert "region eu-west (active" not in dot
+    repl = [e for e in edges(TOPOLOGY, active="eu-central") if e.kind == "replication"]
+    assert [(e.source, e.target) for e in repl] == [
+        (cluster_node("eu-central"), cluster_node("eu-west"))
+    ]
+    active_lbs = {e.target for e in edges(TOPOLOGY, active="eu-central") if e.kind == "gate-active"}
+    assert active_lbs == {"eu-central/lb-1", "eu-central/lb-2"}
+    # the file's drawing is unchanged without `live`
+    assert 'class="' not in to_dot(TOPOLOGY) and "(active" not in to_dot(TOPOLOGY)
+
+
+@needs_dot
+def test_live_svg_carries_the_health_classes() -> None:
+    from haplane.topology.diagram import Live
+
+    svg = render(TOPOLOGY, "svg", live=Live({"eu-west/etcd-1": "down"}, active="eu-west")).decode()
+    ET.fromstring(svg)
+    found = dict(
+        (t.replace("&#45;", "-"), cls)
+        for cls, t in re.findall(
+            r'<g id="node\d+" class="node (\w+)">\s*<title>([^<]*)</title>', svg
+        )
+    )
+    assert found["eu-west/etcd-1"] == "down" and found["eu-west/etcd-2"] == "unknown"
+    assert " style=" not in svg  # the console's CSP allows no style attribute

@@ -34,6 +34,7 @@ from .server import (
     Console,
     LiveStatus,
     audit_reader,
+    diagram_drawer,
     emit,
     load_topology,
     status_gatherer,
@@ -87,6 +88,7 @@ async def serve(args: argparse.Namespace) -> int:
         interval=args.interval,
         interval_idle=args.interval_idle,
         lag=LagHistory(topology),
+        draw=diagram_drawer(topology),
     )
     secure = bool(args.tls_cert_file)
     platform = (

@@ -93,6 +93,7 @@ def dashboard(view: MapView | None, *, user: str) -> str:
         f'<section id="map" sse-swap="map">{topology_map(view)}</section>'
         f'<section id="history" sse-swap="history">{history(view)}</section>'
         f'<section id="lag" sse-swap="lag">{lag_chart([], 0.0)}</section>'
+        f'<section id="diagram" sse-swap="diagram">{diagram(None)}</section>'
         "</div>"
     )
     return page("Topology", body, user=user, current="/")
@@ -361,3 +362,16 @@ def lag_chart(series: list[Series], now: float, window: float = 3600.0) -> str:
         )
     parts.append("</svg>")
     return title + f'<ul class="legend">{"".join(legend)}</ul>' + "".join(parts)
+
+
+def diagram(svg: str | None, error: str | None = None) -> str:
+    """`haplane diagram` of the running topology, coloured by health (Graphviz's SVG, made by
+    `haplane.topology.diagram` from names the topology file validated; its XML prolog and
+    DOCTYPE dropped so that it can sit inside the page)."""
+    title = "<h2>Diagram</h2>"
+    if error:
+        return title + f'<p class="error">no diagram: {esc(error)}</p>'
+    if svg is None:
+        return title + '<p class="pending">drawing...</p>'
+    start = svg.find("<svg")
+    return title + f'<div class="diagram">{svg[start:] if start >= 0 else ""}</div>'

@@ -10,8 +10,9 @@ or 401 and no data):
 - `GET /login`, `POST /login` (form: `token`), `POST /logout`: sign in with a bearer token,
   sign out;
 - `GET /`: the topology map and the failover history, live through `/sse`;
-- `GET /sse`: server-sent events `map`, `history` and `lag` (the replication lag chart), each
-  a fragment's HTML, sent at connect and whenever it changed (gathered every second);
+- `GET /sse`: server-sent events `map`, `history`, `lag` (the replication lag chart) and
+  `diagram` (`haplane diagram` coloured by health), each a fragment's HTML, sent at connect
+  and whenever it changed (gathered every second);
 - `GET /events`: Events of kube-system, read through the API as the user (403: not allowed);
 - `GET /audit`: the audit log: the API's `/audit` as the user; where the API does not serve
   it (404), a SelfSubjectAccessReview for `get /audit` decides, and the console reads the
@@ -21,7 +22,7 @@ or 401 and no data):
   report with its figures, the timeline of every client operation, events and findings;
 - `GET /analysis`: `validate --live` of the running topology (at most every 15 s) and
   `analyse --availability` of its file;
-- `GET /fragments/{map,history,lag,drills,analysis,events,audit}`: the same fragments alone
+- `GET /fragments/{map,history,lag,diagram,drills,analysis,events,audit}`: the same fragments alone
   (htmx refreshes);
 - `GET /static/...`: htmx, its SSE extension, their licences, the stylesheet;
 - `GET /livez`, `GET /readyz`: health (ready once the status was gathered within two idle
@@ -47,6 +48,7 @@ from aiohttp import web
 
 from haplane.local.state_dir import StateDir
 from haplane.topology import Topology, load_file
+from haplane.topology.diagram import Live
 
 from . import render
 from .auth import (
@@ -63,7 +65,7 @@ from .auth import (
 )
 from .lag import LagHistory
 from .reports import ReportNotFound, Reports
-from .view import MapView, map_view
+from .view import MapView, diagram_state, map_view
 
 log = logging.getLogger("haplane.console")
 
@@ -88,6 +90,7 @@ def emit(msg: str, /, **fields: Any) -> None:
 
 
 GatherFn = Callable[[], Awaitable[MapView]]
+DrawFn = Callable[[Live], Awaitable[str]]
 
 
 class LiveStatus:
@@ -107,8 +110,11 @@ class LiveStatus:
         interval_idle: float = 10.0,
         lag: LagHistory | None = None,
         clock: Callable[[], float] = time.time,
+        draw: DrawFn | None = None,
     ) -> None:
         self._gather = gather
+        self._draw = draw  # the diagram, coloured by health (None: not drawn)
+        self._drawn: tuple[Any, str] | None = None  # (what it showed, the fragment)
         self.lag = lag  # replication lag samples, one per gather (None: not charted)
         self._clock = clock
         self._kick = asyncio.Event()
@@ -121,6 +127,7 @@ class LiveStatus:
             "map": render.topology_map(None),
             "history": render.history(None),
             "lag": render.lag_chart([], 0.0),
+            "diagram": render.diagram(None),
         }
         self.version = 0
         self.gathered_at: float | None = None  # monotonic, of the last success
@@ -141,6 +148,7 @@ class LiveStatus:
             "map": render.topology_map(view),
             "history": render.history(view),
             "lag": self.fragments["lag"],
+            "diagram": await self._diagram(view),
         }
         if self.lag is not None:
             now = self._clock()
@@ -152,6 +160,20 @@ class LiveStatus:
             async with self._changed:
                 self.version += 1
                 self._changed.notify_all()
+
+    async def _diagram(self, view: MapView) -> str:
+        """Drawn again only when what it shows changed (health, leaders, the active region)."""
+        if self._draw is None:
+            return self.fragments["diagram"]
+        state = diagram_state(view)
+        if self._drawn is not None and self._drawn[0] == state:
+            return self._drawn[1]
+        try:
+            fragment = render.diagram(await self._draw(state))
+        except Exception as exc:  # Graphviz missing or failing: say so, keep the rest live
+            fragment = render.diagram(None, f"{type(exc).__name__}: {exc}")
+        self._drawn = (state, fragment)
+        return fragment
 
     def kick(self) -> None:
         """Gather now rather than at the next tick (the active region changed)."""
@@ -222,6 +244,17 @@ def status_gatherer(state: StateDir, topology: Topology, timeout: float = 0.8) -
         return map_view(report, topology)
 
     return gather
+
+
+def diagram_drawer(topology: Topology) -> DrawFn:
+    """`haplane diagram` as SVG text, coloured by `Live`, drawn by Graphviz in a thread."""
+    from haplane.topology import diagram
+
+    async def draw(live: Live) -> str:
+        data = await asyncio.to_thread(diagram.render, topology, "svg", (), live)
+        return data.decode()
+
+    return draw
 
 
 async def watch_active_region(state: StateDir, topology: Topology, live: LiveStatus) -> None:

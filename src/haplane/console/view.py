@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from haplane.local.status import ReplicationRow, StatusReport
 from haplane.topology import Topology
+from haplane.topology.diagram import Live
 from haplane.topology.model import GLOBAL_SCOPE
 
 Health = Literal["ok", "warn", "down"]
@@ -233,4 +234,16 @@ def map_view(report: StatusReport, topology: Topology) -> MapView:
         history=sorted(history, key=lambda e: -e.epoch),
         error=glob.error if glob is not None else "no global state",
         replication=list(report.replication),
+    )
+
+
+def diagram_state(view: MapView) -> Live:
+    """The map as `haplane diagram` colours a running topology: each component's health,
+    leaders, the active region and its epoch."""
+    comps = view.components()
+    return Live(
+        health={c.name: c.health for c in comps},
+        leaders=frozenset(c.name for c in comps if c.leader),
+        active=view.active_region,
+        epoch=view.epoch,
     )

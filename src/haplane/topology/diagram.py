@@ -21,13 +21,19 @@ failure still shades them). Components a component, zone or
 site failure takes down are filled grey with a red border and a "DOWN" label; network cuts shade
 nothing but add a dashed red "cut" link between the sites; etcd clusters that lose quorum under
 the whole failure set (`failures.evaluate`) get a "NO QUORUM" label.
+
+`live` (a `Live`: the web console's view of a running topology) colours the same drawing by
+what runs instead: each component's health (`ok` green border, `warn` amber, `down` grey with a
+red border and "DOWN"), leaders starred, the active region (and its epoch) named on its site,
+and the gate and replication edges drawn towards the region that is active now rather than the
+file's first. Nodes carry an SVG class (`ok`, `warn`, `down`, `unknown`) for tools.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 from .failures import ComponentKind, Failure, evaluate, failure_model
@@ -79,6 +85,21 @@ _KIND_STYLE: dict[DrawnKind, tuple[str, str, str, str, str]] = {
     "gate": ("invhouse", "", "#fde2cf", "[/", "\\]"),
     "gitops controller": ("component", "", "#f6e0ee", "[[", "]]"),
 }
+_HEALTH_BORDER = {"ok": "#1d8a3a", "warn": "#b7791f"}
+
+
+@dataclass(frozen=True)
+class Live:
+    """What runs: health by qualified name (`ok`, `warn`, `down`; a component left out is
+    `unknown`), leaders (etcd members, the leading replicator or GitOps instance), the active
+    region and its epoch (None: unknown)."""
+
+    health: Mapping[str, str] = field(default_factory=dict)
+    leaders: frozenset[str] = frozenset()
+    active: str | None = None
+    epoch: int | None = None
+
+
 _DOWN_FILL = "#bdbdbd"
 _DOWN_BORDER = "#d00000"
 _NO_QUORUM_ATTRS = ', color="#e07000", penwidth=2.5, fontcolor="#e07000"'
@@ -228,13 +249,16 @@ _MERMAID_EDGE: dict[EdgeKind, str] = {
 }
 
 
-def edges(topology: Topology, comps: Sequence[Component] | None = None) -> list[Edge]:
+def edges(
+    topology: Topology, comps: Sequence[Component] | None = None, active: str | None = None
+) -> list[Edge]:
     """Gate -> every balancer (to the active region or a standby), balancer -> API replicas of
     its region, API replica -> its region's etcd, etcd cluster - members, GitOps controller ->
-    the gate it dials (its own site's, else the first), replication pairs."""
+    the gate it dials (its own site's, else the first), replication pairs. `active`: the
+    region active now (default: the file's first by priority)."""
     comps = components(topology) if comps is None else comps
     regions = [s.name for s, _ in topology.regions()]
-    active = _active_region(topology)
+    active = active if active in regions else _active_region(topology)
     out: list[Edge] = []
     for gate in (c for c in comps if c.kind == "gate"):
         for lb in (c for c in comps if c.kind == "balancer"):
@@ -294,7 +318,7 @@ class _Scene:
     edges: list[Edge]
 
 
-def _scene(topology: Topology, failed: Sequence[str]) -> _Scene:
+def _scene(topology: Topology, failed: Sequence[str], active: str | None = None) -> _Scene:
     failures = parse_failures(topology, failed)
     comps = components(topology)
     lost: set[str] = set()
@@ -306,7 +330,7 @@ def _scene(topology: Topology, failed: Sequence[str]) -> _Scene:
         components_down(topology, failures),
         _cuts(topology, failures),
         lost,
-        edges(topology, comps),
+        edges(topology, comps, active),
     )
 
 
@@ -329,9 +353,10 @@ def _q(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def to_dot(topology: Topology, failed: Sequence[str] = ()) -> str:
-    """Graphviz DOT source of `topology`, with the components `failed` takes down marked DOWN."""
-    sc = _scene(topology, failed)
+def to_dot(topology: Topology, failed: Sequence[str] = (), live: Live | None = None) -> str:
+    """Graphviz DOT source of `topology`, with the components `failed` takes down marked DOWN,
+    or coloured by what runs (`live`)."""
+    sc = _scene(topology, failed, live.active if live is not None else None)
     lines = [
         f"digraph {_q(topology.name)} {{",
         f"  label={_q(f'topology {topology.name}')}; labelloc=t; fontname=Helvetica; fontsize=18;",
@@ -347,9 +372,14 @@ def to_dot(topology: Topology, failed: Sequence[str] = ()) -> str:
         s = topology.site(site)
         is_region = s is not None and s.region is not None
         lines.append(f"  subgraph cluster_site_{i} {{")
+        label, border, width = _site_label(topology, site), "#7a8ca3", 1.0
+        if live is not None and is_region and site == live.active:
+            epoch = f", epoch {live.epoch}" if live.epoch is not None else ""
+            label, border, width = f"{label} (active{epoch})", _HEALTH_BORDER["ok"], 3.0
         lines.append(
-            f'    label={_q(_site_label(topology, site))}; fontsize=14; style="rounded,filled"; '
-            f'fillcolor={_q("#f4f8fc" if is_region else "#f7f7f7")}; color="#7a8ca3";'
+            f'    label={_q(label)}; fontsize=14; style="rounded,filled"; '
+            f"fillcolor={_q('#f4f8fc' if is_region else '#f7f7f7')}; color={_q(border)}; "
+            f"penwidth={width};"
         )
         if is_region:
             etcd = cluster_node(site)
@@ -371,7 +401,10 @@ def to_dot(topology: Topology, failed: Sequence[str] = ()) -> str:
                     f'      {_q(f"{site}/zone {zone}")} [label="", shape=point, style=invis];'
                 )
             for c in placed:
-                lines.append("      " + _dot_node(c, c.qualified_name in sc.down))
+                if live is None:
+                    lines.append("      " + _dot_node(c, c.qualified_name in sc.down))
+                else:
+                    lines.append("      " + _live_node(c, live))
                 first_node.setdefault(site, c.qualified_name)
             lines.append("    }")
         lines.append("  }")
@@ -424,11 +457,41 @@ def _dot_node(c: Component, down: bool) -> str:
     return f"{_q(c.qualified_name)} [{', '.join(attrs)}];"
 
 
-def render(topology: Topology, fmt: Format = "svg", failed: Sequence[str] = ()) -> bytes:
+def _live_node(c: Component, live: Live) -> str:
+    shape, style, fill, _, _ = _KIND_STYLE[c.kind]
+    health = live.health.get(c.qualified_name, "unknown")
+    name = c.name + (" \u2605" if c.qualified_name in live.leaders else "")
+    label, extra = name, [f"fillcolor={_q(fill)}"]
+    if health == "down":
+        label = f"{name}\n{DOWN}"
+        extra = [
+            f"fillcolor={_q(_DOWN_FILL)}",
+            f"color={_q(_DOWN_BORDER)}",
+            "penwidth=2.5",
+            f"fontcolor={_q(_DOWN_BORDER)}",
+        ]
+    elif health in _HEALTH_BORDER:
+        extra += [f"color={_q(_HEALTH_BORDER[health])}", "penwidth=2"]
+    else:  # not reported: drawn as the file has it, dashed
+        style = ",dashed" + style
+    attrs = [
+        f"label={_q(label)}",
+        f"shape={shape}",
+        f"style={_q('filled' + style)}",
+        f"tooltip={_q(f'{c.kind} {c.qualified_name}: {health}')}",
+        f"class={_q(health)}",
+        *extra,
+    ]
+    return f"{_q(c.qualified_name)} [{', '.join(attrs)}];"
+
+
+def render(
+    topology: Topology, fmt: Format = "svg", failed: Sequence[str] = (), live: Live | None = None
+) -> bytes:
     """The diagram as SVG or PNG bytes, via Graphviz's `dot`; DiagramError if it is missing."""
     if fmt not in ("svg", "png"):
         raise ValueError(f"unsupported format {fmt!r}: use svg or png (or mermaid via to_mermaid)")
-    source = to_dot(topology, failed)
+    source = to_dot(topology, failed, live)
     try:
         graphviz: Any = importlib.import_module("graphviz")
     except ImportError as err:
