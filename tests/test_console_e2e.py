@@ -66,12 +66,18 @@ def _kubectl_ok(kubeconfig: Path, *args: str, tries: int = 20) -> str:
 
 
 @pytest.fixture(scope="module")
-def tokens(topo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def admin_kubeconfig(topo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    kubeconfig = tmp_path_factory.mktemp("console-kube") / "admin.kubeconfig"
+    haplane(topo, "kubeconfig", "-o", str(kubeconfig))
+    return kubeconfig
+
+
+@pytest.fixture(scope="module")
+def tokens(topo: Path, admin_kubeconfig: Path) -> dict[str, str]:
     """ServiceAccount tokens (TokenRequest, through the gate as haplane-admin): `auditor`
     from `haplane console token` (kube-system/haplane-console, bound to haplane:auditor:
     reads what view reads, Events, /audit), `viewer` made with kubectl and bound to view."""
-    kubeconfig = tmp_path_factory.mktemp("console-kube") / "admin.kubeconfig"
-    haplane(topo, "kubeconfig", "-o", str(kubeconfig))
+    kubeconfig = admin_kubeconfig
     out = {}
     for _ in range(10):  # a busy machine's gate may refuse a write now and then
         r = haplane(topo, "console", "token", "--duration", "1h", check=False, timeout=60)
@@ -366,6 +372,67 @@ def test_a_view_user_cannot_open_the_audit_page(
         assert statuses[-1] == 200, statuses
     finally:
         viewer.close()
+
+
+def test_a_client_certificate_signs_in_without_a_token(
+    browser: Any,
+    topo: Path,
+    console_url: str,
+    admin_kubeconfig: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """A person's certificate from the platform CA (`haplane kubeconfig --user`) imported in
+    the browser signs in with no token; the console acts as its owner by impersonation, so
+    RBAC judges that person (a view binding of their group: no audit log), and the API's
+    audit log names the console and whom it acted as."""
+    import base64
+
+    import yaml
+
+    d = tmp_path_factory.mktemp("console-cert")
+    kubeconfig = d / "carol.kubeconfig"
+    haplane(topo, "kubeconfig", "--user", "carol", "--group", "console-viewers",
+            "-o", str(kubeconfig))  # fmt: skip
+    user = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]
+    cert, key = d / "carol.crt", d / "carol.key"
+    cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
+    key.write_bytes(base64.b64decode(user["client-key-data"]))
+    _kubectl_ok(admin_kubeconfig, "create", "clusterrolebinding", "console-viewers",
+                "--clusterrole=view", "--group=console-viewers")  # fmt: skip
+    context = browser.new_context(
+        ignore_https_errors=True,
+        client_certificates=[{"origin": console_url, "certPath": str(cert), "keyPath": str(key)}],
+    )
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        resp = page.goto(f"{console_url}/", timeout=60_000)
+        assert resp is not None and resp.status == 200 and page.url == f"{console_url}/"
+        assert page.inner_text("#user") == "carol"
+        _until(lambda: page.locator("li.component[data-health=ok]").count() > 20, 60)
+        resp = page.goto(f"{console_url}/audit")
+        assert resp is not None and resp.status == 403
+        assert 'User "carol" cannot get path "/audit"' in page.inner_text("[data-not-allowed]")
+        statuses: list[int] = []
+
+        def events_shown() -> bool:  # view reads Events (503: the gates were busy; again)
+            r = page.goto(f"{console_url}/events")
+            statuses.append(r.status if r is not None else 0)
+            return statuses[-1] != 503
+
+        _until(events_shown, 60)
+        assert statuses[-1] == 200, statuses
+        assert errors == []
+    finally:
+        context.close()
+    acted = []
+    for log in (topo / "audit").rglob("*.log"):
+        for line in log.read_text().splitlines():
+            ev = json.loads(line)
+            if (ev.get("impersonatedUser") or {}).get("username") == "carol":
+                acted.append(ev["user"]["username"])
+    assert acted and set(acted) == {"system:haplane:console"}
 
 
 def test_screenshots_for_the_readme(

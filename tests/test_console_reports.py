@@ -213,6 +213,8 @@ class _Anyone:
     """The API behind the console's seam: every token is `someone` (the routes' own rules
     are what is tested here; the RBAC of Events and audit is in test_console.py)."""
 
+    takes_certificates = False
+
     async def request(self, token, method, path, body=None, params=None):  # type: ignore[no-untyped-def]
         if token != "t":
             return 401, {"code": 401, "message": "Unauthorized"}
@@ -310,3 +312,90 @@ async def test_the_diagram_is_drawn_again_only_when_what_it_shows_changed(exampl
     await failing.once()
     assert "no diagram: RuntimeError: dot: not found" in failing.fragments["diagram"]
     assert failing.ready()[0]  # the map is still live
+
+
+# ---- client certificates: the console asks as their owner by impersonation --------------------
+
+
+def test_cert_user_reads_cn_and_o_and_refuses_masters():
+    from haplane.console.auth import CertUser, cert_user
+
+    subject = ((("commonName", "carol"),), (("organizationName", "devs"),),
+               (("organizationName", "ops"),))  # fmt: skip
+    assert cert_user({"subject": subject}) == CertUser("carol", ("devs", "ops"))
+    assert cert_user(None) is None and cert_user({}) is None
+    assert cert_user({"subject": ((("organizationName", "devs"),),)}) is None  # nobody
+    masters = ((("commonName", "haplane-admin"),), (("organizationName", "system:masters"),))
+    assert cert_user({"subject": masters}) is None  # the admin's belongs in the CLI
+
+
+async def test_a_certificates_owner_is_asked_for_by_impersonation(tmp_path):
+    """The console presents its own certificate and names the owner in Impersonate-User and
+    Impersonate-Group (one header per group); a token goes alone, with no certificate."""
+    import ssl
+
+    from aiohttp import web
+
+    from haplane.console.auth import CertUser, IdentityCache, NotAuthenticated, Platform
+
+    from .pki_helpers import TestCA
+
+    ca = TestCA(tmp_path / "pki")
+    server_cert, server_key = ca.issue("server", "api", server=True)
+    console_cert, console_key = ca.issue("console", "system:haplane:console")
+    seen: list[tuple[str | None, list[tuple[str, str]]]] = []
+
+    async def review(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        cn = next((v for rdn in (peer or {}).get("subject", ()) for k, v in rdn
+                   if k == "commonName"), None)  # fmt: skip
+        wanted = ("impersonate-user", "impersonate-group", "authorization")
+        mine = [(k, v) for k, v in request.headers.items() if k.lower() in wanted]
+        seen.append((cn, mine))
+        user = request.headers.get("Impersonate-User", "token-user")
+        groups = request.headers.getall("Impersonate-Group", [])
+        if user == "mallory":
+            return web.json_response({"code": 403, "message": 'cannot impersonate "mallory"'},
+                                     status=403)  # fmt: skip
+        return web.json_response(
+            {
+                "status": {
+                    "userInfo": {"username": user, "groups": [*groups, "system:authenticated"]}
+                }
+            },
+            status=201,
+        )
+
+    app = web.Application()
+    app.router.add_post("/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(server_cert, server_key)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.load_verify_locations(cafile=str(ca.path))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    platform = Platform(f"https://127.0.0.1:{port}", str(ca.path),
+                        client_pair=(str(console_cert), str(console_key)))  # fmt: skip
+    try:
+        carol = CertUser("carol", ("devs", "ops"))
+        who = await IdentityCache().identify(platform, carol)
+        assert (who.username, who.groups) == ("carol", ("devs", "ops", "system:authenticated"))
+        assert seen[-1] == ("system:haplane:console", [
+            ("Impersonate-User", "carol"), ("Impersonate-Group", "devs"),
+            ("Impersonate-Group", "ops")])  # fmt: skip
+        who = await platform.whoami("tok-1")
+        assert who.username == "token-user"
+        assert seen[-1] == (None, [("Authorization", "Bearer tok-1")])  # no certificate
+        with pytest.raises(NotAuthenticated, match="does not let the console act as mallory"):
+            await platform.whoami(CertUser("mallory"))
+        without = Platform(f"https://127.0.0.1:{port}", str(ca.path))
+        assert not without.takes_certificates
+        with pytest.raises(NotAuthenticated, match="takes no client certificates"):
+            await without.whoami(carol)
+        await without.close()
+    finally:
+        await platform.close()
+        await runner.cleanup()

@@ -77,6 +77,7 @@ from .filters import Link, chain
 from .filters.audit import Audit, FailedAuthenticationAudit
 from .filters.authentication import Authenticate, FrontProxies
 from .filters.authorization import Authorize
+from .filters.impersonation import Impersonate
 from .filters.metrics import Metrics
 from .filters.request_info import with_request_info
 from .filters.status_errors import StatusErrors
@@ -402,6 +403,7 @@ class ApiServer:
         links.append(self.authenticate)
         if self.audit is not None:
             links.append(self.audit)
+        links.append(Impersonate(self.authorizer))
         if self.authorizer is not None:
             links.append(Authorize(self.authorizer))
         links.append(self._admission_notes)

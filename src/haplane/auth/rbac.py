@@ -858,9 +858,15 @@ FAILOVER_CONTROLLER_ROLE = "haplane:failover-controller"
 GITOPS_CONTROLLER_SA = ("kube-system", "haplane-gitops")
 GITOPS_CONTROLLER_ROLE = "haplane:gitops-controller"
 GITOPS_GROUP = "gitops.haplane.dev"
+# the web console (haplane.console) acts as a person who signed in with a client certificate
+# of the platform CA, through impersonation (kube-apiserver's Impersonate-User and
+# Impersonate-Group): its own client certificate names this user, bound to this role
+CONSOLE_USER = "system:haplane:console"
+CONSOLE_ROLE = "haplane:console"
 CONTROLLER_ROLES: dict[str, list[Obj]] = {
     FAILOVER_CONTROLLER_ROLE: [_rule([OPS_GROUP], ["switchovers"], ["get", "create"])],
     GITOPS_CONTROLLER_ROLE: [_rule(["*"], ["*"], ["*"])],
+    CONSOLE_ROLE: [_rule([""], ["users", "groups"], ["impersonate"])],
 }
 CONTROLLER_ACCOUNTS = {
     FAILOVER_CONTROLLER_ROLE: FAILOVER_CONTROLLER_SA,
@@ -965,4 +971,8 @@ def default_cluster_role_bindings() -> list[Obj]:
             }
             for role, sa in CONTROLLER_ACCOUNTS.items()
         ),
+        {
+            **_cluster_role_binding(CONSOLE_ROLE, CONSOLE_ROLE, []),
+            "subjects": [{"apiGroup": GROUP, "kind": "User", "name": CONSOLE_USER}],
+        },
     ]

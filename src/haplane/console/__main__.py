@@ -2,8 +2,10 @@
 
 Layer: console. Started and supervised by `haplane up` for each `spec.global.console`
 instance; gathers the status from `--state-dir`, asks the API through `--server` (a gate) as
-the signed-in user, trusting `--ca-file`. HTTPS with `--tls-cert-file` and
-`--tls-private-key-file` (the platform CA's `console.<name>` pair under `haplane up`), reloaded
+the signed-in user, trusting `--ca-file` (a person who presented a client certificate of
+`--client-ca-file` through impersonation, with `--client-cert-file`). HTTPS with
+`--tls-cert-file` and `--tls-private-key-file` (the platform CA's `console.<name>` pair under
+`haplane up`), reloaded
 when the files change (`haplane pki rotate`). Without TLS (an insecure topology: no
 authentication anywhere) it serves plain HTTP and everyone is anonymous, as on the platform.
 Logs JSON lines on stderr. SIGTERM or SIGINT: open streams end, exit 0. Exit 2: bad arguments,
@@ -54,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ca-file", help="the CA the server's certificate is checked against")
     p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-private-key-file", help="and this key")
+    p.add_argument("--client-ca-file",
+                   help="take browsers' client certificates issued by this CA (PEM)")  # fmt: skip
+    p.add_argument("--client-cert-file",
+                   help="the console's own client certificate, to act as a certificate's owner "
+                   "(impersonation)")  # fmt: skip
+    p.add_argument("--client-key-file", help="and its key")
     p.add_argument("--interval", type=float, default=1.0,
                    help="seconds between status gathers while someone looks")  # fmt: skip
     p.add_argument("--interval-idle", type=float, default=10.0,
@@ -73,6 +81,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--fallback-server {url!r}: an http(s):// URL expected")
     if args.tls_cert_file and not args.server.startswith("https://"):
         p.error("--server must be https:// when the console serves HTTPS (tokens travel there)")
+    if bool(args.client_cert_file) != bool(args.client_key_file):
+        p.error("--client-cert-file and --client-key-file go together")
+    if bool(args.client_ca_file) != bool(args.client_cert_file):
+        p.error("--client-ca-file and --client-cert-file go together: a certificate's owner "
+                "is asked for through the console's own certificate")  # fmt: skip
+    if args.client_ca_file and not args.tls_cert_file:
+        p.error("--client-ca-file needs --tls-cert-file: client certificates come over TLS")
     if not 0.2 <= args.interval <= 60:
         p.error("--interval: between 0.2 and 60 seconds")
     if not args.interval <= args.interval_idle <= 300:
@@ -91,8 +106,14 @@ async def serve(args: argparse.Namespace) -> int:
         draw=diagram_drawer(topology),
     )
     secure = bool(args.tls_cert_file)
+    client_pair = (args.client_cert_file, args.client_key_file) if args.client_cert_file else None
     platform = (
-        Platform(args.server, args.ca_file, fallbacks=tuple(args.fallback_server))
+        Platform(
+            args.server,
+            args.ca_file,
+            fallbacks=tuple(args.fallback_server),
+            client_pair=client_pair,
+        )
         if secure
         else None
     )
@@ -102,6 +123,10 @@ async def serve(args: argparse.Namespace) -> int:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
         ssl_context.load_cert_chain(args.tls_cert_file, args.tls_private_key_file)
+        if args.client_ca_file:
+            # asked for, not required: a browser without one signs in with a token
+            ssl_context.verify_mode = ssl.CERT_OPTIONAL
+            ssl_context.load_verify_locations(cafile=args.client_ca_file)
     runner = web.AppRunner(console.app(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, _, port = args.listen.rpartition(":")
@@ -122,6 +147,8 @@ async def serve(args: argparse.Namespace) -> int:
         """A rotated certificate (`haplane pki rotate`) is served from the next handshake."""
         assert ssl_context is not None
         paths = [Path(args.tls_cert_file), Path(args.tls_private_key_file)]
+        if client_pair is not None:
+            paths += [Path(client_pair[0]), Path(client_pair[1])]
         seen = [p.stat().st_mtime_ns for p in paths]
         while True:
             await asyncio.sleep(1.0)
@@ -129,6 +156,8 @@ async def serve(args: argparse.Namespace) -> int:
                 now = [p.stat().st_mtime_ns for p in paths]
                 if now != seen:
                     ssl_context.load_cert_chain(args.tls_cert_file, args.tls_private_key_file)
+                    if platform is not None:
+                        platform.reload_client_pair()
                     seen = now
                     emit("serving certificate reloaded")
             except (OSError, ssl.SSLError) as exc:

@@ -4,7 +4,8 @@ authorization, both delegated to the platform.
 Layer: console. Speaks HTTP to the API through a gate (`Platform`), never to the server's
 internals; the console's own process holds no identity of the API: every request it makes
 there carries the signed-in user's bearer token and nothing else (no client certificate, so
-the token is what the API judges).
+the token is what the API judges), or, for a person who presented a client certificate, the
+console's impersonating certificate and that person's name and groups.
 
 - **Credentials**: a bearer token, from the `Authorization: Bearer` header (scripts, curl) or
   from the `haplane_console` cookie the login form sets (HttpOnly: page scripts cannot read it;
@@ -19,8 +20,16 @@ the token is what the API judges).
   shown as "not allowed" with the API's own words), or a `SelfSubjectAccessReview` where the
   console reads the data itself (the audit log).
 
-Client certificates are not taken yet: to act as a certificate's owner the console would need
-impersonation rights of its own (see the console README section).
+- **Client certificates**: a browser that presents a certificate of the platform CA (the
+  console's listener asks for one, optionally, and the TLS handshake verifies it) is its owner:
+  CN the user, each O a group, as kube-apiserver reads one. The console cannot present a
+  browser's certificate onwards (it has no key), so it asks the API as that user by
+  impersonation: its own client certificate (`system:haplane:console`, bound to
+  `haplane:console`: impersonate users and groups, nothing else) with `Impersonate-User` and
+  `Impersonate-Group`. The API authorizes the impersonation and then the user, and its audit
+  log names both. A bearer token sent beside a certificate wins (an explicit sign-in), and a
+  `system:masters` certificate is not taken (haplane-admin's belongs in the CLI, not in a
+  browser).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 
 COOKIE = "haplane_console"
 COOKIE_MAX_AGE = 8 * 3600  # a sign-in lasts at most a working day (the token may expire sooner)
@@ -67,6 +77,36 @@ class Identity:
     username: str
     groups: tuple[str, ...] = ()
     uid: str = ""
+
+
+@dataclass(frozen=True)
+class CertUser:
+    """The owner of a client certificate the TLS handshake verified: CN the user, O the
+    groups. A credential like a token, used through impersonation."""
+
+    username: str
+    groups: tuple[str, ...] = ()
+
+
+Credential = str | CertUser  # a bearer token, or a certificate's owner
+MASTERS = "system:masters"
+
+
+def cert_user(peercert: Any) -> CertUser | None:
+    """The owner of a verified peer certificate (`SSLObject.getpeercert()`'s dict), None when
+    there is none, it names nobody, or it is a system:masters certificate."""
+    if not peercert:
+        return None
+    cn, groups = "", []
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName" and not cn:
+                cn = str(value)
+            elif key == "organizationName":
+                groups.append(str(value))
+    if not cn or MASTERS in groups:
+        return None
+    return CertUser(cn, tuple(groups))
 
 
 def check_token(text: str) -> str:
@@ -123,7 +163,10 @@ class Platform:
         ca_file: str | None,
         timeout: float = 5.0,
         fallbacks: tuple[str, ...] = (),
+        client_pair: tuple[str, str] | None = None,
     ) -> None:
+        """`client_pair`: the console's own certificate and key, with which it asks as a
+        certificate's owner (impersonation); None: client certificates are not taken."""
         self.server = server.rstrip("/")
         self.servers = [self.server, *(f.rstrip("/") for f in fallbacks if f != server)]
         self._ssl: ssl.SSLContext | bool = False
@@ -132,41 +175,78 @@ class Platform:
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_verify_locations(cafile=ca_file)
             self._ssl = ctx  # trust only; no client certificate: the token decides
+        self.client_pair = client_pair
+        self._ssl_as: ssl.SSLContext | None = None  # the impersonating identity
+        if client_pair is not None and ca_file:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_verify_locations(cafile=ca_file)
+            ctx.load_cert_chain(*client_pair)
+            self._ssl_as = ctx
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 3.0))
         self._session: aiohttp.ClientSession | None = None
+        self._session_as: aiohttp.ClientSession | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
+    @property
+    def takes_certificates(self) -> bool:
+        return self._ssl_as is not None
+
+    def reload_client_pair(self) -> None:
+        """The console's own pair again (rotated by `haplane pki rotate`): new connections
+        present it."""
+        if self._ssl_as is not None and self.client_pair is not None:
+            self._ssl_as.load_cert_chain(*self.client_pair)
+
+    def _client(self, impersonating: bool = False) -> aiohttp.ClientSession:
+        def session(ctx: ssl.SSLContext | bool) -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32),
+                connector=aiohttp.TCPConnector(ssl=ctx, limit=32),
                 headers={"Accept": "application/json", "User-Agent": "haplane-console/1"},
             )
+
+        if impersonating:
+            assert self._ssl_as is not None
+            if self._session_as is None:
+                self._session_as = session(self._ssl_as)
+            return self._session_as
+        if self._session is None:
+            self._session = session(self._ssl)
         return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for s in (self._session, self._session_as):
+            if s is not None:
+                await s.close()
+        self._session = self._session_as = None
 
     async def request(
         self,
-        token: str,
+        token: Credential,
         method: str,
         path: str,
         body: Any = None,
         params: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
-        """(status, decoded JSON body) of one request as the token's user; PlatformUnavailable
-        when nothing answered. A connection that failed before an answer (a kept-alive
-        connection the gate closed, a gate that refused new clients) is tried again, on the
-        same gate and then on each other one: everything the console sends is a read or a
-        review, which stores nothing."""
-        headers = {"Authorization": f"Bearer {token}"}
+        """(status, decoded JSON body) of one request as the credential's user (a token's; a
+        certificate's owner by impersonation); PlatformUnavailable when nothing answered. A
+        connection that failed before an answer (a kept-alive connection the gate closed, a
+        gate that refused new clients) is tried again, on the same gate and then on each
+        other one: everything the console sends is a read or a review, which stores
+        nothing."""
+        headers: CIMultiDict[str]
+        if isinstance(token, CertUser):
+            if not self.takes_certificates:
+                raise NotAuthenticated("this console takes no client certificates: sign in")
+            headers = CIMultiDict([("Impersonate-User", token.username)])
+            for group in token.groups:
+                headers.add("Impersonate-Group", group)
+        else:
+            headers = CIMultiDict([("Authorization", f"Bearer {token}")])
         attempts = [self.servers[0], *self.servers]
         for attempt, server in enumerate(attempts, 1):
             try:
-                async with self._client().request(
+                async with self._client(isinstance(token, CertUser)).request(
                     method, server + path, json=body, params=params, headers=headers
                 ) as resp:
                     status = resp.status
@@ -188,7 +268,7 @@ class Platform:
                 ) from exc
         raise AssertionError("unreachable")
 
-    async def whoami(self, token: str) -> Identity:
+    async def whoami(self, token: Credential) -> Identity:
         status, out = await self.request(
             token,
             "POST",
@@ -197,13 +277,19 @@ class Platform:
         )
         if status == 401:
             raise NotAuthenticated("the platform refused this token")
+        if status == 403 and isinstance(token, CertUser):
+            # the console may not act as this certificate's owner (RBAC on impersonation)
+            raise NotAuthenticated(
+                f"the platform does not let the console act as {token.username}: "
+                f"{_message(out, status)}"
+            )
         if status >= 400:
             raise PlatformUnavailable(f"SelfSubjectReview: {_message(out, status)}")
         return identity_of(out)
 
     async def can_i(
         self,
-        token: str,
+        token: Credential,
         verb: str,
         *,
         path: str | None = None,
@@ -248,17 +334,19 @@ class IdentityCache:
         self._seen: dict[str, tuple[float, Identity]] = {}
 
     @staticmethod
-    def key(token: str) -> str:
+    def key(token: Credential) -> str:
+        if isinstance(token, CertUser):
+            return "cert:" + hashlib.sha256(repr(token).encode()).hexdigest()
         return hashlib.sha256(token.encode()).hexdigest()
 
-    def get(self, token: str, now: float | None = None) -> Identity | None:
+    def get(self, token: Credential, now: float | None = None) -> Identity | None:
         now = time.monotonic() if now is None else now
         hit = self._seen.get(self.key(token))
         if hit is None or now - hit[0] > self.ttl:
             return None
         return hit[1]
 
-    def put(self, token: str, identity: Identity, now: float | None = None) -> None:
+    def put(self, token: Credential, identity: Identity, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         if len(self._seen) >= self.size:
             # drop the expired, then the oldest: a bounded memory whatever arrives
@@ -267,10 +355,10 @@ class IdentityCache:
                 self._seen.pop(next(iter(self._seen)))
         self._seen[self.key(token)] = (now, identity)
 
-    def forget(self, token: str) -> None:
+    def forget(self, token: Credential) -> None:
         self._seen.pop(self.key(token), None)
 
-    async def identify(self, platform: Platform, token: str) -> Identity:
+    async def identify(self, platform: Platform, token: Credential) -> Identity:
         known = self.get(token)
         if known is not None:
             return known

@@ -55,11 +55,13 @@ from .auth import (
     COOKIE,
     COOKIE_MAX_AGE,
     ConsoleAuthError,
+    Credential,
     Identity,
     IdentityCache,
     NotAuthenticated,
     Platform,
     PlatformUnavailable,
+    cert_user,
     check_token,
     token_from,
 )
@@ -312,12 +314,19 @@ class Console:
 
     # ---- who is asking -------------------------------------------------------------------
 
-    async def user(self, request: web.Request) -> tuple[str, Identity] | None:
-        """(token, identity) of the request, None when it carries no credential the API takes.
-        PlatformUnavailable propagates: the caller answers 503, never a guess."""
+    async def user(self, request: web.Request) -> tuple[Credential, Identity] | None:
+        """(credential, identity) of the request, None when it carries no credential the API
+        takes: a bearer token (header, else cookie), else a verified client certificate of
+        the platform CA. PlatformUnavailable propagates: the caller answers 503, never a
+        guess."""
         if self.platform is None:
             return "", Identity("anonymous (insecure topology)")
-        token = token_from(request.headers.get("Authorization"), request.cookies.get(COOKIE))
+        token: Credential | None = token_from(
+            request.headers.get("Authorization"), request.cookies.get(COOKIE)
+        )
+        if token is None and self.platform.takes_certificates:
+            transport = request.transport
+            token = cert_user(transport.get_extra_info("peercert") if transport else None)
         if token is None:
             return None
         try:
@@ -426,7 +435,7 @@ class Console:
         resp.del_cookie(COOKIE, path="/")
         return resp
 
-    async def _who(self, request: web.Request) -> tuple[str, Identity] | web.Response:
+    async def _who(self, request: web.Request) -> tuple[Credential, Identity] | web.Response:
         try:
             who = await self.user(request)
         except PlatformUnavailable as exc:
@@ -526,7 +535,7 @@ class Console:
             raise web.HTTPNotFound()
         return _html(content, status=status)
 
-    async def _events(self, token: str) -> tuple[int, str]:
+    async def _events(self, token: Credential) -> tuple[int, str]:
         if self.platform is None:
             return 200, render.unavailable("Events", "the topology is insecure: no API identity")
         try:
@@ -541,7 +550,7 @@ class Console:
             return status, render.unavailable("Events", _message(out))
         return 200, render.events(out.get("items") or [])
 
-    async def _audit(self, token: str) -> tuple[int, str]:
+    async def _audit(self, token: Credential) -> tuple[int, str]:
         """The API's `/audit` as the user; where it does not serve one (404), the console
         reads the replicas' logs once a SelfSubjectAccessReview says the user may get
         `/audit` (haplane:auditor, cluster-admin)."""

@@ -65,6 +65,9 @@ FRONT_PROXY = "haplane-front-proxy"  # the CN replicas believe X-Remote-* header
 ADMIN_GROUPS = ("system:masters",)
 SUPERVISOR = "haplane"
 SCRAPER, SCRAPER_USER = "metrics-scraper", "haplane-metrics-scraper"  # file stem, CN
+# the web consoles' identity when they act for a certificate's owner (rbac.CONSOLE_USER; not
+# imported from there: this module stays light for the CLI's quick paths)
+CONSOLE_USER = "system:haplane:console"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -182,6 +185,13 @@ class PlatformTls:
     def admin(self) -> Pair:
         """`haplane-admin` in `system:masters`: the CLI's and the default kubeconfig's."""
         return self.platform("admin")
+
+    @property
+    def console_client(self) -> Pair:
+        """What the web console instances dial the API with to act as a person who signed in
+        with a client certificate (`system:haplane:console`, bound to haplane:console: it may
+        impersonate users and groups, nothing else)."""
+        return self.platform("console-client")
 
     @property
     def scraper(self) -> Pair:
@@ -408,6 +418,8 @@ def ensure(tls: PlatformTls, topology: Topology, plan: TopologyPlan) -> list[str
         # browsers dial it by its address (and by a name in certSANs, e.g. a DNS name)
         q = f"console/{c.name}"
         leaf(platform, cert_name(q), q, [c.host, *extra, *LOOPBACK], server=True)
+    if plan.console:
+        leaf(platform, "console-client", CONSOLE_USER, client=True)
     platform.ensure(
         CertRequest("admin", ADMIN_USER, organizations=ADMIN_GROUPS, client=True, days=days)
     )

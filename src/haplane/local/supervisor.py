@@ -619,8 +619,9 @@ class Supervisor:
 
     async def _start_console(self, plan: ConsolePlan, timeout: float) -> None:
         """A web console instance (`python -m haplane.console`): HTTPS with its pair from the
-        platform CA; it asks the API through `plan.server` as the signed-in user (trusting the
-        platform CA, with no certificate of its own); ready once it gathered the status."""
+        platform CA; it asks the API through `plan.server` as the signed-in user (a token's, or
+        a client certificate's owner through impersonation with `console-client`); ready once
+        it gathered the status."""
         argv = [
             sys.executable, "-m", "haplane.console",
             "--state-dir", str(self.state.root),
@@ -633,10 +634,16 @@ class Supervisor:
                 argv += ["--fallback-server", gate_url]
         if self.tls is not None:
             serving = self.tls.serving("console", plan.name)
+            impersonator = self.tls.console_client
             argv += [
                 "--ca-file", str(self.tls.ca),
                 "--tls-cert-file", str(serving.cert),
                 "--tls-private-key-file", str(serving.key),
+                # browsers' client certificates, checked against the platform CA; the console
+                # then asks as their owner with its own pair (impersonation)
+                "--client-ca-file", str(self.tls.ca),
+                "--client-cert-file", str(impersonator.cert),
+                "--client-key-file", str(impersonator.key),
             ]  # fmt: skip
         proc = self._process(plan.qualified_name, "console", argv, plan.host)
         self.processes[plan.qualified_name] = proc

@@ -2,8 +2,9 @@
 
     metrics (latency, codes, in-flight)  ->  Status errors (any failure becomes a `Status`;
     the region, replica and epoch headers)  ->  request info (verb, resource, namespace, name
-    from the path)  ->  authentication  ->  authorization  ->  the handlers (admission runs in
-    the write handlers, after decoding)
+    from the path)  ->  authentication  ->  audit  ->  impersonation (`Impersonate-*`
+    headers, each authorized for the requester)  ->  authorization  ->  the handlers
+    (admission runs in the write handlers, after decoding)
 
 Each link is a callable `(request, handler) -> response` that awaits `handler` to go on;
 `chain()` composes them once at start (aiohttp's per-request middleware wrapping cost ~6% of a
