@@ -778,7 +778,11 @@ def _status_table(report: StatusReport) -> Table:
             "[green]ready[/]" if g.ready else f"[red]{_short(g.error)}[/]",
         )
     if report.console:
-        table.add_row("[bold]console[/]", "", "", "", "", "", "", "", "", "", "")
+        # what a person opens, and how they sign in
+        table.add_row(
+            "[bold]console[/]", "", "", "", "sign in: haplane console token", "", "", "", "", "",
+            "",
+        )  # fmt: skip
     for con in report.console:
         table.add_row(
             f"  {con.name}",
