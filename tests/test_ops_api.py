@@ -811,3 +811,34 @@ def test_drills_and_maintenance_actions(ops: Ops):
     status, body = ask("dave", "MaintenanceAction", {"action": "rotate-encryption-key"})
     assert status == 201 and body["status"]["phase"] == "Pending", body
     assert [r["policy"] for r in body["status"]["requirements"]] == ["encryption-key-approval"]
+
+
+def test_four_eyes_are_two_people_never_one_impersonating(ops: Ops):
+    """An administrator who may impersonate anyone still cannot be both who asks and who
+    approves: neither the request nor the approval is taken through impersonation."""
+
+    def as_alice(method: str, path: str, body: Any) -> tuple[int, Any]:
+        status, _, out = ops.active.request(
+            method, path, body, token=TOKENS["admin"][0],
+            headers={"Impersonate-User": U("alice")},
+        )  # fmt: skip
+        return status, out
+
+    body = {"apiVersion": "ops.haplane.dev/v1", "kind": "Switchover",
+            "metadata": {"name": f"so-{uuid.uuid4().hex[:8]}"},
+            "spec": {"targetRegion": "b", "reason": "test"}}  # fmt: skip
+    status, out = as_alice("POST", f"{OPS}/switchovers", body)
+    assert status == 403 and "asking for a Switchover is a person's own" in out["message"], out
+    assert 'User "admin" may not make it as "ops-alice"' in out["message"]
+    name, (status, _, obj) = ops.create("bob")
+    assert status == 201, obj
+    approval = json.loads(json.dumps(obj))
+    approval["status"].setdefault("conditions", []).append(
+        {"type": "Approved", "status": "True", "reason": "Test", "message": "as alice"}
+    )
+    status, out = as_alice("PUT", f"{OPS}/switchovers/{name}/approval", approval)
+    assert status == 403 and "an approval is a person's own" in out["message"], out
+    assert ops.get(name)["status"]["phase"] == "Pending"
+    # reading through impersonation is fine: only decisions are a person's own
+    status, out = as_alice("GET", f"{OPS}/switchovers/{name}", None)
+    assert status == 200, out

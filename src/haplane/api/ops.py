@@ -1250,6 +1250,7 @@ class OpsHooks:
         if rtype.kind not in OPERATION_KINDS or not isinstance(obj, dict):
             return
         user: UserInfo = request.get("user", ANONYMOUS)
+        _not_impersonated(request, f"asking for a {rtype.kind}")
         if rtype.kind == "Switchover" and self.refresh is not None:
             await self.refresh()
         note = self.operations.prepare_create(rtype, obj, user, await self.policies(), dry_run)
@@ -1261,6 +1262,7 @@ class OpsHooks:
         self, store: GenericStore, request: web.BaseRequest, name: str, body: Obj, dry_run: bool
     ) -> Obj:
         user: UserInfo = request.get("user", ANONYMOUS)
+        _not_impersonated(request, "an approval")
         said: list[str] = []
 
         meta = _dict(body.get("metadata"))
@@ -1277,3 +1279,19 @@ class OpsHooks:
         if said and audit is not None and not dry_run:
             audit.annotate(APPROVAL_ANNOTATION, said[0])
         return out
+
+
+def _not_impersonated(request: web.BaseRequest, what: str) -> None:
+    """Four eyes are two people: who asks for an operation and who approves it are the
+    persons who authenticated, never someone acting as another (impersonation would let one
+    person be both). 403 through impersonation."""
+    by: UserInfo | None = request.get("impersonated_by")
+    if by is None:
+        return
+    acting = request.get("user", ANONYMOUS)
+    raise errors.StatusError(
+        403,
+        "Forbidden",
+        f'{what} is a person\'s own: User "{by.name}" may not make it as '
+        f'"{acting.name}" (impersonation); send it with your own credentials',
+    )
