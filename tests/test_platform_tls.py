@@ -767,7 +767,7 @@ def test_rotation_keeps_clients_served(topo: Path):
 
     before = serials()
     scraper_before = tls.scraper.cert.read_bytes()
-    assert len(before) == 9 + 4 + 4 + 4 + 3 + 2  # ..., gates, GitOps controllers
+    assert len(before) == 9 + 4 + 4 + 4 + 3 + 2 + 2  # ..., gates, GitOps controllers, consoles
     gate = plan.gates[0]
     ok, failed = [0], []
     stop = threading.Event()
