@@ -316,11 +316,11 @@ def test_a_drill_shows_in_the_history_with_its_timeline(auditor_page: Page, topo
 def test_the_analysis_of_the_running_topology(auditor_page: Page):
     page = auditor_page.page
     page.click("nav a[href='/analysis']")
-    page.wait_for_selector("#analysis[data-availability]", timeout=60_000)
+    page.wait_for_selector("#analysis-report[data-availability]", timeout=60_000)
     # what runs is what the file says, and the example breaks no HA rule
-    assert page.get_attribute("#analysis", "data-errors") == "0"
+    assert page.get_attribute("#analysis-report", "data-errors") == "0"
     assert page.locator("#findings-table tr[data-severity=error]").count() == 0
-    assert float(page.get_attribute("#analysis", "data-availability") or 0) > 0.999
+    assert float(page.get_attribute("#analysis-report", "data-availability") or 0) > 0.999
     assert page.locator("#analysis-table tr").count() > 3
     assert auditor_page.errors == []
 

@@ -252,7 +252,7 @@ async def test_drill_and_analysis_routes(drill_state, example):
         r = await client.get("/drills/report?path=..%2Fsecret.json", headers=auth)
         assert r.status == 404 and "outside" not in await r.text()
         r = await client.get("/fragments/analysis", headers=auth)
-        assert r.status == 200 and 'id="analysis"' in await r.text()
+        assert r.status == 200 and 'id="analysis-report"' in await r.text()
     finally:
         await live.stop()
         await client.close()

@@ -7,7 +7,7 @@ attributes, which the Content-Security-Policy allows).
 
 Hooks for tests and tools: `#drills-table tr[data-scenario][data-passed]`, each row's link
 `a.report`, `#drill-report[data-scenario][data-passed]` with `svg` timelines,
-`#findings-table tr[data-rule][data-severity]`, `#analysis[data-availability]`.
+`#findings-table tr[data-rule][data-severity]`, `#analysis-report[data-availability]`.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def analysis(
     )
     summary_lines = "".join(f"<li>{esc(line)}</li>" for line in summary.splitlines() if line)
     return (
-        f'<div id="analysis" data-errors="{errors}" '
+        f'<div id="analysis-report" data-errors="{errors}" '
         f'data-availability="{estimate.availability:.9f}">'
         f"<h2>Validation of the running topology</h2>"
         f'<p class="summary">{errors} error(s), {len(findings) - errors} warning(s): the HA '
