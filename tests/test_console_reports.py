@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from haplane.console import render
+from haplane.console.auth import Platform
 from haplane.console.lag import STALE_AFTER, LagHistory, downsample, lag_of
 from haplane.console.reports import ReportNotFound, Reports
 from haplane.console.server import Console, LiveStatus
@@ -161,8 +162,8 @@ def drill_state(tmp_path: Path) -> StateDir:
     return state
 
 
-def test_drills_list_every_run_with_its_verdict_and_link(drill_state, example):
-    html = Reports(drill_state, example).drills_html()
+async def test_drills_list_every_run_with_its_verdict_and_link(drill_state, example):
+    html = await Reports(drill_state, example).drills_html()
     _no_inline_code(html)
     assert (
         re.findall(r'<tr data-scenario="([^"]+)" data-passed="(true|false)"', html).count(
@@ -209,24 +210,27 @@ def test_analysis_of_a_topology_that_is_not_running(tmp_path, example):
 # ---- the routes -----------------------------------------------------------------------------
 
 
-class _Anyone:
-    """The API behind the console's seam: every token is `someone` (the routes' own rules
-    are what is tested here; the RBAC of Events and audit is in test_console.py)."""
+class _Platform(Platform):
+    """The API behind the console's seam: token `t` is `auditor` (may list drills and the
+    platform's parts), `v` is `viewer` (may not); a SelfSubjectAccessReview answers as RBAC
+    would."""
 
-    takes_certificates = False
+    def __init__(self) -> None:
+        super().__init__("https://gate.invalid", None)
+        self.reviews: list[tuple[str, dict]] = []
 
     async def request(self, token, method, path, body=None, params=None):  # type: ignore[no-untyped-def]
-        if token != "t":
+        users = {"t": "auditor", "v": "viewer"}
+        if token not in users:
             return 401, {"code": 401, "message": "Unauthorized"}
-        return 201, {"status": {"userInfo": {"username": "someone", "groups": []}}}
-
-    async def whoami(self, token):  # type: ignore[no-untyped-def]
-        from haplane.console.auth import identity_of
-
-        return identity_of((await self.request(token, "POST", "/x"))[1])
-
-    async def close(self) -> None:
-        pass
+        if path.endswith("/selfsubjectaccessreviews"):
+            attrs = body["spec"]["resourceAttributes"]
+            self.reviews.append((users[token], attrs))
+            if token == "t":
+                return 201, {"status": {"allowed": True}}
+            return 201, {"status": {"allowed": False, "reason": f"viewer may not list "
+                                    f"{attrs['resource']}.{attrs['group']}"}}  # fmt: skip
+        return 201, {"status": {"userInfo": {"username": users[token], "groups": []}}}
 
 
 async def test_drill_and_analysis_routes(drill_state, example):
@@ -234,7 +238,8 @@ async def test_drill_and_analysis_routes(drill_state, example):
         return MapView("two-regions", "healthy", "eu-west", 1, True, [])
 
     live = LiveStatus(gather)
-    console = Console(live, _Anyone(), lambda: [], reports=Reports(drill_state, example))  # type: ignore[arg-type]
+    platform = _Platform()
+    console = Console(live, platform, lambda: [], reports=Reports(drill_state, example))
     client = TestClient(TestServer(console.app()))
     await client.start_server()
     try:
@@ -247,12 +252,27 @@ async def test_drill_and_analysis_routes(drill_state, example):
         page = await r.text()
         assert r.status == 200 and 'id="drills-table"' in page and "aria-current=page" in page
         assert 'hx-get="/fragments/drills"' in page
+        assert ("auditor", {"verb": "list", "resource": "drills", "group": "ops.haplane.dev"}) in (
+            platform.reviews
+        )
         r = await client.get("/drills/report?path=replica-kill-1.json", headers=auth)
         assert r.status == 200 and 'id="drill-report"' in await r.text()
         r = await client.get("/drills/report?path=..%2Fsecret.json", headers=auth)
         assert r.status == 404 and "outside" not in await r.text()
         r = await client.get("/fragments/analysis", headers=auth)
         assert r.status == 200 and 'id="analysis-report"' in await r.text()
+        # RBAC decides: a user who may not list drills (or the platform's parts) sees neither
+        viewer = {"Authorization": "Bearer v", "Accept": "text/html"}
+        for path in ("/drills", "/fragments/drills", "/drills/report?path=replica-kill-1.json",
+                     "/analysis", "/fragments/analysis"):  # fmt: skip
+            r = await client.get(path, headers=viewer)
+            text = await r.text()
+            assert r.status == 403 and "data-not-allowed" in text, path
+            assert "replica-kill" not in text.replace("path=replica-kill", "") and (
+                "analysis-report" not in text
+            ), path
+        assert "viewer may not list etcdmembers.platform.haplane.io" in text
+        assert "gates.platform.haplane.io" in text  # both ways in were asked
     finally:
         await live.stop()
         await client.close()
@@ -265,7 +285,7 @@ def test_console_token_durations():
 
     assert _hours("8h") == 8 * 3600 and _hours("30m") == 1800 and _hours("2d") == 2 * 86400
     assert _hours("3600") == 3600
-    for bad in ("5m", "8d", "soon", "", "h"):
+    for bad in ("5m", "8d", "soon", "", "h", "infh"):
         with pytest.raises(typer.BadParameter):
             _hours(bad)
 
@@ -399,3 +419,123 @@ async def test_a_certificates_owner_is_asked_for_by_impersonation(tmp_path):
     finally:
         await platform.close()
         await runner.cleanup()
+
+
+# ---- after review: failed restores, parse costs, odd values, errors -------------------------
+
+
+async def test_a_restore_that_failed_early_is_listed_failed(drill_state, example):
+    d = drill_state.root / "drills"
+    gone = "snapshot <gone>"
+    broken = {"scenario": "restore", "region": "eu-west", "started": "2026-12-02T08:00:00Z",
+              "error": gone, "problems": [gone], "passed": False}  # fmt: skip
+    (d / "restore-2.json").write_text(json.dumps(broken))
+    odd = {"scenario": "restore", "started": "x", "restore": "not a dict", "passed": True}
+    (d / "restore-3.json").write_text(json.dumps(odd))
+    reports = Reports(drill_state, example)
+    html = await reports.drills_html()
+    rows = re.findall(r'<tr data-scenario="restore" data-passed="(true|false)">', html)
+    assert sorted(rows) == ["false", "false", "true"], rows
+    page = reports.drill_report_html("restore-2.json")
+    assert 'data-passed="false"' in page and "snapshot &lt;gone&gt;" in page
+    assert "Drill restore" in reports.drill_report_html("restore-3.json")
+
+
+async def test_reports_are_parsed_once_until_their_file_changes(drill_state, example, monkeypatch):
+    import os
+
+    from haplane.console import reports as reports_module
+    from haplane.local import drill_schedule
+
+    parsed: list[str] = []
+    real = drill_schedule.run_of
+
+    def counting(path):  # type: ignore[no-untyped-def]
+        parsed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(drill_schedule, "run_of", counting)
+    monkeypatch.setattr(reports_module, "DRILLS_TTL", 0.0)
+    reports = Reports(drill_state, example)
+    await reports.drills_html()
+    first = sorted(parsed)
+    assert "replica-kill-1.json" in first and "link.json" not in first
+    parsed.clear()
+    await reports.drills_html()
+    assert parsed == []  # nothing changed: nothing parsed again
+    path = drill_state.root / "drills" / "replica-kill-1.json"
+    path.write_text(render_json(_fault("replica-kill", 0.9)))
+    os.utime(path, ns=(1, 1))  # another mtime whatever the clock's resolution
+    html = await reports.drills_html()
+    assert parsed == ["replica-kill-1.json"] and "0.900 s" in html
+
+
+def test_lag_ignores_values_that_are_not_finite_numbers():
+    for bad in (float("inf"), float("nan"), "1.5", True):
+        row = _row("eu-central", "eu-west", 1.0)
+        row.lag_seconds = bad  # type: ignore[assignment]
+        assert lag_of(row) is None, bad
+
+
+def test_each_pair_keeps_its_own_line_when_a_source_changes(example):
+    h = LagHistory(example)
+    h.add(1.0, [_row("c", "a", 0.1)])
+    h.add(2.0, [_row("c", "a", 0.2)])
+    h.add(3.0, [_row("c", "b", 5.0)])  # c now copies from b
+    by = {(s.region, s.source): s for s in h.series()}
+    assert set(by) == {("c", "a"), ("c", "b")}
+    assert by[("c", "a")].points == [(1.0, 0.1), (2.0, 0.2), (3.0, None)]
+    assert by[("c", "a")].peak == 0.2  # b's 5 s is not a's
+    assert by[("c", "b")].points == [(1.0, None), (2.0, None), (3.0, 5.0)]
+
+
+async def test_a_failed_gather_is_a_gap_in_the_lag_chart(example):
+    fail = [False]
+    clock = [100.0]
+
+    async def gather() -> MapView:
+        if fail[0]:
+            raise OSError("control etcd away")
+        rows = [_row("eu-central", "eu-west", 0.3)]
+        return MapView("two-regions", "healthy", "eu-west", 1, True, [], replication=rows)
+
+    live = LiveStatus(gather, lag=LagHistory(example), clock=lambda: clock[0])
+    for failing in (False, True, False):
+        fail[0] = failing
+        clock[0] += 1.0
+        await live.once()
+    lines = re.findall(r'<polyline class="series"[^>]*data-points="(\d+)"', live.fragments["lag"])
+    assert lines == ["1", "1"]  # the failed gather split the line
+
+
+async def test_analysis_errors_are_said_and_kept_for_a_while(tmp_path, example, monkeypatch):
+    from haplane.local import live_drift
+
+    calls = []
+
+    async def broken(topology, state, timeout=1.0):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        raise OSError("ports file mid-rotation")
+
+    monkeypatch.setattr(live_drift, "live_findings", broken)
+    reports = Reports(StateDir(tmp_path), example)
+    html = await reports.analysis_html()
+    assert "live comparison not made: OSError: ports file mid-rotation" in html
+    assert 'data-availability="' in html  # the file's analysis is still shown
+    await reports.analysis_html()
+    assert len(calls) == 1  # kept LIVE_TTL, not asked again by the next page
+
+
+def test_console_token_refuses_a_binding_made_otherwise():
+    from haplane.cli.console import binding_problem
+
+    sa = {"kind": "ServiceAccount", "name": "haplane-console", "namespace": "kube-system"}
+    good = {"roleRef": {"kind": "ClusterRole", "name": "haplane:auditor"}, "subjects": [sa]}
+    assert binding_problem(good) is None
+    other_role = {**good, "roleRef": {"kind": "ClusterRole", "name": "cluster-admin"}}
+    assert "not ClusterRole 'haplane:auditor'" in (binding_problem(other_role) or "")
+    a_role = {**good, "roleRef": {"kind": "Role", "name": "haplane:auditor"}}
+    assert binding_problem(a_role) is not None
+    elsewhere = {**good, "subjects": [{**sa, "namespace": "default"}]}
+    assert "does not name the ServiceAccount" in (binding_problem(elsewhere) or "")
+    assert binding_problem({**good, "subjects": None}) is not None

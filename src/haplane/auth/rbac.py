@@ -638,6 +638,7 @@ BOOTSTRAP_LABELS = {"kubernetes.io/bootstrapping": "rbac-defaults"}
 AUTOUPDATE = {"rbac.authorization.kubernetes.io/autoupdate": "true"}
 PLATFORM_GROUP = "platform.haplane.io"
 OPS_GROUP = "ops.haplane.dev"  # platform operations and approvals (haplane.api.ops)
+GITOPS_GROUP = "gitops.haplane.dev"
 # ClusterRoles that no request binds directly: a binding to one is made only by carrying out
 # an approved RoleGrant (haplane.api.ops, four-eyes); the replica's own defaults aside
 GUARDED_ROLES = frozenset({"cluster-admin", "haplane:platform-admin"})
@@ -779,6 +780,8 @@ _MONITORING_URLS = ["/healthz", "/healthz/*", "/livez", "/livez/*", "/readyz", "
 _OPERATOR_READ = [
     _rule([""], ["namespaces", "events", "configmaps", "serviceaccounts"], READ),
     _rule(["coordination.k8s.io"], ["leases"], READ),
+    # the platform's own parts (what the console's Analysis page needs): no secret in them
+    _rule([PLATFORM_GROUP], ["etcdmembers", "gates", "balancers"], READ),
     {
         "nonResourceURLs": ["/metrics", "/healthz", "/livez", "/readyz", "/version"],
         "verbs": ["get"],
@@ -841,7 +844,9 @@ OPERATOR_ROLES: dict[str, list[Obj]] = {
         _rule([GROUP], ["roles", "rolebindings", "clusterroles", "clusterrolebindings"], READ),
         _rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], READ),
         _rule(["coordination.k8s.io"], ["leases"], READ),
-        _rule([PLATFORM_GROUP], ["auditevents"], READ),
+        # every platform object, operation and approval, and what GitOps applies: an audit
+        # reads who asked for what and who approved it
+        _rule([PLATFORM_GROUP, OPS_GROUP, GITOPS_GROUP], ["*"], READ),
         {"nonResourceURLs": ["/audit", "/audit/*", "/metrics"], "verbs": ["get"]},
     ],
 }
@@ -857,7 +862,6 @@ FAILOVER_CONTROLLER_ROLE = "haplane:failover-controller"
 # GitSources and Syncs, and with admission policies on what may be applied)
 GITOPS_CONTROLLER_SA = ("kube-system", "haplane-gitops")
 GITOPS_CONTROLLER_ROLE = "haplane:gitops-controller"
-GITOPS_GROUP = "gitops.haplane.dev"
 # the web console (haplane.console) acts as a person who signed in with a client certificate
 # of the platform CA, through impersonation (kube-apiserver's Impersonate-User and
 # Impersonate-Group): its own client certificate names this user, bound to this role

@@ -35,7 +35,7 @@ def _hours(text: str) -> int:
     raw = text.strip()
     try:
         seconds = int(float(raw[:-1]) * units[raw[-1]]) if raw[-1:] in units else int(raw)
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, OverflowError):
         raise typer.BadParameter(f"{text!r}: a duration such as 8h, 30m or 2d") from None
     if not 600 <= seconds <= MAX_HOURS * 3600:
         raise typer.BadParameter(f"{text!r}: between 10m and {MAX_HOURS // 24}d")
@@ -55,6 +55,21 @@ def _ensure(client: Any, path: str, body: dict[str, Any], what: str) -> dict[str
     message = out.get("message") if isinstance(out, dict) else out
     typer.echo(f"error: {what} {name}: {status} {message}", err=True)
     raise typer.Exit(1)
+
+
+def binding_problem(binding: dict[str, Any]) -> str | None:
+    """What is wrong with an existing `haplane-console` binding (None: it binds
+    haplane:auditor to the ServiceAccount, as this command makes it)."""
+    raw_ref = binding.get("roleRef")
+    ref: dict[str, Any] = raw_ref if isinstance(raw_ref, dict) else {}
+    if (ref.get("kind"), ref.get("name")) != ("ClusterRole", ROLE):
+        return f"binds {ref.get('kind')} {ref.get('name')!r}, not ClusterRole {ROLE!r}"
+    raw_subjects = binding.get("subjects")
+    subjects: list[Any] = raw_subjects if isinstance(raw_subjects, list) else []
+    mine = {"kind": "ServiceAccount", "name": ACCOUNT, "namespace": NAMESPACE}
+    if not any(isinstance(x, dict) and {k: x.get(k) for k in mine} == mine for x in subjects):
+        return f"does not name the ServiceAccount {NAMESPACE}/{ACCOUNT}"
+    return None
 
 
 @app.command("token")
@@ -94,12 +109,13 @@ def token_cmd(
                            "namespace": NAMESPACE}]},
             "ClusterRoleBinding",
         )  # fmt: skip
-        if (binding.get("roleRef") or {}).get("name") != ROLE:
-            # someone bound it otherwise: say so rather than hand out other rights
+        problem = binding_problem(binding)
+        if problem is not None:
+            # someone made it otherwise: say so rather than hand out a token that cannot do
+            # what this command says, or can do more
             typer.echo(
-                f"error: ClusterRoleBinding {BINDING} binds "
-                f"{(binding.get('roleRef') or {}).get('name')!r}, not {ROLE!r}: delete it "
-                "(kubectl delete clusterrolebinding haplane-console) or bind the role yourself",
+                f"error: ClusterRoleBinding {BINDING} {problem}: delete it (kubectl delete "
+                f"clusterrolebinding {BINDING}) and run this again",
                 err=True,
             )
             raise typer.Exit(1)

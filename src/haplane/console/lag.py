@@ -18,6 +18,7 @@ empty chart. Longer history, and an alert on the limit, are Prometheus' job
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -51,11 +52,16 @@ class Series:
 
 
 def lag_of(row: ReplicationRow) -> float | None:
+    """The row's lag in seconds, None when nobody measured it (or it is not a finite number:
+    the report is read from etcd as written)."""
     if row.source is None or row.lag_seconds is None:
         return None
     if row.report_age is not None and row.report_age > STALE_AFTER:
         return None
-    return max(0.0, float(row.lag_seconds))
+    value = row.lag_seconds
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return max(0.0, float(value))
 
 
 def limits(topology: Topology) -> dict[frozenset[str], float]:
@@ -87,23 +93,28 @@ class LagHistory:
         return len(self._samples)
 
     def series(self) -> list[Series]:
-        """A series per region that copied from a source at least once in the window, by
-        region name; a region whose source changed (a failover reversed the stream) is shown
-        with its newest source, its older samples kept."""
-        regions: dict[str, tuple[str, str]] = {}
+        """A series per (region, source) pair that copied at least once in the window, by
+        region then source: after a failover that reversed a stream, or moved a third
+        region's source, each pair keeps its own samples, peak and limit. A sample where the
+        region copied from another source, or from none, is a gap in the pair's line."""
+        pairs: dict[tuple[str, str], str] = {}  # -> the state at its last sample
         for _, sample in self._samples:
             for region, (source, state, _) in sample.items():
                 if source:
-                    regions[region] = (source, state)
-                elif region in regions:
-                    regions[region] = (regions[region][0], state)
+                    pairs[(region, source)] = state
         out = []
-        for region in sorted(regions):
-            source, state = regions[region]
-            points = [(t, s[region][2] if region in s else None) for t, s in self._samples]
-            out.append(
-                Series(region, source, points, state, self._limits.get(frozenset((region, source))))
-            )
+        for region, source in sorted(pairs):
+            points: list[tuple[float, float | None]] = []
+            state = pairs[(region, source)]
+            for t, s in self._samples:
+                entry = s.get(region)
+                if entry is not None and entry[0] == source:
+                    points.append((t, entry[2]))
+                    state = entry[1]
+                else:
+                    points.append((t, None))
+            limit = self._limits.get(frozenset((region, source)))
+            out.append(Series(region, source, points, state, limit))
         return out
 
 

@@ -85,16 +85,17 @@ def login(error: str | None = None) -> str:
     return page("Sign in", body, user=None)
 
 
-def dashboard(view: MapView | None, *, user: str) -> str:
-    """The topology map and the failover history, both live: the SSE extension connects to
-    /sse and swaps each event's HTML into the element whose `sse-swap` names it."""
+def dashboard(fragments: Mapping[str, str], *, user: str) -> str:
+    """The topology map, the failover history, the lag chart and the diagram as last
+    gathered, all live: the SSE extension connects to /sse and swaps each event's HTML into
+    the element whose `sse-swap` names it."""
     body = (
         '<div hx-ext="sse" sse-connect="/sse">'
-        f'<section id="map" sse-swap="map">{topology_map(view)}</section>'
-        f'<section id="history" sse-swap="history">{history(view)}</section>'
-        f'<section id="lag" sse-swap="lag">{lag_chart([], 0.0)}</section>'
-        f'<section id="diagram" sse-swap="diagram">{diagram(None)}</section>'
-        "</div>"
+        + "".join(
+            f'<section id="{name}" sse-swap="{name}">{fragments.get(name, "")}</section>'
+            for name in ("map", "history", "lag", "diagram")
+        )
+        + "</div>"
     )
     return page("Topology", body, user=user, current="/")
 
@@ -353,7 +354,7 @@ def lag_chart(series: list[Series], now: float, window: float = 3600.0) -> str:
         over = s.limit is not None and last is not None and last > s.limit
         legend.append(
             f'<li data-region="{esc(s.region)}" data-last="{"" if last is None else last}">'
-            f'<span class="swatch s{i % len(SERIES_COLOURS)}"></span>'
+            f'<span class="lag-swatch s{i % len(SERIES_COLOURS)}"></span>'
             f"{esc(s.source)} &rarr; {esc(s.region)}: "
             f'<b class="{"down" if over else ""}">'
             f"{'no measure' if last is None else esc(_seconds(last))}</b> "

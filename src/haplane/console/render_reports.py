@@ -29,8 +29,10 @@ def _table(
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _seconds(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f} s"
+def _seconds(v: object) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "-"
+    return f"{v:.3f} s"
 
 
 def drill_link(relative: str) -> str:
@@ -135,10 +137,16 @@ def fault_drill(result: Any, passed: bool, problems: Sequence[str]) -> str:
 
 def restore_drill(raw: Mapping[str, Any]) -> str:
     """A restore drill's report: its verdict, problems and measured figures."""
-    passed = bool(raw.get("passed"))
-    problems = [str(p) for p in raw.get("problems") or ()]
-    restore = raw.get("restore") if isinstance(raw.get("restore"), Mapping) else {}
-    facts = [(k, json.dumps(v, default=str)) for k, v in sorted((restore or {}).items())]
+    passed = bool(raw.get("passed")) and not raw.get("error")
+    found = raw.get("problems")
+    problems = [str(p) for p in found] if isinstance(found, list) else []
+    if raw.get("error") and not problems:
+        problems = [str(raw["error"])]
+    restore = raw.get("restore")
+    facts = [
+        (k, json.dumps(v, default=str))
+        for k, v in sorted(restore.items() if isinstance(restore, Mapping) else ())
+    ]
     facts += [
         (k, json.dumps(v, default=str))
         for k, v in sorted(raw.items())
@@ -160,13 +168,12 @@ def analysis(
     findings: Sequence[Any],
     live_error: str | None,
     checked_at: str,
-    summary: str,
-    rows: Sequence[Mapping[str, str]],
-    columns: Sequence[str],
-    estimate: Any,
+    model: tuple[str, Sequence[Mapping[str, str]], Sequence[str], Any] | None,
+    model_error: str | None = None,
 ) -> str:
     """`validate --live` findings of the running topology, and `analyse --availability` of its
-    file: which failures it survives and the write availability it should reach."""
+    file (`model`: summary, rows, columns, estimate): which failures it survives and the write
+    availability it should reach."""
     errors = sum(f.severity == "error" for f in findings)
     if live_error:
         live = f'<p class="error" role="alert">live comparison not made: {esc(live_error)}</p>'
@@ -186,6 +193,19 @@ def analysis(
         )
     else:
         table = '<p id="findings-empty" class="ok">no findings: what runs is what the file says</p>'
+    head = (
+        "<h2>Validation of the running topology</h2>"
+        f'<p class="summary">{errors} error(s), {len(findings) - errors} warning(s): the HA '
+        f"rules on the file <code>haplane up</code> was given, and what runs compared with it "
+        f"(members, placement, ports, versions, reachability), checked {esc(checked_at)}.</p>"
+        f"{live}{table}<h2>Failures it survives</h2>"
+    )
+    if model is None:
+        return (
+            f'<div id="analysis-report" data-errors="{errors}">{head}'
+            f'<p class="error">not analysed: {esc(model_error or "unknown")}</p></div>'
+        )
+    summary, rows, columns, estimate = model
     low, high = estimate.interval
     contributors = "".join(
         f"<li>{esc(c.label)} ({c.share:.0%})</li>" for c in estimate.contributors[:5]
@@ -193,13 +213,7 @@ def analysis(
     summary_lines = "".join(f"<li>{esc(line)}</li>" for line in summary.splitlines() if line)
     return (
         f'<div id="analysis-report" data-errors="{errors}" '
-        f'data-availability="{estimate.availability:.9f}">'
-        f"<h2>Validation of the running topology</h2>"
-        f'<p class="summary">{errors} error(s), {len(findings) - errors} warning(s): the HA '
-        f"rules on the file <code>haplane up</code> was given, and what runs compared with it "
-        f"(members, placement, ports, versions, reachability), checked {esc(checked_at)}.</p>"
-        f"{live}{table}"
-        "<h2>Failures it survives</h2>"
+        f'data-availability="{estimate.availability:.9f}">{head}'
         f"<ul>{summary_lines}</ul>"
         f"<p>Write availability <b>{estimate.availability:.7f}</b> ({esc(estimate.method)}, "
         f"{low:.9f}..{high:.9f}): <b>{estimate.downtime_minutes_per_year:.2f}</b> minutes of "

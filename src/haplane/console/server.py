@@ -83,6 +83,11 @@ STATIC = {
     "htmx-ext-sse.LICENSE": "text/plain",
 }
 EVENTS_PATH = "/api/v1/namespaces/kube-system/events"
+# who sees the Drills pages: those who may list Drills (dr-operators, auditors, admins); the
+# Analysis page (addresses, ports, findings): those who may list the platform's parts (every
+# operator role, auditors, admins). Asked as the user, per request.
+DRILLS_PERMISSION = (("drills", "ops.haplane.dev"),)
+ANALYSIS_PERMISSION = (("etcdmembers", "platform.haplane.io"), ("gates", "platform.haplane.io"))
 AUDIT_WINDOW = timedelta(minutes=10)  # what the audit page shows, from the replicas' logs
 AUDIT_ROWS = 200
 
@@ -143,6 +148,9 @@ class LiveStatus:
         except Exception as exc:  # keep the loop alive: the next second may work
             self.error = f"{type(exc).__name__}: {exc}"
             emit("status not gathered", error=self.error)
+            if self.lag is not None:  # nobody measured meanwhile: a gap, not a straight line
+                self.lag.add(self._clock(), [])
+                await self._publish({**self.fragments, "lag": self._lag_chart()})
             return
         self.error = None
         self.gathered_at = time.monotonic()
@@ -153,10 +161,20 @@ class LiveStatus:
             "diagram": await self._diagram(view),
         }
         if self.lag is not None:
-            now = self._clock()
-            self.lag.add(now, view.replication)
-            fragments["lag"] = render.lag_chart(self.lag.series(), now, self.lag.window)
+            self.lag.add(self._clock(), view.replication)
+            fragments["lag"] = self._lag_chart()
         self.view = view
+        await self._publish(fragments)
+
+    def _lag_chart(self) -> str:
+        assert self.lag is not None
+        try:
+            return render.lag_chart(self.lag.series(), self._clock(), self.lag.window)
+        except Exception as exc:  # a bug: say so in the page, keep the loop alive
+            log.exception(json.dumps({"msg": "lag chart not drawn", "error": str(exc)}))
+            return render.lag_chart([], 0.0) + render.unavailable("Lag chart", repr(exc))
+
+    async def _publish(self, fragments: dict[str, str]) -> None:
         if fragments != self.fragments:
             self.fragments = fragments
             async with self._changed:
@@ -449,7 +467,7 @@ class Console:
         who = await self._who(request)
         if isinstance(who, web.Response):
             return who
-        return _html(render.dashboard(self.live.view, user=who[1].username))
+        return _html(render.dashboard(self.live.fragments, user=who[1].username))
 
     async def events_page(self, request: web.Request) -> web.Response:
         who = await self._who(request)
@@ -465,7 +483,7 @@ class Console:
         who = await self._who(request)
         if isinstance(who, web.Response):
             return who
-        status, content = await self._drills()
+        status, content = await self._drills(who[0])
         body = render.live_section("drills", "DR drills", "/fragments/drills", content, "5s")
         return _html(render.page("Drills", body, user=who[1].username, current="/drills"),
                      status=status)  # fmt: skip
@@ -474,7 +492,10 @@ class Console:
         who = await self._who(request)
         if isinstance(who, web.Response):
             return who
-        if self.reports is None:
+        refused = await self._may(who[0], DRILLS_PERMISSION, "the drills")
+        if refused is not None:
+            status, content = refused
+        elif self.reports is None:
             status, content = 404, render.unavailable("Drills", "no state dir")
         else:
             try:
@@ -492,17 +513,45 @@ class Console:
         who = await self._who(request)
         if isinstance(who, web.Response):
             return who
-        status, content = await self._analysis()
+        status, content = await self._analysis(who[0])
         body = render.live_section("analysis", "Analysis", "/fragments/analysis", content, "30s")
         return _html(render.page("Analysis", body, user=who[1].username, current="/analysis"),
                      status=status)  # fmt: skip
 
-    async def _drills(self) -> tuple[int, str]:
+    async def _may(
+        self, token: Credential, permissions: tuple[tuple[str, str], ...], what: str
+    ) -> tuple[int, str] | None:
+        """None when the API lets the user `list` any of `permissions` ((resource, group)),
+        asked as the user (SelfSubjectAccessReview); else the refusal to show."""
+        if self.platform is None:
+            return None  # an insecure topology: everything is allowed, as on the platform
+        reasons = []
+        try:
+            for resource, group in permissions:
+                allowed, reason = await self.platform.can_i(
+                    token, "list", resource=resource, group=group
+                )
+                if allowed:
+                    return None
+                reasons.append(reason)
+        except PlatformUnavailable as exc:
+            return 503, render.unavailable(what[:1].upper() + what[1:], str(exc))
+        except NotAuthenticated as exc:
+            return 401, render.unavailable(what[:1].upper() + what[1:], str(exc))
+        return 403, render.not_allowed(what, "; ".join(reasons))
+
+    async def _drills(self, token: Credential) -> tuple[int, str]:
+        refused = await self._may(token, DRILLS_PERMISSION, "the drills")
+        if refused is not None:
+            return refused
         if self.reports is None:
             return 404, render.unavailable("Drills", "no state dir")
-        return 200, await asyncio.to_thread(self.reports.drills_html)
+        return 200, await self.reports.drills_html()
 
-    async def _analysis(self) -> tuple[int, str]:
+    async def _analysis(self, token: Credential) -> tuple[int, str]:
+        refused = await self._may(token, ANALYSIS_PERMISSION, "the analysis of the platform")
+        if refused is not None:
+            return refused
         if self.reports is None:
             return 404, render.unavailable("Analysis", "no state dir")
         return 200, await self.reports.analysis_html()
@@ -528,9 +577,9 @@ class Console:
         elif name == "audit":
             status, content = await self._audit(who[0])
         elif name == "drills":
-            status, content = await self._drills()
+            status, content = await self._drills(who[0])
         elif name == "analysis":
-            status, content = await self._analysis()
+            status, content = await self._analysis(who[0])
         else:
             raise web.HTTPNotFound()
         return _html(content, status=status)

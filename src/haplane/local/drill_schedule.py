@@ -67,32 +67,47 @@ def _fault_drill(raw: dict[str, Any], path: Path) -> DrillRun:
 
 
 def _restore_drill(raw: dict[str, Any], path: Path) -> DrillRun:
-    restore = raw.get("restore") or {}
+    # a restore that failed early has `error` and no `restore` section: still a run, failed
+    section = raw.get("restore")
+    rto = section.get("rto_seconds") if isinstance(section, dict) else None
+    problems = raw.get("problems")
+    if not isinstance(problems, list):
+        problems = [str(raw["error"])] if raw.get("error") else []
     return DrillRun(
         "restore",
         str(raw.get("started", "")),
-        bool(raw.get("passed")),
-        restore.get("rto_seconds"),
+        bool(raw.get("passed")) and not raw.get("error"),
+        float(rto) if isinstance(rto, int | float) and not isinstance(rto, bool) else None,
         None,
-        "; ".join(raw.get("problems") or ()) or "passed",
+        "; ".join(str(p) for p in problems) or "passed",
         str(path),
     )
 
 
+def is_restore_report(raw: dict[str, Any]) -> bool:
+    return raw.get("scenario") == "restore" or "restore" in raw
+
+
+def run_of(path: Path) -> DrillRun | None:
+    """The run a report file records (a fault drill's or a restore drill's), None when it is
+    not a readable drill report."""
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            return None
+        return _restore_drill(raw, path) if is_restore_report(raw) else _fault_drill(raw, path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def report_paths(state: StateDir) -> list[Path]:
+    """Every drill report file under STATE/drills (not the schedule's own record)."""
+    return [p for p in (state.root / "drills").rglob("*.json") if p.name != SCHEDULED]
+
+
 def history(state: StateDir) -> list[DrillRun]:
     """Every drill report under STATE/drills, oldest first; unreadable ones skipped."""
-    out = []
-    for path in (state.root / "drills").rglob("*.json"):
-        if path.name == SCHEDULED:
-            continue
-        try:
-            raw = json.loads(path.read_text())
-            if not isinstance(raw, dict):
-                continue
-            run = _restore_drill(raw, path) if "restore" in raw else _fault_drill(raw, path)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        out.append(run)
+    out = [run for path in report_paths(state) if (run := run_of(path)) is not None]
     return sorted(out, key=lambda r: (r.started, r.path))
 
 
@@ -242,6 +257,9 @@ def age_of_last(state: StateDir, now: float | None = None) -> dict[str, Any] | N
     runs = _scheduled_runs(state)
     if not runs:
         return None
-    last = dict(runs[-1])
-    last["ageSeconds"] = round((now or time.time()) - float(last["time"]), 1)
+    last = dict(runs[-1]) if isinstance(runs[-1], dict) else {}
+    when = last.get("time")
+    if not isinstance(when, int | float) or isinstance(when, bool):
+        return None  # a record without its time (written by hand?): no age to tell
+    last["ageSeconds"] = round((now or time.time()) - float(when), 1)
     return last
