@@ -1032,3 +1032,47 @@ def test_impersonation_is_authorized_for_each_part_and_audited(secure: Setup, tm
         and e["user"]["username"] == "bob" and e["stage"] == "ResponseComplete"
     ]  # fmt: skip
     assert acted and acted[-1]["impersonatedUser"]["groups"] == ["devs", "system:authenticated"]
+
+
+def test_the_console_acts_for_people_never_as_system_masters(secure: Setup):
+    """The consoles' identity (bound by default to haplane:console: impersonate users and
+    groups) acts for a certificate's owner, but system:masters is haplane-admin's alone:
+    nobody outside it takes it by impersonation, whatever RBAC says."""
+    console = secure.ca.issue("console", "system:haplane:console")
+    path = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+    ssr = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+
+    def review(cert, **headers: str) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
+        status, _, body = secure.api.request("POST", path, ssr, cert=cert, headers=headers)
+        return status, body
+
+    deadline = time.monotonic() + 5  # the default binding is made by the writable replica
+    while (found := review(console, **{"Impersonate-User": "carol"}))[0] == 403:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.05)
+    status, body = found
+    assert status == 201 and body["status"]["userInfo"]["username"] == "carol", body
+    status, body = review(console, **{"Impersonate-User": "carol", "Impersonate-Group": "devs"})
+    assert status == 201 and body["status"]["userInfo"]["groups"] == [
+        "devs",
+        "system:authenticated",
+    ]
+    status, body = review(
+        console, **{"Impersonate-User": "x", "Impersonate-Group": "system:masters"}
+    )
+    assert status == 403 and "haplane-admin's alone" in body["message"], body
+    status, _, body = secure.api.request(
+        "GET", "/api/v1/namespaces/team/secrets", cert=console,
+        headers={"Impersonate-User": "x", "Impersonate-Group": "system:masters"},
+    )  # fmt: skip
+    assert status == 403, body
+    # the console's identity alone may do nothing else
+    assert secure.api.request("GET", "/api/v1/namespaces/team/secrets", cert=console)[0] == 403
+    # haplane-admin is in system:masters already: taking it again changes nothing
+    status, body = review(
+        secure.admin, **{"Impersonate-User": "y", "Impersonate-Group": "system:masters"}
+    )
+    assert status == 201 and "system:masters" in body["status"]["userInfo"]["groups"]
+    # an empty Impersonate-User is no impersonation (as in Kubernetes)
+    status, body = review(secure.bob, **{"Impersonate-User": ""})
+    assert status == 201 and body["status"]["userInfo"]["username"] == "bob"

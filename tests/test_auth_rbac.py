@@ -458,6 +458,26 @@ def test_default_roles_keep_secrets_from_operators():
     assert can(
         idx, "haplane:dr-operator", "update", "switchovers", "", "ops.haplane.dev", sub="approval"
     )
+    # what the web console's Drills and Analysis pages ask (list drills; list etcdmembers or
+    # gates of platform.haplane.io): auditors and DR operators see drills, every operator
+    # role and auditors the analysis, a view binding neither
+    plat, ops = "platform.haplane.io", "ops.haplane.dev"
+    for name in ("haplane:auditor", "haplane:dr-operator"):
+        assert can(idx, name, "list", "drills", "", ops), name
+    for name in ("haplane:gate-operator", "haplane:etcd-operator", "view"):
+        assert not can(idx, name, "list", "drills", "", ops), name
+    for name in ("haplane:auditor", "haplane:dr-operator", "haplane:gate-operator",
+                 "haplane:etcd-operator"):  # fmt: skip
+        assert can(idx, name, "list", "etcdmembers", "", plat), name
+        assert can(idx, name, "list", "gates", "", plat), name
+    assert not can(idx, "view", "list", "etcdmembers", "", plat)
+    assert not can(idx, "view", "list", "gates", "", plat)
+    # the consoles' own identity: impersonation of users and groups, nothing else
+    console = "system:haplane:console"
+    assert can(idx, console, "impersonate", "users", name="carol")
+    assert can(idx, console, "impersonate", "groups", name="devs")
+    assert not can(idx, console, "impersonate", "serviceaccounts", "kube-system", name="x")
+    assert not can(idx, console, "list", "secrets", "any")
 
 
 # ---- the index against a naive evaluator --------------------------------------------------

@@ -687,6 +687,20 @@ def test_a_copy_of_cluster_admin_is_guarded_as_it_is(ops: Ops):
     assert "RoleGrant" in body["message"]
     status, body = bind("reads-secrets")
     assert status in (201, 409), body
+    # acting as anyone is as much as cluster-admin: impersonating every user or group is
+    # guarded the same way; impersonating named ones is not
+    anyone = {**copy, "metadata": {"name": "acts-as-anyone"}}
+    anyone["rules"] = [{"apiGroups": [""], "resources": ["groups"], "verbs": ["impersonate"]}]
+    named = {**copy, "metadata": {"name": "acts-as-erin"}}
+    named["rules"] = [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"],
+                       "resourceNames": ["erin"]}]  # fmt: skip
+    for role in (anyone, named):
+        status, _, body = ops.as_("admin", "POST", roles, role)
+        assert status in (201, 409), body
+    status, body = bind("acts-as-anyone")
+    assert status == 403 and "impersonating any user or group" in body["message"], body
+    status, body = bind("acts-as-erin")
+    assert status in (201, 409), body
 
 
 def test_a_grant_never_overwrites_a_binding(ops: Ops):

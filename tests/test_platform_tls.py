@@ -767,6 +767,7 @@ def test_rotation_keeps_clients_served(topo: Path):
 
     before = serials()
     scraper_before = tls.scraper.cert.read_bytes()
+    console_client_before = tls.console_client.cert.read_bytes()
     assert len(before) == 9 + 4 + 4 + 4 + 3 + 2 + 2  # ..., gates, GitOps controllers, consoles
     gate = plan.gates[0]
     ok, failed = [0], []
@@ -814,6 +815,7 @@ def test_rotation_keeps_clients_served(topo: Path):
     after = serials()
     assert {n for n in before if before[n] == after[n]} == set(), "components still serving"
     assert tls.scraper.cert.read_bytes() != scraper_before
+    assert tls.console_client.cert.read_bytes() != console_client_before
     # the CLI's own certificates were rotated too, and both old and new kubeconfigs work
     r = kubectl(old_kc, "get", "ns", "default")
     assert r.returncode == 0, r.stderr

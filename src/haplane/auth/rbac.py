@@ -662,7 +662,22 @@ def guarded(index: RbacIndex, binding: Obj) -> str | None:
             f"{kind} {name} allows every verb on every resource, as cluster-admin does: a "
             "binding to it needs another person's approval"
         )
+    if rules and any(_impersonates_anyone(r) for r in rules):
+        return (
+            f"{kind} {name} allows impersonating any user or group, which is acting as anyone "
+            "(an administrator included): a binding to it needs another person's approval"
+        )
     return None
+
+
+def _impersonates_anyone(r: Rule) -> bool:
+    """A rule that lets its holder act as any user or any group: `impersonate` (or every verb)
+    on core `users` or `groups` (or every resource) without resourceNames."""
+    if r.resource_names or not (r.any_verb or "impersonate" in r.verbs):
+        return False
+    if not (r.any_group or "" in r.api_groups):
+        return False
+    return r.any_resource or bool({"users", "groups"} & r.resources)
 
 
 HAPLANE_LABELS = {"app.kubernetes.io/part-of": "haplane"}

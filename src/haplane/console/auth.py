@@ -2,10 +2,11 @@
 authorization, both delegated to the platform.
 
 Layer: console. Speaks HTTP to the API through a gate (`Platform`), never to the server's
-internals; the console's own process holds no identity of the API: every request it makes
-there carries the signed-in user's bearer token and nothing else (no client certificate, so
-the token is what the API judges), or, for a person who presented a client certificate, the
-console's impersonating certificate and that person's name and groups.
+internals. Every API request it makes for a user carries that user's bearer token and nothing
+else (no client certificate, so the token is what the API judges), or, for a person who
+presented a client certificate, the console's impersonating certificate and that person's name
+and groups. (The status it gathers for the map is read with the state dir's credentials, as
+`haplane status` reads it: `haplane.local.status`, not this module.)
 
 - **Credentials**: a bearer token, from the `Authorization: Bearer` header (scripts, curl) or
   from the `haplane_console` cookie the login form sets (HttpOnly: page scripts cannot read it;

@@ -253,14 +253,18 @@ class Rotation:
                 names.append(cert_name("client", SCRAPER))
             if self.tls.scraper.cert.is_file():
                 users.append(SCRAPER)
+            # the consoles' own identity (they act for certificate users with it): each
+            # console loads the new pair when the files change, for its next connections
+            if self.tls.console_client.cert.is_file():
+                users.append("console-client")
             await asyncio.to_thread(etcd_pki.rotate, names)
             await asyncio.to_thread(platform_pki.rotate, users)
             await asyncio.to_thread(Pki(self.tls.front_proxy_dir).rotate, ["front-proxy"])
             rotated += [f"etcd/{n}" for n in names] + [f"platform/{n}" for n in users]
             rotated.append("front-proxy/front-proxy")
             self.progress(
-                "operator certificates (supervisor, CLI, admin kubeconfig) and the front "
-                "proxy's rotated"
+                "operator certificates (supervisor, CLI, admin kubeconfig, the consoles' "
+                "client pair) and the front proxy's rotated"
             )
         return rotated
 

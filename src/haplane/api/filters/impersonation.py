@@ -17,9 +17,17 @@ authorized for the requester, with Kubernetes' attributes, before anything else 
   `authentication.k8s.io`; each extra value: on `userextras/<key>` in that group.
 
 One refusal refuses the request (403, naming what may not be impersonated); the impersonated
-user gets `system:authenticated` (or `system:unauthenticated` for `system:anonymous`), as in
-Kubernetes. Groups, a uid or extras without `Impersonate-User` are 400 (kube-apiserver answers
-500 there: the request is the client's mistake, not the server's).
+user gets `system:authenticated` (or `system:unauthenticated` for `system:anonymous`) unless
+either was asked for, as in Kubernetes. Groups, a uid or extras without `Impersonate-User` are
+400 (kube-apiserver answers 500 there: the request is the client's mistake, not the server's);
+an empty `Impersonate-User` is no impersonation, as in Kubernetes. (Kubernetes removes the
+headers once used, for what it proxies on; a replica proxies no request, and aiohttp's
+request headers are read-only, so they stay.)
+
+Where haplane is stricter than Kubernetes: `system:masters` is haplane-admin's alone (no
+certificate is issued with it but the admin's, and cluster-admin goes through an approved
+RoleGrant), so nobody outside that group may take it by impersonation, whatever RBAC says
+(403).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from haplane.auth.user import ANONYMOUS, UserInfo
+from haplane.auth.user import ANONYMOUS, MASTERS, UserInfo
 
 from .. import errors
 from ..authorizer import Authorizer
@@ -58,13 +66,20 @@ def requested(request: web.BaseRequest) -> UserInfo | None:
     """Whom the request asks to act as (None: no impersonation header); 400 when groups, a
     uid or extras come without a user."""
     headers = request.headers
-    name = headers.get(USER)
+    name = headers.get(USER) or None  # empty: no impersonation, as in Kubernetes
     groups = tuple(headers.getall(GROUP, ()))
-    uid = headers.get(UID)
+    uid = headers.get(UID) or None
     extra: dict[str, list[str]] = {}
     for key, value in headers.items():
         if key.lower().startswith(EXTRA):
-            extra.setdefault(unquote(key[len(EXTRA) :]).lower(), []).append(value)
+            # Kubernetes lower-cases the key, then percent-decodes it (the raw key if that
+            # fails): an encoded capital stays a capital
+            raw = key[len(EXTRA) :].lower()
+            try:
+                decoded = unquote(raw, errors="strict")
+            except UnicodeDecodeError:
+                decoded = raw
+            extra.setdefault(decoded, []).append(value)
     if name is None and not groups and uid is None and not extra:
         return None
     if not name:
@@ -77,9 +92,10 @@ def requested(request: web.BaseRequest) -> UserInfo | None:
     return UserInfo(name, uid=uid or "", groups=groups, extra=extra)
 
 
-def checks(asked: UserInfo, path: str) -> list[RequestInfo]:
+def checks(asked: UserInfo, path: str = "") -> list[RequestInfo]:
     """What the requester must be allowed, in Kubernetes' order: the user (or service
-    account), each group, the uid, each extra value."""
+    account), each group, each extra value, the uid. No path (as in Kubernetes): the decision
+    does not depend on it, and the authorizer's decision cache stays small."""
     out = []
     sa = _service_account(asked.name)
     if sa is not None:
@@ -91,12 +107,6 @@ def checks(asked: UserInfo, path: str) -> list[RequestInfo]:
     out += [
         RequestInfo(path, "impersonate", True, "", "v1", "", "groups", name=g) for g in asked.groups
     ]
-    if asked.uid:
-        out.append(
-            RequestInfo(
-                path, "impersonate", True, AUTHENTICATION_GROUP, "v1", "", "uids", name=asked.uid
-            )
-        )
     for key, values in asked.extra.items():
         out += [
             RequestInfo(
@@ -112,6 +122,12 @@ def checks(asked: UserInfo, path: str) -> list[RequestInfo]:
             )
             for v in values
         ]
+    if asked.uid:
+        out.append(
+            RequestInfo(
+                path, "impersonate", True, AUTHENTICATION_GROUP, "v1", "", "uids", name=asked.uid
+            )
+        )
     return out
 
 
@@ -123,7 +139,7 @@ def acting_as(asked: UserInfo) -> UserInfo:
     if sa is not None and not groups:
         groups = ["system:serviceaccounts", f"system:serviceaccounts:{sa[0]}"]
     implied = UNAUTHENTICATED if asked.name == ANONYMOUS.name else AUTHENTICATED
-    if implied not in groups:
+    if AUTHENTICATED not in groups and UNAUTHENTICATED not in groups:
         groups.append(implied)
     return UserInfo(asked.name, uid=asked.uid, groups=tuple(groups), extra=asked.extra)
 
@@ -138,8 +154,17 @@ class Impersonate:
         if asked is None:
             return await handler(request)
         requester: UserInfo = request["user"]
+        if MASTERS in asked.groups and MASTERS not in requester.groups:
+            raise errors.StatusError(
+                403,
+                "Forbidden",
+                f'groups "{MASTERS}" is forbidden: User "{requester.name}" cannot impersonate '
+                f"{MASTERS}: it is haplane-admin's alone (grant cluster-admin through an "
+                "approved RoleGrant instead)",
+                details={"name": MASTERS, "kind": "groups"},
+            )
         if self.authorizer is not None:
-            for check in checks(asked, request.path):
+            for check in checks(asked):
                 decision = await self.authorizer.authorize(requester, check)
                 if not decision.allowed:
                     raise errors.forbidden(
