@@ -550,3 +550,29 @@ def test_gathers_every_second_only_while_someone_looks(example):
     assert live.current_interval(now=live.demanded_at + 11) == 10.0
     live.watchers = 1  # an open stream keeps it busy
     assert live.current_interval(now=live.demanded_at + 11) == 1.0
+
+
+def test_history_says_the_fence_wait_and_what_each_cut_cost(example):
+    report = _report(example)
+    report.global_state.active = {**report.global_state.active, "since": "2026-12-06T10:00:00Z",
+                                  "unfenced": "2026-12-06T10:00:01.25Z"}  # fmt: skip
+    report.cuts = [
+        {"epoch": 2, "region": "eu-central", "revision": 900, "planned": False,
+         "lagSeconds": 0.412, "synchronous": False, "partial": False},
+        {"epoch": 3, "region": "eu-west", "revision": 1200, "planned": True,
+         "lagSeconds": 0.0, "synchronous": False, "partial": False},
+    ]  # fmt: skip
+    report.divergences = [{"epoch": 2, "count": 7, "region": "eu-west"}]
+    view = map_view(report, example)
+    by = {e.epoch: e for e in view.history}
+    assert by[3].fence_wait == 1.25 and by[3].data == "none (planned, cut at revision 1200)"
+    assert by[2].data == "up to 0.412 s of writes (asynchronous, above revision 900)"
+    assert by[2].saved == 7 and by[1].data is None and by[1].fence_wait is None
+    html = render.history(view)
+    assert "<th>fence wait</th>" in html and "1.25 s" in html
+    assert "7 write(s) of the returning region saved aside" in html
+    sync = {"epoch": 4, "planned": False, "synchronous": True, "revision": 5, "partial": True}
+    from haplane.console.view import cut_words
+
+    assert cut_words(sync).startswith("none acknowledged (synchronous standby")
+    assert "its copy incomplete" in cut_words(sync)

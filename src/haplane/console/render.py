@@ -165,7 +165,8 @@ def history(view: MapView | None) -> str:
     rows = "".join(_epoch_row(e) for e in view.history)
     return (
         "<h2>Failover history</h2><table><thead><tr><th>epoch</th><th>region</th>"
-        "<th>from</th><th>by</th><th>reason</th><th>since</th><th>unfenced</th></tr></thead>"
+        "<th>from</th><th>by</th><th>reason</th><th>since</th><th>unfenced</th>"
+        "<th>fence wait</th><th>data at the cut</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
 
@@ -178,10 +179,14 @@ def _epoch_row(e: EpochView) -> str:
     else:
         unfenced = "not recorded"
     current = ' class="current"' if e.current else ""
+    wait = f"{e.fence_wait:.2f} s" if e.fence_wait is not None else "-"
+    data = esc(e.data) if e.data else "-"
+    if e.saved:
+        data += f"; {e.saved} write(s) of the returning region saved aside"
     return (
         f'<tr data-epoch="{e.epoch}"{current}><td>{e.epoch}</td><td>{esc(e.region)}</td>'
         f"<td>{esc(e.previous or '-')}</td><td>{esc(e.by)}</td><td>{esc(e.reason)}</td>"
-        f"<td>{esc(e.since)}</td><td>{unfenced}</td></tr>"
+        f"<td>{esc(e.since)}</td><td>{unfenced}</td><td>{wait}</td><td>{data}</td></tr>"
     )
 
 

@@ -15,7 +15,7 @@ Health is one of three words, the colours of the map:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from haplane.local.status import ReplicationRow, StatusReport
@@ -71,6 +71,12 @@ class EpochView:
     unfenced: str | None
     writable: bool
     current: bool = False
+    fence_wait: float | None = None  # seconds from the commit to the unfence
+    # where the epoch began (its cut) and what that cost, in words: "none (planned)", "none
+    # acknowledged (sync)", "up to 0.4 s of writes (async, above revision 1234)"; None: no
+    # cut recorded (the first epoch, or older than the last few)
+    data: str | None = None
+    saved: int | None = None  # writes a returning region made after the cut, saved aside
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,34 @@ def _components(report: StatusReport) -> list[ComponentView]:
     return out
 
 
+def _seconds_between(a: str | None, b: str | None) -> float | None:
+    from datetime import datetime
+
+    try:
+        if not a or not b:
+            return None
+        t0 = datetime.fromisoformat(a.replace("Z", "+00:00"))
+        t1 = datetime.fromisoformat(b.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round((t1 - t0).total_seconds(), 3)
+
+
+def cut_words(cut: dict[str, Any]) -> str:
+    """What an epoch's cut says about data: a planned switch lost nothing; a synchronous
+    standby had every acknowledged write; an asynchronous one may miss what its source
+    committed above the cut, at most its lag then (the RPO in time)."""
+    revision = cut.get("revision")
+    partial = "; promoted during a resync, its copy incomplete" if cut.get("partial") else ""
+    if cut.get("planned"):
+        return f"none (planned, cut at revision {revision}){partial}"
+    if cut.get("synchronous"):
+        return f"none acknowledged (synchronous standby, cut at revision {revision}){partial}"
+    lag = cut.get("lagSeconds")
+    within = f"up to {float(lag):.3f} s of writes" if isinstance(lag, int | float) else "unknown"
+    return f"{within} (asynchronous, above revision {revision}){partial}"
+
+
 def _epoch(d: dict[str, Any], current: bool = False) -> EpochView:
     return EpochView(
         epoch=int(d.get("epoch") or 0),
@@ -224,6 +258,21 @@ def map_view(report: StatusReport, topology: Topology) -> MapView:
         history = [current if e.epoch == current.epoch else e for e in history]
         if all(e.epoch != current.epoch for e in history):
             history.append(current)
+    cuts = {int(c["epoch"]): c for c in report.cuts if isinstance(c.get("epoch"), int)}
+    saved = {
+        int(d["epoch"]): int(d.get("count") or 0)
+        for d in report.divergences
+        if isinstance(d.get("epoch"), int)
+    }
+    history = [
+        replace(
+            e,
+            fence_wait=_seconds_between(e.since, e.unfenced),
+            data=cut_words(cuts[e.epoch]) if e.epoch in cuts else None,
+            saved=saved.get(e.epoch),
+        )
+        for e in history
+    ]
     return MapView(
         topology=report.topology,
         supervisor=report.supervisor,
