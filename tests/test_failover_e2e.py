@@ -560,7 +560,7 @@ def test_drills_and_maintenance_through_the_api(topo: Path) -> None:
     r = haplane(topo, "maintenance", "drain", drained, "--reason", "kernel update",
                 "--timeout", "3", "--kubeconfig", str(users["gina"]))  # fmt: skip
     assert "succeeded" in r.stdout and f"{drained}: drained" in r.stdout, r.stdout
-    wait_for(lambda: gates_see("draining"), timeout=10)
+    wait_for(lambda: gates_see("draining"), timeout=30)  # each look is a full status
     edge = next(e for e in status(topo)["edges"] if e["name"] == drained)
     assert edge["drained"] == "kernel update" and not edge["ready"], edge
     assert kubectl(kc, "get", "namespaces").returncode == 0
@@ -573,7 +573,7 @@ def test_drills_and_maintenance_through_the_api(topo: Path) -> None:
     assert not next(e for e in status(topo)["edges"] if e["name"] == twin)["drained"]
     haplane(topo, "maintenance", "undrain", drained, "--reason", "done",
             "--kubeconfig", str(users["gina"]))  # fmt: skip
-    wait_for(lambda: gates_see("up"), timeout=10)
+    wait_for(lambda: gates_see("up"), timeout=30)
 
     r = haplane(topo, "maintenance", "rotate-encryption-key", "--reason", "yearly",
                 "--kubeconfig", str(users["olga"]), "--no-wait")  # fmt: skip
