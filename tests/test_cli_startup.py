@@ -272,6 +272,35 @@ def test_quick_commands_skip_typer_and_say_the_same(tmp_path: Path):
     assert [a["action"] for a in asked] == ["kill", "kill", "term", "term"]
 
 
+def test_the_stored_help_is_typers():
+    """`haplane --help` answered from `help_text` is typer's rendering, to the byte."""
+    from haplane.cli import help_text
+
+    assert help_text.text() == help_text.render(), (
+        "haplane --help changed: write it again with "
+        "`.venv/bin/python -m haplane.cli.help_text --write`"
+    )
+
+
+def test_help_is_answered_before_typer_into_a_pipe():
+    import os
+
+    r, modules = through_entry("--help")
+    assert r.returncode == 0 and "Usage: haplane [OPTIONS] COMMAND" in r.stdout
+    assert [m for m in modules if m.split(".")[0] in QUICK_HEAVY] == []
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    code = "import sys; sys.argv = ['haplane', '--help']; from haplane.cli.main import main; main()"
+    t = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=60)  # fmt: skip
+    assert (r.returncode, r.stdout) == (t.returncode, t.stdout)
+    # another width asked for: typer's own
+    wide = subprocess.run([sys.executable, "-c", ENTRY_PROBE, "--help"], capture_output=True,
+                          text=True, env={**env, "COLUMNS": "120"}, timeout=60)  # fmt: skip
+    *_, loaded_modules = wide.stderr.strip().splitlines()
+    assert "typer" in json.loads(loaded_modules)
+    assert max(len(line) for line in wide.stdout.splitlines()) == 120
+
+
 @pytest.mark.parametrize(
     "argv", [["fault", "--help"], ["fault", "explode", "x"], ["fault", "kill"], ["versio"]]
 )

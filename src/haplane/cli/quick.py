@@ -1,11 +1,14 @@
 """Layer: run (cli). The commands scripts call in loops, answered before typer is imported:
-`haplane version` and `haplane fault ACTION NAME [--state-dir DIR]`.
+`haplane version`, `haplane fault ACTION NAME [--state-dir DIR]` and `haplane --help`.
 
 Typer, with click, pydantic and rich behind it, costs ~80 ms to import on this machine, more
 than the rest of such a command; kubectl answers in ~50 ms. So `entry.main` offers argv here
-first. Only a plain, valid invocation is answered here; anything else (`--help`, an unknown
-option or action, a missing argument) returns None and goes to typer, whose errors and help
-stay the only ones. The output is the typer command's, to the byte (tests compare them).
+first. Only a plain, valid invocation is answered here; anything else (a subcommand's
+`--help`, an unknown option or action, a missing argument) returns None and goes to typer,
+whose errors and help stay the only ones. The output is the typer command's, to the byte
+(tests compare them). `haplane --help` itself is answered from a stored rendering of typer's
+(`help_text`, kept equal to it by a test): the same bytes into a pipe, the same text
+uncoloured at 80 columns in a terminal.
 
 The fault request is one HTTP POST over the supervisor's Unix socket with the standard
 library: `ControlClient` (aiohttp, asyncio) costs more to import than the request takes.
@@ -22,11 +25,33 @@ def run(argv: list[str]) -> int | None:
     """The exit code when `argv` is a quick command it answered; None: let typer have it."""
     if argv == ["version"]:
         return version()
+    if argv == ["--help"] and _stored_help_fits():
+        from haplane.cli.help_text import text
+
+        sys.stdout.write(text())
+        return 0
     if argv[:1] == ["fault"]:
         parsed = _fault_args(argv[1:])
         if parsed is not None:
             return fault(*parsed)
     return None
+
+
+def _stored_help_fits() -> bool:
+    """Whether `haplane --help` may be answered with the stored rendering (`help_text`): into
+    a pipe exactly when typer would print the same bytes (80 columns, no colour asked for); in
+    a terminal at least 80 columns wide it is that same text, uncoloured (typer would colour
+    it and stretch it to the terminal's width). Anything else is typer's."""
+    import os
+
+    forced = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "_TYPER_FORCE_DISABLE_TERMINAL")
+    if any(os.environ.get(name) for name in forced):
+        return False
+    if not sys.stdout.isatty():
+        return os.environ.get("COLUMNS", "80") == "80"
+    import shutil
+
+    return shutil.get_terminal_size((0, 0)).columns >= 80
 
 
 def version() -> int:
