@@ -13,6 +13,7 @@ A balancer's admin port also serves its region's aggregate health, which the gat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,9 +175,10 @@ def resolve_gates(
 
 
 @dataclass(frozen=True)
-class GitopsPlan:
-    """A GitOps controller instance: its listener (webhooks, health, metrics) and the gate it
-    reaches the platform through (its own site's, else the first)."""
+class SiteInstancePlan:
+    """A global instance placed on a site that reaches the platform through a gate (its own
+    site's, else the first): a GitOps controller (its listener serves webhooks, health and
+    metrics) or a web console (its HTTPS listener; it asks the API as the signed-in user)."""
 
     name: str
     site: str
@@ -192,67 +194,49 @@ class GitopsPlan:
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+
+GitopsPlan = SiteInstancePlan
+ConsolePlan = SiteInstancePlan
+
+
+def _resolve_site_instances(
+    instances: Sequence[Any],
+    topology: Topology,
+    ports: PortRegistry,
+    gates: list[GatePlan],
+    tls: bool,
+    protocol: str,
+) -> list[SiteInstancePlan]:
+    plans = []
+    for x in instances:
+        host = topology.host_of(x)
+        gate = next((g for g in gates if g.site == x.site), gates[0] if gates else None)
+        plans.append(
+            SiteInstancePlan(
+                name=x.name,
+                site=x.site,
+                host=host,
+                port=ports.resolve(port_key(f"{GLOBAL_SCOPE}/{x.name}", protocol), host, x.port),
+                server=gate.url if gate is not None else "",
+                tls=tls,
+            )
+        )
+    return plans
 
 
 def resolve_gitops(
     topology: Topology, ports: PortRegistry, gates: list[GatePlan], tls: bool = False
 ) -> list[GitopsPlan]:
-    plans = []
-    for x in topology.spec.global_.gitops:
-        host = topology.host_of(x)
-        gate = next((g for g in gates if g.site == x.site), gates[0] if gates else None)
-        plans.append(
-            GitopsPlan(
-                name=x.name,
-                site=x.site,
-                host=host,
-                port=ports.resolve(port_key(f"{GLOBAL_SCOPE}/{x.name}", "http"), host, x.port),
-                server=gate.url if gate is not None else "",
-                tls=tls,
-            )
-        )
-    return plans
-
-
-@dataclass(frozen=True)
-class ConsolePlan:
-    """A web console instance: its HTTPS listener and the gate it asks the API through (as the
-    signed-in user; its own site's gate, else the first)."""
-
-    name: str
-    site: str
-    host: str
-    port: int
-    server: str  # the gate's URL
-    tls: bool = False
-
-    @property
-    def qualified_name(self) -> str:
-        return f"{GLOBAL_SCOPE}/{self.name}"
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+    instances = topology.spec.global_.gitops
+    return _resolve_site_instances(instances, topology, ports, gates, tls, "http")
 
 
 def resolve_console(
     topology: Topology, ports: PortRegistry, gates: list[GatePlan], tls: bool = False
 ) -> list[ConsolePlan]:
-    plans = []
-    for x in topology.spec.global_.console.instances:
-        host = topology.host_of(x)
-        gate = next((g for g in gates if g.site == x.site), gates[0] if gates else None)
-        plans.append(
-            ConsolePlan(
-                name=x.name,
-                site=x.site,
-                host=host,
-                port=ports.resolve(port_key(f"{GLOBAL_SCOPE}/{x.name}", "https"), host, x.port),
-                server=gate.url if gate is not None else "",
-                tls=tls,
-            )
-        )
-    return plans
+    instances = topology.spec.global_.console.instances
+    return _resolve_site_instances(instances, topology, ports, gates, tls, "https")
 
 
 @dataclass(frozen=True)
