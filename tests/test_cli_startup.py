@@ -115,7 +115,7 @@ def test_commands_with_nothing_started_are_light(
     before it imports the status machinery (etcd, grpc, aiohttp, the topology model); `down`
     reads no pid file (runner imports the supervisor, its control server, etcd and YAML only
     where `up` needs them; pidfile imports psutil on first use); `fault` finds no socket with
-    the light control client (haplane.local.control_client: aiohttp only for a request)."""
+    the light control client (haplane.local.control_client: the standard library's HTTP)."""
     modules = loaded(*argv, "--state-dir", str(tmp_path))
     assert [h for h in heavy_in(modules) if h not in ("pydantic", *allowed)] == []
 
@@ -139,8 +139,8 @@ def test_commands_with_nothing_started_say_so(tmp_path: Path):
 
 
 def test_control_client_still_says_when_the_supervisor_does_not_answer(tmp_path: Path):
-    """A socket path nobody listens on: the light client imports aiohttp for the request and
-    reports the refused connection as SupervisorUnreachable, as before."""
+    """A socket path nobody listens on: the light client (the standard library's HTTP in a
+    thread) reports the refused connection as SupervisorUnreachable, as before."""
     import asyncio
 
     from haplane.local.control import ControlClient as Reexported

@@ -22,6 +22,7 @@ import pytest
 
 from haplane.local import pidfile
 from haplane.local.state_dir import StateDir
+from tests.test_cli_startup import through_entry, typer_path
 from tests.topology_helpers import (
     connection,
     etcd_tls,
@@ -50,6 +51,25 @@ def test_up_status_faults_down(state: Path, start_topology):
     for m in members(doc).values():
         assert m["healthy"] and m["pid"] and m["member_id"] and m["raft_term"] >= 1
         assert m["quota"] == 2 * 1024**3 and m["db_size"] > 0 and m["alarms"] == []
+
+    # `status --json` is answered before typer, from the status plan `up`'s first status
+    # cached: neither typer, nor the topology model, nor aiohttp or cryptography; the same
+    # components and verdict as through typer (whose output is the same function's)
+    assert (state / "status-plan.json").is_file()
+    quick, modules = through_entry("status", "--json", "--state-dir", str(state))
+    slow = typer_path("status", "--json", "--state-dir", str(state))
+    assert quick.returncode == slow.returncode == 0, (quick.stderr, slow.stderr)
+    assert not {"typer", "rich", "pydantic", "aiohttp", "cryptography", "yaml"} & {
+        m.split(".")[0] for m in modules
+    }
+    assert "haplane.topology.model" not in modules
+    q, t = json.loads(quick.stdout), json.loads(slow.stdout)
+    assert members(q).keys() == members(t).keys() == members(doc).keys()
+    for key in ("replicas", "edges", "gitops", "console", "replication"):
+        names = {x.get("name") or x.get("region") for x in q[key]}
+        assert names == {x.get("name") or x.get("region") for x in t[key]} and names, key
+    assert q["certificates"]["count"] == t["certificates"]["count"] > 10
+    assert q["global_state"]["active"]["region"] == t["global_state"]["active"]["region"]
 
     # kill: stays down; its cluster keeps quorum
     victim = "eu-west/etcd-1"

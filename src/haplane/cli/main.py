@@ -525,7 +525,9 @@ def status_cmd(state_dir: StateDirOpt = None, as_json: JsonOpt = False) -> None:
         err.print(f"error: {exc}")
         raise typer.Exit(1) from None
     if as_json:
-        out.print_json(json.dumps(report.as_dict()))
+        from haplane.cli.quick import print_status_json
+
+        print_status_json(report.as_dict())
     else:
         _print_status(report)
     raise typer.Exit(0 if report.healthy else 3)

@@ -1,5 +1,6 @@
 """Layer: run (cli). The commands scripts call in loops, answered before typer is imported:
-`haplane version`, `haplane fault ACTION NAME [--state-dir DIR]` and `haplane --help`.
+`haplane version`, `haplane fault ACTION NAME [--state-dir DIR]`, `haplane status --json
+[--state-dir DIR]` and `haplane --help`.
 
 Typer, with click, pydantic and rich behind it, costs ~80 ms to import on this machine, more
 than the rest of such a command; kubectl answers in ~50 ms. So `entry.main` offers argv here
@@ -11,7 +12,8 @@ whose errors and help stay the only ones. The output is the typer command's, to 
 uncoloured at 80 columns in a terminal.
 
 The fault request is one HTTP POST over the supervisor's Unix socket with the standard
-library: `ControlClient` (aiohttp, asyncio) costs more to import than the request takes.
+library (`stdlib_http.exchange`, blocking: asyncio costs more to import than the request
+takes).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def run(argv: list[str]) -> int | None:
         parsed = _fault_args(argv[1:])
         if parsed is not None:
             return fault(*parsed)
+    if argv[:1] == ["status"]:
+        parsed_status = _status_json_args(argv[1:])
+        if parsed_status is not None:
+            return status_json(parsed_status[0])
     return None
 
 
@@ -71,6 +77,52 @@ def version() -> int:
     return 0
 
 
+def _status_json_args(args: list[str]) -> tuple[Path | None] | None:
+    """`status --json [--state-dir DIR]`: its state dir (None: the default one); None for
+    anything else (the table, `--help`, an unknown option: typer's)."""
+    rest = [a for a in args if a != "--json"]
+    if len(rest) != len(args) - 1:
+        return None
+    if not rest:
+        return (None,)
+    if len(rest) == 2 and rest[0] == "--state-dir" and not rest[1].startswith("-"):
+        return (Path(rest[1]),)
+    if len(rest) == 1 and rest[0].startswith("--state-dir=") and len(rest[0]) > 12:
+        return (Path(rest[0].split("=", 1)[1]),)
+    return None
+
+
+def status_json(state_dir: Path | None) -> int | None:
+    """`haplane status --json` of a started topology, its exit code (0 healthy, 3 not); None
+    when no topology was started there or anything goes wrong, for typer to say it its way.
+
+    Typer, click and rich are not imported (their ~80 ms would be a quarter of the command),
+    nor the topology model when the status plan cache holds (`local.status_plan`)."""
+    from haplane.local.state_dir import StateDir, default_state_dir
+
+    state = StateDir(state_dir or default_state_dir())
+    if not state.topology_file.exists():
+        return None
+    import asyncio
+
+    from haplane.local.status import gather_status
+
+    try:
+        report = asyncio.run(gather_status(state))
+    except Exception:  # typer's command asks again, and reports it as it does
+        return None
+    print_status_json(report.as_dict())
+    return 0 if report.healthy else 3
+
+
+def print_status_json(doc: dict[str, Any]) -> None:
+    """What `status --json` prints, on either path."""
+    import json
+
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
 def _fault_args(args: list[str]) -> tuple[str, str, Path | None] | None:
     from haplane.local.control_client import FAULT_ACTIONS
 
@@ -96,46 +148,28 @@ def _fault_args(args: list[str]) -> tuple[str, str, Path | None] | None:
 
 def fault(action: str, name: str, state_dir: Path | None) -> int:
     """`haplane fault ACTION NAME`, its action known (the typer command calls it too)."""
-    import http.client  # here: every command passes through this module before typer
-    import json
-    import socket
-
     from haplane.local.state_dir import StateDir, default_state_dir
-
-    class UnixConnection(http.client.HTTPConnection):
-        def __init__(self, path: str, timeout: float) -> None:
-            super().__init__("supervisor", timeout=timeout)
-            self.path = path
-
-        def connect(self) -> None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(self.path)
-            except OSError:
-                sock.close()
-                raise
-            self.sock = sock
+    from haplane.local.stdlib_http import HttpError, exchange
 
     state = StateDir(state_dir or default_state_dir())
     path = state.socket
     if not path.exists():
         print(f"error: no supervisor socket at {path}", file=sys.stderr)
         return 1
-    conn = UnixConnection(str(path), timeout=30.0)
     try:
-        body = json.dumps({"action": action, "component": name})
-        conn.request("POST", "/v1/faults", body, {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        data: Any = json.loads(resp.read() or b"null")
-    except (OSError, http.client.HTTPException) as exc:
+        (resp,) = exchange(
+            "http://supervisor",
+            [("POST", "/v1/faults", {"action": action, "component": name})],
+            timeout=30.0,
+            unix=str(path),
+        )
+        data: Any = resp.json() if resp.body else None
+    except HttpError as exc:
         print(f"error: supervisor at {path} does not answer: {exc}", file=sys.stderr)
         return 1
     except ValueError:  # it answered, but not JSON
         print(f"error: unexpected answer from the supervisor ({resp.status})", file=sys.stderr)
         return 1
-    finally:
-        conn.close()
     if resp.status >= 400:
         said = data.get("error", data) if isinstance(data, dict) else data
         print(f"error: {said}", file=sys.stderr)

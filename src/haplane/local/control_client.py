@@ -3,9 +3,8 @@ what drills use from Python (`FaultInjector`). The server is `haplane.local.cont
 re-exports all of this.
 
 Layer: run (local). Light on purpose (commands that only talk to the supervisor import this,
-not the server and the supervisor behind it): the standard library at module level, aiohttp
-only once a request finds a socket to send to, so a command with no supervisor running never
-imports it.
+not the server and the supervisor behind it): the standard library only (`stdlib_http`, once a
+request finds a socket to send to).
 """
 
 from __future__ import annotations
@@ -36,24 +35,28 @@ class ControlClient:
     async def _request(self, method: str, path: str, body: Any = None) -> Any:
         if not self.socket_path.exists():
             raise SupervisorUnreachable(f"no supervisor socket at {self.socket_path}")
-        import aiohttp
+        from .stdlib_http import HttpError, fetch
 
         try:
-            async with (
-                aiohttp.ClientSession(
-                    connector=aiohttp.UnixConnector(path=str(self.socket_path)),
-                    timeout=aiohttp.ClientTimeout(total=self.timeout),
-                ) as session,
-                session.request(method, f"http://supervisor{path}", json=body) as resp,
-            ):
-                data = await resp.json()
-                if resp.status >= 400:
-                    raise ControlError(str(data.get("error", data)))
-                return data
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            (answer,) = await fetch(
+                "http://supervisor",
+                [(method, path, body)],
+                timeout=self.timeout,
+                unix=str(self.socket_path),
+            )
+        except HttpError as exc:
             raise SupervisorUnreachable(
                 f"supervisor at {self.socket_path} does not answer: {exc}"
             ) from exc
+        try:
+            data = answer.json()
+        except ValueError:
+            raise ControlError(
+                f"unexpected answer from the supervisor (HTTP {answer.status})"
+            ) from None
+        if answer.status >= 400:
+            raise ControlError(str(data.get("error", data) if isinstance(data, dict) else data))
+        return data
 
     async def snapshot(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("GET", "/v1/supervisor")

@@ -39,6 +39,7 @@ tokens with (one key: a token minted before a failover is valid after it).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -472,10 +473,57 @@ def expiry_rows(tls: PlatformTls, now: datetime | None = None) -> list[dict[str,
     return sorted(rows, key=lambda r: int(str(r["secondsToExpiry"])))
 
 
+EXPIRY_CACHE = "expiry-cache.json"
+_EXPIRY_FORMAT = 1
+
+
+def cached_expiry_rows(tls: PlatformTls, now: datetime | None = None) -> list[dict[str, object]]:
+    """`expiry_rows`, from `STATE/pki/expiry-cache.json` while no certificate file changed.
+
+    Parsing the certificates needs `cryptography`, whose import costs more than the rest of a
+    `haplane status` on this machine; what status shows of them changes only when a file does.
+    The cache is keyed by every `*.crt` file of the three CA directories with its SHA-256 (a
+    rotation that rewrites a file within one clock tick still counts); any other key, or a
+    cache that cannot be read, reads the certificates again and rewrites the cache."""
+    import datetime as dt
+    import hashlib
+    import json
+
+    key: list[list[str]] = []
+    for directory in (tls.etcd_dir, tls.platform_dir, tls.front_proxy_dir):
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.crt")):
+                try:
+                    key.append([str(path), hashlib.sha256(path.read_bytes()).hexdigest()])
+                except OSError:
+                    return expiry_rows(tls, now)  # as it is: the slow path says what is wrong
+    cache = tls.root / EXPIRY_CACHE
+    now = now or dt.datetime.now(dt.UTC)
+    try:
+        doc = json.loads(cache.read_text())
+        if doc["format"] == _EXPIRY_FORMAT and doc["key"] == key:
+            rows: list[dict[str, object]] = doc["rows"]
+            for row in rows:
+                after = dt.datetime.strptime(str(row["notAfter"]), "%Y-%m-%dT%H:%M:%SZ")
+                row["secondsToExpiry"] = round((after.replace(tzinfo=dt.UTC) - now).total_seconds())
+            return sorted(rows, key=lambda r: int(str(r["secondsToExpiry"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    rows = expiry_rows(tls, now)
+    tmp = cache.with_name(f".{EXPIRY_CACHE}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps({"format": _EXPIRY_FORMAT, "key": key, "rows": rows}))
+        tmp.replace(cache)
+    except OSError:  # a read-only state dir: only slower
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return rows
+
+
 def expiry_summary(tls: PlatformTls) -> dict[str, object]:
     """For `haplane status`: how many certificates, the soonest to expire, and those that
     expire within 30 days (`up` renews those) or have expired."""
-    rows = expiry_rows(tls)
+    rows = cached_expiry_rows(tls)
     soon = [r for r in rows if int(str(r["secondsToExpiry"])) < 30 * 86400]
     return {
         "count": len(rows),

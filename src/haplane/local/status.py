@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, field
 from ssl import SSLContext
 from typing import Any
 
-import aiohttp
-
 from haplane.store import (
     EtcdClient,
     EtcdError,
@@ -26,15 +24,20 @@ from haplane.store import (
     ReplicationReport,
 )
 from haplane.store.sync_state import describe
-from haplane.topology import Topology, load_file
-from haplane.topology.model import GLOBAL_SCOPE
 
 from . import pidfile
 from .control_client import ControlClient, ControlError
-from .gate_plans import ConsolePlan, GitopsPlan, TopologyPlan, plan_of
-from .plans import ClusterPlan, ReplicaPlan, global_plan
-from .security import expiry_summary, http_ssl
+from .security import expiry_summary
 from .state_dir import StateDir
+from .status_plan import (
+    ClusterTargets,
+    EdgeListener,
+    Listener,
+    SiteListener,
+    StatusTargets,
+    targets,
+)
+from .stdlib_http import Answer, HttpError, fetch
 
 
 @dataclass
@@ -213,10 +216,13 @@ async def gather_status(
 ) -> StatusReport:
     """Everything `haplane status` shows; `history`: how many of the last epochs to read,
     `certificates`: whether to read every certificate for the expiry summary (the console,
-    which gathers every second, leaves them out)."""
+    which gathers every second, leaves them out).
+
+    Every question is asked at once (one etcd client per cluster, shared by the questions to
+    that cluster): a status takes about as long as its slowest answer."""
     if not state.topology_file.exists():
         raise NothingRunning(f"no topology has been started in {state.root} (`haplane up` first)")
-    topology = load_file(state.topology_file)
+    plan = targets(state)
     processes: dict[str, dict[str, Any]] = {}
     phase = "not running"
     version = None
@@ -235,40 +241,42 @@ async def gather_status(
                     "pid": rec.pid,
                     "restarts": 0,
                 }
-    plan = plan_of(topology, state)
-    ssl = http_ssl(plan.tls)
-    clusters = await asyncio.gather(
-        *(_cluster_report(topology, c, processes, timeout) for c in plan.clusters)
-    )
-    replicas = await asyncio.gather(
-        *(_replica_report(r, processes, timeout, ssl) for r in plan.replicas)
-    )
-    global_state = await _global_report(plan.clusters, timeout, history)
-    edge_reports = asyncio.gather(
-        *(
-            _edge_report(e.qualified_name, kind, e.url, e.admin_url, processes, timeout, ssl)
-            for kind, group in (("balancer", plan.balancers), ("gate", plan.gates))
-            for e in group
+    tls = plan.tls
+    ctx = tls.client_context() if tls is not None else None
+    clients = {c.name: c.client(timeout) for c in plan.clusters}
+    try:
+        (
+            clusters,
+            replicas,
+            (global_state, replication, cuts, divergences, sync),
+            edges,
+            gitops,
+            consoles,
+        ) = await asyncio.gather(
+            asyncio.gather(
+                *(_cluster_report(c, clients[c.name], processes, timeout) for c in plan.clusters)
+            ),
+            asyncio.gather(*(_replica_report(r, processes, timeout, ctx) for r in plan.replicas)),
+            _global_report(plan, clients, processes, timeout, history),
+            asyncio.gather(*(_edge_report(e, processes, timeout, ctx) for e in plan.edges)),
+            asyncio.gather(*(_gitops_report(g, processes, timeout, ctx) for g in plan.gitops)),
+            asyncio.gather(*(_console_report(c, processes, timeout, ctx) for c in plan.console)),
         )
-    )
-    gitops_reports = asyncio.gather(
-        *(_gitops_report(g, processes, timeout, ssl) for g in plan.gitops)
-    )
-    console_reports = asyncio.gather(
-        *(_console_report(c, processes, timeout, ssl) for c in plan.console)
-    )
-    edges, gitops, consoles = await asyncio.gather(edge_reports, gitops_reports, console_reports)
-    replication, cuts, divergences, sync = await _replication_report(
-        topology, plan, processes, timeout
-    )
+    finally:
+        await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
     expiry = None
-    if certificates and plan.tls is not None and plan.tls.etcd_ca.exists():
-        from haplane.auth.pki import PkiError
+    if certificates and tls is not None and tls.etcd_ca.exists():
+        try:
+            expiry = expiry_summary(tls)
+        except OSError:
+            pass
+        except Exception as exc:  # PkiError, imported only then (its module needs cryptography)
+            from haplane.auth.pki import PkiError
 
-        with contextlib.suppress(PkiError, OSError):
-            expiry = expiry_summary(plan.tls)
+            if not isinstance(exc, PkiError):
+                raise
     return StatusReport(
-        topology.name,
+        plan.topology,
         str(state.root),
         phase,
         version,
@@ -286,38 +294,96 @@ async def gather_status(
     )
 
 
-async def _replication_report(
-    topology: Topology,
-    plan: TopologyPlan,
+def _process(name: str, processes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A component's process as the supervisor (or its pid record) says: state, pid, restarts."""
+    proc = processes.get(name, {})
+    return {
+        "state": str(proc.get("state", "not running")),
+        "pid": proc.get("pid"),
+        "restarts": int(proc.get("restarts") or 0),
+    }
+
+
+async def _global_report(
+    plan: StatusTargets,
+    clients: dict[str, EtcdClient],
     processes: dict[str, dict[str, Any]],
     timeout: float,
-) -> tuple[list[ReplicationRow], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
-    """Per region with replicators: the leading replicator's report and the processes; the
-    last cuts recorded by switches, divergences, and the sync record (Sync pairs only)."""
-    if not plan.replicators:
-        return [], [], [], None
+    history: int,
+) -> tuple[
+    GlobalReport,
+    list[ReplicationRow],
+    list[dict[str, Any]],
+    list[dict[str, Any]],
+    dict[str, Any] | None,
+]:
+    """From the global control etcd: the active region and the last epochs; with replicators,
+    each region's replication (the leading replicator's report and the processes), the last
+    cuts recorded by switches, divergences, and the sync record (Sync pairs only). And each
+    region's fence key, from the regions' own etcd."""
+    g = GlobalState(clients[plan.global_cluster.name])
+    fences = _fences(plan, clients, timeout)
+    try:
+        active, changes, (reports, cuts, divergences, sync), fence_values = await asyncio.gather(
+            g.read(), g.history(history), _replication_records(plan, g, timeout), fences
+        )
+    except EtcdError as exc:
+        return (
+            GlobalReport(
+                None, [], f"global control etcd: {exc}", await _fences(plan, clients, timeout)
+            ),
+            _replication_rows(plan, {}, processes),
+            [],
+            [],
+            None,
+        )
+    return (
+        GlobalReport(
+            active.as_dict() if active else None,
+            [c.as_dict() for c in changes],
+            None,
+            fence_values,
+        ),
+        _replication_rows(plan, reports, processes),
+        cuts,
+        divergences,
+        sync,
+    )
+
+
+async def _replication_records(
+    plan: StatusTargets, g: GlobalState, timeout: float
+) -> tuple[
+    dict[str, ReplicationReport], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None
+]:
+    if not plan.replication:
+        return {}, [], [], None
+    reports, recorded, divergences = await asyncio.gather(
+        g.replication_reports(timeout=timeout),
+        g.cuts(timeout=timeout),
+        g.divergences(timeout=timeout),
+    )
     sync: dict[str, Any] | None = None
-    has_sync = any(r.mode == "Sync" for r in topology.spec.global_.replication)
-    reports: dict[str, ReplicationReport] = {}
-    cuts: list[dict[str, Any]] = []
-    divergences: list[dict[str, Any]] = []
-    with contextlib.suppress(EtcdError):
-        async with global_plan(plan.clusters).client(timeout) as client:
-            g = GlobalState(client)
-            reports = await g.replication_reports(timeout=timeout)
-            recorded = await g.cuts(timeout=timeout)
-            cuts = [recorded[e].as_dict() for e in sorted(recorded)[-5:]]
-            divergences = [dict(d) for d in (await g.divergences(timeout=timeout))[-5:]]
-            if has_sync:
-                rec = await g.sync.read(timeout=timeout)
-                sync = {**rec.as_dict(), "says": describe(rec)} if rec else {"says": describe(None)}
+    if plan.has_sync:
+        rec = await g.sync.read(timeout=timeout)
+        sync = {**rec.as_dict(), "says": describe(rec)} if rec else {"says": describe(None)}
+    return (
+        reports,
+        [recorded[e].as_dict() for e in sorted(recorded)[-5:]],
+        [dict(d) for d in divergences[-5:]],
+        sync,
+    )
+
+
+def _replication_rows(
+    plan: StatusTargets,
+    reports: dict[str, ReplicationReport],
+    processes: dict[str, dict[str, Any]],
+) -> list[ReplicationRow]:
     rows = []
-    for site, _ in topology.regions():
-        mine = [r for r in plan.replicators if r.region == site.name]
-        if not mine:
-            continue
-        rep = reports.get(site.name)
-        row = ReplicationRow(site.name, rep.state if rep else "no report")
+    for region in plan.replication:
+        rep = reports.get(region.region)
+        row = ReplicationRow(region.region, rep.state if rep else "no report")
         if rep is not None:
             row.source = rep.source
             row.applied_revision = rep.applied_revision
@@ -328,51 +394,38 @@ async def _replication_report(
             row.report_age = round(rep.age(), 3)
             row.last_resync = rep.last_resync
             row.partial = rep.partial
-        for r in mine:
-            proc = processes.get(r.qualified_name, {})
-            row.replicators.append(
-                {
-                    "name": r.qualified_name,
-                    "url": r.url,
-                    "state": str(proc.get("state", "not running")),
-                    "pid": proc.get("pid"),
-                    "restarts": int(proc.get("restarts") or 0),
-                }
-            )
+        for r in region.replicators:
+            row.replicators.append({"name": r.name, "url": r.url, **_process(r.name, processes)})
         rows.append(row)
-    return rows, cuts, divergences, sync
+    return rows
 
 
 async def _edge_report(
-    name: str,
-    kind: str,
-    url: str,
-    admin_url: str,
+    edge: EdgeListener,
     processes: dict[str, dict[str, Any]],
     timeout: float,
-    ssl: SSLContext | bool = True,
+    ctx: SSLContext | None = None,
 ) -> EdgeReport:
-    proc = processes.get(name, {})
     report = EdgeReport(
-        name=name,
-        kind=kind,
-        url=url,
-        admin_url=admin_url,
-        state=str(proc.get("state", "not running")),
-        pid=proc.get("pid"),
-        restarts=int(proc.get("restarts") or 0),
+        name=edge.name,
+        kind=edge.kind,
+        url=edge.url,
+        admin_url=edge.admin_url,
         ready=False,
+        **_process(edge.name, processes),
     )
     try:
-        async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout + 0.5),
-            connector=aiohttp.TCPConnector(ssl=ssl),
-        ) as session:
-            async with session.get(f"{admin_url}/readyz") as resp:
-                report.ready = resp.status == 200
-            async with session.get(f"{admin_url}/status") as resp:
-                doc = await resp.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        ready, status = await fetch(
+            edge.admin_url,
+            [("GET", "/readyz", None), ("GET", "/status", None)],
+            timeout=timeout + 0.5,
+            context=ctx,
+        )
+        report.ready = ready.status == 200
+        doc = status.json()
+        if not isinstance(doc, dict):
+            raise ValueError(f"/status answered {type(doc).__name__}, not an object")
+    except (HttpError, ValueError) as exc:
         report.error = f"admin listener: {exc or type(exc).__name__}"
         return report
     report.active_pool = doc.get("active_pool")
@@ -403,70 +456,65 @@ LEADER_GAUGE = "haplane_gitops_leader"
 
 
 async def _gitops_report(
-    plan: GitopsPlan,
+    g: SiteListener,
     processes: dict[str, dict[str, Any]],
     timeout: float,
-    ssl: SSLContext | bool = True,
+    ctx: SSLContext | None = None,
 ) -> GitopsReport:
     """Its `/readyz`, and its `/metrics` for the Lease (cheap: one listener, no API call)."""
-    proc = processes.get(plan.qualified_name, {})
     report = GitopsReport(
-        name=plan.qualified_name,
-        site=plan.site,
-        url=plan.url,
-        server=plan.server,
-        state=str(proc.get("state", "not running")),
-        pid=proc.get("pid"),
-        restarts=int(proc.get("restarts") or 0),
+        name=g.name,
+        site=g.site,
+        url=g.url,
+        server=g.server,
         ready=False,
+        **_process(g.name, processes),
     )
-    try:
-        async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout + 0.5),
-            connector=aiohttp.TCPConnector(ssl=ssl),
-        ) as session:
-            async with session.get(f"{plan.url}/readyz") as resp:
-                report.ready = resp.status == 200
-                if not report.ready:
-                    report.error = (await resp.text()).strip()[:80] or f"HTTP {resp.status}"
-            async with session.get(f"{plan.url}/metrics") as resp:
-                report.leading = leader_gauge(await resp.text())
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        report.error = f"listener: {exc or type(exc).__name__}"
+    answers = await _site_answers(g, report, ("/readyz", "/metrics"), timeout, ctx)
+    if answers is not None:
+        report.leading = leader_gauge(answers[1].text())
     return report
 
 
+async def _site_answers(
+    site: SiteListener,
+    report: GitopsReport | ConsoleReport,
+    paths: tuple[str, ...],
+    timeout: float,
+    ctx: SSLContext | None,
+) -> list[Answer] | None:
+    """A site instance's answers to GETs of `paths` (`/readyz` first) on one connection, its
+    readiness and error set on `report`; None when its listener did not answer."""
+    try:
+        answers = await fetch(
+            site.url, [("GET", p, None) for p in paths], timeout=timeout + 0.5, context=ctx
+        )
+    except HttpError as exc:
+        report.error = f"listener: {exc}"
+        return None
+    ready = answers[0]
+    report.ready = ready.status == 200
+    if not report.ready:
+        report.error = ready.text().strip()[:80] or f"HTTP {ready.status}"
+    return answers
+
+
 async def _console_report(
-    plan: ConsolePlan,
+    c: SiteListener,
     processes: dict[str, dict[str, Any]],
     timeout: float,
-    ssl: SSLContext | bool = True,
+    ctx: SSLContext | None = None,
 ) -> ConsoleReport:
     """Its `/readyz` (no credentials needed: health is all an anonymous caller gets)."""
-    proc = processes.get(plan.qualified_name, {})
     report = ConsoleReport(
-        name=plan.qualified_name,
-        site=plan.site,
-        url=plan.url,
-        server=plan.server,
-        state=str(proc.get("state", "not running")),
-        pid=proc.get("pid"),
-        restarts=int(proc.get("restarts") or 0),
+        name=c.name,
+        site=c.site,
+        url=c.url,
+        server=c.server,
         ready=False,
+        **_process(c.name, processes),
     )
-    try:
-        async with (
-            aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=timeout + 0.5),
-                connector=aiohttp.TCPConnector(ssl=ssl),
-            ) as session,
-            session.get(f"{plan.url}/readyz") as resp,
-        ):
-            report.ready = resp.status == 200
-            if not report.ready:
-                report.error = (await resp.text()).strip()[:80] or f"HTTP {resp.status}"
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        report.error = f"listener: {exc or type(exc).__name__}"
+    await _site_answers(c, report, ("/readyz",), timeout, ctx)
     return report
 
 
@@ -482,32 +530,14 @@ def leader_gauge(metrics: str) -> bool | None:
     return None
 
 
-async def _global_report(
-    plans: list[ClusterPlan], timeout: float, history: int = 5
-) -> GlobalReport:
-    try:
-        async with global_plan(plans).client(timeout) as client:
-            state = GlobalState(client)
-            active = await state.read()
-            changes = await state.history(history)
-    except EtcdError as exc:
-        return GlobalReport(None, [], f"global control etcd: {exc}", await _fences(plans, timeout))
-    return GlobalReport(
-        active.as_dict() if active else None,
-        [c.as_dict() for c in changes],
-        None,
-        await _fences(plans, timeout),
-    )
-
-
-async def _fences(plans: list[ClusterPlan], timeout: float) -> dict[str, str | None]:
+async def _fences(
+    plan: StatusTargets, clients: dict[str, EtcdClient], timeout: float
+) -> dict[str, str | None]:
+    """Each region's fence key (the clients are the caller's: not closed here)."""
     fences = RegionFences(
-        {p.view.scope: p.client(timeout) for p in plans if p.view.scope != GLOBAL_SCOPE}
+        {c.name.rpartition("/")[0]: clients[c.name] for c in plan.regional_clusters}
     )
-    try:
-        reads = await fences.read_all(timeout=timeout)
-    finally:
-        await fences.close()
+    reads = await fences.read_all(timeout=timeout)
     return {
         region: None
         if read is None
@@ -519,68 +549,59 @@ async def _fences(plans: list[ClusterPlan], timeout: float) -> dict[str, str | N
 
 
 async def _replica_report(
-    plan: ReplicaPlan,
+    r: Listener,
     processes: dict[str, dict[str, Any]],
     timeout: float,
-    ssl: SSLContext | bool = True,
+    ctx: SSLContext | None = None,
 ) -> ReplicaReport:
-    proc = processes.get(plan.qualified_name, {})
     ready, detail = False, "unreachable"
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-        async with (
-            aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=timeout + 0.5),
-                connector=aiohttp.TCPConnector(ssl=ssl),
-            ) as s,
-            s.get(f"{plan.url}/readyz") as resp,
-        ):
-            ready, detail = resp.status == 200, (await resp.text()).strip()[:80]
+    with contextlib.suppress(HttpError):
+        (answer,) = await fetch(
+            r.url, [("GET", "/readyz", None)], timeout=timeout + 0.5, context=ctx
+        )
+        ready, detail = answer.status == 200, answer.text().strip()[:80]
     return ReplicaReport(
-        name=plan.qualified_name,
+        name=r.name,
         kind="api",
-        url=plan.url,
-        state=str(proc.get("state", "not running")),
-        pid=proc.get("pid"),
-        restarts=int(proc.get("restarts") or 0),
+        url=r.url,
         ready=ready,
         detail=detail,
+        **_process(r.name, processes),
     )
 
 
 async def _cluster_report(
-    topology: Topology, plan: ClusterPlan, processes: dict[str, dict[str, Any]], timeout: float
+    plan: ClusterTargets,
+    client: EtcdClient,
+    processes: dict[str, dict[str, Any]],
+    timeout: float,
 ) -> ClusterReport:
-    endpoints = {name: a.client_endpoint for name, a in plan.addresses.items()}
-    async with EtcdClient(list(endpoints.values()), timeout=timeout, tls=plan.tls) as client:
-        quorum_error: str | None = None
+    endpoints = plan.members
+
+    async def quorum_and_alarms() -> tuple[str | None, dict[int, list[str]]]:
         try:
             await client.range(b"/haplane/health", timeout=timeout)
-            quorum = True
         except EtcdError as exc:
-            quorum, quorum_error = False, str(exc)
+            return str(exc), {}
         alarms: dict[int, list[str]] = {}
-        if quorum:
-            try:
-                for a in await client.alarms(timeout=timeout):
-                    alarms.setdefault(a.member_id, []).append(a.alarm)
-            except EtcdError:
-                pass
-        statuses = await asyncio.gather(
+        with contextlib.suppress(EtcdError):
+            for a in await client.alarms(timeout=timeout):
+                alarms.setdefault(a.member_id, []).append(a.alarm)
+        return None, alarms
+
+    (quorum_error, alarms), statuses = await asyncio.gather(
+        quorum_and_alarms(),
+        asyncio.gather(
             *(client.status(ep, timeout=timeout) for ep in endpoints.values()),
             return_exceptions=True,
-        )
+        ),
+    )
+    quorum = quorum_error is None
     members = []
     leader_name = None
     for (name, ep), st in zip(endpoints.items(), statuses, strict=True):
-        proc = processes.get(name, {})
         report = MemberReport(
-            name=name,
-            kind="etcd",
-            endpoint=ep,
-            state=str(proc.get("state", "not running")),
-            pid=proc.get("pid"),
-            restarts=int(proc.get("restarts") or 0),
-            quota=plan.view.settings.quota_backend_bytes,
+            name=name, kind="etcd", endpoint=ep, quota=plan.quota, **_process(name, processes)
         )
         if isinstance(st, MemberStatus):
             report.member_id = f"{st.member_id:x}"
@@ -597,4 +618,4 @@ async def _cluster_report(
         else:
             report.error = str(st) if isinstance(st, EtcdError) else repr(st)
         members.append(report)
-    return ClusterReport(plan.view.name, quorum, leader_name, members, quorum_error)
+    return ClusterReport(plan.name, quorum, leader_name, members, quorum_error)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from haplane.topology import EtcdClusterView, EtcdMemberView
+if TYPE_CHECKING:  # annotations only: `MemberTls` users (the CLI's status) skip the model
+    from haplane.topology import EtcdClusterView, EtcdMemberView
 
-from .etcd_binary import EtcdBinary
+    from .etcd_binary import EtcdBinary
 
 
 @dataclass(frozen=True)
