@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -52,7 +53,23 @@ def test_the_plan_is_kept_and_read_back_as_resolved(state: StateDir, monkeypatch
     assert status_plan.targets(state) == first  # from the file, without the model
 
 
-@pytest.mark.parametrize("change", ["topology", "ports", "garbage", "format", "moved"])
+def test_the_plan_holds_absolute_paths_whatever_the_working_directory(
+    state: StateDir, tmp_path: Path, monkeypatch
+):
+    """A state dir given relative to one directory, then absolute from another: the kept plan
+    names the same certificates, never `state/pki` of wherever status runs."""
+    monkeypatch.chdir(state.root.parent)
+    relative = status_plan.targets(StateDir(Path(state.root.name)))
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / state.root.name / "pki").mkdir(parents=True)  # a decoy beside the new cwd
+    monkeypatch.chdir(elsewhere)
+    again = status_plan.targets(StateDir(state.root))
+    assert relative == again and again.pki == str(state.root / "pki")
+    for c in again.clusters:
+        assert c.etcd_tls is not None and all(Path(p).is_absolute() for p in c.etcd_tls)
+
+
+@pytest.mark.parametrize("change", ["topology", "ports", "garbage", "format", "code", "moved"])
 def test_the_plan_is_resolved_again_when_it_may_be_stale(
     state: StateDir, change: str, tmp_path: Path
 ):
@@ -71,6 +88,11 @@ def test_the_plan_is_resolved_again_when_it_may_be_stale(
     elif change == "format":
         doc = json.loads(cache.read_text())
         doc["key"]["format"] = status_plan.FORMAT + 1
+        cache.write_text(json.dumps(doc))
+    elif change == "code":  # kept by another version of haplane
+        doc = json.loads(cache.read_text())
+        doc["key"]["code"][0][1] += 1
+        doc["targets"]["topology"] = "from-another-version"
         cache.write_text(json.dumps(doc))
     else:  # the state dir copied elsewhere: its own root
         other = StateDir(tmp_path / "copy")
@@ -121,6 +143,17 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: several requests on one connection
 
     def do_GET(self) -> None:
+        if self.path == "/slow":
+            time.sleep(3)
+        if self.path == "/drip":  # an answer that never ends, a byte at a time
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.05)
+            return
         body = json.dumps({"path": self.path, "port": self.client_address[1]}).encode()
         self.send_response(200 if self.path != "/missing" else 404)
         self.send_header("Content-Type", "application/json")
@@ -134,7 +167,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> object:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, *_: object) -> None:  # a client that hung up: expected here
+            pass
+
+    srv = Server(("127.0.0.1", 0), _Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv
     srv.shutdown()
@@ -152,6 +189,41 @@ def test_several_requests_share_one_connection(server):
     assert len({a.json()["port"] for a in (ready, status, missing)}) == 1  # one connection
     answer = asyncio.run(get(f"{base}/x?y=1", timeout=5))
     assert answer.json()["path"] == "/x?y=1"
+
+
+def test_a_late_second_answer_keeps_the_first(server):
+    """/readyz answered, /status late: the error carries the /readyz answer (status reports
+    the listener ready, and why its detail is missing)."""
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    result, took = asyncio.run(
+        _timed(fetch(base, [("GET", "/readyz", None), ("GET", "/slow", None)], timeout=0.5))
+    )
+    assert isinstance(result, HttpError) and "no answer within" in str(result)
+    assert [a.status for a in result.answers] == [200] and took < 2.5
+
+
+def test_a_dripping_answer_is_cut_at_the_deadline_and_frees_its_thread(server):
+    """Each read gets a byte in time, so a socket timeout alone would wait for all of them
+    (50 s): the deadline shuts the connection down and the worker thread is free again."""
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    async def go() -> tuple[object, float, int]:
+        result, took = await _timed(fetch(base, [("GET", "/drip", None)], timeout=0.5))
+        await asyncio.sleep(0.3)
+        busy = sum(t.name.startswith("haplane-http") and _in_exchange(t) for t in
+                   threading.enumerate())  # fmt: skip
+        return result, took, busy
+
+    result, took, busy = asyncio.run(go())
+    assert isinstance(result, HttpError) and took < 2.0 and busy == 0
+
+
+def _in_exchange(thread: threading.Thread) -> bool:
+    import sys
+    import traceback
+
+    frame = sys._current_frames().get(thread.ident or -1)
+    return frame is not None and any(f.name == "exchange" for f in traceback.extract_stack(frame))
 
 
 def test_what_does_not_answer_is_an_error_within_the_timeout():

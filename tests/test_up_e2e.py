@@ -56,6 +56,9 @@ def test_up_status_faults_down(state: Path, start_topology):
     # cached: neither typer, nor the topology model, nor aiohttp or cryptography; the same
     # components and verdict as through typer (whose output is the same function's)
     assert (state / "status-plan.json").is_file()
+    from haplane.local import status_plan
+
+    assert status_plan.targets(StateDir(state)) == status_plan.resolve(StateDir(state))
     quick, modules = through_entry("status", "--json", "--state-dir", str(state))
     slow = typer_path("status", "--json", "--state-dir", str(state))
     assert quick.returncode == slow.returncode == 0, (quick.stderr, slow.stderr)

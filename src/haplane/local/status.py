@@ -322,27 +322,34 @@ async def _global_report(
     cuts recorded by switches, divergences, and the sync record (Sync pairs only). And each
     region's fence key, from the regions' own etcd."""
     g = GlobalState(clients[plan.global_cluster.name])
-    fences = _fences(plan, clients, timeout)
-    try:
-        active, changes, (reports, cuts, divergences, sync), fence_values = await asyncio.gather(
-            g.read(), g.history(history), _replication_records(plan, g, timeout), fences
-        )
-    except EtcdError as exc:
-        return (
-            GlobalReport(
-                None, [], f"global control etcd: {exc}", await _fences(plan, clients, timeout)
-            ),
-            _replication_rows(plan, {}, processes),
-            [],
-            [],
-            None,
-        )
+
+    async def active_and_history() -> tuple[Any, list[Any], str | None]:
+        try:
+            active, changes = await asyncio.gather(g.read(), g.history(history))
+        except EtcdError as exc:
+            return None, [], f"global control etcd: {exc}"
+        return active, changes, None
+
+    async def replication_records() -> tuple[
+        dict[str, ReplicationReport],
+        list[dict[str, Any]],
+        list[dict[str, Any]],
+        dict[str, Any] | None,
+    ]:
+        try:  # on its own: a late record leaves the active region shown
+            return await _replication_records(plan, g, timeout)
+        except EtcdError:
+            return {}, [], [], None
+
+    (active, changes, error), (reports, cuts, divergences, sync), fences = await asyncio.gather(
+        active_and_history(), replication_records(), _fences(plan, clients, timeout)
+    )
     return (
         GlobalReport(
             active.as_dict() if active else None,
             [c.as_dict() for c in changes],
-            None,
-            fence_values,
+            error,
+            fences,
         ),
         _replication_rows(plan, reports, processes),
         cuts,
@@ -426,6 +433,8 @@ async def _edge_report(
         if not isinstance(doc, dict):
             raise ValueError(f"/status answered {type(doc).__name__}, not an object")
     except (HttpError, ValueError) as exc:
+        if isinstance(exc, HttpError) and exc.answers:  # /readyz answered; /status did not
+            report.ready = exc.answers[0].status == 200
         report.error = f"admin listener: {exc or type(exc).__name__}"
         return report
     report.active_pool = doc.get("active_pool")
@@ -484,19 +493,20 @@ async def _site_answers(
     ctx: SSLContext | None,
 ) -> list[Answer] | None:
     """A site instance's answers to GETs of `paths` (`/readyz` first) on one connection, its
-    readiness and error set on `report`; None when its listener did not answer."""
+    readiness (from `/readyz` alone) and error set on `report`; None unless all answered."""
+    complete: list[Answer] | None = None
     try:
-        answers = await fetch(
+        got = complete = await fetch(
             site.url, [("GET", p, None) for p in paths], timeout=timeout + 0.5, context=ctx
         )
     except HttpError as exc:
-        report.error = f"listener: {exc}"
-        return None
-    ready = answers[0]
-    report.ready = ready.status == 200
-    if not report.ready:
-        report.error = ready.text().strip()[:80] or f"HTTP {ready.status}"
-    return answers
+        got = exc.answers
+        report.error = f"listener: {paths[len(got)]}: {exc}" if got else f"listener: {exc}"
+    if got:  # /readyz answered
+        report.ready = got[0].status == 200
+        if not report.ready:
+            report.error = got[0].text().strip()[:80] or f"HTTP {got[0].status}"
+    return complete
 
 
 async def _console_report(

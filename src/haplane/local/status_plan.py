@@ -8,7 +8,8 @@ rules: ~150 ms to import on this machine, several times that while the topology 
 the two cores busy) and the port registry: longer than all of status's requests together. A
 plan depends only on the state dir, the topology file and the port registry, so `targets` keeps
 what status needs of it in `STATE/status-plan.json`, with both files' SHA-256 (their contents,
-not their times: a file rewritten within one clock tick still counts) and a format number. A
+not their times: a file rewritten within one clock tick still counts), a format number, and
+the size and time of the resolving code's files (an upgrade resolves again). A
 status whose files still match reads that file; anything else (a file changed or missing, a
 cache unreadable, of another format or another state dir) resolves the plan again and rewrites
 the cache, atomically. A cache that
@@ -194,10 +195,28 @@ def _digest(path: Path) -> str | None:
         return None
 
 
+# The code that resolves a plan, beside the two files: an upgraded haplane resolves again.
+_RESOLVERS = ("local/status_plan.py", "local/gate_plans.py", "local/plans.py", "topology/model.py",
+              "topology/loader.py", "local/security.py", "local/ports.py")  # fmt: skip
+
+
+def _code() -> list[list[Any]]:
+    base = Path(__file__).resolve().parent.parent
+    out: list[list[Any]] = []
+    for name in _RESOLVERS:
+        try:
+            st = (base / name).stat()
+        except OSError:
+            continue
+        out.append([name, st.st_size, st.st_mtime_ns])
+    return out
+
+
 def _key(state: StateDir) -> dict[str, Any]:
     return {
         "format": FORMAT,
-        "root": str(state.root.resolve()),
+        "code": _code(),
+        "root": str(state.root),
         "topology": _digest(state.topology_file),
         "ports": _digest(state.ports_file),
     }
@@ -205,7 +224,11 @@ def _key(state: StateDir) -> dict[str, Any]:
 
 def targets(state: StateDir) -> StatusTargets:
     """The running topology's targets: from the cache when it is still true, else resolved
-    (FileNotFoundError and the model's errors as `load_file` raises them) and cached."""
+    (FileNotFoundError and the model's errors as `load_file` raises them) and cached. Every
+    path in them is absolute (a status run from another directory reads the same cache)."""
+    from .state_dir import StateDir
+
+    state = StateDir(state.root.absolute())
     cache = state.root / CACHE_NAME
     key = _key(state)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):

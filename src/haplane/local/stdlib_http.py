@@ -13,6 +13,7 @@ one status run side by side. Several requests to one listener share one connecti
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -35,7 +36,29 @@ _executor_lock = threading.Lock()
 
 
 class HttpError(Exception):
-    """The listener could not be reached, or did not answer in time, or not in HTTP."""
+    """The listener could not be reached, or did not answer in time, or not in HTTP;
+    `answers`: those it gave before (several requests on one connection)."""
+
+    def __init__(self, message: str, answers: list[Answer] | None = None) -> None:
+        super().__init__(message)
+        self.answers: list[Answer] = answers or []
+
+
+class _Call:
+    """One exchange's connection, for whoever waits on it to abort: shutting the socket down
+    wakes the thread blocked on it at once (a socket timeout bounds each read, not a whole
+    answer, and a listener that drips its answer would keep the thread for long)."""
+
+    def __init__(self) -> None:
+        self.conn: http.client.HTTPConnection | None = None
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+        sock = self.conn.sock if self.conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 @dataclass(frozen=True)
@@ -92,24 +115,35 @@ def exchange(
     timeout: float,
     context: ssl.SSLContext | None = None,
     unix: str | None = None,
+    call: _Call | None = None,
 ) -> list[Answer]:
     """Send `requests` (method, path, JSON body or None) one after the other over one
-    connection to `base` (or to the Unix socket `unix`), blocking; each answer read whole.
-    HttpError when a connection or an answer fails (a status >= 400 is an answer)."""
+    connection to `base` (or to the Unix socket `unix`), blocking; each answer read whole,
+    each request (the first with the connection and its handshake) given `timeout` seconds
+    for each of its socket operations. HttpError when a connection or an answer fails (a
+    status >= 400 is an answer), with the answers received before."""
     conn, prefix = _connection(base, timeout, context, unix)
-    answers = []
+    call = call or _Call()
+    call.conn = conn
+    answers: list[Answer] = []
     try:
         for method, path, body in requests:
+            if call.aborted:
+                raise HttpError(f"no answer within {timeout:g} s", answers)
             headers = {"Accept": "application/json, */*"}
             data = None
             if body is not None:
                 data = json.dumps(body).encode()
                 headers["Content-Type"] = "application/json"
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
             conn.request(method, prefix + path, data, headers)
             resp = conn.getresponse()
             answers.append(Answer(resp.status, resp.read()))
     except (OSError, http.client.HTTPException) as exc:
-        raise HttpError(str(exc) or type(exc).__name__) from exc
+        if call.aborted or isinstance(exc, TimeoutError):
+            raise HttpError(f"no answer within {timeout:g} s", answers) from None
+        raise HttpError(str(exc) or type(exc).__name__, answers) from exc
     finally:
         conn.close()
     return answers
@@ -133,20 +167,33 @@ async def fetch(
     context: ssl.SSLContext | None = None,
     unix: str | None = None,
 ) -> list[Answer]:
-    """`exchange` in a worker thread; HttpError also when the whole takes longer than
-    `timeout` (the thread then ends by itself at its socket's timeout)."""
+    """`exchange` in a worker thread, each request given at most `timeout` seconds: when
+    they are up (or the caller is cancelled) the connection is shut down, which frees the
+    thread at once, and HttpError says so (with the answers received before)."""
     import asyncio  # here: `exchange` alone (`haplane fault`) needs none of it
 
     loop = asyncio.get_running_loop()
+    call = _Call()
     work = loop.run_in_executor(
         _pool(),
-        lambda: exchange(base, requests, timeout=timeout, context=context, unix=unix),
+        lambda: exchange(base, requests, timeout=timeout, context=context, unix=unix, call=call),
     )
+    # what the thread ends with is read here even when nobody waits for it any more
+    work.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
-        answers: list[Answer] = await asyncio.wait_for(work, timeout)
-        return answers
+        answers: list[Answer] = await asyncio.wait_for(
+            asyncio.shield(work), timeout * max(1, len(requests))
+        )
     except TimeoutError:
-        raise HttpError(f"no answer within {timeout:g} s") from None
+        call.abort()  # the thread returns at once now, with what it had received before
+        done, _ = await asyncio.wait([work], timeout=1.0)
+        err = work.exception() if done else None
+        got = err.answers if isinstance(err, HttpError) else []
+        raise HttpError(f"no answer within {timeout:g} s", got) from None
+    except asyncio.CancelledError:
+        call.abort()
+        raise
+    return answers
 
 
 async def get(url: str, *, timeout: float, context: ssl.SSLContext | None = None) -> Answer:
