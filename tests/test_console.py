@@ -576,3 +576,24 @@ def test_history_says_the_fence_wait_and_what_each_cut_cost(example):
 
     assert cut_words(sync).startswith("none acknowledged (synchronous standby")
     assert "its copy incomplete" in cut_words(sync)
+
+
+def test_history_says_when_an_automatic_failover_was_detected_and_agreed(example):
+    """The gates' controller records when the old region was first seen down and when a
+    majority agreed; the history says how long before the commit. An operator's switchover
+    (epoch 3 here) was decided by a person: it says nothing of detection."""
+    report = _report(example)
+    assert report.global_state is not None
+    history = report.global_state.history
+    history[1] = {**history[1], "since": "2026-12-06T10:00:05.500000Z",
+                  "detected": "2026-12-06T10:00:02.000000Z",
+                  "agreed": "2026-12-06T10:00:05.000000Z"}  # fmt: skip
+    view = map_view(report, example)
+    by = {e.epoch: e for e in view.history}
+    assert (by[2].detected_before, by[2].agreed_before) == (3.5, 0.5)
+    assert by[3].detected_before is None and by[1].agreed_before is None
+    html = render.history(view)
+    assert "<th>detected, agreed</th>" in html
+    assert "seen down 3.50 s before the commit; agreed 0.50 s before the commit" in html
+    row3 = html[html.index('data-epoch="3"') :].split("</tr>")[0]
+    assert '<td class="found">-</td>' in row3

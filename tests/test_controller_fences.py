@@ -196,6 +196,9 @@ async def test_a_failover_freezes_the_old_region_and_activates_the_new_before_it
     assert by_state[(1, True)][1] == "active:a@1"
     committed, _, b_then = by_state[(2, False)]
     assert committed.region == "b" and committed.by == "controller:g0" and committed.previous == "a"
+    # the failover history's times: first seen down, then agreed down, then committed
+    assert committed.detected and committed.agreed
+    assert committed.detected <= committed.agreed <= committed.since, committed
     assert b_then != "active:b@2"  # not before the fence wait
     # when the record turned writable, a was already frozen and b already active
     assert by_state[(2, True)][1:] == ("frozen:a@1", "active:b@2")

@@ -398,3 +398,29 @@ def test_an_unreadable_sync_record_lets_only_the_synchronous_partner_be_promoted
     s = replace(SYNC, sync_pairs=(("a", "b"),))
     d = decide(_sync(bad, {"b": _rep("b", 100), "c": _rep("c", 120)}), s)
     assert (d.action, d.to, d.sync_revision) == ("failover", "b", 5)
+
+
+def test_a_failover_says_when_the_region_was_first_seen_down_and_when_a_majority_agreed():
+    """Detection: the longest any fresh vantage point has seen it down (view held + report
+    age); agreement: when the majority-th of them had seen it down for `down_after`. A stale
+    report's older view counts for neither."""
+    healthy_b = {"b": RegionView(True, 3.0)}
+    reports = {
+        "g1": Report("g1", 0.1, {"a": RegionView(False, 4.9), **healthy_b}),  # down 5.0 s
+        "g2": Report("g2", 0.2, {"a": RegionView(False, 1.8), **healthy_b}),  # down 2.0 s
+        "g3": Report("g3", 5.0, {"a": RegionView(False, 30.0), **healthy_b}),  # stale
+    }
+    d = decide(Snapshot(active(), reports, 100.0), SETTINGS)
+    assert (d.action, d.to) == ("failover", "b")
+    assert d.detected_ago == 5.0
+    assert d.agreed_ago == pytest.approx(2.0 - SETTINGS.down_after)
+    # a decision that is not a failover carries neither
+    calm = decide(snapshot(("healthy",) * 3, ("healthy",) * 3), SETTINGS)
+    assert calm.action == "none" and calm.detected_ago is None and calm.agreed_ago is None
+    # the record keeps them, and reads them back
+    from haplane.store import KeyValue
+
+    rec = replace(active(), detected="2026-12-06T10:00:00.000000Z", agreed="2026-12-06T10:00:01Z")
+    back = ActiveRegion.from_kv(KeyValue(b"k", rec.to_json(), 1, 1, 1, 0))
+    assert (back.detected, back.agreed) == (rec.detected, rec.agreed)
+    assert "detected" not in active().as_dict()  # absent unless an automatic failover

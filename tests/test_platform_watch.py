@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from haplane.local.platform_events import EventForwarder
 from haplane.local.platform_watch import Looked, Seen, changes, look
 from haplane.store import GlobalState
@@ -33,7 +35,10 @@ async def test_each_change_is_one_event(etcd_cluster, key_prefix):
         assert changes(second.seen, second) == []  # nothing new, nothing said
 
         # an automatic failover: committed fenced, unfenced later
-        await gs.switch("eu-central", expected_epoch=1, by="controller:gate-a", reason="down")
+        await gs.switch(
+            "eu-central", expected_epoch=1, by="controller:gate-a", reason="down",
+            detected="2026-01-01T00:00:00.000000Z", agreed="2026-01-01T00:00:01.000000Z",
+        )  # fmt: skip
         third = await look(gs, key_prefix)
         events = changes(second.seen, third)
         assert names(events) == ["failover-committed"]
@@ -41,6 +46,10 @@ async def test_each_change_is_one_event(etcd_cluster, key_prefix):
         assert fields["region"] == "eu-central" and fields["from"] == "eu-west"
         assert fields["epoch"] == 2 and fields["fenced"] is True
         assert fields["by"] == "controller:gate-a" and fields["why"] == "down"
+        # seconds from detection and from agreement to the commit (now, long after 2026-01-01)
+        detected, agreed = fields["detected_s_before"], fields["agreed_s_before"]
+        assert isinstance(detected, float) and isinstance(agreed, float)
+        assert detected == pytest.approx(agreed + 1.0) and agreed > 0
         await gs.unfence(2)
         fourth = await look(gs, key_prefix)
         events = changes(third.seen, fourth)

@@ -159,14 +159,15 @@ def _component(c: Any) -> str:
 
 
 def history(view: MapView | None) -> str:
-    """The epochs, newest first: who, why, when, from which region, when it was unfenced."""
+    """The epochs, newest first: who, why, from which region; for an automatic failover when
+    its region was first seen down and agreed down; when committed and unfenced."""
     if view is None or not view.history:
         return "<h2>Failover history</h2><p>no epochs recorded yet</p>"
     rows = "".join(_epoch_row(e) for e in view.history)
     return (
         "<h2>Failover history</h2><table><thead><tr><th>epoch</th><th>region</th>"
-        "<th>from</th><th>by</th><th>reason</th><th>since</th><th>unfenced</th>"
-        "<th>fence wait</th><th>data at the cut</th></tr></thead>"
+        "<th>from</th><th>by</th><th>reason</th><th>detected, agreed</th><th>since</th>"
+        "<th>unfenced</th><th>fence wait</th><th>data at the cut</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
 
@@ -181,11 +182,18 @@ def _epoch_row(e: EpochView) -> str:
     current = ' class="current"' if e.current else ""
     wait = f"{e.fence_wait:.2f} s" if e.fence_wait is not None else "-"
     data = esc(e.data) if e.data else "-"
+    before = [  # none for an operator's switchover: decided by a person, not detected
+        f"{what} {gap:.2f} s before the commit"
+        for what, gap in (("seen down", e.detected_before), ("agreed", e.agreed_before))
+        if gap is not None
+    ]
+    found = "; ".join(before) or "-"
     if e.saved:
         data += f"; {e.saved} write(s) of the returning region saved aside"
     return (
         f'<tr data-epoch="{e.epoch}"{current}><td>{e.epoch}</td><td>{esc(e.region)}</td>'
         f"<td>{esc(e.previous or '-')}</td><td>{esc(e.by)}</td><td>{esc(e.reason)}</td>"
+        f'<td class="found">{esc(found)}</td>'
         f"<td>{esc(e.since)}</td><td>{unfenced}</td><td>{wait}</td><td>{data}</td></tr>"
     )
 

@@ -72,6 +72,12 @@ class EpochView:
     writable: bool
     current: bool = False
     fence_wait: float | None = None  # seconds from the commit to the unfence
+    # an automatic failover: when the old region was first seen down, and agreed down by a
+    # majority of the gates (RFC 3339, the deciding gate's clock); None for the others
+    detected: str | None = None
+    agreed: str | None = None
+    detected_before: float | None = None  # seconds from `detected` to the commit
+    agreed_before: float | None = None  # seconds from `agreed` to the commit
     # where the epoch began (its cut) and what that cost, in words: "none (planned)", "none
     # acknowledged (sync)", "up to 0.4 s of writes (async, above revision 1234)"; None: no
     # cut recorded (the first epoch, or older than the last few)
@@ -217,6 +223,8 @@ def _epoch(d: dict[str, Any], current: bool = False) -> EpochView:
         unfenced=str(d["unfenced"]) if d.get("unfenced") else None,
         writable=bool(d.get("writable", True)),
         current=current,
+        detected=str(d["detected"]) if d.get("detected") else None,
+        agreed=str(d["agreed"]) if d.get("agreed") else None,
     )
 
 
@@ -268,6 +276,8 @@ def map_view(report: StatusReport, topology: Topology) -> MapView:
         replace(
             e,
             fence_wait=_seconds_between(e.since, e.unfenced),
+            detected_before=_seconds_between(e.detected, e.since),
+            agreed_before=_seconds_between(e.agreed, e.since),
             data=cut_words(cuts[e.epoch]) if e.epoch in cuts else None,
             saved=saved.get(e.epoch),
         )

@@ -552,6 +552,7 @@ class FailoverController:
                 else:
                     assert d.to is not None
                     rep = self.replication.get(d.to)
+                    now = time.time()
                     record = await state.switch(
                         d.to,
                         expected_epoch=d.epoch,
@@ -560,6 +561,8 @@ class FailoverController:
                         replication={d.to: rep.as_dict()} if rep is not None else None,
                         sync_revision=d.sync_revision,
                         sync_mode=self.settings.decision.synchronous(active.region),
+                        detected=_ago(now, d.detected_ago),
+                        agreed=_ago(now, d.agreed_ago),
                     )
                     committed = time.monotonic()  # the commit is behind us
                     self._fenced_seen[record.epoch] = committed
@@ -806,3 +809,13 @@ def _fence_text(read: FenceRead) -> str:
     if read.raw is None:
         return "missing"
     return f"malformed: {read.raw.decode('utf-8', 'replace')}"
+
+
+def _ago(now: float, seconds: float | None) -> str | None:
+    """`seconds` before the wall-clock `now`, as the global state writes its times (RFC 3339,
+    UTC, µs); None for None."""
+    from datetime import UTC, datetime
+
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(now - seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

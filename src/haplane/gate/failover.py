@@ -44,7 +44,7 @@ applied to live votes instead of a failure set:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from haplane.store import ActiveRegion, ReplicationReport, SyncRecord
@@ -137,6 +137,11 @@ class Decision:
     # a failover decided on the sync record: its mod revision (0: absent), which the switch
     # compares (a replica degrading meanwhile makes the decision stale)
     sync_revision: int | None = None
+    # a failover: seconds before this snapshot that the first vantage point saw the active
+    # region down (detection), and that a majority had seen it down for `down_after`
+    # (agreement); the record keeps both as times, for the failover history
+    detected_ago: float | None = None
+    agreed_ago: float | None = None
 
 
 def _votes(snapshot: Snapshot, settings: Settings, region: str) -> tuple[int, int, float]:
@@ -160,6 +165,27 @@ def _votes(snapshot: Snapshot, settings: Settings, region: str) -> tuple[int, in
         elif held >= settings.down_after:
             down += 1
     return down, healthy, healthy_for
+
+
+def _down_since(snapshot: Snapshot, settings: Settings, region: str) -> tuple[float, float]:
+    """(seconds since the first fresh vantage point saw `region` down, seconds since a
+    majority of them had seen it down for `down_after`) — the second only meaningful when a
+    majority does."""
+    held = sorted(
+        (
+            view.held_for + report.age
+            for gate in settings.vantage_points
+            if (report := snapshot.reports.get(gate)) is not None
+            and report.age <= settings.stale_after
+            and (view := report.regions.get(region)) is not None
+            and not view.healthy
+        ),
+        reverse=True,
+    )
+    if not held:
+        return 0.0, 0.0
+    nth = held[settings.majority - 1] if len(held) >= settings.majority else held[-1]
+    return held[0], max(0.0, nth - settings.down_after)
 
 
 def decide(snapshot: Snapshot, settings: Settings) -> Decision:
@@ -215,11 +241,16 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
                 f"{majority} of {len(settings.vantage_points)} vantage points",
             )
         d = votes[active.region][0]
-        return decision(
-            "failover",
-            f"{d} of {len(settings.vantage_points)} vantage points have seen {active.region} "
-            f"down for {settings.down_after:.2f}s; {target} is healthy{why}",
-            target,
+        detected, agreed = _down_since(snapshot, settings, active.region)
+        return replace(
+            decision(
+                "failover",
+                f"{d} of {len(settings.vantage_points)} vantage points have seen "
+                f"{active.region} down for {settings.down_after:.2f}s; {target} is healthy{why}",
+                target,
+            ),
+            detected_ago=round(detected, 3),
+            agreed_ago=round(agreed, 3),
         )
 
     if settings.failback and settings.automatic and settings.priority:

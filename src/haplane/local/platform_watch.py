@@ -8,7 +8,8 @@ second; writes nothing there.
 
 Events, each at most once per change seen:
 - `failover-committed` (an automatic one: the failover controller's) or `switchover-committed`
-  (an operator's): a new epoch, with who decided it, why, and the region it left;
+  (an operator's): a new epoch, with who decided it, why, the region it left, and for an
+  automatic one how long before the commit the region was first seen down and agreed down;
 - `epoch-unfenced`: the epoch became writable, and how long it was fenced;
 - `replication-resynced`: a region's replicator finished a full resync;
 - `divergence-saved`: a returning region's writes after the cut were saved aside;
@@ -131,6 +132,13 @@ def _epoch_events(
                     "by": new.by,
                     "why": new.reason,
                     "fenced": not new.writable,
+                    # an automatic failover's detection and agreement, before the commit
+                    "detected_s_before": _seconds_between(new.detected, new.since)
+                    if new.detected
+                    else None,
+                    "agreed_s_before": _seconds_between(new.agreed, new.since)
+                    if new.agreed
+                    else None,
                 },
             )
         )

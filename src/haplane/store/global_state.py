@@ -71,6 +71,10 @@ class ActiveRegion:
     # sync mode: whether this region was the synchronous standby of the previous epoch when it
     # was promoted (True: no acknowledged write can be above its cut); None: no sync record
     synchronous: bool | None = None
+    # an automatic failover: when the first vantage point saw the old region down, and when a
+    # majority agreed it was (RFC 3339, the deciding gate's wall clock); None otherwise
+    detected: str | None = None
+    agreed: str | None = None
 
     def age(self) -> float:
         """Seconds since `since` by this machine's wall clock (for pacing, e.g. hysteresis;
@@ -107,6 +111,8 @@ class ActiveRegion:
                 unfenced=d.get("unfenced"),
                 replication=d.get("replication"),
                 synchronous=d.get("synchronous"),
+                detected=d.get("detected"),
+                agreed=d.get("agreed"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise EtcdError(f"malformed global state at {kv.key!r}: {exc}") from exc
@@ -125,6 +131,8 @@ class ActiveRegion:
             "unfenced": self.unfenced,
             **({"replication": self.replication} if self.replication is not None else {}),
             **({"synchronous": self.synchronous} if self.synchronous is not None else {}),
+            **({"detected": self.detected} if self.detected is not None else {}),
+            **({"agreed": self.agreed} if self.agreed is not None else {}),
         }
 
 
@@ -224,6 +232,8 @@ class GlobalState:
         sync_revision: int | None = None,
         sync_reason: str = "",
         sync_mode: bool = False,
+        detected: str | None = None,
+        agreed: str | None = None,
     ) -> ActiveRegion:
         """Make `to` active under epoch `expected_epoch + 1`, fenced (`writable: false`), only
         if the epoch is still `expected_epoch`; otherwise `StaleEpoch` (nothing written). The
@@ -265,6 +275,8 @@ class GlobalState:
             margin_ms=max(current.margin_ms, margin_ms or 0),
             replication=replication,
             writable=writable,
+            detected=detected,
+            agreed=agreed,
         )
         if writable:
             record = replace(record, unfenced=record.since)
