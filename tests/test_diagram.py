@@ -22,7 +22,7 @@ def down_nodes(dot: str) -> set[str]:
 
 
 def test_components_of_the_example() -> None:
-    assert len(ALL) == 26  # 24 and two GitOps controllers
+    assert len(ALL) == 28  # 24, two GitOps controllers and two consoles
     assert {
         "eu-west/etcd-1",
         "eu-central/lb-2",
@@ -30,6 +30,7 @@ def test_components_of_the_example() -> None:
         "global/control-3",
         "global/gate-witness",
         "global/gitops-2",
+        "global/console-2",
     } <= ALL
 
 
@@ -51,6 +52,26 @@ def test_gitops_controllers_sit_on_their_sites_and_dial_their_sites_gate() -> No
     # the failure model leaves them out (they serve no request): not a failure to name
     with pytest.raises(ValueError, match="unknown failure"):
         to_dot(TOPOLOGY, failed=["global/gitops-1"])
+
+
+def test_consoles_sit_on_their_sites_and_dial_their_sites_gate() -> None:
+    from haplane.topology.diagram import edges
+
+    sites = {c.name: c.site for c in TOPOLOGY.spec.global_.console.instances}
+    gates = {g.site: g.name for g in TOPOLOGY.spec.global_.gates}
+    placed = {c.qualified_name: (c.kind, c.site) for c in components(TOPOLOGY)}
+    dials = {(e.source, e.target) for e in edges(TOPOLOGY) if e.kind == "console"}
+    assert len(sites) == 2 and dials == {
+        (f"global/{name}", f"global/{gates.get(site, TOPOLOGY.spec.global_.gates[0].name)}")
+        for name, site in sites.items()
+    }
+    for name, site in sites.items():
+        assert placed[f"global/{name}"] == ("console", site)
+    dot = to_dot(TOPOLOGY)
+    assert '"global/console-1" [label="console-1", shape=tab' in dot
+    assert "n_global__console_1" in to_mermaid(TOPOLOGY)
+    with pytest.raises(ValueError, match="unknown failure"):
+        to_dot(TOPOLOGY, failed=["global/console-1"])
 
 
 @needs_dot
@@ -120,8 +141,9 @@ def test_failed_components_marked_down() -> None:
         "eu-central/rep-1",
         "global/control-2",
         "global/gate-eu-central",
+        "global/console-2",  # in that zone too (its site's first)
     }
-    assert dot.count("DOWN") == 7
+    assert dot.count("DOWN") == 8
 
 
 def test_site_failure_and_lost_quorum() -> None:
@@ -131,6 +153,7 @@ def test_site_failure_and_lost_quorum() -> None:
         "global/control-3",
         "global/gate-eu-west",
         "global/gitops-1",  # on the failed site
+        "global/console-1",
     }
     assert "eu-west etcd\\nNO QUORUM" in dot
     assert "global control etcd\\nNO QUORUM" in dot

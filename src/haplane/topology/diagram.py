@@ -50,8 +50,9 @@ def cluster_node(scope: str) -> str:
 
 
 CONTROL_ETCD = cluster_node(GLOBAL_SCOPE)
-# what is drawn: the failure model's components, and GitOps controllers (which it leaves out)
-DrawnKind: TypeAlias = ComponentKind | Literal["gitops controller"]
+# what is drawn: the failure model's components, and GitOps controllers and web consoles
+# (which it leaves out: neither serves the API)
+DrawnKind: TypeAlias = ComponentKind | Literal["gitops controller", "console"]
 
 
 class DiagramError(Exception):
@@ -84,6 +85,7 @@ _KIND_STYLE: dict[DrawnKind, tuple[str, str, str, str, str]] = {
     "control etcd member": ("cylinder", "", "#e8dcf7", "[(", ")]"),
     "gate": ("invhouse", "", "#fde2cf", "[/", "\\]"),
     "gitops controller": ("component", "", "#f6e0ee", "[[", "]]"),
+    "console": ("tab", "", "#eceff3", "[\\", "\\]"),
 }
 _HEALTH_BORDER = {"ok": "#1d8a3a", "warn": "#b7791f"}
 
@@ -142,6 +144,11 @@ def components(topology: Topology) -> list[Component]:
         zone = _first_zone(topology, x.site)
         out.append(
             Component(f"{GLOBAL_SCOPE}/{x.name}", x.name, "gitops controller", x.site, zone, None)
+        )
+    for con in g.console.instances:
+        zone = _first_zone(topology, con.site)
+        out.append(
+            Component(f"{GLOBAL_SCOPE}/{con.name}", con.name, "console", con.site, zone, None)
         )
     return out
 
@@ -215,6 +222,7 @@ EdgeKind = Literal[
     "replication",
     "replication-sync",
     "gitops",
+    "console",
 ]
 
 
@@ -236,6 +244,7 @@ _DOT_EDGE: dict[EdgeKind, str] = {
     "replication-sync": 'style=bold, penwidth=2.5, color="#1f5fa8", '
     'label="sync replication\\n(from the active region)", fontcolor="#1f5fa8"',
     "gitops": 'style=dotted, color="#a0457a"',
+    "console": 'style=dotted, color="#5b6b7f"',
 }
 _MERMAID_EDGE: dict[EdgeKind, str] = {
     "gate-active": "-->",
@@ -246,6 +255,7 @@ _MERMAID_EDGE: dict[EdgeKind, str] = {
     "replication": '== "async replication (from the active region)" ==>',
     "replication-sync": '== "sync replication (from the active region)" ==>',
     "gitops": "-.->",
+    "console": "-.->",
 }
 
 
@@ -253,8 +263,8 @@ def edges(
     topology: Topology, comps: Sequence[Component] | None = None, active: str | None = None
 ) -> list[Edge]:
     """Gate -> every balancer (to the active region or a standby), balancer -> API replicas of
-    its region, API replica -> its region's etcd, etcd cluster - members, GitOps controller ->
-    the gate it dials (its own site's, else the first), replication pairs. `active`: the
+    its region, API replica -> its region's etcd, etcd cluster - members, GitOps controller and
+    console -> the gate it dials (its own site's, else the first), replication pairs. `active`: the
     region active now (default: the file's first by priority)."""
     comps = components(topology) if comps is None else comps
     regions = [s.name for s, _ in topology.regions()]
@@ -287,10 +297,11 @@ def edges(
         if m.kind == "control etcd member"
     ]
     gates = [c for c in comps if c.kind == "gate"]
-    for x in (c for c in comps if c.kind == "gitops controller"):
+    for x in (c for c in comps if c.kind in ("gitops controller", "console")):
         dialled = next((g for g in gates if g.site == x.site), gates[0] if gates else None)
         if dialled is not None:
-            out.append(Edge(x.qualified_name, dialled.qualified_name, "gitops"))
+            dials: EdgeKind = "gitops" if x.kind == "gitops controller" else "console"
+            out.append(Edge(x.qualified_name, dialled.qualified_name, dials))
     for r in topology.spec.global_.replication:
         if r.from_ in regions and r.to in regions:
             # a pair copies both ways, from whichever region is active: drawn from the active
