@@ -252,6 +252,55 @@ async def _timed(coro) -> tuple[object, float]:  # type: ignore[no-untyped-def]
     return result, loop.time() - t0
 
 
+def test_the_supervisors_status_is_taken_only_when_it_is_one(tmp_path: Path):
+    """`status --json` asks the supervisor's /v1/status first; a supervisor that answers
+    anything else (an older one: 404; garbage) leaves it to this process."""
+    from http.server import HTTPServer
+
+    from haplane.cli.quick import _supervisor_status
+
+    state = StateDir(tmp_path)
+    assert _supervisor_status(state) is None  # no socket
+    answers = [
+        (200, {"healthy": False, "report": {"topology": "t"}}),
+        (404, {"error": "not found"}),
+        (200, {"healthy": True}),  # no report
+        (200, "not json"),
+    ]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            assert self.path == "/v1/status"
+            status, body = answers.pop(0)
+            data = json.dumps(body).encode() if not isinstance(body, str) else body.encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    class UnixServer(HTTPServer):
+        address_family = socket.AF_UNIX
+
+        def server_bind(self) -> None:
+            self.socket.bind(self.server_address)
+
+        def get_request(self):  # type: ignore[no-untyped-def]
+            conn, _ = self.socket.accept()
+            return conn, ("supervisor", 0)
+
+    server = UnixServer(str(state.socket), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert _supervisor_status(state) == ({"topology": "t"}, False)
+        assert [_supervisor_status(state) for _ in range(3)] == [None, None, None]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [

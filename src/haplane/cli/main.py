@@ -515,6 +515,12 @@ def status_cmd(state_dir: StateDirOpt = None, as_json: JsonOpt = False) -> None:
     """Each component: process state, and for etcd: member id, leader, term, revision, db size."""
     state = _state(state_dir)
     _require_started(state)  # nothing started: no need of etcd, aiohttp or asyncio to say so
+    if as_json:  # as the quick path answers it (the supervisor gathers, else this process)
+        from haplane.cli.quick import status_json
+
+        code = status_json(state_dir)
+        if code is not None:
+            raise typer.Exit(code)
     import asyncio
 
     from haplane.local.status import NothingRunning, gather_status

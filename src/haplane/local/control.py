@@ -6,6 +6,8 @@ and `down` use, and what drills use from Python (`FaultInjector`). The client li
 re-exported here.
 
     GET  /v1/supervisor          phase, etcd binary, components (pid, state, restarts)
+    GET  /v1/status              {"healthy", "report"}: `haplane status --json`, gathered now
+                                 by the supervisor (its modules loaded, its etcd channels up)
     POST /v1/faults              {"action": kill|term|pause|resume|restart, "component": NAME}
     POST /v1/shutdown            stop everything and exit
 """
@@ -27,6 +29,7 @@ from .control_client import (
     SupervisorUnreachable,
 )
 from .process import ProcessNotRunning
+from .status import EtcdClients, NothingRunning, gather_status
 from .supervisor import Supervisor, UnknownComponent
 
 
@@ -36,10 +39,12 @@ class ControlServer:
         self.socket_path = socket_path
         self.shutdown_requested = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._etcd: EtcdClients | None = None
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/v1/supervisor", self._get)
+        app.router.add_get("/v1/status", self._status)
         app.router.add_post("/v1/faults", self._fault)
         app.router.add_post("/v1/shutdown", self._shutdown)
         self._runner = web.AppRunner(app, access_log=None)
@@ -52,10 +57,32 @@ class ControlServer:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._etcd is not None:
+            await self._etcd.close()
         self.socket_path.unlink(missing_ok=True)
 
     async def _get(self, request: web.Request) -> web.Response:
         return web.json_response(self.supervisor.snapshot())
+
+    async def _status(self, request: web.Request) -> web.Response:
+        """Every component asked now, as `haplane status` would from here: the CLI's
+        `status --json` asks this first (it then imports nothing of etcd or the model)."""
+        try:
+            history = int(request.query.get("history", "5"))
+        except ValueError:
+            return web.json_response({"error": "history: expected an integer"}, status=400)
+        if self._etcd is None:
+            self._etcd = EtcdClients()
+        try:
+            report = await gather_status(
+                self.supervisor.state,
+                history=max(0, min(history, 100)),
+                supervisor=self.supervisor.snapshot(),
+                clients=self._etcd,
+            )
+        except NothingRunning as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        return web.json_response({"healthy": report.healthy, "report": report.as_dict()})
 
     async def _fault(self, request: web.Request) -> web.Response:
         try:

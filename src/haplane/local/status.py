@@ -211,12 +211,49 @@ class NothingRunning(Exception):
     pass
 
 
+class EtcdClients:
+    """Clients of a topology's etcd clusters kept open between status gathers (the supervisor
+    keeps one: its channels stay connected, so a status asks etcd without a TLS handshake
+    per member). A cluster whose members or certificates changed gets a new client."""
+
+    def __init__(self, timeout: float = 1.0) -> None:
+        self.timeout = timeout
+        self._clients: dict[Any, EtcdClient] = {}
+
+    def client(self, cluster: ClusterTargets) -> EtcdClient:
+        key = (cluster.name, tuple(cluster.members.values()), cluster.etcd_tls)
+        found = self._clients.get(key)
+        if found is None:
+            for stale in [k for k in self._clients if k[0] == cluster.name]:
+                old = self._clients.pop(stale)
+                task = asyncio.get_running_loop().create_task(old.close())
+                _CLOSING.add(task)
+                task.add_done_callback(_CLOSING.discard)
+            found = self._clients[key] = cluster.client(self.timeout)
+        return found
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
 async def gather_status(
-    state: StateDir, timeout: float = 1.0, *, history: int = 5, certificates: bool = True
+    state: StateDir,
+    timeout: float = 1.0,
+    *,
+    history: int = 5,
+    certificates: bool = True,
+    supervisor: dict[str, Any] | None = None,
+    clients: EtcdClients | None = None,
 ) -> StatusReport:
     """Everything `haplane status` shows; `history`: how many of the last epochs to read,
     `certificates`: whether to read every certificate for the expiry summary (the console,
-    which gathers every second, leaves them out).
+    which gathers every second, leaves them out); `supervisor`: its snapshot, when the
+    supervisor itself asks (else it is asked over its socket); `clients`: etcd clients kept
+    open by the caller (else made for this gather and closed after it).
 
     The etcd clusters are asked first, side by side (one client per cluster, shared by every
     question to it); then the global state, the fences and every listener, all at once."""
@@ -227,7 +264,7 @@ async def gather_status(
     phase = "not running"
     version = None
     try:
-        snap = await ControlClient(state.socket, timeout=3.0).snapshot()
+        snap = supervisor or await ControlClient(state.socket, timeout=3.0).snapshot()
         phase = str(snap["phase"])
         version = snap["etcd"]["version"]
         processes = {c["name"]: c for c in snap["components"]}
@@ -243,14 +280,17 @@ async def gather_status(
                 }
     tls = plan.tls
     ctx = tls.client_context() if tls is not None else None
-    clients = {c.name: c.client(timeout) for c in plan.clusters}
+    kept = clients
+    clients_of = {
+        c.name: (kept.client(c) if kept is not None else c.client(timeout)) for c in plan.clusters
+    }
     try:
         # etcd first, and in each cluster one read before the others: with every gRPC
         # channel's TLS handshake started at once beside the HTTP requests, a member missed
         # its 1 s deadline in 5 of 12 runs with the example running here (0 of 12 this way,
         # and sooner); once the channels are up, the global state's reads share them
         clusters = await asyncio.gather(
-            *(_cluster_report(c, clients[c.name], processes, timeout) for c in plan.clusters)
+            *(_cluster_report(c, clients_of[c.name], processes, timeout) for c in plan.clusters)
         )
         (
             replicas,
@@ -260,13 +300,14 @@ async def gather_status(
             consoles,
         ) = await asyncio.gather(
             asyncio.gather(*(_replica_report(r, processes, timeout, ctx) for r in plan.replicas)),
-            _global_report(plan, clients, processes, timeout, history),
+            _global_report(plan, clients_of, processes, timeout, history),
             asyncio.gather(*(_edge_report(e, processes, timeout, ctx) for e in plan.edges)),
             asyncio.gather(*(_gitops_report(g, processes, timeout, ctx) for g in plan.gitops)),
             asyncio.gather(*(_console_report(c, processes, timeout, ctx) for c in plan.console)),
         )
     finally:
-        await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
+        if kept is None:
+            await asyncio.gather(*(c.close() for c in clients_of.values()), return_exceptions=True)
     expiry = None
     if certificates and tls is not None and tls.etcd_ca.exists():
         try:
