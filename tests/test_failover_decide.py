@@ -410,8 +410,9 @@ def test_a_failover_says_when_the_region_was_first_seen_down_and_when_a_majority
         "g2": Report("g2", 0.2, {"a": RegionView(False, 1.8), **healthy_b}),  # down 2.0 s
         "g3": Report("g3", 5.0, {"a": RegionView(False, 30.0), **healthy_b}),  # stale
     }
-    d = decide(Snapshot(active(), reports, 100.0), SETTINGS)
+    d = decide(Snapshot(active(), reports, 100.0, observed_at=1_000_000.0), SETTINGS)
     assert (d.action, d.to) == ("failover", "b")
+    assert d.observed_at == 1_000_000.0  # what the controller counts back from
     assert d.detected_ago == 5.0
     assert d.agreed_ago == pytest.approx(2.0 - SETTINGS.down_after)
     # a decision that is not a failover carries neither

@@ -195,7 +195,10 @@ async def failover_to_b(state: GlobalState) -> tuple[ActiveRegion, ActiveRegion]
     """The controller's commit of a failover from a to b: (the record before, after)."""
     before = await state.read()
     assert before is not None
-    return before, await state.switch("b", expected_epoch=1, by="controller:g1", reason="a down")
+    return before, await state.switch(
+        "b", expected_epoch=1, by="controller:g1", reason="a down",
+        detected="2026-12-06T10:00:00.000000Z", agreed="2026-12-06T10:00:01.000000Z",
+    )  # fmt: skip
 
 
 async def test_automatic_failovers_are_recorded_for_review(etcd_cluster, key_prefix):
@@ -207,6 +210,8 @@ async def test_automatic_failovers_are_recorded_for_review(etcd_cluster, key_pre
         )
         st = await status_of(client, key_prefix, "automatic-epoch-2")
         assert st["phase"] == "Running" and st["requestedBy"]["username"] == "controller:g1"
+        assert st["result"]["detectedAt"] == "2026-12-06T10:00:00.000000Z"
+        assert st["result"]["agreedAt"] == "2026-12-06T10:00:01.000000Z"
         await state.unfence(2)
         await advance(executor.Operations(host), state, client)
         st = await status_of(client, key_prefix, "automatic-epoch-2")

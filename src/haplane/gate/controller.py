@@ -399,7 +399,7 @@ class FailoverController:
     # ---- decide and act (the leader) -----------------------------------------------------
 
     async def _observe(self, state: GlobalState, client: EtcdClient) -> Snapshot:
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         kvs, _ = await client.range(self.vantage_prefix, prefix_end(self.vantage_prefix))
         reports: dict[str, Report] = {}
         for kv in kvs:
@@ -459,6 +459,7 @@ class FailoverController:
             replication=self.replication,
             now=time.time(),
             sync=sync,
+            observed_at=wall,
         )
 
     def _note_epoch(self, active: ActiveRegion | None, at: float | None = None) -> float:
@@ -552,7 +553,9 @@ class FailoverController:
                 else:
                     assert d.to is not None
                     rep = self.replication.get(d.to)
-                    now = time.time()
+                    # counted back from when the reports were read, not from now: the
+                    # reads after them (record, replication, sync) may have taken a while
+                    now = d.observed_at if d.observed_at is not None else time.time()
                     record = await state.switch(
                         d.to,
                         expected_epoch=d.epoch,
@@ -574,6 +577,8 @@ class FailoverController:
                         epoch=record.epoch,
                         previous=active.region,
                         reason=d.reason,
+                        detected=record.detected,
+                        agreed=record.agreed,
                     )
                     await self._freeze_others(record)
             except StaleEpoch as exc:

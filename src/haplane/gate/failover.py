@@ -119,6 +119,9 @@ class Snapshot:
     now: float | None = None  # wall-clock time of the snapshot, to age the reports by
     # the sync record (haplane.store.sync_state) as read with the active record
     sync: SyncRecord | None = None
+    # wall-clock time at which the reports' ages are counted (taken with them, before the
+    # other reads): what a decision's `detected_ago` and `agreed_ago` count back from
+    observed_at: float | None = None
 
     def report_age(self, report: ReplicationReport) -> float:
         """Seconds since `report` was written (reporter's and snapshot's wall clocks: on one
@@ -142,6 +145,7 @@ class Decision:
     # (agreement); the record keeps both as times, for the failover history
     detected_ago: float | None = None
     agreed_ago: float | None = None
+    observed_at: float | None = None  # the snapshot's (wall clock), which those count from
 
 
 def _votes(snapshot: Snapshot, settings: Settings, region: str) -> tuple[int, int, float]:
@@ -251,6 +255,7 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
             ),
             detected_ago=round(detected, 3),
             agreed_ago=round(agreed, 3),
+            observed_at=snapshot.observed_at,
         )
 
     if settings.failback and settings.automatic and settings.priority:

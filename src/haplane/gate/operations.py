@@ -278,6 +278,9 @@ def automatic_record(
                 "epoch": record.epoch,
                 "action": action,
                 "planned": record.writable,
+                # when the old region was first seen down and agreed down (a failover's)
+                **({"detectedAt": record.detected} if record.detected else {}),
+                **({"agreedAt": record.agreed} if record.agreed else {}),
             },
             "message": f"automatic {action}: {reason}",
         },

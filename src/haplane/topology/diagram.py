@@ -6,18 +6,18 @@ output) works without it.
 
 Drawn: one cluster per site ("region <name>" or "witness site"), nested clusters per zone, a node
 per component (regional etcd member, API replica, balancer, control etcd member, gate instance,
-GitOps controller instance; gates, GitOps controllers and zoneless control members sit in their
-site's first zone, as in `failures.py`), a small
+GitOps controller and web console instance; gates, GitOps controllers, consoles and zoneless
+control members sit in their site's first zone, as in `failures.py`), a small
 "<region> etcd" node per regional etcd cluster and one "global control etcd" node. Edges: gate ->
 every balancer (solid to the active, highest-priority region, dashed to the others), balancer ->
 API replica, API replica -> its region's etcd, etcd cluster - member, control etcd - member,
-GitOps controller -> the gate it dials (dotted), and one bold "async replication" (or "sync
-replication") edge per replication pair, drawn from the active region (a pair copies both ways,
-in whichever direction the active region makes it).
+GitOps controller or console -> the gate it dials (dotted), and one bold "async replication"
+(or "sync replication") edge per replication pair, drawn from the active region (a pair copies
+both ways, in whichever direction the active region makes it).
 
-`failed` names failures as `failures.failure_named` accepts them (GitOps controllers serve no
-request, so the failure model leaves them out and `failed` cannot name them; a zone or site
-failure still shades them). Components a component, zone or
+`failed` names failures as `failures.failure_named` accepts them (GitOps controllers and
+consoles serve no API request, so the failure model leaves them out and `failed` cannot name
+them; a zone or site failure still shades them). Components a component, zone or
 site failure takes down are filled grey with a red border and a "DOWN" label; network cuts shade
 nothing but add a dashed red "cut" link between the sites; etcd clusters that lose quorum under
 the whole failure set (`failures.evaluate`) get a "NO QUORUM" label.
