@@ -294,11 +294,76 @@ def test_the_supervisors_status_is_taken_only_when_it_is_one(tmp_path: Path):
     server = UnixServer(str(state.socket), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        assert _supervisor_status(state) == ({"topology": "t"}, False)
+        # the state dir as this command was given it, whatever the supervisor's spelling
+        assert _supervisor_status(state) == ({"topology": "t", "state_dir": str(tmp_path)}, False)
         assert [_supervisor_status(state) for _ in range(3)] == [None, None, None]
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_supervisor_gathers_once_for_concurrent_askers_and_bounds_the_wait(
+    tmp_path: Path, monkeypatch
+):
+    """`GET /v1/status`: askers at the same time share one gather; a gather longer than the
+    deadline is a 503 (the CLI then asks for itself), a failing one too, with its reason."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from haplane.local import control
+    from haplane.local.status import NothingRunning
+
+    gathers: list[int] = []
+    behaviour = {"sleep": 0.2, "raise": None}
+
+    class Report:
+        healthy = True
+
+        def as_dict(self) -> dict[str, object]:
+            return {"topology": "t", "n": len(gathers)}
+
+    async def fake_gather(state, **kwargs):  # type: ignore[no-untyped-def]
+        gathers.append(1)
+        await asyncio.sleep(behaviour["sleep"])  # type: ignore[arg-type]
+        if behaviour["raise"] is not None:
+            raise behaviour["raise"]  # type: ignore[misc]
+        return Report()
+
+    class Supervisor:
+        state = StateDir(tmp_path)
+
+        def snapshot(self) -> dict[str, object]:
+            return {"phase": "healthy", "etcd": {"version": "x"}, "components": []}
+
+    monkeypatch.setattr(control, "gather_status", fake_gather)
+    monkeypatch.setattr(control, "STATUS_DEADLINE", 1.0)
+
+    async def go() -> None:
+        server = control.ControlServer(Supervisor(), tmp_path / "unused.sock")  # type: ignore[arg-type]
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/v1/status", server._status)
+        async with TestClient(TestServer(app)) as client:
+            answers = await asyncio.gather(*(client.get("/v1/status") for _ in range(5)))
+            docs = [await a.json() for a in answers]
+            assert len(gathers) == 1 and all(d == docs[0] for d in docs)
+            assert docs[0] == {"healthy": True, "report": {"topology": "t", "n": 1}}
+            behaviour["sleep"] = 3.0
+            slow = await client.get("/v1/status")
+            assert slow.status == 503 and "no status within" in (await slow.json())["error"]
+            behaviour["sleep"] = 0.0
+            await asyncio.sleep(2.5)  # the slow one ends; the next asker starts another
+            behaviour["raise"] = RuntimeError("torn pair")
+            failed = await client.get("/v1/status")
+            assert failed.status == 503 and "torn pair" in (await failed.json())["error"]
+            behaviour["raise"] = NothingRunning("nothing here")
+            gone = await client.get("/v1/status")
+            assert gone.status == 404
+            bad = await client.get("/v1/status?history=x")
+            assert bad.status == 400
+        await server.close()
+
+    asyncio.run(go())
 
 
 @pytest.mark.parametrize(

@@ -121,8 +121,8 @@ def status_json(state_dir: Path | None) -> int | None:
     return 0 if healthy else 3
 
 
-# how long the supervisor may take to gather a status before this command asks everything
-# itself (a gather waits at most ~1.5 s per phase for a component that does not answer)
+# how long the supervisor may take before this command asks everything itself (it answers
+# 503 after 6.5 s: a gather whose every phase waits out its timeouts takes ~7 s)
 SUPERVISOR_STATUS_TIMEOUT = 8.0
 
 
@@ -146,7 +146,9 @@ def _supervisor_status(state: Any) -> tuple[dict[str, Any], bool] | None:
         return None
     if not (isinstance(doc, dict) and isinstance(doc.get("report"), dict)):
         return None  # an older supervisor (404), or not a status
-    return doc["report"], bool(doc.get("healthy"))
+    report: dict[str, Any] = doc["report"]
+    report["state_dir"] = str(state.root)  # as this command was given it, not the supervisor
+    return report, bool(doc.get("healthy"))
 
 
 def print_status_json(doc: dict[str, Any]) -> None:

@@ -32,6 +32,10 @@ from .process import ProcessNotRunning
 from .status import EtcdClients, NothingRunning, gather_status
 from .supervisor import Supervisor, UnknownComponent
 
+# how long `GET /v1/status` waits for its gather before answering 503 (the CLI, which waits
+# 8 s, then gathers itself): a gather whose every phase waits out its timeouts takes ~7 s
+STATUS_DEADLINE = 6.5
+
 
 class ControlServer:
     def __init__(self, supervisor: Supervisor, socket_path: Path):
@@ -40,6 +44,7 @@ class ControlServer:
         self.shutdown_requested = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._etcd: EtcdClients | None = None
+        self._gathering: dict[int, asyncio.Task[dict[str, object]]] = {}
 
     async def start(self) -> None:
         app = web.Application()
@@ -57,6 +62,9 @@ class ControlServer:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        for task in list(self._gathering.values()):
+            task.cancel()
+        await asyncio.gather(*self._gathering.values(), return_exceptions=True)
         if self._etcd is not None:
             await self._etcd.close()
         self.socket_path.unlink(missing_ok=True)
@@ -71,18 +79,35 @@ class ControlServer:
             history = int(request.query.get("history", "5"))
         except ValueError:
             return web.json_response({"error": "history: expected an integer"}, status=400)
-        if self._etcd is None:
-            self._etcd = EtcdClients()
+        key = max(0, min(history, 100))
+        task = self._gathering.get(key)
+        if task is None:  # one gather at a time: concurrent askers share it
+            task = asyncio.create_task(self._gather(key), name="status gather")
+            self._gathering[key] = task
+            task.add_done_callback(lambda t: self._gathering.pop(key, None) and None)
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # read: no warning
         try:
-            report = await gather_status(
-                self.supervisor.state,
-                history=max(0, min(history, 100)),
-                supervisor=self.supervisor.snapshot(),
-                clients=self._etcd,
+            doc = await asyncio.wait_for(asyncio.shield(task), STATUS_DEADLINE)
+        except TimeoutError:  # the CLI then asks for itself
+            return web.json_response(
+                {"error": f"no status within {STATUS_DEADLINE:g} s"}, status=503
             )
         except NothingRunning as exc:
             return web.json_response({"error": str(exc)}, status=404)
-        return web.json_response({"healthy": report.healthy, "report": report.as_dict()})
+        except Exception as exc:  # e.g. a certificate pair torn mid-rotation
+            return web.json_response({"error": f"status failed: {exc!r}"}, status=503)
+        return web.json_response(doc)
+
+    async def _gather(self, history: int) -> dict[str, object]:
+        if self._etcd is None:
+            self._etcd = EtcdClients()
+        report = await gather_status(
+            self.supervisor.state,
+            history=history,
+            supervisor=self.supervisor.snapshot(),
+            clients=self._etcd,
+        )
+        return {"healthy": report.healthy, "report": report.as_dict()}
 
     async def _fault(self, request: web.Request) -> web.Response:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from dataclasses import asdict, dataclass, field
 from ssl import SSLContext
 from typing import Any
@@ -221,7 +222,9 @@ class EtcdClients:
         self._clients: dict[Any, EtcdClient] = {}
 
     def client(self, cluster: ClusterTargets) -> EtcdClient:
-        key = (cluster.name, tuple(cluster.members.values()), cluster.etcd_tls)
+        # the certificate files' identity too: a client's channels keep the bytes they were
+        # made with, and `pki rotate` rewrites the files in place
+        key = (cluster.name, tuple(cluster.members.values()), _files(cluster.etcd_tls))
         found = self._clients.get(key)
         if found is None:
             for stale in [k for k in self._clients if k[0] == cluster.name]:
@@ -238,6 +241,20 @@ class EtcdClients:
 
 
 _CLOSING: set[asyncio.Task[None]] = set()
+
+
+def _files(paths: tuple[str, ...] | None) -> tuple[Any, ...] | None:
+    """Paths with their size and modification time (None for a missing file)."""
+    if paths is None:
+        return None
+    out: list[Any] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((p, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((p, None))
+    return tuple(out)
 
 
 async def gather_status(
@@ -259,7 +276,9 @@ async def gather_status(
     question to it); then the global state, the fences and every listener, all at once."""
     if not state.topology_file.exists():
         raise NothingRunning(f"no topology has been started in {state.root} (`haplane up` first)")
-    plan = targets(state)
+    # off the loop: a stale plan is resolved through the topology model (the supervisor's
+    # loop serves its socket meanwhile)
+    plan = await asyncio.to_thread(targets, state)
     processes: dict[str, dict[str, Any]] = {}
     phase = "not running"
     version = None
@@ -311,7 +330,7 @@ async def gather_status(
     expiry = None
     if certificates and tls is not None and tls.etcd_ca.exists():
         try:
-            expiry = expiry_summary(tls)
+            expiry = await asyncio.to_thread(expiry_summary, tls)
         except OSError:
             pass
         except Exception as exc:  # PkiError, imported only then (its module needs cryptography)

@@ -212,10 +212,15 @@ def _code() -> list[list[Any]]:
     return out
 
 
+# the code this process runs (read once: a supervisor upgraded in place keeps running the old
+# code, and must not cache what it resolves under the new code's key)
+_CODE = _code()
+
+
 def _key(state: StateDir) -> dict[str, Any]:
     return {
         "format": FORMAT,
-        "code": _code(),
+        "code": _CODE,
         "root": str(state.root),
         "topology": _digest(state.topology_file),
         "ports": _digest(state.ports_file),
