@@ -203,9 +203,9 @@ QUICK_HEAVY = ("typer", "click", "rich", "pydantic", "aiohttp", "asyncio", "grpc
 def test_quick_commands_skip_typer_and_say_the_same(tmp_path: Path):
     """`version` and `fault` are answered before typer is imported, with the typer command's
     own output and exit code."""
-    import socket
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.fake_supervisor import serving
 
     r, modules = through_entry("version")
     assert r.returncode == 0 and r.stdout.startswith("haplane ")
@@ -240,27 +240,12 @@ def test_quick_commands_skip_typer_and_say_the_same(tmp_path: Path):
         def log_message(self, *_: object) -> None:
             pass
 
-    class UnixServer(HTTPServer):
-        address_family = socket.AF_UNIX
-
-        def server_bind(self) -> None:
-            self.socket.bind(self.server_address)
-
-        def get_request(self):  # type: ignore[no-untyped-def]
-            conn, _ = self.socket.accept()
-            return conn, ("supervisor", 0)
-
-    server = UnixServer(str(tmp_path / "supervisor.sock"), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(tmp_path / "supervisor.sock", Handler):
         quick_ok, _ = through_entry(*args)
         typer_ok = typer_path(*args)
         wrong = ["fault", "term", "eu-west/x", f"--state-dir={tmp_path}"]
         quick_no, _ = through_entry(*wrong)
         typer_no = typer_path(*wrong)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert quick_ok.stdout == "eu-west/etcd-1: killed (pid -)\n", quick_ok.stderr
     assert typer_ok.stdout == quick_ok.stdout, typer_ok.stderr
     assert quick_ok.returncode == typer_ok.returncode == 0

@@ -255,9 +255,8 @@ async def _timed(coro) -> tuple[object, float]:  # type: ignore[no-untyped-def]
 def test_the_supervisors_status_is_taken_only_when_it_is_one(tmp_path: Path):
     """`status --json` asks the supervisor's /v1/status first; a supervisor that answers
     anything else (an older one: 404; garbage) leaves it to this process."""
-    from http.server import HTTPServer
-
     from haplane.cli.quick import _supervisor_status
+    from tests.fake_supervisor import serving
 
     state = StateDir(tmp_path)
     assert _supervisor_status(state) is None  # no socket
@@ -281,25 +280,10 @@ def test_the_supervisors_status_is_taken_only_when_it_is_one(tmp_path: Path):
         def log_message(self, *_: object) -> None:
             pass
 
-    class UnixServer(HTTPServer):
-        address_family = socket.AF_UNIX
-
-        def server_bind(self) -> None:
-            self.socket.bind(self.server_address)
-
-        def get_request(self):  # type: ignore[no-untyped-def]
-            conn, _ = self.socket.accept()
-            return conn, ("supervisor", 0)
-
-    server = UnixServer(str(state.socket), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(state.socket, Handler):
         # the state dir as this command was given it, whatever the supervisor's spelling
         assert _supervisor_status(state) == ({"topology": "t", "state_dir": str(tmp_path)}, False)
         assert [_supervisor_status(state) for _ in range(3)] == [None, None, None]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_the_supervisor_gathers_once_for_concurrent_askers_and_bounds_the_wait(
