@@ -102,6 +102,61 @@ def test_the_chart_draws_gaps_limits_and_the_last_value(example):
     assert "no measure" in text and "Disconnected" in text and 'data-last=""' in text
 
 
+def _legend(html: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(region, source) -> (data-last, data-state) of each legend entry."""
+    return {
+        (m["region"], m["source"]): (m["last"], m["state"])
+        for m in re.finditer(
+            r'<li data-region="(?P<region>[^"]*)" data-last="(?P<last>[^"]*)" '
+            r'data-source="(?P<source>[^"]*)" data-state="(?P<state>[^"]*)">',
+            html,
+        )
+    }
+
+
+def test_a_stream_a_failover_ended_is_stopped_not_its_last_state(example):
+    """The legend names each pair and its state as attributes too (`data-source`,
+    `data-state`), so a page or a tool can follow a failover (tests/test_console_e2e.py):
+    the standby's stream breaks when the active region dies (Disconnected, its lag growing),
+    the failover promotes the standby (it copies from no one) and the dead region, back,
+    copies from it. The broken stream is then Stopped: not Disconnected for the rest of
+    the hour, which would read as a problem of the region now active."""
+    h = LagHistory(example)
+    h.add(1.0, [_row("eu-west", "eu-central", 0.1), _row("eu-central", None, None, state="Idle")])
+    h.add(2.0, [_row("eu-west", "eu-central", 1.5, state="Disconnected")])
+    assert _legend(render.lag_chart(h.series(), 2.0)) == {
+        ("eu-west", "eu-central"): ("1.5", "Disconnected"),
+    }
+    h.add(3.0, [_row("eu-west", None, None, state="Idle")])  # promoted
+    h.add(4.0, [])  # a failed gather: nobody knows, nothing changes
+    assert _legend(render.lag_chart(h.series(), 4.0)) == {
+        ("eu-west", "eu-central"): ("", "Stopped")
+    }
+    h.add(5.0, [_row("eu-west", None, None, state="Idle"), _row("eu-central", "eu-west", 0.2)])
+    html = render.lag_chart(h.series(), 5.0)
+    assert _legend(html) == {
+        ("eu-central", "eu-west"): ("0.2", "Streaming"),
+        ("eu-west", "eu-central"): ("", "Stopped"),
+    }
+    assert 'eu-central &rarr; eu-west: <b class="">no measure</b> (Stopped; peak 1.5 s' in html
+    # a stream that breaks without a failover keeps its state: it is still the stream
+    g = LagHistory(example)
+    g.add(1.0, [_row("eu-central", "eu-west", 0.1)])
+    g.add(2.0, [_row("eu-central", "eu-west", None, state="Disconnected")])
+    g.add(3.0, [])
+    assert _legend(render.lag_chart(g.series(), 3.0)) == {
+        ("eu-central", "eu-west"): ("", "Disconnected")
+    }
+
+
+def test_the_legend_escapes_sources_and_states(example):
+    odd = LagHistory(example)
+    odd.add(1.0, [_row("eu-west", 'a"b<c', 0.1, state='<x y="z">')])
+    text = render.lag_chart(odd.series(), 1.0)
+    assert 'data-source="a&quot;b&lt;c" data-state="&lt;x y=&quot;z&quot;&gt;"' in text
+    _no_inline_code(text)
+
+
 async def test_live_status_samples_lag_at_each_gather(example):
     rows = [_row("eu-central", "eu-west", 0.2)]
     clock = [1000.0]

@@ -29,6 +29,7 @@ from haplane.topology import Topology
 WINDOW = 3600.0  # seconds the chart shows
 STALE_AFTER = 15.0  # seconds: a report older than this measures nothing any more
 MAX_SAMPLES = 4000  # at one per second, a little over the window
+STOPPED = "Stopped"  # a pair whose region copies from elsewhere, or from no one, now
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,10 @@ class Series:
     region: str
     source: str
     points: list[tuple[float, float | None]]  # (unix time, lag seconds or None), oldest first
-    state: str  # the row's state at the last sample: Streaming, Resyncing, ...
+    # the stream's state: the row's at the pair's last sample (Streaming, Resyncing,
+    # Disconnected, ...), or STOPPED once the region copies from another source or from none
+    # (a failover reversed or moved the stream)
+    state: str
     limit: float | None  # the pair's maxLagMs, in seconds (None: no limit set)
 
     @property
@@ -96,7 +100,11 @@ class LagHistory:
         """A series per (region, source) pair that copied at least once in the window, by
         region then source: after a failover that reversed a stream, or moved a third
         region's source, each pair keeps its own samples, peak and limit. A sample where the
-        region copied from another source, or from none, is a gap in the pair's line."""
+        region copied from another source, or from none, is a gap in the pair's line; a pair
+        that is not the region's stream at its last sample is STOPPED (not the state it was
+        last seen in: a stream that broke when its source died and was then reversed by the
+        failover is no longer Disconnected). A sample without the region (a failed gather)
+        changes no state: nobody knows."""
         pairs: dict[tuple[str, str], str] = {}  # -> the state at its last sample
         for _, sample in self._samples:
             for region, (source, state, _) in sample.items():
@@ -106,13 +114,17 @@ class LagHistory:
         for region, source in sorted(pairs):
             points: list[tuple[float, float | None]] = []
             state = pairs[(region, source)]
+            now = None  # the region's (source, state, lag) at its last sample
             for t, s in self._samples:
                 entry = s.get(region)
+                now = entry if entry is not None else now
                 if entry is not None and entry[0] == source:
                     points.append((t, entry[2]))
                     state = entry[1]
                 else:
                     points.append((t, None))
+            if now is not None and now[0] != source:
+                state = STOPPED
             limit = self._limits.get(frozenset((region, source)))
             out.append(Series(region, source, points, state, limit))
         return out

@@ -7,7 +7,8 @@ writes a `<script>` or an inline style or handler, so the Content-Security-Polic
 sends (`script-src 'self'`, `style-src 'self'`) holds and htmx needs no `eval`.
 
 Stable hooks for tests and tools: `#active-region[data-region][data-epoch]`, every component
-`li.component[data-name][data-health][data-leader]`, `#history tr[data-epoch]`, and
+`li.component[data-name][data-health][data-leader]`, `#history tr[data-epoch]`, the lag
+legend's `#lag li[data-region][data-source][data-state][data-last]`, and
 `[data-not-allowed]` on a refusal.
 """
 
@@ -298,7 +299,8 @@ def lag_chart(series: list[Series], now: float, window: float = 3600.0) -> str:
     a line is a time without a measured lag; a dashed line is the pair's maxLagMs.
 
     Hooks: `svg#lag-chart`, each line `polyline.series[data-region][data-source][data-points]`
-    and the legend's `[data-last]` (seconds, empty when unknown)."""
+    and the legend's `li[data-region][data-source]` with `[data-last]` (seconds, empty when
+    unknown) and `[data-state]` (the stream's state: Streaming, Disconnected, ...)."""
     title = "<h2>Replication lag, last hour</h2>"
     if not series:
         return title + '<p id="lag-empty">no replication measured yet</p>'
@@ -366,7 +368,8 @@ def lag_chart(series: list[Series], now: float, window: float = 3600.0) -> str:
         last = s.last
         over = s.limit is not None and last is not None and last > s.limit
         legend.append(
-            f'<li data-region="{esc(s.region)}" data-last="{"" if last is None else last}">'
+            f'<li data-region="{esc(s.region)}" data-last="{"" if last is None else last}" '
+            f'data-source="{esc(s.source)}" data-state="{esc(s.state)}">'
             f'<span class="lag-swatch s{i % len(SERIES_COLOURS)}"></span>'
             f"{esc(s.source)} &rarr; {esc(s.region)}: "
             f'<b class="{"down" if over else ""}">'
