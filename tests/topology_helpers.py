@@ -51,6 +51,22 @@ def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def kubectl_reaching(
+    kubeconfig: Path, *args: str, wait: float = 20.0
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl` as above, run again while it says "Unable to connect to the server" (for up
+    to `wait` seconds): for steps whose subject is not availability, where a gate or balancer
+    that briefly has no healthy backend on a loaded machine ends the TLS handshake (EOF) before
+    any request was sent. Any other answer, success or refusal, is returned as it is."""
+    deadline = time.monotonic() + wait
+    while True:
+        r = kubectl(kubeconfig, *args)
+        if "Unable to connect to the server" not in r.stderr or time.monotonic() > deadline:
+            return r
+        print(f"kubectl {' '.join(args)}: {r.stderr.strip()}; again")
+        time.sleep(0.5)
+
+
 def finished_operation(kubeconfig: Path, kind: str, name: str, timeout: float) -> dict[str, Any]:
     """The status of an ops.haplane.dev operation once it Succeeded or Failed (read with
     kubectl, as an operator would follow it)."""
