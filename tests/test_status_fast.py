@@ -22,7 +22,7 @@ from haplane.local import status_plan
 from haplane.local.gate_plans import plan_of
 from haplane.local.security import PlatformTls, cached_expiry_rows, expiry_rows, user_certificate
 from haplane.local.state_dir import StateDir
-from haplane.local.stdlib_http import HttpError, exchange, fetch, get
+from haplane.local.stdlib_http import HttpError, KeptConnections, exchange, fetch, get
 from haplane.topology import example_text, load_file
 
 
@@ -160,6 +160,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        if self.path.startswith("/hang-up"):  # as a server whose keep-alive ran out: no word
+            self.close_connection = True
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
 
     def log_message(self, *_: object) -> None:
         pass
@@ -216,6 +222,54 @@ def test_a_dripping_answer_is_cut_at_the_deadline_and_frees_its_thread(server):
 
     result, took, busy = asyncio.run(go())
     assert isinstance(result, HttpError) and took < 2.0 and busy == 0
+
+
+def test_kept_connections_carry_the_next_exchanges(server):
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = KeptConnections()
+
+    def port(keep: KeptConnections | None) -> int:
+        (answer,) = exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)
+        return int(answer.json()["port"])
+
+    assert port(keep) == port(keep) == port(keep)  # one connection, kept between them
+    assert port(None) != port(None)  # without: one each
+    stale = KeptConnections(idle=0.0)
+    first = port(stale)
+    time.sleep(0.01)
+    assert port(stale) != first  # idle longer than allowed: closed, and a new one made
+    stale.close()
+    keep.close()
+    assert keep.take((base, None, None)) is None
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_for_gets_only(server):
+    """A server that closed a kept connection (its keep-alive ran out) without a word: GETs go
+    again on a new connection; a POST is not sent twice, its error is the caller's."""
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = KeptConnections()
+    (first,) = exchange(base, [("GET", "/hang-up", None)], timeout=5, keep=keep)
+    time.sleep(0.2)  # the server has closed it by now
+    (again,) = exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)
+    assert again.status == 200 and again.json()["port"] != first.json()["port"]
+    exchange(base, [("GET", "/hang-up", None)], timeout=5, keep=keep)
+    time.sleep(0.2)
+    with pytest.raises(HttpError):
+        exchange(base, [("POST", "/x", {"a": 1})], timeout=5, keep=keep)
+    (after,) = exchange(base, [("POST", "/x", {"a": 1})], timeout=5, keep=keep)
+    assert after.status == 200
+    keep.close()
+
+
+def test_a_connection_cut_at_its_deadline_is_not_kept(server):
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = KeptConnections()
+    result, _ = asyncio.run(_timed(fetch(base, [("GET", "/drip", None)], timeout=0.3, keep=keep)))
+    assert isinstance(result, HttpError)
+    assert keep.take((base, None, None)) is None
+    (answer,) = exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)
+    assert answer.status == 200
+    keep.close()
 
 
 def _in_exchange(thread: threading.Thread) -> bool:
