@@ -234,12 +234,14 @@ def test_kept_connections_carry_the_next_exchanges(server):
 
     assert port(keep) == port(keep) == port(keep)  # one connection, kept between them
     assert port(None) != port(None)  # without: one each
-    stale = KeptConnections(idle=0.0)
+    stale = KeptConnections(lifetime=0.0)
     first = port(stale)
     time.sleep(0.01)
-    assert port(stale) != first  # idle longer than allowed: closed, and a new one made
+    assert port(stale) != first  # older than its lifetime: closed, and a new one made
     stale.close()
+    (kept,) = keep._free[(base, None, None)]
     keep.close()
+    assert kept.conn.sock is None  # closed
     assert keep.take((base, None, None)) is None
 
 
@@ -258,6 +260,65 @@ def test_a_kept_connection_the_server_closed_is_replaced_for_gets_only(server):
         exchange(base, [("POST", "/x", {"a": 1})], timeout=5, keep=keep)
     (after,) = exchange(base, [("POST", "/x", {"a": 1})], timeout=5, keep=keep)
     assert after.status == 200
+    keep.close()
+
+
+def test_a_connection_given_back_after_close_is_closed(server):
+    """An exchange under way when the pool is closed (the context changed: the connections
+    were made with old certificates) gives its connection back to be closed, not kept."""
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = KeptConnections()
+    exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)
+    kept = keep.take((base, None, None))
+    assert kept is not None and kept.conn.sock is not None
+    keep.close()
+    keep.give((base, None, None), kept)
+    assert kept.conn.sock is None and keep.take((base, None, None)) is None
+
+
+def test_kept_clients_make_the_context_again_only_when_its_files_change(tmp_path, monkeypatch):
+    from haplane.local.status import KeptClients
+
+    tls = PlatformTls(tmp_path / "pki")
+    for p in (tls.ca, tls.admin.cert, tls.admin.key):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    made: list[object] = []
+
+    def context(self, identity=True):  # type: ignore[no-untyped-def]
+        made.append(object())
+        return made[-1]
+
+    monkeypatch.setattr(PlatformTls, "client_context", context)
+    kept = KeptClients()
+    first = kept.context(tls)
+    assert kept.context(tls) is first and len(made) == 1
+    tls.admin.cert.write_text("rotated")  # `pki rotate` rewrites the files in place
+    assert kept.context(tls) is not first and len(made) == 2
+    assert kept.http.generation == 1  # the connections made with the old files: closed
+
+
+def test_an_abort_as_the_exchange_ends_never_reaches_a_kept_connection(server):
+    """fetch's deadline may pass as the worker thread finishes: an abort before the release
+    means the connection is closed, not kept; one after it finds no connection to shut."""
+    from haplane.local.stdlib_http import _Call
+
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = KeptConnections()
+    exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)
+    kept = keep.take((base, None, None))
+    assert kept is not None
+    late = _Call()
+    late.conn = kept.conn
+    assert late.release() is True
+    late.abort()  # after the release: nothing to shut down
+    kept.conn.request("GET", "/readyz")  # the kept connection still works
+    assert kept.conn.getresponse().status == 200
+    early = _Call()
+    early.conn = kept.conn
+    early.abort()
+    assert early.release() is False  # the caller closes it
+    kept.conn.close()
     keep.close()
 
 
