@@ -531,6 +531,70 @@ def test_expired_and_foreign_service_account_tokens(secure: Setup, tmp_path: Pat
     assert whoami(secure, foreign.issue("team", "old", uid, aud)[0])[0] == 401
 
 
+def test_tokens_bound_to_a_secret(secure: Setup):
+    """A token bound to a Secret carries its uid and dies with it, as in Kubernetes; a
+    TokenRequest for an object that is not there, or is there with another uid, is refused."""
+    import jwt
+
+    sas = "/api/v1/namespaces/team/serviceaccounts"
+    secrets = "/api/v1/namespaces/team/secrets"
+    assert secure.as_("admin", "POST", sas, {"metadata": {"name": "holder"}})[0] == 201
+    status, _, secret = secure.as_("admin", "POST", secrets, {"metadata": {"name": "pass"}})
+    assert status == 201, secret
+    uid = secret["metadata"]["uid"]
+
+    def request(ref: dict[str, str]) -> tuple[int, dict]:
+        body = {"spec": {"boundObjectRef": {"apiVersion": "v1", **ref}}}
+        status, _, answer = secure.as_("admin", "POST", f"{sas}/holder/token", body)
+        return status, answer
+
+    status, answer = request({"kind": "Secret", "name": "pass"})
+    assert status == 201, answer
+    token = answer["status"]["token"]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["kubernetes.io"]["secret"] == {"name": "pass", "uid": uid}
+    assert whoami(secure, token)[0] == 201
+    assert request({"kind": "Secret", "name": "pass", "uid": uid})[0] == 201
+
+    # refused: another uid (409), a missing object (404), a Pod (none is served), a kind
+    # no token binds to (400); Kubernetes' codes and messages
+    status, answer = request({"kind": "Secret", "name": "pass", "uid": "not-" + uid})
+    assert status == 409 and answer["reason"] == "Conflict"
+    assert answer["message"] == (
+        f'Operation cannot be fulfilled on Secret "pass": the UID in the bound object '
+        f"reference (not-{uid}) does not match the UID in record. The object might have been "
+        "deleted and then recreated"
+    )
+    status, answer = request({"kind": "Secret", "name": "nope"})
+    assert (status, answer["message"]) == (404, 'secrets "nope" not found')
+    status, answer = request({"kind": "Pod", "name": "web"})
+    assert (status, answer["message"]) == (404, 'pods "web" not found')
+    status, answer = request({"kind": "ConfigMap", "name": "pass"})
+    assert status == 400
+    assert answer["message"] == "cannot bind token to object of type /v1, Kind=ConfigMap"
+
+    # deleting the Secret revokes the token; a new Secret of the same name (another uid) does
+    # not bring it back, and cannot be bound to under the old uid
+    assert secure.as_("admin", "DELETE", f"{secrets}/pass")[0] == 200
+    deadline = time.monotonic() + 5
+    while whoami(secure, token)[0] != 401 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert whoami(secure, token)[0] == 401
+    status, _, review = secure.as_(
+        "admin",
+        "POST",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
+    )
+    assert status == 201 and review["status"]["authenticated"] is False
+    assert review["status"]["error"] == "service account token has been invalidated"
+    status, _, again = secure.as_("admin", "POST", secrets, {"metadata": {"name": "pass"}})
+    assert status == 201 and again["metadata"]["uid"] != uid
+    time.sleep(0.3)
+    assert whoami(secure, token)[0] == 401
+    assert request({"kind": "Secret", "name": "pass", "uid": uid})[0] == 409
+
+
 def served_serial(secure: Setup) -> int:
     from cryptography import x509
 
