@@ -29,7 +29,8 @@ class Access:
         tokens: Sequence[TokenAuthenticator] = (),
         sa_tokens: ServiceAccountTokens | None = None,
         audiences: Sequence[str] = (),
-        lookup: Lookup | None = None,
+        *,
+        lookup: Lookup,
     ):
         self.authorizer = authorizer
         self.tokens = tuple(tokens)
@@ -41,7 +42,6 @@ class Access:
     async def token_request(self, sa: Obj, body: Obj) -> Obj:
         if self.sa_tokens is None:
             raise errors.no_such_resource("serviceaccounts/token: no signing key configured")
-        assert self.lookup is not None, "a replica that issues tokens reads what they bind to"
         return await token_request(self.sa_tokens, self.audiences, sa, body, self.lookup)
 
     async def authorize(self, user: UserInfo, info: RequestInfo) -> rbac.Decision:

@@ -258,7 +258,7 @@ class ApiServer:
             tokens,
             self.sa_tokens,
             [sec.sa_issuer],
-            functools.partial(self._core_object, resource_version=None),
+            lookup=functools.partial(self._core_object, resource_version=None),
         )
         self.authenticate = Authenticate(
             tokens,
@@ -457,7 +457,8 @@ class ApiServer:
                 ServiceAccountAuthenticator(
                     self.sa_tokens,
                     [sec.sa_issuer],
-                    functools.partial(self._core_object, resource_version="0"),
+                    cached=functools.partial(self._core_object, resource_version="0"),
+                    live=functools.partial(self._core_object, resource_version=None),
                 )
             )
         return found
@@ -466,8 +467,9 @@ class ApiServer:
         self, resource: str, namespace: str | None, name: str, *, resource_version: str | None
     ) -> Obj | None:
         """An object of the core group, or None when there is none (or this replica does not
-        serve its resource: pods, nodes). resourceVersion "0": from the watch cache when it is
-        ready, else from etcd; None: from etcd, linearizable."""
+        serve its resource: pods, nodes); StatusError when the read fails. resourceVersion
+        "0": from the watch cache when it is ready, else from etcd; None: from etcd,
+        linearizable."""
         store = self.stores.get(("", "v1", resource))
         if store is None:
             return None

@@ -2,19 +2,32 @@
 (`POST .../serviceaccounts/NAME/token`).
 
 Layer: api. The token's signature, issuer, time and audience are checked by
-haplane.auth.tokens; here, that the objects it is bound to still exist with the uids in it,
-read from this replica's watch cache (etcd only while that cache is not ready, as every
-`resourceVersion="0"` read): its ServiceAccount (so deleting the ServiceAccount, or recreating
-it under the same name, revokes every token issued for it) and the Secret, Pod or Node named
-by the TokenRequest's `boundObjectRef` (deleting that object revokes the token the same way).
-An object deleted with finalizers still counts until `LEEWAY` after its deletionTimestamp, as
-in kube-apiserver. TokenRequest reads the bound object from etcd (a linearizable read, as
-kube-apiserver's registry does): a Secret created a moment ago can be bound at once.
+haplane.auth.tokens; here, that the objects it is bound to still exist with the uids in it:
+its ServiceAccount (so deleting the ServiceAccount, or recreating it under the same name,
+revokes every token issued for it) and the Secret, Pod or Node named by the TokenRequest's
+`boundObjectRef` (deleting that object revokes the token the same way). An object deleted
+with finalizers still counts until `LEEWAY` after its deletionTimestamp, as in kube-apiserver.
+
+Where each check reads (the server wires it; `Lookup`):
+- TokenRequest reads the bound object from etcd (a linearizable read, as kube-apiserver's
+  registry does): a Secret created a moment ago can be bound at once.
+- Each use of a token reads this replica's watch cache (etcd while that cache is not ready,
+  as every `resourceVersion="0"` read). When the cache has no object with the token's uid and
+  the token was issued less than `RECENT_TOKEN_SECONDS` ago, one etcd read decides instead:
+  the cache may not have caught up with the object TokenRequest just read from etcd (on this
+  replica or another). Older tokens are judged by the cache alone, so a revoked token does
+  not cost an etcd read per use.
+- A read that fails (etcd unreachable while the cache reloads, an object that cannot be
+  decrypted) refuses the token (401), as kube-apiserver's validator does: a bound object's
+  failure reads "service account token has been invalidated", the ServiceAccount's gives the
+  error. Not 503: authentication answers who is asking or 401, and TokenReview's callers
+  expect `authenticated` true or false; a replica that cannot reach etcd says so on /readyz.
 
 This replica serves no Pods or Nodes, so no Pod or Node can exist: a TokenRequest bound to
 one is 404, as Kubernetes answers for a missing object, and a token bound to one (signed
-elsewhere with the platform key) never authenticates. A Pod-bound token's Node claim is not
-filled in (Kubernetes adds the pod's node when it is scheduled).
+elsewhere with the platform key, or by TokenRequest before bindings were checked) never
+authenticates. A Pod-bound token's Node claim is not filled in (Kubernetes adds the pod's
+node when it is scheduled).
 
 A verified token is remembered for at most `CACHE_SECONDS` (an ES256 verification costs
 ~100 us on this machine; the uid checks are never skipped): keyed by the token's SHA-256,
@@ -24,6 +37,8 @@ never by the token itself.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,14 +58,25 @@ from haplane.auth.user import UserInfo
 from . import errors
 from .authenticators import InvalidToken
 from .resources import Obj
+from .validation import path_segment_name_errors
+
+log = logging.getLogger("haplane.api")
 
 CACHE_SECONDS = 10.0
 CACHE_MAX = 10_000
 DEFAULT_EXPIRATION = 3600
 INVALIDATED = "service account token has been invalidated"  # kube-apiserver's words
+# A token issued this recently may be bound to an object this replica's watch cache has not
+# seen yet: TokenRequest read it from etcd a moment ago, perhaps on another replica. A healthy
+# cache lags etcd by milliseconds; a minute also covers a cache relisting after a reconnect or
+# a compaction, and is the LEEWAY a deleted object keeps counting for. kube-apiserver's token
+# getter reads live after every cache miss; bounding it by the token's age keeps a revoked
+# token from costing an etcd read per use for the rest of its life.
+RECENT_TOKEN_SECONDS = 60.0
 
 # (resource, namespace or None, name) -> the object of the core group, or None when there is
-# no such object (or the resource is not served). Each caller says where it reads from.
+# no such object (or the resource is not served); raises StatusError when the read fails.
+# Each caller says where it reads from.
 Lookup = Callable[[str, str | None, str], Awaitable[Obj | None]]
 
 # the kinds a token may be bound to: their resource, and whether they live in a namespace
@@ -78,12 +104,21 @@ class BoundObjectRef:
 
 
 class ServiceAccountAuthenticator:
-    """`lookup` reads the watch cache: it runs on every request a token authenticates."""
+    """`cached` reads the watch cache: it runs on every request a token authenticates.
+    `live` reads etcd: only for a token issued less than `RECENT_TOKEN_SECONDS` ago that the
+    cache does not bear out."""
 
-    def __init__(self, tokens: ServiceAccountTokens, audiences: Sequence[str], lookup: Lookup):
+    def __init__(
+        self,
+        tokens: ServiceAccountTokens,
+        audiences: Sequence[str],
+        cached: Lookup,
+        live: Lookup,
+    ):
         self.tokens = tokens
         self.audiences = list(audiences)
-        self.lookup = lookup
+        self.cached = cached
+        self.live = live
         self._verified: dict[bytes, tuple[float, ServiceAccountClaims]] = {}
 
     async def __call__(self, token: str) -> UserInfo | None:
@@ -91,22 +126,41 @@ class ServiceAccountAuthenticator:
             return None
         claims = self._claims(token)
         now = time.time()
-        sa = await self.lookup("serviceaccounts", claims.namespace, claims.name)
-        if _uid(sa) != claims.uid:
-            raise InvalidToken(
-                f"the ServiceAccount {claims.namespace}/{claims.name} with uid {claims.uid} "
-                "no longer exists"
+        recent = now - claims.issued < RECENT_TOKEN_SECONDS
+        try:
+            sa = await self._read(
+                "serviceaccounts", claims.namespace, claims.name, claims.uid, recent
             )
-        if deleted_before(sa, now - LEEWAY):
-            raise InvalidToken(f"service account {claims.namespace}/{claims.name} has been deleted")
+        except errors.StatusError as exc:
+            log.debug("service account %s/%s: %s", claims.namespace, claims.name, exc.message)
+            raise InvalidToken(exc.message) from None
+        refusal = service_account_refusal(claims, sa, now)
+        if refusal is not None:
+            raise InvalidToken(refusal)
         for kind, ref in bindings_to_check(claims):
             resource, namespaced = BINDABLE[kind]
             namespace = claims.namespace if namespaced else None
-            found = await self.lookup(resource, namespace, ref.get("name", ""))
+            try:
+                found = await self._read(
+                    resource, namespace, ref.get("name", ""), ref.get("uid", ""), recent
+                )
+            except errors.StatusError as exc:
+                log.debug("bound %s %s: %s", kind, ref.get("name", ""), exc.message)
+                raise InvalidToken(INVALIDATED) from None
             refusal = bound_object_refusal(kind, ref, found, now)
             if refusal is not None:
                 raise InvalidToken(refusal)
         return claims.user()
+
+    async def _read(
+        self, resource: str, namespace: str | None, name: str, uid: str, recent: bool
+    ) -> Obj | None:
+        """The object from the watch cache; from etcd when the cache has none with `uid` and
+        the token is `recent` (the cache may not have caught up with it yet)."""
+        found = await self.cached(resource, namespace, name)
+        if recent and _uid(found) != uid:
+            found = await self.live(resource, namespace, name)
+        return found
 
     def _claims(self, token: str) -> ServiceAccountClaims:
         key = hashlib.sha256(token.encode()).digest()
@@ -141,6 +195,22 @@ def deleted_before(obj: Obj | None, moment: float) -> bool:
     return when < moment
 
 
+def service_account_refusal(
+    claims: ServiceAccountClaims, found: Obj | None, now: float
+) -> str | None:
+    """Why the token no longer authenticates, given its ServiceAccount now (`found`, None
+    when there is none); None when it still does. kube-apiserver's messages and order
+    (pkg/serviceaccount/claims.go)."""
+    if found is None:
+        return f'serviceaccounts "{claims.name}" not found'
+    uid = _uid(found) or ""
+    if uid != claims.uid:
+        return f"service account UID ({uid}) does not match claim ({claims.uid})"
+    if deleted_before(found, now - LEEWAY):
+        return f"service account {claims.namespace}/{claims.name} has been deleted"
+    return None
+
+
 def bindings_to_check(claims: ServiceAccountClaims) -> list[tuple[str, Mapping[str, str]]]:
     """The token's bound objects, capitalised kind first, in kube-apiserver's order (Secret,
     Pod, Node). A Pod-bound token's Node is information about the pod, not a binding: only a
@@ -173,7 +243,8 @@ def bound_object_refusal(
 
 def bound_object_ref(spec: Mapping[str, Any]) -> BoundObjectRef | None:
     """The request's boundObjectRef, refused as kube-apiserver refuses what it cannot bind to
-    (400: a kind of another group, or none of Pod, Secret, Node; an empty name)."""
+    (400: a kind of another group, or none of Pod, Secret, Node; an empty name, or one that
+    is not a valid path segment)."""
     ref = spec.get("boundObjectRef")
     if ref is None:
         return None
@@ -190,6 +261,12 @@ def bound_object_ref(spec: Mapping[str, Any]) -> BoundObjectRef | None:
         )
     if not fields["name"]:
         raise errors.bad_request("Name parameter required.")
+    invalid = path_segment_name_errors(fields["name"])
+    if invalid:  # as kube-apiserver's registry key functions refuse such a name
+        raise errors.bad_request(
+            f"Name parameter invalid: {json.dumps(fields['name'], ensure_ascii=False)}: "
+            + ";".join(invalid)
+        )
     return BoundObjectRef(fields["kind"], fields["name"], fields["uid"])
 
 
