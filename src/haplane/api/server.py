@@ -660,9 +660,12 @@ class ApiServer:
         old: Obj | None,
         sub: str,
         dry_run: bool = False,
+        generated: bool = False,
     ) -> None:
         """The store's last check before a write: every matching policy (the replica's own
-        writes, its controllers', have no request user and are not policed)."""
+        writes, its controllers', have no request user and are not policed). A create named
+        from generateName is judged, as in Kubernetes, with the name the request gave: none
+        (`request.name`, `authorizer.requestResource`, `resourceNames` rules)."""
         user = REQUEST_USER.get()
         if user is None:
             return
@@ -672,7 +675,7 @@ class ApiServer:
                 operation,
                 t,
                 meta.get("namespace") if t.namespaced else None,
-                str(meta.get("name") or ""),
+                "" if generated else str(meta.get("name") or ""),
                 obj,
                 old,
                 user,
