@@ -63,6 +63,17 @@ def test_every_combination_of_views(views_a):
             assert (d.action, d.to, d.epoch) == ("failover", "b", 7), (views_a, views_b, d)
         else:
             assert d.action == "none", (views_a, views_b, d)
+        # blocked: a is down and b cannot take over; or a is seen down while too few report
+        views = zip(views_a, views_b, strict=True)
+        fresh = sum("absent" not in v and "stale" not in v for v in views)
+        a_seen_down = counted(views_a, views_b, views_a, "down") >= 1
+        if a_down and not b_healthy:
+            assert d.blocked == "no-healthy-region", (views_a, views_b, d)
+        elif not a_down and a_seen_down and fresh < 2:
+            assert d.blocked == "no-vantage-quorum", (views_a, views_b, d)
+            assert "but only 1 report (a failover needs 2 to agree)" in d.reason
+        else:
+            assert d.blocked is None, (views_a, views_b, d)
         # never on one vantage point alone, never on a blip, never on stale or absent reports
         if sum(v == "down" for v in views_a) < 2:
             assert d.action == "none"
@@ -85,9 +96,34 @@ def test_majority_is_over_all_configured_vantage_points_not_the_reports_that_arr
 def test_hysteresis_and_the_automatic_switch():
     s = snapshot(("down",) * 3, ("healthy",) * 3, since_change=3.0)
     d = decide(s, SETTINGS)
-    assert d.action == "none" and "hysteresis" in d.reason
+    assert d.action == "none" and "hysteresis" in d.reason and d.blocked == "hysteresis"
     off = Settings(**{**SETTINGS.__dict__, "automatic": False})
-    assert decide(snapshot(("down",) * 3, ("healthy",) * 3), off).action == "none"
+    d = decide(snapshot(("down",) * 3, ("healthy",) * 3), off)
+    assert d.action == "none" and d.blocked == "automatic-off"
+
+
+def test_a_blocked_decision_says_why_in_a_code_that_outlives_its_figures():
+    """The reason's figures change every tick (seconds since the epoch, lags); the code does
+    not, so a block is published once. Every code is one of BLOCKED_REASONS."""
+    from haplane.gate.failover import BLOCKED_REASONS
+
+    early = decide(snapshot(("down",) * 3, ("healthy",) * 3, since_change=3.0), SETTINGS)
+    later = decide(snapshot(("down",) * 3, ("healthy",) * 3, since_change=4.0), SETTINGS)
+    assert early.reason != later.reason and early.blocked == later.blocked == "hysteresis"
+    a_b = replace(THREE, priority=("a", "b"))  # c out of the way
+    partial, lagging = _rep("c", 0, state="Resyncing"), _rep("b", 200, lag=3.0)
+    unknown = replace(_rep("b", 500), time=0.0)  # b's pair has a maxLagMs
+    cases = [
+        (THREE, _three({"b": replace(partial, target="b"), "c": partial}), "standby-partial"),
+        (a_b, _three({"b": lagging}), "standby-lag-over-limit"),
+        (THREE, _three({"b": lagging, "c": partial}), "standby-lag-over-limit+standby-partial"),
+        (a_b, replace(_three({"b": unknown}), now=100.5), "standby-lag-unknown"),
+    ]
+    for settings, snap, code in cases:
+        d = decide(snap, settings)
+        assert (d.action, d.blocked) == ("none", code), (code, d)
+        assert set(code.split("+")) <= set(BLOCKED_REASONS)
+    assert decide(_three({"b": _rep("b", 100)}), THREE).blocked is None  # a failover
 
 
 def test_no_failover_to_a_region_that_is_not_seen_healthy():
@@ -350,6 +386,7 @@ def test_a_synchronous_standby_that_is_not_healthy_blocks_the_failover() -> None
     snap = Snapshot(active("a"), reports, 100.0, replication={"b": _rep("b", 300)}, sync=rec)
     d = decide(snap, SYNC)  # b is healthy and applied more, but only c has every write
     assert d.action == "none" and "c is the synchronous standby" in d.reason
+    assert d.blocked == "sync-standby-not-healthy"
     # healthy again: c, whatever b applied
     reports = {g: Report(g, 0.1, {"a": down, "b": up, "c": up}) for g in GATES}
     d = decide(replace(snap, reports=reports), SYNC)
@@ -360,7 +397,7 @@ def test_a_partial_synchronous_standby_and_a_pending_one() -> None:
     epoch = active("a").epoch
     rec = SyncRecord.synchronous(epoch, "a", "b", by="t", reason="t")
     d = decide(_sync(rec, {"b": _rep("b", 0, state="Resyncing"), "c": _rep("c", 9)}), SYNC)
-    assert d.action == "none" and "partial copy" in d.reason
+    assert d.action == "none" and "partial copy" in d.reason and d.blocked == "standby-partial"
     # being made synchronous is not synchronous yet: the async rules, data may be lost
     pending = SyncRecord.catching_up(epoch, "a", "b", by="t", reason="t")
     d = decide(_sync(pending, {"b": _rep("b", 100), "c": _rep("c", 120)}), SYNC)
