@@ -1,5 +1,6 @@
 """The supervisor's watch on the platform's state: each change of the active-region record,
-the replication reports, the divergence records and the operations' approvals is one event,
+the failover controller's published block, the replication reports, the divergence records and
+the operations' approvals is one event,
 the first look only a baseline; on a real etcd through `GlobalState`, and as the Events the
 forwarder would post."""
 
@@ -12,8 +13,9 @@ import pytest
 
 from haplane.local.platform_events import EventForwarder
 from haplane.local.platform_watch import Looked, Seen, changes, look
-from haplane.store import GlobalState
+from haplane.store import ActiveRegion, GlobalState
 from haplane.store import operations as store_ops
+from haplane.store.global_state import FailoverBlock
 from haplane.topology import load_text
 from haplane.topology.loader import example_text
 
@@ -173,3 +175,91 @@ def test_the_forwarder_names_the_operation_and_the_region():
     assert region["involvedObject"]["kind"] == "Region" and region["type"] == "Warning"
     assert region["reason"] == "FailoverCommitted" and "down" in region["message"]
     json.dumps(op)
+
+
+def _block(code: str | None, since: str, *, region: str = "a", epoch: int = 3) -> FailoverBlock:
+    why = {"no-healthy-region": "a is down and no other region is seen healthy",
+           "standby-lag-over-limit": "a is down and no healthy region may take over: b's lag "
+                                     "was 3.000s when a last answered, over its maxLagMs (2000)",
+           None: "a is active and not seen down by a majority"}[code]  # fmt: skip
+    return FailoverBlock(region, epoch, code, why, f"2026-01-01T00:00:{since}Z", "controller:g1")
+
+
+def test_a_failover_block_is_told_when_it_starts_changes_cause_and_ends_not_every_look():
+    record = ActiveRegion("a", 3, "", "t", "t")
+    nothing = Seen(record)
+    blocked = Seen(record, block=_block("no-healthy-region", "00.000000"))
+    events = changes(nothing, Looked(blocked))
+    assert events == [("failover-blocked", {
+        "region": "a", "epoch": 3, "blocked": "no-healthy-region", "by": "controller:g1",
+        "since": "2026-01-01T00:00:00.000000Z",
+        "why": "a is down and no other region is seen healthy",
+    })]  # fmt: skip
+    assert changes(blocked, Looked(blocked)) == []  # every look after: nothing
+    lagging = Seen(record, block=_block("standby-lag-over-limit", "05.000000"))
+    ((event, fields),) = changes(blocked, Looked(lagging))
+    assert event == "failover-blocked" and fields["blocked"] == "standby-lag-over-limit"
+    assert "over its maxLagMs" in str(fields["why"])
+    back = Seen(record, block=_block(None, "12.500000"))
+    assert changes(back, Looked(back)) == [] and changes(nothing, Looked(back)) == []
+    assert changes(lagging, Looked(back)) == [("failover-block-cleared", {
+        "region": "a", "epoch": 3, "was": "standby-lag-over-limit", "blocked_seconds": 7.5,
+        "by": "controller:g1", "why": "a is active and not seen down by a majority",
+    })]  # fmt: skip
+    # ended by a failover: the new epoch's event tells it, whether the leader has published
+    # the new epoch's (unblocked) state yet or not
+    moved = ActiveRegion("b", 4, "", "controller:g1", "a is down", previous="a", writable=False)
+    for block in (lagging.block, _block(None, "20.000000", region="b", epoch=4)):
+        assert names(changes(lagging, Looked(Seen(moved, block=block)))) == ["failover-committed"]
+    # blocked again in the new epoch: told
+    again = Seen(moved, block=_block("no-healthy-region", "30.000000", region="b", epoch=4))
+    assert names(changes(Seen(moved), Looked(again))) == ["failover-blocked"]
+
+
+async def test_the_published_block_is_read_with_each_look(etcd_cluster, key_prefix):
+    client = etcd_cluster.client(timeout=2.0)
+    gs = GlobalState(client, prefix=key_prefix)
+    try:
+        await gs.initialize("a", by="haplane up", reason="first start", fresh=True)
+        first = await look(gs, key_prefix)
+        assert first.seen.block is None
+        leader = key_prefix + b"controller/leader"
+        await client.put(leader, b"g1")
+        block = _block("no-healthy-region", "00.000000", epoch=1)
+        assert await gs.publish_failover_block(block, holder=(leader, b"g1"))
+        assert not await gs.publish_failover_block(
+            _block(None, "01.000000", epoch=1), holder=(leader, b"g2")
+        )  # not the leader: not written
+        second = await look(gs, key_prefix, before=first.seen)
+        assert second.seen.block == block
+        assert names(changes(first.seen, second)) == ["failover-blocked"]
+        await client.put(gs.failover_block_key, b"{not json")
+        assert (await look(gs, key_prefix)).seen.block is None  # unreadable: no word
+    finally:
+        await client.close()
+
+
+def test_the_forwarder_makes_a_block_one_event_that_counts_up_and_its_end_another():
+    topology = load_text(example_text("two-regions"))
+    fwd = EventForwarder(topology, state=None)  # type: ignore[arg-type]
+    start = changes(Seen(ActiveRegion("a", 3, "", "t", "t")),
+                    Looked(Seen(ActiveRegion("a", 3, "", "t", "t"),
+                                block=_block("no-healthy-region", "00.000000"))))  # fmt: skip
+    for event, fields in start:
+        fwd.forward(event, fields)
+    fwd.forward("failover-blocked", {"region": "a", "blocked": "standby-lag-over-limit",
+                                     "why": "b's lag was 3.000s"})  # fmt: skip
+    fwd.forward("failover-block-cleared", {"region": "a", "was": "standby-lag-over-limit",
+                                           "why": "a is active"})  # fmt: skip
+    first, changed, ended = (fwd.queue.get_nowait() for _ in range(3))
+    assert (first["type"], first["reason"]) == ("Warning", "FailoverBlocked")
+    assert first["involvedObject"]["kind"] == "Region" and first["involvedObject"]["name"] == "a"
+    assert first["message"].startswith(
+        "failover-blocked: a is down and no other region is seen healthy (region=a, epoch=3, "
+        "blocked=no-healthy-region, by=controller:g1, since=2026-01-01T00:00:00.000000Z)"
+    )
+    # a new cause is the same Event (its count goes up, its message is the new one)
+    assert changed["metadata"]["name"] == first["metadata"]["name"]
+    assert "b's lag was 3.000s" in changed["message"]
+    assert (ended["type"], ended["reason"]) == ("Normal", "FailoverBlockCleared")
+    assert ended["metadata"]["name"] != first["metadata"]["name"]

@@ -14,7 +14,9 @@ Keys (under `prefix`, default `/haplane/global/`):
   (`ReplicationReport`), rewritten every 200 ms while it leads;
 - `cut/<epoch, 12 digits>`: where epoch `<epoch>` cut the old region's history
   (`Cut`: the last source revision the new region had applied when it was made active);
-- `sync`: who is synchronous for the active region's epoch (`haplane.store.sync_state`).
+- `sync`: who is synchronous for the active region's epoch (`haplane.store.sync_state`);
+- `controller/blocked`: the leading failover controller's word on a failover it cannot make
+  (`FailoverBlock`), rewritten only when the block starts, changes its cause or ends.
 
 Fencing (see `haplane.api.fencing`): the record grants the active region write permission for
 `grantMs` after each successful linearizable read of it, minus `marginMs`. A newly promoted
@@ -33,7 +35,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 from .errors import EtcdError
@@ -492,6 +494,69 @@ class GlobalState:
         setting = FailbackSetting(enabled, by, reason, _now())
         revision = await self.client.put(self.failback_key, setting.to_json(), timeout=timeout)
         return replace(setting, revision=revision)
+
+    # ---- a failover the controller cannot make: its leader's word -------------------------
+
+    @property
+    def failover_block_key(self) -> bytes:
+        return self._base + b"controller/blocked"
+
+    async def failover_block(self, *, timeout: float | None = None) -> FailoverBlock | None:
+        """The failover controller's last published block (None: never published, or
+        unreadable: a record, never a safety input)."""
+        kv = await self.client.get(self.failover_block_key, timeout=timeout)
+        return FailoverBlock.parse(kv.value) if kv is not None else None
+
+    async def publish_failover_block(
+        self,
+        block: FailoverBlock,
+        *,
+        holder: tuple[bytes, bytes] | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Write `block`, only while the key `holder[0]` holds `holder[1]` (the controller's
+        leader key: a deposed leader's word is not written). False when it was not."""
+        guard = [Compare(holder[0], "value", "=", holder[1])] if holder is not None else []
+        r = await self.client.txn(
+            guard, [Op("put", self.failover_block_key, block.to_json())], timeout=timeout
+        )
+        return r.succeeded
+
+
+@dataclass(frozen=True)
+class FailoverBlock:
+    """Why the failover controller cannot fail `region` (active in `epoch`, and down, or
+    seen down by too few to agree) over: `blocked`, a code of `haplane.gate.failover`'s
+    `BLOCKED_REASONS`, and `reason`, the decision's words when the block started or changed
+    cause. `blocked` None: no block since `since` (the decision's words then in `reason`).
+    JSON `{"region", "epoch", "blocked", "reason", "since", "by"}` under
+    `<prefix>controller/blocked`."""
+
+    region: str
+    epoch: int
+    blocked: str | None
+    reason: str
+    since: str  # RFC 3339, UTC: when the block (or its end) began
+    by: str  # "controller:<gate>"
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()  # its fields are its keys
+
+    @classmethod
+    def parse(cls, raw: bytes) -> FailoverBlock | None:
+        try:
+            d = json.loads(raw)
+            blocked = d.get("blocked")
+            return cls(
+                region=str(d["region"]),
+                epoch=int(d["epoch"]),
+                blocked=str(blocked) if blocked is not None else None,
+                reason=str(d.get("reason", "")),
+                since=str(d.get("since", "")),
+                by=str(d.get("by", "")),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 @dataclass(frozen=True)
