@@ -5,7 +5,8 @@ key is one fixed path per regional etcd, so each region needs an etcd of its own
 Checked: after a failover the old region's key is frozen and the new one's becomes
 `active:b@E+1` before the record is writable; an unfence waits for the new region's key; the
 periodic reconcile freezes a stale `active:` key and sets missing ones; hysteresis and the
-failback setting are what the controller itself observed, not the record's wall-clock `since`.
+failback setting are what the controller itself observed, not the record's wall-clock `since`;
+a blocked failover is published once per start, change of cause and end, by the leader only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -75,17 +77,20 @@ def make_controller(
     *,
     min_interval: float = 0.0,
     failback: bool = False,
+    gate: str = "g0",
+    block_settle: float = 1.0,
 ) -> FailoverController:
     decision = Settings(
         vantage_points=GATES, priority=("a", "b"), min_interval=min_interval, failback=failback
     )
     settings = ControllerSettings(
-        gate="g0",  # not a vantage point: its own (empty) report is no vote
+        gate=gate,  # not a vantage point (g0): its own (empty) report is no vote
         etcd=global_endpoints,
         prefix=prefix.decode(),
         decision=decision,
         region_etcd=region_etcd,
         fence_interval=0.1,
+        block_settle=block_settle,
     )
     return FailoverController(Forwarder(name="controller-test"), settings)
 
@@ -100,25 +105,35 @@ async def running(controller: FailoverController) -> AsyncIterator[FailoverContr
         await controller.forwarder.stop(grace=0)
 
 
-async def write_reports(client: EtcdClient, prefix: bytes, a_healthy: bool) -> None:
-    """Every gate reports region a healthy or down for a while, b healthy for a while."""
-    for gate in GATES:
+async def write_reports(
+    client: EtcdClient,
+    prefix: bytes,
+    a_healthy: bool,
+    *,
+    b_healthy: bool = True,
+    gates: tuple[str, ...] = GATES,
+) -> None:
+    """Every gate (of `gates`) reports region a healthy or down for a while, b healthy (or
+    down) for a while."""
+    for gate in gates:
         body = {
             "gate": gate,
             "at": time.time(),
             "regions": {
                 "a": {"healthy": a_healthy, "heldFor": 30.0},
-                "b": {"healthy": True, "heldFor": 30.0},
+                "b": {"healthy": b_healthy, "heldFor": 30.0},
             },
         }
         await client.put(prefix + b"vantage/" + gate.encode(), json.dumps(body).encode())
 
 
 @contextlib.asynccontextmanager
-async def reporting(client: EtcdClient, prefix: bytes, a_healthy: bool) -> AsyncIterator[None]:
+async def reporting(
+    client: EtcdClient, prefix: bytes, a_healthy: bool, **views: Any
+) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
-            await write_reports(client, prefix, a_healthy)
+            await write_reports(client, prefix, a_healthy, **views)
             await asyncio.sleep(0.1)
 
     task = asyncio.create_task(loop())
@@ -342,6 +357,80 @@ async def test_the_operators_failback_setting_reaches_the_decision(etcd_cluster,
         await client.close()
         for c in (controller, off):
             await c.forwarder.stop(grace=0)
+
+
+async def test_a_blocked_failover_is_published_once_per_cause_by_the_leader_only(
+    etcd_cluster, key_prefix
+):
+    """a is down and so is b: blocked (no healthy region), written once however many ticks;
+    a leader that takes over says nothing again; two gates stop reporting: the cause changes
+    (no quorum of vantage points); a comes back: the block ends, without a failover. The
+    supervisor's watch makes each of the three one event."""
+    from haplane.local.platform_watch import changes, look
+
+    client = etcd_cluster.client(timeout=2.0)
+    state = GlobalState(client, prefix=key_prefix)
+    await client.put(state.active_key, ActiveRegion("a", 1, "", "t", "t").to_json())
+
+    def controller(gate: str) -> FailoverController:
+        return make_controller(etcd_cluster.endpoints, key_prefix, {}, gate=gate, block_settle=0.3)
+
+    async def published(code: str | None) -> int | None:
+        kv = await client.get(state.failover_block_key)
+        block = await state.failover_block()
+        return kv.mod_revision if kv and block and block.blocked == code else None
+
+    both_down: dict[str, Any] = {"a_healthy": False, "b_healthy": False}
+    try:
+        before = (await look(state, key_prefix)).seen
+        async with running(controller("g0")), reporting(client, key_prefix, **both_down):
+            revision = await eventually(lambda: published("no-healthy-region"), what="block")
+            await asyncio.sleep(1.0)  # ten ticks: nothing written again
+            assert await published("no-healthy-region") == revision
+        async with running(controller("g9")) as other:  # another leader, the same block
+            async with reporting(client, key_prefix, **both_down):
+                await eventually(lambda: other.leading, what="g9 leads")
+                await asyncio.sleep(2.0)
+                assert await published("no-healthy-region") == revision
+                assert other.report()["decision"]["blocked"] == "no-healthy-region"
+            blocked = await look(state, key_prefix, before=before)
+            assert blocked.seen.block is not None
+            assert changes(before, blocked) == [
+                ("failover-blocked", {
+                    "region": "a", "epoch": 1, "blocked": "no-healthy-region",
+                    "by": "controller:g0", "since": blocked.seen.block.since,
+                    "why": "a is down and no other region is seen healthy by 2 of 3 vantage "
+                           "points",
+                })
+            ]  # fmt: skip
+            async with reporting(client, key_prefix, **both_down, gates=("g1",)):
+                await eventually(lambda: published("no-vantage-quorum"), what="new cause")
+                quorum = await look(state, key_prefix, before=blocked.seen)
+            ((event, fields),) = changes(blocked.seen, quorum)
+            assert (event, fields["blocked"], fields["by"]) == (
+                "failover-blocked", "no-vantage-quorum", "controller:g9"
+            )  # fmt: skip
+            assert "only 1 report" in str(fields["why"])
+            assert changes(quorum.seen, quorum) == []
+        async with (
+            reporting(client, key_prefix, a_healthy=True, b_healthy=False),
+            running(controller("g0")),
+        ):
+            await eventually(lambda: published(None), what="the block's end")
+        ended = await look(state, key_prefix, before=quorum.seen)
+        ((event, fields),) = changes(quorum.seen, ended)
+        assert (event, fields["region"], fields["was"]) == (
+            "failover-block-cleared", "a", "no-vantage-quorum"
+        )  # fmt: skip
+        assert fields["why"] == "a is active and not seen down by a majority"
+        assert isinstance(fields["blocked_seconds"], float) and fields["blocked_seconds"] > 0
+        # a deposed leader's word is not written
+        assert ended.seen.block is not None
+        assert not await state.publish_failover_block(
+            ended.seen.block, holder=(key_prefix + b"controller/leader", b"g0")
+        )
+    finally:
+        await client.close()
 
 
 def test_gate_configs_name_every_regions_etcd(tmp_path: Path):

@@ -46,6 +46,15 @@ The leader, every `tick`:
   region still serves; once its key is active it can apply nothing more, and what it had
   applied is recorded as the epoch's cut (`switchover.record_unplanned_cut`).
 
+The leader publishes a failover it cannot make (`Decision.blocked`: the active region is down
+and nothing may move) under `controller/blocked` (`GlobalState.publish_failover_block`), and
+its end without a failover: once per start, change of cause or end, after the new state has
+held for `block_settle` (a cause that flickers is not a story), guarded by its leader key (a
+deposed leader's word is not written). A leader that takes over reads what the last one
+published first, so it says nothing again, and judges only once it has led for `stale_after`
+(until then it counts every report stale). The supervisor's platform watch makes Events of it
+(`haplane.local.platform_watch`): one writer, whichever gate leads.
+
 The leader also reconciles every fence key with the record (`RegionFences.reconcile_all`) at
 once when it takes the lead and every `fence_interval` after: a region that comes back with a
 stale `active:` key is frozen, missing keys are set (the writable active region's too, never
@@ -86,7 +95,7 @@ from haplane.store import (
     SyncRecord,
     prefix_end,
 )
-from haplane.store.global_state import FailbackSetting, ReplicationReport
+from haplane.store.global_state import FailbackSetting, FailoverBlock, ReplicationReport
 from haplane.store.switchover import (
     SwitchoverRefused,
     planned_switchover,
@@ -101,6 +110,10 @@ from .health import UpstreamState
 from .operations import Operations, record_automatic
 
 log = logging.getLogger("haplane.gate")
+
+# a block is the (epoch, region, code) of a blocked decision; None: not blocked
+BlockKey = tuple[int, str, str] | None
+_UNREAD = (-1, "", "")  # a new leader has not read what the last one published
 
 CAMPAIGN_EVERY = 0.2  # seconds between attempts to lead: a dead leader's key is noticed soon
 BACKUP_AFTER = 2.0  # a gate on the active region's site leads only after this long leaderless
@@ -124,6 +137,7 @@ class ControllerSettings:
     tls: EtcdTls | None = None  # the client certificate for every etcd above
     # records automatic switches through the API with the controller's ServiceAccount
     recorder: ApiRecorder | None = None
+    block_settle: float = 1.0  # a failover block (or its end) is published once it held this long
 
 
 class FailoverController:
@@ -164,6 +178,10 @@ class FailoverController:
         self.sync: SyncRecord | None = None  # the sync record as last read (sync pairs only)
         self._failback_refused: tuple[float, str] | None = None  # (monotonic, why)
         self.operations = Operations(self)  # operators' approved Switchovers
+        self._block_published: BlockKey = _UNREAD
+        # the block (or its end) the decisions say now: (key, since: monotonic, wall clock)
+        self._block_pending: tuple[BlockKey, float, float] | None = None
+        self._led_since = 0.0  # monotonic
         forwarder.subscribe(self._on_gate_event)
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -366,6 +384,8 @@ class FailoverController:
         self.leading, self.leader, self.error = True, self.settings.gate, None
         self._seen.clear()
         self._fenced_seen.clear()
+        self._block_published, self._block_pending = _UNREAD, None
+        self._led_since = time.monotonic()
         self._log("controller_leader")
         work = asyncio.create_task(self._decide_loop(client), name="controller decide")
         fencing = None
@@ -501,6 +521,10 @@ class FailoverController:
                 if decision.action != "none":
                     await self._act(state, decision, snapshot.active)
                 await self.operations.advance(state, client)
+                if decision.action in ("failover", "failback"):
+                    self._block_pending = None  # ended by the switch: the new epoch says so
+                else:
+                    await self._publish_block(state, decision, snapshot.active)
             except EtcdError as exc:
                 self.error = str(exc)
             except Exception as exc:  # a bug: say so, and keep deciding
@@ -510,11 +534,12 @@ class FailoverController:
 
     def _note(self, decision: Decision) -> None:
         last = self.last_decision
-        if last is None or (last.action, last.down, last.healthy, last.to) != (
+        if last is None or (last.action, last.down, last.healthy, last.to, last.blocked) != (
             decision.action,
             decision.down,
             decision.healthy,
             decision.to,
+            decision.blocked,
         ):
             self._log(
                 "controller_decision",
@@ -523,9 +548,60 @@ class FailoverController:
                 epoch=decision.epoch,
                 down=decision.down,
                 healthy=decision.healthy,
+                blocked=decision.blocked,
                 reason=decision.reason,
             )
         self.last_decision = decision
+
+    async def _publish_block(
+        self, state: GlobalState, d: Decision, active: ActiveRegion | None
+    ) -> None:
+        """Publish the decision's block, or its end, once it has held for `block_settle`
+        and differs from what was published last (this leader's, or the last leader's as read
+        when it took over)."""
+        now = time.monotonic()
+        if active is None or d.epoch is None:
+            return
+        if now - self._led_since < self.settings.decision.stale_after:
+            return  # every report counts as stale until seen to change: not judged yet
+        want: BlockKey = (d.epoch, active.region, d.blocked) if d.blocked else None
+        pending = self._block_pending
+        if pending is None or pending[0] != want:
+            pending = self._block_pending = (want, now, time.time())
+        if want == self._block_published or now - pending[1] < self.settings.block_settle:
+            return
+        block = FailoverBlock(
+            active.region,
+            d.epoch,
+            d.blocked,
+            d.reason,
+            _rfc3339(pending[2]),
+            f"controller:{self.settings.gate}",
+        )
+        holder = (self.leader_key, self.settings.gate.encode())
+        try:
+            if self._block_published == _UNREAD:
+                stored = await state.failover_block(timeout=self.settings.fence_timeout)
+                self._block_published = _block_key(stored)
+                if want == self._block_published:
+                    return
+            if want is None and self._block_published is None:
+                return  # nothing was blocked (or its end was said already)
+            written = await state.publish_failover_block(
+                block, holder=holder, timeout=self.settings.fence_timeout
+            )
+        except EtcdError as exc:  # the next tick tries again
+            self.error = str(exc)
+            return
+        if written:
+            self._block_published = want
+            self._log(
+                "failover_blocked" if d.blocked else "failover_unblocked",
+                region=block.region,
+                epoch=block.epoch,
+                blocked=block.blocked,
+                reason=block.reason,
+            )
 
     async def _act(self, state: GlobalState, d: Decision, active: ActiveRegion | None) -> None:
         assert d.epoch is not None and active is not None
@@ -789,7 +865,13 @@ class FailoverController:
             "view": {r: v.healthy for r, v in self.view().items()},
             "decision": None
             if d is None
-            else {"action": d.action, "reason": d.reason, "down": d.down, "healthy": d.healthy},
+            else {
+                "action": d.action,
+                "reason": d.reason,
+                "down": d.down,
+                "healthy": d.healthy,
+                "blocked": d.blocked,
+            },
             "last_action": self.last_action,
             "fence_keys": {
                 r: _fence_text(f) if f is not None else None for r, f in self.fence_keys.items()
@@ -816,11 +898,20 @@ def _fence_text(read: FenceRead) -> str:
     return f"malformed: {read.raw.decode('utf-8', 'replace')}"
 
 
+def _block_key(block: FailoverBlock | None) -> BlockKey:
+    if block is None or block.blocked is None:
+        return None
+    return (block.epoch, block.region, block.blocked)
+
+
 def _ago(now: float, seconds: float | None) -> str | None:
-    """`seconds` before the wall-clock `now`, as the global state writes its times (RFC 3339,
-    UTC, µs); None for None."""
+    """`seconds` before the wall-clock `now`, as the global state writes its times; None for
+    None."""
+    return None if seconds is None else _rfc3339(now - seconds)
+
+
+def _rfc3339(t: float) -> str:
+    """The wall-clock time `t` as the global state writes its times (RFC 3339, UTC, µs)."""
     from datetime import UTC, datetime
 
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(now - seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
