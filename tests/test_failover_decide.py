@@ -7,7 +7,12 @@ fencing and failback on their own."""
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import itertools
+import random
+import types
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -462,3 +467,138 @@ def test_a_failover_says_when_the_region_was_first_seen_down_and_when_a_majority
     back = ActiveRegion.from_kv(KeyValue(b"k", rec.to_json(), 1, 1, 1, 0))
     assert (back.detected, back.agreed) == (rec.detected, rec.agreed)
     assert "detected" not in active().as_dict()  # absent unless an automatic failover
+
+
+# ---- the blocked codes changed no decision ----------------------------------------------------
+
+
+def _random_cases(
+    failover: types.ModuleType, n: int, seed: int
+) -> Iterator[tuple[Snapshot, Settings]]:
+    """`n` snapshots and settings drawn at random (seeded; on any platform the same), of the
+    classes of `failover` (this module, or an older copy of it): one to five vantage points
+    (some absent, some stale), views of regions a, b, c held for short and long, an active
+    region in or out of the priority (written or not yet writable), replication reports of
+    every state and lag, async and sync pairs, sync records of every kind, hysteresis and
+    failback settings."""
+    rng = random.Random(seed)
+    regions = ("a", "b", "c")
+    for _ in range(n):
+        gates = tuple(f"g{i}" for i in range(rng.choice((1, 3, 3, 3, 5))))
+        priority = tuple(rng.sample(regions, rng.choice((2, 3, 3))))
+        pairs: list[tuple[str, str, float | None]] = []
+        for x, y in itertools.combinations(regions, 2):
+            if rng.random() < 0.6:
+                pairs.append((x, y, rng.choice((None, None, 2.0))))
+        sync_pairs = tuple((x, y) for x, y, _ in pairs if rng.random() < 0.3)
+        settings = failover.Settings(
+            vantage_points=gates,
+            priority=priority,
+            min_interval=rng.choice((0.0, 10.0)),
+            failback=rng.random() < 0.3,
+            failback_after=rng.choice((5.0, 60.0)),
+            automatic=rng.random() < 0.9,
+            pairs=tuple(pairs),
+            sync_pairs=sync_pairs,
+        )
+        region = rng.choice((*priority, *priority, "z"))  # z: not in the priority
+        epoch = rng.randint(1, 4)
+        record = ActiveRegion(region, epoch, "", "t", "t", writable=rng.random() < 0.9)
+        # how many see each region healthy: the active one often few
+        up = {r: rng.choice((0.05, 0.05, 0.5, 0.95) if r == region else (0.05, 0.5, 0.95, 0.95))
+              for r in regions}  # fmt: skip
+        reports = {}
+        for gate in gates:
+            if rng.random() < 0.15:
+                continue
+            views = {}
+            for r in regions:
+                if rng.random() < 0.1:
+                    continue
+                healthy = rng.random() < up[r]
+                held = rng.choice((0.1, 0.5, 3.0, 40.0, 100.0) if healthy else (0.2, 0.7, 2.0))
+                views[r] = failover.RegionView(healthy, held)
+            age = rng.choice((0.0, 0.1, 0.5, 0.9, 5.0))
+            reports[gate] = failover.Report(gate, age, views)
+        replication = {}
+        for r in regions:
+            if rng.random() < 0.3:
+                continue
+            applied = rng.choice((0, 50, 100, 100, 200))
+            replication[r] = ReplicationReport(
+                r,
+                rng.choice((*regions, None)),
+                rng.choice(("Streaming", "Streaming", "Resyncing", "Disconnected", "Idle")),
+                epoch,
+                applied,
+                applied + 5,
+                1.0,
+                5,
+                rng.choice((None, 0.1, 1.5, 3.0)),
+                0.0,
+                "x",
+                rng.choice((90.0, 99.0, 100.0)),
+                partial=rng.random() < 0.1,
+            )
+        other = rng.choice(regions)
+        sync = rng.choice(
+            (
+                None,
+                SyncRecord(epoch, region, other, revision=rng.randint(1, 9)),  # synchronous
+                SyncRecord(epoch, region, revision=3),  # sync: none
+                SyncRecord(epoch, region, pending=other),  # catching up
+                SyncRecord(epoch - 1, region, other),  # an older epoch's
+                SyncRecord(0, ""),  # unreadable
+            )
+        )
+        yield (
+            failover.Snapshot(
+                record,
+                reports,
+                since_change=rng.choice((0.0, 3.0, 10.0, 30.0, 61.0, 100.0)),
+                fenced_for=rng.choice((0.0, 1.0, 5.0)),
+                failback_suspended=rng.random() < 0.2,
+                replication=replication,
+                now=rng.choice((None, 100.0, 101.0)),
+                sync=sync,
+                observed_at=rng.choice((None, 1_000.0)),
+            ),
+            settings,
+        )
+
+
+def _decisions_digest(failover: types.ModuleType, n: int) -> str:
+    """A digest of what `failover.decide` decides on `_random_cases` (everything but the
+    reason and the blocked code), and the count of each action."""
+    digest, counts = hashlib.sha256(), collections.Counter[str]()
+    for snap, settings in _random_cases(failover, n, seed=20260101):
+        d = failover.decide(snap, settings)
+        fields = (d.action, d.to, d.epoch, d.down, d.healthy, d.sync_revision)
+        times = (d.detected_ago, d.agreed_ago, d.observed_at)
+        digest.update(repr((fields, times)).encode())
+        counts[d.action] += 1
+    return f"{digest.hexdigest()[:16]} {sorted(counts.items())}"
+
+
+# `_decisions_digest(failover, 10_000)` of the decision before `Decision.blocked` existed
+BEFORE_BLOCKED = (
+    "4eed17864bebca14 [('failback', 22), ('failover', 605), ('none', 9033), ('unfence', 340)]"
+)
+
+
+def test_blocked_codes_changed_no_decision():
+    """On 10,000 random snapshots `decide` takes every decision (action, target, epoch, what
+    is down and healthy, the sync revision, detection and agreement) exactly as it did before
+    `Decision.blocked` existed (`BEFORE_BLOCKED`: `git show 1b841ad:src/haplane/gate/failover.py`
+    loaded as a module and given to `_decisions_digest`; checked on 125,000 the same way)."""
+    from haplane.gate import failover
+
+    assert _decisions_digest(failover, 10_000) == BEFORE_BLOCKED
+
+
+def test_an_active_region_outside_the_priority_is_never_seen_down():
+    """It has no votes (only the priority's regions are counted): nothing is decided on it,
+    as before the blocked codes (which raised KeyError here)."""
+    d = decide(snapshot(("down",) * 3, ("healthy",) * 3, record=active("z")), SETTINGS)
+    assert (d.action, d.blocked, d.down) == ("none", None, ("a",))
+    assert d.reason == "z is active and not seen down by a majority"

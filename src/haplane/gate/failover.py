@@ -322,7 +322,8 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
                     f"{preferred} is preferred and has been healthy for {stable_for:.0f}s",
                     preferred,
                 )
-    seen_down, _, _ = votes[active.region]
+    # an active region outside `priority` has no votes: it is never seen down
+    seen_down, _, _ = votes.get(active.region, (0, 0, float("inf")))
     fresh = sum(
         1
         for gate in settings.vantage_points
@@ -374,7 +375,7 @@ def _choose(
                 return (
                     None,
                     f"the synchronous standby {s} reports a partial copy",
-                    ("standby-partial"),
+                    "standby-partial",
                 )
             return s, f" ({s} is the synchronous standby: no acknowledged write is lost)", ""
         since = f" since {rec.since}" if rec is not None and rec.names(epoch, active) else ""
