@@ -13,9 +13,11 @@ Events, each at most once per change seen:
 - `epoch-unfenced`: the epoch became writable, and how long it was fenced;
 - `failover-blocked`: the active region is down (or seen down by too few to agree) and the
   failover controller cannot move it: why (the leader publishes it once per start or change of
-  cause, `controller/blocked`); `failover-block-cleared`: that block ended without a failover
-  (the region came back), and how long it lasted. A block that ends in a new epoch is told by
-  that epoch's event alone;
+  cause, `controller/blocked`; a block ended and begun again between two looks is told too:
+  its `since` is new); `failover-block-cleared`: that block ended without a failover (the
+  region came back), and how long the whole block lasted (from its `started`). A block that
+  ends in a new epoch is told by that epoch's event alone. A record that cannot be read is no
+  block, and never costs the look its other events;
 - `replication-resynced`: a region's replicator finished a full resync;
 - `divergence-saved`: a returning region's writes after the cut were saved aside;
 - `operation-approved`: someone approved a Switchover, RoleGrant, Drill or MaintenanceAction
@@ -78,7 +80,13 @@ async def look(
     control etcd drops the reports until the replicators write them again: not a resync),
     and the epochs between `before`'s and now's are read from the history."""
     record = await state.read(timeout=2.0)
-    block = await state.failover_block(timeout=2.0)
+    try:
+        block = await state.failover_block(timeout=2.0)
+    except EtcdError:
+        raise
+    except Exception:  # a bug: the other events must not go with it
+        log.exception("platform watch: the failover controller's block could not be read")
+        block = before.block if before is not None else None
     reports = await state.replication_reports(timeout=2.0)
     divergences = await state.divergences(timeout=2.0)
     operations: dict[str, dict[str, Any]] = {}
@@ -174,10 +182,14 @@ def _block_events(
     old: FailoverBlock | None, new: FailoverBlock | None, record: ActiveRegion | None
 ) -> list[tuple[str, dict[str, object]]]:
     """A failover block that started or changed cause, or that ended in the same epoch. A
-    block of an epoch no longer current ended in a switch, which its own event tells."""
+    block of an epoch no longer current ended in a switch, which its own event tells. Its
+    `since` tells one block from the next: blocked, cleared and blocked again for the same
+    cause between two looks is told (the end between them is not)."""
 
-    def key(b: FailoverBlock | None) -> tuple[int, str, str] | None:
-        return None if b is None or b.blocked is None else (b.epoch, b.region, b.blocked)
+    def key(b: FailoverBlock | None) -> tuple[int, str, str, str] | None:
+        if b is None or b.blocked is None:
+            return None
+        return (b.epoch, b.region, b.blocked, b.since)
 
     if new is None or (record is not None and new.epoch != record.epoch):
         return []
@@ -191,6 +203,7 @@ def _block_events(
                     "blocked": new.blocked,
                     "by": new.by,
                     "since": new.since,
+                    "started": new.started or new.since,
                     "why": new.reason,
                 },
             )
@@ -208,7 +221,8 @@ def _block_events(
                     "region": new.region,
                     "epoch": new.epoch,
                     "was": old.blocked,
-                    "blocked_seconds": _seconds_between(old.since, new.since),
+                    # the whole block, from when it began (kept across its causes)
+                    "blocked_seconds": _seconds_between(old.started or old.since, new.since),
                     "by": new.by,
                     "why": new.reason,
                 },
