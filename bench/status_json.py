@@ -19,7 +19,13 @@ which a loaded machine causes: counted and printed); the first of each is not me
 afterwards. The topology itself keeps the two cores of this machine busy (~20 processes with
 their health checks and heartbeats), so these are figures under that load.
 
+With `--cold N`, N more rounds (status and `python -c pass` only), each after more than the
+supervisor's kept connections live (`KeptConnections.lifetime`): what a status asked now and
+then costs, every listener dialled and handshaken again; the first figures are what a script
+asking in a loop gets.
+
     .venv/bin/python bench/status_json.py [--runs 10] [--state-dir DIR] [--baseline SRC]
+        [--cold N]
 """
 
 from __future__ import annotations
@@ -36,7 +42,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-unhealthy: dict[str, int] = {}  # runs that exited 3 (not healthy), per command
 TYPER = "import sys; sys.argv = ['haplane', *{}]; from haplane.cli.main import main; main()"
 
 
@@ -82,12 +87,20 @@ def commands(state: Path, baseline: Path | None) -> dict[str, tuple[list[str], d
     return cmds
 
 
-def measure(cmds: dict[str, tuple[list[str], dict[str, str]]], runs: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in cmds}
-    unhealthy.clear()
+Times = dict[str, list[float]]
+
+
+def measure(
+    cmds: dict[str, tuple[list[str], dict[str, str]]], runs: int, pause: float = 0.0
+) -> tuple[Times, dict[str, int]]:
+    """Each command `runs` times, interleaved, `pause` seconds before each round; and the
+    runs that exited 3 (not healthy), per command."""
+    times: Times = {name: [] for name in cmds}
+    unhealthy: dict[str, int] = {}
     for argv, env in cmds.values():  # unmeasured: page cache, bytecode, the status plan cache
         subprocess.run(argv, env=env, capture_output=True, check=False)
     for _ in range(runs):
+        time.sleep(pause)
         for name, (argv, env) in cmds.items():
             t0 = time.perf_counter()
             r = subprocess.run(argv, env=env, capture_output=True, check=False)
@@ -96,7 +109,17 @@ def measure(cmds: dict[str, tuple[list[str], dict[str, str]]], runs: int) -> dic
                 unhealthy[name] = unhealthy.get(name, 0) + 1
             elif r.returncode != 0:
                 sys.exit(f"{name}: exit {r.returncode}: {r.stderr.decode()[-500:]}")
-    return times
+    return times, unhealthy
+
+
+def report(title: str, times: Times, unhealthy: dict[str, int]) -> None:
+    quick = statistics.median(times["haplane status --json"])
+    print(title)
+    print(f"  {'command':<50}{'median ms':>10}{'min ms':>8}{'x quick':>9}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        late = f"   ({unhealthy[name]} said unhealthy)" if name in unhealthy else ""
+        print(f"  {name:<50}{med * 1000:>10.0f}{min(ts) * 1000:>8.0f}{med / quick:>9.2f}{late}")
 
 
 def main() -> None:
@@ -104,17 +127,24 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--state-dir", type=Path, help="a running topology (default: start one)")
     ap.add_argument("--baseline", type=Path, help="another source tree to measure beside")
+    cold_help = "also N rounds, each after the supervisor's kept connections expired"
+    ap.add_argument("--cold", type=int, default=0, help=cold_help)
     args = ap.parse_args()
     with running_example(args.state_dir) as state:
         cmds = commands(state, args.baseline)
-        times = measure(cmds, args.runs)
-    quick = statistics.median(times["haplane status --json"])
-    print(f"haplane status --json, {args.runs} interleaved rounds ({os.cpu_count()} cores):")
-    print(f"  {'command':<50}{'median ms':>10}{'min ms':>8}{'x quick':>9}")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        late = f"   ({unhealthy[name]} said unhealthy)" if name in unhealthy else ""
-        print(f"  {name:<50}{med * 1000:>10.0f}{min(ts) * 1000:>8.0f}{med / quick:>9.2f}{late}")
+        warm = measure(cmds, args.runs)
+        if args.cold:
+            # rounds apart by more than a kept connection's lifetime: every listener is dialled
+            # and handshaken again (a status asked now and then, not in a loop)
+            from haplane.local.stdlib_http import KeptConnections
+
+            pause = KeptConnections().lifetime + 1.0
+            quick = {k: v for k, v in cmds.items() if not k.startswith("  ")}
+            cold = measure(quick, args.cold, pause)
+    cores = os.cpu_count()
+    report(f"haplane status --json, {args.runs} interleaved rounds ({cores} cores):", *warm)
+    if args.cold:
+        report(f"after {pause:g} s idle each, {args.cold} rounds:", *cold)
 
 
 if __name__ == "__main__":
