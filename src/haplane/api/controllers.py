@@ -37,6 +37,7 @@ from typing import Any
 from .crds import CLEANUP_FINALIZER
 from .errors import StatusError
 from .generic_store import GenericStore, LifecycleScan, ListOptions
+from .policy_types import GROUP as POLICY_GROUP
 
 log = logging.getLogger("haplane.api")
 
@@ -165,13 +166,16 @@ class Controllers:
         interval: float = 0.5,
         storage_store: Callable[[Obj], GenericStore | None] | None = None,
         gc_paused: Callable[[], str | None] = lambda: None,
+        type_check: Callable[[Obj], list[Obj]] | None = None,
     ):
         """`storage_store(crd)`: a store for a CRD's objects even when none of its versions is
-        served (its objects must still go when it is deleted)."""
+        served (its objects must still go when it is deleted). `type_check(policy)`: a
+        ValidatingAdmissionPolicy's expression warnings (None: no policy status)."""
         self.stores = stores  # a function: custom resources come and go
         self.interval = interval
         self.storage_store = storage_store
         self.gc_paused = gc_paused  # why the garbage collector must not run now (None: it may)
+        self.type_check = type_check
         self._gc_note: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_scan: tuple[tuple[str, str], ...] | None = None
@@ -225,6 +229,8 @@ class Controllers:
         else:
             self._pending = True  # scan again once it resumes
         await self._crd_cleanup(listed, stores)
+        if self.type_check is not None:
+            await self._policy_status(scans, self.type_check)
         self._last_scan = None if self._pending else signature
 
     # ---- namespaces ----------------------------------------------------------------------
@@ -302,6 +308,38 @@ class Controllers:
                 self._pending = True  # again next round, until they are gone
             else:
                 await self._drop_finalizer(store, crd, CLEANUP_FINALIZER)
+
+    # ---- admission policies' status ------------------------------------------------------
+
+    async def _policy_status(
+        self, scans: list[tuple[GenericStore, LifecycleScan]], check: Callable[[Obj], list[Obj]]
+    ) -> None:
+        for store, scan in scans:
+            if (store.t.group, store.t.plural) != (POLICY_GROUP, "validatingadmissionpolicies"):
+                continue
+            for policy in list(scan.by_uid.values()):
+                meta = policy["metadata"]
+                generation = int(meta.get("generation") or 1)
+                status = policy.get("status") if isinstance(policy.get("status"), dict) else {}
+                if int((status or {}).get("observedGeneration") or 0) >= generation:
+                    continue
+                warnings = check(policy)
+                checked = {
+                    **(status or {}),
+                    "observedGeneration": generation,
+                    "typeChecking": {"expressionWarnings": warnings} if warnings else {},
+                }
+                # the version checked as a precondition: a spec changed meanwhile is a
+                # conflict, checked again next round
+                rv = meta.get("resourceVersion")
+                body = {"metadata": {"resourceVersion": rv} if rv else {}, "status": checked}
+                try:
+                    await store.update_subresource(None, meta["name"], "status", _constant(body))
+                except StatusError as exc:
+                    if exc.code not in (404, 409):
+                        raise
+                    self._pending = True
+                await asyncio.sleep(0)  # a policy's checking takes milliseconds: let others in
 
     # ---- garbage collection --------------------------------------------------------------
 

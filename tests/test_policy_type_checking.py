@@ -1,0 +1,238 @@
+"""ValidatingAdmissionPolicy type checking (haplane.api.policy_type_checking): each expression
+checked against the schemas of the kinds the policy matches, on the cases of Kubernetes' own
+tests (typechecking_test.go: undefined field, type mismatch, params, messageExpression,
+variables, an untyped schema, wildcards); then on a real replica, where the leading
+replica's controller writes `status.typeChecking` and `status.observedGeneration`."""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from haplane.api.crds import resource_types_for
+from haplane.api.policy_type_checking import expression_warnings
+from haplane.api.resources import Registry
+from haplane.local.api_replica import ApiReplica
+from haplane.local.etcd_cluster import EtcdCluster
+from tests.test_api_crds import crd
+
+GROUP = "typing.example.com"
+WIDGET_CRD = crd(GROUP)  # widgets: spec.color (a string), spec.replicas (an integer), ...
+
+
+def registry() -> Registry:
+    r = Registry()
+    for t in resource_types_for(WIDGET_CRD):
+        r.add(t)
+    return r
+
+
+def rule(resource: str, group: str = "", version: str = "v1") -> dict[str, Any]:
+    return {
+        "apiGroups": [group],
+        "apiVersions": [version],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": [resource],
+    }
+
+
+def spec(*expressions: str, rules: list[dict[str, Any]] | None = None, **more: Any) -> dict:
+    return {
+        "spec": {
+            "matchConstraints": {"resourceRules": rules or [rule("widgets", GROUP)]},
+            "validations": [{"expression": e} for e in expressions],
+            **more,
+        }
+    }
+
+
+def warnings(policy: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(w["fieldRef"], w["warning"]) for w in expression_warnings(policy, registry())]
+
+
+def test_a_correct_expression_has_no_warning() -> None:
+    assert warnings(spec("object.spec.replicas <= 5 && object.metadata.name != ''")) == []
+    assert warnings({"spec": {}}) == []
+
+
+def test_a_misspelt_field_is_named_with_the_kind_and_a_caret() -> None:
+    ((field, text),) = warnings(spec("object.spec.replicsa <= 5"))
+    assert field == "spec.validations[0].expression"
+    assert text == (
+        f"{GROUP}/v1, Kind=Widget: ERROR: <input>:1:12: undefined field 'replicsa' not found "
+        "in struct 'Widget.Spec'\n"
+        " | object.spec.replicsa <= 5\n"
+        " | ...........^"
+    )
+
+
+def test_a_type_mismatch_and_only_the_expressions_that_fail() -> None:
+    got = warnings(spec("object.spec.color == 'red'", "object.spec.color == 3"))
+    assert [f for f, _ in got] == ["spec.validations[1].expression"]
+    assert "found no matching overload for '_==_' applied to '(string, int)'" in got[0][1]
+
+
+def test_message_expressions_match_conditions_and_audit_annotations() -> None:
+    policy = spec(
+        "object.spec.replicas < 10",
+        matchConditions=[{"name": "colored", "expression": "has(object.spec.colour)"}],
+        auditAnnotations=[{"key": "r", "valueExpression": "object.spec.replcas"}],
+    )
+    policy["spec"]["validations"][0]["messageExpression"] = "'too many: ' + object.spec.replicas"
+    got = warnings(policy)
+    assert [f for f, _ in got] == [
+        "spec.matchConditions[0].expression",
+        "spec.validations[0].messageExpression",
+        "spec.auditAnnotations[0].valueExpression",
+    ]
+    assert "applied to '(string, int)'" in got[1][1]
+
+
+def test_params_are_typed_by_param_kind() -> None:
+    with_params = spec(
+        "object.spec.color == params.data.colour",
+        paramKind={"apiVersion": "v1", "kind": "ConfigMap"},
+    )
+    assert warnings(with_params) == []
+    wrong = spec(
+        "object.spec.color == params.dta.colour",
+        paramKind={"apiVersion": "v1", "kind": "ConfigMap"},
+    )
+    ((field, text),) = warnings(wrong)
+    assert field == "spec.validations[0].expression"
+    assert "undefined field 'dta' not found in struct 'ConfigMap'" in text
+    # a param kind with no schema here (RBAC's) is dyn: nothing to say
+    untyped = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role"}
+    assert warnings(spec("params.anything == object.spec.color", paramKind=untyped)) == []
+
+
+def test_variables_carry_their_types() -> None:
+    variables = [
+        {"name": "size", "expression": "object.spec.replicas"},
+        {"name": "name", "expression": "'something'"},
+        {"name": "broken", "expression": "object.spec.colr"},
+    ]
+    got = warnings(
+        spec(
+            "variables.size < 10",
+            "variables.nonExisting",
+            "variables.name == variables.size",
+            "variables.broken.anything == 1",  # a variable that does not check is dyn
+            variables=variables,
+        )
+    )
+    assert [f for f, _ in got] == [
+        "spec.variables[2].expression",
+        "spec.validations[1].expression",
+        "spec.validations[2].expression",
+    ]
+    assert "undeclared reference to 'variables.nonExisting'" in got[1][1]
+    assert "applied to '(string, int)'" in got[2][1]
+
+
+def test_request_and_namespace_object_are_typed() -> None:
+    got = warnings(
+        spec("request.operaton == 'CREATE'", "namespaceObject.metadata.lables.size() > 0")
+    )
+    assert [f for f, _ in got] == [
+        "spec.validations[0].expression",
+        "spec.validations[1].expression",
+    ]
+    assert "undefined field 'operaton' not found in struct 'AdmissionRequest'" in got[0][1]
+    assert "undefined field 'lables'" in got[1][1]
+
+
+def test_no_warning_without_a_schema_or_with_wildcards() -> None:
+    roles = rule("roles", "rbac.authorization.k8s.io")
+    assert warnings(spec("object.whatever == 1", rules=[roles])) == []
+    wildcard = rule("widgets", GROUP)
+    wildcard["apiVersions"] = ["*"]
+    assert warnings(spec("object.whatever == 1", rules=[wildcard])) == []
+    everything = rule("*", GROUP)
+    assert warnings(spec("object.whatever == 1", rules=[everything])) == []
+
+
+def test_each_kind_matched_is_a_line_of_the_warning() -> None:
+    rules = [rule("widgets", GROUP), rule("configmaps")]
+    ((field, text),) = warnings(spec("object.spec.replicas > 0", rules=rules))
+    # a ConfigMap has no spec: one line, for it; sorted by group, version and kind
+    assert field == "spec.validations[0].expression"
+    assert text.startswith("/v1, Kind=ConfigMap: ERROR: <input>:1:7: undefined field 'spec'")
+    ((_, text),) = warnings(spec("object.metadata.nme == ''", rules=rules))
+    lines = [line for line in text.splitlines() if "Kind=" in line]
+    assert [line.split(":")[0] for line in lines] == [
+        "/v1, Kind=ConfigMap",
+        f"{GROUP}/v1, Kind=Widget",
+    ]
+
+
+# ---- on a real replica -------------------------------------------------------------------
+
+VAP = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def replica(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ApiReplica]:
+    """One replica on an etcd of its own: it leads, so its controllers write the status."""
+    root = tmp_path_factory.mktemp("vaptypes")
+    cluster = EtcdCluster(root / "etcd", size=1)
+    await cluster.start()
+    api = ApiReplica(root, "vaptypes-1", cluster.endpoints)
+    try:
+        await api.start()
+        yield api
+    finally:
+        await api.stop()
+        await cluster.stop()
+
+
+def checked_status(api: ApiReplica, name: str, generation: int, within: float = 30.0) -> dict:
+    deadline = time.monotonic() + within
+    while True:
+        status, _, body = api.request("GET", f"{VAP}/{name}")
+        assert status == 200, body
+        if (body.get("status") or {}).get("observedGeneration") == generation:
+            return dict(body["status"])
+        assert time.monotonic() < deadline, f"status not written: {body.get('status')}"
+        time.sleep(0.1)
+
+
+def test_the_status_through_the_api(replica: ApiReplica) -> None:
+    status, _, body = replica.request(
+        "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", WIDGET_CRD
+    )
+    assert status == 201, body
+    name = f"typed-{uuid.uuid4().hex[:6]}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        **copy.deepcopy(spec("object.spec.replicsa <= 5")),
+    }
+    status, _, body = replica.request("POST", VAP, policy)
+    assert status == 201, body  # a warning never refuses the policy
+    got = checked_status(replica, name, 1)
+    (warning,) = got["typeChecking"]["expressionWarnings"]
+    assert warning["fieldRef"] == "spec.validations[0].expression"
+    assert "undefined field 'replicsa' not found in struct 'Widget.Spec'" in warning["warning"]
+    # fixed: the next generation is checked again, and has nothing to say
+    _, _, body = replica.request("GET", f"{VAP}/{name}")
+    body["spec"]["validations"][0]["expression"] = "object.spec.replicas <= 5"
+    status, _, body = replica.request("PUT", f"{VAP}/{name}", body)
+    assert status == 200, body
+    assert checked_status(replica, name, 2)["typeChecking"] == {}
+    # a kind with no schema: checked, nothing to say
+    untyped = {
+        **policy,
+        "metadata": {"name": f"{name}-roles"},
+        **spec("object.whatever == 1", rules=[rule("roles", "rbac.authorization.k8s.io")]),
+    }
+    status, _, body = replica.request("POST", VAP, untyped)
+    assert status == 201, body
+    assert checked_status(replica, f"{name}-roles", 1)["typeChecking"] == {}
