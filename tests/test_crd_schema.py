@@ -1017,3 +1017,56 @@ def test_malformed_schemas_are_errors_not_exceptions() -> None:
         (f"{ROOT}.properties[c].items", "FieldValueForbidden"),
     ]
     assert check_crd_schema([], ROOT)[0].reason == "FieldValueInvalid"  # type: ignore[arg-type]
+
+
+# ---- ratcheting (Kubernetes' CRDValidationRatcheting) -------------------------------------
+
+
+def test_errors_about_unchanged_values_are_ratcheted() -> None:
+    """The schema tightened after the object was stored: an update that leaves the value
+    alone passes, one that changes it to another invalid value does not."""
+    schema = spec_schema(
+        size={"type": "string", "maxLength": 3},
+        port={"type": "integer", "minimum": 1},
+        note={"type": "string"},
+    )
+    old = {"spec": {"size": "large", "port": 0, "note": "a"}}
+    assert validate({"spec": {"size": "large", "port": 0, "note": "b"}}, schema, old=old) == []
+    errs = validate({"spec": {"size": "huge!", "port": 0}}, schema, old=old)
+    assert [(e.field, e.reason) for e in errs] == [("spec.size", "FieldValueTooLong")]
+    # without an old object (a create) nothing is ratcheted
+    assert len(validate(old, schema)) == 2
+
+
+def test_required_additional_properties_and_junctors_are_never_ratcheted() -> None:
+    schema = spec_schema(
+        owner={"type": "string"},
+        tags={"type": "object", "additionalProperties": False, "properties": {}},
+        mode={"type": "string", "anyOf": [{"pattern": "^a"}, {"pattern": "^b"}]},
+        note={"type": "string"},
+    )
+    schema["properties"]["spec"]["required"] = ["owner"]  # added since the object was stored
+    stored = {"spec": {"tags": {"x": "1"}, "mode": "c", "note": "a"}}
+    update = copy.deepcopy(stored)
+    update["spec"]["note"] = "b"
+    fields = sorted(e.field for e in validate(update, schema, old=stored))
+    assert fields == ["spec.mode", "spec.owner", "spec.tags"]
+
+
+def test_list_items_ratchet_by_index_by_keys_or_as_a_whole() -> None:
+    port = {"type": "integer", "minimum": 1}
+    item = {"type": "object", "properties": {"name": {"type": "string"}, "port": port}}
+    old = {"spec": {"ports": [{"name": "a", "port": 0}, {"name": "b", "port": 1}]}}
+    moved = {"spec": {"ports": [{"name": "b", "port": 1}, {"name": "a", "port": 0}]}}
+
+    def fields(list_schema: dict[str, Any], new: dict[str, Any]) -> list[str]:
+        return [e.field for e in validate(new, spec_schema(ports=list_schema), old=old)]
+
+    plain = {"type": "array", "items": item}
+    assert fields(plain, copy.deepcopy(old)) == []
+    assert fields(plain, moved) == ["spec.ports[1].port"]
+    keyed = {**plain, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+    assert fields(keyed, moved) == []
+    atomic = {**plain, "x-kubernetes-list-type": "atomic"}
+    grown = {"spec": {"ports": [*old["spec"]["ports"], {"name": "c", "port": 2}]}}
+    assert fields(atomic, grown) == ["spec.ports[0].port"]  # the list changed as a whole

@@ -9,17 +9,12 @@ from __future__ import annotations
 import copy
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
-import pytest_asyncio
 
 from haplane.api.crds import resource_types_for
 from haplane.api.policy_type_checking import expression_warnings
 from haplane.api.resources import Registry
 from haplane.local.api_replica import ApiReplica
-from haplane.local.etcd_cluster import EtcdCluster
 from tests.test_api_crds import crd
 
 GROUP = "typing.example.com"
@@ -177,21 +172,6 @@ def test_each_kind_matched_is_a_line_of_the_warning() -> None:
 VAP = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
 
 
-@pytest_asyncio.fixture(scope="module")
-async def replica(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ApiReplica]:
-    """One replica on an etcd of its own: it leads, so its controllers write the status."""
-    root = tmp_path_factory.mktemp("vaptypes")
-    cluster = EtcdCluster(root / "etcd", size=1)
-    await cluster.start()
-    api = ApiReplica(root, "vaptypes-1", cluster.endpoints)
-    try:
-        await api.start()
-        yield api
-    finally:
-        await api.stop()
-        await cluster.stop()
-
-
 def checked_status(api: ApiReplica, name: str, generation: int, within: float = 30.0) -> dict:
     deadline = time.monotonic() + within
     while True:
@@ -203,7 +183,8 @@ def checked_status(api: ApiReplica, name: str, generation: int, within: float = 
         time.sleep(0.1)
 
 
-def test_the_status_through_the_api(replica: ApiReplica) -> None:
+def test_the_status_through_the_api(lone_replica: ApiReplica) -> None:
+    replica = lone_replica
     status, _, body = replica.request(
         "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", WIDGET_CRD
     )

@@ -23,10 +23,12 @@ is `self.__namespace__`, `a-b` is `self.a__dash__b`); at the root, `metadata` sh
 `name` and `generateName` (as in Kubernetes).
 
 `cost_errors` is the static cost limit (`haplane.cel.cost`), each rule's and
-messageExpression's estimate times how often it runs. Not yet: type checking of expressions
-against the schema (a misspelt field is an evaluation error on the object, not a compile
-error on the CRD), ratcheting (unchanged values are checked again on every update, status
-writes included), refusing transition rules where values cannot be paired.
+messageExpression's estimate times how often it runs. On an update the errors are ratcheted
+(`haplane.api.ratcheting`): a rule without `oldSelf` that is false where the update changed
+nothing is left out (`enforce(..., ratcheted=...)` collects it, for a warning). Not yet: type
+checking of expressions against the schema (a misspelt field is an evaluation error on the
+object, not a compile error on the CRD; `haplane.cel.typed` makes the types, admission
+policies use them), refusing transition rules where values cannot be paired.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from haplane.cel import CompileError, Environment, EvalError, Program
 from haplane.cel.cost import RULE_LIMIT, TOTAL_LIMIT, cardinality_of, estimate
 from haplane.cel.library import escape
 
+from . import ratcheting
 from .validation import FieldError
 
 CEL: Final = "x-kubernetes-validations"
@@ -368,14 +371,31 @@ def _children(schema: Mapping[str, Any]) -> Iterator[Any]:
 _ABSENT: Final = object()
 
 
-def enforce(schema: Mapping[str, Any], obj: Any, old: Any = _ABSENT) -> list[FieldError]:
+def enforce(
+    schema: Mapping[str, Any],
+    obj: Any,
+    old: Any = _ABSENT,
+    *,
+    ratcheted: list[FieldError] | None = None,
+) -> list[FieldError]:
     """Every rule of `schema` that `obj` breaks; `old` is the object before an update (absent
-    on a create: transition rules are then skipped, unless optionalOldSelf)."""
+    on a create: transition rules are then skipped, unless optionalOldSelf). On an update,
+    `ratcheted` collects the errors left out by ratcheting (`haplane.api.ratcheting`): a rule
+    without `oldSelf` that is false where the update changed nothing (Kubernetes returns
+    them as warnings); an evaluation error, and a transition rule, are never ratcheted."""
     if not has_rules(schema):
         return []
     errs: list[FieldError] = []
-    _walk(schema, obj, old, "", errs, root=True)
+    nearest: ratcheting.Nearest = None if old is _ABSENT else (obj, old)
+    sink = _Sink(errs, ratcheted if ratcheted is not None else [])
+    _walk(schema, obj, old, "", sink, nearest, root=True)
     return errs
+
+
+@dataclass(frozen=True)
+class _Sink:
+    errs: list[FieldError]
+    ratcheted: list[FieldError]
 
 
 def _walk(
@@ -383,15 +403,18 @@ def _walk(
     value: Any,
     old: Any,
     path: str,
-    errs: list[FieldError],
+    sink: _Sink,
+    nearest: ratcheting.Nearest,
     *,
     root: bool,
 ) -> None:
+    """`old`: the value `oldSelf` is (transition rules); `nearest`: the nearest value paired
+    with its old self for ratcheting (pairs more: list items by index too)."""
     if value is None:
         return
     raw = schema.get(CEL)
     if isinstance(raw, list) and raw:
-        _check(schema, raw, value, old, path, errs, root=root)
+        _check(schema, raw, value, old, path, sink, nearest, root=root)
     if isinstance(value, dict):
         props = schema.get("properties")
         props = props if isinstance(props, Mapping) else {}
@@ -401,14 +424,17 @@ def _walk(
             if not isinstance(sub, Mapping) or (root and key in ("apiVersion", "kind", "metadata")):
                 continue
             before = old.get(key, _ABSENT) if isinstance(old, dict) else _ABSENT
-            _walk(sub, item, before, _join(path, key, bool(props.get(key))), errs, root=False)
+            at = _join(path, key, bool(props.get(key)))
+            below = ratcheting.child(schema, nearest, value, key)
+            _walk(sub, item, before, at, sink, below, root=False)
     elif isinstance(value, list):
         items = schema.get("items")
         if not isinstance(items, Mapping):
             return
         pair = _pairing(schema, old)
         for i, item in enumerate(value):
-            _walk(items, item, pair(item), f"{path}[{i}]", errs, root=False)
+            below = ratcheting.child(schema, nearest, value, i)
+            _walk(items, item, pair(item), f"{path}[{i}]", sink, below, root=False)
 
 
 def _pairing(schema: Mapping[str, Any], old: Any) -> Any:
@@ -438,10 +464,12 @@ def _check(
     value: Any,
     old: Any,
     path: str,
-    errs: list[FieldError],
+    sink: _Sink,
+    nearest: ratcheting.Nearest,
     *,
     root: bool,
 ) -> None:
+    errs = sink.errs
     if old is None:
         old = _ABSENT  # a null old value pairs with nothing, as in Kubernetes
     this = _to_cel(value, schema, root=root)
@@ -470,7 +498,11 @@ def _check(
                 )
             )
             continue
-        errs.append(FieldError(where, r.reason, _message(r, data), shown))
+        error = FieldError(where, r.reason, _message(r, data), shown)
+        if not r.transition and ratcheting.unchanged(nearest):
+            sink.ratcheted.append(error)
+        else:
+            errs.append(error)
 
 
 def _at(path: str, field_path: str | None) -> str:

@@ -6,7 +6,8 @@ Pure: no I/O, no clock, and the inputs are never mutated (results are deep copie
     check_crd_schema(schema, path)   is the schema one haplane can serve? (a 422 on the CRD)
     prune(obj, schema)               drop the fields the schema does not specify
     apply_defaults(obj, schema)      fill in `default`s where a field is absent
-    validate(obj, schema)            check the value keywords; Kubernetes-style field errors
+    validate(obj, schema, old=...)   check the value keywords; Kubernetes-style field errors;
+                                     on an update, ratcheted (`haplane.api.ratcheting`)
     process(obj, schema)             prune, then default, then validate: create/update's path
 
 Who does what: the value keywords (type, enum, bounds, lengths, pattern, items, properties,
@@ -44,6 +45,7 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
+from . import ratcheting
 from .crd_rules import cost_errors, rules_errors
 from .validation import FieldError
 
@@ -703,8 +705,14 @@ _Validator: type[Validator] = extend(  # type: ignore[no-untyped-call]
 # ---- validation ---------------------------------------------------------------------------------
 
 
-def validate(obj: Any, schema: Mapping[str, Any], root: str = "") -> list[FieldError]:
-    """The schema's value checks on `obj`, as Kubernetes reports them.
+def validate(
+    obj: Any, schema: Mapping[str, Any], root: str = "", *, old: Mapping[str, Any] | None = None
+) -> list[FieldError]:
+    """The schema's value checks on `obj`, as Kubernetes reports them; on an update (`old`,
+    the object before it), ratcheted (`haplane.api.ratcheting`): an error about a value the
+    update left unchanged is not reported. As in Kubernetes, never ratcheted: `required`,
+    `additionalProperties` (a forbidden property), allOf, anyOf, oneOf, not and anything
+    below them, an embedded resource's apiVersion and kind.
 
     Field paths are Kubernetes-style ("spec.replicas", "spec.items[2].name",
     "spec.labels[key]"), prefixed with `root`; messages are kube-openapi's ("spec.replicas in
@@ -719,24 +727,34 @@ def validate(obj: Any, schema: Mapping[str, Any], root: str = "") -> list[FieldE
     problems = list(_unenforceable(schema, "openAPIV3Schema"))
     if problems:
         raise SchemaUnsupported(problems)
-    return _validate(obj, schema, root, resource_root=True)
+    return _validate(obj, schema, root, resource_root=True, old=old)
 
 
 def _validate(
-    obj: Any, schema: Mapping[str, Any], root: str, *, resource_root: bool
+    obj: Any,
+    schema: Mapping[str, Any],
+    root: str,
+    *,
+    resource_root: bool,
+    old: Mapping[str, Any] | None = None,
 ) -> list[FieldError]:
     draft4 = _to_draft4(schema)
     instance = obj
+    before: Any = old
     if resource_root:
         _drop_meta(draft4)
         if isinstance(obj, Mapping):
             instance = {k: v for k, v in obj.items() if k not in _META_FIELDS}
+        if isinstance(old, Mapping):
+            before = {k: v for k, v in old.items() if k not in _META_FIELDS}
     validator = _Validator(draft4, format_checker=_FORMATS)
 
     errs: list[FieldError] = []
     seen: set[tuple[Any, ...]] = set()
     all_ofs: dict[str, tuple[list[Any], Any]] = {}
     for error in validator.iter_errors(instance):
+        if before is not None and _ratcheted(error, schema, instance, before):
+            continue
         path, passed = _locate(error, root, draft4, instance)
         for at, subschemas, value in passed:
             all_ofs.setdefault(at, (subschemas, value))
@@ -752,6 +770,25 @@ def _validate(
                 )
             )
     return errs
+
+
+_NEVER_RATCHETED: Final = frozenset({"required", "additionalProperties", _EMBEDDED})
+
+
+def _ratcheted(error: ValidationError, schema: Mapping[str, Any], new: Any, old: Any) -> bool:
+    """Whether an error is about a value the update left unchanged (and may be ratcheted)."""
+    if str(error.validator) in _NEVER_RATCHETED:
+        return False
+    tokens = list(error.absolute_schema_path)
+    i = 0
+    while i < len(tokens):
+        if tokens[i] == "properties":
+            i += 2  # (a property's name is no keyword, whatever it is)
+            continue
+        if tokens[i] in _JUNCTORS or tokens[i] == "not":
+            return False
+        i += 1
+    return ratcheting.unchanged(ratcheting.along(schema, new, old, list(error.absolute_path)))
 
 
 def _drop_meta(draft4: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from haplane.store.operations import GROUP as OPS_GROUP
 
+from .admission_policies import NOTES
 from .crd_rules import enforce
 from .crd_schema import apply_defaults, check_crd_schema, prune
 from .crd_schema import validate as validate_against_schema
@@ -284,8 +285,21 @@ class CustomResourceStrategy(Strategy):
         return errs or enforce(self.schema, obj)
 
     def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        errs = validate_against_schema(new, self.schema)
-        return errs or enforce(self.schema, new, old)
+        """Ratcheted (`haplane.api.ratcheting`): what the update did not change is not held
+        against it; the rules' errors so left out are the response's warnings, as in
+        Kubernetes. The old object is compared as read under the CRD's current schema
+        (pruned, defaulted: kube-apiserver does so on every read), so a default the CRD
+        added since is no change."""
+        before = apply_defaults(prune(old, self.schema), self.schema)
+        errs = validate_against_schema(new, self.schema, old=before)
+        if errs:
+            return errs
+        ratcheted: list[FieldError] = []
+        errs = enforce(self.schema, new, before, ratcheted=ratcheted)
+        notes = NOTES.get()
+        if notes is not None:
+            notes.warnings += [str(e) for e in ratcheted]
+        return errs
 
 
 def resource_types_for(crd: Obj, *, served_only: bool = True) -> list[ResourceType]:
