@@ -176,6 +176,7 @@ class Controllers:
         self.storage_store = storage_store
         self.gc_paused = gc_paused  # why the garbage collector must not run now (None: it may)
         self.type_check = type_check
+        self._policies_given_up: set[tuple[Any, int]] = set()  # (uid, generation)
         self._gc_note: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_scan: tuple[tuple[str, str], ...] | None = None
@@ -321,9 +322,15 @@ class Controllers:
                 meta = policy["metadata"]
                 generation = int(meta.get("generation") or 1)
                 status = policy.get("status") if isinstance(policy.get("status"), dict) else {}
-                if int((status or {}).get("observedGeneration") or 0) >= generation:
+                done = int((status or {}).get("observedGeneration") or 0) >= generation
+                if done or (meta.get("uid"), generation) in self._policies_given_up:
                     continue
-                warnings = check(policy)
+                try:
+                    warnings = check(policy)
+                except Exception:  # a bug: said loudly, once per generation; the rest go on
+                    log.exception("controllers: type checking policy %s failed", meta["name"])
+                    self._policies_given_up.add((meta.get("uid"), generation))
+                    continue
                 checked = {
                     **(status or {}),
                     "observedGeneration": generation,
@@ -336,9 +343,21 @@ class Controllers:
                 try:
                     await store.update_subresource(None, meta["name"], "status", _constant(body))
                 except StatusError as exc:
-                    if exc.code not in (404, 409):
-                        raise
-                    self._pending = True
+                    if exc.code >= 500:
+                        raise  # etcd trouble: the round is retried
+                    if exc.code == 409:
+                        self._pending = True  # changed meanwhile: checked again next round
+                    elif exc.code != 404:  # refused (a policy stored that is invalid now)
+                        self._policies_given_up.add((meta.get("uid"), generation))
+                        log.info(
+                            json.dumps(
+                                {
+                                    "msg": "policy status not written",
+                                    "policy": meta["name"],
+                                    "error": exc.message,
+                                }
+                            )
+                        )
                 await asyncio.sleep(0)  # a policy's checking takes milliseconds: let others in
 
     # ---- garbage collection --------------------------------------------------------------
