@@ -246,6 +246,36 @@ def test_authorizer_checks_are_bounded_validated_and_asked_once() -> None:
         assert why in caught.value.message, (bad, caught.value.message)
 
 
+def test_selectors_on_a_check_compile_and_leave_the_rbac_question_unchanged() -> None:
+    """fieldSelector()/labelSelector() (Kubernetes 1.31+): a policy using them compiles and
+    runs; RBAC decides without them (as Kubernetes' does), so the question asked is the one
+    without selectors, and a selector that does not parse is ignored, not an error."""
+    asked: list[Any] = []
+
+    def authorize(q: Any) -> tuple[bool, str, str]:
+        asked.append(q)
+        return q.verb == "list", "", ""
+
+    for selectors in (
+        ".fieldSelector('spec.nodeName=n1')",
+        ".labelSelector('app in (web,db)')",
+        ".fieldSelector('not a selector ((').labelSelector('&')",
+    ):
+        asked.clear()
+        allowed = f"authorizer.group('').resource('pods'){selectors}.check('list').allowed()"
+        admitted(_authz_engine([allowed], authorize, failurePolicy="Fail"), cm())
+        (question,) = asked
+        assert (question.verb, question.resource, question.name) == ("list", "pods", "")
+        denied = f"authorizer.group('').resource('pods'){selectors}.check('get').allowed()"
+        with pytest.raises(errors.StatusError) as caught:
+            admitted(_authz_engine([denied], authorize), cm())
+        assert "denied request" in caught.value.message
+    grouped = "authorizer.group('').fieldSelector('a=b') == {}"
+    with pytest.raises(errors.StatusError) as caught:  # a GroupCheck has no selectors
+        admitted(_authz_engine([grouped], authorize, failurePolicy="Fail"), cm())
+    assert "expected a ResourceCheck" in caught.value.message
+
+
 def test_a_check_while_the_authorizer_reloads_is_a_503() -> None:
     """Never a decision from a partial view: whether the policy would deny or allow, the
     request gets 503 and is retried."""

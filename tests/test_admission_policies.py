@@ -353,3 +353,31 @@ def test_request_dry_run_is_what_the_client_asked(
     assert status == 422, out
     assert a.request("DELETE", f"{path}/{PREFIX}-dry?dryRun=All")[0] == 422
     assert a.request("DELETE", f"{path}/{PREFIX}-dry")[0] == 200
+
+
+def test_a_generated_name_is_not_the_requests(
+    api_replicas: list[ApiReplica], policies: Policies, namespace: str
+) -> None:
+    """A create named from generateName: `request.name` and the requestResource check's
+    name are empty, as Kubernetes gives them (the name is made after the request's); the
+    object has its generated name. A name the request gave is the request's."""
+    a = api_replicas[0]
+    empty = [
+        {
+            "expression": "request.name == '' && authorizer.requestResource.name == '' "
+            "&& object.metadata.name.startsWith(object.metadata.generateName) "
+            "&& object.metadata.name != object.metadata.generateName",
+            "messageExpression": "'asked for ' + request.name",
+        }
+    ]
+    policies.add(policy("gen", [rule("configmaps")], empty), binding("gen", ["Deny"]))
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    named = {"metadata": {"name": f"{PREFIX}-named"}, "data": {"a": "1"}}
+    out = eventually(lambda: (r := a.request("POST", path, named))[0] == 422 and r[2])
+    assert f'"{PREFIX}-named" is invalid' in out["message"]
+    assert f"asked for {PREFIX}-named" in out["message"]  # a name given is the request's
+    generated = {"metadata": {"generateName": f"{PREFIX}-gen-"}, "data": {"a": "1"}}
+    status, _, made = a.request("POST", path, generated)
+    assert status == 201, made
+    assert made["metadata"]["name"].startswith(f"{PREFIX}-gen-")
+    a.request("DELETE", f"{path}/{made['metadata']['name']}")

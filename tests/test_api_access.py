@@ -237,6 +237,49 @@ def test_whoami_and_can_i(secure: Setup):
     assert status == 201 and answer["status"]["allowed"] is False
 
 
+def test_access_reviews_with_selectors(secure: Setup):
+    """Field and label selectors (Kubernetes 1.31+) on a real replica: validated as
+    kube-apiserver does (422 with the field), decided by RBAC without them (the same answer
+    as without), and one that does not parse named in evaluationError."""
+    path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+    def review(**selectors: object) -> tuple[int, dict]:
+        attrs = {"verb": "list", "resource": "pods", "namespace": "team", **selectors}
+        body = {"kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": attrs}}
+        status, _, answer = secure.as_("admin", "POST", path, body)
+        return status, answer
+
+    status, plain = review()
+    assert status == 201 and plain["status"]["allowed"] is True
+    status, answer = review(
+        fieldSelector={"rawSelector": "spec.nodeName=n1"},
+        labelSelector={"requirements": [{"key": "app", "operator": "In", "values": ["web"]}]},
+    )
+    assert status == 201 and answer["status"] == plain["status"]
+    assert answer["spec"]["resourceAttributes"]["fieldSelector"]["rawSelector"] == (
+        "spec.nodeName=n1"
+    )
+    status, answer = review(
+        fieldSelector={"rawSelector": "spec.nodeName"}, labelSelector={"rawSelector": "&"}
+    )
+    assert status == 201 and answer["status"]["allowed"] is True
+    assert answer["status"]["evaluationError"] == (
+        "spec.resourceAttributes.fieldSelector ignored due to parse error; "
+        "spec.resourceAttributes.labelSelector ignored due to parse error"
+    )
+    status, answer = review(
+        labelSelector={"rawSelector": "a=b", "requirements": [{"key": "a", "operator": "Exists"}]}
+    )
+    assert status == 422 and answer["reason"] == "Invalid"
+    assert answer["details"]["causes"] == [
+        {
+            "reason": "FieldValueInvalid",
+            "message": 'Invalid value: "a=b": may not specified at the same time as requirements',
+            "field": "spec.resourceAttributes.labelSelector.rawSelector",
+        }
+    ]
+
+
 def test_a_view_binding_in_one_namespace_gives_exactly_that(secure: Setup):
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -529,6 +572,140 @@ def test_expired_and_foreign_service_account_tokens(secure: Setup, tmp_path: Pat
     assert whoami(secure, fine)[0] == 201
     foreign = ServiceAccountTokens([ec.generate_private_key(ec.SECP256R1())])
     assert whoami(secure, foreign.issue("team", "old", uid, aud)[0])[0] == 401
+
+
+def test_tokens_bound_to_a_secret(secure: Setup):
+    """A token bound to a Secret carries its uid and dies with it, as in Kubernetes; a
+    TokenRequest for an object that is not there, or is there with another uid, is refused."""
+    import jwt
+
+    sas = "/api/v1/namespaces/team/serviceaccounts"
+    secrets = "/api/v1/namespaces/team/secrets"
+    assert secure.as_("admin", "POST", sas, {"metadata": {"name": "holder"}})[0] == 201
+    status, _, secret = secure.as_("admin", "POST", secrets, {"metadata": {"name": "pass"}})
+    assert status == 201, secret
+    uid = secret["metadata"]["uid"]
+
+    def request(ref: dict[str, str]) -> tuple[int, dict]:
+        body = {"spec": {"boundObjectRef": {"apiVersion": "v1", **ref}}}
+        status, _, answer = secure.as_("admin", "POST", f"{sas}/holder/token", body)
+        return status, answer
+
+    status, answer = request({"kind": "Secret", "name": "pass"})
+    assert status == 201, answer
+    token = answer["status"]["token"]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["kubernetes.io"]["secret"] == {"name": "pass", "uid": uid}
+    assert whoami(secure, token)[0] == 201
+    assert request({"kind": "Secret", "name": "pass", "uid": uid})[0] == 201
+
+    # refused: another uid (409), a missing object (404), a Pod (none is served), a kind
+    # no token binds to (400); Kubernetes' codes and messages
+    status, answer = request({"kind": "Secret", "name": "pass", "uid": "not-" + uid})
+    assert status == 409 and answer["reason"] == "Conflict"
+    assert answer["message"] == (
+        f'Operation cannot be fulfilled on Secret "pass": the UID in the bound object '
+        f"reference (not-{uid}) does not match the UID in record. The object might have been "
+        "deleted and then recreated"
+    )
+    status, answer = request({"kind": "Secret", "name": "nope"})
+    assert (status, answer["message"]) == (404, 'secrets "nope" not found')
+    status, answer = request({"kind": "Pod", "name": "web"})
+    assert (status, answer["message"]) == (404, 'pods "web" not found')
+    status, answer = request({"kind": "ConfigMap", "name": "pass"})
+    assert status == 400
+    assert answer["message"] == "cannot bind token to object of type /v1, Kind=ConfigMap"
+
+    # deleting the Secret revokes the token; a new Secret of the same name (another uid) does
+    # not bring it back, and cannot be bound to under the old uid
+    assert secure.as_("admin", "DELETE", f"{secrets}/pass")[0] == 200
+    deadline = time.monotonic() + 5
+    while whoami(secure, token)[0] != 401 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert whoami(secure, token)[0] == 401
+    assert refused_review(secure, token) == "service account token has been invalidated"
+    status, _, again = secure.as_("admin", "POST", secrets, {"metadata": {"name": "pass"}})
+    assert status == 201 and again["metadata"]["uid"] != uid
+    wait_cached(secure, f"{secrets}/pass", again["metadata"]["uid"])
+    assert whoami(secure, token)[0] == 401
+    assert refused_review(secure, token) == (
+        f"secret UID ({again['metadata']['uid']}) does not match service account secret ref "
+        f"claim ({uid})"
+    )
+    assert request({"kind": "Secret", "name": "pass", "uid": uid})[0] == 409
+    # a name Kubernetes cannot store is refused before anything is read
+    status, answer = request({"kind": "Secret", "name": ".."})
+    assert (status, answer["message"]) == (400, "Name parameter invalid: \"..\": may not be '..'")
+
+
+def refused_review(secure: Setup, token: str) -> str:
+    """The error of a TokenReview that does not authenticate `token`."""
+    status, _, review = secure.as_(
+        "admin",
+        "POST",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
+    )
+    assert status == 201 and review["status"]["authenticated"] is False, review
+    return str(review["status"]["error"])
+
+
+def wait_cached(secure: Setup, path: str, uid: str, timeout: float = 5.0) -> None:
+    """Until the replica's watch cache (resourceVersion=0) holds the object at `path` with
+    `uid`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, _, found = secure.as_("admin", "GET", f"{path}?resourceVersion=0")
+        if status == 200 and found["metadata"]["uid"] == uid:
+            return
+        assert time.monotonic() < deadline, (status, found)
+        time.sleep(0.05)
+
+
+def etcd_gets(secure: Setup) -> float:
+    """How many single-key reads the replica has sent etcd (its etcd latency histogram; the
+    watch caches' revision probes count too, about one a second: compare with margins)."""
+    status, _, text = secure.as_("admin", "GET", "/metrics")
+    assert status == 200
+    prefix = 'etcd_request_duration_seconds_count{operation="get"} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_token_request_reads_etcd_and_each_use_the_watch_cache(secure: Setup):
+    """TokenRequest reads the object it binds to from etcd: one read more per request than an
+    unbound one. Using the token reads the watch cache once it holds the objects: far fewer
+    etcd reads than uses (each use would read two if it went to etcd; the tokens here are
+    recent, so the fallback would read etcd if the cache did not bear them out)."""
+    sas = "/api/v1/namespaces/team/serviceaccounts"
+    secrets = "/api/v1/namespaces/team/secrets"
+    status, _, sa = secure.as_("admin", "POST", sas, {"metadata": {"name": "reader"}})
+    assert status == 201, sa
+    status, _, secret = secure.as_("admin", "POST", secrets, {"metadata": {"name": "ticket"}})
+    assert status == 201, secret
+    wait_cached(secure, f"{sas}/reader", sa["metadata"]["uid"])
+    wait_cached(secure, f"{secrets}/ticket", secret["metadata"]["uid"])
+
+    def issue(spec: dict) -> str:
+        status, _, answer = secure.as_("admin", "POST", f"{sas}/reader/token", {"spec": spec})
+        assert status == 201, answer
+        return answer["status"]["token"]
+
+    times = 20
+    before = etcd_gets(secure)
+    for _ in range(times):
+        issue({})
+    unbound = etcd_gets(secure) - before
+    before = etcd_gets(secure)
+    for _ in range(times):
+        token = issue({"boundObjectRef": {"kind": "Secret", "name": "ticket"}})
+    bound = etcd_gets(secure) - before
+    assert bound - unbound > times // 2, (unbound, bound)
+
+    before = etcd_gets(secure)
+    for _ in range(times):
+        assert whoami(secure, token)[0] == 201
+    used = etcd_gets(secure) - before
+    assert used < times // 2, used
 
 
 def served_serial(secure: Setup) -> int:

@@ -69,6 +69,51 @@ def test_history_keeps_the_window_and_follows_a_reversed_stream(example):
     assert by["eu-central"].last is None
 
 
+def test_history_is_kept_in_its_file_and_read_back_after_a_restart(example, tmp_path):
+    """A console that restarts (a region-kill takes the one on the killed site) charts the
+    samples of the window before it stopped, from its file: what the file holds is exactly
+    what is read back, minus what fell out of the window and lines that are not samples."""
+    file = tmp_path / "data" / "global" / "console-1" / "lag.jsonl"
+    h = LagHistory(example, window=100.0, file=file, now=0.0)
+    h.add(0.0, [_row("eu-west", None, None), _row("eu-central", "eu-west", 0.1)])
+    h.add(
+        50.0, [_row("eu-west", None, None), _row("eu-central", "eu-west", 3.0, state="Resyncing")]
+    )
+    h.add(90.0, [_row("eu-central", "eu-west", None)])
+    with open(file, "a") as f:
+        f.write('[95.0, {"eu-central": ["eu-west", "Streaming", "x"]}]\n{"torn": ')  # not ours
+    again = LagHistory(example, window=100.0, file=file, now=120.0)
+    assert len(again) == 2  # the sample at 0 s is older than the window now
+    (s,) = again.series()
+    assert s.points == [(50.0, 3.0), (90.0, None)] and s.state == "Streaming" and s.peak == 3.0
+    assert [json.loads(x)[0] for x in file.read_text().splitlines()] == [50.0, 90.0]
+    again.add(130.0, [_row("eu-central", "eu-west", 0.2)])
+    third = LagHistory(example, window=100.0, file=file, now=131.0)
+    assert [p for p in third.series()[0].points] == [(50.0, 3.0), (90.0, None), (130.0, 0.2)]
+
+
+def test_a_history_file_that_cannot_be_written_costs_only_the_restart(example, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    h = LagHistory(example, file=blocker / "lag.jsonl", now=0.0)
+    h.add(1.0, [_row("eu-central", "eu-west", 0.1)])
+    h.add(2.0, [_row("eu-central", "eu-west", 0.2)])
+    assert [p for p in h.series()[0].points] == [(1.0, 0.1), (2.0, 0.2)]  # the chart goes on
+
+
+def test_the_history_file_is_compacted_to_what_is_kept(example, tmp_path, monkeypatch):
+    from haplane.console import lag
+
+    monkeypatch.setattr(lag, "MAX_SAMPLES", 5)
+    file = tmp_path / "lag.jsonl"
+    h = LagHistory(example, window=1000.0, file=file, now=0.0)
+    for t in range(25):
+        h.add(float(t), [_row("eu-central", "eu-west", 0.01 * t)])
+    assert len(file.read_text().splitlines()) <= 2 * 5 + 1
+    back = LagHistory(example, window=1000.0, file=file, now=30.0)
+    assert [t for t, _ in back.series()[0].points] == [20.0, 21.0, 22.0, 23.0, 24.0]
+
+
 def test_downsampling_keeps_the_spike():
     points = [(float(t), 0.01) for t in range(1000)]
     points[777] = (777.0, 9.0)

@@ -5,18 +5,21 @@ key is one fixed path per regional etcd, so each region needs an etcd of its own
 Checked: after a failover the old region's key is frozen and the new one's becomes
 `active:b@E+1` before the record is writable; an unfence waits for the new region's key; the
 periodic reconcile freezes a stale `active:` key and sets missing ones; hysteresis and the
-failback setting are what the controller itself observed, not the record's wall-clock `since`.
+failback setting are what the controller itself observed, not the record's wall-clock `since`;
+a blocked failover is published once per start, change of cause and end, by the leader only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -26,6 +29,7 @@ from haplane.gate.failover import Settings, decide
 from haplane.gate.forwarder import Forwarder
 from haplane.local.etcd_cluster import EtcdCluster
 from haplane.store import FENCE_KEY, ActiveRegion, EtcdClient, FenceValue, GlobalState
+from haplane.store.global_state import FailoverBlock
 from tests.gate.helpers import eventually, free_port
 
 GATES = ("g1", "g2", "g3")  # vantage points whose reports the test writes
@@ -75,17 +79,20 @@ def make_controller(
     *,
     min_interval: float = 0.0,
     failback: bool = False,
+    gate: str = "g0",
+    block_settle: float = 1.0,
 ) -> FailoverController:
     decision = Settings(
         vantage_points=GATES, priority=("a", "b"), min_interval=min_interval, failback=failback
     )
     settings = ControllerSettings(
-        gate="g0",  # not a vantage point: its own (empty) report is no vote
+        gate=gate,  # not a vantage point (g0): its own (empty) report is no vote
         etcd=global_endpoints,
         prefix=prefix.decode(),
         decision=decision,
         region_etcd=region_etcd,
         fence_interval=0.1,
+        block_settle=block_settle,
     )
     return FailoverController(Forwarder(name="controller-test"), settings)
 
@@ -100,25 +107,35 @@ async def running(controller: FailoverController) -> AsyncIterator[FailoverContr
         await controller.forwarder.stop(grace=0)
 
 
-async def write_reports(client: EtcdClient, prefix: bytes, a_healthy: bool) -> None:
-    """Every gate reports region a healthy or down for a while, b healthy for a while."""
-    for gate in GATES:
+async def write_reports(
+    client: EtcdClient,
+    prefix: bytes,
+    a_healthy: bool,
+    *,
+    b_healthy: bool = True,
+    gates: tuple[str, ...] = GATES,
+) -> None:
+    """Every gate (of `gates`) reports region a healthy or down for a while, b healthy (or
+    down) for a while."""
+    for gate in gates:
         body = {
             "gate": gate,
             "at": time.time(),
             "regions": {
                 "a": {"healthy": a_healthy, "heldFor": 30.0},
-                "b": {"healthy": True, "heldFor": 30.0},
+                "b": {"healthy": b_healthy, "heldFor": 30.0},
             },
         }
         await client.put(prefix + b"vantage/" + gate.encode(), json.dumps(body).encode())
 
 
 @contextlib.asynccontextmanager
-async def reporting(client: EtcdClient, prefix: bytes, a_healthy: bool) -> AsyncIterator[None]:
+async def reporting(
+    client: EtcdClient, prefix: bytes, a_healthy: bool, **views: Any
+) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
-            await write_reports(client, prefix, a_healthy)
+            await write_reports(client, prefix, a_healthy, **views)
             await asyncio.sleep(0.1)
 
     task = asyncio.create_task(loop())
@@ -342,6 +359,232 @@ async def test_the_operators_failback_setting_reaches_the_decision(etcd_cluster,
         await client.close()
         for c in (controller, off):
             await c.forwarder.stop(grace=0)
+
+
+async def test_a_blocked_failover_is_published_once_per_cause_by_the_leader_only(
+    etcd_cluster, key_prefix
+):
+    """a is down and so is b: blocked (no healthy region), written once however many ticks;
+    a leader that takes over says nothing again; two gates stop reporting: the cause changes
+    (no quorum of vantage points); a comes back: the block ends, without a failover. The
+    supervisor's watch makes each of the three one event."""
+    from haplane.local.platform_watch import changes, look
+
+    client = etcd_cluster.client(timeout=2.0)
+    state = GlobalState(client, prefix=key_prefix)
+    await client.put(state.active_key, ActiveRegion("a", 1, "", "t", "t").to_json())
+
+    def controller(gate: str) -> FailoverController:
+        return make_controller(etcd_cluster.endpoints, key_prefix, {}, gate=gate, block_settle=0.3)
+
+    async def published(code: str | None) -> int | None:
+        kv = await client.get(state.failover_block_key)
+        block = await state.failover_block()
+        return kv.mod_revision if kv and block and block.blocked == code else None
+
+    both_down: dict[str, Any] = {"a_healthy": False, "b_healthy": False}
+    try:
+        before = (await look(state, key_prefix)).seen
+        async with running(controller("g0")), reporting(client, key_prefix, **both_down):
+            revision = await eventually(lambda: published("no-healthy-region"), what="block")
+            await asyncio.sleep(1.0)  # ten ticks: nothing written again
+            assert await published("no-healthy-region") == revision
+        async with running(controller("g9")) as other:  # another leader, the same block
+            async with reporting(client, key_prefix, **both_down):
+                await eventually(lambda: other.leading, what="g9 leads")
+                await asyncio.sleep(2.0)
+                assert await published("no-healthy-region") == revision
+                assert other.report()["decision"]["blocked"] == "no-healthy-region"
+            blocked = await look(state, key_prefix, before=before)
+            assert blocked.seen.block is not None
+            assert changes(before, blocked) == [
+                ("failover-blocked", {
+                    "region": "a", "epoch": 1, "blocked": "no-healthy-region",
+                    "by": "controller:g0", "since": blocked.seen.block.since,
+                    "started": blocked.seen.block.since,
+                    "why": "a is down and no other region is seen healthy by 2 of 3 vantage "
+                           "points",
+                })
+            ]  # fmt: skip
+            async with reporting(client, key_prefix, **both_down, gates=("g1",)):
+                await eventually(lambda: published("no-vantage-quorum"), what="new cause")
+                quorum = await look(state, key_prefix, before=blocked.seen)
+            ((event, fields),) = changes(blocked.seen, quorum)
+            assert (event, fields["blocked"], fields["by"]) == (
+                "failover-blocked", "no-vantage-quorum", "controller:g9"
+            )  # fmt: skip
+            assert "only 1 report" in str(fields["why"])
+            # the same block, begun under g0: when it began is kept across the new cause
+            assert fields["started"] == blocked.seen.block.since != fields["since"]
+            assert changes(quorum.seen, quorum) == []
+        async with (
+            reporting(client, key_prefix, a_healthy=True, b_healthy=False),
+            running(controller("g0")),
+        ):
+            await eventually(lambda: published(None), what="the block's end")
+        ended = await look(state, key_prefix, before=quorum.seen)
+        ((event, fields),) = changes(quorum.seen, ended)
+        assert (event, fields["region"], fields["was"]) == (
+            "failover-block-cleared", "a", "no-vantage-quorum"
+        )  # fmt: skip
+        assert fields["why"] == "a is active and not seen down by a majority"
+        # the whole block: from its start under g0, not from its last cause under g9
+        assert ended.seen.block is not None and quorum.seen.block is not None
+        whole = _seconds(blocked.seen.block.since, ended.seen.block.since)
+        assert fields["blocked_seconds"] == pytest.approx(whole, abs=0.002)
+        assert whole > _seconds(quorum.seen.block.since, ended.seen.block.since)
+    finally:
+        await client.close()
+
+
+def _seconds(a: str, b: str) -> float:
+    from haplane.local.logs import parse_ts
+
+    t0, t1 = parse_ts(a), parse_ts(b)
+    assert t0 is not None and t1 is not None
+    return t1 - t0
+
+
+async def _epoch_1_in_a(etcd_cluster: Any, key_prefix: bytes) -> tuple[EtcdClient, GlobalState]:
+    """A client, and the global state under the test's prefix with epoch 1 in a (writable)."""
+    client = etcd_cluster.client(timeout=2.0)
+    state = GlobalState(client, prefix=key_prefix)
+    await client.put(state.active_key, ActiveRegion("a", 1, "", "t", "t").to_json())
+    return client, state
+
+
+async def _published(state: GlobalState) -> tuple[int, FailoverBlock | None] | None:
+    """The block record's mod revision and its contents; None: no record."""
+    kv = await state.client.get(state.failover_block_key)
+    return (kv.mod_revision, FailoverBlock.parse(kv.value)) if kv is not None else None
+
+
+BOTH_DOWN: dict[str, Any] = {"a_healthy": False, "b_healthy": False}
+
+
+async def test_a_deposed_leader_publishes_no_block(etcd_cluster, key_prefix, monkeypatch):
+    """g0 leads and has published a block; its leader key is then written over by another
+    holder, and later deleted and created again under g0's own name (as a re-acquire would):
+    g0 has not noticed, still decides and tries to publish a new cause, then the block's end,
+    but neither is written: the guard compares the key as g0 created it."""
+    client, state = await _epoch_1_in_a(etcd_cluster, key_prefix)
+    tries: list[tuple[str | None, bool]] = []  # (the block's code, written)
+    real_publish = GlobalState.publish_failover_block
+
+    async def counted(self: GlobalState, block: FailoverBlock, **kw: Any) -> bool:
+        written = await real_publish(self, block, **kw)
+        tries.append((block.blocked, written))
+        return written
+
+    monkeypatch.setattr(GlobalState, "publish_failover_block", counted)
+    g0 = make_controller(etcd_cluster.endpoints, key_prefix, {}, block_settle=0.2)
+    leader_key = key_prefix + b"controller/leader"
+    try:
+        async with running(g0):
+            async with reporting(client, key_prefix, **BOTH_DOWN):
+                first = await eventually(lambda: _published(state), what="the block")
+                assert first[1] is not None and first[1].blocked == "no-healthy-region"
+                assert tries == [("no-healthy-region", True)]
+            await client.put(leader_key, b"g9")  # another holder
+            async with reporting(client, key_prefix, **BOTH_DOWN, gates=("g1",)):
+                await eventually(
+                    lambda: ("no-vantage-quorum", False) in tries, what="the new cause, tried"
+                )
+                assert g0.leading and await _published(state) == first
+                assert g0.block_error is not None and "leader key" in g0.block_error
+            await client.delete(leader_key)
+            await client.put(leader_key, b"g0")  # g0's name, not the key g0 created
+            async with reporting(client, key_prefix, a_healthy=True):
+                await eventually(lambda: (None, False) in tries, what="the end, tried")
+                assert g0.leading and await _published(state) == first
+        assert all(not written for _, written in tries[1:])
+    finally:
+        await client.delete(leader_key)
+        await client.close()
+
+
+async def test_a_publish_that_hangs_delays_no_decision(etcd_cluster, key_prefix, monkeypatch):
+    """The block's write hangs (a slow control etcd): the decisions go on every tick, the
+    failover that becomes possible is made at once, and the writes wait their turn: one at a
+    time, then the latest wanted (the cause that changed meanwhile is never written)."""
+    import haplane.gate.controller as controller_module
+
+    client, state = await _epoch_1_in_a(etcd_cluster, key_prefix)
+    decided, writes, release = [0], list[FailoverBlock](), asyncio.Event()
+    real_publish = GlobalState.publish_failover_block
+
+    def counting(snapshot: Any, settings: Settings) -> Any:
+        decided[0] += 1
+        return decide(snapshot, settings)
+
+    async def slow(self: GlobalState, block: FailoverBlock, **kw: Any) -> bool:
+        writes.append(block)
+        await release.wait()
+        return await real_publish(self, block, **kw)
+
+    monkeypatch.setattr(controller_module, "decide", counting)
+    monkeypatch.setattr(GlobalState, "publish_failover_block", slow)
+    c = make_controller(etcd_cluster.endpoints, key_prefix, {}, block_settle=0.2)
+    try:
+        async with running(c):
+            async with reporting(client, key_prefix, **BOTH_DOWN):
+                await eventually(lambda: writes, what="the block's write, hanging")
+                ticks = decided[0]
+                await asyncio.sleep(1.0)
+                assert decided[0] - ticks >= 4  # ten ticks (a loaded machine is slower)
+            async with reporting(client, key_prefix, **BOTH_DOWN, gates=("g1",)):
+                await eventually(
+                    lambda: c.report()["decision"]["blocked"] == "no-vantage-quorum",
+                    what="a new cause",
+                )
+                await asyncio.sleep(0.5)  # settled, and handed over: not written yet
+            async with reporting(client, key_prefix, a_healthy=False):
+                record = await eventually(
+                    lambda: _epoch(state, 2), timeout=5.0, what="the failover, at once"
+                )
+                assert record.region == "b" and len(writes) == 1 and c.error is None
+                await asyncio.sleep(1.0)  # epoch 2, not blocked: settled and handed over
+                release.set()
+                await eventually(lambda: len(writes) == 2, what="the latest wanted")
+        assert [(w.epoch, w.blocked) for w in writes] == [(1, "no-healthy-region"), (2, None)]
+        published = await _published(state)
+        assert published is not None and published[1] == writes[1]
+    finally:
+        await client.close()
+
+
+async def _epoch(state: GlobalState, epoch: int) -> ActiveRegion | None:
+    record = await state.read()
+    return record if record is not None and record.epoch == epoch else None
+
+
+async def test_a_failing_publish_backs_off_and_is_no_decision_error(
+    etcd_cluster, key_prefix, monkeypatch
+):
+    """The block's write fails every time: it is tried again after 0.5 s, 1 s, 2 s (not on
+    every tick); the controller's `error` is the decisions', `block_error` says why."""
+    from haplane.store import EtcdError
+
+    client, _ = await _epoch_1_in_a(etcd_cluster, key_prefix)
+    tries: list[float] = []
+
+    async def failing(self: GlobalState, block: FailoverBlock, **kw: Any) -> bool:
+        tries.append(time.monotonic())
+        raise EtcdError("the control etcd is slow")
+
+    monkeypatch.setattr(GlobalState, "publish_failover_block", failing)
+    c = make_controller(etcd_cluster.endpoints, key_prefix, {}, block_settle=0.2)
+    try:
+        async with running(c), reporting(client, key_prefix, **BOTH_DOWN):
+            await eventually(lambda: tries, what="the first try")
+            await asyncio.sleep(2.7)
+            assert 3 <= len(tries) <= 4, tries  # at 0, 0.5, 1.5, 3.5 s: not every 0.1 s
+            gaps = [b - a for a, b in itertools.pairwise(tries)]
+            assert gaps[0] >= 0.45 and gaps[1] >= 0.95, gaps
+            assert c.error is None and c.block_error == "the control etcd is slow"
+            assert c.report()["block_error"] == "the control etcd is slow"
+    finally:
+        await client.close()
 
 
 def test_gate_configs_name_every_regions_etcd(tmp_path: Path):

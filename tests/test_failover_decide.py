@@ -7,7 +7,12 @@ fencing and failback on their own."""
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import itertools
+import random
+import types
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -63,6 +68,17 @@ def test_every_combination_of_views(views_a):
             assert (d.action, d.to, d.epoch) == ("failover", "b", 7), (views_a, views_b, d)
         else:
             assert d.action == "none", (views_a, views_b, d)
+        # blocked: a is down and b cannot take over; or a is seen down while too few report
+        views = zip(views_a, views_b, strict=True)
+        fresh = sum("absent" not in v and "stale" not in v for v in views)
+        a_seen_down = counted(views_a, views_b, views_a, "down") >= 1
+        if a_down and not b_healthy:
+            assert d.blocked == "no-healthy-region", (views_a, views_b, d)
+        elif not a_down and a_seen_down and fresh < 2:
+            assert d.blocked == "no-vantage-quorum", (views_a, views_b, d)
+            assert "but only 1 report (a failover needs 2 to agree)" in d.reason
+        else:
+            assert d.blocked is None, (views_a, views_b, d)
         # never on one vantage point alone, never on a blip, never on stale or absent reports
         if sum(v == "down" for v in views_a) < 2:
             assert d.action == "none"
@@ -85,9 +101,34 @@ def test_majority_is_over_all_configured_vantage_points_not_the_reports_that_arr
 def test_hysteresis_and_the_automatic_switch():
     s = snapshot(("down",) * 3, ("healthy",) * 3, since_change=3.0)
     d = decide(s, SETTINGS)
-    assert d.action == "none" and "hysteresis" in d.reason
+    assert d.action == "none" and "hysteresis" in d.reason and d.blocked == "hysteresis"
     off = Settings(**{**SETTINGS.__dict__, "automatic": False})
-    assert decide(snapshot(("down",) * 3, ("healthy",) * 3), off).action == "none"
+    d = decide(snapshot(("down",) * 3, ("healthy",) * 3), off)
+    assert d.action == "none" and d.blocked == "automatic-off"
+
+
+def test_a_blocked_decision_says_why_in_a_code_that_outlives_its_figures():
+    """The reason's figures change every tick (seconds since the epoch, lags); the code does
+    not, so a block is published once. Every code is one of BLOCKED_REASONS."""
+    from haplane.gate.failover import BLOCKED_REASONS
+
+    early = decide(snapshot(("down",) * 3, ("healthy",) * 3, since_change=3.0), SETTINGS)
+    later = decide(snapshot(("down",) * 3, ("healthy",) * 3, since_change=4.0), SETTINGS)
+    assert early.reason != later.reason and early.blocked == later.blocked == "hysteresis"
+    a_b = replace(THREE, priority=("a", "b"))  # c out of the way
+    partial, lagging = _rep("c", 0, state="Resyncing"), _rep("b", 200, lag=3.0)
+    unknown = replace(_rep("b", 500), time=0.0)  # b's pair has a maxLagMs
+    cases = [
+        (THREE, _three({"b": replace(partial, target="b"), "c": partial}), "standby-partial"),
+        (a_b, _three({"b": lagging}), "standby-lag-over-limit"),
+        (THREE, _three({"b": lagging, "c": partial}), "standby-lag-over-limit+standby-partial"),
+        (a_b, replace(_three({"b": unknown}), now=100.5), "standby-lag-unknown"),
+    ]
+    for settings, snap, code in cases:
+        d = decide(snap, settings)
+        assert (d.action, d.blocked) == ("none", code), (code, d)
+        assert set(code.split("+")) <= set(BLOCKED_REASONS)
+    assert decide(_three({"b": _rep("b", 100)}), THREE).blocked is None  # a failover
 
 
 def test_no_failover_to_a_region_that_is_not_seen_healthy():
@@ -350,6 +391,7 @@ def test_a_synchronous_standby_that_is_not_healthy_blocks_the_failover() -> None
     snap = Snapshot(active("a"), reports, 100.0, replication={"b": _rep("b", 300)}, sync=rec)
     d = decide(snap, SYNC)  # b is healthy and applied more, but only c has every write
     assert d.action == "none" and "c is the synchronous standby" in d.reason
+    assert d.blocked == "sync-standby-not-healthy"
     # healthy again: c, whatever b applied
     reports = {g: Report(g, 0.1, {"a": down, "b": up, "c": up}) for g in GATES}
     d = decide(replace(snap, reports=reports), SYNC)
@@ -360,7 +402,7 @@ def test_a_partial_synchronous_standby_and_a_pending_one() -> None:
     epoch = active("a").epoch
     rec = SyncRecord.synchronous(epoch, "a", "b", by="t", reason="t")
     d = decide(_sync(rec, {"b": _rep("b", 0, state="Resyncing"), "c": _rep("c", 9)}), SYNC)
-    assert d.action == "none" and "partial copy" in d.reason
+    assert d.action == "none" and "partial copy" in d.reason and d.blocked == "standby-partial"
     # being made synchronous is not synchronous yet: the async rules, data may be lost
     pending = SyncRecord.catching_up(epoch, "a", "b", by="t", reason="t")
     d = decide(_sync(pending, {"b": _rep("b", 100), "c": _rep("c", 120)}), SYNC)
@@ -425,3 +467,138 @@ def test_a_failover_says_when_the_region_was_first_seen_down_and_when_a_majority
     back = ActiveRegion.from_kv(KeyValue(b"k", rec.to_json(), 1, 1, 1, 0))
     assert (back.detected, back.agreed) == (rec.detected, rec.agreed)
     assert "detected" not in active().as_dict()  # absent unless an automatic failover
+
+
+# ---- the blocked codes changed no decision ----------------------------------------------------
+
+
+def _random_cases(
+    failover: types.ModuleType, n: int, seed: int
+) -> Iterator[tuple[Snapshot, Settings]]:
+    """`n` snapshots and settings drawn at random (seeded; on any platform the same), of the
+    classes of `failover` (this module, or an older copy of it): one to five vantage points
+    (some absent, some stale), views of regions a, b, c held for short and long, an active
+    region in or out of the priority (written or not yet writable), replication reports of
+    every state and lag, async and sync pairs, sync records of every kind, hysteresis and
+    failback settings."""
+    rng = random.Random(seed)
+    regions = ("a", "b", "c")
+    for _ in range(n):
+        gates = tuple(f"g{i}" for i in range(rng.choice((1, 3, 3, 3, 5))))
+        priority = tuple(rng.sample(regions, rng.choice((2, 3, 3))))
+        pairs: list[tuple[str, str, float | None]] = []
+        for x, y in itertools.combinations(regions, 2):
+            if rng.random() < 0.6:
+                pairs.append((x, y, rng.choice((None, None, 2.0))))
+        sync_pairs = tuple((x, y) for x, y, _ in pairs if rng.random() < 0.3)
+        settings = failover.Settings(
+            vantage_points=gates,
+            priority=priority,
+            min_interval=rng.choice((0.0, 10.0)),
+            failback=rng.random() < 0.3,
+            failback_after=rng.choice((5.0, 60.0)),
+            automatic=rng.random() < 0.9,
+            pairs=tuple(pairs),
+            sync_pairs=sync_pairs,
+        )
+        region = rng.choice((*priority, *priority, "z"))  # z: not in the priority
+        epoch = rng.randint(1, 4)
+        record = ActiveRegion(region, epoch, "", "t", "t", writable=rng.random() < 0.9)
+        # how many see each region healthy: the active one often few
+        up = {r: rng.choice((0.05, 0.05, 0.5, 0.95) if r == region else (0.05, 0.5, 0.95, 0.95))
+              for r in regions}  # fmt: skip
+        reports = {}
+        for gate in gates:
+            if rng.random() < 0.15:
+                continue
+            views = {}
+            for r in regions:
+                if rng.random() < 0.1:
+                    continue
+                healthy = rng.random() < up[r]
+                held = rng.choice((0.1, 0.5, 3.0, 40.0, 100.0) if healthy else (0.2, 0.7, 2.0))
+                views[r] = failover.RegionView(healthy, held)
+            age = rng.choice((0.0, 0.1, 0.5, 0.9, 5.0))
+            reports[gate] = failover.Report(gate, age, views)
+        replication = {}
+        for r in regions:
+            if rng.random() < 0.3:
+                continue
+            applied = rng.choice((0, 50, 100, 100, 200))
+            replication[r] = ReplicationReport(
+                r,
+                rng.choice((*regions, None)),
+                rng.choice(("Streaming", "Streaming", "Resyncing", "Disconnected", "Idle")),
+                epoch,
+                applied,
+                applied + 5,
+                1.0,
+                5,
+                rng.choice((None, 0.1, 1.5, 3.0)),
+                0.0,
+                "x",
+                rng.choice((90.0, 99.0, 100.0)),
+                partial=rng.random() < 0.1,
+            )
+        other = rng.choice(regions)
+        sync = rng.choice(
+            (
+                None,
+                SyncRecord(epoch, region, other, revision=rng.randint(1, 9)),  # synchronous
+                SyncRecord(epoch, region, revision=3),  # sync: none
+                SyncRecord(epoch, region, pending=other),  # catching up
+                SyncRecord(epoch - 1, region, other),  # an older epoch's
+                SyncRecord(0, ""),  # unreadable
+            )
+        )
+        yield (
+            failover.Snapshot(
+                record,
+                reports,
+                since_change=rng.choice((0.0, 3.0, 10.0, 30.0, 61.0, 100.0)),
+                fenced_for=rng.choice((0.0, 1.0, 5.0)),
+                failback_suspended=rng.random() < 0.2,
+                replication=replication,
+                now=rng.choice((None, 100.0, 101.0)),
+                sync=sync,
+                observed_at=rng.choice((None, 1_000.0)),
+            ),
+            settings,
+        )
+
+
+def _decisions_digest(failover: types.ModuleType, n: int) -> str:
+    """A digest of what `failover.decide` decides on `_random_cases` (everything but the
+    reason and the blocked code), and the count of each action."""
+    digest, counts = hashlib.sha256(), collections.Counter[str]()
+    for snap, settings in _random_cases(failover, n, seed=20260101):
+        d = failover.decide(snap, settings)
+        fields = (d.action, d.to, d.epoch, d.down, d.healthy, d.sync_revision)
+        times = (d.detected_ago, d.agreed_ago, d.observed_at)
+        digest.update(repr((fields, times)).encode())
+        counts[d.action] += 1
+    return f"{digest.hexdigest()[:16]} {sorted(counts.items())}"
+
+
+# `_decisions_digest(failover, 10_000)` of the decision before `Decision.blocked` existed
+BEFORE_BLOCKED = (
+    "4eed17864bebca14 [('failback', 22), ('failover', 605), ('none', 9033), ('unfence', 340)]"
+)
+
+
+def test_blocked_codes_changed_no_decision():
+    """On 10,000 random snapshots `decide` takes every decision (action, target, epoch, what
+    is down and healthy, the sync revision, detection and agreement) exactly as it did before
+    `Decision.blocked` existed (`BEFORE_BLOCKED`: `git show 1b841ad:src/haplane/gate/failover.py`
+    loaded as a module and given to `_decisions_digest`; checked on 125,000 the same way)."""
+    from haplane.gate import failover
+
+    assert _decisions_digest(failover, 10_000) == BEFORE_BLOCKED
+
+
+def test_an_active_region_outside_the_priority_is_never_seen_down():
+    """It has no votes (only the priority's regions are counted): nothing is decided on it,
+    as before the blocked codes (which raised KeyError here)."""
+    d = decide(snapshot(("down",) * 3, ("healthy",) * 3, record=active("z")), SETTINGS)
+    assert (d.action, d.blocked, d.down) == ("none", None, ("a",))
+    assert d.reason == "z is active and not seen down by a majority"

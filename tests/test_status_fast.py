@@ -22,7 +22,7 @@ from haplane.local import status_plan
 from haplane.local.gate_plans import plan_of
 from haplane.local.security import PlatformTls, cached_expiry_rows, expiry_rows, user_certificate
 from haplane.local.state_dir import StateDir
-from haplane.local.stdlib_http import HttpError, exchange, fetch, get
+from haplane.local.stdlib_http import HttpError, KeptConnections, exchange, fetch, get
 from haplane.topology import example_text, load_file
 
 
@@ -160,6 +160,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        if self.path.startswith("/hang-up"):  # as a server whose keep-alive ran out: no word
+            self.close_connection = True
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
 
     def log_message(self, *_: object) -> None:
         pass
@@ -216,6 +222,115 @@ def test_a_dripping_answer_is_cut_at_the_deadline_and_frees_its_thread(server):
 
     result, took, busy = asyncio.run(go())
     assert isinstance(result, HttpError) and took < 2.0 and busy == 0
+
+
+def test_kept_connections_carry_the_next_exchanges(server):
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = KeptConnections()
+
+    def port(keep: KeptConnections | None) -> int:
+        (answer,) = exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)
+        return int(answer.json()["port"])
+
+    assert port(keep) == port(keep) == port(keep)  # one connection, kept between them
+    assert port(None) != port(None)  # without: one each
+    stale = KeptConnections(lifetime=0.0)
+    first = port(stale)
+    time.sleep(0.01)
+    assert port(stale) != first  # older than its lifetime: closed, and a new one made
+    stale.close()
+    (kept,) = keep._free[(base, None, None)]
+    keep.close()
+    assert kept.conn.sock is None  # closed
+    assert keep.take((base, None, None)) is None
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_for_gets_only(server):
+    """A server that closed a kept connection (its keep-alive ran out) without a word: GETs go
+    again on a new connection; a POST is not sent twice, its error is the caller's."""
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = KeptConnections()
+    (first,) = exchange(base, [("GET", "/hang-up", None)], timeout=5, keep=keep)
+    time.sleep(0.2)  # the server has closed it by now
+    (again,) = exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)
+    assert again.status == 200 and again.json()["port"] != first.json()["port"]
+    exchange(base, [("GET", "/hang-up", None)], timeout=5, keep=keep)
+    time.sleep(0.2)
+    with pytest.raises(HttpError):
+        exchange(base, [("POST", "/x", {"a": 1})], timeout=5, keep=keep)
+    (after,) = exchange(base, [("POST", "/x", {"a": 1})], timeout=5, keep=keep)
+    assert after.status == 200
+    keep.close()
+
+
+def test_a_connection_given_back_after_close_is_closed(server):
+    """An exchange under way when the pool is closed (the context changed: the connections
+    were made with old certificates) gives its connection back to be closed, not kept."""
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = KeptConnections()
+    exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)
+    kept = keep.take((base, None, None))
+    assert kept is not None and kept.conn.sock is not None
+    keep.close()
+    keep.give((base, None, None), kept)
+    assert kept.conn.sock is None and keep.take((base, None, None)) is None
+
+
+def test_kept_clients_make_the_context_again_only_when_its_files_change(tmp_path, monkeypatch):
+    from haplane.local.status import KeptClients
+
+    tls = PlatformTls(tmp_path / "pki")
+    for p in (tls.ca, tls.admin.cert, tls.admin.key):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    made: list[object] = []
+
+    def context(self, identity=True):  # type: ignore[no-untyped-def]
+        made.append(object())
+        return made[-1]
+
+    monkeypatch.setattr(PlatformTls, "client_context", context)
+    kept = KeptClients()
+    first = kept.context(tls)
+    assert kept.context(tls) is first and len(made) == 1
+    tls.admin.cert.write_text("rotated")  # `pki rotate` rewrites the files in place
+    assert kept.context(tls) is not first and len(made) == 2
+    assert kept.http.generation == 1  # the connections made with the old files: closed
+
+
+def test_an_abort_as_the_exchange_ends_never_reaches_a_kept_connection(server):
+    """fetch's deadline may pass as the worker thread finishes: an abort before the release
+    means the connection is closed, not kept; one after it finds no connection to shut."""
+    from haplane.local.stdlib_http import _Call
+
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = KeptConnections()
+    exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)
+    kept = keep.take((base, None, None))
+    assert kept is not None
+    late = _Call()
+    late.conn = kept.conn
+    assert late.release() is True
+    late.abort()  # after the release: nothing to shut down
+    kept.conn.request("GET", "/readyz")  # the kept connection still works
+    assert kept.conn.getresponse().status == 200
+    early = _Call()
+    early.conn = kept.conn
+    early.abort()
+    assert early.release() is False  # the caller closes it
+    kept.conn.close()
+    keep.close()
+
+
+def test_a_connection_cut_at_its_deadline_is_not_kept(server):
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = KeptConnections()
+    result, _ = asyncio.run(_timed(fetch(base, [("GET", "/drip", None)], timeout=0.3, keep=keep)))
+    assert isinstance(result, HttpError)
+    assert keep.take((base, None, None)) is None
+    (answer,) = exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)
+    assert answer.status == 200
+    keep.close()
 
 
 def _in_exchange(thread: threading.Thread) -> bool:

@@ -19,7 +19,7 @@ from .authenticators import InvalidToken, TokenAuthenticator
 from .authorizer import Authorizer, RbacAuthorizer
 from .request import RequestInfo
 from .resources import Obj
-from .service_accounts import token_request
+from .service_accounts import Lookup, token_request
 
 
 class Access:
@@ -29,16 +29,20 @@ class Access:
         tokens: Sequence[TokenAuthenticator] = (),
         sa_tokens: ServiceAccountTokens | None = None,
         audiences: Sequence[str] = (),
+        *,
+        lookup: Lookup,
     ):
         self.authorizer = authorizer
         self.tokens = tuple(tokens)
         self.sa_tokens = sa_tokens
         self.audiences = list(audiences)
+        # TokenRequest's read of the object a token is bound to (from etcd, not a cache)
+        self.lookup = lookup
 
-    def token_request(self, sa: Obj, body: Obj) -> Obj:
+    async def token_request(self, sa: Obj, body: Obj) -> Obj:
         if self.sa_tokens is None:
             raise errors.no_such_resource("serviceaccounts/token: no signing key configured")
-        return token_request(self.sa_tokens, self.audiences, sa, body)
+        return await token_request(self.sa_tokens, self.audiences, sa, body, self.lookup)
 
     async def authorize(self, user: UserInfo, info: RequestInfo) -> rbac.Decision:
         return await self.authorizer.authorize(user, info)

@@ -579,8 +579,10 @@ def _denied(
         f"ValidatingAdmissionPolicy '{policy}' with binding '{binding}' denied request: {message}"
     )
     code = _CODES.get(reason, 422)
-    what = f'{a.rtype.qualified} "{a.name}"'
-    details = {"name": a.name, "group": a.rtype.group, "kind": a.rtype.plural}
+    # (a create named from generateName: the name it was given, as the store's errors say)
+    name = a.name or str(((a.obj or {}).get("metadata") or {}).get("name") or "")
+    what = f'{a.rtype.qualified} "{name}"'
+    details = {"name": name, "group": a.rtype.group, "kind": a.rtype.plural}
     if code == 422:
         return errors.StatusError(
             422,

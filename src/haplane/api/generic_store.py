@@ -150,10 +150,10 @@ class GenericStore:
         # (None on create): RBAC's escalation prevention (haplane.api.authorizer). Raises a
         # StatusError to refuse. Dry runs are checked too.
         self.final_check: Callable[[Obj, Obj | None], None] | None = None
-        # validating admission (policies): (operation, object, old object, subresource), and
-        # what a write awaits first (the policies loaded); set by the server
-        # (operation, object, old object, subresource, dry run)
-        self.admission: Callable[[str, Obj | None, Obj | None, str, bool], None] | None = None
+        # validating admission (policies), and what a write awaits first (the policies
+        # loaded); set by the server: (operation, object, old object, subresource, dry run,
+        # whether the server made the object's name from generateName)
+        self.admission: Callable[[str, Obj | None, Obj | None, str, bool, bool], None] | None = None
         self.admission_ready: Callable[[], Awaitable[None]] | None = None
 
     @property
@@ -309,7 +309,9 @@ class GenericStore:
         else:
             new["metadata"].pop("managedFields", None)
 
-    def _validate(self, obj: Obj, old: Obj | None) -> None:
+    def _validate(self, obj: Obj, old: Obj | None, generated: bool = False) -> None:
+        """`generated`: a create whose name the server made from generateName (admission is
+        told the name the request gave: none, as Kubernetes tells it)."""
         errs = object_meta_errors(
             obj.get("metadata", {}), namespaced=self.t.namespaced, name_rule=self.t.name_rule
         )
@@ -329,7 +331,7 @@ class GenericStore:
             self.final_check(obj, old)
         if self.admission is not None:
             operation = "CREATE" if old is None else "UPDATE"
-            self.admission(operation, obj, old, _SUBRESOURCE.get(), _DRY_RUN.get())
+            self.admission(operation, obj, old, _SUBRESOURCE.get(), _DRY_RUN.get(), generated)
 
     # ---- create --------------------------------------------------------------------------
 
@@ -370,7 +372,7 @@ class GenericStore:
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
         self.t.strategy.prepare_for_create(obj)
-        self._validate(obj, None)
+        self._validate(obj, None, generated)
         if managed_fields is not None:
             meta["managedFields"] = managed_fields
         elif manager:
@@ -840,7 +842,7 @@ class GenericStore:
         def check(current: Obj) -> None:
             meta = current["metadata"]
             if self.admission is not None:
-                self.admission("DELETE", None, current, "", _DRY_RUN.get())
+                self.admission("DELETE", None, current, "", _DRY_RUN.get(), False)
             refused = self.t.strategy.refuse_delete(current)
             if refused is not None:
                 raise errors.StatusError(

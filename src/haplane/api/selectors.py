@@ -381,8 +381,9 @@ def _unescape_value(raw: str) -> str:
     return "".join(out)
 
 
-def parse_field_selector(text: str | None, supported: Collection[str]) -> FieldSelector:
-    """Parse a `fieldSelector` whose fields must be among `supported`. None or "" select
+def parse_field_selector(text: str | None, supported: Collection[str] | None) -> FieldSelector:
+    """Parse a `fieldSelector` whose fields must be among `supported` (None: any field, as
+    Kubernetes' fields.ParseSelector, which a SubjectAccessReview's uses). None or "" select
     everything; empty terms are skipped. Whitespace is not trimmed, as in Kubernetes."""
     if not text:
         return FieldSelector()
@@ -395,7 +396,7 @@ def parse_field_selector(text: str | None, supported: Collection[str]) -> FieldS
             raise SelectorError(f"invalid selector: '{text}'; can't understand '{term}'")
         field, op, raw = split
         value = _unescape_value(raw)
-        if field not in supported:
+        if supported is not None and field not in supported:
             raise SelectorError(f"field label not supported: {field}")
         requirements.append(FieldRequirement(field, NOT_EQUALS if op == "!=" else EQUALS, value))
     return FieldSelector(tuple(requirements))

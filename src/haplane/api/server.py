@@ -255,7 +255,11 @@ class ApiServer:
         )
         tokens = self._token_authenticators(sec)
         self.access = Access(
-            self.authorizer or AlwaysAllow(), tokens, self.sa_tokens, [sec.sa_issuer]
+            self.authorizer or AlwaysAllow(),
+            tokens,
+            self.sa_tokens,
+            [sec.sa_issuer],
+            lookup=functools.partial(self._core_object, resource_version=None),
         )
         self.authenticate = Authenticate(
             tokens,
@@ -452,14 +456,27 @@ class ApiServer:
             found.append(from_file)
         if self.sa_tokens is not None:
             found.append(
-                ServiceAccountAuthenticator(self.sa_tokens, [sec.sa_issuer], self._service_account)
+                ServiceAccountAuthenticator(
+                    self.sa_tokens,
+                    [sec.sa_issuer],
+                    cached=functools.partial(self._core_object, resource_version="0"),
+                    live=functools.partial(self._core_object, resource_version=None),
+                )
             )
         return found
 
-    async def _service_account(self, namespace: str, name: str) -> Obj | None:
-        """From the watch cache when it is ready (resourceVersion "0"), else from etcd."""
+    async def _core_object(
+        self, resource: str, namespace: str | None, name: str, *, resource_version: str | None
+    ) -> Obj | None:
+        """An object of the core group, or None when there is none (or this replica does not
+        serve its resource: pods, nodes); StatusError when the read fails. resourceVersion
+        "0": from the watch cache when it is ready, else from etcd; None: from etcd,
+        linearizable."""
+        store = self.stores.get(("", "v1", resource))
+        if store is None:
+            return None
         try:
-            return await self.stores[("", "v1", "serviceaccounts")].get(namespace, name, "0")
+            return await store.get(namespace, name, resource_version)
         except StatusError as exc:
             if exc.code == 404:
                 return None
@@ -645,9 +662,12 @@ class ApiServer:
         old: Obj | None,
         sub: str,
         dry_run: bool = False,
+        generated: bool = False,
     ) -> None:
         """The store's last check before a write: every matching policy (the replica's own
-        writes, its controllers', have no request user and are not policed)."""
+        writes, its controllers', have no request user and are not policed). A create named
+        from generateName is judged, as in Kubernetes, with the name the request gave: none
+        (`request.name`, `authorizer.requestResource`, `resourceNames` rules)."""
         user = REQUEST_USER.get()
         if user is None:
             return
@@ -657,7 +677,7 @@ class ApiServer:
                 operation,
                 t,
                 meta.get("namespace") if t.namespaced else None,
-                str(meta.get("name") or ""),
+                "" if generated else str(meta.get("name") or ""),
                 obj,
                 old,
                 user,

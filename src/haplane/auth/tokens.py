@@ -31,9 +31,10 @@ times (`LEEWAY` of 60 s each way, go-jose's default that kube-apiserver uses: re
 drift), the audience (at least one shared with the accepted ones), then the `kubernetes.io`
 claim. Every failure raises `TokenInvalid`; `verify` never returns a token that failed.
 
-Not checked here: that the ServiceAccount (and bound object) still exists with the uid in the
-token. That is the API server's check, against its watch cache; it is what makes deleting a
-ServiceAccount revoke its tokens.
+Not checked here: that the ServiceAccount, and the Secret, Pod or Node the token is bound to,
+still exist with the uids in the token. That is the API server's check, against its watch cache
+(haplane.api.service_accounts); it is what makes deleting a ServiceAccount, or the object a
+token is bound to, revoke its tokens.
 
 Key rotation: `ServiceAccountTokens([new_private, old_public, ...])` signs with the first key
 and verifies with any, so tokens signed by the old key stay valid until they expire.

@@ -10,7 +10,14 @@ Layer: cel. Pure: a check calls the function the caller put in `CHECKER` for the
     authorizer.path('/healthz').check('get').reason()
     authorizer.serviceAccount('ns', 'sa').group('')....   the ServiceAccount's permissions
     authorizer.requestResource.check('update')   the request's own resource (a variable)
+    authorizer.group('').resource('pods').fieldSelector('spec.nodeName=n').labelSelector('a=b')
+        .check('list')                              Kubernetes 1.31+ (AuthorizeWithSelectors)
     decision.allowed() .reason() .errored() .error()
+
+Selectors: kept on the ResourceCheck as written and handed to nobody. RBAC, the only
+authorizer here, decides without them, as Kubernetes' RBAC does (only webhook authorizers
+read them, and a selector can only narrow what is asked); Kubernetes parses them at the check
+and ignores one that does not parse, so neither is an error here.
 
 How the values are represented: the engine's Python binding cannot return values of an
 abstract type (measured: "Unimplemented type"), so each value (Authorizer, PathCheck,
@@ -165,6 +172,8 @@ def functions() -> list[Any]:
         member("subresource", _MAP, [_MAP, s], _setter("subresource")),
         member("namespace", _MAP, [_MAP, s], _setter("namespace")),
         member("name", _MAP, [_MAP, s], _setter("name")),
+        member("fieldSelector", _MAP, [_MAP, s], _setter("fieldSelector")),
+        member("labelSelector", _MAP, [_MAP, s], _setter("labelSelector")),
         member("check", _MAP, [_MAP, s], _check),
         member("allowed", b, [_MAP], _decision("allowed")),
         member("reason", s, [_MAP], _decision("reason")),

@@ -21,6 +21,7 @@ import logging
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -102,7 +103,9 @@ async def serve(args: argparse.Namespace) -> int:
         status_gatherer(state, topology),
         interval=args.interval,
         interval_idle=args.interval_idle,
-        lag=LagHistory(topology),
+        lag=LagHistory(
+            topology, file=state.data_dir(f"global/{args.name}") / "lag.jsonl", now=time.time()
+        ),
         draw=diagram_drawer(topology),
     )
     secure = bool(args.tls_cert_file)

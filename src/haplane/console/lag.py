@@ -1,7 +1,8 @@
 """Replication lag over the last hour, as the console charts it: one series per replicating
 pair, sampled each time the console gathers the platform's status.
 
-Layer: console. Pure: samples in (time, `ReplicationRow`s), series out; no I/O.
+Layer: console. Samples in (time, `ReplicationRow`s), series out; the only I/O is the
+history's own file, when it is given one.
 
 Where the numbers come from: each region's leading replicator reports its lag to the global
 control etcd (`haplane status` shows the same row): seconds between the newest revision the
@@ -10,18 +11,26 @@ source had and the one the standby applied, measured while the source answered. 
 its source, a report older than `STALE_AFTER` (nobody is measuring), or the active region
 itself, which copies from no one.
 
-Why in memory: the console samples what it already gathers (every second while someone looks,
-every 10 s otherwise) and keeps at most `window` seconds; a console that restarts starts an
-empty chart. Longer history, and an alert on the limit, are Prometheus' job
+What is kept: the console samples what it already gathers (every second while someone looks,
+every 10 s otherwise) and keeps at most `window` seconds. With a file (the console's, under
+its data dir) each sample is also appended to it as a JSON line, and a console that restarts
+(a region-kill drill takes the one on the killed site) reads the last `window` seconds back:
+the chart goes on, with a gap for the time it was down. The file is rewritten with what is
+kept once it holds twice `MAX_SAMPLES` lines. A file that cannot be written costs the restart
+its history, nothing else. Longer history, and an alert on the limit, are Prometheus' job
 (`haplane_replication_lag_seconds`, `haplane export prometheus`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from haplane.local.status import ReplicationRow
 from haplane.topology import Topology
@@ -30,6 +39,10 @@ WINDOW = 3600.0  # seconds the chart shows
 STALE_AFTER = 15.0  # seconds: a report older than this measures nothing any more
 MAX_SAMPLES = 4000  # at one per second, a little over the window
 STOPPED = "Stopped"  # a pair whose region copies from elsewhere, or from no one, now
+
+log = logging.getLogger("haplane.console")
+
+Sample = tuple[float, dict[str, tuple[str, str, float | None]]]  # t, region -> source, state, lag
 
 
 @dataclass(frozen=True)
@@ -78,20 +91,73 @@ def limits(topology: Topology) -> dict[frozenset[str], float]:
 
 
 class LagHistory:
-    """Samples of every region's lag, the last `window` seconds."""
+    """Samples of every region's lag, the last `window` seconds; with `file`, also kept there
+    and read back from it (the samples of the `window` seconds before `now`)."""
 
-    def __init__(self, topology: Topology, window: float = WINDOW) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        window: float = WINDOW,
+        *,
+        file: Path | None = None,
+        now: float | None = None,
+    ) -> None:
         self.window = window
         self._limits = limits(topology)
-        self._samples: deque[tuple[float, dict[str, tuple[str, str, float | None]]]] = deque(
-            maxlen=MAX_SAMPLES
-        )
+        self._samples: deque[Sample] = deque(maxlen=MAX_SAMPLES)
+        self._file = file
+        self._lines = 0  # lines in the file
+        self._broken = False  # a write failed: said once, the file left alone after
+        if file is not None and now is not None:
+            self._load(file, now)
 
     def add(self, t: float, rows: Iterable[ReplicationRow]) -> None:
         """One sample at unix time `t`: every region's (source, state, lag)."""
-        self._samples.append((t, {r.region: (r.source or "", r.state, lag_of(r)) for r in rows}))
+        sample = (t, {r.region: (r.source or "", r.state, lag_of(r)) for r in rows})
+        self._samples.append(sample)
         while self._samples and self._samples[0][0] < t - self.window:
             self._samples.popleft()
+        if self._file is not None and not self._broken:
+            self._keep(self._file, sample)
+
+    def _load(self, file: Path, now: float) -> None:
+        lines: list[str] = []
+        try:
+            with open(file, encoding="utf-8") as f:
+                lines = f.readlines()
+        except FileNotFoundError:
+            pass  # a first start
+        except OSError as exc:
+            log.warning(json.dumps({"msg": "lag history not read", "error": str(exc)}))
+        for line in lines:
+            sample = _parse(line)
+            if sample is not None and now - self.window <= sample[0] <= now:
+                self._samples.append(sample)
+        try:
+            self._rewrite(file)  # only what is kept, and no torn last line
+        except OSError as exc:
+            self._broken = True
+            log.warning(json.dumps({"msg": "lag history not kept", "error": str(exc)}))
+
+    def _keep(self, file: Path, sample: Sample) -> None:
+        try:
+            if self._lines >= 2 * MAX_SAMPLES:
+                self._rewrite(file)
+            else:
+                with open(file, "a", encoding="utf-8") as f:
+                    f.write(_line(sample))
+                self._lines += 1
+        except OSError as exc:
+            self._broken = True
+            log.warning(json.dumps({"msg": "lag history not kept", "error": str(exc)}))
+
+    def _rewrite(self, file: Path) -> None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(file.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(_line(s) for s in self._samples)
+        os.replace(tmp, file)
+        self._lines = len(self._samples)
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -128,6 +194,29 @@ class LagHistory:
             limit = self._limits.get(frozenset((region, source)))
             out.append(Series(region, source, points, state, limit))
         return out
+
+
+def _line(sample: Sample) -> str:
+    t, regions = sample
+    return json.dumps([t, {r: list(v) for r, v in regions.items()}], allow_nan=False) + "\n"
+
+
+def _parse(line: str) -> Sample | None:
+    """A line `_line` wrote; None for anything else (a torn last line, an edited file)."""
+    try:
+        t, regions = json.loads(line)
+        out: dict[str, tuple[str, str, float | None]] = {}
+        for region, (source, state, lag) in regions.items():
+            if not (isinstance(region, str) and isinstance(source, str) and isinstance(state, str)):
+                return None
+            if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int | float)):
+                return None
+            out[region] = (source, state, None if lag is None else float(lag))
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            return None
+        return float(t), out
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def downsample(

@@ -216,6 +216,7 @@ class DrillClient:
             basis_region=basis.region if basis is not None and req.kind == "update" else None,
             basis_epoch=basis.epoch if basis is not None and req.kind == "update" else None,
             message=message,
+            loop=loop,
         )
         if basis is not None:
             self._learn(req.key, op, _version(doc))

@@ -154,6 +154,9 @@ class Operation:
     basis_region: str | None = None
     basis_epoch: int | None = None
     message: str | None = None  # a refusal's Status message (first 300 characters)
+    # the client loop that made it ("write", "read", "update", "get"): the update loop's
+    # reads of a key it does not know are kind "get" (None: a report older than the field)
+    loop: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,6 +175,7 @@ class Operation:
             "basis_region": self.basis_region,
             "basis_epoch": self.basis_epoch,
             "message": self.message,
+            "loop": self.loop,
         }
 
     @classmethod
@@ -192,6 +196,7 @@ class Operation:
             basis_region=_opt_str(d, "basis_region"),
             basis_epoch=_opt_int(d, "basis_epoch"),
             message=_opt_str(d, "message"),
+            loop=_opt_str(d, "loop"),
         )
 
 

@@ -46,6 +46,19 @@ The leader, every `tick`:
   region still serves; once its key is active it can apply nothing more, and what it had
   applied is recorded as the epoch's cut (`switchover.record_unplanned_cut`).
 
+The leader publishes a failover it cannot make (`Decision.blocked`: the active region is down
+and nothing may move) under `controller/blocked` (`GlobalState.publish_failover_block`), and
+its end without a failover: once per start, change of cause or end, after the new state has
+held for `block_settle` (a cause that flickers is not a story), guarded by its leader key as
+it created it (its create revision: a deposed leader's word is not written). A task of its own
+writes, beside the decisions: a tick only hands it the state to publish, so a slow or failing
+control etcd never delays a decision; one write at a time, the latest state first, and after a
+failure (or a refused guard) the next try waits `BLOCK_RETRY_FIRST`, doubled up to
+`BLOCK_RETRY_MAX`. A leader that takes over reads what the last one published first, so it
+says nothing again (and keeps when the block started), and judges only once it has led for
+`stale_after` (until then it counts every report stale). The supervisor's platform watch
+makes Events of it (`haplane.local.platform_watch`): one writer, whichever gate leads.
+
 The leader also reconciles every fence key with the record (`RegionFences.reconcile_all`) at
 once when it takes the lead and every `fence_interval` after: a region that comes back with a
 stale `active:` key is frozen, missing keys are set (the writable active region's too, never
@@ -68,7 +81,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from haplane.store import (
@@ -86,7 +99,12 @@ from haplane.store import (
     SyncRecord,
     prefix_end,
 )
-from haplane.store.global_state import FailbackSetting, ReplicationReport
+from haplane.store.global_state import (
+    FailbackSetting,
+    FailoverBlock,
+    HeldKey,
+    ReplicationReport,
+)
 from haplane.store.switchover import (
     SwitchoverRefused,
     planned_switchover,
@@ -101,6 +119,11 @@ from .health import UpstreamState
 from .operations import Operations, record_automatic
 
 log = logging.getLogger("haplane.gate")
+
+# a block is the (epoch, region, code) of a blocked decision; None: not blocked
+BlockKey = tuple[int, str, str] | None
+BLOCK_RETRY_FIRST = 0.5  # seconds before a block that failed to publish is tried again
+BLOCK_RETRY_MAX = 8.0  # doubled after each failure, up to this
 
 CAMPAIGN_EVERY = 0.2  # seconds between attempts to lead: a dead leader's key is noticed soon
 BACKUP_AFTER = 2.0  # a gate on the active region's site leads only after this long leaderless
@@ -124,6 +147,7 @@ class ControllerSettings:
     tls: EtcdTls | None = None  # the client certificate for every etcd above
     # records automatic switches through the API with the controller's ServiceAccount
     recorder: ApiRecorder | None = None
+    block_settle: float = 1.0  # a failover block (or its end) is published once it held this long
 
 
 class FailoverController:
@@ -164,6 +188,16 @@ class FailoverController:
         self.sync: SyncRecord | None = None  # the sync record as last read (sync pairs only)
         self._failback_refused: tuple[float, str] | None = None  # (monotonic, why)
         self.operations = Operations(self)  # operators' approved Switchovers
+        # the block (or its end) the decisions say now: (key, since: monotonic, wall clock)
+        self._block_pending: tuple[BlockKey, float, float] | None = None
+        # the last that held for `block_settle`, handed to the publisher: (key, what to write)
+        self._block_wanted: tuple[BlockKey, FailoverBlock] | None = None
+        self._block_wake = asyncio.Event()
+        self._block_read = False  # has this leader read what the last one published?
+        self._block_published: FailoverBlock | None = None  # as this leader read or wrote it
+        self.block_error: str | None = None  # the last publish's failure (None: it worked)
+        self._led_since = 0.0  # monotonic
+        self._leader_created = 0  # the create revision of this leader's key
         forwarder.subscribe(self._on_gate_event)
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -336,7 +370,7 @@ class FailoverController:
                         )
                         if r.succeeded:
                             absent_since = None
-                            await self._lead(client, lease)
+                            await self._lead(client, lease, r.revision)
                         else:
                             self.leader = r.results[0][0].value.decode() if r.results[0] else None
             except asyncio.CancelledError:
@@ -357,17 +391,24 @@ class FailoverController:
                     await client.lease_revoke(lease, timeout=0.3)
             await asyncio.sleep(CAMPAIGN_EVERY)
 
-    async def _lead(self, client: EtcdClient, lease: int) -> None:
+    async def _lead(self, client: EtcdClient, lease: int, created: int) -> None:
         """Lead while the lease is known to live: until a renewal says it expired, or no
         renewal has succeeded for a whole TTL. Renewals failing for a moment (the global etcd
         electing a leader, which renews every lease anyway) do not end the leadership: a
         leader that stepped down there would leave the key to expire before anyone else
-        could lead, which is the slowest outcome."""
+        could lead, which is the slowest outcome. `created`: the leader key's create
+        revision (the campaign's transaction)."""
         self.leading, self.leader, self.error = True, self.settings.gate, None
         self._seen.clear()
         self._fenced_seen.clear()
+        self._block_pending = self._block_wanted = self._block_published = None
+        self._block_read, self.block_error = False, None
+        self._block_wake.clear()
+        self._led_since = time.monotonic()
+        self._leader_created = created
         self._log("controller_leader")
         work = asyncio.create_task(self._decide_loop(client), name="controller decide")
+        publishing = asyncio.create_task(self._block_loop(client), name="controller blocks")
         fencing = None
         if self._fences is not None:
             fencing = asyncio.create_task(self._fence_loop(client), name="controller fences")
@@ -391,7 +432,7 @@ class FailoverController:
                     self._log("controller_stepping_down", reason="on the active region's site")
                     return
         finally:
-            tasks = [t for t in (work, fencing) if t is not None]
+            tasks = [t for t in (work, publishing, fencing) if t is not None]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -498,6 +539,7 @@ class FailoverController:
                 snapshot = await self._observe(state, client)
                 decision = decide(snapshot, self.settings.decision)
                 self._note(decision)
+                self._note_block(decision, snapshot.active)
                 if decision.action != "none":
                     await self._act(state, decision, snapshot.active)
                 await self.operations.advance(state, client)
@@ -510,11 +552,12 @@ class FailoverController:
 
     def _note(self, decision: Decision) -> None:
         last = self.last_decision
-        if last is None or (last.action, last.down, last.healthy, last.to) != (
+        if last is None or (last.action, last.down, last.healthy, last.to, last.blocked) != (
             decision.action,
             decision.down,
             decision.healthy,
             decision.to,
+            decision.blocked,
         ):
             self._log(
                 "controller_decision",
@@ -523,9 +566,105 @@ class FailoverController:
                 epoch=decision.epoch,
                 down=decision.down,
                 healthy=decision.healthy,
+                blocked=decision.blocked,
                 reason=decision.reason,
             )
         self.last_decision = decision
+
+    def _note_block(self, d: Decision, active: ActiveRegion | None) -> None:
+        """Hand the decision's block, or its end, to the publisher (`_block_loop`) once it
+        has held for `block_settle`. No I/O: a tick never waits for the publisher."""
+        now = time.monotonic()
+        if d.action in ("failover", "failback"):
+            self._block_pending = None  # ended by the switch: the new epoch says so
+            return
+        if active is None or d.epoch is None:
+            return
+        if now - self._led_since < self.settings.decision.stale_after:
+            return  # every report counts as stale until seen to change: not judged yet
+        want: BlockKey = (d.epoch, active.region, d.blocked) if d.blocked else None
+        pending = self._block_pending
+        if pending is None or pending[0] != want:
+            pending = self._block_pending = (want, now, time.time())
+        if now - pending[1] < self.settings.block_settle:
+            return
+        if self._block_wanted is not None and self._block_wanted[0] == want:
+            return  # handed over already
+        block = FailoverBlock(
+            active.region,
+            d.epoch,
+            d.blocked,
+            d.reason,
+            _rfc3339(pending[2]),
+            f"controller:{self.settings.gate}",
+        )
+        self._block_wanted = (want, block)
+        self._block_wake.set()
+
+    async def _block_loop(self, client: EtcdClient) -> None:
+        """Publish what the decisions hand over, one write at a time and always the latest
+        wanted; after a failure wait (`BLOCK_RETRY_FIRST`, doubled up to `BLOCK_RETRY_MAX`),
+        then try again with whatever is wanted by then. Failures are `block_error`, never the
+        decisions' `error`."""
+        state = GlobalState(client, prefix=self.prefix)
+        retry = 0.0
+        while True:
+            await self._block_wake.wait()
+            self._block_wake.clear()
+            wanted = self._block_wanted
+            if wanted is None:
+                continue
+            try:
+                done = await self._publish_block(state, *wanted)
+            except EtcdError as exc:
+                done, self.block_error = False, str(exc)
+            except Exception as exc:  # a bug: say so, and keep publishing
+                done, self.block_error = False, repr(exc)
+                log.exception("failover controller: publishing a block failed")
+            if done:
+                retry = 0.0
+                continue
+            retry = min(max(2 * retry, BLOCK_RETRY_FIRST), BLOCK_RETRY_MAX)
+            await asyncio.sleep(retry)
+            self._block_wake.set()
+
+    async def _publish_block(
+        self, state: GlobalState, want: BlockKey, block: FailoverBlock
+    ) -> bool:
+        """Write `block` unless what was published says the same already (this leader's, or
+        the last leader's as read when this one took over), with when the block started:
+        kept from the published block of the same epoch and region. False: not written (the
+        guard refused: this gate no longer holds the leader key it created)."""
+        if not self._block_read:
+            self._block_published = await state.failover_block()
+            self._block_read = True
+        published = self._block_published
+        if _block_key(published) == want:
+            self.block_error = None
+            return True  # nothing new (or nothing was blocked)
+        if (
+            published is not None
+            and published.blocked is not None
+            and (published.epoch, published.region) == (block.epoch, block.region)
+        ):
+            block = replace(block, started=published.started or published.since)
+        elif block.blocked is not None:
+            block = replace(block, started=block.since)  # a new block
+        holder = HeldKey(self.leader_key, self.settings.gate.encode(), self._leader_created)
+        if not await state.publish_failover_block(block, leader=holder):
+            self.block_error = "not written: this gate no longer holds the leader key it created"
+            return False
+        self._block_published, self.block_error = block, None
+        self._log(
+            "failover_blocked" if block.blocked else "failover_unblocked",
+            region=block.region,
+            epoch=block.epoch,
+            blocked=block.blocked,
+            reason=block.reason,
+            since=block.since,
+            started=block.started,
+        )
+        return True
 
     async def _act(self, state: GlobalState, d: Decision, active: ActiveRegion | None) -> None:
         assert d.epoch is not None and active is not None
@@ -789,8 +928,15 @@ class FailoverController:
             "view": {r: v.healthy for r, v in self.view().items()},
             "decision": None
             if d is None
-            else {"action": d.action, "reason": d.reason, "down": d.down, "healthy": d.healthy},
+            else {
+                "action": d.action,
+                "reason": d.reason,
+                "down": d.down,
+                "healthy": d.healthy,
+                "blocked": d.blocked,
+            },
             "last_action": self.last_action,
+            "block_error": self.block_error,  # publishing the decision's block failed
             "fence_keys": {
                 r: _fence_text(f) if f is not None else None for r, f in self.fence_keys.items()
             },
@@ -816,11 +962,20 @@ def _fence_text(read: FenceRead) -> str:
     return f"malformed: {read.raw.decode('utf-8', 'replace')}"
 
 
+def _block_key(block: FailoverBlock | None) -> BlockKey:
+    if block is None or block.blocked is None:
+        return None
+    return (block.epoch, block.region, block.blocked)
+
+
 def _ago(now: float, seconds: float | None) -> str | None:
-    """`seconds` before the wall-clock `now`, as the global state writes its times (RFC 3339,
-    UTC, µs); None for None."""
+    """`seconds` before the wall-clock `now`, as the global state writes its times; None for
+    None."""
+    return None if seconds is None else _rfc3339(now - seconds)
+
+
+def _rfc3339(t: float) -> str:
+    """The wall-clock time `t` as the global state writes its times (RFC 3339, UTC, µs)."""
     from datetime import UTC, datetime
 
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(now - seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -36,7 +36,11 @@ applied to live votes instead of a failure set:
   (planned). Never while operators have suspended it (`Snapshot.failback_suspended`: an
   operator's switchover does so, `haplane failback on` ends it): the reason says who and why;
 - a committed epoch that is not yet writable is unfenced once the controller has seen it for
-  the record's fence wait (grant + margin): no replica of the old region can still write.
+  the record's fence wait (grant + margin): no replica of the old region can still write;
+- a **blocked** failover (the active region is down, or seen down while too few vantage
+  points report to agree, and nothing may move) says why in `Decision.blocked`, one of
+  `BLOCKED_REASONS`: a code that stays the same from tick to tick while the cause does (the
+  reason's figures change), so that the controller publishes a block once, not every tick.
   (The controller also writes the regional fence keys around these actions: see
   `haplane.gate.controller`; nothing here depends on them.)
 """
@@ -51,6 +55,20 @@ from haplane.store import ActiveRegion, ReplicationReport, SyncRecord
 from haplane.topology.failures import vantage_majority
 
 Action = Literal["none", "failover", "failback", "unfence"]
+
+# why a failover the active region needs cannot happen now (`Decision.blocked`); several
+# standbys excluded for different reasons: their codes joined by "+", in priority order
+BLOCKED_REASONS = {
+    "automatic-off": "the topology turns automatic failover off",
+    "hysteresis": "the last change is more recent than `minInterval`",
+    "no-vantage-quorum": "fewer than a majority of the vantage points report at all",
+    "no-healthy-region": "no other region is seen healthy by a majority",
+    "standby-partial": "the healthy standby holds a partial copy (a resync under way)",
+    "standby-lag-unknown": "the healthy standby's lag is unknown and its pair has a maxLagMs",
+    "standby-lag-over-limit": "the healthy standby's lag exceeded its pair's maxLagMs (RPO)",
+    "sync-standby-not-healthy": "the synchronous standby, the only one with every "
+    "acknowledged write, is not seen healthy",
+}
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,8 @@ class Decision:
     detected_ago: float | None = None
     agreed_ago: float | None = None
     observed_at: float | None = None  # the snapshot's (wall clock), which those count from
+    # a failover the active region needs and that cannot happen now: why (BLOCKED_REASONS)
+    blocked: str | None = None
 
 
 def _votes(snapshot: Snapshot, settings: Settings, region: str) -> tuple[int, int, float]:
@@ -223,24 +243,29 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
             sync_rev = snapshot.sync.revision if snapshot.sync is not None else 0
         return Decision(action, reason, to, active.epoch, down, healthy, sync_rev)
 
+    def blocked(code: str, reason: str) -> Decision:
+        return replace(decision("none", reason), blocked=code)
+
     if active.region in down:
         if not settings.automatic:
-            return decision("none", f"{active.region} is down but automatic failover is off")
+            return blocked(
+                "automatic-off", f"{active.region} is down but automatic failover is off"
+            )
         if snapshot.since_change < settings.min_interval:
-            return decision(
-                "none",
+            return blocked(
+                "hysteresis",
                 f"{active.region} is down, but epoch {active.epoch} was first seen only "
                 f"{snapshot.since_change:.1f}s ago (hysteresis: {settings.min_interval:.0f}s)",
             )
         candidates = [r for r in settings.priority if r != active.region and r in healthy]
-        target, why = _choose(active.region, candidates, snapshot, settings)
+        target, why, code = _choose(active.region, candidates, snapshot, settings)
         if target is None:
             if candidates:
-                return decision(
-                    "none", f"{active.region} is down and no healthy region may take over: {why}"
+                return blocked(
+                    code, f"{active.region} is down and no healthy region may take over: {why}"
                 )
-            return decision(
-                "none",
+            return blocked(
+                "no-healthy-region",
                 f"{active.region} is down and no other region is seen healthy by "
                 f"{majority} of {len(settings.vantage_points)} vantage points",
             )
@@ -297,14 +322,29 @@ def decide(snapshot: Snapshot, settings: Settings) -> Decision:
                     f"{preferred} is preferred and has been healthy for {stable_for:.0f}s",
                     preferred,
                 )
+    # an active region outside `priority` has no votes: it is never seen down
+    seen_down, _, _ = votes.get(active.region, (0, 0, float("inf")))
+    fresh = sum(
+        1
+        for gate in settings.vantage_points
+        if (report := snapshot.reports.get(gate)) is not None and report.age <= settings.stale_after
+    )
+    if seen_down and fresh < majority:
+        # what is seen cannot become a majority either way: no failover until gates report
+        return blocked(
+            "no-vantage-quorum",
+            f"{active.region} is seen down by {seen_down} of {len(settings.vantage_points)} "
+            f"vantage points, but only {fresh} report (a failover needs {majority} to agree)",
+        )
     return decision("none", f"{active.region} is active and not seen down by a majority")
 
 
 def _choose(
     active: str, candidates: list[str], snapshot: Snapshot, settings: Settings
-) -> tuple[str | None, str]:
+) -> tuple[str | None, str, str]:
     """The region to promote among healthy `candidates` (in priority order) and what the
-    decision should say about the data: (None, why none may) when every one is excluded.
+    decision should say about the data: (None, why none may, the block's code) when every
+    one is excluded (the code is "" when one is chosen).
 
     Synchronous replication: while the sync record names a synchronous standby for the
     active region's epoch, only that standby may be promoted (it has every acknowledged
@@ -323,30 +363,39 @@ def _choose(
             s = standby
             rep = snapshot.replication.get(s)
             if s not in candidates:
-                return None, (
-                    f"{s} is the synchronous standby of {active} (epoch {epoch}), the only "
-                    "region that has every acknowledged write, and it is not seen healthy"
+                return (
+                    None,
+                    (
+                        f"{s} is the synchronous standby of {active} (epoch {epoch}), the only "
+                        "region that has every acknowledged write, and it is not seen healthy"
+                    ),
+                    "sync-standby-not-healthy",
                 )
             if rep is not None and (rep.state == "Resyncing" or rep.partial):
-                return None, f"the synchronous standby {s} reports a partial copy"
-            return s, f" ({s} is the synchronous standby: no acknowledged write is lost)"
+                return (
+                    None,
+                    f"the synchronous standby {s} reports a partial copy",
+                    "standby-partial",
+                )
+            return s, f" ({s} is the synchronous standby: no acknowledged write is lost)", ""
         since = f" since {rec.since}" if rec is not None and rec.names(epoch, active) else ""
         why = f": {rec.reason}" if rec is not None and rec.names(epoch, active) else ""
         sync_note = (
             f"; sync: none{since}{why}: writes acknowledged while no standby was synchronous "
             "may be lost"
         )
-    target, note = _choose_async(active, candidates, snapshot, settings)
+    target, note, code = _choose_async(active, candidates, snapshot, settings)
     if target is None:
-        return target, note
-    return target, note[:-1] + sync_note + ")" if note.endswith(")") else note + sync_note
+        return target, note, code
+    return target, note[:-1] + sync_note + ")" if note.endswith(")") else note + sync_note, ""
 
 
 def _choose_async(
     active: str, candidates: list[str], snapshot: Snapshot, settings: Settings
-) -> tuple[str | None, str]:
+) -> tuple[str | None, str, str]:
     ranked: list[tuple[int, int, int, str]] = []
     excluded: list[str] = []
+    codes: list[str] = []  # why each excluded one is (BLOCKED_REASONS), once each
     for i, region in enumerate(candidates):
         paired, max_lag = settings.pair(active, region)
         if not paired:
@@ -357,6 +406,7 @@ def _choose_async(
             excluded.append(
                 f"{region} holds a partial copy (a resync under way; `--force` promotes it)"
             )
+            codes.append("standby-partial")
             continue
         if rep is not None and snapshot.report_age(rep) > settings.report_stale_after:
             rep = None  # its replicators stopped reporting: how far it got is unknown
@@ -366,17 +416,19 @@ def _choose_async(
                 f"{region}'s lag is unknown (no fresh replication report) and its pair has a "
                 f"maxLagMs ({max_lag * 1000:.0f})"
             )
+            codes.append("standby-lag-unknown")
             continue
         if max_lag is not None and lag is not None and lag > max_lag:
             excluded.append(
                 f"{region}'s lag was {lag:.3f}s when {active} last answered, over its "
                 f"maxLagMs ({max_lag * 1000:.0f})"
             )
+            codes.append("standby-lag-over-limit")
             continue
         applied = rep.applied_revision if rep is not None and rep.source == active else -1
         ranked.append((0 if applied >= 0 else 1, -applied, i, region))
     if not ranked:
-        return None, "; ".join(excluded)
+        return None, "; ".join(excluded), "+".join(dict.fromkeys(codes))
     ranked.sort()
     group, neg_applied, _, target = ranked[0]
     notes = []
@@ -389,7 +441,7 @@ def _choose_async(
     else:
         notes.append(f"no replication from {active}: it serves only its own data")
     notes += [f"not {e}" for e in excluded]
-    return target, " (" + "; ".join(notes) + ")"
+    return target, " (" + "; ".join(notes) + ")", ""
 
 
 def _rank(settings: Settings, region: str) -> int:

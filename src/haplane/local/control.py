@@ -29,7 +29,7 @@ from .control_client import (
     SupervisorUnreachable,
 )
 from .process import ProcessNotRunning
-from .status import EtcdClients, NothingRunning, gather_status
+from .status import KeptClients, NothingRunning, gather_status
 from .supervisor import Supervisor, UnknownComponent
 
 # how long `GET /v1/status` waits for its gather before answering 503 (the CLI, which waits
@@ -43,7 +43,7 @@ class ControlServer:
         self.socket_path = socket_path
         self.shutdown_requested = asyncio.Event()
         self._runner: web.AppRunner | None = None
-        self._etcd: EtcdClients | None = None
+        self._etcd: KeptClients | None = None
         self._gathering: dict[int, asyncio.Task[dict[str, object]]] = {}
 
     async def start(self) -> None:
@@ -100,7 +100,7 @@ class ControlServer:
 
     async def _gather(self, history: int) -> dict[str, object]:
         if self._etcd is None:
-            self._etcd = EtcdClients()
+            self._etcd = KeptClients()
         report = await gather_status(
             self.supervisor.state,
             history=history,

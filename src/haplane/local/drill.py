@@ -88,8 +88,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("etcd-leader-kill", "SIGKILL the etcd leader of the active region", False),
         Scenario(
             "region-kill",
-            "SIGKILL the whole active region: its etcd, replicas, balancers, its gate and its "
-            "global control etcd member",
+            "SIGKILL the whole active region's site: its etcd, replicas, balancers and "
+            "replicators, and the global components placed there (control etcd member, gate, "
+            "GitOps controllers, consoles)",
             True,
         ),
         Scenario("balancers-pause", "SIGSTOP every balancer of the active region", True),
@@ -203,7 +204,9 @@ class DrillContext:
     active: str  # the region active when the drill began
 
     def region_components(self, region: str) -> list[str]:
-        """Everything on the region's site, by status name."""
+        """Everything on the region's site, by status name: the region's own components, and
+        the global ones placed there (a control etcd member, a gate, GitOps controllers and
+        consoles), as the loss of that site would take them."""
         out: list[str] = []
         for site, r in self.topology.regions():
             if site.name == region:
@@ -214,6 +217,8 @@ class DrillContext:
         g = self.topology.spec.global_
         out += [f"global/{m.name}" for m in g.control_etcd.members if m.site == region]
         out += [f"global/{x.name}" for x in g.gates if x.site == region]
+        out += [f"global/{x.name}" for x in g.gitops if x.site == region]
+        out += [f"global/{x.name}" for x in g.console.instances if x.site == region]
         return out
 
     def balancers(self, region: str) -> list[str]:

@@ -49,6 +49,8 @@ FORWARDED: dict[str, tuple[str, str, str, str]] = {
     "failover-committed": ("Warning", "FailoverCommitted", "Region", "region"),
     "switchover-committed": ("Normal", "SwitchoverCommitted", "Region", "region"),
     "epoch-unfenced": ("Normal", "EpochUnfenced", "Region", "region"),
+    "failover-blocked": ("Warning", "FailoverBlocked", "Region", "region"),
+    "failover-block-cleared": ("Normal", "FailoverBlockCleared", "Region", "region"),
     "replication-resynced": ("Warning", "ReplicationResynced", "Region", "region"),
     "divergence-saved": ("Warning", "DivergenceSaved", "Region", "region"),
     # an operation of ops.haplane.dev (its kind in the event's `kind` field)

@@ -3,14 +3,21 @@ becomes a supervisor event (its log), which `platform_events.EventForwarder` pos
 Kubernetes Event, so that `kubectl get events -n kube-system` tells the story of a failover.
 
 Layer: run (`haplane.local`). Reads the global control etcd (the active-region record, the
-replication reports, the divergence records, the operations of `ops.haplane.dev`) once a
-second; writes nothing there.
+failover controller's published block, the replication reports, the divergence records, the
+operations of `ops.haplane.dev`) once a second; writes nothing there.
 
 Events, each at most once per change seen:
 - `failover-committed` (an automatic one: the failover controller's) or `switchover-committed`
   (an operator's): a new epoch, with who decided it, why, the region it left, and for an
   automatic one how long before the commit the region was first seen down and agreed down;
 - `epoch-unfenced`: the epoch became writable, and how long it was fenced;
+- `failover-blocked`: the active region is down (or seen down by too few to agree) and the
+  failover controller cannot move it: why (the leader publishes it once per start or change of
+  cause, `controller/blocked`; a block ended and begun again between two looks is told too:
+  its `since` is new); `failover-block-cleared`: that block ended without a failover (the
+  region came back), and how long the whole block lasted (from its `started`). A block that
+  ends in a new epoch is told by that epoch's event alone. A record that cannot be read is no
+  block, and never costs the look its other events;
 - `replication-resynced`: a region's replicator finished a full resync;
 - `divergence-saved`: a returning region's writes after the cut were saved aside;
 - `operation-approved`: someone approved a Switchover, RoleGrant, Drill or MaintenanceAction
@@ -32,6 +39,7 @@ from typing import Any
 
 from haplane.store import DEFAULT_GLOBAL_PREFIX, ActiveRegion, EtcdError, GlobalState
 from haplane.store import operations as store_ops
+from haplane.store.global_state import FailoverBlock
 from haplane.topology import Topology
 
 from .logs import parse_ts
@@ -51,6 +59,7 @@ class Seen:
     resyncs: dict[str, float] = field(default_factory=dict)  # region -> last resync's time
     divergences: set[str] = field(default_factory=set)  # divergence record names
     approvals: dict[str, frozenset[Approval]] = field(default_factory=dict)  # by object uid
+    block: FailoverBlock | None = None  # the failover controller's, as published
 
 
 @dataclass
@@ -71,6 +80,13 @@ async def look(
     control etcd drops the reports until the replicators write them again: not a resync),
     and the epochs between `before`'s and now's are read from the history."""
     record = await state.read(timeout=2.0)
+    try:
+        block = await state.failover_block(timeout=2.0)
+    except EtcdError:
+        raise
+    except Exception:  # a bug: the other events must not go with it
+        log.exception("platform watch: the failover controller's block could not be read")
+        block = before.block if before is not None else None
     reports = await state.replication_reports(timeout=2.0)
     divergences = await state.divergences(timeout=2.0)
     operations: dict[str, dict[str, Any]] = {}
@@ -92,6 +108,7 @@ async def look(
         times,
         {str(d.get("name") or d.get("epoch")) for d in divergences},
         {uid: frozenset(_approvals(obj)) for uid, obj in operations.items()},
+        block,
     )
     between: list[ActiveRegion] = []
     old = before.record if before is not None else None
@@ -161,9 +178,63 @@ def _epoch_events(
     return out
 
 
+def _block_events(
+    old: FailoverBlock | None, new: FailoverBlock | None, record: ActiveRegion | None
+) -> list[tuple[str, dict[str, object]]]:
+    """A failover block that started or changed cause, or that ended in the same epoch. A
+    block of an epoch no longer current ended in a switch, which its own event tells. Its
+    `since` tells one block from the next: blocked, cleared and blocked again for the same
+    cause between two looks is told (the end between them is not)."""
+
+    def key(b: FailoverBlock | None) -> tuple[int, str, str, str] | None:
+        if b is None or b.blocked is None:
+            return None
+        return (b.epoch, b.region, b.blocked, b.since)
+
+    if new is None or (record is not None and new.epoch != record.epoch):
+        return []
+    if new.blocked is not None and key(new) != key(old):
+        return [
+            (
+                "failover-blocked",
+                {
+                    "region": new.region,
+                    "epoch": new.epoch,
+                    "blocked": new.blocked,
+                    "by": new.by,
+                    "since": new.since,
+                    "started": new.started or new.since,
+                    "why": new.reason,
+                },
+            )
+        ]
+    if (
+        new.blocked is None
+        and old is not None
+        and old.blocked is not None
+        and (old.epoch, old.region) == (new.epoch, new.region)
+    ):
+        return [
+            (
+                "failover-block-cleared",
+                {
+                    "region": new.region,
+                    "epoch": new.epoch,
+                    "was": old.blocked,
+                    # the whole block, from when it began (kept across its causes)
+                    "blocked_seconds": _seconds_between(old.started or old.since, new.since),
+                    "by": new.by,
+                    "why": new.reason,
+                },
+            )
+        ]
+    return []
+
+
 def changes(before: Seen, looked: Looked) -> list[tuple[str, dict[str, object]]]:
-    """The events between two looks: epochs in their order, then resyncs, divergences and
-    approvals (each kind in its order; a look cannot tell which of two kinds came first)."""
+    """The events between two looks: epochs in their order, then a failover block, resyncs,
+    divergences and approvals (each kind in its order; a look cannot tell which of two kinds
+    came first)."""
     now, resyncs, divergences = looked.seen, looked.resyncs, looked.divergences
     out: list[tuple[str, dict[str, object]]] = []
     old, new = before.record, now.record
@@ -174,6 +245,7 @@ def changes(before: Seen, looked: Looked) -> list[tuple[str, dict[str, object]]]
             out += _epoch_events(new, None, True)
         elif new.epoch == old.epoch:
             out += _epoch_events(new, old.writable, False)
+    out += _block_events(before.block, now.block, new)
     for region, when in sorted(now.resyncs.items()):
         if when > before.resyncs.get(region, 0.0):
             r = resyncs.get(region, {})

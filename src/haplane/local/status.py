@@ -28,7 +28,7 @@ from haplane.store.sync_state import describe
 
 from . import pidfile
 from .control_client import ControlClient, ControlError
-from .security import expiry_summary
+from .security import PlatformTls, expiry_summary
 from .state_dir import StateDir
 from .status_plan import (
     ClusterTargets,
@@ -38,7 +38,7 @@ from .status_plan import (
     StatusTargets,
     targets,
 )
-from .stdlib_http import Answer, HttpError, fetch
+from .stdlib_http import Answer, HttpError, KeptConnections, fetch
 
 
 @dataclass
@@ -212,14 +212,18 @@ class NothingRunning(Exception):
     pass
 
 
-class EtcdClients:
-    """Clients of a topology's etcd clusters kept open between status gathers (the supervisor
-    keeps one: its channels stay connected, so a status asks etcd without a TLS handshake
-    per member). A cluster whose members or certificates changed gets a new client."""
+class KeptClients:
+    """What a caller that gathers again and again (the supervisor) keeps open between status
+    gathers: an etcd client per cluster (its channels stay connected, so a status asks etcd
+    without a TLS handshake per member), the HTTPS connections to every listener, and the TLS
+    context they were made with. A cluster whose members or certificates changed gets a new
+    client; new certificate files, a new context (and so new connections)."""
 
     def __init__(self, timeout: float = 1.0) -> None:
         self.timeout = timeout
         self._clients: dict[Any, EtcdClient] = {}
+        self.http = KeptConnections()
+        self._context: tuple[Any, SSLContext] | None = None
 
     def client(self, cluster: ClusterTargets) -> EtcdClient:
         # the certificate files' identity too: a client's channels keep the bytes they were
@@ -235,8 +239,18 @@ class EtcdClients:
             found = self._clients[key] = cluster.client(self.timeout)
         return found
 
+    def context(self, tls: PlatformTls) -> SSLContext:
+        """The platform client context, made again when the CA or admin files changed."""
+        key = (str(tls.root), _files((str(tls.ca), str(tls.admin.cert), str(tls.admin.key))))
+        if self._context is None or self._context[0] != key:
+            if self._context is not None:
+                self.http.close()  # made with the old files
+            self._context = (key, tls.client_context())
+        return self._context[1]
+
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
+        self.http.close()
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
@@ -264,7 +278,7 @@ async def gather_status(
     history: int = 5,
     certificates: bool = True,
     supervisor: dict[str, Any] | None = None,
-    clients: EtcdClients | None = None,
+    clients: KeptClients | None = None,
 ) -> StatusReport:
     """Everything `haplane status` shows; `history`: how many of the last epochs to read,
     `certificates`: whether to read every certificate for the expiry summary (the console,
@@ -298,8 +312,10 @@ async def gather_status(
                     "restarts": 0,
                 }
     tls = plan.tls
-    ctx = tls.client_context() if tls is not None else None
     kept = clients
+    ctx = None if tls is None else kept.context(tls) if kept is not None else tls.client_context()
+    keep = kept.http if kept is not None else None
+    asks = (processes, timeout, ctx, keep)  # what every listener's report is asked with
     clients_of = {
         c.name: (kept.client(c) if kept is not None else c.client(timeout)) for c in plan.clusters
     }
@@ -318,11 +334,11 @@ async def gather_status(
             gitops,
             consoles,
         ) = await asyncio.gather(
-            asyncio.gather(*(_replica_report(r, processes, timeout, ctx) for r in plan.replicas)),
+            asyncio.gather(*(_replica_report(r, *asks) for r in plan.replicas)),
             _global_report(plan, clients_of, processes, timeout, history),
-            asyncio.gather(*(_edge_report(e, processes, timeout, ctx) for e in plan.edges)),
-            asyncio.gather(*(_gitops_report(g, processes, timeout, ctx) for g in plan.gitops)),
-            asyncio.gather(*(_console_report(c, processes, timeout, ctx) for c in plan.console)),
+            asyncio.gather(*(_edge_report(e, *asks) for e in plan.edges)),
+            asyncio.gather(*(_gitops_report(g, *asks) for g in plan.gitops)),
+            asyncio.gather(*(_console_report(c, *asks) for c in plan.console)),
         )
     finally:
         if kept is None:
@@ -475,6 +491,7 @@ async def _edge_report(
     processes: dict[str, dict[str, Any]],
     timeout: float,
     ctx: SSLContext | None = None,
+    keep: KeptConnections | None = None,
 ) -> EdgeReport:
     report = EdgeReport(
         name=edge.name,
@@ -490,6 +507,7 @@ async def _edge_report(
             [("GET", "/readyz", None), ("GET", "/status", None)],
             timeout=timeout + 0.5,
             context=ctx,
+            keep=keep,
         )
         report.ready = ready.status == 200
         doc = status.json()
@@ -532,6 +550,7 @@ async def _gitops_report(
     processes: dict[str, dict[str, Any]],
     timeout: float,
     ctx: SSLContext | None = None,
+    keep: KeptConnections | None = None,
 ) -> GitopsReport:
     """Its `/readyz`, and its `/metrics` for the Lease (cheap: one listener, no API call)."""
     report = GitopsReport(
@@ -542,7 +561,7 @@ async def _gitops_report(
         ready=False,
         **_process(g.name, processes),
     )
-    answers = await _site_answers(g, report, ("/readyz", "/metrics"), timeout, ctx)
+    answers = await _site_answers(g, report, ("/readyz", "/metrics"), timeout, ctx, keep)
     if answers is not None:
         report.leading = leader_gauge(answers[1].text())
     return report
@@ -554,13 +573,18 @@ async def _site_answers(
     paths: tuple[str, ...],
     timeout: float,
     ctx: SSLContext | None,
+    keep: KeptConnections | None = None,
 ) -> list[Answer] | None:
     """A site instance's answers to GETs of `paths` (`/readyz` first) on one connection, its
     readiness (from `/readyz` alone) and error set on `report`; None unless all answered."""
     complete: list[Answer] | None = None
     try:
         got = complete = await fetch(
-            site.url, [("GET", p, None) for p in paths], timeout=timeout + 0.5, context=ctx
+            site.url,
+            [("GET", p, None) for p in paths],
+            timeout=timeout + 0.5,
+            context=ctx,
+            keep=keep,
         )
     except HttpError as exc:
         got = exc.answers
@@ -577,6 +601,7 @@ async def _console_report(
     processes: dict[str, dict[str, Any]],
     timeout: float,
     ctx: SSLContext | None = None,
+    keep: KeptConnections | None = None,
 ) -> ConsoleReport:
     """Its `/readyz` (no credentials needed: health is all an anonymous caller gets)."""
     report = ConsoleReport(
@@ -587,7 +612,7 @@ async def _console_report(
         ready=False,
         **_process(c.name, processes),
     )
-    await _site_answers(c, report, ("/readyz",), timeout, ctx)
+    await _site_answers(c, report, ("/readyz",), timeout, ctx, keep)
     return report
 
 
@@ -626,11 +651,12 @@ async def _replica_report(
     processes: dict[str, dict[str, Any]],
     timeout: float,
     ctx: SSLContext | None = None,
+    keep: KeptConnections | None = None,
 ) -> ReplicaReport:
     ready, detail = False, "unreachable"
     with contextlib.suppress(HttpError):
         (answer,) = await fetch(
-            r.url, [("GET", "/readyz", None)], timeout=timeout + 0.5, context=ctx
+            r.url, [("GET", "/readyz", None)], timeout=timeout + 0.5, context=ctx, keep=keep
         )
         ready, detail = answer.status == 200, answer.text().strip()[:80]
     return ReplicaReport(

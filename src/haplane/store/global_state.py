@@ -14,7 +14,9 @@ Keys (under `prefix`, default `/haplane/global/`):
   (`ReplicationReport`), rewritten every 200 ms while it leads;
 - `cut/<epoch, 12 digits>`: where epoch `<epoch>` cut the old region's history
   (`Cut`: the last source revision the new region had applied when it was made active);
-- `sync`: who is synchronous for the active region's epoch (`haplane.store.sync_state`).
+- `sync`: who is synchronous for the active region's epoch (`haplane.store.sync_state`);
+- `controller/blocked`: the leading failover controller's word on a failover it cannot make
+  (`FailoverBlock`), rewritten only when the block starts, changes its cause or ends.
 
 Fencing (see `haplane.api.fencing`): the record grants the active region write permission for
 `grantMs` after each successful linearizable read of it, minus `marginMs`. A newly promoted
@@ -33,8 +35,9 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from .errors import EtcdError
 from .etcd_client import Compare, EtcdClient, KeyValue, Op, prefix_end
@@ -493,6 +496,96 @@ class GlobalState:
         revision = await self.client.put(self.failback_key, setting.to_json(), timeout=timeout)
         return replace(setting, revision=revision)
 
+    # ---- a failover the controller cannot make: its leader's word -------------------------
+
+    @property
+    def failover_block_key(self) -> bytes:
+        return self._base + b"controller/blocked"
+
+    async def failover_block(self, *, timeout: float | None = None) -> FailoverBlock | None:
+        """The failover controller's last published block (None: never published, or
+        unreadable: a record, never a safety input)."""
+        kv = await self.client.get(self.failover_block_key, timeout=timeout)
+        return FailoverBlock.parse(kv.value) if kv is not None else None
+
+    async def publish_failover_block(
+        self, block: FailoverBlock, *, leader: HeldKey | None = None, timeout: float | None = None
+    ) -> bool:
+        """Write `block` (one compare-and-set): only while `leader` is held as its holder
+        created it (the controller's leader key: a deposed leader's word is not written, nor
+        one of a holder that lost the key and took it again). False when it was not."""
+        guard = leader.compares() if leader is not None else []
+        r = await self.client.txn(
+            guard, [Op("put", self.failover_block_key, block.to_json())], timeout=timeout
+        )
+        return r.succeeded
+
+
+@dataclass(frozen=True)
+class HeldKey:
+    """A key as its holder created it: `value` written at `created` (its create revision,
+    taken from the transaction that created it). A key deleted and created again, even by
+    the same holder, or written over, is no longer it."""
+
+    key: bytes
+    value: bytes
+    created: int
+
+    def compares(self) -> list[Compare]:
+        return [
+            Compare(self.key, "create", "=", self.created),
+            Compare(self.key, "value", "=", self.value),
+        ]
+
+
+@dataclass(frozen=True)
+class FailoverBlock:
+    """Why the failover controller cannot fail `region` (active in `epoch`, and down, or
+    seen down by too few to agree) over: `blocked`, a code of `haplane.gate.failover`'s
+    `BLOCKED_REASONS`, and `reason`, the decision's words when the block started or changed
+    cause (`since`). `started`: when the block began, kept across its changes of cause in the
+    same epoch and region. `blocked` None: no block since `since` (the decision's words then
+    in `reason`; `started`: when the block it ended began, "" if none of this epoch).
+    JSON `{"region", "epoch", "blocked", "reason", "since", "started", "by"}` under
+    `<prefix>controller/blocked`."""
+
+    region: str
+    epoch: int
+    blocked: str | None
+    reason: str
+    since: str  # RFC 3339, UTC: when this state (the block's cause, or its end) began
+    by: str  # "controller:<gate>"
+    started: str = ""  # RFC 3339, UTC: when the block began ("": unknown, an older writer)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()  # its fields are its keys
+
+    @classmethod
+    def parse(cls, raw: bytes) -> FailoverBlock | None:
+        try:
+            d = _json_object(raw)
+            blocked = d.get("blocked")
+            return cls(
+                region=str(d["region"]),
+                epoch=int(d["epoch"]),
+                blocked=str(blocked) if blocked is not None else None,
+                reason=str(d.get("reason", "")),
+                since=str(d.get("since", "")),
+                by=str(d.get("by", "")),
+                started=str(d.get("started") or ""),
+            )
+        except (ValueError, KeyError, TypeError, OverflowError):
+            return None
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """`raw` as a JSON object; ValueError when it is not JSON, TypeError when it is JSON but
+    not an object (null, a list, a string, a number)."""
+    d = json.loads(raw)
+    if not isinstance(d, dict):
+        raise TypeError(f"a JSON {type(d).__name__}, not an object")
+    return d
+
 
 @dataclass(frozen=True)
 class FailbackSetting:
@@ -582,7 +675,7 @@ class ReplicationReport:
     @classmethod
     def parse(cls, raw: bytes) -> ReplicationReport | None:
         try:
-            d = json.loads(raw)
+            d = _json_object(raw)
             return cls(
                 target=str(d["target"]),
                 source=d.get("source"),
@@ -599,7 +692,7 @@ class ReplicationReport:
                 last_resync=d.get("lastResync"),
                 partial=bool(d.get("partial", False)),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             return None
 
     def age(self) -> float:
@@ -646,7 +739,7 @@ class Cut:
     @classmethod
     def parse(cls, raw: bytes) -> Cut | None:
         try:
-            d = json.loads(raw)
+            d = _json_object(raw)
             return cls(
                 epoch=int(d["epoch"]),
                 region=str(d["region"]),
@@ -658,5 +751,5 @@ class Cut:
                 partial=bool(d.get("partial", False)),
                 synchronous=bool(d.get("synchronous", False)),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             return None

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from haplane.auth.user import ANONYMOUS, UserInfo
 
-from .. import errors
+from .. import errors, selector_attributes
 from ..access_types import AUTHN_GROUP, AUTHZ_GROUP
 from ..request import RequestInfo, Target, body, json_response
 from .context import HandlerContext
@@ -52,6 +52,9 @@ async def review(ctx: HandlerContext, request: web.BaseRequest, target: Target) 
         status = {"allowed": decision.allowed}
         if decision.reason:
             status["reason"] = decision.reason
+        unparsed = selector_attributes.evaluation_error(spec.get("resourceAttributes") or {})
+        if unparsed:  # the selectors RBAC decides without anyway: said, as Kubernetes says it
+            status["evaluationError"] = unparsed
     group = AUTHN_GROUP if kind in ("SelfSubjectReview", "TokenReview") else AUTHZ_GROUP
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     metadata = {**(obj.get("metadata") or {}), "creationTimestamp": now}
@@ -100,6 +103,9 @@ def _attributes(spec: dict[str, Any], kind: str, path_namespace: str | None) -> 
         )
     if not isinstance(resource, dict):
         raise errors.bad_request("spec.resourceAttributes must be an object")
+    invalid = selector_attributes.causes(resource)
+    if invalid:
+        raise errors.invalid(kind, "", [e.cause() for e in invalid], AUTHZ_GROUP)
     namespace = str(resource.get("namespace") or "")
     if kind == "LocalSubjectAccessReview" and namespace != (path_namespace or ""):
         raise errors.bad_request(

@@ -28,7 +28,7 @@ async def subresource(
         if m != "POST" or ctx.access is None:
             raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
         sa = await store.get(target.namespace, name)
-        return json_response(ctx.access.token_request(sa, await body(request)), 201)
+        return json_response(await ctx.access.token_request(sa, await body(request)), 201)
     if sub == "approval":
         if m != "PUT" or ctx.ops is None:
             raise errors.method_not_allowed(f"{m} is not supported on {request.path}")
