@@ -377,17 +377,23 @@ def enforce(
     old: Any = _ABSENT,
     *,
     ratcheted: list[FieldError] | None = None,
+    comparison: ratcheting.Comparison | None = None,
 ) -> list[FieldError]:
     """Every rule of `schema` that `obj` breaks; `old` is the object before an update (absent
     on a create: transition rules are then skipped, unless optionalOldSelf). On an update,
     `ratcheted` collects the errors left out by ratcheting (`haplane.api.ratcheting`): a rule
     without `oldSelf` that is false where the update changed nothing (Kubernetes returns
-    them as warnings); an evaluation error, and a transition rule, are never ratcheted."""
+    them as warnings); an evaluation error, and a transition rule, are never ratcheted.
+    `comparison`: the update's, shared with the schema's pass (`crd_schema.validate`)."""
     if not has_rules(schema):
         return []
     errs: list[FieldError] = []
     nearest: ratcheting.Nearest = None if old is _ABSENT else (obj, old)
-    sink = _Sink(errs, ratcheted if ratcheted is not None else [])
+    sink = _Sink(
+        errs,
+        ratcheted if ratcheted is not None else [],
+        comparison if comparison is not None else ratcheting.Comparison(),
+    )
     _walk(schema, obj, old, "", sink, nearest, root=True)
     return errs
 
@@ -396,6 +402,7 @@ def enforce(
 class _Sink:
     errs: list[FieldError]
     ratcheted: list[FieldError]
+    comparison: ratcheting.Comparison
 
 
 def _walk(
@@ -425,31 +432,32 @@ def _walk(
                 continue
             before = old.get(key, _ABSENT) if isinstance(old, dict) else _ABSENT
             at = _join(path, key, bool(props.get(key)))
-            below = ratcheting.child(schema, nearest, value, key)
+            below = sink.comparison.child(schema, nearest, value, key)
             _walk(sub, item, before, at, sink, below, root=False)
     elif isinstance(value, list):
         items = schema.get("items")
         if not isinstance(items, Mapping):
             return
-        pair = _pairing(schema, old)
+        olds = _pairing(schema, value, old, sink.comparison)
         for i, item in enumerate(value):
-            below = ratcheting.child(schema, nearest, value, i)
-            _walk(items, item, pair(item), f"{path}[{i}]", sink, below, root=False)
+            below = sink.comparison.child(schema, nearest, value, i)
+            _walk(items, item, olds[i], f"{path}[{i}]", sink, below, root=False)
 
 
-def _pairing(schema: Mapping[str, Any], old: Any) -> Any:
-    """How a list item finds its old self: by its keys in a `map` list, else never."""
+def _pairing(
+    schema: Mapping[str, Any], new: list[Any], old: Any, comparison: ratcheting.Comparison
+) -> list[Any]:
+    """Each list item's old self (its `oldSelf`): by its keys in a `map` list, one to one as
+    ratcheting pairs them (`ratcheting.pair_by_keys`), else none."""
     keys = schema.get("x-kubernetes-list-map-keys")
     if (
         schema.get("x-kubernetes-list-type") != "map"
         or not isinstance(keys, list)
+        or not all(isinstance(k, str) for k in keys)
         or not isinstance(old, list)
     ):
-        return lambda _item: _ABSENT
-    index = {tuple(o.get(k) for k in keys): o for o in old if isinstance(o, dict)}
-    return lambda item: (
-        index.get(tuple(item.get(k) for k in keys), _ABSENT) if isinstance(item, dict) else _ABSENT
-    )
+        return [_ABSENT] * len(new)
+    return [_ABSENT if o is ratcheting.ABSENT else o for o in comparison.by_keys(keys, new, old)]
 
 
 def _join(path: str, key: str, declared: bool) -> str:
@@ -499,7 +507,7 @@ def _check(
             )
             continue
         error = FieldError(where, r.reason, _message(r, data), shown)
-        if not r.transition and ratcheting.unchanged(nearest):
+        if not r.transition and sink.comparison.unchanged(nearest):
             sink.ratcheted.append(error)
         else:
             errs.append(error)

@@ -706,13 +706,19 @@ _Validator: type[Validator] = extend(  # type: ignore[no-untyped-call]
 
 
 def validate(
-    obj: Any, schema: Mapping[str, Any], root: str = "", *, old: Mapping[str, Any] | None = None
+    obj: Any,
+    schema: Mapping[str, Any],
+    root: str = "",
+    *,
+    old: Mapping[str, Any] | None = None,
+    comparison: ratcheting.Comparison | None = None,
 ) -> list[FieldError]:
     """The schema's value checks on `obj`, as Kubernetes reports them; on an update (`old`,
     the object before it), ratcheted (`haplane.api.ratcheting`): an error about a value the
     update left unchanged is not reported. As in Kubernetes, never ratcheted: `required`,
     `additionalProperties` (a forbidden property), allOf, anyOf, oneOf, not and anything
-    below them, an embedded resource's apiVersion and kind.
+    below them, an embedded resource's apiVersion and kind. `comparison`: the update's,
+    shared with the rules' pass (`crd_rules.enforce`).
 
     Field paths are Kubernetes-style ("spec.replicas", "spec.items[2].name",
     "spec.labels[key]"), prefixed with `root`; messages are kube-openapi's ("spec.replicas in
@@ -727,7 +733,7 @@ def validate(
     problems = list(_unenforceable(schema, "openAPIV3Schema"))
     if problems:
         raise SchemaUnsupported(problems)
-    return _validate(obj, schema, root, resource_root=True, old=old)
+    return _validate(obj, schema, root, resource_root=True, old=old, comparison=comparison)
 
 
 def _validate(
@@ -737,6 +743,7 @@ def _validate(
     *,
     resource_root: bool,
     old: Mapping[str, Any] | None = None,
+    comparison: ratcheting.Comparison | None = None,
 ) -> list[FieldError]:
     draft4 = _to_draft4(schema)
     instance = obj
@@ -748,12 +755,13 @@ def _validate(
         if isinstance(old, Mapping):
             before = {k: v for k, v in old.items() if k not in _META_FIELDS}
     validator = _Validator(draft4, format_checker=_FORMATS)
+    compare = comparison if comparison is not None else ratcheting.Comparison()
 
     errs: list[FieldError] = []
     seen: set[tuple[Any, ...]] = set()
     all_ofs: dict[str, tuple[list[Any], Any]] = {}
     for error in validator.iter_errors(instance):
-        if before is not None and _ratcheted(error, schema, instance, before):
+        if before is not None and _ratcheted(error, schema, instance, before, compare):
             continue
         path, passed = _locate(error, root, draft4, instance)
         for at, subschemas, value in passed:
@@ -775,7 +783,13 @@ def _validate(
 _NEVER_RATCHETED: Final = frozenset({"required", "additionalProperties", _EMBEDDED})
 
 
-def _ratcheted(error: ValidationError, schema: Mapping[str, Any], new: Any, old: Any) -> bool:
+def _ratcheted(
+    error: ValidationError,
+    schema: Mapping[str, Any],
+    new: Any,
+    old: Any,
+    comparison: ratcheting.Comparison,
+) -> bool:
     """Whether an error is about a value the update left unchanged (and may be ratcheted)."""
     if str(error.validator) in _NEVER_RATCHETED:
         return False
@@ -788,7 +802,7 @@ def _ratcheted(error: ValidationError, schema: Mapping[str, Any], new: Any, old:
         if tokens[i] in _JUNCTORS or tokens[i] == "not":
             return False
         i += 1
-    return ratcheting.unchanged(ratcheting.along(schema, new, old, list(error.absolute_path)))
+    return comparison.unchanged(comparison.along(schema, new, old, list(error.absolute_path)))
 
 
 def _drop_meta(draft4: dict[str, Any]) -> None:

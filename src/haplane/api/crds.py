@@ -15,6 +15,7 @@ from typing import Any
 
 from haplane.store.operations import GROUP as OPS_GROUP
 
+from . import ratcheting
 from .admission_policies import NOTES
 from .crd_rules import enforce
 from .crd_schema import apply_defaults, check_crd_schema, prune
@@ -291,11 +292,12 @@ class CustomResourceStrategy(Strategy):
         (pruned, defaulted: kube-apiserver does so on every read), so a default the CRD
         added since is no change."""
         before = apply_defaults(prune(old, self.schema), self.schema)
-        errs = validate_against_schema(new, self.schema, old=before)
+        comparison = ratcheting.Comparison()  # one for both passes: each pair compared once
+        errs = validate_against_schema(new, self.schema, old=before, comparison=comparison)
         if errs:
             return errs
         ratcheted: list[FieldError] = []
-        errs = enforce(self.schema, new, before, ratcheted=ratcheted)
+        errs = enforce(self.schema, new, before, ratcheted=ratcheted, comparison=comparison)
         notes = NOTES.get()
         if notes is not None:
             notes.warnings += [str(e) for e in ratcheted]
