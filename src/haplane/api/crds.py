@@ -265,9 +265,13 @@ class CustomResourceStrategy(Strategy):
         self.has_status = has_status
 
     def _normalise(self, obj: Obj) -> None:
-        result = apply_defaults(prune(obj, self.schema), self.schema)
+        result = self.normalised(obj)
         obj.clear()
         obj.update(result)
+
+    def normalised(self, obj: Obj) -> Obj:
+        result: Obj = apply_defaults(prune(obj, self.schema), self.schema)
+        return result
 
     def prepare_for_create(self, obj: Obj) -> None:
         if self.has_status:
@@ -288,9 +292,10 @@ class CustomResourceStrategy(Strategy):
     def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
         """Ratcheted (`haplane.api.ratcheting`): what the update did not change is not held
         against it; the rules' errors so left out are the response's warnings, as in
-        Kubernetes. The old object is compared as read under the CRD's current schema
+        Kubernetes. Both objects are compared as read under the CRD's current schema
         (pruned, defaulted: kube-apiserver does so on every read), so a default the CRD
-        added since is no change."""
+        added since is no change: `new` was normalised by `prepare_for_update`, or by
+        `normalised` on a subresource write (the store's), `old` is here."""
         before = apply_defaults(prune(old, self.schema), self.schema)
         comparison = ratcheting.Comparison()  # one for both passes: each pair compared once
         errs = validate_against_schema(new, self.schema, old=before, comparison=comparison)
