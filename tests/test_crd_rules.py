@@ -387,3 +387,25 @@ def test_list_items_pair_by_index_by_keys_or_not_at_all() -> None:
     atomic = {**plain, "x-kubernetes-list-type": "atomic"}
     assert fields(atomic, grown) == ["spec.ports[0]"]  # the list changed as a whole
     assert fields(atomic, copy.deepcopy(old)) == []  # unchanged as a whole
+
+
+def test_old_self_of_a_map_list_item_pairs_as_ratcheting_does() -> None:
+    """Review: oldSelf took the last old item with an item's keys, ratcheting the first; an
+    old list stored before keys were unique (two "a") then judged "a" against the second.
+    Both pair one to one now: the n-th item with a key with the n-th old one."""
+    item = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "port": INT},
+        "x-kubernetes-validations": [{"rule": "self.port == oldSelf.port", "message": "fixed"}],
+    }
+    keyed = {
+        "type": "array",
+        "items": item,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+    }
+    old = {"spec": {"ports": [{"name": "a", "port": 1}, {"name": "a", "port": 2}]}}
+    assert enforce(schema(ports=keyed), {"spec": {"ports": [{"name": "a", "port": 1}]}}, old) == []
+    swapped = {"spec": {"ports": [{"name": "a", "port": 2}, {"name": "a", "port": 1}]}}
+    errs = enforce(schema(ports=keyed), swapped, old)
+    assert [e.field for e in errs] == ["spec.ports[0]", "spec.ports[1]"]

@@ -1107,3 +1107,52 @@ def test_many_errors_under_one_unchanged_list_compare_it_once(monkeypatch) -> No
     errs = crd_rules.enforce(schema, new, old, ratcheted=ratcheted, comparison=comparison)
     assert errs == [] and len(ratcheted) == n
     assert calls < 10 * n  # about n for the one comparison of the list (n * n before)
+
+
+def test_set_items_and_map_list_keys_are_unique_and_never_ratcheted() -> None:
+    """Review: haplane never checked x-kubernetes-list-type uniqueness, and ratcheting paired
+    every new item with the first old one with its keys, so `[bad]` -> `[bad, bad]` passed.
+    Now a repeated set item or map key is a FieldValueDuplicate at its second appearance
+    (Kubernetes' words), whatever the old object, and map items pair one to one."""
+    tag = {"type": "string", "maxLength": 2}
+    port = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 2}, "port": {"type": "integer"}},
+    }
+    schema = spec_schema(
+        tags={"type": "array", "x-kubernetes-list-type": "set", "items": tag},
+        ports={
+            "type": "array",
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            "items": port,
+        },
+        nums={"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "number"}},
+    )
+    old = {"spec": {"tags": ["bad"], "ports": [{"name": "bad", "port": 1}]}}
+    assert validate(copy.deepcopy(old), schema, old=old) == []  # ratcheted: unchanged
+    twice = {
+        "spec": {
+            "tags": ["bad", "bad", "bad"],
+            "ports": [{"name": "bad", "port": 1}, {"name": "bad", "port": 1}],
+            "nums": [1, 1.0, 2, 2],
+        }
+    }
+    errs = validate(twice, schema, old=old)
+    assert [str(e) for e in errs if e.reason == "FieldValueDuplicate"] == [
+        'spec.tags[1]: Duplicate value: "bad"',
+        'spec.ports[1]: Duplicate value: map[string]interface {}{"name":"bad"}',
+        "spec.nums[3]: Duplicate value: 2",
+    ]
+    # the second "bad" port pairs with no old item: its own name is held against it
+    assert "spec.ports[1].name" in [e.field for e in errs]
+    assert "spec.ports[0].name" not in [e.field for e in errs]
+
+
+def test_map_list_items_pair_one_to_one() -> None:
+    from haplane.api.ratcheting import ABSENT, pair_by_keys
+
+    a1, a2, b = {"k": "a", "v": 1}, {"k": "a", "v": 2}, {"k": "b"}
+    assert pair_by_keys(["k"], [b, a1, a1, a1], [a1, a2, b]) == [b, a1, a2, ABSENT]
+    # a key's value is typed, and an absent key is no null one
+    assert pair_by_keys(["k"], [{"k": 1}, {}], [{"k": True}, {"k": None}]) == [ABSENT, ABSENT]

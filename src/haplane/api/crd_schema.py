@@ -717,8 +717,10 @@ def validate(
     the object before it), ratcheted (`haplane.api.ratcheting`): an error about a value the
     update left unchanged is not reported. As in Kubernetes, never ratcheted: `required`,
     `additionalProperties` (a forbidden property), allOf, anyOf, oneOf, not and anything
-    below them, an embedded resource's apiVersion and kind. `comparison`: the update's,
-    shared with the rules' pass (`crd_rules.enforce`).
+    below them, an embedded resource's apiVersion and kind, and the uniqueness of a `set`
+    list's items and of a `map` list's keys (FieldValueDuplicate, after the rest, as
+    apiextensions-apiserver's listtype validation). `comparison`: the update's, shared with
+    the rules' pass (`crd_rules.enforce`).
 
     Field paths are Kubernetes-style ("spec.replicas", "spec.items[2].name",
     "spec.labels[key]"), prefixed with `root`; messages are kube-openapi's ("spec.replicas in
@@ -733,7 +735,98 @@ def validate(
     problems = list(_unenforceable(schema, "openAPIV3Schema"))
     if problems:
         raise SchemaUnsupported(problems)
-    return _validate(obj, schema, root, resource_root=True, old=old, comparison=comparison)
+    errs = _validate(obj, schema, root, resource_root=True, old=old, comparison=comparison)
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if key not in _META_FIELDS:
+                _duplicates(_sub_schema(schema, key), value, _join_key(root, key, schema), errs)
+    return errs
+
+
+# ---- list-type uniqueness (apiextensions-apiserver's schema/listtype) ---------------------------
+
+
+def _sub_schema(schema: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    props = schema.get("properties")
+    if isinstance(props, Mapping) and isinstance(props.get(key), Mapping):
+        sub: Mapping[str, Any] = props[key]
+        return sub
+    additional = schema.get("additionalProperties")
+    return additional if isinstance(additional, Mapping) else None
+
+
+def _join_key(path: str, key: str, schema: Mapping[str, Any]) -> str:
+    props = schema.get("properties")
+    if isinstance(props, Mapping) and key in props:  # Go's fldPath.Child
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key}]"  # fldPath.Key
+
+
+def _duplicates(
+    schema: Mapping[str, Any] | None, value: Any, path: str, errs: list[FieldError]
+) -> None:
+    """A `set` list's repeated items and a `map` list's repeated keys, each reported once, at
+    its second appearance (Kubernetes' ValidateListSetsAndMaps). Never ratcheted."""
+    if schema is None:
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _duplicates(_sub_schema(schema, key), item, _join_key(path, key, schema), errs)
+        return
+    if not isinstance(value, list):
+        return
+    list_type = schema.get("x-kubernetes-list-type")
+    keys = schema.get("x-kubernetes-list-map-keys")
+    if list_type == "set":
+        for i in _repeated(value):
+            errs.append(FieldError(f"{path}[{i}]", "FieldValueDuplicate", _go_value(value[i])))
+    elif list_type == "map" and isinstance(keys, list) and all(_object_or_null(v) for v in value):
+        named = [{k: item[k] for k in keys if k in item} if item else {} for item in value]
+        for i in _repeated(named):
+            errs.append(FieldError(f"{path}[{i}]", "FieldValueDuplicate", _go_value(named[i])))
+    items = schema.get("items")
+    if isinstance(items, Mapping):
+        for i, item in enumerate(value):
+            _duplicates(items, item, f"{path}[{i}]", errs)
+
+
+def _object_or_null(value: Any) -> bool:
+    return value is None or isinstance(value, dict)  # (other items: the schema's type error)
+
+
+def _repeated(values: list[Any]) -> list[int]:
+    """The index of each value's second appearance (types apart: 1 is not 1.0 nor true)."""
+    seen: dict[str, int] = {}
+    found: list[int] = []
+    for i, v in enumerate(values):
+        k = json.dumps([type(v).__name__, v], sort_keys=True, separators=(",", ":"))
+        seen[k] = seen.get(k, 0) + 1
+        if seen[k] == 2:
+            found.append(i)
+    return found
+
+
+def _go_value(value: Any) -> str:
+    """A value as Go's field.Error shows it: %q for a string, %v for a number or a bool, %#v
+    for the rest (`map[string]interface {}{"name":"a"}`)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None or isinstance(value, bool | int | float):
+        return "null" if value is None else json.dumps(value)
+    return _go_syntax(value)
+
+
+def _go_syntax(value: Any) -> str:
+    if isinstance(value, dict):
+        inner = ", ".join(f"{json.dumps(k)}:{_go_syntax(value[k])}" for k in sorted(value))
+        return f"map[string]interface {{}}{{{inner}}}"
+    if isinstance(value, list):
+        return "[]interface {}{" + ", ".join(_go_syntax(v) for v in value) + "}"
+    if value is None:
+        return "interface {}(nil)"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value)
 
 
 def _validate(
