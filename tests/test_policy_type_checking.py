@@ -217,3 +217,34 @@ def test_the_status_through_the_api(lone_replica: ApiReplica) -> None:
     status, _, body = replica.request("POST", VAP, untyped)
     assert status == 201, body
     assert checked_status(replica, f"{name}-roles", 1)["typeChecking"] == {}
+
+
+# ---- a status the controller did not write ---------------------------------------------------
+
+
+def test_a_status_of_the_wrong_shape_is_refused_and_observes_nothing() -> None:
+    """Review: a /status write of observedGeneration "x" or [] was accepted (the policy's
+    validation did not look at its status) and the controller's int() of it raised every
+    round. Now such a status is a 422, and one stored before observes no generation."""
+    from haplane.api.controllers import policy_generation_to_check
+    from haplane.api.policy_types import PolicyStrategy
+
+    policy: dict[str, Any] = {"metadata": {"name": "p", "generation": 3}, **spec("true")}
+    assert PolicyStrategy().validate(policy) == []
+    for bad in ("x", [], -1, True, 1.5):
+        policy["status"] = {"observedGeneration": bad}
+        (err,) = PolicyStrategy().validate(policy)
+        assert err.field == "status.observedGeneration", err
+        assert policy_generation_to_check(policy) == 3
+    policy["status"] = {"typeChecking": {"expressionWarnings": [{"fieldRef": "x"}, "w"]}}
+    fields = [e.field for e in PolicyStrategy().validate(policy)]
+    assert fields == [
+        "status.typeChecking.expressionWarnings[0].warning",
+        "status.typeChecking.expressionWarnings[1]",
+    ]
+    policy["status"] = {"typeChecking": [], "observedGeneration": 3}
+    assert [e.field for e in PolicyStrategy().validate(policy)] == ["status.typeChecking"]
+    assert policy_generation_to_check(policy) is None
+    policy["status"] = "x"
+    assert policy_generation_to_check(policy) == 3
+    assert policy_generation_to_check({"metadata": {"generation": "2"}}) == 1

@@ -320,11 +320,10 @@ class Controllers:
                 continue
             for policy in list(scan.by_uid.values()):
                 meta = policy["metadata"]
-                generation = int(meta.get("generation") or 1)
-                status = policy.get("status") if isinstance(policy.get("status"), dict) else {}
-                done = int((status or {}).get("observedGeneration") or 0) >= generation
-                if done or (meta.get("uid"), generation) in self._policies_given_up:
+                generation = policy_generation_to_check(policy)
+                if generation is None or (meta.get("uid"), generation) in self._policies_given_up:
                     continue
+                status = policy.get("status") if isinstance(policy.get("status"), dict) else {}
                 try:
                     warnings = check(policy)
                 except Exception:  # a bug: said loudly, once per generation; the rest go on
@@ -495,6 +494,21 @@ class _UidIndex:
 
     def __contains__(self, uid: Any) -> bool:
         return self.get(uid) is not None
+
+
+def policy_generation_to_check(policy: Obj) -> int | None:
+    """The generation of a ValidatingAdmissionPolicy whose type checking is still to be
+    written, or None when its status has observed it. A status the policy's validation would
+    refuse now (an observedGeneration that is no integer, stored before it was checked)
+    observed nothing: the controller's write replaces it."""
+    generation = _whole((policy.get("metadata") or {}).get("generation")) or 1
+    status = policy.get("status")
+    observed = _whole(status.get("observedGeneration")) if isinstance(status, dict) else None
+    return None if observed is not None and observed >= generation else generation
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _constant(body: Obj) -> Callable[[Obj], Obj]:
