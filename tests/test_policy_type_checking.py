@@ -248,3 +248,24 @@ def test_a_status_of_the_wrong_shape_is_refused_and_observes_nothing() -> None:
     policy["status"] = "x"
     assert policy_generation_to_check(policy) == 3
     assert policy_generation_to_check({"metadata": {"generation": "2"}}) == 1
+
+
+def test_warnings_are_capped_to_fit_in_etcd(monkeypatch) -> None:
+    """Review: 2,000 failing expressions made a status of 1.59 MB, over etcd's request
+    limit. A warning is cut at MAX_WARNING_CHARS and the warnings stop at MAX_TOTAL_CHARS,
+    which a last warning on `spec` says."""
+    from haplane.api import policy_type_checking
+
+    monkeypatch.setattr(policy_type_checking, "MAX_WARNING_CHARS", 300)
+    monkeypatch.setattr(policy_type_checking, "MAX_TOTAL_CHARS", 1000)
+    long = "object.spec.replicsa <= 1" + " " * 400 + "+ 1"
+    got = expression_warnings(
+        {"spec": spec(long, *["object.spec.colour == 'red'"] * 20)["spec"]}, registry()
+    )
+    assert got[0]["fieldRef"] == "spec.validations[0].expression"
+    assert got[0]["warning"].endswith("more characters left out)")
+    assert len(got[0]["warning"]) < 360
+    *shown, last = got
+    assert sum(len(w["warning"]) for w in shown) <= 1000
+    assert last["fieldRef"] == "spec"
+    assert last["warning"].startswith(f"{21 - len(shown)} more expressions with warnings")

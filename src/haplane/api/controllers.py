@@ -166,11 +166,13 @@ class Controllers:
         interval: float = 0.5,
         storage_store: Callable[[Obj], GenericStore | None] | None = None,
         gc_paused: Callable[[], str | None] = lambda: None,
-        type_check: Callable[[Obj], list[Obj]] | None = None,
+        type_check: Callable[[Obj], Callable[[], list[Obj]]] | None = None,
     ):
         """`storage_store(crd)`: a store for a CRD's objects even when none of its versions is
-        served (its objects must still go when it is deleted). `type_check(policy)`: a
-        ValidatingAdmissionPolicy's expression warnings (None: no policy status)."""
+        served (its objects must still go when it is deleted). `type_check(policy)`: what
+        works out a ValidatingAdmissionPolicy's expression warnings, run in a thread (it
+        takes up to seconds), so made of what it needs on the loop (None: no policy
+        status)."""
         self.stores = stores  # a function: custom resources come and go
         self.interval = interval
         self.storage_store = storage_store
@@ -313,7 +315,9 @@ class Controllers:
     # ---- admission policies' status ------------------------------------------------------
 
     async def _policy_status(
-        self, scans: list[tuple[GenericStore, LifecycleScan]], check: Callable[[Obj], list[Obj]]
+        self,
+        scans: list[tuple[GenericStore, LifecycleScan]],
+        check: Callable[[Obj], Callable[[], list[Obj]]],
     ) -> None:
         for store, scan in scans:
             if (store.t.group, store.t.plural) != (POLICY_GROUP, "validatingadmissionpolicies"):
@@ -325,7 +329,7 @@ class Controllers:
                     continue
                 status = policy.get("status") if isinstance(policy.get("status"), dict) else {}
                 try:
-                    warnings = check(policy)
+                    warnings = await asyncio.to_thread(check(policy))
                 except Exception:  # a bug: said loudly, once per generation; the rest go on
                     log.exception("controllers: type checking policy %s failed", meta["name"])
                     self._policies_given_up.add((meta.get("uid"), generation))
@@ -357,7 +361,6 @@ class Controllers:
                                 }
                             )
                         )
-                await asyncio.sleep(0)  # a policy's checking takes milliseconds: let others in
 
     # ---- garbage collection --------------------------------------------------------------
 

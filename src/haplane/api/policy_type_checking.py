@@ -5,7 +5,10 @@ change what the policy does: they tell its author that an expression fails on ev
 of a kind (a misspelt field, a string compared with an int).
 
 Layer: api. Pure: the served kinds and their schemas are the `Registry` given; the types and
-the checker are `haplane.cel`'s (`haplane.cel.typed`).
+the checker are `haplane.cel`'s (`haplane.cel.typed`). A policy's checking takes up to
+seconds (thousands of expressions, each per kind): the controllers run it in a thread, on a
+snapshot of the registry. The warnings are capped (MAX_WARNING_CHARS, MAX_TOTAL_CHARS) so
+that the status always fits in etcd's request.
 
 What is checked against what, as in Kubernetes:
 - the kinds: each resource of `matchConstraints.resourceRules` named without wildcards (no
@@ -38,6 +41,11 @@ from .openapi_schemas import NAMESPACE, REQUEST, schema_of
 from .resources import Obj, Registry, ResourceType
 
 MAX_TYPES: Final = 10  # kinds checked per policy (Kubernetes' maxTypesToCheck)
+# The status must fit in etcd's request (1.5 MiB) with the policy: a warning is cut at
+# MAX_WARNING_CHARS, and the warnings after MAX_TOTAL_CHARS are left out, which a last
+# warning says (Kubernetes sets no limit; its objects have the same ceiling).
+MAX_WARNING_CHARS: Final = 4096
+MAX_TOTAL_CHARS: Final = 256 * 1024
 _FIXED: Final = tuple(v for v in VARIABLES if v != "variables")
 
 
@@ -75,11 +83,38 @@ def expression_warnings(policy: Obj, registry: Registry) -> list[Obj]:
         types = {**fixed, "object": declared, "oldObject": declared}
         for field, problem in _check(spec, types, schemas):
             found.setdefault(field, []).append(f"{kind}: {problem}")
-    return [
-        {"fieldRef": field, "warning": "\n".join(problems)}
-        for field in _fields(spec)
-        if (problems := found.get(field))
-    ]
+    return _capped(
+        [
+            {"fieldRef": field, "warning": "\n".join(problems)}
+            for field in _fields(spec)
+            if (problems := found.get(field))
+        ]
+    )
+
+
+def _capped(warnings: list[Obj]) -> list[Obj]:
+    """At most MAX_WARNING_CHARS a warning and MAX_TOTAL_CHARS in all; what is left out is
+    said in a last warning, on `spec`."""
+    kept: list[Obj] = []
+    total = 0
+    for i, w in enumerate(warnings):
+        text = w["warning"]
+        if len(text) > MAX_WARNING_CHARS:
+            cut = f"\n... ({len(text) - MAX_WARNING_CHARS} more characters left out)"
+            text = text[:MAX_WARNING_CHARS] + cut
+        if total + len(text) > MAX_TOTAL_CHARS:
+            left = len(warnings) - i
+            kept.append(
+                {
+                    "fieldRef": "spec",
+                    "warning": f"{left} more expressions with warnings not shown "
+                    f"(status.typeChecking holds at most {MAX_TOTAL_CHARS} characters)",
+                }
+            )
+            break
+        total += len(text)
+        kept.append({**w, "warning": text})
+    return kept
 
 
 def _check(

@@ -351,7 +351,10 @@ class ApiServer:
             lambda: [s for s in self.stores.values() if s.t.fenced],  # not the global ops
             storage_store=self._unserved_crd_store,
             gc_paused=lambda: self._gc_paused,
-            type_check=lambda policy: expression_warnings(policy, self.registry),
+            # the registry as it is now: the checking runs in a thread
+            type_check=lambda policy: functools.partial(
+                expression_warnings, policy, Registry(self.registry.all())
+            ),
         )
         if self._global_client is not None:
             self._spawn(self._watch_gc_pause(), "gc pause")
