@@ -269,3 +269,17 @@ def test_warnings_are_capped_to_fit_in_etcd(monkeypatch) -> None:
     assert sum(len(w["warning"]) for w in shown) <= 1000
     assert last["fieldRef"] == "spec"
     assert last["warning"].startswith(f"{21 - len(shown)} more expressions with warnings")
+
+
+def test_policies_given_up_on_are_forgotten_once_gone_or_changed() -> None:
+    """Review: the controller's set of policies it gave up on (a status write refused, a
+    checking that raised) only grew."""
+    from haplane.api.controllers import still_given_up
+
+    def policy(uid: str, generation: int, observed: int = 0) -> dict[str, Any]:
+        status = {"observedGeneration": observed}
+        return {"metadata": {"uid": uid, "generation": generation}, "status": status}
+
+    given_up = {("a", 1), ("b", 1), ("c", 2), ("d", 1)}
+    now = [policy("a", 1), policy("b", 2), policy("c", 2, observed=2)]  # d deleted
+    assert still_given_up(given_up, now) == {("a", 1)}

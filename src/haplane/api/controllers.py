@@ -322,6 +322,7 @@ class Controllers:
         for store, scan in scans:
             if (store.t.group, store.t.plural) != (POLICY_GROUP, "validatingadmissionpolicies"):
                 continue
+            self._policies_given_up = still_given_up(self._policies_given_up, scan.by_uid.values())
             for policy in list(scan.by_uid.values()):
                 meta = policy["metadata"]
                 generation = policy_generation_to_check(policy)
@@ -508,6 +509,13 @@ def policy_generation_to_check(policy: Obj) -> int | None:
     status = policy.get("status")
     observed = _whole(status.get("observedGeneration")) if isinstance(status, dict) else None
     return None if observed is not None and observed >= generation else generation
+
+
+def still_given_up(given_up: set[tuple[Any, int]], policies: Iterable[Obj]) -> set[tuple[Any, int]]:
+    """The (uid, generation) given up on that are still some policy's generation to check:
+    a policy deleted, changed or checked since is forgotten."""
+    current = {(p["metadata"].get("uid"), policy_generation_to_check(p)) for p in policies}
+    return given_up & current
 
 
 def _whole(value: Any) -> int | None:
