@@ -1,8 +1,9 @@
 """Type checking of a ValidatingAdmissionPolicy's expressions against the schemas of the
 kinds it matches, for its `status.typeChecking.expressionWarnings`, as Kubernetes'
 (k8s.io/apiserver/pkg/admission/plugin/policy/validating/typechecking.go). Warnings never
-change what the policy does: they tell its author that an expression fails on every object
-of a kind (a misspelt field, a string compared with an int).
+change what the policy does: they tell its author that an expression does not check against a
+kind's schema (a misspelt field, a string compared with an int), so it most likely fails on
+objects of that kind; not always (a branch no object takes, values the schema leaves out).
 
 Layer: api. Pure: the served kinds and their schemas are the `Registry` given; the types and
 the checker are `haplane.cel`'s (`haplane.cel.typed`). A policy's checking takes up to

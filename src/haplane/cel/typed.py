@@ -21,7 +21,9 @@ The mapping, as Kubernetes' where the engine allows it:
   with `properties` a message with one field per property (absent fields are not errors at
   check time: `has()` and `?.` are the expressions' business);
 - `x-kubernetes-int-or-string`, and anything without a type, `dyn`.
-Where haplane differs, so that a warning always means the expression fails on some object:
+Where haplane differs, so that fewer warnings are false (a warning is the checker's judgement
+on types, not proof of a failure: an expression warned of may still succeed, in a branch no
+object takes, or on values the schema does not describe):
 - format `byte`, `date`, `date-time` and `duration` strings stay strings (Kubernetes declares
   bytes, timestamps, durations, but an admission policy's `object` is the JSON, so the values
   are strings there too);
