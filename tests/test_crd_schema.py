@@ -1156,3 +1156,22 @@ def test_map_list_items_pair_one_to_one() -> None:
     assert pair_by_keys(["k"], [b, a1, a1, a1], [a1, a2, b]) == [b, a1, a2, ABSENT]
     # a key's value is typed, and an absent key is no null one
     assert pair_by_keys(["k"], [{"k": 1}, {}], [{"k": True}, {"k": None}]) == [ABSENT, ABSENT]
+
+
+def test_map_list_keys_must_be_scalar() -> None:
+    """Review: an object as a map list's key reached the key index as a dict (TypeError, a
+    500); Kubernetes refuses such a CRD."""
+    keyed = {
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name", "ref"],
+        "items": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "ref": {"type": "object"}},
+        },
+    }
+    errs = check_crd_schema(spec_schema(ports=keyed), ROOT)
+    assert [str(e) for e in errs] == [
+        f"{ROOT}.properties[spec].properties[ports].items.properties[ref].type: Invalid value: "
+        '"object": must be a scalar type if parent array\'s x-kubernetes-list-type is map'
+    ]

@@ -1077,6 +1077,32 @@ _TYPE_REQUIRED = {
 }
 
 
+def _map_key_errors(node: Mapping[str, Any], path: str) -> list[FieldError]:
+    """A `map` list's keys are scalar properties of its items, as Kubernetes requires (an
+    object or a list as a key cannot index the items)."""
+    items = node.get("items")
+    keys = node.get("x-kubernetes-list-map-keys")
+    if node.get("x-kubernetes-list-type") != "map" or not isinstance(items, Mapping):
+        return []
+    if items.get("type") != "object" or not isinstance(keys, list):
+        return []
+    props = items.get("properties")
+    props = props if isinstance(props, Mapping) else {}
+    errs: list[FieldError] = []
+    for k in keys:
+        sub = props.get(k) if isinstance(k, str) else None
+        if isinstance(sub, Mapping) and sub.get("type") in ("array", "object"):
+            errs.append(
+                FieldError(
+                    f"{path}.items.properties[{k}].type",
+                    _INVALID,
+                    "must be a scalar type if parent array's x-kubernetes-list-type is map",
+                    "object",
+                )
+            )
+    return errs
+
+
 def _check_node(node: Any, path: str, level: str, errs: list[FieldError]) -> None:
     if not isinstance(node, Mapping):
         errs.append(FieldError(path, _INVALID, "must be an object", _value_text(node)))
@@ -1120,6 +1146,7 @@ def _check_node(node: Any, path: str, level: str, errs: list[FieldError]) -> Non
         errs.append(FieldError(f"{path}.type", _REQUIRED, _TYPE_REQUIRED[level]))
     if structural and declared == "array" and "items" not in node:
         errs.append(FieldError(f"{path}.items", _REQUIRED, "must be specified"))
+    errs.extend(_map_key_errors(node, path))
     if isinstance(node.get("items"), list):
         errs.append(
             FieldError(
