@@ -287,7 +287,7 @@ class CustomResourceStrategy(Strategy):
 
     def validate(self, obj: Obj) -> list[FieldError]:
         errs = validate_against_schema(obj, self.schema)
-        return errs or enforce(self.schema, obj)
+        return errs if _blocking(errs) else errs + enforce(self.schema, obj)
 
     def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
         """Ratcheted (`haplane.api.ratcheting`): what the update did not change is not held
@@ -299,14 +299,20 @@ class CustomResourceStrategy(Strategy):
         before = apply_defaults(prune(old, self.schema), self.schema)
         comparison = ratcheting.Comparison()  # one for both passes: each pair compared once
         errs = validate_against_schema(new, self.schema, old=before, comparison=comparison)
-        if errs:
+        if _blocking(errs):
             return errs
         ratcheted: list[FieldError] = []
-        errs = enforce(self.schema, new, before, ratcheted=ratcheted, comparison=comparison)
+        errs += enforce(self.schema, new, before, ratcheted=ratcheted, comparison=comparison)
         notes = NOTES.get()
         if notes is not None:
             notes.warnings += [str(e) for e in ratcheted]
         return errs
+
+
+def _blocking(errs: list[FieldError]) -> bool:
+    """Whether schema errors keep the rules from running: any but a list's duplicates (those
+    are apiextensions-apiserver's listtype errors, after which the rules still run)."""
+    return any(e.reason != "FieldValueDuplicate" for e in errs)
 
 
 def resource_types_for(crd: Obj, *, served_only: bool = True) -> list[ResourceType]:
