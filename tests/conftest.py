@@ -80,6 +80,22 @@ async def api_replicas(
             await r.stop()
 
 
+@pytest_asyncio.fixture(scope="module")
+async def lone_replica(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ApiReplica]:
+    """One replica on a one-member etcd of its own, for a module whose tests change what is
+    cluster-wide (CRDs, policies): it leads, so its controllers run."""
+    root = tmp_path_factory.mktemp("lone")
+    cluster = EtcdCluster(root / "etcd", size=1)
+    await cluster.start()
+    replica = ApiReplica(root, "lone-1", cluster.endpoints)
+    try:
+        await replica.start()
+        yield replica
+    finally:
+        await replica.stop()
+        await cluster.stop()
+
+
 @pytest.fixture
 def namespace(api_replicas: list[ApiReplica]) -> Iterator[str]:
     """A fresh namespace per test: tests share the API servers and their etcd."""

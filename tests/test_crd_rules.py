@@ -6,6 +6,7 @@ and the types CEL sees."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from haplane.api.crd_rules import enforce
@@ -306,3 +307,105 @@ def test_optional_old_self_misuse_is_refused_at_create_and_null_is_no_old_value(
         }
     )
     assert enforce(s, {"spec": {"name": "v"}}, {"spec": {"name": None}}) == []
+
+
+# ---- ratcheting (Kubernetes' CRDValidationRatcheting) ---------------------------------------
+
+TIGHTENED = schema(
+    replicas={**INT, "x-kubernetes-validations": [{"rule": "self <= 5", "message": "at most 5"}]},
+    name={"type": "string"},
+)
+
+
+def test_an_unchanged_value_is_not_held_against_an_update() -> None:
+    """Stored under an older rule (replicas 10), updated elsewhere: the error is ratcheted
+    (Kubernetes returns it as a warning); a change to another invalid value is an error."""
+    old = {"spec": {"replicas": 10, "name": "a"}}
+    ratcheted: list[FieldError] = []
+    assert (
+        enforce(TIGHTENED, {"spec": {"replicas": 10, "name": "b"}}, old, ratcheted=ratcheted) == []
+    )
+    assert ratcheted == [FieldError("spec.replicas", "FieldValueInvalid", "at most 5", "integer")]
+    (err,) = enforce(TIGHTENED, {"spec": {"replicas": 11, "name": "a"}}, old)
+    assert (err.field, err.message) == ("spec.replicas", "at most 5")
+    # a create is never ratcheted
+    assert [e.field for e in enforce(TIGHTENED, {"spec": {"replicas": 10}})] == ["spec.replicas"]
+
+
+def test_a_rule_over_several_fields_ratchets_while_its_object_is_unchanged() -> None:
+    old = {"spec": {"replicas": 1, "minReplicas": 3}, "status": {"ready": 0}}
+    status_write = {"spec": {"replicas": 1, "minReplicas": 3}, "status": {"ready": 1}}
+    s = {**REPLICAS, "properties": {**REPLICAS["properties"], "status": {"type": "object"}}}
+    assert enforce(s, status_write, old) == []
+    assert [e.field for e in enforce(s, {"spec": {"replicas": 2, "minReplicas": 3}}, old)] == [
+        "spec"
+    ]
+
+
+def test_transition_rules_and_evaluation_errors_are_never_ratcheted() -> None:
+    s = schema(
+        [
+            {"rule": "self.name == oldSelf.name", "message": "name is immutable"},
+            {"rule": "self.name.size() < 3 || oldSelf.name == 'legacy'"},
+        ],
+        name={"type": "string"},
+    )
+    longer = {"spec": {"name": "abcd"}}
+    # unchanged, but a transition rule: reported
+    assert [e.message for e in enforce(s, longer, longer)] == [
+        "failed rule: self.name.size() < 3 || oldSelf.name == 'legacy'"
+    ]
+    s = schema([{"rule": "self.missing > 0"}], name={"type": "string"})
+    (err,) = enforce(s, {"spec": {"name": "a"}}, {"spec": {"name": "a"}})
+    assert "could not be evaluated" in err.message
+
+
+def test_list_items_pair_by_index_by_keys_or_not_at_all() -> None:
+    """Ratcheting pairs more than oldSelf does: items of a list with no list type by index;
+    `map` lists by their keys; `set` and `atomic` lists not at all (the list as a whole)."""
+    item = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "port": INT},
+        "x-kubernetes-validations": [{"rule": "self.port > 0", "message": "port must be positive"}],
+    }
+    old = {"spec": {"ports": [{"name": "a", "port": 0}, {"name": "b", "port": 1}]}}
+    moved = {"spec": {"ports": [{"name": "b", "port": 1}, {"name": "a", "port": 0}]}}
+    grown = {
+        "spec": {
+            "ports": [{"name": "a", "port": 0}, {"name": "b", "port": 1}, {"name": "c", "port": 2}]
+        }
+    }
+
+    def fields(list_schema: dict[str, Any], new: dict[str, Any]) -> list[str]:
+        return [e.field for e in enforce(schema(ports=list_schema), new, old)]
+
+    plain = {"type": "array", "items": item}
+    assert fields(plain, grown) == []  # item 0 unchanged at its index
+    assert fields(plain, moved) == ["spec.ports[1]"]  # index 1 was b: a changed value
+    keyed = {**plain, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+    assert fields(keyed, moved) == []  # a is a's old self, wherever it moved
+    atomic = {**plain, "x-kubernetes-list-type": "atomic"}
+    assert fields(atomic, grown) == ["spec.ports[0]"]  # the list changed as a whole
+    assert fields(atomic, copy.deepcopy(old)) == []  # unchanged as a whole
+
+
+def test_old_self_of_a_map_list_item_pairs_as_ratcheting_does() -> None:
+    """Review: oldSelf took the last old item with an item's keys, ratcheting the first; an
+    old list stored before keys were unique (two "a") then judged "a" against the second.
+    Both pair one to one now: the n-th item with a key with the n-th old one."""
+    item = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "port": INT},
+        "x-kubernetes-validations": [{"rule": "self.port == oldSelf.port", "message": "fixed"}],
+    }
+    keyed = {
+        "type": "array",
+        "items": item,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+    }
+    old = {"spec": {"ports": [{"name": "a", "port": 1}, {"name": "a", "port": 2}]}}
+    assert enforce(schema(ports=keyed), {"spec": {"ports": [{"name": "a", "port": 1}]}}, old) == []
+    swapped = {"spec": {"ports": [{"name": "a", "port": 2}, {"name": "a", "port": 1}]}}
+    errs = enforce(schema(ports=keyed), swapped, old)
+    assert [e.field for e in errs] == ["spec.ports[0]", "spec.ports[1]"]

@@ -28,9 +28,10 @@ Variables: `object`, `oldObject` (null on create, `object` null on delete), `req
 (kind, resource, subResource, name, namespace, operation, userInfo, dryRun), `params`,
 `namespaceObject`, `variables`, `authorizer` and `authorizer.requestResource` (Kubernetes'
 authorizer library, `haplane.cel.authz`: a check asks the replica's RBAC authorizer, memory
-only; the user is the request's, or a ServiceAccount the policy names). Not yet: type checking
-against each resource's schema (expressions are checked for syntax and functions; types at
-evaluation).
+only; the user is the request's, or a ServiceAccount the policy names). Expressions are compiled
+with every variable `dyn` (checked for syntax and functions; types at evaluation); their
+checking against the matched kinds' schemas is `haplane.api.policy_type_checking`, whose
+warnings the controllers write to each policy's status.
 """
 
 from __future__ import annotations

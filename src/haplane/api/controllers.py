@@ -37,6 +37,7 @@ from typing import Any
 from .crds import CLEANUP_FINALIZER
 from .errors import StatusError
 from .generic_store import GenericStore, LifecycleScan, ListOptions
+from .policy_types import GROUP as POLICY_GROUP
 
 log = logging.getLogger("haplane.api")
 
@@ -165,13 +166,19 @@ class Controllers:
         interval: float = 0.5,
         storage_store: Callable[[Obj], GenericStore | None] | None = None,
         gc_paused: Callable[[], str | None] = lambda: None,
+        type_check: Callable[[Obj], Callable[[], list[Obj]]] | None = None,
     ):
         """`storage_store(crd)`: a store for a CRD's objects even when none of its versions is
-        served (its objects must still go when it is deleted)."""
+        served (its objects must still go when it is deleted). `type_check(policy)`: what
+        works out a ValidatingAdmissionPolicy's expression warnings, run in a thread (it
+        takes up to seconds), so made of what it needs on the loop (None: no policy
+        status)."""
         self.stores = stores  # a function: custom resources come and go
         self.interval = interval
         self.storage_store = storage_store
         self.gc_paused = gc_paused  # why the garbage collector must not run now (None: it may)
+        self.type_check = type_check
+        self._policies_given_up: set[tuple[Any, int]] = set()  # (uid, generation)
         self._gc_note: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_scan: tuple[tuple[str, str], ...] | None = None
@@ -225,6 +232,8 @@ class Controllers:
         else:
             self._pending = True  # scan again once it resumes
         await self._crd_cleanup(listed, stores)
+        if self.type_check is not None:
+            await self._policy_status(scans, self.type_check)
         self._last_scan = None if self._pending else signature
 
     # ---- namespaces ----------------------------------------------------------------------
@@ -302,6 +311,57 @@ class Controllers:
                 self._pending = True  # again next round, until they are gone
             else:
                 await self._drop_finalizer(store, crd, CLEANUP_FINALIZER)
+
+    # ---- admission policies' status ------------------------------------------------------
+
+    async def _policy_status(
+        self,
+        scans: list[tuple[GenericStore, LifecycleScan]],
+        check: Callable[[Obj], Callable[[], list[Obj]]],
+    ) -> None:
+        for store, scan in scans:
+            if (store.t.group, store.t.plural) != (POLICY_GROUP, "validatingadmissionpolicies"):
+                continue
+            self._policies_given_up = still_given_up(self._policies_given_up, scan.by_uid.values())
+            for policy in list(scan.by_uid.values()):
+                meta = policy["metadata"]
+                generation = policy_generation_to_check(policy)
+                if generation is None or (meta.get("uid"), generation) in self._policies_given_up:
+                    continue
+                status = policy.get("status") if isinstance(policy.get("status"), dict) else {}
+                try:
+                    warnings = await asyncio.to_thread(check(policy))
+                except Exception:  # a bug: said loudly, once per generation; the rest go on
+                    log.exception("controllers: type checking policy %s failed", meta["name"])
+                    self._policies_given_up.add((meta.get("uid"), generation))
+                    continue
+                checked = {
+                    **(status or {}),
+                    "observedGeneration": generation,
+                    "typeChecking": {"expressionWarnings": warnings} if warnings else {},
+                }
+                # the version checked as a precondition: a spec changed meanwhile is a
+                # conflict, checked again next round
+                rv = meta.get("resourceVersion")
+                body = {"metadata": {"resourceVersion": rv} if rv else {}, "status": checked}
+                try:
+                    await store.update_subresource(None, meta["name"], "status", _constant(body))
+                except StatusError as exc:
+                    if exc.code >= 500:
+                        raise  # etcd trouble: the round is retried
+                    if exc.code == 409:
+                        self._pending = True  # changed meanwhile: checked again next round
+                    elif exc.code != 404:  # refused (a policy stored that is invalid now)
+                        self._policies_given_up.add((meta.get("uid"), generation))
+                        log.info(
+                            json.dumps(
+                                {
+                                    "msg": "policy status not written",
+                                    "policy": meta["name"],
+                                    "error": exc.message,
+                                }
+                            )
+                        )
 
     # ---- garbage collection --------------------------------------------------------------
 
@@ -438,6 +498,28 @@ class _UidIndex:
 
     def __contains__(self, uid: Any) -> bool:
         return self.get(uid) is not None
+
+
+def policy_generation_to_check(policy: Obj) -> int | None:
+    """The generation of a ValidatingAdmissionPolicy whose type checking is still to be
+    written, or None when its status has observed it. A status the policy's validation would
+    refuse now (an observedGeneration that is no integer, stored before it was checked)
+    observed nothing: the controller's write replaces it."""
+    generation = _whole((policy.get("metadata") or {}).get("generation")) or 1
+    status = policy.get("status")
+    observed = _whole(status.get("observedGeneration")) if isinstance(status, dict) else None
+    return None if observed is not None and observed >= generation else generation
+
+
+def still_given_up(given_up: set[tuple[Any, int]], policies: Iterable[Obj]) -> set[tuple[Any, int]]:
+    """The (uid, generation) given up on that are still some policy's generation to check:
+    a policy deleted, changed or checked since is forgotten."""
+    current = {(p["metadata"].get("uid"), policy_generation_to_check(p)) for p in policies}
+    return given_up & current
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _constant(body: Obj) -> Callable[[Obj], Obj]:

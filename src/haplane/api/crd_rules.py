@@ -23,10 +23,12 @@ is `self.__namespace__`, `a-b` is `self.a__dash__b`); at the root, `metadata` sh
 `name` and `generateName` (as in Kubernetes).
 
 `cost_errors` is the static cost limit (`haplane.cel.cost`), each rule's and
-messageExpression's estimate times how often it runs. Not yet: type checking of expressions
-against the schema (a misspelt field is an evaluation error on the object, not a compile
-error on the CRD), ratcheting (unchanged values are checked again on every update, status
-writes included), refusing transition rules where values cannot be paired.
+messageExpression's estimate times how often it runs. On an update the errors are ratcheted
+(`haplane.api.ratcheting`): a rule without `oldSelf` that is false where the update changed
+nothing is left out (`enforce(..., ratcheted=...)` collects it, for a warning). Not yet: type
+checking of expressions against the schema (a misspelt field is an evaluation error on the
+object, not a compile error on the CRD; `haplane.cel.typed` makes the types, admission
+policies use them), refusing transition rules where values cannot be paired.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from haplane.cel import CompileError, Environment, EvalError, Program
 from haplane.cel.cost import RULE_LIMIT, TOTAL_LIMIT, cardinality_of, estimate
 from haplane.cel.library import escape
 
+from . import ratcheting
 from .validation import FieldError
 
 CEL: Final = "x-kubernetes-validations"
@@ -368,14 +371,38 @@ def _children(schema: Mapping[str, Any]) -> Iterator[Any]:
 _ABSENT: Final = object()
 
 
-def enforce(schema: Mapping[str, Any], obj: Any, old: Any = _ABSENT) -> list[FieldError]:
+def enforce(
+    schema: Mapping[str, Any],
+    obj: Any,
+    old: Any = _ABSENT,
+    *,
+    ratcheted: list[FieldError] | None = None,
+    comparison: ratcheting.Comparison | None = None,
+) -> list[FieldError]:
     """Every rule of `schema` that `obj` breaks; `old` is the object before an update (absent
-    on a create: transition rules are then skipped, unless optionalOldSelf)."""
+    on a create: transition rules are then skipped, unless optionalOldSelf). On an update,
+    `ratcheted` collects the errors left out by ratcheting (`haplane.api.ratcheting`): a rule
+    without `oldSelf` that is false where the update changed nothing (Kubernetes returns
+    them as warnings); an evaluation error, and a transition rule, are never ratcheted.
+    `comparison`: the update's, shared with the schema's pass (`crd_schema.validate`)."""
     if not has_rules(schema):
         return []
     errs: list[FieldError] = []
-    _walk(schema, obj, old, "", errs, root=True)
+    nearest: ratcheting.Nearest = None if old is _ABSENT else (obj, old)
+    sink = _Sink(
+        errs,
+        ratcheted if ratcheted is not None else [],
+        comparison if comparison is not None else ratcheting.Comparison(),
+    )
+    _walk(schema, obj, old, "", sink, nearest, root=True)
     return errs
+
+
+@dataclass(frozen=True)
+class _Sink:
+    errs: list[FieldError]
+    ratcheted: list[FieldError]
+    comparison: ratcheting.Comparison
 
 
 def _walk(
@@ -383,15 +410,18 @@ def _walk(
     value: Any,
     old: Any,
     path: str,
-    errs: list[FieldError],
+    sink: _Sink,
+    nearest: ratcheting.Nearest,
     *,
     root: bool,
 ) -> None:
+    """`old`: the value `oldSelf` is (transition rules); `nearest`: the nearest value paired
+    with its old self for ratcheting (pairs more: list items by index too)."""
     if value is None:
         return
     raw = schema.get(CEL)
     if isinstance(raw, list) and raw:
-        _check(schema, raw, value, old, path, errs, root=root)
+        _check(schema, raw, value, old, path, sink, nearest, root=root)
     if isinstance(value, dict):
         props = schema.get("properties")
         props = props if isinstance(props, Mapping) else {}
@@ -401,29 +431,33 @@ def _walk(
             if not isinstance(sub, Mapping) or (root and key in ("apiVersion", "kind", "metadata")):
                 continue
             before = old.get(key, _ABSENT) if isinstance(old, dict) else _ABSENT
-            _walk(sub, item, before, _join(path, key, bool(props.get(key))), errs, root=False)
+            at = _join(path, key, bool(props.get(key)))
+            below = sink.comparison.child(schema, nearest, value, key)
+            _walk(sub, item, before, at, sink, below, root=False)
     elif isinstance(value, list):
         items = schema.get("items")
         if not isinstance(items, Mapping):
             return
-        pair = _pairing(schema, old)
+        olds = _pairing(schema, value, old, sink.comparison)
         for i, item in enumerate(value):
-            _walk(items, item, pair(item), f"{path}[{i}]", errs, root=False)
+            below = sink.comparison.child(schema, nearest, value, i)
+            _walk(items, item, olds[i], f"{path}[{i}]", sink, below, root=False)
 
 
-def _pairing(schema: Mapping[str, Any], old: Any) -> Any:
-    """How a list item finds its old self: by its keys in a `map` list, else never."""
+def _pairing(
+    schema: Mapping[str, Any], new: list[Any], old: Any, comparison: ratcheting.Comparison
+) -> list[Any]:
+    """Each list item's old self (its `oldSelf`): by its keys in a `map` list, one to one as
+    ratcheting pairs them (`ratcheting.pair_by_keys`), else none."""
     keys = schema.get("x-kubernetes-list-map-keys")
     if (
         schema.get("x-kubernetes-list-type") != "map"
         or not isinstance(keys, list)
+        or not all(isinstance(k, str) for k in keys)
         or not isinstance(old, list)
     ):
-        return lambda _item: _ABSENT
-    index = {tuple(o.get(k) for k in keys): o for o in old if isinstance(o, dict)}
-    return lambda item: (
-        index.get(tuple(item.get(k) for k in keys), _ABSENT) if isinstance(item, dict) else _ABSENT
-    )
+        return [_ABSENT] * len(new)
+    return [_ABSENT if o is ratcheting.ABSENT else o for o in comparison.by_keys(keys, new, old)]
 
 
 def _join(path: str, key: str, declared: bool) -> str:
@@ -438,10 +472,12 @@ def _check(
     value: Any,
     old: Any,
     path: str,
-    errs: list[FieldError],
+    sink: _Sink,
+    nearest: ratcheting.Nearest,
     *,
     root: bool,
 ) -> None:
+    errs = sink.errs
     if old is None:
         old = _ABSENT  # a null old value pairs with nothing, as in Kubernetes
     this = _to_cel(value, schema, root=root)
@@ -470,7 +506,11 @@ def _check(
                 )
             )
             continue
-        errs.append(FieldError(where, r.reason, _message(r, data), shown))
+        error = FieldError(where, r.reason, _message(r, data), shown)
+        if not r.transition and sink.comparison.unchanged(nearest):
+            sink.ratcheted.append(error)
+        else:
+            errs.append(error)
 
 
 def _at(path: str, field_path: str | None) -> str:

@@ -6,7 +6,8 @@ Pure: no I/O, no clock, and the inputs are never mutated (results are deep copie
     check_crd_schema(schema, path)   is the schema one haplane can serve? (a 422 on the CRD)
     prune(obj, schema)               drop the fields the schema does not specify
     apply_defaults(obj, schema)      fill in `default`s where a field is absent
-    validate(obj, schema)            check the value keywords; Kubernetes-style field errors
+    validate(obj, schema, old=...)   check the value keywords; Kubernetes-style field errors;
+                                     on an update, ratcheted (`haplane.api.ratcheting`)
     process(obj, schema)             prune, then default, then validate: create/update's path
 
 Who does what: the value keywords (type, enum, bounds, lengths, pattern, items, properties,
@@ -44,6 +45,7 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
+from . import ratcheting
 from .crd_rules import cost_errors, rules_errors
 from .validation import FieldError
 
@@ -703,8 +705,22 @@ _Validator: type[Validator] = extend(  # type: ignore[no-untyped-call]
 # ---- validation ---------------------------------------------------------------------------------
 
 
-def validate(obj: Any, schema: Mapping[str, Any], root: str = "") -> list[FieldError]:
-    """The schema's value checks on `obj`, as Kubernetes reports them.
+def validate(
+    obj: Any,
+    schema: Mapping[str, Any],
+    root: str = "",
+    *,
+    old: Mapping[str, Any] | None = None,
+    comparison: ratcheting.Comparison | None = None,
+) -> list[FieldError]:
+    """The schema's value checks on `obj`, as Kubernetes reports them; on an update (`old`,
+    the object before it), ratcheted (`haplane.api.ratcheting`): an error about a value the
+    update left unchanged is not reported. As in Kubernetes, never ratcheted: `required`,
+    `additionalProperties` (a forbidden property), allOf, anyOf, oneOf, not and anything
+    below them, an embedded resource's apiVersion and kind, and the uniqueness of a `set`
+    list's items and of a `map` list's keys (FieldValueDuplicate, after the rest, as
+    apiextensions-apiserver's listtype validation). `comparison`: the update's, shared with
+    the rules' pass (`crd_rules.enforce`).
 
     Field paths are Kubernetes-style ("spec.replicas", "spec.items[2].name",
     "spec.labels[key]"), prefixed with `root`; messages are kube-openapi's ("spec.replicas in
@@ -719,24 +735,127 @@ def validate(obj: Any, schema: Mapping[str, Any], root: str = "") -> list[FieldE
     problems = list(_unenforceable(schema, "openAPIV3Schema"))
     if problems:
         raise SchemaUnsupported(problems)
-    return _validate(obj, schema, root, resource_root=True)
+    errs = _validate(obj, schema, root, resource_root=True, old=old, comparison=comparison)
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if key not in _META_FIELDS:
+                _duplicates(_sub_schema(schema, key), value, _join_key(root, key, schema), errs)
+    return errs
+
+
+# ---- list-type uniqueness (apiextensions-apiserver's schema/listtype) ---------------------------
+
+
+def _sub_schema(schema: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    props = schema.get("properties")
+    if isinstance(props, Mapping) and isinstance(props.get(key), Mapping):
+        sub: Mapping[str, Any] = props[key]
+        return sub
+    additional = schema.get("additionalProperties")
+    return additional if isinstance(additional, Mapping) else None
+
+
+def _join_key(path: str, key: str, schema: Mapping[str, Any]) -> str:
+    props = schema.get("properties")
+    if isinstance(props, Mapping) and key in props:  # Go's fldPath.Child
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key}]"  # fldPath.Key
+
+
+def _duplicates(
+    schema: Mapping[str, Any] | None, value: Any, path: str, errs: list[FieldError]
+) -> None:
+    """A `set` list's repeated items and a `map` list's repeated keys, each reported once, at
+    its second appearance (Kubernetes' ValidateListSetsAndMaps). Never ratcheted."""
+    if schema is None:
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _duplicates(_sub_schema(schema, key), item, _join_key(path, key, schema), errs)
+        return
+    if not isinstance(value, list):
+        return
+    list_type = schema.get("x-kubernetes-list-type")
+    keys = schema.get("x-kubernetes-list-map-keys")
+    if list_type == "set":
+        for i in _repeated(value):
+            errs.append(FieldError(f"{path}[{i}]", "FieldValueDuplicate", _go_value(value[i])))
+    elif list_type == "map" and isinstance(keys, list) and all(_object_or_null(v) for v in value):
+        named = [{k: item[k] for k in keys if k in item} if item else {} for item in value]
+        for i in _repeated(named):
+            errs.append(FieldError(f"{path}[{i}]", "FieldValueDuplicate", _go_value(named[i])))
+    items = schema.get("items")
+    if isinstance(items, Mapping):
+        for i, item in enumerate(value):
+            _duplicates(items, item, f"{path}[{i}]", errs)
+
+
+def _object_or_null(value: Any) -> bool:
+    return value is None or isinstance(value, dict)  # (other items: the schema's type error)
+
+
+def _repeated(values: list[Any]) -> list[int]:
+    """The index of each value's second appearance (types apart: 1 is not 1.0 nor true)."""
+    seen: dict[str, int] = {}
+    found: list[int] = []
+    for i, v in enumerate(values):
+        k = json.dumps([type(v).__name__, v], sort_keys=True, separators=(",", ":"))
+        seen[k] = seen.get(k, 0) + 1
+        if seen[k] == 2:
+            found.append(i)
+    return found
+
+
+def _go_value(value: Any) -> str:
+    """A value as Go's field.Error shows it: %q for a string, %v for a number or a bool, %#v
+    for the rest (`map[string]interface {}{"name":"a"}`)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None or isinstance(value, bool | int | float):
+        return "null" if value is None else json.dumps(value)
+    return _go_syntax(value)
+
+
+def _go_syntax(value: Any) -> str:
+    if isinstance(value, dict):
+        inner = ", ".join(f"{json.dumps(k)}:{_go_syntax(value[k])}" for k in sorted(value))
+        return f"map[string]interface {{}}{{{inner}}}"
+    if isinstance(value, list):
+        return "[]interface {}{" + ", ".join(_go_syntax(v) for v in value) + "}"
+    if value is None:
+        return "interface {}(nil)"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value)
 
 
 def _validate(
-    obj: Any, schema: Mapping[str, Any], root: str, *, resource_root: bool
+    obj: Any,
+    schema: Mapping[str, Any],
+    root: str,
+    *,
+    resource_root: bool,
+    old: Mapping[str, Any] | None = None,
+    comparison: ratcheting.Comparison | None = None,
 ) -> list[FieldError]:
     draft4 = _to_draft4(schema)
     instance = obj
+    before: Any = old
     if resource_root:
         _drop_meta(draft4)
         if isinstance(obj, Mapping):
             instance = {k: v for k, v in obj.items() if k not in _META_FIELDS}
+        if isinstance(old, Mapping):
+            before = {k: v for k, v in old.items() if k not in _META_FIELDS}
     validator = _Validator(draft4, format_checker=_FORMATS)
+    compare = comparison if comparison is not None else ratcheting.Comparison()
 
     errs: list[FieldError] = []
     seen: set[tuple[Any, ...]] = set()
     all_ofs: dict[str, tuple[list[Any], Any]] = {}
     for error in validator.iter_errors(instance):
+        if before is not None and _ratcheted(error, schema, instance, before, compare):
+            continue
         path, passed = _locate(error, root, draft4, instance)
         for at, subschemas, value in passed:
             all_ofs.setdefault(at, (subschemas, value))
@@ -752,6 +871,31 @@ def _validate(
                 )
             )
     return errs
+
+
+_NEVER_RATCHETED: Final = frozenset({"required", "additionalProperties", _EMBEDDED})
+
+
+def _ratcheted(
+    error: ValidationError,
+    schema: Mapping[str, Any],
+    new: Any,
+    old: Any,
+    comparison: ratcheting.Comparison,
+) -> bool:
+    """Whether an error is about a value the update left unchanged (and may be ratcheted)."""
+    if str(error.validator) in _NEVER_RATCHETED:
+        return False
+    tokens = list(error.absolute_schema_path)
+    i = 0
+    while i < len(tokens):
+        if tokens[i] == "properties":
+            i += 2  # (a property's name is no keyword, whatever it is)
+            continue
+        if tokens[i] in _JUNCTORS or tokens[i] == "not":
+            return False
+        i += 1
+    return comparison.unchanged(comparison.along(schema, new, old, list(error.absolute_path)))
 
 
 def _drop_meta(draft4: dict[str, Any]) -> None:
@@ -933,6 +1077,32 @@ _TYPE_REQUIRED = {
 }
 
 
+def _map_key_errors(node: Mapping[str, Any], path: str) -> list[FieldError]:
+    """A `map` list's keys are scalar properties of its items, as Kubernetes requires (an
+    object or a list as a key cannot index the items)."""
+    items = node.get("items")
+    keys = node.get("x-kubernetes-list-map-keys")
+    if node.get("x-kubernetes-list-type") != "map" or not isinstance(items, Mapping):
+        return []
+    if items.get("type") != "object" or not isinstance(keys, list):
+        return []
+    props = items.get("properties")
+    props = props if isinstance(props, Mapping) else {}
+    errs: list[FieldError] = []
+    for k in keys:
+        sub = props.get(k) if isinstance(k, str) else None
+        if isinstance(sub, Mapping) and sub.get("type") in ("array", "object"):
+            errs.append(
+                FieldError(
+                    f"{path}.items.properties[{k}].type",
+                    _INVALID,
+                    "must be a scalar type if parent array's x-kubernetes-list-type is map",
+                    "object",
+                )
+            )
+    return errs
+
+
 def _check_node(node: Any, path: str, level: str, errs: list[FieldError]) -> None:
     if not isinstance(node, Mapping):
         errs.append(FieldError(path, _INVALID, "must be an object", _value_text(node)))
@@ -976,6 +1146,7 @@ def _check_node(node: Any, path: str, level: str, errs: list[FieldError]) -> Non
         errs.append(FieldError(f"{path}.type", _REQUIRED, _TYPE_REQUIRED[level]))
     if structural and declared == "array" and "items" not in node:
         errs.append(FieldError(f"{path}.items", _REQUIRED, "must be specified"))
+    errs.extend(_map_key_errors(node, path))
     if isinstance(node.get("items"), list):
         errs.append(
             FieldError(

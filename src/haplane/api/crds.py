@@ -15,6 +15,8 @@ from typing import Any
 
 from haplane.store.operations import GROUP as OPS_GROUP
 
+from . import ratcheting
+from .admission_policies import NOTES
 from .crd_rules import enforce
 from .crd_schema import apply_defaults, check_crd_schema, prune
 from .crd_schema import validate as validate_against_schema
@@ -263,9 +265,13 @@ class CustomResourceStrategy(Strategy):
         self.has_status = has_status
 
     def _normalise(self, obj: Obj) -> None:
-        result = apply_defaults(prune(obj, self.schema), self.schema)
+        result = self.normalised(obj)
         obj.clear()
         obj.update(result)
+
+    def normalised(self, obj: Obj) -> Obj:
+        result: Obj = apply_defaults(prune(obj, self.schema), self.schema)
+        return result
 
     def prepare_for_create(self, obj: Obj) -> None:
         if self.has_status:
@@ -281,11 +287,32 @@ class CustomResourceStrategy(Strategy):
 
     def validate(self, obj: Obj) -> list[FieldError]:
         errs = validate_against_schema(obj, self.schema)
-        return errs or enforce(self.schema, obj)
+        return errs if _blocking(errs) else errs + enforce(self.schema, obj)
 
     def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        errs = validate_against_schema(new, self.schema)
-        return errs or enforce(self.schema, new, old)
+        """Ratcheted (`haplane.api.ratcheting`): what the update did not change is not held
+        against it; the rules' errors so left out are the response's warnings, as in
+        Kubernetes. Both objects are compared as read under the CRD's current schema
+        (pruned, defaulted: kube-apiserver does so on every read), so a default the CRD
+        added since is no change: `new` was normalised by `prepare_for_update`, or by
+        `normalised` on a subresource write (the store's), `old` is here."""
+        before = apply_defaults(prune(old, self.schema), self.schema)
+        comparison = ratcheting.Comparison()  # one for both passes: each pair compared once
+        errs = validate_against_schema(new, self.schema, old=before, comparison=comparison)
+        if _blocking(errs):
+            return errs
+        ratcheted: list[FieldError] = []
+        errs += enforce(self.schema, new, before, ratcheted=ratcheted, comparison=comparison)
+        notes = NOTES.get()
+        if notes is not None:
+            notes.warnings += [str(e) for e in ratcheted]
+        return errs
+
+
+def _blocking(errs: list[FieldError]) -> bool:
+    """Whether schema errors keep the rules from running: any but a list's duplicates (those
+    are apiextensions-apiserver's listtype errors, after which the rules still run)."""
+    return any(e.reason != "FieldValueDuplicate" for e in errs)
 
 
 def resource_types_for(crd: Obj, *, served_only: bool = True) -> list[ResourceType]:

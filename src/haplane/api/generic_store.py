@@ -791,9 +791,13 @@ class GenericStore:
                 else:
                     meta.pop(f, None)
             meta.pop("resourceVersion", None)
+            before = current
             if prepare:
                 self.t.strategy.prepare_for_update(new, current)
-            if self.t.strategy.spec_changed(new, current):
+            else:  # a subresource's write: the rest as read under the current schema
+                new, before = self.t.strategy.normalised(new), self.t.strategy.normalised(current)
+                meta = new["metadata"]
+            if self.t.strategy.spec_changed(new, before):
                 meta["generation"] = int(old_meta.get("generation") or 1) + 1
             self._validate(new, current)
             if manager and not keep_managed_fields:

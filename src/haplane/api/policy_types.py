@@ -252,7 +252,56 @@ class PolicyStrategy(Strategy):
                         "a key of at most 63 characters",
                     )
                 )
+        return errs + _status_errors(obj.get("status"))
+
+
+def _status_errors(status: Any) -> list[FieldError]:
+    """A policy's status, as Kubernetes' ValidateValidatingAdmissionPolicyStatus and its
+    types hold it (what Go's decoder refuses is a 422 here): observedGeneration an integer
+    of at least 0, each typeChecking.expressionWarnings item a fieldRef and a warning,
+    conditions a list of objects."""
+    if status is None:
+        return []
+    if not isinstance(status, dict):
+        return [_err("status", "FieldValueInvalid", "must be an object")]
+    errs: list[FieldError] = []
+    observed = status.get("observedGeneration")
+    if observed is not None and (
+        not isinstance(observed, int) or isinstance(observed, bool) or observed < 0
+    ):
+        errs.append(
+            _err(
+                "status.observedGeneration",
+                "FieldValueInvalid",
+                "must be an integer of at least 0",
+                observed,
+            )
+        )
+    conditions = status.get("conditions")
+    if conditions is not None and (
+        not isinstance(conditions, list) or not all(isinstance(c, dict) for c in conditions)
+    ):
+        errs.append(_err("status.conditions", "FieldValueInvalid", "must be a list of objects"))
+    checking = status.get("typeChecking")
+    if checking is None:
         return errs
+    if not isinstance(checking, dict):
+        return [*errs, _err("status.typeChecking", "FieldValueInvalid", "must be an object")]
+    warnings = checking.get("expressionWarnings")
+    if warnings is None:
+        return errs
+    if not isinstance(warnings, list):
+        at = "status.typeChecking.expressionWarnings"
+        return [*errs, _err(at, "FieldValueInvalid", "must be a list")]
+    for i, w in enumerate(warnings):
+        at = f"status.typeChecking.expressionWarnings[{i}]"
+        if not isinstance(w, dict):
+            errs.append(_err(at, "FieldValueInvalid", "must be an object"))
+            continue
+        for field in ("fieldRef", "warning"):
+            if not isinstance(w.get(field), str) or not w[field]:
+                errs.append(_err(f"{at}.{field}", "FieldValueRequired", ""))
+    return errs
 
 
 class BindingStrategy(Strategy):

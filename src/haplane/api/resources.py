@@ -40,6 +40,13 @@ class Strategy:
     def prepare_for_update(self, new: Obj, old: Obj) -> None:
         """Carry over what an update may not change (e.g. status without a status endpoint)."""
 
+    def normalised(self, obj: Obj) -> Obj:
+        """`obj` as read under the kind's current schema: what a subresource write (status,
+        scale) stores and compares with, having not gone through `prepare_for_update`. The
+        same object, unless the kind's schema can change (custom resources: a copy, pruned
+        and defaulted, as kube-apiserver decodes every object it reads)."""
+        return obj
+
     def validate(self, obj: Obj) -> list[FieldError]:
         return []
 

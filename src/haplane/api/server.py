@@ -85,6 +85,7 @@ from .generic_store import NAMESPACE_KEY, GenericStore, ListOptions
 from .grants import GrantExecutor
 from .handlers import discovery, resource
 from .handlers.context import HandlerContext
+from .policy_type_checking import expression_warnings
 from .policy_types import BINDING, POLICY, POLICY_TYPES
 from .request import (
     JSON,
@@ -350,6 +351,10 @@ class ApiServer:
             lambda: [s for s in self.stores.values() if s.t.fenced],  # not the global ops
             storage_store=self._unserved_crd_store,
             gc_paused=lambda: self._gc_paused,
+            # the registry as it is now: the checking runs in a thread
+            type_check=lambda policy: functools.partial(
+                expression_warnings, policy, Registry(self.registry.all())
+            ),
         )
         if self._global_client is not None:
             self._spawn(self._watch_gc_pause(), "gc pause")

@@ -6,6 +6,7 @@ Layer: cel. Pure: no I/O.
 
 from __future__ import annotations
 
+import operator
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from cel_expr_python.ext import ext_bindings, ext_optional
 from . import authz, budget
 from .ast import Node, parse
 from .library import extensions, functions
+from .typed import DYN, DeclaredType, Schemas
 
 # the engine's messages: "ERROR: <input>:1:17: Syntax error: ..." (one per problem, each
 # followed by the source line and a caret line)
@@ -36,13 +38,34 @@ class CelError(Exception):
 class CompileError(CelError):
     """The expression does not compile: each problem with its line and column (1-based)."""
 
-    def __init__(self, message: str, problems: Sequence[tuple[int, int, str]] = ()) -> None:
+    def __init__(
+        self, message: str, problems: Sequence[tuple[int, int, str]] = (), source: str = ""
+    ) -> None:
         super().__init__(message)
         self.problems = list(problems)
+        self.source = source
 
     @property
     def position(self) -> tuple[int, int] | None:
         return self.problems[0][:2] if self.problems else None
+
+    def report(self) -> str:
+        """The problems as cel-go prints them (Kubernetes' messages quote them): each as
+        `ERROR: <input>:LINE:COLUMN: MESSAGE`, then its line of source and a caret under the
+        column."""
+        if not self.problems:
+            return self.message
+        lines = self.source.splitlines() or [""]
+        # the engine reports what follows from a problem too ("expression of type '*error*'
+        # cannot be ..."): cel-go does not, nor does this report
+        problems = [p for p in self.problems if "'*error*'" not in p[2]] or self.problems
+        out = []
+        for line, column, message in problems:
+            text = lines[line - 1] if 0 < line <= len(lines) else ""
+            message = message.removesuffix(" (in container '')")
+            out.append(f"ERROR: <input>:{line}:{column}: {message}")
+            out.append(f" | {text}\n | {'.' * max(column - 1, 0)}^")
+        return "\n".join(out)
 
 
 class EvalError(CelError):
@@ -56,6 +79,12 @@ class Program:
     returns: str  # the checked result type: "bool", "string", "dyn", ...
     _expr: Any = field(repr=False)
     _env: Any = field(default=None, repr=False)
+
+    @property
+    def result(self) -> DeclaredType:
+        """The checked result type, to declare a variable with (`Environment(types=...)`)."""
+        t = self._expr.return_type()
+        return DYN if t == cel.Type.DYN else DeclaredType(t, str(t.name()))
 
     def tree(self) -> Node:
         """The checked syntax tree (for `haplane.cel.cost.estimate`)."""
@@ -99,19 +128,39 @@ class Bound:
 
 
 class Environment:
-    """Declared variables (each `dyn`) and Kubernetes' libraries. Compile is the costly step
-    (tens of microseconds to milliseconds): keep programs, not sources."""
+    """Declared variables (each `dyn` unless typed) and Kubernetes' libraries. Compile is the
+    costly step (tens of microseconds to milliseconds): keep programs, not sources."""
 
-    def __init__(self, variables: Sequence[str], *, authorizer: bool = False) -> None:
+    def __init__(
+        self,
+        variables: Sequence[str],
+        *,
+        authorizer: bool = False,
+        types: Mapping[str, DeclaredType] | None = None,
+        schemas: Schemas | None = None,
+    ) -> None:
         """`authorizer`: with Kubernetes' authorizer library (`haplane.cel.authz`), for
-        admission policies."""
+        admission policies. `types`: variables declared with a type (`haplane.cel.typed`,
+        the schemas' pool in `schemas`) rather than `dyn`, for checking expressions: such an
+        environment also declares the comparisons of an int, a uint and a double with each
+        other, as Kubernetes does (cel-go's CrossTypeNumericComparisons; the engine evaluates
+        them on dyn values, its checker has no declarations for them)."""
         self.variables = tuple(variables)
+        self._schemas = schemas  # the engine reads the pool's messages: kept alive with it
+        declared = {name: cel.Type.DYN for name in self.variables}
+        declared.update({name: t.engine for name, t in (types or {}).items()})
         self._env = cel.NewEnv(
-            variables={name: cel.Type.DYN for name in self.variables},
+            descriptor_pool=schemas.pool if schemas is not None else None,
+            variables=declared,
             functions=functions() + (authz.functions() if authorizer else []),
             # optional field selection (`self.?spec.?x.orValue(0)`) and `cel.bind`, which
             # Kubernetes enables too
-            extensions=[ext_optional.ExtOptional(), ext_bindings.ExtBindings(), *extensions()],
+            extensions=[
+                ext_optional.ExtOptional(),
+                ext_bindings.ExtBindings(),
+                *extensions(),
+                *([_cross_numeric()] if types else []),
+            ],
         )
 
     def bind(self, data: Mapping[str, Any]) -> Bound:
@@ -127,8 +176,35 @@ class Environment:
             text = str(exc)
             problems = [(int(a), int(b), m) for a, b, m in _POSITION.findall(text)]
             message = "; ".join(f"{a}:{b}: {m}" for a, b, m in problems) or _clean(text)
-            raise CompileError(message, problems) from None
+            raise CompileError(message, problems, source) from None
         return Program(source, _type_name(expr.return_type()), expr, self._env)
+
+
+_ORDERINGS = {
+    "_<_": ("less", operator.lt),
+    "_<=_": ("less_equals", operator.le),
+    "_>_": ("greater", operator.gt),
+    "_>=_": ("greater_equals", operator.ge),
+}
+
+
+def _cross_numeric() -> Any:
+    numbers = (("int64", cel.Type.INT), ("uint64", cel.Type.UINT), ("double", cel.Type.DOUBLE))
+    return cel.CelExtension(
+        "haplane.cross_numeric_comparisons",
+        [
+            cel.FunctionDecl(
+                op,
+                [
+                    cel.Overload(f"{name}_{a}_{b}", cel.Type.BOOL, [ta, tb], False, compare)
+                    for a, ta in numbers
+                    for b, tb in numbers
+                    if a != b
+                ],
+            )
+            for op, (name, compare) in _ORDERINGS.items()
+        ],
+    )
 
 
 def _type_name(t: Any) -> str:

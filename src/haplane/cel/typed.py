@@ -1,0 +1,253 @@
+"""Types for CEL's type checker from OpenAPI schemas, as Kubernetes' SchemaDeclType
+(k8s.io/apiserver/pkg/cel/common/schemas.go) makes them: an expression checked against them
+names a misspelt field or a wrong operand at compile time instead of failing on an object.
+
+Layer: cel. Pure: no I/O.
+
+    schemas = Schemas()
+    deployment = schemas.declare(schema, "Deployment")       # a DeclaredType (DYN if none)
+    env = Environment(("object",), types={"object": deployment}, schemas=schemas)
+    env.compile("object.spec.replicsa > 1")   # CompileError: undefined field 'replicsa' ...
+
+How: the engine (cel-cpp) knows object types only as protobuf messages, so each schema
+becomes messages in a descriptor pool of its own (`Schemas`), built here from descriptor
+protos, never from generated code. Programs compiled against these types are for checking:
+the values given at evaluation stay plain JSON (and environments that evaluate declare every
+variable `dyn`).
+
+The mapping, as Kubernetes' where the engine allows it:
+- `integer` int, `number` double, `boolean` bool, `string` string;
+- `array` a list of its items' type; `object` with `additionalProperties` a map from string,
+  with `properties` a message with one field per property (absent fields are not errors at
+  check time: `has()` and `?.` are the expressions' business);
+- `x-kubernetes-int-or-string`, and anything without a type, `dyn`.
+Where haplane differs, so that fewer warnings are false (a warning is the checker's judgement
+on types, not proof of a failure: an expression warned of may still succeed, in a branch no
+object takes, or on values the schema does not describe):
+- format `byte`, `date`, `date-time` and `duration` strings stay strings (Kubernetes declares
+  bytes, timestamps, durations, but an admission policy's `object` is the JSON, so the values
+  are strings there too);
+- an object with `x-kubernetes-preserve-unknown-fields` is `dyn` (Kubernetes declares only its
+  known fields, so reading an unknown one is a type error there and works at evaluation);
+- a property no expression can select (a name that is no CEL identifier, or `in`, `true`,
+  `false`, `null`) makes its object `dyn` (a message cannot be indexed by name);
+- `nullable` scalars are the protobuf wrappers (int or null), nullable lists and maps `dyn`;
+- what a message cannot hold (a list of lists or maps, a map of lists or maps) is `list(dyn)`
+  or `map(string, dyn)`.
+Field names are the schema's own (admission policies read the JSON as it is; CRD rules'
+escaping, `__namespace__`, is not applied).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cel_expr_python import cel
+from google.protobuf import (  # type: ignore[import-untyped]  # no stubs installed
+    any_pb2,
+    descriptor_pb2,
+    descriptor_pool,
+    duration_pb2,
+    empty_pb2,
+    struct_pb2,
+    timestamp_pb2,
+    wrappers_pb2,
+)
+
+_F = descriptor_pb2.FieldDescriptorProto
+_IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_UNSELECTABLE: Final = frozenset({"in", "true", "false", "null"})  # `.in` is a syntax error
+_SCALARS: Final = {
+    "integer": (_F.TYPE_INT64, ".google.protobuf.Int64Value"),
+    "number": (_F.TYPE_DOUBLE, ".google.protobuf.DoubleValue"),
+    "boolean": (_F.TYPE_BOOL, ".google.protobuf.BoolValue"),
+    "string": (_F.TYPE_STRING, ".google.protobuf.StringValue"),
+}
+_VALUE: Final = ".google.protobuf.Value"  # dyn
+_LIST: Final = ".google.protobuf.ListValue"  # list(dyn)
+_STRUCT: Final = ".google.protobuf.Struct"  # map(string, dyn)
+_WELL_KNOWN: Final = (any_pb2, duration_pb2, empty_pb2, struct_pb2, timestamp_pb2, wrappers_pb2)
+
+
+@dataclass(frozen=True, eq=False)
+class DeclaredType:
+    """A type a variable can be declared with (opaque outside haplane.cel)."""
+
+    engine: Any  # the engine's type
+    name: str
+
+
+DYN: Final = DeclaredType(cel.Type.DYN, "dyn")
+
+
+@dataclass(frozen=True)
+class _Field:
+    """How a value sits in a message: a scalar, a message, a repeated or a map field."""
+
+    type: int
+    type_name: str = ""
+    repeated: bool = False
+    map_value: _Field | None = None  # a map field: its values
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """A message being built, and its full name."""
+
+    message: descriptor_pb2.DescriptorProto
+    full_name: str
+    fields: frozenset[str] = frozenset()  # its fields' names (nested types may not take them)
+
+
+class Schemas:
+    """A descriptor pool and the types declared in it. Environments that use its types keep
+    it alive."""
+
+    def __init__(self) -> None:
+        self.pool = descriptor_pool.DescriptorPool()
+        for module in _WELL_KNOWN:
+            self.pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+        self._count = itertools.count(1)
+        self._names: set[str] = set()
+        self._declared: dict[tuple[int, str], tuple[Mapping[str, Any], DeclaredType]] = {}
+
+    def declare(self, schema: Any, name: str) -> DeclaredType:
+        """The type of values `schema` describes, its messages named after `name` (a kind:
+        `Deployment`, `Deployment.Spec`, ...); DYN when the schema gives no object type."""
+        if not isinstance(schema, Mapping):
+            return DYN
+        key = (id(schema), name)
+        if key in self._declared:
+            return self._declared[key][1]
+        top = _unique(_identifier(name) or "Object", self._names)
+        file = descriptor_pb2.FileDescriptorProto(
+            name=f"haplane/schema_{next(self._count)}.proto",
+            syntax="proto2",
+            dependency=[m.DESCRIPTOR.name for m in _WELL_KNOWN],
+        )
+        root = _Builder(file).field_for(schema, None, top)
+        declared = DYN
+        if root.type == _F.TYPE_MESSAGE and root.type_name.lstrip(".") == top:
+            try:
+                self.pool.AddSerializedFile(file.SerializeToString())
+            except (TypeError, ValueError):  # a schema this mapping missed: checked as dyn
+                pass
+            else:
+                self._names.add(top)
+                declared = DeclaredType(cel.Type(top), top)
+        self._declared[key] = (schema, declared)  # the schema kept: its id stays its own
+        return declared
+
+
+class _Builder:
+    """One file's messages: the top one and those nested in it."""
+
+    def __init__(self, file: descriptor_pb2.FileDescriptorProto) -> None:
+        self.file = file
+
+    def field_for(self, schema: Any, parent: _Scope | None, name: str) -> _Field:
+        """The field type for values of `schema`; a message it needs is nested in `parent`
+        (at the top of the file when None) under `name`."""
+        if not isinstance(schema, Mapping) or schema.get("x-kubernetes-int-or-string"):
+            return _Field(_F.TYPE_MESSAGE, _VALUE)
+        nullable = schema.get("nullable") is True
+        kind = schema.get("type")
+        if kind in _SCALARS:
+            scalar, wrapper = _SCALARS[kind]
+            return _Field(_F.TYPE_MESSAGE, wrapper) if nullable else _Field(scalar)
+        if kind == "array":
+            if nullable:
+                return _Field(_F.TYPE_MESSAGE, _VALUE)
+            item = self.field_for(schema.get("items"), parent, f"{name}Item")
+            if item.repeated or item.map_value is not None:
+                return _Field(_F.TYPE_MESSAGE, _LIST)
+            return _Field(item.type, item.type_name, repeated=True)
+        if kind != "object" or schema.get("x-kubernetes-preserve-unknown-fields"):
+            return _Field(_F.TYPE_MESSAGE, _VALUE)
+        additional = schema.get("additionalProperties")
+        properties = schema.get("properties")
+        if (isinstance(additional, Mapping) or additional is True) and not properties:
+            if nullable:
+                return _Field(_F.TYPE_MESSAGE, _VALUE)
+            value = self.field_for(additional, parent, f"{name}Value")
+            if value.repeated or value.map_value is not None:
+                return _Field(_F.TYPE_MESSAGE, _STRUCT)
+            return _Field(_F.TYPE_MESSAGE, map_value=value)
+        properties = properties if isinstance(properties, Mapping) else {}
+        if any(not _selectable(p) for p in properties):
+            return _Field(_F.TYPE_MESSAGE, _VALUE)
+        return _Field(_F.TYPE_MESSAGE, self._message(properties, parent, name))
+
+    def _message(self, properties: Mapping[str, Any], parent: _Scope | None, name: str) -> str:
+        """A message with a field per property, nested in `parent`; its full name."""
+        if parent is None:
+            scope = _Scope(self.file.message_type.add(name=name), name, frozenset(properties))
+        else:
+            taken = parent.fields | {m.name for m in parent.message.nested_type}
+            message = parent.message.nested_type.add(name=_unique(name, taken))
+            scope = _Scope(message, f"{parent.full_name}.{message.name}", frozenset(properties))
+        fields = []
+        for prop, sub in properties.items():
+            nested = _capitalised(prop)
+            fields.append((prop, self.field_for(sub, scope, nested)))
+        for number, (prop, field) in enumerate(fields, start=1):
+            self._add(scope, prop, number, field)
+        return "." + scope.full_name
+
+    def _add(self, scope: _Scope, name: str, number: int, field: _Field) -> None:
+        message = scope.message
+        value = field.map_value
+        entry_name = _map_entry_name(name)
+        if value is not None and (
+            entry_name in scope.fields or entry_name in {m.name for m in message.nested_type}
+        ):
+            field, value = _Field(_F.TYPE_MESSAGE, _STRUCT), None  # (a property took its name)
+        if value is None:
+            label = _F.LABEL_REPEATED if field.repeated else _F.LABEL_OPTIONAL
+            added = message.field.add(name=name, number=number, label=label, type=field.type)
+            if field.type_name:
+                added.type_name = field.type_name
+            return
+        # a map: a repeated entry message, named as protoc names it (FieldNameEntry)
+        entry = message.nested_type.add(name=entry_name)
+        entry.options.map_entry = True
+        entry.field.add(name="key", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING)
+        added = entry.field.add(name="value", number=2, label=_F.LABEL_OPTIONAL, type=value.type)
+        if value.type_name:
+            added.type_name = value.type_name
+        message.field.add(
+            name=name,
+            number=number,
+            label=_F.LABEL_REPEATED,
+            type=_F.TYPE_MESSAGE,
+            type_name=f".{scope.full_name}.{entry_name}",
+        )
+
+
+def _selectable(name: str) -> bool:
+    return bool(_IDENT.fullmatch(name)) and name not in _UNSELECTABLE
+
+
+def _identifier(name: str) -> str:
+    return "".join(c for c in name if c.isalnum() or c == "_").lstrip("0123456789_")
+
+
+def _capitalised(name: str) -> str:
+    return name[:1].upper() + name[1:]
+
+
+def _map_entry_name(field: str) -> str:
+    """protoc's: the field's name in CamelCase, then `Entry`."""
+    parts = field.split("_")
+    return "".join(p[:1].upper() + p[1:] for p in parts) + "Entry"
+
+
+def _unique(name: str, taken: Set[str]) -> str:
+    out = name
+    while out in taken:
+        out += "_"
+    return out
