@@ -171,6 +171,38 @@ async def test_a_runner_that_stopped_is_settled(etcd_cluster, key_prefix, monkey
         assert st["phase"] == "Failed" and "stopped before it switched" in st["message"], st
 
 
+async def test_a_request_its_leader_lost_before_switching_goes_back_to_approved(
+    etcd_cluster, key_prefix, monkeypatch
+):
+    """The controller that claimed it loses the lead (its decide loop cancelled) before
+    anything switched: the request is Approved again, unclaimed, and the next leader runs it
+    at once (not failed ABANDONED_AFTER later)."""
+    async with setup(etcd_cluster, key_prefix) as (client, state):
+        name = await put(client, key_prefix, ops.APPROVED, epochAtRequest=1)
+        runner = executor.Operations(FakeHost(key_prefix, "g1"))
+        started = asyncio.Event()
+
+        async def hangs(self: Any) -> None:
+            started.set()
+            await asyncio.sleep(60)
+
+        monkeypatch.setattr(executor._Run, "carry_out", hangs)
+        task = asyncio.create_task(advance(runner, state, client))
+        await asyncio.wait_for(started.wait(), 10)
+        assert (await status_of(client, key_prefix, name))["phase"] == ops.RUNNING
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        st = await status_of(client, key_prefix, name)
+        assert st["phase"] == ops.APPROVED and "runBy" not in st
+        assert "lost the lead" in st["message"]
+        monkeypatch.undo()
+        await advance(executor.Operations(FakeHost(key_prefix, "g2")), state, client)
+        st = await status_of(client, key_prefix, name)
+        assert st["phase"] == "Running" and st["runBy"] == "controller:g2", st
+        assert st["result"]["epoch"] == 2  # carried out by the next leader (forced, fenced)
+
+
 async def test_two_executors_claim_a_request_once(etcd_cluster, key_prefix):
     async with setup(etcd_cluster, key_prefix) as (client, state):
         name = await put(client, key_prefix, ops.APPROVED, epochAtRequest=1)

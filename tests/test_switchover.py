@@ -130,6 +130,31 @@ async def test_a_standby_that_does_not_catch_up_refuses_and_the_old_region_stays
         assert (await state.read()) == before
 
 
+async def test_a_switchover_cancelled_while_catching_up_leaves_the_old_region_writable(
+    pair: tuple[EtcdCluster, EtcdCluster], etcd_cluster: EtcdCluster, key_prefix: bytes
+) -> None:
+    """The controller running it lost the lead (its task cancelled) while the standby caught
+    up: nothing activates a frozen key but a switch, so the freeze is undone on the way out."""
+    async with setup(pair, etcd_cluster, key_prefix) as (a, b, state, fences):
+        before = await state.read()
+        assert before is not None
+        task = asyncio.create_task(
+            planned_switchover(state, fences, before, "b", by="t", reason="t", catch_up_limit=30)
+        )
+        for _ in range(100):  # frozen: the catch-up wait has begun (no replicator runs in b)
+            if (await a.get(FENCE_KEY)).value.startswith(b"frozen:"):  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("never frozen")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await a.get(FENCE_KEY)).value == b"active:a@1"  # type: ignore[union-attr]
+        assert (await b.get(FENCE_KEY)).value == b"standby:a@1"  # type: ignore[union-attr]
+        assert (await state.read()) == before
+
+
 async def test_an_unreachable_old_region_refuses_and_switches_nothing(
     pair: tuple[EtcdCluster, EtcdCluster], etcd_cluster: EtcdCluster, key_prefix: bytes
 ) -> None:

@@ -25,11 +25,17 @@ Each pass (every `OPS_EVERY` seconds):
   recorded epoch (or, when the runner stopped before recording it, the history entry naming
   the request) writable -> `Succeeded`; replaced by a later epoch -> `Failed`. One with no
   trace of a commit that stays so for `ABANDONED_AFTER` (counted on this controller's own
-  clock from when it first saw it) is closed as `Failed`, saying where the platform stands.
+  clock from when it first saw it) is closed as `Failed`, saying where the platform stands;
+- a controller that loses the lead while it runs one (its decide loop cancelled) before
+  anything switched puts it back to `Approved`, unclaimed, for the next leader to run at once;
+  a planned one's freeze is undone on the way out (`planned_switchover`), since nothing but a
+  switch activates a frozen region.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from contextlib import AbstractAsyncContextManager
@@ -170,6 +176,14 @@ class Operations:
         run = _Run(self.host, state, client, kv, obj, phases, phase)
         try:
             await run.carry_out()
+        except asyncio.CancelledError:
+            # this controller lost the lead (its decide loop is cancelled): a request that
+            # switched nothing goes back to Approved for the next leader, at once, rather than
+            # wait ABANDONED_AFTER to be failed (a planned one's freeze was undone on the way)
+            if not run.committed:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(run.release())
+            raise
         except Exception as exc:
             host.log("switchover_error", switchover=name, error=repr(exc))
             if not run.committed:  # nothing switched: say why; else `_settle` finishes it
@@ -356,6 +370,21 @@ class _Run:
             return
         if outcome != ops.RUNNING:
             self.host.log("switchover_" + outcome.lower(), switchover=self.name, message=message)
+
+    async def release(self) -> None:
+        """Back to Approved, unclaimed, for whichever controller leads next."""
+
+        def change(st: Obj) -> None:
+            st["phase"] = ops.APPROVED
+            for key in ("runBy", "startedAt", "phases"):
+                st.pop(key, None)
+            st["message"] = (
+                f"controller:{self.host.gate} lost the lead before switching anything; the "
+                "next leader runs it"
+            )
+
+        self.kv, _ = await ops.update_status(self.client, self.kv, change, timeout=TIMEOUT)
+        self.host.log("switchover_released", switchover=self.name)
 
     async def carry_out(self) -> None:
         host, state = self.host, self.state

@@ -280,17 +280,24 @@ async def planned_switchover(
         return None
 
     try:
-        marker = await freeze_with_cut_marker(old_fence, epoch, by=by, timeout=timeout)
-    except FenceChanged as exc:
-        raise SwitchoverRefused(
-            f"the old region {old} could not be frozen ({exc}): nothing switched"
-        ) from exc
-    except EtcdError as exc:  # maybe frozen after all (an answer lost): undo it
-        raise await refuse(f"the old region {old}'s freeze got no answer ({exc})") from exc
-    try:
-        await wait_applied(new_fence.client, source_cluster, marker, limit=catch_up_limit)
-    except TimeoutError as exc:
-        raise await refuse(f"{to} did not apply the cut marker (revision {marker}): {exc}") from exc
+        try:
+            marker = await freeze_with_cut_marker(old_fence, epoch, by=by, timeout=timeout)
+        except FenceChanged as exc:
+            raise SwitchoverRefused(
+                f"the old region {old} could not be frozen ({exc}): nothing switched"
+            ) from exc
+        except EtcdError as exc:  # maybe frozen after all (an answer lost): undo it
+            raise await refuse(f"the old region {old}'s freeze got no answer ({exc})") from exc
+        try:
+            await wait_applied(new_fence.client, source_cluster, marker, limit=catch_up_limit)
+        except TimeoutError as exc:
+            late = f"{to} did not apply the cut marker (revision {marker}): {exc}"
+            raise await refuse(late) from exc
+    except asyncio.CancelledError:
+        # the caller is going (a controller that lost the lead): the old region must not stay
+        # frozen with no switch coming, for nothing activates a frozen key but a switch
+        await asyncio.shield(refuse("cancelled while freezing or catching up"))
+        raise
     caught_up = time.monotonic() - t0
     try:
         promoted_at, applied = await promote(new_fence, old, epoch, epoch + 1, timeout=timeout)
