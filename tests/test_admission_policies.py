@@ -171,7 +171,8 @@ def test_deny_as_kubectl_sees_it(api_replicas: list[ApiReplica], policies: Polic
     ) in r.stderr, r.stderr
     status, _, out = a.request("POST", "/api/v1/namespaces", ns(name))
     assert status == 422 and out["reason"] == "Invalid", out
-    assert out["details"]["causes"][0]["field"] == ""
+    assert out["message"].startswith(f'namespaces "{name}" is forbidden: ValidatingAdmission')
+    assert out["details"]["causes"] == [{"message": out["message"].split("is forbidden: ")[1]}]
     status, _, out = a.request("POST", "/api/v1/namespaces", ns(name, owner="alice"))
     assert status == 201, out
     # an update that drops the label is an UPDATE the rule matches too
@@ -374,7 +375,7 @@ def test_a_generated_name_is_not_the_requests(
     path = f"/api/v1/namespaces/{namespace}/configmaps"
     named = {"metadata": {"name": f"{PREFIX}-named"}, "data": {"a": "1"}}
     out = eventually(lambda: (r := a.request("POST", path, named))[0] == 422 and r[2])
-    assert f'"{PREFIX}-named" is invalid' in out["message"]
+    assert f'"{PREFIX}-named" is forbidden' in out["message"]
     assert f"asked for {PREFIX}-named" in out["message"]  # a name given is the request's
     generated = {"metadata": {"generateName": f"{PREFIX}-gen-"}, "data": {"a": "1"}}
     status, _, made = a.request("POST", path, generated)

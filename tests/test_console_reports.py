@@ -81,24 +81,40 @@ def test_history_is_kept_in_its_file_and_read_back_after_a_restart(example, tmp_
     )
     h.add(90.0, [_row("eu-central", "eu-west", None)])
     with open(file, "a") as f:
-        f.write('[95.0, {"eu-central": ["eu-west", "Streaming", "x"]}]\n{"torn": ')  # not ours
+        f.write('[95.0, {"eu-central": ["eu-west", "Streaming", NaN]}]\n')  # json reads NaN
+        f.write('[96.0, {"eu-central": ["eu-west", "Streaming", "x"]}]\n{"torn": ')  # not ours
     again = LagHistory(example, window=100.0, file=file, now=120.0)
-    assert len(again) == 2  # the sample at 0 s is older than the window now
+    assert len(again) == 3  # the sample at 0 s is older than the window now; a gap at 120 s
     (s,) = again.series()
-    assert s.points == [(50.0, 3.0), (90.0, None)] and s.state == "Streaming" and s.peak == 3.0
-    assert [json.loads(x)[0] for x in file.read_text().splitlines()] == [50.0, 90.0]
+    assert s.points == [(50.0, 3.0), (90.0, None), (120.0, None)]
+    assert s.state == "Streaming" and s.peak == 3.0
+    assert [json.loads(x)[0] for x in file.read_text().splitlines()] == [50.0, 90.0, 120.0]
     again.add(130.0, [_row("eu-central", "eu-west", 0.2)])
     third = LagHistory(example, window=100.0, file=file, now=131.0)
-    assert [p for p in third.series()[0].points] == [(50.0, 3.0), (90.0, None), (130.0, 0.2)]
+    # the time it was down is a gap in the line, not a straight line across it
+    assert third.series()[0].points == [
+        (50.0, 3.0), (90.0, None), (120.0, None), (130.0, 0.2), (131.0, None)
+    ]  # fmt: skip
 
 
-def test_a_history_file_that_cannot_be_written_costs_only_the_restart(example, tmp_path):
+def test_a_clock_stepped_back_starts_the_chart_again(example):
+    h = LagHistory(example)
+    h.add(100.0, [_row("eu-central", "eu-west", 0.1)])
+    h.add(50.0, [_row("eu-central", "eu-west", 0.2)])
+    assert h.series()[0].points == [(50.0, 0.2)]
+
+
+def test_a_history_file_that_cannot_be_written_costs_only_the_restart(example, tmp_path, caplog):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     h = LagHistory(example, file=blocker / "lag.jsonl", now=0.0)
     h.add(1.0, [_row("eu-central", "eu-west", 0.1)])
     h.add(2.0, [_row("eu-central", "eu-west", 0.2)])
     assert [p for p in h.series()[0].points] == [(1.0, 0.1), (2.0, 0.2)]  # the chart goes on
+    # said once, and left alone for a while (not a warning a second)
+    assert [r.message for r in caplog.records].count(
+        next(r.message for r in caplog.records if "lag history not kept" in r.message)
+    ) == 1
 
 
 def test_the_history_file_is_compacted_to_what_is_kept(example, tmp_path, monkeypatch):
@@ -111,7 +127,9 @@ def test_the_history_file_is_compacted_to_what_is_kept(example, tmp_path, monkey
         h.add(float(t), [_row("eu-central", "eu-west", 0.01 * t)])
     assert len(file.read_text().splitlines()) <= 2 * 5 + 1
     back = LagHistory(example, window=1000.0, file=file, now=30.0)
-    assert [t for t, _ in back.series()[0].points] == [20.0, 21.0, 22.0, 23.0, 24.0]
+    # the last MAX_SAMPLES: the four newest, and the gap for the time it was down
+    assert back.series()[0].points == [(21.0, 0.21), (22.0, 0.22), (23.0, 0.23), (24.0, 0.24),
+                                       (30.0, None)]  # fmt: skip
 
 
 def test_downsampling_keeps_the_spike():

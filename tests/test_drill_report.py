@@ -699,3 +699,21 @@ def test_summarize_reports_the_cut_and_fails_only_on_loss_at_or_below_it() -> No
     )
     again = DrillResult.from_dict(json.loads(render_json(result)))
     assert again.cut == cut and again.lost_above_cut == (lost_above,)
+
+
+def test_a_region_kill_takes_everything_on_the_site() -> None:
+    """The two-regions example's eu-west site: its region's etcd members, replicas, balancers
+    and replicators, and the global components placed there (a control etcd member, the
+    gate, a GitOps controller and a console); nothing of eu-central's or the witness'."""
+    from haplane.local.drill import DrillContext
+    from haplane.topology import example_text, load_text
+
+    topology = load_text(example_text("two-regions"))
+    ctx = DrillContext(None, topology, None, None, "eu-west")  # type: ignore[arg-type]
+    victims = ctx.region_components("eu-west")
+    assert {"global/gitops-1", "global/console-1", "global/gate-eu-west"} <= set(victims)
+    assert "global/console-2" not in victims and "global/gitops-2" not in victims
+    assert sum(v.startswith("eu-west/etcd") for v in victims) == 3
+    assert not [v for v in victims if v.startswith("eu-central/")]
+    central = ctx.region_components("eu-central")
+    assert "global/console-2" in central and not [v for v in central if "gitops" in v]

@@ -62,6 +62,27 @@ def test_validation_as_kube_apiserver(attrs: dict, expected: str) -> None:
     assert errs and str(errs[0]).startswith(expected), [str(e) for e in errs]
 
 
+def test_every_cause_in_kube_apiservers_order() -> None:
+    """The values against the operator first, then the key, then each label value (so the
+    first cause, which the message leads with, is Kubernetes')."""
+    wrong = {"labelSelector": {"requirements": [{"key": "()k", "operator": "In"}]}}
+    assert [e.field for e in causes(wrong)] == [
+        f"{L}.requirements[0].values",
+        f"{L}.requirements[0].key",
+    ]
+    values = {"labelSelector": {"requirements": [
+        {"key": "app", "operator": "In", "values": ["web", "bad value!"]}]}}  # fmt: skip
+    (only,) = causes(values)
+    assert str(only).startswith(
+        f'{L}.requirements[0].values[1]: Invalid value: "bad value!": a valid label must be '
+        "an empty string or consist of alphanumeric characters"
+    ), str(only)
+    # field selector values are not label values
+    field = {"fieldSelector": {"requirements": [
+        {"key": "spec.x", "operator": "In", "values": ["any value!"]}]}}  # fmt: skip
+    assert causes(field) == []
+
+
 def test_valid_selectors_and_unknown_operators_pass_validation() -> None:
     assert causes({}) == []
     assert causes({"fieldSelector": {"rawSelector": "spec.nodeName=n1"}}) == []

@@ -579,20 +579,24 @@ def _denied(
         f"ValidatingAdmissionPolicy '{policy}' with binding '{binding}' denied request: {message}"
     )
     code = _CODES.get(reason, 422)
-    # (a create named from generateName: the name it was given, as the store's errors say)
+    # Kubernetes' admission.NewForbidden, whatever the reason: "... is forbidden: ...", the
+    # code and reason then the policy's, the message also as a cause. The name: the
+    # object's (a create named from generateName has its generated one by now)
     name = a.name or str(((a.obj or {}).get("metadata") or {}).get("name") or "")
-    what = f'{a.rtype.qualified} "{name}"'
-    details = {"name": name, "group": a.rtype.group, "kind": a.rtype.plural}
-    if code == 422:
-        return errors.StatusError(
-            422,
-            "Invalid",
-            f"{what} is invalid: : {text}",
-            details={**details, "causes": [{"message": text, "field": ""}]},
-        )
-    status_reason = {401: "Unauthorized", 403: "Forbidden", 413: "RequestEntityTooLarge"}[code]
-    verb = "is forbidden" if code == 403 else "was refused"
-    return errors.StatusError(code, status_reason, f"{what} {verb}: {text}", details=details)
+    details = {
+        "name": name,
+        "group": a.rtype.group,
+        "kind": a.rtype.plural,
+        "causes": [{"message": text}],
+    }
+    status_reason = {
+        401: "Unauthorized",
+        403: "Forbidden",
+        413: "RequestEntityTooLarge",
+        422: "Invalid",
+    }[code]
+    message = f'{a.rtype.qualified} "{name}" is forbidden: {text}'
+    return errors.StatusError(code, status_reason, message, details=details)
 
 
 def _request(a: Attributes) -> Obj:

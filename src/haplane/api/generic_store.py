@@ -397,6 +397,9 @@ class GenericStore:
             except storage.KeyExists as exc:
                 if generated and attempt + 1 < GENERATE_NAME_ATTEMPTS:
                     meta["name"] = generate_name(str(meta["generateName"]))
+                    # judged again under its new name, as Kubernetes' retry runs the whole
+                    # create (the policies saw the name that clashed)
+                    self._validate(obj, None, generated)
                     continue
                 raise self._translate(exc, name) from exc
             except storage.StorageError as exc:

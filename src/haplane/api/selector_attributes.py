@@ -1,5 +1,5 @@
 """The field and label selectors of an access review's `spec.resourceAttributes` (Kubernetes
-1.31+, AuthorizeWithSelectors): validated as kube-apiserver validates them, and parsed as it
+1.32+, AuthorizeWithSelectors): validated as kube-apiserver validates them, and parsed as it
 parses them for the status' `evaluationError`.
 
 Layer: api. Pure: a review's resourceAttributes in, field errors or a message out.
@@ -78,14 +78,8 @@ def _requirement_causes(requirement: Any, at: str, which: str) -> list[FieldErro
         return [FieldError(at, "FieldValueInvalid", "key and operator must be strings")]
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         return [FieldError(f"{at}.values", "FieldValueInvalid", "must be a list of strings")]
+    # (in Kubernetes' order: the values against the operator, the key, each label value)
     errs: list[FieldError] = []
-    if which == "fieldSelector":
-        if not key:
-            errs.append(FieldError(f"{at}.key", "FieldValueRequired", "must be specified"))
-    else:
-        errs += [
-            FieldError(f"{at}.key", "FieldValueInvalid", m, key) for m in label_key_errors(key)
-        ]
     if operator in (_IN, _NOT_IN) and not values:
         errs.append(
             FieldError(
@@ -102,6 +96,17 @@ def _requirement_causes(requirement: Any, at: str, which: str) -> list[FieldErro
                 "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
             )
         )
+    if which == "fieldSelector":
+        if not key:
+            errs.append(FieldError(f"{at}.key", "FieldValueRequired", "must be specified"))
+        return errs
+    bad_key = label_key_errors(key)
+    errs += [FieldError(f"{at}.key", "FieldValueInvalid", m, key) for m in bad_key]
+    for j, value in enumerate(values):
+        at_value = f"{at}.values[{j}]"
+        errs += [
+            FieldError(at_value, "FieldValueInvalid", m, value) for m in label_value_errors(value)
+        ]
     return errs
 
 

@@ -11,7 +11,7 @@ Layer: cel. Pure: a check calls the function the caller put in `CHECKER` for the
     authorizer.serviceAccount('ns', 'sa').group('')....   the ServiceAccount's permissions
     authorizer.requestResource.check('update')   the request's own resource (a variable)
     authorizer.group('').resource('pods').fieldSelector('spec.nodeName=n').labelSelector('a=b')
-        .check('list')                              Kubernetes 1.31+ (AuthorizeWithSelectors)
+        .check('list')                              Kubernetes 1.32+ (AuthorizeWithSelectors)
     decision.allowed() .reason() .errored() .error()
 
 Selectors: kept on the ResourceCheck as written and handed to nobody. RBAC, the only

@@ -17,7 +17,8 @@ its data dir) each sample is also appended to it as a JSON line, and a console t
 (a region-kill drill takes the one on the killed site) reads the last `window` seconds back:
 the chart goes on, with a gap for the time it was down. The file is rewritten with what is
 kept once it holds twice `MAX_SAMPLES` lines. A file that cannot be written costs the restart
-its history, nothing else. Longer history, and an alert on the limit, are Prometheus' job
+its history, nothing else (tried again a minute later). One console writes one file: the
+topology's global names are unique. Longer history, and an alert on the limit, are Prometheus' job
 (`haplane_replication_lag_seconds`, `haplane export prometheus`).
 """
 
@@ -27,6 +28,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from haplane.topology import Topology
 WINDOW = 3600.0  # seconds the chart shows
 STALE_AFTER = 15.0  # seconds: a report older than this measures nothing any more
 MAX_SAMPLES = 4000  # at one per second, a little over the window
+RETRY_AFTER = 60.0  # seconds before a file that could not be written is tried again
 STOPPED = "Stopped"  # a pair whose region copies from elsewhere, or from no one, now
 
 log = logging.getLogger("haplane.console")
@@ -107,17 +110,21 @@ class LagHistory:
         self._samples: deque[Sample] = deque(maxlen=MAX_SAMPLES)
         self._file = file
         self._lines = 0  # lines in the file
-        self._broken = False  # a write failed: said once, the file left alone after
+        self._broken_until = 0.0  # a write failed: the file is left alone until then
         if file is not None and now is not None:
             self._load(file, now)
 
     def add(self, t: float, rows: Iterable[ReplicationRow]) -> None:
-        """One sample at unix time `t`: every region's (source, state, lag)."""
+        """One sample at unix time `t`: every region's (source, state, lag). A clock that
+        stepped back before the last sample: what was kept is dropped (the chart's time
+        axis must not run backwards)."""
         sample = (t, {r.region: (r.source or "", r.state, lag_of(r)) for r in rows})
+        if self._samples and t < self._samples[-1][0]:
+            self._samples.clear()
         self._samples.append(sample)
         while self._samples and self._samples[0][0] < t - self.window:
             self._samples.popleft()
-        if self._file is not None and not self._broken:
+        if self._file is not None and time.monotonic() >= self._broken_until:
             self._keep(self._file, sample)
 
     def _load(self, file: Path, now: float) -> None:
@@ -129,15 +136,19 @@ class LagHistory:
             pass  # a first start
         except OSError as exc:
             log.warning(json.dumps({"msg": "lag history not read", "error": str(exc)}))
-        for line in lines:
-            sample = _parse(line)
-            if sample is not None and now - self.window <= sample[0] <= now:
-                self._samples.append(sample)
+        kept = (_parse(line) for line in lines)
+        self._samples.extend(
+            sorted(
+                (s for s in kept if s is not None and now - self.window <= s[0] <= now),
+                key=lambda s: s[0],
+            )
+        )
+        if self._samples:  # the time this console was down: nobody measured (a gap)
+            self._samples.append((now, {}))
         try:
             self._rewrite(file)  # only what is kept, and no torn last line
         except OSError as exc:
-            self._broken = True
-            log.warning(json.dumps({"msg": "lag history not kept", "error": str(exc)}))
+            self._failed(exc)
 
     def _keep(self, file: Path, sample: Sample) -> None:
         try:
@@ -148,8 +159,14 @@ class LagHistory:
                     f.write(_line(sample))
                 self._lines += 1
         except OSError as exc:
-            self._broken = True
-            log.warning(json.dumps({"msg": "lag history not kept", "error": str(exc)}))
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        """A full disk, say: the chart goes on in memory, and the file is tried again (whole)
+        after `RETRY_AFTER` seconds."""
+        self._broken_until = time.monotonic() + RETRY_AFTER
+        self._lines = 2 * MAX_SAMPLES  # the next try rewrites it with what is kept
+        log.warning(json.dumps({"msg": "lag history not kept", "error": str(exc)}))
 
     def _rewrite(self, file: Path) -> None:
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -209,8 +226,10 @@ def _parse(line: str) -> Sample | None:
         for region, (source, state, lag) in regions.items():
             if not (isinstance(region, str) and isinstance(source, str) and isinstance(state, str)):
                 return None
-            if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int | float)):
-                return None
+            if lag is not None and (
+                isinstance(lag, bool) or not isinstance(lag, int | float) or not math.isfinite(lag)
+            ):
+                return None  # (json reads NaN and Infinity, which `_line` refuses to write)
             out[region] = (source, state, None if lag is None else float(lag))
         if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
             return None
