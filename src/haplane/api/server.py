@@ -25,7 +25,7 @@ import signal
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1108,8 +1108,8 @@ class ApiServer:
                 for key, value in notes.annotations.items():
                     audit.annotate(key, value)
         if notes.warnings and not response.prepared:
-            for warning in notes.warnings:
-                response.headers.add("Warning", _warning(warning))
+            for header in warning_headers(notes.warnings):
+                response.headers.add("Warning", header)
         return response
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -1220,6 +1220,31 @@ def _stall_hook(needle: str | None) -> Callable[[str], Callable[[], None] | None
         return stall
 
     return hook
+
+
+MAX_WARNINGS_SIZE = 4 * 1024  # bytes of Warning headers in one response (Kubernetes')
+MAX_WARNING_LEN = 256  # a warning's text once they do not all fit (Kubernetes')
+
+
+def warning_headers(texts: Iterable[str]) -> list[str]:
+    """The `Warning` headers for a response's warnings as kube-apiserver's warning recorder
+    writes them: each text once (a write retried on a conflict says its warnings again), all
+    of them while they fit in MAX_WARNINGS_SIZE bytes; else each cut to MAX_WARNING_LEN
+    characters, as many as fit. (A client stops at a limit too: Python's http.client refuses
+    a response with more than 100 headers, after the write was made.)"""
+    unique = [t for t in dict.fromkeys(texts) if t]
+    whole = [_warning(t) for t in unique]
+    if sum(len(h) for h in whole) <= MAX_WARNINGS_SIZE:
+        return whole
+    out: list[str] = []
+    size = 0
+    for text in unique:
+        header = _warning(text[:MAX_WARNING_LEN])
+        if size + len(header) > MAX_WARNINGS_SIZE:
+            break
+        out.append(header)
+        size += len(header)
+    return out
 
 
 def _warning(text: str) -> str:
