@@ -256,28 +256,37 @@ def test_crd_cel_rules_are_checked_and_enforced(api_replicas):
     assert api.request("DELETE", path + f"/widgets.{group}")[0] == 200
 
 
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def _served_widgets(api: ApiReplica, prefix: str) -> tuple[str, str]:
+    """The `crd` Widget CRD in a group of its own, once served: (group, the widgets' path in
+    the default namespace)."""
+    group = f"{prefix}{uuid.uuid4().hex[:8]}.example.com"
+    assert api.request("POST", CRDS, crd(group))[0] == 201
+    base = f"/apis/{group}/v1/namespaces/default/widgets"
+    wait_until(lambda: api.request("GET", base)[0] == 200)
+    return group, base
+
+
 def test_tightened_rules_ratchet_on_unchanged_values(lone_replica):
     """CRDValidationRatcheting: objects stored before a CRD's rules and schema were tightened
     can still be updated where the update leaves the invalid values alone (a label, a status
     write; the rule's error comes back as a warning); changing such a value to another
     invalid one is a 422 naming its field."""
     api: ApiReplica = lone_replica
-    group = f"r{uuid.uuid4().hex[:8]}.example.com"
-    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    assert api.request("POST", crds, crd(group))[0] == 201
-    base = f"/apis/{group}/v1/namespaces/default/widgets"
-    wait_until(lambda: api.request("GET", base)[0] == 200)
+    group, base = _served_widgets(api, "r")
     w = {"metadata": {"name": "old"}, "spec": {"color": "red", "replicas": 7, "size": "100Mi"}}
     assert api.request("POST", base, w)[0] == 201
 
-    status, _, tightened = api.request("GET", f"{crds}/widgets.{group}")
+    status, _, tightened = api.request("GET", f"{CRDS}/widgets.{group}")
     for version in tightened["spec"]["versions"]:
         spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
         spec["properties"]["size"]["maxLength"] = 4
         spec["x-kubernetes-validations"] = [
             {"rule": "self.replicas <= 5", "message": "at most 5", "fieldPath": ".replicas"}
         ]
-    assert api.request("PUT", f"{crds}/widgets.{group}", tightened)[0] == 200
+    assert api.request("PUT", f"{CRDS}/widgets.{group}", tightened)[0] == 200
     w2 = {**w, "metadata": {"name": "new"}}
     wait_until(lambda: api.request("POST", base, w2)[0] == 422)  # new objects: the new rules
 
@@ -302,7 +311,7 @@ def test_tightened_rules_ratchet_on_unchanged_values(lone_replica):
     current["spec"]["replicas"] = 5  # made valid: fine, and the size still ratchets
     status, headers, out = api.request("PUT", f"{base}/old", current)
     assert status == 200 and "Warning" not in headers, (out, headers)
-    assert api.request("DELETE", f"{crds}/widgets.{group}")[0] == 200
+    assert api.request("DELETE", f"{CRDS}/widgets.{group}")[0] == 200
 
 
 def test_status_writes_store_the_object_as_read_under_the_current_schema(lone_replica):
@@ -312,23 +321,19 @@ def test_status_writes_store_the_object_as_read_under_the_current_schema(lone_re
     of a status body were stored. Now a subresource write stores the object pruned and
     defaulted, as kube-apiserver decodes it, without counting that as a spec change."""
     api: ApiReplica = lone_replica
-    group = f"s{uuid.uuid4().hex[:8]}.example.com"
-    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    assert api.request("POST", crds, crd(group))[0] == 201
-    base = f"/apis/{group}/v1/namespaces/default/widgets"
-    wait_until(lambda: api.request("GET", base)[0] == 200)
+    group, base = _served_widgets(api, "s")
     w = {"metadata": {"name": "old"}, "spec": {"color": "red", "replicas": 7}}
     status, _, stored = api.request("POST", base, w)
     assert status == 201, stored
 
-    status, _, tightened = api.request("GET", f"{crds}/widgets.{group}")
+    status, _, tightened = api.request("GET", f"{CRDS}/widgets.{group}")
     for version in tightened["spec"]["versions"]:
         spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
         spec["properties"]["tier"] = {"type": "string", "default": "gold"}
         spec["x-kubernetes-validations"] = [
             {"rule": "self.replicas <= 5", "message": "at most 5", "fieldPath": ".replicas"}
         ]
-    assert api.request("PUT", f"{crds}/widgets.{group}", tightened)[0] == 200
+    assert api.request("PUT", f"{CRDS}/widgets.{group}", tightened)[0] == 200
     w2 = {**w, "metadata": {"name": "new"}}
     wait_until(lambda: api.request("POST", base, w2)[0] == 422)  # the new rule is in force
 
@@ -342,7 +347,7 @@ def test_status_writes_store_the_object_as_read_under_the_current_schema(lone_re
     assert out["metadata"]["generation"] == stored["metadata"]["generation"]  # no spec change
     _, _, read = api.request("GET", f"{base}/old")
     assert read["status"] == {"replicas": 7, "phase": "Running"}
-    assert api.request("DELETE", f"{crds}/widgets.{group}")[0] == 200
+    assert api.request("DELETE", f"{CRDS}/widgets.{group}")[0] == 200
 
 
 def gateway_api_crd(name: str) -> dict:
