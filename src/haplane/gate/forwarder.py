@@ -1,7 +1,7 @@
 """The forwarding engine: pools of health-checked upstreams, one active pool, listeners.
 
 Layer: gate. Owns the asyncio tasks of the health checks and of the deadline sweep, and the
-listening sockets it is asked to open; talks to upstreams only through `health.probe`,
+listening sockets it is asked to open; talks to upstreams only through `health.Prober`,
 `tcp_relay` and `http_proxy`.
 
     forwarder = Forwarder(name="gate", timeouts=Timeouts(), retries=2)
@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 
 from .balancing import Pool, Upstream
 from .events import GateEvent, emit
-from .health import CheckResult, UpstreamState, judge, passive_failure, probe
+from .health import CheckResult, Prober, UpstreamState, judge, passive_failure
 from .http_proxy import HttpListener
 from .metrics import GateMetrics
 from .settings import HealthCheck, ListenerSpec, Timeouts, UpstreamAddress
@@ -338,10 +338,17 @@ class Forwarder:
 
     async def _check_loop(self, pool: Pool, upstream: Upstream) -> None:
         address = upstream.address
+        prober = Prober(address.host, address.health_port)  # its connection kept a few checks
+        try:
+            await self._checking(pool, upstream, prober)
+        finally:  # retired, stopped or restarted (`_start_check`): the connection goes too
+            prober.close()
+
+    async def _checking(self, pool: Pool, upstream: Upstream, prober: Prober) -> None:
         while not upstream.retired:
             check = pool.check
             try:
-                result = await probe(address.host, address.health_port, check)
+                result = await prober.check(check)
                 if upstream.retired:
                     return
                 self._apply_check(pool, upstream, result)

@@ -29,8 +29,9 @@ class UpstreamAddress:
 
 @dataclass(frozen=True, slots=True)
 class HealthCheck:
-    """Active check of one pool's upstreams: `GET path` every `interval` seconds on a fresh
-    connection. `fall` consecutive failures take an UP or DRAINING upstream DOWN; `rise`
+    """Active check of one pool's upstreams: `GET path` every `interval` seconds, on a
+    connection kept for a few checks (`health.REUSE_FOR`).
+    `fall` consecutive failures take an UP or DRAINING upstream DOWN; `rise`
     consecutive successes bring a DOWN one back. `timeout` defaults to `interval`."""
 
     path: str = "/readyz"
