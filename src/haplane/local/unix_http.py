@@ -1,0 +1,108 @@
+"""One HTTP/1.1 request to the supervisor's Unix socket, on a bare socket.
+
+Layer: run (local). Standard library only (`socket`, `json`); what `haplane status --json`
+and `haplane fault` send when the supervisor answers, before anything else is imported.
+
+Why not `stdlib_http` (`http.client`), which speaks to the platform's TLS listeners: it
+imports `ssl`, `email` and `urllib` behind `http.client`, ~35 ms on a quiet machine and
+~100 ms with the two-regions example busy beside it, for a connection that needs no TLS and
+one request whose answer the supervisor (aiohttp) always sends with a Content-Length. This
+reads what aiohttp sends: a status line, headers, and a body of Content-Length bytes or
+chunked; anything else is an error, never a guess.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+MAX_ANSWER = 64 * 1024 * 1024
+
+
+class UnixHttpError(Exception):
+    """The socket could not be reached, did not answer in time, or not in HTTP."""
+
+
+def request(
+    socket_path: str, method: str, path: str, body: Any = None, *, timeout: float
+) -> tuple[int, bytes]:
+    """Send `method path` (with `body` as JSON, if any) and return the answer's status and
+    body; each socket operation is given `timeout` seconds."""
+    payload = b"" if body is None else json.dumps(body).encode()
+    head = f"{method} {path} HTTP/1.1\r\nHost: supervisor\r\nConnection: close\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(socket_path)
+            sock.sendall(head.encode() + b"\r\n" + payload)
+            data = bytearray()
+            while len(data) <= MAX_ANSWER:
+                chunk = sock.recv(262144)
+                if not chunk:
+                    break
+                data += chunk
+                if _complete(data):
+                    break
+    except TimeoutError:
+        raise UnixHttpError(f"no answer within {timeout:g}s") from None
+    except OSError as exc:
+        raise UnixHttpError(f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    return parse(bytes(data))
+
+
+def _complete(data: bytearray) -> bool:
+    """Whether a Content-Length answer is all here (other answers end with the connection)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    for line in bytes(data[:end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return len(data) - end - 4 >= int(value)
+    return False
+
+
+def parse(data: bytes) -> tuple[int, bytes]:
+    """Status and body of one whole answer, as read until the server closed."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise UnixHttpError("the answer ended before its headers did")
+    lines = head.split(b"\r\n")
+    version, _, status_text = lines[0].partition(b" ")
+    code = status_text[:3]
+    if not version.startswith(b"HTTP/1.") or not code.isdigit():
+        raise UnixHttpError(f"not an HTTP answer: {lines[0][:80]!r}")
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise UnixHttpError(f"malformed header line: {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
+    length = headers.get(b"content-length")
+    if length is not None:
+        if not length.isdigit() or len(rest) < int(length):
+            raise UnixHttpError("the answer ended before its body did")
+        return int(code), rest[: int(length)]
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        return int(code), _dechunk(rest)
+    return int(code), rest  # HTTP/1.1 without a length: the body ends with the connection
+
+
+def _dechunk(rest: bytes) -> bytes:
+    body = bytearray()
+    while True:
+        size_line, sep, rest = rest.partition(b"\r\n")
+        size_text = size_line.split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise UnixHttpError(f"malformed chunk size: {size_line[:40]!r}") from None
+        if not sep or len(rest) < size + 2:
+            raise UnixHttpError("the answer ended inside a chunk")
+        if size == 0:
+            return bytes(body)
+        body += rest[:size]
+        rest = rest[size + 2 :]
