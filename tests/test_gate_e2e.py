@@ -312,6 +312,7 @@ def test_a_region_without_etcd_quorum_is_reported_unhealthy(topo):
             10,
         )
         assert report["grace_left_s"] == 0
+
         # the gates see it too (the standby region's pool is checked all the time); each
         # balancer judges its region on its own clock and the gate probes each balancer on its
         # own interval, so the second balancer may turn a few checks after the first

@@ -483,3 +483,80 @@ def test_the_supervisor_gathers_once_for_concurrent_askers_and_bounds_the_wait(
 )
 def test_only_a_plain_status_json_is_answered_quickly(argv: list[str], expected: object):
     assert _status_json_args(argv) == expected
+
+
+def test_kept_etcd_clients_are_asked_beside_the_listeners_once_warm(tmp_path: Path, monkeypatch):
+    """The first gather with kept clients asks etcd before any listener (their channels'
+    handshakes would compete); the next ones, every member having answered, ask all at once;
+    a cluster that lost a member's answer makes the next gather careful again."""
+    from haplane.local import status
+    from haplane.local.status import ClusterReport, KeptClients, MemberReport
+
+    state = StateDir(tmp_path / "state")
+    state.root.mkdir()
+    text = example_text("two-regions").replace(
+        "  defaults:\n", "  security:\n    insecure: true\n  defaults:\n", 1
+    )
+    state.topology_file.write_text(text)
+    plan_of(load_file(state.topology_file), state, read_only=False)
+
+    events: list[str] = []
+    member_ok = {"value": True}
+
+    async def cluster(plan, client, processes, timeout):  # type: ignore[no-untyped-def]
+        events.append("etcd start")
+        await asyncio.sleep(0.05)
+        events.append("etcd end")
+        members = [
+            MemberReport(
+                name=n,
+                kind="etcd",
+                endpoint=e,
+                quota=plan.quota,
+                state="running",
+                pid=1,
+                restarts=0,
+            )
+            for n, e in plan.members.items()
+        ]
+        for m in members:
+            m.member_id = "1" if member_ok["value"] else None
+        return ClusterReport(plan.name, True, None, members)
+
+    async def replica(r, *asks):  # type: ignore[no-untyped-def]
+        events.append("listener")
+        return status.ReplicaReport(r.name, "api", r.url, "running", 1, 0, True, "")
+
+    async def global_report(*args):  # type: ignore[no-untyped-def]
+        return None, [], [], [], None
+
+    async def nothing(x, *asks):  # type: ignore[no-untyped-def]
+        return None
+
+    monkeypatch.setattr(status, "_cluster_report", cluster)
+    monkeypatch.setattr(status, "_replica_report", replica)
+    monkeypatch.setattr(status, "_global_report", global_report)
+    for name in ("_edge_report", "_gitops_report", "_console_report"):
+        monkeypatch.setattr(status, name, nothing)
+    snap = {"phase": "healthy", "etcd": {"version": "x"}, "components": []}
+
+    async def gather(kept: KeptClients) -> list[str]:
+        events.clear()
+        await status.gather_status(state, supervisor=snap, clients=kept, certificates=False)
+        return list(events)
+
+    async def go() -> None:
+        kept = KeptClients()
+        try:
+            first = await gather(kept)
+            assert first.index("listener") > max(i for i, e in enumerate(first) if e == "etcd end")
+            second = await gather(kept)
+            assert second.index("listener") < second.index("etcd end"), second
+            member_ok["value"] = False  # a member did not answer: its channel may reconnect
+            await gather(kept)
+            third = await gather(kept)
+            assert third.index("listener") > third.index("etcd end"), third
+        finally:
+            await kept.close()
+
+    asyncio.run(go())
