@@ -9,13 +9,15 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from haplane.local.unix_http import UnixHttpError, parse, request
+from haplane.local import unix_http
+from haplane.local.unix_http import MalformedAnswer, UnixHttpError, parse, request
 
 
 @pytest.fixture
@@ -79,13 +81,13 @@ def test_answers_from_aiohttp_arrive_whole(aiohttp_socket: str):
 
 
 def test_a_socket_nobody_listens_on_is_an_error(tmp_path: Path):
-    with pytest.raises(UnixHttpError, match="FileNotFoundError"):
+    with pytest.raises(UnixHttpError, match=r"\[Errno 2\] No such file"):
         request(str(tmp_path / "absent.sock"), "GET", "/", timeout=1)
     stale = tmp_path / "stale.sock"
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(stale))
     s.close()  # the file stays, nobody listens: as after a supervisor crashed
-    with pytest.raises(UnixHttpError, match="ConnectionRefusedError"):
+    with pytest.raises(UnixHttpError, match=r"\[Errno 111\] Connection refused"):
         request(str(stale), "GET", "/", timeout=1)
 
 
@@ -95,7 +97,7 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path):
     server.bind(path)
     server.listen()
     try:
-        with pytest.raises(UnixHttpError, match=r"no answer within 0\.3s"):
+        with pytest.raises(UnixHttpError, match=r"no answer within 0\.3 s"):
             request(path, "GET", "/", timeout=0.3)
     finally:
         server.close()
@@ -110,10 +112,11 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path):
         (b"HTTP/1.1 200 OK\r\nbroken header\r\n\r\n", "malformed header"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", "inside a chunk"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc\r\n0\r\n\r\n", "longer"),
     ],
 )
 def test_answers_that_are_not_whole_http_are_errors(answer: bytes, error: str):
-    with pytest.raises(UnixHttpError, match=error):
+    with pytest.raises(MalformedAnswer, match=error):
         parse(answer)
 
 
@@ -127,3 +130,44 @@ def test_bodies_by_length_by_chunks_and_until_close():
     )
     assert parse(chunked) == (200, b"abcd")
     assert parse(b"HTTP/1.1 200 OK\r\n\r\nuntil close") == (200, b"until close")
+
+
+def _serve_once(path: str, answer: list[bytes], pause: float) -> threading.Thread:
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+
+    def run() -> None:
+        conn, _ = server.accept()
+        with conn, server:
+            conn.recv(65536)
+            for part in answer:
+                try:
+                    conn.sendall(part)
+                except OSError:
+                    return
+                time.sleep(pause)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_dripping_answer_is_cut_at_the_deadline(tmp_path: Path):
+    path = str(tmp_path / "drip.sock")
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+    t = _serve_once(path, [head, *[b"x"] * 100], 0.05)
+    started = time.monotonic()
+    with pytest.raises(UnixHttpError, match=r"no answer within 0\.5 s"):
+        request(path, "GET", "/", timeout=0.5)
+    assert time.monotonic() - started < 1.5
+    t.join(10)
+
+
+def test_an_answer_over_the_limit_is_refused_not_cut(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(unix_http, "MAX_ANSWER", 1000)
+    path = str(tmp_path / "big.sock")
+    t = _serve_once(path, [b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 5000], 0)
+    with pytest.raises(MalformedAnswer, match="larger than 1000 bytes"):
+        request(path, "GET", "/", timeout=5)
+    t.join(10)

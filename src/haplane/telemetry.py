@@ -167,7 +167,8 @@ class Gate:
 
     check_duration = _h(
         "haplane_gate_health_check_duration_seconds",
-        "Active health check latency, until the answer or the failure",
+        "Active health check latency, until the answer or the failure (most checks reuse "
+        "a kept connection: a connect and TLS handshake is in one check of each 2 s)",
         "pool",
         buckets=FAST_BUCKETS,
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -24,7 +26,9 @@ class Upstream:
     port: int = 0
     accepted: int = 0
     requests: int = 0
-    mode: str = "ok"  # ok | close-after (answers with Connection: close) | hang | drop-idle
+    # ok | close-after (answers with Connection: close) | hang | 500 | interim (a 100 first)
+    # | no-length (the body ends with the connection)
+    mode: str = "ok"
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     server: asyncio.Server | None = None
 
@@ -37,21 +41,28 @@ class Upstream:
                 self.requests += 1
                 if self.mode == "hang":
                     await asyncio.sleep(3600)
-                close = self.mode == "close-after"
+                close = self.mode in ("close-after", "no-length")
                 body = b'{"ready":true}'
+                if self.mode == "interim":
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                status = b"500 Internal Server Error" if self.mode == "500" else b"200 OK"
+                length = b"" if self.mode == "no-length" else b"Content-Length: %d\r\n" % len(body)
                 writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n%s\r\n%s"
-                    % (len(body), b"Connection: close\r\n" if close else b"", body)
+                    b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n%s%s\r\n%s"
+                    % (status, length, b"Connection: close\r\n" if close else b"", body)
                 )
                 await writer.drain()
                 if close:
                     break
         writer.close()
 
-    def drop_idle(self) -> None:
-        """Close every open connection, as a server's keep-alive timeout does."""
+    def drop_idle(self, reset: bool = False) -> None:
+        """Close every open connection, as a server's keep-alive timeout does (`reset`: with
+        a TCP reset, as a crashed host's kernel answers)."""
         for w in self.writers:
+            sock = w.get_extra_info("socket")
+            if reset and sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             w.transport.abort()
         self.writers.clear()
 
@@ -163,3 +174,67 @@ async def test_a_cancelled_check_drops_its_connection(upstream):
     assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
     assert upstream.accepted == 2
     prober.close()
+
+
+async def test_tls_files_that_cannot_be_read_fail_the_check():
+    prober = Prober("127.0.0.1", 9)
+    result = await prober.check(HealthCheck(interval=0.2, tls_ca="/nonexistent/ca.crt"))
+    assert result.outcome is CheckOutcome.FAILED and "FileNotFoundError" in result.reason
+
+
+async def test_a_failed_answer_drops_the_connection(upstream):
+    upstream.mode = "500"
+    prober = Prober("127.0.0.1", upstream.port)
+    try:
+        for _ in range(2):
+            result = await prober.check(CHECK)
+            assert (result.outcome, result.reason) == (CheckOutcome.FAILED, "HTTP 500")
+        assert upstream.accepted == 2
+    finally:
+        prober.close()
+
+
+async def test_interim_answers_are_skipped_and_the_connection_stays_in_step(upstream):
+    upstream.mode = "interim"
+    prober = Prober("127.0.0.1", upstream.port)
+    try:
+        for _ in range(3):
+            result = await prober.check(CHECK)
+            assert (result.outcome, result.detail) == (CheckOutcome.OK, {"ready": True}), result
+        assert (upstream.accepted, upstream.requests) == (1, 3)
+    finally:
+        prober.close()
+
+
+async def test_an_answer_without_a_length_ends_with_its_connection(upstream):
+    upstream.mode = "no-length"
+    prober = Prober("127.0.0.1", upstream.port)
+    try:
+        result = await prober.check(CHECK)
+        assert (result.outcome, result.detail) == (CheckOutcome.OK, {"ready": True}), result
+    finally:
+        prober.close()
+
+
+def test_a_connection_reset_while_idle_is_dialled_again_under_uvloop():
+    """The gate runs on uvloop, whose transports close themselves on a reset: the write of the
+    next check then raises RuntimeError instead of an OSError."""
+    import uvloop
+
+    async def go() -> None:
+        u = Upstream()
+        await u.start()
+        prober = Prober("127.0.0.1", u.port)
+        try:
+            assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
+            for reset in (True, False):
+                u.drop_idle(reset=reset)
+                await asyncio.sleep(0.05)
+                result = await prober.check(CHECK)
+                assert result.outcome is CheckOutcome.OK, result
+            assert u.accepted == 3
+        finally:
+            prober.close()
+            await u.stop()
+
+    uvloop.run(go())

@@ -186,7 +186,7 @@ def fault(action: str, name: str, state_dir: Path | None) -> int:
     import json
 
     from haplane.local.state_dir import StateDir, default_state_dir
-    from haplane.local.unix_http import UnixHttpError, request
+    from haplane.local.unix_http import MalformedAnswer, UnixHttpError, request
 
     state = StateDir(state_dir or default_state_dir())
     path = state.socket
@@ -201,6 +201,9 @@ def fault(action: str, name: str, state_dir: Path | None) -> int:
             {"action": action, "component": name},
             timeout=30.0,
         )
+    except MalformedAnswer as exc:
+        print(f"error: unexpected answer from the supervisor: {exc}", file=sys.stderr)
+        return 1
     except UnixHttpError as exc:
         print(f"error: supervisor at {path} does not answer: {exc}", file=sys.stderr)
         return 1

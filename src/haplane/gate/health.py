@@ -101,13 +101,39 @@ class _Response:
         self.body = bytearray()
         self.complete = False
         self.keep_alive = False
+        self.headers_complete = self.framed = False
         self.parser: httptools.HttpResponseParser | None = None
 
     def on_body(self, data: bytes) -> None:
         if len(self.body) < MAX_CHECK_RESPONSE:
             self.body += data
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.headers_complete = True
+
+    def ended(self) -> None:
+        """The connection ended: an answer framed by neither a length nor chunks is whole
+        (httptools has no way to tell its parser so)."""
+        if self.headers_complete and not self.framed and not self.complete:
+            code = self.parser.get_status_code() if self.parser is not None else 0
+            self.complete = code >= 200
+            self.keep_alive = False
+
+    def on_message_begin(self) -> None:
+        self.headers_complete = self.framed = False
+        if self.complete:  # bytes after the answer: the connection is out of step
+            self.keep_alive = False
+
     def on_message_complete(self) -> None:
+        if self.complete:
+            return
+        if self.parser is not None and self.parser.get_status_code() < 200:
+            self.body.clear()  # an interim answer (1xx): the final one follows
+            return
         self.complete = True
         # asked now: once the message is complete the parser has reset and says False
         self.keep_alive = self.parser is not None and self.parser.should_keep_alive()
@@ -178,11 +204,6 @@ class Prober:
         clock = time.perf_counter  # uvloop's loop.time() moves in whole milliseconds
         started = clock()
         timeout = check.effective_timeout
-        tls = _tls(check)
-        if self._conn is not None and (
-            self._conn_tls is not tls or clock() - self._opened >= self.reuse_for
-        ):
-            self.close()
         keep = self.reuse_for > 0
         host_header = check.host_header or f"{self.host}:{self.port}"
         request = (
@@ -191,6 +212,14 @@ class Prober:
         ).encode()
         try:
             async with asyncio.timeout(timeout):
+                tls = _tls(check)  # a CA or key file that cannot be read fails the check
+                if self._conn is not None and (
+                    self._conn_tls is not tls
+                    or clock() - self._opened >= self.reuse_for
+                    or self._conn[1].transport.is_closing()  # reset while idle (uvloop)
+                    or self._conn[0].at_eof()  # closed while idle
+                ):
+                    self.close()
                 answer = None
                 if self._conn is not None:
                     answer = await self._exchange(self._conn, request, kept=True)
@@ -213,7 +242,7 @@ class Prober:
             return self._failed(clock() - started, f"malformed answer: {exc}")
         except ssl.SSLError as exc:
             return self._failed(clock() - started, f"TLS: {exc.reason or exc}")
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a write on a closed transport
             return self._failed(clock() - started, f"{type(exc).__name__}: {exc}")
         except BaseException:  # cancelled mid-check: the connection is in an unknown state
             self.close()
@@ -222,9 +251,9 @@ class Prober:
         response, parser = answer
         if not response.complete:
             return self._failed(latency, "connection closed before a complete answer")
-        if not keep or not response.keep_alive:
-            self.close()
         code = parser.get_status_code()
+        if not keep or not response.keep_alive or not (200 <= code < 300 or code == 503):
+            self.close()  # a failed check never leaves its connection for the next one
         detail: Any = None
         if response.body:
             try:
@@ -253,14 +282,17 @@ class Prober:
             while not response.complete:
                 data = await reader.read(65536)
                 if not data:
+                    response.ended()
                     break
                 got = True
                 parser.feed_data(data)
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError, RuntimeError):
+            # RuntimeError: uvloop's write on a transport closed by a reset
             if kept and not got:
                 return None
             raise
-        response.parser = None  # no cycle left for the collector
+        finally:
+            response.parser = None  # no cycle left for the collector
         if kept and not got:
             return None
         return response, parser

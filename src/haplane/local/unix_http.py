@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from typing import Any
 
 MAX_ANSWER = 64 * 1024 * 1024
@@ -24,33 +25,56 @@ class UnixHttpError(Exception):
     """The socket could not be reached, did not answer in time, or not in HTTP."""
 
 
+class MalformedAnswer(UnixHttpError):
+    """Something answered, but not a whole HTTP answer (or a larger one than any status)."""
+
+
 def request(
     socket_path: str, method: str, path: str, body: Any = None, *, timeout: float
 ) -> tuple[int, bytes]:
     """Send `method path` (with `body` as JSON, if any) and return the answer's status and
-    body; each socket operation is given `timeout` seconds."""
+    body, all within `timeout` seconds (a server that drips its answer is cut there).
+    Errors say what the standard library's client said (`[Errno 111] Connection refused`,
+    `no answer within 30 s`), as `haplane fault` always printed them."""
     payload = b"" if body is None else json.dumps(body).encode()
     head = f"{method} {path} HTTP/1.1\r\nHost: supervisor\r\nConnection: close\r\n"
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+    deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(socket_path)
             sock.sendall(head.encode() + b"\r\n" + payload)
             data = bytearray()
-            while len(data) <= MAX_ANSWER:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
                 chunk = sock.recv(262144)
                 if not chunk:
                     break
                 data += chunk
+                if len(data) > MAX_ANSWER:
+                    raise MalformedAnswer(f"an answer larger than {MAX_ANSWER} bytes")
                 if _complete(data):
                     break
     except TimeoutError:
-        raise UnixHttpError(f"no answer within {timeout:g}s") from None
+        raise UnixHttpError(f"no answer within {timeout:g} s") from None
     except OSError as exc:
-        raise UnixHttpError(f"{type(exc).__name__}: {exc.strerror or exc}") from None
+        raise UnixHttpError(str(exc) or type(exc).__name__) from None
     return parse(bytes(data))
+
+
+def _content_length(head: bytes) -> int | None:
+    """The answer's Content-Length (the last one, as `parse` reads it), None if none."""
+    found = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            found = int(value.strip())
+    return found
 
 
 def _complete(data: bytearray) -> bool:
@@ -58,33 +82,30 @@ def _complete(data: bytearray) -> bool:
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return False
-    for line in bytes(data[:end]).split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            return len(data) - end - 4 >= int(value)
-    return False
+    length = _content_length(bytes(data[:end]))
+    return length is not None and len(data) - end - 4 >= length
 
 
 def parse(data: bytes) -> tuple[int, bytes]:
     """Status and body of one whole answer, as read until the server closed."""
     head, sep, rest = data.partition(b"\r\n\r\n")
     if not sep:
-        raise UnixHttpError("the answer ended before its headers did")
+        raise MalformedAnswer("the answer ended before its headers did")
     lines = head.split(b"\r\n")
     version, _, status_text = lines[0].partition(b" ")
     code = status_text[:3]
     if not version.startswith(b"HTTP/1.") or not code.isdigit():
-        raise UnixHttpError(f"not an HTTP answer: {lines[0][:80]!r}")
+        raise MalformedAnswer(f"not an HTTP answer: {lines[0][:80]!r}")
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon:
-            raise UnixHttpError(f"malformed header line: {line[:80]!r}")
+            raise MalformedAnswer(f"malformed header line: {line[:80]!r}")
         headers[name.strip().lower()] = value.strip()
     length = headers.get(b"content-length")
     if length is not None:
         if not length.isdigit() or len(rest) < int(length):
-            raise UnixHttpError("the answer ended before its body did")
+            raise MalformedAnswer("the answer ended before its body did")
         return int(code), rest[: int(length)]
     if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
         return int(code), _dechunk(rest)
@@ -99,10 +120,12 @@ def _dechunk(rest: bytes) -> bytes:
         try:
             size = int(size_text, 16)
         except ValueError:
-            raise UnixHttpError(f"malformed chunk size: {size_line[:40]!r}") from None
-        if not sep or len(rest) < size + 2:
-            raise UnixHttpError("the answer ended inside a chunk")
+            raise MalformedAnswer(f"malformed chunk size: {size_line[:40]!r}") from None
         if size == 0:
             return bytes(body)
+        if not sep or len(rest) < size + 2:
+            raise MalformedAnswer("the answer ended inside a chunk")
+        if rest[size : size + 2] != b"\r\n":
+            raise MalformedAnswer("a chunk longer than its size")
         body += rest[:size]
         rest = rest[size + 2 :]
