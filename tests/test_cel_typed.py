@@ -195,3 +195,53 @@ def test_evaluating_environments_stay_dyn() -> None:
     """Without types nothing changes: fields are looked up when the expression runs."""
     env = Environment(("object",))
     assert env.compile("object.spec.replicsa > 1").returns == "bool"
+
+
+def test_embedded_resources_always_have_type_and_metadata() -> None:
+    """`x-kubernetes-embedded-resource`: apiVersion, kind and metadata are there whatever
+    the schema declares (Kubernetes' WithTypeAndObjectMeta); undeclared metadata is dyn (the
+    JSON holds all of ObjectMeta), declared metadata gains name and generateName."""
+    schemas = Schemas()
+    template = {
+        "type": "object",
+        "x-kubernetes-embedded-resource": True,
+        "properties": {"spec": {"type": "object", "properties": {"image": STRING}}},
+    }
+    declared_meta = {
+        "type": "object",
+        "x-kubernetes-embedded-resource": True,
+        "properties": {
+            "metadata": {
+                "type": "object",
+                "properties": {"labels": {"type": "object", "additionalProperties": STRING}},
+            }
+        },
+    }
+    t = schemas.declare(
+        {
+            "type": "object",
+            "properties": {
+                "spec": {
+                    "type": "object",
+                    "properties": {"template": template, "other": declared_meta},
+                }
+            },
+        },
+        "Job",
+    )
+    env = Environment(("object",), types={"object": t}, schemas=schemas)
+    for ok in (
+        "object.spec.template.kind == 'Pod' && object.spec.template.apiVersion == 'v1'",
+        "object.spec.template.metadata.labels['app'] == 'x'",
+        "object.spec.template.spec.image == ''",
+        "object.spec.other.metadata.name == '' && object.spec.other.metadata.generateName == ''",
+        "object.spec.other.metadata.labels['a'] == 'b'",
+    ):
+        env.compile(ok)
+    for wrong in (
+        "object.spec.template.kindd == 'Pod'",
+        "object.spec.template.kind == 1",
+        "object.spec.other.metadata.namespace == ''",  # declared metadata: only its fields
+    ):
+        with pytest.raises(CompileError):
+            env.compile(wrong)

@@ -20,7 +20,9 @@ The mapping, as Kubernetes' where the engine allows it:
 - `array` a list of its items' type; `object` with `additionalProperties` a map from string,
   with `properties` a message with one field per property (absent fields are not errors at
   check time: `has()` and `?.` are the expressions' business);
-- `x-kubernetes-int-or-string`, and anything without a type, `dyn`.
+- `x-kubernetes-int-or-string`, and anything without a type, `dyn`;
+- an `x-kubernetes-embedded-resource` object has `apiVersion` and `kind` strings and its
+  `metadata` (see `_with_type_and_meta`), whatever its schema declares.
 Where haplane differs, so that fewer warnings are false (a warning is the checker's judgement
 on types, not proof of a failure: an expression warned of may still succeed, in a branch no
 object takes, or on values the schema does not describe):
@@ -170,6 +172,8 @@ class _Builder:
             return _Field(_F.TYPE_MESSAGE, _VALUE)
         additional = schema.get("additionalProperties")
         properties = schema.get("properties")
+        if schema.get("x-kubernetes-embedded-resource") is True:
+            properties = _with_type_and_meta(properties)
         if (isinstance(additional, Mapping) or additional is True) and not properties:
             if nullable:
                 return _Field(_F.TYPE_MESSAGE, _VALUE)
@@ -226,6 +230,28 @@ class _Builder:
             type=_F.TYPE_MESSAGE,
             type_name=f".{scope.full_name}.{entry_name}",
         )
+
+
+_STRING: Final = {"type": "string"}
+
+
+def _with_type_and_meta(properties: Any) -> dict[str, Any]:
+    """An embedded resource's properties with `apiVersion`, `kind` and `metadata`, which it
+    always has whatever its schema says (Kubernetes' WithTypeAndObjectMeta): `metadata` as
+    declared with `name` and `generateName` added, or, undeclared, `dyn` (the JSON holds all
+    of ObjectMeta: Kubernetes' two fields alone would warn of `metadata.labels`)."""
+    out = dict(properties) if isinstance(properties, Mapping) else {}
+    out["apiVersion"] = out["kind"] = _STRING
+    meta = out.get("metadata")
+    if isinstance(meta, Mapping) and isinstance(meta.get("properties"), Mapping):
+        out["metadata"] = {
+            **meta,
+            "type": "object",
+            "properties": {**meta["properties"], "name": _STRING, "generateName": _STRING},
+        }
+    else:
+        out["metadata"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return out
 
 
 def _selectable(name: str) -> bool:
