@@ -505,3 +505,24 @@ def test_generated_names_are_reproducible_with_a_seed_and_valid() -> None:
     names = {generate_name("a-") for _ in range(50)}
     assert len(names) > 1
     assert all(dns1123_label_errors(n) == [] for n in names)
+
+
+def test_invalid_is_worded_as_apimachinery_new_invalid():
+    """`Kind.group "name" is invalid: ...`: the group qualifies the kind; several errors are
+    one aggregate in brackets, each text once; none, no colon."""
+    from haplane.api import errors
+
+    one = {"field": "spec.x", "message": "Required value"}
+    two = {"field": "spec.y", "message": "Invalid value: 3: must be even"}
+    e = errors.invalid("Widget", "w", [one], group="example.com")
+    assert e.message == 'Widget.example.com "w" is invalid: spec.x: Required value'
+    assert (e.status()["details"]["group"], e.status()["details"]["kind"]) == (
+        "example.com",
+        "Widget",
+    )
+    e = errors.invalid("ConfigMap", "c", [one, two, one])
+    assert e.message == (
+        'ConfigMap "c" is invalid: [spec.x: Required value, spec.y: Invalid value: 3: must be even]'
+    )
+    assert len(e.status()["details"]["causes"]) == 3  # the causes stay as they were
+    assert errors.invalid("ConfigMap", "c", []).message == 'ConfigMap "c" is invalid'

@@ -115,10 +115,15 @@ def gone(message: str) -> StatusError:
 
 
 def invalid(kind: str, name: str, causes: Sequence[dict[str, Any]], group: str = "") -> StatusError:
-    summary = ", ".join(f"{c.get('field', '')}: {c.get('message', '')}" for c in causes)
+    """422 as apimachinery's NewInvalid words it: `Kind.group "name" is invalid: ERR`, the
+    errors as its aggregate prints them (each text once; several in brackets)."""
+    texts = list(dict.fromkeys(f"{c.get('field', '')}: {c.get('message', '')}" for c in causes))
+    summary = texts[0] if len(texts) == 1 else f"[{', '.join(texts)}]"
+    qualified = f"{kind}.{group}" if group else kind
+    message = f'{qualified} "{name}" is invalid' + (f": {summary}" if texts else "")
     details = _details(kind, name, group)
     details["causes"] = list(causes)
-    return StatusError(422, "Invalid", f'{kind} "{name}" is invalid: {summary}', details=details)
+    return StatusError(422, "Invalid", message, details=details)
 
 
 def unprocessable(message: str) -> StatusError:
