@@ -634,3 +634,45 @@ def test_a_relist_aggregates_once(index, monkeypatch):
     assert len(calls) == 1
     index.upsert("ClusterRole", {"metadata": {"name": "one"}, "rules": []})
     assert len(calls) == 2
+
+
+def test_a_selector_made_a_matcher_once_decides_as_selector_matches():
+    """`selector_matcher` (admission policies' selectors, made once per policy change) and
+    `selector_matches` agree on every selector, malformed ones included, and label set."""
+    from haplane.auth.rbac import selector_matcher, selector_matches
+
+    rng = random.Random(7)
+    keys, values = ["a", "b", "c"], ["1", "2"]
+
+    def expression() -> object:
+        op = rng.choice(["In", "NotIn", "Exists", "DoesNotExist", "Gt", None])
+        e: dict[str, object] = {"key": rng.choice([*keys, 3]), "operator": op}
+        if rng.random() < 0.7:
+            e["values"] = rng.choice([rng.sample(values, rng.randint(0, 2)), "1", [1]])
+        return e
+
+    def selector() -> object:
+        if rng.random() < 0.05:
+            return rng.choice([None, "x", []])
+        s: dict[str, object] = {}
+        if rng.random() < 0.6:
+            s["matchLabels"] = rng.choice(
+                [
+                    {k: rng.choice(values) for k in rng.sample(keys, rng.randint(0, 2))},
+                    {"a": 1},
+                    None,
+                ]
+            )
+        if rng.random() < 0.6:
+            s["matchExpressions"] = [expression() for _ in range(rng.randint(0, 3))]
+        return s
+
+    seen = set()
+    for _ in range(3000):
+        sel = selector()
+        labels = {k: rng.choice(values) for k in rng.sample(keys, rng.randint(0, 3))}
+        for empty in (True, False):
+            want = selector_matches(sel, labels, empty=empty)
+            assert selector_matcher(sel, empty=empty)(labels) is want, (sel, labels, empty)
+            seen.add(want)
+    assert seen == {True, False}

@@ -43,7 +43,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from haplane.auth.rbac import selector_matches
+from haplane.auth.rbac import selector_matcher, selector_matches
 from haplane.auth.user import Attributes as AuthzAttributes
 from haplane.auth.user import UserInfo
 from haplane.cel import Bound, CompileError, Environment, EvalError, Program, authz
@@ -308,11 +308,9 @@ class PolicyEngine:
             checks.count = 0  # a budget per binding, as Kubernetes'
         violations: list[tuple[str, str]] = []
         annotations: dict[str, str] = {}
-        if not _matches(pspec.get("matchConstraints"), a, admission.namespace_obj):
+        if not pair.match(a, admission):
             return violations, annotations
-        if bspec.get("matchResources") is not None and not _matches(
-            bspec["matchResources"], a, admission.namespace_obj, narrowing=True
-        ):
+        if pair.narrow is not None and not pair.narrow(a, admission):
             return violations, annotations
         fail = pspec.get("failurePolicy", "Fail") != "Ignore"
         for params in self._params(pspec, bspec, a, pair.pname, pair.bname, fail, violations):
@@ -497,18 +495,24 @@ class _Pair:
     actions: tuple[str, ...]
     pspec: Obj
     bspec: Obj
+    match: _Match  # the policy's matchConstraints
+    narrow: _Match | None  # the binding's matchResources, if any
 
     @classmethod
     def of(cls, policy: Obj, binding: Obj) -> _Pair:
         bspec = binding.get("spec") or {}
+        pspec = policy.get("spec") or {}
+        resources = bspec.get("matchResources")
         return cls(
             policy,
             binding,
             str((policy.get("metadata") or {}).get("name")),
             str((binding.get("metadata") or {}).get("name")),
             tuple(bspec.get("validationActions") or ()),
-            policy.get("spec") or {},
+            pspec,
             bspec,
+            _Match.of(pspec.get("matchConstraints")),
+            None if resources is None else _Match.of(resources, narrowing=True),
         )
 
 
@@ -624,36 +628,62 @@ def _request(a: Attributes) -> Obj:
 # ---- matching ------------------------------------------------------------------------------
 
 
-def _matches(
-    match: Any, a: Attributes, namespace_obj: Obj | None, *, narrowing: bool = False
-) -> bool:
-    """`narrowing`: a binding's matchResources, whose absent resourceRules mean everything
-    its policy matches (only its selectors and excludes narrow it), as in Kubernetes."""
-    if not isinstance(match, dict):
-        return False
-    equivalent = match.get("matchPolicy", "Equivalent") != "Exact"
-    rules = match.get("resourceRules") or ()
-    if (rules or not narrowing) and not any(_rule(r, a, equivalent) for r in rules):
-        return False
-    if any(_rule(r, a, equivalent) for r in match.get("excludeResourceRules") or ()):
-        return False
-    selector = match.get("namespaceSelector")
-    if selector is not None:
-        if a.rtype.namespaced:
-            scoped = _labels(namespace_obj)  # the namespace the object lives in
-        elif a.rtype.group == "" and a.rtype.plural == "namespaces":
-            scoped = _labels(a.obj or a.old)  # a Namespace is matched on its own labels
-        else:
-            scoped = None  # other cluster-scoped objects: no namespace to select
-        if scoped is not None and not selector_matches(selector, scoped, empty=True):
+@dataclass(frozen=True)
+class _Match:
+    """A matchConstraints or matchResources, its selectors made matchers once (per change of
+    the policies or bindings, not per request)."""
+
+    valid: bool  # an object at all (else it matches nothing)
+    narrowing: bool
+    equivalent: bool
+    rules: tuple[Any, ...]
+    excludes: tuple[Any, ...]
+    namespace: Callable[[Mapping[str, str]], bool] | None
+    objects: Callable[[Mapping[str, str]], bool] | None
+
+    @classmethod
+    def of(cls, match: Any, *, narrowing: bool = False) -> _Match:
+        """`narrowing`: a binding's matchResources, whose absent resourceRules mean
+        everything its policy matches (only its selectors and excludes narrow it), as in
+        Kubernetes."""
+        if not isinstance(match, dict):
+            return cls(False, narrowing, True, (), (), None, None)
+        namespace, objects = match.get("namespaceSelector"), match.get("objectSelector")
+        return cls(
+            True,
+            narrowing,
+            match.get("matchPolicy", "Equivalent") != "Exact",
+            tuple(match.get("resourceRules") or ()),
+            tuple(match.get("excludeResourceRules") or ()),
+            None if namespace is None else selector_matcher(namespace, empty=True),
+            None if objects is None else selector_matcher(objects, empty=True),
+        )
+
+    def __call__(self, a: Attributes, admission: _Admission) -> bool:
+        if not self.valid:
             return False
-    selector = match.get("objectSelector")
-    if selector is None:
-        return True
-    # a missing object (the new one on delete, the old one on create) matches nothing
-    return (a.obj is not None and selector_matches(selector, _labels(a.obj), empty=True)) or (
-        a.old is not None and selector_matches(selector, _labels(a.old), empty=True)
-    )
+        equivalent = self.equivalent
+        if (self.rules or not self.narrowing) and not any(
+            _rule(r, a, equivalent) for r in self.rules
+        ):
+            return False
+        if any(_rule(r, a, equivalent) for r in self.excludes):
+            return False
+        if self.namespace is not None:
+            if a.rtype.namespaced:
+                scoped = _labels(admission.namespace_obj)  # the namespace the object lives in
+            elif a.rtype.group == "" and a.rtype.plural == "namespaces":
+                scoped = _labels(a.obj or a.old)  # a Namespace is matched on its own labels
+            else:
+                scoped = None  # other cluster-scoped objects: no namespace to select
+            if scoped is not None and not self.namespace(scoped):
+                return False
+        if self.objects is None:
+            return True
+        # a missing object (the new one on delete, the old one on create) matches nothing
+        return (a.obj is not None and self.objects(_labels(a.obj))) or (
+            a.old is not None and self.objects(_labels(a.old))
+        )
 
 
 def _labels(obj: Obj | None) -> dict[str, str]:

@@ -30,7 +30,7 @@ of bindings naming the user or one of their groups, not the number of roles (ben
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,6 +262,40 @@ def selector_matches(selector: Any, labels: Mapping[str, str], *, empty: bool = 
     ):
         return empty and not selector_errors(selector)
     return _selector_matches(selector, labels)
+
+
+def selector_matcher(selector: Any, *, empty: bool = False) -> Callable[[Mapping[str, str]], bool]:
+    """`selector_matches(selector, labels, empty=empty)` as a function of `labels`, the
+    selector validated and read once (for selectors asked on every request)."""
+    if not isinstance(selector, dict) or selector_errors(selector):
+        return lambda labels: False  # a malformed selector (validation refuses them)
+    match_labels = tuple((selector.get("matchLabels") or {}).items())
+    exprs = tuple(
+        (str(e["key"]), e["operator"], frozenset(_strs(e.get("values"))))
+        for e in selector.get("matchExpressions") or ()
+    )
+    if not match_labels and not exprs:
+        return lambda labels: empty
+
+    def matches(labels: Mapping[str, str]) -> bool:
+        for k, v in match_labels:
+            if labels.get(k) != v:
+                return False
+        for key, op, values in exprs:
+            if op == "In":
+                if labels.get(key) not in values:
+                    return False
+            elif op == "NotIn":
+                if key in labels and labels[key] in values:
+                    return False
+            elif op == "Exists":
+                if key not in labels:
+                    return False
+            elif key in labels:  # DoesNotExist (selector_errors allows no other operator)
+                return False
+        return True
+
+    return matches
 
 
 def _selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
