@@ -245,3 +245,22 @@ def test_embedded_resources_always_have_type_and_metadata() -> None:
     ):
         with pytest.raises(CompileError):
             env.compile(wrong)
+
+
+def test_an_embedded_resource_that_is_a_map_stays_a_map() -> None:
+    schemas = Schemas()
+    t = schemas.declare(
+        {
+            "type": "object",
+            "properties": {
+                "spec": {
+                    "type": "object",
+                    "x-kubernetes-embedded-resource": True,
+                    "additionalProperties": STRING,
+                }
+            },
+        },
+        "Thing",
+    )
+    env = Environment(("object",), types={"object": t}, schemas=schemas)
+    env.compile("object.spec['any'] == 'x'")

@@ -527,6 +527,9 @@ def test_kept_etcd_clients_are_asked_beside_the_listeners_once_warm(tmp_path: Pa
         events.append("listener")
         return status.ReplicaReport(r.name, "api", r.url, "running", 1, 0, True, "")
 
+    async def failing(r, *asks):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug in a report")
+
     async def global_report(*args):  # type: ignore[no-untyped-def]
         return None, [], [], [], None
 
@@ -556,6 +559,23 @@ def test_kept_etcd_clients_are_asked_beside_the_listeners_once_warm(tmp_path: Pa
             await gather(kept)
             third = await gather(kept)
             assert third.index("listener") > third.index("etcd end"), third
+            member_ok["value"] = True
+            await gather(kept)
+            again = await gather(kept)
+            assert again.index("listener") < again.index("etcd end"), again
+            # warm only for a while: gRPC lets idle channels go
+            monkeypatch.setattr(status, "WARM_FOR", 0.0)
+            late = await gather(kept)
+            assert late.index("listener") > late.index("etcd end"), late
+            monkeypatch.setattr(status, "WARM_FOR", 15.0)
+            await gather(kept)
+            # a gather that fails leaves nothing warm
+            monkeypatch.setattr(status, "_replica_report", failing)
+            with pytest.raises(RuntimeError):
+                await gather(kept)
+            monkeypatch.setattr(status, "_replica_report", replica)
+            after = await gather(kept)
+            assert after.index("listener") > after.index("etcd end"), after
         finally:
             await kept.close()
 

@@ -112,6 +112,7 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path):
         (b"HTTP/1.1 200 OK\r\nbroken header\r\n\r\n", "malformed header"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", "inside a chunk"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n", "chunk size"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc\r\n0\r\n\r\n", "longer"),
     ],
 )
@@ -170,4 +171,15 @@ def test_an_answer_over_the_limit_is_refused_not_cut(tmp_path: Path, monkeypatch
     t = _serve_once(path, [b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 5000], 0)
     with pytest.raises(MalformedAnswer, match="larger than 1000 bytes"):
         request(path, "GET", "/", timeout=5)
+    t.join(10)
+
+
+def test_a_server_that_closes_without_an_answer_does_not_answer(tmp_path: Path):
+    """Not a malformed answer: no answer at all, said as the standard library's client says
+    it (`haplane fault` prints "does not answer: ...")."""
+    path = str(tmp_path / "closes.sock")
+    t = _serve_once(path, [], 0)
+    with pytest.raises(UnixHttpError, match="without response") as caught:
+        request(path, "GET", "/", timeout=5)
+    assert not isinstance(caught.value, MalformedAnswer)
     t.join(10)

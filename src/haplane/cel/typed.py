@@ -172,9 +172,10 @@ class _Builder:
             return _Field(_F.TYPE_MESSAGE, _VALUE)
         additional = schema.get("additionalProperties")
         properties = schema.get("properties")
-        if schema.get("x-kubernetes-embedded-resource") is True:
-            properties = _with_type_and_meta(properties)
-        if (isinstance(additional, Mapping) or additional is True) and not properties:
+        map_like = (isinstance(additional, Mapping) or additional is True) and not properties
+        if schema.get("x-kubernetes-embedded-resource") is True and not map_like:
+            properties = _with_type_and_meta(properties)  # (a map stays a map, as there)
+        if map_like:
             if nullable:
                 return _Field(_F.TYPE_MESSAGE, _VALUE)
             value = self.field_for(additional, parent, f"{name}Value")

@@ -109,8 +109,11 @@ class _Response:
             self.body += data
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
-            self.framed = True
+        name = name.lower()
+        if name == b"content-length" or (
+            name == b"transfer-encoding" and value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        ):
+            self.framed = True  # (any other transfer coding: the body ends with the connection)
 
     def on_headers_complete(self) -> None:
         self.headers_complete = True
@@ -242,7 +245,7 @@ class Prober:
             return self._failed(clock() - started, f"malformed answer: {exc}")
         except ssl.SSLError as exc:
             return self._failed(clock() - started, f"TLS: {exc.reason or exc}")
-        except (OSError, RuntimeError) as exc:  # RuntimeError: a write on a closed transport
+        except OSError as exc:
             return self._failed(clock() - started, f"{type(exc).__name__}: {exc}")
         except BaseException:  # cancelled mid-check: the connection is in an unknown state
             self.close()
@@ -286,8 +289,13 @@ class Prober:
                     break
                 got = True
                 parser.feed_data(data)
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLError, RuntimeError):
-            # RuntimeError: uvloop's write on a transport closed by a reset
+        except RuntimeError:
+            if not writer.transport.is_closing():
+                raise  # not uvloop's write on a transport a reset closed: a bug, said so
+            if kept and not got:
+                return None
+            raise ConnectionResetError("the connection was closed") from None
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
             if kept and not got:
                 return None
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from ssl import SSLContext
 from typing import Any
@@ -222,7 +223,9 @@ class KeptClients:
     def __init__(self, timeout: float = 1.0) -> None:
         self.timeout = timeout
         self._clients: dict[Any, EtcdClient] = {}
-        self._warm: dict[Any, EtcdClient] = {}  # clients whose last gather had quorum
+        # clients every member answered in the last gather, and when (gRPC lets a channel
+        # idle long enough go, and a member may restart between gathers)
+        self._warm: dict[Any, tuple[EtcdClient, float]] = {}
         self.http = KeptConnections()
         self._context: tuple[Any, SSLContext] | None = None
 
@@ -238,6 +241,7 @@ class KeptClients:
         if found is None:
             for stale in [k for k in self._clients if k[0] == cluster.name]:
                 old = self._clients.pop(stale)
+                self._warm.pop(stale, None)
                 task = asyncio.get_running_loop().create_task(old.close())
                 _CLOSING.add(task)
                 task.add_done_callback(_CLOSING.discard)
@@ -249,7 +253,10 @@ class KeptClients:
         the last gather (its channels are up)."""
         for c in clusters:
             client = self._clients.get(self._key(c))
-            if client is None or self._warm.get(self._key(c)) is not client:
+            marked = self._warm.get(self._key(c))
+            if client is None or marked is None or marked[0] is not client:
+                return False
+            if time.monotonic() - marked[1] > WARM_FOR:
                 return False
         return True
 
@@ -257,9 +264,13 @@ class KeptClients:
         for c, ok in zip(clusters, answered, strict=True):
             key = self._key(c)
             if ok and key in self._clients:
-                self._warm[key] = self._clients[key]
+                self._warm[key] = (self._clients[key], time.monotonic())
             else:
                 self._warm.pop(key, None)
+
+    def cool(self) -> None:
+        """Nothing is warm any more (a gather failed: its channels' state is unknown)."""
+        self._warm.clear()
 
     def context(self, tls: PlatformTls) -> SSLContext:
         """The platform client context, made again when the CA or admin files changed."""
@@ -272,11 +283,15 @@ class KeptClients:
 
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
+        self._warm.clear()
         self.http.close()
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
 _CLOSING: set[asyncio.Task[None]] = set()
+# how long a cluster whose every member answered counts as warm (its channels up): longer
+# than between the gathers of a script asking in a loop, far shorter than gRPC's idle timeout
+WARM_FOR = 15.0
 
 
 def _files(paths: tuple[str, ...] | None) -> tuple[Any, ...] | None:
@@ -378,6 +393,10 @@ async def gather_status(
                 plan.clusters,
                 [c.quorum and all(m.member_id is not None for m in c.members) for c in clusters],
             )
+    except BaseException:
+        if kept is not None:
+            kept.cool()  # the channels' state is unknown: the next gather asks etcd first
+        raise
     finally:
         if kept is None:
             await asyncio.gather(*(c.close() for c in clients_of.values()), return_exceptions=True)

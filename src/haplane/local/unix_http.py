@@ -14,11 +14,13 @@ chunked; anything else is an error, never a guess.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from typing import Any
 
 MAX_ANSWER = 64 * 1024 * 1024
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 class UnixHttpError(Exception):
@@ -41,17 +43,22 @@ def request(
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
     deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        return remaining
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
+            sock.settimeout(left())
             sock.connect(socket_path)
+            sock.settimeout(left())
             sock.sendall(head.encode() + b"\r\n" + payload)
             data = bytearray()
             while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                sock.settimeout(left)
+                sock.settimeout(left())
                 chunk = sock.recv(262144)
                 if not chunk:
                     break
@@ -64,6 +71,8 @@ def request(
         raise UnixHttpError(f"no answer within {timeout:g} s") from None
     except OSError as exc:
         raise UnixHttpError(str(exc) or type(exc).__name__) from None
+    if not data:  # as http.client says it
+        raise UnixHttpError("Remote end closed connection without response")
     return parse(bytes(data))
 
 
@@ -117,10 +126,9 @@ def _dechunk(rest: bytes) -> bytes:
     while True:
         size_line, sep, rest = rest.partition(b"\r\n")
         size_text = size_line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise MalformedAnswer(f"malformed chunk size: {size_line[:40]!r}") from None
+        if not _HEX.fullmatch(size_text):
+            raise MalformedAnswer(f"malformed chunk size: {size_line[:40]!r}")
+        size = int(size_text, 16)
         if size == 0:
             return bytes(body)
         if not sep or len(rest) < size + 2:
