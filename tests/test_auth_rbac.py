@@ -6,6 +6,7 @@ over random updates."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ from haplane.auth.rbac import (
     default_cluster_roles,
     may_bind,
     may_create_role,
+    selector_errors,
 )
 
 AUTH = "system:authenticated"
@@ -636,9 +638,35 @@ def test_a_relist_aggregates_once(index, monkeypatch):
     assert len(calls) == 2
 
 
-def test_a_selector_made_a_matcher_once_decides_as_selector_matches():
-    """`selector_matcher` (admission policies' selectors, made once per policy change) and
-    `selector_matches` agree on every selector, malformed ones included, and label set."""
+def _reference_selector_matches(selector: Any, labels: dict[str, str], empty: bool) -> bool:
+    """LabelSelector semantics written out plainly, one requirement at a time (the
+    implementation before selectors were made matchers once): the oracle below."""
+    if selector_errors(selector):
+        return False  # malformed: matches nothing
+    match_labels = selector.get("matchLabels") or {}
+    exprs = selector.get("matchExpressions") or []
+    if not match_labels and not exprs:
+        return empty
+    if any(labels.get(k) != v for k, v in match_labels.items()):
+        return False
+    for e in exprs:
+        key, op = e["key"], e["operator"]
+        values = [v for v in e.get("values") or [] if isinstance(v, str)]
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def test_a_selector_made_a_matcher_once_decides_as_the_reference():
+    """`selector_matcher` (made once per policy or role change) and `selector_matches`
+    decide as the plain reference on every selector, malformed ones included, and label
+    set."""
     from haplane.auth.rbac import selector_matcher, selector_matches
 
     rng = random.Random(7)
@@ -672,7 +700,8 @@ def test_a_selector_made_a_matcher_once_decides_as_selector_matches():
         sel = selector()
         labels = {k: rng.choice(values) for k in rng.sample(keys, rng.randint(0, 3))}
         for empty in (True, False):
-            want = selector_matches(sel, labels, empty=empty)
+            want = _reference_selector_matches(sel, labels, empty)
             assert selector_matcher(sel, empty=empty)(labels) is want, (sel, labels, empty)
+            assert selector_matches(sel, labels, empty=empty) is want, (sel, labels, empty)
             seen.add(want)
     assert seen == {True, False}

@@ -255,13 +255,7 @@ def selector_matches(selector: Any, labels: Mapping[str, str], *, empty: bool = 
     """Whether `labels` match the LabelSelector `selector`; an empty selector matches
     everything when `empty` (admission's namespace and object selectors), nothing otherwise
     (a role aggregation's)."""
-    if (
-        isinstance(selector, dict)
-        and not selector.get("matchLabels")
-        and not selector.get("matchExpressions")
-    ):
-        return empty and not selector_errors(selector)
-    return _selector_matches(selector, labels)
+    return selector_matcher(selector, empty=empty)(labels)
 
 
 def selector_matcher(selector: Any, *, empty: bool = False) -> Callable[[Mapping[str, str]], bool]:
@@ -296,32 +290,6 @@ def selector_matcher(selector: Any, *, empty: bool = False) -> Callable[[Mapping
         return True
 
     return matches
-
-
-def _selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
-    if selector_errors(selector):
-        return False  # a malformed selector (validation refuses them) matches nothing
-    match_labels = selector.get("matchLabels") or {}
-    if not isinstance(match_labels, dict):
-        return False
-    for k, v in match_labels.items():
-        if labels.get(k) != v:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        if not isinstance(expr, dict):
-            return False
-        key, op, values = expr.get("key"), expr.get("operator"), _strs(expr.get("values"))
-        if op == "In" and labels.get(str(key)) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[str(key)] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            return False
-    return bool(match_labels) or bool(selector.get("matchExpressions"))
 
 
 # ---- the index ---------------------------------------------------------------------------
@@ -474,14 +442,17 @@ class RbacIndex:
         pending = {n for n, cr in self._cluster_roles.items() if cr.selectors is not None}
         for n in pending:
             effective[n] = ()
+        matchers = {
+            n: [selector_matcher(s) for s in self._cluster_roles[n].selectors or []]
+            for n in pending
+        }
         for _ in range(len(pending) + 1):
             changed = False
             for n in pending:
-                selectors = self._cluster_roles[n].selectors or []
                 rules: list[Rule] = []
                 seen: set[Rule] = set()
                 for other, cr in self._cluster_roles.items():
-                    if other == n or not any(_selector_matches(s, cr.labels) for s in selectors):
+                    if other == n or not any(m(cr.labels) for m in matchers[n]):
                         continue
                     for r in effective.get(other, ()):
                         if r not in seen:
