@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -223,9 +224,10 @@ class KeptClients:
     def __init__(self, timeout: float = 1.0) -> None:
         self.timeout = timeout
         self._clients: dict[Any, EtcdClient] = {}
-        # clients every member answered in the last gather, and when (gRPC lets a channel
-        # idle long enough go, and a member may restart between gathers)
-        self._warm: dict[Any, tuple[EtcdClient, float]] = {}
+        # when every member answered the last gather, by client key (gRPC lets a channel idle
+        # long enough go, and a member may restart between gathers); a replaced client's key
+        # leaves it with the client
+        self._warm: dict[Any, float] = {}
         self.http = KeptConnections()
         self._context: tuple[Any, SSLContext] | None = None
 
@@ -251,20 +253,14 @@ class KeptClients:
     def warm(self, clusters: list[ClusterTargets]) -> bool:
         """Whether every cluster's kept client was answered by quorum and by every member in
         the last gather (its channels are up)."""
-        for c in clusters:
-            client = self._clients.get(self._key(c))
-            marked = self._warm.get(self._key(c))
-            if client is None or marked is None or marked[0] is not client:
-                return False
-            if time.monotonic() - marked[1] > WARM_FOR:
-                return False
-        return True
+        now = time.monotonic()
+        return all(now - self._warm.get(self._key(c), -math.inf) <= WARM_FOR for c in clusters)
 
     def mark_warm(self, clusters: list[ClusterTargets], answered: list[bool]) -> None:
         for c, ok in zip(clusters, answered, strict=True):
             key = self._key(c)
             if ok and key in self._clients:
-                self._warm[key] = (self._clients[key], time.monotonic())
+                self._warm[key] = time.monotonic()
             else:
                 self._warm.pop(key, None)
 
