@@ -76,14 +76,15 @@ def request(
     return parse(bytes(data))
 
 
-def _content_length(head: bytes) -> int | None:
-    """The answer's Content-Length (the last one, as `parse` reads it), None if none."""
-    found = None
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            found = int(value.strip())
-    return found
+def _headers(lines: list[bytes]) -> dict[bytes, bytes]:
+    """Header lines (after the status line) by lower-cased name, the last of a name winning."""
+    headers: dict[bytes, bytes] = {}
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise MalformedAnswer(f"malformed header line: {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
+    return headers
 
 
 def _complete(data: bytearray) -> bool:
@@ -91,8 +92,8 @@ def _complete(data: bytearray) -> bool:
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return False
-    length = _content_length(bytes(data[:end]))
-    return length is not None and len(data) - end - 4 >= length
+    length = _headers(bytes(data[:end]).split(b"\r\n")[1:]).get(b"content-length", b"")
+    return length.isdigit() and len(data) - end - 4 >= int(length)
 
 
 def parse(data: bytes) -> tuple[int, bytes]:
@@ -105,12 +106,7 @@ def parse(data: bytes) -> tuple[int, bytes]:
     code = status_text[:3]
     if not version.startswith(b"HTTP/1.") or not code.isdigit():
         raise MalformedAnswer(f"not an HTTP answer: {lines[0][:80]!r}")
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            raise MalformedAnswer(f"malformed header line: {line[:80]!r}")
-        headers[name.strip().lower()] = value.strip()
+    headers = _headers(lines[1:])
     length = headers.get(b"content-length")
     if length is not None:
         if not length.isdigit() or len(rest) < int(length):
