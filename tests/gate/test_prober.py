@@ -90,6 +90,16 @@ async def upstream() -> AsyncIterator[Upstream]:
         await u.stop()
 
 
+@pytest_asyncio.fixture
+async def prober(upstream: Upstream) -> AsyncIterator[Prober]:
+    """A prober of `upstream` with the default reuse, closed after the test."""
+    p = Prober("127.0.0.1", upstream.port)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
 async def test_checks_share_one_connection_until_reuse_for_passes(upstream):
     prober = Prober("127.0.0.1", upstream.port, reuse_for=0.3)
     try:
@@ -106,18 +116,14 @@ async def test_checks_share_one_connection_until_reuse_for_passes(upstream):
 
 
 async def test_a_connection_the_upstream_closed_while_idle_is_dialled_again_in_the_check(
-    upstream,
+    upstream, prober
 ):
-    prober = Prober("127.0.0.1", upstream.port)
-    try:
-        assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
-        upstream.drop_idle()
-        await asyncio.sleep(0.05)
-        result = await prober.check(CHECK)
-        assert result.outcome is CheckOutcome.OK, result
-        assert upstream.accepted == 2
-    finally:
-        prober.close()
+    assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
+    upstream.drop_idle()
+    await asyncio.sleep(0.05)
+    result = await prober.check(CHECK)
+    assert result.outcome is CheckOutcome.OK, result
+    assert upstream.accepted == 2
 
 
 async def test_a_dead_upstream_fails_the_next_check():
@@ -134,38 +140,29 @@ async def test_a_dead_upstream_fails_the_next_check():
         prober.close()
 
 
-async def test_a_hung_upstream_times_out_and_the_connection_is_not_kept(upstream):
-    prober = Prober("127.0.0.1", upstream.port)
-    try:
-        assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
-        upstream.mode = "hang"
-        result = await prober.check(CHECK)
-        assert result.outcome is CheckOutcome.FAILED and result.reason.startswith("timeout")
-        upstream.mode = "ok"
-        # the hung connection is not asked again: a new one answers
-        assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
-        assert upstream.accepted == 2
-    finally:
-        prober.close()
+async def test_a_hung_upstream_times_out_and_the_connection_is_not_kept(upstream, prober):
+    assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
+    upstream.mode = "hang"
+    result = await prober.check(CHECK)
+    assert result.outcome is CheckOutcome.FAILED and result.reason.startswith("timeout")
+    upstream.mode = "ok"
+    # the hung connection is not asked again: a new one answers
+    assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
+    assert upstream.accepted == 2
 
 
-async def test_connection_close_answers_and_one_shot_probes_dial_each_time(upstream):
+async def test_connection_close_answers_and_one_shot_probes_dial_each_time(upstream, prober):
     upstream.mode = "close-after"
-    prober = Prober("127.0.0.1", upstream.port)
-    try:
-        for _ in range(2):
-            assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
-        assert upstream.accepted == 2
-    finally:
-        prober.close()
+    for _ in range(2):
+        assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
+    assert upstream.accepted == 2
     upstream.mode = "ok"
     for _ in range(2):
         assert (await probe("127.0.0.1", upstream.port, CHECK)).outcome is CheckOutcome.OK
     assert upstream.accepted == 4
 
 
-async def test_a_cancelled_check_drops_its_connection(upstream):
-    prober = Prober("127.0.0.1", upstream.port)
+async def test_a_cancelled_check_drops_its_connection(upstream, prober):
     assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
     upstream.mode = "hang"
     task = asyncio.create_task(prober.check(CHECK))
@@ -176,7 +173,6 @@ async def test_a_cancelled_check_drops_its_connection(upstream):
     upstream.mode = "ok"
     assert (await prober.check(CHECK)).outcome is CheckOutcome.OK
     assert upstream.accepted == 2
-    prober.close()
 
 
 async def test_tls_files_that_cannot_be_read_fail_the_check():
@@ -185,28 +181,20 @@ async def test_tls_files_that_cannot_be_read_fail_the_check():
     assert result.outcome is CheckOutcome.FAILED and "FileNotFoundError" in result.reason
 
 
-async def test_a_failed_answer_drops_the_connection(upstream):
+async def test_a_failed_answer_drops_the_connection(upstream, prober):
     upstream.mode = "500"
-    prober = Prober("127.0.0.1", upstream.port)
-    try:
-        for _ in range(2):
-            result = await prober.check(CHECK)
-            assert (result.outcome, result.reason) == (CheckOutcome.FAILED, "HTTP 500")
-        assert upstream.accepted == 2
-    finally:
-        prober.close()
+    for _ in range(2):
+        result = await prober.check(CHECK)
+        assert (result.outcome, result.reason) == (CheckOutcome.FAILED, "HTTP 500")
+    assert upstream.accepted == 2
 
 
-async def test_interim_answers_are_skipped_and_the_connection_stays_in_step(upstream):
+async def test_interim_answers_are_skipped_and_the_connection_stays_in_step(upstream, prober):
     upstream.mode = "interim"
-    prober = Prober("127.0.0.1", upstream.port)
-    try:
-        for _ in range(3):
-            result = await prober.check(CHECK)
-            assert (result.outcome, result.detail) == (CheckOutcome.OK, {"ready": True}), result
-        assert (upstream.accepted, upstream.requests) == (1, 3)
-    finally:
-        prober.close()
+    for _ in range(3):
+        result = await prober.check(CHECK)
+        assert (result.outcome, result.detail) == (CheckOutcome.OK, {"ready": True}), result
+    assert (upstream.accepted, upstream.requests) == (1, 3)
 
 
 async def test_an_answer_without_a_length_ends_with_its_connection(upstream):
