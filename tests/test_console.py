@@ -26,7 +26,7 @@ from haplane.console.auth import (
     token_from,
 )
 from haplane.console.server import Console, LiveStatus, sse_message
-from haplane.console.view import MapView, map_view
+from haplane.console.view import MapView, map_view, newer, with_active
 from haplane.local.status import (
     ClusterReport,
     ConsoleReport,
@@ -485,6 +485,55 @@ async def test_a_kick_gathers_at_once_not_at_the_next_tick(example):
         await live.stop()
         live.kick()
         await asyncio.wait_for(task, 2)
+
+
+def test_an_active_record_moves_the_map_and_its_history_without_a_gather(example):
+    view = map_view(_report(example), example)
+    record = {"region": "eu-central", "epoch": 4, "writable": False, "since": "t4",
+              "by": "operator:alice", "reason": "maintenance", "from": "eu-west"}  # fmt: skip
+    assert newer(record, view)
+    moved = with_active(view, record)
+    assert (moved.active_region, moved.epoch, moved.writable) == ("eu-central", 4, False)
+    assert [s.name for s in moved.sites if s.active] == ["eu-central"]
+    assert [(e.epoch, e.current) for e in moved.history] == [(4, True), (3, False), (2, False),
+                                                             (1, False)]  # fmt: skip
+    assert moved.history[0].reason == "maintenance" and moved.history[0].unfenced is None
+    assert moved.history[1].unfenced == "t3+1.25s"  # the old current epoch keeps what it had
+    assert moved.components() == view.components()  # health waits for the next gather
+    # the same epoch's unfence is newer; the record it replaced, or an older epoch, is not
+    unfenced = {**record, "writable": True, "unfenced": "t4+1.1s"}
+    assert newer(unfenced, moved) and not newer(record, moved)
+    assert not newer({**record, "epoch": 3, "writable": True}, moved)
+    again = with_active(moved, unfenced)
+    assert again.writable and again.history[0].unfenced == "t4+1.1s"
+    assert [e.epoch for e in again.history] == [4, 3, 2, 1]
+    assert not newer(record, again) and not newer({"epoch": "x"}, again)
+
+
+async def test_a_watched_record_reaches_the_page_at_once_and_outranks_an_older_gather(example):
+    gathers = 0
+
+    async def gather() -> MapView:  # what a slow gather that began before the change read
+        nonlocal gathers
+        gathers += 1
+        return _fixed_view(example)
+
+    live = LiveStatus(gather, interval=60.0)
+    await live.once()
+    version = live.version
+    record = {"region": "eu-central", "epoch": 4, "writable": True, "since": "t4",
+              "by": "controller:gate-1", "reason": "eu-west down", "from": "eu-west"}  # fmt: skip
+    await live.active_changed(record)
+    assert live.version == version + 1 and gathers == 1  # shown without asking anyone
+    assert 'data-region="eu-central" data-epoch="4"' in live.fragments["map"]
+    assert 'data-epoch="4" class="current"' in live.fragments["history"]
+    assert live._kick.is_set()  # and a gather follows at once for the rest
+    await live.once()  # it read the record before the change: the page does not go back
+    assert live.view is not None and (live.view.active_region, live.view.epoch) == (
+        "eu-central", 4)  # fmt: skip
+    assert 'data-region="eu-central"' in live.fragments["map"]
+    await live.active_changed(None)  # a deleted record: only a gather says what is shown
+    assert live.view.active_region == "eu-central"
 
 
 async def test_a_gate_that_refuses_the_connection_is_passed_over():

@@ -228,6 +228,67 @@ def _epoch(d: dict[str, Any], current: bool = False) -> EpochView:
     )
 
 
+def _timed(e: EpochView, cuts: dict[int, dict[str, Any]], saved: dict[int, int]) -> EpochView:
+    """The epoch with its durations, and what its cut cost when the cut is among `cuts`
+    (else what it said already)."""
+    return replace(
+        e,
+        fence_wait=_seconds_between(e.since, e.unfenced),
+        detected_before=_seconds_between(e.detected, e.since),
+        agreed_before=_seconds_between(e.agreed, e.since),
+        data=cut_words(cuts[e.epoch]) if e.epoch in cuts else e.data,
+        saved=saved.get(e.epoch, e.saved),
+    )
+
+
+def _with_current(
+    history: list[EpochView],
+    active: dict[str, Any],
+    cuts: dict[int, dict[str, Any]],
+    saved: dict[int, int],
+) -> list[EpochView]:
+    """`history` with the active record as its current epoch, newest first: the record
+    replaces that epoch's entry (keeping what its cut cost), every other entry is past."""
+    current = _timed(_epoch(active, current=True), cuts, saved)
+    same = next((e for e in history if e.epoch == current.epoch), None)
+    if same is not None:
+        current = replace(
+            current,
+            data=current.data if current.data is not None else same.data,
+            saved=current.saved if current.saved is not None else same.saved,
+        )
+    past = [replace(e, current=False) for e in history if e.epoch != current.epoch]
+    return sorted([*past, current], key=lambda e: -e.epoch)
+
+
+def newer(active: dict[str, Any], view: MapView) -> bool:
+    """Whether the active-region record `active` is newer than what `view` shows: a later
+    epoch, or the same epoch become writable (a record goes from fenced to unfenced within its
+    epoch, never back)."""
+    try:
+        theirs = (int(active["epoch"]), bool(active.get("writable", True)))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return view.epoch is None or theirs > (view.epoch, bool(view.writable))
+
+
+def with_active(view: MapView, active: dict[str, Any]) -> MapView:
+    """`view` as the active-region record `active` says (its `as_dict` form): the active region
+    and epoch, which site is active, the current epoch in the history. What a watch of that
+    record shows at once, before the next gather reads everything else (each component's
+    health, the fences, the cuts)."""
+    region = str(active["region"])
+    return replace(
+        view,
+        active_region=region,
+        epoch=int(active["epoch"]),
+        writable=bool(active.get("writable", True)),
+        sites=[replace(s, active=s.name == region) for s in view.sites],
+        history=_with_current(view.history, active, {}, {}),
+        error=None,
+    )
+
+
 def map_view(report: StatusReport, topology: Topology) -> MapView:
     """The map: every site of the topology in file order, its zones in file order (site-wide
     components last), each zone's components by kind; a component the topology does not
@@ -258,31 +319,17 @@ def map_view(report: StatusReport, topology: Topology) -> MapView:
                 zones=zones,
             )
         )
-    history = [_epoch(d) for d in (glob.history if glob is not None else [])]
-    if active:
-        # the unfence is written to the active record only: the current epoch's history
-        # entry learns it from there
-        current = _epoch(active, current=True)
-        history = [current if e.epoch == current.epoch else e for e in history]
-        if all(e.epoch != current.epoch for e in history):
-            history.append(current)
     cuts = {int(c["epoch"]): c for c in report.cuts if isinstance(c.get("epoch"), int)}
     saved = {
         int(d["epoch"]): int(d.get("count") or 0)
         for d in report.divergences
         if isinstance(d.get("epoch"), int)
     }
-    history = [
-        replace(
-            e,
-            fence_wait=_seconds_between(e.since, e.unfenced),
-            detected_before=_seconds_between(e.detected, e.since),
-            agreed_before=_seconds_between(e.agreed, e.since),
-            data=cut_words(cuts[e.epoch]) if e.epoch in cuts else None,
-            saved=saved.get(e.epoch),
-        )
-        for e in history
-    ]
+    history = [_timed(_epoch(d), cuts, saved) for d in (glob.history if glob is not None else [])]
+    if active:
+        # the unfence is written to the active record only: the current epoch's history
+        # entry learns it from there
+        history = _with_current(history, active, cuts, saved)
     return MapView(
         topology=report.topology,
         supervisor=report.supervisor,
