@@ -276,15 +276,22 @@ def _diagram_nodes(page: Any, health: str) -> list[str]:
     )
 
 
+def _line_points(page: Any) -> list[int]:
+    """How many samples each line of the lag chart has."""
+    return list(
+        page.eval_on_selector_all(
+            "#lag-chart polyline.series", "els => els.map(e => +e.dataset.points)"
+        )
+    )
+
+
 def test_the_lag_chart_is_live(auditor_page: Page):
     """The standby's lag is charted from the replicators' reports and the chart grows on the
     open page, sample by sample (one per second while someone looks)."""
     page = auditor_page.page
-    series = "#lag-chart polyline.series"
 
     def points() -> int:
-        counts = page.eval_on_selector_all(series, "els => els.map(e => +e.dataset.points)")
-        return sum(counts)
+        return sum(_line_points(page))
 
     _until(lambda: points() >= 2, 30)
     before = points()
@@ -451,7 +458,9 @@ def test_screenshots_for_the_readme(
     page = auditor_page.page
     page.goto(f"{console_url}/")
     _until(lambda: page.locator("li.component[data-health=ok]").count() >= 28, 90)
-    page.wait_for_selector("#lag-chart polyline.series", timeout=30_000)
+    # a line of two samples or more (wait_for_selector would look at the first line only,
+    # which may be an older pair's lone sample: an invisible one-point polyline)
+    _until(lambda: max(_line_points(page), default=0) >= 2, 60)
     page.screenshot(path=str(SCREENSHOTS / "console-map.png"), full_page=True)
     page.goto(f"{console_url}/drills")
     page.locator("#drills-table a.report").first.click()

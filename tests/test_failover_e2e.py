@@ -36,6 +36,7 @@ from tests.topology_helpers import (
     etcd_tls,
     finished_operation,
     haplane,
+    in_words,
     kubectl,
     netns_example,
     status,
@@ -203,21 +204,22 @@ def test_a_lone_gate_behind_a_cut_does_not_fail_over(topo: Path) -> None:
         return o["gate"].split("://")[1] in cut_gate
 
     failed = [o for o in result["operations"] if not o["ok"]]
-    assert all(o["returned"] >= fault["t"] for o in failed), failed
+    assert all(o["returned"] >= fault["t"] for o in failed), in_words(failed)
     elsewhere = [o for o in failed if not on_cut_gate(o)]
     assert all(
         (o["error"] == "http-503" and "writes are fenced" in (o["message"] or ""))
         or (o["error"] == "http-409" and o["loop"] == "update")
         for o in elsewhere
-    ), elsewhere
+    ), f"{in_words(failed)}\ncut gate {cut_gate}, fault at {fault['t']:.2f}s"
     for loop in {o["loop"] for o in failed}:
         mine = [o for o in result["operations"] if o["loop"] == loop]
-        assert mine[-1]["ok"], (loop, [o for o in mine if not o["ok"]])
+        assert mine[-1]["ok"], (loop, in_words([o for o in mine if not o["ok"]]))
         cut = [i for i, o in enumerate(mine) if not o["ok"] and on_cut_gate(o)]
         if cut:  # one run of failures there, then served by another gate, never back
             moved = next((i for i in range(cut[0], len(mine)) if mine[i]["ok"]), None)
-            assert moved is not None and not on_cut_gate(mine[moved]), (loop, mine[cut[0] :])
-            assert all(not on_cut_gate(o) for o in mine[moved:]), (loop, mine[cut[0] :])
+            after = in_words(mine[cut[0] :])
+            assert moved is not None and not on_cut_gate(mine[moved]), (loop, after)
+            assert all(not on_cut_gate(o) for o in mine[moved:]), (loop, after)
 
 
 def test_a_blip_shorter_than_down_after_does_not_fail_over(topo: Path) -> None:
@@ -232,8 +234,8 @@ def test_a_replica_loss_fails_only_requests_in_flight(topo: Path) -> None:
     assert_safe(result)
     # one write and one read at a time: at most the one in flight on the killed replica fails
     failed = [o for o in result["operations"] if not o["ok"]]
-    assert len([o for o in failed if o["kind"] == "write"]) <= 1, failed
-    assert len([o for o in failed if o["kind"] == "read"]) <= 1, failed
+    assert len([o for o in failed if o["kind"] == "write"]) <= 1, in_words(failed)
+    assert len([o for o in failed if o["kind"] == "read"]) <= 1, in_words(failed)
 
 
 def _write(url: str, name: str, ctx: ssl.SSLContext | None) -> tuple[int, dict[str, Any]]:

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,25 @@ def drill(root: Path, scenario: str, *extra: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(r.stdout)
     result["_exit"], result["_stderr"] = r.returncode, r.stderr
     return result
+
+
+def in_words(ops: list[dict[str, Any]]) -> str:
+    """Drill operations one per line, with what a failure needs to be understood (the loop, the
+    gate, the error and the server's message): pytest's repr of the dicts cuts the message.
+    The first line counts them by error, gate and message (a test summary shows that line)."""
+    counts = Counter(
+        f"{o['error'] or 'ok'} via {o['gate']}: {(o['message'] or '')[:60]}" for o in ops
+    )
+    return (
+        "; ".join(f"{n}x {what}" for what, n in counts.most_common())
+        + "\n"
+        + "\n".join(
+            f"{o['invoked']:7.2f}-{o['returned']:7.2f}s {o['loop'] or o['kind']:<6} {o['gate']} "
+            f"{o['error'] or 'ok'} region={o['region']} epoch={o['epoch']} "
+            f"basis={o['basis_region']}@{o['basis_epoch']}: {(o['message'] or '')[:160]}"
+            for o in ops
+        )
+    )
 
 
 def files_holding(root: Path, needles: tuple[bytes, ...]) -> list[str]:
