@@ -510,13 +510,28 @@ def test_an_active_record_moves_the_map_and_its_history_without_a_gather(example
     assert not newer(record, again) and not newer({"epoch": "x"}, again)
 
 
-async def test_a_watched_record_reaches_the_page_at_once_and_outranks_an_older_gather(example):
-    gathers = 0
+def _at_epoch(example: Topology, epoch: int | None, error: str | None = None) -> MapView:
+    """The fixed view as a gather that read the record at `epoch` (None: read none)."""
+    report = _report(example)
+    glob = report.global_state
+    assert glob is not None
+    if epoch is None:
+        report.global_state = GlobalReport(None, glob.history, error, glob.fences)
+    else:
+        glob.active = {**glob.active, "region": "eu-west", "epoch": epoch}  # type: ignore[dict-item]
+    return map_view(report, example)
 
-    async def gather() -> MapView:  # what a slow gather that began before the change read
-        nonlocal gathers
-        gathers += 1
-        return _fixed_view(example)
+
+async def test_a_watched_record_reaches_the_page_at_once_and_outranks_an_older_gather(example):
+    gathered: list[MapView] = [_fixed_view(example)]  # what the next gathers read, in turn
+    drawn = asyncio.Event()
+
+    async def gather() -> MapView:
+        return gathered.pop(0) if len(gathered) > 1 else gathered[0]
+
+    async def draw(live_state: Any) -> str:
+        await drawn.wait()  # Graphviz in a thread: other work runs meanwhile
+        return f"<svg>{live_state}</svg>"
 
     live = LiveStatus(gather, interval=60.0)
     await live.once()
@@ -524,16 +539,45 @@ async def test_a_watched_record_reaches_the_page_at_once_and_outranks_an_older_g
     record = {"region": "eu-central", "epoch": 4, "writable": True, "since": "t4",
               "by": "controller:gate-1", "reason": "eu-west down", "from": "eu-west"}  # fmt: skip
     await live.active_changed(record)
-    assert live.version == version + 1 and gathers == 1  # shown without asking anyone
+    assert live.version == version + 1  # shown without asking anyone
     assert 'data-region="eu-central" data-epoch="4"' in live.fragments["map"]
     assert 'data-epoch="4" class="current"' in live.fragments["history"]
     assert live._kick.is_set()  # and a gather follows at once for the rest
-    await live.once()  # it read the record before the change: the page does not go back
+    await live.active_changed({**record, "epoch": 3})  # older: nothing shown
+    assert live.version == version + 1 and 'data-epoch="4"' in live.fragments["map"]
+
+    # a gather that read the record before the change (epoch 3) does not take the page back,
+    # even when the record arrives while that gather's diagram is drawn
+    live._draw = draw
+    await live.active_changed(None)
+    live.active = None
+    task = asyncio.create_task(live.once())
+    await asyncio.sleep(0.05)  # the gather is in, its diagram being drawn
+    changed = asyncio.create_task(live.active_changed({**record, "epoch": 5}))
+    await asyncio.sleep(0.05)  # shown at once; its own diagram being drawn too
+    assert 'data-region="eu-central" data-epoch="5"' in live.fragments["map"]
+    drawn.set()
+    await asyncio.wait_for(asyncio.gather(task, changed), 5)
     assert live.view is not None and (live.view.active_region, live.view.epoch) == (
-        "eu-central", 4)  # fmt: skip
-    assert 'data-region="eu-central"' in live.fragments["map"]
-    await live.active_changed(None)  # a deleted record: only a gather says what is shown
-    assert live.view.active_region == "eu-central"
+        "eu-central", 5)  # fmt: skip
+    assert 'data-region="eu-central" data-epoch="5"' in live.fragments["map"]
+    # a gather newer than the record is shown as gathered
+    gathered[:] = [_at_epoch(example, 6)]
+    await live.once()
+    assert (live.view.active_region, live.view.epoch) == ("eu-west", 6)
+    # a deleted record, or one the gather could not read: shown as the gather found it, with
+    # its error, never as the last record watched
+    await live.active_changed({**record, "epoch": 7})
+    await live.active_changed(None)
+    gathered[:] = [_at_epoch(example, None)]
+    await live.once()
+    assert live.view.active_region is None
+    await live.active_changed({**record, "epoch": 7})
+    assert live.view.active_region == "eu-central"  # a record watched shows at once...
+    gathered[:] = [_at_epoch(example, None, "global control etcd: timed out")]
+    await live.once()  # ... but a failed read says so
+    assert live.view.active_region is None and live.view.error
+    assert "global control etcd: timed out" in live.fragments["map"]
 
 
 async def test_a_gate_that_refuses_the_connection_is_passed_over():

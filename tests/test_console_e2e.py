@@ -221,6 +221,34 @@ def test_page_loads_with_every_component_and_no_console_errors(auditor_page: Pag
     assert auditor_page.errors == []
 
 
+def test_a_console_keeps_its_etcd_channels_between_gathers(auditor_page: Page, topo: Path):
+    """With a page open, the console gathers every second over the same gRPC channels: its
+    connections to the etcd members are the same sockets seconds apart (a console that made
+    new channels per gather would show new local ports every second)."""
+    import psutil
+
+    doc = _status(topo)
+    ports = {int(m["endpoint"].rsplit(":", 1)[1]) for c in doc["clusters"] for m in c["members"]}
+    assert len(ports) == 9, ports  # two regions' members and the control etcd's
+    pid = next(c["pid"] for c in doc["console"] if c["url"] == auditor_page.url)
+
+    def etcd_sockets() -> set[tuple[int, int]]:
+        return {
+            (c.laddr.port, c.raddr.port)
+            for c in psutil.Process(pid).net_connections("tcp")
+            if c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED
+        }
+
+    # a channel to every member (and the active-region watch's to the control etcd's)
+    _until(lambda: {r for _, r in etcd_sockets()} == ports, 30)
+    before = etcd_sockets()
+    time.sleep(3.5)  # three gathers or more
+    after = etcd_sockets()
+    # the same sockets: none made for a gather since (a gather's new channels would show new
+    # local ports here, to the control etcd's members too)
+    assert after == before, (sorted(before), sorted(after))
+
+
 def test_failover_shows_on_the_open_page_within_2s_without_reload(auditor_page: Page, topo: Path):
     page = auditor_page.page
     page.evaluate("window.__same_page = true")

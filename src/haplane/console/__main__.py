@@ -36,11 +36,11 @@ from .reports import Reports
 from .server import (
     Console,
     LiveStatus,
+    StatusGatherer,
     audit_reader,
     diagram_drawer,
     emit,
     load_topology,
-    status_gatherer,
     watch_active_region,
 )
 
@@ -99,8 +99,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> int:
     state = StateDir(Path(args.state_dir))
     topology = load_topology(state)
+    gatherer = StatusGatherer(state, topology)
     live = LiveStatus(
-        status_gatherer(state, topology),
+        gatherer,
         interval=args.interval,
         interval_idle=args.interval_idle,
         lag=LagHistory(
@@ -181,9 +182,12 @@ async def serve(args: argparse.Namespace) -> int:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        await runner.cleanup()
-        if platform is not None:
-            await platform.close()
+        try:
+            await runner.cleanup()
+        finally:
+            await gatherer.close()
+            if platform is not None:
+                await platform.close()
         emit("stopped")
     return 0
 

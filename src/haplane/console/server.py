@@ -157,17 +157,28 @@ class LiveStatus:
             return
         self.error = None
         self.gathered_at = time.monotonic()
-        if self.active is not None and newer(self.active, view):
-            view = with_active(view, self.active)
+        if self.lag is not None:
+            self.lag.add(self._clock(), view.replication)
+        diagram = await self._diagram(self._shown(view))
+        # the record may have changed during that await: what is shown is decided after it
+        await self._show(self._shown(view), diagram)
+
+    def _shown(self, gathered: MapView) -> MapView:
+        """The gathered view, or the watched record's active region over it when that record
+        is newer (the gather read the record before the change). Not over a gather that read
+        no record: a failed read, or a record deleted, is shown as the gather found it."""
+        active = self.active
+        if active is None or gathered.epoch is None or gathered.error is not None:
+            return gathered
+        return with_active(gathered, active) if newer(active, gathered) else gathered
+
+    async def _show(self, view: MapView, diagram: str) -> None:
         fragments = {
             "map": render.topology_map(view),
             "history": render.history(view),
-            "lag": self.fragments["lag"],
-            "diagram": await self._diagram(view),
+            "lag": self._lag_chart() if self.lag is not None else self.fragments["lag"],
+            "diagram": diagram,
         }
-        if self.lag is not None:
-            self.lag.add(self._clock(), view.replication)
-            fragments["lag"] = self._lag_chart()
         self.view = view
         await self._publish(fragments)
 
@@ -210,18 +221,14 @@ class LiveStatus:
         follows at once for everything else. Why not wait for that gather: it asks every
         component, each with its own deadline, which takes seconds on a loaded machine; the
         record is what an operator watching a failover waits for."""
-        if active is not None:
-            self.active = active
-            if self.view is not None and newer(active, self.view):
-                self.view = with_active(self.view, active)
-                await self._publish(
-                    {
-                        **self.fragments,
-                        "map": render.topology_map(self.view),
-                        "history": render.history(self.view),
-                    }
-                )
+        self.active = active  # None: deleted; the gathers say what is shown then
         self.kick()
+        if active is not None and self.view is not None and newer(active, self.view):
+            view = with_active(self.view, active)
+            await self._show(view, self.fragments["diagram"])
+            diagram = await self._diagram(view)  # Graphviz, in a thread
+            if self.view is view:  # nothing newer was shown meanwhile
+                await self._show(view, diagram)
 
     def demand(self) -> None:
         """Someone signed in asked for a page: gather every `interval` for a while, and now
@@ -278,16 +285,32 @@ def sse_message(event: str, data: str) -> bytes:
     return f"event: {event}\n{lines}\n".encode()
 
 
-def status_gatherer(state: StateDir, topology: Topology, timeout: float = 0.8) -> GatherFn:
+class StatusGatherer:
     """What the console gathers each second: `haplane status` without the certificate
-    inventory, with the last 20 epochs."""
-    from haplane.local.status import gather_status
+    inventory, with the last 20 epochs, over etcd channels and HTTPS connections kept between
+    gathers (`KeptClients`, as the supervisor keeps them): a console gathers every second
+    while someone looks and every 10 s otherwise, and a new gRPC channel and TLS handshake
+    to every member and listener each time cost more than the questions. `close()` when
+    done."""
 
-    async def gather() -> MapView:
-        report = await gather_status(state, timeout, history=20, certificates=False)
-        return map_view(report, topology)
+    def __init__(self, state: StateDir, topology: Topology, timeout: float = 0.8) -> None:
+        from haplane.local.status import KeptClients
 
-    return gather
+        self.state = state
+        self.topology = topology
+        self.timeout = timeout
+        self.clients = KeptClients(timeout)
+
+    async def __call__(self) -> MapView:
+        from haplane.local.status import gather_status
+
+        report = await gather_status(
+            self.state, self.timeout, history=20, certificates=False, clients=self.clients
+        )
+        return map_view(report, self.topology)
+
+    async def close(self) -> None:
+        await self.clients.close()
 
 
 def diagram_drawer(topology: Topology) -> DrawFn:
@@ -318,6 +341,9 @@ async def watch_active_region(state: StateDir, topology: Topology, live: LiveSta
             emit("active-region watch ended", error=str(exc))
         except Exception as exc:  # a bug: say so loudly, keep the console serving
             log.exception(json.dumps({"msg": "active-region watch failed", "error": str(exc)}))
+        # unwatched, the record may change unseen (a control etcd rebuilt, epochs restarting
+        # lower): gathers alone say what is shown until the watch is back
+        live.active = None
         await asyncio.sleep(1.0)
 
 

@@ -285,7 +285,6 @@ def with_active(view: MapView, active: dict[str, Any]) -> MapView:
         writable=bool(active.get("writable", True)),
         sites=[replace(s, active=s.name == region) for s in view.sites],
         history=_with_current(view.history, active, {}, {}),
-        error=None,
     )
 
 

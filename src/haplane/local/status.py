@@ -242,13 +242,23 @@ class KeptClients:
         found = self._clients.get(key)
         if found is None:
             for stale in [k for k in self._clients if k[0] == cluster.name]:
-                old = self._clients.pop(stale)
-                self._warm.pop(stale, None)
-                task = asyncio.get_running_loop().create_task(old.close())
-                _CLOSING.add(task)
-                task.add_done_callback(_CLOSING.discard)
+                self._close(stale)
             found = self._clients[key] = cluster.client(self.timeout)
         return found
+
+    def retain(self, clusters: list[ClusterTargets]) -> None:
+        """Close the clients of clusters no longer in the plan (a topology changed under a
+        long-lived caller: their channels would retry a gone cluster until it closes)."""
+        names = {c.name for c in clusters}
+        for key in [k for k in self._clients if k[0] not in names]:
+            self._close(key)
+
+    def _close(self, key: Any) -> None:
+        old = self._clients.pop(key)
+        self._warm.pop(key, None)
+        task = asyncio.get_running_loop().create_task(old.close())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
 
     def warm(self, clusters: list[ClusterTargets]) -> bool:
         """Whether every cluster's kept client was answered by quorum and by every member in
@@ -349,6 +359,8 @@ async def gather_status(
     ctx = None if tls is None else kept.context(tls) if kept is not None else tls.client_context()
     keep = kept.http if kept is not None else None
     asks = (processes, timeout, ctx, keep)  # what every listener's report is asked with
+    if kept is not None:
+        kept.retain(plan.clusters)
     clients_of = {
         c.name: (kept.client(c) if kept is not None else c.client(timeout)) for c in plan.clusters
     }
