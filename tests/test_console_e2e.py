@@ -355,11 +355,19 @@ def test_the_analysis_of_the_running_topology(auditor_page: Page, topo: Path):
     # of `validate --live` ("does not answer"), rightly; the analysis is of a whole topology
     _until(lambda: haplane(topo, "status", "--json", check=False).returncode == 0, 90)
     page = auditor_page.page
-    page.click("nav a[href='/analysis']")
-    page.wait_for_selector("#analysis-report[data-availability]", timeout=60_000)
-    # what runs is what the file says, and the example breaks no HA rule
-    errors = page.locator("#findings-table tr[data-severity=error]")
-    found = [errors.nth(i).inner_text() for i in range(errors.count())]
+    deadline = time.monotonic() + 60
+    while True:
+        page.click("nav a[href='/analysis']")
+        page.wait_for_selector("#analysis-report[data-availability]", timeout=60_000)
+        # what runs is what the file says, and the example breaks no HA rule
+        errors = page.locator("#findings-table tr[data-severity=error]")
+        found = [errors.nth(i).inner_text() for i in range(errors.count())]
+        # a member that missed its 1 s to answer on a loaded machine is a finding of that
+        # moment (rightly): asked again; any other finding fails at once
+        if not found or not all("live-unreachable" in f for f in found):
+            break
+        assert time.monotonic() < deadline, found
+        time.sleep(2)
     assert page.get_attribute("#analysis-report", "data-errors") == "0", found
     assert not found
     assert float(page.get_attribute("#analysis-report", "data-availability") or 0) > 0.999

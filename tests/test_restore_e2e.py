@@ -15,6 +15,7 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -222,7 +223,7 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
                  ran.append(finished_operation(admin, "maintenanceaction", name, timeout=240))),
     )  # fmt: skip
     assert failed == [] and len(acked) > 20, failed
-    assert ran[0]["phase"] == "Succeeded", ran[0]
+    assert ran[0]["phase"] == "Succeeded", _why(state, ran[0])
     report = ran[0]["result"]
     assert report["outcome"] == "passed" and report["failedStep"] is None, report
     assert [s["outcome"] for s in report["steps"]] == ["passed"] * 6
@@ -336,6 +337,14 @@ def _create_configmaps(admin: Path, names: list[str]) -> None:
             return
         print(f"kubectl create: {len(fenced)} refused while fenced; again")
         time.sleep(0.5)
+
+
+def _why(state: Path, operation: dict[str, Any]) -> str:
+    """A failed operation's status and the last lines of the runbook journals, as text (a
+    dict in an assertion message is cut short)."""
+    journals = sorted((state / "runbooks").glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+    tail = journals[-1].read_text().splitlines()[-8:] if journals else []
+    return json.dumps(operation, indent=1)[:3000] + "\n" + "\n".join(tail)
 
 
 def _ask_member_runbook(state: Path, admin: Path, victim: str) -> str:
