@@ -580,3 +580,43 @@ def test_kept_etcd_clients_are_asked_beside_the_listeners_once_warm(tmp_path: Pa
             await kept.close()
 
     asyncio.run(go())
+
+
+async def test_a_member_whose_connection_failed_once_is_asked_again_within_the_timeout():
+    """One failed connection is no verdict on a member (a handshake torn right after a member
+    replacement): asked again once while half the time is left; a member that keeps failing
+    is reported down, and one that failed late is not asked again."""
+    from haplane.local import status
+    from haplane.local.status_plan import ClusterTargets
+    from haplane.store import EtcdUnavailable, MemberStatus
+
+    class Client:
+        def __init__(self, fails: dict[str, int], slow: float = 0.0) -> None:
+            self.fails = fails  # endpoint -> how many first calls fail
+            self.slow = slow
+            self.calls: dict[str, int] = {}
+
+        async def range(self, *_: object, **__: object) -> tuple[list[object], int]:
+            return [], 1
+
+        async def alarms(self, **_: object) -> list[object]:
+            return []
+
+        async def status(self, ep: str, *, timeout: float) -> MemberStatus:
+            n = self.calls[ep] = self.calls.get(ep, 0) + 1
+            if n <= self.fails.get(ep, 0):
+                await asyncio.sleep(self.slow)
+                raise EtcdUnavailable(f"{ep}: Handshake read failed (Endpoint closing)")
+            return MemberStatus(ep, int(ep[-1]), 1, 2, 10, 10, 1, 1, "3.4.23", ())
+
+    plan = ClusterTargets(
+        "eu-west/etcd", False, 2**31, {f"eu-west/etcd-{i}": f"h:{i}" for i in (1, 2, 3)}
+    )
+    client = Client({"h:2": 1, "h:3": 5})
+    report = await status._cluster_report(plan, client, {}, 1.0)  # type: ignore[arg-type]
+    healthy = {m.name: m.healthy for m in report.members}
+    assert healthy == {"eu-west/etcd-1": True, "eu-west/etcd-2": True, "eu-west/etcd-3": False}
+    assert client.calls == {"h:1": 1, "h:2": 2, "h:3": 2}  # one retry, never more
+    late = Client({"h:2": 1}, slow=0.6)  # failed after more than half its time
+    report = await status._cluster_report(plan, late, {}, 1.0)  # type: ignore[arg-type]
+    assert [m.healthy for m in report.members] == [True, False, True] and late.calls["h:2"] == 1

@@ -298,6 +298,9 @@ _CLOSING: set[asyncio.Task[None]] = set()
 # how long a cluster whose every member answered counts as warm (its channels up): longer
 # than between the gathers of a script asking in a loop, far shorter than gRPC's idle timeout
 WARM_FOR = 15.0
+# seconds between a member's failed status and the one retry (the etcd client's reconnect
+# backoff starts at 100 ms)
+MEMBER_RETRY_PAUSE = 0.15
 
 
 def _files(paths: tuple[str, ...] | None) -> tuple[Any, ...] | None:
@@ -753,10 +756,23 @@ async def _cluster_report(
                 alarms.setdefault(a.member_id, []).append(a.alarm)
         return None, alarms
 
+    async def member_status(ep: str) -> MemberStatus:
+        """One member's status; asked again once when it failed early (a refused or torn
+        connection, a handshake the member closed: seen right after a member replacement) and
+        half the time is left: one failed connection is no verdict on a member."""
+        started = time.monotonic()
+        try:
+            return await client.status(ep, timeout=timeout)
+        except EtcdError:
+            left = timeout - (time.monotonic() - started) - MEMBER_RETRY_PAUSE
+            if left < timeout / 2:
+                raise
+        await asyncio.sleep(MEMBER_RETRY_PAUSE)  # past the channel's reconnect backoff
+        return await client.status(ep, timeout=left)
+
     quorum_error, alarms = await quorum_and_alarms()  # first: its channel, then the others
     statuses = await asyncio.gather(
-        *(client.status(ep, timeout=timeout) for ep in endpoints.values()),
-        return_exceptions=True,
+        *(member_status(ep) for ep in endpoints.values()), return_exceptions=True
     )
     quorum = quorum_error is None
     members = []
