@@ -130,3 +130,48 @@ async def test_other_cas_are_refused(tls_cluster: EtcdCluster, tmp_path: Path):
             tls_cluster.endpoints, timeout=1.0, tls=EtcdTls(other.ca_cert, mine.cert, mine.key)
         )
     )
+
+
+async def test_a_slow_handshake_is_not_cut_short_before_the_calls_deadline():
+    """A member whose TLS handshake is slow (a loaded machine: here one that never answers)
+    keeps the call waiting until its own deadline, or the connect timeout: the channel does
+    not give up on the attempt after 100 ms (gRPC reads `grpc.min_reconnect_backoff_ms` as the
+    minimum connect timeout; it was 100 ms, and such calls failed in ~0.14 s)."""
+    import socket
+    import time
+
+    from haplane.store.etcd_client import CONNECT_TIMEOUT_MS
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    held: list[socket.socket] = []
+
+    async def accept() -> None:  # accept, never speak
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            held.append(conn)
+
+    task = asyncio.create_task(accept())
+    port = listener.getsockname()[1]
+
+    class SystemRoots:
+        def credentials(self) -> grpc.ChannelCredentials:
+            return grpc.ssl_channel_credentials()
+
+    client = EtcdClient([f"127.0.0.1:{port}"], timeout=0.8, tls=SystemRoots())  # type: ignore[arg-type]
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(EtcdError):
+            await client.status(f"127.0.0.1:{port}")
+        took = time.monotonic() - t0
+        assert took >= min(0.7, CONNECT_TIMEOUT_MS / 1000 * 0.9), took
+        assert held, "the client never connected"
+    finally:
+        await client.close()
+        task.cancel()
+        for c in held:
+            c.close()
+        listener.close()

@@ -70,7 +70,9 @@ _FQDN = re.compile(
 _CHANNEL_OPTIONS = [
     # reconnect soon after the plugin comes back (gRPC's default backoff grows to 2 minutes)
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
+    # gRPC reads this as the minimum time one connection attempt may take, not a backoff
+    # (haplane.store.etcd_client.CONNECT_TIMEOUT_MS): 100 ms cut slow connects short
+    ("grpc.min_reconnect_backoff_ms", 1000),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 

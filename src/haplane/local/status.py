@@ -21,6 +21,7 @@ from typing import Any
 from haplane.store import (
     EtcdClient,
     EtcdError,
+    EtcdUnavailable,
     GlobalState,
     MemberStatus,
     RegionFences,
@@ -763,7 +764,7 @@ async def _cluster_report(
         started = time.monotonic()
         try:
             return await client.status(ep, timeout=timeout)
-        except EtcdError:
+        except EtcdUnavailable:  # not a refusal (a certificate refused is not asked again)
             left = timeout - (time.monotonic() - started) - MEMBER_RETRY_PAUSE
             if left < timeout / 2:
                 raise
