@@ -19,10 +19,11 @@ which a loaded machine causes: counted and printed); the first of each is not me
 afterwards. The topology itself keeps the two cores of this machine busy (~20 processes with
 their health checks and heartbeats), so these are figures under that load.
 
-With `--cold N`, N more rounds (status and `python -c pass` only), each after more than the
-supervisor's kept connections live (`KeptConnections.lifetime`): what a status asked now and
-then costs, every listener dialled and handshaken again; the first figures are what a script
-asking in a loop gets.
+With `--cold N`, N more rounds (status, `python -c pass` and kubectl), each after more than
+the supervisor's kept connections live (`KeptConnections.lifetime`): what a status asked now
+and then costs. Since the supervisor keeps its connections warm by itself
+(`haplane.local.control.WARM_EVERY`) that is close to the first figures, what a script asking
+in a loop gets; against a supervisor without it, every listener is dialled and handshaken again.
 
     .venv/bin/python bench/status_json.py [--runs 10] [--state-dir DIR] [--baseline SRC]
         [--cold N]

@@ -245,6 +245,27 @@ def test_kept_connections_carry_the_next_exchanges(server):
     assert keep.take((base, None, None)) is None
 
 
+def test_retire_closes_only_the_idle_connections_made_before(server):
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = KeptConnections()
+    key = (base, None, None)
+    exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)
+    time.sleep(0.3)
+    old = keep.take(key)
+    exchange(base, [("GET", "/readyz", None)], timeout=5, keep=keep)  # a second, younger one
+    assert old is not None
+    keep.give(key, old)
+    assert keep.retire(older_than=0.2) == 1
+    assert old.conn.sock is None  # closed
+    young = keep.take(key)
+    assert young is not None and young is not old and young.conn.sock is not None
+    assert keep.take(key) is None
+    keep.give(key, young)
+    assert keep.retire(older_than=60) == 0 and keep.take(key) is young
+    keep.give(key, young)
+    keep.close()
+
+
 def test_a_kept_connection_the_server_closed_is_replaced_for_gets_only(server):
     """A server that closed a kept connection (its keep-alive ran out) without a word: GETs go
     again on a new connection; a POST is not sent twice, its error is the caller's."""
@@ -463,6 +484,77 @@ def test_the_supervisor_gathers_once_for_concurrent_askers_and_bounds_the_wait(
         await server.close()
 
     asyncio.run(go())
+
+
+def test_the_supervisor_keeps_its_status_connections_warm_while_healthy(
+    tmp_path: Path, monkeypatch, server
+):
+    """Between askers the supervisor gathers by itself, only while healthy, and dials again
+    ahead of time what is older than RENEW_AFTER: an asker never finds its connections out of
+    their lifetime, yet every listener still gets a new connection every few gathers."""
+    from haplane.local import control
+
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    seen: list[tuple[str, int]] = []  # (phase, port) per gather
+    found: list[float] = []  # the age of the connection an asker would find, between gathers
+    phase = {"now": "starting"}
+
+    class Report:
+        healthy = True
+
+        def as_dict(self) -> dict[str, object]:
+            return {}
+
+    async def fake_gather(state, *, clients, **kwargs):  # type: ignore[no-untyped-def]
+        (answer,) = await asyncio.to_thread(
+            exchange, base, [("GET", "/readyz", None)], timeout=5, keep=clients.http
+        )
+        seen.append((phase["now"], int(answer.json()["port"])))
+        return Report()
+
+    class Supervisor:
+        state = StateDir(tmp_path)
+
+        @property
+        def phase(self) -> str:
+            return phase["now"]
+
+        def snapshot(self) -> dict[str, object]:
+            return {"phase": phase["now"], "etcd": {"version": "x"}, "components": []}
+
+    monkeypatch.setattr(control, "gather_status", fake_gather)
+    monkeypatch.setattr(control, "WARM_EVERY", 0.1)
+    monkeypatch.setattr(control, "RENEW_AFTER", 0.25)
+
+    async def go() -> None:
+        server_ = control.ControlServer(Supervisor(), tmp_path / "unused.sock")  # type: ignore[arg-type]
+        server_._warm = asyncio.create_task(server_._keep_warm())
+        await asyncio.sleep(0.5)
+        assert seen == []  # not while starting
+        phase["now"] = "healthy"
+        until = time.monotonic() + 2.0
+        while time.monotonic() < until:
+            await asyncio.sleep(0.03)
+            # as an asker arriving now: a gather under way is shared, else the pool is used
+            if seen and not server_._gathering:
+                kept = server_._etcd.http.take((base, None, None))
+                assert kept is not None  # never a pool left empty between gathers
+                found.append(time.monotonic() - kept.created)
+                server_._etcd.http.give((base, None, None), kept)
+        phase["now"] = "stopping"
+        await asyncio.sleep(0.3)
+        n = len(seen)
+        await asyncio.sleep(0.4)
+        assert len(seen) == n  # not while stopping
+        await server_.close()
+        assert server_._warm.done()
+
+    asyncio.run(go())
+    assert len(seen) >= 8 and {p for p, _ in seen} == {"healthy"}
+    # what an asker finds is never older than RENEW_AFTER plus a pause (and a gather's time)
+    assert len(found) >= 20 and max(found) < 0.25 + 0.1 + 0.2, found
+    ports = [port for _, port in seen]
+    assert 2 <= len(set(ports)) < len(ports)  # kept between gathers, and dialled again
 
 
 @pytest.mark.parametrize(

@@ -170,15 +170,31 @@ class KeptConnections:
                 old.append(kept)
             else:
                 self._free.setdefault(key, []).append(kept)
-            for k in list(self._free):  # the old ones of every listener, gone ones' too
-                young = [x for x in self._free[k] if now - x.created <= self.lifetime]
-                old += [x for x in self._free[k] if now - x.created > self.lifetime]
-                if young:
-                    self._free[k] = young
-                else:
-                    del self._free[k]
+            old += self._prune(self.lifetime, now)  # every listener's, gone ones' too
         for x in old:
             x.conn.close()
+
+    def _prune(self, older_than: float, now: float) -> list[_Kept]:
+        """Take the idle connections made more than `older_than` seconds before `now` out
+        of the pool (the lock held), to be closed."""
+        old: list[_Kept] = []
+        for k in list(self._free):
+            young = [x for x in self._free[k] if now - x.created <= older_than]
+            old += [x for x in self._free[k] if now - x.created > older_than]
+            if young:
+                self._free[k] = young
+            else:
+                del self._free[k]
+        return old
+
+    def retire(self, older_than: float) -> int:
+        """Close the idle connections made more than `older_than` seconds ago (a caller that
+        dials again ahead of time, so that an exchange later finds a young one); how many."""
+        with self._lock:
+            old = self._prune(older_than, time.monotonic())
+        for x in old:
+            x.conn.close()
+        return len(old)
 
     def close(self) -> None:
         with self._lock:
