@@ -313,6 +313,48 @@ async def test_etcd_leader_kills_in_source_and_target(tmp_path: Path) -> None:
         await asyncio.gather(src_c.stop(), dst_c.stop())
 
 
+async def test_a_source_that_died_whole_is_disconnected_at_once_then_followed_again(
+    regions: tuple[EtcdCluster, EtcdCluster], tmp_path: Path
+) -> None:
+    """A source whose every member died breaks the watch: the replicator says Disconnected as
+    the stream breaks, while the watch still tries the members (not only once its 2 s of
+    trying ran out, when the error ends the stream), and Streaming again when the source is
+    back, with everything copied."""
+    src_c = EtcdCluster(tmp_path / "one", size=1, scope="one")
+    await src_c.start()
+    try:
+        async with src_c.client(1.0) as src, regions[1].client(2.0) as dst:
+            await wipe_and_fence(src, dst)
+            rep = replicator(dst, src, "a")
+            async with running(rep):
+                await resynced(dst)
+                await write_load(src, 20, seed=7)
+                await caught_up(src, dst)
+                assert rep.status.state == "Streaming"
+                (member,) = src_c.processes.values()
+                await member.fault("kill")
+                details: list[str] = []
+                for _ in range(100):  # the first state after Streaming, and its reason
+                    if rep.status.state != "Streaming":
+                        details.append(rep.status.detail)
+                        break
+                    await asyncio.sleep(0.02)
+                assert details, f"still Streaming 2 s after its source died: {rep.status}"
+                assert rep.status.state == "Disconnected", rep.status
+                assert "retrying" in details[0], details  # said by the broken stream itself
+                await member.fault("restart")
+                await write_load(src, 20, seed=8)
+                await caught_up(src, dst)
+                for _ in range(100):
+                    if rep.status.state == "Streaming":
+                        break
+                    await asyncio.sleep(0.05)
+                assert rep.status.state == "Streaming", rep.status
+            assert await keyspace(dst) == await keyspace(src)
+    finally:
+        await src_c.stop()
+
+
 async def _retrying_load(src: EtcdClient, n: int, seed: int) -> None:
     """Like `write_load`, but a write refused during an election is tried again (a refused
     txn did not apply: `EtcdUnavailable`); an unknown outcome is fine either way."""

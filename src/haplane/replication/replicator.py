@@ -77,6 +77,13 @@ class Stale(Exception):
     (or a write's outcome is unknown): start over from what the target says now."""
 
 
+@dataclass(frozen=True)
+class _Interrupted:
+    """The source's watch stream broke; the watch is trying the source's members again."""
+
+    why: str
+
+
 class SourceDown(Exception):
     """The source region's etcd did not answer."""
 
@@ -408,7 +415,18 @@ class Replicator:
         # The watch is read by a task of its own: while a target transaction is in flight the
         # source's answers queue up, and the next transaction takes all of them at once (one
         # per answer could not keep up with more than a few hundred revisions a second).
-        queue: asyncio.Queue[WatchBatch | BaseException] = asyncio.Queue(maxsize=1024)
+        # An interruption (a member's stream ended; the watch tries the others) is queued in
+        # order with the answers: the state says Disconnected once every answer before it is
+        # applied, and Streaming again at the next answer. So a source that died whole is shown
+        # at once, not after the watch's 2 s of trying. With 1024 answers waiting the mark is
+        # dropped: the applier is busy with them, and the watch's budget ends it anyway.
+        queue: asyncio.Queue[WatchBatch | _Interrupted | BaseException] = asyncio.Queue(
+            maxsize=1024
+        )
+
+        def interrupted(why: str) -> None:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(_Interrupted(why))
 
         async def produce() -> None:
             try:
@@ -417,6 +435,7 @@ class Replicator:
                     range_end=ALL_KEYS[1],
                     start_revision=after + 1,
                     connect_timeout=2.0,
+                    on_interrupted=interrupted,
                 ):
                     await queue.put(wb)
             except Exception as exc:  # handed to the applier, in order
@@ -425,12 +444,16 @@ class Replicator:
         producer = asyncio.create_task(produce(), name="replication watch")
         try:
             while True:
+                # answers up to the first interruption or failure, applied together
                 taken = [await queue.get()]
-                while not queue.empty() and not isinstance(taken[-1], BaseException):
+                while not queue.empty() and isinstance(taken[-1], WatchBatch):
                     taken.append(queue.get_nowait())
                 failure: BaseException | None = None
+                broken: _Interrupted | None = None
                 if isinstance(taken[-1], BaseException):
                     failure = taken.pop()  # type: ignore[assignment]
+                elif isinstance(taken[-1], _Interrupted):
+                    broken = taken.pop()  # type: ignore[assignment]
                 answers = [wb for wb in taken if isinstance(wb, WatchBatch)]
                 if answers:
                     now = time.time()
@@ -454,6 +477,10 @@ class Replicator:
                     last = answers[-1]
                     self.status.caught_up = not last.events and last.revision <= applied
                     self.status.lag_answered = self.status.lag_seconds(now)
+                if broken is not None:
+                    self._set_state(
+                        "Disconnected", f"{v.region} does not answer ({broken.why}); retrying"
+                    )
                 if failure is not None:
                     raise failure
                 if time.monotonic() - checked > 1.0:  # quiet source: is the stream still ours?

@@ -592,6 +592,7 @@ class EtcdClient:
         start_revision: int = 0,
         progress_notify: bool = True,
         connect_timeout: float | None = None,
+        on_interrupted: Callable[[str], None] | None = None,
     ) -> AsyncIterator[WatchBatch]:
         """Watch a key or prefix from `start_revision` (0: from now), forever.
 
@@ -602,7 +603,10 @@ class EtcdClient:
         watch began on (`EtcdClusterReplaced`: restored from a snapshot, its revisions are
         another history's). If no member accepts the watch within `connect_timeout`
         (default: the client timeout x 4), raises `EtcdUnavailable`. `range_end` (instead of
-        `prefix`) watches `[key, range_end)`; `b"\\0"` with key `b"\\0"`: every key."""
+        `prefix`) watches `[key, range_end)`; `b"\\0"` with key `b"\\0"`: every key.
+        `on_interrupted(why)` is called each time a member's stream ended or could not be
+        opened, before the watch tries the next member: a caller can say at once that it is
+        not being answered, without waiting for `connect_timeout`."""
         if range_end is None:
             range_end = prefix_end(key) if prefix else b""
         next_rev = start_revision
@@ -625,10 +629,14 @@ class EtcdClient:
                         elif next_rev == 0:
                             next_rev = batch.revision + 1
                         yield batch
+                    why = f"the watch on {ep} ended"
                 except grpc.aio.AioRpcError as exc:
                     translated = _translate(exc, ep)
                     if isinstance(translated, EtcdCompacted):
                         raise translated from exc
+                    why = str(translated)
+                if on_interrupted is not None:
+                    on_interrupted(why)
                 now = time.monotonic()
                 failed_since = failed_since or now
                 if now - failed_since > budget:
