@@ -36,6 +36,12 @@ def state(tmp_path: Path) -> StateDir:
     return st
 
 
+@pytest.fixture(autouse=True)
+def another_process(monkeypatch) -> None:
+    """Each test starts as a new process would: nothing of the plan known in memory."""
+    monkeypatch.setattr(status_plan, "_KNOWN", {})
+
+
 def test_the_plan_is_kept_and_read_back_as_resolved(state: StateDir, monkeypatch):
     first = status_plan.targets(state)
     assert (state.root / status_plan.CACHE_NAME).is_file()
@@ -50,7 +56,34 @@ def test_the_plan_is_kept_and_read_back_as_resolved(state: StateDir, monkeypatch
         raise AssertionError("resolved again, though nothing changed")
 
     monkeypatch.setattr(status_plan, "resolve", no_model)
+    status_plan._KNOWN.clear()  # as another process
     assert status_plan.targets(state) == first  # from the file, without the model
+
+
+def test_a_process_keeps_its_plan_and_leaves_the_file_to_other_code(state: StateDir, monkeypatch):
+    """A long-lived process (the supervisor gathers every few seconds) answers from what it
+    resolved while the files are the same: it neither reads the kept plan again nor, when
+    another version of haplane kept its own there (an upgrade in place), writes it back."""
+    resolved: list[Path] = []
+    resolve = status_plan.resolve
+
+    def counted(st: StateDir) -> status_plan.StatusTargets:
+        resolved.append(st.root)
+        return resolve(st)
+
+    monkeypatch.setattr(status_plan, "resolve", counted)
+    first = status_plan.targets(state)
+    cache = state.root / status_plan.CACHE_NAME
+    doc = json.loads(cache.read_text())
+    doc["key"]["code"][0][1] += 1  # kept by another version since
+    cache.write_text(json.dumps(doc))
+    before = cache.read_bytes()
+    assert status_plan.targets(state) is first and len(resolved) == 1  # not resolved again
+    assert cache.read_bytes() == before  # left as the other version wrote it
+    state.ports_file.write_text(state.ports_file.read_text() + "\n")  # the files changed
+    again = status_plan.targets(state)
+    assert again is not first and len(resolved) == 2  # resolved, and kept, again
+    assert json.loads(cache.read_text())["key"] == status_plan._key(state)
 
 
 def test_the_plan_holds_absolute_paths_whatever_the_working_directory(
@@ -100,6 +133,7 @@ def test_the_plan_is_resolved_again_when_it_may_be_stale(
         for f in (state.topology_file, state.ports_file, cache):
             (other.root / f.name).write_bytes(f.read_bytes())
         state = other
+    status_plan._KNOWN.clear()  # as another process
     after = status_plan.targets(state)
     assert after == status_plan.resolve(state)
     if change == "topology":
@@ -491,26 +525,46 @@ def test_the_supervisor_keeps_its_status_connections_warm_while_healthy(
 ):
     """Between askers the supervisor gathers by itself, only while healthy, and dials again
     ahead of time what is older than RENEW_AFTER: an asker never finds its connections out of
-    their lifetime, yet every listener still gets a new connection every few gathers."""
+    their lifetime, yet every listener still gets a new connection every few gathers. An
+    asker arriving during such a gather is never handed it: its answer is gathered after it
+    asked."""
+    import aiohttp
+
     from haplane.local import control
 
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    seen: list[tuple[str, int]] = []  # (phase, port) per gather
+    seen: list[tuple[str, int]] = []  # (phase as it began, port) per warm gather
     found: list[float] = []  # the age of the connection an asker would find, between gathers
     phase = {"now": "starting"}
+    warm = {"in_flight": 0, "slow": 0, "sleep": 0.0}
 
     class Report:
         healthy = True
 
-        def as_dict(self) -> dict[str, object]:
-            return {}
+        def __init__(self, started: float) -> None:
+            self.started = started
 
-    async def fake_gather(state, *, clients, **kwargs):  # type: ignore[no-untyped-def]
-        (answer,) = await asyncio.to_thread(
-            exchange, base, [("GET", "/readyz", None)], timeout=5, keep=clients.http
-        )
-        seen.append((phase["now"], int(answer.json()["port"])))
-        return Report()
+        def as_dict(self) -> dict[str, object]:
+            return {"started": self.started}
+
+    async def fake_gather(state, *, clients, history, certificates, **kwargs):  # type: ignore[no-untyped-def]
+        started, at_start, pause = time.monotonic(), phase["now"], warm["sleep"]
+        mine = not certificates  # the warm gathers leave the certificates out
+        warm["in_flight"] += mine
+        warm["slow"] += mine and pause > 0
+        if mine and pause > 0:
+            slow_began.set()
+        try:
+            (answer,) = await asyncio.to_thread(
+                exchange, base, [("GET", "/readyz", None)], timeout=5, keep=clients.http
+            )
+            if mine:
+                seen.append((at_start, int(answer.json()["port"])))
+                await asyncio.sleep(pause)
+        finally:
+            warm["in_flight"] -= mine
+            warm["slow"] -= mine and pause > 0
+        return Report(started)
 
     class Supervisor:
         state = StateDir(tmp_path)
@@ -525,34 +579,50 @@ def test_the_supervisor_keeps_its_status_connections_warm_while_healthy(
     monkeypatch.setattr(control, "gather_status", fake_gather)
     monkeypatch.setattr(control, "WARM_EVERY", 0.1)
     monkeypatch.setattr(control, "RENEW_AFTER", 0.25)
+    sock = tmp_path / "s.sock"
+    slow_began = asyncio.Event()
 
     async def go() -> None:
-        server_ = control.ControlServer(Supervisor(), tmp_path / "unused.sock")  # type: ignore[arg-type]
-        server_._warm = asyncio.create_task(server_._keep_warm())
-        await asyncio.sleep(0.5)
-        assert seen == []  # not while starting
-        phase["now"] = "healthy"
-        until = time.monotonic() + 2.0
-        while time.monotonic() < until:
-            await asyncio.sleep(0.03)
-            # as an asker arriving now: a gather under way is shared, else the pool is used
-            if seen and not server_._gathering:
-                kept = server_._etcd.http.take((base, None, None))
-                assert kept is not None  # never a pool left empty between gathers
-                found.append(time.monotonic() - kept.created)
-                server_._etcd.http.give((base, None, None), kept)
-        phase["now"] = "stopping"
-        await asyncio.sleep(0.3)
-        n = len(seen)
-        await asyncio.sleep(0.4)
-        assert len(seen) == n  # not while stopping
-        await server_.close()
-        assert server_._warm.done()
+        server_ = control.ControlServer(Supervisor(), sock)  # type: ignore[arg-type]
+        await server_.start()
+        try:
+            await asyncio.sleep(0.5)
+            assert seen == []  # not while starting
+            phase["now"] = "healthy"
+            until = time.monotonic() + 2.0
+            while time.monotonic() < until:
+                await asyncio.sleep(0.03)
+                # as an asker arriving now, between warm gathers, would find the pool
+                if seen and not warm["in_flight"]:
+                    assert server_._etcd is not None
+                    kept = server_._etcd.http.take((base, None, None))
+                    assert kept is not None  # never a pool left empty between gathers
+                    found.append(time.monotonic() - kept.created)
+                    server_._etcd.http.give((base, None, None), kept)
+            warm["sleep"] = 1.0
+            await slow_began.wait()
+            asked = time.monotonic()
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.UnixConnector(str(sock))) as s,
+                s.get("http://supervisor/v1/status") as r,
+            ):
+                doc = await r.json()
+            assert r.status == 200 and doc["report"]["started"] >= asked  # gathered for it
+            assert warm["slow"]  # beside the warm one, not after it
+            warm["sleep"] = 0.0
+            phase["now"] = "stopping"
+            await asyncio.sleep(1.3)
+            n = len(seen)
+            await asyncio.sleep(0.4)
+            assert len(seen) == n  # not while stopping
+        finally:
+            await server_.close()
+        assert server_._warm is not None and server_._warm.done()
 
     asyncio.run(go())
     assert len(seen) >= 8 and {p for p, _ in seen} == {"healthy"}
     # what an asker finds is never older than RENEW_AFTER plus a pause (and a gather's time)
-    assert len(found) >= 20 and max(found) < 0.25 + 0.1 + 0.2, found
+    assert len(found) >= 20 and max(found) < 0.25 + 0.1 + 0.4, found
     ports = [port for _, port in seen]
     assert 2 <= len(set(ports)) < len(ports)  # kept between gathers, and dialled again
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -236,13 +237,23 @@ def targets(state: StateDir) -> StatusTargets:
     state = StateDir(state.root.absolute())
     cache = state.root / CACHE_NAME
     key = _key(state)
+    mine = _KNOWN.get(str(state.root))
+    if mine is not None and mine[0] == key:
+        # what this process resolved or read for the same files: a long-lived caller (the
+        # supervisor gathers every few seconds) neither reads the file again nor, running older
+        # code than the file's writer after an upgrade in place, writes it back and forth
+        return mine[1]
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         doc = json.loads(cache.read_text())
         if doc["key"] == key:
-            return StatusTargets.from_dict(doc["targets"])
+            found = StatusTargets.from_dict(doc["targets"])
+            _KNOWN[str(state.root)] = (key, found)
+            return found
     found = resolve(state)
     if key["topology"] is not None and key == _key(state):  # unchanged while it was read
-        tmp = cache.with_name(f".{CACHE_NAME}.{os.getpid()}")
+        _KNOWN[str(state.root)] = (key, found)
+        # one temporary file per writer: two gathers of one process may write at once
+        tmp = cache.with_name(f".{CACHE_NAME}.{os.getpid()}.{threading.get_ident()}")
         try:
             tmp.write_text(json.dumps({"key": key, "targets": found.as_dict()}))
             tmp.replace(cache)
@@ -250,3 +261,7 @@ def targets(state: StateDir) -> StatusTargets:
             with contextlib.suppress(OSError):
                 tmp.unlink()
     return found
+
+
+# the targets this process last resolved or read, by state dir: (key, targets)
+_KNOWN: dict[str, tuple[dict[str, Any], StatusTargets]] = {}
