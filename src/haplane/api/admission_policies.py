@@ -312,9 +312,9 @@ class PolicyEngine:
             return violations, annotations
         if pair.narrow is not None and not pair.narrow(a, admission):
             return violations, annotations
-        fail = pspec.get("failurePolicy", "Fail") != "Ignore"
+        fail = pair.fail
         for params in self._params(pspec, bspec, a, pair.pname, pair.bname, fail, violations):
-            self._evaluate(pspec, pair.pname, admission, params, fail, violations, annotations)
+            self._evaluate(pair, admission, params, violations, annotations)
         return violations, annotations
 
     def _one(self, pair: _Pair, admission: _Admission, notes: Notes | None) -> None:
@@ -402,58 +402,51 @@ class PolicyEngine:
 
     def _evaluate(
         self,
-        pspec: Obj,
-        pname: str,
+        pair: _Pair,
         admission: _Admission,
         params: Obj | None,
-        fail: bool,
         violations: list[tuple[str, str]],
         annotations: dict[str, str],
     ) -> None:
+        fail = pair.fail
         failed: dict[str, str] = {}
-        declared = pspec.get("variables") or ()
-        if params is None and not declared:
+        if params is None and not pair.variables:
             bound = admission.shared()  # one binding of the variables for such policies
         else:
             data = admission.data(params)
-            for v in declared:
-                name = str(v.get("name"))
+            for name, check in pair.variables:
                 try:
-                    value = _eval(v.get("expression"), data)
+                    value = check(data)
                     data["variables"] = {**data["variables"], name: value}
                 except (CompileError, EvalError) as exc:
                     failed[name] = str(exc)  # only what uses it fails
             bound = _env().bind(data)
 
-        def run(expression: Any) -> Any:
+        def run(check: _Check) -> Any:
             try:
-                return _eval(expression, bound)
+                return check(bound)
             except (CompileError, EvalError) as exc:
-                bad = [n for n in failed if f"variables.{n}" in str(expression)]
+                bad = [n for n in failed if f"variables.{n}" in check.text]
                 why = f"variable '{bad[0]}': {failed[bad[0]]}" if bad else str(exc)
                 raise EvalError(why) from None
 
-        for condition in pspec.get("matchConditions") or ():
+        for name, check in pair.conditions:
             try:
-                if run(condition.get("expression")) is not True:
+                if run(check) is not True:
                     return  # the policy does not apply to this request
             except EvalError as exc:
                 if fail:
                     violations.append(
-                        (
-                            f"failed to evaluate matchCondition '{condition.get('name')}': {exc}",
-                            "Invalid",
-                        )
+                        (f"failed to evaluate matchCondition '{name}': {exc}", "Invalid")
                     )
                 return
-        for v in pspec.get("validations") or ():
-            expression = v.get("expression")
+        for v in pair.validations:
             try:
-                ok = run(expression)
+                ok = run(v.check)
             except EvalError as exc:
                 if fail:
                     violations.append(
-                        (f"expression '{expression}' resulted in error: {exc}", "Invalid")
+                        (f"expression '{v.check.source}' resulted in error: {exc}", "Invalid")
                     )
                 continue
             if ok is True:
@@ -461,17 +454,17 @@ class PolicyEngine:
             if ok is not False:
                 if fail:
                     violations.append(
-                        (f"expression '{expression}' did not return a bool", "Invalid")
+                        (f"expression '{v.check.source}' did not return a bool", "Invalid")
                     )
                 continue
-            violations.append((_message(v, run), str(v.get("reason") or "Invalid")))
-        for note in pspec.get("auditAnnotations") or ():
+            violations.append((_message(v, run), v.reason))
+        for key, check in pair.notes:
             try:
-                value = run(note.get("valueExpression"))
+                value = run(check)
             except EvalError:
                 continue
             if isinstance(value, str) and value:
-                annotations[f"{pname}/{note.get('key')}"] = value
+                annotations[f"{pair.pname}/{key}"] = value
 
 
 def _unready() -> errors.StatusError:
@@ -480,13 +473,41 @@ def _unready() -> errors.StatusError:
     )
 
 
-def _eval(expression: Any, data: Mapping[str, Any] | Bound) -> Any:
-    return compile_expression(str(expression)).eval(data)
+class _Check:
+    """One expression of a policy, compiled once per change of the policies (not looked up
+    by its text per request); one that does not compile fails each evaluation, as it would
+    compiled then."""
+
+    __slots__ = ("error", "program", "source", "text")
+
+    def __init__(self, source: Any) -> None:
+        self.source = source  # as the policy gives it (its messages quote it)
+        self.text = str(source)
+        self.program: Program | None = None
+        self.error = ""
+        try:
+            self.program = compile_expression(self.text)
+        except CompileError as exc:
+            self.error = str(exc)
+
+    def __call__(self, data: Mapping[str, Any] | Bound) -> Any:
+        if self.program is None:
+            raise CompileError(self.error)
+        return self.program.eval(data)
+
+
+@dataclass(frozen=True)
+class _Validation:
+    check: _Check
+    message: str  # "" when none
+    message_check: _Check | None
+    reason: str
 
 
 @dataclass(frozen=True)
 class _Pair:
-    """A binding and its policy, with what every admission reads of them."""
+    """A binding and its policy, with what every admission reads of them, worked out (and
+    compiled) once per change of the policies or bindings."""
 
     policy: Obj
     binding: Obj
@@ -497,6 +518,11 @@ class _Pair:
     bspec: Obj
     match: _Match  # the policy's matchConstraints
     narrow: _Match | None  # the binding's matchResources, if any
+    fail: bool  # failurePolicy Fail (the default), not Ignore
+    variables: tuple[tuple[str, _Check], ...]
+    conditions: tuple[tuple[Any, _Check], ...]  # (name, expression)
+    validations: tuple[_Validation, ...]
+    notes: tuple[tuple[Any, _Check], ...]  # auditAnnotations: (key, valueExpression)
 
     @classmethod
     def of(cls, policy: Obj, binding: Obj) -> _Pair:
@@ -513,6 +539,28 @@ class _Pair:
             bspec,
             _Match.of(pspec.get("matchConstraints")),
             None if resources is None else _Match.of(resources, narrowing=True),
+            pspec.get("failurePolicy", "Fail") != "Ignore",
+            tuple(
+                (str(v.get("name")), _Check(v.get("expression")))
+                for v in pspec.get("variables") or ()
+            ),
+            tuple(
+                (c.get("name"), _Check(c.get("expression")))
+                for c in pspec.get("matchConditions") or ()
+            ),
+            tuple(
+                _Validation(
+                    _Check(v.get("expression")),
+                    str(v.get("message") or ""),
+                    _Check(v["messageExpression"]) if v.get("messageExpression") else None,
+                    str(v.get("reason") or "Invalid"),
+                )
+                for v in pspec.get("validations") or ()
+            ),
+            tuple(
+                (n.get("key"), _Check(n.get("valueExpression")))
+                for n in pspec.get("auditAnnotations") or ()
+            ),
         )
 
 
@@ -563,17 +611,17 @@ class _Admission:
         return self._shared
 
 
-def _message(v: Obj, run: Callable[[Any], Any]) -> str:
-    if v.get("messageExpression"):
+def _message(v: _Validation, run: Callable[[_Check], Any]) -> str:
+    if v.message_check is not None:
         try:
-            text = run(v["messageExpression"])
+            text = run(v.message_check)
         except EvalError:
             text = None
         if isinstance(text, str) and text.strip() and not any(c in text for c in "\r\n"):
             return text
-    if v.get("message"):
-        return str(v["message"])
-    return f"failed expression: {v.get('expression')}"
+    if v.message:
+        return v.message
+    return f"failed expression: {v.check.source}"
 
 
 def _denied(
@@ -640,6 +688,10 @@ class _Match:
     excludes: tuple[Any, ...]
     namespace: Callable[[Mapping[str, str]], bool] | None
     objects: Callable[[Mapping[str, str]], bool] | None
+    # the rules' verdict by the request's operation and resource (a rule naming resources by
+    # name is judged per request): worked out once per kind of request, not per request
+    by_name: bool = False
+    memo: dict[tuple[Any, ...], bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, match: Any, *, narrowing: bool = False) -> _Match:
@@ -649,25 +701,41 @@ class _Match:
         if not isinstance(match, dict):
             return cls(False, narrowing, True, (), (), None, None)
         namespace, objects = match.get("namespaceSelector"), match.get("objectSelector")
+        rules = tuple(match.get("resourceRules") or ())
+        excludes = tuple(match.get("excludeResourceRules") or ())
         return cls(
             True,
             narrowing,
             match.get("matchPolicy", "Equivalent") != "Exact",
-            tuple(match.get("resourceRules") or ()),
-            tuple(match.get("excludeResourceRules") or ()),
+            rules,
+            excludes,
             None if namespace is None else selector_matcher(namespace, empty=True),
             None if objects is None else selector_matcher(objects, empty=True),
+            any(isinstance(r, dict) and r.get("resourceNames") for r in rules + excludes),
         )
 
-    def __call__(self, a: Attributes, admission: _Admission) -> bool:
-        if not self.valid:
-            return False
+    def _rules(self, a: Attributes) -> bool:
         equivalent = self.equivalent
         if (self.rules or not self.narrowing) and not any(
             _rule(r, a, equivalent) for r in self.rules
         ):
             return False
-        if any(_rule(r, a, equivalent) for r in self.excludes):
+        return not any(_rule(r, a, equivalent) for r in self.excludes)
+
+    def __call__(self, a: Attributes, admission: _Admission) -> bool:
+        if not self.valid:
+            return False
+        if self.by_name:
+            ruled = self._rules(a)
+        else:
+            t = a.rtype
+            key = (a.operation, t.group, t.version, t.plural, t.namespaced, a.subresource)
+            ruled = self.memo.get(key)  # type: ignore[assignment]
+            if ruled is None:
+                if len(self.memo) >= 1024:  # bounded: kinds of requests, not requests
+                    self.memo.clear()
+                ruled = self.memo[key] = self._rules(a)
+        if not ruled:
             return False
         if self.namespace is not None:
             if a.rtype.namespaced:
