@@ -32,7 +32,8 @@ VALIDATIONS = [
     "request.operation == 'CREATE' && request.userInfo.username == 'alice'",
     "variables.small",
     "variables.twice > 2 || variables.small",
-    "!has(variables.missing)",  # reads `variables` whole
+    "!has(variables.missing)",  # a variable the policy may not have
+    "variables['small'] == true",  # reads `variables` other than by a field name
     "params.data.max == '3' || size(object.data) < int(params.data.max)",  # errs on 'x'
     "'team' in params.metadata.labels",
 ]
@@ -152,7 +153,7 @@ def test_one_activation_decides_as_the_evaluation_kubernetes_describes(monkeypat
         a = request(rng)
         with_fast = outcome(engine(pairs), a)
         with monkeypatch.context() as m:  # every binding evaluated its own way
-            m.setattr(ap._Admission, "slot", lambda self, params: None)
+            m.setattr(ap.PolicyEngine, "_fast", staticmethod(lambda *_: None))
             as_described = outcome(engine(pairs), a)
         assert with_fast == as_described, (case, json.dumps([p for p, _ in pairs], indent=1))
     # both ways were taken, often (a test of the fallback alone would pass with the fast
@@ -160,9 +161,10 @@ def test_one_activation_decides_as_the_evaluation_kubernetes_describes(monkeypat
     assert decided["fast"] > 200 and decided["slow"] > 200, decided
 
 
-@pytest.mark.parametrize("n", [ap.SLOTS - 1, ap.SLOTS + 3])
+@pytest.mark.parametrize("n", [ap.PER_BINDING - 1, ap.PER_BINDING + 3])
 def test_more_parameter_objects_than_slots_are_still_all_evaluated(n: int) -> None:
-    """Parameter objects beyond the activation's slots are evaluated their own way."""
+    """A binding's parameter objects beyond those the one activation holds are evaluated
+    their own way."""
     params = [
         {"metadata": {"name": f"p{i}", "namespace": "ns", "labels": {"role": "param"}},
          "data": {"max": str(i)}}
@@ -195,3 +197,85 @@ def test_more_parameter_objects_than_slots_are_still_all_evaluated(n: int) -> No
     a = Attributes("CREATE", CONFIGMAPS, "ns", "c", {"metadata": {"name": "c"}}, None, None)
     warnings, _, _, found = outcome(e, a)
     assert len(warnings) == len(found) == n // 2  # every odd one, each once
+
+
+def _one_policy(spec: dict[str, Any], actions: list[str], **binding: Any) -> PolicyEngine:
+    p = {"metadata": {"name": "p"}, "spec": {"matchConstraints": {"resourceRules": RULES}, **spec}}
+    b = {"metadata": {"name": "p-b"},
+         "spec": {"policyName": "p", "validationActions": actions, **binding}}  # fmt: skip
+    return engine([(p, b)])
+
+
+def test_a_variable_that_does_not_compile_is_never_pasted_into_a_bind() -> None:
+    """`1), "x": (2` compiles once pasted into `{"v": (...)}`: the expression reading it must
+    still fail as the variable does, and a variable naming the activation's own `__params`
+    is undeclared, as anywhere else."""
+    for variable in ['1), "x": (2', "__params['0/0'].data.max"]:
+        e = _one_policy(
+            {
+                "variables": [{"name": "v", "expression": variable}],
+                "validations": [{"expression": "variables.v == 1", "message": "m"}],
+            },
+            ["Warn"],
+        )
+        (found,) = e.findings(request(random.Random(1)))
+        assert "variable 'v'" in found.message, found
+
+
+def test_a_binding_denies_before_a_later_one_finds_its_parameters_unready() -> None:
+    """The parameters of every binding are looked up first; an error there is the request's
+    answer only when that binding's turn comes, after a Deny before it."""
+    from haplane.api import errors
+
+    def unready(*_: Any) -> list[Any]:
+        raise errors.unavailable("the parameters are not loaded yet")
+
+    rules = {"matchConstraints": {"resourceRules": RULES}}
+    a = {"metadata": {"name": "a"}, "spec": {**rules, "validations": [{"expression": "false"}]}}
+    b = {
+        "metadata": {"name": "b"},
+        "spec": {**rules, "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+                 "validations": [{"expression": "true"}]},
+    }  # fmt: skip
+    bindings = [
+        {"metadata": {"name": "a-b"}, "spec": {"policyName": "a", "validationActions": ["Deny"]}},
+        {"metadata": {"name": "b-b"}, "spec": {"policyName": "b", "validationActions": ["Deny"],
+                                               "paramRef": {"name": "x"}}},
+    ]  # fmt: skip
+    e = PolicyEngine(lambda: [a, b], lambda: bindings, lambda _n: None, unready, version=lambda: 1)
+    with pytest.raises(errors.StatusError) as denied:
+        e.admit(request(random.Random(2)))
+    assert denied.value.code == 422
+    e = PolicyEngine(lambda: [b], lambda: bindings[1:], lambda _n: None, unready, version=lambda: 1)
+    with pytest.raises(errors.StatusError) as later:
+        e.admit(request(random.Random(2)))
+    assert later.value.code == 503
+
+
+def test_a_false_condition_after_a_failing_one_skips_the_policy() -> None:
+    """As Kubernetes' matcher: any false condition means the policy does not apply, whatever
+    failed before it; a failure counts only when none is false."""
+    spec = {"validations": [{"expression": "false", "message": "applied"}]}
+    failing = {"name": "bad", "expression": "object.data.nope == 1"}
+    false = {"name": "no", "expression": "false"}
+    skipped = _one_policy({**spec, "matchConditions": [failing, false]}, ["Warn"])
+    assert skipped.findings(request(random.Random(3))) == []
+    true = {"name": "yes", "expression": "true"}
+    failed = _one_policy({**spec, "matchConditions": [failing, true]}, ["Warn"])
+    (found,) = failed.findings(request(random.Random(3)))
+    assert "failed to evaluate matchCondition 'bad'" in found.message
+
+
+def test_policies_asking_the_authorizer_are_evaluated_their_own_way(monkeypatch) -> None:
+    """Their checks are counted per binding: a variable read by two expressions would be
+    asked twice on the one activation."""
+    calls: list[Any] = []
+    monkeypatch.setattr(ap.PolicyEngine, "_fast", staticmethod(lambda *a: calls.append(a)))
+    e = _one_policy(
+        {"validations": [{"expression": "authorizer.group('').resource('pods').check('get')"
+                          ".allowed() || true"}]},
+        ["Warn"],
+    )  # fmt: skip
+    assert e.findings(request(random.Random(4))) == [] and calls == []
+    plain = _one_policy({"validations": [{"expression": "true"}]}, ["Warn"])
+    assert plain.findings(request(random.Random(4))) == [] and len(calls) == 1

@@ -85,18 +85,23 @@ def compile_expression(source: str) -> Program:
 
 
 # One activation per request for every policy (an Activation and the conversion of the
-# object it holds cost 15-20 µs, as much as two or three evaluations): each parameter object
-# of the request gets a variable of its own, `__params<N>`, and a policy's expression is
-# evaluated as `cel.bind(params, __params<N>, (EXPR))`, its variables bound the same way
-# (`cel.bind(variables, {...}, ...)`). Those names exist only in this environment: an
-# expression is first compiled in the public one (`_env`), where they are undeclared.
-SLOTS = 64
-_SLOT = "__params"
+# object it holds cost 15-20 µs, as much as two or three evaluations): the request's
+# parameter objects are in one map, `__params`, by "<binding's index>/<param's index>", and a
+# policy's expression is evaluated as `cel.bind(params, __params["I/J"], (EXPR))`, the
+# variables it reads bound the same way (`cel.bind(variables, {...}, ...)`). `__params` exists
+# only in this environment: every expression and variable is first compiled in the public one
+# (`_env`), where it is undeclared. A binding with more parameter objects than PER_BINDING, or
+# an expression reading more than MAX_VARIABLES variables (each nested bind repeats the ones
+# before: the text grows with their square), or one asking the authorizer (whose checks are
+# counted per binding), is evaluated its own way.
+_PARAMS = "__params"
+PER_BINDING = 8
+MAX_VARIABLES = 8
 
 
 @functools.cache
 def _fast_env() -> Environment:
-    return Environment(VARIABLES + tuple(f"{_SLOT}{i}" for i in range(SLOTS)), authorizer=True)
+    return Environment((*VARIABLES, _PARAMS), authorizer=True)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -321,13 +326,13 @@ class PolicyEngine:
         by_name = {
             (p.get("metadata") or {}).get("name"): p for p in self.policies() if isinstance(p, dict)
         }
-        pairs = []
+        pairs: list[_Pair] = []
         for binding in sorted(
             self.bindings(), key=lambda b: str((b.get("metadata") or {}).get("name"))
         ):
             policy = by_name.get((binding.get("spec") or {}).get("policyName"))
             if policy is not None:
-                pairs.append(_Pair.of(policy, binding))
+                pairs.append(_Pair.of(policy, binding, len(pairs)))
         if key is not None:
             self._cached = (key, pairs)
         return pairs
@@ -346,11 +351,15 @@ class PolicyEngine:
             ):
                 out.append(_Prepared(False, [], found))
                 continue
-            params = self._params(
-                pair.pspec, pair.bspec, a, pair.pname, pair.bname, pair.fail, found
-            )
+            try:
+                params = self._params(
+                    pair.pspec, pair.bspec, a, pair.pname, pair.bname, pair.fail, found
+                )
+            except errors.StatusError as exc:  # e.g. the parameters' cache reloads: raised
+                out.append(_Prepared(True, [], found, exc))  # when this binding's turn comes
+                continue
             out.append(_Prepared(True, params, found))
-        admission.slots(p for prepared in out for p in prepared.params)
+            admission.params(pair.index, params)
         return out
 
     def _violations(
@@ -360,12 +369,14 @@ class PolicyEngine:
         checks = authz.CHECKER.get()
         if isinstance(checks, _Checks):
             checks.count = 0  # a budget per binding, as Kubernetes'
+        if prepared.error is not None:
+            raise prepared.error
         violations: list[tuple[str, str]] = list(prepared.violations)
         annotations: dict[str, str] = {}
         if not prepared.matched:
             return violations, annotations
-        for params in prepared.params:
-            self._evaluate(pair, admission, params, violations, annotations)
+        for j, params in enumerate(prepared.params):
+            self._evaluate(pair, admission, params, j, violations, annotations)
         return violations, annotations
 
     def _one(
@@ -458,20 +469,18 @@ class PolicyEngine:
         pair: _Pair,
         admission: _Admission,
         params: Obj | None,
+        j: int,
         violations: list[tuple[str, str]],
         annotations: dict[str, str],
     ) -> None:
-        slot = admission.slot(params)
-        if slot is not None:
-            checks = authz.CHECKER.get()
-            spent = checks.count if isinstance(checks, _Checks) else 0
-            found = self._fast(pair, admission.fast_bound(), slot)
+        """`j`: the index of `params` among the binding's parameter objects."""
+        if pair.fast and j < PER_BINDING:
+            key = None if params is None else f"{pair.index}/{j}"
+            found = self._fast(pair, admission.fast_bound(), key)
             if found is not None:
                 violations += found[0]
                 annotations.update(found[1])
                 return
-            if isinstance(checks, _Checks):
-                checks.count = spent  # evaluated again below: the budget as if once
         fail = pair.fail
         failed: dict[str, str] = {}
         if params is None and not pair.variables:
@@ -494,16 +503,19 @@ class PolicyEngine:
                 why = f"variable '{bad[0]}': {failed[bad[0]]}" if bad else str(exc)
                 raise EvalError(why) from None
 
+        # as Kubernetes' matcher: a condition that is false (here also: no bool) makes the
+        # policy not apply, even after one that failed; only then does a failure count
+        failure = None
         for name, check in pair.conditions:
             try:
                 if run(check) is not True:
                     return  # the policy does not apply to this request
             except EvalError as exc:
-                if fail:
-                    violations.append(
-                        (f"failed to evaluate matchCondition '{name}': {exc}", "Invalid")
-                    )
-                return
+                failure = failure or f"failed to evaluate matchCondition '{name}': {exc}"
+        if failure is not None:
+            if fail:
+                violations.append((failure, "Invalid"))
+            return
         for v in pair.validations:
             try:
                 ok = run(v.check)
@@ -532,15 +544,16 @@ class PolicyEngine:
 
     @staticmethod
     def _fast(
-        pair: _Pair, bound: Bound, slot: int
+        pair: _Pair, bound: Bound, key: str | None
     ) -> tuple[list[tuple[str, str]], dict[str, str]] | None:
-        """The binding's verdict on the request's one activation, or None when an expression
-        failed, did not compile as bound there, or gave no bool: the caller then evaluates
-        it as Kubernetes describes (`_evaluate`), whose messages say which part failed.
-        Variables are evaluated eagerly here, once per expression that uses them."""
+        """The binding's verdict on the request's one activation (its parameters at
+        `__params[key]`, none when None), or None when an expression failed, did not compile
+        as bound there, or gave no bool: the caller then evaluates it its own way
+        (`_evaluate`), whose messages say which part failed. A variable is evaluated for each
+        expression that reads it."""
 
         def run(check: _Check) -> Any:
-            program = check.fast(slot)
+            program = check.fast(key)
             if program is None:
                 raise _Slow
             return program.eval(bound)
@@ -579,11 +592,13 @@ class PolicyEngine:
 @dataclass(frozen=True)
 class _Prepared:
     """One binding for one request: whether it matches, its parameter objects (None: the
-    policy has no paramKind), and the violations its parameters' lookup made."""
+    policy has no paramKind), the violations its parameters' lookup made, and the error it
+    raised (the request's answer, once the bindings before it have had their say)."""
 
     matched: bool
     params: list[Obj | None]
     violations: list[tuple[str, str]]
+    error: errors.StatusError | None = None
 
 
 def _unready() -> errors.StatusError:
@@ -597,7 +612,7 @@ class _Check:
     by its text per request); one that does not compile fails each evaluation, as it would
     compiled then."""
 
-    __slots__ = ("_fast", "error", "program", "source", "text", "uses")
+    __slots__ = ("_fast", "_never", "error", "program", "source", "text", "uses")
 
     def __init__(self, source: Any, variables: Sequence[tuple[str, _Check]] = ()) -> None:
         """`variables`: the policy's, in order (for the one-activation evaluation)."""
@@ -610,34 +625,43 @@ class _Check:
         except CompileError as exc:
             self.error = str(exc)
         self.uses = _uses(self.text, variables)
-        self._fast: dict[int, Program | None] = {}
+        self._fast: dict[str | None, Program | None] = {}
+        # never on the one activation: it, or a variable it reads, does not compile on its
+        # own (pasted into a bind, a broken text could yet compile), or it reads too many
+        self._never = (
+            self.program is None
+            or any(c.program is None for _, c in self.uses)
+            or len(self.uses) > MAX_VARIABLES
+        )
 
     def __call__(self, data: Mapping[str, Any] | Bound) -> Any:
         if self.program is None:
             raise CompileError(self.error)
         return self.program.eval(data)
 
-    def fast(self, slot: int) -> Program | None:
-        """This expression for the request's one activation: with the parameters of
-        `__params<slot>` (-1: none), and the variables it uses bound in order; None when it
-        does not compile so."""
+    def fast(self, key: str | None) -> Program | None:
+        """This expression for the request's one activation: with the parameters at
+        `__params[key]` (none: None), and the variables it reads bound in order; None when it
+        cannot be evaluated so."""
+        if self._never:
+            return None
         try:
-            return self._fast[slot]
+            return self._fast[key]
         except KeyError:
             pass
-        program = None
-        if self.program is not None:
-            body = f"({self.text})"
-            names = [name for name, _ in self.uses]
-            for i in reversed(range(len(self.uses))):
-                name, check = self.uses[i]
-                earlier = [f"{json.dumps(n)}: variables[{json.dumps(n)}]" for n in names[:i]]
-                entries = ", ".join([*earlier, f"{json.dumps(name)}: ({check.text})"])
-                body = f"cel.bind(variables, {{{entries}}}, {body})"
-            if slot >= 0:
-                body = f"cel.bind(params, {_SLOT}{slot}, {body})"
-            program = _fast_compile(body)
-        self._fast[slot] = program
+        body = f"({self.text})"
+        names = [name for name, _ in self.uses]
+        for i in reversed(range(len(self.uses))):
+            name, check = self.uses[i]
+            earlier = [f"{json.dumps(n)}: variables[{json.dumps(n)}]" for n in names[:i]]
+            entries = ", ".join([*earlier, f"{json.dumps(name)}: ({check.text})"])
+            body = f"cel.bind(variables, {{{entries}}}, {body})"
+        if key is not None:
+            body = f"cel.bind(params, {_PARAMS}[{json.dumps(key)}], {body})"
+        program = _fast_compile(body)
+        if program is None:
+            self._never = True  # whatever the key: not compiled once per parameter object
+        self._fast[key] = program
         return program
 
 
@@ -692,15 +716,22 @@ class _Pair:
     conditions: tuple[tuple[Any, _Check], ...]  # (name, expression)
     validations: tuple[_Validation, ...]
     notes: tuple[tuple[Any, _Check], ...]  # auditAnnotations: (key, valueExpression)
+    index: int  # among the bindings, at this change of them (its parameters' key)
+    fast: bool  # evaluated on the request's one activation first
 
     @classmethod
-    def of(cls, policy: Obj, binding: Obj) -> _Pair:
+    def of(cls, policy: Obj, binding: Obj, index: int = 0) -> _Pair:
         bspec = binding.get("spec") or {}
         pspec = policy.get("spec") or {}
         resources = bspec.get("matchResources")
         variables: list[tuple[str, _Check]] = []
         for v in pspec.get("variables") or ():
             variables.append((str(v.get("name")), _Check(v.get("expression"), variables[:])))
+        texts = [str(x.get("expression")) for x in pspec.get("variables") or ()]
+        texts += [str(x.get(k)) for k in ("expression", "messageExpression")
+                  for x in pspec.get("validations") or ()]  # fmt: skip
+        texts += [str(x.get("expression")) for x in pspec.get("matchConditions") or ()]
+        texts += [str(x.get("valueExpression")) for x in pspec.get("auditAnnotations") or ()]
         return cls(
             policy,
             binding,
@@ -732,6 +763,10 @@ class _Pair:
                 (n.get("key"), _Check(n.get("valueExpression"), variables))
                 for n in pspec.get("auditAnnotations") or ()
             ),
+            index,
+            # the authorizer's checks are counted per binding: a variable read by two
+            # expressions would be checked twice here
+            not any("authorizer" in t for t in texts),
         )
 
 
@@ -749,25 +784,19 @@ class _Admission:
         self._namespace: Obj | None = _UNSET
         self._request: Obj | None = None
         self._shared: Bound | None = None
-        self._slots: dict[int, int] = {}  # id of a parameter object -> its slot
-        self._slotted: list[Obj] = []
+        self._params: dict[str, Obj] = {}  # "<binding's index>/<param's index>" -> object
         self._fast: Bound | None = None
 
-    def slots(self, params: Iterable[Obj | None]) -> None:
-        """Give each parameter object of the request a slot of the one activation."""
-        for p in params:
-            if p is not None and id(p) not in self._slots and len(self._slotted) < SLOTS:
-                self._slots[id(p)] = len(self._slotted)
-                self._slotted.append(p)
-
-    def slot(self, params: Obj | None) -> int | None:
-        """The slot of `params` (-1 for none), None when it has none (too many)."""
-        return -1 if params is None else self._slots.get(id(params))
+    def params(self, index: int, params: list[Obj | None]) -> None:
+        """The parameter objects of the binding at `index`, for the one activation."""
+        for j, p in enumerate(params[:PER_BINDING]):
+            if p is not None:
+                self._params[f"{index}/{j}"] = p
 
     def fast_bound(self) -> Bound:
         if self._fast is None:
             data = self.data(None)
-            data.update((f"{_SLOT}{i}", p) for i, p in enumerate(self._slotted))
+            data[_PARAMS] = self._params
             self._fast = _fast_env().bind(data)
         return self._fast
 

@@ -161,7 +161,10 @@ def violations(api: Api, report: Report) -> None:
             return None
         return select_params(listed(t), t.namespaced, namespace, name, selector)
 
-    engine = PolicyEngine(lambda: policies, lambda: bindings, namespaces.get, params)
+    # version: the policies are fixed for the report (the pairs made, and compiled, once)
+    engine = PolicyEngine(
+        lambda: policies, lambda: bindings, namespaces.get, params, version=lambda: 0
+    )
     for t in resources:
         if t.group == "admissionregistration.k8s.io" or not _may_match(policies, t):
             continue
