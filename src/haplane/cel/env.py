@@ -18,7 +18,7 @@ from cel_expr_python.ext import ext_bindings, ext_optional
 
 from . import authz, budget
 from .ast import Node, parse
-from .library import extensions, functions
+from .library import CACHED_MATCHES, extensions, functions, names, rename_matches
 from .typed import DYN, DeclaredType, Schemas
 
 # the engine's messages: "ERROR: <input>:1:17: Syntax error: ..." (one per problem, each
@@ -79,6 +79,10 @@ class Program:
     returns: str  # the checked result type: "bool", "string", "dyn", ...
     _expr: Any = field(repr=False)
     _env: Any = field(default=None, repr=False)
+    # what is evaluated when not `_expr`: the same expression, its `matches` calls through
+    # `library.CACHED_MATCHES`; an evaluation of it that fails is done again with `_expr`, so
+    # a failure says what the engine's own functions say
+    _run: Any = field(default=None, repr=False)
 
     @property
     def result(self) -> DeclaredType:
@@ -103,9 +107,18 @@ class Program:
             # it (eval(data=...) converts the whole object first: 20x slower on a ConfigMap
             # with managedFields, measured)
             activation = self._env.Activation(data=dict(data))
+        if self._run is not None:
+            try:
+                return self._evaluate(self._run, activation)
+            except EvalError:
+                pass  # again as written: the engine's own message
+        return self._evaluate(self._expr, activation)
+
+    @staticmethod
+    def _evaluate(expr: Any, activation: Any) -> Any:
         token = budget.DEADLINE.set(time.monotonic() + budget.TIME_LIMIT)
         try:
-            value = self._expr.eval(activation)
+            value = expr.eval(activation)
         except RuntimeError as exc:
             raise EvalError(_clean(str(exc))) from None
         finally:
@@ -177,7 +190,17 @@ class Environment:
             problems = [(int(a), int(b), m) for a, b, m in _POSITION.findall(text)]
             message = "; ".join(f"{a}:{b}: {m}" for a, b, m in problems) or _clean(text)
             raise CompileError(message, problems, source) from None
-        return Program(source, _type_name(expr.return_type()), expr, self._env)
+        run = None
+        renamed = rename_matches(source)
+        if renamed is not None:
+            try:
+                run = self._env.compile(renamed)
+            except RuntimeError:
+                run = None  # evaluated as written
+        if CACHED_MATCHES in source and CACHED_MATCHES in names(source):
+            # the internal function's name written by hand: undeclared, as anywhere else
+            raise CompileError(f"undeclared reference to '{CACHED_MATCHES}'", [], source)
+        return Program(source, _type_name(expr.return_type()), expr, self._env, run)
 
 
 _ORDERINGS = {

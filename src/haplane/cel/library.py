@@ -39,7 +39,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import re2
@@ -292,6 +292,73 @@ def _find_all(s: str, pattern: str, n: int = -1) -> list[str]:
     return found if n < 0 else found[:n]
 
 
+def _matches(s: str, pattern: str) -> bool:
+    # the compiled RE2 itself, on UTF-8 bytes: google-re2's `search` spends ~6 µs in Python
+    # mapping byte offsets back to characters, which a yes-or-no answer does not need (1.3 µs
+    # so). `_regexp` is that wrapper's own RE2 object (tests/test_cel_matches.py holds it).
+    b = s.encode()
+    return bool(_regex(pattern)._regexp.Match(_UNANCHORED, b, 0, len(b))[0][0] != -1)
+
+
+_UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
+
+
+# cel-cpp's own `matches` compiles its pattern at every call (~20 µs here, five times a
+# simple evaluation: the binding exposes no option to compile constant patterns once, as
+# cel-go does). `Environment.compile` evaluates an expression's `matches` calls through this
+# function instead: the same RE2 partial match, its compiled patterns kept (`_regex`).
+CACHED_MATCHES = "__re2Matches"
+
+
+def rename_matches(text: str) -> str | None:
+    """`text` with every call of `matches` (member or global) calling CACHED_MATCHES instead;
+    None when it has none."""
+    out, at = [], 0
+    for start, end in (span for span, word in _words(text) if word == "matches"):
+        if text[end:].lstrip().startswith("("):
+            out += [text[at:start], CACHED_MATCHES]
+            at = end
+    return "".join([*out, text[at:]]) if out else None
+
+
+def names(text: str) -> set[str]:
+    """The identifiers of `text` (variables, fields, functions): not what its string
+    literals or backquoted field names hold."""
+    return {word for _, word in _words(text)}
+
+
+def _words(text: str) -> Iterator[tuple[tuple[int, int], str]]:
+    """The identifiers of a CEL expression with their spans, skipping string literals
+    (quoted, triple-quoted, raw, bytes) and backquoted field names. Written by hand: CEL's
+    lexical grammar needs no more than this, and no library exposes a CEL tokenizer."""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        raw = False
+        if c.isalpha() or c == "_":
+            k = i
+            while k < n and (text[k].isalnum() or text[k] == "_"):
+                k += 1
+            word = text[i:k]
+            if not (k < n and text[k] in "'\"" and word.lower() in ("r", "b", "br", "rb")):
+                yield (i, k), word
+                i = k
+                continue
+            i, raw = k, "r" in word.lower()  # a string literal's prefix
+            c = text[i]
+        if c in "'\"":
+            quote = text[i : i + 3] if text[i : i + 3] in ("'''", '"""') else c
+            k = i + len(quote)
+            while k < n and not text.startswith(quote, k):
+                k += 2 if text[k] == "\\" and not raw else 1
+            i = min(n, k + len(quote))
+        elif c == "`":
+            k = text.find("`", i + 1)
+            i = n if k < 0 else k + 1
+        else:
+            i += 1
+
+
 @functools.cache
 def functions() -> list[Any]:
     """Every declaration, for `cel.NewEnv(functions=...)` (built once: they hold no state),
@@ -338,6 +405,10 @@ def functions() -> list[Any]:
         "format": [_member("format", s, [s, lst], _format)],
         "strings.quote": [_global("strings.quote", s, [s], _quote)],
         "find": [_member("find", s, [s, s], _find)],
+        CACHED_MATCHES: [
+            _member(CACHED_MATCHES, b, [s, s], _matches),
+            _global(CACHED_MATCHES, b, [s, s], _matches),
+        ],
         "findAll": [
             _member("findAll", T.List(s), [s, s], _find_all),
             _member("findAll", T.List(s), [s, s, i], _find_all),
