@@ -1,5 +1,6 @@
-"""The admission engine's one-activation evaluation (`PolicyEngine._fast`: every policy of a
-request on one CEL activation, parameters and variables bound with `cel.bind`) against the
+"""The admission engine's one-activation evaluation (`PolicyEngine._decide`: the request's
+bindings as one program; `PolicyEngine._fast`: one binding on the request's one CEL
+activation; parameters and variables bound with `cel.bind`) against the
 evaluation Kubernetes describes (`_evaluate`'s own path, a fresh binding per policy with
 parameters or variables): on random policies and objects (expressions that hold, fail, err,
 give no bool; variables that read earlier ones or fail; several parameter objects; message
@@ -54,15 +55,37 @@ MESSAGES = [
 NOTES_EXPR = ["object.metadata.name", "object.data.nope", "string(variables.count)", "''"]
 
 
-def policy(rng: random.Random, i: int) -> tuple[dict[str, Any], dict[str, Any]]:
+# what never errs (with the variables it may read declared): many bindings decided together
+CLEAN = {
+    "validations": [
+        "object.metadata.name.size() < 8",
+        "has(object.data) && object.data.size() <= 2",
+        "object.data.all(k, k.startsWith('k'))",
+        "request.operation == 'CREATE' && request.userInfo.username == 'alice'",
+        "variables.small",
+        "variables.twice > 2 || variables.small",
+        "object.metadata.name.matches('^[a-z]+$')",
+    ],
+    "messages": [None, "'name ' + object.metadata.name", "'two\\nlines'", "1"],
+    "notes": ["object.metadata.name", "''"],
+}
+
+
+def policy(
+    rng: random.Random, i: int, clean: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     spec: dict[str, Any] = {
         "matchConstraints": {"resourceRules": RULES},
         "failurePolicy": rng.choice(["Fail", "Ignore"]),
         "validations": [
             {
-                "expression": rng.choice(VALIDATIONS),
+                "expression": rng.choice(CLEAN["validations"] if clean else VALIDATIONS),
                 **({"message": f"m{i}-{j}"} if rng.random() < 0.5 else {}),
-                **({"messageExpression": m} if (m := rng.choice(MESSAGES)) else {}),
+                **(
+                    {"messageExpression": m}
+                    if (m := rng.choice(CLEAN["messages"] if clean else MESSAGES))
+                    else {}
+                ),
                 "reason": rng.choice(["Invalid", "Forbidden"]),
             }
             for j in range(rng.randint(1, 3))
@@ -70,7 +93,9 @@ def policy(rng: random.Random, i: int) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     if rng.random() < 0.6:
         spec["variables"] = [
-            {"name": n, "expression": e} for n, e in VARIABLES if rng.random() < 0.7
+            {"name": n, "expression": e}
+            for n, e in VARIABLES
+            if rng.random() < (1.0 if clean and n != "broken" else 0.0 if clean else 0.7)
         ]
     if rng.random() < 0.3:
         spec["matchConditions"] = [
@@ -78,7 +103,8 @@ def policy(rng: random.Random, i: int) -> tuple[dict[str, Any], dict[str, Any]]:
         ]
     if rng.random() < 0.4:
         spec["auditAnnotations"] = [
-            {"key": f"a{k}", "valueExpression": rng.choice(NOTES_EXPR)} for k in range(2)
+            {"key": f"a{k}", "valueExpression": rng.choice(CLEAN["notes"] if clean else NOTES_EXPR)}
+            for k in range(2)
         ]
     binding: dict[str, Any] = {"policyName": f"p{i}", "validationActions": ["Warn", "Audit"]}
     if rng.random() < 0.5:
@@ -147,18 +173,29 @@ def test_one_activation_decides_as_the_evaluation_kubernetes_describes(monkeypat
         return found
 
     monkeypatch.setattr(ap.PolicyEngine, "_fast", staticmethod(counted))
+    decide = ap.PolicyEngine._decide
+
+    def counted_together(self: Any, pairs: Any, prepared: Any, admission: Any) -> None:
+        decide(self, pairs, prepared, admission)
+        decided["together"] += len(admission.decided)
+
+    monkeypatch.setattr(ap.PolicyEngine, "_decide", counted_together)
+    decided["together"] = 0
     rng = random.Random(20261207)
-    for case in range(150):
-        pairs = [policy(rng, i) for i in range(rng.randint(1, 5))]
+    for case in range(300):
+        clean = case % 2 == 1
+        pairs = [policy(rng, i, clean) for i in range(rng.randint(1, 5))]
         a = request(rng)
         with_fast = outcome(engine(pairs), a)
         with monkeypatch.context() as m:  # every binding evaluated its own way
             m.setattr(ap.PolicyEngine, "_fast", staticmethod(lambda *_: None))
+            m.setattr(ap.PolicyEngine, "_decide", lambda *_: None)
             as_described = outcome(engine(pairs), a)
         assert with_fast == as_described, (case, json.dumps([p for p, _ in pairs], indent=1))
     # both ways were taken, often (a test of the fallback alone would pass with the fast
     # path never taken; these expressions err on purpose about half the time)
     assert decided["fast"] > 200 and decided["slow"] > 200, decided
+    assert decided["together"] > 100, decided  # and by one program for several bindings
 
 
 @pytest.mark.parametrize("n", [ap.PER_BINDING - 1, ap.PER_BINDING + 3])
