@@ -316,3 +316,72 @@ def test_policies_asking_the_authorizer_are_evaluated_their_own_way(monkeypatch)
     assert e.findings(request(random.Random(4))) == [] and calls == []
     plain = _one_policy({"validations": [{"expression": "true"}]}, ["Warn"])
     assert plain.findings(request(random.Random(4))) == [] and len(calls) == 1
+
+
+def test_optional_results_and_guarded_reads_are_decided_as_described(monkeypatch) -> None:
+    """An audit annotation giving an optional, a matchCondition guarding a field the
+    validation reads: the same as each binding evaluated on its own; the guard makes the
+    binding "does not apply" in the one program, not a failure of it."""
+    guarded = {
+        "matchConditions": [{"name": "has", "expression": "has(object.spec)"}],
+        "validations": [{"expression": "object.spec.replicas < 3"}],
+    }
+    optional = {
+        "validations": [{"expression": "true"}],
+        "auditAnnotations": [{"key": "o", "valueExpression": "object.?metadata.name"}],
+    }
+    pairs = [
+        ({"metadata": {"name": f"p{i}"}, "spec": {"matchConstraints": {"resourceRules": RULES},
+                                                  **spec}},
+         {"metadata": {"name": f"p{i}-b"},
+          "spec": {"policyName": f"p{i}", "validationActions": ["Warn", "Audit"]}})
+        for i, spec in enumerate([guarded, guarded, optional, {"validations": [
+            {"expression": "object.metadata.name.matches('^c$')"}]}])
+    ]  # fmt: skip
+    a = request(random.Random(5))  # no spec: the guards are false
+    decided: list[int] = []
+    decide = ap.PolicyEngine._decide
+
+    def counted(self: Any, pairs_: Any, prepared: Any, admission: Any) -> None:
+        decide(self, pairs_, prepared, admission)
+        decided.append(len(admission.decided))
+
+    monkeypatch.setattr(ap.PolicyEngine, "_decide", counted)
+    for chosen in (pairs, [pairs[0], pairs[1], pairs[3]]):
+        decided.clear()
+        with_fast = outcome(engine(chosen), a)
+        with monkeypatch.context() as m:
+            m.setattr(ap.PolicyEngine, "_fast", staticmethod(lambda *_: None))
+            m.setattr(ap.PolicyEngine, "_decide", lambda *_: None)
+            assert outcome(engine(chosen), a) == with_fast
+    assert decided and decided[0] == 3  # without the optional one: all together
+
+
+def test_a_changed_policy_is_evaluated_anew_without_a_version() -> None:
+    """An engine without `version` works its pairs out per request: what it combined from
+    the old ones must not decide for the new ones."""
+    p = {
+        "metadata": {"name": "p"},
+        "spec": {
+            "matchConstraints": {"resourceRules": RULES},
+            "validations": [{"expression": "object.metadata.name == 'c'"}],
+        },
+    }
+    q = {
+        "metadata": {"name": "q"},
+        "spec": {
+            "matchConstraints": {"resourceRules": RULES},
+            "validations": [{"expression": "true"}],
+        },
+    }
+    bindings = [
+        {"metadata": {"name": f"{n}-b"}, "spec": {"policyName": n, "validationActions": ["Warn"]}}
+        for n in "pq"
+    ]
+    policies = [p, q]
+    e = PolicyEngine(lambda: policies, lambda: bindings, lambda _n: None, lambda *_: [])
+    a = Attributes("CREATE", CONFIGMAPS, "ns", "c", {"metadata": {"name": "c"}}, None, None)
+    assert outcome(e, a)[0] == []
+    p["spec"]["validations"] = [{"expression": "object.metadata.name == 'nope'"}]
+    warnings = outcome(e, a)[0]
+    assert len(warnings) == 1 and "nope" in warnings[0]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from haplane.cel import CompileError, Environment, EvalError
-from haplane.cel.library import CACHED_MATCHES, names, rename_matches
+from haplane.cel.library import CACHED_MATCHES, calls, rename_matches
 
 
 @pytest.mark.parametrize(
@@ -31,14 +31,18 @@ from haplane.cel.library import CACHED_MATCHES, names, rename_matches
         ("[1].all(matches, matches > 0)", None),  # a variable
         ("a.`matches(`", None),  # a backquoted field name
         ("notmatches(x) || matchesx(y)", None),
+        ("// it's x.matches('a')\nobject.x == 'matches('", None),  # a comment, then a string
+        ("x.matches('a') // matches(", f"x.{CACHED_MATCHES}('a') // matches("),
     ],
 )
 def test_only_calls_of_matches_are_renamed(text: str, expected: str | None) -> None:
     assert rename_matches(text) == expected
 
 
-def test_names_skip_literals() -> None:
-    assert names("a.b('c.d') + r\"e\" + `f`.g") == {"a", "b", "g"}
+def test_calls_skip_literals_and_comments() -> None:
+    assert calls("a.b('c.d') + r\"e\" + `f`.g(1)", "g")
+    assert not calls("a.b('g(') + `g(` // g(\n+ g", "g")
+    assert calls("// it's\nx.g ('a')", "g")
 
 
 PATTERNS = [
@@ -111,8 +115,10 @@ def test_random_inputs_against_constant_patterns() -> None:
 
 def test_the_internal_name_cannot_be_written() -> None:
     env = Environment(["s"])
-    with pytest.raises(CompileError, match=CACHED_MATCHES):
-        env.compile(f"s.{CACHED_MATCHES}('a')")
+    for text in (f"s.{CACHED_MATCHES}('a')", f"// don't\n{CACHED_MATCHES}('a', 'a') // '"):
+        with pytest.raises(CompileError, match=CACHED_MATCHES):
+            env.compile(text)
+    assert env.compile(f"// {CACHED_MATCHES}(\ntrue").eval({"s": ""}) is True
     # as a string, it is only text
     assert env.compile(f"s == '{CACHED_MATCHES}('").eval({"s": f"{CACHED_MATCHES}("}) is True
 
@@ -132,3 +138,24 @@ def _outcome(call: Callable[..., Any], *args: Any) -> tuple[str, object]:
         return "ok", call(*args)
     except EvalError as exc:
         return "error", str(exc)
+
+
+def test_an_evaluation_out_of_time_is_not_done_again(monkeypatch) -> None:
+    """A failure of the renamed program is evaluated again as written, for the engine's own
+    words; never one that ran out of time (it would run as long again)."""
+    from haplane.cel import budget
+
+    env = Environment(["s"])
+    program = env.compile("s.matches('a') && s.lowerAscii() == 'a'")
+    monkeypatch.setattr(budget, "TIME_LIMIT", -1.0)  # every guarded call is past it
+    evaluated: list[object] = []
+    run = type(program)._evaluate
+
+    def counted(expr: object, activation: object) -> object:
+        evaluated.append(expr)
+        return run(expr, activation)
+
+    monkeypatch.setattr(type(program), "_evaluate", staticmethod(counted))
+    with pytest.raises(EvalError, match="evaluation stopped"):
+        program.eval({"s": "a"})
+    assert evaluated == [program._run]

@@ -278,7 +278,7 @@ class PolicyEngine:
         self._cached: tuple[Hashable, list[_Pair]] | None = None
         # the request's bindings as one program (`_decide`), by which bindings and parameter
         # objects it holds; emptied when the pairs are worked out again
-        self._combined: dict[tuple[Any, ...], tuple[Program | None, list[_Unit]]] = {}
+        self._combined: dict[tuple[Any, ...], list[_Chunk]] = {}
 
     def admit(self, a: Attributes) -> None:
         """Raise the first Deny binding's violation as a Status; note warnings and audit
@@ -338,9 +338,9 @@ class PolicyEngine:
             policy = by_name.get((binding.get("spec") or {}).get("policyName"))
             if policy is not None:
                 pairs.append(_Pair.of(policy, binding, len(pairs)))
+        self._combined = {}  # made of the pairs before
         if key is not None:
             self._cached = (key, pairs)
-            self._combined = {}
         return pairs
 
     # ---- one binding ----------------------------------------------------------------------
@@ -551,13 +551,15 @@ class PolicyEngine:
                 annotations[f"{pair.pname}/{key}"] = value
 
     def _decide(self, pairs: list[_Pair], prepared: list[_Prepared], admission: _Admission) -> None:
-        """Every binding that may be, decided by one evaluation of one program: the list of
-        their conditions, validations and audit annotations (each call into the engine costs
-        3-5 µs besides the expression; one list of all of them, measured with ten policies,
-        half the engine's time). Decided: a binding whose values are all bools where bools
-        are wanted and whose failed validations have no message expression. Nothing is
-        decided when any of them fails (the list is then an error): each is then evaluated
-        on its own (`_fast`, then `_evaluate`)."""
+        """The bindings that may be, decided by as few evaluations as can be: programs of up
+        to CHUNK bindings each, each a list with one element per binding (each call into the
+        engine costs 3-5 µs besides its expression: with ten policies, one list halves the
+        engine's time). A binding's element is null when one of its conditions is false, else
+        the list of its validations' and audit annotations' values; it is decided when those
+        are bools where bools are wanted and its failed validations have no message
+        expression. A program that fails decides nothing (each binding is then evaluated on
+        its own: `_fast`, then `_evaluate`), and one that keeps failing for this kind of
+        request is left out until the policies change."""
         signature = []
         for pair, ready in zip(pairs, prepared, strict=True):
             if pair.fast and ready.matched and ready.error is None and ready.params:
@@ -567,45 +569,47 @@ class PolicyEngine:
         if len(signature) < 2:
             return
         key = tuple(signature)
-        found = self._combined.get(key)
-        if found is None:
+        chunks = self._combined.get(key)
+        if chunks is None:
             by_index = {pair.index: pair for pair in pairs}
             units = [
                 _Unit(by_index[i], j, None if none else f"{i}/{j}")
                 for i, n, none in signature
                 for j in range(n)
             ]
-            found = self._combined[key] = _combine(units)
+            chunks = self._combined[key] = _combine(units)
             if len(self._combined) > 256:  # kinds of requests: bounded all the same
-                self._combined = {key: found}
-        program, layout = found
-        if program is None:
-            return
-        try:
-            values = program.eval(admission.fast_bound())
-        except EvalError:
-            return
+                self._combined = {key: chunks}
         decided = admission.decided
-        for u in layout:
-            pair, at = u.pair, u.at
-            conditions, checked = u.conditions, u.validations
-            if any(values[k] is not True for k in range(at, conditions)):
-                decided[(pair.index, u.j)] = ([], {})  # does not apply
+        for chunk in chunks:
+            if chunk.failed > 2 * chunk.decided + 8:
+                continue  # it fails more often than not: not worth its evaluation
+            try:
+                values = chunk.program.eval(admission.fast_bound())
+            except EvalError:
+                chunk.failed += 1
                 continue
-            violations = []
-            for v, ok in zip(pair.validations, values[conditions:checked], strict=True):
-                if ok is False and v.message_check is None:
-                    violations.append((v.message or f"failed expression: {v.check.source}",
-                                       v.reason))  # fmt: skip
-                elif ok is not True:
-                    break  # no bool, or a message to evaluate: on its own
-            else:
-                annotations = {
-                    f"{pair.pname}/{name}": value
-                    for (name, _), value in zip(pair.notes, values[checked : u.end], strict=True)
-                    if isinstance(value, str) and value
-                }
-                decided[(pair.index, u.j)] = (violations, annotations)
+            chunk.decided += 1
+            for u, value in zip(chunk.units, values, strict=True):
+                pair = u.pair
+                if value is None:
+                    decided[(pair.index, u.j)] = ([], {})  # a condition is false
+                    continue
+                violations = []
+                for v, ok in zip(pair.validations, value, strict=False):
+                    if ok is False and v.message_check is None:
+                        violations.append((v.message or f"failed expression: {v.check.source}",
+                                           v.reason))  # fmt: skip
+                    elif ok is not True:
+                        break  # no bool, or a message to evaluate: on its own
+                else:
+                    noted = value[len(pair.validations) :]
+                    annotations = {
+                        f"{pair.pname}/{name}": text
+                        for (name, _), text in zip(pair.notes, noted, strict=True)
+                        if isinstance(text, str) and text
+                    }
+                    decided[(pair.index, u.j)] = (violations, annotations)
 
     @staticmethod
     def _fast(
@@ -666,42 +670,54 @@ class _Prepared:
     error: errors.StatusError | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Unit:
-    """A binding with one of its parameter objects (its key in `__params`, or none), and
-    where its values are in the combined program's list: conditions from `at`, validations
-    from `conditions`, audit annotations from `validations` up to `end`."""
+    """A binding with one of its parameter objects (its key in `__params`, or none)."""
 
     pair: _Pair
     j: int
     key: str | None
-    at: int = 0
-    conditions: int = 0
-    validations: int = 0
-    end: int = 0
 
 
-def _combine(units: list[_Unit]) -> tuple[Program | None, list[_Unit]]:
-    """One program for `units`: the list of each one's conditions, validations and audit
-    annotations, in that order; the units it holds (those whose every expression can be
-    evaluated on the one activation), with their places in it."""
-    texts: list[str] = []
-    layout = []
+@dataclass
+class _Chunk:
+    """A program deciding `units` together, and how often it did and failed to."""
+
+    program: Program
+    units: list[_Unit]
+    decided: int = 0
+    failed: int = 0
+
+
+# bindings per program: a failing one undecides no more than these, and a program's text
+# stays far below the engine's limits (100,000 characters)
+CHUNK = 16
+
+
+def _combine(units: list[_Unit]) -> list[_Chunk]:
+    """Programs for `units` (those whose every expression can be evaluated on the one
+    activation), each the list of up to CHUNK elements: per binding, null when a condition
+    is false (`&&`: a false one wins over one that fails, as in Kubernetes' matcher), else
+    the list of its validations' values then its audit annotations'."""
+    elements: list[tuple[_Unit, str]] = []
     for u in units:
         pair = u.pair
-        checks = [c for _, c in pair.conditions] + [v.check for v in pair.validations]
-        checks += [c for _, c in pair.notes]
-        if any(c.fast(u.key) is None for c in checks):  # (each compiled once, and kept)
+        conditions = [c for _, c in pair.conditions]
+        values = [v.check for v in pair.validations] + [c for _, c in pair.notes]
+        if any(c.fast(u.key) is None for c in conditions + values):  # (compiled once, kept)
             continue
-        u.at = len(texts)
-        u.conditions = u.at + len(pair.conditions)
-        u.validations = u.conditions + len(pair.validations)
-        u.end = u.validations + len(pair.notes)
-        texts += [t for c in checks if (t := c.fast_text(u.key)) is not None]
-        layout.append(u)
-    if len(layout) < 2:
-        return None, []
-    return _fast_compile(f"[{', '.join(texts)}]"), layout
+        listed = f"dyn([{', '.join(c.fast_text(u.key) for c in values)}])"
+        if conditions:
+            test = " && ".join(c.fast_text(u.key) for c in conditions)
+            listed = f"(({test}) == true ? {listed} : dyn(null))"
+        elements.append((u, listed))
+    chunks = []
+    for at in range(0, len(elements), CHUNK):
+        part = elements[at : at + CHUNK]
+        program = _fast_compile(f"[{', '.join(text for _, text in part)}]")
+        if program is not None and len(part) > 1:
+            chunks.append(_Chunk(program, [u for u, _ in part]))
+    return chunks
 
 
 def _unready() -> errors.StatusError:
@@ -750,17 +766,14 @@ class _Check:
             return self._fast[key]
         except KeyError:
             pass
-        text = self.fast_text(key)
-        program = None if text is None else _fast_compile(text)
+        program = None if self._never else _fast_compile(self.fast_text(key))
         if program is None:
             self._never = True  # whatever the key: not compiled once per parameter object
         self._fast[key] = program
         return program
 
-    def fast_text(self, key: str | None) -> str | None:
-        """The text `fast` compiles (None: never on the one activation)."""
-        if self._never:
-            return None
+    def fast_text(self, key: str | None) -> str:
+        """The text `fast` compiles."""
         body = f"({self.text})"
         names = [name for name, _ in self.uses]
         for i in reversed(range(len(self.uses))):

@@ -30,6 +30,10 @@ TIME_LIMIT = 0.25
 DEADLINE: ContextVar[float] = ContextVar("haplane_cel_deadline", default=math.inf)
 
 
+# how its message begins (a caller tells a stopped evaluation from others by it)
+STOPPED = "evaluation stopped"
+
+
 class TimeLimitExceeded(ValueError):
     """Raised inside a function called after the evaluation's deadline."""
 
@@ -38,8 +42,8 @@ def guarded(impl: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any) -> Any:
         if time.monotonic() > DEADLINE.get():
             raise TimeLimitExceeded(
-                f"evaluation stopped: it ran longer than {TIME_LIMIT:g} s (the time limit of "
-                "one CEL evaluation)"
+                f"{STOPPED}: it ran longer than {TIME_LIMIT:g} s (the time limit of one CEL "
+                "evaluation)"
             )
         return impl(*args)
 

@@ -18,7 +18,7 @@ from cel_expr_python.ext import ext_bindings, ext_optional
 
 from . import authz, budget
 from .ast import Node, parse
-from .library import CACHED_MATCHES, extensions, functions, names, rename_matches
+from .library import CACHED_MATCHES, calls, extensions, functions, rename_matches
 from .typed import DYN, DeclaredType, Schemas
 
 # the engine's messages: "ERROR: <input>:1:17: Syntax error: ..." (one per problem, each
@@ -110,8 +110,10 @@ class Program:
         if self._run is not None:
             try:
                 return self._evaluate(self._run, activation)
-            except EvalError:
-                pass  # again as written: the engine's own message
+            except EvalError as exc:
+                if budget.STOPPED in str(exc):
+                    raise  # out of time: not once more
+                # again as written: the engine's own message
         return self._evaluate(self._expr, activation)
 
     @staticmethod
@@ -125,7 +127,10 @@ class Program:
             budget.DEADLINE.reset(token)
         if value.type() == cel.Type.ERROR:
             raise EvalError(_clean(str(value)))
-        return value.plain_value()
+        try:
+            return value.plain_value()
+        except Exception as exc:  # e.g. an optional inside a list: no Python value for it
+            raise EvalError(f"the result has no plain value: {exc}") from None
 
 
 class Bound:
@@ -197,7 +202,7 @@ class Environment:
                 run = self._env.compile(renamed)
             except RuntimeError:
                 run = None  # evaluated as written
-        if CACHED_MATCHES in source and CACHED_MATCHES in names(source):
+        if CACHED_MATCHES in source and calls(source, CACHED_MATCHES):
             # the internal function's name written by hand: undeclared, as anywhere else
             raise CompileError(f"undeclared reference to '{CACHED_MATCHES}'", [], source)
         return Program(source, _type_name(expr.return_type()), expr, self._env, run)

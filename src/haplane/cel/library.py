@@ -296,11 +296,16 @@ def _matches(s: str, pattern: str) -> bool:
     # the compiled RE2 itself, on UTF-8 bytes: google-re2's `search` spends ~6 µs in Python
     # mapping byte offsets back to characters, which a yes-or-no answer does not need (1.3 µs
     # so). `_regexp` is that wrapper's own RE2 object (tests/test_cel_matches.py holds it).
+    compiled = _regex(pattern)
+    regexp = getattr(compiled, "_regexp", None)
+    if regexp is None or _UNANCHORED is None:  # another google-re2: its public search
+        return compiled.search(s) is not None
     b = s.encode()
-    return bool(_regex(pattern)._regexp.Match(_UNANCHORED, b, 0, len(b))[0][0] != -1)
+    return bool(regexp.Match(_UNANCHORED, b, 0, len(b))[0][0] != -1)
 
 
-_UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
+_UNANCHORED = getattr(getattr(getattr(re2, "_re2", None), "RE2", None), "Anchor", None)
+_UNANCHORED = getattr(_UNANCHORED, "UNANCHORED", None)
 
 
 # cel-cpp's own `matches` compiles its pattern at every call (~20 µs here, five times a
@@ -313,7 +318,8 @@ CACHED_MATCHES = "__re2Matches"
 def rename_matches(text: str) -> str | None:
     """`text` with every call of `matches` (member or global) calling CACHED_MATCHES instead;
     None when it has none."""
-    out, at = [], 0
+    out: list[str] = []
+    at = 0
     for start, end in (span for span, word in _words(text) if word == "matches"):
         if text[end:].lstrip().startswith("("):
             out += [text[at:start], CACHED_MATCHES]
@@ -321,16 +327,19 @@ def rename_matches(text: str) -> str | None:
     return "".join([*out, text[at:]]) if out else None
 
 
-def names(text: str) -> set[str]:
-    """The identifiers of `text` (variables, fields, functions): not what its string
-    literals or backquoted field names hold."""
-    return {word for _, word in _words(text)}
+def calls(text: str, name: str) -> bool:
+    """Whether `text` calls the function `name` (not in a string literal, a backquoted field
+    name or a comment)."""
+    return any(
+        word == name and text[end:].lstrip().startswith("(") for (_, end), word in _words(text)
+    )
 
 
 def _words(text: str) -> Iterator[tuple[tuple[int, int], str]]:
     """The identifiers of a CEL expression with their spans, skipping string literals
-    (quoted, triple-quoted, raw, bytes) and backquoted field names. Written by hand: CEL's
-    lexical grammar needs no more than this, and no library exposes a CEL tokenizer."""
+    (quoted, triple-quoted, raw, bytes), backquoted field names and `//` comments. Written by
+    hand: CEL's lexical grammar needs no more than this, and no library exposes a CEL
+    tokenizer."""
     i, n = 0, len(text)
     while i < n:
         c = text[i]
@@ -354,6 +363,9 @@ def _words(text: str) -> Iterator[tuple[tuple[int, int], str]]:
             i = min(n, k + len(quote))
         elif c == "`":
             k = text.find("`", i + 1)
+            i = n if k < 0 else k + 1
+        elif text.startswith("//", i):  # a comment, to the end of its line
+            k = text.find("\n", i)
             i = n if k < 0 else k + 1
         else:
             i += 1
