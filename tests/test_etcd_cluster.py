@@ -180,44 +180,6 @@ async def test_watch_sees_puts_and_deletes_in_order(etcd_cluster: EtcdCluster, k
         ]
 
 
-async def test_a_watch_tries_every_member_before_its_budget_says_none_answers(
-    etcd_cluster: EtcdCluster, key_prefix: bytes
-):
-    """Two members that accept connections and never answer, before a real one: each holds an
-    attempt for a connect timeout (~1 s), longer together than the watch's budget (0.3 s);
-    the watch still reaches the third and delivers, since it gives up only after trying
-    every member."""
-    import socket
-
-    from haplane.store import EtcdClient
-
-    silent = []
-    for _ in range(2):
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)  # the kernel accepts; nobody ever speaks
-        silent.append(listener)
-    endpoints = [f"127.0.0.1:{s.getsockname()[1]}" for s in silent] + [etcd_cluster.endpoints[0]]
-    async with etcd_cluster.client() as writer:
-        start = await writer.put(key_prefix + b"w", b"1")
-    client = EtcdClient(endpoints, timeout=1.0)
-    interrupted: list[str] = []
-    try:
-        async with asyncio.timeout(20):
-            async for batch in client.watch(
-                key_prefix, prefix=True, start_revision=start, connect_timeout=0.3,
-                on_interrupted=interrupted.append,
-            ):  # fmt: skip
-                if batch.events:
-                    assert batch.events[0].kv.value == b"1"
-                    break
-        assert len(interrupted) >= 2  # the silent two, each said
-    finally:
-        await client.close()
-        for listener in silent:
-            listener.close()
-
-
 async def test_watch_from_a_compacted_revision_raises(disposable_cluster: EtcdCluster):
     from haplane.store import EtcdCompacted
 

@@ -602,9 +602,7 @@ class EtcdClient:
         from the list's revision); so does resuming on a member of another cluster than the
         watch began on (`EtcdClusterReplaced`: restored from a snapshot, its revisions are
         another history's). If no member accepts the watch within `connect_timeout`
-        (default: the client timeout x 4), and each member has been tried since (a member
-        that does not answer holds an attempt for up to a connect timeout: two in a row must
-        not use up the time the third needed), raises `EtcdUnavailable`. `range_end` (instead of
+        (default: the client timeout x 4), raises `EtcdUnavailable`. `range_end` (instead of
         `prefix`) watches `[key, range_end)`; `b"\\0"` with key `b"\\0"`: every key.
         `on_interrupted(why)` is called each time a member's stream ended or could not be
         opened, before the watch tries the next member: a caller can say at once that it is
@@ -614,7 +612,6 @@ class EtcdClient:
         next_rev = start_revision
         budget = connect_timeout or self.timeout * 4
         failed_since: float | None = None
-        failed: set[str] = set()  # the members tried since failed_since
         cluster: list[int] = []  # the cluster id the watch began on
         while True:
             for ep in self._order():
@@ -623,7 +620,6 @@ class EtcdClient:
                         ep, key, range_end, next_rev, progress_notify, cluster
                     ):
                         failed_since = None
-                        failed.clear()
                         # Resume only after delivered events, never from a progress
                         # notification's revision: etcd < 3.4.25/3.5.8 can send one ahead of
                         # events still queued on the stream (etcd#15220), and resuming from it
@@ -643,8 +639,7 @@ class EtcdClient:
                     on_interrupted(why)
                 now = time.monotonic()
                 failed_since = failed_since or now
-                failed.add(ep)
-                if now - failed_since > budget and failed.issuperset(self.endpoints):
+                if now - failed_since > budget:
                     raise EtcdUnavailable(
                         f"no etcd member would serve a watch for {budget:.1f}s "
                         f"({', '.join(self.endpoints)})"
