@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from haplane.api import admission_policies as ap
-from haplane.api.admission_policies import NOTES, Attributes, Notes, PolicyEngine, select_params
+from haplane.api.admission_policies import Attributes, PolicyEngine, select_params
 from haplane.api.resources import BUILTIN
 from haplane.auth.user import UserInfo
+from tests.test_admission_engine import admitted
 
 CONFIGMAPS = next(t for t in BUILTIN if t.plural == "configmaps")
 RULES = [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["*"], "resources": ["*"]}]
@@ -152,12 +153,7 @@ def request(rng: random.Random) -> Attributes:
 
 
 def outcome(e: PolicyEngine, a: Attributes) -> tuple[Any, ...]:
-    notes = Notes()
-    token = NOTES.set(notes)
-    try:
-        e.admit(a)
-    finally:
-        NOTES.reset(token)
+    notes = admitted(e, a)
     found = [(f.policy, f.message) for f in e.findings(a)]
     failures = json.loads(notes.annotations.pop(ap.AUDIT_FAILURE, "[]"))
     return notes.warnings, notes.annotations, failures, found

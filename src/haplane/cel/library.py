@@ -320,19 +320,23 @@ def rename_matches(text: str) -> str | None:
     None when it has none."""
     out: list[str] = []
     at = 0
-    for start, end in (span for span, word in _words(text) if word == "matches"):
-        if text[end:].lstrip().startswith("("):
-            out += [text[at:start], CACHED_MATCHES]
-            at = end
+    for start, end in _calls(text, "matches"):
+        out += [text[at:start], CACHED_MATCHES]
+        at = end
     return "".join([*out, text[at:]]) if out else None
 
 
 def calls(text: str, name: str) -> bool:
     """Whether `text` calls the function `name` (not in a string literal, a backquoted field
     name or a comment)."""
-    return any(
-        word == name and text[end:].lstrip().startswith("(") for (_, end), word in _words(text)
-    )
+    return any(_calls(text, name))
+
+
+def _calls(text: str, name: str) -> Iterator[tuple[int, int]]:
+    """The spans of `name` where `text` calls it."""
+    for (start, end), word in _words(text):
+        if word == name and text[end:].lstrip().startswith("("):
+            yield start, end
 
 
 def _words(text: str) -> Iterator[tuple[tuple[int, int], str]]:
