@@ -160,10 +160,24 @@ def test_a_checked_result_types_a_variable_of_its_own() -> None:
             env.compile(wrong)
 
 
-def test_schemas_with_no_object_type_are_dyn() -> None:
+def test_schemas_with_no_type_are_dyn_and_others_their_type() -> None:
     schemas = Schemas()
-    for schema in (None, {}, {"type": "string"}, {"x-kubernetes-preserve-unknown-fields": True}):
+    for schema in (None, {}, {"x-kubernetes-preserve-unknown-fields": True}):
         assert schemas.declare(schema, "Thing") is DYN
+    # a schema of scalars, lists or maps is typed too (a CRD rule's `self` may be any)
+    for schema, fine, wrong in (
+        ({"type": "string"}, "self.startsWith('a')", "self > 1"),
+        ({"type": "array", "items": {"type": "integer"}}, "self.all(x, x > 0)", "self[0] == 'a'"),
+        (
+            {"type": "object", "additionalProperties": {"type": "boolean"}},
+            "self['a']",
+            "self.a > 1",
+        ),
+    ):
+        env = Environment(("self",), types={"self": schemas.declare(schema, "T")}, schemas=schemas)
+        env.compile(fine)
+        with pytest.raises(CompileError):
+            env.compile(wrong)
     root_unknown = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     assert schemas.declare(root_unknown, "Thing") is DYN
 

@@ -5,6 +5,7 @@ as apiextensions-apiserver does (k8s.io/apiextensions-apiserver/pkg/apiserver/sc
 Pure: no I/O. The expressions are CEL (`haplane.cel`), compiled once per rule text (cached).
 
     rules_errors(schema, path)        the CRD's rules that cannot be served (422 on the CRD)
+    type_errors(schema, path)         ... and those that do not type-check against it
     enforce(schema, obj, old)         the rules an object breaks (422 on the object)
 
 Each rule: `rule` (CEL, true when the value is valid; `self` is the value at the rule's node,
@@ -25,21 +26,30 @@ is `self.__namespace__`, `a-b` is `self.a__dash__b`); at the root, `metadata` sh
 `cost_errors` is the static cost limit (`haplane.cel.cost`), each rule's and
 messageExpression's estimate times how often it runs. On an update the errors are ratcheted
 (`haplane.api.ratcheting`): a rule without `oldSelf` that is false where the update changed
-nothing is left out (`enforce(..., ratcheted=...)` collects it, for a warning). Not yet: type
-checking of expressions against the schema (a misspelt field is an evaluation error on the
-object, not a compile error on the CRD; `haplane.cel.typed` makes the types, admission
-policies use them), refusing transition rules where values cannot be paired.
+nothing is left out (`enforce(..., ratcheted=...)` collects it, for a warning).
+
+`type_errors` type-checks each rule and messageExpression against its node's schema
+(`haplane.cel.typed`, `crd=True`), as Kubernetes refuses a CRD whose rules do not check;
+evaluation runs the untyped programs on the values `_to_cel` makes, shaped to match those
+types (escaped names, formatted strings as timestamps, durations and bytes). It also
+refuses a transition rule where values cannot be paired (under the items of a list that is
+not `x-kubernetes-list-type: map`), which would never run, as Kubernetes refuses it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime as dt
 import functools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 from typing import Any, Final
 
-from haplane.cel import CompileError, Environment, EvalError, Program
+from google.protobuf import duration_pb2, timestamp_pb2  # type: ignore[import-untyped]
+
+from haplane.cel import CompileError, Environment, EvalError, Program, Schemas
 from haplane.cel.cost import RULE_LIMIT, TOTAL_LIMIT, cardinality_of, estimate
 from haplane.cel.library import escape
 
@@ -75,9 +85,11 @@ def _compiled(source: str) -> Program:
 def _compiled_optional(source: str) -> Program:
     """A rule with `optionalOldSelf`: `oldSelf` an optional value, made inside CEL (the
     engine's Python binding hands in no optional values)."""
-    return _env().compile(
-        f"cel.bind(oldSelf, {_PRESENT} ? optional.of({_OLD}) : optional.none(), ({source}))"
-    )
+    return _env().compile(_optional_form(source))
+
+
+def _optional_form(source: str) -> str:
+    return f"cel.bind(oldSelf, {_PRESENT} ? optional.of({_OLD}) : optional.none(), ({source}))"
 
 
 _OLD: Final = "__haplane_old_self"
@@ -286,7 +298,7 @@ def cost_errors(schema: Mapping[str, Any], path: str) -> list[FieldError]:
     total = 0.0
     fix = "(try simplifying the rule, or adding maxItems, maxProperties, and maxLength where "
     fix += "arrays, maps, and strings are declared)"
-    for node, at, times in _rule_nodes(schema, path, 1):
+    for node, at, times, _ in _rule_nodes(schema, path, 1):
         for i, item in enumerate(node.get(CEL) or ()):
             if not isinstance(item, Mapping):
                 continue
@@ -324,29 +336,149 @@ def cost_errors(schema: Mapping[str, Any], path: str) -> list[FieldError]:
     return errs
 
 
+def type_errors(
+    schema: Mapping[str, Any], path: str, *, preexisting: Set[str] = frozenset()
+) -> list[FieldError]:
+    """Rules and messageExpressions that do not type-check against the schema, as
+    Kubernetes refuses them: `self` (and `oldSelf`) of the type of the rule's node
+    (`haplane.cel.typed`, `crd=True`), so a misspelt field, a field of another node, or a
+    string compared with an int is refused here rather than failing on every object; and a
+    transition rule where values cannot be paired with their old selves (it would never
+    run; Kubernetes' "uncorrelatable portion of the schema"). Only
+    expressions that compile untyped are checked (`rules_errors` reports the others), and
+    not those in `preexisting`: the texts the CRD held before an update (a CRD stored before
+    haplane checked types stays updatable, and deletable, as it is)."""
+    errs: list[FieldError] = []
+    for node, at, _, within in _rule_nodes(schema, path, 1):
+        env: Environment | None = None
+        for i, item in enumerate(node.get(CEL) or ()):
+            if not isinstance(item, Mapping):
+                continue
+            optional = item.get("optionalOldSelf") is True
+            for field in ("rule", "messageExpression"):
+                source = item.get(field)
+                if not isinstance(source, str) or source in preexisting:
+                    continue
+                wrapped = optional and field == "rule" and bool(_OLD_SELF.search(source))
+                if field == "rule" and within is not None and _OLD_SELF.search(source):
+                    errs.append(
+                        FieldError(
+                            f"{at}.{CEL}[{i}].rule",
+                            "FieldValueInvalid",
+                            "oldSelf cannot be used on the uncorrelatable portion of the "
+                            f"schema within {within}",
+                            source,
+                        )
+                    )
+                    continue
+                try:
+                    (_compiled_optional if wrapped else _compiled)(source)
+                except CompileError:
+                    continue  # reported by rules_errors
+                if env is None:
+                    env = _typed_env(node, root=at == path)
+                text = _optional_form(source) if wrapped else source
+                try:
+                    returns = env.compile(text).returns
+                except CompileError as exc:
+                    errs.append(
+                        FieldError(
+                            f"{at}.{CEL}[{i}].{field}",
+                            "FieldValueInvalid",
+                            f"compilation failed: {_shifted(exc, text, source)}",
+                            source,
+                        )
+                    )
+                    continue
+                wanted = "bool" if field == "rule" else "string"
+                if returns not in (wanted, "dyn"):
+                    errs.append(
+                        FieldError(
+                            f"{at}.{CEL}[{i}].{field}",
+                            "FieldValueInvalid",
+                            f"must evaluate to a {wanted}, not {returns}",
+                            source,
+                        )
+                    )
+    return errs
+
+
+def expressions_in(value: Any) -> frozenset[str]:
+    """Every rule and messageExpression text anywhere in `value` (a CRD's spec)."""
+    found: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            rules = item.get(CEL)
+            if isinstance(rules, list):
+                for rule in rules:
+                    if isinstance(rule, Mapping):
+                        found.update(
+                            v
+                            for k in ("rule", "messageExpression")
+                            if isinstance(v := rule.get(k), str)
+                        )
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return frozenset(found)
+
+
+def _typed_env(node: Mapping[str, Any], *, root: bool) -> Environment:
+    """`self`, `oldSelf` (and the optional form's inner name) of the node's type."""
+    schemas = Schemas()
+    declared = schemas.declare(node, "Self", crd=True, root=root)
+    return Environment(
+        ("self", "oldSelf", _OLD, _PRESENT),
+        types={"self": declared, "oldSelf": declared, _OLD: declared},
+        schemas=schemas,
+    )
+
+
+def _shifted(exc: CompileError, text: str, source: str) -> str:
+    """The error's message with positions in `source`, where `text` wraps it (the optional
+    form): columns on the first line move back by the prefix's length."""
+    if text == source or not exc.problems:
+        return str(exc)
+    prefix = text.index(f"({source})") + 1
+    parts = []
+    for line, column, message in exc.problems:
+        if line == 1:
+            column = max(1, column - prefix)
+        parts.append(f"{line}:{column}: {message}")
+    return "; ".join(parts)
+
+
 def _factor(cost: float, limit: int) -> str:
     factor = cost / limit
     return "more than 100x" if factor > 100 else f"{factor:.1f}x"
 
 
-def _rule_nodes(node: Any, path: str, times: int) -> Iterator[tuple[Mapping[str, Any], str, int]]:
-    """Each schema node with rules, its path, and how many values it can stand for."""
+def _rule_nodes(
+    node: Any, path: str, times: int, within: str | None = None
+) -> Iterator[tuple[Mapping[str, Any], str, int, str | None]]:
+    """Each schema node with rules, its path, how many values it can stand for, and the
+    path of the list whose items hold it where they cannot be paired with their old selves
+    (a list that is not `x-kubernetes-list-type: map`; None where values pair)."""
     if not isinstance(node, Mapping):
         return
     if isinstance(node.get(CEL), list):
-        yield node, path, times
+        yield node, path, times, within
     props = node.get("properties")
     if isinstance(props, Mapping):
         for key, sub in props.items():
-            yield from _rule_nodes(sub, f"{path}.properties[{key}]", times)
+            yield from _rule_nodes(sub, f"{path}.properties[{key}]", times, within)
     additional = node.get("additionalProperties")
     if isinstance(additional, Mapping):
         yield from _rule_nodes(
-            additional, f"{path}.additionalProperties", times * cardinality_of(node)
+            additional, f"{path}.additionalProperties", times * cardinality_of(node), within
         )
     items = node.get("items")
     if isinstance(items, Mapping):
-        yield from _rule_nodes(items, f"{path}.items", times * cardinality_of(node))
+        paired = node.get("x-kubernetes-list-type") == "map"
+        below = within if within is not None or paired else path
+        yield from _rule_nodes(items, f"{path}.items", times * cardinality_of(node), below)
 
 
 def has_rules(schema: Any) -> bool:
@@ -545,10 +677,16 @@ def _type_text(schema: Mapping[str, Any], value: Any) -> str:
 
 
 def _to_cel(value: Any, schema: Mapping[str, Any] | None, *, root: bool = False) -> Any:
-    """The value as CEL sees it: `number` fields as doubles; at the root, metadata with only
-    name and generateName."""
+    """The value as CEL sees it, as Kubernetes gives it (UnstructuredToVal): `number` fields
+    as doubles; `date` and `date-time` strings as timestamps, `duration` strings as
+    durations, `byte` strings as bytes (a string that does not parse stays a string, and a
+    rule using it as what its format says then fails on it); declared properties under
+    their escaped names; at the root, metadata with only name and generateName."""
     if schema is None:
         return value
+    if isinstance(value, str):
+        fmt = schema.get("format")
+        return _formatted(value, fmt) if fmt in _FORMATTED else value
     if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, dict):
@@ -573,3 +711,80 @@ def _to_cel(value: Any, schema: Mapping[str, Any] | None, *, root: bool = False)
         items = schema.get("items")
         return [_to_cel(v, items if isinstance(items, Mapping) else None) for v in value]
     return value
+
+
+_FORMATTED: Final = frozenset({"date", "date-time", "duration", "byte"})
+_DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+# a duration as Go's time.ParseDuration reads it ("1h30m", "-1.5s"), then, as OpenAPI's
+# strfmt.ParseDuration also does, a number and a unit of days or weeks ("3d", "2 weeks")
+_GO_DURATION: Final = re.compile(r"([+-]?)((?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
+_GO_PART: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_LONG_DURATION: Final = re.compile(
+    r"(\d+)\s*(ns|us|ms|s|m|h|d|w|nanoseconds?|microseconds?|milliseconds?|seconds?|"
+    r"minutes?|hours?|days?|weeks?|sec|secs|min|mins|hr|hrs)"
+)
+_UNIT_NANOS: Final = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+    "d": 86400 * 10**9,
+    "w": 7 * 86400 * 10**9,
+}
+_LONG_UNITS: Final = {
+    "nanosecond": "ns",
+    "microsecond": "us",
+    "millisecond": "ms",
+    "second": "s",
+    "sec": "s",
+    "minute": "m",
+    "min": "m",
+    "hour": "h",
+    "hr": "h",
+    "day": "d",
+    "week": "w",
+}
+
+
+def _formatted(value: str, fmt: str) -> Any:
+    """A formatted string as the CEL value Kubernetes makes of it; the string itself when it
+    does not parse."""
+    try:
+        if fmt == "byte":
+            return base64.b64decode(value, validate=True)
+        if fmt == "duration":
+            nanos = _duration_nanos(value)
+            if nanos is None:
+                return value
+            seconds, rest = divmod(abs(nanos), 10**9)
+            sign = -1 if nanos < 0 else 1
+            return duration_pb2.Duration(seconds=sign * seconds, nanos=sign * rest)
+        if fmt == "date" and not _DATE.fullmatch(value):
+            return value
+        moment = dt.datetime.fromisoformat(value.replace("z", "Z"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromDatetime(moment)
+        return stamp
+    except (ValueError, OverflowError, binascii.Error):
+        return value
+
+
+def _duration_nanos(text: str) -> int | None:
+    m = _GO_DURATION.fullmatch(text)
+    if m is not None:
+        total = sum(
+            round(float(number) * _UNIT_NANOS[unit]) for number, unit in _GO_PART.findall(m[2])
+        )
+        return -total if m[1] == "-" else total
+    m = _LONG_DURATION.fullmatch(text.strip())
+    if m is None:
+        return 0 if text == "0" else None
+    unit = m[2]
+    unit = _LONG_UNITS.get(unit.rstrip("s") if len(unit) > 2 else unit, unit)
+    return int(m[1]) * _UNIT_NANOS[unit]

@@ -34,7 +34,7 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -46,7 +46,7 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
 from . import ratcheting
-from .crd_rules import cost_errors, rules_errors
+from .crd_rules import cost_errors, rules_errors, type_errors
 from .validation import FieldError
 
 __all__ = [
@@ -1041,13 +1041,16 @@ def _message(keyword: str, rule: Any, error: ValidationError, name: str) -> str:
 # ---- checking a CRD's schema ------------------------------------------------------------------
 
 
-def check_crd_schema(schema: Mapping[str, Any], path: str) -> list[FieldError]:
+def check_crd_schema(
+    schema: Mapping[str, Any], path: str, *, preexisting: Set[str] = frozenset()
+) -> list[FieldError]:
     """Why this openAPIV3Schema cannot be served, as apiextensions-apiserver words it (empty if
     it can). `path` is where the schema sits in the CRD, e.g.
     "spec.versions[0].schema.openAPIV3Schema".
 
     Checked, at every level: CEL rules (x-kubernetes-validations: `crd_rules.rules_errors`,
-    each rule compiled), `$ref`,
+    each rule compiled; `crd_rules.type_errors`, type-checked against its node's schema,
+    except the texts in `preexisting`: those the CRD held before an update), `$ref`,
     `type` values, patterns Python's `re` cannot compile, `items` given as an array,
     additionalProperties false or beside properties, x-kubernetes-preserve-unknown-fields
     false, and `default`s that would be pruned or do not validate against their own schema.
@@ -1067,6 +1070,7 @@ def check_crd_schema(schema: Mapping[str, Any], path: str) -> list[FieldError]:
             FieldError(f"{path}.type", _INVALID, "must be object at the root", str(declared))
         )
     _check_node(schema, path, "root", errs)
+    errs.extend(type_errors(schema, path, preexisting=preexisting))
     errs.extend(cost_errors(schema, path))
     return errs
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from haplane.store.operations import GROUP as OPS_GROUP
 
 from . import ratcheting
 from .admission_policies import NOTES
-from .crd_rules import enforce
+from .crd_rules import enforce, expressions_in
 from .crd_schema import apply_defaults, check_crd_schema, prune
 from .crd_schema import validate as validate_against_schema
 from .patch import OBJECT_META_STRATEGIES
@@ -99,6 +99,11 @@ class CRDStrategy(Strategy):
         }
 
     def validate(self, obj: Obj) -> list[FieldError]:
+        return self._validate(obj, preexisting=frozenset())
+
+    def _validate(self, obj: Obj, *, preexisting: Set[str]) -> list[FieldError]:
+        """`preexisting`: the CEL texts the CRD held before an update (not type-checked
+        again: `crd_rules.type_errors`)."""
         errs: list[FieldError] = []
         spec = obj.get("spec")
         if not isinstance(spec, dict):
@@ -211,7 +216,9 @@ class CRDStrategy(Strategy):
                     )
                 )
             else:
-                errs += check_crd_schema(schema, f"{path}.schema.openAPIV3Schema")
+                errs += check_crd_schema(
+                    schema, f"{path}.schema.openAPIV3Schema", preexisting=preexisting
+                )
             scale = (v.get("subresources") or {}).get("scale")
             if scale is not None and not (
                 isinstance(scale, dict)
@@ -239,7 +246,7 @@ class CRDStrategy(Strategy):
         return errs
 
     def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        errs = self.validate(new)
+        errs = self._validate(new, preexisting=expressions_in(old.get("spec")))
         for path in (("group",), ("scope",), ("names", "plural")):
             a, b = _dig(new.get("spec"), path), _dig(old.get("spec"), path)
             if a != b:

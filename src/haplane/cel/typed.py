@@ -36,8 +36,17 @@ object takes, or on values the schema does not describe):
 - `nullable` scalars are the protobuf wrappers (int or null), nullable lists and maps `dyn`;
 - what a message cannot hold (a list of lists or maps, a map of lists or maps) is `list(dyn)`
   or `map(string, dyn)`.
-Field names are the schema's own (admission policies read the JSON as it is; CRD rules'
-escaping, `__namespace__`, is not applied).
+Field names are the schema's own (admission policies read the JSON as it is).
+
+`declare(..., crd=True)` makes the types CRD validation rules see, as apiextensions-apiserver
+declares them (haplane's `api.crd_rules` gives the values the same shape):
+- property names escaped as Kubernetes escapes them (`namespace` is `__namespace__`, `a-b`
+  `a__dash__b`; `library.escape`); a property no escaping can name is left out (no expression
+  can read it there either), rather than making its object `dyn`;
+- format `date` and `date-time` strings are timestamps, `duration` strings durations, `byte`
+  strings bytes (the values are converted to match);
+- `root=True`: the object itself, whose `metadata` holds only `name` and `generateName` and
+  which always has `apiVersion` and `kind` (Kubernetes' WithTypeAndObjectMeta).
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ from google.protobuf import (  # type: ignore[import-untyped]  # no stubs instal
     wrappers_pb2,
 )
 
+from .library import escape
+
 _F = descriptor_pb2.FieldDescriptorProto
 _IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNSELECTABLE: Final = frozenset({"in", "true", "false", "null"})  # `.in` is a syntax error
@@ -68,6 +79,11 @@ _SCALARS: Final = {
     "number": (_F.TYPE_DOUBLE, ".google.protobuf.DoubleValue"),
     "boolean": (_F.TYPE_BOOL, ".google.protobuf.BoolValue"),
     "string": (_F.TYPE_STRING, ".google.protobuf.StringValue"),
+}
+_FORMATS: Final = {  # CRD rules: formatted strings as Kubernetes gives them
+    "date": ".google.protobuf.Timestamp",
+    "date-time": ".google.protobuf.Timestamp",
+    "duration": ".google.protobuf.Duration",
 }
 _VALUE: Final = ".google.protobuf.Value"  # dyn
 _LIST: Final = ".google.protobuf.ListValue"  # list(dyn)
@@ -115,14 +131,21 @@ class Schemas:
             self.pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
         self._count = itertools.count(1)
         self._names: set[str] = set()
-        self._declared: dict[tuple[int, str], tuple[Mapping[str, Any], DeclaredType]] = {}
+        self._declared: dict[tuple[int, str, bool], tuple[Mapping[str, Any], DeclaredType]] = {}
 
-    def declare(self, schema: Any, name: str) -> DeclaredType:
-        """The type of values `schema` describes, its messages named after `name` (a kind:
-        `Deployment`, `Deployment.Spec`, ...); DYN when the schema gives no object type."""
+    def declare(
+        self, schema: Any, name: str, *, crd: bool = False, root: bool = False
+    ) -> DeclaredType:
+        """The type of values `schema` describes (an object, a list, a map, a scalar), its
+        messages named after `name` (a kind: `Deployment`, `Deployment.Spec`, ...); DYN when
+        the schema gives no type.
+        `crd`: as CRD validation rules see the values (escaped names, formats); `root`: the
+        CRD's whole object (see the module's doc)."""
         if not isinstance(schema, Mapping):
             return DYN
-        key = (id(schema), name)
+        if crd and root:
+            schema = {**schema, "properties": _crd_root_properties(schema.get("properties"))}
+        key = (id(schema), name, crd)
         if key in self._declared:
             return self._declared[key][1]
         top = _unique(_identifier(name) or "Object", self._names)
@@ -131,16 +154,18 @@ class Schemas:
             syntax="proto2",
             dependency=[m.DESCRIPTOR.name for m in _WELL_KNOWN],
         )
-        root = _Builder(file).field_for(schema, None, top)
+        made = _Builder(file, crd=crd).field_for(schema, None, top)
         declared = DYN
-        if root.type == _F.TYPE_MESSAGE and root.type_name.lstrip(".") == top:
-            try:
+        try:
+            if file.message_type:
                 self.pool.AddSerializedFile(file.SerializeToString())
-            except (TypeError, ValueError):  # a schema this mapping missed: checked as dyn
-                pass
-            else:
-                self._names.add(top)
-                declared = DeclaredType(cel.Type(top), top)
+        except (TypeError, ValueError):  # a schema this mapping missed: checked as dyn
+            pass
+        else:
+            self._names.update(m.name for m in file.message_type)
+            engine = _engine_type(made)
+            if engine != cel.Type.DYN:
+                declared = DeclaredType(engine, str(engine.name()))
         self._declared[key] = (schema, declared)  # the schema kept: its id stays its own
         return declared
 
@@ -148,8 +173,9 @@ class Schemas:
 class _Builder:
     """One file's messages: the top one and those nested in it."""
 
-    def __init__(self, file: descriptor_pb2.FileDescriptorProto) -> None:
+    def __init__(self, file: descriptor_pb2.FileDescriptorProto, *, crd: bool = False) -> None:
         self.file = file
+        self.crd = crd
 
     def field_for(self, schema: Any, parent: _Scope | None, name: str) -> _Field:
         """The field type for values of `schema`; a message it needs is nested in `parent`
@@ -158,6 +184,12 @@ class _Builder:
             return _Field(_F.TYPE_MESSAGE, _VALUE)
         nullable = schema.get("nullable") is True
         kind = schema.get("type")
+        if self.crd and kind == "string" and schema.get("format") in _FORMATS:
+            return _Field(_F.TYPE_MESSAGE, _FORMATS[schema["format"]])
+        if self.crd and kind == "string" and schema.get("format") == "byte":
+            if nullable:
+                return _Field(_F.TYPE_MESSAGE, ".google.protobuf.BytesValue")
+            return _Field(_F.TYPE_BYTES)
         if kind in _SCALARS:
             scalar, wrapper = _SCALARS[kind]
             return _Field(_F.TYPE_MESSAGE, wrapper) if nullable else _Field(scalar)
@@ -183,7 +215,10 @@ class _Builder:
                 return _Field(_F.TYPE_MESSAGE, _STRUCT)
             return _Field(_F.TYPE_MESSAGE, map_value=value)
         properties = properties if isinstance(properties, Mapping) else {}
-        if any(not _selectable(p) for p in properties):
+        if self.crd:  # as expressions spell them; what none can spell is left out
+            spelt = ((escape(p), sub) for p, sub in properties.items())
+            properties = {p: sub for p, sub in spelt if p is not None}
+        elif any(not _selectable(p) for p in properties):
             return _Field(_F.TYPE_MESSAGE, _VALUE)
         return _Field(_F.TYPE_MESSAGE, self._message(properties, parent, name))
 
@@ -252,6 +287,46 @@ def _with_type_and_meta(properties: Any) -> dict[str, Any]:
         }
     else:
         out["metadata"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return out
+
+
+_ENGINE_SCALARS: Final = {
+    _F.TYPE_INT64: cel.Type.INT,
+    _F.TYPE_DOUBLE: cel.Type.DOUBLE,
+    _F.TYPE_BOOL: cel.Type.BOOL,
+    _F.TYPE_STRING: cel.Type.STRING,
+    _F.TYPE_BYTES: cel.Type.BYTES,
+}
+_ENGINE_MESSAGES: Final = {
+    _VALUE: cel.Type.DYN,
+    _LIST: cel.Type.List(cel.Type.DYN),
+    _STRUCT: cel.Type.Map(cel.Type.STRING, cel.Type.DYN),
+    ".google.protobuf.Timestamp": cel.Type.TIMESTAMP,
+    ".google.protobuf.Duration": cel.Type.DURATION,
+}
+
+
+def _engine_type(field: _Field) -> Any:
+    """The engine's type of the values a field holds."""
+    if field.map_value is not None:
+        return cel.Type.Map(cel.Type.STRING, _engine_type(field.map_value))
+    if field.repeated:
+        return cel.Type.List(_engine_type(_Field(field.type, field.type_name)))
+    if field.type == _F.TYPE_MESSAGE:
+        known = _ENGINE_MESSAGES.get(field.type_name)
+        return known if known is not None else cel.Type(field.type_name.lstrip("."))
+    return _ENGINE_SCALARS[field.type]
+
+
+def _crd_root_properties(properties: Any) -> dict[str, Any]:
+    """A CRD's root properties as its rules see them: `apiVersion` and `kind` strings,
+    `metadata` with `name` and `generateName` alone (Kubernetes' WithTypeAndObjectMeta)."""
+    out = dict(properties) if isinstance(properties, Mapping) else {}
+    out["apiVersion"] = out["kind"] = _STRING
+    out["metadata"] = {
+        "type": "object",
+        "properties": {"name": _STRING, "generateName": _STRING},
+    }
     return out
 
 

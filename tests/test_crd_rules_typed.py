@@ -1,0 +1,265 @@
+"""CRD validation rules type-checked against their schema when the CRD is created or updated
+(haplane.api.crd_rules.type_errors, through check_crd_schema and the CRD strategy), as
+Kubernetes refuses a CRD whose rules do not check; and the values of formatted strings
+(`date-time`, `date`, `duration`, `byte`) given to the rules as the types they check to."""
+
+from __future__ import annotations
+
+import base64
+import copy
+from typing import Any
+
+import pytest
+
+from haplane.api.crd_rules import enforce, type_errors
+from haplane.api.crd_schema import check_crd_schema
+from haplane.api.crds import CRDStrategy
+
+INT = {"type": "integer"}
+STRING = {"type": "string"}
+
+
+def spec_with(rules: list[dict[str, Any]], **props: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "object", "properties": props}
+    spec["x-kubernetes-validations"] = rules
+    return {
+        "type": "object",
+        "properties": {
+            "apiVersion": STRING,
+            "kind": STRING,
+            "metadata": {"type": "object"},
+            "spec": spec,
+        },
+    }
+
+
+def problems(schema: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e.field, e.message) for e in check_crd_schema(schema, "root")]
+
+
+def test_a_misspelt_field_is_refused_naming_the_rule_and_the_position() -> None:
+    s = spec_with([{"rule": "self.replicsa > 1"}], replicas=INT)
+    ((field, message),) = problems(s)
+    assert field == "root.properties[spec].x-kubernetes-validations[0].rule"
+    assert message.startswith("compilation failed: 1:5: undefined field 'replicsa'"), message
+    assert problems(spec_with([{"rule": "self.replicas > 1"}], replicas=INT)) == []
+
+
+def test_wrong_operands_and_results_are_refused() -> None:
+    cases = {
+        "self.replicas == 'three'": "no matching overload for '_==_'",
+        "self.name.startsWith(1)": "no matching overload",
+        "self.replicas": "must evaluate to a bool, not int",
+    }
+    for rule, said in cases.items():
+        ((_, message),) = problems(spec_with([{"rule": rule}], replicas=INT, name=STRING))
+        assert said in message, (rule, message)
+    s = spec_with(
+        [{"rule": "self.replicas > 0", "messageExpression": "self.replicas"}], replicas=INT
+    )
+    ((field, message),) = problems(s)
+    assert field.endswith("[0].messageExpression")
+    assert "must evaluate to a string, not int" in message
+
+
+def test_numbers_compare_across_int_and_double_as_in_kubernetes() -> None:
+    s = spec_with(
+        [{"rule": "self.ratio < 1 && self.count < 2.5 && self.ratio <= self.count"}],
+        ratio={"type": "number"},
+        count=INT,
+    )
+    assert problems(s) == []
+
+
+def test_rules_on_scalars_lists_and_maps_are_typed_too() -> None:
+    tags = {
+        "type": "array",
+        "items": STRING,
+        "x-kubernetes-validations": [{"rule": "self.all(t, t.size() < 10)"}],
+    }
+    labels = {
+        "type": "object",
+        "additionalProperties": INT,
+        "x-kubernetes-validations": [{"rule": "self.all(k, self[k] >= 0)"}],
+    }
+    name = {**STRING, "x-kubernetes-validations": [{"rule": "self.startsWith('a')"}]}
+    assert problems(spec_with([], tags=tags, labels=labels, name=name)) == []
+    tags["x-kubernetes-validations"] = [{"rule": "self.all(t, t > 1)"}]
+    labels["x-kubernetes-validations"] = [{"rule": "self.all(k, self[k].size() > 0)"}]
+    name["x-kubernetes-validations"] = [{"rule": "self > 3"}]
+    fields = [f for f, _ in problems(spec_with([], tags=tags, labels=labels, name=name))]
+    assert fields == [
+        "root.properties[spec].properties[tags].x-kubernetes-validations[0].rule",
+        "root.properties[spec].properties[labels].x-kubernetes-validations[0].rule",
+        "root.properties[spec].properties[name].x-kubernetes-validations[0].rule",
+    ]
+
+
+def test_escaped_property_names_and_the_roots_metadata() -> None:
+    s = spec_with(
+        [{"rule": "self.__namespace__ != '' && self.max__dash__surge > 0"}],
+        namespace=STRING,
+        **{"max-surge": INT, "odd@name": INT},
+    )
+    assert problems(s) == []
+    # no expression can name `odd@name`: it is not a field of the type
+    s["properties"]["spec"]["x-kubernetes-validations"] = [{"rule": "self.namespace != ''"}]
+    assert "Syntax error" in problems(s)[0][1] or "undefined" in problems(s)[0][1]
+    root = copy.deepcopy(spec_with([], replicas=INT))
+    root["x-kubernetes-validations"] = [
+        {"rule": "self.metadata.name.size() < 20 && self.kind == 'Widget'"}
+    ]
+    assert problems(root) == []
+    # at the root, metadata holds only name and generateName (as the values do)
+    root["x-kubernetes-validations"] = [{"rule": "self.metadata.labels.size() < 5"}]
+    ((_, message),) = problems(root)
+    assert "undefined field 'labels'" in message
+
+
+def test_int_or_string_and_unknown_fields_stay_dynamic() -> None:
+    s = spec_with(
+        [{"rule": "self.port == 80 || self.port == 'http'"}, {"rule": "self.extra.anything > 1"}],
+        port={"x-kubernetes-int-or-string": True},
+        extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    )
+    assert problems(s) == []
+
+
+def test_transition_rules_and_optional_old_self_are_typed() -> None:
+    s = spec_with([{"rule": "self.level >= oldSelf.level"}], level=INT)
+    assert problems(s) == []
+    s = spec_with([{"rule": "self.level >= oldSelf.levle"}], level=INT)
+    assert "undefined field 'levle'" in problems(s)[0][1]
+    rule = "!oldSelf.hasValue() || self.level >= oldSelf.value().levle"
+    s = spec_with([{"rule": rule, "optionalOldSelf": True}], level=INT)
+    ((_, message),) = problems(s)
+    # the position is in the rule as written, not in haplane's wrapping of it
+    column = rule.index("oldSelf.value().levle") + len("oldSelf.value()") + 1
+    assert message.startswith(f"compilation failed: 1:{column}: undefined field 'levle'"), message
+
+
+def test_formatted_strings_are_timestamps_durations_and_bytes() -> None:
+    s = spec_with(
+        [
+            {"rule": "self.expires > self.created", "message": "expires before created"},
+            {"rule": "self.grace <= duration('1h')", "message": "grace over an hour"},
+            {"rule": "self.day.getDayOfWeek() != 0", "message": "not on a Sunday"},
+            {"rule": "size(self.blob) <= 4", "message": "blob over 4 bytes"},
+        ],
+        created={"type": "string", "format": "date-time"},
+        expires={"type": "string", "format": "date-time"},
+        grace={"type": "string", "format": "duration"},
+        day={"type": "string", "format": "date"},
+        blob={"type": "string", "format": "byte"},
+    )
+    assert problems(s) == []
+    good = {
+        "created": "2026-01-01T00:00:00Z",
+        "expires": "2026-01-01T00:00:01.5+00:00",
+        "grace": "59m30s",
+        "day": "2026-12-07",  # a Monday
+        "blob": base64.b64encode(b"abcd").decode(),
+    }
+    assert enforce(s, {"spec": good}) == []
+    bad = {
+        "created": "2026-01-02T00:00:00Z",
+        "expires": "2026-01-01T23:00:00-02:00",  # 01:00 on the 2nd, UTC: before created
+        "grace": "2h",
+        "day": "2026-12-06",
+        "blob": base64.b64encode(b"abcde").decode(),
+    }
+    # all but the first: 23:00 at -02:00 is 01:00 UTC on the 2nd, after created
+    assert [e.message for e in enforce(s, {"spec": bad})] == [
+        "grace over an hour",
+        "not on a Sunday",
+        "blob over 4 bytes",
+    ]
+    bad["expires"] = "2026-01-01T21:00:00-02:00"
+    assert "expires before created" in [e.message for e in enforce(s, {"spec": bad})]
+    # a string that does not parse as its format fails the rule that uses it as such
+    (err,) = enforce(s, {"spec": {**good, "grace": "soon"}})
+    assert "could not be evaluated" in err.message
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1h30m", 5400), ("-1.5s", -1.5), ("300ms", 0.3), ("3d", 259200), ("2 weeks", 1209600)],
+)
+def test_durations_read_as_go_and_openapi_read_them(text: str, seconds: float) -> None:
+    s = spec_with(
+        [{"rule": f"self.d == duration('{int(seconds * 1000)}ms')"}],
+        d={"type": "string", "format": "duration"},
+    )
+    assert enforce(s, {"spec": {"d": text}}) == []
+
+
+def test_an_update_keeps_rules_the_crd_already_had_but_checks_new_ones() -> None:
+    """A CRD stored before rules were type-checked stays updatable (and deletable: its
+    finalizer is removed by an update) with the rule it has; a new rule is checked."""
+
+    def crd(rules: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com",
+                "scope": "Namespaced",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {"openAPIV3Schema": spec_with(rules, replicas=INT)},
+                    }
+                ],
+            },
+        }
+
+    strategy = CRDStrategy()
+    old = crd([{"rule": "self.replicsa > 1"}])
+    assert [e.field for e in strategy.validate(old)] == [
+        "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule"
+    ]
+    relabelled = copy.deepcopy(old)
+    relabelled["metadata"]["labels"] = {"team": "a"}
+    assert strategy.validate_update(relabelled, old) == []
+    added = crd([{"rule": "self.replicsa > 1"}, {"rule": "self.replcas > 2"}])
+    (err,) = strategy.validate_update(added, old)
+    assert err.field.endswith("x-kubernetes-validations[1].rule")
+
+
+def test_type_errors_leave_rules_that_do_not_compile_to_rules_errors() -> None:
+    s = spec_with([{"rule": "self.replicas >"}], replicas=INT)
+    assert type_errors(s, "root") == []
+    assert len(problems(s)) == 1
+
+
+def test_transition_rules_where_values_cannot_pair_are_refused() -> None:
+    """Under the items of a list that is not a `map` list, an item has no old self: a rule
+    with oldSelf there would never run, and Kubernetes refuses it."""
+    item = {
+        "type": "object",
+        "properties": {"name": STRING, "size": INT},
+        "x-kubernetes-validations": [{"rule": "self.size >= oldSelf.size"}],
+    }
+    atomic = {"type": "array", "items": copy.deepcopy(item)}
+    keyed = {
+        "type": "array",
+        "items": {**copy.deepcopy(item), "required": ["name"]},
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+    }
+    s = spec_with([], atomic=atomic, keyed=keyed)
+    ((field, message),) = problems(s)
+    assert (
+        field == "root.properties[spec].properties[atomic].items.x-kubernetes-validations[0].rule"
+    )
+    assert message == (
+        "oldSelf cannot be used on the uncorrelatable portion of the schema within "
+        "root.properties[spec].properties[atomic]"
+    )
+    # a rule without oldSelf there is fine
+    atomic["items"]["x-kubernetes-validations"] = [{"rule": "self.size >= 0"}]
+    assert problems(s) == []
