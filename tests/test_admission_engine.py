@@ -246,6 +246,44 @@ def test_authorizer_checks_are_bounded_validated_and_asked_once() -> None:
         assert why in caught.value.message, (bad, caught.value.message)
 
 
+def test_variables_are_worked_out_only_when_read_and_once() -> None:
+    """As Kubernetes' lazy variables: a variable no expression reads is never evaluated (its
+    authorization question is not asked, nor charged to the binding's budget); one read by
+    several expressions, or through another variable, is evaluated once."""
+    asked: list[str] = []
+
+    def authorize(q: Any) -> tuple[bool, str, str]:
+        asked.append(q.resource)
+        return True, "", ""
+
+    def check(resource: str) -> str:
+        return f"authorizer.group('').resource('{resource}').check('get').allowed()"
+
+    variables = [
+        {"name": "unused", "expression": check("secrets")},
+        {"name": "pods", "expression": check("pods")},
+        {"name": "both", "expression": f"variables.pods && {check('services')}"},
+        {"name": "failing", "expression": "object.data.nosuch == 'x'"},
+    ]
+    e = _authz_engine(
+        ["variables.pods", "variables.both", "variables.pods == variables.both"],
+        authorize,
+        variables=variables,
+    )
+    admitted(e, cm())
+    assert asked == ["pods", "services"]
+    # a variable that fails fails only what reads it, and names itself
+    e = _authz_engine(
+        ["variables.pods", "variables.failing"],
+        authorize,
+        variables=variables,
+        failurePolicy="Fail",
+    )
+    with pytest.raises(errors.StatusError) as caught:
+        admitted(e, cm())
+    assert "variable 'failing'" in caught.value.message
+
+
 def test_selectors_on_a_check_compile_and_leave_the_rbac_question_unchanged() -> None:
     """fieldSelector()/labelSelector() (Kubernetes 1.31+): a policy using them compiles and
     runs; RBAC decides without them (as Kubernetes' does), so the question asked is the one

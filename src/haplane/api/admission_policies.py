@@ -15,7 +15,8 @@ For each write (create, update, delete) of any resource, every binding whose pol
 2. params: the policy's `paramKind`, found by the binding's `paramRef` (name, or selector;
    namespace, else the request's for namespaced params); none found: `parameterNotFoundAction`
    Allow skips the binding, Deny denies; several: each is evaluated;
-3. `variables` (in order; one that fails only fails what uses it), `matchConditions` (all true,
+3. `variables` (lazily, as Kubernetes': each the first time an expression reads it, once; one
+   that fails only fails what uses it), `matchConditions` (all true,
    else the policy does not apply), `validations` (false: a violation with `message`,
    `messageExpression` or "failed expression: EXPR", and `reason`'s HTTP code),
    `auditAnnotations` (`POLICY/KEY: value`);
@@ -491,21 +492,35 @@ class PolicyEngine:
                 return
         fail = pair.fail
         failed: dict[str, str] = {}
+        # variables are worked out lazily, as Kubernetes does: each the first time an
+        # expression that reads it runs (an unused one costs nothing, nor spends the binding's
+        # authorizer checks), and once; `binding` is rebound when one is added
+        data: dict[str, Any] | None = None
+        done: set[str] = set()
+        binding: list[Bound] = []
         if params is None and not pair.variables:
-            bound = admission.shared()  # one binding of the variables for such policies
+            binding.append(admission.shared())  # one binding for every such policy
         else:
             data = admission.data(params)
-            for name, check in pair.variables:
+
+        def bound_for(check: _Check) -> Bound:
+            if data is None:
+                return binding[0]
+            missing = [(n, c) for n, c in check.uses if n not in done]
+            for name, variable in missing:
+                done.add(name)
                 try:
-                    value = check(data)
+                    value = variable(data)
                     data["variables"] = {**data["variables"], name: value}
                 except (CompileError, EvalError) as exc:
                     failed[name] = str(exc)  # only what uses it fails
-            bound = _env().bind(data)
+            if missing or not binding:
+                binding[:] = [_env().bind(data)]
+            return binding[0]
 
         def run(check: _Check) -> Any:
             try:
-                return check(bound)
+                return check(bound_for(check))
             except (CompileError, EvalError) as exc:
                 bad = [n for n in failed if f"variables.{n}" in check.text]
                 why = f"variable '{bad[0]}': {failed[bad[0]]}" if bad else str(exc)
