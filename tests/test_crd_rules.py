@@ -231,6 +231,49 @@ def test_rules_times_how_often_they_run_have_a_total_budget() -> None:
     assert cost_errors(s, "root") == []
 
 
+def test_the_estimate_follows_kubernetes_where_real_crds_rely_on_it() -> None:
+    """Each case a real CRD depends on (tests/test_crd_corpus.py), small: comparing two
+    objects costs what comparing scalars does (an object has no size in Kubernetes'
+    estimate); a filter's `accu + [x]` is O(1), not string work; `has()` costs only its
+    operand; and a rule under unbounded lists runs at most as often as a request holds
+    values of its node's smallest size, not the product of the lists' sizes."""
+    from haplane.api.crd_rules import cost_errors
+
+    thing = {"type": "object", "properties": {"name": {"type": "string"}}}
+    pairwise = "self.all(x, self.exists_one(y, x == y))"  # cluster-api's MachineDrainRule
+    s = costly({**thing}, pairwise)
+    s["properties"]["spec"]["properties"]["list"]["maxItems"] = 32
+    assert cost_errors(s, "root") == []
+    # ... but comparing strings of unbounded length still counts their length
+    s = costly({"type": "string"}, pairwise)
+    s["properties"]["spec"]["properties"]["list"]["maxItems"] = 32
+    assert any("exceeds budget" in e.message for e in cost_errors(s, "root"))
+    # a filter over an unbounded list (OpenShift's etcds nodeStatuses)
+    s = costly(thing, "size(self.filter(i, i.?name.orValue('') != '')) <= 1")
+    assert cost_errors(s, "root") == []
+    # presence tests under two unbounded lists (Envoy Gateway's SecurityPolicy)
+    leaf = {
+        "type": "object",
+        "properties": {k: {"type": "string", "maxLength": 8} for k in "abcdef"},
+        "x-kubernetes-validations": [
+            {"rule": " || ".join(f"has(self.{k})" for k in "abcdef")},
+        ],
+    }
+    s = schema(
+        outer={
+            "type": "array",
+            "items": {"type": "object", "properties": {"inner": {"type": "array", "items": leaf}}},
+        }
+    )
+    assert cost_errors(s, "root") == []
+    # the same rule charged per presence test, or at the product of both lists' sizes,
+    # would be over: 12 per run against a budget of 10 M over ~1 M values
+    leaf["x-kubernetes-validations"] = [
+        {"rule": " || ".join(f"self.{k} == ''" for k in "abcdef") + " || self.a == 'b'"}
+    ]
+    assert any("exceeds budget" in e.message for e in cost_errors(s, "root"))
+
+
 def test_estimator_holes_reviewers_found_are_closed() -> None:
     """cel.bind keeps its value's size; indexing gives the element's; an optional's value is
     what it was; an unknown function's result is unbounded; a messageExpression counts."""

@@ -890,6 +890,22 @@ def test_bad_pattern() -> None:
     assert errs[0].value == "(unclosed"
 
 
+def test_patterns_are_go_regexps() -> None:
+    """RE2, whose syntax is Go's regexp, as Kubernetes reads `pattern`: Unicode classes
+    (`\\pZ`, `\\p{Greek}`) compile and apply; lookarounds and backreferences, which Python's
+    `re` would take, are refused as Kubernetes refuses them."""
+    prop = {"type": "string", "pattern": r"^[^\pZ\pC\pS]+$"}  # (a real CRD's, pgadmins)
+    assert check_crd_schema(spec_schema(a=prop), ROOT) == []
+    assert ok("name_1", prop)
+    assert not ok("two words", prop)  # a space is \pZ
+    assert not ok("tab\there", prop)  # a control character is \pC
+    greek = {"type": "string", "pattern": r"^\p{Greek}+$"}
+    assert ok("αβγ", greek) and not ok("abc", greek)
+    for go_refuses in (r"^(?=a)a$", r"(a)\1", r"a(?!b)"):
+        (err,) = check_crd_schema(spec_schema(a={"type": "string", "pattern": go_refuses}), ROOT)
+        assert err.message.startswith("must be a valid regular expression"), go_refuses
+
+
 def test_specified_fields_and_items_need_a_type() -> None:
     schema = spec_schema(
         untyped={"properties": {"a": {"type": "string"}}},

@@ -20,7 +20,8 @@ keys; other list items never). `optionalOldSelf: true` checks it on create too, 
 
 Values are given to CEL as the schema types them: `number` fields as doubles (1 becomes
 1.0), `integer` fields as ints; declared properties under Kubernetes' escaped names (`namespace`
-is `self.__namespace__`, `a-b` is `self.a__dash__b`); at the root, `metadata` shows only
+is `self.__namespace__`, and `self.namespace` as Kubernetes 1.32+ reads it, `a-b` is
+`self.a__dash__b`); at the root, `metadata` shows only
 `name` and `generateName` (as in Kubernetes).
 
 `cost_errors` is the static cost limit (`haplane.cel.cost`), each rule's and
@@ -50,8 +51,8 @@ from typing import Any, Final
 from google.protobuf import duration_pb2, timestamp_pb2  # type: ignore[import-untyped]
 
 from haplane.cel import CompileError, Environment, EvalError, Program, Schemas
-from haplane.cel.cost import RULE_LIMIT, TOTAL_LIMIT, cardinality_of, estimate
-from haplane.cel.library import escape
+from haplane.cel.cost import MAX_REQUEST_BYTES, RULE_LIMIT, TOTAL_LIMIT, estimate, min_size
+from haplane.cel.library import KEYWORD_FIELDS, escape
 
 from . import ratcheting
 from .validation import FieldError
@@ -456,29 +457,45 @@ def _factor(cost: float, limit: int) -> str:
 
 
 def _rule_nodes(
-    node: Any, path: str, times: int, within: str | None = None
+    node: Any, path: str, times: int | None, within: str | None = None
 ) -> Iterator[tuple[Mapping[str, Any], str, int, str | None]]:
     """Each schema node with rules, its path, how many values it can stand for, and the
     path of the list whose items hold it where they cannot be paired with their old selves
-    (a list that is not `x-kubernetes-list-type: map`; None where values pair)."""
+    (a list that is not `x-kubernetes-list-type: map`; None where values pair).
+
+    How many values, as apiextensions-apiserver counts them: the product of the bounds
+    (`maxItems`, `maxProperties`) of the lists and maps above the node; `times` None when one
+    of them is unbounded, and then as many as a request can hold values of the node's
+    smallest serialized size (not the product of the unbounded sizes: a request holds only
+    so many values, however nested)."""
     if not isinstance(node, Mapping):
         return
     if isinstance(node.get(CEL), list):
-        yield node, path, times, within
+        count = times if times is not None else MAX_REQUEST_BYTES // (min_size(node) + 1)
+        yield node, path, count, within
     props = node.get("properties")
     if isinstance(props, Mapping):
         for key, sub in props.items():
             yield from _rule_nodes(sub, f"{path}.properties[{key}]", times, within)
+    bound = _bound(node)
+    below = None if times is None or bound is None else times * bound
     additional = node.get("additionalProperties")
     if isinstance(additional, Mapping):
-        yield from _rule_nodes(
-            additional, f"{path}.additionalProperties", times * cardinality_of(node), within
-        )
+        yield from _rule_nodes(additional, f"{path}.additionalProperties", below, within)
     items = node.get("items")
     if isinstance(items, Mapping):
         paired = node.get("x-kubernetes-list-type") == "map"
-        below = within if within is not None or paired else path
-        yield from _rule_nodes(items, f"{path}.items", times * cardinality_of(node), below)
+        unpaired = within if within is not None or paired else path
+        yield from _rule_nodes(items, f"{path}.items", below, unpaired)
+
+
+def _bound(node: Mapping[str, Any]) -> int | None:
+    """A list's `maxItems`, a map's `maxProperties` (None: unbounded)."""
+    for key in ("maxItems", "maxProperties"):
+        value = node.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return max(0, value)
+    return None
 
 
 def has_rules(schema: Any) -> bool:
@@ -700,10 +717,13 @@ def _to_cel(value: Any, schema: Mapping[str, Any] | None, *, root: bool = False)
                 continue
             declared = props.get(k)
             if isinstance(declared, Mapping):
-                # a declared property, named as expressions spell it (`__namespace__`)
+                # a declared property, named as expressions spell it (`__namespace__`, and
+                # a reserved word as written too, as Kubernetes 1.32+ reads it)
                 spelt = escape(k)
                 if spelt is not None:
                     out[spelt] = _to_cel(v, declared)
+                    if k in KEYWORD_FIELDS:
+                        out[k] = out[spelt]
                 continue
             out[k] = _to_cel(v, additional if isinstance(additional, Mapping) else None)
         return out

@@ -40,6 +40,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Final
 
+import re2
 from jsonschema import Draft4Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
@@ -215,13 +216,32 @@ def _as_mapping(value: Any) -> Mapping[str, Any] | None:
 
 
 @lru_cache(maxsize=1024)
-def _compiles(pattern: str) -> str | None:
-    """None when Python's `re` compiles the pattern, else the reason it does not."""
+def _regex(pattern: str) -> Any:
+    """The pattern compiled by RE2, whose syntax is Go's regexp (what Kubernetes validates
+    `pattern` with: `\\pL` classes work, lookarounds and backreferences do not), in linear
+    time whatever the value; the reason it does not compile, as a string, when it does not."""
     try:
-        re.compile(pattern)
-    except re.error as e:
-        return str(e)
-    return None
+        return re2.compile(pattern)
+    except re2.error as e:
+        return str(e) or "invalid pattern"
+
+
+def _compiles(pattern: str) -> str | None:
+    """None when the pattern compiles (`_regex`), else the reason it does not."""
+    compiled = _regex(pattern)
+    return compiled if isinstance(compiled, str) else None
+
+
+def _pattern_keyword(
+    _validator: Any, pattern: Any, instance: Any, _schema: Any
+) -> Iterator[ValidationError]:
+    """`pattern` with RE2 (jsonschema's own uses Python's `re`): a string that no part of
+    matches fails."""
+    if not isinstance(instance, str) or not isinstance(pattern, str):
+        return
+    compiled = _regex(pattern)
+    if not isinstance(compiled, str) and compiled.search(instance) is None:
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
 # ---- the structure a schema gives a value (for pruning and defaulting) ------------------------
@@ -408,7 +428,7 @@ def _to_draft4(schema: Mapping[str, Any]) -> dict[str, Any]:
     over. Rewritten: `nullable: true` adds "null" to the type; x-kubernetes-int-or-string
     makes the type ["integer", "string"] (as kube-openapi does); x-kubernetes-embedded-resource
     stays, as a keyword the validator below knows. Dropped: descriptions, `default`, the other
-    x-kubernetes-* extensions, unknown types and patterns `re` cannot compile (both are
+    x-kubernetes-* extensions, unknown types and patterns RE2 cannot compile (both are
     reported by check_crd_schema), `$ref` and CEL rules (validate refuses those).
     """
     out: dict[str, Any] = {}  # jsonschema checks in this order: the type first, as kube-openapi
@@ -697,7 +717,7 @@ def _is_uri(value: Any) -> bool:
 # types-jsonschema leaves `extend` unannotated.
 _Validator: type[Validator] = extend(  # type: ignore[no-untyped-call]
     Draft4Validator,
-    validators={_EMBEDDED: _embedded_keyword},
+    validators={_EMBEDDED: _embedded_keyword, "pattern": _pattern_keyword},
     type_checker=Draft4Validator.TYPE_CHECKER.redefine("integer", _is_integer),
 )
 
@@ -1051,7 +1071,7 @@ def check_crd_schema(
     Checked, at every level: CEL rules (x-kubernetes-validations: `crd_rules.rules_errors`,
     each rule compiled; `crd_rules.type_errors`, type-checked against its node's schema,
     except the texts in `preexisting`: those the CRD held before an update), `$ref`,
-    `type` values, patterns Python's `re` cannot compile, `items` given as an array,
+    `type` values, patterns RE2 (Go's regexp syntax) cannot compile, `items` given as an array,
     additionalProperties false or beside properties, x-kubernetes-preserve-unknown-fields
     false, and `default`s that would be pruned or do not validate against their own schema.
     Structural-schema rules: the root is `type: object`; every field (under properties or

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 class Node:
     kind: str  # const | ident | select | call | list | struct | comprehension
     name: str = ""  # ident name, select field, call function
+    # call: the overloads the checker resolved it to (`add_list`, `add_string`...; several
+    # when operands are dyn, none when the tree was not checked)
+    overloads: tuple[str, ...] = ()
     test_only: bool = False  # select: has()
     value: object = None  # const
     target: Node | None = None  # select operand, call receiver
@@ -81,11 +84,31 @@ def parse(serialized: bytes) -> Node:
     expr = _bytes(checked, 4)
     if expr is None:
         raise ValueError("no expression in the serialized form")
-    return _expr(expr)
+    return _expr(expr, _overloads(checked))
 
 
-def _expr(b: bytes) -> Node:
+def _overloads(checked: list[tuple[int, int | bytes]]) -> dict[int, tuple[str, ...]]:
+    """The reference map's overload ids, by expression id (CheckedExpr.reference_map: entries
+    of key 1, the id, and value 2, a Reference whose field 3 holds the overload ids)."""
+    out: dict[int, tuple[str, ...]] = {}
+    for entry in _all(checked, 2):
+        ef = _fields(entry)
+        key = next((v for n, v in ef if n == 1 and isinstance(v, int)), None)
+        ref = _bytes(ef, 2)
+        if key is None or ref is None:
+            continue
+        ids = tuple(v.decode() for v in _all(_fields(ref), 3))
+        if ids:
+            out[key] = ids
+    return out
+
+
+def _expr(b: bytes, overloads: dict[int, tuple[str, ...]]) -> Node:
     f = _fields(b)
+
+    def child(raw: bytes) -> Node:
+        return _expr(raw, overloads)
+
     if (c := _bytes(f, 3)) is not None:
         return Node("const", value=_const(c))
     if (ident := _bytes(f, 4)) is not None:
@@ -97,31 +120,33 @@ def _expr(b: bytes) -> Node:
             "select",
             name=(_bytes(sf, 2) or b"").decode(),
             test_only=any(n == 3 and v == 1 for n, v in sf),
-            target=_expr(operand) if operand is not None else None,
+            target=child(operand) if operand is not None else None,
         )
     if (call := _bytes(f, 6)) is not None:
         cf = _fields(call)
         target = _bytes(cf, 1)
+        expr_id = next((v for n, v in f if n == 2 and isinstance(v, int)), None)
         return Node(
             "call",
             name=(_bytes(cf, 2) or b"").decode(),
-            target=_expr(target) if target is not None else None,
-            args=[_expr(a) for a in _all(cf, 3)],
+            overloads=overloads.get(expr_id, ()) if expr_id is not None else (),
+            target=child(target) if target is not None else None,
+            args=[child(a) for a in _all(cf, 3)],
         )
     if (lst := _bytes(f, 7)) is not None:
-        return Node("list", args=[_expr(e) for e in _all(_fields(lst), 1)])
+        return Node("list", args=[child(e) for e in _all(_fields(lst), 1)])
     if (struct := _bytes(f, 8)) is not None:
         values = []
         for entry in _all(_fields(struct), 2):
             ef = _fields(entry)
-            values += [_expr(v) for v in (_bytes(ef, 3), _bytes(ef, 4)) if v is not None]
+            values += [child(v) for v in (_bytes(ef, 3), _bytes(ef, 4)) if v is not None]
         return Node("struct", args=values)
     if (comp := _bytes(f, 9)) is not None:
         cf = _fields(comp)
 
         def sub(n: int) -> Node | None:
             raw = _bytes(cf, n)
-            return _expr(raw) if raw is not None else None
+            return child(raw) if raw is not None else None
 
         return Node(
             "comprehension",

@@ -137,15 +137,15 @@ def unbounded(schema: Mapping[str, Any] | None) -> int:
     if kind == "string" or schema.get("x-kubernetes-int-or-string") is True:
         return MAX_REQUEST_BYTES - 2
     if kind == "array":
-        return (MAX_REQUEST_BYTES - 2) // (_min_size(schema.get("items")) + 1)
+        return (MAX_REQUEST_BYTES - 2) // (min_size(schema.get("items")) + 1)
     if kind == "object":
         value = schema.get("additionalProperties")
         if isinstance(value, Mapping):
-            return (MAX_REQUEST_BYTES - 2) // (_min_size(value) + 6)
+            return (MAX_REQUEST_BYTES - 2) // (min_size(value) + 6)
     return MAX_REQUEST_BYTES
 
 
-def _min_size(schema: Any) -> int:
+def min_size(schema: Any) -> int:
     """The fewest bytes a value of `schema` serializes to (Kubernetes' minimum sizes: an object
     `{}` and its required fields without defaults, a string `""`, a number one digit)."""
     if not isinstance(schema, Mapping):
@@ -158,7 +158,7 @@ def _min_size(schema: Any) -> int:
         for name in schema.get("required") or ():
             sub = props.get(name)
             if isinstance(sub, Mapping) and "default" not in sub:
-                size += len(str(name)) + _min_size(sub) + 4
+                size += len(str(name)) + min_size(sub) + 4
         return size
     return {"string": 2, "boolean": 4, "integer": 1, "number": 1, "array": 2}.get(str(kind), 1)
 
@@ -190,6 +190,14 @@ def shape_of(schema: Mapping[str, Any] | None) -> Shape:
         value = schema.get(bound)
         if isinstance(value, int) and not isinstance(value, bool):
             return Shape(schema, max(0, value))
+    if (
+        kind == "object"
+        and not isinstance(schema.get("additionalProperties"), Mapping)
+        and schema.get("x-kubernetes-preserve-unknown-fields") is not True
+    ):
+        # an object of declared properties: Kubernetes gives it no size (its DeclType's
+        # MaxElements is 0), so comparing two costs what comparing scalars does
+        return Shape(schema, 0)
     return Shape(schema, unbounded(schema))
 
 
@@ -200,7 +208,7 @@ def _child(shape: Shape, field: str) -> Shape:
     props = schema.get("properties")
     if isinstance(props, Mapping):
         for name, sub in props.items():
-            if isinstance(sub, Mapping) and escape(str(name)) == field:
+            if isinstance(sub, Mapping) and field in (escape(str(name)), str(name)):
                 return shape_of(sub)
     if field == "metadata" and schema.get("type") == "object":
         return Shape(_METADATA, 2)  # what rules see of it at a resource's root: names
@@ -246,7 +254,10 @@ class _Estimator:
             return 1.0, self.lookup(node.name)
         if node.kind == "select":
             inner, shape = self.cost(node.target)
-            return inner + 1.0, (Shape(None, 1) if node.test_only else _child(shape, node.name))
+            if node.test_only:
+                # `has()`: its operand's cost alone (Kubernetes' PresenceTestHasCost(false))
+                return inner, Shape(None, 1)
+            return inner + 1.0, _child(shape, node.name)
         if node.kind in ("list", "struct"):
             total = sum(self.cost(a)[0] for a in node.args)
             return total + 1.0, Shape(None, max(1, len(node.args)))
@@ -302,6 +313,8 @@ class _Estimator:
             return args + _ceil(min(sizes) * STRING_FACTOR), SCALAR
         if name == "_+_" and len(sizes) == 2:
             size = sizes[0] + sizes[1]
+            if _concatenates_lists(node):
+                return args + 1, Shape(None, size)  # O(1), as cel-go counts it
             return args + _ceil(size * STRING_FACTOR), Shape(None, size)
         if name in ("@in", "_in_") and len(sizes) == 2:
             return args + sizes[1], SCALAR
@@ -341,6 +354,14 @@ class _Estimator:
         if name in _URL_PART:
             return args + 1, Shape(None, MAX_REQUEST_BYTES)
         return args + 1, (VALUE if name in _VALUE_RESULT else SCALAR)
+
+
+def _concatenates_lists(node: Node) -> bool:
+    """Whether `_+_` joins lists: the overloads the checker chose say so (all `add_list`), or,
+    unchecked, an operand is a list written out (a filter's or map's step)."""
+    if node.overloads:
+        return all(o == "add_list" for o in node.overloads)
+    return any(a.kind == "list" for a in node.args)
 
 
 def _is_value(node: Node) -> bool:
@@ -384,9 +405,3 @@ def estimate(root: Node, variables: Mapping[str, Mapping[str, Any] | None]) -> f
     shapes = {name: shape_of(schema) for name, schema in variables.items()}
     cost, _ = _Estimator(shapes).cost(root)
     return cost
-
-
-def cardinality_of(schema: Mapping[str, Any]) -> int:
-    """How many values a node inside a list or map can stand for: the bound of the list or map
-    (unbounded: as many as a request holds)."""
-    return shape_of(schema).size

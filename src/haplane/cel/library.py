@@ -473,6 +473,10 @@ _RESERVED = frozenset(
         "while",
     ]
 )
+# ... of which these may also be selected as written (`self.namespace`), as Kubernetes 1.32+
+# allows (apiserver's escaping.go: keywords recognised as field names); the language's own
+# literals and `in` cannot be
+KEYWORD_FIELDS = _RESERVED - {"true", "false", "null", "in"}
 _ESCAPES = (("__", "__underscores__"), (".", "__dot__"), ("-", "__dash__"), ("/", "__slash__"))
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -480,7 +484,8 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def escape(name: str) -> str | None:
     """A schema property's name as CEL expressions spell it (Kubernetes' escaping:
     `namespace` -> `__namespace__`, `a.b` -> `a__dot__b`, `x-y` -> `x__dash__y`); None when
-    no expression can name it (other characters)."""
+    no expression can name it (other characters). A name in KEYWORD_FIELDS may be spelt as
+    written too."""
     if name in _RESERVED:
         return f"__{name}__"
     out = name

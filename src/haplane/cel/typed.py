@@ -41,7 +41,8 @@ Field names are the schema's own (admission policies read the JSON as it is).
 `declare(..., crd=True)` makes the types CRD validation rules see, as apiextensions-apiserver
 declares them (haplane's `api.crd_rules` gives the values the same shape):
 - property names escaped as Kubernetes escapes them (`namespace` is `__namespace__`, `a-b`
-  `a__dash__b`; `library.escape`); a property no escaping can name is left out (no expression
+  `a__dash__b`; `library.escape`), a reserved word also as written (`self.namespace`, as
+  Kubernetes 1.32+ reads it); a property no escaping can name is left out (no expression
   can read it there either), rather than making its object `dyn`;
 - format `date` and `date-time` strings are timestamps, `duration` strings durations, `byte`
   strings bytes (the values are converted to match);
@@ -69,7 +70,7 @@ from google.protobuf import (  # type: ignore[import-untyped]  # no stubs instal
     wrappers_pb2,
 )
 
-from .library import escape
+from .library import KEYWORD_FIELDS, escape
 
 _F = descriptor_pb2.FieldDescriptorProto
 _IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -216,8 +217,14 @@ class _Builder:
             return _Field(_F.TYPE_MESSAGE, map_value=value)
         properties = properties if isinstance(properties, Mapping) else {}
         if self.crd:  # as expressions spell them; what none can spell is left out
-            spelt = ((escape(p), sub) for p, sub in properties.items())
-            properties = {p: sub for p, sub in spelt if p is not None}
+            spelt = {}
+            for p, sub in properties.items():
+                escaped = escape(p)
+                if escaped is not None:
+                    spelt[escaped] = sub
+                if p in KEYWORD_FIELDS:
+                    spelt[p] = sub  # `self.namespace` beside `self.__namespace__`
+            properties = spelt
         elif any(not _selectable(p) for p in properties):
             return _Field(_F.TYPE_MESSAGE, _VALUE)
         return _Field(_F.TYPE_MESSAGE, self._message(properties, parent, name))
