@@ -60,13 +60,13 @@ from typing import Any
 
 from api_server import WRK_CREATE, load_wrk_create  # bench/ is on sys.path
 
+from haplane.api.admission_compiled import _request
 from haplane.api.admission_policies import (
     NOTES,
     VARIABLES,
     Attributes,
     Notes,
     PolicyEngine,
-    _request,
     select_params,
 )
 from haplane.api.policy_types import BINDING, POLICY

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from haplane.api import errors
-from haplane.api.admission_policies import NOTES, Attributes, Notes, PolicyEngine, _resource
+from haplane.api.admission_compiled import _resource
+from haplane.api.admission_policies import NOTES, Attributes, Notes, PolicyEngine
 from haplane.api.resources import BUILTIN
 from haplane.auth.user import UserInfo
 

@@ -1,5 +1,5 @@
-"""The admission engine's one-activation evaluation (`PolicyEngine._decide`: the request's
-bindings as one program; `PolicyEngine._fast`: one binding on the request's one CEL
+"""The admission engine's one-activation evaluation (`admission_fast.decide`: the request's
+bindings as one program; `admission_fast.verdict`: one binding on the request's one CEL
 activation; parameters and variables bound with `cel.bind`) against the
 evaluation Kubernetes describes (`_evaluate`'s own path, a fresh binding per policy with
 parameters or variables): on random policies and objects (expressions that hold, fail, err,
@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from haplane.api import admission_fast as af
 from haplane.api import admission_policies as ap
+from haplane.api.admission_compiled import PER_BINDING
 from haplane.api.admission_policies import Attributes, PolicyEngine, select_params
 from haplane.api.resources import BUILTIN
 from haplane.auth.user import UserInfo
@@ -161,21 +163,21 @@ def outcome(e: PolicyEngine, a: Attributes) -> tuple[Any, ...]:
 
 def test_one_activation_decides_as_the_evaluation_kubernetes_describes(monkeypatch) -> None:
     decided = {"fast": 0, "slow": 0}
-    fast = ap.PolicyEngine._fast
+    fast = af.verdict
 
     def counted(pair: Any, bound: Any, slot: int) -> Any:
         found = fast(pair, bound, slot)
         decided["fast" if found is not None else "slow"] += 1
         return found
 
-    monkeypatch.setattr(ap.PolicyEngine, "_fast", staticmethod(counted))
-    decide = ap.PolicyEngine._decide
+    monkeypatch.setattr(af, "verdict", counted)
+    decide = af.decide
 
-    def counted_together(self: Any, pairs: Any, prepared: Any, admission: Any) -> None:
-        decide(self, pairs, prepared, admission)
+    def counted_together(combined: Any, pairs: Any, prepared: Any, admission: Any) -> None:
+        decide(combined, pairs, prepared, admission)
         decided["together"] += len(admission.decided)
 
-    monkeypatch.setattr(ap.PolicyEngine, "_decide", counted_together)
+    monkeypatch.setattr(af, "decide", counted_together)
     decided["together"] = 0
     rng = random.Random(20261207)
     for case in range(300):
@@ -184,8 +186,8 @@ def test_one_activation_decides_as_the_evaluation_kubernetes_describes(monkeypat
         a = request(rng)
         with_fast = outcome(engine(pairs), a)
         with monkeypatch.context() as m:  # every binding evaluated its own way
-            m.setattr(ap.PolicyEngine, "_fast", staticmethod(lambda *_: None))
-            m.setattr(ap.PolicyEngine, "_decide", lambda *_: None)
+            m.setattr(af, "verdict", lambda *_: None)
+            m.setattr(af, "decide", lambda *_: None)
             as_described = outcome(engine(pairs), a)
         assert with_fast == as_described, (case, json.dumps([p for p, _ in pairs], indent=1))
     # both ways were taken, often (a test of the fallback alone would pass with the fast
@@ -194,7 +196,7 @@ def test_one_activation_decides_as_the_evaluation_kubernetes_describes(monkeypat
     assert decided["together"] > 100, decided  # and by one program for several bindings
 
 
-@pytest.mark.parametrize("n", [ap.PER_BINDING - 1, ap.PER_BINDING + 3])
+@pytest.mark.parametrize("n", [PER_BINDING - 1, PER_BINDING + 3])
 def test_more_parameter_objects_than_slots_are_still_all_evaluated(n: int) -> None:
     """A binding's parameter objects beyond those the one activation holds are evaluated
     their own way."""
@@ -303,7 +305,7 @@ def test_policies_asking_the_authorizer_are_evaluated_their_own_way(monkeypatch)
     """Their checks are counted per binding: a variable read by two expressions would be
     asked twice on the one activation."""
     calls: list[Any] = []
-    monkeypatch.setattr(ap.PolicyEngine, "_fast", staticmethod(lambda *a: calls.append(a)))
+    monkeypatch.setattr(af, "verdict", lambda *a: calls.append(a))
     e = _one_policy(
         {"validations": [{"expression": "authorizer.group('').resource('pods').check('get')"
                           ".allowed() || true"}]},
@@ -336,19 +338,19 @@ def test_optional_results_and_guarded_reads_are_decided_as_described(monkeypatch
     ]  # fmt: skip
     a = request(random.Random(5))  # no spec: the guards are false
     decided: list[int] = []
-    decide = ap.PolicyEngine._decide
+    decide = af.decide
 
-    def counted(self: Any, pairs_: Any, prepared: Any, admission: Any) -> None:
-        decide(self, pairs_, prepared, admission)
+    def counted(combined: Any, pairs_: Any, prepared: Any, admission: Any) -> None:
+        decide(combined, pairs_, prepared, admission)
         decided.append(len(admission.decided))
 
-    monkeypatch.setattr(ap.PolicyEngine, "_decide", counted)
+    monkeypatch.setattr(af, "decide", counted)
     for chosen in (pairs, [pairs[0], pairs[1], pairs[3]]):
         decided.clear()
         with_fast = outcome(engine(chosen), a)
         with monkeypatch.context() as m:
-            m.setattr(ap.PolicyEngine, "_fast", staticmethod(lambda *_: None))
-            m.setattr(ap.PolicyEngine, "_decide", lambda *_: None)
+            m.setattr(af, "verdict", lambda *_: None)
+            m.setattr(af, "decide", lambda *_: None)
             assert outcome(engine(chosen), a) == with_fast
     assert decided and decided[0] == 3  # without the optional one: all together
 
