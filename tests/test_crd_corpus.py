@@ -4,8 +4,9 @@ Kubernetes accepts them: every rule compiles and type-checks against its schema,
 Kubernetes' static cost budget as apiextensions-apiserver estimates it, and every
 `pattern` compiles as Go's regexp reads it. Each was refused by an earlier haplane for one
 of: object equality or list concatenation costed as string work, cardinality multiplied
-through unbounded lists, presence tests charged, `\\p` classes in patterns, or a reserved
-word (`namespace`) selected as written."""
+through unbounded lists, presence tests charged, `\\p` classes in patterns, a reserved word
+(`namespace`) selected as written, or Kubernetes' `format` library (OpenShift's
+MachineOSConfig)."""
 
 from __future__ import annotations
 

@@ -11,50 +11,41 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-NameRule = Literal["dns1123-subdomain", "dns1123-label", "path-segment"]
+from haplane.names import (
+    DNS1123_LABEL_MAX_LENGTH,
+    DNS1123_SUBDOMAIN_MAX_LENGTH,
+    LABEL_VALUE_MAX_LENGTH,
+    QUALIFIED_NAME_MAX_LENGTH,
+    byte_len,
+    dns1123_label_errors,
+    dns1123_subdomain_errors,
+    label_key_errors,
+    label_value_errors,
+    mask_trailing_dash,
+)
 
-DNS1123_LABEL_MAX_LENGTH = 63
-DNS1123_SUBDOMAIN_MAX_LENGTH = 253
-QUALIFIED_NAME_MAX_LENGTH = 63
-LABEL_VALUE_MAX_LENGTH = 63
+NameRule = Literal["dns1123-subdomain", "dns1123-label", "path-segment"]
+__all__ = [  # the name rules live in haplane.names (the CEL format library uses them too)
+    "DNS1123_LABEL_MAX_LENGTH",
+    "DNS1123_SUBDOMAIN_MAX_LENGTH",
+    "LABEL_VALUE_MAX_LENGTH",
+    "QUALIFIED_NAME_MAX_LENGTH",
+    "dns1123_label_errors",
+    "dns1123_subdomain_errors",
+    "label_key_errors",
+    "label_value_errors",
+]
+
 TOTAL_ANNOTATION_SIZE_LIMIT = 256 * 1024  # bytes, keys and values together
 
 # Kubernetes' SimpleNameGenerator (k8s.io/apiserver/pkg/storage/names).
 GENERATED_NAME_RANDOM_LENGTH = 5
 MAX_GENERATED_NAME_PREFIX_LENGTH = DNS1123_LABEL_MAX_LENGTH - GENERATED_NAME_RANDOM_LENGTH  # 58
 GENERATED_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # no vowels: no accidental words
-
-_DNS1123_LABEL_FMT = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS1123_SUBDOMAIN_FMT = _DNS1123_LABEL_FMT + "(\\." + _DNS1123_LABEL_FMT + ")*"
-_QUALIFIED_NAME_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-_LABEL_VALUE_FMT = "(" + _QUALIFIED_NAME_FMT + ")?"
-
-_DNS1123_LABEL_RE = re.compile(_DNS1123_LABEL_FMT)
-_DNS1123_SUBDOMAIN_RE = re.compile(_DNS1123_SUBDOMAIN_FMT)
-_QUALIFIED_NAME_RE = re.compile(_QUALIFIED_NAME_FMT)
-_LABEL_VALUE_RE = re.compile(_LABEL_VALUE_FMT)
-
-_DNS1123_LABEL_MSG = (
-    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
-    "and must start and end with an alphanumeric character"
-)
-_DNS1123_SUBDOMAIN_MSG = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
-    "'.', and must start and end with an alphanumeric character"
-)
-_QUALIFIED_NAME_MSG = (
-    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
-    "alphanumeric character"
-)
-_LABEL_VALUE_MSG = (
-    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or "
-    "'.', and must start and end with an alphanumeric character"
-)
 
 _INVALID = "FieldValueInvalid"
 _REQUIRED = "FieldValueRequired"
@@ -71,51 +62,12 @@ _TYPE_TEXT = {
 }
 
 
-def _byte_len(value: str) -> int:
-    return len(value.encode("utf-8", "surrogatepass"))
-
-
 def _quote(value: str) -> str:
     """A value quoted as Go's %q would (close enough for messages)."""
     return json.dumps(value, ensure_ascii=False)
 
 
-def _regex_error(message: str, fmt: str, *examples: str) -> str:
-    # The same shape (double spaces included) as Kubernetes' validation.RegexError.
-    if not examples:
-        return f"{message} (regex used for validation is '{fmt}')"
-    shown = " or ".join(f"'{e}', " for e in examples)
-    return f"{message} (e.g. {shown}regex used for validation is '{fmt}')"
-
-
-def _max_len_error(length: int) -> str:
-    return f"must be no more than {length} characters"
-
-
 # ---- names ------------------------------------------------------------------------------------
-
-
-def dns1123_label_errors(value: str) -> list[str]:
-    """An RFC 1123 label: at most 63 characters of [a-z0-9-], alphanumeric at both ends."""
-    errs: list[str] = []
-    if _byte_len(value) > DNS1123_LABEL_MAX_LENGTH:
-        errs.append(_max_len_error(DNS1123_LABEL_MAX_LENGTH))
-    if not _DNS1123_LABEL_RE.fullmatch(value):
-        if _DNS1123_SUBDOMAIN_RE.fullmatch(value):
-            errs.append("must not contain dots")
-        else:
-            errs.append(_regex_error(_DNS1123_LABEL_MSG, _DNS1123_LABEL_FMT, "my-name", "123-abc"))
-    return errs
-
-
-def dns1123_subdomain_errors(value: str) -> list[str]:
-    """An RFC 1123 subdomain: at most 253 characters, RFC 1123 labels joined by '.'."""
-    errs: list[str] = []
-    if _byte_len(value) > DNS1123_SUBDOMAIN_MAX_LENGTH:
-        errs.append(_max_len_error(DNS1123_SUBDOMAIN_MAX_LENGTH))
-    if not _DNS1123_SUBDOMAIN_RE.fullmatch(value):
-        errs.append(_regex_error(_DNS1123_SUBDOMAIN_MSG, _DNS1123_SUBDOMAIN_FMT, "example.com"))
-    return errs
 
 
 def path_segment_name_errors(value: str) -> list[str]:
@@ -133,68 +85,18 @@ def _path_segment_prefix_errors(value: str) -> list[str]:
     return [f"may not contain '{c}'" for c in ("/", "%") if c in value]
 
 
-def _mask_trailing_dash(prefix: str) -> str:
-    # A generateName prefix may end in '-': the random suffix follows it.
-    if len(prefix) > 1 and prefix.endswith("-"):
-        return prefix[:-1] + "a"
-    return prefix
-
-
 def _name_errors(value: str, rule: NameRule, *, prefix: bool) -> list[str]:
     """Kubernetes' ValidateNameFunc: `prefix` is true when validating a generateName."""
     if rule == "path-segment":
         return _path_segment_prefix_errors(value) if prefix else path_segment_name_errors(value)
     if prefix:
-        value = _mask_trailing_dash(value)
+        value = mask_trailing_dash(value)
     if rule == "dns1123-label":
         return dns1123_label_errors(value)
     return dns1123_subdomain_errors(value)
 
 
 # ---- labels and annotations -------------------------------------------------------------------
-
-
-def label_key_errors(key: str) -> list[str]:
-    """A qualified name: an optional DNS-1123 subdomain prefix and '/', then a name part of at
-    most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends."""
-    errs: list[str] = []
-    parts = key.split("/")
-    if len(parts) == 1:
-        name = parts[0]
-    elif len(parts) == 2:
-        prefix, name = parts
-        if not prefix:
-            errs.append("prefix part must be non-empty")
-        else:
-            errs.extend("prefix part " + m for m in dns1123_subdomain_errors(prefix))
-    else:
-        return [
-            "a qualified name "
-            + _regex_error(_QUALIFIED_NAME_MSG, _QUALIFIED_NAME_FMT, "MyName", "my.name", "123-abc")
-            + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
-        ]
-    if not name:
-        errs.append("name part must be non-empty")
-    elif _byte_len(name) > QUALIFIED_NAME_MAX_LENGTH:
-        errs.append("name part " + _max_len_error(QUALIFIED_NAME_MAX_LENGTH))
-    if not _QUALIFIED_NAME_RE.fullmatch(name):
-        errs.append(
-            "name part "
-            + _regex_error(_QUALIFIED_NAME_MSG, _QUALIFIED_NAME_FMT, "MyName", "my.name", "123-abc")
-        )
-    return errs
-
-
-def label_value_errors(value: str) -> list[str]:
-    """Empty, or at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends."""
-    errs: list[str] = []
-    if _byte_len(value) > LABEL_VALUE_MAX_LENGTH:
-        errs.append(_max_len_error(LABEL_VALUE_MAX_LENGTH))
-    if not _LABEL_VALUE_RE.fullmatch(value):
-        errs.append(
-            _regex_error(_LABEL_VALUE_MSG, _LABEL_VALUE_FMT, "MyValue", "my_value", "12345")
-        )
-    return errs
 
 
 def _annotation_key_errors(key: str) -> list[str]:
@@ -206,7 +108,7 @@ def _annotation_key_errors(key: str) -> list[str]:
 def _annotations_too_long(annotations: Mapping[Any, Any]) -> int | None:
     """The total size of the string keys and values, if it is over the limit."""
     total = sum(
-        _byte_len(k) + _byte_len(v)
+        byte_len(k) + byte_len(v)
         for k, v in annotations.items()
         if isinstance(k, str) and isinstance(v, str)
     )

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .ast import Node
+from .formats import FORMAT_ERRORS
 from .library import escape
 
 MAX_REQUEST_BYTES = 3 * 1024 * 1024
@@ -301,6 +302,11 @@ class _Estimator:
         if name == "matches" and len(sizes) == 2:
             work = _ceil((sizes[0] + 1) * STRING_FACTOR) * _ceil(sizes[1] * REGEX_FACTOR)
             return args + work, SCALAR
+        if name == FORMAT_ERRORS and len(sizes) == 2:
+            # Kubernetes' format.X().validate(s): the string's length times the format's
+            # regular expression (at most 60 characters, dns1123Subdomain's); a few messages
+            work = _ceil((sizes[1] + 1) * STRING_FACTOR) * _ceil(60 * REGEX_FACTOR)
+            return args + work, Shape(None, 4)
         if name in ("find", "findAll") and len(sizes) >= 2:
             work = _ceil((sizes[0] + 1) * STRING_FACTOR) * _ceil(sizes[1] * REGEX_FACTOR)
             return args + work, Shape(None, sizes[0])

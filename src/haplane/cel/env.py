@@ -16,7 +16,7 @@ from typing import Any
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_optional
 
-from . import authz, budget
+from . import authz, budget, formats
 from .ast import Node, parse
 from .library import CACHED_MATCHES, calls, extensions, functions, rename_matches
 from .typed import DYN, DeclaredType, Schemas
@@ -170,7 +170,7 @@ class Environment:
         self._env = cel.NewEnv(
             descriptor_pool=schemas.pool if schemas is not None else None,
             variables=declared,
-            functions=functions() + (authz.functions() if authorizer else []),
+            functions=functions() + formats.functions() + (authz.functions() if authorizer else []),
             # optional field selection (`self.?spec.?x.orValue(0)`) and `cel.bind`, which
             # Kubernetes enables too
             extensions=[
@@ -188,23 +188,35 @@ class Environment:
     def compile(self, source: str) -> Program:
         if not isinstance(source, str) or not source.strip():
             raise CompileError("an expression is required")
+        # Kubernetes' `format` library, rewritten into what the engine can run (formats.py)
+        rewritten = formats.rewrite(source)
+        text = rewritten.text if rewritten is not None else source
         try:
-            expr = self._env.compile(source)
+            expr = self._env.compile(text)
         except RuntimeError as exc:
-            text = str(exc)
-            problems = [(int(a), int(b), m) for a, b, m in _POSITION.findall(text)]
-            message = "; ".join(f"{a}:{b}: {m}" for a, b, m in problems) or _clean(text)
+            err = str(exc)
+            problems = [(int(a), int(b), m) for a, b, m in _POSITION.findall(err)]
+            if rewritten is not None:  # positions and names as written
+                problems = [
+                    (
+                        *rewritten.position(source, a, b),
+                        m.replace(formats.FORMAT_ERRORS, "validate"),
+                    )
+                    for a, b, m in problems
+                ]
+            message = "; ".join(f"{a}:{b}: {m}" for a, b, m in problems) or _clean(err)
             raise CompileError(message, problems, source) from None
         run = None
-        renamed = rename_matches(source)
+        renamed = rename_matches(text)
         if renamed is not None:
             try:
                 run = self._env.compile(renamed)
             except RuntimeError:
                 run = None  # evaluated as written
-        if CACHED_MATCHES in source and calls(source, CACHED_MATCHES):
-            # the internal function's name written by hand: undeclared, as anywhere else
-            raise CompileError(f"undeclared reference to '{CACHED_MATCHES}'", [], source)
+        for internal in (CACHED_MATCHES, formats.FORMAT_ERRORS):
+            if internal in source and calls(source, internal):
+                # an internal function's name written by hand: undeclared, as anywhere else
+                raise CompileError(f"undeclared reference to '{internal}'", [], source)
         return Program(source, _type_name(expr.return_type()), expr, self._env, run)
 
 

@@ -380,11 +380,17 @@ def _parse_url(raw: str) -> _URL:
 
 def _is_url(s: str) -> bool:
     """Go's url.ParseRequestURI succeeding: an absolute URL or an absolute path."""
+    return request_uri_problem(s) is None
+
+
+def request_uri_problem(s: str) -> str | None:
+    """Why Go's url.ParseRequestURI refuses `s` (its error, after `parse "s": `); None when it
+    accepts it (the `format` library's `uri`)."""
     try:
         _parse(s.encode(), True)
-    except _URLError:
-        return False
-    return True
+    except _URLError as exc:
+        return str(exc)
+    return None
 
 
 def _url(s: str) -> dict[str, str]:

@@ -341,7 +341,16 @@ def _calls(text: str, name: str) -> Iterator[tuple[int, int]]:
 
 def _words(text: str) -> Iterator[tuple[tuple[int, int], str]]:
     """The identifiers of a CEL expression with their spans, skipping string literals
-    (quoted, triple-quoted, raw, bytes), backquoted field names and `//` comments. Written by
+    (quoted, triple-quoted, raw, bytes), backquoted field names and `//` comments."""
+    for start, end, word in scan(text):
+        if word[:1].isalpha() or word[:1] == "_":
+            yield (start, end), word
+
+
+def scan(text: str) -> Iterator[tuple[int, int, str]]:
+    """The tokens of a CEL expression that matter to rewriting it: identifiers and single
+    punctuation characters, with their spans; string literals (quoted, triple-quoted, raw,
+    bytes), backquoted field names, `//` comments and white space are skipped. Written by
     hand: CEL's lexical grammar needs no more than this, and no library exposes a CEL
     tokenizer."""
     i, n = 0, len(text)
@@ -354,7 +363,7 @@ def _words(text: str) -> Iterator[tuple[tuple[int, int], str]]:
                 k += 1
             word = text[i:k]
             if not (k < n and text[k] in "'\"" and word.lower() in ("r", "b", "br", "rb")):
-                yield (i, k), word
+                yield i, k, word
                 i = k
                 continue
             i, raw = k, "r" in word.lower()  # a string literal's prefix
@@ -371,7 +380,10 @@ def _words(text: str) -> Iterator[tuple[tuple[int, int], str]]:
         elif text.startswith("//", i):  # a comment, to the end of its line
             k = text.find("\n", i)
             i = n if k < 0 else k + 1
+        elif c.isspace():
+            i += 1
         else:
+            yield i, i + 1, c
             i += 1
 
 
