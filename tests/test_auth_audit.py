@@ -971,3 +971,61 @@ def test_tokens_are_redacted_by_where_they_were_sent_not_by_kind():
         "responseObject": {"status": {"token": "eyJminted"}},
     }
     assert "eyJminted" not in str(redact_event(minted))
+
+
+def test_events_from_templates_are_the_events_written_in_full() -> None:
+    """`AuditEvent.line` (a template per shape of event, for events without objects) writes
+    exactly the bytes the full path (`event`, then the writer's serialisation) would, on
+    random requests, users, results and annotations; events it does not serve (objects,
+    failures with a Status, a user agent that holds its placeholder) are left to the full
+    path."""
+    import random
+
+    from haplane.api.request import attributes, request_info
+
+    rnd = random.Random(7)
+    policy = default_policy()
+    served = declined = 0
+    for i in range(2000):
+        method, path = rnd.choice(
+            [
+                ("GET", "/api/v1/namespaces/a/configmaps/c"),
+                ("GET", "/apis/apps/v1/deployments"),
+                ("GET", "/api/v1/namespaces/a/secrets/s"),
+                ("GET", "/api"),
+                ("POST", "/api/v1/namespaces/a/configmaps"),
+                ("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles"),
+            ]
+        )
+        user = rnd.choice(
+            [
+                UserInfo("u", "1", ("g", "system:authenticated")),
+                UserInfo("v", extra={"scopes": ["a", "b"]}),
+                UserInfo('w\u00e9"q'),
+            ]
+        )
+        attrs = attributes(request_info(method, path, {}), user)
+        ev = AuditEvent(
+            attrs,
+            policy.decide(attrs),
+            request_uri=path + rnd.choice(["", "?watch=1", "?x=\u2603"]),
+            user=user,
+            source_ips=rnd.choice([(), ("127.0.0.1",), ("10.0.0.1", "::1")]),
+            user_agent=rnd.choice(["", "kubectl/1.32", "@@haplane-audit-id@@"]),
+        )
+        if rnd.random() < 0.7:
+            ev.set_authorization(rnd.random() < 0.8, rnd.choice(["", "RBAC: by x", 'q"uote']))
+        code = rnd.choice([200, 200, 201, 404, 403])
+        failure = {"kind": "Status", "code": code, "message": "no", "status": "Failure"}
+        ev.set_response(code, failure if code >= 300 and rnd.random() < 0.5 else None)
+        for stage in (Stage.REQUEST_RECEIVED, Stage.RESPONSE_COMPLETE):
+            at = datetime(2026, 1, 1, 0, 0, i % 60, i, tzinfo=UTC)
+            full = ev.event(stage, at)
+            line = ev.line(stage, at)
+            if line is None:
+                declined += full is not None
+                continue
+            served += 1
+            assert full is not None
+            assert line == orjson.dumps(full, option=orjson.OPT_APPEND_NEWLINE), (line, full)
+    assert served > 500 and declined > 500, (served, declined)
