@@ -278,3 +278,158 @@ def test_reserved_words_may_be_selected_as_written_too() -> None:
     assert enforce(s, {"spec": {"namespace": "a", "package": "p"}}) == []
     (err,) = enforce(s, {"spec": {"namespace": "a", "package": ""}})
     assert err.field == "spec"
+
+
+def widget_crd(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com", "finalizers": ["x"]},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": schema},
+                }
+            ],
+        },
+    }
+
+
+def test_what_an_update_keeps_is_kept_by_place_not_by_text() -> None:
+    """A rule kept at its node is not checked again; the same text put on another node, where
+    it does not type-check, or under an unpairable list as a transition rule, is."""
+    other = {"type": "object", "properties": {"name": STRING}}
+    old = widget_crd(spec_with([{"rule": "self.replicas > 1"}], replicas=INT, other=other))
+    moved = copy.deepcopy(old)
+    spec = moved["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["properties"]["other"]["x-kubernetes-validations"] = [{"rule": "self.replicas > 1"}]
+    (err,) = CRDStrategy().validate_update(moved, old)
+    assert "properties[other]" in err.field and "undefined field 'replicas'" in err.message
+    item = {
+        "type": "object",
+        "properties": {"size": INT},
+        "x-kubernetes-validations": [{"rule": "self.size >= oldSelf.size"}],
+    }
+    listed = copy.deepcopy(moved)
+    lspec = listed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    lspec["properties"]["other"].pop("x-kubernetes-validations")
+    lspec["properties"]["items"] = {"type": "array", "items": item}
+    (err,) = CRDStrategy().validate_update(listed, old)
+    assert "uncorrelatable" in err.message
+
+
+def test_an_optional_old_self_is_optional_in_the_message_too() -> None:
+    rule = {
+        "rule": "!oldSelf.hasValue() || self.level >= oldSelf.value().level",
+        "optionalOldSelf": True,
+        "messageExpression": "oldSelf.hasValue() ? 'level may not drop below ' + "
+        "string(oldSelf.value().level) : 'bad level'",
+    }
+    s = spec_with([rule], level=INT)
+    assert problems(s) == []
+    (err,) = enforce(s, {"spec": {"level": 1}}, {"spec": {"level": 3}})
+    assert err.message == "level may not drop below 3"
+
+
+def test_old_self_is_the_variable_not_the_word() -> None:
+    """Only a rule that reads the variable `oldSelf` is a transition rule (Kubernetes decides
+    from the checked expression): a string, a field or a comprehension's variable of that
+    name do not make one, so such rules run on creates and under any list."""
+    item = {
+        "type": "object",
+        "properties": {"m": STRING, "oldSelf": STRING},
+        "x-kubernetes-validations": [
+            {"rule": "self.m != 'oldSelf'"},
+            {"rule": "self.oldSelf != 'x'"},
+            {"rule": "[1].all(oldSelf, oldSelf > 0)"},
+        ],
+    }
+    s = spec_with([], items={"type": "array", "items": item})
+    assert problems(s) == []
+    (err,) = enforce(s, {"spec": {"items": [{"m": "oldSelf", "oldSelf": "y"}]}})
+    assert err.field == "spec.items[0]"  # it ran, on a create
+
+
+def test_rules_stored_with_formatted_fields_as_strings_still_run() -> None:
+    """Before haplane gave `date-time`, `duration` and `byte` values their types, a rule
+    could treat them as strings; a CRD stored then keeps that rule (an update does not check
+    it again), and the rule still runs: on the strings, when it fails on the typed values."""
+    s = spec_with(
+        [{"rule": "self.grace.endsWith('s') && self.created.startsWith('2026')"}],
+        grace={"type": "string", "format": "duration"},
+        created={"type": "string", "format": "date-time"},
+    )
+    assert problems(s) != []  # (a new CRD with it is refused, as in Kubernetes)
+    assert enforce(s, {"spec": {"grace": "30s", "created": "2026-01-01T00:00:00Z"}}) == []
+    (err,) = enforce(s, {"spec": {"grace": "30m", "created": "2026-01-01T00:00:00Z"}})
+    assert err.message.startswith("failed rule")
+
+
+def test_a_malformed_schema_is_reported_not_typed() -> None:
+    s = spec_with([{"rule": "self.x == 'a'"}], x={"type": ["string", "null"]})
+    errs = CRDStrategy().validate(widget_crd(s))
+    assert any("must be a string" in e.message for e in errs), errs
+
+
+def test_the_cost_of_typed_trees_formats_and_format_validation() -> None:
+    """As Kubernetes estimates: `a + b` of two typed lists is an append (O(1)); a date-time
+    is at least 21 bytes, so fewer fit in a request; `format.X().validate(s)` costs the
+    string's length times 32."""
+    from haplane.api.crd_rules import cost_errors
+
+    short = {"type": "array", "maxItems": 100, "items": {"type": "string", "maxLength": 10}}
+    item = {
+        "type": "object",
+        "properties": {"a": short, "b": short},
+        "x-kubernetes-validations": [{"rule": "(self.a + self.b).size() <= 150"}],
+    }
+    assert cost_errors(spec_with([], items={"type": "array", "items": item}), "root") == []
+    stamp = {
+        "type": "string",
+        "format": "date-time",
+        "x-kubernetes-validations": [
+            {"rule": " && ".join(["self.getFullYear() != 2000"] * 4)},
+        ],
+    }
+    assert cost_errors(spec_with([], stamps={"type": "array", "items": stamp}), "root") == []
+    names = {
+        "type": "array",
+        "maxItems": 5000,
+        "items": {"type": "string", "maxLength": 253},
+        "x-kubernetes-validations": [
+            {"rule": "self.all(x, !format.dns1123Subdomain().validate(x).hasValue())"}
+        ],
+    }
+    (err, *_) = cost_errors(spec_with([], names=names), "root")
+    assert "exceeds budget" in err.message
+    names["maxItems"] = 2000
+    assert cost_errors(spec_with([], names=names), "root") == []
+
+
+def test_timestamps_keep_nanoseconds_and_durations_read_as_strfmt_does() -> None:
+    s = spec_with(
+        [{"rule": "self.a < self.b"}],
+        a={"type": "string", "format": "date-time"},
+        b={"type": "string", "format": "date-time"},
+    )
+    assert (
+        enforce(
+            s,
+            {"spec": {"a": "2026-01-01T00:00:00.1234567Z", "b": "2026-01-01T00:00:00.123456789Z"}},
+        )
+        == []
+    )
+    d = spec_with(
+        [{"rule": "self.d >= duration('5400s') && self.d <= duration('5400s')"}],
+        d={"type": "string", "format": "duration"},
+    )
+    for same in ("1h30m", "1h 30m", "1 hour 30 minutes", "90m", "1.5h"):
+        assert enforce(d, {"spec": {"d": same}}) == [], same
+    (err,) = enforce(d, {"spec": {"d": "2 hrs"}})  # strfmt does not read it: a string
+    assert "could not be evaluated" in err.message

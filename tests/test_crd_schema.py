@@ -1191,3 +1191,30 @@ def test_map_list_keys_must_be_scalar() -> None:
         f"{ROOT}.properties[spec].properties[ports].items.properties[ref].type: Invalid value: "
         '"object": must be a scalar type if parent array\'s x-kubernetes-list-type is map'
     ]
+
+
+def test_a_stored_pattern_only_pythons_re_reads_is_kept_and_still_applies() -> None:
+    """An earlier haplane accepted patterns with lookarounds; a CRD stored then stays
+    updatable (the pattern is not checked again where it was) and its objects are still
+    checked against it. A new such pattern is refused, the reason in words."""
+    from haplane.api.crd_schema import Preexisting
+
+    schema = spec_schema(name={"type": "string", "pattern": "^(?!admin)[a-z]+$"})
+    (err,) = check_crd_schema(schema, ROOT)
+    assert "invalid perl operator" in err.message and "b'" not in err.message
+    assert check_crd_schema(schema, ROOT, preexisting=Preexisting.of(schema)) == []
+    moved = spec_schema(other={"type": "string", "pattern": "^(?!admin)[a-z]+$"})
+    assert check_crd_schema(moved, ROOT, preexisting=Preexisting.of(schema)) != []
+    prop = {"type": "string", "pattern": "^(?!admin)[a-z]+$"}
+    assert ok("alice", prop)
+    assert not ok("admin", prop)
+
+
+def test_patterns_survive_lone_surrogates_and_large_repeats() -> None:
+    """A lone surrogate (JSON allows one) is read as U+FFFD, as Go reads it; a pattern Go
+    compiles compiles here too (RE2's default memory would refuse a 1000-fold class)."""
+    assert not ok("\ud800", {"type": "string", "pattern": "^[a-z]*$"})
+    assert ok("\ud800", {"type": "string", "pattern": "^.$"})
+    big = {"type": "string", "pattern": r"^\pL{1,1000}$"}
+    assert check_crd_schema(spec_schema(a=big), ROOT) == []
+    assert ok("abc", big)

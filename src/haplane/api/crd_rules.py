@@ -39,18 +39,14 @@ not `x-kubernetes-list-type: map`), which would never run, as Kubernetes refuses
 
 from __future__ import annotations
 
-import base64
-import binascii
-import datetime as dt
 import functools
 import re
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 from typing import Any, Final
 
-from google.protobuf import duration_pb2, timestamp_pb2  # type: ignore[import-untyped]
-
-from haplane.cel import CompileError, Environment, EvalError, Program, Schemas
+from haplane.cel import CompileError, Environment, EvalError, Program, Schemas, formatted
+from haplane.cel.ast import Node
 from haplane.cel.cost import MAX_REQUEST_BYTES, RULE_LIMIT, TOTAL_LIMIT, estimate, min_size
 from haplane.cel.library import KEYWORD_FIELDS, escape
 
@@ -68,7 +64,40 @@ RULE_FIELDS: Final = frozenset(
     {"rule", "message", "messageExpression", "reason", "fieldPath", "optionalOldSelf"}
 )
 MAX_MESSAGE: Final = 5000  # characters of a message kept (Kubernetes bounds it too)
-_OLD_SELF = re.compile(r"\boldSelf\b")
+_OLD_SELF = re.compile(r"\boldSelf\b")  # a first look: `_uses_old_self` decides
+
+
+@functools.lru_cache(maxsize=4096)
+def _uses_old_self(source: str) -> bool:
+    """Whether the expression reads the variable `oldSelf` (not a string or a field of that
+    name, nor a comprehension's own variable so named), as Kubernetes decides it from the
+    checked expression's references; by the text when the expression does not compile."""
+    if not _OLD_SELF.search(source):
+        return False
+    try:
+        tree = _compiled(source).tree()
+    except Exception:  # (CompileError, or a tree that does not decode)
+        return True
+    return _reads(tree, "oldSelf", frozenset())
+
+
+def _reads(node: Node | None, name: str, bound: frozenset[str]) -> bool:
+    if node is None:
+        return False
+    if node.kind == "ident":
+        return node.name == name and name not in bound
+    if node.kind == "comprehension":
+        inner = bound | {node.iter_var, node.accu_var}
+        return (
+            _reads(node.iter_range, name, bound)
+            or _reads(node.accu_init, name, bound)
+            or any(
+                _reads(n, name, inner) for n in (node.loop_condition, node.loop_step, node.result)
+            )
+        )
+    return _reads(node.target, name, bound) or any(_reads(a, name, bound) for a in node.args)
+
+
 _FIELD_PATH = re.compile(r"(?:\.([A-Za-z_$][\w$-]*)|\['((?:[^'\\]|\\.)*)'\]|\[(\d+)\])")
 
 
@@ -116,7 +145,7 @@ class _Rule:
             raw.get("messageExpression") if isinstance(raw.get("messageExpression"), str) else None,
             str(raw.get("reason") or "FieldValueInvalid"),
             raw.get("fieldPath") if isinstance(raw.get("fieldPath"), str) else None,
-            bool(_OLD_SELF.search(rule)),
+            _uses_old_self(rule),
             raw.get("optionalOldSelf") is True,
         )
 
@@ -164,7 +193,7 @@ def _rule_errors(item: Mapping[str, Any], at: str, node: Mapping[str, Any]) -> l
                 FieldError(f"{at}.rule", "FieldValueInvalid", f"compilation failed: {exc}", rule)
             )
         else:
-            if item.get("optionalOldSelf") is True and _OLD_SELF.search(rule):
+            if item.get("optionalOldSelf") is True and _uses_old_self(rule):
                 try:
                     _compiled_optional(rule)
                 except CompileError as exc:  # (oldSelf used as a value, not an optional)
@@ -247,7 +276,7 @@ def _rule_errors(item: Mapping[str, Any], at: str, node: Mapping[str, Any]) -> l
             errs.append(
                 FieldError(f"{at}.optionalOldSelf", "FieldValueInvalid", "true or false", None)
             )
-        elif optional and isinstance(rule, str) and not _OLD_SELF.search(rule):
+        elif optional and isinstance(rule, str) and not _uses_old_self(rule):
             errs.append(
                 FieldError(
                     f"{at}.optionalOldSelf",
@@ -290,39 +319,115 @@ def _field_path_problem(field_path: Any, node: Mapping[str, Any]) -> str | None:
     return None
 
 
-def cost_errors(schema: Mapping[str, Any], path: str) -> list[FieldError]:
+class Programs:
+    """The CRD's expressions compiled against their nodes' types (`haplane.cel.typed`),
+    once for both checks (`type_errors`, `cost_errors`: Kubernetes estimates costs on the
+    typed tree, where `a + b` of two lists is known to be a list append)."""
+
+    def __init__(self) -> None:
+        self._envs: dict[int, tuple[Mapping[str, Any], Environment | None]] = {}
+        self._done: dict[tuple[int, str], Program | CompileError] = {}
+
+    def typed(self, node: Mapping[str, Any], root: bool, text: str) -> Program | CompileError:
+        """`text` compiled with `self` (and `oldSelf`) of the node's type: the program, or
+        why it does not compile (a CompileError, returned)."""
+        key = (id(node), text)
+        if key not in self._done:
+            env = self._env(node, root)
+            try:
+                self._done[key] = (env or _env()).compile(text)
+            except CompileError as exc:
+                self._done[key] = exc
+        return self._done[key]
+
+    def _env(self, node: Mapping[str, Any], root: bool) -> Environment | None:
+        if id(node) not in self._envs:  # (the node is kept: its id stays its own)
+            try:
+                env: Environment | None = _typed_env(node, root=root)
+            except (TypeError, ValueError, AttributeError):  # a malformed schema: untyped
+                env = None
+            self._envs[id(node)] = (node, env)
+        return self._envs[id(node)][1]
+
+
+Expression = tuple[str, str, str]  # (the node's path below the schema's root, field, text)
+_Place = tuple[Mapping[str, Any], str, int, str | None, int, str, str, bool]
+
+
+def _expressions(schema: Mapping[str, Any], path: str) -> Iterator[_Place]:
+    """(node, its path, how often it runs, the unpairable list above it, the rule's index,
+    field, text, whether the rule has optionalOldSelf) for each rule and messageExpression
+    text of the schema."""
+    for node, at, times, within in _rule_nodes(schema, path, 1):
+        for i, item in enumerate(node.get(CEL) or ()):
+            if not isinstance(item, Mapping):
+                continue
+            optional = item.get("optionalOldSelf") is True
+            for field in ("rule", "messageExpression"):
+                source = item.get(field)
+                if isinstance(source, str):
+                    yield node, at, times, within, i, field, source, optional
+
+
+def expressions_at(schema: Any) -> frozenset[Expression]:
+    """Every rule and messageExpression of a version's schema, by place (for `preexisting`:
+    what a CRD held before an update)."""
+    if not isinstance(schema, Mapping):
+        return frozenset()
+    return frozenset((at, f, text) for _, at, _, _, _, f, text, _ in _expressions(schema, ""))
+
+
+def _typed_text(source: str, field: str, rule: str, optional: bool) -> str:
+    """What is compiled for an expression: with optionalOldSelf, `oldSelf` is an optional
+    in the rule and its messageExpression alike (Kubernetes compiles both in one
+    environment)."""
+    if optional and _uses_old_self(rule) and (field == "rule" or _OLD_SELF.search(source)):
+        return _optional_form(source)
+    return source
+
+
+def _rule_of(node: Mapping[str, Any], i: int) -> str:
+    rule = node[CEL][i].get("rule")
+    return rule if isinstance(rule, str) else ""
+
+
+def cost_errors(
+    schema: Mapping[str, Any],
+    path: str,
+    *,
+    preexisting: Set[Expression] = frozenset(),
+    programs: Programs | None = None,
+) -> list[FieldError]:
     """Rules that may cost too much, estimated from the schema's bounds as Kubernetes does:
-    one rule over RULE_LIMIT, or every rule times how often it runs (the bounds of the lists
-    and maps above it) over TOTAL_LIMIT. Only rules that compile are counted (the others
-    are `rules_errors`')."""
+    one rule over RULE_LIMIT (not one the CRD held at that place before an update:
+    `preexisting`, as Kubernetes exempts stored expressions), or every rule times how often
+    it runs over TOTAL_LIMIT. Each is estimated on its typed tree where it type-checks, else
+    on its untyped one; only rules that compile are counted (the others are
+    `rules_errors`')."""
+    programs = programs or Programs()
     errs: list[FieldError] = []
     total = 0.0
     fix = "(try simplifying the rule, or adding maxItems, maxProperties, and maxLength where "
     fix += "arrays, maps, and strings are declared)"
-    for node, at, times, _ in _rule_nodes(schema, path, 1):
-        for i, item in enumerate(node.get(CEL) or ()):
-            if not isinstance(item, Mapping):
-                continue
-            for field, what in (("rule", "rule"), ("messageExpression", "messageExpression")):
-                source = item.get(field)
-                if not isinstance(source, str):
-                    continue
-                try:
-                    tree = _compiled(source).tree()
-                except Exception:
-                    continue  # an unreadable tree: nothing to estimate
-                # each run costs this; it runs once per value its node stands for
-                cost = estimate(tree, {"self": node, "oldSelf": node}) * times
-                if cost > RULE_LIMIT:
-                    errs.append(
-                        FieldError(
-                            f"{at}.{CEL}[{i}].{field}",
-                            "FieldValueForbidden",
-                            f"estimated {what} cost exceeds budget by factor of "
-                            f"{_factor(cost, RULE_LIMIT)} {fix}",
-                        )
-                    )
-                total += cost
+    for node, at, times, _, i, field, source, optional in _expressions(schema, path):
+        text = _typed_text(source, field, _rule_of(node, i), optional)
+        typed = programs.typed(node, at == path, text)
+        try:
+            tree = (typed if isinstance(typed, Program) else _compiled(source)).tree()
+        except Exception:
+            continue  # does not compile, or an unreadable tree: nothing to estimate
+        # each run costs this; it runs once per value its node stands for
+        cost = estimate(tree, {"self": node, "oldSelf": node, _OLD: node}) * times
+        if cost > RULE_LIMIT and (at[len(path) :], field, source) not in preexisting:
+            errs.append(
+                FieldError(
+                    f"{at}.{CEL}[{i}].{field}",
+                    "FieldValueForbidden",
+                    f"estimated {field} cost exceeds budget by factor of "
+                    f"{_factor(cost, RULE_LIMIT)} {fix}",
+                )
+            )
+        total += cost
     if total > TOTAL_LIMIT:
         errs.append(
             FieldError(
@@ -338,92 +443,54 @@ def cost_errors(schema: Mapping[str, Any], path: str) -> list[FieldError]:
 
 
 def type_errors(
-    schema: Mapping[str, Any], path: str, *, preexisting: Set[str] = frozenset()
+    schema: Mapping[str, Any],
+    path: str,
+    *,
+    preexisting: Set[Expression] = frozenset(),
+    programs: Programs | None = None,
 ) -> list[FieldError]:
     """Rules and messageExpressions that do not type-check against the schema, as
     Kubernetes refuses them: `self` (and `oldSelf`) of the type of the rule's node
     (`haplane.cel.typed`, `crd=True`), so a misspelt field, a field of another node, or a
     string compared with an int is refused here rather than failing on every object; and a
     transition rule where values cannot be paired with their old selves (it would never
-    run; Kubernetes' "uncorrelatable portion of the schema"). Only
-    expressions that compile untyped are checked (`rules_errors` reports the others), and
-    not those in `preexisting`: the texts the CRD held before an update (a CRD stored before
-    haplane checked types stays updatable, and deletable, as it is)."""
+    run; Kubernetes' "uncorrelatable portion of the schema"). Only expressions that compile
+    untyped are checked (`rules_errors` reports the others), and not those in
+    `preexisting`: what the CRD held at that place before an update (a CRD stored before
+    haplane checked types stays updatable, and deletable, as it is; the same text put
+    elsewhere is checked)."""
+    programs = programs or Programs()
     errs: list[FieldError] = []
-    for node, at, _, within in _rule_nodes(schema, path, 1):
-        env: Environment | None = None
-        for i, item in enumerate(node.get(CEL) or ()):
-            if not isinstance(item, Mapping):
-                continue
-            optional = item.get("optionalOldSelf") is True
-            for field in ("rule", "messageExpression"):
-                source = item.get(field)
-                if not isinstance(source, str) or source in preexisting:
-                    continue
-                wrapped = optional and field == "rule" and bool(_OLD_SELF.search(source))
-                if field == "rule" and within is not None and _OLD_SELF.search(source):
-                    errs.append(
-                        FieldError(
-                            f"{at}.{CEL}[{i}].rule",
-                            "FieldValueInvalid",
-                            "oldSelf cannot be used on the uncorrelatable portion of the "
-                            f"schema within {within}",
-                            source,
-                        )
-                    )
-                    continue
-                try:
-                    (_compiled_optional if wrapped else _compiled)(source)
-                except CompileError:
-                    continue  # reported by rules_errors
-                if env is None:
-                    env = _typed_env(node, root=at == path)
-                text = _optional_form(source) if wrapped else source
-                try:
-                    returns = env.compile(text).returns
-                except CompileError as exc:
-                    errs.append(
-                        FieldError(
-                            f"{at}.{CEL}[{i}].{field}",
-                            "FieldValueInvalid",
-                            f"compilation failed: {_shifted(exc, text, source)}",
-                            source,
-                        )
-                    )
-                    continue
-                wanted = "bool" if field == "rule" else "string"
-                if returns not in (wanted, "dyn"):
-                    errs.append(
-                        FieldError(
-                            f"{at}.{CEL}[{i}].{field}",
-                            "FieldValueInvalid",
-                            f"must evaluate to a {wanted}, not {returns}",
-                            source,
-                        )
-                    )
+    for node, at, _, within, i, field, source, optional in _expressions(schema, path):
+        if (at[len(path) :], field, source) in preexisting:
+            continue
+        where = f"{at}.{CEL}[{i}].{field}"
+        if field == "rule" and within is not None and _uses_old_self(source):
+            errs.append(
+                FieldError(
+                    where,
+                    "FieldValueInvalid",
+                    "oldSelf cannot be used on the uncorrelatable portion of the "
+                    f"schema within {within}",
+                    source,
+                )
+            )
+            continue
+        text = _typed_text(source, field, _rule_of(node, i), optional)
+        try:
+            _env().compile(text)
+        except CompileError:
+            continue  # reported by rules_errors
+        typed = programs.typed(node, at == path, text)
+        if isinstance(typed, CompileError):
+            message = f"compilation failed: {_shifted(typed, text, source)}"
+            errs.append(FieldError(where, "FieldValueInvalid", message, source))
+            continue
+        wanted = "bool" if field == "rule" else "string"
+        if typed.returns not in (wanted, "dyn"):
+            message = f"must evaluate to a {wanted}, not {typed.returns}"
+            errs.append(FieldError(where, "FieldValueInvalid", message, source))
     return errs
-
-
-def expressions_in(value: Any) -> frozenset[str]:
-    """Every rule and messageExpression text anywhere in `value` (a CRD's spec)."""
-    found: set[str] = set()
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Mapping):
-            rules = item.get(CEL)
-            if isinstance(rules, list):
-                for rule in rules:
-                    if isinstance(rule, Mapping):
-                        found.update(
-                            v
-                            for k in ("rule", "messageExpression")
-                            if isinstance(v := rule.get(k), str)
-                        )
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return frozenset(found)
 
 
 def _typed_env(node: Mapping[str, Any], *, root: bool) -> Environment:
@@ -640,12 +707,15 @@ def _check(
             continue
         data = {"self": this, "oldSelf": before, _OLD: before, _PRESENT: old is not _ABSENT}
         where = _at(path, r.field_path)
+        optional = r.transition and r.optional_old_self
+        program = _compiled_optional if optional else _compiled
         try:
-            optional = r.transition and r.optional_old_self
-            ok = (_compiled_optional if optional else _compiled)(r.rule).eval(data)
+            ok = program(r.rule).eval(data)
         except (CompileError, EvalError) as exc:
-            errs.append(FieldError(where, "FieldValueInvalid", f"{_summary(r)}: {exc}", shown))
-            continue
+            ok = _as_strings(program, r, data, value, old, schema, root)
+            if ok is None:
+                errs.append(FieldError(where, "FieldValueInvalid", f"{_summary(r)}: {exc}", shown))
+                continue
         if ok is True:
             continue
         if ok is not False:
@@ -662,6 +732,30 @@ def _check(
             errs.append(error)
 
 
+def _as_strings(
+    program: Any,
+    r: _Rule,
+    data: dict[str, Any],
+    value: Any,
+    old: Any,
+    schema: Mapping[str, Any],
+    root: bool,
+) -> Any:
+    """A rule that failed on formatted strings given as timestamps, durations and bytes, run
+    on them as strings: the result when that succeeds, else None. A rule written before
+    haplane gave those values their types (and stored with its CRD: an update does not
+    check it again) keeps working; one that fails both ways fails as Kubernetes' would."""
+    plain = _to_cel(value, schema, root=root, formats=False)
+    if plain == data["self"]:
+        return None  # nothing was converted: the failure is the rule's own
+    before = _to_cel(old, schema, root=root, formats=False) if old is not _ABSENT else None
+    again = {**data, "self": plain, "oldSelf": before, _OLD: before}
+    try:
+        return program(r.rule).eval(again)
+    except (CompileError, EvalError):
+        return None
+
+
 def _at(path: str, field_path: str | None) -> str:
     if not field_path:
         return path
@@ -671,8 +765,11 @@ def _at(path: str, field_path: str | None) -> str:
 
 def _message(r: _Rule, data: dict[str, Any]) -> str:
     if r.message_expression:
+        # with optionalOldSelf, oldSelf is an optional in the message too (as in the rule)
+        optional = r.transition and r.optional_old_self
+        optional = optional and bool(_OLD_SELF.search(r.message_expression))
         try:
-            text = _compiled(r.message_expression).eval(data)
+            text = (_compiled_optional if optional else _compiled)(r.message_expression).eval(data)
         except (CompileError, EvalError):
             text = None
         if isinstance(text, str) and text.strip() and "\n" not in text:
@@ -693,17 +790,20 @@ def _type_text(schema: Mapping[str, Any], value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), "value")
 
 
-def _to_cel(value: Any, schema: Mapping[str, Any] | None, *, root: bool = False) -> Any:
+def _to_cel(
+    value: Any, schema: Mapping[str, Any] | None, *, root: bool = False, formats: bool = True
+) -> Any:
     """The value as CEL sees it, as Kubernetes gives it (UnstructuredToVal): `number` fields
     as doubles; `date` and `date-time` strings as timestamps, `duration` strings as
     durations, `byte` strings as bytes (a string that does not parse stays a string, and a
-    rule using it as what its format says then fails on it); declared properties under
-    their escaped names; at the root, metadata with only name and generateName."""
+    rule using it as what its format says then fails on it; `formats` False: all strings);
+    declared properties under their escaped names; at the root, metadata with only name and
+    generateName."""
     if schema is None:
         return value
     if isinstance(value, str):
         fmt = schema.get("format")
-        return _formatted(value, fmt) if fmt in _FORMATTED else value
+        return _formatted(value, fmt) if formats and fmt in formatted.FORMATS else value
     if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, dict):
@@ -721,90 +821,22 @@ def _to_cel(value: Any, schema: Mapping[str, Any] | None, *, root: bool = False)
                 # a reserved word as written too, as Kubernetes 1.32+ reads it)
                 spelt = escape(k)
                 if spelt is not None:
-                    out[spelt] = _to_cel(v, declared)
+                    out[spelt] = _to_cel(v, declared, formats=formats)
                     if k in KEYWORD_FIELDS:
                         out[k] = out[spelt]
                 continue
-            out[k] = _to_cel(v, additional if isinstance(additional, Mapping) else None)
+            sub = additional if isinstance(additional, Mapping) else None
+            out[k] = _to_cel(v, sub, formats=formats)
         return out
     if isinstance(value, list):
         items = schema.get("items")
-        return [_to_cel(v, items if isinstance(items, Mapping) else None) for v in value]
+        sub = items if isinstance(items, Mapping) else None
+        return [_to_cel(v, sub, formats=formats) for v in value]
     return value
 
 
-_FORMATTED: Final = frozenset({"date", "date-time", "duration", "byte"})
-_DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
-# a duration as Go's time.ParseDuration reads it ("1h30m", "-1.5s"), then, as OpenAPI's
-# strfmt.ParseDuration also does, a number and a unit of days or weeks ("3d", "2 weeks")
-_GO_DURATION: Final = re.compile(r"([+-]?)((?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
-_GO_PART: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_LONG_DURATION: Final = re.compile(
-    r"(\d+)\s*(ns|us|ms|s|m|h|d|w|nanoseconds?|microseconds?|milliseconds?|seconds?|"
-    r"minutes?|hours?|days?|weeks?|sec|secs|min|mins|hr|hrs)"
-)
-_UNIT_NANOS: Final = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "μs": 1_000,
-    "ms": 1_000_000,
-    "s": 10**9,
-    "m": 60 * 10**9,
-    "h": 3600 * 10**9,
-    "d": 86400 * 10**9,
-    "w": 7 * 86400 * 10**9,
-}
-_LONG_UNITS: Final = {
-    "nanosecond": "ns",
-    "microsecond": "us",
-    "millisecond": "ms",
-    "second": "s",
-    "sec": "s",
-    "minute": "m",
-    "min": "m",
-    "hour": "h",
-    "hr": "h",
-    "day": "d",
-    "week": "w",
-}
-
-
 def _formatted(value: str, fmt: str) -> Any:
-    """A formatted string as the CEL value Kubernetes makes of it; the string itself when it
-    does not parse."""
-    try:
-        if fmt == "byte":
-            return base64.b64decode(value, validate=True)
-        if fmt == "duration":
-            nanos = _duration_nanos(value)
-            if nanos is None:
-                return value
-            seconds, rest = divmod(abs(nanos), 10**9)
-            sign = -1 if nanos < 0 else 1
-            return duration_pb2.Duration(seconds=sign * seconds, nanos=sign * rest)
-        if fmt == "date" and not _DATE.fullmatch(value):
-            return value
-        moment = dt.datetime.fromisoformat(value.replace("z", "Z"))
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.UTC)
-        stamp = timestamp_pb2.Timestamp()
-        stamp.FromDatetime(moment)
-        return stamp
-    except (ValueError, OverflowError, binascii.Error):
-        return value
-
-
-def _duration_nanos(text: str) -> int | None:
-    m = _GO_DURATION.fullmatch(text)
-    if m is not None:
-        total = sum(
-            round(float(number) * _UNIT_NANOS[unit]) for number, unit in _GO_PART.findall(m[2])
-        )
-        return -total if m[1] == "-" else total
-    m = _LONG_DURATION.fullmatch(text.strip())
-    if m is None:
-        return 0 if text == "0" else None
-    unit = m[2]
-    unit = _LONG_UNITS.get(unit.rstrip("s") if len(unit) > 2 else unit, unit)
-    return int(m[1]) * _UNIT_NANOS[unit]
+    """A formatted string as the CEL value Kubernetes makes of it (`haplane.cel.formatted`);
+    the string itself when it does not parse."""
+    converted = formatted.cel_value(value, fmt)
+    return value if converted is None else converted

@@ -34,7 +34,8 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -46,8 +47,10 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
+from haplane.cel.library import RE2_OPTIONS
+
 from . import ratcheting
-from .crd_rules import cost_errors, rules_errors, type_errors
+from .crd_rules import Programs, cost_errors, expressions_at, rules_errors, type_errors
 from .validation import FieldError
 
 __all__ = [
@@ -221,15 +224,29 @@ def _regex(pattern: str) -> Any:
     `pattern` with: `\\pL` classes work, lookarounds and backreferences do not), in linear
     time whatever the value; the reason it does not compile, as a string, when it does not."""
     try:
-        return re2.compile(pattern)
+        return re2.compile(pattern, options=RE2_OPTIONS)
     except re2.error as e:
-        return str(e) or "invalid pattern"
+        reason = e.args[0] if e.args else ""
+        return (reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)) or (
+            "invalid pattern"
+        )
 
 
 def _compiles(pattern: str) -> str | None:
     """None when the pattern compiles (`_regex`), else the reason it does not."""
     compiled = _regex(pattern)
     return compiled if isinstance(compiled, str) else None
+
+
+@lru_cache(maxsize=256)
+def _legacy(pattern: str) -> re.Pattern[str] | None:
+    """A pattern only Python's `re` reads (a lookahead...): haplane accepted such patterns
+    before it read them as Go does, and a CRD stored then keeps them (an update does not
+    check them again: `Preexisting`); its objects are still checked against them, by `re`."""
+    try:
+        return re.compile(pattern)
+    except re.error:
+        return None
 
 
 def _pattern_keyword(
@@ -240,8 +257,49 @@ def _pattern_keyword(
     if not isinstance(instance, str) or not isinstance(pattern, str):
         return
     compiled = _regex(pattern)
-    if not isinstance(compiled, str) and compiled.search(instance) is None:
+    if isinstance(compiled, str):
+        legacy = _legacy(pattern)
+        if legacy is not None and legacy.search(instance) is None:
+            yield ValidationError(f"{instance!r} does not match {pattern!r}")
+        return
+    try:
+        found = compiled.search(instance)
+    except UnicodeEncodeError:  # a lone surrogate (JSON allows one): as Go reads it, U+FFFD
+        fixed = instance.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        found = compiled.search(fixed)
+    if found is None:
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@dataclass(frozen=True)
+class Preexisting:
+    """What a version of a CRD held before an update, by place in its schema: its CEL
+    expressions (`crd_rules.Expression`: path, field, text) and its patterns (path, text).
+    They are not checked again (types, cost, RE2 syntax), so that a CRD stored by an earlier
+    haplane, which checked less, stays updatable and deletable as it is (Kubernetes, too,
+    keeps stored expressions within reach); the same text put anywhere else is checked."""
+
+    expressions: frozenset[tuple[str, str, str]] = frozenset()
+    patterns: frozenset[tuple[str, str]] = frozenset()
+
+    @classmethod
+    def of(cls, schema: Any) -> Preexisting:
+        if not isinstance(schema, Mapping):
+            return cls()
+        patterns = frozenset(
+            (at, node["pattern"])
+            for at, node in _nodes(schema, "")
+            if isinstance(node.get("pattern"), str)
+        )
+        return cls(expressions_at(schema), patterns)
+
+
+def _nodes(node: Mapping[str, Any], path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Each schema node (junctors' included) with its path, as `_check_node` names them."""
+    yield path, node
+    for sub_path, sub, _ in _subschemas(node, path):
+        if isinstance(sub, Mapping):
+            yield from _nodes(sub, sub_path)
 
 
 # ---- the structure a schema gives a value (for pruning and defaulting) ------------------------
@@ -428,8 +486,8 @@ def _to_draft4(schema: Mapping[str, Any]) -> dict[str, Any]:
     over. Rewritten: `nullable: true` adds "null" to the type; x-kubernetes-int-or-string
     makes the type ["integer", "string"] (as kube-openapi does); x-kubernetes-embedded-resource
     stays, as a keyword the validator below knows. Dropped: descriptions, `default`, the other
-    x-kubernetes-* extensions, unknown types and patterns RE2 cannot compile (both are
-    reported by check_crd_schema), `$ref` and CEL rules (validate refuses those).
+    x-kubernetes-* extensions, unknown types and patterns neither RE2 nor `re` compiles (both
+    are reported by check_crd_schema), `$ref` and CEL rules (validate refuses those).
     """
     out: dict[str, Any] = {}  # jsonschema checks in this order: the type first, as kube-openapi
     declared = schema.get("type")
@@ -444,8 +502,8 @@ def _to_draft4(schema: Mapping[str, Any]) -> dict[str, Any]:
         out["type"] = types[0] if len(types) == 1 else types
     out.update((k, schema[k]) for k in _DRAFT4_KEYWORDS if k in schema)
     pattern = schema.get("pattern")
-    if isinstance(pattern, str) and _compiles(pattern) is None:
-        out["pattern"] = pattern
+    if isinstance(pattern, str) and (_compiles(pattern) is None or _legacy(pattern) is not None):
+        out["pattern"] = pattern  # (a legacy one too: `_pattern_keyword` reads it with `re`)
 
     props = _as_mapping(schema.get("properties"))
     if props is not None:
@@ -1062,25 +1120,27 @@ def _message(keyword: str, rule: Any, error: ValidationError, name: str) -> str:
 
 
 def check_crd_schema(
-    schema: Mapping[str, Any], path: str, *, preexisting: Set[str] = frozenset()
+    schema: Mapping[str, Any], path: str, *, preexisting: Preexisting | None = None
 ) -> list[FieldError]:
     """Why this openAPIV3Schema cannot be served, as apiextensions-apiserver words it (empty if
     it can). `path` is where the schema sits in the CRD, e.g.
     "spec.versions[0].schema.openAPIV3Schema".
 
     Checked, at every level: CEL rules (x-kubernetes-validations: `crd_rules.rules_errors`,
-    each rule compiled; `crd_rules.type_errors`, type-checked against its node's schema,
-    except the texts in `preexisting`: those the CRD held before an update), `$ref`,
+    each rule compiled; `crd_rules.type_errors`, type-checked against its node's schema
+    once the schema itself is sound, as Kubernetes orders it), `$ref`,
     `type` values, patterns RE2 (Go's regexp syntax) cannot compile, `items` given as an array,
     additionalProperties false or beside properties, x-kubernetes-preserve-unknown-fields
     false, and `default`s that would be pruned or do not validate against their own schema.
     Structural-schema rules: the root is `type: object`; every field (under properties or
     additionalProperties) and every array item outside allOf/anyOf/oneOf/not has a type,
     unless it is x-kubernetes-int-or-string or x-kubernetes-preserve-unknown-fields; arrays
-    have `items`; embedded resources are objects.
+    have `items`; embedded resources are objects. `preexisting`: what the version held
+    before an update, not checked again (`Preexisting`).
     """
     if not isinstance(schema, Mapping):
         return [FieldError(path, _INVALID, "must be an object", _value_text(schema))]
+    before = preexisting or Preexisting()
     errs: list[FieldError] = []
     declared = schema.get("type")
     if not declared:
@@ -1090,9 +1150,20 @@ def check_crd_schema(
             FieldError(f"{path}.type", _INVALID, "must be object at the root", str(declared))
         )
     _check_node(schema, path, "root", errs)
-    errs.extend(type_errors(schema, path, preexisting=preexisting))
-    errs.extend(cost_errors(schema, path))
+    if before.patterns:
+        errs = [e for e in errs if not _kept_pattern(e, path, before)]
+    programs = Programs()
+    if not errs:  # rules are typed against a sound schema only
+        errs.extend(type_errors(schema, path, preexisting=before.expressions, programs=programs))
+    errs.extend(cost_errors(schema, path, preexisting=before.expressions, programs=programs))
     return errs
+
+
+def _kept_pattern(err: FieldError, path: str, before: Preexisting) -> bool:
+    """A pattern RE2 cannot read that the version held at that place before the update."""
+    if not err.field.endswith(".pattern") or not err.message.startswith("must be a valid reg"):
+        return False
+    return (err.field[len(path) : -len(".pattern")], err.value) in before.patterns
 
 
 _TYPE_REQUIRED = {

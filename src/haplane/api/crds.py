@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping, Set
+from collections.abc import Mapping
 from typing import Any
 
 from haplane.store.operations import GROUP as OPS_GROUP
 
 from . import ratcheting
 from .admission_policies import NOTES
-from .crd_rules import enforce, expressions_in
-from .crd_schema import apply_defaults, check_crd_schema, prune
+from .crd_rules import enforce
+from .crd_schema import Preexisting, apply_defaults, check_crd_schema, prune
 from .crd_schema import validate as validate_against_schema
 from .patch import OBJECT_META_STRATEGIES
 from .resources import ResourceType, Strategy
@@ -99,11 +99,11 @@ class CRDStrategy(Strategy):
         }
 
     def validate(self, obj: Obj) -> list[FieldError]:
-        return self._validate(obj, preexisting=frozenset())
+        return self._validate(obj, before={})
 
-    def _validate(self, obj: Obj, *, preexisting: Set[str]) -> list[FieldError]:
-        """`preexisting`: the CEL texts the CRD held before an update (not type-checked
-        again: `crd_rules.type_errors`)."""
+    def _validate(self, obj: Obj, *, before: Mapping[str, Preexisting]) -> list[FieldError]:
+        """`before`: what each version (by name) held before an update, not checked again
+        (`crd_schema.Preexisting`)."""
         errs: list[FieldError] = []
         spec = obj.get("spec")
         if not isinstance(spec, dict):
@@ -217,7 +217,7 @@ class CRDStrategy(Strategy):
                 )
             else:
                 errs += check_crd_schema(
-                    schema, f"{path}.schema.openAPIV3Schema", preexisting=preexisting
+                    schema, f"{path}.schema.openAPIV3Schema", preexisting=before.get(str(name))
                 )
             scale = (v.get("subresources") or {}).get("scale")
             if scale is not None and not (
@@ -246,7 +246,13 @@ class CRDStrategy(Strategy):
         return errs
 
     def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        errs = self._validate(new, preexisting=expressions_in(old.get("spec")))
+        versions = (old.get("spec") or {}).get("versions")
+        before = {
+            str(v.get("name")): Preexisting.of((v.get("schema") or {}).get("openAPIV3Schema"))
+            for v in (versions if isinstance(versions, list) else ())
+            if isinstance(v, dict) and isinstance(v.get("schema"), dict)
+        }
+        errs = self._validate(new, before=before)
         for path in (("group",), ("scope",), ("names", "plural")):
             a, b = _dig(new.get("spec"), path), _dig(old.get("spec"), path)
             if a != b:

@@ -161,7 +161,14 @@ def min_size(schema: Any) -> int:
             if isinstance(sub, Mapping) and "default" not in sub:
                 size += len(str(name)) + min_size(sub) + 4
         return size
+    if kind == "string" and schema.get("format") in _FORMAT_MIN_SIZES:
+        return _FORMAT_MIN_SIZES[schema["format"]]
     return {"string": 2, "boolean": 4, "integer": 1, "number": 1, "array": 2}.get(str(kind), 1)
+
+
+# the fewest bytes a formatted string serializes to, as Kubernetes counts them (apiserver's
+# cel/types.go: MinDurationSizeJSON, JSONDateSize, MinDatetimeSizeJSON)
+_FORMAT_MIN_SIZES = {"duration": 4, "date": 12, "date-time": 21}
 
 
 SCALAR = Shape(None, 1)
@@ -303,9 +310,9 @@ class _Estimator:
             work = _ceil((sizes[0] + 1) * STRING_FACTOR) * _ceil(sizes[1] * REGEX_FACTOR)
             return args + work, SCALAR
         if name == FORMAT_ERRORS and len(sizes) == 2:
-            # Kubernetes' format.X().validate(s): the string's length times the format's
-            # regular expression (at most 60 characters, dns1123Subdomain's); a few messages
-            work = _ceil((sizes[1] + 1) * STRING_FACTOR) * _ceil(60 * REGEX_FACTOR)
+            # Kubernetes' format.X().validate(s): the string's length times its bound on a
+            # format's regular expression (MaxNameFormatRegexSize, 128); a few messages
+            work = _ceil(sizes[1] * STRING_FACTOR) * _ceil(128 * REGEX_FACTOR)
             return args + work, Shape(None, 4)
         if name in ("find", "findAll") and len(sizes) >= 2:
             work = _ceil((sizes[0] + 1) * STRING_FACTOR) * _ceil(sizes[1] * REGEX_FACTOR)

@@ -253,4 +253,5 @@ def _type_name(t: Any) -> str:
 
 
 def _clean(text: str) -> str:
-    return _STATUS.sub("", text.strip().splitlines()[0] if text.strip() else text)
+    first = _STATUS.sub("", text.strip().splitlines()[0] if text.strip() else text)
+    return first.replace(formats.FORMAT_ERRORS, "validate")  # (the format library's call)

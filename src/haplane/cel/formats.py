@@ -22,16 +22,14 @@ So each `format.NAME().validate(ARG)` is rewritten, before compiling, to
 
 which types, evaluates and is cost-estimated as Kubernetes' call does; `__formatErrors` is a
 plain function returning the list. Positions in compile errors are mapped back to the text as
-written (`Rewrite.position`). Not supported: `format.named(NAME)` (a format chosen at run
-time), and a Format value kept in a variable (`cel.bind(f, format.uri(), f.validate(x))`):
-both stay compile errors ("undeclared reference to 'format'").
+written (`Rewrite.position`: exactly inside the argument, the call's start elsewhere in it).
+Not supported: `format.named(NAME)` (a format chosen at run time), and a Format value kept in
+a variable (`cel.bind(f, format.uri(), f.validate(x))`): both stay compile errors
+("undeclared reference to 'format'").
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import datetime as dt
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +47,7 @@ from haplane.names import (
     port_name_errors,
 )
 
+from . import formatted
 from .budget import overload
 from .library import scan
 
@@ -57,10 +56,9 @@ _ERRS: Final = "__formatErrs"
 INTERNAL: Final = (FORMAT_ERRORS, _ERRS)
 
 _UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}", re.I)
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_DATETIME = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
-)  # RFC 3339, as strfmt's DateTime reads it
+# strfmt's IsDateTime: a date, "t" (either case), then its DateTimePattern (seconds and a zone
+# required; its fraction's "." matches any character, as there)
+_TIME = re.compile(r"([0-9]{2}):([0-9]{2}):([0-9]{2})(.[0-9]+)?(z|([+-][0-9]{2}:[0-9]{2}))")
 
 
 def _uri(s: str) -> list[str]:
@@ -75,30 +73,19 @@ def _uuid(s: str) -> list[str]:
 
 
 def _byte(s: str) -> list[str]:
-    try:
-        base64.b64decode(s, validate=True)
-    except (binascii.Error, ValueError):
-        return ["invalid base64"]
-    return []
+    return [] if formatted.decode_base64(s) is not None else ["invalid base64"]
 
 
 def _date(s: str) -> list[str]:
-    try:
-        if _DATE.fullmatch(s):
-            dt.date.fromisoformat(s)
-            return []
-    except ValueError:
-        pass
-    return ["invalid date"]
+    return [] if formatted.date_seconds(s) is not None else ["invalid date"]
 
 
 def _datetime(s: str) -> list[str]:
-    try:
-        if _DATETIME.fullmatch(s):
-            dt.datetime.fromisoformat(s.upper().replace("Z", "+00:00").replace(" ", "T"))
+    parts = s.lower().split("t")
+    if len(parts) == 2 and formatted.date_seconds(parts[0]) is not None:
+        m = _TIME.fullmatch(parts[1])
+        if m is not None and int(m[1]) < 24 and int(m[2]) < 60 and int(m[3]) < 60:
             return []
-    except ValueError:
-        pass
     return ["invalid datetime"]
 
 
@@ -151,23 +138,39 @@ def functions() -> list[Any]:
 
 
 @dataclass
+class _Span:
+    """A replaced piece: where it is in the new text and was in the old, and where its
+    argument is in each (rewritten itself when `inner` is not None)."""
+
+    new: tuple[int, int]
+    old: tuple[int, int]
+    arg_new: tuple[int, int]
+    arg_old: int
+    inner: Rewrite | None
+
+
+@dataclass
 class Rewrite:
-    """A text rewritten, and where its pieces came from: (new start, new end, old start, old
-    end) for each replaced span, in order."""
+    """A text rewritten, and where its pieces came from."""
 
     text: str
-    spans: list[tuple[int, int, int, int]] = field(default_factory=list)
+    spans: list[_Span] = field(default_factory=list)
 
     def offset(self, new: int) -> int:
         """The offset in the text as written that `new` (an offset in `text`) stands for: a
-        point inside a replaced span is that span's start."""
+        point in a call's argument is that point as written; elsewhere in a replaced call,
+        the call's start."""
         shift = 0
-        for new_start, new_end, old_start, old_end in self.spans:
-            if new < new_start:
+        for span in self.spans:
+            if new < span.new[0]:
                 break
-            if new < new_end:
-                return old_start
-            shift = old_end - new_end
+            if new < span.new[1]:
+                a, b = span.arg_new
+                if a <= new < b:
+                    inside = new - a
+                    return span.arg_old + (span.inner.offset(inside) if span.inner else inside)
+                return span.old[0]
+            shift = span.old[1] - span.new[1]
         return new + shift
 
     def position(self, source: str, line: int, column: int) -> tuple[int, int]:
@@ -186,7 +189,7 @@ def rewrite(text: str) -> Rewrite | None:
         return None
     tokens = list(scan(text))
     out: list[str] = []
-    spans: list[tuple[int, int, int, int]] = []
+    spans: list[_Span] = []
     at = size = 0
     i = 0
     while i < len(tokens):
@@ -197,14 +200,21 @@ def rewrite(text: str) -> Rewrite | None:
         name, arg_start, arg_end, end, last = call
         inner = rewrite(text[arg_start:arg_end])
         arg = inner.text if inner is not None else text[arg_start:arg_end]
-        replacement = (
-            f"cel.bind({_ERRS}, {FORMAT_ERRORS}({name!r}, {arg}), "
-            f"{_ERRS}.size() == 0 ? optional.none() : optional.of({_ERRS}))"
-        )
+        head = f"cel.bind({_ERRS}, {FORMAT_ERRORS}({name!r}, "
+        replacement = f"{head}{arg}), {_ERRS}.size() == 0 ? optional.none() : optional.of({_ERRS}))"
         start = tokens[i][0]
         out += [text[at:start], replacement]
         size += start - at
-        spans.append((size, size + len(replacement), start, end))
+        arg_at = size + len(head)
+        spans.append(
+            _Span(
+                (size, size + len(replacement)),
+                (start, end),
+                (arg_at, arg_at + len(arg)),
+                arg_start,
+                inner,
+            )
+        )
         size += len(replacement)
         at = end
         i = last + 1

@@ -270,12 +270,20 @@ def _as_string(value: Any) -> str:
 # ---- regex ------------------------------------------------------------------------------------
 
 
+# RE2's options for every pattern haplane compiles: no log line per refused pattern (a
+# pattern from a request must not write to the replica's stderr), and Go's regexp's room for
+# a compiled pattern (RE2's default 8 MiB refuses `^\pL{1,1000}$`, which Go compiles)
+RE2_OPTIONS = re2.Options()
+RE2_OPTIONS.log_errors = False
+RE2_OPTIONS.max_mem = 64 << 20
+
+
 @functools.lru_cache(maxsize=512)
 def _regex(pattern: str) -> Any:
     """RE2, as CEL specifies (linear time: no pattern from an object can make a replica
     backtrack for ever; Python's `re` would)."""
     try:
-        return re2.compile(pattern)
+        return re2.compile(pattern, options=RE2_OPTIONS)
     except re2.error as exc:
         raise CelFunctionError(f"invalid regular expression {pattern!r}: {exc}") from None
 

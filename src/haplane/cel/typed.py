@@ -155,13 +155,13 @@ class Schemas:
             syntax="proto2",
             dependency=[m.DESCRIPTOR.name for m in _WELL_KNOWN],
         )
-        made = _Builder(file, crd=crd).field_for(schema, None, top)
         declared = DYN
         try:
+            made = _Builder(file, crd=crd).field_for(schema, None, top)
             if file.message_type:
                 self.pool.AddSerializedFile(file.SerializeToString())
-        except (TypeError, ValueError):  # a schema this mapping missed: checked as dyn
-            pass
+        except (TypeError, ValueError, AttributeError):  # a schema this mapping missed (or
+            pass  # a malformed one, whose own errors are reported elsewhere): checked as dyn
         else:
             self._names.update(m.name for m in file.message_type)
             engine = _engine_type(made)
@@ -255,7 +255,11 @@ class _Builder:
             field, value = _Field(_F.TYPE_MESSAGE, _STRUCT), None  # (a property took its name)
         if value is None:
             label = _F.LABEL_REPEATED if field.repeated else _F.LABEL_OPTIONAL
-            added = message.field.add(name=name, number=number, label=label, type=field.type)
+            # the JSON name set to the field's own: protobuf's default (camelCase) makes
+            # properties `foo_bar` and `fooBar` clash, and the whole type would be dyn
+            added = message.field.add(
+                name=name, number=number, label=label, type=field.type, json_name=name
+            )
             if field.type_name:
                 added.type_name = field.type_name
             return
@@ -272,6 +276,7 @@ class _Builder:
             label=_F.LABEL_REPEATED,
             type=_F.TYPE_MESSAGE,
             type_name=f".{scope.full_name}.{entry_name}",
+            json_name=name,
         )
 
 
