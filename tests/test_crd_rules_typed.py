@@ -198,24 +198,7 @@ def test_an_update_keeps_rules_the_crd_already_had_but_checks_new_ones() -> None
     finalizer is removed by an update) with the rule it has; a new rule is checked."""
 
     def crd(rules: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": "widgets.example.com"},
-            "spec": {
-                "group": "example.com",
-                "scope": "Namespaced",
-                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-                "versions": [
-                    {
-                        "name": "v1",
-                        "served": True,
-                        "storage": True,
-                        "schema": {"openAPIV3Schema": spec_with(rules, replicas=INT)},
-                    }
-                ],
-            },
-        }
+        return widget_crd(spec_with(rules, replicas=INT))
 
     strategy = CRDStrategy()
     old = crd([{"rule": "self.replicsa > 1"}])
