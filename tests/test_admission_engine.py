@@ -350,3 +350,34 @@ def test_an_authorizer_check_without_an_authorizer_is_an_error_decision() -> Non
     with pytest.raises(errors.StatusError) as caught:
         admitted(engine([forged], [vapb("f", ["Deny"])]), cm())
     assert "expected a PathCheck or a ResourceCheck" in caught.value.message, caught.value.message
+
+
+def test_variables_read_through_macros_and_only_earlier_ones() -> None:
+    """A macro or method on `variables` (`variables.exists(...)`, `variables.size()`) reads
+    them all; a variable sees only those declared before it (Kubernetes refuses a forward
+    reference), whatever order the expressions run in; a failure is blamed on a variable
+    the expression reads, not on one whose name is a prefix."""
+
+    def engine_with(validations: list[str], variables: list[dict[str, str]]) -> PolicyEngine:
+        return _authz_engine(
+            [*validations, "authorizer.group('').resource('pods').check('get').allowed()"],
+            lambda _q: (True, "", ""),
+            variables=variables,
+            failurePolicy="Fail",
+        )
+
+    two = [{"name": "x", "expression": "1"}, {"name": "y", "expression": "2"}]
+    for reads_all in ("variables.exists(k, k == 'x')", "variables.size() == 2"):
+        admitted(engine_with([reads_all], two), cm())
+    forward = [{"name": "a", "expression": "variables.b + 1"}, {"name": "b", "expression": "1"}]
+    for order in (["variables.a == 2"], ["variables.b == 1", "variables.a == 2"]):
+        with pytest.raises(errors.StatusError) as caught:
+            admitted(engine_with(order, forward), cm())
+        assert "variable 'a'" in caught.value.message, order
+    prefix = [
+        {"name": "a", "expression": "object.data.nosuch"},
+        {"name": "ab", "expression": "1"},
+    ]
+    with pytest.raises(errors.StatusError) as caught:
+        admitted(engine_with(["variables.ab == 1 && object.data.zzz == '1'"], prefix), cm())
+    assert "variable 'a'" not in caught.value.message

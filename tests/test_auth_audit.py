@@ -973,59 +973,87 @@ def test_tokens_are_redacted_by_where_they_were_sent_not_by_kind():
     assert "eyJminted" not in str(redact_event(minted))
 
 
-def test_events_from_templates_are_the_events_written_in_full() -> None:
-    """`AuditEvent.line` (a template per shape of event, for events without objects) writes
-    exactly the bytes the full path (`event`, then the writer's serialisation) would, on
-    random requests, users, results and annotations; events it does not serve (objects,
-    failures with a Status, a user agent that holds its placeholder) are left to the full
-    path."""
+def test_lines_written_directly_are_the_events_written_in_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`AuditEvent.line` (Metadata-level events serialised straight to their line) writes,
+    through `AuditLog.record`, exactly the bytes the full path (`event`, then the writer's
+    redaction and serialisation) writes: random requests whose every field varies on its
+    own (the same user name with another uid, groups or extra; the same URI with another
+    verb; bodies that fill the objectRef; every stage; failures; long and undecodable user
+    agents)."""
     import random
 
     from haplane.api.request import attributes, request_info
 
     rnd = random.Random(7)
-    policy = default_policy()
-    served = declined = 0
-    for i in range(2000):
-        method, path = rnd.choice(
+    everything = Policy.from_text(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: Metadata\n"
+    )
+    default = default_policy()
+    direct = AuditLog(tmp_path / "direct.log", max_bytes=0)
+    full = AuditLog(tmp_path / "full.log", max_bytes=0)
+    served = 0
+    real_line = AuditEvent.line
+
+    def counting(ev: AuditEvent, stage: Stage, at: datetime | None = None) -> bytes | None:
+        nonlocal served
+        out = real_line(ev, stage, at)
+        served += out is not None
+        return out
+
+    for i in range(800):
+        method = rnd.choice(["GET", "GET", "DELETE", "POST", "PUT"])
+        path = rnd.choice(
             [
-                ("GET", "/api/v1/namespaces/a/configmaps/c"),
-                ("GET", "/apis/apps/v1/deployments"),
-                ("GET", "/api/v1/namespaces/a/secrets/s"),
-                ("GET", "/api"),
-                ("POST", "/api/v1/namespaces/a/configmaps"),
-                ("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles"),
+                "/api/v1/namespaces/a/configmaps/c",
+                "/api/v1/namespaces/a/configmaps",
+                "/apis/apps/v1/deployments",
+                "/api/v1/namespaces/a/secrets/s",
+                "/api",
             ]
         )
-        user = rnd.choice(
-            [
-                UserInfo("u", "1", ("g", "system:authenticated")),
-                UserInfo("v", extra={"scopes": ["a", "b"]}),
-                UserInfo('w\u00e9"q'),
-            ]
+        user = UserInfo(
+            rnd.choice(["u", 'w\u00e9"q']),
+            rnd.choice(["", "1", "2"]),
+            tuple(rnd.sample(["g", "h", "system:authenticated"], rnd.randint(0, 3))),
+            rnd.choice([{}, {"scopes": ["a", "b"]}, {"scopes": ["b"]}]),
         )
         attrs = attributes(request_info(method, path, {}), user)
-        ev = AuditEvent(
-            attrs,
-            policy.decide(attrs),
-            request_uri=path + rnd.choice(["", "?watch=1", "?x=\u2603"]),
-            user=user,
-            source_ips=rnd.choice([(), ("127.0.0.1",), ("10.0.0.1", "::1")]),
-            user_agent=rnd.choice(["", "kubectl/1.32", "@@haplane-audit-id@@"]),
-        )
+        policy = everything if rnd.random() < 0.5 else default
+        agent = rnd.choice(["", "kubectl/1.32", "x" * 1100, "bad \udc80 agent"])
+        query = rnd.choice(["", "?watch=1", "?x=\u2603"])
+        ips = rnd.choice([(), ("127.0.0.1",), ("10.0.0.1", "::1")])
+        at = datetime(2026, 1, 1, 0, 0, i % 60, i, tzinfo=UTC)
+        fixed = {"audit_id": f"id-{i}", "received": at}
+        args = {"request_uri": path + query, "user": user, "source_ips": ips, "user_agent": agent}
+        events = [
+            AuditEvent(attrs, policy.decide(attrs), **args, **fixed),  # type: ignore[arg-type]
+            AuditEvent(attrs, policy.decide(attrs), **args, **fixed),  # type: ignore[arg-type]
+        ]
+        if rnd.random() < 0.3:
+            body = {"metadata": {"name": "n", "uid": "u-9", "resourceVersion": "7"}}
+            for ev in events:
+                ev.set_request_object(body)
         if rnd.random() < 0.7:
-            ev.set_authorization(rnd.random() < 0.8, rnd.choice(["", "RBAC: by x", 'q"uote']))
-        code = rnd.choice([200, 200, 201, 404, 403])
+            allowed, reason = rnd.random() < 0.8, rnd.choice(["", "RBAC: by x", 'q"uote'])
+            for ev in events:
+                ev.set_authorization(allowed, reason)
+        code = rnd.choice([200, 200, 201, 301, 404, 403])
         failure = {"kind": "Status", "code": code, "message": "no", "status": "Failure"}
-        ev.set_response(code, failure if code >= 300 and rnd.random() < 0.5 else None)
-        for stage in (Stage.REQUEST_RECEIVED, Stage.RESPONSE_COMPLETE):
-            at = datetime(2026, 1, 1, 0, 0, i % 60, i, tzinfo=UTC)
-            full = ev.event(stage, at)
-            line = ev.line(stage, at)
-            if line is None:
-                declined += full is not None
-                continue
-            served += 1
-            assert full is not None
-            assert line == orjson.dumps(full, option=orjson.OPT_APPEND_NEWLINE), (line, full)
-    assert served > 500 and declined > 500, (served, declined)
+        body = failure if code >= 300 and rnd.random() < 0.5 else None
+        for ev in events:
+            ev.set_response(code, body)
+        for stage in (Stage.REQUEST_RECEIVED, Stage.RESPONSE_STARTED, Stage.RESPONSE_COMPLETE):
+            when = at if rnd.random() < 0.5 else datetime(2026, 1, 2, tzinfo=UTC)
+            monkeypatch.setattr(AuditEvent, "line", counting)
+            direct.record(events[0], stage, when)
+            monkeypatch.setattr(AuditEvent, "line", lambda *_: None)
+            full.record(events[1], stage, when)
+    monkeypatch.undo()
+    written = (tmp_path / "direct.log").read_bytes().splitlines()
+    expected = (tmp_path / "full.log").read_bytes().splitlines()
+    assert len(written) == len(expected) > 1000
+    for a, b in zip(written, expected, strict=True):
+        assert a == b
+    assert served > 500, served

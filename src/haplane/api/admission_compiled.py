@@ -149,27 +149,29 @@ class _Check:
 
 
 def _uses(text: str, variables: Sequence[tuple[str, _Check]]) -> list[tuple[str, _Check]]:
-    """The policy's variables that `text` reads, with those they read, in declaration order:
-    all of them when it reads `variables` other than by a field name."""
+    """The policy's variables that `text` reads, with those they read (each variable's own
+    `uses`, made when only the variables declared before it existed: a variable never reads
+    a later one), in declaration order. All of them when `text` reads `variables` other than
+    as `variables.NAME` of a declared name: indexed, passed whole, a macro or a method on it
+    (`variables.exists(...)`, `variables.size()`)."""
     if not variables or "variables" not in text:
         return []
+    names = {n for n, _ in variables}
     wanted: set[str] = set()
-    todo = [text]
-    while todo:
-        t = todo.pop()
-        if _ANY_VARIABLE.search(t):
+    for m in _VARIABLES.finditer(text):
+        field = _FIELD.match(text, m.end())
+        if field is None or field.group(2) or field.group(1) not in names:
             return list(variables)
-        for name, check in variables:
-            if name not in wanted and re.search(
-                rf"\bvariables\s*\.\s*\??\s*{re.escape(name)}\b", t
-            ):
-                wanted.add(name)
-                todo.append(check.text)
+        wanted.add(field.group(1))
+    for name, check in variables:
+        if name in wanted:
+            wanted.update(n for n, _ in check.uses)
     return [(n, c) for n, c in variables if n in wanted]
 
 
-# `variables` not followed by `.name` (indexed, passed whole...)
-_ANY_VARIABLE = re.compile(r"\bvariables\b(?!\s*\.\s*\??\s*[A-Za-z_])")
+_VARIABLES = re.compile(r"\bvariables\b")
+# `.name` or `.?name` after it, and whether a call follows (a method, not a field)
+_FIELD = re.compile(r"\s*\.\s*\??\s*([A-Za-z_]\w*)\b(\s*\()?")
 
 
 @dataclass(frozen=True)

@@ -455,32 +455,43 @@ class PolicyEngine:
         else:
             data = admission.data(params)
 
-        def bound_for(check: _Check) -> Bound:
+        order = {name: i for i, (name, _) in enumerate(pair.variables)}
+
+        def prime(checks: Iterable[_Check | None]) -> Bound:
+            """The binding with every variable these checks read worked out (rebound once
+            when any was added)."""
             if data is None:
                 return binding[0]
-            missing = [(n, c) for n, c in check.uses if n not in done]
-            for name, variable in missing:
-                done.add(name)
-                try:
-                    value = variable(data)
-                    data["variables"] = {**data["variables"], name: value}
-                except (CompileError, EvalError) as exc:
-                    failed[name] = str(exc)  # only what uses it fails
-            if missing or not binding:
+            added = False
+            for check in checks:
+                for name, variable in check.uses if check is not None else ():
+                    if name in done:
+                        continue
+                    done.add(name)
+                    added = True
+                    # it sees only the variables declared before it, as in Kubernetes
+                    seen = {k: v for k, v in data["variables"].items() if order[k] < order[name]}
+                    try:
+                        value = variable({**data, "variables": seen})
+                        data["variables"] = {**data["variables"], name: value}
+                    except (CompileError, EvalError) as exc:
+                        failed[name] = str(exc)  # only what uses it fails
+            if added or not binding:
                 binding[:] = [_env().bind(data)]
             return binding[0]
 
         def run(check: _Check) -> Any:
             try:
-                return check(bound_for(check))
+                return check(prime((check,)))
             except (CompileError, EvalError) as exc:
-                bad = [n for n in failed if f"variables.{n}" in check.text]
+                bad = [n for n, _ in check.uses if n in failed]
                 why = f"variable '{bad[0]}': {failed[bad[0]]}" if bad else str(exc)
                 raise EvalError(why) from None
 
         # as Kubernetes' matcher: a condition that is false (here also: no bool) makes the
         # policy not apply, even after one that failed; only then does a failure count
         failure = None
+        prime(check for _, check in pair.conditions)  # (one binding for all of them)
         for name, check in pair.conditions:
             try:
                 if run(check) is not True:
@@ -491,6 +502,9 @@ class PolicyEngine:
             if fail:
                 violations.append((failure, "Invalid"))
             return
+        # what every validation and annotation reads, bound once (a message's variables
+        # only if it is needed: `run` adds them)
+        prime([*(v.check for v in pair.validations), *(check for _, check in pair.notes)])
         for v in pair.validations:
             try:
                 ok = run(v.check)
