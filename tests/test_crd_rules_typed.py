@@ -342,16 +342,70 @@ def test_old_self_is_the_variable_not_the_word() -> None:
 def test_rules_stored_with_formatted_fields_as_strings_still_run() -> None:
     """Before haplane gave `date-time`, `duration` and `byte` values their types, a rule
     could treat them as strings; a CRD stored then keeps that rule (an update does not check
-    it again), and the rule still runs: on the strings, when it fails on the typed values."""
+    it again), and the rule keeps running on the strings it was written for (one that
+    type-checks only with them as strings). A rule that type-checks with the typed values
+    gets the typed values."""
+    fields = {
+        "grace": {"type": "string", "format": "duration"},
+        "created": {"type": "string", "format": "date-time"},
+    }
+    good = {"grace": "30s", "created": "2026-01-01T00:00:00Z"}
     s = spec_with(
-        [{"rule": "self.grace.endsWith('s') && self.created.startsWith('2026')"}],
-        grace={"type": "string", "format": "duration"},
-        created={"type": "string", "format": "date-time"},
+        [{"rule": "self.grace.endsWith('s') && self.created.startsWith('2026')"}], **fields
     )
     assert problems(s) != []  # (a new CRD with it is refused, as in Kubernetes)
-    assert enforce(s, {"spec": {"grace": "30s", "created": "2026-01-01T00:00:00Z"}}) == []
-    (err,) = enforce(s, {"spec": {"grace": "30m", "created": "2026-01-01T00:00:00Z"}})
+    assert enforce(s, {"spec": good}) == []
+    (err,) = enforce(s, {"spec": {**good, "grace": "30m"}})
     assert err.message.startswith("failed rule")
+    s = spec_with([{"rule": "self.grace == '30s'"}], **fields)  # false, not an error, typed
+    assert enforce(s, {"spec": good}) == []
+    s = spec_with([{"rule": "self.grace == duration('30s')"}], **fields)
+    assert problems(s) == [] and enforce(s, {"spec": good}) == []
+
+
+def test_an_optional_old_self_misused_in_the_message_is_refused() -> None:
+    rule = {
+        "rule": "!oldSelf.hasValue() || self.level >= oldSelf.value().level",
+        "optionalOldSelf": True,
+        "messageExpression": "'was ' + string(oldSelf.level)",
+    }
+    ((field, message),) = problems(spec_with([rule], level=INT))
+    assert field.endswith("messageExpression") and "optionalOldSelf" in message
+
+
+def test_values_out_of_range_and_odd_schemas_are_422s_not_crashes() -> None:
+    s = spec_with(
+        [
+            {"rule": "self.d > duration('1s')"},
+            {"rule": "self.day < timestamp('2000-01-01T00:00:00Z')"},
+        ],
+        d={"type": "string", "format": "duration"},
+        day={"type": "string", "format": "date"},
+    )
+    errs = enforce(s, {"spec": {"d": "9999999999999999h", "day": "0000-01-01"}})
+    # (a duration beyond Go's, and a year before CEL's first: each fails its rule)
+    assert len(errs) == 2 and all("could not be evaluated" in e.message for e in errs)
+    for bad in ({"format": []}, {"enum": 1}, {"required": 1}):
+        odd = spec_with(
+            [], x={"type": "object", **bad, "x-kubernetes-validations": [{"rule": "self == self"}]}
+        )
+        errs = CRDStrategy().validate(widget_crd(odd))
+        assert errs and all("must be" in e.message for e in errs), (bad, errs)
+    surrogate = spec_with([{"rule": "self.s == '\ud800'"}], s=STRING)
+    assert any("UTF-8" in e.message for e in CRDStrategy().validate(widget_crd(surrogate)))
+
+
+def test_an_optional_old_self_keeps_its_bounds_in_the_estimate() -> None:
+    from haplane.api.crd_rules import cost_errors
+
+    tags = {"type": "array", "maxItems": 10, "items": {"type": "string", "maxLength": 10}}
+    rule = {
+        "rule": "!oldSelf.hasValue() || oldSelf.value().tags.all(t, t in self.tags)",
+        "optionalOldSelf": True,
+    }
+    s = spec_with([rule], tags=tags)
+    assert problems(s) == []
+    assert cost_errors(s, "root") == []
 
 
 def test_a_malformed_schema_is_reported_not_typed() -> None:

@@ -479,8 +479,12 @@ def type_errors(
         text = _typed_text(source, field, _rule_of(node, i), optional)
         try:
             _env().compile(text)
-        except CompileError:
-            continue  # reported by rules_errors
+        except CompileError as exc:
+            if field == "messageExpression" and text != source:  # (rules_errors compiled it
+                # as written: with optionalOldSelf, oldSelf is an optional here too)
+                message = f"compilation failed with optionalOldSelf (oldSelf is an optional): {exc}"
+                errs.append(FieldError(where, "FieldValueInvalid", message, source))
+            continue  # (otherwise reported by rules_errors)
         typed = programs.typed(node, at == path, text)
         if isinstance(typed, CompileError):
             message = f"compilation failed: {_shifted(typed, text, source)}"
@@ -493,10 +497,10 @@ def type_errors(
     return errs
 
 
-def _typed_env(node: Mapping[str, Any], *, root: bool) -> Environment:
+def _typed_env(node: Mapping[str, Any], *, root: bool, string_formats: bool = False) -> Environment:
     """`self`, `oldSelf` (and the optional form's inner name) of the node's type."""
     schemas = Schemas()
-    declared = schemas.declare(node, "Self", crd=True, root=root)
+    declared = schemas.declare(node, "Self", crd=True, root=root, string_formats=string_formats)
     return Environment(
         ("self", "oldSelf", _OLD, _PRESENT),
         types={"self": declared, "oldSelf": declared, _OLD: declared},
@@ -707,15 +711,17 @@ def _check(
             continue
         data = {"self": this, "oldSelf": before, _OLD: before, _PRESENT: old is not _ABSENT}
         where = _at(path, r.field_path)
+        if _strings_rule(schema, r.rule, root):  # (stored before formats were typed)
+            plain = _to_cel(value, schema, root=root, formats=False)
+            earlier = _to_cel(old, schema, root=root, formats=False) if old is not _ABSENT else None
+            data = {**data, "self": plain, "oldSelf": earlier, _OLD: earlier}
         optional = r.transition and r.optional_old_self
         program = _compiled_optional if optional else _compiled
         try:
             ok = program(r.rule).eval(data)
         except (CompileError, EvalError) as exc:
-            ok = _as_strings(program, r, data, value, old, schema, root)
-            if ok is None:
-                errs.append(FieldError(where, "FieldValueInvalid", f"{_summary(r)}: {exc}", shown))
-                continue
+            errs.append(FieldError(where, "FieldValueInvalid", f"{_summary(r)}: {exc}", shown))
+            continue
         if ok is True:
             continue
         if ok is not False:
@@ -732,28 +738,48 @@ def _check(
             errs.append(error)
 
 
-def _as_strings(
-    program: Any,
-    r: _Rule,
-    data: dict[str, Any],
-    value: Any,
-    old: Any,
-    schema: Mapping[str, Any],
-    root: bool,
-) -> Any:
-    """A rule that failed on formatted strings given as timestamps, durations and bytes, run
-    on them as strings: the result when that succeeds, else None. A rule written before
-    haplane gave those values their types (and stored with its CRD: an update does not
-    check it again) keeps working; one that fails both ways fails as Kubernetes' would."""
-    plain = _to_cel(value, schema, root=root, formats=False)
-    if plain == data["self"]:
-        return None  # nothing was converted: the failure is the rule's own
-    before = _to_cel(old, schema, root=root, formats=False) if old is not _ABSENT else None
-    again = {**data, "self": plain, "oldSelf": before, _OLD: before}
-    try:
-        return program(r.rule).eval(again)
-    except (CompileError, EvalError):
-        return None
+def _strings_rule(schema: Mapping[str, Any], rule: str, root: bool) -> bool:
+    """Whether `rule` reads the node's formatted fields as strings: it does not type-check
+    with them as timestamps, durations and bytes, and does with them as strings. Only a rule
+    stored before haplane gave those fields their types can be one (a CRD with it is refused
+    now, and an update does not check it again); it keeps running on the strings it was
+    written for. Decided once per node and rule (the node kept, so its id stays its own)."""
+    entry = _LEGACY.get(id(schema))
+    if entry is None:
+        if len(_LEGACY) >= 512:
+            _LEGACY.clear()
+        entry = _LEGACY[id(schema)] = (schema, {}, _has_formats(schema))
+    _, known, formats = entry
+    if not formats:
+        return False
+    if rule not in known:
+        typed = Programs().typed(schema, root, rule)
+        if isinstance(typed, Program):
+            known[rule] = False
+        else:
+            plain = _typed_env(schema, root=root, string_formats=True)
+            try:
+                plain.compile(rule)
+                known[rule] = True
+            except CompileError:
+                known[rule] = False
+    return known[rule]
+
+
+_LEGACY: dict[int, tuple[Mapping[str, Any], dict[str, bool], bool]] = {}
+
+
+def _has_formats(schema: Any) -> bool:
+    if not isinstance(schema, Mapping):
+        return False
+    if schema.get("type") == "string" and schema.get("format") in (
+        "date",
+        "date-time",
+        "duration",
+        "byte",
+    ):
+        return True
+    return any(_has_formats(sub) for sub in _children(schema))
 
 
 def _at(path: str, field_path: str | None) -> str:
@@ -803,7 +829,9 @@ def _to_cel(
         return value
     if isinstance(value, str):
         fmt = schema.get("format")
-        return _formatted(value, fmt) if formats and fmt in formatted.FORMATS else value
+        if formats and isinstance(fmt, str) and fmt in formatted.FORMATS:
+            return _formatted(value, fmt)
+        return value
     if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, dict):
@@ -838,5 +866,8 @@ def _to_cel(
 def _formatted(value: str, fmt: str) -> Any:
     """A formatted string as the CEL value Kubernetes makes of it (`haplane.cel.formatted`);
     the string itself when it does not parse."""
-    converted = formatted.cel_value(value, fmt)
+    try:
+        converted = formatted.cel_value(value, fmt)
+    except (ValueError, OverflowError, TypeError):  # out of the engine's range: as written
+        converted = None
     return value if converted is None else converted

@@ -47,7 +47,7 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
-from haplane.cel.library import RE2_OPTIONS
+from haplane.cel.library import re2_options
 
 from . import ratcheting
 from .crd_rules import Programs, cost_errors, expressions_at, rules_errors, type_errors
@@ -218,13 +218,20 @@ def _as_mapping(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
 
 
-@lru_cache(maxsize=1024)
+# a CRD's patterns, written by its author, get Go's room (`^\pL{1,1000}$` compiles, as in
+# Kubernetes); patterns from objects, in CEL, keep RE2's default (`library.RE2_OPTIONS`)
+_PATTERN_OPTIONS = re2_options(64 << 20)
+
+
+@lru_cache(maxsize=256)
 def _regex(pattern: str) -> Any:
     """The pattern compiled by RE2, whose syntax is Go's regexp (what Kubernetes validates
     `pattern` with: `\\pL` classes work, lookarounds and backreferences do not), in linear
     time whatever the value; the reason it does not compile, as a string, when it does not."""
     try:
-        return re2.compile(pattern, options=RE2_OPTIONS)
+        return re2.compile(pattern, options=_PATTERN_OPTIONS)
+    except UnicodeEncodeError:
+        return "invalid UTF-8"
     except re2.error as e:
         reason = e.args[0] if e.args else ""
         return (reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)) or (
@@ -1249,6 +1256,16 @@ def _check_node(node: Any, path: str, level: str, errs: list[FieldError]) -> Non
             )
         )
 
+    for keyword, kind, wanted in (("format", str, "a string"), ("enum", list, "an array")):
+        if node.get(keyword) is not None and not isinstance(node[keyword], kind):
+            value = _go_json(node[keyword])
+            errs.append(FieldError(f"{path}.{keyword}", _INVALID, f"must be {wanted}", value))
+    required = node.get("required")
+    if required is not None and not (
+        isinstance(required, list) and all(isinstance(r, str) for r in required)
+    ):
+        value = _go_json(required)
+        errs.append(FieldError(f"{path}.required", _INVALID, "must be a list of names", value))
     pattern = node.get("pattern")
     if pattern is not None:
         if not isinstance(pattern, str):

@@ -156,13 +156,15 @@ def min_size(schema: Any) -> int:
         props = schema.get("properties")
         props = props if isinstance(props, Mapping) else {}
         size = 2
-        for name in schema.get("required") or ():
+        required = schema.get("required")
+        for name in required if isinstance(required, list) else ():
             sub = props.get(name)
             if isinstance(sub, Mapping) and "default" not in sub:
                 size += len(str(name)) + min_size(sub) + 4
         return size
-    if kind == "string" and schema.get("format") in _FORMAT_MIN_SIZES:
-        return _FORMAT_MIN_SIZES[schema["format"]]
+    fmt = schema.get("format")
+    if kind == "string" and isinstance(fmt, str) and fmt in _FORMAT_MIN_SIZES:
+        return _FORMAT_MIN_SIZES[fmt]
     return {"string": 2, "boolean": 4, "integer": 1, "number": 1, "array": 2}.get(str(kind), 1)
 
 
@@ -190,7 +192,8 @@ def shape_of(schema: Mapping[str, Any] | None) -> Shape:
         max_length = schema.get("maxLength")
         if isinstance(max_length, int) and not isinstance(max_length, bool):
             return Shape(schema, max(0, max_length) * 4)  # bytes: a code point is up to 4
-        enum = [v for v in schema.get("enum") or () if isinstance(v, str)]
+        listed = schema.get("enum")
+        enum = [v for v in listed if isinstance(v, str)] if isinstance(listed, list) else []
         if enum:
             return Shape(schema, max(len(v) for v in enum))
         return Shape(schema, unbounded(schema))
@@ -305,7 +308,10 @@ class _Estimator:
         if name in ("_&&_", "_||_"):
             return args, SCALAR
         if name == "_?_:_" and len(costs) == 3:
-            return costs[0] + max(costs[1], costs[2]), Shape(None, max(sizes[1:]))
+            # the larger branch's shape, its schema kept (`oldSelf.value().items` after
+            # optionalOldSelf's `p ? optional.of(old) : optional.none()` keeps its bounds)
+            larger = max(shapes[1:], key=lambda sh: sh.size)
+            return costs[0] + max(costs[1], costs[2]), larger
         if name == "matches" and len(sizes) == 2:
             work = _ceil((sizes[0] + 1) * STRING_FACTOR) * _ceil(sizes[1] * REGEX_FACTOR)
             return args + work, SCALAR
@@ -343,6 +349,8 @@ class _Estimator:
             return args + 1, _indexed(shapes[0], node.args[1] if len(node.args) > 1 else None)
         if name == "_?._" and len(node.args) == 2 and isinstance(node.args[1].value, str):
             return args + 1, _child(shapes[0], node.args[1].value)
+        if name == "optional.none":
+            return args + 1, Shape(None, 0)
         if name in _PASS_THROUGH and shapes:
             return args + 1, max(shapes, key=lambda sh: sh.size)
         if name in ("string", "bytes") and shapes:

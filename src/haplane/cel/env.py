@@ -188,6 +188,10 @@ class Environment:
     def compile(self, source: str) -> Program:
         if not isinstance(source, str) or not source.strip():
             raise CompileError("an expression is required")
+        try:
+            source.encode()
+        except UnicodeEncodeError:  # a lone surrogate (JSON allows one): the engine takes UTF-8
+            raise CompileError("the expression is not valid UTF-8", [], source) from None
         # Kubernetes' `format` library, rewritten into what the engine can run (formats.py)
         rewritten = formats.rewrite(source)
         text = rewritten.text if rewritten is not None else source

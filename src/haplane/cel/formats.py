@@ -82,7 +82,7 @@ def _date(s: str) -> list[str]:
 
 def _datetime(s: str) -> list[str]:
     parts = s.lower().split("t")
-    if len(parts) == 2 and formatted.date_seconds(parts[0]) is not None:
+    if len(parts) >= 2 and formatted.date_seconds(parts[0]) is not None:
         m = _TIME.fullmatch(parts[1])
         if m is not None and int(m[1]) < 24 and int(m[2]) < 60 and int(m[3]) < 60:
             return []

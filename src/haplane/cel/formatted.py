@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import calendar
 import re
-from decimal import Decimal
 from typing import Any, Final
 
 from google.protobuf import duration_pb2, timestamp_pb2  # type: ignore[import-untyped]
@@ -58,12 +56,14 @@ def decode_base64(text: str) -> bytes | None:
 # ---- dates and times -----------------------------------------------------------------------
 
 _DATE: Final = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
-# strfmt.ParseDateTime's layouts: RFC 3339 (any fraction), the zone's colon optional, minutes
-# only ("reduced precision"), or no zone at all (local time, read as UTC)
+# kube-openapi's strfmt.ParseDateTime layouts: RFC 3339 (with or without a fraction, which Go
+# also reads after a comma), or ISO 8601 local time (no zone: read as UTC); Go's time.Parse
+# is case-sensitive ("T", "Z")
 _DATETIME: Final = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2})"
-    r"(?::([0-9]{2})(?:\.([0-9]+))?)?([Zz]|[+-][0-9]{2}:?[0-9]{2})?"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:[.,]([0-9]+))?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?"
 )
+_MAX_NANOS: Final = (1 << 63) - 1  # Go's time.Duration
 
 
 def date_seconds(text: str) -> tuple[int, int] | None:
@@ -82,7 +82,7 @@ def datetime_seconds(text: str) -> tuple[int, int] | None:
     fraction = (m[7] or "")[:9].ljust(9, "0")
     zone = m[8] or "Z"
     offset = 0
-    if zone not in ("Z", "z"):
+    if zone != "Z":
         digits = zone[1:].replace(":", "")
         offset = (int(digits[:2]) * 60 + int(digits[2:])) * 60
         if zone[0] == "-":
@@ -96,11 +96,25 @@ def datetime_seconds(text: str) -> tuple[int, int] | None:
 def _epoch(
     year: int, month: int, day: int, hour: int, minute: int, second: int, nanos: int
 ) -> tuple[int, int] | None:
-    if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]):
+    if not 1 <= month <= 12 or hour > 23 or minute > 59 or second > 59:
         return None
-    if hour > 23 or minute > 59 or second > 59:
+    # (the days counted by hand: Python's calendar has no year 0, which Go's has)
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not 1 <= day <= _DAYS[month - 1] + (month == 2 and leap):
         return None
-    return calendar.timegm((year, month, day, hour, minute, second)), nanos
+    days = _days_before_year(year) - _days_before_year(1970) + _BEFORE_MONTH[month - 1]
+    days += (month > 2 and leap) + day - 1
+    return ((days * 24 + hour) * 60 + minute) * 60 + second, nanos
+
+
+_DAYS: Final = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_BEFORE_MONTH: Final = tuple(sum(_DAYS[:i]) for i in range(12))
+
+
+def _days_before_year(year: int) -> int:
+    """Days from 1 January of year 0 (proleptic Gregorian) to 1 January of `year`."""
+    y = year - 1
+    return year * 365 + (y // 4 - y // 100 + y // 400 + 1 if year > 0 else 0)
 
 
 # ---- durations ------------------------------------------------------------------------------
@@ -146,7 +160,7 @@ def _go_duration(text: str) -> int | None:
         return 0
     if not s:
         return None
-    total = Decimal(0)
+    total = 0
     while s:
         m = _GO_PART.match(s)
         if m is None or not (m[1] or m[2]) or not m[3]:
@@ -154,15 +168,25 @@ def _go_duration(text: str) -> int | None:
         unit = _UNIT_NANOS.get(m[3])
         if unit is None:
             return None
-        total += Decimal(f"{m[1] or 0}.{m[2] or 0}") * unit
+        whole = int(m[1] or 0)
+        if whole > _MAX_NANOS // unit:
+            return None  # overflow, as Go refuses it
+        part = whole * unit
+        if m[2]:
+            # as Go: the fraction in floating point, truncated, per part
+            part += int(float(int(m[2])) * (unit / 10 ** len(m[2])))
+        total += part
+        if total > _MAX_NANOS + negative:
+            return None
         s = s[m.end() :]
-    nanos = int(total)  # (truncated, as Go does)
-    return -nanos if negative else nanos
+    return -total if negative else total
 
 
 def _strfmt_duration(text: str) -> int | None:
     total, found = 0, False
     for _, number, raw_unit in _STRFMT_PART.findall(text):
+        if int(number) > _MAX_NANOS:
+            return None  # Go's Atoi fails on it
         unit = raw_unit.strip().lower()
         for variants, nanos in _STRFMT_UNITS:
             last = len(variants) - 1
@@ -170,4 +194,6 @@ def _strfmt_duration(text: str) -> int | None:
                 if (i == last and unit.startswith(variant)) or unit == variant.lower():
                     total += int(number) * nanos
                     found = True
-    return total if found else None
+    if not found or total > _MAX_NANOS:
+        return None  # (Go would wrap around: no duration it means)
+    return total

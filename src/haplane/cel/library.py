@@ -270,12 +270,18 @@ def _as_string(value: Any) -> str:
 # ---- regex ------------------------------------------------------------------------------------
 
 
-# RE2's options for every pattern haplane compiles: no log line per refused pattern (a
-# pattern from a request must not write to the replica's stderr), and Go's regexp's room for
-# a compiled pattern (RE2's default 8 MiB refuses `^\pL{1,1000}$`, which Go compiles)
-RE2_OPTIONS = re2.Options()
-RE2_OPTIONS.log_errors = False
-RE2_OPTIONS.max_mem = 64 << 20
+def re2_options(max_mem: int = 8 << 20) -> Any:
+    """RE2's options for patterns haplane compiles: no log line per refused pattern (a
+    pattern from a request must not write to the replica's stderr); `max_mem` the room a
+    compiled pattern may take (RE2's default 8 MiB: a pattern in an object, where a larger
+    one would cost seconds to compile, is refused as too large)."""
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = max_mem
+    return options
+
+
+RE2_OPTIONS = re2_options()
 
 
 @functools.lru_cache(maxsize=512)

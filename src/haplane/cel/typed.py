@@ -132,21 +132,28 @@ class Schemas:
             self.pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
         self._count = itertools.count(1)
         self._names: set[str] = set()
-        self._declared: dict[tuple[int, str, bool], tuple[Mapping[str, Any], DeclaredType]] = {}
+        self._declared: dict[tuple[Any, ...], tuple[Mapping[str, Any], DeclaredType]] = {}
 
     def declare(
-        self, schema: Any, name: str, *, crd: bool = False, root: bool = False
+        self,
+        schema: Any,
+        name: str,
+        *,
+        crd: bool = False,
+        root: bool = False,
+        string_formats: bool = False,
     ) -> DeclaredType:
         """The type of values `schema` describes (an object, a list, a map, a scalar), its
         messages named after `name` (a kind: `Deployment`, `Deployment.Spec`, ...); DYN when
         the schema gives no type.
         `crd`: as CRD validation rules see the values (escaped names, formats); `root`: the
-        CRD's whole object (see the module's doc)."""
+        CRD's whole object (see the module's doc); `string_formats`: formatted strings as
+        strings (what rules written before haplane typed them expect)."""
         if not isinstance(schema, Mapping):
             return DYN
         if crd and root:
             schema = {**schema, "properties": _crd_root_properties(schema.get("properties"))}
-        key = (id(schema), name, crd)
+        key = (id(schema), name, crd, string_formats)
         if key in self._declared:
             return self._declared[key][1]
         top = _unique(_identifier(name) or "Object", self._names)
@@ -157,7 +164,7 @@ class Schemas:
         )
         declared = DYN
         try:
-            made = _Builder(file, crd=crd).field_for(schema, None, top)
+            made = _Builder(file, crd=crd, formats=not string_formats).field_for(schema, None, top)
             if file.message_type:
                 self.pool.AddSerializedFile(file.SerializeToString())
         except (TypeError, ValueError, AttributeError):  # a schema this mapping missed (or
@@ -174,9 +181,12 @@ class Schemas:
 class _Builder:
     """One file's messages: the top one and those nested in it."""
 
-    def __init__(self, file: descriptor_pb2.FileDescriptorProto, *, crd: bool = False) -> None:
+    def __init__(
+        self, file: descriptor_pb2.FileDescriptorProto, *, crd: bool = False, formats: bool = True
+    ) -> None:
         self.file = file
         self.crd = crd
+        self.formats = crd and formats  # formatted strings as timestamps, durations, bytes
 
     def field_for(self, schema: Any, parent: _Scope | None, name: str) -> _Field:
         """The field type for values of `schema`; a message it needs is nested in `parent`
@@ -185,9 +195,10 @@ class _Builder:
             return _Field(_F.TYPE_MESSAGE, _VALUE)
         nullable = schema.get("nullable") is True
         kind = schema.get("type")
-        if self.crd and kind == "string" and schema.get("format") in _FORMATS:
-            return _Field(_F.TYPE_MESSAGE, _FORMATS[schema["format"]])
-        if self.crd and kind == "string" and schema.get("format") == "byte":
+        fmt = schema.get("format")
+        if self.formats and kind == "string" and isinstance(fmt, str) and fmt in _FORMATS:
+            return _Field(_F.TYPE_MESSAGE, _FORMATS[fmt])
+        if self.formats and kind == "string" and fmt == "byte":
             if nullable:
                 return _Field(_F.TYPE_MESSAGE, ".google.protobuf.BytesValue")
             return _Field(_F.TYPE_BYTES)
@@ -233,10 +244,13 @@ class _Builder:
         """A message with a field per property, nested in `parent`; its full name."""
         if parent is None:
             scope = _Scope(self.file.message_type.add(name=name), name, frozenset(properties))
+            # (each field's JSON name is its own: no check of protobuf's default JSON names,
+            # which would log a warning for properties like `foo_bar` beside `fooBar`)
         else:
             taken = parent.fields | {m.name for m in parent.message.nested_type}
             message = parent.message.nested_type.add(name=_unique(name, taken))
             scope = _Scope(message, f"{parent.full_name}.{message.name}", frozenset(properties))
+        scope.message.options.deprecated_legacy_json_field_conflicts = True
         fields = []
         for prop, sub in properties.items():
             nested = _capitalised(prop)
