@@ -381,3 +381,22 @@ def test_variables_read_through_macros_and_only_earlier_ones() -> None:
     with pytest.raises(errors.StatusError) as caught:
         admitted(engine_with(["variables.ab == 1 && object.data.zzz == '1'"], prefix), cm())
     assert "variable 'a'" not in caught.value.message
+
+
+def test_an_expressions_own_error_is_not_blamed_on_a_variable() -> None:
+    variables = [
+        {"name": "a", "expression": "object.data.nosuch"},
+        {"name": "b", "expression": "false && variables.a == 'x'"},
+    ]
+    e = _authz_engine(
+        [
+            "variables.b || object.data.zzz == '1'",
+            "authorizer.group('').resource('pods').check('get').allowed()",
+        ],
+        lambda _q: (True, "", ""),
+        variables=variables,
+        failurePolicy="Fail",
+    )
+    with pytest.raises(errors.StatusError) as caught:
+        admitted(e, cm())
+    assert "variable 'a'" not in caught.value.message and "zzz" in caught.value.message

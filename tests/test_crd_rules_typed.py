@@ -470,3 +470,45 @@ def test_timestamps_keep_nanoseconds_and_durations_read_as_strfmt_does() -> None
         assert enforce(d, {"spec": {"d": same}}) == [], same
     (err,) = enforce(d, {"spec": {"d": "2 hrs"}})  # strfmt does not read it: a string
     assert "could not be evaluated" in err.message
+
+
+def test_third_review_round() -> None:
+    """A conditional's value is sized from both branches (not the larger one's schema); a
+    regular expression written in a rule gets Go's room; a timestamp beyond CEL's years is
+    left a string, failing only rules that read it; Go's long fractions; a broken
+    messageExpression under optionalOldSelf is reported once."""
+    from haplane.api.crd_rules import cost_errors
+
+    wide = {"type": "array", "maxItems": 100000, "items": {"type": "string", "maxLength": 1000}}
+    narrow = {"type": "array", "maxItems": 1, "items": {"type": "string", "maxLength": 1}}
+    s = spec_with(
+        [{"rule": "(self.c ? self.a : self.b).all(x, x.all(y, y.matches('^a.*b$')))"}],
+        c={"type": "boolean"},
+        a={"type": "array", "maxItems": 10, "items": wide},
+        b={"type": "array", "maxItems": 20, "items": narrow},
+    )
+    assert any("exceeds budget" in e.message for e in cost_errors(s, "root"))
+    letters = spec_with([{"rule": "self.n.matches('^\\\\pL{1,1000}$')"}], n=STRING)
+    assert problems(letters) == []
+    assert enforce(letters, {"spec": {"n": "abc"}}) == []
+    assert len(enforce(letters, {"spec": {"n": "ab1"}})) == 1
+    stamps = spec_with(
+        [
+            {"rule": "self.d < timestamp('9999-01-01T00:00:00Z')"},
+            {"rule": "!has(self.u) || self.u > duration('1s')"},
+        ],
+        d={"type": "string", "format": "date-time"},
+        u={"type": "string", "format": "duration"},
+    )
+    errs = enforce(stamps, {"spec": {"d": "9999-12-31T23:59:59-01:00", "u": "2s"}})
+    assert len(errs) == 1 and "self.d" in errs[0].message
+    durations = spec_with(
+        [{"rule": "self.u >= duration('1s')"}], u={"type": "string", "format": "duration"}
+    )
+    assert enforce(durations, {"spec": {"u": "1." + "1" * 400 + "s"}}) == []
+    optional = {
+        "rule": "oldSelf.hasValue() ? self.x >= oldSelf.value().x : true",
+        "optionalOldSelf": True,
+        "messageExpression": "'was ' + string(oldSelf.value().x",
+    }
+    assert len(problems(spec_with([optional], x=INT))) == 1

@@ -484,7 +484,9 @@ class PolicyEngine:
             try:
                 return check(prime((check,)))
             except (CompileError, EvalError) as exc:
-                bad = [n for n, _ in check.uses if n in failed]
+                # a variable that failed, when the error is its absence from `variables`
+                said = str(exc)
+                bad = [n for n in failed if f"Key not found in map : {json.dumps(n)}" in said]
                 why = f"variable '{bad[0]}': {failed[bad[0]]}" if bad else str(exc)
                 raise EvalError(why) from None
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 from typing import Any, Final
@@ -386,6 +387,14 @@ def _typed_text(source: str, field: str, rule: str, optional: bool) -> str:
     return source
 
 
+def _compiles(source: str) -> bool:
+    try:
+        _compiled(source)
+    except CompileError:
+        return False
+    return True
+
+
 def _rule_of(node: Mapping[str, Any], i: int) -> str:
     rule = node[CEL][i].get("rule")
     return rule if isinstance(rule, str) else ""
@@ -480,9 +489,13 @@ def type_errors(
         try:
             _env().compile(text)
         except CompileError as exc:
-            if field == "messageExpression" and text != source:  # (rules_errors compiled it
-                # as written: with optionalOldSelf, oldSelf is an optional here too)
-                message = f"compilation failed with optionalOldSelf (oldSelf is an optional): {exc}"
+            if field == "messageExpression" and text != source and _compiles(source):
+                # as written it compiles (rules_errors took it): with optionalOldSelf,
+                # oldSelf is an optional here too, and that is what fails
+                shown = _shifted(exc, text, source)
+                message = (
+                    f"compilation failed with optionalOldSelf (oldSelf is an optional): {shown}"
+                )
                 errs.append(FieldError(where, "FieldValueInvalid", message, source))
             continue  # (otherwise reported by rules_errors)
         typed = programs.typed(node, at == path, text)
@@ -746,9 +759,11 @@ def _strings_rule(schema: Mapping[str, Any], rule: str, root: bool) -> bool:
     written for. Decided once per node and rule (the node kept, so its id stays its own)."""
     entry = _LEGACY.get(id(schema))
     if entry is None:
-        if len(_LEGACY) >= 512:
-            _LEGACY.clear()
+        if len(_LEGACY) >= 4096:
+            _LEGACY.popitem(last=False)  # the least recently used
         entry = _LEGACY[id(schema)] = (schema, {}, _has_formats(schema))
+    else:
+        _LEGACY.move_to_end(id(schema))
     _, known, formats = entry
     if not formats:
         return False
@@ -766,7 +781,7 @@ def _strings_rule(schema: Mapping[str, Any], rule: str, root: bool) -> bool:
     return known[rule]
 
 
-_LEGACY: dict[int, tuple[Mapping[str, Any], dict[str, bool], bool]] = {}
+_LEGACY: OrderedDict[int, tuple[Mapping[str, Any], dict[str, bool], bool]] = OrderedDict()
 
 
 def _has_formats(schema: Any) -> bool:

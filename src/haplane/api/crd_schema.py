@@ -223,7 +223,7 @@ def _as_mapping(value: Any) -> Mapping[str, Any] | None:
 _PATTERN_OPTIONS = re2_options(64 << 20)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=64)  # (few: a compiled pattern can take tens of MiB at 64 MiB's room)
 def _regex(pattern: str) -> Any:
     """The pattern compiled by RE2, whose syntax is Go's regexp (what Kubernetes validates
     `pattern` with: `\\pL` classes work, lookarounds and backreferences do not), in linear

@@ -308,10 +308,7 @@ class _Estimator:
         if name in ("_&&_", "_||_"):
             return args, SCALAR
         if name == "_?_:_" and len(costs) == 3:
-            # the larger branch's shape, its schema kept (`oldSelf.value().items` after
-            # optionalOldSelf's `p ? optional.of(old) : optional.none()` keeps its bounds)
-            larger = max(shapes[1:], key=lambda sh: sh.size)
-            return costs[0] + max(costs[1], costs[2]), larger
+            return costs[0] + max(costs[1], costs[2]), _either(shapes[1], shapes[2])
         if name == "matches" and len(sizes) == 2:
             work = _ceil((sizes[0] + 1) * STRING_FACTOR) * _ceil(sizes[1] * REGEX_FACTOR)
             return args + work, SCALAR
@@ -352,7 +349,10 @@ class _Estimator:
         if name == "optional.none":
             return args + 1, Shape(None, 0)
         if name in _PASS_THROUGH and shapes:
-            return args + 1, max(shapes, key=lambda sh: sh.size)
+            merged = shapes[0]
+            for other in shapes[1:]:
+                merged = _either(merged, other)
+            return args + 1, merged
         if name in ("string", "bytes") and shapes:
             return args + _ceil(sizes[0] * STRING_FACTOR), Shape(None, max(sizes[0], 32))
         # anything else: its result's size is not known (as large as a request)
@@ -375,6 +375,20 @@ class _Estimator:
         if name in _URL_PART:
             return args + 1, Shape(None, MAX_REQUEST_BYTES)
         return args + 1, (VALUE if name in _VALUE_RESULT else SCALAR)
+
+
+def _either(a: Shape, b: Shape) -> Shape:
+    """The shape of a value that is one of two: a schema is kept only when both have it (or
+    one is an empty value, `optional.none()`: optionalOldSelf's `p ? optional.of(old) :
+    optional.none()` keeps `old`'s bounds); else the larger size with no schema, so nothing
+    nested below is sized from the wrong branch."""
+    if a.schema is b.schema:
+        return Shape(a.schema, max(a.size, b.size))
+    if b.schema is None and b.size == 0:
+        return a
+    if a.schema is None and a.size == 0:
+        return b
+    return Shape(None, max(a.size, b.size))
 
 
 def _concatenates_lists(node: Node) -> bool:

@@ -18,7 +18,14 @@ from cel_expr_python.ext import ext_bindings, ext_optional
 
 from . import authz, budget, formats
 from .ast import Node, parse
-from .library import CACHED_MATCHES, calls, extensions, functions, rename_matches
+from .library import (
+    CACHED_MATCHES,
+    calls,
+    extensions,
+    functions,
+    note_written_patterns,
+    rename_matches,
+)
 from .typed import DYN, DeclaredType, Schemas
 
 # the engine's messages: "ERROR: <input>:1:17: Syntax error: ..." (one per problem, each
@@ -217,11 +224,45 @@ class Environment:
                 run = self._env.compile(renamed)
             except RuntimeError:
                 run = None  # evaluated as written
+        if "matches" in source or "find" in source:
+            note_written_patterns(_literal_patterns(expr))
         for internal in (CACHED_MATCHES, formats.FORMAT_ERRORS):
             if internal in source and calls(source, internal):
                 # an internal function's name written by hand: undeclared, as anywhere else
                 raise CompileError(f"undeclared reference to '{internal}'", [], source)
         return Program(source, _type_name(expr.return_type()), expr, self._env, run)
+
+
+_REGEX_CALLS = frozenset({"matches", "find", "findAll"})
+
+
+def _literal_patterns(expr: Any) -> list[str]:
+    """The regular expressions an expression writes as literals."""
+    try:
+        tree = parse(expr.serialize())
+    except Exception:  # (a tree that does not decode: nothing noted)
+        return []
+    found: list[str] = []
+    stack: list[Node | None] = [tree]
+    while stack:
+        node = stack.pop()
+        if node is None:
+            continue
+        if node.kind == "call" and node.name in _REGEX_CALLS:
+            # receiver style: the pattern is the first argument; global: the second
+            args = node.args if node.target is not None else node.args[1:]
+            if args and args[0].kind == "const" and isinstance(args[0].value, str):
+                found.append(args[0].value)
+        stack += [node.target, *node.args]
+        if node.kind == "comprehension":
+            stack += [
+                node.iter_range,
+                node.accu_init,
+                node.loop_condition,
+                node.loop_step,
+                node.result,
+            ]
+    return found
 
 
 _ORDERINGS = {

@@ -38,7 +38,13 @@ def cel_value(text: str, fmt: str) -> Any:
     if moment is None:
         return None
     seconds, nanos = moment
+    if not _FIRST <= seconds <= _LAST:
+        return None  # outside CEL's timestamps (years 1 to 9999): a string, as unparsed
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+_FIRST: Final = -62135596800  # 0001-01-01T00:00:00Z
+_LAST: Final = 253402300799  # 9999-12-31T23:59:59Z
 
 
 # ---- base64 ---------------------------------------------------------------------------------
@@ -168,13 +174,16 @@ def _go_duration(text: str) -> int | None:
         unit = _UNIT_NANOS.get(m[3])
         if unit is None:
             return None
+        if len(m[1]) > 19:
+            return None  # more than an int64 holds (Go: overflow)
         whole = int(m[1] or 0)
-        if whole > _MAX_NANOS // unit:
+        if whole > (1 << 63) // unit:
             return None  # overflow, as Go refuses it
         part = whole * unit
-        if m[2]:
+        digits = (m[2] or "")[:18]  # (Go stops taking digits once they overflow)
+        if digits.strip("0"):
             # as Go: the fraction in floating point, truncated, per part
-            part += int(float(int(m[2])) * (unit / 10 ** len(m[2])))
+            part += int(float(int(digits)) * (unit / 10 ** len(digits)))
         total += part
         if total > _MAX_NANOS + negative:
             return None

@@ -33,13 +33,14 @@ element (`indexOf`) has one overload per kind.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import re2
@@ -282,12 +283,36 @@ def re2_options(max_mem: int = 8 << 20) -> Any:
 
 
 RE2_OPTIONS = re2_options()
+_ROOMY = re2_options(64 << 20)  # Go's regexp compiles `^\pL{1,1000}$`; RE2's default does not
+# patterns written in expressions (their authors', known when an expression compiles) that
+# need more than the default room: compiled once with Go's, kept (a few: each can take tens
+# of MiB); patterns from objects keep the default
+_WRITTEN: dict[str, Any] = {}
+_MAX_WRITTEN = 16
+
+
+def note_written_patterns(patterns: Iterable[str]) -> None:
+    """Patterns an expression holds as literals (`matches`, `find`, `findAll`): those too
+    large for the default room get Go's, as Kubernetes compiles them."""
+    for pattern in patterns:
+        if pattern in _WRITTEN or len(_WRITTEN) >= _MAX_WRITTEN:
+            continue
+        try:
+            re2.compile(pattern, options=RE2_OPTIONS)
+        except re2.error:
+            with contextlib.suppress(re2.error):  # (invalid anyway: evaluating says so)
+                _WRITTEN[pattern] = re2.compile(pattern, options=_ROOMY)
+        except UnicodeEncodeError:
+            pass
 
 
 @functools.lru_cache(maxsize=512)
 def _regex(pattern: str) -> Any:
     """RE2, as CEL specifies (linear time: no pattern from an object can make a replica
     backtrack for ever; Python's `re` would)."""
+    written = _WRITTEN.get(pattern)
+    if written is not None:
+        return written
     try:
         return re2.compile(pattern, options=RE2_OPTIONS)
     except re2.error as exc:
