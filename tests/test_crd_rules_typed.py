@@ -512,3 +512,31 @@ def test_third_review_round() -> None:
         "messageExpression": "'was ' + string(oldSelf.value().x",
     }
     assert len(problems(spec_with([optional], x=INT))) == 1
+
+
+def test_patterns_written_anywhere_in_an_expression_get_gos_room() -> None:
+    """Any string constant of an expression is its author's text: used as a pattern
+    directly, through a variable or a list, it gets Go's room, however many there are; an
+    error elsewhere in the expression is still the error reported."""
+    from haplane.cel import Environment
+    from haplane.cel.formatted import duration_nanos
+
+    env = Environment(("self",))
+    for n in range(980, 997):  # more than the 16 slots an earlier version had
+        assert env.compile(f"self.matches('^\\\\pL{{1,{n}}}$')").eval({"self": "abc"}) is True
+    bound = env.compile("cel.bind(p, '^\\\\pL{1,997}$', self.matches(p))")
+    assert bound.eval({"self": "abc"}) is True
+    listed = env.compile("['^\\\\pL{1,996}$', '^[0-9]+$'].exists(p, self.matches(p))")
+    assert listed.eval({"self": "abc"}) is True
+    both = env.compile("self.matches('^\\\\pL{1,995}$') && self.size() == 1")
+    assert both.eval({"self": "abc"}) is False
+    env2 = Environment(("self", "o"))
+    with pytest.raises(Exception) as caught:
+        env2.compile("self.matches('^\\\\pL{1,994}$') && o.missing == 1").eval(
+            {"self": "a", "o": {}}
+        )
+    assert "missing" in str(caught.value) and "too large" not in str(caught.value)
+    # Go's durations: leading zeros, a long fraction, the smallest duration
+    assert duration_nanos("000000000000000000001.5s") == 1_500_000_000
+    assert duration_nanos("0.1000000000000000079m") == 6_000_000_000
+    assert duration_nanos("-9223372036854775808ns") == -(1 << 63)

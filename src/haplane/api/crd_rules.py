@@ -489,7 +489,8 @@ def type_errors(
         try:
             _env().compile(text)
         except CompileError as exc:
-            if field == "messageExpression" and text != source and _compiles(source):
+            depth = any(line < 1 for line, _, _ in exc.problems)  # (not the wrapper's)
+            if field == "messageExpression" and text != source and _compiles(source) and not depth:
                 # as written it compiles (rules_errors took it): with optionalOldSelf,
                 # oldSelf is an optional here too, and that is what fails
                 shown = _shifted(exc, text, source)

@@ -47,7 +47,7 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
-from haplane.cel.library import re2_options
+from haplane.cel.library import RE2_OPTIONS, re2_options
 
 from . import ratcheting
 from .crd_rules import Programs, cost_errors, expressions_at, rules_errors, type_errors
@@ -223,11 +223,28 @@ def _as_mapping(value: Any) -> Mapping[str, Any] | None:
 _PATTERN_OPTIONS = re2_options(64 << 20)
 
 
-@lru_cache(maxsize=64)  # (few: a compiled pattern can take tens of MiB at 64 MiB's room)
 def _regex(pattern: str) -> Any:
     """The pattern compiled by RE2, whose syntax is Go's regexp (what Kubernetes validates
     `pattern` with: `\\pL` classes work, lookarounds and backreferences do not), in linear
-    time whatever the value; the reason it does not compile, as a string, when it does not."""
+    time whatever the value; the reason it does not compile, as a string, when it does not.
+    RE2's default room first; one that needs Go's goes to a cache of its own, of a few."""
+    compiled = _default_regex(pattern)
+    return _roomy_regex(pattern) if compiled is None else compiled
+
+
+@lru_cache(maxsize=1024)
+def _default_regex(pattern: str) -> Any:
+    """Compiled with RE2's default room; None when it does not compile so."""
+    try:
+        return re2.compile(pattern, options=RE2_OPTIONS)
+    except re2.error:
+        return None
+    except UnicodeEncodeError:
+        return "invalid UTF-8"
+
+
+@lru_cache(maxsize=16)  # (few: such a pattern can take tens of MiB)
+def _roomy_regex(pattern: str) -> Any:
     try:
         return re2.compile(pattern, options=_PATTERN_OPTIONS)
     except UnicodeEncodeError:

@@ -120,7 +120,13 @@ class Program:
             except EvalError as exc:
                 if budget.STOPPED in str(exc):
                     raise  # out of time: not once more
-                # again as written: the engine's own message
+                first = exc  # again as written: the engine's own message
+            try:
+                return self._evaluate(self._expr, activation)
+            except EvalError as exc:
+                if "too large" in str(exc):  # the engine's own RE2 has less room than ours
+                    raise first from None
+                raise
         return self._evaluate(self._expr, activation)
 
     @staticmethod
@@ -225,7 +231,7 @@ class Environment:
             except RuntimeError:
                 run = None  # evaluated as written
         if "matches" in source or "find" in source:
-            note_written_patterns(_literal_patterns(expr))
+            note_written_patterns(_string_constants(expr))
         for internal in (CACHED_MATCHES, formats.FORMAT_ERRORS):
             if internal in source and calls(source, internal):
                 # an internal function's name written by hand: undeclared, as anywhere else
@@ -233,11 +239,9 @@ class Environment:
         return Program(source, _type_name(expr.return_type()), expr, self._env, run)
 
 
-_REGEX_CALLS = frozenset({"matches", "find", "findAll"})
-
-
-def _literal_patterns(expr: Any) -> list[str]:
-    """The regular expressions an expression writes as literals."""
+def _string_constants(expr: Any) -> list[str]:
+    """The string constants of a compiled expression (its author's text: any may be used as
+    a regular expression, directly or through a variable)."""
     try:
         tree = parse(expr.serialize())
     except Exception:  # (a tree that does not decode: nothing noted)
@@ -248,11 +252,8 @@ def _literal_patterns(expr: Any) -> list[str]:
         node = stack.pop()
         if node is None:
             continue
-        if node.kind == "call" and node.name in _REGEX_CALLS:
-            # receiver style: the pattern is the first argument; global: the second
-            args = node.args if node.target is not None else node.args[1:]
-            if args and args[0].kind == "const" and isinstance(args[0].value, str):
-                found.append(args[0].value)
+        if node.kind == "const" and isinstance(node.value, str):
+            found.append(node.value)
         stack += [node.target, *node.args]
         if node.kind == "comprehension":
             stack += [

@@ -174,21 +174,35 @@ def _go_duration(text: str) -> int | None:
         unit = _UNIT_NANOS.get(m[3])
         if unit is None:
             return None
-        if len(m[1]) > 19:
+        if len(m[1].lstrip("0")) > 19:
             return None  # more than an int64 holds (Go: overflow)
         whole = int(m[1] or 0)
         if whole > (1 << 63) // unit:
             return None  # overflow, as Go refuses it
         part = whole * unit
-        digits = (m[2] or "")[:18]  # (Go stops taking digits once they overflow)
-        if digits.strip("0"):
+        if m[2]:
+            fraction, scale = _leading_fraction(m[2])
             # as Go: the fraction in floating point, truncated, per part
-            part += int(float(int(digits)) * (unit / 10 ** len(digits)))
+            part += int(float(fraction) * (unit / scale))
         total += part
         if total > _MAX_NANOS + negative:
             return None
         s = s[m.end() :]
     return -total if negative else total
+
+
+def _leading_fraction(digits: str) -> tuple[int, float]:
+    """Go's leadingFraction: the digits as an integer and their scale, taken while they fit
+    in an int64 (the rest ignored)."""
+    x, scale = 0, 1.0
+    for c in digits:
+        if x > _MAX_NANOS // 10:
+            break
+        y = x * 10 + int(c)
+        if y > 1 << 63:
+            break
+        x, scale = y, scale * 10
+    return x, scale
 
 
 def _strfmt_duration(text: str) -> int | None:

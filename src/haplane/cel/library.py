@@ -33,7 +33,6 @@ element (`indexOf`) has one overload per kind.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
 import itertools
@@ -284,39 +283,39 @@ def re2_options(max_mem: int = 8 << 20) -> Any:
 
 RE2_OPTIONS = re2_options()
 _ROOMY = re2_options(64 << 20)  # Go's regexp compiles `^\pL{1,1000}$`; RE2's default does not
-# patterns written in expressions (their authors', known when an expression compiles) that
-# need more than the default room: compiled once with Go's, kept (a few: each can take tens
-# of MiB); patterns from objects keep the default
-_WRITTEN: dict[str, Any] = {}
-_MAX_WRITTEN = 16
+# the string constants of compiled expressions: their authors' text, never an object's. A
+# pattern among them gets Go's room (as Kubernetes compiles it); one from an object keeps
+# the default, where a larger one would cost seconds to compile on the event loop
+_WRITTEN: set[str] = set()
+_MAX_WRITTEN = 100_000
 
 
-def note_written_patterns(patterns: Iterable[str]) -> None:
-    """Patterns an expression holds as literals (`matches`, `find`, `findAll`): those too
-    large for the default room get Go's, as Kubernetes compiles them."""
-    for pattern in patterns:
-        if pattern in _WRITTEN or len(_WRITTEN) >= _MAX_WRITTEN:
-            continue
-        try:
-            re2.compile(pattern, options=RE2_OPTIONS)
-        except re2.error:
-            with contextlib.suppress(re2.error):  # (invalid anyway: evaluating says so)
-                _WRITTEN[pattern] = re2.compile(pattern, options=_ROOMY)
-        except UnicodeEncodeError:
-            pass
+def note_written_patterns(strings: Iterable[str]) -> None:
+    """String constants an expression holds (any may be used as a pattern)."""
+    for text in strings:
+        if len(_WRITTEN) < _MAX_WRITTEN:
+            _WRITTEN.add(text)
 
 
-@functools.lru_cache(maxsize=512)
 def _regex(pattern: str) -> Any:
     """RE2, as CEL specifies (linear time: no pattern from an object can make a replica
     backtrack for ever; Python's `re` would)."""
-    written = _WRITTEN.get(pattern)
-    if written is not None:
-        return written
+    compiled = _compiled_regex(pattern, pattern in _WRITTEN)
+    if isinstance(compiled, str):
+        raise CelFunctionError(compiled)
+    return compiled
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_regex(pattern: str, roomy: bool) -> Any:
+    """The compiled pattern, or why it does not compile (kept too: a refused pattern is not
+    compiled again at every evaluation)."""
     try:
-        return re2.compile(pattern, options=RE2_OPTIONS)
+        return re2.compile(pattern, options=_ROOMY if roomy else RE2_OPTIONS)
     except re2.error as exc:
-        raise CelFunctionError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return f"invalid regular expression {pattern!r}: {exc}"
+    except UnicodeEncodeError:
+        return f"invalid regular expression {pattern!r}: not valid UTF-8"
 
 
 def _find(s: str, pattern: str) -> str:
