@@ -112,14 +112,9 @@ def _compiled(source: str) -> Program:
     return _env().compile(source)
 
 
-@functools.lru_cache(maxsize=1024)
-def _compiled_optional(source: str) -> Program:
-    """A rule with `optionalOldSelf`: `oldSelf` an optional value, made inside CEL (the
-    engine's Python binding hands in no optional values)."""
-    return _env().compile(_optional_form(source))
-
-
 def _optional_form(source: str) -> str:
+    """An expression under `optionalOldSelf`: `oldSelf` an optional value, made inside CEL
+    (the engine's Python binding hands in no optional values)."""
     return f"cel.bind(oldSelf, {_PRESENT} ? optional.of({_OLD}) : optional.none(), ({source}))"
 
 
@@ -196,7 +191,7 @@ def _rule_errors(item: Mapping[str, Any], at: str, node: Mapping[str, Any]) -> l
         else:
             if item.get("optionalOldSelf") is True and _uses_old_self(rule):
                 try:
-                    _compiled_optional(rule)
+                    _compiled(_optional_form(rule))
                 except CompileError as exc:  # (oldSelf used as a value, not an optional)
                     errs.append(
                         FieldError(
@@ -487,7 +482,7 @@ def type_errors(
             continue
         text = _typed_text(source, field, _rule_of(node, i), optional)
         try:
-            _env().compile(text)
+            _compiled(text)
         except CompileError as exc:
             depth = any(line < 1 for line, _, _ in exc.problems)  # (not the wrapper's)
             if field == "messageExpression" and text != source and _compiles(source) and not depth:
@@ -729,10 +724,8 @@ def _check(
             plain = _to_cel(value, schema, root=root, formats=False)
             earlier = _to_cel(old, schema, root=root, formats=False) if old is not _ABSENT else None
             data = {**data, "self": plain, "oldSelf": earlier, _OLD: earlier}
-        optional = r.transition and r.optional_old_self
-        program = _compiled_optional if optional else _compiled
         try:
-            ok = program(r.rule).eval(data)
+            ok = _compiled(_typed_text(r.rule, "rule", r.rule, r.optional_old_self)).eval(data)
         except (CompileError, EvalError) as exc:
             errs.append(FieldError(where, "FieldValueInvalid", f"{_summary(r)}: {exc}", shown))
             continue
@@ -769,16 +762,15 @@ def _strings_rule(schema: Mapping[str, Any], rule: str, root: bool) -> bool:
     if not formats:
         return False
     if rule not in known:
-        typed = Programs().typed(schema, root, rule)
-        if isinstance(typed, Program):
-            known[rule] = False
-        else:
-            plain = _typed_env(schema, root=root, string_formats=True)
+
+        def checks(string_formats: bool) -> bool:
             try:
-                plain.compile(rule)
-                known[rule] = True
+                _typed_env(schema, root=root, string_formats=string_formats).compile(rule)
             except CompileError:
-                known[rule] = False
+                return False
+            return True
+
+        known[rule] = not checks(False) and checks(True)
     return known[rule]
 
 
@@ -788,12 +780,7 @@ _LEGACY: OrderedDict[int, tuple[Mapping[str, Any], dict[str, bool], bool]] = Ord
 def _has_formats(schema: Any) -> bool:
     if not isinstance(schema, Mapping):
         return False
-    if schema.get("type") == "string" and schema.get("format") in (
-        "date",
-        "date-time",
-        "duration",
-        "byte",
-    ):
+    if schema.get("type") == "string" and schema.get("format") in formatted.FORMATS:
         return True
     return any(_has_formats(sub) for sub in _children(schema))
 
@@ -808,10 +795,9 @@ def _at(path: str, field_path: str | None) -> str:
 def _message(r: _Rule, data: dict[str, Any]) -> str:
     if r.message_expression:
         # with optionalOldSelf, oldSelf is an optional in the message too (as in the rule)
-        optional = r.transition and r.optional_old_self
-        optional = optional and bool(_OLD_SELF.search(r.message_expression))
+        source = _typed_text(r.message_expression, "messageExpression", r.rule, r.optional_old_self)
         try:
-            text = (_compiled_optional if optional else _compiled)(r.message_expression).eval(data)
+            text = _compiled(source).eval(data)
         except (CompileError, EvalError):
             text = None
         if isinstance(text, str) and text.strip() and "\n" not in text:

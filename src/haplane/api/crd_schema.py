@@ -47,7 +47,7 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
-from haplane.cel.library import RE2_OPTIONS, re2_options
+from haplane.cel.library import RE2_OPTIONS, ROOMY_RE2_OPTIONS
 
 from . import ratcheting
 from .crd_rules import Programs, cost_errors, expressions_at, rules_errors, type_errors
@@ -218,16 +218,12 @@ def _as_mapping(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
 
 
-# a CRD's patterns, written by its author, get Go's room (`^\pL{1,1000}$` compiles, as in
-# Kubernetes); patterns from objects, in CEL, keep RE2's default (`library.RE2_OPTIONS`)
-_PATTERN_OPTIONS = re2_options(64 << 20)
-
-
 def _regex(pattern: str) -> Any:
     """The pattern compiled by RE2, whose syntax is Go's regexp (what Kubernetes validates
     `pattern` with: `\\pL` classes work, lookarounds and backreferences do not), in linear
     time whatever the value; the reason it does not compile, as a string, when it does not.
-    RE2's default room first; one that needs Go's goes to a cache of its own, of a few."""
+    RE2's default room first; one that needs Go's (a CRD's patterns are its author's, as
+    Kubernetes compiles them) goes to a cache of its own, of a few."""
     compiled = _default_regex(pattern)
     return _roomy_regex(pattern) if compiled is None else compiled
 
@@ -246,7 +242,7 @@ def _default_regex(pattern: str) -> Any:
 @lru_cache(maxsize=16)  # (few: such a pattern can take tens of MiB)
 def _roomy_regex(pattern: str) -> Any:
     try:
-        return re2.compile(pattern, options=_PATTERN_OPTIONS)
+        return re2.compile(pattern, options=ROOMY_RE2_OPTIONS)
     except UnicodeEncodeError:
         return "invalid UTF-8"
     except re2.error as e:

@@ -9,6 +9,7 @@ syntax.proto, which are stable).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -31,6 +32,25 @@ class Node:
     loop_condition: Node | None = None
     loop_step: Node | None = None
     result: Node | None = None
+
+
+def walk(root: Node) -> Iterator[Node]:
+    """Every node of the tree, the root first."""
+    stack: list[Node | None] = [root]
+    while stack:
+        node = stack.pop()
+        if node is None:
+            continue
+        yield node
+        stack += [node.target, *node.args]
+        if node.kind == "comprehension":
+            stack += [
+                node.iter_range,
+                node.accu_init,
+                node.loop_condition,
+                node.loop_step,
+                node.result,
+            ]
 
 
 def _varint(b: bytes, i: int) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_optional
 
 from . import authz, budget, formats
-from .ast import Node, parse
+from .ast import Node, parse, walk
 from .library import (
     CACHED_MATCHES,
     calls,
@@ -246,24 +246,7 @@ def _string_constants(expr: Any) -> list[str]:
         tree = parse(expr.serialize())
     except Exception:  # (a tree that does not decode: nothing noted)
         return []
-    found: list[str] = []
-    stack: list[Node | None] = [tree]
-    while stack:
-        node = stack.pop()
-        if node is None:
-            continue
-        if node.kind == "const" and isinstance(node.value, str):
-            found.append(node.value)
-        stack += [node.target, *node.args]
-        if node.kind == "comprehension":
-            stack += [
-                node.iter_range,
-                node.accu_init,
-                node.loop_condition,
-                node.loop_step,
-                node.result,
-            ]
-    return found
+    return [n.value for n in walk(tree) if n.kind == "const" and isinstance(n.value, str)]
 
 
 _ORDERINGS = {

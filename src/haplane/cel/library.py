@@ -282,7 +282,8 @@ def re2_options(max_mem: int = 8 << 20) -> Any:
 
 
 RE2_OPTIONS = re2_options()
-_ROOMY = re2_options(64 << 20)  # Go's regexp compiles `^\pL{1,1000}$`; RE2's default does not
+# the room Go's regexp gives: it compiles `^\pL{1,1000}$`, RE2's default does not
+ROOMY_RE2_OPTIONS = re2_options(64 << 20)
 # the string constants of compiled expressions: their authors' text, never an object's. A
 # pattern among them gets Go's room (as Kubernetes compiles it); one from an object keeps
 # the default, where a larger one would cost seconds to compile on the event loop
@@ -311,7 +312,7 @@ def _compiled_regex(pattern: str, roomy: bool) -> Any:
     """The compiled pattern, or why it does not compile (kept too: a refused pattern is not
     compiled again at every evaluation)."""
     try:
-        return re2.compile(pattern, options=_ROOMY if roomy else RE2_OPTIONS)
+        return re2.compile(pattern, options=ROOMY_RE2_OPTIONS if roomy else RE2_OPTIONS)
     except re2.error as exc:
         return f"invalid regular expression {pattern!r}: {exc}"
     except UnicodeEncodeError:
