@@ -226,6 +226,10 @@ def test_crd_cel_rules_are_checked_and_enforced(api_replicas):
     status, _, out = api.request("POST", path, body)
     assert status == 422 and "x-kubernetes-validations[0].rule" in out["message"], out
     assert "compilation failed: 1:16" in out["message"], out
+    # a rule that compiles but does not type-check against the schema is refused too
+    spec["x-kubernetes-validations"] = [{"rule": "self.replicsa > 1"}]
+    status, _, out = api.request("POST", path, body)
+    assert status == 422 and "undefined field 'replicsa'" in out["message"], out
     spec["x-kubernetes-validations"] = [
         {
             "rule": "self.replicas <= 5 || self.color == 'blue'",
@@ -233,6 +237,13 @@ def test_crd_cel_rules_are_checked_and_enforced(api_replicas):
             "fieldPath": ".replicas",
         },
         {"rule": "self.color == oldSelf.color", "message": "color is immutable"},
+    ]
+    root = body["spec"]["versions"][1]["schema"]["openAPIV3Schema"]
+    root["x-kubernetes-validations"] = [
+        {  # Kubernetes' format library, on the object's name
+            "rule": "!format.dns1123Label().validate(self.metadata.name).hasValue()",
+            "messageExpression": "format.dns1123Label().validate(self.metadata.name).value()[0]",
+        }
     ]
     assert api.request("POST", path, body)[0] == 201
     base = f"/apis/{group}/v1/namespaces/default/widgets"
@@ -247,6 +258,10 @@ def test_crd_cel_rules_are_checked_and_enforced(api_replicas):
         "message": 'Invalid value: "object": red widgets stop at 5, not 7',
         "field": "spec.replicas",
     }
+    status, _, out = api.request(
+        "POST", base, {"metadata": {"name": "w.x"}, "spec": {"color": "red", "replicas": 3}}
+    )
+    assert status == 422 and "must not contain dots" in out["message"], out
     obj = {"metadata": {"name": "w"}, "spec": {"color": "red", "replicas": 3}}
     status, _, created = api.request("POST", base, obj)
     assert status == 201, created
