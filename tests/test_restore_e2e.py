@@ -201,10 +201,19 @@ def test_a_standby_is_rebuilt_from_its_snapshot_and_catches_up(
     r = haplane(state, "backup", "restore", name, "-n", "shop")
     r = kubectl(admin, "-n", "shop", "get", "configmap", "prices", "-o", "jsonpath={.data.a}")
     assert r.returncode == 0 and r.stdout == "3", r.stderr
-    # more periods: the oldest beyond 2 deleted
+    # more periods: the oldest beyond 2 deleted. A backup under way (no manifest yet) and one
+    # finished a moment before its prune are not the schedule's fault: count the finished ones,
+    # and let a period pass for a moment between a backup and its prune
     log = state / "supervisor.log"
-    wait_for(lambda: '"backup-pruned"' in log.read_text(), timeout=90)
-    assert len(list(logical.glob("scheduled-*"))) <= 2
+
+    def finished() -> list[str]:
+        return sorted(d.name for d in logical.glob("scheduled-*") if (d / "manifest.json").exists())
+
+    oldest = finished()[0]
+    wait_for(lambda: oldest not in finished() and '"backup-pruned"' in log.read_text(), timeout=90)
+    made_total = log.read_text().count('"msg": "backup", ')
+    assert made_total >= 3, made_total  # so 2 kept is pruning, not too few made
+    wait_for(lambda: len(finished()) <= 2, timeout=30)
 
     # a lost member (its data dir deleted) replaced by the shipped runbook while a client
     # writes through the gate: no write fails, every acknowledged one reads back, three
