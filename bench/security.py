@@ -4,12 +4,14 @@ it, side by side in one run:
 - secure: TLS (P-256 certificate), a bearer token from the token file, RBAC (the user is
   allowed by a RoleBinding to `edit` for its group, so every request is evaluated, not
   short-circuited as system:masters would be), and the audit log under the default policy
-  (ConfigMaps: Metadata for gets, Request for creates: two events per request).
+  (ConfigMaps: Metadata for gets, one event each; Request for creates, two events each).
 Load from wrk (2 threads, keep-alive connections: TLS handshakes are amortised as clients
 amortise them), `--rounds` interleaved rounds of cached GETs (resourceVersion=0) and creates
 (~1 KiB ConfigMaps); ratios secure / plain are the medians of the rounds'.
-Then where a cached GET's cost goes, one feature at a time, on two more replicas: TLS alone;
-TLS with authentication and RBAC (no audit); the same with an audit policy that logs nothing.
+Then where a cached GET's cost goes, one feature at a time, on three more replicas: TLS alone;
+TLS with authentication and RBAC (no audit); the same with an audit policy that logs nothing;
+and one more replica as `secure` with the audit log in batch mode (`--audit-log-mode batch`),
+in the head-to-head rounds too.
 
     .venv/bin/python bench/security.py [--seconds 6] [--rounds 3] [--connections 32]
 """
@@ -129,6 +131,8 @@ async def setup(root: Path) -> tuple[EtcdCluster, ApiReplica, ApiReplica, Path]:
         ("tls-access-audit-none", [*access_args, "--audit-log-path",
                                    str(root / "audit" / "none.log"), "--audit-policy-file",
                                    str(root / "audit-none.yaml")]),
+        ("batch", [*access_args, "--audit-log-path", str(root / "audit" / "batch.log"),
+                   "--audit-log-mode", "batch"]),
     ):  # fmt: skip
         replica = ApiReplica(root, name, cluster.endpoints, region="bench", ca=pki.ca_cert,
                              extra_args=args)  # fmt: skip
@@ -183,21 +187,33 @@ def main() -> None:
                 "2 vCPUs shared by etcd, both replicas and wrk"
             )
             print(f"{'case':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}")
-            gets, creates = [], []
+            batch = STEPS["batch"]
+            gets, creates, batch_gets, batch_creates = [], [], [], []
             for i in range(args.rounds):
                 p = wrk_get(plain.url, s, c, plain.process.pid, None)
                 q = wrk_get(secure.url, s, c, secure.process.pid, TOKEN)
+                b = wrk_get(batch.url, s, c, batch.process.pid, TOKEN)
                 row(f"{i + 1}: get, all off", p)
                 row(f"{i + 1}: get, TLS+token+RBAC+audit", q)
+                row(f"{i + 1}: get, ... audit in batch mode", b)
                 gets.append((q["rps"] / p["rps"], q["cpu_us"] / p["cpu_us"]))
+                batch_gets.append((b["rps"] / p["rps"], b["cpu_us"] / p["cpu_us"]))
                 os.environ["BENCH_TOKEN"] = ""
                 p = load_wrk_create(plain.url, s, c, plain.process.pid)
                 os.environ["BENCH_TOKEN"] = TOKEN
                 q = load_wrk_create(secure.url, s, c, secure.process.pid)
+                b = load_wrk_create(batch.url, s, c, batch.process.pid)
                 row(f"{i + 1}: create, all off", p)
                 row(f"{i + 1}: create, TLS+token+RBAC+audit", q)
+                row(f"{i + 1}: create, ... audit in batch mode", b)
                 creates.append((q["rps"] / p["rps"], q["cpu_us"] / p["cpu_us"]))
-            for what, xs in (("cached GETs", gets), ("creates", creates)):
+                batch_creates.append((b["rps"] / p["rps"], b["cpu_us"] / p["cpu_us"]))
+            for what, xs in (
+                ("cached GETs", gets),
+                ("creates", creates),
+                ("cached GETs, audit in batch mode", batch_gets),
+                ("creates, audit in batch mode", batch_creates),
+            ):
                 print(
                     f"{what}: secure / plain = {statistics.median(x[0] for x in xs):.2f}x "
                     f"throughput (rounds {', '.join(f'{x[0]:.2f}' for x in xs)}), "
@@ -221,6 +237,7 @@ def breakdown(plain: ApiReplica, secure: ApiReplica, s: float, c: int, rounds: i
         ("TLS + token + RBAC", STEPS["tls-access"], TOKEN),
         ("... + audit policy logging nothing", STEPS["tls-access-audit-none"], TOKEN),
         ("... + audit (default policy)", secure, TOKEN),
+        ("... the same audit in batch mode", STEPS["batch"], TOKEN),
     ]
     results: dict[str, list[dict]] = {name: [] for name, _, _ in cases}
     for _ in range(rounds):

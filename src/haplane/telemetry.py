@@ -128,6 +128,22 @@ class Api:
         "etcd_request_duration_seconds", "Latency of the replica's etcd calls", "operation"
     )
     certificate_expiry = CERTIFICATE_EXPIRY
+    audit_events = _c(
+        "apiserver_audit_event_total", "Audit events written to this replica's audit log"
+    )
+    audit_errors = _c(
+        "apiserver_audit_error_total",
+        "Audit events lost to a failed write (a full disk): the requests went on",
+        "plugin",
+    )
+    audit_buffered = _g(
+        "haplane_audit_buffered_events",
+        "Audit events waiting in the batch backend's buffer (audit mode batch)",
+    )
+    audit_blocked = _c(
+        "haplane_audit_blocked_total",
+        "Times a request found the batch backend's buffer full and wrote it out itself",
+    )
     encryption_config = _g(
         "haplane_encryption_config_info",
         "1 for the EncryptionConfiguration in use (sha256 of the file as loaded): replicas "

@@ -18,6 +18,36 @@ from haplane.telemetry import json_logging
 from .server import ApiServer, ReplicaConfig, SecurityConfig
 from .sync_ack import SyncConfig
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+
+
+def _duration(text: str) -> float:
+    """A duration as kube-apiserver's flags take one for the audit batch wait: a number with
+    ms, s or m (bare: seconds); above zero."""
+    for unit in ("ms", "s", "m"):
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], _UNITS[unit]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (say 200ms or 1s)") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above zero: {text!r}")
+    return seconds
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return n
+
 
 def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
     ap = argparse.ArgumentParser(prog="haplane-apiserver")
@@ -134,6 +164,19 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
     sec.add_argument("--audit-policy-file", default=None)
     sec.add_argument("--audit-log-maxsize", type=int, default=100, help="megabytes")
     sec.add_argument("--audit-log-maxbackup", type=int, default=5)
+    sec.add_argument(
+        "--audit-log-mode",
+        choices=("blocking", "batch"),
+        default="blocking",
+        help="blocking: each event written in its request's path; batch: buffered, written by "
+        "a thread (at most --audit-log-batch-max-wait late; lost on a crash)",
+    )
+    sec.add_argument("--audit-log-batch-max-wait", type=_duration, default=0.2,
+                     help="a duration (200ms, 1s)")  # fmt: skip
+    sec.add_argument("--audit-log-batch-max-size", type=_positive, default=400,
+                     help="events per write")  # fmt: skip
+    sec.add_argument("--audit-log-batch-buffer-size", type=_positive, default=10_000,
+                     help="events buffered (a request finding it full writes it)")  # fmt: skip
     args = ap.parse_args(argv)
     if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
         ap.error("--tls-cert-file and --tls-private-key-file go together")
@@ -203,6 +246,10 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
             audit_policy=args.audit_policy_file,
             audit_max_bytes=args.audit_log_maxsize * 1024 * 1024,
             audit_backups=args.audit_log_maxbackup,
+            audit_mode=args.audit_log_mode,
+            audit_batch_max_wait=args.audit_log_batch_max_wait,
+            audit_batch_max_size=args.audit_log_batch_max_size,
+            audit_batch_buffer_size=args.audit_log_batch_buffer_size,
         ),
     )
 

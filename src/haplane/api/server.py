@@ -35,6 +35,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from haplane.auth.audit import AuditLog, Policy, default_policy
+from haplane.auth.audit_batch import BatchingAuditLog
 from haplane.auth.pki import (
     CertPaths,
     PkiError,
@@ -143,6 +144,12 @@ class SecurityConfig:
     encryption_config: str | None = None
     audit_max_bytes: int = 100 * 1024 * 1024
     audit_backups: int = 5
+    # kube-apiserver's --audit-log-mode: "blocking" writes each event in the request path,
+    # "batch" buffers them for a writer thread (haplane.auth.audit_batch)
+    audit_mode: Literal["blocking", "batch"] = "blocking"
+    audit_batch_max_wait: float = 0.2  # seconds
+    audit_batch_max_size: int = 400  # events per write
+    audit_batch_buffer_size: int = 10_000  # events; a full buffer is written by the request
 
 
 @dataclass
@@ -268,14 +275,22 @@ class ApiServer:
             if sec.requestheader_ca
             else None,
         )
-        self.audit = (
-            Audit(
-                Policy.load(Path(sec.audit_policy)) if sec.audit_policy else default_policy(),
-                AuditLog(sec.audit_log, sec.audit_max_bytes, sec.audit_backups),
-            )
-            if sec.audit_log
-            else None
-        )
+        self.audit: Audit | None = None
+        self._audit_sink: AuditLog | BatchingAuditLog | None = None
+        if sec.audit_log:
+            policy = Policy.load(Path(sec.audit_policy)) if sec.audit_policy else default_policy()
+            file_log = AuditLog(sec.audit_log, sec.audit_max_bytes, sec.audit_backups)
+            sink: AuditLog | BatchingAuditLog = file_log
+            if sec.audit_mode == "batch":
+                sink = BatchingAuditLog(
+                    file_log,
+                    buffer_size=sec.audit_batch_buffer_size,
+                    max_batch=sec.audit_batch_max_size,
+                    max_wait=sec.audit_batch_max_wait,
+                )
+            self._audit_sink = sink
+            self.audit = Audit(policy, sink)
+            self.metrics.count_audit(sink)
         self.sync: SyncAck | None = None
         if config.sync is not None and config.sync.standbys and self._global_client is not None:
             self.sync = SyncAck(
@@ -1074,6 +1089,8 @@ class ApiServer:
             await self._global_client.close()
         if self._write_log is not None:
             self._write_log.close()
+        if self._audit_sink is not None:  # the batch backend writes what it buffered
+            await asyncio.to_thread(self._audit_sink.close)
         if self.encryption is not None:  # KMS plugin providers: their poll threads, channels
             await asyncio.to_thread(self.encryption.close)
         log.info(json.dumps({"msg": "stopped", "component": self.name}))

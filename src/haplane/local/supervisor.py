@@ -51,6 +51,7 @@ from haplane.store import (
 from haplane.telemetry import json_logging
 from haplane.topology import Topology
 from haplane.topology.model import GLOBAL_SCOPE
+from haplane.topology.model import Audit as AuditSpec
 
 from . import security, site_network
 from .gate_plans import (
@@ -544,12 +545,9 @@ class Supervisor:
             "--anonymous", "health",
             "--authorization-mode", "RBAC",
             "--audit-log-path", str(self.state.audit_log(plan.qualified_name)),
-            "--audit-log-maxsize", str(audit.max_size_mb),
-            "--audit-log-maxbackup", str(audit.max_backups),
+            *audit_args(audit),
             *_etcd_tls_args(self.tls.etcd_client(f"apiserver/{plan.qualified_name}")),
         ]  # fmt: skip
-        if audit.policy_file:
-            args += ["--audit-policy-file", audit.policy_file]
         if any(g.mode == "l7" for g in self.topology.spec.global_.gates):
             # only then: the replicas believe X-Remote-* headers from the front-proxy CA's
             # certificate with this CN
@@ -895,6 +893,18 @@ def write_kubeconfig(
     os.chmod(tmp, 0o600)  # an older file of that name keeps its mode through O_TRUNC
     tmp.replace(path)
     return path
+
+
+def audit_args(audit: AuditSpec) -> list[str]:
+    """A replica's audit flags from the topology's `security.audit` (the log's path aside)."""
+    args = ["--audit-log-maxsize", str(audit.max_size_mb),
+            "--audit-log-maxbackup", str(audit.max_backups)]  # fmt: skip
+    if audit.policy_file:
+        args += ["--audit-policy-file", audit.policy_file]
+    if audit.mode == "batch":
+        args += ["--audit-log-mode", "batch",
+                 "--audit-log-batch-max-wait", f"{audit.batch_max_wait_ms}ms"]  # fmt: skip
+    return args
 
 
 def _etcd_tls_args(tls: EtcdTls) -> list[str]:

@@ -439,6 +439,16 @@ class Audit(_Model):
     )
     max_size_mb: int = Field(100, ge=1, description="Rotate each replica's log at this size.")
     max_backups: int = Field(5, ge=0, description="Rotated logs kept (0: all).")
+    mode: Literal["blocking", "batch"] = Field(
+        "blocking",
+        description="kube-apiserver's --audit-log-mode. blocking: each event written as its "
+        "request goes (a crash loses none). batch: buffered and written by a thread of the "
+        "replica every batchMaxWaitMs (cheaper per request, the event loop never waits on the "
+        "disk; a crash of the replica loses at most that much).",
+    )
+    batch_max_wait_ms: int = Field(
+        200, ge=10, le=60_000, description="batch mode: the longest an event waits to be written."
+    )
 
 
 class Encryption(_Model):

@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from haplane.auth.audit import AuditEvent, AuditLog, Level, Policy, Stage
+from haplane.auth.audit_batch import BatchingAuditLog
 from haplane.auth.user import ANONYMOUS, UserInfo
 
 from ..errors import StatusError
@@ -26,7 +27,7 @@ log = logging.getLogger("haplane.api")
 
 
 class Audit:
-    def __init__(self, policy: Policy, sink: AuditLog):
+    def __init__(self, policy: Policy, sink: AuditLog | BatchingAuditLog):
         self.policy = policy
         self.sink = sink
 
@@ -46,13 +47,16 @@ class Audit:
             user_agent=request.headers.get("User-Agent", ""),
         )
         request["audit"] = ev
-        self._record(ev, Stage.REQUEST_RECEIVED)
+        omitted = decision.omit_stages
+        if Stage.REQUEST_RECEIVED not in omitted:  # (the default policy omits it for reads)
+            self._record(ev, Stage.REQUEST_RECEIVED)
+        if info.verb == "watch":  # only a watch has a response that starts before it ends
 
-        def started() -> None:
-            ev.set_response(200)
-            self._record(ev, Stage.RESPONSE_STARTED)
+            def started() -> None:
+                ev.set_response(200)
+                self._record(ev, Stage.RESPONSE_STARTED)
 
-        request[RESPONSE_STARTED] = started
+            request[RESPONSE_STARTED] = started
         try:
             response = await handler(request)
         except StatusError as exc:

@@ -11,6 +11,8 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from ...telemetry import Api as M
 from ..request import Handler
@@ -47,6 +49,11 @@ class Metrics:
             child = self._etcd_children[operation] = self.etcd_latency.labels(operation)
         child.observe(seconds)
 
+    def count_audit(self, sink: Any) -> None:
+        """The audit log's counters (`AuditLog` or `BatchingAuditLog`), read at each scrape:
+        nothing is added to a request's path."""
+        self.registry.register(_AuditCollector(sink))
+
     async def __call__(self, request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
         """The metrics link. The resource label is set only once a served type was resolved
         (never the client's text: an unbounded label would grow the registry forever)."""
@@ -60,3 +67,20 @@ class Metrics:
         resource = request.get("resource", "")
         self.observe(verb, resource, response.status, time.monotonic() - t0)
         return response
+
+
+class _AuditCollector(Collector):
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def collect(self) -> list[Metric]:
+        events, errors = M.audit_events.family(), M.audit_errors.family()
+        events.add_metric([], self.sink.events)
+        errors.add_metric(["log"], self.sink.errors)
+        out: list[Metric] = [events, errors]
+        if hasattr(self.sink, "pending"):  # the batch backend
+            buffered, blocked = M.audit_buffered.family(), M.audit_blocked.family()
+            buffered.add_metric([], self.sink.pending)
+            blocked.add_metric([], self.sink.blocked)
+            out += [buffered, blocked]
+        return out

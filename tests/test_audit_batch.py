@@ -1,0 +1,269 @@
+"""The audit log's batch backend (`haplane.auth.audit_batch`, `--audit-log-mode=batch`) and
+`AuditLog.write_lines`: same bytes as the blocking backend, in order, written by a thread, a
+full buffer written by the request, nothing lost on close, rotation respected across a batch;
+and a real replica in batch mode writing its events, counted in its metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from haplane.api.request import attributes, request_info
+from haplane.auth.audit import AuditEvent, AuditLog, Policy, Stage, backup_files, default_policy
+from haplane.auth.audit_batch import BatchingAuditLog
+from haplane.auth.user import UserInfo
+from tests.topology_helpers import wait_for
+
+EVERYTHING = Policy.from_text(
+    "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: Request\n"
+)
+
+
+def event(i: int, policy: Policy = EVERYTHING, method: str = "GET") -> AuditEvent:
+    user = UserInfo("alice", groups=("team",))
+    path = f"/api/v1/namespaces/a/configmaps/c{i:04d}"
+    attrs = attributes(request_info(method, path, {}), user)
+    at = datetime(2026, 1, 1, 0, 0, i % 60, i, tzinfo=UTC)
+    ev = AuditEvent(attrs, policy.decide(attrs), request_uri=path, user=user,
+                    audit_id=f"id-{i}", received=at)  # fmt: skip
+    if method != "GET":
+        ev.set_request_object({"metadata": {"name": f"c{i:04d}"}, "data": {"k": "v"}})
+    ev.set_response(200)
+    return ev
+
+
+AT = datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def test_write_lines_rotates_between_lines_never_inside_one(tmp_path: Path) -> None:
+    one = [b'{"n":%d}\n' % i for i in range(10, 40)]  # 9 bytes each
+    with AuditLog(tmp_path / "a.log", max_bytes=9 * 4, backups=0) as log:
+        log.write_lines(one[:3])
+        assert log.rotations == 0 and log.size == 27
+        log.write_lines(one[3:])  # 1 fits, then 4 a file
+        assert log.size <= 36
+    files = [*backup_files(tmp_path / "a.log"), tmp_path / "a.log"]
+    got = [line for f in files for line in f.read_bytes().splitlines(keepends=True)]
+    assert got == one  # in order, every line whole
+    assert all(f.stat().st_size <= 36 for f in files)
+    assert [f.stat().st_size for f in files[:-1]] == [36] * (len(files) - 1)
+    # a line longer than the limit goes alone into a fresh file
+    with AuditLog(tmp_path / "b.log", max_bytes=20, backups=0) as log:
+        log.write_lines([b"x" * 5 + b"\n", b"y" * 40 + b"\n", b"z\n"])
+    files = [*backup_files(tmp_path / "b.log"), tmp_path / "b.log"]
+    assert [f.read_bytes() for f in files] == [b"xxxxx\n", b"y" * 40 + b"\n", b"z\n"]
+
+
+def test_batches_are_the_blocking_backends_bytes_in_order(tmp_path: Path) -> None:
+    """Metadata reads (the direct line) and writes at Request level (the full path, redacted)
+    alike; what `record` returned is what each backend did."""
+    blocking = AuditLog(tmp_path / "blocking.log", max_bytes=0)
+    batch = BatchingAuditLog(AuditLog(tmp_path / "batch.log", max_bytes=0), max_wait=0.01)
+    said = []
+    for i in range(300):
+        method = "GET" if i % 3 else "POST"
+        policy = default_policy() if i % 2 else EVERYTHING
+        for stage in (Stage.REQUEST_RECEIVED, Stage.RESPONSE_COMPLETE):
+            a = blocking.record(event(i, policy, method), stage, AT)
+            b = batch.record(event(i, policy, method), stage, AT)
+            said.append((a, b))
+    batch.close()
+    blocking.close()
+    assert all(a == b for a, b in said) and any(not a for a, _ in said)
+    expected = (tmp_path / "blocking.log").read_bytes()
+    assert (tmp_path / "batch.log").read_bytes() == expected
+    assert batch.events == blocking.events == expected.count(b"\n") > 400
+
+
+def test_the_thread_writes_without_close_and_a_full_batch_wakes_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    batch = BatchingAuditLog(AuditLog(path), max_wait=0.05, max_batch=1000)
+    try:
+        batch.record(event(1), Stage.RESPONSE_COMPLETE, AT)
+        assert batch.pending == 1 and path.read_bytes() == b""  # not in the request's path
+        wait_for(lambda: path.read_bytes().count(b"\n") == 1, timeout=5)
+        assert batch.pending == 0 and batch.events == 1
+    finally:
+        batch.close()
+    # max_batch wakes the writer long before max_wait
+    batch = BatchingAuditLog(AuditLog(tmp_path / "b.log"), max_wait=30, max_batch=10)
+    try:
+        for i in range(9):
+            batch.record(event(i), Stage.RESPONSE_COMPLETE, AT)
+        time.sleep(0.2)
+        assert (tmp_path / "b.log").read_bytes() == b""
+        batch.record(event(9), Stage.RESPONSE_COMPLETE, AT)
+        wait_for(lambda: (tmp_path / "b.log").read_bytes().count(b"\n") == 10, timeout=5)
+    finally:
+        batch.close()
+
+
+def test_a_full_buffer_is_written_by_the_request_and_nothing_is_lost(tmp_path: Path) -> None:
+    """The writer held up (a stalled disk): the request that fills the buffer does not
+    return before the buffer is written, in order after what the writer had."""
+    path = tmp_path / "audit.log"
+    sink = AuditLog(path)
+    gate = threading.Event()
+    real = sink.write_lines
+    calls: list[tuple[str, int]] = []
+
+    def slow(lines: list[bytes]) -> None:
+        calls.append((threading.current_thread().name, len(lines)))
+        if threading.current_thread().name == "audit-batch":
+            gate.wait(10)
+        real(lines)
+
+    sink.write_lines = slow  # type: ignore[method-assign]
+    batch = BatchingAuditLog(sink, max_wait=0.01, max_batch=1, buffer_size=5)
+    batch.record(event(0), Stage.RESPONSE_COMPLETE, AT)
+    wait_for(lambda: calls, timeout=5)  # the writer took line 0 and is stuck writing it
+    for i in range(1, 5):
+        batch.record(event(i), Stage.RESPONSE_COMPLETE, AT)
+    assert batch.blocked == 0 and batch.pending == 4
+    threading.Timer(0.2, gate.set).start()
+    batch.record(event(5), Stage.RESPONSE_COMPLETE, AT)  # full: waits for the writer, writes
+    assert batch.blocked == 1 and batch.pending == 0  # returned once the buffer was out
+    # (whoever got the lock first, the request or the released writer, wrote the 5)
+    assert calls[0] == ("audit-batch", 1) and sum(n for _, n in calls) == 6
+    batch.close()
+    names = [json.loads(x)["objectRef"]["name"] for x in path.read_text().splitlines()]
+    assert names == [f"c{i:04d}" for i in range(6)]
+
+
+def test_close_writes_everything_and_later_records_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    batch = BatchingAuditLog(AuditLog(path), max_wait=60, max_batch=10_000)
+    for i in range(50):
+        batch.record(event(i), Stage.RESPONSE_COMPLETE, AT)
+    batch.close()
+    batch.close()  # idempotent
+    assert path.read_bytes().count(b"\n") == 50
+    with pytest.raises(ValueError, match="closed"):
+        batch.record(event(99), Stage.RESPONSE_COMPLETE, AT)
+    assert stat_mode(path) == 0o600
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_failed_write_is_counted_and_the_writer_goes_on(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "audit.log"
+    sink = AuditLog(path)
+    real = sink.write_lines
+    failures = [OSError(28, "No space left on device")]
+
+    def flaky(lines: list[bytes]) -> None:
+        if failures:
+            raise failures.pop()
+        real(lines)
+
+    sink.write_lines = flaky  # type: ignore[method-assign]
+    with BatchingAuditLog(sink, max_wait=0.01) as batch:
+        for i in range(3):
+            batch.record(event(i), Stage.RESPONSE_COMPLETE, AT)
+        wait_for(lambda: batch.errors == 3, timeout=5)
+        batch.record(event(3), Stage.RESPONSE_COMPLETE, AT)
+        wait_for(lambda: batch.events == 1, timeout=5)
+    assert "3 events lost" in caplog.text
+    assert [json.loads(x)["objectRef"]["name"] for x in path.read_text().splitlines()] == ["c0003"]
+
+
+def test_settings_are_checked() -> None:
+    for kw in ({"buffer_size": 0}, {"max_batch": 0}, {"max_wait": 0}, {"max_wait": float("nan")}):
+        with pytest.raises(ValueError):
+            BatchingAuditLog(AuditLog(os.devnull, max_bytes=0), **kw)  # type: ignore[arg-type]
+
+
+def test_replica_flags_and_topology_field() -> None:
+    from haplane.api.__main__ import parse_args
+
+    base = ["--region", "r", "--replica", "a", "--listen", "127.0.0.1:1", "--etcd", "x:1"]
+    c = parse_args([*base, "--audit-log-path", "/tmp/x.log"]).security
+    assert c.audit_mode == "blocking"
+    c = parse_args([*base, "--audit-log-path", "/tmp/x.log", "--audit-log-mode", "batch",
+                    "--audit-log-batch-max-wait", "50ms", "--audit-log-batch-max-size", "7",
+                    "--audit-log-batch-buffer-size", "70"]).security  # fmt: skip
+    assert (c.audit_mode, c.audit_batch_max_wait, c.audit_batch_max_size,
+            c.audit_batch_buffer_size) == ("batch", 0.05, 7, 70)  # fmt: skip
+    for bad in (["--audit-log-batch-max-wait", "0s"], ["--audit-log-batch-max-size", "0"],
+                ["--audit-log-mode", "async"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            parse_args([*base, *bad])
+
+
+def test_topology_audit_mode_is_validated_and_passed_to_the_replicas(tmp_path: Path) -> None:
+    import yaml
+
+    from haplane.topology import TopologyError, load_text
+    from haplane.topology.loader import example_text
+
+    doc = yaml.safe_load(example_text("two-regions"))
+    doc["spec"].setdefault("security", {})["audit"] = {"mode": "batch", "batchMaxWaitMs": 50}
+    topo = load_text(yaml.safe_dump(doc))
+    assert topo.spec.security.audit.mode == "batch"
+    assert topo.spec.security.audit.batch_max_wait_ms == 50
+    from haplane.api.__main__ import parse_args
+    from haplane.local.supervisor import audit_args
+
+    base = ["--region", "r", "--replica", "a", "--listen", "127.0.0.1:1", "--etcd", "x:1",
+            "--audit-log-path", "/tmp/x.log"]  # fmt: skip
+    c = parse_args([*base, *audit_args(topo.spec.security.audit)]).security
+    assert (c.audit_mode, c.audit_batch_max_wait) == ("batch", 0.05)
+    default = load_text(example_text("two-regions")).spec.security.audit
+    assert "--audit-log-mode" not in audit_args(default)
+    assert parse_args([*base, *audit_args(default)]).security.audit_mode == "blocking"
+    doc["spec"]["security"]["audit"] = {"mode": "async"}
+    with pytest.raises(TopologyError) as err:
+        load_text(yaml.safe_dump(doc))
+    assert "spec.security.audit.mode" in str(err.value)
+    assert "'blocking'" in str(err.value) and "'batch'" in str(err.value)
+
+
+@pytest.mark.asyncio
+async def test_a_replica_in_batch_mode_writes_and_counts_its_events(etcd_cluster, tmp_path: Path):
+    """A real replica with `--audit-log-mode batch`: its requests' events reach the file
+    without a stop, and its metrics count them; a SIGTERM (the drain) writes the rest."""
+    from haplane.local.api_replica import ApiReplica
+
+    log = tmp_path / "audit" / "api.log"
+    replica = ApiReplica(tmp_path, "batch", etcd_cluster.endpoints,
+                         extra_args=["--audit-log-path", str(log), "--audit-log-mode", "batch",
+                                     "--audit-log-batch-max-wait", "100ms"])  # fmt: skip
+    await replica.start()
+    try:
+        for i in range(5):
+            status, _, _ = replica.request("GET", f"/api/v1/namespaces/default/configmaps/n{i}")
+            assert status == 404
+        want = {f"n{i}" for i in range(5)}
+
+        def named() -> set[str]:
+            text = log.read_text() if log.exists() else ""
+            return {
+                e.get("objectRef", {}).get("name")
+                for e in map(orjson.loads, text.splitlines())
+                if e["stage"] == "ResponseComplete"
+            }
+
+        wait_for(lambda: want <= named(), timeout=10)
+        status, _, text = replica.request("GET", "/metrics")
+        assert status == 200
+        counted = next(
+            float(x.split()[-1]) for x in text.splitlines()
+            if x.startswith("apiserver_audit_event_total ")
+        )  # fmt: skip
+        assert counted >= 5
+        assert "haplane_audit_buffered_events " in text
+        assert 'apiserver_audit_error_total{plugin="log"} 0.0' in text
+        # what is still buffered when the replica is told to stop is written
+        replica.request("GET", "/api/v1/namespaces/default/configmaps/last")
+    finally:
+        await replica.stop()
+    assert "last" in named()
