@@ -5,6 +5,7 @@ and a real replica in batch mode writing its events, counted in its metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -105,17 +106,21 @@ def test_the_thread_writes_without_close_and_a_full_batch_wakes_it(tmp_path: Pat
         batch.close()
 
 
-def test_a_full_buffer_is_written_by_the_request_and_nothing_is_lost(tmp_path: Path) -> None:
-    """The writer held up (a stalled disk): the request that fills the buffer does not
-    return before the buffer is written, in order after what the writer had."""
+async def test_a_full_buffer_is_awaited_off_the_event_loop_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    """The writer held up (a stalled disk): `record` never waits; the request that finds the
+    buffer full awaits `make_room`, which returns once the buffer is written, in order after
+    what the writer had, while the event loop goes on."""
+
     path = tmp_path / "audit.log"
     sink = AuditLog(path)
     gate = threading.Event()
     real = sink.write_lines
-    calls: list[tuple[str, int]] = []
+    calls: list[int] = []
 
     def slow(lines: list[bytes]) -> None:
-        calls.append((threading.current_thread().name, len(lines)))
+        calls.append(len(lines))
         if threading.current_thread().name == "audit-batch":
             gate.wait(10)
         real(lines)
@@ -124,17 +129,63 @@ def test_a_full_buffer_is_written_by_the_request_and_nothing_is_lost(tmp_path: P
     batch = BatchingAuditLog(sink, max_wait=0.01, max_batch=1, buffer_size=5)
     batch.record(event(0), Stage.RESPONSE_COMPLETE, AT)
     wait_for(lambda: calls, timeout=5)  # the writer took line 0 and is stuck writing it
-    for i in range(1, 5):
-        batch.record(event(i), Stage.RESPONSE_COMPLETE, AT)
-    assert batch.blocked == 0 and batch.pending == 4
-    threading.Timer(0.2, gate.set).start()
-    batch.record(event(5), Stage.RESPONSE_COMPLETE, AT)  # full: waits for the writer, writes
-    assert batch.blocked == 1 and batch.pending == 0  # returned once the buffer was out
-    # (whoever got the lock first, the request or the released writer, wrote the 5)
-    assert calls[0] == ("audit-batch", 1) and sum(n for _, n in calls) == 6
+    for i in range(1, 6):
+        batch.record(event(i), Stage.RESPONSE_COMPLETE, AT)  # returns at once, full or not
+    assert batch.full and batch.pending == 5
+    ticks = 0
+
+    async def loop_alive() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(loop_alive())
+    threading.Timer(0.3, gate.set).start()
+    await batch.make_room()  # waits for the stuck writer, then the buffer is out
+    ticker.cancel()
+    assert ticks >= 10, ticks  # the loop ran while the request waited
+    assert batch.blocked == 1 and batch.pending == 0 and not batch.full
     batch.close()
     names = [json.loads(x)["objectRef"]["name"] for x in path.read_text().splitlines()]
     assert names == [f"c{i:04d}" for i in range(6)]
+    assert batch.events == 6 and batch.errors == 0
+
+
+def test_a_torn_write_is_cut_back_and_only_the_lost_lines_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short write then a full disk: the partial line is removed, the lines written before
+    it count as written, the rest as lost; the next batch starts on a line of its own."""
+    import haplane.auth.audit as audit_module
+
+    path = tmp_path / "audit.log"
+    sink = AuditLog(path, max_bytes=3 * 9, backups=0)
+    real_write = os.write
+    plan = ["ok", "ok", "short", "full"]  # the 2 first fill a file; then the next batch tears
+
+    def write(fd: int, data: bytes) -> int:
+        step = plan.pop(0) if plan else "ok"
+        if step == "short":
+            return real_write(fd, bytes(data)[:4])
+        if step == "full":
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit_module.os, "write", write)
+    lines = [b'{"n":%d}\n' % i for i in range(10, 19)]  # 9 bytes each
+    batch = BatchingAuditLog(sink, max_wait=60, max_batch=100)
+    for line in lines:
+        batch._pending.append(line)
+    batch.flush()
+    # 3 lines (one write), rotation, 3 lines (one write), rotation, then the torn write of 3
+    assert (batch.events, batch.errors) == (6, 3)
+    monkeypatch.setattr(audit_module.os, "write", real_write)
+    batch._pending.append(b'{"n":99}\n')
+    batch.close()
+    files = [*backup_files(path), path]
+    got = b"".join(f.read_bytes() for f in files)
+    assert got == b"".join(lines[:6]) + b'{"n":99}\n'
 
 
 def test_close_writes_everything_and_later_records_are_refused(tmp_path: Path) -> None:
@@ -177,9 +228,47 @@ def test_a_failed_write_is_counted_and_the_writer_goes_on(tmp_path: Path, caplog
 
 
 def test_settings_are_checked() -> None:
-    for kw in ({"buffer_size": 0}, {"max_batch": 0}, {"max_wait": 0}, {"max_wait": float("nan")}):
+    bad = ({"buffer_size": 0}, {"max_batch": 0}, {"max_wait": 0}, {"max_wait": 0.001},
+           {"max_wait": float("nan")}, {"max_wait": float("inf")})  # fmt: skip
+    for kw in bad:
         with pytest.raises(ValueError):
             BatchingAuditLog(AuditLog(os.devnull, max_bytes=0), **kw)  # type: ignore[arg-type]
+    # a wake-up threshold beyond the buffer could never be reached
+    with BatchingAuditLog(AuditLog(os.devnull, max_bytes=0), buffer_size=5, max_batch=50) as b:
+        assert b.max_batch == 5
+
+
+def test_a_record_racing_close_is_written_or_counted(tmp_path: Path) -> None:
+    """`close` runs in a worker thread: it can begin between `record`'s check and its append."""
+    sink = AuditLog(tmp_path / "audit.log")
+    batch = BatchingAuditLog(sink, max_wait=60)
+    batch.record(event(0), Stage.RESPONSE_COMPLETE, AT)
+    real = sink.line_for
+
+    def closing_meanwhile(*args):  # close begins while the line is built
+        batch._closed = True
+        return real(*args)
+
+    sink.line_for = closing_meanwhile  # type: ignore[method-assign]
+    batch.record(event(1), Stage.RESPONSE_COMPLETE, AT)  # the final flush has not run: written
+    assert batch.pending == 0 and batch.events == 2
+    batch._closed = False
+    batch.close()
+
+    def closed_meanwhile(*args):  # ... and the final flush has run: refused, counted
+        batch._closed = True
+        return real(*args)
+
+    batch._closed = False
+    sink.line_for = closed_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(ValueError):
+        batch.record(event(2), Stage.RESPONSE_COMPLETE, AT)
+    assert batch.errors == 1 and batch.pending == 0
+    batch._closed = True
+    with pytest.raises(ValueError):  # after close, plainly
+        batch.record(event(3), Stage.RESPONSE_COMPLETE, AT)
+    assert batch.errors == 2
+    assert (tmp_path / "audit.log").read_bytes().count(b"\n") == 2
 
 
 def test_replica_flags_and_topology_field() -> None:
@@ -193,8 +282,8 @@ def test_replica_flags_and_topology_field() -> None:
                     "--audit-log-batch-buffer-size", "70"]).security  # fmt: skip
     assert (c.audit_mode, c.audit_batch_max_wait, c.audit_batch_max_size,
             c.audit_batch_buffer_size) == ("batch", 0.05, 7, 70)  # fmt: skip
-    for bad in (["--audit-log-batch-max-wait", "0s"], ["--audit-log-batch-max-size", "0"],
-                ["--audit-log-mode", "async"]):  # fmt: skip
+    for bad in (["--audit-log-batch-max-wait", "0s"], ["--audit-log-batch-max-wait", "5ms"],
+                ["--audit-log-batch-max-size", "0"], ["--audit-log-mode", "async"]):  # fmt: skip
         with pytest.raises(SystemExit):
             parse_args([*base, *bad])
 
@@ -227,31 +316,34 @@ def test_topology_audit_mode_is_validated_and_passed_to_the_replicas(tmp_path: P
     assert "'blocking'" in str(err.value) and "'batch'" in str(err.value)
 
 
-@pytest.mark.asyncio
 async def test_a_replica_in_batch_mode_writes_and_counts_its_events(etcd_cluster, tmp_path: Path):
-    """A real replica with `--audit-log-mode batch`: its requests' events reach the file
-    without a stop, and its metrics count them; a SIGTERM (the drain) writes the rest."""
+    """A real replica with `--audit-log-mode batch`, the default policy: 5 GETs (one event
+    each) wake the writer, with no stop; its metrics count them; a watch has its
+    ResponseStarted event, a GET none; what is still buffered when it is told to stop (the
+    wait is a minute) is written by the drain."""
     from haplane.local.api_replica import ApiReplica
 
     log = tmp_path / "audit" / "api.log"
     replica = ApiReplica(tmp_path, "batch", etcd_cluster.endpoints,
                          extra_args=["--audit-log-path", str(log), "--audit-log-mode", "batch",
-                                     "--audit-log-batch-max-wait", "100ms"])  # fmt: skip
+                                     "--audit-log-batch-max-wait", "60s",
+                                     "--audit-log-batch-max-size", "5"])  # fmt: skip
+
+    def events() -> list[dict]:
+        text = log.read_text() if log.exists() else ""
+        return [orjson.loads(x) for x in text.splitlines()]
+
+    def named() -> set[str]:
+        return {
+            e.get("objectRef", {}).get("name") for e in events() if e["stage"] == "ResponseComplete"
+        }
+
     await replica.start()
     try:
         for i in range(5):
             status, _, _ = replica.request("GET", f"/api/v1/namespaces/default/configmaps/n{i}")
             assert status == 404
         want = {f"n{i}" for i in range(5)}
-
-        def named() -> set[str]:
-            text = log.read_text() if log.exists() else ""
-            return {
-                e.get("objectRef", {}).get("name")
-                for e in map(orjson.loads, text.splitlines())
-                if e["stage"] == "ResponseComplete"
-            }
-
         wait_for(lambda: want <= named(), timeout=10)
         status, _, text = replica.request("GET", "/metrics")
         assert status == 200
@@ -262,8 +354,22 @@ async def test_a_replica_in_batch_mode_writes_and_counts_its_events(etcd_cluster
         assert counted >= 5
         assert "haplane_audit_buffered_events " in text
         assert 'apiserver_audit_error_total{plugin="log"} 0.0' in text
-        # what is still buffered when the replica is told to stop is written
+        assert not [e for e in events() if e["stage"] == "ResponseStarted"]
+        # a watch: RequestReceived, ResponseStarted, ResponseComplete; with m0 and m1 that
+        # is 5 waiting, which wakes the writer; m2 stays buffered
+        status, _, _ = replica.request(
+            "GET", "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=1"
+        )
+        assert status == 200
+        for i in range(3):
+            replica.request("GET", f"/api/v1/namespaces/default/configmaps/m{i}")
+        wait_for(lambda: "m1" in named(), timeout=10)
+        started = [e for e in events() if e["stage"] == "ResponseStarted"]
+        assert len(started) == 1 and started[0]["verb"] == "watch", started
+        # one more, under the wake-up threshold and the minute's wait: buffered, until the stop
         replica.request("GET", "/api/v1/namespaces/default/configmaps/last")
+        await asyncio.sleep(0.5)
+        assert not {"m2", "last"} & named()
     finally:
         await replica.stop()
-    assert "last" in named()
+    assert {"m2", "last"} <= named()

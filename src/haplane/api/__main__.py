@@ -12,6 +12,7 @@ import signal
 
 import uvloop
 
+from haplane.auth.audit_batch import MIN_WAIT
 from haplane.store import EtcdTls
 from haplane.telemetry import json_logging
 
@@ -22,8 +23,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
 
 
 def _duration(text: str) -> float:
-    """A duration as kube-apiserver's flags take one for the audit batch wait: a number with
-    ms, s or m (bare: seconds); above zero."""
+    """The audit batch wait: a number with ms, s or m (bare: seconds), at least 10 ms (less
+    would have the writer spin). Go's compound forms (1m30s) are not taken."""
     for unit in ("ms", "s", "m"):
         if text.endswith(unit):
             number, scale = text[: -len(unit)], _UNITS[unit]
@@ -34,8 +35,8 @@ def _duration(text: str) -> float:
         seconds = float(number) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (say 200ms or 1s)") from None
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be above zero: {text!r}")
+    if not MIN_WAIT <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be at least 10ms: {text!r}")
     return seconds
 
 
@@ -174,7 +175,7 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
     sec.add_argument("--audit-log-batch-max-wait", type=_duration, default=0.2,
                      help="a duration (200ms, 1s)")  # fmt: skip
     sec.add_argument("--audit-log-batch-max-size", type=_positive, default=400,
-                     help="events per write")  # fmt: skip
+                     help="events waiting that wake the writer before max-wait")  # fmt: skip
     sec.add_argument("--audit-log-batch-buffer-size", type=_positive, default=10_000,
                      help="events buffered (a request finding it full writes it)")  # fmt: skip
     args = ap.parse_args(argv)

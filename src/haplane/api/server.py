@@ -148,7 +148,7 @@ class SecurityConfig:
     # "batch" buffers them for a writer thread (haplane.auth.audit_batch)
     audit_mode: Literal["blocking", "batch"] = "blocking"
     audit_batch_max_wait: float = 0.2  # seconds
-    audit_batch_max_size: int = 400  # events per write
+    audit_batch_max_size: int = 400  # events waiting that wake the writer
     audit_batch_buffer_size: int = 10_000  # events; a full buffer is written by the request
 
 
@@ -1058,7 +1058,18 @@ class ApiServer:
 
     async def drain_and_stop(self) -> None:
         """SIGTERM: fail /readyz for `drain_delay` (balancers take us out), close keep-alive
-        connections, end watches cleanly, let in-flight requests finish, then stop."""
+        connections, end watches cleanly, let in-flight requests finish, then stop. The audit
+        log is closed last, whatever failed before (the batch backend writes its buffer)."""
+        try:
+            await self._drain()
+        finally:
+            sink = self._audit_sink
+            if isinstance(sink, BatchingAuditLog):  # may wait on the disk: off the loop
+                await asyncio.to_thread(sink.close)
+            elif sink is not None:
+                sink.close()  # (not thread-safe: on the loop, like its writes)
+
+    async def _drain(self) -> None:
         self.draining = True
         log.info(json.dumps({"msg": "draining", "component": self.name}))
         await asyncio.sleep(self.config.drain_delay)
@@ -1089,8 +1100,6 @@ class ApiServer:
             await self._global_client.close()
         if self._write_log is not None:
             self._write_log.close()
-        if self._audit_sink is not None:  # the batch backend writes what it buffered
-            await asyncio.to_thread(self._audit_sink.close)
         if self.encryption is not None:  # KMS plugin providers: their poll threads, channels
             await asyncio.to_thread(self.encryption.close)
         log.info(json.dumps({"msg": "stopped", "component": self.name}))

@@ -1231,6 +1231,15 @@ def _make_dirs(directory: Path) -> None:
         os.chmod(d, 0o700)  # mkdir's mode passes through the umask
 
 
+class LinesNotWritten(OSError):
+    """`AuditLog.write_lines` failed: the first `written` lines are in the file, the rest
+    are not."""
+
+    def __init__(self, written: int, cause: OSError) -> None:
+        super().__init__(cause.errno, f"{cause.strerror or cause}")
+        self.written = written
+
+
 class AuditLog:
     """An audit log file: one JSON line per event, appended, rotated by size like
     kube-apiserver's `--audit-log-maxsize` / `--audit-log-maxbackup`.
@@ -1275,6 +1284,10 @@ class AuditLog:
     def size(self) -> int:
         return self._size
 
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
     def write(self, event: Mapping[str, Any]) -> None:
         self.write_line(self.serialise(event))
 
@@ -1307,30 +1320,44 @@ class AuditLog:
 
     def write_lines(self, lines: Sequence[bytes]) -> None:
         """Several lines in order, with as few `write`s as rotation allows (one when the
-        file has room): the batch backend's write."""
+        file has room): the batch backend's write. On a failure, `LinesNotWritten` says how
+        many of the first lines are in the file, whole."""
         if self._fd < 0:
             raise ValueError("audit log is closed")
         start = 0
-        while start < len(lines):
-            room = self.max_bytes - self._size if self.max_bytes else None
-            end, size = start, 0
-            while end < len(lines) and (room is None or size + len(lines[end]) <= room):
-                size += len(lines[end])
-                end += 1
-            if end == start:  # the next line does not fit: rotate (or it goes alone)
-                if self._size:
-                    self.rotate()
-                    continue
-                end, size = start + 1, len(lines[start])
-            self._write_all(b"".join(lines[start:end]) if end - start > 1 else lines[start])
-            start = end
+        try:
+            while start < len(lines):
+                room = self.max_bytes - self._size if self.max_bytes else None
+                end, size = start, 0
+                while end < len(lines) and (room is None or size + len(lines[end]) <= room):
+                    size += len(lines[end])
+                    end += 1
+                if end == start:  # the next line does not fit: rotate (or it goes alone)
+                    if self._size:
+                        self.rotate()
+                        continue
+                    end, size = start + 1, len(lines[start])
+                self._write_all(b"".join(lines[start:end]) if end - start > 1 else lines[start])
+                start = end
+        except OSError as exc:
+            raise LinesNotWritten(start, exc) from exc
 
     def _write_all(self, data: bytes) -> None:
+        """All of `data` or none of it: a write that fails part way (a full disk after a
+        short write) is cut back, so the next line does not continue a torn one."""
+        before = self._size
         view = memoryview(data)
-        while view:  # a regular file takes it whole; the loop is for the rare short write
-            n = os.write(self._fd, view)
-            view = view[n:]
-            self._size += n
+        try:
+            while view:  # a regular file takes it whole; the loop is for the rare short write
+                n = os.write(self._fd, view)
+                view = view[n:]
+                self._size += n
+        except OSError:
+            if self._size != before:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, before)
+                    self._size = before
+            raise
 
     def record(self, ev: AuditEvent, stage: Stage, at: datetime | None = None) -> bool:
         """Write `ev`'s event for `stage`, if it emits one; True when it did."""

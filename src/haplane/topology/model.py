@@ -443,8 +443,8 @@ class Audit(_Model):
         "blocking",
         description="kube-apiserver's --audit-log-mode. blocking: each event written as its "
         "request goes (a crash loses none). batch: buffered and written by a thread of the "
-        "replica every batchMaxWaitMs (cheaper per request, the event loop never waits on the "
-        "disk; a crash of the replica loses at most that much).",
+        "replica every batchMaxWaitMs (the event loop never waits on the disk; no CPU saved; "
+        "a crash of the replica loses what was buffered, normally that much).",
     )
     batch_max_wait_ms: int = Field(
         200, ge=10, le=60_000, description="batch mode: the longest an event waits to be written."
