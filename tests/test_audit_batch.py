@@ -373,3 +373,107 @@ async def test_a_replica_in_batch_mode_writes_and_counts_its_events(etcd_cluster
     finally:
         await replica.stop()
     assert {"m2", "last"} <= named()
+
+
+class _StalledLog:
+    """An audit log path that stalls like a hung disk: a FIFO whose reader reads nothing until
+    `release()` (then everything, until the writer closes it). A pipe takes ~64 KiB, then a
+    blocking `write` waits."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # so the writer's open succeeds
+        self.data = bytearray()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def release(self) -> None:
+        if self._thread.ident is None:
+            self._thread.start()
+
+    def _read(self) -> None:
+        import select
+
+        while True:
+            select.select([self.fd], [], [], 0.2)
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:  # every writer closed it
+                return
+            self.data += chunk
+
+    def names(self) -> list[str]:
+        return [orjson.loads(x)["objectRef"]["name"] for x in bytes(self.data).splitlines()]
+
+    def close(self) -> None:
+        if self._thread.ident is not None:
+            self._thread.join(10)
+        os.close(self.fd)
+
+
+async def test_a_stalled_disk_freezes_a_blocking_replica_not_a_batch_one(
+    etcd_cluster, tmp_path: Path
+):
+    """The batch backend's reason to be, on real replicas. The audit log stalls (a FIFO no one
+    reads): the blocking replica's event loop hangs in `write`, its health check with it;
+    the batch replica keeps answering, health and GETs, until its buffer is full; then the
+    GETs that find it full wait, health still answers; once the disk moves, every event is
+    there, in order."""
+    from haplane.local.api_replica import ApiReplica
+
+    def get(replica: ApiReplica, path: str, timeout: float = 3.0) -> int | None:
+        try:
+            return replica.request("GET", path, timeout=timeout)[0]
+        except OSError:  # (socket timeouts are OSErrors)
+            return None
+
+    def fill(replica: ApiReplica, prefix: str, limit: int) -> int:
+        """GETs until one hangs (or `limit`); how many were answered."""
+        for i in range(limit):
+            if get(replica, f"/api/v1/namespaces/default/configmaps/{prefix}{i:03d}") is None:
+                return i
+        return limit
+
+    # blocking: the first write the pipe cannot take freezes the replica
+    stalled = _StalledLog(tmp_path / "blocking.fifo")
+    blocking = ApiReplica(tmp_path, "stall-blocking", etcd_cluster.endpoints,
+                          extra_args=["--audit-log-path", str(tmp_path / "blocking.fifo"),
+                                      "--audit-log-maxsize", "0"])  # fmt: skip
+    await blocking.start()
+    try:
+        answered = fill(blocking, "b", 400)
+        assert 20 < answered < 400, answered  # ~64 KiB of events, then stuck
+        assert get(blocking, "/readyz", timeout=1.0) is None  # the whole loop is stuck
+        stalled.release()
+        wait_for(lambda: get(blocking, "/readyz", timeout=1.0) == 200, timeout=15)
+    finally:
+        stalled.release()
+        await blocking.stop()
+        stalled.close()
+
+    # batch: the writer thread is stuck instead; the replica answers until the buffer is full
+    stalled = _StalledLog(tmp_path / "batch.fifo")
+    batch = ApiReplica(tmp_path, "stall-batch", etcd_cluster.endpoints,
+                       extra_args=["--audit-log-path", str(tmp_path / "batch.fifo"),
+                                   "--audit-log-maxsize", "0", "--audit-log-mode", "batch",
+                                   "--audit-log-batch-max-wait", "20ms",
+                                   "--audit-log-batch-buffer-size", "150"])  # fmt: skip
+    await batch.start()
+    try:
+        answered = fill(batch, "c", 600)
+        assert answered > 150, answered  # past the pipe's ~64 KiB, up to a full buffer
+        assert answered < 600, answered  # then the request that found it full waits ...
+        for _ in range(5):
+            assert get(batch, "/readyz", timeout=1.0) == 200  # ... and the rest goes on
+        stalled.release()
+        wait_for(lambda: get(batch, "/api/v1/namespaces/default/configmaps/after") == 404,
+                 timeout=15)  # fmt: skip
+    finally:
+        stalled.release()
+        await batch.stop()
+        stalled.close()
+    names = stalled.names()
+    expected = [f"c{i:03d}" for i in range(answered + 1)]  # the one that waited too
+    assert [n for n in names if n.startswith("c")] == expected
+    assert names[-1] == "after"
