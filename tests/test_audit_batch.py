@@ -152,22 +152,24 @@ async def test_a_full_buffer_is_awaited_off_the_event_loop_and_nothing_is_lost(
     assert batch.events == 6 and batch.errors == 0
 
 
-def test_a_torn_write_is_cut_back_and_only_the_lost_lines_count(
+def test_a_torn_write_is_cut_back_to_its_last_whole_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A short write then a full disk: the partial line is removed, the lines written before
-    it count as written, the rest as lost; the next batch starts on a line of its own."""
+    """A short write then a full disk, in a file that already holds lines: the file is cut
+    back to the last whole line written, which counts as written, the rest as lost; the size
+    kept matches the file; the next batch starts on a line of its own. When the cut fails
+    too, the next write ends the fragment first, so only the fragment is malformed."""
     import haplane.auth.audit as audit_module
 
     path = tmp_path / "audit.log"
-    sink = AuditLog(path, max_bytes=3 * 9, backups=0)
+    sink = AuditLog(path, max_bytes=0)
     real_write = os.write
-    plan = ["ok", "ok", "short", "full"]  # the 2 first fill a file; then the next batch tears
+    plan: list[str] = []
 
     def write(fd: int, data: bytes) -> int:
         step = plan.pop(0) if plan else "ok"
         if step == "short":
-            return real_write(fd, bytes(data)[:4])
+            return real_write(fd, bytes(data)[:13])  # one line and 4 bytes of the next
         if step == "full":
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
@@ -175,17 +177,151 @@ def test_a_torn_write_is_cut_back_and_only_the_lost_lines_count(
     monkeypatch.setattr(audit_module.os, "write", write)
     lines = [b'{"n":%d}\n' % i for i in range(10, 19)]  # 9 bytes each
     batch = BatchingAuditLog(sink, max_wait=60, max_batch=100)
-    for line in lines:
-        batch._pending.append(line)
+    batch._pending.extend(lines[:2])
     batch.flush()
-    # 3 lines (one write), rotation, 3 lines (one write), rotation, then the torn write of 3
-    assert (batch.events, batch.errors) == (6, 3)
-    monkeypatch.setattr(audit_module.os, "write", real_write)
-    batch._pending.append(b'{"n":99}\n')
+    plan[:] = ["short", "full"]
+    batch._pending.extend(lines[2:5])
+    batch.flush()
+    assert (batch.events, batch.errors) == (3, 2)
+    assert sink.size == path.stat().st_size == 27
+    batch._pending.append(lines[5])
+    batch.flush()
+    assert path.read_bytes() == b"".join(lines[:3]) + lines[5]
+    # the cut fails: the fragment stays, and the next line starts after a newline
+    monkeypatch.setattr(audit_module.os, "ftruncate", lambda *_: (_ for _ in ()).throw(OSError()))
+    plan[:] = ["short", "full"]
+    batch._pending.extend(lines[6:8])
+    batch.flush()
+    assert (batch.events, batch.errors) == (5, 3)
+    batch._pending.append(lines[8])
     batch.close()
-    files = [*backup_files(path), path]
-    got = b"".join(f.read_bytes() for f in files)
-    assert got == b"".join(lines[:6]) + b'{"n":99}\n'
+    got = path.read_bytes().split(b"\n")
+    assert got[:5] == [x.rstrip() for x in (*lines[:3], lines[5], lines[6])]
+    assert got[5] == lines[7][:4] and got[6] == lines[8].rstrip() and got[7] == b""
+    assert sink.size == path.stat().st_size
+
+
+def _stuck_batch(tmp_path: Path, **kw) -> tuple[BatchingAuditLog, threading.Event]:
+    """A batch log whose writer is stuck in its first write until the event is set."""
+    sink = AuditLog(tmp_path / "audit.log")
+    gate = threading.Event()
+    real = sink.write_lines
+    entered = threading.Event()
+
+    def slow(lines: list[bytes]) -> None:
+        entered.set()
+        gate.wait(10)
+        real(lines)
+
+    sink.write_lines = slow  # type: ignore[method-assign]
+    batch = BatchingAuditLog(sink, max_wait=0.01, max_batch=1, **kw)
+    batch.record(event(0), Stage.RESPONSE_COMPLETE, AT)
+    assert entered.wait(5)
+    return batch, gate
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_every_path_of_the_filter_waits_for_room(tmp_path: Path) -> None:
+    """The Audit filter, on answers, refusals (a Status, aiohttp's own), and failed
+    authentication: a request that leaves the buffer full is answered only once it is
+    written."""
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from haplane.api import errors
+    from haplane.api.filters.audit import Audit, FailedAuthenticationAudit
+
+    async def ok(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(status=200, body=b"{}")
+
+    async def refused(request: web.BaseRequest) -> web.StreamResponse:
+        raise errors.not_found("configmaps", "c")
+
+    async def too_large(request: web.BaseRequest) -> web.StreamResponse:
+        raise web.HTTPRequestEntityTooLarge(max_size=1, actual_size=2)
+
+    async def unauthenticated(request: web.BaseRequest) -> web.StreamResponse:
+        raise errors.unauthorized()
+
+    def request(user: bool = True) -> web.BaseRequest:
+        path = "/api/v1/namespaces/a/configmaps/c"
+        r = make_mocked_request("GET", path)
+        r["info"] = request_info("GET", path, {})
+        if user:
+            r["user"] = UserInfo("alice", groups=("team",))
+        return r
+
+    cases = [(ok, True), (refused, True), (too_large, True), (unauthenticated, False)]
+    for i, (handler, with_user) in enumerate(cases):
+        root = tmp_path / str(i)
+        root.mkdir()
+        batch, gate = _stuck_batch(root, buffer_size=1)
+        audit = Audit(EVERYTHING, batch)
+        link = FailedAuthenticationAudit(audit) if not with_user else audit
+        call = asyncio.ensure_future(link(request(with_user), handler))
+        await asyncio.sleep(0.3)
+        assert not call.done(), handler.__name__  # waiting for room
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(call, return_exceptions=True), 10)
+        assert batch.blocked == 1 and not batch.full, handler.__name__
+        batch.close()
+        assert (root / "audit.log").read_bytes().count(b"\n") >= 2, handler.__name__
+
+
+def test_the_writer_survives_any_error(tmp_path: Path) -> None:
+    sink = AuditLog(tmp_path / "audit.log")
+    real = sink.write_lines
+    failures = [RuntimeError("a bug")]
+
+    def buggy(lines: list[bytes]) -> None:
+        if failures:
+            raise failures.pop()
+        real(lines)
+
+    sink.write_lines = buggy  # type: ignore[method-assign]
+    with BatchingAuditLog(sink, max_wait=0.01) as batch:
+        batch.record(event(0), Stage.RESPONSE_COMPLETE, AT)
+        wait_for(lambda: not failures, timeout=5)
+        batch.record(event(1), Stage.RESPONSE_COMPLETE, AT)
+        wait_for(lambda: batch.events == 1, timeout=5)  # the thread still writes
+        assert batch._thread.is_alive()
+
+
+def test_close_gives_up_on_a_stuck_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import haplane.auth.audit_batch as audit_batch
+
+    monkeypatch.setattr(audit_batch, "CLOSE_TIMEOUT", 0.5)
+    batch, gate = _stuck_batch(tmp_path)
+    for i in range(1, 4):
+        batch.record(event(i), Stage.RESPONSE_COMPLETE, AT)
+    started = time.monotonic()
+    batch.close()
+    assert time.monotonic() - started < 2.0  # one deadline for the join and the lock
+    assert batch.errors == 3 and batch.pending == 0
+    gate.set()  # the disk moves: the writer finishes the batch it held, nothing more
+    wait_for(lambda: batch.events == 1, timeout=5)
+    time.sleep(0.1)
+    assert (batch.events, batch.errors) == (1, 3)
+
+
+def test_a_process_that_exits_without_closing_still_writes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.path[:0] = sys.argv[2:3]\n"
+        "from tests.test_audit_batch import event, AT\n"
+        "from haplane.auth.audit import AuditLog, Stage\n"
+        "from haplane.auth.audit_batch import BatchingAuditLog\n"
+        "b = BatchingAuditLog(AuditLog(sys.argv[1]), max_wait=60)\n"
+        "b.record(event(7), Stage.RESPONSE_COMPLETE, AT)\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    path = tmp_path / "audit.log"
+    subprocess.run([sys.executable, "-c", script, str(path), root], check=True, timeout=60)
+    assert [json.loads(x)["objectRef"]["name"] for x in path.read_text().splitlines()] == ["c0007"]
 
 
 def test_close_writes_everything_and_later_records_are_refused(tmp_path: Path) -> None:
@@ -239,7 +375,8 @@ def test_settings_are_checked() -> None:
 
 
 def test_a_record_racing_close_is_written_or_counted(tmp_path: Path) -> None:
-    """`close` runs in a worker thread: it can begin between `record`'s check and its append."""
+    """`close` runs in another thread: it can begin, or even finish its final flush, between
+    `record`'s check and its append."""
     sink = AuditLog(tmp_path / "audit.log")
     batch = BatchingAuditLog(sink, max_wait=60)
     batch.record(event(0), Stage.RESPONSE_COMPLETE, AT)
@@ -250,21 +387,20 @@ def test_a_record_racing_close_is_written_or_counted(tmp_path: Path) -> None:
         return real(*args)
 
     sink.line_for = closing_meanwhile  # type: ignore[method-assign]
-    batch.record(event(1), Stage.RESPONSE_COMPLETE, AT)  # the final flush has not run: written
-    assert batch.pending == 0 and batch.events == 2
-    batch._closed = False
+    assert batch.record(event(1), Stage.RESPONSE_COMPLETE, AT)  # left for the final flush
+    assert batch.pending == 2
     batch.close()
+    assert batch.events == 2 and batch.errors == 0
 
-    def closed_meanwhile(*args):  # ... and the final flush has run: refused, counted
+    def flushed_meanwhile(*args):  # ... and its final flush has run: refused, counted
         batch._closed = True
         return real(*args)
 
-    batch._closed = False
-    sink.line_for = closed_meanwhile  # type: ignore[method-assign]
+    batch._closed = False  # as if the check had passed just before
+    sink.line_for = flushed_meanwhile  # type: ignore[method-assign]
     with pytest.raises(ValueError):
         batch.record(event(2), Stage.RESPONSE_COMPLETE, AT)
     assert batch.errors == 1 and batch.pending == 0
-    batch._closed = True
     with pytest.raises(ValueError):  # after close, plainly
         batch.record(event(3), Stage.RESPONSE_COMPLETE, AT)
     assert batch.errors == 2
@@ -320,7 +456,7 @@ async def test_a_replica_in_batch_mode_writes_and_counts_its_events(etcd_cluster
     """A real replica with `--audit-log-mode batch`, the default policy: 5 GETs (one event
     each) wake the writer, with no stop; its metrics count them; a watch has its
     ResponseStarted event, a GET none; what is still buffered when it is told to stop (the
-    wait is a minute) is written by the drain."""
+    wait is a minute) is written (by the drain, or else at the process's exit)."""
     from haplane.local.api_replica import ApiReplica
 
     log = tmp_path / "audit" / "api.log"
@@ -404,7 +540,9 @@ class _StalledLog:
             self.data += chunk
 
     def names(self) -> list[str]:
-        return [orjson.loads(x)["objectRef"]["name"] for x in bytes(self.data).splitlines()]
+        """The `i=NAME` label selectors of the list requests logged, in order."""
+        uris = [orjson.loads(x)["requestURI"] for x in bytes(self.data).splitlines()]
+        return [u.split("i%3D", 1)[1] for u in uris if "i%3D" in u]
 
     def close(self) -> None:
         if self._thread.ident is not None:
@@ -428,10 +566,13 @@ async def test_a_stalled_disk_freezes_a_blocking_replica_not_a_batch_one(
         except OSError:  # (socket timeouts are OSErrors)
             return None
 
+    def listed(name: str) -> str:  # a list (200, the filter's success path), named
+        return f"/api/v1/namespaces/default/configmaps?labelSelector=i%3D{name}"
+
     def fill(replica: ApiReplica, prefix: str, limit: int) -> int:
         """GETs until one hangs (or `limit`); how many were answered."""
         for i in range(limit):
-            if get(replica, f"/api/v1/namespaces/default/configmaps/{prefix}{i:03d}") is None:
+            if get(replica, listed(f"{prefix}{i:03d}")) != 200:
                 return i
         return limit
 
@@ -467,8 +608,7 @@ async def test_a_stalled_disk_freezes_a_blocking_replica_not_a_batch_one(
         for _ in range(5):
             assert get(batch, "/readyz", timeout=1.0) == 200  # ... and the rest goes on
         stalled.release()
-        wait_for(lambda: get(batch, "/api/v1/namespaces/default/configmaps/after") == 404,
-                 timeout=15)  # fmt: skip
+        wait_for(lambda: get(batch, listed("after")) == 200, timeout=15)
     finally:
         stalled.release()
         await batch.stop()

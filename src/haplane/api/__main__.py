@@ -170,7 +170,7 @@ def parse_args(argv: list[str] | None = None) -> ReplicaConfig:
         choices=("blocking", "batch"),
         default="blocking",
         help="blocking: each event written in its request's path; batch: buffered, written by "
-        "a thread (at most --audit-log-batch-max-wait late; lost on a crash)",
+        "a thread (normally at most --audit-log-batch-max-wait late; lost on a crash)",
     )
     sec.add_argument("--audit-log-batch-max-wait", type=_duration, default=0.2,
                      help="a duration (200ms, 1s)")  # fmt: skip

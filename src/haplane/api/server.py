@@ -1068,6 +1068,7 @@ class ApiServer:
                 await asyncio.to_thread(sink.close)
             elif sink is not None:
                 sink.close()  # (not thread-safe: on the loop, like its writes)
+            log.info(json.dumps({"msg": "stopped", "component": self.name}))
 
     async def _drain(self) -> None:
         self.draining = True
@@ -1102,7 +1103,6 @@ class ApiServer:
             self._write_log.close()
         if self.encryption is not None:  # KMS plugin providers: their poll threads, channels
             await asyncio.to_thread(self.encryption.close)
-        log.info(json.dumps({"msg": "stopped", "component": self.name}))
 
     # ---- the filter chain (links composed in start()) ----------------------------------
 

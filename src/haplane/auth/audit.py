@@ -62,6 +62,7 @@ import asyncio
 import base64
 import contextlib
 import difflib
+import errno
 import heapq
 import itertools
 import json
@@ -1231,6 +1232,15 @@ def _make_dirs(directory: Path) -> None:
         os.chmod(d, 0o700)  # mkdir's mode passes through the umask
 
 
+class _Torn(OSError):
+    """`AuditLog._write_all` failed after `whole_lines` whole lines reached the file."""
+
+    def __init__(self, whole_lines: int, cause: OSError) -> None:
+        super().__init__(cause.errno, f"{cause.strerror or cause}")
+        self.whole_lines = whole_lines
+        self.cause = cause
+
+
 class LinesNotWritten(OSError):
     """`AuditLog.write_lines` failed: the first `written` lines are in the file, the rest
     are not."""
@@ -1270,6 +1280,7 @@ class AuditLog:
         _make_dirs(self.path.parent)
         self._fd = -1
         self._size = 0
+        self._torn = False  # a torn line could not be cut back: end it before the next
         self._open()
 
     def _open(self) -> None:
@@ -1339,25 +1350,38 @@ class AuditLog:
                     end, size = start + 1, len(lines[start])
                 self._write_all(b"".join(lines[start:end]) if end - start > 1 else lines[start])
                 start = end
+        except _Torn as exc:
+            raise LinesNotWritten(start + exc.whole_lines, exc.cause) from exc.cause
         except OSError as exc:
             raise LinesNotWritten(start, exc) from exc
 
     def _write_all(self, data: bytes) -> None:
-        """All of `data` or none of it: a write that fails part way (a full disk after a
-        short write) is cut back, so the next line does not continue a torn one."""
-        before = self._size
+        """`data` (whole lines), or, when a write fails part way (a full disk after a short
+        write), the whole lines that made it: the torn one is cut back, so the file stays one
+        event per line (`_Torn` says how many are in). Should the cut fail too, the next write
+        first ends the fragment, which becomes a malformed line of its own (readers skip it)."""
+        if self._torn:
+            if os.write(self._fd, b"\n") != 1:
+                raise OSError(errno.EIO, "audit log: a short write of one byte")
+            self._size += 1
+            self._torn = False
+        before, done = self._size, 0
         view = memoryview(data)
         try:
             while view:  # a regular file takes it whole; the loop is for the rare short write
                 n = os.write(self._fd, view)
                 view = view[n:]
+                done += n
                 self._size += n
-        except OSError:
-            if self._size != before:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, before)
-                    self._size = before
-            raise
+        except OSError as exc:
+            keep = data.rfind(b"\n", 0, done) + 1  # just after the last whole line written
+            if keep != done:
+                try:
+                    os.ftruncate(self._fd, before + keep)
+                    self._size = before + keep
+                except OSError:
+                    self._torn = True
+            raise _Torn(data.count(b"\n", 0, keep), exc) from exc
 
     def record(self, ev: AuditEvent, stage: Stage, at: datetime | None = None) -> bool:
         """Write `ev`'s event for `stage`, if it emits one; True when it did."""

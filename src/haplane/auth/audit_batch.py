@@ -4,28 +4,29 @@ Layer: auth. Wraps an `AuditLog` (the file, its rotation); knows nothing of HTTP
 API replica when its topology says `security.audit.mode: batch`.
 
 The request path builds each event's line at once (the event changes as the request goes on,
-so its bytes are fixed at their stage) and appends it to a buffer; a writer thread writes what
-has gathered every `max_wait` seconds, or as soon as `max_batch` lines wait, as few `write`s
-as rotation allows (`AuditLog.write_lines`). What this is for: the event loop never waits on
-the disk. It saves no CPU (`bench/audit_events.py`: the line's building is the cost, not its
-`write`).
+so its bytes are fixed at their stage) and appends it to a buffer; one writer thread writes
+what has gathered every `max_wait` seconds, or as soon as `max_batch` lines wait, in as few
+`write`s as rotation allows (`AuditLog.write_lines`). What this is for: the event loop never
+waits on the disk. It saves no CPU (`bench/audit_events.py`: building the line is the cost,
+not its `write`).
 
 Decisions:
  - **Nothing is dropped for want of room.** kube-apiserver's buffered backend drops an event
    when its buffer is full. Here `record` always buffers, and a request that finds the buffer
-   full (`full`) awaits `make_room()`: the buffer written out from a worker thread. So a
-   stalled disk slows the requests that find it full, not the event loop (health checks,
-   leases, watches go on), and loses no record; the buffer can outgrow `buffer_size` by the
-   requests waiting.
- - **Order is the order of `record`**: the buffer is a FIFO, and every write (the thread's, a
-   full buffer's, the final flush) drains it under one lock.
+   full (`full`) awaits `make_room()`, which wakes the writer and waits for it to have written
+   the buffer out. Only the writer writes (besides `close`): no other thread is taken, however
+   many requests wait, so a stalled disk slows the requests that find the buffer full and
+   nothing else (health checks, leases, watches, the drain go on); the buffer can outgrow
+   `buffer_size` by the requests waiting.
+ - **Order is the order of `record`**: the buffer is a FIFO, drained under one lock.
  - **What a crash loses**: what was still buffered: normally at most `max_wait` seconds'
    worth; with a stalled disk, up to the whole buffer. `close()` (the replica's drain, and
-   at interpreter exit) writes it.
- - **A failed write** (disk full) loses the lines that did not reach the file (a torn line is
-   cut back: `AuditLog._write_all`); they are counted in `errors` and logged with their
-   number, and the writer goes on: the requests they describe were answered already. The
-   blocking backend likewise logs and lets the request go on.
+   at interpreter exit) writes it; a close that finds the writer stuck in the disk for
+   `CLOSE_TIMEOUT` counts what is buffered as lost and returns.
+ - **A failed write** (disk full) loses the lines that did not reach the file whole (a torn
+   line is cut back: `AuditLog._write_all`); they are counted in `errors` and logged with
+   their number, and the writer goes on: the requests they describe were answered already.
+   The blocking backend likewise logs and lets the request go on.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
 import logging
 import threading
+import time
 from datetime import datetime
 
 from .audit import AuditEvent, AuditLog, LinesNotWritten, Stage
@@ -45,7 +48,7 @@ BUFFER_SIZE = 10_000  # kube-apiserver's --audit-log-batch-buffer-size default
 MAX_BATCH = 400
 MAX_WAIT = 0.2  # seconds
 MIN_WAIT = 0.01  # below this the writer would spin
-CLOSE_TIMEOUT = 10.0  # seconds a close waits for a writer stuck in the disk
+CLOSE_TIMEOUT = 10.0  # seconds a close waits, in all, for a writer stuck in the disk
 
 
 class BatchingAuditLog:
@@ -73,13 +76,17 @@ class BatchingAuditLog:
         self.max_batch = min(max_batch, buffer_size)  # beyond, the wake-up could never come
         self.max_wait = max_wait
         self.events = 0
-        self.errors = 0
+        self._errors = [0]  # lost events; changed under _count_lock (from several threads)
         self.blocked = 0
         # deque: append and popleft are atomic, so `record` takes no lock
         self._pending: collections.deque[bytes] = collections.deque()
         self._write_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._wake = threading.Event()
-        self._closed = False
+        self._closed = False  # no more records
+        self._finished = False  # the final flush is done (or given up): later lines are lost
+        # requests waiting for room: (their loop, a future the writer resolves)
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._thread = threading.Thread(target=self._run, name="audit-batch", daemon=True)
         self._thread.start()
         atexit.register(self.close)  # a process ending without its drain still writes
@@ -92,35 +99,70 @@ class BatchingAuditLog:
     def full(self) -> bool:
         return len(self._pending) >= self.buffer_size
 
+    @property
+    def errors(self) -> int:
+        return self._errors[0]
+
+    def _lost(self, n: int) -> None:
+        if n:
+            with self._count_lock:
+                self._errors[0] += n
+
     def record(self, ev: AuditEvent, stage: Stage, at: datetime | None = None) -> bool:
         """Buffer `ev`'s line for `stage`, if it emits one; True when it did. Never waits
         (see `full`). Raises what building the line raises, and ValueError once closed."""
         if self._closed:
-            self.errors += ev.emits(stage)
+            self._lost(int(ev.emits(stage)))
             raise ValueError("audit log is closed")
         line = self.sink.line_for(ev, stage, at)
         if line is None:
             return False
         pending = self._pending
         pending.append(line)
-        if self._closed:  # closed meanwhile (close runs in another thread): not stranded
-            self._late()
-        elif len(pending) >= self.max_batch:
+        if self._finished:  # closed meanwhile (close runs in another thread), flushed already
+            lost = self._drop_pending()  # (0: the final flush took this line after all)
+            if lost:
+                self._lost(lost)
+                raise ValueError("audit log is closed")
+            return True
+        if len(pending) >= self.max_batch:
             self._wake.set()
         return True
 
     async def make_room(self) -> None:
-        """For a request that found the buffer `full`: write it out from a worker thread (the
-        event loop goes on), raising what the write raised."""
+        """For a request that found the buffer `full`: wake the writer and wait until it has
+        written the buffer out (the event loop goes on meanwhile)."""
         self.blocked += 1
-        await asyncio.to_thread(self.flush, raise_errors=True)
+        loop = asyncio.get_running_loop()
+        while self.full and not self._finished:
+            waiter: asyncio.Future[None] = loop.create_future()
+            with self._count_lock:
+                self._waiters.append((loop, waiter))
+            self._wake.set()
+            await waiter
 
-    def flush(self, *, raise_errors: bool = False) -> None:
+    def _notify(self) -> None:
+        """The writer's word to requests waiting for room: look again."""
+        with self._count_lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, waiter in waiters:
+            with contextlib.suppress(RuntimeError):  # (a loop closed meanwhile)
+                loop.call_soon_threadsafe(_resolve, waiter)
+
+    def flush(self) -> None:
         """Write everything buffered so far (in the caller's thread)."""
         with self._write_lock:
-            self._flush_locked(raise_errors)
+            self._flush_locked()
 
-    def _flush_locked(self, raise_errors: bool) -> None:
+    def _drop_pending(self) -> int:
+        n = 0
+        with contextlib.suppress(IndexError):
+            while True:
+                self._pending.popleft()
+                n += 1
+        return n
+
+    def _flush_locked(self) -> None:
         pending = self._pending
         lines = [pending.popleft() for _ in range(len(pending))]
         if not lines:
@@ -130,23 +172,10 @@ class BatchingAuditLog:
         except (OSError, ValueError) as exc:
             written = exc.written if isinstance(exc, LinesNotWritten) else 0
             self.events += written
-            self.errors += len(lines) - written
+            self._lost(len(lines) - written)
             log.error("audit log write failed: %d events lost: %s", len(lines) - written, exc)
-            if raise_errors:
-                raise
             return
         self.events += len(lines)
-
-    def _late(self) -> None:
-        """A line appended after `close` began: written if the file is still open (the final
-        flush has not run), else counted lost."""
-        with self._write_lock:
-            if self.sink.closed:
-                lost = len(self._pending)
-                self._pending.clear()
-                self.errors += lost
-                raise ValueError("audit log is closed")
-            self._flush_locked(raise_errors=True)
 
     def _run(self) -> None:
         while not self._closed:
@@ -156,30 +185,44 @@ class BatchingAuditLog:
                 self.flush()
             except Exception:  # the writer must not die: a later flush may succeed
                 log.exception("audit batch writer")
+            self._notify()
+        self._notify()
 
     def close(self) -> None:
         """Stop the writer, write what is buffered, close the file. Idempotent. Waits at most
-        `CLOSE_TIMEOUT` for a writer stuck in the disk, then counts what it could not write
-        as lost."""
+        `CLOSE_TIMEOUT` in all for a writer stuck in the disk, then counts what it could not
+        write as lost."""
         self._closed = True
         self._wake.set()
         atexit.unregister(self.close)
+        deadline = time.monotonic() + CLOSE_TIMEOUT
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(CLOSE_TIMEOUT)
-        if not self._write_lock.acquire(timeout=CLOSE_TIMEOUT):
-            lost = len(self._pending)
-            self.errors += lost
-            log.error("audit log close: the writer is stuck; %d buffered events lost", lost)
-            return
-        try:
-            if not self.sink.closed:
-                self._flush_locked(raise_errors=False)
-                self.sink.close()
-        finally:
-            self._write_lock.release()
+        if self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            try:
+                if not self._finished:
+                    self._flush_locked()
+                    self.sink.close()
+            finally:
+                self._finished = True
+                self._write_lock.release()
+        else:
+            self._finished = True
+            log.error("audit log close: the writer is stuck in the disk")
+        # lines that came too late for the final flush (or a writer that never let go)
+        lost = self._drop_pending()
+        if lost:
+            self._lost(lost)
+            log.error("audit log close: %d buffered events lost", lost)
+        self._notify()
 
     def __enter__(self) -> BatchingAuditLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

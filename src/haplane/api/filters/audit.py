@@ -88,8 +88,8 @@ class Audit:
         than losing their record or freezing the replica."""
         batch = self.batch
         if batch is not None and batch.full:
-            # a failure is logged with the count lost; the request goes on, as in blocking mode
-            with contextlib.suppress(OSError, ValueError):
+            # a failure is logged where it happens; the request goes on, as in blocking mode
+            with contextlib.suppress(Exception):
                 await batch.make_room()
 
     def _record(self, ev: AuditEvent, stage: Stage) -> None:
