@@ -270,17 +270,23 @@ async def test_every_path_of_the_filter_waits_for_room(tmp_path: Path) -> None:
         assert (root / "audit.log").read_bytes().count(b"\n") >= 2, handler.__name__
 
 
-def test_the_writer_survives_any_error(tmp_path: Path) -> None:
-    sink = AuditLog(tmp_path / "audit.log")
+def _failing_once(path: Path, failure: Exception) -> tuple[AuditLog, list[Exception]]:
+    """A log whose first `write_lines` raises `failure` (the list empties when it has)."""
+    sink = AuditLog(path)
     real = sink.write_lines
-    failures = [RuntimeError("a bug")]
+    failures = [failure]
 
-    def buggy(lines: list[bytes]) -> None:
+    def failing(lines: list[bytes]) -> None:
         if failures:
             raise failures.pop()
         real(lines)
 
-    sink.write_lines = buggy  # type: ignore[method-assign]
+    sink.write_lines = failing  # type: ignore[method-assign]
+    return sink, failures
+
+
+def test_the_writer_survives_any_error(tmp_path: Path) -> None:
+    sink, failures = _failing_once(tmp_path / "audit.log", RuntimeError("a bug"))
     with BatchingAuditLog(sink, max_wait=0.01) as batch:
         batch.record(event(0), Stage.RESPONSE_COMPLETE, AT)
         wait_for(lambda: not failures, timeout=5)
@@ -343,16 +349,7 @@ def stat_mode(path: Path) -> int:
 
 def test_a_failed_write_is_counted_and_the_writer_goes_on(tmp_path: Path, caplog) -> None:
     path = tmp_path / "audit.log"
-    sink = AuditLog(path)
-    real = sink.write_lines
-    failures = [OSError(28, "No space left on device")]
-
-    def flaky(lines: list[bytes]) -> None:
-        if failures:
-            raise failures.pop()
-        real(lines)
-
-    sink.write_lines = flaky  # type: ignore[method-assign]
+    sink, _ = _failing_once(path, OSError(28, "No space left on device"))
     with BatchingAuditLog(sink, max_wait=0.01) as batch:
         for i in range(3):
             batch.record(event(i), Stage.RESPONSE_COMPLETE, AT)
