@@ -60,14 +60,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import difflib
 import errno
 import heapq
 import itertools
 import json
+import logging
 import os
 import re
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -81,6 +82,8 @@ import orjson
 import yaml
 
 from .user import Attributes, UserInfo
+
+log = logging.getLogger("haplane.auth.audit")
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -1232,6 +1235,15 @@ def _make_dirs(directory: Path) -> None:
         os.chmod(d, 0o700)  # mkdir's mode passes through the umask
 
 
+def _last_byte(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1)
+    except OSError:  # unreadable: assume whole lines, as before
+        return b"\n"
+
+
 class _Torn(OSError):
     """`AuditLog._write_all` failed after `whole_lines` whole lines reached the file."""
 
@@ -1289,7 +1301,10 @@ class AuditLog:
         self._fd = os.open(self.path, flags, 0o600)
         if created:
             os.fchmod(self._fd, 0o600)  # the umask cannot have widened it, but may have narrowed it
-        self._size = os.fstat(self._fd).st_size
+        st = os.fstat(self._fd)
+        self._size = st.st_size
+        # a file left ending in a torn line (a process killed mid-write): end it first
+        self._torn = stat.S_ISREG(st.st_mode) and st.st_size > 0 and _last_byte(self.path) != b"\n"
 
     @property
     def size(self) -> int:
@@ -1365,7 +1380,7 @@ class AuditLog:
                 raise OSError(errno.EIO, "audit log: a short write of one byte")
             self._size += 1
             self._torn = False
-        before, done = self._size, 0
+        done = 0
         view = memoryview(data)
         try:
             while view:  # a regular file takes it whole; the loop is for the rare short write
@@ -1376,9 +1391,10 @@ class AuditLog:
         except OSError as exc:
             keep = data.rfind(b"\n", 0, done) + 1  # just after the last whole line written
             if keep != done:
-                try:
-                    os.ftruncate(self._fd, before + keep)
-                    self._size = before + keep
+                try:  # from the file's real end (someone may have truncated it: copytruncate)
+                    target = max(0, os.fstat(self._fd).st_size - (done - keep))
+                    os.ftruncate(self._fd, target)
+                    self._size = target
                 except OSError:
                     self._torn = True
             raise _Torn(data.count(b"\n", 0, keep), exc) from exc
@@ -1427,8 +1443,12 @@ class AuditLog:
         if self.backups:
             old = backup_files(self.path)
             for p in old[: max(0, len(old) - self.backups)]:
-                with contextlib.suppress(FileNotFoundError):  # removed by someone else
+                try:
                     p.unlink()
+                except FileNotFoundError:  # removed by someone else
+                    pass
+                except OSError as exc:  # the new file is fine: keep writing
+                    log.warning("audit log backup not removed: %s: %s", p, exc)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -85,6 +85,8 @@ class BatchingAuditLog:
         self._wake = threading.Event()
         self._closed = False  # no more records
         self._finished = False  # the final flush is done (or given up): later lines are lost
+        self._gave_up = False  # close found the writer stuck: the writer closes the file
+        self._in_flight = 0  # lines taken by a write under way
         # requests waiting for room: (their loop, a future the writer resolves)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._thread = threading.Thread(target=self._run, name="audit-batch", daemon=True)
@@ -120,7 +122,8 @@ class BatchingAuditLog:
         pending = self._pending
         pending.append(line)
         if self._finished:  # closed meanwhile (close runs in another thread), flushed already
-            lost = self._drop_pending()  # (0: the final flush took this line after all)
+            # 0: the final flush wrote this line, or close's sweep took (and counted) it
+            lost = self._drop_pending()
             if lost:
                 self._lost(lost)
                 raise ValueError("audit log is closed")
@@ -134,9 +137,11 @@ class BatchingAuditLog:
         written the buffer out (the event loop goes on meanwhile)."""
         self.blocked += 1
         loop = asyncio.get_running_loop()
-        while self.full and not self._finished:
+        while self.full:
             waiter: asyncio.Future[None] = loop.create_future()
-            with self._count_lock:
+            with self._count_lock:  # (close sets _finished before its last _notify takes it)
+                if self._finished:
+                    return
                 self._waiters.append((loop, waiter))
             self._wake.set()
             await waiter
@@ -167,14 +172,21 @@ class BatchingAuditLog:
         lines = [pending.popleft() for _ in range(len(pending))]
         if not lines:
             return
+        self._in_flight = len(lines)
         try:
             self.sink.write_lines(lines)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # counted whatever it is: the lines are out of the buffer
             written = exc.written if isinstance(exc, LinesNotWritten) else 0
             self.events += written
             self._lost(len(lines) - written)
-            log.error("audit log write failed: %d events lost: %s", len(lines) - written, exc)
+            lost = len(lines) - written
+            if isinstance(exc, (OSError, ValueError)):
+                log.error("audit log write failed: %d events lost: %s", lost, exc)
+            else:
+                log.exception("audit log write failed: %d events lost", lost)
             return
+        finally:
+            self._in_flight = 0
         self.events += len(lines)
 
     def _run(self) -> None:
@@ -187,34 +199,47 @@ class BatchingAuditLog:
                 log.exception("audit batch writer")
             self._notify()
         self._notify()
+        if self._gave_up:  # close could not: the file is ours to close, now the disk moved
+            with self._write_lock, contextlib.suppress(OSError):
+                self.sink.close()
 
     def close(self) -> None:
         """Stop the writer, write what is buffered, close the file. Idempotent. Waits at most
-        `CLOSE_TIMEOUT` in all for a writer stuck in the disk, then counts what it could not
-        write as lost."""
+        `CLOSE_TIMEOUT` in all for a writer stuck in the disk, then counts what is buffered
+        as lost (and logs what the stuck write holds: lost unless the disk moves before the
+        process ends)."""
         self._closed = True
         self._wake.set()
         atexit.unregister(self.close)
         deadline = time.monotonic() + CLOSE_TIMEOUT
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(CLOSE_TIMEOUT)
-        if self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            try:
-                if not self._finished:
-                    self._flush_locked()
-                    self.sink.close()
-            finally:
+        try:
+            if self._thread.is_alive() and self._thread is not threading.current_thread():
+                self._thread.join(CLOSE_TIMEOUT)
+            if self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                try:
+                    if not self._finished:
+                        self._flush_locked()
+                        try:
+                            self.sink.close()
+                        except OSError as exc:  # (a deferred write error, on NFS)
+                            log.error("audit log close: %s", exc)
+                finally:
+                    self._finished = True
+                    self._write_lock.release()
+            elif not self._finished:
+                self._gave_up = True
                 self._finished = True
-                self._write_lock.release()
-        else:
-            self._finished = True
-            log.error("audit log close: the writer is stuck in the disk")
-        # lines that came too late for the final flush (or a writer that never let go)
-        lost = self._drop_pending()
-        if lost:
-            self._lost(lost)
-            log.error("audit log close: %d buffered events lost", lost)
-        self._notify()
+                log.error(
+                    "audit log close: the writer is stuck in the disk with %d events",
+                    self._in_flight,
+                )
+        finally:
+            # lines that came too late for the final flush, or stayed behind a stuck writer
+            lost = self._drop_pending()
+            if lost:
+                self._lost(lost)
+                log.error("audit log close: %d buffered events lost", lost)
+            self._notify()
 
     def __enter__(self) -> BatchingAuditLog:
         return self
