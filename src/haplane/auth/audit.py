@@ -1235,13 +1235,13 @@ def _make_dirs(directory: Path) -> None:
         os.chmod(d, 0o700)  # mkdir's mode passes through the umask
 
 
-def _last_byte(path: Path) -> bytes:
+def _last_byte(path: Path) -> bytes | None:
     try:
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)
             return f.read(1)
-    except OSError:  # unreadable: assume whole lines, as before
-        return b"\n"
+    except OSError:
+        return None
 
 
 class _Torn(OSError):
@@ -1304,7 +1304,12 @@ class AuditLog:
         st = os.fstat(self._fd)
         self._size = st.st_size
         # a file left ending in a torn line (a process killed mid-write): end it first
-        self._torn = stat.S_ISREG(st.st_mode) and st.st_size > 0 and _last_byte(self.path) != b"\n"
+        if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+            last = _last_byte(self.path)
+            if last is not None:  # (unreadable: keep what we knew)
+                self._torn = last != b"\n"
+        else:
+            self._torn = False
 
     @property
     def size(self) -> int:
@@ -1340,7 +1345,7 @@ class AuditLog:
         """One event already serialised (a JSON object and its newline)."""
         if self._fd < 0:
             raise ValueError("audit log is closed")
-        if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
+        if self.max_bytes and self._size and self._size + len(line) + self._torn > self.max_bytes:
             self.rotate()
         self._write_all(line)
 
@@ -1353,7 +1358,8 @@ class AuditLog:
         start = 0
         try:
             while start < len(lines):
-                room = self.max_bytes - self._size if self.max_bytes else None
+                # (a torn line to end first takes a byte)
+                room = self.max_bytes - self._size - self._torn if self.max_bytes else None
                 end, size = start, 0
                 while end < len(lines) and (room is None or size + len(lines[end]) <= room):
                     size += len(lines[end])
@@ -1369,6 +1375,8 @@ class AuditLog:
             raise LinesNotWritten(start + exc.whole_lines, exc.cause) from exc.cause
         except OSError as exc:
             raise LinesNotWritten(start, exc) from exc
+        except Exception as exc:  # (a bug, a failed rename's aftermath): still say how far
+            raise LinesNotWritten(start, OSError(errno.EIO, f"{exc!r}")) from exc
 
     def _write_all(self, data: bytes) -> None:
         """`data` (whole lines), or, when a write fails part way (a full disk after a short

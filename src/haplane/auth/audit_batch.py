@@ -86,6 +86,7 @@ class BatchingAuditLog:
         self._closed = False  # no more records
         self._finished = False  # the final flush is done (or given up): later lines are lost
         self._gave_up = False  # close found the writer stuck: the writer closes the file
+        self._writer_done = False  # (both flags under _count_lock: the two sides' handshake)
         self._in_flight = 0  # lines taken by a write under way
         # requests waiting for room: (their loop, a future the writer resolves)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -199,9 +200,18 @@ class BatchingAuditLog:
                 log.exception("audit batch writer")
             self._notify()
         self._notify()
-        if self._gave_up:  # close could not: the file is ours to close, now the disk moved
-            with self._write_lock, contextlib.suppress(OSError):
+        with self._count_lock:
+            self._writer_done = True
+            gave_up = self._gave_up
+        if gave_up:  # close could not: the file is ours to close, now the disk moved
+            self._close_sink()
+
+    def _close_sink(self) -> None:
+        with self._write_lock:
+            try:
                 self.sink.close()
+            except OSError as exc:  # (a deferred write error, on NFS)
+                log.error("audit log close: %s", exc)
 
     def close(self) -> None:
         """Stop the writer, write what is buffered, close the file. Idempotent. Waits at most
@@ -211,28 +221,9 @@ class BatchingAuditLog:
         self._closed = True
         self._wake.set()
         atexit.unregister(self.close)
-        deadline = time.monotonic() + CLOSE_TIMEOUT
         try:
-            if self._thread.is_alive() and self._thread is not threading.current_thread():
-                self._thread.join(CLOSE_TIMEOUT)
-            if self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                try:
-                    if not self._finished:
-                        self._flush_locked()
-                        try:
-                            self.sink.close()
-                        except OSError as exc:  # (a deferred write error, on NFS)
-                            log.error("audit log close: %s", exc)
-                finally:
-                    self._finished = True
-                    self._write_lock.release()
-            elif not self._finished:
-                self._gave_up = True
-                self._finished = True
-                log.error(
-                    "audit log close: the writer is stuck in the disk with %d events",
-                    self._in_flight,
-                )
+            if not self._finished:
+                self._close_once()
         finally:
             # lines that came too late for the final flush, or stayed behind a stuck writer
             lost = self._drop_pending()
@@ -240,6 +231,28 @@ class BatchingAuditLog:
                 self._lost(lost)
                 log.error("audit log close: %d buffered events lost", lost)
             self._notify()
+
+    def _close_once(self) -> None:
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(CLOSE_TIMEOUT)
+        if self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            try:
+                self._flush_locked()
+            finally:
+                self._finished = True
+                self._write_lock.release()
+            self._close_sink()
+            return
+        self._finished = True
+        log.error(
+            "audit log close: the writer is stuck in the disk with %d events", self._in_flight
+        )
+        with self._count_lock:
+            self._gave_up = True
+            writer_done = self._writer_done
+        if writer_done:  # it got out after all, before it could see _gave_up: close here
+            self._close_sink()
 
     def __enter__(self) -> BatchingAuditLog:
         return self
