@@ -229,13 +229,22 @@ def test_a_blip_shorter_than_down_after_does_not_fail_over(topo: Path) -> None:
 
 
 def test_a_replica_loss_fails_only_requests_in_flight(topo: Path) -> None:
+    """One write and one read at a time. What fails is what the dying replica held: the
+    request in flight on it, and (the CI's full run showed it) a connection its kernel still
+    accepted while the killed process was being torn down, which the L4 relays cannot send
+    elsewhere once its first bytes went. So: only at the fault, at most those two per loop,
+    and every later request served."""
     result = drill(topo, "replica-kill")
     assert not result["meta"]["failed_over"]
     assert_safe(result)
-    # one write and one read at a time: at most the one in flight on the killed replica fails
+    fault = next(e["t"] for e in result["events"] if e["name"] == "fault")
     failed = [o for o in result["operations"] if not o["ok"]]
-    assert len([o for o in failed if o["kind"] == "write"]) <= 1, in_words(failed)
-    assert len([o for o in failed if o["kind"] == "read"]) <= 1, in_words(failed)
+    dying = fault + 1.0  # (measured under a full suite's load: the burst lasted ~0.1 s)
+    assert all(o["invoked"] < dying for o in failed), (fault, in_words(failed))
+    assert len([o for o in failed if o["kind"] == "write"]) <= 2, in_words(failed)
+    assert len([o for o in failed if o["kind"] == "read"]) <= 2, in_words(failed)
+    late = [o for o in result["operations"] if o["invoked"] > dying]
+    assert late and all(o["ok"] for o in late), in_words([o for o in late if not o["ok"]])
 
 
 def _write(url: str, name: str, ctx: ssl.SSLContext | None) -> tuple[int, dict[str, Any]]:
