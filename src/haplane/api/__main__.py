@@ -8,36 +8,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import re
 import signal
 
 import uvloop
 
 from haplane.auth.audit_batch import MIN_WAIT
+from haplane.auth.encryption import parse_duration
 from haplane.store import EtcdTls
 from haplane.telemetry import json_logging
 
 from .server import ApiServer, ReplicaConfig, SecurityConfig
 from .sync_ack import SyncConfig
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
-
 
 def _duration(text: str) -> float:
-    """The audit batch wait: a number with ms, s or m (bare: seconds), at least 10 ms (less
-    would have the writer spin). Go's compound forms (1m30s) are not taken."""
-    for unit in ("ms", "s", "m"):
-        if text.endswith(unit):
-            number, scale = text[: -len(unit)], _UNITS[unit]
-            break
-    else:
-        number, scale = text, 1.0
+    """The audit batch wait: a Go duration as kube-apiserver's flag takes it (`200ms`, `1s`,
+    `1m30s`; a bare number: seconds), at least 10 ms (less would have the writer spin)."""
     try:
-        seconds = float(number) * scale
+        seconds = float(text) if _BARE.fullmatch(text) else parse_duration(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (say 200ms or 1s)") from None
     if not MIN_WAIT <= seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"must be at least 10ms: {text!r}")
     return seconds
+
+
+_BARE = re.compile(r"\d+(?:\.\d*)?|\.\d+")
 
 
 def _positive(text: str) -> int:

@@ -276,7 +276,6 @@ class ApiServer:
             else None,
         )
         self.audit: Audit | None = None
-        self._audit_sink: AuditLog | BatchingAuditLog | None = None
         if sec.audit_log:
             policy = Policy.load(Path(sec.audit_policy)) if sec.audit_policy else default_policy()
             file_log = AuditLog(sec.audit_log, sec.audit_max_bytes, sec.audit_backups)
@@ -288,7 +287,6 @@ class ApiServer:
                     max_batch=sec.audit_batch_max_size,
                     max_wait=sec.audit_batch_max_wait,
                 )
-            self._audit_sink = sink
             self.audit = Audit(policy, sink)
             self.metrics.count_audit(sink)
         self.sync: SyncAck | None = None
@@ -1063,7 +1061,7 @@ class ApiServer:
         try:
             await self._drain()
         finally:
-            sink = self._audit_sink
+            sink = self.audit.sink if self.audit is not None else None
             if isinstance(sink, BatchingAuditLog):  # may wait on the disk: off the loop
                 await asyncio.to_thread(sink.close)
             elif sink is not None:

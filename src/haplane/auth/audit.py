@@ -1244,22 +1244,14 @@ def _last_byte(path: Path) -> bytes | None:
         return None
 
 
-class _Torn(OSError):
-    """`AuditLog._write_all` failed after `whole_lines` whole lines reached the file."""
-
-    def __init__(self, whole_lines: int, cause: OSError) -> None:
-        super().__init__(cause.errno, f"{cause.strerror or cause}")
-        self.whole_lines = whole_lines
-        self.cause = cause
-
-
 class LinesNotWritten(OSError):
-    """`AuditLog.write_lines` failed: the first `written` lines are in the file, the rest
-    are not."""
+    """A write of whole lines failed: the first `written` lines are in the file, the rest
+    are not (`cause`: the error itself)."""
 
     def __init__(self, written: int, cause: OSError) -> None:
         super().__init__(cause.errno, f"{cause.strerror or cause}")
         self.written = written
+        self.cause = cause
 
 
 class AuditLog:
@@ -1371,8 +1363,8 @@ class AuditLog:
                     end, size = start + 1, len(lines[start])
                 self._write_all(b"".join(lines[start:end]) if end - start > 1 else lines[start])
                 start = end
-        except _Torn as exc:
-            raise LinesNotWritten(start + exc.whole_lines, exc.cause) from exc.cause
+        except LinesNotWritten as exc:  # (from `_write_all`: counted within its chunk)
+            raise LinesNotWritten(start + exc.written, exc.cause) from exc.cause
         except OSError as exc:
             raise LinesNotWritten(start, exc) from exc
         except Exception as exc:  # (a bug, a failed rename's aftermath): still say how far
@@ -1381,8 +1373,8 @@ class AuditLog:
     def _write_all(self, data: bytes) -> None:
         """`data` (whole lines), or, when a write fails part way (a full disk after a short
         write), the whole lines that made it: the torn one is cut back, so the file stays one
-        event per line (`_Torn` says how many are in). Should the cut fail too, the next write
-        first ends the fragment, which becomes a malformed line of its own (readers skip it)."""
+        event per line (`LinesNotWritten` says how many are in). Should the cut fail too, the
+        next write first ends the fragment, a malformed line of its own (readers skip it)."""
         if self._torn:
             if os.write(self._fd, b"\n") != 1:
                 raise OSError(errno.EIO, "audit log: a short write of one byte")
@@ -1405,7 +1397,7 @@ class AuditLog:
                     self._size = target
                 except OSError:
                     self._torn = True
-            raise _Torn(data.count(b"\n", 0, keep), exc) from exc
+            raise LinesNotWritten(data.count(b"\n", 0, keep), exc) from exc
 
     def record(self, ev: AuditEvent, stage: Stage, at: datetime | None = None) -> bool:
         """Write `ev`'s event for `stage`, if it emits one; True when it did."""

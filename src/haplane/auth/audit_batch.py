@@ -76,7 +76,7 @@ class BatchingAuditLog:
         self.max_batch = min(max_batch, buffer_size)  # beyond, the wake-up could never come
         self.max_wait = max_wait
         self.events = 0
-        self._errors = [0]  # lost events; changed under _count_lock (from several threads)
+        self.errors = 0  # lost events; changed under _count_lock (from several threads)
         self.blocked = 0
         # deque: append and popleft are atomic, so `record` takes no lock
         self._pending: collections.deque[bytes] = collections.deque()
@@ -102,14 +102,10 @@ class BatchingAuditLog:
     def full(self) -> bool:
         return len(self._pending) >= self.buffer_size
 
-    @property
-    def errors(self) -> int:
-        return self._errors[0]
-
     def _lost(self, n: int) -> None:
         if n:
             with self._count_lock:
-                self._errors[0] += n
+                self.errors += n
 
     def record(self, ev: AuditEvent, stage: Stage, at: datetime | None = None) -> bool:
         """Buffer `ev`'s line for `stage`, if it emits one; True when it did. Never waits
